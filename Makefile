@@ -1,0 +1,48 @@
+# One Makefile for setup, guests, tests, benchmarks.
+#   make run          set up, build the guests, run the demo
+#   make test         set up, build the guests, run the whole suite
+#   make conformance  the full differential matrix against QEMU's page walker
+#   make bench        speed figures as ratios against plain Unicorn
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NATIVE := emu/hw/_native.so
+
+.PHONY: all setup guests native run test lint conformance bench clean
+
+all: setup guests native
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+guests:
+	$(MAKE) -C guest
+
+native: $(NATIVE)
+
+$(NATIVE): emu/hw/native.c
+	$(CC) -O2 -shared -fPIC -Wall -Werror -o $@ $<
+
+run: all
+	$(VENV)/bin/emu run guest/build/apps/hello
+
+test: all
+	$(VENV)/bin/ruff check emu tests bench
+	$(PY) -m pytest -q
+
+conformance: all
+	$(PY) -m pytest -q -m conformance tests/hw
+
+bench: all
+	$(PY) -m bench
+
+clean:
+	$(MAKE) -C guest clean
+	rm -f $(NATIVE)
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,158 @@
+"""The ``emu`` command line.
+
+    emu run [--mem 64M] [--max-insns N] [--trace] [--trace-file F] [--report F] APP [ARGS...]
+
+Exit status of ``emu run``: the app's exit code (0-255) when it exits normally;
+EXIT_EXCEPTION when it is terminated by an exception; EXIT_BUGCHECK when the
+system stops with a bug check; EXIT_LIMIT when the instruction budget runs
+out; EXIT_USAGE for a bad option, a missing file or an image the loader refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+import unicorn
+
+from emu import __version__
+from emu.fmt import addr, exception_line
+from emu.hw.memory import parse_size
+from emu.machine import Machine, MachineResult
+from emu.nt.bugcheck import blue_screen
+from emu.nt.loader import LoaderError
+from emu.nt.process import Process
+from emu.report import build_report
+
+EXIT_USAGE = 2
+EXIT_LIMIT = 124
+EXIT_EXCEPTION = 125
+EXIT_BUGCHECK = 126
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line, not argparse's usage dump
+        raise UsageError(message)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="emu", description="A teaching-grade x86-64 machine: guest code on "
+                     "Unicorn, paging and rings in Python, an NT-like executive.")
+    parser.add_argument("--version", action="version",
+                        version=f"emu {__version__} (unicorn {unicorn.__version__})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="run a guest app at ring 3",
+                         description="Run a static ELF64 guest app in its own address space.")
+    run.add_argument("--mem", type=_size, default=parse_size("64M"), metavar="SIZE",
+                     help="physical RAM, with a K, M or G suffix (default 64M)")
+    run.add_argument("--max-insns", type=_count, metavar="N",
+                     help="stop the machine after N instructions (counting costs speed)")
+    run.add_argument("--trace", action="store_true",
+                     help="print every instruction executed (ring, pid, RIP, bytes, disassembly) "
+                     "to standard error")
+    run.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE instead")
+    run.add_argument("--report", metavar="FILE", help="write a JSON report (docs/report.md)")
+    run.add_argument("app", metavar="APP", help="path of the guest executable")
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                     help="arguments passed to the app")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``emu`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError("missing command (try: emu run APP, or emu --help)")
+        return _run(args)
+    except UsageError as err:
+        print(f"emu: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("emu: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    trace: TextIO | None = None
+    try:
+        if args.trace_file:
+            trace = open(args.trace_file, "w")  # noqa: SIM115 - closed below
+        elif args.trace:
+            trace = sys.stderr
+    except OSError as err:
+        raise UsageError(f"cannot write trace file {args.trace_file}: {err.strerror}") from None
+    try:
+        machine = Machine(args.mem, max_insns=args.max_insns, trace=trace, console=_echo)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        try:
+            proc = machine.spawn(args.app, args.args)
+        except LoaderError as err:
+            raise UsageError(str(err)) from None
+        result = machine.run()
+    finally:
+        sys.stdout.flush()
+        if trace is not None and trace is not sys.stderr:
+            trace.close()
+    if args.report:
+        _write_report(args.report, result, machine)
+    return _summarize(proc, result)
+
+
+def _echo(_proc: Process, data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def _write_report(path: str, result: MachineResult, machine: Machine) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(build_report(result, machine.mem.size), f, indent=2)
+            f.write("\n")
+    except OSError as err:
+        raise UsageError(f"cannot write report {path}: {err.strerror}") from None
+
+
+def _summarize(proc: Process, result: MachineResult) -> int:
+    """Print how the run ended (stderr) and choose the exit status."""
+    for p in result.processes:
+        if p.exception is not None:
+            print(exception_line(p, p.exception), file=sys.stderr)
+    if result.bugcheck is not None:
+        print(blue_screen(result.bugcheck), file=sys.stderr)
+        return EXIT_BUGCHECK
+    if result.stopped == "instruction limit":
+        where = ", ".join(f'process {p.pid} "{p.name}"' for p in result.unfinished)
+        print(f"emu: stopped after {result.stats.instructions} instructions (--max-insns); "
+              f"still running: {where or 'nothing'}, at rip {addr(result.last_rip)}",
+              file=sys.stderr)
+        return EXIT_LIMIT
+    if proc.exception is not None:
+        return EXIT_EXCEPTION
+    return (proc.exit_status or 0) & 0xFF
+

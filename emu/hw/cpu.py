@@ -1,0 +1,386 @@
+"""The processor: Unicorn executes instructions; this module makes it behave like one x86-64 CPU.
+
+What Unicorn does: decode and execute, segment/privilege checks on iretq, #GP
+for privileged instructions at CPL 3, #DE, int3, syscall (via a hook).
+What we do (platform-facts.md): the page walk (Unicorn asks on every TLB miss;
+``emu.hw.mmu`` answers from the real tables in RAM), CR2 and the #PF error
+code, and a clean CPU after every exception (Unicorn never clears QEMU's
+``old_exception``, so the executive resumes from a context saved before any
+fault: see ``save_clean_context`` and ``restore_clean_context``).
+
+Exceptions are never delivered through a guest IDT. Each one stops the run and
+comes back to the executive as a ``CpuException``, the way a trap frame would.
+The CPL is always read from the CPU (``cs & 3``), never kept in Python.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_EXCEPTION,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_INSN_INVALID,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as ux
+
+from emu.hw import mmu
+from emu.hw.faultaddr import decode, fault_address
+from emu.hw.memory import PhysicalMemory
+from emu.hw.native import NativeHooks
+
+MSR_EFER = 0xC000_0080
+MSR_FS_BASE = 0xC000_0100
+MSR_GS_BASE = 0xC000_0101
+MSR_KERNEL_GS_BASE = 0xC000_0102
+RFLAGS_IF = 1 << 9
+RFLAGS_RESERVED1 = 1 << 1     # bit 1 of RFLAGS always reads as 1
+
+_ACCESS = {16: "read", 17: "write", 18: "fetch"}   # UC_MEM_READ / WRITE / FETCH in the TLB hook
+
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_REG = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in
+        (*GPRS, "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
+         "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4",
+         "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp",
+         "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d", "eip")}
+
+
+class Vector(enum.IntEnum):
+    """Exception vectors (SDM Vol. 3A Table 6-1)."""
+
+    DE = 0    # divide error
+    DB = 1    # debug
+    NMI = 2
+    BP = 3    # breakpoint (int3)
+    OF = 4    # overflow
+    BR = 5    # BOUND range exceeded
+    UD = 6    # invalid opcode
+    NM = 7    # device not available
+    DF = 8    # double fault
+    TS = 10   # invalid TSS
+    NP = 11   # segment not present
+    SS = 12   # stack-segment fault
+    GP = 13   # general protection
+    PF = 14   # page fault
+    MF = 16   # x87 floating-point error
+    AC = 17   # alignment check
+    MC = 18   # machine check
+    XM = 19   # SIMD floating-point
+
+
+@dataclass(frozen=True)
+class CpuException:
+    """An exception the CPU raised: the facts a trap frame and CR2 would give the kernel."""
+
+    vector: Vector
+    rip: int                      # the faulting instruction (for #BP: the int3 itself)
+    cpl: int
+    error_code: int = 0
+    address: int | None = None    # CR2 for #PF; the non-canonical address for a #GP
+    access: str | None = None     # "read", "write" or "fetch" for memory faults
+    reason: str = ""              # the walker's explanation of a #PF or #GP
+    walk: tuple = field(default=(), compare=False)
+
+
+class StopReason(enum.Enum):
+    """Why ``Cpu.run`` returned."""
+
+    EXCEPTION = "exception"   # see RunResult.exception
+    BUDGET = "budget"         # the instruction budget ran out
+    REQUESTED = "requested"   # the executive called stop() (e.g. from a system call)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    reason: StopReason
+    exception: CpuException | None = None
+
+
+class Cpu:
+    """One x86-64 processor in long mode over ``mem``, paging done by ``emu.hw.mmu``."""
+
+    def __init__(self, mem: PhysicalMemory) -> None:
+        self.mem = mem
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(ux.UC_CPU_X86_BROADWELL)   # a model with SMEP and SMAP
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        uc.mem_map_ptr(0, mem.size, UC_PROT_ALL, mem.address)
+        self.uc = uc
+        self.cr0 = self.cr3 = self.cr4 = self.efer = 0
+        self._fault: CpuException | None = None
+        self._event: CpuException | None = None
+        self._stop_requested = False
+        self._clean_context = None
+        self.page_faults = 0
+        self.syscall_handler: Callable[[Cpu], None] | None = None
+        self.native = NativeHooks(uc, self._fill)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
+        self._trace_hook: int | None = None
+
+    # -- registers -------------------------------------------------------------------------
+
+    def reg(self, name: str) -> int:
+        """Read a register by its lower-case name (``rax``, ``rip``, ``cs``, ``fs_base``...)."""
+        return self.uc.reg_read(_REG[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        """Write a register by name."""
+        self.uc.reg_write(_REG[name], value)
+
+    @property
+    def cpl(self) -> int:
+        """The current privilege level: the RPL of CS, as the CPU defines it (SDM §5.5)."""
+        return self.uc.reg_read(ux.UC_X86_REG_CS) & 3
+
+    @property
+    def rip(self) -> int:
+        return self.uc.reg_read(ux.UC_X86_REG_RIP)
+
+    def set_control(self, *, cr0: int | None = None, cr3: int | None = None,
+                    cr4: int | None = None, efer: int | None = None) -> None:
+        """Load control registers; TLBs are flushed as a MOV to CR0/CR3/CR4 would (SDM §4.10.4)."""
+        if efer is not None:
+            self.efer = efer
+            self.uc.reg_write(ux.UC_X86_REG_MSR, (MSR_EFER, efer))
+        if cr4 is not None:
+            self.cr4 = cr4
+            self.uc.reg_write(ux.UC_X86_REG_CR4, cr4)
+        if cr0 is not None:
+            self.cr0 = cr0
+            self.uc.reg_write(ux.UC_X86_REG_CR0, cr0)
+        if cr3 is not None:
+            self.cr3 = cr3
+            self.uc.reg_write(ux.UC_X86_REG_CR3, cr3)
+        self.flush_tlb()
+
+    def load_gdt(self, base: int, limit: int) -> None:
+        """LGDT: point GDTR at a table in guest (linear) memory."""
+        self.uc.reg_write(ux.UC_X86_REG_GDTR, (0, base, limit, 0))
+
+    def load_tr(self, selector: int, base: int, limit: int) -> None:
+        """LTR: the task register names the TSS (its RSP0 is the ring-0 stack)."""
+        self.uc.reg_write(ux.UC_X86_REG_TR, (selector, base, limit, 0x8B))
+
+    def flush_tlb(self) -> None:
+        """Invalidate every cached translation (QEMU's TLB and our STLB)."""
+        self.native.flush()
+
+    def invalidate_page(self, va: int) -> None:
+        """INVLPG: drop the translations of one page."""
+        self.native.invalidate(va & ~0xFFF)
+
+    def flush_translated_code(self) -> None:
+        """Forget all translated code: needed when Python rewrote a frame that held code,
+        because Unicorn does not see stores made from the host (platform-facts.md)."""
+        self.uc.ctl_flush_tb()
+
+    # -- clean state after exceptions -----------------------------------------------------
+
+    def save_clean_context(self) -> None:
+        """Remember this CPU state (ring 0, no exception pending): every entry starts from it."""
+        self._clean_context = self.uc.context_save()
+
+    def restore_clean_context(self) -> None:
+        """Return to the clean ring-0 state: clears QEMU's sticky exception state (no false #DF)."""
+        self.uc.context_restore(self._clean_context)
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def set_budget(self, instructions: int | None) -> None:
+        """Stop runs after this many more instructions (None: full speed, nothing counted)."""
+        self.native.set_budget(instructions)
+
+    @property
+    def instructions(self) -> int:
+        """Instructions completed while counting was on."""
+        return self.native.instructions
+
+    def stop(self) -> None:
+        """Ask the running guest to stop after the current instruction (from a hook)."""
+        self._stop_requested = True
+        self.uc.emu_stop()
+
+    def run(self, begin: int | None = None) -> RunResult:
+        """Run from ``begin`` (default RIP) until an exception, the budget, or ``stop()``."""
+        self._fault = self._event = None
+        self._stop_requested = False
+        start = self.rip if begin is None else begin
+        try:
+            # until=0: Unicorn re-translates `until - 1` after a run unless until is 0
+            # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
+            self.native.start(start, 0)
+        except UcError as err:
+            return RunResult(StopReason.EXCEPTION, self._exception_from_error(err))
+        if self._event is not None:
+            return RunResult(StopReason.EXCEPTION, self._event)
+        if self._stop_requested:
+            return RunResult(StopReason.REQUESTED)
+        if self.native.budget == 0:
+            return RunResult(StopReason.BUDGET)
+        if self.rip == 0:
+            # Stopped at the `until` address 0: the next instruction is a fetch at 0.
+            return RunResult(StopReason.EXCEPTION, self._fetch_fault_at_zero())
+        return RunResult(StopReason.REQUESTED)
+
+    def _exception_from_error(self, err: UcError) -> CpuException:
+        if err.errno == UC_ERR_EXCEPTION and self._fault is not None:
+            return self._complete_fault(self._fault)
+        if err.errno == UC_ERR_INSN_INVALID:
+            return CpuException(Vector.UD, self.rip, self.cpl)
+        if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
+            return CpuException(Vector.MC, self.rip, self.cpl, reason="physical address beyond RAM")
+        raise RuntimeError(f"Unicorn stopped unexpectedly: {err} at rip {self.rip:#x}") from err
+
+    def _fetch_fault_at_zero(self) -> CpuException:
+        try:
+            self.walk(0, "fetch")
+        except (mmu.PageFault, mmu.GeneralProtection) as fault:
+            return self._complete_fault(self._exception_from_walk(fault, 0, "fetch"))
+        raise RuntimeError("guest jumped to virtual address 0, which this machine cannot run")
+
+    # -- the MMU ---------------------------------------------------------------------------
+
+    def walk(self, va: int, access: str, *, cpl: int | None = None,
+             set_accessed_dirty: bool = False) -> mmu.Translation:
+        """Walk the current page tables for ``va`` as the CPU would (default: current CPL)."""
+        return mmu.walk(self.mem, va, access, cr3=self.cr3,
+                        cpl=self.cpl if cpl is None else cpl, cr0=self.cr0, cr4=self.cr4,
+                        efer=self.efer, rflags=self.reg("rflags"),
+                        set_accessed_dirty=set_accessed_dirty)
+
+    def _fill(self, vpage: int, access_type: int, cpl: int, rflags: int) -> int:
+        """UC_HOOK_TLB_FILL through the STLB: translate one page or record the fault."""
+        access = _ACCESS.get(access_type, "read")
+        try:
+            pa, perms = mmu.fill(self.mem, vpage, access, cr3=self.cr3, cpl=cpl, cr0=self.cr0,
+                                 cr4=self.cr4, efer=self.efer, rflags=rflags)
+        except (mmu.PageFault, mmu.GeneralProtection) as fault:
+            self._fault = self._exception_from_walk(fault, vpage, access, cpl)
+            return -1
+        if pa >= self.mem.size:
+            self._fault = CpuException(Vector.MC, 0, cpl, address=vpage, access=access,
+                                       reason=f"frame {pa:#x} is beyond the end of RAM")
+            return -1
+        return pa | perms
+
+    def _exception_from_walk(self, fault: Exception, vpage: int, access: str,
+                             cpl: int | None = None) -> CpuException:
+        cpl = self.cpl if cpl is None else cpl
+        reason = getattr(fault, "reason", "")
+        steps = tuple(getattr(fault, "steps", ()))
+        if isinstance(fault, mmu.GeneralProtection):
+            return CpuException(Vector.GP, 0, cpl, 0, vpage, access,
+                                reason or "non-canonical address", steps)
+        return CpuException(Vector.PF, 0, cpl, int(fault.error_code), vpage, access, reason, steps)
+
+    def _complete_fault(self, fault: CpuException) -> CpuException:
+        """Fill in RIP and the exact address (CR2) of a fault the TLB hook saw at page level."""
+        self.page_faults += fault.vector == Vector.PF
+        rip = self.rip
+        insn = self.decode_at(rip)
+        address = fault.address
+        if fault.address is not None and fault.access is not None:
+            address = fault_address(insn, self._reg_for_decode, fault.address & ~0xFFF,
+                                    fault.access)
+        if fault.vector == Vector.PF:
+            self.uc.reg_write(ux.UC_X86_REG_CR2, address)
+        return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
+                            fault.access, fault.reason, fault.walk)
+
+    def _reg_for_decode(self, name: str) -> int:
+        if name in _REG:
+            return self.reg(name)
+        return self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}"))
+
+    def read_code(self, va: int, n: int = 16) -> bytes:
+        """Read up to ``n`` instruction bytes at ``va`` through the page tables (no A/D update)."""
+        out = bytearray()
+        while len(out) < n:
+            try:
+                pa = self.walk(va + len(out), "read", cpl=0).pa
+            except (mmu.PageFault, mmu.GeneralProtection):
+                break
+            chunk = min(n - len(out), 0x1000 - (pa & 0xFFF))
+            out += self.mem.read(pa, chunk)
+        return bytes(out)
+
+    def decode_at(self, va: int):
+        """The instruction at ``va`` (Capstone), or None if unreadable/undecodable."""
+        code = self.read_code(va)
+        return decode(code, va) if code else None
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _on_interrupt(self, uc: Uc, intno: int, _data) -> None:
+        """UC_HOOK_INTR: an exception or `int n` happened; stop and report it."""
+        rip = self.rip
+        cpl = self.cpl
+        if intno == Vector.BP:
+            rip -= 1                     # int3 arrives with RIP past the 0xCC byte
+            event = CpuException(Vector.BP, rip, cpl)
+        elif intno in (Vector.DE, Vector.GP, Vector.UD, Vector.DF, Vector.TS, Vector.NP,
+                       Vector.SS, Vector.AC, Vector.MF, Vector.XM, Vector.NM, Vector.DB):
+            event = CpuException(Vector(intno), rip, cpl)
+        else:
+            # `int n` with a vector whose IDT gate has DPL 0: #GP(n*8+2) (SDM §6.12.1.1).
+            event = CpuException(Vector.GP, rip - 2, cpl, intno * 8 + 2,
+                                 reason=f"int {intno:#x}: software interrupt not allowed")
+        self._event = event
+        uc.emu_stop()
+
+    def _on_syscall(self, uc: Uc, _data) -> None:
+        """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
+        uc.reg_write(ux.UC_X86_REG_RCX, uc.reg_read(ux.UC_X86_REG_RIP) + 2)
+        uc.reg_write(ux.UC_X86_REG_R11, uc.reg_read(ux.UC_X86_REG_RFLAGS))
+        if self.syscall_handler is not None:
+            self.syscall_handler(self)
+
+    def _on_in(self, uc: Uc, port: int, size: int, _data) -> int:
+        self._check_io_privilege(port)
+        return 0xFFFF_FFFF            # no device answers: the bus floats high
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _data) -> None:
+        self._check_io_privilege(port)
+
+    def _check_io_privilege(self, port: int) -> None:
+        """IN/OUT need CPL <= IOPL; our TSS has no I/O bitmap, so otherwise #GP(0) (SDM §19.5).
+        Unicorn skips this check, so the CPU layer makes it."""
+        iopl = (self.reg("rflags") >> 12) & 3
+        if self.cpl > iopl:
+            self._event = CpuException(Vector.GP, self.rip, self.cpl,
+                                       reason=f"I/O to port {port:#x} with CPL > IOPL")
+            self.uc.emu_stop()
+
+    def set_trace(self, callback: Callable[[Cpu, int, int], None] | None) -> None:
+        """Call ``callback(cpu, rip, size)`` before every instruction (slow), or stop tracing."""
+        if self._trace_hook is not None:
+            self.uc.hook_del(self._trace_hook)
+            self._trace_hook = None
+        if callback is not None:
+            self._trace_hook = self.uc.hook_add(
+                UC_HOOK_CODE, lambda uc, addr, size, _d: callback(self, addr, size))
+
+    def close(self) -> None:
+        """Release Unicorn's resources."""
+        self.native.close()

@@ -1,0 +1,309 @@
+/*
+ * native.c: the machine's two C fast paths, loaded with ctypes by native.py.
+ *
+ *  1. An STLB (second-level TLB) in front of the Python page walker.
+ *     Unicorn, in UC_TLB_VIRTUAL mode, calls native_tlb_fill on every miss
+ *     of QEMU's TLB. A hit in the STLB answers in C; a miss calls the walker
+ *     (Python, through a ctypes callback) and keeps its answer.
+ *
+ *     Why this is correct: like a CPU's STLB it holds only translations the
+ *     walker produced, and the walker sets A on every fill and grants WRITE
+ *     only once D is set (Intel SDM Vol. 3A 4.8), so serving an entry again
+ *     skips no architectural side effect. Like a CPU's, it goes stale when
+ *     the paging structures change: the executive must flush (MOV CR3, CR4)
+ *     or invalidate the page (INVLPG) after changing them (SDM Vol. 3A 4.10.4).
+ *
+ *  2. An instruction counter with a budget: a UC_HOOK_CODE hook, called
+ *     before every instruction, that counts it and stops the run when the
+ *     budget is spent. native.py documents the exact semantics.
+ *
+ * Nothing here includes Unicorn's headers, so the Makefile's one-line cc
+ * command builds it; the few Unicorn 2.1.4 definitions used are below.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* From unicorn/unicorn.h (2.1.4). */
+typedef struct uc_struct uc_engine;
+typedef struct {
+    uint64_t paddr;
+    uint32_t perms;                     /* uc_prot, an enum */
+} uc_tlb_entry;
+enum { UC_MEM_READ = 16, UC_MEM_WRITE = 17, UC_MEM_FETCH = 18 };
+enum { UC_PROT_READ = 1, UC_PROT_WRITE = 2, UC_PROT_EXEC = 4 };
+
+typedef int (*reg_read_fn)(uc_engine *uc, int regid, void *value);
+typedef int (*emu_stop_fn)(uc_engine *uc);
+/* The walker: returns paddr | perms | FILL_NO_CACHE, or FILL_DENY. */
+typedef int64_t (*walker_fn)(uint64_t vpage, int32_t access, int32_t cpl,
+                             uint64_t rflags);
+
+#define FILL_DENY      (-1)             /* no translation: the run loop raises #PF */
+#define FILL_PERMS     0x7              /* UC_PROT_READ | WRITE | EXEC */
+#define FILL_NO_CACHE  0x8              /* serve once, keep out of the STLB */
+#define PAGE_MASK      (~(uint64_t)0xfff)
+#define RFLAGS_AC      (1ull << 18)     /* Alignment Check: SMAP override at CPL < 3 */
+
+/*
+ * The privilege "mode" of an access. QEMU keeps one TLB per mmu_idx (user,
+ * supervisor with SMAP enforced, supervisor without), but does not tell
+ * the hook which one missed, so the hook reads CS and RFLAGS itself.
+ */
+enum mode { MODE_USER, MODE_KERNEL_AC0, MODE_KERNEL_AC1, MODE_COUNT };
+
+/*
+ * The STLB: 32K sets x 2 ways = 64K entries (1 MiB).
+ *
+ *   tag   = vpage | mode << 1 | TAG_VALID     (a vpage's bits 0-11 are 0)
+ *   value = paddr | perms                     (UC_PROT_* in bits 0-2)
+ *
+ *   set   = (vpn ^ vpn >> 21 ^ salt[mode]) mod 32K      vpn = vpage >> 12
+ *
+ * Consecutive pages take consecutive sets, and the user salt flips bit 14,
+ * so a sweep of 16,384 pages in user mode and in a kernel mode lands on
+ * disjoint sets; a third mode adds at most one entry per set, which the
+ * second way holds. vpn >> 21 mixes in bits above 8 GiB, so that user and
+ * kernel halves of the address space do not share sets page for page.
+ * Way 0 holds the most recently used entry of a set.
+ */
+#define STLB_SETS  (1u << 15)
+#define STLB_WAYS  2
+#define TAG_VALID  1u
+
+struct stlb_entry {
+    uint64_t tag;
+    uint64_t value;
+};
+
+static const uint64_t mode_salt[MODE_COUNT] = { 0x4000, 0x0000, 0x2000 };
+
+/*
+ * One machine's state. native.py mirrors every field up to and including
+ * reg_rflags with ctypes, in this order: keep the two in step
+ * (native_ctx_size checks the size at load time).
+ */
+struct native_ctx {
+    uint64_t fills;             /* TLB-fill hook calls */
+    uint64_t stlb_hits;         /* ... of which the STLB answered */
+    uint64_t instructions;      /* instructions completed */
+    uint64_t remaining;         /* budget: instructions left before the stop */
+    uint64_t last_pc;           /* address of the last instruction counted */
+    uint64_t in_flight;         /* it may not have completed yet */
+    reg_read_fn reg_read;       /* Unicorn's uc_reg_read */
+    emu_stop_fn emu_stop;       /* Unicorn's uc_emu_stop */
+    walker_fn walker;           /* the Python page walker */
+    int32_t reg_cs;             /* UC_X86_REG_CS */
+    int32_t reg_rflags;         /* UC_X86_REG_RFLAGS */
+    struct stlb_entry *stlb;    /* STLB_SETS * STLB_WAYS entries */
+};
+
+size_t native_ctx_size(void)
+{
+    return offsetof(struct native_ctx, stlb);
+}
+
+/* Allocates a context with an empty STLB; NULL if out of memory. */
+struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
+                               walker_fn walker, int32_t reg_cs,
+                               int32_t reg_rflags)
+{
+    struct native_ctx *ctx = calloc(1, sizeof(*ctx));
+
+    if (ctx == NULL)
+        return NULL;
+    ctx->stlb = calloc(STLB_SETS * STLB_WAYS, sizeof(struct stlb_entry));
+    if (ctx->stlb == NULL) {
+        free(ctx);
+        return NULL;
+    }
+    ctx->reg_read = reg_read;
+    ctx->emu_stop = emu_stop;
+    ctx->walker = walker;
+    ctx->reg_cs = reg_cs;
+    ctx->reg_rflags = reg_rflags;
+    return ctx;
+}
+
+/* Frees a context. Its hooks must already be removed. */
+void native_close(struct native_ctx *ctx)
+{
+    if (ctx != NULL)
+        free(ctx->stlb);
+    free(ctx);
+}
+
+static struct stlb_entry *stlb_set(struct native_ctx *ctx, uint64_t vpage,
+                                   enum mode mode)
+{
+    uint64_t vpn = vpage >> 12;
+
+    return &ctx->stlb[((vpn ^ (vpn >> 21) ^ mode_salt[mode]) & (STLB_SETS - 1))
+                      * STLB_WAYS];
+}
+
+static uint64_t stlb_tag(uint64_t vpage, enum mode mode)
+{
+    return vpage | (uint64_t)mode << 1 | TAG_VALID;
+}
+
+/* Returns the way holding (vpage, mode), or NULL. */
+static struct stlb_entry *stlb_find(struct native_ctx *ctx, uint64_t vpage,
+                                    enum mode mode)
+{
+    struct stlb_entry *set = stlb_set(ctx, vpage, mode);
+    uint64_t tag = stlb_tag(vpage, mode);
+
+    for (int way = 0; way < STLB_WAYS; way++) {
+        if (set[way].tag == tag)
+            return &set[way];
+    }
+    return NULL;
+}
+
+/* Makes `e` way 0 of its set, shifting the ways above it down. */
+static void stlb_touch(struct stlb_entry *set, struct stlb_entry *e,
+                       struct stlb_entry value)
+{
+    memmove(&set[1], &set[0], (size_t)(e - set) * sizeof(*set));
+    set[0] = value;
+}
+
+/* Keeps the walker's answer for (vpage, mode), evicting the set's LRU way. */
+static void stlb_insert(struct native_ctx *ctx, uint64_t vpage, enum mode mode,
+                        uint64_t value)
+{
+    struct stlb_entry *set = stlb_set(ctx, vpage, mode);
+    struct stlb_entry *e = stlb_find(ctx, vpage, mode);
+    struct stlb_entry fresh = { stlb_tag(vpage, mode), value };
+
+    stlb_touch(set, e != NULL ? e : &set[STLB_WAYS - 1], fresh);
+}
+
+/* Drops (vpage, mode) if present. */
+static void stlb_drop(struct native_ctx *ctx, uint64_t vpage, enum mode mode)
+{
+    struct stlb_entry *e = stlb_find(ctx, vpage, mode);
+
+    if (e != NULL)
+        e->tag = 0;
+}
+
+/* Empties the STLB (the executive changed the paging structures). */
+void native_flush(struct native_ctx *ctx)
+{
+    memset(ctx->stlb, 0, STLB_SETS * STLB_WAYS * sizeof(struct stlb_entry));
+}
+
+/* Drops one page from the STLB in every mode, like INVLPG. */
+void native_invalidate(struct native_ctx *ctx, uint64_t vpage)
+{
+    for (int mode = 0; mode < MODE_COUNT; mode++)
+        stlb_drop(ctx, vpage & PAGE_MASK, (enum mode)mode);
+}
+
+/* The UC_PROT_* bit an access of Unicorn type `type` needs. */
+static uint32_t needed_perm(int type)
+{
+    switch (type) {
+    case UC_MEM_WRITE:
+        return UC_PROT_WRITE;
+    case UC_MEM_FETCH:
+        return UC_PROT_EXEC;
+    default:
+        return UC_PROT_READ;
+    }
+}
+
+/*
+ * The instruction the counter last counted will not complete: take it back.
+ * Called when a data access of it faults (a fetch fault happens while
+ * translating the next block, after the previous instruction completed).
+ */
+static void retract(struct native_ctx *ctx)
+{
+    if (ctx->in_flight) {
+        ctx->instructions--;
+        ctx->remaining++;
+        ctx->in_flight = 0;
+    }
+}
+
+static void note_fault(struct native_ctx *ctx, int type)
+{
+    if (type == UC_MEM_FETCH)
+        ctx->in_flight = 0;
+    else
+        retract(ctx);
+}
+
+/*
+ * UC_HOOK_TLB_FILL callback: fills `entry` for the page `vpage` and returns
+ * true, or returns false to make Unicorn stop with UC_ERR_EXCEPTION (RIP at
+ * the faulting instruction). An STLB hit must grant the access asked for;
+ * otherwise the walker decides (a READ-only entry cached by a read does not
+ * answer a later write: the walker must see the write to set D).
+ */
+bool native_tlb_fill(uc_engine *uc, uint64_t vpage, int type,
+                     uc_tlb_entry *entry, void *user_data)
+{
+    struct native_ctx *ctx = user_data;
+    uint64_t cs = 0, rflags = 0;
+    uint32_t need = needed_perm(type);
+    enum mode mode = MODE_USER;
+    struct stlb_entry *e;
+    int64_t answer;
+
+    ctx->fills++;
+    ctx->reg_read(uc, ctx->reg_cs, &cs);
+    if ((cs & 3) != 3) {
+        ctx->reg_read(uc, ctx->reg_rflags, &rflags);
+        mode = (rflags & RFLAGS_AC) ? MODE_KERNEL_AC1 : MODE_KERNEL_AC0;
+    }
+
+    e = stlb_find(ctx, vpage, mode);
+    if (e != NULL && (e->value & need)) {
+        ctx->stlb_hits++;
+        entry->paddr = e->value & PAGE_MASK;
+        entry->perms = e->value & FILL_PERMS;
+        stlb_touch(stlb_set(ctx, vpage, mode), e, *e);
+        return true;
+    }
+
+    answer = ctx->walker(vpage, type, (int32_t)(cs & 3), rflags);
+    if (answer == FILL_DENY) {
+        note_fault(ctx, type);
+        return false;
+    }
+    if (answer & FILL_NO_CACHE)
+        stlb_drop(ctx, vpage, mode);
+    else
+        stlb_insert(ctx, vpage, mode, (uint64_t)answer & ~(uint64_t)FILL_NO_CACHE);
+    if (!(answer & need))
+        note_fault(ctx, type);  /* Unicorn faults on perms without the access */
+    entry->paddr = (uint64_t)answer & PAGE_MASK;
+    entry->perms = (uint32_t)answer & FILL_PERMS;
+    return true;
+}
+
+/*
+ * UC_HOOK_CODE callback, called before each instruction at `pc`: counts it,
+ * or, once the budget is spent, stops the run before it executes (Unicorn
+ * checks for a stop right after this hook).
+ */
+void native_count(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
+{
+    struct native_ctx *ctx = user_data;
+
+    if (ctx->remaining == 0) {
+        ctx->in_flight = 0;
+        ctx->emu_stop(uc);
+        return;
+    }
+    ctx->remaining--;
+    ctx->instructions++;
+    ctx->last_pc = pc;
+    ctx->in_flight = 1;
+}

@@ -1,0 +1,308 @@
+"""The machine's C fast paths (native.c), loaded with ctypes.
+
+Two hooks on the Unicorn engine, both in C so that no Python runs in the common case:
+
+* An STLB (second-level TLB) in front of the Python page walker. Unicorn calls the
+  UC_HOOK_TLB_FILL hook on every miss of QEMU's own TLB; the STLB answers the pages it has
+  seen, and only its misses cost a call into Python (about 1.2 us each).
+* An instruction counter with a budget (a UC_HOOK_CODE hook), installed only while a budget
+  is set, so that a run without one pays nothing per instruction.
+
+The walker contract, ``fill(vpage, access, cpl, rflags) -> int``:
+
+* ``vpage`` is the page-aligned virtual address, ``access`` an :class:`Access`, ``cpl`` is
+  CS & 3 and ``rflags`` is RFLAGS at CPL < 3 (only its AC bit matters there) and 0 at CPL 3.
+* It returns :data:`DENY` (no translation: ``emu_start`` ends with UC_ERR_EXCEPTION, RIP at
+  the faulting instruction, and the run loop raises #PF), or ``paddr | perms`` where perms is
+  a :class:`Fill` combination; ``Fill.NO_CACHE`` serves the answer once without keeping it.
+* Like a hardware STLB, the cache is only correct if the walker sets A on every fill and
+  grants WRITE only once D is set, and if the executive calls :meth:`NativeHooks.flush` or
+  :meth:`NativeHooks.invalidate` after changing a paging structure (SDM Vol. 3A 4.10.4).
+
+Instruction counting (measured on Unicorn 2.1.4, see tests/hw/test_native.py):
+
+* ``instructions`` counts completed instructions. A faulting instruction has not completed:
+  one whose data access the walker denies, one that raises an exception (#GP, #PF, #DE, #UD
+  ...) whose interrupt hook stops the run, is not counted. A trap has completed: ``int3``,
+  ``int n``, ``syscall`` (hook called, RIP past it) and ``hlt`` are counted.
+* After ``set_budget(n)``, a run stops after exactly n more completed instructions, with RIP
+  at the next one, not executed; resuming from there gives the same state as one
+  uninterrupted run. A ``rep`` string instruction counts once per iteration, as in Unicorn's
+  own ``count=`` (QEMU runs each iteration as a block of its own).
+* The exact count needs :meth:`NativeHooks.start` to run the guest: when a run ends, it takes
+  back the last counted instruction if RIP still points at it (it faulted, or a stop landed
+  between its code hook and its execution). One case cannot be told apart and is counted one
+  short: an instruction that completes with RIP at itself (``jmp $``, a ``rep`` iteration
+  with RCX still non-zero) when a stop from a non-code hook or a ``timeout`` lands right
+  after it. The budget's own stop is always exact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import tempfile
+import weakref
+from collections.abc import Callable
+from functools import cache
+
+from unicorn import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_OK,
+    UC_HOOK_CODE,
+    UC_HOOK_TLB_FILL,
+    Uc,
+    UcError,
+)
+from unicorn.unicorn_py3 import unicorn as _binding
+from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_RFLAGS, UC_X86_REG_RIP
+
+_SOURCE = pathlib.Path(__file__).with_name("native.c")
+_CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"]  # as the Makefile's rule
+
+
+class Access(enum.IntEnum):
+    """The access that missed QEMU's TLB (Unicorn's uc_mem_type)."""
+
+    READ = 16
+    WRITE = 17
+    FETCH = 18
+
+
+class Fill(enum.IntFlag):
+    """Low bits of a walker's answer, OR-ed into the physical page address."""
+
+    READ = 1  # UC_PROT_READ
+    WRITE = 2  # UC_PROT_WRITE: grant only once the PTE's D bit is set
+    EXEC = 4  # UC_PROT_EXEC
+    NO_CACHE = 8  # serve this answer once; keep it out of the STLB
+
+
+DENY = -1  # the walker's answer when the access must fault
+
+_WALKER = ctypes.CFUNCTYPE(
+    ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64
+)
+
+
+class _Ctx(ctypes.Structure):
+    """The head of native.c's struct native_ctx, field for field."""
+
+    _fields_ = [
+        ("fills", ctypes.c_uint64),
+        ("stlb_hits", ctypes.c_uint64),
+        ("instructions", ctypes.c_uint64),
+        ("remaining", ctypes.c_uint64),
+        ("last_pc", ctypes.c_uint64),
+        ("in_flight", ctypes.c_uint64),
+        ("reg_read", ctypes.c_void_p),
+        ("emu_stop", ctypes.c_void_p),
+        ("walker", ctypes.c_void_p),
+        ("reg_cs", ctypes.c_int32),
+        ("reg_rflags", ctypes.c_int32),
+    ]
+
+
+def library_path() -> pathlib.Path:
+    """Where the compiled native.c lives: emu/hw/_native.so."""
+    return pathlib.Path(__file__).with_name("_native.so")
+
+
+def ensure_built() -> pathlib.Path:
+    """Return the library, compiling native.c first if the .so is missing or older."""
+    lib = library_path()
+    if lib.exists() and (not _SOURCE.exists() or lib.stat().st_mtime >= _SOURCE.stat().st_mtime):
+        return lib
+    cc = shlex.split(os.environ.get("CC") or "cc")
+    if shutil.which(cc[0]) is None:
+        raise RuntimeError(f"cannot build {lib.name}: no C compiler {cc[0]!r} (set $CC)")
+    # Build beside the target and rename, so that concurrent builders never see half a file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [*cc, *_CFLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"cannot build {lib.name}: {done.stderr.strip()}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+@cache
+def _library() -> ctypes.CDLL:
+    """Load the library once and declare its functions."""
+    lib = ctypes.CDLL(str(ensure_built()))
+    lib.native_ctx_size.restype = ctypes.c_size_t
+    lib.native_ctx_size.argtypes = []
+    lib.native_open.restype = ctypes.c_void_p
+    lib.native_open.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 2
+    lib.native_close.argtypes = [ctypes.c_void_p]
+    lib.native_flush.argtypes = [ctypes.c_void_p]
+    lib.native_invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    if lib.native_ctx_size() != ctypes.sizeof(_Ctx):
+        raise RuntimeError(f"{library_path().name}: struct native_ctx differs from _Ctx")
+    return lib
+
+
+def _address(function: ctypes._CFuncPtr) -> int:
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
+def _release(lib: ctypes.CDLL, uc_ref: weakref.ref, hooks: list[int], ctx: int) -> None:
+    """Remove the hooks (unless the engine is going away too), then free the context."""
+    uc = uc_ref()
+    if uc is not None:
+        for handle in hooks:
+            _binding.uclib.uc_hook_del(uc._uch, handle)
+    hooks.clear()
+    lib.native_close(ctx)
+
+
+class NativeHooks:
+    """The machine's C fast paths: an STLB in front of the Python page walker, and an
+    instruction counter."""
+
+    def __init__(self, uc: Uc, fill: Callable[[int, int, int, int], int]) -> None:
+        """Register the TLB-fill hook on `uc` (already in UC_TLB_VIRTUAL mode)."""
+        lib = _library()
+        self._uc = uc
+        self._lib = lib
+        errors: list[BaseException] = []
+        stop = _binding.uclib.uc_emu_stop
+        uch = uc._uch
+
+        def walker(vpage: int, access: int, cpl: int, rflags: int) -> int:
+            try:
+                return fill(vpage, access, cpl, rflags)
+            except BaseException as exc:  # noqa: B036 - re-raised by start()
+                errors.append(exc)
+                stop(uch)
+                return DENY
+
+        # The closure must not reference self, or the finalizer would keep self alive.
+        self._errors = errors
+        self._walker = _WALKER(walker)
+        ctx = lib.native_open(
+            _address(_binding.uclib.uc_reg_read),
+            _address(stop),
+            _address(self._walker),
+            UC_X86_REG_CS,
+            UC_X86_REG_RFLAGS,
+        )
+        if not ctx:
+            raise MemoryError("native_open: no memory for the STLB")
+        self._ctx_ptr = ctx
+        self._ctx = _Ctx.from_address(ctx)
+        self._handles: list[int] = []
+        self._finalizer = weakref.finalize(
+            self, _release, lib, weakref.ref(uc), self._handles, ctx
+        )
+        self._tlb_hook = self._hook_add(UC_HOOK_TLB_FILL, lib.native_tlb_fill)
+        self._code_hook: int | None = None
+
+    def _hook_add(self, htype: int, callback: ctypes._CFuncPtr) -> int:
+        handle = _binding.uc_hook_h()
+        status = _binding.uclib.uc_hook_add(
+            self._uc._uch, ctypes.byref(handle), htype, _address(callback), self._ctx_ptr, 1, 0
+        )
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        self._handles.append(handle.value)
+        return handle.value
+
+    def _hook_del(self, handle: int) -> None:
+        _binding.uclib.uc_hook_del(self._uc._uch, handle)
+        self._handles.remove(handle)
+
+    def start(self, begin: int, until: int = 0, timeout: int = 0) -> None:
+        """Run the guest like ``uc.emu_start`` (never with its ``count``), then settle the
+        instruction count and re-raise an exception the walker raised during the run."""
+        self._errors.clear()
+        try:
+            self._uc.emu_start(begin, until, timeout)
+        except UcError as failure:
+            self._settle()
+            if self._errors:
+                raise self._errors.pop() from failure
+            raise
+        self._settle()
+        if self._errors:
+            raise self._errors.pop()
+
+    def _settle(self) -> None:
+        """Take back the last counted instruction if the run ended with RIP still at it."""
+        ctx = self._ctx
+        if ctx.in_flight and self._uc.reg_read(UC_X86_REG_RIP) == ctx.last_pc:
+            ctx.instructions -= 1
+            ctx.remaining += 1
+        ctx.in_flight = 0
+
+    def flush(self) -> None:
+        """Empty the STLB and QEMU's TLB, as MOV CR3 does (SDM Vol. 3A 4.10.4.1)."""
+        self._lib.native_flush(self._ctx_ptr)
+        self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def invalidate(self, vpage: int) -> None:
+        """Drop one page, in every mode, as INVLPG does; QEMU's TLB is flushed whole."""
+        self._lib.native_invalidate(self._ctx_ptr, vpage)
+        self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def set_budget(self, n: int | None) -> None:
+        """Stop the next runs after n more completed instructions; None stops counting.
+
+        Call between runs: adding or removing the code hook flushes translated blocks,
+        so that every block is translated with (or without) the counting call."""
+        if n is None:
+            if self._code_hook is not None:
+                self._hook_del(self._code_hook)
+                self._code_hook = None
+                self._uc.ctl_flush_tb()
+            return
+        if n < 0:
+            raise ValueError(f"set_budget: negative budget {n}")
+        self._ctx.remaining = n
+        if self._code_hook is None:
+            self._code_hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count)
+            self._uc.ctl_flush_tb()
+
+    @property
+    def budget(self) -> int | None:
+        """Instructions left before the budget stops a run, or None when not counting."""
+        return None if self._code_hook is None else self._ctx.remaining
+
+    @property
+    def instructions(self) -> int:
+        """Instructions completed while a budget was set (see the module docstring)."""
+        return self._ctx.instructions
+
+    @instructions.setter
+    def instructions(self, value: int) -> None:
+        self._ctx.instructions = value
+        self._ctx.in_flight = 0
+
+    @property
+    def fills(self) -> int:
+        """TLB-fill hook calls (QEMU TLB misses)."""
+        return self._ctx.fills
+
+    @property
+    def stlb_hits(self) -> int:
+        """TLB-fill hook calls the STLB answered without calling the walker."""
+        return self._ctx.stlb_hits
+
+    def close(self) -> None:
+        """Remove the hooks and free the STLB; the object is unusable afterwards."""
+        if self._finalizer.alive:
+            self._finalizer()
+            self._code_hook = None
+            self._uc.ctl_flush_tb()

@@ -1,0 +1,121 @@
+"""The public Python API: a whole machine, its processes and what happened to them.
+
+    from emu import Machine
+    m = Machine(mem="64M")
+    p = m.spawn("guest/build/apps/hello", ["a", "b"])
+    result = m.run()
+    p.exit_status, p.exception, p.output, result.bugcheck
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from emu.hw.memory import PhysicalMemory, parse_size
+from emu.nt.bugcheck import BugCheck
+from emu.nt.kernel import Executive, MachineStop
+from emu.nt.loader import load_file
+from emu.nt.process import Process, ProcessState
+
+MIN_MEMORY = 1 << 20
+MAX_MEMORY = 64 << 30
+
+
+@dataclass
+class Stats:
+    """Machine-wide counters."""
+
+    instructions: int | None      # None when counting was off (full speed)
+    tlb_fills: int                # TLB misses Unicorn asked about
+    stlb_hits: int                # ... of which the second-level TLB answered without a walk
+    page_faults: int
+
+
+@dataclass
+class MachineResult:
+    """What ``Machine.run`` returns."""
+
+    processes: list[Process]
+    bugcheck: BugCheck | None
+    stopped: str | None           # "instruction limit" when --max-insns stopped the machine
+    stats: Stats
+    unfinished: list[Process] = field(default_factory=list)
+    last_rip: int = 0             # where the CPU stopped
+
+
+class Machine:
+    """An x86-64 machine with ``mem`` bytes of RAM running the NT-like executive."""
+
+    def __init__(self, mem: int | str = "64M", *, max_insns: int | None = None,
+                 trace: TextIO | None = None,
+                 console: Callable[[Process, bytes], None] | None = None) -> None:
+        size = parse_size(mem) if isinstance(mem, str) else mem
+        if size < MIN_MEMORY or size > MAX_MEMORY or size % 4096:
+            raise ValueError(f"memory size must be a multiple of 4K between 1M and 64G, "
+                             f"not {size}")
+        if max_insns is not None and max_insns <= 0:
+            raise ValueError("--max-insns must be positive")
+        self.mem = PhysicalMemory(size)
+        self.executive = Executive(self.mem, console)
+        self.max_insns = max_insns
+        self._trace = trace
+        self.result: MachineResult | None = None
+        if trace is not None:
+            self.executive.cpu.set_trace(self._trace_instruction)
+
+    @property
+    def counting(self) -> bool:
+        """Whether instructions are counted (a budget or a trace is on)."""
+        return self.max_insns is not None or self._trace is not None
+
+    @property
+    def processes(self) -> list[Process]:
+        return self.executive.processes
+
+    def spawn(self, path: str | Path, args: list[str] | tuple[str, ...] = ()) -> Process:
+        """Load the ELF app at ``path`` into a new process; raises LoaderError for a bad file."""
+        image = load_file(path)
+        return self.executive.create_process(image, list(args))
+
+    def run(self) -> MachineResult:
+        """Run every spawned process in turn until each exits, or the machine stops."""
+        ex = self.executive
+        cpu = ex.cpu
+        if self.max_insns is not None:
+            cpu.set_budget(self.max_insns)
+        elif self._trace is not None:
+            cpu.set_budget(1 << 62)
+        stopped: str | None = None
+        try:
+            for proc in ex.processes:
+                if proc.state is ProcessState.READY:
+                    before = cpu.instructions
+                    try:
+                        ex.run_process(proc)
+                    finally:
+                        proc.instructions = cpu.instructions - before
+        except BugCheck:
+            stopped = "bug check"
+        except MachineStop:
+            stopped = "instruction limit"
+        stats = Stats(cpu.instructions if self.counting else None, cpu.native.fills,
+                      cpu.native.stlb_hits, cpu.page_faults)
+        unfinished = [p for p in ex.processes if p.state is not ProcessState.TERMINATED]
+        self.result = MachineResult(list(ex.processes), ex.bugcheck, stopped, stats, unfinished,
+                                    cpu.rip)
+        return self.result
+
+    def _trace_instruction(self, cpu, rip: int, size: int) -> None:
+        code = cpu.read_code(rip, size)
+        insn = cpu.decode_at(rip)
+        text = f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(bad)"
+        proc = self.executive.current
+        who = f"pid {proc.pid}" if proc else "kernel"
+        self._trace.write(f"ring {cpu.cpl}  {who:<7} {rip:#018x}  {code.hex(' '):<30} {text}\n")
+
+    def close(self) -> None:
+        """Release the emulator's resources."""
+        self.executive.close()

@@ -1,0 +1,71 @@
+"""Bug checks: how the kernel stops the whole machine when kernel-mode code breaks a rule.
+
+Codes and parameters follow Microsoft's "Bug check code reference". A fault in
+ring 0 cannot be contained the way a user-mode fault is: every process shares
+the kernel's address space, so the only safe move is to stop everything and
+report, which is what ``KeBugCheckEx`` does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class BugCheckCode(enum.IntEnum):
+    """Stop codes (bugcodes.h)."""
+
+    IRQL_NOT_LESS_OR_EQUAL = 0x0A
+    KMODE_EXCEPTION_NOT_HANDLED = 0x1E
+    SYSTEM_SERVICE_EXCEPTION = 0x3B
+    PAGE_FAULT_IN_NONPAGED_AREA = 0x50
+    UNEXPECTED_KERNEL_MODE_TRAP = 0x7F
+    MACHINE_CHECK_EXCEPTION = 0x9C
+    ATTEMPTED_WRITE_TO_READONLY_MEMORY = 0xBE
+    DRIVER_IRQL_NOT_LESS_OR_EQUAL = 0xD1
+    MANUALLY_INITIATED_CRASH = 0xE2
+    ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
+
+
+# Parameter 2 of PAGE_FAULT_IN_NONPAGED_AREA: the kind of access (bug check reference, 0x50).
+PF_READ, PF_WRITE, PF_EXECUTE = 0, 2, 0x10
+
+
+@dataclass
+class BugCheck(Exception):
+    """KeBugCheckEx(code, p1..p4): raised inside the executive, caught by the machine's run loop."""
+
+    code: int
+    params: tuple[int, int, int, int] = (0, 0, 0, 0)
+    rip: int | None = None
+    detail: str = ""
+    registers: dict[str, int] = field(default_factory=dict)
+    instruction: str = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(f"bug check {self.code:#x}")
+
+    @property
+    def name(self) -> str:
+        """The stop code's symbolic name."""
+        try:
+            return BugCheckCode(self.code).name
+        except ValueError:
+            return f"BUGCHECK_{self.code:#X}"
+
+
+def blue_screen(bc: BugCheck) -> str:
+    """The text a blue screen shows: stop code, parameters, faulting instruction, registers."""
+    lines = [
+        "*** STOP: the system has been halted to prevent damage ***",
+        f"*** {bc.name} (0x{bc.code:08X})",
+        "*** Parameters: " + ", ".join(f"0x{p:016X}" for p in bc.params),
+    ]
+    if bc.detail:
+        lines.append(f"*** {bc.detail}")
+    if bc.rip is not None:
+        lines.append(f"*** Faulting RIP 0x{bc.rip:016x}: {bc.instruction or '??'}")
+    regs = [f"{name}={value:016x}" for name, value in bc.registers.items()]
+    for i in range(0, len(regs), 4):
+        lines.append("    " + " ".join(regs[i:i + 4]))
+    return "\n".join(lines)

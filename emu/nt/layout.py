@@ -1,0 +1,38 @@
+"""Where things live in the virtual address space (the x64 Windows layout, simplified).
+
+    0x00000000'00000000  first 64 KiB: never mapped, so NULL and small offsets fault
+    0x00000000'00400000  ELF executables (ET_EXEC) link here
+    0x00007FF6'00000000  position-independent images (static-pie) are loaded here
+    0x00007FFF'FFFE0000  top of the main thread's user stack (grows down)
+    0x00007FFF'FFFEFFFF  MmHighestUserAddress
+    0x00007FFF'FFFF0000  MmUserProbeAddress: a 64 KiB no-access gap
+    0x00008000'00000000  non-canonical hole: #GP, not #PF
+    0xFFFF8000'00000000  the kernel half (PML4 slots 256-511, shared by every process)
+"""
+
+from __future__ import annotations
+
+PAGE_SIZE = 4096
+
+MM_LOWEST_USER_ADDRESS = 0x0000_0000_0001_0000
+MM_HIGHEST_USER_ADDRESS = 0x0000_7FFF_FFFE_FFFF
+MM_USER_PROBE_ADDRESS = 0x0000_7FFF_FFFF_0000
+USER_SPACE_END = 0x0000_8000_0000_0000         # 128 TiB: the user half of the PML4
+KERNEL_SPACE_START = 0xFFFF_8000_0000_0000     # PML4 slot 256
+KERNEL_PML4_FIRST = 256                        # PML4 slots 256-511 are the kernel half
+
+PIE_IMAGE_BASE = 0x0000_7FF6_0000_0000
+USER_STACK_TOP = 0x0000_7FFF_FFFE_0000
+USER_STACK_SIZE = 256 * 1024                   # committed; the page below is the guard
+
+# The kernel's own pages, at the start of the kernel half.
+KERNEL_GDT = 0xFFFF_8000_0000_0000             # GDT at +0, TSS at +0x800
+KERNEL_TSS = KERNEL_GDT + 0x800
+KERNEL_TEXT = 0xFFFF_8000_0000_1000            # kernel code: the return-to-user trampoline
+KERNEL_STACK_BASE = 0xFFFF_8000_0001_0000      # kernel stacks, each with a guard page below
+KERNEL_STACK_PAGES = 4
+
+
+def is_user_address(va: int) -> bool:
+    """True for addresses in the user half (0 .. 0x00007FFF'FFFFFFFF)."""
+    return 0 <= va < USER_SPACE_END

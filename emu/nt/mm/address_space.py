@@ -1,0 +1,227 @@
+"""Address spaces: real x86-64 page tables in guest RAM, one PML4 per process.
+
+    63      48 47    39 38    30 29    21 20    12 11       0
+    +---------+--------+--------+--------+--------+----------+
+    | sign    | PML4   | PDPT   | PD     | PT     | offset   |
+    | extend  | index  | index  | index  | index  | in page  |
+    +---------+--------+--------+--------+--------+----------+
+
+The lower 256 PML4 slots map the process's private user half; slots 256-511
+point to the SAME PDPTs in every process, so kernel memory is one shared space
+(the seed: "all code running in kernel mode shares a single virtual address
+space"). A new kernel PML4 entry is copied into every PML4 at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from emu.hw.memory import PhysicalMemory
+from emu.hw.mmu import PTE
+from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE
+from emu.nt.mm.pfn import FrameUse, PfnDatabase
+
+ADDRESS_MASK = 0x000F_FFFF_FFFF_F000     # bits 12..51 of an entry: the next table or frame
+LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
+
+
+class Protection(enum.IntFlag):
+    """Page protections as VirtualAlloc takes them (winnt.h PAGE_*)."""
+
+    PAGE_NOACCESS = 0x01
+    PAGE_READONLY = 0x02
+    PAGE_READWRITE = 0x04
+    PAGE_EXECUTE = 0x10
+    PAGE_EXECUTE_READ = 0x20
+    PAGE_EXECUTE_READWRITE = 0x40
+
+
+_WRITABLE = Protection.PAGE_READWRITE | Protection.PAGE_EXECUTE_READWRITE
+_EXECUTABLE = (Protection.PAGE_EXECUTE | Protection.PAGE_EXECUTE_READ
+               | Protection.PAGE_EXECUTE_READWRITE)
+
+
+def leaf_flags(protect: Protection, *, user: bool) -> PTE:
+    """The PTE bits that give ``protect``: RW for writable, NX unless executable, US for user."""
+    flags = PTE.P
+    if protect & _WRITABLE:
+        flags |= PTE.RW
+    if not protect & _EXECUTABLE:
+        flags |= PTE.NX
+    if user:
+        flags |= PTE.US
+    return flags
+
+
+def index(va: int, level: int) -> int:
+    """The 9-bit table index of ``va`` at ``level`` (4 = PML4 ... 1 = PT)."""
+    return (va >> (12 + 9 * (level - 1))) & 0x1FF
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One mapped 4 KiB page: virtual page, physical frame, the leaf PTE value."""
+
+    va: int
+    pfn: int
+    pte: int
+
+
+class AddressSpace:
+    """A set of page tables rooted at one PML4 frame (the value of CR3)."""
+
+    def __init__(self, mm: MemoryManager, owner: int | None) -> None:
+        self.mm = mm
+        self.owner = owner
+        self.pml4_pfn = mm.pfn.allocate(FrameUse.PAGE_TABLE, owner)
+        mm.mem.zero(self.pml4_pfn * PAGE_SIZE)
+        for slot, entry in mm.kernel_pml4e.items():
+            mm.mem.write_u64(self.pml4_pfn * PAGE_SIZE + slot * 8, entry)
+
+    @property
+    def cr3(self) -> int:
+        """The CR3 value that selects this address space."""
+        return self.pml4_pfn * PAGE_SIZE
+
+    def pte_address(self, va: int, *, create: bool) -> int | None:
+        """Physical address of the PTE for ``va`` (creating missing tables if asked), or None."""
+        table = self.cr3
+        for level in (4, 3, 2):
+            entry_pa = table + index(va, level) * 8
+            entry = self.mm.mem.read_u64(entry_pa)
+            if not entry & PTE.P:
+                if not create:
+                    return None
+                entry = self._new_table(va, level, entry_pa)
+            elif entry & PTE.PS:
+                return None                      # a large page: no PT below it
+            table = entry & ADDRESS_MASK
+        return table + index(va, 1) * 8
+
+    def _new_table(self, va: int, level: int, entry_pa: int) -> int:
+        """Allocate a zeroed table below ``entry_pa``; user tables get US, kernel ones not."""
+        kernel = index(va, 4) >= KERNEL_PML4_FIRST
+        pfn = self.mm.pfn.allocate(FrameUse.PAGE_TABLE, None if kernel else self.owner)
+        self.mm.mem.zero(pfn * PAGE_SIZE)
+        # Upper levels grant everything; the leaf PTE decides (SDM §4.6: rights combine).
+        entry = pfn * PAGE_SIZE | PTE.P | PTE.RW | (0 if kernel else PTE.US)
+        self.mm.mem.write_u64(entry_pa, entry)
+        if level == 4 and kernel:
+            self.mm.share_kernel_pml4e(index(va, 4), entry)
+        return entry
+
+    def map_page(self, va: int, pfn: int, flags: PTE) -> None:
+        """Map the 4 KiB page at ``va`` to frame ``pfn`` with leaf ``flags``."""
+        pte_pa = self.pte_address(va, create=True)
+        self.mm.mem.write_u64(pte_pa, pfn * PAGE_SIZE | int(flags))
+        self.mm.page_changed(self, va)
+
+    def unmap_page(self, va: int) -> int | None:
+        """Remove the mapping of ``va``; returns the frame it mapped, or None."""
+        pte_pa = self.pte_address(va, create=False)
+        if pte_pa is None:
+            return None
+        pte = self.mm.mem.read_u64(pte_pa)
+        if not pte & PTE.P:
+            return None
+        self.mm.mem.write_u64(pte_pa, 0)
+        self.mm.page_changed(self, va)
+        return (pte & ADDRESS_MASK) // PAGE_SIZE
+
+    def lookup(self, va: int) -> Mapping | None:
+        """The 4 KiB mapping of ``va`` if its PTE is present (no A/D side effects)."""
+        pte_pa = self.pte_address(va, create=False)
+        if pte_pa is None:
+            return None
+        pte = self.mm.mem.read_u64(pte_pa)
+        if not pte & PTE.P:
+            return None
+        return Mapping(va & ~0xFFF, (pte & ADDRESS_MASK) // PAGE_SIZE, pte)
+
+    def user_mappings(self) -> Iterator[Mapping]:
+        """Every present 4 KiB page of the user half, in address order."""
+        yield from self._mappings(self.cr3, 4, 0, range(KERNEL_PML4_FIRST))
+
+    def _mappings(self, table: int, level: int, base: int, slots: range) -> Iterator[Mapping]:
+        for i in slots:
+            entry = self.mm.mem.read_u64(table + i * 8)
+            if not entry & PTE.P:
+                continue
+            va = base | i << (12 + 9 * (level - 1))
+            if level == 1:
+                yield Mapping(va, (entry & ADDRESS_MASK) // PAGE_SIZE, entry)
+            elif not entry & PTE.PS:
+                yield from self._mappings(entry & ADDRESS_MASK, level - 1, va, range(512))
+
+    def release_user_half(self) -> None:
+        """Free every user frame and user page table, then the PML4 (process exit)."""
+        self._free_tables(self.cr3, 4, range(KERNEL_PML4_FIRST))
+        self.mm.pfn.release(self.pml4_pfn)
+        self.mm.forget(self)
+
+    def _free_tables(self, table: int, level: int, slots: range) -> None:
+        for i in slots:
+            entry = self.mm.mem.read_u64(table + i * 8)
+            if not entry & PTE.P:
+                continue
+            pfn = (entry & ADDRESS_MASK) // PAGE_SIZE
+            if level > 1 and not entry & PTE.PS:
+                self._free_tables(pfn * PAGE_SIZE, level - 1, range(512))
+            self.mm.pfn.release(pfn)
+
+
+class MemoryManager:
+    """Owns RAM, the PFN database, the shared kernel half and every address space."""
+
+    def __init__(self, mem: PhysicalMemory, on_page_changed: Callable[[int, int], None],
+                 on_code_frame_reused: Callable[[], None]) -> None:
+        self.mem = mem
+        self._on_code_frame_reused = on_code_frame_reused   # translated code may be stale
+        self.pfn = PfnDatabase(mem.frames)
+        self.kernel_pml4e: dict[int, int] = {}
+        self.spaces: list[AddressSpace] = []
+        self._on_page_changed = on_page_changed   # (cr3, va): the TLB must forget va
+        self.system = self.create_address_space(owner=None)
+
+    def create_address_space(self, owner: int | None) -> AddressSpace:
+        """A new PML4 with the kernel half already shared."""
+        space = AddressSpace(self, owner)
+        self.spaces.append(space)
+        return space
+
+    def forget(self, space: AddressSpace) -> None:
+        self.spaces.remove(space)
+
+    def share_kernel_pml4e(self, slot: int, entry: int) -> None:
+        """A new kernel PML4 entry: copy it into every PML4 so the kernel half stays one space."""
+        self.kernel_pml4e[slot] = entry
+        for space in self.spaces:
+            self.mem.write_u64(space.cr3 + slot * 8, entry)
+
+    def page_changed(self, space: AddressSpace, va: int) -> None:
+        self._on_page_changed(space.cr3, va)
+
+    def allocate_frame(self, use: FrameUse, owner: int | None, va: int | None) -> int:
+        """A zeroed frame (demand-zero semantics: a new page never leaks old contents)."""
+        pfn = self.pfn.allocate(use, owner, va)
+        self.mem.zero(pfn * PAGE_SIZE)
+        return pfn
+
+    def map_new(self, space: AddressSpace, va: int, protect: Protection, *,
+                use: FrameUse = FrameUse.PRIVATE, data: bytes = b"") -> int:
+        """Back the page at ``va`` with a new zeroed frame holding ``data``; returns the frame."""
+        user = index(va, 4) < KERNEL_PML4_FIRST
+        pfn = self.allocate_frame(use, space.owner if user else None, va)
+        if data:
+            self.mem.write(pfn * PAGE_SIZE, data[:PAGE_SIZE])
+        if protect & _EXECUTABLE:
+            entry = self.pfn.entries[pfn]
+            if entry.had_code:
+                # Unicorn keeps translated blocks by physical page and does not see our
+                # writes (platform-facts.md): a frame reused for new code must be flushed.
+                self._on_code_frame_reused()
+            entry.had_code = True
+        space.map_page(va, pfn, leaf_flags(protect, user=user))
+        return pfn

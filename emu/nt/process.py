@@ -1,0 +1,53 @@
+"""Processes: a private address space, an image, and what became of it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from emu.nt.loader import Image
+from emu.nt.mm.address_space import AddressSpace
+
+
+class ProcessState(enum.Enum):
+    READY = "ready"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True)
+class ExceptionInfo:
+    """The EXCEPTION_RECORD of the exception that killed a process (winnt.h)."""
+
+    code: int                    # NTSTATUS, e.g. 0xC0000005
+    rip: int                     # ExceptionAddress: the faulting instruction
+    instruction: str             # its disassembly
+    access: str | None = None    # "read", "write" or "execute" for access violations
+    address: int | None = None   # the inaccessible address, for access violations
+    params: tuple[int, ...] = ()  # ExceptionInformation[]
+    detail: str = ""             # what the hardware found (the page walk's reason)
+
+    @property
+    def name(self) -> str:
+        from emu.nt.status import status_name
+        return status_name(self.code)
+
+
+@dataclass
+class Process:
+    """An executive process object (EPROCESS), reduced to what this machine uses."""
+
+    pid: int
+    name: str
+    image: Image
+    args: list[str]
+    space: AddressSpace
+    parent_pid: int | None = None
+    state: ProcessState = ProcessState.READY
+    exit_status: int | None = None
+    exception: ExceptionInfo | None = None
+    output: bytearray = field(default_factory=bytearray)
+    stack_low: int = 0           # lowest committed stack address; the guard page is below it
+    stack_high: int = 0
+    entry_rsp: int = 0
+    instructions: int = 0        # instructions run by this process (when counting)

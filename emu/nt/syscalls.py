@@ -1,0 +1,114 @@
+"""The system service table: what ``syscall`` from ring 3 can ask of the executive.
+
+The ABI (docs/abi.md): number in RAX, arguments in RDI, RSI, RDX, R10, R8, R9,
+result in RAX. Services are registered in an explicit table keyed by number
+(KiServiceTable on Windows); a number with no entry returns
+STATUS_INVALID_SYSTEM_SERVICE.
+
+Every pointer from user mode is hostile: ``probe_and_read`` plays
+ProbeForRead plus the try/except around the copy, so a bad pointer comes back
+as STATUS_ACCESS_VIOLATION instead of crashing anything.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from emu.hw import mmu
+from emu.nt.layout import MM_USER_PROBE_ADDRESS, PAGE_SIZE
+from emu.nt.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Executive
+    from emu.nt.process import Process
+
+MAX_WRITE = 1 << 20
+NT_CURRENT_PROCESS = 0xFFFF_FFFF_FFFF_FFFF     # NtCurrentProcess(): the handle -1
+
+
+class Service(enum.IntEnum):
+    """Service numbers (docs/abi.md)."""
+
+    NtTerminateProcess = 0x00
+    NtWriteConsole = 0x01
+    NtGetCurrentProcessId = 0x02
+
+
+class UserAccessViolation(Exception):
+    """A user pointer failed its probe or its copy (becomes STATUS_ACCESS_VIOLATION)."""
+
+
+Handler = Callable[["Executive", "Process", tuple[int, ...]], int]
+SERVICE_TABLE: dict[Service, Handler] = {}
+
+
+def service(number: Service) -> Callable[[Handler], Handler]:
+    """Register a handler for ``number`` in SERVICE_TABLE."""
+    def register(fn: Handler) -> Handler:
+        if number in SERVICE_TABLE:
+            raise AssertionError(f"service {number!r} registered twice")
+        SERVICE_TABLE[number] = fn
+        return fn
+    return register
+
+
+def dispatch(ex: Executive, proc: Process, number: int, args: tuple[int, ...]) -> int:
+    """KiSystemService: run the handler for ``number``; the result goes back in RAX."""
+    try:
+        handler = SERVICE_TABLE[Service(number)]
+    except ValueError:
+        return NTSTATUS.STATUS_INVALID_SYSTEM_SERVICE
+    try:
+        return handler(ex, proc, args)
+    except UserAccessViolation:
+        return NTSTATUS.STATUS_ACCESS_VIOLATION
+
+
+def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
+    """ProbeForRead + copy: ``length`` bytes of the caller's memory, or UserAccessViolation."""
+    if length == 0:
+        return b""
+    end = address + length
+    if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
+        raise UserAccessViolation(address)      # reaches into the kernel half: refused
+    out = bytearray()
+    va = address
+    while va < end:
+        try:
+            pa = ex.cpu.walk(va, "read", cpl=3, set_accessed_dirty=True).pa
+        except (mmu.PageFault, mmu.GeneralProtection):
+            raise UserAccessViolation(va) from None
+        n = min(end - va, PAGE_SIZE - (va % PAGE_SIZE))
+        out += ex.mem.read(pa, n)
+        va += n
+    return bytes(out)
+
+
+@service(Service.NtTerminateProcess)
+def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtTerminateProcess(ProcessHandle, ExitStatus): only the caller itself, for now."""
+    handle, status = args[0], args[1] & 0xFFFF_FFFF
+    if handle not in (NT_CURRENT_PROCESS, 0):
+        return NTSTATUS.STATUS_INVALID_HANDLE
+    ex.terminate(proc, status)
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtWriteConsole)
+def nt_write_console(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtWriteConsole(Buffer, Length): write bytes of the caller's memory to the console."""
+    buffer, length = args[0], args[1]
+    if buffer + length < buffer or buffer + length > 1 << 64:
+        raise UserAccessViolation(buffer)       # the range wraps around: ProbeForRead refuses
+    if length > MAX_WRITE:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    ex.console_write(proc, probe_and_read(ex, buffer, length))
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtGetCurrentProcessId)
+def nt_get_current_process_id(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtGetCurrentProcessId(): the caller's process id (returned as a value, not a status)."""
+    return proc.pid

@@ -1,0 +1,127 @@
+"""Trap handling: what the kernel makes of a CPU exception (KiDispatchException's first half).
+
+A user-mode fault becomes an exception record with an NTSTATUS code, the way
+Windows reports it to the faulting process (winnt.h EXCEPTION_RECORD;
+"Exception Dispatching" in Windows Internals). With no handler in the
+process, the process ends with that status and nothing else is touched.
+
+A kernel-mode fault becomes a bug check (Microsoft's bug check reference
+gives each code's parameters): the kernel half is shared by everyone, so
+there is nothing smaller than the whole system to stop.
+"""
+
+from __future__ import annotations
+
+from emu.hw.cpu import CpuException, Vector
+from emu.hw.mmu import PFErr
+from emu.nt.bugcheck import PF_EXECUTE, PF_READ, PF_WRITE, BugCheck, BugCheckCode
+from emu.nt.process import ExceptionInfo
+from emu.nt.status import NTSTATUS
+
+# ExceptionInformation[0] of an access violation (winnt.h EXCEPTION_*_FAULT).
+EXCEPTION_READ_FAULT, EXCEPTION_WRITE_FAULT, EXCEPTION_EXECUTE_FAULT = 0, 1, 8
+_AV_KIND = {"read": EXCEPTION_READ_FAULT, "write": EXCEPTION_WRITE_FAULT,
+            "fetch": EXCEPTION_EXECUTE_FAULT}
+_NO_ADDRESS = 0xFFFF_FFFF_FFFF_FFFF   # what Windows reports for a #GP: it has no address
+_AV_WORD = {"read": "read", "write": "write", "fetch": "execute"}
+
+# Instructions that need CPL 0 (SDM Vol. 3A §5.9): at ring 3 their #GP is a privilege violation.
+PRIVILEGED = frozenset({
+    "hlt", "cli", "sti", "lgdt", "lidt", "lldt", "ltr", "clts", "invd", "wbinvd", "invlpg",
+    "rdmsr", "wrmsr", "in", "out", "ins", "outs", "insb", "insw", "insd", "outsb", "outsw",
+    "outsd", "swapgs", "sysret", "sysretq", "sysexit", "lmsw", "invpcid", "xsetbv", "rdpmc",
+    "monitor", "mwait", "iretq", "iret", "iretd", "popf", "popfq",
+})
+
+_VECTOR_STATUS = {
+    Vector.UD: NTSTATUS.STATUS_ILLEGAL_INSTRUCTION,
+    Vector.BP: NTSTATUS.STATUS_BREAKPOINT,
+    Vector.DB: NTSTATUS.STATUS_SINGLE_STEP,
+    Vector.AC: NTSTATUS.STATUS_DATATYPE_MISALIGNMENT,
+    Vector.XM: NTSTATUS.STATUS_FLOAT_MULTIPLE_TRAPS,
+}
+
+
+def user_exception(exc: CpuException, instruction: str, *, stack_guard: range | None,
+                   divisor_is_zero: bool = True) -> ExceptionInfo:
+    """The exception record for a ring-3 fault (KiDispatchException's user-mode path)."""
+    mnemonic = instruction.split(" ", 1)[0] if instruction else ""
+    if exc.vector == Vector.PF or exc.vector == Vector.MC:
+        return _access_violation(exc, instruction, exc.address, stack_guard)
+    if exc.vector == Vector.GP:
+        if exc.address is not None and exc.access is not None:
+            # A non-canonical address: #GP carries no address, so Windows reports -1.
+            return ExceptionInfo(NTSTATUS.STATUS_ACCESS_VIOLATION, exc.rip, instruction,
+                                 _AV_WORD[exc.access], 0xFFFF_FFFF_FFFF_FFFF,
+                                 (_AV_KIND[exc.access], 0xFFFF_FFFF_FFFF_FFFF),
+                                 f"non-canonical address 0x{exc.address:x} (#GP)")
+        if _privileged(instruction, mnemonic):
+            return ExceptionInfo(NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION, exc.rip, instruction,
+                                 detail=f"{mnemonic} needs CPL 0 (#GP at CPL 3)")
+        return ExceptionInfo(NTSTATUS.STATUS_ACCESS_VIOLATION, exc.rip, instruction, "read",
+                             _NO_ADDRESS, (EXCEPTION_READ_FAULT, _NO_ADDRESS),
+                             exc.reason or f"#GP, error code {exc.error_code:#x}")
+    if exc.vector == Vector.DE:
+        code = NTSTATUS.STATUS_INTEGER_DIVIDE_BY_ZERO if divisor_is_zero \
+            else NTSTATUS.STATUS_INTEGER_OVERFLOW
+        return ExceptionInfo(code, exc.rip, instruction, detail="#DE divide error")
+    code = _VECTOR_STATUS.get(exc.vector, NTSTATUS.STATUS_ILLEGAL_INSTRUCTION)
+    return ExceptionInfo(code, exc.rip, instruction, detail=f"#{exc.vector.name}")
+
+
+def _privileged(instruction: str, mnemonic: str) -> bool:
+    if mnemonic in PRIVILEGED:
+        return True
+    return mnemonic == "mov" and any(f"cr{i}" in instruction or f"dr{i}" in instruction
+                                     for i in range(9))
+
+
+def _access_violation(exc: CpuException, instruction: str, address: int | None,
+                      stack_guard: range | None) -> ExceptionInfo:
+    access = exc.access or "read"
+    address = 0 if address is None else address
+    code = NTSTATUS.STATUS_ACCESS_VIOLATION
+    if stack_guard is not None and address in stack_guard:
+        code = NTSTATUS.STATUS_STACK_OVERFLOW   # ran into the page below the committed stack
+    detail = exc.reason
+    if exc.vector == Vector.PF:
+        detail = f"#PF error code {exc.error_code:#x} ({_error_code_text(exc.error_code)})" + \
+            (f": {exc.reason}" if exc.reason else "")
+    return ExceptionInfo(code, exc.rip, instruction, _AV_WORD[access], address,
+                         (_AV_KIND[access], address), detail)
+
+
+def _error_code_text(code: int) -> str:
+    """Spell out a #PF error code (SDM Vol. 3A Figure 4-12)."""
+    parts = ["protection violation" if code & PFErr.P else "not present",
+             "write" if code & PFErr.W else "read",
+             "user" if code & PFErr.U else "supervisor"]
+    if code & PFErr.RSVD:
+        parts.append("reserved bit set")
+    if code & PFErr.ID:
+        parts.append("instruction fetch")
+    return ", ".join(parts)
+
+
+def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0) -> BugCheck:
+    """The bug check for a ring-0 exception (codes and parameters per the bug check reference)."""
+    if exc.vector == Vector.PF:
+        address = exc.address or 0
+        if exc.error_code & PFErr.P and exc.error_code & PFErr.ID:
+            return BugCheck(BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY,
+                            (address, leaf_pte, 0, 0), exc.rip, exc.reason, instruction=instruction)
+        if exc.error_code & PFErr.P and exc.error_code & PFErr.W and not \
+                exc.error_code & PFErr.RSVD:
+            return BugCheck(BugCheckCode.ATTEMPTED_WRITE_TO_READONLY_MEMORY,
+                            (address, leaf_pte, 0, 0), exc.rip, exc.reason, instruction=instruction)
+        kind = {"read": PF_READ, "write": PF_WRITE, "fetch": PF_EXECUTE}[exc.access or "read"]
+        return BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA, (address, kind, exc.rip, 0),
+                        exc.rip, exc.reason, instruction=instruction)
+    if exc.vector in (Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.MC):
+        return BugCheck(BugCheckCode.UNEXPECTED_KERNEL_MODE_TRAP, (int(exc.vector), 0, 0, 0),
+                        exc.rip, exc.reason or f"#{exc.vector.name} in kernel mode",
+                        instruction=instruction)
+    info = user_exception(exc, instruction, stack_guard=None)
+    p1, p2 = (info.params + (0, 0))[:2]
+    return BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (info.code, exc.rip, p1, p2),
+                    exc.rip, info.detail or info.name, instruction=instruction)
