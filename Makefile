@@ -29,8 +29,16 @@ native: $(NATIVE)
 $(NATIVE): emu/hw/native.c
 	$(CC) -O2 -shared -fPIC -Wall -Werror -o $@ $<
 
+DEMO := "hello one two" badread nullwrite rowrite execdata "privileged hlt" illegal divzero \
+        breakpoint noncanon stackoverflow badptr
+
 run: all
-	$(VENV)/bin/emu run guest/build/apps/hello
+	@for demo in $(DEMO); do \
+	    set -- $$demo; app=$$1; shift; \
+	    echo; echo "$$ emu run $$app $$*"; \
+	    $(VENV)/bin/emu run guest/build/apps/$$app "$$@"; \
+	    echo "(exit status $$?)"; \
+	done
 
 test: all
 	$(VENV)/bin/ruff check emu tests bench

@@ -25,5 +25,7 @@ def exception_line(proc: Process, info: ExceptionInfo) -> str:
     if info.access is not None and info.address is not None:
         verb = {"read": "reading", "write": "writing", "execute": "executing"}[info.access]
         what += f" {verb} {addr(info.address)}"
+        if info.detail.startswith("non-canonical"):
+            what += f" ({info.detail})"      # Windows reports -1; say what really happened
     return (f'process {proc.pid} "{proc.name}" terminated: {what} '
             f"at rip {addr(info.rip)}: {info.instruction}")

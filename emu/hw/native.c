@@ -57,28 +57,35 @@ enum mode { MODE_USER, MODE_KERNEL_AC0, MODE_KERNEL_AC1, MODE_COUNT };
 /*
  * The STLB: 32K sets x 2 ways = 64K entries (1 MiB).
  *
- *   tag   = vpage | mode << 1 | TAG_VALID     (a vpage's bits 0-11 are 0)
+ *   tag   = vpage | generation << 3 | mode << 1 | TAG_VALID
  *   value = paddr | perms                     (UC_PROT_* in bits 0-2)
  *
- *   set   = (vpn ^ vpn >> 21 ^ salt[mode]) mod 32K      vpn = vpage >> 12
+ * A vpage's bits 0-11 are zero, so the tag packs the rest in there. A flush
+ * bumps the generation, which makes every entry miss without touching the
+ * megabyte; only when the 9-bit generation wraps is the table cleared.
  *
- * Consecutive pages take consecutive sets, and the user salt flips bit 14,
- * so a sweep of 16,384 pages in user mode and in a kernel mode lands on
- * disjoint sets; a third mode adds at most one entry per set, which the
- * second way holds. vpn >> 21 mixes in bits above 8 GiB, so that user and
- * kernel halves of the address space do not share sets page for page.
+ *   set   = (vpn + hash(vpn >> 15) + salt[mode]) mod 32K     vpn = vpage >> 12
+ *
+ * Within an aligned 128 MiB region (32K pages) consecutive pages take
+ * consecutive sets, so a sweep never evicts itself; the hash of the region
+ * number scatters regions (user and kernel halves of the address space do
+ * not share sets page for page). The user salt is half the table, so a sweep
+ * of 16,384 pages in user mode and in a kernel mode lands on disjoint sets;
+ * a third mode adds at most one entry per set, which the second way holds.
  * Way 0 holds the most recently used entry of a set.
  */
 #define STLB_SETS  (1u << 15)
 #define STLB_WAYS  2
 #define TAG_VALID  1u
+#define GENERATIONS 512u                /* tag bits 3-11 */
 
 struct stlb_entry {
     uint64_t tag;
     uint64_t value;
 };
 
-static const uint64_t mode_salt[MODE_COUNT] = { 0x4000, 0x0000, 0x2000 };
+static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 };
+#define GOLDEN  0x9e3779b97f4a7c15ull   /* Fibonacci hashing: 2^64 / phi */
 
 /*
  * One machine's state. native.py mirrors every field up to and including
@@ -98,6 +105,7 @@ struct native_ctx {
     int32_t reg_cs;             /* UC_X86_REG_CS */
     int32_t reg_rflags;         /* UC_X86_REG_RFLAGS */
     struct stlb_entry *stlb;    /* STLB_SETS * STLB_WAYS entries */
+    uint64_t generation;        /* entries of other generations are stale */
 };
 
 size_t native_ctx_size(void)
@@ -139,14 +147,15 @@ static struct stlb_entry *stlb_set(struct native_ctx *ctx, uint64_t vpage,
                                    enum mode mode)
 {
     uint64_t vpn = vpage >> 12;
+    uint64_t region = ((vpn >> 15) * GOLDEN) >> 49;     /* 15 bits */
 
-    return &ctx->stlb[((vpn ^ (vpn >> 21) ^ mode_salt[mode]) & (STLB_SETS - 1))
+    return &ctx->stlb[((vpn + region + mode_salt[mode]) & (STLB_SETS - 1))
                       * STLB_WAYS];
 }
 
-static uint64_t stlb_tag(uint64_t vpage, enum mode mode)
+static uint64_t stlb_tag(struct native_ctx *ctx, uint64_t vpage, enum mode mode)
 {
-    return vpage | (uint64_t)mode << 1 | TAG_VALID;
+    return vpage | ctx->generation << 3 | (uint64_t)mode << 1 | TAG_VALID;
 }
 
 /* Returns the way holding (vpage, mode), or NULL. */
@@ -154,7 +163,7 @@ static struct stlb_entry *stlb_find(struct native_ctx *ctx, uint64_t vpage,
                                     enum mode mode)
 {
     struct stlb_entry *set = stlb_set(ctx, vpage, mode);
-    uint64_t tag = stlb_tag(vpage, mode);
+    uint64_t tag = stlb_tag(ctx, vpage, mode);
 
     for (int way = 0; way < STLB_WAYS; way++) {
         if (set[way].tag == tag)
@@ -177,7 +186,7 @@ static void stlb_insert(struct native_ctx *ctx, uint64_t vpage, enum mode mode,
 {
     struct stlb_entry *set = stlb_set(ctx, vpage, mode);
     struct stlb_entry *e = stlb_find(ctx, vpage, mode);
-    struct stlb_entry fresh = { stlb_tag(vpage, mode), value };
+    struct stlb_entry fresh = { stlb_tag(ctx, vpage, mode), value };
 
     stlb_touch(set, e != NULL ? e : &set[STLB_WAYS - 1], fresh);
 }
@@ -194,7 +203,9 @@ static void stlb_drop(struct native_ctx *ctx, uint64_t vpage, enum mode mode)
 /* Empties the STLB (the executive changed the paging structures). */
 void native_flush(struct native_ctx *ctx)
 {
-    memset(ctx->stlb, 0, STLB_SETS * STLB_WAYS * sizeof(struct stlb_entry));
+    ctx->generation = (ctx->generation + 1) % GENERATIONS;
+    if (ctx->generation == 0)
+        memset(ctx->stlb, 0, STLB_SETS * STLB_WAYS * sizeof(struct stlb_entry));
 }
 
 /* Drops one page from the STLB in every mode, like INVLPG. */

@@ -227,17 +227,18 @@ class NativeHooks:
     def start(self, begin: int, until: int = 0, timeout: int = 0) -> None:
         """Run the guest like ``uc.emu_start`` (never with its ``count``), then settle the
         instruction count and re-raise an exception the walker raised during the run."""
+        self._check_open()
         self._errors.clear()
         try:
             self._uc.emu_start(begin, until, timeout)
         except UcError as failure:
             self._settle()
             if self._errors:
-                raise self._errors.pop() from failure
+                raise self._errors[0] from failure
             raise
         self._settle()
         if self._errors:
-            raise self._errors.pop()
+            raise self._errors[0]
 
     def _settle(self) -> None:
         """Take back the last counted instruction if the run ended with RIP still at it."""
@@ -249,11 +250,13 @@ class NativeHooks:
 
     def flush(self) -> None:
         """Empty the STLB and QEMU's TLB, as MOV CR3 does (SDM Vol. 3A 4.10.4.1)."""
+        self._check_open()
         self._lib.native_flush(self._ctx_ptr)
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def invalidate(self, vpage: int) -> None:
         """Drop one page, in every mode, as INVLPG does; QEMU's TLB is flushed whole."""
+        self._check_open()
         self._lib.native_invalidate(self._ctx_ptr, vpage)
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
@@ -262,6 +265,7 @@ class NativeHooks:
 
         Call between runs: adding or removing the code hook flushes translated blocks,
         so that every block is translated with (or without) the counting call."""
+        self._check_open()
         if n is None:
             if self._code_hook is not None:
                 self._hook_del(self._code_hook)
@@ -301,8 +305,15 @@ class NativeHooks:
         return self._ctx.stlb_hits
 
     def close(self) -> None:
-        """Remove the hooks and free the STLB; the object is unusable afterwards."""
-        if self._finalizer.alive:
-            self._finalizer()
+        """Remove the hooks and free the STLB; the counters stay readable."""
+        if not self._finalizer.alive:
+            return
+        self._ctx = _Ctx.from_buffer_copy(self._ctx)
+        self._finalizer()
+        if self._code_hook is not None:
             self._code_hook = None
             self._uc.ctl_flush_tb()
+
+    def _check_open(self) -> None:
+        if not self._finalizer.alive:
+            raise RuntimeError("NativeHooks: used after close()")

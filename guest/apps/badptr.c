@@ -29,7 +29,7 @@ int main(void)
     try_write("null", 0, PROBE_LENGTH);
     try_write("kernel", KERNEL_HALF_START, PROBE_LENGTH);
     try_write("unmapped", UNMAPPED_USER, PROBE_LENGTH);
-    /* Starts in the user half, ends in the kernel half: the range as a whole is checked. */
+    /* Starts in the user half's last qword and runs past its end: the whole range is checked. */
     try_write("straddle", USER_HALF_LAST_QWORD, PROBE_LENGTH);
     /* buffer + length wraps around 2^64: the check must not overflow. */
     try_write("huge", (uintptr_t)message, SIZE_MAX);

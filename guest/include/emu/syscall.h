@@ -11,12 +11,12 @@
 #define EMU_SYSCALL_H
 
 /* Service numbers: the value in rax at `syscall` (docs/abi.md, "Services"). */
-#define SVC_NT_TERMINATE_PROCESS     0x00
-#define SVC_NT_WRITE_CONSOLE         0x01
+#define SVC_NT_TERMINATE_PROCESS      0x00
+#define SVC_NT_WRITE_CONSOLE          0x01
 #define SVC_NT_GET_CURRENT_PROCESS_ID 0x02
 
 /* NtWriteConsole refuses longer writes (docs/abi.md). */
-#define NT_WRITE_CONSOLE_MAX_LENGTH  (1024 * 1024)
+#define NT_WRITE_CONSOLE_MAX_LENGTH   (1024 * 1024)
 
 #ifndef __ASSEMBLER__
 

@@ -1,0 +1,100 @@
+"""``make bench``: the machine's speed as ratios against plain Unicorn, measured in one run.
+
+    compute   the `loop` guest, paging on (ours) vs the same image on plain Unicorn
+              with no paging at all                        target: speed >= 0.9x
+    sweep     the `sweep` guest, 16,384 pages x 8 rounds, every access a QEMU TLB miss:
+              ours vs QEMU's own C walker on the same page tables  target: time <= 3x
+    startup   `emu run hello` vs `python -c "import unicorn, capstone"`  target: <= 2x
+    counting  the `loop` guest with instructions counted (--max-insns) vs full speed
+              (information: the cost of exact counting)
+
+Each figure is the median of several runs. Exit status 0 even when a target is
+missed (timing depends on the machine); the table says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.plain import run_flat, run_qemu_walker
+from emu import Machine
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ROOT / "guest" / "build" / "apps"
+
+
+def median_time(fn, repeat: int) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` calls (fn returns its own timed span)."""
+    return statistics.median(fn() for _ in range(repeat))
+
+
+def emu_run_time(app: str, args: list[str], mem: str = "64M", **kwargs) -> float:
+    """Seconds spent in Machine.run() for one app (machine setup and load excluded)."""
+    m = Machine(mem, **kwargs)
+    try:
+        proc = m.spawn(APPS / app, args)
+        t = time.perf_counter()
+        m.run()
+        elapsed = time.perf_counter() - t
+        if proc.exit_status != 0:
+            raise SystemExit(f"bench: {app} failed: {proc.exception or proc.exit_status}")
+        return elapsed
+    finally:
+        m.close()
+
+
+def process_time(cmd: list[str], repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (default 5)")
+    parser.add_argument("--iterations", default="100000000", help="loop iterations")
+    args = parser.parse_args()
+    n = args.repeat
+    rows = []
+
+    loop_args = [args.iterations]
+    ours = median_time(lambda: emu_run_time("loop", loop_args), n)
+    plain = median_time(lambda: run_flat(APPS / "loop", loop_args), n)
+    rows.append(("compute (speed vs plain Unicorn, no paging)", plain / ours, ">= 0.9x",
+                 plain / ours >= 0.9, f"ours {ours:.3f}s, plain {plain:.3f}s"))
+
+    sweep_args = ["16384", "8"]
+    ours = median_time(lambda: emu_run_time("sweep", sweep_args, "256M"), n)
+    qemu = median_time(lambda: run_qemu_walker(APPS / "sweep", sweep_args, "256M"), n)
+    rows.append(("sweep (time vs QEMU's C walker)", ours / qemu, "<= 3x", ours / qemu <= 3,
+                 f"ours {ours:.3f}s, QEMU walker {qemu:.3f}s"))
+
+    py = sys.executable
+    base = process_time([py, "-c", "import unicorn, capstone"], n * 2)
+    start = process_time([py, "-m", "emu", "run", str(APPS / "hello")], n * 2)
+    rows.append(("startup (emu run hello vs import)", start / base, "<= 2x", start / base <= 2,
+                 f"emu run {start * 1000:.0f}ms, import {base * 1000:.0f}ms"))
+
+    short = [str(int(args.iterations) // 10)]
+    fast = median_time(lambda: emu_run_time("loop", short), n)
+    counted = median_time(lambda: emu_run_time("loop", short, max_insns=1 << 40), n)
+    rows.append(("counting (counted time vs full speed)", counted / fast, "info", True,
+                 f"counted {counted:.3f}s, full speed {fast:.3f}s"))
+
+    width = max(len(r[0]) for r in rows)
+    for name, ratio, target, ok, detail in rows:
+        verdict = "ok" if ok else "MISSED"
+        print(f"{name:<{width}}  {ratio:6.2f}x  target {target:<8} {verdict:<6}  {detail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Baselines for the benchmarks: the same guest images on Unicorn without our machine.
+
+``run_flat``: plain Unicorn as people use it, no paging at all (virtual = physical
+via ``mem_map``), the image's pages mapped at their link addresses.
+``run_qemu_walker``: QEMU's own C page walker (Unicorn's default UC_TLB_CPU mode)
+over the very page tables our executive built, entered at ring 3 by the same
+``iretq``: the fairest reference for the cost of our Python walker.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+
+from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import x86_const as ux
+
+from emu import Machine
+from emu.hw.cpu import MSR_EFER
+from emu.hw.descriptors import GDT_LIMIT, Selector
+from emu.nt import layout
+from emu.nt.kernel import CR0_BOOT, CR4_BOOT, EFER_BOOT, KERNEL_STACK_TOP, TRAMPOLINE, USER_RFLAGS
+from emu.nt.loader import load_file
+from emu.nt.syscalls import Service
+
+STACK_TOP = 0x7FFF_0000_0000
+STACK_SIZE = 1 << 20
+
+
+def _syscall_hook(uc: Uc, _data) -> None:
+    """Just enough of the ABI: terminate stops, write succeeds silently, pid is 4."""
+    number = uc.reg_read(ux.UC_X86_REG_RAX)
+    if number == Service.NtTerminateProcess:
+        uc.emu_stop()
+    uc.reg_write(ux.UC_X86_REG_RAX, 4 if number == Service.NtGetCurrentProcessId else 0)
+
+
+def run_flat(path: Path, args: list[str]) -> float:
+    """Seconds of ``emu_start`` for the image on plain Unicorn without paging."""
+    image = load_file(path)
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.reg_write(ux.UC_X86_REG_CR4, uc.reg_read(ux.UC_X86_REG_CR4) | 0x600)   # SSE on
+    for va, contents in sorted(image.pages.items()):
+        uc.mem_map(va, 0x1000, UC_PROT_ALL)
+        uc.mem_write(va, bytes(contents))
+    uc.mem_map(STACK_TOP - STACK_SIZE, STACK_SIZE, UC_PROT_ALL)
+    argv = [str(path).encode(), *(a.encode() for a in args)]
+    strings = b"".join(a + b"\0" for a in argv)
+    str_base = (STACK_TOP - len(strings)) & ~0xF
+    pointers, at = [], str_base
+    for a in argv:
+        pointers.append(at)
+        at += len(a) + 1
+    block = struct.pack(f"<{len(argv) + 6}Q", len(argv), *pointers, 0, 0, 0, 0, 0)
+    rsp = (str_base - len(block)) & ~0xF
+    uc.mem_write(str_base, strings)
+    uc.mem_write(rsp, block)
+    uc.reg_write(ux.UC_X86_REG_RSP, rsp)
+    uc.hook_add(UC_HOOK_INSN, _syscall_hook, None, 1, 0, ux.UC_X86_INS_SYSCALL)
+    t = time.perf_counter()
+    uc.emu_start(image.entry, 0)
+    return time.perf_counter() - t
+
+
+def run_qemu_walker(path: Path, args: list[str], mem: str) -> float:
+    """Seconds of ``emu_start`` for the image on QEMU's walker over our machine's tables."""
+    m = Machine(mem)
+    try:
+        proc = m.spawn(path, args)
+        ex = m.executive
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(ux.UC_CPU_X86_BROADWELL)
+        uc.mem_map_ptr(0, m.mem.size, UC_PROT_ALL, m.mem.address)
+        uc.reg_write(ux.UC_X86_REG_MSR, (MSR_EFER, int(EFER_BOOT)))
+        uc.reg_write(ux.UC_X86_REG_CR4, int(CR4_BOOT))
+        uc.reg_write(ux.UC_X86_REG_CR3, proc.space.cr3)
+        uc.reg_write(ux.UC_X86_REG_CR0, int(CR0_BOOT))
+        uc.reg_write(ux.UC_X86_REG_GDTR, (0, layout.KERNEL_GDT, GDT_LIMIT, 0))
+        frame = struct.pack("<5Q", proc.image.entry, Selector.USER_CODE, USER_RFLAGS,
+                            proc.entry_rsp, Selector.USER_DATA)
+        frame_va = KERNEL_STACK_TOP - len(frame)
+        pa = ex.mm.system.lookup(frame_va).pfn * layout.PAGE_SIZE + (frame_va & 0xFFF)
+        m.mem.write(pa, frame)
+        uc.reg_write(ux.UC_X86_REG_RSP, frame_va)
+        uc.hook_add(UC_HOOK_INSN, _syscall_hook, None, 1, 0, ux.UC_X86_INS_SYSCALL)
+        t = time.perf_counter()
+        uc.emu_start(TRAMPOLINE, 0)
+        elapsed = time.perf_counter() - t
+        if uc.reg_read(ux.UC_X86_REG_CS) & 3 != 3:
+            raise SystemExit("bench: the QEMU-walker baseline did not reach ring 3")
+        return elapsed
+    finally:
+        m.close()
