@@ -92,3 +92,42 @@ def test_not_elf(tmp_path):
 def test_version():
     r = emu("--version")
     assert r.returncode == 0 and "unicorn 2.1.4" in r.stdout
+
+
+@pytest.mark.parametrize("app, args, status", [
+    ("badread", [], "STATUS_ACCESS_VIOLATION (0xC0000005) reading 0xffff800000001000"),
+    ("nullread", [], "STATUS_ACCESS_VIOLATION (0xC0000005) reading 0x0 "),
+    ("nullwrite", [], "STATUS_ACCESS_VIOLATION (0xC0000005) writing 0x0 "),
+    ("rowrite", [], "STATUS_ACCESS_VIOLATION (0xC0000005) writing 0x"),
+    ("execdata", [], "STATUS_ACCESS_VIOLATION (0xC0000005) executing 0x"),
+    ("privileged", ["cli"], "STATUS_PRIVILEGED_INSTRUCTION (0xC0000096) at rip"),
+    ("illegal", [], "STATUS_ILLEGAL_INSTRUCTION (0xC000001D) at rip"),
+    ("divzero", [], "STATUS_INTEGER_DIVIDE_BY_ZERO (0xC0000094) at rip"),
+    ("breakpoint", [], "STATUS_BREAKPOINT (0x80000003) at rip"),
+    ("noncanon", [], "STATUS_ACCESS_VIOLATION (0xC0000005) reading 0xffffffffffffffff "
+                     "(non-canonical address 0x800000000000, #GP)"),
+    ("stackoverflow", [], "STATUS_STACK_OVERFLOW (0xC00000FD) writing 0x7ffffff9"),
+])
+def test_each_fault_app_through_the_command_line(apps, app, args, status):
+    r = emu("run", apps / app, *args)
+    assert r.returncode == 125
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f'process 4 "{app}" terminated: {status}'), line
+    assert " at rip 0x" in line
+
+
+@pytest.mark.parametrize("app, out", [("badptr", "still alive\n"), ("getpid", "pid 4\n"),
+                                      ("hello-pie", "Hello, world!\n")])
+def test_well_behaved_apps_through_the_command_line(apps, app, out):
+    r = emu("run", apps / app)
+    assert r.returncode == 0 and r.stdout.endswith(out) and r.stderr == ""
+
+
+def test_report_of_a_clean_run_is_deterministic(apps, tmp_path):
+    reports = []
+    for i in range(2):
+        out = tmp_path / f"r{i}.json"
+        assert emu("run", "--max-insns", "1000000", "--report", out, apps / "hello").returncode == 0
+        reports.append(out.read_text())
+    assert reports[0] == reports[1]
+    assert json.loads(reports[0])["stats"]["instructions"] > 0

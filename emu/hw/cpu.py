@@ -129,6 +129,7 @@ class Cpu:
         self._stop_requested = False
         self._clean_context = None
         self.page_faults = 0
+        self.code_flushes = 0
         self.syscall_handler: Callable[[Cpu], None] | None = None
         self.native = NativeHooks(uc, self._fill)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -192,6 +193,7 @@ class Cpu:
     def flush_translated_code(self) -> None:
         """Forget all translated code: needed when Python rewrote a frame that held code,
         because Unicorn does not see stores made from the host (platform-facts.md)."""
+        self.code_flushes += 1
         self.uc.ctl_flush_tb()
 
     # -- clean state after exceptions -----------------------------------------------------

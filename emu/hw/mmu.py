@@ -122,12 +122,12 @@ _RSVD_BY_NXE = (_RSVD_HIGH | _NX, _RSVD_HIGH)  # indexed by EFER.NXE
 _CANONICAL_TOPS = (0, (1 << 17) - 1)  # va >> 47 of a canonical address
 
 # One row per level, top down: (level, index shift, bits reserved always, bits reserved
-# when PS=1 or None if PS does not end the walk here).
+# when PS=1, or 0 if PS does not end the walk here).
 _LEVELS = (
-    (4, 39, _PS, None),
+    (4, 39, _PS, 0),
     (3, 30, 0, _RSVD_1G),
     (2, 21, 0, _RSVD_2M),
-    (1, 12, 0, None),
+    (1, 12, 0, 0),
 )
 
 # Access kind -> (kind index, the Prot bit it needs).  Keys are str, so Access members hit too.
@@ -231,17 +231,18 @@ def _descend(mem: Memory, va: int, cr3: int, efer: int, set_accessed: bool, seen
     """
     rsvd_base = _RSVD_BY_NXE[(efer >> 11) & 1]
     table = cr3 & _ADDR
-    rights = -1  # AND over levels: R/W and U/S survive only if set everywhere
+    rights = _RW | _US  # AND over levels: R/W and U/S survive only if set everywhere
     nx = 0  # OR over levels: NX anywhere forbids fetches
+    read, note = mem.read, seen.append
     for level, shift, rsvd_always, rsvd_large in _LEVELS:
         ea = table | ((va >> shift) & 0x1FF) << 3
-        entry = int.from_bytes(mem.read(ea, 8), "little")
-        seen.append((ea, entry))
+        entry = int.from_bytes(read(ea, 8), "little")
+        note((ea, entry))
         if not entry & _P:
             return 0
         bad = entry & (rsvd_base | rsvd_always)
         leaf = level == 1
-        if rsvd_large is not None and entry & _PS:
+        if rsvd_large and entry & _PS:
             bad |= entry & rsvd_large
             leaf = True
         if bad:

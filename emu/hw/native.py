@@ -204,9 +204,7 @@ class NativeHooks:
         self._ctx_ptr = ctx
         self._ctx = _Ctx.from_address(ctx)
         self._handles: list[int] = []
-        self._finalizer = weakref.finalize(
-            self, _release, lib, weakref.ref(uc), self._handles, ctx
-        )
+        self._finalizer = weakref.finalize(self, _release, lib, weakref.ref(uc), self._handles, ctx)
         self._tlb_hook = self._hook_add(UC_HOOK_TLB_FILL, lib.native_tlb_fill)
         self._code_hook: int | None = None
 

@@ -54,7 +54,7 @@ def user_exception(exc: CpuException, instruction: str, *, stack_guard: range | 
             return ExceptionInfo(NTSTATUS.STATUS_ACCESS_VIOLATION, exc.rip, instruction,
                                  _AV_WORD[exc.access], 0xFFFF_FFFF_FFFF_FFFF,
                                  (_AV_KIND[exc.access], 0xFFFF_FFFF_FFFF_FFFF),
-                                 f"non-canonical address 0x{exc.address:x} (#GP)")
+                                 f"non-canonical address 0x{exc.address:x}, #GP")
         if _privileged(instruction, mnemonic):
             return ExceptionInfo(NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION, exc.rip, instruction,
                                  detail=f"{mnemonic} needs CPL 0 (#GP at CPL 3)")
