@@ -42,7 +42,7 @@ from unicorn import x86_const as ux
 from emu.hw import mmu
 from emu.hw.faultaddr import decode, fault_address
 from emu.hw.memory import PhysicalMemory
-from emu.hw.native import NativeHooks
+from emu.hw.native import NativeHooks, mode_of
 
 MSR_EFER = 0xC000_0080
 MSR_FS_BASE = 0xC000_0100
@@ -130,6 +130,8 @@ class Cpu:
         self._clean_context = None
         self.page_faults = 0
         self.code_flushes = 0
+        self._last_table: int | None = None      # page table of the last walk (prefetch)
+        self._prefetched: tuple | None = None    # page table already prefetched since a flush
         self.syscall_handler: Callable[[Cpu], None] | None = None
         self.native = NativeHooks(uc, self._fill)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -185,10 +187,12 @@ class Cpu:
     def flush_tlb(self) -> None:
         """Invalidate every cached translation (QEMU's TLB and our STLB)."""
         self.native.flush()
+        self._last_table = self._prefetched = None
 
     def invalidate_page(self, va: int) -> None:
         """INVLPG: drop the translations of one page."""
         self.native.invalidate(va & ~0xFFF)
+        self._last_table = self._prefetched = None
 
     def flush_translated_code(self) -> None:
         """Forget all translated code: needed when Python rewrote a frame that held code,
@@ -274,9 +278,10 @@ class Cpu:
     def _fill(self, vpage: int, access_type: int, cpl: int, rflags: int) -> int:
         """UC_HOOK_TLB_FILL through the STLB: translate one page or record the fault."""
         access = _ACCESS.get(access_type, "read")
+        seen: list = []
         try:
             pa, perms = mmu.fill(self.mem, vpage, access, cr3=self.cr3, cpl=cpl, cr0=self.cr0,
-                                 cr4=self.cr4, efer=self.efer, rflags=rflags)
+                                 cr4=self.cr4, efer=self.efer, rflags=rflags, seen=seen)
         except (mmu.PageFault, mmu.GeneralProtection) as fault:
             self._fault = self._exception_from_walk(fault, vpage, access, cpl)
             return -1
@@ -284,7 +289,25 @@ class Cpu:
             self._fault = CpuException(Vector.MC, 0, cpl, address=vpage, access=access,
                                        reason=f"frame {pa:#x} is beyond the end of RAM")
             return -1
+        if len(seen) == 4:
+            self._maybe_prefetch(seen, vpage, cpl, rflags)
         return pa | perms
+
+    def _maybe_prefetch(self, seen: list, vpage: int, cpl: int, rflags: int) -> None:
+        """Two walks in a row through one page table: cache its other ready entries too.
+
+        A sweep over memory then costs one Python walk per page table instead of one per
+        page; scattered accesses never trigger it, so they pay nothing extra.
+        """
+        table = seen[3][0] & ~0xFFF
+        key = (table, cpl, rflags & mmu.RFLAGS_AC)
+        if table == self._last_table and key != self._prefetched:
+            fills = mmu.speculative_fills(self.mem, seen, vpage, cpl=cpl, cr0=self.cr0,
+                                          cr4=self.cr4, efer=self.efer, rflags=rflags)
+            self.native.insert(mode_of(cpl, rflags),
+                               [(va, v) for va, v in fills if v & ~0xFFF < self.mem.size])
+            self._prefetched = key
+        self._last_table = table
 
     def _exception_from_walk(self, fault: Exception, vpage: int, access: str,
                              cpl: int | None = None) -> CpuException:

@@ -17,12 +17,27 @@ CR3 holds the PML4's physical address; each entry holds the next table's (bits
 the walk stops there and the lower index bits join the page offset.
 
 `walk` returns a Translation with every step; `fill` is the lean entry point for
-the TLB-fill hook; both raise only PageFault or GeneralProtection.
+the TLB-fill hook; `translate` gives just the physical address.  Whatever the
+tables hold they raise only PageFault or GeneralProtection.
+
+Choices where the SDM leaves room, checked against QEMU's walker (the oracle in
+tests/hw/test_mmu_qemu.py):
+- MAXPHYADDR is 40, as in Unicorn 2.1.4's QEMU: bit 39 of an entry is an address
+  bit, bits 40..51 are reserved.
+- Checks in walk order: P, then reserved bits, level by level; access rights only
+  once the leaf is reached, so P=0 or a reserved bit lower down wins over a
+  U/S or R/W restriction higher up.
+- Accessed/dirty (set_accessed_dirty=True): an entry that references another table
+  gets A as soon as the walk has passed it, so a fault further down leaves A set
+  above (as QEMU does); the leaf gets A, and D on a write, only when the access is
+  allowed.  QEMU alone sets A in a 1 GiB leaf PDPTE before checking the access;
+  here every leaf size follows the same rule.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -110,15 +125,14 @@ EFER_MSR = 0xC0000080  # the MSR number of IA32_EFER
 
 LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 
-# Hot-path copies of the bits as plain ints (IntFlag arithmetic allocates).
-_P, _RW, _US, _A, _D, _PS, _NX = 1, 2, 4, 0x20, 0x40, 0x80, 1 << 63
-_READ, _WRITE, _EXEC = 1, 2, 4
-_WP, _SMEP, _SMAP, _NXE = 1 << 16, 1 << 20, 1 << 21, 1 << 11  # CR0.WP, CR4.SMEP/SMAP, EFER.NXE
+# Hot-path copies of the flags as plain ints (arithmetic on IntFlag members is slow).
+_P, _RW, _US, _A, _D, _PS, _NX = map(int, (PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.NX))
+_READ, _WRITE, _EXEC = map(int, (Prot.READ, Prot.WRITE, Prot.EXEC))
+_WP, _SMEP, _SMAP, _NXE = map(int, (CR0.WP, CR4.SMEP, CR4.SMAP, EFER.NXE))
 _ADDR = ((1 << MAXPHYADDR) - 1) & ~(PAGE_SIZE - 1)  # bits 12..MAXPHYADDR-1: a frame address
 _RSVD_HIGH = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51
 _RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)  # bits 13..29 of a 1 GiB leaf PDPTE
 _RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)  # bits 13..20 of a 2 MiB leaf PDE
-_RSVD_BY_NXE = (_RSVD_HIGH | _NX, _RSVD_HIGH)  # indexed by EFER.NXE
 _CANONICAL_TOPS = (0, (1 << 17) - 1)  # va >> 47 of a canonical address
 
 # One row per level, top down: (level, index shift, bits reserved always, bits reserved
@@ -130,8 +144,9 @@ _LEVELS = (
     (1, 12, 0, 0),
 )
 
-# Access kind -> (kind index, the Prot bit it needs).  Keys are str, so Access members hit too.
-_KINDS = {"read": (0, _READ), "write": (1, _WRITE), "fetch": (2, _EXEC)}
+# Access -> the Prot bit it needs, which also names the access below.  Keys are str, so
+# Access members find them too.
+_NEEDS = {"read": _READ, "write": _WRITE, "fetch": _EXEC}
 
 
 class Memory(Protocol):
@@ -229,14 +244,19 @@ def _descend(mem: Memory, va: int, cr3: int, efer: int, set_accessed: bool, seen
     `seen`.
     SDM Vol. 3A §4.5.4 (the walk) and §4.8 (A in the entries that reference others).
     """
-    rsvd_base = _RSVD_BY_NXE[(efer >> 11) & 1]
+    rsvd_base = _RSVD_HIGH if efer & _NXE else _RSVD_HIGH | _NX
     table = cr3 & _ADDR
     rights = _RW | _US  # AND over levels: R/W and U/S survive only if set everywhere
     nx = 0  # OR over levels: NX anywhere forbids fetches
-    read, note = mem.read, seen.append
+    note = seen.append
+    read_u64 = getattr(mem, "read_u64", None)     # RAM's fast path; any mem with read() works
+    if read_u64 is None:
+        read = mem.read
+        def read_u64(pa: int) -> int:
+            return int.from_bytes(read(pa, 8), "little")
     for level, shift, rsvd_always, rsvd_large in _LEVELS:
         ea = table | ((va >> shift) & 0x1FF) << 3
-        entry = int.from_bytes(read(ea, 8), "little")
+        entry = read_u64(ea)
         note((ea, entry))
         if not entry & _P:
             return 0
@@ -279,16 +299,18 @@ def _translate(mem, va, access, cr3, cpl, cr0, cr4, efer, rflags, set_ad, seen):
     """
     if va >> 47 not in _CANONICAL_TOPS:
         raise GeneralProtection(va)
-    kind, need = _KINDS[access]
+    need = _NEEDS.get(access)
+    if need is None:
+        raise ValueError(f"access must be 'read', 'write' or 'fetch', not {access!r}")
     found = _descend(mem, va, cr3, efer, set_ad, seen)
     if found.__class__ is int:
-        raise _walk_fault(va, kind, cpl, cr4, efer, seen, found)
+        raise _walk_fault(va, need, cpl, cr4, efer, seen, found)
     leaf, level, size, rights, nx = found
     prot = _rights(rights, nx, cpl, cr0, cr4, rflags)
     if not prot & need:
-        raise _protection_fault(va, kind, cpl, cr0, cr4, efer, rflags, seen, rights)
+        raise _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights)
     if set_ad:
-        new = leaf | _A | (_D if kind == 1 else 0)
+        new = leaf | _A | (_D if need == _WRITE else 0)
         if new != leaf:
             mem.write(seen[-1][0], (new & 0xFF).to_bytes(1, "little"))
             leaf = new
@@ -362,19 +384,61 @@ def fill(
     cr4: int,
     efer: int,
     rflags: int = 0,
+    seen: list | None = None,
 ) -> tuple[int, int]:
     """TLB fill: (physical 4 KiB page of `va`, Prot bits), setting A/D (SDM Vol. 3A §4.8).
 
     Prot grants what this mode may do on the page now; WRITE only once the leaf's D bit
     is set, so the first write comes back here to set it (as QEMU's walker does).
+    `seen`, if given, receives the (entry address, value) of each level walked.
     """
-    seen: list = []
+    if seen is None:
+        seen = []
     frame, size, prot, leaf, _ = _translate(
         mem, va, access, cr3, cpl, cr0, cr4, efer, rflags, True, seen
     )
     if not leaf & _D:
         prot &= ~_WRITE
     return frame | (va & (size - 1) & ~(PAGE_SIZE - 1)), prot
+
+
+def speculative_fills(
+    mem: Memory,
+    seen: list,
+    va: int,
+    *,
+    cpl: int,
+    cr0: int,
+    cr4: int,
+    efer: int,
+    rflags: int = 0,
+) -> list[tuple[int, int]]:
+    """Translations a TLB may cache before they are asked for: [(vpage, pa | Prot), ...].
+
+    SDM Vol. 3A §4.10.2.3: a processor may cache translations for accesses that never
+    happen (prefetches, speculation), but never one whose entries have A = 0 unless it sets
+    A. These are the other present 4 KiB PTEs of the page table of the 4-level walk `seen`
+    (as `fill` records it) whose A is already 1, with the rights of this mode; WRITE only
+    where D is already 1. Nothing is written, so the Accessed bits stay exact.
+    """
+    if len(seen) != 4:
+        return []                          # a large page: no page table below
+    rsvd = _RSVD_HIGH if efer & _NXE else _RSVD_HIGH | _NX
+    upper_and = seen[0][1] & seen[1][1] & seen[2][1]
+    upper_or = seen[0][1] | seen[1][1] | seen[2][1]
+    pt = seen[3][0] & ~(PAGE_SIZE - 1)
+    base = va & ~((1 << 21) - 1)
+    entries = struct.unpack("<512Q", mem.read(pt, PAGE_SIZE))
+    out = []
+    for i, entry in enumerate(entries):
+        if entry & (_P | _A) != _P | _A or entry & rsvd:
+            continue
+        prot = _rights(upper_and & entry, upper_or | entry, cpl, cr0, cr4, rflags)
+        if not entry & _D:
+            prot &= ~_WRITE
+        if prot:
+            out.append((base | i << 12, entry & _ADDR | prot))
+    return out
 
 
 def _steps(va: int, seen: list) -> tuple[WalkStep, ...]:
@@ -385,32 +449,32 @@ def _steps(va: int, seen: list) -> tuple[WalkStep, ...]:
     )
 
 
-def _error_code(kind: int, cpl: int, cr4: int, efer: int, present: bool, rsvd: bool) -> PFErr:
-    """The #PF error code for an access of `kind` (SDM Vol. 3A §4.7)."""
+def _error_code(need: int, cpl: int, cr4: int, efer: int, present: bool, rsvd: bool) -> PFErr:
+    """The #PF error code for an access needing Prot bit `need` (SDM Vol. 3A §4.7)."""
     code = PFErr(0)
     if present:
         code |= PFErr.P
     if rsvd:
         code |= PFErr.RSVD
-    if kind == 1:
+    if need == _WRITE:
         code |= PFErr.W
     if cpl == 3:
         code |= PFErr.U
-    if kind == 2 and (efer & EFER.NXE or cr4 & CR4.SMEP):
+    if need == _EXEC and (efer & EFER.NXE or cr4 & CR4.SMEP):
         code |= PFErr.ID
     return code
 
 
-def _walk_fault(va, kind, cpl, cr4, efer, seen, bad: int) -> PageFault:
+def _walk_fault(va, need, cpl, cr4, efer, seen, bad: int) -> PageFault:
     """The #PF for a walk that stopped at a not-present entry (bad=0) or on reserved bits."""
     steps = _steps(va, seen)
     last = steps[-1]
     if not bad:
         reason = f"not present: P=0 in {last.name}"
-        code = _error_code(kind, cpl, cr4, efer, present=False, rsvd=False)
+        code = _error_code(need, cpl, cr4, efer, present=False, rsvd=False)
     else:
         reason = f"reserved bit {bad.bit_length() - 1} set in {last.name}"
-        code = _error_code(kind, cpl, cr4, efer, present=True, rsvd=True)
+        code = _error_code(need, cpl, cr4, efer, present=True, rsvd=True)
     return PageFault(va, code, reason, steps, last.level)
 
 
@@ -422,7 +486,7 @@ def _first(steps: tuple[WalkStep, ...], bit: int, value: int) -> WalkStep:
     return steps[-1]
 
 
-def _protection_fault(va, kind, cpl, cr0, cr4, efer, rflags, seen, rights) -> PageFault:
+def _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights) -> PageFault:
     """The #PF for a present translation the mode may not use this way (SDM Vol. 3A §4.6)."""
     steps = _steps(va, seen)
     leaf = steps[-1]
@@ -430,10 +494,10 @@ def _protection_fault(va, kind, cpl, cr0, cr4, efer, rflags, seen, rights) -> Pa
     if cpl == 3 and not user_page:
         step = _first(steps, _US, 0)
         reason = f"U/S=0 in {step.name}: supervisor page"
-    elif kind == 2 and any(s.value & _NX for s in steps):
+    elif need == _EXEC and any(s.value & _NX for s in steps):
         step = _first(steps, _NX, 1)
         reason = f"NX=1 in {step.name}: no-execute page"
-    elif kind == 2:
+    elif need == _EXEC:
         step = leaf
         reason = "SMEP: supervisor fetch from a user page"
     elif user_page and cr4 & CR4.SMAP and not rflags & RFLAGS_AC:
@@ -443,5 +507,5 @@ def _protection_fault(va, kind, cpl, cr0, cr4, efer, rflags, seen, rights) -> Pa
         step = _first(steps, _RW, 0)
         wp = ", CR0.WP=1" if cpl != 3 else ""
         reason = f"R/W=0 in {step.name}: read-only page{wp}"
-    code = _error_code(kind, cpl, cr4, efer, present=True, rsvd=False)
+    code = _error_code(need, cpl, cr4, efer, present=True, rsvd=False)
     return PageFault(va, code, reason, steps, step.level)

@@ -37,11 +37,10 @@ enum { UC_PROT_READ = 1, UC_PROT_WRITE = 2, UC_PROT_EXEC = 4 };
 
 typedef int (*reg_read_fn)(uc_engine *uc, int regid, void *value);
 typedef int (*emu_stop_fn)(uc_engine *uc);
-/* The walker: returns paddr | perms | FILL_NO_CACHE, or FILL_DENY. */
+/* The walker: returns paddr | perms | FILL_NO_CACHE, or a negative number to deny. */
 typedef int64_t (*walker_fn)(uint64_t vpage, int32_t access, int32_t cpl,
                              uint64_t rflags);
 
-#define FILL_DENY      (-1)             /* no translation: the run loop raises #PF */
 #define FILL_PERMS     0x7              /* UC_PROT_READ | WRITE | EXEC */
 #define FILL_NO_CACHE  0x8              /* serve once, keep out of the STLB */
 #define PAGE_MASK      (~(uint64_t)0xfff)
@@ -55,7 +54,8 @@ typedef int64_t (*walker_fn)(uint64_t vpage, int32_t access, int32_t cpl,
 enum mode { MODE_USER, MODE_KERNEL_AC0, MODE_KERNEL_AC1, MODE_COUNT };
 
 /*
- * The STLB: 32K sets x 2 ways = 64K entries (1 MiB).
+ * The STLB: 16K sets x 4 ways = 64K entries (1 MiB); a set is one 64-byte
+ * cache line.
  *
  *   tag   = vpage | generation << 3 | mode << 1 | TAG_VALID
  *   value = paddr | perms                     (UC_PROT_* in bits 0-2)
@@ -64,20 +64,20 @@ enum mode { MODE_USER, MODE_KERNEL_AC0, MODE_KERNEL_AC1, MODE_COUNT };
  * bumps the generation, which makes every entry miss without touching the
  * megabyte; only when the 9-bit generation wraps is the table cleared.
  *
- *   set   = (vpn + hash(vpn >> 15) + salt[mode]) mod 32K     vpn = vpage >> 12
+ *   set   = (vpn + hash(vpn >> 14) + salt[mode]) mod 16K     vpn = vpage >> 12
  *
- * Within an aligned 128 MiB region (32K pages) consecutive pages take
- * consecutive sets, so a sweep never evicts itself; the hash of the region
- * number scatters regions (user and kernel halves of the address space do
- * not share sets page for page). The user salt is half the table, so a sweep
- * of 16,384 pages in user mode and in a kernel mode lands on disjoint sets;
- * a third mode adds at most one entry per set, which the second way holds.
- * Way 0 holds the most recently used entry of a set.
+ * Within an aligned 64 MiB region (16K pages) consecutive pages take
+ * consecutive sets, so a sweep of 16,384 pages puts one entry in every set:
+ * three modes use three ways and leave the fourth for other pages (code,
+ * stack, tables). The hash of the region number scatters regions, and the
+ * salt places a small working set apart in each mode. Way 0 holds the most
+ * recently used entry of a set, the last way the least.
  */
-#define STLB_SETS  (1u << 15)
-#define STLB_WAYS  2
+#define STLB_SETS  (1u << 14)
+#define STLB_WAYS  4
 #define TAG_VALID  1u
 #define GENERATIONS 512u                /* tag bits 3-11 */
+#define STLB_BYTES (STLB_SETS * STLB_WAYS * sizeof(struct stlb_entry))
 
 struct stlb_entry {
     uint64_t tag;
@@ -122,11 +122,12 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
 
     if (ctx == NULL)
         return NULL;
-    ctx->stlb = calloc(STLB_SETS * STLB_WAYS, sizeof(struct stlb_entry));
+    ctx->stlb = aligned_alloc(64, STLB_BYTES);   /* a set per cache line */
     if (ctx->stlb == NULL) {
         free(ctx);
         return NULL;
     }
+    memset(ctx->stlb, 0, STLB_BYTES);
     ctx->reg_read = reg_read;
     ctx->emu_stop = emu_stop;
     ctx->walker = walker;
@@ -147,7 +148,7 @@ static struct stlb_entry *stlb_set(struct native_ctx *ctx, uint64_t vpage,
                                    enum mode mode)
 {
     uint64_t vpn = vpage >> 12;
-    uint64_t region = ((vpn >> 15) * GOLDEN) >> 49;     /* 15 bits */
+    uint64_t region = ((vpn >> 14) * GOLDEN) >> 50;     /* 14 bits */
 
     return &ctx->stlb[((vpn + region + mode_salt[mode]) & (STLB_SETS - 1))
                       * STLB_WAYS];
@@ -205,7 +206,23 @@ void native_flush(struct native_ctx *ctx)
 {
     ctx->generation = (ctx->generation + 1) % GENERATIONS;
     if (ctx->generation == 0)
-        memset(ctx->stlb, 0, STLB_SETS * STLB_WAYS * sizeof(struct stlb_entry));
+        memset(ctx->stlb, 0, STLB_BYTES);
+}
+
+/*
+ * Caches translations the walker computed ahead of use (speculative fills,
+ * SDM Vol. 3A 4.10.2.3): `pairs` holds n (vpage, paddr | perms) pairs for
+ * `mode`. The rules that made them live in the Python walker; this only
+ * stores them.
+ */
+void native_insert(struct native_ctx *ctx, int32_t mode, size_t n,
+                   const uint64_t *pairs)
+{
+    if (mode < 0 || mode >= MODE_COUNT)
+        return;
+    for (size_t i = 0; i < n; i++)
+        stlb_insert(ctx, pairs[2 * i] & PAGE_MASK, (enum mode)mode,
+                    pairs[2 * i + 1] & (PAGE_MASK | FILL_PERMS));
 }
 
 /* Drops one page from the STLB in every mode, like INVLPG. */
@@ -279,12 +296,13 @@ bool native_tlb_fill(uc_engine *uc, uint64_t vpage, int type,
         ctx->stlb_hits++;
         entry->paddr = e->value & PAGE_MASK;
         entry->perms = e->value & FILL_PERMS;
-        stlb_touch(stlb_set(ctx, vpage, mode), e, *e);
+        if (e != stlb_set(ctx, vpage, mode))
+            stlb_touch(stlb_set(ctx, vpage, mode), e, *e);
         return true;
     }
 
     answer = ctx->walker(vpage, type, (int32_t)(cs & 3), rflags);
-    if (answer == FILL_DENY) {
+    if (answer < 0) {                   /* denied: the run loop raises #PF */
         note_fault(ctx, type);
         return false;
     }

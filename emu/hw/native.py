@@ -19,22 +19,27 @@ The walker contract, ``fill(vpage, access, cpl, rflags) -> int``:
   grants WRITE only once D is set, and if the executive calls :meth:`NativeHooks.flush` or
   :meth:`NativeHooks.invalidate` after changing a paging structure (SDM Vol. 3A 4.10.4).
 
-Instruction counting (measured on Unicorn 2.1.4, see tests/hw/test_native.py):
+Instruction counting (measured on Unicorn 2.1.4; each case is a test in test_native.py):
 
-* ``instructions`` counts completed instructions. A faulting instruction has not completed:
-  one whose data access the walker denies, one that raises an exception (#GP, #PF, #DE, #UD
-  ...) whose interrupt hook stops the run, is not counted. A trap has completed: ``int3``,
-  ``int n``, ``syscall`` (hook called, RIP past it) and ``hlt`` are counted.
-* After ``set_budget(n)``, a run stops after exactly n more completed instructions, with RIP
-  at the next one, not executed; resuming from there gives the same state as one
-  uninterrupted run. A ``rep`` string instruction counts once per iteration, as in Unicorn's
-  own ``count=`` (QEMU runs each iteration as a block of its own).
-* The exact count needs :meth:`NativeHooks.start` to run the guest: when a run ends, it takes
-  back the last counted instruction if RIP still points at it (it faulted, or a stop landed
-  between its code hook and its execution). One case cannot be told apart and is counted one
-  short: an instruction that completes with RIP at itself (``jmp $``, a ``rep`` iteration
-  with RCX still non-zero) when a stop from a non-code hook or a ``timeout`` lands right
-  after it. The budget's own stop is always exact.
+* ``instructions`` counts completed instructions while a budget is set. An instruction that
+  faults has not completed and is not counted: a data access the walker denies (or answers
+  without the needed permission), an exception whose interrupt hook stops the run (#DE, #GP:
+  RIP stays at the instruction), an invalid opcode (UC_ERR_INSN_INVALID). A trap has
+  completed and is counted: ``int3`` and ``int n`` (RIP past them), ``syscall`` (its hook
+  runs, then RIP moves past it), ``hlt``. A denied fetch counts the jump that led there.
+* After ``set_budget(n)``, the run stops after exactly n more completed instructions, with
+  RIP at the next one, not executed; resuming gives the same state as one uninterrupted run,
+  and the same as Unicorn's ``emu_start(count=n)`` at every step.
+* A ``rep`` string instruction with c > 0 iterations counts c + 1 (each iteration is a block
+  of its own, and one more entry finds RCX = 0), exactly as Unicorn's ``count=`` does.
+* A stop from a memory hook ends the run right after the hooked access with RIP still at the
+  accessing instruction (Unicorn's behaviour): it is not counted and runs again on resume.
+* The count is exact only when the guest runs through :meth:`NativeHooks.start`: when a run
+  ends, it takes back the last counted instruction if RIP still points at it. That cannot
+  tell a fault from an instruction that completed with RIP at itself (``jmp $``, a ``rep``
+  iteration with RCX still non-zero) when a ``timeout`` lands right after it: that case is
+  counted one short. A fault whose interrupt hook resumes elsewhere instead of stopping the
+  run stays counted. The budget's own stop is always exact.
 """
 
 from __future__ import annotations
@@ -67,6 +72,21 @@ _SOURCE = pathlib.Path(__file__).with_name("native.c")
 _CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"]  # as the Makefile's rule
 
 
+class Mode(enum.IntEnum):
+    """The STLB's privilege modes (native.c `enum mode`)."""
+
+    USER = 0           # CPL 3
+    KERNEL_AC0 = 1     # CPL < 3, RFLAGS.AC clear (SMAP enforced when CR4.SMAP)
+    KERNEL_AC1 = 2     # CPL < 3, RFLAGS.AC set
+
+
+def mode_of(cpl: int, rflags: int) -> Mode:
+    """The STLB mode of an access at `cpl` with `rflags`, as native_tlb_fill computes it."""
+    if cpl == 3:
+        return Mode.USER
+    return Mode.KERNEL_AC1 if rflags & (1 << 18) else Mode.KERNEL_AC0
+
+
 class Access(enum.IntEnum):
     """The access that missed QEMU's TLB (Unicorn's uc_mem_type)."""
 
@@ -84,7 +104,7 @@ class Fill(enum.IntFlag):
     NO_CACHE = 8  # serve this answer once; keep it out of the STLB
 
 
-DENY = -1  # the walker's answer when the access must fault
+DENY = -1  # the walker's answer when the access must fault (any negative number does)
 
 _WALKER = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64
@@ -123,7 +143,10 @@ def ensure_built() -> pathlib.Path:
     if shutil.which(cc[0]) is None:
         raise RuntimeError(f"cannot build {lib.name}: no C compiler {cc[0]!r} (set $CC)")
     # Build beside the target and rename, so that concurrent builders never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    except OSError as err:
+        raise RuntimeError(f"cannot build {lib.name}: {err}") from err
     os.close(fd)
     try:
         done = subprocess.run(
@@ -149,6 +172,8 @@ def _library() -> ctypes.CDLL:
     lib.native_close.argtypes = [ctypes.c_void_p]
     lib.native_flush.argtypes = [ctypes.c_void_p]
     lib.native_invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.native_insert.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t,
+                                  ctypes.POINTER(ctypes.c_uint64)]
     if lib.native_ctx_size() != ctypes.sizeof(_Ctx):
         raise RuntimeError(f"{library_path().name}: struct native_ctx differs from _Ctx")
     return lib
@@ -257,6 +282,14 @@ class NativeHooks:
         self._check_open()
         self._lib.native_invalidate(self._ctx_ptr, vpage)
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def insert(self, mode: Mode, pairs: list[tuple[int, int]]) -> None:
+        """Cache (vpage, paddr | perms) translations for `mode` ahead of use (speculative
+        fills, SDM Vol. 3A 4.10.2.3); the walker decided them."""
+        if not pairs:
+            return
+        flat = (ctypes.c_uint64 * (2 * len(pairs)))(*(v for pair in pairs for v in pair))
+        self._lib.native_insert(self._ctx_ptr, int(mode), len(pairs), flat)
 
     def set_budget(self, n: int | None) -> None:
         """Stop the next runs after n more completed instructions; None stops counting.

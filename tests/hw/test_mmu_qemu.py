@@ -16,6 +16,12 @@ reserved bits at every level, non-canonical addresses, and random multi-level
 combinations.  A deterministic subset runs in the normal suite; the whole matrix
 is `pytest -m conformance tests/hw`.
 
+Harness lessons (each cost a false mismatch): the `until` address of emu_start must
+be fetchable at the CPL the run ends in, or QEMU's silent #PF on it leaves a pending
+fault that turns the next real #PF into #DF; the fetch marker ends with `jmp $`, or
+QEMU's translator reads on into the next page and raises #PF there; the test tables
+and the machine's own mappings share no entries.
+
 One known, deliberate difference (checked, not ignored): QEMU sets A in a 1 GiB
 leaf PDPTE before it checks the leaf's reserved bits and the access rights, so a
 faulting access through a 1 GiB page leaves that PDPTE accessed.  Our walker treats
@@ -81,19 +87,19 @@ GDT = 0x6000
 CODE = 0x7000
 KSTACK = 0x8F00
 T_PDPT, T_PD, T_PT = 0x20000, 0x21000, 0x22000
-FRAME_4K, FRAME_2M, FRAME_1G = 0x30000, 0, 0
+FRAME_4K, FRAME_2M, FRAME_1G = 0x30000, 0x200000, 0  # 2 MiB frame: bit 21 is an address bit
 USER_ALIAS = 1 << 39  # PML4[1]: the first 4 MiB again, user-accessible
 IRETQ, LOAD, STORE, STOP = 0x00, 0x10, 0x20, 0x800  # offsets in the code page
 MARK_OFF = 0xF00
 UPPER_OK = P | RW | US
 
-# The addresses under test: PD index 1 and PT index k put the 1 GiB page's byte at
-# 0x200000 + k * 4096 + 0xF00 and the 2 MiB page's at k * 4096 + 0xF00, inside RAM.
+# The addresses under test: PD index j (0 or 1) and PT index k put the 1 GiB page's
+# byte at j * 2 MiB + k * 4 KiB + 0xF00 and the 2 MiB page's at 2 MiB + k * 4 KiB + 0xF00.
 TARGETS = (
-    (2 << 39) | (0 << 30) | (1 << 21) | (0x37 << 12) | MARK_OFF,
+    (2 << 39) | (0 << 30) | (0 << 21) | (0x37 << 12) | MARK_OFF,
     0xFFFF_0000_0000_0000 | (300 << 39) | (5 << 30) | (1 << 21) | (0x58 << 12) | MARK_OFF,
 )
-NON_CANONICAL = (0x0000_8000_0000_0F00, 0xFFFF_7FFF_FFFF_FF00, 0x8000_0000_0000_0F00)
+NON_CANONICAL = (0x0000_8000_0000_0F00, 0xFFFF_7FFF_FFFF_FF00, 0x8000_7FFF_0000_0F00)
 
 GDT_ENTRIES = (
     0,
@@ -437,19 +443,18 @@ def all_modes() -> list[Mode]:
     return modes
 
 
-def rights_cases(size: int, upper_index: int) -> list[Case]:
-    """Every leaf flag set x every flag set of one upper level (0 = PML4E) x access x mode;
-    the other upper levels allow everything and have A clear."""
-    leaf_level = LEAF_INDEX[size]
+def rights_cases(size: int, upper_index: int, stride: int = 1) -> list[Case]:
+    """Every leaf flag set x every flag set of one upper level (0 = PML4E) x access x mode
+    (every `stride`-th of them); the other upper levels allow everything, A clear."""
+    matrix = itertools.product(
+        subsets(LEAF_BITS), subsets(UPPER_BITS), ACCESSES, all_modes(), range(len(TARGETS))
+    )
     cases = []
-    modes = all_modes()
-    for i, (leaf, upper) in enumerate(itertools.product(subsets(LEAF_BITS), subsets(UPPER_BITS))):
+    for leaf, upper, access, mode, target in itertools.islice(matrix, 0, None, stride):
         flags = [UPPER_OK] * 4
-        flags[leaf_level] = leaf
+        flags[LEAF_INDEX[size]] = leaf
         flags[upper_index] = upper
-        va = TARGETS[i % len(TARGETS)]
-        for access, mode in itertools.product(ACCESSES, modes):
-            cases.append(make_case(va, size, tuple(flags), access, mode))
+        cases.append(make_case(TARGETS[target], size, tuple(flags), access, mode))
     return cases
 
 
@@ -498,19 +503,23 @@ def canonical_cases() -> list[Case]:
     ]
 
 
+IGNORED_BITS = (3, 4, 8, 9, 10, 11, 52, 55, 58, 62)  # PWT, PCD, G, AVL, ignored: no effect
+
+
 def random_cases(n: int, seed: int = 2024) -> list[Case]:
-    """Random flags at every level at once (P mostly set), random size, access, mode, and
-    now and then a reserved bit: interactions the one-level-at-a-time matrix misses."""
+    """Random flags at every level at once (P mostly set; D and ignored bits in upper
+    levels too), random size, access, mode, and now and then a reserved bit: the
+    interactions the one-level-at-a-time matrix misses."""
     rnd = random.Random(seed)
     modes = all_modes()
     cases = []
     for _ in range(n):
         size = rnd.choice((KIB4, KIB4, MIB2, GIB1))
         flags = []
-        for level in range(4):
-            bits = LEAF_BITS if level == LEAF_INDEX[size] else UPPER_BITS
-            f = int(sum(b for b in bits if rnd.random() < 0.5))
+        for _level in range(4):
+            f = int(sum(b for b in LEAF_BITS if rnd.random() < 0.5))
             f = f | int(P) if rnd.random() < 0.92 else f & ~int(P)
+            f |= sum(1 << b for b in IGNORED_BITS if rnd.random() < 0.1)
             flags.append(f)
         extra = [0, 0, 0, 0]
         if rnd.random() < 0.1:
@@ -556,12 +565,12 @@ def test_oracle_reports_three_faults_in_a_row():
 
 
 def test_rights_subset_matches_qemu():
-    cases = [c for size, up in LEVEL_SHAPES for c in rights_cases(size, up)[::211]]
+    cases = [c for size, up in LEVEL_SHAPES for c in rights_cases(size, up, stride=47)]
     differential(cases)
 
 
 def test_reserved_bits_subset_matches_qemu():
-    differential(reserved_cases()[::3])
+    differential(reserved_cases()[::2])
 
 
 def test_non_canonical_matches_qemu():
@@ -569,7 +578,7 @@ def test_non_canonical_matches_qemu():
 
 
 def test_random_multilevel_subset_matches_qemu():
-    differential(random_cases(1500))
+    differential(random_cases(5000))
 
 
 # --- the full matrix: make conformance -----------------------------------------------------

@@ -15,6 +15,7 @@ space"). A new kernel PML4 entry is copied into every PML4 at once.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE
 from emu.nt.mm.pfn import FrameUse, PfnDatabase
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000     # bits 12..51 of an entry: the next table or frame
+_P, _PS = int(PTE.P), int(PTE.PS)
 LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 
 
@@ -43,11 +45,19 @@ _EXECUTABLE = (Protection.PAGE_EXECUTE | Protection.PAGE_EXECUTE_READ
                | Protection.PAGE_EXECUTE_READWRITE)
 
 
-def leaf_flags(protect: Protection, *, user: bool) -> PTE:
-    """The PTE bits that give ``protect``: RW for writable, NX unless executable, US for user."""
+def leaf_flags(protect: Protection, *, user: bool, populated: bool = False) -> PTE:
+    """The PTE bits that give ``protect``: RW for writable, NX unless executable, US for user.
+
+    ``populated``: the page is made valid ahead of its first use, as a fault for that use
+    would (Linux's populate path pre-faults a writable private page for write): Accessed
+    is set, and Dirty too when the page is writable, since a new private page has no copy
+    anywhere else. A page made valid by a real fault instead gets A, and D only for a write.
+    """
     flags = PTE.P
+    if populated:
+        flags |= PTE.A
     if protect & _WRITABLE:
-        flags |= PTE.RW
+        flags |= PTE.RW | (PTE.D if populated else 0)
     if not protect & _EXECUTABLE:
         flags |= PTE.NX
     if user:
@@ -162,14 +172,17 @@ class AddressSpace:
         self.mm.forget(self)
 
     def _free_tables(self, table: int, level: int, slots: range) -> None:
+        entries = struct.unpack_from("<512Q", self.mm.mem.read(table, PAGE_SIZE))
+        frames = []
         for i in slots:
-            entry = self.mm.mem.read_u64(table + i * 8)
-            if not entry & PTE.P:
+            entry = entries[i]
+            if not entry & _P:
                 continue
-            pfn = (entry & ADDRESS_MASK) // PAGE_SIZE
-            if level > 1 and not entry & PTE.PS:
+            pfn = (entry & ADDRESS_MASK) >> 12
+            if level > 1 and not entry & _PS:
                 self._free_tables(pfn * PAGE_SIZE, level - 1, range(512))
-            self.mm.pfn.release(pfn)
+            frames.append(pfn)
+        self.mm.pfn.release_many(frames)
 
 
 class MemoryManager:
@@ -223,5 +236,5 @@ class MemoryManager:
                 # writes (platform-facts.md): a frame reused for new code must be flushed.
                 self._on_code_frame_reused()
             entry.had_code = True
-        space.map_page(va, pfn, leaf_flags(protect, user=user))
+        space.map_page(va, pfn, leaf_flags(protect, user=user, populated=True))
         return pfn

@@ -1,0 +1,644 @@
+"""Tests for emu/hw/native.py: the STLB in front of the Python walker, and the counter.
+
+Each test drives a real Unicorn in UC_TLB_VIRTUAL mode over RAM in an mmap, running a few
+hand-assembled instructions; the walker is scripted (identity map unless a rule says
+otherwise) and records every call, so a test can tell an STLB hit from a walk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import mmap
+import os
+import shutil
+import struct
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import capstone
+import pytest
+from unicorn import (
+    UC_ARCH_X86,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_EXCEPTION,
+    UC_ERR_INSN_INVALID,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_WRITE,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UcError,
+)
+from unicorn.x86_const import (
+    UC_X86_INS_SYSCALL,
+    UC_X86_REG_CS,
+    UC_X86_REG_GDTR,
+    UC_X86_REG_RAX,
+    UC_X86_REG_RCX,
+    UC_X86_REG_RDX,
+    UC_X86_REG_RFLAGS,
+    UC_X86_REG_RIP,
+    UC_X86_REG_RSI,
+    UC_X86_REG_RSP,
+)
+
+from emu.hw import native
+from emu.hw.native import DENY, Access, Fill, NativeHooks
+
+RAM_SIZE = 16 << 20
+CODE = 0x400000  # the guest's code page
+STACK_TOP = 0x800000
+PAGE_A = 0x200000  # data pages the rules script
+PAGE_B = 0x201000
+RWX = Fill.READ | Fill.WRITE | Fill.EXEC
+RFLAGS_AC = 1 << 18  # Alignment Check
+VECTOR_DE = 0  # #DE, divide error
+VECTOR_BP = 3  # #BP, int3
+BIG_BUDGET = 1 << 40
+
+Rule = Callable[[int, int, int, int], int]
+
+
+# --- a tiny assembler: the few encodings the tests need (Intel SDM Vol. 2) -------------
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+
+
+@dataclass(frozen=True)
+class Rel:
+    """A displacement to a label, measured from the end of this field."""
+
+    name: str
+    size: int  # 1 or 4
+
+
+def assemble(*parts: bytes | Label | Rel) -> bytes:
+    """Concatenate encodings, resolving Rel fields against Label positions."""
+    labels, offset = {}, 0
+    for part in parts:
+        if isinstance(part, Label):
+            labels[part.name] = offset
+        else:
+            offset += part.size if isinstance(part, Rel) else len(part)
+    out = bytearray()
+    for part in parts:
+        if isinstance(part, Rel):
+            out += (labels[part.name] - len(out) - part.size).to_bytes(
+                part.size, "little", signed=True
+            )
+        elif isinstance(part, bytes):
+            out += part
+    return bytes(out)
+
+
+def imm32(value: int) -> bytes:
+    return value.to_bytes(4, "little")
+
+
+NOP = b"\x90"
+HLT = b"\xf4"
+INT3 = b"\xcc"
+SYSCALL = b"\x0f\x05"
+UD2 = b"\x0f\x0b"
+IRETQ = b"\x48\xcf"
+DIV_BY_ZERO = b"\x31\xc9\xf7\xf1"  # xor ecx, ecx ; div ecx
+REP_MOVSB = b"\xf3\xa4"
+
+
+def load_al(address: int) -> bytes:
+    return b"\x8a\x04\x25" + imm32(address)  # mov al, [address]
+
+
+def store_al(address: int) -> bytes:
+    return b"\x88\x04\x25" + imm32(address)  # mov [address], al
+
+
+def mov_ecx(value: int) -> bytes:
+    return b"\xb9" + imm32(value)
+
+
+def push(value: int) -> bytes:
+    return b"\x68" + imm32(value)  # push imm32 (sign-extended)
+
+
+# --- the rig -----------------------------------------------------------------------------
+
+
+def bare_machine(code: bytes) -> tuple[Uc, mmap.mmap]:
+    """An x86-64 Unicorn at CPL 0 in UC_TLB_VIRTUAL mode, its RAM an mmap holding `code`."""
+    ram = mmap.mmap(-1, RAM_SIZE)
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+    uc.mem_map_ptr(0, RAM_SIZE, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(ram)))
+    ram[CODE : CODE + len(code)] = code
+    uc.reg_write(UC_X86_REG_RSP, STACK_TOP)
+    uc.reg_write(UC_X86_REG_RIP, CODE)
+    return uc, ram
+
+
+class Rig:
+    """A bare machine with NativeHooks and a scripted, recording walker."""
+
+    def __init__(self, code: bytes) -> None:
+        self.uc, self.ram = bare_machine(code)
+        self.rules: dict[int, Rule] = {}
+        self.calls: list[tuple[int, int, int, int]] = []
+        self.hooks = NativeHooks(self.uc, self.walk)
+
+    def walk(self, vpage: int, access: int, cpl: int, rflags: int) -> int:
+        self.calls.append((vpage, access, cpl, rflags))
+        rule = self.rules.get(vpage)
+        return rule(vpage, access, cpl, rflags) if rule else vpage % RAM_SIZE | RWX
+
+    def walks_of(self, vpage: int) -> list[tuple[int, int, int, int]]:
+        return [call for call in self.calls if call[0] == vpage]
+
+    def run(self, begin: int = CODE) -> None:
+        self.hooks.start(begin)
+
+    def flush_qemu_tlb(self) -> None:
+        """Empty QEMU's TLB only, so the next access to any page reaches the fill hook."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    @property
+    def rip(self) -> int:
+        return self.uc.reg_read(UC_X86_REG_RIP)
+
+
+def stop_run(uc: Uc, *_: object) -> None:
+    uc.emu_stop()
+
+
+# --- the STLB ----------------------------------------------------------------------------
+
+
+def test_stlb_answers_a_page_again_without_calling_python() -> None:
+    rig = Rig(load_al(PAGE_A) + HLT)
+    rig.run()
+    assert len(rig.walks_of(PAGE_A)) == 1
+    assert (rig.hooks.fills, rig.hooks.stlb_hits) == (2, 0)  # code page, data page
+
+    rig.flush_qemu_tlb()
+    rig.run()
+    assert len(rig.walks_of(PAGE_A)) == 1
+    assert (rig.hooks.fills, rig.hooks.stlb_hits) == (4, 2)
+
+    rig.hooks.flush()
+    rig.run()
+    assert len(rig.walks_of(PAGE_A)) == 2
+    assert (rig.hooks.fills, rig.hooks.stlb_hits) == (6, 2)
+
+
+def test_read_only_entry_does_not_answer_a_write() -> None:
+    """A walker grants WRITE only once D is set; the write must reach it."""
+
+    def dirty_on_write(vpage: int, access: int, cpl: int, rflags: int) -> int:
+        perms = Fill.READ | (Fill.WRITE if access == Access.WRITE else 0)
+        return vpage | perms
+
+    rig = Rig(load_al(PAGE_A) + store_al(PAGE_A) + HLT)
+    rig.rules[PAGE_A] = dirty_on_write
+    rig.run()
+    assert [call[1] for call in rig.walks_of(PAGE_A)] == [Access.READ, Access.WRITE]
+
+    rig.flush_qemu_tlb()
+    rig.run()  # the READ|WRITE entry now answers both accesses
+    assert len(rig.walks_of(PAGE_A)) == 2
+
+
+def test_denied_access_stops_at_the_faulting_instruction() -> None:
+    rig = Rig(NOP + load_al(PAGE_A) + HLT)
+    rig.rules[PAGE_A] = lambda *_: DENY
+    with pytest.raises(UcError) as failure:
+        rig.run()
+    assert failure.value.errno == UC_ERR_EXCEPTION
+    assert rig.rip == CODE + 1
+
+    with pytest.raises(UcError):
+        rig.run(rig.rip)  # a denial is not cached: the walker is asked again
+    assert len(rig.walks_of(PAGE_A)) == 2
+
+
+def test_answer_without_the_access_faults_but_is_cached() -> None:
+    rig = Rig(store_al(PAGE_A) + HLT)
+    rig.rules[PAGE_A] = lambda vpage, *_: vpage | Fill.READ
+    with pytest.raises(UcError):
+        rig.run()
+    assert rig.rip == CODE
+
+    rig.uc.mem_write(CODE, load_al(PAGE_A))
+    rig.uc.ctl_flush_tb()
+    rig.flush_qemu_tlb()
+    rig.run()  # the READ entry kept from the failed write serves this read
+    assert len(rig.walks_of(PAGE_A)) == 1
+
+
+def test_no_cache_answer_is_served_once() -> None:
+    rig = Rig(load_al(PAGE_A) + HLT)
+    rig.rules[PAGE_A] = lambda vpage, *_: vpage | RWX | Fill.NO_CACHE
+    rig.run()
+    rig.flush_qemu_tlb()
+    rig.run()
+    assert len(rig.walks_of(PAGE_A)) == 2
+
+
+def test_invalidate_drops_only_that_page() -> None:
+    rig = Rig(load_al(PAGE_A) + load_al(PAGE_B) + HLT)
+    rig.run()
+    rig.hooks.invalidate(PAGE_A)
+    rig.run()
+    assert (len(rig.walks_of(PAGE_A)), len(rig.walks_of(PAGE_B))) == (2, 1)
+
+
+def test_kernel_modes_with_and_without_rflags_ac_are_cached_apart() -> None:
+    rig = Rig(load_al(PAGE_A) + HLT)
+    rflags = rig.uc.reg_read(UC_X86_REG_RFLAGS)
+    for ac in (0, RFLAGS_AC, 0, RFLAGS_AC):
+        rig.uc.reg_write(UC_X86_REG_RFLAGS, rflags & ~RFLAGS_AC | ac)
+        rig.flush_qemu_tlb()
+        rig.run()
+    walks = rig.walks_of(PAGE_A)
+    assert [(cpl, rflags & RFLAGS_AC) for _, _, cpl, rflags in walks] == [(0, 0), (0, RFLAGS_AC)]
+
+
+# Flat GDT (SDM Vol. 3A 3.4.5): 64-bit code and data, ring 0 then ring 3.
+GDT = 0x300000
+GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF, 0x00AFFA000000FFFF, 0x00CFF2000000FFFF)
+USER_CS, USER_SS = 3 << 3 | 3, 4 << 3 | 3
+
+
+def to_user_mode(user_rip: int) -> bytes:
+    """IRETQ to `user_rip` at CPL 3 (SDM Vol. 3A 6.14.3: the 64-bit IRET frame)."""
+    frame = (USER_SS, STACK_TOP - 0x1000, 0x2, USER_CS, user_rip)  # RFLAGS: reserved bit 1
+    return b"".join(push(value) for value in frame) + IRETQ
+
+
+def test_user_mode_is_cached_apart_from_kernel_mode() -> None:
+    """Only a real IRETQ reaches CPL 3: writing CS does not change the CPL."""
+    kernel = load_al(PAGE_A) + to_user_mode(0)
+    code = load_al(PAGE_A) + to_user_mode(CODE + len(kernel)) + load_al(PAGE_A) + SYSCALL
+    rig = Rig(code)
+    rig.ram[GDT : GDT + 8 * len(GDT_ENTRIES)] = struct.pack(f"<{len(GDT_ENTRIES)}Q", *GDT_ENTRIES)
+    rig.uc.reg_write(UC_X86_REG_GDTR, (0, GDT, 8 * len(GDT_ENTRIES) - 1, 0))
+    rig.uc.hook_add(UC_HOOK_INSN, stop_run, None, 1, 0, UC_X86_INS_SYSCALL)
+    rig.run()
+    assert rig.uc.reg_read(UC_X86_REG_CS) == USER_CS
+    assert rig.rip == CODE + len(code)
+    # The CPL 0 entry did not answer the CPL 3 access; RFLAGS is not read at CPL 3.
+    walks = rig.walks_of(PAGE_A)
+    assert [(cpl, rflags) for _, _, cpl, rflags in walks] == [(0, walks[0][3]), (3, 0)]
+    assert walks[0][3] != 0
+
+
+SWEEP_BASE = 0x10000000
+SWEEP_PAGES = 16384
+
+
+def sweep() -> bytes:
+    """Read one byte of each of SWEEP_PAGES pages, then syscall (whose hook stops the run)."""
+    return assemble(
+        b"\x48\xbb" + SWEEP_BASE.to_bytes(8, "little"),  # mov rbx, SWEEP_BASE
+        mov_ecx(SWEEP_PAGES),
+        Label("next"),
+        b"\x8a\x03",  # mov al, [rbx]
+        b"\x48\x81\xc3" + imm32(0x1000),  # add rbx, 4096
+        b"\xff\xc9",  # dec ecx
+        b"\x75",
+        Rel("next", 1),  # jnz next
+        SYSCALL,
+    )
+
+
+def test_stlb_holds_a_16k_page_sweep_in_each_of_the_three_modes() -> None:
+    enter_user = CODE + 0x1000  # to_user_mode(CODE) lives on the next page
+    rig = Rig(sweep())
+    rig.ram[enter_user : enter_user + len(to_user_mode(CODE))] = to_user_mode(CODE)
+    rig.ram[GDT : GDT + 8 * len(GDT_ENTRIES)] = struct.pack(f"<{len(GDT_ENTRIES)}Q", *GDT_ENTRIES)
+    rig.uc.reg_write(UC_X86_REG_GDTR, (0, GDT, 8 * len(GDT_ENTRIES) - 1, 0))
+    rig.uc.hook_add(UC_HOOK_INSN, stop_run, None, 1, 0, UC_X86_INS_SYSCALL)
+    rflags = rig.uc.reg_read(UC_X86_REG_RFLAGS) & ~RFLAGS_AC
+    kernel = rig.uc.context_save()  # restoring a context restores its CPL
+
+    def kernel_sweep(ac: int) -> None:
+        rig.uc.context_restore(kernel)
+        rig.uc.reg_write(UC_X86_REG_RFLAGS, rflags | ac)
+        rig.run(CODE)
+
+    kernel_sweep(0)
+    kernel_sweep(RFLAGS_AC)
+    rig.run(enter_user)
+    user = rig.uc.context_save()
+    walks = len(rig.calls)
+    assert walks >= 3 * SWEEP_PAGES
+
+    rig.flush_qemu_tlb()
+    kernel_sweep(0)
+    kernel_sweep(RFLAGS_AC)
+    rig.uc.context_restore(user)
+    rig.run(CODE)
+    assert rig.uc.reg_read(UC_X86_REG_CS) == USER_CS
+    assert len(rig.calls) == walks  # every page of every mode came from the STLB
+    assert rig.hooks.stlb_hits >= 3 * SWEEP_PAGES
+
+
+def test_exception_in_the_walker_is_raised_by_start() -> None:
+    def broken(*_: int) -> int:
+        raise ValueError("walker bug")
+
+    rig = Rig(load_al(PAGE_A) + HLT)
+    rig.rules[PAGE_A] = broken
+    with pytest.raises(ValueError, match="walker bug") as raised:
+        rig.run()
+    assert isinstance(raised.value.__cause__, UcError)
+    assert rig.rip == CODE
+
+    del rig.rules[PAGE_A]
+    rig.run(rig.rip)  # the machine is still usable
+    assert rig.rip == CODE + len(load_al(PAGE_A)) + len(HLT)
+
+
+# --- the instruction counter -------------------------------------------------------------
+
+
+def test_budget_stops_before_the_next_instruction_and_resumes() -> None:
+    rig = Rig(NOP * 10 + HLT)
+    rig.hooks.set_budget(4)
+    rig.run()
+    assert (rig.hooks.instructions, rig.rip, rig.hooks.budget) == (4, CODE + 4, 0)
+    rig.hooks.set_budget(3)
+    rig.run(rig.rip)
+    assert (rig.hooks.instructions, rig.rip) == (7, CODE + 7)
+    rig.hooks.set_budget(None)
+    rig.run(rig.rip)
+    assert (rig.hooks.instructions, rig.rip, rig.hooks.budget) == (7, CODE + 11, None)
+
+
+def test_zero_budget_runs_nothing() -> None:
+    rig = Rig(NOP + HLT)
+    rig.hooks.set_budget(0)
+    rig.run()
+    assert (rig.hooks.instructions, rig.rip) == (0, CODE)
+
+
+def test_instructions_can_be_reset() -> None:
+    rig = Rig(NOP * 3 + HLT)
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run()
+    assert rig.hooks.instructions == 4  # hlt completes: RIP is past it
+    rig.hooks.instructions = 0
+    assert rig.hooks.instructions == 0
+
+
+def counted(code: bytes, setup: Callable[[Rig], None] = lambda rig: None) -> tuple[Rig, int | None]:
+    """Run `code` with counting on; return the rig and the UcError errno, if any."""
+    rig = Rig(code)
+    setup(rig)
+    rig.hooks.set_budget(BIG_BUDGET)
+    try:
+        rig.run()
+    except UcError as failure:
+        return rig, failure.errno
+    return rig, None
+
+
+def test_denied_data_access_is_not_counted() -> None:
+    rig, errno = counted(
+        NOP * 3 + load_al(PAGE_A) + HLT, lambda r: r.rules.update({PAGE_A: lambda *_: DENY})
+    )
+    assert (errno, rig.hooks.instructions, rig.rip) == (UC_ERR_EXCEPTION, 3, CODE + 3)
+
+
+def test_denied_fetch_counts_the_jump_that_completed() -> None:
+    jump = b"\xe9" + (PAGE_A - (CODE + 2 + 5)).to_bytes(4, "little", signed=True)  # jmp PAGE_A
+    rig, errno = counted(NOP * 2 + jump, lambda r: r.rules.update({PAGE_A: lambda *_: DENY}))
+    assert (errno, rig.hooks.instructions, rig.rip) == (UC_ERR_EXCEPTION, 3, PAGE_A)
+
+
+def test_fault_stopped_by_the_interrupt_hook_is_not_counted() -> None:
+    vectors: list[int] = []
+
+    def on_interrupt(uc: Uc, vector: int, _: object) -> None:
+        vectors.append(vector)
+        uc.emu_stop()
+
+    rig, errno = counted(
+        NOP * 3 + DIV_BY_ZERO + HLT, lambda r: r.uc.hook_add(UC_HOOK_INTR, on_interrupt)
+    )
+    assert (errno, vectors) == (None, [VECTOR_DE])
+    assert (rig.hooks.instructions, rig.rip) == (4, CODE + 5)  # 3 nops, xor; RIP at div
+
+
+def test_trap_stopped_by_the_interrupt_hook_is_counted() -> None:
+    vectors: list[int] = []
+
+    def on_interrupt(uc: Uc, vector: int, _: object) -> None:
+        vectors.append(vector)
+        uc.emu_stop()
+
+    code = NOP * 3 + INT3 + NOP + HLT
+    rig, errno = counted(code, lambda r: r.uc.hook_add(UC_HOOK_INTR, on_interrupt))
+    assert (errno, vectors) == (None, [VECTOR_BP])
+    assert (rig.hooks.instructions, rig.rip) == (4, CODE + 4)  # RIP past int3
+
+
+def test_syscall_stopped_by_its_hook_is_counted() -> None:
+    def setup(rig: Rig) -> None:
+        rig.uc.hook_add(UC_HOOK_INSN, stop_run, None, 1, 0, UC_X86_INS_SYSCALL)
+
+    rig, errno = counted(NOP * 3 + SYSCALL + NOP + HLT, setup)
+    assert (errno, rig.hooks.instructions, rig.rip) == (None, 4, CODE + 5)
+
+
+def test_invalid_opcode_is_not_counted() -> None:
+    rig, errno = counted(NOP * 3 + UD2)
+    assert (errno, rig.hooks.instructions, rig.rip) == (UC_ERR_INSN_INVALID, 3, CODE + 3)
+
+
+def test_stop_from_a_memory_hook_leaves_the_store_to_run_again() -> None:
+    """Unicorn ends the run right after the hooked store, RIP still at the storing
+    instruction: it counts as not completed and runs again on resume."""
+    stores: list[int] = []
+
+    def on_write(uc: Uc, *_: object) -> None:
+        stores.append(uc.reg_read(UC_X86_REG_RIP))
+        if len(stores) == 1:
+            uc.emu_stop()
+
+    code = NOP * 3 + store_al(PAGE_A) + NOP + HLT
+    rig, _ = counted(code, lambda r: r.uc.hook_add(UC_HOOK_MEM_WRITE, on_write))
+    assert (rig.hooks.instructions, rig.rip) == (3, CODE + 3)
+    rig.run(rig.rip)
+    assert (rig.hooks.instructions, stores) == (6, [CODE + 3, CODE + 3])
+
+
+DATA = 0x200FF8  # a qword that straddles PAGE_A and PAGE_B
+COPY_SRC, COPY_DST = 0x202000, 0x203800
+
+
+def busy_program() -> bytes:
+    """A loop of stores, a page-crossing read-modify-write and calls, then a rep movsb."""
+    return assemble(
+        mov_ecx(5),
+        Label("loop"),
+        b"\x48\x83\xc0\x03",  # add rax, 3
+        store_al(PAGE_A),
+        b"\x48\xff\x04\x25" + imm32(DATA + 4),  # inc qword [DATA + 4]: crosses into PAGE_B
+        b"\xe8",
+        Rel("mix", 4),  # call mix
+        b"\xff\xc9",  # dec ecx
+        b"\x75",
+        Rel("loop", 1),  # jnz loop
+        b"\xbe" + imm32(COPY_SRC),  # mov esi, COPY_SRC
+        b"\xbf" + imm32(COPY_DST),  # mov edi, COPY_DST
+        mov_ecx(9),
+        REP_MOVSB,
+        HLT,
+        NOP,  # RIP after hlt: keeps END_OF_BUSY apart from mix
+        Label("mix"),
+        b"\x48\x31\xc2",  # xor rdx, rax
+        b"\xc3",  # ret
+    )
+
+
+END_OF_BUSY = CODE + busy_program().index(HLT) + 1
+STATE_REGS = (UC_X86_REG_RIP, UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDX, UC_X86_REG_RSI)
+
+
+def state(rig: Rig) -> tuple[tuple[int, ...], bytes]:
+    regs = tuple(rig.uc.reg_read(reg) for reg in STATE_REGS)
+    return regs, bytes(rig.ram[PAGE_A : COPY_DST + 0x100])
+
+
+def test_hand_assembled_programs_decode_as_intended() -> None:
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    listing = [f"{i.mnemonic} {i.op_str}".strip() for i in decoder.disasm(busy_program(), CODE)]
+    assert listing[:7] == [
+        "mov ecx, 5",
+        "add rax, 3",
+        "mov byte ptr [0x200000], al",
+        "inc qword ptr [0x200ffc]",
+        f"call {CODE + busy_program().index(bytes.fromhex('4831c2')):#x}",
+        "dec ecx",
+        f"jne {CODE + 5:#x}",
+    ]
+    assert listing[-5:] == [
+        "rep movsb byte ptr [rdi], byte ptr [rsi]",
+        "hlt",
+        "nop",
+        "xor rdx, rax",
+        "ret",
+    ]
+    listing = [i.mnemonic for i in decoder.disasm(to_user_mode(CODE), CODE)]
+    assert listing == ["push"] * 5 + ["iretq"]
+
+
+def test_rep_string_counts_each_iteration_plus_one() -> None:
+    """QEMU runs each iteration as a block of its own, and enters once more with RCX = 0."""
+    rig, _ = counted(mov_ecx(9) + REP_MOVSB + HLT)
+    assert rig.hooks.instructions == 1 + (9 + 1) + 1
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 50])
+def test_budget_steps_end_in_the_state_of_one_run(step: int) -> None:
+    whole, _ = counted(busy_program())
+    assert whole.rip == END_OF_BUSY
+
+    rig = Rig(busy_program())
+    runs = 0
+    while rig.rip != END_OF_BUSY:
+        rig.hooks.set_budget(step)
+        rig.run(rig.rip)
+        runs += 1
+    assert state(rig) == state(whole)
+    assert rig.hooks.instructions == whole.hooks.instructions
+    assert runs == -(-whole.hooks.instructions // step)  # ceil: the last run ends at hlt
+
+
+def test_budget_agrees_with_unicorns_own_count_at_every_step() -> None:
+    """Step both machines one instruction at a time: ours by budget, the other by count=1."""
+    ours = Rig(busy_program())
+    oracle = Rig(busy_program())
+    oracle.hooks.close()  # no hooks: Unicorn's identity map, count= only
+    steps = 0
+    while ours.rip != END_OF_BUSY:
+        ours.hooks.set_budget(1)
+        ours.run(ours.rip)
+        oracle.uc.emu_start(oracle.rip, 0, count=1)
+        steps += 1
+        assert state(ours) == state(oracle), f"step {steps}"
+        assert ours.hooks.instructions == steps
+    assert oracle.rip == END_OF_BUSY
+
+
+def test_removing_the_budget_stops_counting() -> None:
+    rig = Rig(NOP * 3 + HLT)
+    rig.hooks.set_budget(2)
+    rig.run()
+    rig.hooks.set_budget(None)
+    rig.run(rig.rip)
+    assert (rig.hooks.instructions, rig.rip) == (2, CODE + 4)
+
+
+# --- lifetime and build ------------------------------------------------------------------
+
+
+def test_close_removes_the_hooks_and_keeps_the_counters() -> None:
+    rig = Rig(load_al(PAGE_A) + HLT)
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run()
+    rig.hooks.close()
+    rig.uc.emu_start(CODE, 0)  # Unicorn's own identity map now, no walker
+    assert (len(rig.calls), rig.hooks.fills, rig.hooks.instructions) == (2, 2, 2)
+    with pytest.raises(RuntimeError, match="after close"):
+        rig.hooks.flush()
+    rig.hooks.close()  # idempotent
+
+
+class Owner:
+    """The machine's shape: it holds the hooks, and the hooks call its walker."""
+
+    def __init__(self) -> None:
+        self.uc, self.ram = bare_machine(HLT)
+        self.hooks = NativeHooks(self.uc, self.walk)
+
+    def walk(self, vpage: int, access: int, cpl: int, rflags: int) -> int:
+        return vpage | RWX
+
+
+def test_hooks_are_collected_with_their_owner() -> None:
+    owner = Owner()
+    owner.hooks.start(CODE)
+    gone = weakref.ref(owner.hooks)
+    del owner
+    gc.collect()
+    assert gone() is None
+
+
+def test_ensure_built_compiles_a_stale_library(tmp_path, monkeypatch) -> None:
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler")
+    source = tmp_path / "native.c"
+    shutil.copy(native._SOURCE, source)
+    monkeypatch.setattr(native, "_SOURCE", source)
+    monkeypatch.setattr(native, "library_path", lambda: tmp_path / "_native.so")
+    built = native.ensure_built()
+    assert built == tmp_path / "_native.so" and built.stat().st_size > 0
+    assert ctypes.CDLL(str(built)).native_ctx_size() == ctypes.sizeof(native._Ctx)
+
+
+def test_ensure_built_without_a_compiler_says_so(tmp_path, monkeypatch) -> None:
+    source = tmp_path / "native.c"
+    source.write_text("")
+    monkeypatch.setattr(native, "_SOURCE", source)
+    monkeypatch.setattr(native, "library_path", lambda: tmp_path / "_native.so")
+    monkeypatch.setenv("CC", "no-such-cc")
+    with pytest.raises(RuntimeError, match="no C compiler 'no-such-cc'"):
+        native.ensure_built()
