@@ -11,8 +11,11 @@ out; EXIT_USAGE for a bad option, a missing file or an image the loader refuses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from typing import TextIO
 
 import unicorn
@@ -30,6 +33,7 @@ EXIT_USAGE = 2
 EXIT_LIMIT = 124
 EXIT_EXCEPTION = 125
 EXIT_BUGCHECK = 126
+EXIT_INTERRUPTED = 130    # as a shell reports a command ended by SIGINT
 
 
 class UsageError(Exception):
@@ -114,7 +118,8 @@ def _run(args: argparse.Namespace) -> int:
             proc = machine.spawn(args.app, args.args)
         except LoaderError as err:
             raise UsageError(str(err)) from None
-        result = machine.run()
+        with _ctrl_c_stops(machine):
+            result = machine.run()
     finally:
         sys.stdout.flush()
         if trace is not None and trace is not sys.stderr:
@@ -122,6 +127,30 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         _write_report(args.report, result, machine)
     return _summarize(proc, result)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(machine: Machine):
+    """Make Ctrl-C stop the guest at the next instruction boundary.
+
+    At full speed the guest runs inside Unicorn with no Python hook, so a Python signal
+    handler would never get to run. Instead SIGINT is blocked here and a watcher thread
+    takes it with sigwait() and stops the CPU (ctypes releases the GIL during emu_start).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def watch() -> None:
+        if signal.sigwait({signal.SIGINT}) == signal.SIGINT:
+            machine.interrupt()
+
+    threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _echo(_proc: Process, data: bytes) -> None:
@@ -146,6 +175,9 @@ def _summarize(proc: Process, result: MachineResult) -> int:
     if result.bugcheck is not None:
         print(blue_screen(result.bugcheck), file=sys.stderr)
         return EXIT_BUGCHECK
+    if result.stopped == "interrupted":
+        print(f"emu: interrupted at rip {addr(result.last_rip)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if result.stopped == "instruction limit":
         where = ", ".join(f'process {p.pid} "{p.name}"' for p in result.unfinished)
         print(f"emu: stopped after {result.stats.instructions} instructions (--max-insns); "

@@ -40,7 +40,7 @@ class MachineResult:
 
     processes: list[Process]
     bugcheck: BugCheck | None
-    stopped: str | None           # "instruction limit" when --max-insns stopped the machine
+    stopped: str | None           # None, "instruction limit", "interrupted" or "bug check"
     stats: Stats
     unfinished: list[Process] = field(default_factory=list)
     last_rip: int = 0             # where the CPU stopped
@@ -99,14 +99,19 @@ class Machine:
                         proc.instructions = cpu.instructions - before
         except BugCheck:
             stopped = "bug check"
-        except MachineStop:
-            stopped = "instruction limit"
+        except MachineStop as stop:
+            stopped = stop.reason
         stats = Stats(cpu.instructions if self.counting else None, cpu.native.fills,
                       cpu.native.stlb_hits, cpu.page_faults)
         unfinished = [p for p in ex.processes if p.state is not ProcessState.TERMINATED]
         self.result = MachineResult(list(ex.processes), ex.bugcheck, stopped, stats, unfinished,
                                     cpu.rip)
         return self.result
+
+    def interrupt(self) -> None:
+        """Stop a running machine at the next instruction boundary; callable from another
+        thread (Unicorn releases the GIL while guest code runs)."""
+        self.executive.interrupt()
 
     def _trace_instruction(self, cpu, rip: int, size: int) -> None:
         code = cpu.read_code(rip, size)

@@ -131,3 +131,20 @@ def test_report_of_a_clean_run_is_deterministic(apps, tmp_path):
         reports.append(out.read_text())
     assert reports[0] == reports[1]
     assert json.loads(reports[0])["stats"]["instructions"] > 0
+
+
+def test_ctrl_c_stops_a_runaway_guest_at_full_speed(apps, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", "--report", str(out),
+                             str(apps / "spin")], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)                     # let it get into the guest's loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.startswith("emu: interrupted at rip 0x") and "Traceback" not in err
+    rep = json.loads(out.read_text())
+    assert rep["machine"]["stopped"] == "interrupted"
+    assert rep["processes"][0]["state"] == "running"

@@ -47,7 +47,15 @@ EFER_BOOT = EFER.SCE | EFER.LME | EFER.LMA | EFER.NXE
 
 
 class MachineStop(Exception):
-    """The instruction budget ran out: the whole machine stops."""
+    """The whole machine stops before its processes end: ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+INSTRUCTION_LIMIT = "instruction limit"
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class Executive:
         self.bugcheck: BugCheck | None = None
         self._console = console
         self._next_pid = 4
+        self.interrupted = False
         self._boot()
 
     # -- boot ------------------------------------------------------------------------------
@@ -186,7 +195,9 @@ class Executive:
                     proc.space.release_user_half()
                     return
                 if result.reason is StopReason.BUDGET:
-                    raise MachineStop()
+                    raise MachineStop(INSTRUCTION_LIMIT)
+                if self.interrupted:
+                    raise MachineStop(INTERRUPTED)
                 if result.reason is StopReason.EXCEPTION:
                     self._handle_exception(proc, result.exception)
                     continue
@@ -267,12 +278,19 @@ class Executive:
         result = cpu.run(routine)
         exc = result.exception
         if result.reason is StopReason.BUDGET:
-            raise MachineStop()
+            raise MachineStop(INSTRUCTION_LIMIT)
+        if self.interrupted:
+            raise MachineStop(INTERRUPTED)
         if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
             return KernelCallResult(cpu.reg("rax"))
         if exc is None:
             raise RuntimeError("kernel routine stopped without returning")
         raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+
+    def interrupt(self) -> None:
+        """Stop the machine at the next instruction boundary (Ctrl-C); safe from any thread."""
+        self.interrupted = True
+        self.cpu.uc.emu_stop()
 
     # -- system services -------------------------------------------------------------------
 

@@ -164,3 +164,15 @@ def test_frames_are_returned_when_processes_exit(machine_factory, apps):
         m.spawn(apps / name)
     m.run()
     assert m.executive.mm.pfn.free_count == free_before
+
+
+def test_interrupt_from_another_thread_stops_the_machine(machine_factory, apps):
+    import threading
+
+    m = machine_factory()
+    proc = m.spawn(apps / "spin")
+    timer = threading.Timer(0.5, m.interrupt)
+    timer.start()
+    result = m.run()
+    timer.join()
+    assert result.stopped == "interrupted" and proc in result.unfinished
