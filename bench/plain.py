@@ -22,6 +22,7 @@ from emu.hw.descriptors import GDT_LIMIT, Selector
 from emu.nt import layout
 from emu.nt.kernel import CR0_BOOT, CR4_BOOT, EFER_BOOT, KERNEL_STACK_TOP, TRAMPOLINE, USER_RFLAGS
 from emu.nt.loader import load_file
+from emu.nt.process import initial_stack
 from emu.nt.syscalls import Service
 
 STACK_TOP = 0x7FFF_0000_0000
@@ -46,16 +47,8 @@ def run_flat(path: Path, args: list[str]) -> float:
         uc.mem_write(va, bytes(contents))
     uc.mem_map(STACK_TOP - STACK_SIZE, STACK_SIZE, UC_PROT_ALL)
     argv = [str(path).encode(), *(a.encode() for a in args)]
-    strings = b"".join(a + b"\0" for a in argv)
-    str_base = (STACK_TOP - len(strings)) & ~0xF
-    pointers, at = [], str_base
-    for a in argv:
-        pointers.append(at)
-        at += len(a) + 1
-    block = struct.pack(f"<{len(argv) + 6}Q", len(argv), *pointers, 0, 0, 0, 0, 0)
-    rsp = (str_base - len(block)) & ~0xF
-    uc.mem_write(str_base, strings)
-    uc.mem_write(rsp, block)
+    rsp, stack = initial_stack(STACK_TOP, argv, image.entry)
+    uc.mem_write(rsp, stack)
     uc.reg_write(ux.UC_X86_REG_RSP, rsp)
     uc.hook_add(UC_HOOK_INSN, _syscall_hook, None, 1, 0, ux.UC_X86_INS_SYSCALL)
     t = time.perf_counter()

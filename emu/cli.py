@@ -26,6 +26,7 @@ from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
 from emu.nt.bugcheck import blue_screen
 from emu.nt.loader import LoaderError
+from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.report import build_report
 
@@ -116,8 +117,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         try:
             proc = machine.spawn(args.app, args.args)
-        except LoaderError as err:
+        except (LoaderError, ValueError) as err:
             raise UsageError(str(err)) from None
+        except OutOfFrames:
+            raise UsageError(f"{args.app}: does not fit in {args.mem // 1024} KiB of RAM "
+                             "(try a larger --mem)") from None
         with _ctrl_c_stops(machine):
             result = machine.run()
     finally:

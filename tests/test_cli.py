@@ -148,3 +148,15 @@ def test_ctrl_c_stops_a_runaway_guest_at_full_speed(apps, tmp_path):
     rep = json.loads(out.read_text())
     assert rep["machine"]["stopped"] == "interrupted"
     assert rep["processes"][0]["state"] == "running"
+
+
+def test_app_too_big_for_ram_is_a_clear_error(apps):
+    r = emu("run", "--mem", "1M", apps / "sweep")
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith("does not fit in 1024 KiB of RAM (try a larger --mem)")
+
+
+def test_arguments_too_long_is_a_clear_error(apps):
+    r = emu("run", apps / "hello", "x" * 100_000, "y" * 100_000, "z" * 60_000)
+    assert r.returncode == 2 and "arguments too long" in r.stderr
+    assert r.stderr.count("\n") == 1

@@ -31,7 +31,7 @@ from emu.nt.bugcheck import BugCheck
 from emu.nt.loader import PF_W, PF_X, Image
 from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
 from emu.nt.mm.pfn import FrameUse, OutOfFrames
-from emu.nt.process import ExceptionInfo, Process, ProcessState
+from emu.nt.process import ExceptionInfo, Process, ProcessState, initial_stack
 
 IRETQ = b"\x48\xcf"
 INT3 = b"\xcc"
@@ -39,7 +39,7 @@ TRAMPOLINE = layout.KERNEL_TEXT                  # iretq: the way into ring 3
 KERNEL_RETURN = layout.KERNEL_TEXT + 0x10        # int3: where a kernel routine returns to
 KERNEL_STACK_TOP = layout.KERNEL_STACK_BASE + (layout.KERNEL_STACK_PAGES + 1) * layout.PAGE_SIZE
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
-AT_NULL, AT_PAGESZ, AT_ENTRY = 0, 6, 9
+MIN_STACK_LEFT = 16 * 1024                       # stack left for main() after the arguments
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
 CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP
@@ -148,26 +148,15 @@ class Executive:
         for va in range(top - size, top, layout.PAGE_SIZE):
             frames[va] = self.mm.map_new(proc.space, va, Protection.PAGE_READWRITE)
         argv = [proc.image.path.encode(), *(a.encode() for a in proc.args)]
-        strings = b"".join(s + b"\0" for s in argv)
-        str_base = (top - len(strings)) & ~0xF
-        pointers, at = [], str_base
-        for s in argv:
-            pointers.append(at)
-            at += len(s) + 1
-        vector = [len(argv), *pointers, 0, 0,        # argc, argv[], NULL, envp[] = {NULL}
-                  AT_PAGESZ, layout.PAGE_SIZE, AT_ENTRY, proc.image.entry, AT_NULL, 0]
-        block = struct.pack(f"<{len(vector)}Q", *vector)
-        rsp = (str_base - len(block)) & ~0xF
-        if rsp < top - size + 1024:
-            raise ValueError("arguments too long for the initial stack")
-        self._write_user(frames, rsp, block)
-        self._write_user(frames, str_base, strings)
+        rsp, image = initial_stack(top, argv, proc.image.entry)
+        if rsp < top - size + MIN_STACK_LEFT:
+            raise ValueError(f"arguments too long: {len(image)} bytes, the initial stack "
+                             f"takes at most {size - MIN_STACK_LEFT}")
+        for va in range(rsp & ~0xFFF, top, layout.PAGE_SIZE):
+            start = max(va, rsp)
+            self.mem.write(frames[va] * layout.PAGE_SIZE + (start & 0xFFF),
+                           image[start - rsp:va + layout.PAGE_SIZE - rsp])
         proc.entry_rsp = rsp
-
-    def _write_user(self, frames: dict[int, int], va: int, data: bytes) -> None:
-        for i in range(len(data)):
-            page = (va + i) & ~0xFFF
-            self.mem.write(frames[page] * layout.PAGE_SIZE + ((va + i) & 0xFFF), data[i:i + 1])
 
     def terminate(self, proc: Process, status: int,
                   exception: ExceptionInfo | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
 
 from emu.nt.loader import Image
@@ -51,3 +52,26 @@ class Process:
     stack_high: int = 0
     entry_rsp: int = 0
     instructions: int = 0        # instructions run by this process (when counting)
+
+
+AT_NULL, AT_PAGESZ, AT_ENTRY = 0, 6, 9       # auxiliary vector types (System V ABI)
+
+
+def initial_stack(top: int, argv: list[bytes], entry: int) -> tuple[int, bytes]:
+    """The System V initial process stack (x86-64 psABI §3.4.1) ending at ``top``:
+    returns (rsp, the bytes from rsp up to top). At rsp: argc, argv[], NULL, an empty
+    envp (NULL), the auxiliary vector; the argument strings above it; rsp 16-byte aligned."""
+    strings = b"".join(s + b"\0" for s in argv)
+    str_base = (top - len(strings)) & ~0xF
+    pointers, at = [], str_base
+    for s in argv:
+        pointers.append(at)
+        at += len(s) + 1
+    vector = [len(argv), *pointers, 0, 0,
+              AT_PAGESZ, 4096, AT_ENTRY, entry, AT_NULL, 0]
+    block = struct.pack(f"<{len(vector)}Q", *vector)
+    rsp = (str_base - len(block)) & ~0xF
+    image = bytearray(top - rsp)
+    image[0:len(block)] = block
+    image[str_base - rsp:str_base - rsp + len(strings)] = strings
+    return rsp, bytes(image)

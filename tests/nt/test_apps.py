@@ -176,3 +176,16 @@ def test_interrupt_from_another_thread_stops_the_machine(machine_factory, apps):
     result = m.run()
     timer.join()
     assert result.stopped == "interrupted" and proc in result.unfinished
+
+
+def test_a_failed_spawn_gives_back_every_frame(machine_factory, apps):
+    from emu.nt.mm.pfn import OutOfFrames
+
+    m = machine_factory(mem="1M")
+    free = m.executive.mm.pfn.free_count
+    with pytest.raises(OutOfFrames):
+        m.spawn(apps / "sweep")
+    assert m.executive.mm.pfn.free_count == free and m.processes == []
+    hello = m.spawn(apps / "hello")                 # and the machine still works
+    m.run()
+    assert hello.output == b"Hello, world!\n"
