@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from emu.hw.faultaddr import decode
 from emu.hw.memory import PhysicalMemory, parse_size
 from emu.nt.bugcheck import BugCheck
 from emu.nt.kernel import Executive, MachineStop
@@ -115,7 +116,7 @@ class Machine:
 
     def _trace_instruction(self, cpu, rip: int, size: int) -> None:
         code = cpu.read_code(rip, size)
-        insn = cpu.decode_at(rip)
+        insn = decode(code, rip)
         text = f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(bad)"
         proc = self.executive.current
         who = f"pid {proc.pid}" if proc else "kernel"

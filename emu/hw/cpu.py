@@ -326,14 +326,15 @@ class Cpu:
         insn = self.decode_at(rip)
         address = fault.address
         if fault.address is not None and fault.access is not None:
-            address = fault_address(insn, self._reg_for_decode, fault.address & ~0xFFF,
+            address = fault_address(insn, self.reg_named, fault.address & ~0xFFF,
                                     fault.access)
         if fault.vector == Vector.PF:
             self.uc.reg_write(ux.UC_X86_REG_CR2, address)
         return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
                             fault.access, fault.reason, fault.walk)
 
-    def _reg_for_decode(self, name: str) -> int:
+    def reg_named(self, name: str) -> int:
+        """Any register by its Capstone/Intel name (``ecx``, ``r9b``, ``fs_base``...)."""
         if name in _REG:
             return self.reg(name)
         return self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}"))

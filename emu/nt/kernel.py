@@ -22,8 +22,10 @@ from dataclasses import dataclass
 
 from capstone import x86_const as cx
 
+from emu.hw import mmu
 from emu.hw.cpu import Cpu, CpuException, RunResult, StopReason, Vector
 from emu.hw.descriptors import GDT_LIMIT, TSS_SIZE, Selector, build_gdt, build_tss
+from emu.hw.faultaddr import memory_accesses
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
 from emu.nt import layout, syscalls, trap
@@ -219,23 +221,31 @@ class Executive:
         self.terminate(proc, info.code, info)
 
     def _divisor_is_zero(self, exc: CpuException) -> bool:
-        """#DE is both divide-by-zero and quotient overflow; Windows tells them apart."""
-        if exc.vector != Vector.DE:
-            return True
+        """#DE is both divide-by-zero and quotient overflow; Windows tells them apart
+        (STATUS_INTEGER_DIVIDE_BY_ZERO vs STATUS_INTEGER_OVERFLOW) by the divisor."""
         insn = self.cpu.decode_at(exc.rip)
-        if insn is None or not insn.operands:
+        if exc.vector != Vector.DE or insn is None or not insn.operands:
             return True
         op = insn.operands[0]
         if op.type == cx.X86_OP_REG:
-            value = self.cpu._reg_for_decode(insn.reg_name(op.reg))
-            return value & ((1 << (8 * op.size)) - 1) == 0
-        return True
+            value = self.cpu.reg_named(insn.reg_name(op.reg))
+        else:
+            (access,) = memory_accesses(insn, self.cpu.reg_named)[:1] or [None]
+            if access is None:
+                return True
+            try:
+                pa = self.cpu.walk(access.address, "read").pa
+            except (mmu.PageFault, mmu.GeneralProtection):
+                return True
+            value = int.from_bytes(self.mem.read(pa, op.size), "little")
+        return value & ((1 << (8 * op.size)) - 1) == 0
 
     def _bugcheck(self, exc: CpuException, insn: str) -> BugCheck:
         leaf = 0
         if exc.walk:
             leaf = exc.walk[-1].value
-        bc = trap.kernel_bugcheck(exc, insn, leaf)
+        bc = trap.kernel_bugcheck(exc, insn, leaf,
+                                  divisor_is_zero=self._divisor_is_zero(exc))
         bc.registers = {name: self.cpu.reg(name) for name in
                         ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
                          "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags", "cr2",

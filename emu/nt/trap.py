@@ -103,7 +103,8 @@ def _error_code_text(code: int) -> str:
     return ", ".join(parts)
 
 
-def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0) -> BugCheck:
+def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0, *,
+                    divisor_is_zero: bool = True) -> BugCheck:
     """The bug check for a ring-0 exception (codes and parameters per the bug check reference)."""
     if exc.vector == Vector.PF:
         address = exc.address or 0
@@ -121,7 +122,7 @@ def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0) -> B
         return BugCheck(BugCheckCode.UNEXPECTED_KERNEL_MODE_TRAP, (int(exc.vector), 0, 0, 0),
                         exc.rip, exc.reason or f"#{exc.vector.name} in kernel mode",
                         instruction=instruction)
-    info = user_exception(exc, instruction, stack_guard=None)
+    info = user_exception(exc, instruction, stack_guard=None, divisor_is_zero=divisor_is_zero)
     p1, p2 = (info.params + (0, 0))[:2]
     return BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (info.code, exc.rip, p1, p2),
                     exc.rip, info.detail or info.name, instruction=instruction)

@@ -88,3 +88,13 @@ def test_smep_stops_the_kernel_executing_a_user_page(machine_factory, apps):
     bc = info.value
     assert bc.params[0] == entry
     assert "SMEP" in bc.detail
+
+
+def test_divide_overflow_is_integer_overflow_not_divide_by_zero(machine_factory):
+    m = machine_factory()
+    # mov eax, 0x80000000; cdq; mov ecx, -1; idiv ecx  -> quotient overflow, #DE
+    code = bytes.fromhex("b800000080" "99" "b9ffffffff" "f7f9" "c3")
+    routine = kernel_routine(m, code)
+    with pytest.raises(BugCheck) as info:
+        m.executive.call_kernel(routine)
+    assert info.value.params[0] == 0xC0000095          # STATUS_INTEGER_OVERFLOW
