@@ -31,7 +31,9 @@ from emu.hw.mmu import CR0, CR4, EFER
 from emu.nt import layout, syscalls, trap
 from emu.nt.bugcheck import BugCheck
 from emu.nt.loader import PF_W, PF_X, Image
+from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
+from emu.nt.mm.virtual import FaultResolution
 from emu.nt.mm.pfn import FrameUse, OutOfFrames
 from emu.nt.process import ExceptionInfo, Process, ProcessState, initial_stack
 
@@ -191,8 +193,9 @@ class Executive:
                     raise MachineStop(INTERRUPTED)
                 if result.reason is StopReason.EXCEPTION:
                     self._handle_exception(proc, result.exception)
-                    continue
-                result = self.cpu.run()
+                    if proc.state is ProcessState.TERMINATED:
+                        continue
+                result = self.cpu.run()      # resolved (e.g. a demand-zero fault): retry
         finally:
             self.current = None
 
@@ -215,6 +218,9 @@ class Executive:
         insn = self.describe_instruction(exc.rip)
         if exc.cpl != 3:
             raise self._bugcheck(exc, insn)
+        if exc.vector == Vector.PF and \
+                virtual.access_fault(self, proc, exc) is FaultResolution.RESOLVED:
+            return                       # MmAccessFault made the page valid: the access retries
         guard = range(proc.stack_low - layout.PAGE_SIZE, proc.stack_low)
         info = trap.user_exception(exc, insn, stack_guard=guard,
                                    divisor_is_zero=self._divisor_is_zero(exc))

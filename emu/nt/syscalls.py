@@ -86,6 +86,28 @@ def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
     return bytes(out)
 
 
+def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
+    """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation.
+
+    Each page is checked for a user-mode write first (so a read-only page is refused
+    exactly as the CPU would refuse the guest), then written; the Dirty bit is set."""
+    end = address + len(data)
+    if not data:
+        return
+    if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
+        raise UserAccessViolation(address)
+    va = address
+    while va < end:
+        try:
+            pa = ex.cpu.walk(va, "write", cpl=3, set_accessed_dirty=True).pa
+        except (mmu.PageFault, mmu.GeneralProtection):
+            raise UserAccessViolation(va) from None
+        n = min(end - va, PAGE_SIZE - (va % PAGE_SIZE))
+        ex.mem.write(pa, data[va - address:va - address + n])
+        ex.cpu.invalidate_page(va)        # the TLB may hold this page without its new D bit
+        va += n
+
+
 @service(Service.NtTerminateProcess)
 def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtTerminateProcess(ProcessHandle, ExitStatus): only the caller itself, for now."""

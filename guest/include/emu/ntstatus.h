@@ -28,5 +28,21 @@ typedef int32_t NTSTATUS;
 #define STATUS_INTEGER_DIVIDE_BY_ZERO ((NTSTATUS)0xC0000094) /* #DE from div/idiv by 0 */
 #define STATUS_PRIVILEGED_INSTRUCTION ((NTSTATUS)0xC0000096) /* #GP from cli, hlt, ... at ring 3 */
 #define STATUS_STACK_OVERFLOW         ((NTSTATUS)0xC00000FD) /* ran into the stack's guard page */
+#define STATUS_TIMEOUT                ((NTSTATUS)0x00000102) /* a wait timed out */
+#define STATUS_PENDING                ((NTSTATUS)0x00000103) /* still running / not done */
+#define STATUS_END_OF_FILE            ((NTSTATUS)0xC0000011) /* read at the end of a file */
+#define STATUS_NO_MEMORY              ((NTSTATUS)0xC0000017) /* no memory for the request */
+#define STATUS_CONFLICTING_ADDRESSES  ((NTSTATUS)0xC0000018) /* the range is already reserved */
+#define STATUS_OBJECT_TYPE_MISMATCH   ((NTSTATUS)0xC0000024) /* a handle to the wrong kind of object */
+#define STATUS_NOT_COMMITTED          ((NTSTATUS)0xC000002D) /* the range is not committed */
+#define STATUS_OBJECT_NAME_NOT_FOUND  ((NTSTATUS)0xC0000034) /* no such file in the guest file system */
+#define STATUS_QUOTA_EXCEEDED         ((NTSTATUS)0xC0000044) /* a per-process limit was reached */
+#define STATUS_INVALID_PAGE_PROTECTION ((NTSTATUS)0xC0000045) /* not a valid PAGE_* value */
+#define STATUS_INVALID_IMAGE_FORMAT   ((NTSTATUS)0xC000007B) /* the loader refused the file */
+#define STATUS_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009A) /* a machine-wide limit was reached */
+#define STATUS_FREE_VM_NOT_AT_BASE    ((NTSTATUS)0xC000009F) /* free must start at the region's base */
+#define STATUS_MEMORY_NOT_ALLOCATED   ((NTSTATUS)0xC00000A0) /* nothing is allocated there */
+#define STATUS_COMMITMENT_LIMIT       ((NTSTATUS)0xC000012D) /* commit beyond RAM + pagefile */
+#define STATUS_INVALID_ADDRESS        ((NTSTATUS)0xC0000141) /* an address outside the process's range */
 
 #endif /* EMU_NTSTATUS_H */

@@ -14,6 +14,27 @@
 #define SVC_NT_TERMINATE_PROCESS      0x00
 #define SVC_NT_WRITE_CONSOLE          0x01
 #define SVC_NT_GET_CURRENT_PROCESS_ID 0x02
+#define SVC_NT_CLOSE                  0x03
+#define SVC_NT_DUPLICATE_OBJECT       0x04
+#define SVC_NT_WAIT_FOR_SINGLE_OBJECT 0x05
+#define SVC_NT_YIELD_EXECUTION        0x06
+#define SVC_NT_DELAY_EXECUTION        0x07
+#define SVC_NT_CREATE_PROCESS         0x08
+#define SVC_NT_CREATE_THREAD          0x09
+#define SVC_NT_TERMINATE_THREAD       0x0A
+#define SVC_NT_CREATE_EVENT           0x0B
+#define SVC_NT_SET_EVENT              0x0C
+#define SVC_NT_RESET_EVENT            0x0D
+#define SVC_NT_OPEN_FILE              0x0E
+#define SVC_NT_READ_FILE              0x0F
+#define SVC_NT_QUERY_EXIT_STATUS      0x10
+#define SVC_NT_GET_CURRENT_THREAD_ID  0x11
+#define SVC_NT_ALLOCATE_VIRTUAL_MEMORY 0x20
+#define SVC_NT_FREE_VIRTUAL_MEMORY    0x21
+#define SVC_NT_PROTECT_VIRTUAL_MEMORY 0x22
+#define SVC_NT_QUERY_VIRTUAL_MEMORY   0x23
+#define SVC_NT_SET_EXCEPTION_DISPATCHER 0x24
+#define SVC_NT_CONTINUE               0x25
 
 /* NtWriteConsole refuses longer writes (docs/abi.md). */
 #define NT_WRITE_CONSOLE_MAX_LENGTH   (1024 * 1024)
@@ -46,6 +67,63 @@ NTSTATUS NtWriteConsole(const void *buffer, size_t length);
 
 /* Returns the calling process's id (a plain number, not an NTSTATUS). */
 uint32_t NtGetCurrentProcessId(void);
+
+/* The pseudo-handle -2 names the calling thread, as NtCurrentThread() does on Windows. */
+#define NtCurrentThread() ((HANDLE)(intptr_t)-2)
+#define INFINITE_WAIT ((int64_t)-1)
+
+/* Objects and handles (docs/abi.md, services 0x03-0x11). */
+NTSTATUS NtClose(HANDLE handle);
+NTSTATUS NtDuplicateObject(HANDLE handle, HANDLE *duplicate);
+NTSTATUS NtWaitForSingleObject(HANDLE handle, int64_t timeout_instructions);
+NTSTATUS NtYieldExecution(void);
+NTSTATUS NtDelayExecution(uint64_t instructions);
+NTSTATUS NtCreateProcess(const char *path, const char *arguments, HANDLE *process);
+NTSTATUS NtCreateThread(unsigned long (*start)(void *), void *argument, HANDLE *thread);
+NTSTATUS NtTerminateThread(HANDLE thread, NTSTATUS exit_status);
+NTSTATUS NtCreateEvent(HANDLE *event, int manual_reset, int initial_state);
+NTSTATUS NtSetEvent(HANDLE event);
+NTSTATUS NtResetEvent(HANDLE event);
+NTSTATUS NtOpenFile(const char *path, HANDLE *file);
+NTSTATUS NtReadFile(HANDLE file, void *buffer, size_t length, uint64_t *bytes_read);
+NTSTATUS NtQueryExitStatus(HANDLE process_or_thread, NTSTATUS *exit_status);
+uint32_t NtGetCurrentThreadId(void);
+
+/* Virtual memory (docs/abi.md, services 0x20-0x23; winnt.h values). */
+#define MEM_COMMIT   0x1000
+#define MEM_RESERVE  0x2000
+#define MEM_DECOMMIT 0x4000
+#define MEM_RELEASE  0x8000
+#define MEM_FREE     0x10000
+#define MEM_PRIVATE  0x20000
+#define PAGE_NOACCESS          0x01
+#define PAGE_READONLY          0x02
+#define PAGE_READWRITE         0x04
+#define PAGE_EXECUTE           0x10
+#define PAGE_EXECUTE_READ      0x20
+#define PAGE_EXECUTE_READWRITE 0x40
+#define PAGE_GUARD             0x100
+
+typedef struct {                 /* winnt.h MEMORY_BASIC_INFORMATION, x64 layout: 48 bytes */
+    void *BaseAddress;
+    void *AllocationBase;
+    uint32_t AllocationProtect;
+    uint16_t PartitionId;
+    uint64_t RegionSize;
+    uint32_t State;
+    uint32_t Protect;
+    uint32_t Type;
+} MEMORY_BASIC_INFORMATION;
+
+NTSTATUS NtAllocateVirtualMemory(void **base, size_t *size, uint32_t type, uint32_t protect);
+NTSTATUS NtFreeVirtualMemory(void **base, size_t *size, uint32_t free_type);
+NTSTATUS NtProtectVirtualMemory(void **base, size_t *size, uint32_t protect,
+                                uint32_t *old_protect);
+NTSTATUS NtQueryVirtualMemory(const void *address, MEMORY_BASIC_INFORMATION *info);
+
+/* User-mode exception dispatch (services 0x24-0x25). */
+NTSTATUS NtSetExceptionDispatcher(void (*dispatcher)(void));
+NTSTATUS NtContinue(const void *context);
 
 #endif /* __ASSEMBLER__ */
 
