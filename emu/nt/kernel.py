@@ -33,8 +33,8 @@ from emu.nt.bugcheck import BugCheck
 from emu.nt.loader import PF_W, PF_X, Image
 from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
-from emu.nt.mm.virtual import FaultResolution
 from emu.nt.mm.pfn import FrameUse, OutOfFrames
+from emu.nt.mm.virtual import FaultResolution
 from emu.nt.process import ExceptionInfo, Process, ProcessState, initial_stack
 
 IRETQ = b"\x48\xcf"
