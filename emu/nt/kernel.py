@@ -28,7 +28,7 @@ from emu.hw.descriptors import GDT_LIMIT, TSS_SIZE, Selector, build_gdt, build_t
 from emu.hw.faultaddr import memory_accesses
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
-from emu.nt import layout, syscalls, trap
+from emu.nt import layout, svc_memory, syscalls, trap  # noqa: F401 (svc_* register services)
 from emu.nt.bugcheck import BugCheck
 from emu.nt.loader import PF_W, PF_X, Image
 from emu.nt.mm import virtual
@@ -126,6 +126,7 @@ class Executive:
         try:
             self._map_image(space, image)
             self._map_stack(proc)
+            virtual.init_process_memory(self, proc)
         except OutOfFrames:
             space.release_user_half()
             raise

@@ -52,6 +52,8 @@ class Process:
     stack_high: int = 0
     entry_rsp: int = 0
     instructions: int = 0        # instructions run by this process (when counting)
+    highest_address: int = 0x0000_7FFF_FFFE_FFFF   # MmHighestUserAddress (0x7FFFFFFF: 32-bit)
+    vads: object = None          # the process's VAD tree (emu.nt.mm.vad)
 
 
 AT_NULL, AT_PAGESZ, AT_ENTRY = 0, 6, 9       # auxiliary vector types (System V ABI)

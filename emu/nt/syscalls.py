@@ -34,6 +34,27 @@ class Service(enum.IntEnum):
     NtTerminateProcess = 0x00
     NtWriteConsole = 0x01
     NtGetCurrentProcessId = 0x02
+    NtClose = 0x03
+    NtDuplicateObject = 0x04
+    NtWaitForSingleObject = 0x05
+    NtYieldExecution = 0x06
+    NtDelayExecution = 0x07
+    NtCreateProcess = 0x08
+    NtCreateThread = 0x09
+    NtTerminateThread = 0x0A
+    NtCreateEvent = 0x0B
+    NtSetEvent = 0x0C
+    NtResetEvent = 0x0D
+    NtOpenFile = 0x0E
+    NtReadFile = 0x0F
+    NtQueryExitStatus = 0x10
+    NtGetCurrentThreadId = 0x11
+    NtAllocateVirtualMemory = 0x20
+    NtFreeVirtualMemory = 0x21
+    NtProtectVirtualMemory = 0x22
+    NtQueryVirtualMemory = 0x23
+    NtSetExceptionDispatcher = 0x24
+    NtContinue = 0x25
 
 
 class UserAccessViolation(Exception):
@@ -58,7 +79,7 @@ def dispatch(ex: Executive, proc: Process, number: int, args: tuple[int, ...]) -
     """KiSystemService: run the handler for ``number``; the result goes back in RAX."""
     try:
         handler = SERVICE_TABLE[Service(number)]
-    except ValueError:
+    except (ValueError, KeyError):
         return NTSTATUS.STATUS_INVALID_SYSTEM_SERVICE
     try:
         return handler(ex, proc, args)

@@ -24,3 +24,7 @@ class FaultResolution(enum.Enum):
 def access_fault(ex: Executive, proc: Process, exc: CpuException) -> FaultResolution:
     """MmAccessFault for a ring-3 #PF in ``proc``."""
     return FaultResolution.NOT_HANDLED
+
+
+def init_process_memory(ex: Executive, proc: Process) -> None:
+    """Record a new process's image and stack regions (its first VADs)."""

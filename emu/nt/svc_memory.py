@@ -1,0 +1,1 @@
+"""System services for virtual memory: NtAllocateVirtualMemory and friends (being written)."""
