@@ -1,11 +1,14 @@
 """The ``emu`` command line.
 
-    emu run [--mem 64M] [--max-insns N] [--trace] [--trace-file F] [--report F] APP [ARGS...]
+    emu run [--mem 64M] [--max-insns N] [--quantum N] [--trace] [--trace-file F]
+            [--report F] [--fs DIR] APP [ARGS...] [-- APP2 [ARGS...]]...
 
-Exit status of ``emu run``: the app's exit code (0-255) when it exits normally;
+Exit status of ``emu run``, decided by the FIRST app named: its exit code (0-255) when it
+exits normally;
 EXIT_EXCEPTION when it is terminated by an exception; EXIT_BUGCHECK when the
 system stops with a bug check; EXIT_LIMIT when the instruction budget runs
-out; EXIT_USAGE for a bad option, a missing file or an image the loader refuses.
+out; EXIT_DEADLOCK when every thread waits forever; EXIT_USAGE for a bad option, a
+missing file or an image the loader refuses. Every process's fate is printed on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -28,9 +32,12 @@ from emu.nt.bugcheck import blue_screen
 from emu.nt.loader import LoaderError
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
+from emu.nt.ps import LimitError
+from emu.nt.scheduler import DEFAULT_QUANTUM
 from emu.report import build_report
 
 EXIT_USAGE = 2
+EXIT_DEADLOCK = 123
 EXIT_LIMIT = 124
 EXIT_EXCEPTION = 125
 EXIT_BUGCHECK = 126
@@ -80,9 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "to standard error")
     run.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE instead")
     run.add_argument("--report", metavar="FILE", help="write a JSON report (docs/report.md)")
+    run.add_argument("--quantum", type=_count, default=DEFAULT_QUANTUM, metavar="N",
+                     help=f"instructions per turn when threads share the CPU "
+                     f"(default {DEFAULT_QUANTUM})")
+    run.add_argument("--fs", metavar="DIR", help="folder the guests see as their read-only "
+                     "file system (default: the built guest apps)")
     run.add_argument("app", metavar="APP", help="path of the guest executable")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                     help="arguments passed to the app")
+                     help="arguments passed to the app; `-- APP2 ARGS...` starts another "
+                     "process in the same machine (as many as you like)")
     return parser
 
 
@@ -110,18 +123,17 @@ def _run(args: argparse.Namespace) -> int:
             trace = sys.stderr
     except OSError as err:
         raise UsageError(f"cannot write trace file {args.trace_file}: {err.strerror}") from None
+    if args.fs is not None and not os.path.isdir(args.fs):
+        raise UsageError(f"--fs {args.fs}: not a directory")
     try:
-        machine = Machine(args.mem, max_insns=args.max_insns, trace=trace, console=_echo)
+        machine = Machine(args.mem, max_insns=args.max_insns, trace=trace, console=_echo,
+                          quantum=args.quantum, fs_root=args.fs)
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
-        try:
-            proc = machine.spawn(args.app, args.args)
-        except (LoaderError, ValueError) as err:
-            raise UsageError(str(err)) from None
-        except OutOfFrames:
-            raise UsageError(f"{args.app}: does not fit in {args.mem // 1024} KiB of RAM "
-                             "(try a larger --mem)") from None
+        procs = [_spawn(machine, app, app_args, args.mem)
+                 for app, app_args in split_commands([args.app, *args.args])]
+        proc = procs[0]
         with _ctrl_c_stops(machine):
             result = machine.run()
     finally:
@@ -131,6 +143,29 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         _write_report(args.report, result, machine)
     return _summarize(proc, result)
+
+
+def split_commands(words: list[str]) -> list[tuple[str, list[str]]]:
+    """``APP ARGS -- APP2 ARGS2 ...`` -> [(APP, ARGS), (APP2, ARGS2), ...]."""
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if word == "--":
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    if any(not c for c in commands):
+        raise UsageError("missing APP after `--`" if len(commands) > 1 else "missing APP")
+    return [(c[0], c[1:]) for c in commands]
+
+
+def _spawn(machine: Machine, app: str, app_args: list[str], mem: int) -> Process:
+    try:
+        return machine.spawn(app, app_args)
+    except (LoaderError, ValueError, LimitError) as err:
+        raise UsageError(str(err)) from None
+    except OutOfFrames:
+        raise UsageError(f"{app}: does not fit in {mem // 1024} KiB of RAM "
+                         "(try a larger --mem)") from None
 
 
 @contextlib.contextmanager
@@ -179,6 +214,11 @@ def _summarize(proc: Process, result: MachineResult) -> int:
     if result.bugcheck is not None:
         print(blue_screen(result.bugcheck), file=sys.stderr)
         return EXIT_BUGCHECK
+    if result.stopped == "deadlock":
+        where = ", ".join(f'process {p.pid} "{p.name}"' for p in result.unfinished)
+        print(f"emu: every thread is waiting and nothing can wake one (deadlock): {where}",
+              file=sys.stderr)
+        return EXIT_DEADLOCK
     if result.stopped == "interrupted":
         print(f"emu: interrupted at rip {addr(result.last_rip)}", file=sys.stderr)
         return EXIT_INTERRUPTED

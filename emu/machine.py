@@ -20,6 +20,7 @@ from emu.nt.bugcheck import BugCheck
 from emu.nt.kernel import Executive, MachineStop
 from emu.nt.loader import load_file
 from emu.nt.process import Process, ProcessState
+from emu.nt.scheduler import DEFAULT_QUANTUM
 
 MIN_MEMORY = 1 << 20
 MAX_MEMORY = 64 << 30
@@ -33,6 +34,7 @@ class Stats:
     tlb_fills: int                # TLB misses Unicorn asked about
     stlb_hits: int                # ... of which the second-level TLB answered without a walk
     page_faults: int
+    context_switches: int = 0     # times the dispatcher put a thread on the CPU
 
 
 @dataclass
@@ -41,7 +43,8 @@ class MachineResult:
 
     processes: list[Process]
     bugcheck: BugCheck | None
-    stopped: str | None           # None, "instruction limit", "interrupted" or "bug check"
+    stopped: str | None           # None, "instruction limit", "interrupted", "deadlock",
+                                  # or "bug check"
     stats: Stats
     unfinished: list[Process] = field(default_factory=list)
     last_rip: int = 0             # where the CPU stopped
@@ -52,15 +55,18 @@ class Machine:
 
     def __init__(self, mem: int | str = "64M", *, max_insns: int | None = None,
                  trace: TextIO | None = None,
-                 console: Callable[[Process, bytes], None] | None = None) -> None:
+                 console: Callable[[Process, bytes], None] | None = None,
+                 quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None) -> None:
         size = parse_size(mem) if isinstance(mem, str) else mem
         if size < MIN_MEMORY or size > MAX_MEMORY or size % 4096:
             raise ValueError(f"memory size must be a multiple of 4K between 1M and 64G, "
                              f"not {size}")
         if max_insns is not None and max_insns <= 0:
             raise ValueError("--max-insns must be positive")
+        if quantum <= 0:
+            raise ValueError("--quantum must be positive")
         self.mem = PhysicalMemory(size)
-        self.executive = Executive(self.mem, console)
+        self.executive = Executive(self.mem, console, quantum=quantum, fs_root=fs_root)
         self.max_insns = max_insns
         self._trace = trace
         self.result: MachineResult | None = None
@@ -77,33 +83,26 @@ class Machine:
         return self.executive.processes
 
     def spawn(self, path: str | Path, args: list[str] | tuple[str, ...] = ()) -> Process:
-        """Load the ELF app at ``path`` into a new process; raises LoaderError for a bad file."""
+        """Load the ELF app at ``path`` (a host path) into a new process, ready to run with the
+        others; raises LoaderError for a bad file, LimitError past the process limit."""
         image = load_file(path)
         return self.executive.create_process(image, list(args))
 
     def run(self) -> MachineResult:
-        """Run every spawned process in turn until each exits, or the machine stops."""
+        """Run every process (threads preempted round robin) until all end or the machine stops."""
         ex = self.executive
         cpu = ex.cpu
-        if self.max_insns is not None:
-            cpu.set_budget(self.max_insns)
-        elif self._trace is not None:
-            cpu.set_budget(1 << 62)
+        ex.count_always = self.counting
+        ex.max_insns = self.max_insns
         stopped: str | None = None
         try:
-            for proc in ex.processes:
-                if proc.state is ProcessState.READY:
-                    before = cpu.instructions
-                    try:
-                        ex.run_process(proc)
-                    finally:
-                        proc.instructions = cpu.instructions - before
+            ex.run()
         except BugCheck:
             stopped = "bug check"
         except MachineStop as stop:
             stopped = stop.reason
-        stats = Stats(cpu.instructions if self.counting else None, cpu.native.fills,
-                      cpu.native.stlb_hits, cpu.page_faults)
+        stats = Stats(cpu.instructions if ex.counted_everything else None, cpu.native.fills,
+                      cpu.native.stlb_hits, cpu.page_faults, ex.scheduler.switches)
         unfinished = [p for p in ex.processes if p.state is not ProcessState.TERMINATED]
         self.result = MachineResult(list(ex.processes), ex.bugcheck, stopped, stats, unfinished,
                                     cpu.rip)

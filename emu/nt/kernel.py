@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from capstone import x86_const as cx
 
@@ -28,14 +29,16 @@ from emu.hw.descriptors import GDT_LIMIT, TSS_SIZE, Selector, build_gdt, build_t
 from emu.hw.faultaddr import memory_accesses
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
-from emu.nt import layout, svc_memory, syscalls, trap  # noqa: F401 (svc_* register services)
+from emu.nt import layout, ps, svc_memory, svc_objects, syscalls, trap  # noqa: F401 (svc_*)
 from emu.nt.bugcheck import BugCheck
-from emu.nt.loader import PF_W, PF_X, Image
+from emu.nt.fs import GuestFileSystem
+from emu.nt.loader import Image
 from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
-from emu.nt.mm.pfn import FrameUse, OutOfFrames
+from emu.nt.mm.pfn import FrameUse
 from emu.nt.mm.virtual import FaultResolution
-from emu.nt.process import ExceptionInfo, Process, ProcessState, initial_stack
+from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState
+from emu.nt.scheduler import DEFAULT_QUANTUM, Scheduler
 
 IRETQ = b"\x48\xcf"
 INT3 = b"\xcc"
@@ -43,7 +46,6 @@ TRAMPOLINE = layout.KERNEL_TEXT                  # iretq: the way into ring 3
 KERNEL_RETURN = layout.KERNEL_TEXT + 0x10        # int3: where a kernel routine returns to
 KERNEL_STACK_TOP = layout.KERNEL_STACK_BASE + (layout.KERNEL_STACK_PAGES + 1) * layout.PAGE_SIZE
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
-MIN_STACK_LEFT = 16 * 1024                       # stack left for main() after the arguments
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
 CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP
@@ -60,6 +62,8 @@ class MachineStop(Exception):
 
 INSTRUCTION_LIMIT = "instruction limit"
 INTERRUPTED = "interrupted"
+DEADLOCK = "deadlock"
+MAX_KERNEL_STACKS = 4096
 
 
 @dataclass(frozen=True)
@@ -70,20 +74,33 @@ class KernelCallResult:
 
 
 class Executive:
-    """The NT-like kernel: memory manager, processes, system services, trap handling."""
+    """The NT-like kernel: memory manager, processes and threads, the dispatcher, system
+    services, trap handling."""
 
     def __init__(self, mem: PhysicalMemory,
-                 console: Callable[[Process, bytes], None] | None = None) -> None:
+                 console: Callable[[Process, bytes], None] | None = None, *,
+                 quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None) -> None:
         self.mem = mem
         self.cpu = Cpu(mem)
         self.cpu.syscall_handler = self._on_syscall
         self.mm = MemoryManager(mem, self._page_changed, self.cpu.flush_translated_code)
+        self.scheduler = Scheduler(quantum)
+        self.fs = GuestFileSystem(fs_root)
         self.processes: list[Process] = []
-        self.current: Process | None = None
+        self.current_thread: Thread | None = None
         self.bugcheck: BugCheck | None = None
-        self._console = console
-        self._next_pid = 4
         self.interrupted = False
+        self.count_always = False        # a budget or a trace: count every instruction
+        self.max_insns: int | None = None
+        self.counted_everything = True   # False once any turn ran at full speed
+        self._console = console
+        self._next_client_id = 4
+        self._kernel_stack_slots: list[int] = []
+        self._next_kernel_stack_slot = 1  # slot 0 is the boot stack
+        self._running = False            # inside cpu.run(): defer page-table teardown
+        self._deferred: list[Callable[[], None]] = []
+        self._reschedule = False
+        self._full_speed = False
         self._boot()
 
     # -- boot ------------------------------------------------------------------------------
@@ -93,14 +110,12 @@ class Executive:
         system = self.mm.system
         tables = build_gdt(layout.KERNEL_TSS).ljust(0x800, b"\0") + \
             build_tss(KERNEL_STACK_TOP)
-        self.mm.map_new(system, layout.KERNEL_GDT, Protection.PAGE_READWRITE,
-                        use=FrameUse.KERNEL, data=tables)
+        self._gdt_frame = self.mm.map_new(system, layout.KERNEL_GDT, Protection.PAGE_READWRITE,
+                                          use=FrameUse.KERNEL, data=tables)
         text = IRETQ.ljust(0x10, INT3) + INT3
         self.mm.map_new(system, layout.KERNEL_TEXT, Protection.PAGE_EXECUTE_READ,
                         use=FrameUse.KERNEL, data=text)
-        for i in range(layout.KERNEL_STACK_PAGES):     # the page at KERNEL_STACK_BASE is a guard
-            self.mm.map_new(system, layout.KERNEL_STACK_BASE + (i + 1) * layout.PAGE_SIZE,
-                            Protection.PAGE_READWRITE, use=FrameUse.KERNEL)
+        self._map_kernel_stack(0)
         cpu = self.cpu
         cpu.set_control(efer=int(EFER_BOOT), cr4=int(CR4_BOOT), cr0=int(CR0_BOOT),
                         cr3=system.cr3)
@@ -114,115 +129,221 @@ class Executive:
         if cr3 == self.cpu.cr3 or va >= layout.KERNEL_SPACE_START:
             self.cpu.invalidate_page(va)
 
+    # -- kernel stacks ---------------------------------------------------------------------
+
+    @staticmethod
+    def _kernel_stack_base(slot: int) -> int:
+        return layout.KERNEL_STACK_BASE + slot * (layout.KERNEL_STACK_PAGES + 1) * \
+            layout.PAGE_SIZE
+
+    def _map_kernel_stack(self, slot: int) -> int:
+        """Map the pages of kernel stack ``slot`` (its lowest page stays unmapped: a guard)."""
+        base = self._kernel_stack_base(slot)
+        for i in range(1, layout.KERNEL_STACK_PAGES + 1):
+            self.mm.map_new(self.mm.system, base + i * layout.PAGE_SIZE,
+                            Protection.PAGE_READWRITE, use=FrameUse.KERNEL)
+        return base + (layout.KERNEL_STACK_PAGES + 1) * layout.PAGE_SIZE
+
+    def allocate_kernel_stack(self) -> tuple[int, int]:
+        """A kernel stack for a new thread: (slot, top)."""
+        if self._kernel_stack_slots:
+            slot = self._kernel_stack_slots.pop(0)
+        elif self._next_kernel_stack_slot < MAX_KERNEL_STACKS:
+            slot = self._next_kernel_stack_slot
+            self._next_kernel_stack_slot += 1
+        else:
+            raise ps.LimitError(f"too many threads (at most {MAX_KERNEL_STACKS - 1})")
+        return slot, self._map_kernel_stack(slot)
+
+    def free_kernel_stack(self, slot: int) -> None:
+        """Unmap a dead thread's kernel stack (once the CPU is out of the run)."""
+        def free() -> None:
+            base = self._kernel_stack_base(slot)
+            for i in range(1, layout.KERNEL_STACK_PAGES + 1):
+                pfn = self.mm.system.unmap_page(base + i * layout.PAGE_SIZE)
+                if pfn is not None:
+                    self.mm.pfn.release(pfn)
+            self._kernel_stack_slots.append(slot)
+            self._kernel_stack_slots.sort()
+        self.defer(free)
+
     # -- processes -------------------------------------------------------------------------
+
+    @property
+    def current(self) -> Process | None:
+        """The process whose thread is on the CPU."""
+        return self.current_thread.process if self.current_thread else None
+
+    def new_client_id(self) -> int:
+        """Process and thread ids share one space of multiples of 4 (CLIENT_ID on Windows)."""
+        cid = self._next_client_id
+        self._next_client_id += 4
+        return cid
 
     def create_process(self, image: Image, args: list[str],
                        parent: Process | None = None) -> Process:
-        """PspCreateProcess, reduced: a new address space with the image and a stack mapped."""
-        pid = self._next_pid
-        space = self.mm.create_address_space(owner=pid)
-        proc = Process(pid, image.name, image, args, space,
-                       parent_pid=parent.pid if parent else None)
-        try:
-            self._map_image(space, image)
-            self._map_stack(proc)
-            virtual.init_process_memory(self, proc)
-        except OutOfFrames:
-            space.release_user_half()
-            raise
-        self._next_pid += 4
-        self.processes.append(proc)
-        return proc
-
-    def _map_image(self, space: AddressSpace, image: Image) -> None:
-        for va, contents in sorted(image.pages.items()):
-            flags = image.page_flags[va]
-            protect = {
-                (False, False): Protection.PAGE_READONLY,
-                (True, False): Protection.PAGE_READWRITE,
-                (False, True): Protection.PAGE_EXECUTE_READ,
-                (True, True): Protection.PAGE_EXECUTE_READWRITE,
-            }[(bool(flags & PF_W), bool(flags & PF_X))]
-            self.mm.map_new(space, va, protect, data=bytes(contents))
-
-    def _map_stack(self, proc: Process) -> None:
-        """Commit the user stack and write argc/argv/envp/auxv (System V ABI §3.4.1)."""
-        top, size = layout.USER_STACK_TOP, layout.USER_STACK_SIZE
-        proc.stack_low, proc.stack_high = top - size, top
-        frames = {}
-        for va in range(top - size, top, layout.PAGE_SIZE):
-            frames[va] = self.mm.map_new(proc.space, va, Protection.PAGE_READWRITE)
-        argv = [proc.image.path.encode(), *(a.encode() for a in proc.args)]
-        rsp, image = initial_stack(top, argv, proc.image.entry)
-        if rsp < top - size + MIN_STACK_LEFT:
-            raise ValueError(f"arguments too long: {len(image)} bytes, the initial stack "
-                             f"takes at most {size - MIN_STACK_LEFT}")
-        for va in range(rsp & ~0xFFF, top, layout.PAGE_SIZE):
-            start = max(va, rsp)
-            self.mem.write(frames[va] * layout.PAGE_SIZE + (start & 0xFFF),
-                           image[start - rsp:va + layout.PAGE_SIZE - rsp])
-        proc.entry_rsp = rsp
+        """A new process with its first thread ready to run (see emu.nt.ps)."""
+        return ps.create_process(self, image, args, parent)
 
     def terminate(self, proc: Process, status: int,
                   exception: ExceptionInfo | None = None) -> None:
-        """PspTerminateProcess: record the status, free the user half, stop running it."""
-        proc.exit_status = status
-        proc.exception = exception
-        proc.state = ProcessState.TERMINATED
-        if self.current is proc:
-            self.cpu.stop()       # the run loop frees the tables once the CPU has left them
-        else:
+        """End ``proc`` and all its threads."""
+        ps.terminate_process(self, proc, status, exception)
+
+    def release_address_space(self, proc: Process) -> None:
+        """Free a dead process's user half, after the CPU has left its tables."""
+        def release() -> None:
+            if self.cpu.cr3 == proc.space.cr3:
+                self.cpu.set_control(cr3=self.mm.system.cr3)
             proc.space.release_user_half()
+        self.defer(release)
 
-    # -- running ---------------------------------------------------------------------------
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run ``work`` now, or right after the CPU stops if guest code is running."""
+        if self._running:
+            self._deferred.append(work)
+        else:
+            work()
 
-    def run_process(self, proc: Process) -> None:
-        """Run ``proc`` at ring 3 until it exits or dies; raises BugCheck or MachineStop."""
-        self.current = proc
+    def write_user(self, space: AddressSpace, va: int, data: bytes) -> None:
+        """Store bytes into present pages of ``space`` from the kernel (no probing)."""
+        for i in range(0, len(data)):
+            mapping = space.lookup(va + i)
+            self.mem.write(mapping.pfn * layout.PAGE_SIZE + ((va + i) & 0xFFF), data[i:i + 1])
+
+    def object_closed(self, obj: object) -> None:
+        """The last reference to an object may be gone (nothing to free yet: Python owns it)."""
+
+    # -- the dispatcher --------------------------------------------------------------------
+
+    @property
+    def clock(self) -> int:
+        """The machine's time in instructions (see emu.nt.scheduler)."""
+        return self.scheduler.clock(self.cpu.instructions)
+
+    def run(self) -> None:
+        """Run threads until every process has ended; raises MachineStop or BugCheck."""
+        while True:
+            if self.interrupted:
+                raise MachineStop(INTERRUPTED)
+            thread = self.scheduler.next_thread(self.clock)
+            if thread is None:
+                if any(p.live_threads for p in self.processes):
+                    raise MachineStop(DEADLOCK)
+                return
+            self._run_thread(thread)
+
+    def _budget(self) -> int | None:
+        """Instructions for the next turn, or None to run at full speed (nothing to count)."""
+        counting = self.count_always or self.scheduler.needs_counting()
+        if not counting:
+            return None
+        budget = self.scheduler.quantum
+        deadline = self.scheduler.next_deadline()
+        if deadline is not None:
+            budget = min(budget, max(1, deadline - self.clock))
+        if self.max_insns is not None:
+            budget = min(budget, self.max_insns - self.cpu.instructions)
+        return budget
+
+    def _run_thread(self, thread: Thread) -> None:
+        """One turn of ``thread`` on the CPU: until it blocks, yields, ends, or is preempted."""
+        proc = thread.process
         proc.state = ProcessState.RUNNING
+        self.current_thread = thread
+        budget = self._budget()
+        if budget is not None and budget <= 0:
+            raise MachineStop(INSTRUCTION_LIMIT)
+        self.counted_everything &= budget is not None
+        self._full_speed = budget is None
+        self.cpu.set_budget(budget)
+        before = self.cpu.instructions
+        self._reschedule = False
         try:
-            result = self._enter_user(proc.image.entry, proc.entry_rsp)
-            while True:
-                if proc.state is ProcessState.TERMINATED:
-                    # Leave the dying address space before its tables are freed.
-                    self.cpu.set_control(cr3=self.mm.system.cr3)
-                    proc.space.release_user_half()
-                    return
-                if result.reason is StopReason.BUDGET:
-                    raise MachineStop(INSTRUCTION_LIMIT)
-                if self.interrupted:
-                    raise MachineStop(INTERRUPTED)
-                if result.reason is StopReason.EXCEPTION:
-                    self._handle_exception(proc, result.exception)
-                    if proc.state is ProcessState.TERMINATED:
-                        continue
-                result = self.cpu.run()      # resolved (e.g. a demand-zero fault): retry
+            result = self._switch_to(thread)
+            while not self._turn_over(thread, result):
+                result = self._run_cpu()
         finally:
-            self.current = None
+            spent = self.cpu.instructions - before
+            thread.instructions += spent
+            proc.instructions += spent
+            self.current_thread = None
 
-    def _enter_user(self, rip: int, rsp: int) -> RunResult:
-        """KiReturnToUser: iretq from the clean ring-0 state into ``rip`` at CPL 3."""
+    def _run_cpu(self, begin: int | None = None) -> RunResult:
+        self._running = True
+        try:
+            return self.cpu.run(begin)
+        finally:
+            self._running = False
+            while self._deferred:
+                self._deferred.pop(0)()
+
+    def _switch_to(self, thread: Thread) -> RunResult:
+        """Load ``thread``'s context (or start it at ring 3) and run it."""
+        self._set_rsp0(thread.kernel_stack_top)
+        if thread.context is None:
+            return self._enter_user(thread)
+        cpu = self.cpu
+        cpu.uc.context_restore(thread.context)
+        cpu.set_control(cr3=thread.process.space.cr3)
+        if thread.resume_rax is not None:
+            cpu.set_reg("rax", thread.resume_rax)
+            thread.resume_rax = None
+        return self._run_cpu()
+
+    def _turn_over(self, thread: Thread, result: RunResult) -> bool:
+        """Handle why the CPU stopped; True when this thread's turn is over."""
+        if result.reason is StopReason.EXCEPTION:
+            self._handle_exception(thread, result.exception)
+            return thread.state is not ThreadState.RUNNING
+        alive = thread.state is not ThreadState.TERMINATED
+        if alive:
+            thread.context = self.cpu.uc.context_save()
+        if result.reason is StopReason.BUDGET:
+            if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
+                raise MachineStop(INSTRUCTION_LIMIT)
+            self.scheduler.make_ready(thread)          # quantum over: to the back
+            return True
+        if self.interrupted:
+            raise MachineStop(INTERRUPTED)
+        if thread.state is ThreadState.RUNNING:
+            if not self._reschedule:
+                return False                           # a stop nobody asked for: go on
+            self.scheduler.make_ready(thread)
+        return True
+
+    def _set_rsp0(self, top: int) -> None:
+        """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""
+        tss = self._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)
+        self.mem.write(tss + 4, struct.pack("<Q", top))
+
+    def _enter_user(self, thread: Thread) -> RunResult:
+        """KiStartUserThread: iretq from the clean ring-0 state to the thread's start, CPL 3."""
         cpu = self.cpu
         cpu.restore_clean_context()
-        cpu.set_control(cr3=self.current.space.cr3)
-        frame = struct.pack("<5Q", rip, Selector.USER_CODE, USER_RFLAGS, rsp, Selector.USER_DATA)
-        frame_va = KERNEL_STACK_TOP - len(frame)
-        pa = self.mm.system.lookup(frame_va).pfn * layout.PAGE_SIZE + (frame_va & 0xFFF)
-        self.mem.write(pa, frame)
+        cpu.set_control(cr3=thread.process.space.cr3)
+        frame = struct.pack("<5Q", thread.start_rip, Selector.USER_CODE, USER_RFLAGS,
+                            thread.start_rsp, Selector.USER_DATA)
+        frame_va = thread.kernel_stack_top - len(frame)
+        self.write_user(self.mm.system, frame_va, frame)
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10",
                      "r11", "r12", "r13", "r14", "r15"):
             cpu.set_reg(name, 0)
+        cpu.set_reg("rdi", thread.start_arg)
         cpu.set_reg("rsp", frame_va)
-        return cpu.run(TRAMPOLINE)
+        return self._run_cpu(TRAMPOLINE)
 
-    def _handle_exception(self, proc: Process, exc: CpuException) -> None:
+    # -- traps -----------------------------------------------------------------------------
+
+    def _handle_exception(self, thread: Thread, exc: CpuException) -> None:
+        proc = thread.process
         insn = self.describe_instruction(exc.rip)
         if exc.cpl != 3:
             raise self._bugcheck(exc, insn)
         if exc.vector == Vector.PF and \
                 virtual.access_fault(self, proc, exc) is FaultResolution.RESOLVED:
             return                       # MmAccessFault made the page valid: the access retries
-        guard = range(proc.stack_low - layout.PAGE_SIZE, proc.stack_low)
+        guard = range(thread.stack_low - layout.PAGE_SIZE, thread.stack_low)
         info = trap.user_exception(exc, insn, stack_guard=guard,
                                    divisor_is_zero=self._divisor_is_zero(exc))
         self.terminate(proc, info.code, info)
@@ -277,11 +398,9 @@ class Executive:
         for name, value in zip(("rcx", "rdx", "r8", "r9"), args, strict=False):
             cpu.set_reg(name, value)
         rsp = KERNEL_STACK_TOP - 0x100
-        ret = struct.pack("<Q", KERNEL_RETURN)
-        pa = self.mm.system.lookup(rsp).pfn * layout.PAGE_SIZE + (rsp & 0xFFF)
-        self.mem.write(pa, ret)
+        self.write_user(self.mm.system, rsp, struct.pack("<Q", KERNEL_RETURN))
         cpu.set_reg("rsp", rsp)
-        result = cpu.run(routine)
+        result = self._run_cpu(routine)
         exc = result.exception
         if result.reason is StopReason.BUDGET:
             raise MachineStop(INSTRUCTION_LIMIT)
@@ -302,14 +421,21 @@ class Executive:
 
     def _on_syscall(self, cpu: Cpu) -> None:
         """The syscall hook: KiSystemCall64 with the guest parked at the next instruction."""
-        proc = self.current
-        if proc is None or cpu.cpl != 3:
+        thread = self.current_thread
+        if thread is None or cpu.cpl != 3:
             return
         number = cpu.reg("rax")
         args = tuple(cpu.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
-        result = syscalls.dispatch(self, proc, number, args)
-        if proc.state is not ProcessState.TERMINATED:
+        result = syscalls.dispatch(self, thread.process, number, args)
+        if thread.state in (ThreadState.RUNNING, ThreadState.READY) and result is not None:
             cpu.set_reg("rax", result & 0xFFFF_FFFF_FFFF_FFFF)
+        if thread.state is not ThreadState.RUNNING:
+            cpu.stop()                   # blocked, yielded or ended: the dispatcher decides
+        elif self._full_speed and self.scheduler.ready:
+            # Someone became ready (a new thread, a set event) while this thread runs with
+            # nothing counting: stop so that preemption starts.
+            self._reschedule = True
+            cpu.stop()
 
     def console_write(self, proc: Process, data: bytes) -> None:
         """The console device: bytes a process wrote, in order."""

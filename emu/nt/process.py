@@ -8,11 +8,19 @@ from dataclasses import dataclass, field
 
 from emu.nt.loader import Image
 from emu.nt.mm.address_space import AddressSpace
+from emu.nt.ob import DispatcherObject, HandleTable, ObjectType
 
 
 class ProcessState(enum.Enum):
-    READY = "ready"
-    RUNNING = "running"
+    READY = "ready"              # created, no thread has run yet
+    RUNNING = "running"          # has live threads
+    TERMINATED = "terminated"
+
+
+class ThreadState(enum.Enum):
+    READY = "ready"              # waiting for the CPU
+    RUNNING = "running"          # on the CPU
+    WAITING = "waiting"          # blocked on an object or a timer
     TERMINATED = "terminated"
 
 
@@ -34,9 +42,10 @@ class ExceptionInfo:
         return status_name(self.code)
 
 
-@dataclass
-class Process:
-    """An executive process object (EPROCESS), reduced to what this machine uses."""
+@dataclass(eq=False)
+class Process(DispatcherObject):
+    """An executive process object (EPROCESS), reduced to what this machine uses.
+    Signalled (for waiters) once it has terminated."""
 
     pid: int
     name: str
@@ -51,9 +60,64 @@ class Process:
     stack_low: int = 0           # lowest committed stack address; the guard page is below it
     stack_high: int = 0
     entry_rsp: int = 0
-    instructions: int = 0        # instructions run by this process (when counting)
+    instructions: int = 0        # instructions run by this process's threads (when counting)
     highest_address: int = 0x0000_7FFF_FFFE_FFFF   # MmHighestUserAddress (0x7FFFFFFF: 32-bit)
     vads: object = None          # the process's VAD tree (emu.nt.mm.vad)
+    threads: list[Thread] = field(default_factory=list)
+    handles: HandleTable = field(default_factory=HandleTable)
+    threads_created: int = 0
+
+    object_type = ObjectType.PROCESS
+
+    def __post_init__(self) -> None:
+        DispatcherObject.__init__(self)
+
+    @property
+    def signalled(self) -> bool:
+        return self.state is ProcessState.TERMINATED
+
+    @property
+    def live_threads(self) -> list[Thread]:
+        return [t for t in self.threads if t.state is not ThreadState.TERMINATED]
+
+
+@dataclass(eq=False)
+class Wait:
+    """Why a thread is blocked: an object (or none, for a sleep) and a deadline."""
+
+    obj: DispatcherObject | None
+    deadline: int | None         # on the machine's instruction clock; None = forever
+
+
+@dataclass(eq=False)
+class Thread(DispatcherObject):
+    """An executive thread object (ETHREAD): the unit the scheduler runs.
+    Signalled once it has terminated."""
+
+    tid: int
+    process: Process
+    start_rip: int
+    start_rsp: int
+    start_arg: int = 0
+    state: ThreadState = ThreadState.READY
+    context: object = None       # Unicorn context saved when it left the CPU; None: not started
+    resume_rax: int | None = None  # the result of the system call it blocked in
+    kernel_stack_top: int = 0
+    kernel_stack_slot: int = 0
+    stack_low: int = 0
+    stack_high: int = 0
+    exit_status: int | None = None
+    wait: Wait | None = None
+    instructions: int = 0
+
+    object_type = ObjectType.THREAD
+
+    def __post_init__(self) -> None:
+        DispatcherObject.__init__(self)
+
+    @property
+    def signalled(self) -> bool:
+        return self.state is ThreadState.TERMINATED
 
 
 AT_NULL, AT_PAGESZ, AT_ENTRY = 0, 6, 9       # auxiliary vector types (System V ABI)

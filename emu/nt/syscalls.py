@@ -61,7 +61,7 @@ class UserAccessViolation(Exception):
     """A user pointer failed its probe or its copy (becomes STATUS_ACCESS_VIOLATION)."""
 
 
-Handler = Callable[["Executive", "Process", tuple[int, ...]], int]
+Handler = Callable[["Executive", "Process", tuple[int, ...]], "int | None"]
 SERVICE_TABLE: dict[Service, Handler] = {}
 
 
@@ -75,8 +75,9 @@ def service(number: Service) -> Callable[[Handler], Handler]:
     return register
 
 
-def dispatch(ex: Executive, proc: Process, number: int, args: tuple[int, ...]) -> int:
-    """KiSystemService: run the handler for ``number``; the result goes back in RAX."""
+def dispatch(ex: Executive, proc: Process, number: int, args: tuple[int, ...]) -> int | None:
+    """KiSystemService: run the handler for ``number``; the result goes back in RAX (None:
+    the calling thread gets no result now, because it blocked or ended)."""
     try:
         handler = SERVICE_TABLE[Service(number)]
     except (ValueError, KeyError):
@@ -130,13 +131,20 @@ def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
 
 
 @service(Service.NtTerminateProcess)
-def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
-    """NtTerminateProcess(ProcessHandle, ExitStatus): only the caller itself, for now."""
+def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
+    """NtTerminateProcess(ProcessHandle, ExitStatus): -1 (or 0) is the caller itself."""
+    from emu.nt.ob import HandleError, ObjectType
+
     handle, status = args[0], args[1] & 0xFFFF_FFFF
-    if handle not in (NT_CURRENT_PROCESS, 0):
-        return NTSTATUS.STATUS_INVALID_HANDLE
-    ex.terminate(proc, status)
-    return NTSTATUS.STATUS_SUCCESS
+    if handle in (NT_CURRENT_PROCESS, 0):
+        target = proc
+    else:
+        try:
+            target = proc.handles.lookup(handle, ObjectType.PROCESS)
+        except HandleError as err:
+            return err.status
+    ex.terminate(target, status)
+    return None if target is proc else NTSTATUS.STATUS_SUCCESS
 
 
 @service(Service.NtWriteConsole)

@@ -1,0 +1,40 @@
+"""The guest file system: a read-only view of one host folder (default: the built guest apps).
+
+Guest paths are relative to the root; a leading "/" is allowed; ".." and links
+may not leave the root, so a guest sees nothing of the host beyond that folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "guest" / "build" / "apps"
+MAX_FILE = 64 << 20
+
+
+class GuestFileNotFound(Exception):
+    """No such file in the guest file system (STATUS_OBJECT_NAME_NOT_FOUND)."""
+
+
+class GuestFileSystem:
+    """Read-only files under ``root``."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).resolve() if root is not None else DEFAULT_ROOT
+
+    def resolve(self, path: str) -> Path:
+        """The host path of guest ``path``; GuestFileNotFound if absent or outside the root."""
+        relative = path.lstrip("/")
+        if not relative or "\0" in relative:
+            raise GuestFileNotFound(path)
+        host = (self.root / relative).resolve()
+        if self.root not in host.parents or not host.is_file():
+            raise GuestFileNotFound(path)
+        return host
+
+    def read(self, path: str) -> bytes:
+        """The whole file (files over 64 MiB are refused as not found)."""
+        host = self.resolve(path)
+        if host.stat().st_size > MAX_FILE:
+            raise GuestFileNotFound(path)
+        return host.read_bytes()

@@ -1,0 +1,136 @@
+"""The object manager: executive objects and the per-process handle tables that name them.
+
+A handle is an index into ONE process's handle table (Windows Internals, ch. 8
+"Object handles and the process handle table"): values are multiples of 4,
+private to the process. The same number in another process names nothing, or
+something else entirely, which is why a handle cannot be passed between
+processes by value (STATUS_INVALID_HANDLE).
+
+Objects count their handles; a waitable object has a signal state and a list
+of waiting threads (dispatcher objects: process, thread, event).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from emu.nt.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from emu.nt.process import Thread
+
+HANDLE_INCREMENT = 4             # handle values are multiples of 4, as on Windows
+MAX_HANDLES = 4096               # per process: beyond it, STATUS_INSUFFICIENT_RESOURCES
+NT_CURRENT_PROCESS = 0xFFFF_FFFF_FFFF_FFFF     # NtCurrentProcess(): -1
+NT_CURRENT_THREAD = 0xFFFF_FFFF_FFFF_FFFE      # NtCurrentThread(): -2
+
+
+class ObjectType(enum.Enum):
+    PROCESS = "Process"
+    THREAD = "Thread"
+    EVENT = "Event"
+    FILE = "File"
+
+
+class HandleError(Exception):
+    """A handle value that fails: carries the NTSTATUS to return."""
+
+    def __init__(self, status: NTSTATUS) -> None:
+        super().__init__(status.name)
+        self.status = status
+
+
+class DispatcherObject:
+    """Something a thread can wait on: signalled or not, with its waiters (KOBJECTS)."""
+
+    object_type: ObjectType
+    handle_count: int = 0
+
+    def __init__(self) -> None:
+        self.waiters: list[Thread] = []
+        self.handle_count = 0
+
+    @property
+    def signalled(self) -> bool:
+        raise NotImplementedError
+
+    def acquire(self) -> None:
+        """What a satisfied wait does to the object (an auto-reset event resets)."""
+
+
+class Event(DispatcherObject):
+    """KEVENT: a notification event stays set; a synchronization event wakes one waiter."""
+
+    object_type = ObjectType.EVENT
+
+    def __init__(self, manual_reset: bool, state: bool) -> None:
+        super().__init__()
+        self.manual_reset = manual_reset
+        self.state = state
+
+    @property
+    def signalled(self) -> bool:
+        return self.state
+
+    def acquire(self) -> None:
+        if not self.manual_reset:
+            self.state = False
+
+
+@dataclass(eq=False)
+class FileObject:
+    """An open file of the guest file system: its bytes and the current position."""
+
+    path: str
+    data: bytes
+    position: int = 0
+    handle_count: int = 0
+    object_type: ObjectType = field(default=ObjectType.FILE, init=False)
+
+
+class HandleTable:
+    """One process's handle table: value -> object."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def insert(self, obj) -> int:
+        """ObInsertObject/ObOpenObject: a new handle to ``obj`` (lowest free value)."""
+        if len(self._entries) >= MAX_HANDLES:
+            raise HandleError(NTSTATUS.STATUS_INSUFFICIENT_RESOURCES)
+        value = HANDLE_INCREMENT
+        while value in self._entries:
+            value += HANDLE_INCREMENT
+        self._entries[value] = obj
+        obj.handle_count += 1
+        return value
+
+    def lookup(self, value: int, *types: ObjectType):
+        """ObReferenceObjectByHandle: the object ``value`` names here, of one of ``types``."""
+        obj = self._entries.get(value)
+        if obj is None:
+            raise HandleError(NTSTATUS.STATUS_INVALID_HANDLE)
+        if types and obj.object_type not in types:
+            raise HandleError(NTSTATUS.STATUS_OBJECT_TYPE_MISMATCH)
+        return obj
+
+    def close(self, value: int):
+        """NtClose: forget ``value``; returns the object (its handle count is one lower)."""
+        obj = self._entries.pop(value, None)
+        if obj is None:
+            raise HandleError(NTSTATUS.STATUS_INVALID_HANDLE)
+        obj.handle_count -= 1
+        return obj
+
+    def close_all(self) -> list:
+        """Process exit: close every handle (the table is destroyed)."""
+        objs = [self.close(value) for value in sorted(self._entries)]
+        return objs
+
+    def items(self) -> list[tuple[int, object]]:
+        return sorted(self._entries.items())

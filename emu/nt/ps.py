@@ -1,0 +1,162 @@
+"""Process and thread creation and termination (the Ps* routines, reduced).
+
+A process is an address space (its own PML4 sharing the kernel half), an image,
+a handle table, and threads. A thread is a user stack, a kernel stack, and a
+saved CPU context; it starts at ring 3 through the kernel's iretq trampoline.
+Every process also gets one read-only executable page of system code, the
+role ntdll plays on Windows: a thread whose start routine returns lands in
+``RtlUserThreadExit`` there, which calls NtTerminateThread with the return value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.nt import layout
+from emu.nt.loader import PF_W, PF_X, Image
+from emu.nt.mm import virtual
+from emu.nt.mm.address_space import AddressSpace, Protection
+from emu.nt.mm.pfn import OutOfFrames
+from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState, initial_stack
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Executive
+
+# RtlUserThreadExit: mov rsi, rax; mov rdi, -2 (NtCurrentThread); mov eax, NtTerminateThread;
+# syscall; ud2 (never reached).
+RTL_USER_THREAD_EXIT = bytes.fromhex("4889c6" "48c7c7feffffff" "b80a000000" "0f05" "0f0b")
+USER_STUB_PAGE = 0x7FFE_0000                       # system code mapped in each process
+THREAD_STACK_TOP = 0x0000_7FFF_FFF0_0000           # stacks of threads after the first
+THREAD_STACK_SIZE = 64 * 1024
+THREAD_STACK_STRIDE = 128 * 1024                   # stack + unmapped gap (guard) below it
+MAX_THREADS_PER_PROCESS = 64
+MAX_PROCESSES = 256
+MIN_STACK_LEFT = 16 * 1024                          # stack left for main() after the arguments
+_PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.PAGE_READWRITE,
+            (False, True): Protection.PAGE_EXECUTE_READ,
+            (True, True): Protection.PAGE_EXECUTE_READWRITE}
+
+
+class LimitError(Exception):
+    """A documented limit (processes, threads) was reached."""
+
+
+def create_process(ex: Executive, image: Image, args: list[str],
+                   parent: Process | None = None) -> Process:
+    """PspCreateProcess: a new address space with the image, a stack and a first thread."""
+    if sum(p.state is not ProcessState.TERMINATED for p in ex.processes) >= MAX_PROCESSES:
+        raise LimitError(f"too many processes (at most {MAX_PROCESSES} at once)")
+    pid = ex.new_client_id()
+    space = ex.mm.create_address_space(owner=pid)
+    proc = Process(pid, image.name, image, args, space,
+                   parent_pid=parent.pid if parent else None)
+    try:
+        _map_image(ex, space, image)
+        _map_main_stack(ex, proc)
+        ex.mm.map_new(space, USER_STUB_PAGE, Protection.PAGE_EXECUTE_READ,
+                      data=RTL_USER_THREAD_EXIT)
+        virtual.init_process_memory(ex, proc)
+        create_thread(ex, proc, image.entry, proc.entry_rsp, stack=(proc.stack_low,
+                                                                      proc.stack_high))
+    except (OutOfFrames, ValueError):
+        space.release_user_half()
+        raise
+    ex.processes.append(proc)
+    return proc
+
+
+def _map_image(ex: Executive, space: AddressSpace, image: Image) -> None:
+    for va, contents in sorted(image.pages.items()):
+        flags = image.page_flags[va]
+        protect = _PROTECT[(bool(flags & PF_W), bool(flags & PF_X))]
+        ex.mm.map_new(space, va, protect, data=bytes(contents))
+
+
+def _map_main_stack(ex: Executive, proc: Process) -> None:
+    """Commit the main thread's stack and write argc/argv/envp/auxv (x86-64 psABI §3.4.1)."""
+    top, size = layout.USER_STACK_TOP, layout.USER_STACK_SIZE
+    proc.stack_low, proc.stack_high = top - size, top
+    frames = {va: ex.mm.map_new(proc.space, va, Protection.PAGE_READWRITE)
+              for va in range(top - size, top, layout.PAGE_SIZE)}
+    argv = [proc.image.path.encode(), *(a.encode() for a in proc.args)]
+    rsp, image = initial_stack(top, argv, proc.image.entry)
+    if rsp < top - size + MIN_STACK_LEFT:
+        raise ValueError(f"arguments too long: {len(image)} bytes, the initial stack "
+                         f"takes at most {size - MIN_STACK_LEFT}")
+    for va in range(rsp & ~0xFFF, top, layout.PAGE_SIZE):
+        start = max(va, rsp)
+        ex.mem.write(frames[va] * layout.PAGE_SIZE + (start & 0xFFF),
+                     image[start - rsp:va + layout.PAGE_SIZE - rsp])
+    proc.entry_rsp = rsp
+
+
+def create_thread(ex: Executive, proc: Process, start: int, rsp: int | None = None, arg: int = 0,
+                  stack: tuple[int, int] | None = None) -> Thread:
+    """PspCreateThread: a thread of ``proc`` that will enter ring 3 at ``start``.
+
+    Without ``rsp``, a new user stack is committed and ``start(arg)`` is called as a
+    function whose return address is RtlUserThreadExit."""
+    if len(proc.live_threads) >= MAX_THREADS_PER_PROCESS:
+        raise LimitError(f"too many threads (at most {MAX_THREADS_PER_PROCESS} per process)")
+    if rsp is None:
+        stack = _map_thread_stack(ex, proc)
+        rsp = stack[1] - 8                   # as if called: the return address on top
+        ex.write_user(proc.space, rsp, USER_STUB_PAGE.to_bytes(8, "little"))
+    slot, kstack_top = ex.allocate_kernel_stack()
+    thread = Thread(ex.new_client_id(), proc, start, rsp, arg, kernel_stack_top=kstack_top,
+                    kernel_stack_slot=slot, stack_low=stack[0], stack_high=stack[1])
+    proc.threads.append(thread)
+    proc.threads_created += 1
+    ex.scheduler.make_ready(thread)
+    return thread
+
+
+def _map_thread_stack(ex: Executive, proc: Process) -> tuple[int, int]:
+    used = {t.stack_high for t in proc.live_threads}
+    for i in range(MAX_THREADS_PER_PROCESS):
+        top = THREAD_STACK_TOP - i * THREAD_STACK_STRIDE
+        if top not in used:
+            for va in range(top - THREAD_STACK_SIZE, top, layout.PAGE_SIZE):
+                ex.mm.map_new(proc.space, va, Protection.PAGE_READWRITE)
+            return top - THREAD_STACK_SIZE, top
+    raise LimitError("no room for another thread stack")
+
+
+def terminate_thread(ex: Executive, thread: Thread, status: int) -> None:
+    """PspTerminateThread: the thread ends; the process ends with its last thread."""
+    if thread.state is ThreadState.TERMINATED:
+        return
+    ex.scheduler.remove(thread)
+    thread.state = ThreadState.TERMINATED
+    thread.exit_status = status
+    ex.free_kernel_stack(thread.kernel_stack_slot)
+    ex.scheduler.signal(thread)
+    proc = thread.process
+    if not proc.live_threads:
+        terminate_process(ex, proc, status)
+    elif thread.stack_high != proc.stack_high:
+        for va in range(thread.stack_low, thread.stack_high, layout.PAGE_SIZE):
+            pfn = proc.space.unmap_page(va)
+            if pfn is not None:
+                ex.mm.pfn.release(pfn)
+
+
+def terminate_process(ex: Executive, proc: Process, status: int,
+                      exception: ExceptionInfo | None = None) -> None:
+    """PspTerminateProcess: every thread ends, the handle table is destroyed, the user half
+    is freed (once the CPU has left it), and waiters on the process wake."""
+    if proc.state is ProcessState.TERMINATED:
+        return
+    proc.exit_status = status
+    proc.exception = exception
+    proc.state = ProcessState.TERMINATED
+    for thread in proc.live_threads:
+        ex.scheduler.remove(thread)
+        thread.state = ThreadState.TERMINATED
+        thread.exit_status = status
+        ex.free_kernel_stack(thread.kernel_stack_slot)
+        ex.scheduler.signal(thread)
+    for obj in proc.handles.close_all():
+        ex.object_closed(obj)
+    ex.scheduler.signal(proc)
+    ex.release_address_space(proc)

@@ -1,0 +1,248 @@
+"""System services for objects: handles, waits, processes, threads, events, files.
+
+Each handler is ``(ex, proc, args) -> NTSTATUS``, or None when the calling thread
+does not get a result now (it blocked: the result arrives when it wakes; or it
+ended). Handle values are looked up in the CALLER's table only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.nt import ps
+from emu.nt.fs import GuestFileNotFound
+from emu.nt.loader import LoaderError, parse_image
+from emu.nt.mm.pfn import OutOfFrames
+from emu.nt.ob import (
+    NT_CURRENT_PROCESS,
+    NT_CURRENT_THREAD,
+    Event,
+    FileObject,
+    HandleError,
+    ObjectType,
+)
+from emu.nt.process import Process
+from emu.nt.status import NTSTATUS
+from emu.nt.syscalls import Service, UserAccessViolation, probe_and_read, probe_and_write, service
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Executive
+
+MAX_PATH = 1024
+MAX_READ = 1 << 20
+WAITABLE = (ObjectType.PROCESS, ObjectType.THREAD, ObjectType.EVENT)
+
+
+def read_string(ex: Executive, address: int, limit: int = MAX_PATH) -> str:
+    """A NUL-terminated string from user memory (at most ``limit`` bytes)."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = probe_and_read(ex, address + len(out), min(64, 4096 - (address + len(out)) % 4096))
+        end = chunk.find(b"\0")
+        if end >= 0:
+            return (out + chunk[:end]).decode("utf-8", "replace")
+        out += chunk
+    raise UserAccessViolation(address)
+
+
+def write_u64(ex: Executive, address: int, value: int) -> None:
+    probe_and_write(ex, address, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+
+def reference(ex: Executive, proc: Process, handle: int, *types: ObjectType):
+    """A handle or pseudo-handle of the caller -> the object (HandleError if not valid)."""
+    if handle == NT_CURRENT_PROCESS and (not types or ObjectType.PROCESS in types):
+        return proc
+    if handle == NT_CURRENT_THREAD and (not types or ObjectType.THREAD in types):
+        return ex.current_thread
+    return proc.handles.lookup(handle, *types)
+
+
+def with_handles(fn):
+    """Turn a HandleError into its status."""
+    def wrapper(ex, proc, args):
+        try:
+            return fn(ex, proc, args)
+        except HandleError as err:
+            return err.status
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@service(Service.NtClose)
+@with_handles
+def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtClose(Handle)."""
+    ex.object_closed(proc.handles.close(args[0]))
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtDuplicateObject)
+@with_handles
+def nt_duplicate_object(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtDuplicateObject(Handle, *NewHandle), within the calling process."""
+    obj = reference(ex, proc, args[0])
+    probe_and_write(ex, args[1], bytes(8))            # check the out pointer first
+    write_u64(ex, args[1], proc.handles.insert(obj))
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtWaitForSingleObject)
+@with_handles
+def nt_wait_for_single_object(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
+    """NtWaitForSingleObject(Handle, TimeoutInstructions): -1 waits forever, 0 polls."""
+    obj = reference(ex, proc, args[0], *WAITABLE)
+    timeout = args[1] - (1 << 64) if args[1] >> 63 else args[1]
+    if obj.signalled:
+        obj.acquire()
+        return NTSTATUS.STATUS_SUCCESS
+    if timeout == 0:
+        return NTSTATUS.STATUS_TIMEOUT
+    deadline = None if timeout < 0 else ex.clock + timeout
+    ex.scheduler.block(ex.current_thread, obj, deadline)
+    return None
+
+
+@service(Service.NtYieldExecution)
+def nt_yield_execution(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtYieldExecution(): to the back of the ready queue (STATUS_SUCCESS either way)."""
+    if ex.scheduler.ready:
+        ex.scheduler.make_ready(ex.current_thread)
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtDelayExecution)
+def nt_delay_execution(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
+    """NtDelayExecution(Instructions): sleep on the machine's instruction clock."""
+    if args[0] == 0:
+        return nt_yield_execution(ex, proc, args)
+    ex.scheduler.block(ex.current_thread, None, ex.clock + args[0])
+    return None
+
+
+@service(Service.NtCreateProcess)
+def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtCreateProcess(Path, Arguments, *Handle): a child from the guest file system."""
+    path = read_string(ex, args[0])
+    arguments = read_string(ex, args[1]).split() if args[1] else []
+    probe_and_write(ex, args[2], bytes(8))
+    try:
+        image = parse_image(ex.fs.read(path), path)
+        child = ex.create_process(image, arguments, parent=proc)
+    except GuestFileNotFound:
+        return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+    except LoaderError:
+        return NTSTATUS.STATUS_INVALID_IMAGE_FORMAT
+    except (OutOfFrames, ValueError):
+        return NTSTATUS.STATUS_NO_MEMORY
+    except ps.LimitError:
+        return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
+    try:
+        write_u64(ex, args[2], proc.handles.insert(child))
+    except HandleError as err:
+        return err.status
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtCreateThread)
+def nt_create_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtCreateThread(StartRoutine, Argument, *Handle): a thread running start(arg)."""
+    probe_and_write(ex, args[2], bytes(8))
+    try:
+        thread = ps.create_thread(ex, proc, args[0], arg=args[1])
+    except ps.LimitError:
+        return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
+    except OutOfFrames:
+        return NTSTATUS.STATUS_NO_MEMORY
+    try:
+        write_u64(ex, args[2], proc.handles.insert(thread))
+    except HandleError as err:
+        return err.status
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtTerminateThread)
+@with_handles
+def nt_terminate_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
+    """NtTerminateThread(Handle, ExitStatus): a thread of the caller's process."""
+    thread = reference(ex, proc, args[0], ObjectType.THREAD)
+    if thread.process is not proc:
+        return NTSTATUS.STATUS_ACCESS_DENIED
+    ps.terminate_thread(ex, thread, args[1] & 0xFFFF_FFFF)
+    return None if thread is ex.current_thread else NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtCreateEvent)
+def nt_create_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtCreateEvent(*Handle, ManualReset, InitialState)."""
+    probe_and_write(ex, args[0], bytes(8))
+    try:
+        write_u64(ex, args[0], proc.handles.insert(Event(bool(args[1]), bool(args[2]))))
+    except HandleError as err:
+        return err.status
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtSetEvent)
+@with_handles
+def nt_set_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtSetEvent(Handle): signal; waiters wake (one, for an auto-reset event)."""
+    event = reference(ex, proc, args[0], ObjectType.EVENT)
+    event.state = True
+    ex.scheduler.signal(event)
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtResetEvent)
+@with_handles
+def nt_reset_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtResetEvent(Handle)."""
+    reference(ex, proc, args[0], ObjectType.EVENT).state = False
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtOpenFile)
+def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtOpenFile(Path, *Handle): a file of the guest file system, read-only."""
+    path = read_string(ex, args[0])
+    probe_and_write(ex, args[1], bytes(8))
+    try:
+        data = ex.fs.read(path)
+        write_u64(ex, args[1], proc.handles.insert(FileObject(path, data)))
+    except GuestFileNotFound:
+        return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+    except HandleError as err:
+        return err.status
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtReadFile)
+@with_handles
+def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtReadFile(Handle, Buffer, Length, *BytesRead)."""
+    f = reference(ex, proc, args[0], ObjectType.FILE)
+    length = min(args[2], MAX_READ)
+    if f.position >= len(f.data) and length:
+        return NTSTATUS.STATUS_END_OF_FILE
+    chunk = f.data[f.position:f.position + length]
+    probe_and_write(ex, args[1], chunk)
+    f.position += len(chunk)
+    if args[3]:
+        write_u64(ex, args[3], len(chunk))
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtQueryExitStatus)
+@with_handles
+def nt_query_exit_status(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtQueryExitStatus(Handle, *Status): STATUS_PENDING while it runs."""
+    obj = reference(ex, proc, args[0], ObjectType.PROCESS, ObjectType.THREAD)
+    status = NTSTATUS.STATUS_PENDING if obj.exit_status is None else obj.exit_status
+    probe_and_write(ex, args[1], (status & 0xFFFF_FFFF).to_bytes(4, "little"))
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtGetCurrentThreadId)
+def nt_get_current_thread_id(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtGetCurrentThreadId(): the caller's thread id (a value, not a status)."""
+    return ex.current_thread.tid
