@@ -37,6 +37,7 @@ from emu.nt.scheduler import DEFAULT_QUANTUM
 from emu.report import build_report
 
 EXIT_USAGE = 2
+APP_SEPARATOR = "\0--"      # what `--` becomes on an `emu run` command line
 EXIT_DEADLOCK = 123
 EXIT_LIMIT = 124
 EXIT_EXCEPTION = 125
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emu`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "run" in argv:
+        # argparse would swallow a `--` right after APP; keep every one as a separator.
+        at = argv.index("run")
+        argv[at + 1:] = [APP_SEPARATOR if w == "--" else w for w in argv[at + 1:]]
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -149,7 +155,7 @@ def split_commands(words: list[str]) -> list[tuple[str, list[str]]]:
     """``APP ARGS -- APP2 ARGS2 ...`` -> [(APP, ARGS), (APP2, ARGS2), ...]."""
     commands: list[list[str]] = [[]]
     for word in words:
-        if word == "--":
+        if word in (APP_SEPARATOR, "--"):
             commands.append([])
         else:
             commands[-1].append(word)

@@ -160,3 +160,54 @@ def test_arguments_too_long_is_a_clear_error(apps):
     r = emu("run", apps / "hello", "x" * 100_000, "y" * 100_000, "z" * 60_000)
     assert r.returncode == 2 and "arguments too long" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_a_separator_right_after_the_app_starts_a_second_process(apps):
+    r = emu("run", apps / "hello", "--", apps / "exitcode", "5")
+    assert r.returncode == 0 and r.stdout == "Hello, world!\n"
+
+
+def test_several_apps_in_one_machine(apps):
+    r = emu("run", apps / "counter", "a", "2", "--", apps / "crasher", "div", "--",
+            apps / "counter", "b", "2")
+    assert r.returncode == 0                      # the first app's exit status
+    assert r.stdout.splitlines() == ["crasher div", "a 1", "b 1", "a 2", "b 2"]
+    assert 'process 12 "crasher" terminated: STATUS_INTEGER_DIVIDE_BY_ZERO' in r.stderr
+
+
+def test_same_command_same_output_and_report(apps, tmp_path):
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"r{i}.json"
+        r = emu("run", "--quantum", "5000", "--report", out, apps / "race", "--",
+                apps / "counter", "c", "3", "1000")
+        runs.append((r.returncode, r.stdout, r.stderr, out.read_text()))
+    assert runs[0] == runs[1]
+
+
+def test_deadlock_exit_status(apps):
+    r = emu("run", apps / "deadlock")
+    assert r.returncode == 123
+    assert r.stderr.startswith("emu: every thread is waiting") and '"deadlock"' in r.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "--quantum", "0", "x"], "must be positive"),
+    (["run", "APP", "--"], "missing APP after `--`"),
+    (["run", "--", "APP"], "missing APP"),
+    (["run", "--fs", "/nonexistent", "x"], "not a directory"),
+])
+def test_more_usage_errors(args, fragment):
+    r = emu(*args)
+    assert r.returncode == 2 and fragment in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_too_many_processes_is_refused(machine_factory, apps, monkeypatch):
+    from emu.nt import ps
+
+    monkeypatch.setattr(ps, "MAX_PROCESSES", 3)
+    m = machine_factory()
+    for _ in range(3):
+        m.spawn(apps / "hello")
+    with pytest.raises(ps.LimitError, match="too many processes"):
+        m.spawn(apps / "hello")

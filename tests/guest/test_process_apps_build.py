@@ -1,0 +1,199 @@
+"""Static checks of the process, thread, event and file apps (no emulator needed).
+
+These apps exercise services 0x03-0x11 (docs/abi.md); the executive side may
+not run them yet, so this only checks what the build must guarantee: each app
+is a static ELF64 ET_EXEC whose entry point lies in an executable segment and
+which has `main`, and the few instructions a lesson depends on are really
+there (a `lock`ed add in `threads`, a plain load ... store in `race`, each
+fault of `crasher` on the instruction it names).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone.x86 import X86_OP_MEM, X86_PREFIX_LOCK
+from elftools.elf.constants import P_FLAGS
+from elftools.elf.elffile import ELFFile
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST = REPO / "guest"
+APPS_DIR = GUEST / "build" / "apps"
+
+EXEC_BASE = 0x400000  # link/app.ld links ET_EXEC apps here
+
+PROCESS_APPS = [
+    "counter",
+    "crasher",
+    "handles",
+    "race",
+    "reader",
+    "sleeper",
+    "spawner",
+    "threadcrash",
+    "threads",
+    "waiter",
+    "yielder",
+]
+
+# crasher's kinds: the function that faults and the instruction it must contain.
+CRASHER_FAULTS = [
+    ("fault_div", "idiv"),
+    ("fault_priv", "hlt"),
+    ("fault_ud", "ud2"),
+    ("fault_int3", "int3"),
+]
+
+
+def _run_make(*args: str) -> subprocess.CompletedProcess[str]:
+    """Runs make in guest/ and returns the finished process."""
+    return subprocess.run(
+        ["make", "-C", str(GUEST), *args], capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    """Builds the guests if anything is missing or stale; returns guest/build/apps."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    if _run_make("-q").returncode != 0:
+        result = _run_make()
+        if result.returncode != 0:
+            pytest.fail(f"make -C guest failed:\n{result.stdout}{result.stderr}")
+    return APPS_DIR
+
+
+def _elf(built: Path, app: str) -> ELFFile:
+    """Opens build/apps/<app> as an ELFFile over an in-memory copy (no file left open)."""
+    path = built / app
+    assert path.is_file(), f"{path} was not built"
+    return ELFFile(io.BytesIO(path.read_bytes()))
+
+
+def _loads(elf: ELFFile) -> list:
+    return [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
+
+
+def _segment_holding(elf: ELFFile, address: int):
+    """The PT_LOAD segment whose memory image contains `address`, or None."""
+    for seg in _loads(elf):
+        if seg["p_vaddr"] <= address < seg["p_vaddr"] + seg["p_memsz"]:
+            return seg
+    return None
+
+
+def _symbol(elf: ELFFile, name: str):
+    """The .symtab entry called `name`, or None."""
+    symtab = elf.get_section_by_name(".symtab")
+    if symtab is None:
+        return None
+    found = symtab.get_symbol_by_name(name)
+    return found[0] if found else None
+
+
+def _disassemble(elf: ELFFile, function: str) -> list:
+    """The instructions of `function` (a sized symbol in an executable segment)."""
+    sym = _symbol(elf, function)
+    assert sym is not None, f"no symbol {function}"
+    address, size = sym["st_value"], sym["st_size"]
+    assert size > 0, f"{function} has no size"
+    seg = _segment_holding(elf, address)
+    assert seg is not None and seg["p_flags"] & P_FLAGS.PF_X, hex(address)
+    code = seg.data()[address - seg["p_vaddr"] : address - seg["p_vaddr"] + size]
+    cs = Cs(CS_ARCH_X86, CS_MODE_64)
+    cs.detail = True
+    return list(cs.disasm(code, address))
+
+
+def _memory_target(insn) -> int | None:
+    """The absolute address of a RIP-relative memory operand of `insn`, or None."""
+    for op in insn.operands:
+        if op.type == X86_OP_MEM and insn.reg_name(op.mem.base) == "rip":
+            return insn.address + insn.size + op.mem.disp
+    return None
+
+
+def test_every_process_app_has_a_source() -> None:
+    for app in PROCESS_APPS:
+        assert (GUEST / "apps" / f"{app}.c").is_file(), app
+
+
+@pytest.mark.parametrize("app", PROCESS_APPS)
+def test_is_static_elf64_exec(built: Path, app: str) -> None:
+    elf = _elf(built, app)
+    assert elf.elfclass == 64
+    assert elf.little_endian
+    assert elf["e_machine"] == "EM_X86_64"
+    assert elf["e_type"] == "ET_EXEC"
+    assert min(seg["p_vaddr"] for seg in _loads(elf)) >= EXEC_BASE
+    kinds = {seg["p_type"] for seg in elf.iter_segments()}
+    assert "PT_INTERP" not in kinds
+    assert "PT_DYNAMIC" not in kinds
+
+
+@pytest.mark.parametrize("app", PROCESS_APPS)
+def test_entry_point_is_in_an_executable_segment(built: Path, app: str) -> None:
+    elf = _elf(built, app)
+    seg = _segment_holding(elf, elf["e_entry"])
+    assert seg is not None, hex(elf["e_entry"])
+    assert seg["p_flags"] & P_FLAGS.PF_X
+    assert elf["e_entry"] < seg["p_vaddr"] + seg["p_filesz"]
+
+
+@pytest.mark.parametrize("app", PROCESS_APPS)
+def test_has_main(built: Path, app: str) -> None:
+    elf = _elf(built, app)
+    main = _symbol(elf, "main")
+    assert main is not None
+    seg = _segment_holding(elf, main["st_value"])
+    assert seg is not None and seg["p_flags"] & P_FLAGS.PF_X
+
+
+def test_threads_increments_with_a_locked_instruction(built: Path) -> None:
+    elf = _elf(built, "threads")
+    counter = _symbol(elf, "counter")["st_value"]
+    locked = [
+        insn
+        for insn in _disassemble(elf, "add_atomically")
+        if X86_PREFIX_LOCK in insn.prefix and _memory_target(insn) == counter
+    ]
+    assert locked, "expected a lock-prefixed read-modify-write of counter"
+
+
+def test_race_loads_and_stores_counter_separately(built: Path) -> None:
+    elf = _elf(built, "race")
+    counter = _symbol(elf, "counter")["st_value"]
+    insns = _disassemble(elf, "add_racily")
+    assert not any(X86_PREFIX_LOCK in insn.prefix for insn in insns)
+    touching = [(i, insn) for i, insn in enumerate(insns) if _memory_target(insn) == counter]
+    # A mov whose destination (Intel order: the first operand) is memory is a store.
+    stores = [i for i, insn in touching if insn.operands[0].type == X86_OP_MEM]
+    loads = [i for i, insn in touching if insn.operands[0].type != X86_OP_MEM]
+    assert loads and stores, [insn.op_str for _, insn in touching]
+    assert all(insns[i].mnemonic == "mov" for i, _ in touching)
+    # The delay loop sits between the load and the store: that is the window preemption hits.
+    assert stores[0] - loads[0] > 2
+
+
+@pytest.mark.parametrize(("function", "mnemonic"), CRASHER_FAULTS)
+def test_crasher_fault_instruction(built: Path, function: str, mnemonic: str) -> None:
+    insns = _disassemble(_elf(built, "crasher"), function)
+    assert mnemonic in {insn.mnemonic for insn in insns}
+
+
+def test_crasher_exec_target_is_data_without_execute(built: Path) -> None:
+    elf = _elf(built, "crasher")
+    target = _symbol(elf, "crasher_data_code")
+    assert target is not None
+    seg = _segment_holding(elf, target["st_value"])
+    assert seg is not None
+    assert seg["p_flags"] & P_FLAGS.PF_W
+    assert not seg["p_flags"] & P_FLAGS.PF_X
+    calls = [insn for insn in _disassemble(elf, "fault_exec") if insn.mnemonic == "call"]
+    assert any(insn.op_str == hex(target["st_value"]) for insn in calls)
