@@ -140,8 +140,8 @@ def test_same_run_same_interleaving_and_counts(machine_factory, apps):
     outcomes = []
     for _ in range(2):
         order = []
-        m = machine_factory(console=lambda proc, data: order.append((proc.pid, bytes(data))),
-                            quantum=7_000)
+        m = machine_factory(console=lambda proc, data, order=order: order.append(
+            (proc.pid, bytes(data))), quantum=7_000)
         for name, args in [("race", []), ("counter", ["x", "3", "3000"]), ("yielder", ["50"])]:
             m.spawn(apps / name, args)
         r = m.run()
