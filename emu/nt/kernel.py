@@ -87,6 +87,7 @@ class Executive:
         self.scheduler = Scheduler(quantum)
         self.fs = GuestFileSystem(fs_root)
         self.processes: list[Process] = []
+        self.exit_observers: list[Callable[[Process], None]] = []   # called before teardown
         self.current_thread: Thread | None = None
         self.bugcheck: BugCheck | None = None
         self.interrupted = False

@@ -149,6 +149,8 @@ def terminate_process(ex: Executive, proc: Process, status: int,
         return
     proc.exit_status = status
     proc.exception = exception
+    for observe in ex.exit_observers:       # e.g. the address-space map: last look at it
+        observe(proc)
     proc.state = ProcessState.TERMINATED
     for thread in proc.live_threads:
         ex.scheduler.remove(thread)
