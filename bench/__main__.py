@@ -7,6 +7,9 @@
     startup   `emu run hello` vs `python -c "import unicorn, capstone"`  target: <= 2x
     counting  the `loop` guest with instructions counted (--max-insns) vs full speed
               (information: the cost of exact counting)
+    two processes preempted: two `loop`s sharing the CPU, as guest instructions per second
+              relative to one alone (full speed) and to plain Unicorn (information)
+    context switches per second: two `yielder`s handing the CPU back and forth
 
 Each figure is the median of several runs. Exit status 0 even when a target is
 missed (timing depends on the machine); the table says which.
@@ -44,6 +47,34 @@ def emu_run_time(app: str, args: list[str], mem: str = "64M", **kwargs) -> float
         if proc.exit_status != 0:
             raise SystemExit(f"bench: {app} failed: {proc.exception or proc.exit_status}")
         return elapsed
+    finally:
+        m.close()
+
+
+def machine_time(apps: list[tuple[str, list[str]]], **kwargs) -> float:
+    """Seconds in Machine.run() for several apps sharing one machine."""
+    m = Machine("64M", **kwargs)
+    try:
+        procs = [m.spawn(APPS / app, args) for app, args in apps]
+        t = time.perf_counter()
+        m.run()
+        elapsed = time.perf_counter() - t
+        if any(p.exit_status != 0 for p in procs):
+            raise SystemExit(f"bench: {apps} failed")
+        return elapsed
+    finally:
+        m.close()
+
+
+def context_switch_rate(yields: int) -> tuple[int, float]:
+    """(switches, seconds) for two processes that yield to each other ``yields`` times."""
+    m = Machine("64M")
+    try:
+        for _ in range(2):
+            m.spawn(APPS / "yielder", [str(yields)])
+        t = time.perf_counter()
+        result = m.run()
+        return result.stats.context_switches, time.perf_counter() - t
     finally:
         m.close()
 
@@ -89,10 +120,25 @@ def main() -> int:
     rows.append(("counting (counted time vs full speed)", counted / fast, "info", True,
                  f"counted {counted:.3f}s, full speed {fast:.3f}s"))
 
+    # Two compute-bound processes sharing the CPU (preemption on, so every instruction is
+    # counted) against one alone at full speed and against plain Unicorn.
+    pair = median_time(lambda: machine_time([("loop", short), ("loop", short)]), n)
+    rows.append(("two processes preempted (speed vs one alone)", 2 * fast / pair, "info", True,
+                 f"two {pair:.3f}s, one {fast:.3f}s"))
+    plain_short = median_time(lambda: run_flat(APPS / "loop", short), n)
+    rows.append(("two processes preempted (speed vs plain Unicorn)", 2 * plain_short / pair,
+                 "info", True, f"two {pair:.3f}s, plain one {plain_short:.3f}s"))
+
+    yields = 2000
+    switches, elapsed = context_switch_rate(yields)
+    rows.append(("context switches per second (two yielders)", switches / elapsed, "info",
+                 True, f"{switches} switches in {elapsed:.3f}s"))
+
     width = max(len(r[0]) for r in rows)
     for name, ratio, target, ok, detail in rows:
         verdict = "ok" if ok else "MISSED"
-        print(f"{name:<{width}}  {ratio:6.2f}x  target {target:<8} {verdict:<6}  {detail}")
+        figure = f"{ratio:9.2f}x" if target != "info" or ratio < 100 else f"{ratio:9.0f}/s"
+        print(f"{name:<{width}}  {figure}  target {target:<8} {verdict:<6}  {detail}")
     return 0
 
 

@@ -13,13 +13,13 @@ user who hands the machine a bad file made a mistake, not the emulator.
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from elftools.construct import ConstructError
+from elftools.elf.structs import ELFStructs
 
 from emu.nt.layout import (
     MM_HIGHEST_USER_ADDRESS,
@@ -95,10 +95,11 @@ def parse_image(data: bytes, path: str = "<image>") -> Image:
     """Parse an ELF image held in memory (see load_file)."""
     _check_ident(data, path)
     try:
-        return _parse(ELFFile(io.BytesIO(data)), data, path)
+        return _parse(_Elf(data), data, path)
     except LoaderError:
         raise
-    except (ELFError, struct.error, ValueError, KeyError, IndexError, AssertionError,
+    except (ELFError, ConstructError, struct.error, ValueError, KeyError, IndexError,
+            AssertionError,
             TypeError, AttributeError, OverflowError, UnicodeDecodeError) as err:
         raise LoaderError(f"{path}: malformed ELF file ({_first_line(err)})") from None
 
@@ -121,7 +122,45 @@ def _check_ident(data: bytes, path: str) -> None:
         raise LoaderError(f"{path}: big-endian ELF file: not an x86-64 executable")
 
 
-def _parse(elf: ELFFile, data: bytes, path: str) -> Image:
+class _Elf:
+    """The parts of an ELF64 file the loader reads, through pyelftools' structure
+    definitions (ELFStructs: its ELFFile would also import the DWARF readers, a third of
+    `emu run`'s start-up, which a loader does not need)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.structs = ELFStructs(little_endian=True, elfclass=64)
+        self.structs.create_basic_structs()
+        self.header = self.structs.Elf_Ehdr.parse(data)
+        h = self.header
+        self.structs.create_advanced_structs(h["e_type"], h["e_machine"],
+                                             h["e_ident"]["EI_OSABI"])
+
+    def program_headers(self) -> list:
+        h = self.header
+        return [self.structs.Elf_Phdr.parse(self.data[h["e_phoff"] + i * h["e_phentsize"]:])
+                for i in range(h["e_phnum"])]
+
+    def section_headers(self) -> list:
+        h = self.header
+        if h["e_shentsize"] != 64 or h["e_shoff"] + h["e_shnum"] * 64 > len(self.data):
+            return []
+        return [self.structs.Elf_Shdr.parse(self.data[h["e_shoff"] + i * 64:])
+                for i in range(h["e_shnum"])]
+
+    def dynamic_tags(self, segment) -> dict[str, int]:
+        """d_tag -> d_val of the PT_DYNAMIC ``segment`` (up to DT_NULL)."""
+        tags: dict[str, int] = {}
+        start, size = segment["p_offset"], segment["p_filesz"]
+        for off in range(start, min(start + size, len(self.data)) - 15, 16):
+            entry = self.structs.Elf_Dyn.parse(self.data[off:off + 16])
+            if entry["d_tag"] == "DT_NULL":
+                break
+            tags.setdefault(entry["d_tag"], entry["d_val"])
+        return tags
+
+
+def _parse(elf: _Elf, data: bytes, path: str) -> Image:
     header = elf.header
     if header["e_machine"] != "EM_X86_64":
         raise LoaderError(f"{path}: not an x86-64 executable (machine {header['e_machine']})")
@@ -133,7 +172,7 @@ def _parse(elf: ELFFile, data: bytes, path: str) -> Image:
         raise LoaderError(f"{path}: no program headers")
     if phentsize != 56 or phoff + phnum * phentsize > len(data):
         raise LoaderError(f"{path}: truncated or malformed program headers")
-    headers = [elf.get_segment(i).header for i in range(phnum)]
+    headers = elf.program_headers()
     if any(h["p_type"] == "PT_INTERP" for h in headers):
         raise LoaderError(f"{path}: dynamically linked (needs an interpreter); "
                           "only static executables can run")
@@ -204,7 +243,7 @@ def _check_entry(image: Image, path: str) -> None:
     raise LoaderError(f"{path}: entry point 0x{image.entry:x} is not in an executable segment")
 
 
-def _relocate(elf: ELFFile, image: Image, path: str) -> None:
+def _relocate(elf: _Elf, image: Image, path: str) -> None:
     """Apply R_X86_64_RELATIVE relocations: the quadword at base+offset becomes base+addend."""
     for offset, rtype, addend in _rela_entries(elf, path):
         if rtype == R_X86_64_NONE:
@@ -221,22 +260,21 @@ def _relocate(elf: ELFFile, image: Image, path: str) -> None:
             page[(target + i) % PAGE_SIZE] = byte
 
 
-def _rela_entries(elf: ELFFile, path: str) -> list[tuple[int, int, int]]:
+def _rela_entries(elf: _Elf, path: str) -> list[tuple[int, int, int]]:
     """(offset, type, addend) of every dynamic RELA entry, read via the PT_DYNAMIC segment."""
     entries: list[tuple[int, int, int]] = []
-    for seg in elf.iter_segments():
-        if seg.header["p_type"] != "PT_DYNAMIC":
+    headers = elf.program_headers()
+    for seg in headers:
+        if seg["p_type"] != "PT_DYNAMIC":
             continue
-        tags = {t.entry.d_tag: t.entry.d_val for t in seg.iter_tags()}
+        tags = elf.dynamic_tags(seg)
         rela, size = tags.get("DT_RELA"), tags.get("DT_RELASZ", 0)
         if rela is None or not size:
             continue
         if tags.get("DT_RELAENT", 24) != 24:
             raise LoaderError(f"{path}: malformed dynamic section (DT_RELAENT)")
-        file_off = _vaddr_to_offset(elf, rela, size, path)
-        stream = elf.stream
-        stream.seek(file_off)
-        raw = stream.read(size)
+        file_off = _vaddr_to_offset(headers, rela, size, path)
+        raw = elf.data[file_off:file_off + size]
         if len(raw) != size or size % 24:
             raise LoaderError(f"{path}: relocation table truncated")
         for off in range(0, size, 24):
@@ -245,23 +283,33 @@ def _rela_entries(elf: ELFFile, path: str) -> list[tuple[int, int, int]]:
     return entries
 
 
-def _vaddr_to_offset(elf: ELFFile, vaddr: int, size: int, path: str) -> int:
-    for seg in elf.iter_segments():
-        h = seg.header
+def _vaddr_to_offset(headers: list, vaddr: int, size: int, path: str) -> int:
+    for h in headers:
         if h["p_type"] == "PT_LOAD" and h["p_vaddr"] <= vaddr and \
                 vaddr + size <= h["p_vaddr"] + h["p_filesz"]:
             return vaddr - h["p_vaddr"] + h["p_offset"]
     raise LoaderError(f"{path}: relocation table at 0x{vaddr:x} is not in a loaded segment")
 
 
-def _symbols(elf: ELFFile, base: int) -> dict[str, int]:
+def _symbols(elf: _Elf, base: int) -> dict[str, int]:
     """Function and object symbols from .symtab, relocated (for traces and the debugger)."""
-    table = elf.get_section_by_name(".symtab")
-    if table is None or not hasattr(table, "iter_symbols"):
-        return {}
+    sections = elf.section_headers()
+    data = elf.data
     out: dict[str, int] = {}
-    for sym in table.iter_symbols():
-        if sym.name and sym["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") \
-                and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
-            out.setdefault(sym.name, sym["st_value"] + base)
+    for sec in sections:
+        if sec["sh_type"] != "SHT_SYMTAB" or sec["sh_entsize"] != 24 or \
+                not 0 <= sec["sh_link"] < len(sections):
+            continue
+        strtab = sections[sec["sh_link"]]
+        strings = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
+        table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
+        for off in range(0, len(table) - 23, 24):
+            name_off, info, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
+            kind = info & 0xF                     # STT_NOTYPE 0, STT_OBJECT 1, STT_FUNC 2
+            if kind > 2 or shndx == 0 or not value or name_off >= len(strings):
+                continue
+            end = strings.find(b"\0", name_off)
+            name = strings[name_off:end if end >= 0 else None].decode("utf-8", "replace")
+            if name:
+                out.setdefault(name, value + base)
     return out
