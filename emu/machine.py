@@ -115,7 +115,7 @@ class Machine:
 
     def _trace_instruction(self, cpu, rip: int, size: int) -> None:
         code = cpu.read_code(rip, size)
-        insn = decode(code, rip)
+        insn = decode(code, rip, cpu.code_bits)
         text = f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(bad)"
         proc = self.executive.current
         who = f"pid {proc.pid}" if proc else "kernel"

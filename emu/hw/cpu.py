@@ -50,6 +50,8 @@ MSR_GS_BASE = 0xC000_0101
 MSR_KERNEL_GS_BASE = 0xC000_0102
 RFLAGS_IF = 1 << 9
 RFLAGS_RESERVED1 = 1 << 1     # bit 1 of RFLAGS always reads as 1
+INT_SYSTEM_SERVICE = 0x2E     # int 0x2e: how 32-bit code enters the executive
+CODE32_SELECTORS = {0x23}     # user CS values that name a 32-bit code segment in our GDT
 
 _ACCESS = {16: "read", 17: "write", 18: "fetch"}   # UC_MEM_READ / WRITE / FETCH in the TLB hook
 
@@ -133,6 +135,7 @@ class Cpu:
         self._last_table: int | None = None      # page table of the last walk (prefetch)
         self._prefetched: tuple | None = None    # page table already prefetched since a flush
         self.syscall_handler: Callable[[Cpu], None] | None = None
+        self.int2e_handler: Callable[[Cpu], bool] | None = None   # True: handled
         self.native = NativeHooks(uc, self._fill)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
@@ -327,7 +330,7 @@ class Cpu:
         address = fault.address
         if fault.address is not None and fault.access is not None:
             address = fault_address(insn, self.reg_named, fault.address & ~0xFFF,
-                                    fault.access)
+                                    fault.access, self.code_bits)
         if fault.vector == Vector.PF:
             self.uc.reg_write(ux.UC_X86_REG_CR2, address)
         return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
@@ -351,10 +354,15 @@ class Cpu:
             out += self.mem.read(pa, chunk)
         return bytes(out)
 
+    @property
+    def code_bits(self) -> int:
+        """32 in compatibility mode (a 32-bit code segment), else 64."""
+        return 32 if self.reg("cs") in CODE32_SELECTORS else 64
+
     def decode_at(self, va: int):
-        """The instruction at ``va`` (Capstone), or None if unreadable/undecodable."""
+        """The instruction at ``va`` (Capstone, in the CPU's current mode), or None."""
         code = self.read_code(va)
-        return decode(code, va) if code else None
+        return decode(code, va, self.code_bits) if code else None
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -362,6 +370,9 @@ class Cpu:
         """UC_HOOK_INTR: an exception or `int n` happened; stop and report it."""
         rip = self.rip
         cpl = self.cpl
+        if intno == INT_SYSTEM_SERVICE and self.int2e_handler is not None and \
+                self.int2e_handler(self):
+            return                       # a system call through the interrupt gate: go on
         if intno == Vector.BP:
             rip -= 1                     # int3 arrives with RIP past the 0xCC byte
             event = CpuException(Vector.BP, rip, cpl)

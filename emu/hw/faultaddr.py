@@ -56,7 +56,8 @@ def decode(code: bytes, rip: int, bits: int = 64) -> capstone.CsInsn | None:
     return None
 
 
-def memory_accesses(insn: capstone.CsInsn, reg: Callable[[str], int]) -> list[MemoryAccess]:
+def memory_accesses(insn: capstone.CsInsn, reg: Callable[[str], int],
+                    bits: int = 64) -> list[MemoryAccess]:
     """Every data access ``insn`` makes, given ``reg(name)`` -> value (fs_base/gs_base too)."""
     accesses: list[MemoryAccess] = []
     for op in insn.operands:
@@ -76,18 +77,19 @@ def memory_accesses(insn: capstone.CsInsn, reg: Callable[[str], int]) -> list[Me
         if insn.mnemonic == "lea":
             continue
         accesses.append(MemoryAccess(ea & _MASK64, op.size or 1, write))
-    accesses.extend(_implicit_accesses(insn, reg))
+    accesses.extend(_implicit_accesses(insn, reg, bits // 8))
     return accesses
 
 
-def _implicit_accesses(insn: capstone.CsInsn, reg: Callable[[str], int]) -> list[MemoryAccess]:
+def _implicit_accesses(insn: capstone.CsInsn, reg: Callable[[str], int],
+                       width: int) -> list[MemoryAccess]:
     """Stack and string accesses that Capstone does not list as operands."""
     name = insn.mnemonic.split()[-1]
     rsp = reg("rsp")
     if name in _PUSHES:
-        return [MemoryAccess((rsp - 8) & _MASK64, 8, True)]
+        return [MemoryAccess((rsp - width) & _MASK64, width, True)]
     if name in _POPS:
-        return [MemoryAccess(rsp, 8, False)]
+        return [MemoryAccess(rsp, width, False)]
     base = name.rstrip("bwdq") if name[:4] in {"movs", "lods", "stos", "cmps", "scas"} else name
     out = []
     if base in _STRING_SRC:
@@ -98,12 +100,12 @@ def _implicit_accesses(insn: capstone.CsInsn, reg: Callable[[str], int]) -> list
 
 
 def fault_address(insn: capstone.CsInsn | None, reg: Callable[[str], int], page: int,
-                  access: str) -> int:
+                  access: str, bits: int = 64) -> int:
     """The CR2 value for a fault on ``page`` by ``access`` (read/write/fetch) of ``insn``."""
     if access == "fetch" or insn is None:
         rip = insn.address if insn is not None else page
         return rip if rip & PAGE_MASK == page else page
-    candidates = memory_accesses(insn, reg)
+    candidates = memory_accesses(insn, reg, bits)
     # Prefer an access of the kind that faulted; a push of [rax] both reads and writes.
     for want_write in (access == "write", access != "write"):
         for acc in candidates:

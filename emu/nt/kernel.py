@@ -83,6 +83,7 @@ class Executive:
         self.mem = mem
         self.cpu = Cpu(mem)
         self.cpu.syscall_handler = self._on_syscall
+        self.cpu.int2e_handler = self._on_int2e
         self.mm = MemoryManager(mem, self._page_changed, self.cpu.flush_translated_code)
         self.scheduler = Scheduler(quantum)
         self.fs = GuestFileSystem(fs_root)
@@ -323,8 +324,9 @@ class Executive:
         cpu = self.cpu
         cpu.restore_clean_context()
         cpu.set_control(cr3=thread.process.space.cr3)
-        frame = struct.pack("<5Q", thread.start_rip, Selector.USER_CODE, USER_RFLAGS,
-                            thread.start_rsp, Selector.USER_DATA)
+        code = Selector.USER_CODE if thread.process.bits == 64 else Selector.USER_CODE32
+        frame = struct.pack("<5Q", thread.start_rip, code, USER_RFLAGS, thread.start_rsp,
+                            Selector.USER_DATA)
         frame_va = thread.kernel_stack_top - len(frame)
         self.write_user(self.mm.system, frame_va, frame)
         for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10",
@@ -425,11 +427,25 @@ class Executive:
         thread = self.current_thread
         if thread is None or cpu.cpl != 3:
             return
-        number = cpu.reg("rax")
         args = tuple(cpu.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
+        self._system_service(thread, cpu.reg("rax"), args)
+
+    def _on_int2e(self, cpu: Cpu) -> bool:
+        """``int 0x2e`` from a 32-bit process: KiSystemService, arguments in ebx, ecx, edx,
+        esi, edi, ebp (docs/abi.md). From a 64-bit process it is not a gate: #GP."""
+        thread = self.current_thread
+        if thread is None or cpu.cpl != 3 or thread.process.bits != 32:
+            return False
+        args = tuple(cpu.reg(r) for r in ("ebx", "ecx", "edx", "esi", "edi", "ebp"))
+        self._system_service(thread, cpu.reg("eax"), args)
+        return True
+
+    def _system_service(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
+        cpu = self.cpu
         result = syscalls.dispatch(self, thread.process, number, args)
         if thread.state in (ThreadState.RUNNING, ThreadState.READY) and result is not None:
-            cpu.set_reg("rax", result & 0xFFFF_FFFF_FFFF_FFFF)
+            mask = 0xFFFF_FFFF if thread.process.bits == 32 else 0xFFFF_FFFF_FFFF_FFFF
+            cpu.set_reg("rax", result & mask)
         if thread.state is not ThreadState.RUNNING:
             cpu.stop()                   # blocked, yielded or ended: the dispatcher decides
         elif self._full_speed and self.scheduler.ready:

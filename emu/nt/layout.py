@@ -16,6 +16,7 @@ PAGE_SIZE = 4096
 
 MM_LOWEST_USER_ADDRESS = 0x0000_0000_0001_0000
 MM_HIGHEST_USER_ADDRESS = 0x0000_7FFF_FFFE_FFFF
+MM_HIGHEST_USER_ADDRESS_32 = 0x7FFE_FFFF        # a 32-bit process: the low 2 GB, less 64 KiB
 MM_USER_PROBE_ADDRESS = 0x0000_7FFF_FFFF_0000
 USER_SPACE_END = 0x0000_8000_0000_0000         # 128 TiB: the user half of the PML4
 KERNEL_SPACE_START = 0xFFFF_8000_0000_0000     # PML4 slot 256
@@ -23,6 +24,7 @@ KERNEL_PML4_FIRST = 256                        # PML4 slots 256-511 are the kern
 
 PIE_IMAGE_BASE = 0x0000_7FF6_0000_0000
 USER_STACK_TOP = 0x0000_7FFF_FFFE_0000
+USER_STACK_TOP_32 = 0x7FF0_0000                # a 32-bit process's main stack, below 2 GB
 USER_STACK_SIZE = 256 * 1024                   # committed; the page below is the guard
 
 # The kernel's own pages, at the start of the kernel half.

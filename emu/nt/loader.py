@@ -1,7 +1,8 @@
-"""The image loader: static ELF64 x86-64 executables for ring-3 processes.
+"""The image loader: static ELF executables for ring-3 processes (x86-64, and i386).
 
 What it accepts (System V gABI and the x86-64 psABI):
-- ET_EXEC: PT_LOAD segments at their link addresses, which must lie in the user half;
+- ET_EXEC: PT_LOAD segments at their link addresses, which must lie in the user half
+  (below 2 GB for an ELF32 i386 image: a 32-bit process);
 - ET_DYN static-pie: the same, moved to a base the loader chooses, with only
   R_X86_64_RELATIVE relocations (``*(base + offset) = base + addend``).
 Each page gets the permissions of its segment's flags (no PF_X -> NX, no PF_W
@@ -23,6 +24,7 @@ from elftools.elf.structs import ELFStructs
 
 from emu.nt.layout import (
     MM_HIGHEST_USER_ADDRESS,
+    MM_HIGHEST_USER_ADDRESS_32,
     MM_LOWEST_USER_ADDRESS,
     PAGE_SIZE,
     PIE_IMAGE_BASE,
@@ -65,6 +67,7 @@ class Image:
     pages: dict[int, bytearray] = field(default_factory=dict)   # page VA -> 4 KiB contents
     page_flags: dict[int, int] = field(default_factory=dict)    # page VA -> PF_* union
     symbols: dict[str, int] = field(default_factory=dict)       # name -> relocated address
+    bits: int = 64                       # 32: an i386 image, run in compatibility mode
 
     @property
     def low(self) -> int:
@@ -73,6 +76,11 @@ class Image:
     @property
     def high(self) -> int:
         return max(s.end for s in self.segments)
+
+
+def highest_user_address(bits: int) -> int:
+    """MmHighestUserAddress for a 64-bit process, or a 32-bit one (2 GB, as under WOW64)."""
+    return MM_HIGHEST_USER_ADDRESS if bits == 64 else MM_HIGHEST_USER_ADDRESS_32
 
 
 def load_file(path: str | Path) -> Image:
@@ -114,9 +122,7 @@ def _check_ident(data: bytes, path: str) -> None:
         raise LoaderError(f"{path}: not an ELF file")
     if len(data) < 64:
         raise LoaderError(f"{path}: truncated ELF header ({len(data)} bytes)")
-    if data[4] == 1:
-        raise LoaderError(f"{path}: 32-bit ELF file: 32-bit processes are not supported yet")
-    if data[4] != 2:
+    if data[4] not in (1, 2):
         raise LoaderError(f"{path}: unknown ELF class {data[4]}")
     if data[5] != 1:
         raise LoaderError(f"{path}: big-endian ELF file: not an x86-64 executable")
@@ -129,7 +135,8 @@ class _Elf:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.structs = ELFStructs(little_endian=True, elfclass=64)
+        self.bits = 32 if data[4] == 1 else 64
+        self.structs = ELFStructs(little_endian=True, elfclass=self.bits)
         self.structs.create_basic_structs()
         self.header = self.structs.Elf_Ehdr.parse(data)
         h = self.header
@@ -143,9 +150,10 @@ class _Elf:
 
     def section_headers(self) -> list:
         h = self.header
-        if h["e_shentsize"] != 64 or h["e_shoff"] + h["e_shnum"] * 64 > len(self.data):
+        size = 64 if self.bits == 64 else 40
+        if h["e_shentsize"] != size or h["e_shoff"] + h["e_shnum"] * size > len(self.data):
             return []
-        return [self.structs.Elf_Shdr.parse(self.data[h["e_shoff"] + i * 64:])
+        return [self.structs.Elf_Shdr.parse(self.data[h["e_shoff"] + i * size:])
                 for i in range(h["e_shnum"])]
 
     def dynamic_tags(self, segment) -> dict[str, int]:
@@ -162,15 +170,19 @@ class _Elf:
 
 def _parse(elf: _Elf, data: bytes, path: str) -> Image:
     header = elf.header
-    if header["e_machine"] != "EM_X86_64":
-        raise LoaderError(f"{path}: not an x86-64 executable (machine {header['e_machine']})")
+    machine = "EM_X86_64" if elf.bits == 64 else "EM_386"
+    if header["e_machine"] != machine:
+        what = "an x86-64" if elf.bits == 64 else "a 32-bit x86 (i386)"
+        raise LoaderError(f"{path}: not {what} executable (machine {header['e_machine']})")
     kind = header["e_type"]
     if kind not in ("ET_EXEC", "ET_DYN"):
         raise LoaderError(f"{path}: not an executable (type {kind})")
+    if kind == "ET_DYN" and elf.bits == 32:
+        raise LoaderError(f"{path}: 32-bit position-independent images are not supported")
     phoff, phnum, phentsize = header["e_phoff"], header["e_phnum"], header["e_phentsize"]
     if phnum == 0:
         raise LoaderError(f"{path}: no program headers")
-    if phentsize != 56 or phoff + phnum * phentsize > len(data):
+    if phentsize != (56 if elf.bits == 64 else 32) or phoff + phnum * phentsize > len(data):
         raise LoaderError(f"{path}: truncated or malformed program headers")
     headers = elf.program_headers()
     if any(h["p_type"] == "PT_INTERP" for h in headers):
@@ -181,7 +193,7 @@ def _parse(elf: _Elf, data: bytes, path: str) -> Image:
         raise LoaderError(f"{path}: no loadable segments")
     base = PIE_IMAGE_BASE - _align_down(min(h["p_vaddr"] for h in loads)) \
         if kind == "ET_DYN" else 0
-    image = Image(path, Path(path).name, base, header["e_entry"] + base, [])
+    image = Image(path, Path(path).name, base, header["e_entry"] + base, [], bits=elf.bits)
     for i, h in enumerate(loads):
         _add_segment(image, h, data, path, i)
     _check_overlaps(image, path)
@@ -204,9 +216,10 @@ def _add_segment(image: Image, h, data: bytes, path: str, i: int) -> None:
         raise LoaderError(f"{where}: file size {filesz:#x} exceeds memory size {memsz:#x}")
     if offset + filesz > len(data):
         raise LoaderError(f"{where}: extends past the end of the file (truncated?)")
-    if va < MM_LOWEST_USER_ADDRESS or va + memsz - 1 > MM_HIGHEST_USER_ADDRESS:
+    highest = highest_user_address(image.bits)
+    if va < MM_LOWEST_USER_ADDRESS or va + memsz - 1 > highest:
         raise LoaderError(f"{where}: outside the user address space "
-                          f"(0x{MM_LOWEST_USER_ADDRESS:x}-0x{MM_HIGHEST_USER_ADDRESS:x})")
+                          f"(0x{MM_LOWEST_USER_ADDRESS:x}-0x{highest:x})")
     if sum(s.memsz for s in image.segments) + memsz > MAX_IMAGE_SIZE:
         raise LoaderError(f"{where}: image larger than {MAX_IMAGE_SIZE >> 20} MiB")
     flags = h["p_flags"] & (PF_R | PF_W | PF_X)
@@ -296,15 +309,19 @@ def _symbols(elf: _Elf, base: int) -> dict[str, int]:
     sections = elf.section_headers()
     data = elf.data
     out: dict[str, int] = {}
+    entsize = 24 if elf.bits == 64 else 16
     for sec in sections:
-        if sec["sh_type"] != "SHT_SYMTAB" or sec["sh_entsize"] != 24 or \
+        if sec["sh_type"] != "SHT_SYMTAB" or sec["sh_entsize"] != entsize or \
                 not 0 <= sec["sh_link"] < len(sections):
             continue
         strtab = sections[sec["sh_link"]]
         strings = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
         table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
-        for off in range(0, len(table) - 23, 24):
-            name_off, info, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
+        for off in range(0, len(table) - entsize + 1, entsize):
+            if elf.bits == 64:     # Elf64_Sym: name, info, other, shndx, value, size
+                name_off, info, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
+            else:                  # Elf32_Sym: name, value, size, info, other, shndx
+                name_off, value, _, info, _, shndx = struct.unpack_from("<IIIBBH", table, off)
             kind = info & 0xF                     # STT_NOTYPE 0, STT_OBJECT 1, STT_FUNC 2
             if kind > 2 or shndx == 0 or not value or name_off >= len(strings):
                 continue

@@ -27,6 +27,14 @@ NT_CURRENT_PROCESS = 0xFFFF_FFFF_FFFF_FFFF     # NtCurrentProcess(): -1
 NT_CURRENT_THREAD = 0xFFFF_FFFF_FFFF_FFFE      # NtCurrentThread(): -2
 
 
+def handle_argument(value: int, bits: int) -> int:
+    """A handle as a system call received it: a 32-bit process's handles are sign-extended,
+    as WOW64 does, so its NtCurrentProcess() (0xFFFFFFFF) is the same -1."""
+    if bits == 32 and 0x8000_0000 <= value <= 0xFFFF_FFFF:
+        return value | 0xFFFF_FFFF_0000_0000
+    return value
+
+
 class ObjectType(enum.Enum):
     PROCESS = "Process"
     THREAD = "Thread"

@@ -66,6 +66,7 @@ class Process(DispatcherObject):
     threads: list[Thread] = field(default_factory=list)
     handles: HandleTable = field(default_factory=HandleTable)
     threads_created: int = 0
+    bits: int = 64               # 32: a compatibility-mode (i386) process
 
     object_type = ObjectType.PROCESS
 
@@ -123,10 +124,11 @@ class Thread(DispatcherObject):
 AT_NULL, AT_PAGESZ, AT_ENTRY = 0, 6, 9       # auxiliary vector types (System V ABI)
 
 
-def initial_stack(top: int, argv: list[bytes], entry: int) -> tuple[int, bytes]:
-    """The System V initial process stack (x86-64 psABI §3.4.1) ending at ``top``:
-    returns (rsp, the bytes from rsp up to top). At rsp: argc, argv[], NULL, an empty
-    envp (NULL), the auxiliary vector; the argument strings above it; rsp 16-byte aligned."""
+def initial_stack(top: int, argv: list[bytes], entry: int, word: int = 8) -> tuple[int, bytes]:
+    """The System V initial process stack (x86-64 psABI §3.4.1; i386 ABI with ``word`` 4)
+    ending at ``top``: returns (rsp, the bytes from rsp up to top). At rsp: argc, argv[],
+    NULL, an empty envp (NULL), the auxiliary vector; the argument strings above it; rsp
+    16-byte aligned."""
     strings = b"".join(s + b"\0" for s in argv)
     str_base = (top - len(strings)) & ~0xF
     pointers, at = [], str_base
@@ -135,7 +137,7 @@ def initial_stack(top: int, argv: list[bytes], entry: int) -> tuple[int, bytes]:
         at += len(s) + 1
     vector = [len(argv), *pointers, 0, 0,
               AT_PAGESZ, 4096, AT_ENTRY, entry, AT_NULL, 0]
-    block = struct.pack(f"<{len(vector)}Q", *vector)
+    block = struct.pack(f"<{len(vector)}{'Q' if word == 8 else 'I'}", *vector)
     rsp = (str_base - len(block)) & ~0xF
     image = bytearray(top - rsp)
     image[0:len(block)] = block

@@ -10,10 +10,11 @@ role ntdll plays on Windows: a thread whose start routine returns lands in
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from emu.nt import layout
-from emu.nt.loader import PF_W, PF_X, Image
+from emu.nt.loader import PF_W, PF_X, Image, highest_user_address
 from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, Protection
 from emu.nt.mm.pfn import OutOfFrames
@@ -25,8 +26,13 @@ if TYPE_CHECKING:
 # RtlUserThreadExit: mov rsi, rax; mov rdi, -2 (NtCurrentThread); mov eax, NtTerminateThread;
 # syscall; ud2 (never reached).
 RTL_USER_THREAD_EXIT = bytes.fromhex("4889c6" "48c7c7feffffff" "b80a000000" "0f05" "0f0b")
+# The same for 32-bit threads: mov ecx, eax; mov ebx, -2; mov eax, NtTerminateThread;
+# int 0x2e; ud2.
+RTL_USER_THREAD_EXIT_32 = bytes.fromhex("89c1" "bbfeffffff" "b80a000000" "cd2e" "0f0b")
+STUB_32_OFFSET = 0x40
 USER_STUB_PAGE = 0x7FFE_0000                       # system code mapped in each process
 THREAD_STACK_TOP = 0x0000_7FFF_FFF0_0000           # stacks of threads after the first
+THREAD_STACK_TOP_32 = 0x7F00_0000                  # ... in a 32-bit process
 THREAD_STACK_SIZE = 64 * 1024
 THREAD_STACK_STRIDE = 128 * 1024                   # stack + unmapped gap (guard) below it
 MAX_THREADS_PER_PROCESS = 64
@@ -49,12 +55,14 @@ def create_process(ex: Executive, image: Image, args: list[str],
     pid = ex.new_client_id()
     space = ex.mm.create_address_space(owner=pid)
     proc = Process(pid, image.name, image, args, space,
-                   parent_pid=parent.pid if parent else None)
+                   parent_pid=parent.pid if parent else None, bits=image.bits,
+                   highest_address=highest_user_address(image.bits))
     try:
         _map_image(ex, space, image)
         _map_main_stack(ex, proc)
         ex.mm.map_new(space, USER_STUB_PAGE, Protection.PAGE_EXECUTE_READ,
-                      data=RTL_USER_THREAD_EXIT)
+                      data=RTL_USER_THREAD_EXIT.ljust(STUB_32_OFFSET, b"\xcc")
+                      + RTL_USER_THREAD_EXIT_32)
         virtual.init_process_memory(ex, proc)
         create_thread(ex, proc, image.entry, proc.entry_rsp, stack=(proc.stack_low,
                                                                       proc.stack_high))
@@ -74,12 +82,13 @@ def _map_image(ex: Executive, space: AddressSpace, image: Image) -> None:
 
 def _map_main_stack(ex: Executive, proc: Process) -> None:
     """Commit the main thread's stack and write argc/argv/envp/auxv (x86-64 psABI §3.4.1)."""
-    top, size = layout.USER_STACK_TOP, layout.USER_STACK_SIZE
+    top = layout.USER_STACK_TOP if proc.bits == 64 else layout.USER_STACK_TOP_32
+    size = layout.USER_STACK_SIZE
     proc.stack_low, proc.stack_high = top - size, top
     frames = {va: ex.mm.map_new(proc.space, va, Protection.PAGE_READWRITE)
               for va in range(top - size, top, layout.PAGE_SIZE)}
     argv = [proc.image.path.encode(), *(a.encode() for a in proc.args)]
-    rsp, image = initial_stack(top, argv, proc.image.entry)
+    rsp, image = initial_stack(top, argv, proc.image.entry, word=proc.bits // 8)
     if rsp < top - size + MIN_STACK_LEFT:
         raise ValueError(f"arguments too long: {len(image)} bytes, the initial stack "
                          f"takes at most {size - MIN_STACK_LEFT}")
@@ -100,8 +109,13 @@ def create_thread(ex: Executive, proc: Process, start: int, rsp: int | None = No
         raise LimitError(f"too many threads (at most {MAX_THREADS_PER_PROCESS} per process)")
     if rsp is None:
         stack = _map_thread_stack(ex, proc)
-        rsp = stack[1] - 8                   # as if called: the return address on top
-        ex.write_user(proc.space, rsp, USER_STUB_PAGE.to_bytes(8, "little"))
+        if proc.bits == 64:                  # as if called: the return address on top
+            rsp = stack[1] - 8
+            ex.write_user(proc.space, rsp, USER_STUB_PAGE.to_bytes(8, "little"))
+        else:                                # cdecl: return address, then the argument
+            rsp = stack[1] - 16
+            ex.write_user(proc.space, rsp, struct.pack("<II", USER_STUB_PAGE + STUB_32_OFFSET,
+                                                       arg & 0xFFFF_FFFF))
     slot, kstack_top = ex.allocate_kernel_stack()
     thread = Thread(ex.new_client_id(), proc, start, rsp, arg, kernel_stack_top=kstack_top,
                     kernel_stack_slot=slot, stack_low=stack[0], stack_high=stack[1])
@@ -113,8 +127,9 @@ def create_thread(ex: Executive, proc: Process, start: int, rsp: int | None = No
 
 def _map_thread_stack(ex: Executive, proc: Process) -> tuple[int, int]:
     used = {t.stack_high for t in proc.live_threads}
+    first = THREAD_STACK_TOP if proc.bits == 64 else THREAD_STACK_TOP_32
     for i in range(MAX_THREADS_PER_PROCESS):
-        top = THREAD_STACK_TOP - i * THREAD_STACK_STRIDE
+        top = first - i * THREAD_STACK_STRIDE
         if top not in used:
             for va in range(top - THREAD_STACK_SIZE, top, layout.PAGE_SIZE):
                 ex.mm.map_new(proc.space, va, Protection.PAGE_READWRITE)

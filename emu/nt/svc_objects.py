@@ -20,6 +20,7 @@ from emu.nt.ob import (
     FileObject,
     HandleError,
     ObjectType,
+    handle_argument,
 )
 from emu.nt.process import Process
 from emu.nt.status import NTSTATUS
@@ -46,11 +47,15 @@ def read_string(ex: Executive, address: int, limit: int = MAX_PATH) -> str:
 
 
 def write_u64(ex: Executive, address: int, value: int) -> None:
-    probe_and_write(ex, address, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+    """Store a pointer-sized value (a HANDLE, a count) in the caller's memory: 8 bytes, or 4
+    in a 32-bit process."""
+    size = 4 if ex.current_thread is not None and ex.current_thread.process.bits == 32 else 8
+    probe_and_write(ex, address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
 
 def reference(ex: Executive, proc: Process, handle: int, *types: ObjectType):
     """A handle or pseudo-handle of the caller -> the object (HandleError if not valid)."""
+    handle = handle_argument(handle, proc.bits)
     if handle == NT_CURRENT_PROCESS and (not types or ObjectType.PROCESS in types):
         return proc
     if handle == NT_CURRENT_THREAD and (not types or ObjectType.THREAD in types):
@@ -82,7 +87,7 @@ def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
 def nt_duplicate_object(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtDuplicateObject(Handle, *NewHandle), within the calling process."""
     obj = reference(ex, proc, args[0])
-    probe_and_write(ex, args[1], bytes(8))            # check the out pointer first
+    write_u64(ex, args[1], 0)                          # check the out pointer first
     write_u64(ex, args[1], proc.handles.insert(obj))
     return NTSTATUS.STATUS_SUCCESS
 
@@ -125,7 +130,7 @@ def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> in
     """NtCreateProcess(Path, Arguments, *Handle): a child from the guest file system."""
     path = read_string(ex, args[0])
     arguments = read_string(ex, args[1]).split() if args[1] else []
-    probe_and_write(ex, args[2], bytes(8))
+    write_u64(ex, args[2], 0)
     try:
         image = parse_image(ex.fs.read(path), path)
         child = ex.create_process(image, arguments, parent=proc)
@@ -147,7 +152,7 @@ def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> in
 @service(Service.NtCreateThread)
 def nt_create_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateThread(StartRoutine, Argument, *Handle): a thread running start(arg)."""
-    probe_and_write(ex, args[2], bytes(8))
+    write_u64(ex, args[2], 0)
     try:
         thread = ps.create_thread(ex, proc, args[0], arg=args[1])
     except ps.LimitError:
@@ -175,7 +180,7 @@ def nt_terminate_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> 
 @service(Service.NtCreateEvent)
 def nt_create_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateEvent(*Handle, ManualReset, InitialState)."""
-    probe_and_write(ex, args[0], bytes(8))
+    write_u64(ex, args[0], 0)
     try:
         write_u64(ex, args[0], proc.handles.insert(Event(bool(args[1]), bool(args[2]))))
     except HandleError as err:
@@ -205,7 +210,7 @@ def nt_reset_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
 def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtOpenFile(Path, *Handle): a file of the guest file system, read-only."""
     path = read_string(ex, args[0])
-    probe_and_write(ex, args[1], bytes(8))
+    write_u64(ex, args[1], 0)
     try:
         data = ex.fs.read(path)
         write_u64(ex, args[1], proc.handles.insert(FileObject(path, data)))

@@ -133,9 +133,9 @@ def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
 @service(Service.NtTerminateProcess)
 def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtTerminateProcess(ProcessHandle, ExitStatus): -1 (or 0) is the caller itself."""
-    from emu.nt.ob import HandleError, ObjectType
+    from emu.nt.ob import HandleError, ObjectType, handle_argument
 
-    handle, status = args[0], args[1] & 0xFFFF_FFFF
+    handle, status = handle_argument(args[0], proc.bits), args[1] & 0xFFFF_FFFF
     if handle in (NT_CURRENT_PROCESS, 0):
         target = proc
     else:
