@@ -208,10 +208,15 @@ class Executive:
             work()
 
     def write_user(self, space: AddressSpace, va: int, data: bytes) -> None:
-        """Store bytes into present pages of ``space`` from the kernel (no probing)."""
-        for i in range(0, len(data)):
-            mapping = space.lookup(va + i)
-            self.mem.write(mapping.pfn * layout.PAGE_SIZE + ((va + i) & 0xFFF), data[i:i + 1])
+        """Store bytes into present pages of ``space`` from the kernel (no probing: the
+        kernel's own mappings, or pages it just made)."""
+        done = 0
+        while done < len(data):
+            at = va + done
+            n = min(len(data) - done, layout.PAGE_SIZE - (at & 0xFFF))
+            pfn = space.lookup(at).pfn
+            self.mem.write(pfn * layout.PAGE_SIZE + (at & 0xFFF), data[done:done + n])
+            done += n
 
     def object_closed(self, obj: object) -> None:
         """The last reference to an object may be gone (nothing to free yet: Python owns it)."""
