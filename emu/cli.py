@@ -35,6 +35,7 @@ from emu.nt.process import Process
 from emu.nt.ps import LimitError
 from emu.nt.scheduler import DEFAULT_QUANTUM
 from emu.report import build_report
+from emu.viz.addrmap import MapRecorder, render_svg, render_text
 
 EXIT_USAGE = 2
 APP_SEPARATOR = "\0--"      # what `--` becomes on an `emu run` command line
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "to standard error")
     run.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE instead")
     run.add_argument("--report", metavar="FILE", help="write a JSON report (docs/report.md)")
+    run.add_argument("--map", action="store_true",
+                     help="after the run, print each process's address-space map (regions, "
+                     "protections, frames) to standard error")
+    run.add_argument("--map-svg", metavar="FILE", help="draw the address spaces (virtual "
+                     "pages -> physical frames) as an SVG picture into FILE; implies --map")
     run.add_argument("--quantum", type=_count, default=DEFAULT_QUANTUM, metavar="N",
                      help=f"instructions per turn when threads share the CPU "
                      f"(default {DEFAULT_QUANTUM})")
@@ -140,6 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         procs = [_spawn(machine, app, app_args, args.mem)
                  for app, app_args in split_commands([args.app, *args.args])]
         proc = procs[0]
+        recorder = MapRecorder(machine) if args.map or args.map_svg else None
         with _ctrl_c_stops(machine):
             result = machine.run()
     finally:
@@ -148,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
             trace.close()
     if args.report:
         _write_report(args.report, result, machine)
+    if recorder is not None:
+        _write_map(args.map_svg, recorder)
     return _summarize(proc, result)
 
 
@@ -196,6 +205,18 @@ def _ctrl_c_stops(machine: Machine):
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _write_map(svg_path: str | None, recorder: MapRecorder) -> None:
+    """The address-space map of every process: text to stderr, the picture to ``svg_path``."""
+    maps = recorder.finish()
+    sys.stderr.write(render_text(maps))
+    if svg_path:
+        try:
+            with open(svg_path, "w", encoding="utf-8") as f:
+                f.write(render_svg(maps))
+        except OSError as err:
+            raise UsageError(f"cannot write map {svg_path}: {err.strerror}") from None
 
 
 def _echo(_proc: Process, data: bytes) -> None:

@@ -211,3 +211,21 @@ def test_too_many_processes_is_refused(machine_factory, apps, monkeypatch):
         m.spawn(apps / "hello")
     with pytest.raises(ps.LimitError, match="too many processes"):
         m.spawn(apps / "hello")
+
+
+def test_map_prints_regions_and_draws_the_svg(apps, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    svg = tmp_path / "m.svg"
+    r = emu("run", "--map-svg", svg, apps / "counter", "a", "1", "--", apps / "counter", "b", "1")
+    assert r.returncode == 0
+    assert 'process 4 "counter"' in r.stderr and 'process 12 "counter"' in r.stderr
+    assert "PAGE_EXECUTE_READ" in r.stderr and "no physical frame is mapped by two" in r.stderr
+    root = ET.fromstring(svg.read_text())
+    arrows = [e for e in root.iter() if e.get("class") == "arrow"]
+    assert arrows
+
+
+def test_map_svg_to_an_unwritable_place_is_a_clear_error(apps):
+    r = emu("run", "--map-svg", "/nonexistent/dir/m.svg", apps / "hello")
+    assert r.returncode == 2 and "cannot write map" in r.stderr and "Traceback" not in r.stderr
