@@ -158,3 +158,29 @@ def test_everything_is_given_back_when_all_processes_end(machine_factory, apps):
         m.spawn(apps / name, args)
     m.run()
     assert m.executive.mm.pfn.free_count == free
+
+
+def test_no_address_in_one_process_reaches_anothers_frames(machine_factory, apps):
+    """At every switch, walk every user page of every live process: each frame belongs to
+    that process, and no frame is mapped by two processes."""
+    m = machine_factory(quantum=5_000)
+    for name, args in [("counter", ["a", "3"]), ("counter", ["b", "3"]), ("threads", [])]:
+        m.spawn(apps / name, args)
+    pfn = m.executive.mm.pfn
+    original = m.executive._run_thread
+    moments = []
+
+    def run_thread(thread):
+        owner_of: dict[int, int] = {}
+        for proc in m.processes:
+            if not proc.live_threads:
+                continue
+            for mapping in proc.space.user_mappings():
+                assert pfn.entries[mapping.pfn].owner == proc.pid, hex(mapping.va)
+                assert owner_of.setdefault(mapping.pfn, proc.pid) == proc.pid
+        moments.append(len(owner_of))
+        original(thread)
+
+    m.executive._run_thread = run_thread
+    m.run()
+    assert len(moments) > 3 and max(moments) > 200
