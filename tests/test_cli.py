@@ -106,7 +106,7 @@ def test_version():
     ("breakpoint", [], "STATUS_BREAKPOINT (0x80000003) at rip"),
     ("noncanon", [], "STATUS_ACCESS_VIOLATION (0xC0000005) reading 0xffffffffffffffff "
                      "(non-canonical address 0x800000000000, #GP)"),
-    ("stackoverflow", [], "STATUS_STACK_OVERFLOW (0xC00000FD) writing 0x7ffffff9"),
+    ("stackoverflow", [], "STATUS_STACK_OVERFLOW (0xC00000FD) writing 0x7fffffee"),
 ])
 def test_each_fault_app_through_the_command_line(apps, app, args, status):
     r = emu("run", apps / app, *args)

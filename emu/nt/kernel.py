@@ -16,6 +16,7 @@ only its process; a ring-0 one is a bug check.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from emu.nt.mm.pfn import FrameUse
 from emu.nt.mm.virtual import FaultResolution
 from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState
 from emu.nt.scheduler import DEFAULT_QUANTUM, Scheduler
+from emu.nt.status import NTSTATUS
 
 IRETQ = b"\x48\xcf"
 INT3 = b"\xcc"
@@ -198,6 +200,7 @@ class Executive:
             if self.cpu.cr3 == proc.space.cr3:
                 self.cpu.set_control(cr3=self.mm.system.cr3)
             proc.space.release_user_half()
+            virtual.release_process_memory(self, proc)
         self.defer(release)
 
     def defer(self, work: Callable[[], None]) -> None:
@@ -348,13 +351,17 @@ class Executive:
         insn = self.describe_instruction(exc.rip)
         if exc.cpl != 3:
             raise self._bugcheck(exc, insn)
-        if exc.vector == Vector.PF and \
-                virtual.access_fault(self, proc, exc) is FaultResolution.RESOLVED:
+        resolution = virtual.access_fault(self, proc, exc) if exc.vector == Vector.PF else None
+        if resolution is FaultResolution.RESOLVED:
             return                       # MmAccessFault made the page valid: the access retries
         guard = range(thread.stack_low - layout.PAGE_SIZE, thread.stack_low)
         info = trap.user_exception(exc, insn, stack_guard=guard,
                                    divisor_is_zero=self._divisor_is_zero(exc))
-        self.terminate(proc, info.code, info)
+        if resolution is FaultResolution.GUARD_PAGE:       # once: the guard is gone now
+            info = dataclasses.replace(info, code=NTSTATUS.STATUS_GUARD_PAGE_VIOLATION)
+        elif resolution is FaultResolution.STACK_OVERFLOW:
+            info = dataclasses.replace(info, code=NTSTATUS.STATUS_STACK_OVERFLOW)
+        self.terminate(proc, info.code, info)    # no handler in the process: it ends
 
     def _divisor_is_zero(self, exc: CpuException) -> bool:
         """#DE is both divide-by-zero and quotient overflow; Windows tells them apart

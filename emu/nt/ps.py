@@ -19,6 +19,7 @@ from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, Protection
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState, initial_stack
+from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
@@ -31,10 +32,7 @@ RTL_USER_THREAD_EXIT = bytes.fromhex("4889c6" "48c7c7feffffff" "b80a000000" "0f0
 RTL_USER_THREAD_EXIT_32 = bytes.fromhex("89c1" "bbfeffffff" "b80a000000" "cd2e" "0f0b")
 STUB_32_OFFSET = 0x40
 USER_STUB_PAGE = 0x7FFE_0000                       # system code mapped in each process
-THREAD_STACK_TOP = 0x0000_7FFF_FFF0_0000           # stacks of threads after the first
-THREAD_STACK_TOP_32 = 0x7F00_0000                  # ... in a 32-bit process
-THREAD_STACK_SIZE = 64 * 1024
-THREAD_STACK_STRIDE = 128 * 1024                   # stack + unmapped gap (guard) below it
+THREAD_STACK_COMMIT = 64 * 1024                    # committed (demand-zero) per new thread
 MAX_THREADS_PER_PROCESS = 64
 MAX_PROCESSES = 256
 MIN_STACK_LEFT = 16 * 1024                          # stack left for main() after the arguments
@@ -68,6 +66,7 @@ def create_process(ex: Executive, image: Image, args: list[str],
                                                                       proc.stack_high))
     except (OutOfFrames, ValueError):
         space.release_user_half()
+        virtual.release_process_memory(ex, proc)
         raise
     ex.processes.append(proc)
     return proc
@@ -108,7 +107,7 @@ def create_thread(ex: Executive, proc: Process, start: int, rsp: int | None = No
     if len(proc.live_threads) >= MAX_THREADS_PER_PROCESS:
         raise LimitError(f"too many threads (at most {MAX_THREADS_PER_PROCESS} per process)")
     if rsp is None:
-        stack = _map_thread_stack(ex, proc)
+        stack = _new_thread_stack(ex, proc)
         if proc.bits == 64:                  # as if called: the return address on top
             rsp = stack[1] - 8
             ex.write_user(proc.space, rsp, USER_STUB_PAGE.to_bytes(8, "little"))
@@ -125,16 +124,17 @@ def create_thread(ex: Executive, proc: Process, start: int, rsp: int | None = No
     return thread
 
 
-def _map_thread_stack(ex: Executive, proc: Process) -> tuple[int, int]:
-    used = {t.stack_high for t in proc.live_threads}
-    first = THREAD_STACK_TOP if proc.bits == 64 else THREAD_STACK_TOP_32
-    for i in range(MAX_THREADS_PER_PROCESS):
-        top = first - i * THREAD_STACK_STRIDE
-        if top not in used:
-            for va in range(top - THREAD_STACK_SIZE, top, layout.PAGE_SIZE):
-                ex.mm.map_new(proc.space, va, Protection.PAGE_READWRITE)
-            return top - THREAD_STACK_SIZE, top
-    raise LimitError("no room for another thread stack")
+def _new_thread_stack(ex: Executive, proc: Process) -> tuple[int, int]:
+    """A thread's stack from the process's VADs (reserved top-down, committed demand-zero
+    with a guard page, as RtlCreateUserStack does); its top page made valid for the start."""
+    made = virtual.create_thread_stack(ex, proc, THREAD_STACK_COMMIT)
+    if made.status == NTSTATUS.STATUS_COMMITMENT_LIMIT:
+        raise virtual.CommitLimitExceeded("no commit left for a thread stack")
+    if made.status != NTSTATUS.STATUS_SUCCESS:
+        raise LimitError("no room for another thread stack")
+    top = made.base + made.size
+    virtual.fault_in_user_range(ex, proc, top - 16, 16, "write")
+    return made.base, top
 
 
 def terminate_thread(ex: Executive, thread: Thread, status: int) -> None:
@@ -150,10 +150,8 @@ def terminate_thread(ex: Executive, thread: Thread, status: int) -> None:
     if not proc.live_threads:
         terminate_process(ex, proc, status)
     elif thread.stack_high != proc.stack_high:
-        for va in range(thread.stack_low, thread.stack_high, layout.PAGE_SIZE):
-            pfn = proc.space.unmap_page(va)
-            if pfn is not None:
-                ex.mm.pfn.release(pfn)
+        top = thread.stack_high
+        ex.defer(lambda: virtual.release_thread_stack(ex, proc, top))
 
 
 def terminate_process(ex: Executive, proc: Process, status: int,

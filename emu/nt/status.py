@@ -42,6 +42,8 @@ class NTSTATUS(enum.IntEnum):
     STATUS_FREE_VM_NOT_AT_BASE = 0xC000_009F
     STATUS_MEMORY_NOT_ALLOCATED = 0xC000_00A0
     STATUS_INVALID_ADDRESS = 0xC000_0141
+    STATUS_UNABLE_TO_FREE_VM = 0xC000_001A
+    STATUS_UNABLE_TO_DELETE_SECTION = 0xC000_001B
 
 def status_name(code: int) -> str:
     """The ntstatus.h name of ``code``, or its hex value if it is not one we know."""

@@ -1,1 +1,139 @@
-"""System services for virtual memory: NtAllocateVirtualMemory and friends (being written)."""
+"""System services for virtual memory (docs/abi.md, services 0x20-0x23).
+
+Each handler does what the Windows service does around MmXxx: check the flag
+arguments, capture the caller's in/out variables (ProbeForWrite, then read),
+call emu.nt.mm.virtual, and write the results back only on success. A bad
+pointer comes back as STATUS_ACCESS_VIOLATION (raised by probe_and_read /
+probe_and_write, caught by the dispatcher); the caller keeps running. A
+pointer into a committed page that has not been touched yet works: the page
+is faulted in first, as the copy would fault it in on Windows.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from typing import TYPE_CHECKING
+
+from emu.nt.mm import virtual
+from emu.nt.status import NTSTATUS, nt_success
+from emu.nt.syscalls import Service, probe_and_read, probe_and_write, service
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Executive
+    from emu.nt.process import Process
+
+_U32 = 0xFFFF_FFFF
+
+
+class _Refused(Exception):
+    """A user buffer the service may not use; ``status`` is what the service returns."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _valid_for(ex: Executive, proc: Process, address: int, length: int, access: str) -> None:
+    """Fault in the buffer's pages as a copy would (demand-zero, stack growth)."""
+    status = virtual.fault_in_user_range(ex, proc, address, length, access)
+    if status != NTSTATUS.STATUS_SUCCESS:
+        raise _Refused(status)
+
+
+def _capture(ex: Executive, proc: Process, address: int, fmt: str) -> int:
+    """Read an in/out variable after checking that it can be written back."""
+    size = struct.calcsize(fmt)
+    _valid_for(ex, proc, address, size, "write")
+    data = probe_and_read(ex, address, size)
+    probe_and_write(ex, address, data)             # ProbeForWrite: fail now, not afterwards
+    return struct.unpack(fmt, data)[0]
+
+
+def _store(ex: Executive, proc: Process, address: int, fmt: str, value: int) -> None:
+    """Write an out variable."""
+    _store_bytes(ex, proc, address, struct.pack(fmt, value))
+
+
+def _store_bytes(ex: Executive, proc: Process, address: int, data: bytes) -> None:
+    """Write an out buffer (faulting its pages in first)."""
+    _valid_for(ex, proc, address, len(data), "write")
+    probe_and_write(ex, address, data)
+
+
+def _refusals(handler):
+    """Turn a _Refused buffer into the service's return value."""
+    @functools.wraps(handler)
+    def run(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+        try:
+            return handler(ex, proc, args)
+        except _Refused as refused:
+            return refused.status
+    return run
+
+
+@service(Service.NtAllocateVirtualMemory)
+@_refusals
+def nt_allocate_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtAllocateVirtualMemory(*BaseAddress, *RegionSize, AllocationType, Protect)."""
+    base_ptr, size_ptr = args[0], args[1]
+    allocation_type, protect = args[2] & _U32, args[3] & _U32
+    status = virtual.check_allocation(allocation_type, protect)
+    if status != NTSTATUS.STATUS_SUCCESS:
+        return status
+    base = _capture(ex, proc, base_ptr, "<Q")
+    size = _capture(ex, proc, size_ptr, "<Q")
+    result = virtual.allocate(ex, proc, base, size, allocation_type, protect)
+    if nt_success(result.status):
+        _store(ex, proc, base_ptr, "<Q", result.base)
+        _store(ex, proc, size_ptr, "<Q", result.size)
+    return result.status
+
+
+@service(Service.NtFreeVirtualMemory)
+@_refusals
+def nt_free_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtFreeVirtualMemory(*BaseAddress, *RegionSize, FreeType)."""
+    base_ptr, size_ptr, free_type = args[0], args[1], args[2] & _U32
+    status = virtual.check_free_type(free_type)
+    if status != NTSTATUS.STATUS_SUCCESS:
+        return status
+    base = _capture(ex, proc, base_ptr, "<Q")
+    size = _capture(ex, proc, size_ptr, "<Q")
+    result = virtual.free(ex, proc, base, size, free_type)
+    if nt_success(result.status):
+        _store(ex, proc, base_ptr, "<Q", result.base)
+        _store(ex, proc, size_ptr, "<Q", result.size)
+    return result.status
+
+
+@service(Service.NtProtectVirtualMemory)
+@_refusals
+def nt_protect_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtProtectVirtualMemory(*BaseAddress, *RegionSize, NewProtect, *OldProtect)."""
+    base_ptr, size_ptr, new_protect, old_ptr = args[0], args[1], args[2] & _U32, args[3]
+    status = virtual.check_protection(new_protect)
+    if status != NTSTATUS.STATUS_SUCCESS:
+        return status
+    base = _capture(ex, proc, base_ptr, "<Q")
+    size = _capture(ex, proc, size_ptr, "<Q")
+    _capture(ex, proc, old_ptr, "<I")
+    result = virtual.protect(ex, proc, base, size, new_protect)
+    if nt_success(result.status):
+        _store(ex, proc, base_ptr, "<Q", result.base)
+        _store(ex, proc, size_ptr, "<Q", result.size)
+        _store(ex, proc, old_ptr, "<I", result.old_protect)
+    return result.status
+
+
+@service(Service.NtQueryVirtualMemory)
+@_refusals
+def nt_query_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtQueryVirtualMemory(BaseAddress, *MEMORY_BASIC_INFORMATION): the 48-byte x64 layout,
+    or MEMORY_BASIC_INFORMATION32 (28 bytes) for a 32-bit process, as WOW64 returns it."""
+    address, info_ptr = args[0], args[1]
+    status, info = virtual.query(ex, proc, address)
+    if info is None:
+        return status
+    _store_bytes(ex, proc, info_ptr, info.pack(proc.bits))
+    return status

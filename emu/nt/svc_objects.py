@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from emu.nt import ps
 from emu.nt.fs import GuestFileNotFound
 from emu.nt.loader import LoaderError, parse_image
+from emu.nt.mm import virtual
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.ob import (
     NT_CURRENT_PROCESS,
@@ -138,6 +139,8 @@ def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> in
         return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
     except LoaderError:
         return NTSTATUS.STATUS_INVALID_IMAGE_FORMAT
+    except virtual.CommitLimitExceeded:
+        return NTSTATUS.STATUS_COMMITMENT_LIMIT
     except (OutOfFrames, ValueError):
         return NTSTATUS.STATUS_NO_MEMORY
     except ps.LimitError:
@@ -157,6 +160,8 @@ def nt_create_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int
         thread = ps.create_thread(ex, proc, args[0], arg=args[1])
     except ps.LimitError:
         return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
+    except virtual.CommitLimitExceeded:
+        return NTSTATUS.STATUS_COMMITMENT_LIMIT
     except OutOfFrames:
         return NTSTATUS.STATUS_NO_MEMORY
     try:

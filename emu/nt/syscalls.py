@@ -86,6 +86,28 @@ def dispatch(ex: Executive, proc: Process, number: int, args: tuple[int, ...]) -
         return handler(ex, proc, args)
     except UserAccessViolation:
         return NTSTATUS.STATUS_ACCESS_VIOLATION
+    except UserStatus as err:
+        return err.status
+
+
+class UserStatus(Exception):
+    """A probe ran into something the service returns as its status (a guard page)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(hex(status))
+        self.status = status
+
+
+def _fault_in(ex: Executive, address: int, length: int, access: str) -> None:
+    """Make committed-but-untouched pages valid before copying, as the page-fault handler
+    would for an access from kernel mode (MmAccessFault with a user address)."""
+    from emu.nt.mm import virtual
+
+    if ex.current is None:
+        return
+    status = virtual.fault_in_user_range(ex, ex.current, address, length, access)
+    if status != NTSTATUS.STATUS_SUCCESS:
+        raise UserStatus(status)
 
 
 def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
@@ -95,6 +117,7 @@ def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
     end = address + length
     if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
         raise UserAccessViolation(address)      # reaches into the kernel half: refused
+    _fault_in(ex, address, length, "read")
     out = bytearray()
     va = address
     while va < end:
@@ -118,6 +141,7 @@ def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
         return
     if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
         raise UserAccessViolation(address)
+    _fault_in(ex, address, len(data), "write")
     va = address
     while va < end:
         try:

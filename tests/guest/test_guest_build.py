@@ -42,7 +42,9 @@ EXEC_APPS = [
     "hello",
     "illegal",
     "loop",
+    "myapp",
     "noncanon",
+    "notepad",
     "nullread",
     "nullwrite",
     "privileged",
@@ -56,6 +58,8 @@ EXEC_APPS = [
     "sweep",
     "threadcrash",
     "threads",
+    "vmhog",
+    "vmtest",
     "waiter",
     "yielder",
 ]

@@ -104,12 +104,16 @@ uint32_t NtGetCurrentThreadId(void);
 #define PAGE_EXECUTE_READWRITE 0x40
 #define PAGE_GUARD             0x100
 
-typedef struct {                 /* winnt.h MEMORY_BASIC_INFORMATION, x64 layout: 48 bytes */
+typedef struct {                 /* winnt.h MEMORY_BASIC_INFORMATION */
     void *BaseAddress;
     void *AllocationBase;
     uint32_t AllocationProtect;
+#ifdef __x86_64__                /* x64 layout: 48 bytes */
     uint16_t PartitionId;
     uint64_t RegionSize;
+#else                            /* MEMORY_BASIC_INFORMATION32: 28 bytes */
+    uint32_t RegionSize;
+#endif
     uint32_t State;
     uint32_t Protect;
     uint32_t Type;
