@@ -38,6 +38,7 @@ from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
 from emu.nt.mm.pfn import FrameUse
 from emu.nt.mm.virtual import FaultResolution
+from emu.nt.ob import ObjectDirectory
 from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState
 from emu.nt.scheduler import DEFAULT_QUANTUM, Scheduler
 from emu.nt.status import NTSTATUS
@@ -91,6 +92,7 @@ class Executive:
         self.fs = GuestFileSystem(fs_root)
         self.processes: list[Process] = []
         self.exit_observers: list[Callable[[Process], None]] = []   # called before teardown
+        self.objects = ObjectDirectory()
         self.current_thread: Thread | None = None
         self.bugcheck: BugCheck | None = None
         self.interrupted = False
@@ -222,7 +224,8 @@ class Executive:
             done += n
 
     def object_closed(self, obj: object) -> None:
-        """The last reference to an object may be gone (nothing to free yet: Python owns it)."""
+        """A handle closed: the object is deleted with its last handle."""
+        self.objects.closed(obj)
 
     # -- the dispatcher --------------------------------------------------------------------
 

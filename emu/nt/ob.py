@@ -25,6 +25,7 @@ HANDLE_INCREMENT = 4             # handle values are multiples of 4, as on Windo
 MAX_HANDLES = 4096               # per process: beyond it, STATUS_INSUFFICIENT_RESOURCES
 NT_CURRENT_PROCESS = 0xFFFF_FFFF_FFFF_FFFF     # NtCurrentProcess(): -1
 NT_CURRENT_THREAD = 0xFFFF_FFFF_FFFF_FFFE      # NtCurrentThread(): -2
+CONSOLE_DEVICE = "\\Device\\Console"           # the name NtOpenFile gives the console
 
 
 def handle_argument(value: int, bits: int) -> int:
@@ -40,6 +41,7 @@ class ObjectType(enum.Enum):
     THREAD = "Thread"
     EVENT = "Event"
     FILE = "File"
+    CONSOLE = "Console"
 
 
 class HandleError(Exception):
@@ -96,6 +98,35 @@ class FileObject:
     position: int = 0
     handle_count: int = 0
     object_type: ObjectType = field(default=ObjectType.FILE, init=False)
+
+
+class ConsoleObject:
+    """The console device, opened as a file (\\Device\\Console): writes go to the screen."""
+
+    object_type = ObjectType.CONSOLE
+    path = CONSOLE_DEVICE
+
+    def __init__(self) -> None:
+        self.handle_count = 0
+
+
+class ObjectDirectory:
+    """Every named or unnamed object that some handle still refers to (the object manager's
+    view): an object is deleted when its last handle closes (ObDereferenceObject)."""
+
+    def __init__(self) -> None:
+        self._live: dict[int, object] = {}
+
+    def created(self, obj) -> None:
+        self._live[id(obj)] = obj
+
+    def closed(self, obj) -> None:
+        if obj.handle_count == 0 and obj.object_type not in (ObjectType.PROCESS,
+                                                             ObjectType.THREAD):
+            self._live.pop(id(obj), None)
+
+    def live(self) -> list:
+        return list(self._live.values())
 
 
 class HandleTable:

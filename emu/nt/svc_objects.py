@@ -15,8 +15,10 @@ from emu.nt.loader import LoaderError, parse_image
 from emu.nt.mm import virtual
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.ob import (
+    CONSOLE_DEVICE,
     NT_CURRENT_PROCESS,
     NT_CURRENT_THREAD,
+    ConsoleObject,
     Event,
     FileObject,
     HandleError,
@@ -187,7 +189,9 @@ def nt_create_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateEvent(*Handle, ManualReset, InitialState)."""
     write_u64(ex, args[0], 0)
     try:
-        write_u64(ex, args[0], proc.handles.insert(Event(bool(args[1]), bool(args[2]))))
+        event = Event(bool(args[1]), bool(args[2]))
+        write_u64(ex, args[0], proc.handles.insert(event))
+        ex.objects.created(event)
     except HandleError as err:
         return err.status
     return NTSTATUS.STATUS_SUCCESS
@@ -213,12 +217,14 @@ def nt_reset_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
 
 @service(Service.NtOpenFile)
 def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
-    """NtOpenFile(Path, *Handle): a file of the guest file system, read-only."""
+    """NtOpenFile(Path, *Handle): a file of the guest file system (read-only), or the
+    console device."""
     path = read_string(ex, args[0])
     write_u64(ex, args[1], 0)
     try:
-        data = ex.fs.read(path)
-        write_u64(ex, args[1], proc.handles.insert(FileObject(path, data)))
+        obj = ConsoleObject() if path == CONSOLE_DEVICE else FileObject(path, ex.fs.read(path))
+        write_u64(ex, args[1], proc.handles.insert(obj))
+        ex.objects.created(obj)
     except GuestFileNotFound:
         return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
     except HandleError as err:
@@ -256,3 +262,20 @@ def nt_query_exit_status(ex: Executive, proc: Process, args: tuple[int, ...]) ->
 def nt_get_current_thread_id(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtGetCurrentThreadId(): the caller's thread id (a value, not a status)."""
     return ex.current_thread.tid
+
+
+@service(Service.NtWriteFile)
+@with_handles
+def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtWriteFile(Handle, Buffer, Length, *BytesWritten): only the console is writable;
+    the files of the guest file system are read-only (STATUS_ACCESS_DENIED)."""
+    obj = reference(ex, proc, args[0], ObjectType.CONSOLE, ObjectType.FILE)
+    if obj.object_type is ObjectType.FILE:
+        return NTSTATUS.STATUS_ACCESS_DENIED
+    length = args[2]
+    if length > MAX_READ:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    ex.console_write(proc, probe_and_read(ex, args[1], length))
+    if args[3]:
+        write_u64(ex, args[3], length)
+    return NTSTATUS.STATUS_SUCCESS

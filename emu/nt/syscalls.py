@@ -49,6 +49,7 @@ class Service(enum.IntEnum):
     NtReadFile = 0x0F
     NtQueryExitStatus = 0x10
     NtGetCurrentThreadId = 0x11
+    NtWriteFile = 0x12
     NtAllocateVirtualMemory = 0x20
     NtFreeVirtualMemory = 0x21
     NtProtectVirtualMemory = 0x22

@@ -31,6 +31,7 @@ EXEC_APPS = [
     "badptr",
     "badread",
     "breakpoint",
+    "console",
     "counter",
     "crasher",
     "deadlock",

@@ -184,3 +184,33 @@ def test_no_address_in_one_process_reaches_anothers_frames(machine_factory, apps
     m.executive._run_thread = run_thread
     m.run()
     assert len(moments) > 3 and max(moments) > 200
+
+
+def test_the_console_is_an_object_reached_through_a_handle(machine_factory, apps):
+    _, (p,), _ = run(machine_factory, apps, ("console",))
+    assert lines(p) == ["through the console handle", "through its duplicate",
+                        "closed write 0xc0000008", "file write 0xc0000022"]
+
+
+def test_objects_die_with_their_last_handle(machine_factory, apps):
+    m = machine_factory()
+    for name in ("console", "waiter", "handles", "threads"):
+        m.spawn(apps / name)
+    seen = []
+    m.executive.exit_observers.append(lambda proc: seen.append(len(m.executive.objects.live())))
+    m.run()
+    assert max(seen) > 0                       # while processes ran, objects were alive
+    assert m.executive.objects.live() == []    # every handle closed or its process gone
+
+
+def test_a_process_that_exits_with_open_handles_releases_them(machine_factory, apps):
+    from emu.nt.ob import Event
+
+    m = machine_factory()
+    p = m.spawn(apps / "hello")
+    event = Event(manual_reset=True, state=False)
+    m.executive.objects.created(event)
+    p.handles.insert(event)
+    m.run()
+    assert len(p.handles) == 0 and event.handle_count == 0
+    assert event not in m.executive.objects.live()

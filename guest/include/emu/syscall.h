@@ -29,6 +29,7 @@
 #define SVC_NT_READ_FILE              0x0F
 #define SVC_NT_QUERY_EXIT_STATUS      0x10
 #define SVC_NT_GET_CURRENT_THREAD_ID  0x11
+#define SVC_NT_WRITE_FILE             0x12
 #define SVC_NT_ALLOCATE_VIRTUAL_MEMORY 0x20
 #define SVC_NT_FREE_VIRTUAL_MEMORY    0x21
 #define SVC_NT_PROTECT_VIRTUAL_MEMORY 0x22
@@ -88,6 +89,8 @@ NTSTATUS NtOpenFile(const char *path, HANDLE *file);
 NTSTATUS NtReadFile(HANDLE file, void *buffer, size_t length, uint64_t *bytes_read);
 NTSTATUS NtQueryExitStatus(HANDLE process_or_thread, NTSTATUS *exit_status);
 uint32_t NtGetCurrentThreadId(void);
+/* Only the console ("\\Device\\Console", opened with NtOpenFile) can be written. */
+NTSTATUS NtWriteFile(HANDLE file, const void *buffer, size_t length, uint64_t *written);
 
 /* Virtual memory (docs/abi.md, services 0x20-0x23; winnt.h values). */
 #define MEM_COMMIT   0x1000
