@@ -336,6 +336,10 @@ class Cpu:
         return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
                             fault.access, fault.reason, fault.walk)
 
+    def set_reg_named(self, name: str, value: int) -> None:
+        """Write any register by its Capstone/Intel name (``xmm3``, ``mxcsr``...)."""
+        self.uc.reg_write(_REG.get(name) or getattr(ux, f"UC_X86_REG_{name.upper()}"), value)
+
     def reg_named(self, name: str) -> int:
         """Any register by its Capstone/Intel name (``ecx``, ``r9b``, ``fs_base``...)."""
         if name in _REG:

@@ -30,7 +30,15 @@ from emu.hw.descriptors import GDT_LIMIT, TSS_SIZE, Selector, build_gdt, build_t
 from emu.hw.faultaddr import memory_accesses
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
-from emu.nt import layout, ps, svc_memory, svc_objects, syscalls, trap  # noqa: F401 (svc_*)
+from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
+    dispatch,
+    layout,
+    ps,
+    svc_memory,
+    svc_objects,
+    syscalls,
+    trap,
+)
 from emu.nt.bugcheck import BugCheck
 from emu.nt.fs import GuestFileSystem
 from emu.nt.loader import Image
@@ -49,6 +57,9 @@ TRAMPOLINE = layout.KERNEL_TEXT                  # iretq: the way into ring 3
 KERNEL_RETURN = layout.KERNEL_TEXT + 0x10        # int3: where a kernel routine returns to
 KERNEL_STACK_TOP = layout.KERNEL_STACK_BASE + (layout.KERNEL_STACK_PAGES + 1) * layout.PAGE_SIZE
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
+USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
+USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
+             "r13", "r14", "r15")
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
 CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP
@@ -319,6 +330,10 @@ class Executive:
             return True
         if self.interrupted:
             raise MachineStop(INTERRUPTED)
+        if thread.state is ThreadState.RUNNING and thread.continue_context is not None:
+            self.load_user_context(thread, thread.continue_context)   # NtContinue
+            thread.continue_context = None
+            return False
         if thread.state is ThreadState.RUNNING:
             if not self._reschedule:
                 return False                           # a stop nobody asked for: go on
@@ -332,20 +347,38 @@ class Executive:
 
     def _enter_user(self, thread: Thread) -> RunResult:
         """KiStartUserThread: iretq from the clean ring-0 state to the thread's start, CPL 3."""
+        self.load_user_context(thread, {"rip": thread.start_rip, "rsp": thread.start_rsp,
+                                        "rdi": thread.start_arg, "rflags": USER_RFLAGS})
+        return self._run_cpu()
+
+    def load_user_context(self, thread: Thread, regs: dict[str, int]) -> None:
+        """Make the CPU ready to iretq into ring 3 with ``regs`` (registers not named are 0):
+        the clean ring-0 state (no stale exception), the thread's CR3, the interrupt frame
+        on its kernel stack, RIP at the trampoline. The next run starts there."""
         cpu = self.cpu
         cpu.restore_clean_context()
         cpu.set_control(cr3=thread.process.space.cr3)
         code = Selector.USER_CODE if thread.process.bits == 64 else Selector.USER_CODE32
-        frame = struct.pack("<5Q", thread.start_rip, code, USER_RFLAGS, thread.start_rsp,
-                            Selector.USER_DATA)
+        rflags = (regs.get("rflags", USER_RFLAGS) & USER_RFLAGS_MASK) | USER_RFLAGS
+        frame = struct.pack("<5Q", regs["rip"], code, rflags, regs["rsp"], Selector.USER_DATA)
         frame_va = thread.kernel_stack_top - len(frame)
         self.write_user(self.mm.system, frame_va, frame)
-        for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10",
-                     "r11", "r12", "r13", "r14", "r15"):
-            cpu.set_reg(name, 0)
-        cpu.set_reg("rdi", thread.start_arg)
+        for name in USER_GPRS:
+            cpu.set_reg(name, regs.get(name, 0))
+        for name, value in regs.items():
+            if name.startswith("xmm") or name == "mxcsr":
+                cpu.set_reg_named(name, value)
         cpu.set_reg("rsp", frame_va)
-        return self._run_cpu(TRAMPOLINE)
+        cpu.set_reg("rip", TRAMPOLINE)
+
+    def capture_user_context(self) -> dict[str, int]:
+        """The registers of the thread on the CPU (GPRs, RIP, RFLAGS, SSE state)."""
+        cpu = self.cpu
+        regs = {name: cpu.reg(name) for name in (*USER_GPRS, "rsp", "rip", "rflags")}
+        for i in range(16):
+            regs[f"xmm{i}"] = cpu.reg_named(f"xmm{i}")
+        regs["mxcsr"] = cpu.reg_named("mxcsr")
+        return regs
 
     # -- traps -----------------------------------------------------------------------------
 
@@ -364,6 +397,8 @@ class Executive:
             info = dataclasses.replace(info, code=NTSTATUS.STATUS_GUARD_PAGE_VIOLATION)
         elif resolution is FaultResolution.STACK_OVERFLOW:
             info = dataclasses.replace(info, code=NTSTATUS.STATUS_STACK_OVERFLOW)
+        if dispatch.deliver(self, thread, info):
+            return                       # the process's own dispatcher gets the exception
         self.terminate(proc, info.code, info)    # no handler in the process: it ends
 
     def _divisor_is_zero(self, exc: CpuException) -> bool:

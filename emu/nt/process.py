@@ -67,6 +67,7 @@ class Process(DispatcherObject):
     handles: HandleTable = field(default_factory=HandleTable)
     threads_created: int = 0
     bits: int = 64               # 32: a compatibility-mode (i386) process
+    exception_dispatcher: int = 0  # user-mode KiUserExceptionDispatcher, 0 if none
 
     object_type = ObjectType.PROCESS
 
@@ -110,6 +111,8 @@ class Thread(DispatcherObject):
     exit_status: int | None = None
     wait: Wait | None = None
     instructions: int = 0
+    continue_context: dict | None = None   # registers NtContinue asked to resume with
+    dispatching: int = 0         # exceptions delivered to user mode and not yet continued
 
     object_type = ObjectType.THREAD
 

@@ -52,6 +52,7 @@ EXEC_APPS = [
     "race",
     "reader",
     "rowrite",
+    "seh",
     "sleeper",
     "spawner",
     "spin",

@@ -58,4 +58,15 @@ long strtol(const char *s, char **end, int base);
 unsigned long strtoul(const char *s, char **end, int base);
 int atoi(const char *s);
 
+/*
+ * Exceptions: with a handler set, a fault in this process calls handler(record, context)
+ * instead of ending the process. Return EXCEPTION_CONTINUE_EXECUTION to resume with the
+ * (possibly edited) context, EXCEPTION_CONTINUE_SEARCH to let the process end with the
+ * exception's code. 64-bit apps only.
+ */
+#define EXCEPTION_CONTINUE_EXECUTION (-1)
+#define EXCEPTION_CONTINUE_SEARCH    0
+typedef long (*exception_handler)(EXCEPTION_RECORD *record, CONTEXT *context);
+void set_exception_handler(exception_handler handler);
+
 #endif /* EMU_LIB_H */

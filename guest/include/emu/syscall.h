@@ -128,7 +128,25 @@ NTSTATUS NtProtectVirtualMemory(void **base, size_t *size, uint32_t protect,
                                 uint32_t *old_protect);
 NTSTATUS NtQueryVirtualMemory(const void *address, MEMORY_BASIC_INFORMATION *info);
 
-/* User-mode exception dispatch (services 0x24-0x25). */
+/* User-mode exception dispatch (services 0x24-0x25; docs/abi.md). */
+typedef struct {                 /* winnt.h EXCEPTION_RECORD64 */
+    uint32_t ExceptionCode;
+    uint32_t ExceptionFlags;
+    uint64_t ExceptionRecord;
+    uint64_t ExceptionAddress;
+    uint32_t NumberParameters;
+    uint32_t Reserved;
+    uint64_t ExceptionInformation[15];
+} EXCEPTION_RECORD;
+
+typedef struct {                 /* this machine's CONTEXT (docs/abi.md): 408 bytes */
+    uint64_t Rax, Rbx, Rcx, Rdx, Rsi, Rdi, Rbp, Rsp;
+    uint64_t R8, R9, R10, R11, R12, R13, R14, R15;
+    uint64_t Rip, EFlags;
+    uint8_t Xmm[16][16];
+    uint64_t MxCsr;
+} CONTEXT;
+
 NTSTATUS NtSetExceptionDispatcher(void (*dispatcher)(void));
 NTSTATUS NtContinue(const void *context);
 
