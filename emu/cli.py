@@ -25,7 +25,7 @@ from typing import TextIO
 import unicorn
 
 from emu import __version__
-from emu.fmt import addr, exception_line
+from emu.fmt import addr, exception_line, status
 from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
 from emu.nt.bugcheck import blue_screen
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "to standard error")
     run.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE instead")
     run.add_argument("--report", metavar="FILE", help="write a JSON report (docs/report.md)")
+    run.add_argument("--driver", action="append", default=[], metavar="PATH",
+                     help="load a driver (ELF64 shared object) at boot; its DriverEntry runs at "
+                     "ring 0 before the apps start (repeatable)")
     run.add_argument("--map", action="store_true",
                      help="after the run, print each process's address-space map (regions, "
                      "protections, frames) to standard error")
@@ -143,6 +146,11 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
+        for path in args.driver:
+            try:
+                machine.add_driver(path)
+            except LoaderError as err:
+                raise UsageError(str(err)) from None
         procs = [_spawn(machine, app, app_args, args.mem)
                  for app, app_args in split_commands([args.app, *args.args])]
         proc = procs[0]
@@ -235,6 +243,10 @@ def _write_report(path: str, result: MachineResult, machine: Machine) -> None:
 
 def _summarize(proc: Process, result: MachineResult) -> int:
     """Print how the run ended (stderr) and choose the exit status."""
+    for d in result.drivers:
+        if d.unloaded:
+            print(f"driver {d.image.name}: DriverEntry returned {status(d.status)}; unloaded",
+                  file=sys.stderr)
     for p in result.processes:
         if p.exception is not None:
             print(exception_line(p, p.exception), file=sys.stderr)

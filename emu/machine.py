@@ -16,7 +16,9 @@ from typing import TextIO
 
 from emu.hw.faultaddr import decode
 from emu.hw.memory import PhysicalMemory, parse_size
+from emu.nt import drivers
 from emu.nt.bugcheck import BugCheck
+from emu.nt.drivers import DriverImage
 from emu.nt.kernel import Executive, MachineStop
 from emu.nt.loader import load_file
 from emu.nt.process import Process, ProcessState
@@ -48,6 +50,7 @@ class MachineResult:
     stats: Stats
     unfinished: list[Process] = field(default_factory=list)
     last_rip: int = 0             # where the CPU stopped
+    drivers: list = field(default_factory=list)   # emu.nt.drivers.Driver, in load order
 
 
 class Machine:
@@ -88,6 +91,13 @@ class Machine:
         image = load_file(path)
         return self.executive.create_process(image, list(args))
 
+    def add_driver(self, path: str | Path) -> DriverImage:
+        """Load a driver (ELF64 shared object) to start at boot, before any process runs:
+        its DriverEntry runs at ring 0 when ``run()`` begins. LoaderError for a bad file."""
+        image = drivers.load(self.executive, path)
+        self.executive.pending_drivers.append(image)
+        return image
+
     def run(self) -> MachineResult:
         """Run every process (threads preempted round robin) until all end or the machine stops."""
         ex = self.executive
@@ -105,7 +115,7 @@ class Machine:
                       cpu.native.stlb_hits, cpu.page_faults, ex.scheduler.switches)
         unfinished = [p for p in ex.processes if p.state is not ProcessState.TERMINATED]
         self.result = MachineResult(list(ex.processes), ex.bugcheck, stopped, stats, unfinished,
-                                    cpu.rip)
+                                    cpu.rip, list(ex.drivers))
         return self.result
 
     def interrupt(self) -> None:

@@ -30,7 +30,7 @@ def bugcheck_dict(bc: BugCheck | None) -> dict[str, Any] | None:
     if bc is None:
         return None
     return {"code": bc.code, "name": bc.name, "params": list(bc.params), "rip": bc.rip,
-            "instruction": bc.instruction, "detail": bc.detail}
+            "instruction": bc.instruction, "detail": bc.detail, "driver": bc.driver or None}
 
 
 def build_report(result: MachineResult, mem_size: int) -> dict[str, Any]:
@@ -41,6 +41,8 @@ def build_report(result: MachineResult, mem_size: int) -> dict[str, Any]:
         "machine": {"mem": mem_size, "stopped": result.stopped},
         "processes": [process_dict(p) for p in result.processes],
         "bugcheck": bugcheck_dict(result.bugcheck),
+        "drivers": [{"name": d.image.name, "base": d.image.base, "status": d.status,
+                     "unloaded": d.unloaded} for d in result.drivers],
         "stats": {"instructions": s.instructions, "tlb_fills": s.tlb_fills,
                   "stlb_hits": s.stlb_hits, "page_faults": s.page_faults},
     }

@@ -229,3 +229,20 @@ def test_map_prints_regions_and_draws_the_svg(apps, tmp_path):
 def test_map_svg_to_an_unwritable_place_is_a_clear_error(apps):
     r = emu("run", "--map-svg", "/nonexistent/dir/m.svg", apps / "hello")
     assert r.returncode == 2 and "cannot write map" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_driver_crash_is_a_blue_screen(apps):
+    from pathlib import Path
+
+    sys_file = Path(apps).parent / "drivers" / "crash.sys"
+    if not sys_file.exists():
+        pytest.skip("drivers not built")
+    r = emu("run", "--driver", sys_file, apps / "hello")
+    assert r.returncode == 126 and r.stdout.startswith("crash.sys:")
+    assert "PAGE_FAULT_IN_NONPAGED_AREA (0x00000050)" in r.stderr
+    assert "The fault happened in driver crash.sys" in r.stderr
+
+
+def test_a_bad_driver_is_a_usage_error(apps):
+    r = emu("run", "--driver", apps / "hello", apps / "hello")
+    assert r.returncode == 2 and "not a shared object" in r.stderr

@@ -101,10 +101,13 @@ def _implicit_accesses(insn: capstone.CsInsn, reg: Callable[[str], int],
 
 def fault_address(insn: capstone.CsInsn | None, reg: Callable[[str], int], page: int,
                   access: str, bits: int = 64) -> int:
-    """The CR2 value for a fault on ``page`` by ``access`` (read/write/fetch) of ``insn``."""
-    if access == "fetch" or insn is None:
-        rip = insn.address if insn is not None else page
+    """The CR2 value for a fault on ``page`` by ``access`` (read/write/fetch) of ``insn``.
+    A fetch faults at RIP itself, or at the first byte of the page an instruction runs into."""
+    if access == "fetch":
+        rip = reg("rip")
         return rip if rip & PAGE_MASK == page else page
+    if insn is None:
+        return page
     candidates = memory_accesses(insn, reg, bits)
     # Prefer an access of the kind that faulted; a push of [rax] both reads and writes.
     for want_write in (access == "write", access != "write"):

@@ -41,6 +41,7 @@ class BugCheck(Exception):
     detail: str = ""
     registers: dict[str, int] = field(default_factory=dict)
     instruction: str = ""
+    driver: str = ""                      # the driver whose code was running, if any
 
     def __post_init__(self) -> None:
         super().__init__(f"bug check {self.code:#x}")
@@ -63,6 +64,8 @@ def blue_screen(bc: BugCheck) -> str:
     ]
     if bc.detail:
         lines.append(f"*** {bc.detail}")
+    if bc.driver:
+        lines.append(f"*** The fault happened in driver {bc.driver}")
     if bc.rip is not None:
         lines.append(f"*** Faulting RIP 0x{bc.rip:016x}: {bc.instruction or '??'}")
     regs = [f"{name}={value:016x}" for name, value in bc.registers.items()]

@@ -32,6 +32,8 @@ from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
 from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     dispatch,
+    drivers,
+    exports,
     layout,
     ps,
     svc_memory,
@@ -39,7 +41,7 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     syscalls,
     trap,
 )
-from emu.nt.bugcheck import BugCheck
+from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.fs import GuestFileSystem
 from emu.nt.loader import Image
 from emu.nt.mm import virtual
@@ -47,6 +49,7 @@ from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
 from emu.nt.mm.pfn import FrameUse
 from emu.nt.mm.virtual import FaultResolution
 from emu.nt.ob import ObjectDirectory
+from emu.nt.pool import Pools
 from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState
 from emu.nt.scheduler import DEFAULT_QUANTUM, Scheduler
 from emu.nt.status import NTSTATUS
@@ -104,6 +107,11 @@ class Executive:
         self.processes: list[Process] = []
         self.exit_observers: list[Callable[[Process], None]] = []   # called before teardown
         self.objects = ObjectDirectory()
+        self.pools = Pools(self.mm)
+        self.drivers: list[drivers.Driver] = []
+        self.pending_drivers: list[drivers.DriverImage] = []   # DriverEntry runs at boot
+        self.irql = 0                    # PASSIVE_LEVEL
+        self.debug_output = bytearray()
         self.current_thread: Thread | None = None
         self.bugcheck: BugCheck | None = None
         self.interrupted = False
@@ -246,7 +254,10 @@ class Executive:
         return self.scheduler.clock(self.cpu.instructions)
 
     def run(self) -> None:
-        """Run threads until every process has ended; raises MachineStop or BugCheck."""
+        """Start the drivers, then run threads until every process has ended; raises
+        MachineStop or BugCheck."""
+        while self.pending_drivers:
+            drivers.start(self, self.pending_drivers.pop(0))
         while True:
             if self.interrupted:
                 raise MachineStop(INTERRUPTED)
@@ -427,12 +438,22 @@ class Executive:
             leaf = exc.walk[-1].value
         bc = trap.kernel_bugcheck(exc, insn, leaf,
                                   divisor_is_zero=self._divisor_is_zero(exc))
+        self._fill_bugcheck(bc)
+        return bc
+
+    def _fill_bugcheck(self, bc: BugCheck) -> None:
+        """KeBugCheckEx's record: registers, the instruction, the driver it happened in."""
         bc.registers = {name: self.cpu.reg(name) for name in
                         ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
                          "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags", "cr2",
                          "cr3")}
+        if bc.rip is not None:
+            if not bc.instruction:
+                bc.instruction = self.describe_instruction(bc.rip)
+            driver = drivers.driver_at(self, bc.rip)
+            if driver is not None:
+                bc.driver = driver.image.name
         self.bugcheck = bc
-        return bc
 
     def describe_instruction(self, rip: int) -> str:
         """``mnemonic operands`` of the instruction at ``rip`` in the current address space."""
@@ -454,16 +475,71 @@ class Executive:
         self.write_user(self.mm.system, rsp, struct.pack("<Q", KERNEL_RETURN))
         cpu.set_reg("rsp", rsp)
         result = self._run_cpu(routine)
-        exc = result.exception
-        if result.reason is StopReason.BUDGET:
-            raise MachineStop(INSTRUCTION_LIMIT)
-        if self.interrupted:
-            raise MachineStop(INTERRUPTED)
-        if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
-            return KernelCallResult(cpu.reg("rax"))
-        if exc is None:
-            raise RuntimeError("kernel routine stopped without returning")
-        raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+        while True:
+            exc = result.exception
+            if result.reason is StopReason.BUDGET:
+                raise MachineStop(INSTRUCTION_LIMIT)
+            if self.interrupted:
+                raise MachineStop(INTERRUPTED)
+            if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
+                return KernelCallResult(cpu.reg("rax"))
+            if exc is None:
+                raise RuntimeError("kernel routine stopped without returning")
+            if exc.vector == Vector.PF and exc.access == "fetch" and exc.cpl == 0 and \
+                    exports.name_at(exc.address) is not None:
+                self._call_export(exports.name_at(exc.address))
+                result = self._run_cpu()
+                continue
+            raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+
+    def _call_export(self, name: str) -> None:
+        """A driver called kernel export ``name``: run it, then return to the caller."""
+        call = exports.ExportCall(self)
+        try:
+            value = exports.EXPORTS[name](self, call)
+        except BugCheck as bc:
+            self._fill_bugcheck(bc)
+            raise
+        if value is not None:
+            self.cpu.set_reg("rax", value & 0xFFFF_FFFF_FFFF_FFFF)
+        self.cpu.set_reg("rsp", call.rsp + 8)      # as `ret` does
+        self.cpu.set_reg("rip", call.return_address)
+
+    def kernel_read(self, va: int, n: int) -> bytes:
+        """Read kernel-visible memory as ring-0 code would (a fault here: BugCheck)."""
+        out = bytearray()
+        while len(out) < n:
+            at = va + len(out)
+            try:
+                pa = self.cpu.walk(at, "read", cpl=0, set_accessed_dirty=True).pa
+            except (mmu.PageFault, mmu.GeneralProtection):
+                raise BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA,
+                               (at, 0, self.cpu.rip, 0), self.cpu.rip,
+                               "a kernel routine read an invalid address") from None
+            chunk = min(n - len(out), layout.PAGE_SIZE - (at & 0xFFF))
+            out += self.mem.read(pa, chunk)
+        return bytes(out)
+
+    def kernel_read_u64(self, va: int) -> int:
+        return int.from_bytes(self.kernel_read(va, 8), "little")
+
+    def kernel_read_string(self, va: int, limit: int = 4096) -> bytes:
+        """A NUL-terminated string in kernel-visible memory (at most ``limit`` bytes)."""
+        out = bytearray()
+        while len(out) < limit:
+            chunk = self.kernel_read(va + len(out), min(64, layout.PAGE_SIZE
+                                                        - ((va + len(out)) & 0xFFF)))
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return bytes(out + chunk[:end])
+            out += chunk
+        return bytes(out)
+
+    def debug_print(self, data: bytes) -> None:
+        """DbgPrint's output: the kernel debugger's console, here the machine's console."""
+        self.debug_output += data
+        if self._console is not None:
+            self._console(None, data)
 
     def interrupt(self) -> None:
         """Stop the machine at the next instruction boundary (Ctrl-C); safe from any thread."""

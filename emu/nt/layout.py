@@ -7,7 +7,10 @@
     0x00007FFF'FFFEFFFF  MmHighestUserAddress
     0x00007FFF'FFFF0000  MmUserProbeAddress: a 64 KiB no-access gap
     0x00008000'00000000  non-canonical hole: #GP, not #PF
-    0xFFFF8000'00000000  the kernel half (PML4 slots 256-511, shared by every process)
+    0xFFFF8000'00000000  the kernel half (PML4 slots 256-511, shared by every process):
+                         GDT/TSS, kernel text, kernel stacks, export traps
+    0xFFFFA000'00000000  kernel pools (NonPagedPool, NonPagedPoolNx, PagedPool)
+    0xFFFFF800'01000000  driver images
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ KERNEL_TSS = KERNEL_GDT + 0x800
 KERNEL_TEXT = 0xFFFF_8000_0000_1000            # kernel code: the return-to-user trampoline
 KERNEL_STACK_BASE = 0xFFFF_8000_0001_0000      # kernel stacks, each with a guard page below
 KERNEL_STACK_PAGES = 4
+KERNEL_EXPORTS = 0xFFFF_8000_0000_4000         # never mapped: each kernel export's address
+KERNEL_EXPORTS_SIZE = 0x1000                   #   traps on fetch (16 bytes per export)
+KERNEL_POOL = 0xFFFF_A000_0000_0000            # NonPagedPool (executable, as before Windows 8)
+KERNEL_POOL_NX = 0xFFFF_A080_0000_0000         # NonPagedPoolNx
+KERNEL_POOL_PAGED = 0xFFFF_A100_0000_0000      # PagedPool
+KERNEL_POOL_SIZE = 0x0000_0080_0000_0000       # each pool's virtual range
+KERNEL_DRIVERS = 0xFFFF_F800_0100_0000         # driver images, one 16 MiB slot each
+KERNEL_DRIVER_SLOT = 16 << 20
 
 
 def is_user_address(va: int) -> bool:

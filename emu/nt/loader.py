@@ -103,7 +103,7 @@ def parse_image(data: bytes, path: str = "<image>") -> Image:
     """Parse an ELF image held in memory (see load_file)."""
     _check_ident(data, path)
     try:
-        return _parse(_Elf(data), data, path)
+        return _parse(ElfReader(data), data, path)
     except LoaderError:
         raise
     except (ELFError, ConstructError, struct.error, ValueError, KeyError, IndexError,
@@ -128,7 +128,7 @@ def _check_ident(data: bytes, path: str) -> None:
         raise LoaderError(f"{path}: big-endian ELF file: not an x86-64 executable")
 
 
-class _Elf:
+class ElfReader:
     """The parts of an ELF64 file the loader reads, through pyelftools' structure
     definitions (ELFStructs: its ELFFile would also import the DWARF readers, a third of
     `emu run`'s start-up, which a loader does not need)."""
@@ -168,7 +168,7 @@ class _Elf:
         return tags
 
 
-def _parse(elf: _Elf, data: bytes, path: str) -> Image:
+def _parse(elf: ElfReader, data: bytes, path: str) -> Image:
     header = elf.header
     machine = "EM_X86_64" if elf.bits == 64 else "EM_386"
     if header["e_machine"] != machine:
@@ -256,7 +256,7 @@ def _check_entry(image: Image, path: str) -> None:
     raise LoaderError(f"{path}: entry point 0x{image.entry:x} is not in an executable segment")
 
 
-def _relocate(elf: _Elf, image: Image, path: str) -> None:
+def _relocate(elf: ElfReader, image: Image, path: str) -> None:
     """Apply R_X86_64_RELATIVE relocations: the quadword at base+offset becomes base+addend."""
     for offset, rtype, addend in _rela_entries(elf, path):
         if rtype == R_X86_64_NONE:
@@ -273,7 +273,7 @@ def _relocate(elf: _Elf, image: Image, path: str) -> None:
             page[(target + i) % PAGE_SIZE] = byte
 
 
-def _rela_entries(elf: _Elf, path: str) -> list[tuple[int, int, int]]:
+def _rela_entries(elf: ElfReader, path: str) -> list[tuple[int, int, int]]:
     """(offset, type, addend) of every dynamic RELA entry, read via the PT_DYNAMIC segment."""
     entries: list[tuple[int, int, int]] = []
     headers = elf.program_headers()
@@ -304,7 +304,7 @@ def _vaddr_to_offset(headers: list, vaddr: int, size: int, path: str) -> int:
     raise LoaderError(f"{path}: relocation table at 0x{vaddr:x} is not in a loaded segment")
 
 
-def _symbols(elf: _Elf, base: int) -> dict[str, int]:
+def _symbols(elf: ElfReader, base: int) -> dict[str, int]:
     """Function and object symbols from .symtab, relocated (for traces and the debugger)."""
     sections = elf.section_headers()
     data = elf.data

@@ -1,0 +1,239 @@
+"""Drivers: ELF64 shared objects loaded into the kernel half and run at ring 0.
+
+The loader (MmLoadSystemImage, reduced) maps a driver's PT_LOAD segments at a
+kernel address it chooses, each page with its segment's permissions and
+without the U/S bit, applies the dynamic relocations, and binds each undefined
+symbol to a kernel export (emu.nt.exports); an import the kernel does not
+export refuses the load, naming it. Then DriverEntry(DriverObject,
+RegistryPath) runs at ring 0 in the system context. A fault there is not
+contained: it is a bug check, and every process stops with the machine.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from emu.nt import exports, layout
+from emu.nt.loader import PF_W, PF_X, ElfReader, LoaderError, Segment
+from emu.nt.mm.address_space import Protection
+from emu.nt.mm.pfn import FrameUse
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Executive
+
+R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT, R_X86_64_RELATIVE = 1, 6, 7, 8
+R_X86_64_NONE = 0
+DRIVER_OBJECT_SIZE = 0x150
+MAX_DRIVERS = 64
+_PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.PAGE_READWRITE,
+            (False, True): Protection.PAGE_EXECUTE_READ,
+            (True, True): Protection.PAGE_EXECUTE_READWRITE}
+
+
+@dataclass
+class DriverImage:
+    """A driver file, parsed and relocated for its kernel base."""
+
+    path: str
+    name: str
+    base: int
+    entry: int                              # DriverEntry
+    segments: list[Segment]
+    pages: dict[int, bytearray]
+    page_flags: dict[int, int]
+    imports: list[str]
+    symbols: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def end(self) -> int:
+        return max(s.end for s in self.segments)
+
+
+@dataclass
+class Driver:
+    """A loaded driver (the DRIVER_OBJECT it was given, and how DriverEntry ended)."""
+
+    image: DriverImage
+    driver_object: int
+    status: int | None = None
+    unloaded: bool = False
+
+
+def parse_driver(data: bytes, path: str, base: int) -> DriverImage:
+    """Parse and relocate a driver for ``base``; LoaderError with a one-line reason."""
+    if data[:4] != b"\x7fELF":
+        raise LoaderError(f"{path}: not an ELF file")
+    if len(data) < 64 or data[4] != 2 or data[5] != 1:
+        raise LoaderError(f"{path}: not an ELF64 little-endian file")
+    try:
+        elf = ElfReader(data)
+        return _parse(elf, data, path, base)
+    except LoaderError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pyelftools raises many kinds on garbage
+        raise LoaderError(f"{path}: malformed driver ({type(err).__name__})") from None
+
+
+def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
+    h = elf.header
+    if h["e_machine"] != "EM_X86_64":
+        raise LoaderError(f"{path}: not an x86-64 driver (machine {h['e_machine']})")
+    if h["e_type"] != "ET_DYN":
+        raise LoaderError(f"{path}: not a shared object (type {h['e_type']}); build drivers "
+                          "with gcc -shared -fPIC")
+    loads = [p for p in elf.program_headers() if p["p_type"] == "PT_LOAD" and p["p_memsz"]]
+    if not loads:
+        raise LoaderError(f"{path}: no loadable segments")
+    image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [])
+    for p in loads:
+        _add_segment(image, p, data, path)
+    symbols, undefined = _dynamic_symbols(elf, data)
+    image.symbols = {name: base + value for name, value in symbols.items()}
+    if "DriverEntry" not in image.symbols:
+        raise LoaderError(f"{path}: no DriverEntry (the driver's entry point must be "
+                          "exported)")
+    image.entry = image.symbols["DriverEntry"]
+    image.imports = sorted(set(undefined))
+    unknown = [name for name in image.imports if exports.address_of(name) is None]
+    if unknown:
+        raise LoaderError(f"{path}: unknown import {unknown[0]} (the kernel does not export "
+                          "it)")
+    for offset, rtype, sym, addend in _relocations(elf, data, path):
+        _relocate(image, offset, rtype, sym, addend, path)
+    return image
+
+
+def _add_segment(image: DriverImage, p, data: bytes, path: str) -> None:
+    va, memsz, filesz, offset = image.base + p["p_vaddr"], p["p_memsz"], p["p_filesz"], \
+        p["p_offset"]
+    if filesz > memsz or offset + filesz > len(data) or p["p_vaddr"] + memsz > \
+            layout.KERNEL_DRIVER_SLOT:
+        raise LoaderError(f"{path}: segment at 0x{p['p_vaddr']:x} is malformed or too large")
+    flags = p["p_flags"] & 7
+    image.segments.append(Segment(va, memsz, flags))
+    for page in range(va & ~0xFFF, va + memsz, layout.PAGE_SIZE):
+        image.pages.setdefault(page, bytearray(layout.PAGE_SIZE))
+        image.page_flags[page] = image.page_flags.get(page, 0) | flags
+    for i in range(filesz):
+        a = va + i
+        image.pages[a & ~0xFFF][a & 0xFFF] = data[offset + i]
+
+
+def _dynsym(elf: ElfReader, data: bytes) -> list[tuple[str, int, int]]:
+    """(name, section index, value) of every .dynsym entry, by symbol index."""
+    sections = elf.section_headers()
+    for sec in sections:
+        if sec["sh_type"] == "SHT_DYNSYM" and 0 <= sec["sh_link"] < len(sections):
+            strtab = sections[sec["sh_link"]]
+            strings = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
+            table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
+            out = []
+            for off in range(0, len(table) - 23, 24):
+                name_off, _, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
+                end = strings.find(b"\0", name_off)
+                out.append((strings[name_off:end].decode("utf-8", "replace"), shndx, value))
+            return out
+    return []
+
+
+def _dynamic_symbols(elf: ElfReader, data: bytes) -> tuple[dict[str, int], list[str]]:
+    """(defined name -> value, undefined names) from .dynsym."""
+    entries = [e for e in _dynsym(elf, data)[1:] if e[0]]     # entry 0 is the null symbol
+    return ({name: value for name, shndx, value in entries if shndx},
+            [name for name, shndx, _ in entries if not shndx])
+
+
+def _relocations(elf: ElfReader, data: bytes, path: str):
+    """(offset, type, (name, shndx, value) | None, addend) of every RELA entry."""
+    syms = _dynsym(elf, data)
+    for sec in elf.section_headers():
+        if sec["sh_type"] != "SHT_RELA":
+            continue
+        table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
+        for off in range(0, len(table) - 23, 24):
+            r_offset, r_info, addend = struct.unpack_from("<QQq", table, off)
+            index = r_info >> 32
+            sym = syms[index] if 0 < index < len(syms) else None
+            yield r_offset, r_info & 0xFFFF_FFFF, sym, addend
+
+
+def _relocate(image: DriverImage, offset: int, rtype: int, sym, addend: int, path: str) -> None:
+    if rtype == R_X86_64_NONE:
+        return
+    if rtype == R_X86_64_RELATIVE:
+        value = image.base + addend
+    elif rtype in (R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT) and sym is not None:
+        name, shndx, sym_value = sym
+        target = image.base + sym_value if shndx else exports.address_of(name)
+        value = target + (addend if rtype == R_X86_64_64 else 0)
+    else:
+        raise LoaderError(f"{path}: unsupported relocation type {rtype}")
+    at = image.base + offset
+    raw = (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+    for i in range(8):
+        page = image.pages.get((at + i) & ~0xFFF)
+        if page is None:
+            raise LoaderError(f"{path}: relocation at 0x{offset:x} is outside the image")
+        page[(at + i) & 0xFFF] = raw[i]
+
+
+def load(ex: Executive, path: str | Path) -> DriverImage:
+    """Read and parse a driver for the next free kernel slot (nothing mapped yet)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise LoaderError(f"{p}: no such file") from None
+    except OSError as err:
+        raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
+    if len(ex.drivers) + len(ex.pending_drivers) >= MAX_DRIVERS:
+        raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
+    slot = len(ex.drivers) + len(ex.pending_drivers)
+    return parse_driver(data, str(p), layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT)
+
+
+def start(ex: Executive, image: DriverImage) -> Driver:
+    """Map the image into the shared kernel half and run DriverEntry at ring 0 (IopLoadDriver).
+    A failing DriverEntry unloads the driver; a fault in it is a bug check (raised)."""
+    frames = []
+    for va, contents in sorted(image.pages.items()):
+        flags = image.page_flags[va]
+        protect = _PROTECT[(bool(flags & PF_W), bool(flags & PF_X))]
+        frames.append(ex.mm.map_new(ex.mm.system, va, protect, use=FrameUse.KERNEL,
+                                    data=bytes(contents)))
+    driver_object = ex.pools.allocate(0, DRIVER_OBJECT_SIZE, 0x76697244)   # 'Driv'
+    registry = _registry_path(ex, image.name)
+    driver = Driver(image, driver_object)
+    ex.drivers.append(driver)
+    status = ex.call_kernel(image.entry, driver_object, registry).rax & 0xFFFF_FFFF
+    driver.status = status
+    if status & 0x8000_0000:
+        for va in sorted(image.pages):
+            pfn = ex.mm.system.unmap_page(va)
+            if pfn is not None:
+                ex.mm.pfn.release(pfn)
+        driver.unloaded = True
+    return driver
+
+
+def _registry_path(ex: Executive, name: str) -> int:
+    """A UNICODE_STRING for \\Registry\\Machine\\System\\CurrentControlSet\\Services\\NAME."""
+    text = ("\\Registry\\Machine\\System\\CurrentControlSet\\Services\\"
+            + name.rsplit(".", 1)[0]).encode("utf-16-le")
+    buffer = ex.pools.allocate(0, len(text) + 2, 0x20676552)               # 'Reg '
+    ex.write_user(ex.mm.system, buffer, text + b"\0\0")
+    string = ex.pools.allocate(0, 16, 0x20676552)
+    ex.write_user(ex.mm.system, string, struct.pack("<HHIQ", len(text), len(text) + 2, 0,
+                                                    buffer))
+    return string
+
+
+def driver_at(ex: Executive, address: int) -> Driver | None:
+    """The loaded driver whose image contains ``address``."""
+    for driver in ex.drivers:
+        if driver.image.base <= address < driver.image.end and not driver.unloaded:
+            return driver
+    return None

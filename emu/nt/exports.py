@@ -1,0 +1,166 @@
+"""Kernel exports: the routines a driver imports (ntoskrnl's exports, reduced).
+
+Each export has an address in a kernel page that is never mapped. A driver's
+call lands there, the instruction fetch faults at ring 0, and the executive
+sees an export address instead of a bug: it reads the arguments by the
+Microsoft x64 calling convention (RCX, RDX, R8, R9, then the stack above the
+32-byte shadow space), runs the routine in Python, puts the result in RAX and
+returns to the caller, as `ret` would. The table is explicit: an import
+with no entry refuses the driver's load, naming it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from emu.nt import layout
+from emu.nt.bugcheck import BugCheck
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Executive
+
+EXPORT_STRIDE = 16
+BAD_POOL_CALLER = 0xC2
+
+
+class ExportCall:
+    """The arguments of one call to an export (Microsoft x64 calling convention)."""
+
+    def __init__(self, ex: Executive) -> None:
+        self.ex = ex
+        self.rsp = ex.cpu.reg("rsp")
+        self.return_address = ex.kernel_read_u64(self.rsp)
+
+    def arg(self, i: int) -> int:
+        """Argument ``i`` (0-based): RCX, RDX, R8, R9, then [rsp + 8 + 32 + 8 * (i - 4)]."""
+        if i < 4:
+            return self.ex.cpu.reg(("rcx", "rdx", "r8", "r9")[i])
+        return self.ex.kernel_read_u64(self.rsp + 8 + 32 + 8 * (i - 4))
+
+
+Handler = Callable[["Executive", ExportCall], "int | None"]
+EXPORTS: dict[str, Handler] = {}
+_ORDER: list[str] = []
+
+
+def export(name: str) -> Callable[[Handler], Handler]:
+    """Register ``name`` as a kernel export."""
+    def register(fn: Handler) -> Handler:
+        if name in EXPORTS:
+            raise AssertionError(f"export {name} registered twice")
+        EXPORTS[name] = fn
+        _ORDER.append(name)
+        return fn
+    return register
+
+
+def address_of(name: str) -> int | None:
+    """The address a driver's import of ``name`` is bound to, or None if not exported."""
+    if name not in EXPORTS:
+        return None
+    return layout.KERNEL_EXPORTS + _ORDER.index(name) * EXPORT_STRIDE
+
+
+def name_at(address: int) -> str | None:
+    """The export whose trap address is ``address``."""
+    offset = address - layout.KERNEL_EXPORTS
+    if offset < 0 or offset % EXPORT_STRIDE or offset // EXPORT_STRIDE >= len(_ORDER):
+        return None
+    return _ORDER[offset // EXPORT_STRIDE]
+
+
+# -- printing ------------------------------------------------------------------------------
+
+_SPEC = re.compile(rb"%([-0 #+]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|I64|z|I)?([diuxXpsc%])")
+
+
+def format_message(ex: Executive, fmt: bytes, call: ExportCall, first: int) -> bytes:
+    """A printf-style format with the call's arguments from index ``first`` on."""
+    out = bytearray()
+    pos, index = 0, first
+    for m in _SPEC.finditer(fmt):
+        out += fmt[pos:m.start()]
+        pos = m.end()
+        flags, width, _, size, conv = m.groups()
+        if conv == b"%":
+            out += b"%"
+            continue
+        value = call.arg(index)
+        index += 1
+        out += _convert(ex, conv, size, value, flags, int(width or 0))
+    out += fmt[pos:]
+    return bytes(out)
+
+
+def _convert(ex: Executive, conv: bytes, size: bytes | None, value: int, flags: bytes,
+             width: int) -> bytes:
+    # MS x64: int and long are 32 bits; pointers, %ll, %I64 and %z are 64.
+    bits = 64 if size in (b"ll", b"I64", b"z", b"I") or conv in (b"p", b"s") else 32
+    value &= (1 << bits) - 1
+    if conv == b"s":
+        text = ex.kernel_read_string(value) if value else b"(null)"
+    elif conv == b"c":
+        text = bytes([value & 0xFF])
+    elif conv in (b"d", b"i"):
+        text = str(value - (1 << bits) if value >> (bits - 1) else value).encode()
+    elif conv == b"u":
+        text = str(value).encode()
+    elif conv == b"p":
+        text = f"{value:016X}".encode()
+    else:
+        text = (f"{value:x}" if conv == b"x" else f"{value:X}").encode()
+    pad = b"0" if b"0" in flags and conv not in (b"s", b"c") else b" "
+    if b"-" in flags:
+        return text.ljust(width, b" ")
+    return text.rjust(width, pad)
+
+
+# -- the exports ---------------------------------------------------------------------------
+
+@export("DbgPrint")
+def dbg_print(ex: Executive, call: ExportCall) -> int:
+    """ULONG DbgPrint(PCSTR Format, ...): to the console (the kernel debugger's output)."""
+    ex.debug_print(format_message(ex, ex.kernel_read_string(call.arg(0)), call, 1))
+    return 0
+
+
+@export("KeBugCheckEx")
+def ke_bug_check_ex(ex: Executive, call: ExportCall) -> int:
+    """VOID KeBugCheckEx(Code, P1, P2, P3, P4): stop the machine, on purpose."""
+    code = call.arg(0) & 0xFFFF_FFFF
+    raise BugCheck(code, (call.arg(1), call.arg(2), call.arg(3), call.arg(4)),
+                   call.return_address, "KeBugCheckEx called by a driver")
+
+
+@export("ExAllocatePoolWithTag")
+def ex_allocate_pool_with_tag(ex: Executive, call: ExportCall) -> int:
+    """PVOID ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag): NULL if it cannot."""
+    return ex.pools.allocate(call.arg(0) & 0xFFFF_FFFF, call.arg(1), call.arg(2) & 0xFFFF_FFFF)
+
+
+@export("ExFreePoolWithTag")
+def ex_free_pool_with_tag(ex: Executive, call: ExportCall) -> int:
+    """VOID ExFreePoolWithTag(P, Tag): a bad free is bug check 0xC2 BAD_POOL_CALLER."""
+    problem = ex.pools.free(call.arg(0), call.arg(1) & 0xFFFF_FFFF)
+    if problem is not None:
+        raise BugCheck(BAD_POOL_CALLER, (7, 0, call.arg(0), 0), call.return_address,
+                       f"ExFreePoolWithTag: {problem}")
+    return 0
+
+
+@export("PsGetCurrentProcessId")
+def ps_get_current_process_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetCurrentProcessId(void): whoever's address space is current, or 0 in the
+    system context (DriverEntry at boot: no process yet)."""
+    return ex.current.pid if ex.current is not None else SYSTEM_CONTEXT_PID
+
+
+@export("KeGetCurrentIrql")
+def ke_get_current_irql(ex: Executive, call: ExportCall) -> int:
+    """KIRQL KeGetCurrentIrql(void)."""
+    return ex.irql
+
+
+SYSTEM_CONTEXT_PID = 0

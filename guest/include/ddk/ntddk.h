@@ -1,0 +1,213 @@
+/*
+ * The driver side of the kernel boundary: types, status values and the
+ * kernel exports a guest driver may import (guest/drivers/, see the
+ * "Drivers" section of guest/README.md).
+ *
+ * A driver is a freestanding ELF64 shared object loaded by the emulator's
+ * executive into the kernel half of the address space and run at ring 0.
+ * Its imports stay undefined symbols until the loader binds each one to the
+ * address of a kernel export (emu/nt/exports.py); an import the kernel does
+ * not export refuses the load.
+ *
+ * Calling convention: the kernel speaks the Microsoft x64 convention
+ * (arguments in RCX, RDX, R8, R9, then on the stack above a 32-byte shadow
+ * space the caller reserves; RSI, RDI and XMM6-XMM15 preserved by the
+ * callee). Everything that crosses the boundary - each export below and the
+ * driver's DriverEntry - is declared NTAPI, which is gcc's ms_abi attribute;
+ * the rest of a driver uses gcc's default (System V) convention, and gcc
+ * converts at the boundary.
+ *
+ * Kernel code must not touch SSE state (the executive does not save it for
+ * ring 0): drivers are built with -mgeneral-regs-only.
+ *
+ * This is a minimal, independently written subset: names and numbers follow
+ * Microsoft's documentation so that a driver reads like a Windows one, but
+ * only what the emulator implements is declared.
+ */
+#ifndef DDK_NTDDK_H
+#define DDK_NTDDK_H
+
+#if !defined(__x86_64__)
+#error "guest drivers are x86-64 only"
+#endif
+
+/* -- calling convention and linkage ------------------------------------------------- */
+
+/* The Microsoft x64 calling convention: every kernel export and DriverEntry. */
+#define NTAPI __attribute__((ms_abi))
+
+/*
+ * The Makefile builds drivers with -fvisibility=hidden, so a driver exports
+ * nothing by accident (and reaches its own globals without the GOT). The
+ * loader finds the entry point by name: DriverEntry must stay visible.
+ */
+#define DDK_EXPORT __attribute__((visibility("default")))
+
+#define DDK_NORETURN __attribute__((noreturn))
+/* Lets -Wformat check DbgPrint calls; its conversions are printf's. */
+#define DDK_PRINTF_LIKE(fmt, args) __attribute__((format(printf, fmt, args)))
+
+#define IN
+#define OUT
+#define OPTIONAL
+#define UNREFERENCED_PARAMETER(p) ((void)(p))
+
+/* -- basic types (LLP64: LONG and ULONG stay 32 bits) ------------------------------- */
+
+typedef void VOID;
+typedef void *PVOID;
+typedef char CHAR;
+typedef unsigned char UCHAR;
+typedef short SHORT;
+typedef unsigned short USHORT;
+typedef int LONG;
+typedef unsigned int ULONG;
+typedef long long LONGLONG;
+typedef unsigned long long ULONGLONG;
+typedef unsigned long long ULONG64;
+typedef long long LONG_PTR;
+typedef unsigned long long ULONG_PTR;
+typedef ULONG_PTR SIZE_T;
+typedef UCHAR BOOLEAN;
+typedef PVOID HANDLE;
+typedef unsigned short WCHAR;
+typedef WCHAR *PWSTR;
+typedef const WCHAR *PCWSTR;
+typedef CHAR *PSTR;
+typedef const CHAR *PCSTR;
+typedef UCHAR *PUCHAR;
+typedef ULONG *PULONG;
+
+_Static_assert(sizeof(ULONG) == 4, "ULONG is 32 bits");
+_Static_assert(sizeof(ULONG_PTR) == sizeof(void *), "ULONG_PTR holds a pointer");
+_Static_assert(sizeof(WCHAR) == 2, "WCHAR is UTF-16");
+
+#define TRUE  ((BOOLEAN)1)
+#define FALSE ((BOOLEAN)0)
+#ifndef NULL
+#define NULL ((void *)0)
+#endif
+
+/* -- NTSTATUS ----------------------------------------------------------------------- */
+
+/* Bits 31-30: severity. Errors and warnings are negative, so success is a sign test. */
+typedef LONG NTSTATUS;
+#define NT_SUCCESS(status) ((NTSTATUS)(status) >= 0)
+
+#define STATUS_SUCCESS             ((NTSTATUS)0x00000000L)
+#define STATUS_UNSUCCESSFUL        ((NTSTATUS)0xC0000001L)
+#define STATUS_NOT_IMPLEMENTED     ((NTSTATUS)0xC0000002L)
+#define STATUS_INVALID_PARAMETER   ((NTSTATUS)0xC000000DL)
+#define STATUS_NO_MEMORY           ((NTSTATUS)0xC0000017L)
+#define STATUS_INSUFFICIENT_RESOURCES ((NTSTATUS)0xC000009AL)
+
+/* -- IRQL --------------------------------------------------------------------------- */
+
+typedef UCHAR KIRQL;
+typedef KIRQL *PKIRQL;
+
+#define PASSIVE_LEVEL  0
+#define APC_LEVEL      1
+#define DISPATCH_LEVEL 2
+#define HIGH_LEVEL     15
+
+/* -- strings and objects -------------------------------------------------------------- */
+
+/* A counted UTF-16 string: Length and MaximumLength are in bytes, no terminator needed. */
+typedef struct _UNICODE_STRING {
+    USHORT Length;
+    USHORT MaximumLength;
+    PWSTR Buffer;
+} UNICODE_STRING, *PUNICODE_STRING;
+typedef const UNICODE_STRING *PCUNICODE_STRING;
+
+/* Opaque for now: the executive owns its layout. */
+typedef struct _DRIVER_OBJECT DRIVER_OBJECT, *PDRIVER_OBJECT;
+
+/* -- pool --------------------------------------------------------------------------- */
+
+typedef enum _POOL_TYPE {
+    NonPagedPool = 0,       /* resident, executable (as before Windows 8) */
+    PagedPool = 1,          /* may be paged out: not for use at DISPATCH_LEVEL or above */
+    NonPagedPoolNx = 512,   /* resident, no-execute */
+} POOL_TYPE;
+
+/* A pool tag is four characters, stored little-endian: DDK_TAG('H','e','l','o'). */
+#define DDK_TAG(a, b, c, d) \
+    ((ULONG)(UCHAR)(a) | (ULONG)(UCHAR)(b) << 8 | (ULONG)(UCHAR)(c) << 16 | (ULONG)(UCHAR)(d) << 24)
+
+/* -- bug check codes (the ones the guest drivers provoke or raise) ------------------ */
+
+#define PAGE_FAULT_IN_NONPAGED_AREA        0x00000050
+#define ATTEMPTED_WRITE_TO_READONLY_MEMORY 0x000000BE
+#define MANUALLY_INITIATED_CRASH           0x000000E2
+
+/* -- kernel exports ------------------------------------------------------------------ */
+
+/*
+ * Prints to the console (the kernel debugger's output on Windows). The
+ * executive formats %s %d %u %x %X %p %c %% with the l/ll/z sizes, a width
+ * and '0' padding; %p prints 16 upper-case hex digits. Returns 0.
+ */
+ULONG NTAPI DbgPrint(PCSTR Format, ...) DDK_PRINTF_LIKE(1, 2);
+
+/* Stops the whole machine with a bug check (blue screen); never returns. */
+DDK_NORETURN VOID NTAPI KeBugCheckEx(ULONG BugCheckCode, ULONG_PTR BugCheckParameter1,
+                                     ULONG_PTR BugCheckParameter2,
+                                     ULONG_PTR BugCheckParameter3,
+                                     ULONG_PTR BugCheckParameter4);
+
+/* NumberOfBytes from the given pool, or NULL. Free with the same tag. */
+PVOID NTAPI ExAllocatePoolWithTag(POOL_TYPE PoolType, SIZE_T NumberOfBytes, ULONG Tag);
+/* A pointer that is not a live allocation (or a wrong tag) bug-checks 0xC2 BAD_POOL_CALLER. */
+VOID NTAPI ExFreePoolWithTag(PVOID P, ULONG Tag);
+
+/* The process whose address space is current; 0 in the system context (DriverEntry). */
+HANDLE NTAPI PsGetCurrentProcessId(VOID);
+
+KIRQL NTAPI KeGetCurrentIrql(VOID);
+
+/* -- the driver's side --------------------------------------------------------------- */
+
+/*
+ * The entry point the loader calls (by name) once the image is mapped and
+ * relocated, at ring 0 and PASSIVE_LEVEL. A failure status unloads the
+ * driver. Each driver defines it as
+ *     NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
+ * (the declaration here makes a definition without NTAPI a compile error).
+ */
+typedef NTSTATUS NTAPI DRIVER_INITIALIZE(PDRIVER_OBJECT DriverObject,
+                                         PUNICODE_STRING RegistryPath);
+typedef DRIVER_INITIALIZE *PDRIVER_INITIALIZE;
+DDK_EXPORT DRIVER_INITIALIZE DriverEntry;
+
+/* -- memory helpers (no C library in the kernel) -------------------------------------- */
+
+/*
+ * Byte copies and fills with `rep movsb` / `rep stosb`: general registers
+ * only, and nothing gcc could turn back into a call to an external memcpy
+ * (which would become an import the kernel does not have). gcc may still
+ * emit calls to memcpy/memset for large structure copies; the driver build
+ * test would then see an unexpected import.
+ */
+static inline void *memcpy(void *dst, const void *src, SIZE_T n)
+{
+    void *d = dst;
+
+    __asm__ volatile("rep movsb" : "+D"(d), "+S"(src), "+c"(n) : : "memory");
+    return dst;
+}
+
+static inline void *memset(void *dst, int c, SIZE_T n)
+{
+    void *d = dst;
+
+    __asm__ volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(c) : "memory");
+    return dst;
+}
+
+#define RtlCopyMemory(Destination, Source, Length) memcpy((Destination), (Source), (Length))
+#define RtlFillMemory(Destination, Length, Fill)   memset((Destination), (Fill), (Length))
+#define RtlZeroMemory(Destination, Length)         memset((Destination), 0, (Length))
+
+#endif /* DDK_NTDDK_H */

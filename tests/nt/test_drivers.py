@@ -1,0 +1,110 @@
+"""Drivers: ring-0 code in the one shared kernel space; its crash is everyone's crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emu.nt import layout
+from emu.nt.bugcheck import BugCheckCode
+from emu.nt.loader import LoaderError
+
+DRIVERS = Path(__file__).resolve().parents[2] / "guest" / "build" / "drivers"
+
+
+@pytest.fixture(scope="module")
+def sys_files(apps) -> Path:
+    if not (DRIVERS / "hello.sys").exists():
+        pytest.skip("drivers not built")
+    return DRIVERS
+
+
+def boot(machine_factory, apps, drivers, *commands):
+    m = machine_factory()
+    for d in drivers:
+        m.add_driver(d)
+    procs = [m.spawn(apps / name, list(args)) for name, *args in commands]
+    return m, procs, m.run()
+
+
+def test_a_driver_runs_at_ring_0_in_the_kernel_half(machine_factory, apps, sys_files):
+    m, (p,), r = boot(machine_factory, apps, [sys_files / "hello.sys"], ("hello",))
+    (driver,) = r.drivers
+    assert driver.status == 0 and not driver.unloaded
+    assert driver.image.base >= layout.KERNEL_DRIVERS
+    out = bytes(m.executive.debug_output).decode()
+    assert out.startswith("hello from ring 0: DriverEntry of hello.sys\n")
+    assert "irql 0, process 0" in out                        # system context, PASSIVE_LEVEL
+    assert p.output == b"Hello, world!\n"                   # and then the apps ran
+
+
+def test_its_pages_have_no_user_bit_and_keep_their_permissions(machine_factory, apps,
+                                                              sys_files):
+    from emu.hw.mmu import PTE
+
+    m, _, r = boot(machine_factory, apps, [sys_files / "hello.sys"])
+    image = r.drivers[0].image
+    for seg in image.segments:
+        pte = m.executive.mm.system.lookup(seg.va).pte
+        assert not pte & PTE.US
+        assert bool(pte & PTE.RW) == bool(seg.flags & 2)
+        assert bool(pte & PTE.NX) == (not seg.flags & 1)
+
+
+def test_a_driver_crash_takes_every_process_down(machine_factory, apps, sys_files):
+    m, (p,), r = boot(machine_factory, apps, [sys_files / "crash.sys"], ("counter", "a", "2"))
+    bc = r.bugcheck
+    assert r.stopped == "bug check"
+    assert bc.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA
+    assert bc.params[0] == 0xFFFF_9000_0000_0000 and bc.params[1] == 2     # write
+    assert bc.params[2] == bc.rip and bc.driver == "crash.sys"
+    assert p.output == b"" and p in r.unfinished          # the app never got to run
+
+
+def test_the_same_bad_write_in_an_app_kills_only_the_app(machine_factory, apps):
+    m, (bad, good), r = boot(machine_factory, apps, [], ("nullwrite",), ("counter", "g", "2"))
+    assert bad.exception is not None and r.bugcheck is None
+    assert good.output == b"g 1\ng 2\n"
+
+
+def test_ke_bug_check_ex(machine_factory, apps, sys_files):
+    _, _, r = boot(machine_factory, apps, [sys_files / "bugcheck.sys"])
+    assert r.bugcheck.code == BugCheckCode.MANUALLY_INITIATED_CRASH
+    assert r.bugcheck.params == (1, 2, 3, 4) and r.bugcheck.driver == "bugcheck.sys"
+
+
+def test_writing_its_own_read_only_data(machine_factory, apps, sys_files):
+    _, _, r = boot(machine_factory, apps, [sys_files / "rowrite.sys"])
+    assert r.bugcheck.code == BugCheckCode.ATTEMPTED_WRITE_TO_READONLY_MEMORY
+    assert r.bugcheck.driver == "rowrite.sys"
+
+
+def test_a_failing_driver_entry_unloads_and_the_machine_goes_on(machine_factory, apps,
+                                                                sys_files):
+    m = machine_factory()
+    free = m.executive.mm.pfn.free_count
+    m.add_driver(sys_files / "failing.sys")
+    p = m.spawn(apps / "hello")
+    r = m.run()
+    (driver,) = r.drivers
+    assert driver.status == 0xC0000001 and driver.unloaded
+    assert p.exit_status == 0 and r.bugcheck is None
+    assert m.executive.mm.system.lookup(driver.image.entry) is None
+    assert m.executive.mm.pfn.free_count < free            # pool and tables stay; images go
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("noentry.sys", "no DriverEntry"),
+    ("badimport.sys", "unknown import IoDoesNotExist"),
+])
+def test_bad_drivers_are_refused(machine_factory, sys_files, name, fragment):
+    m = machine_factory()
+    with pytest.raises(LoaderError, match=fragment):
+        m.add_driver(sys_files / name)
+
+
+def test_an_app_is_not_a_driver(machine_factory, apps):
+    m = machine_factory()
+    with pytest.raises(LoaderError, match="not a shared object"):
+        m.add_driver(apps / "hello")
