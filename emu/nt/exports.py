@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from emu.hw.faultaddr import decode
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheck
 
@@ -69,6 +70,20 @@ def name_at(address: int) -> str | None:
     if offset < 0 or offset % EXPORT_STRIDE or offset // EXPORT_STRIDE >= len(_ORDER):
         return None
     return _ORDER[offset // EXPORT_STRIDE]
+
+
+def call_site(ex: Executive, return_address: int) -> int:
+    """The address of the `call` that returns to ``return_address`` (a noreturn call is the
+    last instruction of its function: what follows it is padding, not the culprit)."""
+    for size in (6, 5, 2, 3, 7):                 # call [rip+d32], call rel32, call reg ...
+        try:
+            code = ex.kernel_read(return_address - size, size)
+        except BugCheck:
+            continue
+        insn = decode(code, return_address - size)
+        if insn is not None and insn.mnemonic == "call" and insn.size == size:
+            return return_address - size
+    return return_address
 
 
 # -- printing ------------------------------------------------------------------------------
@@ -131,7 +146,7 @@ def ke_bug_check_ex(ex: Executive, call: ExportCall) -> int:
     """VOID KeBugCheckEx(Code, P1, P2, P3, P4): stop the machine, on purpose."""
     code = call.arg(0) & 0xFFFF_FFFF
     raise BugCheck(code, (call.arg(1), call.arg(2), call.arg(3), call.arg(4)),
-                   call.return_address, "KeBugCheckEx called by a driver")
+                   call_site(ex, call.return_address), "KeBugCheckEx called by a driver")
 
 
 @export("ExAllocatePoolWithTag")

@@ -108,3 +108,8 @@ def test_an_app_is_not_a_driver(machine_factory, apps):
     m = machine_factory()
     with pytest.raises(LoaderError, match="not a shared object"):
         m.add_driver(apps / "hello")
+
+
+def test_ke_bug_check_ex_points_at_the_call(machine_factory, apps, sys_files):
+    _, _, r = boot(machine_factory, apps, [sys_files / "bugcheck.sys"])
+    assert r.bugcheck.instruction.startswith("call")
