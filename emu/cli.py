@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -34,8 +33,6 @@ from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
 from emu.nt.scheduler import DEFAULT_QUANTUM
-from emu.report import build_report
-from emu.viz.addrmap import MapRecorder, render_svg, render_text
 
 EXIT_USAGE = 2
 APP_SEPARATOR = "\0--"      # what `--` becomes on an `emu run` command line
@@ -154,7 +151,10 @@ def _run(args: argparse.Namespace) -> int:
         procs = [_spawn(machine, app, app_args, args.mem)
                  for app, app_args in split_commands([args.app, *args.args])]
         proc = procs[0]
-        recorder = MapRecorder(machine) if args.map or args.map_svg else None
+        recorder = None
+        if args.map or args.map_svg:
+            from emu.viz.addrmap import MapRecorder  # only when asked: keeps start-up quick
+            recorder = MapRecorder(machine)
         with _ctrl_c_stops(machine):
             result = machine.run()
     finally:
@@ -215,8 +215,10 @@ def _ctrl_c_stops(machine: Machine):
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _write_map(svg_path: str | None, recorder: MapRecorder) -> None:
+def _write_map(svg_path: str | None, recorder) -> None:
     """The address-space map of every process: text to stderr, the picture to ``svg_path``."""
+    from emu.viz.addrmap import render_svg, render_text
+
     maps = recorder.finish()
     sys.stderr.write(render_text(maps))
     if svg_path:
@@ -233,6 +235,10 @@ def _echo(_proc: Process, data: bytes) -> None:
 
 
 def _write_report(path: str, result: MachineResult, machine: Machine) -> None:
+    import json
+
+    from emu.report import build_report
+
     try:
         with open(path, "w") as f:
             json.dump(build_report(result, machine.mem.size), f, indent=2)

@@ -32,9 +32,9 @@ import bisect
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from html import escape  # xml.sax.saxutils would import urllib.request (and ssl)
 from itertools import pairwise
 from typing import TYPE_CHECKING, NamedTuple
-from xml.sax.saxutils import escape
 
 from emu.fmt import addr
 from emu.hw.mmu import PTE

@@ -155,14 +155,15 @@ class AddressSpace:
         yield from self._mappings(self.cr3, 4, 0, range(KERNEL_PML4_FIRST))
 
     def _mappings(self, table: int, level: int, base: int, slots: range) -> Iterator[Mapping]:
+        entries = struct.unpack("<512Q", self.mm.mem.read(table, PAGE_SIZE))
         for i in slots:
-            entry = self.mm.mem.read_u64(table + i * 8)
-            if not entry & PTE.P:
+            entry = entries[i]
+            if not entry & _P:
                 continue
             va = base | i << (12 + 9 * (level - 1))
             if level == 1:
-                yield Mapping(va, (entry & ADDRESS_MASK) // PAGE_SIZE, entry)
-            elif not entry & PTE.PS:
+                yield Mapping(va, (entry & ADDRESS_MASK) >> 12, entry)
+            elif not entry & _PS:
                 yield from self._mappings(entry & ADDRESS_MASK, level - 1, va, range(512))
 
     def release_user_half(self) -> None:
