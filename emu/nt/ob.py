@@ -121,8 +121,11 @@ class ObjectDirectory:
         self._live[id(obj)] = obj
 
     def closed(self, obj) -> None:
-        if obj.handle_count == 0 and obj.object_type not in (ObjectType.PROCESS,
-                                                             ObjectType.THREAD):
+        """A handle closed, or a process or thread ended: delete the object if nothing keeps
+        it (a running process or thread keeps itself alive)."""
+        running = obj.object_type in (ObjectType.PROCESS, ObjectType.THREAD) and \
+            not obj.signalled
+        if obj.handle_count == 0 and not running:
             self._live.pop(id(obj), None)
 
     def live(self) -> list:

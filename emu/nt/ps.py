@@ -146,6 +146,7 @@ def terminate_thread(ex: Executive, thread: Thread, status: int) -> None:
     thread.exit_status = status
     ex.free_kernel_stack(thread.kernel_stack_slot)
     ex.scheduler.signal(thread)
+    ex.object_closed(thread)
     proc = thread.process
     if not proc.live_threads:
         terminate_process(ex, proc, status)
@@ -171,7 +172,9 @@ def terminate_process(ex: Executive, proc: Process, status: int,
         thread.exit_status = status
         ex.free_kernel_stack(thread.kernel_stack_slot)
         ex.scheduler.signal(thread)
+        ex.object_closed(thread)
     for obj in proc.handles.close_all():
         ex.object_closed(obj)
     ex.scheduler.signal(proc)
+    ex.object_closed(proc)
     ex.release_address_space(proc)

@@ -66,6 +66,13 @@ def reference(ex: Executive, proc: Process, handle: int, *types: ObjectType):
     return proc.handles.lookup(handle, *types)
 
 
+def open_handle(ex: Executive, proc: Process, out: int, obj) -> int:
+    """ObInsertObject: a new handle to ``obj`` in the caller's table, stored at ``out``."""
+    ex.objects.created(obj)
+    write_u64(ex, out, proc.handles.insert(obj))
+    return NTSTATUS.STATUS_SUCCESS
+
+
 def with_handles(fn):
     """Turn a HandleError into its status."""
     def wrapper(ex, proc, args):
@@ -91,8 +98,7 @@ def nt_duplicate_object(ex: Executive, proc: Process, args: tuple[int, ...]) -> 
     """NtDuplicateObject(Handle, *NewHandle), within the calling process."""
     obj = reference(ex, proc, args[0])
     write_u64(ex, args[1], 0)                          # check the out pointer first
-    write_u64(ex, args[1], proc.handles.insert(obj))
-    return NTSTATUS.STATUS_SUCCESS
+    return open_handle(ex, proc, args[1], obj)
 
 
 @service(Service.NtWaitForSingleObject)
@@ -129,6 +135,7 @@ def nt_delay_execution(ex: Executive, proc: Process, args: tuple[int, ...]) -> i
 
 
 @service(Service.NtCreateProcess)
+@with_handles
 def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateProcess(Path, Arguments, *Handle): a child from the guest file system."""
     path = read_string(ex, args[0])
@@ -147,14 +154,11 @@ def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> in
         return NTSTATUS.STATUS_NO_MEMORY
     except ps.LimitError:
         return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
-    try:
-        write_u64(ex, args[2], proc.handles.insert(child))
-    except HandleError as err:
-        return err.status
-    return NTSTATUS.STATUS_SUCCESS
+    return open_handle(ex, proc, args[2], child)
 
 
 @service(Service.NtCreateThread)
+@with_handles
 def nt_create_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateThread(StartRoutine, Argument, *Handle): a thread running start(arg)."""
     write_u64(ex, args[2], 0)
@@ -166,11 +170,7 @@ def nt_create_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int
         return NTSTATUS.STATUS_COMMITMENT_LIMIT
     except OutOfFrames:
         return NTSTATUS.STATUS_NO_MEMORY
-    try:
-        write_u64(ex, args[2], proc.handles.insert(thread))
-    except HandleError as err:
-        return err.status
-    return NTSTATUS.STATUS_SUCCESS
+    return open_handle(ex, proc, args[2], thread)
 
 
 @service(Service.NtTerminateThread)
@@ -185,16 +185,11 @@ def nt_terminate_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> 
 
 
 @service(Service.NtCreateEvent)
+@with_handles
 def nt_create_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateEvent(*Handle, ManualReset, InitialState)."""
     write_u64(ex, args[0], 0)
-    try:
-        event = Event(bool(args[1]), bool(args[2]))
-        write_u64(ex, args[0], proc.handles.insert(event))
-        ex.objects.created(event)
-    except HandleError as err:
-        return err.status
-    return NTSTATUS.STATUS_SUCCESS
+    return open_handle(ex, proc, args[0], Event(bool(args[1]), bool(args[2])))
 
 
 @service(Service.NtSetEvent)
@@ -216,6 +211,7 @@ def nt_reset_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
 
 
 @service(Service.NtOpenFile)
+@with_handles
 def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtOpenFile(Path, *Handle): a file of the guest file system (read-only), or the
     console device."""
@@ -223,13 +219,9 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     write_u64(ex, args[1], 0)
     try:
         obj = ConsoleObject() if path == CONSOLE_DEVICE else FileObject(path, ex.fs.read(path))
-        write_u64(ex, args[1], proc.handles.insert(obj))
-        ex.objects.created(obj)
     except GuestFileNotFound:
         return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
-    except HandleError as err:
-        return err.status
-    return NTSTATUS.STATUS_SUCCESS
+    return open_handle(ex, proc, args[1], obj)
 
 
 @service(Service.NtReadFile)

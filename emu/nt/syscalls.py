@@ -111,48 +111,41 @@ def _fault_in(ex: Executive, address: int, length: int, access: str) -> None:
         raise UserStatus(status)
 
 
+def _user_pages(ex: Executive, address: int, length: int, access: str):
+    """ProbeForRead/ProbeForWrite: check [address, address + length) lies below
+    MmUserProbeAddress, make untouched committed pages valid, then yield (offset, physical
+    address, byte count) page by page, each page checked as a ring-3 ``access`` would be
+    (so a read-only page refuses a write exactly as the CPU would), A/D bits set."""
+    end = address + length
+    if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
+        raise UserAccessViolation(address)      # reaches into the kernel half: refused
+    _fault_in(ex, address, length, access)
+    va = address
+    while va < end:
+        try:
+            pa = ex.cpu.walk(va, access, cpl=3, set_accessed_dirty=True).pa
+        except (mmu.PageFault, mmu.GeneralProtection):
+            raise UserAccessViolation(va) from None
+        n = min(end - va, PAGE_SIZE - (va % PAGE_SIZE))
+        yield va - address, pa, n
+        va += n
+
+
 def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
     """ProbeForRead + copy: ``length`` bytes of the caller's memory, or UserAccessViolation."""
     if length == 0:
         return b""
-    end = address + length
-    if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
-        raise UserAccessViolation(address)      # reaches into the kernel half: refused
-    _fault_in(ex, address, length, "read")
-    out = bytearray()
-    va = address
-    while va < end:
-        try:
-            pa = ex.cpu.walk(va, "read", cpl=3, set_accessed_dirty=True).pa
-        except (mmu.PageFault, mmu.GeneralProtection):
-            raise UserAccessViolation(va) from None
-        n = min(end - va, PAGE_SIZE - (va % PAGE_SIZE))
-        out += ex.mem.read(pa, n)
-        va += n
-    return bytes(out)
+    return b"".join(ex.mem.read(pa, n) for _, pa, n in _user_pages(ex, address, length, "read"))
 
 
 def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
-    """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation.
-
-    Each page is checked for a user-mode write first (so a read-only page is refused
-    exactly as the CPU would refuse the guest), then written; the Dirty bit is set."""
-    end = address + len(data)
+    """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation."""
     if not data:
         return
-    if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
-        raise UserAccessViolation(address)
-    _fault_in(ex, address, len(data), "write")
-    va = address
-    while va < end:
-        try:
-            pa = ex.cpu.walk(va, "write", cpl=3, set_accessed_dirty=True).pa
-        except (mmu.PageFault, mmu.GeneralProtection):
-            raise UserAccessViolation(va) from None
-        n = min(end - va, PAGE_SIZE - (va % PAGE_SIZE))
-        ex.mem.write(pa, data[va - address:va - address + n])
-        ex.cpu.invalidate_page(va)        # the TLB may hold this page without its new D bit
-        va += n
+    pages = list(_user_pages(ex, address, len(data), "write"))   # all checked before a byte
+    for offset, pa, n in pages:
+        ex.mem.write(pa, data[offset:offset + n])
+        ex.cpu.invalidate_page(address + offset)   # the TLB may hold it without its new D bit
 
 
 @service(Service.NtTerminateProcess)

@@ -21,16 +21,29 @@ ring 0. What the loader relies on, checked here on the files themselves:
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_INTEL, Cs
 from capstone.x86 import X86_OP_MEM
+from elfcheck import build as build_guests  # noqa: E402
+from elfcheck import (  # noqa: E402
+    check_no_shared_page,
+    check_page_congruent,
+    check_w_xor_x,
+    loads,
+    open_elf,
+    page_span,
+    run_make,
+    segment_holding,
+    symtab_entry,
+)
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
@@ -81,49 +94,18 @@ DRIVER_CFLAGS = [
 SSE_REGISTER = re.compile(r"\b(?:[xyz]mm\d+|mm\d|mxcsr)\b")
 
 
-def _run_make(*args: str) -> subprocess.CompletedProcess[str]:
-    """Runs make in guest/ and returns the finished process."""
-    return subprocess.run(
-        ["make", "-C", str(GUEST), *args], capture_output=True, text=True, check=False
-    )
-
-
 @pytest.fixture(scope="module")
 def built() -> Path:
-    """Builds the guests (make -C guest) if a driver is missing or stale; returns build/drivers."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    if _run_make("-q", "drivers").returncode != 0:
-        result = _run_make()
-        if result.returncode != 0:
-            pytest.fail(f"make -C guest failed:\n{result.stdout}{result.stderr}")
-    return DRIVERS_DIR
+    """Builds the guests if a driver is missing or stale; returns guest/build/drivers."""
+    return build_guests(DRIVERS_DIR, "drivers")
 
 
-def _elf(built: Path, name: str) -> ELFFile:
-    """Opens build/drivers/<name>.sys as an ELFFile over an in-memory copy."""
-    path = built / f"{name}.sys"
-    assert path.is_file(), f"{path} was not built"
-    return ELFFile(io.BytesIO(path.read_bytes()))
+def _elf(built: Path, name: str):
+    return open_elf(built / f"{name}.sys")
 
 
-def _loads(elf: ELFFile) -> list:
-    return [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
-
-
-def _page_span(seg) -> range:
-    """The virtual page numbers a PT_LOAD segment touches."""
-    first = seg["p_vaddr"] // PAGE_SIZE
-    last = (seg["p_vaddr"] + max(seg["p_memsz"], 1) - 1) // PAGE_SIZE
-    return range(first, last + 1)
-
-
-def _segment_holding(elf: ELFFile, address: int):
-    """The PT_LOAD segment whose memory image contains `address`, or None."""
-    for seg in _loads(elf):
-        if seg["p_vaddr"] <= address < seg["p_vaddr"] + seg["p_memsz"]:
-            return seg
-    return None
+_run_make, _loads, _page_span, _segment_holding, _symbol = (run_make, loads, page_span,
+                                                            segment_holding, symtab_entry)
 
 
 def _dynsyms(elf: ELFFile) -> list:
@@ -143,13 +125,6 @@ def _relocations(elf: ELFFile) -> list:
 
 def _relocation_symbol(elf: ELFFile, reloc) -> str:
     return elf.get_section_by_name(".dynsym").get_symbol(reloc["r_info_sym"]).name
-
-
-def _symbol(elf: ELFFile, name: str):
-    """Symbol `name` from .symtab (locals included), or None."""
-    symtab = elf.get_section_by_name(".symtab")
-    found = symtab.get_symbol_by_name(name) if symtab is not None else None
-    return found[0] if found else None
 
 
 def _read(elf: ELFFile, address: int, size: int) -> bytes:
@@ -239,23 +214,17 @@ def test_keeps_what_the_loader_reads(built: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", DRIVERS)
 def test_no_load_segment_is_writable_and_executable(built: Path, name: str) -> None:
-    for seg in _loads(_elf(built, name)):
-        flags = seg["p_flags"]
-        assert not (flags & P_FLAGS.PF_W and flags & P_FLAGS.PF_X), hex(seg["p_vaddr"])
+    check_w_xor_x(_elf(built, name))
 
 
 @pytest.mark.parametrize("name", DRIVERS)
 def test_load_segments_share_no_page(built: Path, name: str) -> None:
-    spans = [_page_span(seg) for seg in _loads(_elf(built, name))]
-    for i, a in enumerate(spans):
-        for b in spans[i + 1 :]:
-            assert a.stop <= b.start or b.stop <= a.start, (a, b)
+    check_no_shared_page(_elf(built, name))
 
 
 @pytest.mark.parametrize("name", DRIVERS)
 def test_load_segments_are_page_congruent(built: Path, name: str) -> None:
-    for seg in _loads(_elf(built, name)):
-        assert seg["p_offset"] % PAGE_SIZE == seg["p_vaddr"] % PAGE_SIZE
+    check_page_congruent(_elf(built, name))
 
 
 @pytest.mark.parametrize("name", DRIVERS)

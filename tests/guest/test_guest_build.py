@@ -9,14 +9,24 @@ only kind the loader applies).
 
 from __future__ import annotations
 
-import io
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
 import pytest
+from elfcheck import build as build_guests  # noqa: E402
+from elfcheck import (  # noqa: E402
+    check_no_shared_page,
+    check_page_congruent,
+    check_w_xor_x,
+    loads,
+    open_elf,
+    page_span,
+    run_make,
+    segment_holding,
+    symtab_entry,
+)
 from elftools.elf.constants import P_FLAGS
-from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,58 +79,23 @@ PIE_APPS = ["hello-pie"]
 ALL_APPS = EXEC_APPS + PIE_APPS
 
 
-def _run_make(*args: str) -> subprocess.CompletedProcess[str]:
-    """Runs make in guest/ and returns the finished process."""
-    return subprocess.run(
-        ["make", "-C", str(GUEST), *args], capture_output=True, text=True, check=False
-    )
-
-
 @pytest.fixture(scope="session")
 def built() -> Path:
     """Builds the guests if anything is missing or stale; returns guest/build/apps."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    if _run_make("-q").returncode != 0:
-        result = _run_make()
-        if result.returncode != 0:
-            pytest.fail(f"make -C guest failed:\n{result.stdout}{result.stderr}")
-    return APPS_DIR
+    return build_guests(APPS_DIR)
 
 
-def _elf(built: Path, app: str) -> ELFFile:
-    """Opens build/apps/<app> as an ELFFile over an in-memory copy (no file left open)."""
-    path = built / app
-    assert path.is_file(), f"{path} was not built"
-    return ELFFile(io.BytesIO(path.read_bytes()))
+def _elf(built: Path, app: str):
+    return open_elf(built / app)
 
 
-def _loads(elf: ELFFile) -> list:
-    return [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
+_run_make, _loads, _page_span, _segment_holding = run_make, loads, page_span, segment_holding
 
 
-def _page_span(seg) -> range:
-    """The virtual page numbers a PT_LOAD segment touches."""
-    first = seg["p_vaddr"] // PAGE_SIZE
-    last = (seg["p_vaddr"] + max(seg["p_memsz"], 1) - 1) // PAGE_SIZE
-    return range(first, last + 1)
-
-
-def _symbol(elf: ELFFile, name: str) -> int | None:
+def _symbol(elf, name: str) -> int | None:
     """The value of symbol `name` in .symtab, or None."""
-    symtab = elf.get_section_by_name(".symtab")
-    if symtab is None:
-        return None
-    found = symtab.get_symbol_by_name(name)
-    return found[0]["st_value"] if found else None
-
-
-def _segment_holding(elf: ELFFile, address: int):
-    """The PT_LOAD segment whose memory image contains `address`, or None."""
-    for seg in _loads(elf):
-        if seg["p_vaddr"] <= address < seg["p_vaddr"] + seg["p_memsz"]:
-            return seg
-    return None
+    entry = symtab_entry(elf, name)
+    return entry["st_value"] if entry is not None else None
 
 
 def test_every_app_source_is_checked() -> None:
@@ -143,23 +118,17 @@ def test_is_elf64_x86_64(built: Path, app: str) -> None:
 
 @pytest.mark.parametrize("app", ALL_APPS)
 def test_no_load_segment_is_writable_and_executable(built: Path, app: str) -> None:
-    for seg in _loads(_elf(built, app)):
-        flags = seg["p_flags"]
-        assert not (flags & P_FLAGS.PF_W and flags & P_FLAGS.PF_X), hex(seg["p_vaddr"])
+    check_w_xor_x(_elf(built, app))
 
 
 @pytest.mark.parametrize("app", ALL_APPS)
 def test_load_segments_share_no_page(built: Path, app: str) -> None:
-    spans = [_page_span(seg) for seg in _loads(_elf(built, app))]
-    for i, a in enumerate(spans):
-        for b in spans[i + 1 :]:
-            assert a.stop <= b.start or b.stop <= a.start, (a, b)
+    check_no_shared_page(_elf(built, app))
 
 
 @pytest.mark.parametrize("app", ALL_APPS)
 def test_load_segments_are_page_congruent(built: Path, app: str) -> None:
-    for seg in _loads(_elf(built, app)):
-        assert seg["p_offset"] % PAGE_SIZE == seg["p_vaddr"] % PAGE_SIZE
+    check_page_congruent(_elf(built, app))
 
 
 @pytest.mark.parametrize("app", ALL_APPS)

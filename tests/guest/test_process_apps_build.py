@@ -10,14 +10,20 @@ fault of `crasher` on the instruction it names).
 
 from __future__ import annotations
 
-import io
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_OP_MEM, X86_PREFIX_LOCK
+from elfcheck import build as build_guests  # noqa: E402
+from elfcheck import (  # noqa: E402
+    loads,
+    open_elf,
+    segment_holding,
+    symtab_entry,
+)
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
@@ -50,51 +56,17 @@ CRASHER_FAULTS = [
 ]
 
 
-def _run_make(*args: str) -> subprocess.CompletedProcess[str]:
-    """Runs make in guest/ and returns the finished process."""
-    return subprocess.run(
-        ["make", "-C", str(GUEST), *args], capture_output=True, text=True, check=False
-    )
-
-
 @pytest.fixture(scope="module")
 def built() -> Path:
     """Builds the guests if anything is missing or stale; returns guest/build/apps."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    if _run_make("-q").returncode != 0:
-        result = _run_make()
-        if result.returncode != 0:
-            pytest.fail(f"make -C guest failed:\n{result.stdout}{result.stderr}")
-    return APPS_DIR
+    return build_guests(APPS_DIR)
 
 
-def _elf(built: Path, app: str) -> ELFFile:
-    """Opens build/apps/<app> as an ELFFile over an in-memory copy (no file left open)."""
-    path = built / app
-    assert path.is_file(), f"{path} was not built"
-    return ELFFile(io.BytesIO(path.read_bytes()))
+def _elf(built: Path, app: str):
+    return open_elf(built / app)
 
 
-def _loads(elf: ELFFile) -> list:
-    return [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
-
-
-def _segment_holding(elf: ELFFile, address: int):
-    """The PT_LOAD segment whose memory image contains `address`, or None."""
-    for seg in _loads(elf):
-        if seg["p_vaddr"] <= address < seg["p_vaddr"] + seg["p_memsz"]:
-            return seg
-    return None
-
-
-def _symbol(elf: ELFFile, name: str):
-    """The .symtab entry called `name`, or None."""
-    symtab = elf.get_section_by_name(".symtab")
-    if symtab is None:
-        return None
-    found = symtab.get_symbol_by_name(name)
-    return found[0] if found else None
+_loads, _segment_holding, _symbol = loads, segment_holding, symtab_entry
 
 
 def _disassemble(elf: ELFFile, function: str) -> list:
