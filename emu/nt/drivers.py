@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT, R_X86_64_RELATIVE = 1, 6, 7, 8
 R_X86_64_NONE = 0
-DRIVER_OBJECT_SIZE = 0x150
 MAX_DRIVERS = 64
 _PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.PAGE_READWRITE,
             (False, True): Protection.PAGE_EXECUTE_READ,
@@ -204,7 +203,7 @@ def start(ex: Executive, image: DriverImage) -> Driver:
         protect = _PROTECT[(bool(flags & PF_W), bool(flags & PF_X))]
         frames.append(ex.mm.map_new(ex.mm.system, va, protect, use=FrameUse.KERNEL,
                                     data=bytes(contents)))
-    driver_object = ex.pools.allocate(0, DRIVER_OBJECT_SIZE, 0x76697244)   # 'Driv'
+    driver_object = ex.io.new_driver_object(image.base, image.end - image.base)
     registry = _registry_path(ex, image.name)
     driver = Driver(image, driver_object)
     ex.drivers.append(driver)

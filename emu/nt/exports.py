@@ -12,12 +12,14 @@ with no entry refuses the driver's load, naming it.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emu.hw.faultaddr import decode
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheck
+from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
@@ -179,3 +181,60 @@ def ke_get_current_irql(ex: Executive, call: ExportCall) -> int:
 
 
 SYSTEM_CONTEXT_PID = 0
+
+
+# -- the I/O manager -----------------------------------------------------------------------
+
+def read_unicode_string(ex: Executive, address: int) -> str:
+    """The text of a UNICODE_STRING (Length in bytes, Buffer of UTF-16)."""
+    length, _, _, buffer = struct.unpack("<HHIQ", ex.kernel_read(address, 16))
+    return ex.kernel_read(buffer, length).decode("utf-16-le", "replace") if length else ""
+
+
+@export("IoCreateDevice")
+def io_create_device(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS IoCreateDevice(DriverObject, ExtensionSize, DeviceName, DeviceType,
+    Characteristics, Exclusive, *DeviceObject)."""
+    driver = next((d for d in ex.drivers if d.driver_object == call.arg(0)), None)
+    if driver is None:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    name = read_unicode_string(ex, call.arg(2)) if call.arg(2) else ""
+    if not name.startswith("\\Device\\"):
+        return NTSTATUS.STATUS_OBJECT_NAME_INVALID
+    status, device = ex.io.create_device(driver, name, call.arg(3) & 0xFFFF_FFFF,
+                                         call.arg(1) & 0xFFFF_FFFF)
+    if status == NTSTATUS.STATUS_SUCCESS:
+        ex.kernel_write(call.arg(6), struct.pack("<Q", device))
+    return status
+
+
+@export("IoDeleteDevice")
+def io_delete_device(ex: Executive, call: ExportCall) -> int:
+    """VOID IoDeleteDevice(DeviceObject)."""
+    ex.io.delete_device(call.arg(0))
+    return 0
+
+
+@export("IoCompleteRequest")
+def io_complete_request(ex: Executive, call: ExportCall) -> int:
+    """VOID IoCompleteRequest(Irp, PriorityBoost)."""
+    ex.io.complete(call.arg(0), call_site(ex, call.return_address))
+    return 0
+
+
+@export("MmGetSystemAddressForMdlSafe")
+def mm_get_system_address_for_mdl_safe(ex: Executive, call: ExportCall) -> int:
+    """PVOID MmGetSystemAddressForMdlSafe(Mdl, Priority)."""
+    return ex.io.map_mdl(call.arg(0))
+
+
+@export("RtlInitUnicodeString")
+def rtl_init_unicode_string(ex: Executive, call: ExportCall) -> int:
+    """VOID RtlInitUnicodeString(*Destination, Source): Length from the NUL-terminated text."""
+    source, length = call.arg(1), 0
+    if source:
+        while length < 0xFFFC and ex.kernel_read(source + length, 2) != b"\0\0":
+            length += 2
+    ex.kernel_write(call.arg(0), struct.pack("<HHIQ", length, length + 2 if source else 0, 0,
+                                             source))
+    return 0

@@ -43,6 +43,7 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
 )
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.fs import GuestFileSystem
+from emu.nt.io import IoManager
 from emu.nt.loader import Image
 from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
@@ -111,6 +112,7 @@ class Executive:
         self.drivers: list[drivers.Driver] = []
         self.pending_drivers: list[drivers.DriverImage] = []   # DriverEntry runs at boot
         self.irql = 0                    # PASSIVE_LEVEL
+        self.io = IoManager(self)
         self.debug_output = bytearray()
         self.current_thread: Thread | None = None
         self.bugcheck: BugCheck | None = None
@@ -341,6 +343,15 @@ class Executive:
             return True
         if self.interrupted:
             raise MachineStop(INTERRUPTED)
+        if thread.state is ThreadState.RUNNING and thread.kernel_work is not None:
+            # A service that must run driver code (an I/O request): in this thread's
+            # context, on its kernel stack, then back to user mode with the result.
+            work, thread.kernel_work = thread.kernel_work, None
+            status = work()
+            self.cpu.uc.context_restore(thread.context)
+            self.cpu.set_control(cr3=thread.process.space.cr3)
+            self.cpu.set_reg("rax", status & 0xFFFF_FFFF_FFFF_FFFF)
+            return False
         if thread.state is ThreadState.RUNNING and thread.continue_context is not None:
             self.load_user_context(thread, thread.continue_context)   # NtContinue
             thread.continue_context = None
@@ -462,16 +473,17 @@ class Executive:
             return "(bad)"
         return f"{insn.mnemonic} {insn.op_str}".strip()
 
-    def call_kernel(self, routine: int, *args: int, space: AddressSpace | None = None
-                    ) -> KernelCallResult:
-        """Run a ring-0 routine (Microsoft x64 calling convention) in ``space``; it returns to
-        an int3 trap in kernel text. A fault inside it is a bug check."""
+    def call_kernel(self, routine: int, *args: int, space: AddressSpace | None = None,
+                    stack_top: int = KERNEL_STACK_TOP) -> KernelCallResult:
+        """Run a ring-0 routine (Microsoft x64 calling convention) in ``space`` on the kernel
+        stack ending at ``stack_top``; it returns to an int3 trap in kernel text. Kernel
+        exports it calls are served on the way; a fault inside it is a bug check."""
         cpu = self.cpu
         cpu.restore_clean_context()
         cpu.set_control(cr3=(space or self.mm.system).cr3)
         for name, value in zip(("rcx", "rdx", "r8", "r9"), args, strict=False):
             cpu.set_reg(name, value)
-        rsp = KERNEL_STACK_TOP - 0x100
+        rsp = stack_top - 0x100
         self.write_user(self.mm.system, rsp, struct.pack("<Q", KERNEL_RETURN))
         cpu.set_reg("rsp", rsp)
         result = self._run_cpu(routine)
@@ -519,6 +531,21 @@ class Executive:
             chunk = min(n - len(out), layout.PAGE_SIZE - (at & 0xFFF))
             out += self.mem.read(pa, chunk)
         return bytes(out)
+
+    def kernel_write(self, va: int, data: bytes) -> None:
+        """Write kernel-visible memory as ring-0 code would (CR0.WP honoured)."""
+        done = 0
+        while done < len(data):
+            at = va + done
+            try:
+                pa = self.cpu.walk(at, "write", cpl=0, set_accessed_dirty=True).pa
+            except (mmu.PageFault, mmu.GeneralProtection):
+                raise BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA,
+                               (at, 2, self.cpu.rip, 0), self.cpu.rip,
+                               "a kernel routine wrote an invalid address") from None
+            n = min(len(data) - done, layout.PAGE_SIZE - (at & 0xFFF))
+            self.mem.write(pa, data[done:done + n])
+            done += n
 
     def kernel_read_u64(self, va: int) -> int:
         return int.from_bytes(self.kernel_read(va, 8), "little")

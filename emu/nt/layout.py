@@ -42,6 +42,7 @@ KERNEL_POOL = 0xFFFF_A000_0000_0000            # NonPagedPool (executable, as be
 KERNEL_POOL_NX = 0xFFFF_A080_0000_0000         # NonPagedPoolNx
 KERNEL_POOL_PAGED = 0xFFFF_A100_0000_0000      # PagedPool
 KERNEL_POOL_SIZE = 0x0000_0080_0000_0000       # each pool's virtual range
+KERNEL_SYSTEM_PTES = 0xFFFF_A180_0000_0000     # MDL mappings (MmGetSystemAddressForMdlSafe)
 KERNEL_DRIVERS = 0xFFFF_F800_0100_0000         # driver images, one 16 MiB slot each
 KERNEL_DRIVER_SLOT = 16 << 20
 

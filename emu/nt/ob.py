@@ -42,6 +42,7 @@ class ObjectType(enum.Enum):
     EVENT = "Event"
     FILE = "File"
     CONSOLE = "Console"
+    DEVICE = "Device"            # an open device (a FILE_OBJECT on a DEVICE_OBJECT)
 
 
 class HandleError(Exception):

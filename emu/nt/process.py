@@ -112,6 +112,7 @@ class Thread(DispatcherObject):
     wait: Wait | None = None
     instructions: int = 0
     continue_context: dict | None = None   # registers NtContinue asked to resume with
+    kernel_work: object = None   # a service's ring-0 part, run once the CPU has stopped
     dispatching: int = 0         # exceptions delivered to user mode and not yet continued
 
     object_type = ObjectType.THREAD

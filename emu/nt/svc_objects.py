@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from emu.nt import ps
 from emu.nt.fs import GuestFileNotFound
+from emu.nt.io import DeviceFile
 from emu.nt.loader import LoaderError, parse_image
 from emu.nt.mm import virtual
 from emu.nt.mm.pfn import OutOfFrames
@@ -218,17 +219,28 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     path = read_string(ex, args[0])
     write_u64(ex, args[1], 0)
     try:
-        obj = ConsoleObject() if path == CONSOLE_DEVICE else FileObject(path, ex.fs.read(path))
-    except GuestFileNotFound:
+        if path == CONSOLE_DEVICE:
+            obj = ConsoleObject()
+        elif path.startswith("\\Device\\"):
+            obj = DeviceFile(ex.io.devices[path])     # a device a driver created
+        else:
+            obj = FileObject(path, ex.fs.read(path))
+    except (GuestFileNotFound, KeyError):
         return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
     return open_handle(ex, proc, args[1], obj)
 
 
 @service(Service.NtReadFile)
 @with_handles
-def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
-    """NtReadFile(Handle, Buffer, Length, *BytesRead)."""
-    f = reference(ex, proc, args[0], ObjectType.FILE)
+def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
+    """NtReadFile(Handle, Buffer, Length, *BytesRead): a guest file, or a device (an IRP
+    to its driver, dispatched once the CPU has stopped: the result comes back then)."""
+    f = reference(ex, proc, args[0], ObjectType.FILE, ObjectType.DEVICE)
+    if f.object_type is ObjectType.DEVICE:
+        thread = ex.current_thread
+        thread.kernel_work = lambda: ex.io.read(thread, f, args[1], args[2], args[3])
+        ex.cpu.stop()
+        return None
     length = min(args[2], MAX_READ)
     if f.position >= len(f.data) and length:
         return NTSTATUS.STATUS_END_OF_FILE

@@ -78,6 +78,13 @@ IMPORTS = {
     "failing": {"DbgPrint"},
     "noentry": {"DbgPrint"},
     "badimport": {"DbgPrint", "IoDoesNotExist"},
+    "buffered": {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "PsGetCurrentProcessId",
+                 "RtlInitUnicodeString"},
+    "direct": {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmGetSystemAddressForMdlSafe",
+               "PsGetCurrentProcessId", "RtlInitUnicodeString"},
+    "neither": {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "PsGetCurrentProcessId",
+                "RtlInitUnicodeString"},
+    "twice": {"IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeString"},
 }
 # R_X86_64_RELATIVE entries: hello.sys keeps one pointer into itself (driver_name).
 RELATIVE_COUNT = {"hello": 1}

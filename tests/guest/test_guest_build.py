@@ -45,6 +45,7 @@ EXEC_APPS = [
     "counter",
     "crasher",
     "deadlock",
+    "devread",
     "divzero",
     "execdata",
     "exitcode",

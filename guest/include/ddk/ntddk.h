@@ -121,8 +121,113 @@ typedef struct _UNICODE_STRING {
 } UNICODE_STRING, *PUNICODE_STRING;
 typedef const UNICODE_STRING *PCUNICODE_STRING;
 
-/* Opaque for now: the executive owns its layout. */
+/* -- I/O objects (this machine's layouts; the executive reads and writes them) ----------
+ *
+ * The names and meanings are Windows' (wdm.h); the layouts are smaller, fixed here and in
+ * emu/nt/io.py, with every offset asserted below.
+ */
 typedef struct _DRIVER_OBJECT DRIVER_OBJECT, *PDRIVER_OBJECT;
+typedef struct _DEVICE_OBJECT DEVICE_OBJECT, *PDEVICE_OBJECT;
+typedef struct _IRP IRP, *PIRP;
+
+typedef NTSTATUS NTAPI DRIVER_DISPATCH(PDEVICE_OBJECT DeviceObject, PIRP Irp);
+typedef DRIVER_DISPATCH *PDRIVER_DISPATCH;
+typedef VOID NTAPI DRIVER_UNLOAD(PDRIVER_OBJECT DriverObject);
+
+#define IRP_MJ_CREATE          0x00
+#define IRP_MJ_CLOSE           0x02
+#define IRP_MJ_READ            0x03
+#define IRP_MJ_WRITE           0x04
+#define IRP_MJ_DEVICE_CONTROL  0x0e
+#define IRP_MJ_MAXIMUM_FUNCTION 0x1b
+
+struct _DRIVER_OBJECT {
+    SHORT Type;                     /* 0x00: 4 (IO_TYPE_DRIVER) */
+    SHORT Size;
+    ULONG Pad0;
+    PDEVICE_OBJECT DeviceObject;    /* 0x08: the driver's devices, a list through NextDevice */
+    PVOID DriverStart;              /* 0x10: where the image is mapped */
+    ULONG DriverSize;               /* 0x18 */
+    ULONG Pad1;
+    DRIVER_UNLOAD *DriverUnload;    /* 0x20 */
+    PDRIVER_DISPATCH MajorFunction[IRP_MJ_MAXIMUM_FUNCTION + 1];   /* 0x28: the driver fills it */
+};
+
+#define DO_BUFFERED_IO 0x00000004   /* reads and writes go through a system buffer */
+#define DO_DIRECT_IO   0x00000010   /* ... through an MDL of the caller's pages */
+                                    /* neither flag: "neither I/O", the raw user pointer */
+#define FILE_DEVICE_UNKNOWN 0x00000022
+
+struct _DEVICE_OBJECT {
+    SHORT Type;                     /* 0x00: 3 (IO_TYPE_DEVICE) */
+    USHORT Size;
+    LONG ReferenceCount;
+    PDRIVER_OBJECT DriverObject;    /* 0x08 */
+    PDEVICE_OBJECT NextDevice;      /* 0x10 */
+    ULONG Flags;                    /* 0x18: DO_BUFFERED_IO, DO_DIRECT_IO: set them in DriverEntry */
+    ULONG DeviceType;               /* 0x1c */
+    PVOID DeviceExtension;          /* 0x20: the driver's own per-device memory */
+};
+
+typedef struct _MDL {               /* a memory descriptor list: the frames of a buffer */
+    struct _MDL *Next;              /* 0x00 */
+    SHORT Size;
+    SHORT MdlFlags;
+    ULONG Pad;
+    PVOID MappedSystemVa;           /* 0x10: set by MmGetSystemAddressForMdlSafe */
+    PVOID StartVa;                  /* 0x18: the user page the buffer starts in */
+    ULONG ByteCount;                /* 0x20 */
+    ULONG ByteOffset;               /* 0x24: offset in that first page */
+    ULONG64 Pfn[];                  /* 0x28: one frame number per page */
+} MDL, *PMDL;
+
+typedef struct _IO_STATUS_BLOCK {
+    NTSTATUS Status;                /* 0x00 */
+    ULONG Pad;
+    ULONG_PTR Information;          /* 0x08: for a read, the bytes transferred */
+} IO_STATUS_BLOCK, *PIO_STATUS_BLOCK;
+
+typedef struct _IO_STACK_LOCATION {
+    UCHAR MajorFunction;            /* 0x00 */
+    UCHAR MinorFunction;
+    UCHAR Flags;
+    UCHAR Control;
+    ULONG Pad;
+    union {                         /* 0x08 */
+        struct { ULONG Length; ULONG Key; LONGLONG ByteOffset; } Read;
+        struct { ULONG Length; ULONG Key; LONGLONG ByteOffset; } Write;
+    } Parameters;
+    PDEVICE_OBJECT DeviceObject;    /* 0x18 */
+    PVOID FileObject;               /* 0x20 */
+} IO_STACK_LOCATION, *PIO_STACK_LOCATION;
+
+struct _IRP {
+    SHORT Type;                     /* 0x00: 6 (IO_TYPE_IRP) */
+    USHORT Size;
+    ULONG Flags;
+    PMDL MdlAddress;                /* 0x08: direct I/O */
+    union { PVOID SystemBuffer; } AssociatedIrp;   /* 0x10: buffered I/O */
+    IO_STATUS_BLOCK IoStatus;       /* 0x18 */
+    CHAR RequestorMode;             /* 0x28: 1 = UserMode */
+    BOOLEAN PendingReturned;
+    BOOLEAN Cancel;
+    UCHAR Pad[5];
+    PVOID UserBuffer;               /* 0x30: neither I/O: the caller's own address */
+    PIO_STACK_LOCATION CurrentStackLocation;   /* 0x38 */
+    IO_STACK_LOCATION Stack[1];     /* 0x40 */
+};
+
+_Static_assert(__builtin_offsetof(DRIVER_OBJECT, MajorFunction) == 0x28, "DRIVER_OBJECT");
+_Static_assert(__builtin_offsetof(DEVICE_OBJECT, Flags) == 0x18, "DEVICE_OBJECT");
+_Static_assert(__builtin_offsetof(MDL, Pfn) == 0x28, "MDL");
+_Static_assert(__builtin_offsetof(IRP, UserBuffer) == 0x30, "IRP");
+_Static_assert(__builtin_offsetof(IRP, Stack) == 0x40, "IRP");
+_Static_assert(sizeof(IO_STACK_LOCATION) == 0x28, "IO_STACK_LOCATION");
+
+static inline PIO_STACK_LOCATION IoGetCurrentIrpStackLocation(PIRP Irp)
+{
+    return Irp->CurrentStackLocation;
+}
 
 /* -- pool --------------------------------------------------------------------------- */
 
@@ -166,6 +271,23 @@ VOID NTAPI ExFreePoolWithTag(PVOID P, ULONG Tag);
 HANDLE NTAPI PsGetCurrentProcessId(VOID);
 
 KIRQL NTAPI KeGetCurrentIrql(VOID);
+
+/* -- the I/O manager ------------------------------------------------------------------ */
+
+#define IO_NO_INCREMENT 0
+#define STATUS_PENDING ((NTSTATUS)0x00000103L)
+
+/* A device named DeviceName (e.g. L"\\Device\\Buffered"), in the driver's device list. */
+NTSTATUS NTAPI IoCreateDevice(PDRIVER_OBJECT DriverObject, ULONG DeviceExtensionSize,
+                              PUNICODE_STRING DeviceName, ULONG DeviceType,
+                              ULONG DeviceCharacteristics, BOOLEAN Exclusive,
+                              PDEVICE_OBJECT *DeviceObject);
+VOID NTAPI IoDeleteDevice(PDEVICE_OBJECT DeviceObject);
+/* The request is done: Irp->IoStatus says how. Completing an IRP twice is bug check 0x44. */
+VOID NTAPI IoCompleteRequest(PIRP Irp, CHAR PriorityBoost);
+/* The MDL's frames mapped at a kernel address (the same frames the caller's pages use). */
+PVOID NTAPI MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
+VOID NTAPI RtlInitUnicodeString(PUNICODE_STRING DestinationString, PCWSTR SourceString);
 
 /* -- the driver's side --------------------------------------------------------------- */
 

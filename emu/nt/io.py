@@ -1,0 +1,219 @@
+"""The I/O manager: devices, IRPs, and the three ways a driver reaches a caller's buffer.
+
+A read request from an app becomes an IRP in kernel pool, and the device's
+driver sees it in its IRP_MJ_READ dispatch routine, called at ring 0 in the
+requesting thread's context (its process's address space is current). How the
+driver reaches the caller's buffer depends on the device's flags (Windows'
+"Methods for accessing data buffers"):
+- buffered I/O: the driver fills a system buffer in kernel pool; the I/O manager
+  copies it to the caller's buffer in the caller's context at completion;
+- direct I/O: an MDL lists the caller's frames; MmGetSystemAddressForMdlSafe maps
+  them at a kernel address, valid in any process (one frame, two addresses);
+- neither I/O: the raw user address, meaningful only in the caller's address space.
+Requests complete in the dispatch routine for now; a pending request
+(STATUS_PENDING) comes back to the caller as it is, until interrupts and DPCs land.
+
+Structure layouts are fixed in guest/include/ddk/ntddk.h (offsets asserted there).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from emu.nt import layout
+from emu.nt.bugcheck import BugCheck
+from emu.nt.mm.address_space import Protection, leaf_flags
+from emu.nt.ob import ObjectType
+from emu.nt.pool import PoolType
+from emu.nt.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from emu.nt.drivers import Driver
+    from emu.nt.kernel import Executive
+    from emu.nt.process import Thread
+
+IRP_MJ_CREATE, IRP_MJ_READ = 0x00, 0x03
+IRP_MJ_MAXIMUM_FUNCTION = 0x1B
+DO_BUFFERED_IO, DO_DIRECT_IO = 0x04, 0x10
+IO_TYPE_DRIVER, IO_TYPE_DEVICE, IO_TYPE_IRP = 4, 3, 6
+USER_MODE = 1
+MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
+
+# DRIVER_OBJECT
+DRIVER_DEVICE_OBJECT, DRIVER_START, DRIVER_SIZE, DRIVER_MAJOR_FUNCTION = 0x08, 0x10, 0x18, 0x28
+DRIVER_OBJECT_SIZE = DRIVER_MAJOR_FUNCTION + 8 * (IRP_MJ_MAXIMUM_FUNCTION + 1)
+# DEVICE_OBJECT
+DEVICE_DRIVER, DEVICE_NEXT, DEVICE_FLAGS, DEVICE_TYPE, DEVICE_EXTENSION = 8, 0x10, 0x18, 0x1C, 0x20
+DEVICE_OBJECT_SIZE = 0x28
+# IRP and its one IO_STACK_LOCATION
+IRP_MDL, IRP_SYSTEM_BUFFER, IRP_STATUS, IRP_INFORMATION = 0x08, 0x10, 0x18, 0x20
+IRP_REQUESTOR_MODE, IRP_USER_BUFFER, IRP_CURRENT_STACK, IRP_STACK = 0x28, 0x30, 0x38, 0x40
+STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = 0x00, 0x08, 0x18
+IRP_SIZE = IRP_STACK + 0x28
+# MDL
+MDL_MAPPED_VA, MDL_START_VA, MDL_BYTE_COUNT, MDL_BYTE_OFFSET, MDL_PFN = 0x10, 0x18, 0x20, 0x24, 0x28
+MAX_TRANSFER = 1 << 20
+TAG_IRP, TAG_BUFFER, TAG_MDL, TAG_DEVICE = 0x20707249, 0x66754249, 0x206C644D, 0x20766544
+
+
+@dataclass(eq=False)
+class Device:
+    """A device object a driver created, by name (the \\Device directory)."""
+
+    name: str
+    address: int                 # its DEVICE_OBJECT in kernel pool
+    driver: Driver
+
+
+@dataclass(eq=False)
+class DeviceFile:
+    """An open device (a FILE_OBJECT on it), reached through a handle."""
+
+    device: Device
+    handle_count: int = 0
+    object_type: ObjectType = ObjectType.DEVICE
+
+
+@dataclass
+class IrpRecord:
+    address: int
+    completed: bool = False
+
+
+class IoManager:
+    """Devices and IRPs of one machine."""
+
+    def __init__(self, ex: Executive) -> None:
+        self.ex = ex
+        self.devices: dict[str, Device] = {}
+        self.irps: dict[int, IrpRecord] = {}
+        self._system_ptes = layout.KERNEL_SYSTEM_PTES
+
+    # -- driver objects and devices -------------------------------------------------------
+
+    def new_driver_object(self, base: int, size: int) -> int:
+        """A DRIVER_OBJECT for an image mapped at ``base``."""
+        ex = self.ex
+        obj = ex.pools.allocate(PoolType.NonPagedPoolNx, DRIVER_OBJECT_SIZE, 0x76697244)
+        ex.kernel_write(obj, struct.pack("<hh", IO_TYPE_DRIVER, DRIVER_OBJECT_SIZE))
+        ex.kernel_write(obj + DRIVER_START, struct.pack("<QI", base, size))
+        return obj
+
+    def create_device(self, driver: Driver, name: str, device_type: int,
+                      extension_size: int) -> tuple[int, int]:
+        """IoCreateDevice: (status, DEVICE_OBJECT address)."""
+        ex = self.ex
+        if name in self.devices or name == "\\Device\\Console":
+            return NTSTATUS.STATUS_OBJECT_NAME_COLLISION, 0
+        device = ex.pools.allocate(PoolType.NonPagedPoolNx, DEVICE_OBJECT_SIZE, TAG_DEVICE)
+        extension = ex.pools.allocate(PoolType.NonPagedPoolNx, extension_size, TAG_DEVICE) \
+            if extension_size else 0
+        if not device or (extension_size and not extension):
+            return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, 0
+        head = ex.kernel_read_u64(driver.driver_object + DRIVER_DEVICE_OBJECT)
+        ex.kernel_write(device, struct.pack("<hHiQQIIQ", IO_TYPE_DEVICE, DEVICE_OBJECT_SIZE, 1,
+                                            driver.driver_object, head, 0, device_type,
+                                            extension))
+        ex.kernel_write(driver.driver_object + DRIVER_DEVICE_OBJECT, struct.pack("<Q", device))
+        self.devices[name] = Device(name, device, driver)
+        return NTSTATUS.STATUS_SUCCESS, device
+
+    def delete_device(self, address: int) -> None:
+        """IoDeleteDevice: the name goes; the memory stays (handles may still point at it)."""
+        for name, device in list(self.devices.items()):
+            if device.address == address:
+                del self.devices[name]
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def read(self, thread: Thread, file: DeviceFile, buffer: int, length: int,
+             out: int) -> int:
+        """NtReadFile on a device: an IRP_MJ_READ, dispatched at ring 0 in ``thread``'s
+        context; the NTSTATUS for the caller."""
+        from emu.nt.syscalls import UserAccessViolation, probe_and_write
+
+        ex, device = self.ex, file.device
+        length = min(length, MAX_TRANSFER)
+        flags = ex.kernel_read_u64(device.address + DEVICE_FLAGS) & 0xFFFF_FFFF
+        dispatch = ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
+                                      + 8 * IRP_MJ_READ)
+        if not dispatch:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST
+        irp = ex.pools.allocate(PoolType.NonPagedPoolNx, IRP_SIZE, TAG_IRP)
+        system_buffer = mdl = 0
+        try:
+            if flags & DO_BUFFERED_IO:
+                system_buffer = ex.pools.allocate(PoolType.NonPagedPoolNx, max(length, 1),
+                                                  TAG_BUFFER)
+            elif flags & DO_DIRECT_IO:
+                mdl = self._probe_and_lock(thread, buffer, length)
+        except UserAccessViolation:
+            return NTSTATUS.STATUS_ACCESS_VIOLATION
+        ex.kernel_write(irp, struct.pack("<hHIQQiIQB7xQQ", IO_TYPE_IRP, IRP_SIZE, 0, mdl,
+                                         system_buffer, 0, 0, 0, USER_MODE, buffer,
+                                         irp + IRP_STACK))
+        ex.kernel_write(irp + IRP_STACK, struct.pack("<BBBB4xIIqQQ", IRP_MJ_READ, 0, 0, 0,
+                                                     length, 0, 0, device.address, 0))
+        record = self.irps[irp] = IrpRecord(irp)
+        status = ex.call_kernel(dispatch, device.address, irp, space=thread.process.space,
+                                stack_top=thread.kernel_stack_top).rax & 0xFFFF_FFFF
+        if status == NTSTATUS.STATUS_PENDING and not record.completed:
+            return status                     # completion later: interrupts and DPCs, next
+        final, information = struct.unpack("<iIQ", ex.kernel_read(irp + IRP_STATUS, 16))[::2]
+        if not record.completed:
+            final, information = status, 0
+        information = min(information, length)
+        try:
+            if system_buffer and final >= 0:
+                # Back in the caller's context: the system buffer goes to the user's buffer.
+                probe_and_write(ex, buffer, ex.kernel_read(system_buffer, information))
+            if out:
+                probe_and_write(ex, out, information.to_bytes(8, "little"))
+        except UserAccessViolation:
+            return NTSTATUS.STATUS_ACCESS_VIOLATION
+        del self.irps[irp]
+        return final & 0xFFFF_FFFF
+
+    def _probe_and_lock(self, thread: Thread, buffer: int, length: int) -> int:
+        """MmProbeAndLockPages: an MDL listing the frames of the caller's buffer (each page
+        checked writable from user mode, and made present)."""
+        from emu.nt.syscalls import UserAccessViolation, _user_pages
+
+        ex = self.ex
+        frames = [pa >> 12 for _, pa, _ in _user_pages(ex, buffer, max(length, 1), "write")]
+        frames = list(dict.fromkeys(frames))
+        if not frames:
+            raise UserAccessViolation(buffer)
+        mdl = ex.pools.allocate(PoolType.NonPagedPoolNx, MDL_PFN + 8 * len(frames), TAG_MDL)
+        ex.kernel_write(mdl, struct.pack("<QhhIQQII", 0, MDL_PFN + 8 * len(frames), 0, 0, 0,
+                                         buffer & ~0xFFF, length, buffer & 0xFFF))
+        ex.kernel_write(mdl + MDL_PFN, struct.pack(f"<{len(frames)}Q", *frames))
+        return mdl
+
+    def complete(self, irp: int, caller: int) -> None:
+        """IoCompleteRequest: the driver is done with the IRP; twice is bug check 0x44."""
+        record = self.irps.get(irp)
+        if record is None or record.completed:
+            raise BugCheck(MULTIPLE_IRP_COMPLETE_REQUESTS, (irp, 0, 0, 0), caller,
+                           "IoCompleteRequest on an IRP that is already complete")
+        record.completed = True
+
+    def map_mdl(self, mdl: int) -> int:
+        """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address."""
+        ex = self.ex
+        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
+        count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
+        if mapped:
+            return mapped + offset
+        pages = (offset + max(count, 1) + 0xFFF) >> 12
+        frames = struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN, 8 * pages))
+        va = self._system_ptes
+        self._system_ptes += (pages + 1) * layout.PAGE_SIZE       # a guard page between
+        flags = leaf_flags(Protection.PAGE_READWRITE, user=False, populated=True)
+        for i, pfn in enumerate(frames):
+            ex.mm.system.map_page(va + i * layout.PAGE_SIZE, pfn, flags)
+        ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va))
+        return va + offset
+

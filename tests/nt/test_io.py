@@ -1,0 +1,85 @@
+"""The I/O manager: a read IRP to a driver, with buffered, direct and neither I/O."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from emu.nt import layout
+
+DRIVERS = Path(__file__).resolve().parents[2] / "guest" / "build" / "drivers"
+
+
+def read_through(machine_factory, apps, driver: str, device: str, *extra):
+    if not (DRIVERS / driver).exists():
+        pytest.skip("drivers not built")
+    m = machine_factory()
+    m.add_driver(DRIVERS / driver)
+    p = m.spawn(apps / "devread", [device, *extra])
+    seen = {}
+
+    def at_exit(proc):                       # the caller's buffer, while its tables exist
+        va = proc.image.symbols["buffer"]
+        seen["buffer"] = va
+        seen["frame"] = proc.space.lookup(va).pfn
+
+    m.executive.exit_observers.append(at_exit)
+    r = m.run()
+    return m, p, r, seen, bytes(m.executive.debug_output).decode()
+
+
+def written_at(debug: str) -> int:
+    return int(re.search(r"writing at ([0-9A-F]+)", debug).group(1), 16)
+
+
+@pytest.mark.parametrize("driver, device", [("buffered.sys", "\\Device\\Buffered"),
+                                            ("direct.sys", "\\Device\\Direct"),
+                                            ("neither.sys", "\\Device\\Neither")])
+def test_a_read_reaches_the_caller(machine_factory, apps, driver, device):
+    _, p, r, _, debug = read_through(machine_factory, apps, driver, device)
+    message = f"data from {driver}"
+    assert p.output.decode().splitlines() == ["status 0x00000000",
+                                              f"read {len(message) + 1} bytes",
+                                              f"data: {message}"]
+    assert f"in process {p.pid}" in debug      # dispatched in the requester's context
+    assert r.bugcheck is None
+
+
+def test_buffered_io_writes_a_system_buffer_in_pool(machine_factory, apps):
+    _, _, _, seen, debug = read_through(machine_factory, apps, "buffered.sys",
+                                        "\\Device\\Buffered")
+    target = written_at(debug)
+    assert layout.KERNEL_POOL_NX <= target < layout.KERNEL_POOL_NX + layout.KERNEL_POOL_SIZE
+
+
+def test_direct_io_maps_the_callers_own_frame_at_a_kernel_address(machine_factory, apps):
+    m, _, _, seen, debug = read_through(machine_factory, apps, "direct.sys", "\\Device\\Direct")
+    target = written_at(debug)
+    assert target >= layout.KERNEL_SYSTEM_PTES and target & 0xFFF == seen["buffer"] & 0xFFF
+    # one frame, two virtual addresses: the user buffer's and the driver's
+    assert m.executive.mm.system.lookup(target).pfn == seen["frame"]
+
+
+def test_neither_io_hands_the_driver_the_raw_user_address(machine_factory, apps):
+    _, _, _, seen, debug = read_through(machine_factory, apps, "neither.sys",
+                                        "\\Device\\Neither")
+    assert written_at(debug) == seen["buffer"]
+
+
+def test_an_unknown_device(machine_factory, apps):
+    _, p, _, _, _ = read_through(machine_factory, apps, "buffered.sys", "\\Device\\Nobody")
+    assert p.output == b"open failed 0xc0000034\n"
+
+
+def test_a_direct_read_into_memory_the_caller_cannot_write_is_refused(machine_factory, apps):
+    _, p, r, _, _ = read_through(machine_factory, apps, "direct.sys", "\\Device\\Direct",
+                                 "0x100000")
+    assert p.output.decode().splitlines()[0] == "status 0xc0000005" and r.bugcheck is None
+
+
+def test_completing_an_irp_twice_is_bug_check_0x44(machine_factory, apps):
+    _, p, r, _, _ = read_through(machine_factory, apps, "twice.sys", "\\Device\\Twice")
+    assert r.bugcheck.code == 0x44 and r.bugcheck.driver == "twice.sys"
+    assert r.bugcheck.params[0] >= layout.KERNEL_POOL_NX            # the IRP
