@@ -25,12 +25,14 @@ _AV_KIND = {"read": EXCEPTION_READ_FAULT, "write": EXCEPTION_WRITE_FAULT,
 _NO_ADDRESS = 0xFFFF_FFFF_FFFF_FFFF   # what Windows reports for a #GP: it has no address
 _AV_WORD = {"read": "read", "write": "write", "fetch": "execute"}
 
-# Instructions that need CPL 0 (SDM Vol. 3A §5.9): at ring 3 their #GP is a privilege violation.
+# Instructions that need CPL 0, or CPL <= IOPL for I/O and IF (SDM Vol. 3A §5.9, §19.5):
+# at ring 3 their #GP is a privilege violation. (popf at ring 3 does not fault: it just
+# leaves IF alone; an iretq that fails its checks is a plain #GP, an access violation.)
 PRIVILEGED = frozenset({
     "hlt", "cli", "sti", "lgdt", "lidt", "lldt", "ltr", "clts", "invd", "wbinvd", "invlpg",
     "rdmsr", "wrmsr", "in", "out", "ins", "outs", "insb", "insw", "insd", "outsb", "outsw",
     "outsd", "swapgs", "sysret", "sysretq", "sysexit", "lmsw", "invpcid", "xsetbv", "rdpmc",
-    "monitor", "mwait", "iretq", "iret", "iretd", "popf", "popfq",
+    "monitor", "mwait",
 })
 
 _VECTOR_STATUS = {
