@@ -490,7 +490,14 @@ class Executive:
         while True:
             exc = result.exception
             if result.reason is StopReason.BUDGET:
-                raise MachineStop(INSTRUCTION_LIMIT)
+                if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
+                    raise MachineStop(INSTRUCTION_LIMIT)
+                # Kernel code is not preempted here: the quantum ends when it returns.
+                self.cpu.set_budget(self.scheduler.quantum if self.max_insns is None else
+                                    min(self.scheduler.quantum,
+                                        self.max_insns - self.cpu.instructions))
+                result = self._run_cpu()
+                continue
             if self.interrupted:
                 raise MachineStop(INTERRUPTED)
             if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:

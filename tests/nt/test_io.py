@@ -83,3 +83,24 @@ def test_completing_an_irp_twice_is_bug_check_0x44(machine_factory, apps):
     _, p, r, _, _ = read_through(machine_factory, apps, "twice.sys", "\\Device\\Twice")
     assert r.bugcheck.code == 0x44 and r.bugcheck.driver == "twice.sys"
     assert r.bugcheck.params[0] >= layout.KERNEL_POOL_NX            # the IRP
+
+
+def test_a_quantum_ending_inside_a_driver_does_not_stop_the_machine(machine_factory, apps):
+    if not (DRIVERS / "buffered.sys").exists():
+        pytest.skip("drivers not built")
+    m = machine_factory(quantum=50)
+    m.add_driver(DRIVERS / "buffered.sys")
+    reader = m.spawn(apps / "devread", ["\\Device\\Buffered"])
+    other = m.spawn(apps / "counter", ["x", "1", "1"])
+    r = m.run()
+    assert r.stopped is None and reader.exit_status == 0 and other.exit_status == 0
+    assert reader.output.decode().splitlines()[-1] == "data: data from buffered.sys"
+
+
+def test_the_instruction_limit_still_applies_inside_a_driver(machine_factory, apps):
+    if not (DRIVERS / "buffered.sys").exists():
+        pytest.skip("drivers not built")
+    m = machine_factory(max_insns=20)
+    m.add_driver(DRIVERS / "buffered.sys")
+    m.spawn(apps / "devread", ["\\Device\\Buffered"])
+    assert m.run().stopped == "instruction limit"
