@@ -136,6 +136,8 @@ class Cpu:
         self._prefetched: tuple | None = None    # page table already prefetched since a flush
         self.syscall_handler: Callable[[Cpu], None] | None = None
         self.int2e_handler: Callable[[Cpu], bool] | None = None   # True: handled
+        self.devices: list = []                  # on the I/O port bus (emu.hw.devices)
+        self.clock: Callable[[], int] = lambda: 0   # the machine's time, for devices
         self.native = NativeHooks(uc, self._fill)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
@@ -398,13 +400,27 @@ class Cpu:
             self.syscall_handler(self)
 
     def _on_in(self, uc: Uc, port: int, size: int, _data) -> int:
-        self._check_io_privilege(port)
-        return 0xFFFF_FFFF            # no device answers: the bus floats high
+        if not self._check_io_privilege(port):
+            return 0
+        device = self._device_at(port)
+        if device is None:
+            return (1 << (8 * size)) - 1     # no device answers: the bus floats high
+        return device.port_in(port - device.base) & ((1 << (8 * size)) - 1)
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data) -> None:
-        self._check_io_privilege(port)
+        if not self._check_io_privilege(port):
+            return
+        device = self._device_at(port)
+        if device is not None:
+            device.port_out(port - device.base, value, self.clock())
 
-    def _check_io_privilege(self, port: int) -> None:
+    def _device_at(self, port: int):
+        for device in self.devices:
+            if device.base <= port < device.base + 0x10:
+                return device
+        return None
+
+    def _check_io_privilege(self, port: int) -> bool:
         """IN/OUT need CPL <= IOPL; our TSS has no I/O bitmap, so otherwise #GP(0) (SDM §19.5).
         Unicorn skips this check, so the CPU layer makes it."""
         iopl = (self.reg("rflags") >> 12) & 3
@@ -412,6 +428,8 @@ class Cpu:
             self._event = CpuException(Vector.GP, self.rip, self.cpl,
                                        reason=f"I/O to port {port:#x} with CPL > IOPL")
             self.uc.emu_stop()
+            return False
+        return True
 
     def set_trace(self, callback: Callable[[Cpu, int, int], None] | None) -> None:
         """Call ``callback(cpu, rip, size)`` before every instruction (slow), or stop tracing."""

@@ -238,3 +238,36 @@ def rtl_init_unicode_string(ex: Executive, call: ExportCall) -> int:
     ex.kernel_write(call.arg(0), struct.pack("<HHIQ", length, length + 2 if source else 0, 0,
                                              source))
     return 0
+
+
+@export("IoConnectInterrupt")
+def io_connect_interrupt(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS IoConnectInterrupt(*InterruptObject, ServiceRoutine, ServiceContext,
+    SpinLock, Vector, Irql, SynchronizeIrql, InterruptMode, ShareVector, Affinity,
+    FloatingSave): the ISR runs at the device's IRQL when its line goes up."""
+    vector = call.arg(4) & 0xFFFF_FFFF
+    if vector not in {d.vector for d in ex.cpu.devices} or vector in ex.interrupts:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    obj = ex.pools.allocate(512, 0x40, 0x746E49)                     # KINTERRUPT (NonPagedPoolNx)
+    ex.interrupts[vector] = (call.arg(1), call.arg(2), obj)
+    ex.kernel_write(call.arg(0), struct.pack("<Q", obj))
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@export("IoInitializeDpcRequest")
+def io_initialize_dpc_request(ex: Executive, call: ExportCall) -> int:
+    """VOID IoInitializeDpcRequest(DeviceObject, DpcRoutine): the device's DpcForIsr."""
+    ex.io.dpc_routines[call.arg(0)] = call.arg(1)
+    return 0
+
+
+@export("IoRequestDpc")
+def io_request_dpc(ex: Executive, call: ExportCall) -> int:
+    """VOID IoRequestDpc(DeviceObject, Irp, Context): queue the device's DpcForIsr, to run
+    at DISPATCH_LEVEL once the ISR returns."""
+    routine = ex.io.dpc_routines.get(call.arg(0))
+    if routine is None:
+        raise BugCheck(0xC4, (0, call.arg(0), 0, 0), call_site(ex, call.return_address),
+                       "IoRequestDpc without IoInitializeDpcRequest")
+    ex.dpc_queue.append((routine, (0, call.arg(0), call.arg(1), call.arg(2))))
+    return 0

@@ -10,8 +10,10 @@ driver reaches the caller's buffer depends on the device's flags (Windows'
 - direct I/O: an MDL lists the caller's frames; MmGetSystemAddressForMdlSafe maps
   them at a kernel address, valid in any process (one frame, two addresses);
 - neither I/O: the raw user address, meaningful only in the caller's address space.
-Requests complete in the dispatch routine for now; a pending request
-(STATUS_PENDING) comes back to the caller as it is, until interrupts and DPCs land.
+A driver may instead pend the request (STATUS_PENDING), start its device, and complete
+the IRP later from a DPC queued by its interrupt service routine: whatever thread
+the interrupt arrived in. The requester waits; its buffer is then filled in its own
+context (the completion's second half runs when it runs again).
 
 Structure layouts are fixed in guest/include/ddk/ntddk.h (offsets asserted there).
 """
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.mm.address_space import Protection, leaf_flags
-from emu.nt.ob import ObjectType
+from emu.nt.ob import Event, ObjectType
 from emu.nt.pool import PoolType
 from emu.nt.status import NTSTATUS
 
@@ -80,6 +82,7 @@ class DeviceFile:
 class IrpRecord:
     address: int
     completed: bool = False
+    done: Event | None = None          # what the requesting thread waits on, once pended
 
 
 class IoManager:
@@ -89,6 +92,7 @@ class IoManager:
         self.ex = ex
         self.devices: dict[str, Device] = {}
         self.irps: dict[int, IrpRecord] = {}
+        self.dpc_routines: dict[int, int] = {}      # DEVICE_OBJECT -> its DpcForIsr
         self._system_ptes = layout.KERNEL_SYSTEM_PTES
 
     # -- driver objects and devices -------------------------------------------------------
@@ -129,10 +133,11 @@ class IoManager:
     # -- requests ---------------------------------------------------------------------------
 
     def read(self, thread: Thread, file: DeviceFile, buffer: int, length: int,
-             out: int) -> int:
+             out: int) -> int | None:
         """NtReadFile on a device: an IRP_MJ_READ, dispatched at ring 0 in ``thread``'s
-        context; the NTSTATUS for the caller."""
-        from emu.nt.syscalls import UserAccessViolation, probe_and_write
+        context; the NTSTATUS for the caller, or None when the driver pended it (the thread
+        then waits, and gets its status when the IRP completes)."""
+        from emu.nt.syscalls import UserAccessViolation
 
         ex, device = self.ex, file.device
         length = min(length, MAX_TRANSFER)
@@ -160,7 +165,23 @@ class IoManager:
         status = ex.call_kernel(dispatch, device.address, irp, space=thread.process.space,
                                 stack_top=thread.kernel_stack_top).rax & 0xFFFF_FFFF
         if status == NTSTATUS.STATUS_PENDING and not record.completed:
-            return status                     # completion later: interrupts and DPCs, next
+            # The driver started the device and returned: the thread waits; the completion
+            # (from a DPC, in whatever context) wakes it, and the rest of this request
+            # runs in the requester's own context when it runs again.
+            record.done = Event(manual_reset=True, state=False)
+            ex.scheduler.block(thread, record.done, None)
+            thread.apc = lambda: self._finish_read(record, system_buffer, buffer, length, out,
+                                                   status)
+            return None
+        return self._finish_read(record, system_buffer, buffer, length, out, status)
+
+    def _finish_read(self, record: IrpRecord, system_buffer: int, buffer: int, length: int,
+                     out: int, status: int) -> int:
+        """IopCompleteRequest's second half, in the requester's context: copy a system
+        buffer to the caller, report the byte count, free the IRP's memory."""
+        from emu.nt.syscalls import UserAccessViolation, probe_and_write
+
+        ex, irp = self.ex, record.address
         final, information = struct.unpack("<iIQ", ex.kernel_read(irp + IRP_STATUS, 16))[::2]
         if not record.completed:
             final, information = status, 0
@@ -199,6 +220,9 @@ class IoManager:
             raise BugCheck(MULTIPLE_IRP_COMPLETE_REQUESTS, (irp, 0, 0, 0), caller,
                            "IoCompleteRequest on an IRP that is already complete")
         record.completed = True
+        if record.done is not None:                  # a pended request: wake the requester
+            record.done.state = True
+            self.ex.scheduler.signal(record.done)
 
     def map_mdl(self, mdl: int) -> int:
         """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address."""

@@ -27,6 +27,7 @@ from capstone import x86_const as cx
 from emu.hw import mmu
 from emu.hw.cpu import Cpu, CpuException, RunResult, StopReason, Vector
 from emu.hw.descriptors import GDT_LIMIT, TSS_SIZE, Selector, build_gdt, build_tss
+from emu.hw.devices import SlowDevice
 from emu.hw.faultaddr import memory_accesses
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
@@ -82,6 +83,7 @@ INSTRUCTION_LIMIT = "instruction limit"
 INTERRUPTED = "interrupted"
 DEADLOCK = "deadlock"
 MAX_KERNEL_STACKS = 4096
+PASSIVE_LEVEL, DISPATCH_LEVEL, DEVICE_IRQL = 0, 2, 5      # IRQLs (DIRQL for the slow device)
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,12 @@ class Executive:
         self.pools = Pools(self.mm)
         self.drivers: list[drivers.Driver] = []
         self.pending_drivers: list[drivers.DriverImage] = []   # DriverEntry runs at boot
-        self.irql = 0                    # PASSIVE_LEVEL
+        self.irql = PASSIVE_LEVEL
         self.io = IoManager(self)
+        self.interrupts: dict[int, tuple[int, int, int]] = {}  # vector -> (ISR, context, object)
+        self.dpc_queue: list[tuple[int, tuple[int, ...]]] = []  # (routine, its 4 arguments)
+        self.cpu.devices.append(SlowDevice())
+        self.cpu.clock = lambda: self.clock
         self.debug_output = bytearray()
         self.current_thread: Thread | None = None
         self.bugcheck: BugCheck | None = None
@@ -263,6 +269,8 @@ class Executive:
         while True:
             if self.interrupted:
                 raise MachineStop(INTERRUPTED)
+            if not self.scheduler.ready and self._idle_until_interrupt():
+                continue
             thread = self.scheduler.next_thread(self.clock)
             if thread is None:
                 if any(p.live_threads for p in self.processes):
@@ -272,13 +280,14 @@ class Executive:
 
     def _budget(self) -> int | None:
         """Instructions for the next turn, or None to run at full speed (nothing to count)."""
-        counting = self.count_always or self.scheduler.needs_counting()
+        device = self._device_deadline()
+        counting = self.count_always or self.scheduler.needs_counting() or device is not None
         if not counting:
             return None
         budget = self.scheduler.quantum
-        deadline = self.scheduler.next_deadline()
-        if deadline is not None:
-            budget = min(budget, max(1, deadline - self.clock))
+        for deadline in (self.scheduler.next_deadline(), device):
+            if deadline is not None:
+                budget = min(budget, max(1, deadline - self.clock))
         if self.max_insns is not None:
             budget = min(budget, self.max_insns - self.cpu.instructions)
         return budget
@@ -326,6 +335,11 @@ class Executive:
         if thread.resume_rax is not None:
             cpu.set_reg("rax", thread.resume_rax)
             thread.resume_rax = None
+        if thread.apc is not None:
+            # The completion of its I/O, in its own context (Windows' special kernel APC):
+            # now the caller's buffer is the caller's buffer.
+            apc, thread.apc = thread.apc, None
+            cpu.set_reg("rax", apc() & 0xFFFF_FFFF)
         return self._run_cpu()
 
     def _turn_over(self, thread: Thread, result: RunResult) -> bool:
@@ -339,7 +353,11 @@ class Executive:
         if result.reason is StopReason.BUDGET:
             if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
                 raise MachineStop(INSTRUCTION_LIMIT)
-            self.scheduler.make_ready(thread)          # quantum over: to the back
+            # A device's interrupt line may be up: it interrupts THIS thread, whatever
+            # process it belongs to (the seed's "arbitrary thread context").
+            self._deliver_interrupts(thread)
+            if thread.state is ThreadState.RUNNING:
+                self.scheduler.make_ready(thread)      # quantum over: to the back
             return True
         if self.interrupted:
             raise MachineStop(INTERRUPTED)
@@ -348,6 +366,8 @@ class Executive:
             # context, on its kernel stack, then back to user mode with the result.
             work, thread.kernel_work = thread.kernel_work, None
             status = work()
+            if status is None:
+                return True                  # pended: the thread waits for the completion
             self.cpu.uc.context_restore(thread.context)
             self.cpu.set_control(cr3=thread.process.space.cr3)
             self.cpu.set_reg("rax", status & 0xFFFF_FFFF_FFFF_FFFF)
@@ -361,6 +381,45 @@ class Executive:
                 return False                           # a stop nobody asked for: go on
             self.scheduler.make_ready(thread)
         return True
+
+    # -- interrupts and DPCs ----------------------------------------------------------------
+
+    def _device_deadline(self) -> int | None:
+        times = [d.fire_at for d in self.cpu.devices if d.fire_at is not None]
+        return min(times) if times else None
+
+    def _idle_until_interrupt(self) -> bool:
+        """Nothing ready: if a device will interrupt before any timer, let the clock run to
+        it (the idle loop) and take the interrupt in the system context."""
+        device = self._device_deadline()
+        timer = self.scheduler.next_deadline()
+        if device is None or (timer is not None and timer < device):
+            return False
+        self.scheduler.idle_skipped += max(0, device - self.clock)
+        self._deliver_interrupts(None)
+        return True
+
+    def _deliver_interrupts(self, thread: Thread | None) -> None:
+        """Every device whose line is up interrupts ``thread`` (None: the idle system): its
+        ISR runs at DIRQL, then the DPCs it queued at DISPATCH_LEVEL, in that thread's
+        address space and on its kernel stack, before the thread goes on."""
+        for device in self.cpu.devices:
+            if device.due(self.clock) and device.vector in self.interrupts:
+                isr, context, obj = self.interrupts[device.vector]
+                self._at_irql(DEVICE_IRQL, isr, (obj, context), thread)
+                while self.dpc_queue:
+                    routine, args = self.dpc_queue.pop(0)
+                    self._at_irql(DISPATCH_LEVEL, routine, args, thread)
+
+    def _at_irql(self, irql: int, routine: int, args: tuple[int, ...],
+                 thread: Thread | None) -> None:
+        self.irql = irql
+        try:
+            self.call_kernel(routine, *args,
+                             space=thread.process.space if thread else self.mm.system,
+                             stack_top=thread.kernel_stack_top if thread else KERNEL_STACK_TOP)
+        finally:
+            self.irql = PASSIVE_LEVEL
 
     def _set_rsp0(self, top: int) -> None:
         """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""
@@ -447,6 +506,15 @@ class Executive:
         leaf = 0
         if exc.walk:
             leaf = exc.walk[-1].value
+        if exc.vector == Vector.PF and self.irql >= DISPATCH_LEVEL:
+            # No page fault may be taken at DISPATCH_LEVEL or above, whatever the address:
+            # DRIVER_IRQL_NOT_LESS_OR_EQUAL (address, IRQL, 0 read / 1 write / 8 execute, RIP).
+            kind = {"read": 0, "write": 1, "fetch": 8}[exc.access or "read"]
+            bc = BugCheck(BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL,
+                          (exc.address or 0, self.irql, kind, exc.rip), exc.rip,
+                          f"page fault at IRQL {self.irql}: {exc.reason}", instruction=insn)
+            self._fill_bugcheck(bc)
+            return bc
         bc = trap.kernel_bugcheck(exc, insn, leaf,
                                   divisor_is_zero=self._divisor_is_zero(exc))
         self._fill_bugcheck(bc)

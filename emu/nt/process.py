@@ -113,6 +113,7 @@ class Thread(DispatcherObject):
     instructions: int = 0
     continue_context: dict | None = None   # registers NtContinue asked to resume with
     kernel_work: object = None   # a service's ring-0 part, run once the CPU has stopped
+    apc: object = None           # I/O completion to run in this thread's context when it runs
     dispatching: int = 0         # exceptions delivered to user mode and not yet continued
 
     object_type = ObjectType.THREAD

@@ -86,6 +86,11 @@ IMPORTS = {
                 "RtlInitUnicodeString"},
     "twice": {"IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeString"},
 }
+_SLOW = {"DbgPrint", "IoCompleteRequest", "IoConnectInterrupt", "IoCreateDevice",
+         "IoInitializeDpcRequest", "IoRequestDpc", "KeGetCurrentIrql", "PsGetCurrentProcessId",
+         "RtlInitUnicodeString"}
+IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,
+                "slowdirect": _SLOW | {"MmGetSystemAddressForMdlSafe"}})
 # R_X86_64_RELATIVE entries: hello.sys keeps one pointer into itself (driver_name).
 RELATIVE_COUNT = {"hello": 1}
 DRIVERS = sorted(IMPORTS)

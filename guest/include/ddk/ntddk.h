@@ -289,6 +289,46 @@ VOID NTAPI IoCompleteRequest(PIRP Irp, CHAR PriorityBoost);
 PVOID NTAPI MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
 VOID NTAPI RtlInitUnicodeString(PUNICODE_STRING DestinationString, PCWSTR SourceString);
 
+/* -- interrupts and DPCs ------------------------------------------------------------- */
+
+typedef struct _KINTERRUPT *PKINTERRUPT;
+typedef struct _KDPC *PKDPC;
+typedef BOOLEAN NTAPI KSERVICE_ROUTINE(PKINTERRUPT Interrupt, PVOID ServiceContext);
+typedef VOID NTAPI IO_DPC_ROUTINE(PKDPC Dpc, PDEVICE_OBJECT DeviceObject, PIRP Irp,
+                                  PVOID Context);
+#define DISPATCH_LEVEL 2
+
+/* The ISR runs at the device's IRQL, in whatever thread the interrupt arrives in. */
+NTSTATUS NTAPI IoConnectInterrupt(PKINTERRUPT *InterruptObject,
+                                  KSERVICE_ROUTINE *ServiceRoutine, PVOID ServiceContext,
+                                  PVOID SpinLock, ULONG Vector, KIRQL Irql,
+                                  KIRQL SynchronizeIrql, ULONG InterruptMode,
+                                  BOOLEAN ShareVector, ULONG_PTR ProcessorEnableMask,
+                                  BOOLEAN FloatingSave);
+VOID NTAPI IoInitializeDpcRequest(PDEVICE_OBJECT DeviceObject, IO_DPC_ROUTINE *DpcRoutine);
+/* Queue the device's DPC: it runs at DISPATCH_LEVEL once the ISR returns. */
+VOID NTAPI IoRequestDpc(PDEVICE_OBJECT DeviceObject, PIRP Irp, PVOID Context);
+
+/* The request will complete later (the dispatch routine then returns STATUS_PENDING). */
+static inline VOID IoMarkIrpPending(PIRP Irp)
+{
+    Irp->CurrentStackLocation->Control |= 0x01;       /* SL_PENDING_RETURNED */
+}
+
+/* Port I/O (ring 0): the slow device answers at ports 0x300-0x30F, interrupt vector 0x31. */
+static inline VOID WRITE_PORT_ULONG(USHORT Port, ULONG Value)
+{
+    __asm__ volatile("outl %0, %w1" : : "a"(Value), "Nd"(Port));
+}
+
+static inline ULONG READ_PORT_ULONG(USHORT Port)
+{
+    ULONG value;
+
+    __asm__ volatile("inl %w1, %0" : "=a"(value) : "Nd"(Port));
+    return value;
+}
+
 /* -- the driver's side --------------------------------------------------------------- */
 
 /*
