@@ -10,6 +10,8 @@
     two processes preempted: two `loop`s sharing the CPU, as guest instructions per second
               relative to one alone (full speed) and to plain Unicorn (information)
     context switches per second: two `yielder`s handing the CPU back and forth
+    read round trips per second: devbench through buffered.sys (completed in the dispatch
+              routine) and slowbuffered.sys (pended, completed by an interrupt and a DPC)
 
 Each figure is the median of several runs. Exit status 0 even when a target is
 missed (timing depends on the machine); the table says which.
@@ -61,6 +63,22 @@ def machine_time(apps: list[tuple[str, list[str]]], **kwargs) -> float:
         elapsed = time.perf_counter() - t
         if any(p.exit_status != 0 for p in procs):
             raise SystemExit(f"bench: {apps} failed")
+        return elapsed
+    finally:
+        m.close()
+
+
+def io_round_trips(driver: str, device: str, count: int) -> float:
+    """Seconds for ``count`` reads through ``driver`` (devbench)."""
+    m = Machine("64M")
+    try:
+        m.add_driver(ROOT / "guest" / "build" / "drivers" / driver)
+        proc = m.spawn(APPS / "devbench", [device, str(count)])
+        t = time.perf_counter()
+        m.run()
+        elapsed = time.perf_counter() - t
+        if not proc.output.endswith(b"last status 0x00000000\n"):
+            raise SystemExit(f"bench: devbench through {driver} failed: {proc.output!r}")
         return elapsed
     finally:
         m.close()
@@ -137,6 +155,14 @@ def main() -> int:
     switches, elapsed = context_switch_rate(yields)
     rows.append(("context switches per second (two yielders)", switches / elapsed, "info",
                  True, f"{switches} switches in {elapsed:.3f}s"))
+
+    # I/O round trips: a read IRP completed in the dispatch routine, and one pended until
+    # the device's interrupt and its DPC (the device's latency is guest time, skipped idle).
+    for driver, device, count in (("buffered.sys", "\\Device\\Buffered", 2000),
+                                  ("slowbuffered.sys", "\\Device\\SlowBuffered", 300)):
+        elapsed = median_time(lambda d=driver, v=device, c=count: io_round_trips(d, v, c), n)
+        rows.append((f"read round trips per second ({driver})", count / elapsed, "info",
+                     True, f"{count} reads in {elapsed:.3f}s"))
 
     width = max(len(r[0]) for r in rows)
     for name, ratio, target, ok, detail in rows:

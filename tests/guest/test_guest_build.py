@@ -45,6 +45,7 @@ EXEC_APPS = [
     "counter",
     "crasher",
     "deadlock",
+    "devbench",
     "devread",
     "divzero",
     "execdata",
