@@ -30,7 +30,9 @@ def bugcheck_dict(bc: BugCheck | None) -> dict[str, Any] | None:
     if bc is None:
         return None
     return {"code": bc.code, "name": bc.name, "params": list(bc.params), "rip": bc.rip,
-            "instruction": bc.instruction, "detail": bc.detail, "driver": bc.driver or None}
+            "instruction": bc.instruction, "detail": bc.detail, "driver": bc.driver or None,
+            "location": bc.location or None, "process": bc.process or None, "irql": bc.irql,
+            "backtrace": bc.backtrace}
 
 
 def build_report(result: MachineResult, mem_size: int) -> dict[str, Any]:

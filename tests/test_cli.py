@@ -240,7 +240,8 @@ def test_a_driver_crash_is_a_blue_screen(apps):
     r = emu("run", "--driver", sys_file, apps / "hello")
     assert r.returncode == 126 and r.stdout.startswith("crash.sys:")
     assert "PAGE_FAULT_IN_NONPAGED_AREA (0x00000050)" in r.stderr
-    assert "The fault happened in driver crash.sys" in r.stderr
+    assert "The fault happened in driver crash.sys (crash.sys!DriverEntry+0x" in r.stderr
+    assert "Process: System (no process), IRQL 0" in r.stderr
 
 
 def test_a_bad_driver_is_a_usage_error(apps):

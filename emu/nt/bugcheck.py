@@ -42,6 +42,10 @@ class BugCheck(Exception):
     registers: dict[str, int] = field(default_factory=dict)
     instruction: str = ""
     driver: str = ""                      # the driver whose code was running, if any
+    location: str = ""                    # driver!Function+offset of the faulting RIP
+    process: str = ""                     # the process whose address space was current
+    irql: int = 0
+    backtrace: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(f"bug check {self.code:#x}")
@@ -65,9 +69,12 @@ def blue_screen(bc: BugCheck) -> str:
     if bc.detail:
         lines.append(f"*** {bc.detail}")
     if bc.driver:
-        lines.append(f"*** The fault happened in driver {bc.driver}")
+        lines.append(f"*** The fault happened in driver {bc.driver} ({bc.location})")
     if bc.rip is not None:
         lines.append(f"*** Faulting RIP 0x{bc.rip:016x}: {bc.instruction or '??'}")
+    lines.append(f"*** Process: {bc.process or 'System (no process)'}, IRQL {bc.irql}")
+    if bc.backtrace:
+        lines.append("*** Stack: " + " <- ".join(bc.backtrace))
     regs = [f"{name}={value:016x}" for name, value in bc.registers.items()]
     for i in range(0, len(regs), 4):
         lines.append("    " + " ".join(regs[i:i + 4]))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emu.nt import exports, layout
-from emu.nt.loader import PF_W, PF_X, ElfReader, LoaderError, Segment
+from emu.nt.loader import PF_W, PF_X, ElfReader, LoaderError, Segment, symbol_table
 from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
@@ -90,7 +90,8 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     for p in loads:
         _add_segment(image, p, data, path)
     symbols, undefined = _dynamic_symbols(elf, data)
-    image.symbols = {name: base + value for name, value in symbols.items()}
+    image.symbols = {**symbol_table(elf, base),
+                     **{name: base + value for name, value in symbols.items()}}
     if "DriverEntry" not in image.symbols:
         raise LoaderError(f"{path}: no DriverEntry (the driver's entry point must be "
                           "exported)")
@@ -228,6 +229,20 @@ def _registry_path(ex: Executive, name: str) -> int:
     ex.write_user(ex.mm.system, string, struct.pack("<HHIQ", len(text), len(text) + 2, 0,
                                                     buffer))
     return string
+
+
+def symbolize(ex: Executive, address: int) -> str:
+    """``driver.sys!Function+0x1a`` (or ``driver.sys+0x1234``) for a code address in a loaded
+    driver, as WinDbg names it; the bare address elsewhere."""
+    driver = driver_at(ex, address)
+    if driver is None:
+        return f"0x{address:x}"
+    image = driver.image
+    best = max(((value, name) for name, value in image.symbols.items() if value <= address),
+               default=None)
+    if best is None:
+        return f"{image.name}+0x{address - image.base:x}"
+    return f"{image.name}!{best[1]}+0x{address - best[0]:x}"
 
 
 def driver_at(ex: Executive, address: int) -> Driver | None:

@@ -532,7 +532,28 @@ class Executive:
             driver = drivers.driver_at(self, bc.rip)
             if driver is not None:
                 bc.driver = driver.image.name
+                bc.location = drivers.symbolize(self, bc.rip)
+            bc.backtrace = [drivers.symbolize(self, a) for a in self._frames(bc.rip)]
+        proc = self.current
+        bc.process = f'{proc.pid} "{proc.name}"' if proc is not None else ""
+        bc.irql = self.irql
         self.bugcheck = bc
+
+    def _frames(self, rip: int, limit: int = 8) -> list[int]:
+        """Return addresses up the ring-0 stack by frame pointers (drivers keep them)."""
+        frames, rbp = [rip], self.cpu.reg("rbp")
+        while len(frames) < limit and rbp >= layout.KERNEL_SPACE_START and not rbp & 7:
+            try:
+                saved, ret = struct.unpack("<QQ", self.kernel_read(rbp, 16))
+            except BugCheck:
+                break
+            if ret < layout.KERNEL_SPACE_START or ret in (KERNEL_RETURN,):
+                break
+            frames.append(ret)
+            if saved <= rbp:
+                break
+            rbp = saved
+        return frames
 
     def describe_instruction(self, rip: int) -> str:
         """``mnemonic operands`` of the instruction at ``rip`` in the current address space."""

@@ -200,7 +200,7 @@ def _parse(elf: ElfReader, data: bytes, path: str) -> Image:
     _check_entry(image, path)
     if kind == "ET_DYN":
         _relocate(elf, image, path)
-    image.symbols = _symbols(elf, base)
+    image.symbols = symbol_table(elf, base)
     return image
 
 
@@ -304,7 +304,7 @@ def _vaddr_to_offset(headers: list, vaddr: int, size: int, path: str) -> int:
     raise LoaderError(f"{path}: relocation table at 0x{vaddr:x} is not in a loaded segment")
 
 
-def _symbols(elf: ElfReader, base: int) -> dict[str, int]:
+def symbol_table(elf: ElfReader, base: int) -> dict[str, int]:
     """Function and object symbols from .symtab, relocated (for traces and the debugger)."""
     sections = elf.section_headers()
     data = elf.data

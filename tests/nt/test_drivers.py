@@ -59,6 +59,8 @@ def test_a_driver_crash_takes_every_process_down(machine_factory, apps, sys_file
     assert bc.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA
     assert bc.params[0] == 0xFFFF_9000_0000_0000 and bc.params[1] == 2     # write
     assert bc.params[2] == bc.rip and bc.driver == "crash.sys"
+    assert bc.location.startswith("crash.sys!DriverEntry+0x") and bc.process == "" \
+        and bc.irql == 0
     assert p.output == b"" and p in r.unfinished          # the app never got to run
 
 

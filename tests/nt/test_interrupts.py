@@ -69,7 +69,9 @@ def test_neither_io_where_the_address_is_unmapped_is_a_bug_check(machine_factory
     bc = r.bugcheck
     assert bc.code == BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL
     assert bc.params[:3] == (PAGE, 2, 1) and bc.params[3] == bc.rip     # write at IRQL 2
-    assert bc.driver == "slowneither.sys"
+    assert bc.driver == "slowneither.sys" and bc.location.startswith("slowneither.sys!DpcForIsr+")
+    assert bc.process == f'{other.pid} "counter"' and bc.irql == 2     # the arbitrary context
+    assert bc.backtrace[0] == bc.location
     assert requester in r.unfinished and other in r.unfinished
 
 
