@@ -271,3 +271,85 @@ def io_request_dpc(ex: Executive, call: ExportCall) -> int:
                        "IoRequestDpc without IoInitializeDpcRequest")
     ex.dpc_queue.append((routine, (0, call.arg(0), call.arg(1), call.arg(2))))
     return 0
+
+
+# -- IRQL and user buffers -------------------------------------------------------------
+
+IRQL_NOT_GREATER_OR_EQUAL = 0x09
+
+
+@export("KfRaiseIrql")
+def kf_raise_irql(ex: Executive, call: ExportCall) -> int:
+    """KIRQL KfRaiseIrql(NewIrql): the old IRQL; raising to a lower one is bug check 0x9."""
+    new, old = call.arg(0) & 0xFF, ex.irql
+    if new < old:
+        raise BugCheck(IRQL_NOT_GREATER_OR_EQUAL, (new, old, 0, 0),
+                       call_site(ex, call.return_address), "KfRaiseIrql to a lower IRQL")
+    ex.irql = new
+    return old
+
+
+@export("KeLowerIrql")
+def ke_lower_irql(ex: Executive, call: ExportCall) -> int:
+    """VOID KeLowerIrql(NewIrql)."""
+    ex.irql = min(ex.irql, call.arg(0) & 0xFF)
+    return 0
+
+
+def _probe(ex: Executive, address: int, length: int, alignment: int, write: bool) -> int:
+    """ProbeForRead/ProbeForWrite: the range must lie in user space (below
+    MmUserProbeAddress), be aligned, and for a write be writable from user mode now."""
+    from emu.hw import mmu
+
+    if length == 0:
+        return NTSTATUS.STATUS_SUCCESS
+    if alignment and address % alignment:
+        return NTSTATUS.STATUS_DATATYPE_MISALIGNMENT
+    if address + length > layout.MM_USER_PROBE_ADDRESS or address + length < address:
+        return NTSTATUS.STATUS_ACCESS_VIOLATION
+    if write:
+        for page in range(address & ~0xFFF, address + length, layout.PAGE_SIZE):
+            try:
+                ex.cpu.walk(page, "write", cpl=3)
+            except (mmu.PageFault, mmu.GeneralProtection):
+                return NTSTATUS.STATUS_ACCESS_VIOLATION
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@export("ProbeForRead")
+def probe_for_read(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS ProbeForRead(Address, Length, Alignment): Windows raises an exception for
+    __try/__except; C without SEH gets the status instead (STATUS_ACCESS_VIOLATION)."""
+    return _probe(ex, call.arg(0), call.arg(1), call.arg(2) & 0xFFFF_FFFF, write=False)
+
+
+@export("ProbeForWrite")
+def probe_for_write(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS ProbeForWrite(Address, Length, Alignment): as ProbeForRead, for writing."""
+    return _probe(ex, call.arg(0), call.arg(1), call.arg(2) & 0xFFFF_FFFF, write=True)
+
+
+@export("MmCopyToUser")
+def mm_copy_to_user(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS MmCopyToUser(UserDestination, Source, Length): a guarded copy into the
+    CURRENT process's memory (the job of __try { RtlCopyMemory } __except): a bad address
+    gives STATUS_ACCESS_VIOLATION instead of a bug check."""
+    from emu.nt.syscalls import UserAccessViolation, UserStatus, probe_and_write
+
+    try:
+        probe_and_write(ex, call.arg(0), ex.kernel_read(call.arg(1), call.arg(2)))
+    except (UserAccessViolation, UserStatus):
+        return NTSTATUS.STATUS_ACCESS_VIOLATION
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@export("MmCopyFromUser")
+def mm_copy_from_user(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS MmCopyFromUser(Destination, UserSource, Length): the guarded read."""
+    from emu.nt.syscalls import UserAccessViolation, UserStatus, probe_and_read
+
+    try:
+        ex.kernel_write(call.arg(0), probe_and_read(ex, call.arg(1), call.arg(2)))
+    except (UserAccessViolation, UserStatus):
+        return NTSTATUS.STATUS_ACCESS_VIOLATION
+    return NTSTATUS.STATUS_SUCCESS

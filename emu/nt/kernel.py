@@ -114,6 +114,7 @@ class Executive:
         self.drivers: list[drivers.Driver] = []
         self.pending_drivers: list[drivers.DriverImage] = []   # DriverEntry runs at boot
         self.irql = PASSIVE_LEVEL
+        self.in_system_service = False   # ring-0 work done for a system call right now
         self.io = IoManager(self)
         self.interrupts: dict[int, tuple[int, int, int]] = {}  # vector -> (ISR, context, object)
         self.dpc_queue: list[tuple[int, tuple[int, ...]]] = []  # (routine, its 4 arguments)
@@ -365,7 +366,11 @@ class Executive:
             # A service that must run driver code (an I/O request): in this thread's
             # context, on its kernel stack, then back to user mode with the result.
             work, thread.kernel_work = thread.kernel_work, None
-            status = work()
+            self.in_system_service = True
+            try:
+                status = work()
+            finally:
+                self.in_system_service = False
             if status is None:
                 return True                  # pended: the thread waits for the completion
             self.cpu.uc.context_restore(thread.context)
@@ -516,7 +521,8 @@ class Executive:
             self._fill_bugcheck(bc)
             return bc
         bc = trap.kernel_bugcheck(exc, insn, leaf,
-                                  divisor_is_zero=self._divisor_is_zero(exc))
+                                  divisor_is_zero=self._divisor_is_zero(exc),
+                                  in_system_service=self.in_system_service)
         self._fill_bugcheck(bc)
         return bc
 

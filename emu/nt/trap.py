@@ -106,7 +106,7 @@ def _error_code_text(code: int) -> str:
 
 
 def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0, *,
-                    divisor_is_zero: bool = True) -> BugCheck:
+                    divisor_is_zero: bool = True, in_system_service: bool = False) -> BugCheck:
     """The bug check for a ring-0 exception (codes and parameters per the bug check reference)."""
     if exc.vector == Vector.PF:
         address = exc.address or 0
@@ -125,6 +125,10 @@ def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0, *,
                         exc.rip, exc.reason or f"#{exc.vector.name} in kernel mode",
                         instruction=instruction)
     info = user_exception(exc, instruction, stack_guard=None, divisor_is_zero=divisor_is_zero)
+    if in_system_service:
+        # Raised in kernel mode while serving a system call: (code, address, context, 0).
+        return BugCheck(BugCheckCode.SYSTEM_SERVICE_EXCEPTION, (info.code, exc.rip, 0, 0),
+                        exc.rip, info.detail or info.name, instruction=instruction)
     p1, p2 = (info.params + (0, 0))[:2]
     return BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (info.code, exc.rip, p1, p2),
                     exc.rip, info.detail or info.name, instruction=instruction)

@@ -1,7 +1,9 @@
 /*
- * devread: `devread DEVICE [LENGTH]` opens a device a driver created (e.g.
+ * devread: `devread DEVICE [LENGTH [ADDRESS]]` opens a device a driver created (e.g.
  * \Device\Buffered) and reads from it: an IRP_MJ_READ to the driver. Prints
- * `status 0x%08x`, `read N bytes`, and the bytes as text (`data: ...`).
+ * `status 0x%08x`, `read N bytes`, and the bytes as text (`data: ...`). With ADDRESS,
+ * the read goes there instead of into its own buffer (e.g. a kernel address: what
+ * does the driver do with it?).
  */
 #include <emu/lib.h>
 #include <emu/syscall.h>
@@ -18,15 +20,17 @@ int main(int argc, char **argv)
         return 2;
     }
     size_t length = argc > 2 ? strtoul(argv[2], NULL, 0) : sizeof(buffer) - 1;
+    char *target = argc > 3 ? (char *)strtoul(argv[3], NULL, 0) : buffer;
     NTSTATUS status = NtOpenFile(argv[1], &device);
     if (status != STATUS_SUCCESS) {
         printf("open failed 0x%08x\n", (unsigned)status);
         return 1;
     }
-    status = NtReadFile(device, buffer, length, &n);
+    status = NtReadFile(device, target, length, &n);
     printf("status 0x%08x\n", (unsigned)status);
     printf("read %lu bytes\n", (unsigned long)n);
-    printf("data: %s\n", buffer);
+    if (target == buffer)
+        printf("data: %s\n", buffer);
     NtClose(device);
     return 0;
 }

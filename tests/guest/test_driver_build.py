@@ -89,6 +89,8 @@ IMPORTS = {
 _SLOW = {"DbgPrint", "IoCompleteRequest", "IoConnectInterrupt", "IoCreateDevice",
          "IoInitializeDpcRequest", "IoRequestDpc", "KeGetCurrentIrql", "PsGetCurrentProcessId",
          "RtlInitUnicodeString"}
+IMPORTS["probe"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmCopyToUser",
+                    "ProbeForWrite", "RtlInitUnicodeString"}
 IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,
                 "slowdirect": _SLOW | {"MmGetSystemAddressForMdlSafe"}})
 # R_X86_64_RELATIVE entries: hello.sys keeps one pointer into itself (driver_name).

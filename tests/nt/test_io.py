@@ -104,3 +104,40 @@ def test_the_instruction_limit_still_applies_inside_a_driver(machine_factory, ap
     m.add_driver(DRIVERS / "buffered.sys")
     m.spawn(apps / "devread", ["\\Device\\Buffered"])
     assert m.run().stopped == "instruction limit"
+
+
+def test_a_careful_driver_probes_the_callers_address(machine_factory, apps):
+    _, p, r, _, debug = read_through(machine_factory, apps, "probe.sys", "\\Device\\Probe")
+    assert p.output.decode().splitlines() == ["status 0x00000000", "read 20 bytes",
+                                              "data: data from probe.sys"]
+
+
+def test_probing_a_kernel_address_from_user_mode_is_refused_not_a_crash(machine_factory,
+                                                                       apps):
+    m, p, r, _, debug = read_through(machine_factory, apps, "probe.sys", "\\Device\\Probe",
+                                     "16", hex(layout.KERNEL_GDT))
+    assert p.output.decode().splitlines() == ["status 0xc0000005", "read 0 bytes"]
+    assert r.bugcheck is None and "status 0xc0000005" in debug
+
+
+def test_a_careless_driver_writes_kernel_memory_for_the_app(machine_factory, apps):
+    """neither.sys copies to whatever address it is given: an app makes it overwrite the
+    GDT (the first 16 bytes: the null descriptor and an unused one, so nothing breaks,
+    this time)."""
+    m, p, r, _, _ = read_through(machine_factory, apps, "neither.sys", "\\Device\\Neither",
+                                 "16", hex(layout.KERNEL_GDT))
+    gdt = m.executive.mm.system.lookup(layout.KERNEL_GDT).pfn * 4096
+    assert m.mem.read(gdt, 16) == b"data from neithe"
+    assert p.output.decode().splitlines()[0] == "status 0x00000000"
+
+
+def test_an_exception_in_a_system_service_is_bug_check_0x3b():
+    from emu.hw.cpu import CpuException, Vector
+    from emu.nt.bugcheck import BugCheckCode
+    from emu.nt.trap import kernel_bugcheck
+
+    exc = CpuException(Vector.DE, 0xFFFF_F800_0100_1000, 0)
+    assert kernel_bugcheck(exc, "div ecx").code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
+    bc = kernel_bugcheck(exc, "div ecx", in_system_service=True)
+    assert bc.code == BugCheckCode.SYSTEM_SERVICE_EXCEPTION
+    assert bc.params == (0xC0000094, 0xFFFF_F800_0100_1000, 0, 0)

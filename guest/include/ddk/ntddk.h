@@ -289,6 +289,24 @@ VOID NTAPI IoCompleteRequest(PIRP Irp, CHAR PriorityBoost);
 PVOID NTAPI MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
 VOID NTAPI RtlInitUnicodeString(PUNICODE_STRING DestinationString, PCWSTR SourceString);
 
+/* -- IRQL and user buffers ----------------------------------------------------------- */
+
+KIRQL NTAPI KfRaiseIrql(KIRQL NewIrql);
+VOID NTAPI KeLowerIrql(KIRQL NewIrql);
+#define KeRaiseIrql(NewIrql, OldIrql) (*(OldIrql) = KfRaiseIrql(NewIrql))
+#define STATUS_ACCESS_VIOLATION ((NTSTATUS)0xC0000005L)
+
+/*
+ * Windows' probes raise an exception for __try/__except, which freestanding C does
+ * not have: these return STATUS_ACCESS_VIOLATION instead (or
+ * STATUS_DATATYPE_MISALIGNMENT). ProbeForWrite also checks the pages are writable.
+ */
+NTSTATUS NTAPI ProbeForRead(const VOID *Address, SIZE_T Length, ULONG Alignment);
+NTSTATUS NTAPI ProbeForWrite(VOID *Address, SIZE_T Length, ULONG Alignment);
+/* Guarded copies to and from the CURRENT process's user memory (a try/except in C). */
+NTSTATUS NTAPI MmCopyToUser(VOID *UserDestination, const VOID *Source, SIZE_T Length);
+NTSTATUS NTAPI MmCopyFromUser(VOID *Destination, const VOID *UserSource, SIZE_T Length);
+
 /* -- interrupts and DPCs ------------------------------------------------------------- */
 
 typedef struct _KINTERRUPT *PKINTERRUPT;
