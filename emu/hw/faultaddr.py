@@ -69,7 +69,8 @@ def memory_accesses(insn: capstone.CsInsn, reg: Callable[[str], int],
             ea += insn.address + insn.size
         elif mem.base:
             ea += reg(insn.reg_name(mem.base))
-        if mem.index:
+        if mem.index and insn.reg_name(mem.index) not in ("riz", "eiz"):
+            # (riz/eiz: Capstone's name for a SIB byte with no index register: zero)
             ea += reg(insn.reg_name(mem.index)) * mem.scale
         if mem.segment in (cx.X86_REG_FS, cx.X86_REG_GS):
             ea += reg(insn.reg_name(mem.segment) + "_base")

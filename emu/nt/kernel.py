@@ -515,7 +515,10 @@ class Executive:
             # No page fault may be taken at DISPATCH_LEVEL or above, whatever the address:
             # DRIVER_IRQL_NOT_LESS_OR_EQUAL (address, IRQL, 0 read / 1 write / 8 execute, RIP).
             kind = {"read": 0, "write": 1, "fetch": 8}[exc.access or "read"]
-            bc = BugCheck(BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL,
+            code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL \
+                if drivers.driver_at(self, exc.rip) is not None \
+                else BugCheckCode.IRQL_NOT_LESS_OR_EQUAL        # not a driver's code: 0x0A
+            bc = BugCheck(code,
                           (exc.address or 0, self.irql, kind, exc.rip), exc.rip,
                           f"page fault at IRQL {self.irql}: {exc.reason}", instruction=insn)
             self._fill_bugcheck(bc)
@@ -535,11 +538,14 @@ class Executive:
         if bc.rip is not None:
             if not bc.instruction:
                 bc.instruction = self.describe_instruction(bc.rip)
-            driver = drivers.driver_at(self, bc.rip)
-            if driver is not None:
-                bc.driver = driver.image.name
-                bc.location = drivers.symbolize(self, bc.rip)
-            bc.backtrace = [drivers.symbolize(self, a) for a in self._frames(bc.rip)]
+            frames = self._frames(bc.rip)
+            bc.backtrace = [drivers.symbolize(self, a) for a in frames]
+            # The driver to blame: the one whose code faulted, or, when the fault is the
+            # fetch of a bad call target, the caller.
+            culprit = next((a for a in frames if drivers.driver_at(self, a) is not None), None)
+            if culprit is not None:
+                bc.driver = drivers.driver_at(self, culprit).image.name
+                bc.location = drivers.symbolize(self, culprit)
         proc = self.current
         bc.process = f'{proc.pid} "{proc.name}"' if proc is not None else ""
         bc.irql = self.irql
@@ -548,6 +554,13 @@ class Executive:
     def _frames(self, rip: int, limit: int = 8) -> list[int]:
         """Return addresses up the ring-0 stack by frame pointers (drivers keep them)."""
         frames, rbp = [rip], self.cpu.reg("rbp")
+        if drivers.driver_at(self, rip) is None:      # a bad call target: [rsp] is the caller
+            try:
+                caller = self.kernel_read_u64(self.cpu.reg("rsp"))
+            except BugCheck:
+                caller = 0
+            if drivers.driver_at(self, caller) is not None:
+                frames.append(caller)
         while len(frames) < limit and rbp >= layout.KERNEL_SPACE_START and not rbp & 7:
             try:
                 saved, ret = struct.unpack("<QQ", self.kernel_read(rbp, 16))

@@ -89,6 +89,8 @@ IMPORTS = {
 _SLOW = {"DbgPrint", "IoCompleteRequest", "IoConnectInterrupt", "IoCreateDevice",
          "IoInitializeDpcRequest", "IoRequestDpc", "KeGetCurrentIrql", "PsGetCurrentProcessId",
          "RtlInitUnicodeString"}
+IMPORTS["nxpool"] = {"DbgPrint", "ExAllocatePoolWithTag"}
+IMPORTS["smep"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeString"}
 IMPORTS["probe"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmCopyToUser",
                     "ProbeForWrite", "RtlInitUnicodeString"}
 IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,

@@ -115,3 +115,27 @@ def test_an_app_is_not_a_driver(machine_factory, apps):
 def test_ke_bug_check_ex_points_at_the_call(machine_factory, apps, sys_files):
     _, _, r = boot(machine_factory, apps, [sys_files / "bugcheck.sys"])
     assert r.bugcheck.instruction.startswith("call")
+
+
+def test_code_in_executable_pool_runs_but_nx_pool_is_bug_check_0xfc(machine_factory, apps,
+                                                                   sys_files):
+    from emu.hw.mmu import PTE
+
+    m, _, r = boot(machine_factory, apps, [sys_files / "nxpool.sys"])
+    out = bytes(m.executive.debug_output).decode()
+    assert "in NonPagedPool at" in out and "it returned" in out
+    bc = r.bugcheck
+    assert bc.code == BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY
+    assert layout.KERNEL_POOL_NX <= bc.params[0] < layout.KERNEL_POOL_PAGED
+    assert bc.params[1] & PTE.NX and bc.driver == "nxpool.sys"
+
+
+def test_smep_stops_a_driver_calling_into_user_code(machine_factory, apps, sys_files):
+    m = machine_factory()
+    m.add_driver(sys_files / "smep.sys")
+    p = m.spawn(apps / "devread", ["\\Device\\Smep", "16", "0x401000"])   # its own code page
+    r = m.run()
+    bc = r.bugcheck
+    assert bc.code == BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY
+    assert bc.params[0] == 0x401000 and "SMEP" in bc.detail
+    assert bc.location.startswith("smep.sys!Read+") and bc.process == f'{p.pid} "devread"'

@@ -7,7 +7,7 @@ is byte-for-byte what it was (user code cannot write it).
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from emu.nt import layout
@@ -45,6 +45,8 @@ TARGETS = st.sampled_from([layout.KERNEL_GDT, layout.KERNEL_TEXT, layout.KERNEL_
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(code=st.binary(min_size=1, max_size=48), rbx=TARGETS, rsi=TARGETS)
+# Found by this test: `add [rsi + riz], al` once crashed CR2's recomputation (riz).
+@example(code=b"\x00\x04&", rbx=layout.KERNEL_GDT, rsi=layout.KERNEL_GDT)
 def test_random_code_ends_defined_and_harms_nobody(machine_factory, apps, code, rbx, rsi):
     prefix = b"\x48\xbb" + rbx.to_bytes(8, "little") + b"\x48\xbe" + rsi.to_bytes(8, "little")
     m = machine_factory(mem="8M", max_insns=200_000, quantum=5_000)
