@@ -91,6 +91,8 @@ _SLOW = {"DbgPrint", "IoCompleteRequest", "IoConnectInterrupt", "IoCreateDevice"
          "RtlInitUnicodeString"}
 IMPORTS["nxpool"] = {"DbgPrint", "ExAllocatePoolWithTag"}
 IMPORTS["smep"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeString"}
+IMPORTS["ticket"] = {"IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeString"}
+IMPORTS["scribble"] = {"DbgPrint"}
 IMPORTS["probe"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmCopyToUser",
                     "ProbeForWrite", "RtlInitUnicodeString"}
 IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,

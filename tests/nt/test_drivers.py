@@ -139,3 +139,23 @@ def test_smep_stops_a_driver_calling_into_user_code(machine_factory, apps, sys_f
     assert bc.code == BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY
     assert bc.params[0] == 0x401000 and "SMEP" in bc.detail
     assert bc.location.startswith("smep.sys!Read+") and bc.process == f'{p.pid} "devread"'
+
+
+def test_one_driver_corrupts_another_through_the_shared_kernel_space(machine_factory, apps,
+                                                                     sys_files):
+    """scribble.sys writes through a bad index into ticket.sys's counter: no fault, wrong
+    answers (the seed: a driver writing the wrong address compromises another driver)."""
+    def tickets(drivers):
+        m = machine_factory()
+        images = [m.add_driver(sys_files / d) for d in drivers]
+        p = m.spawn(apps / "devread", ["\\Device\\Ticket"])
+        r = m.run()
+        assert r.bugcheck is None
+        return p.output.decode().splitlines()[-1], images
+
+    assert tickets(["ticket.sys"])[0] == "data: ticket 1000"
+    line, (ticket, scribble) = tickets(["ticket.sys", "scribble.sys"])
+    # the geometry the bug relies on: table[index] lands on ticket.sys's counter
+    index = -(16 * 1024 * 1024 // 4) + 4
+    assert scribble.symbols["table"] + 4 * index == ticket.symbols["next_ticket"]
+    assert line == "data: ticket 0"
