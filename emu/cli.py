@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--driver", action="append", default=[], metavar="PATH",
                      help="load a driver (ELF64 shared object) at boot; its DriverEntry runs at "
                      "ring 0 before the apps start (repeatable)")
+    run.add_argument("--smap", action="store_true",
+                     help="turn on CR4.SMAP: ring 0 may touch user memory only through the "
+                     "probe/copy routines (Windows leaves SMAP off)")
     run.add_argument("--map", action="store_true",
                      help="after the run, print each process's address-space map (regions, "
                      "protections, frames) to standard error")
@@ -139,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--fs {args.fs}: not a directory")
     try:
         machine = Machine(args.mem, max_insns=args.max_insns, trace=trace, console=_echo,
-                          quantum=args.quantum, fs_root=args.fs)
+                          quantum=args.quantum, fs_root=args.fs, smap=args.smap)
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:

@@ -59,7 +59,8 @@ class Machine:
     def __init__(self, mem: int | str = "64M", *, max_insns: int | None = None,
                  trace: TextIO | None = None,
                  console: Callable[[Process, bytes], None] | None = None,
-                 quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None) -> None:
+                 quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None,
+                 smap: bool = False) -> None:
         size = parse_size(mem) if isinstance(mem, str) else mem
         if size < MIN_MEMORY or size > MAX_MEMORY or size % 4096:
             raise ValueError(f"memory size must be a multiple of 4K between 1M and 64G, "
@@ -69,7 +70,8 @@ class Machine:
         if quantum <= 0:
             raise ValueError("--quantum must be positive")
         self.mem = PhysicalMemory(size)
-        self.executive = Executive(self.mem, console, quantum=quantum, fs_root=fs_root)
+        self.executive = Executive(self.mem, console, quantum=quantum, fs_root=fs_root,
+                                   smap=smap)
         self.max_insns = max_insns
         self._trace = trace
         self.result: MachineResult | None = None

@@ -99,7 +99,8 @@ class Executive:
 
     def __init__(self, mem: PhysicalMemory,
                  console: Callable[[Process, bytes], None] | None = None, *,
-                 quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None) -> None:
+                 quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None,
+                 smap: bool = False) -> None:
         self.mem = mem
         self.cpu = Cpu(mem)
         self.cpu.syscall_handler = self._on_syscall
@@ -135,6 +136,9 @@ class Executive:
         self._deferred: list[Callable[[], None]] = []
         self._reschedule = False
         self._full_speed = False
+        # SMAP: ring 0 may not touch user pages except through the probe/copy routines
+        # (which play STAC/CLAC). Windows leaves it off; --smap turns it on.
+        self._cr4 = int(CR4_BOOT | CR4.SMAP) if smap else int(CR4_BOOT)
         self._boot()
 
     # -- boot ------------------------------------------------------------------------------
@@ -151,7 +155,7 @@ class Executive:
                         use=FrameUse.KERNEL, data=text)
         self._map_kernel_stack(0)
         cpu = self.cpu
-        cpu.set_control(efer=int(EFER_BOOT), cr4=int(CR4_BOOT), cr0=int(CR0_BOOT),
+        cpu.set_control(efer=int(EFER_BOOT), cr4=self._cr4, cr0=int(CR0_BOOT),
                         cr3=system.cr3)
         cpu.load_gdt(layout.KERNEL_GDT, GDT_LIMIT)
         cpu.load_tr(Selector.TSS, layout.KERNEL_TSS, TSS_SIZE - 1)

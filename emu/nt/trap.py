@@ -13,7 +13,7 @@ there is nothing smaller than the whole system to stop.
 from __future__ import annotations
 
 from emu.hw.cpu import CpuException, Vector
-from emu.hw.mmu import PFErr
+from emu.hw.mmu import PTE, PFErr
 from emu.nt.bugcheck import PF_EXECUTE, PF_READ, PF_WRITE, BugCheck, BugCheckCode
 from emu.nt.process import ExceptionInfo
 from emu.nt.status import NTSTATUS
@@ -113,8 +113,10 @@ def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0, *,
         if exc.error_code & PFErr.P and exc.error_code & PFErr.ID:
             return BugCheck(BugCheckCode.ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY,
                             (address, leaf_pte, 0, 0), exc.rip, exc.reason, instruction=instruction)
-        if exc.error_code & PFErr.P and exc.error_code & PFErr.W and not \
+        read_only = bool(exc.walk) and not all(step.value & PTE.RW for step in exc.walk)
+        if exc.error_code & PFErr.P and exc.error_code & PFErr.W and read_only and not \
                 exc.error_code & PFErr.RSVD:
+            # A write that R/W=0 refused (not, say, SMAP on a writable user page).
             return BugCheck(BugCheckCode.ATTEMPTED_WRITE_TO_READONLY_MEMORY,
                             (address, leaf_pte, 0, 0), exc.rip, exc.reason, instruction=instruction)
         kind = {"read": PF_READ, "write": PF_WRITE, "fetch": PF_EXECUTE}[exc.access or "read"]

@@ -141,3 +141,23 @@ def test_an_exception_in_a_system_service_is_bug_check_0x3b():
     bc = kernel_bugcheck(exc, "div ecx", in_system_service=True)
     assert bc.code == BugCheckCode.SYSTEM_SERVICE_EXCEPTION
     assert bc.params == (0xC0000094, 0xFFFF_F800_0100_1000, 0, 0)
+
+
+def test_with_smap_a_driver_touching_user_memory_directly_stops_the_machine(machine_factory,
+                                                                           apps):
+    from emu.nt.bugcheck import BugCheckCode
+
+    m = machine_factory(smap=True)
+    m.add_driver(DRIVERS / "neither.sys")
+    m.spawn(apps / "devread", ["\\Device\\Neither"])
+    bc = m.run().bugcheck
+    assert bc.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA and "SMAP" in bc.detail
+    assert bc.params[:2] == (bc.params[0], 2) and bc.driver == "neither.sys"
+
+
+def test_with_smap_the_probe_and_copy_routines_still_work(machine_factory, apps):
+    m = machine_factory(smap=True)
+    m.add_driver(DRIVERS / "probe.sys")
+    p = m.spawn(apps / "devread", ["\\Device\\Probe"])
+    assert m.run().bugcheck is None
+    assert p.output.decode().splitlines()[-1] == "data: data from probe.sys"
