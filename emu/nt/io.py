@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from emu.nt.kernel import Executive
     from emu.nt.process import Thread
 
-IRP_MJ_CREATE, IRP_MJ_READ = 0x00, 0x03
+IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE = 0x00, 0x03, 0x04
 IRP_MJ_MAXIMUM_FUNCTION = 0x1B
 DO_BUFFERED_IO, DO_DIRECT_IO = 0x04, 0x10
 IO_TYPE_DRIVER, IO_TYPE_DEVICE, IO_TYPE_IRP = 4, 3, 6
@@ -132,52 +132,78 @@ class IoManager:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def read(self, thread: Thread, file: DeviceFile, buffer: int, length: int,
-             out: int) -> int | None:
-        """NtReadFile on a device: an IRP_MJ_READ, dispatched at ring 0 in ``thread``'s
-        context; the NTSTATUS for the caller, or None when the driver pended it (the thread
-        then waits, and gets its status when the IRP completes)."""
-        from emu.nt.syscalls import UserAccessViolation
+    def _dispatch_routine(self, device: Device, major: int) -> int:
+        return self.ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
+                                       + 8 * major)
+
+    def create(self, thread: Thread, device: Device) -> int:
+        """Opening a device: IRP_MJ_CREATE to its driver, if it handles it (synchronously)."""
+        dispatch = self._dispatch_routine(device, IRP_MJ_CREATE)
+        if not dispatch:
+            return NTSTATUS.STATUS_SUCCESS
+        irp, record = self._new_irp(IRP_MJ_CREATE, device, 0, 0, 0, 0)
+        status = self._call(dispatch, thread, device, irp)
+        return self._finish(record, IRP_MJ_CREATE, 0, 0, 0, 0, 0, status)
+
+    def transfer(self, thread: Thread, file: DeviceFile, major: int, buffer: int, length: int,
+                 out: int) -> int | None:
+        """NtReadFile/NtWriteFile on a device: an IRP_MJ_READ or IRP_MJ_WRITE, dispatched at
+        ring 0 in ``thread``'s context; the NTSTATUS for the caller, or None when the driver
+        pended it (the thread then waits, and gets its status when the IRP completes)."""
+        from emu.nt.syscalls import UserAccessViolation, probe_and_read
 
         ex, device = self.ex, file.device
         length = min(length, MAX_TRANSFER)
         flags = ex.kernel_read_u64(device.address + DEVICE_FLAGS) & 0xFFFF_FFFF
-        dispatch = ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
-                                      + 8 * IRP_MJ_READ)
+        dispatch = self._dispatch_routine(device, major)
         if not dispatch:
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST
-        irp = ex.pools.allocate(PoolType.NonPagedPoolNx, IRP_SIZE, TAG_IRP)
         system_buffer = mdl = 0
         try:
             if flags & DO_BUFFERED_IO:
                 system_buffer = ex.pools.allocate(PoolType.NonPagedPoolNx, max(length, 1),
                                                   TAG_BUFFER)
+                if major == IRP_MJ_WRITE:       # the caller's data, copied in its context
+                    ex.kernel_write(system_buffer, probe_and_read(ex, buffer, length))
             elif flags & DO_DIRECT_IO:
-                mdl = self._probe_and_lock(thread, buffer, length)
+                mdl = self._probe_and_lock(buffer, length,
+                                           "write" if major == IRP_MJ_READ else "read")
         except UserAccessViolation:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
-        ex.kernel_write(irp, struct.pack("<hHIQQiIQB7xQQ", IO_TYPE_IRP, IRP_SIZE, 0, mdl,
-                                         system_buffer, 0, 0, 0, USER_MODE, buffer,
-                                         irp + IRP_STACK))
-        ex.kernel_write(irp + IRP_STACK, struct.pack("<BBBB4xIIqQQ", IRP_MJ_READ, 0, 0, 0,
-                                                     length, 0, 0, device.address, 0))
-        record = self.irps[irp] = IrpRecord(irp)
-        status = ex.call_kernel(dispatch, device.address, irp, space=thread.process.space,
-                                stack_top=thread.kernel_stack_top).rax & 0xFFFF_FFFF
+        irp, record = self._new_irp(major, device, length, mdl, system_buffer, buffer)
+        status = self._call(dispatch, thread, device, irp)
         if status == NTSTATUS.STATUS_PENDING and not record.completed:
             # The driver started the device and returned: the thread waits; the completion
             # (from a DPC, in whatever context) wakes it, and the rest of this request
             # runs in the requester's own context when it runs again.
             record.done = Event(manual_reset=True, state=False)
             ex.scheduler.block(thread, record.done, None)
-            thread.apc = lambda: self._finish_read(record, system_buffer, buffer, length, out,
-                                                   status)
+            thread.apc = lambda: self._finish(record, major, system_buffer, mdl, buffer,
+                                              length, out, status)
             return None
-        return self._finish_read(record, system_buffer, buffer, length, out, status)
+        return self._finish(record, major, system_buffer, mdl, buffer, length, out, status)
 
-    def _finish_read(self, record: IrpRecord, system_buffer: int, buffer: int, length: int,
-                     out: int, status: int) -> int:
-        """IopCompleteRequest's second half, in the requester's context: copy a system
+    def _new_irp(self, major: int, device: Device, length: int, mdl: int, system_buffer: int,
+                 user_buffer: int) -> tuple[int, IrpRecord]:
+        ex = self.ex
+        irp = ex.pools.allocate(PoolType.NonPagedPoolNx, IRP_SIZE, TAG_IRP)
+        ex.kernel_write(irp, struct.pack("<hHIQQiIQB7xQQ", IO_TYPE_IRP, IRP_SIZE, 0, mdl,
+                                         system_buffer, 0, 0, 0, USER_MODE, user_buffer,
+                                         irp + IRP_STACK))
+        ex.kernel_write(irp + IRP_STACK, struct.pack("<BBBB4xIIqQQ", major, 0, 0, 0,
+                                                     length, 0, 0, device.address, 0))
+        record = self.irps[irp] = IrpRecord(irp)
+        return irp, record
+
+    def _call(self, dispatch: int, thread: Thread, device: Device, irp: int) -> int:
+        """The driver's dispatch routine, at ring 0 on the thread's kernel stack, with the
+        thread's process's address space current."""
+        return self.ex.call_kernel(dispatch, device.address, irp, space=thread.process.space,
+                                   stack_top=thread.kernel_stack_top).rax & 0xFFFF_FFFF
+
+    def _finish(self, record: IrpRecord, major: int, system_buffer: int, mdl: int,
+                buffer: int, length: int, out: int, status: int) -> int:
+        """IopCompleteRequest's second half, in the requester's context: copy a read's system
         buffer to the caller, report the byte count, free the IRP's memory."""
         from emu.nt.syscalls import UserAccessViolation, probe_and_write
 
@@ -186,24 +212,28 @@ class IoManager:
         if not record.completed:
             final, information = status, 0
         information = min(information, length)
+        result = final & 0xFFFF_FFFF
         try:
-            if system_buffer and final >= 0:
+            if system_buffer and final >= 0 and major == IRP_MJ_READ:
                 # Back in the caller's context: the system buffer goes to the user's buffer.
                 probe_and_write(ex, buffer, ex.kernel_read(system_buffer, information))
             if out:
                 probe_and_write(ex, out, information.to_bytes(8, "little"))
         except UserAccessViolation:
-            return NTSTATUS.STATUS_ACCESS_VIOLATION
+            result = NTSTATUS.STATUS_ACCESS_VIOLATION
         del self.irps[irp]
-        return final & 0xFFFF_FFFF
+        for block, tag in ((irp, TAG_IRP), (system_buffer, TAG_BUFFER), (mdl, TAG_MDL)):
+            if block:
+                ex.pools.free(block, tag)
+        return result
 
-    def _probe_and_lock(self, thread: Thread, buffer: int, length: int) -> int:
+    def _probe_and_lock(self, buffer: int, length: int, access: str) -> int:
         """MmProbeAndLockPages: an MDL listing the frames of the caller's buffer (each page
-        checked writable from user mode, and made present)."""
+        checked from user mode for ``access``, and made present)."""
         from emu.nt.syscalls import UserAccessViolation, _user_pages
 
         ex = self.ex
-        frames = [pa >> 12 for _, pa, _ in _user_pages(ex, buffer, max(length, 1), "write")]
+        frames = [pa >> 12 for _, pa, _ in _user_pages(ex, buffer, max(length, 1), access)]
         frames = list(dict.fromkeys(frames))
         if not frames:
             raise UserAccessViolation(buffer)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from emu.nt import ps
 from emu.nt.fs import GuestFileNotFound
-from emu.nt.io import DeviceFile
+from emu.nt.io import IRP_MJ_READ, IRP_MJ_WRITE, DeviceFile
 from emu.nt.loader import LoaderError, parse_image
 from emu.nt.mm import virtual
 from emu.nt.mm.pfn import OutOfFrames
@@ -72,6 +72,14 @@ def open_handle(ex: Executive, proc: Process, out: int, obj) -> int:
     ex.objects.created(obj)
     write_u64(ex, out, proc.handles.insert(obj))
     return NTSTATUS.STATUS_SUCCESS
+
+
+def device_request(ex: Executive, file, major: int, args: tuple[int, ...]) -> None:
+    """Hand a device request to the I/O manager once the CPU has stopped (the driver's code
+    must run at ring 0): the caller's result comes back then."""
+    thread = ex.current_thread
+    thread.kernel_work = lambda: ex.io.transfer(thread, file, major, args[1], args[2], args[3])
+    ex.cpu.stop()
 
 
 def with_handles(fn):
@@ -213,7 +221,7 @@ def nt_reset_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
 
 @service(Service.NtOpenFile)
 @with_handles
-def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtOpenFile(Path, *Handle): a file of the guest file system (read-only), or the
     console device."""
     path = read_string(ex, args[0])
@@ -227,6 +235,21 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
             obj = FileObject(path, ex.fs.read(path))
     except (GuestFileNotFound, KeyError):
         return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+    if obj.object_type is ObjectType.DEVICE:
+        # IRP_MJ_CREATE first: the driver may refuse the open.
+        thread, out = ex.current_thread, args[1]
+
+        def create() -> int:
+            status = ex.io.create(thread, obj.device)
+            if status != NTSTATUS.STATUS_SUCCESS:
+                return status
+            try:
+                return open_handle(ex, proc, out, obj)
+            except HandleError as err:
+                return err.status
+        thread.kernel_work = create
+        ex.cpu.stop()
+        return None
     return open_handle(ex, proc, args[1], obj)
 
 
@@ -237,10 +260,7 @@ def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     to its driver, dispatched once the CPU has stopped: the result comes back then)."""
     f = reference(ex, proc, args[0], ObjectType.FILE, ObjectType.DEVICE)
     if f.object_type is ObjectType.DEVICE:
-        thread = ex.current_thread
-        thread.kernel_work = lambda: ex.io.read(thread, f, args[1], args[2], args[3])
-        ex.cpu.stop()
-        return None
+        return device_request(ex, f, IRP_MJ_READ, args)
     length = min(args[2], MAX_READ)
     if f.position >= len(f.data) and length:
         return NTSTATUS.STATUS_END_OF_FILE
@@ -270,12 +290,14 @@ def nt_get_current_thread_id(ex: Executive, proc: Process, args: tuple[int, ...]
 
 @service(Service.NtWriteFile)
 @with_handles
-def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtWriteFile(Handle, Buffer, Length, *BytesWritten): only the console is writable;
     the files of the guest file system are read-only (STATUS_ACCESS_DENIED)."""
-    obj = reference(ex, proc, args[0], ObjectType.CONSOLE, ObjectType.FILE)
+    obj = reference(ex, proc, args[0], ObjectType.CONSOLE, ObjectType.FILE, ObjectType.DEVICE)
     if obj.object_type is ObjectType.FILE:
         return NTSTATUS.STATUS_ACCESS_DENIED
+    if obj.object_type is ObjectType.DEVICE:
+        return device_request(ex, obj, IRP_MJ_WRITE, args)
     length = args[2]
     if length > MAX_READ:
         return NTSTATUS.STATUS_INVALID_PARAMETER

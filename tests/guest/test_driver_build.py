@@ -93,6 +93,8 @@ IMPORTS["nxpool"] = {"DbgPrint", "ExAllocatePoolWithTag"}
 IMPORTS["smep"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeString"}
 IMPORTS["ticket"] = {"IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeString"}
 IMPORTS["scribble"] = {"DbgPrint"}
+IMPORTS["echo"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "PsGetCurrentProcessId",
+                   "RtlInitUnicodeString"}
 IMPORTS["probe"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmCopyToUser",
                     "ProbeForWrite", "RtlInitUnicodeString"}
 IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,

@@ -48,6 +48,7 @@ EXEC_APPS = [
     "devbench",
     "devread",
     "divzero",
+    "echo",
     "execdata",
     "exitcode",
     "getpid",

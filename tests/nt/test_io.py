@@ -161,3 +161,21 @@ def test_with_smap_the_probe_and_copy_routines_still_work(machine_factory, apps)
     p = m.spawn(apps / "devread", ["\\Device\\Probe"])
     assert m.run().bugcheck is None
     assert p.output.decode().splitlines()[-1] == "data: data from probe.sys"
+
+
+def test_create_write_and_read_through_a_driver(machine_factory, apps):
+    if not (DRIVERS / "echo.sys").exists():
+        pytest.skip("drivers not built")
+    m = machine_factory()
+    m.add_driver(DRIVERS / "echo.sys")
+    p = m.spawn(apps / "echo", ["through the kernel and back"])
+    m.run()
+    assert p.output.decode().splitlines() == ["wrote 27 bytes",
+                                              "read 27 bytes: through the kernel and back"]
+    assert bytes(m.executive.debug_output) == f"echo.sys: opened by process {p.pid}\n".encode()
+
+
+def test_the_irps_pool_blocks_are_freed_at_completion(machine_factory, apps):
+    m, p, r, _, _ = read_through(machine_factory, apps, "buffered.sys", "\\Device\\Buffered")
+    irps = [b for b in m.executive.pools.blocks.values() if b.tag in (0x20707249, 0x66754249)]
+    assert irps and all(b.freed for b in irps) and m.executive.io.irps == {}
