@@ -141,18 +141,23 @@ def terminate_thread(ex: Executive, thread: Thread, status: int) -> None:
     """PspTerminateThread: the thread ends; the process ends with its last thread."""
     if thread.state is ThreadState.TERMINATED:
         return
-    ex.scheduler.remove(thread)
-    thread.state = ThreadState.TERMINATED
-    thread.exit_status = status
-    ex.free_kernel_stack(thread.kernel_stack_slot)
-    ex.scheduler.signal(thread)
-    ex.object_closed(thread)
+    _end_thread(ex, thread, status)
     proc = thread.process
     if not proc.live_threads:
         terminate_process(ex, proc, status)
     elif thread.stack_high != proc.stack_high:
         top = thread.stack_high
         ex.defer(lambda: virtual.release_thread_stack(ex, proc, top))
+
+
+def _end_thread(ex: Executive, thread: Thread, status: int) -> None:
+    """The thread leaves every queue for good; its kernel stack goes, its waiters wake."""
+    ex.scheduler.remove(thread)
+    thread.state = ThreadState.TERMINATED
+    thread.exit_status = status
+    ex.free_kernel_stack(thread.kernel_stack_slot)
+    ex.scheduler.signal(thread)
+    ex.object_closed(thread)
 
 
 def terminate_process(ex: Executive, proc: Process, status: int,
@@ -167,12 +172,7 @@ def terminate_process(ex: Executive, proc: Process, status: int,
         observe(proc)
     proc.state = ProcessState.TERMINATED
     for thread in proc.live_threads:
-        ex.scheduler.remove(thread)
-        thread.state = ThreadState.TERMINATED
-        thread.exit_status = status
-        ex.free_kernel_stack(thread.kernel_stack_slot)
-        ex.scheduler.signal(thread)
-        ex.object_closed(thread)
+        _end_thread(ex, thread, status)
     for obj in proc.handles.close_all():
         ex.object_closed(obj)
     ex.scheduler.signal(proc)

@@ -1,41 +1,9 @@
 /*
- * direct.sys: a device (\Device\Direct) whose reads use direct I/O. The
- * IRP_MJ_READ dispatch routine copies a message into the caller's own frames, mapped at a kernel address through the MDL, and completes the request
- * at once. Read it with: emu run --driver direct.sys devread '\Device\Direct'
+ * direct.sys: \Device\Direct, reads with direct I/O: it writes into the caller's frames, mapped at a kernel address through the MDL (see sync.h).
+ * Read it with: emu run --driver direct.sys devread '\Device\Direct'
  */
-#include <ddk/ntddk.h>
-
-static const char message[] = "data from direct.sys";
-
-static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
-{
-    PIO_STACK_LOCATION stack = IoGetCurrentIrpStackLocation(Irp);
-    ULONG length = stack->Parameters.Read.Length;
-    ULONG n = length < sizeof(message) ? length : sizeof(message);
-    char *target = MmGetSystemAddressForMdlSafe(Irp->MdlAddress, 0);
-
-    (void)DeviceObject;
-    DbgPrint("direct.sys: read of %u bytes in process %llu, writing at %p\n", length,
-             (unsigned long long)(ULONG_PTR)PsGetCurrentProcessId(), target);
-    RtlCopyMemory(target, message, n);
-    Irp->IoStatus.Status = STATUS_SUCCESS;
-    Irp->IoStatus.Information = n;
-    IoCompleteRequest(Irp, IO_NO_INCREMENT);
-    return STATUS_SUCCESS;
-}
-
-NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
-{
-    UNICODE_STRING name;
-    PDEVICE_OBJECT device;
-    NTSTATUS status;
-
-    (void)RegistryPath;
-    RtlInitUnicodeString(&name, (PCWSTR)u"\\Device\\Direct");
-    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, 0, &device);
-    if (!NT_SUCCESS(status))
-        return status;
-    device->Flags |= DO_DIRECT_IO;
-    DriverObject->MajorFunction[IRP_MJ_READ] = Read;
-    return STATUS_SUCCESS;
-}
+#define SYNC_NAME "direct.sys"
+#define SYNC_DEVICE ((PCWSTR)u"\\Device\\Direct")
+#define SYNC_FLAGS DO_DIRECT_IO
+#define SYNC_TARGET(Irp) ((char *)MmGetSystemAddressForMdlSafe((Irp)->MdlAddress, 0))
+#include "sync.h"

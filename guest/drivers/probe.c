@@ -6,7 +6,7 @@
  * gets STATUS_ACCESS_VIOLATION back; nothing crashes, nothing is overwritten.
  * (neither.sys, which copies blindly, would write that kernel address.)
  */
-#include <ddk/ntddk.h>
+#include "device.h"
 
 static const char message[] = "data from probe.sys";
 
@@ -20,21 +20,15 @@ static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     if (NT_SUCCESS(status))
         status = MmCopyToUser(Irp->UserBuffer, message, n);
     DbgPrint("probe.sys: buffer %p: status 0x%08x\n", Irp->UserBuffer, (unsigned)status);
-    Irp->IoStatus.Status = status;
-    Irp->IoStatus.Information = NT_SUCCESS(status) ? n : 0;
-    IoCompleteRequest(Irp, IO_NO_INCREMENT);
-    return status;
+    return CompleteRequest(Irp, status, NT_SUCCESS(status) ? n : 0);
 }
 
 NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 {
-    UNICODE_STRING name;
     PDEVICE_OBJECT device;
-    NTSTATUS status;
+    NTSTATUS status = CreateNamedDevice(DriverObject, (PCWSTR)u"\\Device\\Probe", 0, &device);
 
     (void)RegistryPath;
-    RtlInitUnicodeString(&name, (PCWSTR)u"\\Device\\Probe");
-    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, 0, &device);
     if (!NT_SUCCESS(status))
         return status;
     DriverObject->MajorFunction[IRP_MJ_READ] = Read;

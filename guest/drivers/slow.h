@@ -12,7 +12,7 @@
  *      the MDL's kernel mapping: right), or neither (the raw user address: wrong,
  *      it lands in whichever process was interrupted).
  */
-#include <ddk/ntddk.h>
+#include "device.h"
 
 #define PORT_COMMAND 0x300
 #define PORT_DATA    0x304
@@ -26,10 +26,7 @@ static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
     (void)DeviceObject;
     if (pending != 0) {
-        Irp->IoStatus.Status = STATUS_UNSUCCESSFUL;
-        Irp->IoStatus.Information = 0;
-        IoCompleteRequest(Irp, IO_NO_INCREMENT);
-        return STATUS_UNSUCCESSFUL;
+        return CompleteRequest(Irp, STATUS_UNSUCCESSFUL, 0);
     }
     DbgPrint(SLOW_NAME ": read started by process %llu, buffer %p\n",
              (unsigned long long)(ULONG_PTR)PsGetCurrentProcessId(), Irp->UserBuffer);
@@ -73,16 +70,12 @@ static VOID NTAPI DpcForIsr(PKDPC Dpc, PDEVICE_OBJECT DeviceObject, PIRP Irp, PV
 
 NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 {
-    UNICODE_STRING name;
     PDEVICE_OBJECT device;
-    NTSTATUS status;
+    NTSTATUS status = CreateNamedDevice(DriverObject, SLOW_DEVICE, SLOW_FLAGS, &device);
 
     (void)RegistryPath;
-    RtlInitUnicodeString(&name, SLOW_DEVICE);
-    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, 0, &device);
     if (!NT_SUCCESS(status))
         return status;
-    device->Flags |= SLOW_FLAGS;
     IoInitializeDpcRequest(device, DpcForIsr);
     status = IoConnectInterrupt(&interrupt, Isr, device, 0, SLOW_VECTOR, 5, 5, 0, 0, 1, 0);
     if (!NT_SUCCESS(status))

@@ -5,7 +5,7 @@
  * check 0xFC (the classic way an exploit would run its payload, stopped by the
  * hardware).
  */
-#include <ddk/ntddk.h>
+#include "device.h"
 
 typedef void (*routine)(void);
 
@@ -14,21 +14,15 @@ static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     (void)DeviceObject;
     DbgPrint("smep.sys: calling the user buffer at %p from ring 0\n", Irp->UserBuffer);
     ((routine)Irp->UserBuffer)();
-    Irp->IoStatus.Status = STATUS_SUCCESS;
-    Irp->IoStatus.Information = 0;
-    IoCompleteRequest(Irp, IO_NO_INCREMENT);
-    return STATUS_SUCCESS;
+    return CompleteRequest(Irp, STATUS_SUCCESS, 0);
 }
 
 NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 {
-    UNICODE_STRING name;
     PDEVICE_OBJECT device;
-    NTSTATUS status;
+    NTSTATUS status = CreateNamedDevice(DriverObject, (PCWSTR)u"\\Device\\Smep", 0, &device);
 
     (void)RegistryPath;
-    RtlInitUnicodeString(&name, (PCWSTR)u"\\Device\\Smep");
-    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, 0, &device);
     if (!NT_SUCCESS(status))
         return status;
     DriverObject->MajorFunction[IRP_MJ_READ] = Read;

@@ -4,7 +4,7 @@
  * Loaded before scribble.sys, its numbers go wrong with no fault anywhere: all
  * drivers share one kernel address space (see scribble.c).
  */
-#include <ddk/ntddk.h>
+#include "device.h"
 
 static ULONG next_ticket = 1000;        /* the only object in .data */
 
@@ -28,24 +28,17 @@ static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     if (n > length)
         n = length;
     RtlCopyMemory(out, text, n);
-    Irp->IoStatus.Status = STATUS_SUCCESS;
-    Irp->IoStatus.Information = n;
-    IoCompleteRequest(Irp, IO_NO_INCREMENT);
-    return STATUS_SUCCESS;
+    return CompleteRequest(Irp, STATUS_SUCCESS, n);
 }
 
 NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 {
-    UNICODE_STRING name;
     PDEVICE_OBJECT device;
-    NTSTATUS status;
+    NTSTATUS status = CreateNamedDevice(DriverObject, (PCWSTR)u"\\Device\\Ticket", DO_BUFFERED_IO, &device);
 
     (void)RegistryPath;
-    RtlInitUnicodeString(&name, (PCWSTR)u"\\Device\\Ticket");
-    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, 0, &device);
     if (!NT_SUCCESS(status))
         return status;
-    device->Flags |= DO_BUFFERED_IO;
     DriverObject->MajorFunction[IRP_MJ_READ] = Read;
     return STATUS_SUCCESS;
 }

@@ -3,7 +3,7 @@
  * owns an IRP once it is completed: the second IoCompleteRequest is bug check
  * 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS (the IRP's address as parameter 1).
  */
-#include <ddk/ntddk.h>
+#include "device.h"
 
 static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
@@ -17,16 +17,12 @@ static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 
 NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 {
-    UNICODE_STRING name;
     PDEVICE_OBJECT device;
-    NTSTATUS status;
+    NTSTATUS status = CreateNamedDevice(DriverObject, (PCWSTR)u"\\Device\\Twice", DO_BUFFERED_IO, &device);
 
     (void)RegistryPath;
-    RtlInitUnicodeString(&name, (PCWSTR)u"\\Device\\Twice");
-    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, 0, &device);
     if (!NT_SUCCESS(status))
         return status;
-    device->Flags |= DO_BUFFERED_IO;
     DriverObject->MajorFunction[IRP_MJ_READ] = Read;
     return STATUS_SUCCESS;
 }
