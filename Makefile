@@ -34,16 +34,8 @@ bytecode: setup
 $(NATIVE): emu/hw/native.c
 	$(CC) -O2 -shared -fPIC -Wall -Werror -o $@ $<
 
-DEMO := "hello one two" badread nullwrite rowrite execdata "privileged hlt" illegal divzero \
-        breakpoint noncanon stackoverflow badptr
-
 run: all
-	@for demo in $(DEMO); do \
-	    set -- $$demo; app=$$1; shift; \
-	    echo; echo "$$ emu run $$app $$*"; \
-	    $(VENV)/bin/emu run guest/build/apps/$$app "$$@"; \
-	    echo "(exit status $$?)"; \
-	done
+	@./demo.sh
 
 test: all
 	$(VENV)/bin/ruff check emu tests bench
