@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from emu.nt.kernel import Executive
     from emu.nt.process import Thread
 
-IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE = 0x00, 0x03, 0x04
+IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE, IRP_MJ_DEVICE_CONTROL = 0x00, 0x03, 0x04, 0x0E
+METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
 IRP_MJ_MAXIMUM_FUNCTION = 0x1B
 DO_BUFFERED_IO, DO_DIRECT_IO = 0x04, 0x10
 IO_TYPE_DRIVER, IO_TYPE_DEVICE, IO_TYPE_IRP = 4, 3, 6
@@ -52,8 +53,9 @@ DEVICE_OBJECT_SIZE = 0x28
 # IRP and its one IO_STACK_LOCATION
 IRP_MDL, IRP_SYSTEM_BUFFER, IRP_STATUS, IRP_INFORMATION = 0x08, 0x10, 0x18, 0x20
 IRP_REQUESTOR_MODE, IRP_USER_BUFFER, IRP_CURRENT_STACK, IRP_STACK = 0x28, 0x30, 0x38, 0x40
-STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = 0x00, 0x08, 0x18
-IRP_SIZE = IRP_STACK + 0x28
+STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = 0x00, 0x08, 0x20
+STACK_SIZE = 0x30
+IRP_SIZE = IRP_STACK + STACK_SIZE
 # MDL
 MDL_MAPPED_VA, MDL_START_VA, MDL_BYTE_COUNT, MDL_BYTE_OFFSET, MDL_PFN = 0x10, 0x18, 0x20, 0x24, 0x28
 MAX_TRANSFER = 1 << 20
@@ -183,6 +185,40 @@ class IoManager:
             return None
         return self._finish(record, major, system_buffer, mdl, buffer, length, out, status)
 
+    def device_control(self, thread: Thread, file: DeviceFile, code: int, in_buffer: int,
+                       in_length: int, out_buffer: int, out_length: int, out: int) -> int:
+        """NtDeviceIoControlFile: an IRP_MJ_DEVICE_CONTROL; the code's low two bits say how
+        the driver sees the buffers (devioctl.h METHOD_*). Completed synchronously."""
+        from emu.nt.syscalls import UserAccessViolation, probe_and_read
+
+        ex, device = self.ex, file.device
+        in_length, out_length = min(in_length, MAX_TRANSFER), min(out_length, MAX_TRANSFER)
+        dispatch = self._dispatch_routine(device, IRP_MJ_DEVICE_CONTROL)
+        if not dispatch:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST
+        method = code & 3
+        system_buffer = mdl = 0
+        try:
+            if method != METHOD_NEITHER:         # the input always goes through the buffer
+                system_buffer = ex.pools.allocate(
+                    PoolType.NonPagedPoolNx, max(in_length, out_length, 1), TAG_BUFFER)
+                ex.kernel_write(system_buffer, probe_and_read(ex, in_buffer, in_length))
+            if method in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT) and out_length:
+                mdl = self._probe_and_lock(out_buffer, out_length,
+                                           "write" if method == METHOD_OUT_DIRECT else "read")
+        except UserAccessViolation:
+            return NTSTATUS.STATUS_ACCESS_VIOLATION
+        irp, record = self._new_irp(IRP_MJ_DEVICE_CONTROL, device, 0, mdl, system_buffer,
+                                    out_buffer)
+        ex.kernel_write(irp + IRP_STACK + 8, struct.pack(
+            "<IIIIQ", out_length, in_length, code & 0xFFFF_FFFF, 0,
+            in_buffer if method == METHOD_NEITHER else 0))
+        status = self._call(dispatch, thread, device, irp)
+        # METHOD_BUFFERED copies the output back like a read; the others wrote in place.
+        major = IRP_MJ_READ if method == METHOD_BUFFERED else IRP_MJ_DEVICE_CONTROL
+        return self._finish(record, major, system_buffer, mdl, out_buffer, out_length, out,
+                            status)
+
     def _new_irp(self, major: int, device: Device, length: int, mdl: int, system_buffer: int,
                  user_buffer: int) -> tuple[int, IrpRecord]:
         ex = self.ex
@@ -190,8 +226,8 @@ class IoManager:
         ex.kernel_write(irp, struct.pack("<hHIQQiIQB7xQQ", IO_TYPE_IRP, IRP_SIZE, 0, mdl,
                                          system_buffer, 0, 0, 0, USER_MODE, user_buffer,
                                          irp + IRP_STACK))
-        ex.kernel_write(irp + IRP_STACK, struct.pack("<BBBB4xIIqQQ", major, 0, 0, 0,
-                                                     length, 0, 0, device.address, 0))
+        ex.kernel_write(irp + IRP_STACK, struct.pack("<BBBB4xII16xQQ", major, 0, 0, 0,
+                                                     length, 0, device.address, 0))
         record = self.irps[irp] = IrpRecord(irp)
         return irp, record
 

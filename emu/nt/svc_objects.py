@@ -305,3 +305,18 @@ def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | 
     if args[3]:
         write_u64(ex, args[3], length)
     return NTSTATUS.STATUS_SUCCESS
+
+
+@service(Service.NtDeviceIoControlFile)
+@with_handles
+def nt_device_io_control_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> None:
+    """NtDeviceIoControlFile(Handle, IoControlCode, InputBuffer, InputBufferLength,
+    OutputBuffer, OutputBufferLength, *BytesReturned): the 7th argument is on the user
+    stack at [rsp + 8] (where the System V call left it; docs/abi.md)."""
+    device = reference(ex, proc, args[0], ObjectType.DEVICE)
+    returned = int.from_bytes(probe_and_read(ex, ex.cpu.reg("rsp") + 8, 8), "little")
+    thread = ex.current_thread
+    thread.kernel_work = lambda: ex.io.device_control(
+        thread, device, args[1], args[2], args[3] & 0xFFFF_FFFF, args[4],
+        args[5] & 0xFFFF_FFFF, returned)
+    ex.cpu.stop()

@@ -50,6 +50,7 @@ class Service(enum.IntEnum):
     NtQueryExitStatus = 0x10
     NtGetCurrentThreadId = 0x11
     NtWriteFile = 0x12
+    NtDeviceIoControlFile = 0x13
     NtAllocateVirtualMemory = 0x20
     NtFreeVirtualMemory = 0x21
     NtProtectVirtualMemory = 0x22

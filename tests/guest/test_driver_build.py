@@ -95,6 +95,8 @@ IMPORTS["ticket"] = {"IoCompleteRequest", "IoCreateDevice", "RtlInitUnicodeStrin
 IMPORTS["scribble"] = {"DbgPrint"}
 IMPORTS["echo"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "PsGetCurrentProcessId",
                    "RtlInitUnicodeString"}
+IMPORTS["ioctl"] = {"IoCompleteRequest", "IoCreateDevice", "MmCopyFromUser", "MmCopyToUser",
+                    "MmGetSystemAddressForMdlSafe", "RtlInitUnicodeString"}
 IMPORTS["probe"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmCopyToUser",
                     "ProbeForWrite", "RtlInitUnicodeString"}
 IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,

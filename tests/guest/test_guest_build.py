@@ -55,6 +55,7 @@ EXEC_APPS = [
     "handles",
     "hello",
     "illegal",
+    "ioctl",
     "loop",
     "myapp",
     "noncanon",

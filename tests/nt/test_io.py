@@ -179,3 +179,16 @@ def test_the_irps_pool_blocks_are_freed_at_completion(machine_factory, apps):
     m, p, r, _, _ = read_through(machine_factory, apps, "buffered.sys", "\\Device\\Buffered")
     irps = [b for b in m.executive.pools.blocks.values() if b.tag in (0x20707249, 0x66754249)]
     assert irps and all(b.freed for b in irps) and m.executive.io.irps == {}
+
+
+def test_device_control_in_each_transfer_method(machine_factory, apps):
+    if not (DRIVERS / "ioctl.sys").exists():
+        pytest.skip("drivers not built")
+    m = machine_factory()
+    m.add_driver(DRIVERS / "ioctl.sys")
+    p = m.spawn(apps / "ioctl", ["stressed"])
+    assert m.run().bugcheck is None
+    assert p.output.decode().splitlines() == ["buffered: desserts (8 bytes)",
+                                              "direct: desserts (8 bytes)",
+                                              "neither: desserts (8 bytes)",
+                                              "unknown: 0xc0000010"]

@@ -196,9 +196,16 @@ typedef struct _IO_STACK_LOCATION {
     union {                         /* 0x08 */
         struct { ULONG Length; ULONG Key; LONGLONG ByteOffset; } Read;
         struct { ULONG Length; ULONG Key; LONGLONG ByteOffset; } Write;
+        struct {
+            ULONG OutputBufferLength;
+            ULONG InputBufferLength;
+            ULONG IoControlCode;
+            ULONG Pad;
+            PVOID Type3InputBuffer;   /* METHOD_NEITHER: the caller's raw input address */
+        } DeviceIoControl;
     } Parameters;
-    PDEVICE_OBJECT DeviceObject;    /* 0x18 */
-    PVOID FileObject;               /* 0x20 */
+    PDEVICE_OBJECT DeviceObject;    /* 0x20 */
+    PVOID FileObject;               /* 0x28 */
 } IO_STACK_LOCATION, *PIO_STACK_LOCATION;
 
 struct _IRP {
@@ -222,7 +229,17 @@ _Static_assert(__builtin_offsetof(DEVICE_OBJECT, Flags) == 0x18, "DEVICE_OBJECT"
 _Static_assert(__builtin_offsetof(MDL, Pfn) == 0x28, "MDL");
 _Static_assert(__builtin_offsetof(IRP, UserBuffer) == 0x30, "IRP");
 _Static_assert(__builtin_offsetof(IRP, Stack) == 0x40, "IRP");
-_Static_assert(sizeof(IO_STACK_LOCATION) == 0x28, "IO_STACK_LOCATION");
+_Static_assert(sizeof(IO_STACK_LOCATION) == 0x30, "IO_STACK_LOCATION");
+_Static_assert(__builtin_offsetof(IO_STACK_LOCATION, DeviceObject) == 0x20, "IO_STACK_LOCATION");
+
+/* I/O control codes (devioctl.h): device type, function, transfer method, access. */
+#define CTL_CODE(DeviceType, Function, Method, Access) \
+    (((DeviceType) << 16) | ((Access) << 14) | ((Function) << 2) | (Method))
+#define METHOD_BUFFERED   0     /* one system buffer: input copied in, output copied back */
+#define METHOD_IN_DIRECT  1     /* input buffered; the output buffer through an MDL */
+#define METHOD_OUT_DIRECT 2
+#define METHOD_NEITHER    3     /* raw user addresses: Type3InputBuffer and Irp->UserBuffer */
+#define FILE_ANY_ACCESS   0
 
 static inline PIO_STACK_LOCATION IoGetCurrentIrpStackLocation(PIRP Irp)
 {

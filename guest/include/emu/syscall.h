@@ -30,6 +30,7 @@
 #define SVC_NT_QUERY_EXIT_STATUS      0x10
 #define SVC_NT_GET_CURRENT_THREAD_ID  0x11
 #define SVC_NT_WRITE_FILE             0x12
+#define SVC_NT_DEVICE_IO_CONTROL_FILE 0x13
 #define SVC_NT_ALLOCATE_VIRTUAL_MEMORY 0x20
 #define SVC_NT_FREE_VIRTUAL_MEMORY    0x21
 #define SVC_NT_PROTECT_VIRTUAL_MEMORY 0x22
@@ -91,6 +92,10 @@ NTSTATUS NtQueryExitStatus(HANDLE process_or_thread, NTSTATUS *exit_status);
 uint32_t NtGetCurrentThreadId(void);
 /* Only the console ("\\Device\\Console", opened with NtOpenFile) can be written. */
 NTSTATUS NtWriteFile(HANDLE file, const void *buffer, size_t length, uint64_t *written);
+/* An I/O control request to a device (IRP_MJ_DEVICE_CONTROL); `returned` gets the bytes out. */
+NTSTATUS NtDeviceIoControlFile(HANDLE device, uint32_t code, const void *input,
+                               uint32_t input_length, void *output, uint32_t output_length,
+                               uint64_t *returned);
 
 /* Virtual memory (docs/abi.md, services 0x20-0x23; winnt.h values). */
 #define MEM_COMMIT   0x1000
