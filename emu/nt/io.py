@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from emu.nt.kernel import Executive
     from emu.nt.process import Thread
 
-IRP_MJ_CREATE, IRP_MJ_READ, IRP_MJ_WRITE, IRP_MJ_DEVICE_CONTROL = 0x00, 0x03, 0x04, 0x0E
+IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_READ, IRP_MJ_WRITE = 0x00, 0x02, 0x03, 0x04
+IRP_MJ_DEVICE_CONTROL = 0x0E
 METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
 IRP_MJ_MAXIMUM_FUNCTION = 0x1B
 DO_BUFFERED_IO, DO_DIRECT_IO = 0x04, 0x10
@@ -140,12 +141,19 @@ class IoManager:
 
     def create(self, thread: Thread, device: Device) -> int:
         """Opening a device: IRP_MJ_CREATE to its driver, if it handles it (synchronously)."""
-        dispatch = self._dispatch_routine(device, IRP_MJ_CREATE)
+        return self._simple_request(thread, device, IRP_MJ_CREATE)
+
+    def close(self, thread: Thread, device: Device) -> int:
+        """The last handle to an open device is closed: IRP_MJ_CLOSE, if the driver wants it."""
+        return self._simple_request(thread, device, IRP_MJ_CLOSE)
+
+    def _simple_request(self, thread: Thread, device: Device, major: int) -> int:
+        dispatch = self._dispatch_routine(device, major)
         if not dispatch:
             return NTSTATUS.STATUS_SUCCESS
-        irp, record = self._new_irp(IRP_MJ_CREATE, device, 0, 0, 0, 0)
+        irp, record = self._new_irp(major, device, 0, 0, 0, 0)
         status = self._call(dispatch, thread, device, irp)
-        return self._finish(record, IRP_MJ_CREATE, 0, 0, 0, 0, 0, status)
+        return self._finish(record, major, 0, 0, 0, 0, 0, status)
 
     def transfer(self, thread: Thread, file: DeviceFile, major: int, buffer: int, length: int,
                  out: int) -> int | None:

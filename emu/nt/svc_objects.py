@@ -95,9 +95,16 @@ def with_handles(fn):
 
 @service(Service.NtClose)
 @with_handles
-def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
-    """NtClose(Handle)."""
-    ex.object_closed(proc.handles.close(args[0]))
+def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
+    """NtClose(Handle). Closing the last handle to an open device sends its driver an
+    IRP_MJ_CLOSE (at process exit the handles just go: no driver code runs then)."""
+    obj = proc.handles.close(args[0])
+    ex.object_closed(obj)
+    if obj.object_type is ObjectType.DEVICE and obj.handle_count == 0:
+        thread = ex.current_thread
+        thread.kernel_work = lambda: (ex.io.close(thread, obj.device), 0)[1]
+        ex.cpu.stop()
+        return None
     return NTSTATUS.STATUS_SUCCESS
 
 

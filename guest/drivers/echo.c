@@ -1,6 +1,7 @@
 /*
  * echo.sys: \Device\Echo keeps what you write and gives it back when you read
- * (buffered I/O both ways). Its IRP_MJ_CREATE routine says who opened it.
+ * (buffered I/O both ways). Its IRP_MJ_CREATE and IRP_MJ_CLOSE routines say who opened
+ * and closed it.
  */
 #include "device.h"
 
@@ -11,6 +12,14 @@ static NTSTATUS NTAPI Create(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
     (void)DeviceObject;
     DbgPrint("echo.sys: opened by process %llu\n",
+             (unsigned long long)(ULONG_PTR)PsGetCurrentProcessId());
+    return CompleteRequest(Irp, STATUS_SUCCESS, 0);
+}
+
+static NTSTATUS NTAPI Close(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+{
+    (void)DeviceObject;
+    DbgPrint("echo.sys: closed by process %llu\n",
              (unsigned long long)(ULONG_PTR)PsGetCurrentProcessId());
     return CompleteRequest(Irp, STATUS_SUCCESS, 0);
 }
@@ -46,6 +55,7 @@ NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING Registry
     if (!NT_SUCCESS(status))
         return status;
     DriverObject->MajorFunction[IRP_MJ_CREATE] = Create;
+    DriverObject->MajorFunction[IRP_MJ_CLOSE] = Close;
     DriverObject->MajorFunction[IRP_MJ_WRITE] = Write;
     DriverObject->MajorFunction[IRP_MJ_READ] = Read;
     return STATUS_SUCCESS;

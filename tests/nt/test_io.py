@@ -172,7 +172,8 @@ def test_create_write_and_read_through_a_driver(machine_factory, apps):
     m.run()
     assert p.output.decode().splitlines() == ["wrote 27 bytes",
                                               "read 27 bytes: through the kernel and back"]
-    assert bytes(m.executive.debug_output) == f"echo.sys: opened by process {p.pid}\n".encode()
+    assert bytes(m.executive.debug_output).decode().splitlines() == [
+        f"echo.sys: opened by process {p.pid}", f"echo.sys: closed by process {p.pid}"]
 
 
 def test_the_irps_pool_blocks_are_freed_at_completion(machine_factory, apps):
