@@ -86,6 +86,8 @@ class IrpRecord:
     address: int
     completed: bool = False
     done: Event | None = None          # what the requesting thread waits on, once pended
+    on_complete: object = None         # asynchronous I/O: finish it when the IRP completes
+    information: int = 0               # IoStatus.Information, once finished
 
 
 class IoManager:
@@ -155,8 +157,59 @@ class IoManager:
         status = self._call(dispatch, thread, device, irp)
         return self._finish(record, major, 0, 0, 0, 0, 0, status)
 
+    def transfer_async(self, thread: Thread, file: DeviceFile, buffer: int, length: int,
+                       iosb: int, event) -> int:
+        """NtReadFileEx: a read the caller does not wait for. If the driver pends it, the
+        caller gets STATUS_PENDING now; at completion (from a DPC, in any context) the I/O
+        manager attaches to the caller's address space, finishes the transfer there, fills
+        the IO_STATUS_BLOCK and sets the event."""
+        def finish(status: int) -> int:
+            record = record_box[0]
+            with self.attached(thread):
+                final = self._finish(record, IRP_MJ_READ, box[0], box[1], buffer, length, 0,
+                                     status)
+                self._write_iosb(iosb, final, record.information)
+            if event is not None:
+                event.state = True
+                self.ex.scheduler.signal(event)
+            return final
+
+        box, record_box = [0, 0], [None]
+        status = self.transfer(thread, file, IRP_MJ_READ, buffer, length, 0,
+                               async_done=(finish, box, record_box))
+        return NTSTATUS.STATUS_PENDING if status is None else status
+
+    def attached(self, thread: Thread):
+        """KeStackAttachProcess: the requester's address space (and thread) current for a
+        while, wherever the CPU was."""
+        ex = self.ex
+        saved_cr3, saved_thread = ex.cpu.cr3, ex.current_thread
+
+        class _Attach:
+            def __enter__(self_inner):
+                ex.cpu.set_control(cr3=thread.process.space.cr3)
+                ex.current_thread = thread
+
+            def __exit__(self_inner, *exc):
+                ex.cpu.set_control(cr3=saved_cr3)
+                ex.current_thread = saved_thread
+        return _Attach()
+
+    def _write_iosb(self, iosb: int, final: int, information: int) -> None:
+        """IO_STATUS_BLOCK {Status, Information} in the caller's memory."""
+        from emu.nt.syscalls import UserAccessViolation, probe_and_write
+
+        if not iosb:
+            return
+        try:
+            probe_and_write(self.ex, iosb, struct.pack("<iIQ", final - (1 << 32)
+                                                       if final >> 31 else final, 0,
+                                                       information))
+        except UserAccessViolation:
+            pass                                 # the caller unmapped its own block
+
     def transfer(self, thread: Thread, file: DeviceFile, major: int, buffer: int, length: int,
-                 out: int) -> int | None:
+                 out: int, async_done=None) -> int | None:
         """NtReadFile/NtWriteFile on a device: an IRP_MJ_READ or IRP_MJ_WRITE, dispatched at
         ring 0 in ``thread``'s context; the NTSTATUS for the caller, or None when the driver
         pended it (the thread then waits, and gets its status when the IRP completes)."""
@@ -182,6 +235,13 @@ class IoManager:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(major, device, length, mdl, system_buffer, buffer)
         status = self._call(dispatch, thread, device, irp)
+        if async_done is not None:
+            finish, box, record_box = async_done
+            box[:], record_box[0] = [system_buffer, mdl], record
+            if status == NTSTATUS.STATUS_PENDING and not record.completed:
+                record.on_complete = lambda: finish(status)
+                return None                      # the caller goes on; the event tells it
+            return finish(status)
         if status == NTSTATUS.STATUS_PENDING and not record.completed:
             # The driver started the device and returned: the thread waits; the completion
             # (from a DPC, in whatever context) wakes it, and the rest of this request
@@ -256,6 +316,7 @@ class IoManager:
         if not record.completed:
             final, information = status, 0
         information = min(information, length)
+        record.information = information
         result = final & 0xFFFF_FFFF
         try:
             if system_buffer and final >= 0 and major == IRP_MJ_READ:
@@ -297,6 +358,8 @@ class IoManager:
         if record.done is not None:                  # a pended request: wake the requester
             record.done.state = True
             self.ex.scheduler.signal(record.done)
+        if record.on_complete is not None:           # asynchronous: finish it right now
+            record.on_complete()
 
     def map_mdl(self, mdl: int) -> int:
         """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address."""

@@ -327,3 +327,19 @@ def nt_device_io_control_file(ex: Executive, proc: Process, args: tuple[int, ...
         thread, device, args[1], args[2], args[3] & 0xFFFF_FFFF, args[4],
         args[5] & 0xFFFF_FFFF, returned)
     ex.cpu.stop()
+
+
+@service(Service.NtReadFileEx)
+@with_handles
+def nt_read_file_ex(ex: Executive, proc: Process, args: tuple[int, ...]) -> None:
+    """NtReadFileEx(Handle, Event, Buffer, Length, *IoStatusBlock): an asynchronous read of
+    a device: STATUS_PENDING if the driver pends it; at completion the IO_STATUS_BLOCK is
+    filled in the caller's memory and the event (may be 0) is set."""
+    device = reference(ex, proc, args[0], ObjectType.DEVICE)
+    event = reference(ex, proc, args[1], ObjectType.EVENT) if args[1] else None
+    if args[4]:
+        probe_and_write(ex, args[4], bytes(16))       # the block must be writable now
+    thread = ex.current_thread
+    thread.kernel_work = lambda: ex.io.transfer_async(thread, device, args[2], args[3],
+                                                      args[4], event)
+    ex.cpu.stop()

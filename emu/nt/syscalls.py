@@ -51,6 +51,7 @@ class Service(enum.IntEnum):
     NtGetCurrentThreadId = 0x11
     NtWriteFile = 0x12
     NtDeviceIoControlFile = 0x13
+    NtReadFileEx = 0x14
     NtAllocateVirtualMemory = 0x20
     NtFreeVirtualMemory = 0x21
     NtProtectVirtualMemory = 0x22

@@ -38,6 +38,7 @@ EXEC_BASE = 0x400000  # link/app.ld links ET_EXEC apps here
 R_X86_64_RELATIVE = 8  # System V AMD64 ABI, table 4.9
 
 EXEC_APPS = [
+    "asyncread",
     "badptr",
     "badread",
     "breakpoint",

@@ -88,3 +88,22 @@ def test_the_interrupt_lands_on_the_same_instruction_every_run(machine_factory, 
         runs.append((debug, bytes(requester.output), bytes(victim.output),
                      requester.instructions, victim.instructions))
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("method", ["buffered", "direct"])
+def test_asynchronous_io_completes_in_the_callers_address_space(machine_factory, apps,
+                                                                method):
+    driver = DRIVERS / f"slow{method}.sys"
+    if not driver.exists():
+        pytest.skip("drivers not built")
+    m = machine_factory()
+    m.add_driver(driver)
+    requester = m.spawn(apps / "asyncread", [f"\\Device\\Slow{method.capitalize()}", "wait"])
+    victim = m.spawn(apps / "victim")
+    r = m.run()
+    _, pid, _ = dpc(bytes(m.executive.debug_output).decode())
+    assert pid == victim.pid                          # the DPC ran in the other process...
+    assert lines(requester) == ["started 0x00000103", "working", "done 0x00000000, 28 bytes",
+                                f"my page: {DEVICE_DATA}"]   # ...yet the caller got its data
+    assert lines(victim) == ["my page: victim's own data, nobody else's"]
+    assert r.bugcheck is None

@@ -31,6 +31,7 @@
 #define SVC_NT_GET_CURRENT_THREAD_ID  0x11
 #define SVC_NT_WRITE_FILE             0x12
 #define SVC_NT_DEVICE_IO_CONTROL_FILE 0x13
+#define SVC_NT_READ_FILE_EX           0x14
 #define SVC_NT_ALLOCATE_VIRTUAL_MEMORY 0x20
 #define SVC_NT_FREE_VIRTUAL_MEMORY    0x21
 #define SVC_NT_PROTECT_VIRTUAL_MEMORY 0x22
@@ -92,6 +93,16 @@ NTSTATUS NtQueryExitStatus(HANDLE process_or_thread, NTSTATUS *exit_status);
 uint32_t NtGetCurrentThreadId(void);
 /* Only the console ("\\Device\\Console", opened with NtOpenFile) can be written. */
 NTSTATUS NtWriteFile(HANDLE file, const void *buffer, size_t length, uint64_t *written);
+typedef struct {                 /* IO_STATUS_BLOCK: how an I/O request ended */
+    NTSTATUS Status;
+    uint32_t Pad;
+    uint64_t Information;        /* bytes transferred */
+} IO_STATUS_BLOCK;
+
+/* An asynchronous read of a device: STATUS_PENDING now if it takes time; then `io` is
+ * filled and `event` (0: none) set when it completes. */
+NTSTATUS NtReadFileEx(HANDLE device, HANDLE event, void *buffer, size_t length,
+                      IO_STATUS_BLOCK *io);
 /* An I/O control request to a device (IRP_MJ_DEVICE_CONTROL); `returned` gets the bytes out. */
 NTSTATUS NtDeviceIoControlFile(HANDLE device, uint32_t code, const void *input,
                                uint32_t input_length, void *output, uint32_t output_length,
