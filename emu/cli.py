@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--driver", action="append", default=[], metavar="PATH",
                      help="load a driver (ELF64 shared object) at boot; its DriverEntry runs at "
                      "ring 0 before the apps start (repeatable)")
+    run.add_argument("--dump", metavar="FILE", help="on a bug check, write a crash dump "
+                     "(RAM, CPU and executive state) to FILE")
     run.add_argument("--smap", action="store_true",
                      help="turn on CR4.SMAP: ring 0 may touch user memory only through the "
                      "probe/copy routines (Windows leaves SMAP off)")
@@ -166,6 +168,14 @@ def _run(args: argparse.Namespace) -> int:
             trace.close()
     if args.report:
         _write_report(args.report, result, machine)
+    if args.dump and result.bugcheck is not None:
+        from emu.nt import dump
+
+        try:
+            dump.write(machine.executive, args.dump)
+        except OSError as err:
+            raise UsageError(f"cannot write crash dump {args.dump}: {err.strerror}") from None
+        print(f"emu: crash dump written to {args.dump}", file=sys.stderr)
     if recorder is not None:
         _write_map(args.map_svg, recorder)
     return _summarize(proc, result)

@@ -193,3 +193,11 @@ def test_device_control_in_each_transfer_method(machine_factory, apps):
                                               "direct: desserts (8 bytes)",
                                               "neither: desserts (8 bytes)",
                                               "unknown: 0xc0000010"]
+
+
+def test_a_kernel_pointer_through_buffered_io_is_refused_not_written(machine_factory, apps):
+    m, p, r, _, _ = read_through(machine_factory, apps, "buffered.sys", "\\Device\\Buffered",
+                                 "16", hex(layout.KERNEL_GDT))
+    gdt = m.executive.mm.system.lookup(layout.KERNEL_GDT).pfn * 4096
+    assert p.output.decode().splitlines()[0] == "status 0xc0000005"
+    assert m.mem.read(gdt, 8) == bytes(8)          # the null descriptor is still null
