@@ -305,13 +305,14 @@ class Cpu:
         page; scattered accesses never trigger it, so they pay nothing extra.
         """
         table = seen[3][0] & ~0xFFF
-        key = (table, cpl, rflags & mmu.RFLAGS_AC)
-        if table == self._last_table and key != self._prefetched:
-            fills = mmu.speculative_fills(self.mem, seen, vpage, cpl=cpl, cr0=self.cr0,
-                                          cr4=self.cr4, efer=self.efer, rflags=rflags)
-            self.native.insert(mode_of(cpl, rflags),
-                               [(va, v) for va, v in fills if v & ~0xFFF < self.mem.size])
-            self._prefetched = key
+        if table == self._last_table:
+            key = (table, cpl, rflags & mmu.RFLAGS_AC)
+            if key != self._prefetched:
+                fills = mmu.speculative_fills(self.mem, seen, vpage, cpl=cpl, cr0=self.cr0,
+                                              cr4=self.cr4, efer=self.efer, rflags=rflags)
+                self.native.insert(mode_of(cpl, rflags),
+                                   [(va, v) for va, v in fills if v & ~0xFFF < self.mem.size])
+                self._prefetched = key
         self._last_table = table
 
     def _exception_from_walk(self, fault: Exception, vpage: int, access: str,

@@ -20,6 +20,7 @@ Structure layouts are fixed in guest/include/ddk/ntddk.h (offsets asserted there
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -179,21 +180,19 @@ class IoManager:
                                async_done=(finish, box, record_box))
         return NTSTATUS.STATUS_PENDING if status is None else status
 
+    @contextlib.contextmanager
     def attached(self, thread: Thread):
         """KeStackAttachProcess: the requester's address space (and thread) current for a
         while, wherever the CPU was."""
         ex = self.ex
         saved_cr3, saved_thread = ex.cpu.cr3, ex.current_thread
-
-        class _Attach:
-            def __enter__(self_inner):
-                ex.cpu.set_control(cr3=thread.process.space.cr3)
-                ex.current_thread = thread
-
-            def __exit__(self_inner, *exc):
-                ex.cpu.set_control(cr3=saved_cr3)
-                ex.current_thread = saved_thread
-        return _Attach()
+        ex.cpu.set_control(cr3=thread.process.space.cr3)
+        ex.current_thread = thread
+        try:
+            yield
+        finally:
+            ex.cpu.set_control(cr3=saved_cr3)
+            ex.current_thread = saved_thread
 
     def _write_iosb(self, iosb: int, final: int, information: int) -> None:
         """IO_STATUS_BLOCK {Status, Information} in the caller's memory."""

@@ -61,6 +61,24 @@ def _store_bytes(ex: Executive, proc: Process, address: int, data: bytes) -> Non
     probe_and_write(ex, address, data)
 
 
+def _on_region(ex: Executive, proc: Process, base_ptr: int, size_ptr: int, operation,
+               old_ptr: int | None = None) -> int:
+    """The shape every region service shares: read *BaseAddress and *RegionSize (and check
+    *OldProtect) in the caller's memory, run ``operation(base, size)``, and only on success
+    write back the region it settled on (and the old protection)."""
+    base = _capture(ex, proc, base_ptr, "<Q")
+    size = _capture(ex, proc, size_ptr, "<Q")
+    if old_ptr is not None:
+        _capture(ex, proc, old_ptr, "<I")
+    result = operation(base, size)
+    if nt_success(result.status):
+        _store(ex, proc, base_ptr, "<Q", result.base)
+        _store(ex, proc, size_ptr, "<Q", result.size)
+        if old_ptr is not None:
+            _store(ex, proc, old_ptr, "<I", result.old_protect)
+    return result.status
+
+
 def _refusals(handler):
     """Turn a _Refused buffer into the service's return value."""
     @functools.wraps(handler)
@@ -81,13 +99,8 @@ def nt_allocate_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ..
     status = virtual.check_allocation(allocation_type, protect)
     if status != NTSTATUS.STATUS_SUCCESS:
         return status
-    base = _capture(ex, proc, base_ptr, "<Q")
-    size = _capture(ex, proc, size_ptr, "<Q")
-    result = virtual.allocate(ex, proc, base, size, allocation_type, protect)
-    if nt_success(result.status):
-        _store(ex, proc, base_ptr, "<Q", result.base)
-        _store(ex, proc, size_ptr, "<Q", result.size)
-    return result.status
+    return _on_region(ex, proc, base_ptr, size_ptr, lambda base, size: virtual.allocate(
+        ex, proc, base, size, allocation_type, protect))
 
 
 @service(Service.NtFreeVirtualMemory)
@@ -98,13 +111,8 @@ def nt_free_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ...]) 
     status = virtual.check_free_type(free_type)
     if status != NTSTATUS.STATUS_SUCCESS:
         return status
-    base = _capture(ex, proc, base_ptr, "<Q")
-    size = _capture(ex, proc, size_ptr, "<Q")
-    result = virtual.free(ex, proc, base, size, free_type)
-    if nt_success(result.status):
-        _store(ex, proc, base_ptr, "<Q", result.base)
-        _store(ex, proc, size_ptr, "<Q", result.size)
-    return result.status
+    return _on_region(ex, proc, base_ptr, size_ptr, lambda base, size: virtual.free(
+        ex, proc, base, size, free_type))
 
 
 @service(Service.NtProtectVirtualMemory)
@@ -115,15 +123,8 @@ def nt_protect_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ...
     status = virtual.check_protection(new_protect)
     if status != NTSTATUS.STATUS_SUCCESS:
         return status
-    base = _capture(ex, proc, base_ptr, "<Q")
-    size = _capture(ex, proc, size_ptr, "<Q")
-    _capture(ex, proc, old_ptr, "<I")
-    result = virtual.protect(ex, proc, base, size, new_protect)
-    if nt_success(result.status):
-        _store(ex, proc, base_ptr, "<Q", result.base)
-        _store(ex, proc, size_ptr, "<Q", result.size)
-        _store(ex, proc, old_ptr, "<I", result.old_protect)
-    return result.status
+    return _on_region(ex, proc, base_ptr, size_ptr, lambda base, size: virtual.protect(
+        ex, proc, base, size, new_protect), old_ptr=old_ptr)
 
 
 @service(Service.NtQueryVirtualMemory)

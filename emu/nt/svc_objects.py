@@ -50,7 +50,7 @@ def read_string(ex: Executive, address: int, limit: int = MAX_PATH) -> str:
     raise UserAccessViolation(address)
 
 
-def write_u64(ex: Executive, address: int, value: int) -> None:
+def write_pointer(ex: Executive, address: int, value: int) -> None:
     """Store a pointer-sized value (a HANDLE, a count) in the caller's memory: 8 bytes, or 4
     in a 32-bit process."""
     size = 4 if ex.current_thread is not None and ex.current_thread.process.bits == 32 else 8
@@ -70,7 +70,7 @@ def reference(ex: Executive, proc: Process, handle: int, *types: ObjectType):
 def open_handle(ex: Executive, proc: Process, out: int, obj) -> int:
     """ObInsertObject: a new handle to ``obj`` in the caller's table, stored at ``out``."""
     ex.objects.created(obj)
-    write_u64(ex, out, proc.handles.insert(obj))
+    write_pointer(ex, out, proc.handles.insert(obj))
     return NTSTATUS.STATUS_SUCCESS
 
 
@@ -113,7 +113,7 @@ def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
 def nt_duplicate_object(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtDuplicateObject(Handle, *NewHandle), within the calling process."""
     obj = reference(ex, proc, args[0])
-    write_u64(ex, args[1], 0)                          # check the out pointer first
+    write_pointer(ex, args[1], 0)                          # check the out pointer first
     return open_handle(ex, proc, args[1], obj)
 
 
@@ -156,7 +156,7 @@ def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> in
     """NtCreateProcess(Path, Arguments, *Handle): a child from the guest file system."""
     path = read_string(ex, args[0])
     arguments = read_string(ex, args[1]).split() if args[1] else []
-    write_u64(ex, args[2], 0)
+    write_pointer(ex, args[2], 0)
     try:
         image = parse_image(ex.fs.read(path), path)
         child = ex.create_process(image, arguments, parent=proc)
@@ -177,7 +177,7 @@ def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> in
 @with_handles
 def nt_create_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateThread(StartRoutine, Argument, *Handle): a thread running start(arg)."""
-    write_u64(ex, args[2], 0)
+    write_pointer(ex, args[2], 0)
     try:
         thread = ps.create_thread(ex, proc, args[0], arg=args[1])
     except ps.LimitError:
@@ -204,7 +204,7 @@ def nt_terminate_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> 
 @with_handles
 def nt_create_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateEvent(*Handle, ManualReset, InitialState)."""
-    write_u64(ex, args[0], 0)
+    write_pointer(ex, args[0], 0)
     return open_handle(ex, proc, args[0], Event(bool(args[1]), bool(args[2])))
 
 
@@ -232,7 +232,7 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     """NtOpenFile(Path, *Handle): a file of the guest file system (read-only), or the
     console device."""
     path = read_string(ex, args[0])
-    write_u64(ex, args[1], 0)
+    write_pointer(ex, args[1], 0)
     try:
         if path == CONSOLE_DEVICE:
             obj = ConsoleObject()
@@ -275,7 +275,7 @@ def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     probe_and_write(ex, args[1], chunk)
     f.position += len(chunk)
     if args[3]:
-        write_u64(ex, args[3], len(chunk))
+        write_pointer(ex, args[3], len(chunk))
     return NTSTATUS.STATUS_SUCCESS
 
 
@@ -310,7 +310,7 @@ def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | 
         return NTSTATUS.STATUS_INVALID_PARAMETER
     ex.console_write(proc, probe_and_read(ex, args[1], length))
     if args[3]:
-        write_u64(ex, args[3], length)
+        write_pointer(ex, args[3], length)
     return NTSTATUS.STATUS_SUCCESS
 
 

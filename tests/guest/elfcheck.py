@@ -13,6 +13,8 @@ from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
 GUEST = Path(__file__).resolve().parents[2] / "guest"
+APPS_DIR = GUEST / "build" / "apps"
+DRIVERS_DIR = GUEST / "build" / "drivers"
 PAGE_SIZE = 0x1000
 
 
@@ -85,3 +87,11 @@ def check_page_congruent(elf: ELFFile) -> None:
     """File offsets are congruent to addresses modulo the page size (mmap-able)."""
     for seg in loads(elf):
         assert seg["p_offset"] % PAGE_SIZE == seg["p_vaddr"] % PAGE_SIZE
+
+
+def check_entry_is_executable(elf: ELFFile) -> None:
+    """The entry point lies in the file-backed part of an executable PT_LOAD segment."""
+    seg = segment_holding(elf, elf["e_entry"])
+    assert seg is not None, hex(elf["e_entry"])
+    assert seg["p_flags"] & P_FLAGS.PF_X
+    assert elf["e_entry"] < seg["p_vaddr"] + seg["p_filesz"]

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_INTEL, Cs
 from capstone.x86 import X86_OP_MEM
-from elfcheck import build as build_guests  # noqa: E402
 from elfcheck import (  # noqa: E402
+    DRIVERS_DIR,
+    GUEST,
     check_no_shared_page,
     check_page_congruent,
     check_w_xor_x,
@@ -44,14 +45,12 @@ from elfcheck import (  # noqa: E402
     segment_holding,
     symtab_entry,
 )
+from elfcheck import build as build_guests  # noqa: E402
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-REPO = Path(__file__).resolve().parents[2]
-GUEST = REPO / "guest"
-DRIVERS_DIR = GUEST / "build" / "drivers"
 INCLUDE = GUEST / "include"
 
 PAGE_SIZE = 0x1000

@@ -14,8 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import pytest
-from elfcheck import build as build_guests  # noqa: E402
 from elfcheck import (  # noqa: E402
+    APPS_DIR,
+    GUEST,
+    check_entry_is_executable,
     check_no_shared_page,
     check_page_congruent,
     check_w_xor_x,
@@ -26,12 +28,9 @@ from elfcheck import (  # noqa: E402
     segment_holding,
     symtab_entry,
 )
+from elfcheck import build as build_guests  # noqa: E402
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.relocation import RelocationSection
-
-REPO = Path(__file__).resolve().parents[2]
-GUEST = REPO / "guest"
-APPS_DIR = GUEST / "build" / "apps"
 
 PAGE_SIZE = 0x1000
 EXEC_BASE = 0x400000  # link/app.ld links ET_EXEC apps here
@@ -140,11 +139,7 @@ def test_load_segments_are_page_congruent(built: Path, app: str) -> None:
 
 @pytest.mark.parametrize("app", ALL_APPS)
 def test_entry_point_is_in_an_executable_segment(built: Path, app: str) -> None:
-    elf = _elf(built, app)
-    seg = _segment_holding(elf, elf["e_entry"])
-    assert seg is not None, hex(elf["e_entry"])
-    assert seg["p_flags"] & P_FLAGS.PF_X
-    assert elf["e_entry"] < seg["p_vaddr"] + seg["p_filesz"]
+    check_entry_is_executable(_elf(built, app))
 
 
 @pytest.mark.parametrize("app", ALL_APPS)

@@ -17,19 +17,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_OP_MEM, X86_PREFIX_LOCK
-from elfcheck import build as build_guests  # noqa: E402
 from elfcheck import (  # noqa: E402
+    APPS_DIR,
+    GUEST,
+    check_entry_is_executable,
     loads,
     open_elf,
     segment_holding,
     symtab_entry,
 )
+from elfcheck import build as build_guests  # noqa: E402
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
-
-REPO = Path(__file__).resolve().parents[2]
-GUEST = REPO / "guest"
-APPS_DIR = GUEST / "build" / "apps"
 
 EXEC_BASE = 0x400000  # link/app.ld links ET_EXEC apps here
 
@@ -111,11 +110,7 @@ def test_is_static_elf64_exec(built: Path, app: str) -> None:
 
 @pytest.mark.parametrize("app", PROCESS_APPS)
 def test_entry_point_is_in_an_executable_segment(built: Path, app: str) -> None:
-    elf = _elf(built, app)
-    seg = _segment_holding(elf, elf["e_entry"])
-    assert seg is not None, hex(elf["e_entry"])
-    assert seg["p_flags"] & P_FLAGS.PF_X
-    assert elf["e_entry"] < seg["p_vaddr"] + seg["p_filesz"]
+    check_entry_is_executable(_elf(built, app))
 
 
 @pytest.mark.parametrize("app", PROCESS_APPS)
