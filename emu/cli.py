@@ -29,6 +29,7 @@ from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
 from emu.nt.bugcheck import blue_screen
 from emu.nt.loader import LoaderError
+from emu.nt.mm.pagefile import MIN_PAGEFILE_SIZE
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "protections, frames) to standard error")
     run.add_argument("--map-svg", metavar="FILE", help="draw the address spaces (virtual "
                      "pages -> physical frames) as an SVG picture into FILE; implies --map")
+    run.add_argument("--pagefile", metavar="PATH", help="the host file evicted pages are "
+                     "written to (default: a temporary file, deleted at exit)")
+    run.add_argument("--pagefile-size", type=_size, metavar="SIZE",
+                     help="pagefile size (default: as large as --mem, at least 64M); the "
+                     "commit limit is RAM + pagefile")
+    run.add_argument("--no-pagefile", action="store_true",
+                     help="no pagefile: nothing is paged out, commit is limited by RAM")
     run.add_argument("--quantum", type=_count, default=DEFAULT_QUANTUM, metavar="N",
                      help=f"instructions per turn when threads share the CPU "
                      f"(default {DEFAULT_QUANTUM})")
@@ -142,11 +150,26 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write trace file {args.trace_file}: {err.strerror}") from None
     if args.fs is not None and not os.path.isdir(args.fs):
         raise UsageError(f"--fs {args.fs}: not a directory")
+    if args.no_pagefile and (args.pagefile or args.pagefile_size is not None):
+        raise UsageError("--no-pagefile cannot be combined with --pagefile or --pagefile-size")
+    if args.pagefile_size is not None and args.pagefile_size < MIN_PAGEFILE_SIZE:
+        raise UsageError(f"--pagefile-size {args.pagefile_size}: a pagefile must be at least "
+                         f"{MIN_PAGEFILE_SIZE // 1024}K (its first page is reserved); "
+                         "--no-pagefile runs without one")
     try:
         machine = Machine(args.mem, max_insns=args.max_insns, trace=trace, console=_echo,
-                          quantum=args.quantum, fs_root=args.fs, smap=args.smap)
+                          quantum=args.quantum, fs_root=args.fs, smap=args.smap,
+                          pagefile=args.pagefile,
+                          pagefile_size=0 if args.no_pagefile else args.pagefile_size)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    try:
+        return _run_machine(args, machine, trace)
+    finally:
+        machine.close()
+
+
+def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | None) -> int:
     try:
         for path in args.driver:
             try:

@@ -21,11 +21,19 @@ from emu.nt.bugcheck import BugCheck
 from emu.nt.drivers import DriverImage
 from emu.nt.kernel import Executive, MachineStop
 from emu.nt.loader import load_file
+from emu.nt.mm.pagefile import Pagefile
 from emu.nt.process import Process, ProcessState
 from emu.nt.scheduler import DEFAULT_QUANTUM
 
 MIN_MEMORY = 1 << 20
 MAX_MEMORY = 64 << 30
+MIN_DEFAULT_PAGEFILE = 64 << 20
+
+
+def default_pagefile_size(mem: int) -> int:
+    """The pagefile a machine gets unless told otherwise: as large as RAM, at least 64 MiB
+    (the host file is sparse: only pages written take disk space)."""
+    return max(mem, MIN_DEFAULT_PAGEFILE)
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Stats:
     stlb_hits: int                # ... of which the second-level TLB answered without a walk
     page_faults: int
     context_switches: int = 0     # times the dispatcher put a thread on the CPU
+    paging: dict[str, int] = field(default_factory=dict)   # PagingCounters, machine-wide
 
 
 @dataclass
@@ -60,7 +69,11 @@ class Machine:
                  trace: TextIO | None = None,
                  console: Callable[[Process, bytes], None] | None = None,
                  quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None,
-                 smap: bool = False) -> None:
+                 smap: bool = False, pagefile: str | Path | None = None,
+                 pagefile_size: int | str | None = None) -> None:
+        """``pagefile``: the host file pages are evicted to (default: a temporary file,
+        deleted by close()); ``pagefile_size``: its size (default: default_pagefile_size;
+        0: no pagefile, so nothing is ever paged out and commit is limited by RAM)."""
         size = parse_size(mem) if isinstance(mem, str) else mem
         if size < MIN_MEMORY or size > MAX_MEMORY or size % 4096:
             raise ValueError(f"memory size must be a multiple of 4K between 1M and 64G, "
@@ -69,9 +82,21 @@ class Machine:
             raise ValueError("--max-insns must be positive")
         if quantum <= 0:
             raise ValueError("--quantum must be positive")
+        if isinstance(pagefile_size, str):
+            pagefile_size = parse_size(pagefile_size)
+        if pagefile_size is None:
+            pagefile_size = default_pagefile_size(size)
+        if pagefile is not None and pagefile_size == 0:
+            raise ValueError("a pagefile path was given with a pagefile size of 0")
+        self.pagefile = Pagefile(pagefile_size, pagefile) if pagefile_size else None
         self.mem = PhysicalMemory(size)
-        self.executive = Executive(self.mem, console, quantum=quantum, fs_root=fs_root,
-                                   smap=smap)
+        try:
+            self.executive = Executive(self.mem, console, quantum=quantum, fs_root=fs_root,
+                                       smap=smap, pagefile=self.pagefile)
+        except Exception:
+            if self.pagefile is not None:
+                self.pagefile.close()
+            raise
         self.max_insns = max_insns
         self._trace = trace
         self.result: MachineResult | None = None
@@ -114,7 +139,8 @@ class Machine:
         except MachineStop as stop:
             stopped = stop.reason
         stats = Stats(cpu.instructions if ex.counted_everything else None, cpu.native.fills,
-                      cpu.native.stlb_hits, cpu.page_faults, ex.scheduler.switches)
+                      cpu.native.stlb_hits, cpu.page_faults, ex.scheduler.switches,
+                      ex.mm.pager.counters.as_dict())
         unfinished = [p for p in ex.processes if p.state is not ProcessState.TERMINATED]
         self.result = MachineResult(list(ex.processes), ex.bugcheck, stopped, stats, unfinished,
                                     cpu.rip, list(ex.drivers))

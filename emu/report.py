@@ -23,7 +23,15 @@ def process_dict(proc: Process) -> dict[str, Any]:
     return {"pid": proc.pid, "name": proc.name, "path": proc.image.path, "args": proc.args,
             "parent": proc.parent_pid, "state": proc.state.value,
             "exit_status": proc.exit_status, "exception": exception_dict(proc.exception),
-            "instructions": proc.instructions}
+            "instructions": proc.instructions, "paging": paging_dict(proc)}
+
+
+def paging_dict(proc: Process) -> dict[str, int] | None:
+    """The process's working set (pages in RAM now, peak) and its paging counters."""
+    ws = proc.working_set
+    if ws is None:
+        return None
+    return {"working_set": len(ws.pages), "peak_working_set": ws.peak, **ws.counters.as_dict()}
 
 
 def bugcheck_dict(bc: BugCheck | None) -> dict[str, Any] | None:
@@ -46,5 +54,6 @@ def build_report(result: MachineResult, mem_size: int) -> dict[str, Any]:
         "drivers": [{"name": d.image.name, "base": d.image.base, "status": d.status,
                      "unloaded": d.unloaded} for d in result.drivers],
         "stats": {"instructions": s.instructions, "tlb_fills": s.tlb_fills,
-                  "stlb_hits": s.stlb_hits, "page_faults": s.page_faults},
+                  "stlb_hits": s.stlb_hits, "page_faults": s.page_faults,
+                  "paging": s.paging},
     }

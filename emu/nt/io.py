@@ -326,6 +326,8 @@ class IoManager:
         except UserAccessViolation:
             result = NTSTATUS.STATUS_ACCESS_VIOLATION
         del self.irps[irp]
+        if mdl:
+            self._unlock_mdl(mdl)
         for block, tag in ((irp, TAG_IRP), (system_buffer, TAG_BUFFER), (mdl, TAG_MDL)):
             if block:
                 ex.pools.free(block, tag)
@@ -337,8 +339,15 @@ class IoManager:
         from emu.nt.syscalls import UserAccessViolation, _user_pages
 
         ex = self.ex
-        frames = [pa >> 12 for _, pa, _ in _user_pages(ex, buffer, max(length, 1), access)]
-        frames = list(dict.fromkeys(frames))
+        frames: list[int] = []
+        try:
+            for _, pa, _ in _user_pages(ex, buffer, max(length, 1), access):
+                if pa >> 12 not in frames:       # locked at once: the next page-in may trim
+                    self._lock_frame(pa >> 12, access)
+                    frames.append(pa >> 12)
+        except BaseException:
+            self._unlock_frames(frames)
+            raise
         if not frames:
             raise UserAccessViolation(buffer)
         mdl = ex.pools.allocate(PoolType.NonPagedPoolNx, MDL_PFN + 8 * len(frames), TAG_MDL)
@@ -346,6 +355,25 @@ class IoManager:
                                          buffer & ~0xFFF, length, buffer & 0xFFF))
         ex.kernel_write(mdl + MDL_PFN, struct.pack(f"<{len(frames)}Q", *frames))
         return mdl
+
+    def _lock_frame(self, pfn: int, access: str) -> None:
+        """The page stays in RAM (its frame is the one the MDL names) until unlocked; a
+        frame locked for write counts as modified, since a device may fill it."""
+        entry = self.ex.mm.pfn.entries[pfn]
+        entry.locks += 1
+        entry.modified |= access == "write"
+
+    def _unlock_frames(self, frames: list[int] | tuple[int, ...]) -> None:
+        """MmUnlockPages: the frames may be trimmed again."""
+        for pfn in frames:
+            entry = self.ex.mm.pfn.entries[pfn]
+            entry.locks = max(0, entry.locks - 1)
+
+    def _unlock_mdl(self, mdl: int) -> None:
+        count, offset = struct.unpack("<II", self.ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
+        pages = (offset + max(count, 1) + 0xFFF) >> 12
+        self._unlock_frames(struct.unpack(f"<{pages}Q", self.ex.kernel_read(mdl + MDL_PFN,
+                                                                          8 * pages)))
 
     def complete(self, irp: int, caller: int) -> None:
         """IoCompleteRequest: the driver is done with the IRP; twice is bug check 0x44."""

@@ -30,7 +30,7 @@ from emu.hw.descriptors import GDT_LIMIT, TSS_SIZE, Selector, build_gdt, build_t
 from emu.hw.devices import SlowDevice
 from emu.hw.faultaddr import memory_accesses
 from emu.hw.memory import PhysicalMemory
-from emu.hw.mmu import CR0, CR4, EFER
+from emu.hw.mmu import CR0, CR4, EFER, PFErr
 from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     dispatch,
     drivers,
@@ -46,8 +46,9 @@ from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.fs import GuestFileSystem
 from emu.nt.io import IoManager
 from emu.nt.loader import Image
-from emu.nt.mm import virtual
+from emu.nt.mm import softpte, virtual
 from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
+from emu.nt.mm.pagefile import Pagefile
 from emu.nt.mm.pfn import FrameUse
 from emu.nt.mm.virtual import FaultResolution
 from emu.nt.ob import ObjectDirectory
@@ -100,12 +101,13 @@ class Executive:
     def __init__(self, mem: PhysicalMemory,
                  console: Callable[[Process, bytes], None] | None = None, *,
                  quantum: int = DEFAULT_QUANTUM, fs_root: str | Path | None = None,
-                 smap: bool = False) -> None:
+                 smap: bool = False, pagefile: Pagefile | None = None) -> None:
         self.mem = mem
         self.cpu = Cpu(mem)
         self.cpu.syscall_handler = self._on_syscall
         self.cpu.int2e_handler = self._on_int2e
-        self.mm = MemoryManager(mem, self._page_changed, self.cpu.flush_translated_code)
+        self.mm = MemoryManager(mem, self._page_changed, self.cpu.flush_translated_code,
+                                on_tlb_flush=self.cpu.flush_tlb, pagefile=pagefile)
         self.scheduler = Scheduler(quantum)
         self.fs = GuestFileSystem(fs_root)
         self.processes: list[Process] = []
@@ -253,6 +255,7 @@ class Executive:
             n = min(len(data) - done, layout.PAGE_SIZE - (at & 0xFFF))
             pfn = space.lookup(at).pfn
             self.mem.write(pfn * layout.PAGE_SIZE + (at & 0xFFF), data[done:done + n])
+            self.mm.pfn.entries[pfn].modified = True      # no PTE.D: the CPU did not write
             done += n
 
     def object_closed(self, obj: object) -> None:
@@ -487,6 +490,13 @@ class Executive:
             info = dataclasses.replace(info, code=NTSTATUS.STATUS_GUARD_PAGE_VIOLATION)
         elif resolution is FaultResolution.STACK_OVERFLOW:
             info = dataclasses.replace(info, code=NTSTATUS.STATUS_STACK_OVERFLOW)
+        elif resolution is FaultResolution.IN_PAGE_ERROR:
+            # EXCEPTION_IN_PAGE_ERROR: the access, the address, and the I/O status behind it.
+            info = dataclasses.replace(
+                info, code=NTSTATUS.STATUS_IN_PAGE_ERROR,
+                params=(*info.params[:2], proc.in_page_error),
+                detail=f"the page could not be brought into RAM: the pagefile failed "
+                       f"(status {proc.in_page_error:#010x})")
         if dispatch.deliver(self, thread, info):
             return                       # the process's own dispatcher gets the exception
         self.terminate(proc, info.code, info)    # no handler in the process: it ends
@@ -522,9 +532,13 @@ class Executive:
             code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL \
                 if drivers.driver_at(self, exc.rip) is not None \
                 else BugCheckCode.IRQL_NOT_LESS_OR_EQUAL        # not a driver's code: 0x0A
+            where = ""
+            if exc.walk and exc.walk[-1].level == 1:      # what the not-present PTE records
+                where = f"; the PTE says: {softpte.decode(exc.walk[-1].value).describe()}"
             bc = BugCheck(code,
                           (exc.address or 0, self.irql, kind, exc.rip), exc.rip,
-                          f"page fault at IRQL {self.irql}: {exc.reason}", instruction=insn)
+                          f"page fault at IRQL {self.irql}: {exc.reason}{where}",
+                          instruction=insn)
             self._fill_bugcheck(bc)
             return bc
         bc = trap.kernel_bugcheck(exc, insn, leaf,
@@ -621,7 +635,24 @@ class Executive:
                 self._call_export(exports.name_at(exc.address))
                 result = self._run_cpu()
                 continue
+            if exc.vector == Vector.PF and not exc.error_code & (PFErr.P | PFErr.RSVD) and \
+                    self.page_in_for_kernel(exc.address, exc.access or "read"):
+                result = self._run_cpu()               # paged in: the access runs again
+                continue
             raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+
+    def page_in_for_kernel(self, va: int | None, access: str) -> bool:
+        """MmAccessFault for a not-present fault taken at ring 0: below DISPATCH_LEVEL a
+        pageable page (the current process's user pages, PagedPool) is brought back and
+        the access retried; at DISPATCH_LEVEL or above nothing may be paged in (the caller
+        bug-checks: 0xD1 / 0x0A), even though the data is safe in the pagefile."""
+        if va is None or self.irql >= DISPATCH_LEVEL:
+            return False
+        if va < layout.KERNEL_SPACE_START:
+            proc = self.current
+            return proc is not None and \
+                virtual.resolve_fault(self, proc, va, access) is FaultResolution.RESOLVED
+        return virtual.page_in_system(self, va, access)
 
     def _call_export(self, name: str) -> None:
         """A driver called kernel export ``name``: run it, then return to the caller."""
@@ -636,13 +667,24 @@ class Executive:
         self.cpu.set_reg("rsp", call.rsp + 8)      # as `ret` does
         self.cpu.set_reg("rip", call.return_address)
 
+    def _kernel_walk(self, va: int, access: str) -> int:
+        """The physical address ring-0 ``access`` to ``va`` reaches, paging it in first
+        when that is allowed (see page_in_for_kernel)."""
+        try:
+            return self.cpu.walk(va, access, cpl=0, set_accessed_dirty=True).pa
+        except mmu.PageFault as fault:
+            if fault.error_code & (PFErr.P | PFErr.RSVD) or \
+                    not self.page_in_for_kernel(va, access):
+                raise
+        return self.cpu.walk(va, access, cpl=0, set_accessed_dirty=True).pa
+
     def kernel_read(self, va: int, n: int) -> bytes:
         """Read kernel-visible memory as ring-0 code would (a fault here: BugCheck)."""
         out = bytearray()
         while len(out) < n:
             at = va + len(out)
             try:
-                pa = self.cpu.walk(at, "read", cpl=0, set_accessed_dirty=True).pa
+                pa = self._kernel_walk(at, "read")
             except (mmu.PageFault, mmu.GeneralProtection):
                 raise BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA,
                                (at, 0, self.cpu.rip, 0), self.cpu.rip,
@@ -657,7 +699,7 @@ class Executive:
         while done < len(data):
             at = va + done
             try:
-                pa = self.cpu.walk(at, "write", cpl=0, set_accessed_dirty=True).pa
+                pa = self._kernel_walk(at, "write")
             except (mmu.PageFault, mmu.GeneralProtection):
                 raise BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA,
                                (at, 2, self.cpu.rip, 0), self.cpu.rip,
@@ -734,4 +776,6 @@ class Executive:
 
     def close(self) -> None:
         self.cpu.close()
+        if self.mm.pager.pagefile is not None:
+            self.mm.pager.pagefile.close()
 

@@ -68,6 +68,8 @@ class Process(DispatcherObject):
     threads_created: int = 0
     bits: int = 64               # 32: a compatibility-mode (i386) process
     exception_dispatcher: int = 0  # user-mode KiUserExceptionDispatcher, 0 if none
+    working_set: object = None   # its pages in RAM and paging counters (emu.nt.mm.paging)
+    in_page_error: int = 0       # the cause of its last STATUS_IN_PAGE_ERROR
 
     object_type = ObjectType.PROCESS
 

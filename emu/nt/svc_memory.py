@@ -1,4 +1,4 @@
-"""System services for virtual memory (docs/abi.md, services 0x20-0x23).
+"""System services for virtual memory (docs/abi.md, services 0x15 and 0x20-0x23).
 
 Each handler does what the Windows service does around MmXxx: check the flag
 arguments, capture the caller's in/out variables (ProbeForWrite, then read),
@@ -138,3 +138,28 @@ def nt_query_virtual_memory(ex: Executive, proc: Process, args: tuple[int, ...])
         return status
     _store_bytes(ex, proc, info_ptr, info.pack(proc.bits))
     return status
+
+
+SYSTEM_MEMORY_LIST_INFORMATION = 80
+MEMORY_EMPTY_WORKING_SETS, MEMORY_FLUSH_MODIFIED_LIST, MEMORY_PURGE_STANDBY_LIST = 2, 3, 4
+
+
+@service(Service.NtSetSystemInformation)
+def nt_set_system_information(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+    """NtSetSystemInformation(Class, Buffer, Length): only SystemMemoryListInformation, whose
+    4-byte buffer is a SYSTEM_MEMORY_LIST_COMMAND (what RAMMap sends): empty every working
+    set, write the modified list to the pagefile, or free the standby list's frames."""
+    info_class, buffer, length = args[0] & _U32, args[1], args[2] & _U32
+    if info_class != SYSTEM_MEMORY_LIST_INFORMATION:
+        return NTSTATUS.STATUS_INVALID_INFO_CLASS
+    if length != 4:
+        return NTSTATUS.STATUS_INFO_LENGTH_MISMATCH
+    command = struct.unpack("<I", probe_and_read(ex, buffer, 4))[0]
+    pager = ex.mm.pager
+    actions = {MEMORY_EMPTY_WORKING_SETS: pager.empty_working_sets,
+               MEMORY_FLUSH_MODIFIED_LIST: pager.write_modified,
+               MEMORY_PURGE_STANDBY_LIST: pager.purge_standby}
+    if command not in actions:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    actions[command]()
+    return NTSTATUS.STATUS_SUCCESS

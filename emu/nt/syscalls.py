@@ -52,6 +52,7 @@ class Service(enum.IntEnum):
     NtWriteFile = 0x12
     NtDeviceIoControlFile = 0x13
     NtReadFileEx = 0x14
+    NtSetSystemInformation = 0x15
     NtAllocateVirtualMemory = 0x20
     NtFreeVirtualMemory = 0x21
     NtProtectVirtualMemory = 0x22
@@ -115,15 +116,17 @@ def _fault_in(ex: Executive, address: int, length: int, access: str) -> None:
 
 def _user_pages(ex: Executive, address: int, length: int, access: str):
     """ProbeForRead/ProbeForWrite: check [address, address + length) lies below
-    MmUserProbeAddress, make untouched committed pages valid, then yield (offset, physical
-    address, byte count) page by page, each page checked as a ring-3 ``access`` would be
-    (so a read-only page refuses a write exactly as the CPU would), A/D bits set."""
+    MmUserProbeAddress, then page by page make the page valid (demand zero, stack growth,
+    paged back in) and yield (offset, physical address, byte count), each page checked as
+    a ring-3 ``access`` would be (so a read-only page refuses a write exactly as the CPU
+    would), A/D bits set. Use each page before asking for the next: making a later page
+    valid may trim an earlier one."""
     end = address + length
     if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
         raise UserAccessViolation(address)      # reaches into the kernel half: refused
-    _fault_in(ex, address, length, access)
     va = address
     while va < end:
+        _fault_in(ex, va, 1, access)
         try:
             pa = ex.cpu.walk(va, access, cpl=3, set_accessed_dirty=True).pa
         except (mmu.PageFault, mmu.GeneralProtection):
@@ -144,8 +147,9 @@ def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
     """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation."""
     if not data:
         return
-    pages = list(_user_pages(ex, address, len(data), "write"))   # all checked before a byte
-    for offset, pa, n in pages:
+    for _ in _user_pages(ex, address, len(data), "write"):    # all checked before a byte
+        pass
+    for offset, pa, n in _user_pages(ex, address, len(data), "write"):
         ex.mem.write(pa, data[offset:offset + n])
         ex.cpu.invalidate_page(address + offset)   # the TLB may hold it without its new D bit
 

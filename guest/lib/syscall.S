@@ -52,6 +52,7 @@ SYSCALL_STUB NtProtectVirtualMemory, SVC_NT_PROTECT_VIRTUAL_MEMORY
 SYSCALL_STUB NtQueryVirtualMemory,  SVC_NT_QUERY_VIRTUAL_MEMORY
 SYSCALL_STUB NtSetExceptionDispatcher, SVC_NT_SET_EXCEPTION_DISPATCHER
 SYSCALL_STUB NtContinue,            SVC_NT_CONTINUE
+SYSCALL_STUB NtSetSystemInformation, SVC_NT_SET_SYSTEM_INFORMATION
 
     /* No executable stack: without this note ld assumes one is wanted. */
     .section .note.GNU-stack, "", @progbits

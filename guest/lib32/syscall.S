@@ -40,5 +40,6 @@ SYSCALL_STUB NtGetCurrentProcessId, SVC_NT_GET_CURRENT_PROCESS_ID
 SYSCALL_STUB NtClose,               SVC_NT_CLOSE
 SYSCALL_STUB NtAllocateVirtualMemory, SVC_NT_ALLOCATE_VIRTUAL_MEMORY
 SYSCALL_STUB NtQueryVirtualMemory,  SVC_NT_QUERY_VIRTUAL_MEMORY
+SYSCALL_STUB NtSetSystemInformation, SVC_NT_SET_SYSTEM_INFORMATION
 
     .section .note.GNU-stack, "", @progbits

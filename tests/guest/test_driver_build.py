@@ -98,6 +98,9 @@ IMPORTS["ioctl"] = {"IoCompleteRequest", "IoCreateDevice", "MmCopyFromUser", "Mm
                     "MmGetSystemAddressForMdlSafe", "RtlInitUnicodeString"}
 IMPORTS["probe"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmCopyToUser",
                     "ProbeForWrite", "RtlInitUnicodeString"}
+IMPORTS["pagedpool"] = {"DbgPrint", "ExAllocatePoolWithTag", "ExFreePoolWithTag",
+                        "IoCompleteRequest", "IoCreateDevice", "KeLowerIrql", "KfRaiseIrql",
+                        "MmCopyToUser", "RtlInitUnicodeString"}
 IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,
                 "slowdirect": _SLOW | {"MmGetSystemAddressForMdlSafe"}})
 # R_X86_64_RELATIVE entries: hello.sys keeps one pointer into itself (driver_name).

@@ -9,8 +9,9 @@ import pytest
 
 from emu.hw.cpu import CpuException, Vector
 from emu.hw.mmu import PTE, PFErr
-from emu.nt.mm import virtual
+from emu.nt.mm import softpte, virtual
 from emu.nt.mm.pfn import FrameUse, OutOfFrames
+from emu.nt.mm.softpte import PteState
 from emu.nt.mm.vad import MemState, MemType, PageProtect
 from emu.nt.mm.virtual import AllocationType, FaultResolution
 from emu.nt.status import NTSTATUS
@@ -264,7 +265,7 @@ def test_a_thread_stack_is_reserved_top_down_with_a_guard(machine_factory, apps)
 
 
 def test_the_kernel_can_charge_its_own_pages(machine_factory, apps):
-    m = machine_factory(mem="4M")
+    m = machine_factory(mem="4M", pagefile_size=0)
     m.spawn(apps / "hello")
     state = virtual.commit_state(m.executive)
     left = state.limit - state.charged
@@ -382,14 +383,17 @@ def test_decommit_and_noaccess_give_back_or_keep_the_frame(machine_factory, apps
 
 # -- commit charge ---------------------------------------------------------------------------
 
-def test_vmhog_hits_the_commit_limit_and_hello_still_runs(machine_factory, apps):
-    m = machine_factory(mem="16M")
+@pytest.mark.parametrize(("pagefile", "low", "high"), [(0, 10, 16), ("8M", 18, 24)])
+def test_vmhog_hits_the_commit_limit_and_hello_still_runs(machine_factory, apps, pagefile,
+                                                          low, high):
+    """Commit is limited by RAM alone without a pagefile, by RAM + pagefile with one."""
+    m = machine_factory(mem="16M", pagefile_size=pagefile)
     free_before = m.executive.mm.pfn.free_count
     hog, hello = m.spawn(apps / "vmhog"), m.spawn(apps / "hello")
     result = m.run()
     out = lines(hog)
     mib = int(re.fullmatch(r"vmhog: committed and touched (\d+) MiB, then 0xc000012d", out[0])[1])
-    assert 10 <= mib < 16
+    assert low <= mib < high
     assert out[1:] == ["vmhog: 0 pages wrong",
                        "vmhog: released everything; 1 MiB again: 0x00000000"]
     assert hog.exit_status == 0 and hog.exception is None
@@ -413,7 +417,7 @@ def test_commit_beyond_the_limit_is_refused_and_changes_nothing(machine_factory,
 
 
 def test_a_process_that_does_not_fit_the_commit_limit_is_not_created(machine_factory, apps):
-    m = machine_factory(mem="4M")
+    m = machine_factory(mem="4M", pagefile_size=0)
     ex = m.executive
     first = m.spawn(apps / "hello")
     state = virtual.commit_state(ex)
@@ -442,10 +446,14 @@ def test_frames_and_commit_balance_after_every_app(machine_factory, apps):
     assert_balanced(m, free_before)
 
 
-def test_page_tables_are_charged_so_every_committed_page_can_be_touched(machine_factory, apps):
+@pytest.mark.parametrize("pagefile", [0, None])
+def test_page_tables_are_charged_so_every_committed_page_can_be_touched(machine_factory, apps,
+                                                                         pagefile):
     """Pages 2 MiB apart each need their own page table: the charge counts them, so
-    committing until refused and then touching everything never runs out of RAM."""
-    m = machine_factory(mem="2M")
+    committing until refused and then touching everything never runs out of RAM. With a
+    pagefile the pages may leave RAM but their page tables may not: the resident charge
+    stops the commits first."""
+    m = machine_factory(mem="2M", pagefile_size=pagefile)
     ex = m.executive
     proc = m.spawn(apps / "hello")
     bases = []
@@ -459,5 +467,12 @@ def test_page_tables_are_charged_so_every_committed_page_can_be_touched(machine_
     for va in bases:
         assert virtual.resolve_fault(ex, proc, va, "write") is FaultResolution.RESOLVED
     state = virtual.commit_state(ex)
+    if pagefile is None:
+        assert state.resident_limit - state.resident < 2 < state.limit - state.charged
+        assert ex.mm.pager.counters.pages_written > 0
+        states = {softpte.decode(proc.space.pte(va)).state for va in bases}
+        assert states <= {PteState.VALID, PteState.TRANSITION, PteState.PAGEFILE}
+        assert PteState.PAGEFILE in states        # written pages went out, not lost
+        return
     assert ex.mm.pfn.free_count >= virtual.kernel_headroom(len(ex.mm.pfn.entries)) - \
         (state.limit - state.charged) - 8      # at most the kernel stack of the one thread

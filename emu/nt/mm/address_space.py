@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
 from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE
+from emu.nt.mm.pagefile import Pagefile
+from emu.nt.mm.paging import Pager, WorkingSet
 from emu.nt.mm.pfn import FrameUse, PfnDatabase
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000     # bits 12..51 of an entry: the next table or frame
@@ -85,7 +87,8 @@ class AddressSpace:
     def __init__(self, mm: MemoryManager, owner: int | None) -> None:
         self.mm = mm
         self.owner = owner
-        self.pml4_pfn = mm.pfn.allocate(FrameUse.PAGE_TABLE, owner)
+        self.working_set: WorkingSet | None = None    # set once the process is complete
+        self.pml4_pfn = mm.new_frame(FrameUse.PAGE_TABLE, owner)
         mm.mem.zero(self.pml4_pfn * PAGE_SIZE)
         for slot, entry in mm.kernel_pml4e.items():
             mm.mem.write_u64(self.pml4_pfn * PAGE_SIZE + slot * 8, entry)
@@ -113,7 +116,7 @@ class AddressSpace:
     def _new_table(self, va: int, level: int, entry_pa: int) -> int:
         """Allocate a zeroed table below ``entry_pa``; user tables get US, kernel ones not."""
         kernel = index(va, 4) >= KERNEL_PML4_FIRST
-        pfn = self.mm.pfn.allocate(FrameUse.PAGE_TABLE, None if kernel else self.owner)
+        pfn = self.mm.new_frame(FrameUse.PAGE_TABLE, None if kernel else self.owner)
         self.mm.mem.zero(pfn * PAGE_SIZE)
         # Upper levels grant everything; the leaf PTE decides (SDM §4.6: rights combine).
         entry = pfn * PAGE_SIZE | PTE.P | PTE.RW | (0 if kernel else PTE.US)
@@ -123,13 +126,16 @@ class AddressSpace:
         return entry
 
     def map_page(self, va: int, pfn: int, flags: PTE) -> None:
-        """Map the 4 KiB page at ``va`` to frame ``pfn`` with leaf ``flags``."""
+        """Map the 4 KiB page at ``va`` to frame ``pfn`` with leaf ``flags`` (a pageable
+        page joins its working set)."""
         pte_pa = self.pte_address(va, create=True)
         self.mm.mem.write_u64(pte_pa, pfn * PAGE_SIZE | int(flags))
         self.mm.page_changed(self, va)
+        self.mm.pager.track(self, va, pte_pa, pfn)
 
     def unmap_page(self, va: int) -> int | None:
-        """Remove the mapping of ``va``; returns the frame it mapped, or None."""
+        """Remove the mapping of ``va``; returns the frame it mapped, or None (a not-valid
+        PTE is left as it is)."""
         pte_pa = self.pte_address(va, create=False)
         if pte_pa is None:
             return None
@@ -138,7 +144,25 @@ class AddressSpace:
             return None
         self.mm.mem.write_u64(pte_pa, 0)
         self.mm.page_changed(self, va)
+        self.mm.pager.untrack(self, va)
         return (pte & ADDRESS_MASK) // PAGE_SIZE
+
+    def discard_page(self, va: int) -> int | None:
+        """Clear the PTE of ``va`` whatever its state: returns the frame of a valid page
+        (the caller frees it); a transition page's frame or a pagefile slot is freed here."""
+        pfn = self.unmap_page(va)
+        if pfn is not None:
+            return pfn
+        pte_pa = self.pte_address(va, create=False)
+        if pte_pa is not None:
+            self.mm.pager.discard(self.mm.mem.read_u64(pte_pa))
+            self.mm.mem.write_u64(pte_pa, 0)
+        return None
+
+    def pte(self, va: int) -> int | None:
+        """The leaf PTE value of ``va`` in any state, or None if no page table holds it."""
+        pte_pa = self.pte_address(va, create=False)
+        return None if pte_pa is None else self.mm.mem.read_u64(pte_pa)
 
     def lookup(self, va: int) -> Mapping | None:
         """The 4 KiB mapping of ``va`` if its PTE is present (no A/D side effects)."""
@@ -167,7 +191,9 @@ class AddressSpace:
                 yield from self._mappings(entry & ADDRESS_MASK, level - 1, va, range(512))
 
     def release_user_half(self) -> None:
-        """Free every user frame and user page table, then the PML4 (process exit)."""
+        """Free every user frame and user page table, then the PML4 (process exit); pages
+        in transition or in the pagefile give back their frame or slot."""
+        self.mm.pager.end_working_set(self)
         self._free_tables(self.cr3, 4, range(KERNEL_PML4_FIRST))
         self.mm.pfn.release(self.pml4_pfn)
         self.mm.forget(self)
@@ -178,6 +204,8 @@ class AddressSpace:
         for i in slots:
             entry = entries[i]
             if not entry & _P:
+                if level == 1 and entry:
+                    self.mm.pager.discard(entry)
                 continue
             pfn = (entry & ADDRESS_MASK) >> 12
             if level > 1 and not entry & _PS:
@@ -190,13 +218,17 @@ class MemoryManager:
     """Owns RAM, the PFN database, the shared kernel half and every address space."""
 
     def __init__(self, mem: PhysicalMemory, on_page_changed: Callable[[int, int], None],
-                 on_code_frame_reused: Callable[[], None]) -> None:
+                 on_code_frame_reused: Callable[[], None], *,
+                 on_tlb_flush: Callable[[], None] | None = None,
+                 pagefile: Pagefile | None = None) -> None:
         self.mem = mem
         self._on_code_frame_reused = on_code_frame_reused   # translated code may be stale
         self.pfn = PfnDatabase(mem.frames)
+        self.pager = Pager(self, pagefile)
         self.kernel_pml4e: dict[int, int] = {}
         self.spaces: list[AddressSpace] = []
         self._on_page_changed = on_page_changed   # (cr3, va): the TLB must forget va
+        self._on_tlb_flush = on_tlb_flush         # many PTEs changed: forget everything
         self.system = self.create_address_space(owner=None)
 
     def create_address_space(self, owner: int | None) -> AddressSpace:
@@ -217,9 +249,20 @@ class MemoryManager:
     def page_changed(self, space: AddressSpace, va: int) -> None:
         self._on_page_changed(space.cr3, va)
 
+    def flush_tlb(self) -> None:
+        """Many PTEs changed at once (a trim): drop every cached translation."""
+        if self._on_tlb_flush is not None:
+            self._on_tlb_flush()
+
+    def new_frame(self, use: FrameUse, owner: int | None = None, va: int | None = None) -> int:
+        """A frame for ``use`` (contents as they were), trimming working sets first if
+        frames run low; raises OutOfFrames when none can be had."""
+        self.pager.make_room()
+        return self.pfn.allocate(use, owner, va)
+
     def allocate_frame(self, use: FrameUse, owner: int | None, va: int | None) -> int:
         """A zeroed frame (demand-zero semantics: a new page never leaks old contents)."""
-        pfn = self.pfn.allocate(use, owner, va)
+        pfn = self.new_frame(use, owner, va)
         self.mem.zero(pfn * PAGE_SIZE)
         return pfn
 
@@ -228,6 +271,7 @@ class MemoryManager:
         """Back the page at ``va`` with a new zeroed frame holding ``data``; returns the frame."""
         user = index(va, 4) < KERNEL_PML4_FIRST
         pfn = self.allocate_frame(use, space.owner if user else None, va)
+        self.pfn.entries[pfn].modified = True        # made by the kernel: no copy anywhere
         if data:
             self.mem.write(pfn * PAGE_SIZE, data[:PAGE_SIZE])
         if protect & _EXECUTABLE:

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from emu.hw.mmu import PTE, PFErr
 from emu.nt.mm.address_space import Mapping, Protection, leaf_flags
-from emu.nt.mm.pfn import FrameUse, OutOfFrames
+from emu.nt.mm.paging import is_paged_pool
+from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError
 from emu.nt.mm.vad import (
     BASE_PROTECTIONS,
     MM_LOWEST_USER_ADDRESS,
@@ -76,6 +77,7 @@ class FaultResolution(enum.Enum):
     NOT_HANDLED = "not handled"        # a real access violation: dispatch the exception
     GUARD_PAGE = "guard page"          # a guard page, now unguarded: STATUS_GUARD_PAGE_VIOLATION
     STACK_OVERFLOW = "stack overflow"  # a stack's last guard page: STATUS_STACK_OVERFLOW
+    IN_PAGE_ERROR = "in-page error"    # the pagefile failed: STATUS_IN_PAGE_ERROR
 
 
 class AllocationType(enum.IntFlag):
@@ -104,27 +106,39 @@ class VmResult:
 
 @dataclass
 class SystemCommit:
-    """The machine-wide commit charge (MmTotalCommittedPages) and limit (MmTotalCommitLimit),
-    in pages, and the processes holding a charge."""
+    """The machine-wide commit charge (MmTotalCommittedPages) and limit (MmTotalCommitLimit:
+    RAM + pagefile), in pages, and the processes holding a charge.
+
+    Part of the charge can never be paged out here: page tables and kernel stacks. It is
+    also held against ``resident_limit`` (Windows' MmResidentAvailablePages), RAM less
+    what pageable pages need to run, so a pagefile cannot let a process commit more page
+    tables than RAM could hold."""
 
     limit: int
+    resident_limit: int = 0
     charged: int = 0
     peak: int = 0
+    resident: int = 0
     processes: dict[int, Process] = field(default_factory=dict)
 
-    def try_charge(self, pages: int) -> bool:
-        """Charge ``pages`` if the total stays within the limit (MiChargeCommitment)."""
-        if self.charged + pages > self.limit:
+    def try_charge(self, pages: int, resident: int = 0) -> bool:
+        """Charge ``pages`` (``resident`` of them never paged out) if both totals stay
+        within their limits (MiChargeCommitment)."""
+        if self.charged + pages > self.limit or \
+                self.resident + resident > self.resident_limit:
             return False
         self.charged += pages
+        self.resident += resident
         self.peak = max(self.peak, self.charged)
         return True
 
-    def uncharge(self, pages: int) -> None:
-        """Return ``pages`` of charge (MiReturnCommitment)."""
-        if pages > self.charged:
-            raise AssertionError(f"SystemCommit.uncharge: {pages} > {self.charged} charged")
+    def uncharge(self, pages: int, resident: int = 0) -> None:
+        """Return ``pages`` of charge, ``resident`` of them resident (MiReturnCommitment)."""
+        if pages > self.charged or resident > self.resident:
+            raise AssertionError(f"SystemCommit.uncharge: {pages} ({resident} resident) > "
+                                 f"{self.charged} ({self.resident}) charged")
         self.charged -= pages
+        self.resident -= resident
 
 
 _SYSTEMS: weakref.WeakKeyDictionary[MemoryManager, SystemCommit] = weakref.WeakKeyDictionary()
@@ -137,12 +151,18 @@ def kernel_headroom(frames: int) -> int:
 
 def _system(ex: Executive, held: int = 0) -> SystemCommit:
     """The machine's SystemCommit, made on first use: the limit is the frames still free
-    plus ``held`` (frames already taken by the process being created), less the headroom."""
+    plus ``held`` (frames already taken by the process being created), less the headroom,
+    plus the pagefile's slots (MmTotalCommitLimit: RAM + pagefile)."""
     system = _SYSTEMS.get(ex.mm)
     if system is None:
         frames = len(ex.mm.pfn.entries)
-        limit = max(0, ex.mm.pfn.free_count + held - kernel_headroom(frames))
-        system = _SYSTEMS[ex.mm] = SystemCommit(limit)
+        pagefile = ex.mm.pager.pagefile
+        ram = max(0, ex.mm.pfn.available + held - kernel_headroom(frames))
+        if pagefile is None:
+            system = SystemCommit(ram, ram)
+        else:       # leave room for the pages being paged to run in
+            system = SystemCommit(ram + pagefile.slots - 1, max(0, ram - 2 * ex.mm.pager.high))
+        _SYSTEMS[ex.mm] = system
     return system
 
 
@@ -181,10 +201,11 @@ def init_process_memory(ex: Executive, proc: Process) -> None:
     tables = {span for va in mapped for span in table_spans(va, va + PAGE_SIZE)}
     system = _system(ex, held=len(mapped) + len(tables) + vads.charge.root)
     _reap(ex, system)
-    if not system.try_charge(vads.charge.total):
+    if not system.try_charge(vads.charge.total, vads.charge.tables):
         raise CommitLimitExceeded(f"commit limit reached: {vads.charge.total} pages wanted, "
                                   f"{system.limit - system.charged} left")
     system.processes[proc.pid] = proc
+    proc.working_set = ex.mm.pager.start_working_set(proc.space, proc.name, list(mapped))
 
 
 def release_process_memory(ex: Executive, proc: Process) -> None:
@@ -198,7 +219,7 @@ def release_process_memory(ex: Executive, proc: Process) -> None:
     vads.parked.clear()
     system = _SYSTEMS.get(ex.mm)
     if system is not None and system.processes.pop(proc.pid, None) is not None:
-        system.uncharge(vads.charge.total)
+        system.uncharge(vads.charge.total, vads.charge.tables)
     vads.charge.pages, vads.charge.root = 0, 0
     vads.charge.table_spans.clear()
     vads.clear()
@@ -318,7 +339,7 @@ def _charge(ex: Executive, proc: Process, pages: int, start: int, end: int) -> b
     if pages > system.limit - system.charged:
         return False                           # before counting tables of a huge range
     spans = table_spans(start, end) - proc.vads.charge.table_spans if pages else set()
-    if not system.try_charge(pages + len(spans)):
+    if not system.try_charge(pages + len(spans), len(spans)):
         return False
     proc.vads.charge.pages += pages
     proc.vads.charge.table_spans |= spans
@@ -331,12 +352,12 @@ def charge_system_commit(ex: Executive, pages: int) -> bool:
     the system commit limit, as Windows charges kernel stacks; False if it does not fit."""
     system = _system(ex)
     _reap(ex, system)
-    return system.try_charge(pages)
+    return system.try_charge(pages, pages)
 
 
 def return_system_commit(ex: Executive, pages: int) -> None:
     """Give back a charge made by charge_system_commit."""
-    _system(ex).uncharge(pages)
+    _system(ex).uncharge(pages, pages)
 
 
 def _uncharge(ex: Executive, proc: Process, pages: int) -> None:
@@ -482,8 +503,9 @@ def _decommit(ex: Executive, proc: Process, vad: Vad, start: int, end: int) -> N
 
 
 def _discard_frame(ex: Executive, proc: Process, va: int) -> None:
-    """Unmap the page at ``va`` and free its frame, wherever the frame is kept."""
-    pfn = proc.space.unmap_page(va)
+    """Clear the PTE of the page at ``va`` and free its frame or pagefile slot, wherever
+    the page is kept."""
+    pfn = proc.space.discard_page(va)
     if pfn is None:
         pfn = proc.vads.parked.pop(va, None)
     if pfn is not None:
@@ -607,17 +629,40 @@ def _make_valid(ex: Executive, proc: Process, page: int, protect: int,
         return FaultResolution.NOT_HANDLED       # valid already: not a fault we explain
     pfn = proc.vads.parked.pop(page, None)
     try:
+        if pfn is None:      # in transition (soft fault) or in the pagefile (hard fault)?
+            pfn = ex.mm.pager.page_in(space, page, FrameUse.PRIVATE, proc.pid)
         if pfn is None:
             pfn = ex.mm.allocate_frame(FrameUse.PRIVATE, proc.pid, page)
+            ex.mm.pager.demand_zero(space, page)
         flags = _pte_flags(ex, protect, pfn) | PTE.A
         if access == "write":
             flags |= PTE.D
         space.map_page(page, pfn, flags)
-    except OutOfFrames:
+    except OutOfFrames as err:
         if pfn is not None:
             ex.mm.pfn.release(pfn)
+        if isinstance(err, PagingIoError):
+            proc.in_page_error = err.status
+            return FaultResolution.IN_PAGE_ERROR
         return FaultResolution.NOT_HANDLED
     return FaultResolution.RESOLVED
+
+
+def page_in_system(ex: Executive, va: int, access: str) -> bool:
+    """A not-present fault at ring 0 on PagedPool: bring the page back (soft or hard fault)
+    and make it valid; False if ``va`` is not a paged-out PagedPool page."""
+    if not is_paged_pool(va):
+        return False
+    page, space = page_down(va), ex.mm.system
+    try:
+        pfn = ex.mm.pager.page_in(space, page, FrameUse.KERNEL, None)
+    except OutOfFrames:
+        return False
+    if pfn is None:
+        return False
+    flags = leaf_flags(Protection.PAGE_READWRITE, user=False) | PTE.A
+    space.map_page(page, pfn, flags | (PTE.D if access == "write" else 0))
+    return True
 
 
 def _guard_page_fault(ex: Executive, proc: Process, vad: Vad, page: int,

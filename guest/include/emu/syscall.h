@@ -32,6 +32,7 @@
 #define SVC_NT_WRITE_FILE             0x12
 #define SVC_NT_DEVICE_IO_CONTROL_FILE 0x13
 #define SVC_NT_READ_FILE_EX           0x14
+#define SVC_NT_SET_SYSTEM_INFORMATION 0x15
 #define SVC_NT_ALLOCATE_VIRTUAL_MEMORY 0x20
 #define SVC_NT_FREE_VIRTUAL_MEMORY    0x21
 #define SVC_NT_PROTECT_VIRTUAL_MEMORY 0x22
@@ -165,6 +166,21 @@ typedef struct {                 /* this machine's CONTEXT (docs/abi.md): 408 by
 
 NTSTATUS NtSetExceptionDispatcher(void (*dispatcher)(void));
 NTSTATUS NtContinue(const void *context);
+
+/*
+ * System information (service 0x15). One class: SystemMemoryListInformation,
+ * whose buffer is a 4-byte SYSTEM_MEMORY_LIST_COMMAND, the commands RAMMap
+ * sends on Windows: take every page out of every working set (they stay in
+ * RAM, in transition), write the modified list to the pagefile, or give the
+ * standby list's frames back to the free list (their pages are then only in
+ * the pagefile).
+ */
+#define SystemMemoryListInformation 80
+#define MemoryEmptyWorkingSets      2
+#define MemoryFlushModifiedList     3
+#define MemoryPurgeStandbyList      4
+NTSTATUS NtSetSystemInformation(uint32_t information_class, const void *buffer,
+                                uint32_t length);
 
 #endif /* __ASSEMBLER__ */
 

@@ -1,0 +1,340 @@
+"""Paging: working sets, the clock that trims them, the modified page writer, page-ins.
+
+The seed: "When physical memory is low, the memory manager saves pages of
+physical memory to a disk file." How that happens here, in Windows' terms
+(Windows Internals, 7th ed., ch. 5, "Working sets", "Page frame number database"):
+
+- A working set is the set of pages of one address space that are valid now.
+  Each process has one; the kernel has one for its pageable memory (PagedPool).
+  Page tables and nonpaged kernel memory are never in one: they never leave RAM.
+- When the frames that can be had without I/O (free + standby) fall below a
+  low-water mark, pages are trimmed by a clock over every working set: a page
+  whose PTE has A = 1 gets A cleared (and its TLB entry dropped) and a second
+  chance; a page whose A is still 0 when the hand comes back is trimmed: its
+  PTE becomes a transition PTE and its frame goes to the modified list (dirty:
+  PTE.D, or never written out) or the standby list (the pagefile has a copy).
+  A page never written since it was zeroed needs no copy at all: its PTE goes
+  back to demand zero and its frame to the free list.
+- The modified page writer stores modified frames in pagefile slots and moves
+  them to the standby list. When the free list is empty, the oldest standby
+  frame is repurposed: its page's PTE now names its slot.
+- A touch of a transition page is a soft fault (the frame comes back off its
+  list, no I/O); of a pagefile page a hard fault (a frame is read back from the
+  slot, which the page keeps while it stays clean); of a demand-zero page a
+  zeroed frame.
+
+Everything runs in instruction order from the allocation that needed a frame,
+so the same run always evicts the same pages.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
+
+from emu.hw.mmu import PTE
+from emu.nt import layout
+from emu.nt.mm import softpte
+from emu.nt.mm.pagefile import Pagefile, PagefileWriteError
+from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError
+from emu.nt.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from emu.nt.mm.address_space import AddressSpace, MemoryManager
+
+_A, _D = int(PTE.A), int(PTE.D)
+_PFN_MASK = 0x000F_FFFF_FFFF_F000
+
+
+@dataclass
+class PagingCounters:
+    """What paging did, for one working set or the whole machine."""
+
+    hard_faults: int = 0        # read back from the pagefile
+    soft_faults: int = 0        # taken back off the standby or modified list
+    demand_zero_faults: int = 0  # a zeroed frame for a page never touched (or never written)
+    pages_written: int = 0      # pagefile writes
+    pages_read: int = 0         # pagefile reads
+    trims: int = 0              # pages taken out of a working set
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class WorkingSet:
+    """The valid pageable pages of one address space (or of the kernel's PagedPool)."""
+
+    name: str
+    pages: set[int] = field(default_factory=set)
+    peak: int = 0
+    counters: PagingCounters = field(default_factory=PagingCounters)
+
+
+def is_paged_pool(va: int) -> bool:
+    """Is ``va`` in PagedPool, the only kernel memory that may leave RAM?"""
+    return layout.KERNEL_POOL_PAGED <= va < layout.KERNEL_POOL_PAGED + layout.KERNEL_POOL_SIZE
+
+
+class Pager:
+    """The memory manager's paging half: one per machine. ``pagefile`` None: no paging."""
+
+    def __init__(self, mm: MemoryManager, pagefile: Pagefile | None) -> None:
+        self.mm = mm
+        self.pagefile = pagefile
+        self.counters = PagingCounters()
+        self.system_ws = WorkingSet("PagedPool")
+        # The clock: every trackable valid page, (space root, va) -> (space, working set,
+        # PTE address), in the order the hand meets them (a second chance goes to the back).
+        self.clock: OrderedDict[tuple[int, int], tuple[AddressSpace, WorkingSet, int]] = \
+            OrderedDict()
+        frames = len(mm.pfn.entries)
+        self.low = max(8, frames // 64)          # below this many available frames: trim
+        self.high = 2 * self.low                 # ... until this many are available again
+        if pagefile is not None:
+            mm.pfn.on_slot_released = pagefile.release
+
+    # -- which pages are in a working set -------------------------------------------------
+
+    def working_set_of(self, space: AddressSpace, va: int) -> WorkingSet | None:
+        if va >= layout.KERNEL_SPACE_START:
+            return self.system_ws if is_paged_pool(va) else None
+        return space.working_set
+
+    def track(self, space: AddressSpace, va: int, pte_pa: int, pfn: int) -> None:
+        """``va`` was just made valid on frame ``pfn``: into its working set, if pageable."""
+        entry = self.mm.pfn.entries[pfn]
+        entry.pte_pa = pte_pa
+        ws = self.working_set_of(space, va)
+        if ws is None:
+            return
+        key = (space.pml4_pfn, va)
+        if key not in self.clock:
+            self.clock[key] = (space, ws, pte_pa)
+            ws.pages.add(va)
+            ws.peak = max(ws.peak, len(ws.pages))
+
+    def untrack(self, space: AddressSpace, va: int) -> None:
+        """``va`` is no longer valid: out of its working set."""
+        if self.clock.pop((space.pml4_pfn, va), None) is not None:
+            self.working_set_of(space, va).pages.discard(va)
+
+    def start_working_set(self, space: AddressSpace, name: str, pages: list[int]) -> WorkingSet:
+        """A process is complete: its pages (mapped while it was made, kept out of any
+        working set until its VADs knew them) become pageable, in address order."""
+        space.working_set = ws = WorkingSet(name)
+        for va in sorted(pages):
+            pte_pa = space.pte_address(va, create=False)
+            self.track(space, va, pte_pa, (self.mm.mem.read_u64(pte_pa) & _PFN_MASK) >> 12)
+        return ws
+
+    def end_working_set(self, space: AddressSpace) -> None:
+        """The process is going: its pages leave the clock (its frames are freed next)."""
+        ws = space.working_set
+        if ws is None:
+            return
+        for va in ws.pages:
+            del self.clock[(space.pml4_pfn, va)]
+        ws.pages.clear()
+
+    # -- getting a frame ------------------------------------------------------------------
+
+    def make_room(self) -> None:
+        """Before a frame is taken: balance if available frames are low, then make sure the
+        free list has one (repurposing the oldest standby frame if need be)."""
+        pfn = self.mm.pfn
+        if self.pagefile is not None and pfn.available < self.low:
+            self.balance()
+        if not pfn.free_count:
+            if not pfn.standby:
+                if pfn.modified and self.pagefile is not None and \
+                        self.pagefile.write_failures:
+                    raise PagingIoError("the pagefile cannot be written: modified pages stay "
+                                        "in RAM", NTSTATUS.STATUS_DISK_FULL)
+                raise OutOfFrames("out of physical memory")
+            self._repurpose()
+
+    def balance(self) -> None:
+        """MmWorkingSetManager and the modified page writer: trim until enough frames would
+        be available once the modified ones are written, then write them."""
+        pfn = self.mm.pfn
+        wanted = self.high - pfn.available - len(pfn.modified)
+        if wanted > 0:
+            self.trim(wanted)
+        self.write_modified()
+
+    def trim(self, wanted: int) -> int:
+        """Run the clock until ``wanted`` pages are trimmed or two laps found no more;
+        returns how many were."""
+        mem, entries = self.mm.mem, self.mm.pfn.entries
+        trimmed, steps = 0, 2 * len(self.clock)
+        changed = False
+        while trimmed < wanted and steps > 0 and self.clock:
+            steps -= 1
+            key, value = self.clock.popitem(last=False)
+            space, ws, pte_pa = value
+            pte = mem.read_u64(pte_pa)
+            pfn = (pte & _PFN_MASK) >> 12
+            if pte & _A or entries[pfn].locks:
+                if pte & _A:                       # second chance: clear A, forget the TLB's
+                    mem.write_u64(pte_pa, pte & ~_A)
+                    changed = True
+                self.clock[key] = value
+                continue
+            self._trim_page(space, ws, key[1], pte_pa, pte, pfn)
+            trimmed += 1
+            changed = True
+        if changed:
+            self.mm.flush_tlb()
+        return trimmed
+
+    def _trim_page(self, space: AddressSpace, ws: WorkingSet, va: int, pte_pa: int,
+                   pte: int, pfn: int) -> None:
+        """Take one page out of its working set: transition, or demand zero again."""
+        entry = self.mm.pfn.entries[pfn]
+        entry.modified |= bool(pte & _D)
+        protection = softpte.protection_of(pte)
+        if not entry.modified and entry.slot is None and entry.owner is not None:
+            # Zeroed on first touch and never written since: nothing to keep.
+            self.mm.mem.write_u64(pte_pa, softpte.demand_zero_pte(protection))
+            self.mm.pfn.release(pfn)
+        else:
+            self.mm.mem.write_u64(pte_pa, softpte.transition_pte(pfn, protection))
+            self.mm.pfn.to_transition(pfn)
+        ws.pages.discard(va)
+        ws.counters.trims += 1
+        self.counters.trims += 1
+        del space                                  # the PTE address says it all
+
+    def write_modified(self) -> int:
+        """MiModifiedPageWriter: every modified frame to a pagefile slot (the one its page
+        already has, or a new one), then to the standby list. A full pagefile or a failed
+        write leaves the rest where they are, in RAM; nothing is lost."""
+        if self.pagefile is None:
+            return 0
+        entries, written = self.mm.pfn.entries, 0
+        for pfn in list(self.mm.pfn.modified):
+            entry = entries[pfn]
+            slot = entry.slot if entry.slot is not None else self._new_slot()
+            if slot is None:
+                break
+            try:
+                self.pagefile.write(slot, self.mm.mem.read(pfn * layout.PAGE_SIZE,
+                                                           layout.PAGE_SIZE))
+            except PagefileWriteError:
+                if entry.slot is None:
+                    self.pagefile.release(slot)
+                break
+            entry.slot, entry.modified = slot, False
+            self.mm.pfn.written(pfn)
+            self._ws_of_entry(entry).counters.pages_written += 1
+            self.counters.pages_written += 1
+            written += 1
+        return written
+
+    def _new_slot(self) -> int | None:
+        """A free pagefile slot; when none is left, the slots held by valid pages are given
+        back first (MiReleasePageFileSpace: their copies would be rewritten anyway once the
+        pages are trimmed, so they count as modified from now on)."""
+        slot = self.pagefile.allocate()
+        if slot is not None:
+            return slot
+        entries, mem = self.mm.pfn.entries, self.mm.mem
+        for _space, _ws, pte_pa in self.clock.values():
+            entry = entries[(mem.read_u64(pte_pa) & _PFN_MASK) >> 12]
+            if entry.slot is not None:
+                self.pagefile.release(entry.slot)
+                entry.slot, entry.modified = None, True
+        return self.pagefile.allocate()
+
+    def purge_standby(self) -> int:
+        """Repurpose every standby frame now (MemoryPurgeStandbyList): their pages are then
+        only in the pagefile, and the frames are free."""
+        count = 0
+        while self.mm.pfn.standby:
+            self._repurpose()
+            count += 1
+        return count
+
+    def empty_working_sets(self) -> int:
+        """Trim every page of every working set at once (MemoryEmptyWorkingSets)."""
+        mem, count = self.mm.mem, 0
+        for key, (space, ws, pte_pa) in list(self.clock.items()):
+            pte = mem.read_u64(pte_pa)
+            pfn = (pte & _PFN_MASK) >> 12
+            if self.mm.pfn.entries[pfn].locks:
+                continue
+            del self.clock[key]
+            self._trim_page(space, ws, key[1], pte_pa, pte, pfn)
+            count += 1
+        if count:
+            self.mm.flush_tlb()
+        return count
+
+    def _repurpose(self) -> None:
+        """The oldest standby frame leaves its page, whose PTE now names its pagefile slot."""
+        pfn = next(iter(self.mm.pfn.standby))
+        entry = self.mm.pfn.entries[pfn]
+        pte = self.mm.mem.read_u64(entry.pte_pa)
+        protection = softpte.decode(pte).protection
+        self.mm.mem.write_u64(entry.pte_pa, softpte.pagefile_pte(entry.slot, protection))
+        self.mm.pfn.take_standby()
+
+    def _ws_of_entry(self, entry) -> WorkingSet:
+        """The working set a frame's page belongs to (for the per-process counters)."""
+        if entry.owner is None:
+            return self.system_ws
+        for space in self.mm.spaces:
+            if space.owner == entry.owner and space.working_set is not None:
+                return space.working_set
+        return self.system_ws
+
+    # -- page-ins -------------------------------------------------------------------------
+
+    def page_in(self, space: AddressSpace, va: int, use: FrameUse,
+                owner: int | None) -> int | None:
+        """The frame holding not-valid page ``va`` again, if its PTE says where the page is
+        (transition: a soft fault; pagefile: a hard fault); None when the page has no copy
+        (demand zero, or no record). The caller maps the frame."""
+        pte_pa = space.pte_address(va, create=False)
+        if pte_pa is None:
+            return None
+        d = softpte.decode(self.mm.mem.read_u64(pte_pa))
+        ws = self.working_set_of(space, va) or self.system_ws
+        if d.state is softpte.PteState.TRANSITION:
+            self.mm.pfn.reclaim(d.pfn)
+            ws.counters.soft_faults += 1
+            self.counters.soft_faults += 1
+            return d.pfn
+        if d.state is not softpte.PteState.PAGEFILE:
+            return None
+        pfn = self.mm.new_frame(use, owner, va)
+        try:
+            data = self.pagefile.read(d.slot)
+        except OSError as err:
+            self.mm.pfn.release(pfn)
+            raise PagingIoError(f"pagefile read failed: {err}", NTSTATUS.STATUS_DEVICE_DATA_ERROR) \
+                from None
+        self.mm.mem.write(pfn * layout.PAGE_SIZE, data)
+        entry = self.mm.pfn.entries[pfn]
+        entry.slot, entry.modified = d.slot, False      # the copy stays good while clean
+        ws.counters.hard_faults += 1
+        ws.counters.pages_read += 1
+        self.counters.hard_faults += 1
+        self.counters.pages_read += 1
+        return pfn
+
+    def discard(self, pte: int) -> None:
+        """A not-valid PTE is being cleared (decommit, process exit): free what it holds."""
+        d = softpte.decode(pte)
+        if d.state is softpte.PteState.TRANSITION:
+            self.mm.pfn.release(d.pfn)
+        elif d.state is softpte.PteState.PAGEFILE and self.pagefile is not None:
+            self.pagefile.release(d.slot)
+
+    def demand_zero(self, space: AddressSpace, va: int) -> None:
+        """Count a demand-zero fault for ``va``'s working set."""
+        ws = self.working_set_of(space, va) or self.system_ws
+        ws.counters.demand_zero_faults += 1
+        self.counters.demand_zero_faults += 1
