@@ -54,6 +54,7 @@ EXEC_APPS = [
     "getpid",
     "handles",
     "hello",
+    "hotcold",
     "illegal",
     "ioctl",
     "listcmd",

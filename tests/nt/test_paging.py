@@ -117,12 +117,14 @@ def test_a_pagefile_too_small_is_refused_naming_the_minimum(tmp_path, size):
         Pagefile(size, tmp_path / "pf")
 
 
-def test_a_temporary_pagefile_is_deleted_when_the_machine_closes(machine_factory):
+def test_the_default_pagefile_is_a_temporary_file_no_one_else_sees(machine_factory, apps):
+    """Made in $TMPDIR and unlinked at once: nothing is left behind, even after a kill."""
     m = machine_factory(mem="2M")
-    path = m.pagefile.path
-    assert path.exists() and m.pagefile.size == 64 << 20     # the default: 64M at least
-    m.close()
-    assert not path.exists()
+    assert m.pagefile.temporary and m.pagefile.size == 64 << 20   # the default: 64M at least
+    assert not m.pagefile.path.exists()
+    proc = m.spawn(apps / "pattern", ["4", "1"])
+    m.run()
+    assert proc.exit_status == 0 and m.pagefile.writes > 0
 
 
 # -- more memory than RAM -----------------------------------------------------------------------

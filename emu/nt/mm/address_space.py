@@ -104,11 +104,11 @@ class AddressSpace:
         for level in (4, 3, 2):
             entry_pa = table + index(va, level) * 8
             entry = self.mm.mem.read_u64(entry_pa)
-            if not entry & PTE.P:
+            if not entry & _P:
                 if not create:
                     return None
                 entry = self._new_table(va, level, entry_pa)
-            elif entry & PTE.PS:
+            elif entry & _PS:
                 return None                      # a large page: no PT below it
             table = entry & ADDRESS_MASK
         return table + index(va, 1) * 8

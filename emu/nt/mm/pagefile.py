@@ -14,8 +14,8 @@ PagefileWriteError; the caller keeps the page in RAM, so nothing is lost.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
 PAGE_SIZE = 4096
@@ -30,9 +30,22 @@ class PagefileWriteError(Exception):
     """Writing a page to the pagefile failed (the host disk is full, say)."""
 
 
+_names = itertools.count()
+
+
+def _temporary_file() -> tuple[Path, object]:
+    """A new file in $TMPDIR (or /tmp), already unlinked: it lives while it is open and
+    disappears when closed, even if the emulator is killed."""
+    folder = os.environ.get("TMPDIR") or "/tmp"
+    path = Path(folder) / f"emu-pagefile-{os.getpid()}-{next(_names)}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(path)
+    return path, os.fdopen(fd, "r+b", buffering=0)
+
+
 class Pagefile:
-    """``size`` bytes of slots in a host file at ``path`` (None: a temporary file, deleted
-    when the pagefile is closed)."""
+    """``size`` bytes of slots in a host file at ``path`` (None: a temporary file, gone
+    from the file system as soon as it is made and deleted when closed)."""
 
     def __init__(self, size: int, path: str | Path | None = None) -> None:
         if size < MIN_PAGEFILE_SIZE or size % PAGE_SIZE:
@@ -44,9 +57,7 @@ class Pagefile:
         self.temporary = path is None
         try:
             if path is None:
-                fd, name = tempfile.mkstemp(prefix="emu-pagefile-")
-                self.path = Path(name)
-                self._file = os.fdopen(fd, "r+b", buffering=0)
+                self.path, self._file = _temporary_file()
             else:
                 self.path = Path(path)
                 self._file = open(self.path, "w+b", buffering=0)   # noqa: SIM115 (kept open)
@@ -54,7 +65,7 @@ class Pagefile:
             raise PagefileError(f"cannot create the pagefile {path}: "
                                 f"{err.strerror or err}") from None
         try:
-            if self.path.is_file():
+            if self.temporary or self.path.is_file():
                 self._file.truncate(size)
         except OSError as err:
             self.close()
@@ -104,5 +115,3 @@ class Pagefile:
         if self._file.closed:
             return
         self._file.close()
-        if self.temporary:
-            self.path.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from emu.hw.mmu import PTE
 
+_P, _RW, _NX = int(PTE.P), int(PTE.RW), int(PTE.NX)
 TRANSITION = 1 << 11
 PROTOTYPE = 1 << 10
 _PROT_SHIFT, _PROT_MASK = 5, 0x1F
@@ -81,7 +82,7 @@ class Decoded:
 
 def protection_of(pte: int) -> int:
     """The MM_* protection a valid leaf PTE gives (from its RW and NX bits)."""
-    writable, executable = bool(pte & PTE.RW), not pte & PTE.NX
+    writable, executable = bool(pte & _RW), not pte & _NX
     return {(False, False): MM_READONLY, (True, False): MM_READWRITE,
             (False, True): MM_EXECUTE_READ, (True, True): MM_EXECUTE_READWRITE}[
                 (writable, executable)]
@@ -106,7 +107,7 @@ def transition_pte(pfn: int, protection: int) -> int:
 
 def decode(pte: int) -> Decoded:
     """Take a leaf PTE apart (valid or not)."""
-    if pte & PTE.P:
+    if pte & _P:
         return Decoded(PteState.VALID, protection_of(pte), pfn=(pte & _PFN_MASK) >> 12)
     if pte == 0:
         return Decoded(PteState.ZERO)
