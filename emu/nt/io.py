@@ -370,10 +370,18 @@ class IoManager:
             entry.locks = max(0, entry.locks - 1)
 
     def _unlock_mdl(self, mdl: int) -> None:
-        count, offset = struct.unpack("<II", self.ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
+        """MmUnmapLockedPages + MmUnlockPages: the system-space view goes (a stale view
+        would reach frames that belong to someone else once the pages are trimmed), then
+        the locks."""
+        ex = self.ex
+        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
+        count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
         pages = (offset + max(count, 1) + 0xFFF) >> 12
-        self._unlock_frames(struct.unpack(f"<{pages}Q", self.ex.kernel_read(mdl + MDL_PFN,
-                                                                          8 * pages)))
+        if mapped:
+            for i in range(pages):
+                ex.mm.system.unmap_page(mapped + i * layout.PAGE_SIZE)
+        self._unlock_frames(struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN,
+                                                                     8 * pages)))
 
     def complete(self, irp: int, caller: int) -> None:
         """IoCompleteRequest: the driver is done with the IRP; twice is bug check 0x44."""

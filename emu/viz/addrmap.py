@@ -56,6 +56,8 @@ class RegionState(enum.Enum):
 
     COMMITTED = "committed"                    # every page valid, each with its own frame
     DEMAND_ZERO = "committed, no frame yet"    # committed in the VAD, never touched
+    TRANSITION = "in transition"               # trimmed; its frame on the standby/modified list
+    PAGEFILE = "in the pagefile"               # trimmed and written out; no frame
     RESERVED = "reserved"                      # MEM_RESERVE: address space, no storage
 
 
@@ -125,7 +127,8 @@ def capture(proc: Process, *, at_exit: bool = False, moment: int = 0) -> Process
     if proc.state is ProcessState.TERMINATED:
         raise ValueError(f'capture: process {proc.pid} "{proc.name}" has terminated')
     pages = tuple(_page(m) for m in proc.space.user_mappings())
-    regions = _committed_regions(pages) + _vad_only_regions(pages, vad_runs(proc))
+    regions = _committed_regions(pages) + _split_by_pte(
+        proc, _vad_only_regions(pages, vad_runs(proc)))
     regions.sort(key=lambda r: r.start)
     return ProcessMap(proc.pid, proc.name, pages, tuple(regions), at_exit, moment)
 
@@ -170,6 +173,31 @@ def _vad_only_regions(pages: Sequence[Page], runs: list[VadRun]) -> list[Region]
         if at < run.end:
             regions.append(Region(at, run.end, run.protection, run.state))
     return regions
+
+
+def _split_by_pte(proc: Process, regions: list[Region]) -> list[Region]:
+    """Committed pages without a valid PTE are demand zero, in transition or in the
+    pagefile: their software PTEs (emu.nt.mm.softpte) say which."""
+    from emu.nt.mm.softpte import PteState, decode
+
+    states = {PteState.TRANSITION: RegionState.TRANSITION,
+              PteState.PAGEFILE: RegionState.PAGEFILE}
+    out = []
+    for region in regions:
+        if region.state is not RegionState.DEMAND_ZERO:
+            out.append(region)
+            continue
+        start, state = region.start, None
+        for va in range(region.start, region.end, PAGE_SIZE):
+            pte = proc.space.pte(va)
+            here = states.get(decode(pte).state, RegionState.DEMAND_ZERO) if pte else \
+                RegionState.DEMAND_ZERO
+            if state is not None and here is not state:
+                out.append(Region(start, va, region.protection, state))
+                start = va
+            state = here
+        out.append(Region(start, region.end, region.protection, state))
+    return out
 
 
 def vad_runs(proc: Process) -> list[VadRun]:

@@ -20,6 +20,7 @@ from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
 from emu.nt.bugcheck import BugCheckCode
 from emu.nt.mm import softpte
+from emu.nt.mm.check import check_memory
 from emu.nt.mm.pagefile import Pagefile, PagefileError
 from emu.nt.mm.softpte import PteState
 from emu.nt.mm.vad import MemType
@@ -216,6 +217,39 @@ def test_without_a_pagefile_commit_is_limited_by_ram(machine_factory, apps):
     assert m.executive.mm.pager.counters.trims == 0
 
 
+def test_the_books_balance_while_pages_move(machine_factory, apps):
+    """check_memory at every line the apps print (mid-run, pages everywhere) and at the end:
+    PFN records, lists, PTEs, slots and working sets all agree."""
+    reports = []
+
+    def console(proc, data):
+        reports.append(check_memory(m.executive.mm))
+
+    m = machine_factory(mem="2M", console=console)
+    for seed in (1, 2, 3):
+        m.spawn(apps / "pattern", ["3", str(seed)])
+    m.spawn(apps / "listcmd", ["all"])
+    m.spawn(apps / "hotcold", ["32", "256", "16"])
+    m.run()
+    assert len(reports) >= 8 and reports == [[]] * len(reports)
+    assert m.executive.mm.pager.counters.hard_faults > 0
+    assert check_memory(m.executive.mm) == []
+
+
+def test_the_check_sees_a_broken_book(machine_factory, apps):
+    m = machine_factory(mem="2M")
+    proc = m.spawn(apps / "hello")
+    mm = m.executive.mm
+    mapping = next(proc.space.user_mappings())
+    mm.pfn.entries[mapping.pfn].owner = 999                 # a frame "owned" by nobody
+    pte_pa = proc.space.pte_address(mapping.va, create=False)
+    stray = softpte.pagefile_pte(5, softpte.MM_READWRITE)   # a slot nobody allocated
+    mm.mem.write_u64(pte_pa + 8 if (mapping.va >> 12) & 511 < 511 else pte_pa - 8, stray)
+    problems = check_memory(mm)
+    assert any("owned by 999" in p for p in problems)
+    assert any("slots named by PTEs" in p for p in problems)
+
+
 # -- the pagefile on disk -----------------------------------------------------------------------
 
 def test_an_evicted_page_is_in_the_pagefile_at_the_slot_its_pte_names(machine_factory, apps,
@@ -283,7 +317,7 @@ def test_a_killed_process_gives_back_its_frames_and_slots(machine_factory, apps)
     assert proc.exit_status == 0xC000013A and len(lines(proc)) == 1
     assert m.pagefile.used_slots == 0
     assert ex.mm.pfn.free_count == free and not ex.mm.pfn.standby and not ex.mm.pfn.modified
-    assert not ex.mm.pager.clock
+    assert not ex.mm.pager.clock and check_memory(ex.mm) == []
     assert proc.working_set.counters.pages_written > 0
 
 
@@ -381,3 +415,37 @@ def test_the_run_report_has_the_paging_counters(apps, tmp_path):
     paging = report["processes"][0]["paging"]
     assert paging["hard_faults"] > 0 and paging["peak_working_set"] < 512
     assert report["stats"]["paging"]["pages_written"] >= paging["pages_written"] > 0
+
+
+def test_the_address_space_map_names_where_each_page_is(machine_factory, apps):
+    from emu.viz.addrmap import RegionState, capture
+
+    maps = {}
+
+    def console(proc, data):
+        if proc is None or b"written" not in data:
+            return
+        pager = m.executive.mm.pager
+        pager.empty_working_sets()
+        maps["transition"] = capture(proc)
+        pager.write_modified()
+        pager.purge_standby()
+        maps["pagefile"] = capture(proc)
+
+    m = machine_factory(mem="4M", console=console)
+    proc = m.spawn(apps / "pattern", ["1", "1"])
+    m.run()
+    for state in ("transition", "pagefile"):
+        pm = maps[state]
+        base = region_of_map(pm)
+        assert pm.pages == ()                        # nothing valid: every page was trimmed
+        (region,) = [r for r in pm.regions if r.start == base]
+        assert region.end - region.start == 1 << 20
+        assert region.state is {"transition": RegionState.TRANSITION,
+                                "pagefile": RegionState.PAGEFILE}[state]
+    assert proc.exit_status == 0
+
+
+def region_of_map(pm) -> int:
+    """The 1 MiB heap region's start: the lowest address the map shows (0x10000 upward)."""
+    return min(r.start for r in pm.regions)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from emu.nt.loader import Image, Segment
 from emu.nt.mm import virtual
+from emu.nt.mm.check import check_memory
 from emu.nt.status import NTSTATUS
 from emu.nt.syscalls import Service
 
@@ -76,6 +77,7 @@ def test_random_system_calls_end_defined_and_leave_the_books_balanced(machine_fa
     proc = ex.create_process(image, [])
     result = m.run()
     assert result.bugcheck is None
+    assert check_memory(ex.mm) == []            # PFN records, PTEs, slots, working sets
     statuses = {int(s) for s in NTSTATUS}
     for p in result.processes:
         if p.exception is not None:

@@ -103,12 +103,13 @@ class Pager:
         return space.working_set
 
     def track(self, space: AddressSpace, va: int, pte_pa: int, pfn: int) -> None:
-        """``va`` was just made valid on frame ``pfn``: into its working set, if pageable."""
-        entry = self.mm.pfn.entries[pfn]
-        entry.pte_pa = pte_pa
+        """``va`` was just made valid on frame ``pfn``: into its working set, if pageable
+        (the frame then records this PTE as the one to change when the page leaves; a
+        second mapping of the frame, such as an MDL's system-space view, records nothing)."""
         ws = self.working_set_of(space, va)
         if ws is None:
             return
+        self.mm.pfn.entries[pfn].pte_pa = pte_pa
         key = (space.pml4_pfn, va)
         if key not in self.clock:
             self.clock[key] = (space, ws, pte_pa)
