@@ -449,3 +449,29 @@ def test_the_address_space_map_names_where_each_page_is(machine_factory, apps):
 def region_of_map(pm) -> int:
     """The 1 MiB heap region's start: the lowest address the map shows (0x10000 upward)."""
     return min(r.start for r in pm.regions)
+
+
+def test_protecting_a_paged_out_page_updates_its_software_pte(machine_factory, apps):
+    from emu.nt.mm import virtual
+    from emu.nt.mm.vad import PageProtect
+
+    got = {}
+
+    def console(proc, data):
+        if proc is None or b"written" not in data:
+            return
+        ex = m.executive
+        ex.mm.pager.empty_working_sets()
+        base = region_of(proc, 1 << 20)
+        virtual.protect(ex, proc, base, P, PageProtect.PAGE_READONLY)
+        got["ro"] = softpte.decode(proc.space.pte(base))
+        virtual.protect(ex, proc, base, P, PageProtect.PAGE_READWRITE | PageProtect.PAGE_GUARD)
+        got["guard"] = softpte.decode(proc.space.pte(base))
+        virtual.protect(ex, proc, base, P, PageProtect.PAGE_READWRITE)
+
+    m = machine_factory(mem="4M", console=console)
+    proc = m.spawn(apps / "pattern", ["1", "1"])
+    m.run()
+    assert proc.exit_status == 0
+    assert (got["ro"].state, got["ro"].protection) == (PteState.TRANSITION, softpte.MM_READONLY)
+    assert got["guard"].protection == softpte.MM_READWRITE | softpte.MM_GUARD_PAGE

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
 from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE
+from emu.nt.mm import softpte
 from emu.nt.mm.pagefile import Pagefile
 from emu.nt.mm.paging import Pager, WorkingSet
 from emu.nt.mm.pfn import FrameUse, PfnDatabase
@@ -158,6 +159,14 @@ class AddressSpace:
             self.mm.pager.discard(self.mm.mem.read_u64(pte_pa))
             self.mm.mem.write_u64(pte_pa, 0)
         return None
+
+    def set_software_protection(self, va: int, protection: int) -> None:
+        """NtProtectVirtualMemory on a page that is not valid: its software PTE (if it has
+        one) records the new MM_* protection, as Windows' does."""
+        pte_pa = self.pte_address(va, create=False)
+        if pte_pa is not None:
+            pte = self.mm.mem.read_u64(pte_pa)
+            self.mm.mem.write_u64(pte_pa, softpte.with_protection(pte, protection))
 
     def pte(self, va: int) -> int | None:
         """The leaf PTE value of ``va`` in any state, or None if no page table holds it."""

@@ -88,6 +88,20 @@ def protection_of(pte: int) -> int:
                 (writable, executable)]
 
 
+def mm_protection(protect: int) -> int:
+    """The MM_* code of a winnt.h PAGE_* protection (PAGE_GUARD becomes MM_GUARD_PAGE)."""
+    base = {0x01: 0, 0x02: MM_READONLY, 0x04: MM_READWRITE, 0x08: 5, 0x10: MM_EXECUTE,
+            0x20: MM_EXECUTE_READ, 0x40: MM_EXECUTE_READWRITE, 0x80: 7}.get(protect & 0xFF, 0)
+    return base | (MM_GUARD_PAGE if protect & 0x100 else 0)
+
+
+def with_protection(pte: int, protection: int) -> int:
+    """A software or transition PTE with its protection field replaced (others: as is)."""
+    if pte & _P or pte == 0:
+        return pte
+    return pte & ~(_PROT_MASK << _PROT_SHIFT) | (protection & _PROT_MASK) << _PROT_SHIFT
+
+
 def pagefile_pte(slot: int, protection: int) -> int:
     """An MMPTE_SOFTWARE naming pagefile slot ``slot`` (> 0)."""
     if slot <= 0:

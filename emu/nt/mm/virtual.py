@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from emu.hw.mmu import PTE, PFErr
+from emu.nt.mm import softpte
 from emu.nt.mm.address_space import Mapping, Protection, leaf_flags
 from emu.nt.mm.paging import is_paged_pool
 from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError
@@ -545,6 +546,7 @@ def _sync_ptes(ex: Executive, proc: Process, vad: Vad, start: int, end: int) -> 
         for va in range(run.start, run.end, PAGE_SIZE):
             mapping = space.lookup(va)
             if mapping is None:
+                space.set_software_protection(va, softpte.mm_protection(run.protect))
                 continue
             if not _accessible(run.protect):
                 space.unmap_page(va)
