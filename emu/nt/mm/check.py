@@ -49,7 +49,7 @@ def check_memory(mm: MemoryManager) -> list[str]:
         for slots_range, owner in halves:
             _walk(mm, space, space.cr3, 4, 0, slots_range, owner, problems, slots, tracked)
     _check_kernel_half(mm, problems)
-    clock = set(mm.pager.clock)
+    clock = {(ws.space.pml4_pfn, va) for ws in mm.pager.working_sets for va in ws.pages}
     for key in sorted(clock - tracked):
         problems.append(f"working set holds {key[1]:#x} (root {key[0]:#x}), not valid")
     for key in sorted(tracked - clock):

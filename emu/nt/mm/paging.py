@@ -8,9 +8,11 @@ physical memory to a disk file." How that happens here, in Windows' terms
   Each process has one; the kernel has one for its pageable memory (PagedPool).
   Page tables and nonpaged kernel memory are never in one: they never leave RAM.
 - When the frames that can be had without I/O (free + standby) fall below a
-  low-water mark, pages are trimmed by a clock over every working set: a page
-  whose PTE has A = 1 gets A cleared (and its TLB entry dropped) and a second
-  chance; a page whose A is still 0 when the hand comes back is trimmed: its
+  low-water mark, pages are trimmed: each working set keeps its pages in a
+  clock, and the trimmer visits the working sets in turn, running each one's
+  hand a little way: a page whose PTE has A = 1 gets A cleared (and its TLB
+  entry dropped) and a second chance; a page whose A is still 0 when the hand
+  comes back is trimmed: its
   PTE becomes a transition PTE and its frame goes to the modified list (dirty:
   PTE.D, or never written out) or the standby list (the pagefile has a copy).
   A page never written since it was zeroed needs no copy at all: its PTE goes
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 _A, _D = int(PTE.A), int(PTE.D)
 _PFN_MASK = 0x000F_FFFF_FFFF_F000
+TRIM_STEPS = 64          # pages one visit of the trimmer moves a working set's hand
 
 
 @dataclass
@@ -62,12 +65,14 @@ class PagingCounters:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass
+@dataclass(eq=False)
 class WorkingSet:
-    """The valid pageable pages of one address space (or of the kernel's PagedPool)."""
+    """The valid pageable pages of one address space (or of the kernel's PagedPool), in
+    the order its clock hand meets them: virtual address -> PTE address."""
 
     name: str
-    pages: set[int] = field(default_factory=set)
+    space: AddressSpace
+    pages: OrderedDict[int, int] = field(default_factory=OrderedDict)
     peak: int = 0
     counters: PagingCounters = field(default_factory=PagingCounters)
 
@@ -84,11 +89,9 @@ class Pager:
         self.mm = mm
         self.pagefile = pagefile
         self.counters = PagingCounters()
-        self.system_ws = WorkingSet("PagedPool")
-        # The clock: every trackable valid page, (space root, va) -> (space, working set,
-        # PTE address), in the order the hand meets them (a second chance goes to the back).
-        self.clock: OrderedDict[tuple[int, int], tuple[AddressSpace, WorkingSet, int]] = \
-            OrderedDict()
+        self.system_ws: WorkingSet | None = None   # made with the first PagedPool page
+        self.working_sets: list[WorkingSet] = []   # the live ones, in creation order
+        self._turn = 0                              # the next one the trimmer visits
         frames = len(mm.pfn.entries)
         self.low = max(8, frames // 64)          # below this many available frames: trim
         self.high = 2 * self.low                 # ... until this many are available again
@@ -99,7 +102,12 @@ class Pager:
 
     def working_set_of(self, space: AddressSpace, va: int) -> WorkingSet | None:
         if va >= layout.KERNEL_SPACE_START:
-            return self.system_ws if is_paged_pool(va) else None
+            if not is_paged_pool(va):
+                return None
+            if self.system_ws is None:
+                self.system_ws = WorkingSet("PagedPool", self.mm.system)
+                self.working_sets.insert(0, self.system_ws)
+            return self.system_ws
         return space.working_set
 
     def track(self, space: AddressSpace, va: int, pte_pa: int, pfn: int) -> None:
@@ -110,21 +118,22 @@ class Pager:
         if ws is None:
             return
         self.mm.pfn.entries[pfn].pte_pa = pte_pa
-        key = (space.pml4_pfn, va)
-        if key not in self.clock:
-            self.clock[key] = (space, ws, pte_pa)
-            ws.pages.add(va)
-            ws.peak = max(ws.peak, len(ws.pages))
+        if va not in ws.pages:
+            ws.pages[va] = pte_pa
+            if len(ws.pages) > ws.peak:
+                ws.peak = len(ws.pages)
 
     def untrack(self, space: AddressSpace, va: int) -> None:
         """``va`` is no longer valid: out of its working set."""
-        if self.clock.pop((space.pml4_pfn, va), None) is not None:
-            self.working_set_of(space, va).pages.discard(va)
+        ws = self.working_set_of(space, va)
+        if ws is not None:
+            ws.pages.pop(va, None)
 
     def start_working_set(self, space: AddressSpace, name: str, pages: list[int]) -> WorkingSet:
         """A process is complete: its pages (mapped while it was made, kept out of any
         working set until its VADs knew them) become pageable, in address order."""
-        space.working_set = ws = WorkingSet(name)
+        space.working_set = ws = WorkingSet(name, space)
+        self.working_sets.append(ws)
         for va in sorted(pages):
             pte_pa = space.pte_address(va, create=False)
             self.track(space, va, pte_pa, (self.mm.mem.read_u64(pte_pa) & _PFN_MASK) >> 12)
@@ -133,11 +142,10 @@ class Pager:
     def end_working_set(self, space: AddressSpace) -> None:
         """The process is going: its pages leave the clock (its frames are freed next)."""
         ws = space.working_set
-        if ws is None:
+        if ws is None or ws not in self.working_sets:
             return
-        for va in ws.pages:
-            del self.clock[(space.pml4_pfn, va)]
-        ws.pages.clear()
+        self.working_sets.remove(ws)
+        ws.pages = OrderedDict()
 
     # -- getting a frame ------------------------------------------------------------------
 
@@ -166,33 +174,46 @@ class Pager:
         self.write_modified()
 
     def trim(self, wanted: int) -> int:
-        """Run the clock until ``wanted`` pages are trimmed or two laps found no more;
+        """Visit the working sets in turn, moving each one's clock hand up to TRIM_STEPS
+        pages, until ``wanted`` pages are trimmed or every hand has gone round twice;
         returns how many were."""
-        mem, entries = self.mm.mem, self.mm.pfn.entries
-        trimmed, steps = 0, 2 * len(self.clock)
-        changed = False
-        while trimmed < wanted and steps > 0 and self.clock:
-            steps -= 1
-            key, value = self.clock.popitem(last=False)
-            space, ws, pte_pa = value
+        steps_left = 2 * sum(len(ws.pages) for ws in self.working_sets)
+        trimmed, changed = 0, False
+        while trimmed < wanted and steps_left > 0:
+            ws = self.working_sets[self._turn % len(self.working_sets)]
+            self._turn += 1
+            steps = min(TRIM_STEPS, len(ws.pages), steps_left)
+            steps_left -= max(steps, 1)
+            done, touched = self._run_hand(ws, steps, wanted - trimmed)
+            trimmed += done
+            changed |= touched
+        if changed:
+            self.mm.flush_tlb()
+        return trimmed
+
+    def _run_hand(self, ws: WorkingSet, steps: int, wanted: int) -> tuple[int, bool]:
+        """Up to ``steps`` pages of ``ws``'s clock: second chances and trims."""
+        mem, entries, pages = self.mm.mem, self.mm.pfn.entries, ws.pages
+        trimmed, changed = 0, False
+        for _ in range(steps):
+            if trimmed >= wanted or not pages:
+                break
+            va, pte_pa = pages.popitem(last=False)
             pte = mem.read_u64(pte_pa)
             pfn = (pte & _PFN_MASK) >> 12
             if pte & _A or entries[pfn].locks:
                 if pte & _A:                       # second chance: clear A, forget the TLB's
                     mem.write_u64(pte_pa, pte & ~_A)
                     changed = True
-                self.clock[key] = value
+                pages[va] = pte_pa
                 continue
-            self._trim_page(space, ws, key[1], pte_pa, pte, pfn)
+            self._trim_page(ws, va, pte_pa, pte, pfn)
             trimmed += 1
             changed = True
-        if changed:
-            self.mm.flush_tlb()
-        return trimmed
+        return trimmed, changed
 
-    def _trim_page(self, space: AddressSpace, ws: WorkingSet, va: int, pte_pa: int,
-                   pte: int, pfn: int) -> None:
-        """Take one page out of its working set: transition, or demand zero again."""
+    def _trim_page(self, ws: WorkingSet, va: int, pte_pa: int, pte: int, pfn: int) -> None:
+        """Take one page (already off ``ws``'s clock) out: transition, or demand zero."""
         entry = self.mm.pfn.entries[pfn]
         entry.modified |= bool(pte & _D)
         protection = softpte.protection_of(pte)
@@ -203,10 +224,8 @@ class Pager:
         else:
             self.mm.mem.write_u64(pte_pa, softpte.transition_pte(pfn, protection))
             self.mm.pfn.to_transition(pfn)
-        ws.pages.discard(va)
         ws.counters.trims += 1
         self.counters.trims += 1
-        del space                                  # the PTE address says it all
 
     def write_modified(self) -> int:
         """MiModifiedPageWriter: every modified frame to a pagefile slot (the one its page
@@ -229,7 +248,9 @@ class Pager:
                 break
             entry.slot, entry.modified = slot, False
             self.mm.pfn.written(pfn)
-            self._ws_of_entry(entry).counters.pages_written += 1
+            ws = self._ws_of_entry(entry)
+            if ws is not None:
+                ws.counters.pages_written += 1
             self.counters.pages_written += 1
             written += 1
         return written
@@ -242,7 +263,7 @@ class Pager:
         if slot is not None:
             return slot
         entries, mem = self.mm.pfn.entries, self.mm.mem
-        for _space, _ws, pte_pa in self.clock.values():
+        for pte_pa in (pte_pa for ws in self.working_sets for pte_pa in ws.pages.values()):
             entry = entries[(mem.read_u64(pte_pa) & _PFN_MASK) >> 12]
             if entry.slot is not None:
                 self.pagefile.release(entry.slot)
@@ -261,14 +282,15 @@ class Pager:
     def empty_working_sets(self) -> int:
         """Trim every page of every working set at once (MemoryEmptyWorkingSets)."""
         mem, count = self.mm.mem, 0
-        for key, (space, ws, pte_pa) in list(self.clock.items()):
-            pte = mem.read_u64(pte_pa)
-            pfn = (pte & _PFN_MASK) >> 12
-            if self.mm.pfn.entries[pfn].locks:
-                continue
-            del self.clock[key]
-            self._trim_page(space, ws, key[1], pte_pa, pte, pfn)
-            count += 1
+        for ws in self.working_sets:
+            for va, pte_pa in list(ws.pages.items()):
+                pte = mem.read_u64(pte_pa)
+                pfn = (pte & _PFN_MASK) >> 12
+                if self.mm.pfn.entries[pfn].locks:
+                    continue
+                del ws.pages[va]
+                self._trim_page(ws, va, pte_pa, pte, pfn)
+                count += 1
         if count:
             self.mm.flush_tlb()
         return count
@@ -282,14 +304,12 @@ class Pager:
         self.mm.mem.write_u64(entry.pte_pa, softpte.pagefile_pte(entry.slot, protection))
         self.mm.pfn.take_standby()
 
-    def _ws_of_entry(self, entry) -> WorkingSet:
+    def _ws_of_entry(self, entry) -> WorkingSet | None:
         """The working set a frame's page belongs to (for the per-process counters)."""
-        if entry.owner is None:
-            return self.system_ws
-        for space in self.mm.spaces:
-            if space.owner == entry.owner and space.working_set is not None:
-                return space.working_set
-        return self.system_ws
+        for ws in self.working_sets:
+            if ws.space.owner == entry.owner:
+                return ws
+        return None
 
     # -- page-ins -------------------------------------------------------------------------
 
@@ -302,10 +322,10 @@ class Pager:
         if pte_pa is None:
             return None
         d = softpte.decode(self.mm.mem.read_u64(pte_pa))
-        ws = self.working_set_of(space, va) or self.system_ws
+        counters = self._counters(space, va)
         if d.state is softpte.PteState.TRANSITION:
             self.mm.pfn.reclaim(d.pfn)
-            ws.counters.soft_faults += 1
+            counters.soft_faults += 1
             self.counters.soft_faults += 1
             return d.pfn
         if d.state is not softpte.PteState.PAGEFILE:
@@ -320,8 +340,8 @@ class Pager:
         self.mm.mem.write(pfn * layout.PAGE_SIZE, data)
         entry = self.mm.pfn.entries[pfn]
         entry.slot, entry.modified = d.slot, False      # the copy stays good while clean
-        ws.counters.hard_faults += 1
-        ws.counters.pages_read += 1
+        counters.hard_faults += 1
+        counters.pages_read += 1
         self.counters.hard_faults += 1
         self.counters.pages_read += 1
         return pfn
@@ -336,6 +356,10 @@ class Pager:
 
     def demand_zero(self, space: AddressSpace, va: int) -> None:
         """Count a demand-zero fault for ``va``'s working set."""
-        ws = self.working_set_of(space, va) or self.system_ws
-        ws.counters.demand_zero_faults += 1
+        self._counters(space, va).demand_zero_faults += 1
         self.counters.demand_zero_faults += 1
+
+    def _counters(self, space: AddressSpace, va: int) -> PagingCounters:
+        """The counters of ``va``'s working set (a scratch set for a page that has none)."""
+        ws = self.working_set_of(space, va)
+        return ws.counters if ws is not None else PagingCounters()

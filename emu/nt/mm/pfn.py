@@ -36,7 +36,7 @@ class FrameUse(enum.Enum):
     MODIFIED = "modified"       # a trimmed page, dirty: to be written before reuse
 
 
-@dataclass
+@dataclass(slots=True)
 class PfnEntry:
     use: FrameUse = FrameUse.FREE
     owner: int | None = None    # process id (None for the kernel / shared)
@@ -117,14 +117,19 @@ class PfnDatabase:
         """Return a frame to the free list (its contents are left as they are); its page's
         pagefile copy, if any, goes too."""
         entry = self.entries[pfn]
-        if entry.use in (FrameUse.FREE, FrameUse.RESERVED):
-            raise AssertionError(f"PfnDatabase.release: frame {pfn:#x} is {entry.use.value}")
-        self.standby.pop(pfn, None)
-        self.modified.pop(pfn, None)
-        if entry.slot is not None and self.on_slot_released is not None:
-            self.on_slot_released(entry.slot)
+        use = entry.use
+        if use is FrameUse.FREE or use is FrameUse.RESERVED:
+            raise AssertionError(f"PfnDatabase.release: frame {pfn:#x} is {use.value}")
+        if use is FrameUse.STANDBY:
+            del self.standby[pfn]
+        elif use is FrameUse.MODIFIED:
+            del self.modified[pfn]
+        if entry.slot is not None:
+            if self.on_slot_released is not None:
+                self.on_slot_released(entry.slot)
+            entry.slot = None
         entry.use, entry.owner, entry.va = FrameUse.FREE, None, None   # had_code stays
-        entry.pte_pa, entry.slot, entry.modified, entry.locks = None, None, False, 0
+        entry.pte_pa, entry.modified, entry.locks = None, False, 0
         self._free.append(pfn)
 
     def to_transition(self, pfn: int) -> None:
