@@ -3,13 +3,19 @@
 #   make test         set up, build the guests, run the whole suite
 #   make conformance  the full differential matrix against QEMU's page walker
 #   make bench        speed figures as ratios against plain Unicorn
+#   make fuzz         the property tests run FUZZ_SCALE times longer, seed recorded
+#   make soak         SOAK_SECONDS of machines under memory pressure, then the books
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := emu/hw/_native.so
 
-.PHONY: all setup guests native bytecode run test lint conformance bench clean
+.PHONY: all setup guests native bytecode run test lint conformance bench fuzz soak clean
+
+FUZZ_SCALE   ?= 20
+FUZZ_SEED    ?= $(shell date +%s)
+SOAK_SECONDS ?= 300
 
 all: setup guests native bytecode
 
@@ -38,7 +44,7 @@ run: all
 	@./demo.sh
 
 test: all
-	$(VENV)/bin/ruff check emu tests bench
+	$(VENV)/bin/ruff check emu tests bench fuzz
 	$(PY) -m pytest -q
 
 conformance: all
@@ -47,8 +53,18 @@ conformance: all
 bench: all
 	$(PY) -m bench
 
+# Every property test marked `fuzz`, with FUZZ_SCALE times its examples. The seed is
+# printed first: `make fuzz FUZZ_SEED=...` replays a run exactly.
+fuzz: all
+	@echo "make fuzz: seed $(FUZZ_SEED), scale $(FUZZ_SCALE) (replay: make fuzz FUZZ_SEED=$(FUZZ_SEED) FUZZ_SCALE=$(FUZZ_SCALE))"
+	EMU_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q -m fuzz -p no:cacheprovider \
+		--hypothesis-seed=$(FUZZ_SEED) --hypothesis-show-statistics tests
+
+soak: all
+	$(PY) -m fuzz.soak --seconds $(SOAK_SECONDS)
+
 clean:
 	$(MAKE) -C guest clean
 	rm -f $(NATIVE)
 	rm -rf $(VENV) *.egg-info
-	find emu bench tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	find emu bench fuzz tests -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -6,6 +6,7 @@ import itertools
 import random
 
 import pytest
+from fuzzscale import examples
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mmu_helpers import GIB1, KIB4, MIB2, NX, PS, RW, UPPER, US, A, D, FakeMemory, P, Tables
@@ -695,8 +696,9 @@ def _sign_extend(va48: int) -> int:
     return va48 | (0xFFFF_0000_0000_0000 if va48 >> 47 else 0)
 
 
+@pytest.mark.fuzz
 @settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

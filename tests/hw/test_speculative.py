@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+from fuzzscale import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +65,8 @@ LEAF_BITS = st.sampled_from([0, P, P | A, P | A | D, P | RW | A, P | RW | A | D,
                              P | US | RW | A | D | NX, P | A | (1 << 45)])
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.fuzz
+@settings(max_examples=examples(60), deadline=None)
 @given(leaves=st.lists(LEAF_BITS, min_size=2, max_size=24), cpl=st.sampled_from([0, 3]),
        ac=st.booleans())
 def test_each_speculative_fill_equals_a_real_walk(leaves, cpl, ac):

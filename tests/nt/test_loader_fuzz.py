@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fuzzscale import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +35,8 @@ CUT = st.one_of(st.none(), st.integers(0, 8192))
 
 
 @pytest.mark.parametrize("sample", SAMPLES)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@pytest.mark.fuzz
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(edits=EDITS, cut=CUT)
 def test_a_mutated_image_is_loaded_or_refused_in_one_line(apps, sample, edits, cut):

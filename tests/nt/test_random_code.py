@@ -7,6 +7,8 @@ is byte-for-byte what it was (user code cannot write it).
 
 from __future__ import annotations
 
+import pytest
+from fuzzscale import examples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +44,8 @@ TARGETS = st.sampled_from([layout.KERNEL_GDT, layout.KERNEL_TEXT, layout.KERNEL_
                            0x0040_1000, 0, 0x7FFF_FFFF_F000])
 
 
-@settings(max_examples=80, deadline=None,
+@pytest.mark.fuzz
+@settings(max_examples=examples(80), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(code=st.binary(min_size=1, max_size=48), rbx=TARGETS, rsi=TARGETS)
 # Found by this test: `add [rsi + riz], al` once crashed CR2's recomputation (riz).

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+from fuzzscale import examples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -50,7 +52,8 @@ OUT = 0x40_0F00          # a writable slot in the code page (RWX here) for out-p
 CONSOLE, HELLO = 0x40_0E00, 0x40_0E40   # strings planted by the test in the same page
 
 
-@settings(max_examples=60, deadline=None,
+@pytest.mark.fuzz
+@settings(max_examples=examples(60), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(calls=CALLS)
 # Every kind of object, made for sure (random arguments rarely manage it), left open:
