@@ -23,16 +23,7 @@
 
 #include <emu/lib.h>
 
-static const struct {
-    const char *name;
-    uint32_t command;
-} commands[] = {
-    {"empty", MemoryEmptyWorkingSets},
-    {"flush", MemoryFlushModifiedList},
-    {"purge", MemoryPurgeStandbyList},
-};
-
-#define COMMANDS (sizeof commands / sizeof commands[0])
+#include "paging.h"
 
 /* One NtSetSystemInformation call; prints its status under `label`. */
 static NTSTATUS send(const char *label, uint32_t information_class, uint32_t command,
@@ -49,12 +40,12 @@ static int run(const char *which)
 {
     int all = strcmp(which, "all") == 0, failed = 0, matched = 0;
 
-    for (size_t i = 0; i < COMMANDS; i++) {
-        if (!all && strcmp(which, commands[i].name) != 0)
+    for (size_t i = 0; i < MEMORY_LIST_COMMANDS; i++) {
+        if (!all && strcmp(which, memory_list_commands[i].name) != 0)
             continue;
         matched = 1;
-        failed |= !NT_SUCCESS(send(commands[i].name, SystemMemoryListInformation,
-                                   commands[i].command, sizeof(uint32_t)));
+        failed |= !NT_SUCCESS(send(memory_list_commands[i].name, SystemMemoryListInformation,
+                                   memory_list_commands[i].command, sizeof(uint32_t)));
     }
     return matched ? failed : -1;
 }

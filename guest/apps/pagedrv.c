@@ -32,6 +32,8 @@
 
 #include <emu/lib.h>
 
+#include "paging.h"
+
 #define CODE(function) ((0x22u << 16) | ((function) << 2) | 3)   /* METHOD_NEITHER */
 #define IOCTL_PAGED_SUM_PASSIVE  CODE(0x800)
 #define IOCTL_PAGED_SUM_DISPATCH CODE(0x801)
@@ -39,15 +41,6 @@
 #define IOCTL_USER_SUM_PASSIVE   CODE(0x803)
 
 #define USER_BYTES 4096
-
-static const struct {
-    const char *name;
-    uint32_t command;
-} commands[] = {
-    {"empty", MemoryEmptyWorkingSets},
-    {"flush", MemoryFlushModifiedList},
-    {"purge", MemoryPurgeStandbyList},
-};
 
 static const struct {
     const char *mode;
@@ -64,13 +57,13 @@ static const struct {
 /* Everything pageable out of RAM: empty the working sets, flush, purge. */
 static void page_out_everything(void)
 {
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
-        uint32_t command = commands[i].command;
+    for (size_t i = 0; i < MEMORY_LIST_COMMANDS; i++) {
+        uint32_t command = memory_list_commands[i].command;
         NTSTATUS status = NtSetSystemInformation(SystemMemoryListInformation, &command,
                                                  sizeof command);
 
         if (!NT_SUCCESS(status))
-            printf("pagedrv: %s 0x%08x\n", commands[i].name, (unsigned)status);
+            printf("pagedrv: %s 0x%08x\n", memory_list_commands[i].name, (unsigned)status);
     }
 }
 

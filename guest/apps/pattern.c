@@ -34,7 +34,8 @@
 
 #include <emu/lib.h>
 
-#define MIB (1024 * 1024UL)
+#include "paging.h"
+
 #define WORDS_PER_MIB (MIB / sizeof(uint64_t))
 #define MAX_MIB 4096UL                /* more than any machine here has */
 
@@ -64,21 +65,6 @@ static int parse(int argc, char **argv, int index, unsigned long fallback,
     }
     *value = strtoul(argv[index], &end, 10);
     return end == argv[index] || *end != '\0';
-}
-
-/* Commits `size` bytes read-write in one call; exits 3 if refused. */
-static volatile uint64_t *commit(unsigned long mib)
-{
-    void *base = NULL;
-    size_t size = mib * MIB;
-    NTSTATUS status = NtAllocateVirtualMemory(&base, &size, MEM_RESERVE | MEM_COMMIT,
-                                              PAGE_READWRITE);
-
-    if (!NT_SUCCESS(status)) {
-        printf("pattern: commit of %lu MiB failed: 0x%08x\n", mib, (unsigned)status);
-        exit(3);
-    }
-    return base;
 }
 
 static void fill(volatile uint64_t *words, uint64_t count, uint64_t seed)
@@ -113,7 +99,7 @@ int main(int argc, char **argv)
         printf("usage: pattern [MiB [seed]]\n");
         return 2;
     }
-    volatile uint64_t *words = commit(mib);
+    volatile uint64_t *words = commit_mib("pattern", mib);
     uint64_t count = mib * WORDS_PER_MIB;
 
     fill(words, count, seed);

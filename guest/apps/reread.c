@@ -26,25 +26,11 @@
 
 #include <emu/lib.h>
 
-#define MIB (1024 * 1024UL)
+#include "paging.h"
+
 #define WORDS_PER_MIB (MIB / sizeof(uint64_t))
 #define MAX_MIB 4096UL                /* more than any machine here has */
 #define GOLDEN 0x9E3779B97F4A7C15ULL  /* 2^64 / the golden ratio: neighbours differ a lot */
-
-/* Commits `mib` MiB read-write in one call; exits 3 if refused. */
-static volatile uint64_t *commit(unsigned long mib)
-{
-    void *base = NULL;
-    size_t size = mib * MIB;
-    NTSTATUS status = NtAllocateVirtualMemory(&base, &size, MEM_RESERVE | MEM_COMMIT,
-                                              PAGE_READWRITE);
-
-    if (!NT_SUCCESS(status)) {
-        printf("reread: commit of %lu MiB failed: 0x%08x\n", mib, (unsigned)status);
-        exit(3);
-    }
-    return base;
-}
 
 /* Writes every word; returns the sum of what it wrote. */
 static uint64_t fill(volatile uint64_t *words, uint64_t count)
@@ -84,7 +70,7 @@ int main(int argc, char **argv)
         printf("usage: reread [MiB]\n");
         return 2;
     }
-    volatile uint64_t *words = commit(mib);
+    volatile uint64_t *words = commit_mib("reread", mib);
     uint64_t count = mib * WORDS_PER_MIB;
 
     uint64_t expected = fill(words, count);
