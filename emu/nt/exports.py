@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from emu.hw.faultaddr import decode
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheck
+from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
@@ -91,13 +92,19 @@ def call_site(ex: Executive, return_address: int) -> int:
 # -- printing ------------------------------------------------------------------------------
 
 _SPEC = re.compile(rb"%([-0 #+]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|I64|z|I)?([diuxXpsc%])")
+# "Any single call to DbgPrint will only transmit 512 bytes of information" (the DbgPrint
+# reference): the rest is cut off, so a width of %999999999d costs nothing.
+DBGPRINT_LIMIT = 512
 
 
 def format_message(ex: Executive, fmt: bytes, call: ExportCall, first: int) -> bytes:
-    """A printf-style format with the call's arguments from index ``first`` on."""
+    """A printf-style format with the call's arguments from index ``first`` on (at most
+    DBGPRINT_LIMIT bytes of it)."""
     out = bytearray()
     pos, index = 0, first
     for m in _SPEC.finditer(fmt):
+        if len(out) >= DBGPRINT_LIMIT:
+            break
         out += fmt[pos:m.start()]
         pos = m.end()
         flags, width, _, size, conv = m.groups()
@@ -106,9 +113,9 @@ def format_message(ex: Executive, fmt: bytes, call: ExportCall, first: int) -> b
             continue
         value = call.arg(index)
         index += 1
-        out += _convert(ex, conv, size, value, flags, int(width or 0))
+        out += _convert(ex, conv, size, value, flags, min(int(width or 0), DBGPRINT_LIMIT))
     out += fmt[pos:]
-    return bytes(out)
+    return bytes(out[:DBGPRINT_LIMIT])
 
 
 def _convert(ex: Executive, conv: bytes, size: bytes | None, value: int, flags: bytes,
@@ -154,7 +161,11 @@ def ke_bug_check_ex(ex: Executive, call: ExportCall) -> int:
 @export("ExAllocatePoolWithTag")
 def ex_allocate_pool_with_tag(ex: Executive, call: ExportCall) -> int:
     """PVOID ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag): NULL if it cannot."""
-    return ex.pools.allocate(call.arg(0) & 0xFFFF_FFFF, call.arg(1), call.arg(2) & 0xFFFF_FFFF)
+    try:
+        return ex.pools.allocate(call.arg(0) & 0xFFFF_FFFF, call.arg(1),
+                                 call.arg(2) & 0xFFFF_FFFF)
+    except OutOfFrames:
+        return 0            # "NULL if there is insufficient memory in the free pool"
 
 
 @export("ExFreePoolWithTag")
@@ -201,8 +212,11 @@ def io_create_device(ex: Executive, call: ExportCall) -> int:
     name = read_unicode_string(ex, call.arg(2)) if call.arg(2) else ""
     if not name.startswith("\\Device\\"):
         return NTSTATUS.STATUS_OBJECT_NAME_INVALID
-    status, device = ex.io.create_device(driver, name, call.arg(3) & 0xFFFF_FFFF,
-                                         call.arg(1) & 0xFFFF_FFFF)
+    try:
+        status, device = ex.io.create_device(driver, name, call.arg(3) & 0xFFFF_FFFF,
+                                             call.arg(1) & 0xFFFF_FFFF)
+    except OutOfFrames:     # no RAM for the object or its extension: Windows' status for it
+        return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
     if status == NTSTATUS.STATUS_SUCCESS:
         ex.kernel_write(call.arg(6), struct.pack("<Q", device))
     return status
@@ -224,8 +238,11 @@ def io_complete_request(ex: Executive, call: ExportCall) -> int:
 
 @export("MmGetSystemAddressForMdlSafe")
 def mm_get_system_address_for_mdl_safe(ex: Executive, call: ExportCall) -> int:
-    """PVOID MmGetSystemAddressForMdlSafe(Mdl, Priority)."""
-    return ex.io.map_mdl(call.arg(0))
+    """PVOID MmGetSystemAddressForMdlSafe(Mdl, Priority): NULL when it cannot map."""
+    try:
+        return ex.io.map_mdl(call.arg(0))
+    except OutOfFrames:     # no frame for a page table of the view: NULL, as documented
+        return 0
 
 
 @export("RtlInitUnicodeString")
@@ -248,7 +265,10 @@ def io_connect_interrupt(ex: Executive, call: ExportCall) -> int:
     vector = call.arg(4) & 0xFFFF_FFFF
     if vector not in {d.vector for d in ex.cpu.devices} or vector in ex.interrupts:
         return NTSTATUS.STATUS_INVALID_PARAMETER
-    obj = ex.pools.allocate(512, 0x40, 0x746E49)                     # KINTERRUPT (NonPagedPoolNx)
+    try:
+        obj = ex.pools.allocate(512, 0x40, 0x746E49)                 # KINTERRUPT (NonPagedPoolNx)
+    except OutOfFrames:     # Windows' status when the interrupt object cannot be allocated
+        return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
     ex.interrupts[vector] = (call.arg(1), call.arg(2), obj)
     ex.kernel_write(call.arg(0), struct.pack("<Q", obj))
     return NTSTATUS.STATUS_SUCCESS
