@@ -138,6 +138,7 @@ class Cpu:
         self.int2e_handler: Callable[[Cpu], bool] | None = None   # True: handled
         self.devices: list = []                  # on the I/O port bus (emu.hw.devices)
         self.clock: Callable[[], int] = lambda: 0   # the machine's time, for devices
+        self.on_cr3_load: Callable[[int, int], None] | None = None   # (old, new), if changed
         self.native = NativeHooks(uc, self._fill)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
@@ -177,8 +178,10 @@ class Cpu:
             self.cr0 = cr0
             self.uc.reg_write(ux.UC_X86_REG_CR0, cr0)
         if cr3 is not None:
-            self.cr3 = cr3
+            old, self.cr3 = self.cr3, cr3
             self.uc.reg_write(ux.UC_X86_REG_CR3, cr3)
+            if old != cr3 and self.on_cr3_load is not None:
+                self.on_cr3_load(old, cr3)
         self.flush_tlb()
 
     def load_gdt(self, base: int, limit: int) -> None:

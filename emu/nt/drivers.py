@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emu.nt import exports, layout
+from emu.nt.events import Event
 from emu.nt.loader import PF_W, PF_X, ElfReader, LoaderError, Segment, symbol_table
 from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
@@ -208,6 +209,7 @@ def start(ex: Executive, image: DriverImage) -> Driver:
     registry = _registry_path(ex, image.name)
     driver = Driver(image, driver_object)
     ex.drivers.append(driver)
+    ex.events.emit(Event.DRIVER_LOAD, driver=driver)
     status = ex.call_kernel(image.entry, driver_object, registry).rax & 0xFFFF_FFFF
     driver.status = status
     if status & 0x8000_0000:

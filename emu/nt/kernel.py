@@ -43,6 +43,7 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     trap,
 )
 from emu.nt.bugcheck import BugCheck, BugCheckCode
+from emu.nt.events import Event, EventBus
 from emu.nt.fs import GuestFileSystem
 from emu.nt.io import IoManager
 from emu.nt.loader import Image
@@ -109,6 +110,8 @@ class Executive:
         self.mm = MemoryManager(mem, self._page_changed, self.cpu.flush_translated_code,
                                 on_tlb_flush=self.cpu.flush_tlb, pagefile=pagefile)
         self.scheduler = Scheduler(quantum)
+        self.events = EventBus(lambda: self.clock)
+        self.cpu.on_cr3_load = self._cr3_loaded
         self.fs = GuestFileSystem(fs_root)
         self.processes: list[Process] = []
         self.exit_observers: list[Callable[[Process], None]] = []   # called before teardown
@@ -164,6 +167,9 @@ class Executive:
         cpu.set_reg("rsp", KERNEL_STACK_TOP)
         cpu.set_reg("rflags", 0x2)
         cpu.save_clean_context()
+
+    def _cr3_loaded(self, old: int, new: int) -> None:
+        self.events.emit(Event.CR3_LOAD, old=old, new=new)
 
     def _page_changed(self, cr3: int, va: int) -> None:
         if cr3 == self.cpu.cr3 or va >= layout.KERNEL_SPACE_START:
@@ -335,6 +341,7 @@ class Executive:
     def _switch_to(self, thread: Thread) -> RunResult:
         """Load ``thread``'s context (or start it at ring 3) and run it."""
         self._set_rsp0(thread.kernel_stack_top)
+        self.events.emit(Event.THREAD_DISPATCH, thread=thread)
         if thread.context is None:
             return self._enter_user(thread)
         cpu = self.cpu
@@ -418,9 +425,11 @@ class Executive:
         for device in self.cpu.devices:
             if device.due(self.clock) and device.vector in self.interrupts:
                 isr, context, obj = self.interrupts[device.vector]
+                self.events.emit(Event.INTERRUPT, vector=device.vector, isr=isr, thread=thread)
                 self._at_irql(DEVICE_IRQL, isr, (obj, context), thread)
                 while self.dpc_queue:
                     routine, args = self.dpc_queue.pop(0)
+                    self.events.emit(Event.DPC, routine=routine, thread=thread)
                     self._at_irql(DISPATCH_LEVEL, routine, args, thread)
 
     def _at_irql(self, irql: int, routine: int, args: tuple[int, ...],
@@ -432,6 +441,7 @@ class Executive:
                              stack_top=thread.kernel_stack_top if thread else KERNEL_STACK_TOP)
         finally:
             self.irql = PASSIVE_LEVEL
+        self.events.emit(Event.KERNEL_CALL_DONE, routine=routine, thread=thread)
 
     def _set_rsp0(self, top: int) -> None:
         """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""
@@ -477,10 +487,13 @@ class Executive:
 
     def _handle_exception(self, thread: Thread, exc: CpuException) -> None:
         proc = thread.process
+        self.events.emit(Event.EXCEPTION, exc=exc, thread=thread)
         insn = self.describe_instruction(exc.rip)
         if exc.cpl != 3:
             raise self._bugcheck(exc, insn)
         resolution = virtual.access_fault(self, proc, exc) if exc.vector == Vector.PF else None
+        if resolution is not None:
+            self.events.emit(Event.PAGE_FAULT, exc=exc, thread=thread, resolution=resolution)
         if resolution is FaultResolution.RESOLVED:
             return                       # MmAccessFault made the page valid: the access retries
         guard = range(thread.stack_low - layout.PAGE_SIZE, thread.stack_low)
@@ -568,6 +581,7 @@ class Executive:
         bc.process = f'{proc.pid} "{proc.name}"' if proc is not None else ""
         bc.irql = self.irql
         self.bugcheck = bc
+        self.events.emit(Event.BUGCHECK, bugcheck=bc)
 
     def _frames(self, rip: int, limit: int = 8) -> list[int]:
         """Return addresses up the ring-0 stack by frame pointers (drivers keep them)."""
@@ -635,6 +649,7 @@ class Executive:
                 self._call_export(exports.name_at(exc.address))
                 result = self._run_cpu()
                 continue
+            self.events.emit(Event.EXCEPTION, exc=exc, thread=self.current_thread)
             if exc.vector == Vector.PF and not exc.error_code & (PFErr.P | PFErr.RSVD) and \
                     self.page_in_for_kernel(exc.address, exc.access or "read"):
                 result = self._run_cpu()               # paged in: the access runs again
@@ -756,10 +771,14 @@ class Executive:
 
     def _system_service(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         cpu = self.cpu
+        self.events.emit(Event.SYSCALL, thread=thread, number=number, args=args)
         result = syscalls.dispatch(self, thread.process, number, args)
         if thread.state in (ThreadState.RUNNING, ThreadState.READY) and result is not None:
             mask = 0xFFFF_FFFF if thread.process.bits == 32 else 0xFFFF_FFFF_FFFF_FFFF
             cpu.set_reg("rax", result & mask)
+        else:
+            result = None
+        self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=result)
         if thread.state is not ThreadState.RUNNING:
             cpu.stop()                   # blocked, yielded or ended: the dispatcher decides
         elif self._full_speed and self.scheduler.ready:

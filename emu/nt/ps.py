@@ -14,6 +14,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from emu.nt import layout
+from emu.nt.events import Event
 from emu.nt.loader import PF_W, PF_X, Image, highest_user_address
 from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, Protection
@@ -69,6 +70,7 @@ def create_process(ex: Executive, image: Image, args: list[str],
         virtual.release_process_memory(ex, proc)
         raise
     ex.processes.append(proc)
+    ex.events.emit(Event.PROCESS_CREATE, process=proc)
     return proc
 
 
@@ -170,6 +172,7 @@ def terminate_process(ex: Executive, proc: Process, status: int,
     proc.exception = exception
     for observe in ex.exit_observers:       # e.g. the address-space map: last look at it
         observe(proc)
+    ex.events.emit(Event.PROCESS_EXIT, process=proc)
     proc.state = ProcessState.TERMINATED
     for thread in proc.live_threads:
         _end_thread(ex, thread, status)
