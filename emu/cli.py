@@ -112,24 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
                      f"(default {DEFAULT_QUANTUM})")
     run.add_argument("--fs", metavar="DIR", help="folder the guests see as their read-only "
                      "file system (default: the built guest apps)")
+    run.add_argument("--gdb", metavar="[HOST:]PORT", help="wait for stock gdb to attach "
+                     "(target remote HOST:PORT) before the first instruction; loopback by "
+                     "default")
     run.add_argument("app", metavar="APP", help="path of the guest executable")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="arguments passed to the app; `-- APP2 ARGS...` starts another "
                      "process in the same machine (as many as you like)")
+    from emu.debugger import cli as debug_cli
+    debug_cli.add_parser(sub, UsageError, _size, _count)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emu`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "run" in argv:
+    command = next((w for w in argv if w in ("run", "debug")), None)
+    if command is not None:
         # argparse would swallow a `--` right after APP; keep every one as a separator.
-        at = argv.index("run")
+        at = argv.index(command)
         argv[at + 1:] = [APP_SEPARATOR if w == "--" else w for w in argv[at + 1:]]
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("missing command (try: emu run APP, or emu --help)")
+        if args.command == "debug":
+            from emu.debugger import cli as debug_cli
+            apps = split_commands([args.app, *args.args]) if args.app else []
+            return debug_cli.run(args, apps, UsageError)
         return _run(args)
     except UsageError as err:
         print(f"emu: error: {err}", file=sys.stderr)

@@ -129,7 +129,7 @@ class Machine:
         """Run every process (threads preempted round robin) until all end or the machine stops."""
         ex = self.executive
         cpu = ex.cpu
-        ex.count_always = self.counting
+        ex.count_always = self.counting or ex.debugger is not None   # a debugger counts
         ex.max_insns = self.max_insns
         stopped: str | None = None
         try:

@@ -235,6 +235,11 @@ class Cpu:
         self._stop_requested = True
         self.uc.emu_stop()
 
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the last run ended because ``stop()`` was called."""
+        return self._stop_requested
+
     def run(self, begin: int | None = None) -> RunResult:
         """Run from ``begin`` (default RIP) until an exception, the budget, or ``stop()``."""
         self._fault = self._event = None

@@ -310,6 +310,12 @@ class NativeHooks:
             self._code_hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count)
             self._uc.ctl_flush_tb()
 
+    def stop_soon(self) -> None:
+        """End the budget now: the run stops before the next instruction (after the one
+        running, if any). Safe from another thread or a hook; a no-op when not counting."""
+        if self._code_hook is not None:
+            self._ctx.remaining = 0
+
     @property
     def budget(self) -> int | None:
         """Instructions left before the budget stops a run, or None when not counting."""

@@ -138,6 +138,8 @@ class Executive:
         self._kernel_stack_slots: list[int] = []
         self._next_kernel_stack_slot = 1  # slot 0 is the boot stack
         self._running = False            # inside cpu.run(): defer page-table teardown
+        self.debugger = None             # emu.debugger.session.Session while one is attached
+        self._budget_end: int | None = None   # instruction count at which this budget ends
         self._deferred: list[Callable[[], None]] = []
         self._reschedule = False
         self._full_speed = False
@@ -316,7 +318,7 @@ class Executive:
             raise MachineStop(INSTRUCTION_LIMIT)
         self.counted_everything &= budget is not None
         self._full_speed = budget is None
-        self.cpu.set_budget(budget)
+        self.set_budget(budget)
         before = self.cpu.instructions
         self._reschedule = False
         try:
@@ -329,14 +331,41 @@ class Executive:
             proc.instructions += spent
             self.current_thread = None
 
+    def set_budget(self, n: int | None) -> None:
+        """Give the CPU ``n`` more instructions (None: full speed, nothing counted). An
+        attached debugger may stop it sooner (a step); the rest is given back after its pause,
+        so the schedule is the same with or without the debugger."""
+        self._budget_end = None if n is None else self.cpu.instructions + n
+        if n is not None and self.debugger is not None:
+            n = self.debugger.clip_budget(n)
+        self.cpu.set_budget(n)
+
     def _run_cpu(self, begin: int | None = None) -> RunResult:
-        self._running = True
-        try:
-            return self.cpu.run(begin)
-        finally:
-            self._running = False
-            while self._deferred:
-                self._deferred.pop(0)()
+        """Run the CPU from ``begin`` (default RIP) until it stops for the executive: an
+        exception, the budget's end, or a stop it asked for. Stops a debugger made (a step, a
+        breakpoint, Ctrl-C in ``emu debug``) pause here and the run goes on after them."""
+        while True:
+            if self.debugger is not None:
+                begin = self.debugger.before_run(begin)     # may pause: the shell runs here
+            self._running = True
+            try:
+                result = self.cpu.run(begin)
+            finally:
+                self._running = False
+                while self._deferred:
+                    self._deferred.pop(0)()
+            if self.debugger is None or not self._stopped_for_debugger(result):
+                return result
+            begin = None
+            if self._budget_end is not None:
+                self.set_budget(self._budget_end - self.cpu.instructions)
+
+    def _stopped_for_debugger(self, result: RunResult) -> bool:
+        """Whether the CPU stopped only because the debugger wanted it to."""
+        if result.reason is StopReason.BUDGET:
+            return self._budget_end is not None and self.cpu.instructions < self._budget_end
+        return result.reason is StopReason.REQUESTED and not self.cpu.stop_requested and \
+            not self.interrupted and self.debugger.stop_pending
 
     def _switch_to(self, thread: Thread) -> RunResult:
         """Load ``thread``'s context (or start it at ring 3) and run it."""
@@ -633,9 +662,9 @@ class Executive:
                 if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
                     raise MachineStop(INSTRUCTION_LIMIT)
                 # Kernel code is not preempted here: the quantum ends when it returns.
-                self.cpu.set_budget(self.scheduler.quantum if self.max_insns is None else
-                                    min(self.scheduler.quantum,
-                                        self.max_insns - self.cpu.instructions))
+                self.set_budget(self.scheduler.quantum if self.max_insns is None else
+                                min(self.scheduler.quantum,
+                                    self.max_insns - self.cpu.instructions))
                 result = self._run_cpu()
                 continue
             if self.interrupted:

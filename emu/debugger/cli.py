@@ -1,0 +1,159 @@
+"""``emu debug``: the command line of the debugger shell.
+
+    emu debug [options] APP [ARGS...] [-- APP2 [ARGS...]]...   a new machine, stopped at
+                                                               APP's first instruction
+    emu debug --dump FILE                                      a crash dump, post mortem
+    emu debug -x FILE ...                                      commands from FILE (batch)
+
+Commands are read from the terminal, or from standard input when it is not one; with -x
+(or a pipe) the shell runs in batch mode: each command is echoed after its prompt, and the
+machine is left where the script ends. Exit status: 0, or 1 when a command of a batch script
+failed; 2 for a bad option or file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+from emu.machine import Machine
+
+EXIT_COMMAND_FAILED = 1
+
+
+def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None:
+    """Add ``emu debug`` to the ``emu`` command's subparsers."""
+    p = sub.add_parser("debug", help="debug guests in a shell that explains the machine",
+                       description="Start a machine stopped before its first instruction and "
+                       "step through it; or open a crash dump. `help` lists the commands.")
+    p.add_argument("-x", dest="script", metavar="FILE", help="read commands from FILE "
+                   "(batch mode: each command is echoed, output is deterministic)")
+    p.add_argument("--dump", metavar="FILE", help="open a crash dump written by "
+                   "`emu run --dump FILE` instead of starting a machine")
+    p.add_argument("--stop-at-driver", action="store_true", help="stop before the first "
+                   "driver's DriverEntry instead of the first app's entry point")
+    p.add_argument("--mem", type=size_type, default=size_type("64M"), metavar="SIZE",
+                   help="physical RAM (default 64M)")
+    p.add_argument("--driver", action="append", default=[], metavar="PATH",
+                   help="load a driver at boot (repeatable)")
+    p.add_argument("--quantum", type=count_type, metavar="N", help="instructions per turn")
+    p.add_argument("--fs", metavar="DIR", help="the guests' read-only file system")
+    p.add_argument("--smap", action="store_true", help="turn on CR4.SMAP")
+    p.add_argument("--no-pagefile", action="store_true", help="no pagefile")
+    p.add_argument("--pagefile-size", type=size_type, metavar="SIZE", help="pagefile size")
+    p.add_argument("app", metavar="APP", nargs="?", help="path of the guest executable")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="its arguments; `-- APP2 ARGS...` starts another process")
+
+
+def recipe(args: argparse.Namespace, commands: list[tuple[str, list[str]]],
+           console) -> Callable[[], Machine]:
+    """A function that builds the machine ``args`` describe, drivers loaded and apps spawned
+    (the session calls it again to go back in time: the same recipe, the same machine)."""
+    from emu.nt.scheduler import DEFAULT_QUANTUM
+
+    def build() -> Machine:
+        machine = Machine(args.mem, console=console, quantum=args.quantum or DEFAULT_QUANTUM,
+                          fs_root=args.fs, smap=args.smap,
+                          pagefile_size=0 if args.no_pagefile else args.pagefile_size)
+        try:
+            for path in args.driver:
+                machine.add_driver(path)
+            for app, app_args in commands:
+                machine.spawn(app, app_args)
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+    return build
+
+
+def run(args: argparse.Namespace, commands: list[tuple[str, list[str]]], usage_error) -> int:
+    """Run ``emu debug``; returns the exit status."""
+    from emu.debugger.shell import Shell
+
+    stdin, batch = _command_source(args, usage_error)
+    if args.dump:
+        from emu.debugger.target import TargetError, open_dump
+        try:
+            target = open_dump(args.dump)
+        except TargetError as err:
+            raise usage_error(str(err)) from None
+        shell = Shell(target, stdin=stdin, batch=batch)
+        bugcheck = target.bugcheck()
+        what = f"bug check {bugcheck.code:#x}" if bugcheck is not None else "no bug check"
+        shell.message(f"crash dump {args.dump}: {what} (try 'analyze')")
+        shell.interact()
+        return EXIT_COMMAND_FAILED if batch and shell.failures else 0
+    if not commands:
+        raise usage_error("missing APP (or --dump FILE)")
+    return _debug_machine(args, commands, stdin, batch, usage_error)
+
+
+def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_error) -> int:
+    from emu.debugger.session import Session
+    from emu.debugger.shell import Quit, Shell
+    from emu.nt.loader import LoaderError
+    from emu.nt.ps import LimitError
+
+    build = recipe(args, commands, _echo)
+    try:
+        machine = build()
+    except (LoaderError, ValueError, LimitError) as err:
+        raise usage_error(str(err)) from None
+    shell = Shell(None, stdin=stdin, batch=batch)   # type: ignore[arg-type]
+    session = Session(machine, shell.on_stop, factory=build,
+                      stop_at_driver=args.stop_at_driver)
+    shell.session = session
+    shell.target = session.target
+    try:
+        with _ctrl_c_pauses(session):
+            session.run()
+    except Quit:
+        pass
+    finally:
+        sys.stdout.flush()
+        session.close()
+    return EXIT_COMMAND_FAILED if batch and shell.failures else 0
+
+
+def _command_source(args, usage_error) -> tuple[TextIO | None, bool]:
+    if args.script:
+        try:
+            return open(args.script, encoding="utf-8"), True   # noqa: SIM115 - lives as long
+        except OSError as err:
+            raise usage_error(f"cannot read {args.script}: {err.strerror}") from None
+    if not sys.stdin.isatty():
+        return sys.stdin, True
+    return None, False
+
+
+@contextlib.contextmanager
+def _ctrl_c_pauses(session):
+    """Ctrl-C while the guest runs pauses it at the next instruction boundary (a watcher
+    thread takes SIGINT, as `emu run` does, since no Python runs while the guest does)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def watch() -> None:
+        while signal.sigwait({signal.SIGINT}) == signal.SIGINT:
+            session.interrupt()
+
+    threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _echo(_proc, data: bytes) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()

@@ -1,0 +1,765 @@
+"""Run control for a debugger: pause the machine between two instructions, and go on.
+
+A front end (the ``emu debug`` shell, the gdb stub) gives ``on_stop(stop) -> bool``. The
+session runs the machine and calls it at every stop, with the machine paused between two
+instructions; the front end reads and writes state through ``session.target``, then calls
+one of the resume methods (``step``, ``next``, ``finish``, ``until``, ``cont``,
+``reverse_step``, ``reverse_cont``) and returns True. Returning False without resuming
+detaches: the machine runs on to its end with no more stops.
+
+How the machine pauses (emu.nt.kernel.Executive._run_cpu):
+* Steps: every instruction is counted (the C counter, emu/hw/native.py); the CPU's budget
+  is clipped at the step's end, and the executive gives the rest of its budget back after
+  the pause, so the schedule (quanta, interrupts, preemption) is the same as without a
+  debugger: a run is deterministic with or without stops.
+* Breakpoints: a Unicorn code hook on the one address (only that address pays); it stops
+  the CPU before the instruction runs.
+* Watchpoints: Unicorn memory hooks on the range; the CPU stops after the accessing
+  instruction, as hardware debug registers report a data breakpoint (SDM Vol. 3B 17.2.4).
+* Catchpoints: the executive's events (emu.nt.events).
+* Ctrl-C: ``interrupt()`` from any thread stops the CPU at the next instruction.
+The shell always runs outside Unicorn's emu_start, between two runs of the CPU.
+
+Going back: a position is the number of instructions completed since boot. A reverse
+step rebuilds the machine from its recipe (the ``factory``) and re-executes, deterministically,
+up to the earlier position; reverse-continue re-executes once to find the last breakpoint
+or watchpoint hit before the present, and once more to stop there. The only snapshot kept
+is the boot state (the recipe), so the memory cost is one machine (docs/debugger.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from unicorn import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
+    UC_MEM_WRITE,
+)
+
+from emu.debugger.target import LiveTarget
+from emu.hw import mmu
+from emu.nt import layout
+from emu.nt.events import Event
+from emu.nt.process import ProcessState
+
+if TYPE_CHECKING:
+    from emu.machine import Machine, MachineResult
+
+
+class SessionError(Exception):
+    """A run-control request that cannot be done now (one line, for the user)."""
+
+
+class StopReason(enum.Enum):
+    """Why the machine paused."""
+
+    START = "start"               # before the first instruction
+    STEP = "step"                 # a step (stepi, nexti, finish, until, reverse-stepi) ended
+    BREAKPOINT = "breakpoint"
+    WATCHPOINT = "watchpoint"
+    CATCH = "catch"               # a catchpoint's event
+    INTERRUPT = "interrupt"       # Ctrl-C
+    EXITED = "exited"             # the machine has ended: every process is done
+    BUGCHECK = "bugcheck"         # the machine has ended with a bug check
+    HISTORY_START = "history-start"   # reverse execution reached boot
+
+
+@dataclass
+class Stop:
+    """One stop of the machine, as a front end reports it."""
+
+    reason: StopReason
+    description: str
+    number: int | None = None      # breakpoint, watchpoint or catchpoint number
+    watch_kind: str | None = None  # "write", "read" or "access" for a watchpoint
+    address: int | None = None     # the watched address that was hit
+    exit_code: int | None = None   # EXITED: the first process's exit status & 0xff
+    exception: Any = None          # the CpuException behind a catch or the end, if any
+    position: int = 0              # instructions completed since boot
+
+    @property
+    def ended(self) -> bool:
+        """Whether the machine has finished (nothing left to run forward)."""
+        return self.reason in (StopReason.EXITED, StopReason.BUGCHECK)
+
+
+class CatchKind(enum.Enum):
+    """Events a catchpoint can stop on (``catch KIND [FILTER]``)."""
+
+    EXCEPTION = "exception"       # filter: a vector number or name (PF, GP, 14...)
+    PAGE_FAULT = "page-fault"
+    SYSCALL = "syscall"           # filter: a service number or name
+    RING = "ring"                 # filter: "3->0" or "0->3"
+    CR3 = "cr3"                   # an address-space switch
+    INTERRUPT = "interrupt"       # a device interrupt (and its ISR)
+    DPC = "dpc"
+    DRIVER_LOAD = "driver-load"
+    PROCESS_CREATE = "process-create"
+    PROCESS_EXIT = "process-exit"
+    BUGCHECK = "bugcheck"
+
+
+@dataclass
+class Breakpoint:
+    """A stop before the instruction at ``address`` (virtual, or physical)."""
+
+    number: int
+    address: int
+    pid: int | None = None         # only in this process (virtual breakpoints)
+    physical: bool = False
+    condition: str | None = None
+    temporary: bool = False
+    enabled: bool = True
+    hits: int = 0
+    internal: bool = False         # made by next/finish/until: not listed, not numbered
+    guard: Callable[[], bool] | None = None    # extra test for internal breakpoints
+
+
+@dataclass
+class Watchpoint:
+    """A stop after an instruction that reads and/or writes [address, address + length)."""
+
+    number: int
+    address: int
+    length: int
+    kind: str                      # "write", "read" or "access"
+    pid: int | None = None
+    physical: bool = False
+    enabled: bool = True
+    hits: int = 0
+
+
+@dataclass
+class Catchpoint:
+    """A stop at an event of the executive."""
+
+    number: int
+    kind: CatchKind
+    filter: str | None = None
+    enabled: bool = True
+    hits: int = 0
+
+
+class _Rewind(Exception):
+    """Unwinds the machine's run: the session rebuilds it to go back in time."""
+
+
+@dataclass
+class _Replay:
+    """Re-execution to an earlier position: where to stop and what to say there."""
+
+    target: int
+    stop: Stop | None = None       # None: a STEP stop made at the target
+    record: bool = False           # reverse-continue's first pass: note hits, stop nowhere
+    hits: list[tuple[int, Stop]] = field(default_factory=list)
+
+
+OnStop = Callable[[Stop], bool]
+
+
+class Session:
+    """A machine under a debugger's control (see the module docstring)."""
+
+    def __init__(self, machine: Machine, on_stop: OnStop, *,
+                 factory: Callable[[], Machine] | None = None,
+                 stop_at_driver: bool = False) -> None:
+        self.machine = machine
+        self.on_stop = on_stop
+        self.factory = factory
+        self.stop_at_driver = stop_at_driver
+        self.target = LiveTarget(machine)
+        self.ended = False
+        self.result: MachineResult | None = None
+        self.breakpoints: dict[int, Breakpoint | Watchpoint | Catchpoint] = {}
+        self._internal: list[Breakpoint] = []
+        self._next_number = 1
+        self._hooks: list[int] = []
+        self._watched: list[tuple[int, int]] = []     # physical ranges hooked for watchpoints
+        self._deadline: int | None = None        # pause once this many instructions are done
+        self._pending: Stop | None = None
+        self._interrupt = threading.Event()
+        self._skip: tuple[int, int] | None = None   # (rip, position) of the instruction resumed
+        self._detached = False
+        self._resumed = False
+        self._replay: _Replay | None = None
+        self._last_stop: Stop | None = None
+        self._attach()
+
+    # -- the machine ----------------------------------------------------------------------
+
+    @property
+    def executive(self):
+        return self.machine.executive
+
+    @property
+    def position(self) -> int:
+        """Instructions completed since boot: where the machine is in its history."""
+        return self.executive.cpu.instructions
+
+    def _attach(self) -> None:
+        ex = self.executive
+        ex.debugger = self
+        ex.events.subscribe(self._on_event)
+        ex.set_budget(ex.scheduler.quantum)      # count from the first instruction (drivers)
+        self._install_hooks()
+        if self._replay is None:
+            self._start_breakpoint()
+
+    def _start_breakpoint(self) -> None:
+        """The first stop: the first driver's DriverEntry (on request), else the first
+        process's entry point, else whatever runs first."""
+        ex = self.executive
+        if self.stop_at_driver and ex.pending_drivers:
+            entry, pid = ex.pending_drivers[0].entry, None
+        elif ex.processes:
+            entry, pid = ex.processes[0].image.entry, ex.processes[0].pid
+        else:
+            self._pending = Stop(StopReason.START, "stopped before the first instruction")
+            return
+        bp = Breakpoint(0, entry, pid, temporary=True, internal=True)
+        bp.start = True    # type: ignore[attr-defined]
+        self._add_internal(bp)
+
+    def run(self) -> MachineResult:
+        """Run the machine to its end, calling the front end at every stop."""
+        while True:
+            try:
+                result = self.machine.run()
+            except _Rewind:
+                self._rebuild()
+                continue
+            self.result = result
+            self.ended = True
+            if self._replay is not None and self._replay.record:
+                self._rewind_to = self._last_hit(self._replay)
+                self._rebuild()
+                continue
+            self._replay = None                 # history ended at the target: stop here
+            final = self._final_stop(result)
+            try:
+                self._pause(final)
+            except _Rewind:
+                self.ended = False
+                self._rebuild()
+                continue
+            return result
+
+    def _final_stop(self, result: MachineResult) -> Stop:
+        if result.bugcheck is not None:
+            bc = result.bugcheck
+            return Stop(StopReason.BUGCHECK, f"the system stopped: bug check {bc.code:#x} "
+                        f"{bc.name}", position=self.position)
+        first = result.processes[0] if result.processes else None
+        code = None if first is None or first.exit_status is None else first.exit_status & 0xFF
+        why = result.stopped or "every process has ended"
+        return Stop(StopReason.EXITED, f"the machine has stopped: {why}", exit_code=code,
+                    position=self.position)
+
+    def close(self) -> None:
+        """Detach from the machine and release it."""
+        self.executive.debugger = None
+        self.machine.close()
+
+    # -- the pause ------------------------------------------------------------------------
+
+    @property
+    def stop_pending(self) -> bool:
+        """Whether a stop is waiting for the next instruction boundary."""
+        return self._pending is not None or self._interrupt.is_set()
+
+    def clip_budget(self, n: int) -> int:
+        """The executive's budget ``n``, cut at the end of a step or replay."""
+        if self._deadline is not None:
+            n = min(n, max(0, self._deadline - self.position))
+        return n
+
+    def before_run(self, begin: int | None) -> None:
+        """Called by the executive before each run of the CPU: pause here if a stop is due.
+        Returns None: the run starts at RIP (set to ``begin`` first)."""
+        if begin is not None:
+            self.executive.cpu.set_reg("rip", begin)
+        stop = self._due_stop()
+        if stop is not None:
+            self._pause(stop)
+        return None
+
+    def _due_stop(self) -> Stop | None:
+        if self._detached:
+            return None
+        replay = self._replay
+        if replay is not None:
+            if self.position < replay.target:
+                self._pending = None
+                return None
+            if replay.record:
+                self._end_record()
+            self._replay = None
+            self._deadline = None
+            return replay.stop or Stop(StopReason.STEP, "", position=self.position)
+        if self._pending is not None:
+            stop, self._pending = self._pending, None
+            self._interrupt.clear()
+            return stop
+        if self._interrupt.is_set():
+            self._interrupt.clear()
+            return Stop(StopReason.INTERRUPT, "interrupted (Ctrl-C)", position=self.position)
+        if self._deadline is not None and self.position >= self._deadline:
+            self._deadline = None
+            return Stop(StopReason.STEP, "", position=self.position)
+        return None
+
+    def _pause(self, stop: Stop) -> None:
+        """Hand the paused machine to the front end until it resumes it."""
+        stop.position = self.position
+        self._last_stop = stop
+        self._resumed = False
+        self._deadline = None
+        if self._detached:
+            return
+        resumed = self.on_stop(stop)
+        self._interrupt.clear()          # a Ctrl-C typed at the prompt stops nothing later
+        if not resumed and not self._resumed:
+            self._detached = True
+            self._remove_hooks()
+            self._deadline = None
+        if self._rewind_to is not None:
+            raise _Rewind()
+        ex = self.executive
+        self._skip = (ex.cpu.rip, self.position)
+        if not self.ended and ex._budget_end is not None:
+            ex.set_budget(max(0, ex._budget_end - self.position))   # clipped to a new step
+
+    _rewind_to: _Replay | None = None
+
+    def interrupt(self) -> None:
+        """Stop at the next instruction boundary (Ctrl-C); safe from any thread."""
+        self._interrupt.set()
+        self.executive.cpu.native.stop_soon()
+
+    def _stop_soon(self, stop: Stop) -> None:
+        """Pause at the next boundary: now if the CPU is not running, else after this
+        instruction."""
+        if self._replay is not None or self._detached:
+            return
+        if self.executive._running:
+            self._pending = stop
+            self.executive.cpu.native.stop_soon()
+        else:
+            self._pause(stop)
+
+    # -- resuming -------------------------------------------------------------------------
+
+    def _check_forward(self) -> None:
+        if self.ended:
+            raise SessionError("the machine has ended: nothing to run (reverse-stepi and "
+                               "reverse-continue still go back)")
+        self._resumed = True
+
+    def step(self, count: int = 1) -> None:
+        """Run ``count`` instructions, then stop (stepi)."""
+        if count <= 0:
+            raise SessionError("the count must be positive")
+        self._check_forward()
+        self._deadline = self.position + count
+
+    def cont(self) -> None:
+        """Run until a breakpoint, watchpoint, catchpoint, Ctrl-C or the end (continue)."""
+        self._check_forward()
+
+    def next(self) -> None:
+        """Step over a call: a ``call`` runs to its return; anything else is one stepi."""
+        self._check_forward()
+        cpu = self.executive.cpu
+        insn = cpu.decode_at(cpu.rip)
+        if insn is None or insn.mnemonic not in ("call", "syscall"):
+            self.step(1)
+            return
+        rsp = cpu.reg("rsp")
+        self._run_to(cpu.rip + insn.size, lambda: self.executive.cpu.reg("rsp") >= rsp)
+
+    def finish(self) -> None:
+        """Run until the current function returns to its caller (by the frame pointer, or by
+        [rsp] on a function's first instruction)."""
+        self._check_forward()
+        cpu = self.executive.cpu
+        rsp, rbp = cpu.reg("rsp"), cpu.reg("rbp")
+        at_entry = self.target.symbolize(cpu.rip).find("+") < 0
+        try:
+            slot = rsp if at_entry or rbp < rsp else rbp + 8
+            ret = int.from_bytes(self.target.read_virtual(slot, 8), "little")
+        except Exception as err:   # noqa: BLE001 - TargetError or a bad frame
+            raise SessionError(f"finish: cannot find the return address: {err}") from None
+        self._run_to(ret, lambda: self.executive.cpu.reg("rsp") > rsp)
+
+    def until(self, address: int) -> None:
+        """Run until ``address`` is reached in this process (or a breakpoint stops first)."""
+        self._check_forward()
+        self._run_to(address, lambda: True)
+
+    def _run_to(self, address: int, guard: Callable[[], bool]) -> None:
+        proc = self.executive.current
+        bp = Breakpoint(0, address, proc.pid if proc else None, temporary=True,
+                        internal=True, guard=guard)
+        self._add_internal(bp)
+
+    def kill(self) -> None:
+        """End the machine now: every process is terminated (gdb's ``k``)."""
+        self._check_forward()
+        from emu.nt.kernel import MachineStop
+        self._remove_hooks()
+        self._detached = True
+        raise MachineStop("killed")
+
+    # -- going back -----------------------------------------------------------------------
+
+    def reverse_step(self, count: int = 1) -> None:
+        """Go back ``count`` instructions (re-executing from boot to there)."""
+        if count <= 0:
+            raise SessionError("the count must be positive")
+        self._need_factory()
+        target = max(0, self.position - count)
+        stop = None if target > 0 else Stop(StopReason.HISTORY_START,
+                                            "at the start of history (boot)")
+        self._resumed = True
+        self._rewind_to = _Replay(target, stop)
+
+    def reverse_cont(self) -> None:
+        """Go back to the last breakpoint or watchpoint hit before now."""
+        self._need_factory()
+        self._resumed = True
+        self._rewind_to = _Replay(self.position, record=True)
+
+    def _need_factory(self) -> None:
+        if self.factory is None:
+            raise SessionError("going back needs the machine's recipe (use emu debug)")
+
+    def _rebuild(self) -> None:
+        """Make the machine again from its recipe and set up the replay to the target."""
+        replay, self._rewind_to = self._rewind_to, None
+        assert replay is not None
+        old = self.machine
+        old.executive.debugger = None
+        old.close()
+        self._hooks = []                 # they died with the old engine
+        self.machine = self.factory()
+        self.target = LiveTarget(self.machine)
+        self.ended = False
+        self.result = None
+        self._pending = None
+        self._skip = None
+        self._interrupt.clear()
+        self._internal = []
+        self._replay = replay
+        self._deadline = replay.target
+        self._attach()
+
+    def _end_record(self) -> None:
+        """Reverse-continue's first pass reached the present: go again, to the last hit."""
+        self._rewind_to = self._last_hit(self._replay)
+        raise _Rewind()
+
+    @staticmethod
+    def _last_hit(replay: _Replay) -> _Replay:
+        hits = [h for h in replay.hits if h[0] < replay.target]
+        if hits:
+            return _Replay(*hits[-1])
+        return _Replay(0, Stop(StopReason.HISTORY_START, "no breakpoint or watchpoint was "
+                               "hit before this point: at the start of history (boot)"))
+
+    # -- breakpoints ----------------------------------------------------------------------
+
+    def _number(self) -> int:
+        n = self._next_number
+        self._next_number += 1
+        return n
+
+    def add_breakpoint(self, address: int, *, pid: int | None = None, physical: bool = False,
+                       condition: str | None = None, temporary: bool = False) -> int:
+        """A breakpoint before the instruction at ``address``; returns its number."""
+        if condition is not None:
+            from emu.debugger.expr import ExprError, evaluate
+            try:
+                evaluate(condition, self.target)
+            except ExprError as err:
+                if "parse" in str(err) or "unexpected" in str(err):
+                    raise SessionError(f"bad condition: {err}") from None
+        bp = Breakpoint(self._number(), address, pid, physical, condition, temporary)
+        self.breakpoints[bp.number] = bp
+        self._install_hooks()
+        return bp.number
+
+    def add_watchpoint(self, address: int, length: int, kind: str, *, pid: int | None = None,
+                       physical: bool = False) -> int:
+        """A watchpoint on [address, address + length) for ``kind`` accesses."""
+        if kind not in ("write", "read", "access"):
+            raise SessionError(f"watchpoint kind {kind!r}: write, read or access")
+        if not 1 <= length <= 1 << 20:
+            raise SessionError("a watchpoint covers 1 byte to 1 MiB")
+        proc = self.executive.current
+        if pid is None and not physical and proc is not None and \
+                address < layout.KERNEL_SPACE_START:
+            pid = proc.pid                # a user address means this process's page
+        wp = Watchpoint(self._number(), address, length, kind, pid, physical)
+        self.breakpoints[wp.number] = wp
+        self._install_hooks()
+        return wp.number
+
+    def add_catchpoint(self, kind: CatchKind, filter: str | None = None) -> int:
+        """A catchpoint on an executive event."""
+        cp = Catchpoint(self._number(), kind, filter)
+        self.breakpoints[cp.number] = cp
+        return cp.number
+
+    def delete(self, number: int) -> None:
+        """Delete breakpoint, watchpoint or catchpoint ``number``."""
+        if number not in self.breakpoints:
+            raise SessionError(f"no breakpoint number {number}")
+        del self.breakpoints[number]
+        self._install_hooks()
+
+    def set_enabled(self, number: int, enabled: bool) -> None:
+        """Enable or disable breakpoint ``number``."""
+        if number not in self.breakpoints:
+            raise SessionError(f"no breakpoint number {number}")
+        self.breakpoints[number].enabled = enabled
+        self._install_hooks()
+
+    def _add_internal(self, bp: Breakpoint) -> None:
+        self._internal.append(bp)
+        self._install_hooks()
+
+    # -- hooks on the CPU -----------------------------------------------------------------
+
+    def _remove_hooks(self) -> None:
+        uc = self.executive.cpu.uc
+        for h in self._hooks:
+            uc.hook_del(h)
+        self._hooks = []
+
+    def _install_hooks(self) -> None:
+        """(Re)install a code hook per breakpoint address and memory hooks per watchpoint;
+        translated code is flushed so that every block sees them."""
+        self._remove_hooks()
+        uc = self.executive.cpu.uc
+        addresses: set[int] = set()
+        physical_code = False
+        for bp in self._all_breakpoints():
+            if bp.physical:
+                physical_code = True
+            else:
+                addresses.add(bp.address)
+        for a in sorted(addresses):
+            self._hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_code, None, a, a))
+        if physical_code:
+            self._hooks.append(uc.hook_add(UC_HOOK_CODE, self._on_code))
+        self._watched = []
+        for wp in self.breakpoints.values():
+            if isinstance(wp, Watchpoint) and wp.enabled:
+                kinds = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
+                         "access": UC_HOOK_MEM_WRITE | UC_HOOK_MEM_READ}[wp.kind]
+                # Unicorn's memory hooks see physical addresses (the TLB hook translated).
+                for lo, hi in self._physical_ranges(wp):
+                    self._watched.append((lo, hi))
+                    self._hooks.append(uc.hook_add(kinds, self._on_memory, wp, lo, hi - 1))
+        uc.ctl_flush_tb()
+        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)   # cached pages would skip memory hooks
+
+    def _physical_ranges(self, wp: Watchpoint) -> list[tuple[int, int]]:
+        """[lo, hi) physical ranges a watchpoint covers now: its own for a physical one, the
+        frames its pages map to in its process for a virtual one (pages not present: none;
+        a page fault that maps one installs the hooks again)."""
+        if wp.physical:
+            return [(wp.address, wp.address + wp.length)]
+        out = []
+        va, end = wp.address, wp.address + wp.length
+        while va < end:
+            n = min(end, (va | 0xFFF) + 1) - va
+            pa = self._translate(va, wp.pid)
+            if pa is not None:
+                out.append((pa, pa + n))
+            va += n
+        return out
+
+    def _translate(self, va: int, pid: int | None) -> int | None:
+        """The physical address of ``va`` in process ``pid`` (None: the current space)."""
+        ex = self.executive
+        cr3 = ex.cpu.cr3
+        if pid is not None:
+            proc = next((p for p in ex.processes if p.pid == pid), None)
+            if proc is None or proc.state is ProcessState.TERMINATED:
+                return None
+            cr3 = proc.space.cr3
+        cpu = ex.cpu
+        try:
+            return mmu.walk(ex.mem, va, "read", cr3=cr3, cpl=0, cr0=cpu.cr0, cr4=cpu.cr4,
+                            efer=cpu.efer).pa
+        except (mmu.PageFault, mmu.GeneralProtection):
+            return None
+
+    def _all_breakpoints(self) -> list[Breakpoint]:
+        bps = [b for b in self.breakpoints.values() if isinstance(b, Breakpoint) and b.enabled]
+        return bps + self._internal
+
+    def _hit_position(self, address: int) -> int:
+        """The position before the instruction at ``address``, from inside its code hook
+        (the C counter may or may not have counted it already)."""
+        ctx = self.executive.cpu.native._ctx
+        return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == address else 0)
+
+    def _physical_rip(self, rip: int) -> int | None:
+        try:
+            return self.executive.cpu.walk(rip, "fetch").pa
+        except (mmu.PageFault, mmu.GeneralProtection):
+            return None
+
+    def _on_code(self, uc, address: int, size: int, _data) -> None:
+        """A breakpoint's code hook: decide whether this arrival stops."""
+        if self._detached:
+            return
+        position = self._hit_position(address)
+        if self._skip is not None:
+            skip, self._skip = self._skip, None
+            if skip == (address, position):
+                return                   # the instruction we paused before: run it
+        pa = None
+        for bp in list(self._all_breakpoints()):
+            if bp.physical:
+                pa = self._physical_rip(address) if pa is None else pa
+                if pa != bp.address:
+                    continue
+            elif bp.address != address:
+                continue
+            if not self._breakpoint_applies(bp):
+                continue
+            self._breakpoint_hit(bp, address, position)
+            return
+
+    def _breakpoint_applies(self, bp: Breakpoint) -> bool:
+        proc = self.executive.current
+        if bp.pid is not None and (proc is None or proc.pid != bp.pid):
+            return False
+        if bp.guard is not None and not bp.guard():
+            return False
+        if bp.condition is not None:
+            from emu.debugger.expr import ExprError, evaluate
+            try:
+                return bool(evaluate(bp.condition, self.target))
+            except ExprError:
+                return True              # a condition that cannot be evaluated stops
+        return True
+
+    def _breakpoint_hit(self, bp: Breakpoint, address: int, position: int) -> None:
+        if self._replay is not None:
+            if self._replay.record and not bp.internal:
+                self._replay.hits.append((position, Stop(
+                    StopReason.BREAKPOINT, f"Breakpoint {bp.number}, "
+                    f"{self.target.symbolize(address)}", number=bp.number)))
+            return
+        if bp.internal:
+            self._internal.remove(bp)
+            if getattr(bp, "start", False):
+                stop = Stop(StopReason.START, self._start_text(address), position=position)
+            else:
+                stop = Stop(StopReason.STEP, "", position=position)
+        else:
+            bp.hits += 1
+            stop = Stop(StopReason.BREAKPOINT, f"Breakpoint {bp.number}, "
+                        f"{self.target.symbolize(address)}", number=bp.number,
+                        position=position)
+            if bp.temporary:
+                del self.breakpoints[bp.number]
+        self._pending = stop
+        self.executive.cpu.uc.emu_stop()
+
+    def _start_text(self, address: int) -> str:
+        proc = self.executive.current
+        where = self.target.symbolize(address)
+        if proc is None:
+            return f"stopped before DriverEntry at {where}, ring 0"
+        return f'process {proc.pid} "{proc.name}" stopped at its entry point {where}, ring 3'
+
+    def _on_memory(self, uc, access: int, address: int, size: int, value: int,
+                   wp: Watchpoint) -> None:
+        """A watchpoint's memory hook: note the access; stop after this instruction."""
+        if self._detached or not wp.enabled:
+            return
+        proc = self.executive.current
+        if not wp.physical:
+            if wp.pid is not None and (proc is None or proc.pid != wp.pid):
+                return
+            address = self._virtual_hit(wp, address, size)   # the frame may map elsewhere
+            if address is None:
+                return
+        write = access == UC_MEM_WRITE
+        kind = "write" if write else "read"
+        if wp.kind != "access" and wp.kind != kind:
+            return
+        rip = self.executive.cpu.rip
+        what = f"{size}-byte {kind} of {'physical ' if wp.physical else ''}{address:#x}"
+        if write:
+            what += f" (value {value & ((1 << (8 * size)) - 1):#x})"
+        stop = Stop(StopReason.WATCHPOINT,
+                    f"Watchpoint {wp.number}: {what} by the instruction at "
+                    f"{self.target.symbolize(rip)}",
+                    number=wp.number, watch_kind=wp.kind, address=address)
+        if self._replay is not None:
+            if self._replay.record:
+                self._replay.hits.append((self.executive.cpu.native._ctx.instructions, stop))
+            return
+        wp.hits += 1
+        self._pending = stop
+        self.executive.cpu.native.stop_soon()
+
+    def _virtual_hit(self, wp: Watchpoint, pa: int, size: int) -> int | None:
+        """The watched virtual address that physical access [pa, pa + size) touched in the
+        current address space, or None (the frame now backs some other page)."""
+        va, end = wp.address, wp.address + wp.length
+        while va < end:
+            n = min(end, (va | 0xFFF) + 1) - va
+            got = self._translate(va, None)
+            if got is not None and got < pa + size and pa < got + n:
+                return va + max(0, pa - got)
+            va += n
+        return None
+
+    # -- catchpoints ----------------------------------------------------------------------
+
+    def _on_event(self, event: Event, details: dict[str, Any]) -> None:
+        if event is Event.PAGE_FAULT and self._watched_page_moved():
+            self._install_hooks()
+        if self._detached or self._replay is not None:
+            return
+        for cp in self.breakpoints.values():
+            if isinstance(cp, Catchpoint) and cp.enabled:
+                text = _catch_text(cp, event, details, self)
+                if text is not None:
+                    cp.hits += 1
+                    self._stop_soon(Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
+                                         number=cp.number, exception=details.get("exc")))
+                    return
+
+    def _watched_page_moved(self) -> bool:
+        """Whether a virtual watchpoint's pages now map to other frames than hooked."""
+        now = []
+        for wp in self.breakpoints.values():
+            if isinstance(wp, Watchpoint) and wp.enabled:
+                now += self._physical_ranges(wp)
+        return now != self._watched
+
+    def live_processes(self) -> list:
+        """The processes not yet ended."""
+        return [p for p in self.executive.processes if p.state is not ProcessState.TERMINATED]
+
+
+def _catch_text(cp: Catchpoint, event: Event, d: dict[str, Any], s: Session) -> str | None:
+    """What the catchpoint saw, or None when this event is not for it."""
+    from emu.debugger import catch
+    return catch.describe(cp, event, d, s)

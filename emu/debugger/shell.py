@@ -1,0 +1,419 @@
+"""``emu debug``: the debugger shell. Run control and breakpoints live here; the commands
+that show state come from emu.debugger.cmd_state (StateCommands).
+
+The shell is the session's front end: at every stop the session calls ``on_stop``, which
+prints where the machine is and reads commands until one of them resumes it. Commands come
+from a terminal (history, tab completion), from a file (``emu debug -x FILE``) or from a
+pipe; in batch mode each command is echoed after the prompt, so a transcript reads as a
+session. All output goes through ``message``/``error`` to ``self.stdout``.
+"""
+
+from __future__ import annotations
+
+import cmd
+import difflib
+import sys
+from typing import TextIO
+
+from emu.debugger import catch
+from emu.debugger.cmd_state import StateCommands
+from emu.debugger.expr import ExprError, evaluate
+from emu.debugger.session import (
+    Breakpoint,
+    CatchKind,
+    Catchpoint,
+    Session,
+    SessionError,
+    Stop,
+    Watchpoint,
+)
+from emu.debugger.target import Target, TargetError
+
+
+class Quit(Exception):
+    """The user ended the debugger (``quit``, or the end of a batch script)."""
+
+
+class Shell(StateCommands, cmd.Cmd):
+    """The debugger's command interpreter (see the module docstring)."""
+
+    intro = None
+    doc_header = "Commands (help COMMAND for more):"
+    identchars = cmd.Cmd.identchars + "-"
+
+    def __init__(self, target: Target, session: Session | None = None, *,
+                 stdin: TextIO | None = None, stdout: TextIO | None = None,
+                 batch: bool = False) -> None:
+        super().__init__(stdin=stdin, stdout=stdout or sys.stdout)
+        self.use_rawinput = not batch and stdin is None
+        self.batch = batch
+        self.target = target
+        self.session = session
+        self.view_pid: int | None = None
+        self.stop_info: Stop | None = None
+        self.resumed = False
+        self.failures = 0
+        self._lines: list[str] = []
+
+    # -- output ---------------------------------------------------------------------------
+
+    def message(self, text: str) -> None:
+        """Print ``text`` (one or more lines)."""
+        self.stdout.write(text.rstrip("\n") + "\n")
+
+    def error(self, text: str) -> None:
+        """Print a one-line error."""
+        self.failures += 1
+        self.stdout.write(f"error: {text}\n")
+
+    def run_command(self, line: str) -> str:
+        """Run one command and return what it printed (for gdb's ``monitor``)."""
+        import io
+        saved, self.stdout = self.stdout, io.StringIO()
+        try:
+            self.onecmd(line)
+            return self.stdout.getvalue()
+        finally:
+            self.stdout = saved
+
+    # -- the loop -------------------------------------------------------------------------
+
+    @property
+    def prompt(self) -> str:   # type: ignore[override]
+        try:
+            pid = self.target.current_pid()
+            rip = self.target.register("rip")
+            ring = self.target.register("cs") & 3
+        except TargetError:
+            return "(emu) "
+        who = f"pid {pid}" if pid is not None else "kernel"
+        view = f" view {self.view_pid}" if self.view_pid is not None else ""
+        return f"(emu {who}{view} ring {ring} {rip:#x}) "
+
+    def on_stop(self, stop: Stop) -> bool:
+        """The session paused: report it, then read commands until one resumes the machine.
+        Returns True when resumed; raises Quit when the user ends the debugger."""
+        self.stop_info = stop
+        self.target = self.session.target
+        self.report_stop(stop)
+        self.resumed = False
+        while not self.resumed:
+            line = self._read_line()
+            if line is None:
+                raise Quit()
+            self.onecmd(line)
+        return True
+
+    def interact(self) -> None:
+        """Read and run commands until the input ends or ``quit`` (a crash dump's loop)."""
+        try:
+            while (line := self._read_line()) is not None:
+                self.onecmd(line)
+        except Quit:
+            pass
+
+    def _read_line(self) -> str | None:
+        if self.use_rawinput:
+            try:
+                return input(self.prompt)
+            except EOFError:
+                self.stdout.write("\n")
+                return None
+            except KeyboardInterrupt:
+                self.stdout.write("^C\n")
+                return ""
+        line = self.stdin.readline()
+        if not line:
+            return None
+        line = line.rstrip("\r\n")
+        if self.batch and line.strip() and not line.lstrip().startswith("#"):
+            self.stdout.write(f"{self.prompt}{line}\n")
+        return line
+
+    def emptyline(self) -> bool:
+        """An empty line repeats the last command at a terminal, as in gdb."""
+        if self.use_rawinput and self.lastcmd:
+            return self.onecmd(self.lastcmd)
+        return False
+
+    def onecmd(self, line: str) -> bool:
+        if line.lstrip().startswith("#"):
+            return False
+        try:
+            return bool(super().onecmd(line))
+        except (TargetError, ExprError, SessionError, ValueError) as err:
+            self.error(str(err))
+            return False
+
+    def default(self, line: str) -> None:
+        """An unknown command: say so, and suggest the nearest one."""
+        word = line.split()[0]
+        names = sorted({n[3:] for n in self.get_names() if n.startswith("do_")})
+        near = difflib.get_close_matches(word, names, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else " (try 'help')"
+        self.error(f"unknown command '{word}'{hint}")
+
+    def completedefault(self, text: str, *_args) -> list[str]:
+        """Complete symbols and register names."""
+        words = [*self.target.symbol_names(), *self.target.register_names()]
+        return sorted({w for w in words if w.startswith(text)})
+
+    def report_stop(self, stop: Stop) -> None:
+        """Say why and where the machine stopped."""
+        if stop.description:
+            self.message(stop.description)
+        if stop.ended:
+            return
+        self.message(self.where())
+
+    def where(self) -> str:
+        """``0x401020 <hello!main+0x4>: mov eax, 1   [pid 4 "hello", ring 3]``."""
+        t = self.target
+        rip = t.register("rip")
+        pid = t.current_pid()
+        proc = next((p for p in t.processes() if p.pid == pid), None)
+        who = f'pid {pid} "{proc.name}"' if proc else "kernel"
+        insns = t.disassemble(rip, 1)
+        text = insns[0][2] if insns else "(not mapped)"
+        return f"=> {rip:#x} <{t.symbolize(rip)}>: {text}   [{who}, ring {t.register('cs') & 3}]"
+
+    # -- run control ----------------------------------------------------------------------
+
+    def _live(self) -> Session:
+        if self.session is None:
+            raise SessionError("no machine is running (a crash dump cannot run)")
+        return self.session
+
+    def _resume(self, action) -> bool:
+        action()
+        self.resumed = True
+        self.view_pid = None
+        return True
+
+    def _count(self, arg: str) -> int:
+        return evaluate(arg, self.target) if arg.strip() else 1
+
+    def do_stepi(self, arg: str) -> bool:
+        """stepi [N]: run N instructions (default 1), into calls, system calls and faults."""
+        n = self._count(arg)
+        return self._resume(lambda: self._live().step(n))
+
+    do_si = do_stepi
+
+    def do_nexti(self, arg: str) -> bool:
+        """nexti: run one instruction; a call runs until it returns."""
+        return self._resume(self._live().next)
+
+    do_ni = do_nexti
+
+    def do_finish(self, arg: str) -> bool:
+        """finish: run until the current function returns."""
+        return self._resume(self._live().finish)
+
+    def do_continue(self, arg: str) -> bool:
+        """continue: run until a breakpoint, watchpoint, catchpoint, Ctrl-C or the end."""
+        return self._resume(self._live().cont)
+
+    do_c = do_continue
+
+    def do_until(self, arg: str) -> bool:
+        """until ADDR: run until ADDR is reached in this process (or something stops first)."""
+        if not arg.strip():
+            return self.do_nexti(arg)
+        address = self._location(arg)
+        return self._resume(lambda: self._live().until(address))
+
+    def do_reverse_stepi(self, arg: str) -> bool:
+        """reverse-stepi [N]: go back N instructions (the machine re-executes from boot)."""
+        n = self._count(arg)
+        return self._resume(lambda: self._live().reverse_step(n))
+
+    do_rsi = do_reverse_stepi
+
+    def do_reverse_continue(self, arg: str) -> bool:
+        """reverse-continue: go back to the last breakpoint or watchpoint hit."""
+        return self._resume(self._live().reverse_cont)
+
+    do_rc = do_reverse_continue
+
+    def do_kill(self, arg: str) -> bool:
+        """kill: end the machine now (state stays readable)."""
+        return self._resume(self._live().kill)
+
+    def do_quit(self, arg: str) -> bool:
+        """quit: leave the debugger."""
+        raise Quit()
+
+    do_q = do_quit
+    do_EOF = do_quit
+
+    # -- breakpoints ----------------------------------------------------------------------
+
+    def _location(self, text: str) -> int:
+        """``*EXPR`` or ``EXPR``: an address (symbols, registers, arithmetic)."""
+        text = text.strip()
+        if text.startswith("*"):
+            text = text[1:]
+        return evaluate(text, self.target, self.view_pid)
+
+    @staticmethod
+    def _split_options(arg: str) -> tuple[str, int | None, str | None, bool]:
+        """``LOCATION [pid N] [if COND]``, with ``-phys`` anywhere before the condition."""
+        cond = None
+        if " if " in f" {arg} ":
+            arg, cond = (f" {arg} ".split(" if ", 1) + [""])[:2]
+            cond = cond.strip() or None
+        words = arg.split()
+        physical = "-phys" in words
+        words = [w for w in words if w != "-phys"]
+        pid = None
+        if "pid" in words:
+            at = words.index("pid")
+            if at + 1 >= len(words):
+                raise SessionError("pid needs a number")
+            pid = int(words[at + 1], 0)
+            del words[at:at + 2]
+        return " ".join(words), pid, cond, physical
+
+    def do_break(self, arg: str) -> None:
+        """break LOCATION [pid N] [if COND]: stop before the instruction at LOCATION.
+
+        LOCATION is a symbol (main, hello!main, echo.sys!DispatchRead) or *ADDRESS; with
+        -phys, ADDRESS is physical (any process, any virtual address mapping it). COND is an
+        expression (rax == 0, [rsp+8] > 3): the stop happens only when it is not zero."""
+        self._break(arg, temporary=False)
+
+    do_b = do_break
+
+    def do_tbreak(self, arg: str) -> None:
+        """tbreak LOCATION [pid N] [if COND]: a breakpoint deleted at its first stop."""
+        self._break(arg, temporary=True)
+
+    def _break(self, arg: str, *, temporary: bool) -> None:
+        where, pid, cond, physical = self._split_options(arg)
+        if not where:
+            raise SessionError("break needs a location (a symbol or *ADDRESS)")
+        address = self._location(where)
+        n = self._live().add_breakpoint(address, pid=pid, physical=physical, condition=cond,
+                                         temporary=temporary)
+        self.message(f"Breakpoint {n} at {self._describe_bp(self.session.breakpoints[n])}")
+
+    def _watch(self, arg: str, kind: str) -> None:
+        words = arg.split()
+        length = 8
+        if "-l" in words:
+            at = words.index("-l")
+            length = int(words[at + 1], 0) if at + 1 < len(words) else 0
+            del words[at:at + 2]
+        where, pid, _cond, physical = self._split_options(" ".join(words))
+        if not where:
+            raise SessionError(f"{kind} needs an address")
+        address = self._location(where)
+        n = self._live().add_watchpoint(address, length, kind, pid=pid, physical=physical)
+        self.message(f"Watchpoint {n}: {self._describe_bp(self.session.breakpoints[n])}")
+
+    def do_watch(self, arg: str) -> None:
+        """watch [-l LEN] [-phys] ADDRESS [pid N]: stop after an instruction writes there.
+
+        LEN is in bytes (default 8); the stop comes after the writing instruction, with the
+        value it wrote."""
+        self._watch(arg, "write")
+
+    def do_rwatch(self, arg: str) -> None:
+        """rwatch [-l LEN] [-phys] ADDRESS [pid N]: stop after an instruction reads there."""
+        self._watch(arg, "read")
+
+    def do_awatch(self, arg: str) -> None:
+        """awatch [-l LEN] [-phys] ADDRESS [pid N]: stop after any access there."""
+        self._watch(arg, "access")
+
+    def do_catch(self, arg: str) -> None:
+        """catch KIND [FILTER]: stop at an event of the executive.
+
+        KIND: exception [VECTOR|NAME], page-fault, syscall [NUMBER|NAME], ring [3->0|0->3],
+        cr3 (address-space switch), interrupt, dpc, driver-load, process-create,
+        process-exit, bugcheck."""
+        words = arg.split()
+        kinds = [k.value for k in CatchKind]
+        if not words or words[0] not in kinds:
+            raise SessionError(f"catch what? one of: {', '.join(kinds)}")
+        filt = catch.check_filter(words[0], words[1] if len(words) > 1 else None)
+        n = self._live().add_catchpoint(CatchKind(words[0]), filt)
+        self.message(f"Catchpoint {n} ({self._describe_bp(self.session.breakpoints[n])})")
+
+    def _describe_bp(self, bp) -> str:
+        if isinstance(bp, Breakpoint):
+            text = f"{'physical ' if bp.physical else ''}{bp.address:#x}"
+            if not bp.physical:
+                text += f" <{self.target.symbolize(bp.address)}>"
+            if bp.pid is not None:
+                text += f" in process {bp.pid}"
+            if bp.condition:
+                text += f" if {bp.condition}"
+            return text
+        if isinstance(bp, Watchpoint):
+            where = "physical " if bp.physical else ""
+            scope = f" in process {bp.pid}" if bp.pid is not None else ""
+            return f"{bp.kind} of {where}{bp.address:#x}..{bp.address + bp.length - 1:#x}{scope}"
+        assert isinstance(bp, Catchpoint)
+        return bp.kind.value + (f" {bp.filter}" if bp.filter else "")
+
+    def do_delete(self, arg: str) -> None:
+        """delete [N...]: delete breakpoints (all of them without a number)."""
+        s = self._live()
+        for n in [int(w, 0) for w in arg.split()] or list(s.breakpoints):
+            s.delete(n)
+
+    def do_enable(self, arg: str) -> None:
+        """enable N...: enable breakpoints."""
+        for n in arg.split():
+            self._live().set_enabled(int(n, 0), True)
+
+    def do_disable(self, arg: str) -> None:
+        """disable N...: disable breakpoints."""
+        for n in arg.split():
+            self._live().set_enabled(int(n, 0), False)
+
+    def do_info(self, arg: str) -> None:
+        """info breakpoints | registers | gdt | tss | cr: breakpoints, or see the state commands."""
+        word = arg.split()[0] if arg.split() else ""
+        if word and "breakpoints".startswith(word) or word in ("watchpoints", "b"):
+            self._info_breakpoints()
+            return
+        super().do_info(arg)
+
+    def _info_breakpoints(self) -> None:
+        s = self._live()
+        if not s.breakpoints:
+            self.message("No breakpoints, watchpoints or catchpoints.")
+            return
+        lines = ["Num  Type        Enb Hits What"]
+        for n, bp in sorted(s.breakpoints.items()):
+            kind = {Breakpoint: "breakpoint", Watchpoint: "watchpoint",
+                    Catchpoint: "catchpoint"}[type(bp)]
+            if getattr(bp, "temporary", False):
+                kind = "tbreakpoint"
+            lines.append(f"{n:<4} {kind:<11} {'y' if bp.enabled else 'n':<3} {bp.hits:<4} "
+                         f"{self._describe_bp(bp)}")
+        self.message("\n".join(lines))
+
+    def do_position(self, arg: str) -> None:
+        """position: instructions completed since boot (where reverse execution counts from)."""
+        self.message(f"{self._live().position} instructions since boot")
+
+    def do_gdbserver(self, arg: str) -> None:
+        """gdbserver [HOST:]PORT: let stock gdb attach (target remote HOST:PORT); when it
+        detaches, this shell takes over again."""
+        from emu.debugger import gdbstub
+        host, _, port = arg.strip().rpartition(":")
+        if not port.isdigit():
+            raise SessionError("gdbserver needs a port, e.g. gdbserver 1234")
+        resumed = gdbstub.attach(self._live(), host or "127.0.0.1", int(port),
+                                 runner=self.run_command, log=self.stdout)
+        if resumed:
+            self.resumed = True
+
+    def help_commands(self) -> None:
+        self.message("Run: stepi si nexti ni finish continue c until reverse-stepi rsi "
+                     "reverse-continue rc kill quit\nStop: break b tbreak watch rwatch awatch "
+                     "catch delete enable disable info breakpoints")
