@@ -50,3 +50,26 @@ def test_reading_something_else_is_a_one_line_error(tmp_path):
     bad.write_bytes(dump.MAGIC + b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}")
     with pytest.raises(dump.DumpError, match="damaged"):
         dump.read(bad)
+
+
+def test_the_header_holds_what_the_debugger_reads_offline(apps, tmp_path):
+    from emu import Machine
+
+    m = Machine("64M")
+    m.add_driver(DRIVERS / "crash.sys")
+    proc = m.spawn(apps / "hello")
+    assert m.run().stopped == "bug check"
+    out = tmp_path / "crash.dmp"
+    dump.write(m.executive, out)
+    h = dump.read(out).header
+    (p,) = h["processes"]
+    assert p["space"] and p["image"]["symbols"]["main"] == proc.image.symbols["main"]
+    assert [v["base"] for v in p["vads"]][:1] == [0x400000] and p["handles"] == []
+    assert p["threads"][0]["started"] is False and p["threads"][0]["rip"] == proc.image.entry
+    assert h["descriptors"]["gdtr"] == [layout.KERNEL_GDT, 0x4F]
+    assert h["current_pid"] is None and h["irql"] == 0
+    frames = {r[0]: r for r in h["pfn"]}
+    pml4 = frames[proc.space.cr3 >> 12]
+    assert pml4[1:3] == ["page table", proc.pid]
+    assert {"ds", "fs_base", "gs_base"} <= set(h["registers"])
+    m.close()

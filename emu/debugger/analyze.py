@@ -1,0 +1,354 @@
+"""``analyze``: what happened, in words (WinDbg's ``!analyze -v``, for this machine).
+
+Three things can be analyzed, in this order: the CPU exception the debugger stopped at;
+the bug check that stopped the machine (each stop code's parameters explained as
+Microsoft's bug check reference gives them); the exception that ended a process. Each
+gives the instruction, the ring, the access, the page walk that failed (redone through
+emu.hw.mmu when the tables still exist), the responsible image and the stack.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from emu import fmt
+from emu.debugger import walkview
+from emu.debugger.memview import backtrace_lines
+from emu.debugger.records import TargetError
+from emu.debugger.targetbase import Target
+from emu.debugger.views import IRQL_NAMES
+from emu.hw import mmu
+from emu.hw.cpu import CpuException, Vector
+from emu.hw.mmu import PFErr
+from emu.nt import layout
+from emu.nt.bugcheck import BugCheckCode
+from emu.nt.process import ExceptionInfo
+from emu.nt.status import NTSTATUS
+from emu.nt.trap import PRIVILEGED
+
+_VECTOR_WORDS = {
+    Vector.DE: "#DE divide error: a division by zero, or a quotient too large",
+    Vector.DB: "#DB debug exception",
+    Vector.BP: "#BP breakpoint: an int3",
+    Vector.UD: "#UD invalid opcode: not an instruction this CPU runs (ud2, or garbage)",
+    Vector.GP: "#GP general protection",
+    Vector.PF: "#PF page fault",
+    Vector.MC: "#MC machine check",
+    Vector.DF: "#DF double fault",
+}
+_STATUS_WORDS = {
+    NTSTATUS.STATUS_ACCESS_VIOLATION: "the thread used an address its rights do not allow",
+    NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION: "an instruction that needs ring 0 ran at ring 3: "
+                                            "the CPU refused it with #GP",
+    NTSTATUS.STATUS_ILLEGAL_INSTRUCTION: "the CPU could not decode the instruction (#UD)",
+    NTSTATUS.STATUS_INTEGER_DIVIDE_BY_ZERO: "a division by zero (#DE)",
+    NTSTATUS.STATUS_INTEGER_OVERFLOW: "a division whose quotient does not fit (#DE)",
+    NTSTATUS.STATUS_BREAKPOINT: "an int3 (#BP) with no debugger to take it",
+    NTSTATUS.STATUS_STACK_OVERFLOW: "the stack ran into its last guard page: it cannot grow",
+    NTSTATUS.STATUS_GUARD_PAGE_VIOLATION: "the first touch of a PAGE_GUARD page",
+    NTSTATUS.STATUS_IN_PAGE_ERROR: "the page could not be read back from the pagefile",
+}
+_AV_ACCESS = {0: "read", 1: "write", 8: "execute"}
+# Stop codes emu.nt.bugcheck.BugCheckCode does not name (bugcodes.h).
+_STOP_NAMES = {0x09: "IRQL_NOT_GREATER_OR_EQUAL", 0x44: "MULTIPLE_IRP_COMPLETE_REQUESTS",
+               0xC2: "BAD_POOL_CALLER", 0xC4: "DRIVER_VERIFIER_DETECTED_VIOLATION"}
+_PF50_ACCESS = {0: "read", 2: "write", 0x10: "execute"}
+
+# Stop code -> (what it means, parameter kinds, parameter meanings); Microsoft's "Bug check
+# code reference". Kinds: addr, rip, irql, status, vector, pte, acc50, accd1, value, none.
+BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    0x09: ("the IRQL was lowered by a raise (KfRaiseIrql to a lower level)",
+           ("irql", "irql", "none", "none"), ("the IRQL asked for", "the IRQL it was",
+                                              "reserved", "reserved")),
+    0x0A: ("kernel code touched pageable or invalid memory at an IRQL too high to wait "
+           "for a page-in", ("addr", "irql", "accd1", "rip"),
+           ("the memory referenced", "the IRQL at the time", "the access",
+            "the instruction that referenced it")),
+    0x1E: ("kernel-mode code raised an exception that nothing handled",
+           ("status", "rip", "value", "value"),
+           ("the exception code", "where it happened", "the exception's parameter 0",
+            "the exception's parameter 1")),
+    0x3B: ("an exception in kernel mode while serving a system call",
+           ("status", "rip", "value", "none"),
+           ("the exception code", "the instruction that raised it",
+            "the context record (none here)", "reserved")),
+    0x44: ("a driver completed an IRP that was already completed",
+           ("addr", "none", "none", "none"), ("the IRP", "reserved", "reserved", "reserved")),
+    0x50: ("kernel-mode code referenced memory that is not mapped (or not valid)",
+           ("addr", "acc50", "rip", "none"),
+           ("the memory referenced", "the access", "the instruction that referenced it",
+            "reserved")),
+    0x7F: ("the CPU raised a trap the kernel cannot continue from",
+           ("vector", "none", "none", "none"), ("the trap (exception vector)", "reserved",
+                                                "reserved", "reserved")),
+    0x9C: ("a fatal machine check", ("value",) * 4, ("", "", "", "")),
+    0xBE: ("a driver wrote to read-only memory (CR0.WP=1 holds ring 0 to R/W=0)",
+           ("addr", "pte", "none", "none"),
+           ("the address written", "the PTE", "reserved", "reserved")),
+    0xC2: ("a bad pool request (ExFreePoolWithTag)", ("value", "none", "addr", "none"),
+           ("the violation: 7 = freeing a block already freed, or not a block, or with the "
+            "wrong tag", "reserved", "the block's address", "reserved")),
+    0xC4: ("a driver broke a rule the verifier checks", ("value", "addr", "none", "none"),
+           ("the rule", "the object involved", "reserved", "reserved")),
+    0xD1: ("a driver touched pageable memory at DISPATCH_LEVEL or above, where no page "
+           "fault may be taken", ("addr", "irql", "accd1", "rip"),
+           ("the memory referenced", "the IRQL at the time", "the access",
+            "the instruction that referenced it")),
+    0xE2: ("the machine was stopped on purpose (KeBugCheckEx called by a driver)",
+           ("value",) * 4, ("chosen by the caller",) * 4),
+    0xFC: ("an attempt to execute non-executable memory (NX=1, or a user page under SMEP)",
+           ("addr", "pte", "none", "none"),
+           ("the address executed", "the PTE", "reserved", "reserved")),
+}
+
+
+_ENDS = ("exited", "bugcheck")       # session.StopReason values that end the machine
+
+
+def analyze_text(target: Target, stop_info: Any = None, pid: int | None = None) -> str:
+    """What happened: the stop's CPU exception, else the bug check, else the exception that
+    ended the view's process (or the last process one ended)."""
+    exc = getattr(stop_info, "exception", None)
+    reason = getattr(stop_info, "reason", "")
+    reason = str(getattr(reason, "value", reason) or "")     # a StopReason enum, or text
+    # At the end of the machine, the bug check or the dead process says more than the
+    # exception behind it.
+    if isinstance(exc, CpuException) and reason not in _ENDS:
+        return cpu_exception_text(target, exc, reason)
+    bc = target.bugcheck()
+    if bc is not None:
+        return bugcheck_text(target, bc)
+    found = _dead_process(target, pid)
+    if found is not None:
+        return process_exception_text(target, *found)
+    return ("nothing to analyze: no CPU exception at this stop, no bug check, and no process "
+            "ended with an exception" + (f" (stopped: {reason})" if reason else ""))
+
+
+def _dead_process(target: Target, pid: int | None) -> tuple[int, ExceptionInfo] | None:
+    candidates = [pid] if pid is not None else []
+    current = target.current_pid()
+    if current is not None:
+        candidates.append(current)
+    candidates += [p.pid for p in reversed(target.processes())]
+    for candidate in candidates:
+        info = target.exception_of(candidate)
+        if info is not None:
+            return candidate, info
+    return None
+
+
+def _where(target: Target, address: int, pid: int | None) -> str:
+    label = target.symbolize(address, pid)
+    return f"{address:#x}" + (f" ({label})" if not label.startswith("0x") else "")
+
+
+def _redo_walk(target: Target, address: int, access: str, ring: int,
+               pid: int | None, rflags: int) -> mmu.PageFault | mmu.Translation | None:
+    """The walk again, if the tables still exist (None when they are gone)."""
+    try:
+        return target.walk(address, pid, access, ring, rflags=rflags)
+    except (mmu.PageFault, mmu.GeneralProtection) as fault:
+        return fault if isinstance(fault, mmu.PageFault) else None
+    except TargetError:
+        return None
+
+
+def _walk_section(target: Target, address: int, access: str, ring: int, pid: int | None,
+                  recorded: tuple = (), reason: str = "", code: int = 0) -> list[str]:
+    """The failing walk, redone (or as the CPU recorded it), explained."""
+    rflags = target.registers()["rflags"] if ring < 3 else 0
+    result = _redo_walk(target, address, access, ring, pid, rflags)
+    nxe = bool(target.registers()["efer"] & mmu.EFER.NXE)
+    lines = [f"the page walk of {address:#x} ({access} at ring {ring}):",
+             walkview.index_line(address)]
+    if isinstance(result, mmu.Translation):
+        lines += walkview.step_lines(result.steps, nxe)
+        lines.append(f"  the tables allow it now (physical {result.pa:#x}): they changed "
+                     "after the fault")
+        return lines
+    if result is None and recorded:
+        level = next((s.level for s in reversed(recorded)
+                      if re.search(rf"\b{s.name}\b", reason)), recorded[-1].level)
+        result = mmu.PageFault(address, PFErr(code), reason, tuple(recorded), level)
+        lines[0] += " as the CPU saw it (the address space is gone now)"
+    if result is None:
+        return [f"the page walk of {address:#x}: not available (the address space is gone)"]
+    lines += walkview.step_lines(result.steps, nxe)
+    lines += walkview.fault_lines(target, result, access, ring, pid)
+    return lines
+
+
+def _a(word: str) -> str:
+    """``a read``, ``an execute``."""
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _indent(lines: list[str], by: str = "  ") -> list[str]:
+    return [by + line for line in lines]
+
+
+def _stack(target: Target, pid: int | None) -> list[str]:
+    try:
+        return ["stack:", *_indent(backtrace_lines(target, pid))]
+    except TargetError as err:
+        return [f"stack: unavailable ({err})"]
+
+
+def cpu_exception_text(target: Target, exc: CpuException, reason: str = "") -> str:
+    """The exception the CPU just raised, before the executive handles it."""
+    pid = target.current_pid()
+    who = "the system (no process)" if pid is None else \
+        f'process {pid} "{target.process(pid).name}"'
+    try:
+        insn = target.disassemble(exc.rip, 1, pid)
+        text = insn[0][2] if insn else "(bad)"
+    except TargetError as err:
+        text = f"(unreadable: {err})"
+    lines = [f"the CPU raised {_VECTOR_WORDS.get(exc.vector, exc.vector.name)}"
+             + (f" (stopped: {reason})" if reason else ""),
+             f"  at rip {_where(target, exc.rip, pid)}, ring {exc.cpl}, in {who}",
+             f"  instruction: {text}"]
+    if exc.vector == Vector.GP:
+        mnemonic = text.split(" ", 1)[0]
+        why = exc.reason or (f"{mnemonic} needs ring 0" if mnemonic in PRIVILEGED
+                             else f"error code {exc.error_code:#x}")
+        lines.append(f"  why: {why}")
+    if exc.access and exc.address is not None:
+        lines.append(f"  access: {_a(exc.access)} of {exc.address:#x}")
+    if exc.vector == Vector.PF and exc.address is not None:
+        lines += _indent(_walk_section(target, exc.address, exc.access or "read", exc.cpl,
+                                       pid, exc.walk, exc.reason, exc.error_code))
+    image = target.image_at(exc.rip, pid)
+    if image is not None:
+        lines.append(f"  image: {image.name} ({target.symbolize(exc.rip, pid)})")
+    lines += _indent(_stack(target, None))
+    if exc.cpl == 3:
+        first = "MmAccessFault may resolve the page fault (demand zero, a page-in, a guard " \
+            "page); otherwise t" if exc.vector == Vector.PF else "T"
+        lines.append(f"  next: {first}he exception goes to the process's handler, and "
+                     "without one the process ends. Other processes go on.")
+    else:
+        lines.append("  next: a fault in kernel mode cannot be contained: a bug check stops "
+                     "the whole machine (unless it is a page-in the kernel may wait for).")
+    return "\n".join(lines)
+
+
+def _param_text(target: Target, kind: str, value: int) -> str:
+    if kind in ("addr", "rip"):
+        return _where(target, value, None)
+    if kind == "irql":
+        return f"{value} ({IRQL_NAMES.get(value, 'DIRQL')})"
+    if kind == "status":
+        return fmt.status(value)
+    if kind == "vector":
+        try:
+            return f"{value} (#{Vector(value).name})"
+        except ValueError:
+            return str(value)
+    if kind == "pte":
+        return f"{value:#018x} ({walkview.flag_names(value) or 'not present'})"
+    if kind == "acc50":
+        return f"{value:#x} ({_PF50_ACCESS.get(value, '?')})"
+    if kind == "accd1":
+        return f"{value:#x} ({_AV_ACCESS.get(value, '?')})"
+    return f"{value:#x}"
+
+
+def _bugcheck_walk(bc: Any) -> tuple[int, str] | None:
+    """(address, access) of the memory a stop code is about, if it is one."""
+    p = tuple(bc.params) + (0, 0, 0, 0)
+    if bc.code == 0x50:
+        return p[0], {2: "write", 0x10: "fetch"}.get(p[1], "read")
+    if bc.code in (0x0A, 0xD1):
+        return p[0], {1: "write", 8: "fetch"}.get(p[2], "read")
+    if bc.code == 0xBE:
+        return p[0], "write"
+    if bc.code == 0xFC:
+        return p[0], "fetch"
+    return None
+
+
+def _user_address_lines(target: Target, va: int) -> list[str]:
+    """A user address means something in one address space only: say whose was current
+    and which processes map ``va``."""
+    pid = target.current_pid()
+    now = "the system's (no process)" if pid is None else \
+        f'that of process {pid} "{target.process(pid).name}"'
+    lines = [f"{va:#x} is a user address: it names memory in one process's address space "
+             f"only, and the address space loaded was {now}"]
+    for p in target.processes():
+        if not p.has_space:
+            continue
+        try:
+            pa = target.translate(va, p.pid)
+            lines.append(f'  in process {p.pid} "{p.name}" it maps physical {pa:#x}')
+        except TargetError:
+            lines.append(f'  in process {p.pid} "{p.name}" it is not mapped')
+    return lines
+
+
+def bugcheck_text(target: Target, bc: Any) -> str:
+    """A bug check: the stop code and each parameter explained, the faulting instruction,
+    the walk of the address it is about, the responsible driver and the stack."""
+    meaning, kinds, names = BUGCHECKS.get(bc.code, ("", ("value",) * 4, ("",) * 4))
+    name = _STOP_NAMES.get(bc.code, bc.name)
+    lines = [f"bug check {bc.code:#x} {name}" + (f": {meaning}" if meaning else "")]
+    for i, value in enumerate(tuple(bc.params)[:4]):
+        if kinds[i] == "none" and not value:
+            explained = "0"
+        else:
+            explained = _param_text(target, kinds[i], value)
+        lines.append(f"  parameter {i + 1}  {explained:<44} {names[i]}".rstrip())
+    if bc.rip is not None:
+        lines.append(f"  rip {_where(target, bc.rip, None)}, ring 0, IRQL {bc.irql}: "
+                     f"{bc.instruction or '??'}")
+    if bc.detail:
+        lines.append(f"  the executive says: {bc.detail}")
+    lines.append(f"  process: {bc.process or 'System (no process)'}")
+    if bc.driver:
+        lines.append(f"  responsible driver: {bc.driver} ({bc.location})")
+    about = _bugcheck_walk(bc)
+    if about is not None:
+        lines += _indent(_walk_section(target, about[0], about[1], 0, None))
+        if about[0] < layout.USER_SPACE_END:
+            lines += _indent(_user_address_lines(target, about[0]))
+    if bc.code in (0x0A, 0xD1):
+        lines.append("  at DISPATCH_LEVEL the faulting code cannot wait for the pagefile or "
+                     "a zeroed frame: whatever the PTE says, this access is fatal")
+    lines += _indent(_stack(target, None))
+    if bc.code == BugCheckCode.MANUALLY_INITIATED_CRASH:
+        lines.append("  nothing went wrong by accident: the driver asked for this stop")
+    return "\n".join(lines)
+
+
+def process_exception_text(target: Target, pid: int, info: ExceptionInfo) -> str:
+    """The exception record that ended a process, and the hardware fault behind it."""
+    proc = target.process(pid)
+    what = fmt.status(info.code)
+    lines = [f'process {pid} "{proc.name}" was ended by {what}'
+             + (f": {_STATUS_WORDS[info.code]}" if info.code in _STATUS_WORDS else ""),
+             f"  at rip {_where(target, info.rip, pid)}, ring 3: {info.instruction}"]
+    if info.access is not None and info.address is not None:
+        lines.append(f"  access: {_a(info.access)} of {info.address:#x}")
+    if info.detail:
+        lines.append(f"  the hardware: {info.detail}")
+    if info.params:
+        words = [f"[0] = {info.params[0]} ({_AV_ACCESS.get(info.params[0], '?')})"]
+        words += [f"[{i}] = {v:#x}" for i, v in enumerate(info.params[1:], 1)]
+        lines.append("  ExceptionInformation: " + ", ".join(words))
+    if info.code == NTSTATUS.STATUS_ACCESS_VIOLATION and info.address is not None and \
+            info.address != (1 << 64) - 1 and info.detail.startswith("#PF"):
+        access = {"execute": "fetch"}.get(info.access or "read", info.access or "read")
+        if info.address >= layout.KERNEL_SPACE_START or proc.has_space:
+            lines += _indent(_walk_section(target, info.address, access, 3, pid))
+        else:
+            lines.append("  the page walk cannot be redone: the process's address space "
+                         "is gone")
+    image = target.image_at(info.rip, pid)
+    if image is not None:
+        lines.append(f"  image: {image.name} ({target.symbolize(info.rip, pid)})")
+    lines.append("  no handler in the process took it, so the process ended; the others "
+                 "went on (a ring-3 fault stops only its own process)")
+    return "\n".join(lines)

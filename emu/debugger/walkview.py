@@ -1,0 +1,228 @@
+"""``walk VA``: the 4-level page walk explained, level by level (Intel SDM Vol. 3A §4.5-§4.7).
+
+The walk itself is emu.hw.mmu.walk (its steps, its Translation or its PageFault); this
+module only puts it in words: the index bits of the address, each entry's address, value
+and flags, the rights accumulated so far, and where it ends: a physical address, or the
+entry and bit that fault for this access at this ring, with the error code it pushes. A
+not-present PTE is read as the memory manager reads it (emu.nt.mm.softpte): demand zero,
+a pagefile slot, or a frame in transition.
+"""
+
+from __future__ import annotations
+
+from emu.debugger.records import RegionRecord, TargetError
+from emu.debugger.targetbase import Target
+from emu.hw import mmu
+from emu.hw.mmu import PTE, PFErr, WalkStep
+from emu.nt import layout
+from emu.nt.mm import softpte
+from emu.nt.mm.softpte import PteState
+
+# What each level's entry points to, and the span of addresses one entry covers.
+_NEXT = {4: "PDPT", 3: "PD", 2: "PT", 1: "frame"}
+_SPAN = {4: "512 GiB", 3: "1 GiB", 2: "2 MiB", 1: "4 KiB"}
+_FLAG_ORDER = (PTE.P, PTE.RW, PTE.US, PTE.PWT, PTE.PCD, PTE.A, PTE.D, PTE.PS, PTE.G, PTE.NX)
+_ERROR_BITS = ((PFErr.P, "P", "protection violation", "not present"),
+               (PFErr.W, "W/R", "write", "read"),
+               (PFErr.U, "U/S", "user mode", "supervisor mode"),
+               (PFErr.RSVD, "RSVD", "reserved bit set", "no reserved bit"),
+               (PFErr.ID, "I/D", "instruction fetch", "data access"))
+_PROTECT_WORDS = {0x01: "PAGE_NOACCESS", 0x02: "PAGE_READONLY", 0x04: "PAGE_READWRITE",
+                  0x08: "PAGE_WRITECOPY", 0x10: "PAGE_EXECUTE", 0x20: "PAGE_EXECUTE_READ",
+                  0x40: "PAGE_EXECUTE_READWRITE", 0x80: "PAGE_EXECUTE_WRITECOPY"}
+
+
+def flag_names(value: int) -> str:
+    """The set flag bits of an entry, in bit order: ``P RW US A D NX``."""
+    return " ".join(f.name for f in _FLAG_ORDER if value & f)
+
+
+def protect_name(protect: int) -> str:
+    """``PAGE_READWRITE``, ``PAGE_READWRITE|PAGE_GUARD`` for a winnt.h protection."""
+    base = _PROTECT_WORDS.get(protect & 0xFF, f"{protect & 0xFF:#x}")
+    return base + ("|PAGE_GUARD" if protect & 0x100 else "")
+
+
+def error_code_text(code: int) -> str:
+    """``0x5 = P=1 (protection violation) W/R=0 (read) U/S=1 (user mode)`` (SDM Figure 4-12)."""
+    parts = [f"{name}={int(bool(code & bit))} ({yes if code & bit else no})"
+             for bit, name, yes, no in _ERROR_BITS[:3]]
+    parts += [f"{name}=1 ({yes})" for bit, name, yes, _ in _ERROR_BITS[3:] if code & bit]
+    return f"{int(code):#x} = " + " ".join(parts)
+
+
+def index_line(va: int) -> str:
+    """The VA split into its table indices and page offset (SDM Figure 4-8)."""
+    return (f"  VA {va:#x} = PML4 {va >> 39 & 0x1FF} | PDPT {va >> 30 & 0x1FF} | "
+            f"PD {va >> 21 & 0x1FF} | PT {va >> 12 & 0x1FF} | offset {va & 0xFFF:#05x}"
+            f"    (bits 47:39 | 38:30 | 29:21 | 20:12 | 11:0)")
+
+
+def _rights(steps: tuple[WalkStep, ...], nxe: bool) -> str:
+    """What the entries so far allow: R, W if every RW=1, U if every US=1, X unless NX."""
+    rw = all(s.value & PTE.RW for s in steps)
+    us = all(s.value & PTE.US for s in steps)
+    nx = nxe and any(s.value & PTE.NX for s in steps)
+    return " ".join(("R", "W" if rw else "-", "U" if us else "S", "-" if nx else "X"))
+
+
+def step_lines(steps: tuple[WalkStep, ...], nxe: bool = True) -> list[str]:
+    """One line per entry the walk read: address, value, flags, what it points to, rights."""
+    lines = []
+    for i, step in enumerate(steps):
+        head = f"  {step.name:<5} [{step.entry_address:#x}] = {step.value:#018x}"
+        if not step.value & PTE.P:
+            lines.append(f"{head}  not present (P=0)")
+            continue
+        large = step.level in (3, 2) and step.value & PTE.PS
+        target = f"{_SPAN[step.level]} page at {step.frame:#x}" if large else \
+            f"{_NEXT[step.level]} at {step.frame:#x}"
+        lines.append(f"{head}  {flag_names(step.value):<16} -> {target:<22} "
+                     f"rights so far: {_rights(steps[:i + 1], nxe)}")
+    return lines
+
+
+def _where(target: Target, pid: int | None, cr3: int) -> tuple[str, int | None]:
+    """('process 4 "notepad"', pid) or the system address space; without ``pid``, the
+    owner of the ``cr3`` the walk uses."""
+    pid = target.owner_of(cr3) if pid is None else pid
+    if pid is None:
+        return "the system address space", None
+    return f'process {pid} "{target.process(pid).name}"', pid
+
+
+def default_ring(target: Target, pid: int | None) -> int:
+    """The ring a walk is explained for by default: the CPL of ``pid``'s registers."""
+    try:
+        return target.cpl(pid)
+    except TargetError:
+        return target.cpl()
+
+
+def walk_text(target: Target, va: int, pid: int | None = None, access: str = "read",
+              cpl: int | None = None) -> str:
+    """The explained walk of ``va`` for ``access`` at ring ``cpl`` in ``pid``'s tables."""
+    ring = default_ring(target, pid) if cpl is None else cpl
+    cr3 = target.cr3_for(va, pid)
+    where, owner = _where(target, pid, cr3)
+    regs = target.registers()
+    lines = [f"walk {va:#x} in {where} (CR3 {cr3:#x}), {access} at ring {ring}",
+             index_line(va)]
+    try:
+        tr = target.walk(va, pid, access, ring, rflags=regs["rflags"])
+    except mmu.GeneralProtection:
+        lines.append(f"  #GP(0): {va:#x} is not canonical: bits 63..47 must all equal "
+                     "bit 47. No walk happens and CR2 is not written.")
+        return "\n".join(lines)
+    except mmu.PageFault as fault:
+        nxe = bool(regs["efer"] & mmu.EFER.NXE)
+        lines += step_lines(fault.steps, nxe)
+        lines += fault_lines(target, fault, access, ring, owner)
+        return "\n".join(lines)
+    nxe = bool(regs["efer"] & mmu.EFER.NXE)
+    lines += step_lines(tr.steps, nxe)
+    size = {4096: "4 KiB", 2 << 20: "2 MiB", 1 << 30: "1 GiB"}[tr.page_size]
+    lines.append(f"  physical address {tr.pa:#x} ({size} page at "
+                 f"{tr.pa & ~(tr.page_size - 1):#x} + offset {va & (tr.page_size - 1):#x})")
+    granted = " ".join(("R" if tr.readable else "-", "W" if tr.writable else "-",
+                        "X" if tr.executable else "-"))
+    lines.append(f"  a ring-{ring} {access} is allowed: this mode may {granted} here")
+    return "\n".join(lines)
+
+
+def fault_lines(target: Target | None, fault: mmu.PageFault, access: str, ring: int,
+                pid: int | None) -> list[str]:
+    """The entry and bit that fault, in words, the error code, and for a not-present
+    entry what the memory manager would make of it."""
+    step = next((s for s in fault.steps if s.level == fault.level), fault.steps[-1])
+    code = fault.error_code
+    if code & PFErr.RSVD:
+        why = (f"{fault.reason}: the entry is malformed, whatever the access "
+               "(RSVD=1 in the error code)")
+    elif not code & PFErr.P:
+        why = (f"the {step.name} (level {step.level}) is not present (P=0): no translation "
+               f"for the {_SPAN[step.level]} of addresses it covers")
+    else:
+        why = _protection_words(fault.reason, step, access, ring)
+    lines = [f"  #PF: {why}", f"  error code {error_code_text(code)}"]
+    if not code & (PFErr.P | PFErr.RSVD):
+        lines += _not_present_lines(target, fault.address, step, pid)
+    return lines
+
+
+def _protection_words(reason: str, step: WalkStep, access: str, ring: int) -> str:
+    """The protection rule that denies, in words (SDM Vol. 3A §4.6)."""
+    if reason.startswith("U/S=0"):
+        return f"{step.name}.US = 0: a ring-3 access to a supervisor page"
+    if reason.startswith("NX=1"):
+        return (f"{step.name}.NX = 1: an instruction fetch from a no-execute page "
+                "(EFER.NXE = 1)")
+    if reason.startswith("R/W=0"):
+        wp = "; CR0.WP = 1 makes R/W = 0 bind ring 0 too" if ring < 3 else ""
+        return f"{step.name}.RW = 0: a write to a read-only page{wp}"
+    if reason.startswith("SMEP"):
+        return ("CR4.SMEP = 1: ring 0 may not fetch instructions from a user page "
+                "(U/S = 1 at every level)")
+    if reason.startswith("SMAP"):
+        return ("CR4.SMAP = 1 and RFLAGS.AC = 0: ring 0 may not read or write a user page "
+                "(U/S = 1 at every level)")
+    return reason
+
+
+def _not_present_lines(target: Target | None, va: int, step: WalkStep,
+                       pid: int | None) -> list[str]:
+    """What the not-present entry's software bits and the VADs say about ``va``."""
+    lines = []
+    if step.level == 1 and step.value:
+        decoded = softpte.decode(step.value)
+        lines.append(f"  the PTE's software bits: {decoded.describe()}: "
+                     f"{_SOFT_MEANING[decoded.state]}")
+        return lines
+    if va >= layout.KERNEL_SPACE_START:
+        lines.append("  a kernel address with no mapping: at ring 0 this is bug check 0x50 "
+                     "(PAGE_FAULT_IN_NONPAGED_AREA); ring 3 gets an access violation")
+        return lines
+    if target is None or pid is None:
+        return lines
+    lines.append("  " + vad_verdict(target.regions(pid), va))
+    return lines
+
+
+_SOFT_MEANING = {
+    PteState.DEMAND_ZERO: "MmAccessFault gives the page a zeroed frame and the access runs "
+                          "again",
+    PteState.PAGEFILE: "MmAccessFault reads the page back from the pagefile (a hard fault)",
+    PteState.TRANSITION: "the frame still holds the page (standby or modified list); "
+                         "MmAccessFault puts it back (a soft fault, no I/O)",
+    PteState.ZERO: "the VAD decides",
+    PteState.VALID: "",
+}
+
+
+def find_region(regions: list[RegionRecord] | None, va: int) -> RegionRecord | None:
+    """The VAD run holding ``va``."""
+    for r in regions or ():
+        if r.base <= va < r.end:
+            return r
+    return None
+
+
+def vad_verdict(regions: list[RegionRecord] | None, va: int) -> str:
+    """What MmAccessFault decides for a user address with no valid PTE, from the VADs."""
+    if regions is None:
+        return "the VADs of this process are not recorded"
+    r = find_region(regions, va)
+    if r is None:
+        return "the VADs say: free (in no allocation): an access violation"
+    if r.state == "reserve":
+        return (f"the VADs say: reserved, not committed ({r.type}, allocated at "
+                f"{r.allocation_base:#x}): an access violation")
+    prot = protect_name(r.protect)
+    if r.protect & 0x100:
+        return (f"the VADs say: committed {prot}: the first touch raises "
+                "STATUS_GUARD_PAGE_VIOLATION" + (" (a stack: it grows one page)"
+                                                 if r.stack else ""))
+    if r.protect & 0xFF == 0x01:
+        return f"the VADs say: committed {prot}: every access is an access violation"
+    return (f"the VADs say: committed {prot} ({r.type}): a demand-zero page; MmAccessFault "
+            "gives it a zeroed frame on first touch")
