@@ -207,6 +207,9 @@ class Session:
     def _attach(self) -> None:
         ex = self.executive
         ex.debugger = self
+        console = ex._console
+        if console is not None:   # going back re-executes: its output was shown already
+            ex._console = lambda proc, data: self._replay is None and console(proc, data)
         ex.events.subscribe(self._on_event)
         ex.set_budget(ex.scheduler.quantum)      # count from the first instruction (drivers)
         self._install_hooks()
@@ -350,7 +353,10 @@ class Session:
         if self._replay is not None or self._detached:
             return
         if self.executive._running:
-            self._pending = stop
+            if self._pending is not None:        # e.g. a system call's entry and return
+                self._pending.description += "; " + stop.description
+            else:
+                self._pending = stop
             self.executive.cpu.native.stop_soon()
         else:
             self._pause(stop)
@@ -741,7 +747,9 @@ class Session:
             if isinstance(cp, Catchpoint) and cp.enabled:
                 text = _catch_text(cp, event, details, self)
                 if text is not None:
-                    cp.hits += 1
+                    pending = self._pending
+                    if pending is None or pending.number != cp.number:
+                        cp.hits += 1           # (a system call's return joins its entry)
                     self._stop_soon(Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
                                          number=cp.number, exception=details.get("exc")))
                     return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import cmd
 import difflib
+import inspect
 import sys
 from typing import TextIO
 
@@ -66,9 +67,17 @@ class Shell(StateCommands, cmd.Cmd):
         self.failures += 1
         self.stdout.write(f"error: {text}\n")
 
+    RUN_COMMANDS = frozenset({"stepi", "si", "nexti", "ni", "finish", "continue", "c", "until",
+                              "reverse-stepi", "rsi", "reverse-continue", "rc", "kill",
+                              "quit", "q", "gdbserver"})
+
     def run_command(self, line: str) -> str:
-        """Run one command and return what it printed (for gdb's ``monitor``)."""
+        """Run one state command and return what it printed (gdb's ``monitor``: gdb keeps
+        control of running, so run-control commands are refused)."""
         import io
+        word = line.split()[0] if line.split() else ""
+        if word in self.RUN_COMMANDS:
+            return f"error: '{word}' runs the machine: use gdb's own command for that\n"
         saved, self.stdout = self.stdout, io.StringIO()
         try:
             self.onecmd(line)
@@ -80,6 +89,8 @@ class Shell(StateCommands, cmd.Cmd):
 
     @property
     def prompt(self) -> str:   # type: ignore[override]
+        if self.session is not None and self.session.ended:
+            return "(emu ended) "
         try:
             pid = self.target.current_pid()
             rip = self.target.register("rip")
@@ -145,10 +156,35 @@ class Shell(StateCommands, cmd.Cmd):
             self.error(str(err))
             return False
 
+    def parseline(self, line: str):
+        """As cmd.Cmd, with ``reverse-stepi`` naming do_reverse_stepi."""
+        command, arg, line = super().parseline(line)
+        if command:
+            command = command.replace("-", "_")
+        return command, arg, line
+
+    def do_help(self, arg: str) -> None:
+        """help [COMMAND]: list the commands, or explain one."""
+        name = arg.strip().replace("-", "_")
+        if not name:
+            super().do_help("")
+            return
+        method = getattr(self, f"do_{name}", None)
+        if method is None or not method.__doc__:
+            self.default(arg)
+            return
+        self.message(inspect.cleandoc(method.__doc__))
+
+    def print_topics(self, header: str, cmds, cmdlen: int, maxcol: int) -> None:
+        """``help``'s lists, with commands spelled as typed (reverse-stepi)."""
+        shown = [c.replace("_", "-") for c in cmds if c != "EOF"]
+        super().print_topics(header, shown, cmdlen, maxcol)
+
     def default(self, line: str) -> None:
         """An unknown command: say so, and suggest the nearest one."""
         word = line.split()[0]
-        names = sorted({n[3:] for n in self.get_names() if n.startswith("do_")})
+        names = sorted({n[3:].replace("_", "-") for n in self.get_names()
+                        if n.startswith("do_") and n != "do_EOF"})
         near = difflib.get_close_matches(word, names, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else " (try 'help')"
         self.error(f"unknown command '{word}'{hint}")
@@ -408,8 +444,12 @@ class Shell(StateCommands, cmd.Cmd):
         host, _, port = arg.strip().rpartition(":")
         if not port.isdigit():
             raise SessionError("gdbserver needs a port, e.g. gdbserver 1234")
-        resumed = gdbstub.attach(self._live(), host or "127.0.0.1", int(port),
-                                 runner=self.run_command, log=self.stdout)
+        try:
+            resumed = gdbstub.attach(self._live(), host or "127.0.0.1", int(port),
+                                     runner=self.run_command, log=self.stdout,
+                                     stop=self.stop_info)
+        except gdbstub.GdbServerError as err:
+            raise SessionError(str(err)) from None
         if resumed:
             self.resumed = True
 

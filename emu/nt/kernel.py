@@ -454,22 +454,24 @@ class Executive:
         for device in self.cpu.devices:
             if device.due(self.clock) and device.vector in self.interrupts:
                 isr, context, obj = self.interrupts[device.vector]
+                self.irql = DEVICE_IRQL
                 self.events.emit(Event.INTERRUPT, vector=device.vector, isr=isr, thread=thread)
                 self._at_irql(DEVICE_IRQL, isr, (obj, context), thread)
                 while self.dpc_queue:
                     routine, args = self.dpc_queue.pop(0)
+                    self.irql = DISPATCH_LEVEL
                     self.events.emit(Event.DPC, routine=routine, thread=thread)
                     self._at_irql(DISPATCH_LEVEL, routine, args, thread)
 
     def _at_irql(self, irql: int, routine: int, args: tuple[int, ...],
                  thread: Thread | None) -> None:
+        # A bug check raised inside leaves the IRQL as it was: the stopped machine (its dump,
+        # the debugger) shows the level the fault happened at.
         self.irql = irql
-        try:
-            self.call_kernel(routine, *args,
-                             space=thread.process.space if thread else self.mm.system,
-                             stack_top=thread.kernel_stack_top if thread else KERNEL_STACK_TOP)
-        finally:
-            self.irql = PASSIVE_LEVEL
+        self.call_kernel(routine, *args,
+                         space=thread.process.space if thread else self.mm.system,
+                         stack_top=thread.kernel_stack_top if thread else KERNEL_STACK_TOP)
+        self.irql = PASSIVE_LEVEL
         self.events.emit(Event.KERNEL_CALL_DONE, routine=routine, thread=thread)
 
     def _set_rsp0(self, top: int) -> None:

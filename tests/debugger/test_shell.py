@@ -1,0 +1,178 @@
+"""`emu debug` as a user drives it: batch scripts through the real command line, their
+transcripts, the run-control and breakpoint commands, bad input, post mortem."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = ROOT / "guest" / "build" / "apps"
+DRIVERS = ROOT / "guest" / "build" / "drivers"
+
+
+def debug(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``emu debug ARGS`` with ``script`` on standard input (batch mode)."""
+    return subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def lines(out: str) -> list[str]:
+    return out.splitlines()
+
+
+def test_batch_transcript_of_steps_and_breakpoints():
+    r = debug("stepi 3\nbreak NtWriteConsole\ninfo breakpoints\ncontinue\nposition\n",
+              str(APPS / "hello"))
+    assert r.returncode == 0, r.stderr
+    assert lines(r.stdout)[:9] == [
+        'process 4 "hello" stopped at its entry point hello!_start, ring 3',
+        '=> 0x401059 <hello!_start>: xor ebp, ebp   [pid 4 "hello", ring 3]',
+        "(emu pid 4 ring 3 0x401059) stepi 3",
+        '=> 0x401064 <hello!_start+0xb>: lea rdx, [rsi + rdi*8 + 8]   [pid 4 "hello", ring 3]',
+        "(emu pid 4 ring 3 0x401064) break NtWriteConsole",
+        "Breakpoint 1 at 0x40208d <hello!NtWriteConsole>",
+        "(emu pid 4 ring 3 0x401064) info breakpoints",
+        "Num  Type        Enb Hits What",
+        "1    breakpoint  y   0    0x40208d <hello!NtWriteConsole>",
+    ]
+    assert "Breakpoint 1, hello!NtWriteConsole" in r.stdout
+    assert "(emu pid 4 ring 3 0x40208d) position\n518 instructions since boot" in r.stdout
+
+
+def test_the_same_script_gives_the_same_output():
+    script = "break main\nc\nni\nni\nsi 40\nrsi 20\nregs\nc\n"
+    first = debug(script, str(APPS / "hello"), "x")
+    second = debug(script, str(APPS / "hello"), "x")
+    assert first.returncode == 0 and first.stdout == second.stdout
+
+
+def test_guest_output_is_not_repeated_when_going_back():
+    r = debug("break NtWriteConsole\nc\nc\nrc\nrc\nc\nc\nc\n", str(APPS / "hello"), "a")
+    assert r.stdout.count("Hello, world!") == 2      # once before going back, once after
+    assert r.stdout.count("argv[1] = a") == 1
+
+
+def test_unknown_command_suggests_the_nearest_and_fails_the_batch():
+    r = debug("stpei\nbreak nosuchsymbol\nx/4gx 0xffff900000000000\n", str(APPS / "hello"))
+    assert r.returncode == 1
+    assert "error: unknown command 'stpei' (did you mean 'stepi'?)" in r.stdout
+    assert "error: no symbol 'nosuchsymbol'" in r.stdout
+    errors = [line for line in lines(r.stdout) if line.startswith("error:")]
+    assert len(errors) == 3 and "not present" in errors[2]
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_help_lists_and_explains_commands():
+    r = debug("help\nhelp break\nhelp walk\n", str(APPS / "hello"))
+    assert r.returncode == 0
+    assert "stepi" in r.stdout and "reverse-continue" in r.stdout and "walk" in r.stdout
+    assert "break LOCATION [pid N] [if COND]" in r.stdout
+
+
+def test_watch_and_catch_commands():
+    r = debug("watch $rsp-8\ncatch syscall NtWriteConsole\nc\nc\ninfo breakpoints\n",
+              str(APPS / "hello"))
+    out = r.stdout
+    assert "Watchpoint 1: write of 0x7ffffffdff78..0x7ffffffdff7f in process 4" in out
+    assert "Catchpoint 2 (syscall 1)" in out
+    assert "Watchpoint 1: 8-byte write of 0x7ffffffdff78 (value 0x401072)" in out
+    assert "Catchpoint 2 (system call NtWriteConsole(" in out
+    assert "catchpoint  y   1" in out
+
+
+def test_conditional_breakpoint_in_the_shell():
+    r = debug("break main if rdi == 3\nc\nregs\n", str(APPS / "hello"), "a", "b")
+    assert "Breakpoint 1, hello!main" in r.stdout
+    assert "rdi 0x0000000000000003" in r.stdout
+    r = debug("break main if rdi == 9\nc\n", str(APPS / "hello"), "a", "b")
+    assert "Breakpoint 1" not in r.stdout.split("(emu")[-1]
+
+
+def test_stop_at_driver_entry_and_step_in_ring_0():
+    r = debug("si\nc\n", "--stop-at-driver", "--driver", str(DRIVERS / "hello.sys"),
+              str(APPS / "hello"))
+    assert r.returncode == 0, r.stderr
+    assert "stopped before DriverEntry at hello.sys!DriverEntry, ring 0" in r.stdout
+    assert "[kernel, ring 0]" in r.stdout
+
+
+def test_run_control_after_the_end_is_refused_but_going_back_works():
+    r = debug("c\nposition\nsi\nrsi 3\nposition\n", str(APPS / "hello"))
+    assert "the machine has stopped: every process has ended" in r.stdout
+    assert "error: the machine has ended" in r.stdout
+    ended, back = [int(part.split()[-1])
+                   for part in r.stdout.split(" instructions since boot")[:2]]
+    assert ended > 500 and back == ended - 3
+
+
+def test_bugcheck_stop_then_analyze_and_dump_round_trip(tmp_path):
+    r = debug("c\nanalyze\n", "--driver", str(DRIVERS / "crash.sys"), str(APPS / "hello"))
+    assert "the system stopped: bug check 0x50 PAGE_FAULT_IN_NONPAGED_AREA" in r.stdout
+    out = tmp_path / "crash.dmp"
+    run = subprocess.run([sys.executable, "-m", "emu", "run", "--dump", str(out), "--driver",
+                          str(DRIVERS / "crash.sys"), str(APPS / "hello")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 126
+    post = debug("regs\nlm\nanalyze\n", "--dump", str(out))
+    assert post.returncode == 0, post.stdout
+    assert post.stdout.startswith(f"crash dump {out}: bug check 0x50")
+    assert "crash.sys" in post.stdout
+
+
+def test_bad_command_lines():
+    for args, expect in [(["--dump", "/nonexistent.dmp"], "/nonexistent.dmp"),
+                         ([str(APPS / "nosuchapp")], "nosuchapp"),
+                         ([], "missing APP"),
+                         (["-x", "/nonexistent.gdb", str(APPS / "hello")], "cannot read")]:
+        r = debug("", *args)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
+
+
+def test_script_file_with_x(tmp_path):
+    script = tmp_path / "s.gdb"
+    script.write_text("# comments are skipped\nsi 2\nposition\n")
+    r = subprocess.run([sys.executable, "-m", "emu", "debug", "-x", str(script),
+                        str(APPS / "hello")], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and "3 instructions since boot" in r.stdout
+    assert "comments" not in r.stdout
+
+
+def test_ctrl_c_pauses_a_running_guest():
+    """SIGINT while the guest runs: a stop at the next instruction boundary, then commands
+    go on (the script waits on a pipe until the signal has been sent)."""
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", str(APPS / "loop")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        proc.stdin.write("continue\n")
+        proc.stdin.flush()
+        time.sleep(1.5)
+        os.kill(proc.pid, signal.SIGINT)
+        proc.stdin.write("position\nkill\n")
+        proc.stdin.close()
+        out = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert "interrupted (Ctrl-C)" in out
+    assert "loop!main" in out.split("interrupted (Ctrl-C)")[1]
+
+
+@pytest.mark.parametrize("command", ["stepi", "continue", "quit"])
+def test_monitor_refuses_run_control(command):
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+    from emu.machine import Machine
+    m = Machine("64M")
+    try:
+        out = Shell(LiveTarget(m)).run_command(command)
+    finally:
+        m.close()
+    assert out.startswith(f"error: '{command}' runs the machine")
