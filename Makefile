@@ -1,5 +1,6 @@
 # One Makefile for setup, guests, tests, benchmarks.
-#   make run          set up, build the guests, run the demo
+#   make run          set up, build the guests, run the tour (docs/tour.md)
+#   make demo         set up, build the guests, run demo.sh (the raw emu run commands)
 #   make test         set up, build the guests, run the whole suite
 #   make conformance  the full differential matrix against QEMU's page walker
 #   make bench        speed figures as ratios against plain Unicorn
@@ -11,7 +12,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := emu/hw/_native.so
 
-.PHONY: all setup guests native bytecode run test lint conformance bench fuzz soak clean
+.PHONY: all setup guests native bytecode run demo test lint conformance bench fuzz soak clean
 
 FUZZ_SCALE   ?= 20
 FUZZ_SEED    ?= $(shell date +%s)
@@ -41,6 +42,9 @@ $(NATIVE): emu/hw/native.c
 	$(CC) -O2 -shared -fPIC -Wall -Werror -o $@ $<
 
 run: all
+	@$(VENV)/bin/emu scenario run --all
+
+demo: all
 	@./demo.sh
 
 test: all

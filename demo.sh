@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo `make run` shows: each command printed, then run, then its exit status.
+# The demo `make demo` shows: each command printed, then run, then its exit status
+# (`make run` plays the tour instead: docs/tour.md).
 # A = the guest apps, D = the guest drivers (built by make).
 set -u
 EMU=${EMU:-.venv/bin/emu}

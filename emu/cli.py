@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "process in the same machine (as many as you like)")
     from emu.debugger import cli as debug_cli
     debug_cli.add_parser(sub, UsageError, _size, _count)
+    from emu.scenarios import cli as scenario_cli
+    scenario_cli.add_parser(sub)
     return parser
 
 
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             from emu.debugger import cli as debug_cli
             apps = split_commands([args.app, *args.args]) if args.app else []
             return debug_cli.run(args, apps, UsageError)
+        if args.command == "scenario":
+            from emu.scenarios import cli as scenario_cli
+            return scenario_cli.run(args)
         return _run(args)
     except UsageError as err:
         print(f"emu: error: {err}", file=sys.stderr)
@@ -194,7 +199,7 @@ def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | Non
             from emu.viz.addrmap import MapRecorder  # only when asked: keeps start-up quick
             recorder = MapRecorder(machine)
         with _ctrl_c_stops(machine):
-            result = machine.run()
+            result = _run_under_gdb(args.gdb, machine) if args.gdb else machine.run()
     finally:
         sys.stdout.flush()
         if trace is not None and trace is not sys.stderr:
@@ -212,6 +217,20 @@ def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | Non
     if recorder is not None:
         _write_map(args.map_svg, recorder)
     return _summarize(proc, result)
+
+
+def _run_under_gdb(address: str, machine: Machine) -> MachineResult:
+    """``--gdb``: wait for stock gdb, then run the machine under it (emu.debugger.gdbstub)."""
+    from emu.debugger import gdbstub
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+
+    shell = Shell(LiveTarget(machine))          # gdb's `monitor CMD` runs its commands
+    try:
+        host, port = gdbstub.parse_address(address)
+        return gdbstub.serve(machine, host, port, log=sys.stderr, runner=shell.run_command)
+    except gdbstub.GdbServerError as err:
+        raise UsageError(str(err)) from None
 
 
 def split_commands(words: list[str]) -> list[tuple[str, list[str]]]:

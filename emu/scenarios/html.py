@@ -1,0 +1,98 @@
+"""The picture page of a scenario: one self-contained HTML file, SVG inline, no script.
+
+For each act: the address-space diagram (emu.viz.addrmap: virtual pages of each process ->
+physical frames, one colour per process), the driver images when the act shows them, the
+kernel half every PML4 shares (emu.scenarios.pictures), and the timeline
+(emu.scenarios.timeline). Then the checks and the narration. Nothing is fetched from the
+network; a browser opened on the file from disk shows everything.
+
+    page(result)          -> the HTML of one scenario
+    index(results, names) -> a page linking the scenarios' pages, with their verdicts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from emu.scenarios.pictures import render_kernel_svg
+from emu.scenarios.stage import ActRecord, ScenarioResult, failures
+from emu.scenarios.timeline import render_timeline
+from emu.viz.addrmap import render_svg
+
+STYLE = """
+body { font-family: sans-serif; margin: 24px; color: #222222; max-width: 1280px; }
+h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; } h3 { font-size: 15px; }
+blockquote { border-left: 4px solid #1f5fa8; margin: 12px 0; padding: 4px 12px;
+             background: #f4f7fb; }
+pre { background: #f6f6f6; padding: 12px; overflow-x: auto; font-size: 12px; }
+.held { color: #1e8449; } .failed { color: #c0392b; font-weight: bold; }
+.figure { overflow-x: auto; border: 1px solid #dddddd; margin: 8px 0 16px 0; }
+li { margin: 6px 0; } .observed { color: #555555; font-size: 13px; }
+"""
+
+
+def _svg_inline(svg: str) -> str:
+    """An SVG document without its XML declaration, ready to sit in HTML."""
+    return svg[svg.index("<svg"):] if "<svg" in svg else ""
+
+
+def _figure(heading: str, svg: str) -> list[str]:
+    return [f"<h3>{escape(heading)}</h3>", f'<div class="figure">{svg}</div>'] if svg else []
+
+
+def act_html(act: ActRecord, number: int) -> list[str]:
+    """The pictures of one act."""
+    colour_of = {lane.ident: lane.colour for lane in act.lanes}
+    parts = [f'<section class="act"><h2>Act {number}: {escape(act.title)}</h2>']
+    drawn = [pm for pm in act.maps if pm.pages or pm.regions]
+    if act.focus and drawn:
+        parts += _figure("Address spaces: virtual pages -> physical frames",
+                         _svg_inline(render_svg(drawn, focus=act.focus)))
+    if act.kernel_map is not None and act.kernel_map.pages:
+        parts += _figure("Driver images in the shared kernel half",
+                         _svg_inline(render_svg([act.kernel_map])))
+    parts += _figure("The kernel half", render_kernel_svg(act.halves, colour_of))
+    parts += _figure("Timeline", render_timeline(act.marks, act.lanes,
+                                                 f"Act {number}: {act.title}"))
+    if act.text:
+        parts.append(f"<pre>{escape(act.text)}</pre>")
+    parts.append("</section>")
+    return parts
+
+
+def page(result: ScenarioResult) -> str:
+    """The whole page of one played scenario."""
+    sc = result.scenario
+    verdict = ('<p class="held">The claim holds.</p>' if result.ok else
+               '<p class="failed">FAILED: ' + escape("; ".join(failures(result))) + "</p>")
+    checks = "".join(
+        f'<li class="{"held" if c.held else "failed"}">{"held" if c.held else "FAILED"}: '
+        f'{escape(c.claim)}<br/><span class="observed">{escape(c.observed)}</span></li>'
+        for c in result.checks)
+    body = [f"<h1>{escape(sc.name)}</h1>", f"<p>{escape(sc.title)}</p>",
+            f"<blockquote>{escape(sc.claim)}</blockquote>",
+            f"<p>Guest sources: {escape(', '.join(sc.sources))}</p>", verdict,
+            f"<h2>Checks, from the machine's state</h2><ul>{checks}</ul>"]
+    for i, act in enumerate(result.acts, 1):
+        body += act_html(act, i)
+    body.append("<h2>Narration</h2><pre>" + escape("\n".join(result.lines)) + "</pre>")
+    return _document(f"emu tour: {sc.name}", body)
+
+
+def index(results: Sequence[ScenarioResult], files: Sequence[str]) -> str:
+    """A page listing the scenarios played, their verdicts, links to their pages."""
+    rows = "".join(
+        f'<li><a href="{escape(f)}">{escape(r.scenario.name)}</a>: '
+        f"{escape(r.scenario.title)} "
+        f'<span class="{"held" if r.ok else "failed"}">({"holds" if r.ok else "FAILED"})'
+        f"</span></li>" for r, f in zip(results, files, strict=True))
+    return _document("emu tour", ["<h1>The tour: the seed's claims on a live machine</h1>",
+                                  f"<ul>{rows}</ul>"])
+
+
+def _document(title: str, body: list[str]) -> str:
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en">', "<head>",
+                      '<meta charset="utf-8"/>', f"<title>{escape(title)}</title>",
+                      f"<style>{STYLE}</style>", "</head>", "<body>", *body, "</body>",
+                      "</html>", ""])
