@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
+from emu.debugger.snapshots import SnapshotRing
 from emu.machine import Machine
 
 EXIT_COMMAND_FAILED = 1
@@ -46,6 +47,11 @@ def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None
     p.add_argument("--smap", action="store_true", help="turn on CR4.SMAP")
     p.add_argument("--no-pagefile", action="store_true", help="no pagefile")
     p.add_argument("--pagefile-size", type=size_type, metavar="SIZE", help="pagefile size")
+    p.add_argument("--snapshots", type=int, default=8, metavar="N",
+                   help="how many snapshots (forked copies of the emulator) to keep for "
+                   "going back; 0: go back by re-executing from boot (default 8)")
+    p.add_argument("--snapshot-interval", type=count_type, default=5_000_000, metavar="N",
+                   help="instructions between two snapshots (default 5000000)")
     p.add_argument("app", metavar="APP", nargs="?", help="path of the guest executable")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="its arguments; `-- APP2 ARGS...` starts another process")
@@ -106,9 +112,14 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
         machine = build()
     except (LoaderError, ValueError, LimitError) as err:
         raise usage_error(str(err)) from None
+    if args.snapshots < 0:
+        raise usage_error("--snapshots must not be negative")
+    ring = SnapshotRing(args.snapshot_interval, args.snapshots) if args.snapshots else None
     shell = Shell(None, stdin=stdin, batch=batch)   # type: ignore[arg-type]
     session = Session(machine, shell.on_stop, factory=build,
-                      stop_at_driver=args.stop_at_driver)
+                      stop_at_driver=args.stop_at_driver, snapshots=ring,
+                      front_end_state=(shell.save_state, shell.load_state),
+                      on_resume=lambda: _watch_ctrl_c(session))
     shell.session = session
     shell.target = session.target
     try:
@@ -119,7 +130,10 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
     finally:
         sys.stdout.flush()
         session.close()
-    return EXIT_COMMAND_FAILED if batch and shell.failures else 0
+    status = EXIT_COMMAND_FAILED if batch and shell.failures else 0
+    if ring is not None:
+        ring.finish(status)      # a resumed snapshot: the emulator that waits exits with this
+    return status
 
 
 def _command_source(args, usage_error) -> tuple[TextIO | None, bool]:
@@ -141,16 +155,21 @@ def _ctrl_c_pauses(session):
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    _watch_ctrl_c(session)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
+
+def _watch_ctrl_c(session) -> None:
+    """Start the thread that turns SIGINT (blocked in the main thread) into a pause. A
+    resumed snapshot starts it again: threads do not survive a fork."""
     def watch() -> None:
         while signal.sigwait({signal.SIGINT}) == signal.SIGINT:
             session.interrupt()
 
     threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _echo(_proc, data: bytes) -> None:

@@ -51,6 +51,7 @@ from emu.nt.events import Event
 from emu.nt.process import ProcessState
 
 if TYPE_CHECKING:
+    from emu.debugger.snapshots import SnapshotRing
     from emu.machine import Machine, MachineResult
 
 
@@ -158,8 +159,9 @@ class _Replay:
 
     target: int
     stop: Stop | None = None       # None: a STEP stop made at the target
-    record: bool = False           # reverse-continue's first pass: note hits, stop nowhere
+    record: bool = False           # reverse-continue's search: note hits, stop nowhere
     hits: list[tuple[int, Stop]] = field(default_factory=list)
+    origin: int = 0                # where this re-execution began (a snapshot, or boot)
 
 
 OnStop = Callable[[Stop], bool]
@@ -170,8 +172,17 @@ class Session:
 
     def __init__(self, machine: Machine, on_stop: OnStop, *,
                  factory: Callable[[], Machine] | None = None,
-                 stop_at_driver: bool = False) -> None:
+                 stop_at_driver: bool = False, snapshots: SnapshotRing | None = None,
+                 front_end_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
+                 on_resume: Callable[[], None] | None = None) -> None:
+        """``factory`` makes the same machine again (going back); ``snapshots`` forks sleeping
+        copies of the emulator on the way (emu.debugger.snapshots); ``front_end_state``
+        (get, set) carries the front end's own state into a resumed snapshot, and
+        ``on_resume`` runs there once it has taken over."""
         self.machine = machine
+        self.snapshots = snapshots
+        self.front_end_state = front_end_state
+        self.on_resume = on_resume
         self.on_stop = on_stop
         self.factory = factory
         self.stop_at_driver = stop_at_driver
@@ -236,24 +247,18 @@ class Session:
         while True:
             try:
                 result = self.machine.run()
-            except _Rewind:
-                self._rebuild()
-                continue
-            self.result = result
-            self.ended = True
-            if self._replay is not None and self._replay.record:
-                self._rewind_to = self._last_hit(self._replay)
-                self._rebuild()
-                continue
-            self._replay = None                 # history ended at the target: stop here
-            final = self._final_stop(result)
-            try:
-                self._pause(final)
+                self.result = result
+                self.ended = True
+                if self._replay is not None and self._replay.record:
+                    self._rewind_to = self._last_hit(self._replay)   # searched to the end
+                    self._replay = None
+                    self._go_back()
+                self._replay = None             # history ended at the target: stop here
+                self._pause(self._final_stop(result))
+                return result
             except _Rewind:
                 self.ended = False
                 self._rebuild()
-                continue
-            return result
 
     def _final_stop(self, result: MachineResult) -> Stop:
         if result.bugcheck is not None:
@@ -282,6 +287,9 @@ class Session:
         """The executive's budget ``n``, cut at the end of a step or replay."""
         if self._deadline is not None:
             n = min(n, max(0, self._deadline - self.position))
+        ring = self.snapshots
+        if ring is not None and ring.keep and not self._detached:
+            n = min(n, max(0, ring.next_at - self.position))
         return n
 
     def before_run(self, begin: int | None) -> None:
@@ -289,6 +297,11 @@ class Session:
         Returns None: the run starts at RIP (set to ``begin`` first)."""
         if begin is not None:
             self.executive.cpu.set_reg("rip", begin)
+        ring = self.snapshots
+        if ring is not None and not self._detached and ring.due(self.position):
+            message = ring.take(self.position, self.machine.pagefile)
+            if message is not None:
+                self._restore(message)       # this is a snapshot, resumed: carry on from here
         stop = self._due_stop()
         if stop is not None:
             self._pause(stop)
@@ -334,7 +347,7 @@ class Session:
             self._remove_hooks()
             self._deadline = None
         if self._rewind_to is not None:
-            raise _Rewind()
+            self._go_back()
         ex = self.executive
         self._skip = (ex.cpu.rip, self.position)
         if not self.ended and ex._budget_end is not None:
@@ -443,6 +456,48 @@ class Session:
         self._resumed = True
         self._rewind_to = _Replay(self.position, record=True)
 
+    def _go_back(self) -> None:
+        """Leave this position for an earlier one: resume the newest snapshot before it (this
+        emulator then only waits), or rebuild the machine from boot."""
+        replay = self._rewind_to
+        ring = self.snapshots
+        snapshot = ring.best(replay.target) if ring is not None else None
+        if snapshot is not None:
+            replay.origin = snapshot.position
+            self._rewind_to = None
+            ring.resume(snapshot, self._handover(replay))
+        if ring is not None:
+            ring.forget_all()
+        raise _Rewind()
+
+    def _handover(self, replay: _Replay) -> dict[str, Any]:
+        """What a resumed snapshot needs to carry on this session."""
+        return {"replay": replay, "breakpoints": self.breakpoints,
+                "next_number": self._next_number,
+                "front_end": self.front_end_state[0]() if self.front_end_state else None}
+
+    def _restore(self, message: dict[str, Any]) -> None:
+        """In a resumed snapshot: take over the session where the other emulator left it."""
+        replay = message["replay"]
+        self.breakpoints = message["breakpoints"]
+        self._next_number = message["next_number"]
+        self._internal = []
+        self._pending = None
+        self._skip = None
+        self._interrupt.clear()
+        self._rewind_to = None
+        self.ended = False
+        self._replay = replay
+        self._deadline = replay.target
+        self._install_hooks()
+        if self.front_end_state is not None:
+            self.front_end_state[1](message["front_end"])
+        if self.on_resume is not None:
+            self.on_resume()
+        ex = self.executive
+        if ex._budget_end is not None:
+            ex.set_budget(max(0, ex._budget_end - self.position))    # clip to the target
+
     def _need_factory(self) -> None:
         if self.factory is None:
             raise SessionError("going back needs the machine's recipe (use emu debug)")
@@ -465,18 +520,22 @@ class Session:
         self._internal = []
         self._replay = replay
         self._deadline = replay.target
+        replay.origin = 0
         self._attach()
 
     def _end_record(self) -> None:
-        """Reverse-continue's first pass reached the present: go again, to the last hit."""
+        """Reverse-continue's search reached its end: go to the last hit it saw."""
         self._rewind_to = self._last_hit(self._replay)
-        raise _Rewind()
+        self._replay = None
+        self._go_back()
 
     @staticmethod
     def _last_hit(replay: _Replay) -> _Replay:
         hits = [h for h in replay.hits if h[0] < replay.target]
         if hits:
             return _Replay(*hits[-1])
+        if replay.origin > 0:            # nothing since that snapshot: search before it
+            return _Replay(replay.origin, record=True)
         return _Replay(0, Stop(StopReason.HISTORY_START, "no breakpoint or watchpoint was "
                                "hit before this point: at the start of history (boot)"))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import cmd
 import difflib
 import inspect
+import os
 import sys
 from typing import TextIO
 
@@ -133,13 +134,37 @@ class Shell(StateCommands, cmd.Cmd):
             except KeyboardInterrupt:
                 self.stdout.write("^C\n")
                 return ""
-        line = self.stdin.readline()
-        if not line:
+        line = self._next_input_line()
+        if line is None:
             return None
-        line = line.rstrip("\r\n")
         if self.batch and line.strip() and not line.lstrip().startswith("#"):
             self.stdout.write(f"{self.prompt}{line}\n")
         return line
+
+    def _next_input_line(self) -> str | None:
+        """One line of input, read byte by byte from the file descriptor when there is one:
+        nothing is read ahead, so a resumed snapshot (a forked copy of this process, which
+        shares the descriptor) goes on at the right line."""
+        try:
+            fd = self.stdin.fileno()
+        except (AttributeError, OSError, ValueError):
+            line = self.stdin.readline()
+            return line.rstrip("\r\n") if line else None
+        data = bytearray()
+        while (byte := os.read(fd, 1)) not in (b"", b"\n"):
+            data += byte
+        if not data and byte == b"":
+            return None
+        return data.decode("utf-8", "replace").rstrip("\r")
+
+    def save_state(self) -> dict:
+        """What a resumed snapshot needs of this shell (see emu.debugger.snapshots)."""
+        return {"failures": self.failures, "lastcmd": self.lastcmd}
+
+    def load_state(self, state: dict) -> None:
+        """Take over the state of the shell that handed the session on."""
+        self.failures = state["failures"]
+        self.lastcmd = state["lastcmd"]
 
     def emptyline(self) -> bool:
         """An empty line repeats the last command at a terminal, as in gdb."""
@@ -411,10 +436,14 @@ class Shell(StateCommands, cmd.Cmd):
             self._live().set_enabled(int(n, 0), False)
 
     def do_info(self, arg: str) -> None:
-        """info breakpoints | registers | gdt | tss | cr: breakpoints, or see the state commands."""
+        """info breakpoints | snapshots | registers | gdt | tss | cr: what the debugger holds
+        (breakpoints, the snapshots kept for going back), or the machine's state."""
         word = arg.split()[0] if arg.split() else ""
         if word and "breakpoints".startswith(word) or word in ("watchpoints", "b"):
             self._info_breakpoints()
+            return
+        if word and "snapshots".startswith(word) and len(word) > 1:
+            self._info_snapshots()
             return
         super().do_info(arg)
 
@@ -431,6 +460,19 @@ class Shell(StateCommands, cmd.Cmd):
                 kind = "tbreakpoint"
             lines.append(f"{n:<4} {kind:<11} {'y' if bp.enabled else 'n':<3} {bp.hits:<4} "
                          f"{self._describe_bp(bp)}")
+        self.message("\n".join(lines))
+
+    def _info_snapshots(self) -> None:
+        ring = self._live().snapshots
+        if ring is None:
+            self.message("No snapshots: going back re-executes from boot (--snapshots 0).")
+            return
+        lines = [f"{len(ring.snapshots)} of at most {ring.keep} snapshots, one every "
+                 f"{ring.interval} instructions (older positions: re-executed from boot)"]
+        for snap in ring.snapshots:
+            kib = snap.private_kib()
+            memory = f"{kib} KiB of its own" if kib is not None else "memory unknown"
+            lines.append(f"  at position {snap.position:<12} {memory}")
         self.message("\n".join(lines))
 
     def do_position(self, arg: str) -> None:

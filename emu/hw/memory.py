@@ -41,7 +41,9 @@ class PhysicalMemory:
             raise ValueError(f"RAM size must be a positive multiple of 4 KiB, not {size}")
         self.size = size
         self.frames = size // PAGE_SIZE
-        self.buffer = mmap.mmap(-1, size)
+        # Private, not shared: a forked copy of the emulator (a debugger's snapshot) must
+        # keep the RAM it had, copy-on-write.
+        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._view = memoryview(self.buffer)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
 

@@ -176,3 +176,43 @@ def test_monitor_refuses_run_control(command):
     finally:
         m.close()
     assert out.startswith(f"error: '{command}' runs the machine")
+
+
+STATE = "regs\nx/8gx $rsp\nx/64gx 0x403000\nxp/512gx 0x55000\n"
+
+
+def after_commands(out: str, marker: str) -> str:
+    """The transcript from the command ``marker`` on, prompts dropped."""
+    text = out[out.index(f") {marker}\n"):]
+    return "\n".join(line.split(") ", 1)[-1] for line in text.splitlines())
+
+
+def test_going_back_through_a_snapshot_gives_the_same_state():
+    """Forward to 301, versus forward to 1,501 then back 1,200 through a snapshot (forked
+    every 100 instructions): the same registers, stack, console buffer (hello's .data, which
+    the printf in between rewrote) and physical page, to the byte."""
+    app = [str(APPS / "hello"), "a", "b"]
+    plain = debug("si 300\nposition\n" + STATE, "--snapshots", "0", *app)
+    back = debug("si 1500\nrsi 1200\ninfo snapshots\nposition\n" + STATE,
+                 "--snapshot-interval", "100", "--snapshots", "20", *app)
+    assert plain.returncode == back.returncode == 0, back.stdout
+    assert "301 instructions since boot" in plain.stdout
+    assert "snapshots, one every 100 instructions" in back.stdout
+    assert after_commands(plain.stdout, "position") == after_commands(back.stdout, "position")
+
+
+def test_reverse_continue_across_snapshots_and_boot():
+    script = "break NtWriteConsole\nc\nc\nc\nrc\nposition\nrc\nposition\nrc\nposition\n"
+    app = [str(APPS / "hello"), "a", "b"]
+    with_snapshots = debug(script, "--snapshot-interval", "300", *app)
+    without = debug(script, "--snapshots", "0", *app)
+    assert with_snapshots.stdout == without.stdout
+    positions = [int(p.split()[-1]) for p in
+                 with_snapshots.stdout.split(" instructions since boot")[:-1]]
+    assert positions == [1245, 518, 0]
+
+
+def test_exit_status_comes_back_from_a_resumed_snapshot():
+    r = debug("si 2000\nrsi 1500\nnosuchcommand\n", "--snapshot-interval", "100",
+              str(APPS / "hello"), "a")
+    assert r.returncode == 1 and "unknown command 'nosuchcommand'" in r.stdout

@@ -110,6 +110,19 @@ class Pagefile:
         self.reads += 1
         return data.ljust(PAGE_SIZE, b"\0")
 
+    def take_private_copy(self) -> None:
+        """Go on in a new temporary file holding the same slots (a forked snapshot of the
+        machine must not share its pagefile with the machine that runs on)."""
+        used = set(range(1, self.slots)) - set(self._free)
+        old = self._file
+        self.path, self._file = _temporary_file()
+        self.temporary = True
+        self._file.truncate(self.size)
+        for slot in sorted(used):
+            data = os.pread(old.fileno(), PAGE_SIZE, slot * PAGE_SIZE)
+            os.pwrite(self._file.fileno(), data, slot * PAGE_SIZE)
+        old.close()
+
     def close(self) -> None:
         """Close the file; a temporary pagefile is deleted."""
         if self._file.closed:
