@@ -357,12 +357,13 @@ class Cpu:
             return self.reg(name)
         return self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}"))
 
-    def read_code(self, va: int, n: int = 16) -> bytes:
-        """Read up to ``n`` instruction bytes at ``va`` through the page tables (no A/D update)."""
+    def read_code(self, va: int, n: int = 16, cpl: int = 0) -> bytes:
+        """Read up to ``n`` instruction bytes at ``va`` through the page tables (no A/D
+        update), as code at ``cpl`` may read them."""
         out = bytearray()
         while len(out) < n:
             try:
-                pa = self.walk(va + len(out), "read", cpl=0).pa
+                pa = self.walk(va + len(out), "read", cpl=cpl).pa
             except (mmu.PageFault, mmu.GeneralProtection):
                 break
             chunk = min(n - len(out), 0x1000 - (pa & 0xFFF))
@@ -374,9 +375,10 @@ class Cpu:
         """32 in compatibility mode (a 32-bit code segment), else 64."""
         return 32 if self.reg("cs") in CODE32_SELECTORS else 64
 
-    def decode_at(self, va: int):
-        """The instruction at ``va`` (Capstone, in the CPU's current mode), or None."""
-        code = self.read_code(va)
+    def decode_at(self, va: int, cpl: int = 0):
+        """The instruction at ``va`` (Capstone, in the CPU's current mode) as code at ``cpl``
+        may read it, or None."""
+        code = self.read_code(va, cpl=cpl)
         return decode(code, va, self.code_bits) if code else None
 
     # -- hooks -----------------------------------------------------------------------------

@@ -519,7 +519,7 @@ class Executive:
     def _handle_exception(self, thread: Thread, exc: CpuException) -> None:
         proc = thread.process
         self.events.emit(Event.EXCEPTION, exc=exc, thread=thread)
-        insn = self.describe_instruction(exc.rip)
+        insn = self.describe_instruction(exc.rip, exc.cpl)
         if exc.cpl != 3:
             raise self._bugcheck(exc, insn)
         resolution = virtual.access_fault(self, proc, exc) if exc.vector == Vector.PF else None
@@ -637,10 +637,13 @@ class Executive:
             rbp = saved
         return frames
 
-    def describe_instruction(self, rip: int) -> str:
-        """``mnemonic operands`` of the instruction at ``rip`` in the current address space."""
-        insn = self.cpu.decode_at(rip)
+    def describe_instruction(self, rip: int, cpl: int = 0) -> str:
+        """``mnemonic operands`` of the instruction at ``rip`` in the current address space,
+        as code at ``cpl`` may read it: a ring-3 fault never shows the kernel's bytes."""
+        insn = self.cpu.decode_at(rip, cpl)
         if insn is None:
+            if cpl == 3 and self.cpu.decode_at(rip) is not None:
+                return "(not readable at ring 3)"
             return "(bad)"
         return f"{insn.mnemonic} {insn.op_str}".strip()
 
@@ -809,7 +812,10 @@ class Executive:
             cpu.set_reg("rax", result & mask)
         else:
             result = None
-        self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=result)
+        if thread.kernel_work is not None:      # the service goes on in a driver: report its
+            self._report_when_done(thread, number)     # status when that part returns
+        else:
+            self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=result)
         if thread.state is not ThreadState.RUNNING:
             cpu.stop()                   # blocked, yielded or ended: the dispatcher decides
         elif self._full_speed and self.scheduler.ready:
@@ -817,6 +823,15 @@ class Executive:
             # nothing counting: stop so that preemption starts.
             self._reschedule = True
             cpu.stop()
+
+    def _report_when_done(self, thread: Thread, number: int) -> None:
+        work = thread.kernel_work
+
+        def then_report() -> int | None:
+            status = work()
+            self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=status)
+            return status
+        thread.kernel_work = then_report
 
     def console_write(self, proc: Process, data: bytes) -> None:
         """The console device: bytes a process wrote, in order."""

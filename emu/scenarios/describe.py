@@ -109,7 +109,8 @@ def exception(info: ExceptionInfo) -> str:
     text = status_name(info.code)
     if info.access is not None and info.address is not None:
         text += f" {ACCESS_WORD[info.access]} {addr(info.address, ticks=True)}"
-    return f"{text} at rip {addr(info.rip)} ({info.instruction})"
+    insn = info.instruction if info.instruction.startswith("(") else f"({info.instruction})"
+    return f"{text} at rip {addr(info.rip)} {insn}"
 
 
 def symbol(ex: Executive, address: int) -> str:
