@@ -16,6 +16,8 @@
     paging slowdown: pattern over 16 MiB in 2 MiB of RAM vs in 64 MiB (information)
     replacement policies: faults of the machine's clock, and of clock, FIFO and Belady's
               optimal replayed offline on the recorded reference string (bench/paging.py)
+    debugger  single steps per second, reverse-stepi latency, snapshot memory
+              (bench/debugger.py)
 
 Each figure is the median of several runs. Exit status 0 even when a target is
 missed (timing depends on the machine); the table says which.
@@ -30,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import paging
+from bench import debugger, paging
 from bench.plain import run_flat, run_qemu_walker
 from emu import Machine
 
@@ -177,10 +179,16 @@ def main() -> int:
     rows.append(("paging slowdown (16 MiB in 2 MiB vs 64 MiB)", small / large, "info", True,
                  f"2 MiB {small:.3f}s, 64 MiB {large:.3f}s"))
 
+    for name, figure, unit, detail in debugger.rows(max(1, n // 2)):
+        rows.append((name, figure, "info", True, detail, unit))
+
     width = max(len(r[0]) for r in rows)
-    for name, ratio, target, ok, detail in rows:
+    for name, ratio, target, ok, detail, *unit in rows:
         verdict = "ok" if ok else "MISSED"
-        figure = f"{ratio:9.2f}x" if target != "info" or ratio < 100 else f"{ratio:9.0f}/s"
+        if unit:
+            figure = f"{ratio:9.1f}{unit[0]}"
+        else:
+            figure = f"{ratio:9.2f}x" if target != "info" or ratio < 100 else f"{ratio:9.0f}/s"
         print(f"{name:<{width}}  {figure}  target {target:<8} {verdict:<6}  {detail}")
     print("\nreplacement policies (faults; lower is better):")
     for workload, figures in paging.policy_rows():

@@ -1,0 +1,101 @@
+"""The debugger's figures for ``make bench``, each measured through ``emu debug`` in batch
+mode as a user would run it (a script on standard input):
+
+    steps per second      N lines of `stepi` on the `loop` guest, less the same run with none
+    reverse-stepi latency `rsi 1` after 1,000,000 instructions, less the run without it:
+                          through a snapshot (the default ring) and from boot (--snapshots 0)
+    snapshot memory       the private memory of each snapshot kept (`info snapshots`, from
+                          /proc/PID/smaps_rollup), one every 1,000,000 instructions
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOP = str(ROOT / "guest" / "build" / "apps" / "loop")
+
+
+class Debugger:
+    """A running ``emu debug`` of the `loop` guest, fed commands on a pipe; ``timed`` says
+    how long a command took, from sending it to the answer of the `position` after it."""
+
+    def __init__(self, *options: str) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "emu", "debug", *options, LOOP, "100000000"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+
+    def timed(self, commands: str) -> tuple[float, str]:
+        t = time.perf_counter()
+        self.proc.stdin.write(commands + "position\n")
+        self.proc.stdin.flush()
+        out = []
+        while not (line := self.proc.stdout.readline()).endswith(" instructions since boot\n"):
+            if not line:
+                raise SystemExit("bench: emu debug ended early:\n" + "".join(out[-20:]))
+            out.append(line)
+        return time.perf_counter() - t, "".join(out)
+
+    def close(self) -> None:
+        self.proc.stdin.write("kill\n")
+        self.proc.stdin.close()
+        self.proc.stdout.read()
+        self.proc.wait(timeout=120)
+
+
+def steps_per_second(repeat: int, steps: int = 2000) -> tuple[float, float]:
+    d = Debugger()
+    try:
+        d.timed("")
+        elapsed = statistics.median(d.timed("si\n" * steps)[0] for _ in range(repeat))
+    finally:
+        d.close()
+    return steps / elapsed, elapsed
+
+
+def reverse_latency(repeat: int, *options: str) -> float:
+    """Seconds of ``rsi 1`` at 1,000,001 instructions (and the `position` after it)."""
+    times = []
+    for _ in range(repeat):
+        d = Debugger(*options)
+        try:
+            d.timed("si 1000000\n")
+            times.append(d.timed("rsi 1\n")[0])
+        finally:
+            d.close()
+    return statistics.median(times)
+
+
+def snapshot_memory() -> list[int]:
+    """KiB of its own for each snapshot after 8,000,000 instructions, one per 1,000,000."""
+    d = Debugger("--snapshot-interval", "1000000")
+    try:
+        _, out = d.timed("si 8000000\ninfo snapshots\n")
+    finally:
+        d.close()
+    return [int(k) for k in re.findall(r"(\d+) KiB of its own", out)]
+
+
+def rows(repeat: int) -> list[tuple[str, float, str, str]]:
+    """(name, figure, unit, detail) rows for the bench table."""
+    rate, extra = steps_per_second(repeat)
+    through_snapshot = reverse_latency(repeat, "--snapshot-interval", "500000")
+    from_boot = reverse_latency(repeat, "--snapshots", "0")
+    kib = snapshot_memory()
+    total = sum(kib)
+    return [
+        ("debugger: single steps (batch)", rate, "/s", f"2000 steps in {extra:.3f}s"),
+        ("debugger: reverse-stepi after 1M insns, snapshot", through_snapshot * 1000, "ms",
+         "resumes the newest snapshot (one every 500,000) and re-executes from it"),
+        ("debugger: reverse-stepi after 1M insns, from boot", from_boot * 1000, "ms",
+         "--snapshots 0: a new machine re-executes 1M instructions"),
+        ("debugger: snapshot ring memory", total / 1024, "MiB",
+         f"{len(kib)} snapshots, {statistics.mean(kib) if kib else 0:.0f} KiB each on average"),
+    ]
