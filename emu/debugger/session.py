@@ -44,6 +44,8 @@ from unicorn import (
     UC_MEM_WRITE,
 )
 
+from emu.debugger import catch
+from emu.debugger.expr import ExprError, evaluate
 from emu.debugger.target import LiveTarget
 from emu.hw import mmu
 from emu.nt import layout
@@ -122,6 +124,8 @@ class Breakpoint:
     hits: int = 0
     internal: bool = False         # made by next/finish/until: not listed, not numbered
     guard: Callable[[], bool] | None = None    # extra test for internal breakpoints
+    start: bool = False            # the session's first stop (START)
+    condition_error: str | None = None         # why the condition failed at this arrival
 
 
 @dataclass
@@ -200,7 +204,8 @@ class Session:
         self._skip: tuple[int, int] | None = None   # (rip, position) of the instruction resumed
         self._detached = False
         self._resumed = False
-        self._replay: _Replay | None = None
+        self._replay: _Replay | None = None          # re-executing to an earlier position
+        self._rewind_to: _Replay | None = None       # going back, once the front end returns
         self._last_stop: Stop | None = None
         self._attach()
 
@@ -238,9 +243,7 @@ class Session:
         else:
             self._pending = Stop(StopReason.START, "stopped before the first instruction")
             return
-        bp = Breakpoint(0, entry, pid, temporary=True, internal=True)
-        bp.start = True    # type: ignore[attr-defined]
-        self._add_internal(bp)
+        self._add_internal(Breakpoint(0, entry, pid, temporary=True, internal=True, start=True))
 
     def run(self) -> MachineResult:
         """Run the machine to its end, calling the front end at every stop."""
@@ -352,8 +355,6 @@ class Session:
         self._skip = (ex.cpu.rip, self.position)
         if not self.ended and ex._budget_end is not None:
             ex.set_budget(max(0, ex._budget_end - self.position))   # clipped to a new step
-
-    _rewind_to: _Replay | None = None
 
     def interrupt(self) -> None:
         """Stop at the next instruction boundary (Ctrl-C); safe from any thread."""
@@ -550,12 +551,10 @@ class Session:
                        condition: str | None = None, temporary: bool = False) -> int:
         """A breakpoint before the instruction at ``address``; returns its number."""
         if condition is not None:
-            from emu.debugger.expr import ExprError, evaluate
-            try:
-                evaluate(condition, self.target)
+            try:                             # evaluated at each arrival; its syntax now
+                evaluate(condition, _SyntaxOnly(self.target.register_names()))
             except ExprError as err:
-                if "parse" in str(err) or "unexpected" in str(err):
-                    raise SessionError(f"bad condition: {err}") from None
+                raise SessionError(f"bad condition: {err}") from None
         bp = Breakpoint(self._number(), address, pid, physical, condition, temporary)
         self.breakpoints[bp.number] = bp
         self._install_hooks()
@@ -714,11 +713,11 @@ class Session:
         if bp.guard is not None and not bp.guard():
             return False
         if bp.condition is not None:
-            from emu.debugger.expr import ExprError, evaluate
             try:
                 return bool(evaluate(bp.condition, self.target))
-            except ExprError:
-                return True              # a condition that cannot be evaluated stops
+            except ExprError as err:
+                bp.condition_error = str(err)
+                return True              # a condition that cannot be evaluated stops (gdb)
         return True
 
     def _breakpoint_hit(self, bp: Breakpoint, address: int, position: int) -> None:
@@ -730,15 +729,17 @@ class Session:
             return
         if bp.internal:
             self._internal.remove(bp)
-            if getattr(bp, "start", False):
+            if bp.start:
                 stop = Stop(StopReason.START, self._start_text(address), position=position)
             else:
                 stop = Stop(StopReason.STEP, "", position=position)
         else:
             bp.hits += 1
-            stop = Stop(StopReason.BREAKPOINT, f"Breakpoint {bp.number}, "
-                        f"{self.target.symbolize(address)}", number=bp.number,
-                        position=position)
+            text = f"Breakpoint {bp.number}, {self.target.symbolize(address)}"
+            if bp.condition_error:
+                text += f" (its condition could not be evaluated: {bp.condition_error})"
+                bp.condition_error = None
+            stop = Stop(StopReason.BREAKPOINT, text, number=bp.number, position=position)
             if bp.temporary:
                 del self.breakpoints[bp.number]
         self._pending = stop
@@ -804,7 +805,7 @@ class Session:
             return
         for cp in self.breakpoints.values():
             if isinstance(cp, Catchpoint) and cp.enabled:
-                text = _catch_text(cp, event, details, self)
+                text = catch.describe(cp, event, details, self)
                 if text is not None:
                     pending = self._pending
                     if pending is None or pending.number != cp.number:
@@ -821,12 +822,22 @@ class Session:
                 now += self._physical_ranges(wp)
         return now != self._watched
 
-    def live_processes(self) -> list:
-        """The processes not yet ended."""
-        return [p for p in self.executive.processes if p.state is not ProcessState.TERMINATED]
 
+class _SyntaxOnly:
+    """A stand-in target for checking an expression's syntax: every register, symbol and
+    memory word reads as 0."""
 
-def _catch_text(cp: Catchpoint, event: Event, d: dict[str, Any], s: Session) -> str | None:
-    """What the catchpoint saw, or None when this event is not for it."""
-    from emu.debugger import catch
-    return catch.describe(cp, event, d, s)
+    def __init__(self, registers: list[str]) -> None:
+        self._registers = registers
+
+    def register_names(self) -> list[str]:
+        return self._registers
+
+    def register(self, _name: str, _pid: int | None = None) -> int:
+        return 0
+
+    def resolve_symbol(self, _name: str, _pid: int | None = None) -> int:
+        return 0
+
+    def read_u64(self, _address: int, _pid: int | None = None) -> int:
+        return 0

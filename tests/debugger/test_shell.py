@@ -216,3 +216,9 @@ def test_exit_status_comes_back_from_a_resumed_snapshot():
     r = debug("si 2000\nrsi 1500\nnosuchcommand\n", "--snapshot-interval", "100",
               str(APPS / "hello"), "a")
     assert r.returncode == 1 and "unknown command 'nosuchcommand'" in r.stdout
+
+
+def test_a_condition_that_cannot_be_evaluated_stops_and_says_why():
+    r = debug("break main if [0] == 1\nbreak NtWriteConsole if rax ==\nc\n", str(APPS / "hello"))
+    assert "error: bad condition" in r.stdout
+    assert "Breakpoint 1, hello!main (its condition could not be evaluated: " in r.stdout
