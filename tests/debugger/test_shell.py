@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ROOT / "guest" / "build" / "apps"
-DRIVERS = ROOT / "guest" / "build" / "drivers"
+# Relative to ROOT, where every command runs: the app's path is its argv[0], on its stack,
+# so an absolute path would move the stack addresses the transcripts show with the clone.
+APPS = Path("guest") / "build" / "apps"
+DRIVERS = Path("guest") / "build" / "drivers"
 
 
 def debug(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -80,9 +82,9 @@ def test_watch_and_catch_commands():
     r = debug("watch $rsp-8\ncatch syscall NtWriteConsole\nc\nc\ninfo breakpoints\n",
               str(APPS / "hello"))
     out = r.stdout
-    assert "Watchpoint 1: write of 0x7ffffffdff78..0x7ffffffdff7f in process 4" in out
+    assert "Watchpoint 1: write of 0x7ffffffdff88..0x7ffffffdff8f in process 4" in out
     assert "Catchpoint 2 (syscall 1)" in out
-    assert "Watchpoint 1: 8-byte write of 0x7ffffffdff78 (value 0x401072)" in out
+    assert "Watchpoint 1: 8-byte write of 0x7ffffffdff88 (value 0x401072)" in out
     assert "Catchpoint 2 (system call NtWriteConsole(" in out
     assert "catchpoint  y   1" in out
 
