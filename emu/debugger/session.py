@@ -206,6 +206,7 @@ class Session:
         self._resumed = False
         self._replay: _Replay | None = None          # re-executing to an earlier position
         self._rewind_to: _Replay | None = None       # going back, once the front end returns
+        self._last_words = False         # a stop after the end, before the final one
         self._last_stop: Stop | None = None
         self._attach()
 
@@ -257,6 +258,11 @@ class Session:
                     self._replay = None
                     self._go_back()
                 self._replay = None             # history ended at the target: stop here
+                if self._pending is not None:   # an event of the very end (a CR3 load):
+                    stop, self._pending = self._pending, None   # going on shows the end
+                    self._last_words = True
+                    self._pause(stop)
+                    self._last_words = False
                 self._pause(self._final_stop(result))
                 return result
             except _Rewind:
@@ -361,24 +367,26 @@ class Session:
         self._interrupt.set()
         self.executive.cpu.native.stop_soon()
 
-    def _stop_soon(self, stop: Stop) -> None:
+    def _stop_soon(self, stop: Stop, *, next_instruction: bool = False) -> None:
         """Pause at the next boundary: now if the CPU is not running, else after this
-        instruction."""
+        instruction; with ``next_instruction``, before whatever the CPU runs next (an ISR's,
+        a DPC's or DriverEntry's first instruction)."""
         if self._replay is not None or self._detached:
             return
-        if self.executive._running:
+        if self.executive._running or next_instruction:
             if self._pending is not None:        # e.g. a system call's entry and return
                 self._pending.description += "; " + stop.description
             else:
                 self._pending = stop
-            self.executive.cpu.native.stop_soon()
+            if self.executive._running:
+                self.executive.cpu.native.stop_soon()
         else:
             self._pause(stop)
 
     # -- resuming -------------------------------------------------------------------------
 
     def _check_forward(self) -> None:
-        if self.ended:
+        if self.ended and not self._last_words:
             raise SessionError("the machine has ended: nothing to run (reverse-stepi and "
                                "reverse-continue still go back)")
         self._resumed = True
@@ -810,8 +818,9 @@ class Session:
                     pending = self._pending
                     if pending is None or pending.number != cp.number:
                         cp.hits += 1           # (a system call's return joins its entry)
-                    self._stop_soon(Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
-                                         number=cp.number, exception=details.get("exc")))
+                    stop = Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
+                                number=cp.number, exception=details.get("exc"))
+                    self._stop_soon(stop, next_instruction=event in _AT_NEXT_INSTRUCTION)
                     return
 
     def _watched_page_moved(self) -> bool:
@@ -821,6 +830,13 @@ class Session:
             if isinstance(wp, Watchpoint) and wp.enabled:
                 now += self._physical_ranges(wp)
         return now != self._watched
+
+
+# Events whose catchpoint stops before the next instruction the CPU runs (the ISR's, the
+# DPC's, DriverEntry's, the new address space's) rather than at once.
+_AT_NEXT_INSTRUCTION = frozenset({Event.INTERRUPT, Event.DPC, Event.DRIVER_LOAD,
+                                  Event.CR3_LOAD, Event.THREAD_DISPATCH,
+                                  Event.PROCESS_CREATE})
 
 
 class _SyntaxOnly:

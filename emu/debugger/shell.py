@@ -126,6 +126,7 @@ class Shell(StateCommands, cmd.Cmd):
 
     def _read_line(self) -> str | None:
         if self.use_rawinput:
+            self._setup_readline()
             try:
                 return input(self.prompt)
             except EOFError:
@@ -140,6 +141,25 @@ class Shell(StateCommands, cmd.Cmd):
         if self.batch and line.strip() and not line.lstrip().startswith("#"):
             self.stdout.write(f"{self.prompt}{line}\n")
         return line
+
+    def _setup_readline(self) -> None:
+        """History and tab completion at a terminal (once)."""
+        if getattr(self, "_readline_ready", False):
+            return
+        self._readline_ready = True
+        try:
+            import readline
+        except ImportError:          # no readline here: plain input, no completion
+            return
+        readline.set_completer(self.complete)
+        readline.set_completer_delims(" \t\n*=,[]()+")   # symbols keep ! and $ and .
+        readline.parse_and_bind(f"{self.completekey}: complete")
+
+    def completenames(self, text: str, *ignored) -> list[str]:
+        """Command names as typed (reverse-stepi), for the first word."""
+        names = {n[3:].replace("_", "-") for n in self.get_names()
+                 if n.startswith("do_") and n != "do_EOF"}
+        return sorted(n for n in names if n.startswith(text))
 
     def _next_input_line(self) -> str | None:
         """One line of input, read byte by byte from the file descriptor when there is one:
@@ -215,9 +235,11 @@ class Shell(StateCommands, cmd.Cmd):
         self.error(f"unknown command '{word}'{hint}")
 
     def completedefault(self, text: str, *_args) -> list[str]:
-        """Complete symbols and register names."""
+        """Complete symbols and register names (``$`` or ``*`` before them kept)."""
+        lead = text[:len(text) - len(text.lstrip("$*"))]
+        bare = text[len(lead):]
         words = [*self.target.symbol_names(), *self.target.register_names()]
-        return sorted({w for w in words if w.startswith(text)})
+        return sorted({lead + w for w in words if w.startswith(bare)})
 
     def report_stop(self, stop: Stop) -> None:
         """Say why and where the machine stopped."""

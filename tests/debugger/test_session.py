@@ -315,3 +315,32 @@ def test_resuming_an_ended_machine_is_refused():
     sc.actions.append(after_end)
     sc.run()
     assert errors and "the machine has ended" in errors[0]
+
+
+@pytest.mark.parametrize("kind, expect", [
+    (CatchKind.INTERRUPT, "interrupt vector 0x"),
+    (CatchKind.DPC, "DPC slowbuffered.sys!"),
+])
+def test_interrupt_and_dpc_catchpoints_stop_at_the_routine(kind, expect):
+    """The stop is before the ISR's (the DPC's) first instruction, at ring 0, in the address
+    space of whichever process was interrupted."""
+    build = recipe(("slowread", ["\\Device\\SlowBuffered"]), ("victim", []),
+                   drivers=("slowbuffered.sys",))
+    sc = Script(build, [lambda s: s.add_catchpoint(kind) and False, lambda s: s.cont()])
+    sc.run()
+    stop, rip, cpl, pid = next(x for x in sc.stops if x[0].reason is StopReason.CATCH)
+    assert expect in stop.description and cpl == 0 and pid == 12     # victim (its thread: 16)
+    routine = stop.description.split(" at " if kind is CatchKind.INTERRUPT else "DPC ")[-1]
+    assert sc.session.target.symbolize(rip) == routine.split(" in ")[0].rstrip(")")
+
+
+def test_catch_driver_load_and_process_create():
+    build = recipe(("spawner", ["hello"]), drivers=("hello.sys", "echo.sys"))
+    sc = Script(build, [lambda s: s.add_catchpoint(CatchKind.DRIVER_LOAD) and False,
+                        lambda s: s.add_catchpoint(CatchKind.PROCESS_CREATE) and False,
+                        lambda s: s.cont(), lambda s: s.cont()], stop_at_driver=True)
+    sc.run()
+    (load, rip, cpl, _), (create, *_) = [x for x in sc.stops if x[0].reason is StopReason.CATCH]
+    assert "driver echo.sys loaded at" in load.description and cpl == 0
+    assert sc.session.target.symbolize(rip) == "echo.sys!DriverEntry"
+    assert 'process 12 "hello" created' in create.description   # (8: spawner's thread)

@@ -224,3 +224,27 @@ def test_a_condition_that_cannot_be_evaluated_stops_and_says_why():
     r = debug("break main if [0] == 1\nbreak NtWriteConsole if rax ==\nc\n", str(APPS / "hello"))
     assert "error: bad condition" in r.stdout
     assert "Breakpoint 1, hello!main (its condition could not be evaluated: " in r.stdout
+
+
+def test_completion_of_commands_symbols_and_registers():
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+    from emu.machine import Machine
+    m = Machine("64M")
+    try:
+        m.spawn(ROOT / APPS / "hello", [])
+        sh = Shell(LiveTarget(m))
+        assert sh.completenames("reve") == ["reverse-continue", "reverse-stepi"]
+        assert "hello!main" in sh.completedefault("hello!ma")
+        assert "$rax" in sh.completedefault("$ra") and "*main" in sh.completedefault("*mai")
+    finally:
+        m.close()
+
+
+def test_enable_disable_delete():
+    r = debug("break NtWriteConsole\ntbreak main\ndisable 1\ninfo breakpoints\nc\nenable 1\n"
+              "delete 2\nc\ndelete\ninfo breakpoints\n", str(APPS / "hello"))
+    out = r.stdout
+    assert "1    breakpoint  n   0" in out and "2    tbreakpoint y   0" in out
+    assert out.index("Breakpoint 2, hello!main") < out.index("Breakpoint 1, hello!NtWriteConsole")
+    assert out.rstrip().endswith("No breakpoints, watchpoints or catchpoints.")
