@@ -15,13 +15,19 @@ from dataclasses import dataclass, field
 class BugCheckCode(enum.IntEnum):
     """Stop codes (bugcodes.h)."""
 
+    IRQL_NOT_GREATER_OR_EQUAL = 0x09
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
+    MEMORY_MANAGEMENT = 0x1A                 # emu.nt.mm.corruption: parameter 1 says what
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B
+    MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
+    PFN_LIST_CORRUPT = 0x4E                  # emu.nt.mm.pfn: parameter 1 says what
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
     UNEXPECTED_KERNEL_MODE_TRAP = 0x7F
     MACHINE_CHECK_EXCEPTION = 0x9C
     ATTEMPTED_WRITE_TO_READONLY_MEMORY = 0xBE
+    BAD_POOL_CALLER = 0xC2
+    DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
     DRIVER_IRQL_NOT_LESS_OR_EQUAL = 0xD1
     MANUALLY_INITIATED_CRASH = 0xE2
     ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emu.nt import layout
-from emu.nt.bugcheck import BugCheck
+from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.mm.address_space import Protection, leaf_flags
+from emu.nt.mm.pfn import PfnListCorrupt
 from emu.nt.ob import Event, ObjectType
 from emu.nt.pool import PoolType
 from emu.nt.status import NTSTATUS
@@ -359,6 +360,11 @@ class IoManager:
     def _lock_frame(self, pfn: int, access: str) -> None:
         """The page stays in RAM (its frame is the one the MDL names) until unlocked; a
         frame locked for write counts as modified, since a device may fill it."""
+        if pfn >= len(self.ex.mm.pfn.entries):     # a driver garbled the user's PTE
+            raise BugCheck(BugCheckCode.PFN_LIST_CORRUPT,
+                           (int(PfnListCorrupt.PTE_OR_PFN_CORRUPT), pfn, 0, 0),
+                           detail=f"MmProbeAndLockPages: a user PTE names frame {pfn:#x}, "
+                           "beyond RAM (a corrupted page table)")
         entry = self.ex.mm.pfn.entries[pfn]
         entry.locks += 1
         entry.modified |= access == "write"

@@ -16,9 +16,10 @@ only its process; a ring-0 one is a bug check.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,7 +262,15 @@ class Executive:
         while done < len(data):
             at = va + done
             n = min(len(data) - done, layout.PAGE_SIZE - (at & 0xFFF))
-            pfn = space.lookup(at).pfn
+            mapping = space.lookup(at)
+            if mapping is None or mapping.pfn >= len(self.mm.pfn.entries):
+                # A page the kernel made is gone or names no frame of RAM: a driver has
+                # garbled the page tables (PAGE_FAULT_IN_NONPAGED_AREA, a write).
+                raise BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA,
+                               (at, 2, self.cpu.rip, 0), self.cpu.rip,
+                               "the kernel wrote one of its own pages, and its PTE is not "
+                               "valid any more (a corrupted page table)")
+            pfn = mapping.pfn
             self.mem.write(pfn * layout.PAGE_SIZE + (at & 0xFFF), data[done:done + n])
             self.mm.pfn.entries[pfn].modified = True      # no PTE.D: the CPU did not write
             done += n
@@ -281,7 +290,8 @@ class Executive:
         """Start the drivers, then run threads until every process has ended; raises
         MachineStop or BugCheck."""
         while self.pending_drivers:
-            drivers.start(self, self.pending_drivers.pop(0))
+            with self._bug_checks_recorded():
+                drivers.start(self, self.pending_drivers.pop(0))
         while True:
             if self.interrupted:
                 raise MachineStop(INTERRUPTED)
@@ -322,14 +332,27 @@ class Executive:
         before = self.cpu.instructions
         self._reschedule = False
         try:
-            result = self._switch_to(thread)
-            while not self._turn_over(thread, result):
-                result = self._run_cpu()
+            with self._bug_checks_recorded():
+                result = self._switch_to(thread)
+                while not self._turn_over(thread, result):
+                    result = self._run_cpu()
         finally:
             spent = self.cpu.instructions - before
             thread.instructions += spent
             proc.instructions += spent
             self.current_thread = None
+
+    @contextlib.contextmanager
+    def _bug_checks_recorded(self) -> Iterator[None]:
+        """A BugCheck the executive raised itself (the memory manager finding its books
+        broken, emu.nt.mm.corruption) gets KeBugCheckEx's record too, while the thread that
+        ran into it is still current."""
+        try:
+            yield
+        except BugCheck as bc:
+            if bc is not self.bugcheck:
+                self._fill_bugcheck(bc)
+            raise
 
     def set_budget(self, n: int | None) -> None:
         """Give the CPU ``n`` more instructions (None: full speed, nothing counted). An
@@ -731,7 +754,7 @@ class Executive:
         """Read kernel-visible memory as ring-0 code would (a fault here: BugCheck)."""
         out = bytearray()
         while len(out) < n:
-            at = va + len(out)
+            at = (va + len(out)) & 0xFFFF_FFFF_FFFF_FFFF    # wraps at 2^64, as on the CPU
             try:
                 pa = self._kernel_walk(at, "read")
             except (mmu.PageFault, mmu.GeneralProtection):
@@ -746,7 +769,7 @@ class Executive:
         """Write kernel-visible memory as ring-0 code would (CR0.WP honoured)."""
         done = 0
         while done < len(data):
-            at = va + done
+            at = (va + done) & 0xFFFF_FFFF_FFFF_FFFF
             try:
                 pa = self._kernel_walk(at, "write")
             except (mmu.PageFault, mmu.GeneralProtection):

@@ -39,11 +39,11 @@ from emu.nt.status import NTSTATUS
 
 U64 = (1 << 64) - 1
 DEFINED_STATUS = {int(s) for s in NTSTATUS}
-# Stop codes the exports raise on purpose, beyond those BugCheckCode names (bugcodes.h):
+# Stop codes the exports raise on purpose (exports.py and io.py have their own constants):
 # IRQL_NOT_GREATER_OR_EQUAL, MULTIPLE_IRP_COMPLETE_REQUESTS, BAD_POOL_CALLER,
-# DRIVER_VERIFIER_IOMANAGER_VIOLATION.
+# DRIVER_VERIFIER_DETECTED_VIOLATION. BugCheckCode names them all (bugcodes.h).
 DELIBERATE = {exports.IRQL_NOT_GREATER_OR_EQUAL, 0x44, exports.BAD_POOL_CALLER, 0xC4}
-STOP_CODES = {int(c) for c in BugCheckCode} | DELIBERATE
+STOP_CODES = {int(c) for c in BugCheckCode}
 
 
 @contextlib.contextmanager
@@ -68,9 +68,8 @@ def machines():
 def assert_defined_bugcheck(bc: BugCheck, codes: set[int] = STOP_CODES) -> None:
     assert bc.code in codes, f"stop code {bc.code:#x}"
     assert len(bc.params) == 4
-    # Parameters are ULONG_PTRs; one bit more is allowed for now, because kernel_read does
-    # not wrap an address past 2^64 (test_known_bug_check_parameter_wider_than_64_bits).
-    assert all(isinstance(p, int) and 0 <= p < 1 << 65 for p in bc.params), bc.params
+    # Parameters are ULONG_PTRs (kernel_read wraps an address at 2^64, as the CPU does).
+    assert all(isinstance(p, int) and 0 <= p <= U64 for p in bc.params), bc.params
 
 
 # -- 1. the driver-facing API ----------------------------------------------------------------
@@ -295,15 +294,9 @@ def garbage(ex, kind: str, r: int, old: int, level: int, entry_pa: int, table: i
 
 # Where the memory manager trusts a paging-structure entry it should check, and stops with a
 # Python exception instead of a bug check (Windows: MEMORY_MANAGEMENT 0x1A or PFN_LIST_CORRUPT
-# 0x4E). Each one is reproduced by a test_known_* case below (strict xfail); delete its line
-# here once it is fixed. (exception, file, function it is raised in)
-KNOWN_MM_FAILURES = {
-    ("IndexError", "pfn.py", "__getitem__"),      # a frame number beyond RAM is looked up
-    ("AssertionError", "pfn.py", "release"),      # a frame freed twice (or never allocated)
-    ("AssertionError", "pagefile.py", "release"),  # a pagefile slot beyond the pagefile
-    ("TypeError", "memory.py", "read_u64"),       # a standby frame that records no PTE
-    ("TypeError", "memory.py", "write_u64"),      # a PTE asked for under a large page
-}
+# 0x4E, emu.nt.mm.corruption): none known now. A new one gets a line here, (exception, file,
+# function it is raised in), and a strict-xfail test reproducing it, until it is fixed.
+KNOWN_MM_FAILURES: set[tuple[str, str, str]] = set()
 
 
 def known_mm_failure(err: BaseException) -> bool:
@@ -361,7 +354,7 @@ def run_garbled(machine_factory, apps, app, mem, page, level, bad, own_pml4, *,
     if result.stopped == "bug check":
         assert result.bugcheck is not None
         assert_defined_bugcheck(result.bugcheck, {int(c) for c in BugCheckCode})
-        return
+        return result
     if target.exception is not None:
         assert target.exception.code in DEFINED_STATUS
     else:
@@ -371,6 +364,7 @@ def run_garbled(machine_factory, apps, app, mem, page, level, bad, own_pml4, *,
     assert sibling.output == b"Hello, world!\n" and sibling.exit_status == 0
     if strict and result.stopped is None:       # all gone: the books balance again
         assert check_memory(ex.mm) == []
+    return result
 
 
 HELLO, PATTERN = ("hello",), ("pattern", "1", "1")
@@ -382,9 +376,9 @@ HELLO, PATTERN = ("hello",), ("pattern", "1", "1")
 @given(app=st.sampled_from([HELLO, PATTERN]), mem=st.sampled_from(["1M", "8M"]),
        page=st.integers(0, 1 << 16), level=st.integers(1, 4), bad=GARBAGE,
        own_pml4=st.booleans())
-# Each of the memory manager's known failures once (see KNOWN_MM_FAILURES and test_known_*),
-# so that nothing new hides behind them; then the entries that hand the process someone
-# else's memory: its own table, the sibling's table, a kernel frame, a whole PML4E of ones.
+# Each of the memory manager's former failures once (MM_REPRODUCTIONS, now bug checks); then
+# the entries that hand the process someone else's memory: its own table, the sibling's
+# table, a kernel frame, a whole PML4E of ones.
 @example(app=PATTERN, mem="1M", page=0, level=1, bad=("zero", 0), own_pml4=False)
 @example(app=HELLO, mem="8M", page=0, level=1, bad=("beyond_ram", 0), own_pml4=False)
 @example(app=PATTERN, mem="8M", page=30065, level=2, bad=("random", 3047), own_pml4=True)
@@ -445,6 +439,7 @@ def run_garbled_pool(machine_factory, apps, pool, level, bad, access, irql, *,
                            space=proc.space, stack_top=thread.kernel_stack_top)
     except BugCheck as bc:
         assert_defined_bugcheck(bc, {int(c) for c in BugCheckCode})
+        return bc
     except Exception as err:
         if strict or not known_mm_failure(err):
             raise
@@ -458,8 +453,8 @@ def run_garbled_pool(machine_factory, apps, pool, level, bad, access, irql, *,
 @given(pool=st.sampled_from(POOLS), level=st.integers(1, 4), bad=GARBAGE,
        access=st.sampled_from(ACCESSES), irql=st.sampled_from([0, 2]))
 # A frame beyond RAM under guest code (#MC) and under a Python read (open bus); a pageable
-# page not present at DISPATCH_LEVEL; PagedPool "in transition" on a frame beyond RAM (a
-# known failure: test_known_paged_pool_transition_pte_beyond_ram).
+# page not present at DISPATCH_LEVEL; PagedPool "in transition" on a frame beyond RAM (once
+# an IndexError: test_paged_pool_transition_pte_beyond_ram_bug_checks).
 @example(pool=PoolType.NonPagedPoolNx, level=1, bad=("beyond_ram", 5), access="read", irql=0)
 @example(pool=PoolType.NonPagedPoolNx, level=1, bad=("beyond_ram", 5), access="kernel_read",
          irql=0)
@@ -472,64 +467,67 @@ def test_a_garbled_pool_page_table_entry_bug_checks_or_completes(apps, pool, lev
         run_garbled_pool(make, apps, pool, level, bad, access, irql)
 
 
-# -- known failures, each reproduced (strict xfail: fix it, then delete the mark) -----------
+# -- former failures, each reproduced: now a bug check with its documented parameters -------
 
 def _call_export(machine_factory, apps, name, *args):
     scene = Scene(machine_factory, apps, b"", (0, 0, 0))
     return scene.call(name, [scene.resolve(a) for a in args], [0] * 7)
 
 
-@pytest.mark.xfail(strict=True, reason="kernel.py: kernel_read/kernel_write do not wrap an "
-                   "address past 2^64 (at = va + len(out)), so a bug check's parameter 1 "
-                   "can be 0x1_0000_0000_0000_000F")
-def test_known_bug_check_parameter_wider_than_64_bits(machine_factory, apps):
+def test_bug_check_parameters_fit_64_bits(machine_factory, apps):
+    # An MDL at the very top of the address space: the read of its fields wraps to page 0.
     with pytest.raises(BugCheck) as info:
         _call_export(machine_factory, apps, "MmGetSystemAddressForMdlSafe", U64)
-    assert all(0 <= p <= U64 for p in info.value.params), info.value.params
+    assert info.value.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA
+    assert info.value.params[0] == 0xF               # U64 + 0x10 (MappedSystemVa), wrapped
 
 
-@pytest.mark.xfail(strict=True, reason="bugcheck.py: BugCheckCode does not name the stop "
-                   "codes exports.py and io.py raise (0x09, 0x44, 0xC2, 0xC4): their blue "
-                   "screen says BUGCHECK_0XC2 instead of BAD_POOL_CALLER")
-def test_known_stop_codes_the_exports_raise_are_named():
-    assert DELIBERATE <= {int(c) for c in BugCheckCode}
+def test_stop_codes_the_exports_raise_are_named():
+    assert DELIBERATE <= STOP_CODES
+    assert BugCheck(exports.BAD_POOL_CALLER).name == "BAD_POOL_CALLER"
+    assert BugCheck(0xC4).name == "DRIVER_VERIFIER_DETECTED_VIOLATION"
 
 
+MM_1A, MM_4E = BugCheckCode.MEMORY_MANAGEMENT, BugCheckCode.PFN_LIST_CORRUPT
 MM_REPRODUCTIONS = {
-    # process teardown (AddressSpace._free_tables) frees whatever the tables name:
-    "teardown frees a frame beyond RAM (IndexError)":
-        (HELLO, "8M", 0, 1, ("beyond_ram", 0), False),
-    "teardown frees a page table twice (AssertionError)":
-        (HELLO, "8M", 0, 1, ("loop", 0), False),
-    "teardown releases a pagefile slot beyond the pagefile (AssertionError)":
-        (HELLO, "8M", 0, 1, ("random", 0x7FFF_0000_0000_0080), False),
-    "teardown frees the kernel's PDPT named by a PML4E with PS set (silently)":
-        (HELLO, "1M", 0, 4, ("random", 0x3D81), False),
-    # the working-set trimmer (Pager._run_hand) trusts the PTE it finds:
-    "trimmer takes frame 0 for a zeroed PTE, then _repurpose reads PTE None (TypeError)":
-        (PATTERN, "1M", 0, 1, ("zero", 0), False),
-    # a soft fault (Pager.page_in) trusts a transition PTE's frame:
-    "a transition PTE hands the process the kernel's GDT frame, freed at exit (silently)":
-        (PATTERN, "8M", 52887, 1, ("transition", 2), False),
-    # a hard fault trusts a pagefile PTE's slot; teardown frees it though it was free:
-    "a pagefile PTE naming a free slot: the slot is freed twice (silently)":
-        (HELLO, "8M", 24000, 1, ("slot", 0), False),
-    # AddressSpace.pte_address(create=True) returns None under a large-page PDE:
-    "map_page under a PDE with PS set writes PTE None (TypeError)":
-        (PATTERN, "8M", 30065, 2, ("random", 3047), True),
+    # process teardown (AddressSpace._free_tables) checks what each entry names:
+    "teardown: a PTE naming a frame beyond RAM (was IndexError)":
+        ((HELLO, "8M", 0, 1, ("beyond_ram", 0), False), (MM_1A, 0x41792)),
+    "teardown: a PTE naming its own page table (was a frame freed twice, AssertionError)":
+        ((HELLO, "8M", 0, 1, ("loop", 0), False), (MM_4E, 0x99)),
+    "teardown: a PML4E with PS set, naming the kernel's PDPT (was freed silently)":
+        ((HELLO, "1M", 0, 4, ("random", 0x3D81), False), (MM_1A, 0x41790)),
+    # a page of the working set made not valid (a slot beyond the pagefile): its next touch
+    # (once: teardown released the slot, AssertionError)
+    "fault: a working-set page whose PTE names a slot beyond the pagefile":
+        ((HELLO, "8M", 0, 1, ("random", 0x7FFF_0000_0000_0080), False), (MM_1A, 0x41284)),
+    # the working-set trimmer (Pager._run_hand) checks the PTE it finds:
+    "trimmer: a zeroed PTE (was frame 0 trimmed, then TypeError)":
+        ((PATTERN, "1M", 0, 1, ("zero", 0), False), (MM_1A, 0x41284)),
+    # a soft fault (Pager.page_in) checks a transition PTE's frame:
+    "soft fault: a transition PTE naming the kernel's GDT frame (was freed at exit)":
+        ((PATTERN, "8M", 52887, 1, ("transition", 2), False), (MM_4E, 0x99)),
+    # a hard fault checks a pagefile PTE's slot (once freed twice at exit, silently):
+    "hard fault: a pagefile PTE naming a free slot":
+        ((HELLO, "8M", 24000, 1, ("slot", 0), False), (MM_1A, 0x41792)),
+    # a working-set page under a PDE made a large page (once map_page wrote PTE None):
+    "fault: a working-set page under a PDE with PS set":
+        ((PATTERN, "8M", 30065, 2, ("random", 3047), True), (MM_1A, 0x41284)),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="emu/nt/mm trusts paging-structure entries a buggy "
-                   "kernel garbled: Python exceptions or silent corruption instead of bug "
-                   "check 0x1A MEMORY_MANAGEMENT / 0x4E PFN_LIST_CORRUPT")
 @pytest.mark.parametrize("case", list(MM_REPRODUCTIONS))
-def test_known_memory_manager_trusts_garbled_entries(machine_factory, apps, case):
-    run_garbled(machine_factory, apps, *MM_REPRODUCTIONS[case], strict=True)
+def test_memory_manager_checks_garbled_entries(machine_factory, apps, case):
+    args, (code, kind) = MM_REPRODUCTIONS[case]
+    result = run_garbled(machine_factory, apps, *args, strict=True)
+    assert result.stopped == "bug check"
+    assert (result.bugcheck.code, result.bugcheck.params[0]) == (code, kind)
 
 
-@pytest.mark.xfail(strict=True, reason="mm/paging.py Pager.page_in: a PagedPool PTE "
-                   "'in transition' on a frame beyond RAM is reclaimed (IndexError)")
-def test_known_paged_pool_transition_pte_beyond_ram(machine_factory, apps):
-    run_garbled_pool(machine_factory, apps, PoolType.PagedPool, 1,
-                     ("not_present", 57176565974), "DbgPrint", 0, strict=True)
+def test_paged_pool_transition_pte_beyond_ram_bug_checks(machine_factory, apps):
+    # PagedPool's first page garbled to "transition" on frame 0xd4ffd2 (was IndexError);
+    # the page is in the kernel's working set, so the touch says which list is corrupt.
+    bc = run_garbled_pool(machine_factory, apps, PoolType.PagedPool, 1,
+                          ("not_present", 57176565974), "DbgPrint", 0, strict=True)
+    assert bc.code == BugCheckCode.MEMORY_MANAGEMENT and bc.params[0] == 0x41284
+    assert bc.params[3] == 57176565974              # the PTE, as the driver left it

@@ -23,9 +23,15 @@ from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
 from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE
 from emu.nt.mm import softpte
+from emu.nt.mm.corruption import (
+    check_page_frame,
+    corrupt_hierarchy,
+    corrupt_table,
+    table_problem,
+)
 from emu.nt.mm.pagefile import Pagefile
-from emu.nt.mm.paging import Pager, WorkingSet
-from emu.nt.mm.pfn import FrameUse, PfnDatabase
+from emu.nt.mm.paging import Pager, WorkingSet, is_paged_pool
+from emu.nt.mm.pfn import FrameUse, OutOfFrames, PfnDatabase
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000     # bits 12..51 of an entry: the next table or frame
 _P, _PS = int(PTE.P), int(PTE.PS)
@@ -89,6 +95,10 @@ class AddressSpace:
         self.mm = mm
         self.owner = owner
         self.working_set: WorkingSet | None = None    # set once the process is complete
+        # Upper-level entries found to name a page table of ours, as they were then: a
+        # table is freed only with the whole space, so while an entry keeps its value it
+        # needs no second look (pte_address, emu.nt.mm.corruption).
+        self._checked: dict[int, int] = {}
         self.pml4_pfn = mm.new_frame(FrameUse.PAGE_TABLE, owner)
         mm.mem.zero(self.pml4_pfn * PAGE_SIZE)
         for slot, entry in mm.kernel_pml4e.items():
@@ -100,7 +110,9 @@ class AddressSpace:
         return self.pml4_pfn * PAGE_SIZE
 
     def pte_address(self, va: int, *, create: bool) -> int | None:
-        """Physical address of the PTE for ``va`` (creating missing tables if asked), or None."""
+        """Physical address of the PTE for ``va`` (creating missing tables if asked), or None.
+        ``create``: a PTE is about to be written there, so each entry on the way must lead to
+        a page table of ours (else bug check 0x1A/0x61941, emu.nt.mm.corruption)."""
         table = self.cr3
         for level in (4, 3, 2):
             entry_pa = table + index(va, level) * 8
@@ -108,11 +120,28 @@ class AddressSpace:
             if not entry & _P:
                 if not create:
                     return None
+                if entry:                        # we never leave anything in one
+                    raise corrupt_hierarchy(va, entry_pa, entry, "is not present, yet not 0")
                 entry = self._new_table(va, level, entry_pa)
+            elif create and self._checked.get(entry_pa) != entry:
+                problem = table_problem(self.mm, entry, self._table_owner(va))
+                if problem is not None:
+                    raise corrupt_hierarchy(va, entry_pa, entry, problem)
+                self._checked[entry_pa] = entry
             elif entry & _PS:
                 return None                      # a large page: no PT below it
             table = entry & ADDRESS_MASK
         return table + index(va, 1) * 8
+
+    def _table_owner(self, va: int) -> int | None:
+        """Whose page tables map ``va``: the kernel's for the kernel half, else ours."""
+        return None if index(va, 4) >= KERNEL_PML4_FIRST else self.owner
+
+    def _tracked(self, va: int) -> bool:
+        """Does a valid page at ``va`` sit in a working set (its frame records its PTE)?"""
+        if index(va, 4) >= KERNEL_PML4_FIRST:
+            return is_paged_pool(va)
+        return self.working_set is not None
 
     def _new_table(self, va: int, level: int, entry_pa: int) -> int:
         """Allocate a zeroed table below ``entry_pa``; user tables get US, kernel ones not."""
@@ -150,13 +179,17 @@ class AddressSpace:
 
     def discard_page(self, va: int) -> int | None:
         """Clear the PTE of ``va`` whatever its state: returns the frame of a valid page
-        (the caller frees it); a transition page's frame or a pagefile slot is freed here."""
-        pfn = self.unmap_page(va)
-        if pfn is not None:
-            return pfn
+        (the caller frees it); a transition page's frame or a pagefile slot is freed here.
+        What the PTE names is checked first (emu.nt.mm.corruption)."""
         pte_pa = self.pte_address(va, create=False)
-        if pte_pa is not None:
-            self.mm.pager.discard(self.mm.mem.read_u64(pte_pa))
+        if pte_pa is None:
+            return None
+        pte = self.mm.mem.read_u64(pte_pa)
+        if pte & PTE.P:
+            check_page_frame(self.mm, pte_pa, pte, self.owner, tracked=self._tracked(va))
+            return self.unmap_page(va)
+        if pte:
+            self.mm.pager.discard(pte, pte_pa, self.owner)
             self.mm.mem.write_u64(pte_pa, 0)
         return None
 
@@ -183,6 +216,16 @@ class AddressSpace:
             return None
         return Mapping(va & ~0xFFF, (pte & ADDRESS_MASK) // PAGE_SIZE, pte)
 
+    def checked_lookup(self, va: int) -> Mapping | None:
+        """lookup, for a caller about to act on the frame (remap it, keep it aside): the
+        PFN database must agree the frame holds this page (emu.nt.mm.corruption)."""
+        pte_pa = self.pte_address(va, create=False)
+        mapping = self.lookup(va)
+        if mapping is not None:
+            check_page_frame(self.mm, pte_pa, mapping.pte, self.owner,
+                             tracked=self._tracked(va))
+        return mapping
+
     def user_mappings(self) -> Iterator[Mapping]:
         """Every present 4 KiB page of the user half, in address order."""
         yield from self._mappings(self.cr3, 4, 0, range(KERNEL_PML4_FIRST))
@@ -208,17 +251,28 @@ class AddressSpace:
         self.mm.forget(self)
 
     def _free_tables(self, table: int, level: int, slots: range) -> None:
+        """Free what the entries ``slots`` of ``table`` (at ``level``) name, each checked
+        first (MiDeletePte's checks: emu.nt.mm.corruption), then the tables below."""
         entries = struct.unpack_from("<512Q", self.mm.mem.read(table, PAGE_SIZE))
         frames = []
+        tracked = self.working_set is not None
         for i in slots:
-            entry = entries[i]
-            if not entry & _P:
-                if level == 1 and entry:
-                    self.mm.pager.discard(entry)
+            entry, entry_pa = entries[i], table + 8 * i
+            if level == 1:
+                if entry & _P:
+                    frames.append(check_page_frame(self.mm, entry_pa, entry, self.owner,
+                                                   tracked=tracked))
+                elif entry:
+                    self.mm.pager.discard(entry, entry_pa, self.owner)
                 continue
+            if not entry:
+                continue
+            problem = table_problem(self.mm, entry, self.owner) if entry & _P else \
+                "is not present, yet not 0"
+            if problem is not None:
+                raise corrupt_table(table >> 12, entry_pa, entry, problem)
             pfn = (entry & ADDRESS_MASK) >> 12
-            if level > 1 and not entry & _PS:
-                self._free_tables(pfn * PAGE_SIZE, level - 1, range(512))
+            self._free_tables(pfn * PAGE_SIZE, level - 1, range(512))
             frames.append(pfn)
         self.mm.pfn.release_many(frames)
 
@@ -290,5 +344,9 @@ class MemoryManager:
                 # writes (platform-facts.md): a frame reused for new code must be flushed.
                 self._on_code_frame_reused()
             entry.had_code = True
-        space.map_page(va, pfn, leaf_flags(protect, user=user, populated=True))
+        try:
+            space.map_page(va, pfn, leaf_flags(protect, user=user, populated=True))
+        except OutOfFrames:
+            self.pfn.release(pfn)          # no frame left for a page table: nothing maps it
+            raise
         return pfn

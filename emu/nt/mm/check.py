@@ -7,11 +7,13 @@ What must always hold (each broken rule is one line of the result):
 - Every leaf PTE of every address space agrees with the frame it names: a valid
   PTE's frame is in use for that process (or the kernel) and records this PTE as
   its PteAddress; a transition PTE's frame is on the standby or modified list; a
-  pagefile PTE's slot is allocated, and no two PTEs name one slot.
+  pagefile PTE's slot is allocated, and no two PTEs name one slot. (A frame beyond RAM
+  is a broken rule too, never a Python error: ``check`` must work on garbled tables.)
 - Every page table's frame is a page-table frame; no page table is in a working
   set, so none is ever paged out.
 - The working sets are exactly the valid pageable pages.
 - The kernel half (PML4 slots 256-511) is identical in every PML4.
+- Only a process with an address space holds frames.
 
 ``emu debug``'s ``check`` command and the tests call ``check_memory``.
 """
@@ -49,6 +51,10 @@ def check_memory(mm: MemoryManager) -> list[str]:
         for slots_range, owner in halves:
             _walk(mm, space, space.cr3, 4, 0, slots_range, owner, problems, slots, tracked)
     _check_kernel_half(mm, problems)
+    live = {space.owner for space in mm.spaces}
+    for owner in sorted(set(mm.pfn.owned) - live):
+        problems.append(f"process {owner} has no address space left, yet holds "
+                        f"{mm.pfn.owned[owner]} frame(s)")
     clock = {(ws.space.pml4_pfn, va) for ws in mm.pager.working_sets for va in ws.pages}
     for key in sorted(clock - tracked):
         problems.append(f"working set holds {key[1]:#x} (root {key[0]:#x}), not valid")
@@ -90,6 +96,10 @@ def _walk(mm: MemoryManager, space: AddressSpace, table: int, level: int, base: 
         if level > 1:
             if entry & _P and not entry & _PS:
                 frame = (entry & _ADDRESS) >> 12
+                if frame >= len(mm.pfn.entries):
+                    problems.append(f"the table below {va:#x} (level {level}) is in frame "
+                                    f"{frame:#x}, beyond RAM")
+                    continue
                 if mm.pfn.entries[frame].use is not FrameUse.PAGE_TABLE:
                     problems.append(f"the table below {va:#x} (level {level}) is in frame "
                                     f"{frame:#x}, a {mm.pfn.entries[frame].use.value} frame")
@@ -121,6 +131,9 @@ def _check_leaf(mm: MemoryManager, space: AddressSpace, va: int, pte_pa: int, en
         if pageable:
             tracked.add((space.pml4_pfn, va))
     elif d.state is PteState.TRANSITION:
+        if d.pfn >= len(mm.pfn.entries):
+            problems.append(f"{where} is in transition on frame {d.pfn:#x}, beyond RAM")
+            return
         record = mm.pfn.entries[d.pfn]
         if record.use not in (FrameUse.STANDBY, FrameUse.MODIFIED) or record.pte_pa != pte_pa:
             problems.append(f"{where} is in transition on frame {d.pfn:#x}, which is "
@@ -128,6 +141,9 @@ def _check_leaf(mm: MemoryManager, space: AddressSpace, va: int, pte_pa: int, en
         if record.slot is not None:
             _claim(slots, record.slot, where, problems)
     elif d.state is PteState.PAGEFILE:
+        pagefile = mm.pager.pagefile
+        if pagefile is None or not pagefile.holds_page(d.slot):
+            problems.append(f"{where} names pagefile slot {d.slot:#x}, which holds no page")
         _claim(slots, d.slot, where, problems)
 
 

@@ -72,6 +72,7 @@ class Pagefile:
             raise PagefileError(f"cannot size the pagefile {self.path} to {size} bytes: "
                                 f"{err.strerror or err}") from None
         self._free = list(range(1, self.slots))          # a heap: lowest slot first
+        self._in_use = bytearray(self.slots)             # the allocation bitmap: 1 = a page
         self.writes = self.reads = self.write_failures = 0
 
     @property
@@ -84,12 +85,23 @@ class Pagefile:
 
     def allocate(self) -> int | None:
         """The lowest free slot, or None when the pagefile is full."""
-        return heapq.heappop(self._free) if self._free else None
+        if not self._free:
+            return None
+        slot = heapq.heappop(self._free)
+        self._in_use[slot] = 1
+        return slot
+
+    def holds_page(self, slot: int) -> bool:
+        """Is ``slot`` a slot of this pagefile, allocated to a page? (The memory manager
+        checks a slot a PTE names before it reads or frees it: emu.nt.mm.corruption.)"""
+        return 0 < slot < self.slots and self._in_use[slot] == 1
 
     def release(self, slot: int) -> None:
-        """Give ``slot`` back (its page was freed, or now lives in RAM only)."""
-        if not 0 < slot < self.slots:
-            raise AssertionError(f"Pagefile.release: slot {slot} out of range")
+        """Give ``slot`` back (its page was freed, or now lives in RAM only); the caller
+        has made sure it holds a page (holds_page)."""
+        if not self.holds_page(slot):
+            raise AssertionError(f"Pagefile.release: slot {slot} is not allocated")
+        self._in_use[slot] = 0
         heapq.heappush(self._free, slot)
 
     def write(self, slot: int, data: bytes) -> None:
@@ -113,12 +125,12 @@ class Pagefile:
     def take_private_copy(self) -> None:
         """Go on in a new temporary file holding the same slots (a forked snapshot of the
         machine must not share its pagefile with the machine that runs on)."""
-        used = set(range(1, self.slots)) - set(self._free)
+        used = [slot for slot in range(1, self.slots) if self._in_use[slot]]
         old = self._file
         self.path, self._file = _temporary_file()
         self.temporary = True
         self._file.truncate(self.size)
-        for slot in sorted(used):
+        for slot in used:
             data = os.pread(old.fileno(), PAGE_SIZE, slot * PAGE_SIZE)
             os.pwrite(self._file.fileno(), data, slot * PAGE_SIZE)
         old.close()

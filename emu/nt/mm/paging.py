@@ -38,14 +38,15 @@ from typing import TYPE_CHECKING
 from emu.hw.mmu import PTE
 from emu.nt import layout
 from emu.nt.mm import softpte
+from emu.nt.mm.corruption import check_page_frame, corrupt_pte, corrupt_working_set
 from emu.nt.mm.pagefile import Pagefile, PagefileWriteError
-from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError
+from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError, corrupt_pfn
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
     from emu.nt.mm.address_space import AddressSpace, MemoryManager
 
-_A, _D = int(PTE.A), int(PTE.D)
+_P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
 _PFN_MASK = 0x000F_FFFF_FFFF_F000
 TRIM_STEPS = 64          # pages one visit of the trimmer moves a working set's hand
 
@@ -96,7 +97,7 @@ class Pager:
         self.low = max(8, frames // 64)          # below this many available frames: trim
         self.high = 2 * self.low                 # ... until this many are available again
         if pagefile is not None:
-            mm.pfn.on_slot_released = pagefile.release
+            mm.pfn.on_slot_released = self._release_slot_of
 
     # -- which pages are in a working set -------------------------------------------------
 
@@ -200,11 +201,13 @@ class Pager:
                 break
             va, pte_pa = pages.popitem(last=False)
             pte = mem.read_u64(pte_pa)
-            pfn = (pte & _PFN_MASK) >> 12
-            if pte & _A or entries[pfn].locks:
-                if pte & _A:                       # second chance: clear A, forget the TLB's
-                    mem.write_u64(pte_pa, pte & ~_A)
-                    changed = True
+            if pte & _A and pte & _P:              # second chance: clear A, forget the TLB's
+                mem.write_u64(pte_pa, pte & ~_A)
+                pages[va] = pte_pa
+                changed = True
+                continue
+            pte, pfn = self._ws_page(ws, va, pte_pa)     # about to act on its frame: checked
+            if entries[pfn].locks:
                 pages[va] = pte_pa
                 continue
             self._trim_page(ws, va, pte_pa, pte, pfn)
@@ -262,12 +265,17 @@ class Pager:
         slot = self.pagefile.allocate()
         if slot is not None:
             return slot
-        entries, mem = self.mm.pfn.entries, self.mm.mem
-        for pte_pa in (pte_pa for ws in self.working_sets for pte_pa in ws.pages.values()):
-            entry = entries[(mem.read_u64(pte_pa) & _PFN_MASK) >> 12]
-            if entry.slot is not None:
-                self.pagefile.release(entry.slot)
-                entry.slot, entry.modified = None, True
+        entries, mem, frames = self.mm.pfn.entries, self.mm.mem, len(self.mm.pfn.entries)
+        for ws in self.working_sets:
+            for va, pte_pa in ws.pages.items():
+                pte = mem.read_u64(pte_pa)
+                pfn = (pte & _PFN_MASK) >> 12
+                if not pte & _P or pfn >= frames or entries[pfn].slot is not None:
+                    pfn = self._ws_page(ws, va, pte_pa)[1]   # to act on: checked first
+                entry = entries[pfn]
+                if entry.slot is not None:
+                    self._release_slot_of(entry.slot, pfn)
+                    entry.slot, entry.modified = None, True
         return self.pagefile.allocate()
 
     def purge_standby(self) -> int:
@@ -281,11 +289,10 @@ class Pager:
 
     def empty_working_sets(self) -> int:
         """Trim every page of every working set at once (MemoryEmptyWorkingSets)."""
-        mem, count = self.mm.mem, 0
+        count = 0
         for ws in self.working_sets:
             for va, pte_pa in list(ws.pages.items()):
-                pte = mem.read_u64(pte_pa)
-                pfn = (pte & _PFN_MASK) >> 12
+                pte, pfn = self._ws_page(ws, va, pte_pa)
                 if self.mm.pfn.entries[pfn].locks:
                     continue
                 del ws.pages[va]
@@ -296,13 +303,48 @@ class Pager:
         return count
 
     def _repurpose(self) -> None:
-        """The oldest standby frame leaves its page, whose PTE now names its pagefile slot."""
+        """The oldest standby frame leaves its page, whose PTE now names its pagefile slot
+        (the PTE must still name the frame in transition, else bug check 0x4E/0x99)."""
         pfn = next(iter(self.mm.pfn.standby))
         entry = self.mm.pfn.entries[pfn]
-        pte = self.mm.mem.read_u64(entry.pte_pa)
-        protection = softpte.decode(pte).protection
-        self.mm.mem.write_u64(entry.pte_pa, softpte.pagefile_pte(entry.slot, protection))
+        d = softpte.decode(self.mm.mem.read_u64(entry.pte_pa)) if entry.pte_pa is not None \
+            else softpte.Decoded(softpte.PteState.ZERO)
+        if d.state is not softpte.PteState.TRANSITION or d.pfn != pfn:
+            where = "no PTE" if entry.pte_pa is None else f"a PTE at {entry.pte_pa:#x} that " \
+                f"is {d.describe()}"
+            raise corrupt_pfn(pfn, entry.use, f"the standby frame records {where}")
+        self.mm.mem.write_u64(entry.pte_pa, softpte.pagefile_pte(entry.slot, d.protection))
         self.mm.pfn.take_standby()
+
+    # -- what the memory manager reads back, checked (emu.nt.mm.corruption) -----------------
+
+    def _ws_page(self, ws: WorkingSet, va: int, pte_pa: int) -> tuple[int, int]:
+        """The PTE and frame of page ``va`` of ``ws``: a page in a working set is valid (else
+        bug check 0x1A/0x41284) on a frame of its own that records this PTE (else 0x4E/0x99
+        or 0x1A/0x41792)."""
+        pte = self.mm.mem.read_u64(pte_pa)
+        if not pte & _P:
+            raise corrupt_working_set(va, pte_pa, pte, "is in a working set, not valid")
+        return pte, check_page_frame(self.mm, pte_pa, pte, ws.space.owner, tracked=True)
+
+    def _checked_slot(self, pte_pa: int, pte: int, slot: int) -> int:
+        """``slot``, named by the pagefile PTE ``pte`` at ``pte_pa``, once the pagefile agrees
+        that it holds a page (else bug check 0x1A/0x41792)."""
+        if self.pagefile is None:
+            raise corrupt_pte(pte_pa, pte, f"it names pagefile slot {slot:#x}, and there is "
+                              "no pagefile")
+        if not self.pagefile.holds_page(slot):
+            where = "beyond the pagefile" if slot >= self.pagefile.slots else "free"
+            raise corrupt_pte(pte_pa, pte, f"it names pagefile slot {slot:#x}, which is {where}")
+        return slot
+
+    def _release_slot_of(self, slot: int, pfn: int) -> None:
+        """Frame ``pfn``'s pagefile copy is no longer needed: its slot goes back (a slot that
+        holds no page means the frame's record is corrupt: bug check 0x4E/0x99)."""
+        if not self.pagefile.holds_page(slot):
+            raise corrupt_pfn(pfn, self.mm.pfn.entries[pfn].use,
+                              f"its pagefile slot {slot:#x} holds no page")
+        self.pagefile.release(slot)
 
     def _ws_of_entry(self, entry) -> WorkingSet | None:
         """The working set a frame's page belongs to (for the per-process counters)."""
@@ -319,40 +361,51 @@ class Pager:
         (transition: a soft fault; pagefile: a hard fault); None when the page has no copy
         (demand zero, or no record). The caller maps the frame."""
         pte_pa = space.pte_address(va, create=False)
+        ws = space.working_set if va < layout.KERNEL_SPACE_START else \
+            self.system_ws if is_paged_pool(va) else None
+        if ws is not None and va in ws.pages:
+            recorded = ws.pages[va]
+            raise corrupt_working_set(va, recorded, self.mm.mem.read_u64(recorded),
+                                      "took a page fault, yet it is in its working set")
         if pte_pa is None:
             return None
-        d = softpte.decode(self.mm.mem.read_u64(pte_pa))
+        pte = self.mm.mem.read_u64(pte_pa)
+        d = softpte.decode(pte)
         counters = self._counters(space, va)
         if d.state is softpte.PteState.TRANSITION:
-            self.mm.pfn.reclaim(d.pfn)
+            pfn = check_page_frame(self.mm, pte_pa, pte, owner, tracked=True)
+            self.mm.pfn.reclaim(pfn)
             counters.soft_faults += 1
             self.counters.soft_faults += 1
-            return d.pfn
+            return pfn
         if d.state is not softpte.PteState.PAGEFILE:
             return None
+        slot = self._checked_slot(pte_pa, pte, d.slot)
         pfn = self.mm.new_frame(use, owner, va)
         try:
-            data = self.pagefile.read(d.slot)
+            data = self.pagefile.read(slot)
         except OSError as err:
             self.mm.pfn.release(pfn)
             raise PagingIoError(f"pagefile read failed: {err}", NTSTATUS.STATUS_DEVICE_DATA_ERROR) \
                 from None
         self.mm.mem.write(pfn * layout.PAGE_SIZE, data)
         entry = self.mm.pfn.entries[pfn]
-        entry.slot, entry.modified = d.slot, False      # the copy stays good while clean
+        entry.slot, entry.modified = slot, False        # the copy stays good while clean
         counters.hard_faults += 1
         counters.pages_read += 1
         self.counters.hard_faults += 1
         self.counters.pages_read += 1
         return pfn
 
-    def discard(self, pte: int) -> None:
-        """A not-valid PTE is being cleared (decommit, process exit): free what it holds."""
+    def discard(self, pte: int, pte_pa: int, owner: int | None) -> None:
+        """The not-valid PTE ``pte`` of ``owner``'s page, at ``pte_pa``, is being cleared
+        (decommit, process exit): free what it holds, once checked (emu.nt.mm.corruption)."""
         d = softpte.decode(pte)
         if d.state is softpte.PteState.TRANSITION:
-            self.mm.pfn.release(d.pfn)
-        elif d.state is softpte.PteState.PAGEFILE and self.pagefile is not None:
-            self.pagefile.release(d.slot)
+            self.mm.pfn.release(check_page_frame(self.mm, pte_pa, pte, owner, tracked=True))
+        elif d.state is softpte.PteState.PAGEFILE:
+            slot = self._checked_slot(pte_pa, pte, d.slot)
+            self.pagefile.release(slot)
 
     def demand_zero(self, space: AddressSpace, va: int) -> None:
         """Count a demand-zero fault for ``va``'s working set."""

@@ -14,6 +14,11 @@ modified list (not yet written to the pagefile) and the standby list (the
 pagefile has a copy). Both are in FIFO order; a soft fault takes a frame back
 off either, and when the free list is empty the oldest standby frame is given
 to someone else (repurposed).
+
+Asked to free a frame that is beyond RAM, free already or never handed out, the
+database stops the machine with PFN_LIST_CORRUPT (0x4E) rather than corrupt its
+lists; it also counts the frames each process holds, so that a process's end can
+prove every one came back (emu.nt.mm.corruption).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from emu.nt.bugcheck import BugCheck, BugCheckCode
 
 
 class FrameUse(enum.Enum):
@@ -34,6 +41,63 @@ class FrameUse(enum.Enum):
     KERNEL = "kernel"           # the kernel's own pages (GDT, TSS, code, stacks, pools)
     STANDBY = "standby"         # a trimmed page, clean: the pagefile has a copy
     MODIFIED = "modified"       # a trimmed page, dirty: to be written before reuse
+
+
+# -- PFN_LIST_CORRUPT (0x4E): the stops of a PFN database that is asked for the impossible --
+# (Microsoft's bug check reference, "Bug Check 0x4E: PFN_LIST_CORRUPT"; see emu.nt.mm.corruption)
+
+class PfnListCorrupt(enum.IntEnum):
+    """Parameter 1 of PFN_LIST_CORRUPT (0x4E)."""
+
+    LIST_ENTRY_CORRUPT = 0x02
+    SHARE_COUNT_BELOW_ZERO = 0x07     # "unlocked a certain page more times than it locked it"
+    PTE_OR_PFN_CORRUPT = 0x99
+
+
+class PageLocation(enum.IntEnum):
+    """The list a frame is on, as Windows numbers them (MMLISTS, MMPFN.PageLocation): the
+    "current page state" of a 0x4E bug check."""
+
+    ZeroedPageList = 0
+    FreePageList = 1
+    StandbyPageList = 2
+    ModifiedPageList = 3
+    ModifiedNoWritePageList = 4
+    BadPageList = 5               # our frame 0: never handed out, like a bad page
+    ActiveAndValid = 6
+
+
+_LOCATION = {FrameUse.FREE: PageLocation.FreePageList,
+             FrameUse.RESERVED: PageLocation.BadPageList,
+             FrameUse.STANDBY: PageLocation.StandbyPageList,
+             FrameUse.MODIFIED: PageLocation.ModifiedPageList}
+
+
+def page_location(use: FrameUse) -> PageLocation:
+    """The Windows page state of a frame in ``use``."""
+    return _LOCATION.get(use, PageLocation.ActiveAndValid)
+
+
+def corrupt_pfn(pfn: int, use: FrameUse, why: str) -> BugCheck:
+    """0x4E/0x99: frame ``pfn``'s record and a PTE (or the caller) disagree."""
+    return BugCheck(BugCheckCode.PFN_LIST_CORRUPT,
+                    (int(PfnListCorrupt.PTE_OR_PFN_CORRUPT), pfn, int(page_location(use)), 0),
+                    detail=f"a PTE or PFN is corrupted: frame {pfn:#x} is {use.value}; {why}")
+
+
+def freed_twice(pfn: int) -> BugCheck:
+    """0x4E/0x07: frame ``pfn`` is freed although it is free already (share count 0)."""
+    return BugCheck(BugCheckCode.PFN_LIST_CORRUPT,
+                    (int(PfnListCorrupt.SHARE_COUNT_BELOW_ZERO), pfn, 0, 0),
+                    detail=f"frame {pfn:#x} is freed, but it is free already")
+
+
+def beyond_ram(pfn: int, frames: int) -> BugCheck:
+    """0x4E/0x02: frame ``pfn`` is to be freed, but RAM ends at ``frames``."""
+    return BugCheck(BugCheckCode.PFN_LIST_CORRUPT,
+                    (int(PfnListCorrupt.LIST_ENTRY_CORRUPT), pfn, frames - 1, 0),
+                    detail=f"frame {pfn:#x} is freed, but the last frame of RAM is "
+                           f"{frames - 1:#x}")
 
 
 @dataclass(slots=True)
@@ -70,6 +134,10 @@ class _Entries:
     def __iter__(self):
         return (self[pfn] for pfn in range(self._frames))
 
+    def made(self) -> list[tuple[int, PfnEntry]]:
+        """(frame, record) of every frame whose record exists: every frame ever used."""
+        return list(self._made.items())
+
 
 class OutOfFrames(Exception):
     """No free physical frame is left."""
@@ -93,7 +161,8 @@ class PfnDatabase:
         self._free: deque[int] = deque(range(1, frames))
         self.standby: dict[int, None] = {}      # insertion-ordered: oldest first
         self.modified: dict[int, None] = {}
-        self.on_slot_released: Callable[[int], None] | None = None
+        self.owned: dict[int, int] = {}         # process id -> frames it holds (any use)
+        self.on_slot_released: Callable[[int, int], None] | None = None   # (slot, frame)
 
     @property
     def free_count(self) -> int:
@@ -111,23 +180,31 @@ class PfnDatabase:
         pfn = self._free.popleft()
         entry = self.entries[pfn]
         entry.use, entry.owner, entry.va = use, owner, va
+        if owner is not None:
+            self.owned[owner] = self.owned.get(owner, 0) + 1
         return pfn
 
     def release(self, pfn: int) -> None:
         """Return a frame to the free list (its contents are left as they are); its page's
-        pagefile copy, if any, goes too."""
+        pagefile copy, if any, goes too. A frame beyond RAM, free already or never handed
+        out is a corrupt PTE or record behind the caller: bug check PFN_LIST_CORRUPT."""
+        if not 0 <= pfn < len(self.entries):
+            raise beyond_ram(pfn, len(self.entries))
         entry = self.entries[pfn]
         use = entry.use
-        if use is FrameUse.FREE or use is FrameUse.RESERVED:
-            raise AssertionError(f"PfnDatabase.release: frame {pfn:#x} is {use.value}")
+        if use is FrameUse.FREE:
+            raise freed_twice(pfn)
+        if use is FrameUse.RESERVED:
+            raise corrupt_pfn(pfn, use, "it is never handed out, so never freed")
         if use is FrameUse.STANDBY:
             del self.standby[pfn]
         elif use is FrameUse.MODIFIED:
             del self.modified[pfn]
         if entry.slot is not None:
             if self.on_slot_released is not None:
-                self.on_slot_released(entry.slot)
+                self.on_slot_released(entry.slot, pfn)
             entry.slot = None
+        self._disown(entry.owner)
         entry.use, entry.owner, entry.va = FrameUse.FREE, None, None   # had_code stays
         entry.pte_pa, entry.modified, entry.locks = None, False, 0
         self._free.append(pfn)
@@ -162,10 +239,25 @@ class PfnDatabase:
         pfn = next(iter(self.standby))
         del self.standby[pfn]
         entry = self.entries[pfn]
+        self._disown(entry.owner)
         entry.use, entry.owner, entry.va = FrameUse.FREE, None, None
         entry.pte_pa, entry.slot, entry.modified, entry.locks = None, None, False, 0
         self._free.appendleft(pfn)
         return pfn
+
+    def _disown(self, owner: int | None) -> None:
+        if owner is not None:
+            left = self.owned[owner] - 1
+            if left:
+                self.owned[owner] = left
+            else:
+                del self.owned[owner]
+
+    def frames_of(self, owner: int) -> list[int]:
+        """Every frame ``owner`` holds, in frame order (a scan of the database: for reports,
+        not for hot paths; ``owned`` has the count)."""
+        return sorted(pfn for pfn, e in self.entries.made() if e.owner == owner
+                      and e.use is not FrameUse.FREE)
 
     def release_many(self, pfns: list[int]) -> None:
         """Release each frame of ``pfns`` in order (process exit frees thousands)."""

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from emu.hw.mmu import PTE, PFErr
 from emu.nt.mm import softpte
 from emu.nt.mm.address_space import Mapping, Protection, leaf_flags
+from emu.nt.mm.corruption import check_all_returned
 from emu.nt.mm.paging import is_paged_pool
 from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError
 from emu.nt.mm.vad import (
@@ -211,19 +212,20 @@ def init_process_memory(ex: Executive, proc: Process) -> None:
 
 def release_process_memory(ex: Executive, proc: Process) -> None:
     """MmCleanProcessAddressSpace, our half: return the process's commit charge, free the
-    frames it kept off its page tables, forget its VADs. Idempotent; the page tables and
-    mapped frames are AddressSpace.release_user_half's job."""
+    frames it kept off its page tables, forget its VADs; then the process holds no frame
+    (else bug check 0x1A, emu.nt.mm.corruption). Idempotent; the page tables and mapped
+    frames are AddressSpace.release_user_half's job."""
     vads = proc.vads
-    if not isinstance(vads, VadSet):
-        return
-    ex.mm.pfn.release_many(list(vads.parked.values()))
-    vads.parked.clear()
-    system = _SYSTEMS.get(ex.mm)
-    if system is not None and system.processes.pop(proc.pid, None) is not None:
-        system.uncharge(vads.charge.total, vads.charge.tables)
-    vads.charge.pages, vads.charge.root = 0, 0
-    vads.charge.table_spans.clear()
-    vads.clear()
+    if isinstance(vads, VadSet):
+        ex.mm.pfn.release_many(list(vads.parked.values()))
+        vads.parked.clear()
+        system = _SYSTEMS.get(ex.mm)
+        if system is not None and system.processes.pop(proc.pid, None) is not None:
+            system.uncharge(vads.charge.total, vads.charge.tables)
+        vads.charge.pages, vads.charge.root = 0, 0
+        vads.charge.table_spans.clear()
+        vads.clear()
+    check_all_returned(ex.mm, proc.pid)
 
 
 def _record_image(vads: VadSet, proc: Process) -> None:
@@ -544,7 +546,7 @@ def _sync_ptes(ex: Executive, proc: Process, vad: Vad, start: int, end: int) -> 
     space = proc.space
     for run in vad.runs_in(start, end):
         for va in range(run.start, run.end, PAGE_SIZE):
-            mapping = space.lookup(va)
+            mapping = space.checked_lookup(va)          # its frame is kept aside or remapped
             if mapping is None:
                 space.set_software_protection(va, softpte.mm_protection(run.protect))
                 continue
