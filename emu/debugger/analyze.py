@@ -50,9 +50,6 @@ _STATUS_WORDS = {
     NTSTATUS.STATUS_IN_PAGE_ERROR: "the page could not be read back from the pagefile",
 }
 _AV_ACCESS = {0: "read", 1: "write", 8: "execute"}
-# Stop codes emu.nt.bugcheck.BugCheckCode does not name (bugcodes.h).
-_STOP_NAMES = {0x09: "IRQL_NOT_GREATER_OR_EQUAL", 0x44: "MULTIPLE_IRP_COMPLETE_REQUESTS",
-               0xC2: "BAD_POOL_CALLER", 0xC4: "DRIVER_VERIFIER_DETECTED_VIOLATION"}
 _PF50_ACCESS = {0: "read", 2: "write", 0x10: "execute"}
 
 # Stop code -> (what it means, parameter kinds, parameter meanings); Microsoft's "Bug check
@@ -65,6 +62,12 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
            "for a page-in", ("addr", "irql", "accd1", "rip"),
            ("the memory referenced", "the IRQL at the time", "the access",
             "the instruction that referenced it")),
+    0x1A: ("the memory manager found its books broken: a paging structure names what it "
+           "should not (a driver garbled a page table?)", ("value",) * 4,
+           ("the subtype: 0x41790 a page table's frame, 0x41792 a PTE naming no frame of "
+            "RAM or a bad slot, 0x41284 a working-set page, 0x61941 a bad upper-level entry",
+            "the address or frame involved", "the entry's address or value",
+            "the entry's value")),
     0x1E: ("kernel-mode code raised an exception that nothing handled",
            ("status", "rip", "value", "value"),
            ("the exception code", "where it happened", "the exception's parameter 0",
@@ -75,6 +78,10 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
             "the context record (none here)", "reserved")),
     0x44: ("a driver completed an IRP that was already completed",
            ("addr", "none", "none", "none"), ("the IRP", "reserved", "reserved", "reserved")),
+    0x4E: ("the PFN database and the page tables disagree about a frame",
+           ("value",) * 4,
+           ("the subtype: 0x99 a PTE or PFN is corrupt, 0x07 a frame freed twice, 0x02 a "
+            "frame beyond RAM", "the frame (PFN)", "its state (page location)", "reserved")),
     0x50: ("kernel-mode code referenced memory that is not mapped (or not valid)",
            ("addr", "acc50", "rip", "none"),
            ("the memory referenced", "the access", "the instruction that referenced it",
@@ -293,7 +300,7 @@ def bugcheck_text(target: Target, bc: Any) -> str:
     """A bug check: the stop code and each parameter explained, the faulting instruction,
     the walk of the address it is about, the responsible driver and the stack."""
     meaning, kinds, names = BUGCHECKS.get(bc.code, ("", ("value",) * 4, ("",) * 4))
-    name = _STOP_NAMES.get(bc.code, bc.name)
+    name = bc.name
     lines = [f"bug check {bc.code:#x} {name}" + (f": {meaning}" if meaning else "")]
     for i, value in enumerate(tuple(bc.params)[:4]):
         if kinds[i] == "none" and not value:
