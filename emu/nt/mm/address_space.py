@@ -256,14 +256,23 @@ class AddressSpace:
         entries = struct.unpack_from("<512Q", self.mm.mem.read(table, PAGE_SIZE))
         frames = []
         tracked = self.working_set is not None
+        records, owner = self.mm.pfn.entries.existing(), self.owner
         for i in slots:
             entry, entry_pa = entries[i], table + 8 * i
             if level == 1:
                 if entry & _P:
-                    frames.append(check_page_frame(self.mm, entry_pa, entry, self.owner,
-                                                   tracked=tracked))
+                    # The common case checked inline (a process's exit frees thousands of
+                    # pages); anything unusual gets check_page_frame's verdict.
+                    pfn = (entry & ADDRESS_MASK) >> 12
+                    record = records.get(pfn)
+                    if record is None or not pfn or record.owner != owner or \
+                            record.use is not FrameUse.PRIVATE or \
+                            (record.pte_pa != entry_pa and (tracked or record.pte_pa)):
+                        pfn = check_page_frame(self.mm, entry_pa, entry, owner,
+                                               tracked=tracked)
+                    frames.append(pfn)
                 elif entry:
-                    self.mm.pager.discard(entry, entry_pa, self.owner)
+                    self.mm.pager.discard(entry, entry_pa, owner)
                 continue
             if not entry:
                 continue

@@ -134,6 +134,10 @@ class _Entries:
     def __iter__(self):
         return (self[pfn] for pfn in range(self._frames))
 
+    def existing(self) -> dict[int, PfnEntry]:
+        """The records made so far, by frame (read only: a frame ever handed out has one)."""
+        return self._made
+
     def made(self) -> list[tuple[int, PfnEntry]]:
         """(frame, record) of every frame whose record exists: every frame ever used."""
         return list(self._made.items())
@@ -157,6 +161,7 @@ class PfnDatabase:
 
     def __init__(self, frames: int) -> None:
         self.entries = _Entries(frames)
+        self.frames = frames
         self.entries[0].use = FrameUse.RESERVED
         self._free: deque[int] = deque(range(1, frames))
         self.standby: dict[int, None] = {}      # insertion-ordered: oldest first
@@ -188,8 +193,8 @@ class PfnDatabase:
         """Return a frame to the free list (its contents are left as they are); its page's
         pagefile copy, if any, goes too. A frame beyond RAM, free already or never handed
         out is a corrupt PTE or record behind the caller: bug check PFN_LIST_CORRUPT."""
-        if not 0 <= pfn < len(self.entries):
-            raise beyond_ram(pfn, len(self.entries))
+        if not 0 <= pfn < self.frames:
+            raise beyond_ram(pfn, self.frames)
         entry = self.entries[pfn]
         use = entry.use
         if use is FrameUse.FREE:
