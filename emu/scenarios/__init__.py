@@ -14,7 +14,7 @@ whether the seed's claim held, and says so; a claim that did not hold fails the 
 Modules: registry (the list), stage (acts, checks, results), witness (narration and the
 timeline's marks), watch (memory writes and page contents), describe and args (wording),
 pictures (the address-space map in text, the shared kernel half), timeline and html
-(the picture page), cli, tiny (two hand-assembled ring-3 programs), and the scenarios
-themselves: spaces, isolation, drivers, context. Importing this package or its cli
+(the picture page), cli, and the scenarios themselves: spaces, isolation, drivers,
+context. Importing this package or its cli
 module is cheap: the scenarios and the machine load only when a scenario is asked for.
 """

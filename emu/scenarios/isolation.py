@@ -14,16 +14,18 @@ from emu.fmt import addr
 from emu.hw.cpu import RFLAGS_IF, Vector
 from emu.hw.mmu import PTE, PFErr
 from emu.nt.events import Event
-from emu.nt.layout import KERNEL_SPACE_START
+from emu.nt.layout import KERNEL_GDT, KERNEL_SPACE_START
 from emu.nt.mm.pfn import FrameUse
 from emu.nt.ob import HandleError
 from emu.nt.status import NTSTATUS
 from emu.nt.syscalls import Service
-from emu.scenarios import describe, tiny
+from emu.scenarios import describe
 from emu.scenarios.registry import scenario
 from emu.scenarios.stage import Stage, output
 
 IMAGE = (0x400000, 0x404000)          # the guest apps' three image pages and .text
+
+KERNEL_CODE_DESCRIPTOR = KERNEL_GDT + 0x10      # GDT[2], selector 0x10: kwrite's target
 
 
 @scenario(
@@ -154,23 +156,23 @@ def app_crash_is_contained(stage: Stage) -> None:
     "A process running in user mode can't access virtual addresses that are reserved for "
     "the operating system. Limiting the virtual address space of a user-mode application "
     "prevents the application from modifying or damaging critical operating system data.",
-    ("guest/apps/badread.c", "emu/scenarios/tiny.py (kwrite, kexec)"))
+    ("guest/apps/badread.c", "guest/apps/kwrite.c", "guest/apps/kexec.c"))
 def kernel_addresses_are_protected(stage: Stage) -> None:
     """badread reads the kernel's code page, kwrite writes the GDT, kexec calls the kernel."""
     faults: dict[str, Any] = {}
     with stage.act("badread, kwrite and kexec touch the kernel half from ring 3",
-                   apps=[("badread",), tiny.kwrite(), tiny.kexec()], focus=[IMAGE],
+                   apps=[("badread",), ("kwrite",), ("kexec",)], focus=[IMAGE],
                    dispatches=False, explain_walks=True) as act:
-        gdt = act.machine.executive.mm.system.lookup(tiny.KERNEL_CODE_DESCRIPTOR)
+        gdt = act.machine.executive.mm.system.lookup(KERNEL_CODE_DESCRIPTOR)
         mem = act.machine.mem
-        before = mem.read(gdt.pfn * 4096 + (tiny.KERNEL_CODE_DESCRIPTOR & 0xFFF), 8)
+        before = mem.read(gdt.pfn * 4096 + (KERNEL_CODE_DESCRIPTOR & 0xFFF), 8)
 
         def observe(event: Event, d: dict[str, Any]) -> None:
             if event is Event.EXCEPTION and d["exc"].cpl == 3:
                 faults[d["thread"].process.name] = d["exc"]
         act.on_event(observe)
         act.run()
-        after = mem.read(gdt.pfn * 4096 + (tiny.KERNEL_CODE_DESCRIPTOR & 0xFFF), 8)
+        after = mem.read(gdt.pfn * 4096 + (KERNEL_CODE_DESCRIPTOR & 0xFFF), 8)
         infos = {p.name: p.exception for p in act.procs}
     kinds = {"badread": ("read", 0), "kwrite": ("write", 1), "kexec": ("call", 8)}
     stage.facts.update(params={n: i.params if i else None for n, i in infos.items()},

@@ -57,6 +57,8 @@ EXEC_APPS = [
     "hotcold",
     "illegal",
     "ioctl",
+    "kexec",
+    "kwrite",
     "listcmd",
     "loop",
     "myapp",

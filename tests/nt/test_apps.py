@@ -44,6 +44,8 @@ def test_getpid(machine_factory, apps):
 
 @pytest.mark.parametrize("name, access, address", [
     ("badread", "read", 0xFFFF_8000_0000_1000),
+    ("kwrite", "write", 0xFFFF_8000_0000_0010),
+    ("kexec", "execute", 0xFFFF_8000_0000_1000),
     ("nullread", "read", 0),
     ("nullwrite", "write", 0),
 ])
@@ -52,7 +54,7 @@ def test_access_violations(machine_factory, apps, name, access, address):
     exc = proc.exception
     assert exc is not None and exc.code == AV and proc.exit_status == AV
     assert exc.access == access and exc.address == address
-    assert exc.params == ({"read": 0, "write": 1}[access], address)
+    assert exc.params == ({"read": 0, "write": 1, "execute": 8}[access], address)
     assert result.bugcheck is None
 
 

@@ -74,9 +74,8 @@ def test_interrupt_and_dpc_events_carry_the_interrupted_thread_at_their_irql():
 
 
 def test_a_ring_3_fault_never_shows_kernel_bytes():
-    from emu.scenarios import tiny
     m = Machine("64M")
-    proc = m.executive.create_process(tiny.kexec(), [])
+    proc = m.spawn(GUEST / "apps" / "kexec", [])
     m.run()
     assert proc.exception.instruction == "(not readable at ring 3)"
     m.close()
