@@ -30,6 +30,7 @@ from emu.debugger.session import (
     Watchpoint,
 )
 from emu.debugger.target import Target, TargetError
+from emu.nt.kernel import MachineStop
 
 
 class Quit(Exception):
@@ -199,6 +200,12 @@ class Shell(StateCommands, cmd.Cmd):
             return bool(super().onecmd(line))
         except (TargetError, ExprError, SessionError, ValueError) as err:
             self.error(str(err))
+            return False
+        except (Quit, MachineStop):
+            raise                        # quit, kill: they end the session's run on purpose
+        except Exception as err:         # noqa: BLE001 - a bug of ours must not end the session
+            word = line.split()[0] if line.split() else line
+            self.error(f"{word}: internal error ({type(err).__name__}: {err}); please report it")
             return False
 
     def parseline(self, line: str):
