@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import struct
 from typing import TYPE_CHECKING, Any
 
 from emu.debugger.records import (
@@ -31,8 +29,6 @@ if TYPE_CHECKING:
     from emu.machine import Machine
 
 MODE_NAMES = {Mode.USER: "user", Mode.KERNEL_AC0: "kernel", Mode.KERNEL_AC1: "kernel AC=1"}
-STLB_ENTRIES = (1 << 14) * 4          # native.c: STLB_SETS * STLB_WAYS
-_TAG_VALID, _GENERATIONS = 1, 512     # native.c: TAG_VALID, GENERATIONS
 _SETTABLE = frozenset({*GPRS, "rip", "rflags"})
 
 
@@ -196,23 +192,9 @@ class LiveTarget(Target):
     def tlb(self) -> list[TlbEntry]:
         """The STLB's valid entries, sorted by mode and page (QEMU's own TLB cannot be read
         through Unicorn's API)."""
-        return stlb_entries(self.cpu.native)
-
-
-def stlb_entries(native: Any) -> list[TlbEntry]:
-    """Read native.c's STLB (struct native_ctx: the stlb pointer and generation follow the
-    fields _Ctx mirrors); an entry is valid with TAG_VALID and the current generation."""
-    ctx = getattr(native, "_ctx_ptr", None)
-    if ctx is None or not native._finalizer.alive:
-        raise TargetError("the machine is closed: its TLB is gone")
-    offset = (ctypes.sizeof(type(native._ctx)) + 7) & ~7
-    table = ctypes.c_void_p.from_address(ctx + offset).value
-    generation = ctypes.c_uint64.from_address(ctx + offset + 8).value
-    raw = struct.unpack(f"<{2 * STLB_ENTRIES}Q", ctypes.string_at(table, 16 * STLB_ENTRIES))
-    out = []
-    for i in range(0, len(raw), 2):
-        tag, value = raw[i], raw[i + 1]
-        if tag & _TAG_VALID and (tag >> 3) % _GENERATIONS == generation:
-            out.append(TlbEntry(MODE_NAMES[Mode((tag >> 1) & 3)], tag & ~0xFFF,
-                                value & ~0xFFF, value & 7))
-    return sorted(out, key=lambda e: (e.mode, e.vpage))
+        native = self.cpu.native
+        if native.closed:
+            raise TargetError("the machine is closed: its TLB is gone")
+        out = [TlbEntry(MODE_NAMES[mode], vpage, value & ~0xFFF, value & 7)
+               for mode, vpage, value in native.entries()]
+        return sorted(out, key=lambda e: (e.mode, e.vpage))

@@ -50,6 +50,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import struct
 import subprocess
 import tempfile
 import weakref
@@ -105,6 +106,9 @@ class Fill(enum.IntFlag):
 
 
 DENY = -1  # the walker's answer when the access must fault (any negative number does)
+
+STLB_ENTRIES = (1 << 14) * 4     # native.c: STLB_SETS * STLB_WAYS
+_TAG_VALID, _GENERATIONS = 1, 512  # native.c: TAG_VALID, GENERATIONS (tag bits 3-11)
 
 _WALKER = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64
@@ -310,6 +314,19 @@ class NativeHooks:
             self._code_hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count)
             self._uc.ctl_flush_tb()
 
+    def entries(self) -> list[tuple[Mode, int, int]]:
+        """The STLB's valid entries: (mode, virtual page, physical page | Fill bits). They
+        follow the fields _Ctx mirrors in struct native_ctx: the table pointer, then the
+        generation (an entry of another generation is stale)."""
+        self._check_open()
+        at = self._ctx_ptr + ((ctypes.sizeof(_Ctx) + 7) & ~7)
+        table = ctypes.c_void_p.from_address(at).value
+        generation = ctypes.c_uint64.from_address(at + 8).value
+        raw = struct.unpack(f"<{2 * STLB_ENTRIES}Q", ctypes.string_at(table, 16 * STLB_ENTRIES))
+        return [(Mode((tag >> 1) & 3), tag & ~0xFFF, value)
+                for tag, value in zip(raw[::2], raw[1::2], strict=True)
+                if tag & _TAG_VALID and (tag >> 3) % _GENERATIONS == generation]
+
     def stop_soon(self) -> None:
         """End the budget now: the run stops before the next instruction (after the one
         running, if any). Safe from another thread or a hook; a no-op when not counting."""
@@ -350,6 +367,11 @@ class NativeHooks:
         if self._code_hook is not None:
             self._code_hook = None
             self._uc.ctl_flush_tb()
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() has released the hooks and the STLB."""
+        return not self._finalizer.alive
 
     def _check_open(self) -> None:
         if not self._finalizer.alive:
