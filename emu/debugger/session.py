@@ -224,9 +224,9 @@ class Session:
     def _attach(self) -> None:
         ex = self.executive
         ex.debugger = self
-        console = ex._console
+        console = ex.console
         if console is not None:   # going back re-executes: its output was shown already
-            ex._console = lambda proc, data: self._replay is None and console(proc, data)
+            ex.console = lambda proc, data: self._replay is None and console(proc, data)
         ex.events.subscribe(self._on_event)
         ex.set_budget(ex.scheduler.quantum)      # count from the first instruction (drivers)
         self._install_hooks()
@@ -359,8 +359,8 @@ class Session:
             self._go_back()
         ex = self.executive
         self._skip = (ex.cpu.rip, self.position)
-        if not self.ended and ex._budget_end is not None:
-            ex.set_budget(max(0, ex._budget_end - self.position))   # clipped to a new step
+        if not self.ended:
+            ex.rearm_budget()                # clipped to a new step, if one was asked for
 
     def interrupt(self) -> None:
         """Stop at the next instruction boundary (Ctrl-C); safe from any thread."""
@@ -373,12 +373,12 @@ class Session:
         a DPC's or DriverEntry's first instruction)."""
         if self._replay is not None or self._detached:
             return
-        if self.executive._running or next_instruction:
+        if self.executive.running or next_instruction:
             if self._pending is not None:        # e.g. a system call's entry and return
                 self._pending.description += "; " + stop.description
             else:
                 self._pending = stop
-            if self.executive._running:
+            if self.executive.running:
                 self.executive.cpu.native.stop_soon()
         else:
             self._pause(stop)
@@ -503,9 +503,7 @@ class Session:
             self.front_end_state[1](message["front_end"])
         if self.on_resume is not None:
             self.on_resume()
-        ex = self.executive
-        if ex._budget_end is not None:
-            ex.set_budget(max(0, ex._budget_end - self.position))    # clip to the target
+        self.executive.rearm_budget()        # clipped to the target
 
     def _need_factory(self) -> None:
         if self.factory is None:
@@ -681,10 +679,8 @@ class Session:
         return bps + self._internal
 
     def _hit_position(self, address: int) -> int:
-        """The position before the instruction at ``address``, from inside its code hook
-        (the C counter may or may not have counted it already)."""
-        ctx = self.executive.cpu.native._ctx
-        return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == address else 0)
+        """The position before the instruction at ``address``, from inside its code hook."""
+        return self.executive.cpu.native.completed_before(address)
 
     def _physical_rip(self, rip: int) -> int | None:
         try:
@@ -786,7 +782,7 @@ class Session:
                     number=wp.number, watch_kind=wp.kind, address=address)
         if self._replay is not None:
             if self._replay.record:
-                self._replay.hits.append((self.executive.cpu.native._ctx.instructions, stop))
+                self._replay.hits.append((self.position, stop))   # this instruction counted
             return
         wp.hits += 1
         self._pending = stop

@@ -327,6 +327,12 @@ class NativeHooks:
                 for tag, value in zip(raw[::2], raw[1::2], strict=True)
                 if tag & _TAG_VALID and (tag >> 3) % _GENERATIONS == generation]
 
+    def completed_before(self, pc: int) -> int:
+        """From inside a code hook of the instruction at ``pc``: the instructions completed
+        before it (the counting hook may or may not have counted it already)."""
+        ctx = self._ctx
+        return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == pc else 0)
+
     def stop_soon(self) -> None:
         """End the budget now: the run stops before the next instruction (after the one
         running, if any). Safe from another thread or a hook; a no-op when not counting."""

@@ -134,11 +134,11 @@ class Executive:
         self.count_always = False        # a budget or a trace: count every instruction
         self.max_insns: int | None = None
         self.counted_everything = True   # False once any turn ran at full speed
-        self._console = console
+        self.console = console           # (process or None for DbgPrint, bytes) -> None
         self._next_client_id = 4
         self._kernel_stack_slots: list[int] = []
         self._next_kernel_stack_slot = 1  # slot 0 is the boot stack
-        self._running = False            # inside cpu.run(): defer page-table teardown
+        self.running = False             # inside cpu.run(): defer page-table teardown
         self.debugger = None             # emu.debugger.session.Session while one is attached
         self._budget_end: int | None = None   # instruction count at which this budget ends
         self._deferred: list[Callable[[], None]] = []
@@ -250,7 +250,7 @@ class Executive:
 
     def defer(self, work: Callable[[], None]) -> None:
         """Run ``work`` now, or right after the CPU stops if guest code is running."""
-        if self._running:
+        if self.running:
             self._deferred.append(work)
         else:
             work()
@@ -363,6 +363,11 @@ class Executive:
             n = self.debugger.clip_budget(n)
         self.cpu.set_budget(n)
 
+    def rearm_budget(self) -> None:
+        """Give the CPU the rest of the budget it was given (a debugger clips it anew)."""
+        if self._budget_end is not None:
+            self.set_budget(max(0, self._budget_end - self.cpu.instructions))
+
     def _run_cpu(self, begin: int | None = None) -> RunResult:
         """Run the CPU from ``begin`` (default RIP) until it stops for the executive: an
         exception, the budget's end, or a stop it asked for. Stops a debugger made (a step, a
@@ -370,18 +375,17 @@ class Executive:
         while True:
             if self.debugger is not None:
                 begin = self.debugger.before_run(begin)     # may pause: the shell runs here
-            self._running = True
+            self.running = True
             try:
                 result = self.cpu.run(begin)
             finally:
-                self._running = False
+                self.running = False
                 while self._deferred:
                     self._deferred.pop(0)()
             if self.debugger is None or not self._stopped_for_debugger(result):
                 return result
             begin = None
-            if self._budget_end is not None:
-                self.set_budget(self._budget_end - self.cpu.instructions)
+            self.rearm_budget()
 
     def _stopped_for_debugger(self, result: RunResult) -> bool:
         """Whether the CPU stopped only because the debugger wanted it to."""
@@ -798,8 +802,8 @@ class Executive:
     def debug_print(self, data: bytes) -> None:
         """DbgPrint's output: the kernel debugger's console, here the machine's console."""
         self.debug_output += data
-        if self._console is not None:
-            self._console(None, data)
+        if self.console is not None:
+            self.console(None, data)
 
     def interrupt(self) -> None:
         """Stop the machine at the next instruction boundary (Ctrl-C); safe from any thread."""
@@ -859,8 +863,8 @@ class Executive:
     def console_write(self, proc: Process, data: bytes) -> None:
         """The console device: bytes a process wrote, in order."""
         proc.output += data
-        if self._console is not None:
-            self._console(proc, data)
+        if self.console is not None:
+            self.console(proc, data)
 
     def close(self) -> None:
         self.cpu.close()
