@@ -301,11 +301,9 @@ class Session:
             n = min(n, max(0, ring.next_at - self.position))
         return n
 
-    def before_run(self, begin: int | None) -> None:
-        """Called by the executive before each run of the CPU: pause here if a stop is due.
-        Returns None: the run starts at RIP (set to ``begin`` first)."""
-        if begin is not None:
-            self.executive.cpu.set_reg("rip", begin)
+    def before_run(self) -> None:
+        """Called by the executive before each run of the CPU (from RIP): take a snapshot if
+        one is due, and pause here if a stop is."""
         ring = self.snapshots
         if ring is not None and not self._detached and ring.due(self.position):
             message = ring.take(self.position, self.machine.pagefile)
@@ -314,7 +312,6 @@ class Session:
         stop = self._due_stop()
         if stop is not None:
             self._pause(stop)
-        return None
 
     def _due_stop(self) -> Stop | None:
         if self._detached:

@@ -374,7 +374,10 @@ class Executive:
         breakpoint, Ctrl-C in ``emu debug``) pause here and the run goes on after them."""
         while True:
             if self.debugger is not None:
-                begin = self.debugger.before_run(begin)     # may pause: the shell runs here
+                if begin is not None:                       # the pause shows where it starts
+                    self.cpu.set_reg("rip", begin)
+                    begin = None
+                self.debugger.before_run()                  # may pause: the shell runs here
             self.running = True
             try:
                 result = self.cpu.run(begin)
