@@ -16,7 +16,8 @@ from emu.nt.events import Event
 from emu.nt.syscalls import Service
 
 if TYPE_CHECKING:
-    from emu.debugger.session import Catchpoint, Session
+    from emu.debugger.session import Session
+    from emu.debugger.stops import Catchpoint
 
 _KIND_EVENTS = {
     "exception": (Event.EXCEPTION,),

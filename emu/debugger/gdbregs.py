@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from emu.debugger.records import TargetError
 from emu.debugger.rsp import PACKETS, ProtocolError, packet, parse_hex, parse_hex_bytes
-from emu.debugger.session import SessionError
+from emu.debugger.stops import SessionError
 from emu.hw.mmu import CR0, CR4, EFER
 
 ARCHITECTURE = "i386:x86-64"

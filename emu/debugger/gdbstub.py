@@ -39,7 +39,8 @@ from emu.debugger.rsp import (  # noqa: F401 (GdbServerError, parse_address: for
     parse_hex,
     parse_hex_bytes,
 )
-from emu.debugger.session import Session, SessionError, Stop, StopReason
+from emu.debugger.session import Session
+from emu.debugger.stops import SessionError, Stop, StopReason
 from emu.debugger.target import TargetError
 from emu.hw import mmu
 from emu.hw.cpu import Vector

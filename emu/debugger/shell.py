@@ -20,11 +20,11 @@ from typing import TextIO
 from emu.debugger import catch
 from emu.debugger.cmd_state import StateCommands
 from emu.debugger.expr import ExprError, evaluate
-from emu.debugger.session import (
+from emu.debugger.session import Session
+from emu.debugger.stops import (
     Breakpoint,
     CatchKind,
     Catchpoint,
-    Session,
     SessionError,
     Stop,
     Watchpoint,
