@@ -208,6 +208,14 @@ class IoManager:
         except UserAccessViolation:
             pass                                 # the caller unmapped its own block
 
+    def probes_user_buffer(self, file: DeviceFile) -> bool:
+        """Whether the I/O manager reaches the caller's buffer itself for a read or write of
+        this device (buffered or direct I/O: it copies or locks it, so NtReadFile/NtWriteFile
+        probe it first); with neither I/O the raw address goes to the driver, whose job the
+        probe then is."""
+        flags = self.ex.kernel_read_u64(file.device.address + DEVICE_FLAGS) & 0xFFFF_FFFF
+        return bool(flags & (DO_BUFFERED_IO | DO_DIRECT_IO))
+
     def transfer(self, thread: Thread, file: DeviceFile, major: int, buffer: int, length: int,
                  out: int, async_done=None) -> int | None:
         """NtReadFile/NtWriteFile on a device: an IRP_MJ_READ or IRP_MJ_WRITE, dispatched at

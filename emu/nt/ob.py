@@ -133,8 +133,13 @@ class ObjectDirectory:
         return list(self._live.values())
 
 
+_RESERVED = object()             # a slot taken for an object still being made
+
+
 class HandleTable:
-    """One process's handle table: value -> object."""
+    """One process's handle table: value -> object. A create service reserves its slot
+    before it makes the object, so that a full table refuses the call before anything
+    exists (and a new thread or process never runs without the handle that names it)."""
 
     def __init__(self) -> None:
         self._entries: dict[int, object] = {}
@@ -142,21 +147,40 @@ class HandleTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def insert(self, obj) -> int:
-        """ObInsertObject/ObOpenObject: a new handle to ``obj`` (lowest free value)."""
+    def reserve(self) -> int:
+        """The lowest free value, held for ``fill``; STATUS_INSUFFICIENT_RESOURCES (a
+        HandleError) when the table already holds MAX_HANDLES."""
         if len(self._entries) >= MAX_HANDLES:
             raise HandleError(NTSTATUS.STATUS_INSUFFICIENT_RESOURCES)
         value = HANDLE_INCREMENT
         while value in self._entries:
             value += HANDLE_INCREMENT
+        self._entries[value] = _RESERVED
+        return value
+
+    def fill(self, value: int, obj) -> None:
+        """ObInsertObject's second half: the reserved ``value`` now names ``obj``
+        (STATUS_INVALID_HANDLE if the slot went, with its process's table)."""
+        if self._entries.get(value) is not _RESERVED:
+            raise HandleError(NTSTATUS.STATUS_INVALID_HANDLE)
         self._entries[value] = obj
         obj.handle_count += 1
+
+    def unreserve(self, value: int) -> None:
+        """The object was not made: give the reserved slot back."""
+        if self._entries.get(value) is _RESERVED:
+            del self._entries[value]
+
+    def insert(self, obj) -> int:
+        """ObInsertObject/ObOpenObject: a new handle to ``obj`` (lowest free value)."""
+        value = self.reserve()
+        self.fill(value, obj)
         return value
 
     def lookup(self, value: int, *types: ObjectType):
         """ObReferenceObjectByHandle: the object ``value`` names here, of one of ``types``."""
         obj = self._entries.get(value)
-        if obj is None:
+        if obj is None or obj is _RESERVED:
             raise HandleError(NTSTATUS.STATUS_INVALID_HANDLE)
         if types and obj.object_type not in types:
             raise HandleError(NTSTATUS.STATUS_OBJECT_TYPE_MISMATCH)
@@ -164,16 +188,19 @@ class HandleTable:
 
     def close(self, value: int):
         """NtClose: forget ``value``; returns the object (its handle count is one lower)."""
-        obj = self._entries.pop(value, None)
-        if obj is None:
+        obj = self._entries.get(value)
+        if obj is None or obj is _RESERVED:
             raise HandleError(NTSTATUS.STATUS_INVALID_HANDLE)
+        del self._entries[value]
         obj.handle_count -= 1
         return obj
 
     def close_all(self) -> list:
-        """Process exit: close every handle (the table is destroyed)."""
-        objs = [self.close(value) for value in sorted(self._entries)]
-        return objs
+        """Process exit: close every handle (the table is destroyed; reserved slots go)."""
+        for value in [v for v, obj in self._entries.items() if obj is _RESERVED]:
+            del self._entries[value]
+        return [self.close(value) for value in sorted(self._entries)]
 
     def items(self) -> list[tuple[int, object]]:
-        return sorted(self._entries.items())
+        """(value, object) of every open handle, by value."""
+        return sorted((v, obj) for v, obj in self._entries.items() if obj is not _RESERVED)

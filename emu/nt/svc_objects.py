@@ -7,6 +7,7 @@ ended). Handle values are looked up in the CALLER's table only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emu.nt import ps
@@ -28,7 +29,17 @@ from emu.nt.ob import (
 )
 from emu.nt.process import Process
 from emu.nt.status import NTSTATUS
-from emu.nt.syscalls import Service, UserAccessViolation, probe_and_read, probe_and_write, service
+from emu.nt.syscalls import (
+    MAX_WRITE,
+    Service,
+    UserAccessViolation,
+    check_user_range,
+    probe_and_read,
+    probe_and_write,
+    probe_for_read,
+    probe_for_write,
+    service,
+)
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
@@ -36,6 +47,8 @@ if TYPE_CHECKING:
 MAX_PATH = 1024
 MAX_READ = 1 << 20
 WAITABLE = (ObjectType.PROCESS, ObjectType.THREAD, ObjectType.EVENT)
+IO_COUNT_SIZE = 8                # the I/O manager stores a byte count as 8 bytes
+METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
 
 
 def read_string(ex: Executive, address: int, limit: int = MAX_PATH) -> str:
@@ -50,28 +63,63 @@ def read_string(ex: Executive, address: int, limit: int = MAX_PATH) -> str:
     raise UserAccessViolation(address)
 
 
+def pointer_size(ex: Executive) -> int:
+    """The size of a HANDLE or pointer-sized count in the caller: 8, or 4 in a 32-bit
+    process."""
+    return 4 if ex.current_thread is not None and ex.current_thread.process.bits == 32 else 8
+
+
 def write_pointer(ex: Executive, address: int, value: int) -> None:
     """Store a pointer-sized value (a HANDLE, a count) in the caller's memory: 8 bytes, or 4
     in a 32-bit process."""
-    size = 4 if ex.current_thread is not None and ex.current_thread.process.bits == 32 else 8
+    size = pointer_size(ex)
     probe_and_write(ex, address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
 
 def reference(ex: Executive, proc: Process, handle: int, *types: ObjectType):
-    """A handle or pseudo-handle of the caller -> the object (HandleError if not valid)."""
+    """ObReferenceObjectByHandle: a handle or pseudo-handle of the caller -> the object
+    (HandleError if not valid). A pseudo-handle asked for another object type is
+    STATUS_OBJECT_TYPE_MISMATCH, as Windows returns it; 0 is no handle."""
     handle = handle_argument(handle, proc.bits)
-    if handle == NT_CURRENT_PROCESS and (not types or ObjectType.PROCESS in types):
-        return proc
-    if handle == NT_CURRENT_THREAD and (not types or ObjectType.THREAD in types):
-        return ex.current_thread
+    for pseudo, kind, obj in ((NT_CURRENT_PROCESS, ObjectType.PROCESS, proc),
+                              (NT_CURRENT_THREAD, ObjectType.THREAD, ex.current_thread)):
+        if handle == pseudo:
+            if types and kind not in types:
+                raise HandleError(NTSTATUS.STATUS_OBJECT_TYPE_MISMATCH)
+            return obj
     return proc.handles.lookup(handle, *types)
 
 
-def open_handle(ex: Executive, proc: Process, out: int, obj) -> int:
-    """ObInsertObject: a new handle to ``obj`` in the caller's table, stored at ``out``."""
+def create_handle(ex: Executive, proc: Process, out: int, make: Callable[[], object]) -> int:
+    """ObInsertObject, in the order that leaves nothing behind on failure: probe ``out``
+    (ProbeForWriteHandle), reserve a slot in the caller's handle table (a full table fails
+    here, before any object exists), make the object (``make`` returns it, or a failure
+    NTSTATUS), and only then let the handle name it and store the handle at ``out``."""
+    probe_for_write(ex, out, pointer_size(ex))
+    value = proc.handles.reserve()
+    try:
+        obj = make()
+    except BaseException:
+        proc.handles.unreserve(value)
+        raise
+    if isinstance(obj, int):
+        proc.handles.unreserve(value)
+        return obj
+    proc.handles.fill(value, obj)
     ex.objects.created(obj)
-    write_pointer(ex, out, proc.handles.insert(obj))
+    write_pointer(ex, out, value)
     return NTSTATUS.STATUS_SUCCESS
+
+
+def _probe_buffer(ex: Executive, obj, buffer: int, length: int, access: str) -> None:
+    """ProbeForRead/ProbeForWrite of a read or write buffer (its first 1 MiB page by page,
+    its whole range against MmUserProbeAddress). A device with neither I/O is handed the
+    raw address instead, unprobed, as a METHOD_NEITHER control code is: the driver must
+    probe it (docs/abi.md)."""
+    if obj.object_type is ObjectType.DEVICE and not ex.io.probes_user_buffer(obj):
+        return
+    check_user_range(buffer, length)
+    (probe_for_read if access == "read" else probe_for_write)(ex, buffer, min(length, MAX_READ))
 
 
 def device_request(ex: Executive, file, major: int, args: tuple[int, ...]) -> None:
@@ -113,8 +161,7 @@ def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
 def nt_duplicate_object(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtDuplicateObject(Handle, *NewHandle), within the calling process."""
     obj = reference(ex, proc, args[0])
-    write_pointer(ex, args[1], 0)                          # check the out pointer first
-    return open_handle(ex, proc, args[1], obj)
+    return create_handle(ex, proc, args[1], lambda: obj)
 
 
 @service(Service.NtWaitForSingleObject)
@@ -156,37 +203,38 @@ def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> in
     """NtCreateProcess(Path, Arguments, *Handle): a child from the guest file system."""
     path = read_string(ex, args[0])
     arguments = read_string(ex, args[1]).split() if args[1] else []
-    write_pointer(ex, args[2], 0)
-    try:
-        image = parse_image(ex.fs.read(path), path)
-        child = ex.create_process(image, arguments, parent=proc)
-    except GuestFileNotFound:
-        return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
-    except LoaderError:
-        return NTSTATUS.STATUS_INVALID_IMAGE_FORMAT
-    except virtual.CommitLimitExceeded:
-        return NTSTATUS.STATUS_COMMITMENT_LIMIT
-    except (OutOfFrames, ValueError):
-        return NTSTATUS.STATUS_NO_MEMORY
-    except ps.LimitError:
-        return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
-    return open_handle(ex, proc, args[2], child)
+
+    def make() -> Process | int:
+        try:
+            image = parse_image(ex.fs.read(path), path)
+            return ex.create_process(image, arguments, parent=proc)
+        except GuestFileNotFound:
+            return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+        except LoaderError:
+            return NTSTATUS.STATUS_INVALID_IMAGE_FORMAT
+        except virtual.CommitLimitExceeded:
+            return NTSTATUS.STATUS_COMMITMENT_LIMIT
+        except (OutOfFrames, ValueError):
+            return NTSTATUS.STATUS_NO_MEMORY
+        except ps.LimitError:
+            return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
+    return create_handle(ex, proc, args[2], make)
 
 
 @service(Service.NtCreateThread)
 @with_handles
 def nt_create_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateThread(StartRoutine, Argument, *Handle): a thread running start(arg)."""
-    write_pointer(ex, args[2], 0)
-    try:
-        thread = ps.create_thread(ex, proc, args[0], arg=args[1])
-    except ps.LimitError:
-        return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
-    except virtual.CommitLimitExceeded:
-        return NTSTATUS.STATUS_COMMITMENT_LIMIT
-    except OutOfFrames:
-        return NTSTATUS.STATUS_NO_MEMORY
-    return open_handle(ex, proc, args[2], thread)
+    def make() -> object:
+        try:
+            return ps.create_thread(ex, proc, args[0], arg=args[1])
+        except ps.LimitError:
+            return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
+        except virtual.CommitLimitExceeded:
+            return NTSTATUS.STATUS_COMMITMENT_LIMIT
+        except OutOfFrames:
+            return NTSTATUS.STATUS_NO_MEMORY
+    return create_handle(ex, proc, args[2], make)
 
 
 @service(Service.NtTerminateThread)
@@ -203,9 +251,12 @@ def nt_terminate_thread(ex: Executive, proc: Process, args: tuple[int, ...]) -> 
 @service(Service.NtCreateEvent)
 @with_handles
 def nt_create_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
-    """NtCreateEvent(*Handle, ManualReset, InitialState)."""
-    write_pointer(ex, args[0], 0)
-    return open_handle(ex, proc, args[0], Event(bool(args[1]), bool(args[2])))
+    """NtCreateEvent(*Handle, ManualReset, InitialState): each flag 0 or 1, as Windows refuses
+    an EventType other than NotificationEvent/SynchronizationEvent (STATUS_INVALID_PARAMETER)."""
+    manual_reset, state = args[1] & 0xFFFF_FFFF, args[2] & 0xFFFF_FFFF
+    if manual_reset not in (0, 1) or state not in (0, 1):
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    return create_handle(ex, proc, args[0], lambda: Event(bool(manual_reset), bool(state)))
 
 
 @service(Service.NtSetEvent)
@@ -232,32 +283,43 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     """NtOpenFile(Path, *Handle): a file of the guest file system (read-only), or the
     console device."""
     path = read_string(ex, args[0])
-    write_pointer(ex, args[1], 0)
-    try:
-        if path == CONSOLE_DEVICE:
-            obj = ConsoleObject()
-        elif path.startswith("\\Device\\"):
-            obj = DeviceFile(ex.io.devices[path])     # a device a driver created
-        else:
-            obj = FileObject(path, ex.fs.read(path))
-    except (GuestFileNotFound, KeyError):
-        return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
-    if obj.object_type is ObjectType.DEVICE:
-        # IRP_MJ_CREATE first: the driver may refuse the open.
-        thread, out = ex.current_thread, args[1]
+    out = args[1]
+    if path.startswith("\\Device\\") and path != CONSOLE_DEVICE:
+        # A device a driver created: IRP_MJ_CREATE first (the driver may refuse the open),
+        # with the handle's slot already reserved, so that the driver never sees an open
+        # that then fails.
+        probe_for_write(ex, out, pointer_size(ex))
+        device = ex.io.devices.get(path)
+        if device is None:
+            return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+        value = proc.handles.reserve()
+        thread = ex.current_thread
 
         def create() -> int:
-            status = ex.io.create(thread, obj.device)
+            status = ex.io.create(thread, device)
             if status != NTSTATUS.STATUS_SUCCESS:
+                proc.handles.unreserve(value)
                 return status
+            obj = DeviceFile(device)
             try:
-                return open_handle(ex, proc, out, obj)
-            except HandleError as err:
+                proc.handles.fill(value, obj)
+            except HandleError as err:        # the process ended meanwhile
                 return err.status
+            ex.objects.created(obj)
+            write_pointer(ex, out, value)
+            return NTSTATUS.STATUS_SUCCESS
         thread.kernel_work = create
         ex.cpu.stop()
         return None
-    return open_handle(ex, proc, args[1], obj)
+
+    def make() -> object:
+        if path == CONSOLE_DEVICE:
+            return ConsoleObject()
+        try:
+            return FileObject(path, ex.fs.read(path))
+        except GuestFileNotFound:
+            return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+    return create_handle(ex, proc, out, make)
 
 
 @service(Service.NtReadFile)
@@ -266,16 +328,23 @@ def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     """NtReadFile(Handle, Buffer, Length, *BytesRead): a guest file, or a device (an IRP
     to its driver, dispatched once the CPU has stopped: the result comes back then)."""
     f = reference(ex, proc, args[0], ObjectType.FILE, ObjectType.DEVICE)
+    buffer, length, count = args[1], args[2], args[3]
+    # NtReadFile probes the buffer for write and the count before it reads a byte (a
+    # neither-I/O device gets the raw buffer: see _probe_buffer).
+    _probe_buffer(ex, f, buffer, length, "write")
+    if count:
+        probe_for_write(ex, count, IO_COUNT_SIZE if f.object_type is ObjectType.DEVICE
+                        else pointer_size(ex))
     if f.object_type is ObjectType.DEVICE:
         return device_request(ex, f, IRP_MJ_READ, args)
-    length = min(args[2], MAX_READ)
+    length = min(length, MAX_READ)
     if f.position >= len(f.data) and length:
         return NTSTATUS.STATUS_END_OF_FILE
     chunk = f.data[f.position:f.position + length]
-    probe_and_write(ex, args[1], chunk)
+    probe_and_write(ex, buffer, chunk)
     f.position += len(chunk)
-    if args[3]:
-        write_pointer(ex, args[3], len(chunk))
+    if count:
+        write_pointer(ex, count, len(chunk))
     return NTSTATUS.STATUS_SUCCESS
 
 
@@ -303,14 +372,20 @@ def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | 
     obj = reference(ex, proc, args[0], ObjectType.CONSOLE, ObjectType.FILE, ObjectType.DEVICE)
     if obj.object_type is ObjectType.FILE:
         return NTSTATUS.STATUS_ACCESS_DENIED
+    buffer, length, count = args[1], args[2], args[3]
+    # NtWriteFile probes the buffer and the count before the console or a driver sees any.
+    check_user_range(buffer, length)
+    if length > MAX_WRITE:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    _probe_buffer(ex, obj, buffer, length, "read")
+    if count:
+        probe_for_write(ex, count, IO_COUNT_SIZE if obj.object_type is ObjectType.DEVICE
+                        else pointer_size(ex))
     if obj.object_type is ObjectType.DEVICE:
         return device_request(ex, obj, IRP_MJ_WRITE, args)
-    length = args[2]
-    if length > MAX_READ:
-        return NTSTATUS.STATUS_INVALID_PARAMETER
-    ex.console_write(proc, probe_and_read(ex, args[1], length))
-    if args[3]:
-        write_pointer(ex, args[3], length)
+    ex.console_write(proc, probe_and_read(ex, buffer, length))
+    if count:
+        write_pointer(ex, count, length)
     return NTSTATUS.STATUS_SUCCESS
 
 
@@ -322,6 +397,20 @@ def nt_device_io_control_file(ex: Executive, proc: Process, args: tuple[int, ...
     stack at [rsp + 8] (where the System V call left it; docs/abi.md)."""
     device = reference(ex, proc, args[0], ObjectType.DEVICE)
     returned = int.from_bytes(probe_and_read(ex, ex.cpu.reg("rsp") + 8, 8), "little")
+    # The I/O manager probes what it will touch before the driver runs (IopXxxControlFile):
+    # the byte count, and for every method but METHOD_NEITHER (whose raw addresses are the
+    # driver's to probe) the input buffer for read and the output buffer for its access.
+    method = args[1] & 3
+    in_buffer, in_length = args[2], args[3] & 0xFFFF_FFFF
+    out_buffer, out_length = args[4], args[5] & 0xFFFF_FFFF
+    if returned:
+        probe_for_write(ex, returned, IO_COUNT_SIZE)
+    if method != METHOD_NEITHER:
+        check_user_range(in_buffer, in_length)
+        check_user_range(out_buffer, out_length)
+        probe_for_read(ex, in_buffer, min(in_length, MAX_READ))
+        (probe_for_read if method == METHOD_IN_DIRECT else probe_for_write)(
+            ex, out_buffer, min(out_length, MAX_READ))
     thread = ex.current_thread
     thread.kernel_work = lambda: ex.io.device_control(
         thread, device, args[1], args[2], args[3] & 0xFFFF_FFFF, args[4],
@@ -337,8 +426,9 @@ def nt_read_file_ex(ex: Executive, proc: Process, args: tuple[int, ...]) -> None
     filled in the caller's memory and the event (may be 0) is set."""
     device = reference(ex, proc, args[0], ObjectType.DEVICE)
     event = reference(ex, proc, args[1], ObjectType.EVENT) if args[1] else None
+    _probe_buffer(ex, device, args[2], args[3], "write")   # NtReadFile's ProbeForWrite
     if args[4]:
-        probe_and_write(ex, args[4], bytes(16))       # the block must be writable now
+        probe_for_write(ex, args[4], 16)                    # the block must be writable now
     thread = ex.current_thread
     thread.kernel_work = lambda: ex.io.transfer_async(thread, device, args[2], args[3],
                                                       args[4], event)

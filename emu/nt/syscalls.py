@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from emu.nt.process import Process
 
 MAX_WRITE = 1 << 20
-NT_CURRENT_PROCESS = 0xFFFF_FFFF_FFFF_FFFF     # NtCurrentProcess(): the handle -1
 
 
 class Service(enum.IntEnum):
@@ -114,26 +113,50 @@ def _fault_in(ex: Executive, address: int, length: int, access: str) -> None:
         raise UserStatus(status)
 
 
-def _user_pages(ex: Executive, address: int, length: int, access: str):
+def check_user_range(address: int, length: int) -> None:
+    """The first half of ProbeForRead/ProbeForWrite: [address, address + length) must end at
+    or below MmUserProbeAddress and not wrap past 2^64 (a kernel-half or non-canonical
+    address fails here), else UserAccessViolation; a length of 0 checks nothing."""
+    end = address + length
+    if length and (address < 0 or end > MM_USER_PROBE_ADDRESS or end > 1 << 64):
+        raise UserAccessViolation(address)      # reaches into the kernel half, or wraps
+
+
+def _user_pages(ex: Executive, address: int, length: int, access: str, mark: bool = True):
     """ProbeForRead/ProbeForWrite: check [address, address + length) lies below
     MmUserProbeAddress, then page by page make the page valid (demand zero, stack growth,
     paged back in) and yield (offset, physical address, byte count), each page checked as
     a ring-3 ``access`` would be (so a read-only page refuses a write exactly as the CPU
-    would), A/D bits set. Use each page before asking for the next: making a later page
-    valid may trim an earlier one."""
+    would), A/D bits set if ``mark``. Use each page before asking for the next: making a
+    later page valid may trim an earlier one."""
+    check_user_range(address, length)
     end = address + length
-    if address < 0 or end > MM_USER_PROBE_ADDRESS or end < address:
-        raise UserAccessViolation(address)      # reaches into the kernel half: refused
     va = address
     while va < end:
         _fault_in(ex, va, 1, access)
         try:
-            pa = ex.cpu.walk(va, access, cpl=3, set_accessed_dirty=True).pa
+            pa = ex.cpu.walk(va, access, cpl=3, set_accessed_dirty=mark).pa
         except (mmu.PageFault, mmu.GeneralProtection):
             raise UserAccessViolation(va) from None
         n = min(end - va, PAGE_SIZE - (va % PAGE_SIZE))
         yield va - address, pa, n
         va += n
+
+
+def probe_for_read(ex: Executive, address: int, length: int) -> None:
+    """ProbeForRead: every byte of the buffer readable from ring 3, or UserAccessViolation
+    (UserStatus for a guard page); nothing is copied. Services call it for every pointer
+    before they act, so a bad pointer never leaves half a side effect."""
+    for _ in _user_pages(ex, address, length, "read", mark=False):
+        pass
+
+
+def probe_for_write(ex: Executive, address: int, length: int) -> None:
+    """ProbeForWrite (Microsoft: "checks that a user-mode buffer actually resides in the
+    user-mode portion of the address space, is writable"): every page writable from ring 3,
+    or UserAccessViolation; nothing is written."""
+    for _ in _user_pages(ex, address, length, "write", mark=False):
+        pass
 
 
 def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
@@ -147,27 +170,36 @@ def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
     """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation."""
     if not data:
         return
-    for _ in _user_pages(ex, address, len(data), "write"):    # all checked before a byte
-        pass
+    probe_for_write(ex, address, len(data))          # all checked before a byte
     for offset, pa, n in _user_pages(ex, address, len(data), "write"):
         ex.mem.write(pa, data[offset:offset + n])
         ex.cpu.invalidate_page(address + offset)   # the TLB may hold it without its new D bit
 
 
+def probe_limited(ex: Executive, address: int, length: int, limit: int, access: str) -> int:
+    """A buffer argument with a service limit, in the order docs/abi.md gives: a range that
+    wraps or reaches MmUserProbeAddress is STATUS_ACCESS_VIOLATION whatever its length; a
+    valid range longer than ``limit`` is STATUS_INVALID_PARAMETER (no page is looked at);
+    then every page is probed for ``access``. STATUS_SUCCESS, or the status to return."""
+    check_user_range(address, length)
+    if length > limit:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    (probe_for_read if access == "read" else probe_for_write)(ex, address, length)
+    return NTSTATUS.STATUS_SUCCESS
+
+
 @service(Service.NtTerminateProcess)
 def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
-    """NtTerminateProcess(ProcessHandle, ExitStatus): -1 (or 0) is the caller itself."""
-    from emu.nt.ob import HandleError, ObjectType, handle_argument
+    """NtTerminateProcess(ProcessHandle, ExitStatus): -1 is the caller itself; 0 is no
+    handle (STATUS_INVALID_HANDLE), as every other value not open in the caller."""
+    from emu.nt.ob import HandleError, ObjectType
+    from emu.nt.svc_objects import reference
 
-    handle, status = handle_argument(args[0], proc.bits), args[1] & 0xFFFF_FFFF
-    if handle in (NT_CURRENT_PROCESS, 0):
-        target = proc
-    else:
-        try:
-            target = proc.handles.lookup(handle, ObjectType.PROCESS)
-        except HandleError as err:
-            return err.status
-    ex.terminate(target, status)
+    try:
+        target = reference(ex, proc, args[0], ObjectType.PROCESS)
+    except HandleError as err:
+        return err.status
+    ex.terminate(target, args[1] & 0xFFFF_FFFF)
     return None if target is proc else NTSTATUS.STATUS_SUCCESS
 
 
@@ -175,10 +207,9 @@ def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) ->
 def nt_write_console(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtWriteConsole(Buffer, Length): write bytes of the caller's memory to the console."""
     buffer, length = args[0], args[1]
-    if buffer + length < buffer or buffer + length > 1 << 64:
-        raise UserAccessViolation(buffer)       # the range wraps around: ProbeForRead refuses
-    if length > MAX_WRITE:
-        return NTSTATUS.STATUS_INVALID_PARAMETER
+    status = probe_limited(ex, buffer, length, MAX_WRITE, "read")
+    if status != NTSTATUS.STATUS_SUCCESS:
+        return status
     ex.console_write(proc, probe_and_read(ex, buffer, length))
     return NTSTATUS.STATUS_SUCCESS
 

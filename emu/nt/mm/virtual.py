@@ -375,8 +375,10 @@ def _uncharge(ex: Executive, proc: Process, pages: int) -> None:
 def check_protection(protect: int) -> int:
     """STATUS_SUCCESS if ``protect`` is one requestable PAGE_* value, optionally with
     PAGE_GUARD (not with PAGE_NOACCESS); else STATUS_INVALID_PAGE_PROTECTION."""
+    # int(): the complement of an IntFlag keeps only the flag's own bits, so ~GUARD would
+    # let an undefined high bit (0x80000000) through.
     base, modifiers = protect & 0xFF, protect & ~0xFF
-    if base not in _REQUESTABLE or modifiers & ~GUARD:
+    if base not in _REQUESTABLE or modifiers & ~int(GUARD):
         return NTSTATUS.STATUS_INVALID_PAGE_PROTECTION
     if modifiers and base == PageProtect.PAGE_NOACCESS:
         return NTSTATUS.STATUS_INVALID_PAGE_PROTECTION
@@ -386,7 +388,8 @@ def check_protection(protect: int) -> int:
 def check_allocation(allocation_type: int, protect: int) -> int:
     """The flag checks NtAllocateVirtualMemory makes before it touches any pointer."""
     known = AllocationType.MEM_COMMIT | AllocationType.MEM_RESERVE | AllocationType.MEM_TOP_DOWN
-    if allocation_type & ~known or not allocation_type & (AllocationType.MEM_COMMIT |
+    # int(): the IntFlag complement would drop every bit the flag does not define.
+    if allocation_type & ~int(known) or not allocation_type & (AllocationType.MEM_COMMIT |
                                                           AllocationType.MEM_RESERVE):
         return NTSTATUS.STATUS_INVALID_PARAMETER
     return check_protection(protect)
