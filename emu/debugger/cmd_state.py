@@ -396,8 +396,10 @@ class StateCommands:
     @_guarded
     def do_check(self, arg: str) -> None:
         """check
-        The memory manager's accounting checks: frames, lists, PTEs, working sets and
-        the shared kernel half must agree (live machines only)."""
+        The accounting checks: frames, lists, PTEs, working sets and the shared kernel
+        half must agree, and so must the handle tables and the objects (every handle
+        names a live object, handle counts match, no object alive that nothing keeps;
+        live machines only)."""
         self.message(views.check_text(self.target))
 
     # -- completion --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from emu.nt import dump
 from emu.nt.layout import PAGE_SIZE
 from emu.nt.mm.check import check_memory
 from emu.nt.mm.vad import VadSet
+from emu.nt.ob_check import check_objects
 from emu.nt.process import ExceptionInfo, Process, Thread, ThreadState
 
 if TYPE_CHECKING:
@@ -186,8 +187,9 @@ class LiveTarget(Target):
         return {name: tuple(value) for name, value in tables.items()}
 
     def check(self) -> list[str]:
-        """emu.nt.mm.check.check_memory on this machine's memory manager."""
-        return check_memory(self.ex.mm)
+        """emu.nt.mm.check.check_memory on this machine's memory manager, then
+        emu.nt.ob_check.check_objects on its handle tables and objects."""
+        return check_memory(self.ex.mm) + check_objects(self.ex)
 
     def tlb(self) -> list[TlbEntry]:
         """The STLB's valid entries, sorted by mode and page (QEMU's own TLB cannot be read

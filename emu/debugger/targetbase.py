@@ -167,7 +167,8 @@ class Target:
         raise NotImplementedError
 
     def check(self) -> list[str]:
-        """The memory manager's accounting checks (emu.nt.mm.check): broken rules in words."""
+        """The memory manager's and object manager's accounting checks (emu.nt.mm.check,
+        emu.nt.ob_check): broken rules in words."""
         raise TargetError("check needs a live machine: a crash dump has no memory manager")
 
     # -- processes and address spaces ----------------------------------------------------

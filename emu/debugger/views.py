@@ -183,10 +183,13 @@ def _stack_location(target: Target, raw: bytes, pid: int | None) -> list[str]:
 
 
 def check_text(target: Target) -> str:
-    """The memory manager's accounting checks (emu.nt.mm.check), live only."""
+    """The memory manager's and the object manager's accounting checks (emu.nt.mm.check,
+    emu.nt.ob_check), live only."""
     problems = target.check()
     if not problems:
         return ("the books balance: every frame is on the right list, every PTE agrees with "
-                "its PFN record, the working sets hold exactly the valid pageable pages, and "
-                "the kernel half is the same in every PML4")
+                "its PFN record, the working sets hold exactly the valid pageable pages, "
+                "the kernel half is the same in every PML4, every handle names a live "
+                "object whose handle count agrees with the handle tables, and no object is "
+                "alive that nothing keeps")
     return "\n".join([f"{len(problems)} broken rule(s):", *(f"  {p}" for p in problems)])

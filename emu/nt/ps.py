@@ -70,6 +70,7 @@ def create_process(ex: Executive, image: Image, args: list[str],
         virtual.release_process_memory(ex, proc)
         raise
     ex.processes.append(proc)
+    ex.objects.created(proc)                # an object from birth: it keeps itself alive
     ex.events.emit(Event.PROCESS_CREATE, process=proc)
     return proc
 
@@ -122,6 +123,7 @@ def create_thread(ex: Executive, proc: Process, start: int, rsp: int | None = No
                     kernel_stack_slot=slot, stack_low=stack[0], stack_high=stack[1])
     proc.threads.append(thread)
     proc.threads_created += 1
+    ex.objects.created(thread)              # alive while it runs, then while a handle names it
     ex.scheduler.make_ready(thread)
     return thread
 

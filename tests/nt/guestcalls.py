@@ -96,9 +96,10 @@ def data_page() -> bytearray:
 
 def run(machine_factory, calls: list[Call], *, setup: bool = True,
         plant: dict[int, bytes] | None = None,
-        drivers: tuple[str, ...] = ("ticket.sys", "ioctl.sys")):
+        drivers: tuple[str, ...] = ("ticket.sys", "ioctl.sys"), prepare=None):
     """Run SETUP + ``calls`` + FINAL in a fresh machine with ``drivers``, with ``plant``'s
-    bytes in the data page; returns (machine, process, results, driver dispatches)."""
+    bytes in the data page (and ``prepare(executive, process)`` called before it runs);
+    returns (machine, process, results, driver dispatches)."""
     m = machine_factory(mem="16M", max_insns=2_000_000)
     for driver in drivers:
         m.add_driver(DRIVERS / driver)
@@ -122,6 +123,8 @@ def run(machine_factory, calls: list[Call], *, setup: bool = True,
                    RDONLY: bytes(4096)},
                   {CODE: 7, DATA: 6, RDONLY: 4})
     proc = ex.create_process(image, [])
+    if prepare is not None:
+        prepare(ex, proc)
     m.run()
     if m.result.bugcheck is not None:
         return m, proc, (), dispatches[0]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from emu.nt.loader import Image, Segment
 from emu.nt.mm import virtual
 from emu.nt.mm.check import check_memory
+from emu.nt.ob_check import check_objects
 from emu.nt.status import NTSTATUS
 from emu.nt.syscalls import Service
 
@@ -81,6 +82,7 @@ def test_random_system_calls_end_defined_and_leave_the_books_balanced(machine_fa
     result = m.run()
     assert result.bugcheck is None
     assert check_memory(ex.mm) == []            # PFN records, PTEs, slots, working sets
+    assert check_objects(ex) == []              # handles, handle counts, live objects
     statuses = {int(s) for s in NTSTATUS}
     for p in result.processes:
         if p.exception is not None:

@@ -1,0 +1,87 @@
+"""The object manager's books (emu.nt.ob_check) and the debugger's ``check`` that prints
+them: silent on a healthy machine, one line per broken rule on a corrupted one."""
+
+from __future__ import annotations
+
+import cmd
+import io
+
+import pytest
+from guestcalls import EVENT, FILE, Call, run
+
+from emu.debugger.cmd_state import StateCommands
+from emu.debugger.target import LiveTarget
+from emu.nt.ob import Event
+from emu.nt.ob_check import check_objects
+from emu.nt.syscalls import Service as S
+
+
+class Harness(StateCommands, cmd.Cmd):
+    """The debugger's state commands, their output captured (as tests/debugger does)."""
+
+    def __init__(self, target) -> None:
+        super().__init__(stdout=io.StringIO())
+        self.target, self.view_pid, self.stop_info = target, None, None
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+    def error(self, text: str) -> None:
+        self.lines.append("error: " + text)
+
+    def run(self, line: str) -> str:
+        self.lines = []
+        self.onecmd(line)
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def paused(machine_factory):
+    """A process blocked with six handles open (console, file, event, two devices, event)
+    and a second thread of its own."""
+    from guestcalls import OUTV, THREAD_FN
+    m, proc, results, _ = run(machine_factory, [Call(S.NtCreateThread, (THREAD_FN, 0, OUTV))])
+    assert results[7] == 0
+    return m, proc, Harness(LiveTarget(m))
+
+
+def test_a_healthy_machine_passes(paused):
+    m, _, sh = paused
+    assert check_objects(m.executive) == []
+    out = sh.run("check")
+    assert out.startswith("the books balance") and "every handle names a live object" in out
+
+
+def test_a_wrong_handle_count_is_reported(paused):
+    m, proc, sh = paused
+    proc.handles.lookup(EVENT).handle_count += 1
+    assert sh.run("check").splitlines() == [
+        "1 broken rule(s):", "  event object at "
+        f"{id(proc.handles.lookup(EVENT)):#x} counts 2 handle(s), but 1 handle(s) name it"]
+
+
+def test_a_handle_to_a_deleted_object_is_reported(paused):
+    m, proc, sh = paused
+    m.executive.objects._live.pop(id(proc.handles.lookup(FILE)))
+    out = sh.run("check").splitlines()
+    assert out == ["1 broken rule(s):", f'  handle 0x8 of process {proc.pid} "svc" names file '
+                   "hello, which the object manager has deleted"]
+
+
+def test_a_leaked_object_is_reported(paused):
+    m, _, sh = paused
+    leak = Event(manual_reset=True, state=False)
+    m.executive.objects.created(leak)
+    assert sh.run("check").splitlines() == [
+        "1 broken rule(s):", f"  event object at {id(leak):#x} is alive, yet no handle names "
+        "it and it is not running (a leaked object)"]
+
+
+def test_a_running_thread_the_object_manager_lost_is_reported(paused):
+    m, proc, sh = paused
+    thread = proc.threads[0]
+    m.executive.objects._live.pop(id(thread))
+    assert sh.run("check").splitlines() == [
+        "1 broken rule(s):", f"  thread {thread.tid} of process {proc.pid} is running, yet is "
+        "no object of the object manager"]
