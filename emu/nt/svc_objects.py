@@ -7,6 +7,7 @@ ended). Handle values are looked up in the CALLER's table only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ from emu.nt.status import NTSTATUS
 from emu.nt.syscalls import (
     MAX_WRITE,
     Service,
-    UserAccessViolation,
+    UserStatus,
     check_user_range,
     probe_and_read,
     probe_and_write,
@@ -44,23 +45,28 @@ from emu.nt.syscalls import (
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
 
-MAX_PATH = 1024
+MAX_PATH = 1024                  # a path or argument string: at most 1023 bytes, then NUL
+ARGUMENT_SEPARATORS = r"[ \t\n\v\f\r]+"   # NtCreateProcess splits its arguments at these
 MAX_READ = 1 << 20
 WAITABLE = (ObjectType.PROCESS, ObjectType.THREAD, ObjectType.EVENT)
 IO_COUNT_SIZE = 8                # the I/O manager stores a byte count as 8 bytes
 METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
 
 
-def read_string(ex: Executive, address: int, limit: int = MAX_PATH) -> str:
-    """A NUL-terminated string from user memory (at most ``limit`` bytes)."""
+def read_string(ex: Executive, address: int, too_long: int,
+                limit: int = MAX_PATH) -> str:
+    """A NUL-terminated UTF-8 string from user memory: at most ``limit`` - 1 bytes before its
+    NUL, else the service returns ``too_long`` (raised as UserStatus)."""
     out = bytearray()
     while len(out) < limit:
         chunk = probe_and_read(ex, address + len(out), min(64, 4096 - (address + len(out)) % 4096))
         end = chunk.find(b"\0")
         if end >= 0:
+            if len(out) + end >= limit:
+                break
             return (out + chunk[:end]).decode("utf-8", "replace")
         out += chunk
-    raise UserAccessViolation(address)
+    raise UserStatus(too_long)
 
 
 def pointer_size(ex: Executive) -> int:
@@ -201,8 +207,9 @@ def nt_delay_execution(ex: Executive, proc: Process, args: tuple[int, ...]) -> i
 @with_handles
 def nt_create_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateProcess(Path, Arguments, *Handle): a child from the guest file system."""
-    path = read_string(ex, args[0])
-    arguments = read_string(ex, args[1]).split() if args[1] else []
+    path = read_string(ex, args[0], NTSTATUS.STATUS_OBJECT_NAME_INVALID)
+    text = read_string(ex, args[1], NTSTATUS.STATUS_INVALID_PARAMETER) if args[1] else ""
+    arguments = [a for a in re.split(ARGUMENT_SEPARATORS, text) if a]
 
     def make() -> Process | int:
         try:
@@ -282,7 +289,7 @@ def nt_reset_event(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
 def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtOpenFile(Path, *Handle): a file of the guest file system (read-only), or the
     console device."""
-    path = read_string(ex, args[0])
+    path = read_string(ex, args[0], NTSTATUS.STATUS_OBJECT_NAME_INVALID)
     out = args[1]
     if path.startswith("\\Device\\") and path != CONSOLE_DEVICE:
         # A device a driver created: IRP_MJ_CREATE first (the driver may refuse the open),
