@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from emu.nt import ps
 from emu.nt.fs import GuestFileNotFound
-from emu.nt.io import IRP_MJ_READ, IRP_MJ_WRITE, DeviceFile
+from emu.nt.io import IRP_MJ_READ, IRP_MJ_WRITE, METHOD_IN_DIRECT, METHOD_NEITHER, DeviceFile
 from emu.nt.loader import LoaderError, parse_image
 from emu.nt.mm import virtual
 from emu.nt.mm.pfn import OutOfFrames
@@ -50,7 +50,6 @@ ARGUMENT_SEPARATORS = r"[ \t\n\v\f\r]+"   # NtCreateProcess splits its arguments
 MAX_READ = 1 << 20
 WAITABLE = (ObjectType.PROCESS, ObjectType.THREAD, ObjectType.EVENT)
 IO_COUNT_SIZE = 8                # the I/O manager stores a byte count as 8 bytes
-METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
 
 
 def read_string(ex: Executive, address: int, too_long: int,

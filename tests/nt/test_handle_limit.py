@@ -6,7 +6,7 @@ run, no child started, and the out variable untouched."""
 from __future__ import annotations
 
 import pytest
-from guestcalls import BUF, HELLO_STR, OUTV, THREAD_FN, TICKET_STR, Call, read_user, run
+from guestcalls import BUF, DATA, HELLO_STR, OUTV, THREAD_FN, Call, read_user, run
 
 from emu.nt.ob import MAX_HANDLES, Event
 from emu.nt.status import NTSTATUS
@@ -14,6 +14,7 @@ from emu.nt.syscalls import Service as S
 
 FULL = NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
 SENTINEL = b"\xa5" * 8
+ECHO_STR = DATA + 0x800
 
 
 def fill_table(ex, proc) -> None:
@@ -28,7 +29,7 @@ def fill_table(ex, proc) -> None:
 CALLS = {
     "NtCreateEvent": Call(S.NtCreateEvent, (OUTV, 1, 1)),
     "NtOpenFile file": Call(S.NtOpenFile, (HELLO_STR, OUTV)),
-    "NtOpenFile device": Call(S.NtOpenFile, (TICKET_STR, OUTV)),
+    "NtOpenFile device": Call(S.NtOpenFile, (ECHO_STR, OUTV)),   # echo.sys: IRP_MJ_CREATE
     "NtDuplicateObject": Call(S.NtDuplicateObject, (4, OUTV)),
     "NtCreateThread": Call(S.NtCreateThread, (THREAD_FN, 0, OUTV)),
     "NtCreateProcess": Call(S.NtCreateProcess, (HELLO_STR, 0, OUTV)),
@@ -40,7 +41,8 @@ LAST = 4 * MAX_HANDLES
 def test_a_full_handle_table_leaves_nothing_behind(machine_factory, name):
     m, proc, results, dispatches = run(
         machine_factory, [CALLS[name], Call(S.NtWaitForSingleObject, (LAST, 0))],
-        setup=False, plant={OUTV: SENTINEL}, prepare=fill_table)
+        setup=False, plant={OUTV: SENTINEL, ECHO_STR: b"\\Device\\Echo\0"},
+        prepare=fill_table, drivers=("echo.sys",))
     ex = m.executive
     assert results[:2] == (FULL, NTSTATUS.STATUS_TIMEOUT)     # the caller goes on
     assert read_user(ex, proc, OUTV, 8) == SENTINEL
@@ -61,3 +63,13 @@ def test_a_closed_slot_is_used_again(machine_factory):
     assert read_user(m.executive, proc, OUTV, 8) == (8).to_bytes(8, "little")
     assert proc.output == b"T"                                  # the thread ran
     assert BUF                                                  # (its text lives in BUF)
+
+
+def test_the_device_open_reaches_the_driver_below_the_limit(machine_factory):
+    """The same open with one slot free: echo.sys sees its IRP_MJ_CREATE."""
+    m, proc, results, dispatches = run(
+        machine_factory, [Call(S.NtClose, (8,)), Call(S.NtOpenFile, (ECHO_STR, OUTV))],
+        setup=False, plant={ECHO_STR: b"\\Device\\Echo\0"}, prepare=fill_table,
+        drivers=("echo.sys",))
+    assert results[:2] == (0, 0) and dispatches == 1
+    assert proc.handles.lookup(8).object_type.value == "Device"
