@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from emu.nt.mm import virtual
 from emu.nt.status import NTSTATUS, nt_success
-from emu.nt.syscalls import Service, probe_and_read, probe_and_write, service
+from emu.nt.syscalls import Service, probe_and_read, probe_and_write, probe_for_write, service
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
@@ -45,9 +45,8 @@ def _capture(ex: Executive, proc: Process, address: int, fmt: str) -> int:
     """Read an in/out variable after checking that it can be written back."""
     size = struct.calcsize(fmt)
     _valid_for(ex, proc, address, size, "write")
-    data = probe_and_read(ex, address, size)
-    probe_and_write(ex, address, data)             # ProbeForWrite: fail now, not afterwards
-    return struct.unpack(fmt, data)[0]
+    probe_for_write(ex, address, size)             # ProbeForWrite: fail now, not afterwards
+    return struct.unpack(fmt, probe_and_read(ex, address, size))[0]
 
 
 def _store(ex: Executive, proc: Process, address: int, fmt: str, value: int) -> None:
