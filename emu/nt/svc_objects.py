@@ -116,15 +116,22 @@ def create_handle(ex: Executive, proc: Process, out: int, make: Callable[[], obj
     return NTSTATUS.STATUS_SUCCESS
 
 
-def _probe_buffer(ex: Executive, obj, buffer: int, length: int, access: str) -> None:
-    """ProbeForRead/ProbeForWrite of a read or write buffer (its first 1 MiB page by page,
-    its whole range against MmUserProbeAddress). A device with neither I/O is handed the
-    raw address instead, unprobed, as a METHOD_NEITHER control code is: the driver must
-    probe it (docs/abi.md)."""
-    if obj.object_type is ObjectType.DEVICE and not ex.io.probes_user_buffer(obj):
-        return
-    check_user_range(buffer, length)
-    (probe_for_read if access == "read" else probe_for_write)(ex, buffer, min(length, MAX_READ))
+def _probe_buffer(ex: Executive, obj, buffer: int, length: int, access: str,
+                  limit: int | None = None) -> int:
+    """ProbeForRead/ProbeForWrite of a read or write buffer, in the order docs/abi.md gives:
+    its whole range against MmUserProbeAddress, then the service's ``limit``
+    (STATUS_INVALID_PARAMETER), then its first 1 MiB page by page. A device with neither
+    I/O is handed the raw address instead, unprobed, as a METHOD_NEITHER control code is:
+    the driver must probe it (docs/abi.md). STATUS_SUCCESS, or the status to return."""
+    unprobed = obj.object_type is ObjectType.DEVICE and not ex.io.probes_user_buffer(obj)
+    if not unprobed:
+        check_user_range(buffer, length)
+    if limit is not None and length > limit:
+        return NTSTATUS.STATUS_INVALID_PARAMETER
+    if not unprobed:
+        (probe_for_read if access == "read" else probe_for_write)(ex, buffer,
+                                                                  min(length, MAX_READ))
+    return NTSTATUS.STATUS_SUCCESS
 
 
 def device_request(ex: Executive, file, major: int, args: tuple[int, ...]) -> None:
@@ -380,10 +387,9 @@ def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | 
         return NTSTATUS.STATUS_ACCESS_DENIED
     buffer, length, count = args[1], args[2], args[3]
     # NtWriteFile probes the buffer and the count before the console or a driver sees any.
-    check_user_range(buffer, length)
-    if length > MAX_WRITE:
-        return NTSTATUS.STATUS_INVALID_PARAMETER
-    _probe_buffer(ex, obj, buffer, length, "read")
+    status = _probe_buffer(ex, obj, buffer, length, "read", MAX_WRITE)
+    if status != NTSTATUS.STATUS_SUCCESS:
+        return status
     if count:
         probe_for_write(ex, count, IO_COUNT_SIZE if obj.object_type is ObjectType.DEVICE
                         else pointer_size(ex))
