@@ -16,8 +16,10 @@ from guestcalls import (
     BUF2,
     CMD,
     CONSOLE,
+    CONSOLE_STR,
     COUNT,
     CTX,
+    DATA,
     EVENT,
     FILE,
     HELLO_STR,
@@ -27,6 +29,7 @@ from guestcalls import (
     MBI,
     NT_CURRENT_PROCESS,
     OLDV,
+    OUTS,
     OUTV,
     RDONLY,
     REGION,
@@ -36,10 +39,13 @@ from guestcalls import (
     THREAD_FN,
     TICKET,
     Call,
+    data_page,
+    read_user,
     run,
     snapshot,
 )
 
+from emu.nt.loader import Image, Segment
 from emu.nt.status import NTSTATUS
 from emu.nt.syscalls import SERVICE_TABLE, Service
 
@@ -257,3 +263,40 @@ def test_nt_continue_refuses_a_rip_outside_user_space(machine_factory, rip):
                               plant={CTX: _context(rip)})
     assert results[7:9] == (NTSTATUS.STATUS_INVALID_PARAMETER, 0)
     assert proc.output == b"hello" and proc.exit_status is None
+
+
+# The same checks through int 0x2e, from a 32-bit process (docs/abi.md, "32-bit processes").
+MOV32 = [b"\xbb", b"\xb9", b"\xba", b"\xbe", b"\xbf", b"\xbd"]   # ebx ecx edx esi edi ebp
+
+
+def _run32(machine_factory, calls: list[Call]):
+    code = b""
+    for i, call in enumerate(calls):
+        args = list(call.args) + [0] * (6 - len(call.args))
+        for op, value in zip(MOV32, args, strict=True):
+            code += op + struct.pack("<I", value & 0xFFFF_FFFF)
+        code += b"\xb8" + struct.pack("<I", call.number) + b"\xcd\x2e"
+        code += b"\xa3" + struct.pack("<I", DATA + 4 * i)            # mov [slot], eax
+    code += b"\xeb\xfe"
+    m = machine_factory(mem="16M", max_insns=200_000)
+    code_va = 0x40_0000
+    image = Image("svc32", "svc32", 0, code_va, [Segment(code_va, 4096, 5), Segment(DATA, 4096, 6)],
+                  {code_va: bytearray(code.ljust(4096, b"\xcc")),
+                   DATA: bytearray(data_page())}, {code_va: 5, DATA: 6}, bits=32)
+    proc = m.executive.create_process(image, [])
+    m.run()
+    return proc, struct.unpack(f"<{len(calls)}I", read_user(m.executive, proc, DATA,
+                                                             4 * len(calls)))
+
+
+def test_a_32_bit_process_gets_the_same_checks(machine_factory):
+    proc, results = _run32(machine_factory, [
+        Call(S.NtOpenFile, (CONSOLE_STR, OUTS)),                       # handle 4
+        Call(S.NtWriteFile, (4, BUF, 5, 0xFFFF_0000)),                 # count: not user space
+        Call(S.NtWriteFile, (4, BUF, 5, RDONLY)),                      # count: not mapped
+        Call(S.NtTerminateProcess, (0, 5)),
+        Call(S.NtCreateEvent, (0xFFFF_FFF0, 1, 0)),
+        Call(S.NtWriteConsole, (BUF, 5))])
+    assert results == (0, AV, AV, INVALID, AV, 0)
+    assert proc.output == b"hello" and proc.exit_status is None
+    assert [v for v, _ in proc.handles.items()] == [4]
