@@ -2,7 +2,8 @@
 
 Boot (KiSystemStartup, reduced): build the shared kernel half (GDT, TSS,
 kernel code, a kernel stack), turn on long-mode paging with CR0.WP, NXE and
-SMEP, and remember that clean ring-0 state.
+SMEP, and remember that clean ring-0 state: CS = KGDT64_R0_CODE, SS =
+KGDT64_R0_DATA, RFLAGS.IF = 1 (on x64 the IRQL masks interrupts, not IF).
 
 Entering user mode (KiReturnToUser / the tail of KiSystemCall64): start from
 the clean ring-0 state, load the process's CR3, put an interrupt frame on the
@@ -64,6 +65,7 @@ INT3 = b"\xcc"
 TRAMPOLINE = layout.KERNEL_TEXT                  # iretq: the way into ring 3
 KERNEL_RETURN = layout.KERNEL_TEXT + 0x10        # int3: where a kernel routine returns to
 KERNEL_STACK_TOP = layout.KERNEL_STACK_BASE + (layout.KERNEL_STACK_PAGES + 1) * layout.PAGE_SIZE
+KERNEL_RFLAGS = 0x202                            # IF set at every IRQL (masking is by IRQL)
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
 USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
 USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
@@ -168,7 +170,11 @@ class Executive:
         cpu.load_gdt(layout.KERNEL_GDT, GDT_LIMIT)
         cpu.load_tr(Selector.TSS, layout.KERNEL_TSS, TSS_SIZE - 1)
         cpu.set_reg("rsp", KERNEL_STACK_TOP)
-        cpu.set_reg("rflags", 0x2)
+        # Writing CS/SS changes only the selectors (platform-facts.md): the CPU is still at
+        # CPL 0 with 64-bit code, as after a syscall or an interrupt from ring 3 (SDM 6.14).
+        cpu.set_reg("cs", Selector.KERNEL_CODE)
+        cpu.set_reg("ss", Selector.KERNEL_DATA)
+        cpu.set_reg("rflags", KERNEL_RFLAGS)
         cpu.save_clean_context()
 
     def _cr3_loaded(self, old: int, new: int) -> None:

@@ -1,0 +1,75 @@
+"""What ring-0 code and a waiting thread look like from outside: the state every view shows
+is one the hardware could be in, and the one the code runs or resumes with.
+
+Ring 0 runs with CS = KGDT64_R0_CODE (0x10), SS = KGDT64_R0_DATA (0x18) and RFLAGS.IF = 1
+at every IRQL the executive uses (docs/abi.md, "Ring 0"). A thread that waits shows the
+state it will resume from, not the trap its kernel work returned through.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from emu.nt import layout
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = Path("guest") / "build" / "apps"
+DRIVERS = Path("guest") / "build" / "drivers"
+KERNEL_RETURN = layout.KERNEL_TEXT + 0x10
+KERNEL_CS = "cs 0x0010  GDT[2] RPL 0: 64-bit code (execute/read), DPL 0"
+KERNEL_SS = "ss 0x0018  GDT[3] RPL 0: data (read/write), DPL 0"
+
+
+def debug(script: str, *args: str) -> str:
+    """``emu debug ARGS`` with ``script`` on standard input; its transcript."""
+    r = subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def slowneither(script: str) -> str:
+    return debug(script, "--stop-at-driver", "--driver", str(DRIVERS / "slowneither.sys"),
+                 str(APPS / "slowread"), "\\Device\\SlowNeither")
+
+
+def register_dumps(transcript: str) -> list[tuple[str, str, str, str]]:
+    """(where, rflags line, cs line, ss line) of every ``registers`` in a transcript."""
+    lines = transcript.splitlines()
+    dumps = []
+    for i, line in enumerate(lines):
+        if line.endswith(") registers"):
+            where = next(x for x in reversed(lines[:i]) if x.startswith("=> "))
+            block = lines[i + 1:i + 16]
+            pick = {x.split()[0]: x for x in block if x.split()[0] in ("rflags", "cs", "ss")}
+            dumps.append((where, pick["rflags"], pick["cs"], pick["ss"]))
+    return dumps
+
+
+def test_every_ring_0_entry_shows_kernel_cs_ss_and_interrupts_enabled():
+    transcript = slowneither(
+        "registers\n"                              # DriverEntry, PASSIVE_LEVEL
+        f"break *{KERNEL_RETURN:#x}\n"
+        "break slowneither.sys!Read\n"
+        "continue\nregisters\n"                    # the return trap after DriverEntry
+        "continue\nregisters\n"                    # the dispatch routine
+        "catch interrupt\ncatch dpc\n"
+        "continue\ncontinue\nregisters\n"          # the ISR, at DIRQL
+        "continue\nregisters\n"                    # its return trap, still at DIRQL
+        "continue\nregisters\n")                   # the DPC, at DISPATCH_LEVEL
+    dumps = register_dumps(transcript)
+    wheres = [d[0].split(">:")[0] for d in dumps]
+    assert wheres == ["=> 0xfffff80001001190 <slowneither.sys!DriverEntry",
+                      f"=> {KERNEL_RETURN:#x} <{KERNEL_RETURN:#x}",
+                      "=> 0xfffff800010010c0 <slowneither.sys!Read",
+                      "=> 0xfffff80001001150 <slowneither.sys!Isr",
+                      f"=> {KERNEL_RETURN:#x} <{KERNEL_RETURN:#x}",
+                      "=> 0xfffff80001001000 <slowneither.sys!DpcForIsr"], transcript
+    for where, rflags, cs, ss in dumps:
+        assert cs.startswith(KERNEL_CS) and cs.endswith("-> CPL 0 (kernel mode)"), where
+        assert ss.startswith(KERNEL_SS), where
+        value = int(rflags.split()[1], 16)
+        assert value & 0x202 == 0x202 and " IF " in f" {rflags} ", where   # IF, bit 1
+    assert dumps[0][1] == "rflags 0x00000202  IF  IOPL=0"
