@@ -689,6 +689,10 @@ class Executive:
         stack ending at ``stack_top``; it returns to an int3 trap in kernel text. Kernel
         exports it calls are served on the way; a fault inside it is a bug check."""
         cpu = self.cpu
+        # What the routine returns to: the interrupted or calling thread's state (an ISR's
+        # iretq, a dispatch routine's return into the I/O manager). After the return the CPU
+        # shows that state again, never the int3 trap the routine returned through.
+        caller, caller_cr3 = cpu.uc.context_save(), cpu.cr3
         cpu.restore_clean_context()
         cpu.set_control(cr3=(space or self.mm.system).cr3)
         for name, value in zip(("rcx", "rdx", "r8", "r9"), args, strict=False):
@@ -711,7 +715,9 @@ class Executive:
             if self.interrupted:
                 raise MachineStop(INTERRUPTED)
             if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
-                return KernelCallResult(cpu.reg("rax"))
+                rax = cpu.reg("rax")
+                self._return_to(caller, caller_cr3)
+                return KernelCallResult(rax)
             if exc is None:
                 raise RuntimeError("kernel routine stopped without returning")
             if exc.vector == Vector.PF and exc.access == "fetch" and exc.cpl == 0 and \
@@ -725,6 +731,14 @@ class Executive:
                 result = self._run_cpu()               # paged in: the access runs again
                 continue
             raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+
+    def _return_to(self, context, cr3: int) -> None:
+        """Put back the CPU state a kernel call interrupted (its address space too, unless
+        that space has been torn down meanwhile: then the system's)."""
+        self.cpu.uc.context_restore(context)
+        if not any(space.cr3 == cr3 for space in self.mm.spaces):
+            cr3 = self.mm.system.cr3
+        self.cpu.set_control(cr3=cr3)
 
     def page_in_for_kernel(self, va: int | None, access: str) -> bool:
         """MmAccessFault for a not-present fault taken at ring 0: below DISPATCH_LEVEL a
@@ -865,6 +879,8 @@ class Executive:
 
         def then_report() -> int | None:
             status = work()
+            if status is not None:     # what the thread resumes with, before anyone looks
+                self.cpu.set_reg("rax", status & 0xFFFF_FFFF_FFFF_FFFF)
             self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=status)
             return status
         thread.kernel_work = then_report

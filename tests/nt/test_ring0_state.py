@@ -73,3 +73,18 @@ def test_every_ring_0_entry_shows_kernel_cs_ss_and_interrupts_enabled():
         value = int(rflags.split()[1], 16)
         assert value & 0x202 == 0x202 and " IF " in f" {rflags} ", where   # IF, bit 1
     assert dumps[0][1] == "rflags 0x00000202  IF  IOPL=0"
+
+
+def test_a_thread_waiting_for_its_read_shows_where_it_resumes():
+    transcript = debug("catch syscall NtReadFile\ncontinue\ncontinue\nthreads\nregisters\n",
+                       "--driver", str(DRIVERS / "slowneither.sys"),
+                       str(APPS / "slowread"), "\\Device\\SlowNeither")
+    after = transcript.split("(system call NtReadFile blocked/ended)", 1)[1].splitlines()
+    # The thread waits inside NtReadFile: it resumes after its syscall, at ring 3.
+    assert after[1].startswith("=> 0x4021d1 <slowread!NtReadFile+0xa>: ret   "
+                               '[pid 4 "slowread", ring 3]'), transcript
+    thread = next(x for x in after if x.strip().startswith("8 "))
+    assert thread.split()[3:5] == ["waiting", "0x4021d1"], thread
+    assert KERNEL_RETURN + 1 != 0x4021d1
+    assert f"{KERNEL_RETURN + 1:#x}" not in "\n".join(after)
+    assert "cs 0x0033" in transcript.split("(system call NtReadFile blocked/ended)", 1)[1]
