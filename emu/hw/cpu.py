@@ -473,6 +473,12 @@ class Cpu:
         """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
         if self._held is not None:
             return                       # after a fault from a hook: it never executes
+        if self.code_bits != 64:
+            # SYSCALL outside 64-bit mode is #UD on an Intel CPU (SDM Vol. 2B, SYSCALL);
+            # Unicorn would run it.
+            self.raise_fault(CpuException(Vector.UD, self.rip, self.cpl,
+                                          reason="syscall in compatibility mode"))
+            return
         uc.reg_write(ux.UC_X86_REG_RCX, uc.reg_read(ux.UC_X86_REG_RIP) + 2)
         uc.reg_write(ux.UC_X86_REG_R11, uc.reg_read(ux.UC_X86_REG_RFLAGS))
         if self.syscall_handler is not None:

@@ -172,3 +172,19 @@ def test_three_faults_from_hooks_in_a_row_each_report_themselves(machine_factory
     code = SET_HANDLER + MOV_DX_80 + OUT + IN + SYSENTER + exit_with_count
     _, p, _ = run(machine_factory, code, counted=counted, handler=skip)
     assert p.exit_status == 3, p.exception
+
+
+@SPEEDS
+def test_syscall_in_a_32_bit_process_is_an_invalid_opcode(machine_factory, counted):
+    """Intel: SYSCALL is #UD outside 64-bit mode; a 32-bit process enters with int 0x2e."""
+    code = bytes.fromhex("b801000000" "0f05"                # mov eax, 1; syscall
+                         "b800000000" "bbffffffff" "b907000000" "cd2e")   # exit(7)
+    page = bytearray(4096)
+    page[:len(code)] = code
+    raw32 = Image("raw32", "raw32", 0, CODE, [Segment(CODE, 4096, 5)], {CODE: page},
+                  {CODE: 5}, bits=32)
+    m = machine_factory(max_insns=10_000_000 if counted else None)
+    p = m.executive.create_process(raw32, [])
+    m.run()
+    assert p.exit_status == NTSTATUS.STATUS_ILLEGAL_INSTRUCTION
+    assert p.exception.rip == CODE + 5 and p.exception.instruction == "syscall"
