@@ -88,3 +88,33 @@ def test_a_thread_waiting_for_its_read_shows_where_it_resumes():
     assert KERNEL_RETURN + 1 != 0x4021d1
     assert f"{KERNEL_RETURN + 1:#x}" not in "\n".join(after)
     assert "cs 0x0033" in transcript.split("(system call NtReadFile blocked/ended)", 1)[1]
+
+
+def test_a_woken_thread_shows_the_status_it_resumes_with():
+    """Woken from NtDelayExecution but not yet on the CPU: its registers already hold what it
+    resumes with (RAX = STATUS_SUCCESS), not the service number it entered with."""
+    from emu import Machine
+    from emu.debugger.live import LiveTarget
+    from emu.nt.events import Event
+    from emu.nt.process import ThreadState
+
+    m = Machine("64M")
+    sleeper = m.spawn(ROOT / APPS / "sleeper", ["5000"])
+    m.spawn(ROOT / APPS / "counter", ["x", "3"])
+    seen: list[dict[str, int]] = []
+
+    def observer(event: Event, details: dict) -> None:
+        thread = sleeper.threads[0]
+        if event is Event.THREAD_DISPATCH and not seen and \
+                thread.state is ThreadState.READY and thread.resume_rax is not None:
+            seen.append(LiveTarget(m).registers(sleeper.pid))
+
+    m.executive.events.subscribe(observer)
+    try:
+        m.run()
+    finally:
+        m.close()
+    assert seen, "the sleeper was never seen ready after its sleep"
+    regs = seen[0]
+    assert regs["rax"] == 0                                    # STATUS_SUCCESS
+    assert regs["rip"] == sleeper.image.symbols["NtDelayExecution"] + 0xa
