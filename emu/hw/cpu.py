@@ -460,12 +460,14 @@ class Cpu:
         uc.emu_stop()
 
     def _int_instruction(self, after: int, intno: int) -> int:
-        """Where the `int n` that ended at ``after`` starts: CD nn, possibly after prefixes
-        (checked by decoding each candidate start, shortest first)."""
-        for length in range(2, 16):
+        """Where the software interrupt that ended at ``after`` starts: `int n` (CD nn) or,
+        for vector 4, `into` (CE, compatibility mode), possibly after prefixes (each
+        candidate start is decoded, shortest first)."""
+        endings = (bytes((INT_OPCODE, intno)), b"\xce" if intno == Vector.OF else None)
+        for length in range(1, 16):
             insn = self.decode_at(after - length, self.cpl)
-            if insn is not None and insn.size == length and insn.bytes[-2:] == \
-                    bytes((INT_OPCODE, intno)):
+            if insn is not None and insn.size == length and \
+                    any(end and bytes(insn.bytes).endswith(end) for end in endings):
                 return after - length
         return after - 2
 
