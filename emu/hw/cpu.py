@@ -6,7 +6,12 @@ What we do (platform-facts.md): the page walk (Unicorn asks on every TLB miss;
 ``emu.hw.mmu`` answers from the real tables in RAM), CR2 and the #PF error
 code, and a clean CPU after every exception (Unicorn never clears QEMU's
 ``old_exception``, so the executive resumes from a context saved before any
-fault: see ``save_clean_context`` and ``restore_clean_context``).
+fault: see ``save_clean_context`` and ``restore_clean_context``). The checks
+Unicorn skips: IOPL for `in`/`out`, SYSENTER with IA32_SYSENTER_CS = 0 (#GP),
+SYSCALL outside 64-bit mode (#UD); their hooks fault precisely through
+``raise_fault``. And the DPL of interrupt gates: `int n` is told from an
+exception by QEMU's own record (``software_interrupt``), and is #GP unless
+its gate has DPL 3.
 
 Exceptions are never delivered through a guest IDT. Each one stops the run and
 comes back to the executive as a ``CpuException``, the way a trap frame would.
