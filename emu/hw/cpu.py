@@ -6,7 +6,12 @@ What we do (platform-facts.md): the page walk (Unicorn asks on every TLB miss;
 ``emu.hw.mmu`` answers from the real tables in RAM), CR2 and the #PF error
 code, and a clean CPU after every exception (Unicorn never clears QEMU's
 ``old_exception``, so the executive resumes from a context saved before any
-fault: see ``save_clean_context`` and ``restore_clean_context``).
+fault: see ``save_clean_context`` and ``restore_clean_context``). The checks
+Unicorn skips: IOPL for `in`/`out`, SYSENTER with IA32_SYSENTER_CS = 0 (#GP),
+SYSCALL outside 64-bit mode (#UD); their hooks fault precisely through
+``raise_fault``. And the DPL of interrupt gates: `int n` is told from an
+exception by QEMU's own record (``software_interrupt``), and is #GP unless
+its gate has DPL 3.
 
 Exceptions are never delivered through a guest IDT. Each one stops the run and
 comes back to the executive as a ``CpuException``, the way a trap frame would.
@@ -16,8 +21,10 @@ The CPL is always read from the CPU (``cs & 3``), never kept in Python.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 from unicorn import (
     UC_ARCH_X86,
@@ -51,6 +58,8 @@ MSR_KERNEL_GS_BASE = 0xC000_0102
 RFLAGS_IF = 1 << 9
 RFLAGS_RESERVED1 = 1 << 1     # bit 1 of RFLAGS always reads as 1
 INT_SYSTEM_SERVICE = 0x2E     # int 0x2e: how 32-bit code enters the executive
+INT_OPCODE = 0xCD             # int imm8 (SDM Vol. 2A, INT n)
+IDT_ERROR_CODE = 0b10         # error code bit 1 (IDT): the selector index names an IDT gate
 CODE32_SELECTORS = {0x23}     # user CS values that name a 32-bit code segment in our GDT
 
 _ACCESS = {16: "read", 17: "write", 18: "fetch"}   # UC_MEM_READ / WRITE / FETCH in the TLB hook
@@ -85,6 +94,11 @@ class Vector(enum.IntEnum):
     AC = 17   # alignment check
     MC = 18   # machine check
     XM = 19   # SIMD floating-point
+
+
+# Vectors an instruction raises itself, RIP at the instruction (SDM Vol. 3A Table 6-1).
+_FAULTS = frozenset({Vector.DE, Vector.DB, Vector.UD, Vector.NM, Vector.DF, Vector.TS, Vector.NP,
+                     Vector.SS, Vector.GP, Vector.AC, Vector.MF, Vector.XM})
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,7 @@ class Cpu:
         self.cr0 = self.cr3 = self.cr4 = self.efer = 0
         self._fault: CpuException | None = None
         self._event: CpuException | None = None
+        self._held: tuple | None = None          # a fault raised from a hook: see raise_fault
         self._stop_requested = False
         self._clean_context = None
         self.page_faults = 0
@@ -144,6 +159,7 @@ class Cpu:
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ux.UC_X86_INS_SYSENTER)
         self._trace_hook: int | None = None
 
     # -- registers -------------------------------------------------------------------------
@@ -250,7 +266,11 @@ class Cpu:
             # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
             self.native.start(start, 0)
         except UcError as err:
+            if self._held is not None:
+                return RunResult(StopReason.EXCEPTION, self._take_held_fault())
             return RunResult(StopReason.EXCEPTION, self._exception_from_error(err))
+        if self._held is not None:
+            return RunResult(StopReason.EXCEPTION, self._take_held_fault())
         if self._event is not None:
             return RunResult(StopReason.EXCEPTION, self._event)
         if self._stop_requested:
@@ -278,6 +298,34 @@ class Cpu:
             return self._complete_fault(self._exception_from_walk(fault, 0, "fetch"))
         raise RuntimeError("guest jumped to virtual address 0, which this machine cannot run")
 
+    # -- faults raised from instruction hooks ---------------------------------------------
+
+    def raise_fault(self, event: CpuException) -> None:
+        """From an instruction hook (``in``, ``out``, ``sysenter``): fault precisely at the
+        hooked instruction, as the CPU would (SDM Vol. 3A §6.5: a fault reports the state
+        before the faulting instruction, and nothing after it runs).
+
+        Unicorn only honours a stop at the end of the translated block, so the rest of the
+        block would still run. Instead: remember the CPU state at the hook (Unicorn has
+        synced RIP to the hooked instruction), flush every translation so that the next
+        memory access of the block reaches the walker, which refuses it (no store lands),
+        ignore the hooks of the instructions that still run (a ``syscall``, an ``int n``,
+        more I/O), and when the run ends put the remembered state back and count the
+        faulting instruction as not completed, at full speed or counted alike."""
+        if self._held is not None:
+            return
+        self._held = (event, self.uc.context_save(), self.native.completed_before(event.rip))
+        self.native.flush()
+        self.uc.emu_stop()
+
+    def _take_held_fault(self) -> CpuException:
+        event, context, completed = self._held
+        self._held = None
+        self.uc.context_restore(context)
+        self.native.rewind(completed)
+        self.flush_tlb()
+        return event
+
     # -- the MMU ---------------------------------------------------------------------------
 
     def walk(self, va: int, access: str, *, cpl: int | None = None,
@@ -290,6 +338,8 @@ class Cpu:
 
     def _fill(self, vpage: int, access_type: int, cpl: int, rflags: int) -> int:
         """UC_HOOK_TLB_FILL through the STLB: translate one page or record the fault."""
+        if self._held is not None:
+            return -1                    # a fault from a hook is pending: nothing more runs
         access = _ACCESS.get(access_type, "read")
         seen: list = []
         try:
@@ -385,26 +435,57 @@ class Cpu:
 
     def _on_interrupt(self, uc: Uc, intno: int, _data) -> None:
         """UC_HOOK_INTR: an exception or `int n` happened; stop and report it."""
+        if self._held is not None:
+            uc.emu_stop()                # after a fault from a hook: that fault is reported
+            return
         rip = self.rip
         cpl = self.cpl
+        if not software_interrupt(uc, rip):
+            # An exception the instruction at RIP raised (RIP still at it).
+            vector = Vector(intno) if intno in _FAULTS else Vector.GP
+            self._event = CpuException(vector, rip, cpl)
+            uc.emu_stop()
+            return
+        # A software interrupt: Unicorn reports it with RIP past the instruction.
         if intno == INT_SYSTEM_SERVICE and self.int2e_handler is not None and \
                 self.int2e_handler(self):
             return                       # a system call through the interrupt gate: go on
         if intno == Vector.BP:
-            rip -= 1                     # int3 arrives with RIP past the 0xCC byte
-            event = CpuException(Vector.BP, rip, cpl)
-        elif intno in (Vector.DE, Vector.GP, Vector.UD, Vector.DF, Vector.TS, Vector.NP,
-                       Vector.SS, Vector.AC, Vector.MF, Vector.XM, Vector.NM, Vector.DB):
-            event = CpuException(Vector(intno), rip, cpl)
+            # int3 (CC) or int 3 (CD 03): the breakpoint gate has DPL 3. Windows reports the
+            # byte before RIP, whichever form it was (KiBreakpointTrap).
+            event = CpuException(Vector.BP, rip - 1, cpl)
         else:
-            # `int n` with a vector whose IDT gate has DPL 0: #GP(n*8+2) (SDM §6.12.1.1).
-            event = CpuException(Vector.GP, rip - 2, cpl, intno * 8 + 2,
-                                 reason=f"int {intno:#x}: software interrupt not allowed")
+            # Every other gate has DPL 0 (docs/abi.md): `int n` at CPL 3 is #GP with error
+            # code n*8+2 at the int instruction (SDM Vol. 3A §6.12.1.1, §6.13).
+            code = (intno << 3) | IDT_ERROR_CODE
+            event = CpuException(Vector.GP, self._int_instruction(rip, intno), cpl, code,
+                                 reason=f"#GP({code:#x}): int {intno:#x} at CPL {cpl}, and "
+                                        f"the IDT gate of vector {intno:#x} has DPL 0")
         self._event = event
         uc.emu_stop()
 
+    def _int_instruction(self, after: int, intno: int) -> int:
+        """Where the software interrupt that ended at ``after`` starts: `int n` (CD nn) or,
+        for vector 4, `into` (CE, compatibility mode), possibly after prefixes (each
+        candidate start is decoded, shortest first)."""
+        endings = (bytes((INT_OPCODE, intno)), b"\xce" if intno == Vector.OF else None)
+        for length in range(1, 16):
+            insn = self.decode_at(after - length, self.cpl)
+            if insn is not None and insn.size == length and \
+                    any(end and bytes(insn.bytes).endswith(end) for end in endings):
+                return after - length
+        return after - 2
+
     def _on_syscall(self, uc: Uc, _data) -> None:
         """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
+        if self._held is not None:
+            return                       # after a fault from a hook: it never executes
+        if self.code_bits != 64:
+            # SYSCALL outside 64-bit mode is #UD on an Intel CPU (SDM Vol. 2B, SYSCALL);
+            # Unicorn would run it.
+            self.raise_fault(CpuException(Vector.UD, self.rip, self.cpl,
+                                          reason="syscall in compatibility mode"))
+            return
         uc.reg_write(ux.UC_X86_REG_RCX, uc.reg_read(ux.UC_X86_REG_RIP) + 2)
         uc.reg_write(ux.UC_X86_REG_R11, uc.reg_read(ux.UC_X86_REG_RFLAGS))
         if self.syscall_handler is not None:
@@ -434,13 +515,21 @@ class Cpu:
     def _check_io_privilege(self, port: int) -> bool:
         """IN/OUT need CPL <= IOPL; our TSS has no I/O bitmap, so otherwise #GP(0) (SDM §19.5).
         Unicorn skips this check, so the CPU layer makes it."""
+        if self._held is not None:
+            return False                 # after a fault from a hook: no device sees this
         iopl = (self.reg("rflags") >> 12) & 3
         if self.cpl > iopl:
-            self._event = CpuException(Vector.GP, self.rip, self.cpl,
-                                       reason=f"I/O to port {port:#x} with CPL > IOPL")
-            self.uc.emu_stop()
+            self.raise_fault(CpuException(Vector.GP, self.rip, self.cpl,
+                                          reason=f"I/O to port {port:#x} with CPL > IOPL"))
             return False
         return True
+
+    def _on_sysenter(self, uc: Uc, _data) -> None:
+        """SYSENTER: this CPU is an Intel model (Broadwell), on which SYSENTER is valid in
+        64-bit mode; the executive never programs IA32_SYSENTER_CS, so it is 0 and SYSENTER
+        raises #GP(0) at any CPL (SDM Vol. 2B, SYSENTER). Unicorn would skip it instead."""
+        self.raise_fault(CpuException(Vector.GP, self.rip, self.cpl,
+                                      reason="sysenter with IA32_SYSENTER_CS = 0"))
 
     def set_trace(self, callback: Callable[[Cpu, int, int], None] | None) -> None:
         """Call ``callback(cpu, rip, size)`` before every instruction (slow), or stop tracing."""
@@ -448,9 +537,48 @@ class Cpu:
             self.uc.hook_del(self._trace_hook)
             self._trace_hook = None
         if callback is not None:
-            self._trace_hook = self.uc.hook_add(
-                UC_HOOK_CODE, lambda uc, addr, size, _d: callback(self, addr, size))
+            def trace(_uc: Uc, addr: int, size: int, _data) -> None:
+                if self._held is None:   # instructions a pending fault undoes are not shown
+                    callback(self, addr, size)
+            self._trace_hook = self.uc.hook_add(UC_HOOK_CODE, trace)
 
     def close(self) -> None:
         """Release Unicorn's resources."""
         self.native.close()
+
+
+# -- which interrupts are software interrupts ---------------------------------------------------
+
+def software_interrupt(uc: Uc, rip: int) -> bool:
+    """Inside UC_HOOK_INTR: whether the interrupt is an `int n`/`int3` (a trap, RIP already past
+    it) rather than an exception the instruction at RIP raised. Unicorn does not say, and the
+    bytes before RIP cannot tell (`int 0` followed by a `div`); QEMU knows, in its
+    ``exception_is_int`` and ``exception_next_eip`` fields, which a saved context holds."""
+    raw = bytes(uc.context_save())
+    offset = _exception_is_int_offset()
+    is_int, next_eip = struct.unpack_from("<IQ", raw, offset)
+    return is_int == 1 and next_eip == rip
+
+
+@cache
+def _exception_is_int_offset() -> int:
+    """The offset of QEMU's ``exception_is_int`` (followed by ``exception_next_eip``) in a
+    saved context, found once by running two `int n` and a faulting `div` on a scratch CPU:
+    the one offset where both `int n` read (1, RIP) and the fault reads 0."""
+    code = {0x1000: b"\xcd\x40", 0x1010: b"\x90\xcd\x41", 0x1020: b"\x48\xf7\xf1"}  # div rcx
+    seen: list[tuple[int, bytes]] = []
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x2000, UC_PROT_ALL)
+    uc.hook_add(UC_HOOK_INTR, lambda u, _n, _d: (seen.append(
+        (u.reg_read(ux.UC_X86_REG_RIP), bytes(u.context_save()))), u.emu_stop()))
+    for at, insn in code.items():
+        uc.mem_write(at, insn)
+        uc.reg_write(ux.UC_X86_REG_RCX, 0)
+        uc.emu_start(at, 0, count=2)
+    (rip1, ctx1), (rip2, ctx2), (_rip3, ctx3) = seen
+    for offset in range(0, min(len(ctx1), len(ctx3)) - 12, 4):
+        if struct.unpack_from("<IQ", ctx1, offset) == (1, rip1) and \
+                struct.unpack_from("<IQ", ctx2, offset) == (1, rip2) and \
+                struct.unpack_from("<I", ctx3, offset)[0] == 0:
+            return offset
+    raise RuntimeError("this Unicorn keeps no exception_is_int in its saved context")

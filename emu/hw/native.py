@@ -333,6 +333,16 @@ class NativeHooks:
         ctx = self._ctx
         return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == pc else 0)
 
+    def rewind(self, completed: int) -> None:
+        """After a run the CPU was put back to an earlier instruction boundary (a fault
+        raised from a hook, emu.hw.cpu.Cpu.raise_fault): ``completed`` instructions are
+        done, the ones counted since go back to the budget."""
+        ctx = self._ctx
+        if self._code_hook is not None:
+            ctx.remaining += max(0, ctx.instructions - completed)
+        ctx.instructions = min(ctx.instructions, completed)
+        ctx.in_flight = 0
+
     def stop_soon(self) -> None:
         """End the budget now: the run stops before the next instruction (after the one
         running, if any). Safe from another thread or a hook; a no-op when not counting."""

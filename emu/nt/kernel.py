@@ -2,7 +2,8 @@
 
 Boot (KiSystemStartup, reduced): build the shared kernel half (GDT, TSS,
 kernel code, a kernel stack), turn on long-mode paging with CR0.WP, NXE and
-SMEP, and remember that clean ring-0 state.
+SMEP, and remember that clean ring-0 state: CS = KGDT64_R0_CODE, SS =
+KGDT64_R0_DATA, RFLAGS.IF = 1 (on x64 the IRQL masks interrupts, not IF).
 
 Entering user mode (KiReturnToUser / the tail of KiSystemCall64): start from
 the clean ring-0 state, load the process's CR3, put an interrupt frame on the
@@ -64,6 +65,7 @@ INT3 = b"\xcc"
 TRAMPOLINE = layout.KERNEL_TEXT                  # iretq: the way into ring 3
 KERNEL_RETURN = layout.KERNEL_TEXT + 0x10        # int3: where a kernel routine returns to
 KERNEL_STACK_TOP = layout.KERNEL_STACK_BASE + (layout.KERNEL_STACK_PAGES + 1) * layout.PAGE_SIZE
+KERNEL_RFLAGS = 0x202                            # IF set at every IRQL (masking is by IRQL)
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
 USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
 USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
@@ -168,7 +170,11 @@ class Executive:
         cpu.load_gdt(layout.KERNEL_GDT, GDT_LIMIT)
         cpu.load_tr(Selector.TSS, layout.KERNEL_TSS, TSS_SIZE - 1)
         cpu.set_reg("rsp", KERNEL_STACK_TOP)
-        cpu.set_reg("rflags", 0x2)
+        # Writing CS/SS changes only the selectors (platform-facts.md): the CPU is still at
+        # CPL 0 with 64-bit code, as after a syscall or an interrupt from ring 3 (SDM 6.14).
+        cpu.set_reg("cs", Selector.KERNEL_CODE)
+        cpu.set_reg("ss", Selector.KERNEL_DATA)
+        cpu.set_reg("rflags", KERNEL_RFLAGS)
         cpu.save_clean_context()
 
     def _cr3_loaded(self, old: int, new: int) -> None:
@@ -683,6 +689,10 @@ class Executive:
         stack ending at ``stack_top``; it returns to an int3 trap in kernel text. Kernel
         exports it calls are served on the way; a fault inside it is a bug check."""
         cpu = self.cpu
+        # What the routine returns to: the interrupted or calling thread's state (an ISR's
+        # iretq, a dispatch routine's return into the I/O manager). After the return the CPU
+        # shows that state again, never the int3 trap the routine returned through.
+        caller, caller_cr3 = cpu.uc.context_save(), cpu.cr3
         cpu.restore_clean_context()
         cpu.set_control(cr3=(space or self.mm.system).cr3)
         for name, value in zip(("rcx", "rdx", "r8", "r9"), args, strict=False):
@@ -705,7 +715,9 @@ class Executive:
             if self.interrupted:
                 raise MachineStop(INTERRUPTED)
             if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
-                return KernelCallResult(cpu.reg("rax"))
+                rax = cpu.reg("rax")
+                self._return_to(caller, caller_cr3)
+                return KernelCallResult(rax)
             if exc is None:
                 raise RuntimeError("kernel routine stopped without returning")
             if exc.vector == Vector.PF and exc.access == "fetch" and exc.cpl == 0 and \
@@ -719,6 +731,14 @@ class Executive:
                 result = self._run_cpu()               # paged in: the access runs again
                 continue
             raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+
+    def _return_to(self, context, cr3: int) -> None:
+        """Put back the CPU state a kernel call interrupted (its address space too, unless
+        that space has been torn down meanwhile: then the system's)."""
+        self.cpu.uc.context_restore(context)
+        if not any(space.cr3 == cr3 for space in self.mm.spaces):
+            cr3 = self.mm.system.cr3
+        self.cpu.set_control(cr3=cr3)
 
     def page_in_for_kernel(self, va: int | None, access: str) -> bool:
         """MmAccessFault for a not-present fault taken at ring 0: below DISPATCH_LEVEL a
@@ -859,6 +879,8 @@ class Executive:
 
         def then_report() -> int | None:
             status = work()
+            if status is not None:     # what the thread resumes with, before anyone looks
+                self.cpu.set_reg("rax", status & 0xFFFF_FFFF_FFFF_FFFF)
             self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=status)
             return status
         thread.kernel_work = then_report

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from unicorn.x86_const import UC_X86_REG_RAX
+
 from emu.nt.ob import DispatcherObject
 from emu.nt.process import Thread, ThreadState, Wait
 from emu.nt.status import NTSTATUS
@@ -105,6 +107,9 @@ class Scheduler:
     def _wake(self, thread: Thread, status: int) -> None:
         self._stop_waiting(thread)
         thread.resume_rax = status
+        if thread.context is not None:
+            # Its saved registers show what it resumes with, before it runs again.
+            thread.context.reg_write(UC_X86_REG_RAX, status)
         self.make_ready(thread)
 
     def _stop_waiting(self, thread: Thread) -> None:
