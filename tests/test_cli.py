@@ -247,3 +247,20 @@ def test_a_driver_crash_is_a_blue_screen(apps):
 def test_a_bad_driver_is_a_usage_error(apps):
     r = emu("run", "--driver", apps / "hello", apps / "hello")
     assert r.returncode == 2 and "not a shared object" in r.stderr
+
+
+def _limit_address_space(limit: int):
+    def apply() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def test_mem_larger_than_the_host_can_give_is_one_line(apps):
+    # 16G is within the documented range (1M to 64G) but not within a 6 GiB address space.
+    r = subprocess.run([sys.executable, "-m", "emu", "run", "--mem", "16G", str(apps / "hello")],
+                       capture_output=True, text=True, timeout=120,
+                       preexec_fn=_limit_address_space(6 << 30))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == ("emu: error: --mem 16G: cannot allocate 16 GiB of host memory for "
+                        "guest RAM\n")
