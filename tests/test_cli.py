@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -264,3 +265,23 @@ def test_mem_larger_than_the_host_can_give_is_one_line(apps):
     assert r.returncode == 2, r.stderr
     assert r.stderr == ("emu: error: --mem 16G: cannot allocate 16 GiB of host memory for "
                         "guest RAM\n")
+
+
+@pytest.mark.parametrize("option", [[], ["--driver"]])
+def test_a_fifo_is_refused_not_waited_on(apps, tmp_path, option):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    args = [*option, fifo, apps / "hello"] if option else [fifo]
+    r = emu("run", *args)        # before: open() waited for a writer forever (timeout)
+    assert r.returncode == 2
+    assert r.stderr == f"emu: error: {fifo}: not a regular file (a FIFO)\n"
+
+
+@pytest.mark.parametrize("option", [[], ["--driver"]])
+def test_a_device_is_refused_not_read_to_exhaustion(apps, option):
+    args = [*option, "/dev/zero", apps / "hello"] if option else ["/dev/zero"]
+    r = subprocess.run([sys.executable, "-m", "emu", "run", *map(str, args)],
+                       capture_output=True, text=True, timeout=120,
+                       preexec_fn=_limit_address_space(3 << 30))
+    assert r.returncode == 2
+    assert r.stderr == "emu: error: /dev/zero: not a regular file (a character device)\n"

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 
 from emu.nt import exports, layout
 from emu.nt.events import Event
-from emu.nt.loader import PF_W, PF_X, ElfReader, LoaderError, Segment, symbol_table
+from emu.nt.loader import (
+    PF_W,
+    PF_X,
+    ElfReader,
+    LoaderError,
+    Segment,
+    read_image_file,
+    symbol_table,
+)
 from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
@@ -184,12 +192,7 @@ def _relocate(image: DriverImage, offset: int, rtype: int, sym, addend: int, pat
 def load(ex: Executive, path: str | Path) -> DriverImage:
     """Read and parse a driver for the next free kernel slot (nothing mapped yet)."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise LoaderError(f"{p}: no such file") from None
-    except OSError as err:
-        raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
+    data = read_image_file(p)
     if len(ex.drivers) + len(ex.pending_drivers) >= MAX_DRIVERS:
         raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
     slot = len(ex.drivers) + len(ex.pending_drivers)

@@ -14,6 +14,8 @@ user who hands the machine a bad file made a mistake, not the emulator.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,18 +87,41 @@ def highest_user_address(bits: int) -> int:
 
 def load_file(path: str | Path) -> Image:
     """Read and parse the ELF file at ``path``; raises LoaderError with a one-line reason."""
+    return parse_image(read_image_file(path), str(path))
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "is a directory, not an executable"),
+               (stat.S_ISFIFO, "not a regular file (a FIFO)"),
+               (stat.S_ISCHR, "not a regular file (a character device)"),
+               (stat.S_ISBLK, "not a regular file (a block device)"),
+               (stat.S_ISSOCK, "not a regular file (a socket)"))
+
+
+def read_image_file(path: str | Path, limit: int = MAX_FILE_SIZE) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them; LoaderError
+    for anything else (a FIFO or a device is refused before a byte is read, and no more
+    than ``limit`` + 1 bytes are ever read, whatever the file claims its size is)."""
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_FILE_SIZE:
-            raise LoaderError(f"{p}: file too large ({p.stat().st_size} bytes)")
-        data = p.read_bytes()
+        # O_NONBLOCK: opening a FIFO with no writer must not wait; a regular file ignores it.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise LoaderError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise LoaderError(f"{p}: is a directory, not an executable") from None
     except OSError as err:
         raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
-    return parse_image(data, str(p))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+        raise LoaderError(f"{p}: {what}")
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
+    if len(data) > limit:
+        raise LoaderError(f"{p}: file too large (more than {limit >> 20} MiB)")
+    return data
 
 
 def parse_image(data: bytes, path: str = "<image>") -> Image:
