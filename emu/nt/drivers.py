@@ -24,6 +24,9 @@ from emu.nt.loader import (
     ElfReader,
     LoaderError,
     Segment,
+    add_pages,
+    check_overlaps,
+    copy_into_pages,
     read_image_file,
     symbol_table,
 )
@@ -96,8 +99,12 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     if not loads:
         raise LoaderError(f"{path}: no loadable segments")
     image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [])
-    for p in loads:
-        _add_segment(image, p, data, path)
+    image.segments = [_segment(image, p, data, path) for p in loads]
+    check_overlaps(image.segments, path)      # so at most one 16 MiB slot is ever copied
+    for seg, p in zip(image.segments, loads, strict=True):
+        add_pages(image.pages, image.page_flags, seg.va, seg.memsz, seg.flags)
+        copy_into_pages(image.pages, seg.va,
+                        memoryview(data)[p["p_offset"]:p["p_offset"] + p["p_filesz"]])
     symbols, undefined = _dynamic_symbols(elf, data)
     image.symbols = {**symbol_table(elf, base),
                      **{name: base + value for name, value in symbols.items()}}
@@ -115,20 +122,14 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     return image
 
 
-def _add_segment(image: DriverImage, p, data: bytes, path: str) -> None:
+def _segment(image: DriverImage, p, data: bytes, path: str) -> Segment:
+    """PT_LOAD ``p`` as a Segment at the driver's base, checked to fit its slot."""
     va, memsz, filesz, offset = image.base + p["p_vaddr"], p["p_memsz"], p["p_filesz"], \
         p["p_offset"]
     if filesz > memsz or offset + filesz > len(data) or p["p_vaddr"] + memsz > \
             layout.KERNEL_DRIVER_SLOT:
         raise LoaderError(f"{path}: segment at 0x{p['p_vaddr']:x} is malformed or too large")
-    flags = p["p_flags"] & 7
-    image.segments.append(Segment(va, memsz, flags))
-    for page in range(va & ~0xFFF, va + memsz, layout.PAGE_SIZE):
-        image.pages.setdefault(page, bytearray(layout.PAGE_SIZE))
-        image.page_flags[page] = image.page_flags.get(page, 0) | flags
-    for i in range(filesz):
-        a = va + i
-        image.pages[a & ~0xFFF][a & 0xFFF] = data[offset + i]
+    return Segment(va, memsz, p["p_flags"] & 7)
 
 
 def _dynsym(elf: ElfReader, data: bytes) -> list[tuple[str, int, int]]:

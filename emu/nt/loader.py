@@ -163,23 +163,37 @@ class ElfReader:
         self.bits = 32 if data[4] == 1 else 64
         self.structs = ELFStructs(little_endian=True, elfclass=self.bits)
         self.structs.create_basic_structs()
-        self.header = self.structs.Elf_Ehdr.parse(data)
+        self.header = self.structs.Elf_Ehdr.parse(data[:64])
         h = self.header
         self.structs.create_advanced_structs(h["e_type"], h["e_machine"],
                                              h["e_ident"]["EI_OSABI"])
+        self._phdrs: list | None = None
+        self._shdrs: list | None = None
 
     def program_headers(self) -> list:
-        h = self.header
-        return [self.structs.Elf_Phdr.parse(self.data[h["e_phoff"] + i * h["e_phentsize"]:])
-                for i in range(h["e_phnum"])]
+        """Every program header, parsed once (each from its own e_phentsize bytes: the
+        work is linear in e_phnum, never a copy of the rest of the file per header)."""
+        if self._phdrs is None:
+            h = self.header
+            off, size = h["e_phoff"], h["e_phentsize"]
+            self._phdrs = [self.structs.Elf_Phdr.parse(self.data[off + i * size:
+                                                                 off + (i + 1) * size])
+                           for i in range(h["e_phnum"])]
+        return self._phdrs
 
     def section_headers(self) -> list:
-        h = self.header
-        size = 64 if self.bits == 64 else 40
-        if h["e_shentsize"] != size or h["e_shoff"] + h["e_shnum"] * size > len(self.data):
-            return []
-        return [self.structs.Elf_Shdr.parse(self.data[h["e_shoff"] + i * size:])
-                for i in range(h["e_shnum"])]
+        """Every section header, parsed once; [] when the table is missing or malformed."""
+        if self._shdrs is None:
+            h = self.header
+            size = 64 if self.bits == 64 else 40
+            off = h["e_shoff"]
+            if h["e_shentsize"] != size or off + h["e_shnum"] * size > len(self.data):
+                self._shdrs = []
+            else:
+                self._shdrs = [self.structs.Elf_Shdr.parse(self.data[off + i * size:
+                                                                     off + (i + 1) * size])
+                               for i in range(h["e_shnum"])]
+        return self._shdrs
 
     def dynamic_tags(self, segment) -> dict[str, int]:
         """d_tag -> d_val of the PT_DYNAMIC ``segment`` (up to DT_NULL)."""
@@ -219,10 +233,17 @@ def _parse(elf: ElfReader, data: bytes, path: str) -> Image:
     base = PIE_IMAGE_BASE - _align_down(min(h["p_vaddr"] for h in loads)) \
         if kind == "ET_DYN" else 0
     image = Image(path, Path(path).name, base, header["e_entry"] + base, [], bits=elf.bits)
+    total = 0                   # bytes of image so far: one sum, kept as segments are added
     for i, h in enumerate(loads):
-        _add_segment(image, h, data, path, i)
-    _check_overlaps(image, path)
+        total += h["p_memsz"]
+        image.segments.append(_segment(image, h, data, path, i, total))
+    check_overlaps(image.segments, path)
     _check_entry(image, path)
+    # Only a good image gets pages: a refusal costs no memory beyond the headers.
+    for seg, h in zip(image.segments, loads, strict=True):
+        add_pages(image.pages, image.page_flags, seg.va, seg.memsz, seg.flags)
+        copy_into_pages(image.pages, seg.va,
+                        memoryview(data)[h["p_offset"]:h["p_offset"] + h["p_filesz"]])
     if kind == "ET_DYN":
         _relocate(elf, image, path)
     image.symbols = symbol_table(elf, base)
@@ -233,7 +254,8 @@ def _align_down(v: int) -> int:
     return v & ~(PAGE_SIZE - 1)
 
 
-def _add_segment(image: Image, h, data: bytes, path: str, i: int) -> None:
+def _segment(image: Image, h, data: bytes, path: str, i: int, total: int) -> Segment:
+    """PT_LOAD ``h`` (the i-th) as a Segment, checked; ``total``: the image's size with it."""
     va, memsz = h["p_vaddr"] + image.base, h["p_memsz"]
     filesz, offset = h["p_filesz"], h["p_offset"]
     where = f"{path}: segment {i} (0x{va:x}-0x{va + memsz:x})"
@@ -245,29 +267,33 @@ def _add_segment(image: Image, h, data: bytes, path: str, i: int) -> None:
     if va < MM_LOWEST_USER_ADDRESS or va + memsz - 1 > highest:
         raise LoaderError(f"{where}: outside the user address space "
                           f"(0x{MM_LOWEST_USER_ADDRESS:x}-0x{highest:x})")
-    if sum(s.memsz for s in image.segments) + memsz > MAX_IMAGE_SIZE:
+    if total > MAX_IMAGE_SIZE:
         raise LoaderError(f"{where}: image larger than {MAX_IMAGE_SIZE >> 20} MiB")
-    flags = h["p_flags"] & (PF_R | PF_W | PF_X)
-    image.segments.append(Segment(va, memsz, flags))
-    contents = data[offset:offset + filesz]
+    return Segment(va, memsz, h["p_flags"] & (PF_R | PF_W | PF_X))
+
+
+def add_pages(pages: dict[int, bytearray], page_flags: dict[int, int], va: int, memsz: int,
+              flags: int) -> None:
+    """Zeroed pages for [va, va + memsz), each with ``flags`` added to its permissions."""
     for page in range(_align_down(va), va + memsz, PAGE_SIZE):
-        image.pages.setdefault(page, bytearray(PAGE_SIZE))
+        pages.setdefault(page, bytearray(PAGE_SIZE))
         # Pages shared by two segments get the union of their permissions.
-        image.page_flags[page] = image.page_flags.get(page, 0) | flags
-    _copy_into_pages(image, va, contents)
+        page_flags[page] = page_flags.get(page, 0) | flags
 
 
-def _copy_into_pages(image: Image, va: int, contents: bytes) -> None:
+def copy_into_pages(pages: dict[int, bytearray], va: int, contents) -> None:
+    """Copy ``contents`` (bytes or a memoryview) to ``va`` in ``pages``, a page at a time."""
     pos = 0
     while pos < len(contents):
         page, off = _align_down(va + pos), (va + pos) % PAGE_SIZE
         n = min(PAGE_SIZE - off, len(contents) - pos)
-        image.pages[page][off:off + n] = contents[pos:pos + n]
+        pages[page][off:off + n] = contents[pos:pos + n]
         pos += n
 
 
-def _check_overlaps(image: Image, path: str) -> None:
-    ordered = sorted(image.segments, key=lambda s: s.va)
+def check_overlaps(segments: list[Segment], path: str) -> None:
+    """LoaderError if two segments share a byte (sorted once: n log n for n segments)."""
+    ordered = sorted(segments, key=lambda s: s.va)
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.va < a.end:
             raise LoaderError(f"{path}: segments 0x{a.va:x}-0x{a.end:x} and "
