@@ -34,6 +34,7 @@ from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
 from emu.nt.scheduler import DEFAULT_QUANTUM
+from emu.outputs import output_problem, same_file_problem
 
 EXIT_USAGE = 2
 APP_SEPARATOR = "\0--"      # what `--` becomes on an `emu run` command line
@@ -154,7 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output file of ``emu run``, checked before the machine starts (UsageError)."""
+    outputs = [("--trace-file", args.trace_file), ("--report", args.report),
+               ("--dump", args.dump), ("--map-svg", args.map_svg)]
+    for option, path in outputs:
+        problem = path is not None and output_problem(option, path)
+        if problem:
+            raise UsageError(problem)
+    problem = same_file_problem(outputs)
+    if problem:
+        raise UsageError(problem)
+
+
+class OutputError(Exception):
+    """An output file that could not be written after the run: one line, the run's own
+    exit status stays."""
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     trace: TextIO | None = None
     try:
         if args.trace_file:
@@ -202,21 +222,45 @@ def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | Non
             result = _run_under_gdb(args.gdb, machine) if args.gdb else machine.run()
     finally:
         sys.stdout.flush()
+        trace_error = machine.trace_error
         if trace is not None and trace is not sys.stderr:
-            trace.close()
+            try:
+                trace.close()
+            except OSError as err:      # the last buffered lines could not be written
+                trace_error = trace_error or err
+    # Writing an output may still fail (a full disk): say so in one line, and keep the run's
+    # own result (its blue screen, its exit status).
+    if trace_error is not None and args.trace_file:
+        _output_failed(f"cannot write trace file {args.trace_file}: {trace_error.strerror} "
+                       "(the trace is incomplete)")
     if args.report:
-        _write_report(args.report, result, machine)
+        _write_output(_write_report, args.report, result, machine)
     if args.dump and result.bugcheck is not None:
-        from emu.nt import dump
-
-        try:
-            dump.write(machine.executive, args.dump)
-        except OSError as err:
-            raise UsageError(f"cannot write crash dump {args.dump}: {err.strerror}") from None
-        print(f"emu: crash dump written to {args.dump}", file=sys.stderr)
+        _write_output(_write_dump, args.dump, machine)
     if recorder is not None:
-        _write_map(args.map_svg, recorder)
+        _write_output(_write_map, args.map_svg, recorder)
     return _summarize(proc, result)
+
+
+def _write_output(write, *args) -> None:
+    try:
+        write(*args)
+    except OutputError as err:
+        _output_failed(str(err))
+
+
+def _output_failed(message: str) -> None:
+    print(f"emu: error: {message}", file=sys.stderr)
+
+
+def _write_dump(path: str, machine: Machine) -> None:
+    from emu.nt import dump
+
+    try:
+        dump.write(machine.executive, path)
+    except OSError as err:
+        raise OutputError(f"cannot write crash dump {path}: {err.strerror}") from None
+    print(f"emu: crash dump written to {path}", file=sys.stderr)
 
 
 def _run_under_gdb(address: str, machine: Machine) -> MachineResult:
@@ -291,7 +335,7 @@ def _write_map(svg_path: str | None, recorder) -> None:
             with open(svg_path, "w", encoding="utf-8") as f:
                 f.write(render_svg(maps))
         except OSError as err:
-            raise UsageError(f"cannot write map {svg_path}: {err.strerror}") from None
+            raise OutputError(f"cannot write map {svg_path}: {err.strerror}") from None
 
 
 def _echo(_proc: Process, data: bytes) -> None:
@@ -309,7 +353,7 @@ def _write_report(path: str, result: MachineResult, machine: Machine) -> None:
             json.dump(build_report(result, machine.mem.size), f, indent=2)
             f.write("\n")
     except OSError as err:
-        raise UsageError(f"cannot write report {path}: {err.strerror}") from None
+        raise OutputError(f"cannot write report {path}: {err.strerror}") from None
 
 
 def _summarize(proc: Process, result: MachineResult) -> int:

@@ -114,6 +114,7 @@ class Machine:
             raise
         self.max_insns = max_insns
         self._trace = trace
+        self.trace_error: OSError | None = None      # the trace stopped: writing it failed
         self.result: MachineResult | None = None
         if trace is not None:
             self.executive.cpu.set_trace(self._trace_instruction)
@@ -167,12 +168,18 @@ class Machine:
         self.executive.interrupt()
 
     def _trace_instruction(self, cpu, rip: int, size: int) -> None:
+        if self.trace_error is not None:
+            return
         code = cpu.read_code(rip, size)
         insn = decode(code, rip, cpu.code_bits)
         text = f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(bad)"
         proc = self.executive.current
         who = f"pid {proc.pid}" if proc else "kernel"
-        self._trace.write(f"ring {cpu.cpl}  {who:<7} {rip:#018x}  {code.hex(' '):<30} {text}\n")
+        try:
+            self._trace.write(f"ring {cpu.cpl}  {who:<7} {rip:#018x}  {code.hex(' '):<30} "
+                              f"{text}\n")
+        except OSError as err:          # a full disk: the run goes on, the trace stops
+            self.trace_error = err
 
     def close(self) -> None:
         """Release the emulator's resources."""

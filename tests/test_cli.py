@@ -229,7 +229,9 @@ def test_map_prints_regions_and_draws_the_svg(apps, tmp_path):
 
 def test_map_svg_to_an_unwritable_place_is_a_clear_error(apps):
     r = emu("run", "--map-svg", "/nonexistent/dir/m.svg", apps / "hello")
-    assert r.returncode == 2 and "cannot write map" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stdout == ""          # refused before the app runs
+    assert r.stderr == ("emu: error: --map-svg /nonexistent/dir/m.svg: no such directory "
+                        "/nonexistent/dir\n")
 
 
 def test_a_driver_crash_is_a_blue_screen(apps):
@@ -285,3 +287,46 @@ def test_a_device_is_refused_not_read_to_exhaustion(apps, option):
                        preexec_fn=_limit_address_space(3 << 30))
     assert r.returncode == 2
     assert r.stderr == "emu: error: /dev/zero: not a regular file (a character device)\n"
+
+
+@pytest.mark.parametrize("option", ["--report", "--dump", "--map-svg", "--trace-file"])
+@pytest.mark.parametrize("where, problem", [
+    ("missing/out", "no such directory {tmp}/missing"),
+    ("file/out", "{tmp}/file is not a directory"),
+    ("dir", "is a directory"),
+])
+def test_bad_output_paths_are_refused_before_the_machine_starts(apps, tmp_path, option,
+                                                                where, problem):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    out = tmp_path / where
+    r = emu("run", option, out, apps / "hello")
+    assert r.returncode == 2
+    assert r.stdout == ""                                   # hello never ran
+    assert r.stderr == f"emu: error: {option} {out}: {problem.format(tmp=tmp_path)}\n"
+
+
+def test_two_outputs_to_one_file_are_refused(apps, tmp_path):
+    out = tmp_path / "same"
+    r = emu("run", "--report", out, "--dump", out, apps / "hello")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"emu: error: --dump {out}: the same file as --report\n"
+
+
+@pytest.mark.parametrize("option", ["--report", "--dump", "--map-svg"])
+def test_an_output_failing_after_the_run_keeps_the_runs_own_result(apps, option):
+    # /dev/full passes every check up front, then every write fails with ENOSPC.
+    crash = apps.parent / "drivers" / "crash.sys"
+    r = emu("run", option, "/dev/full", "--driver", crash, apps / "hello")
+    assert r.returncode == 126                              # the bug check's status, not 2
+    assert "PAGE_FAULT_IN_NONPAGED_AREA (0x00000050)" in r.stderr
+    what = {"--report": "report", "--dump": "crash dump", "--map-svg": "map"}[option]
+    assert f"emu: error: cannot write {what} /dev/full: No space left on device\n" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_trace_file_failing_during_the_run_keeps_the_runs_own_result(apps):
+    r = emu("run", "--trace-file", "/dev/full", apps / "exitcode", "42")
+    assert r.returncode == 42
+    assert r.stderr == ("emu: error: cannot write trace file /dev/full: No space left on "
+                        "device (the trace is incomplete)\n")
