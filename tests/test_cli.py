@@ -330,3 +330,19 @@ def test_a_trace_file_failing_during_the_run_keeps_the_runs_own_result(apps):
     assert r.returncode == 42
     assert r.stderr == ("emu: error: cannot write trace file /dev/full: No space left on "
                         "device (the trace is incomplete)\n")
+
+
+def test_sigterm_stops_the_machine_with_one_line_and_status_143(apps, tmp_path):
+    import signal
+
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", "--report", str(out),
+                             str(apps / "hello"), "--", str(apps / "spin")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "Hello, world!\n"     # the machine is running
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143                            # 128 + SIGTERM, as a shell says
+    assert err.startswith("emu: terminated by SIGTERM at rip 0x") and err.count("\n") == 1
+    rep = json.loads(out.read_text())                        # the outputs are still written
+    assert rep["machine"]["stopped"] == "interrupted"
