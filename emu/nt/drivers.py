@@ -27,6 +27,7 @@ from emu.nt.loader import (
     add_pages,
     check_overlaps,
     copy_into_pages,
+    dynamic_symbols,
     read_image_file,
     symbol_table,
 )
@@ -134,19 +135,7 @@ def _segment(image: DriverImage, p, data: bytes, path: str) -> Segment:
 
 def _dynsym(elf: ElfReader, data: bytes) -> list[tuple[str, int, int]]:
     """(name, section index, value) of every .dynsym entry, by symbol index."""
-    sections = elf.section_headers()
-    for sec in sections:
-        if sec["sh_type"] == "SHT_DYNSYM" and 0 <= sec["sh_link"] < len(sections):
-            strtab = sections[sec["sh_link"]]
-            strings = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
-            table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
-            out = []
-            for off in range(0, len(table) - 23, 24):
-                name_off, _, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
-                end = strings.find(b"\0", name_off)
-                out.append((strings[name_off:end].decode("utf-8", "replace"), shndx, value))
-            return out
-    return []
+    return dynamic_symbols(elf)
 
 
 def _dynamic_symbols(elf: ElfReader, data: bytes) -> tuple[dict[str, int], list[str]]:

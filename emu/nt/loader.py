@@ -224,9 +224,7 @@ def _parse(elf: ElfReader, data: bytes, path: str) -> Image:
     if phentsize != (56 if elf.bits == 64 else 32) or phoff + phnum * phentsize > len(data):
         raise LoaderError(f"{path}: truncated or malformed program headers")
     headers = elf.program_headers()
-    if any(h["p_type"] == "PT_INTERP" for h in headers):
-        raise LoaderError(f"{path}: dynamically linked (needs an interpreter); "
-                          "only static executables can run")
+    _refuse_foreign(elf, headers, path)
     loads = [h for h in headers if h["p_type"] == "PT_LOAD" and h["p_memsz"] > 0]
     if not loads:
         raise LoaderError(f"{path}: no loadable segments")
@@ -248,6 +246,60 @@ def _parse(elf: ElfReader, data: bytes, path: str) -> Image:
         _relocate(elf, image, path)
     image.symbols = symbol_table(elf, base)
     return image
+
+
+_NOT_SERVED = ("Linux system calls are not served: only guests built for this machine's ABI "
+               "run (docs/abi.md; building one: guest/README.md)")
+ELFOSABI_GNU = 3                  # gABI e_ident[EI_OSABI]: "UNIX - GNU" (Linux)
+NT_GNU_ABI_TAG = 1                # the note glibc's crt1 carries (owner "GNU": OS, version)
+
+
+def _refuse_foreign(elf: ElfReader, headers: list, path: str) -> None:
+    """LoaderError naming what a file is when it is not an app for this machine: a Linux
+    program (an interpreter, the GNU OS/ABI, glibc's ABI tag note) or a driver."""
+    if any(h["p_type"] == "PT_INTERP" for h in headers):
+        raise LoaderError(f"{path}: a dynamically linked Linux executable (it asks for an "
+                          f"interpreter): {_NOT_SERVED}")
+    if elf.data[7] == ELFOSABI_GNU:
+        raise LoaderError(f"{path}: a Linux executable (ELF OS/ABI GNU/Linux): {_NOT_SERVED}")
+    if any(h["p_type"] == "PT_NOTE" and _has_gnu_abi_tag(elf.data, h) for h in headers):
+        raise LoaderError(f"{path}: a Linux executable (a GNU ABI tag note): {_NOT_SERVED}")
+    if elf.header["e_type"] == "ET_DYN" and any(
+            name == "DriverEntry" and shndx for name, shndx, _ in dynamic_symbols(elf)):
+        raise LoaderError(f"{path}: this is a driver (it exports DriverEntry): use --driver")
+
+
+def _has_gnu_abi_tag(data: bytes, h) -> bool:
+    """Whether the PT_NOTE segment ``h`` holds an NT_GNU_ABI_TAG note owned by "GNU"
+    (gABI: each note is namesz, descsz, type, then name and desc, padded to p_align)."""
+    align = 8 if h["p_align"] == 8 else 4
+    off, end = h["p_offset"], min(h["p_offset"] + h["p_filesz"], len(data))
+    while off + 12 <= end:
+        namesz, descsz, ntype = struct.unpack_from("<III", data, off)
+        name = data[off + 12:off + 12 + namesz]
+        if ntype == NT_GNU_ABI_TAG and name == b"GNU\0":
+            return True
+        off += 12 + -(-namesz // align) * align + -(-descsz // align) * align
+    return False
+
+
+def dynamic_symbols(elf: ElfReader) -> list[tuple[str, int, int]]:
+    """(name, section index, value) of every .dynsym entry, by symbol index ([] without)."""
+    sections = elf.section_headers()
+    data = elf.data
+    for sec in sections:
+        if sec["sh_type"] == "SHT_DYNSYM" and 0 <= sec["sh_link"] < len(sections) and \
+                elf.bits == 64:
+            strtab = sections[sec["sh_link"]]
+            strings = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
+            table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
+            out = []
+            for off in range(0, len(table) - 23, 24):     # Elf64_Sym
+                name_off, _, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
+                end = strings.find(b"\0", name_off)
+                out.append((strings[name_off:end].decode("utf-8", "replace"), shndx, value))
+            return out
+    return []
 
 
 def _align_down(v: int) -> int:
