@@ -255,6 +255,8 @@ def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | Non
         _write_output(_write_report, args.report, result, machine)
     if args.dump and result.bugcheck is not None:
         _write_output(_write_dump, args.dump, machine)
+    elif args.dump:
+        print(f"emu: no bug check: no crash dump written to {args.dump}", file=sys.stderr)
     if recorder is not None:
         _write_output(_write_map, args.map_svg, recorder)
     return _summarize(proc, result, caught[0] if caught else signal.SIGINT)
