@@ -373,8 +373,13 @@ def _write_map(svg_path: str | None, recorder) -> None:
 
 
 def _echo(_proc: Process, data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    except BrokenPipeError:             # `emu run APP | head`: the reader is gone; the run
+        devnull = os.open(os.devnull, os.O_WRONLY)     # goes on, its output discarded
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _write_report(path: str, result: MachineResult, machine: Machine) -> None:

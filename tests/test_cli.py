@@ -346,3 +346,12 @@ def test_sigterm_stops_the_machine_with_one_line_and_status_143(apps, tmp_path):
     assert err.startswith("emu: terminated by SIGTERM at rip 0x") and err.count("\n") == 1
     rep = json.loads(out.read_text())                        # the outputs are still written
     assert rep["machine"]["stopped"] == "interrupted"
+
+
+def test_a_closed_pipe_on_stdout_is_not_a_traceback(apps):
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", str(apps / "exitcode"), "3",
+                             "--", str(apps / "hello")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                      # `emu run ... | head -0`: no reader at all
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 3 and err == ""
