@@ -7,7 +7,8 @@ Exit status of ``emu run``, decided by the FIRST app named: its exit code (0-255
 exits normally;
 EXIT_EXCEPTION when it is terminated by an exception; EXIT_BUGCHECK when the
 system stops with a bug check; EXIT_LIMIT when the instruction budget runs
-out; EXIT_DEADLOCK when every thread waits forever; EXIT_USAGE for a bad option, a
+out; EXIT_DEADLOCK when every thread waits forever; EXIT_INTERRUPTED (Ctrl-C) or
+EXIT_TERMINATED (SIGTERM) when a signal stops the machine; EXIT_USAGE for a bad option, a
 missing file or an image the loader refuses. Every process's fate is printed on stderr.
 """
 
@@ -34,6 +35,7 @@ from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
 from emu.nt.scheduler import DEFAULT_QUANTUM
+from emu.outputs import output_problem, same_file_problem
 
 EXIT_USAGE = 2
 APP_SEPARATOR = "\0--"      # what `--` becomes on an `emu run` command line
@@ -42,6 +44,7 @@ EXIT_LIMIT = 124
 EXIT_EXCEPTION = 125
 EXIT_BUGCHECK = 126
 EXIT_INTERRUPTED = 130    # as a shell reports a command ended by SIGINT
+EXIT_TERMINATED = 143     # ... and by SIGTERM (128 + 15)
 
 
 class UsageError(Exception):
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         # argparse would swallow a `--` right after APP; keep every one as a separator.
         at = argv.index(command)
         argv[at + 1:] = [APP_SEPARATOR if w == "--" else w for w in argv[at + 1:]]
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -151,10 +156,43 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("emu: terminated by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while no guest was running (loading, writing the outputs)."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output file of ``emu run``, checked before the machine starts (UsageError)."""
+    outputs = [("--trace-file", args.trace_file), ("--report", args.report),
+               ("--dump", args.dump), ("--map-svg", args.map_svg)]
+    for option, path in outputs:
+        problem = path is not None and output_problem(option, path)
+        if problem:
+            raise UsageError(problem)
+    problem = same_file_problem(outputs)
+    if problem:
+        raise UsageError(problem)
+
+
+class OutputError(Exception):
+    """An output file that could not be written after the run: one line, the run's own
+    exit status stays."""
 
 
 def _run(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     trace: TextIO | None = None
     try:
         if args.trace_file:
@@ -198,25 +236,51 @@ def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | Non
         if args.map or args.map_svg:
             from emu.viz.addrmap import MapRecorder  # only when asked: keeps start-up quick
             recorder = MapRecorder(machine)
-        with _ctrl_c_stops(machine):
+        with _ctrl_c_stops(machine) as caught:
             result = _run_under_gdb(args.gdb, machine) if args.gdb else machine.run()
     finally:
         sys.stdout.flush()
+        trace_error = machine.trace_error
         if trace is not None and trace is not sys.stderr:
-            trace.close()
+            try:
+                trace.close()
+            except OSError as err:      # the last buffered lines could not be written
+                trace_error = trace_error or err
+    # Writing an output may still fail (a full disk): say so in one line, and keep the run's
+    # own result (its blue screen, its exit status).
+    if trace_error is not None and args.trace_file:
+        _output_failed(f"cannot write trace file {args.trace_file}: {trace_error.strerror} "
+                       "(the trace is incomplete)")
     if args.report:
-        _write_report(args.report, result, machine)
+        _write_output(_write_report, args.report, result, machine)
     if args.dump and result.bugcheck is not None:
-        from emu.nt import dump
-
-        try:
-            dump.write(machine.executive, args.dump)
-        except OSError as err:
-            raise UsageError(f"cannot write crash dump {args.dump}: {err.strerror}") from None
-        print(f"emu: crash dump written to {args.dump}", file=sys.stderr)
+        _write_output(_write_dump, args.dump, machine)
+    elif args.dump:
+        print(f"emu: no bug check: no crash dump written to {args.dump}", file=sys.stderr)
     if recorder is not None:
-        _write_map(args.map_svg, recorder)
-    return _summarize(proc, result)
+        _write_output(_write_map, args.map_svg, recorder)
+    return _summarize(proc, result, caught[0] if caught else signal.SIGINT)
+
+
+def _write_output(write, *args) -> None:
+    try:
+        write(*args)
+    except OutputError as err:
+        _output_failed(str(err))
+
+
+def _output_failed(message: str) -> None:
+    print(f"emu: error: {message}", file=sys.stderr)
+
+
+def _write_dump(path: str, machine: Machine) -> None:
+    from emu.nt import dump
+
+    try:
+        dump.write(machine.executive, path)
+    except OSError as err:
+        raise OutputError(f"cannot write crash dump {path}: {err.strerror}") from None
+    print(f"emu: crash dump written to {path}", file=sys.stderr)
 
 
 def _run_under_gdb(address: str, machine: Machine) -> MachineResult:
@@ -256,27 +320,41 @@ def _spawn(machine: Machine, app: str, app_args: list[str], mem: int) -> Process
                          "(try a larger --mem)") from None
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 @contextlib.contextmanager
 def _ctrl_c_stops(machine: Machine):
-    """Make Ctrl-C stop the guest at the next instruction boundary.
+    """Make Ctrl-C (SIGINT) and SIGTERM stop the guest at the next instruction boundary;
+    yields a list that receives the signal that stopped it.
 
     At full speed the guest runs inside Unicorn with no Python hook, so a Python signal
-    handler would never get to run. Instead SIGINT is blocked here and a watcher thread
-    takes it with sigwait() and stops the CPU (ctypes releases the GIL during emu_start).
+    handler would never get to run. Instead both signals are blocked here and a watcher
+    thread takes them with sigwait() and stops the CPU (ctypes releases the GIL during
+    emu_start).
     """
+    caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield caught
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+    stopped = threading.Event()
 
     def watch() -> None:
-        if signal.sigwait({signal.SIGINT}) == signal.SIGINT:
+        caught.append(signal.sigwait(_STOP_SIGNALS))
+        # Again until the run returns: a stop that lands between two emu_start calls (a
+        # context switch) would otherwise be lost to the next one.
+        while True:
             machine.interrupt()
+            if stopped.wait(0.05):
+                return
 
     threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
     try:
-        yield
+        yield caught
     finally:
+        stopped.set()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
@@ -291,12 +369,17 @@ def _write_map(svg_path: str | None, recorder) -> None:
             with open(svg_path, "w", encoding="utf-8") as f:
                 f.write(render_svg(maps))
         except OSError as err:
-            raise UsageError(f"cannot write map {svg_path}: {err.strerror}") from None
+            raise OutputError(f"cannot write map {svg_path}: {err.strerror}") from None
 
 
 def _echo(_proc: Process, data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    except BrokenPipeError:             # `emu run APP | head`: the reader is gone; the run
+        devnull = os.open(os.devnull, os.O_WRONLY)     # goes on, its output discarded
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _write_report(path: str, result: MachineResult, machine: Machine) -> None:
@@ -309,11 +392,12 @@ def _write_report(path: str, result: MachineResult, machine: Machine) -> None:
             json.dump(build_report(result, machine.mem.size), f, indent=2)
             f.write("\n")
     except OSError as err:
-        raise UsageError(f"cannot write report {path}: {err.strerror}") from None
+        raise OutputError(f"cannot write report {path}: {err.strerror}") from None
 
 
-def _summarize(proc: Process, result: MachineResult) -> int:
-    """Print how the run ended (stderr) and choose the exit status."""
+def _summarize(proc: Process, result: MachineResult, stop_signal: int = signal.SIGINT) -> int:
+    """Print how the run ended (stderr) and choose the exit status; ``stop_signal``: the
+    signal that interrupted the machine (SIGINT or SIGTERM), if it was interrupted."""
     for d in result.drivers:
         if d.unloaded:
             print(f"driver {d.image.name}: DriverEntry returned {status(d.status)}; unloaded",
@@ -329,6 +413,9 @@ def _summarize(proc: Process, result: MachineResult) -> int:
         print(f"emu: every thread is waiting and nothing can wake one (deadlock): {where}",
               file=sys.stderr)
         return EXIT_DEADLOCK
+    if result.stopped == "interrupted" and stop_signal == signal.SIGTERM:
+        print(f"emu: terminated by SIGTERM at rip {addr(result.last_rip)}", file=sys.stderr)
+        return EXIT_TERMINATED
     if result.stopped == "interrupted":
         print(f"emu: interrupted at rip {addr(result.last_rip)}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from emu.hw.faultaddr import decode
-from emu.hw.memory import PhysicalMemory, parse_size
+from emu.hw.memory import HostMemoryError, PhysicalMemory, parse_size
 from emu.nt import drivers
 from emu.nt.bugcheck import BugCheck
 from emu.nt.drivers import DriverImage
@@ -34,6 +34,14 @@ def default_pagefile_size(mem: int) -> int:
     """The pagefile a machine gets unless told otherwise: as large as RAM, at least 64 MiB
     (the host file is sparse: only pages written take disk space)."""
     return max(mem, MIN_DEFAULT_PAGEFILE)
+
+
+def _size_text(size: int) -> str:
+    """A size as --mem takes it: ``16G``, ``512M``, ``4K`` or bytes."""
+    for suffix, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{suffix}"
+    return str(size)
 
 
 @dataclass
@@ -88,8 +96,15 @@ class Machine:
             pagefile_size = default_pagefile_size(size)
         if pagefile is not None and pagefile_size == 0:
             raise ValueError("a pagefile path was given with a pagefile size of 0")
-        self.pagefile = Pagefile(pagefile_size, pagefile) if pagefile_size else None
-        self.mem = PhysicalMemory(size)
+        try:
+            self.mem = PhysicalMemory(size)
+        except HostMemoryError as err:
+            raise ValueError(f"--mem {_size_text(size)}: {err}") from None
+        try:
+            self.pagefile = Pagefile(pagefile_size, pagefile) if pagefile_size else None
+        except BaseException:
+            self.mem.close()
+            raise
         try:
             self.executive = Executive(self.mem, console, quantum=quantum, fs_root=fs_root,
                                        smap=smap, pagefile=self.pagefile)
@@ -99,6 +114,7 @@ class Machine:
             raise
         self.max_insns = max_insns
         self._trace = trace
+        self.trace_error: OSError | None = None      # the trace stopped: writing it failed
         self.result: MachineResult | None = None
         if trace is not None:
             self.executive.cpu.set_trace(self._trace_instruction)
@@ -152,12 +168,18 @@ class Machine:
         self.executive.interrupt()
 
     def _trace_instruction(self, cpu, rip: int, size: int) -> None:
+        if self.trace_error is not None:
+            return
         code = cpu.read_code(rip, size)
         insn = decode(code, rip, cpu.code_bits)
         text = f"{insn.mnemonic} {insn.op_str}".strip() if insn else "(bad)"
         proc = self.executive.current
         who = f"pid {proc.pid}" if proc else "kernel"
-        self._trace.write(f"ring {cpu.cpl}  {who:<7} {rip:#018x}  {code.hex(' '):<30} {text}\n")
+        try:
+            self._trace.write(f"ring {cpu.cpl}  {who:<7} {rip:#018x}  {code.hex(' '):<30} "
+                              f"{text}\n")
+        except OSError as err:          # a full disk: the run goes on, the trace stops
+            self.trace_error = err
 
     def close(self) -> None:
         """Release the emulator's resources."""

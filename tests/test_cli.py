@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -228,7 +229,9 @@ def test_map_prints_regions_and_draws_the_svg(apps, tmp_path):
 
 def test_map_svg_to_an_unwritable_place_is_a_clear_error(apps):
     r = emu("run", "--map-svg", "/nonexistent/dir/m.svg", apps / "hello")
-    assert r.returncode == 2 and "cannot write map" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stdout == ""          # refused before the app runs
+    assert r.stderr == ("emu: error: --map-svg /nonexistent/dir/m.svg: no such directory "
+                        "/nonexistent/dir\n")
 
 
 def test_a_driver_crash_is_a_blue_screen(apps):
@@ -247,3 +250,108 @@ def test_a_driver_crash_is_a_blue_screen(apps):
 def test_a_bad_driver_is_a_usage_error(apps):
     r = emu("run", "--driver", apps / "hello", apps / "hello")
     assert r.returncode == 2 and "not a shared object" in r.stderr
+
+
+def _limit_address_space(limit: int):
+    def apply() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def test_mem_larger_than_the_host_can_give_is_one_line(apps):
+    # 16G is within the documented range (1M to 64G) but not within a 6 GiB address space.
+    r = subprocess.run([sys.executable, "-m", "emu", "run", "--mem", "16G", str(apps / "hello")],
+                       capture_output=True, text=True, timeout=120,
+                       preexec_fn=_limit_address_space(6 << 30))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == ("emu: error: --mem 16G: cannot allocate 16 GiB of host memory for "
+                        "guest RAM\n")
+
+
+@pytest.mark.parametrize("option", [[], ["--driver"]])
+def test_a_fifo_is_refused_not_waited_on(apps, tmp_path, option):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    args = [*option, fifo, apps / "hello"] if option else [fifo]
+    r = emu("run", *args)        # before: open() waited for a writer forever (timeout)
+    assert r.returncode == 2
+    assert r.stderr == f"emu: error: {fifo}: not a regular file (a FIFO)\n"
+
+
+@pytest.mark.parametrize("option", [[], ["--driver"]])
+def test_a_device_is_refused_not_read_to_exhaustion(apps, option):
+    args = [*option, "/dev/zero", apps / "hello"] if option else ["/dev/zero"]
+    r = subprocess.run([sys.executable, "-m", "emu", "run", *map(str, args)],
+                       capture_output=True, text=True, timeout=120,
+                       preexec_fn=_limit_address_space(3 << 30))
+    assert r.returncode == 2
+    assert r.stderr == "emu: error: /dev/zero: not a regular file (a character device)\n"
+
+
+@pytest.mark.parametrize("option", ["--report", "--dump", "--map-svg", "--trace-file"])
+@pytest.mark.parametrize("where, problem", [
+    ("missing/out", "no such directory {tmp}/missing"),
+    ("file/out", "{tmp}/file is not a directory"),
+    ("dir", "is a directory"),
+])
+def test_bad_output_paths_are_refused_before_the_machine_starts(apps, tmp_path, option,
+                                                                where, problem):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    out = tmp_path / where
+    r = emu("run", option, out, apps / "hello")
+    assert r.returncode == 2
+    assert r.stdout == ""                                   # hello never ran
+    assert r.stderr == f"emu: error: {option} {out}: {problem.format(tmp=tmp_path)}\n"
+
+
+def test_two_outputs_to_one_file_are_refused(apps, tmp_path):
+    out = tmp_path / "same"
+    r = emu("run", "--report", out, "--dump", out, apps / "hello")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"emu: error: --dump {out}: the same file as --report\n"
+
+
+@pytest.mark.parametrize("option", ["--report", "--dump", "--map-svg"])
+def test_an_output_failing_after_the_run_keeps_the_runs_own_result(apps, option):
+    # /dev/full passes every check up front, then every write fails with ENOSPC.
+    crash = apps.parent / "drivers" / "crash.sys"
+    r = emu("run", option, "/dev/full", "--driver", crash, apps / "hello")
+    assert r.returncode == 126                              # the bug check's status, not 2
+    assert "PAGE_FAULT_IN_NONPAGED_AREA (0x00000050)" in r.stderr
+    what = {"--report": "report", "--dump": "crash dump", "--map-svg": "map"}[option]
+    assert f"emu: error: cannot write {what} /dev/full: No space left on device\n" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_trace_file_failing_during_the_run_keeps_the_runs_own_result(apps):
+    r = emu("run", "--trace-file", "/dev/full", apps / "exitcode", "42")
+    assert r.returncode == 42
+    assert r.stderr == ("emu: error: cannot write trace file /dev/full: No space left on "
+                        "device (the trace is incomplete)\n")
+
+
+def test_sigterm_stops_the_machine_with_one_line_and_status_143(apps, tmp_path):
+    import signal
+
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", "--report", str(out),
+                             str(apps / "hello"), "--", str(apps / "spin")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "Hello, world!\n"     # the machine is running
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143                            # 128 + SIGTERM, as a shell says
+    assert err.startswith("emu: terminated by SIGTERM at rip 0x") and err.count("\n") == 1
+    rep = json.loads(out.read_text())                        # the outputs are still written
+    assert rep["machine"]["stopped"] == "interrupted"
+
+
+def test_a_closed_pipe_on_stdout_is_not_a_traceback(apps):
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", str(apps / "exitcode"), "3",
+                             "--", str(apps / "hello")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                      # `emu run ... | head -0`: no reader at all
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 3 and err == ""

@@ -25,6 +25,9 @@ from emu.debugger.snapshots import SnapshotRing
 from emu.machine import Machine
 
 EXIT_COMMAND_FAILED = 1
+DEFAULT_MEM = 64 << 20
+DEFAULT_SNAPSHOTS = 8
+DEFAULT_SNAPSHOT_INTERVAL = 5_000_000
 
 
 def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None:
@@ -38,7 +41,7 @@ def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None
                    "`emu run --dump FILE` instead of starting a machine")
     p.add_argument("--stop-at-driver", action="store_true", help="stop before the first "
                    "driver's DriverEntry instead of the first app's entry point")
-    p.add_argument("--mem", type=size_type, default=size_type("64M"), metavar="SIZE",
+    p.add_argument("--mem", type=size_type, metavar="SIZE",
                    help="physical RAM (default 64M)")
     p.add_argument("--driver", action="append", default=[], metavar="PATH",
                    help="load a driver at boot (repeatable)")
@@ -47,10 +50,10 @@ def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None
     p.add_argument("--smap", action="store_true", help="turn on CR4.SMAP")
     p.add_argument("--no-pagefile", action="store_true", help="no pagefile")
     p.add_argument("--pagefile-size", type=size_type, metavar="SIZE", help="pagefile size")
-    p.add_argument("--snapshots", type=int, default=8, metavar="N",
+    p.add_argument("--snapshots", type=int, metavar="N",
                    help="how many snapshots (forked copies of the emulator) to keep for "
                    "going back; 0: go back by re-executing from boot (default 8)")
-    p.add_argument("--snapshot-interval", type=count_type, default=5_000_000, metavar="N",
+    p.add_argument("--snapshot-interval", type=count_type, metavar="N",
                    help="instructions between two snapshots (default 5000000)")
     p.add_argument("app", metavar="APP", nargs="?", help="path of the guest executable")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
@@ -83,6 +86,12 @@ def run(args: argparse.Namespace, commands: list[tuple[str, list[str]]], usage_e
     """Run ``emu debug``; returns the exit status."""
     from emu.debugger.shell import Shell
 
+    problem = _option_problem(args)
+    if problem:
+        raise usage_error(problem)
+    args.mem = DEFAULT_MEM if args.mem is None else args.mem
+    args.snapshots = DEFAULT_SNAPSHOTS if args.snapshots is None else args.snapshots
+    args.snapshot_interval = args.snapshot_interval or DEFAULT_SNAPSHOT_INTERVAL
     stdin, batch = _command_source(args, usage_error)
     if args.dump:
         from emu.debugger.target import TargetError, open_dump
@@ -99,6 +108,34 @@ def run(args: argparse.Namespace, commands: list[tuple[str, list[str]]], usage_e
     if not commands:
         raise usage_error("missing APP (or --dump FILE)")
     return _debug_machine(args, commands, stdin, batch, usage_error)
+
+
+# The options that shape a new machine: none applies when --dump opens a crash dump.
+_MACHINE_OPTIONS = (("app", "APP"), ("mem", "--mem"), ("driver", "--driver"),
+                    ("stop_at_driver", "--stop-at-driver"), ("quantum", "--quantum"),
+                    ("fs", "--fs"), ("smap", "--smap"), ("no_pagefile", "--no-pagefile"),
+                    ("pagefile_size", "--pagefile-size"), ("snapshots", "--snapshots"),
+                    ("snapshot_interval", "--snapshot-interval"))
+
+
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """One line if an option was given that means nothing with the others (it would be
+    ignored), else None."""
+    if args.dump:
+        for name, option in _MACHINE_OPTIONS:
+            if getattr(args, name) not in (None, False, []):
+                return (f"--dump {args.dump} opens a crash dump and starts no machine: "
+                        f"{option} does not apply")
+        return None
+    if args.stop_at_driver and not args.driver:
+        return "--stop-at-driver needs --driver (there is no driver to stop at)"
+    if args.snapshots == 0 and args.snapshot_interval is not None:
+        return "--snapshot-interval has no effect with --snapshots 0 (no snapshots are taken)"
+    if args.snapshots is not None and args.snapshots < 0:
+        return "--snapshots must not be negative"
+    if args.no_pagefile and args.pagefile_size is not None:
+        return "--no-pagefile cannot be combined with --pagefile-size"
+    return None
 
 
 def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_error) -> int:

@@ -25,6 +25,18 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
+class HostMemoryError(Exception):
+    """The host would not give the buffer for guest RAM (mmap failed: ENOMEM, an rlimit)."""
+
+
+def format_size(size: int) -> str:
+    """``16 GiB``, ``512 MiB``, ``4 KiB`` or ``123 bytes``: the largest unit that is exact."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
 def parse_size(text: str) -> int:
     """Parse a memory size such as ``64M``, ``2m``, ``512K``, ``1G`` or ``65536`` (bytes)."""
     match = _SIZE_RE.match(text)
@@ -43,7 +55,11 @@ class PhysicalMemory:
         self.frames = size // PAGE_SIZE
         # Private, not shared: a forked copy of the emulator (a debugger's snapshot) must
         # keep the RAM it had, copy-on-write.
-        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as err:          # ENOMEM: more than the host will commit or map
+            raise HostMemoryError(f"cannot allocate {format_size(size)} of host memory for "
+                                  "guest RAM") from err
         self._view = memoryview(self.buffer)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
 

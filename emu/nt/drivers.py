@@ -18,7 +18,19 @@ from typing import TYPE_CHECKING
 
 from emu.nt import exports, layout
 from emu.nt.events import Event
-from emu.nt.loader import PF_W, PF_X, ElfReader, LoaderError, Segment, symbol_table
+from emu.nt.loader import (
+    PF_W,
+    PF_X,
+    ElfReader,
+    LoaderError,
+    Segment,
+    add_pages,
+    check_overlaps,
+    copy_into_pages,
+    dynamic_symbols,
+    read_image_file,
+    symbol_table,
+)
 from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
@@ -88,8 +100,12 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     if not loads:
         raise LoaderError(f"{path}: no loadable segments")
     image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [])
-    for p in loads:
-        _add_segment(image, p, data, path)
+    image.segments = [_segment(image, p, data, path) for p in loads]
+    check_overlaps(image.segments, path)      # so at most one 16 MiB slot is ever copied
+    for seg, p in zip(image.segments, loads, strict=True):
+        add_pages(image.pages, image.page_flags, seg.va, seg.memsz, seg.flags)
+        copy_into_pages(image.pages, seg.va,
+                        memoryview(data)[p["p_offset"]:p["p_offset"] + p["p_filesz"]])
     symbols, undefined = _dynamic_symbols(elf, data)
     image.symbols = {**symbol_table(elf, base),
                      **{name: base + value for name, value in symbols.items()}}
@@ -107,37 +123,19 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     return image
 
 
-def _add_segment(image: DriverImage, p, data: bytes, path: str) -> None:
+def _segment(image: DriverImage, p, data: bytes, path: str) -> Segment:
+    """PT_LOAD ``p`` as a Segment at the driver's base, checked to fit its slot."""
     va, memsz, filesz, offset = image.base + p["p_vaddr"], p["p_memsz"], p["p_filesz"], \
         p["p_offset"]
     if filesz > memsz or offset + filesz > len(data) or p["p_vaddr"] + memsz > \
             layout.KERNEL_DRIVER_SLOT:
         raise LoaderError(f"{path}: segment at 0x{p['p_vaddr']:x} is malformed or too large")
-    flags = p["p_flags"] & 7
-    image.segments.append(Segment(va, memsz, flags))
-    for page in range(va & ~0xFFF, va + memsz, layout.PAGE_SIZE):
-        image.pages.setdefault(page, bytearray(layout.PAGE_SIZE))
-        image.page_flags[page] = image.page_flags.get(page, 0) | flags
-    for i in range(filesz):
-        a = va + i
-        image.pages[a & ~0xFFF][a & 0xFFF] = data[offset + i]
+    return Segment(va, memsz, p["p_flags"] & 7)
 
 
 def _dynsym(elf: ElfReader, data: bytes) -> list[tuple[str, int, int]]:
     """(name, section index, value) of every .dynsym entry, by symbol index."""
-    sections = elf.section_headers()
-    for sec in sections:
-        if sec["sh_type"] == "SHT_DYNSYM" and 0 <= sec["sh_link"] < len(sections):
-            strtab = sections[sec["sh_link"]]
-            strings = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
-            table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
-            out = []
-            for off in range(0, len(table) - 23, 24):
-                name_off, _, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
-                end = strings.find(b"\0", name_off)
-                out.append((strings[name_off:end].decode("utf-8", "replace"), shndx, value))
-            return out
-    return []
+    return dynamic_symbols(elf)
 
 
 def _dynamic_symbols(elf: ElfReader, data: bytes) -> tuple[dict[str, int], list[str]]:
@@ -184,12 +182,7 @@ def _relocate(image: DriverImage, offset: int, rtype: int, sym, addend: int, pat
 def load(ex: Executive, path: str | Path) -> DriverImage:
     """Read and parse a driver for the next free kernel slot (nothing mapped yet)."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise LoaderError(f"{p}: no such file") from None
-    except OSError as err:
-        raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
+    data = read_image_file(p)
     if len(ex.drivers) + len(ex.pending_drivers) >= MAX_DRIVERS:
         raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
     slot = len(ex.drivers) + len(ex.pending_drivers)

@@ -14,6 +14,8 @@ user who hands the machine a bad file made a mistake, not the emulator.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,18 +87,41 @@ def highest_user_address(bits: int) -> int:
 
 def load_file(path: str | Path) -> Image:
     """Read and parse the ELF file at ``path``; raises LoaderError with a one-line reason."""
+    return parse_image(read_image_file(path), str(path))
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "is a directory, not an executable"),
+               (stat.S_ISFIFO, "not a regular file (a FIFO)"),
+               (stat.S_ISCHR, "not a regular file (a character device)"),
+               (stat.S_ISBLK, "not a regular file (a block device)"),
+               (stat.S_ISSOCK, "not a regular file (a socket)"))
+
+
+def read_image_file(path: str | Path, limit: int = MAX_FILE_SIZE) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them; LoaderError
+    for anything else (a FIFO or a device is refused before a byte is read, and no more
+    than ``limit`` + 1 bytes are ever read, whatever the file claims its size is)."""
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_FILE_SIZE:
-            raise LoaderError(f"{p}: file too large ({p.stat().st_size} bytes)")
-        data = p.read_bytes()
+        # O_NONBLOCK: opening a FIFO with no writer must not wait; a regular file ignores it.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise LoaderError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise LoaderError(f"{p}: is a directory, not an executable") from None
     except OSError as err:
         raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
-    return parse_image(data, str(p))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+        raise LoaderError(f"{p}: {what}")
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
+    if len(data) > limit:
+        raise LoaderError(f"{p}: file too large (more than {limit >> 20} MiB)")
+    return data
 
 
 def parse_image(data: bytes, path: str = "<image>") -> Image:
@@ -138,23 +163,37 @@ class ElfReader:
         self.bits = 32 if data[4] == 1 else 64
         self.structs = ELFStructs(little_endian=True, elfclass=self.bits)
         self.structs.create_basic_structs()
-        self.header = self.structs.Elf_Ehdr.parse(data)
+        self.header = self.structs.Elf_Ehdr.parse(data[:64])
         h = self.header
         self.structs.create_advanced_structs(h["e_type"], h["e_machine"],
                                              h["e_ident"]["EI_OSABI"])
+        self._phdrs: list | None = None
+        self._shdrs: list | None = None
 
     def program_headers(self) -> list:
-        h = self.header
-        return [self.structs.Elf_Phdr.parse(self.data[h["e_phoff"] + i * h["e_phentsize"]:])
-                for i in range(h["e_phnum"])]
+        """Every program header, parsed once (each from its own e_phentsize bytes: the
+        work is linear in e_phnum, never a copy of the rest of the file per header)."""
+        if self._phdrs is None:
+            h = self.header
+            off, size = h["e_phoff"], h["e_phentsize"]
+            self._phdrs = [self.structs.Elf_Phdr.parse(self.data[off + i * size:
+                                                                 off + (i + 1) * size])
+                           for i in range(h["e_phnum"])]
+        return self._phdrs
 
     def section_headers(self) -> list:
-        h = self.header
-        size = 64 if self.bits == 64 else 40
-        if h["e_shentsize"] != size or h["e_shoff"] + h["e_shnum"] * size > len(self.data):
-            return []
-        return [self.structs.Elf_Shdr.parse(self.data[h["e_shoff"] + i * size:])
-                for i in range(h["e_shnum"])]
+        """Every section header, parsed once; [] when the table is missing or malformed."""
+        if self._shdrs is None:
+            h = self.header
+            size = 64 if self.bits == 64 else 40
+            off = h["e_shoff"]
+            if h["e_shentsize"] != size or off + h["e_shnum"] * size > len(self.data):
+                self._shdrs = []
+            else:
+                self._shdrs = [self.structs.Elf_Shdr.parse(self.data[off + i * size:
+                                                                     off + (i + 1) * size])
+                               for i in range(h["e_shnum"])]
+        return self._shdrs
 
     def dynamic_tags(self, segment) -> dict[str, int]:
         """d_tag -> d_val of the PT_DYNAMIC ``segment`` (up to DT_NULL)."""
@@ -185,30 +224,90 @@ def _parse(elf: ElfReader, data: bytes, path: str) -> Image:
     if phentsize != (56 if elf.bits == 64 else 32) or phoff + phnum * phentsize > len(data):
         raise LoaderError(f"{path}: truncated or malformed program headers")
     headers = elf.program_headers()
-    if any(h["p_type"] == "PT_INTERP" for h in headers):
-        raise LoaderError(f"{path}: dynamically linked (needs an interpreter); "
-                          "only static executables can run")
+    _refuse_foreign(elf, headers, path)
     loads = [h for h in headers if h["p_type"] == "PT_LOAD" and h["p_memsz"] > 0]
     if not loads:
         raise LoaderError(f"{path}: no loadable segments")
     base = PIE_IMAGE_BASE - _align_down(min(h["p_vaddr"] for h in loads)) \
         if kind == "ET_DYN" else 0
     image = Image(path, Path(path).name, base, header["e_entry"] + base, [], bits=elf.bits)
+    total = 0                   # bytes of image so far: one sum, kept as segments are added
     for i, h in enumerate(loads):
-        _add_segment(image, h, data, path, i)
-    _check_overlaps(image, path)
+        total += h["p_memsz"]
+        image.segments.append(_segment(image, h, data, path, i, total))
+    check_overlaps(image.segments, path)
     _check_entry(image, path)
+    # Only a good image gets pages: a refusal costs no memory beyond the headers.
+    for seg, h in zip(image.segments, loads, strict=True):
+        add_pages(image.pages, image.page_flags, seg.va, seg.memsz, seg.flags)
+        copy_into_pages(image.pages, seg.va,
+                        memoryview(data)[h["p_offset"]:h["p_offset"] + h["p_filesz"]])
     if kind == "ET_DYN":
         _relocate(elf, image, path)
     image.symbols = symbol_table(elf, base)
     return image
 
 
+_NOT_SERVED = ("Linux system calls are not served: only guests built for this machine's ABI "
+               "run (docs/abi.md; building one: guest/README.md)")
+ELFOSABI_GNU = 3                  # gABI e_ident[EI_OSABI]: "UNIX - GNU" (Linux)
+NT_GNU_ABI_TAG = 1                # the note glibc's crt1 carries (owner "GNU": OS, version)
+
+
+def _refuse_foreign(elf: ElfReader, headers: list, path: str) -> None:
+    """LoaderError naming what a file is when it is not an app for this machine: a Linux
+    program (an interpreter, the GNU OS/ABI, glibc's ABI tag note) or a driver."""
+    if any(h["p_type"] == "PT_INTERP" for h in headers):
+        raise LoaderError(f"{path}: a dynamically linked Linux executable (it asks for an "
+                          f"interpreter): {_NOT_SERVED}")
+    if elf.data[7] == ELFOSABI_GNU:
+        raise LoaderError(f"{path}: a Linux executable (ELF OS/ABI GNU/Linux): {_NOT_SERVED}")
+    if any(h["p_type"] == "PT_NOTE" and _has_gnu_abi_tag(elf.data, h) for h in headers):
+        raise LoaderError(f"{path}: a Linux executable (a GNU ABI tag note): {_NOT_SERVED}")
+    if elf.header["e_type"] == "ET_DYN" and any(
+            name == "DriverEntry" and shndx for name, shndx, _ in dynamic_symbols(elf)):
+        raise LoaderError(f"{path}: this is a driver (it exports DriverEntry): use --driver")
+
+
+def _has_gnu_abi_tag(data: bytes, h) -> bool:
+    """Whether the PT_NOTE segment ``h`` holds an NT_GNU_ABI_TAG note owned by "GNU"
+    (gABI: each note is namesz, descsz, type, then name and desc, padded to p_align)."""
+    align = 8 if h["p_align"] == 8 else 4
+    off, end = h["p_offset"], min(h["p_offset"] + h["p_filesz"], len(data))
+    while off + 12 <= end:
+        namesz, descsz, ntype = struct.unpack_from("<III", data, off)
+        name = data[off + 12:off + 12 + namesz]
+        if ntype == NT_GNU_ABI_TAG and name == b"GNU\0":
+            return True
+        off += 12 + -(-namesz // align) * align + -(-descsz // align) * align
+    return False
+
+
+def dynamic_symbols(elf: ElfReader) -> list[tuple[str, int, int]]:
+    """(name, section index, value) of every .dynsym entry, by symbol index ([] without)."""
+    sections = elf.section_headers()
+    data = elf.data
+    for sec in sections:
+        if sec["sh_type"] == "SHT_DYNSYM" and 0 <= sec["sh_link"] < len(sections) and \
+                elf.bits == 64:
+            strtab = sections[sec["sh_link"]]
+            strings = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
+            table = data[sec["sh_offset"]:sec["sh_offset"] + sec["sh_size"]]
+            out = []
+            for off in range(0, len(table) - 23, 24):     # Elf64_Sym
+                name_off, _, _, shndx, value, _ = struct.unpack_from("<IBBHQQ", table, off)
+                end = strings.find(b"\0", name_off)
+                out.append((strings[name_off:end].decode("utf-8", "replace"), shndx, value))
+            return out
+    return []
+
+
 def _align_down(v: int) -> int:
     return v & ~(PAGE_SIZE - 1)
 
 
-def _add_segment(image: Image, h, data: bytes, path: str, i: int) -> None:
+def _segment(image: Image, h, data: bytes, path: str, i: int, total: int) -> Segment:
+    """PT_LOAD ``h`` (the i-th) as a Segment, checked; ``total``: the image's size with it."""
     va, memsz = h["p_vaddr"] + image.base, h["p_memsz"]
     filesz, offset = h["p_filesz"], h["p_offset"]
     where = f"{path}: segment {i} (0x{va:x}-0x{va + memsz:x})"
@@ -220,29 +319,33 @@ def _add_segment(image: Image, h, data: bytes, path: str, i: int) -> None:
     if va < MM_LOWEST_USER_ADDRESS or va + memsz - 1 > highest:
         raise LoaderError(f"{where}: outside the user address space "
                           f"(0x{MM_LOWEST_USER_ADDRESS:x}-0x{highest:x})")
-    if sum(s.memsz for s in image.segments) + memsz > MAX_IMAGE_SIZE:
+    if total > MAX_IMAGE_SIZE:
         raise LoaderError(f"{where}: image larger than {MAX_IMAGE_SIZE >> 20} MiB")
-    flags = h["p_flags"] & (PF_R | PF_W | PF_X)
-    image.segments.append(Segment(va, memsz, flags))
-    contents = data[offset:offset + filesz]
+    return Segment(va, memsz, h["p_flags"] & (PF_R | PF_W | PF_X))
+
+
+def add_pages(pages: dict[int, bytearray], page_flags: dict[int, int], va: int, memsz: int,
+              flags: int) -> None:
+    """Zeroed pages for [va, va + memsz), each with ``flags`` added to its permissions."""
     for page in range(_align_down(va), va + memsz, PAGE_SIZE):
-        image.pages.setdefault(page, bytearray(PAGE_SIZE))
+        pages.setdefault(page, bytearray(PAGE_SIZE))
         # Pages shared by two segments get the union of their permissions.
-        image.page_flags[page] = image.page_flags.get(page, 0) | flags
-    _copy_into_pages(image, va, contents)
+        page_flags[page] = page_flags.get(page, 0) | flags
 
 
-def _copy_into_pages(image: Image, va: int, contents: bytes) -> None:
+def copy_into_pages(pages: dict[int, bytearray], va: int, contents) -> None:
+    """Copy ``contents`` (bytes or a memoryview) to ``va`` in ``pages``, a page at a time."""
     pos = 0
     while pos < len(contents):
         page, off = _align_down(va + pos), (va + pos) % PAGE_SIZE
         n = min(PAGE_SIZE - off, len(contents) - pos)
-        image.pages[page][off:off + n] = contents[pos:pos + n]
+        pages[page][off:off + n] = contents[pos:pos + n]
         pos += n
 
 
-def _check_overlaps(image: Image, path: str) -> None:
-    ordered = sorted(image.segments, key=lambda s: s.va)
+def check_overlaps(segments: list[Segment], path: str) -> None:
+    """LoaderError if two segments share a byte (sorted once: n log n for n segments)."""
+    ordered = sorted(segments, key=lambda s: s.va)
     for a, b in zip(ordered, ordered[1:], strict=False):
         if b.va < a.end:
             raise LoaderError(f"{path}: segments 0x{a.va:x}-0x{a.end:x} and "

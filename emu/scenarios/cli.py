@@ -6,7 +6,8 @@
 
 Exit status: 0 when every scenario played held its claim, 1 when one did not (which claim
 and what was observed instead is printed), 2 for a usage error (an unknown name prints the
-list; an output folder that cannot be written is one line).
+list; an output folder that cannot be written is one line; a page failing after the run is
+one line and keeps the status 0 or 1).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def _play(chosen, out: Path | None) -> int:
     sys.stdout.flush()
     if out is not None:
         problem = _write_pages(results, out)
-        if problem:
-            return _usage(problem)
+        if problem:      # one line; the scenarios' own verdicts and exit status still stand
+            print(f"emu: error: {problem}", file=sys.stderr)
     failed = [r for r in results if not r.ok]
     if len(results) > 1:
         print(f"The tour: {len(results)} scenarios, {len(results) - len(failed)} held their "

@@ -158,3 +158,56 @@ def test_pie_relocations_are_applied(apps):
     image = load_file(apps / "hello-pie")
     assert image.base and image.low >= 0x7FF6_0000_0000
     assert all(image.base <= v for v in image.symbols.values())
+
+
+LINUX = ("Linux system calls are not served: only guests built for this machine's ABI run "
+         "(docs/abi.md; building one: guest/README.md)")
+
+
+def test_a_driver_is_not_an_app(apps):
+    with pytest.raises(LoaderError) as info:
+        load_file(apps.parent / "drivers" / "hello.sys")
+    assert str(info.value) == (f"{apps.parent / 'drivers' / 'hello.sys'}: this is a driver "
+                               "(it exports DriverEntry): use --driver")
+
+
+def test_a_linux_osabi_is_refused_as_linux(apps):
+    data = hello_bytes(apps)
+    data[7] = 3                                   # EI_OSABI: ELFOSABI_GNU (Linux)
+    assert refuse(data) == f"app: a Linux executable (ELF OS/ABI GNU/Linux): {LINUX}"
+
+
+def test_a_gnu_abi_tag_note_is_refused_as_linux(apps):
+    # The note glibc's crt1 carries: owner "GNU", NT_GNU_ABI_TAG (1), OS 0 = Linux 3.2.0.
+    data = bytes(hello_bytes(apps))
+    note = struct.pack("<III4sIIII", 4, 16, 1, b"GNU\0", 0, 3, 2, 0)
+    e = list(EHDR.unpack_from(data))
+    phoff, phentsize, phnum = e[5], e[9], e[10]
+    table = data[phoff:phoff + phnum * phentsize]
+    out = bytearray(data) + bytes(-len(data) % 8)
+    note_at = len(out)
+    out += note
+    table += PHDR.pack(4, 4, note_at, 0, 0, len(note), len(note), 4)     # PT_NOTE
+    e[5], e[10] = len(out), phnum + 1
+    out += table
+    EHDR.pack_into(out, 0, *e)
+    assert refuse(out) == f"app: a Linux executable (a GNU ABI tag note): {LINUX}"
+
+
+def test_a_dynamically_linked_program_is_refused_as_linux(apps):
+    data = hello_bytes(apps)
+    off, h = phdrs(data)[0]
+    h[0] = 3                                      # PT_INTERP
+    PHDR.pack_into(data, off, *h)
+    assert refuse(data).startswith("app: a dynamically linked Linux executable (it asks for "
+                                   "an interpreter): " + LINUX)
+
+
+def test_a_real_static_glibc_program_is_refused_as_linux(tmp_path):
+    import subprocess
+
+    (tmp_path / "l.c").write_text('#include <stdio.h>\nint main(void) { puts("hi"); }\n')
+    subprocess.run(["gcc", "-static", "-o", tmp_path / "l", tmp_path / "l.c"], check=True)
+    with pytest.raises(LoaderError, match="a Linux executable .*Linux system calls are not "
+                       "served"):
+        load_file(tmp_path / "l")

@@ -114,6 +114,7 @@ NTSTATUS NtDeviceIoControlFile(HANDLE device, uint32_t code, const void *input,
 #define MEM_RESERVE  0x2000
 #define MEM_DECOMMIT 0x4000
 #define MEM_RELEASE  0x8000
+#define MEM_TOP_DOWN 0x100000     /* NtAllocateVirtualMemory: the highest free range */
 #define MEM_FREE     0x10000
 #define MEM_PRIVATE  0x20000
 #define PAGE_NOACCESS          0x01
