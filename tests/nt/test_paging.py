@@ -580,3 +580,12 @@ def test_paged_pool_that_cannot_be_read_back_is_kernel_data_inpage_error(machine
     assert softpte.decode(pte).state is PteState.PAGEFILE
     assert m.mem.read_u64(pte_pa) == pte
     assert lines(proc) == []
+    import io
+
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+    out = io.StringIO()
+    Shell(LiveTarget(m), stdout=out).onecmd("analyze")
+    text = out.getvalue()
+    assert text.startswith("bug check 0x7a KERNEL_DATA_INPAGE_ERROR: a page of kernel data")
+    assert f"(not valid: in the pagefile, slot {softpte.decode(pte).slot} (read/write))" in text
