@@ -158,11 +158,13 @@ class PacketReader:
         return True
 
     def _packet(self) -> Event | None:
-        """Parse ``$...#cs`` at the front of the buffer (the buffer starts with ``$``)."""
-        end = self._buf.find(b"#")
+        """Parse ``$...#cs`` at the front of the buffer (the buffer starts with ``$``). A
+        body longer than the maximum is refused as soon as its first byte too many is
+        there, whatever follows: the same events however the stream is cut into reads."""
+        end = self._buf.find(b"#", 0, self._max + 2)
         if end < 0:
             if len(self._buf) > self._max + 1:
-                self._buf.clear()
+                del self._buf[:self._max + 2]
                 self._skipping = True
                 return Event(Kind.CORRUPT, detail="packet too long")
             return None
@@ -171,8 +173,6 @@ class PacketReader:
         body = bytes(self._buf[1:end])
         digits = bytes(self._buf[end + 1:end + 3])
         del self._buf[:end + 3]
-        if len(body) > self._max:
-            return Event(Kind.CORRUPT, detail="packet too long")
         try:
             expected = int(digits, 16)
         except ValueError:

@@ -715,6 +715,12 @@ def test_ack_mode_resends_a_reply_on_nak() -> None:
     ("qThreadExtraInfo,zz", b"E01"), ("qRcmd,zz", b"E01"), ("G12", b"E01"),
     ("Jfoo", b""), ("qNothing", b""), ("vMustReplyEmpty", b""), ("", b""),
     ("m-1,4", b"E01"), (f"m{1 << 64:x},1", b"E01"), ("bx", b"E01"), ("Sxx", b"E01"),
+    # huge lengths are checked against the data, never allocated or looped over
+    (f"M0,{(1 << 64) - 1:x}:00", b"E01"), (f"X0,{(1 << 64) - 1:x}:a", b"E01"),
+    (f"m0,{'f' * 32}", b"E14"), (f"Z2,400000,{'f' * 8}", b"E03"),
+    (f"qXfer:features:read:target.xml:{'f' * 16},{'f' * 32}", b"l"),
+    ("vCont;s:zz", b"E01"), ("vCont;c;;", b"E01"), ("vCont;Czz", b"E01"),
+    ("M0,1:" + "g" * 2, b"E01"),
 ])
 def test_malformed_packets_get_error_replies(packet: str, reply: bytes) -> None:
     with hello() as s:
@@ -857,3 +863,16 @@ def test_a_flood_of_packets_nobody_takes_stops_the_reading_not_the_memory() -> N
     peer.close()
     assert conn.next_event().kind is Kind.DISCONNECTED
     conn.close()
+
+
+def test_an_oversized_packet_gives_the_same_events_however_the_stream_is_cut() -> None:
+    """Refused at its first byte too many: what follows (here a '$c' inside it) is
+    skipped the same way whether it arrives in one read or in many."""
+    stream = b"$" + b"a" * 20 + b"$c#63" + b"b" * 20 + b"#00" + rsp.frame(b"?")
+    whole = PacketReader(max_packet=16).feed(stream)
+    reader, pieces = PacketReader(max_packet=16), []
+    for i in range(len(stream)):
+        pieces += reader.feed(stream[i:i + 1])
+    assert pieces == whole == [rsp.Event(Kind.CORRUPT, detail="packet too long"),
+                               rsp.Event(Kind.PACKET, b"c"),
+                               rsp.Event(Kind.PACKET, b"?")]
