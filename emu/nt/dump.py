@@ -214,7 +214,8 @@ def read(path: str | Path) -> CrashDump:
 
 def _read(f: Any) -> CrashDump:
     if f.read(len(MAGIC)) != MAGIC:
-        raise DumpError(f"it does not start with {MAGIC.decode().strip()!r}")
+        raise DumpError(f"its first line is not {MAGIC.decode().strip()!r} (not an emu crash "
+                        "dump, or one of another version)")
     raw = f.read(8)
     if len(raw) != 8:
         raise DumpError("it ends before the header's length")

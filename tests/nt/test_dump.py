@@ -50,8 +50,8 @@ def test_reading_something_else_is_a_one_line_error(tmp_path):
     bad.write_bytes(b"hello")
     with pytest.raises(dump.DumpError) as err:
         dump.read(bad)
-    assert str(err.value) == f"{bad}: not a crash dump: it does not start with " \
-                             "'EMU-CRASH-DUMP 1'"
+    assert str(err.value) == f"{bad}: not a crash dump: its first line is not " \
+                             "'EMU-CRASH-DUMP 1' (not an emu crash dump, or one of another version)"
     bad.write_bytes(dump.MAGIC + b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}")
     with pytest.raises(dump.DumpError) as err:
         dump.read(bad)
