@@ -30,7 +30,7 @@ from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
 from emu.nt.bugcheck import blue_screen
 from emu.nt.loader import LoaderError
-from emu.nt.mm.pagefile import MIN_PAGEFILE_SIZE
+from emu.nt.mm.pagefile import MIN_PAGEFILE_SIZE, refuse_images
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
@@ -210,6 +210,9 @@ def _run(args: argparse.Namespace) -> int:
                          f"{MIN_PAGEFILE_SIZE // 1024}K (its first page is reserved); "
                          "--no-pagefile runs without one")
     try:
+        if args.pagefile:
+            refuse_images(args.pagefile, [*args.driver, *(app for app, _ in
+                                                         split_commands([args.app, *args.args]))])
         machine = Machine(args.mem, max_insns=args.max_insns, trace=trace, console=_echo,
                           quantum=args.quantum, fs_root=args.fs, smap=args.smap,
                           pagefile=args.pagefile,

@@ -23,6 +23,7 @@ from emu.hw.cpu import CpuException, Vector
 from emu.hw.mmu import PFErr
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheckCode
+from emu.nt.mm import softpte
 from emu.nt.process import ExceptionInfo
 from emu.nt.status import NTSTATUS
 from emu.nt.trap import PRIVILEGED
@@ -86,6 +87,10 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
            ("addr", "acc50", "rip", "none"),
            ("the memory referenced", "the access", "the instruction that referenced it",
             "reserved")),
+    0x7A: ("a page of kernel data (PagedPool) could not be read back from the pagefile",
+           ("value", "status", "pte", "addr"),
+           ("the PTE's physical address", "the I/O status of the read", "the PTE",
+            "the address that could not be paged in")),
     0x7F: ("the CPU raised a trap the kernel cannot continue from",
            ("vector", "none", "none", "none"), ("the trap (exception vector)", "reserved",
                                                 "reserved", "reserved")),
@@ -255,6 +260,8 @@ def _param_text(target: Target, kind: str, value: int) -> str:
         except ValueError:
             return str(value)
     if kind == "pte":
+        if value and not value & 1:         # not valid: the software bits say where it is
+            return f"{value:#018x} (not valid: {softpte.decode(value).describe()})"
         return f"{value:#018x} ({walkview.flag_names(value) or 'not present'})"
     if kind == "acc50":
         return f"{value:#x} ({_PF50_ACCESS.get(value, '?')})"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import queue
+import re
 import socket
 import threading
 from collections import deque
@@ -29,6 +30,8 @@ NEEDS_ESCAPE = frozenset(b"$#}*")
 INTERRUPT_BYTE = 0x03  # Ctrl-C while the target runs
 ACK, NAK = b"+", b"-"
 MAX_PACKET = 0x4000    # payload bytes we accept; longer packets are refused, not buffered
+MAX_QUEUED = 256       # events received but not yet taken before the reader stops reading
+MAX_ACKS = 64          # acks kept for a sender to wait on; more are stale noise
 
 
 class ProtocolError(ValueError):
@@ -44,6 +47,11 @@ class Kind(enum.Enum):
     NAK = "nak"                # '-'
     INTERRUPT = "interrupt"    # 0x03 outside a packet
     DISCONNECTED = "disconnected"   # the client has gone (end of the stream)
+
+
+CONTROL_KINDS = {ACK[0]: Kind.ACK, NAK[0]: Kind.NAK, INTERRUPT_BYTE: Kind.INTERRUPT}
+_CONTROL = re.compile(rb"[$+\-\x03]")    # what can start an event; anything else is noise
+_PACKET_END = re.compile(rb"[$#]")
 
 
 @dataclass(frozen=True)
@@ -93,43 +101,71 @@ def frame(payload: bytes) -> bytes:
 
 
 class PacketReader:
-    """Splits a byte stream into RSP events; keeps partial packets across ``feed`` calls."""
+    """Splits a byte stream into RSP events; keeps partial packets across ``feed`` calls.
+
+    Work and memory are bounded whatever arrives: noise between packets is skipped in one
+    search, and a packet longer than ``max_packet`` is refused as soon as it is, its rest
+    skipped up to its ``#cs`` (or a new ``$``) so that none of its bytes is read as an
+    ack or a Ctrl-C."""
 
     def __init__(self, max_packet: int = MAX_PACKET) -> None:
         self._buf = bytearray()
         self._max = max_packet
+        self._skipping = False      # inside a refused packet, up to its '#cs'
 
     def feed(self, data: bytes) -> list[Event]:
         """Add received bytes; return the complete events they finish, in order."""
         self._buf += data
         events: list[Event] = []
-        while self._buf:
-            event = self._next_event()
-            if event is None:
-                break
+        while (event := self._next_event()) is not None:
             events.append(event)
         return events
 
     def _next_event(self) -> Event | None:
-        """The first event at the front of the buffer, consumed; None if it is incomplete."""
-        first = self._buf[0]
-        if first == ord("$"):
-            return self._packet()
-        del self._buf[0]
-        if first == ACK[0]:
-            return Event(Kind.ACK)
-        if first == NAK[0]:
-            return Event(Kind.NAK)
-        if first == INTERRUPT_BYTE:
-            return Event(Kind.INTERRUPT)
-        return self._next_event() if self._buf else None    # noise between packets
+        """The first event at the front of the buffer, consumed; None if there is none
+        yet. Noise between packets is dropped."""
+        while self._buf:
+            if self._skipping:
+                if not self._skip_refused():
+                    return None
+                continue
+            start = _CONTROL.search(self._buf)
+            if start is None:                   # all noise
+                self._buf.clear()
+                return None
+            del self._buf[:start.start()]
+            first = self._buf[0]
+            if first == ord("$"):
+                return self._packet()
+            del self._buf[0]
+            return Event(CONTROL_KINDS[first])
+        return None
+
+    def _skip_refused(self) -> bool:
+        """Drop the rest of a refused packet: True once it is all gone."""
+        end = _PACKET_END.search(self._buf)
+        if end is None:
+            self._buf.clear()
+            return False
+        if self._buf[end.start()] == ord("$"):         # a new packet: the old one was cut
+            del self._buf[:end.start()]
+        elif len(self._buf) < end.start() + 3:          # '#' but not yet its two digits
+            del self._buf[:end.start()]
+            return False
+        else:
+            del self._buf[:end.start() + 3]
+        self._skipping = False
+        return True
 
     def _packet(self) -> Event | None:
-        """Parse ``$...#cs`` at the front of the buffer (the buffer starts with ``$``)."""
-        end = self._buf.find(b"#")
+        """Parse ``$...#cs`` at the front of the buffer (the buffer starts with ``$``). A
+        body longer than the maximum is refused as soon as its first byte too many is
+        there, whatever follows: the same events however the stream is cut into reads."""
+        end = self._buf.find(b"#", 0, self._max + 2)
         if end < 0:
             if len(self._buf) > self._max + 1:
-                self._buf.clear()
+                del self._buf[:self._max + 2]
+                self._skipping = True
                 return Event(Kind.CORRUPT, detail="packet too long")
             return None
         if len(self._buf) < end + 3:
@@ -137,8 +173,6 @@ class PacketReader:
         body = bytes(self._buf[1:end])
         digits = bytes(self._buf[end + 1:end + 3])
         del self._buf[:end + 3]
-        if len(body) > self._max:
-            return Event(Kind.CORRUPT, detail="packet too long")
         try:
             expected = int(digits, 16)
         except ValueError:
@@ -230,7 +264,7 @@ class Connection:
         self._reader = PacketReader()
         self._events: deque[Event] = deque()
         self._ready = threading.Condition()
-        self._acks: queue.Queue[Event] = queue.Queue()
+        self._acks: queue.Queue[Event] = queue.Queue(MAX_ACKS)
         self._send_lock = threading.Lock()
         self._thread = threading.Thread(target=self._read_loop, name="gdb-rsp-reader",
                                         daemon=True)
@@ -240,23 +274,48 @@ class Connection:
         self._thread.start()
 
     def _read_loop(self) -> None:
-        """The reader thread: until the client goes, parse what it sends."""
+        """The reader thread: until the client goes, parse what it sends. Whatever ends it,
+        the client counts as gone, so that nobody waits for it forever."""
+        try:
+            while self._room_for_more():
+                try:
+                    data = self.sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                for event in self._reader.feed(data):
+                    self._dispatch(event)
+        finally:
+            self.connected = False
+            self._push(DISCONNECTED)
+            self._put_ack(DISCONNECTED)
+
+    def _room_for_more(self) -> bool:
+        """Wait (not reading: the client's sends block) while MAX_QUEUED events wait to
+        be taken; False once the connection is closed."""
+        with self._ready:
+            while len(self._events) >= MAX_QUEUED and self.connected:
+                self._ready.wait()
+        return self.connected
+
+    def _put_ack(self, event: Event) -> None:
+        """Hand an ack (or the end) to a sender; acks beyond MAX_ACKS are stale: dropped."""
         while True:
             try:
-                data = self.sock.recv(4096)
-            except OSError:
-                data = b""
-            if not data:
-                self.connected = False
-                self._push(DISCONNECTED)
-                self._acks.put(DISCONNECTED)
+                self._acks.put_nowait(event)
                 return
-            for event in self._reader.feed(data):
-                self._dispatch(event)
+            except queue.Full:
+                if event.kind is not Kind.DISCONNECTED:
+                    return
+            try:                                # the end must get in: make room
+                self._acks.get_nowait()
+            except queue.Empty:
+                pass
 
     def _dispatch(self, event: Event) -> None:
         if event.kind in (Kind.ACK, Kind.NAK):
-            self._acks.put(event)
+            self._put_ack(event)
         elif event.kind is Kind.INTERRUPT:
             self._trace("<- ^C")
             self._on_interrupt()
@@ -272,7 +331,7 @@ class Connection:
     def _push(self, event: Event) -> None:
         with self._ready:
             self._events.append(event)
-            self._ready.notify()
+            self._ready.notify_all()
 
     def push_interrupt(self) -> None:
         """Queue a Ctrl-C in its place among the packets (for ``pop_interrupt``)."""
@@ -283,6 +342,7 @@ class Connection:
         with self._ready:
             if self._events and self._events[0].kind is Kind.INTERRUPT:
                 self._events.popleft()
+                self._ready.notify_all()
                 return True
         return False
 
@@ -293,6 +353,7 @@ class Connection:
                 if not self.connected:
                     return DISCONNECTED
                 self._ready.wait()
+            self._ready.notify_all()            # the reader may wait for room
             return self._events.popleft()
 
     def send(self, payload: bytes) -> bool:

@@ -23,6 +23,7 @@ class BugCheckCode(enum.IntEnum):
     MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
     PFN_LIST_CORRUPT = 0x4E                  # emu.nt.mm.pfn: parameter 1 says what
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
+    KERNEL_DATA_INPAGE_ERROR = 0x7A          # emu.nt.mm.paging: PagedPool not read back
     UNEXPECTED_KERNEL_MODE_TRAP = 0x7F
     MACHINE_CHECK_EXCEPTION = 0x9C
     ATTEMPTED_WRITE_TO_READONLY_MEMORY = 0xBE

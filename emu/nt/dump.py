@@ -10,24 +10,33 @@ summary: what a debugger needs to walk page tables and name addresses offline
 (`emu debug --dump FILE`, the debugger issue). Readers must accept headers without the
 later keys (``descriptors``, ``current_pid``, ``irql``, ``pfn``, ``irps``, ``devices``,
 and a process's ``image``, ``vads``, ``handles``, ``exception``, ``space``).
+
+A dump is hostile input: ``read`` checks the whole header against one schema
+(check_header: every field's type and range, VADs inside the user half, frames inside
+RAM...) before anything uses it, and inflates RAM a chunk at a time, never beyond the
+size the header declares (at most 64 GiB). Whatever is wrong is one line,
+``FILE: not a crash dump: WHY``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 import struct
+import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unicorn import x86_const as ux
 
-from emu.nt.layout import PAGE_SIZE
+from emu.nt.layout import PAGE_SIZE, USER_SPACE_END
 from emu.nt.mm.pfn import FrameUse
-from emu.nt.mm.vad import Vad, VadSet
-from emu.nt.process import ThreadState
+from emu.nt.mm.vad import MemState, MemType, Vad, VadSet
+from emu.nt.process import ProcessState, ThreadState
 
 if TYPE_CHECKING:
     from emu.hw.cpu import Cpu
@@ -41,20 +50,28 @@ REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
 THREAD_REGISTERS = tuple(name for name in REGISTERS if name != "cr2")
 
 
+MIN_RAM, MAX_RAM = 1 << 20, 64 << 30        # what a machine can have (emu.machine)
+CHUNK = 1 << 20                              # bytes of the file read, and inflated, at once
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
+
+
 class DumpError(Exception):
     """Not a crash dump this version of emu can read (one line)."""
 
 
 @dataclass
 class CrashDump:
-    """A crash dump read back: its header and physical RAM."""
+    """A crash dump read back: its header (checked against the schema) and physical RAM
+    (bytes, or a map of them whose pages of zeros take no memory)."""
 
     header: dict[str, Any]
-    ram: bytes
+    ram: bytes | mmap.mmap
 
     def read_physical(self, pa: int, n: int) -> bytes:
         """RAM bytes as the machine had them (open bus, 0xFF, beyond the end)."""
-        return self.ram[pa:pa + n].ljust(n, b"\xff") if pa < len(self.ram) else b"\xff" * n
+        if not 0 <= pa < len(self.ram):
+            return b"\xff" * n
+        return self.ram[pa:pa + n].ljust(n, b"\xff")
 
 
 def header(ex: Executive) -> dict[str, Any]:
@@ -175,24 +192,271 @@ def write(ex: Executive, path: str | Path) -> None:
         f.write(MAGIC)
         f.write(struct.pack("<Q", len(meta)))
         f.write(meta)
-        f.write(zlib.compress(ex.mem.read(0, ex.mem.size), 1))
+        deflate = zlib.compressobj(1)
+        for pa in range(0, ex.mem.size, 16 * CHUNK):     # never all of RAM at once
+            f.write(deflate.compress(ex.mem.read(pa, min(16 * CHUNK, ex.mem.size - pa))))
+        f.write(deflate.flush())
 
 
 def read(path: str | Path) -> CrashDump:
-    """Read a crash dump back; DumpError with a one-line reason if it is not one."""
+    """Read a crash dump back; DumpError ``FILE: not a crash dump: WHY`` (one line) if it
+    is not one, or is damaged. The work is bounded by the file: the header is checked
+    whole (check_header) before anything is used, and RAM is inflated a chunk at a time,
+    never beyond the size the header declares."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return _read(f)
+    except DumpError as err:
+        raise DumpError(f"{path}: not a crash dump: {err}") from None
     except OSError as err:
-        raise DumpError(f"{path}: cannot read: {err.strerror}") from None
-    if not data.startswith(MAGIC):
-        raise DumpError(f"{path}: not an emu crash dump")
+        raise DumpError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def _read(f: Any) -> CrashDump:
+    if f.read(len(MAGIC)) != MAGIC:
+        raise DumpError(f"its first line is not {MAGIC.decode().strip()!r} (not an emu crash "
+                        "dump, or one of another version)")
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise DumpError("it ends before the header's length")
+    (size,) = struct.unpack("<Q", raw)
+    remaining = _file_size(f) - f.tell()
+    if size > remaining:
+        raise DumpError(f"its header's length ({size} bytes) runs past the end of the file")
     try:
-        (size,) = struct.unpack_from("<Q", data, len(MAGIC))
-        start = len(MAGIC) + 8
-        meta = json.loads(data[start:start + size])
-        ram = zlib.decompress(data[start + size:])
-    except (struct.error, ValueError, zlib.error) as err:
-        raise DumpError(f"{path}: damaged crash dump ({type(err).__name__})") from None
-    if len(ram) != meta.get("ram_size"):
-        raise DumpError(f"{path}: damaged crash dump (RAM size)")
-    return CrashDump(meta, ram)
+        meta = json.loads(f.read(size))
+    except (ValueError, RecursionError) as err:        # UnicodeDecodeError is a ValueError
+        raise DumpError(f"its header is not JSON ({type(err).__name__})") from None
+    check_header(meta)
+    return CrashDump(meta, _inflate(f, meta["ram_size"]))
+
+
+def _file_size(f: Any) -> int:
+    here = f.tell()
+    end = f.seek(0, 2)
+    f.seek(here)
+    return end
+
+
+def _inflate(f: Any, size: int) -> mmap.mmap:
+    """The zlib stream at ``f``'s position, inflated a chunk at a time into ``size`` bytes
+    (pages of zeros are not written, so they take no memory); DumpError if it is damaged
+    or inflates to more or less than ``size``."""
+    ram = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    inflate, at = zlib.decompressobj(), 0
+    try:
+        while not inflate.eof:
+            data = f.read(CHUNK)
+            if not data:
+                raise DumpError(f"its RAM image ends after {at} of {size} bytes")
+            while data and not inflate.eof:
+                out = inflate.decompress(data, size - at + 1)     # at most one byte too many
+                if at + len(out) > size:
+                    raise DumpError(f"its RAM image is larger than the {size} bytes the "
+                                    "header declares")
+                _store(ram, at, out)
+                at += len(out)
+                data = inflate.unconsumed_tail
+        if at != size:
+            raise DumpError(f"its RAM image is {at} bytes, not the {size} the header declares")
+        if inflate.unused_data or f.read(1):
+            raise DumpError("there is data after its RAM image")
+    except zlib.error as err:
+        ram.close()
+        raise DumpError(f"its RAM image is damaged ({err})") from None
+    except DumpError:
+        ram.close()
+        raise
+    return ram
+
+
+_ZERO = bytes(PAGE_SIZE)
+
+
+def _store(ram: mmap.mmap, at: int, data: bytes) -> None:
+    """Write ``data`` at ``at``, skipping whole pages of zeros (the map reads them as 0)."""
+    view = memoryview(data)
+    for off in range(0, len(data), PAGE_SIZE):
+        piece = view[off:off + PAGE_SIZE]
+        if piece != _ZERO[:len(piece)]:
+            ram[at + off:at + off + len(piece)] = piece
+
+
+# -- the header's schema -------------------------------------------------------------------------
+#
+# Every field a reader uses is checked here, once, before any is used: its type, its range,
+# and what it must agree with (VADs inside the user half, frames inside RAM, a process's pid
+# unique...). A checker takes (value, where) and raises DumpError naming the field.
+
+Check = Callable[[Any, str], None]
+U64 = 1 << 64
+MAX_ITEMS = 1 << 20          # entries in any one list of the header
+
+
+def _bad(where: str, what: str) -> DumpError:
+    return DumpError(f"{where} {what}")
+
+
+def _int(lo: int = 0, hi: int = U64) -> Check:
+    def check(v: Any, where: str) -> None:
+        if type(v) is not int or not lo <= v < hi:
+            raise _bad(where, f"is not an integer in [{lo:#x}, {hi:#x})")
+    return check
+
+
+def _one_of(*choices: Any) -> Check:
+    def check(v: Any, where: str) -> None:
+        if type(v) not in (str, int, bool) or v not in choices:
+            raise _bad(where, f"is not one of {', '.join(map(str, choices))}")
+    return check
+
+
+def _str(v: Any, where: str) -> None:
+    if type(v) is not str:
+        raise _bad(where, "is not a string")
+
+
+def _bool(v: Any, where: str) -> None:
+    if type(v) is not bool:
+        raise _bad(where, "is not true or false")
+
+
+def _optional(check: Check) -> Check:
+    def optional(v: Any, where: str) -> None:
+        if v is not None:
+            check(v, where)
+    return optional
+
+
+def _list(item: Check, n: int | None = None, most: int = MAX_ITEMS) -> Check:
+    def check(v: Any, where: str) -> None:
+        if type(v) is not list or (n is not None and len(v) != n) or len(v) > most:
+            raise _bad(where, f"is not a list of {n if n is not None else f'at most {most}'}"
+                              " items")
+        for i, x in enumerate(v):
+            item(x, f"{where}[{i}]")
+    return check
+
+
+def _tuple(*items: Check, least: int | None = None) -> Check:
+    """A list whose i-th item passes items[i] (at least ``least`` of them)."""
+    def check(v: Any, where: str) -> None:
+        if type(v) is not list or not (least or len(items)) <= len(v) <= len(items):
+            raise _bad(where, f"is not a list of {len(items)} items")
+        for i, (x, c) in enumerate(zip(v, items, strict=False)):
+            c(x, f"{where}[{i}]")
+    return check
+
+
+def _map(value: Check, keys: tuple[str, ...] | None = None) -> Check:
+    def check(v: Any, where: str) -> None:
+        if type(v) is not dict or len(v) > MAX_ITEMS:
+            raise _bad(where, "is not an object")
+        for k, x in v.items():
+            if keys is not None and k not in keys:
+                raise _bad(where, f"has an unknown key {k[:40]!r}")
+            value(x, f"{where}.{k[:40]}")
+    return check
+
+
+def _object(required: dict[str, Check], optional: dict[str, Check] | None = None,
+            closed: bool = False) -> Check:
+    """A JSON object with these keys (unknown ones ignored, unless ``closed``)."""
+    def check(v: Any, where: str) -> None:
+        if type(v) is not dict:
+            raise _bad(where, "is not an object")
+        for k, c in required.items():
+            if k not in v:
+                raise _bad(where, f"has no {k!r}")
+            c(v[k], f"{where}.{k}")
+        for k, c in (optional or {}).items():
+            if k in v:
+                c(v[k], f"{where}.{k}")
+        if closed and not set(v) <= set(required) | set(optional or {}):
+            raise _bad(where, f"has an unknown key {sorted(set(v) - set(required))[0][:40]!r}")
+    return check
+
+
+U = _int()
+PAGE = 4096
+
+
+def _range(lo_key: str, hi_key: str, limit: int = U64) -> Check:
+    def check(v: dict, where: str) -> None:
+        if not v[lo_key] <= v[hi_key] <= limit:
+            raise _bad(where, f"has {lo_key} {v[lo_key]:#x} beyond {hi_key} {v[hi_key]:#x}"
+                              f" (or beyond {limit:#x})")
+    return check
+
+
+def _check_vad(v: Any, where: str) -> None:
+    _object({"base": U, "end": U, "type": _one_of(*(t.name for t in MemType)),
+             "runs": _list(_tuple(U, U, _one_of(*(s.name for s in MemState)), _int(0, 1 << 32)))},
+            {"protect": _int(0, 1 << 32), "stack": _bool})(v, where)
+    base, end = v["base"], v["end"]
+    if base % PAGE or end % PAGE or not base < end <= USER_SPACE_END:
+        raise _bad(where, f"[{base:#x}, {end:#x}) is not whole pages of the user half")
+    at = base
+    for i, (start, stop, _, _) in enumerate(v["runs"]):
+        if start % PAGE or stop % PAGE or not at <= start < stop <= end:
+            raise _bad(f"{where}.runs[{i}]", f"[{start:#x}, {stop:#x}) is not whole pages "
+                                             f"after the last run, inside [{base:#x}, {end:#x})")
+        at = stop
+
+
+def _check_image(v: Any, where: str) -> None:
+    _object({"name": _str, "low": U, "high": U, "symbols": _map(U)},
+            {"bits": _one_of(32, 64)})(v, where)
+    _range("low", "high")(v, where)
+
+
+REGISTER_MAP = _map(U, REGISTERS)
+THREAD = _object({"tid": _int(0, 1 << 32), "state": _one_of(*(s.value for s in ThreadState))},
+                 {"rip": _optional(U), "started": _bool,
+                  "registers": _optional(_map(U, THREAD_REGISTERS))})
+EXCEPTION = _object({"code": _int(0, 1 << 32), "rip": U, "instruction": _str},
+                    {"access": _optional(_str), "address": _optional(U),
+                     "params": _list(U, most=15), "detail": _str}, closed=True)
+PROCESS = _object(
+    {"pid": _int(0, 1 << 32), "name": _str, "cr3": U,
+     "state": _one_of(*(s.value for s in ProcessState)), "threads": _list(THREAD, most=4096)},
+    {"bits": _one_of(32, 64), "space": _bool, "exit_status": _optional(_int(-(1 << 63), U64)),
+     "parent_pid": _optional(_int(0, 1 << 32)), "path": _str, "image": _optional(_check_image),
+     "vads": _list(_check_vad, most=1 << 16),
+     "handles": _list(_tuple(U, _str, _str), most=1 << 16),
+     "exception": _optional(EXCEPTION)})
+DRIVER = _object({"name": _str, "base": U, "size": U},
+                 {"unloaded": _bool, "symbols": _map(U), "path": _str})
+BUGCHECK = _object({"code": _int(0, 1 << 32), "params": _list(U, 4)},
+                   {"name": _str, "rip": _optional(U), "instruction": _str, "detail": _str,
+                    "driver": _str, "location": _str, "process": _str, "irql": _int(0, 16),
+                    "backtrace": _list(_str)})
+HEADER = _object(
+    {"registers": REGISTER_MAP, "control": _map(U, ("cr0", "cr3", "cr4", "efer")),
+     "processes": _list(PROCESS, most=1 << 16), "drivers": _list(DRIVER, most=64),
+     "ram_size": _int(MIN_RAM, MAX_RAM + 1)},
+    {"bugcheck": _optional(BUGCHECK), "clock": U, "current_pid": _optional(_int(0, 1 << 32)),
+     "irql": _int(0, 16), "frames": _map(U),
+     "descriptors": _object({"gdtr": _tuple(U, _int(0, 1 << 16)),
+                             "tr": _tuple(_int(0, 1 << 16), U, _int(0, 1 << 32))}),
+     "pfn": _list(_tuple(U, _one_of(*(u.value for u in FrameUse)), _optional(U), _optional(U),
+                         _optional(U), _optional(U), _bool, _int(0, 1 << 32), _bool, least=2)),
+     "irps": _list(_tuple(U, _bool)), "devices": _list(_tuple(_str, U, _str))})
+
+
+def check_header(meta: Any) -> None:
+    """DumpError naming the first field of a crash dump's header that a reader could not
+    use as it is: a wrong type, a value out of range, or one that disagrees with another."""
+    HEADER(meta, "header")
+    ram = meta["ram_size"]
+    if ram % PAGE:
+        raise _bad("header.ram_size", f"{ram:#x} is not a whole number of pages")
+    pids = [p["pid"] for p in meta["processes"]]
+    if len(set(pids)) != len(pids):
+        raise _bad("header.processes", "name a pid twice")
+    for i, d in enumerate(meta["drivers"]):
+        if d["base"] + d["size"] > U64:
+            raise _bad(f"header.drivers[{i}]", "runs past the end of the address space")
+    for i, record in enumerate(meta.get("pfn", ())):
+        if record[0] >= ram // PAGE:
+            raise _bad(f"header.pfn[{i}]", f"names frame {record[0]:#x}, beyond RAM")

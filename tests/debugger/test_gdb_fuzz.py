@@ -78,6 +78,9 @@ FRAGMENTS = st.one_of(
     PACKET.map(rsp.frame),                                    # valid packets among the noise
     PACKET.map(lambda p: rsp.frame(p)[:-2] + b"zz"),          # bad checksum digits
     PACKET.map(lambda p: rsp.frame(p)[:-1]),                  # cut short
+    st.integers(1, 50_000).map(lambda n: b"n" * n),           # long noise between packets
+    st.binary(min_size=1, max_size=4).map(                    # a packet over PacketSize
+        lambda b: b"$" + (b.translate(None, b"$#") or b"a") * (rsp.MAX_PACKET + 1) + b"#00"),
 )
 PROBE = b"qThreadExtraInfo,4"
 PROBE_REPLY = rsp.hex_text("pid 4 hello, ring 3")

@@ -715,6 +715,12 @@ def test_ack_mode_resends_a_reply_on_nak() -> None:
     ("qThreadExtraInfo,zz", b"E01"), ("qRcmd,zz", b"E01"), ("G12", b"E01"),
     ("Jfoo", b""), ("qNothing", b""), ("vMustReplyEmpty", b""), ("", b""),
     ("m-1,4", b"E01"), (f"m{1 << 64:x},1", b"E01"), ("bx", b"E01"), ("Sxx", b"E01"),
+    # huge lengths are checked against the data, never allocated or looped over
+    (f"M0,{(1 << 64) - 1:x}:00", b"E01"), (f"X0,{(1 << 64) - 1:x}:a", b"E01"),
+    (f"m0,{'f' * 32}", b"E14"), (f"Z2,400000,{'f' * 8}", b"E03"),
+    (f"qXfer:features:read:target.xml:{'f' * 16},{'f' * 32}", b"l"),
+    ("vCont;s:zz", b"E01"), ("vCont;c;;", b"E01"), ("vCont;Czz", b"E01"),
+    ("M0,1:" + "g" * 2, b"E01"),
 ])
 def test_malformed_packets_get_error_replies(packet: str, reply: bytes) -> None:
     with hello() as s:
@@ -804,3 +810,69 @@ def test_attach_lends_the_session_and_gives_it_back() -> None:
     assert session.breakpoints == {}           # gdb's breakpoint went with it
     assert machine.processes[0].output == b"Hello, world!\n"
     assert "gdb has gone; the debugger has the machine again" in log.getvalue()
+
+
+# -- hostile peers: bounded work whatever arrives ------------------------------------------------
+
+def test_reader_skips_any_amount_of_noise() -> None:
+    reader = PacketReader()
+    events = reader.feed(b"x" * 100_000 + b"$?#3f")
+    assert [(e.kind, e.payload) for e in events] == [(Kind.PACKET, b"?")]
+
+
+def test_the_tail_of_an_oversized_packet_is_skipped_not_read_as_control_bytes() -> None:
+    reader = PacketReader(max_packet=16)
+    stream = b"$" + b"a" * 40 + b"\x03+-" + b"b" * 40 + b"#00" + rsp.frame(b"?")
+    events = []
+    for i in range(0, len(stream), 7):
+        events += reader.feed(stream[i:i + 7])
+    assert [(e.kind, e.payload) for e in events] == [(Kind.CORRUPT, b""), (Kind.PACKET, b"?")]
+    assert reader.feed(b"x" * 100_000 + b"\x03") == [rsp.Event(Kind.INTERRUPT)]
+
+
+def test_noise_and_oversized_packets_on_the_socket_leave_the_stub_working() -> None:
+    with hello() as s:
+        c = s.client
+        handshake(c)
+        c.send_raw(b"x" * 100_000)                           # 100 KB without a '$'
+        assert c.cmd("?") == b"T05thread:4;"
+        c.send_raw(b"$" + b"\x03" * 100_000 + b"#00")         # far over PacketSize
+        assert c.reply() == b"E01"
+        assert c.cmd("qC") == b"QC4"
+        c.send_raw(b"y" * 100_000)
+        result = s.finish()                                   # hang up: the machine ends
+        assert result.processes[0].exit_status == 0
+        assert s.machine.processes[0].output == b"Hello, world!\n"
+
+
+def test_a_flood_of_packets_nobody_takes_stops_the_reading_not_the_memory() -> None:
+    """While the machine runs nobody takes packets: after MAX_QUEUED the stub stops reading
+    (the client's sends block), and once they are taken every one is there, in order."""
+    ours, peer = socket.socketpair()
+    conn = rsp.Connection(ours, on_interrupt=lambda: None)
+    conn.ack_mode = False
+    conn.start()
+    packets = [rsp.frame(b"q%d," % i + b"x" * 8000) for i in range(2000)]    # 16 MB
+    sender = threading.Thread(target=lambda: peer.sendall(b"".join(packets)), daemon=True)
+    sender.start()
+    sender.join(3.0)
+    assert sender.is_alive(), "the stub read 16 MB that nobody took"
+    taken = [conn.next_event().payload.split(b",")[0] for _ in packets]
+    assert taken == [b"q%d" % i for i in range(2000)]
+    sender.join(TIMEOUT)
+    peer.close()
+    assert conn.next_event().kind is Kind.DISCONNECTED
+    conn.close()
+
+
+def test_an_oversized_packet_gives_the_same_events_however_the_stream_is_cut() -> None:
+    """Refused at its first byte too many: what follows (here a '$c' inside it) is
+    skipped the same way whether it arrives in one read or in many."""
+    stream = b"$" + b"a" * 20 + b"$c#63" + b"b" * 20 + b"#00" + rsp.frame(b"?")
+    whole = PacketReader(max_packet=16).feed(stream)
+    reader, pieces = PacketReader(max_packet=16), []
+    for i in range(len(stream)):
+        pieces += reader.feed(stream[i:i + 1])
+    assert pieces == whole == [rsp.Event(Kind.CORRUPT, detail="packet too long"),
+                               rsp.Event(Kind.PACKET, b"c"),
+                               rsp.Event(Kind.PACKET, b"?")]

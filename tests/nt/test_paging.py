@@ -475,3 +475,117 @@ def test_protecting_a_paged_out_page_updates_its_software_pte(machine_factory, a
     assert proc.exit_status == 0
     assert (got["ro"].state, got["ro"].protection) == (PteState.TRANSITION, softpte.MM_READONLY)
     assert got["guard"].protection == softpte.MM_READWRITE | softpte.MM_GUARD_PAGE
+
+
+# -- a pagefile is one machine's, and only ever a pagefile ----------------------------------------
+
+def test_a_second_machine_on_the_same_pagefile_is_refused(machine_factory, apps, tmp_path):
+    """Two machines sharing slots would overwrite each other's pages: the second is refused
+    while the first lives (an advisory lock held for the machine's life), then allowed."""
+    path = tmp_path / "pf"
+    first = machine_factory(mem="2M", pagefile=path, pagefile_size="16M")
+    with pytest.raises(PagefileError) as err:
+        machine_factory(mem="2M", pagefile=path, pagefile_size="16M")
+    assert str(err.value) == f"--pagefile {path}: in use by another machine"
+    proc = first.spawn(apps / "pattern", ["4", "1"])
+    first.run()
+    assert proc.exit_status == 0 and first.pagefile.writes > 0
+    first.close()
+    again = machine_factory(mem="2M", pagefile=path, pagefile_size="16M")
+    assert again.pagefile.path == path
+
+
+def test_the_cli_refuses_a_pagefile_in_use_in_one_line(apps, tmp_path):
+    path = tmp_path / "pf"
+    held = Pagefile(4 * P, path)
+    try:
+        r = emu("run", "--pagefile", path, apps / "hello")
+    finally:
+        held.close()
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"emu: error: --pagefile {path}: in use by another machine\n"
+
+
+def test_an_existing_file_that_is_not_a_pagefile_is_never_overwritten(apps, tmp_path):
+    app = tmp_path / "hello"
+    app.write_bytes((apps / "hello").read_bytes())
+    before = app.read_bytes()
+    r = emu("run", "--pagefile", app, app)                    # the app as its own pagefile
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert r.stderr == f"emu: error: --pagefile {app}: is also an image being run\n"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious\n")
+    r = emu("run", "--pagefile", notes, apps / "hello")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr == f"emu: error: --pagefile {notes}: exists and is not a pagefile " \
+                       "(it does not start with the pagefile header); not overwritten\n"
+    assert app.read_bytes() == before and notes.read_text() == "precious\n"
+
+
+def test_a_pagefile_is_recognised_by_its_header_and_reused(tmp_path):
+    path = tmp_path / "pf"
+    pf = Pagefile(4 * P, path)
+    pf.write(1, b"\x11" * P)
+    pf.close()
+    assert path.read_bytes()[:16] == b"EMU PAGEFILE 1\n\0"
+    empty = tmp_path / "empty"
+    empty.touch()
+    for reused in (path, empty):                  # ours, or empty: made afresh, at full size
+        pf = Pagefile(8 * P, reused)
+        assert reused.stat().st_size == 8 * P and pf.read(1) == bytes(P)
+        pf.close()
+
+
+@pytest.mark.parametrize("make", ["dir", "fifo"])
+def test_a_pagefile_path_that_is_not_a_file_is_refused(tmp_path, make):
+    import os
+    path = tmp_path / make
+    os.mkdir(path) if make == "dir" else os.mkfifo(path)
+    with pytest.raises(PagefileError) as err:
+        Pagefile(4 * P, path)
+    assert str(err.value) == f"--pagefile {path}: not a regular file or a character device"
+
+
+def test_a_short_read_from_the_pagefile_fails_the_access_not_zero_data(apps):
+    """/dev/null takes every write and reads back nothing: the access that needs a page
+    back gets STATUS_IN_PAGE_ERROR (cause STATUS_END_OF_FILE), never a page of zeros."""
+    r = emu("run", "--mem", "2M", "--pagefile", "/dev/null", apps / "pattern", "4", "1",
+            "--", apps / "hello")
+    assert "Hello, world!" in r.stdout
+    assert "bad words" not in r.stdout
+    assert 'process 4 "pattern" terminated: STATUS_IN_PAGE_ERROR (0xC0000006)' in r.stderr
+    assert r.returncode == 125
+
+
+def test_a_pagefile_cut_short_under_the_machine_fails_the_read(tmp_path):
+    pf = Pagefile(4 * P, tmp_path / "pf")
+    pf.write(3, b"\xAB" * P)
+    import os
+    os.truncate(tmp_path / "pf", 3 * P + 100)
+    with pytest.raises(OSError):
+        pf.read(3)
+    pf.close()
+
+
+def test_paged_pool_that_cannot_be_read_back_is_kernel_data_inpage_error(machine_factory,
+                                                                          apps):
+    """KERNEL_DATA_INPAGE_ERROR (0x7A): PTE address, the I/O status, the PTE, the address."""
+    m = machine_factory(pagefile="/dev/null")
+    m.add_driver(DRIVERS / "pagedpool.sys")
+    proc = m.spawn(apps / "pagedrv", ["passive"])
+    bc = m.run().bugcheck
+    assert bc.code == BugCheckCode.KERNEL_DATA_INPAGE_ERROR == 0x7A
+    pte_pa, status, pte, va = bc.params
+    assert status == NTSTATUS.STATUS_END_OF_FILE and va == 0xFFFF_A100_0000_0000
+    assert softpte.decode(pte).state is PteState.PAGEFILE
+    assert m.mem.read_u64(pte_pa) == pte
+    assert lines(proc) == []
+    import io
+
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+    out = io.StringIO()
+    Shell(LiveTarget(m), stdout=out).onecmd("analyze")
+    text = out.getvalue()
+    assert text.startswith("bug check 0x7a KERNEL_DATA_INPAGE_ERROR: a page of kernel data")
+    assert f"(not valid: in the pagefile, slot {softpte.decode(pte).slot} (read/write))" in text

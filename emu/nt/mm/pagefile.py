@@ -8,18 +8,35 @@ lowest first, so the same run puts the same page in the same slot.
 
 The file is made at its full size up front (sparse on the host: blocks are
 only used once written). A write that fails (a full disk) raises
-PagefileWriteError; the caller keeps the page in RAM, so nothing is lost.
+PagefileWriteError; the caller keeps the page in RAM, so nothing is lost. A read
+that fails or comes back short raises PagefileReadError (an OSError): the page is
+lost, and the access that needed it fails (STATUS_IN_PAGE_ERROR, or bug check 0x7A
+for kernel data); it is never handed back as zeros.
+
+A pagefile is one machine's, and only ever a pagefile. Slot 0 (never handed out)
+starts with HEADER, which is how a file is recognised as ours: an existing regular
+file is reused (emptied) only if it is empty or starts with HEADER; anything else is
+refused, never overwritten. The machine holds an exclusive advisory lock (flock) on
+the file for its life, so a second machine given the same file is refused instead of
+handing out the same slots. A character device (/dev/full: a full disk; /dev/null: a
+disk that loses every page) stores nothing and is used as is; any other kind of path
+(a directory, a FIFO, a block device) is refused.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import heapq
 import itertools
 import os
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 PAGE_SIZE = 4096
 MIN_PAGEFILE_SIZE = 2 * PAGE_SIZE       # slot 0 is reserved: two pages hold one page of data
+HEADER = b"EMU PAGEFILE 1\n\0"          # the start of slot 0: "this file is a pagefile"
 
 
 class PagefileError(ValueError):
@@ -30,7 +47,73 @@ class PagefileWriteError(Exception):
     """Writing a page to the pagefile failed (the host disk is full, say)."""
 
 
+class PagefileReadError(OSError):
+    """Reading a page back failed or came back short: ``status`` is the I/O status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+STATUS_END_OF_FILE = 0xC000_0011        # the read ended before the page did (ntstatus.h)
+STATUS_DEVICE_DATA_ERROR = 0xC000_009C  # the host refused the read
+
+
 _names = itertools.count()
+
+
+def refuse_images(path: str | Path, images: Iterable[str | Path]) -> None:
+    """PagefileError if the pagefile ``path`` is one of the ``images`` being run (an app or
+    a driver): paging into it would destroy it."""
+    for image in images:
+        try:
+            if os.path.samefile(path, image):
+                raise PagefileError(f"--pagefile {path}: is also an image being run")
+        except OSError:
+            continue                # one of them does not exist (yet): not the same file
+
+
+def _is_regular(file: object) -> bool:
+    return stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+
+
+def _open_ours(path: Path) -> object:
+    """Open ``path`` as this machine's pagefile, locked: PagefileError (one line) if it is
+    not a file we may use, or another machine has it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        raise PagefileError(f"cannot create the pagefile {path}: {err.strerror or err}") \
+            from None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        raise PagefileError(f"--pagefile {path}: not a regular file or a character device")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
+    except OSError as err:
+        raise PagefileError(f"cannot create the pagefile {path}: {err.strerror or err}") \
+            from None
+    file = os.fdopen(fd, "r+b", buffering=0)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode):
+            return file             # stores nothing: no slots to share, no header to keep
+        if not stat.S_ISREG(st.st_mode):
+            raise PagefileError(f"--pagefile {path}: not a regular file or a character device")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # held until the file closes
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise PagefileError(f"--pagefile {path}: in use by another machine") from None
+        if st.st_size and os.pread(fd, len(HEADER), 0) != HEADER:
+            raise PagefileError(f"--pagefile {path}: exists and is not a pagefile (it does "
+                                "not start with the pagefile header); not overwritten")
+    except BaseException:
+        file.close()
+        raise
+    return file
 
 
 def _temporary_file() -> tuple[Path, object]:
@@ -55,18 +138,20 @@ class Pagefile:
         self.size = size
         self.slots = size // PAGE_SIZE
         self.temporary = path is None
-        try:
-            if path is None:
+        if path is None:
+            try:
                 self.path, self._file = _temporary_file()
-            else:
-                self.path = Path(path)
-                self._file = open(self.path, "w+b", buffering=0)   # noqa: SIM115 (kept open)
-        except OSError as err:
-            raise PagefileError(f"cannot create the pagefile {path}: "
-                                f"{err.strerror or err}") from None
+            except OSError as err:
+                raise PagefileError(f"cannot create the pagefile {path}: "
+                                    f"{err.strerror or err}") from None
+        else:
+            self.path = Path(path)
+            self._file = _open_ours(self.path)
         try:
-            if self.temporary or self.path.is_file():
+            if self.temporary or _is_regular(self._file):
+                self._file.truncate(0)                       # nothing of a past run is kept
                 self._file.truncate(size)
+                os.pwrite(self._file.fileno(), HEADER, 0)
         except OSError as err:
             self.close()
             raise PagefileError(f"cannot size the pagefile {self.path} to {size} bytes: "
@@ -74,6 +159,7 @@ class Pagefile:
         self._free = list(range(1, self.slots))          # a heap: lowest slot first
         self._in_use = bytearray(self.slots)             # the allocation bitmap: 1 = a page
         self.writes = self.reads = self.write_failures = 0
+        self._lost: set[int] = set()                      # slots a private copy could not read
 
     @property
     def free_slots(self) -> int:
@@ -114,13 +200,22 @@ class Pagefile:
         if written != len(data):
             self.write_failures += 1
             raise PagefileWriteError("pagefile write was short (disk full?)")
+        self._lost.discard(slot)
         self.writes += 1
 
     def read(self, slot: int) -> bytes:
-        """The page stored in ``slot``."""
-        data = os.pread(self._file.fileno(), PAGE_SIZE, slot * PAGE_SIZE)
+        """The page stored in ``slot``; PagefileReadError if the host refuses or the read
+        comes back short (the file was cut under us, or it is /dev/null): never padding."""
+        try:
+            data = os.pread(self._file.fileno(), PAGE_SIZE, slot * PAGE_SIZE)
+        except OSError as err:
+            raise PagefileReadError(f"pagefile read failed: {err.strerror or err}",
+                                    STATUS_DEVICE_DATA_ERROR) from None
+        if len(data) != PAGE_SIZE or slot in self._lost:
+            raise PagefileReadError(f"pagefile read of slot {slot} came back short "
+                                    f"({len(data)} of {PAGE_SIZE} bytes)", STATUS_END_OF_FILE)
         self.reads += 1
-        return data.ljust(PAGE_SIZE, b"\0")
+        return data
 
     def take_private_copy(self) -> None:
         """Go on in a new temporary file holding the same slots (a forked snapshot of the
@@ -132,7 +227,10 @@ class Pagefile:
         self._file.truncate(self.size)
         for slot in used:
             data = os.pread(old.fileno(), PAGE_SIZE, slot * PAGE_SIZE)
-            os.pwrite(self._file.fileno(), data, slot * PAGE_SIZE)
+            if len(data) == PAGE_SIZE:
+                os.pwrite(self._file.fileno(), data, slot * PAGE_SIZE)
+            else:
+                self._lost.add(slot)        # unreadable there: unreadable here too
         old.close()
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from emu.hw.mmu import PTE
 from emu.nt import layout
+from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.mm import softpte
 from emu.nt.mm.corruption import check_page_frame, corrupt_pte, corrupt_working_set
 from emu.nt.mm.pagefile import Pagefile, PagefileWriteError
@@ -384,10 +385,17 @@ class Pager:
         pfn = self.mm.new_frame(use, owner, va)
         try:
             data = self.pagefile.read(slot)
-        except OSError as err:
+        except OSError as err:          # failed or short: the page is lost, never zero-filled
             self.mm.pfn.release(pfn)
-            raise PagingIoError(f"pagefile read failed: {err}", NTSTATUS.STATUS_DEVICE_DATA_ERROR) \
-                from None
+            status = getattr(err, "status", NTSTATUS.STATUS_DEVICE_DATA_ERROR)
+            if va >= layout.KERNEL_SPACE_START:
+                # KERNEL_DATA_INPAGE_ERROR (bug check reference, 0x7A): the PTE's address,
+                # the I/O status, the PTE, the address that could not be paged in.
+                raise BugCheck(BugCheckCode.KERNEL_DATA_INPAGE_ERROR,
+                               (pte_pa, status, pte, va),
+                               detail=f"kernel data at {va:#x} could not be read back from "
+                                      f"pagefile slot {slot}: {err}") from None
+            raise PagingIoError(str(err), status) from None
         self.mm.mem.write(pfn * layout.PAGE_SIZE, data)
         entry = self.mm.pfn.entries[pfn]
         entry.slot, entry.modified = slot, False        # the copy stays good while clean
