@@ -33,6 +33,12 @@ from emu.debugger.target import Target, TargetError
 from emu.nt.kernel import MachineStop
 
 
+def _without_address(reason: str, address: int) -> str:
+    """A target's reason without its leading ``0x...: `` when it names ``address``."""
+    prefix = f"{address:#x}: "
+    return reason[len(prefix):] if reason.startswith(prefix) else reason
+
+
 class Quit(Exception):
     """The user ended the debugger (``quit``, or the end of a batch script)."""
 
@@ -249,22 +255,32 @@ class Shell(StateCommands, cmd.Cmd):
         return sorted({lead + w for w in words if w.startswith(bare)})
 
     def report_stop(self, stop: Stop) -> None:
-        """Say why and where the machine stopped."""
+        """Say why and where the machine stopped (a view that fails is one error line: the
+        session goes on)."""
         if stop.description:
             self.message(stop.description)
         if stop.ended:
             return
-        self.message(self.where())
+        try:
+            self.message(self.where())
+        except (TargetError, ExprError, SessionError) as err:
+            self.error(str(err))
+        except Exception as err:         # noqa: BLE001 - a bug of ours must not end the session
+            self.error(f"where: internal error ({type(err).__name__}: {err}); please report it")
 
     def where(self) -> str:
-        """``0x401020 <hello!main+0x4>: mov eax, 1   [pid 4 "hello", ring 3]``."""
+        """``0x401020 <hello!main+0x4>: mov eax, 1   [pid 4 "hello", ring 3]``; an instruction
+        that cannot be read says why in its place: ``(cannot read: not mapped: ...)``."""
         t = self.target
         rip = t.register("rip")
         pid = t.current_pid()
         proc = next((p for p in t.processes() if p.pid == pid), None)
         who = f'pid {pid} "{proc.name}"' if proc else "kernel"
-        insns = t.disassemble(rip, 1)
-        text = insns[0][2] if insns else "(not mapped)"
+        try:
+            insns = t.disassemble(rip, 1)
+            text = insns[0][2] if insns else f"(cannot read: {rip:#x} is cut short)"
+        except TargetError as err:
+            text = f"(cannot read: {_without_address(str(err), rip)})"
         return f"=> {rip:#x} <{t.symbolize(rip)}>: {text}   [{who}, ring {t.register('cs') & 3}]"
 
     # -- run control ----------------------------------------------------------------------
