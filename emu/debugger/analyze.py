@@ -255,7 +255,7 @@ def _param_text(target: Target, kind: str, value: int) -> str:
         except ValueError:
             return str(value)
     if kind == "pte":
-        return f"{value:#018x} ({walkview.flag_names(value) or 'not present'})"
+        return f"{value:#018x} ({walkview.flag_names(value, 1) or 'not present'})"
     if kind == "acc50":
         return f"{value:#x} ({_PF50_ACCESS.get(value, '?')})"
     if kind == "accd1":

@@ -286,9 +286,11 @@ class StateCommands:
         The 4-level page walk of VA explained: the index bits, each entry's address,
         value and flags, the rights so far, the physical address; for a fault, the entry
         and bit that deny this access at this ring and the #PF error code; for a page not
-        present, what its PTE's software bits and the VADs say. Default: a read at the
-        CPL of the view's process."""
-        words, access, ring = [], "read", None
+        present, what its PTE's software bits and the VADs say. Each entry's address is
+        shown as the table's base plus index x 8, and the end says what the access does to
+        the A and D bits. Default: a read (a fetch when VA is RIP) at the CPL of the view's
+        process."""
+        words, access, ring = [], None, None
         for word in arg.split():
             if word.lower() in _ACCESS_WORDS:
                 access = _ACCESS_WORDS[word.lower()]
@@ -301,6 +303,12 @@ class StateCommands:
         va = evaluate(text, self.target, pid) if text else None
         if va is None:
             raise TargetError("usage: walk VA [PID] [read|write|fetch] [user|kernel]")
+        if access is None:
+            try:
+                rip = self.target.registers(pid)["rip"]
+            except TargetError:
+                rip = None
+            access = "fetch" if va == rip else "read"
         self.message(walkview.walk_text(self.target, va, pid, access, ring))
 
     @_guarded

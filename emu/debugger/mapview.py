@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from emu.debugger.records import ImageInfo, ProcessInfo, RegionRecord, TargetError
 from emu.debugger.symbols import NTDLL
 from emu.debugger.targetbase import Target
-from emu.debugger.walkview import flag_names, protect_name
+from emu.debugger.walkview import flag_names, frame_of, protect_name
 from emu.hw import mmu
 from emu.hw.mmu import PTE
 from emu.nt import layout
@@ -111,12 +111,12 @@ def _maps_frame(level: int, va: int, entry: int, frame: int) -> str:
         if level == 1 and d.state is softpte.PteState.TRANSITION and d.pfn == frame:
             return f"{va:#018x}  (transition: {d.describe()})"
         return ""
-    base = (entry & _ADDR) >> 12
+    base = frame_of(level, entry) >> 12
     leaf = level == 1 or (level in (2, 3) and entry & PTE.PS)
     if leaf:
         pages = 1 << (9 * (level - 1))
         if base <= frame < base + pages:
-            return f"{va + ((frame - base) << 12):#018x}  {flag_names(entry)}"
+            return f"{va + ((frame - base) << 12):#018x}  {flag_names(entry, level)}"
         return ""
     if base == frame:
         span = 1 << (12 + 9 * (level - 1))
@@ -318,8 +318,16 @@ def _tlb_check(target: Target, e) -> str:
     cpl = 3 if e.mode == "user" else 0
     rflags = mmu.RFLAGS_AC if e.mode == "kernel AC=1" else 0
     try:
-        pa = target.walk(e.vpage, None, "read", cpl, rflags=rflags).pa
+        tr = target.walk(e.vpage, None, "read", cpl, rflags=rflags)
     except (mmu.PageFault, mmu.GeneralProtection):
         return "STALE: the page tables no longer map it"
-    return "agrees with the page tables" if pa & ~0xFFF == e.ppage else \
-        f"STALE: the page tables now say {pa & ~0xFFF:#x}"
+    if tr.pa & ~0xFFF != e.ppage:
+        return f"STALE: the page tables now say {tr.pa & ~0xFFF:#x}"
+    text = "agrees with the page tables"
+    if tr.writable and not tr.dirty and not e.rights & mmu.Prot.WRITE:
+        # Write is granted only once D is set, or later writes would never set it
+        # (docs/platform-facts: QEMU's own walker does the same).
+        text += (f"; {_prot_text(e.rights)} though the page tables allow a write: D = 0 in "
+                 f"its {tr.steps[-1].name}, so write is granted only by a write fill, which "
+                 "sets D (SDM 4.8)")
+    return text

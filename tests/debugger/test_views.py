@@ -58,7 +58,7 @@ def test_walk_of_a_mapped_page(pair):
     assert_steps_shown(text, tr)
     assert f"physical address {tr.pa:#x}" in text
     assert "P RW US A D NX" in text and "rights so far: R W U -" in text
-    assert text.endswith("a ring-3 write is allowed: this mode may R W - here")
+    assert "\n  a ring-3 write is allowed: this mode may R W - here\n" in text
 
 
 @pytest.mark.parametrize("va, access, cpl, words", [
@@ -518,3 +518,107 @@ def test_direct_io_one_frame_two_addresses():
             in irp)
     assert "MappedSystemVa  0xffffa18000000000  (the same frames at a kernel address" in irp
     m.close()
+
+
+# -- issue 16: PAT, where each entry's address comes from, A/D, the TLB's r-- ----------------
+
+PAT_2M = 1 << 12                 # SDM Table 4-17: bit 12 of a PDE that maps a 2 MiB page
+
+
+def test_walk_of_a_2mib_page_with_pat_keeps_bit_12_out_of_the_frame():
+    """SDM Vol. 3A Table 4-17: in a PDE with PS=1, bit 12 is PAT and the frame is bits
+    51:21; the walker's physical address, walk's frame, and ptov all agree."""
+    m = two_processes()
+    try:
+        t = LiveTarget(m)
+        proc = next(p for p in m.processes if p.name == "notepad")
+        pt_pa = proc.space.pte_address(MARKERS, create=False) & ~0xFFF
+        pde_pa = next(s.entry_address for s in oracle(m, proc.pid, MARKERS, "read", 3).steps
+                      if s.level == 2)
+        assert int.from_bytes(m.executive.mem.read(pde_pa, 8), "little") & ~0xFFF == pt_pa
+        pde = 0x200000 | PAT_2M | int(mmu.PTE.PS | mmu.PTE.US | mmu.PTE.RW | mmu.PTE.P |
+                                      mmu.PTE.A)
+        t.write_physical(pde_pa, pde.to_bytes(8, "little"))
+        va = MARKERS + 0x1A8
+        tr = oracle(m, proc.pid, va, "read", 3)
+        assert tr.pa == 0x200000 + (va & 0x1FFFFF)                 # the walker: no bit 12
+        text = walkview.walk_text(t, va, proc.pid, "read", 3)
+        assert (f"PDE   [{pde_pa:#x}] = {pde:#018x}  P RW US A PS PAT" in text)
+        assert "-> 2 MiB page at 0x200000 " in text
+        assert "PAT (bit 12 of a PDE that maps a page) = 1" in text
+        assert f"physical address {tr.pa:#x} (2 MiB page at 0x200000 + offset " \
+               f"{va & 0x1FFFFF:#x})" in text
+        ptov = mapview.ptov_text(t, tr.pa)
+        assert f"{va & ~0xFFF:#018x}  P RW US A PS PAT" in ptov
+    finally:
+        m.close()
+
+
+def test_a_pte_names_bit_7_pat_not_ps():
+    assert walkview.flag_names(0x80 | 0x1, 1) == "P PAT"
+    assert walkview.flag_names(0x80 | 0x1, 2) == "P PS"
+    assert walkview.flag_names(0x1080 | 0x1, 2) == "P PS PAT"
+    assert walkview.flag_names(0x1000 | 0x1, 1) == "P"             # a PTE's bit 12: address
+
+
+def test_walk_says_where_each_entry_address_comes_from(pair):
+    m, t = pair
+    proc = next(p for p in m.processes if p.name == "notepad")
+    va = MARKERS + 0x1A8
+    steps = oracle(m, proc.pid, va, "read", 3).steps
+    text = walkview.walk_text(t, va, proc.pid, "read", 3)
+    bases = [proc.space.cr3 & ~0xFFF] + [s.frame for s in steps[:-1]]
+    sources = ["CR3", "the PML4E", "the PDPTE", "the PDE"]
+    for step, base, source in zip(steps, bases, sources, strict=True):
+        assert step.entry_address == base + 8 * step.index
+        assert (f"{step.entry_address:#x} = {base:#x} (from {source}) + index {step.index} "
+                f"x 8") in text
+
+
+def test_walk_says_what_the_access_does_to_a_and_d(pair):
+    m, t = pair
+    pid = pid_of(m, "notepad")
+    read = walkview.walk_text(t, MARKERS + 8, pid, "read", 3)
+    assert ("A/D (SDM 4.8): A is already 1 in every entry this read uses; D (PTE) is 1: "
+            "a read never changes it") in read
+    text = walkview.walk_text(t, 0x401000, pid, "read", 3)
+    assert "a read never changes it" in text
+    fault = walkview.walk_text(t, 0x401000, pid, "write", 3)
+    assert "A/D: the access faults: no A or D bit is set in the PTE" in fault
+
+
+def test_walk_of_rip_is_a_fetch_by_default(pair):
+    from state_harness import Harness
+    m, t = pair
+    h = Harness(t)
+    out = h.run("walk $rip")
+    assert out.splitlines()[0].endswith(", fetch at ring 3"), out
+    assert h.run("walk $rsp").splitlines()[0].endswith(", read at ring 3")
+    assert h.run("walk $rip read").splitlines()[0].endswith(", read at ring 3")
+
+
+def test_tlb_explains_r_on_a_writable_clean_page():
+    """A writable page whose PTE has D = 0 is cached r-- (a write must come back to the
+    walker to set D): the entry says so. The STLB entry is the one a read fill makes."""
+    from emu.debugger.records import TlbEntry
+    m = two_processes()
+    try:
+        class Clean(LiveTarget):
+            def tlb(self):
+                return [TlbEntry("user", 0x403000, tr.pa & ~0xFFF, 1)]
+
+        t = Clean(m)
+        cpu = m.executive.cpu
+        fault_free = mmu.walk(m.executive.mem, 0x403000, "read", cr3=cpu.cr3, cpl=3,
+                              cr0=cpu.cr0, cr4=cpu.cr4, efer=cpu.efer)
+        pte_pa = fault_free.steps[-1].entry_address
+        pte = fault_free.steps[-1].value
+        assert pte & mmu.PTE.D and pte & mmu.PTE.RW
+        m.executive.mem.write(pte_pa, (pte & ~int(mmu.PTE.D)).to_bytes(8, "little"))
+        tr = fault_free
+        text = mapview.tlb_text(t, 0x403000)
+        assert ("r-- though the page tables allow a write: D = 0 in its PTE, so write is "
+                "granted only by a write fill, which sets D (SDM 4.8)") in text
+        assert "STALE" not in text
+    finally:
+        m.close()
