@@ -139,20 +139,46 @@ def pfn_text(target: Target, pa: int) -> str:
         lines.append("  owner     the kernel (shared by every process)")
     if r.va is not None:
         lines.append(f"  va        {r.va:#x}")
+    pte = None
     if r.pte_pa is not None:
         pte = int.from_bytes(target.memory().read(r.pte_pa, 8), "little")
+        flags = f" ({flag_names(pte, 1)})" if pte & PTE.P else ""
         lines.append(f"  PTE       at physical {r.pte_pa:#x} = {pte:#018x}: "
-                     f"{softpte.decode(pte).describe()}")
+                     f"{softpte.decode(pte).describe()}{flags}")
     if r.use in ("private", "standby", "modified") or r.slot is not None:
         lines.append("  pagefile  " + (f"slot {r.slot} holds a copy" if r.slot is not None
                                        else "no copy"))
-        lines.append("  modified  " + ("yes: the contents differ from any copy" if r.modified
-                                       else "no: the pagefile copy is current"))
+        lines.append("  modified  " + _modified_text(r, pte))
     if r.locks:
         lines.append(f"  locked    {r.locks} time(s) (MmProbeAndLockPages: never trimmed)")
     if r.had_code:
         lines.append("  code      mapped executable once: translated code may be cached")
     return "\n".join(lines)
+
+
+def _modified_text(r, pte: int | None) -> str:
+    """Whether the frame differs from its pagefile copy, derived as the memory manager
+    derives it when it trims the page (emu.nt.mm.paging: the PFN's modified flag, or D in
+    a valid PTE: the CPU sets D on a write, SDM Vol. 3A §4.8), and what that means."""
+    copy = f"the copy in slot {r.slot}" if r.slot is not None else None
+    if r.use == "standby":
+        return f"no: {copy or 'its pagefile copy'} is current (a standby frame is clean)"
+    if r.use == "modified":
+        return ("yes: not written yet: the modified page writer stores it in "
+                f"{f'slot {r.slot} again' if copy else 'a new slot'} before the frame is reused")
+    dirty = pte is not None and bool(pte & PTE.P) and bool(pte & PTE.D)
+    if dirty:
+        return (f"yes: PTE.D = 1, written since {copy} was made: that copy is stale" if copy
+                else "yes: PTE.D = 1 and no copy anywhere: a trim puts it on the modified "
+                     "list")
+    if r.modified:
+        return ("yes: the PFN database marks it modified (PTE.D = 0): "
+                + (f"{copy} is stale" if copy else "no copy anywhere"))
+    if copy:
+        return (f"no: PTE.D = 0 and {copy} is current: a trim puts the frame on the "
+                "standby list")
+    return ("no: zeroed on first touch and never written (PTE.D = 0): a trim frees the "
+            "frame and its PTE becomes demand zero")
 
 
 def _list_note(use: str) -> str:

@@ -622,3 +622,85 @@ def test_tlb_explains_r_on_a_writable_clean_page():
         assert "STALE" not in text
     finally:
         m.close()
+
+
+# -- pfn: every line from the machine's own books ------------------------------------------
+
+def _pfn_expected(r, pte):
+    """What pfn must say of frame record ``r`` whose PTE is ``pte``: the memory manager's own
+    rule (emu.nt.mm.paging._trim_page: modified |= PTE.D)."""
+    valid = pte is not None and pte & mmu.PTE.P
+    dirty = bool(valid and pte & mmu.PTE.D)
+    modified = r.use == "modified" or (r.use != "standby" and (r.modified or dirty))
+    return modified, dirty
+
+
+def test_pfn_never_contradicts_itself_under_paging():
+    """Two pattern processes in 2 MiB, sampled every 100 page faults: for every frame, the
+    pagefile and modified lines agree with the PTE's D bit and the PFN record; every
+    combination the machine reaches is seen (dirty with and without a copy, clean with a
+    copy, standby, made by the kernel)."""
+    m = machine(("pattern", ["4", "1"]), ("pattern", ["4", "2"]), mem="2M")
+    seen, faults = set(), [0]
+
+    def sample(event, _details):
+        if event is not Event.PAGE_FAULT:
+            return
+        faults[0] += 1
+        if faults[0] % 100:
+            return
+        t = LiveTarget(m)
+        for n in range(m.executive.mem.frames):
+            r = t.pfn(n)
+            if r.use not in ("private", "standby", "modified"):
+                continue
+            pte = int.from_bytes(m.executive.mem.read(r.pte_pa, 8), "little")
+            text = mapview.pfn_text(t, n << 12)
+            modified, dirty = _pfn_expected(r, pte)
+            copy = r.slot is not None
+            seen.add((r.use, dirty, copy, modified))
+            assert (f"pagefile  slot {r.slot} holds a copy" if copy else "pagefile  no copy") \
+                in text, text
+            assert ("modified  yes" if modified else "modified  no") in text, text
+            if not copy:
+                assert "is current" not in text and "is stale" not in text, text
+            if copy and not modified:
+                assert f"the copy in slot {r.slot} is current" in text, text
+            if copy and modified and r.use == "private":
+                assert f"the copy in slot {r.slot}" in text and "is stale" in text, text
+            if dirty:
+                assert "PTE.D = 1" in text and " D" in text.split("PTE       ")[1], text
+
+    m.executive.events.subscribe(sample)
+    try:
+        m.run()
+    finally:
+        m.close()
+    assert {("private", True, False, True), ("private", False, True, False),
+            ("private", True, True, True), ("standby", False, True, False),
+            ("private", False, False, True)} <= seen, seen
+
+
+def test_pfn_of_a_frame_on_the_modified_list():
+    m = two_processes()
+    try:
+        t = LiveTarget(m)
+        proc = next(p for p in m.processes if p.name == "notepad")
+        frame = proc.space.lookup(MARKERS).pfn
+        before = mapview.pfn_text(t, frame << 12)
+        assert "pagefile  no copy" in before
+        assert ("modified  yes: PTE.D = 1 and no copy anywhere: a trim puts it on the "
+                "modified list") in before
+        m.executive.mm.pager.empty_working_sets()
+        text = mapview.pfn_text(t, frame << 12)
+        assert "use       modified" in text and ": transition, frame" in text
+        assert ("modified  yes: not written yet: the modified page writer stores it in a new "
+                "slot before the frame is reused") in text
+        m.executive.mm.pager.write_modified()
+        text = mapview.pfn_text(t, frame << 12)
+        slot = t.pfn(frame).slot
+        assert "use       standby" in text and f"pagefile  slot {slot} holds a copy" in text
+        assert (f"modified  no: the copy in slot {slot} is current (a standby frame is "
+                "clean)") in text
+    finally:
+        m.close()
