@@ -358,3 +358,15 @@ def test_bt_at_the_entry_point_reads_no_argc_as_a_return_address():
     assert bt[0] == "#0  0x0000000000401059 in hello!_start"
     assert not any(line.startswith("#1") for line in bt), bt
     assert "0x1, is no return address" in bt[1]
+
+
+@pytest.mark.parametrize("steps", ["", "si 6\n"])
+def test_finish_in_a_32_bit_process_returns_to_its_caller(steps):
+    """A 32-bit frame keeps its return address in 4 bytes at ebp+4 (or at esp on the first
+    instruction): finish stops right after the call, where bt said it would."""
+    r = debug(f"break printf\nc\n{steps}delete\nbt\nfinish\nposition\n", str(APPS / "hello32"))
+    assert "#1  0x000000000040102a in hello32!main+0x2a" in r.stdout
+    after = r.stdout.split(") finish\n")[1]
+    assert "=> 0x40102a <hello32!main+0x2a>:" in after.splitlines()[1], after
+    assert "Hello from a 32-bit process!" in after
+    assert r.returncode == 0
