@@ -145,6 +145,21 @@ def _where(target: Target, pid: int | None, cr3: int) -> tuple[str, int | None]:
     return f'process {pid} "{target.process(pid).name}"', pid
 
 
+def address_space(target: Target, va: int, pid: int | None) -> tuple[str, str | None]:
+    """(``process 4 "hello" (CR3 0xb000)``, None): the tables a walk of ``va`` for ``pid``
+    uses; for a kernel address of a process that has ended, the loaded tables and a note
+    saying why they stand in for the process's own."""
+    cr3 = target.cr3_for(va, pid)
+    if pid is not None and not target.process(pid).has_space:
+        loaded, _ = _where(target, None, cr3)
+        proc = target.process(pid)
+        return (f"{loaded} (CR3 {cr3:#x})",
+                f"  (not process {pid} \"{proc.name}\"'s own tables: it has ended and its "
+                "PML4 is gone; the kernel half is the same in every address space)")
+    where, _ = _where(target, pid, cr3)
+    return f"{where} (CR3 {cr3:#x})", None
+
+
 def default_ring(target: Target, pid: int | None) -> int:
     """The ring a walk is explained for by default: the CPL of ``pid``'s registers."""
     try:
@@ -158,9 +173,10 @@ def walk_text(target: Target, va: int, pid: int | None = None, access: str = "re
     """The explained walk of ``va`` for ``access`` at ring ``cpl`` in ``pid``'s tables."""
     ring = default_ring(target, pid) if cpl is None else cpl
     cr3 = target.cr3_for(va, pid)
-    where, owner = _where(target, pid, cr3)
+    _, owner = _where(target, pid, cr3)
     regs = target.registers()
-    lines = [f"walk {va:#x} in {where} (CR3 {cr3:#x}), {access} at ring {ring}",
+    space, note = address_space(target, va, pid)
+    lines = [f"walk {va:#x} in {space}, {access} at ring {ring}", *([note] if note else []),
              index_line(va)]
     try:
         tr = target.walk(va, pid, access, ring, rflags=regs["rflags"])

@@ -486,7 +486,16 @@ def test_analyze_at_the_end_prefers_the_dead_process_and_survives_its_lost_memor
     t = LiveTarget(m)
     ended = type("Stop", (), {"reason": type("R", (), {"value": "exited"})(),
                               "exception": seen[0]})()
-    assert analyze.analyze_text(t, ended).startswith('process 4 "badread" was ended by')
+    text = analyze.analyze_text(t, ended)
+    assert text.startswith('process 4 "badread" was ended by')
+    # Its PML4 is gone: the kernel half is walked in the loaded tables, and that is said.
+    assert ("  the page walk of 0xffff800000001000 (read at ring 3) in the system address "
+            f"space (CR3 {m.executive.mm.system.cr3:#x}):\n"
+            '    (not process 4 "badread"\'s own tables: it has ended and its PML4 is gone; '
+            "the kernel half is the same in every address space)") in text
+    walk = walkview.walk_text(t, BADREAD_ADDRESS, 4, "read", 3)
+    assert walk.splitlines()[0] == (f"walk {BADREAD_ADDRESS:#x} in the system address space "
+                                    f"(CR3 {m.executive.mm.system.cr3:#x}), read at ring 3")
     late = type("Stop", (), {"reason": "catch", "exception": seen[0]})()
     text = analyze.analyze_text(t, late)
     assert "  instruction: (unreadable: 0x401022: not mapped" in text
