@@ -173,7 +173,12 @@ def _walk_section(target: Target, address: int, access: str, ring: int, pid: int
     rflags = target.registers()["rflags"] if ring < 3 else 0
     result = _redo_walk(target, address, access, ring, pid, rflags)
     nxe = bool(target.registers()["efer"] & mmu.EFER.NXE)
-    lines = [f"the page walk of {address:#x} ({access} at ring {ring}):",
+    try:
+        space, note = walkview.address_space(target, address, pid)
+    except TargetError:
+        space, note = "", None
+    lines = [f"the page walk of {address:#x} ({access} at ring {ring})"
+             + (f" in {space}" if space else "") + ":", *([note] if note else []),
              walkview.index_line(address)]
     if isinstance(result, mmu.Translation):
         lines += walkview.step_lines(result.steps, nxe)
@@ -184,7 +189,7 @@ def _walk_section(target: Target, address: int, access: str, ring: int, pid: int
         level = next((s.level for s in reversed(recorded)
                       if re.search(rf"\b{s.name}\b", reason)), recorded[-1].level)
         result = mmu.PageFault(address, PFErr(code), reason, tuple(recorded), level)
-        lines[0] += " as the CPU saw it (the address space is gone now)"
+        lines[0] = lines[0].rstrip(":") + " as the CPU saw it (the address space is gone now):"
     if result is None:
         return [f"the page walk of {address:#x}: not available (the address space is gone)"]
     lines += walkview.step_lines(result.steps, nxe)
@@ -262,7 +267,7 @@ def _param_text(target: Target, kind: str, value: int) -> str:
     if kind == "pte":
         if value and not value & 1:         # not valid: the software bits say where it is
             return f"{value:#018x} (not valid: {softpte.decode(value).describe()})"
-        return f"{value:#018x} ({walkview.flag_names(value) or 'not present'})"
+        return f"{value:#018x} ({walkview.flag_names(value, 1) or 'not present'})"
     if kind == "acc50":
         return f"{value:#x} ({_PF50_ACCESS.get(value, '?')})"
     if kind == "accd1":

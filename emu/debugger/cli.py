@@ -7,8 +7,9 @@
 
 Commands are read from the terminal, or from standard input when it is not one; with -x
 (or a pipe) the shell runs in batch mode: each command is echoed after its prompt, and the
-machine is left where the script ends. Exit status: 0, or 1 when a command of a batch script
-failed; 2 for a bad option or file.
+machine is left where the script ends (with --stop-on-error: at the first command that
+fails). Exit status: 0, or 1 when a command of a batch script failed; 2 for a bad option or
+file.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None
                        "step through it; or open a crash dump. `help` lists the commands.")
     p.add_argument("-x", dest="script", metavar="FILE", help="read commands from FILE "
                    "(batch mode: each command is echoed, output is deterministic)")
+    p.add_argument("--stop-on-error", action="store_true", help="in batch mode, end at the "
+                   "first command that fails (as gdb -batch does); exit status 1")
     p.add_argument("--dump", metavar="FILE", help="open a crash dump written by "
                    "`emu run --dump FILE` instead of starting a machine")
     p.add_argument("--stop-at-driver", action="store_true", help="stop before the first "
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace, commands: list[tuple[str, list[str]]], usage_e
             target = open_dump(args.dump)
         except TargetError as err:
             raise usage_error(str(err)) from None
-        shell = Shell(target, stdin=stdin, batch=batch)
+        shell = Shell(target, stdin=stdin, batch=batch,
+                      stop_on_error=batch and args.stop_on_error)
         bugcheck = target.bugcheck()
         what = f"bug check {bugcheck.code:#x}" if bugcheck is not None else "no bug check"
         shell.message(f"crash dump {args.dump}: {what} (try 'analyze')")
@@ -152,7 +156,8 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
     if args.snapshots < 0:
         raise usage_error("--snapshots must not be negative")
     ring = SnapshotRing(args.snapshot_interval, args.snapshots) if args.snapshots else None
-    shell = Shell(None, stdin=stdin, batch=batch)   # type: ignore[arg-type]
+    shell = Shell(None, stdin=stdin, batch=batch,   # type: ignore[arg-type]
+                  stop_on_error=batch and args.stop_on_error)
     session = Session(machine, shell.on_stop, factory=build,
                       stop_at_driver=args.stop_at_driver, snapshots=ring,
                       front_end_state=(shell.save_state, shell.load_state),

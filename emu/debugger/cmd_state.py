@@ -99,7 +99,9 @@ class StateCommands:
             return
         for name in names:
             value = self.target.register(name, self.view_pid)
-            self.message(f"{name.lstrip('$')} = {value:#x} ({value})")
+            bits = regview.named_bits(name, value)
+            self.message(f"{name.lstrip('$')} = {value:#x} ({value})" +
+                         (f"  {bits}" if bits else ""))
 
     do_regs = do_registers
 
@@ -115,15 +117,20 @@ class StateCommands:
     def _info_tss(self, arg: str) -> None:
         self.message(regview.tss_text(self.target))
 
+    def _info_idt(self, arg: str) -> None:
+        self.message(regview.idt_text())
+
     info_subcommands: dict[str, Callable[[Any, str], None]] = {
-        "registers": _info_registers, "cr": _info_cr, "gdt": _info_gdt, "tss": _info_tss}
+        "registers": _info_registers, "cr": _info_cr, "gdt": _info_gdt, "idt": _info_idt,
+        "tss": _info_tss}
 
     @_guarded
     def do_info(self, arg: str) -> None:
         """info SUBCOMMAND [ARGS]
         info registers [NAME...]: as `registers`; info cr: CR0, CR4 and EFER bit by bit;
-        info gdt: every GDT descriptor decoded; info tss: the TSS (RSP0, IST, I/O map).
-        A unique prefix is enough (info reg)."""
+        info gdt: every GDT descriptor decoded; info idt: the exception vectors and what
+        the executive makes of each; info tss: the TSS (RSP0, IST, I/O map). A unique
+        prefix is enough (info reg)."""
         word, _, rest = arg.strip().partition(" ")
         table = self.info_subcommands
         if not word:
@@ -144,9 +151,10 @@ class StateCommands:
     @_guarded
     def do_set(self, arg: str) -> None:
         """set REG = VALUE | set *ADDR = VALUE | set {u8|u16|u32|u64} ADDR = VALUE
-        Change a register of the CPU (general registers, their parts, rip, rflags) or
-        memory of the view's process (u64 for *ADDR); VALUE and ADDR are expressions. A
-        write ignores the page's rights, as a debugger's does. Live machines only."""
+        The braces may be left out (set u8 ADDR = VALUE). Change a register of the CPU
+        (general registers, their parts, rip, rflags) or memory of the view's process (u64
+        for *ADDR); VALUE and ADDR are expressions. A write ignores the page's rights, as a
+        debugger's does. Live machines only."""
         if not self.target.live:
             raise TargetError("a crash dump is read-only")
         parts = _ASSIGN.split(arg, maxsplit=1)
@@ -155,7 +163,8 @@ class StateCommands:
                               "set {u8|u16|u32|u64} ADDR = VALUE")
         left, value = parts[0].strip(), self._eval(parts[1])
         width = 8
-        match = re.match(r"\{\s*(\w+)\s*\}\s*(.*)$", left)
+        match = re.match(r"\{\s*(\w+)\s*\}\s*(.*)$", left) or \
+            re.match(r"(u8|u16|u32|u64)\s+(.*)$", left)
         if match:
             if match.group(1) not in _WIDTHS:
                 raise TargetError(f"bad width '{match.group(1)}': u8, u16, u32 or u64")
@@ -172,6 +181,30 @@ class StateCommands:
                               f"{self.view_pid} is only being viewed (`process` to go back)")
         self.target.set_register(left, value)
         self.message(f"{left.lstrip('$')} = {self.target.register(left):#x}")
+
+    @_guarded
+    def do_print(self, arg: str) -> None:
+        """print EXPR | print/FMT EXPR
+        The value of an expression (registers, symbols, [ADDR], arithmetic): hex and
+        decimal, or in one gdb format: /x hex, /d signed, /u unsigned, /o octal, /t binary,
+        /c character, /a address with its symbol. Alias: p."""
+        text, letter = arg.strip(), ""
+        if text.startswith("/"):
+            spec, _, text = text[1:].partition(" ")
+            if len(spec) != 1 or spec not in "xduotca":
+                raise TargetError(f"bad format '/{spec}' for print: one of x d u o t c a")
+            letter = spec
+        if not text.strip():
+            raise TargetError("print needs an expression, e.g. print $rsp + 8")
+        value = evaluate(text, self.target, self.view_pid)
+        if not letter:
+            shown = f"{value:#x} ({value})"
+        else:
+            shown = memview.format_value(value, letter, lambda a: self.target.symbolize(
+                a, self.view_pid))
+        self.message(f"{text.strip()} = {shown}")
+
+    do_p = do_print
 
     # -- memory, code, stack -----------------------------------------------------------------
 
@@ -253,9 +286,11 @@ class StateCommands:
         The 4-level page walk of VA explained: the index bits, each entry's address,
         value and flags, the rights so far, the physical address; for a fault, the entry
         and bit that deny this access at this ring and the #PF error code; for a page not
-        present, what its PTE's software bits and the VADs say. Default: a read at the
-        CPL of the view's process."""
-        words, access, ring = [], "read", None
+        present, what its PTE's software bits and the VADs say. Each entry's address is
+        shown as the table's base plus index x 8, and the end says what the access does to
+        the A and D bits. Default: a read (a fetch when VA is RIP) at the CPL of the view's
+        process."""
+        words, access, ring = [], None, None
         for word in arg.split():
             if word.lower() in _ACCESS_WORDS:
                 access = _ACCESS_WORDS[word.lower()]
@@ -268,6 +303,12 @@ class StateCommands:
         va = evaluate(text, self.target, pid) if text else None
         if va is None:
             raise TargetError("usage: walk VA [PID] [read|write|fetch] [user|kernel]")
+        if access is None:
+            try:
+                rip = self.target.registers(pid)["rip"]
+            except TargetError:
+                rip = None
+            access = "fetch" if va == rip else "read"
         self.message(walkview.walk_text(self.target, va, pid, access, ring))
 
     @_guarded
@@ -413,7 +454,8 @@ class StateCommands:
         bare = text.lstrip("$")
         return sorted({prefix + n for n in names if n.startswith(bare)})
 
-    complete_x = complete_xp = complete_disas = complete_walk = complete_vtop = \
+    complete_x = complete_xp = complete_disas = complete_walk = complete_vtop = complete_p = \
+        complete_print = \
         complete_ptov = complete_pfn = complete_irp = complete_set = complete_tlb = \
         _complete_expression
 

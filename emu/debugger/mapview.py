@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from emu.debugger.records import ImageInfo, ProcessInfo, RegionRecord, TargetError
 from emu.debugger.symbols import NTDLL
 from emu.debugger.targetbase import Target
-from emu.debugger.walkview import flag_names, protect_name
+from emu.debugger.walkview import flag_names, frame_of, protect_name
 from emu.hw import mmu
 from emu.hw.mmu import PTE
 from emu.nt import layout
@@ -112,12 +112,12 @@ def _maps_frame(level: int, va: int, entry: int, frame: int) -> str:
         if level == 1 and d.state is softpte.PteState.TRANSITION and d.pfn == frame:
             return f"{va:#018x}  (transition: {d.describe()})"
         return ""
-    base = (entry & _ADDR) >> 12
+    base = frame_of(level, entry) >> 12
     leaf = level == 1 or (level in (2, 3) and entry & PTE.PS)
     if leaf:
         pages = 1 << (9 * (level - 1))
         if base <= frame < base + pages:
-            return f"{va + ((frame - base) << 12):#018x}  {flag_names(entry)}"
+            return f"{va + ((frame - base) << 12):#018x}  {flag_names(entry, level)}"
         return ""
     if base == frame:
         span = 1 << (12 + 9 * (level - 1))
@@ -140,20 +140,46 @@ def pfn_text(target: Target, pa: int) -> str:
         lines.append("  owner     the kernel (shared by every process)")
     if r.va is not None:
         lines.append(f"  va        {r.va:#x}")
+    pte = None
     if r.pte_pa is not None:
         pte = int.from_bytes(target.memory().read(r.pte_pa, 8), "little")
+        flags = f" ({flag_names(pte, 1)})" if pte & PTE.P else ""
         lines.append(f"  PTE       at physical {r.pte_pa:#x} = {pte:#018x}: "
-                     f"{softpte.decode(pte).describe()}")
+                     f"{softpte.decode(pte).describe()}{flags}")
     if r.use in ("private", "standby", "modified") or r.slot is not None:
         lines.append("  pagefile  " + (f"slot {r.slot} holds a copy" if r.slot is not None
                                        else "no copy"))
-        lines.append("  modified  " + ("yes: the contents differ from any copy" if r.modified
-                                       else "no: the pagefile copy is current"))
+        lines.append("  modified  " + _modified_text(r, pte))
     if r.locks:
         lines.append(f"  locked    {r.locks} time(s) (MmProbeAndLockPages: never trimmed)")
     if r.had_code:
         lines.append("  code      mapped executable once: translated code may be cached")
     return "\n".join(lines)
+
+
+def _modified_text(r, pte: int | None) -> str:
+    """Whether the frame differs from its pagefile copy, derived as the memory manager
+    derives it when it trims the page (emu.nt.mm.paging: the PFN's modified flag, or D in
+    a valid PTE: the CPU sets D on a write, SDM Vol. 3A §4.8), and what that means."""
+    copy = f"the copy in slot {r.slot}" if r.slot is not None else None
+    if r.use == "standby":
+        return f"no: {copy or 'its pagefile copy'} is current (a standby frame is clean)"
+    if r.use == "modified":
+        return ("yes: not written yet: the modified page writer stores it in "
+                f"{f'slot {r.slot} again' if copy else 'a new slot'} before the frame is reused")
+    dirty = pte is not None and bool(pte & PTE.P) and bool(pte & PTE.D)
+    if dirty:
+        return (f"yes: PTE.D = 1, written since {copy} was made: that copy is stale" if copy
+                else "yes: PTE.D = 1 and no copy anywhere: a trim puts it on the modified "
+                     "list")
+    if r.modified:
+        return ("yes: the PFN database marks it modified (PTE.D = 0): "
+                + (f"{copy} is stale" if copy else "no copy anywhere"))
+    if copy:
+        return (f"no: PTE.D = 0 and {copy} is current: a trim puts the frame on the "
+                "standby list")
+    return ("no: zeroed on first touch and never written (PTE.D = 0): a trim frees the "
+            "frame and its PTE becomes demand zero")
 
 
 def _list_note(use: str) -> str:
@@ -320,8 +346,16 @@ def _tlb_check(target: Target, e) -> str:
     cpl = 3 if e.mode == "user" else 0
     rflags = mmu.RFLAGS_AC if e.mode == "kernel AC=1" else 0
     try:
-        pa = target.walk(e.vpage, None, "read", cpl, rflags=rflags).pa
+        tr = target.walk(e.vpage, None, "read", cpl, rflags=rflags)
     except (mmu.PageFault, mmu.GeneralProtection):
         return "STALE: the page tables no longer map it"
-    return "agrees with the page tables" if pa & ~0xFFF == e.ppage else \
-        f"STALE: the page tables now say {pa & ~0xFFF:#x}"
+    if tr.pa & ~0xFFF != e.ppage:
+        return f"STALE: the page tables now say {tr.pa & ~0xFFF:#x}"
+    text = "agrees with the page tables"
+    if tr.writable and not tr.dirty and not e.rights & mmu.Prot.WRITE:
+        # Write is granted only once D is set, or later writes would never set it
+        # (docs/platform-facts: QEMU's own walker does the same).
+        text += (f"; {_prot_text(e.rights)} though the page tables allow a write: D = 0 in "
+                 f"its {tr.steps[-1].name}, so write is granted only by a write fill, which "
+                 "sets D (SDM 4.8)")
+    return text

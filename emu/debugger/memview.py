@@ -77,6 +77,24 @@ def _value(raw: bytes, letter: str, size: int, name: Callable[[int], str]) -> st
     return f"{u:#018x}" + (f" <{label}>" if label else "")
 
 
+def format_value(value: int, letter: str, name: Callable[[int], str]) -> str:
+    """A 64-bit value in one gdb format letter (``print/x``): no padding, as gdb prints."""
+    if letter == "x":
+        return f"{value:#x}"
+    if letter == "d":
+        return str(value - (1 << 64) if value >> 63 else value)
+    if letter == "o":
+        return f"0{value:o}" if value else "0"
+    if letter == "t":
+        return f"{value:b}"
+    if letter == "c":
+        return _value(bytes([value & 0xFF]), "c", 1, name)
+    if letter == "a":
+        label = name(value)
+        return f"{value:#x}" + (f" <{label}>" if not label.startswith("0x") else "")
+    return str(value)
+
+
 @dataclass
 class Reader:
     """Where ``x`` reads: virtual memory of a process, or physical memory (``xp``)."""
@@ -180,8 +198,21 @@ def code_lines(reader: Reader, insns: list[tuple[int, bytes, str]], rip: int | N
         label = reader.label(at)
         where = f"{at:#x}" + (f" <{label}>" if label else "")
         code = f"{raw.hex(' '):<24} " if with_bytes else ""
-        lines.append(f"{mark}{where}:\t{code}{text}")
+        lines.append(f"{mark}{where}:\t{code}{text}{_branch_label(reader, text)}")
     return lines
+
+
+_BRANCH = re.compile(r"^(call|jmp|j[a-z]+|loop[a-z]*)\s+(0x[0-9a-f]+)$")
+
+
+def _branch_label(reader: Reader, text: str) -> str:
+    """`` <hello!printf>`` after a call or jump to an immediate target that has a name."""
+    match = _BRANCH.match(text)
+    if match is None or reader.physical:
+        return ""
+    address = int(match.group(2), 16)
+    label = reader.target.symbolize(address, reader.pid)
+    return "" if label.startswith("0x") else f" <{label}>"
 
 
 def disassembly(target: Target, address: int, count: int, pid: int | None,
@@ -202,6 +233,10 @@ def backtrace(target: Target, pid: int | None = None) -> tuple[list[int], str | 
     frames = [rip]
     try:
         first = _frame0_return(target, rip, rsp, bits, pid)
+        if first is not None and not _in_code(target, first, pid):
+            return frames, (f"the word on the stack, {first:#x}, is no return address (it "
+                            "points into no image): nothing called this function, it is "
+                            "where the thread started")
         if first is not None:
             frames.append(first)
         while len(frames) < MAX_FRAMES and rbp and not rbp % word:
@@ -211,6 +246,9 @@ def backtrace(target: Target, pid: int | None = None) -> tuple[list[int], str | 
                 return frames, CALLED_BY_EXECUTIVE
             if ret == 0:
                 break
+            if not _in_code(target, ret, pid):
+                return frames, (f"the frame at {rbp:#x} holds {ret:#x}, which points into "
+                                "no image: not a return address, the walk stops")
             frames.append(ret)
             if saved <= rbp:
                 break
@@ -263,6 +301,13 @@ def _stack_depth(insns: list[tuple[int, bytes, str]], rip: int, word: int) -> in
         elif in_prologue and not mnemonic.startswith("lea"):
             prologue, in_prologue = depth, False
     return depth
+
+
+def _in_code(target: Target, address: int, pid: int | None) -> bool:
+    """Whether ``address`` can be a return address: inside an image (an app, ntdll, a
+    driver) or a kernel export's trap address."""
+    return address == kernel.KERNEL_RETURN or target.image_at(address, pid) is not None or \
+        not target.symbolize(address, pid).startswith("0x")
 
 
 def _nonzero(value: int) -> int | None:

@@ -8,9 +8,10 @@ import struct
 
 from emu.debugger.records import TargetError
 from emu.debugger.targetbase import Target
-from emu.hw.cpu import GPRS
+from emu.hw.cpu import GPRS, CpuException, Vector
 from emu.hw.descriptors import Selector
 from emu.hw.mmu import CR0, CR4, EFER
+from emu.nt import trap
 
 
 class RFLAGS(enum.IntFlag):
@@ -62,6 +63,16 @@ def flags_text(rflags: int) -> str:
     """``ZF PF IF  IOPL=0`` (set flags, highest first)."""
     names = [f.name for f in sorted(RFLAGS, key=lambda f: -f.value) if rflags & f]
     return " ".join(names) + f"  IOPL={rflags >> IOPL_SHIFT & 3}"
+
+
+def named_bits(name: str, value: int) -> str:
+    """The names of the set bits of a flags or control register (rflags, eflags, cr0, cr4,
+    efer), else ''."""
+    key = name.lower().lstrip("$")
+    if key in ("rflags", "eflags"):
+        return flags_text(value)
+    flags = dict(_CONTROL).get(key)
+    return bits_text(value, flags) if flags is not None else ""
 
 
 def bits_text(value: int, flags: type[enum.IntFlag]) -> str:
@@ -198,4 +209,49 @@ def tss_text(target: Target) -> str:
     bitmap = "beyond the limit: no I/O permission bitmap, so IN/OUT at CPL > IOPL fault" \
         if iomap > limit else "an I/O permission bitmap follows"
     lines.append(f"  I/O map base {iomap:#x}: {bitmap}")
+    return "\n".join(lines)
+
+
+# SDM Vol. 3A Table 6-1: each vector's class (fault, trap, abort, interrupt) and error code.
+_VECTOR_KINDS = {
+    Vector.DE: ("fault", False, "divide error (DIV, IDIV)"),
+    Vector.DB: ("fault/trap", False, "debug (single step, data breakpoint)"),
+    Vector.NMI: ("interrupt", False, "non-maskable interrupt"),
+    Vector.BP: ("trap", False, "breakpoint (INT3)"),
+    Vector.OF: ("trap", False, "overflow (INTO)"),
+    Vector.BR: ("fault", False, "BOUND range exceeded"),
+    Vector.UD: ("fault", False, "invalid opcode (UD2, an undefined encoding)"),
+    Vector.NM: ("fault", False, "device not available (x87/SSE with CR0.TS or EM)"),
+    Vector.DF: ("abort", True, "double fault"),
+    Vector.TS: ("fault", True, "invalid TSS"),
+    Vector.NP: ("fault", True, "segment not present"),
+    Vector.SS: ("fault", True, "stack-segment fault"),
+    Vector.GP: ("fault", True, "general protection"),
+    Vector.PF: ("fault", True, "page fault (CR2 = the address)"),
+    Vector.MF: ("fault", False, "x87 floating-point error"),
+    Vector.AC: ("fault", True, "alignment check"),
+    Vector.MC: ("abort", False, "machine check"),
+    Vector.XM: ("fault", False, "SIMD floating-point exception"),
+}
+
+
+def idt_text() -> str:
+    """The exception vectors (SDM Table 6-1) and what the executive makes of each at ring 3
+    and at ring 0 (emu.nt.trap): the machine loads no IDT of its own."""
+    lines = ["No IDT in guest memory: the machine never executes LIDT. Unicorn hands every "
+             "exception vector to the machine (UC_HOOK_INTR) and the executive's trap "
+             "handler (emu/nt/trap.py) plays KiTrap*: at ring 3 an exception record for the "
+             "process, at ring 0 a bug check. Device interrupts are raised by the executive "
+             "itself (irql).",
+             f"  {'vec':>3} {'name':<5} {'class':<10} {'err':<4} {'at ring 3':<31} "
+             f"{'at ring 0':<28} what"]
+    for vector, (kind, has_code, what) in _VECTOR_KINDS.items():
+        user = trap.user_exception(CpuException(vector, 0, 3), "", stack_guard=None).name
+        kernel = trap.kernel_bugcheck(CpuException(vector, 0, 0), "").name
+        lines.append(f"  {int(vector):>3} #{vector.name:<4} {kind:<10} "
+                     f"{'yes' if has_code else 'no':<4} {user:<31} {kernel:<28} {what}")
+    lines.append("  (#GP at ring 3 from a privileged instruction is "
+                 "STATUS_PRIVILEGED_INSTRUCTION; #PF at ring 0 on a read-only page is "
+                 "ATTEMPTED_WRITE_TO_READONLY_MEMORY, on NX memory "
+                 "ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY)")
     return "\n".join(lines)

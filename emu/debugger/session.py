@@ -321,18 +321,16 @@ class Session:
         self._run_to(cpu.rip + insn.size, lambda: self.executive.cpu.reg("rsp") >= rsp)
 
     def finish(self) -> None:
-        """Run until the current function returns to its caller (by the frame pointer, or by
-        [rsp] on a function's first instruction)."""
+        """Run until the current function returns to its caller: frame 1 of ``bt``
+        (emu.debugger.memview.backtrace: 8 or 4 bytes, by frame pointer or prologue)."""
+        from emu.debugger.memview import backtrace
         self._check_forward()
-        cpu = self.executive.cpu
-        rsp, rbp = cpu.reg("rsp"), cpu.reg("rbp")
-        at_entry = self.target.symbolize(cpu.rip).find("+") < 0
-        try:
-            slot = rsp if at_entry or rbp < rsp else rbp + 8
-            ret = int.from_bytes(self.target.read_virtual(slot, 8), "little")
-        except Exception as err:   # noqa: BLE001 - TargetError or a bad frame
-            raise SessionError(f"finish: cannot find the return address: {err}") from None
-        self._run_to(ret, lambda: self.executive.cpu.reg("rsp") > rsp)
+        rsp = self.executive.cpu.reg("rsp")
+        frames, why = backtrace(self.target)
+        if len(frames) < 2:
+            raise SessionError("finish: cannot find the return address" +
+                               (f": {why}" if why else ""))
+        self._run_to(frames[1], lambda: self.executive.cpu.reg("rsp") > rsp)
 
     def until(self, address: int) -> None:
         """Run until ``address`` is reached in this process (or a breakpoint stops first)."""

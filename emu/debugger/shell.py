@@ -30,7 +30,15 @@ from emu.debugger.stops import (
     Watchpoint,
 )
 from emu.debugger.target import Target, TargetError
+from emu.hw.cpu import Vector
 from emu.nt.kernel import MachineStop
+from emu.nt.syscalls import Service
+
+
+def _without_address(reason: str, address: int) -> str:
+    """A target's reason without its leading ``0x...: `` when it names ``address``."""
+    prefix = f"{address:#x}: "
+    return reason[len(prefix):] if reason.startswith(prefix) else reason
 
 
 class Quit(Exception):
@@ -46,10 +54,11 @@ class Shell(StateCommands, cmd.Cmd):
 
     def __init__(self, target: Target, session: Session | None = None, *,
                  stdin: TextIO | None = None, stdout: TextIO | None = None,
-                 batch: bool = False) -> None:
+                 batch: bool = False, stop_on_error: bool = False) -> None:
         super().__init__(stdin=stdin, stdout=stdout or sys.stdout)
         self.use_rawinput = not batch and stdin is None
         self.batch = batch
+        self.stop_on_error = stop_on_error
         self.target = target
         self.session = session
         self.view_pid: int | None = None
@@ -114,16 +123,24 @@ class Shell(StateCommands, cmd.Cmd):
             line = self._read_line()
             if line is None:
                 raise Quit()
-            self.onecmd(line)
+            self._run_line(line)
         return True
 
     def interact(self) -> None:
         """Read and run commands until the input ends or ``quit`` (a crash dump's loop)."""
         try:
             while (line := self._read_line()) is not None:
-                self.onecmd(line)
+                self._run_line(line)
         except Quit:
             pass
+
+    def _run_line(self, line: str) -> None:
+        """Run one command; with ``stop_on_error`` (``emu debug --stop-on-error``), a command
+        that fails ends the script there, as gdb -batch ends at a script's first error."""
+        before = self.failures
+        self.onecmd(line)
+        if self.stop_on_error and self.failures > before:
+            raise Quit()
 
     def _read_line(self) -> str | None:
         if self.use_rawinput:
@@ -249,22 +266,32 @@ class Shell(StateCommands, cmd.Cmd):
         return sorted({lead + w for w in words if w.startswith(bare)})
 
     def report_stop(self, stop: Stop) -> None:
-        """Say why and where the machine stopped."""
+        """Say why and where the machine stopped (a view that fails is one error line: the
+        session goes on)."""
         if stop.description:
             self.message(stop.description)
         if stop.ended:
             return
-        self.message(self.where())
+        try:
+            self.message(self.where())
+        except (TargetError, ExprError, SessionError) as err:
+            self.error(str(err))
+        except Exception as err:         # noqa: BLE001 - a bug of ours must not end the session
+            self.error(f"where: internal error ({type(err).__name__}: {err}); please report it")
 
     def where(self) -> str:
-        """``0x401020 <hello!main+0x4>: mov eax, 1   [pid 4 "hello", ring 3]``."""
+        """``0x401020 <hello!main+0x4>: mov eax, 1   [pid 4 "hello", ring 3]``; an instruction
+        that cannot be read says why in its place: ``(cannot read: not mapped: ...)``."""
         t = self.target
         rip = t.register("rip")
         pid = t.current_pid()
         proc = next((p for p in t.processes() if p.pid == pid), None)
         who = f'pid {pid} "{proc.name}"' if proc else "kernel"
-        insns = t.disassemble(rip, 1)
-        text = insns[0][2] if insns else "(not mapped)"
+        try:
+            insns = t.disassemble(rip, 1)
+            text = insns[0][2] if insns else f"(cannot read: {rip:#x} is cut short)"
+        except TargetError as err:
+            text = f"(cannot read: {_without_address(str(err), rip)})"
         return f"=> {rip:#x} <{t.symbolize(rip)}>: {text}   [{who}, ring {t.register('cs') & 3}]"
 
     # -- run control ----------------------------------------------------------------------
@@ -280,12 +307,19 @@ class Shell(StateCommands, cmd.Cmd):
         self.view_pid = None
         return True
 
-    def _count(self, arg: str) -> int:
-        return evaluate(arg, self.target) if arg.strip() else 1
+    def _count(self, arg: str, command: str) -> int:
+        """The N of ``stepi N``: an expression whose value, read as signed, is positive."""
+        if not arg.strip():
+            return 1
+        n = evaluate(arg, self.target, self.view_pid)
+        signed = n - (1 << 64) if n >> 63 else n
+        if signed <= 0:
+            raise SessionError(f"{command}: the count must be positive, not {signed}")
+        return n
 
     def do_stepi(self, arg: str) -> bool:
         """stepi [N]: run N instructions (default 1), into calls, system calls and faults."""
-        n = self._count(arg)
+        n = self._count(arg, "stepi")
         return self._resume(lambda: self._live().step(n))
 
     do_si = do_stepi
@@ -315,7 +349,7 @@ class Shell(StateCommands, cmd.Cmd):
 
     def do_reverse_stepi(self, arg: str) -> bool:
         """reverse-stepi [N]: go back N instructions (the machine re-executes from boot)."""
-        n = self._count(arg)
+        n = self._count(arg, "reverse-stepi")
         return self._resume(lambda: self._live().reverse_step(n))
 
     do_rsi = do_reverse_stepi
@@ -346,13 +380,15 @@ class Shell(StateCommands, cmd.Cmd):
             text = text[1:]
         return evaluate(text, self.target, self.view_pid)
 
-    @staticmethod
-    def _split_options(arg: str) -> tuple[str, int | None, str | None, bool]:
-        """``LOCATION [pid N] [if COND]``, with ``-phys`` anywhere before the condition."""
+    def _split_options(self, arg: str) -> tuple[str, int | None, str | None, bool]:
+        """``LOCATION [pid N] [if COND]``, with ``-phys`` anywhere before the condition; PID
+        must name a process of this machine."""
         cond = None
         if " if " in f" {arg} ":
             arg, cond = (f" {arg} ".split(" if ", 1) + [""])[:2]
-            cond = cond.strip() or None
+            cond = cond.strip()
+            if not cond:
+                raise SessionError("'if' needs a condition, e.g. break main if rdi == 2")
         words = arg.split()
         physical = "-phys" in words
         words = [w for w in words if w != "-phys"]
@@ -361,7 +397,11 @@ class Shell(StateCommands, cmd.Cmd):
             at = words.index("pid")
             if at + 1 >= len(words):
                 raise SessionError("pid needs a number")
-            pid = int(words[at + 1], 0)
+            try:
+                pid = int(words[at + 1], 0)
+            except ValueError:
+                raise SessionError(f"bad process id '{words[at + 1]}' (see ps)") from None
+            self.target.process(pid)                 # TargetError: no such process
             del words[at:at + 2]
         return " ".join(words), pid, cond, physical
 
@@ -431,6 +471,16 @@ class Shell(StateCommands, cmd.Cmd):
         n = self._live().add_catchpoint(CatchKind(words[0]), filt)
         self.message(f"Catchpoint {n} ({self._describe_bp(self.session.breakpoints[n])})")
 
+    def complete_catch(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        """The catch kinds, then a kind's filters (service names, exception names)."""
+        words = line[:begidx].split()
+        if len(words) <= 1:
+            return sorted(k.value for k in CatchKind if k.value.startswith(text))
+        filters = {"syscall": [s.name for s in Service],
+                   "exception": [v.name for v in Vector],
+                   "ring": ["3->0", "0->3"]}.get(words[1], [])
+        return sorted(f for f in filters if f.startswith(text))
+
     def _describe_bp(self, bp) -> str:
         if isinstance(bp, Breakpoint):
             text = f"{'physical ' if bp.physical else ''}{bp.address:#x}"
@@ -446,6 +496,10 @@ class Shell(StateCommands, cmd.Cmd):
             scope = f" in process {bp.pid}" if bp.pid is not None else ""
             return f"{bp.kind} of {where}{bp.address:#x}..{bp.address + bp.length - 1:#x}{scope}"
         assert isinstance(bp, Catchpoint)
+        if bp.filter and bp.kind is CatchKind.SYSCALL:
+            return f"syscall {Service(int(bp.filter)).name}, {int(bp.filter):#x}"
+        if bp.filter and bp.kind is CatchKind.EXCEPTION:
+            return f"exception #{Vector(int(bp.filter)).name}, vector {int(bp.filter)}"
         return bp.kind.value + (f" {bp.filter}" if bp.filter else "")
 
     def do_delete(self, arg: str) -> None:
@@ -464,16 +518,20 @@ class Shell(StateCommands, cmd.Cmd):
         for n in arg.split():
             self._live().set_enabled(int(n, 0), False)
 
+    info_subcommands = {**StateCommands.info_subcommands,
+                        "breakpoints": lambda self, _arg: self._info_breakpoints(),
+                        "snapshots": lambda self, _arg: self._info_snapshots()}
+
     def do_info(self, arg: str) -> None:
-        """info breakpoints | snapshots | registers | gdt | tss | cr: what the debugger holds
-        (breakpoints, the snapshots kept for going back), or the machine's state."""
-        word = arg.split()[0] if arg.split() else ""
-        if word and "breakpoints".startswith(word) or word in ("watchpoints", "b"):
-            self._info_breakpoints()
-            return
-        if word and "snapshots".startswith(word) and len(word) > 1:
-            self._info_snapshots()
-            return
+        """info SUBCOMMAND [ARGS]
+        info breakpoints (or watchpoints): every breakpoint, watchpoint and catchpoint;
+        info snapshots: the snapshots kept for going back; info registers [NAME...]: as
+        `registers`; info cr: CR0, CR4 and EFER bit by bit; info gdt: every GDT descriptor
+        decoded; info idt: the exception vectors and what the executive makes of each;
+        info tss: the TSS (RSP0, IST, I/O map). A unique prefix is enough (info b)."""
+        words = arg.split()
+        if words and words[0] == "watchpoints":
+            arg = "breakpoints"
         super().do_info(arg)
 
     def _info_breakpoints(self) -> None:
@@ -506,7 +564,8 @@ class Shell(StateCommands, cmd.Cmd):
 
     def do_position(self, arg: str) -> None:
         """position: instructions completed since boot (where reverse execution counts from)."""
-        self.message(f"{self._live().position} instructions since boot")
+        n = self._live().position
+        self.message(f"{n} instruction{'' if n == 1 else 's'} since boot")
 
     def do_gdbserver(self, arg: str) -> None:
         """gdbserver [HOST:]PORT: let stock gdb attach (target remote HOST:PORT); when it
@@ -523,8 +582,3 @@ class Shell(StateCommands, cmd.Cmd):
             raise SessionError(str(err)) from None
         if resumed:
             self.resumed = True
-
-    def help_commands(self) -> None:
-        self.message("Run: stepi si nexti ni finish continue c until reverse-stepi rsi "
-                     "reverse-continue rc kill quit\nStop: break b tbreak watch rwatch awatch "
-                     "catch delete enable disable info breakpoints")

@@ -73,7 +73,19 @@ def lookup(name: str, images: list[ImageInfo], preferred: list[ImageInfo]) -> in
     for image in [*preferred, *images]:
         if name in image.symbols and not image.unloaded:
             return image.symbols[name]
-    raise TargetError(f"no symbol '{name}'" + _suggest(name, images))
+    gone = next((i for i in [*preferred, *images] if name in i.symbols), None)
+    if gone is not None:
+        raise TargetError(_unloaded(name, gone))
+    loaded = [i for i in images if not i.unloaded]
+    raise TargetError(f"no symbol '{name}'" + _suggest(name, loaded))
+
+
+def _unloaded(name: str, image: ImageInfo) -> str:
+    """Why a symbol of an image that is gone has no address now."""
+    if image.kind == "driver":
+        return f"'{name}' is a symbol of {image.name}, which has been unloaded"
+    return (f"'{name}' is a symbol of {image.name}, whose process has ended: its address "
+            "space is gone")
 
 
 def _in_module(module: str, symbol: str, text: str, images: list[ImageInfo]) -> int:
@@ -91,8 +103,11 @@ def _in_module(module: str, symbol: str, text: str, images: list[ImageInfo]) -> 
                           (f" (did you mean '{hint[0]}'?)" if hint else
                            f" (loaded: {', '.join(known) or 'none'})"))
     for image in matches:
-        if symbol in image.symbols:
+        if symbol in image.symbols and not image.unloaded:
             return image.symbols[symbol]
+    gone = next((i for i in matches if symbol in i.symbols), None)
+    if gone is not None:
+        raise TargetError(_unloaded(text, gone))
     names = sorted({n for i in matches for n in i.symbols})
     raise TargetError(f"no symbol '{text}'" +
                       _suggest_from(symbol, names, f"{matches[0].name}!"))

@@ -22,6 +22,12 @@ from emu.nt.mm.softpte import PteState
 _NEXT = {4: "PDPT", 3: "PD", 2: "PT", 1: "frame"}
 _SPAN = {4: "512 GiB", 3: "1 GiB", 2: "2 MiB", 1: "4 KiB"}
 _FLAG_ORDER = (PTE.P, PTE.RW, PTE.US, PTE.PWT, PTE.PCD, PTE.A, PTE.D, PTE.PS, PTE.G, PTE.NX)
+# PAT, with PCD and PWT, picks the memory type (SDM Vol. 3A §11.12.3): bit 7 of a PTE (where
+# a PDE or PDPTE has PS, Table 4-19), bit 12 of a PDE or PDPTE that maps a page (Tables 4-15
+# and 4-17), where a 4 KiB frame address would have its lowest bit.
+PAT_PTE = 1 << 7
+PAT_LARGE = 1 << 12
+_ADDRESS = 0x000F_FFFF_FFFF_F000            # bits 51:12 of an entry
 _ERROR_BITS = ((PFErr.P, "P", "protection violation", "not present"),
                (PFErr.W, "W/R", "write", "read"),
                (PFErr.U, "U/S", "user mode", "supervisor mode"),
@@ -32,9 +38,27 @@ _PROTECT_WORDS = {0x01: "PAGE_NOACCESS", 0x02: "PAGE_READONLY", 0x04: "PAGE_READ
                   0x40: "PAGE_EXECUTE_READWRITE", 0x80: "PAGE_EXECUTE_WRITECOPY"}
 
 
-def flag_names(value: int) -> str:
-    """The set flag bits of an entry, in bit order: ``P RW US A D NX``."""
-    return " ".join(f.name for f in _FLAG_ORDER if value & f)
+def is_page(level: int, value: int) -> bool:
+    """Whether an entry at ``level`` maps a page (a PTE, or a PDPTE/PDE with PS=1)."""
+    return level == 1 or (level in (2, 3) and bool(value & PTE.PS))
+
+
+def flag_names(value: int, level: int) -> str:
+    """The set flag bits of an entry at ``level`` (1 = PTE), in bit order: ``P RW US A D NX``;
+    bit 7 of a PTE and bit 12 of a PDE or PDPTE that maps a page are named PAT."""
+    named = [(int(f), "PAT" if f is PTE.PS and level == 1 else f.name)
+             for f in _FLAG_ORDER if value & f]
+    if level in (2, 3) and value & PTE.PS and value & PAT_LARGE:
+        named.append((PAT_LARGE, "PAT"))
+    return " ".join(name for _, name in sorted(named))
+
+
+def frame_of(level: int, value: int) -> int:
+    """The physical address an entry points to: the next table, or the page it maps (bits
+    51:30 of a 1 GiB PDPTE, 51:21 of a 2 MiB PDE: bit 12 there is PAT, not an address)."""
+    if level in (2, 3) and value & PTE.PS:
+        return value & _ADDRESS & ~((1 << (12 + 9 * (level - 1))) - 1)
+    return value & _ADDRESS
 
 
 def protect_name(protect: int) -> str:
@@ -66,20 +90,50 @@ def _rights(steps: tuple[WalkStep, ...], nxe: bool) -> str:
     return " ".join(("R", "W" if rw else "-", "U" if us else "S", "-" if nx else "X"))
 
 
-def step_lines(steps: tuple[WalkStep, ...], nxe: bool = True) -> list[str]:
-    """One line per entry the walk read: address, value, flags, what it points to, rights."""
+def step_lines(steps: tuple[WalkStep, ...], nxe: bool = True,
+               cr3: int | None = None) -> list[str]:
+    """One line per entry the walk read: address, value, flags, what it points to, rights;
+    with ``cr3``, a second line saying where the entry's address comes from (SDM §4.5.4:
+    the table's base, from CR3 or the entry above, plus the 9-bit index times 8)."""
     lines = []
+    base, source = (cr3 or 0) & _ADDRESS, "CR3"
     for i, step in enumerate(steps):
         head = f"  {step.name:<5} [{step.entry_address:#x}] = {step.value:#018x}"
+        where = (f"        {step.entry_address:#x} = {base:#x} (from {source}) + index "
+                 f"{step.index} x 8") if cr3 is not None else None
+        frame = frame_of(step.level, step.value)
         if not step.value & PTE.P:
             lines.append(f"{head}  not present (P=0)")
-            continue
-        large = step.level in (3, 2) and step.value & PTE.PS
-        target = f"{_SPAN[step.level]} page at {step.frame:#x}" if large else \
-            f"{_NEXT[step.level]} at {step.frame:#x}"
-        lines.append(f"{head}  {flag_names(step.value):<16} -> {target:<22} "
-                     f"rights so far: {_rights(steps[:i + 1], nxe)}")
+        else:
+            large = is_page(step.level, step.value) and step.level > 1
+            target = f"{_SPAN[step.level]} page at {frame:#x}" if large else \
+                f"{_NEXT[step.level]} at {frame:#x}"
+            lines.append(f"{head}  {flag_names(step.value, step.level):<16} -> {target:<22} "
+                         f"rights so far: {_rights(steps[:i + 1], nxe)}")
+            if large and step.value & PAT_LARGE:
+                lines.append(f"        PAT (bit 12 of a {step.name} that maps a page) = 1: "
+                             "a memory-type bit, not part of the frame address")
+        if where:
+            lines.append(where)
+        base, source = frame, f"the {step.name}"
     return lines
+
+
+def ad_line(steps: tuple[WalkStep, ...], access: str) -> str:
+    """What this access does to the Accessed and Dirty flags (SDM Vol. 3A §4.8): A is set in
+    every entry the walk uses, D in the entry that maps the page, by a write only."""
+    leaf = steps[-1]
+    clear = [s.name for s in steps if not s.value & PTE.A]
+    a_part = ("A is already 1 in every entry this " + access + " uses" if not clear else
+              f"this {access} sets A in {', '.join(clear)} (now 0)")
+    d = int(bool(leaf.value & PTE.D))
+    if access != "write":
+        d_part = f"D ({leaf.name}) is {d}: a {access} never changes it"
+    elif d:
+        d_part = f"D ({leaf.name}) is already 1"
+    else:
+        d_part = f"this write sets D in the {leaf.name} (now 0)"
+    return f"  A/D (SDM 4.8): {a_part}; {d_part}"
 
 
 def _where(target: Target, pid: int | None, cr3: int) -> tuple[str, int | None]:
@@ -89,6 +143,21 @@ def _where(target: Target, pid: int | None, cr3: int) -> tuple[str, int | None]:
     if pid is None:
         return "the system address space", None
     return f'process {pid} "{target.process(pid).name}"', pid
+
+
+def address_space(target: Target, va: int, pid: int | None) -> tuple[str, str | None]:
+    """(``process 4 "hello" (CR3 0xb000)``, None): the tables a walk of ``va`` for ``pid``
+    uses; for a kernel address of a process that has ended, the loaded tables and a note
+    saying why they stand in for the process's own."""
+    cr3 = target.cr3_for(va, pid)
+    if pid is not None and not target.process(pid).has_space:
+        loaded, _ = _where(target, None, cr3)
+        proc = target.process(pid)
+        return (f"{loaded} (CR3 {cr3:#x})",
+                f"  (not process {pid} \"{proc.name}\"'s own tables: it has ended and its "
+                "PML4 is gone; the kernel half is the same in every address space)")
+    where, _ = _where(target, pid, cr3)
+    return f"{where} (CR3 {cr3:#x})", None
 
 
 def default_ring(target: Target, pid: int | None) -> int:
@@ -104,9 +173,10 @@ def walk_text(target: Target, va: int, pid: int | None = None, access: str = "re
     """The explained walk of ``va`` for ``access`` at ring ``cpl`` in ``pid``'s tables."""
     ring = default_ring(target, pid) if cpl is None else cpl
     cr3 = target.cr3_for(va, pid)
-    where, owner = _where(target, pid, cr3)
+    _, owner = _where(target, pid, cr3)
     regs = target.registers()
-    lines = [f"walk {va:#x} in {where} (CR3 {cr3:#x}), {access} at ring {ring}",
+    space, note = address_space(target, va, pid)
+    lines = [f"walk {va:#x} in {space}, {access} at ring {ring}", *([note] if note else []),
              index_line(va)]
     try:
         tr = target.walk(va, pid, access, ring, rflags=regs["rflags"])
@@ -116,17 +186,20 @@ def walk_text(target: Target, va: int, pid: int | None = None, access: str = "re
         return "\n".join(lines)
     except mmu.PageFault as fault:
         nxe = bool(regs["efer"] & mmu.EFER.NXE)
-        lines += step_lines(fault.steps, nxe)
+        lines += step_lines(fault.steps, nxe, cr3)
         lines += fault_lines(target, fault, access, ring, owner)
+        lines.append(f"  A/D: the access faults: no A or D bit is set in the "
+                     f"{fault.steps[-1].name}")
         return "\n".join(lines)
     nxe = bool(regs["efer"] & mmu.EFER.NXE)
-    lines += step_lines(tr.steps, nxe)
+    lines += step_lines(tr.steps, nxe, cr3)
     size = {4096: "4 KiB", 2 << 20: "2 MiB", 1 << 30: "1 GiB"}[tr.page_size]
     lines.append(f"  physical address {tr.pa:#x} ({size} page at "
                  f"{tr.pa & ~(tr.page_size - 1):#x} + offset {va & (tr.page_size - 1):#x})")
     granted = " ".join(("R" if tr.readable else "-", "W" if tr.writable else "-",
                         "X" if tr.executable else "-"))
     lines.append(f"  a ring-{ring} {access} is allowed: this mode may {granted} here")
+    lines.append(ad_line(tr.steps, access))
     return "\n".join(lines)
 
 

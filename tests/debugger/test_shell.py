@@ -83,7 +83,7 @@ def test_watch_and_catch_commands():
               str(APPS / "hello"))
     out = r.stdout
     assert "Watchpoint 1: write of 0x7ffffffdff88..0x7ffffffdff8f in process 4" in out
-    assert "Catchpoint 2 (syscall 1)" in out
+    assert "Catchpoint 2 (syscall NtWriteConsole, 0x1)" in out
     assert "Watchpoint 1: 8-byte write of 0x7ffffffdff88 (value 0x401072)" in out
     assert "Catchpoint 2 (system call NtWriteConsole(" in out
     assert "catchpoint  y   1" in out
@@ -248,3 +248,125 @@ def test_enable_disable_delete():
     assert "1    breakpoint  n   0" in out and "2    tbreakpoint y   0" in out
     assert out.index("Breakpoint 2, hello!main") < out.index("Breakpoint 1, hello!NtWriteConsole")
     assert out.rstrip().endswith("No breakpoints, watchpoints or catchpoints.")
+
+
+# -- issue 16: counts, the shell's own words, completion, batch errors ----------------------
+
+def test_negative_counts_are_errors():
+    r = debug("stepi -1\nsi -5\nreverse-stepi -1\nrsi -(2)\nposition\nsi 0\n",
+              str(APPS / "hello"))
+    errors = [line for line in lines(r.stdout) if line.startswith("error:")]
+    assert errors == ["error: stepi: the count must be positive, not -1"] * 1 + [
+        "error: stepi: the count must be positive, not -5",
+        "error: reverse-stepi: the count must be positive, not -1",
+        "error: reverse-stepi: the count must be positive, not -2",
+        "error: stepi: the count must be positive, not 0"]
+    assert "1 instruction since boot" in r.stdout      # where it started: nothing ran
+    assert "at the start of history" not in r.stdout and "has stopped" not in r.stdout
+
+
+def test_set_with_a_bare_width_as_documented():
+    r = debug("set u8 $rsp = 0x1ff\nx/1bx $rsp\nset {u16} $rsp = 0x1234\nx/1hx $rsp\n"
+              "set u32 rsp+4 = 7\nx/1wx $rsp+4\n", str(APPS / "hello"))
+    assert r.returncode == 0, r.stdout
+    assert "0x7ffffffdff90 <- 0xff (1 byte)" in r.stdout
+    assert "0x7ffffffdff90:\t0xff" in r.stdout
+    assert "0x7ffffffdff90:\t0x1234" in r.stdout
+    assert "0x7ffffffdff94:\t0x00000007" in r.stdout
+
+
+def test_a_symbol_of_an_ended_process_says_so():
+    r = debug("c\nx/4i main\nbreak nosuch\n", str(APPS / "hello"))
+    assert ("error: 'main' is a symbol of hello, whose process has ended: its address space "
+            "is gone") in r.stdout
+    assert "did you mean 'main'" not in r.stdout
+
+
+def test_help_lists_only_what_exists_and_info_lists_every_subcommand():
+    r = debug("help\nhelp commands\ninfo\ninfo b\ninfo snap\ninfo idt\n", str(APPS / "hello"))
+    assert "Miscellaneous help topics" not in r.stdout
+    assert "commands" not in r.stdout.split(") help\n")[1].split("(emu")[0]
+    assert ("info subcommands: breakpoints, cr, gdt, idt, registers, snapshots, tss"
+            in r.stdout)
+    assert "No breakpoints, watchpoints or catchpoints." in r.stdout
+    assert "snapshots, one every" in r.stdout
+    assert "No IDT in guest memory" in r.stdout and " 14 #PF   fault      yes" in r.stdout
+
+
+def test_catch_completes_its_kinds_and_filters():
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+    from emu.machine import Machine
+    m = Machine("64M")
+    try:
+        m.spawn(ROOT / APPS / "hello", [])
+        sh = Shell(LiveTarget(m))
+        assert sh.complete_catch("", "catch ", 6, 6)[:3] == ["bugcheck", "cr3", "dpc"]
+        assert sh.complete_catch("pro", "catch pro", 6, 9) == ["process-create",
+                                                               "process-exit"]
+        assert sh.complete_catch("NtSet", "catch syscall NtSet", 14, 19) == [
+            "NtSetEvent", "NtSetExceptionDispatcher", "NtSetSystemInformation"]
+        assert "PF" in sh.complete_catch("P", "catch exception P", 16, 17)
+        assert sh.complete_info("s", "info s", 5, 6) == ["snapshots"]
+    finally:
+        m.close()
+
+
+def test_break_options_are_checked():
+    r = debug("break NtWriteConsole if\nbreak *0x401000 pid 9\nwatch $rsp pid 9\n"
+              "break main pid 4\ninfo breakpoints\n", str(APPS / "hello"))
+    errors = [line for line in lines(r.stdout) if line.startswith("error:")]
+    assert errors == ["error: 'if' needs a condition, e.g. break main if rdi == 2",
+                      "error: no process 9 (processes: 4)",
+                      "error: no process 9 (processes: 4)"]
+    assert "Breakpoint 1 at 0x401000 <hello!main> in process 4" in r.stdout
+    assert "1    breakpoint" in r.stdout and "\n2    " not in r.stdout
+
+
+def test_batch_goes_on_after_an_error_unless_asked_to_stop():
+    script = "position\nnosuch\nsi\nposition\n"
+    on = debug(script, str(APPS / "hello"))
+    assert on.returncode == 1 and on.stdout.count(" since boot") == 2
+    stop = debug(script, "--stop-on-error", str(APPS / "hello"))
+    assert stop.returncode == 1
+    assert stop.stdout.count(" since boot") == 1
+    assert stop.stdout.rstrip().splitlines()[-1].startswith("error: unknown command 'nosuch'")
+    assert ") si" not in stop.stdout
+
+
+def test_flag_names_symbolized_calls_and_catch_echo_in_hex():
+    r = debug("regs rflags eflags cr0 efer rax\ndisas main 12\ncatch syscall NtSetEvent\n"
+              "catch syscall 1\nprint $rsp + 8\np/x 255\np [rsp]\nprint\n", str(APPS / "hello"))
+    out = r.stdout
+    assert "rflags = 0x202 (514)  IF  IOPL=0" in out
+    assert "eflags = 0x202 (514)  IF  IOPL=0" in out
+    assert "cr0 = 0x80010033 (2147549235)  PG WP NE ET MP PE" in out
+    assert "efer = 0xd01 (3329)  NXE LMA LME SCE" in out
+    assert "rax = 0x0 (0)\n" in out
+    assert "call 0x401b50 <hello!printf>" in out
+    assert "Catchpoint 1 (syscall NtSetEvent, 0xc)" in out
+    assert "Catchpoint 2 (syscall NtWriteConsole, 0x1)" in out
+    assert "$rsp + 8 = 0x7ffffffdff98 (140737488224152)" in out
+    assert "255 = 0xff\n" in out
+    assert "[rsp] = 0x1 (1)" in out
+    assert "error: print needs an expression, e.g. print $rsp + 8" in out
+
+
+def test_bt_at_the_entry_point_reads_no_argc_as_a_return_address():
+    r = debug("bt\n", str(APPS / "hello"))
+    bt = r.stdout.split(") bt\n")[1].splitlines()
+    assert bt[0] == "#0  0x0000000000401059 in hello!_start"
+    assert not any(line.startswith("#1") for line in bt), bt
+    assert "0x1, is no return address" in bt[1]
+
+
+@pytest.mark.parametrize("steps", ["", "si 6\n"])
+def test_finish_in_a_32_bit_process_returns_to_its_caller(steps):
+    """A 32-bit frame keeps its return address in 4 bytes at ebp+4 (or at esp on the first
+    instruction): finish stops right after the call, where bt said it would."""
+    r = debug(f"break printf\nc\n{steps}delete\nbt\nfinish\nposition\n", str(APPS / "hello32"))
+    assert "#1  0x000000000040102a in hello32!main+0x2a" in r.stdout
+    after = r.stdout.split(") finish\n")[1]
+    assert "=> 0x40102a <hello32!main+0x2a>:" in after.splitlines()[1], after
+    assert "Hello from a 32-bit process!" in after
+    assert r.returncode == 0

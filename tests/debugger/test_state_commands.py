@@ -87,7 +87,7 @@ def test_registers_info_and_set(h):
     assert "bit 16  WP" in sh.run("info cr")
     assert "[USER_CODE, used as 0x33]" in sh.run("info gdt")
     assert sh.run("info tss").startswith("TR 0x0040: TSS at 0xffff800000000800")
-    assert sh.run("info") == "info subcommands: cr, gdt, registers, tss"
+    assert sh.run("info") == "info subcommands: cr, gdt, idt, registers, tss"
     old = cpu.reg("r12")
     assert sh.run("set r12 = 0x10 + 2") == "r12 = 0x12"
     assert cpu.reg("r12") == 0x12
@@ -140,7 +140,7 @@ def test_listing_commands(h):
     ("vtop 0x1000", "0x1000: not mapped"),
     ("vtop", "an address or value is needed"),
     ("pfn 0x100000000", "beyond the end of RAM"),
-    ("info nosuch", "info nosuch: unknown (known: cr, gdt, registers, tss)"),
+    ("info nosuch", "info nosuch: unknown (known: cr, gdt, idt, registers, tss)"),
     ("regs rxx", "no register 'rxx'"),
     ("set rax 5", "usage: set REG = VALUE"),
     ("set cr3 = 0", "cannot set 'cr3'"),
@@ -191,7 +191,8 @@ def test_every_command_documents_its_usage_first():
     for name, method in inspect.getmembers(StateCommands, inspect.isfunction):
         if name.startswith("do_"):
             usage = method.__doc__.splitlines()[0]
-            assert usage.split("/")[0].split()[0] in (name[3:], "registers", "disas", "bt"), \
+            assert usage.split("/")[0].split()[0] in (name[3:], "registers", "disas", "bt",
+                                                      "print"), \
                 (name, usage)
 
 

@@ -58,7 +58,7 @@ def test_walk_of_a_mapped_page(pair):
     assert_steps_shown(text, tr)
     assert f"physical address {tr.pa:#x}" in text
     assert "P RW US A D NX" in text and "rights so far: R W U -" in text
-    assert text.endswith("a ring-3 write is allowed: this mode may R W - here")
+    assert "\n  a ring-3 write is allowed: this mode may R W - here\n" in text
 
 
 @pytest.mark.parametrize("va, access, cpl, words", [
@@ -486,7 +486,16 @@ def test_analyze_at_the_end_prefers_the_dead_process_and_survives_its_lost_memor
     t = LiveTarget(m)
     ended = type("Stop", (), {"reason": type("R", (), {"value": "exited"})(),
                               "exception": seen[0]})()
-    assert analyze.analyze_text(t, ended).startswith('process 4 "badread" was ended by')
+    text = analyze.analyze_text(t, ended)
+    assert text.startswith('process 4 "badread" was ended by')
+    # Its PML4 is gone: the kernel half is walked in the loaded tables, and that is said.
+    assert ("  the page walk of 0xffff800000001000 (read at ring 3) in the system address "
+            f"space (CR3 {m.executive.mm.system.cr3:#x}):\n"
+            '    (not process 4 "badread"\'s own tables: it has ended and its PML4 is gone; '
+            "the kernel half is the same in every address space)") in text
+    walk = walkview.walk_text(t, BADREAD_ADDRESS, 4, "read", 3)
+    assert walk.splitlines()[0] == (f"walk {BADREAD_ADDRESS:#x} in the system address space "
+                                    f"(CR3 {m.executive.mm.system.cr3:#x}), read at ring 3")
     late = type("Stop", (), {"reason": "catch", "exception": seen[0]})()
     text = analyze.analyze_text(t, late)
     assert "  instruction: (unreadable: 0x401022: not mapped" in text
@@ -518,3 +527,189 @@ def test_direct_io_one_frame_two_addresses():
             in irp)
     assert "MappedSystemVa  0xffffa18000000000  (the same frames at a kernel address" in irp
     m.close()
+
+
+# -- issue 16: PAT, where each entry's address comes from, A/D, the TLB's r-- ----------------
+
+PAT_2M = 1 << 12                 # SDM Table 4-17: bit 12 of a PDE that maps a 2 MiB page
+
+
+def test_walk_of_a_2mib_page_with_pat_keeps_bit_12_out_of_the_frame():
+    """SDM Vol. 3A Table 4-17: in a PDE with PS=1, bit 12 is PAT and the frame is bits
+    51:21; the walker's physical address, walk's frame, and ptov all agree."""
+    m = two_processes()
+    try:
+        t = LiveTarget(m)
+        proc = next(p for p in m.processes if p.name == "notepad")
+        pt_pa = proc.space.pte_address(MARKERS, create=False) & ~0xFFF
+        pde_pa = next(s.entry_address for s in oracle(m, proc.pid, MARKERS, "read", 3).steps
+                      if s.level == 2)
+        assert int.from_bytes(m.executive.mem.read(pde_pa, 8), "little") & ~0xFFF == pt_pa
+        pde = 0x200000 | PAT_2M | int(mmu.PTE.PS | mmu.PTE.US | mmu.PTE.RW | mmu.PTE.P |
+                                      mmu.PTE.A)
+        t.write_physical(pde_pa, pde.to_bytes(8, "little"))
+        va = MARKERS + 0x1A8
+        tr = oracle(m, proc.pid, va, "read", 3)
+        assert tr.pa == 0x200000 + (va & 0x1FFFFF)                 # the walker: no bit 12
+        text = walkview.walk_text(t, va, proc.pid, "read", 3)
+        assert (f"PDE   [{pde_pa:#x}] = {pde:#018x}  P RW US A PS PAT" in text)
+        assert "-> 2 MiB page at 0x200000 " in text
+        assert "PAT (bit 12 of a PDE that maps a page) = 1" in text
+        assert f"physical address {tr.pa:#x} (2 MiB page at 0x200000 + offset " \
+               f"{va & 0x1FFFFF:#x})" in text
+        ptov = mapview.ptov_text(t, tr.pa)
+        assert f"{va & ~0xFFF:#018x}  P RW US A PS PAT" in ptov
+    finally:
+        m.close()
+
+
+def test_a_pte_names_bit_7_pat_not_ps():
+    assert walkview.flag_names(0x80 | 0x1, 1) == "P PAT"
+    assert walkview.flag_names(0x80 | 0x1, 2) == "P PS"
+    assert walkview.flag_names(0x1080 | 0x1, 2) == "P PS PAT"
+    assert walkview.flag_names(0x1000 | 0x1, 1) == "P"             # a PTE's bit 12: address
+
+
+def test_walk_says_where_each_entry_address_comes_from(pair):
+    m, t = pair
+    proc = next(p for p in m.processes if p.name == "notepad")
+    va = MARKERS + 0x1A8
+    steps = oracle(m, proc.pid, va, "read", 3).steps
+    text = walkview.walk_text(t, va, proc.pid, "read", 3)
+    bases = [proc.space.cr3 & ~0xFFF] + [s.frame for s in steps[:-1]]
+    sources = ["CR3", "the PML4E", "the PDPTE", "the PDE"]
+    for step, base, source in zip(steps, bases, sources, strict=True):
+        assert step.entry_address == base + 8 * step.index
+        assert (f"{step.entry_address:#x} = {base:#x} (from {source}) + index {step.index} "
+                f"x 8") in text
+
+
+def test_walk_says_what_the_access_does_to_a_and_d(pair):
+    m, t = pair
+    pid = pid_of(m, "notepad")
+    read = walkview.walk_text(t, MARKERS + 8, pid, "read", 3)
+    assert ("A/D (SDM 4.8): A is already 1 in every entry this read uses; D (PTE) is 1: "
+            "a read never changes it") in read
+    text = walkview.walk_text(t, 0x401000, pid, "read", 3)
+    assert "a read never changes it" in text
+    fault = walkview.walk_text(t, 0x401000, pid, "write", 3)
+    assert "A/D: the access faults: no A or D bit is set in the PTE" in fault
+
+
+def test_walk_of_rip_is_a_fetch_by_default(pair):
+    from state_harness import Harness
+    m, t = pair
+    h = Harness(t)
+    out = h.run("walk $rip")
+    assert out.splitlines()[0].endswith(", fetch at ring 3"), out
+    assert h.run("walk $rsp").splitlines()[0].endswith(", read at ring 3")
+    assert h.run("walk $rip read").splitlines()[0].endswith(", read at ring 3")
+
+
+def test_tlb_explains_r_on_a_writable_clean_page():
+    """A writable page whose PTE has D = 0 is cached r-- (a write must come back to the
+    walker to set D): the entry says so. The STLB entry is the one a read fill makes."""
+    from emu.debugger.records import TlbEntry
+    m = two_processes()
+    try:
+        class Clean(LiveTarget):
+            def tlb(self):
+                return [TlbEntry("user", 0x403000, tr.pa & ~0xFFF, 1)]
+
+        t = Clean(m)
+        cpu = m.executive.cpu
+        fault_free = mmu.walk(m.executive.mem, 0x403000, "read", cr3=cpu.cr3, cpl=3,
+                              cr0=cpu.cr0, cr4=cpu.cr4, efer=cpu.efer)
+        pte_pa = fault_free.steps[-1].entry_address
+        pte = fault_free.steps[-1].value
+        assert pte & mmu.PTE.D and pte & mmu.PTE.RW
+        m.executive.mem.write(pte_pa, (pte & ~int(mmu.PTE.D)).to_bytes(8, "little"))
+        tr = fault_free
+        text = mapview.tlb_text(t, 0x403000)
+        assert ("r-- though the page tables allow a write: D = 0 in its PTE, so write is "
+                "granted only by a write fill, which sets D (SDM 4.8)") in text
+        assert "STALE" not in text
+    finally:
+        m.close()
+
+
+# -- pfn: every line from the machine's own books ------------------------------------------
+
+def _pfn_expected(r, pte):
+    """What pfn must say of frame record ``r`` whose PTE is ``pte``: the memory manager's own
+    rule (emu.nt.mm.paging._trim_page: modified |= PTE.D)."""
+    valid = pte is not None and pte & mmu.PTE.P
+    dirty = bool(valid and pte & mmu.PTE.D)
+    modified = r.use == "modified" or (r.use != "standby" and (r.modified or dirty))
+    return modified, dirty
+
+
+def test_pfn_never_contradicts_itself_under_paging():
+    """Two pattern processes in 2 MiB, sampled every 100 page faults: for every frame, the
+    pagefile and modified lines agree with the PTE's D bit and the PFN record; every
+    combination the machine reaches is seen (dirty with and without a copy, clean with a
+    copy, standby, made by the kernel)."""
+    m = machine(("pattern", ["4", "1"]), ("pattern", ["4", "2"]), mem="2M")
+    seen, faults = set(), [0]
+
+    def sample(event, _details):
+        if event is not Event.PAGE_FAULT:
+            return
+        faults[0] += 1
+        if faults[0] % 100:
+            return
+        t = LiveTarget(m)
+        for n in range(m.executive.mem.frames):
+            r = t.pfn(n)
+            if r.use not in ("private", "standby", "modified"):
+                continue
+            pte = int.from_bytes(m.executive.mem.read(r.pte_pa, 8), "little")
+            text = mapview.pfn_text(t, n << 12)
+            modified, dirty = _pfn_expected(r, pte)
+            copy = r.slot is not None
+            seen.add((r.use, dirty, copy, modified))
+            assert (f"pagefile  slot {r.slot} holds a copy" if copy else "pagefile  no copy") \
+                in text, text
+            assert ("modified  yes" if modified else "modified  no") in text, text
+            if not copy:
+                assert "is current" not in text and "is stale" not in text, text
+            if copy and not modified:
+                assert f"the copy in slot {r.slot} is current" in text, text
+            if copy and modified and r.use == "private":
+                assert f"the copy in slot {r.slot}" in text and "is stale" in text, text
+            if dirty:
+                assert "PTE.D = 1" in text and " D" in text.split("PTE       ")[1], text
+
+    m.executive.events.subscribe(sample)
+    try:
+        m.run()
+    finally:
+        m.close()
+    assert {("private", True, False, True), ("private", False, True, False),
+            ("private", True, True, True), ("standby", False, True, False),
+            ("private", False, False, True)} <= seen, seen
+
+
+def test_pfn_of_a_frame_on_the_modified_list():
+    m = two_processes()
+    try:
+        t = LiveTarget(m)
+        proc = next(p for p in m.processes if p.name == "notepad")
+        frame = proc.space.lookup(MARKERS).pfn
+        before = mapview.pfn_text(t, frame << 12)
+        assert "pagefile  no copy" in before
+        assert ("modified  yes: PTE.D = 1 and no copy anywhere: a trim puts it on the "
+                "modified list") in before
+        m.executive.mm.pager.empty_working_sets()
+        text = mapview.pfn_text(t, frame << 12)
+        assert "use       modified" in text and ": transition, frame" in text
+        assert ("modified  yes: not written yet: the modified page writer stores it in a new "
+                "slot before the frame is reused") in text
+        m.executive.mm.pager.write_modified()
+        text = mapview.pfn_text(t, frame << 12)
+        slot = t.pfn(frame).slot
+        assert "use       standby" in text and f"pagefile  slot {slot} holds a copy" in text
+        assert (f"modified  no: the copy in slot {slot} is current (a standby frame is "
+                "clean)") in text
+    finally:
+        m.close()
