@@ -25,6 +25,9 @@ from emu.debugger.snapshots import SnapshotRing
 from emu.machine import Machine
 
 EXIT_COMMAND_FAILED = 1
+# Each snapshot is a sleeping forked copy of the emulator (emu.debugger.snapshots): a host
+# process that counts against RLIMIT_NPROC and holds the pages written after it was taken.
+MAX_SNAPSHOTS = 64
 
 
 def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None:
@@ -49,7 +52,8 @@ def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None
     p.add_argument("--pagefile-size", type=size_type, metavar="SIZE", help="pagefile size")
     p.add_argument("--snapshots", type=int, default=8, metavar="N",
                    help="how many snapshots (forked copies of the emulator) to keep for "
-                   "going back; 0: go back by re-executing from boot (default 8)")
+                   f"going back, 0 to {MAX_SNAPSHOTS}; 0: go back by re-executing from boot "
+                   "(default 8)")
     p.add_argument("--snapshot-interval", type=count_type, default=5_000_000, metavar="N",
                    help="instructions between two snapshots (default 5000000)")
     p.add_argument("app", metavar="APP", nargs="?", help="path of the guest executable")
@@ -107,13 +111,14 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
     from emu.nt.loader import LoaderError
     from emu.nt.ps import LimitError
 
+    if not 0 <= args.snapshots <= MAX_SNAPSHOTS:
+        raise usage_error(f"--snapshots must be between 0 and {MAX_SNAPSHOTS} (each snapshot "
+                          "is a sleeping process)")
     build = recipe(args, commands, _echo)
     try:
         machine = build()
     except (LoaderError, ValueError, LimitError) as err:
         raise usage_error(str(err)) from None
-    if args.snapshots < 0:
-        raise usage_error("--snapshots must not be negative")
     ring = SnapshotRing(args.snapshot_interval, args.snapshots) if args.snapshots else None
     shell = Shell(None, stdin=stdin, batch=batch)   # type: ignore[arg-type]
     session = Session(machine, shell.on_stop, factory=build,

@@ -43,6 +43,7 @@ from unicorn import (
     UC_MEM_WRITE,
 )
 
+from emu import fmt
 from emu.debugger import catch
 from emu.debugger.expr import ExprError, evaluate
 from emu.debugger.stops import (
@@ -119,6 +120,8 @@ class Session:
         self._replay: _Replay | None = None          # re-executing to an earlier position
         self._rewind_to: _Replay | None = None       # going back, once the front end returns
         self._last_words = False         # a stop after the end, before the final one
+        self._killed = False             # ``kill`` ended the machine: no history to go to
+        self._last_exception: Any = None  # the CPU's last exception (emu.hw.cpu.CpuException)
         self._attach()
 
     # -- the machine ----------------------------------------------------------------------
@@ -164,6 +167,8 @@ class Session:
                 result = self.machine.run()
                 self.result = result
                 self.ended = True
+                if self._killed:                # the front end hears of the end, and goes on
+                    self._detached = False
                 if self._replay is not None and self._replay.record:
                     self._rewind_to = self._last_hit(self._replay)   # searched to the end
                     self._replay = None
@@ -186,10 +191,14 @@ class Session:
             return Stop(StopReason.BUGCHECK, f"the system stopped: bug check {bc.code:#x} "
                         f"{bc.name}", position=self.position)
         first = result.processes[0] if result.processes else None
-        code = None if first is None or first.exit_status is None else first.exit_status & 0xFF
+        code, status = None, ""
+        if first is not None and first.exit_status is not None:
+            code = first.exit_status & 0xFF
+            status = (f'process {first.pid} "{first.name}" exit status '
+                      f"{fmt.status(first.exit_status)}")
         why = result.stopped or "every process has ended"
         return Stop(StopReason.EXITED, f"the machine has stopped: {why}", exit_code=code,
-                    position=self.position)
+                    exit_status=status, position=self.position)
 
     def close(self) -> None:
         """Detach from the machine and release it."""
@@ -292,7 +301,12 @@ class Session:
 
     # -- resuming -------------------------------------------------------------------------
 
+    def _check_alive(self) -> None:
+        if self._killed:
+            raise SessionError("no machine is running (it was killed)")
+
     def _check_forward(self) -> None:
+        self._check_alive()
         if self.ended and not self._last_words:
             raise SessionError("the machine has ended: nothing to run (reverse-stepi and "
                                "reverse-continue still go back)")
@@ -346,11 +360,14 @@ class Session:
         self._add_internal(bp)
 
     def kill(self) -> None:
-        """End the machine now: every process is terminated (gdb's ``k``)."""
+        """End the machine now: every process is terminated (gdb's ``k``). The front end
+        then gets the final stop; its state stays readable, and nothing runs it again,
+        forward or back."""
         self._check_forward()
         from emu.nt.kernel import MachineStop
         self._remove_hooks()
-        self._detached = True
+        self._detached = True            # no stop while the run unwinds
+        self._killed = True
         raise MachineStop("killed")
 
     # -- going back -----------------------------------------------------------------------
@@ -359,6 +376,7 @@ class Session:
         """Go back ``count`` instructions (re-executing from boot to there)."""
         if count <= 0:
             raise SessionError("the count must be positive")
+        self._check_alive()
         self._need_factory()
         target = max(0, self.position - count)
         stop = None if target > 0 else Stop(StopReason.HISTORY_START,
@@ -368,6 +386,7 @@ class Session:
 
     def reverse_cont(self) -> None:
         """Go back to the last breakpoint or watchpoint hit before now."""
+        self._check_alive()
         self._need_factory()
         self._resumed = True
         self._rewind_to = _Replay(self.position, record=True)
@@ -710,10 +729,25 @@ class Session:
     # -- catchpoints ----------------------------------------------------------------------
 
     def _on_event(self, event: Event, details: dict[str, Any]) -> None:
+        if event is Event.EXCEPTION:
+            self._last_exception = details["exc"]
         if event is Event.PAGE_FAULT and self._watched_page_moved():
             self._install_hooks()
         if self._detached or self._replay is not None:
             return
+        stop = self._catch_stop(event, details)
+        unhandled = self._unhandled(event, details)
+        if unhandled is not None:        # gdb's SIGSEGV, WinDbg's second chance
+            if stop is not None:         # a process-exit catchpoint too: one stop, both lines
+                stop.description += "\n" + unhandled.description
+                stop.exception = unhandled.exception
+            else:
+                stop = unhandled
+        if stop is not None:
+            self._stop_soon(stop, next_instruction=event in _AT_NEXT_INSTRUCTION)
+
+    def _catch_stop(self, event: Event, details: dict[str, Any]) -> Stop | None:
+        """The stop of the first enabled catchpoint that catches ``event``, or None."""
         for cp in self.breakpoints.values():
             if isinstance(cp, Catchpoint) and cp.enabled:
                 text = catch.describe(cp, event, details, self)
@@ -721,10 +755,18 @@ class Session:
                     pending = self._pending
                     if pending is None or pending.number != cp.number:
                         cp.hits += 1           # (a system call's return joins its entry)
-                    stop = Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
+                    return Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
                                 number=cp.number, exception=details.get("exc"))
-                    self._stop_soon(stop, next_instruction=event in _AT_NEXT_INSTRUCTION)
-                    return
+        return None
+
+    def _unhandled(self, event: Event, details: dict[str, Any]) -> Stop | None:
+        """An exception no handler took ends its process: stop there, still in the faulting
+        process (its registers, its address space), with the line ``emu run`` prints."""
+        if event is not Event.PROCESS_EXIT or details["process"].exception is None:
+            return None
+        proc = details["process"]
+        return Stop(StopReason.EXCEPTION, fmt.exception_line(proc, proc.exception),
+                    exception=self._last_exception)
 
     def _watched_page_moved(self) -> bool:
         """Whether a virtual watchpoint's pages now map to other frames than hooked."""

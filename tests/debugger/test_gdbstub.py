@@ -552,11 +552,14 @@ def test_exit_code_and_a_crash_on_the_console() -> None:
     with served(("badread", []), ("exitcode", ["7"])) as s:
         c = s.client
         handshake(c)
+        assert c.cmd("c") == b"T0bthread:4;"     # the unhandled exception: SIGSEGV
+        assert 'process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
+               "reading 0xffff800000001000" in "".join(c.console)
+        c.console.clear()
         assert c.cmd("c") == b"W05"              # 0xC0000005 & 0xff: the first process's
         text = "".join(c.console)
-        assert 'process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
-               "reading 0xffff800000001000" in text
         assert "exited with status 0x7" in text
+        assert 'process 4 "badread" exit status STATUS_ACCESS_VIOLATION (0xC0000005)' in text
 
 
 def test_exit_status_is_the_first_process() -> None:
