@@ -675,15 +675,21 @@ def serve(machine: Machine, host: str = "127.0.0.1", port: int = 0, *,
           ready: Callable[[int], None] | None = None, log: TextIO | None = None,
           trace: TextIO | None = None, runner: Runner | None = None,
           allow_remote: bool = False, accept_timeout: float | None = None,
-          factory: Callable[[], Machine] | None = None) -> MachineResult:
-    """``emu run --gdb``: wait for gdb on host:port, then run ``machine`` under it; when gdb
-    detaches or goes, the machine runs on to its end. ``ready(port)`` is called once
-    listening; ``log`` gets a line per connection event, ``trace`` every packet.
+          factory: Callable[[], Machine] | None = None,
+          on_session: Callable[[Session], None] | None = None) -> MachineResult:
+    """``emu run --gdb``: wait for gdb on host:port, then run ``machine`` under it, stopped
+    before its first instruction (the first driver's DriverEntry if it has drivers); when
+    gdb detaches or goes, the machine runs on to its end. ``ready(port)`` is called once
+    listening; ``log`` gets a line per connection event, ``trace`` every packet;
+    ``on_session(session)`` lets the ``runner`` of ``monitor`` see the session.
     GdbServerError (one line) if the stub cannot listen or nobody connects in time."""
     sock = _wait_for_gdb(host, port, log, ready, allow_remote, accept_timeout)
     stubs: list[GdbStub] = []
     try:
-        session = Session(machine, lambda stop: stubs[0].on_stop(stop), factory=factory)
+        session = Session(machine, lambda stop: stubs[0].on_stop(stop), factory=factory,
+                          stop_at_driver=True)
+        if on_session is not None:
+            on_session(session)
         stubs.append(GdbStub(session, sock, runner=runner, trace=trace))
         return session.run()
     finally:

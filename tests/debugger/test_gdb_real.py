@@ -202,8 +202,10 @@ def test_ctrl_c_in_gdb_interrupts_the_guest() -> None:
 
 def test_bug_check_is_a_fatal_signal() -> None:
     with served(("hello", []), drivers=("bugcheck.sys",), connect=False) as s:
-        out = gdb(s, "info threads", "monitor why", "continue")
+        out = gdb(s, "info threads", "monitor why", "continue", "continue")
         assert "Thread 1 (kernel (no process on the CPU), ring 0)" in out
+        assert "stopped before DriverEntry at bugcheck.sys!DriverEntry, ring 0" in out
+        assert "Thread 1 received signal SIGSEGV, Segmentation fault." in out
         assert "the system stopped: bug check 0xe2 MANUALLY_INITIATED_CRASH" in out
         assert "Program terminated with signal SIGSEGV, Segmentation fault." in out
         assert s.finish().bugcheck.code == 0xE2

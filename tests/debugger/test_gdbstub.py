@@ -573,13 +573,15 @@ def test_bug_check_is_a_sigsegv_stop_in_the_kernel_thread() -> None:
     with served(("hello", []), drivers=("bugcheck.sys",)) as s:
         c = s.client
         handshake(c)
-        assert c.cmd("?") == b"T0bthread:1;"
+        assert c.cmd("?") == b"T05thread:1;"     # before DriverEntry's first instruction
         assert c.cmd("qfThreadInfo") == b"m1,4"
         assert bytes.fromhex(c.cmd("qThreadExtraInfo,1").decode()) == \
             b"kernel (no process on the CPU), ring 0"
         assert c.cmd("qRcmd," + b"why".hex()) == b"OK"
+        assert "stopped before DriverEntry at bugcheck.sys!DriverEntry" in "".join(c.console)
+        assert c.cmd("c") == b"T0bthread:1;"     # the bug check: a SIGSEGV stop, in ring 0
         assert "bug check 0xe2 MANUALLY_INITIATED_CRASH" in "".join(c.console)
-        assert c.cmd("c") == b"X0b"
+        assert c.cmd("c") == b"X0b"              # nothing runs after it: killed by SIGSEGV
         assert s.finish().bugcheck.code == 0xE2
 
 
