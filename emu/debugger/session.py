@@ -77,8 +77,27 @@ class _Replay:
     target: int
     stop: Stop | None = None       # None: a STEP stop made at the target
     record: bool = False           # reverse-continue's search: note hits, stop nowhere
-    hits: list[tuple[int, Stop]] = field(default_factory=list)
+    hits: list[_Hit] = field(default_factory=list)
+    pending_hit: Stop | None = None    # a catchpoint's stop due at the next boundary
     origin: int = 0                # where this re-execution began (a snapshot, or boot)
+    event: int = 0                 # and once this many events have been seen (see _Hit)
+    at_once: bool = False          # stop at that event itself, not at the next boundary
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """Where a stop was met while re-executing: its position, and how many executive events
+    had been seen then (one position can hold several stops: a fault, then the process's
+    end); ``at_once``: the stop is at the event itself (a fault), else at the next
+    instruction boundary after it (a breakpoint, an interrupt's ISR)."""
+
+    position: int
+    stop: Stop
+    event: int
+    at_once: bool = False
+
+    def key(self) -> tuple[int, int]:
+        return self.position, self.event
 
 
 OnStop = Callable[[Stop], bool]
@@ -122,6 +141,8 @@ class Session:
         self._last_words = False         # a stop after the end, before the final one
         self._killed = False             # ``kill`` ended the machine: no history to go to
         self._last_exception: Any = None  # the CPU's last exception (emu.hw.cpu.CpuException)
+        self._exceptions = 0             # exceptions raised since boot: part of the position
+        self._events = 0                 # executive events seen since boot (see _Hit)
         self._attach()
 
     # -- the machine ----------------------------------------------------------------------
@@ -132,8 +153,11 @@ class Session:
 
     @property
     def position(self) -> int:
-        """Instructions completed since boot: where the machine is in its history."""
-        return self.executive.cpu.instructions
+        """Where the machine is in its history: instructions completed since boot plus
+        exceptions the CPU raised. A fault is a step of its own (the faulting instruction has
+        not completed, but CR2 and the handler's work set it apart from the moment before),
+        so each position names one machine state however it is reached."""
+        return self.executive.cpu.instructions + self._exceptions
 
     def _attach(self) -> None:
         ex = self.executive
@@ -169,11 +193,15 @@ class Session:
                 self.ended = True
                 if self._killed:                # the front end hears of the end, and goes on
                     self._detached = False
-                if self._replay is not None and self._replay.record:
-                    self._rewind_to = self._last_hit(self._replay)   # searched to the end
+                replay = self._replay
+                if replay is not None and replay.record:
+                    self._note_pending_hit(replay)
+                    self._rewind_to = self._last_hit(replay)   # searched to the end
                     self._replay = None
                     self._go_back()
                 self._replay = None             # history ended at the target: stop here
+                if replay is not None and replay.event and replay.stop is not None:
+                    self._pending = replay.stop   # a catchpoint's stop of the very end
                 if self._pending is not None:   # an event of the very end (a CR3 load):
                     stop, self._pending = self._pending, None   # going on shows the end
                     self._last_words = True
@@ -210,7 +238,8 @@ class Session:
     @property
     def stop_pending(self) -> bool:
         """Whether a stop is waiting for the next instruction boundary."""
-        return self._pending is not None or self._interrupt.is_set()
+        return self._pending is not None or self._interrupt.is_set() or \
+            (self._replay is not None and self._replay.pending_hit is not None)
 
     def clip_budget(self, n: int) -> int:
         """The executive's budget ``n``, cut at the end of a step or replay."""
@@ -238,7 +267,8 @@ class Session:
             return None
         replay = self._replay
         if replay is not None:
-            if self.position < replay.target:
+            self._note_pending_hit(replay)
+            if self.position < replay.target or self._events < replay.event:
                 self._pending = None
                 return None
             if replay.record:
@@ -274,7 +304,7 @@ class Session:
         if self._rewind_to is not None:
             self._go_back()
         ex = self.executive
-        self._skip = (ex.cpu.rip, self.position)
+        self._skip = (ex.cpu.rip, ex.cpu.instructions)   # not hit again by what it resumes
         if not self.ended:
             ex.rearm_budget()                # clipped to a new step, if one was asked for
 
@@ -389,7 +419,10 @@ class Session:
         self._check_alive()
         self._need_factory()
         self._resumed = True
-        self._rewind_to = _Replay(self.position, record=True)
+        if self.ended:               # search to the very end: its last events count too
+            self._rewind_to = _Replay(_END_OF_HISTORY, record=True, event=_END_OF_HISTORY)
+        else:
+            self._rewind_to = _Replay(self.position, record=True, event=self._events)
 
     def _go_back(self) -> None:
         """Leave this position for an earlier one: resume the newest snapshot before it (this
@@ -447,6 +480,8 @@ class Session:
         self.target = LiveTarget(self.machine)
         self.ended = False
         self.result = None
+        self._exceptions = 0
+        self._events = 0
         self._pending = None
         self._skip = None
         self._interrupt.clear()
@@ -456,6 +491,11 @@ class Session:
         replay.origin = 0
         self._attach()
 
+    def _note_pending_hit(self, replay: _Replay) -> None:
+        if replay.pending_hit is not None:
+            replay.hits.append(_Hit(self.position, replay.pending_hit, self._events))
+            replay.pending_hit = None
+
     def _end_record(self) -> None:
         """Reverse-continue's search reached its end: go to the last hit it saw."""
         self._rewind_to = self._last_hit(self._replay)
@@ -464,13 +504,15 @@ class Session:
 
     @staticmethod
     def _last_hit(replay: _Replay) -> _Replay:
-        hits = [h for h in replay.hits if h[0] < replay.target]
+        hits = [h for h in replay.hits if h.key() < (replay.target, replay.event)]
         if hits:
-            return _Replay(*hits[-1])
+            hit = hits[-1]
+            return _Replay(hit.position, hit.stop, event=hit.event, at_once=hit.at_once)
         if replay.origin > 0:            # nothing since that snapshot: search before it
             return _Replay(replay.origin, record=True)
-        return _Replay(0, Stop(StopReason.HISTORY_START, "no breakpoint or watchpoint was "
-                               "hit before this point: at the start of history (boot)"))
+        return _Replay(0, Stop(StopReason.HISTORY_START, "no breakpoint, watchpoint or "
+                               "catchpoint was hit before this point: at the start of history "
+                               "(boot)"))
 
     # -- breakpoints ----------------------------------------------------------------------
 
@@ -606,7 +648,7 @@ class Session:
 
     def _hit_position(self, address: int) -> int:
         """The position before the instruction at ``address``, from inside its code hook."""
-        return self.executive.cpu.native.completed_before(address)
+        return self.executive.cpu.native.completed_before(address) + self._exceptions
 
     def _physical_rip(self, rip: int) -> int | None:
         try:
@@ -620,9 +662,10 @@ class Session:
             return
         position = self._hit_position(address)
         if self._skip is not None:
-            skip, self._skip = self._skip, None
-            if skip == (address, position):
-                return                   # the instruction we paused before: run it
+            completed = self.executive.cpu.native.completed_before(address)
+            if self._skip == (address, completed):
+                return       # the instruction we paused before (or its retry after a fault)
+            self._skip = None
         pa = None
         for bp in list(self._all_breakpoints()):
             if bp.physical:
@@ -653,9 +696,9 @@ class Session:
     def _breakpoint_hit(self, bp: Breakpoint, address: int, position: int) -> None:
         if self._replay is not None:
             if self._replay.record and not bp.internal:
-                self._replay.hits.append((position, Stop(
+                self._replay.hits.append(_Hit(position, Stop(
                     StopReason.BREAKPOINT, f"Breakpoint {bp.number}, "
-                    f"{self.target.symbolize(address)}", number=bp.number)))
+                    f"{self.target.symbolize(address)}", number=bp.number), self._events))
             return
         if bp.internal:
             self._internal.remove(bp)
@@ -708,7 +751,7 @@ class Session:
                     number=wp.number, watch_kind=wp.kind, address=address)
         if self._replay is not None:
             if self._replay.record:
-                self._replay.hits.append((self.position, stop))   # this instruction counted
+                self._replay.hits.append(_Hit(self.position, stop, self._events))   # counted
             return
         wp.hits += 1
         self._pending = stop
@@ -729,31 +772,68 @@ class Session:
     # -- catchpoints ----------------------------------------------------------------------
 
     def _on_event(self, event: Event, details: dict[str, Any]) -> None:
-        if event is Event.EXCEPTION:
+        self._events += 1
+        if event is Event.EXCEPTION:     # the CPU delivers it: the position moves on by one
+            self._exceptions += 1
             self._last_exception = details["exc"]
         if event is Event.PAGE_FAULT and self._watched_page_moved():
             self._install_hooks()
-        if self._detached or self._replay is not None:
+        if self._detached:
             return
-        stop = self._catch_stop(event, details)
-        unhandled = self._unhandled(event, details)
-        if unhandled is not None:        # gdb's SIGSEGV, WinDbg's second chance
-            if stop is not None:         # a process-exit catchpoint too: one stop, both lines
-                stop.description += "\n" + unhandled.description
-                stop.exception = unhandled.exception
-            else:
-                stop = unhandled
+        if self._replay is not None:
+            self._replay_event(event, details)
+            return
+        stop = self._event_stop(event, details)
+        if stop is None and event is Event.EXCEPTION and self._deadline is not None and \
+                self.position >= self._deadline:
+            stop = self._due_stop()      # a step that ends at the fault
         if stop is not None:
             self._stop_soon(stop, next_instruction=event in _AT_NEXT_INSTRUCTION)
 
-    def _catch_stop(self, event: Event, details: dict[str, Any]) -> Stop | None:
+    def _replay_event(self, event: Event, details: dict[str, Any]) -> None:
+        """An event met while re-executing: a search notes the catchpoints it would stop at;
+        a replay whose target is this fault stops here, as the forward run did."""
+        replay = self._replay
+        if replay.record:
+            stop = self._event_stop(event, details, count=False)
+            if stop is not None:
+                if event in _AT_NEXT_INSTRUCTION or self.executive.running:
+                    if replay.pending_hit is not None:   # a system call's entry and return
+                        stop.description = replay.pending_hit.description + "; " + \
+                            stop.description
+                    replay.pending_hit = stop     # told at the next instruction boundary
+                    if self.executive.running:    # where the forward run stopped for it
+                        self.executive.cpu.native.stop_soon()
+                else:
+                    replay.hits.append(_Hit(self.position, stop, self._events, True))
+        if self.position < replay.target or self._events < replay.event:
+            return
+        if event is Event.EXCEPTION or (replay.at_once and self._events == replay.event):
+            stop = self._due_stop()      # the fault (or the event) the forward run stopped at
+            if stop is not None:
+                self._pause(stop)
+
+    def _event_stop(self, event: Event, details: dict[str, Any], *,
+                    count: bool = True) -> Stop | None:
+        """The stop ``event`` makes: a catchpoint's, an unhandled exception's, or both."""
+        stop = self._catch_stop(event, details, count=count)
+        unhandled = self._unhandled(event, details)
+        if unhandled is not None:        # gdb's SIGSEGV, WinDbg's second chance
+            if stop is None:
+                return unhandled
+            stop.description += "\n" + unhandled.description   # process-exit too: one stop
+            stop.exception = unhandled.exception
+        return stop
+
+    def _catch_stop(self, event: Event, details: dict[str, Any], *,
+                    count: bool = True) -> Stop | None:
         """The stop of the first enabled catchpoint that catches ``event``, or None."""
         for cp in self.breakpoints.values():
             if isinstance(cp, Catchpoint) and cp.enabled:
                 text = catch.describe(cp, event, details, self)
                 if text is not None:
                     pending = self._pending
-                    if pending is None or pending.number != cp.number:
+                    if count and (pending is None or pending.number != cp.number):
                         cp.hits += 1           # (a system call's return joins its entry)
                     return Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
                                 number=cp.number, exception=details.get("exc"))
@@ -776,6 +856,8 @@ class Session:
                 now += self._physical_ranges(wp)
         return now != self._watched
 
+
+_END_OF_HISTORY = 1 << 62      # a search from the end: every hit is before it
 
 # Events whose catchpoint stops before the next instruction the CPU runs (the ISR's, the
 # DPC's, DriverEntry's, the new address space's) rather than at once.

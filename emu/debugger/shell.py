@@ -314,20 +314,22 @@ class Shell(StateCommands, cmd.Cmd):
         return self._resume(lambda: self._live().until(address))
 
     def do_reverse_stepi(self, arg: str) -> bool:
-        """reverse-stepi [N]: go back N instructions (the machine re-executes from boot)."""
+        """reverse-stepi [N]: go back N steps (instructions or exceptions; the machine
+        re-executes from a snapshot or from boot)."""
         n = self._count(arg)
         return self._resume(lambda: self._live().reverse_step(n))
 
     do_rsi = do_reverse_stepi
 
     def do_reverse_continue(self, arg: str) -> bool:
-        """reverse-continue: go back to the last breakpoint or watchpoint hit."""
+        """reverse-continue: go back to the last breakpoint, watchpoint or catchpoint hit."""
         return self._resume(self._live().reverse_cont)
 
     do_rc = do_reverse_continue
 
     def do_kill(self, arg: str) -> bool:
-        """kill: end the machine now (state stays readable)."""
+        """kill: end the machine now (its last state stays readable; nothing runs it
+        again, forward or back)."""
         return self._resume(self._live().kill)
 
     def do_quit(self, arg: str) -> bool:
@@ -505,8 +507,9 @@ class Shell(StateCommands, cmd.Cmd):
         self.message("\n".join(lines))
 
     def do_position(self, arg: str) -> None:
-        """position: instructions completed since boot (where reverse execution counts from)."""
-        self.message(f"{self._live().position} instructions since boot")
+        """position: instructions completed and exceptions raised since boot (where reverse
+        execution counts from; a fault is a step of its own)."""
+        self.message(f"{self._live().position} instructions and exceptions since boot")
 
     def do_gdbserver(self, arg: str) -> None:
         """gdbserver [HOST:]PORT: let stock gdb attach (target remote HOST:PORT); when it

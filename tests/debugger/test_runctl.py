@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from test_session import recipe, state
+
+from emu.debugger.session import CatchKind, Session, StopReason
+
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "guest" / "build" / "apps"
 DRIVERS = APPS.parent / "drivers"
@@ -54,7 +59,8 @@ def test_kill_ends_the_machine_and_the_script_goes_on():
     assert "(emu ended) continue\nerror: no machine is running (it was killed)\n" in out
     assert "(emu ended) reverse-stepi\nerror: no machine is running (it was killed)\n" in out
     assert "the machine has stopped: killed" in out
-    assert "(emu ended) position\n2 instructions since boot" in out   # its state stays readable
+    # its state stays readable
+    assert "(emu ended) position\n2 instructions and exceptions since boot" in out
     assert r.returncode == 1                          # commands of the script failed
 
 
@@ -66,3 +72,123 @@ def test_snapshots_have_an_upper_bound():
         "process)"]
     ok = debug("continue\n", "--snapshots", "64", str(APPS / "hello"))
     assert ok.returncode == 0
+
+
+# -- one position, one state (item 5): a fault is a stop of its own ------------------------
+
+def pte_line(out: str) -> str:
+    """The PTE line of a `walk` printout (or the level that stopped it)."""
+    walk = [line for line in out.splitlines()
+            if line.strip().startswith(("PML4E", "PDPTE", "PDE", "PTE"))]
+    return walk[-1]
+
+
+LOOK = "position\nregisters cr2 rip\nwalk cr2\n"
+
+
+def test_catch_page_fault_stops_before_the_handler_and_going_back_returns_there():
+    script = ("catch page-fault\ncontinue\n" + LOOK + "echo-1\nstepi\nreverse-stepi\n" + LOOK
+              + "echo-2\ncontinue\nreverse-continue\n" + LOOK + "echo-3\n")
+    r = debug(script, str(APPS / "notepad"))
+    out = r.stdout
+    first = after(out, "continue").splitlines()
+    assert first[-2] == ("Catchpoint 1 (page fault: write of 0x7f793950000 at "
+                         "notepad!put+0x30, ring 3, error code 0x6 = P=0 (not present) "
+                         "W/R=1 (write) U/S=1 (user mode))")
+    at_catch = out.split(") echo-1")[0].rsplit(") continue\n", 1)[1]
+    back = out.split(") echo-2")[0].split(") echo-1")[1]
+    rc = out.split(") echo-3")[0].split(") echo-2")[1]
+
+    def state(part: str) -> tuple[str, str, str]:
+        return (after(part, "position"), after(part, "registers cr2 rip"),
+                pte_line(after(part, "walk cr2")))
+    fault = state(at_catch)
+    assert "cr2 = 0x7f793950000" in fault[1]                     # as the CPU set it
+    assert "not present (P=0)" in fault[2]                        # the handler has not run
+    assert state(back) == fault                                   # stepi, reverse-stepi
+    assert state(rc) == fault                                     # reverse-continue
+    assert "Catchpoint 1 (page fault: write of 0x7f793950000" in rc
+
+
+def test_stepi_onto_a_faulting_instruction_stops_at_the_fault_then_completes_it():
+    script = ("catch page-fault\ncontinue\nreverse-stepi\n" + LOOK + "echo-1\nstepi\n" + LOOK
+              + "echo-2\nstepi\n" + LOOK)
+    r = debug(script, str(APPS / "notepad"))
+    out = r.stdout
+    before = out.split(") echo-1")[0].rsplit(") reverse-stepi\n", 1)[1]
+    fault = out.split(") echo-2")[0].split(") echo-1")[1]
+    done = out.split(") echo-2")[1]
+    n = int(after(before, "position").split()[0])
+    assert after(before, "registers cr2 rip").startswith("cr2 = 0x0 ")   # not yet tried
+    assert after(fault, "position") == f"{n + 1} instructions and exceptions since boot"
+    assert "cr2 = 0x7f793950000" in after(fault, "registers cr2 rip")
+    assert "not present (P=0)" in pte_line(after(fault, "walk cr2"))
+    assert after(done, "position") == f"{n + 2} instructions and exceptions since boot"
+    assert "P RW US A D NX" in pte_line(after(done, "walk cr2"))          # now valid
+
+
+def test_catch_page_fault_fires_on_a_ring_0_fault():
+    r = debug("catch page-fault\ncontinue\nregisters cr2\n", "--stop-at-driver", "--driver",
+              str(DRIVERS / "crash.sys"), str(APPS / "hello"))
+    out = after(r.stdout, "continue")
+    assert "Catchpoint 1 (page fault: write of 0xffff" in out and "ring 0" in out
+    assert "crash.sys!DriverEntry" in out
+
+
+def test_a_breakpoint_on_a_faulting_instruction_is_not_hit_again_by_its_retry():
+    r = debug("catch page-fault\ncontinue\nreverse-stepi\ndelete\nbreak *0x4011c0\ncontinue\n"
+              "position\nregisters cr2\n", str(APPS / "notepad"))
+    out = r.stdout.split(") break *0x4011c0\n", 1)[1]
+    assert "Breakpoint 2, notepad!put+0x30" in after(out, "continue")
+    assert int(after(out, "position").split()[0]) > 2417   # the next call of put, not the retry
+
+
+# -- reverse-continue stops at catchpoints, in the state the forward stop showed (item 9) --
+
+def _catch_then_back(build, kind, flt=None, **kwargs):
+    """Every forward stop of catchpoint ``kind`` with its full state, then the stop and state
+    reverse-continue reaches from the end."""
+    forward: list[tuple] = []
+    back: list[tuple] = []
+    phase = ["start"]
+
+    def on_stop(stop) -> bool:
+        s = session
+        seen = (stop.reason, stop.description, stop.position, state(s),
+                s.executive.cpu.reg("cr2"))
+        if phase[0] == "start":
+            s.add_catchpoint(kind, flt)
+            phase[0] = "forward"
+        elif phase[0] == "forward" and stop.ended:
+            phase[0] = "back"
+            s.reverse_cont()
+            return True
+        elif phase[0] == "forward":
+            forward.append(seen)
+        else:
+            back.append(seen)
+            return False                  # seen: let it run to its end
+        s.cont()
+        return True
+
+    session = Session(build(), on_stop, factory=build, **kwargs)
+    try:
+        session.run()
+    finally:
+        session.close()
+    return [x for x in forward if x[0] in (StopReason.CATCH, StopReason.EXCEPTION)], back[0]
+
+
+@pytest.mark.parametrize("app, kind, flt, expect", [
+    ("notepad", CatchKind.PAGE_FAULT, None, "page fault: write of 0x7f793952000"),
+    ("badread", CatchKind.EXCEPTION, None, "exception #PF at badread!main"),
+    ("hello", CatchKind.SYSCALL, None, "system call NtTerminateProcess("),
+    ("hello", CatchKind.CR3, None, "CR3 "),
+    ("badread", CatchKind.PROCESS_EXIT, None, 'process 4 "badread" exits'),
+])
+def test_reverse_continue_stops_at_the_last_catchpoint_hit(app, kind, flt, expect):
+    forward, back = _catch_then_back(recipe((app, [])), kind, flt)
+    assert forward, "the catchpoint never stopped going forward"
+    last = forward[-1]
+    assert back[0] is last[0] and expect in back[1] + forward[-2:][0][1]
+    assert back[1:] == last[1:]          # description, position, registers and RAM, CR2
