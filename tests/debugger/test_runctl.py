@@ -192,3 +192,46 @@ def test_reverse_continue_stops_at_the_last_catchpoint_hit(app, kind, flt, expec
     last = forward[-1]
     assert back[0] is last[0] and expect in back[1] + forward[-2:][0][1]
     assert back[1:] == last[1:]          # description, position, registers and RAM, CR2
+
+
+SLOW = (("slowread", ["\\Device\\SlowBuffered"]), ("victim", []))
+TWO = (("hello", []), ("hello", []))
+
+
+@pytest.mark.parametrize("apps, drivers, kind, expect", [
+    ((("notepad", []),), (), CatchKind.PAGE_FAULT, "page fault: write of 0x7f793950000"),
+    ((("seh", []),), (), CatchKind.EXCEPTION, "exception #"),
+    ((("hello", []),), (), CatchKind.SYSCALL, "system call NtWriteConsole("),
+    ((("hello", []),), (), CatchKind.RING, "ring 3->0: system call"),
+    (TWO, (), CatchKind.CR3, "CR3 "),
+    (SLOW, ("slowbuffered.sys",), CatchKind.INTERRUPT, "interrupt vector 0x31"),
+    (SLOW, ("slowbuffered.sys",), CatchKind.DPC, "DPC slowbuffered.sys!"),
+    (TWO, (), CatchKind.PROCESS_EXIT, 'process 4 "hello" exits'),
+])
+def test_stepi_then_reverse_stepi_returns_to_the_catchpoints_state(apps, drivers, kind, expect):
+    seen: list[tuple] = []
+
+    def on_stop(stop) -> bool:
+        s = session
+        seen.append((stop.reason, stop.description, stop.position, state(s),
+                     s.executive.cpu.reg("cr2")))
+        if len(seen) == 1:
+            s.add_catchpoint(kind)
+            s.cont()
+        elif len(seen) == 2:
+            s.step(1)
+        elif len(seen) == 3:
+            s.reverse_step(1)
+        else:
+            return False
+        return True
+
+    build = recipe(*apps, drivers=drivers)
+    session = Session(build(), on_stop, factory=build)
+    try:
+        session.run()
+    finally:
+        session.close()
+    caught, back = seen[1], seen[3]
+    assert caught[0] is StopReason.CATCH and expect in caught[1]
+    assert back[2:] == caught[2:]        # position, registers and RAM, CR2
