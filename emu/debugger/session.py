@@ -82,6 +82,9 @@ class _Replay:
     origin: int = 0                # where this re-execution began (a snapshot, or boot)
     event: int = 0                 # and once this many events have been seen (see _Hit)
     at_once: bool = False          # stop at that event itself, not at the next boundary
+    call: tuple[int, int, int | None] | None = None   # a search for this call instruction
+    #                                (address, RSP before it, pid): reverse-finish's target
+    over: tuple[int, int | None] | None = None   # reverse-nexti: (RSP, pid) it started at
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,9 @@ class Session:
                 self._end_record()
             self._replay = None
             self._deadline = None
+            if replay.over is not None and self._in_callee(*replay.over):
+                self._rewind_to = self._call_search(self.executive.cpu.reg("rsp"))
+                self._go_back()          # stepped back into a callee: to before its call
             return replay.stop or Stop(StopReason.STEP, "", position=self.position)
         if self._pending is not None:
             stop, self._pending = self._pending, None
@@ -414,6 +420,63 @@ class Session:
         self._resumed = True
         self._rewind_to = _Replay(target, stop)
 
+    def reverse_next(self) -> None:
+        """Go back one step; if that lands in a function called from here (its ``ret``),
+        go back to before the ``call`` instead (gdb's reverse-nexti)."""
+        self.reverse_step(1)
+        proc = self.executive.current
+        self._rewind_to.over = (self.executive.cpu.reg("rsp"), proc.pid if proc else None)
+
+    def reverse_finish(self) -> None:
+        """Go back to before the ``call`` of the current function (gdb's reverse-finish),
+        found by the frame pointer as ``finish`` finds the return address."""
+        self._check_alive()
+        self._need_factory()
+        self._rewind_to = self._call_search(self._return_slot())
+        self._resumed = True
+
+    def _return_slot(self) -> int:
+        """Where the current function's return address is: [rsp] on its first instruction
+        or before its frame is set up, else [rbp + 8]."""
+        cpu = self.executive.cpu
+        rsp, rbp = cpu.reg("rsp"), cpu.reg("rbp")
+        at_entry = self.target.symbolize(cpu.rip).find("+") < 0
+        return rsp if at_entry or rbp < rsp else rbp + 8
+
+    def _call_search(self, slot: int) -> _Replay:
+        """A search back for the ``call`` that pushed the return address at ``slot``: its
+        instruction, with RSP at slot + 8 (SDM Vol. 1 6.4.1: CALL pushes, then jumps)."""
+        try:
+            ret = int.from_bytes(self.target.read_virtual(slot, 8), "little")
+        except Exception as err:   # noqa: BLE001 - TargetError or a bad frame
+            raise SessionError(f"cannot find the return address: {err}") from None
+        call = self._call_before(ret)
+        proc = self.executive.current
+        return _Replay(self.position, record=True, event=self._events,
+                       call=(call, slot + 8, proc.pid if proc else None))
+
+    def _call_before(self, ret: int) -> int:
+        """The address of the ``call`` instruction that ends at ``ret``."""
+        cpu = self.executive.cpu
+        for size in range(2, 8):           # E8 rel32 is 5 bytes, FF /2 2 to 7
+            insn = cpu.decode_at(ret - size)
+            if insn is not None and insn.mnemonic == "call" and insn.size == size:
+                return ret - size
+        raise SessionError(f"no call instruction ends at the return address {ret:#x}")
+
+    def _in_callee(self, rsp: int, pid: int | None) -> bool:
+        """Whether the CPU is deeper in the stack of process ``pid`` than ``rsp``."""
+        proc = self.executive.current
+        return (proc.pid if proc else None) == pid and self.executive.cpu.reg("rsp") < rsp
+
+    def _arm_search(self, replay: _Replay) -> None:
+        """For reverse-finish's search: an internal breakpoint on the call it looks for."""
+        if replay.record and replay.call is not None:
+            address, rsp, pid = replay.call
+            self._add_internal(Breakpoint(
+                0, address, pid, internal=True, reverse=True,
+                guard=lambda: self.executive.cpu.reg("rsp") == rsp))
+
     def reverse_cont(self) -> None:
         """Go back to the last breakpoint or watchpoint hit before now."""
         self._check_alive()
@@ -458,6 +521,7 @@ class Session:
         self._replay = replay
         self._deadline = replay.target
         self._install_hooks()
+        self._arm_search(replay)
         if self.front_end_state is not None:
             self.front_end_state[1](message["front_end"])
         if self.on_resume is not None:
@@ -490,6 +554,7 @@ class Session:
         self._deadline = replay.target
         replay.origin = 0
         self._attach()
+        self._arm_search(replay)
 
     def _note_pending_hit(self, replay: _Replay) -> None:
         if replay.pending_hit is not None:
@@ -509,7 +574,7 @@ class Session:
             hit = hits[-1]
             return _Replay(hit.position, hit.stop, event=hit.event, at_once=hit.at_once)
         if replay.origin > 0:            # nothing since that snapshot: search before it
-            return _Replay(replay.origin, record=True)
+            return _Replay(replay.origin, record=True, call=replay.call)
         return _Replay(0, Stop(StopReason.HISTORY_START, "no breakpoint, watchpoint or "
                                "catchpoint was hit before this point: at the start of history "
                                "(boot)"))
@@ -695,7 +760,10 @@ class Session:
 
     def _breakpoint_hit(self, bp: Breakpoint, address: int, position: int) -> None:
         if self._replay is not None:
-            if self._replay.record and not bp.internal:
+            if self._replay.record and bp.reverse:     # reverse-finish's call
+                self._replay.hits.append(_Hit(position, Stop(StopReason.STEP, ""),
+                                              self._events))
+            elif self._replay.record and not bp.internal:
                 self._replay.hits.append(_Hit(position, Stop(
                     StopReason.BREAKPOINT, f"Breakpoint {bp.number}, "
                     f"{self.target.symbolize(address)}", number=bp.number), self._events))

@@ -71,6 +71,7 @@ class Shell(StateCommands, cmd.Cmd):
 
     RUN_COMMANDS = frozenset({"stepi", "si", "nexti", "ni", "finish", "continue", "c", "until",
                               "reverse-stepi", "rsi", "reverse-continue", "rc", "kill",
+                              "reverse-nexti", "rni", "reverse-next", "reverse-finish",
                               "quit", "q", "gdbserver"})
 
     def run_command(self, line: str) -> str:
@@ -327,6 +328,16 @@ class Shell(StateCommands, cmd.Cmd):
 
     do_rc = do_reverse_continue
 
+    def do_reverse_nexti(self, arg: str) -> bool:
+        """reverse-nexti: go back one step; a call is gone back over, to before it."""
+        return self._resume(self._live().reverse_next)
+
+    do_rni = do_reverse_next = do_reverse_nexti
+
+    def do_reverse_finish(self, arg: str) -> bool:
+        """reverse-finish: go back to before the call of the current function."""
+        return self._resume(self._live().reverse_finish)
+
     def do_kill(self, arg: str) -> bool:
         """kill: end the machine now (its last state stays readable; nothing runs it
         again, forward or back)."""
@@ -529,5 +540,6 @@ class Shell(StateCommands, cmd.Cmd):
 
     def help_commands(self) -> None:
         self.message("Run: stepi si nexti ni finish continue c until reverse-stepi rsi "
-                     "reverse-continue rc kill quit\nStop: break b tbreak watch rwatch awatch "
-                     "catch delete enable disable info breakpoints")
+                     "reverse-continue rc reverse-nexti rni reverse-finish kill quit\n"
+                     "Stop: break b tbreak watch rwatch awatch catch delete enable disable "
+                     "info breakpoints")

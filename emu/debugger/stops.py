@@ -80,6 +80,7 @@ class Breakpoint:
     internal: bool = False         # made by next/finish/until: not listed, not numbered
     guard: Callable[[], bool] | None = None    # extra test for internal breakpoints
     start: bool = False            # the session's first stop (START)
+    reverse: bool = False          # reverse-finish's search: its hits are noted, never stops
     condition_error: str | None = None         # why the condition failed at this arrival
 
 

@@ -235,3 +235,42 @@ def test_stepi_then_reverse_stepi_returns_to_the_catchpoints_state(apps, drivers
     caught, back = seen[1], seen[3]
     assert caught[0] is StopReason.CATCH and expect in caught[1]
     assert back[2:] == caught[2:]        # position, registers and RAM, CR2
+
+
+# -- reverse-finish and reverse-nexti (item 9) ---------------------------------------------
+
+CALL = '=> 0x401167 <hello!put+0xc7>: call 0x40208d   [pid 4 "hello", ring 3]'
+
+
+def test_reverse_finish_goes_back_to_before_the_call():
+    r = debug("break NtWriteConsole\ncontinue\nposition\nregisters rsp\nreverse-finish\n"
+              "position\nregisters rsp\n", str(APPS / "hello"))
+    out = r.stdout
+    assert after(out, "position") == "518 instructions and exceptions since boot"
+    inside = int(after(out, "registers rsp").split()[2], 16)
+    tail = out.split(") reverse-finish\n", 1)[1]
+    assert tail.splitlines()[0] == CALL
+    assert after(tail, "position") == "517 instructions and exceptions since boot"
+    assert int(after(tail, "registers rsp").split()[2], 16) == inside + 8   # before the push
+
+
+def test_reverse_nexti_goes_back_over_a_call():
+    r = debug("tbreak *0x40116c\ncontinue\nposition\nreverse-nexti\nposition\nreverse-next\n"
+              "position\n", str(APPS / "hello"))
+    out = r.stdout
+    assert after(out, "position") == "522 instructions and exceptions since boot"
+    tail = out.split(") reverse-nexti\n", 1)[1]
+    assert tail.splitlines()[0] == CALL                   # not the callee's ret
+    assert after(tail, "position") == "517 instructions and exceptions since boot"
+    assert after(tail, "reverse-next").startswith("=> 0x401160 ")      # one more step back
+    assert r.returncode == 0
+
+
+def test_reverse_finish_and_nexti_are_the_same_through_snapshots():
+    script = ("break NtWriteConsole\ncontinue\nreverse-finish\nposition\nreverse-finish\n"
+              "position\ncatch page-fault\ncontinue\nreverse-nexti\nposition\n")
+    plain = debug(script, "--snapshots", "0", str(APPS / "notepad"))
+    snaps = debug(script, "--snapshot-interval", "100", "--snapshots", "3",
+                  str(APPS / "notepad"))
+    assert plain.stdout == snaps.stdout and plain.returncode == snaps.returncode == 0
+    assert plain.stdout.count(": call ") >= 2
