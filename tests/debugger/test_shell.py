@@ -235,7 +235,8 @@ def test_completion_of_commands_symbols_and_registers():
     try:
         m.spawn(ROOT / APPS / "hello", [])
         sh = Shell(LiveTarget(m))
-        assert sh.completenames("reve") == ["reverse-continue", "reverse-stepi"]
+        assert sh.completenames("reve") == ["reverse-continue", "reverse-finish", "reverse-next",
+                                            "reverse-nexti", "reverse-stepi"]
         assert "hello!main" in sh.completedefault("hello!ma")
         assert "$rax" in sh.completedefault("$ra") and "*main" in sh.completedefault("*mai")
     finally:
