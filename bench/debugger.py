@@ -37,7 +37,8 @@ class Debugger:
         self.proc.stdin.write(commands + "position\n")
         self.proc.stdin.flush()
         out = []
-        while not (line := self.proc.stdout.readline()).endswith(" instructions since boot\n"):
+        end = " instructions and exceptions since boot\n"
+        while not (line := self.proc.stdout.readline()).endswith(end):
             if not line:
                 raise SystemExit("bench: emu debug ended early:\n" + "".join(out[-20:]))
             out.append(line)

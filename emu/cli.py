@@ -295,7 +295,8 @@ def _run_under_gdb(address: str, machine: Machine) -> MachineResult:
     shell = Shell(LiveTarget(machine))          # gdb's `monitor CMD` runs its commands
     try:
         host, port = gdbstub.parse_address(address)
-        return gdbstub.serve(machine, host, port, log=sys.stderr, runner=shell.run_command)
+        return gdbstub.serve(machine, host, port, log=sys.stderr, runner=shell.run_command,
+                             on_session=lambda session: setattr(shell, "session", session))
     except gdbstub.GdbServerError as err:
         raise UsageError(str(err)) from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from emu.debugger.walkview import error_code_text
 from emu.hw.cpu import Vector
 from emu.nt.events import Event
 from emu.nt.syscalls import Service
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 _KIND_EVENTS = {
     "exception": (Event.EXCEPTION,),
-    "page-fault": (Event.PAGE_FAULT,),
+    "page-fault": (Event.EXCEPTION,),   # at the fault, before MmAccessFault: both rings
     "syscall": (Event.SYSCALL, Event.SYSCALL_RETURN),
     "ring": (Event.SYSCALL, Event.SYSCALL_RETURN, Event.EXCEPTION, Event.INTERRUPT,
              Event.THREAD_DISPATCH),
@@ -87,8 +88,13 @@ def describe(cp: Catchpoint, event: Event, d: dict[str, Any], s: Session) -> str
             + (f", {exc.access} of {exc.address:#x}" if exc.address is not None else "")
     if kind == "page-fault":
         exc = d["exc"]
+        if exc.vector != Vector.PF:
+            return None
+        # The stop is where the CPU delivers #PF: CR2 holds the address, the error code is
+        # pushed, and no handler has run yet (SDM Vol. 3A 4.7, 6.15 "Interrupt 14").
         return (f"page fault: {exc.access} of {exc.address:#x} at "
-                f"{s.target.symbolize(exc.rip)}: {d['resolution'].name.lower()}")
+                f"{s.target.symbolize(exc.rip)}, ring {exc.cpl}, error code "
+                f"{error_code_text(exc.error_code)}")
     if kind == "syscall":
         number = d["number"]
         if cp.filter is not None and int(cp.filter) != number:

@@ -29,6 +29,9 @@ EXIT_COMMAND_FAILED = 1
 DEFAULT_MEM = 64 << 20
 DEFAULT_SNAPSHOTS = 8
 DEFAULT_SNAPSHOT_INTERVAL = 5_000_000
+# Each snapshot is a sleeping forked copy of the emulator (emu.debugger.snapshots): a host
+# process that counts against RLIMIT_NPROC and holds the pages written after it was taken.
+MAX_SNAPSHOTS = 64
 
 
 def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None:
@@ -148,13 +151,14 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
     from emu.nt.loader import LoaderError
     from emu.nt.ps import LimitError
 
+    if not 0 <= args.snapshots <= MAX_SNAPSHOTS:
+        raise usage_error(f"--snapshots must be between 0 and {MAX_SNAPSHOTS} (each snapshot "
+                          "is a sleeping process)")
     build = recipe(args, commands, _echo)
     try:
         machine = build()
     except (LoaderError, ValueError, LimitError) as err:
         raise usage_error(str(err)) from None
-    if args.snapshots < 0:
-        raise usage_error("--snapshots must not be negative")
     ring = SnapshotRing(args.snapshot_interval, args.snapshots) if args.snapshots else None
     shell = Shell(None, stdin=stdin, batch=batch,   # type: ignore[arg-type]
                   stop_on_error=batch and args.stop_on_error)

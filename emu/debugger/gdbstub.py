@@ -90,7 +90,8 @@ VECTOR_SIGNAL = {Vector.DE: GdbSignal.SIGFPE, Vector.UD: GdbSignal.SIGILL,
                  Vector.MF: GdbSignal.SIGFPE, Vector.XM: GdbSignal.SIGFPE}
 WATCH_FIELD = {"write": "watch", "read": "rwatch", "access": "awatch"}
 WATCH_KIND = {2: "write", 3: "read", 4: "access"}          # Z2, Z3, Z4
-NEWS = (StopReason.CATCH, StopReason.BUGCHECK, StopReason.EXITED, StopReason.HISTORY_START)
+NEWS = (StopReason.CATCH, StopReason.EXCEPTION, StopReason.BUGCHECK, StopReason.EXITED,
+        StopReason.HISTORY_START)
 
 
 class Resume(enum.Enum):
@@ -167,12 +168,19 @@ class GdbStub(gdbregs.RegisterPackets):
             self._owed = False
             if stop.reason in NEWS and stop.description:
                 self.console(stop.description)
+            self._send_exit_status(stop)
             self.conn.send(self.stop_reply(stop))
         return self._serve()
 
     def console(self, text: str) -> None:
         """Print a line in gdb's console (an ``O`` packet: only while gdb waits for a stop)."""
         self.conn.send(b"O" + hex_text(text + "\n"))
+
+    def _send_exit_status(self, stop: Stop | None) -> None:
+        """Before a ``W`` reply: the first process's whole exit status, on gdb's console
+        (``W`` carries one byte: 0xC0000005 would reach gdb as 05)."""
+        if stop is not None and stop.reason is StopReason.EXITED and stop.exit_status:
+            self.console(f"{stop.exit_status}; gdb's exit code is its low byte")
 
     def _on_event(self, event: Event, details: dict[str, Any]) -> None:
         """While the machine runs for gdb, tell it of processes that end (gdb would not
@@ -181,7 +189,11 @@ class GdbStub(gdbregs.RegisterPackets):
             return
         proc = details["process"]
         if proc.exception is not None:
-            self.console(fmt.exception_line(proc, proc.exception))
+            line = fmt.exception_line(proc, proc.exception)
+            last = self.last_stop
+            if last is None or last.reason is not StopReason.EXCEPTION or \
+                    line not in last.description:      # not told at that stop already
+                self.console(line)
         else:
             self.console(f'process {proc.pid} "{proc.name}" exited with status '
                          f"{(proc.exit_status or 0) & 0xFFFF_FFFF:#x}")
@@ -230,6 +242,7 @@ class GdbStub(gdbregs.RegisterPackets):
             return False
         if self.session.ended:
             if action is not Resume.KILL:
+                self._send_exit_status(self.last_stop)
                 self.conn.send(self._end_reply())      # nothing runs: the end, again
             return False
         with self._lock:
@@ -261,6 +274,8 @@ class GdbStub(gdbregs.RegisterPackets):
         elif action is Resume.REVERSE_CONTINUE:
             session.reverse_cont()
         else:
+            self._owed = False    # gdb waits for no reply, and hangs up
+            self.detached = True
             session.kill()        # raises MachineStop out of the run: no more stops
 
     def _ctrl_c(self) -> None:
@@ -660,15 +675,21 @@ def serve(machine: Machine, host: str = "127.0.0.1", port: int = 0, *,
           ready: Callable[[int], None] | None = None, log: TextIO | None = None,
           trace: TextIO | None = None, runner: Runner | None = None,
           allow_remote: bool = False, accept_timeout: float | None = None,
-          factory: Callable[[], Machine] | None = None) -> MachineResult:
-    """``emu run --gdb``: wait for gdb on host:port, then run ``machine`` under it; when gdb
-    detaches or goes, the machine runs on to its end. ``ready(port)`` is called once
-    listening; ``log`` gets a line per connection event, ``trace`` every packet.
+          factory: Callable[[], Machine] | None = None,
+          on_session: Callable[[Session], None] | None = None) -> MachineResult:
+    """``emu run --gdb``: wait for gdb on host:port, then run ``machine`` under it, stopped
+    before its first instruction (the first driver's DriverEntry if it has drivers); when
+    gdb detaches or goes, the machine runs on to its end. ``ready(port)`` is called once
+    listening; ``log`` gets a line per connection event, ``trace`` every packet;
+    ``on_session(session)`` lets the ``runner`` of ``monitor`` see the session.
     GdbServerError (one line) if the stub cannot listen or nobody connects in time."""
     sock = _wait_for_gdb(host, port, log, ready, allow_remote, accept_timeout)
     stubs: list[GdbStub] = []
     try:
-        session = Session(machine, lambda stop: stubs[0].on_stop(stop), factory=factory)
+        session = Session(machine, lambda stop: stubs[0].on_stop(stop), factory=factory,
+                          stop_at_driver=True)
+        if on_session is not None:
+            on_session(session)
         stubs.append(GdbStub(session, sock, runner=runner, trace=trace))
         return session.run()
     finally:

@@ -20,18 +20,15 @@ How the machine pauses (emu.nt.kernel.Executive._run_cpu):
 * Ctrl-C: ``interrupt()`` from any thread stops the CPU at the next instruction.
 The shell always runs outside Unicorn's emu_start, between two runs of the CPU.
 
-Going back: a position is the number of instructions completed since boot. A reverse
-step rebuilds the machine from its recipe (the ``factory``) and re-executes, deterministically,
-up to the earlier position; reverse-continue re-executes once to find the last breakpoint
-or watchpoint hit before the present, and once more to stop there. The only snapshot kept
-is the boot state (the recipe), so the memory cost is one machine (docs/debugger.md).
+Positions: instructions completed since boot plus exceptions the CPU raised (a fault is a
+step of its own, so one position names one machine state). Going back re-executes to an
+earlier position, from a snapshot or from boot: emu.debugger.reverse.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -43,8 +40,10 @@ from unicorn import (
     UC_MEM_WRITE,
 )
 
+from emu import fmt
 from emu.debugger import catch
 from emu.debugger.expr import ExprError, evaluate
+from emu.debugger.reverse import AT_NEXT_INSTRUCTION, Hit, Replay, ReverseExecution, Rewind
 from emu.debugger.stops import (
     Breakpoint,
     CatchKind,
@@ -65,25 +64,10 @@ if TYPE_CHECKING:
     from emu.machine import Machine, MachineResult
 
 
-class _Rewind(Exception):
-    """Unwinds the machine's run: the session rebuilds it to go back in time."""
-
-
-@dataclass
-class _Replay:
-    """Re-execution to an earlier position: where to stop and what to say there."""
-
-    target: int
-    stop: Stop | None = None       # None: a STEP stop made at the target
-    record: bool = False           # reverse-continue's search: note hits, stop nowhere
-    hits: list[tuple[int, Stop]] = field(default_factory=list)
-    origin: int = 0                # where this re-execution began (a snapshot, or boot)
-
-
 OnStop = Callable[[Stop], bool]
 
 
-class Session:
+class Session(ReverseExecution):
     """A machine under a debugger's control (see the module docstring)."""
 
     def __init__(self, machine: Machine, on_stop: OnStop, *,
@@ -116,9 +100,13 @@ class Session:
         self._skip: tuple[int, int] | None = None   # (rip, position) of the instruction resumed
         self._detached = False
         self._resumed = False
-        self._replay: _Replay | None = None          # re-executing to an earlier position
-        self._rewind_to: _Replay | None = None       # going back, once the front end returns
+        self._replay: Replay | None = None          # re-executing to an earlier position
+        self._rewind_to: Replay | None = None       # going back, once the front end returns
         self._last_words = False         # a stop after the end, before the final one
+        self._killed = False             # ``kill`` ended the machine: no history to go to
+        self._last_exception: Any = None  # the CPU's last exception (emu.hw.cpu.CpuException)
+        self._exceptions = 0             # exceptions raised since boot: part of the position
+        self._events = 0                 # executive events seen since boot (see Hit)
         self._attach()
 
     # -- the machine ----------------------------------------------------------------------
@@ -129,8 +117,11 @@ class Session:
 
     @property
     def position(self) -> int:
-        """Instructions completed since boot: where the machine is in its history."""
-        return self.executive.cpu.instructions
+        """Where the machine is in its history: instructions completed since boot plus
+        exceptions the CPU raised. A fault is a step of its own (the faulting instruction has
+        not completed, but CR2 and the handler's work set it apart from the moment before),
+        so each position names one machine state however it is reached."""
+        return self.executive.cpu.instructions + self._exceptions
 
     def _attach(self) -> None:
         ex = self.executive
@@ -164,11 +155,17 @@ class Session:
                 result = self.machine.run()
                 self.result = result
                 self.ended = True
-                if self._replay is not None and self._replay.record:
-                    self._rewind_to = self._last_hit(self._replay)   # searched to the end
+                if self._killed:                # the front end hears of the end, and goes on
+                    self._detached = False
+                replay = self._replay
+                if replay is not None and replay.record:
+                    self._note_pending_hit(replay)
+                    self._rewind_to = self._last_hit(replay)   # searched to the end
                     self._replay = None
                     self._go_back()
                 self._replay = None             # history ended at the target: stop here
+                if replay is not None and replay.event and replay.stop is not None:
+                    self._pending = replay.stop   # a catchpoint's stop of the very end
                 if self._pending is not None:   # an event of the very end (a CR3 load):
                     stop, self._pending = self._pending, None   # going on shows the end
                     self._last_words = True
@@ -176,7 +173,7 @@ class Session:
                     self._last_words = False
                 self._pause(self._final_stop(result))
                 return result
-            except _Rewind:
+            except Rewind:
                 self.ended = False
                 self._rebuild()
 
@@ -186,10 +183,14 @@ class Session:
             return Stop(StopReason.BUGCHECK, f"the system stopped: bug check {bc.code:#x} "
                         f"{bc.name}", position=self.position)
         first = result.processes[0] if result.processes else None
-        code = None if first is None or first.exit_status is None else first.exit_status & 0xFF
+        code, status = None, ""
+        if first is not None and first.exit_status is not None:
+            code = first.exit_status & 0xFF
+            status = (f'process {first.pid} "{first.name}" exit status '
+                      f"{fmt.status(first.exit_status)}")
         why = result.stopped or "every process has ended"
         return Stop(StopReason.EXITED, f"the machine has stopped: {why}", exit_code=code,
-                    position=self.position)
+                    exit_status=status, position=self.position)
 
     def close(self) -> None:
         """Detach from the machine and release it."""
@@ -201,7 +202,8 @@ class Session:
     @property
     def stop_pending(self) -> bool:
         """Whether a stop is waiting for the next instruction boundary."""
-        return self._pending is not None or self._interrupt.is_set()
+        return self._pending is not None or self._interrupt.is_set() or \
+            (self._replay is not None and self._replay.pending_hit is not None)
 
     def clip_budget(self, n: int) -> int:
         """The executive's budget ``n``, cut at the end of a step or replay."""
@@ -229,13 +231,17 @@ class Session:
             return None
         replay = self._replay
         if replay is not None:
-            if self.position < replay.target:
+            self._note_pending_hit(replay)
+            if self.position < replay.target or self._events < replay.event:
                 self._pending = None
                 return None
             if replay.record:
                 self._end_record()
             self._replay = None
             self._deadline = None
+            if replay.over is not None and self._in_callee(*replay.over):
+                self._rewind_to = self._call_search(self.executive.cpu.reg("rsp"))
+                self._go_back()          # stepped back into a callee: to before its call
             return replay.stop or Stop(StopReason.STEP, "", position=self.position)
         if self._pending is not None:
             stop, self._pending = self._pending, None
@@ -265,7 +271,7 @@ class Session:
         if self._rewind_to is not None:
             self._go_back()
         ex = self.executive
-        self._skip = (ex.cpu.rip, self.position)
+        self._skip = (ex.cpu.rip, ex.cpu.instructions)   # not hit again by what it resumes
         if not self.ended:
             ex.rearm_budget()                # clipped to a new step, if one was asked for
 
@@ -292,7 +298,12 @@ class Session:
 
     # -- resuming -------------------------------------------------------------------------
 
+    def _check_alive(self) -> None:
+        if self._killed:
+            raise SessionError("no machine is running (it was killed)")
+
     def _check_forward(self) -> None:
+        self._check_alive()
         if self.ended and not self._last_words:
             raise SessionError("the machine has ended: nothing to run (reverse-stepi and "
                                "reverse-continue still go back)")
@@ -344,112 +355,15 @@ class Session:
         self._add_internal(bp)
 
     def kill(self) -> None:
-        """End the machine now: every process is terminated (gdb's ``k``)."""
+        """End the machine now: every process is terminated (gdb's ``k``). The front end
+        then gets the final stop; its state stays readable, and nothing runs it again,
+        forward or back."""
         self._check_forward()
         from emu.nt.kernel import MachineStop
         self._remove_hooks()
-        self._detached = True
+        self._detached = True            # no stop while the run unwinds
+        self._killed = True
         raise MachineStop("killed")
-
-    # -- going back -----------------------------------------------------------------------
-
-    def reverse_step(self, count: int = 1) -> None:
-        """Go back ``count`` instructions (re-executing from boot to there)."""
-        if count <= 0:
-            raise SessionError("the count must be positive")
-        self._need_factory()
-        target = max(0, self.position - count)
-        stop = None if target > 0 else Stop(StopReason.HISTORY_START,
-                                            "at the start of history (boot)")
-        self._resumed = True
-        self._rewind_to = _Replay(target, stop)
-
-    def reverse_cont(self) -> None:
-        """Go back to the last breakpoint or watchpoint hit before now."""
-        self._need_factory()
-        self._resumed = True
-        self._rewind_to = _Replay(self.position, record=True)
-
-    def _go_back(self) -> None:
-        """Leave this position for an earlier one: resume the newest snapshot before it (this
-        emulator then only waits), or rebuild the machine from boot."""
-        replay = self._rewind_to
-        ring = self.snapshots
-        snapshot = ring.best(replay.target) if ring is not None else None
-        if snapshot is not None:
-            replay.origin = snapshot.position
-            self._rewind_to = None
-            ring.resume(snapshot, self._handover(replay))
-        if ring is not None:
-            ring.forget_all()
-        raise _Rewind()
-
-    def _handover(self, replay: _Replay) -> dict[str, Any]:
-        """What a resumed snapshot needs to carry on this session."""
-        return {"replay": replay, "breakpoints": self.breakpoints,
-                "next_number": self._next_number,
-                "front_end": self.front_end_state[0]() if self.front_end_state else None}
-
-    def _restore(self, message: dict[str, Any]) -> None:
-        """In a resumed snapshot: take over the session where the other emulator left it."""
-        replay = message["replay"]
-        self.breakpoints = message["breakpoints"]
-        self._next_number = message["next_number"]
-        self._internal = []
-        self._pending = None
-        self._skip = None
-        self._interrupt.clear()
-        self._rewind_to = None
-        self.ended = False
-        self._replay = replay
-        self._deadline = replay.target
-        self._install_hooks()
-        if self.front_end_state is not None:
-            self.front_end_state[1](message["front_end"])
-        if self.on_resume is not None:
-            self.on_resume()
-        self.executive.rearm_budget()        # clipped to the target
-
-    def _need_factory(self) -> None:
-        if self.factory is None:
-            raise SessionError("going back needs the machine's recipe (use emu debug)")
-
-    def _rebuild(self) -> None:
-        """Make the machine again from its recipe and set up the replay to the target."""
-        replay, self._rewind_to = self._rewind_to, None
-        assert replay is not None
-        old = self.machine
-        old.executive.debugger = None
-        old.close()
-        self._hooks = []                 # they died with the old engine
-        self.machine = self.factory()
-        self.target = LiveTarget(self.machine)
-        self.ended = False
-        self.result = None
-        self._pending = None
-        self._skip = None
-        self._interrupt.clear()
-        self._internal = []
-        self._replay = replay
-        self._deadline = replay.target
-        replay.origin = 0
-        self._attach()
-
-    def _end_record(self) -> None:
-        """Reverse-continue's search reached its end: go to the last hit it saw."""
-        self._rewind_to = self._last_hit(self._replay)
-        self._replay = None
-        self._go_back()
-
-    @staticmethod
-    def _last_hit(replay: _Replay) -> _Replay:
-        hits = [h for h in replay.hits if h[0] < replay.target]
-        if hits:
-            return _Replay(*hits[-1])
-        if replay.origin > 0:            # nothing since that snapshot: search before it
-            return _Replay(replay.origin, record=True)
-        return _Replay(0, Stop(StopReason.HISTORY_START, "no breakpoint or watchpoint was "
-                               "hit before this point: at the start of history (boot)"))
 
     # -- breakpoints ----------------------------------------------------------------------
 
@@ -585,7 +499,7 @@ class Session:
 
     def _hit_position(self, address: int) -> int:
         """The position before the instruction at ``address``, from inside its code hook."""
-        return self.executive.cpu.native.completed_before(address)
+        return self.executive.cpu.native.completed_before(address) + self._exceptions
 
     def _physical_rip(self, rip: int) -> int | None:
         try:
@@ -599,9 +513,10 @@ class Session:
             return
         position = self._hit_position(address)
         if self._skip is not None:
-            skip, self._skip = self._skip, None
-            if skip == (address, position):
-                return                   # the instruction we paused before: run it
+            completed = self.executive.cpu.native.completed_before(address)
+            if self._skip == (address, completed):
+                return       # the instruction we paused before (or its retry after a fault)
+            self._skip = None
         pa = None
         for bp in list(self._all_breakpoints()):
             if bp.physical:
@@ -631,10 +546,13 @@ class Session:
 
     def _breakpoint_hit(self, bp: Breakpoint, address: int, position: int) -> None:
         if self._replay is not None:
-            if self._replay.record and not bp.internal:
-                self._replay.hits.append((position, Stop(
+            if self._replay.record and bp.reverse:     # reverse-finish's call
+                self._replay.hits.append(Hit(position, Stop(StopReason.STEP, ""),
+                                              self._events))
+            elif self._replay.record and not bp.internal:
+                self._replay.hits.append(Hit(position, Stop(
                     StopReason.BREAKPOINT, f"Breakpoint {bp.number}, "
-                    f"{self.target.symbolize(address)}", number=bp.number)))
+                    f"{self.target.symbolize(address)}", number=bp.number), self._events))
             return
         if bp.internal:
             self._internal.remove(bp)
@@ -687,7 +605,7 @@ class Session:
                     number=wp.number, watch_kind=wp.kind, address=address)
         if self._replay is not None:
             if self._replay.record:
-                self._replay.hits.append((self.position, stop))   # this instruction counted
+                self._replay.hits.append(Hit(self.position, stop, self._events))   # counted
             return
         wp.hits += 1
         self._pending = stop
@@ -708,21 +626,58 @@ class Session:
     # -- catchpoints ----------------------------------------------------------------------
 
     def _on_event(self, event: Event, details: dict[str, Any]) -> None:
+        self._events += 1
+        if event is Event.EXCEPTION:     # the CPU delivers it: the position moves on by one
+            self._exceptions += 1
+            self._last_exception = details["exc"]
         if event is Event.PAGE_FAULT and self._watched_page_moved():
             self._install_hooks()
-        if self._detached or self._replay is not None:
+        if self._detached:
             return
+        if self._replay is not None:
+            self._replay_event(event, details)
+            return
+        stop = self._event_stop(event, details)
+        if stop is None and event is Event.EXCEPTION and self._deadline is not None and \
+                self.position >= self._deadline:
+            stop = self._due_stop()      # a step that ends at the fault
+        if stop is not None:
+            self._stop_soon(stop, next_instruction=event in AT_NEXT_INSTRUCTION)
+
+    def _event_stop(self, event: Event, details: dict[str, Any], *,
+                    count: bool = True) -> Stop | None:
+        """The stop ``event`` makes: a catchpoint's, an unhandled exception's, or both."""
+        stop = self._catch_stop(event, details, count=count)
+        unhandled = self._unhandled(event, details)
+        if unhandled is not None:        # gdb's SIGSEGV, WinDbg's second chance
+            if stop is None:
+                return unhandled
+            stop.description += "\n" + unhandled.description   # process-exit too: one stop
+            stop.exception = unhandled.exception
+        return stop
+
+    def _catch_stop(self, event: Event, details: dict[str, Any], *,
+                    count: bool = True) -> Stop | None:
+        """The stop of the first enabled catchpoint that catches ``event``, or None."""
         for cp in self.breakpoints.values():
             if isinstance(cp, Catchpoint) and cp.enabled:
                 text = catch.describe(cp, event, details, self)
                 if text is not None:
                     pending = self._pending
-                    if pending is None or pending.number != cp.number:
+                    if count and (pending is None or pending.number != cp.number):
                         cp.hits += 1           # (a system call's return joins its entry)
-                    stop = Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
+                    return Stop(StopReason.CATCH, f"Catchpoint {cp.number} ({text})",
                                 number=cp.number, exception=details.get("exc"))
-                    self._stop_soon(stop, next_instruction=event in _AT_NEXT_INSTRUCTION)
-                    return
+        return None
+
+    def _unhandled(self, event: Event, details: dict[str, Any]) -> Stop | None:
+        """An exception no handler took ends its process: stop there, still in the faulting
+        process (its registers, its address space), with the line ``emu run`` prints."""
+        if event is not Event.PROCESS_EXIT or details["process"].exception is None:
+            return None
+        proc = details["process"]
+        return Stop(StopReason.EXCEPTION, fmt.exception_line(proc, proc.exception),
+                    exception=self._last_exception)
 
     def _watched_page_moved(self) -> bool:
         """Whether a virtual watchpoint's pages now map to other frames than hooked."""
@@ -731,13 +686,6 @@ class Session:
             if isinstance(wp, Watchpoint) and wp.enabled:
                 now += self._physical_ranges(wp)
         return now != self._watched
-
-
-# Events whose catchpoint stops before the next instruction the CPU runs (the ISR's, the
-# DPC's, DriverEntry's, the new address space's) rather than at once.
-_AT_NEXT_INSTRUCTION = frozenset({Event.INTERRUPT, Event.DPC, Event.DRIVER_LOAD,
-                                  Event.CR3_LOAD, Event.THREAD_DISPATCH,
-                                  Event.PROCESS_CREATE})
 
 
 class _SyntaxOnly:

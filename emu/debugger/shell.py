@@ -80,6 +80,7 @@ class Shell(StateCommands, cmd.Cmd):
 
     RUN_COMMANDS = frozenset({"stepi", "si", "nexti", "ni", "finish", "continue", "c", "until",
                               "reverse-stepi", "rsi", "reverse-continue", "rc", "kill",
+                              "reverse-nexti", "rni", "reverse-next", "reverse-finish",
                               "quit", "q", "gdbserver"})
 
     def run_command(self, line: str) -> str:
@@ -348,20 +349,32 @@ class Shell(StateCommands, cmd.Cmd):
         return self._resume(lambda: self._live().until(address))
 
     def do_reverse_stepi(self, arg: str) -> bool:
-        """reverse-stepi [N]: go back N instructions (the machine re-executes from boot)."""
+        """reverse-stepi [N]: go back N steps (instructions or exceptions; the machine
+        re-executes from a snapshot or from boot)."""
         n = self._count(arg, "reverse-stepi")
         return self._resume(lambda: self._live().reverse_step(n))
 
     do_rsi = do_reverse_stepi
 
     def do_reverse_continue(self, arg: str) -> bool:
-        """reverse-continue: go back to the last breakpoint or watchpoint hit."""
+        """reverse-continue: go back to the last breakpoint, watchpoint or catchpoint hit."""
         return self._resume(self._live().reverse_cont)
 
     do_rc = do_reverse_continue
 
+    def do_reverse_nexti(self, arg: str) -> bool:
+        """reverse-nexti: go back one step; a call is gone back over, to before it."""
+        return self._resume(self._live().reverse_next)
+
+    do_rni = do_reverse_next = do_reverse_nexti
+
+    def do_reverse_finish(self, arg: str) -> bool:
+        """reverse-finish: go back to before the call of the current function."""
+        return self._resume(self._live().reverse_finish)
+
     def do_kill(self, arg: str) -> bool:
-        """kill: end the machine now (state stays readable)."""
+        """kill: end the machine now (its last state stays readable; nothing runs it
+        again, forward or back)."""
         return self._resume(self._live().kill)
 
     def do_quit(self, arg: str) -> bool:
@@ -563,9 +576,11 @@ class Shell(StateCommands, cmd.Cmd):
         self.message("\n".join(lines))
 
     def do_position(self, arg: str) -> None:
-        """position: instructions completed since boot (where reverse execution counts from)."""
+        """position: steps since boot, each an instruction completed or an exception raised
+        (where reverse execution counts from; a fault is a step of its own)."""
         n = self._live().position
-        self.message(f"{n} instruction{'' if n == 1 else 's'} since boot")
+        what = "instruction or exception" if n == 1 else "instructions and exceptions"
+        self.message(f"{n} {what} since boot")
 
     def do_gdbserver(self, arg: str) -> None:
         """gdbserver [HOST:]PORT: let stock gdb attach (target remote HOST:PORT); when it

@@ -39,7 +39,7 @@ QUIT = b""                    # the message that drops a snapshot
 
 @dataclass
 class Snapshot:
-    """A sleeping copy of the emulator at ``position`` (instructions since boot)."""
+    """A sleeping copy of the emulator at ``position`` (instructions and exceptions since boot)."""
 
     position: int
     pid: int

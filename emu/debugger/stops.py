@@ -22,6 +22,7 @@ class StopReason(enum.Enum):
     BREAKPOINT = "breakpoint"
     WATCHPOINT = "watchpoint"
     CATCH = "catch"               # a catchpoint's event
+    EXCEPTION = "exception"       # an exception no handler took: it ends its process
     INTERRUPT = "interrupt"       # Ctrl-C
     EXITED = "exited"             # the machine has ended: every process is done
     BUGCHECK = "bugcheck"         # the machine has ended with a bug check
@@ -38,6 +39,7 @@ class Stop:
     watch_kind: str | None = None  # "write", "read" or "access" for a watchpoint
     address: int | None = None     # the watched address that was hit
     exit_code: int | None = None   # EXITED: the first process's exit status & 0xff
+    exit_status: str = ""          # EXITED: that process and its whole 32-bit status, in words
     exception: Any = None          # the CpuException behind a catch or the end, if any
     position: int = 0              # instructions completed since boot
 
@@ -78,6 +80,7 @@ class Breakpoint:
     internal: bool = False         # made by next/finish/until: not listed, not numbered
     guard: Callable[[], bool] | None = None    # extra test for internal breakpoints
     start: bool = False            # the session's first stop (START)
+    reverse: bool = False          # reverse-finish's search: its hits are noted, never stops
     condition_error: str | None = None         # why the condition failed at this arrival
 
 

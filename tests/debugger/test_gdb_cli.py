@@ -49,3 +49,32 @@ def test_bad_gdb_addresses_are_one_line(address, expect):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(GDB is None, reason="gdb is not installed: this test drives stock gdb")
+def test_emu_run_gdb_with_a_driver_stops_before_driver_entry_and_monitor_has_the_machine():
+    crash = str(Path("guest") / "build" / "drivers" / "crash.sys")
+    emu = subprocess.Popen([sys.executable, "-m", "emu", "run", "--gdb", "127.0.0.1:0",
+                            "--driver", crash, HELLO], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = emu.stderr.readline()
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1)
+        gdb = subprocess.run(
+            [GDB, "-nx", "-batch", "-iex", "set debuginfod enabled off",
+             "-ex", f"target remote 127.0.0.1:{port}", "-ex", "monitor why",
+             "-ex", "monitor position", "-ex", "monitor registers rip",
+             "-ex", "stepi", "-ex", "monitor position", "-ex", "continue"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "LC_ALL": "C"})
+        out = gdb.stdout + gdb.stderr
+        emu.communicate(timeout=120)
+    finally:
+        emu.kill()
+    assert "stopped before DriverEntry at crash.sys!DriverEntry, ring 0" in out
+    assert "0 instructions and exceptions since boot" in out
+    assert "1 instruction or exception since boot" in out
+    assert "no machine is running" not in out
+    entry = int(re.search(r"rip = (0x[0-9a-f]+)", out).group(1), 16)
+    assert entry >= 0xffff800000000000                # DriverEntry's first instruction
+    assert "bug check 0x50" in out                     # continue: its faulting store
+    assert emu.returncode == 126

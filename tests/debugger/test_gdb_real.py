@@ -76,11 +76,16 @@ def test_exit_code_reaches_gdb() -> None:
         assert 'process 4 "exitcode" exited with status 0x7' in out
 
 
-def test_a_crashing_process_is_told_on_the_console() -> None:
+def test_a_crashing_process_stops_at_sigsegv_then_its_whole_status_is_told() -> None:
     with served(("badread", []), connect=False) as s:
-        out = gdb(s, "continue")
-        assert 'process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
-               "reading 0xffff800000001000" in out
+        out = gdb(s, "continue", "info registers rip", "continue")
+        line = ('process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) '
+                "reading 0xffff800000001000 at rip 0x401022: mov rax, qword ptr [rbx]")
+        assert out.count(line) == 1
+        assert "Program received signal SIGSEGV, Segmentation fault." in out
+        assert re.search(r"^rip\s+0x401022\s", out, re.M)          # in the faulting process
+        assert 'process 4 "badread" exit status STATUS_ACCESS_VIOLATION (0xC0000005); ' \
+               "gdb's exit code is its low byte" in out
         assert "exited with code 05" in out
 
 
@@ -197,8 +202,10 @@ def test_ctrl_c_in_gdb_interrupts_the_guest() -> None:
 
 def test_bug_check_is_a_fatal_signal() -> None:
     with served(("hello", []), drivers=("bugcheck.sys",), connect=False) as s:
-        out = gdb(s, "info threads", "monitor why", "continue")
+        out = gdb(s, "info threads", "monitor why", "continue", "continue")
         assert "Thread 1 (kernel (no process on the CPU), ring 0)" in out
+        assert "stopped before DriverEntry at bugcheck.sys!DriverEntry, ring 0" in out
+        assert "Thread 1 received signal SIGSEGV, Segmentation fault." in out
         assert "the system stopped: bug check 0xe2 MANUALLY_INITIATED_CRASH" in out
         assert "Program terminated with signal SIGSEGV, Segmentation fault." in out
         assert s.finish().bugcheck.code == 0xE2

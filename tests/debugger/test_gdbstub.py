@@ -552,11 +552,14 @@ def test_exit_code_and_a_crash_on_the_console() -> None:
     with served(("badread", []), ("exitcode", ["7"])) as s:
         c = s.client
         handshake(c)
+        assert c.cmd("c") == b"T0bthread:4;"     # the unhandled exception: SIGSEGV
+        assert 'process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
+               "reading 0xffff800000001000" in "".join(c.console)
+        c.console.clear()
         assert c.cmd("c") == b"W05"              # 0xC0000005 & 0xff: the first process's
         text = "".join(c.console)
-        assert 'process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
-               "reading 0xffff800000001000" in text
         assert "exited with status 0x7" in text
+        assert 'process 4 "badread" exit status STATUS_ACCESS_VIOLATION (0xC0000005)' in text
 
 
 def test_exit_status_is_the_first_process() -> None:
@@ -570,13 +573,15 @@ def test_bug_check_is_a_sigsegv_stop_in_the_kernel_thread() -> None:
     with served(("hello", []), drivers=("bugcheck.sys",)) as s:
         c = s.client
         handshake(c)
-        assert c.cmd("?") == b"T0bthread:1;"
+        assert c.cmd("?") == b"T05thread:1;"     # before DriverEntry's first instruction
         assert c.cmd("qfThreadInfo") == b"m1,4"
         assert bytes.fromhex(c.cmd("qThreadExtraInfo,1").decode()) == \
             b"kernel (no process on the CPU), ring 0"
         assert c.cmd("qRcmd," + b"why".hex()) == b"OK"
+        assert "stopped before DriverEntry at bugcheck.sys!DriverEntry" in "".join(c.console)
+        assert c.cmd("c") == b"T0bthread:1;"     # the bug check: a SIGSEGV stop, in ring 0
         assert "bug check 0xe2 MANUALLY_INITIATED_CRASH" in "".join(c.console)
-        assert c.cmd("c") == b"X0b"
+        assert c.cmd("c") == b"X0b"              # nothing runs after it: killed by SIGSEGV
         assert s.finish().bugcheck.code == 0xE2
 
 

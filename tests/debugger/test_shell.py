@@ -45,7 +45,8 @@ def test_batch_transcript_of_steps_and_breakpoints():
         "1    breakpoint  y   0    0x40208d <hello!NtWriteConsole>",
     ]
     assert "Breakpoint 1, hello!NtWriteConsole" in r.stdout
-    assert "(emu pid 4 ring 3 0x40208d) position\n518 instructions since boot" in r.stdout
+    assert "(emu pid 4 ring 3 0x40208d) position\n518 instructions and exceptions since " \
+           "boot" in r.stdout
 
 
 def test_the_same_script_gives_the_same_output():
@@ -110,7 +111,7 @@ def test_run_control_after_the_end_is_refused_but_going_back_works():
     assert "the machine has stopped: every process has ended" in r.stdout
     assert "error: the machine has ended" in r.stdout
     ended, back = [int(part.split()[-1])
-                   for part in r.stdout.split(" instructions since boot")[:2]]
+                   for part in r.stdout.split(" instructions and exceptions since boot")[:2]]
     assert ended > 500 and back == ended - 3
 
 
@@ -143,7 +144,7 @@ def test_script_file_with_x(tmp_path):
     r = subprocess.run([sys.executable, "-m", "emu", "debug", "-x", str(script),
                         str(APPS / "hello")], capture_output=True, text=True, timeout=120,
                        cwd=ROOT, stdin=subprocess.DEVNULL)
-    assert r.returncode == 0 and "3 instructions since boot" in r.stdout
+    assert r.returncode == 0 and "3 instructions and exceptions since boot" in r.stdout
     assert "comments" not in r.stdout
 
 
@@ -198,7 +199,7 @@ def test_going_back_through_a_snapshot_gives_the_same_state():
     back = debug("si 1500\nrsi 1200\ninfo snapshots\nposition\n" + STATE,
                  "--snapshot-interval", "100", "--snapshots", "20", *app)
     assert plain.returncode == back.returncode == 0, back.stdout
-    assert "301 instructions since boot" in plain.stdout
+    assert "301 instructions and exceptions since boot" in plain.stdout
     assert "snapshots, one every 100 instructions" in back.stdout
     assert after_commands(plain.stdout, "position") == after_commands(back.stdout, "position")
 
@@ -210,7 +211,7 @@ def test_reverse_continue_across_snapshots_and_boot():
     without = debug(script, "--snapshots", "0", *app)
     assert with_snapshots.stdout == without.stdout
     positions = [int(p.split()[-1]) for p in
-                 with_snapshots.stdout.split(" instructions since boot")[:-1]]
+                 with_snapshots.stdout.split(" instructions and exceptions since boot")[:-1]]
     assert positions == [1245, 518, 0]
 
 
@@ -234,7 +235,8 @@ def test_completion_of_commands_symbols_and_registers():
     try:
         m.spawn(ROOT / APPS / "hello", [])
         sh = Shell(LiveTarget(m))
-        assert sh.completenames("reve") == ["reverse-continue", "reverse-stepi"]
+        assert sh.completenames("reve") == ["reverse-continue", "reverse-finish", "reverse-next",
+                                            "reverse-nexti", "reverse-stepi"]
         assert "hello!main" in sh.completedefault("hello!ma")
         assert "$rax" in sh.completedefault("$ra") and "*main" in sh.completedefault("*mai")
     finally:
@@ -261,7 +263,7 @@ def test_negative_counts_are_errors():
         "error: reverse-stepi: the count must be positive, not -1",
         "error: reverse-stepi: the count must be positive, not -2",
         "error: stepi: the count must be positive, not 0"]
-    assert "1 instruction since boot" in r.stdout      # where it started: nothing ran
+    assert "1 instruction or exception since boot" in r.stdout      # where it started: nothing ran
     assert "at the start of history" not in r.stdout and "has stopped" not in r.stdout
 
 
