@@ -30,7 +30,7 @@ from emu.scenarios.pictures import (
     text_map,
 )
 from emu.scenarios.registry import Scenario
-from emu.scenarios.timeline import Lane, Mark, lanes_for
+from emu.scenarios.timeline import Lane, Mark, MarkKind, lanes_for
 from emu.scenarios.witness import Witness
 from emu.viz.addrmap import MapRecorder, ProcessMap, capture
 
@@ -233,7 +233,9 @@ class Act:
             say("  The picture (virtual page -> physical frame, from the page tables):")
             for line in text.rstrip("\n").split("\n"):
                 say(line)
-        lanes = lanes_for([(p.pid, p.name) for p in self.machine.processes])
+        disk = any(m.kind in (MarkKind.HARD_FAULTS, MarkKind.PAGE_OUT)
+                   for m in self.witness.marks)
+        lanes = lanes_for([(p.pid, p.name) for p in self.machine.processes], disk=disk)
         self.stage.result.acts.append(ActRecord(self.title, list(self.witness.marks), lanes,
                                                 maps, self.focus, halves, text, kmap))
         return self.result

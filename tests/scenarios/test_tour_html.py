@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import re
-import shutil
 import struct
-import subprocess
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 
-import pytest
+import tour_browser
 
-from emu.scenarios import html
+from emu.scenarios import html, timeline
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -53,19 +51,75 @@ def test_one_arrow_per_mapped_page_in_the_seeds_picture(tour):
     assert drawn == {f"frame-{pfn:x}" for pfn in frames["notepad"] + frames["myapp"]}
 
 
+def timelines(result) -> list[ET.Element]:
+    return [r for r in svgs(html.page(result)) if r.get("class") == "timeline"]
+
+
+def writes(timeline: ET.Element) -> list[tuple[str, str]]:
+    """(class, data-process) of every store arrow, in order."""
+    return [(g.get("class"), g.get("data-process")) for g in timeline.iter(SVG + "g")
+            if g.get("class") in ("write", "stray-write")]
+
+
 def test_the_dpc_arrow_points_at_the_process_it_really_wrote(tour):
     result = tour["arbitrary-thread-context"]
     facts = result.facts
-    timelines = [r for r in svgs(html.page(result)) if r.get("class") == "timeline"]
-    targets = [[g.get("data-process") for g in by_class(t, "g", "dpc-write")]
-               for t in timelines]
-    assert targets == [[str(facts["neither"]["victim"])], ["0"],
-                       [str(facts["direct"]["requester"])]]
+    assert [writes(t) for t in timelines(result)] == [
+        [("stray-write", str(facts["neither"]["victim"]))],
+        [("write", "0")],
+        [("write", str(facts["direct"]["requester"]))]]
+
+
+def arrow_colour(g: ET.Element) -> str:
+    return g.find(SVG + "path").get("stroke")
+
+
+def test_only_the_stray_dpc_store_is_drawn_in_the_fault_colour(tour):
+    neither, buffered, direct = timelines(tour["arbitrary-thread-context"])
+    (stray,) = by_class(neither, "g", "stray-write")
+    (pool,) = by_class(buffered, "g", "write")
+    (mdl,) = by_class(direct, "g", "write")
+    assert arrow_colour(stray) == timeline.RED
+    assert arrow_colour(pool) == arrow_colour(mdl) == timeline.BLUE != timeline.RED
+    assert "kernel pool" in "".join(pool.itertext())
+    top, bottom = (float(v) for v in buffered.get("viewBox").split()[1::2])
+    end_y = float(pool.find(SVG + "path").get("d").split()[-1].split(",")[1])
+    assert 0 < end_y < bottom
+
+
+def test_the_stray_store_of_scribble_points_at_ticket_sys(tour):
+    second = timelines(tour["shared-kernel-space"])[1]
+    (stray,) = by_class(second, "g", "stray-write")
+    assert "ticket.sys" in "".join(stray.itertext())
+    (ticket,) = [g for g in by_class(second, "g", "driver")
+                 if "".join(g.itertext()).strip().endswith("ticket.sys")]
+    block = ticket.find(SVG + "rect")
+    x, y = (float(v) for v in stray.find(SVG + "path").get("d").split()[-1].split(","))
+    left, width = float(block.get("x")), float(block.get("width"))
+    assert left <= x <= left + width and abs(y - float(block.get("y"))) <= 1
+
+
+def test_hard_faults_are_drawn_apart_with_the_disk(tour):
+    result = tour["paging-to-disk"]
+    (lanes,) = timelines(result)
+    disk = [g for g in by_class(lanes, "g", "lane") if g.get("data-lane") == "disk"]
+    assert len(disk) == 1 and "pagefile (disk)" in "".join(disk[0].itertext())
+    hard = by_class(lanes, "g", "hard-faults")
+    out = by_class(lanes, "g", "page-out")
+    counted = sum(int(m.group(1)) for g in hard
+                  for m in [re.match(r"clock \d+: (\d+) hard", title(g))])
+    written = sum(int(re.match(r"clock \d+: (\d+) pages", title(g)).group(1)) for g in out)
+    paging = result.facts["paging"]
+    assert counted == paging["hard_faults"] > 0 and written == paging["pages_written"] > 0
+    assert all(g.find(SVG + "rect").get("fill") == timeline.DISK_READ for g in hard)
+    assert {g.find(SVG + "rect").get("fill") for g in by_class(lanes, "g", "faults")} == \
+        {timeline.AMBER}
+    assert len(lanes.findall(f".//{SVG}rect[@class='disk-read']")) == len(hard)
 
 
 def test_the_bug_check_is_on_the_timeline(tour):
     result = tour["driver-crash-is-fatal"]
-    second = [r for r in svgs(html.page(result)) if r.get("class") == "timeline"][1]
+    second = timelines(result)[1]
     (mark,) = by_class(second, "g", "bugcheck")
     assert "BUG CHECK 0x50" in "".join(mark.itertext())
 
@@ -99,17 +153,49 @@ def png_is_not_blank(data: bytes) -> tuple[int, int, bool]:
     return size[0], size[1], len(set(zlib.decompress(idat))) > 16
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="Chromium is not installed: the headless rendering test needs it")
 def test_a_page_renders_in_headless_chromium(tour, tmp_path: Path):
     page = tmp_path / "arbitrary-thread-context.html"
     page.write_text(html.page(tour["arbitrary-thread-context"]), encoding="utf-8")
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
-        check=True, capture_output=True, timeout=120)
+    tour_browser.run([f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+                     tmp_path)
     width, height, drawn = png_is_not_blank(shot.read_bytes())
     assert (width, height) == (1200, 1600) and drawn
+
+
+def every_page(tour) -> dict[str, str]:
+    """{name: HTML} of every scenario's page and of the index."""
+    results = list(tour.values())
+    pages = {r.scenario.name: html.page(r) for r in results}
+    pages["index"] = html.index(results, [f"{r.scenario.name}.html" for r in results])
+    return pages
+
+
+def test_no_text_overlaps_or_is_cut_and_every_arrow_ends_inside(tour, tmp_path: Path):
+    problems = {}
+    for name, page in every_page(tour).items():
+        report = tour_browser.layout(page, tmp_path, name)
+        assert report["svgs"] == page.count("<svg "), name
+        assert report["texts"] > 0 or report["svgs"] == 0, name
+        if report["problems"]:
+            problems[name] = report["problems"]
+    assert problems == {}
+
+
+PROBED = """<!DOCTYPE html><html><body>
+<svg xmlns="http://www.w3.org/2000/svg" width="200" height="100" viewBox="0 0 200 100"
+     font-family="monospace" font-size="11"><title>probe</title>
+<defs><marker id="m" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7">
+<path d="M0,0 L8,4 L0,8 z"/></marker></defs>
+<text x="10" y="20">first label</text><text x="40" y="22">second label</text>
+<text x="150" y="60">cut at the edge</text>
+<g><line x1="10" y1="80" x2="250" y2="80" stroke="#000" marker-end="url(#m)"/></g>
+<text x="100" y="45">crossed</text><line x1="120" y1="30" x2="120" y2="50" stroke="#000"/>
+</svg></body></html>"""
+
+
+def test_the_layout_probe_reports_what_it_should(tmp_path: Path):
+    report = tour_browser.layout(PROBED, tmp_path, "probe")
+    kinds = sorted((p["kind"], p["text"]) for p in report["problems"])
+    assert kinds == [("arrow", ""), ("crossed", "crossed"), ("cut", "cut at the edge"),
+                     ("overlap", "first label")]
