@@ -54,28 +54,33 @@ def capture_kernel_half(proc: Process) -> KernelHalf:
 
 
 def driver_map(ex: Executive) -> ProcessMap:
-    """The pages of every loaded driver image in the shared kernel half, as a map of an
-    imaginary process 0 (emu.viz.addrmap draws it like any other): page -> frame."""
-    pages = []
+    """The pages of every loaded driver image in the shared kernel half, page -> frame, as
+    a map emu.viz.addrmap draws like a process's (it is no process's: its heading says
+    so), each region named after its driver."""
+    pages, regions = [], []
     for driver in ex.drivers:
         if driver.unloaded:
             continue
         for va in sorted(driver.image.pages):
             mapping = ex.mm.system.lookup(va)
-            if mapping is not None:
-                pte = mapping.pte
-                pages.append(Page(va, mapping.pfn, bool(pte & PTE.RW), not pte & PTE.NX,
-                                  bool(pte & PTE.US), bool(pte & PTE.A), bool(pte & PTE.D)))
-    regions = []
-    for page in pages:
-        last = regions[-1] if regions else None
-        if last is not None and last.end == page.va and last.protection == page.protection:
-            regions[-1] = Region(last.start, page.va + PAGE_SIZE, last.protection,
-                                 RegionState.COMMITTED, (*last.pages, page), False)
-        else:
-            regions.append(Region(page.va, page.va + PAGE_SIZE, page.protection,
-                                  RegionState.COMMITTED, (page,), False))
-    return ProcessMap(0, "kernel half: driver images", tuple(pages), tuple(regions))
+            if mapping is None:
+                continue
+            pte = mapping.pte
+            page = Page(va, mapping.pfn, bool(pte & PTE.RW), not pte & PTE.NX,
+                        bool(pte & PTE.US), bool(pte & PTE.A), bool(pte & PTE.D))
+            pages.append(page)
+            last = regions[-1] if regions else None
+            if last is not None and last.end == va and last.protection == page.protection \
+                    and last.owner == driver.image.name:
+                regions[-1] = Region(last.start, va + PAGE_SIZE, last.protection,
+                                     RegionState.COMMITTED, (*last.pages, page), False,
+                                     last.owner)
+            else:
+                regions.append(Region(va, va + PAGE_SIZE, page.protection,
+                                      RegionState.COMMITTED, (page,), False,
+                                      driver.image.name))
+    return ProcessMap(0, "driver images", tuple(pages), tuple(regions),
+                      heading="driver images (kernel half)")
 
 
 def driver_lines(ex: Executive) -> list[str]:

@@ -89,6 +89,7 @@ class Region:
     state: RegionState
     pages: tuple[Page, ...] = ()  # the valid pages in address order (COMMITTED regions only)
     user: bool = True             # False: valid pages a ring-3 access may not use (US=0)
+    owner: str = ""               # whose pages they are, when not a process's (a driver)
 
     @property
     def page_count(self) -> int:
@@ -110,6 +111,13 @@ class ProcessMap:
     regions: tuple[Region, ...]   # in address order
     at_exit: bool = False         # taken as the process exited: its frames were freed next
     moment: int = 0               # order of capture; equal moments were taken together
+    heading: str = ""             # a map that is no process's (the drivers' images): its
+                                  # column's heading instead of 'process N "name"'
+
+    @property
+    def title(self) -> str:
+        """``process 4 "notepad"``, or the heading."""
+        return self.heading or f'process {self.pid} "{self.name}"'
 
 
 class VadRun(NamedTuple):
@@ -382,7 +390,7 @@ def _in_focus(start: int, end: int, focus: list[tuple[int, int]]) -> bool:
 
 def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_Row]:
     """The rows of one process's column, following the drawing rule of the module doc."""
-    rows = [_Row(_Kind.HEADER, f'process {pm.pid} "{pm.name}"')]
+    rows = [_Row(_Kind.HEADER, pm.title)]
     hidden = 0
 
     def flush() -> None:
@@ -410,7 +418,9 @@ def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_
                 continue
             flush()
             if not labelled:
-                rows.append(_Row(_Kind.REGION, f"{region.protection}, {n} page{'s' * (n != 1)}"))
+                count = f"{n} page{'s' * (n != 1)}"
+                rows.append(_Row(_Kind.REGION, f"{region.owner}: {region.protection}"
+                                 if region.owner else f"{region.protection}, {count}"))
                 labelled = True
             rows.append(_Row(_Kind.PAGE, addr(page.va, ticks=True), page))
     flush()
@@ -460,9 +470,13 @@ def _document(maps: Sequence[ProcessMap], body: list[str], height: int) -> str:
                f'markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" '
                f'fill="{COLOURS[i % len(COLOURS)]}"/></marker>' for i in range(len(maps))]
     names = ", ".join(f'{pm.pid} "{pm.name}"' for pm in maps)
+    if all(pm.heading for pm in maps):
+        title = "Virtual pages -> physical frames: " + ", ".join(pm.heading for pm in maps)
+    else:
+        title = (f"Virtual address spaces of process {names}" if len(maps) == 1 else
+                 f"Virtual address spaces of processes {names}")
     heading = [
-        _text(MARGIN, 20, "title", f"Virtual address spaces of process {names}"
-              if len(maps) == 1 else f"Virtual address spaces of processes {names}"),
+        _text(MARGIN, 20, "title", title),
         _text(LEFT_X, 46, "column", "virtual pages"),
         _text(FRAMES_X, 46, "column", "physical frames (PFN)"),
         _text(RIGHT_X, 46, "column", "virtual pages") if len(maps) > 1 else "",
@@ -506,7 +520,7 @@ def _row_svg(row: _Row, pm: ProcessMap, x: int, y: int, colour: str) -> str:
                 f'{_text(x + 6, y + 11, "label", row.text)}</g>')
     page = row.page
     flags = ("A" if page.accessed else "-") + " " + ("D" if page.dirty else "-")
-    tip = (f'process {pm.pid} "{pm.name}" {addr(page.va, ticks=True)} -> frame '
+    tip = (f'{pm.title} {addr(page.va, ticks=True)} -> frame '
            f"{addr(page.pfn)}, {page.protection}, {flags}")
     return (f'<g class="page" id="page-{pm.pid}-{page.va:x}"><title>{escape(tip)}</title>'
             f'<rect x="{x}" y="{y}" width="{PAGE_W}" height="{BOX_H}" fill="{colour}" '
@@ -518,7 +532,7 @@ def _frame_svg(pfn: int, users: list[tuple[int, Page]], maps: Sequence[ProcessMa
                y: int) -> str:
     owners = sorted({i for i, _ in users})
     colour = COLOURS[owners[0] % len(COLOURS)] if len(owners) == 1 else SHARED_COLOUR
-    who = "; ".join(f'process {maps[i].pid} "{maps[i].name}" at {addr(p.va, ticks=True)}'
+    who = "; ".join(f'{maps[i].title} at {addr(p.va, ticks=True)}'
                     for i, p in users)
     tip = f"frame {addr(pfn)} (physical {addr(pfn * PAGE_SIZE, ticks=True)}): {who}"
     return (f'<g class="frame" id="frame-{pfn:x}"><title>{escape(tip)}</title>'

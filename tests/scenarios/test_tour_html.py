@@ -199,3 +199,20 @@ def test_the_layout_probe_reports_what_it_should(tmp_path: Path):
     kinds = sorted((p["kind"], p["text"]) for p in report["problems"])
     assert kinds == [("arrow", ""), ("crossed", "crossed"), ("cut", "cut at the edge"),
                      ("overlap", "first label")]
+
+
+def test_the_driver_image_map_names_each_pages_driver(tour):
+    result = tour["shared-kernel-space"]
+    maps = [r for r in svgs(html.page(result))
+            if "driver images" in "".join(r.find(SVG + "text").itertext())]
+    assert len(maps) == 2
+    counter_page = result.facts["both"]["counter_va"] & ~0xFFF
+    owner, owners = "", {}
+    for e in maps[1].iter():
+        if e.tag == SVG + "text" and e.get("class") == "region":
+            owner = e.text.split(":")[0]
+        elif e.tag == SVG + "g" and e.get("class") == "page":
+            owners[int(e.get("id").rsplit("-", 1)[1], 16)] = owner
+    assert owners[counter_page] == "ticket.sys"
+    assert set(owners.values()) == {"ticket.sys", "scribble.sys"}
+    assert not any("process 0" in "".join(r.itertext()) for r in maps)
