@@ -48,7 +48,8 @@ def act_html(act: ActRecord, number: int) -> list[str]:
     drawn = [pm for pm in act.maps if pm.pages or pm.regions]
     if act.focus and drawn:
         parts += _figure("Address spaces: virtual pages -> physical frames",
-                         _svg_inline(render_svg(drawn, focus=act.focus)))
+                         _svg_inline(render_svg(drawn, focus=act.focus,
+                                                boundaries=act.boundaries)))
     if act.kernel_map is not None and act.kernel_map.pages:
         parts += _figure("Driver images in the shared kernel half",
                          _svg_inline(render_svg([act.kernel_map])))

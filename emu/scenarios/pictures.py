@@ -120,9 +120,11 @@ def _cell(pm: ProcessMap, va: int) -> str:
 
 
 def text_map(maps: Sequence[ProcessMap], focus: Sequence[tuple[int, int]],
-             halves: Sequence[KernelHalf]) -> str:
+             halves: Sequence[KernelHalf],
+             boundaries: Sequence[tuple[int, str]] = ()) -> str:
     """Rows of virtual pages, a column per process: the frame each page maps to (or what
-    backs it instead); then one line on the kernel half."""
+    backs it instead), a dashed line with its words where each boundary address falls;
+    then one line on the kernel half."""
     heads = [f"{pm.name} ({pm.pid})" for pm in maps]
     width = max([14, *(len(h) for h in heads)]) + 2
     lines = []
@@ -130,9 +132,13 @@ def text_map(maps: Sequence[ProcessMap], focus: Sequence[tuple[int, int]],
     if rows and maps:
         lines.append((f"    {'virtual page':<18}    " + "".join(f"{h:<{width}}" for h in heads))
                      .rstrip())
-        for va in rows:
-            cells = "".join(f"{_cell(pm, va):<{width}}" for pm in maps)
-            lines.append(f"    {addr(va, ticks=True):<18} -> {cells}".rstrip())
+        lines_at = sorted(boundaries)
+        for va in [*rows, 1 << 64]:
+            while lines_at and lines_at[0][0] <= va:
+                lines.append(f"    {'- ' * 9}   {lines_at.pop(0)[1]}")
+            if va < 1 << 64:
+                cells = "".join(f"{_cell(pm, va):<{width}}" for pm in maps)
+                lines.append(f"    {addr(va, ticks=True):<18} -> {cells}".rstrip())
     lines.extend(kernel_lines(halves))
     return "\n".join(lines) + "\n" if lines else ""
 

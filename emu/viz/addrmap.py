@@ -368,6 +368,7 @@ WIDTH = RIGHT_X + PAGE_W + MARGIN
 COLOURS = ("#1f5fa8", "#c0392b", "#27864a", "#7d3c98", "#c26a00", "#138d90", "#7b5a3c",
            "#b03a7a")
 SHARED_COLOUR = "#666666"
+BOUNDARY_COLOUR = "#c0392b"
 
 
 class _Kind(enum.Enum):
@@ -376,22 +377,33 @@ class _Kind(enum.Enum):
     PAGE = "page"
     UNBACKED = "unbacked"
     ELLIPSIS = "ellipsis"
+    BOUNDARY = "boundary"
 
 
 class _Row(NamedTuple):
     kind: _Kind
     text: str
     page: Page | None = None
+    va: int = 0                  # BOUNDARY: the first address past the line
 
 
 def _in_focus(start: int, end: int, focus: list[tuple[int, int]]) -> bool:
     return any(lo < end and start < hi for lo, hi in focus)
 
 
-def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_Row]:
-    """The rows of one process's column, following the drawing rule of the module doc."""
+def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None,
+                  boundaries: Sequence[tuple[int, str]] = ()) -> list[_Row]:
+    """The rows of one process's column, following the drawing rule of the module doc;
+    a boundary's line goes between the last row below its address and the first at or
+    above it (or last)."""
     rows = [_Row(_Kind.HEADER, pm.title)]
     hidden = 0
+    lines = sorted(boundaries)
+
+    def cross(va: int) -> None:
+        while lines and lines[0][0] <= va:
+            at, text = lines.pop(0)
+            rows.append(_Row(_Kind.BOUNDARY, text, va=at))
 
     def flush() -> None:
         nonlocal hidden
@@ -403,7 +415,9 @@ def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_
         if not region.pages:
             if focus is None or _in_focus(region.start, region.end, focus):
                 flush()
-                rows.append(_Row(_Kind.REGION, f"{region.state.value}, {region.page_count} pages"))
+                cross(region.start)
+                n = region.page_count
+                rows.append(_Row(_Kind.REGION, f"{region.state.value}, {n} page{'s' * (n != 1)}"))
                 rows.append(_Row(_Kind.UNBACKED, addr(region.start, ticks=True)))
             continue
         labelled = False
@@ -417,6 +431,7 @@ def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_
                 hidden += 1
                 continue
             flush()
+            cross(page.va)
             if not labelled:
                 count = f"{n} page{'s' * (n != 1)}"
                 rows.append(_Row(_Kind.REGION, f"{region.owner}: {region.protection}"
@@ -424,13 +439,17 @@ def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_
                 labelled = True
             rows.append(_Row(_Kind.PAGE, addr(page.va, ticks=True), page))
     flush()
+    cross(1 << 64)
     return rows
 
 
-def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | None = None) -> str:
+def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | None = None,
+               boundaries: Sequence[tuple[int, str]] = ()) -> str:
     """The seed's diagram as a self-contained SVG: the first process's pages on the left, the
     second's on the right (further ones alternate, stacked below), the frames they use in
-    the middle by frame number, one arrow from each drawn page to its frame."""
+    the middle by frame number, one arrow from each drawn page to its frame; each of
+    ``boundaries`` (address, words) a dashed red line in every column, where that
+    address falls among the drawn pages (the end of a user address space, say)."""
     body: list[str] = []
     anchors: list[tuple[int, Page, int, int, int]] = []   # (process index, page, x, y, side)
     bottoms = [TOP, TOP]
@@ -438,7 +457,7 @@ def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | Non
         side = i % 2
         x, y = (LEFT_X, RIGHT_X)[side], bottoms[side]
         colour = COLOURS[i % len(COLOURS)]
-        for row in _process_rows(pm, focus):
+        for row in _process_rows(pm, focus, boundaries):
             body.append(_row_svg(row, pm, x, y, colour))
             if row.page is not None:
                 anchors.append((i, row.page, x + PAGE_W if side == 0 else x, y + BOX_H // 2, side))
@@ -462,10 +481,11 @@ def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | Non
                          frame_y[page.pfn] + BOX_H // 2)
               for i, page, x, ay, side in anchors]
     height = max(*bottoms, y) + 2 * ROW
-    return _document(maps, body + arrows, height)
+    return _document(maps, body + arrows, height, bool(boundaries))
 
 
-def _document(maps: Sequence[ProcessMap], body: list[str], height: int) -> str:
+def _document(maps: Sequence[ProcessMap], body: list[str], height: int,
+              boundaries: bool = False) -> str:
     markers = [f'<marker id="head-{i}" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" '
                f'markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" '
                f'fill="{COLOURS[i % len(COLOURS)]}"/></marker>' for i in range(len(maps))]
@@ -481,7 +501,8 @@ def _document(maps: Sequence[ProcessMap], body: list[str], height: int) -> str:
         _text(FRAMES_X, 46, "column", "physical frames (PFN)"),
         _text(RIGHT_X, 46, "column", "virtual pages") if len(maps) > 1 else "",
         _text(MARGIN, height - ROW, "note", "A D: the PTE's Accessed and Dirty bits.  "
-              "...: pages or frames not drawn."),
+              "...: pages or frames not drawn." + ("  Dashed red line: the end of the user "
+                                                   "address space." if boundaries else "")),
     ]
     return "\n".join([
         '<?xml version="1.0" encoding="UTF-8"?>',
@@ -499,7 +520,8 @@ def _document(maps: Sequence[ProcessMap], body: list[str], height: int) -> str:
 
 _TEXT_STYLE = {"title": ' font-size="14" font-weight="bold"', "column": ' font-weight="bold"',
                "region": ' font-size="9" fill="#444444"', "ellipsis": ' fill="#777777"',
-               "note": ' font-size="10" fill="#444444"', "flags": ' text-anchor="end"'}
+               "note": ' font-size="10" fill="#444444"', "flags": ' text-anchor="end"',
+               "boundary": f' font-size="9" font-weight="bold" fill="{BOUNDARY_COLOUR}"'}
 
 
 def _text(x: int, y: int, cls: str, text: str, extra: str = "") -> str:
@@ -514,6 +536,11 @@ def _row_svg(row: _Row, pm: ProcessMap, x: int, y: int, colour: str) -> str:
         return _text(x, y + 11, "region", row.text)
     if row.kind is _Kind.ELLIPSIS:
         return _text(x + 6, y + 11, "ellipsis", row.text)
+    if row.kind is _Kind.BOUNDARY:
+        return (f'<g class="boundary" data-pid="{pm.pid}" data-va="{row.va:#x}">'
+                f'<line x1="{x}" y1="{y + 1}" x2="{x + PAGE_W}" y2="{y + 1}" '
+                f'stroke="{BOUNDARY_COLOUR}" stroke-width="2" '
+                f'stroke-dasharray="6,3"/>{_text(x, y + 12, "boundary", row.text)}</g>')
     if row.kind is _Kind.UNBACKED:
         return (f'<g class="unbacked"><rect x="{x}" y="{y}" width="{PAGE_W}" height="{BOX_H}" '
                 f'fill="none" stroke="{colour}" stroke-dasharray="3,2"/>'

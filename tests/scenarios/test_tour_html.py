@@ -11,6 +11,7 @@ from pathlib import Path
 import tour_browser
 
 from emu.scenarios import html, timeline
+from emu.viz import addrmap
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -216,3 +217,30 @@ def test_the_driver_image_map_names_each_pages_driver(tour):
     assert owners[counter_page] == "ticket.sys"
     assert set(owners.values()) == {"ticket.sys", "scribble.sys"}
     assert not any("process 0" in "".join(r.itertext()) for r in maps)
+
+
+def test_the_address_limits_are_drawn_where_they_fall(tour):
+    result = tour["address-limits"]
+    maps = [r for r in svgs(html.page(result)) if title(r) == "Address-space map"]
+    assert len(maps) == 2
+    for space, limit, columns in ((maps[0], 0x8000_0000, 3), (maps[1], 0x8000_0000_0000, 2)):
+        lines = by_class(space, "g", "boundary")
+        assert [int(g.get("data-va"), 16) for g in lines] == [limit] * columns
+        for g in lines:
+            line = g.find(SVG + "line")
+            x, y = float(line.get("x1")), float(line.get("y1"))
+            pages = [(int(p.get("id").rsplit("-", 1)[1], 16), float(r.get("y")))
+                     for p in by_class(space, "g", "page") for r in [p.find(SVG + "rect")]
+                     if p.get("id").split("-")[1] == g.get("data-pid")]
+            assert all(va < limit and py < y for va, py in pages)
+            assert x in (addrmap.LEFT_X, addrmap.RIGHT_X)
+    text = result.acts[0].text.splitlines()
+    at = next(i for i, line in enumerate(text) if "2 GB: 0x80000000" in line)
+    assert text[at - 1].lstrip().startswith("0x7ffe0000 ") and \
+        text[at + 1].lstrip().startswith("0x80000000 ")
+    assert "128 TB: 0x8000'00000000" in result.acts[1].text
+
+
+def test_a_region_of_one_page_is_not_called_pages(tour):
+    result = tour["address-limits"]
+    assert "1 pages" not in html.page(result) and "1 page<" in html.page(result)
