@@ -49,7 +49,7 @@ def act_html(act: ActRecord, number: int) -> list[str]:
     if act.focus and drawn:
         parts += _figure("Address spaces: virtual pages -> physical frames",
                          _svg_inline(render_svg(drawn, focus=act.focus,
-                                                boundaries=act.boundaries)))
+                                                boundaries=act.boundaries, hits=act.hits)))
     if act.kernel_map is not None and act.kernel_map.pages:
         parts += _figure("Driver images in the shared kernel half",
                          _svg_inline(render_svg([act.kernel_map])))

@@ -64,6 +64,7 @@ class ActRecord:
     text: str
     kernel_map: ProcessMap | None = None     # the driver images, when the act shows them
     boundaries: list[tuple[int, str]] = field(default_factory=list)  # lines in the maps
+    hits: dict[int, str] = field(default_factory=dict)   # frame -> who wrote it (a DPC)
 
 
 @dataclass
@@ -242,8 +243,14 @@ class Act:
         lanes = lanes_for([(p.pid, p.name) for p in self.machine.processes], disk=disk)
         self.stage.result.acts.append(ActRecord(self.title, list(self.witness.marks), lanes,
                                                 maps, self.focus, halves, text, kmap,
-                                                self.boundaries))
+                                                self.boundaries, self._hits()))
         return self.result
+
+
+    def _hits(self) -> dict[int, str]:
+        """The process frames the act's DPCs stored into: the maps outline them."""
+        return {run.pfn: "DPC wrote" for dpc in self.witness.dpcs for run in dpc.runs
+                if run.owner is not None}
 
 
 def output(proc: Process) -> str:

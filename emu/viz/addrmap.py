@@ -369,6 +369,7 @@ COLOURS = ("#1f5fa8", "#c0392b", "#27864a", "#7d3c98", "#c26a00", "#138d90", "#7
            "#b03a7a")
 SHARED_COLOUR = "#666666"
 BOUNDARY_COLOUR = "#c0392b"
+HIT_COLOUR = "#c0392b"    # a frame ring-0 code wrote (emu.scenarios: a DPC's store)
 
 
 class _Kind(enum.Enum):
@@ -444,12 +445,15 @@ def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None,
 
 
 def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | None = None,
-               boundaries: Sequence[tuple[int, str]] = ()) -> str:
+               boundaries: Sequence[tuple[int, str]] = (),
+               hits: dict[int, str] | None = None) -> str:
     """The seed's diagram as a self-contained SVG: the first process's pages on the left, the
     second's on the right (further ones alternate, stacked below), the frames they use in
     the middle by frame number, one arrow from each drawn page to its frame; each of
     ``boundaries`` (address, words) a dashed red line in every column, where that
-    address falls among the drawn pages (the end of a user address space, say)."""
+    address falls among the drawn pages (the end of a user address space, say); each
+    frame of ``hits`` (pfn -> a word or two: who wrote it) outlined in red, the words in
+    its box."""
     body: list[str] = []
     anchors: list[tuple[int, Page, int, int, int]] = []   # (process index, page, x, y, side)
     bottoms = [TOP, TOP]
@@ -474,18 +478,21 @@ def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | Non
             body.append(_text(FRAMES_X + 6, y + 11, "ellipsis",
                               f"... {gap} frame{'s' * (gap != 1)}"))
             y += ROW
-        body.append(_frame_svg(pfn, users[pfn], maps, y))
+        body.append(_frame_svg(pfn, users[pfn], maps, y, (hits or {}).get(pfn, "")))
         frame_y[pfn] = y
         y, previous = y + ROW, pfn
     arrows = [_arrow_svg(i, x, ay, FRAMES_X if side == 0 else FRAMES_X + FRAME_W,
                          frame_y[page.pfn] + BOX_H // 2)
               for i, page, x, ay, side in anchors]
     height = max(*bottoms, y) + 2 * ROW
-    return _document(maps, body + arrows, height, bool(boundaries))
+    notes = ["Dashed red line: the end of the user address space."] if boundaries else []
+    if hits and any(pfn in frame_y for pfn in hits):
+        notes.append("Red box: a frame ring-0 code wrote.")
+    return _document(maps, body + arrows, height, notes)
 
 
 def _document(maps: Sequence[ProcessMap], body: list[str], height: int,
-              boundaries: bool = False) -> str:
+              notes: Sequence[str] = ()) -> str:
     markers = [f'<marker id="head-{i}" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" '
                f'markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" '
                f'fill="{COLOURS[i % len(COLOURS)]}"/></marker>' for i in range(len(maps))]
@@ -501,8 +508,7 @@ def _document(maps: Sequence[ProcessMap], body: list[str], height: int,
         _text(FRAMES_X, 46, "column", "physical frames (PFN)"),
         _text(RIGHT_X, 46, "column", "virtual pages") if len(maps) > 1 else "",
         _text(MARGIN, height - ROW, "note", "A D: the PTE's Accessed and Dirty bits.  "
-              "...: pages or frames not drawn." + ("  Dashed red line: the end of the user "
-                                                   "address space." if boundaries else "")),
+              "  ".join(["...: pages or frames not drawn.", *notes])),
     ]
     return "\n".join([
         '<?xml version="1.0" encoding="UTF-8"?>',
@@ -521,7 +527,9 @@ def _document(maps: Sequence[ProcessMap], body: list[str], height: int,
 _TEXT_STYLE = {"title": ' font-size="14" font-weight="bold"', "column": ' font-weight="bold"',
                "region": ' font-size="9" fill="#444444"', "ellipsis": ' fill="#777777"',
                "note": ' font-size="10" fill="#444444"', "flags": ' text-anchor="end"',
-               "boundary": f' font-size="9" font-weight="bold" fill="{BOUNDARY_COLOUR}"'}
+               "boundary": f' font-size="9" font-weight="bold" fill="{BOUNDARY_COLOUR}"',
+               "hit": f' font-size="9" font-weight="bold" fill="{HIT_COLOUR}" '
+                      'text-anchor="end"'}
 
 
 def _text(x: int, y: int, cls: str, text: str, extra: str = "") -> str:
@@ -556,16 +564,19 @@ def _row_svg(row: _Row, pm: ProcessMap, x: int, y: int, colour: str) -> str:
 
 
 def _frame_svg(pfn: int, users: list[tuple[int, Page]], maps: Sequence[ProcessMap],
-               y: int) -> str:
+               y: int, hit: str = "") -> str:
     owners = sorted({i for i, _ in users})
     colour = COLOURS[owners[0] % len(COLOURS)] if len(owners) == 1 else SHARED_COLOUR
     who = "; ".join(f'{maps[i].title} at {addr(p.va, ticks=True)}'
                     for i, p in users)
     tip = f"frame {addr(pfn)} (physical {addr(pfn * PAGE_SIZE, ticks=True)}): {who}"
-    return (f'<g class="frame" id="frame-{pfn:x}"><title>{escape(tip)}</title>'
+    stroke = f'stroke="{HIT_COLOUR}" stroke-width="2.5"' if hit else f'stroke="{colour}"'
+    words = _text(FRAMES_X + FRAME_W - 4, y + 10, "hit", hit) if hit else ""
+    return (f'<g class="frame" id="frame-{pfn:x}"><title>{escape(tip)}'
+            f'{escape(f"; {hit}" if hit else "")}</title>'
             f'<rect x="{FRAMES_X}" y="{y}" width="{FRAME_W}" height="{BOX_H}" fill="{colour}" '
-            f'fill-opacity="0.15" stroke="{colour}"/>'
-            f'{_text(FRAMES_X + 6, y + 11, "label", addr(pfn))}</g>')
+            f'fill-opacity="0.15" {stroke}/>'
+            f'{_text(FRAMES_X + 6, y + 11, "label", addr(pfn))}{words}</g>')
 
 
 def _arrow_svg(i: int, x1: int, y1: int, x2: int, y2: int) -> str:

@@ -244,3 +244,18 @@ def test_the_address_limits_are_drawn_where_they_fall(tour):
 def test_a_region_of_one_page_is_not_called_pages(tour):
     result = tour["address-limits"]
     assert "1 pages" not in html.page(result) and "1 page<" in html.page(result)
+
+
+def test_the_map_marks_the_frame_each_dpc_wrote(tour):
+    result = tour["arbitrary-thread-context"]
+    maps = [r for r in svgs(html.page(result)) if title(r) == "Address-space map"]
+    for space, act, owner in ((maps[0], "neither", "victim"), (maps[2], "direct", "requester")):
+        facts = result.facts[act]
+        (frame,) = {r.pfn for r in facts["runs"] if r.owner == facts[owner]}
+        marked = [g.get("id") for g in by_class(space, "g", "frame")
+                  if any(t.get("class") == "hit" for t in g.iter(SVG + "text"))]
+        assert marked == [f"frame-{frame:x}"]
+        (box,) = [g for g in by_class(space, "g", "frame") if g.get("id") == marked[0]]
+        assert "DPC wrote" in "".join(box.itertext())
+        assert box.find(SVG + "rect").get("stroke") == addrmap.HIT_COLOUR
+    assert not any(t.get("class") == "hit" for t in maps[1].iter(SVG + "text"))
