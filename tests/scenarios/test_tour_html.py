@@ -259,3 +259,13 @@ def test_the_map_marks_the_frame_each_dpc_wrote(tour):
         assert "DPC wrote" in "".join(box.itertext())
         assert box.find(SVG + "rect").get("stroke") == addrmap.HIT_COLOUR
     assert not any(t.get("class") == "hit" for t in maps[1].iter(SVG + "text"))
+
+
+def test_the_index_introduces_the_tour(tour):
+    results = list(tour.values())
+    page = html.index(results, [f"{r.scenario.name}.html" for r in results])
+    intro = re.findall(r'<p class="intro">(.*?)</p>', page, re.S)
+    assert intro and page.index('class="intro"') < page.index("<ul>")
+    text = " ".join(intro)
+    assert "seed" in text and "timeline" in text and "checked" in text
+    assert f"{len(results)} of {len(results)} claims hold" in page
