@@ -151,7 +151,8 @@ def kernel_lines(halves: Sequence[KernelHalf]) -> list[str]:
     slots = ", ".join(str(s) for s, _ in halves[0].slots)
     frames = ", ".join(addr(f) for _, f in halves[0].slots)
     if len(shapes) == 1:
-        every = f"in all {len(halves)} processes' PML4s" if len(halves) > 1 else "in its PML4"
+        every = {1: "in its PML4", 2: "in both processes' PML4s"}.get(
+            len(halves), f"in all {len(halves)} processes' PML4s")
         return [f"    kernel half: PML4 slots {slots} -> PDPT frames {frames} {every}: "
                 "one shared kernel space"]
     return [f"    kernel half of {h.name} ({h.pid}): slots "

@@ -187,3 +187,9 @@ def test_a_hard_fault_names_its_frame_once(tour):
     lines = [line for line in tour["paging-to-disk"].lines if "a hard fault reads it back" in line]
     assert lines and all(re.search(r"reads it back into frame 0x[0-9a-f]+$", line)
                          for line in lines)
+
+
+def test_two_processes_are_both_not_all_2(tour):
+    lines = [line for result in tour.values() for line in result.lines]
+    assert not [line for line in lines if re.search(r"\ball 2\b", line)]
+    assert any("in both processes' PML4s: one shared kernel space" in line for line in lines)
