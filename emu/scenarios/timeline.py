@@ -115,7 +115,7 @@ class _Labels:
 
     def __init__(self, rows: dict[int, int], width: int, walls: Sequence[float]) -> None:
         self._rows = rows
-        self._width = width
+        self.width = width
         self._taken = {(lane, k): [(w - 3, w + 3) for w in walls]
                        for lane in rows for k in range(LABEL_ROWS)}
 
@@ -125,7 +125,7 @@ class _Labels:
         if not text or lane not in self._rows:
             return ""
         w = text_width(text, LABEL_SIZE)
-        x = max(LEFT - 36, min(x, self._width - 6 - w))
+        x = max(LEFT - 36, min(x, self.width - 6 - w))
         for k in range(LABEL_ROWS):
             taken = self._taken[(lane, k)]
             if all(x + w + 2 <= a or b + 2 <= x for a, b in taken):
@@ -274,9 +274,12 @@ def _mark_svg(m: Mark, x_of: dict[int, int], step: int, rows: dict[int, int],
                 f"{labels.place(m.lane, x, m.label)}</g>")
     if k is MarkKind.WRITE:
         return _write_svg(m, x_of, w, rows, labels)
+    width = labels.width
+    right = x + 4 + text_width(m.label, 11) <= width - 4    # else it ends at the line
+    place = f'x="{x + 4}"' if right else f'x="{x - 4}" text-anchor="end"'
     return (f'{head}<line x1="{x}" y1="{TOP - 6}" x2="{x}" y2="{lanes_end - 4}" '
             f'stroke="{RED}" stroke-width="3"/>{tip}'
-            f'<text x="{x + 4}" y="{TOP - 8}" fill="{RED}" font-weight="bold">'
+            f'<text {place} y="{TOP - 8}" fill="{RED}" font-weight="bold">'
             f"{escape(m.label)}</text></g>")
 
 

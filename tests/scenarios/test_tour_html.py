@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 
+import pytest
 import tour_browser
 
 from emu.scenarios import html, timeline
@@ -269,3 +270,27 @@ def test_the_index_introduces_the_tour(tour):
     text = " ".join(intro)
     assert "seed" in text and "timeline" in text and "checked" in text
     assert f"{len(results)} of {len(results)} claims hold" in page
+
+
+def crowded_timeline(n: int) -> str:
+    """A timeline of ``n`` steps with a label at every step, in few lanes."""
+    from emu.scenarios.timeline import Mark, MarkKind, lanes_for, render_timeline
+
+    kinds = [(MarkKind.DRIVER, 0, "scribble.sys"), (MarkKind.FAULTS, 4, "159 #PF"),
+             (MarkKind.EXCEPTION, 12, "ACCESS_VIOLATION"), (MarkKind.EXIT, 12, "killed"),
+             (MarkKind.HARD_FAULTS, 4, "48 from disk"), (MarkKind.PAGE_OUT, -1, "9 to disk"),
+             (MarkKind.DPC, 4, "DPC"), (MarkKind.INTERRUPT, 12, "IRQ")]
+    marks = [Mark(i, i, kind, lane, label) for i, (kind, lane, label)
+             in enumerate(kinds[i % len(kinds)] for i in range(n))]
+    marks.append(Mark(n, n, MarkKind.BUGCHECK, 4, "BUG CHECK 0x50"))
+    marks.append(Mark(n + 1, n + 1, MarkKind.WRITE, 0, "4 bytes -> ticket.sys", target=0,
+                      stray=True, target_seq=0))
+    lanes = lanes_for([(4, "pattern"), (12, "crasher")], disk=True)
+    return render_timeline(marks, lanes, "crowded")
+
+
+@pytest.mark.parametrize("n", [3, 12, 40, 400])
+def test_a_crowded_timeline_keeps_its_labels_apart_and_inside(tmp_path: Path, n: int):
+    page = html._document("crowded", [crowded_timeline(n)])
+    report = tour_browser.layout(page, tmp_path, f"crowded-{n}")
+    assert report["svgs"] == 1 and report["texts"] > 10 and report["problems"] == []
