@@ -43,7 +43,7 @@ _PTE_STORY = {
     softpte.PteState.PAGEFILE: "in the pagefile: a hard fault reads it back into",
     softpte.PteState.TRANSITION: "trimmed, but still in RAM: a soft fault maps again",
 }
-_DEMAND_ZERO = "committed, never touched: the memory manager maps a zeroed frame,"
+_DEMAND_ZERO = "committed, never touched: the memory manager maps a zeroed"
 _FAULT_WORDS = {MarkKind.FAULTS: ("#PF", "page faults resolved in RAM (demand zero, or a "
                                   "page taken back off a list)"),
                 MarkKind.HARD_FAULTS: ("from disk", "hard page faults: pages read back from "

@@ -179,7 +179,7 @@ def test_a_scenario_that_breaks_is_a_failure_not_a_traceback():
 
 def test_no_narration_line_repeats_a_word(tour):
     doubled = [(name, line) for name, result in tour.items() for line in result.lines
-               if re.search(r"\b([A-Za-z]+) \1\b", line)]
+               if re.search(r"\b([A-Za-z]+)[,;:]? \1\b", line)]
     assert doubled == []
 
 
