@@ -246,7 +246,6 @@ class Act:
                                                 self.boundaries, self._hits()))
         return self.result
 
-
     def _hits(self) -> dict[int, str]:
         """The process frames the act's DPCs stored into: the maps outline them."""
         return {run.pfn: "DPC wrote" for dpc in self.witness.dpcs for run in dpc.runs

@@ -19,7 +19,7 @@ from emu.hw.cpu import Vector
 from emu.nt.drivers import driver_at
 from emu.nt.events import Event
 from emu.nt.kernel import DEVICE_IRQL, DISPATCH_LEVEL
-from emu.nt.layout import KERNEL_SPACE_START
+from emu.nt.layout import KERNEL_SPACE_START, USER_SPACE_END
 from emu.nt.mm import softpte
 from emu.nt.mm.virtual import FaultResolution
 from emu.nt.process import Process, ProcessState
@@ -121,11 +121,11 @@ class Witness:
         self._say(f"  {who:<18} {where:<10} {text}")
 
     def mark(self, kind: MarkKind, lane: int, label: str, detail: str = "",
-             target: int | None = None) -> None:
-        """Leave a mark on the timeline (consecutive fault or page-out marks of one lane
-        add up)."""
+             target: int | None = None, *, stray: bool = False,
+             target_seq: int | None = None) -> None:
+        """Leave a mark on the timeline (page faults and page-outs: ``count``)."""
         self.marks.append(Mark(len(self.marks), self._clock, kind, lane, label,
-                               detail or label, target))
+                               detail or label, target, stray=stray, target_seq=target_seq))
 
     def count(self, kind: MarkKind, lane: int, n: int = 1) -> None:
         """Add ``n`` page faults or page-outs to the lane's last mark of ``kind`` when only
@@ -279,7 +279,8 @@ class Witness:
             return
         proc = thread.process
         self._user_fault[proc.pid] = exc
-        if exc.vector == Vector.PF and exc.address is not None:
+        if exc.vector == Vector.PF and exc.address is not None and \
+                exc.address < USER_SPACE_END:
             self._pte_before[proc.pid] = proc.space.pte(exc.address)
 
     def _in_fault_range(self, va: int | None) -> bool:
@@ -334,12 +335,10 @@ class Witness:
             other = hit is not None and hit is not driver
             target = run.owner if run.owner is not None else SYSTEM_LANE
             where = hit.image.name if other else self._lane_name(target)
-            self.marks.append(Mark(
-                len(self.marks), self._clock, MarkKind.WRITE, SYSTEM_LANE,
-                f"{len(run.data)} bytes -> {where}",
-                f"{driver.image.name} stored {len(run.data)} bytes at {addr(run.va)}: {words}",
-                target=target, stray=other or run.owner is not None,
-                target_seq=self._driver_marks.get(hit.image.name) if other else None))
+            self.mark(MarkKind.WRITE, SYSTEM_LANE, f"{len(run.data)} bytes -> {where}",
+                      f"{driver.image.name} stored {len(run.data)} bytes at {addr(run.va)}: "
+                      f"{words}", target, stray=other or run.owner is not None,
+                      target_seq=self._driver_marks.get(hit.image.name) if other else None)
 
     def _interrupt(self, d: dict[str, Any]) -> None:
         proc = self._proc(d["thread"])
@@ -382,11 +381,10 @@ class Witness:
             target = run.owner if run.owner is not None else SYSTEM_LANE
             # A DPC runs in an arbitrary thread's context, so it must not use a user-mode
             # address (Microsoft, "Introduction to DPC Objects"; the seed's step 4).
-            self.marks.append(Mark(
-                len(self.marks), self._clock, MarkKind.WRITE, lane,
-                f"{len(run.data)} bytes -> {self._lane_name(target)}",
-                f"the DPC stored {len(run.data)} bytes at {addr(run.va)}: {words}",
-                target=target, stray=run.va < KERNEL_SPACE_START))
+            self.mark(MarkKind.WRITE, lane, f"{len(run.data)} bytes -> "
+                      f"{self._lane_name(target)}",
+                      f"the DPC stored {len(run.data)} bytes at {addr(run.va)}: {words}",
+                      target, stray=run.va < KERNEL_SPACE_START)
         self.dpcs.append(DpcRecord(describe.symbol(self.ex, d["routine"]),
                                    proc.pid if proc is not None else None,
                                    self._dpc_space.cr3, runs))
