@@ -48,7 +48,8 @@ def act_html(act: ActRecord, number: int) -> list[str]:
     drawn = [pm for pm in act.maps if pm.pages or pm.regions]
     if act.focus and drawn:
         parts += _figure("Address spaces: virtual pages -> physical frames",
-                         _svg_inline(render_svg(drawn, focus=act.focus)))
+                         _svg_inline(render_svg(drawn, focus=act.focus,
+                                                boundaries=act.boundaries, hits=act.hits)))
     if act.kernel_map is not None and act.kernel_map.pages:
         parts += _figure("Driver images in the shared kernel half",
                          _svg_inline(render_svg([act.kernel_map])))
@@ -80,15 +81,34 @@ def page(result: ScenarioResult) -> str:
     return _document(f"emu tour: {sc.name}", body)
 
 
+INTRODUCTION = (
+    "The seed (user-mode-and-kernel-mode.md) makes a handful of claims about user mode "
+    "and kernel mode. Each page below shows one of them happen on a live machine: real "
+    "x86-64 instructions of small guest apps and drivers, page tables in guest RAM, rings "
+    "0 and 3, interrupts, DPCs, a pagefile. Then the claim is checked against the "
+    "machine's state (page tables, the PFN database, exit statuses, bug check parameters, "
+    "bytes in guest memory), and the page says whether it held.",
+    "Each page has, for every act (one machine run): the address spaces (each process's "
+    "virtual pages, the physical frames their PTEs name, one arrow per page), the kernel "
+    "half every process's PML4 shares, and a timeline (a lane per process, ring 3 above "
+    "ring 0; left to right the order of events; hover a mark for its instruction clock). "
+    "Then the checks and the narration, word for word as `emu scenario run` prints it.",
+)
+
+
 def index(results: Sequence[ScenarioResult], files: Sequence[str]) -> str:
-    """A page listing the scenarios played, their verdicts, links to their pages."""
+    """A page introducing the tour, then listing the scenarios played, their verdicts, and
+    links to their pages."""
     rows = "".join(
         f'<li><a href="{escape(f)}">{escape(r.scenario.name)}</a>: '
         f"{escape(r.scenario.title)} "
         f'<span class="{"held" if r.ok else "failed"}">({"holds" if r.ok else "FAILED"})'
         f"</span></li>" for r, f in zip(results, files, strict=True))
+    intro = [f'<p class="intro">{escape(text)}</p>' for text in INTRODUCTION]
+    held = sum(r.ok for r in results)
     return _document("emu tour", ["<h1>The tour: the seed's claims on a live machine</h1>",
-                                  f"<ul>{rows}</ul>"])
+                                  *intro, f"<h2>The scenarios: {held} of {len(results)} "
+                                  "claims hold</h2>", f"<ul>{rows}</ul>"])
 
 
 def _document(title: str, body: list[str]) -> str:

@@ -54,28 +54,33 @@ def capture_kernel_half(proc: Process) -> KernelHalf:
 
 
 def driver_map(ex: Executive) -> ProcessMap:
-    """The pages of every loaded driver image in the shared kernel half, as a map of an
-    imaginary process 0 (emu.viz.addrmap draws it like any other): page -> frame."""
-    pages = []
+    """The pages of every loaded driver image in the shared kernel half, page -> frame, as
+    a map emu.viz.addrmap draws like a process's (it is no process's: its heading says
+    so), each region named after its driver."""
+    pages, regions = [], []
     for driver in ex.drivers:
         if driver.unloaded:
             continue
         for va in sorted(driver.image.pages):
             mapping = ex.mm.system.lookup(va)
-            if mapping is not None:
-                pte = mapping.pte
-                pages.append(Page(va, mapping.pfn, bool(pte & PTE.RW), not pte & PTE.NX,
-                                  bool(pte & PTE.US), bool(pte & PTE.A), bool(pte & PTE.D)))
-    regions = []
-    for page in pages:
-        last = regions[-1] if regions else None
-        if last is not None and last.end == page.va and last.protection == page.protection:
-            regions[-1] = Region(last.start, page.va + PAGE_SIZE, last.protection,
-                                 RegionState.COMMITTED, (*last.pages, page), False)
-        else:
-            regions.append(Region(page.va, page.va + PAGE_SIZE, page.protection,
-                                  RegionState.COMMITTED, (page,), False))
-    return ProcessMap(0, "kernel half: driver images", tuple(pages), tuple(regions))
+            if mapping is None:
+                continue
+            pte = mapping.pte
+            page = Page(va, mapping.pfn, bool(pte & PTE.RW), not pte & PTE.NX,
+                        bool(pte & PTE.US), bool(pte & PTE.A), bool(pte & PTE.D))
+            pages.append(page)
+            last = regions[-1] if regions else None
+            if last is not None and last.end == va and last.protection == page.protection \
+                    and last.owner == driver.image.name:
+                regions[-1] = Region(last.start, va + PAGE_SIZE, last.protection,
+                                     RegionState.COMMITTED, (*last.pages, page), False,
+                                     last.owner)
+            else:
+                regions.append(Region(va, va + PAGE_SIZE, page.protection,
+                                      RegionState.COMMITTED, (page,), False,
+                                      driver.image.name))
+    return ProcessMap(0, "driver images", tuple(pages), tuple(regions),
+                      heading="driver images (kernel half)")
 
 
 def driver_lines(ex: Executive) -> list[str]:
@@ -115,9 +120,11 @@ def _cell(pm: ProcessMap, va: int) -> str:
 
 
 def text_map(maps: Sequence[ProcessMap], focus: Sequence[tuple[int, int]],
-             halves: Sequence[KernelHalf]) -> str:
+             halves: Sequence[KernelHalf],
+             boundaries: Sequence[tuple[int, str]] = ()) -> str:
     """Rows of virtual pages, a column per process: the frame each page maps to (or what
-    backs it instead); then one line on the kernel half."""
+    backs it instead), a dashed line with its words where each boundary address falls;
+    then one line on the kernel half."""
     heads = [f"{pm.name} ({pm.pid})" for pm in maps]
     width = max([14, *(len(h) for h in heads)]) + 2
     lines = []
@@ -125,9 +132,13 @@ def text_map(maps: Sequence[ProcessMap], focus: Sequence[tuple[int, int]],
     if rows and maps:
         lines.append((f"    {'virtual page':<18}    " + "".join(f"{h:<{width}}" for h in heads))
                      .rstrip())
-        for va in rows:
-            cells = "".join(f"{_cell(pm, va):<{width}}" for pm in maps)
-            lines.append(f"    {addr(va, ticks=True):<18} -> {cells}".rstrip())
+        lines_at = sorted(boundaries)
+        for va in [*rows, 1 << 64]:
+            while lines_at and lines_at[0][0] <= va:
+                lines.append(f"    {'- ' * 9}   {lines_at.pop(0)[1]}")
+            if va < 1 << 64:
+                cells = "".join(f"{_cell(pm, va):<{width}}" for pm in maps)
+                lines.append(f"    {addr(va, ticks=True):<18} -> {cells}".rstrip())
     lines.extend(kernel_lines(halves))
     return "\n".join(lines) + "\n" if lines else ""
 
@@ -140,7 +151,8 @@ def kernel_lines(halves: Sequence[KernelHalf]) -> list[str]:
     slots = ", ".join(str(s) for s, _ in halves[0].slots)
     frames = ", ".join(addr(f) for _, f in halves[0].slots)
     if len(shapes) == 1:
-        every = f"in all {len(halves)} processes' PML4s" if len(halves) > 1 else "in its PML4"
+        every = {1: "in its PML4", 2: "in both processes' PML4s"}.get(
+            len(halves), f"in all {len(halves)} processes' PML4s")
         return [f"    kernel half: PML4 slots {slots} -> PDPT frames {frames} {every}: "
                 "one shared kernel space"]
     return [f"    kernel half of {h.name} ({h.pid}): slots "

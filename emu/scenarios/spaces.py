@@ -201,6 +201,11 @@ def _page_of(va: int | None) -> int | None:
     return None if va is None else va & ~(PAGE_SIZE - 1)
 
 
+# The end of each user address space, drawn in the pictures (short: a map column's width).
+TWO_GB_LINE = "2 GB: 0x80000000, 32-bit end"
+TOP64_LINE = "128 TB: 0x8000'00000000, end"
+
+
 @scenario(
     "address-limits",
     "a 32-bit process ends below 2 GB, a 64-bit one below 128 TB",
@@ -216,7 +221,7 @@ def address_limits(stage: Stage) -> None:
                    apps=[("hello32",), ("limits32",), ("limits32", "touch")],
                    focus=[(0x7FFE_0000, 0x7FFE_1000), (two_gb, two_gb + PAGE_SIZE)],
                    syscalls=[Service.NtAllocateVirtualMemory], dispatches=False,
-                   explain_walks=True) as act:
+                   explain_walks=True, boundaries=[(two_gb, TWO_GB_LINE)]) as act:
         act.run()
         small = [(p.name, p.bits, p.highest_address) for p in act.procs]
         top32 = max((pg.va for pm in act.stage.result.acts[-1].maps for pg in pm.pages),
@@ -229,7 +234,7 @@ def address_limits(stage: Stage) -> None:
                    focus=[(0x7FFF_FFFE_0000, 0x7FFF_FFFE_1000),
                           (0x7FFF_FFFE_F000, 0x7FFF_FFFF_0000)],
                    syscalls=[Service.NtAllocateVirtualMemory], dispatches=False,
-                   explain_walks=True) as act:
+                   explain_walks=True, boundaries=[(top64, TOP64_LINE)]) as act:
         tops: list[int] = []
         act.on_event(_top_down_watcher(tops))
         act.run()

@@ -30,7 +30,7 @@ from emu.scenarios.pictures import (
     text_map,
 )
 from emu.scenarios.registry import Scenario
-from emu.scenarios.timeline import Lane, Mark, lanes_for
+from emu.scenarios.timeline import Lane, Mark, MarkKind, lanes_for
 from emu.scenarios.witness import Witness
 from emu.viz.addrmap import MapRecorder, ProcessMap, capture
 
@@ -63,6 +63,8 @@ class ActRecord:
     halves: list[KernelHalf]
     text: str
     kernel_map: ProcessMap | None = None     # the driver images, when the act shows them
+    boundaries: list[tuple[int, str]] = field(default_factory=list)  # lines in the maps
+    hits: dict[int, str] = field(default_factory=dict)   # frame -> who wrote it (a DPC)
 
 
 @dataclass
@@ -125,16 +127,19 @@ class Act:
     faults narrated there), ``dispatches`` (narrate who gets the CPU), ``explain_walks``
     (the page walk behind a fatal fault), ``watch_dpc_writes``, ``watch_driver`` (a
     driver whose DriverEntry's stores are recorded), ``kernel_focus`` (also picture the
-    driver images in the kernel half)."""
+    driver images in the kernel half), ``boundaries`` ((address, words): a line the
+    pictures draw where that address falls, the end of a user address space say)."""
 
     def __init__(self, stage: Stage, number: int, title: str, *, apps: Sequence[AppSpec],
                  drivers: Sequence[str] = (), mem: str = "64M", quantum: int | None = None,
                  focus: Sequence[tuple[int, int]] = (), syscalls: Sequence[int] = (),
                  fault_ranges: Sequence[tuple[int, int]] = (), dispatches: bool = True,
                  explain_walks: bool = False, watch_dpc_writes: bool = False,
-                 watch_driver: str | None = None, kernel_focus: bool = False) -> None:
+                 watch_driver: str | None = None, kernel_focus: bool = False,
+                 boundaries: Sequence[tuple[int, str]] = ()) -> None:
         self.stage, self.number, self.title = stage, number, title
         self.focus = list(focus)
+        self.boundaries = list(boundaries)
         self.syscalls = frozenset(int(s) for s in syscalls)
         self.fault_ranges = list(fault_ranges)
         self.dispatches, self.explain_walks = dispatches, explain_walks
@@ -222,7 +227,7 @@ class Act:
             say(f"  (the pictures show the address spaces {self.snapshot_note})")
             maps = self.snapshot_maps
         halves = [self.halves[pid] for pid in sorted(self.halves)]
-        text = text_map(maps, self.focus, halves)
+        text = text_map(maps, self.focus, halves, self.boundaries)
         kmap = None
         if self.kernel_focus:
             kmap = driver_map(self.machine.executive)
@@ -233,10 +238,18 @@ class Act:
             say("  The picture (virtual page -> physical frame, from the page tables):")
             for line in text.rstrip("\n").split("\n"):
                 say(line)
-        lanes = lanes_for([(p.pid, p.name) for p in self.machine.processes])
+        disk = any(m.kind in (MarkKind.HARD_FAULTS, MarkKind.PAGE_OUT)
+                   for m in self.witness.marks)
+        lanes = lanes_for([(p.pid, p.name) for p in self.machine.processes], disk=disk)
         self.stage.result.acts.append(ActRecord(self.title, list(self.witness.marks), lanes,
-                                                maps, self.focus, halves, text, kmap))
+                                                maps, self.focus, halves, text, kmap,
+                                                self.boundaries, self._hits()))
         return self.result
+
+    def _hits(self) -> dict[int, str]:
+        """The process frames the act's DPCs stored into: the maps outline them."""
+        return {run.pfn: "DPC wrote" for dpc in self.witness.dpcs for run in dpc.runs
+                if run.owner is not None}
 
 
 def output(proc: Process) -> str:

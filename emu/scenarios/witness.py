@@ -19,12 +19,13 @@ from emu.hw.cpu import Vector
 from emu.nt.drivers import driver_at
 from emu.nt.events import Event
 from emu.nt.kernel import DEVICE_IRQL, DISPATCH_LEVEL
+from emu.nt.layout import KERNEL_SPACE_START, USER_SPACE_END
 from emu.nt.mm import softpte
 from emu.nt.mm.virtual import FaultResolution
 from emu.nt.process import Process, ProcessState
 from emu.scenarios import describe
 from emu.scenarios.args import result_words, service_words
-from emu.scenarios.timeline import SYSTEM_LANE, Mark, MarkKind
+from emu.scenarios.timeline import DISK_LANE, SYSTEM_LANE, Mark, MarkKind
 from emu.scenarios.watch import (
     WriteRun,
     WriteWatch,
@@ -39,10 +40,15 @@ if TYPE_CHECKING:
     from emu.scenarios.stage import Act
 
 _PTE_STORY = {
-    softpte.PteState.PAGEFILE: "in the pagefile: a hard fault reads it back into frame",
-    softpte.PteState.TRANSITION: "trimmed, but still in RAM: a soft fault maps again frame",
+    softpte.PteState.PAGEFILE: "in the pagefile: a hard fault reads it back into",
+    softpte.PteState.TRANSITION: "trimmed, but still in RAM: a soft fault maps again",
 }
-_DEMAND_ZERO = "committed, never touched: the memory manager maps a zeroed frame,"
+_DEMAND_ZERO = "committed, never touched: the memory manager maps a zeroed"
+_FAULT_WORDS = {MarkKind.FAULTS: ("#PF", "page faults resolved in RAM (demand zero, or a "
+                                  "page taken back off a list)"),
+                MarkKind.HARD_FAULTS: ("from disk", "hard page faults: pages read back from "
+                                       "the pagefile"),
+                MarkKind.PAGE_OUT: ("to disk", "pages written to the pagefile")}
 
 
 @dataclass
@@ -89,6 +95,8 @@ class Witness:
         self._kernel_fault = None
         self._last_dispatched: Process | None = None
         self._console: dict[int | None, bytearray] = {}
+        self._driver_marks: dict[str, int] = {}     # image name -> its DriverEntry's mark
+        self._pages_written = self.ex.mm.pager.counters.pages_written
         self._handlers = {
             Event.DRIVER_LOAD: self._driver_load, Event.PROCESS_CREATE: self._create,
             Event.PROCESS_EXIT: self._exit, Event.THREAD_DISPATCH: self._dispatch,
@@ -106,23 +114,41 @@ class Witness:
         self._handlers[event](details)
         if event is not Event.CR3_LOAD and self.pages:
             self._sample(details.get("thread"), dpc_done)
+        self._page_outs()
 
     def say(self, who: str, where: str, text: str) -> None:
         """One narration line: who (process), where (ring, IRQL, console), what."""
         self._say(f"  {who:<18} {where:<10} {text}")
 
     def mark(self, kind: MarkKind, lane: int, label: str, detail: str = "",
-             target: int | None = None) -> None:
-        """Leave a mark on the timeline (consecutive fault marks of one lane add up)."""
-        last = self.marks[-1] if self.marks else None
-        if kind is MarkKind.FAULTS and last is not None and last.kind is kind and \
-                last.lane == lane:
-            n = last.count + 1
-            self.marks[-1] = Mark(last.seq, last.clock, kind, lane, f"{n} #PF",
-                                  f"{n} page faults resolved by the memory manager", count=n)
-            return
+             target: int | None = None, *, stray: bool = False,
+             target_seq: int | None = None) -> None:
+        """Leave a mark on the timeline (page faults and page-outs: ``count``)."""
         self.marks.append(Mark(len(self.marks), self._clock, kind, lane, label,
-                               detail or label, target))
+                               detail or label, target, stray=stray, target_seq=target_seq))
+
+    def count(self, kind: MarkKind, lane: int, n: int = 1) -> None:
+        """Add ``n`` page faults or page-outs to the lane's last mark of ``kind`` when only
+        such counts came after it (paging interleaves them), else leave a new mark."""
+        word, detail = _FAULT_WORDS[kind]
+        for i in range(len(self.marks) - 1, -1, -1):
+            last = self.marks[i]
+            if last.kind not in _FAULT_WORDS:
+                break
+            if last.kind is kind and last.lane == lane:
+                n += last.count
+                self.marks[i] = Mark(last.seq, last.clock, kind, lane, f"{n} {word}",
+                                     f"{n} {detail}", count=n)
+                return
+        self.marks.append(Mark(len(self.marks), self._clock, kind, lane, f"{n} {word}",
+                               f"{n} {detail}", count=n))
+
+    def _page_outs(self) -> None:
+        """Pages the modified-page writer put in the pagefile since the last event."""
+        written = self.ex.mm.pager.counters.pages_written
+        if written > self._pages_written:
+            self.count(MarkKind.PAGE_OUT, DISK_LANE, written - self._pages_written)
+        self._pages_written = written
 
     def watch_page(self, proc: Process, va: int, size: int = 48) -> PageWatch:
         """Follow ``size`` bytes at ``va`` in ``proc``: each change is told and marked."""
@@ -253,7 +279,8 @@ class Witness:
             return
         proc = thread.process
         self._user_fault[proc.pid] = exc
-        if exc.vector == Vector.PF and self._in_fault_range(exc.address):
+        if exc.vector == Vector.PF and exc.address is not None and \
+                exc.address < USER_SPACE_END:
             self._pte_before[proc.pid] = proc.space.pte(exc.address)
 
     def _in_fault_range(self, va: int | None) -> bool:
@@ -264,12 +291,14 @@ class Witness:
         if d["resolution"] is not FaultResolution.RESOLVED:
             return
         self._user_fault.pop(proc.pid, None)
-        self.mark(MarkKind.FAULTS, proc.pid, "1 #PF", "a page fault resolved by the memory "
-                  "manager")
-        if proc.pid not in self._pte_before:
-            return
-        before = self._pte_before.pop(proc.pid)
+        before = self._pte_before.pop(proc.pid, None)
         state = softpte.decode(before).state if before else softpte.PteState.ZERO
+        # A hard fault is one the pagefile resolves (Windows Internals, "Page fault
+        # handling"): the PTE named a pagefile slot, so the page is read from disk.
+        hard = state is softpte.PteState.PAGEFILE
+        self.count(MarkKind.HARD_FAULTS if hard else MarkKind.FAULTS, proc.pid)
+        if not self._in_fault_range(exc.address):
+            return
         mapping = proc.space.lookup(exc.address)
         frame = addr(mapping.pfn) if mapping is not None else "?"
         story = _PTE_STORY.get(state, _DEMAND_ZERO)
@@ -283,6 +312,7 @@ class Witness:
         driver = d["driver"]
         name = driver.image.name
         self.mark(MarkKind.DRIVER, SYSTEM_LANE, name, f"DriverEntry of {name} at ring 0")
+        self._driver_marks[name] = self.marks[-1].seq
         self.say("system", "ring 0", f"{name} mapped at {addr(driver.image.base, ticks=True)} "
                  "in the shared kernel half; its DriverEntry runs at ring 0, in no process")
         if self.act.watch_driver == name:
@@ -296,11 +326,19 @@ class Witness:
         runs = tuple(r for r in self._watch.stop() if not is_bookkeeping(self.ex, r, driver))
         self.driver_writes[driver.image.name] = runs
         for run in runs:
+            words = frame_words(self.ex, run)
             self.say("system", "ring 0", f"{driver.image.name} stored {len(run.data)} bytes at "
-                     f"{addr(run.va, ticks=True)} -> {frame_words(self.ex, run)}")
-            self.mark(MarkKind.WRITE, SYSTEM_LANE, f"{len(run.data)} bytes",
-                      f"{driver.image.name} stored {len(run.data)} bytes at "
-                      f"{addr(run.va)}: {frame_words(self.ex, run)}", target=SYSTEM_LANE)
+                     f"{addr(run.va, ticks=True)} -> {words}")
+            # Nothing isolates one driver from another (the seed): a store into another
+            # driver's image, or into a process's page, is stray.
+            hit = driver_at(self.ex, run.va)
+            other = hit is not None and hit is not driver
+            target = run.owner if run.owner is not None else SYSTEM_LANE
+            where = hit.image.name if other else self._lane_name(target)
+            self.mark(MarkKind.WRITE, SYSTEM_LANE, f"{len(run.data)} bytes -> {where}",
+                      f"{driver.image.name} stored {len(run.data)} bytes at {addr(run.va)}: "
+                      f"{words}", target, stray=other or run.owner is not None,
+                      target_seq=self._driver_marks.get(hit.image.name) if other else None)
 
     def _interrupt(self, d: dict[str, Any]) -> None:
         proc = self._proc(d["thread"])
@@ -341,10 +379,12 @@ class Witness:
             self.say(describe.who(proc), f"IRQL {DISPATCH_LEVEL}", f"the DPC stored "
                      f"{len(run.data)} bytes at {addr(run.va, ticks=True)} -> {words}")
             target = run.owner if run.owner is not None else SYSTEM_LANE
+            # A DPC runs in an arbitrary thread's context, so it must not use a user-mode
+            # address (Microsoft, "Introduction to DPC Objects"; the seed's step 4).
             self.mark(MarkKind.WRITE, lane, f"{len(run.data)} bytes -> "
                       f"{self._lane_name(target)}",
                       f"the DPC stored {len(run.data)} bytes at {addr(run.va)}: {words}",
-                      target=target)
+                      target, stray=run.va < KERNEL_SPACE_START)
         self.dpcs.append(DpcRecord(describe.symbol(self.ex, d["routine"]),
                                    proc.pid if proc is not None else None,
                                    self._dpc_space.cr3, runs))

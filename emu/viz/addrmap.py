@@ -89,6 +89,7 @@ class Region:
     state: RegionState
     pages: tuple[Page, ...] = ()  # the valid pages in address order (COMMITTED regions only)
     user: bool = True             # False: valid pages a ring-3 access may not use (US=0)
+    owner: str = ""               # whose pages they are, when not a process's (a driver)
 
     @property
     def page_count(self) -> int:
@@ -110,6 +111,13 @@ class ProcessMap:
     regions: tuple[Region, ...]   # in address order
     at_exit: bool = False         # taken as the process exited: its frames were freed next
     moment: int = 0               # order of capture; equal moments were taken together
+    heading: str = ""             # a map that is no process's (the drivers' images): its
+                                  # column's heading instead of 'process N "name"'
+
+    @property
+    def title(self) -> str:
+        """``process 4 "notepad"``, or the heading."""
+        return self.heading or f'process {self.pid} "{self.name}"'
 
 
 class VadRun(NamedTuple):
@@ -360,6 +368,8 @@ WIDTH = RIGHT_X + PAGE_W + MARGIN
 COLOURS = ("#1f5fa8", "#c0392b", "#27864a", "#7d3c98", "#c26a00", "#138d90", "#7b5a3c",
            "#b03a7a")
 SHARED_COLOUR = "#666666"
+BOUNDARY_COLOUR = "#c0392b"
+HIT_COLOUR = "#c0392b"    # a frame ring-0 code wrote (emu.scenarios: a DPC's store)
 
 
 class _Kind(enum.Enum):
@@ -368,22 +378,33 @@ class _Kind(enum.Enum):
     PAGE = "page"
     UNBACKED = "unbacked"
     ELLIPSIS = "ellipsis"
+    BOUNDARY = "boundary"
 
 
 class _Row(NamedTuple):
     kind: _Kind
     text: str
     page: Page | None = None
+    va: int = 0                  # BOUNDARY: the first address past the line
 
 
 def _in_focus(start: int, end: int, focus: list[tuple[int, int]]) -> bool:
     return any(lo < end and start < hi for lo, hi in focus)
 
 
-def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_Row]:
-    """The rows of one process's column, following the drawing rule of the module doc."""
-    rows = [_Row(_Kind.HEADER, f'process {pm.pid} "{pm.name}"')]
+def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None,
+                  boundaries: Sequence[tuple[int, str]] = ()) -> list[_Row]:
+    """The rows of one process's column, following the drawing rule of the module doc;
+    a boundary's line goes between the last row below its address and the first at or
+    above it (or last)."""
+    rows = [_Row(_Kind.HEADER, pm.title)]
     hidden = 0
+    lines = sorted(boundaries)
+
+    def cross(va: int) -> None:
+        while lines and lines[0][0] <= va:
+            at, text = lines.pop(0)
+            rows.append(_Row(_Kind.BOUNDARY, text, va=at))
 
     def flush() -> None:
         nonlocal hidden
@@ -395,7 +416,9 @@ def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_
         if not region.pages:
             if focus is None or _in_focus(region.start, region.end, focus):
                 flush()
-                rows.append(_Row(_Kind.REGION, f"{region.state.value}, {region.page_count} pages"))
+                cross(region.start)
+                n = region.page_count
+                rows.append(_Row(_Kind.REGION, f"{region.state.value}, {n} page{'s' * (n != 1)}"))
                 rows.append(_Row(_Kind.UNBACKED, addr(region.start, ticks=True)))
             continue
         labelled = False
@@ -409,18 +432,28 @@ def _process_rows(pm: ProcessMap, focus: list[tuple[int, int]] | None) -> list[_
                 hidden += 1
                 continue
             flush()
+            cross(page.va)
             if not labelled:
-                rows.append(_Row(_Kind.REGION, f"{region.protection}, {n} page{'s' * (n != 1)}"))
+                count = f"{n} page{'s' * (n != 1)}"
+                rows.append(_Row(_Kind.REGION, f"{region.owner}: {region.protection}"
+                                 if region.owner else f"{region.protection}, {count}"))
                 labelled = True
             rows.append(_Row(_Kind.PAGE, addr(page.va, ticks=True), page))
     flush()
+    cross(1 << 64)
     return rows
 
 
-def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | None = None) -> str:
+def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | None = None,
+               boundaries: Sequence[tuple[int, str]] = (),
+               hits: dict[int, str] | None = None) -> str:
     """The seed's diagram as a self-contained SVG: the first process's pages on the left, the
     second's on the right (further ones alternate, stacked below), the frames they use in
-    the middle by frame number, one arrow from each drawn page to its frame."""
+    the middle by frame number, one arrow from each drawn page to its frame; each of
+    ``boundaries`` (address, words) a dashed red line in every column, where that
+    address falls among the drawn pages (the end of a user address space, say); each
+    frame of ``hits`` (pfn -> a word or two: who wrote it) outlined in red, the words in
+    its box."""
     body: list[str] = []
     anchors: list[tuple[int, Page, int, int, int]] = []   # (process index, page, x, y, side)
     bottoms = [TOP, TOP]
@@ -428,7 +461,7 @@ def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | Non
         side = i % 2
         x, y = (LEFT_X, RIGHT_X)[side], bottoms[side]
         colour = COLOURS[i % len(COLOURS)]
-        for row in _process_rows(pm, focus):
+        for row in _process_rows(pm, focus, boundaries):
             body.append(_row_svg(row, pm, x, y, colour))
             if row.page is not None:
                 anchors.append((i, row.page, x + PAGE_W if side == 0 else x, y + BOX_H // 2, side))
@@ -445,29 +478,37 @@ def render_svg(maps: Sequence[ProcessMap], *, focus: list[tuple[int, int]] | Non
             body.append(_text(FRAMES_X + 6, y + 11, "ellipsis",
                               f"... {gap} frame{'s' * (gap != 1)}"))
             y += ROW
-        body.append(_frame_svg(pfn, users[pfn], maps, y))
+        body.append(_frame_svg(pfn, users[pfn], maps, y, (hits or {}).get(pfn, "")))
         frame_y[pfn] = y
         y, previous = y + ROW, pfn
     arrows = [_arrow_svg(i, x, ay, FRAMES_X if side == 0 else FRAMES_X + FRAME_W,
                          frame_y[page.pfn] + BOX_H // 2)
               for i, page, x, ay, side in anchors]
     height = max(*bottoms, y) + 2 * ROW
-    return _document(maps, body + arrows, height)
+    notes = ["Dashed red line: the end of the user address space."] if boundaries else []
+    if hits and any(pfn in frame_y for pfn in hits):
+        notes.append("Red box: a frame ring-0 code wrote.")
+    return _document(maps, body + arrows, height, notes)
 
 
-def _document(maps: Sequence[ProcessMap], body: list[str], height: int) -> str:
+def _document(maps: Sequence[ProcessMap], body: list[str], height: int,
+              notes: Sequence[str] = ()) -> str:
     markers = [f'<marker id="head-{i}" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" '
                f'markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" '
                f'fill="{COLOURS[i % len(COLOURS)]}"/></marker>' for i in range(len(maps))]
     names = ", ".join(f'{pm.pid} "{pm.name}"' for pm in maps)
+    if all(pm.heading for pm in maps):
+        title = "Virtual pages -> physical frames: " + ", ".join(pm.heading for pm in maps)
+    else:
+        title = (f"Virtual address spaces of process {names}" if len(maps) == 1 else
+                 f"Virtual address spaces of processes {names}")
     heading = [
-        _text(MARGIN, 20, "title", f"Virtual address spaces of process {names}"
-              if len(maps) == 1 else f"Virtual address spaces of processes {names}"),
+        _text(MARGIN, 20, "title", title),
         _text(LEFT_X, 46, "column", "virtual pages"),
         _text(FRAMES_X, 46, "column", "physical frames (PFN)"),
         _text(RIGHT_X, 46, "column", "virtual pages") if len(maps) > 1 else "",
         _text(MARGIN, height - ROW, "note", "A D: the PTE's Accessed and Dirty bits.  "
-              "...: pages or frames not drawn."),
+              "  ".join(["...: pages or frames not drawn.", *notes])),
     ]
     return "\n".join([
         '<?xml version="1.0" encoding="UTF-8"?>',
@@ -485,7 +526,10 @@ def _document(maps: Sequence[ProcessMap], body: list[str], height: int) -> str:
 
 _TEXT_STYLE = {"title": ' font-size="14" font-weight="bold"', "column": ' font-weight="bold"',
                "region": ' font-size="9" fill="#444444"', "ellipsis": ' fill="#777777"',
-               "note": ' font-size="10" fill="#444444"', "flags": ' text-anchor="end"'}
+               "note": ' font-size="10" fill="#444444"', "flags": ' text-anchor="end"',
+               "boundary": f' font-size="9" font-weight="bold" fill="{BOUNDARY_COLOUR}"',
+               "hit": f' font-size="9" font-weight="bold" fill="{HIT_COLOUR}" '
+                      'text-anchor="end"'}
 
 
 def _text(x: int, y: int, cls: str, text: str, extra: str = "") -> str:
@@ -500,13 +544,18 @@ def _row_svg(row: _Row, pm: ProcessMap, x: int, y: int, colour: str) -> str:
         return _text(x, y + 11, "region", row.text)
     if row.kind is _Kind.ELLIPSIS:
         return _text(x + 6, y + 11, "ellipsis", row.text)
+    if row.kind is _Kind.BOUNDARY:
+        return (f'<g class="boundary" data-pid="{pm.pid}" data-va="{row.va:#x}">'
+                f'<line x1="{x}" y1="{y + 1}" x2="{x + PAGE_W}" y2="{y + 1}" '
+                f'stroke="{BOUNDARY_COLOUR}" stroke-width="2" '
+                f'stroke-dasharray="6,3"/>{_text(x, y + 12, "boundary", row.text)}</g>')
     if row.kind is _Kind.UNBACKED:
         return (f'<g class="unbacked"><rect x="{x}" y="{y}" width="{PAGE_W}" height="{BOX_H}" '
                 f'fill="none" stroke="{colour}" stroke-dasharray="3,2"/>'
                 f'{_text(x + 6, y + 11, "label", row.text)}</g>')
     page = row.page
     flags = ("A" if page.accessed else "-") + " " + ("D" if page.dirty else "-")
-    tip = (f'process {pm.pid} "{pm.name}" {addr(page.va, ticks=True)} -> frame '
+    tip = (f'{pm.title} {addr(page.va, ticks=True)} -> frame '
            f"{addr(page.pfn)}, {page.protection}, {flags}")
     return (f'<g class="page" id="page-{pm.pid}-{page.va:x}"><title>{escape(tip)}</title>'
             f'<rect x="{x}" y="{y}" width="{PAGE_W}" height="{BOX_H}" fill="{colour}" '
@@ -515,16 +564,19 @@ def _row_svg(row: _Row, pm: ProcessMap, x: int, y: int, colour: str) -> str:
 
 
 def _frame_svg(pfn: int, users: list[tuple[int, Page]], maps: Sequence[ProcessMap],
-               y: int) -> str:
+               y: int, hit: str = "") -> str:
     owners = sorted({i for i, _ in users})
     colour = COLOURS[owners[0] % len(COLOURS)] if len(owners) == 1 else SHARED_COLOUR
-    who = "; ".join(f'process {maps[i].pid} "{maps[i].name}" at {addr(p.va, ticks=True)}'
+    who = "; ".join(f'{maps[i].title} at {addr(p.va, ticks=True)}'
                     for i, p in users)
     tip = f"frame {addr(pfn)} (physical {addr(pfn * PAGE_SIZE, ticks=True)}): {who}"
-    return (f'<g class="frame" id="frame-{pfn:x}"><title>{escape(tip)}</title>'
+    stroke = f'stroke="{HIT_COLOUR}" stroke-width="2.5"' if hit else f'stroke="{colour}"'
+    words = _text(FRAMES_X + FRAME_W - 4, y + 10, "hit", hit) if hit else ""
+    return (f'<g class="frame" id="frame-{pfn:x}"><title>{escape(tip)}'
+            f'{escape(f"; {hit}" if hit else "")}</title>'
             f'<rect x="{FRAMES_X}" y="{y}" width="{FRAME_W}" height="{BOX_H}" fill="{colour}" '
-            f'fill-opacity="0.15" stroke="{colour}"/>'
-            f'{_text(FRAMES_X + 6, y + 11, "label", addr(pfn))}</g>')
+            f'fill-opacity="0.15" {stroke}/>'
+            f'{_text(FRAMES_X + 6, y + 11, "label", addr(pfn))}{words}</g>')
 
 
 def _arrow_svg(i: int, x1: int, y1: int, x2: int, y2: int) -> str:

@@ -4,6 +4,7 @@ parameters, guest memory), never from the narration."""
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 import pytest
@@ -174,3 +175,21 @@ def test_a_scenario_that_breaks_is_a_failure_not_a_traceback():
 
     result = play(Scenario("missing", "a guest that is not built", "-", (), play_it))
     assert not result.ok and "no-such-app: no such file" in result.error
+
+
+def test_no_narration_line_repeats_a_word(tour):
+    doubled = [(name, line) for name, result in tour.items() for line in result.lines
+               if re.search(r"\b([A-Za-z]+)[,;:]? \1\b", line)]
+    assert doubled == []
+
+
+def test_a_hard_fault_names_its_frame_once(tour):
+    lines = [line for line in tour["paging-to-disk"].lines if "a hard fault reads it back" in line]
+    assert lines and all(re.search(r"reads it back into frame 0x[0-9a-f]+$", line)
+                         for line in lines)
+
+
+def test_two_processes_are_both_not_all_2(tour):
+    lines = [line for result in tour.values() for line in result.lines]
+    assert not [line for line in lines if re.search(r"\ball 2\b", line)]
+    assert any("in both processes' PML4s: one shared kernel space" in line for line in lines)

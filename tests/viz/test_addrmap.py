@@ -268,3 +268,28 @@ def test_notepad_and_myapp_map_the_same_address_to_different_frames(machine_fact
         assert " 3 pages -> frames " in line
     svg = render_svg(maps, focus=[(SEED_VA, SEED_VA + 3 * PAGE_SIZE)])
     assert check_arrows(svg, tables) == 6
+
+
+def test_a_boundary_line_falls_between_the_pages_below_and_above_it():
+    pm = synthetic_map(4, 4, 0x100)
+    svg = ET.fromstring(render_svg([pm], boundaries=[(0x12000, "the line")]).split("?>", 1)[1])
+    order = [("line" if e.get("class") == "boundary" else e.get("id"))
+             for e in svg.iter(SVG + "g") if e.get("class") in ("boundary", "page")]
+    assert order == ["page-4-10000", "page-4-11000", "line", "page-4-12000", "page-4-13000"]
+    (line,) = [e for e in svg.iter(SVG + "g") if e.get("class") == "boundary"]
+    assert line.get("data-va") == "0x12000" and "the line" in "".join(line.itertext())
+
+
+def test_a_hit_frame_is_outlined_and_named():
+    pm = synthetic_map(4, 2, 0x100)
+    svg = ET.fromstring(render_svg([pm], hits={0x101: "DPC wrote"}).split("?>", 1)[1])
+    words = {g.get("id"): "".join(t.text for t in g.iter(SVG + "text") if t.get("class") == "hit")
+             for g in svg.iter(SVG + "g") if g.get("class") == "frame"}
+    assert words == {"frame-100": "", "frame-101": "DPC wrote"}
+
+
+def test_a_map_with_a_heading_is_not_called_a_process():
+    pm = synthetic_map(0, 1, 0x100)
+    named = ProcessMap(0, "x", pm.pages, pm.regions, heading="driver images (kernel half)")
+    svg = render_svg([named])
+    assert "driver images (kernel half)" in svg and "process 0" not in svg
