@@ -37,7 +37,7 @@ class Debugger:
         self.proc.stdin.write(commands + "position\n")
         self.proc.stdin.flush()
         out = []
-        end = " instructions and exceptions since boot\n"
+        end = " since boot\n"
         while not (line := self.proc.stdout.readline()).endswith(end):
             if not line:
                 raise SystemExit("bench: emu debug ended early:\n" + "".join(out[-20:]))
