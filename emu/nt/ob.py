@@ -201,6 +201,10 @@ class HandleTable:
             del self._entries[value]
         return [self.close(value) for value in sorted(self._entries)]
 
+    def reserved(self) -> list[int]:
+        """The values reserved for objects still being made."""
+        return sorted(v for v, obj in self._entries.items() if obj is _RESERVED)
+
     def items(self) -> list[tuple[int, object]]:
         """(value, object) of every open handle, by value."""
         return sorted((v, obj) for v, obj in self._entries.items() if obj is not _RESERVED)

@@ -6,6 +6,8 @@ What must always hold (each broken rule is one line of the result):
   holds (no handle to a deleted object), and its value is a nonzero multiple of 4.
 - A table holds at most MAX_HANDLES handles; a terminated process holds none (its
   table was destroyed at exit).
+- A slot reserved for an object being made exists only while a thread of that
+  process is inside the service making it (a device open waiting for its driver).
 - Every object's handle count equals the number of handles, in all tables, that
   name it (ObpIncrementHandleCount/ObpDecrementHandleCount keep them equal).
 - Nothing is alive that nothing keeps: an object with no handle is deleted, unless
@@ -53,6 +55,14 @@ def check_objects(ex: Executive) -> list[str]:
             problems.append(f"{where} holds {len(items)} handles, more than {MAX_HANDLES}")
         if proc.state is ProcessState.TERMINATED and items:
             problems.append(f"{where} has terminated, yet holds {len(items)} handle(s)")
+        # A service making an object: about to call its driver (kernel_work), or in it now.
+        busy = any(t.kernel_work is not None for t in proc.threads) or (
+            ex.in_system_service and ex.current_thread is not None
+            and ex.current_thread.process is proc)
+        for value in proc.handles.reserved():
+            if not busy:
+                problems.append(f"{where} has handle {value:#x} reserved, yet no service of "
+                                "its is making an object (a leaked slot)")
         for value, obj in items:
             if value <= 0 or value % HANDLE_INCREMENT:
                 problems.append(f"{where} holds handle {value:#x}, not a nonzero multiple "

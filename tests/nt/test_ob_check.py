@@ -7,7 +7,7 @@ import cmd
 import io
 
 import pytest
-from guestcalls import EVENT, FILE, Call, run
+from guestcalls import DATA, EVENT, FILE, OUTV, THREAD_FN, Call, run
 
 from emu.debugger.cmd_state import StateCommands
 from emu.debugger.target import LiveTarget
@@ -40,7 +40,6 @@ class Harness(StateCommands, cmd.Cmd):
 def paused(machine_factory):
     """A process blocked with six handles open (console, file, event, two devices, event)
     and a second thread of its own."""
-    from guestcalls import OUTV, THREAD_FN
     m, proc, results, _ = run(machine_factory, [Call(S.NtCreateThread, (THREAD_FN, 0, OUTV))])
     assert results[7] == 0
     return m, proc, Harness(LiveTarget(m))
@@ -85,3 +84,33 @@ def test_a_running_thread_the_object_manager_lost_is_reported(paused):
     assert sh.run("check").splitlines() == [
         "1 broken rule(s):", f"  thread {thread.tid} of process {proc.pid} is running, yet is "
         "no object of the object manager"]
+
+
+def test_a_leaked_reserved_slot_is_reported(paused):
+    m, proc, sh = paused
+    value = proc.handles.reserve()
+    assert sh.run("check").splitlines() == [
+        "1 broken rule(s):", f'  process {proc.pid} "svc" has handle {value:#x} reserved, yet '
+        "no service of its is making an object (a leaked slot)"]
+
+
+def test_a_slot_reserved_while_the_driver_opens_is_no_leak(machine_factory):
+    """Stopped inside echo.sys's IRP_MJ_CREATE (where a debugger may stop), the slot the
+    open reserved is in use, not leaked."""
+    seen = []
+
+    def factory(**kwargs):
+        m = machine_factory(**kwargs)
+        real = m.executive.io._call
+
+        def call(*args):
+            proc = m.executive.processes[0]
+            seen.append((proc.handles.reserved(), check_objects(m.executive)))
+            return real(*args)
+        m.executive.io._call = call
+        return m
+    echo = DATA + 0x800
+    m, proc, results, _ = run(factory, [Call(S.NtOpenFile, (echo, OUTV))], setup=False,
+                              plant={echo: b"\\Device\\Echo\0"}, drivers=("echo.sys",))
+    assert results[0] == 0 and seen == [([4], [])]
+    assert proc.handles.reserved() == [] and check_objects(m.executive) == []
