@@ -286,6 +286,14 @@ class Cpu:
         if err.errno == UC_ERR_EXCEPTION and self._fault is not None:
             return self._complete_fault(self._fault)
         if err.errno == UC_ERR_INSN_INVALID:
+            insn = self.decode_at(self.rip, self.cpl)
+            if insn is not None and insn.mnemonic == "int1":
+                # INT1 (ICEBP, F1) is a #DB trap: it completes, RIP past it, and no gate DPL
+                # is checked (SDM Vol. 3A, "Protection of Exception- and Interrupt-Handler
+                # Procedures"). Unicorn stops at it as at an invalid opcode.
+                self.native.account(self.native.instructions + 1)
+                return CpuException(Vector.DB, self.rip + insn.size, self.cpl,
+                                    reason="int1 (ICEBP)")
             return CpuException(Vector.UD, self.rip, self.cpl)
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
             return CpuException(Vector.MC, self.rip, self.cpl, reason="physical address beyond RAM")
@@ -322,7 +330,7 @@ class Cpu:
         event, context, completed = self._held
         self._held = None
         self.uc.context_restore(context)
-        self.native.rewind(completed)
+        self.native.account(completed)
         self.flush_tlb()
         return event
 

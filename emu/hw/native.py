@@ -333,14 +333,16 @@ class NativeHooks:
         ctx = self._ctx
         return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == pc else 0)
 
-    def rewind(self, completed: int) -> None:
-        """After a run the CPU was put back to an earlier instruction boundary (a fault
-        raised from a hook, emu.hw.cpu.Cpu.raise_fault): ``completed`` instructions are
-        done, the ones counted since go back to the budget."""
+    def account(self, completed: int) -> None:
+        """After a run, the CPU layer put RIP at another instruction boundary than the one
+        the run ended at (emu.hw.cpu: a fault raised from a hook undone, a trap Unicorn
+        stopped before): ``completed`` instructions are done while counting, and the
+        difference goes back to (or comes out of) the budget. A no-op when not counting."""
         ctx = self._ctx
-        if self._code_hook is not None:
-            ctx.remaining += max(0, ctx.instructions - completed)
-        ctx.instructions = min(ctx.instructions, completed)
+        if self._code_hook is None:
+            return
+        ctx.remaining = max(0, ctx.remaining + ctx.instructions - completed)
+        ctx.instructions = completed
         ctx.in_flight = 0
 
     def stop_soon(self) -> None:
