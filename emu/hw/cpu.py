@@ -466,9 +466,11 @@ class Cpu:
             # Every other gate has DPL 0 (docs/abi.md): `int n` at CPL 3 is #GP with error
             # code n*8+2 at the int instruction (SDM Vol. 3A §6.12.1.1, §6.13).
             code = (intno << 3) | IDT_ERROR_CODE
-            event = CpuException(Vector.GP, self._int_instruction(rip, intno), cpl, code,
+            start = self._int_instruction(rip, intno)
+            event = CpuException(Vector.GP, start, cpl, code,
                                  reason=f"#GP({code:#x}): int {intno:#x} at CPL {cpl}, and "
                                         f"the IDT gate of vector {intno:#x} has DPL 0")
+            self.native.account(self.native.completed_before(start))   # a fault: not done
         self._event = event
         uc.emu_stop()
 

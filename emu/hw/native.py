@@ -27,6 +27,8 @@ Instruction counting (measured on Unicorn 2.1.4; each case is a test in test_nat
   RIP stays at the instruction), an invalid opcode (UC_ERR_INSN_INVALID). A trap has
   completed and is counted: ``int3`` and ``int n`` (RIP past them), ``syscall`` (its hook
   runs, then RIP moves past it), ``hlt``. A denied fetch counts the jump that led there.
+  (emu.hw.cpu corrects the count with :meth:`NativeHooks.account` where the machine's CPU
+  differs: an ``int n`` that is a #GP, a fault raised from a hook, ``int1``.)
 * After ``set_budget(n)``, the run stops after exactly n more completed instructions, with
   RIP at the next one, not executed; resuming gives the same state as one uninterrupted run,
   and the same as Unicorn's ``emu_start(count=n)`` at every step.

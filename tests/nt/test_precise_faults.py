@@ -218,3 +218,9 @@ def test_int1_completes_like_int3(machine_factory):
     _, _, int3 = run(machine_factory, b"\x90\x90\xcc" + EXIT_0, counted=True)
     _, _, int1 = run(machine_factory, b"\x90\x90\xf1" + EXIT_0, counted=True)
     assert int1.stats.instructions == int3.stats.instructions
+
+
+def test_a_faulting_int_n_is_not_counted_as_completed(machine_factory):
+    _, _, hlt = run(machine_factory, b"\x90\x90\xf4" + EXIT_0, counted=True)
+    _, _, int_n = run(machine_factory, b"\x90\x90\xcd\x40" + EXIT_0, counted=True)
+    assert int_n.stats.instructions == hlt.stats.instructions
