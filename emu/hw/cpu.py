@@ -464,7 +464,8 @@ class Cpu:
             event = CpuException(Vector.BP, rip - 1, cpl)
         else:
             # Every other gate has DPL 0 (docs/abi.md): `int n` at CPL 3 is #GP with error
-            # code n*8+2 at the int instruction (SDM Vol. 3A §6.12.1.1, §6.13).
+            # code n*8+2 at the int instruction (SDM Vol. 3A, "Protection of Exception- and
+            # Interrupt-Handler Procedures"; the IDT bit of the error code, "Error Code").
             code = (intno << 3) | IDT_ERROR_CODE
             start = self._int_instruction(rip, intno)
             event = CpuException(Vector.GP, start, cpl, code,
