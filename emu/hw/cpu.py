@@ -286,6 +286,14 @@ class Cpu:
         if err.errno == UC_ERR_EXCEPTION and self._fault is not None:
             return self._complete_fault(self._fault)
         if err.errno == UC_ERR_INSN_INVALID:
+            insn = self.decode_at(self.rip, self.cpl)
+            if insn is not None and insn.mnemonic == "int1":
+                # INT1 (ICEBP, F1) is a #DB trap: it completes, RIP past it, and no gate DPL
+                # is checked (SDM Vol. 3A, "Protection of Exception- and Interrupt-Handler
+                # Procedures"). Unicorn stops at it as at an invalid opcode.
+                self.native.account(self.native.instructions + 1)
+                return CpuException(Vector.DB, self.rip + insn.size, self.cpl,
+                                    reason="int1 (ICEBP)")
             return CpuException(Vector.UD, self.rip, self.cpl)
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
             return CpuException(Vector.MC, self.rip, self.cpl, reason="physical address beyond RAM")
@@ -322,7 +330,7 @@ class Cpu:
         event, context, completed = self._held
         self._held = None
         self.uc.context_restore(context)
-        self.native.rewind(completed)
+        self.native.account(completed)
         self.flush_tlb()
         return event
 
@@ -456,11 +464,14 @@ class Cpu:
             event = CpuException(Vector.BP, rip - 1, cpl)
         else:
             # Every other gate has DPL 0 (docs/abi.md): `int n` at CPL 3 is #GP with error
-            # code n*8+2 at the int instruction (SDM Vol. 3A §6.12.1.1, §6.13).
+            # code n*8+2 at the int instruction (SDM Vol. 3A, "Protection of Exception- and
+            # Interrupt-Handler Procedures"; the IDT bit of the error code, "Error Code").
             code = (intno << 3) | IDT_ERROR_CODE
-            event = CpuException(Vector.GP, self._int_instruction(rip, intno), cpl, code,
+            start = self._int_instruction(rip, intno)
+            event = CpuException(Vector.GP, start, cpl, code,
                                  reason=f"#GP({code:#x}): int {intno:#x} at CPL {cpl}, and "
                                         f"the IDT gate of vector {intno:#x} has DPL 0")
+            self.native.account(self.native.completed_before(start))   # a fault: not done
         self._event = event
         uc.emu_stop()
 

@@ -27,6 +27,8 @@ Instruction counting (measured on Unicorn 2.1.4; each case is a test in test_nat
   RIP stays at the instruction), an invalid opcode (UC_ERR_INSN_INVALID). A trap has
   completed and is counted: ``int3`` and ``int n`` (RIP past them), ``syscall`` (its hook
   runs, then RIP moves past it), ``hlt``. A denied fetch counts the jump that led there.
+  (emu.hw.cpu corrects the count with :meth:`NativeHooks.account` where the machine's CPU
+  differs: an ``int n`` that is a #GP, a fault raised from a hook, ``int1``.)
 * After ``set_budget(n)``, the run stops after exactly n more completed instructions, with
   RIP at the next one, not executed; resuming gives the same state as one uninterrupted run,
   and the same as Unicorn's ``emu_start(count=n)`` at every step.
@@ -333,14 +335,16 @@ class NativeHooks:
         ctx = self._ctx
         return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == pc else 0)
 
-    def rewind(self, completed: int) -> None:
-        """After a run the CPU was put back to an earlier instruction boundary (a fault
-        raised from a hook, emu.hw.cpu.Cpu.raise_fault): ``completed`` instructions are
-        done, the ones counted since go back to the budget."""
+    def account(self, completed: int) -> None:
+        """After a run, the CPU layer put RIP at another instruction boundary than the one
+        the run ended at (emu.hw.cpu: a fault raised from a hook undone, a trap Unicorn
+        stopped before): ``completed`` instructions are done while counting, and the
+        difference goes back to (or comes out of) the budget. A no-op when not counting."""
         ctx = self._ctx
-        if self._code_hook is not None:
-            ctx.remaining += max(0, ctx.instructions - completed)
-        ctx.instructions = min(ctx.instructions, completed)
+        if self._code_hook is None:
+            return
+        ctx.remaining = max(0, ctx.remaining + ctx.instructions - completed)
+        ctx.instructions = completed
         ctx.in_flight = 0
 
     def stop_soon(self) -> None:

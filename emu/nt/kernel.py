@@ -62,6 +62,7 @@ from emu.nt.status import NTSTATUS
 
 IRETQ = b"\x48\xcf"
 INT3 = b"\xcc"
+HLT = b"\xf4"
 TRAMPOLINE = layout.KERNEL_TEXT                  # iretq: the way into ring 3
 KERNEL_RETURN = layout.KERNEL_TEXT + 0x10        # int3: where a kernel routine returns to
 KERNEL_STACK_TOP = layout.KERNEL_STACK_BASE + (layout.KERNEL_STACK_PAGES + 1) * layout.PAGE_SIZE
@@ -718,6 +719,11 @@ class Executive:
                 rax = cpu.reg("rax")
                 self._return_to(caller, caller_cr3)
                 return KernelCallResult(rax)
+            if exc is None and cpu.read_code(cpu.rip - 1, 1) == HLT:
+                # HLT at CPL 0 with IF = 1 waits for the next interrupt: the clock's tick
+                # comes and returns to the instruction after it (SDM Vol. 2B, HLT).
+                result = self._run_cpu()
+                continue
             if exc is None:
                 raise RuntimeError("kernel routine stopped without returning")
             if exc.vector == Vector.PF and exc.access == "fetch" and exc.cpl == 0 and \

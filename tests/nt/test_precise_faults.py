@@ -203,3 +203,24 @@ def test_into_in_a_32_bit_process_is_gp_at_the_into(machine_factory):
     m.run()
     assert p.exception.code == NTSTATUS.STATUS_ACCESS_VIOLATION
     assert p.exception.rip == CODE + 4 and p.exception.instruction == "into"
+
+
+@SPEEDS
+def test_int1_is_a_single_step_trap_after_it(machine_factory, counted):
+    """INT1 (ICEBP, F1) raises #DB as a trap, with no DPL check: STATUS_SINGLE_STEP with the
+    address after it, as `int3` is reported after its own check."""
+    _, p, _ = run(machine_factory, b"\x90\xf1\x90" + EXIT_0, counted=counted)
+    assert p.exception.code == NTSTATUS.STATUS_SINGLE_STEP
+    assert p.exception.rip == CODE + 2
+
+
+def test_int1_completes_like_int3(machine_factory):
+    _, _, int3 = run(machine_factory, b"\x90\x90\xcc" + EXIT_0, counted=True)
+    _, _, int1 = run(machine_factory, b"\x90\x90\xf1" + EXIT_0, counted=True)
+    assert int1.stats.instructions == int3.stats.instructions
+
+
+def test_a_faulting_int_n_is_not_counted_as_completed(machine_factory):
+    _, _, hlt = run(machine_factory, b"\x90\x90\xf4" + EXIT_0, counted=True)
+    _, _, int_n = run(machine_factory, b"\x90\x90\xcd\x40" + EXIT_0, counted=True)
+    assert int_n.stats.instructions == hlt.stats.instructions

@@ -117,3 +117,22 @@ def test_a_woken_thread_shows_the_status_it_resumes_with():
     regs = seen[0]
     assert regs["rax"] == 0                                    # STATUS_SUCCESS
     assert regs["rip"] == sleeper.image.symbols["NtDelayExecution"] + 0xa
+
+
+def test_hlt_at_ring_0_waits_for_the_next_interrupt_and_goes_on():
+    """IF is 1 at ring 0, so a driver's `hlt` ends at the next interrupt (the clock's) and
+    the routine goes on after it; it was a Python error."""
+    from emu import Machine
+    from emu.nt.mm.address_space import Protection
+    from emu.nt.mm.pfn import FrameUse
+
+    m = Machine("64M")
+    try:
+        ex = m.executive
+        routine = 0xFFFF_8000_0100_0000
+        code = bytes.fromhex("b82a000000" "f4" "83c001" "c3")   # mov eax, 42; hlt; add; ret
+        ex.mm.map_new(ex.mm.system, routine, Protection.PAGE_EXECUTE_READ,
+                      use=FrameUse.KERNEL, data=code)
+        assert ex.call_kernel(routine).rax == 43
+    finally:
+        m.close()
