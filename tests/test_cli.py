@@ -377,3 +377,15 @@ def test_a_linux_program_given_as_a_driver_is_refused_as_linux(apps, tmp_path):
                         "(it asks for an interpreter): Linux system calls are not served: only "
                         "guests built for this machine's ABI run (docs/abi.md; building one: "
                         "guest/README.md)\n")
+
+
+def test_sigterm_while_waiting_for_gdb_ends_with_one_line_and_143(apps):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", "--gdb", "127.0.0.1:0",
+                             str(apps / "hello")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith("gdb stub: listening on 127.0.0.1:")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (143, "", "emu: terminated by SIGTERM\n")
