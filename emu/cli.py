@@ -239,7 +239,10 @@ def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | Non
         if args.map or args.map_svg:
             from emu.viz.addrmap import MapRecorder  # only when asked: keeps start-up quick
             recorder = MapRecorder(machine)
-        with _ctrl_c_stops(machine) as caught:
+        # Under --gdb the main thread waits in Python (for gdb, for packets): SIGTERM's
+        # handler runs there, so only SIGINT is left to the watcher.
+        signals = {signal.SIGINT} if args.gdb else _STOP_SIGNALS
+        with _ctrl_c_stops(machine, signals) as caught:
             result = _run_under_gdb(args.gdb, machine) if args.gdb else machine.run()
     finally:
         sys.stdout.flush()
@@ -328,7 +331,7 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 @contextlib.contextmanager
-def _ctrl_c_stops(machine: Machine):
+def _ctrl_c_stops(machine: Machine, signals: set[int] = _STOP_SIGNALS):
     """Make Ctrl-C (SIGINT) and SIGTERM stop the guest at the next instruction boundary;
     yields a list that receives the signal that stopped it.
 
@@ -341,12 +344,12 @@ def _ctrl_c_stops(machine: Machine):
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
 
     stopped = threading.Event()
 
     def watch() -> None:
-        caught.append(signal.sigwait(_STOP_SIGNALS))
+        caught.append(signal.sigwait(signals))
         # Again until the run returns: a stop that lands between two emu_start calls (a
         # context switch) would otherwise be lost to the next one.
         while True:

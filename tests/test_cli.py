@@ -249,7 +249,7 @@ def test_a_driver_crash_is_a_blue_screen(apps):
 
 def test_a_bad_driver_is_a_usage_error(apps):
     r = emu("run", "--driver", apps / "hello", apps / "hello")
-    assert r.returncode == 2 and "not a shared object" in r.stderr
+    assert r.returncode == 2 and "an app, not a driver" in r.stderr
 
 
 def _limit_address_space(limit: int):
@@ -355,3 +355,37 @@ def test_a_closed_pipe_on_stdout_is_not_a_traceback(apps):
     proc.stdout.close()                      # `emu run ... | head -0`: no reader at all
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 3 and err == ""
+
+
+@pytest.mark.parametrize("name, why", [
+    ("hello", "type ET_EXEC, not a shared object"),
+    ("hello-pie", "it has _start and no DriverEntry"),
+])
+def test_an_app_given_as_a_driver_says_to_run_it_as_an_app(apps, name, why):
+    r = emu("run", "--driver", apps / name, apps / "hello")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"emu: error: {apps / name}: an app, not a driver ({why}): run it "
+                        "without --driver\n")
+
+
+def test_a_linux_program_given_as_a_driver_is_refused_as_linux(apps, tmp_path):
+    (tmp_path / "l.c").write_text("int main(void) { return 1; }\n")
+    subprocess.run(["gcc", "-o", tmp_path / "l", tmp_path / "l.c"], check=True)   # a PIE
+    r = emu("run", "--driver", tmp_path / "l", apps / "hello")
+    assert r.returncode == 2
+    assert r.stderr == (f"emu: error: {tmp_path / 'l'}: a dynamically linked Linux executable "
+                        "(it asks for an interpreter): Linux system calls are not served: only "
+                        "guests built for this machine's ABI run (docs/abi.md; building one: "
+                        "guest/README.md)\n")
+
+
+def test_sigterm_while_waiting_for_gdb_ends_with_one_line_and_143(apps):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", "--gdb", "127.0.0.1:0",
+                             str(apps / "hello")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith("gdb stub: listening on 127.0.0.1:")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (143, "", "emu: terminated by SIGTERM\n")

@@ -29,6 +29,7 @@ from emu.nt.loader import (
     copy_into_pages,
     dynamic_symbols,
     read_image_file,
+    refuse_linux,
     symbol_table,
 )
 from emu.nt.mm.address_space import Protection
@@ -93,6 +94,10 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     h = elf.header
     if h["e_machine"] != "EM_X86_64":
         raise LoaderError(f"{path}: not an x86-64 driver (machine {h['e_machine']})")
+    refuse_linux(elf, elf.program_headers(), path)
+    if h["e_type"] == "ET_EXEC":
+        raise LoaderError(f"{path}: an app, not a driver (type ET_EXEC, not a shared "
+                          "object): run it without --driver")
     if h["e_type"] != "ET_DYN":
         raise LoaderError(f"{path}: not a shared object (type {h['e_type']}); build drivers "
                           "with gcc -shared -fPIC")
@@ -109,6 +114,9 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     symbols, undefined = _dynamic_symbols(elf, data)
     image.symbols = {**symbol_table(elf, base),
                      **{name: base + value for name, value in symbols.items()}}
+    if "DriverEntry" not in image.symbols and "_start" in image.symbols:
+        raise LoaderError(f"{path}: an app, not a driver (it has _start and no DriverEntry): "
+                          "run it without --driver")
     if "DriverEntry" not in image.symbols:
         raise LoaderError(f"{path}: no DriverEntry (the driver's entry point must be "
                           "exported)")

@@ -254,9 +254,9 @@ ELFOSABI_GNU = 3                  # gABI e_ident[EI_OSABI]: "UNIX - GNU" (Linux)
 NT_GNU_ABI_TAG = 1                # the note glibc's crt1 carries (owner "GNU": OS, version)
 
 
-def _refuse_foreign(elf: ElfReader, headers: list, path: str) -> None:
-    """LoaderError naming what a file is when it is not an app for this machine: a Linux
-    program (an interpreter, the GNU OS/ABI, glibc's ABI tag note) or a driver."""
+def refuse_linux(elf: ElfReader, headers: list, path: str) -> None:
+    """LoaderError if the file is a Linux program (an interpreter, the GNU OS/ABI, glibc's
+    ABI tag note): its system calls would never be served here."""
     if any(h["p_type"] == "PT_INTERP" for h in headers):
         raise LoaderError(f"{path}: a dynamically linked Linux executable (it asks for an "
                           f"interpreter): {_NOT_SERVED}")
@@ -264,6 +264,12 @@ def _refuse_foreign(elf: ElfReader, headers: list, path: str) -> None:
         raise LoaderError(f"{path}: a Linux executable (ELF OS/ABI GNU/Linux): {_NOT_SERVED}")
     if any(h["p_type"] == "PT_NOTE" and _has_gnu_abi_tag(elf.data, h) for h in headers):
         raise LoaderError(f"{path}: a Linux executable (a GNU ABI tag note): {_NOT_SERVED}")
+
+
+def _refuse_foreign(elf: ElfReader, headers: list, path: str) -> None:
+    """LoaderError naming what a file is when it is not an app for this machine: a Linux
+    program or a driver."""
+    refuse_linux(elf, headers, path)
     if elf.header["e_type"] == "ET_DYN" and any(
             name == "DriverEntry" and shndx for name, shndx, _ in dynamic_symbols(elf)):
         raise LoaderError(f"{path}: this is a driver (it exports DriverEntry): use --driver")
