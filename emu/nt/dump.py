@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import mmap
+import os
+import stat
 import struct
 import sys
 import zlib
@@ -204,6 +206,8 @@ def read(path: str | Path) -> CrashDump:
     whole (check_header) before anything is used, and RAM is inflated a chunk at a time,
     never beyond the size the header declares."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):      # a FIFO would block, a device never end
+            raise DumpError("it is not a regular file")
         with open(path, "rb") as f:
             return _read(f)
     except DumpError as err:

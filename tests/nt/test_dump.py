@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -203,6 +204,10 @@ def test_a_truncated_or_padded_dump_is_refused(real_dump, tmp_path):
     assert refusal(bad) == "its header is not JSON (RecursionError)"
     bad.write_bytes(dump.MAGIC + b"\x01")
     assert refusal(bad) == "it ends before the header's length"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)                                   # nobody writes: reading it would block
+    assert refusal(fifo) == "it is not a regular file"
+    assert refusal(Path("/dev/zero")) == "it is not a regular file"
 
 
 def test_emu_debug_refuses_a_damaged_dump_in_one_line(real_dump, tmp_path):

@@ -21,7 +21,7 @@ from emu.hw.mmu import PTE
 from emu.nt.bugcheck import BugCheckCode
 from emu.nt.mm import softpte
 from emu.nt.mm.check import check_memory
-from emu.nt.mm.pagefile import Pagefile, PagefileError
+from emu.nt.mm.pagefile import Pagefile, PagefileError, PagefileReadError
 from emu.nt.mm.softpte import PteState
 from emu.nt.mm.vad import MemType
 from emu.nt.status import NTSTATUS
@@ -562,8 +562,10 @@ def test_a_pagefile_cut_short_under_the_machine_fails_the_read(tmp_path):
     pf.write(3, b"\xAB" * P)
     import os
     os.truncate(tmp_path / "pf", 3 * P + 100)
-    with pytest.raises(OSError):
+    with pytest.raises(PagefileReadError) as err:
         pf.read(3)
+    assert err.value.status == NTSTATUS.STATUS_END_OF_FILE
+    assert str(err.value) == "pagefile read of slot 3 came back short (100 of 4096 bytes)"
     pf.close()
 
 

@@ -34,6 +34,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from emu.nt.status import NTSTATUS
+
 PAGE_SIZE = 4096
 MIN_PAGEFILE_SIZE = 2 * PAGE_SIZE       # slot 0 is reserved: two pages hold one page of data
 HEADER = b"EMU PAGEFILE 1\n\0"          # the start of slot 0: "this file is a pagefile"
@@ -55,8 +57,6 @@ class PagefileReadError(OSError):
         self.status = status
 
 
-STATUS_END_OF_FILE = 0xC000_0011        # the read ended before the page did (ntstatus.h)
-STATUS_DEVICE_DATA_ERROR = 0xC000_009C  # the host refused the read
 
 
 _names = itertools.count()
@@ -210,10 +210,11 @@ class Pagefile:
             data = os.pread(self._file.fileno(), PAGE_SIZE, slot * PAGE_SIZE)
         except OSError as err:
             raise PagefileReadError(f"pagefile read failed: {err.strerror or err}",
-                                    STATUS_DEVICE_DATA_ERROR) from None
+                                    NTSTATUS.STATUS_DEVICE_DATA_ERROR) from None
         if len(data) != PAGE_SIZE or slot in self._lost:
             raise PagefileReadError(f"pagefile read of slot {slot} came back short "
-                                    f"({len(data)} of {PAGE_SIZE} bytes)", STATUS_END_OF_FILE)
+                                    f"({len(data)} of {PAGE_SIZE} bytes)",
+                                    NTSTATUS.STATUS_END_OF_FILE)    # ended before the page
         self.reads += 1
         return data
 
