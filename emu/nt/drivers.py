@@ -193,7 +193,11 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
     if len(ex.drivers) + len(ex.pending_drivers) >= MAX_DRIVERS:
         raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
     slot = len(ex.drivers) + len(ex.pending_drivers)
-    return parse_driver(data, str(p), layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT)
+    base = layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT
+    if data[:2] == b"MZ":                   # a PE image (a .sys as Windows builds it)
+        from emu.nt import pe
+        return pe.parse_pe_driver(data, str(p), base)
+    return parse_driver(data, str(p), base)
 
 
 def start(ex: Executive, image: DriverImage) -> Driver:
