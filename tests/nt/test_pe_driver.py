@@ -246,6 +246,35 @@ def _iat_beyond_the_image(image):
     image.DIRECTORY_ENTRY_IMPORT[0].struct.FirstThunk = 0x7FFF_0000
 
 
+def _at_rva(data: bytes, rva: int, raw: bytes) -> bytes:
+    offset = pefile.PE(data=data, fast_load=True).get_offset_from_rva(rva)
+    return data[:offset] + raw + data[offset + len(raw):]
+
+
+def _by_ordinal() -> bytes:
+    data = _hello()
+    image = pefile.PE(data=data)
+    descriptor = image.DIRECTORY_ENTRY_IMPORT[0].struct
+    ordinal = struct.pack("<Q", 1 << 63 | 5)              # IMAGE_ORDINAL_FLAG64 | 5
+    return _at_rva(_at_rva(data, descriptor.OriginalFirstThunk, ordinal),
+                   descriptor.FirstThunk, ordinal)
+
+
+def _relocation_of_type(kind: int) -> bytes:
+    data = _reloc()
+    directory = pefile.PE(data=data, fast_load=True).OPTIONAL_HEADER.DATA_DIRECTORY[5]
+    return _at_rva(data, directory.VirtualAddress + 8, struct.pack("<H", kind << 12 | 0x20))
+
+
+def _short_block(image):
+    image.DIRECTORY_ENTRY_BASERELOC[0].struct.SizeOfBlock = 14
+
+
+def _cookie_in_read_only_data(image):
+    image.DIRECTORY_ENTRY_LOAD_CONFIG.struct.SecurityCookie = \
+        image.OPTIONAL_HEADER.ImageBase + 0x2000             # .rdata
+
+
 def _overlap(image):
     image.sections[1].VirtualAddress = image.sections[0].VirtualAddress
 
@@ -302,6 +331,18 @@ BAD = {
     "unknown DLL": (lambda: _hello().replace(b"ntoskrnl.exe", b"ntoskrnX.exe"),
                     "imports from ntoskrnX.exe, which is not loaded (drivers bind to "
                     "ntoskrnl.exe and hal.dll): STATUS_DLL_NOT_FOUND"),
+    "PE32": (lambda: _edit(_hello(), _set("OPTIONAL_HEADER.Magic", 0x10B)),
+             "optional header magic 0x10b, not PE32+ (0x20b)"),
+    "import by ordinal": (_by_ordinal, "imports ntoskrnl.exe ordinal 5: drivers bind by name"),
+    "relocation of another type": (lambda: _relocation_of_type(3),
+                                   "relocation type 3 at RVA 0x2020 (only "
+                                   "IMAGE_REL_BASED_DIR64 applies to x64 images)"),
+    "relocation blocks short of the directory": (
+        lambda: _edit(_reloc(), _short_block),
+        "malformed base relocation blocks (they do not fill the directory)"),
+    "security cookie in read-only data": (
+        lambda: _edit((DRIVERS / "pecookie.sys").read_bytes(), _cookie_in_read_only_data),
+        "security cookie at 0x180002000 is not in the image's writable data"),
     "entry point in data": (lambda: _edit(_hello(), _set("OPTIONAL_HEADER.AddressOfEntryPoint",
                                                          0x2000)),
                             "entry point RVA 0x2000 is not in an executable section"),
