@@ -62,11 +62,11 @@ _SUBSYSTEMS = {2: "Windows GUI", 3: "Windows console", 5: "OS/2 console", 7: "PO
 # and IoRequestDpc (inlines in wdm.h), IoConnectInterrupt, KfRaiseIrql, KeLowerIrql and
 # KeGetCurrentIrql (on x64 the headers inline IRQL as CR8, which is not the executive's
 # IRQL yet), ProbeForRead/ProbeForWrite (Windows raises an exception; these return a
-# status), and MmCopyToUser/MmCopyFromUser (not Windows exports at all).
+# status), PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System
+# process, id 4), and MmCopyToUser/MmCopyFromUser (not Windows exports at all).
 PE_EXPORTS: dict[str, frozenset[str]] = {
     "ntoskrnl.exe": frozenset({"DbgPrint", "KeBugCheckEx", "ExAllocatePoolWithTag",
-                               "ExFreePoolWithTag", "PsGetCurrentProcessId",
-                               "RtlInitUnicodeString"}),
+                               "ExFreePoolWithTag", "RtlInitUnicodeString"}),
     "hal.dll": frozenset(),
 }
 

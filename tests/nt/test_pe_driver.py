@@ -186,12 +186,24 @@ def test_an_unknown_import_is_refused_at_load_by_dll_and_name(machine_factory, s
     assert m.executive.pending_drivers == []
 
 
-def test_an_export_whose_semantics_differ_is_not_bound(sys_files):
-    # ProbeForRead exists for the ELF drivers but returns a status where Windows raises.
-    data = (sys_files / "pehello.sys").read_bytes().replace(b"DbgPrint\0",
-                                                            b"ProbeFor\0")
-    with pytest.raises(LoaderError, match=r"unknown import ntoskrnl\.exe!ProbeFor "):
-        pe_loader.parse_pe_driver(data, "x.sys", layout.KERNEL_DRIVERS)
+@pytest.mark.parametrize("name", ["ProbeForRead", "PsGetCurrentProcessId", "IoCreateDevice",
+                                  "KfRaiseIrql", "MmCopyToUser"])
+def test_an_export_whose_semantics_differ_is_not_bound(sys_files, name):
+    # The ELF drivers have these, but they differ from Windows' (docs/drivers.md says how).
+    from emu.nt import exports
+
+    assert exports.address_of(name) is not None
+    image = pefile.PE(str(sys_files / "pehello.sys"))
+    descriptor = image.DIRECTORY_ENTRY_IMPORT[0].struct
+    data = bytearray(image.__data__)
+    # The hint/name entry, rewritten over the DOS stub's text (RVA 0x40, mapped with the
+    # headers), and both thunks of the one import pointed at it.
+    data[0x40:0x40 + len(name) + 3] = b"\0\0" + name.encode() + b"\0"
+    for thunk in (descriptor.OriginalFirstThunk, descriptor.FirstThunk):
+        at = image.get_offset_from_rva(thunk)
+        data[at:at + 8] = struct.pack("<Q", 0x40)
+    with pytest.raises(LoaderError, match=rf"unknown import ntoskrnl\.exe!{name} "):
+        pe_loader.parse_pe_driver(bytes(data), "x.sys", layout.KERNEL_DRIVERS)
 
 
 def test_emu_run_refuses_it_in_one_line_with_exit_status_2(apps, sys_files):
