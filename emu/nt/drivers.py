@@ -194,8 +194,9 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
         raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
     slot = len(ex.drivers) + len(ex.pending_drivers)
     base = layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT
-    if data[:2] == b"MZ":                   # a PE image (a .sys as Windows builds it)
-        from emu.nt import pe
+    from emu.nt import pe  # imports this module, so loaded here
+
+    if pe.is_pe(data):                      # a .sys as Windows builds it
         return pe.parse_pe_driver(data, str(p), base)
     return parse_driver(data, str(p), base)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from pathlib import Path
 
 import pefile
 
@@ -115,8 +116,7 @@ class _Loader:
     def __init__(self, pe: pefile.PE, data: bytes, path: str, base: int) -> None:
         self.pe, self.data, self.path, self.base = pe, data, path, base
         self.opt = pe.OPTIONAL_HEADER
-        self.image = DriverImage(path, path.replace("\\", "/").rsplit("/", 1)[-1], base, 0,
-                                 [], {}, {}, [])
+        self.image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [])
 
     def refuse(self, problem: str) -> LoaderError:
         return LoaderError(f"{self.path}: {problem}")
