@@ -214,8 +214,10 @@ class _Loader:
 
     def _inside(self, rva: int, size: int) -> bool:
         """Every byte of [rva, rva + size) is mapped (headers or a section)."""
+        if rva < 0 or rva + size > self.opt.SizeOfImage:
+            return False
         first, last = self.base + rva, self.base + rva + size - 1
-        return rva >= 0 and all(page in self.image.pages for page in
+        return all(page in self.image.pages for page in
                                 range(first & ~0xFFF, (last & ~0xFFF) + 1, layout.PAGE_SIZE))
 
     def _directory(self, index: int, what: str) -> tuple[int, int]:
