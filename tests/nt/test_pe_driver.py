@@ -173,6 +173,48 @@ def test_the_security_cookie_is_initialised(machine_factory, apps, sys_files):
     assert bytes(other.executive.debug_output) == bytes(m.executive.debug_output)
 
 
+# -- the build ---------------------------------------------------------------------------
+
+
+def test_the_guest_drivers_are_native_pe32_plus_images_importing_from_ntoskrnl(sys_files):
+    for source in sorted((ROOT / "guest" / "drivers-pe").glob("*.c")):
+        image = pefile.PE(str(sys_files / f"{source.stem}.sys"))
+        assert (image.FILE_HEADER.Machine, image.OPTIONAL_HEADER.Magic,
+                image.OPTIONAL_HEADER.Subsystem) == (0x8664, 0x20B, 1), source.stem
+        assert [e.dll for e in image.DIRECTORY_ENTRY_IMPORT] == [b"ntoskrnl.exe"]
+        assert image.OPTIONAL_HEADER.AddressOfEntryPoint == next(
+                s.address for s in image.DIRECTORY_ENTRY_EXPORT.symbols
+                if s.name == b"DriverEntry")
+
+
+def test_make_has_nothing_left_to_build(sys_files):
+    run = subprocess.run(["make", "-q", "-C", str(ROOT / "guest"), "pe-drivers"],
+                         capture_output=True)
+    assert run.returncode == 0
+
+
+def test_the_documented_commands_build_a_driver_in_any_folder(machine_factory, apps,
+                                                              tmp_path):
+    import ziglang
+
+    ddk = Path(ziglang.__file__).parent / "lib/libc/include/any-windows-any/ddk"
+    source = tmp_path / "mine.c"
+    source.write_text((ROOT / "guest" / "drivers-pe" / "pehello.c").read_text()
+                      .replace("pehello.sys", "mine.sys"))
+    cc = [sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-windows-gnu"]
+    env = {"ZIG_GLOBAL_CACHE_DIR": str(tmp_path / "zig"), "ZIG_LOCAL_CACHE_DIR":
+           str(tmp_path / "zig"), "PATH": "/usr/bin:/bin"}
+    subprocess.run([*cc, "-O2", "-Wall", "-Werror", f"-I{ddk}", "-c", "mine.c", "-o",
+                    "mine.o"], cwd=tmp_path, env=env, check=True)
+    subprocess.run([*cc, "-shared", "-nostdlib", "-Wl,--subsystem,native",
+                    "-Wl,--entry,DriverEntry", "mine.o", "-lntoskrnl", "-o", "mine.sys"],
+                   cwd=tmp_path, env=env, check=True)
+    m, _, r = boot(machine_factory, apps, [tmp_path / "mine.sys"])
+    assert r.drivers[0].status == 0
+    assert bytes(m.executive.debug_output) == (
+        f"mine.sys: DriverEntry, registry path {REGISTRY}mine\n".encode())
+
+
 # -- what is refused ----------------------------------------------------------------------
 
 
