@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE instead")
     run.add_argument("--report", metavar="FILE", help="write a JSON report (docs/report.md)")
     run.add_argument("--driver", action="append", default=[], metavar="PATH",
-                     help="load a driver (ELF64 shared object) at boot; its DriverEntry runs at "
-                     "ring 0 before the apps start (repeatable)")
+                     help="load a driver (a PE32+ .sys, or an ELF64 shared object) at boot; its "
+                     "DriverEntry runs at ring 0 before the apps start (repeatable)")
     run.add_argument("--dump", metavar="FILE", help="on a bug check, write a crash dump "
                      "(RAM, CPU and executive state) to FILE")
     run.add_argument("--smap", action="store_true",

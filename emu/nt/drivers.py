@@ -194,7 +194,12 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
     if len(ex.drivers) + len(ex.pending_drivers) >= MAX_DRIVERS:
         raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
     slot = len(ex.drivers) + len(ex.pending_drivers)
-    return parse_driver(data, str(p), layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT)
+    base = layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT
+    from emu.nt import pe  # imports this module, so loaded here
+
+    if pe.is_pe(data):                      # a .sys as Windows builds it
+        return pe.parse_pe_driver(data, str(p), base)
+    return parse_driver(data, str(p), base)
 
 
 def start(ex: Executive, image: DriverImage) -> Driver:

@@ -91,7 +91,9 @@ def call_site(ex: Executive, return_address: int) -> int:
 
 # -- printing ------------------------------------------------------------------------------
 
-_SPEC = re.compile(rb"%([-0 #+]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|I64|z|I)?([diuxXpsc%])")
+# %ws and %S: a NUL-terminated wide string; %wZ: a UNICODE_STRING; %Z: an ANSI_STRING (the
+# DbgPrintEx reference's format list). Wide text prints as ASCII, '?' for anything else.
+_SPEC = re.compile(rb"%([-0 #+]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|I64|z|I|w)?([diuxXpscSZ%])")
 # "Any single call to DbgPrint will only transmit 512 bytes of information" (the DbgPrint
 # reference): the rest is cut off, so a width of %999999999d costs nothing.
 DBGPRINT_LIMIT = 512
@@ -121,9 +123,18 @@ def format_message(ex: Executive, fmt: bytes, call: ExportCall, first: int) -> b
 def _convert(ex: Executive, conv: bytes, size: bytes | None, value: int, flags: bytes,
              width: int) -> bytes:
     # MS x64: int and long are 32 bits; pointers, %ll, %I64 and %z are 64.
-    bits = 64 if size in (b"ll", b"I64", b"z", b"I") or conv in (b"p", b"s") else 32
+    bits = 64 if size in (b"ll", b"I64", b"z", b"I") or conv in (b"p", b"s", b"S", b"Z") \
+        else 32
     value &= (1 << bits) - 1
-    if conv == b"s":
+    if conv in (b"s", b"S", b"Z") and not value:
+        text = b"(null)"
+    elif conv == b"S" or (conv == b"s" and size == b"w"):
+        text = _wide_string(ex, value)
+    elif conv == b"Z":
+        length, _, _, buffer = struct.unpack("<HHIQ", ex.kernel_read(value, 16))
+        raw = ex.kernel_read(buffer, min(length, 2 * DBGPRINT_LIMIT)) if length else b""
+        text = _ascii(raw.decode("utf-16-le", "replace")) if size == b"w" else raw
+    elif conv == b"s":
         text = ex.kernel_read_string(value) if value else b"(null)"
     elif conv == b"c":
         text = bytes([value & 0xFF])
@@ -135,10 +146,25 @@ def _convert(ex: Executive, conv: bytes, size: bytes | None, value: int, flags: 
         text = f"{value:016X}".encode()
     else:
         text = (f"{value:x}" if conv == b"x" else f"{value:X}").encode()
-    pad = b"0" if b"0" in flags and conv not in (b"s", b"c") else b" "
+    pad = b"0" if b"0" in flags and conv not in (b"s", b"c", b"S", b"Z") else b" "
     if b"-" in flags:
         return text.ljust(width, b" ")
     return text.rjust(width, pad)
+
+
+def _wide_string(ex: Executive, address: int) -> bytes:
+    """A NUL-terminated UTF-16 string (at most DBGPRINT_LIMIT characters of it)."""
+    raw = bytearray()
+    while len(raw) < 2 * DBGPRINT_LIMIT:
+        unit = ex.kernel_read(address + len(raw), 2)
+        if unit == b"\0\0":
+            break
+        raw += unit
+    return _ascii(raw.decode("utf-16-le", "replace"))
+
+
+def _ascii(text: str) -> bytes:
+    return text.encode("ascii", "replace")
 
 
 # -- the exports ---------------------------------------------------------------------------

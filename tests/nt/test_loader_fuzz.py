@@ -13,11 +13,12 @@ from fuzzscale import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu.nt import drivers, layout
+from emu.nt import drivers, layout, pe
 from emu.nt.loader import LoaderError, parse_image
 
 ROOT = Path(__file__).resolve().parents[2] / "guest" / "build"
-SAMPLES = ["apps/hello", "apps/hello-pie", "apps/hello32", "drivers/hello.sys"]
+SAMPLES = ["apps/hello", "apps/hello-pie", "apps/hello32", "drivers/hello.sys",
+           "drivers/pehello.sys", "drivers/pereloc.sys"]
 
 
 def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
@@ -45,7 +46,9 @@ def test_a_mutated_image_is_loaded_or_refused_in_one_line(apps, sample, edits, c
         pytest.skip(f"{sample} not built")
     data = mutate(path.read_bytes(), edits, cut)
     try:
-        if sample.endswith(".sys"):
+        if sample.endswith(".sys") and sample.startswith("drivers/pe"):
+            pe.parse_pe_driver(data, "x.sys", layout.KERNEL_DRIVERS)
+        elif sample.endswith(".sys"):
             drivers.parse_driver(data, "x.sys", layout.KERNEL_DRIVERS)
         else:
             parse_image(data, "x")
