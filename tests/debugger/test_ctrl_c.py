@@ -43,6 +43,7 @@ def test_ctrl_c_stops_two_spinning_processes_every_time():
         for round in range(ROUNDS):
             proc.stdin.write("continue\n")
             proc.stdin.flush()
+            at = wait_for(") continue", at)      # the shell has read it (batch mode echoes)
             time.sleep(0.2 + 0.05 * round)     # the guest runs; not a timed assertion
             os.kill(proc.pid, signal.SIGINT)
             at = wait_for("interrupted (Ctrl-C)", at)
