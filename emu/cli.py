@@ -352,20 +352,28 @@ class StopOnSignals:
         self.signals, self.stop, self.wanted, self.once = signals, stop, wanted, once
         self.caught: list[int] = []
         self._done = threading.Event()
+        self._lock = threading.Lock()        # no stop once the ``with`` block has ended
         self._mask: set[int] | None = None
 
     def start(self) -> None:
-        """Start the watcher (again after a fork: threads do not survive it)."""
+        """Start the watcher (again after a fork: threads do not survive it, and a lock the
+        old watcher held would stay held, so both are made anew)."""
+        self._done, self._lock = threading.Event(), threading.Lock()
         threading.Thread(target=self._watch, name="ctrl-c", daemon=True).start()
 
     def _watch(self) -> None:
         while True:
             self.caught.append(signal.sigwait(self.signals))
-            self.stop()
+            self._stop()
             while not self._done.wait(self.REPEAT) and self.wanted():
-                self.stop()
+                self._stop()
             if self._done.is_set() or self.once:
                 return
+
+    def _stop(self) -> None:
+        with self._lock:
+            if not self._done.is_set():      # the machine may be closed by now
+                self.stop()
 
     def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is threading.main_thread():
@@ -376,7 +384,8 @@ class StopOnSignals:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._done.set()
+        with self._lock:
+            self._done.set()
         if self._mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
