@@ -186,3 +186,11 @@ def test_the_neighbouring_gates_stay_closed(machine_factory, vector):
     assert exc.code == NTSTATUS.STATUS_ACCESS_VIOLATION and exc.rip == CODE + 1
     assert exc.params == (0, 0xFFFF_FFFF_FFFF_FFFF)
     assert exc.detail.startswith(f"#GP({(vector << 3) | 2:#x})")
+
+
+@SPEEDS
+def test_into_in_a_64_bit_process_is_an_invalid_opcode(machine_factory, counted):
+    code = bytes.fromhex("b07f" "0401" "ce") + EXIT_0      # mov al, 0x7f; add al, 1; into
+    p = run(machine_factory, code, counted=counted)
+    assert p.exit_status == NTSTATUS.STATUS_ILLEGAL_INSTRUCTION
+    assert p.exception.rip == CODE + 4
