@@ -15,11 +15,11 @@ missing file or an image the loader refuses. Every process's fate is printed on 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 import unicorn
@@ -242,8 +242,9 @@ def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | Non
         # Under --gdb the main thread waits in Python (for gdb, for packets): SIGTERM's
         # handler runs there, so only SIGINT is left to the watcher.
         signals = {signal.SIGINT} if args.gdb else _STOP_SIGNALS
-        with _ctrl_c_stops(machine, signals) as caught:
+        with StopOnSignals(signals, machine.interrupt, once=True) as watcher:
             result = _run_under_gdb(args.gdb, machine) if args.gdb else machine.run()
+        caught = watcher.caught
     finally:
         sys.stdout.flush()
         trace_error = machine.trace_error
@@ -330,39 +331,63 @@ def _spawn(machine: Machine, app: str, app_args: list[str], mem: int) -> Process
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-@contextlib.contextmanager
-def _ctrl_c_stops(machine: Machine, signals: set[int] = _STOP_SIGNALS):
-    """Make Ctrl-C (SIGINT) and SIGTERM stop the guest at the next instruction boundary;
-    yields a list that receives the signal that stopped it.
+class StopOnSignals:
+    """Make ``signals`` (Ctrl-C's SIGINT, SIGTERM) call ``stop``: the one mechanism of `emu
+    run` and `emu debug`; ``caught`` receives each signal taken.
 
     At full speed the guest runs inside Unicorn with no Python hook, so a Python signal
-    handler would never get to run. Instead both signals are blocked here and a watcher
-    thread takes them with sigwait() and stops the CPU (ctypes releases the GIL during
-    emu_start).
+    handler would never get to run. Instead the signals are blocked in the main thread and
+    a watcher thread takes them with sigwait() (ctypes releases the GIL during emu_start).
+    After a signal it calls ``stop`` again every 50 ms while ``wanted()`` holds (the
+    debugger: until the session has paused) and the ``with`` block runs (`emu run`: until
+    the run returns): a stop that lands between two runs of the CPU (a context switch)
+    would otherwise be lost to the next one. With ``once`` the watcher ends after the first
+    signal.
     """
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
 
-    stopped = threading.Event()
+    REPEAT = 0.05        # seconds between two stops
 
-    def watch() -> None:
-        caught.append(signal.sigwait(signals))
-        # Again until the run returns: a stop that lands between two emu_start calls (a
-        # context switch) would otherwise be lost to the next one.
+    def __init__(self, signals: set[int], stop: Callable[[], None], *,
+                 wanted: Callable[[], bool] = lambda: True, once: bool = False) -> None:
+        self.signals, self.stop, self.wanted, self.once = signals, stop, wanted, once
+        self.caught: list[int] = []
+        self._done = threading.Event()
+        self._lock = threading.Lock()        # no stop once the ``with`` block has ended
+        self._mask: set[int] | None = None
+
+    def start(self) -> None:
+        """Start the watcher (again after a fork: threads do not survive it, and a lock the
+        old watcher held would stay held, so both are made anew)."""
+        self._done, self._lock = threading.Event(), threading.Lock()
+        threading.Thread(target=self._watch, name="ctrl-c", daemon=True).start()
+
+    def _watch(self) -> None:
         while True:
-            machine.interrupt()
-            if stopped.wait(0.05):
+            self.caught.append(signal.sigwait(self.signals))
+            self._stop()
+            while not self._done.wait(self.REPEAT) and self.wanted():
+                self._stop()
+            if self._done.is_set() or self.once:
                 return
 
-    threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
-    try:
-        yield caught
-    finally:
-        stopped.set()
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    def _stop(self) -> None:
+        with self._lock:
+            if not self._done.is_set():      # the machine may be closed by now
+                self.stop()
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+            self.start()
+        else:                        # only the main thread is sent the signals
+            self._mask = None
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._done.set()
+        if self._mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
 
 def _write_map(svg_path: str | None, recorder) -> None:

@@ -15,10 +15,8 @@ file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import TextIO
 
@@ -146,6 +144,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
 
 
 def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_error) -> int:
+    from emu.cli import StopOnSignals
     from emu.debugger.session import Session
     from emu.debugger.shell import Quit, Shell
     from emu.nt.loader import LoaderError
@@ -162,14 +161,19 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
     ring = SnapshotRing(args.snapshot_interval, args.snapshots) if args.snapshots else None
     shell = Shell(None, stdin=stdin, batch=batch,   # type: ignore[arg-type]
                   stop_on_error=batch and args.stop_on_error)
+    # Ctrl-C pauses a running guest at the next instruction boundary, by emu run's own
+    # mechanism: the stop is repeated until the session has taken it (whatever the front
+    # end, the shell's or gdb's while it lends the session).
+    watcher = StopOnSignals({signal.SIGINT}, lambda: session.interrupt(),
+                            wanted=lambda: session.stop_pending)
     session = Session(machine, shell.on_stop, factory=build,
                       stop_at_driver=args.stop_at_driver, snapshots=ring,
                       front_end_state=(shell.save_state, shell.load_state),
-                      on_resume=lambda: _watch_ctrl_c(session))
+                      on_resume=watcher.start)
     shell.session = session
     shell.target = session.target
     try:
-        with _ctrl_c_pauses(session):
+        with watcher:
             session.run()
     except Quit:
         pass
@@ -191,31 +195,6 @@ def _command_source(args, usage_error) -> tuple[TextIO | None, bool]:
     if not sys.stdin.isatty():
         return sys.stdin, True
     return None, False
-
-
-@contextlib.contextmanager
-def _ctrl_c_pauses(session):
-    """Ctrl-C while the guest runs pauses it at the next instruction boundary (a watcher
-    thread takes SIGINT, as `emu run` does, since no Python runs while the guest does)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    _watch_ctrl_c(session)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _watch_ctrl_c(session) -> None:
-    """Start the thread that turns SIGINT (blocked in the main thread) into a pause. A
-    resumed snapshot starts it again: threads do not survive a fork."""
-    def watch() -> None:
-        while signal.sigwait({signal.SIGINT}) == signal.SIGINT:
-            session.interrupt()
-
-    threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
 
 
 def _echo(_proc, data: bytes) -> None:

@@ -94,6 +94,18 @@ class Vector(enum.IntEnum):
     AC = 17   # alignment check
     MC = 18   # machine check
     XM = 19   # SIMD floating-point
+    # Software-interrupt vectors whose gates Windows x64 opens to user mode (DPL 3) besides
+    # BP and OF (KiInitializeIdt's table: KiRaiseSecurityCheckFailure, KiRaiseAssertion,
+    # KiDebugServiceTrap); no hardware event uses them.
+    FAST_FAIL = 0x29      # __fastfail (int 29h)
+    ASSERTION = 0x2C      # __int2c
+    DEBUG_SERVICE = 0x2D  # debug services (DbgPrint's int 2dh)
+
+
+# Vectors whose IDT gate has DPL 3: `int n` to them from ring 3 is delivered, not #GP
+# (0x2e, in a 32-bit process, is taken by ``int2e_handler`` first).
+USER_GATES = frozenset({Vector.BP, Vector.OF, Vector.FAST_FAIL, Vector.ASSERTION,
+                        Vector.DEBUG_SERVICE})
 
 
 # Vectors an instruction raises itself, RIP at the instruction (SDM Vol. 3A Table 6-1).
@@ -113,6 +125,11 @@ class CpuException:
     access: str | None = None     # "read", "write" or "fetch" for memory faults
     reason: str = ""              # the walker's explanation of a #PF or #GP
     walk: tuple = field(default=(), compare=False)
+    # A software interrupt through a DPL-3 gate other than #BP (a trap): ``rip`` is the
+    # `int`/`into`, ``next_rip`` the instruction after it (the trap frame's RIP), and
+    # ``argument`` what its Windows handler reads: RCX for int 0x29, RAX for int 0x2d.
+    next_rip: int | None = None
+    argument: int = 0
 
 
 class StopReason(enum.Enum):
@@ -462,6 +479,14 @@ class Cpu:
             # int3 (CC) or int 3 (CD 03): the breakpoint gate has DPL 3. Windows reports the
             # byte before RIP, whichever form it was (KiBreakpointTrap).
             event = CpuException(Vector.BP, rip - 1, cpl)
+        elif intno in USER_GATES and cpl == 3:
+            # The other DPL-3 gates: the `int` (or `into`) completes, a trap with RIP past
+            # it; the kernel's handler decides what it becomes (emu.nt.trap). (Ring 0 is
+            # left as it was: docs/abi.md describes ring 3.)
+            argument = uc.reg_read(ux.UC_X86_REG_RCX if intno == Vector.FAST_FAIL
+                                   else ux.UC_X86_REG_RAX)
+            event = CpuException(Vector(intno), self._int_instruction(rip, intno), cpl,
+                                 reason=f"int {intno:#x}", next_rip=rip, argument=argument)
         else:
             # Every other gate has DPL 0 (docs/abi.md): `int n` at CPL 3 is #GP with error
             # code n*8+2 at the int instruction (SDM Vol. 3A, "Protection of Exception- and

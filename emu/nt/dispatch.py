@@ -62,15 +62,18 @@ def pack_record(info: ExceptionInfo) -> bytes:
                        len(info.params), 0, *params)
 
 
-def deliver(ex: Executive, thread: Thread, info: ExceptionInfo) -> bool:
+def deliver(ex: Executive, thread: Thread, info: ExceptionInfo,
+            context_rip: int | None = None) -> bool:
     """KiDispatchException, user-mode half: if the process has a dispatcher, put the
     record and context on the thread's stack and resume it in the dispatcher with
-    (record, context) as arguments. False: no dispatcher (or no usable stack)."""
+    (record, context) as arguments; CONTEXT.rip is ``context_rip`` (default: the
+    exception's address). False: no dispatcher (or no usable stack)."""
     proc = thread.process
     if not proc.exception_dispatcher or proc.bits != 64 or thread.dispatching >= MAX_NESTED:
         return False
     regs = ex.capture_user_context()
-    regs["rip"] = info.rip                   # the faulting instruction, to retry or skip
+    # The faulting instruction, to retry or skip (a trap's: where its handler resumes).
+    regs["rip"] = info.rip if context_rip is None else context_rip
     record_va = (regs["rsp"] - RED_ZONE - RECORD_SIZE) & ~0xF
     context_va = (record_va - CONTEXT_SIZE) & ~0xF
     rsp = context_va - 8                     # as if called: a (null) return address

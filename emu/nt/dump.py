@@ -206,9 +206,12 @@ def read(path: str | Path) -> CrashDump:
     whole (check_header) before anything is used, and RAM is inflated a chunk at a time,
     never beyond the size the header declares."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):      # a FIFO would block, a device never end
-            raise DumpError("it is not a regular file")
-        with open(path, "rb") as f:
+        # Checked on the open file, not the path (which could change in between); O_NONBLOCK:
+        # opening a FIFO with no writer must not wait (a regular file ignores it).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):    # a FIFO would block, a device never end
+                raise DumpError("it is not a regular file")
             return _read(f)
     except DumpError as err:
         raise DumpError(f"{path}: not a crash dump: {err}") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emu.nt.loader import LoaderError, read_image_file
+
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "guest" / "build" / "apps"
 MAX_FILE = 64 << 20
 
@@ -33,8 +35,10 @@ class GuestFileSystem:
         return host
 
     def read(self, path: str) -> bytes:
-        """The whole file (files over 64 MiB are refused as not found)."""
+        """The whole file; GuestFileNotFound for anything but a readable regular file of at
+        most 64 MiB (at most 64 MiB + 1 byte is read, whatever size the file claims)."""
         host = self.resolve(path)
-        if host.stat().st_size > MAX_FILE:
-            raise GuestFileNotFound(path)
-        return host.read_bytes()
+        try:
+            return read_image_file(host, MAX_FILE)
+        except LoaderError:
+            raise GuestFileNotFound(path) from None

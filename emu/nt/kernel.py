@@ -564,6 +564,12 @@ class Executive:
             self.events.emit(Event.PAGE_FAULT, exc=exc, thread=thread, resolution=resolution)
         if resolution is FaultResolution.RESOLVED:
             return                       # MmAccessFault made the page valid: the access retries
+        resume = trap.debug_service_done(exc)
+        if resume is not None:          # KdpStub completed the debug service: go on
+            regs = self.capture_user_context()
+            regs["rip"] = resume
+            self.load_user_context(thread, regs)
+            return
         guard = range(thread.stack_low - layout.PAGE_SIZE, thread.stack_low)
         info = trap.user_exception(exc, insn, stack_guard=guard,
                                    divisor_is_zero=self._divisor_is_zero(exc))
@@ -578,7 +584,9 @@ class Executive:
                 params=(*info.params[:2], proc.in_page_error),
                 detail=f"the page could not be brought into RAM: the pagefile failed "
                        f"(status {proc.in_page_error:#010x})")
-        if dispatch.deliver(self, thread, info):
+        # A __fastfail is never dispatched: the process ends at once (Microsoft's __fastfail).
+        if not trap.is_fast_fail(exc) and \
+                dispatch.deliver(self, thread, info, trap.context_rip(exc, info)):
             return                       # the process's own dispatcher gets the exception
         self.terminate(proc, info.code, info)    # no handler in the process: it ends
 

@@ -114,14 +114,18 @@ def read_image_file(path: str | Path, limit: int = MAX_FILE_SIZE) -> bytes:
         os.close(fd)
         what = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
         raise LoaderError(f"{p}: {what}")
+    data = bytearray()
     with os.fdopen(fd, "rb", buffering=0) as f:
         try:
-            data = f.read(limit + 1)
+            # A read may return less than asked before the end (procfs answers a page at a
+            # time): read until the end or one byte past the limit, never further.
+            while len(data) <= limit and (piece := f.read(limit + 1 - len(data))):
+                data += piece
         except OSError as err:
             raise LoaderError(f"{p}: cannot read: {err.strerror}") from None
     if len(data) > limit:
         raise LoaderError(f"{p}: file too large (more than {limit >> 20} MiB)")
-    return data
+    return bytes(data)
 
 
 def parse_image(data: bytes, path: str = "<image>") -> Image:

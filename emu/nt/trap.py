@@ -38,16 +38,82 @@ PRIVILEGED = frozenset({
 _VECTOR_STATUS = {
     Vector.UD: NTSTATUS.STATUS_ILLEGAL_INSTRUCTION,
     Vector.BP: NTSTATUS.STATUS_BREAKPOINT,
+    Vector.OF: NTSTATUS.STATUS_INTEGER_OVERFLOW,    # KiOverflowTrap (only INTO raises #OF)
     Vector.DB: NTSTATUS.STATUS_SINGLE_STEP,
     Vector.AC: NTSTATUS.STATUS_DATATYPE_MISALIGNMENT,
     Vector.XM: NTSTATUS.STATUS_FLOAT_MULTIPLE_TRAPS,
 }
 
 
+# Debug services (int 2dh, the service in RAX; ketypes.h BREAKPOINT_*) that KdpStub, the
+# kernel debugger routine of a machine without a kernel debugger, completes by itself: the
+# thread goes on past the int3 byte that follows the int 2dh. Any other service
+# (BREAKPOINT_BREAK 0, BREAKPOINT_PROMPT 2, ...) is a STATUS_BREAKPOINT for the process.
+BREAKPOINT_PRINT, BREAKPOINT_LOAD_SYMBOLS, BREAKPOINT_UNLOAD_SYMBOLS = 1, 3, 4
+BREAKPOINT_COMMAND_STRING = 5
+_KDPSTUB_SERVICES = frozenset({BREAKPOINT_PRINT, BREAKPOINT_LOAD_SYMBOLS,
+                               BREAKPOINT_UNLOAD_SYMBOLS, BREAKPOINT_COMMAND_STRING})
+_GATE_HANDLERS = {Vector.OF: "KiOverflowTrap", Vector.FAST_FAIL: "KiRaiseSecurityCheckFailure",
+                  Vector.ASSERTION: "KiRaiseAssertion", Vector.DEBUG_SERVICE: "KiDebugServiceTrap"}
+
+
+def debug_service_done(exc: CpuException) -> int | None:
+    """Where a ring-3 thread goes on after an int 2dh that KdpStub completes (the byte
+    after the int 2dh skipped: KiDebugServiceTrap adds 1 to RIP), or None."""
+    if exc.vector == Vector.DEBUG_SERVICE and exc.next_rip is not None and \
+            exc.argument in _KDPSTUB_SERVICES:
+        return exc.next_rip + 1
+    return None
+
+
+def is_fast_fail(exc: CpuException) -> bool:
+    """Whether ``exc`` is a __fastfail (int 29h): the process ends at once, no handler runs
+    (Microsoft's __fastfail documentation)."""
+    return exc.vector == Vector.FAST_FAIL and exc.next_rip is not None
+
+
+def context_rip(exc: CpuException, info: ExceptionInfo) -> int:
+    """CONTEXT.rip of the exception (KiDispatchException): the faulting instruction for a
+    fault; for the DPL-3 gates what their Windows handler leaves in the trap frame:
+    KiOverflowTrap the instruction after the `int`, KiRaiseAssertion the `int 2ch` itself
+    (RIP - 2), KiDebugServiceTrap RIP + 1 less the 1 KiDispatchException takes off every
+    STATUS_BREAKPOINT (so the instruction after the `int 2dh`)."""
+    if exc.next_rip is None:
+        return info.rip
+    if exc.vector == Vector.ASSERTION:
+        return exc.next_rip - 2
+    return exc.next_rip
+
+
+def _gate_exception(exc: CpuException, instruction: str) -> ExceptionInfo:
+    """The record a DPL-3 gate's Windows handler builds (WRK amd64 trap.asm; Windows 8 and
+    later for int 29h). ExceptionAddress: KiOverflowTrap RIP - 1 (the last byte of the
+    `int 4` or `into`), KiRaiseSecurityCheckFailure and KiRaiseAssertion RIP - 2 (the
+    `int`), KiDebugServiceTrap RIP + 1."""
+    after = exc.next_rip or 0
+    handler = _GATE_HANDLERS[exc.vector]
+    if exc.vector == Vector.OF:
+        return ExceptionInfo(NTSTATUS.STATUS_INTEGER_OVERFLOW, after - 1, instruction,
+                             detail=f"int 0x4 ({handler})")
+    if exc.vector == Vector.FAST_FAIL:
+        return ExceptionInfo(NTSTATUS.STATUS_STACK_BUFFER_OVERRUN, after - 2, instruction,
+                             params=(exc.argument,),
+                             detail=f"__fastfail({exc.argument:#x}) ({handler}): the process "
+                                    "ends, no handler runs")
+    if exc.vector == Vector.ASSERTION:
+        return ExceptionInfo(NTSTATUS.STATUS_ASSERTION_FAILURE, after - 2, instruction,
+                             detail=f"int 0x2c ({handler})")
+    return ExceptionInfo(NTSTATUS.STATUS_BREAKPOINT, after + 1, instruction,
+                         params=(exc.argument,),
+                         detail=f"int 0x2d, debug service {exc.argument:#x} ({handler})")
+
+
 def user_exception(exc: CpuException, instruction: str, *, stack_guard: range | None,
                    divisor_is_zero: bool = True) -> ExceptionInfo:
     """The exception record for a ring-3 fault (KiDispatchException's user-mode path)."""
     mnemonic = instruction.split(" ", 1)[0] if instruction else ""
+    if exc.next_rip is not None and exc.vector in _GATE_HANDLERS:
+        return _gate_exception(exc, instruction)
     if exc.vector == Vector.PF or exc.vector == Vector.MC:
         return _access_violation(exc, instruction, exc.address, stack_guard)
     if exc.vector == Vector.GP:

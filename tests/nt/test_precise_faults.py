@@ -120,7 +120,7 @@ def test_sysenter_is_a_general_protection_fault(machine_factory, counted):
     assert exc.params == (0, NO_ADDRESS)
 
 
-INT_VECTORS = [0x00, 0x01, 0x02, 0x04, 0x07, 0x08, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x10, 0x11,
+INT_VECTORS = [0x00, 0x01, 0x02, 0x05, 0x07, 0x08, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x10, 0x11,
                0x13, 0x20, 0x2E, 0x80, 0xFF]
 
 
@@ -188,21 +188,6 @@ def test_syscall_in_a_32_bit_process_is_an_invalid_opcode(machine_factory, count
     m.run()
     assert p.exit_status == NTSTATUS.STATUS_ILLEGAL_INSTRUCTION
     assert p.exception.rip == CODE + 5 and p.exception.instruction == "syscall"
-
-
-def test_into_in_a_32_bit_process_is_gp_at_the_into(machine_factory):
-    """`into` with OF set is a software interrupt to vector 4, one byte long."""
-    code = bytes.fromhex("b07f" "0401" "ce"                  # mov al, 0x7f; add al, 1; into
-                         "b800000000" "bbffffffff" "b907000000" "cd2e")   # exit(7)
-    page = bytearray(4096)
-    page[:len(code)] = code
-    raw32 = Image("raw32", "raw32", 0, CODE, [Segment(CODE, 4096, 5)], {CODE: page},
-                  {CODE: 5}, bits=32)
-    m = machine_factory()
-    p = m.executive.create_process(raw32, [])
-    m.run()
-    assert p.exception.code == NTSTATUS.STATUS_ACCESS_VIOLATION
-    assert p.exception.rip == CODE + 4 and p.exception.instruction == "into"
 
 
 @SPEEDS

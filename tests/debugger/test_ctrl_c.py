@@ -1,0 +1,58 @@
+"""Ctrl-C in `emu debug` pauses a running guest every time, even one that switches threads
+often (a stop landing between two runs of the CPU must not be lost)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SPIN = str(ROOT / "guest" / "build" / "apps" / "spin")
+ROUNDS = 8
+
+
+def test_ctrl_c_stops_two_spinning_processes_every_time():
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", "--quantum", "7", SPIN,
+                             "--", SPIN],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    lines: list[str] = []
+    seen = threading.Condition()
+
+    def collect() -> None:
+        for line in proc.stdout:
+            with seen:
+                lines.append(line)
+                seen.notify_all()
+
+    def wait_for(text: str, start: int) -> int:
+        """The index of the first line from ``start`` on that holds ``text``."""
+        with seen:
+            assert seen.wait_for(lambda: any(text in x for x in lines[start:]), timeout=60), \
+                f"no {text!r} after line {start}: {lines[start:]}"
+            return next(i for i in range(start, len(lines)) if text in lines[i])
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        at = wait_for("spin!_start", 0) + 1
+        for round in range(ROUNDS):
+            proc.stdin.write("continue\n")
+            proc.stdin.flush()
+            at = wait_for(") continue", at)      # the shell has read it (batch mode echoes)
+            time.sleep(0.2 + 0.05 * round)     # the guest runs; not a timed assertion
+            os.kill(proc.pid, signal.SIGINT)
+            at = wait_for("interrupted (Ctrl-C)", at)
+            assert wait_for("spin!main", at) == at + 1, lines[at:]   # ... and where
+            at += 2
+        proc.stdin.write("kill\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        reader.join(timeout=10)
+    assert sum("interrupted (Ctrl-C)" in x for x in lines) == ROUNDS
