@@ -170,7 +170,8 @@ def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
     """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation."""
     if not data:
         return
-    probe_for_write(ex, address, len(data))          # all checked before a byte
+    if address % PAGE_SIZE + len(data) > PAGE_SIZE:  # one page: its own walk is its probe
+        probe_for_write(ex, address, len(data))      # all checked before a byte
     for offset, pa, n in _user_pages(ex, address, len(data), "write"):
         ex.mem.write(pa, data[offset:offset + n])
         ex.cpu.invalidate_page(address + offset)   # the TLB may hold it without its new D bit
