@@ -37,7 +37,7 @@ class Debugger:
         self.proc.stdin.write(commands + "position\n")
         self.proc.stdin.flush()
         out = []
-        while not (line := self.proc.stdout.readline()).endswith(" instructions since boot\n"):
+        while not (line := self.proc.stdout.readline()).endswith(" since boot\n"):
             if not line:
                 raise SystemExit("bench: emu debug ended early:\n" + "".join(out[-20:]))
             out.append(line)
