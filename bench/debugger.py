@@ -37,8 +37,7 @@ class Debugger:
         self.proc.stdin.write(commands + "position\n")
         self.proc.stdin.flush()
         out = []
-        end = " since boot\n"
-        while not (line := self.proc.stdout.readline()).endswith(end):
+        while not (line := self.proc.stdout.readline()).endswith(" since boot\n"):
             if not line:
                 raise SystemExit("bench: emu debug ended early:\n" + "".join(out[-20:]))
             out.append(line)
