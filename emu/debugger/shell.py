@@ -109,7 +109,7 @@ class Shell(StateCommands, cmd.Cmd):
             ring = self.target.register("cs") & 3
         except TargetError:
             return "(emu) "
-        who = f"pid {pid}" if pid is not None else "kernel"
+        who = f"pid {pid}" if pid is not None else _no_process(ring)
         view = f" view {self.view_pid}" if self.view_pid is not None else ""
         return f"(emu {who}{view} ring {ring} {rip:#x}) "
 
@@ -287,13 +287,14 @@ class Shell(StateCommands, cmd.Cmd):
         rip = t.register("rip")
         pid = t.current_pid()
         proc = next((p for p in t.processes() if p.pid == pid), None)
-        who = f'pid {pid} "{proc.name}"' if proc else "kernel"
+        ring = t.register("cs") & 3
+        who = f'pid {pid} "{proc.name}"' if proc else _no_process(ring)
         try:
             insns = t.disassemble(rip, 1)
             text = insns[0][2] if insns else f"(cannot read: {rip:#x} is cut short)"
         except TargetError as err:
             text = f"(cannot read: {_without_address(str(err), rip)})"
-        return f"=> {rip:#x} <{t.symbolize(rip)}>: {text}   [{who}, ring {t.register('cs') & 3}]"
+        return f"=> {rip:#x} <{t.symbolize(rip)}>: {text}   [{who}, ring {ring}]"
 
     # -- run control ----------------------------------------------------------------------
 
@@ -597,3 +598,9 @@ class Shell(StateCommands, cmd.Cmd):
             raise SessionError(str(err)) from None
         if resumed:
             self.resumed = True
+
+
+def _no_process(ring: int) -> str:
+    """Who runs when no process's tables are loaded: kernel code at ring 0; at ring 3 the
+    state a thread left when its process ended (its address space is gone)."""
+    return "kernel" if ring == 0 else "no process: it has ended"

@@ -48,6 +48,8 @@ def test_a_stop_at_a_normal_exit_is_reported_and_every_view_answers(catch):
     stop = r.stdout.split(") continue\n", 1)[1].splitlines()
     where = next(line for line in stop if line.startswith("=> "))
     assert "cannot read" in where and "not present" in where, where
+    if catch == "catch process-exit":   # its tables are gone: no process, not "kernel"
+        assert where.endswith("[no process: it has ended, ring 3]"), where
     assert "the machine has stopped: every process has ended" in r.stdout
 
 
