@@ -20,13 +20,14 @@ WORDS = ["x/4gx", "xp/8bx", "x/s", "x/3i", "walk", "vtop", "ptov", "pfn", "vmmap
          "process", "threads", "handles", "lm", "irp", "irql", "analyze", "regs", "set",
          "disas", "bt", "info", "tlb", "check", "break", "tbreak", "watch", "catch", "delete",
          "enable", "disable", "help", "stepi", "continue", "position", "gdbserver",
-         "reverse-stepi", "nosuch"]
+         "reverse-stepi", "reverse-nexti", "reverse-finish", "finish", "print", "p", "p/x",
+         "kill", "nosuch"]
 ARGS = st.one_of(
     st.sampled_from(["0", "-1", "rsp", "$rip", "main", "hello!main", "0xffff800000001000",
                      "[rsp]", "poi(0)", "*", "(", ")", "==", "if", "pid", "4", "99",
                      "0x7f7`93950000", "rax = 1", "*0x401000 = 2", "u8 0 = 1", "-phys",
                      "-l", "user", "kernel", "write", "fetch", "all", "registers", "gdt",
-                     "tss", "cr", "breakpoints", "snapshots", "syscall", "exception", "14",
+                     "tss", "cr", "idt", "breakpoints", "snapshots", "syscall", "exception", "14",
                      "ring", "3->0", "1e400", "0x" + "f" * 40, "9" * 30, "\\", "'", '"']),
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12))
 LINES = st.builds(lambda w, a: " ".join([w, *a]), st.sampled_from(WORDS),
