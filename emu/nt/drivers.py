@@ -59,6 +59,7 @@ class DriverImage:
     page_flags: dict[int, int]
     imports: list[str]
     symbols: dict[str, int] = field(default_factory=dict)
+    discardable: set[int] = field(default_factory=set)   # pages freed after DriverEntry
 
     @property
     def end(self) -> int:
@@ -204,7 +205,8 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
 
 def start(ex: Executive, image: DriverImage) -> Driver:
     """Map the image into the shared kernel half and run DriverEntry at ring 0 (IopLoadDriver).
-    A failing DriverEntry unloads the driver; a fault in it is a bug check (raised)."""
+    A failing DriverEntry unloads the driver; a successful one has its discardable pages
+    freed; a fault in it is a bug check (raised)."""
     frames = []
     for va, contents in sorted(image.pages.items()):
         flags = image.page_flags[va]
@@ -219,12 +221,23 @@ def start(ex: Executive, image: DriverImage) -> Driver:
     status = ex.call_kernel(image.entry, driver_object, registry).rax & 0xFFFF_FFFF
     driver.status = status
     if status & 0x8000_0000:
-        for va in sorted(image.pages):
-            pfn = ex.mm.system.unmap_page(va)
-            if pfn is not None:
-                ex.mm.pfn.release(pfn)
+        _free_pages(ex, image.pages)
         driver.unloaded = True
+    else:
+        # MmFreeDriverInitialization: once DriverEntry has succeeded, the sections marked
+        # IMAGE_SCN_MEM_DISCARDABLE (INIT, .reloc) are freed; a later call into INIT code
+        # is a fetch from a not-present page (PE Format, "Section Flags").
+        _free_pages(ex, image.discardable)
     return driver
+
+
+def _free_pages(ex: Executive, pages) -> None:
+    """Unmap the driver pages ``pages`` from the shared kernel half (each PTE zeroed and its
+    translation invalidated, as INVLPG does) and give their frames back to the free list."""
+    for va in sorted(pages):
+        pfn = ex.mm.system.unmap_page(va)
+        if pfn is not None:
+            ex.mm.pfn.release(pfn)
 
 
 def _registry_path(ex: Executive, name: str) -> int:
