@@ -76,15 +76,23 @@ def test_discardable_pages_are_not_present_after_driver_entry(machine_factory, a
 def test_freed_init_frames_go_back_to_the_free_list(machine_factory, apps):
     m = machine_factory()
     ex = m.executive
-    image = drivers.load(ex, DRIVERS / "pereloc.sys")
-    free_before = len(ex.mm.pfn._free)
+    image = drivers.load(ex, DRIVERS / "peinit.sys")
+    frames = {}
+    real = ex.call_kernel
+
+    def call_kernel(routine, *args, **kwargs):    # DriverEntry: INIT is still mapped here
+        frames.update({va: ex.mm.system.lookup(va).pfn for va in image.discardable})
+        return real(routine, *args, **kwargs)
+
+    ex.call_kernel = call_kernel
     drivers.start(ex, image)
-    assert image.discardable                           # .reloc
-    kept = len(image.pages) - len(image.discardable)
-    kernel = [e for e in ex.mm.pfn.entries if e.use is FrameUse.KERNEL]
-    assert len(ex.mm.pfn._free) <= free_before - kept  # only the kept pages (and pool) stay
-    assert all(not present(m, va) for va in image.discardable)
-    assert kernel and check_memory(ex.mm) == []
+    assert frames and set(frames) == image.discardable
+    for va, pfn in frames.items():
+        assert not present(m, va) and ex.mm.system.lookup(va) is None
+        assert ex.mm.pfn.entries[pfn].use is FrameUse.FREE
+    kept = [va for va in image.pages if va not in image.discardable]
+    assert kept and all(present(m, va) for va in kept)
+    assert check_memory(ex.mm) == []                    # the books balance (emu debug: check)
 
 
 def test_a_call_into_freed_init_is_bug_check_0x50_execute(machine_factory, apps):
@@ -162,6 +170,14 @@ def test_a_fault_in_driver_unload_is_a_bug_check_exit_126(apps):
     assert "PAGE_FAULT_IN_NONPAGED_AREA (0x00000050)" in run.stderr
 
 
+def test_driver_unload_runs_after_an_app_died_of_an_exception(machine_factory, apps):
+    # An unhandled exception ends one process, not the machine: the shutdown is clean.
+    m, (p,), r = boot(machine_factory, apps, ["peunload.sys"], ("crasher", "write0"))
+    assert p.exception is not None and r.bugcheck is None and r.stopped is None
+    assert bytes(m.executive.debug_output) == \
+        b"peunload.sys: DriverEntry\npeunload.sys: DriverUnload\n"
+
+
 def test_no_driver_unload_after_a_bug_check(machine_factory, apps):
     m, _, r = boot(machine_factory, apps, ["peunload.sys", "pecrash.sys"], ("hello",))
     assert r.bugcheck is not None and r.bugcheck.driver == "pecrash.sys"
@@ -184,6 +200,12 @@ def test_no_driver_unload_after_the_instruction_limit(machine_factory, apps):
     assert bytes(m.executive.debug_output) == b"peunload.sys: DriverEntry\n"
 
 
+def test_no_driver_unload_after_a_deadlock(machine_factory, apps):
+    m, _, r = boot(machine_factory, apps, ["peunload.sys"], ("deadlock",))
+    assert r.stopped == "deadlock"
+    assert bytes(m.executive.debug_output) == b"peunload.sys: DriverEntry\n"
+
+
 def test_no_driver_unload_after_ctrl_c(machine_factory, apps):
     m = machine_factory()
     m.add_driver(DRIVERS / "peunload.sys")
@@ -198,7 +220,8 @@ def test_no_driver_unload_after_ctrl_c(machine_factory, apps):
     assert bytes(m.executive.debug_output) == b"peunload.sys: DriverEntry\n"
 
 
-def test_an_elf_driver_unload_routine_is_read_from_its_own_layout(machine_factory, apps):
+def test_an_elf_driver_unload_routine_is_read_from_its_own_layout(machine_factory, apps,
+                                                                  monkeypatch):
     # The ELF drivers' private header puts DriverUnload at 0x20: a routine stored there runs
     # at shutdown through the same code as a PE driver's (here the driver's own DriverEntry,
     # which prints again when called a second time).
@@ -214,11 +237,8 @@ def test_an_elf_driver_unload_routine_is_read_from_its_own_layout(machine_factor
                          image.entry.to_bytes(8, "little"))
         return driver
 
-    drivers.start = start
-    try:
-        r = m.run()
-    finally:
-        drivers.start = real
+    monkeypatch.setattr(drivers, "start", start)
+    r = m.run()
     assert r.bugcheck is None and r.drivers[0].image.format == "elf"
     out = bytes(ex.debug_output)
     assert out.count(out.splitlines(keepends=True)[0]) == 2
