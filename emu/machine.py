@@ -135,8 +135,9 @@ class Machine:
         return self.executive.create_process(image, list(args))
 
     def add_driver(self, path: str | Path) -> DriverImage:
-        """Load a driver (ELF64 shared object) to start at boot, before any process runs:
-        its DriverEntry runs at ring 0 when ``run()`` begins. LoaderError for a bad file."""
+        """Load a driver (a PE32+ native .sys, or an ELF64 shared object) to start at boot,
+        before any process runs: its DriverEntry runs at ring 0 when ``run()`` begins, its
+        DriverUnload when every process has ended normally. LoaderError for a bad file."""
         image = drivers.load(self.executive, path)
         self.executive.pending_drivers.append(image)
         return image

@@ -1,4 +1,5 @@
-"""Drivers: ELF64 shared objects loaded into the kernel half and run at ring 0.
+"""Drivers: ELF64 shared objects (PE32+ .sys files: emu.nt.pe) loaded into the kernel half
+and run at ring 0.
 
 The loader (MmLoadSystemImage, reduced) maps a driver's PT_LOAD segments at a
 kernel address it chooses, each page with its segment's permissions and
@@ -6,7 +7,8 @@ without the U/S bit, applies the dynamic relocations, and binds each undefined
 symbol to a kernel export (emu.nt.exports); an import the kernel does not
 export refuses the load, naming it. Then DriverEntry(DriverObject,
 RegistryPath) runs at ring 0 in the system context. A fault there is not
-contained: it is a bug check, and every process stops with the machine.
+contained: it is a bug check, and every process stops with the machine. When every
+process has ended normally, each loaded driver's DriverUnload runs (``shutdown``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class DriverImage:
     page_flags: dict[int, int]
     imports: list[str]
     symbols: dict[str, int] = field(default_factory=dict)
+    discardable: set[int] = field(default_factory=set)   # pages freed after DriverEntry
+    format: str = "elf"                     # "elf" or "pe": which headers it was built with
 
     @property
     def end(self) -> int:
@@ -198,13 +202,16 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
     from emu.nt import pe  # imports this module, so loaded here
 
     if pe.is_pe(data):                      # a .sys as Windows builds it
-        return pe.parse_pe_driver(data, str(p), base)
+        image = pe.parse_pe_driver(data, str(p), base)
+        image.format = "pe"
+        return image
     return parse_driver(data, str(p), base)
 
 
 def start(ex: Executive, image: DriverImage) -> Driver:
     """Map the image into the shared kernel half and run DriverEntry at ring 0 (IopLoadDriver).
-    A failing DriverEntry unloads the driver; a fault in it is a bug check (raised)."""
+    A failing DriverEntry unloads the driver; a successful one has its discardable pages
+    freed; a fault in it is a bug check (raised)."""
     frames = []
     for va, contents in sorted(image.pages.items()):
         flags = image.page_flags[va]
@@ -219,12 +226,47 @@ def start(ex: Executive, image: DriverImage) -> Driver:
     status = ex.call_kernel(image.entry, driver_object, registry).rax & 0xFFFF_FFFF
     driver.status = status
     if status & 0x8000_0000:
-        for va in sorted(image.pages):
-            pfn = ex.mm.system.unmap_page(va)
-            if pfn is not None:
-                ex.mm.pfn.release(pfn)
+        _free_pages(ex, image.pages)
         driver.unloaded = True
+    else:
+        # MmFreeDriverInitialization: once DriverEntry has succeeded, the sections marked
+        # IMAGE_SCN_MEM_DISCARDABLE (INIT, .reloc) are freed; a later call into INIT code
+        # is a fetch from a not-present page (PE Format, "Section Flags").
+        _free_pages(ex, image.discardable)
     return driver
+
+
+def _free_pages(ex: Executive, pages) -> None:
+    """Unmap the driver pages ``pages`` from the shared kernel half (each PTE zeroed and its
+    translation invalidated, as INVLPG does) and give their frames back to the free list."""
+    for va in sorted(pages):
+        pfn = ex.mm.system.unmap_page(va)
+        if pfn is not None:
+            ex.mm.pfn.release(pfn)
+
+
+# Where DRIVER_OBJECT.DriverUnload lies for the headers a driver was built with: the
+# private DDK header (guest/include/ddk/ntddk.h, ELF drivers) has it at 0x20, wdm.h's x64
+# layout (PE drivers) at 0x68. Read only through unload_routine.
+DRIVER_UNLOAD_OFFSET = {"elf": 0x20, "pe": 0x68}
+
+
+def unload_routine(ex: Executive, driver: Driver) -> int:
+    """The DriverUnload routine the driver stored in its DRIVER_OBJECT (0: none)."""
+    return ex.kernel_read_u64(driver.driver_object + DRIVER_UNLOAD_OFFSET[driver.image.format])
+
+
+def shutdown(ex: Executive) -> None:
+    """A clean shutdown: the I/O manager calls DriverUnload(DriverObject) of each loaded
+    driver that set one, in reverse load order, at PASSIVE_LEVEL in the system context; a
+    fault there is a bug check (raised). A driver without DriverUnload is left as it is
+    (Windows cannot unload it either)."""
+    for driver in reversed(ex.drivers):
+        if driver.unloaded:
+            continue
+        routine = unload_routine(ex, driver)
+        if routine:
+            ex.call_kernel(routine, driver.driver_object)
 
 
 def _registry_path(ex: Executive, name: str) -> int:

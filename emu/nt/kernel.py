@@ -308,6 +308,8 @@ class Executive:
             if thread is None:
                 if any(p.live_threads for p in self.processes):
                     raise MachineStop(DEADLOCK)
+                with self._bug_checks_recorded():
+                    drivers.shutdown(self)      # every process ended: DriverUnload runs
                 return
             self._run_thread(thread)
 

@@ -37,6 +37,7 @@ IMAGE_NT_OPTIONAL_HDR64_MAGIC = 0x20B
 IMAGE_FILE_RELOCS_STRIPPED, IMAGE_FILE_EXECUTABLE_IMAGE = 0x0001, 0x0002
 IMAGE_SUBSYSTEM_NATIVE = 1
 IMAGE_SCN_MEM_EXECUTE, IMAGE_SCN_MEM_WRITE = 0x2000_0000, 0x8000_0000
+IMAGE_SCN_MEM_DISCARDABLE = 0x0200_0000
 IMAGE_REL_BASED_ABSOLUTE, IMAGE_REL_BASED_DIR64 = 0, 10
 IMAGE_ORDINAL_FLAG64 = 1 << 63
 DIRECTORY_EXPORT, DIRECTORY_IMPORT, DIRECTORY_BASERELOC, DIRECTORY_LOAD_CONFIG = 0, 1, 5, 10
@@ -210,6 +211,9 @@ class _Loader:
                 (PF_X if ch & IMAGE_SCN_MEM_EXECUTE else 0)
             contents = self.data[offset:offset + min(raw, size)] if raw else b""
             self._map(rva, end - rva, contents, flags)
+            if ch & IMAGE_SCN_MEM_DISCARDABLE:           # INIT, .reloc: freed after DriverEntry
+                self.image.discardable.update(range(self.base + rva, self.base + end,
+                                                    layout.PAGE_SIZE))
             previous_end = end
 
     def _inside(self, rva: int, size: int) -> bool:
