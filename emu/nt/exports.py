@@ -240,7 +240,8 @@ def io_create_device(ex: Executive, call: ExportCall) -> int:
         return NTSTATUS.STATUS_OBJECT_NAME_INVALID
     try:
         status, device = ex.io.create_device(driver, name, call.arg(3) & 0xFFFF_FFFF,
-                                             call.arg(1) & 0xFFFF_FFFF)
+                                             call.arg(1) & 0xFFFF_FFFF,
+                                             call.arg(4) & 0xFFFF_FFFF)
     except OutOfFrames:     # no RAM for the object or its extension: Windows' status for it
         return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
     if status == NTSTATUS.STATUS_SUCCESS:

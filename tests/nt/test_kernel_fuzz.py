@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from emu import Machine
 from emu.hw.mmu import PTE
-from emu.nt import exports, layout
+from emu.nt import exports, io, layout
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.drivers import Driver, DriverImage
 from emu.nt.kernel import KernelCallResult
@@ -479,7 +479,8 @@ def test_bug_check_parameters_fit_64_bits(machine_factory, apps):
     with pytest.raises(BugCheck) as info:
         _call_export(machine_factory, apps, "MmGetSystemAddressForMdlSafe", U64)
     assert info.value.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA
-    assert info.value.params[0] == 0xF               # U64 + 0x10 (MappedSystemVa), wrapped
+    # U64 + MDL.MappedSystemVa (0x18 in wdm.h), wrapped
+    assert info.value.params[0] == (U64 + io.MDL_MAPPED_VA) & U64
 
 
 def test_stop_codes_the_exports_raise_are_named():

@@ -1,0 +1,129 @@
+"""The I/O structures byte for byte as the headers lay them out (issue 12, item 2).
+
+A probe C file lists offsetof/sizeof of every field in emu.nt.wdm's table; it is compiled
+with the PE drivers' own toolchain (ziglang's clang, -target x86_64-windows-gnu) against
+the WDK's <ntddk.h> from the ziglang wheel, and again against this machine's private
+guest/include/ddk/ntddk.h (what the ELF demo drivers include), and linked into a tiny
+.sys whose exported array ``layout`` holds the numbers; pefile reads them back. Both must
+equal the table, and the I/O manager's offsets must be the table's.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pefile
+import pytest
+
+from emu.nt import io, wdm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _entries() -> list[tuple[str, str | None]]:
+    """(structure, field or None for sizeof), in table order."""
+    return [(s.name, f) for s in wdm.STRUCTS for f in (None, *s.fields)]
+
+
+def _probe_source(header: str) -> str:
+    lines = [f"#include <{header}>",
+             "__declspec(dllexport) const unsigned long long layout[] = {"]
+    lines += [f"    sizeof({name})," if field is None else
+              f"    __builtin_offsetof({name}, {field}),"
+              for name, field in _entries()]
+    lines += ["};",
+              "NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, "
+              "PUNICODE_STRING RegistryPath)",
+              "{", "    (void)DriverObject; (void)RegistryPath;", "    return 0;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _compile(tmp: Path, header: str, include: Path) -> dict[tuple[str, str | None], int]:
+    """Build the probe against ``header`` (found in ``include``) and read its numbers."""
+    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(tmp / "zig-cache"),
+           "ZIG_LOCAL_CACHE_DIR": str(tmp / "zig-cache")}
+    cc = [sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-windows-gnu"]
+    (tmp / "probe.c").write_text(_probe_source(header))
+    for command in (
+            [*cc, "-O2", "-Wall", f"-I{include}", "-c", "probe.c", "-o", "probe.o"],
+            [*cc, "-shared", "-nostdlib", "-Wl,--subsystem,native",
+             "-Wl,--entry,DriverEntry", "probe.o", "-o", "probe.sys"]):
+        done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    pe = pefile.PE(str(tmp / "probe.sys"))
+    (symbol,) = [s for s in pe.DIRECTORY_ENTRY_EXPORT.symbols if s.name == b"layout"]
+    keys = _entries()
+    values = struct.unpack(f"<{len(keys)}Q", pe.get_data(symbol.address, 8 * len(keys)))
+    return dict(zip(keys, values, strict=True))
+
+
+def _table() -> dict[tuple[str, str | None], int]:
+    return {(s.name, f): (s.size if f is None else s.fields[f])
+            for s in wdm.STRUCTS for f in (None, *s.fields)}
+
+
+def _differences(measured: dict, table: dict) -> list[str]:
+    return [f"{name}{'.' + field if field else ' sizeof'}: header {measured[key]:#x}, "
+            f"table {table[key]:#x}"
+            for key in table for name, field in [key] if measured[key] != table[key]]
+
+
+@pytest.fixture(scope="module")
+def wdk(tmp_path_factory) -> dict:
+    """The numbers from the WDK's <ntddk.h> (mingw-w64's, inside the ziglang wheel)."""
+    import ziglang
+
+    ddk = Path(ziglang.__file__).parent / "lib" / "libc" / "include" / "any-windows-any" / "ddk"
+    return _compile(tmp_path_factory.mktemp("wdk"), "ntddk.h", ddk)
+
+
+def test_the_table_is_the_wdk_layout(wdk):
+    assert _differences(wdk, _table()) == []
+
+
+def test_the_private_header_has_the_same_layout(tmp_path):
+    private = _compile(tmp_path, "ddk/ntddk.h", ROOT / "guest" / "include")
+    assert _differences(private, _table()) == []
+
+
+def test_the_io_manager_uses_the_wdk_offsets(wdk):
+    """Every offset the I/O manager reads or writes a structure at is the header's."""
+    uses = {
+        "DRIVER_DEVICE_OBJECT": ("DRIVER_OBJECT", "DeviceObject"),
+        "DRIVER_START": ("DRIVER_OBJECT", "DriverStart"),
+        "DRIVER_SIZE": ("DRIVER_OBJECT", "DriverSize"),
+        "DRIVER_UNLOAD": ("DRIVER_OBJECT", "DriverUnload"),
+        "DRIVER_MAJOR_FUNCTION": ("DRIVER_OBJECT", "MajorFunction"),
+        "DRIVER_OBJECT_SIZE": ("DRIVER_OBJECT", None),
+        "DEVICE_DRIVER": ("DEVICE_OBJECT", "DriverObject"),
+        "DEVICE_NEXT": ("DEVICE_OBJECT", "NextDevice"),
+        "DEVICE_FLAGS": ("DEVICE_OBJECT", "Flags"),
+        "DEVICE_TYPE": ("DEVICE_OBJECT", "DeviceType"),
+        "DEVICE_EXTENSION": ("DEVICE_OBJECT", "DeviceExtension"),
+        "DEVICE_OBJECT_SIZE": ("DEVICE_OBJECT", None),
+        "IRP_MDL": ("IRP", "MdlAddress"),
+        "IRP_SYSTEM_BUFFER": ("IRP", "AssociatedIrp.SystemBuffer"),
+        "IRP_STATUS": ("IRP", "IoStatus.Status"),
+        "IRP_INFORMATION": ("IRP", "IoStatus.Information"),
+        "IRP_REQUESTOR_MODE": ("IRP", "RequestorMode"),
+        "IRP_USER_BUFFER": ("IRP", "UserBuffer"),
+        "IRP_CURRENT_STACK": ("IRP", "Tail.Overlay.CurrentStackLocation"),
+        "IRP_STACK": ("IRP", None),           # the stack location follows the IRP
+        "STACK_MAJOR": ("IO_STACK_LOCATION", "MajorFunction"),
+        "STACK_LENGTH": ("IO_STACK_LOCATION", "Parameters.Read.Length"),
+        "STACK_DEVICE": ("IO_STACK_LOCATION", "DeviceObject"),
+        "STACK_SIZE": ("IO_STACK_LOCATION", None),
+        "MDL_MAPPED_VA": ("MDL", "MappedSystemVa"),
+        "MDL_START_VA": ("MDL", "StartVa"),
+        "MDL_BYTE_COUNT": ("MDL", "ByteCount"),
+        "MDL_BYTE_OFFSET": ("MDL", "ByteOffset"),
+        "MDL_PFN": ("MDL", None),             # the frame numbers follow the MDL
+    }
+    wrong = [f"io.{name} = {getattr(io, name):#x}, the header's {wdk[key]:#x}"
+             for name, key in uses.items() if getattr(io, name) != wdk[key]]
+    assert wrong == []
+    assert io.IRP_SIZE == wdk[("IRP", None)] + wdk[("IO_STACK_LOCATION", None)]
