@@ -120,6 +120,8 @@ class IoManager:
     def __init__(self, ex: Executive) -> None:
         self.ex = ex
         self.devices: dict[str, Device] = {}
+        self.links: dict[str, str] = {}             # \??\NAME -> the name it stands for
+        self.device_objects: dict[int, Driver] = {}  # every live DEVICE_OBJECT, named or not
         self.irps: dict[int, IrpRecord] = {}
         self.dpc_routines: dict[int, int] = {}      # DEVICE_OBJECT -> its DpcForIsr
         self._system_ptes = layout.KERNEL_SYSTEM_PTES
@@ -137,9 +139,10 @@ class IoManager:
         ex.kernel_write(obj, bytes(raw))
         return obj
 
-    def create_device(self, driver: Driver, name: str, device_type: int,
+    def create_device(self, driver: Driver, name: str | None, device_type: int,
                       extension_size: int, characteristics: int = 0) -> tuple[int, int]:
-        """IoCreateDevice: (status, DEVICE_OBJECT address)."""
+        """IoCreateDevice: (status, DEVICE_OBJECT address); a name of None makes an unnamed
+        device (in the driver's list, but no path opens it)."""
         ex = self.ex
         if name in self.devices or name == "\\Device\\Console":
             return NTSTATUS.STATUS_OBJECT_NAME_COLLISION, 0
@@ -159,14 +162,62 @@ class IoManager:
         struct.pack_into("<b", raw, DEVICE_STACK_SIZE, 1)
         ex.kernel_write(device, bytes(raw))
         ex.kernel_write(driver.driver_object + DRIVER_DEVICE_OBJECT, struct.pack("<Q", device))
-        self.devices[name] = Device(name, device, driver)
+        self.device_objects[device] = driver
+        if name is not None:
+            self.devices[name] = Device(name, device, driver)
         return NTSTATUS.STATUS_SUCCESS, device
 
     def delete_device(self, address: int) -> None:
-        """IoDeleteDevice: the name goes; the memory stays (handles may still point at it)."""
+        """IoDeleteDevice: the device leaves its driver's list (DriverObject->DeviceObject
+        through NextDevice) and its name goes; the memory stays (handles may still point at
+        it). Symbolic links to it stay, as on Windows: the driver deletes them."""
         for name, device in list(self.devices.items()):
             if device.address == address:
                 del self.devices[name]
+        ex, driver = self.ex, self.device_objects.pop(address, None)
+        if driver is None:
+            return
+        link, seen = driver.driver_object + DRIVER_DEVICE_OBJECT, set()
+        while (current := ex.kernel_read_u64(link)) and current not in seen:
+            seen.add(current)
+            if current == address:
+                ex.kernel_write(link, struct.pack("<Q", ex.kernel_read_u64(
+                    address + DEVICE_NEXT)))
+                return
+            link = current + DEVICE_NEXT
+
+    # -- symbolic links (\?? and its other name, \DosDevices) ---------------------------------
+
+    @staticmethod
+    def link_name(name: str) -> str | None:
+        """``name`` as a name in \\??, or None if it is not in that directory."""
+        for prefix in ("\\??\\", "\\DosDevices\\"):
+            if name.startswith(prefix) and len(name) > len(prefix):
+                return "\\??\\" + name[len(prefix):]
+        return None
+
+    def create_link(self, link: str, target: str) -> int:
+        """IoCreateSymbolicLink: ``link`` (in \\??) stands for ``target`` from now on."""
+        name = self.link_name(link)
+        if name is None or "\\" in name[4:]:
+            return NTSTATUS.STATUS_OBJECT_NAME_INVALID
+        if name in self.links:
+            return NTSTATUS.STATUS_OBJECT_NAME_COLLISION
+        self.links[name] = target
+        return NTSTATUS.STATUS_SUCCESS
+
+    def delete_link(self, link: str) -> int:
+        """IoDeleteSymbolicLink."""
+        name = self.link_name(link)
+        if name is None or self.links.pop(name, None) is None:
+            return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+        return NTSTATUS.STATUS_SUCCESS
+
+    def resolve(self, path: str) -> str:
+        """``path`` with a symbolic link in \\?? replaced by what it stands for (the object
+        manager's reparse, once); any other path as it is."""
+        name = self.link_name(path)
+        return self.links.get(name, path) if name is not None else path
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -405,6 +405,12 @@ NTSTATUS NTAPI IoCreateDevice(PDRIVER_OBJECT DriverObject, ULONG DeviceExtension
 VOID NTAPI IoDeleteDevice(PDEVICE_OBJECT DeviceObject);
 /* The request is done: Irp->IoStatus says how. Completing an IRP twice is bug check 0x44. */
 VOID NTAPI IoCompleteRequest(PIRP Irp, CHAR PriorityBoost);
+/* The same routine under the name wdm.h's IoCompleteRequest macro calls. */
+VOID NTAPI IofCompleteRequest(PIRP Irp, CHAR PriorityBoost);
+/* \DosDevices\NAME (which an app opens as \??\NAME) stands for DeviceName from now on. */
+NTSTATUS NTAPI IoCreateSymbolicLink(PUNICODE_STRING SymbolicLinkName,
+                                    PUNICODE_STRING DeviceName);
+NTSTATUS NTAPI IoDeleteSymbolicLink(PUNICODE_STRING SymbolicLinkName);
 /* The MDL's frames mapped at a kernel address (the same frames the caller's pages use). */
 PVOID NTAPI MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
 VOID NTAPI RtlInitUnicodeString(PUNICODE_STRING DestinationString, PCWSTR SourceString);
