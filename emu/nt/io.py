@@ -82,7 +82,10 @@ IRP_SIZE = IRP_STACK + STACK_SIZE
 MDL_SIZE, MDL_MAPPED_VA = _MDL["Size"], _MDL["MappedSystemVa"]
 MDL_START_VA, MDL_BYTE_COUNT, MDL_BYTE_OFFSET = (_MDL["StartVa"], _MDL["ByteCount"],
                                                  _MDL["ByteOffset"])
-MDL_PFN = _MDL.size
+MDL_FLAGS, MDL_PFN = _MDL["MdlFlags"], _MDL.size
+# MdlFlags (wdm.h): the header's inline MmGetSystemAddressForMdlSafe returns MappedSystemVa
+# as it is when MDL_MAPPED_TO_SYSTEM_VA is set, and calls MmMapLockedPagesSpecifyCache if not.
+MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED = 0x0001, 0x0002
 MAX_TRANSFER = 1 << 20
 TAG_IRP, TAG_BUFFER, TAG_MDL, TAG_DEVICE = 0x20707249, 0x66754249, 0x206C644D, 0x20766544
 
@@ -455,7 +458,7 @@ class IoManager:
             raise UserAccessViolation(buffer)
         mdl = ex.pools.allocate(PoolType.NonPagedPoolNx, MDL_PFN + 8 * len(frames), TAG_MDL)
         raw = bytearray(MDL_PFN)
-        struct.pack_into("<h", raw, MDL_SIZE, MDL_PFN + 8 * len(frames))
+        struct.pack_into("<hh", raw, MDL_SIZE, MDL_PFN + 8 * len(frames), MDL_PAGES_LOCKED)
         struct.pack_into("<Q", raw, MDL_START_VA, buffer & ~0xFFF)
         struct.pack_into("<II", raw, MDL_BYTE_COUNT, length, buffer & 0xFFF)     # + ByteOffset
         ex.kernel_write(mdl, bytes(raw))
@@ -485,10 +488,10 @@ class IoManager:
         would reach frames that belong to someone else once the pages are trimmed), then
         the locks."""
         ex = self.ex
-        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
+        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA) & ~0xFFF
         count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
         pages = (offset + max(count, 1) + 0xFFF) >> 12
-        if mapped:
+        if self._mdl_flags(mdl) & MDL_MAPPED_TO_SYSTEM_VA:
             for i in range(pages):
                 ex.mm.system.unmap_page(mapped + i * layout.PAGE_SIZE)
         self._unlock_frames(struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN,
@@ -507,13 +510,18 @@ class IoManager:
         if record.on_complete is not None:           # asynchronous: finish it right now
             record.on_complete()
 
+    def _mdl_flags(self, mdl: int) -> int:
+        return struct.unpack("<H", self.ex.kernel_read(mdl + MDL_FLAGS, 2))[0]
+
     def map_mdl(self, mdl: int) -> int:
-        """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address."""
+        """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address; the
+        buffer's address there (its ByteOffset included) becomes MappedSystemVa, and
+        MDL_MAPPED_TO_SYSTEM_VA says so (what the header's inline of it reads)."""
         ex = self.ex
-        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
+        mdl_flags = self._mdl_flags(mdl)
+        if mdl_flags & MDL_MAPPED_TO_SYSTEM_VA:
+            return ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
         count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
-        if mapped:
-            return mapped + offset
         pages = (offset + max(count, 1) + 0xFFF) >> 12
         frames = struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN, 8 * pages))
         va = self._system_ptes
@@ -521,6 +529,7 @@ class IoManager:
         flags = leaf_flags(Protection.PAGE_READWRITE, user=False, populated=True)
         for i, pfn in enumerate(frames):
             ex.mm.system.map_page(va + i * layout.PAGE_SIZE, pfn, flags)
-        ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va))
+        ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va + offset))
+        ex.kernel_write(mdl + MDL_FLAGS, struct.pack("<H", mdl_flags | MDL_MAPPED_TO_SYSTEM_VA))
         return va + offset
 
