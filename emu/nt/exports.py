@@ -305,7 +305,7 @@ def io_connect_interrupt(ex: Executive, call: ExportCall) -> int:
 @export("IoInitializeDpcRequest")
 def io_initialize_dpc_request(ex: Executive, call: ExportCall) -> int:
     """VOID IoInitializeDpcRequest(DeviceObject, DpcRoutine): the device's DpcForIsr."""
-    ex.io.dpc_routines[call.arg(0)] = call.arg(1)
+    ex.io.initialize_dpc(call.arg(0), call.arg(1))
     return 0
 
 
@@ -317,7 +317,8 @@ def io_request_dpc(ex: Executive, call: ExportCall) -> int:
     if routine is None:
         raise BugCheck(0xC4, (0, call.arg(0), 0, 0), call_site(ex, call.return_address),
                        "IoRequestDpc without IoInitializeDpcRequest")
-    ex.dpc_queue.append((routine, (0, call.arg(0), call.arg(1), call.arg(2))))
+    ex.dpc_queue.append((routine, (ex.io.queue_dpc(call.arg(0), call.arg(1), call.arg(2)),
+                                   call.arg(0), call.arg(1), call.arg(2))))
     return 0
 
 

@@ -62,7 +62,8 @@ DEVICE_DRIVER, DEVICE_NEXT, DEVICE_FLAGS = (_DEV["DriverObject"], _DEV["NextDevi
                                             _DEV["Flags"])
 DEVICE_CHARACTERISTICS, DEVICE_TYPE, DEVICE_EXTENSION = (
     _DEV["Characteristics"], _DEV["DeviceType"], _DEV["DeviceExtension"])
-DEVICE_STACK_SIZE, DEVICE_OBJECT_SIZE = _DEV["StackSize"], _DEV.size
+DEVICE_STACK_SIZE, DEVICE_DPC, DEVICE_OBJECT_SIZE = _DEV["StackSize"], _DEV["Dpc"], _DEV.size
+MEDIUM_IMPORTANCE = 1                   # KDPC_IMPORTANCE, what KeInitializeDpc sets
 # IRP, followed by its one IO_STACK_LOCATION (StackCount 1)
 IRP_MDL, IRP_SYSTEM_BUFFER = _IRP["MdlAddress"], _IRP["AssociatedIrp.SystemBuffer"]
 IRP_STATUS, IRP_INFORMATION = _IRP["IoStatus.Status"], _IRP["IoStatus.Information"]
@@ -188,6 +189,28 @@ class IoManager:
                     address + DEVICE_NEXT)))
                 return
             link = current + DEVICE_NEXT
+
+    # -- the device's DPC (DEVICE_OBJECT.Dpc) ----------------------------------------------
+
+    def initialize_dpc(self, device: int, routine: int) -> None:
+        """IoInitializeDpcRequest: KeInitializeDpc(&DeviceObject->Dpc, DpcRoutine,
+        DeviceObject), as wdm.h's inline of it does."""
+        self.dpc_routines[device] = routine
+        if device in self.device_objects:        # a device object the I/O manager made
+            raw = bytearray(wdm.KDPC.size)
+            struct.pack_into("<BB", raw, 0, wdm.DPC_OBJECT, MEDIUM_IMPORTANCE)
+            struct.pack_into("<QQ", raw, wdm.KDPC["DeferredRoutine"], routine, device)
+            self.ex.kernel_write(device + DEVICE_DPC, bytes(raw))
+
+    def queue_dpc(self, device: int, irp: int, context: int) -> int:
+        """IoRequestDpc: KeInsertQueueDpc(&DeviceObject->Dpc, Irp, Context); the KDPC's
+        address (the routine's first argument), or 0 for a device the I/O manager did not
+        make."""
+        if device not in self.device_objects:
+            return 0
+        dpc = device + DEVICE_DPC
+        self.ex.kernel_write(dpc + wdm.KDPC["SystemArgument1"], struct.pack("<QQ", irp, context))
+        return dpc
 
     # -- symbolic links (\?? and its other name, \DosDevices) ---------------------------------
 

@@ -148,3 +148,32 @@ def test_a_mapped_mdl_reads_as_the_headers_inline_expects(machine_factory, apps)
     assert flags == io.MDL_MAPPED_TO_SYSTEM_VA | io.MDL_PAGES_LOCKED
     assert offset != 0 and count == 255 and start % 0x1000 == 0
     assert mapped % 0x1000 == offset and mapped >= 0xFFFF_8000_0000_0000
+
+
+def test_the_device_dpc_is_the_kdpc_in_its_device_object(machine_factory, apps):
+    """IoInitializeDpcRequest is KeInitializeDpc(&DeviceObject->Dpc, DpcRoutine, DeviceObject)
+    and IoRequestDpc KeInsertQueueDpc(&DeviceObject->Dpc, Irp, Context) (wdm.h's inlines):
+    the DPC routine gets the KDPC in the device object as its first argument."""
+    m = machine_factory()
+    m.add_driver(ROOT / "guest" / "build" / "drivers" / "slowbuffered.sys")
+    requester = m.spawn(apps / "slowread", ["\\Device\\SlowBuffered"])
+    ex = m.executive
+    calls, call_kernel = [], ex.call_kernel
+
+    def spy(routine, *args, **kwargs):
+        calls.append((routine, args))
+        return call_kernel(routine, *args, **kwargs)
+
+    ex.call_kernel = spy
+    m.run()
+    assert requester.output.startswith(b"status 0x00000000\n")
+    (driver,) = ex.drivers
+    device = ex.io.devices["\\Device\\SlowBuffered"].address
+    routine = driver.image.symbols["DpcForIsr"]
+    ((dpc, context, irp, argument),) = [args for r, args in calls if r == routine]
+    assert (dpc, context, argument) == (device + wdm.DEVICE_OBJECT["Dpc"], device, 0)
+    assert ex.pools.blocks[irp].tag == io.TAG_IRP
+    raw = ex.kernel_read(dpc, wdm.KDPC.size)
+    assert raw[wdm.KDPC["Type"]] == wdm.DPC_OBJECT and raw[wdm.KDPC["Importance"]] == 1
+    assert struct.unpack_from("<4Q", raw, wdm.KDPC["DeferredRoutine"]) == (
+        routine, device, irp, 0)

@@ -449,7 +449,8 @@ NTSTATUS NTAPI IoConnectInterrupt(PKINTERRUPT *InterruptObject,
                                   BOOLEAN ShareVector, ULONG_PTR ProcessorEnableMask,
                                   BOOLEAN FloatingSave);
 VOID NTAPI IoInitializeDpcRequest(PDEVICE_OBJECT DeviceObject, IO_DPC_ROUTINE *DpcRoutine);
-/* Queue the device's DPC: it runs at DISPATCH_LEVEL once the ISR returns. */
+/* Queue the device's DPC (DeviceObject->Dpc): it runs at DISPATCH_LEVEL once the ISR
+ * returns, as DpcRoutine(&DeviceObject->Dpc, DeviceObject, Irp, Context). */
 VOID NTAPI IoRequestDpc(PDEVICE_OBJECT DeviceObject, PIRP Irp, PVOID Context);
 
 /* The request will complete later (the dispatch routine then returns STATUS_PENDING). */
