@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emu.nt import exports, layout
+from emu.nt import exports, io, layout
 from emu.nt.events import Event
 from emu.nt.loader import (
     PF_W,
@@ -62,7 +62,6 @@ class DriverImage:
     imports: list[str]
     symbols: dict[str, int] = field(default_factory=dict)
     discardable: set[int] = field(default_factory=set)   # pages freed after DriverEntry
-    format: str = "elf"                     # "elf" or "pe": which headers it was built with
 
     @property
     def end(self) -> int:
@@ -202,9 +201,7 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
     from emu.nt import pe  # imports this module, so loaded here
 
     if pe.is_pe(data):                      # a .sys as Windows builds it
-        image = pe.parse_pe_driver(data, str(p), base)
-        image.format = "pe"
-        return image
+        return pe.parse_pe_driver(data, str(p), base)
     return parse_driver(data, str(p), base)
 
 
@@ -245,15 +242,10 @@ def _free_pages(ex: Executive, pages) -> None:
             ex.mm.pfn.release(pfn)
 
 
-# Where DRIVER_OBJECT.DriverUnload lies for the headers a driver was built with: the
-# private DDK header (guest/include/ddk/ntddk.h, ELF drivers) has it at 0x20, wdm.h's x64
-# layout (PE drivers) at 0x68. Read only through unload_routine.
-DRIVER_UNLOAD_OFFSET = {"elf": 0x20, "pe": 0x68}
-
-
 def unload_routine(ex: Executive, driver: Driver) -> int:
-    """The DriverUnload routine the driver stored in its DRIVER_OBJECT (0: none)."""
-    return ex.kernel_read_u64(driver.driver_object + DRIVER_UNLOAD_OFFSET[driver.image.format])
+    """The DriverUnload routine the driver stored in its DRIVER_OBJECT (0: none); wdm.h's
+    x64 layout for PE and ELF drivers alike (emu.nt.wdm)."""
+    return ex.kernel_read_u64(driver.driver_object + io.DRIVER_UNLOAD)
 
 
 def shutdown(ex: Executive) -> None:

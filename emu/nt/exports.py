@@ -231,16 +231,18 @@ def read_unicode_string(ex: Executive, address: int) -> str:
 @export("IoCreateDevice")
 def io_create_device(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS IoCreateDevice(DriverObject, ExtensionSize, DeviceName, DeviceType,
-    Characteristics, Exclusive, *DeviceObject)."""
+    Characteristics, Exclusive, *DeviceObject): a NULL DeviceName makes an unnamed device
+    ("DeviceName: optional", the IoCreateDevice reference); a name must be in \\Device."""
     driver = next((d for d in ex.drivers if d.driver_object == call.arg(0)), None)
     if driver is None:
         return NTSTATUS.STATUS_INVALID_PARAMETER
-    name = read_unicode_string(ex, call.arg(2)) if call.arg(2) else ""
-    if not name.startswith("\\Device\\"):
+    name = read_unicode_string(ex, call.arg(2)) if call.arg(2) else None
+    if name is not None and not name.startswith("\\Device\\"):
         return NTSTATUS.STATUS_OBJECT_NAME_INVALID
     try:
         status, device = ex.io.create_device(driver, name, call.arg(3) & 0xFFFF_FFFF,
-                                             call.arg(1) & 0xFFFF_FFFF)
+                                             call.arg(1) & 0xFFFF_FFFF,
+                                             call.arg(4) & 0xFFFF_FFFF)
     except OutOfFrames:     # no RAM for the object or its extension: Windows' status for it
         return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
     if status == NTSTATUS.STATUS_SUCCESS:
@@ -303,7 +305,7 @@ def io_connect_interrupt(ex: Executive, call: ExportCall) -> int:
 @export("IoInitializeDpcRequest")
 def io_initialize_dpc_request(ex: Executive, call: ExportCall) -> int:
     """VOID IoInitializeDpcRequest(DeviceObject, DpcRoutine): the device's DpcForIsr."""
-    ex.io.dpc_routines[call.arg(0)] = call.arg(1)
+    ex.io.initialize_dpc(call.arg(0), call.arg(1))
     return 0
 
 
@@ -315,7 +317,8 @@ def io_request_dpc(ex: Executive, call: ExportCall) -> int:
     if routine is None:
         raise BugCheck(0xC4, (0, call.arg(0), 0, 0), call_site(ex, call.return_address),
                        "IoRequestDpc without IoInitializeDpcRequest")
-    ex.dpc_queue.append((routine, (0, call.arg(0), call.arg(1), call.arg(2))))
+    ex.dpc_queue.append((routine, (ex.io.queue_dpc(call.arg(0), call.arg(1), call.arg(2)),
+                                   call.arg(0), call.arg(1), call.arg(2))))
     return 0
 
 
@@ -399,3 +402,28 @@ def mm_copy_from_user(ex: Executive, call: ExportCall) -> int:
     except (UserAccessViolation, UserStatus):
         return NTSTATUS.STATUS_ACCESS_VIOLATION
     return NTSTATUS.STATUS_SUCCESS
+
+
+# -- exported since the structures are wdm.h's (issue 12): registered last, so that the
+# trap addresses of the exports above stay where they were.
+
+@export("IofCompleteRequest")
+def iof_complete_request(ex: Executive, call: ExportCall) -> int:
+    """VOID IofCompleteRequest(Irp, PriorityBoost): what wdm.h's IoCompleteRequest macro
+    calls (the same routine as IoCompleteRequest above)."""
+    return io_complete_request(ex, call)
+
+
+@export("IoCreateSymbolicLink")
+def io_create_symbolic_link(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS IoCreateSymbolicLink(SymbolicLinkName, DeviceName): a name in \\DosDevices
+    (\\??) that opens the device; STATUS_OBJECT_NAME_COLLISION if it exists."""
+    return ex.io.create_link(read_unicode_string(ex, call.arg(0)),
+                             read_unicode_string(ex, call.arg(1)))
+
+
+@export("IoDeleteSymbolicLink")
+def io_delete_symbolic_link(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS IoDeleteSymbolicLink(SymbolicLinkName): STATUS_OBJECT_NAME_NOT_FOUND if there
+    is no such link."""
+    return ex.io.delete_link(read_unicode_string(ex, call.arg(0)))

@@ -15,7 +15,8 @@ the IRP later from a DPC queued by its interrupt service routine: whatever threa
 the interrupt arrived in. The requester waits; its buffer is then filled in its own
 context (the completion's second half runs when it runs again).
 
-Structure layouts are fixed in guest/include/ddk/ntddk.h (offsets asserted there).
+Structure layouts are wdm.h's for x64 (emu.nt.wdm, the one table; the private
+guest/include/ddk/ntddk.h copies them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emu.nt import layout
+from emu.nt import layout, wdm
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.mm.address_space import Protection, leaf_flags
 from emu.nt.mm.pfn import PfnListCorrupt
@@ -41,26 +42,51 @@ if TYPE_CHECKING:
 IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_READ, IRP_MJ_WRITE = 0x00, 0x02, 0x03, 0x04
 IRP_MJ_DEVICE_CONTROL = 0x0E
 METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
-IRP_MJ_MAXIMUM_FUNCTION = 0x1B
+IRP_MJ_MAXIMUM_FUNCTION = wdm.IRP_MJ_MAXIMUM_FUNCTION
 DO_BUFFERED_IO, DO_DIRECT_IO = 0x04, 0x10
-IO_TYPE_DRIVER, IO_TYPE_DEVICE, IO_TYPE_IRP = 4, 3, 6
+IO_TYPE_DRIVER, IO_TYPE_DEVICE, IO_TYPE_IRP = wdm.IO_TYPE_DRIVER, wdm.IO_TYPE_DEVICE, \
+    wdm.IO_TYPE_IRP
 USER_MODE = 1
 MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
 
+# The offsets below are wdm.h's x64 layout, from the one table in emu.nt.wdm.
+_DRV, _DEV, _IRP, _STK, _MDL = (wdm.DRIVER_OBJECT, wdm.DEVICE_OBJECT, wdm.IRP,
+                                wdm.IO_STACK_LOCATION, wdm.MDL)
 # DRIVER_OBJECT
-DRIVER_DEVICE_OBJECT, DRIVER_START, DRIVER_SIZE, DRIVER_MAJOR_FUNCTION = 0x08, 0x10, 0x18, 0x28
-DRIVER_OBJECT_SIZE = DRIVER_MAJOR_FUNCTION + 8 * (IRP_MJ_MAXIMUM_FUNCTION + 1)
+DRIVER_DEVICE_OBJECT, DRIVER_START, DRIVER_SIZE = (_DRV["DeviceObject"], _DRV["DriverStart"],
+                                                   _DRV["DriverSize"])
+DRIVER_UNLOAD, DRIVER_MAJOR_FUNCTION = _DRV["DriverUnload"], _DRV["MajorFunction"]
+DRIVER_OBJECT_SIZE = _DRV.size
 # DEVICE_OBJECT
-DEVICE_DRIVER, DEVICE_NEXT, DEVICE_FLAGS, DEVICE_TYPE, DEVICE_EXTENSION = 8, 0x10, 0x18, 0x1C, 0x20
-DEVICE_OBJECT_SIZE = 0x28
-# IRP and its one IO_STACK_LOCATION
-IRP_MDL, IRP_SYSTEM_BUFFER, IRP_STATUS, IRP_INFORMATION = 0x08, 0x10, 0x18, 0x20
-IRP_REQUESTOR_MODE, IRP_USER_BUFFER, IRP_CURRENT_STACK, IRP_STACK = 0x28, 0x30, 0x38, 0x40
-STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = 0x00, 0x08, 0x20
-STACK_SIZE = 0x30
+DEVICE_DRIVER, DEVICE_NEXT, DEVICE_FLAGS = (_DEV["DriverObject"], _DEV["NextDevice"],
+                                            _DEV["Flags"])
+DEVICE_CHARACTERISTICS, DEVICE_TYPE, DEVICE_EXTENSION = (
+    _DEV["Characteristics"], _DEV["DeviceType"], _DEV["DeviceExtension"])
+DEVICE_STACK_SIZE, DEVICE_DPC, DEVICE_OBJECT_SIZE = _DEV["StackSize"], _DEV["Dpc"], _DEV.size
+MEDIUM_IMPORTANCE = 1                   # KDPC_IMPORTANCE, what KeInitializeDpc sets
+# IRP, followed by its one IO_STACK_LOCATION (StackCount 1)
+IRP_MDL, IRP_SYSTEM_BUFFER = _IRP["MdlAddress"], _IRP["AssociatedIrp.SystemBuffer"]
+IRP_STATUS, IRP_INFORMATION = _IRP["IoStatus.Status"], _IRP["IoStatus.Information"]
+IRP_REQUESTOR_MODE, IRP_USER_BUFFER = _IRP["RequestorMode"], _IRP["UserBuffer"]
+IRP_STACK_COUNT, IRP_CURRENT_LOCATION = _IRP["StackCount"], _IRP["CurrentLocation"]
+IRP_CURRENT_STACK = _IRP["Tail.Overlay.CurrentStackLocation"]
+IRP_STACK = _IRP.size
+STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = (_STK["MajorFunction"], _STK["Parameters.Read.Length"],
+                                           _STK["DeviceObject"])
+STACK_OUTPUT_LENGTH = _STK["Parameters.DeviceIoControl.OutputBufferLength"]
+STACK_INPUT_LENGTH = _STK["Parameters.DeviceIoControl.InputBufferLength"]
+STACK_IO_CONTROL_CODE = _STK["Parameters.DeviceIoControl.IoControlCode"]
+STACK_TYPE3_INPUT = _STK["Parameters.DeviceIoControl.Type3InputBuffer"]
+STACK_SIZE = _STK.size
 IRP_SIZE = IRP_STACK + STACK_SIZE
-# MDL
-MDL_MAPPED_VA, MDL_START_VA, MDL_BYTE_COUNT, MDL_BYTE_OFFSET, MDL_PFN = 0x10, 0x18, 0x20, 0x24, 0x28
+# MDL, followed by its frame numbers
+MDL_SIZE, MDL_MAPPED_VA = _MDL["Size"], _MDL["MappedSystemVa"]
+MDL_START_VA, MDL_BYTE_COUNT, MDL_BYTE_OFFSET = (_MDL["StartVa"], _MDL["ByteCount"],
+                                                 _MDL["ByteOffset"])
+MDL_FLAGS, MDL_PFN = _MDL["MdlFlags"], _MDL.size
+# MdlFlags (wdm.h): the header's inline MmGetSystemAddressForMdlSafe returns MappedSystemVa
+# as it is when MDL_MAPPED_TO_SYSTEM_VA is set, and calls MmMapLockedPagesSpecifyCache if not.
+MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED = 0x0001, 0x0002
 MAX_TRANSFER = 1 << 20
 TAG_IRP, TAG_BUFFER, TAG_MDL, TAG_DEVICE = 0x20707249, 0x66754249, 0x206C644D, 0x20766544
 
@@ -98,6 +124,8 @@ class IoManager:
     def __init__(self, ex: Executive) -> None:
         self.ex = ex
         self.devices: dict[str, Device] = {}
+        self.links: dict[str, str] = {}             # \??\NAME -> the name it stands for
+        self.device_objects: dict[int, Driver] = {}  # every live DEVICE_OBJECT, named or not
         self.irps: dict[int, IrpRecord] = {}
         self.dpc_routines: dict[int, int] = {}      # DEVICE_OBJECT -> its DpcForIsr
         self._system_ptes = layout.KERNEL_SYSTEM_PTES
@@ -108,13 +136,17 @@ class IoManager:
         """A DRIVER_OBJECT for an image mapped at ``base``."""
         ex = self.ex
         obj = ex.pools.allocate(PoolType.NonPagedPoolNx, DRIVER_OBJECT_SIZE, 0x76697244)
-        ex.kernel_write(obj, struct.pack("<hh", IO_TYPE_DRIVER, DRIVER_OBJECT_SIZE))
-        ex.kernel_write(obj + DRIVER_START, struct.pack("<QI", base, size))
+        raw = bytearray(DRIVER_OBJECT_SIZE)
+        struct.pack_into("<hh", raw, 0, IO_TYPE_DRIVER, DRIVER_OBJECT_SIZE)
+        struct.pack_into("<Q", raw, DRIVER_START, base)
+        struct.pack_into("<I", raw, DRIVER_SIZE, size)
+        ex.kernel_write(obj, bytes(raw))
         return obj
 
-    def create_device(self, driver: Driver, name: str, device_type: int,
-                      extension_size: int) -> tuple[int, int]:
-        """IoCreateDevice: (status, DEVICE_OBJECT address)."""
+    def create_device(self, driver: Driver, name: str | None, device_type: int,
+                      extension_size: int, characteristics: int = 0) -> tuple[int, int]:
+        """IoCreateDevice: (status, DEVICE_OBJECT address); a name of None makes an unnamed
+        device (in the driver's list, but no path opens it)."""
         ex = self.ex
         if name in self.devices or name == "\\Device\\Console":
             return NTSTATUS.STATUS_OBJECT_NAME_COLLISION, 0
@@ -124,18 +156,94 @@ class IoManager:
         if not device or (extension_size and not extension):
             return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, 0
         head = ex.kernel_read_u64(driver.driver_object + DRIVER_DEVICE_OBJECT)
-        ex.kernel_write(device, struct.pack("<hHiQQIIQ", IO_TYPE_DEVICE, DEVICE_OBJECT_SIZE, 1,
-                                            driver.driver_object, head, 0, device_type,
-                                            extension))
+        # ReferenceCount 1, StackSize 1: a request to it needs one stack location.
+        raw = bytearray(DEVICE_OBJECT_SIZE)
+        struct.pack_into("<hHiQQ", raw, 0, IO_TYPE_DEVICE, DEVICE_OBJECT_SIZE, 1,
+                         driver.driver_object, head)
+        struct.pack_into("<II", raw, DEVICE_FLAGS, 0, characteristics)
+        struct.pack_into("<Q", raw, DEVICE_EXTENSION, extension)
+        struct.pack_into("<I", raw, DEVICE_TYPE, device_type)
+        struct.pack_into("<b", raw, DEVICE_STACK_SIZE, 1)
+        ex.kernel_write(device, bytes(raw))
         ex.kernel_write(driver.driver_object + DRIVER_DEVICE_OBJECT, struct.pack("<Q", device))
-        self.devices[name] = Device(name, device, driver)
+        self.device_objects[device] = driver
+        if name is not None:
+            self.devices[name] = Device(name, device, driver)
         return NTSTATUS.STATUS_SUCCESS, device
 
     def delete_device(self, address: int) -> None:
-        """IoDeleteDevice: the name goes; the memory stays (handles may still point at it)."""
+        """IoDeleteDevice: the device leaves its driver's list (DriverObject->DeviceObject
+        through NextDevice) and its name goes; the memory stays (handles may still point at
+        it). Symbolic links to it stay, as on Windows: the driver deletes them."""
         for name, device in list(self.devices.items()):
             if device.address == address:
                 del self.devices[name]
+        ex, driver = self.ex, self.device_objects.pop(address, None)
+        if driver is None:
+            return
+        link, seen = driver.driver_object + DRIVER_DEVICE_OBJECT, set()
+        while (current := ex.kernel_read_u64(link)) and current not in seen:
+            seen.add(current)
+            if current == address:
+                ex.kernel_write(link, struct.pack("<Q", ex.kernel_read_u64(
+                    address + DEVICE_NEXT)))
+                return
+            link = current + DEVICE_NEXT
+
+    # -- the device's DPC (DEVICE_OBJECT.Dpc) ----------------------------------------------
+
+    def initialize_dpc(self, device: int, routine: int) -> None:
+        """IoInitializeDpcRequest: KeInitializeDpc(&DeviceObject->Dpc, DpcRoutine,
+        DeviceObject), as wdm.h's inline of it does."""
+        self.dpc_routines[device] = routine
+        if device in self.device_objects:        # a device object the I/O manager made
+            raw = bytearray(wdm.KDPC.size)
+            struct.pack_into("<BB", raw, 0, wdm.DPC_OBJECT, MEDIUM_IMPORTANCE)
+            struct.pack_into("<QQ", raw, wdm.KDPC["DeferredRoutine"], routine, device)
+            self.ex.kernel_write(device + DEVICE_DPC, bytes(raw))
+
+    def queue_dpc(self, device: int, irp: int, context: int) -> int:
+        """IoRequestDpc: KeInsertQueueDpc(&DeviceObject->Dpc, Irp, Context); the KDPC's
+        address (the routine's first argument), or 0 for a device the I/O manager did not
+        make."""
+        if device not in self.device_objects:
+            return 0
+        dpc = device + DEVICE_DPC
+        self.ex.kernel_write(dpc + wdm.KDPC["SystemArgument1"], struct.pack("<QQ", irp, context))
+        return dpc
+
+    # -- symbolic links (\?? and its other name, \DosDevices) ---------------------------------
+
+    @staticmethod
+    def link_name(name: str) -> str | None:
+        """``name`` as a name in \\??, or None if it is not in that directory."""
+        for prefix in ("\\??\\", "\\DosDevices\\"):
+            if name.startswith(prefix) and len(name) > len(prefix):
+                return "\\??\\" + name[len(prefix):]
+        return None
+
+    def create_link(self, link: str, target: str) -> int:
+        """IoCreateSymbolicLink: ``link`` (in \\??) stands for ``target`` from now on."""
+        name = self.link_name(link)
+        if name is None or "\\" in name[4:]:
+            return NTSTATUS.STATUS_OBJECT_NAME_INVALID
+        if name in self.links:
+            return NTSTATUS.STATUS_OBJECT_NAME_COLLISION
+        self.links[name] = target
+        return NTSTATUS.STATUS_SUCCESS
+
+    def delete_link(self, link: str) -> int:
+        """IoDeleteSymbolicLink."""
+        name = self.link_name(link)
+        if name is None or self.links.pop(name, None) is None:
+            return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+        return NTSTATUS.STATUS_SUCCESS
+
+    def resolve(self, path: str) -> str:
+        """``path`` with a symbolic link in \\?? replaced by what it stands for (the object
+        manager's reparse, once); any other path as it is."""
+        name = self.link_name(path)
+        return self.links.get(name, path) if name is not None else path
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -286,9 +394,12 @@ class IoManager:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(IRP_MJ_DEVICE_CONTROL, device, 0, mdl, system_buffer,
                                     out_buffer)
-        ex.kernel_write(irp + IRP_STACK + 8, struct.pack(
-            "<IIIIQ", out_length, in_length, code & 0xFFFF_FFFF, 0,
-            in_buffer if method == METHOD_NEITHER else 0))
+        stack = irp + IRP_STACK
+        for offset, fmt, value in (
+                (STACK_OUTPUT_LENGTH, "<I", out_length), (STACK_INPUT_LENGTH, "<I", in_length),
+                (STACK_IO_CONTROL_CODE, "<I", code & 0xFFFF_FFFF),
+                (STACK_TYPE3_INPUT, "<Q", in_buffer if method == METHOD_NEITHER else 0)):
+            ex.kernel_write(stack + offset, struct.pack(fmt, value))
         status = self._call(dispatch, thread, device, irp)
         # METHOD_BUFFERED copies the output back like a read; the others wrote in place.
         major = IRP_MJ_READ if method == METHOD_BUFFERED else IRP_MJ_DEVICE_CONTROL
@@ -299,11 +410,20 @@ class IoManager:
                  user_buffer: int) -> tuple[int, IrpRecord]:
         ex = self.ex
         irp = ex.pools.allocate(PoolType.NonPagedPoolNx, IRP_SIZE, TAG_IRP)
-        ex.kernel_write(irp, struct.pack("<hHIQQiIQB7xQQ", IO_TYPE_IRP, IRP_SIZE, 0, mdl,
-                                         system_buffer, 0, 0, 0, USER_MODE, user_buffer,
-                                         irp + IRP_STACK))
-        ex.kernel_write(irp + IRP_STACK, struct.pack("<BBBB4xII16xQQ", major, 0, 0, 0,
-                                                     length, 0, device.address, 0))
+        # IoAllocateIrp(StackSize 1) + IoCallDriver: one stack location, right after the
+        # IRP, current (CurrentLocation 1 of StackCount 1).
+        raw = bytearray(IRP_SIZE)
+        struct.pack_into("<hH", raw, 0, IO_TYPE_IRP, IRP_SIZE)
+        for offset, fmt, value in (
+                (IRP_MDL, "<Q", mdl), (IRP_SYSTEM_BUFFER, "<Q", system_buffer),
+                (IRP_REQUESTOR_MODE, "<B", USER_MODE), (IRP_STACK_COUNT, "<B", 1),
+                (IRP_CURRENT_LOCATION, "<B", 1), (IRP_USER_BUFFER, "<Q", user_buffer),
+                (IRP_CURRENT_STACK, "<Q", irp + IRP_STACK),
+                (IRP_STACK + STACK_MAJOR, "<B", major),
+                (IRP_STACK + STACK_LENGTH, "<I", length),
+                (IRP_STACK + STACK_DEVICE, "<Q", device.address)):
+            struct.pack_into(fmt, raw, offset, value)
+        ex.kernel_write(irp, bytes(raw))
         record = self.irps[irp] = IrpRecord(irp)
         return irp, record
 
@@ -360,8 +480,11 @@ class IoManager:
         if not frames:
             raise UserAccessViolation(buffer)
         mdl = ex.pools.allocate(PoolType.NonPagedPoolNx, MDL_PFN + 8 * len(frames), TAG_MDL)
-        ex.kernel_write(mdl, struct.pack("<QhhIQQII", 0, MDL_PFN + 8 * len(frames), 0, 0, 0,
-                                         buffer & ~0xFFF, length, buffer & 0xFFF))
+        raw = bytearray(MDL_PFN)
+        struct.pack_into("<hh", raw, MDL_SIZE, MDL_PFN + 8 * len(frames), MDL_PAGES_LOCKED)
+        struct.pack_into("<Q", raw, MDL_START_VA, buffer & ~0xFFF)
+        struct.pack_into("<II", raw, MDL_BYTE_COUNT, length, buffer & 0xFFF)     # + ByteOffset
+        ex.kernel_write(mdl, bytes(raw))
         ex.kernel_write(mdl + MDL_PFN, struct.pack(f"<{len(frames)}Q", *frames))
         return mdl
 
@@ -388,10 +511,10 @@ class IoManager:
         would reach frames that belong to someone else once the pages are trimmed), then
         the locks."""
         ex = self.ex
-        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
+        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA) & ~0xFFF
         count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
         pages = (offset + max(count, 1) + 0xFFF) >> 12
-        if mapped:
+        if self._mdl_flags(mdl) & MDL_MAPPED_TO_SYSTEM_VA:
             for i in range(pages):
                 ex.mm.system.unmap_page(mapped + i * layout.PAGE_SIZE)
         self._unlock_frames(struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN,
@@ -410,13 +533,18 @@ class IoManager:
         if record.on_complete is not None:           # asynchronous: finish it right now
             record.on_complete()
 
+    def _mdl_flags(self, mdl: int) -> int:
+        return struct.unpack("<H", self.ex.kernel_read(mdl + MDL_FLAGS, 2))[0]
+
     def map_mdl(self, mdl: int) -> int:
-        """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address."""
+        """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address; the
+        buffer's address there (its ByteOffset included) becomes MappedSystemVa, and
+        MDL_MAPPED_TO_SYSTEM_VA says so (what the header's inline of it reads)."""
         ex = self.ex
-        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
+        mdl_flags = self._mdl_flags(mdl)
+        if mdl_flags & MDL_MAPPED_TO_SYSTEM_VA:
+            return ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
         count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
-        if mapped:
-            return mapped + offset
         pages = (offset + max(count, 1) + 0xFFF) >> 12
         frames = struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN, 8 * pages))
         va = self._system_ptes
@@ -424,6 +552,7 @@ class IoManager:
         flags = leaf_flags(Protection.PAGE_READWRITE, user=False, populated=True)
         for i, pfn in enumerate(frames):
             ex.mm.system.map_page(va + i * layout.PAGE_SIZE, pfn, flags)
-        ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va))
+        ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va + offset))
+        ex.kernel_write(mdl + MDL_FLAGS, struct.pack("<H", mdl_flags | MDL_MAPPED_TO_SYSTEM_VA))
         return va + offset
 

@@ -56,19 +56,21 @@ _SUBSYSTEMS = {2: "Windows GUI", 3: "Windows console", 5: "OS/2 console", 7: "PO
                12: "EFI runtime driver", 14: "Xbox", 16: "Windows boot application"}
 
 # The exports a PE import may bind to, by DLL (names compared case-insensitively, as
-# Windows compares module names). Only routines whose x64 signature AND behaviour already
-# match the WDK's declaration are listed. Held back until their structures or rules match
-# wdm.h (issue 12): IoCreateDevice, IoDeleteDevice and IoCompleteRequest (DEVICE_OBJECT and
-# IRP layouts differ; wdm.h also imports IofCompleteRequest, not IoCompleteRequest),
-# MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm.h), IoInitializeDpcRequest
-# and IoRequestDpc (inlines in wdm.h), IoConnectInterrupt, KfRaiseIrql, KeLowerIrql and
-# KeGetCurrentIrql (on x64 the headers inline IRQL as CR8, which is not the executive's
-# IRQL yet), ProbeForRead/ProbeForWrite (Windows raises an exception; these return a
-# status), PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System
-# process, id 4), and MmCopyToUser/MmCopyFromUser (not Windows exports at all).
+# Windows compares module names). Only routines whose x64 signature AND behaviour match the
+# WDK's declaration are listed; the I/O routines since the structures they read and write
+# are laid out as wdm.h's (emu.nt.wdm). Held back (issue 12): IoCompleteRequest (wdm.h
+# calls IofCompleteRequest), MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm.h),
+# IoInitializeDpcRequest and IoRequestDpc (inlines over DEVICE_OBJECT.Dpc in wdm.h),
+# IoConnectInterrupt, KfRaiseIrql, KeLowerIrql and KeGetCurrentIrql (on x64 the headers
+# inline IRQL as CR8, which is not the executive's IRQL yet), ProbeForRead/ProbeForWrite
+# (Windows raises an exception; these return a status), PsGetCurrentProcessId (0 in
+# DriverEntry, where Windows is in the System process, id 4), and MmCopyToUser/
+# MmCopyFromUser (not Windows exports at all).
 PE_EXPORTS: dict[str, frozenset[str]] = {
     "ntoskrnl.exe": frozenset({"DbgPrint", "KeBugCheckEx", "ExAllocatePoolWithTag",
-                               "ExFreePoolWithTag", "RtlInitUnicodeString"}),
+                               "ExFreePoolWithTag", "RtlInitUnicodeString",
+                               "IoCreateDevice", "IoDeleteDevice", "IoCreateSymbolicLink",
+                               "IoDeleteSymbolicLink", "IofCompleteRequest"}),
     "hal.dll": frozenset(),
 }
 

@@ -297,6 +297,7 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     console device."""
     path = read_string(ex, args[0], NTSTATUS.STATUS_OBJECT_NAME_INVALID)
     out = args[1]
+    path = ex.io.resolve(path)              # \??\NAME: a symbolic link a driver made
     if path.startswith("\\Device\\") and path != CONSOLE_DEVICE:
         # A device a driver created: IRP_MJ_CREATE first (the driver may refuse the open),
         # with the handle's slot already reserved, so that the driver never sees an open

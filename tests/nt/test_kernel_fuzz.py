@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from emu import Machine
 from emu.hw.mmu import PTE
-from emu.nt import exports, layout
+from emu.nt import exports, io, layout
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.drivers import Driver, DriverImage
 from emu.nt.kernel import KernelCallResult
@@ -129,7 +129,8 @@ class Scene:
         ex.kernel_write(self.ustr, struct.pack("<HHIQ", len(name), len(name) + 2, 0, text))
         count, offset, frame = mdl
         self.mdl = ex.pools.allocate(PoolType.NonPagedPoolNx, 0x40, 0x206C644D)
-        ex.kernel_write(self.mdl + 0x20, struct.pack("<IIQQ", count, offset, frame, frame))
+        ex.kernel_write(self.mdl + io.MDL_BYTE_COUNT, struct.pack("<II", count, offset))
+        ex.kernel_write(self.mdl + io.MDL_PFN, struct.pack("<QQ", frame, frame))
         # A driver the I/O manager knows, with one device (nothing of it is ever run).
         base = layout.KERNEL_DRIVERS
         image = DriverImage("fuzz.sys", "fuzz.sys", base, base, [Segment(base, 0x1000, 5)],
@@ -479,7 +480,8 @@ def test_bug_check_parameters_fit_64_bits(machine_factory, apps):
     with pytest.raises(BugCheck) as info:
         _call_export(machine_factory, apps, "MmGetSystemAddressForMdlSafe", U64)
     assert info.value.code == BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA
-    assert info.value.params[0] == 0xF               # U64 + 0x10 (MappedSystemVa), wrapped
+    # U64 + MDL.MdlFlags (0x0A in wdm.h, the first field it reads), wrapped
+    assert info.value.params[0] == (U64 + io.MDL_FLAGS) & U64
 
 
 def test_stop_codes_the_exports_raise_are_named():

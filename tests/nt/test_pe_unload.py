@@ -12,7 +12,7 @@ from pathlib import Path
 import pefile
 
 from emu.hw import mmu
-from emu.nt import drivers
+from emu.nt import drivers, io
 from emu.nt.bugcheck import BugCheckCode
 from emu.nt.mm.check import check_memory
 from emu.nt.mm.pfn import FrameUse
@@ -220,10 +220,10 @@ def test_no_driver_unload_after_ctrl_c(machine_factory, apps):
     assert bytes(m.executive.debug_output) == b"peunload.sys: DriverEntry\n"
 
 
-def test_an_elf_driver_unload_routine_is_read_from_its_own_layout(machine_factory, apps,
+def test_an_elf_driver_unload_routine_is_read_where_wdm_h_puts_it(machine_factory, apps,
                                                                   monkeypatch):
-    # The ELF drivers' private header puts DriverUnload at 0x20: a routine stored there runs
-    # at shutdown through the same code as a PE driver's (here the driver's own DriverEntry,
+    # The ELF drivers' private header has wdm.h's layout (DriverUnload at 0x68): a routine
+    # stored there runs at shutdown through the same code as a PE driver's (here the driver's own DriverEntry,
     # which prints again when called a second time).
     m = machine_factory()
     m.add_driver(ROOT / "guest" / "build" / "drivers" / "hello.sys")
@@ -233,12 +233,12 @@ def test_an_elf_driver_unload_routine_is_read_from_its_own_layout(machine_factor
 
     def start(ex_, image):
         driver = real(ex_, image)
-        ex_.kernel_write(driver.driver_object + drivers.DRIVER_UNLOAD_OFFSET["elf"],
+        ex_.kernel_write(driver.driver_object + io.DRIVER_UNLOAD,
                          image.entry.to_bytes(8, "little"))
         return driver
 
     monkeypatch.setattr(drivers, "start", start)
     r = m.run()
-    assert r.bugcheck is None and r.drivers[0].image.format == "elf"
+    assert r.bugcheck is None and io.DRIVER_UNLOAD == 0x68
     out = bytes(ex.debug_output)
     assert out.count(out.splitlines(keepends=True)[0]) == 2

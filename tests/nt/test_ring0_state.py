@@ -61,10 +61,10 @@ def test_every_ring_0_entry_shows_kernel_cs_ss_and_interrupts_enabled():
         "continue\nregisters\n")                   # the DPC, at DISPATCH_LEVEL
     dumps = register_dumps(transcript)
     wheres = [d[0].split(">:")[0] for d in dumps]
-    assert wheres == ["=> 0xfffff80001001190 <slowneither.sys!DriverEntry",
+    assert wheres == ["=> 0xfffff800010011a0 <slowneither.sys!DriverEntry",
                       f"=> {KERNEL_RETURN:#x} <{KERNEL_RETURN:#x}",
-                      "=> 0xfffff800010010c0 <slowneither.sys!Read",
-                      "=> 0xfffff80001001150 <slowneither.sys!Isr",
+                      "=> 0xfffff800010010d0 <slowneither.sys!Read",
+                      "=> 0xfffff80001001160 <slowneither.sys!Isr",
                       f"=> {KERNEL_RETURN:#x} <{KERNEL_RETURN:#x}",
                       "=> 0xfffff80001001000 <slowneither.sys!DpcForIsr"], transcript
     for where, rflags, cs, ss in dumps:

@@ -74,6 +74,7 @@ typedef unsigned short WCHAR;
 typedef WCHAR *PWSTR;
 typedef const WCHAR *PCWSTR;
 typedef CHAR *PSTR;
+typedef CHAR *PCHAR;
 typedef const CHAR *PCSTR;
 typedef UCHAR *PUCHAR;
 typedef ULONG *PULONG;
@@ -121,18 +122,32 @@ typedef struct _UNICODE_STRING {
 } UNICODE_STRING, *PUNICODE_STRING;
 typedef const UNICODE_STRING *PCUNICODE_STRING;
 
-/* -- I/O objects (this machine's layouts; the executive reads and writes them) ----------
+/* -- I/O objects (wdm.h's x64 layouts; the executive reads and writes them) ----------
  *
- * The names and meanings are Windows' (wdm.h); the layouts are smaller, fixed here and in
- * emu/nt/io.py, with every offset asserted below.
+ * Byte for byte as the WDK's wdm.h lays them out for x64 (emu/nt/wdm.py holds the one
+ * table of offsets; tests/nt/test_wdm_layout.py compiles this header and the WDK's and
+ * checks both against it). Members this machine does not use are kept as reserved bytes
+ * so that every member it does use sits where wdm.h puts it.
  */
+typedef short CSHORT;
+typedef CHAR CCHAR;
+typedef CCHAR KPROCESSOR_MODE;
+
+typedef struct _LIST_ENTRY {
+    struct _LIST_ENTRY *Flink;
+    struct _LIST_ENTRY *Blink;
+} LIST_ENTRY, *PLIST_ENTRY;
+
 typedef struct _DRIVER_OBJECT DRIVER_OBJECT, *PDRIVER_OBJECT;
 typedef struct _DEVICE_OBJECT DEVICE_OBJECT, *PDEVICE_OBJECT;
 typedef struct _IRP IRP, *PIRP;
+typedef struct _KDPC KDPC, *PKDPC;
 
 typedef NTSTATUS NTAPI DRIVER_DISPATCH(PDEVICE_OBJECT DeviceObject, PIRP Irp);
 typedef DRIVER_DISPATCH *PDRIVER_DISPATCH;
 typedef VOID NTAPI DRIVER_UNLOAD(PDRIVER_OBJECT DriverObject);
+typedef VOID NTAPI KDEFERRED_ROUTINE(PKDPC Dpc, PVOID DeferredContext, PVOID SystemArgument1,
+                                     PVOID SystemArgument2);
 
 #define IRP_MJ_CREATE          0x00
 #define IRP_MJ_CLOSE           0x02
@@ -141,16 +156,35 @@ typedef VOID NTAPI DRIVER_UNLOAD(PDRIVER_OBJECT DriverObject);
 #define IRP_MJ_DEVICE_CONTROL  0x0e
 #define IRP_MJ_MAXIMUM_FUNCTION 0x1b
 
+/* A deferred procedure call: DeferredRoutine(Dpc, DeferredContext, SystemArgument1, 2). */
+struct _KDPC {
+    UCHAR Type;                     /* 0x00: 0x13 (DpcObject) */
+    UCHAR Importance;
+    volatile USHORT Number;
+    LIST_ENTRY DpcListEntry;        /* 0x08 */
+    KDEFERRED_ROUTINE *DeferredRoutine;     /* 0x18 */
+    PVOID DeferredContext;          /* 0x20 */
+    PVOID SystemArgument1;          /* 0x28 */
+    PVOID SystemArgument2;          /* 0x30 */
+    volatile PVOID DpcData;         /* 0x38 */
+};
+
 struct _DRIVER_OBJECT {
-    SHORT Type;                     /* 0x00: 4 (IO_TYPE_DRIVER) */
-    SHORT Size;
-    ULONG Pad0;
+    CSHORT Type;                    /* 0x00: 4 (IO_TYPE_DRIVER) */
+    CSHORT Size;                    /* 0x02: 0x150 */
     PDEVICE_OBJECT DeviceObject;    /* 0x08: the driver's devices, a list through NextDevice */
-    PVOID DriverStart;              /* 0x10: where the image is mapped */
-    ULONG DriverSize;               /* 0x18 */
-    ULONG Pad1;
-    DRIVER_UNLOAD *DriverUnload;    /* 0x20 */
-    PDRIVER_DISPATCH MajorFunction[IRP_MJ_MAXIMUM_FUNCTION + 1];   /* 0x28: the driver fills it */
+    ULONG Flags;                    /* 0x10 */
+    PVOID DriverStart;              /* 0x18: where the image is mapped */
+    ULONG DriverSize;               /* 0x20 */
+    PVOID DriverSection;            /* 0x28 */
+    PVOID DriverExtension;          /* 0x30 */
+    UNICODE_STRING DriverName;      /* 0x38 */
+    PUNICODE_STRING HardwareDatabase;   /* 0x48 */
+    PVOID FastIoDispatch;           /* 0x50 */
+    PVOID DriverInit;               /* 0x58: DriverEntry */
+    PVOID DriverStartIo;            /* 0x60 */
+    DRIVER_UNLOAD *DriverUnload;    /* 0x68 */
+    PDRIVER_DISPATCH MajorFunction[IRP_MJ_MAXIMUM_FUNCTION + 1];   /* 0x70: the driver fills it */
 };
 
 #define DO_BUFFERED_IO 0x00000004   /* reads and writes go through a system buffer */
@@ -159,78 +193,147 @@ struct _DRIVER_OBJECT {
 #define FILE_DEVICE_UNKNOWN 0x00000022
 
 struct _DEVICE_OBJECT {
-    SHORT Type;                     /* 0x00: 3 (IO_TYPE_DEVICE) */
-    USHORT Size;
+    CSHORT Type;                    /* 0x00: 3 (IO_TYPE_DEVICE) */
+    USHORT Size;                    /* 0x02: 0x148 */
     LONG ReferenceCount;
     PDRIVER_OBJECT DriverObject;    /* 0x08 */
     PDEVICE_OBJECT NextDevice;      /* 0x10 */
-    ULONG Flags;                    /* 0x18: DO_BUFFERED_IO, DO_DIRECT_IO: set them in DriverEntry */
-    ULONG DeviceType;               /* 0x1c */
-    PVOID DeviceExtension;          /* 0x20: the driver's own per-device memory */
+    PDEVICE_OBJECT AttachedDevice;  /* 0x18 */
+    PIRP CurrentIrp;                /* 0x20 */
+    PVOID Timer;                    /* 0x28 */
+    ULONG Flags;                    /* 0x30: DO_BUFFERED_IO, DO_DIRECT_IO: set them in DriverEntry */
+    ULONG Characteristics;          /* 0x34 */
+    PVOID Vpb;                      /* 0x38 */
+    PVOID DeviceExtension;          /* 0x40: the driver's own per-device memory */
+    ULONG DeviceType;               /* 0x48 */
+    CCHAR StackSize;                /* 0x4c: 1 */
+    UCHAR Reserved0[0xc8 - 0x4d];   /* Queue, AlignmentRequirement, DeviceQueue */
+    KDPC Dpc;                       /* 0xc8: IoInitializeDpcRequest's */
+    UCHAR Reserved1[0x148 - 0x108]; /* ActiveThreadCount ... Reserved */
 };
 
-typedef struct _MDL {               /* a memory descriptor list: the frames of a buffer */
+/* A memory descriptor list: the frames of a buffer. The frame numbers follow the header
+ * (MmGetMdlPfnArray(Mdl) is (PULONG64)(Mdl + 1)). */
+typedef struct _MDL {
     struct _MDL *Next;              /* 0x00 */
-    SHORT Size;
-    SHORT MdlFlags;
-    ULONG Pad;
-    PVOID MappedSystemVa;           /* 0x10: set by MmGetSystemAddressForMdlSafe */
-    PVOID StartVa;                  /* 0x18: the user page the buffer starts in */
-    ULONG ByteCount;                /* 0x20 */
-    ULONG ByteOffset;               /* 0x24: offset in that first page */
-    ULONG64 Pfn[];                  /* 0x28: one frame number per page */
+    CSHORT Size;                    /* 0x08: the header and its frame numbers */
+    CSHORT MdlFlags;                /* 0x0a */
+    PVOID Process;                  /* 0x10 */
+    PVOID MappedSystemVa;           /* 0x18: set by MmGetSystemAddressForMdlSafe */
+    PVOID StartVa;                  /* 0x20: the user page the buffer starts in */
+    ULONG ByteCount;                /* 0x28 */
+    ULONG ByteOffset;               /* 0x2c: offset in that first page */
 } MDL, *PMDL;
 
 typedef struct _IO_STATUS_BLOCK {
-    NTSTATUS Status;                /* 0x00 */
-    ULONG Pad;
+    union {
+        NTSTATUS Status;            /* 0x00 */
+        PVOID Pointer;
+    };
     ULONG_PTR Information;          /* 0x08: for a read, the bytes transferred */
 } IO_STATUS_BLOCK, *PIO_STATUS_BLOCK;
+
+/* An open file or device: the handle's object. */
+typedef struct _FILE_OBJECT {
+    CSHORT Type;                    /* 0x00: 5 (IO_TYPE_FILE) */
+    CSHORT Size;                    /* 0x02: 0xd8 */
+    ULONG Pad0;
+    PDEVICE_OBJECT DeviceObject;    /* 0x08 */
+    PVOID Vpb;                      /* 0x10 */
+    PVOID FsContext;                /* 0x18 */
+    PVOID FsContext2;               /* 0x20 */
+    PVOID SectionObjectPointer;     /* 0x28 */
+    PVOID PrivateCacheMap;          /* 0x30 */
+    NTSTATUS FinalStatus;           /* 0x38 */
+    ULONG Pad1;
+    PVOID RelatedFileObject;        /* 0x40 */
+    BOOLEAN LockOperation;          /* 0x48 */
+    BOOLEAN DeletePending, ReadAccess, WriteAccess, DeleteAccess;
+    BOOLEAN SharedRead, SharedWrite, SharedDelete;
+    ULONG Flags;                    /* 0x50 */
+    ULONG Pad2;
+    UNICODE_STRING FileName;        /* 0x58 */
+    UCHAR Reserved[0xd8 - 0x68];    /* CurrentByteOffset ... FileObjectExtension */
+} FILE_OBJECT, *PFILE_OBJECT;
 
 typedef struct _IO_STACK_LOCATION {
     UCHAR MajorFunction;            /* 0x00 */
     UCHAR MinorFunction;
     UCHAR Flags;
     UCHAR Control;
-    ULONG Pad;
-    union {                         /* 0x08 */
-        struct { ULONG Length; ULONG Key; LONGLONG ByteOffset; } Read;
-        struct { ULONG Length; ULONG Key; LONGLONG ByteOffset; } Write;
+    union {                         /* 0x08; POINTER_ALIGNMENT members start 8-aligned */
+        struct {
+            ULONG Length;
+            ULONG __attribute__((aligned(8))) Key;
+            LONGLONG ByteOffset;
+        } Read, Write;
         struct {
             ULONG OutputBufferLength;
-            ULONG InputBufferLength;
-            ULONG IoControlCode;
-            ULONG Pad;
+            ULONG __attribute__((aligned(8))) InputBufferLength;
+            ULONG __attribute__((aligned(8))) IoControlCode;
             PVOID Type3InputBuffer;   /* METHOD_NEITHER: the caller's raw input address */
         } DeviceIoControl;
+        struct { PVOID Argument1, Argument2, Argument3, Argument4; } Others;
     } Parameters;
-    PDEVICE_OBJECT DeviceObject;    /* 0x20 */
-    PVOID FileObject;               /* 0x28 */
+    PDEVICE_OBJECT DeviceObject;    /* 0x28 */
+    PFILE_OBJECT FileObject;        /* 0x30 */
+    PVOID CompletionRoutine;        /* 0x38 */
+    PVOID Context;                  /* 0x40 */
 } IO_STACK_LOCATION, *PIO_STACK_LOCATION;
 
 struct _IRP {
-    SHORT Type;                     /* 0x00: 6 (IO_TYPE_IRP) */
-    USHORT Size;
-    ULONG Flags;
+    CSHORT Type;                    /* 0x00: 6 (IO_TYPE_IRP) */
+    USHORT Size;                    /* 0x02: the IRP and its stack locations */
+    ULONG Pad0;
     PMDL MdlAddress;                /* 0x08: direct I/O */
-    union { PVOID SystemBuffer; } AssociatedIrp;   /* 0x10: buffered I/O */
-    IO_STATUS_BLOCK IoStatus;       /* 0x18 */
-    CHAR RequestorMode;             /* 0x28: 1 = UserMode */
-    BOOLEAN PendingReturned;
-    BOOLEAN Cancel;
-    UCHAR Pad[5];
-    PVOID UserBuffer;               /* 0x30: neither I/O: the caller's own address */
-    PIO_STACK_LOCATION CurrentStackLocation;   /* 0x38 */
-    IO_STACK_LOCATION Stack[1];     /* 0x40 */
+    ULONG Flags;                    /* 0x10 */
+    ULONG Pad1;
+    union {
+        PIRP MasterIrp;
+        LONG IrpCount;
+        PVOID SystemBuffer;         /* 0x18: buffered I/O */
+    } AssociatedIrp;
+    LIST_ENTRY ThreadListEntry;     /* 0x20 */
+    IO_STATUS_BLOCK IoStatus;       /* 0x30 */
+    KPROCESSOR_MODE RequestorMode;  /* 0x40: 1 = UserMode */
+    BOOLEAN PendingReturned;        /* 0x41 */
+    CHAR StackCount;                /* 0x42 */
+    CHAR CurrentLocation;           /* 0x43 */
+    BOOLEAN Cancel;                 /* 0x44 */
+    KIRQL CancelIrql;               /* 0x45 */
+    CCHAR ApcEnvironment;
+    UCHAR AllocationFlags;
+    PIO_STATUS_BLOCK UserIosb;      /* 0x48 */
+    PVOID UserEvent;                /* 0x50 */
+    UCHAR Overlay[0x10];            /* 0x58 */
+    PVOID CancelRoutine;            /* 0x68 */
+    PVOID UserBuffer;               /* 0x70: neither I/O: the caller's own address */
+    union {
+        struct {
+            PVOID DriverContext[4]; /* 0x78 */
+            PVOID Thread;           /* 0x98 */
+            PCHAR AuxiliaryBuffer;  /* 0xa0 */
+            LIST_ENTRY ListEntry;   /* 0xa8 */
+            PIO_STACK_LOCATION CurrentStackLocation;   /* 0xb8 */
+            PFILE_OBJECT OriginalFileObject;           /* 0xc0 */
+        } Overlay;
+        UCHAR Reserved[0x58];
+    } Tail;                         /* 0x78; the stack locations follow at 0xd0 */
 };
 
-_Static_assert(__builtin_offsetof(DRIVER_OBJECT, MajorFunction) == 0x28, "DRIVER_OBJECT");
-_Static_assert(__builtin_offsetof(DEVICE_OBJECT, Flags) == 0x18, "DEVICE_OBJECT");
-_Static_assert(__builtin_offsetof(MDL, Pfn) == 0x28, "MDL");
-_Static_assert(__builtin_offsetof(IRP, UserBuffer) == 0x30, "IRP");
-_Static_assert(__builtin_offsetof(IRP, Stack) == 0x40, "IRP");
-_Static_assert(sizeof(IO_STACK_LOCATION) == 0x30, "IO_STACK_LOCATION");
-_Static_assert(__builtin_offsetof(IO_STACK_LOCATION, DeviceObject) == 0x20, "IO_STACK_LOCATION");
+_Static_assert(sizeof(KDPC) == 0x40, "KDPC");
+_Static_assert(__builtin_offsetof(DRIVER_OBJECT, MajorFunction) == 0x70, "DRIVER_OBJECT");
+_Static_assert(sizeof(DRIVER_OBJECT) == 0x150, "DRIVER_OBJECT");
+_Static_assert(__builtin_offsetof(DEVICE_OBJECT, Flags) == 0x30, "DEVICE_OBJECT");
+_Static_assert(__builtin_offsetof(DEVICE_OBJECT, Dpc) == 0xc8, "DEVICE_OBJECT");
+_Static_assert(sizeof(DEVICE_OBJECT) == 0x148, "DEVICE_OBJECT");
+_Static_assert(sizeof(MDL) == 0x30, "MDL");
+_Static_assert(sizeof(FILE_OBJECT) == 0xd8, "FILE_OBJECT");
+_Static_assert(__builtin_offsetof(IRP, UserBuffer) == 0x70, "IRP");
+_Static_assert(__builtin_offsetof(IRP, Tail.Overlay.CurrentStackLocation) == 0xb8, "IRP");
+_Static_assert(sizeof(IRP) == 0xd0, "IRP");
+_Static_assert(sizeof(IO_STACK_LOCATION) == 0x48, "IO_STACK_LOCATION");
+_Static_assert(__builtin_offsetof(IO_STACK_LOCATION, DeviceObject) == 0x28, "IO_STACK_LOCATION");
 
 /* I/O control codes (devioctl.h): device type, function, transfer method, access. */
 #define CTL_CODE(DeviceType, Function, Method, Access) \
@@ -243,7 +346,7 @@ _Static_assert(__builtin_offsetof(IO_STACK_LOCATION, DeviceObject) == 0x20, "IO_
 
 static inline PIO_STACK_LOCATION IoGetCurrentIrpStackLocation(PIRP Irp)
 {
-    return Irp->CurrentStackLocation;
+    return Irp->Tail.Overlay.CurrentStackLocation;
 }
 
 /* -- pool --------------------------------------------------------------------------- */
@@ -302,6 +405,12 @@ NTSTATUS NTAPI IoCreateDevice(PDRIVER_OBJECT DriverObject, ULONG DeviceExtension
 VOID NTAPI IoDeleteDevice(PDEVICE_OBJECT DeviceObject);
 /* The request is done: Irp->IoStatus says how. Completing an IRP twice is bug check 0x44. */
 VOID NTAPI IoCompleteRequest(PIRP Irp, CHAR PriorityBoost);
+/* The same routine under the name wdm.h's IoCompleteRequest macro calls. */
+VOID NTAPI IofCompleteRequest(PIRP Irp, CHAR PriorityBoost);
+/* \DosDevices\NAME (which an app opens as \??\NAME) stands for DeviceName from now on. */
+NTSTATUS NTAPI IoCreateSymbolicLink(PUNICODE_STRING SymbolicLinkName,
+                                    PUNICODE_STRING DeviceName);
+NTSTATUS NTAPI IoDeleteSymbolicLink(PUNICODE_STRING SymbolicLinkName);
 /* The MDL's frames mapped at a kernel address (the same frames the caller's pages use). */
 PVOID NTAPI MmGetSystemAddressForMdlSafe(PMDL Mdl, ULONG Priority);
 VOID NTAPI RtlInitUnicodeString(PUNICODE_STRING DestinationString, PCWSTR SourceString);
@@ -327,7 +436,6 @@ NTSTATUS NTAPI MmCopyFromUser(VOID *Destination, const VOID *UserSource, SIZE_T 
 /* -- interrupts and DPCs ------------------------------------------------------------- */
 
 typedef struct _KINTERRUPT *PKINTERRUPT;
-typedef struct _KDPC *PKDPC;
 typedef BOOLEAN NTAPI KSERVICE_ROUTINE(PKINTERRUPT Interrupt, PVOID ServiceContext);
 typedef VOID NTAPI IO_DPC_ROUTINE(PKDPC Dpc, PDEVICE_OBJECT DeviceObject, PIRP Irp,
                                   PVOID Context);
@@ -341,13 +449,14 @@ NTSTATUS NTAPI IoConnectInterrupt(PKINTERRUPT *InterruptObject,
                                   BOOLEAN ShareVector, ULONG_PTR ProcessorEnableMask,
                                   BOOLEAN FloatingSave);
 VOID NTAPI IoInitializeDpcRequest(PDEVICE_OBJECT DeviceObject, IO_DPC_ROUTINE *DpcRoutine);
-/* Queue the device's DPC: it runs at DISPATCH_LEVEL once the ISR returns. */
+/* Queue the device's DPC (DeviceObject->Dpc): it runs at DISPATCH_LEVEL once the ISR
+ * returns, as DpcRoutine(&DeviceObject->Dpc, DeviceObject, Irp, Context). */
 VOID NTAPI IoRequestDpc(PDEVICE_OBJECT DeviceObject, PIRP Irp, PVOID Context);
 
 /* The request will complete later (the dispatch routine then returns STATUS_PENDING). */
 static inline VOID IoMarkIrpPending(PIRP Irp)
 {
-    Irp->CurrentStackLocation->Control |= 0x01;       /* SL_PENDING_RETURNED */
+    Irp->Tail.Overlay.CurrentStackLocation->Control |= 0x01;       /* SL_PENDING_RETURNED */
 }
 
 /* Port I/O (ring 0): the slow device answers at ports 0x300-0x30F, interrupt vector 0x31. */

@@ -1,0 +1,118 @@
+"""The I/O structures as wdm.h lays them out for x64: the one table of their offsets.
+
+The executive reads and writes DRIVER_OBJECT, DEVICE_OBJECT, IRP and its
+IO_STACK_LOCATION, IO_STATUS_BLOCK, MDL, UNICODE_STRING, KDPC and FILE_OBJECT in
+guest memory, where a driver built from the WDK's headers (or from this machine's
+guest/include/ddk/ntddk.h, which copies the same layout) reads and writes them too.
+Each offset here is ``offsetof`` of the field in mingw-w64's ``ddk/wdm.h`` for
+x86_64 (LLP64: ULONG 4 bytes, pointers 8; POINTER_ALIGNMENT is 8-byte alignment on
+Win64), and ``sizeof`` is the structure's size; tests/nt/test_wdm_layout.py compiles
+a probe with the drivers' own toolchain and checks every entry against it.
+
+A field inside a union or nested structure is named by its C member designator
+(``Tail.Overlay.CurrentStackLocation``), as offsetof takes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Struct:
+    """One structure: its size and the offset of each field the executive touches."""
+
+    name: str
+    size: int
+    fields: dict[str, int]
+
+    def __getitem__(self, field: str) -> int:
+        """offsetof(name, field)."""
+        return self.fields[field]
+
+
+IRP_MJ_MAXIMUM_FUNCTION = 0x1B
+
+DRIVER_OBJECT = Struct("DRIVER_OBJECT", 0x150, {
+    "Type": 0x00, "Size": 0x02,
+    "DeviceObject": 0x08,           # the driver's devices, a list through NextDevice
+    "Flags": 0x10,
+    "DriverStart": 0x18, "DriverSize": 0x20,
+    "DriverInit": 0x58,             # DriverEntry
+    "DriverUnload": 0x68,
+    "MajorFunction": 0x70,          # PDRIVER_DISPATCH[IRP_MJ_MAXIMUM_FUNCTION + 1]
+})
+
+DEVICE_OBJECT = Struct("DEVICE_OBJECT", 0x148, {
+    "Type": 0x00, "Size": 0x02, "ReferenceCount": 0x04,
+    "DriverObject": 0x08, "NextDevice": 0x10,
+    "Flags": 0x30,                  # DO_BUFFERED_IO, DO_DIRECT_IO
+    "Characteristics": 0x34,
+    "DeviceExtension": 0x40,
+    "DeviceType": 0x48,
+    "StackSize": 0x4C,              # IRP stack locations a request to it needs
+    "Dpc": 0xC8,                    # the KDPC of IoInitializeDpcRequest (DpcForIsr)
+})
+
+IO_STATUS_BLOCK = Struct("IO_STATUS_BLOCK", 0x10, {
+    "Status": 0x00, "Information": 0x08,
+})
+
+IRP = Struct("IRP", 0xD0, {
+    "Type": 0x00, "Size": 0x02,
+    "MdlAddress": 0x08,             # direct I/O
+    "Flags": 0x10,
+    "AssociatedIrp.SystemBuffer": 0x18,     # buffered I/O
+    "IoStatus": 0x30, "IoStatus.Status": 0x30, "IoStatus.Information": 0x38,
+    "RequestorMode": 0x40, "PendingReturned": 0x41,
+    "StackCount": 0x42, "CurrentLocation": 0x43,
+    "Cancel": 0x44, "CancelIrql": 0x45,
+    "UserIosb": 0x48, "UserEvent": 0x50,
+    "UserBuffer": 0x70,             # neither I/O: the caller's own address
+    "Tail.Overlay.Thread": 0x98,
+    "Tail.Overlay.CurrentStackLocation": 0xB8,   # what IoGetCurrentIrpStackLocation reads
+    "Tail.Overlay.OriginalFileObject": 0xC0,
+})
+
+IO_STACK_LOCATION = Struct("IO_STACK_LOCATION", 0x48, {
+    "MajorFunction": 0x00, "MinorFunction": 0x01, "Flags": 0x02, "Control": 0x03,
+    "Parameters": 0x08,
+    "Parameters.Read.Length": 0x08, "Parameters.Read.Key": 0x10,
+    "Parameters.Read.ByteOffset": 0x18,
+    "Parameters.Write.Length": 0x08, "Parameters.Write.Key": 0x10,
+    "Parameters.Write.ByteOffset": 0x18,
+    "Parameters.DeviceIoControl.OutputBufferLength": 0x08,
+    "Parameters.DeviceIoControl.InputBufferLength": 0x10,
+    "Parameters.DeviceIoControl.IoControlCode": 0x18,
+    "Parameters.DeviceIoControl.Type3InputBuffer": 0x20,
+    "DeviceObject": 0x28, "FileObject": 0x30,
+    "CompletionRoutine": 0x38, "Context": 0x40,
+})
+
+# The MDL header; the frame numbers follow it (MmGetMdlPfnArray is (PPFN_NUMBER)(Mdl + 1)).
+MDL = Struct("MDL", 0x30, {
+    "Next": 0x00, "Size": 0x08, "MdlFlags": 0x0A, "Process": 0x10,
+    "MappedSystemVa": 0x18, "StartVa": 0x20, "ByteCount": 0x28, "ByteOffset": 0x2C,
+})
+
+UNICODE_STRING = Struct("UNICODE_STRING", 0x10, {
+    "Length": 0x00, "MaximumLength": 0x02, "Buffer": 0x08,
+})
+
+KDPC = Struct("KDPC", 0x40, {
+    "Type": 0x00, "Importance": 0x01, "Number": 0x02, "DpcListEntry": 0x08,
+    "DeferredRoutine": 0x18, "DeferredContext": 0x20,
+    "SystemArgument1": 0x28, "SystemArgument2": 0x30, "DpcData": 0x38,
+})
+
+FILE_OBJECT = Struct("FILE_OBJECT", 0xD8, {
+    "Type": 0x00, "Size": 0x02, "DeviceObject": 0x08, "FsContext": 0x18,
+    "FinalStatus": 0x38, "Flags": 0x50, "FileName": 0x58,
+})
+
+STRUCTS: tuple[Struct, ...] = (DRIVER_OBJECT, DEVICE_OBJECT, IRP, IO_STACK_LOCATION,
+                               IO_STATUS_BLOCK, MDL, UNICODE_STRING, KDPC, FILE_OBJECT)
+
+# Object types (the Type field of each I/O object: wdm.h's IO_TYPE_*, KOBJECTS' DpcObject).
+IO_TYPE_DEVICE, IO_TYPE_DRIVER, IO_TYPE_FILE, IO_TYPE_IRP = 3, 4, 5, 6
+DPC_OBJECT = 0x13
