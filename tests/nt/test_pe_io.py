@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.nt import io, wdm
+from emu.nt import drivers, io, wdm
 from emu.nt.status import NTSTATUS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,12 +51,24 @@ def test_a_name_that_is_no_link_is_not_found(machine_factory, apps):
     assert p.output == b"open failed 0x%08x\n" % NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
 
 
-def test_the_device_object_is_wdm_h_s(machine_factory, apps):
+def test_the_device_object_is_wdm_h_s(machine_factory, apps, monkeypatch):
+    # Read before the clean shutdown, whose DriverUnload deletes the device.
+    seen = {}
+    real = drivers.shutdown
+
+    def shutdown(ex_):
+        drv_ = ex_.drivers[0].driver_object
+        device_ = ex_.kernel_read_u64(drv_ + wdm.DRIVER_OBJECT["DeviceObject"])
+        seen.update(device=device_, raw=ex_.kernel_read(device_, wdm.DEVICE_OBJECT.size),
+                    devices={k: v.address for k, v in ex_.io.devices.items()},
+                    links=dict(ex_.io.links),
+                    table=ex_.kernel_read(drv_ + wdm.DRIVER_OBJECT["MajorFunction"], 8 * 28))
+        real(ex_)
+
+    monkeypatch.setattr(drivers, "shutdown", shutdown)
     m, _, r = run(machine_factory, apps)
-    ex, (driver,) = m.executive, r.drivers
-    drv = driver.driver_object
-    device = ex.kernel_read_u64(drv + wdm.DRIVER_OBJECT["DeviceObject"])
-    raw = ex.kernel_read(device, wdm.DEVICE_OBJECT.size)
+    driver = r.drivers[0]
+    drv, device, raw = driver.driver_object, seen["device"], seen["raw"]
     d = wdm.DEVICE_OBJECT
     assert struct.unpack_from("<hH", raw) == (wdm.IO_TYPE_DEVICE, d.size)
     assert struct.unpack_from("<Q", raw, d["DriverObject"])[0] == drv
@@ -65,11 +77,10 @@ def test_the_device_object_is_wdm_h_s(machine_factory, apps):
     assert struct.unpack_from("<I", raw, d["Flags"])[0] == io.DO_BUFFERED_IO
     assert struct.unpack_from("<I", raw, d["DeviceType"])[0] == 0x22      # FILE_DEVICE_UNKNOWN
     assert raw[d["StackSize"]] == 1
-    assert ex.io.devices["\\Device\\PeRead"].address == device
-    assert ex.io.links == {"\\??\\PeRead": "\\Device\\PeRead"}
+    assert seen["devices"] == {"\\Device\\PeRead": device}
+    assert seen["links"] == {"\\??\\PeRead": "\\Device\\PeRead"}
     # MajorFunction[IRP_MJ_CREATE], [CLOSE] and [READ] set by the driver, in its image.
-    table = struct.unpack("<28Q", ex.kernel_read(drv + wdm.DRIVER_OBJECT["MajorFunction"],
-                                                 8 * 28))
+    table = struct.unpack("<28Q", seen["table"])
     image = driver.image
     assert table[io.IRP_MJ_CREATE] == table[io.IRP_MJ_CLOSE]
     assert all(image.base <= table[i] < image.end
@@ -78,11 +89,12 @@ def test_the_device_object_is_wdm_h_s(machine_factory, apps):
 
 
 def test_driver_unload_deletes_the_link_and_the_device(machine_factory, apps):
+    # At the clean shutdown the I/O manager calls its DriverUnload: IoDeleteSymbolicLink,
+    # then IoDeleteDevice.
     m, _, r = run(machine_factory, apps)
     ex, drv = m.executive, r.drivers[0].driver_object
     unload = ex.kernel_read_u64(drv + wdm.DRIVER_OBJECT["DriverUnload"])
     assert r.drivers[0].image.base <= unload < r.drivers[0].image.end
-    ex.call_kernel(unload, drv)        # IoDeleteSymbolicLink, then IoDeleteDevice
     assert ex.io.links == {} and ex.io.devices == {}
     assert ex.kernel_read_u64(drv + wdm.DRIVER_OBJECT["DeviceObject"]) == 0
 
