@@ -19,6 +19,7 @@ from emu.debugger import analyze, mapview, memview, regview, views, walkview
 from emu.debugger.expr import ExprError, evaluate
 from emu.debugger.memview import Format, Reader
 from emu.debugger.records import TargetError
+from emu.debugger.stops import SessionError
 
 _ACCESS_WORDS = {"read": "read", "write": "write", "fetch": "fetch", "execute": "fetch",
                  "exec": "fetch"}
@@ -31,13 +32,14 @@ MAX_DISAS = 1000
 
 
 def _guarded(method: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
-    """Turn a user's mistake (TargetError, ExprError) into one error line; anything else
-    is a bug of ours, still one line (the shell must survive it)."""
+    """Turn a user's mistake (TargetError, ExprError, or SessionError: a command that needs
+    a running machine where there is none) into one error line; anything else is a bug of
+    ours, still one line (the shell must survive it)."""
     @functools.wraps(method)
     def run(self: Any, arg: str) -> None:
         try:
             method(self, arg)
-        except (TargetError, ExprError) as err:
+        except (TargetError, ExprError, SessionError) as err:
             self.error(str(err))
         except Exception as err:  # noqa: BLE001 - a bug must not end the session
             self.error(f"{method.__name__[3:]}: internal error ({type(err).__name__}: "

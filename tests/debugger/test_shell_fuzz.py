@@ -54,3 +54,26 @@ def test_random_commands_end_as_output_or_one_error_line():
         check()
     finally:
         m.close()
+
+
+def test_every_command_without_a_running_machine_is_output_or_one_error_line():
+    # A shell with no session (as over a crash dump): the commands that need a machine,
+    # `info breakpoints` among them, say so in one line (it was an 'internal error').
+    m = Machine("64M")
+    m.spawn(APPS / "hello", ["a"])
+    out = io.StringIO()
+    shell = Shell(LiveTarget(m), stdout=out)
+    try:
+        for word in WORDS:
+            for args in ("", "breakpoints", "snapshots", "1", "main"):
+                out.seek(0)
+                out.truncate()
+                shell.onecmd(f"{word} {args}".strip())
+                text = out.getvalue()
+                assert "internal error" not in text and "Traceback" not in text, (word, text)
+        out.seek(0)
+        out.truncate()
+        shell.onecmd("info breakpoints")
+        assert out.getvalue() == "error: no machine is running (a crash dump cannot run)\n"
+    finally:
+        m.close()
