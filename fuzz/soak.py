@@ -10,6 +10,7 @@ runs, check_memory is called at every console line; at the end of the round:
 - every app ended as its kind must: exit 0 and its checksum right, or its exception;
 - no bug check;
 - check_memory: PFN records, lists, PTEs, pagefile slots and working sets agree;
+- check_objects: handles and objects agree (also at every console line);
 - no frame belongs to a process that has exited, no commit is charged, no object is
   alive, no handle is open.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from emu import Machine
 from emu.nt.mm import virtual
 from emu.nt.mm.check import check_memory
+from emu.nt.ob_check import check_objects
 from emu.nt.status import NTSTATUS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +111,7 @@ def run_round(seed: int, tally: Tally) -> None:
     def console(_proc, _data) -> None:
         tally.checks += 1
         problems.extend(f"mid-run: {p}" for p in check_memory(m.executive.mm))
+        problems.extend(f"mid-run: {p}" for p in check_objects(m.executive))
 
     m = Machine(mem, console=console)
     try:
@@ -149,7 +152,7 @@ def _judge(name: str, args: list[str], proc) -> list[str]:
 
 def _books(m: Machine) -> list[str]:
     ex = m.executive
-    problems = check_memory(ex.mm)
+    problems = check_memory(ex.mm) + check_objects(ex)
     live = {p.pid for p in ex.processes if p.state.value != "terminated"}
     owned = [n for n in range(1, len(ex.mm.pfn.entries))
              if (owner := ex.mm.pfn.entries[n].owner) is not None and owner not in live]
