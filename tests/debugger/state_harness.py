@@ -4,14 +4,13 @@ an instruction budget with every process alive)."""
 
 from __future__ import annotations
 
-import cmd
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shellharness import Harness  # noqa: F401 - the state tests import it from here
+
 from emu import Machine
-from emu.debugger.cmd_state import StateCommands
 from emu.nt.events import Event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,29 +18,6 @@ APPS = ROOT / "guest" / "build" / "apps"
 DRIVERS = ROOT / "guest" / "build" / "drivers"
 MARKERS = 0x7F7_93950000          # where notepad and myapp keep their three marked pages
 SYSCALL_YIELD = 0x06              # NtYieldExecution
-
-
-class Harness(StateCommands, cmd.Cmd):
-    """The state commands with the shell's side of the contract: output captured."""
-
-    def __init__(self, target: Any, stop_info: Any = None) -> None:
-        super().__init__(stdout=io.StringIO())
-        self.target = target
-        self.view_pid: int | None = None
-        self.stop_info = stop_info
-        self.lines: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-    def error(self, text: str) -> None:
-        self.lines.append("error: " + text)
-
-    def run(self, line: str) -> str:
-        """Run one command; its whole output."""
-        self.lines = []
-        self.onecmd(line)
-        return "\n".join(self.lines)
 
 
 class Paused(Exception):

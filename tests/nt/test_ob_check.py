@@ -3,37 +3,14 @@ them: silent on a healthy machine, one line per broken rule on a corrupted one."
 
 from __future__ import annotations
 
-import cmd
-import io
-
 import pytest
 from guestcalls import DATA, EVENT, FILE, OUTV, THREAD_FN, Call, run
+from shellharness import Harness
 
-from emu.debugger.cmd_state import StateCommands
 from emu.debugger.target import LiveTarget
 from emu.nt.ob import Event
 from emu.nt.ob_check import check_objects
 from emu.nt.syscalls import Service as S
-
-
-class Harness(StateCommands, cmd.Cmd):
-    """The debugger's state commands, their output captured (as tests/debugger does)."""
-
-    def __init__(self, target) -> None:
-        super().__init__(stdout=io.StringIO())
-        self.target, self.view_pid, self.stop_info = target, None, None
-        self.lines: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-    def error(self, text: str) -> None:
-        self.lines.append("error: " + text)
-
-    def run(self, line: str) -> str:
-        self.lines = []
-        self.onecmd(line)
-        return "\n".join(self.lines)
 
 
 @pytest.fixture
