@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from dumpcase import crash_dump, parts
 
 from emu.nt import dump, layout
 
@@ -88,24 +89,7 @@ def test_the_header_holds_what_the_debugger_reads_offline(apps, tmp_path):
 @pytest.fixture(scope="module")
 def real_dump(tmp_path_factory, apps):
     """A crash dump of a small machine (crash.sys under hello): its path."""
-    from emu import Machine
-
-    m = Machine("8M")
-    m.add_driver(DRIVERS / "crash.sys")
-    m.spawn(apps / "hello")
-    assert m.run().stopped == "bug check"
-    out = tmp_path_factory.mktemp("dump") / "crash.dmp"
-    dump.write(m.executive, out)
-    m.close()
-    return out
-
-
-def parts(path) -> tuple[dict, bytes]:
-    """The header and the compressed RAM of the dump at ``path``."""
-    data = path.read_bytes()
-    (size,) = struct.unpack_from("<Q", data, len(dump.MAGIC))
-    start = len(dump.MAGIC) + 8
-    return json.loads(data[start:start + size]), data[start + size:]
+    return crash_dump(apps, tmp_path_factory.mktemp("dump"))
 
 
 def rewrite(path, meta, ram: bytes, length: int | None = None) -> None:

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from dumpcase import crash_dump, parts
 from fuzzscale import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,6 @@ from emu.debugger.dumptarget import DumpTarget
 from emu.debugger.shell import Shell
 from emu.nt import dump
 
-DRIVERS = Path(__file__).resolve().parents[2] / "guest" / "build" / "drivers"
 COMMANDS = ["analyze", "ps", "registers", "lm", "irql", "irp", "check", "bt", "threads",
             "info gdt", "info tss", "info cr", "x/4gx $rsp", "disas $rip", "walk $rip",
             "vtop $rsp", "pfn 1", "tlb"]
@@ -39,19 +39,7 @@ JSON = st.recursive(
 @pytest.fixture(scope="module")
 def real_dump(tmp_path_factory, apps) -> tuple[dict, bytes]:
     """The header and compressed RAM of a crash dump of a small machine."""
-    from emu import Machine
-
-    m = Machine("8M")
-    m.add_driver(DRIVERS / "crash.sys")
-    m.spawn(apps / "hello")
-    assert m.run().stopped == "bug check"
-    out = tmp_path_factory.mktemp("dump") / "crash.dmp"
-    dump.write(m.executive, out)
-    m.close()
-    data = out.read_bytes()
-    (size,) = struct.unpack_from("<Q", data, len(dump.MAGIC))
-    start = len(dump.MAGIC) + 8
-    return json.loads(data[start:start + size]), data[start + size:]
+    return parts(crash_dump(apps, tmp_path_factory.mktemp("dump")))
 
 
 def paths(node, prefix=()) -> list[tuple]:
