@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from driverboot import boot
 
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheckCode
@@ -18,14 +19,6 @@ def sys_files(apps) -> Path:
     if not (DRIVERS / "hello.sys").exists():
         pytest.skip("drivers not built")
     return DRIVERS
-
-
-def boot(machine_factory, apps, drivers, *commands):
-    m = machine_factory()
-    for d in drivers:
-        m.add_driver(d)
-    procs = [m.spawn(apps / name, list(args)) for name, *args in commands]
-    return m, procs, m.run()
 
 
 def test_a_driver_runs_at_ring_0_in_the_kernel_half(machine_factory, apps, sys_files):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pefile
 import pytest
+from driverboot import boot
 
 from emu.hw import mmu
 from emu.nt import layout
@@ -27,14 +28,6 @@ IMAGE_SCN_MEM_EXECUTE, IMAGE_SCN_MEM_WRITE = 0x2000_0000, 0x8000_0000
 def sys_files(apps) -> Path:
     """The built drivers (the apps fixture runs the guest build if needed)."""
     return DRIVERS
-
-
-def boot(machine_factory, apps, drivers, *commands):
-    m = machine_factory()
-    for d in drivers:
-        m.add_driver(d)
-    procs = [m.spawn(apps / name, list(args)) for name, *args in commands]
-    return m, procs, m.run()
 
 
 def walk(m, va: int, access: str) -> mmu.Translation:

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import driverboot
 import pefile
 
 from emu.hw import mmu
@@ -23,11 +24,9 @@ IMAGE_SCN_MEM_DISCARDABLE = 0x0200_0000
 
 
 def boot(machine_factory, apps, names, *commands, **options):
-    m = machine_factory(**options)
-    for name in names:
-        m.add_driver(DRIVERS / name)
-    procs = [m.spawn(apps / name, list(args)) for name, *args in commands]
-    return m, procs, m.run()
+    """driverboot.boot with the drivers named in guest/build/drivers."""
+    return driverboot.boot(machine_factory, apps, [DRIVERS / n for n in names], *commands,
+                           **options)
 
 
 def present(m, va: int) -> bool:
