@@ -177,14 +177,8 @@ class ReverseExecution:
         replay = message["replay"]
         self.breakpoints = message["breakpoints"]
         self._next_number = message["next_number"]
-        self._internal = []
-        self._pending = None
-        self._skip = None
-        self._interrupt.clear()
         self._rewind_to = None
-        self.ended = False
-        self._replay = replay
-        self._deadline = replay.target
+        self._begin_replay(replay)
         self._install_hooks()
         self._arm_search(replay)
         if self.front_end_state is not None:
@@ -207,19 +201,25 @@ class ReverseExecution:
         self._hooks = []                 # they died with the old engine
         self.machine = self.factory()
         self.target = LiveTarget(self.machine)
-        self.ended = False
         self.result = None
         self._exceptions = 0
         self._events = 0
+        replay.origin = 0
+        self._begin_replay(replay)
+        self._attach()
+        self._arm_search(replay)
+
+    def _begin_replay(self, replay: Replay) -> None:
+        """The session's run state at the start of a re-execution (a resumed snapshot's, or
+        a rebuilt machine's): nothing pending, no internal breakpoint, on its way to
+        ``replay``'s target."""
+        self.ended = False
         self._pending = None
         self._skip = None
         self._interrupt.clear()
         self._internal = []
         self._replay = replay
         self._deadline = replay.target
-        replay.origin = 0
-        self._attach()
-        self._arm_search(replay)
 
     def _note_pending_hit(self, replay: Replay) -> None:
         if replay.pending_hit is not None:

@@ -97,7 +97,7 @@ class Session(ReverseExecution):
         self._deadline: int | None = None        # pause once this many instructions are done
         self._pending: Stop | None = None
         self._interrupt = threading.Event()
-        self._skip: tuple[int, int] | None = None   # (rip, position) of the instruction resumed
+        self._skip: tuple[int, int] | None = None   # (rip, instructions) of the one resumed
         self._detached = False
         self._resumed = False
         self._replay: Replay | None = None          # re-executing to an earlier position
@@ -497,10 +497,6 @@ class Session(ReverseExecution):
         bps = [b for b in self.breakpoints.values() if isinstance(b, Breakpoint) and b.enabled]
         return bps + self._internal
 
-    def _hit_position(self, address: int) -> int:
-        """The position before the instruction at ``address``, from inside its code hook."""
-        return self.executive.cpu.native.completed_before(address) + self._exceptions
-
     def _physical_rip(self, rip: int) -> int | None:
         try:
             return self.executive.cpu.walk(rip, "fetch").pa
@@ -511,9 +507,9 @@ class Session(ReverseExecution):
         """A breakpoint's code hook: decide whether this arrival stops."""
         if self._detached:
             return
-        position = self._hit_position(address)
+        completed = self.executive.cpu.native.completed_before(address)
+        position = completed + self._exceptions    # the position before this instruction
         if self._skip is not None:
-            completed = self.executive.cpu.native.completed_before(address)
             if self._skip == (address, completed):
                 return       # the instruction we paused before (or its retry after a fault)
             self._skip = None

@@ -23,9 +23,8 @@ _NEXT = {4: "PDPT", 3: "PD", 2: "PT", 1: "frame"}
 _SPAN = {4: "512 GiB", 3: "1 GiB", 2: "2 MiB", 1: "4 KiB"}
 _FLAG_ORDER = (PTE.P, PTE.RW, PTE.US, PTE.PWT, PTE.PCD, PTE.A, PTE.D, PTE.PS, PTE.G, PTE.NX)
 # PAT, with PCD and PWT, picks the memory type (SDM Vol. 3A §11.12.3): bit 7 of a PTE (where
-# a PDE or PDPTE has PS, Table 4-19), bit 12 of a PDE or PDPTE that maps a page (Tables 4-15
-# and 4-17), where a 4 KiB frame address would have its lowest bit.
-PAT_PTE = 1 << 7
+# a PDE or PDPTE has PS, Table 4-19: flag_names names it), bit 12 of a PDE or PDPTE that maps
+# a page (Tables 4-15 and 4-17), where a 4 KiB frame address would have its lowest bit.
 PAT_LARGE = 1 << 12
 _ADDRESS = 0x000F_FFFF_FFFF_F000            # bits 51:12 of an entry
 _ERROR_BITS = ((PFErr.P, "P", "protection violation", "not present"),
@@ -36,11 +35,6 @@ _ERROR_BITS = ((PFErr.P, "P", "protection violation", "not present"),
 _PROTECT_WORDS = {0x01: "PAGE_NOACCESS", 0x02: "PAGE_READONLY", 0x04: "PAGE_READWRITE",
                   0x08: "PAGE_WRITECOPY", 0x10: "PAGE_EXECUTE", 0x20: "PAGE_EXECUTE_READ",
                   0x40: "PAGE_EXECUTE_READWRITE", 0x80: "PAGE_EXECUTE_WRITECOPY"}
-
-
-def is_page(level: int, value: int) -> bool:
-    """Whether an entry at ``level`` maps a page (a PTE, or a PDPTE/PDE with PS=1)."""
-    return level == 1 or (level in (2, 3) and bool(value & PTE.PS))
 
 
 def flag_names(value: int, level: int) -> str:
@@ -105,7 +99,7 @@ def step_lines(steps: tuple[WalkStep, ...], nxe: bool = True,
         if not step.value & PTE.P:
             lines.append(f"{head}  not present (P=0)")
         else:
-            large = is_page(step.level, step.value) and step.level > 1
+            large = step.level in (2, 3) and bool(step.value & PTE.PS)
             target = f"{_SPAN[step.level]} page at {frame:#x}" if large else \
                 f"{_NEXT[step.level]} at {frame:#x}"
             lines.append(f"{head}  {flag_names(step.value, step.level):<16} -> {target:<22} "
