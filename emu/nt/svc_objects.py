@@ -336,6 +336,14 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     return create_handle(ex, proc, out, make)
 
 
+def _probe_count(ex: Executive, obj, count: int) -> None:
+    """ProbeForWrite of NtReadFile's/NtWriteFile's *BytesRead/*BytesWritten (0: none): 8
+    bytes for a device (the I/O manager's count), else pointer-sized."""
+    if count:
+        probe_for_write(ex, count, IO_COUNT_SIZE if obj.object_type is ObjectType.DEVICE
+                        else pointer_size(ex))
+
+
 @service(Service.NtReadFile)
 @with_handles
 def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
@@ -346,9 +354,7 @@ def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     # NtReadFile probes the buffer for write and the count before it reads a byte (a
     # neither-I/O device gets the raw buffer: see _probe_buffer).
     _probe_buffer(ex, f, buffer, length, "write")
-    if count:
-        probe_for_write(ex, count, IO_COUNT_SIZE if f.object_type is ObjectType.DEVICE
-                        else pointer_size(ex))
+    _probe_count(ex, f, count)
     if f.object_type is ObjectType.DEVICE:
         return device_request(ex, f, IRP_MJ_READ, args)
     length = min(length, MAX_READ)
@@ -391,9 +397,7 @@ def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | 
     status = _probe_buffer(ex, obj, buffer, length, "read", MAX_WRITE)
     if status != NTSTATUS.STATUS_SUCCESS:
         return status
-    if count:
-        probe_for_write(ex, count, IO_COUNT_SIZE if obj.object_type is ObjectType.DEVICE
-                        else pointer_size(ex))
+    _probe_count(ex, obj, count)
     if obj.object_type is ObjectType.DEVICE:
         return device_request(ex, obj, IRP_MJ_WRITE, args)
     ex.console_write(proc, probe_and_read(ex, buffer, length))
