@@ -35,6 +35,7 @@ from emu.nt.syscalls import (
     Service,
     UserStatus,
     check_user_range,
+    probe,
     probe_and_read,
     probe_and_write,
     probe_for_read,
@@ -129,8 +130,7 @@ def _probe_buffer(ex: Executive, obj, buffer: int, length: int, access: str,
     if limit is not None and length > limit:
         return NTSTATUS.STATUS_INVALID_PARAMETER
     if not unprobed:
-        (probe_for_read if access == "read" else probe_for_write)(ex, buffer,
-                                                                  min(length, MAX_READ))
+        probe(ex, buffer, min(length, MAX_READ), access)
     return NTSTATUS.STATUS_SUCCESS
 
 
@@ -426,8 +426,8 @@ def nt_device_io_control_file(ex: Executive, proc: Process, args: tuple[int, ...
         check_user_range(in_buffer, in_length)
         check_user_range(out_buffer, out_length)
         probe_for_read(ex, in_buffer, min(in_length, MAX_READ))
-        (probe_for_read if method == METHOD_IN_DIRECT else probe_for_write)(
-            ex, out_buffer, min(out_length, MAX_READ))
+        probe(ex, out_buffer, min(out_length, MAX_READ),
+              "read" if method == METHOD_IN_DIRECT else "write")
     thread = ex.current_thread
     thread.kernel_work = lambda: ex.io.device_control(
         thread, device, args[1], args[2], args[3] & 0xFFFF_FFFF, args[4],
