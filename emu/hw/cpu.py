@@ -58,6 +58,7 @@ MSR_KERNEL_GS_BASE = 0xC000_0102
 RFLAGS_IF = 1 << 9
 RFLAGS_RESERVED1 = 1 << 1     # bit 1 of RFLAGS always reads as 1
 INT_SYSTEM_SERVICE = 0x2E     # int 0x2e: how 32-bit code enters the executive
+FIRST_SOFTWARE_VECTOR = 32    # vectors 0-31 are the CPU's exceptions (SDM Vol. 3A 6.2)
 INT_OPCODE = 0xCD             # int imm8 (SDM Vol. 2A, INT n)
 IDT_ERROR_CODE = 0b10         # error code bit 1 (IDT): the selector index names an IDT gate
 CODE32_SELECTORS = {0x23}     # user CS values that name a 32-bit code segment in our GDT
@@ -465,8 +466,10 @@ class Cpu:
             return
         rip = self.rip
         cpl = self.cpl
-        if not software_interrupt(uc, rip):
-            # An exception the instruction at RIP raised (RIP still at it).
+        if intno < FIRST_SOFTWARE_VECTOR and not software_interrupt(uc, rip):
+            # An exception the instruction at RIP raised (RIP still at it). Vectors from 32
+            # up are never an exception (only `int n` raises them, int 0x2e among them):
+            # no saved context is read for those.
             vector = Vector(intno) if intno in _FAULTS else Vector.GP
             self._event = CpuException(vector, rip, cpl)
             uc.emu_stop()

@@ -114,7 +114,8 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
         add_pages(image.pages, image.page_flags, seg.va, seg.memsz, seg.flags)
         copy_into_pages(image.pages, seg.va,
                         memoryview(data)[p["p_offset"]:p["p_offset"] + p["p_filesz"]])
-    symbols, undefined = _dynamic_symbols(elf, data)
+    dynsym = dynamic_symbols(elf)                  # read once: symbols and relocations
+    symbols, undefined = _dynamic_symbols(dynsym)
     image.symbols = {**symbol_table(elf, base),
                      **{name: base + value for name, value in symbols.items()}}
     if "DriverEntry" not in image.symbols and "_start" in image.symbols:
@@ -129,7 +130,7 @@ def _parse(elf: ElfReader, data: bytes, path: str, base: int) -> DriverImage:
     if unknown:
         raise LoaderError(f"{path}: unknown import {unknown[0]} (the kernel does not export "
                           "it)")
-    for offset, rtype, sym, addend in _relocations(elf, data, path):
+    for offset, rtype, sym, addend in _relocations(elf, data, dynsym):
         _relocate(image, offset, rtype, sym, addend, path)
     return image
 
@@ -144,21 +145,16 @@ def _segment(image: DriverImage, p, data: bytes, path: str) -> Segment:
     return Segment(va, memsz, p["p_flags"] & 7)
 
 
-def _dynsym(elf: ElfReader, data: bytes) -> list[tuple[str, int, int]]:
-    """(name, section index, value) of every .dynsym entry, by symbol index."""
-    return dynamic_symbols(elf)
-
-
-def _dynamic_symbols(elf: ElfReader, data: bytes) -> tuple[dict[str, int], list[str]]:
-    """(defined name -> value, undefined names) from .dynsym."""
-    entries = [e for e in _dynsym(elf, data)[1:] if e[0]]     # entry 0 is the null symbol
+def _dynamic_symbols(dynsym: list[tuple[str, int, int]]) -> tuple[dict[str, int], list[str]]:
+    """(defined name -> value, undefined names) from the .dynsym entries ``dynsym``."""
+    entries = [e for e in dynsym[1:] if e[0]]     # entry 0 is the null symbol
     return ({name: value for name, shndx, value in entries if shndx},
             [name for name, shndx, _ in entries if not shndx])
 
 
-def _relocations(elf: ElfReader, data: bytes, path: str):
-    """(offset, type, (name, shndx, value) | None, addend) of every RELA entry."""
-    syms = _dynsym(elf, data)
+def _relocations(elf: ElfReader, data: bytes, syms: list[tuple[str, int, int]]):
+    """(offset, type, (name, shndx, value) | None, addend) of every RELA entry; ``syms``:
+    the .dynsym entries, by symbol index."""
     for sec in elf.section_headers():
         if sec["sh_type"] != "SHT_RELA":
             continue

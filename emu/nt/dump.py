@@ -385,7 +385,6 @@ def _object(required: dict[str, Check], optional: dict[str, Check] | None = None
 
 
 U = _int()
-PAGE = 4096
 
 
 def _range(lo_key: str, hi_key: str, limit: int = U64) -> Check:
@@ -401,11 +400,11 @@ def _check_vad(v: Any, where: str) -> None:
              "runs": _list(_tuple(U, U, _one_of(*(s.name for s in MemState)), _int(0, 1 << 32)))},
             {"protect": _int(0, 1 << 32), "stack": _bool})(v, where)
     base, end = v["base"], v["end"]
-    if base % PAGE or end % PAGE or not base < end <= USER_SPACE_END:
+    if base % PAGE_SIZE or end % PAGE_SIZE or not base < end <= USER_SPACE_END:
         raise _bad(where, f"[{base:#x}, {end:#x}) is not whole pages of the user half")
     at = base
     for i, (start, stop, _, _) in enumerate(v["runs"]):
-        if start % PAGE or stop % PAGE or not at <= start < stop <= end:
+        if start % PAGE_SIZE or stop % PAGE_SIZE or not at <= start < stop <= end:
             raise _bad(f"{where}.runs[{i}]", f"[{start:#x}, {stop:#x}) is not whole pages "
                                              f"after the last run, inside [{base:#x}, {end:#x})")
         at = stop
@@ -456,7 +455,7 @@ def check_header(meta: Any) -> None:
     use as it is: a wrong type, a value out of range, or one that disagrees with another."""
     HEADER(meta, "header")
     ram = meta["ram_size"]
-    if ram % PAGE:
+    if ram % PAGE_SIZE:
         raise _bad("header.ram_size", f"{ram:#x} is not a whole number of pages")
     pids = [p["pid"] for p in meta["processes"]]
     if len(set(pids)) != len(pids):
@@ -465,5 +464,5 @@ def check_header(meta: Any) -> None:
         if d["base"] + d["size"] > U64:
             raise _bad(f"header.drivers[{i}]", "runs past the end of the address space")
     for i, record in enumerate(meta.get("pfn", ())):
-        if record[0] >= ram // PAGE:
+        if record[0] >= ram // PAGE_SIZE:
             raise _bad(f"header.pfn[{i}]", f"names frame {record[0]:#x}, beyond RAM")

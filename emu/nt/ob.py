@@ -111,6 +111,11 @@ class ConsoleObject:
         self.handle_count = 0
 
 
+def keeps_itself_alive(obj) -> bool:
+    """Whether ``obj`` is a process or thread still running: it needs no handle to live."""
+    return obj.object_type in (ObjectType.PROCESS, ObjectType.THREAD) and not obj.signalled
+
+
 class ObjectDirectory:
     """Every named or unnamed object that some handle still refers to (the object manager's
     view): an object is deleted when its last handle closes (ObDereferenceObject)."""
@@ -124,9 +129,7 @@ class ObjectDirectory:
     def closed(self, obj) -> None:
         """A handle closed, or a process or thread ended: delete the object if nothing keeps
         it (a running process or thread keeps itself alive)."""
-        running = obj.object_type in (ObjectType.PROCESS, ObjectType.THREAD) and \
-            not obj.signalled
-        if obj.handle_count == 0 and not running:
+        if obj.handle_count == 0 and not keeps_itself_alive(obj):
             self._live.pop(id(obj), None)
 
     def live(self) -> list:

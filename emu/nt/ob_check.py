@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from emu.nt.ob import HANDLE_INCREMENT, MAX_HANDLES, ObjectType
+from emu.nt.ob import HANDLE_INCREMENT, MAX_HANDLES, ObjectType, keeps_itself_alive
 from emu.nt.process import ProcessState, ThreadState
 
 if TYPE_CHECKING:
@@ -76,9 +76,7 @@ def check_objects(ex: Executive) -> list[str]:
         if obj.handle_count != counted[key]:
             problems.append(f"{_name(obj)} counts {obj.handle_count} handle(s), but "
                             f"{counted[key]} handle(s) name it")
-        running = obj.object_type in (ObjectType.PROCESS, ObjectType.THREAD) and \
-            not obj.signalled
-        if key in live and counted[key] == 0 and not running:
+        if key in live and counted[key] == 0 and not keeps_itself_alive(obj):
             problems.append(f"{_name(obj)} is alive, yet no handle names it and it is not "
                             "running (a leaked object)")
     for proc in ex.processes:

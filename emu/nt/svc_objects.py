@@ -35,6 +35,7 @@ from emu.nt.syscalls import (
     Service,
     UserStatus,
     check_user_range,
+    probe,
     probe_and_read,
     probe_and_write,
     probe_for_read,
@@ -129,8 +130,7 @@ def _probe_buffer(ex: Executive, obj, buffer: int, length: int, access: str,
     if limit is not None and length > limit:
         return NTSTATUS.STATUS_INVALID_PARAMETER
     if not unprobed:
-        (probe_for_read if access == "read" else probe_for_write)(ex, buffer,
-                                                                  min(length, MAX_READ))
+        probe(ex, buffer, min(length, MAX_READ), access)
     return NTSTATUS.STATUS_SUCCESS
 
 
@@ -336,6 +336,14 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     return create_handle(ex, proc, out, make)
 
 
+def _probe_count(ex: Executive, obj, count: int) -> None:
+    """ProbeForWrite of NtReadFile's/NtWriteFile's *BytesRead/*BytesWritten (0: none): 8
+    bytes for a device (the I/O manager's count), else pointer-sized."""
+    if count:
+        probe_for_write(ex, count, IO_COUNT_SIZE if obj.object_type is ObjectType.DEVICE
+                        else pointer_size(ex))
+
+
 @service(Service.NtReadFile)
 @with_handles
 def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
@@ -346,9 +354,7 @@ def nt_read_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
     # NtReadFile probes the buffer for write and the count before it reads a byte (a
     # neither-I/O device gets the raw buffer: see _probe_buffer).
     _probe_buffer(ex, f, buffer, length, "write")
-    if count:
-        probe_for_write(ex, count, IO_COUNT_SIZE if f.object_type is ObjectType.DEVICE
-                        else pointer_size(ex))
+    _probe_count(ex, f, count)
     if f.object_type is ObjectType.DEVICE:
         return device_request(ex, f, IRP_MJ_READ, args)
     length = min(length, MAX_READ)
@@ -391,9 +397,7 @@ def nt_write_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | 
     status = _probe_buffer(ex, obj, buffer, length, "read", MAX_WRITE)
     if status != NTSTATUS.STATUS_SUCCESS:
         return status
-    if count:
-        probe_for_write(ex, count, IO_COUNT_SIZE if obj.object_type is ObjectType.DEVICE
-                        else pointer_size(ex))
+    _probe_count(ex, obj, count)
     if obj.object_type is ObjectType.DEVICE:
         return device_request(ex, obj, IRP_MJ_WRITE, args)
     ex.console_write(proc, probe_and_read(ex, buffer, length))
@@ -422,8 +426,8 @@ def nt_device_io_control_file(ex: Executive, proc: Process, args: tuple[int, ...
         check_user_range(in_buffer, in_length)
         check_user_range(out_buffer, out_length)
         probe_for_read(ex, in_buffer, min(in_length, MAX_READ))
-        (probe_for_read if method == METHOD_IN_DIRECT else probe_for_write)(
-            ex, out_buffer, min(out_length, MAX_READ))
+        probe(ex, out_buffer, min(out_length, MAX_READ),
+              "read" if method == METHOD_IN_DIRECT else "write")
     thread = ex.current_thread
     thread.kernel_work = lambda: ex.io.device_control(
         thread, device, args[1], args[2], args[3] & 0xFFFF_FFFF, args[4],

@@ -143,20 +143,26 @@ def _user_pages(ex: Executive, address: int, length: int, access: str, mark: boo
         va += n
 
 
+def probe(ex: Executive, address: int, length: int, access: str) -> None:
+    """ProbeForRead (``access`` "read") or ProbeForWrite ("write"): every page of the buffer
+    accessible so from ring 3, or UserAccessViolation (UserStatus for a guard page); nothing
+    is copied."""
+    for _ in _user_pages(ex, address, length, access, mark=False):
+        pass
+
+
 def probe_for_read(ex: Executive, address: int, length: int) -> None:
     """ProbeForRead: every byte of the buffer readable from ring 3, or UserAccessViolation
     (UserStatus for a guard page); nothing is copied. Services call it for every pointer
     before they act, so a bad pointer never leaves half a side effect."""
-    for _ in _user_pages(ex, address, length, "read", mark=False):
-        pass
+    probe(ex, address, length, "read")
 
 
 def probe_for_write(ex: Executive, address: int, length: int) -> None:
     """ProbeForWrite (Microsoft: "checks that a user-mode buffer actually resides in the
     user-mode portion of the address space, is writable"): every page writable from ring 3,
     or UserAccessViolation; nothing is written."""
-    for _ in _user_pages(ex, address, length, "write", mark=False):
-        pass
+    probe(ex, address, length, "write")
 
 
 def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
@@ -185,7 +191,7 @@ def probe_limited(ex: Executive, address: int, length: int, limit: int, access: 
     check_user_range(address, length)
     if length > limit:
         return NTSTATUS.STATUS_INVALID_PARAMETER
-    (probe_for_read if access == "read" else probe_for_write)(ex, address, length)
+    probe(ex, address, length, access)
     return NTSTATUS.STATUS_SUCCESS
 
 

@@ -57,8 +57,6 @@ class PagefileReadError(OSError):
         self.status = status
 
 
-
-
 _names = itertools.count()
 
 
