@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Iterable
 
 from emu.debugger.records import ImageInfo, TargetError
-from emu.nt import exports, ps
+from emu.nt import exports, ntos, ps  # noqa: F401 (ntos registers the exports)
 
 NTDLL = ImageInfo("ntdll", "system", None, ps.USER_STUB_PAGE, ps.USER_STUB_PAGE + 0x1000,
                   symbols={"RtlUserThreadExit": ps.USER_STUB_PAGE,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emu.nt import exports, io, layout
+from emu.nt import exports, io, layout, ntos  # noqa: F401 (ntos registers the exports)
 from emu.nt.events import Event
 from emu.nt.loader import (
     PF_W,

@@ -7,6 +7,17 @@ Microsoft x64 calling convention (RCX, RDX, R8, R9, then the stack above the
 32-byte shadow space), runs the routine in Python, puts the result in RAX and
 returns to the caller, as `ret` would. The table is explicit: an import
 with no entry refuses the driver's load, naming it.
+
+PE drivers bind by (DLL, name), and only to the exports registered with a ``dll``: those
+whose x64 signature AND behaviour are the WDK's declaration. The routines here that keep
+the ELF drivers' dialect are not (issue 12): IoCompleteRequest (wdm.h calls
+IofCompleteRequest), MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm.h),
+IoInitializeDpcRequest and IoRequestDpc (inlines over DEVICE_OBJECT.Dpc in wdm.h),
+KfRaiseIrql, KeLowerIrql and KeGetCurrentIrql (on x64 the headers inline IRQL as CR8),
+ProbeForRead/ProbeForWrite (Windows raises an exception; these return a status),
+PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System process, id 4), and
+MmCopyToUser/MmCopyFromUser (not Windows exports at all). The WDK's routines live in
+emu.nt.ntos, one module per component (Ex, Io, Ke, Mm, Ps, Rtl, Hal).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emu.hw.faultaddr import decode
@@ -45,34 +57,88 @@ class ExportCall:
 
 
 Handler = Callable[["Executive", ExportCall], "int | None"]
-EXPORTS: dict[str, Handler] = {}
-_ORDER: list[str] = []
 
 
-def export(name: str) -> Callable[[Handler], Handler]:
-    """Register ``name`` as a kernel export."""
+@dataclass(frozen=True)
+class Export:
+    """One kernel export: its name, the DLL a PE driver imports it from (None: ELF drivers
+    only), whether ELF drivers may import it, its routine and its trap address."""
+
+    name: str
+    dll: str | None
+    elf: bool
+    handler: Handler
+    address: int
+
+
+# Registration order fixes each export's trap address: the modules that register exports
+# are imported in one fixed order (emu.nt.ntos), so the addresses are the same every run.
+_TABLE: list[Export] = []
+EXPORTS: dict[str, Handler] = {}            # what an ELF driver may import, by name
+PE_DLLS = ("ntoskrnl.exe", "hal.dll")
+_PE: dict[tuple[str, str], Export] = {}     # what a PE driver may import, by (DLL, name)
+
+
+def export(name: str, *, dll: str | None = None, elf: bool = True
+           ) -> Callable[[Handler], Handler]:
+    """Register ``name`` as a kernel export. ``dll`` ("ntoskrnl.exe" or "hal.dll") lets PE
+    drivers bind to it: give it only when the routine's x64 signature AND behaviour are
+    the WDK's. ``elf=False`` keeps ELF drivers from importing it (a PE-only variant of a
+    routine whose ELF dialect differs, such as one that raises where the dialect returns
+    a status)."""
+    if dll is not None and dll not in PE_DLLS:
+        raise AssertionError(f"export {name}: unknown DLL {dll}")
+
     def register(fn: Handler) -> Handler:
-        if name in EXPORTS:
+        if elf and name in EXPORTS or dll is not None and (dll, name) in _PE:
             raise AssertionError(f"export {name} registered twice")
-        EXPORTS[name] = fn
-        _ORDER.append(name)
+        entry = Export(name, dll, elf, fn, layout.KERNEL_EXPORTS + len(_TABLE) * EXPORT_STRIDE)
+        _TABLE.append(entry)
+        if elf:
+            EXPORTS[name] = fn
+        if dll is not None:
+            _PE[(dll, name)] = entry
         return fn
     return register
 
 
 def address_of(name: str) -> int | None:
-    """The address a driver's import of ``name`` is bound to, or None if not exported."""
-    if name not in EXPORTS:
+    """The address an ELF driver's import of ``name`` is bound to (for the debugger's
+    ``nt!name``: a PE-only export's too), or None if not exported."""
+    entries = [e for e in _TABLE if e.name == name]
+    entries.sort(key=lambda e: not e.elf)
+    return entries[0].address if entries else None
+
+
+def pe_address_of(dll: str, name: str) -> int | None:
+    """The address a PE driver's import of ``dll!name`` is bound to (DLL names compared
+    case-insensitively, as Windows compares module names), or None."""
+    entry = _PE.get((dll.lower(), name))
+    return None if entry is None else entry.address
+
+
+def pe_names(dll: str) -> list[str]:
+    """The names a PE driver may import from ``dll``, sorted (for docs and messages)."""
+    return sorted(name for (d, name) in _PE if d == dll.lower())
+
+
+def _entry_at(address: int) -> Export | None:
+    offset = address - layout.KERNEL_EXPORTS
+    if offset < 0 or offset % EXPORT_STRIDE or offset // EXPORT_STRIDE >= len(_TABLE):
         return None
-    return layout.KERNEL_EXPORTS + _ORDER.index(name) * EXPORT_STRIDE
+    return _TABLE[offset // EXPORT_STRIDE]
 
 
 def name_at(address: int) -> str | None:
     """The export whose trap address is ``address``."""
-    offset = address - layout.KERNEL_EXPORTS
-    if offset < 0 or offset % EXPORT_STRIDE or offset // EXPORT_STRIDE >= len(_ORDER):
-        return None
-    return _ORDER[offset // EXPORT_STRIDE]
+    entry = _entry_at(address)
+    return None if entry is None else entry.name
+
+
+def handler_at(address: int) -> Handler | None:
+    """The routine of the export whose trap address is ``address``."""
+    entry = _entry_at(address)
+    return None if entry is None else entry.handler
 
 
 def call_site(ex: Executive, return_address: int) -> int:
@@ -169,14 +235,14 @@ def _ascii(text: str) -> bytes:
 
 # -- the exports ---------------------------------------------------------------------------
 
-@export("DbgPrint")
+@export("DbgPrint", dll="ntoskrnl.exe")
 def dbg_print(ex: Executive, call: ExportCall) -> int:
     """ULONG DbgPrint(PCSTR Format, ...): to the console (the kernel debugger's output)."""
     ex.debug_print(format_message(ex, ex.kernel_read_string(call.arg(0)), call, 1))
     return 0
 
 
-@export("KeBugCheckEx")
+@export("KeBugCheckEx", dll="ntoskrnl.exe")
 def ke_bug_check_ex(ex: Executive, call: ExportCall) -> int:
     """VOID KeBugCheckEx(Code, P1, P2, P3, P4): stop the machine, on purpose."""
     code = call.arg(0) & 0xFFFF_FFFF
@@ -184,7 +250,7 @@ def ke_bug_check_ex(ex: Executive, call: ExportCall) -> int:
                    call_site(ex, call.return_address), "KeBugCheckEx called by a driver")
 
 
-@export("ExAllocatePoolWithTag")
+@export("ExAllocatePoolWithTag", dll="ntoskrnl.exe")
 def ex_allocate_pool_with_tag(ex: Executive, call: ExportCall) -> int:
     """PVOID ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag): NULL if it cannot."""
     try:
@@ -194,7 +260,7 @@ def ex_allocate_pool_with_tag(ex: Executive, call: ExportCall) -> int:
         return 0            # "NULL if there is insufficient memory in the free pool"
 
 
-@export("ExFreePoolWithTag")
+@export("ExFreePoolWithTag", dll="ntoskrnl.exe")
 def ex_free_pool_with_tag(ex: Executive, call: ExportCall) -> int:
     """VOID ExFreePoolWithTag(P, Tag): a bad free is bug check 0xC2 BAD_POOL_CALLER."""
     problem = ex.pools.free(call.arg(0), call.arg(1) & 0xFFFF_FFFF)
@@ -228,7 +294,7 @@ def read_unicode_string(ex: Executive, address: int) -> str:
     return ex.kernel_read(buffer, length).decode("utf-16-le", "replace") if length else ""
 
 
-@export("IoCreateDevice")
+@export("IoCreateDevice", dll="ntoskrnl.exe")
 def io_create_device(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS IoCreateDevice(DriverObject, ExtensionSize, DeviceName, DeviceType,
     Characteristics, Exclusive, *DeviceObject): a NULL DeviceName makes an unnamed device
@@ -250,7 +316,7 @@ def io_create_device(ex: Executive, call: ExportCall) -> int:
     return status
 
 
-@export("IoDeleteDevice")
+@export("IoDeleteDevice", dll="ntoskrnl.exe")
 def io_delete_device(ex: Executive, call: ExportCall) -> int:
     """VOID IoDeleteDevice(DeviceObject)."""
     ex.io.delete_device(call.arg(0))
@@ -273,7 +339,7 @@ def mm_get_system_address_for_mdl_safe(ex: Executive, call: ExportCall) -> int:
         return 0
 
 
-@export("RtlInitUnicodeString")
+@export("RtlInitUnicodeString", dll="ntoskrnl.exe")
 def rtl_init_unicode_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlInitUnicodeString(*Destination, Source): Length from the NUL-terminated text."""
     source, length = call.arg(1), 0
@@ -407,14 +473,14 @@ def mm_copy_from_user(ex: Executive, call: ExportCall) -> int:
 # -- exported since the structures are wdm.h's (issue 12): registered last, so that the
 # trap addresses of the exports above stay where they were.
 
-@export("IofCompleteRequest")
+@export("IofCompleteRequest", dll="ntoskrnl.exe")
 def iof_complete_request(ex: Executive, call: ExportCall) -> int:
     """VOID IofCompleteRequest(Irp, PriorityBoost): what wdm.h's IoCompleteRequest macro
     calls (the same routine as IoCompleteRequest above)."""
     return io_complete_request(ex, call)
 
 
-@export("IoCreateSymbolicLink")
+@export("IoCreateSymbolicLink", dll="ntoskrnl.exe")
 def io_create_symbolic_link(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS IoCreateSymbolicLink(SymbolicLinkName, DeviceName): a name in \\DosDevices
     (\\??) that opens the device; STATUS_OBJECT_NAME_COLLISION if it exists."""
@@ -422,7 +488,7 @@ def io_create_symbolic_link(ex: Executive, call: ExportCall) -> int:
                              read_unicode_string(ex, call.arg(1)))
 
 
-@export("IoDeleteSymbolicLink")
+@export("IoDeleteSymbolicLink", dll="ntoskrnl.exe")
 def io_delete_symbolic_link(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS IoDeleteSymbolicLink(SymbolicLinkName): STATUS_OBJECT_NAME_NOT_FOUND if there
     is no such link."""

@@ -737,8 +737,8 @@ class Executive:
             if exc is None:
                 raise RuntimeError("kernel routine stopped without returning")
             if exc.vector == Vector.PF and exc.access == "fetch" and exc.cpl == 0 and \
-                    exports.name_at(exc.address) is not None:
-                self._call_export(exports.name_at(exc.address))
+                    exports.handler_at(exc.address) is not None:
+                self._call_export(exports.handler_at(exc.address))
                 result = self._run_cpu()
                 continue
             self.events.emit(Event.EXCEPTION, exc=exc, thread=self.current_thread)
@@ -769,11 +769,11 @@ class Executive:
                 virtual.resolve_fault(self, proc, va, access) is FaultResolution.RESOLVED
         return virtual.page_in_system(self, va, access)
 
-    def _call_export(self, name: str) -> None:
-        """A driver called kernel export ``name``: run it, then return to the caller."""
+    def _call_export(self, handler: exports.Handler) -> None:
+        """A driver called a kernel export: run its routine, then return to the caller."""
         call = exports.ExportCall(self)
         try:
-            value = exports.EXPORTS[name](self, call)
+            value = handler(self, call)
         except BugCheck as bc:
             self._fill_bugcheck(bc)
             raise

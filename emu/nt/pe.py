@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pefile
 
-from emu.nt import exports, layout
+from emu.nt import exports, layout, ntos  # noqa: F401 (ntos registers the exports)
 from emu.nt.drivers import DriverImage
 from emu.nt.loader import PF_R, PF_W, PF_X, LoaderError, Segment
 
@@ -54,25 +54,6 @@ _MACHINES = {IMAGE_FILE_MACHINE_I386: "a 32-bit (i386) image",
 _SUBSYSTEMS = {2: "Windows GUI", 3: "Windows console", 5: "OS/2 console", 7: "POSIX console",
                9: "Windows CE", 10: "EFI application", 11: "EFI boot service driver",
                12: "EFI runtime driver", 14: "Xbox", 16: "Windows boot application"}
-
-# The exports a PE import may bind to, by DLL (names compared case-insensitively, as
-# Windows compares module names). Only routines whose x64 signature AND behaviour match the
-# WDK's declaration are listed; the I/O routines since the structures they read and write
-# are laid out as wdm.h's (emu.nt.wdm). Held back (issue 12): IoCompleteRequest (wdm.h
-# calls IofCompleteRequest), MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm.h),
-# IoInitializeDpcRequest and IoRequestDpc (inlines over DEVICE_OBJECT.Dpc in wdm.h),
-# IoConnectInterrupt, KfRaiseIrql, KeLowerIrql and KeGetCurrentIrql (on x64 the headers
-# inline IRQL as CR8, which is not the executive's IRQL yet), ProbeForRead/ProbeForWrite
-# (Windows raises an exception; these return a status), PsGetCurrentProcessId (0 in
-# DriverEntry, where Windows is in the System process, id 4), and MmCopyToUser/
-# MmCopyFromUser (not Windows exports at all).
-PE_EXPORTS: dict[str, frozenset[str]] = {
-    "ntoskrnl.exe": frozenset({"DbgPrint", "KeBugCheckEx", "ExAllocatePoolWithTag",
-                               "ExFreePoolWithTag", "RtlInitUnicodeString",
-                               "IoCreateDevice", "IoDeleteDevice", "IoCreateSymbolicLink",
-                               "IoDeleteSymbolicLink", "IofCompleteRequest"}),
-    "hal.dll": frozenset(),
-}
 
 
 def is_pe(data: bytes) -> bool:
@@ -298,8 +279,7 @@ class _Loader:
                 if (rva or field != "OriginalFirstThunk") and not self._inside(rva, 1):
                     raise self.refuse(f"import descriptor of {dll or '?'}: {field} points "
                                       "outside the image")
-            known = PE_EXPORTS.get(dll.lower())
-            if known is None:
+            if dll.lower() not in exports.PE_DLLS:
                 raise self.refuse(f"imports from {dll}, which is not loaded (drivers bind to "
                                   "ntoskrnl.exe and hal.dll): STATUS_DLL_NOT_FOUND")
             slots = 0
@@ -314,7 +294,7 @@ class _Loader:
                     raise self.refuse(f"imports {dll} ordinal {imp.ordinal}: drivers bind by "
                                       "name")
                 name = imp.name.decode("ascii", "replace")
-                address = exports.address_of(name) if name in known else None
+                address = exports.pe_address_of(dll, name)
                 if address is None:
                     raise self.refuse(f"unknown import {dll}!{name} (the kernel does not "
                                       "export it to PE drivers): STATUS_PROCEDURE_NOT_FOUND")

@@ -1,0 +1,1 @@
+"""Ex: executive support routines (pool), as PE drivers import them."""

@@ -1,0 +1,1 @@
+"""Hal: the hardware abstraction layer's exports (hal.dll), as PE drivers import them."""

@@ -1,0 +1,1 @@
+"""Io: the I/O manager's exports, as PE drivers import them."""

@@ -1,0 +1,1 @@
+"""Mm: the memory manager's exports (MDLs, probes, mappings), as PE drivers import them."""

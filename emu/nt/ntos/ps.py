@@ -1,0 +1,1 @@
+"""Ps: the process manager's exports, as PE drivers import them."""
