@@ -41,6 +41,18 @@ EXPORT_STRIDE = 16
 BAD_POOL_CALLER = 0xC2
 
 
+class ExceptionRaised(Exception):
+    """A routine raised a structured exception, as ExRaiseStatus does for ProbeForRead or
+    MmProbeAndLockPages: raise this from an export, and the kernel dispatches it to the
+    calling driver's exception handlers (``status`` is ExceptionCode; ``information``,
+    at most 15 values, is ExceptionInformation)."""
+
+    def __init__(self, status: int, information: tuple[int, ...] = ()) -> None:
+        super().__init__(f"exception 0x{status:08X}")
+        self.status = status & 0xFFFF_FFFF
+        self.information = information
+
+
 class ExportCall:
     """The arguments of one call to an export (Microsoft x64 calling convention)."""
 

@@ -774,6 +774,16 @@ class Executive:
         call = exports.ExportCall(self)
         try:
             value = handler(self, call)
+        except exports.ExceptionRaised as raised:
+            # Not dispatched to the driver's handlers yet (issue 12): nothing handles it,
+            # so KMODE_EXCEPTION_NOT_HANDLED (code, address, information[0], information[1]).
+            info = raised.information + (0, 0)
+            bc = BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED,
+                          (raised.status, call.return_address, info[0], info[1]),
+                          exports.call_site(self, call.return_address),
+                          f"exception 0x{raised.status:08X} raised and not handled")
+            self._fill_bugcheck(bc)
+            raise bc from None
         except BugCheck as bc:
             self._fill_bugcheck(bc)
             raise
