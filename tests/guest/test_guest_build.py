@@ -46,6 +46,7 @@ EXEC_APPS = [
     "crasher",
     "deadlock",
     "devbench",
+    "devioctl",
     "devread",
     "divzero",
     "echo",
