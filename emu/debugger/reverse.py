@@ -82,7 +82,7 @@ class ReverseExecution:
         target = max(0, self.position - count)
         stop = None if target > 0 else Stop(StopReason.HISTORY_START,
                                             "at the start of history (boot)")
-        self._resumed = True
+        self._accept_resume()
         self._rewind_to = Replay(target, stop)
 
     def reverse_next(self) -> None:
@@ -98,7 +98,7 @@ class ReverseExecution:
         self._check_alive()
         self._need_factory()
         self._rewind_to = self._call_search(self._return_slot())
-        self._resumed = True
+        self._accept_resume()
 
     def _return_slot(self) -> int:
         """Where the current function's return address is: [rsp] on its first instruction
@@ -146,7 +146,7 @@ class ReverseExecution:
         """Go back to the last breakpoint or watchpoint hit before now."""
         self._check_alive()
         self._need_factory()
-        self._resumed = True
+        self._accept_resume()
         if self.ended:               # search to the very end: its last events count too
             self._rewind_to = Replay(END_OF_HISTORY, record=True, event=END_OF_HISTORY)
         else:

@@ -263,7 +263,6 @@ class Session(ReverseExecution):
         if self._detached:
             return
         resumed = self.on_stop(stop)
-        self._interrupt.clear()          # a Ctrl-C typed at the prompt stops nothing later
         if not resumed and not self._resumed:
             self._detached = True
             self._remove_hooks()
@@ -274,6 +273,8 @@ class Session(ReverseExecution):
         self._skip = (ex.cpu.rip, ex.cpu.instructions)   # not hit again by what it resumes
         if not self.ended:
             ex.rearm_budget()                # clipped to a new step, if one was asked for
+            if self._interrupt.is_set():     # Ctrl-C since the command was read: stop at once
+                ex.cpu.native.stop_soon()
 
     def interrupt(self) -> None:
         """Stop at the next instruction boundary (Ctrl-C); safe from any thread."""
@@ -307,6 +308,12 @@ class Session(ReverseExecution):
         if self.ended and not self._last_words:
             raise SessionError("the machine has ended: nothing to run (reverse-stepi and "
                                "reverse-continue still go back)")
+        self._accept_resume()
+
+    def _accept_resume(self) -> None:
+        """The front end has asked to resume: a Ctrl-C typed at the prompt, before this
+        command, stops nothing later; one typed from here on stops what it resumes."""
+        self._interrupt.clear()
         self._resumed = True
 
     def step(self, count: int = 1) -> None:

@@ -259,6 +259,34 @@ def test_interrupt_from_another_thread_pauses_a_running_guest():
     assert sc.session.result.stopped == "killed"
 
 
+def test_ctrl_c_right_after_continue_is_not_lost():
+    """A Ctrl-C typed after the shell has read `continue` but before the guest runs again
+    stops the run it resumes, at once; one typed at the prompt before it stops nothing."""
+    build = recipe(("hello", []))
+    sc = Script(build, [])
+
+    def ctrl_c_then_continue(s: Session):
+        s.interrupt()                   # at the prompt: forgotten when `continue` is read
+        s.cont()
+        s.interrupt()                   # after `continue` was read: stops what it resumes
+    sc.actions = [ctrl_c_then_continue, lambda s: s.kill()]
+    sc.run()
+    assert sc.reasons[:2] == [StopReason.START, StopReason.INTERRUPT]
+    assert sc.positions[1] == sc.positions[0]
+
+
+def test_ctrl_c_at_the_prompt_stops_nothing_later():
+    build = recipe(("hello", []))
+    sc = Script(build, [])
+
+    def ctrl_c_then_continue(s: Session):
+        s.interrupt()
+        s.cont()
+    sc.actions = [ctrl_c_then_continue]
+    sc.run()
+    assert sc.reasons == [StopReason.START, StopReason.EXITED]
+
+
 def test_reverse_step_returns_to_byte_identical_state():
     sc = Script(recipe(("hello", ["a", "b"])), [])
     sc.actions = [lambda s: s.step(700), lambda s: sc.snapshots.setdefault("at", state(s)) and
