@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import pefile
 
-from emu.nt import exports, layout, ntos  # noqa: F401 (ntos registers the exports)
+from emu.nt import exports, layout, ntos, unwind  # noqa: F401 (ntos registers the exports)
 from emu.nt.drivers import DriverImage
 from emu.nt.loader import PF_R, PF_W, PF_X, LoaderError, Segment
 
@@ -41,6 +42,7 @@ IMAGE_SCN_MEM_DISCARDABLE = 0x0200_0000
 IMAGE_REL_BASED_ABSOLUTE, IMAGE_REL_BASED_DIR64 = 0, 10
 IMAGE_ORDINAL_FLAG64 = 1 << 63
 DIRECTORY_EXPORT, DIRECTORY_IMPORT, DIRECTORY_BASERELOC, DIRECTORY_LOAD_CONFIG = 0, 1, 5, 10
+DIRECTORY_EXCEPTION = 3
 # "The loader limits the number of sections to 96" (PE Format, COFF File Header).
 MAX_SECTIONS = 96
 MAX_FILE_SIZE = 64 << 20
@@ -90,6 +92,23 @@ def parse_pe_driver(data: bytes, path: str, base: int) -> DriverImage:
         raise LoaderError(f"{path}: malformed PE image ({type(err).__name__})") from None
 
 
+@dataclass(frozen=True)
+class Section:
+    """A PE section as mapped: name, address, virtual size, rights (PF_R/W/X), and whether
+    it is discardable (freed after DriverEntry)."""
+
+    name: str
+    va: int
+    size: int
+    flags: int
+    discardable: bool
+
+    @property
+    def rights(self) -> str:
+        """``r-x``, ``r--``, ``rw-``: what its pages allow."""
+        return "r" + ("w" if self.flags & PF_W else "-") + ("x" if self.flags & PF_X else "-")
+
+
 def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
@@ -100,7 +119,7 @@ class _Loader:
     def __init__(self, pe: pefile.PE, data: bytes, path: str, base: int) -> None:
         self.pe, self.data, self.path, self.base = pe, data, path, base
         self.opt = pe.OPTIONAL_HEADER
-        self.image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [])
+        self.image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [], is_pe=True)
 
     def refuse(self, problem: str) -> LoaderError:
         return LoaderError(f"{self.path}: {problem}")
@@ -116,6 +135,7 @@ class _Loader:
         self._bind_imports()
         self._init_security_cookie()
         self._entry_and_symbols()
+        self._exception_directory()
         return self.image
 
     # -- headers and sections -------------------------------------------------------------
@@ -194,6 +214,8 @@ class _Loader:
                 (PF_X if ch & IMAGE_SCN_MEM_EXECUTE else 0)
             contents = self.data[offset:offset + min(raw, size)] if raw else b""
             self._map(rva, end - rva, contents, flags)
+            self.image.sections.append(Section(name, self.base + rva, size, flags,
+                                               bool(ch & IMAGE_SCN_MEM_DISCARDABLE)))
             if ch & IMAGE_SCN_MEM_DISCARDABLE:           # INIT, .reloc: freed after DriverEntry
                 self.image.discardable.update(range(self.base + rva, self.base + end,
                                                     layout.PAGE_SIZE))
@@ -339,3 +361,17 @@ class _Loader:
         if self.image.entry not in symbols.values():
             symbols["DriverEntry"] = self.image.entry
         self.image.symbols = symbols
+
+    def _exception_directory(self) -> None:
+        """Keep the .pdata RUNTIME_FUNCTIONs for unwinding (emu.nt.unwind, emu.nt.seh);
+        entries must lie in the image ("x64 exception handling", "Struct RUNTIME_FUNCTION")."""
+        rva, size = self._directory(DIRECTORY_EXCEPTION, "exception")
+        if not size:
+            return
+        table = unwind.read_function_table(self._read(rva, size - size % 12), self.base)
+        end = self.base + self.opt.SizeOfImage
+        for function in table:
+            if function.end > end or function.unwind_info + 4 > end:
+                raise self.refuse(f"exception directory entry for RVA "
+                                  f"0x{function.begin - self.base:x} points outside the image")
+        self.image.functions = table
