@@ -44,6 +44,7 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     svc_objects,
     syscalls,
     trap,
+    unwind,
 )
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.events import Event, EventBus
@@ -664,7 +665,19 @@ class Executive:
         self.events.emit(Event.BUGCHECK, bugcheck=bc)
 
     def _frames(self, rip: int, limit: int = 8) -> list[int]:
-        """Return addresses up the ring-0 stack by frame pointers (drivers keep them)."""
+        """Return addresses up the ring-0 stack: through PE drivers (and the kernel exports
+        they call) by their .pdata/.xdata, as WinDbg unwinds (emu.nt.unwind); through ELF
+        drivers by frame pointers (they keep them)."""
+        cpu_rip = self.cpu.reg("rip")
+        if seh.pe_image_at(self, cpu_rip) is not None or exports.name_at(cpu_rip):
+            context = seh.capture_context(self)
+            callers = unwind.walk(self.kernel_read, context, self._function_table,
+                                  lambda a: exports.name_at(a) is not None, limit)
+            if exports.name_at(cpu_rip) and callers:
+                callers = callers[1:]       # ``rip`` is the call site in that caller
+            if rip != cpu_rip and not exports.name_at(cpu_rip):
+                callers = []
+            return [rip, *[a for a in callers if a != KERNEL_RETURN]][:limit]
         frames, rbp = [rip], self.cpu.reg("rbp")
         if drivers.driver_at(self, rip) is None:      # a bad call target: [rsp] is the caller
             try:
@@ -685,6 +698,11 @@ class Executive:
                 break
             rbp = saved
         return frames
+
+    def _function_table(self, address: int) -> tuple[int, list] | None:
+        """(base, .pdata) of the PE driver image that holds ``address``, or None."""
+        image = seh.pe_image_at(self, address)
+        return None if image is None else (image.base, image.functions)
 
     def describe_instruction(self, rip: int, cpl: int = 0) -> str:
         """``mnemonic operands`` of the instruction at ``rip`` in the current address space,

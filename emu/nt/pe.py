@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pefile
+import purepdb
 
 from emu.nt import exports, layout, ntos, unwind  # noqa: F401 (ntos registers the exports)
 from emu.nt.drivers import DriverImage
@@ -42,7 +43,8 @@ IMAGE_SCN_MEM_DISCARDABLE = 0x0200_0000
 IMAGE_REL_BASED_ABSOLUTE, IMAGE_REL_BASED_DIR64 = 0, 10
 IMAGE_ORDINAL_FLAG64 = 1 << 63
 DIRECTORY_EXPORT, DIRECTORY_IMPORT, DIRECTORY_BASERELOC, DIRECTORY_LOAD_CONFIG = 0, 1, 5, 10
-DIRECTORY_EXCEPTION = 3
+DIRECTORY_EXCEPTION, DIRECTORY_DEBUG = 3, 6
+IMAGE_DEBUG_TYPE_CODEVIEW = 2
 # "The loader limits the number of sections to 96" (PE Format, COFF File Header).
 MAX_SECTIONS = 96
 MAX_FILE_SIZE = 64 << 20
@@ -136,6 +138,7 @@ class _Loader:
         self._init_security_cookie()
         self._entry_and_symbols()
         self._exception_directory()
+        self._pdb_symbols()
         return self.image
 
     # -- headers and sections -------------------------------------------------------------
@@ -375,3 +378,49 @@ class _Loader:
                 raise self.refuse(f"exception directory entry for RVA "
                                   f"0x{function.begin - self.base:x} points outside the image")
         self.image.functions = table
+
+    def _codeview(self) -> tuple[bytes, int, str] | None:
+        """(GUID, age, PDB file name) of the image's CodeView RSDS debug record, if any
+        (PE Format, "Debug Directory"; the RSDS layout of Microsoft's PDB)."""
+        rva, size = self._directory(DIRECTORY_DEBUG, "debug")
+        for at in range(rva, rva + size - 27, 28):
+            kind, length, data_rva = struct.unpack("<III", self._read(at + 12, 12))
+            if kind != IMAGE_DEBUG_TYPE_CODEVIEW or length < 25 or \
+                    not self._inside(data_rva, length):
+                continue
+            raw = self._read(data_rva, length)
+            if raw[:4] == b"RSDS":
+                name = raw[24:].split(b"\0", 1)[0].decode("utf-8", "replace")
+                return raw[4:20], struct.unpack_from("<I", raw, 20)[0], name
+        return None
+
+    def _pdb_symbols(self) -> None:
+        """Function names from the PDB the linker wrote beside the image, as WinDbg finds
+        it with the image's folder on its symbol path: the path the RSDS record names, else
+        its file name (or NAME.pdb) in the image's folder, used only if its GUID and age
+        match the record's (a stale PDB names nothing). Each procedure (static ones too)
+        and public symbol is named; without a PDB the export names stay."""
+        record = self._codeview()
+        if record is None:
+            return
+        guid, age, name = record
+        folder = Path(self.path).parent
+        candidates = [Path(name), folder / Path(name.replace("\\", "/")).name,
+                      Path(self.path).with_suffix(".pdb")]
+        for candidate in candidates:
+            if candidate.is_file():
+                break
+        else:
+            return
+        try:
+            with purepdb.PDB.open(str(candidate)) as pdb:
+                info = pdb.info()
+                if info.guid != guid or info.age != age:
+                    return
+                functions = [(f.name, f.rva) for f in pdb.functions() if f.rva is not None]
+        except Exception:  # noqa: BLE001 - a damaged PDB names nothing, as in WinDbg
+            return
+        for fn_name, rva in functions:
+            if fn_name and 0 < rva < self.opt.SizeOfImage:
+                self.image.symbols.setdefault(fn_name, self.base + rva)
+        self.image.pdb = str(candidate)

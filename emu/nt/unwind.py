@@ -273,3 +273,33 @@ def _apply_codes(read: Reader, context: dict[str, int], codes: bytes, frame_byte
         elif op not in (UnwindOp.EPILOG, UnwindOp.SPARE_CODE):
             raise UnwindError(f"unknown unwind operation {op}")
     return frame
+
+
+def walk(read: Reader, context: dict[str, int],
+         table_of: Callable[[int], tuple[int, list[RuntimeFunction]] | None],
+         is_export: Callable[[int], bool], limit: int) -> list[int]:
+    """The callers of the frame in ``context`` (a copy is unwound), as WinDbg's ``k``
+    finds them: while RIP is in a PE image (``table_of(rip)``: its base and .pdata) each
+    frame is undone with its unwind data; a kernel export's trap address (``is_export``) is
+    a frame of its own with its return address at [rsp]. Stops after the first return
+    address outside both (included), at ``limit`` addresses, or where the data or the
+    stack cannot be read (UnwindError and the reader's errors end it quietly)."""
+    context = dict(context)
+    callers: list[int] = []
+    while len(callers) < limit:
+        rip = context["rip"]
+        try:
+            if is_export(rip):
+                virtual_unwind(read, 0, None, context)
+            else:
+                found = table_of(rip)
+                if found is None:
+                    break
+                base, table = found
+                virtual_unwind(read, base, lookup(table, rip), context)
+        except Exception:  # noqa: BLE001 - unreadable stack or unwind data: the walk ends
+            break
+        if not context["rip"]:
+            break
+        callers.append(context["rip"])
+    return callers
