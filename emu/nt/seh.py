@@ -141,9 +141,12 @@ def pe_image_at(ex: Executive, address: int) -> DriverImage | None:
     return driver.image
 
 
-def _write_records(ex: Executive, d: Dispatch) -> None:
-    """EXCEPTION_RECORD, CONTEXT and EXCEPTION_POINTERS on the stack below the frame."""
+def _write_records(ex: Executive, d: Dispatch, below: int | None = None) -> None:
+    """EXCEPTION_RECORD, CONTEXT and EXCEPTION_POINTERS on the stack below the frame (and
+    below ``below``: the records of the exception this one chains to stay intact)."""
     top = (d.context["rsp"] - RECORDS_GAP) & ~0xF
+    if below is not None:
+        top = min(top, below & ~0xF)
     d.context_va = top - CONTEXT_SIZE
     d.record_va = d.context_va - ((EXCEPTION_RECORD_SIZE + 0xF) & ~0xF)
     d.pointers_va = d.record_va - 0x10
@@ -260,13 +263,13 @@ def _frames(ex: Executive, context: dict[str, int], flag: int
     return step
 
 
-def dispatch(ex: Executive, record: ExceptionRecord, context: dict[str, int]
-             ) -> Dispatch | dict[str, int]:
+def dispatch(ex: Executive, record: ExceptionRecord, context: dict[str, int],
+             below: int | None = None) -> Dispatch | dict[str, int]:
     """RtlDispatchException for an exception at ring 0 in a PE driver: the context to
     continue with when a handler takes it, else the Dispatch (its records in memory) for
-    the bug check."""
+    the bug check. ``below``: where the records of a chained exception begin."""
     d = Dispatch(record, dict(context))
-    _write_records(ex, d)
+    _write_records(ex, d, below)
     next_frame = _frames(ex, context, unwind.UNW_FLAG_EHANDLER)
     while (step := next_frame()) is not None:
         image, control_pc, frame, _, handler = step
@@ -285,7 +288,8 @@ def dispatch(ex: Executive, record: ExceptionRecord, context: dict[str, int]
                 if record.flags & EXCEPTION_NONCONTINUABLE:
                     return dispatch(ex, ExceptionRecord(
                         STATUS_NONCONTINUABLE_EXCEPTION, record.address,
-                        flags=EXCEPTION_NONCONTINUABLE, nested=d.record_va), context)
+                        flags=EXCEPTION_NONCONTINUABLE, nested=d.record_va), context,
+                        below=d.pointers_va)
                 return _read_context(ex, d.context_va, context)
             if value > 0:                             # EXCEPTION_EXECUTE_HANDLER
                 return _unwind(ex, d, frame, scope.target)

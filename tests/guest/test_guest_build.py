@@ -74,6 +74,7 @@ EXEC_APPS = [
     "reread",
     "rowrite",
     "seh",
+    "sehioctl",
     "sleeper",
     "slowread",
     "spawner",

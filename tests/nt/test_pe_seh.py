@@ -157,3 +157,25 @@ def test_the_exception_directory_is_kept_sorted_and_inside_the_image(machine_fac
     assert [f.begin for f in image.functions] == sorted(f.begin for f in image.functions)
     assert all(image.base <= f.begin < f.end <= image.end for f in image.functions)
     assert unwind.lookup(image.functions, image.entry) is not None
+
+
+def test_the_raise_routines_and_rtl_assert_are_caught_and_ke_bug_check_stops(
+        machine_factory, apps):
+    m, _, r = boot(machine_factory, apps, [DRIVERS / "peraise.sys"], ("hello",))
+    assert lines(m) == [
+        "peraise.sys: ExRaiseStatus: caught 0xE0000001, flags 1, 0 parameters",
+        # CONTINUE_EXECUTION for a noncontinuable exception: STATUS_NONCONTINUABLE_EXCEPTION,
+        # its ExceptionRecord the original one.
+        "peraise.sys: noncontinuable: caught 0xC0000025 (the record chains 0xE0000002)",
+        # ProbeForWrite reads each page first: an unmapped user page is (0 = read, address).
+        "peraise.sys: ProbeForWrite: caught 0xC0000005, info 0 0000000000010000",
+        "",
+        "*** Assertion failed: peraise: 1 == 2",
+        "***   Source File: peraise.c, line 42",
+        "",
+        "peraise.sys: RtlAssert: caught 0x80000003",
+        "peraise.sys: KeBugCheck(0xE2)",
+    ]
+    bc = r.bugcheck
+    assert bc.code == BugCheckCode.MANUALLY_INITIATED_CRASH and bc.params == (0, 0, 0, 0)
+    assert bc.location.startswith("peraise.sys!DriverEntry+0x")
