@@ -93,3 +93,23 @@ def test_a_crash_dump_keeps_the_unwind_data_for_bt(tmp_path):
     assert names(bt)[0] == "nt!ProbeForRead"
     assert names(bt)[1].startswith("peseh.sys!DeviceControl+0x") and bt[2:] == [CALLED]
     assert "      .pdata   " in r.stdout
+
+
+def test_analyze_explains_0x7e_with_the_records_and_the_stack(tmp_path):
+    dump = tmp_path / "entry.dmp"
+    subprocess.run([sys.executable, "-m", "emu", "run", "--dump", str(dump), "--driver",
+                    str(DRIVERS / "pesehentry.sys"), str(APPS / "hello")], capture_output=True,
+                   timeout=120, cwd=ROOT)
+    r = debug("analyze\n", "--dump", str(dump))
+    out = r.stdout.splitlines()
+    assert any(line.endswith("bug check 0x7e SYSTEM_THREAD_EXCEPTION_NOT_HANDLED: a system "
+                             "thread (a driver's DriverEntry or DriverUnload) raised an "
+                             "exception that nothing handled") for line in out)
+    params = [line.split() for line in out if line.startswith("  parameter ")]
+    assert params[0][2:4] == ["STATUS_ACCESS_VIOLATION", "(0xC0000005)"]
+    assert params[1][3].startswith("(pesehentry.sys!DriverEntry+0x")
+    assert " ".join(params[2][3:]) == "the exception record"
+    assert " ".join(params[3][3:]) == "the context record"
+    stack = out[out.index("  stack:") + 1:]
+    assert stack[0].endswith(" in nt!ProbeForRead")
+    assert " in pesehentry.sys!DriverEntry+0x" in stack[1]
