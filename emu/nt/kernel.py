@@ -851,6 +851,11 @@ class Executive:
         insn = self.describe_instruction(exc.rip)
         info = trap.user_exception(exc, insn, stack_guard=None,
                                    divisor_is_zero=self._divisor_is_zero(exc))
+        if info.code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION:
+            # Nothing is privileged at CPL 0: a #GP there (a bad MSR, a bad selector) is
+            # KiGeneralProtectionFault's STATUS_ACCESS_VIOLATION with no address (-1).
+            info = dataclasses.replace(info, code=NTSTATUS.STATUS_ACCESS_VIOLATION,
+                                       params=(0, 0xFFFF_FFFF_FFFF_FFFF))
         context = seh.capture_context(self)
         context["rip"] = exc.rip               # KiBreakpointTrap backs RIP up to the int3 too
         self._dispatch(seh.ExceptionRecord(info.code, exc.rip, info.params), context, exc.rip,

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from emu.nt import layout, seh, unwind
-from emu.nt.bugcheck import BugCheckCode
+from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.status import NTSTATUS
 from tests.nt.driverboot import DRIVERS, boot
 
@@ -179,3 +181,28 @@ def test_the_raise_routines_and_rtl_assert_are_caught_and_ke_bug_check_stops(
     bc = r.bugcheck
     assert bc.code == BugCheckCode.MANUALLY_INITIATED_CRASH and bc.params == (0, 0, 0, 0)
     assert bc.location.startswith("peraise.sys!DriverEntry+0x")
+
+
+def test_an_unhandled_fault_at_dispatch_level_outside_a_thread_is_0x1e(machine_factory, apps):
+    # As in a DPC: PE code (peseh.sys's Divide, named by its PDB) divides by zero at
+    # DISPATCH_LEVEL with nothing to catch it: KiDispatchException's own 0x1E (code,
+    # address, information[0], information[1]).
+    m, _, r = request(machine_factory, apps, GUARDED)
+    ex = m.executive
+    divide = r.drivers[0].image.symbols["Divide"]
+    ex.irql = 2
+    with pytest.raises(BugCheck) as info:
+        ex.call_kernel(divide, 100, 0)
+    bc = info.value
+    assert bc.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
+    assert bc.params == (NTSTATUS.STATUS_INTEGER_DIVIDE_BY_ZERO, bc.rip, 0, 0)
+    assert bc.instruction == "idiv ecx" and bc.location.startswith("peseh.sys!Divide+0x")
+
+
+def test_the_same_fault_at_passive_level_outside_a_thread_is_0x7e(machine_factory, apps):
+    m, _, r = request(machine_factory, apps, GUARDED)
+    divide = r.drivers[0].image.symbols["Divide"]
+    with pytest.raises(BugCheck) as info:
+        m.executive.call_kernel(divide, 100, 0)
+    assert info.value.code == BugCheckCode.SYSTEM_THREAD_EXCEPTION_NOT_HANDLED
+    assert info.value.params[:2] == (NTSTATUS.STATUS_INTEGER_DIVIDE_BY_ZERO, info.value.rip)
