@@ -206,3 +206,61 @@ def test_the_same_fault_at_passive_level_outside_a_thread_is_0x7e(machine_factor
         m.executive.call_kernel(divide, 100, 0)
     assert info.value.code == BugCheckCode.SYSTEM_THREAD_EXCEPTION_NOT_HANDLED
     assert info.value.params[:2] == (NTSTATUS.STATUS_INTEGER_DIVIDE_BY_ZERO, info.value.rip)
+
+
+# -- the records' layout against the WDK's headers ------------------------------------------
+
+LAYOUT = [("sizeof(EXCEPTION_RECORD)", seh.EXCEPTION_RECORD_SIZE),
+          ("__builtin_offsetof(EXCEPTION_RECORD, ExceptionFlags)", 4),
+          ("__builtin_offsetof(EXCEPTION_RECORD, ExceptionRecord)", 8),
+          ("__builtin_offsetof(EXCEPTION_RECORD, ExceptionAddress)", 0x10),
+          ("__builtin_offsetof(EXCEPTION_RECORD, NumberParameters)", 0x18),
+          ("__builtin_offsetof(EXCEPTION_RECORD, ExceptionInformation)", 0x20),
+          ("sizeof(CONTEXT)", seh.CONTEXT_SIZE),
+          ("__builtin_offsetof(CONTEXT, ContextFlags)", 0x30),
+          ("__builtin_offsetof(CONTEXT, MxCsr)", seh.CONTEXT_MXCSR),
+          ("__builtin_offsetof(CONTEXT, SegCs)", seh.CONTEXT_SEG_CS),
+          ("__builtin_offsetof(CONTEXT, EFlags)", seh.CONTEXT_EFLAGS),
+          ("__builtin_offsetof(CONTEXT, Rax)", seh.CONTEXT_RAX),
+          ("__builtin_offsetof(CONTEXT, Rsp)", seh.CONTEXT_RAX + 8 * 4),
+          ("__builtin_offsetof(CONTEXT, R15)", seh.CONTEXT_RAX + 8 * 15),
+          ("__builtin_offsetof(CONTEXT, Rip)", seh.CONTEXT_RIP),
+          ("__builtin_offsetof(CONTEXT, Xmm0)", seh.CONTEXT_XMM0),
+          ("CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS",
+           seh.CONTEXT_FLAGS),
+          ("EXCEPTION_NONCONTINUABLE", seh.EXCEPTION_NONCONTINUABLE),
+          ("(ULONG)STATUS_NONCONTINUABLE_EXCEPTION", seh.STATUS_NONCONTINUABLE_EXCEPTION),
+          # (mingw's bugcodes.h has neither 0x3B nor 0x139)
+          ("SYSTEM_THREAD_EXCEPTION_NOT_HANDLED",
+           BugCheckCode.SYSTEM_THREAD_EXCEPTION_NOT_HANDLED),
+          ("KMODE_EXCEPTION_NOT_HANDLED", BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED)]
+
+
+def test_the_records_are_laid_out_as_the_wdk_headers_say(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pefile
+    import ziglang
+
+    ddk = Path(ziglang.__file__).parent / "lib" / "libc" / "include" / "any-windows-any" / "ddk"
+    source = ["#include <ntddk.h>", "#include <bugcodes.h>",
+              "__declspec(dllexport) const unsigned long long layout[] = {",
+              *[f"    (unsigned long long)({expr})," for expr, _ in LAYOUT], "};",
+              "NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT d, PUNICODE_STRING r)",
+              "{ (void)d; (void)r; return 0; }"]
+    (tmp_path / "probe.c").write_text("\n".join(source) + "\n")
+    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(tmp_path / "zc"),
+           "ZIG_LOCAL_CACHE_DIR": str(tmp_path / "zc")}
+    cc = [sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-windows-gnu"]
+    for command in ([*cc, "-O2", f"-I{ddk}", "-c", "probe.c", "-o", "probe.o"],
+                    [*cc, "-shared", "-nostdlib", "-Wl,--subsystem,native",
+                     "-Wl,--entry,DriverEntry", "probe.o", "-o", "probe.sys"]):
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    pe = pefile.PE(str(tmp_path / "probe.sys"))
+    (symbol,) = [s for s in pe.DIRECTORY_ENTRY_EXPORT.symbols if s.name == b"layout"]
+    values = struct.unpack(f"<{len(LAYOUT)}Q", pe.get_data(symbol.address, 8 * len(LAYOUT)))
+    assert dict(zip([e for e, _ in LAYOUT], values, strict=True)) == dict(LAYOUT)
