@@ -40,13 +40,12 @@ passed over, as if it returned ExceptionContinueSearch.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emu.nt import exports, unwind
+from emu.nt import exports, status, unwind
 from emu.nt.bugcheck import BugCheck, BugCheckCode
-from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
     from emu.nt.drivers import DriverImage
@@ -102,7 +101,6 @@ class Dispatch:
     context_va: int = 0
     pointers_va: int = 0
     stack_top: int = 0                     # the stack funclets run on (below the records)
-    calls: list[str] = field(default_factory=list)   # filters and __finally run, in order
 
 
 def capture_context(ex: Executive) -> dict[str, int]:
@@ -189,10 +187,6 @@ def _read_context(ex: Executive, va: int, base: dict[str, int]) -> dict[str, int
     return context
 
 
-def _reader(ex: Executive) -> unwind.Reader:
-    return ex.kernel_read
-
-
 def _is_c_specific_handler(ex: Executive, image: DriverImage, handler: int) -> bool:
     """Whether ``handler`` (an address in the image) is its import of __C_specific_handler:
     the import thunk lld writes, `jmp qword ptr [rip + disp32]` through the import address
@@ -240,27 +234,23 @@ def scope_table(ex: Executive, image: DriverImage, data: int) -> list[Scope]:
 
 
 def _frames(ex: Executive, context: dict[str, int], flag: int
-            ) -> Callable[[], tuple[DriverImage, int, int, dict[str, int],
-                                    unwind.FrameHandler | None] | None]:
-    """Each call undoes one more frame of ``context`` (a copy): (image, ControlPc,
-    EstablisherFrame, the frame's own context, its handler), or None past the drivers."""
+            ) -> Iterator[tuple[DriverImage, int, int, dict[str, int],
+                                unwind.FrameHandler | None]]:
+    """Undo the frames of ``context`` (a copy) one by one while RIP is in a PE driver:
+    (image, ControlPc, EstablisherFrame, the frame's own context, its handler) each."""
     walk = dict(context)
-    count = [0]
-
-    def step():
-        count[0] += 1
+    for _ in range(MAX_FRAMES):
         image = pe_image_at(ex, walk["rip"])
-        if image is None or count[0] > MAX_FRAMES:
-            return None
+        if image is None:
+            return
         function = unwind.lookup(image.functions, walk["rip"])
         control_pc, before = walk["rip"], dict(walk)
         try:
-            frame, handler = unwind.virtual_unwind(_reader(ex), image.base, function, walk,
+            frame, handler = unwind.virtual_unwind(ex.kernel_read, image.base, function, walk,
                                                    flag)
         except (unwind.UnwindError, BugCheck):
-            return None                 # unwind data or stack unreadable: the walk ends
-        return image, control_pc, frame, before, handler
-    return step
+            return                      # unwind data or stack unreadable: the walk ends
+        yield image, control_pc, frame, before, handler
 
 
 def dispatch(ex: Executive, record: ExceptionRecord, context: dict[str, int],
@@ -270,9 +260,8 @@ def dispatch(ex: Executive, record: ExceptionRecord, context: dict[str, int],
     the bug check. ``below``: where the records of a chained exception begin."""
     d = Dispatch(record, dict(context))
     _write_records(ex, d, below)
-    next_frame = _frames(ex, context, unwind.UNW_FLAG_EHANDLER)
-    while (step := next_frame()) is not None:
-        image, control_pc, frame, _, handler = step
+    for image, control_pc, frame, _, handler in _frames(ex, context,
+                                                         unwind.UNW_FLAG_EHANDLER):
         if handler is None or not _is_c_specific_handler(ex, image, handler.handler):
             continue
         for scope in scope_table(ex, image, handler.data):
@@ -280,7 +269,6 @@ def dispatch(ex: Executive, record: ExceptionRecord, context: dict[str, int],
                 continue                              # not this __try, or a __finally
             value = EXCEPTION_EXECUTE_HANDLER
             if scope.handler != EXCEPTION_EXECUTE_HANDLER:
-                d.calls.append(f"filter 0x{scope.handler:x}")
                 value = _signed32(ex.call_kernel(scope.handler, d.pointers_va, frame,
                                                  space=_space(ex),
                                                  stack_top=d.stack_top).rax)
@@ -299,9 +287,8 @@ def dispatch(ex: Executive, record: ExceptionRecord, context: dict[str, int],
 def _unwind(ex: Executive, d: Dispatch, target_frame: int, target_ip: int) -> dict[str, int]:
     """RtlUnwindEx to ``target_frame``: the __finally blocks of the scopes left run, then
     the context of the target frame, at ``target_ip`` with RAX = the exception code."""
-    next_frame = _frames(ex, d.context, unwind.UNW_FLAG_UHANDLER)
-    while (step := next_frame()) is not None:
-        image, control_pc, frame, before, handler = step
+    for image, control_pc, frame, before, handler in _frames(ex, d.context,
+                                                              unwind.UNW_FLAG_UHANDLER):
         target = frame == target_frame
         if handler is not None and _is_c_specific_handler(ex, image, handler.handler):
             for scope in scope_table(ex, image, handler.data):
@@ -311,7 +298,6 @@ def _unwind(ex: Executive, d: Dispatch, target_frame: int, target_ip: int) -> di
                                scope.begin <= target_ip < scope.end):
                     break                             # the __except that takes it
                 if not scope.target:
-                    d.calls.append(f"finally 0x{scope.handler:x}")
                     ex.call_kernel(scope.handler, 1, frame, space=_space(ex),
                                    stack_top=d.stack_top)
         if target:
@@ -355,8 +341,6 @@ def unhandled(ex: Executive, d: Dispatch, detail: str) -> BugCheck:
 
 
 def status_name(code: int) -> str:
-    """``STATUS_X (0x...)`` for a code, or the bare hex."""
-    try:
-        return f"{NTSTATUS(code).name} (0x{code:08X})"
-    except ValueError:
-        return f"0x{code:08X}"
+    """``STATUS_X (0x...)`` for a code ntstatus.h names, or the bare hex."""
+    name = status.status_name(code)
+    return name if name.startswith("0x") else f"{name} (0x{code:08X})"
