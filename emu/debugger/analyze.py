@@ -74,9 +74,10 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
            ("the exception code", "where it happened", "the exception's parameter 0",
             "the exception's parameter 1")),
     0x3B: ("an exception in kernel mode while serving a system call",
-           ("status", "rip", "value", "none"),
+           ("status", "rip", "addr", "none"),
            ("the exception code", "the instruction that raised it",
-            "the context record (none here)", "reserved")),
+            "the context record (a PE driver's exception; 0 for an ELF driver's fault)",
+            "reserved")),
     0x44: ("a driver completed an IRP that was already completed",
            ("addr", "none", "none", "none"), ("the IRP", "reserved", "reserved", "reserved")),
     0x4E: ("the PFN database and the page tables disagree about a frame",
@@ -91,6 +92,10 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
            ("value", "status", "pte", "addr"),
            ("the PTE's physical address", "the I/O status of the read", "the PTE",
             "the address that could not be paged in")),
+    0x7E: ("a system thread (a driver's DriverEntry or DriverUnload) raised an exception "
+           "that nothing handled", ("status", "rip", "addr", "addr"),
+           ("the exception code", "where it happened", "the exception record",
+            "the context record")),
     0x7F: ("the CPU raised a trap the kernel cannot continue from",
            ("vector", "none", "none", "none"), ("the trap (exception vector)", "reserved",
                                                 "reserved", "reserved")),
@@ -112,6 +117,10 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     0xFC: ("an attempt to execute non-executable memory (NX=1, or a user page under SMEP)",
            ("addr", "pte", "none", "none"),
            ("the address executed", "the PTE", "reserved", "reserved")),
+    0x139: ("kernel code failed a security check: __fastfail (int 0x29) at ring 0",
+            ("value", "addr", "addr", "none"),
+            ("the fast-fail code (winnt.h FAST_FAIL_*)", "the trap frame",
+             "the exception record", "reserved")),
 }
 
 

@@ -274,8 +274,9 @@ class StateCommands:
     @_guarded
     def do_bt(self, arg: str) -> None:
         """bt
-        The call stack of the view's process by frame pointers, each return address with
-        its symbol. Alias: backtrace."""
+        The call stack of the view's process, each return address with its symbol: through
+        PE drivers (and the kernel exports they call) by their .pdata/.xdata unwind data,
+        elsewhere by frame pointers. Alias: backtrace."""
         self.message("\n".join(memview.backtrace_lines(self.target, self.view_pid)))
 
     do_backtrace = do_bt
@@ -406,7 +407,8 @@ class StateCommands:
     @_guarded
     def do_lm(self, arg: str) -> None:
         """lm
-        Loaded images: each process's app and the drivers, with their address ranges."""
+        Loaded images: each process's app and the drivers, with their address ranges; under
+        a PE driver its sections (name, address, size, rights, discardable)."""
         self.message(views.lm_text(self.target))
 
     @_guarded

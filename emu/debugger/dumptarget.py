@@ -18,6 +18,7 @@ from emu.debugger.records import (
 )
 from emu.debugger.targetbase import FULL_REGISTERS, Target
 from emu.hw import mmu
+from emu.nt import pe, unwind
 from emu.nt.bugcheck import BugCheck
 from emu.nt.dump import CrashDump
 from emu.nt.process import ExceptionInfo
@@ -108,7 +109,10 @@ class DumpTarget(Target):
         for d in self.header.get("drivers", []):
             out.append(ImageInfo(d["name"], "driver", None, d["base"], d["base"] + d["size"],
                                  d.get("path", ""), d.get("symbols", {}), 64,
-                                 d.get("unloaded", False)))
+                                 d.get("unloaded", False),
+                                 tuple(unwind.RuntimeFunction(*f)
+                                       for f in d.get("functions", ())),
+                                 tuple(pe.Section(*s) for s in d.get("sections", ()))))
         return out
 
     def exception_of(self, pid: int) -> ExceptionInfo | None:

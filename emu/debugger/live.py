@@ -119,7 +119,8 @@ class LiveTarget(Target):
                          p.image.bits, unloaded=not self._has_space(p))
                for p in self.ex.processes]
         out += [ImageInfo(d.image.name, "driver", None, d.image.base, d.image.end,
-                          d.image.path, d.image.symbols, 64, d.unloaded)
+                          d.image.path, d.image.symbols, 64, d.unloaded,
+                          tuple(d.image.functions), tuple(d.image.sections))
                 for d in self.ex.drivers]
         return out
 

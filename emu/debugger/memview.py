@@ -1,5 +1,6 @@
 """Memory as gdb shows it (``x/FMT``, ``xp/FMT``), disassembly with symbols, and a
-backtrace by frame pointers (the guests keep them: -fno-omit-frame-pointer)."""
+backtrace: by frame pointers (the ELF guests keep them: -fno-omit-frame-pointer), and
+through PE drivers by their .pdata/.xdata unwind data, as WinDbg does."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from emu.debugger.mapview import kernel_area
 from emu.debugger.records import TargetError
 from emu.debugger.symbols import nearest
 from emu.debugger.targetbase import Target, decoder
-from emu.nt import kernel, layout
+from emu.nt import exports, kernel, layout, unwind
 
 FORMATS = "xduotacsi"
 SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
@@ -228,6 +229,8 @@ def backtrace(target: Target, pid: int | None = None) -> tuple[list[int], str | 
     set up a frame yet (or has no frame: the system-call stubs)."""
     regs = target.registers(pid)
     rip, rsp, rbp = regs["rip"], regs["rsp"], regs["rbp"]
+    if _pe_code(target, rip, pid) is not None or exports.name_at(rip):
+        return _unwound(target, regs, pid)
     bits = target.code_bits(rip, pid)
     word = 8 if bits == 64 else 4
     frames = [rip]
@@ -255,6 +258,33 @@ def backtrace(target: Target, pid: int | None = None) -> tuple[list[int], str | 
             rbp = saved
     except TargetError as err:
         return frames, f"the stack is unreadable: {err}"
+    return frames, None
+
+
+def _pe_code(target: Target, address: int, pid: int | None) -> tuple[int, list] | None:
+    """(base, .pdata) of the PE driver image holding ``address``, or None."""
+    image = target.image_at(address, pid) if address >= layout.KERNEL_SPACE_START else None
+    return (image.base, list(image.functions)) if image and image.functions else None
+
+
+def _unwound(target: Target, regs: dict[str, int], pid: int | None
+             ) -> tuple[list[int], str | None]:
+    """The frames of a PE driver (or a kernel export it called) by virtual unwind through
+    the image's .pdata/.xdata, as WinDbg's ``k`` finds them (emu.nt.unwind)."""
+    context = {name: regs.get(name, 0) for name in unwind.GPR_BY_NUMBER}
+    context["rip"] = regs["rip"]
+    callers = unwind.walk(lambda va, n: target.read_virtual(va, n, pid), context,
+                          lambda a: _pe_code(target, a, pid),
+                          lambda a: exports.name_at(a) is not None, MAX_FRAMES - 1)
+    frames = [regs["rip"]]
+    for address in callers:
+        if address == kernel.KERNEL_RETURN:
+            return frames, CALLED_BY_EXECUTIVE
+        frames.append(address)
+    if len(callers) < MAX_FRAMES - 1 and frames[-1] != regs["rip"] and \
+            not _in_code(target, frames[-1], pid):
+        return frames[:-1], (f"{frames[-1]:#x} points into no image: not a return "
+                             "address, the walk stops")
     return frames, None
 
 

@@ -49,6 +49,10 @@ class ImageInfo:
     symbols: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     bits: int = 64
     unloaded: bool = False
+    # A PE driver's .pdata (emu.nt.unwind.RuntimeFunction, sorted), for unwinding, and its
+    # sections (emu.nt.pe.Section) for lm; empty for other images.
+    functions: tuple = field(default=(), compare=False, repr=False)
+    sections: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ def handles_text(target: Target, pid: int) -> str:
 
 
 def lm_text(target: Target) -> str:
-    """Loaded images: apps (per process) and drivers, with their ranges."""
+    """Loaded images: apps (per process) and drivers, with their ranges; under a PE driver,
+    its sections."""
     lines = [f"  {'start':<18} {'end':<18} {'kind':<6} {'pid':>4}  name"]
     for i in target.images():
         pid = "-" if i.pid is None else str(i.pid)
@@ -86,6 +87,12 @@ def lm_text(target: Target) -> str:
         bits = " 32-bit" if i.bits == 32 else ""
         lines.append(f"  {i.base:#018x} {i.end:#018x} {i.kind:<6} {pid:>4}  {i.name}{bits}"
                      f"{note}" + (f"  [{i.path}]" if i.path else ""))
+        # A PE driver's sections as mapped: name, address, virtual size, page rights, and
+        # INIT-like sections freed after DriverEntry (IMAGE_SCN_MEM_DISCARDABLE).
+        for sec in i.sections:
+            lines.append(f"      {sec.name:<8} {sec.va:#018x} {sec.size:#8x} {sec.rights}"
+                         + ("  discardable (freed after DriverEntry)" if sec.discardable
+                            else ""))
     return "\n".join(lines)
 
 

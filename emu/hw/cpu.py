@@ -482,10 +482,10 @@ class Cpu:
             # int3 (CC) or int 3 (CD 03): the breakpoint gate has DPL 3. Windows reports the
             # byte before RIP, whichever form it was (KiBreakpointTrap).
             event = CpuException(Vector.BP, rip - 1, cpl)
-        elif intno in USER_GATES and cpl == 3:
+        elif intno in USER_GATES and (cpl == 3 or intno == Vector.FAST_FAIL):
             # The other DPL-3 gates: the `int` (or `into`) completes, a trap with RIP past
-            # it; the kernel's handler decides what it becomes (emu.nt.trap). (Ring 0 is
-            # left as it was: docs/abi.md describes ring 3.)
+            # it; the kernel's handler decides what it becomes (emu.nt.trap). At ring 0
+            # only int 0x29 (__fastfail) is reported so: a bug check 0x139 (emu.nt.kernel).
             argument = uc.reg_read(ux.UC_X86_REG_RCX if intno == Vector.FAST_FAIL
                                    else ux.UC_X86_REG_RAX)
             event = CpuException(Vector(intno), self._int_instruction(rip, intno), cpl,

@@ -24,6 +24,7 @@ class BugCheckCode(enum.IntEnum):
     PFN_LIST_CORRUPT = 0x4E                  # emu.nt.mm.pfn: parameter 1 says what
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
     KERNEL_DATA_INPAGE_ERROR = 0x7A          # emu.nt.mm.paging: PagedPool not read back
+    SYSTEM_THREAD_EXCEPTION_NOT_HANDLED = 0x7E   # emu.nt.seh: DriverEntry/DriverUnload
     UNEXPECTED_KERNEL_MODE_TRAP = 0x7F
     MACHINE_CHECK_EXCEPTION = 0x9C
     ATTEMPTED_WRITE_TO_READONLY_MEMORY = 0xBE
@@ -32,6 +33,7 @@ class BugCheckCode(enum.IntEnum):
     DRIVER_IRQL_NOT_LESS_OR_EQUAL = 0xD1
     MANUALLY_INITIATED_CRASH = 0xE2
     ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
+    KERNEL_SECURITY_CHECK_FAILURE = 0x139    # __fastfail (int 0x29) at ring 0
 
 
 # Parameter 2 of PAGE_FAULT_IN_NONPAGED_AREA: the kind of access (bug check reference, 0x50).

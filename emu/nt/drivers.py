@@ -62,6 +62,10 @@ class DriverImage:
     imports: list[str]
     symbols: dict[str, int] = field(default_factory=dict)
     discardable: set[int] = field(default_factory=set)   # pages freed after DriverEntry
+    is_pe: bool = False                     # a PE .sys (emu.nt.pe), not an ELF driver
+    functions: list = field(default_factory=list)   # .pdata: unwind.RuntimeFunction, sorted
+    sections: list = field(default_factory=list)    # PE sections: pe.Section
+    pdb: str = ""                           # the PDB its function names came from
 
     @property
     def end(self) -> int:

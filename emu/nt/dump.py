@@ -94,7 +94,10 @@ def header(ex: Executive) -> dict[str, Any]:
         "processes": [_process(ex, p) for p in ex.processes],
         "drivers": [{"name": d.image.name, "base": d.image.base,
                      "size": d.image.end - d.image.base, "unloaded": d.unloaded,
-                     "symbols": d.image.symbols, "path": d.image.path} for d in ex.drivers],
+                     "symbols": d.image.symbols, "path": d.image.path,
+                     "functions": [[f.begin, f.end, f.unwind_info] for f in d.image.functions],
+                     "sections": [[s.name, s.va, s.size, s.flags, s.discardable]
+                                  for s in d.image.sections]} for d in ex.drivers],
         "frames": {use.value: ex.mm.pfn.count(use) for use in FrameUse},
         "pfn": _pfn_records(ex),
         "irps": [[irp, record.completed] for irp, record in sorted(ex.io.irps.items())],
@@ -432,7 +435,9 @@ PROCESS = _object(
      "handles": _list(_tuple(U, _str, _str), most=1 << 16),
      "exception": _optional(EXCEPTION)})
 DRIVER = _object({"name": _str, "base": U, "size": U},
-                 {"unloaded": _bool, "symbols": _map(U), "path": _str})
+                 {"unloaded": _bool, "symbols": _map(U), "path": _str,
+                  "functions": _list(_tuple(U, U, U), most=1 << 20),
+                  "sections": _list(_tuple(_str, U, U, _int(0, 8), _bool), most=96)})
 BUGCHECK = _object({"code": _int(0, 1 << 32), "params": _list(U, 4)},
                    {"name": _str, "rip": _optional(U), "instruction": _str, "detail": _str,
                     "driver": _str, "location": _str, "process": _str, "irql": _int(0, 16),

@@ -45,12 +45,15 @@ class ExceptionRaised(Exception):
     """A routine raised a structured exception, as ExRaiseStatus does for ProbeForRead or
     MmProbeAndLockPages: raise this from an export, and the kernel dispatches it to the
     calling driver's exception handlers (``status`` is ExceptionCode; ``information``,
-    at most 15 values, is ExceptionInformation)."""
+    at most 15 values, is ExceptionInformation; ``flags`` is ExceptionFlags: by default
+    EXCEPTION_NONCONTINUABLE, as for every exception ExRaiseStatus raises)."""
 
-    def __init__(self, status: int, information: tuple[int, ...] = ()) -> None:
+    def __init__(self, status: int, information: tuple[int, ...] = (), *,
+                 flags: int = 0x01) -> None:
         super().__init__(f"exception 0x{status:08X}")
         self.status = status & 0xFFFF_FFFF
         self.information = information
+        self.flags = flags
 
 
 class ExportCall:
@@ -505,3 +508,110 @@ def io_delete_symbolic_link(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS IoDeleteSymbolicLink(SymbolicLinkName): STATUS_OBJECT_NAME_NOT_FOUND if there
     is no such link."""
     return ex.io.delete_link(read_unicode_string(ex, call.arg(0)))
+
+
+# -- structured exceptions (issue 12, item 5): routines that raise, as Windows' do. The
+# kernel dispatches what they raise to the calling driver's __try/__except (emu.nt.seh).
+# ExceptionAddress is the return address in the driver (the routine itself has no code
+# here). Registered last: the trap addresses above stay where they were.
+
+@export("__C_specific_handler", dll="ntoskrnl.exe", elf=False)
+def c_specific_handler(ex: Executive, call: ExportCall) -> int:
+    """EXCEPTION_DISPOSITION __C_specific_handler(ExceptionRecord, EstablisherFrame,
+    ContextRecord, DispatcherContext): the language handler clang names in a __try
+    function's UNWIND_INFO. The dispatcher (emu.nt.seh) plays it in Python when it meets a
+    frame whose handler is this import; a driver calling it itself gets
+    ExceptionContinueSearch (1)."""
+    return 1
+
+
+@export("ExRaiseStatus", dll="ntoskrnl.exe", elf=False)
+def ex_raise_status(ex: Executive, call: ExportCall) -> int:
+    """VOID ExRaiseStatus(NTSTATUS Status): raise a noncontinuable exception with that code
+    and no parameters."""
+    raise ExceptionRaised(call.arg(0) & 0xFFFF_FFFF)
+
+
+@export("ExRaiseAccessViolation", dll="ntoskrnl.exe", elf=False)
+def ex_raise_access_violation(ex: Executive, call: ExportCall) -> int:
+    """VOID ExRaiseAccessViolation(void): ExRaiseStatus(STATUS_ACCESS_VIOLATION)."""
+    raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION)
+
+
+@export("ExRaiseDatatypeMisalignment", dll="ntoskrnl.exe", elf=False)
+def ex_raise_datatype_misalignment(ex: Executive, call: ExportCall) -> int:
+    """VOID ExRaiseDatatypeMisalignment(void): ExRaiseStatus(STATUS_DATATYPE_MISALIGNMENT)."""
+    raise ExceptionRaised(NTSTATUS.STATUS_DATATYPE_MISALIGNMENT)
+
+
+def _misaligned(address: int, alignment: int) -> bool:
+    # "Address & (Alignment - 1)", Alignment a ULONG (1, 2, 4, 8 or 16 as documented).
+    return bool(address & ((alignment - 1) & 0xFFFF_FFFF))
+
+
+@export("ProbeForRead", dll="ntoskrnl.exe", elf=False)
+def probe_for_read_pe(ex: Executive, call: ExportCall) -> int:
+    """VOID ProbeForRead(Address, Length, Alignment): nothing if Length is 0; else
+    STATUS_DATATYPE_MISALIGNMENT if Address is not aligned, STATUS_ACCESS_VIOLATION if the
+    range wraps or ends above MmUserProbeAddress. Windows raises the latter by writing a byte
+    at MmUserProbeAddress, so its information is (1 = write, MmUserProbeAddress). The pages
+    are not touched: a read of an invalid user page later faults in the driver itself."""
+    address, length, alignment = call.arg(0), call.arg(1), call.arg(2) & 0xFFFF_FFFF
+    if length == 0:
+        return 0
+    if _misaligned(address, alignment):
+        raise ExceptionRaised(NTSTATUS.STATUS_DATATYPE_MISALIGNMENT)
+    end = address + length
+    if end > layout.MM_USER_PROBE_ADDRESS or end > 1 << 64 or end < address:
+        raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION, (1, layout.MM_USER_PROBE_ADDRESS))
+    return 0
+
+
+@export("ProbeForWrite", dll="ntoskrnl.exe", elf=False)
+def probe_for_write_pe(ex: Executive, call: ExportCall) -> int:
+    """VOID ProbeForWrite(Address, Length, Alignment): as ProbeForRead (the range check
+    raises STATUS_ACCESS_VIOLATION with no information: ExRaiseAccessViolation), then the
+    first byte of each page is read and written back, as Windows does: a page that cannot
+    be read raises STATUS_ACCESS_VIOLATION (0 = read, address), one that cannot be written
+    (1 = write, address). Pages the memory manager can make valid (demand-zero, paged
+    out) are, below DISPATCH_LEVEL."""
+    address, length, alignment = call.arg(0), call.arg(1), call.arg(2) & 0xFFFF_FFFF
+    if length == 0:
+        return 0
+    if _misaligned(address, alignment):
+        raise ExceptionRaised(NTSTATUS.STATUS_DATATYPE_MISALIGNMENT)
+    last = address + length - 1
+    if last < address or last >= layout.MM_USER_PROBE_ADDRESS:
+        raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION)
+    at = address
+    while at <= last:
+        try:
+            byte = ex.kernel_read(at, 1)
+        except BugCheck:
+            raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION, (0, at)) from None
+        try:
+            ex.kernel_write(at, byte)
+        except BugCheck:
+            raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION, (1, at)) from None
+        at = (at & ~0xFFF) + layout.PAGE_SIZE
+    return 0
+
+
+@export("KeBugCheck", dll="ntoskrnl.exe", elf=False)
+def ke_bug_check(ex: Executive, call: ExportCall) -> int:
+    """VOID KeBugCheck(BugCheckCode): KeBugCheckEx(BugCheckCode, 0, 0, 0, 0)."""
+    raise BugCheck(call.arg(0) & 0xFFFF_FFFF, (0, 0, 0, 0), call_site(ex, call.return_address),
+                   "KeBugCheck called by a driver")
+
+
+@export("RtlAssert", dll="ntoskrnl.exe", elf=False)
+def rtl_assert(ex: Executive, call: ExportCall) -> int:
+    """VOID RtlAssert(FailedAssertion, FileName, LineNumber, Message): what the WDK's ASSERT
+    calls when DBG is 1. Prints Windows' message, then breaks into the kernel debugger,
+    as RtlAssert does with DbgBreakPoint; with no kernel debugger that breakpoint is a
+    STATUS_BREAKPOINT exception, dispatched like any other (unhandled: a bug check)."""
+    message = ex.kernel_read_string(call.arg(3)) if call.arg(3) else b""
+    ex.debug_print(b"\n*** Assertion failed: " + message + ex.kernel_read_string(call.arg(0))
+                   + b"\n***   Source File: " + ex.kernel_read_string(call.arg(1))
+                   + f", line {call.arg(2) & 0xFFFF_FFFF}\n\n".encode())
+    raise ExceptionRaised(NTSTATUS.STATUS_BREAKPOINT, (0,), flags=0)    # int3: continuable

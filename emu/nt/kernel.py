@@ -39,10 +39,12 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     exports,
     layout,
     ps,
+    seh,
     svc_memory,
     svc_objects,
     syscalls,
     trap,
+    unwind,
 )
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.events import Event, EventBus
@@ -90,6 +92,7 @@ INTERRUPTED = "interrupted"
 DEADLOCK = "deadlock"
 MAX_KERNEL_STACKS = 4096
 PASSIVE_LEVEL, DISPATCH_LEVEL, DEVICE_IRQL = 0, 2, 5      # IRQLs (DIRQL for the slow device)
+KTRAP_FRAME_SIZE, KTRAP_FRAME_RIP = 0x190, 0x168          # x64 KTRAP_FRAME: Rip .. SegSs last
 
 
 @dataclass(frozen=True)
@@ -662,7 +665,19 @@ class Executive:
         self.events.emit(Event.BUGCHECK, bugcheck=bc)
 
     def _frames(self, rip: int, limit: int = 8) -> list[int]:
-        """Return addresses up the ring-0 stack by frame pointers (drivers keep them)."""
+        """Return addresses up the ring-0 stack: through PE drivers (and the kernel exports
+        they call) by their .pdata/.xdata, as WinDbg unwinds (emu.nt.unwind); through ELF
+        drivers by frame pointers (they keep them)."""
+        cpu_rip = self.cpu.reg("rip")
+        if seh.pe_image_at(self, cpu_rip) is not None or exports.name_at(cpu_rip):
+            context = seh.capture_context(self)
+            callers = unwind.walk(self.kernel_read, context, self._function_table,
+                                  lambda a: exports.name_at(a) is not None, limit)
+            if exports.name_at(cpu_rip) and callers:
+                callers = callers[1:]       # ``rip`` is the call site in that caller
+            if rip != cpu_rip and not exports.name_at(cpu_rip):
+                callers = []
+            return [rip, *[a for a in callers if a != KERNEL_RETURN]][:limit]
         frames, rbp = [rip], self.cpu.reg("rbp")
         if drivers.driver_at(self, rip) is None:      # a bad call target: [rsp] is the caller
             try:
@@ -683,6 +698,11 @@ class Executive:
                 break
             rbp = saved
         return frames
+
+    def _function_table(self, address: int) -> tuple[int, list] | None:
+        """(base, .pdata) of the PE driver image that holds ``address``, or None."""
+        image = seh.pe_image_at(self, address)
+        return None if image is None else (image.base, image.functions)
 
     def describe_instruction(self, rip: int, cpl: int = 0) -> str:
         """``mnemonic operands`` of the instruction at ``rip`` in the current address space,
@@ -746,6 +766,11 @@ class Executive:
                     self.page_in_for_kernel(exc.address, exc.access or "read"):
                 result = self._run_cpu()               # paged in: the access runs again
                 continue
+            if trap.is_fast_fail(exc):
+                raise self._fast_fail(exc)
+            if self._dispatch_fault(exc):
+                result = self._run_cpu()               # a driver's __except took it
+                continue
             raise self._bugcheck(exc, self.describe_instruction(exc.rip))
 
     def _return_to(self, context, cr3: int) -> None:
@@ -775,15 +800,16 @@ class Executive:
         try:
             value = handler(self, call)
         except exports.ExceptionRaised as raised:
-            # Not dispatched to the driver's handlers yet (issue 12): nothing handles it,
-            # so KMODE_EXCEPTION_NOT_HANDLED (code, address, information[0], information[1]).
-            info = raised.information + (0, 0)
-            bc = BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED,
-                          (raised.status, call.return_address, info[0], info[1]),
-                          exports.call_site(self, call.return_address),
-                          f"exception 0x{raised.status:08X} raised and not handled")
-            self._fill_bugcheck(bc)
-            raise bc from None
+            # Dispatched to the calling driver's frames (emu.nt.seh), as from the routine's
+            # ExRaiseStatus: the context is the caller's, at the return address.
+            context = seh.capture_context(self)
+            context["rip"], context["rsp"] = call.return_address, call.rsp + 8
+            record = seh.ExceptionRecord(raised.status, call.return_address,
+                                         raised.information, raised.flags)
+            self._dispatch(record, context, exports.call_site(self, call.return_address),
+                           f"exception {seh.status_name(raised.status)} raised and not "
+                           "handled")
+            return
         except BugCheck as bc:
             self._fill_bugcheck(bc)
             raise
@@ -791,6 +817,74 @@ class Executive:
             self.cpu.set_reg("rax", value & 0xFFFF_FFFF_FFFF_FFFF)
         self.cpu.set_reg("rsp", call.rsp + 8)      # as `ret` does
         self.cpu.set_reg("rip", call.return_address)
+
+    def _dispatch(self, record: seh.ExceptionRecord, context: dict[str, int], rip: int,
+                  detail: str, instruction: str = "") -> None:
+        """RtlDispatchException at ring 0: the CPU continues where a handler of the driver
+        says, or the bug check for an exception nothing handled is raised."""
+        outcome = seh.dispatch(self, record, context)
+        if isinstance(outcome, dict):
+            seh.load_context(self, outcome)
+            return
+        bc = seh.unhandled(self, outcome, detail)
+        bc.rip, bc.instruction = rip, instruction
+        self._fill_bugcheck(bc)
+        raise bc
+
+    def _dispatch_fault(self, exc: CpuException) -> bool:
+        """A ring-0 fault in a PE driver that Windows dispatches as an exception rather than
+        bug-checking at once (KiPageFault, KiDivideErrorFault, ...): #DE, #UD, #BP, #GP,
+        #AC, #XM, and a page fault on a USER address below DISPATCH_LEVEL that the memory
+        manager cannot resolve (MmAccessFault returns STATUS_ACCESS_VIOLATION). A page fault
+        on a kernel address (0x50), at DISPATCH_LEVEL or above (0xD1/0x0A) and the traps
+        Windows always stops on (#DF, #TS, #NP, #SS, #MC: 0x7F) stay bug checks; so does a
+        fault outside a PE driver (ELF drivers keep their lesson: no SEH there)."""
+        if exc.cpl != 0 or seh.pe_image_at(self, exc.rip) is None:
+            return False
+        if exc.vector == Vector.PF:
+            if exc.address is None or exc.address >= layout.KERNEL_SPACE_START or \
+                    self.irql >= DISPATCH_LEVEL or exc.reason.startswith("SMAP"):
+                return False
+        elif exc.vector not in (Vector.DE, Vector.UD, Vector.BP, Vector.GP, Vector.AC,
+                                Vector.XM, Vector.MF):
+            return False
+        insn = self.describe_instruction(exc.rip)
+        info = trap.user_exception(exc, insn, stack_guard=None,
+                                   divisor_is_zero=self._divisor_is_zero(exc))
+        if info.code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION:
+            # Nothing is privileged at CPL 0: a #GP there (a bad MSR, a bad selector) is
+            # KiGeneralProtectionFault's STATUS_ACCESS_VIOLATION with no address (-1).
+            info = dataclasses.replace(info, code=NTSTATUS.STATUS_ACCESS_VIOLATION,
+                                       params=(0, 0xFFFF_FFFF_FFFF_FFFF))
+        context = seh.capture_context(self)
+        context["rip"] = exc.rip               # KiBreakpointTrap backs RIP up to the int3 too
+        self._dispatch(seh.ExceptionRecord(info.code, exc.rip, info.params), context, exc.rip,
+                       f"{seh.status_name(info.code)} not handled: "
+                       f"{info.detail or info.name}", insn)
+        return True
+
+    def _fast_fail(self, exc: CpuException) -> BugCheck:
+        """``int 0x29`` (__fastfail) at ring 0: KiRaiseSecurityCheckFailure stops the machine
+        at once, nothing is dispatched: bug check 0x139 KERNEL_SECURITY_CHECK_FAILURE (the
+        fast-fail code from RCX, the trap frame, the exception record, 0). The trap frame
+        holds the machine frame (RIP, CS, RFLAGS, RSP, SS at 0x168-0x188 of the x64
+        KTRAP_FRAME); the record is STATUS_STACK_BUFFER_OVERRUN at the `int 0x29` with the
+        code as its parameter."""
+        rsp = self.cpu.reg("rsp")
+        frame = ((rsp - seh.RECORDS_GAP) & ~0xF) - KTRAP_FRAME_SIZE
+        record = frame - 0xA0
+        self.kernel_write(frame + KTRAP_FRAME_RIP, struct.pack(
+            "<5Q", exc.next_rip, Selector.KERNEL_CODE, self.cpu.reg("rflags"), rsp,
+            Selector.KERNEL_DATA))
+        self.kernel_write(record, seh.ExceptionRecord(
+            NTSTATUS.STATUS_STACK_BUFFER_OVERRUN, exc.rip, (exc.argument,),
+            seh.EXCEPTION_NONCONTINUABLE).pack())
+        bc = BugCheck(BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE,
+                      (exc.argument, frame, record, 0), exc.rip,
+                      f"__fastfail({exc.argument:#x}) at ring 0 (KiRaiseSecurityCheckFailure)",
+                      instruction=self.describe_instruction(exc.rip))
+        self._fill_bugcheck(bc)
+        return bc
 
     def _kernel_walk(self, va: int, access: str) -> int:
         """The physical address ring-0 ``access`` to ``va`` reaches, paging it in first

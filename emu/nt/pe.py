@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import pefile
+import purepdb
 
-from emu.nt import exports, layout, ntos  # noqa: F401 (ntos registers the exports)
+from emu.nt import exports, layout, ntos, unwind  # noqa: F401 (ntos registers the exports)
 from emu.nt.drivers import DriverImage
 from emu.nt.loader import PF_R, PF_W, PF_X, LoaderError, Segment
 
@@ -41,6 +43,8 @@ IMAGE_SCN_MEM_DISCARDABLE = 0x0200_0000
 IMAGE_REL_BASED_ABSOLUTE, IMAGE_REL_BASED_DIR64 = 0, 10
 IMAGE_ORDINAL_FLAG64 = 1 << 63
 DIRECTORY_EXPORT, DIRECTORY_IMPORT, DIRECTORY_BASERELOC, DIRECTORY_LOAD_CONFIG = 0, 1, 5, 10
+DIRECTORY_EXCEPTION, DIRECTORY_DEBUG = 3, 6
+IMAGE_DEBUG_TYPE_CODEVIEW = 2
 # "The loader limits the number of sections to 96" (PE Format, COFF File Header).
 MAX_SECTIONS = 96
 MAX_FILE_SIZE = 64 << 20
@@ -90,6 +94,23 @@ def parse_pe_driver(data: bytes, path: str, base: int) -> DriverImage:
         raise LoaderError(f"{path}: malformed PE image ({type(err).__name__})") from None
 
 
+@dataclass(frozen=True)
+class Section:
+    """A PE section as mapped: name, address, virtual size, rights (PF_R/W/X), and whether
+    it is discardable (freed after DriverEntry)."""
+
+    name: str
+    va: int
+    size: int
+    flags: int
+    discardable: bool
+
+    @property
+    def rights(self) -> str:
+        """``r-x``, ``r--``, ``rw-``: what its pages allow."""
+        return "r" + ("w" if self.flags & PF_W else "-") + ("x" if self.flags & PF_X else "-")
+
+
 def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
 
@@ -100,7 +121,7 @@ class _Loader:
     def __init__(self, pe: pefile.PE, data: bytes, path: str, base: int) -> None:
         self.pe, self.data, self.path, self.base = pe, data, path, base
         self.opt = pe.OPTIONAL_HEADER
-        self.image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [])
+        self.image = DriverImage(path, Path(path).name, base, 0, [], {}, {}, [], is_pe=True)
 
     def refuse(self, problem: str) -> LoaderError:
         return LoaderError(f"{self.path}: {problem}")
@@ -116,6 +137,8 @@ class _Loader:
         self._bind_imports()
         self._init_security_cookie()
         self._entry_and_symbols()
+        self._exception_directory()
+        self._pdb_symbols()
         return self.image
 
     # -- headers and sections -------------------------------------------------------------
@@ -194,6 +217,8 @@ class _Loader:
                 (PF_X if ch & IMAGE_SCN_MEM_EXECUTE else 0)
             contents = self.data[offset:offset + min(raw, size)] if raw else b""
             self._map(rva, end - rva, contents, flags)
+            self.image.sections.append(Section(name, self.base + rva, size, flags,
+                                               bool(ch & IMAGE_SCN_MEM_DISCARDABLE)))
             if ch & IMAGE_SCN_MEM_DISCARDABLE:           # INIT, .reloc: freed after DriverEntry
                 self.image.discardable.update(range(self.base + rva, self.base + end,
                                                     layout.PAGE_SIZE))
@@ -339,3 +364,63 @@ class _Loader:
         if self.image.entry not in symbols.values():
             symbols["DriverEntry"] = self.image.entry
         self.image.symbols = symbols
+
+    def _exception_directory(self) -> None:
+        """Keep the .pdata RUNTIME_FUNCTIONs for unwinding (emu.nt.unwind, emu.nt.seh);
+        entries must lie in the image ("x64 exception handling", "Struct RUNTIME_FUNCTION")."""
+        rva, size = self._directory(DIRECTORY_EXCEPTION, "exception")
+        if not size:
+            return
+        table = unwind.read_function_table(self._read(rva, size - size % 12), self.base)
+        end = self.base + self.opt.SizeOfImage
+        for function in table:
+            if function.end > end or function.unwind_info + 4 > end:
+                raise self.refuse(f"exception directory entry for RVA "
+                                  f"0x{function.begin - self.base:x} points outside the image")
+        self.image.functions = table
+
+    def _codeview(self) -> tuple[bytes, int, str] | None:
+        """(GUID, age, PDB file name) of the image's CodeView RSDS debug record, if any
+        (PE Format, "Debug Directory"; the RSDS layout of Microsoft's PDB)."""
+        rva, size = self._directory(DIRECTORY_DEBUG, "debug")
+        for at in range(rva, rva + size - 27, 28):
+            kind, length, data_rva = struct.unpack("<III", self._read(at + 12, 12))
+            if kind != IMAGE_DEBUG_TYPE_CODEVIEW or length < 25 or \
+                    not self._inside(data_rva, length):
+                continue
+            raw = self._read(data_rva, length)
+            if raw[:4] == b"RSDS":
+                name = raw[24:].split(b"\0", 1)[0].decode("utf-8", "replace")
+                return raw[4:20], struct.unpack_from("<I", raw, 20)[0], name
+        return None
+
+    def _pdb_symbols(self) -> None:
+        """Function names from the PDB the linker wrote beside the image, as WinDbg finds
+        it with the image's folder on its symbol path: the path the RSDS record names, else
+        its file name (or NAME.pdb) in the image's folder, used only if its GUID and age
+        match the record's (a stale PDB names nothing). Each procedure (static ones too)
+        and public symbol is named; without a PDB the export names stay."""
+        record = self._codeview()
+        if record is None:
+            return
+        guid, age, name = record
+        folder = Path(self.path).parent
+        candidates = [Path(name), folder / Path(name.replace("\\", "/")).name,
+                      Path(self.path).with_suffix(".pdb")]
+        for candidate in candidates:
+            if candidate.is_file():
+                break
+        else:
+            return
+        try:
+            with purepdb.PDB.open(str(candidate)) as pdb:
+                info = pdb.info()
+                if info.guid != guid or info.age != age:
+                    return
+                functions = [(f.name, f.rva) for f in pdb.functions() if f.rva is not None]
+        except Exception:  # noqa: BLE001 - a damaged PDB names nothing, as in WinDbg
+            return
+        for fn_name, rva in functions:
+            if fn_name and 0 < rva < self.opt.SizeOfImage:
+                self.image.symbols.setdefault(fn_name, self.base + rva)
+        self.image.pdb = str(candidate)

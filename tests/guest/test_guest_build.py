@@ -75,6 +75,7 @@ EXEC_APPS = [
     "reread",
     "rowrite",
     "seh",
+    "sehioctl",
     "sleeper",
     "slowread",
     "spawner",
