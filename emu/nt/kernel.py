@@ -71,6 +71,10 @@ USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
 USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
 USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
              "r13", "r14", "r15")
+# What a system call reads, in one batch (docs/abi.md): CS for the caller's ring, the service
+# number, then the arguments, as KiSystemCall64 / KiSystemService take them.
+_SYSCALL_REGISTERS = ("cs", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+_INT2E_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
 CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP
@@ -864,10 +868,12 @@ class Executive:
     def _on_syscall(self, cpu: Cpu) -> None:
         """The syscall hook: KiSystemCall64 with the guest parked at the next instruction."""
         thread = self.current_thread
-        if thread is None or cpu.cpl != 3:
+        if thread is None:
             return
-        args = tuple(cpu.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
-        self._system_service(thread, cpu.reg("rax"), args)
+        cs, number, *args = cpu.regs(_SYSCALL_REGISTERS)   # one call into Unicorn, not eight
+        if cs & 3 != 3:
+            return
+        self._system_service(thread, number, tuple(args))
 
     def _on_int2e(self, cpu: Cpu) -> bool:
         """``int 0x2e`` from a 32-bit process: KiSystemService, arguments in ebx, ecx, edx,
@@ -875,8 +881,8 @@ class Executive:
         thread = self.current_thread
         if thread is None or cpu.cpl != 3 or thread.process.bits != 32:
             return False
-        args = tuple(cpu.reg(r) for r in ("ebx", "ecx", "edx", "esi", "edi", "ebp"))
-        self._system_service(thread, cpu.reg("eax"), args)
+        number, *args = cpu.regs(_INT2E_REGISTERS)
+        self._system_service(thread, number, tuple(args))
         return True
 
     def _system_service(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
