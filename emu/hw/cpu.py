@@ -167,6 +167,35 @@ _FAULTS = frozenset({Vector.DE, Vector.DB, Vector.UD, Vector.NM, Vector.DF, Vect
                      Vector.SS, Vector.GP, Vector.AC, Vector.MF, Vector.XM})
 
 
+class Deferred:
+    """A value worked out on first read: the exact CR2 of a fault that may never be reported."""
+
+    def __init__(self, compute: Callable[[], int | None]) -> None:
+        self.compute = compute
+
+
+class _LazyField:
+    """A dataclass field whose value may be a ``Deferred``: computed once, when first read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: object, owner: type | None = None) -> int | None:
+        if obj is None:
+            return None                  # the field's default, as the dataclass sees it
+        value = obj.__dict__[self.slot]
+        if isinstance(value, Deferred):
+            value = obj.__dict__[self.slot] = value.compute()
+        return value
+
+    def __set__(self, obj: object, value: object) -> None:
+        obj.__dict__[self.slot] = value
+
+    def pending(self, obj: object) -> bool:
+        """Whether ``obj``'s value has not been computed yet."""
+        return isinstance(obj.__dict__[self.slot], Deferred)
+
+
 @dataclass(frozen=True)
 class CpuException:
     """An exception the CPU raised: the facts a trap frame and CR2 would give the kernel."""
@@ -175,7 +204,11 @@ class CpuException:
     rip: int                      # the faulting instruction (for #BP: the int3 itself)
     cpl: int
     error_code: int = 0
-    address: int | None = None    # CR2 for #PF; the non-canonical address for a #GP
+    # CR2 for #PF; the non-canonical address for a #GP. For a data access the exact byte
+    # needs the instruction decoded: that is done when the address is first read (see
+    # ``Cpu.settle``), so a fault MmAccessFault resolves with nobody looking costs no
+    # disassembly (``page`` is all the resolution needs).
+    address: int | None = _LazyField()   # type: ignore[assignment]
     access: str | None = None     # "read", "write" or "fetch" for memory faults
     reason: str = ""              # the walker's explanation of a #PF or #GP
     walk: tuple = field(default=(), compare=False)
@@ -184,6 +217,12 @@ class CpuException:
     # ``argument`` what its Windows handler reads: RCX for int 0x29, RAX for int 0x2d.
     next_rip: int | None = None
     argument: int = 0
+    page: int | None = field(default=None, compare=False)   # the page of ``address``
+
+    @property
+    def settled(self) -> bool:
+        """Whether ``address`` is known (computed, or never deferred)."""
+        return not CpuException.__dict__["address"].pending(self)
 
 
 class StopReason(enum.Enum):
@@ -233,6 +272,7 @@ class Cpu:
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ux.UC_X86_INS_SYSENTER)
         self._trace_hook: int | None = None
         self._batches: dict[tuple[str, ...], RegisterBatch] = {}
+        self.runs = 0                            # calls of run(): a fault's moment
 
     # -- registers -------------------------------------------------------------------------
 
@@ -300,9 +340,14 @@ class Cpu:
         self._last_table = self._prefetched = None
 
     def invalidate_page(self, va: int) -> None:
-        """INVLPG: drop the translations of one page."""
+        """INVLPG: drop the translations of one page.
+
+        The speculative-fill state stays current: the page table prefetched last still has
+        its other entries cached (the STLB dropped only this page, which the next access
+        walks again), so it is not rescanned after every fault it serves. Only the "two
+        walks in a row" streak starts over."""
         self.native.invalidate(va & ~0xFFF)
-        self._last_table = self._prefetched = None
+        self._last_table = None
 
     def flush_translated_code(self) -> None:
         """Forget all translated code: needed when Python rewrote a frame that held code,
@@ -346,6 +391,7 @@ class Cpu:
         """Run from ``begin`` (default RIP) until an exception, the budget, or ``stop()``."""
         self._fault = self._event = None
         self._stop_requested = False
+        self.runs += 1
         start = self.rip if begin is None else begin
         try:
             # until=0: Unicorn re-translates `until - 1` after a run unless until is 0
@@ -478,18 +524,47 @@ class Cpu:
         return CpuException(Vector.PF, 0, cpl, int(fault.error_code), vpage, access, reason, steps)
 
     def _complete_fault(self, fault: CpuException) -> CpuException:
-        """Fill in RIP and the exact address (CR2) of a fault the TLB hook saw at page level."""
+        """Fill in RIP and the exact address (CR2) of a fault the TLB hook saw at page level.
+
+        The exact byte of a data access needs the instruction decoded (emu.hw.faultaddr):
+        that is deferred until someone reads ``address`` (the executive reports the fault,
+        an observer sees it); until then CR2 holds the page. ``settle`` must be called
+        before the CPU runs on if the fault may be looked at later."""
         self.page_faults += fault.vector == Vector.PF
         rip = self.rip
-        insn = self.decode_at(rip)
-        address = fault.address
+        address: int | Deferred | None = fault.address
+        page = None
         if fault.address is not None and fault.access is not None:
-            address = fault_address(insn, self.reg_named, fault.address & ~0xFFF,
-                                    fault.access, self.code_bits)
+            page = fault.address & ~0xFFF
+            if fault.access == "fetch":
+                # A fetch faults at RIP itself, or at the first byte of the page it runs into.
+                address = rip if rip & ~0xFFF == page else page
+            else:
+                run = self.runs
+                address = Deferred(lambda: self._exact_address(fault, rip, page, run))
         if fault.vector == Vector.PF:
-            self.uc.reg_write(ux.UC_X86_REG_CR2, address)
+            self.set_reg("cr2", page if isinstance(address, Deferred) else address)
         return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
-                            fault.access, fault.reason, fault.walk)
+                            fault.access, fault.reason, fault.walk, page=page)
+
+    def _exact_address(self, fault: CpuException, rip: int, page: int, run: int) -> int:
+        """The deferred half of ``_complete_fault``: decode the instruction at ``rip`` and
+        form the address its access to ``page`` began at (and write CR2 with it)."""
+        if run != self.runs or self.rip != rip:
+            # The CPU has moved on since (a fault nobody settled): only the page is known.
+            return page
+        address = fault_address(self.decode_at(rip), self.reg_named, page, fault.access,
+                                self.code_bits)
+        if fault.vector == Vector.PF:
+            self.set_reg("cr2", address)
+        return address
+
+    def settle(self, exc: CpuException) -> CpuException:
+        """Work out ``exc``'s exact address now, while the CPU is still at the fault (before
+        handing it to someone who may keep it); returns ``exc``."""
+        if not exc.settled:
+            exc.address      # noqa: B018 - reading it computes it
+        return exc
 
     def set_reg_named(self, name: str, value: int) -> None:
         """Write any register by its Capstone/Intel name (``xmm3``, ``mxcsr``...)."""

@@ -398,6 +398,8 @@ class Executive:
                 self.running = False
                 while self._deferred:
                     self._deferred.pop(0)()
+            if result.exception is not None and (self.events.observers or self.debugger):
+                self.cpu.settle(result.exception)     # someone may keep it: exact CR2 now
             if self.debugger is None or not self._stopped_for_debugger(result):
                 return result
             begin = None
@@ -562,14 +564,23 @@ class Executive:
     def _handle_exception(self, thread: Thread, exc: CpuException) -> None:
         proc = thread.process
         self.events.emit(Event.EXCEPTION, exc=exc, thread=thread)
-        insn = self.describe_instruction(exc.rip, exc.cpl)
+        # The instruction as it reads now: before MmAccessFault changes a page (a guard page
+        # it executes from), unless only a data page can change (a not-present data access).
+        insn = None if exc.vector == Vector.PF and exc.access != "fetch" and exc.cpl == 3 \
+            else self.describe_instruction(exc.rip, exc.cpl)
         if exc.cpl != 3:
-            raise self._bugcheck(exc, insn)
+            raise self._bugcheck(self.cpu.settle(exc), insn)
         resolution = virtual.access_fault(self, proc, exc) if exc.vector == Vector.PF else None
         if resolution is not None:
             self.events.emit(Event.PAGE_FAULT, exc=exc, thread=thread, resolution=resolution)
         if resolution is FaultResolution.RESOLVED:
-            return                       # MmAccessFault made the page valid: the access retries
+            # MmAccessFault made the page valid: the access retries. Nothing reports this
+            # fault, so its instruction is never disassembled (the exact CR2 is worked out
+            # only if an observer reads it: _run_cpu settles it then).
+            return
+        self.cpu.settle(exc)             # reported: the exact address, before anything moves
+        if insn is None:
+            insn = self.describe_instruction(exc.rip, exc.cpl)
         resume = trap.debug_service_done(exc)
         if resume is not None:          # KdpStub completed the debug service: go on
             regs = self.capture_user_context()

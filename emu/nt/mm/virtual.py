@@ -592,9 +592,11 @@ def query(ex: Executive, proc: Process, address: int) -> tuple[int, RegionInfo |
 def access_fault(ex: Executive, proc: Process, exc: CpuException) -> FaultResolution:
     """MmAccessFault for a ring-3 #PF in ``proc``: only a not-present fault can be ours to
     resolve; a protection fault on a valid page is always an access violation."""
-    if exc.address is None or exc.error_code & (PFErr.P | PFErr.RSVD):
+    # Only the page matters here: the exact byte (a disassembly) is not worked out for it.
+    va = exc.address if exc.page is None else exc.page
+    if va is None or exc.error_code & (PFErr.P | PFErr.RSVD):
         return FaultResolution.NOT_HANDLED
-    return resolve_fault(ex, proc, exc.address, exc.access or "read")
+    return resolve_fault(ex, proc, va, exc.access or "read")
 
 
 def resolve_fault(ex: Executive, proc: Process, va: int, access: str) -> FaultResolution:
