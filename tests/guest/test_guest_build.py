@@ -80,6 +80,7 @@ EXEC_APPS = [
     "spin",
     "stackoverflow",
     "sweep",
+    "sysloop",
     "threadcrash",
     "threads",
     "victim",
