@@ -315,13 +315,13 @@ class Cpu:
             self.uc.reg_write(ux.UC_X86_REG_MSR, (MSR_EFER, efer))
         if cr4 is not None:
             self.cr4 = cr4
-            self.uc.reg_write(ux.UC_X86_REG_CR4, cr4)
+            self.set_reg("cr4", cr4)
         if cr0 is not None:
             self.cr0 = cr0
-            self.uc.reg_write(ux.UC_X86_REG_CR0, cr0)
+            self.set_reg("cr0", cr0)
         if cr3 is not None:
             old, self.cr3 = self.cr3, cr3
-            self.uc.reg_write(ux.UC_X86_REG_CR3, cr3)
+            self.set_reg("cr3", cr3)         # a context switch: no binding call on that path
             if old != cr3 and self.on_cr3_load is not None:
                 self.on_cr3_load(old, cr3)
         self.flush_tlb()

@@ -75,6 +75,8 @@ USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10",
 # number, then the arguments, as KiSystemCall64 / KiSystemService take them.
 _SYSCALL_REGISTERS = ("cs", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
 _INT2E_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
+_USER_ENTRY_REGISTERS = (*USER_GPRS, "rsp", "rip")            # load_user_context, one call
+_USER_CONTEXT_REGISTERS = (*USER_GPRS, "rsp", "rip", "rflags")  # capture_user_context
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
 CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP
@@ -542,18 +544,16 @@ class Executive:
         frame = struct.pack("<5Q", regs["rip"], code, rflags, regs["rsp"], Selector.USER_DATA)
         frame_va = thread.kernel_stack_top - len(frame)
         self.write_user(self.mm.system, frame_va, frame)
-        for name in USER_GPRS:
-            cpu.set_reg(name, regs.get(name, 0))
         for name, value in regs.items():
             if name.startswith("xmm") or name == "mxcsr":
                 cpu.set_reg_named(name, value)
-        cpu.set_reg("rsp", frame_va)
-        cpu.set_reg("rip", TRAMPOLINE)
+        cpu.set_regs(_USER_ENTRY_REGISTERS,
+                     [*(regs.get(name, 0) for name in USER_GPRS), frame_va, TRAMPOLINE])
 
     def capture_user_context(self) -> dict[str, int]:
         """The registers of the thread on the CPU (GPRs, RIP, RFLAGS, SSE state)."""
         cpu = self.cpu
-        regs = {name: cpu.reg(name) for name in (*USER_GPRS, "rsp", "rip", "rflags")}
+        regs = dict(zip(_USER_CONTEXT_REGISTERS, cpu.regs(_USER_CONTEXT_REGISTERS), strict=True))
         for i in range(16):
             regs[f"xmm{i}"] = cpu.reg_named(f"xmm{i}")
         regs["mxcsr"] = cpu.reg_named("mxcsr")
