@@ -112,7 +112,10 @@ class RegisterBatch:
 
     def write(self, values: tuple[int, ...] | list[int]) -> None:
         """Load the registers with ``values`` (each modulo 2^64), in the order of ``names``."""
-        self._layout.pack_into(self._buffer, 0, *[value & _MASK64 for value in values])
+        try:
+            self._layout.pack_into(self._buffer, 0, *values)
+        except struct.error:             # a negative value, or one of 2^64 and beyond
+            self._layout.pack_into(self._buffer, 0, *[value & _MASK64 for value in values])
         status = _raw.uc_reg_write_batch(self._uch, self._ids, self._pointers, self._count)
         if status:
             raise UcError(status)
