@@ -125,6 +125,29 @@ class RegisterBatch:
 # (every argument is already a ctypes object or a small int), half the cost of a call.
 _raw = ctypes.CDLL(_binding.uclib._name)
 _MASK64 = (1 << 64) - 1
+# What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
+_FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
+_LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
+_SUBREGISTERS: dict[str, tuple[str, int, int]] = {
+    **{f"e{x}x": (r, 0, 32) for r, x in _LEGACY.items()},
+    **{f"{x}x": (r, 0, 16) for r, x in _LEGACY.items()},
+    **{f"{x}l": (r, 0, 8) for r, x in _LEGACY.items()},
+    **{f"{x}h": (r, 8, 8) for r, x in _LEGACY.items()},
+    **{f"e{r[1:]}": (r, 0, 32) for r in ("rsi", "rdi", "rbp", "rsp", "rip")},
+    **{r[1:]: (r, 0, 16) for r in ("rsi", "rdi", "rbp", "rsp", "rip")},
+    **{f"{r[1:]}l": (r, 0, 8) for r in ("rsi", "rdi", "rbp", "rsp")},
+    **{f"r{i}{s}": (f"r{i}", 0, w) for i in range(8, 16) for s, w in (("d", 32), ("w", 16),
+                                                                       ("b", 8))},
+}
+
+
+def _subregister(registers: dict[str, int], name: str) -> int:
+    """Register ``name`` (a Capstone name: ``ecx``, ``r9d``, ``si``...) from the full
+    registers in ``registers``; KeyError for one they do not hold."""
+    if name in registers:
+        return registers[name]
+    full, shift, width = _SUBREGISTERS[name]
+    return (registers[full] >> shift) & ((1 << width) - 1)
 _NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi", "edi",
                      "ebp", "esp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d",
                      "eip"})
@@ -174,7 +197,14 @@ class Deferred:
     """A value worked out on first read: the exact CR2 of a fault that may never be reported."""
 
     def __init__(self, compute: Callable[[], int | None]) -> None:
-        self.compute = compute
+        self._compute: Callable[[], int | None] | None = compute
+        self._value: int | None = None
+
+    def value(self) -> int | None:
+        """The value, computed on the first call only."""
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value
 
 
 class _LazyField:
@@ -188,7 +218,7 @@ class _LazyField:
             return None                  # the field's default, as the dataclass sees it
         value = obj.__dict__[self.slot]
         if isinstance(value, Deferred):
-            value = obj.__dict__[self.slot] = value.compute()
+            value = obj.__dict__[self.slot] = value.value()
         return value
 
     def __set__(self, obj: object, value: object) -> None:
@@ -276,11 +306,15 @@ class Cpu:
         self._trace_hook: int | None = None
         self._batches: dict[tuple[str, ...], RegisterBatch] = {}
         self.runs = 0                            # calls of run(): a fault's moment
+        # The last #PF's address, not worked out yet, and the page CR2 holds meanwhile.
+        self._pending_cr2: tuple[Deferred, int] | None = None
 
     # -- registers -------------------------------------------------------------------------
 
     def reg(self, name: str) -> int:
         """Read a register by its lower-case name (``rax``, ``rip``, ``cs``, ``fs_base``...)."""
+        if name == "cr2" and self._pending_cr2 is not None:
+            self._settle_cr2()
         return self._batch((name,)).read()[0]
 
     def set_reg(self, name: str, value: int) -> None:
@@ -289,7 +323,15 @@ class Cpu:
 
     def regs(self, names: tuple[str, ...]) -> tuple[int, ...]:
         """Read several registers (names as for ``reg``) in one call: the trap paths' way."""
+        if self._pending_cr2 is not None and "cr2" in names:
+            self._settle_cr2()
         return self._batch(names).read()
+
+    def _settle_cr2(self) -> None:
+        """CR2 is about to be read and holds the page of the last #PF, whose exact byte was
+        not worked out yet: work it out (and write it) now."""
+        self._pending_cr2[0].value()
+        self._pending_cr2 = None
 
     def set_regs(self, names: tuple[str, ...], values: tuple[int, ...] | list[int]) -> None:
         """Write several registers (names as for ``reg``) in one call."""
@@ -472,9 +514,10 @@ class Cpu:
     # -- the MMU ---------------------------------------------------------------------------
 
     def walk(self, va: int, access: str, *, cpl: int | None = None,
-             set_accessed_dirty: bool = False) -> mmu.Translation:
-        """Walk the current page tables for ``va`` as the CPU would (default: current CPL)."""
-        return mmu.walk(self.mem, va, access, cr3=self.cr3,
+             set_accessed_dirty: bool = False, cr3: int | None = None) -> mmu.Translation:
+        """Walk the current page tables (or those of ``cr3``) for ``va`` as the CPU would
+        (default: current CPL)."""
+        return mmu.walk(self.mem, va, access, cr3=self.cr3 if cr3 is None else cr3,
                         cpl=self.cpl if cpl is None else cpl, cr0=self.cr0, cr4=self.cr4,
                         efer=self.efer, rflags=self.reg("rflags"),
                         set_accessed_dirty=set_accessed_dirty)
@@ -530,9 +573,11 @@ class Cpu:
         """Fill in RIP and the exact address (CR2) of a fault the TLB hook saw at page level.
 
         The exact byte of a data access needs the instruction decoded (emu.hw.faultaddr):
-        that is deferred until someone reads ``address`` (the executive reports the fault,
-        an observer sees it); until then CR2 holds the page. ``settle`` must be called
-        before the CPU runs on if the fault may be looked at later."""
+        that is deferred until someone reads ``address`` or CR2 (the executive reports the
+        fault, an observer sees it, a bug check records the registers). Until then Unicorn's
+        CR2 holds the page; ``reg("cr2")`` works the byte out first. The registers the
+        address may depend on are kept (one batch read), so it is exact even if read after
+        the CPU has moved on."""
         self.page_faults += fault.vector == Vector.PF
         rip = self.rip
         address: int | Deferred | None = fault.address
@@ -543,23 +588,44 @@ class Cpu:
                 # A fetch faults at RIP itself, or at the first byte of the page it runs into.
                 address = rip if rip & ~0xFFF == page else page
             else:
-                run = self.runs
-                address = Deferred(lambda: self._exact_address(fault, rip, page, run))
+                run, cr3 = self.runs, self.cr3
+                registers = dict(zip(_FAULT_REGISTERS, self.regs(_FAULT_REGISTERS),
+                                     strict=True))
+                address = Deferred(lambda: self._exact_address(fault, page, run, cr3,
+                                                               registers, address))
         if fault.vector == Vector.PF:
-            self.set_reg("cr2", page if isinstance(address, Deferred) else address)
+            deferred = isinstance(address, Deferred)
+            self._pending_cr2 = (address, page) if deferred else None
+            self.set_reg("cr2", page if deferred else address)
         return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
                             fault.access, fault.reason, fault.walk, page=page)
 
-    def _exact_address(self, fault: CpuException, rip: int, page: int, run: int) -> int:
-        """The deferred half of ``_complete_fault``: decode the instruction at ``rip`` and
-        form the address its access to ``page`` began at (and write CR2 with it)."""
-        if run != self.runs or self.rip != rip:
-            # The CPU has moved on since (a fault nobody settled): only the page is known.
-            return page
-        address = fault_address(self.decode_at(rip), self.reg_named, page, fault.access,
-                                self.code_bits)
-        if fault.vector == Vector.PF:
-            self.set_reg("cr2", address)
+    def _exact_address(self, fault: CpuException, page: int, run: int, cr3: int,
+                       registers: dict[str, int], deferred: Deferred) -> int:
+        """The deferred half of ``_complete_fault``: decode the instruction at the fault's
+        RIP and form the address its access to ``page`` began at; CR2 gets it too if this is
+        still the last #PF. While the CPU is still at the fault, its live registers are
+        read; afterwards the ones kept at the fault, and the code as the fault's page tables
+        map it now (a code page gone since: only the page is known)."""
+        rip = registers["rip"]
+        bits = 32 if registers["cs"] in CODE32_SELECTORS else 64
+        if run == self.runs and self.rip == rip and self.cr3 == cr3:
+            address = fault_address(self.decode_at(rip), self.reg_named, page, fault.access,
+                                    bits)
+        else:
+            code = self.read_code(rip, cr3=cr3)
+            try:
+                address = fault_address(decode(code, rip, bits) if code else None,
+                                        lambda name: _subregister(registers, name), page,
+                                        fault.access, bits)
+            except KeyError:             # a register the snapshot does not hold
+                address = page
+        if self._pending_cr2 is not None and self._pending_cr2[0] is deferred:
+            # Still the last #PF: CR2 gets the byte, unless a context restored since (a
+            # thread's, the clean ring-0 one) has put another value there.
+            self._pending_cr2 = None
+            if self._batch(("cr2",)).read()[0] == page:
+                self.set_reg("cr2", address)
         return address
 
     def settle(self, exc: CpuException) -> CpuException:
@@ -579,13 +645,14 @@ class Cpu:
             return self.reg(name)
         return self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}"))
 
-    def read_code(self, va: int, n: int = 16, cpl: int = 0) -> bytes:
+    def read_code(self, va: int, n: int = 16, cpl: int = 0, *, cr3: int | None = None) -> bytes:
         """Read up to ``n`` instruction bytes at ``va`` through the page tables (no A/D
-        update), as code at ``cpl`` may read them."""
+        update), as code at ``cpl`` may read them (in the address space of ``cr3``: default
+        the current one)."""
         out = bytearray()
         while len(out) < n:
             try:
-                pa = self.walk(va + len(out), "read", cpl=cpl).pa
+                pa = self.walk(va + len(out), "read", cpl=cpl, cr3=cr3).pa
             except (mmu.PageFault, mmu.GeneralProtection):
                 break
             chunk = min(n - len(out), 0x1000 - (pa & 0xFFF))

@@ -158,3 +158,33 @@ def test_a_full_pagefile_gives_back_slots_without_scanning_every_page(machine_fa
     counters = pager.counters
     assert full_calls[0] > 10
     assert reads[0] <= counters.hard_faults + counters.soft_faults
+
+
+def _stack_run(machine_factory, apps, *, observe: bool, max_insns: int | None):
+    """vmtest stack (a fault on each new stack page): CR2 when the run stops, and the
+    (clock, address) of each resolved fault if observed."""
+    m = machine_factory(mem="16M", max_insns=max_insns)
+    seen = []
+    if observe:
+        m.executive.events.subscribe(lambda event, d: seen.append((d["clock"], d["exc"].address))
+                                     if event is Event.PAGE_FAULT else None)
+    m.spawn(apps / "vmtest", ["stack"])
+    m.run()
+    return m.executive.cpu.reg("cr2"), seen
+
+
+def test_cr2_is_the_exact_byte_even_when_read_long_after_an_unwatched_fault(machine_factory,
+                                                                           apps):
+    """Nobody watched the faults, so none was disassembled when it happened; CR2 read when
+    the machine stops (in the middle of the faults, or at the end) is still the byte the CPU
+    would have written, the same as in a run where every fault was looked at."""
+    _, seen = _stack_run(machine_factory, apps, observe=True, max_insns=1 << 40)
+    assert len(seen) > 40
+    for k in (5, 20, 40):
+        clock, address = seen[k]
+        stop = clock + 3                            # after the retried access, before the next
+        assert seen[k + 1][0] > stop and address & 0xFFF
+        unwatched, _ = _stack_run(machine_factory, apps, observe=False, max_insns=stop)
+        assert unwatched == address
+    at_end, _ = _stack_run(machine_factory, apps, observe=False, max_insns=None)
+    assert at_end == _stack_run(machine_factory, apps, observe=True, max_insns=None)[0]
