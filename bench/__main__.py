@@ -9,10 +9,10 @@
               (information: the cost of exact counting)
     two processes preempted: two `loop`s sharing the CPU, as guest instructions per second
               relative to one alone (full speed) and to plain Unicorn (information)
-    context switches per second: two `yielder`s handing the CPU back and forth
+    traps     a system call round trip vs a Python syscall hook on flat Unicorn, demand-zero
+              and hard faults per second, context switches per second (bench/traps.py)
     read round trips per second: devbench through buffered.sys (completed in the dispatch
               routine) and slowbuffered.sys (pended, completed by an interrupt and a DPC)
-    hard faults per second: reread 4 MiB in 2 MiB of RAM (each an eviction and a read back)
     paging slowdown: pattern over 16 MiB in 2 MiB of RAM vs in 64 MiB (information)
     replacement policies: faults of the machine's clock, and of clock, FIFO and Belady's
               optimal replayed offline on the recorded reference string (bench/paging.py)
@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import debugger, paging
+from bench import debugger, paging, traps
 from bench.plain import run_flat, run_qemu_walker
 from emu import Machine
 
@@ -91,19 +91,6 @@ def io_round_trips(driver: str, device: str, count: int) -> float:
         m.close()
 
 
-def context_switch_rate(yields: int) -> tuple[int, float]:
-    """(switches, seconds) for two processes that yield to each other ``yields`` times."""
-    m = Machine("64M")
-    try:
-        for _ in range(2):
-            m.spawn(APPS / "yielder", [str(yields)])
-        t = time.perf_counter()
-        result = m.run()
-        return result.stats.context_switches, time.perf_counter() - t
-    finally:
-        m.close()
-
-
 def interleaved_times(a: list[str], b: list[str], repeat: int) -> tuple[float, float]:
     """Median wall times of two commands run alternately, so that a burst of load on the
     machine falls on both sides alike."""
@@ -158,10 +145,7 @@ def main() -> int:
     rows.append(("two processes preempted (speed vs plain Unicorn)", 2 * plain_short / pair,
                  "info", True, f"two {pair:.3f}s, plain one {plain_short:.3f}s"))
 
-    yields = 2000
-    switches, elapsed = context_switch_rate(yields)
-    rows.append(("context switches per second (two yielders)", switches / elapsed, "info",
-                 True, f"{switches} switches in {elapsed:.3f}s"))
+    rows.extend(traps.rows(n))      # system calls, page faults, context switches (targets)
 
     # I/O round trips: a read IRP completed in the dispatch routine, and one pended until
     # the device's interrupt and its DPC (the device's latency is guest time, skipped idle).
@@ -171,9 +155,6 @@ def main() -> int:
         rows.append((f"read round trips per second ({driver})", count / elapsed, "info",
                      True, f"{count} reads in {elapsed:.3f}s"))
 
-    rate, faults, elapsed = paging.hard_fault_rate()
-    rows.append(("hard faults per second (reread 4 MiB in 2 MiB)", rate, "info", True,
-                 f"{faults} hard faults in {elapsed:.3f}s"))
     small = median_time(lambda: emu_run_time("pattern", ["16", "1"], "2M"), max(1, n // 2))
     large = median_time(lambda: emu_run_time("pattern", ["16", "1"], "64M"), max(1, n // 2))
     rows.append(("paging slowdown (16 MiB in 2 MiB vs 64 MiB)", small / large, "info", True,
@@ -186,7 +167,7 @@ def main() -> int:
     for name, ratio, target, ok, detail, *unit in rows:
         verdict = "ok" if ok else "MISSED"
         if unit:
-            figure = f"{ratio:9.1f}{unit[0]}"
+            figure = f"{ratio:9.0f}{unit[0]}" if unit[0] == "/s" else f"{ratio:9.1f}{unit[0]}"
         else:
             figure = f"{ratio:9.2f}x" if target != "info" or ratio < 100 else f"{ratio:9.0f}/s"
         print(f"{name:<{width}}  {figure}  target {target:<8} {verdict:<6}  {detail}")

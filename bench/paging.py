@@ -11,7 +11,6 @@ real machine. The machine's own hard faults are printed beside them.
 from __future__ import annotations
 
 import heapq
-import time
 from collections import deque
 from pathlib import Path
 
@@ -133,17 +132,3 @@ def policy_rows() -> list[tuple[str, str]]:
                      f"FIFO {fifo_faults(refs, frames)}, "
                      f"optimal {optimal_faults(refs, frames)}"))
     return rows
-
-
-def hard_fault_rate() -> tuple[float, int, float]:
-    """Hard faults per second (each an eviction and a read back): reread 4 MiB in 2 MiB."""
-    m = Machine("2M")
-    try:
-        proc = m.spawn(APPS / "reread", ["4"])
-        t = time.perf_counter()
-        m.run()
-        elapsed = time.perf_counter() - t
-        faults = proc.working_set.counters.hard_faults
-        return faults / elapsed, faults, elapsed
-    finally:
-        m.close()

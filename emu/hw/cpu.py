@@ -20,6 +20,7 @@ The CPL is always read from the CPU (``cs & 3``), never kept in Python.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import struct
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as ux
+from unicorn.unicorn_py3 import unicorn as _binding
 
 from emu.hw import mmu
 from emu.hw.faultaddr import decode, fault_address
@@ -72,6 +74,83 @@ _REG = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in
          "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4",
          "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp",
          "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d", "eip")}
+
+
+class RegisterBatch:
+    """A fixed list of registers (names in ``_REG``: 64 bits wide or less) read or written in
+    one call into libunicorn (``uc_reg_read_batch`` / ``uc_reg_write_batch`` through ctypes).
+
+    The binding's ``reg_read`` costs about 2 us per register (it picks a ctypes class by
+    register range, builds a fresh value, checks argument types); one raw batch call costs
+    about 0.3 us, whatever the number of registers. Values are unsigned 64-bit,
+    zero-extended: a narrower register (a selector, ``eax``) is read into a zeroed slot, as
+    the binding does.
+    """
+
+    def __init__(self, uc: Uc, names: tuple[str, ...]) -> None:
+        """Prepare the call for ``names`` on the engine ``uc``."""
+        count = len(names)
+        self.names = names
+        self._uch = uc._uch
+        self._count = count
+        self._ids = (ctypes.c_int * count)(*(_REG[name] for name in names))
+        self._buffer = bytearray(8 * count)
+        self._layout = struct.Struct(f"<{count}Q")
+        base = ctypes.addressof((ctypes.c_uint64 * count).from_buffer(self._buffer))
+        self._pointers = (ctypes.c_void_p * count)(*(base + 8 * i for i in range(count)))
+        # Unicorn stores only a narrow register's own bytes: its slot is zeroed before a read.
+        self._zeros = bytes(8 * count) if any(name in _NARROW for name in names) else None
+
+    def read(self) -> tuple[int, ...]:
+        """The registers' values, in the order of ``names``."""
+        if self._zeros is not None:
+            self._buffer[:] = self._zeros
+        status = _raw.uc_reg_read_batch(self._uch, self._ids, self._pointers, self._count)
+        if status:
+            raise UcError(status)
+        return self._layout.unpack_from(self._buffer)
+
+    def write(self, values: tuple[int, ...] | list[int]) -> None:
+        """Load the registers with ``values`` (each modulo 2^64), in the order of ``names``."""
+        try:
+            self._layout.pack_into(self._buffer, 0, *values)
+        except struct.error:             # a negative value, or one of 2^64 and beyond
+            self._layout.pack_into(self._buffer, 0, *[value & _MASK64 for value in values])
+        status = _raw.uc_reg_write_batch(self._uch, self._ids, self._pointers, self._count)
+        if status:
+            raise UcError(status)
+
+
+# libunicorn's own functions without the binding's argtypes: ctypes then converts nothing
+# (every argument is already a ctypes object or a small int), half the cost of a call.
+_raw = ctypes.CDLL(_binding.uclib._name)
+_MASK64 = (1 << 64) - 1
+# What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
+_FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
+_LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
+_SUBREGISTERS: dict[str, tuple[str, int, int]] = {
+    **{f"e{x}x": (r, 0, 32) for r, x in _LEGACY.items()},
+    **{f"{x}x": (r, 0, 16) for r, x in _LEGACY.items()},
+    **{f"{x}l": (r, 0, 8) for r, x in _LEGACY.items()},
+    **{f"{x}h": (r, 8, 8) for r, x in _LEGACY.items()},
+    **{f"e{r[1:]}": (r, 0, 32) for r in ("rsi", "rdi", "rbp", "rsp", "rip")},
+    **{r[1:]: (r, 0, 16) for r in ("rsi", "rdi", "rbp", "rsp", "rip")},
+    **{f"{r[1:]}l": (r, 0, 8) for r in ("rsi", "rdi", "rbp", "rsp")},
+    **{f"r{i}{s}": (f"r{i}", 0, w) for i in range(8, 16) for s, w in (("d", 32), ("w", 16),
+                                                                       ("b", 8))},
+}
+
+
+def _subregister(registers: dict[str, int], name: str) -> int:
+    """Register ``name`` (a Capstone name: ``ecx``, ``r9d``, ``si``...) from the full
+    registers in ``registers``; KeyError for one they do not hold."""
+    if name in registers:
+        return registers[name]
+    full, shift, width = _SUBREGISTERS[name]
+    return (registers[full] >> shift) & ((1 << width) - 1)
+_NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi", "edi",
+                     "ebp", "esp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d",
+                     "eip"})
 
 
 class Vector(enum.IntEnum):
@@ -114,6 +193,42 @@ _FAULTS = frozenset({Vector.DE, Vector.DB, Vector.UD, Vector.NM, Vector.DF, Vect
                      Vector.SS, Vector.GP, Vector.AC, Vector.MF, Vector.XM})
 
 
+class Deferred:
+    """A value worked out on first read: the exact CR2 of a fault that may never be reported."""
+
+    def __init__(self, compute: Callable[[], int | None]) -> None:
+        self._compute: Callable[[], int | None] | None = compute
+        self._value: int | None = None
+
+    def value(self) -> int | None:
+        """The value, computed on the first call only."""
+        if self._compute is not None:
+            self._value, self._compute = self._compute(), None
+        return self._value
+
+
+class _LazyField:
+    """A dataclass field whose value may be a ``Deferred``: computed once, when first read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: object, owner: type | None = None) -> int | None:
+        if obj is None:
+            return None                  # the field's default, as the dataclass sees it
+        value = obj.__dict__[self.slot]
+        if isinstance(value, Deferred):
+            value = obj.__dict__[self.slot] = value.value()
+        return value
+
+    def __set__(self, obj: object, value: object) -> None:
+        obj.__dict__[self.slot] = value
+
+    def pending(self, obj: object) -> bool:
+        """Whether ``obj``'s value has not been computed yet."""
+        return isinstance(obj.__dict__[self.slot], Deferred)
+
+
 @dataclass(frozen=True)
 class CpuException:
     """An exception the CPU raised: the facts a trap frame and CR2 would give the kernel."""
@@ -122,7 +237,11 @@ class CpuException:
     rip: int                      # the faulting instruction (for #BP: the int3 itself)
     cpl: int
     error_code: int = 0
-    address: int | None = None    # CR2 for #PF; the non-canonical address for a #GP
+    # CR2 for #PF; the non-canonical address for a #GP. For a data access the exact byte
+    # needs the instruction decoded: that is done when the address is first read (see
+    # ``Cpu.settle``), so a fault MmAccessFault resolves with nobody looking costs no
+    # disassembly (``page`` is all the resolution needs).
+    address: int | None = _LazyField()   # type: ignore[assignment]
     access: str | None = None     # "read", "write" or "fetch" for memory faults
     reason: str = ""              # the walker's explanation of a #PF or #GP
     walk: tuple = field(default=(), compare=False)
@@ -131,6 +250,12 @@ class CpuException:
     # ``argument`` what its Windows handler reads: RCX for int 0x29, RAX for int 0x2d.
     next_rip: int | None = None
     argument: int = 0
+    page: int | None = field(default=None, compare=False)   # the page of ``address``
+
+    @property
+    def settled(self) -> bool:
+        """Whether ``address`` is known (computed, or never deferred)."""
+        return not CpuException.__dict__["address"].pending(self)
 
 
 class StopReason(enum.Enum):
@@ -179,25 +304,53 @@ class Cpu:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, ux.UC_X86_INS_SYSENTER)
         self._trace_hook: int | None = None
+        self._batches: dict[tuple[str, ...], RegisterBatch] = {}
+        self.runs = 0                            # calls of run(): a fault's moment
+        # The last #PF's address, not worked out yet, and the page CR2 holds meanwhile.
+        self._pending_cr2: tuple[Deferred, int] | None = None
 
     # -- registers -------------------------------------------------------------------------
 
     def reg(self, name: str) -> int:
         """Read a register by its lower-case name (``rax``, ``rip``, ``cs``, ``fs_base``...)."""
-        return self.uc.reg_read(_REG[name])
+        if name == "cr2" and self._pending_cr2 is not None:
+            self._settle_cr2()
+        return self._batch((name,)).read()[0]
 
     def set_reg(self, name: str, value: int) -> None:
         """Write a register by name."""
-        self.uc.reg_write(_REG[name], value)
+        self._batch((name,)).write((value,))
+
+    def regs(self, names: tuple[str, ...]) -> tuple[int, ...]:
+        """Read several registers (names as for ``reg``) in one call: the trap paths' way."""
+        if self._pending_cr2 is not None and "cr2" in names:
+            self._settle_cr2()
+        return self._batch(names).read()
+
+    def _settle_cr2(self) -> None:
+        """CR2 is about to be read and holds the page of the last #PF, whose exact byte was
+        not worked out yet: work it out (and write it) now."""
+        self._pending_cr2[0].value()
+        self._pending_cr2 = None
+
+    def set_regs(self, names: tuple[str, ...], values: tuple[int, ...] | list[int]) -> None:
+        """Write several registers (names as for ``reg``) in one call."""
+        self._batch(names).write(values)
+
+    def _batch(self, names: tuple[str, ...]) -> RegisterBatch:
+        batch = self._batches.get(names)
+        if batch is None:
+            batch = self._batches[names] = RegisterBatch(self.uc, names)
+        return batch
 
     @property
     def cpl(self) -> int:
         """The current privilege level: the RPL of CS, as the CPU defines it (SDM §5.5)."""
-        return self.uc.reg_read(ux.UC_X86_REG_CS) & 3
+        return self._batch(("cs",)).read()[0] & 3
 
     @property
     def rip(self) -> int:
-        return self.uc.reg_read(ux.UC_X86_REG_RIP)
+        return self._batch(("rip",)).read()[0]
 
     def set_control(self, *, cr0: int | None = None, cr3: int | None = None,
                     cr4: int | None = None, efer: int | None = None) -> None:
@@ -207,13 +360,13 @@ class Cpu:
             self.uc.reg_write(ux.UC_X86_REG_MSR, (MSR_EFER, efer))
         if cr4 is not None:
             self.cr4 = cr4
-            self.uc.reg_write(ux.UC_X86_REG_CR4, cr4)
+            self.set_reg("cr4", cr4)
         if cr0 is not None:
             self.cr0 = cr0
-            self.uc.reg_write(ux.UC_X86_REG_CR0, cr0)
+            self.set_reg("cr0", cr0)
         if cr3 is not None:
             old, self.cr3 = self.cr3, cr3
-            self.uc.reg_write(ux.UC_X86_REG_CR3, cr3)
+            self.set_reg("cr3", cr3)         # a context switch: no binding call on that path
             if old != cr3 and self.on_cr3_load is not None:
                 self.on_cr3_load(old, cr3)
         self.flush_tlb()
@@ -232,9 +385,14 @@ class Cpu:
         self._last_table = self._prefetched = None
 
     def invalidate_page(self, va: int) -> None:
-        """INVLPG: drop the translations of one page."""
+        """INVLPG: drop the translations of one page.
+
+        The speculative-fill state stays current: the page table prefetched last still has
+        its other entries cached (the STLB dropped only this page, which the next access
+        walks again), so it is not rescanned after every fault it serves. Only the "two
+        walks in a row" streak starts over."""
         self.native.invalidate(va & ~0xFFF)
-        self._last_table = self._prefetched = None
+        self._last_table = None
 
     def flush_translated_code(self) -> None:
         """Forget all translated code: needed when Python rewrote a frame that held code,
@@ -278,6 +436,7 @@ class Cpu:
         """Run from ``begin`` (default RIP) until an exception, the budget, or ``stop()``."""
         self._fault = self._event = None
         self._stop_requested = False
+        self.runs += 1
         start = self.rip if begin is None else begin
         try:
             # until=0: Unicorn re-translates `until - 1` after a run unless until is 0
@@ -355,9 +514,10 @@ class Cpu:
     # -- the MMU ---------------------------------------------------------------------------
 
     def walk(self, va: int, access: str, *, cpl: int | None = None,
-             set_accessed_dirty: bool = False) -> mmu.Translation:
-        """Walk the current page tables for ``va`` as the CPU would (default: current CPL)."""
-        return mmu.walk(self.mem, va, access, cr3=self.cr3,
+             set_accessed_dirty: bool = False, cr3: int | None = None) -> mmu.Translation:
+        """Walk the current page tables (or those of ``cr3``) for ``va`` as the CPU would
+        (default: current CPL)."""
+        return mmu.walk(self.mem, va, access, cr3=self.cr3 if cr3 is None else cr3,
                         cpl=self.cpl if cpl is None else cpl, cr0=self.cr0, cr4=self.cr4,
                         efer=self.efer, rflags=self.reg("rflags"),
                         set_accessed_dirty=set_accessed_dirty)
@@ -410,18 +570,70 @@ class Cpu:
         return CpuException(Vector.PF, 0, cpl, int(fault.error_code), vpage, access, reason, steps)
 
     def _complete_fault(self, fault: CpuException) -> CpuException:
-        """Fill in RIP and the exact address (CR2) of a fault the TLB hook saw at page level."""
+        """Fill in RIP and the exact address (CR2) of a fault the TLB hook saw at page level.
+
+        The exact byte of a data access needs the instruction decoded (emu.hw.faultaddr):
+        that is deferred until someone reads ``address`` or CR2 (the executive reports the
+        fault, an observer sees it, a bug check records the registers). Until then Unicorn's
+        CR2 holds the page; ``reg("cr2")`` works the byte out first. The registers the
+        address may depend on are kept (one batch read), so it is exact even if read after
+        the CPU has moved on."""
         self.page_faults += fault.vector == Vector.PF
         rip = self.rip
-        insn = self.decode_at(rip)
-        address = fault.address
+        address: int | Deferred | None = fault.address
+        page = None
         if fault.address is not None and fault.access is not None:
-            address = fault_address(insn, self.reg_named, fault.address & ~0xFFF,
-                                    fault.access, self.code_bits)
+            page = fault.address & ~0xFFF
+            if fault.access == "fetch":
+                # A fetch faults at RIP itself, or at the first byte of the page it runs into.
+                address = rip if rip & ~0xFFF == page else page
+            else:
+                run, cr3 = self.runs, self.cr3
+                registers = dict(zip(_FAULT_REGISTERS, self.regs(_FAULT_REGISTERS),
+                                     strict=True))
+                address = Deferred(lambda: self._exact_address(fault, page, run, cr3,
+                                                               registers, address))
         if fault.vector == Vector.PF:
-            self.uc.reg_write(ux.UC_X86_REG_CR2, address)
+            deferred = isinstance(address, Deferred)
+            self._pending_cr2 = (address, page) if deferred else None
+            self.set_reg("cr2", page if deferred else address)
         return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
-                            fault.access, fault.reason, fault.walk)
+                            fault.access, fault.reason, fault.walk, page=page)
+
+    def _exact_address(self, fault: CpuException, page: int, run: int, cr3: int,
+                       registers: dict[str, int], deferred: Deferred) -> int:
+        """The deferred half of ``_complete_fault``: decode the instruction at the fault's
+        RIP and form the address its access to ``page`` began at; CR2 gets it too if this is
+        still the last #PF. While the CPU is still at the fault, its live registers are
+        read; afterwards the ones kept at the fault, and the code as the fault's page tables
+        map it now (a code page gone since: only the page is known)."""
+        rip = registers["rip"]
+        bits = 32 if registers["cs"] in CODE32_SELECTORS else 64
+        if run == self.runs and self.rip == rip and self.cr3 == cr3:
+            address = fault_address(self.decode_at(rip), self.reg_named, page, fault.access,
+                                    bits)
+        else:
+            code = self.read_code(rip, cr3=cr3)
+            try:
+                address = fault_address(decode(code, rip, bits) if code else None,
+                                        lambda name: _subregister(registers, name), page,
+                                        fault.access, bits)
+            except KeyError:             # a register the snapshot does not hold
+                address = page
+        if self._pending_cr2 is not None and self._pending_cr2[0] is deferred:
+            # Still the last #PF: CR2 gets the byte, unless a context restored since (a
+            # thread's, the clean ring-0 one) has put another value there.
+            self._pending_cr2 = None
+            if self._batch(("cr2",)).read()[0] == page:
+                self.set_reg("cr2", address)
+        return address
+
+    def settle(self, exc: CpuException) -> CpuException:
+        """Work out ``exc``'s exact address now, while the CPU is still at the fault (before
+        handing it to someone who may keep it); returns ``exc``."""
+        if not exc.settled:
+            exc.address      # noqa: B018 - reading it computes it
+        return exc
 
     def set_reg_named(self, name: str, value: int) -> None:
         """Write any register by its Capstone/Intel name (``xmm3``, ``mxcsr``...)."""
@@ -433,13 +645,14 @@ class Cpu:
             return self.reg(name)
         return self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}"))
 
-    def read_code(self, va: int, n: int = 16, cpl: int = 0) -> bytes:
+    def read_code(self, va: int, n: int = 16, cpl: int = 0, *, cr3: int | None = None) -> bytes:
         """Read up to ``n`` instruction bytes at ``va`` through the page tables (no A/D
-        update), as code at ``cpl`` may read them."""
+        update), as code at ``cpl`` may read them (in the address space of ``cr3``: default
+        the current one)."""
         out = bytearray()
         while len(out) < n:
             try:
-                pa = self.walk(va + len(out), "read", cpl=cpl).pa
+                pa = self.walk(va + len(out), "read", cpl=cpl, cr3=cr3).pa
             except (mmu.PageFault, mmu.GeneralProtection):
                 break
             chunk = min(n - len(out), 0x1000 - (pa & 0xFFF))
@@ -519,14 +732,14 @@ class Cpu:
         """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
         if self._held is not None:
             return                       # after a fault from a hook: it never executes
-        if self.code_bits != 64:
+        cs, rip, rflags = self.regs(("cs", "rip", "rflags"))     # one call: the trap path
+        if cs in CODE32_SELECTORS:
             # SYSCALL outside 64-bit mode is #UD on an Intel CPU (SDM Vol. 2B, SYSCALL);
             # Unicorn would run it.
-            self.raise_fault(CpuException(Vector.UD, self.rip, self.cpl,
+            self.raise_fault(CpuException(Vector.UD, rip, cs & 3,
                                           reason="syscall in compatibility mode"))
             return
-        uc.reg_write(ux.UC_X86_REG_RCX, uc.reg_read(ux.UC_X86_REG_RIP) + 2)
-        uc.reg_write(ux.UC_X86_REG_R11, uc.reg_read(ux.UC_X86_REG_RFLAGS))
+        self.set_regs(("rcx", "r11"), (rip + 2, rflags))
         if self.syscall_handler is not None:
             self.syscall_handler(self)
 

@@ -73,6 +73,12 @@ USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
 USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
 USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
              "r13", "r14", "r15")
+# What a system call reads, in one batch (docs/abi.md): CS for the caller's ring, the service
+# number, then the arguments, as KiSystemCall64 / KiSystemService take them.
+_SYSCALL_REGISTERS = ("cs", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+_INT2E_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
+_USER_ENTRY_REGISTERS = (*USER_GPRS, "rsp", "rip")            # load_user_context, one call
+_USER_CONTEXT_REGISTERS = (*USER_GPRS, "rsp", "rip", "rflags")  # capture_user_context
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
 CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP
@@ -397,6 +403,8 @@ class Executive:
                 self.running = False
                 while self._deferred:
                     self._deferred.pop(0)()
+            if result.exception is not None and (self.events.observers or self.debugger):
+                self.cpu.settle(result.exception)     # someone may keep it: exact CR2 now
             if self.debugger is None or not self._stopped_for_debugger(result):
                 return result
             begin = None
@@ -539,18 +547,16 @@ class Executive:
         frame = struct.pack("<5Q", regs["rip"], code, rflags, regs["rsp"], Selector.USER_DATA)
         frame_va = thread.kernel_stack_top - len(frame)
         self.write_user(self.mm.system, frame_va, frame)
-        for name in USER_GPRS:
-            cpu.set_reg(name, regs.get(name, 0))
         for name, value in regs.items():
             if name.startswith("xmm") or name == "mxcsr":
                 cpu.set_reg_named(name, value)
-        cpu.set_reg("rsp", frame_va)
-        cpu.set_reg("rip", TRAMPOLINE)
+        cpu.set_regs(_USER_ENTRY_REGISTERS,
+                     [*(regs.get(name, 0) for name in USER_GPRS), frame_va, TRAMPOLINE])
 
     def capture_user_context(self) -> dict[str, int]:
         """The registers of the thread on the CPU (GPRs, RIP, RFLAGS, SSE state)."""
         cpu = self.cpu
-        regs = {name: cpu.reg(name) for name in (*USER_GPRS, "rsp", "rip", "rflags")}
+        regs = dict(zip(_USER_CONTEXT_REGISTERS, cpu.regs(_USER_CONTEXT_REGISTERS), strict=True))
         for i in range(16):
             regs[f"xmm{i}"] = cpu.reg_named(f"xmm{i}")
         regs["mxcsr"] = cpu.reg_named("mxcsr")
@@ -561,14 +567,23 @@ class Executive:
     def _handle_exception(self, thread: Thread, exc: CpuException) -> None:
         proc = thread.process
         self.events.emit(Event.EXCEPTION, exc=exc, thread=thread)
-        insn = self.describe_instruction(exc.rip, exc.cpl)
+        # The instruction as it reads now: before MmAccessFault changes a page (a guard page
+        # it executes from), unless only a data page can change (a not-present data access).
+        insn = None if exc.vector == Vector.PF and exc.access != "fetch" and exc.cpl == 3 \
+            else self.describe_instruction(exc.rip, exc.cpl)
         if exc.cpl != 3:
-            raise self._bugcheck(exc, insn)
+            raise self._bugcheck(self.cpu.settle(exc), insn)
         resolution = virtual.access_fault(self, proc, exc) if exc.vector == Vector.PF else None
         if resolution is not None:
             self.events.emit(Event.PAGE_FAULT, exc=exc, thread=thread, resolution=resolution)
         if resolution is FaultResolution.RESOLVED:
-            return                       # MmAccessFault made the page valid: the access retries
+            # MmAccessFault made the page valid: the access retries. Nothing reports this
+            # fault, so its instruction is never disassembled (the exact CR2 is worked out
+            # only if an observer reads it: _run_cpu settles it then).
+            return
+        self.cpu.settle(exc)             # reported: the exact address, before anything moves
+        if insn is None:
+            insn = self.describe_instruction(exc.rip, exc.cpl)
         resume = trap.debug_service_done(exc)
         if resume is not None:          # KdpStub completed the debug service: go on
             regs = self.capture_user_context()
@@ -958,10 +973,12 @@ class Executive:
     def _on_syscall(self, cpu: Cpu) -> None:
         """The syscall hook: KiSystemCall64 with the guest parked at the next instruction."""
         thread = self.current_thread
-        if thread is None or cpu.cpl != 3:
+        if thread is None:
             return
-        args = tuple(cpu.reg(r) for r in ("rdi", "rsi", "rdx", "r10", "r8", "r9"))
-        self._system_service(thread, cpu.reg("rax"), args)
+        cs, number, *args = cpu.regs(_SYSCALL_REGISTERS)   # one call into Unicorn, not eight
+        if cs & 3 != 3:
+            return
+        self._system_service(thread, number, tuple(args))
 
     def _on_int2e(self, cpu: Cpu) -> bool:
         """``int 0x2e`` from a 32-bit process: KiSystemService, arguments in ebx, ecx, edx,
@@ -969,8 +986,8 @@ class Executive:
         thread = self.current_thread
         if thread is None or cpu.cpl != 3 or thread.process.bits != 32:
             return False
-        args = tuple(cpu.reg(r) for r in ("ebx", "ecx", "edx", "esi", "edi", "ebp"))
-        self._system_service(thread, cpu.reg("eax"), args)
+        number, *args = cpu.regs(_INT2E_REGISTERS)
+        self._system_service(thread, number, tuple(args))
         return True
 
     def _system_service(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:

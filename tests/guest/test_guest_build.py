@@ -82,6 +82,7 @@ EXEC_APPS = [
     "spin",
     "stackoverflow",
     "sweep",
+    "sysloop",
     "threadcrash",
     "threads",
     "victim",

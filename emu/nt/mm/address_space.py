@@ -18,6 +18,7 @@ import enum
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
@@ -54,6 +55,7 @@ _EXECUTABLE = (Protection.PAGE_EXECUTE | Protection.PAGE_EXECUTE_READ
                | Protection.PAGE_EXECUTE_READWRITE)
 
 
+@cache        # a pure function of three small values, asked on every page fault
 def leaf_flags(protect: Protection, *, user: bool, populated: bool = False) -> PTE:
     """The PTE bits that give ``protect``: RW for writable, NX unless executable, US for user.
 
@@ -155,7 +157,7 @@ class AddressSpace:
             self.mm.share_kernel_pml4e(index(va, 4), entry)
         return entry
 
-    def map_page(self, va: int, pfn: int, flags: PTE) -> None:
+    def map_page(self, va: int, pfn: int, flags: PTE | int) -> None:
         """Map the 4 KiB page at ``va`` to frame ``pfn`` with leaf ``flags`` (a pageable
         page joins its working set)."""
         pte_pa = self.pte_address(va, create=True)

@@ -97,6 +97,10 @@ class Pager:
         frames = len(mm.pfn.entries)
         self.low = max(8, frames // 64)          # below this many available frames: trim
         self.high = 2 * self.low                 # ... until this many are available again
+        # Resident pages whose frame holds a pagefile slot, as they joined a working set:
+        # frame -> (working set, va). What _new_slot gives back when the pagefile is full,
+        # without scanning every working-set page (entries may have left since: checked).
+        self._slotted: dict[int, tuple[WorkingSet, int]] = {}
         if pagefile is not None:
             mm.pfn.on_slot_released = self._release_slot_of
 
@@ -119,7 +123,10 @@ class Pager:
         ws = self.working_set_of(space, va)
         if ws is None:
             return
-        self.mm.pfn.entries[pfn].pte_pa = pte_pa
+        entry = self.mm.pfn.entries[pfn]
+        entry.pte_pa = pte_pa
+        if entry.slot is not None:
+            self._slotted[pfn] = (ws, va)
         if va not in ws.pages:
             ws.pages[va] = pte_pa
             if len(ws.pages) > ws.peak:
@@ -266,17 +273,21 @@ class Pager:
         slot = self.pagefile.allocate()
         if slot is not None:
             return slot
-        entries, mem, frames = self.mm.pfn.entries, self.mm.mem, len(self.mm.pfn.entries)
-        for ws in self.working_sets:
-            for va, pte_pa in ws.pages.items():
-                pte = mem.read_u64(pte_pa)
-                pfn = (pte & _PFN_MASK) >> 12
-                if not pte & _P or pfn >= frames or entries[pfn].slot is not None:
-                    pfn = self._ws_page(ws, va, pte_pa)[1]   # to act on: checked first
-                entry = entries[pfn]
-                if entry.slot is not None:
-                    self._release_slot_of(entry.slot, pfn)
-                    entry.slot, entry.modified = None, True
+        # Only the frames that joined a working set holding a slot can be such pages (a
+        # valid page gets a slot only by a page-in, before it is mapped): O(1) amortized,
+        # each is looked at once per time it became valid, however full the pagefile stays.
+        # Slots come from a heap (lowest first), so the order they go back in is immaterial.
+        entries = self.mm.pfn.entries
+        slotted, self._slotted = self._slotted, {}
+        for pfn, (ws, va) in slotted.items():
+            pte_pa = ws.pages.get(va)
+            if pte_pa is None or ws not in self.working_sets or entries[pfn].slot is None:
+                continue                     # left its working set, or its slot went since
+            if self._ws_page(ws, va, pte_pa)[1] != pfn:   # to act on: checked first
+                continue                     # the page is on another frame now
+            entry = entries[pfn]
+            self._release_slot_of(entry.slot, pfn)
+            entry.slot, entry.modified = None, True
         return self.pagefile.allocate()
 
     def purge_standby(self) -> int:

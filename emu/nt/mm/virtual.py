@@ -53,6 +53,9 @@ from emu.nt.mm.vad import (
 )
 from emu.nt.status import NTSTATUS
 
+_A, _D = int(PTE.A), int(PTE.D)
+_PROTECTION_FAULT = int(PFErr.P | PFErr.RSVD)   # error-code bits: the page was present
+
 if TYPE_CHECKING:
     from emu.hw.cpu import CpuException
     from emu.nt.kernel import Executive
@@ -592,9 +595,11 @@ def query(ex: Executive, proc: Process, address: int) -> tuple[int, RegionInfo |
 def access_fault(ex: Executive, proc: Process, exc: CpuException) -> FaultResolution:
     """MmAccessFault for a ring-3 #PF in ``proc``: only a not-present fault can be ours to
     resolve; a protection fault on a valid page is always an access violation."""
-    if exc.address is None or exc.error_code & (PFErr.P | PFErr.RSVD):
+    # Only the page matters here: the exact byte (a disassembly) is not worked out for it.
+    va = exc.address if exc.page is None else exc.page
+    if va is None or exc.error_code & _PROTECTION_FAULT:
         return FaultResolution.NOT_HANDLED
-    return resolve_fault(ex, proc, exc.address, exc.access or "read")
+    return resolve_fault(ex, proc, va, exc.access or "read")
 
 
 def resolve_fault(ex: Executive, proc: Process, va: int, access: str) -> FaultResolution:
@@ -641,9 +646,9 @@ def _make_valid(ex: Executive, proc: Process, page: int, protect: int,
         if pfn is None:
             pfn = ex.mm.allocate_frame(FrameUse.PRIVATE, proc.pid, page)
             ex.mm.pager.demand_zero(space, page)
-        flags = _pte_flags(ex, protect, pfn) | PTE.A
+        flags = int(_pte_flags(ex, protect, pfn)) | _A     # plain ints: no IntFlag per fault
         if access == "write":
-            flags |= PTE.D
+            flags |= _D
         space.map_page(page, pfn, flags)
     except OutOfFrames as err:
         if pfn is not None:

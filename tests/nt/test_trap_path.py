@@ -1,0 +1,190 @@
+"""The lean trap path (issue 13, items 3 and 4): registers in one call into Unicorn, no
+disassembly for a page fault that is resolved, the prefetched page table kept across INVLPG,
+and a full pagefile that gives back slots without scanning every working-set page. Each test
+checks what the work costs by counting it (never by timing) and that what a user sees is
+unchanged."""
+
+from __future__ import annotations
+
+from unicorn import Uc
+from unicorn import x86_const as ux
+
+from emu.hw import faultaddr, mmu
+from emu.hw.cpu import Cpu
+from emu.nt.events import Event
+from emu.nt.mm.paging import Pager
+from emu.nt.mm.virtual import FaultResolution
+
+MASK64 = (1 << 64) - 1
+
+
+def test_a_register_batch_zero_extends_narrow_registers_and_writes_modulo_2_64(machine_factory):
+    cpu = machine_factory(mem="4M").executive.cpu
+    cpu.set_regs(("rax", "rbx", "rcx"), (-1, (1 << 64) | 5, 0x1234_5678_9ABC_DEF0))
+    assert cpu.regs(("rax", "rbx", "rcx")) == (MASK64, 5, 0x1234_5678_9ABC_DEF0)
+    # eax and the selectors are narrower than their slots: no stale upper bytes.
+    assert cpu.regs(("eax", "cs", "ecx", "ss")) == (0xFFFF_FFFF, cpu.uc.reg_read(ux.UC_X86_REG_CS),
+                                                     0x9ABC_DEF0, cpu.uc.reg_read(ux.UC_X86_REG_SS))
+    assert cpu.reg("cs") == 0x10 and cpu.cpl == 0
+    cpu.set_reg("rdx", -2)
+    assert cpu.uc.reg_read(ux.UC_X86_REG_RDX) == MASK64 - 1 == cpu.reg("rdx")
+
+
+def _binding_register_calls(machine_factory, apps, monkeypatch, calls: int) -> tuple[int, bytes]:
+    counted = [0]
+    read, write = Uc.reg_read, Uc.reg_write
+
+    def counting_read(self, *args):
+        counted[0] += 1
+        return read(self, *args)
+
+    def counting_write(self, *args):
+        counted[0] += 1
+        return write(self, *args)
+
+    m = machine_factory(mem="4M")
+    proc = m.spawn(apps / "sysloop", [str(calls)])
+    monkeypatch.setattr(Uc, "reg_read", counting_read)
+    monkeypatch.setattr(Uc, "reg_write", counting_write)
+    m.run()
+    monkeypatch.undo()
+    return counted[0], bytes(proc.output)
+
+
+def test_a_system_call_round_trip_goes_around_the_bindings_register_calls(machine_factory, apps,
+                                                                           monkeypatch):
+    """Before: 13 binding calls per system call (10 reads, 3 writes, about 2 us each)."""
+    few, out_few = _binding_register_calls(machine_factory, apps, monkeypatch, 10)
+    many, out_many = _binding_register_calls(machine_factory, apps, monkeypatch, 1000)
+    assert out_few == b"sysloop 10 calls, pid 4\n" and out_many == b"sysloop 1000 calls, pid 4\n"
+    assert many == few            # 990 more system calls, not one more call through the binding
+
+
+def test_a_resolved_page_fault_is_never_disassembled(machine_factory, apps, monkeypatch):
+    decoded = [0]
+    decode = Cpu.decode_at
+
+    def counting_decode(self, *args, **kwargs):
+        decoded[0] += 1
+        return decode(self, *args, **kwargs)
+
+    m = machine_factory(mem="16M")
+    proc = m.spawn(apps / "reread", ["1"])
+    monkeypatch.setattr(Cpu, "decode_at", counting_decode)
+    result = m.run()
+    assert proc.exit_status == 0 and proc.working_set.counters.demand_zero_faults >= 256
+    assert result.stats.page_faults >= 256 and decoded[0] == 0
+
+
+def test_an_observer_sees_the_exact_cr2_of_every_resolved_fault(machine_factory, apps):
+    """The exact address is worked out when someone looks: the same byte the CPU would put
+    in CR2 (emu.hw.faultaddr, from the instruction and its registers at the fault)."""
+    m = machine_factory(mem="16M")
+    cpu = m.executive.cpu
+    seen = []
+
+    def observer(event, details):
+        if event is Event.PAGE_FAULT and details["resolution"] is FaultResolution.RESOLVED:
+            exc = details["exc"]
+            expected = faultaddr.fault_address(cpu.decode_at(exc.rip), cpu.reg_named,
+                                               exc.address & ~0xFFF, exc.access, cpu.code_bits)
+            seen.append((exc.address, expected, cpu.reg("cr2")))
+
+    m.executive.events.subscribe(observer)
+    proc = m.spawn(apps / "vmtest", ["stack"])
+    m.run()
+    assert proc.exit_status == 0 and len(seen) > 20
+    assert all(address == expected == cr2 for address, expected, cr2 in seen)
+    assert any(address & 0xFFF for address, _, _ in seen)    # not just the page: the byte
+
+
+def test_invlpg_does_not_make_the_prefetched_page_table_be_scanned_again(machine_factory, apps,
+                                                                        monkeypatch):
+    """hotcold faults its cold pages in one page table while it reads its hot ones: each
+    fault's INVLPG used to throw the prefetch away (354 scans of 512 entries); now the table
+    is scanned again only after a flush. What the run shows stays the same."""
+    scans = [0]
+    speculative = mmu.speculative_fills
+
+    def counting(*args, **kwargs):
+        scans[0] += 1
+        return speculative(*args, **kwargs)
+
+    monkeypatch.setattr(mmu, "speculative_fills", counting)
+    m = machine_factory(mem="2M")
+    proc = m.spawn(apps / "hotcold", ["96", "512", "16"])
+    result = m.run()
+    assert proc.output == b"hotcold: 96 hot + 512 cold pages, 16 rounds, 0 wrong\n"
+    assert proc.working_set.counters.demand_zero_faults == 608
+    assert (result.stats.tlb_fills, result.stats.stlb_hits) == (3998, 2391)
+    assert scans[0] <= 8
+
+
+def test_a_full_pagefile_gives_back_slots_without_scanning_every_page(machine_factory, apps,
+                                                                      monkeypatch):
+    """MiReleasePageFileSpace: once the pagefile is full, the slots of valid pages go back.
+    Only pages that became valid holding a slot are looked at (before: every page of every
+    working set, at every write of the modified page writer: quadratic)."""
+    m = machine_factory(mem="16M", pagefile_size="8M")
+    mem, pager = m.executive.mm.mem, m.executive.mm.pager
+    reads, full_calls, problems = [0], [0], []
+    read_u64, new_slot = type(mem).read_u64, Pager._new_slot
+
+    def counting_read(self, pa):
+        reads[0] += 1
+        return read_u64(self, pa)
+
+    def watched_new_slot(self):
+        if self.pagefile.free_slots:
+            return new_slot(self)
+        full_calls[0] += 1
+        monkeypatch.setattr(type(mem), "read_u64", counting_read)
+        try:
+            slot = new_slot(self)
+        finally:
+            monkeypatch.setattr(type(mem), "read_u64", read_u64)
+        entries = self.mm.pfn.entries
+        for ws in self.working_sets:       # afterwards no valid page holds a slot
+            for pte_pa in ws.pages.values():
+                pfn = (read_u64(mem, pte_pa) & 0x000F_FFFF_FFFF_F000) >> 12
+                if entries[pfn].slot is not None and entries[pfn].slot != slot:
+                    problems.append(pfn)
+        return slot
+
+    monkeypatch.setattr(Pager, "_new_slot", watched_new_slot)
+    hog = m.spawn(apps / "vmhog")
+    m.run()
+    assert hog.exit_status == 0 and not problems
+    counters = pager.counters
+    assert full_calls[0] > 10
+    assert reads[0] <= counters.hard_faults + counters.soft_faults
+
+
+def _stack_run(machine_factory, apps, *, observe: bool, max_insns: int | None):
+    """vmtest stack (a fault on each new stack page): CR2 when the run stops, and the
+    (clock, address) of each resolved fault if observed."""
+    m = machine_factory(mem="16M", max_insns=max_insns)
+    seen = []
+    if observe:
+        m.executive.events.subscribe(lambda event, d: seen.append((d["clock"], d["exc"].address))
+                                     if event is Event.PAGE_FAULT else None)
+    m.spawn(apps / "vmtest", ["stack"])
+    m.run()
+    return m.executive.cpu.reg("cr2"), seen
+
+
+def test_cr2_is_the_exact_byte_even_when_read_long_after_an_unwatched_fault(machine_factory,
+                                                                           apps):
+    """Nobody watched the faults, so none was disassembled when it happened; CR2 read when
+    the machine stops (in the middle of the faults, or at the end) is still the byte the CPU
+    would have written, the same as in a run where every fault was looked at."""
+    _, seen = _stack_run(machine_factory, apps, observe=True, max_insns=1 << 40)
+    assert len(seen) > 40
+    for k in (5, 20, 40):
+        clock, address = seen[k]
+        stop = clock + 3                            # after the retried access, before the next
+        assert seen[k + 1][0] > stop and address & 0xFFF
+        unwatched, _ = _stack_run(machine_factory, apps, observe=False, max_insns=stop)
+        assert unwatched == address
+    at_end, _ = _stack_run(machine_factory, apps, observe=False, max_insns=None)
+    assert at_end == _stack_run(machine_factory, apps, observe=True, max_insns=None)[0]
