@@ -1,0 +1,101 @@
+"""The Ke and Rtl exports PE drivers import (issue 12, item 4): events and waits, attaching,
+time, strings and memory. Each runs from a PE driver of guest/drivers-pe/ built from the
+WDK's headers; the tests check what the driver printed, guest memory, and bug checks."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from driverboot import DRIVERS, boot
+
+from emu.hw.devices import SLOW_DEVICE_LATENCY, SLOW_DEVICE_VECTOR
+from emu.nt import layout, wdm
+from emu.nt.ntos import ke
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lines(m) -> list[str]:
+    """The DbgPrint output, line by line."""
+    return bytes(m.executive.debug_output).decode().splitlines()
+
+
+def connect(m, driver, routine: str) -> None:
+    """Connect ``routine`` of ``driver`` to the slow device's vector, as IoConnectInterrupt
+    would (not bound to PE drivers yet)."""
+    m.executive.interrupts[SLOW_DEVICE_VECTOR] = (driver.symbols[routine], 0, 0)
+
+
+# -- events and waits --------------------------------------------------------------------
+
+
+def test_events_and_waits_at_passive_level(machine_factory, apps):
+    m, (p,), r = boot(machine_factory, apps, [DRIVERS / "peevent.sys"], ("hello",))
+    assert r.drivers[0].status == 0 and r.stopped is None
+    assert lines(m) == [
+        "peevent.sys: header type 0 size 6 state 0 list empty 1",
+        "peevent.sys: set 0 set 1 read 1 reset 1 read 0 clear 0",
+        "peevent.sys: notification wait 0x0 0x0 state 1",
+        "peevent.sys: synchronization type 1 wait 0x0 state 0 poll 0x102",
+        "peevent.sys: timeout 0x102 after 10000",
+        "peevent.sys: any 0x1 all 0x0 states 1 0",
+        "peevent.sys: delay 0x0 after 5000",
+    ]
+    assert p.output == b"Hello, world!\n"
+
+
+def test_the_event_header_is_wdm_h_s(machine_factory, apps):
+    """The KEVENT in the driver's .data after the run: Type, Size, SignalState and an empty
+    WaitListHead (Flink = Blink = its own address), byte for byte."""
+    m, _, r = boot(machine_factory, apps, [DRIVERS / "peevent.sys"])
+    event = r.drivers[0].image.symbols["notification"]
+    raw = m.executive.kernel_read(event, wdm.KEVENT.size)
+    head = event + wdm.KEVENT["Header.WaitListHead"]
+    assert raw == bytes([wdm.NOTIFICATION_EVENT, 0, 6, 0]) + struct.pack("<iQQ", 1, head, head)
+
+
+def test_an_interrupt_satisfies_a_wait(machine_factory, apps):
+    """DriverEntry waits forever; the device's interrupt comes SLOW_DEVICE_LATENCY
+    instructions later, its ISR sets the event, and the wait returns STATUS_SUCCESS with
+    the clock advanced by exactly that (the synchronization event reset by the wait)."""
+    m = machine_factory()
+    driver = m.add_driver(DRIVERS / "pewaitirq.sys")
+    connect(m, driver, "SlowIsr")
+    start = m.executive.clock
+    r = m.run()
+    assert r.drivers[0].status == 0 and r.stopped is None
+    assert lines(m) == [
+        "pewaitirq.sys: SlowIsr, the event was 0",
+        f"pewaitirq.sys: wait 0x0 after {SLOW_DEVICE_LATENCY}, state 0",
+        "pewaitirq.sys: wait 0x102",
+    ]
+    assert m.executive.clock - start >= SLOW_DEVICE_LATENCY + 10_000
+
+
+def test_a_wait_at_device_irql_is_bug_check_0xb8(machine_factory, apps):
+    """A zero timeout polls at any IRQL up to DISPATCH_LEVEL; a wait that must block at
+    DISPATCH_LEVEL or above cannot switch threads: ATTEMPTED_SWITCH_FROM_DPC."""
+    m = machine_factory()
+    driver = m.add_driver(DRIVERS / "pewaitirq.sys")
+    connect(m, driver, "WaitingIsr")
+    r = m.run()
+    bc = r.bugcheck
+    assert bc is not None and bc.code == ke.ATTEMPTED_SWITCH_FROM_DPC == 0xB8
+    assert bc.params[0] == bc.params[1] == bc.params[3] == 0
+    assert layout.KERNEL_SPACE_START <= bc.params[2]            # the ISR's stack
+    assert bc.driver == "pewaitirq.sys" and bc.location.startswith("pewaitirq.sys!WaitingIsr")
+    assert bc.irql == 5
+    assert lines(m) == ["pewaitirq.sys: WaitingIsr polls 0x102"]
+
+
+def test_a_wait_nothing_can_satisfy_is_a_deadlock(apps):
+    done = subprocess.run([sys.executable, "-m", "emu", "run", "--driver",
+                           str(DRIVERS / "pedeadlock.sys"), str(apps / "hello")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 123
+    assert done.stdout == "pedeadlock.sys: waiting forever\n"
+    assert done.stderr.startswith("emu: every thread is waiting and nothing can wake one "
+                                  "(deadlock)")
