@@ -99,3 +99,59 @@ def test_a_wait_nothing_can_satisfy_is_a_deadlock(apps):
     assert done.stdout == "pedeadlock.sys: waiting forever\n"
     assert done.stderr.startswith("emu: every thread is waiting and nothing can wake one "
                                   "(deadlock)")
+
+
+# -- time --------------------------------------------------------------------------------
+
+
+def test_time_macros_read_kuser_shared_data(machine_factory, apps):
+    """KeQuerySystemTime/KeQueryTickCount/KeQueryInterruptTime (wdm.h's macros), the time
+    increment and the performance counter agree with the clock; a delay of two ticks moves
+    each by exactly that; the shared page is read-only: 0xBE for a write."""
+    m, _, r = boot(machine_factory, apps, [DRIVERS / "petime.sys"])
+    assert lines(m) == [
+        "petime.sys: increment 156250 frequency 10000000",
+        f"petime.sys: system - interrupt {ke.SYSTEM_TIME_AT_BOOT} tick*increment <= interrupt 1",
+        "petime.sys: after the delay: interrupt +312500 system +312500 ticks +2 "
+        "counter +312500",
+        "petime.sys: writing KUSER_SHARED_DATA",
+    ]
+    bc = r.bugcheck
+    assert bc.code == 0xBE and bc.params[0] == layout.KI_USER_SHARED_DATA + 0x14
+    assert bc.driver == "petime.sys"
+
+
+def test_the_same_run_reads_the_same_times(machine_factory, apps):
+    first, _, _ = boot(machine_factory, apps, [DRIVERS / "petime.sys"], ("hello",))
+    again, _, _ = boot(machine_factory, apps, [DRIVERS / "petime.sys"], ("hello",))
+    assert bytes(first.executive.debug_output) == bytes(again.executive.debug_output)
+
+
+def test_kuser_shared_data_is_a_read_only_nx_supervisor_page(machine_factory, apps):
+    """Mapped without U/S, without R/W, with NX; its times are KSYSTEM_TIME triplets
+    (High1Time = High2Time) from the clock, and the constant fields as Windows 10 x64's."""
+    from emu.hw import mmu
+    from emu.hw.mmu import PTE
+
+    m, _, _ = boot(machine_factory, apps, [DRIVERS / "peevent.sys"], ("hello",))
+    ex = m.executive
+    cpu = ex.cpu
+    walk = mmu.walk(cpu.mem, layout.KI_USER_SHARED_DATA, "read", cr3=ex.mm.system.cr3,
+                    cpl=0, cr0=cpu.cr0, cr4=cpu.cr4, efer=cpu.efer)
+    leaf = walk.steps[-1].value
+    assert leaf & PTE.NX and not leaf & PTE.RW and not leaf & PTE.US
+    page = ex.kernel_read(layout.KI_USER_SHARED_DATA, wdm.KUSER_SHARED_DATA.size)
+    f = wdm.KUSER_SHARED_DATA
+    interrupt = struct.unpack_from("<IiI", page, f["InterruptTime"])
+    system = struct.unpack_from("<IiI", page, f["SystemTime"])
+    ticks = struct.unpack_from("<IiI", page, f["TickCount"])
+    for _low, high1, high2 in (interrupt, system, ticks):
+        assert high1 == high2
+    now = interrupt[0] | interrupt[1] << 32
+    assert now >= 15_000                                    # peevent waited 1.5 ms
+    assert system[0] | system[1] << 32 == ke.SYSTEM_TIME_AT_BOOT + now
+    assert ticks[0] | ticks[1] << 32 == now // 156_250
+    assert struct.unpack_from("<I", page, f["TickCountMultiplier"])[0] == 0x0FA0_0000
+    assert struct.unpack_from("<HH", page, f["ImageNumberLow"]) == (0x8664, 0x8664)
+    assert struct.unpack_from("<II", page, f["NtMajorVersion"]) == (10, 0)
+    assert page[f["NtSystemRoot"]:f["NtSystemRoot"] + 22] == "C:\\Windows\0".encode("utf-16-le")
