@@ -12,8 +12,8 @@ from pathlib import Path
 from driverboot import DRIVERS, boot
 
 from emu.hw.devices import SLOW_DEVICE_LATENCY, SLOW_DEVICE_VECTOR
-from emu.nt import layout, wdm
-from emu.nt.ntos import ke
+from emu.nt import exports, layout, wdm
+from emu.nt.ntos import ke, rtl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,3 +155,66 @@ def test_kuser_shared_data_is_a_read_only_nx_supervisor_page(machine_factory, ap
     assert struct.unpack_from("<HH", page, f["ImageNumberLow"]) == (0x8664, 0x8664)
     assert struct.unpack_from("<II", page, f["NtMajorVersion"]) == (10, 0)
     assert page[f["NtSystemRoot"]:f["NtSystemRoot"] + 22] == "C:\\Windows\0".encode("utf-16-le")
+
+
+# -- Rtl and the C run-time ----------------------------------------------------------------
+
+
+def test_the_c_run_time_and_rtl_string_routines(machine_factory, apps):
+    m, (p,), r = boot(machine_factory, apps, [DRIVERS / "pertl.sys"], ("hello",))
+    assert r.drivers[0].status == 0 and r.stopped is None
+    assert lines(m) == [
+        "pertl.sys: memcpy [hello] memmove [hehello] memset [xxxxo] memcmp -1 0 1",
+        "pertl.sys: strlen 5 wcslen 4 strcmp -1 0 1 strncmp 0 -1 wcscmp 1 _stricmp 0 "
+        "_wcsicmp 0 -1",
+        "pertl.sys: strcpy [hello] strncpy abZ 000",
+        "pertl.sys: _snprintf 10 [x=42 y=ff.] -1 [x=42 y] 6 x _vsnprintf 9 [v 7 seven]",
+        "pertl.sys: ansi 5 6 [ansi!] string 3 4",
+        "pertl.sys: copy [Hell] 8 [Hello] 10 null 0",
+        "pertl.sys: equal 0 1 compare <0 >0 =0 <0",
+        "pertl.sys: append 0x0 [Hello, world] 0xc0000023 24 [Hello, world!] 26",
+        "pertl.sys: comparememory 3 8",
+        "pertl.sys: a2u 0x0 [caf?] 8 10 e9 1 free 0 0 overflow 0x80000005 8",
+    ]
+    # RtlAnsiStringToUnicodeString's buffer: PagedPool, 10 bytes, freed by RtlFreeUnicodeString
+    (block,) = [b for b in m.executive.pools.blocks.values() if b.tag == rtl.TAG_STRING]
+    assert (block.size, int(block.pool), block.freed) == (10, 1, True)
+    assert p.output == b"Hello, world!\n"
+
+
+def test_the_routines_are_imported_not_inlined():
+    """Each routine the conformance driver tests is really called through its imports."""
+    import pefile
+
+    image = pefile.PE(str(DRIVERS / "pertl.sys"))
+    names = {i.name.decode() for e in image.DIRECTORY_ENTRY_IMPORT for i in e.imports}
+    assert {"memcpy", "memmove", "memset", "memcmp", "strlen", "strcmp", "strncmp", "strcpy",
+            "strncpy", "wcslen", "wcscmp", "_stricmp", "_wcsicmp", "_snprintf", "_vsnprintf",
+            "RtlCompareMemory", "RtlInitAnsiString", "RtlInitString", "RtlCopyUnicodeString",
+            "RtlEqualUnicodeString", "RtlCompareUnicodeString", "RtlAppendUnicodeToString",
+            "RtlAppendUnicodeStringToString", "RtlAnsiStringToUnicodeString",
+            "RtlFreeUnicodeString"} <= names
+
+
+def test_memcpy_to_an_unmapped_address_is_bug_check_0x50_in_nt_memcpy(machine_factory, apps):
+    m, (p,), r = boot(machine_factory, apps, [DRIVERS / "pertlbad.sys"], ("hello",))
+    memcpy = exports.pe_address_of("ntoskrnl.exe", "memcpy")
+    bc = r.bugcheck
+    assert bc.code == 0x50
+    assert bc.params == (0xFFFF_9000_0000_0010, 2, memcpy, 0)
+    assert bc.rip == memcpy and bc.registers["cr2"] == 0xFFFF_9000_0000_0010
+    assert bc.driver == "pertlbad.sys" and bc.location.startswith("pertlbad.sys!")
+    assert lines(m) == ["pertlbad.sys: memcpy to an unmapped kernel address"]
+    assert p in r.unfinished
+
+
+def test_memcpy_at_device_irql_is_bug_check_0xa(machine_factory, apps):
+    m = machine_factory()
+    driver = m.add_driver(DRIVERS / "pertlbad.sys")
+    connect(m, driver, "CopyingIsr")
+    r = m.run()
+    memcpy = exports.pe_address_of("ntoskrnl.exe", "memcpy")
+    bc = r.bugcheck
+    assert bc.code == 0x0A and bc.params == (0xFFFF_9000_0000_0010, 5, 1, memcpy)
+    assert bc.driver == "pertlbad.sys"
+    assert lines(m) == ["pertlbad.sys: memcpy at DIRQL"]
