@@ -771,7 +771,10 @@ class Executive:
         if va is None or self.irql >= DISPATCH_LEVEL:
             return False
         if va < layout.KERNEL_SPACE_START:
-            proc = self.current
+            # The process whose address space is current: a driver attached to another
+            # (KeStackAttachProcess) touches that one's pages.
+            proc = next((p for p in self.processes if p.space.cr3 == self.cpu.cr3
+                         and p.state is not ProcessState.TERMINATED), self.current)
             return proc is not None and \
                 virtual.resolve_fault(self, proc, va, access) is FaultResolution.RESOLVED
         return virtual.page_in_system(self, va, access)

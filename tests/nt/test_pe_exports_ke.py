@@ -12,7 +12,7 @@ from pathlib import Path
 from driverboot import DRIVERS, boot
 
 from emu.hw.devices import SLOW_DEVICE_LATENCY, SLOW_DEVICE_VECTOR
-from emu.nt import exports, layout, wdm
+from emu.nt import eprocess, exports, layout, wdm
 from emu.nt.ntos import ke, rtl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,3 +218,109 @@ def test_memcpy_at_device_irql_is_bug_check_0xa(machine_factory, apps):
     assert bc.code == 0x0A and bc.params == (0xFFFF_9000_0000_0010, 5, 1, memcpy)
     assert bc.driver == "pertlbad.sys"
     assert lines(m) == ["pertlbad.sys: memcpy at DIRQL"]
+
+
+# -- attaching -------------------------------------------------------------------------------
+
+MARKERS = ("marker-AAAAAAAAAAAAAAAA", "marker-BBBBBBBBBBBBBBBB")
+
+
+def user_text(m, proc, va: int, n: int) -> str:
+    """The text of ``n`` bytes at ``va`` in ``proc``'s own memory (up to a NUL), read from
+    the frame its page table maps there."""
+    mapping = proc.space.lookup(va)
+    raw = m.executive.mem.read(mapping.pfn * layout.PAGE_SIZE + (va & 0xFFF), n)
+    return raw.split(b"\0")[0].decode()
+
+
+def poke(driver, symbol: str, value: int) -> None:
+    """Set a driver's 64-bit global before DriverEntry runs (in its image, not yet mapped)."""
+    va = driver.symbols[symbol]
+    driver.pages[va & ~0xFFF][va & 0xFFF:(va & 0xFFF) + 8] = struct.pack("<Q", value)
+
+
+def test_attaching_reads_each_process_s_own_memory(machine_factory, apps):
+    """The same user address read while attached to each of two processes, nested: each
+    one's own bytes; the KAPC_STATEs hold NULL, the outer process, 1 (attached to itself);
+    the dereferences release the lookups; detaching with the outer state first leaves the
+    thread unattached, so the inner state's detach is bug check 0x6."""
+    m, (a, b), r = boot(machine_factory, apps, [DRIVERS / "peattach.sys"],
+                        ("hello", MARKERS[0]), ("hello", MARKERS[1]))
+    assert (a.pid, b.pid) == (4, 12)
+    address = layout.USER_STACK_TOP - 16          # where the last argument ends
+    text_a, text_b = user_text(m, a, address, 16), user_text(m, b, address, 16)
+    assert text_a and set(text_a) == {"A"} and set(text_b) == {"B"}
+    assert lines(m) == [
+        "peattach.sys: lookup 0xc000000d 0x0 0x0 distinct 1 type 3",
+        f"peattach.sys: A [{text_a}]",
+        f"peattach.sys: B [{text_b}]",
+        f"peattach.sys: B again [{text_b}]",
+        f"peattach.sys: A again [{text_a}]",
+        "peattach.sys: saved 1 1 1 dereference 0 0",
+        "peattach.sys: detached with the outer state first",
+    ]
+    bc = r.bugcheck
+    assert bc.code == ke.INVALID_PROCESS_DETACH_ATTEMPT == 0x6 and bc.params == (0, 0, 0, 0)
+    assert bc.driver == "peattach.sys"
+
+
+def test_an_attached_driver_pages_the_target_s_memory_back_in(machine_factory, apps):
+    """Every user page trimmed before the run (MemoryEmptyWorkingSets): the driver's reads
+    while attached fault them back in, from the attached process (not the system context
+    DriverEntry runs in): the same bytes, and the processes then run as usual."""
+    m = machine_factory()
+    m.add_driver(DRIVERS / "peattach.sys")
+    a = m.spawn(apps / "hello", [MARKERS[0]])
+    b = m.spawn(apps / "hello", [MARKERS[1]])
+    address = layout.USER_STACK_TOP - 16
+    text_a, text_b = user_text(m, a, address, 16), user_text(m, b, address, 16)
+    assert m.executive.mm.pager.empty_working_sets() > 0
+    assert a.space.lookup(address) is None                      # not present now
+    r = m.run()
+    assert lines(m)[1:3] == [f"peattach.sys: A [{text_a}]", f"peattach.sys: B [{text_b}]"]
+    assert a.space.lookup(address) is not None and b.space.lookup(address) is not None
+    assert r.bugcheck.code == 0x6
+
+
+def test_an_attach_switches_cr3_and_a_detach_switches_back(machine_factory, apps):
+    """Watched from the CR3 loads: A, B (B again: nothing), A, the system's; then the
+    misuse's A, B and the system's."""
+    from emu.nt.events import Event
+
+    m = machine_factory()
+    m.add_driver(DRIVERS / "peattach.sys")
+    a = m.spawn(apps / "hello", [MARKERS[0]])
+    b = m.spawn(apps / "hello", [MARKERS[1]])
+    loads = []
+    m.executive.events.subscribe(
+        lambda event, details: loads.append(details["new"]) if event is Event.CR3_LOAD
+        else None)
+    r = m.run()
+    system = m.executive.mm.system.cr3
+    assert loads == [a.space.cr3, b.space.cr3, a.space.cr3, system,
+                     a.space.cr3, b.space.cr3, system]
+    assert r.bugcheck.code == 0x6
+
+
+def test_attaching_to_no_process_is_bug_check_0x5(machine_factory, apps):
+    """A lookup of an id no process has fails (STATUS_INVALID_PARAMETER, PEPROCESS NULL), and
+    KeStackAttachProcess(NULL): INVALID_PROCESS_ATTACH_ATTEMPT (target, attached-to, 0, 0)."""
+    m = machine_factory()
+    driver = m.add_driver(DRIVERS / "peattach.sys")
+    poke(driver, "TargetA", 0x1234)
+    m.spawn(apps / "hello", [MARKERS[0]])
+    m.spawn(apps / "hello", [MARKERS[1]])
+    r = m.run()
+    assert lines(m) == ["peattach.sys: lookup 0xc000000d 0xc000000d 0x0 distinct 0 type -1"]
+    assert r.bugcheck.code == ke.INVALID_PROCESS_ATTACH_ATTEMPT == 0x5
+    assert r.bugcheck.params == (0, 0, 0, 0)
+    assert r.bugcheck.driver == "peattach.sys"
+
+
+def test_a_dereference_too_many_is_bug_check_0x18(machine_factory, apps):
+    m, (p,), r = boot(machine_factory, apps, [DRIVERS / "pederef.sys"], ("hello",))
+    process = eprocess.of(m.executive, p)
+    assert lines(m) == ["pederef.sys: 0"]
+    assert r.bugcheck.code == 0x18 and r.bugcheck.params == (0, process, 0, 0)
+    raw = m.executive.kernel_read(process, wdm.DISPATCHER_HEADER.size)
+    assert raw[0] == eprocess.PROCESS_OBJECT and struct.unpack_from("<i", raw, 4)[0] == 0

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emu.nt import wdm
-from emu.nt.bugcheck import BugCheck
+from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import ExportCall, call_site, export
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
+    from emu.nt.process import Process
 
 NTOSKRNL = "ntoskrnl.exe"
 
@@ -34,8 +35,8 @@ NTOSKRNL = "ntoskrnl.exe"
 # can ever satisfy the wait: the machine stops as it does for a deadlock (exit 123).
 
 APC_LEVEL, DISPATCH_LEVEL = 1, 2
-ATTEMPTED_SWITCH_FROM_DPC = 0xB8
-MAXIMUM_WAIT_OBJECTS_EXCEEDED = 0x0C
+ATTEMPTED_SWITCH_FROM_DPC = BugCheckCode.ATTEMPTED_SWITCH_FROM_DPC
+MAXIMUM_WAIT_OBJECTS_EXCEEDED = BugCheckCode.MAXIMUM_WAIT_OBJECTS_EXCEEDED
 THREAD_WAIT_OBJECTS = 3         # waits on more objects need the caller's WaitBlockArray
 MAXIMUM_WAIT_OBJECTS = 64
 WAIT_ALL, WAIT_ANY = 0, 1       # WAIT_TYPE
@@ -236,6 +237,99 @@ def ke_delay_execution_thread(ex: Executive, call: ExportCall) -> int:
         _no_switch_at_dispatch(ex, call, "KeDelayExecutionThread")
         _wait(ex, call, lambda: False, ticks)
     return NTSTATUS.STATUS_SUCCESS
+
+
+# -- attaching ----------------------------------------------------------------------------
+#
+# KeStackAttachProcess switches the thread to another process's address space (CR3), so the
+# driver reads THAT process's user memory, and KeUnstackDetachProcess switches back, as
+# KiAttachProcess / KiDetachProcess do. What the thread is attached to is kept per thread
+# (None: DriverEntry's system context), valid while CR3 is that process's: a kernel call
+# that returned attached has had its CR3 put back by the executive, so its stale
+# attachment is forgotten (Windows would stop: INVALID_PROCESS_ATTACH_ATTEMPT).
+
+INVALID_PROCESS_ATTACH_ATTEMPT = BugCheckCode.INVALID_PROCESS_ATTACH_ATTEMPT
+INVALID_PROCESS_DETACH_ATTEMPT = BugCheckCode.INVALID_PROCESS_DETACH_ATTEMPT
+_APC_PROCESS = wdm.KAPC_STATE["Process"]
+ATTACHED_TO_ITSELF = 1          # ApcState->Process when the thread was in the process already
+
+
+def _attachments(ex: Executive) -> dict:
+    return ex.__dict__.setdefault("attachments", {})
+
+
+def _attached(ex: Executive) -> Process | None:
+    """The process the current thread is attached to, or None."""
+    table = _attachments(ex)
+    proc = table.get(ex.current_thread)
+    if proc is not None and ex.cpu.cr3 != proc.space.cr3:
+        del table[ex.current_thread]          # left by a kernel call that has returned
+        return None
+    return proc
+
+
+def _home_space(ex: Executive):
+    return ex.current_thread.process.space if ex.current_thread else ex.mm.system
+
+
+@export("KeStackAttachProcess", dll=NTOSKRNL)
+def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
+    """VOID KeStackAttachProcess(PRKPROCESS Process, PRKAPC_STATE ApcState): into Process's
+    address space. ApcState gets what a detach restores: Process NULL (the thread was in
+    its own process), the process it was attached to (a nested attach), or 1 when it is in
+    Process already (nothing switches; the detach does nothing). Not a process object, a
+    process that has ended, or IRQL DISPATCH_LEVEL or above: bug check 0x5
+    INVALID_PROCESS_ATTACH_ATTEMPT (the target, the process attached to or 0, the APC state
+    index, nonzero at DISPATCH_LEVEL: a DPC may be running)."""
+    from emu.nt import eprocess
+    from emu.nt.process import ProcessState
+
+    obj, state = call.arg(0), call.arg(1)
+    target, attached = eprocess.process_at(ex, obj), _attached(ex)
+    current = attached or (ex.current_thread.process if ex.current_thread else None)
+    if target is None or target.state is ProcessState.TERMINATED or ex.irql >= DISPATCH_LEVEL:
+        raise BugCheck(INVALID_PROCESS_ATTACH_ATTEMPT,
+                       (obj, eprocess.of(ex, attached) if attached else 0, int(bool(attached)),
+                        int(ex.irql >= DISPATCH_LEVEL)),
+                       call_site(ex, call.return_address),
+                       "KeStackAttachProcess to no live process" if ex.irql < DISPATCH_LEVEL
+                       else f"KeStackAttachProcess at IRQL {ex.irql}")
+    if target is current:
+        ex.kernel_write(state + _APC_PROCESS, struct.pack("<Q", ATTACHED_TO_ITSELF))
+        return 0
+    saved = bytearray(wdm.KAPC_STATE.size)
+    for head in (state, state + 0x10):                  # ApcListHead[KernelMode, UserMode]
+        struct.pack_into("<QQ", saved, head - state, head, head)
+    struct.pack_into("<Q", saved, _APC_PROCESS, eprocess.of(ex, attached) if attached else 0)
+    ex.kernel_write(state, bytes(saved))
+    _attachments(ex)[ex.current_thread] = target
+    ex.cpu.set_control(cr3=target.space.cr3)
+    return 0
+
+
+@export("KeUnstackDetachProcess", dll=NTOSKRNL)
+def ke_unstack_detach_process(ex: Executive, call: ExportCall) -> int:
+    """VOID KeUnstackDetachProcess(PRKAPC_STATE ApcState): back to what ApcState saved: the
+    process attached to before, or the thread's own address space. Detaching a thread that
+    is not attached (an ApcState used twice, or out of order) is bug check 0x6
+    INVALID_PROCESS_DETACH_ATTEMPT (no parameters: 0, 0, 0, 0)."""
+    from emu.nt import eprocess
+
+    saved = struct.unpack("<Q", ex.kernel_read(call.arg(0) + _APC_PROCESS, 8))[0]
+    if saved == ATTACHED_TO_ITSELF:
+        return 0
+    previous = eprocess.process_at(ex, saved) if saved else None
+    if _attached(ex) is None or saved and previous is None:
+        raise BugCheck(INVALID_PROCESS_DETACH_ATTEMPT, (0, 0, 0, 0),
+                       call_site(ex, call.return_address),
+                       "KeUnstackDetachProcess of a thread that is not attached")
+    if previous is not None:
+        _attachments(ex)[ex.current_thread] = previous
+        ex.cpu.set_control(cr3=previous.space.cr3)
+    else:
+        del _attachments(ex)[ex.current_thread]
+        ex.cpu.set_control(cr3=_home_space(ex).cr3)
+    return 0
 
 
 # -- time --------------------------------------------------------------------------------
