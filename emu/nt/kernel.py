@@ -389,7 +389,6 @@ class Executive:
                     self.cpu.set_reg("rip", begin)
                     begin = None
                 self.debugger.before_run()                  # may pause: the shell runs here
-            ke.update_shared_data(self, self.shared_data_frame)   # the times guest code reads
             self.running = True
             try:
                 result = self.cpu.run(begin)
@@ -412,6 +411,7 @@ class Executive:
     def _switch_to(self, thread: Thread) -> RunResult:
         """Load ``thread``'s context (or start it at ring 3) and run it."""
         self._set_rsp0(thread.kernel_stack_top)
+        ke.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
         self.events.emit(Event.THREAD_DISPATCH, thread=thread)
         if thread.context is None:
             return self._enter_user(thread)
@@ -718,6 +718,7 @@ class Executive:
         rsp = stack_top - 0x100
         self.write_user(self.mm.system, rsp, struct.pack("<Q", KERNEL_RETURN))
         cpu.set_reg("rsp", rsp)
+        ke.update_shared_data(self, self.shared_data_frame)   # the times the routine reads
         result = self._run_cpu(routine)
         while True:
             exc = result.exception
@@ -799,6 +800,7 @@ class Executive:
             raise
         if value is not None:
             self.cpu.set_reg("rax", value & 0xFFFF_FFFF_FFFF_FFFF)
+        ke.update_shared_data(self, self.shared_data_frame)   # a wait may have moved the clock
         self.cpu.set_reg("rsp", call.rsp + 8)      # as `ret` does
         self.cpu.set_reg("rip", call.return_address)
 

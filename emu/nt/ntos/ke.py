@@ -353,8 +353,9 @@ def system_time(ex: Executive) -> int:
 
 # KUSER_SHARED_DATA (ntddk.h): one frame the kernel writes and everyone reads, mapped
 # read-only and NX at KI_USER_SHARED_DATA. The executive writes its times from the clock
-# each time it hands the CPU to guest code (update_shared_data), so guest code reads the
-# time of the latest system call, export, interrupt or quantum: the same in every run.
+# (update_shared_data) when it starts a driver routine, returns from an export and
+# dispatches a thread: points of the schedule, never of a debugger's stops, so a replay
+# to any position finds the same bytes there.
 IMAGE_FILE_MACHINE_AMD64 = 0x8664
 NT_PRODUCT_WIN_NT = 1
 NT_MAJOR_VERSION, NT_MINOR_VERSION = 10, 0
@@ -402,10 +403,7 @@ def _write_times(ex: Executive, frame: int, now: int) -> None:
 
 def update_shared_data(ex: Executive, frame: int) -> None:
     """Bring KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount up to the clock."""
-    now = ex.clock
-    if getattr(ex, "_shared_data_time", None) != now:
-        _write_times(ex, frame, now)
-        ex._shared_data_time = now
+    _write_times(ex, frame, ex.clock)
 
 
 @export("KeQueryTimeIncrement", dll=NTOSKRNL)
