@@ -7,9 +7,12 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from emu.nt import wdm
+from emu.nt import eprocess, layout, wdm
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import ExportCall, call_site, export
+from emu.nt.mm.address_space import Protection
+from emu.nt.mm.pfn import FrameUse
+from emu.nt.process import ProcessState
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
@@ -102,7 +105,7 @@ def _wait(ex: Executive, call: ExportCall, done: Callable[[], bool],
     """Wait until ``done()`` or ``ticks`` instructions of the clock have passed (None:
     forever), the hardware going on meanwhile (see the heading above). True when satisfied,
     False on the timeout; a wait nothing can satisfy stops the machine (deadlock)."""
-    from emu.nt.kernel import DEADLOCK, MachineStop
+    from emu.nt.kernel import DEADLOCK, MachineStop  # kernel imports this module
 
     deadline = None if ticks is None else ex.clock + ticks
     while not done():
@@ -117,7 +120,7 @@ def _wait(ex: Executive, call: ExportCall, done: Callable[[], bool],
         if deadline is None:
             raise MachineStop(DEADLOCK)
         _advance_clock(ex, deadline)
-        return done()
+        return False
     return True
 
 
@@ -281,9 +284,6 @@ def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
     process that has ended, or IRQL DISPATCH_LEVEL or above: bug check 0x5
     INVALID_PROCESS_ATTACH_ATTEMPT (the target, the process attached to or 0, the APC state
     index, nonzero at DISPATCH_LEVEL: a DPC may be running)."""
-    from emu.nt import eprocess
-    from emu.nt.process import ProcessState
-
     obj, state = call.arg(0), call.arg(1)
     target, attached = eprocess.process_at(ex, obj), _attached(ex)
     current = attached or (ex.current_thread.process if ex.current_thread else None)
@@ -313,8 +313,6 @@ def ke_unstack_detach_process(ex: Executive, call: ExportCall) -> int:
     process attached to before, or the thread's own address space. Detaching a thread that
     is not attached (an ApcState used twice, or out of order) is bug check 0x6
     INVALID_PROCESS_DETACH_ATTEMPT (no parameters: 0, 0, 0, 0)."""
-    from emu.nt import eprocess
-
     saved = struct.unpack("<Q", ex.kernel_read(call.arg(0) + _APC_PROCESS, 8))[0]
     if saved == ATTACHED_TO_ITSELF:
         return 0
@@ -367,10 +365,6 @@ TICK_COUNT_MULTIPLIER = (TIME_INCREMENT << 24) // 10_000
 def map_shared_data(ex: Executive) -> int:
     """Map KUSER_SHARED_DATA at 0xFFFFF780'00000000 (read-only, NX, supervisor) with its
     constant fields; returns its frame, which update_shared_data writes."""
-    from emu.nt import layout
-    from emu.nt.mm.address_space import Protection
-    from emu.nt.mm.pfn import FrameUse
-
     page = bytearray(layout.PAGE_SIZE)
     fields = wdm.KUSER_SHARED_DATA
     struct.pack_into("<I", page, fields["TickCountMultiplier"], TICK_COUNT_MULTIPLIER)
@@ -394,7 +388,7 @@ def _ksystem_time(value: int) -> bytes:
 
 
 def _write_times(ex: Executive, frame: int, now: int) -> None:
-    base = frame * 4096
+    base = frame * layout.PAGE_SIZE
     fields = wdm.KUSER_SHARED_DATA
     ex.mem.write(base + fields["InterruptTime"], _ksystem_time(now))
     ex.mem.write(base + fields["SystemTime"], _ksystem_time(SYSTEM_TIME_AT_BOOT + now))

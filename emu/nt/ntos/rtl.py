@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from emu.hw import mmu
 from emu.hw.cpu import CpuException, Vector
 from emu.nt import layout, wdm
-from emu.nt.exports import ExportCall, export, format_message
+from emu.nt.bugcheck import BugCheck
+from emu.nt.exports import BAD_POOL_CALLER, ExportCall, call_site, export, format_message, name_at
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.status import NTSTATUS
 
@@ -51,7 +52,6 @@ def _physical(ex: Executive, va: int, access: str) -> int:
     except mmu.GeneralProtection as fault:
         exc = CpuException(Vector.GP, ex.cpu.rip, 0, address=fault.address, access=access,
                            reason=f"non-canonical address {fault.address:#x}")
-    from emu.nt.exports import name_at
     raise ex._bugcheck(exc, f"(in nt!{name_at(ex.cpu.rip) or 'Rtl'})")
 
 
@@ -408,8 +408,6 @@ def rtl_free_unicode_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlFreeUnicodeString(UnicodeString): frees the Buffer an Rtl routine allocated
     (as ExFreePool: a pointer that is no pool block is bug check 0xC2) and zeroes the
     string."""
-    from emu.nt.bugcheck import BugCheck
-    from emu.nt.exports import BAD_POOL_CALLER, call_site
 
     _, _, buffer = _counted(ex, call.arg(0))
     if buffer:
