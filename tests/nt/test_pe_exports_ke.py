@@ -324,3 +324,31 @@ def test_a_dereference_too_many_is_bug_check_0x18(machine_factory, apps):
     assert r.bugcheck.code == 0x18 and r.bugcheck.params == (0, process, 0, 0)
     raw = m.executive.kernel_read(process, wdm.DISPATCHER_HEADER.size)
     assert raw[0] == eprocess.PROCESS_OBJECT and struct.unpack_from("<i", raw, 4)[0] == 0
+
+
+def test_a_dispatch_routine_waits_for_its_device_in_the_requester_s_context(machine_factory,
+                                                                           apps):
+    """devread's read waits in the driver; the interrupt is taken meanwhile, in devread's
+    thread and address space, on its kernel stack below the waiting routine (whose frames
+    survive: the read completes with the driver's bytes); the other app runs after."""
+    from emu.nt.events import Event
+
+    m = machine_factory()
+    driver = m.add_driver(DRIVERS / "pewaitio.sys")
+    connect(m, driver, "SlowIsr")
+    reader = m.spawn(apps / "devread", ["\\??\\PeWait"])
+    other = m.spawn(apps / "hello", [])
+    interrupts = []
+    m.executive.events.subscribe(
+        lambda event, details: interrupts.append((details["thread"], m.executive.cpu.cr3))
+        if event is Event.INTERRUPT else None)
+    r = m.run()
+    assert r.bugcheck is None and r.stopped is None
+    assert reader.output == b"status 0x00000000\nread 19 bytes\ndata: woken by the device\n"
+    assert other.output == b"Hello, world!\n"
+    # Two threads: the clock counts the routine's instructions before its OUT too.
+    (line,) = lines(m)
+    assert line.startswith("pewaitio.sys: Read waited 0x0 for ")
+    assert SLOW_DEVICE_LATENCY <= int(line.split()[-1]) < SLOW_DEVICE_LATENCY + 100
+    ((thread, _),) = interrupts
+    assert thread.process is reader
