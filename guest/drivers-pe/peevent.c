@@ -7,7 +7,8 @@
  * once, and a synchronization event resets as it satisfies it; a wait with a
  * timeout that expires returns STATUS_TIMEOUT (0x102) with the interrupt time
  * advanced by exactly the timeout (KeQueryInterruptTime is wdm.h's macro over
- * KUSER_SHARED_DATA); so does KeDelayExecutionThread.
+ * KUSER_SHARED_DATA); so does KeDelayExecutionThread. A positive timeout is an
+ * absolute system time: one 2 ms ahead waits 2 ms, one in the past only tests.
  *
  * The emulator should print
  *   peevent.sys: header type 0 size 6 state 0 list empty 1
@@ -17,6 +18,7 @@
  *   peevent.sys: timeout 0x102 after 10000
  *   peevent.sys: any 0x1 all 0x0 states 1 0
  *   peevent.sys: delay 0x0 after 5000
+ *   peevent.sys: absolute 0x102 after 20000 past 0x102 after 0
  */
 #include <ntddk.h>
 
@@ -82,5 +84,15 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
     before = KeQueryInterruptTime();
     first = KeDelayExecutionThread(KernelMode, FALSE, &delay);
     DbgPrint("peevent.sys: delay 0x%x after %llu\n", first, KeQueryInterruptTime() - before);
+
+    KeQuerySystemTime(&timeout);                /* absolute: 2 ms from now */
+    timeout.QuadPart += 20000;
+    before = KeQueryInterruptTime();
+    first = KeWaitForSingleObject(&synchronization, Executive, KernelMode, FALSE, &timeout);
+    DbgPrint("peevent.sys: absolute 0x%x after %llu", first, KeQueryInterruptTime() - before);
+    timeout.QuadPart -= 1000000;                /* absolute, in the past: a test */
+    before = KeQueryInterruptTime();
+    first = KeWaitForSingleObject(&synchronization, Executive, KernelMode, FALSE, &timeout);
+    DbgPrint(" past 0x%x after %llu\n", first, KeQueryInterruptTime() - before);
     return STATUS_SUCCESS;
 }

@@ -43,6 +43,7 @@ def test_events_and_waits_at_passive_level(machine_factory, apps):
         "peevent.sys: timeout 0x102 after 10000",
         "peevent.sys: any 0x1 all 0x0 states 1 0",
         "peevent.sys: delay 0x0 after 5000",
+        "peevent.sys: absolute 0x102 after 20000 past 0x102 after 0",
     ]
     assert p.output == b"Hello, world!\n"
 
@@ -352,3 +353,10 @@ def test_a_dispatch_routine_waits_for_its_device_in_the_requester_s_context(mach
     assert SLOW_DEVICE_LATENCY <= int(line.split()[-1]) < SLOW_DEVICE_LATENCY + 100
     ((thread, _),) = interrupts
     assert thread.process is reader
+
+
+def test_more_wait_objects_than_wait_blocks_is_bug_check_0xc(machine_factory, apps):
+    m, _, r = boot(machine_factory, apps, [DRIVERS / "pewaitmany.sys"])
+    assert r.bugcheck.code == ke.MAXIMUM_WAIT_OBJECTS_EXCEEDED == 0x0C
+    assert r.bugcheck.params == (0, 0, 0, 0) and r.bugcheck.driver == "pewaitmany.sys"
+    assert lines(m) == ["pewaitmany.sys: waiting on 4 objects without a WaitBlockArray"]
