@@ -360,3 +360,12 @@ def test_more_wait_objects_than_wait_blocks_is_bug_check_0xc(machine_factory, ap
     assert r.bugcheck.code == ke.MAXIMUM_WAIT_OBJECTS_EXCEEDED == 0x0C
     assert r.bugcheck.params == (0, 0, 0, 0) and r.bugcheck.driver == "pewaitmany.sys"
     assert lines(m) == ["pewaitmany.sys: waiting on 4 objects without a WaitBlockArray"]
+
+
+def test_an_event_at_a_bad_address_faults_inside_nt_kesetevent(machine_factory, apps):
+    m, _, r = boot(machine_factory, apps, [DRIVERS / "pebadevent.sys"])
+    set_event = exports.pe_address_of("ntoskrnl.exe", "KeSetEvent")
+    assert r.bugcheck.code == 0x50
+    assert r.bugcheck.params == (0xFFFF_9000_0000_0004, 0, set_event, 0)
+    assert r.bugcheck.driver == "pebadevent.sys"
+    assert lines(m) == ["pebadevent.sys: KeSetEvent on an unmapped address"]

@@ -12,6 +12,7 @@ from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import ExportCall, call_site, export
 from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
+from emu.nt.ntos import rtl
 from emu.nt.process import ProcessState
 from emu.nt.status import NTSTATUS
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 NTOSKRNL = "ntoskrnl.exe"
 
 # -- events, waits, attaching, time ---------------------------------------------------------
+#
+# The routines touch the caller's structures (a KEVENT, a timeout, a KAPC_STATE) as their
+# code in nt would: a bad pointer is the page fault inside nt!KeSetEvent etc. (emu.nt.ntos.rtl).
 #
 # Time: the machine's clock counts instructions (emu.nt.scheduler), and one instruction is
 # 100 ns here, the unit of every kernel time (a 10 MHz machine): a relative timeout of
@@ -49,11 +53,11 @@ _WAIT_LIST = wdm.DISPATCHER_HEADER["WaitListHead"]
 
 def _signal_state(ex: Executive, obj: int) -> int:
     """Header.SignalState of a dispatcher object (a LONG)."""
-    return struct.unpack("<i", ex.kernel_read(obj + _SIGNAL_STATE, 4))[0]
+    return struct.unpack("<i", rtl.read(ex, obj + _SIGNAL_STATE, 4))[0]
 
 
 def _set_signal_state(ex: Executive, obj: int, state: int) -> None:
-    ex.kernel_write(obj + _SIGNAL_STATE, struct.pack("<i", state))
+    rtl.write(ex, obj + _SIGNAL_STATE, struct.pack("<i", state))
 
 
 def _signalled(ex: Executive, obj: int) -> bool:
@@ -66,7 +70,7 @@ def _acquire(ex: Executive, obj: int) -> None:
     """Satisfying a wait has the object's side effect: a synchronization event resets
     ("an auto-reset event": KeInitializeEvent); a notification event stays signalled. Other
     dispatcher objects are only read (no mutex or semaphore is acquired here)."""
-    if ex.kernel_read(obj + _TYPE, 1)[0] == wdm.SYNCHRONIZATION_EVENT:
+    if rtl.read(ex, obj + _TYPE, 1)[0] == wdm.SYNCHRONIZATION_EVENT:
         _set_signal_state(ex, obj, 0)
 
 
@@ -76,7 +80,7 @@ def _timeout(ex: Executive, pointer: int) -> int | None:
     system time (100 ns units since 1601, KeQuerySystemTime's), 0 if it has passed."""
     if not pointer:
         return None
-    value = struct.unpack("<q", ex.kernel_read(pointer, 8))[0]
+    value = struct.unpack("<q", rtl.read(ex, pointer, 8))[0]
     if value <= 0:
         return -value
     return max(0, value - system_time(ex))
@@ -136,7 +140,7 @@ def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
     header[_SIZE] = wdm.KEVENT.size // 4
     struct.pack_into("<i", header, _SIGNAL_STATE, 1 if call.arg(2) & 0xFF else 0)
     struct.pack_into("<QQ", header, _WAIT_LIST, event + _WAIT_LIST, event + _WAIT_LIST)
-    ex.kernel_write(event, bytes(header))
+    rtl.write(ex, event, bytes(header))
     return 0
 
 
@@ -204,7 +208,7 @@ def ke_wait_for_multiple_objects(ex: Executive, call: ExportCall) -> int:
         raise BugCheck(MAXIMUM_WAIT_OBJECTS_EXCEEDED, (0, 0, 0, 0),
                        call_site(ex, call.return_address),
                        f"KeWaitForMultipleObjects with {count} objects")
-    objects = list(struct.unpack(f"<{count}Q", ex.kernel_read(array, 8 * count))) \
+    objects = list(struct.unpack(f"<{count}Q", rtl.read(ex, array, 8 * count))) \
         if count else []
     ticks = _timeout(ex, call.arg(6))
 
@@ -295,13 +299,13 @@ def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
                        "KeStackAttachProcess to no live process" if ex.irql < DISPATCH_LEVEL
                        else f"KeStackAttachProcess at IRQL {ex.irql}")
     if target is current:
-        ex.kernel_write(state + _APC_PROCESS, struct.pack("<Q", ATTACHED_TO_ITSELF))
+        rtl.write(ex, state + _APC_PROCESS, struct.pack("<Q", ATTACHED_TO_ITSELF))
         return 0
     saved = bytearray(wdm.KAPC_STATE.size)
     for head in (state, state + 0x10):                  # ApcListHead[KernelMode, UserMode]
         struct.pack_into("<QQ", saved, head - state, head, head)
     struct.pack_into("<Q", saved, _APC_PROCESS, eprocess.of(ex, attached) if attached else 0)
-    ex.kernel_write(state, bytes(saved))
+    rtl.write(ex, state, bytes(saved))
     _attachments(ex)[ex.current_thread] = target
     ex.cpu.set_control(cr3=target.space.cr3)
     return 0
@@ -313,7 +317,7 @@ def ke_unstack_detach_process(ex: Executive, call: ExportCall) -> int:
     process attached to before, or the thread's own address space. Detaching a thread that
     is not attached (an ApcState used twice, or out of order) is bug check 0x6
     INVALID_PROCESS_DETACH_ATTEMPT (no parameters: 0, 0, 0, 0)."""
-    saved = struct.unpack("<Q", ex.kernel_read(call.arg(0) + _APC_PROCESS, 8))[0]
+    saved = struct.unpack("<Q", rtl.read(ex, call.arg(0) + _APC_PROCESS, 8))[0]
     if saved == ATTACHED_TO_ITSELF:
         return 0
     previous = eprocess.process_at(ex, saved) if saved else None
@@ -414,5 +418,5 @@ def ke_query_performance_counter(ex: Executive, call: ExportCall) -> int:
     instruction, 100 ns), and the frequency stored at PerformanceFrequency unless NULL.
     (wdm.h declares it NTHALAPI: drivers import it from hal.dll.)"""
     if call.arg(0):
-        ex.kernel_write(call.arg(0), struct.pack("<q", PERFORMANCE_FREQUENCY))
+        rtl.write(ex, call.arg(0), struct.pack("<q", PERFORMANCE_FREQUENCY))
     return interrupt_time(ex)

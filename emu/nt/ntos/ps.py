@@ -9,6 +9,7 @@ from emu.nt import eprocess
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import ExportCall, call_site, export
 from emu.nt.mm.pfn import OutOfFrames
+from emu.nt.ntos import rtl
 from emu.nt.process import ProcessState
 from emu.nt.status import NTSTATUS
 
@@ -38,7 +39,7 @@ def ps_lookup_process_by_process_id(ex: Executive, call: ExportCall) -> int:
         return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
     table = eprocess.objects(ex)
     table.references[address] = table.references.get(address, 0) + 1
-    ex.kernel_write(call.arg(1), struct.pack("<Q", address))
+    rtl.write(ex, call.arg(1), struct.pack("<Q", address))
     return NTSTATUS.STATUS_SUCCESS
 
 
