@@ -4,7 +4,8 @@
  * synchronization event; the device's interrupt comes 200,000 instructions
  * (20 ms) later and its service routine, SlowIsr, sets the event, so the wait
  * returns STATUS_SUCCESS with the interrupt time advanced by exactly the
- * device's latency. (The test connects SlowIsr to the device's vector itself:
+ * device's latency. The set synchronization event goes to the waiter, so it
+ * reads not signalled right after KeSetEvent, as on Windows. (The test connects SlowIsr to the device's vector itself:
  * IoConnectInterrupt is not bound to PE drivers yet.) A second wait, with a
  * 1 ms timeout and nothing to set the event, returns STATUS_TIMEOUT.
  *
@@ -14,7 +15,7 @@
  * ATTEMPTED_SWITCH_FROM_DPC.
  *
  * The emulator should print
- *   pewaitirq.sys: SlowIsr, the event was 0
+ *   pewaitirq.sys: SlowIsr, the event was 0, is 0
  *   pewaitirq.sys: wait 0x0 after 200000, state 0
  *   pewaitirq.sys: wait 0x102
  */
@@ -26,8 +27,10 @@ BOOLEAN SlowIsr(PKINTERRUPT Interrupt, PVOID Context)
 {
     UNREFERENCED_PARAMETER(Interrupt);
     UNREFERENCED_PARAMETER(Context);
-    DbgPrint("pewaitirq.sys: SlowIsr, the event was %d\n",
-             KeSetEvent(&done, IO_NO_INCREMENT, FALSE));
+    LONG was = KeSetEvent(&done, IO_NO_INCREMENT, FALSE);
+
+    DbgPrint("pewaitirq.sys: SlowIsr, the event was %d, is %d\n", was,
+             KeReadStateEvent(&done));
     return TRUE;
 }
 

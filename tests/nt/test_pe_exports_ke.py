@@ -69,7 +69,7 @@ def test_an_interrupt_satisfies_a_wait(machine_factory, apps):
     r = m.run()
     assert r.drivers[0].status == 0 and r.stopped is None
     assert lines(m) == [
-        "pewaitirq.sys: SlowIsr, the event was 0",
+        "pewaitirq.sys: SlowIsr, the event was 0, is 0",
         f"pewaitirq.sys: wait 0x0 after {SLOW_DEVICE_LATENCY}, state 0",
         "pewaitirq.sys: wait 0x102",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emu.nt import eprocess, layout, wdm
@@ -128,6 +129,54 @@ def _wait(ex: Executive, call: ExportCall, done: Callable[[], bool],
     return True
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A driver waiting right now: its objects, WaitAny (or WaitAll), and the index of a
+    synchronization event KeSetEvent handed to it."""
+
+    objects: list[int]
+    wait_any: bool
+    handed: int | None = None
+
+
+def _waiters(ex: Executive) -> list[_Waiter]:
+    return ex.__dict__.setdefault("waiters", [])
+
+
+def _ready(ex: Executive, waiter: _Waiter) -> int | None:
+    """The status the wait ends with if it can end now (WaitAny: the index of the first
+    signalled object, STATUS_WAIT_0 + i; WaitAll: STATUS_SUCCESS), else None."""
+    if waiter.handed is not None:
+        return waiter.handed
+    states = [_signalled(ex, o) for o in waiter.objects]
+    if waiter.wait_any:
+        return next((i for i, signalled in enumerate(states) if signalled), None)
+    return NTSTATUS.STATUS_SUCCESS if all(states) else None
+
+
+def _wait_for(ex: Executive, call: ExportCall, objects: list[int], wait_any: bool,
+              ticks: int | None, what: str) -> int:
+    """KeWaitForSingleObject/KeWaitForMultipleObjects: the status; the objects that satisfy
+    the wait acquired (WaitAny: the one; WaitAll: all, once all are signalled together)."""
+    waiter = _Waiter(objects, wait_any)
+    status = _ready(ex, waiter)
+    if status is None:
+        if ticks == 0:
+            return NTSTATUS.STATUS_TIMEOUT
+        _no_switch_at_dispatch(ex, call, what)
+        _waiters(ex).append(waiter)
+        try:
+            if not _wait(ex, call, lambda: _ready(ex, waiter) is not None, ticks):
+                return NTSTATUS.STATUS_TIMEOUT
+        finally:
+            _waiters(ex).remove(waiter)
+        status = _ready(ex, waiter)
+    if waiter.handed is None:            # a handed event was never signalled: nothing to take
+        for obj in [objects[status]] if wait_any else objects:
+            _acquire(ex, obj)
+    return status
+
+
 @export("KeInitializeEvent", dll=NTOSKRNL)
 def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
     """VOID KeInitializeEvent(PRKEVENT Event, EVENT_TYPE Type, BOOLEAN State): the header as
@@ -147,9 +196,17 @@ def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
 @export("KeSetEvent", dll=NTOSKRNL)
 def ke_set_event(ex: Executive, call: ExportCall) -> int:
     """LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait): signal it; the
-    previous SignalState is returned."""
-    previous = _signal_state(ex, call.arg(0))
-    _set_signal_state(ex, call.arg(0), 1)
+    previous SignalState is returned. A synchronization event that a driver is waiting on
+    goes to that waiter instead and stays not signalled (KiUnwaitThread: one waiter takes
+    the signal)."""
+    event = call.arg(0)
+    previous = _signal_state(ex, event)
+    if previous <= 0 and rtl.read(ex, event + _TYPE, 1)[0] == wdm.SYNCHRONIZATION_EVENT:
+        for waiter in _waiters(ex):
+            if waiter.wait_any and waiter.handed is None and event in waiter.objects:
+                waiter.handed = waiter.objects.index(event)
+                return previous & 0xFFFF_FFFF
+    _set_signal_state(ex, event, 1)
     return previous & 0xFFFF_FFFF
 
 
@@ -181,18 +238,8 @@ def ke_wait_for_single_object(ex: Executive, call: ExportCall) -> int:
     STATUS_SUCCESS once the object is signalled (a synchronization event resets as it
     satisfies the wait), STATUS_TIMEOUT when the timeout passes first (at once for a zero
     timeout, allowed at DISPATCH_LEVEL)."""
-    obj = call.arg(0)
-    ticks = _timeout(ex, call.arg(4))
-    if _signalled(ex, obj):
-        _acquire(ex, obj)
-        return NTSTATUS.STATUS_SUCCESS
-    if ticks == 0:
-        return NTSTATUS.STATUS_TIMEOUT
-    _no_switch_at_dispatch(ex, call, "KeWaitForSingleObject")
-    if not _wait(ex, call, lambda: _signalled(ex, obj), ticks):
-        return NTSTATUS.STATUS_TIMEOUT
-    _acquire(ex, obj)
-    return NTSTATUS.STATUS_SUCCESS
+    return _wait_for(ex, call, [call.arg(0)], True, _timeout(ex, call.arg(4)),
+                     "KeWaitForSingleObject")
 
 
 @export("KeWaitForMultipleObjects", dll=NTOSKRNL)
@@ -210,28 +257,8 @@ def ke_wait_for_multiple_objects(ex: Executive, call: ExportCall) -> int:
                        f"KeWaitForMultipleObjects with {count} objects")
     objects = list(struct.unpack(f"<{count}Q", rtl.read(ex, array, 8 * count))) \
         if count else []
-    ticks = _timeout(ex, call.arg(6))
-
-    def ready() -> int | None:
-        """The status the wait ends with if it can end now, else None."""
-        states = [_signalled(ex, o) for o in objects]
-        if wait_type == WAIT_ANY:
-            return next((i for i, s in enumerate(states) if s), None)
-        return NTSTATUS.STATUS_SUCCESS if all(states) else None
-
-    def finish(status: int) -> int:
-        for o in ([objects[status]] if wait_type == WAIT_ANY else objects):
-            _acquire(ex, o)
-        return status                    # STATUS_WAIT_0 is 0: WaitAny's index is its status
-
-    if ready() is not None:
-        return finish(ready())
-    if ticks == 0:
-        return NTSTATUS.STATUS_TIMEOUT
-    _no_switch_at_dispatch(ex, call, "KeWaitForMultipleObjects")
-    if not _wait(ex, call, lambda: ready() is not None, ticks):
-        return NTSTATUS.STATUS_TIMEOUT
-    return finish(ready())
+    return _wait_for(ex, call, objects, wait_type == WAIT_ANY, _timeout(ex, call.arg(6)),
+                     "KeWaitForMultipleObjects")
 
 
 @export("KeDelayExecutionThread", dll=NTOSKRNL)
