@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from driverboot import DRIVERS, boot
 
 from emu.hw.devices import SLOW_DEVICE_LATENCY, SLOW_DEVICE_VECTOR
@@ -369,3 +370,25 @@ def test_an_event_at_a_bad_address_faults_inside_nt_kesetevent(machine_factory, 
     assert r.bugcheck.params == (0xFFFF_9000_0000_0004, 0, set_event, 0)
     assert r.bugcheck.driver == "pebadevent.sys"
     assert lines(m) == ["pebadevent.sys: KeSetEvent on an unmapped address"]
+
+
+@pytest.mark.parametrize("routine", ["fill", "copy", "mismatch"])
+def test_a_huge_count_runs_to_the_first_bad_page_without_host_memory(machine_factory,
+                                                                     routine):
+    """memset/memcpy/memcmp with a count of 2^62 over one pool page: each page is touched as
+    the routine reaches it, so the first unmapped page faults (0x50 at its first byte), and
+    nothing of the count's size is ever allocated on the host."""
+    from emu.nt.bugcheck import BugCheck
+    from emu.nt.pool import PoolType
+
+    ex = machine_factory().executive
+    block = ex.pools.allocate(PoolType.NonPagedPool, 0x40, 0x74736554)
+    end = (block & ~0xFFF) + 0x1000                         # the page after the block's
+    with pytest.raises(BugCheck) as caught:
+        if routine == "fill":
+            rtl.fill(ex, block, 0, 1 << 62)
+        elif routine == "copy":
+            rtl.copy(ex, block, block, 1 << 62)
+        else:
+            rtl.mismatch(ex, block, block, 1 << 62)
+    assert caught.value.code == 0x50 and caught.value.params[0] == end

@@ -22,7 +22,7 @@ REFERENCE_BY_POINTER = BugCheckCode.REFERENCE_BY_POINTER
 # -- looking a process up (PsLookupProcessByProcessId, ObDereferenceObject) ----------------
 
 
-@export("PsLookupProcessByProcessId", dll=NTOSKRNL)
+@export("PsLookupProcessByProcessId", dll=NTOSKRNL, elf=False)
 def ps_lookup_process_by_process_id(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS PsLookupProcessByProcessId(HANDLE ProcessId, PEPROCESS *Process): the
     process's object (emu.nt.eprocess), referenced: the caller releases it with
@@ -61,14 +61,14 @@ def _dereference(ex: Executive, call: ExportCall) -> int:
     return held - 1
 
 
-@export("ObfDereferenceObject", dll=NTOSKRNL)
+@export("ObfDereferenceObject", dll=NTOSKRNL, elf=False)
 def obf_dereference_object(ex: Executive, call: ExportCall) -> int:
     """LONG_PTR FASTCALL ObfDereferenceObject(PVOID Object): what wdm.h's
     ObDereferenceObject macro calls."""
     return _dereference(ex, call)
 
 
-@export("ObDereferenceObject", dll=NTOSKRNL)
+@export("ObDereferenceObject", dll=NTOSKRNL, elf=False)
 def ob_dereference_object(ex: Executive, call: ExportCall) -> int:
     """LONG_PTR ObDereferenceObject(PVOID Object): the same routine, by its other name."""
     return _dereference(ex, call)

@@ -75,6 +75,56 @@ def write(ex: Executive, va: int, data: bytes) -> None:
         done += chunk
 
 
+def _chunks(va: int, n: int, *others: int):
+    """(offset, length) pieces of ``n`` bytes from ``va`` (and from each of ``others``)
+    that cross no page boundary of any of them: each piece touches one page of each."""
+    done = 0
+    while done < n:
+        piece = n - done
+        for base in (va, *others):
+            piece = min(piece, layout.PAGE_SIZE - ((base + done) & 0xFFF))
+        yield done, piece
+        done += piece
+
+
+def _chunks_back(va: int, n: int, *others: int):
+    """The pieces of _chunks, last first."""
+    left = n
+    while left > 0:
+        piece = left
+        for base in (va, *others):
+            piece = min(piece, ((base + left - 1) & 0xFFF) + 1)
+        left -= piece
+        yield left, piece
+
+
+def copy(ex: Executive, dest: int, source: int, n: int) -> None:
+    """Copy ``n`` bytes as a forward loop does (memmove of overlapping ranges with dest above
+    source goes backwards, as memmove must): a page is touched only when the copy reaches
+    it, so the first bad page faults first, and no buffer of ``n`` bytes is ever held."""
+    backwards = source < dest < source + n
+    for offset, piece in (_chunks_back if backwards else _chunks)(dest, n, source):
+        data = ex.mem.read(_physical(ex, source + offset, "read"), piece)
+        ex.mem.write(_physical(ex, dest + offset, "write"), data)
+
+
+def fill(ex: Executive, dest: int, byte: int, n: int) -> None:
+    """Store ``n`` copies of ``byte`` from ``dest``, page by page."""
+    for offset, piece in _chunks(dest, n):
+        ex.mem.write(_physical(ex, dest + offset, "write"), bytes([byte]) * piece)
+
+
+def mismatch(ex: Executive, a: int, b: int, n: int) -> int | None:
+    """The offset of the first byte that differs in two ranges of ``n`` bytes, or None:
+    compared page by page, and nothing past the first difference is touched."""
+    for offset, piece in _chunks(a, n, b):
+        x = ex.mem.read(_physical(ex, a + offset, "read"), piece)
+        y = ex.mem.read(_physical(ex, b + offset, "read"), piece)
+        if x != y:
+            return offset + next(i for i in range(piece) if x[i] != y[i])
+    return None
+
+
 def read_string(ex: Executive, va: int, unit: int = 1, limit: int | None = None) -> bytes:
     """A string of ``unit``-byte characters up to its NUL (excluded), or ``limit``
     characters: each page is touched only when the string reaches it."""
@@ -121,55 +171,58 @@ def _compare(a: bytes | list[int], b: bytes | list[int]) -> int:
 
 # -- the C run-time routines ---------------------------------------------------------------
 
-@export("memcpy", dll=NTOSKRNL)
+@export("memcpy", dll=NTOSKRNL, elf=False)
 def rtl_memcpy(ex: Executive, call: ExportCall) -> int:
     """void *memcpy(void *dest, const void *src, size_t count): dest."""
-    write(ex, call.arg(0), read(ex, call.arg(1), call.arg(2)))
+    copy(ex, call.arg(0), call.arg(1), call.arg(2))
     return call.arg(0)
 
 
-@export("memmove", dll=NTOSKRNL)
+@export("memmove", dll=NTOSKRNL, elf=False)
 def rtl_memmove(ex: Executive, call: ExportCall) -> int:
     """void *memmove(void *dest, const void *src, size_t count): dest; overlapping ranges
     copy as if through a temporary buffer."""
-    write(ex, call.arg(0), read(ex, call.arg(1), call.arg(2)))
+    copy(ex, call.arg(0), call.arg(1), call.arg(2))
     return call.arg(0)
 
 
-@export("memset", dll=NTOSKRNL)
+@export("memset", dll=NTOSKRNL, elf=False)
 def rtl_memset(ex: Executive, call: ExportCall) -> int:
     """void *memset(void *dest, int c, size_t count): dest."""
-    write(ex, call.arg(0), bytes([call.arg(1) & 0xFF]) * call.arg(2))
+    fill(ex, call.arg(0), call.arg(1) & 0xFF, call.arg(2))
     return call.arg(0)
 
 
-@export("memcmp", dll=NTOSKRNL)
+@export("memcmp", dll=NTOSKRNL, elf=False)
 def rtl_memcmp(ex: Executive, call: ExportCall) -> int:
     """int memcmp(const void *buf1, const void *buf2, size_t count): -1, 0 or 1 by the
     first differing byte (unsigned)."""
-    n = call.arg(2)
-    return _compare(read(ex, call.arg(0), n), read(ex, call.arg(1), n))
+    a, b = call.arg(0), call.arg(1)
+    at = mismatch(ex, a, b, call.arg(2))
+    if at is None:
+        return 0
+    return _sign(read(ex, a + at, 1)[0] - read(ex, b + at, 1)[0])
 
 
-@export("strlen", dll=NTOSKRNL)
+@export("strlen", dll=NTOSKRNL, elf=False)
 def rtl_strlen(ex: Executive, call: ExportCall) -> int:
     """size_t strlen(const char *str)."""
     return len(read_string(ex, call.arg(0)))
 
 
-@export("wcslen", dll=NTOSKRNL)
+@export("wcslen", dll=NTOSKRNL, elf=False)
 def rtl_wcslen(ex: Executive, call: ExportCall) -> int:
     """size_t wcslen(const wchar_t *str): in characters."""
     return len(read_string(ex, call.arg(0), 2)) // 2
 
 
-@export("strcmp", dll=NTOSKRNL)
+@export("strcmp", dll=NTOSKRNL, elf=False)
 def rtl_strcmp(ex: Executive, call: ExportCall) -> int:
     """int strcmp(const char *string1, const char *string2): -1, 0 or 1."""
     return _compare(read_string(ex, call.arg(0)), read_string(ex, call.arg(1)))
 
 
-@export("strncmp", dll=NTOSKRNL)
+@export("strncmp", dll=NTOSKRNL, elf=False)
 def rtl_strncmp(ex: Executive, call: ExportCall) -> int:
     """int strncmp(const char *string1, const char *string2, size_t count): at most count
     characters compared."""
@@ -181,7 +234,7 @@ def _wide(data: bytes) -> list[int]:
     return list(struct.unpack(f"<{len(data) // 2}H", data))
 
 
-@export("wcscmp", dll=NTOSKRNL)
+@export("wcscmp", dll=NTOSKRNL, elf=False)
 def rtl_wcscmp(ex: Executive, call: ExportCall) -> int:
     """int wcscmp(const wchar_t *string1, const wchar_t *string2): -1, 0 or 1."""
     return _compare(_wide(read_string(ex, call.arg(0), 2)), _wide(read_string(ex, call.arg(1), 2)))
@@ -191,7 +244,7 @@ def _lower_ascii(data: bytes) -> bytes:
     return data.lower()         # bytes.lower: A-Z only, the "C" locale's tolower
 
 
-@export("_stricmp", dll=NTOSKRNL)
+@export("_stricmp", dll=NTOSKRNL, elf=False)
 def rtl_stricmp(ex: Executive, call: ExportCall) -> int:
     """int _stricmp(const char *string1, const char *string2): compared as lowercase (the C
     locale: only A-Z fold)."""
@@ -208,26 +261,28 @@ def _fold(units: list[int], fold) -> list[int]:
     return out
 
 
-@export("_wcsicmp", dll=NTOSKRNL)
+@export("_wcsicmp", dll=NTOSKRNL, elf=False)
 def rtl_wcsicmp(ex: Executive, call: ExportCall) -> int:
     """int _wcsicmp(const wchar_t *string1, const wchar_t *string2): compared as lowercase."""
     return _compare(_fold(_wide(read_string(ex, call.arg(0), 2)), str.lower),
                     _fold(_wide(read_string(ex, call.arg(1), 2)), str.lower))
 
 
-@export("strcpy", dll=NTOSKRNL)
+@export("strcpy", dll=NTOSKRNL, elf=False)
 def rtl_strcpy(ex: Executive, call: ExportCall) -> int:
     """char *strcpy(char *dest, const char *src): dest; the NUL copied too."""
     write(ex, call.arg(0), read_string(ex, call.arg(1)) + b"\0")
     return call.arg(0)
 
 
-@export("strncpy", dll=NTOSKRNL)
+@export("strncpy", dll=NTOSKRNL, elf=False)
 def rtl_strncpy(ex: Executive, call: ExportCall) -> int:
     """char *strncpy(char *dest, const char *src, size_t count): dest; exactly count bytes
     written, NUL padded (no NUL when src has count characters or more)."""
     n = call.arg(2)
-    write(ex, call.arg(0), read_string(ex, call.arg(1), limit=n).ljust(n, b"\0"))
+    text = read_string(ex, call.arg(1), limit=n)
+    write(ex, call.arg(0), text)
+    fill(ex, call.arg(0) + len(text), 0, n - len(text))
     return call.arg(0)
 
 
@@ -249,14 +304,14 @@ def _snprintf(ex: Executive, buffer: int, count: int, fmt: int, args, first: int
     return (len(text) if len(text) <= count else -1) & 0xFFFF_FFFF
 
 
-@export("_snprintf", dll=NTOSKRNL)
+@export("_snprintf", dll=NTOSKRNL, elf=False)
 def rtl_snprintf(ex: Executive, call: ExportCall) -> int:
     """int _snprintf(char *buffer, size_t count, const char *format, ...): the formats of
     DbgPrint (at most 512 characters of output)."""
     return _snprintf(ex, call.arg(0), call.arg(1), call.arg(2), call, 3)
 
 
-@export("_vsnprintf", dll=NTOSKRNL)
+@export("_vsnprintf", dll=NTOSKRNL, elf=False)
 def rtl_vsnprintf(ex: Executive, call: ExportCall) -> int:
     """int _vsnprintf(char *buffer, size_t count, const char *format, va_list argptr): as
     _snprintf, the arguments from the va_list."""
@@ -265,12 +320,12 @@ def rtl_vsnprintf(ex: Executive, call: ExportCall) -> int:
 
 # -- Rtl: memory and counted strings ---------------------------------------------------------
 
-@export("RtlCompareMemory", dll=NTOSKRNL)
+@export("RtlCompareMemory", dll=NTOSKRNL, elf=False)
 def rtl_compare_memory(ex: Executive, call: ExportCall) -> int:
     """SIZE_T RtlCompareMemory(Source1, Source2, Length): how many bytes match before the
     first difference (Length if all do)."""
-    a, b = read(ex, call.arg(0), call.arg(2)), read(ex, call.arg(1), call.arg(2))
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+    at = mismatch(ex, call.arg(0), call.arg(1), call.arg(2))
+    return call.arg(2) if at is None else at
 
 
 def _init_counted(ex: Executive, call: ExportCall, unit: int, cap: int) -> int:
@@ -282,13 +337,13 @@ def _init_counted(ex: Executive, call: ExportCall, unit: int, cap: int) -> int:
     return 0
 
 
-@export("RtlInitAnsiString", dll=NTOSKRNL)
+@export("RtlInitAnsiString", dll=NTOSKRNL, elf=False)
 def rtl_init_ansi_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlInitAnsiString(PANSI_STRING DestinationString, PCSZ SourceString)."""
     return _init_counted(ex, call, 1, MAX_USTRING)
 
 
-@export("RtlInitString", dll=NTOSKRNL)
+@export("RtlInitString", dll=NTOSKRNL, elf=False)
 def rtl_init_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlInitString(PSTRING DestinationString, PCSZ SourceString)."""
     return _init_counted(ex, call, 1, MAX_USTRING)
@@ -300,7 +355,7 @@ def _text(ex: Executive, address: int) -> list[int]:
     return _wide(read(ex, buffer, length & ~1))
 
 
-@export("RtlCopyUnicodeString", dll=NTOSKRNL)
+@export("RtlCopyUnicodeString", dll=NTOSKRNL, elf=False)
 def rtl_copy_unicode_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlCopyUnicodeString(Destination, Source): as much of Source as Destination's
     MaximumLength holds, NUL-terminated if there is room; a NULL Source makes Destination
@@ -329,7 +384,7 @@ def _append(ex: Executive, dest: int, data: bytes) -> int:
     return NTSTATUS.STATUS_SUCCESS
 
 
-@export("RtlAppendUnicodeToString", dll=NTOSKRNL)
+@export("RtlAppendUnicodeToString", dll=NTOSKRNL, elf=False)
 def rtl_append_unicode_to_string(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS RtlAppendUnicodeToString(Destination, PCWSTR Source): a NULL Source appends
     nothing."""
@@ -338,7 +393,7 @@ def rtl_append_unicode_to_string(ex: Executive, call: ExportCall) -> int:
     return _append(ex, call.arg(0), read_string(ex, call.arg(1), 2, limit=MAX_USTRING // 2))
 
 
-@export("RtlAppendUnicodeStringToString", dll=NTOSKRNL)
+@export("RtlAppendUnicodeStringToString", dll=NTOSKRNL, elf=False)
 def rtl_append_unicode_string_to_string(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS RtlAppendUnicodeStringToString(Destination, PCUNICODE_STRING Source)."""
     length, _, buffer = _counted(ex, call.arg(1))
@@ -350,7 +405,7 @@ def _case_fold(units: list[int], insensitive: bool) -> list[int]:
     return _fold(units, str.upper) if insensitive else units
 
 
-@export("RtlEqualUnicodeString", dll=NTOSKRNL)
+@export("RtlEqualUnicodeString", dll=NTOSKRNL, elf=False)
 def rtl_equal_unicode_string(ex: Executive, call: ExportCall) -> int:
     """BOOLEAN RtlEqualUnicodeString(String1, String2, CaseInSensitive): TRUE if equal."""
     insensitive = bool(call.arg(2) & 0xFF)
@@ -358,7 +413,7 @@ def rtl_equal_unicode_string(ex: Executive, call: ExportCall) -> int:
                _case_fold(_text(ex, call.arg(1)), insensitive))
 
 
-@export("RtlCompareUnicodeString", dll=NTOSKRNL)
+@export("RtlCompareUnicodeString", dll=NTOSKRNL, elf=False)
 def rtl_compare_unicode_string(ex: Executive, call: ExportCall) -> int:
     """LONG RtlCompareUnicodeString(String1, String2, CaseInSensitive): the difference of the
     first differing characters, else of the Lengths (< 0, 0, > 0 as the reference says)."""
@@ -375,7 +430,7 @@ def _ansi_decode(data: bytes) -> str:
     return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in data)
 
 
-@export("RtlAnsiStringToUnicodeString", dll=NTOSKRNL)
+@export("RtlAnsiStringToUnicodeString", dll=NTOSKRNL, elf=False)
 def rtl_ansi_string_to_unicode_string(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS RtlAnsiStringToUnicodeString(Destination, PCANSI_STRING Source,
     AllocateDestinationString): code page 1252 to UTF-16, always NUL-terminated. A result
@@ -403,7 +458,7 @@ def rtl_ansi_string_to_unicode_string(ex: Executive, call: ExportCall) -> int:
     return NTSTATUS.STATUS_SUCCESS
 
 
-@export("RtlFreeUnicodeString", dll=NTOSKRNL)
+@export("RtlFreeUnicodeString", dll=NTOSKRNL, elf=False)
 def rtl_free_unicode_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlFreeUnicodeString(UnicodeString): frees the Buffer an Rtl routine allocated
     (as ExFreePool: a pointer that is no pool block is bug check 0xC2) and zeroes the
