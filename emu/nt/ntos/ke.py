@@ -42,7 +42,7 @@ NTOSKRNL = "ntoskrnl.exe"
 # timeout, the clock runs to the timeout (STATUS_TIMEOUT); with no timeout either, nothing
 # can ever satisfy the wait: the machine stops as it does for a deadlock (exit 123).
 
-APC_LEVEL, DISPATCH_LEVEL = 1, 2
+DISPATCH_LEVEL = 2
 ATTEMPTED_SWITCH_FROM_DPC = BugCheckCode.ATTEMPTED_SWITCH_FROM_DPC
 MAXIMUM_WAIT_OBJECTS_EXCEEDED = BugCheckCode.MAXIMUM_WAIT_OBJECTS_EXCEEDED
 THREAD_WAIT_OBJECTS = 3         # waits on more objects need the caller's WaitBlockArray
