@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 class BugCheckCode(enum.IntEnum):
     """Stop codes (bugcodes.h)."""
 
+    INVALID_PROCESS_ATTACH_ATTEMPT = 0x05    # KeStackAttachProcess misused
+    INVALID_PROCESS_DETACH_ATTEMPT = 0x06    # KeUnstackDetachProcess of no attachment
     IRQL_NOT_GREATER_OR_EQUAL = 0x09
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
+    MAXIMUM_WAIT_OBJECTS_EXCEEDED = 0x0C
+    REFERENCE_BY_POINTER = 0x18              # an object dereferenced below zero
     MEMORY_MANAGEMENT = 0x1A                 # emu.nt.mm.corruption: parameter 1 says what
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B
@@ -27,6 +31,7 @@ class BugCheckCode(enum.IntEnum):
     SYSTEM_THREAD_EXCEPTION_NOT_HANDLED = 0x7E   # emu.nt.seh: DriverEntry/DriverUnload
     UNEXPECTED_KERNEL_MODE_TRAP = 0x7F
     MACHINE_CHECK_EXCEPTION = 0x9C
+    ATTEMPTED_SWITCH_FROM_DPC = 0xB8         # a wait that must block at DISPATCH_LEVEL
     ATTEMPTED_WRITE_TO_READONLY_MEMORY = 0xBE
     BAD_POOL_CALLER = 0xC2
     DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4

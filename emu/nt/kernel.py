@@ -56,6 +56,7 @@ from emu.nt.mm.address_space import AddressSpace, MemoryManager, Protection
 from emu.nt.mm.pagefile import Pagefile
 from emu.nt.mm.pfn import FrameUse
 from emu.nt.mm.virtual import FaultResolution
+from emu.nt.ntos import ke
 from emu.nt.ob import ObjectDirectory
 from emu.nt.pool import Pools
 from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState
@@ -174,6 +175,7 @@ class Executive:
         self.mm.map_new(system, layout.KERNEL_TEXT, Protection.PAGE_EXECUTE_READ,
                         use=FrameUse.KERNEL, data=text)
         self._map_kernel_stack(0)
+        self.shared_data_frame = ke.map_shared_data(self)     # KUSER_SHARED_DATA
         cpu = self.cpu
         cpu.set_control(efer=int(EFER_BOOT), cr4=self._cr4, cr0=int(CR0_BOOT),
                         cr3=system.cr3)
@@ -420,6 +422,7 @@ class Executive:
     def _switch_to(self, thread: Thread) -> RunResult:
         """Load ``thread``'s context (or start it at ring 3) and run it."""
         self._set_rsp0(thread.kernel_stack_top)
+        ke.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
         self.events.emit(Event.THREAD_DISPATCH, thread=thread)
         if thread.context is None:
             return self._enter_user(thread)
@@ -497,30 +500,34 @@ class Executive:
         self._deliver_interrupts(None)
         return True
 
-    def _deliver_interrupts(self, thread: Thread | None) -> None:
+    def _deliver_interrupts(self, thread: Thread | None, stack_top: int | None = None) -> None:
         """Every device whose line is up interrupts ``thread`` (None: the idle system): its
         ISR runs at DIRQL, then the DPCs it queued at DISPATCH_LEVEL, in that thread's
-        address space and on its kernel stack, before the thread goes on."""
+        address space and on its kernel stack (from ``stack_top`` when ring-0 code of the
+        thread is using the stack: a driver waiting in KeWaitForSingleObject), before the
+        thread goes on."""
         for device in self.cpu.devices:
             if device.due(self.clock) and device.vector in self.interrupts:
                 isr, context, obj = self.interrupts[device.vector]
                 self.irql = DEVICE_IRQL
                 self.events.emit(Event.INTERRUPT, vector=device.vector, isr=isr, thread=thread)
-                self._at_irql(DEVICE_IRQL, isr, (obj, context), thread)
+                self._at_irql(DEVICE_IRQL, isr, (obj, context), thread, stack_top)
                 while self.dpc_queue:
                     routine, args = self.dpc_queue.pop(0)
                     self.irql = DISPATCH_LEVEL
                     self.events.emit(Event.DPC, routine=routine, thread=thread)
-                    self._at_irql(DISPATCH_LEVEL, routine, args, thread)
+                    self._at_irql(DISPATCH_LEVEL, routine, args, thread, stack_top)
 
     def _at_irql(self, irql: int, routine: int, args: tuple[int, ...],
-                 thread: Thread | None) -> None:
+                 thread: Thread | None, stack_top: int | None = None) -> None:
         # A bug check raised inside leaves the IRQL as it was: the stopped machine (its dump,
         # the debugger) shows the level the fault happened at.
         self.irql = irql
+        if stack_top is None:
+            stack_top = thread.kernel_stack_top if thread else KERNEL_STACK_TOP
         self.call_kernel(routine, *args,
                          space=thread.process.space if thread else self.mm.system,
-                         stack_top=thread.kernel_stack_top if thread else KERNEL_STACK_TOP)
+                         stack_top=stack_top)
         self.irql = PASSIVE_LEVEL
         self.events.emit(Event.KERNEL_CALL_DONE, routine=routine, thread=thread)
 
@@ -746,6 +753,7 @@ class Executive:
         rsp = stack_top - 0x100
         self.write_user(self.mm.system, rsp, struct.pack("<Q", KERNEL_RETURN))
         cpu.set_reg("rsp", rsp)
+        ke.update_shared_data(self, self.shared_data_frame)   # the times the routine reads
         result = self._run_cpu(routine)
         while True:
             exc = result.exception
@@ -804,7 +812,10 @@ class Executive:
         if va is None or self.irql >= DISPATCH_LEVEL:
             return False
         if va < layout.KERNEL_SPACE_START:
-            proc = self.current
+            # The process whose address space is current: a driver attached to another
+            # (KeStackAttachProcess) touches that one's pages.
+            proc = next((p for p in self.processes if p.space.cr3 == self.cpu.cr3
+                         and p.state is not ProcessState.TERMINATED), self.current)
             return proc is not None and \
                 virtual.resolve_fault(self, proc, va, access) is FaultResolution.RESOLVED
         return virtual.page_in_system(self, va, access)
@@ -830,6 +841,7 @@ class Executive:
             raise
         if value is not None:
             self.cpu.set_reg("rax", value & 0xFFFF_FFFF_FFFF_FFFF)
+        ke.update_shared_data(self, self.shared_data_frame)   # a wait may have moved the clock
         self.cpu.set_reg("rsp", call.rsp + 8)      # as `ret` does
         self.cpu.set_reg("rip", call.return_address)
 

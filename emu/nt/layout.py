@@ -10,6 +10,7 @@
     0xFFFF8000'00000000  the kernel half (PML4 slots 256-511, shared by every process):
                          GDT/TSS, kernel text, kernel stacks, export traps
     0xFFFFA000'00000000  kernel pools (NonPagedPool, NonPagedPoolNx, PagedPool)
+    0xFFFFF780'00000000  KUSER_SHARED_DATA (read-only, NX: the times wdm.h's macros read)
     0xFFFFF800'01000000  driver images
 """
 
@@ -43,6 +44,7 @@ KERNEL_POOL_NX = 0xFFFF_A080_0000_0000         # NonPagedPoolNx
 KERNEL_POOL_PAGED = 0xFFFF_A100_0000_0000      # PagedPool
 KERNEL_POOL_SIZE = 0x0000_0080_0000_0000       # each pool's virtual range
 KERNEL_SYSTEM_PTES = 0xFFFF_A180_0000_0000     # MDL mappings (MmGetSystemAddressForMdlSafe)
+KI_USER_SHARED_DATA = 0xFFFF_F780_0000_0000    # KUSER_SHARED_DATA (wdm.h's x64 address)
 KERNEL_DRIVERS = 0xFFFF_F800_0100_0000         # driver images, one 16 MiB slot each
 KERNEL_DRIVER_SLOT = 16 << 20
 

@@ -116,3 +116,51 @@ STRUCTS: tuple[Struct, ...] = (DRIVER_OBJECT, DEVICE_OBJECT, IRP, IO_STACK_LOCAT
 # Object types (the Type field of each I/O object: wdm.h's IO_TYPE_*, KOBJECTS' DpcObject).
 IO_TYPE_DEVICE, IO_TYPE_DRIVER, IO_TYPE_FILE, IO_TYPE_IRP = 3, 4, 5, 6
 DPC_OBJECT = 0x13
+
+# -- the kernel's structures (events, attaching, time, strings) ---------------------------
+# Checked against the WDK's <ntifs.h> only (it includes <ntddk.h>; KAPC_STATE and
+# KeStackAttachProcess are declared there): the private ELF header does not declare them.
+
+# Every dispatcher object (event, mutex, semaphore, timer, process, thread) begins with one.
+DISPATCHER_HEADER = Struct("DISPATCHER_HEADER", 0x18, {
+    "Type": 0x00,                   # KOBJECTS: EventNotificationObject 0, Synchronization 1
+    "Signalling": 0x01, "Size": 0x02,   # Size: of the whole object, in LONGs
+    "SignalState": 0x04,            # LONG: > 0 while the object is signalled
+    "WaitListHead": 0x08,           # LIST_ENTRY of the wait blocks waiting on it
+})
+
+KEVENT = Struct("KEVENT", 0x18, {
+    "Header": 0x00, "Header.Type": 0x00, "Header.Size": 0x02, "Header.SignalState": 0x04,
+    "Header.WaitListHead": 0x08,
+})
+
+# The caller's storage for the APC state KeStackAttachProcess saves (opaque to drivers).
+KAPC_STATE = Struct("KAPC_STATE", 0x30, {
+    "ApcListHead": 0x00, "Process": 0x20, "KernelApcInProgress": 0x28,
+    "KernelApcPending": 0x29, "UserApcPending": 0x2A,
+})
+
+LARGE_INTEGER = Struct("LARGE_INTEGER", 0x8, {"LowPart": 0x0, "HighPart": 0x4, "QuadPart": 0x0})
+
+# A time the kernel updates while user code reads it: LowPart and High1Time are what an x64
+# reader loads as one ULONG64; High2Time is written first, so a 32-bit reader can retry.
+KSYSTEM_TIME = Struct("KSYSTEM_TIME", 0xC, {"LowPart": 0x0, "High1Time": 0x4, "High2Time": 0x8})
+
+# The page the kernel shares with everyone (ntddk.h): wdm.h's x64 KeQuerySystemTime,
+# KeQueryTickCount and KeQueryInterruptTime are macros reading it at 0xFFFFF780'00000000.
+KUSER_SHARED_DATA = Struct("KUSER_SHARED_DATA", 0x5F0, {
+    "TickCountMultiplier": 0x004, "InterruptTime": 0x008, "SystemTime": 0x014,
+    "TimeZoneBias": 0x020, "ImageNumberLow": 0x02C, "ImageNumberHigh": 0x02E,
+    "NtSystemRoot": 0x030, "NtProductType": 0x264, "ProductTypeIsValid": 0x268,
+    "NtMajorVersion": 0x26C, "NtMinorVersion": 0x270, "TickCount": 0x320,
+})
+
+# The counted 8-bit string (ANSI_STRING and STRING are one type in ntdef.h).
+STRING = Struct("STRING", 0x10, {"Length": 0x00, "MaximumLength": 0x02, "Buffer": 0x08})
+
+KE_STRUCTS: tuple[Struct, ...] = (DISPATCHER_HEADER, KEVENT, KAPC_STATE, LARGE_INTEGER,
+                                  KSYSTEM_TIME, KUSER_SHARED_DATA, STRING)
+
+# Dispatcher object types (KOBJECTS): the Type of an event's DISPATCHER_HEADER is its
+# EVENT_TYPE (NotificationEvent 0, SynchronizationEvent 1).
+NOTIFICATION_EVENT, SYNCHRONIZATION_EVENT = 0, 1

@@ -24,17 +24,17 @@ from emu.nt import io, wdm
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _entries() -> list[tuple[str, str | None]]:
+def _entries(structs=wdm.STRUCTS) -> list[tuple[str, str | None]]:
     """(structure, field or None for sizeof), in table order."""
-    return [(s.name, f) for s in wdm.STRUCTS for f in (None, *s.fields)]
+    return [(s.name, f) for s in structs for f in (None, *s.fields)]
 
 
-def _probe_source(header: str) -> str:
+def _probe_source(header: str, structs=wdm.STRUCTS) -> str:
     lines = [f"#include <{header}>",
              "__declspec(dllexport) const unsigned long long layout[] = {"]
     lines += [f"    sizeof({name})," if field is None else
               f"    __builtin_offsetof({name}, {field}),"
-              for name, field in _entries()]
+              for name, field in _entries(structs)]
     lines += ["};",
               "NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, "
               "PUNICODE_STRING RegistryPath)",
@@ -42,12 +42,13 @@ def _probe_source(header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compile(tmp: Path, header: str, include: Path) -> dict[tuple[str, str | None], int]:
+def _compile(tmp: Path, header: str, include: Path,
+             structs=wdm.STRUCTS) -> dict[tuple[str, str | None], int]:
     """Build the probe against ``header`` (found in ``include``) and read its numbers."""
     env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(tmp / "zig-cache"),
            "ZIG_LOCAL_CACHE_DIR": str(tmp / "zig-cache")}
     cc = [sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-windows-gnu"]
-    (tmp / "probe.c").write_text(_probe_source(header))
+    (tmp / "probe.c").write_text(_probe_source(header, structs))
     for command in (
             [*cc, "-O2", "-Wall", f"-I{include}", "-c", "probe.c", "-o", "probe.o"],
             [*cc, "-shared", "-nostdlib", "-Wl,--subsystem,native",
@@ -56,14 +57,14 @@ def _compile(tmp: Path, header: str, include: Path) -> dict[tuple[str, str | Non
         assert done.returncode == 0, done.stderr
     pe = pefile.PE(str(tmp / "probe.sys"))
     (symbol,) = [s for s in pe.DIRECTORY_ENTRY_EXPORT.symbols if s.name == b"layout"]
-    keys = _entries()
+    keys = _entries(structs)
     values = struct.unpack(f"<{len(keys)}Q", pe.get_data(symbol.address, 8 * len(keys)))
     return dict(zip(keys, values, strict=True))
 
 
-def _table() -> dict[tuple[str, str | None], int]:
+def _table(structs=wdm.STRUCTS) -> dict[tuple[str, str | None], int]:
     return {(s.name, f): (s.size if f is None else s.fields[f])
-            for s in wdm.STRUCTS for f in (None, *s.fields)}
+            for s in structs for f in (None, *s.fields)}
 
 
 def _differences(measured: dict, table: dict) -> list[str]:
@@ -83,6 +84,17 @@ def wdk(tmp_path_factory) -> dict:
 
 def test_the_table_is_the_wdk_layout(wdk):
     assert _differences(wdk, _table()) == []
+
+
+def test_the_kernel_structures_are_the_wdk_layout(tmp_path):
+    """KEVENT and its DISPATCHER_HEADER, KAPC_STATE, LARGE_INTEGER, KSYSTEM_TIME, the
+    KUSER_SHARED_DATA fields the time macros read, STRING: as <ntifs.h> (which includes
+    <ntddk.h>; KAPC_STATE and KeStackAttachProcess are declared there) lays them out."""
+    import ziglang
+
+    ddk = Path(ziglang.__file__).parent / "lib" / "libc" / "include" / "any-windows-any" / "ddk"
+    measured = _compile(tmp_path, "ntifs.h", ddk, wdm.KE_STRUCTS)
+    assert _differences(measured, _table(wdm.KE_STRUCTS)) == []
 
 
 def test_the_private_header_has_the_same_layout(tmp_path):

@@ -1,2 +1,449 @@
 """Ke: the kernel's exports (DPCs, events and waits, attaching, time), as PE drivers
 import them."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from emu.nt import eprocess, layout, wdm
+from emu.nt.bugcheck import BugCheck, BugCheckCode
+from emu.nt.exports import ExportCall, call_site, export
+from emu.nt.mm.address_space import Protection
+from emu.nt.mm.pfn import FrameUse
+from emu.nt.ntos import rtl
+from emu.nt.process import ProcessState
+from emu.nt.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from emu.nt.kernel import Executive
+    from emu.nt.process import Process
+
+NTOSKRNL = "ntoskrnl.exe"
+
+# -- events, waits, attaching, time ---------------------------------------------------------
+#
+# The routines touch the caller's structures (a KEVENT, a timeout, a KAPC_STATE) as their
+# code in nt would: a bad pointer is the page fault inside nt!KeSetEvent etc. (emu.nt.ntos.rtl).
+#
+# Time: the machine's clock counts instructions (emu.nt.scheduler), and one instruction is
+# 100 ns here, the unit of every kernel time (a 10 MHz machine): a relative timeout of
+# -10000 (1 ms) is 10,000 instructions of the clock, exactly.
+#
+# Waiting: Windows puts the waiting thread to sleep and runs others. A driver's routine
+# runs here inside the executive's call of it (call_kernel, on the caller's kernel stack),
+# and the executive cannot switch to another thread until it returns, so a wait that is
+# not satisfied at once lets only the hardware go on: the clock runs forward to the next
+# device interrupt, whose ISR (and the DPCs it queues) run on the waiting thread's kernel
+# stack below the waiter's frames, in its address space, as an interrupt taken there would;
+# a KeSetEvent from that DPC satisfies the wait. With no interrupt to come before the
+# timeout, the clock runs to the timeout (STATUS_TIMEOUT); with no timeout either, nothing
+# can ever satisfy the wait: the machine stops as it does for a deadlock (exit 123).
+
+DISPATCH_LEVEL = 2
+ATTEMPTED_SWITCH_FROM_DPC = BugCheckCode.ATTEMPTED_SWITCH_FROM_DPC
+MAXIMUM_WAIT_OBJECTS_EXCEEDED = BugCheckCode.MAXIMUM_WAIT_OBJECTS_EXCEEDED
+THREAD_WAIT_OBJECTS = 3         # waits on more objects need the caller's WaitBlockArray
+MAXIMUM_WAIT_OBJECTS = 64
+WAIT_ALL, WAIT_ANY = 0, 1       # WAIT_TYPE
+_TYPE, _SIZE, _SIGNAL_STATE = (wdm.DISPATCHER_HEADER[f] for f in ("Type", "Size", "SignalState"))
+_WAIT_LIST = wdm.DISPATCHER_HEADER["WaitListHead"]
+
+
+def _signal_state(ex: Executive, obj: int) -> int:
+    """Header.SignalState of a dispatcher object (a LONG)."""
+    return struct.unpack("<i", rtl.read(ex, obj + _SIGNAL_STATE, 4))[0]
+
+
+def _set_signal_state(ex: Executive, obj: int, state: int) -> None:
+    rtl.write(ex, obj + _SIGNAL_STATE, struct.pack("<i", state))
+
+
+def _signalled(ex: Executive, obj: int) -> bool:
+    """Whether a wait on ``obj`` is satisfied now: SignalState > 0 (KiWaitSatisfy's rule for
+    events and for any object whose header says it is signalled)."""
+    return _signal_state(ex, obj) > 0
+
+
+def _acquire(ex: Executive, obj: int) -> None:
+    """Satisfying a wait has the object's side effect: a synchronization event resets
+    ("an auto-reset event": KeInitializeEvent); a notification event stays signalled. Other
+    dispatcher objects are only read (no mutex or semaphore is acquired here)."""
+    if rtl.read(ex, obj + _TYPE, 1)[0] == wdm.SYNCHRONIZATION_EVENT:
+        _set_signal_state(ex, obj, 0)
+
+
+def _timeout(ex: Executive, pointer: int) -> int | None:
+    """A PLARGE_INTEGER timeout as instructions of the clock from now: None for NULL
+    (forever); a negative value is relative, in 100 ns units; a positive one an absolute
+    system time (100 ns units since 1601, KeQuerySystemTime's), 0 if it has passed."""
+    if not pointer:
+        return None
+    value = struct.unpack("<q", rtl.read(ex, pointer, 8))[0]
+    if value <= 0:
+        return -value
+    return max(0, value - system_time(ex))
+
+
+def _no_switch_at_dispatch(ex: Executive, call: ExportCall, what: str) -> None:
+    """A wait that must block at DISPATCH_LEVEL or above: the dispatcher cannot switch threads
+    there. Windows stops with ATTEMPTED_SWITCH_FROM_DPC (0xB8: original thread, new thread,
+    the original thread's stack, 0); there is no thread object here (0), and the stack is
+    the caller's RSP. (KeWaitForSingleObject: "if Timeout = NULL or *Timeout != 0, the caller
+    must be running at IRQL <= APC_LEVEL".)"""
+    if ex.irql >= DISPATCH_LEVEL:
+        raise BugCheck(ATTEMPTED_SWITCH_FROM_DPC, (0, 0, call.rsp, 0),
+                       call_site(ex, call.return_address),
+                       f"{what} at IRQL {ex.irql}: no thread switch is possible at "
+                       "DISPATCH_LEVEL or above")
+
+
+def _advance_clock(ex: Executive, to: int) -> None:
+    """The machine idles until ``to``: its clock jumps there, as when every thread waits."""
+    ex.scheduler.idle_skipped += max(0, to - ex.clock)
+
+
+def _wait(ex: Executive, call: ExportCall, done: Callable[[], bool],
+          ticks: int | None) -> bool:
+    """Wait until ``done()`` or ``ticks`` instructions of the clock have passed (None:
+    forever), the hardware going on meanwhile (see the heading above). True when satisfied,
+    False on the timeout; a wait nothing can satisfy stops the machine (deadlock)."""
+    from emu.nt.kernel import DEADLOCK, MachineStop  # kernel imports this module
+
+    deadline = None if ticks is None else ex.clock + ticks
+    while not done():
+        device = ex._device_deadline()
+        if device is not None and (deadline is None or device <= deadline):
+            _advance_clock(ex, device)
+            irql = ex.irql
+            # Taken on the waiter's kernel stack, below its frames (x64 has no red zone).
+            ex._deliver_interrupts(ex.current_thread, stack_top=call.rsp & ~0xF)
+            ex.irql = irql
+            continue
+        if deadline is None:
+            raise MachineStop(DEADLOCK)
+        _advance_clock(ex, deadline)
+        return False
+    return True
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A driver waiting right now: its objects, WaitAny (or WaitAll), and the index of a
+    synchronization event KeSetEvent handed to it."""
+
+    objects: list[int]
+    wait_any: bool
+    handed: int | None = None
+
+
+def _waiters(ex: Executive) -> list[_Waiter]:
+    return ex.__dict__.setdefault("waiters", [])
+
+
+def _ready(ex: Executive, waiter: _Waiter) -> int | None:
+    """The status the wait ends with if it can end now (WaitAny: the index of the first
+    signalled object, STATUS_WAIT_0 + i; WaitAll: STATUS_SUCCESS), else None."""
+    if waiter.handed is not None:
+        return waiter.handed
+    states = [_signalled(ex, o) for o in waiter.objects]
+    if waiter.wait_any:
+        return next((i for i, signalled in enumerate(states) if signalled), None)
+    return NTSTATUS.STATUS_SUCCESS if all(states) else None
+
+
+def _wait_for(ex: Executive, call: ExportCall, objects: list[int], wait_any: bool,
+              ticks: int | None, what: str) -> int:
+    """KeWaitForSingleObject/KeWaitForMultipleObjects: the status; the objects that satisfy
+    the wait acquired (WaitAny: the one; WaitAll: all, once all are signalled together)."""
+    waiter = _Waiter(objects, wait_any)
+    status = _ready(ex, waiter)
+    if status is None:
+        if ticks == 0:
+            return NTSTATUS.STATUS_TIMEOUT
+        _no_switch_at_dispatch(ex, call, what)
+        _waiters(ex).append(waiter)
+        try:
+            if not _wait(ex, call, lambda: _ready(ex, waiter) is not None, ticks):
+                return NTSTATUS.STATUS_TIMEOUT
+        finally:
+            _waiters(ex).remove(waiter)
+        status = _ready(ex, waiter)
+    if waiter.handed is None:            # a handed event was never signalled: nothing to take
+        for obj in [objects[status]] if wait_any else objects:
+            _acquire(ex, obj)
+    return status
+
+
+@export("KeInitializeEvent", dll=NTOSKRNL, elf=False)
+def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
+    """VOID KeInitializeEvent(PRKEVENT Event, EVENT_TYPE Type, BOOLEAN State): the header as
+    Windows writes it: Type (NotificationEvent 0, SynchronizationEvent 1), Size in LONGs
+    (sizeof(KEVENT) / 4 = 6), SignalState = State, an empty WaitListHead (pointing at
+    itself); the other header bytes 0."""
+    event = call.arg(0)
+    header = bytearray(wdm.KEVENT.size)
+    header[_TYPE] = call.arg(1) & 0xFF
+    header[_SIZE] = wdm.KEVENT.size // 4
+    struct.pack_into("<i", header, _SIGNAL_STATE, 1 if call.arg(2) & 0xFF else 0)
+    struct.pack_into("<QQ", header, _WAIT_LIST, event + _WAIT_LIST, event + _WAIT_LIST)
+    rtl.write(ex, event, bytes(header))
+    return 0
+
+
+@export("KeSetEvent", dll=NTOSKRNL, elf=False)
+def ke_set_event(ex: Executive, call: ExportCall) -> int:
+    """LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait): signal it; the
+    previous SignalState is returned. A synchronization event that a driver is waiting on
+    goes to that waiter instead and stays not signalled (KiUnwaitThread: one waiter takes
+    the signal)."""
+    event = call.arg(0)
+    previous = _signal_state(ex, event)
+    if previous <= 0 and rtl.read(ex, event + _TYPE, 1)[0] == wdm.SYNCHRONIZATION_EVENT:
+        for waiter in _waiters(ex):
+            if waiter.wait_any and waiter.handed is None and event in waiter.objects:
+                waiter.handed = waiter.objects.index(event)
+                return previous & 0xFFFF_FFFF
+    _set_signal_state(ex, event, 1)
+    return previous & 0xFFFF_FFFF
+
+
+@export("KeResetEvent", dll=NTOSKRNL, elf=False)
+def ke_reset_event(ex: Executive, call: ExportCall) -> int:
+    """LONG KeResetEvent(PRKEVENT Event): not signalled; the previous SignalState is
+    returned."""
+    previous = _signal_state(ex, call.arg(0))
+    _set_signal_state(ex, call.arg(0), 0)
+    return previous & 0xFFFF_FFFF
+
+
+@export("KeClearEvent", dll=NTOSKRNL, elf=False)
+def ke_clear_event(ex: Executive, call: ExportCall) -> int:
+    """VOID KeClearEvent(PRKEVENT Event): not signalled."""
+    _set_signal_state(ex, call.arg(0), 0)
+    return 0
+
+
+@export("KeReadStateEvent", dll=NTOSKRNL, elf=False)
+def ke_read_state_event(ex: Executive, call: ExportCall) -> int:
+    """LONG KeReadStateEvent(PRKEVENT Event): its SignalState."""
+    return _signal_state(ex, call.arg(0)) & 0xFFFF_FFFF
+
+
+@export("KeWaitForSingleObject", dll=NTOSKRNL, elf=False)
+def ke_wait_for_single_object(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS KeWaitForSingleObject(Object, WaitReason, WaitMode, Alertable, Timeout):
+    STATUS_SUCCESS once the object is signalled (a synchronization event resets as it
+    satisfies the wait), STATUS_TIMEOUT when the timeout passes first (at once for a zero
+    timeout, allowed at DISPATCH_LEVEL)."""
+    return _wait_for(ex, call, [call.arg(0)], True, _timeout(ex, call.arg(4)),
+                     "KeWaitForSingleObject")
+
+
+@export("KeWaitForMultipleObjects", dll=NTOSKRNL, elf=False)
+def ke_wait_for_multiple_objects(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS KeWaitForMultipleObjects(Count, Object[], WaitType, WaitReason, WaitMode,
+    Alertable, Timeout, WaitBlockArray): WaitAny returns STATUS_WAIT_0 + the index of the
+    first signalled object (only it is acquired); WaitAll STATUS_SUCCESS once all are
+    signalled at once (all acquired); STATUS_TIMEOUT as KeWaitForSingleObject. More than
+    MAXIMUM_WAIT_OBJECTS (64) objects, or more than THREAD_WAIT_OBJECTS (3) without a
+    WaitBlockArray, is bug check 0xC MAXIMUM_WAIT_OBJECTS_EXCEEDED."""
+    count, array, wait_type = call.arg(0) & 0xFFFF_FFFF, call.arg(1), call.arg(2) & 0xFFFF_FFFF
+    if count > MAXIMUM_WAIT_OBJECTS or count > THREAD_WAIT_OBJECTS and not call.arg(7):
+        raise BugCheck(MAXIMUM_WAIT_OBJECTS_EXCEEDED, (0, 0, 0, 0),
+                       call_site(ex, call.return_address),
+                       f"KeWaitForMultipleObjects with {count} objects")
+    objects = list(struct.unpack(f"<{count}Q", rtl.read(ex, array, 8 * count))) \
+        if count else []
+    return _wait_for(ex, call, objects, wait_type == WAIT_ANY, _timeout(ex, call.arg(6)),
+                     "KeWaitForMultipleObjects")
+
+
+@export("KeDelayExecutionThread", dll=NTOSKRNL, elf=False)
+def ke_delay_execution_thread(ex: Executive, call: ExportCall) -> int:
+    """NTSTATUS KeDelayExecutionThread(WaitMode, Alertable, Interval): STATUS_SUCCESS once the
+    interval (negative: relative, 100 ns units; positive: an absolute system time) has
+    passed on the machine's clock, device interrupts taken meanwhile."""
+    ticks = _timeout(ex, call.arg(2)) or 0
+    if ticks:
+        _no_switch_at_dispatch(ex, call, "KeDelayExecutionThread")
+        _wait(ex, call, lambda: False, ticks)
+    return NTSTATUS.STATUS_SUCCESS
+
+
+# -- attaching ----------------------------------------------------------------------------
+#
+# KeStackAttachProcess switches the thread to another process's address space (CR3), so the
+# driver reads THAT process's user memory, and KeUnstackDetachProcess switches back, as
+# KiAttachProcess / KiDetachProcess do. What the thread is attached to is kept per thread
+# (None: DriverEntry's system context), valid while CR3 is that process's: a kernel call
+# that returned attached has had its CR3 put back by the executive, so its stale
+# attachment is forgotten (Windows would stop: INVALID_PROCESS_ATTACH_ATTEMPT).
+
+INVALID_PROCESS_ATTACH_ATTEMPT = BugCheckCode.INVALID_PROCESS_ATTACH_ATTEMPT
+INVALID_PROCESS_DETACH_ATTEMPT = BugCheckCode.INVALID_PROCESS_DETACH_ATTEMPT
+_APC_PROCESS = wdm.KAPC_STATE["Process"]
+ATTACHED_TO_ITSELF = 1          # ApcState->Process when the thread was in the process already
+
+
+def _attachments(ex: Executive) -> dict:
+    return ex.__dict__.setdefault("attachments", {})
+
+
+def _attached(ex: Executive) -> Process | None:
+    """The process the current thread is attached to, or None."""
+    table = _attachments(ex)
+    proc = table.get(ex.current_thread)
+    if proc is not None and ex.cpu.cr3 != proc.space.cr3:
+        del table[ex.current_thread]          # left by a kernel call that has returned
+        return None
+    return proc
+
+
+def _home_space(ex: Executive):
+    return ex.current_thread.process.space if ex.current_thread else ex.mm.system
+
+
+@export("KeStackAttachProcess", dll=NTOSKRNL, elf=False)
+def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
+    """VOID KeStackAttachProcess(PRKPROCESS Process, PRKAPC_STATE ApcState): into Process's
+    address space. ApcState gets what a detach restores: Process NULL (the thread was in
+    its own process), the process it was attached to (a nested attach), or 1 when it is in
+    Process already (nothing switches; the detach does nothing). Not a process object, a
+    process that has ended, or IRQL DISPATCH_LEVEL or above: bug check 0x5
+    INVALID_PROCESS_ATTACH_ATTEMPT (the target, the process attached to or 0, the APC state
+    index, nonzero at DISPATCH_LEVEL: a DPC may be running)."""
+    obj, state = call.arg(0), call.arg(1)
+    target, attached = eprocess.process_at(ex, obj), _attached(ex)
+    current = attached or (ex.current_thread.process if ex.current_thread else None)
+    if target is None or target.state is ProcessState.TERMINATED or ex.irql >= DISPATCH_LEVEL:
+        raise BugCheck(INVALID_PROCESS_ATTACH_ATTEMPT,
+                       (obj, eprocess.of(ex, attached) if attached else 0, int(bool(attached)),
+                        int(ex.irql >= DISPATCH_LEVEL)),
+                       call_site(ex, call.return_address),
+                       "KeStackAttachProcess to no live process" if ex.irql < DISPATCH_LEVEL
+                       else f"KeStackAttachProcess at IRQL {ex.irql}")
+    if target is current:
+        rtl.write(ex, state + _APC_PROCESS, struct.pack("<Q", ATTACHED_TO_ITSELF))
+        return 0
+    saved = bytearray(wdm.KAPC_STATE.size)
+    for head in (state, state + 0x10):                  # ApcListHead[KernelMode, UserMode]
+        struct.pack_into("<QQ", saved, head - state, head, head)
+    struct.pack_into("<Q", saved, _APC_PROCESS, eprocess.of(ex, attached) if attached else 0)
+    rtl.write(ex, state, bytes(saved))
+    _attachments(ex)[ex.current_thread] = target
+    ex.cpu.set_control(cr3=target.space.cr3)
+    return 0
+
+
+@export("KeUnstackDetachProcess", dll=NTOSKRNL, elf=False)
+def ke_unstack_detach_process(ex: Executive, call: ExportCall) -> int:
+    """VOID KeUnstackDetachProcess(PRKAPC_STATE ApcState): back to what ApcState saved: the
+    process attached to before, or the thread's own address space. Detaching a thread that
+    is not attached (an ApcState used twice, or out of order) is bug check 0x6
+    INVALID_PROCESS_DETACH_ATTEMPT (no parameters: 0, 0, 0, 0)."""
+    saved = struct.unpack("<Q", rtl.read(ex, call.arg(0) + _APC_PROCESS, 8))[0]
+    if saved == ATTACHED_TO_ITSELF:
+        return 0
+    previous = eprocess.process_at(ex, saved) if saved else None
+    if _attached(ex) is None or saved and previous is None:
+        raise BugCheck(INVALID_PROCESS_DETACH_ATTEMPT, (0, 0, 0, 0),
+                       call_site(ex, call.return_address),
+                       "KeUnstackDetachProcess of a thread that is not attached")
+    if previous is not None:
+        _attachments(ex)[ex.current_thread] = previous
+        ex.cpu.set_control(cr3=previous.space.cr3)
+    else:
+        del _attachments(ex)[ex.current_thread]
+        ex.cpu.set_control(cr3=_home_space(ex).cr3)
+    return 0
+
+
+# -- time --------------------------------------------------------------------------------
+
+# The system time at clock 0: 2026-01-01 00:00:00 UTC in 100 ns units since 1601-01-01
+# (FILETIME's epoch). Every run starts there, so the same run reads the same times.
+SYSTEM_TIME_AT_BOOT = 134_116_992_000_000_000
+# KeQueryTimeIncrement: 100 ns units per clock tick, Windows' default 15.625 ms.
+TIME_INCREMENT = 156_250
+PERFORMANCE_FREQUENCY = 10_000_000       # KeQueryPerformanceCounter: one count per instruction
+
+
+def interrupt_time(ex: Executive) -> int:
+    """KeQueryInterruptTime: 100 ns units since boot, the machine's clock itself."""
+    return ex.clock
+
+
+def system_time(ex: Executive) -> int:
+    """KeQuerySystemTime: 100 ns units since 1601 (UTC)."""
+    return SYSTEM_TIME_AT_BOOT + interrupt_time(ex)
+
+# KUSER_SHARED_DATA (ntddk.h): one frame the kernel writes and everyone reads, mapped
+# read-only and NX at KI_USER_SHARED_DATA. The executive writes its times from the clock
+# (update_shared_data) when it starts a driver routine, returns from an export and
+# dispatches a thread: points of the schedule, never of a debugger's stops, so a replay
+# to any position finds the same bytes there.
+IMAGE_FILE_MACHINE_AMD64 = 0x8664
+NT_PRODUCT_WIN_NT = 1
+NT_MAJOR_VERSION, NT_MINOR_VERSION = 10, 0
+SYSTEM_ROOT = "C:\\Windows"
+# GetTickCount's scale: (TickCount * TickCountMultiplier) >> 24 is milliseconds.
+TICK_COUNT_MULTIPLIER = (TIME_INCREMENT << 24) // 10_000
+
+
+def map_shared_data(ex: Executive) -> int:
+    """Map KUSER_SHARED_DATA at 0xFFFFF780'00000000 (read-only, NX, supervisor) with its
+    constant fields; returns its frame, which update_shared_data writes."""
+    page = bytearray(layout.PAGE_SIZE)
+    fields = wdm.KUSER_SHARED_DATA
+    struct.pack_into("<I", page, fields["TickCountMultiplier"], TICK_COUNT_MULTIPLIER)
+    struct.pack_into("<HH", page, fields["ImageNumberLow"], IMAGE_FILE_MACHINE_AMD64,
+                     IMAGE_FILE_MACHINE_AMD64)
+    root = SYSTEM_ROOT.encode("utf-16-le")
+    page[fields["NtSystemRoot"]:fields["NtSystemRoot"] + len(root)] = root
+    struct.pack_into("<IB", page, fields["NtProductType"], NT_PRODUCT_WIN_NT, 1)
+    struct.pack_into("<II", page, fields["NtMajorVersion"], NT_MAJOR_VERSION, NT_MINOR_VERSION)
+    frame = ex.mm.map_new(ex.mm.system, layout.KI_USER_SHARED_DATA, Protection.PAGE_READONLY,
+                          use=FrameUse.KERNEL, data=bytes(page))
+    _write_times(ex, frame, 0)
+    return frame
+
+
+def _ksystem_time(value: int) -> bytes:
+    """A KSYSTEM_TIME: LowPart, High1Time, High2Time (both highs equal: a settled value;
+    KeUpdateSystemTime stores High2Time, then LowPart, then High1Time)."""
+    high = (value >> 32) & 0xFFFF_FFFF
+    return struct.pack("<III", value & 0xFFFF_FFFF, high, high)
+
+
+def _write_times(ex: Executive, frame: int, now: int) -> None:
+    base = frame * layout.PAGE_SIZE
+    fields = wdm.KUSER_SHARED_DATA
+    ex.mem.write(base + fields["InterruptTime"], _ksystem_time(now))
+    ex.mem.write(base + fields["SystemTime"], _ksystem_time(SYSTEM_TIME_AT_BOOT + now))
+    ex.mem.write(base + fields["TickCount"], _ksystem_time(now // TIME_INCREMENT))
+
+
+def update_shared_data(ex: Executive, frame: int) -> None:
+    """Bring KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount up to the clock."""
+    _write_times(ex, frame, ex.clock)
+
+
+@export("KeQueryTimeIncrement", dll=NTOSKRNL, elf=False)
+def ke_query_time_increment(ex: Executive, call: ExportCall) -> int:
+    """ULONG KeQueryTimeIncrement(void): 100 ns units added to the interrupt time at each
+    clock tick (156250: 15.625 ms, Windows' default)."""
+    return TIME_INCREMENT
+
+
+@export("KeQueryPerformanceCounter", dll="hal.dll", elf=False)
+def ke_query_performance_counter(ex: Executive, call: ExportCall) -> int:
+    """LARGE_INTEGER KeQueryPerformanceCounter(PLARGE_INTEGER PerformanceFrequency): the
+    clock in counts of PERFORMANCE_FREQUENCY (10 MHz, Windows 10's usual: one count per
+    instruction, 100 ns), and the frequency stored at PerformanceFrequency unless NULL.
+    (wdm.h declares it NTHALAPI: drivers import it from hal.dll.)"""
+    if call.arg(0):
+        rtl.write(ex, call.arg(0), struct.pack("<q", PERFORMANCE_FREQUENCY))
+    return interrupt_time(ex)
