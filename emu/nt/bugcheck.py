@@ -17,6 +17,8 @@ class BugCheckCode(enum.IntEnum):
 
     IRQL_NOT_GREATER_OR_EQUAL = 0x09
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
+    SPIN_LOCK_ALREADY_OWNED = 0x0F           # emu.nt.ntos.ke: the one processor holds it
+    SPIN_LOCK_NOT_OWNED = 0x10
     MEMORY_MANAGEMENT = 0x1A                 # emu.nt.mm.corruption: parameter 1 says what
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B

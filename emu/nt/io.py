@@ -202,15 +202,10 @@ class IoManager:
             struct.pack_into("<QQ", raw, wdm.KDPC["DeferredRoutine"], routine, device)
             self.ex.kernel_write(device + DEVICE_DPC, bytes(raw))
 
-    def queue_dpc(self, device: int, irp: int, context: int) -> int:
-        """IoRequestDpc: KeInsertQueueDpc(&DeviceObject->Dpc, Irp, Context); the KDPC's
-        address (the routine's first argument), or 0 for a device the I/O manager did not
-        make."""
-        if device not in self.device_objects:
-            return 0
-        dpc = device + DEVICE_DPC
-        self.ex.kernel_write(dpc + wdm.KDPC["SystemArgument1"], struct.pack("<QQ", irp, context))
-        return dpc
+    def device_dpc(self, device: int) -> int:
+        """The address of DEVICE_OBJECT.Dpc (what IoRequestDpc queues), or 0 for a device
+        the I/O manager did not make."""
+        return device + DEVICE_DPC if device in self.device_objects else 0
 
     # -- symbolic links (\?? and its other name, \DosDevices) ---------------------------------
 

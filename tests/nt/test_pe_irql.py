@@ -1,0 +1,137 @@
+"""The IRQL is CR8 (issue 12, item 3): PE drivers built from the WDK's <ntddk.h>, whose x64
+KeGetCurrentIrql / KeRaiseIrql / KeLowerIrql are inline CR8 moves, read and write the
+executive's IRQL; DPCs, spin locks and interrupts follow it (guest/drivers-pe/peirql*.c)."""
+
+from __future__ import annotations
+
+import pytest
+
+from emu.hw.cr8 import find_moves
+from emu.nt.bugcheck import BugCheckCode
+from emu.nt.status import NTSTATUS
+from tests.nt.driverboot import DRIVERS, boot
+
+PEIRQL = DRIVERS / "peirql.sys"
+
+
+def debug_lines(m) -> list[str]:
+    return bytes(m.executive.debug_output).decode().splitlines()
+
+
+def test_driver_entry_reads_irql_0_and_its_dpc_runs_at_2_when_the_irql_drops(
+        machine_factory, apps):
+    m, (p,), r = boot(machine_factory, apps, [PEIRQL], ("hello",))
+    assert r.bugcheck is None and [d.status for d in r.drivers] == [0]
+    assert debug_lines(m) == [
+        "peirql.sys: DriverEntry at IRQL 0",
+        # KeRaiseIrql is `mov cr8`: the DPC queued at DISPATCH_LEVEL waits, and a second
+        # KeInsertQueueDpc of the queued KDPC is FALSE (its arguments are not taken).
+        "peirql.sys: KeRaiseIrql: IRQL 2, was 0; KeInsertQueueDpc 1, again 0; "
+        "the DPC ran 0 times",
+        # KeLowerIrql(0), a `mov cr8`, lets it run, at DISPATCH_LEVEL, from its KDPC.
+        "peirql.sys: DPC at IRQL 2, context dpc-context, arguments 0000000000001111 "
+        "0000000000002222, its KDPC yes",
+        "peirql.sys: KeLowerIrql: IRQL 0; the DPC ran 1 times",
+        "peirql.sys: KeRemoveQueueDpc 1, again 0; the DPC ran 1 times",
+        "peirql.sys: spin lock held at IRQL 2 (lock 1), released at IRQL 0 (lock 0)",
+        "peirql.sys: exports: KfRaiseIrql(2) was 0, KeGetCurrentIrql 2, "
+        "KeRaiseIrqlToDpcLevel was 0, CR8 2",
+    ]
+    assert p.output == b"Hello, world!\n"
+    assert m.executive.irql == 0 and m.executive.cpu.cr8.value == 0
+
+
+def test_the_driver_s_cr8_moves_are_found_and_hooked(machine_factory, apps):
+    m, _, r = boot(machine_factory, apps, [PEIRQL])
+    image = r.drivers[0].image
+    moves = m.executive.cpu.cr8.moves
+    assert moves and all(image.base <= mv.address < image.end for mv in moves)
+    assert {mv.write for mv in moves} == {True, False}
+
+
+def test_find_moves_decodes_each_form():
+    # mov cr8, rax; mov rbx, cr8; mov cr8, r9 (REX.B too); a prefixed one; and bytes that
+    # only look like one inside another instruction (mov eax, imm32 holding 44 0f 22 c0).
+    code = (b"\x44\x0f\x22\xc0" b"\x44\x0f\x20\xc3" b"\x45\x0f\x22\xc1"
+            b"\x66\x44\x0f\x20\xc0" b"\xb8\x44\x0f\x22\xc0")
+    found = {(mv.address - 0x1000, mv.size, mv.write) for mv in find_moves(0x1000, code)}
+    # Every start that decodes as a CR8 move is hooked: the prefixed one at 12 (and at 13,
+    # without its prefix), and the look-alike at 18 (its hook never fires: no instruction
+    # starts there).
+    assert found == {(0, 4, True), (4, 4, False), (8, 4, True), (12, 5, False),
+                     (13, 4, False), (18, 4, True)}
+
+
+PEIRQLISR = DRIVERS / "peirqlisr.sys"
+PEIRQLPAGE = DRIVERS / "peirqlpage.sys"
+
+
+def test_an_interrupt_waits_while_cr8_masks_it_and_comes_when_it_is_lowered(
+        machine_factory, apps):
+    from emu.hw.devices import SLOW_DEVICE_LATENCY, SLOW_DEVICE_VECTOR
+    from emu.nt.events import Event
+
+    m = machine_factory()
+    seen = []
+    m.executive.events.subscribe(lambda e, d: e in (Event.INTERRUPT, Event.DPC) and seen.append(
+        (e, d.get("vector"), m.executive.irql, d["clock"])))
+    m.add_driver(PEIRQLISR)
+    m.spawn(apps / "hello", [])
+    r = m.run()
+    assert r.bugcheck is None and [d.status for d in r.drivers] == [0]
+    assert debug_lines(m) == [
+        "peirqlisr.sys: IoConnectInterrupt 0x00000000",
+        # IRQL 5 (a `mov cr8`) masks the device's DIRQL 5: the spin outlasts its latency.
+        "peirqlisr.sys: at IRQL 5 the ISR ran 0 times in 100000 spins",
+        # KeLowerIrql(4) unmasks it: the ISR runs then, at its SynchronizeIrql (6) ...
+        "peirqlisr.sys: ISR at IRQL 6, context isr-context, its KINTERRUPT yes",
+        # ... and the DPC it queued waits while the IRQL is 4, not below DISPATCH_LEVEL.
+        "peirqlisr.sys: at IRQL 4 the ISR ran 1 times, the DPC 0 times",
+        "peirqlisr.sys: DPC at IRQL 2",
+        "peirqlisr.sys: at IRQL 0 the DPC ran 1 times",
+    ]
+    (interrupt, i_vector, i_irql, i_clock), (dpc, _, d_irql, d_clock) = seen
+    assert (interrupt, i_vector, i_irql) == (Event.INTERRUPT, SLOW_DEVICE_VECTOR, 6)
+    assert (dpc, d_irql) == (Event.DPC, 2) and d_clock > i_clock
+    # The device started before any instruction was counted (clock 0: DriverEntry runs at
+    # full speed until its OUT), so its line went up at the latency; the ISR came tens of
+    # thousands of instructions later, at the KeLowerIrql(4) after the spin: it was pending.
+    assert i_clock > SLOW_DEVICE_LATENCY + 50_000
+    assert m.executive.interrupts == {} and m.executive.pending_interrupts == set()
+
+
+def test_a_pageable_user_page_at_an_irql_raised_through_cr8_is_bug_check_0xd1(
+        machine_factory, apps):
+    m = machine_factory()
+    m.add_driver(PEIRQLPAGE)
+    proc = m.spawn(apps / "pagedrv", ["user-passive"])
+    assert m.run().bugcheck is None
+    assert proc.output == b"pagedrv: user sum 0x000000000007f800\n"
+
+    m = machine_factory()
+    m.add_driver(PEIRQLPAGE)
+    proc = m.spawn(apps / "pagedrv", ["user-dispatch"])
+    r = m.run()
+    bc = r.bugcheck
+    # (the address read, the IRQL: 2, 0 = a read, the RIP of the read), at the IRQL the
+    # driver's KeRaiseIrql (`mov cr8`) set.
+    assert bc.code == BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL
+    address, irql, access, rip = bc.params
+    assert irql == 2 and access == 0 and rip == bc.rip and bc.irql == 2
+    assert 0 < address < 0x8000_0000_0000 and bc.driver == "peirqlpage.sys"
+    assert r.drivers[0].image.base <= rip < r.drivers[0].image.end
+    assert "in the pagefile" in bc.detail
+    assert m.executive.irql == 2                 # CR8 as it was at the fault
+
+
+@pytest.mark.parametrize("instruction, text", [("mov-cr8", "mov cr8, rax"),
+                                                ("read-cr8", "mov rax, cr8")])
+def test_a_cr8_move_at_ring_3_is_a_privileged_instruction(machine_factory, apps, instruction,
+                                                          text):
+    # #GP(0) at CPL 3 (SDM Vol. 2B, MOV to/from control registers): Unicorn's own check.
+    m = machine_factory()
+    proc = m.spawn(apps / "privileged", [instruction])
+    m.run()
+    assert proc.exception.code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION
+    assert proc.exception.instruction == text
+    assert m.executive.irql == 0
