@@ -290,11 +290,11 @@ class Cpu:
             # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
             self.native.start(start, 0)
         except UcError as err:
-            self.cr8.settle()
+            self._stop_requested |= self.cr8.settle()
             if self._held is not None:
                 return RunResult(StopReason.EXCEPTION, self._take_held_fault())
             return RunResult(StopReason.EXCEPTION, self._exception_from_error(err))
-        self.cr8.settle()
+        self._stop_requested |= self.cr8.settle()
         if self._held is not None:
             return RunResult(StopReason.EXCEPTION, self._take_held_fault())
         if self._event is not None:

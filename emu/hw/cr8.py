@@ -11,9 +11,10 @@ Unicorn 2.1.4 routes CR8 to an APIC it does not have (platform-facts.md): a gues
 ``mov cr8, r`` is dropped and ``mov r, cr8`` reads 0, although ``reg_read``/``reg_write`` of
 UC_X86_REG_CR8 keep a value (and a saved context holds it). So the machine finds the CR8
 moves itself, once, in the executable pages of the kernel code it loads (``watch``: a
-driver image's sections), and puts a code hook on just those addresses; the hook performs
-the move on the register Unicorn keeps and steps over the instruction. Nothing else is
-hooked: user code runs as fast as before, and a ring-3 ``mov cr8`` stays Unicorn's #GP(0).
+driver image's sections), and puts code hooks on just those addresses and the ones after
+them: the move's effect on the register Unicorn keeps is made at the boundary after it
+(see ``Cr8``). Nothing else is hooked: user code runs as fast as before, and a ring-3
+``mov cr8`` stays Unicorn's #GP(0).
 ``unwatch`` drops the hooks of pages whose code goes (a driver unloaded, INIT freed).
 """
 
@@ -88,16 +89,24 @@ def _decode_move(va: int, code: bytes) -> Cr8Move | None:
 
 class Cr8:
     """CR8 of one CPU: its value (the register Unicorn keeps) and the hooks that make guest
-    ``mov`` to and from it work."""
+    ``mov`` to and from it work.
+
+    Each CR8 move is hooked at its own address and at the instruction boundary after it.
+    The first hook notes that the move is executing (Unicorn then runs it: a dropped write,
+    or a read that loads 0); the second, before the next instruction, completes it: the
+    write reaches CR8, or the read's register gets CR8. So a stop before the move (a
+    breakpoint, the budget's end) leaves everything as it was, and one after it sees it
+    done. A run that ends at that boundary completes it in ``settle``."""
 
     def __init__(self, cpu: Cpu) -> None:
         self._cpu = cpu
         self._uc: Uc = cpu.uc
         self._moves: dict[int, Cr8Move] = {}
-        self._hooks: dict[int, int] = {}           # address -> Unicorn hook handle
-        self._completed: int | None = None         # see settle()
+        self._hooks: dict[int, int] = {}           # hooked address -> Unicorn hook handle
+        self._executing: Cr8Move | None = None     # the move between its two hooks
         # Called after a guest write changed CR8, with (old, new): True asks the CPU to
-        # stop after the write (the executive has interrupts or DPCs to deliver now).
+        # stop at the boundary after the write (the executive has interrupts or DPCs to
+        # deliver now).
         self.on_write: Callable[[int, int], bool] | None = None
 
     @property
@@ -122,48 +131,62 @@ class Cr8:
         found = [m for m in find_moves(va, code) if m.address not in self._moves]
         for move in found:
             self._moves[move.address] = move
-            self._hooks[move.address] = self._uc.hook_add(UC_HOOK_CODE, self._on_move, None,
-                                                          move.address, move.address)
+        self._rehook()
         if found:
             self._cpu.flush_translated_code()
         return found
 
     def unwatch(self, start: int, end: int) -> None:
         """Forget the CR8 moves that start in [start, end): that code is gone."""
-        for address in [a for a in self._moves if start <= a < end]:
+        gone = [a for a in self._moves if start <= a < end]
+        for address in gone:
             del self._moves[address]
+        if gone:
+            self._rehook()
+
+    def _rehook(self) -> None:
+        """One code hook on each move and on each boundary after one, and on nothing else."""
+        wanted = set(self._moves) | {m.address + m.size for m in self._moves.values()}
+        for address in set(self._hooks) - wanted:
             self._uc.hook_del(self._hooks.pop(address))
+        for address in sorted(wanted - set(self._hooks)):
+            self._hooks[address] = self._uc.hook_add(UC_HOOK_CODE, self._on_boundary, None,
+                                                     address, address)
 
-    def settle(self) -> None:
-        """After a run: a write that stopped the CPU has completed, counted or not."""
-        if self._completed is not None:
-            self._cpu.native.account(self._completed)
-            self._completed = None
+    def settle(self) -> bool:
+        """After a run: complete a move the run ended right after; True when that write
+        asks for the executive (see ``on_write``)."""
+        move, self._executing = self._executing, None
+        if move is None or self._cpu.rip != move.address + move.size:
+            return False                 # the run ended before the move ran: it runs again
+        return self._complete(move)
 
-    def _on_move(self, uc: Uc, address: int, _size: int, _data) -> None:
-        """UC_HOOK_CODE at one CR8 move: do it, then step over it (Unicorn would drop the
-        write, or load 0 for the read)."""
-        cpu, move = self._cpu, self._moves.get(address)
-        if move is None or cpu.held_fault or cpu.cpl != 0:
-            return                       # a ring-3 `mov cr8` is Unicorn's #GP(0)
-        native = cpu.native
-        counted = native.instructions != native.completed_before(address)
-        if native.budget == 0 and not counted:
-            return                       # the budget ends before it: it runs on the resume
+    def _complete(self, move: Cr8Move) -> bool:
+        """The move's effect (SDM Vol. 2B, MOV): CR8 written, or the register loaded with
+        CR8 zero-extended; True when a write asks for the executive."""
         if not move.write:
-            uc.reg_write(move.register, self.value)
-            uc.reg_write(ux.UC_X86_REG_RIP, address + move.size)
+            self._uc.reg_write(move.register, self.value)
+            return False
+        old, new = self.value, self._uc.reg_read(move.register)
+        self.value = new
+        return self.on_write is not None and self.on_write(old, new)
+
+    def _on_boundary(self, uc: Uc, address: int, _size: int, _data) -> None:
+        """UC_HOOK_CODE before a CR8 move, or before the instruction after one."""
+        cpu = self._cpu
+        if cpu.held_fault:
             return
-        new = uc.reg_read(move.register)
-        if new & CR8_RESERVED:
+        done, self._executing = self._executing, None
+        if done is not None and done.address + done.size == address and self._complete(done):
+            cpu.stop()                   # the executive delivers what the write unmasked
+            return
+        move = self._moves.get(address)
+        if move is None or cpu.cpl != 0:
+            return                       # a ring-3 `mov cr8` is Unicorn's own #GP(0)
+        if move.write and uc.reg_read(move.register) & CR8_RESERVED:
             from emu.hw.cpu import CpuException, Vector
             cpu.raise_fault(CpuException(Vector.GP, address, 0, reason=(
-                f"#GP(0): mov cr8 with {new:#x}, and CR8 bits 63:4 are reserved")))
+                f"#GP(0): mov cr8 with {uc.reg_read(move.register):#x}, and CR8 bits 63:4 "
+                "are reserved")))
             return
-        old = self.value
-        self.value = new
-        uc.reg_write(ux.UC_X86_REG_RIP, address + move.size)
-        if self.on_write is not None and self.on_write(old, new):
-            # The write completed; the hooks after this one (the counter's) do not run.
-            self._completed = native.completed_before(address) + 1
-            cpu.stop()
+        self._executing = move

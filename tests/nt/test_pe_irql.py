@@ -135,3 +135,93 @@ def test_a_cr8_move_at_ring_3_is_a_privileged_instruction(machine_factory, apps,
     assert proc.exception.code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION
     assert proc.exception.instruction == text
     assert m.executive.irql == 0
+
+
+def test_the_debugger_s_irql_reads_cr8_at_a_breakpoint_after_a_mov_cr8():
+    # Break right after DriverEntry's KeRaiseIrql(DISPATCH_LEVEL): its `mov cr8, reg`, the
+    # first CR8 write in the image (found the way the machine finds it).
+    import subprocess
+    import sys
+
+    import pefile
+
+    from emu.nt import layout
+
+    image = pefile.PE(str(PEIRQL))
+    text = next(s for s in image.sections if s.Name.rstrip(b"\0") == b".text")
+    base = layout.KERNEL_DRIVERS + text.VirtualAddress
+    first = next(mv for mv in find_moves(base, text.get_data()) if mv.write)
+    after = first.address + first.size
+    r = subprocess.run([sys.executable, "-m", "emu", "debug", "--stop-at-driver", "--driver",
+                        str(PEIRQL), str(DRIVERS.parent / "apps" / "hello")],
+                       input=f"irql\nbreak *{after:#x}\nc\nirql\ninfo cr\nc\n",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    before, at_break = r.stdout.split("Breakpoint 1", 1)
+    assert "IRQL 0 (PASSIVE_LEVEL) now" in before
+    assert f"{after:#x}" in at_break.splitlines()[0].lower().replace("'", "")
+    assert "IRQL 2 (DISPATCH_LEVEL) now" in at_break
+    assert "cr8 = 0x0000000000000002" in at_break
+
+
+@pytest.mark.parametrize("name, code, params, text", [
+    # #GP(0) on a reserved CR8 bit, at ring 0: STATUS_PRIVILEGED_INSTRUCTION unhandled.
+    ("peirqlgp", BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (0xC0000096, "rip", 0, 0),
+     "peirqlgp.sys: writing 0x12 to CR8"),
+    ("peirqlraise", BugCheckCode.IRQL_NOT_GREATER_OR_EQUAL, (1, 2, 0, 0),
+     "peirqlraise.sys: KfRaiseIrql(APC_LEVEL) at IRQL 2"),
+    ("peirqlspin", BugCheckCode.SPIN_LOCK_ALREADY_OWNED, ("lock", 0, 0, 0), None),
+])
+def test_irql_misuse_is_the_bug_check_windows_gives(machine_factory, apps, name, code, params,
+                                                    text):
+    m, _, r = boot(machine_factory, apps, [DRIVERS / f"{name}.sys"], ("hello",))
+    bc = r.bugcheck
+    assert bc is not None and bc.code == code and bc.driver == f"{name}.sys"
+    lines = debug_lines(m)
+    if params[0] == "lock":
+        lock = int(lines[0].split("lock ")[1].split()[0], 16)
+        assert lines == [f"peirqlspin.sys: lock {lock:016X} held at IRQL 2, acquiring it "
+                         "again"]
+        params = (lock, *params[1:])
+    else:
+        assert lines == [text]
+    assert bc.params == tuple(bc.rip if p == "rip" else p for p in params)
+    if name == "peirqlgp":
+        assert bc.instruction == "mov cr8, rax" and m.executive.irql == 0
+        assert "CR8 bits 63:4 are reserved" in bc.detail
+
+
+def test_freed_code_has_its_cr8_hooks_removed(machine_factory):
+    # Unwatching the pages of a driver's code (its image unloaded, INIT freed) drops the
+    # hooks: the moves are no longer listed.
+    cr8 = machine_factory().executive.cpu.cr8
+    code = b"\x90" * 0x10 + b"\x44\x0f\x22\xc0" + b"\x90" * (0x1000 - 0x14) + \
+        b"\x44\x0f\x20\xc3"
+    va = 0xFFFF_F800_7000_0000
+    assert [(m.address - va, m.write) for m in cr8.watch(va, code)] == [(0x10, True),
+                                                                         (0x1000, False)]
+    cr8.unwatch(va, va + 0x1000)
+    assert [(m.address - va) for m in cr8.moves] == [0x1000]
+    cr8.unwatch(va + 0x1000, va + 0x2000)
+    assert cr8.moves == []
+
+
+def test_init_s_cr8_hooks_go_with_init_and_text_s_stay(machine_factory, apps):
+    from emu.nt.events import Event
+
+    m = machine_factory()
+    at_load = []
+    m.executive.events.subscribe(lambda e, d: e is Event.DRIVER_LOAD and at_load.append(
+        [mv.address for mv in m.executive.cpu.cr8.moves]))
+    m.add_driver(DRIVERS / "peirqlinit.sys")
+    m.spawn(apps / "hello", [])
+    r = m.run()
+    assert r.bugcheck is None
+    assert debug_lines(m) == ["peirqlinit.sys: DriverEntry in INIT at IRQL 0",
+                              "peirqlinit.sys: DriverUnload at IRQL 0"]
+    init = r.drivers[0].image.discardable
+    (loaded,) = at_load
+    in_init = [a for a in loaded if a & ~0xFFF in init]
+    assert in_init and len(in_init) < len(loaded)          # moves in INIT and in .text
+    assert [mv.address for mv in m.executive.cpu.cr8.moves] == \
+        [a for a in loaded if a not in in_init]
