@@ -225,3 +225,23 @@ def test_init_s_cr8_hooks_go_with_init_and_text_s_stay(machine_factory, apps):
     assert in_init and len(in_init) < len(loaded)          # moves in INIT and in .text
     assert [mv.address for mv in m.executive.cpu.cr8.moves] == \
         [a for a in loaded if a not in in_init]
+
+
+@pytest.mark.parametrize("others", [("victim",), ()])
+def test_io_request_dpc_from_the_isr_runs_the_device_s_dpc_at_2(machine_factory, apps,
+                                                                 others):
+    # wdm.h's IoInitializeDpcRequest / IoRequestDpc (KeInitializeDpc / KeInsertQueueDpc over
+    # DeviceObject->Dpc), the ISR at its DIRQL, the DPC at DISPATCH_LEVEL in whatever context
+    # the interrupt came in (the victim's, or the idle system's).
+    commands = [("slowread", "\\Device\\PeDpc")] + ([(others[0],)] if others else [])
+    m, procs, r = boot(machine_factory, apps, [DRIVERS / "pedpc.sys"], *commands)
+    assert r.bugcheck is None and r.unfinished == []
+    assert debug_lines(m) == ["pedpc.sys: read started at IRQL 0",
+                              "pedpc.sys: ISR at IRQL 5",
+                              "pedpc.sys: DPC at IRQL 2, for its device yes, the IRP yes"]
+    assert procs[0].output == (b"status 0x00000000\nread 28 bytes\n"
+                               b"my page: data from the slow device\n")
+    if others:
+        assert procs[1].output == b"my page: victim's own data, nobody else's\n"
+    # Its DriverUnload disconnected the interrupt.
+    assert m.executive.interrupts == {}
