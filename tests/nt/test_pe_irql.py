@@ -189,6 +189,14 @@ def test_irql_misuse_is_the_bug_check_windows_gives(machine_factory, apps, name,
     if name == "peirqlgp":
         assert bc.instruction == "mov cr8, rax" and m.executive.irql == 0
         assert "CR8 bits 63:4 are reserved" in bc.detail
+    if name == "peirqlspin":
+        from emu.debugger.analyze import analyze_text
+        from emu.debugger.live import LiveTarget
+
+        text = analyze_text(LiveTarget(m))
+        assert text.startswith("bug check 0xf SPIN_LOCK_ALREADY_OWNED: a spin lock was "
+                               "acquired by the processor that holds it")
+        assert f"parameter 1  {params[0]:#x} (peirqlspin.sys!" in text
 
 
 def test_freed_code_has_its_cr8_hooks_removed(machine_factory):
