@@ -162,6 +162,8 @@ def registers_text(target: Target, pid: int | None = None) -> str:
         lines.append(f"{name:<4} {regs[name]:#018x}  {bits_text(regs[name], flags)}")
     lines.append(f"cr2  {regs['cr2']:#018x}  the last page-fault address")
     lines.append(f"cr3  {regs['cr3']:#018x}  PML4 at physical {regs['cr3'] & ~0xFFF:#x}")
+    if "cr8" in regs:
+        lines.append(f"cr8  {regs['cr8']:#018x}  the IRQL")
     return "\n".join(lines)
 
 

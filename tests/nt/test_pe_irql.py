@@ -154,7 +154,7 @@ def test_the_debugger_s_irql_reads_cr8_at_a_breakpoint_after_a_mov_cr8():
     after = first.address + first.size
     r = subprocess.run([sys.executable, "-m", "emu", "debug", "--stop-at-driver", "--driver",
                         str(PEIRQL), str(DRIVERS.parent / "apps" / "hello")],
-                       input=f"irql\nbreak *{after:#x}\nc\nirql\ninfo cr\nc\n",
+                       input=f"irql\nbreak *{after:#x}\nc\nirql\ninfo cr\nregisters\nc\n",
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     before, at_break = r.stdout.split("Breakpoint 1", 1)
@@ -162,6 +162,7 @@ def test_the_debugger_s_irql_reads_cr8_at_a_breakpoint_after_a_mov_cr8():
     assert f"{after:#x}" in at_break.splitlines()[0].lower().replace("'", "")
     assert "IRQL 2 (DISPATCH_LEVEL) now" in at_break
     assert "cr8 = 0x0000000000000002" in at_break
+    assert "cr8  0x0000000000000002  the IRQL" in at_break
 
 
 @pytest.mark.parametrize("name, code, params, text", [
