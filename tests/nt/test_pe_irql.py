@@ -12,6 +12,8 @@ from emu.nt.status import NTSTATUS
 from tests.nt.driverboot import DRIVERS, boot
 
 PEIRQL = DRIVERS / "peirql.sys"
+PEIRQLISR = DRIVERS / "peirqlisr.sys"
+PEIRQLPAGE = DRIVERS / "peirqlpage.sys"
 
 
 def debug_lines(m) -> list[str]:
@@ -47,23 +49,6 @@ def test_the_driver_s_cr8_moves_are_found_and_hooked(machine_factory, apps):
     moves = m.executive.cpu.cr8.moves
     assert moves and all(image.base <= mv.address < image.end for mv in moves)
     assert {mv.write for mv in moves} == {True, False}
-
-
-def test_find_moves_decodes_each_form():
-    # mov cr8, rax; mov rbx, cr8; mov cr8, r9 (REX.B too); a prefixed one; and bytes that
-    # only look like one inside another instruction (mov eax, imm32 holding 44 0f 22 c0).
-    code = (b"\x44\x0f\x22\xc0" b"\x44\x0f\x20\xc3" b"\x45\x0f\x22\xc1"
-            b"\x66\x44\x0f\x20\xc0" b"\xb8\x44\x0f\x22\xc0")
-    found = {(mv.address - 0x1000, mv.size, mv.write) for mv in find_moves(0x1000, code)}
-    # Every start that decodes as a CR8 move is hooked: the prefixed one at 12 (and at 13,
-    # without its prefix), and the look-alike at 18 (its hook never fires: no instruction
-    # starts there).
-    assert found == {(0, 4, True), (4, 4, False), (8, 4, True), (12, 5, False),
-                     (13, 4, False), (18, 4, True)}
-
-
-PEIRQLISR = DRIVERS / "peirqlisr.sys"
-PEIRQLPAGE = DRIVERS / "peirqlpage.sys"
 
 
 def test_an_interrupt_waits_while_cr8_masks_it_and_comes_when_it_is_lowered(
@@ -200,21 +185,6 @@ def test_irql_misuse_is_the_bug_check_windows_gives(machine_factory, apps, name,
         assert f"parameter 1  {params[0]:#x} (peirqlspin.sys!" in text
 
 
-def test_freed_code_has_its_cr8_hooks_removed(machine_factory):
-    # Unwatching the pages of a driver's code (its image unloaded, INIT freed) drops the
-    # hooks: the moves are no longer listed.
-    cr8 = machine_factory().executive.cpu.cr8
-    code = b"\x90" * 0x10 + b"\x44\x0f\x22\xc0" + b"\x90" * (0x1000 - 0x14) + \
-        b"\x44\x0f\x20\xc3"
-    va = 0xFFFF_F800_7000_0000
-    assert [(m.address - va, m.write) for m in cr8.watch(va, code)] == [(0x10, True),
-                                                                         (0x1000, False)]
-    cr8.unwatch(va, va + 0x1000)
-    assert [(m.address - va) for m in cr8.moves] == [0x1000]
-    cr8.unwatch(va + 0x1000, va + 0x2000)
-    assert cr8.moves == []
-
-
 def test_init_s_cr8_hooks_go_with_init_and_text_s_stay(machine_factory, apps):
     from emu.nt.events import Event
 
@@ -254,3 +224,28 @@ def test_io_request_dpc_from_the_isr_runs_the_device_s_dpc_at_2(machine_factory,
         assert procs[1].output == b"my page: victim's own data, nobody else's\n"
     # Its DriverUnload disconnected the interrupt.
     assert m.executive.interrupts == {}
+
+
+def test_stepping_over_each_cr8_move_is_the_same_run():
+    # One instruction at a time, every run ends at the boundary after a CR8 move at some
+    # point (the move completes there, emu.hw.cr8): the same output and the same count of
+    # instructions as one run without stops.
+    import subprocess
+    import sys
+
+    def debug(script: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "emu", "debug", "--stop-at-driver",
+                            "--driver", str(PEIRQL), str(DRIVERS.parent / "apps" / "hello")],
+                           input=script, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def printed(out: str) -> list[str]:
+        return [line for line in out.splitlines() if line.startswith("peirql.sys:")]
+
+    free, stepped = debug("c\nposition\n"), debug("si\n" * 300 + "c\nposition\n")
+    assert printed(stepped) == printed(free) and len(printed(free)) == 7
+    assert stepped.count("mov cr8") + stepped.count(", cr8") >= 10     # stepped over moves
+    position = [line for line in free.splitlines() if "since boot" in line]
+    assert position and position == [line for line in stepped.splitlines()
+                                     if "since boot" in line]
