@@ -7,7 +7,7 @@
  * (KeInsertQueueDpc: TRUE, then FALSE while it is queued), which waits until KeLowerIrql
  * brings the IRQL below DISPATCH_LEVEL and then runs at 2; a DPC removed with
  * KeRemoveQueueDpc never runs; KeAcquireSpinLock raises to 2 and KeReleaseSpinLock lowers
- * back; and the same routines called as ntoskrnl.exe's exports (through their import
+ * back (running a DPC queued while the lock was held); and the same routines called as ntoskrnl.exe's exports (through their import
  * pointers: the header inlines them) read and write the same CR8.
  */
 #include <ntddk.h>
@@ -67,6 +67,13 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
     KeReleaseSpinLock(&Lock, old);
     DbgPrint("peirql.sys: spin lock held at IRQL %u (lock %llu), released at IRQL %u "
              "(lock %llu)\n", now, held, KeGetCurrentIrql(), (ULONG64)Lock);
+
+    KeAcquireSpinLock(&Lock, &old);
+    KeInsertQueueDpc(&Dpc, NULL, NULL);
+    held = DpcRuns;
+    KeReleaseSpinLock(&Lock, old);
+    DbgPrint("peirql.sys: a DPC queued under the spin lock ran %u times before "
+             "KeReleaseSpinLock, %u after\n", (ULONG)held, DpcRuns);
 
     old = __imp_KfRaiseIrql(DISPATCH_LEVEL);
     now = __imp_KeGetCurrentIrql();

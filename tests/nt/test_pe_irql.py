@@ -36,6 +36,11 @@ def test_driver_entry_reads_irql_0_and_its_dpc_runs_at_2_when_the_irql_drops(
         "peirql.sys: KeLowerIrql: IRQL 0; the DPC ran 1 times",
         "peirql.sys: KeRemoveQueueDpc 1, again 0; the DPC ran 1 times",
         "peirql.sys: spin lock held at IRQL 2 (lock 1), released at IRQL 0 (lock 0)",
+        # A DPC queued while the lock is held (DISPATCH_LEVEL) runs in KeReleaseSpinLock.
+        "peirql.sys: DPC at IRQL 2, context dpc-context, arguments 0000000000000000 "
+        "0000000000000000, its KDPC yes",
+        "peirql.sys: a DPC queued under the spin lock ran 1 times before KeReleaseSpinLock, "
+        "2 after",
         "peirql.sys: exports: KfRaiseIrql(2) was 0, KeGetCurrentIrql 2, "
         "KeRaiseIrqlToDpcLevel was 0, CR8 2",
     ]
@@ -244,7 +249,7 @@ def test_stepping_over_each_cr8_move_is_the_same_run():
         return [line for line in out.splitlines() if line.startswith("peirql.sys:")]
 
     free, stepped = debug("c\nposition\n"), debug("si\n" * 300 + "c\nposition\n")
-    assert printed(stepped) == printed(free) and len(printed(free)) == 7
+    assert printed(stepped) == printed(free) and len(printed(free)) == 9
     assert stepped.count("mov cr8") + stepped.count(", cr8") >= 10     # stepped over moves
     position = [line for line in free.splitlines() if "since boot" in line]
     assert position and position == [line for line in stepped.splitlines()
