@@ -23,6 +23,7 @@ class BugCheckCode(enum.IntEnum):
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B
     MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
+    IRQL_GT_ZERO_AT_SYSTEM_SERVICE = 0x4A    # emu.nt.io: a dispatch routine left it raised
     PFN_LIST_CORRUPT = 0x4E                  # emu.nt.mm.pfn: parameter 1 says what
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
     KERNEL_DATA_INPAGE_ERROR = 0x7A          # emu.nt.mm.paging: PagedPool not read back

@@ -95,9 +95,11 @@ PASSIVE_LEVEL, DISPATCH_LEVEL, DEVICE_IRQL = 0, 2, 5      # IRQLs (DIRQL for the
 
 @dataclass(frozen=True)
 class KernelCallResult:
-    """What a kernel routine run by ``call_kernel`` returned."""
+    """What a kernel routine run by ``call_kernel`` returned, and the IRQL it returned at
+    (the caller's IRQL is back once it has returned)."""
 
     rax: int
+    irql: int = PASSIVE_LEVEL
 
 
 class Executive:
@@ -765,11 +767,11 @@ class Executive:
                 result = self._run_cpu()
                 continue
             if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
-                rax = cpu.reg("rax")
+                rax, irql = cpu.reg("rax"), self.irql
                 self._return_to(caller, caller_cr3)
                 if full_speed and cpu.native.budget is not None:
                     self.set_budget(None)       # counted for a device: back to full speed
-                return KernelCallResult(rax)
+                return KernelCallResult(rax, irql)
             if exc is None and cpu.read_code(cpu.rip - 1, 1) == HLT:
                 # HLT at CPL 0 with IF = 1 waits for the next interrupt: the clock's tick
                 # comes and returns to the instruction after it (SDM Vol. 2B, HLT).

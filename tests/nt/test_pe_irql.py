@@ -254,3 +254,25 @@ def test_stepping_over_each_cr8_move_is_the_same_run():
     position = [line for line in free.splitlines() if "since boot" in line]
     assert position and position == [line for line in stepped.splitlines()
                                      if "since boot" in line]
+
+
+def test_a_dispatch_routine_returning_above_passive_level_is_bug_check_0x4a(machine_factory,
+                                                                            apps):
+    from emu.debugger.analyze import analyze_text
+    from emu.debugger.live import LiveTarget
+
+    m, (p,), r = boot(machine_factory, apps, [DRIVERS / "peirqlleak.sys"],
+                      ("devread", "\\??\\PeIrqlLeak"))
+    bc = r.bugcheck
+    assert debug_lines(m) == ["peirqlleak.sys: read at IRQL 2, returning without "
+                              "KeLowerIrql(0)"]
+    image = r.drivers[0].image
+    read = m.executive.kernel_read_u64(r.drivers[0].driver_object + 0x70 + 8 * 3)
+    # (the routine the system call ran: IRP_MJ_READ's, the IRQL it was left at, 0, 0)
+    assert bc.code == BugCheckCode.IRQL_GT_ZERO_AT_SYSTEM_SERVICE
+    assert bc.params == (read, 2, 0, 0) and image.base <= read < image.end
+    assert bc.irql == 2 and m.executive.irql == 2 and bc.driver == "peirqlleak.sys"
+    assert p.output == b""                       # the read never returned to it
+    assert analyze_text(LiveTarget(m)).startswith(
+        "bug check 0x4a IRQL_GT_ZERO_AT_SYSTEM_SERVICE: a system call returned to user mode "
+        "above PASSIVE_LEVEL")
