@@ -380,10 +380,11 @@ def io_connect_interrupt(ex: Executive, call: ExportCall) -> int:
             not kintr.DISPATCH_LEVEL < irql <= synchronize <= kintr.HIGH_LEVEL:
         return NTSTATUS.STATUS_INVALID_PARAMETER
     try:
-        obj = ex.pools.allocate(512, 0x40, 0x746E49)                 # KINTERRUPT (NonPagedPoolNx)
+        obj = ex.pools.allocate(512, 0x40, kintr.KINTERRUPT_TAG)     # KINTERRUPT (NonPagedPoolNx)
     except OutOfFrames:     # Windows' status when the interrupt object cannot be allocated
         return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
-    ex.interrupts[vector] = kintr.Interrupt(call.arg(1), call.arg(2), obj, irql, synchronize)
+    ex.interrupts[vector] = kintr.Interrupt(vector, call.arg(1), call.arg(2), obj, irql,
+                                            synchronize)
     ex.kernel_write(call.arg(0), struct.pack("<Q", obj))
     return NTSTATUS.STATUS_SUCCESS
 

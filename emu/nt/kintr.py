@@ -38,11 +38,15 @@ KDPC_DATA = layout.KERNEL_GDT + 0xF00
 NESTED_FRAME = 0x100               # a routine run on the current stack starts this far below
 
 
+KINTERRUPT_TAG = 0x746E49         # 'Int': IoConnectInterrupt's pool tag
+
+
 @dataclass(frozen=True)
 class Interrupt:
-    """A connected interrupt (KINTERRUPT): its ISR, ServiceContext, the object's address,
-    its DIRQL (Irql) and the IRQL its ISR runs at (SynchronizeIrql)."""
+    """A connected interrupt (KINTERRUPT): its vector, ISR, ServiceContext, the object's
+    address, its DIRQL (Irql) and the IRQL its ISR runs at (SynchronizeIrql)."""
 
+    vector: int
     routine: int
     context: int
     address: int
@@ -132,10 +136,10 @@ def dispatch(ex: Executive, thread: Thread | None, *, here: bool = False) -> Non
         if not ready:
             break
         interrupt = ready[0]
-        vector = next(v for v, i in ex.interrupts.items() if i is interrupt)
-        ex.pending_interrupts.discard(vector)
+        ex.pending_interrupts.discard(interrupt.vector)
         previous, ex.irql = ex.irql, interrupt.synchronize_irql
-        ex.events.emit(Event.INTERRUPT, vector=vector, isr=interrupt.routine, thread=thread)
+        ex.events.emit(Event.INTERRUPT, vector=interrupt.vector, isr=interrupt.routine,
+                       thread=thread)
         ex.run_at_irql(interrupt.synchronize_irql, interrupt.routine,
                        (interrupt.address, interrupt.context), thread,
                        _current_stack(ex) if here else None)

@@ -139,8 +139,5 @@ def io_disconnect_interrupt(ex: Executive, call: ExportCall) -> int:
         if interrupt.address == call.arg(0):
             del ex.interrupts[vector]
             ex.pending_interrupts.discard(vector)
-            ex.pools.free(interrupt.address, KINTERRUPT_TAG)
+            ex.pools.free(interrupt.address, kintr.KINTERRUPT_TAG)
     return 0
-
-
-KINTERRUPT_TAG = 0x746E49        # 'Int', IoConnectInterrupt's pool tag
