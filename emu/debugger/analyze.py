@@ -63,6 +63,15 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
            "for a page-in", ("addr", "irql", "accd1", "rip"),
            ("the memory referenced", "the IRQL at the time", "the access",
             "the instruction that referenced it")),
+    0x0F: ("a spin lock was acquired by the processor that holds it (on one processor "
+           "it would spin forever)", ("addr", "none", "none", "none"),
+           ("the spin lock", "reserved", "reserved", "reserved")),
+    0x10: ("a spin lock was released that is not held", ("addr", "none", "none", "none"),
+           ("the spin lock", "reserved", "reserved", "reserved")),
+    0x4A: ("a system call returned to user mode above PASSIVE_LEVEL: the driver routine "
+           "it ran raised the IRQL and did not lower it", ("addr", "irql", "none", "none"),
+           ("the dispatch routine the system call ran", "the IRQL it was left at",
+            "reserved", "reserved")),
     0x1A: ("the memory manager found its books broken: a paging structure names what it "
            "should not (a driver garbled a page table?)", ("value",) * 4,
            ("the subtype: 0x41790 a page table's frame, 0x41792 a PTE naming no frame of "

@@ -67,6 +67,7 @@ class DumpTarget(Target):
         regs = {name: 0 for name in FULL_REGISTERS}
         regs.update(self.header.get("registers", {}))
         regs.update(self.header.get("control", {}))
+        regs["cr8"] = self.irql()            # CR8 is the IRQL (emu.hw.cr8): the dump's irql
         if pid is None or pid == self.current_pid():
             return regs
         proc = self._proc(pid)

@@ -48,7 +48,8 @@ class LiveTarget(Target):
     def _cpu_registers(self) -> dict[str, int]:
         cpu = self.cpu
         regs = {name: cpu.reg(name) for name in FULL_REGISTERS[:-5]}
-        regs.update(cr0=cpu.cr0, cr2=cpu.reg("cr2"), cr3=cpu.cr3, cr4=cpu.cr4, efer=cpu.efer)
+        regs.update(cr0=cpu.cr0, cr2=cpu.reg("cr2"), cr3=cpu.cr3, cr4=cpu.cr4, efer=cpu.efer,
+                    cr8=cpu.cr8.value)
         return regs
 
     def registers(self, pid: int | None = None) -> dict[str, int]:

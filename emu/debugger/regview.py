@@ -162,11 +162,13 @@ def registers_text(target: Target, pid: int | None = None) -> str:
         lines.append(f"{name:<4} {regs[name]:#018x}  {bits_text(regs[name], flags)}")
     lines.append(f"cr2  {regs['cr2']:#018x}  the last page-fault address")
     lines.append(f"cr3  {regs['cr3']:#018x}  PML4 at physical {regs['cr3'] & ~0xFFF:#x}")
+    if "cr8" in regs:
+        lines.append(f"cr8  {regs['cr8']:#018x}  the IRQL")
     return "\n".join(lines)
 
 
 def control_text(target: Target) -> str:
-    """CR0, CR4 and EFER bit by bit, then CR2 and CR3 (``info cr``)."""
+    """CR0, CR4 and EFER bit by bit, then CR2, CR3 and CR8 (``info cr``)."""
     regs = target.registers()
     lines = []
     for name, flags in _CONTROL:
@@ -178,6 +180,9 @@ def control_text(target: Target) -> str:
     lines.append(f"cr2 = {regs['cr2']:#018x}  the linear address of the last #PF")
     lines.append(f"cr3 = {regs['cr3']:#018x}  the PML4's physical address "
                  f"(bits 12-51: {regs['cr3'] & ~0xFFF:#x}); PCID not used")
+    if "cr8" in regs:
+        lines.append(f"cr8 = {regs['cr8']:#018x}  the task priority (TPR bits 7:4): "
+                     "the IRQL on x64 Windows")
     return "\n".join(lines)
 
 

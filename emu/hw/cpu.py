@@ -49,6 +49,7 @@ from unicorn import x86_const as ux
 from unicorn.unicorn_py3 import unicorn as _binding
 
 from emu.hw import mmu
+from emu.hw.cr8 import Cr8
 from emu.hw.faultaddr import decode, fault_address
 from emu.hw.memory import PhysicalMemory
 from emu.hw.native import NativeHooks, mode_of
@@ -297,7 +298,9 @@ class Cpu:
         self.devices: list = []                  # on the I/O port bus (emu.hw.devices)
         self.clock: Callable[[], int] = lambda: 0   # the machine's time, for devices
         self.on_cr3_load: Callable[[int, int], None] | None = None   # (old, new), if changed
+        self.on_device_started: Callable[[], None] | None = None     # an OUT armed a device
         self.native = NativeHooks(uc, self._fill)
+        self.cr8 = Cr8(self)                     # the IRQL: guest CR8 moves made to work
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
@@ -407,8 +410,11 @@ class Cpu:
         self._clean_context = self.uc.context_save()
 
     def restore_clean_context(self) -> None:
-        """Return to the clean ring-0 state: clears QEMU's sticky exception state (no false #DF)."""
+        """Return to the clean ring-0 state: clears QEMU's sticky exception state (no false #DF).
+        CR8 stays as it is: the task priority is not part of an exception's state."""
+        cr8 = self.cr8.value
         self.uc.context_restore(self._clean_context)
+        self.cr8.value = cr8
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     # -- running ---------------------------------------------------------------------------
@@ -443,9 +449,11 @@ class Cpu:
             # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
             self.native.start(start, 0)
         except UcError as err:
+            self._stop_requested |= self.cr8.settle()
             if self._held is not None:
                 return RunResult(StopReason.EXCEPTION, self._take_held_fault())
             return RunResult(StopReason.EXCEPTION, self._exception_from_error(err))
+        self._stop_requested |= self.cr8.settle()
         if self._held is not None:
             return RunResult(StopReason.EXCEPTION, self._take_held_fault())
         if self._event is not None:
@@ -502,6 +510,11 @@ class Cpu:
         self._held = (event, self.uc.context_save(), self.native.completed_before(event.rip))
         self.native.flush()
         self.uc.emu_stop()
+
+    @property
+    def held_fault(self) -> bool:
+        """Whether a fault raised from a hook is pending (nothing more of the run counts)."""
+        return self._held is not None
 
     def _take_held_fault(self) -> CpuException:
         event, context, completed = self._held
@@ -756,7 +769,11 @@ class Cpu:
             return
         device = self._device_at(port)
         if device is not None:
+            idle = getattr(device, "fire_at", None) is None
             device.port_out(port - device.base, value, self.clock())
+            if idle and getattr(device, "fire_at", None) is not None and \
+                    self.on_device_started is not None:
+                self.on_device_started()
 
     def _device_at(self, port: int):
         for device in self.devices:

@@ -20,11 +20,14 @@ class BugCheckCode(enum.IntEnum):
     IRQL_NOT_GREATER_OR_EQUAL = 0x09
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
     MAXIMUM_WAIT_OBJECTS_EXCEEDED = 0x0C
+    SPIN_LOCK_ALREADY_OWNED = 0x0F           # emu.nt.ntos.ke: the one processor holds it
+    SPIN_LOCK_NOT_OWNED = 0x10
     REFERENCE_BY_POINTER = 0x18              # an object dereferenced below zero
     MEMORY_MANAGEMENT = 0x1A                 # emu.nt.mm.corruption: parameter 1 says what
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B
     MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
+    IRQL_GT_ZERO_AT_SYSTEM_SERVICE = 0x4A    # emu.nt.io: a dispatch routine left it raised
     PFN_LIST_CORRUPT = 0x4E                  # emu.nt.mm.pfn: parameter 1 says what
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
     KERNEL_DATA_INPAGE_ERROR = 0x7A          # emu.nt.mm.paging: PagedPool not read back

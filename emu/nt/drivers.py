@@ -215,6 +215,7 @@ def start(ex: Executive, image: DriverImage) -> Driver:
         protect = _PROTECT[(bool(flags & PF_W), bool(flags & PF_X))]
         frames.append(ex.mm.map_new(ex.mm.system, va, protect, use=FrameUse.KERNEL,
                                     data=bytes(contents)))
+    _watch_cr8_moves(ex, image)
     driver_object = ex.io.new_driver_object(image.base, image.end - image.base)
     registry = _registry_path(ex, image.name)
     driver = Driver(image, driver_object)
@@ -233,10 +234,27 @@ def start(ex: Executive, image: DriverImage) -> Driver:
     return driver
 
 
+def _watch_cr8_moves(ex: Executive, image: DriverImage) -> None:
+    """Let the CPU find the CR8 moves (the IRQL, emu.hw.cr8) in each run of the image's
+    executable pages, once, before any of its code runs."""
+    runs: list[tuple[int, bytearray]] = []
+    for va in sorted(image.pages):
+        if not image.page_flags[va] & PF_X:
+            continue
+        if runs and runs[-1][0] + len(runs[-1][1]) == va:
+            runs[-1][1].extend(image.pages[va])
+        else:
+            runs.append((va, bytearray(image.pages[va])))
+    for va, code in runs:
+        ex.cpu.cr8.watch(va, bytes(code))
+
+
 def _free_pages(ex: Executive, pages) -> None:
     """Unmap the driver pages ``pages`` from the shared kernel half (each PTE zeroed and its
-    translation invalidated, as INVLPG does) and give their frames back to the free list."""
+    translation invalidated, as INVLPG does) and give their frames back to the free list;
+    the CR8 moves of code there are hooked no more."""
     for va in sorted(pages):
+        ex.cpu.cr8.unwatch(va, va + layout.PAGE_SIZE)
         pfn = ex.mm.system.unmap_page(va)
         if pfn is not None:
             ex.mm.pfn.release(pfn)

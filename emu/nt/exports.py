@@ -13,7 +13,7 @@ whose x64 signature AND behaviour are the WDK's declaration. The routines here t
 the ELF drivers' dialect are not (issue 12): IoCompleteRequest (wdm.h calls
 IofCompleteRequest), MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm.h),
 IoInitializeDpcRequest and IoRequestDpc (inlines over DEVICE_OBJECT.Dpc in wdm.h),
-KfRaiseIrql, KeLowerIrql and KeGetCurrentIrql (on x64 the headers inline IRQL as CR8),
+KeLowerIrql (the dialect never raises; emu.nt.ntos.ke has the WDK's),
 ProbeForRead/ProbeForWrite (Windows raises an exception; these return a status),
 PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System process, id 4), and
 MmCopyToUser/MmCopyFromUser (not Windows exports at all). The WDK's routines live in
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emu.hw.faultaddr import decode
-from emu.nt import layout
+from emu.nt import kintr, layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.status import NTSTATUS
@@ -292,9 +292,9 @@ def ps_get_current_process_id(ex: Executive, call: ExportCall) -> int:
     return ex.current.pid if ex.current is not None else SYSTEM_CONTEXT_PID
 
 
-@export("KeGetCurrentIrql")
+@export("KeGetCurrentIrql", dll="ntoskrnl.exe")
 def ke_get_current_irql(ex: Executive, call: ExportCall) -> int:
-    """KIRQL KeGetCurrentIrql(void)."""
+    """KIRQL KeGetCurrentIrql(VOID): CR8, what wdm.h's x64 inline of it reads."""
     return ex.irql
 
 
@@ -366,19 +366,28 @@ def rtl_init_unicode_string(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("IoConnectInterrupt")
+@export("IoConnectInterrupt", dll="ntoskrnl.exe")
 def io_connect_interrupt(ex: Executive, call: ExportCall) -> int:
-    """NTSTATUS IoConnectInterrupt(*InterruptObject, ServiceRoutine, ServiceContext,
-    SpinLock, Vector, Irql, SynchronizeIrql, InterruptMode, ShareVector, Affinity,
-    FloatingSave): the ISR runs at the device's IRQL when its line goes up."""
+    """NTSTATUS IoConnectInterrupt(PKINTERRUPT *InterruptObject, PKSERVICE_ROUTINE
+    ServiceRoutine, PVOID ServiceContext, PKSPIN_LOCK SpinLock, ULONG Vector, KIRQL Irql,
+    KIRQL SynchronizeIrql, KINTERRUPT_MODE InterruptMode, BOOLEAN ShareVector, KAFFINITY
+    ProcessorEnableMask, BOOLEAN FloatingSave): the ISR, ``BOOLEAN Isr(PKINTERRUPT,
+    PVOID ServiceContext)``, runs at SynchronizeIrql when the device's line goes up and
+    the IRQL is below Irql (emu.nt.kintr). STATUS_INVALID_PARAMETER for a vector no device
+    uses or one already connected, an Irql not above DISPATCH_LEVEL or above HIGH_LEVEL, or
+    a SynchronizeIrql below Irql (the IoConnectInterrupt reference: "SynchronizeIrql ...
+    must be equal to or greater than Irql")."""
     vector = call.arg(4) & 0xFFFF_FFFF
-    if vector not in {d.vector for d in ex.cpu.devices} or vector in ex.interrupts:
+    irql, synchronize = call.arg(5) & 0xFF, call.arg(6) & 0xFF
+    if vector not in {d.vector for d in ex.cpu.devices} or vector in ex.interrupts or \
+            not kintr.DISPATCH_LEVEL < irql <= synchronize <= kintr.HIGH_LEVEL:
         return NTSTATUS.STATUS_INVALID_PARAMETER
     try:
-        obj = ex.pools.allocate(512, 0x40, 0x746E49)                 # KINTERRUPT (NonPagedPoolNx)
+        obj = ex.pools.allocate(512, 0x40, kintr.KINTERRUPT_TAG)     # KINTERRUPT (NonPagedPoolNx)
     except OutOfFrames:     # Windows' status when the interrupt object cannot be allocated
         return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
-    ex.interrupts[vector] = (call.arg(1), call.arg(2), obj)
+    ex.interrupts[vector] = kintr.Interrupt(vector, call.arg(1), call.arg(2), obj, irql,
+                                            synchronize)
     ex.kernel_write(call.arg(0), struct.pack("<Q", obj))
     return NTSTATUS.STATUS_SUCCESS
 
@@ -392,14 +401,20 @@ def io_initialize_dpc_request(ex: Executive, call: ExportCall) -> int:
 
 @export("IoRequestDpc")
 def io_request_dpc(ex: Executive, call: ExportCall) -> int:
-    """VOID IoRequestDpc(DeviceObject, Irp, Context): queue the device's DpcForIsr, to run
-    at DISPATCH_LEVEL once the ISR returns."""
+    """VOID IoRequestDpc(DeviceObject, Irp, Context): KeInsertQueueDpc(&DeviceObject->Dpc,
+    Irp, Context), as wdm.h's macro; it runs at DISPATCH_LEVEL once the IRQL is below it
+    (after the ISR returns)."""
     routine = ex.io.dpc_routines.get(call.arg(0))
     if routine is None:
         raise BugCheck(0xC4, (0, call.arg(0), 0, 0), call_site(ex, call.return_address),
                        "IoRequestDpc without IoInitializeDpcRequest")
-    ex.dpc_queue.append((routine, (ex.io.queue_dpc(call.arg(0), call.arg(1), call.arg(2)),
-                                   call.arg(0), call.arg(1), call.arg(2))))
+    dpc = ex.io.device_dpc(call.arg(0))
+    if dpc:
+        kintr.insert_queue_dpc(ex, dpc, call.arg(1), call.arg(2))
+    else:                    # a device the I/O manager did not make: no KDPC of ours
+        ex.dpc_queue.append((routine, (0, call.arg(0), call.arg(1), call.arg(2))))
+        if ex.irql < kintr.DISPATCH_LEVEL:
+            kintr.drain_dpcs(ex, ex.current_thread, here=True)
     return 0
 
 
@@ -408,11 +423,13 @@ def io_request_dpc(ex: Executive, call: ExportCall) -> int:
 IRQL_NOT_GREATER_OR_EQUAL = 0x09
 
 
-@export("KfRaiseIrql")
+@export("KfRaiseIrql", dll="ntoskrnl.exe")
 def kf_raise_irql(ex: Executive, call: ExportCall) -> int:
-    """KIRQL KfRaiseIrql(NewIrql): the old IRQL; raising to a lower one is bug check 0x9."""
+    """KIRQL KfRaiseIrql(KIRQL NewIrql): CR8 = NewIrql, the old IRQL returned; raising to a
+    lower one is bug check 0x9 IRQL_NOT_GREATER_OR_EQUAL (NewIrql, the IRQL it was, 0, 0),
+    and one above HIGH_LEVEL (15, all CR8 holds) too."""
     new, old = call.arg(0) & 0xFF, ex.irql
-    if new < old:
+    if new < old or new > kintr.HIGH_LEVEL:
         raise BugCheck(IRQL_NOT_GREATER_OR_EQUAL, (new, old, 0, 0),
                        call_site(ex, call.return_address), "KfRaiseIrql to a lower IRQL")
     ex.irql = new
@@ -421,8 +438,11 @@ def kf_raise_irql(ex: Executive, call: ExportCall) -> int:
 
 @export("KeLowerIrql")
 def ke_lower_irql(ex: Executive, call: ExportCall) -> int:
-    """VOID KeLowerIrql(NewIrql)."""
-    ex.irql = min(ex.irql, call.arg(0) & 0xFF)
+    """VOID KeLowerIrql(NewIrql), the ELF drivers' dialect: never raises; what the lower
+    IRQL unmasks runs then (emu.nt.ntos.ke has the WDK's)."""
+    from emu.nt.ntos.ke import set_irql
+
+    set_irql(ex, min(ex.irql, call.arg(0) & 0xFF))
     return 0
 
 

@@ -64,6 +64,7 @@ DEVICE_CHARACTERISTICS, DEVICE_TYPE, DEVICE_EXTENSION = (
     _DEV["Characteristics"], _DEV["DeviceType"], _DEV["DeviceExtension"])
 DEVICE_STACK_SIZE, DEVICE_DPC, DEVICE_OBJECT_SIZE = _DEV["StackSize"], _DEV["Dpc"], _DEV.size
 MEDIUM_IMPORTANCE = 1                   # KDPC_IMPORTANCE, what KeInitializeDpc sets
+PASSIVE_LEVEL = 0
 # IRP, followed by its one IO_STACK_LOCATION (StackCount 1)
 IRP_MDL, IRP_SYSTEM_BUFFER = _IRP["MdlAddress"], _IRP["AssociatedIrp.SystemBuffer"]
 IRP_STATUS, IRP_INFORMATION = _IRP["IoStatus.Status"], _IRP["IoStatus.Information"]
@@ -202,15 +203,10 @@ class IoManager:
             struct.pack_into("<QQ", raw, wdm.KDPC["DeferredRoutine"], routine, device)
             self.ex.kernel_write(device + DEVICE_DPC, bytes(raw))
 
-    def queue_dpc(self, device: int, irp: int, context: int) -> int:
-        """IoRequestDpc: KeInsertQueueDpc(&DeviceObject->Dpc, Irp, Context); the KDPC's
-        address (the routine's first argument), or 0 for a device the I/O manager did not
-        make."""
-        if device not in self.device_objects:
-            return 0
-        dpc = device + DEVICE_DPC
-        self.ex.kernel_write(dpc + wdm.KDPC["SystemArgument1"], struct.pack("<QQ", irp, context))
-        return dpc
+    def device_dpc(self, device: int) -> int:
+        """The address of DEVICE_OBJECT.Dpc (what IoRequestDpc queues), or 0 for a device
+        the I/O manager did not make."""
+        return device + DEVICE_DPC if device in self.device_objects else 0
 
     # -- symbolic links (\?? and its other name, \DosDevices) ---------------------------------
 
@@ -429,9 +425,26 @@ class IoManager:
 
     def _call(self, dispatch: int, thread: Thread, device: Device, irp: int) -> int:
         """The driver's dispatch routine, at ring 0 on the thread's kernel stack, with the
-        thread's process's address space current."""
-        return self.ex.call_kernel(dispatch, device.address, irp, space=thread.process.space,
-                                   stack_top=thread.kernel_stack_top).rax & 0xFFFF_FFFF
+        thread's process's address space current. It must return at PASSIVE_LEVEL, where it
+        was called: the system call then returns to user mode, and above PASSIVE_LEVEL that
+        is bug check 0x4A IRQL_GT_ZERO_AT_SYSTEM_SERVICE (the system call routine - here the
+        dispatch routine the service ran -, the IRQL, 0, 0)."""
+        result = self.ex.call_kernel(dispatch, device.address, irp,
+                                     space=thread.process.space,
+                                     stack_top=thread.kernel_stack_top)
+        if result.irql != PASSIVE_LEVEL:
+            self.ex.irql = result.irql        # the machine stops at the IRQL it was left at
+            bc = BugCheck(BugCheckCode.IRQL_GT_ZERO_AT_SYSTEM_SERVICE,
+                          (dispatch, result.irql, 0, 0), None,
+                          f"the dispatch routine returned at IRQL {result.irql}: its system "
+                          "call returns to user mode above PASSIVE_LEVEL")
+            from emu.nt import drivers
+            culprit = drivers.driver_at(self.ex, dispatch)
+            if culprit is not None:
+                bc.driver, bc.location = culprit.image.name, drivers.symbolize(self.ex,
+                                                                               dispatch)
+            raise bc
+        return result.rax & 0xFFFF_FFFF
 
     def _finish(self, record: IrpRecord, major: int, system_buffer: int, mdl: int,
                 buffer: int, length: int, out: int, status: int) -> int:

@@ -37,6 +37,7 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     dispatch,
     drivers,
     exports,
+    kintr,
     layout,
     ps,
     seh,
@@ -104,9 +105,11 @@ KTRAP_FRAME_SIZE, KTRAP_FRAME_RIP = 0x190, 0x168          # x64 KTRAP_FRAME: Rip
 
 @dataclass(frozen=True)
 class KernelCallResult:
-    """What a kernel routine run by ``call_kernel`` returned."""
+    """What a kernel routine run by ``call_kernel`` returned, and the IRQL it returned at
+    (the caller's IRQL is back once it has returned)."""
 
     rax: int
+    irql: int = PASSIVE_LEVEL
 
 
 class Executive:
@@ -133,11 +136,13 @@ class Executive:
         self.pools = Pools(self.mm)
         self.drivers: list[drivers.Driver] = []
         self.pending_drivers: list[drivers.DriverImage] = []   # DriverEntry runs at boot
-        self.irql = PASSIVE_LEVEL
+        self.cpu.cr8.on_write = self._irql_written
+        self.cpu.on_device_started = self._device_started
         self.in_system_service = False   # ring-0 work done for a system call right now
         self.io = IoManager(self)
-        self.interrupts: dict[int, tuple[int, int, int]] = {}  # vector -> (ISR, context, object)
-        self.dpc_queue: list[tuple[int, tuple[int, ...]]] = []  # (routine, its 4 arguments)
+        self.interrupts: dict[int, kintr.Interrupt] = {}  # vector -> its connected ISR
+        self.pending_interrupts: set[int] = set()       # vectors whose line is up, not served
+        self.dpc_queue: list[int | tuple[int, tuple[int, ...]]] = []   # KDPCs: emu.nt.kintr
         self.cpu.devices.append(SlowDevice())
         self.cpu.clock = lambda: self.clock
         self.debug_output = bytearray()
@@ -188,6 +193,16 @@ class Executive:
         cpu.set_reg("ss", Selector.KERNEL_DATA)
         cpu.set_reg("rflags", KERNEL_RFLAGS)
         cpu.save_clean_context()
+
+    @property
+    def irql(self) -> int:
+        """The processor's IRQL: CR8 itself, as on x64 Windows (wdm.h's KeGetCurrentIrql is
+        ``__readcr8``), whether the executive or a driver's ``mov cr8`` set it."""
+        return self.cpu.cr8.value
+
+    @irql.setter
+    def irql(self, level: int) -> None:
+        self.cpu.cr8.value = level
 
     def _cr3_loaded(self, old: int, new: int) -> None:
         self.events.emit(Event.CR3_LOAD, old=old, new=new)
@@ -500,35 +515,47 @@ class Executive:
         self._deliver_interrupts(None)
         return True
 
-    def _deliver_interrupts(self, thread: Thread | None, stack_top: int | None = None) -> None:
-        """Every device whose line is up interrupts ``thread`` (None: the idle system): its
-        ISR runs at DIRQL, then the DPCs it queued at DISPATCH_LEVEL, in that thread's
-        address space and on its kernel stack (from ``stack_top`` when ring-0 code of the
-        thread is using the stack: a driver waiting in KeWaitForSingleObject), before the
-        thread goes on."""
+    def _deliver_interrupts(self, thread: Thread | None, *, here: bool = False) -> None:
+        """Every device whose line is up interrupts ``thread`` (None: the idle system) if its
+        DIRQL is above the IRQL: its ISR, then the DPCs queued, at DISPATCH_LEVEL, in that
+        thread's address space and on its kernel stack (``here``: below the frames of the
+        ring-0 code running now, such as a driver waiting in KeWaitForSingleObject), before
+        the thread goes on. A masked interrupt stays pending until the IRQL drops below its
+        DIRQL (emu.nt.kintr)."""
+        self._raise_interrupt_lines()
+        kintr.dispatch(self, thread, here=here)
+
+    def _raise_interrupt_lines(self) -> None:
+        """Devices whose time has come raise their line (an unconnected one is lost)."""
         for device in self.cpu.devices:
             if device.due(self.clock) and device.vector in self.interrupts:
-                isr, context, obj = self.interrupts[device.vector]
-                self.irql = DEVICE_IRQL
-                self.events.emit(Event.INTERRUPT, vector=device.vector, isr=isr, thread=thread)
-                self._at_irql(DEVICE_IRQL, isr, (obj, context), thread, stack_top)
-                while self.dpc_queue:
-                    routine, args = self.dpc_queue.pop(0)
-                    self.irql = DISPATCH_LEVEL
-                    self.events.emit(Event.DPC, routine=routine, thread=thread)
-                    self._at_irql(DISPATCH_LEVEL, routine, args, thread, stack_top)
+                self.pending_interrupts.add(device.vector)
 
-    def _at_irql(self, irql: int, routine: int, args: tuple[int, ...],
-                 thread: Thread | None, stack_top: int | None = None) -> None:
-        # A bug check raised inside leaves the IRQL as it was: the stopped machine (its dump,
-        # the debugger) shows the level the fault happened at.
+    def _device_started(self) -> None:
+        """A driver's OUT started a device while nothing is counted: stop after it, so that
+        call_kernel counts the time it waits for (the clock runs on counted instructions)."""
+        if self.running and self.cpu.native.budget is None:
+            self.cpu.stop()
+
+    def _irql_written(self, old: int, new: int) -> bool:
+        """A driver's ``mov cr8`` moved the IRQL: stop the CPU after it if that unmasked an
+        interrupt or, below DISPATCH_LEVEL, the DPC queue (call_kernel delivers them)."""
+        return kintr.work_after_write(self, old, new)
+
+    def run_at_irql(self, irql: int, routine: int, args: tuple[int, ...],
+                    thread: Thread | None, stack_top: int | None = None) -> None:
+        """Run an ISR or a DPC at ``irql`` in ``thread``'s address space (None: the system's),
+        on its kernel stack (or at ``stack_top``: below a routine it interrupts), then put
+        the IRQL back. A bug check raised inside leaves the IRQL as it was: the stopped
+        machine (its dump, the debugger) shows the level the fault happened at."""
+        old = self.irql
         self.irql = irql
         if stack_top is None:
             stack_top = thread.kernel_stack_top if thread else KERNEL_STACK_TOP
         self.call_kernel(routine, *args,
                          space=thread.process.space if thread else self.mm.system,
                          stack_top=stack_top)
-        self.irql = PASSIVE_LEVEL
+        self.irql = old
         self.events.emit(Event.KERNEL_CALL_DONE, routine=routine, thread=thread)
 
     def _set_rsp0(self, top: int) -> None:
@@ -754,24 +781,38 @@ class Executive:
         self.write_user(self.mm.system, rsp, struct.pack("<Q", KERNEL_RETURN))
         cpu.set_reg("rsp", rsp)
         ke.update_shared_data(self, self.shared_data_frame)   # the times the routine reads
+        full_speed = cpu.native.budget is None
         result = self._run_cpu(routine)
         while True:
             exc = result.exception
             if result.reason is StopReason.BUDGET:
                 if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
                     raise MachineStop(INSTRUCTION_LIMIT)
-                # Kernel code is not preempted here: the quantum ends when it returns.
-                self.set_budget(self.scheduler.quantum if self.max_insns is None else
-                                min(self.scheduler.quantum,
-                                    self.max_insns - self.cpu.instructions))
+                # Kernel code is not preempted here: the quantum ends when it returns. A
+                # device may interrupt it, if the IRQL lets it (emu.nt.kintr).
+                self._raise_interrupt_lines()
+                kintr.dispatch(self, self.current_thread, here=True)
+                self.set_budget(self._kernel_budget())
                 result = self._run_cpu()
                 continue
             if self.interrupted:
                 raise MachineStop(INTERRUPTED)
+            if exc is None and cpu.stop_requested:
+                # A `mov cr8` lowered the IRQL under pending work (Cr8.on_write): deliver it
+                # here, between that instruction and the next, as the CPU would. Or an OUT
+                # started a device: its time is counted from now on, so that it interrupts
+                # this routine when its time comes (if the IRQL lets it).
+                if cpu.native.budget is None and self._device_deadline() is not None:
+                    self.set_budget(self._kernel_budget())
+                kintr.dispatch(self, self.current_thread, here=True)
+                result = self._run_cpu()
+                continue
             if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
-                rax = cpu.reg("rax")
+                rax, irql = cpu.reg("rax"), self.irql
                 self._return_to(caller, caller_cr3)
-                return KernelCallResult(rax)
+                if full_speed and cpu.native.budget is not None:
+                    self.set_budget(None)       # counted for a device: back to full speed
+                return KernelCallResult(rax, irql)
             if exc is None and cpu.read_code(cpu.rip - 1, 1) == HLT:
                 # HLT at CPL 0 with IF = 1 waits for the next interrupt: the clock's tick
                 # comes and returns to the instruction after it (SDM Vol. 2B, HLT).
@@ -795,6 +836,17 @@ class Executive:
                 result = self._run_cpu()               # a driver's __except took it
                 continue
             raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+
+    def _kernel_budget(self) -> int:
+        """Instructions kernel code runs before the executive looks again: a quantum, or
+        less if a device interrupts sooner or the --max-insns limit comes first."""
+        budget = self.scheduler.quantum
+        device = self._device_deadline()
+        if device is not None:
+            budget = min(budget, max(1, device - self.clock))
+        if self.max_insns is not None:
+            budget = min(budget, self.max_insns - self.cpu.instructions)
+        return budget
 
     def _return_to(self, context, cr3: int) -> None:
         """Put back the CPU state a kernel call interrupted (its address space too, unless

@@ -198,5 +198,9 @@ def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0, *,
         return BugCheck(BugCheckCode.SYSTEM_SERVICE_EXCEPTION, (info.code, exc.rip, 0, 0),
                         exc.rip, info.detail or info.name, instruction=instruction)
     p1, p2 = (info.params + (0, 0))[:2]
+    # A #GP the CPU layer explained (a reserved CR8 bit, emu.hw.cr8) keeps its own reason:
+    # the ring-3 wording ("needs CPL 0") does not fit a fault at CPL 0.
+    detail = exc.reason if exc.vector == Vector.GP and exc.reason.startswith("#GP(0)") \
+        else info.detail or info.name
     return BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (info.code, exc.rip, p1, p2),
-                    exc.rip, info.detail or info.name, instruction=instruction)
+                    exc.rip, detail, instruction=instruction)

@@ -27,6 +27,19 @@ static void do_mov_cr3(void)
     __asm__ volatile("mov %0, %%cr3" : : "r"(0UL) : "memory");
 }
 
+/* CR8, the task priority (Windows' IRQL on x64): ring 0 only, either way (SDM Vol. 2B, MOV). */
+static void do_mov_cr8(void)
+{
+    __asm__ volatile("mov %0, %%cr8" : : "r"(15UL) : "memory");
+}
+
+static void do_read_cr8(void)
+{
+    uint64_t value;
+
+    __asm__ volatile("mov %%cr8, %0" : "=r"(value));
+}
+
 /* Had the CPL check been forgotten, this write would change nothing and "succeeded?!" shows it. */
 static void do_wrmsr(void)
 {
@@ -67,6 +80,8 @@ static const struct privileged_instruction instructions[] = {
     { "sti", do_sti },
     { "hlt", do_hlt },
     { "mov-cr3", do_mov_cr3 },
+    { "mov-cr8", do_mov_cr8 },
+    { "read-cr8", do_read_cr8 },
     { "wrmsr", do_wrmsr },
     { "in", do_in },
     { "out", do_out },

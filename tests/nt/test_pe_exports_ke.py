@@ -26,8 +26,12 @@ def lines(m) -> list[str]:
 
 def connect(m, driver, routine: str) -> None:
     """Connect ``routine`` of ``driver`` to the slow device's vector, as IoConnectInterrupt
-    would (not bound to PE drivers yet)."""
-    m.executive.interrupts[SLOW_DEVICE_VECTOR] = (driver.symbols[routine], 0, 0)
+    would (at the slow device's DIRQL, 5), without a KINTERRUPT in memory."""
+    from emu.nt import kintr
+    from emu.nt.kernel import DEVICE_IRQL
+
+    m.executive.interrupts[SLOW_DEVICE_VECTOR] = kintr.Interrupt(
+        SLOW_DEVICE_VECTOR, driver.symbols[routine], 0, 0, DEVICE_IRQL, DEVICE_IRQL)
 
 
 # -- events and waits --------------------------------------------------------------------

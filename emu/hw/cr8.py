@@ -1,0 +1,195 @@
+"""CR8, the task-priority register as 64-bit mode exposes it: on x64 Windows, the IRQL.
+
+SDM Vol. 3A 10.8.6 ("Task Priority in IA-32e Mode"): MOV CR8 reads and writes the
+task-priority class, CR8[3:0] = TPR[7:4]; bits 63:4 are reserved, and a MOV to CR8 that
+sets any of them is #GP(0) (SDM Vol. 2B, "MOV - Move to/from Control Registers"). Only
+CPL 0 may move to or from CR8: at CPL 3 it is #GP(0), which Unicorn raises itself. The
+WDK's wdm.h inlines KeGetCurrentIrql, KeLowerIrql and KfRaiseIrql on x64 as
+``__readcr8``/``__writecr8``: the IRQL is this register.
+
+Unicorn 2.1.4 routes CR8 to an APIC it does not have (platform-facts.md): a guest
+``mov cr8, r`` is dropped and ``mov r, cr8`` reads 0, although ``reg_read``/``reg_write`` of
+UC_X86_REG_CR8 keep a value (and a saved context holds it). So the machine finds the CR8
+moves itself, once, in the executable pages of the kernel code it loads (``watch``: a
+driver image's sections), and puts code hooks on just those addresses and the ones after
+them: the move's effect on the register Unicorn keeps is made at the boundary after it
+(see ``Cr8``). Nothing else is hooked: user code runs as fast as before, and a ring-3
+``mov cr8`` stays Unicorn's #GP(0).
+``unwatch`` drops the hooks of pages whose code goes (a driver unloaded, INIT freed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from capstone import x86_const as cx
+from unicorn import UC_HOOK_CODE, Uc
+from unicorn import x86_const as ux
+
+from emu.hw.faultaddr import decode
+
+if TYPE_CHECKING:
+    from emu.hw.cpu import Cpu
+
+CR8_RESERVED = ~0xF & 0xFFFF_FFFF_FFFF_FFFF    # bits 63:4 (SDM Vol. 3A 10.8.6)
+MAX_INSTRUCTION = 15                           # bytes (SDM Vol. 2A 2.3.11)
+# REX with REX.R (0x44-0x47, 0x4C-0x4F: it selects CR8 rather than CR0), 0F 20 (MOV r64,
+# CRn) or 0F 22 (MOV CRn, r64), then a ModRM whose reg field is 0 (CR0 + REX.R = CR8; the
+# mod field is ignored, SDM Vol. 2B). The scan looks for these bytes; capstone confirms.
+_CR8_MOVE = re.compile(rb"(?=[\x44-\x47\x4c-\x4f]\x0f[\x20\x22][\x00-\x07\x40-\x47\x80-\x87"
+                       rb"\xc0-\xc7])")
+# Legacy prefixes may come before the REX byte (SDM Vol. 2A 2.1.1): an instruction can start
+# at any of them.
+_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+
+
+@dataclass(frozen=True)
+class Cr8Move:
+    """One ``mov`` to or from CR8 in loaded code: its address, length, direction and GPR."""
+
+    address: int
+    size: int
+    write: bool                 # True: mov cr8, reg; False: mov reg, cr8
+    register: int               # the UC_X86_REG_* of the general-purpose register
+
+
+def find_moves(va: int, code: bytes) -> list[Cr8Move]:
+    """Every instruction start in ``code`` (loaded at ``va``) that is a MOV to or from CR8,
+    found by its bytes and confirmed by decoding it (any start, prefixes included)."""
+    moves: dict[int, Cr8Move] = {}
+    for match in _CR8_MOVE.finditer(code):
+        start = match.start()
+        first = start
+        while first > 0 and start - first < MAX_INSTRUCTION - 4 and code[first - 1] in _PREFIXES:
+            first -= 1
+        for at in range(first, start + 1):
+            move = _decode_move(va + at, code[at:at + MAX_INSTRUCTION])
+            if move is not None:
+                moves[move.address] = move
+    return sorted(moves.values(), key=lambda m: m.address)
+
+
+def _decode_move(va: int, code: bytes) -> Cr8Move | None:
+    insn = decode(code, va)
+    if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2:
+        return None
+    regs = [insn.reg_name(op.reg) if op.type == cx.X86_OP_REG else None
+            for op in insn.operands]
+    if regs[0] == "cr8" and regs[1] not in (None, "cr8"):
+        write, gpr = True, regs[1]
+    elif regs[1] == "cr8" and regs[0] not in (None, "cr8"):
+        write, gpr = False, regs[0]
+    else:
+        return None
+    return Cr8Move(va, insn.size, write, getattr(ux, f"UC_X86_REG_{gpr.upper()}"))
+
+
+class Cr8:
+    """CR8 of one CPU: its value (the register Unicorn keeps) and the hooks that make guest
+    ``mov`` to and from it work.
+
+    Each CR8 move is hooked at its own address and at the instruction boundary after it.
+    The first hook notes that the move is executing (Unicorn then runs it: a dropped write,
+    or a read that loads 0); the second, before the next instruction, completes it: the
+    write reaches CR8, or the read's register gets CR8. So a stop before the move (a
+    breakpoint, the budget's end) leaves everything as it was, and one after it sees it
+    done. A run that ends at that boundary completes it in ``settle``. (Stepping over the
+    move by writing RIP from its hook would not do: measured on Unicorn 2.1.4, the hooks
+    registered after it for the same instruction still run, and a debugger's breakpoint
+    there then stops after the move instead of before it.)"""
+
+    def __init__(self, cpu: Cpu) -> None:
+        self._cpu = cpu
+        self._uc: Uc = cpu.uc
+        self._moves: dict[int, Cr8Move] = {}
+        self._hooks: dict[int, int] = {}           # hooked address -> Unicorn hook handle
+        self._executing: Cr8Move | None = None     # the move between its two hooks
+        # Called after a guest write changed CR8, with (old, new): True asks the CPU to
+        # stop at the boundary after the write (the executive has interrupts or DPCs to
+        # deliver now).
+        self.on_write: Callable[[int, int], bool] | None = None
+
+    @property
+    def value(self) -> int:
+        """CR8 (the IRQL on x64 Windows), 0-15."""
+        return self._uc.reg_read(ux.UC_X86_REG_CR8)
+
+    @value.setter
+    def value(self, level: int) -> None:
+        if level & CR8_RESERVED:
+            raise ValueError(f"CR8 is 4 bits wide (SDM Vol. 3A 10.8.6): {level:#x}")
+        self._uc.reg_write(ux.UC_X86_REG_CR8, level)
+
+    @property
+    def moves(self) -> list[Cr8Move]:
+        """The CR8 moves hooked now, by address."""
+        return [self._moves[a] for a in sorted(self._moves)]
+
+    def watch(self, va: int, code: bytes) -> list[Cr8Move]:
+        """Hook the CR8 moves of ``code``, executable and loaded at ``va``; translated code
+        is flushed so that no block translated before runs without its hooks."""
+        found = [m for m in find_moves(va, code) if m.address not in self._moves]
+        for move in found:
+            self._moves[move.address] = move
+        self._rehook()
+        if found:
+            self._cpu.flush_translated_code()
+        return found
+
+    def unwatch(self, start: int, end: int) -> None:
+        """Forget the CR8 moves that start in [start, end): that code is gone."""
+        gone = [a for a in self._moves if start <= a < end]
+        for address in gone:
+            del self._moves[address]
+        if gone:
+            self._rehook()
+
+    def _rehook(self) -> None:
+        """One code hook on each move and on each boundary after one, and on nothing else."""
+        wanted = set(self._moves) | {m.address + m.size for m in self._moves.values()}
+        for address in set(self._hooks) - wanted:
+            self._uc.hook_del(self._hooks.pop(address))
+        for address in sorted(wanted - set(self._hooks)):
+            self._hooks[address] = self._uc.hook_add(UC_HOOK_CODE, self._on_boundary, None,
+                                                     address, address)
+
+    def settle(self) -> bool:
+        """After a run: complete a move the run ended right after; True when that write
+        asks for the executive (see ``on_write``)."""
+        move, self._executing = self._executing, None
+        if move is None or self._cpu.rip != move.address + move.size:
+            return False                 # the run ended before the move ran: it runs again
+        return self._complete(move)
+
+    def _complete(self, move: Cr8Move) -> bool:
+        """The move's effect (SDM Vol. 2B, MOV): CR8 written, or the register loaded with
+        CR8 zero-extended; True when a write asks for the executive."""
+        if not move.write:
+            self._uc.reg_write(move.register, self.value)
+            return False
+        old, new = self.value, self._uc.reg_read(move.register)
+        self.value = new
+        return self.on_write is not None and self.on_write(old, new)
+
+    def _on_boundary(self, uc: Uc, address: int, _size: int, _data) -> None:
+        """UC_HOOK_CODE before a CR8 move, or before the instruction after one."""
+        cpu = self._cpu
+        if cpu.held_fault:
+            return
+        done, self._executing = self._executing, None
+        if done is not None and done.address + done.size == address and self._complete(done):
+            cpu.stop()                   # the executive delivers what the write unmasked
+            return
+        move = self._moves.get(address)
+        if move is None or cpu.cpl != 0:
+            return                       # a ring-3 `mov cr8` is Unicorn's own #GP(0)
+        if move.write and uc.reg_read(move.register) & CR8_RESERVED:
+            from emu.hw.cpu import CpuException, Vector
+            cpu.raise_fault(CpuException(Vector.GP, address, 0, reason=(
+                f"#GP(0): mov cr8 with {uc.reg_read(move.register):#x}, and CR8 bits 63:4 "
+                "are reserved")))
+            return
+        self._executing = move
