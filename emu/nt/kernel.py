@@ -722,8 +722,9 @@ class Executive:
             context = seh.capture_context(self)
             callers = unwind.walk(self.kernel_read, context, self._function_table,
                                   lambda a: exports.name_at(a) is not None, limit)
-            if exports.name_at(cpu_rip) and callers:
+            if exports.name_at(cpu_rip) and callers and rip != cpu_rip:
                 callers = callers[1:]       # ``rip`` is the call site in that caller
+            # (``rip`` the export itself: a fault inside it, as in nt!memcpy: callers stay)
             if rip != cpu_rip and not exports.name_at(cpu_rip):
                 callers = []
             return [rip, *[a for a in callers if a != KERNEL_RETURN]][:limit]
@@ -933,8 +934,11 @@ class Executive:
         if info.code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION:
             # Nothing is privileged at CPL 0: a #GP there (a bad MSR, a bad selector) is
             # KiGeneralProtectionFault's STATUS_ACCESS_VIOLATION with no address (-1).
+            # (The ring-3 wording, "needs CPL 0", does not fit: the CPU's reason does.)
             info = dataclasses.replace(info, code=NTSTATUS.STATUS_ACCESS_VIOLATION,
-                                       params=(0, 0xFFFF_FFFF_FFFF_FFFF))
+                                       params=(0, 0xFFFF_FFFF_FFFF_FFFF),
+                                       detail=exc.reason or
+                                       f"#GP({exc.error_code or 0:#x}) at CPL 0")
         context = seh.capture_context(self)
         context["rip"] = exc.rip               # KiBreakpointTrap backs RIP up to the int3 too
         self._dispatch(seh.ExceptionRecord(info.code, exc.rip, info.params), context, exc.rip,

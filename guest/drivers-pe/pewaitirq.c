@@ -16,7 +16,8 @@
  *
  * The emulator should print
  *   pewaitirq.sys: SlowIsr, the event was 0, is 0
- *   pewaitirq.sys: wait 0x0 after 200000, state 0
+ *   pewaitirq.sys: wait 0x0 after 200025, state 0   (200000, and 25 from the last update
+ *                                                   of the shared page to the OUT)
  *   pewaitirq.sys: wait 0x102
  */
 #include <ntddk.h>

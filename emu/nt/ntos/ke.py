@@ -198,7 +198,7 @@ def _signalled(ex: Executive, obj: int) -> bool:
     return _signal_state(ex, obj) > 0
 
 
-def _acquire(ex: Executive, obj: int) -> None:
+def _satisfy(ex: Executive, obj: int) -> None:
     """Satisfying a wait has the object's side effect: a synchronization event resets
     ("an auto-reset event": KeInitializeEvent); a notification event stays signalled. Other
     dispatcher objects are only read (no mutex or semaphore is acquired here)."""
@@ -304,7 +304,7 @@ def _wait_for(ex: Executive, call: ExportCall, objects: list[int], wait_any: boo
         status = _ready(ex, waiter)
     if waiter.handed is None:            # a handed event was never signalled: nothing to take
         for obj in [objects[status]] if wait_any else objects:
-            _acquire(ex, obj)
+            _satisfy(ex, obj)
     return status
 
 
