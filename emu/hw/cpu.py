@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import struct
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -591,8 +592,11 @@ class Cpu:
                 run, cr3 = self.runs, self.cr3
                 registers = dict(zip(_FAULT_REGISTERS, self.regs(_FAULT_REGISTERS),
                                      strict=True))
-                address = Deferred(lambda: self._exact_address(fault, page, run, cr3,
-                                                               registers, address))
+                # Weakly: a fault kept somewhere (a record, an event) must not keep the CPU
+                # and its Unicorn engine alive, nor make a cycle through _pending_cr2.
+                cpu = weakref.ref(self)
+                address = Deferred(lambda: page if cpu() is None else cpu()._exact_address(
+                    fault, page, run, cr3, registers, address))
         if fault.vector == Vector.PF:
             deferred = isinstance(address, Deferred)
             self._pending_cr2 = (address, page) if deferred else None
@@ -796,6 +800,7 @@ class Cpu:
 
     def close(self) -> None:
         """Release Unicorn's resources."""
+        self._pending_cr2 = None
         self.native.close()
 
 
