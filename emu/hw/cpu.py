@@ -590,8 +590,7 @@ class Cpu:
                 address = rip if rip & ~0xFFF == page else page
             else:
                 run, cr3 = self.runs, self.cr3
-                registers = dict(zip(_FAULT_REGISTERS, self.regs(_FAULT_REGISTERS),
-                                     strict=True))
+                registers = self.regs(_FAULT_REGISTERS)     # in _FAULT_REGISTERS' order
                 # Weakly: a fault kept somewhere (a record, an event) must not keep the CPU
                 # and its Unicorn engine alive, nor make a cycle through _pending_cr2.
                 cpu = weakref.ref(self)
@@ -605,12 +604,13 @@ class Cpu:
                             fault.access, fault.reason, fault.walk, page=page)
 
     def _exact_address(self, fault: CpuException, page: int, run: int, cr3: int,
-                       registers: dict[str, int], deferred: Deferred) -> int:
+                       values: tuple[int, ...], deferred: Deferred) -> int:
         """The deferred half of ``_complete_fault``: decode the instruction at the fault's
         RIP and form the address its access to ``page`` began at; CR2 gets it too if this is
         still the last #PF. While the CPU is still at the fault, its live registers are
         read; afterwards the ones kept at the fault, and the code as the fault's page tables
         map it now (a code page gone since: only the page is known)."""
+        registers = dict(zip(_FAULT_REGISTERS, values, strict=True))
         rip = registers["rip"]
         bits = 32 if registers["cs"] in CODE32_SELECTORS else 64
         if run == self.runs and self.rip == rip and self.cr3 == cr3:
