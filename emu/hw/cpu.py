@@ -126,6 +126,9 @@ class RegisterBatch:
 # (every argument is already a ctypes object or a small int), half the cost of a call.
 _raw = ctypes.CDLL(_binding.uclib._name)
 _MASK64 = (1 << 64) - 1
+_NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi", "edi",
+                     "ebp", "esp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d",
+                     "eip"})
 # What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
 _FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
 _LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
@@ -149,9 +152,6 @@ def _subregister(registers: dict[str, int], name: str) -> int:
         return registers[name]
     full, shift, width = _SUBREGISTERS[name]
     return (registers[full] >> shift) & ((1 << width) - 1)
-_NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi", "edi",
-                     "ebp", "esp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d",
-                     "eip"})
 
 
 class Vector(enum.IntEnum):
