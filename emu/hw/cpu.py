@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import struct
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -126,6 +127,9 @@ class RegisterBatch:
 # (every argument is already a ctypes object or a small int), half the cost of a call.
 _raw = ctypes.CDLL(_binding.uclib._name)
 _MASK64 = (1 << 64) - 1
+_NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi", "edi",
+                     "ebp", "esp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d",
+                     "eip"})
 # What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
 _FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
 _LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
@@ -149,9 +153,6 @@ def _subregister(registers: dict[str, int], name: str) -> int:
         return registers[name]
     full, shift, width = _SUBREGISTERS[name]
     return (registers[full] >> shift) & ((1 << width) - 1)
-_NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi", "edi",
-                     "ebp", "esp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d",
-                     "eip"})
 
 
 class Vector(enum.IntEnum):
@@ -602,10 +603,12 @@ class Cpu:
                 address = rip if rip & ~0xFFF == page else page
             else:
                 run, cr3 = self.runs, self.cr3
-                registers = dict(zip(_FAULT_REGISTERS, self.regs(_FAULT_REGISTERS),
-                                     strict=True))
-                address = Deferred(lambda: self._exact_address(fault, page, run, cr3,
-                                                               registers, address))
+                registers = self.regs(_FAULT_REGISTERS)     # in _FAULT_REGISTERS' order
+                # Weakly: a fault kept somewhere (a record, an event) must not keep the CPU
+                # and its Unicorn engine alive, nor make a cycle through _pending_cr2.
+                cpu = weakref.ref(self)
+                address = Deferred(lambda: page if cpu() is None else cpu()._exact_address(
+                    fault, page, run, cr3, registers, address))
         if fault.vector == Vector.PF:
             deferred = isinstance(address, Deferred)
             self._pending_cr2 = (address, page) if deferred else None
@@ -614,12 +617,13 @@ class Cpu:
                             fault.access, fault.reason, fault.walk, page=page)
 
     def _exact_address(self, fault: CpuException, page: int, run: int, cr3: int,
-                       registers: dict[str, int], deferred: Deferred) -> int:
+                       values: tuple[int, ...], deferred: Deferred) -> int:
         """The deferred half of ``_complete_fault``: decode the instruction at the fault's
         RIP and form the address its access to ``page`` began at; CR2 gets it too if this is
         still the last #PF. While the CPU is still at the fault, its live registers are
         read; afterwards the ones kept at the fault, and the code as the fault's page tables
         map it now (a code page gone since: only the page is known)."""
+        registers = dict(zip(_FAULT_REGISTERS, values, strict=True))
         rip = registers["rip"]
         bits = 32 if registers["cs"] in CODE32_SELECTORS else 64
         if run == self.runs and self.rip == rip and self.cr3 == cr3:
@@ -813,6 +817,7 @@ class Cpu:
 
     def close(self) -> None:
         """Release Unicorn's resources."""
+        self._pending_cr2 = None
         self.native.close()
 
 

@@ -461,7 +461,10 @@ class Executive:
             return thread.state is not ThreadState.RUNNING
         alive = thread.state is not ThreadState.TERMINATED
         if alive:
-            thread.context = self.cpu.uc.context_save()
+            if thread.context is None:
+                thread.context = self.cpu.uc.context_save()
+            else:                        # into the thread's own buffer: no allocation
+                self.cpu.uc.context_update(thread.context)
         if result.reason is StopReason.BUDGET:
             if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
                 raise MachineStop(INSTRUCTION_LIMIT)

@@ -188,3 +188,16 @@ def test_cr2_is_the_exact_byte_even_when_read_long_after_an_unwatched_fault(mach
         assert unwatched == address
     at_end, _ = _stack_run(machine_factory, apps, observe=False, max_insns=None)
     assert at_end == _stack_run(machine_factory, apps, observe=True, max_insns=None)[0]
+
+
+def test_the_registers_kept_at_a_fault_give_every_capstone_subregister():
+    """The snapshot's full registers answer what a decoded 32-bit or 64-bit operand names."""
+    from emu.hw.cpu import _subregister
+
+    regs = {"rax": 0x1122_3344_5566_7788, "rsi": 0xFFFF_0000_8000_1234, "r9": 0xAABB_CCDD_EEFF_0102,
+            "rip": 0x0000_7FF0_0000_4000, "fs_base": 0x1000}
+    assert [_subregister(regs, n) for n in ("eax", "ax", "al", "ah")] == \
+        [0x5566_7788, 0x7788, 0x88, 0x77]
+    assert [_subregister(regs, n) for n in ("esi", "si", "sil")] == [0x8000_1234, 0x1234, 0x34]
+    assert [_subregister(regs, n) for n in ("r9d", "r9w", "r9b")] == [0xEEFF_0102, 0x0102, 0x02]
+    assert (_subregister(regs, "eip"), _subregister(regs, "fs_base")) == (0x4000, 0x1000)

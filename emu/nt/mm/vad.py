@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import operator
 import struct
 from dataclasses import dataclass, field
 
@@ -158,7 +159,7 @@ class Vad:
 
     def run_at(self, va: int) -> Run:
         """The run holding the page of ``va`` (which must lie in this VAD)."""
-        i = bisect.bisect_right([r.start for r in self.runs], va) - 1
+        i = bisect.bisect_right(self.runs, va, key=_START) - 1
         run = self.runs[i]
         if not run.start <= va < run.end:
             raise AssertionError(f"Vad.run_at: {va:#x} is not in {self!r}")
@@ -239,6 +240,10 @@ def table_spans(start: int, end: int) -> set[tuple[int, int]]:
             for i in range(start >> shift, ((end - 1) >> shift) + 1)}
 
 
+_BASE = operator.attrgetter("base")
+_START = operator.attrgetter("start")
+
+
 class VadSet:
     """A process's VADs, ordered by address (Windows keeps an AVL tree; a sorted list
     answers the same questions), plus its commit charge and the frames it keeps aside."""
@@ -260,7 +265,7 @@ class VadSet:
 
     def find(self, va: int) -> Vad | None:
         """The VAD holding ``va`` (MiLocateAddress), or None if it is free."""
-        i = bisect.bisect_right([v.base for v in self._vads], va) - 1
+        i = bisect.bisect_right(self._vads, va, key=_BASE) - 1      # no list per page fault
         if i >= 0 and va < self._vads[i].end:
             return self._vads[i]
         return None
