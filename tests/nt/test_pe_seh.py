@@ -264,3 +264,28 @@ def test_the_records_are_laid_out_as_the_wdk_headers_say(tmp_path):
     (symbol,) = [s for s in pe.DIRECTORY_ENTRY_EXPORT.symbols if s.name == b"layout"]
     values = struct.unpack(f"<{len(LAYOUT)}Q", pe.get_data(symbol.address, 8 * len(LAYOUT)))
     assert dict(zip([e for e, _ in LAYOUT], values, strict=True)) == dict(LAYOUT)
+
+
+# -- symbols from the PDB --------------------------------------------------------------------
+
+def _load(path):
+    from emu.nt import pe
+
+    return pe.parse_pe_driver(path.read_bytes(), str(path), layout.KERNEL_DRIVERS)
+
+
+def test_static_functions_are_named_from_the_pdb_beside_the_image(tmp_path):
+    import shutil
+
+    shutil.copy(PESEH, tmp_path / "peseh.sys")
+    assert "Reverse" not in _load(tmp_path / "peseh.sys").symbols      # no PDB: exports
+    shutil.copy(DRIVERS / "peraise.pdb", tmp_path / "peseh.pdb")         # another build's
+    assert "Reverse" not in _load(tmp_path / "peseh.sys").symbols
+    (tmp_path / "peseh.pdb").write_bytes(b"not a PDB")
+    assert _load(tmp_path / "peseh.sys").symbols.keys() == {"DriverEntry"}
+    shutil.copy(DRIVERS / "peseh.pdb", tmp_path / "peseh.pdb")
+    image = _load(tmp_path / "peseh.sys")
+    assert image.pdb == str(tmp_path / "peseh.pdb")
+    code = next(s for s in image.sections if s.name == ".text")
+    for name in ("Reverse", "DeviceControl", "ProbeCase", "__filt_ProbeCase", "DriverEntry"):
+        assert code.va <= image.symbols[name] < code.va + code.size
