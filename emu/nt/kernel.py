@@ -668,8 +668,14 @@ class Executive:
         """Return addresses up the ring-0 stack: through PE drivers (and the kernel exports
         they call) by their .pdata/.xdata, as WinDbg unwinds (emu.nt.unwind); through ELF
         drivers by frame pointers (they keep them)."""
-        cpu_rip = self.cpu.reg("rip")
-        if seh.pe_image_at(self, cpu_rip) is not None or exports.name_at(cpu_rip):
+        cpu_rip, in_pe = self.cpu.reg("rip"), False
+        if exports.name_at(cpu_rip):                 # in a routine: who called it?
+            with contextlib.suppress(BugCheck):
+                in_pe = seh.pe_image_at(self, self.kernel_read_u64(self.cpu.reg("rsp"))) \
+                    is not None
+        else:
+            in_pe = seh.pe_image_at(self, cpu_rip) is not None
+        if in_pe:
             context = seh.capture_context(self)
             callers = unwind.walk(self.kernel_read, context, self._function_table,
                                   lambda a: exports.name_at(a) is not None, limit)
