@@ -176,6 +176,8 @@ def test_the_raise_routines_and_rtl_assert_are_caught_and_ke_bug_check_stops(
         "***   Source File: peraise.c, line 42",
         "",
         "peraise.sys: RtlAssert: caught 0x80000003",
+        "peraise.sys: int3: caught 0x80000003",
+        "peraise.sys: ud2: caught 0xC000001D",
         "peraise.sys: KeBugCheck(0xE2)",
     ]
     bc = r.bugcheck
