@@ -291,3 +291,27 @@ def test_static_functions_are_named_from_the_pdb_beside_the_image(tmp_path):
     code = next(s for s in image.sections if s.name == ".text")
     for name in ("Reverse", "DeviceControl", "ProbeCase", "__filt_ProbeCase", "DriverEntry"):
         assert code.va <= image.symbols[name] < code.va + code.size
+
+
+def test_a_user_buffer_that_passes_the_probe_but_is_not_there_is_caught(machine_factory,
+                                                                       apps):
+    # sioctl's lesson: ProbeForRead checks the range only; the driver's own read of an
+    # unmapped user page (in Reverse, called inside the __try) is a page fault on a user
+    # address at PASSIVE_LEVEL: STATUS_ACCESS_VIOLATION, dispatched to the __except.
+    m, (p,), r = request(machine_factory, apps, GUARDED, "0x10000")
+    assert p.output == b"status 0xc0000005\n" and r.bugcheck is None
+    assert lines(m)[-1] == "peseh.sys: exception 0xC0000005 in the guarded request"
+
+
+def test_the_same_read_with_no_handler_is_0x3b_at_the_faulting_read(machine_factory, apps):
+    m, _, r = request(machine_factory, apps, UNGUARDED, "0x10000")
+    bc = r.bugcheck
+    assert bc.code == BugCheckCode.SYSTEM_SERVICE_EXCEPTION
+    assert bc.params[:2] == (NTSTATUS.STATUS_ACCESS_VIOLATION, bc.rip)
+    assert bc.location.startswith("peseh.sys!Reverse+0x") and "byte ptr" in bc.instruction
+    # The stack, unwound: Reverse, called by DeviceControl.
+    assert bc.backtrace[0] == bc.location
+    assert bc.backtrace[1].startswith("peseh.sys!DeviceControl+0x") and len(bc.backtrace) == 2
+    # The CONTEXT (parameter 3) holds the faulting RIP.
+    assert struct.unpack("<Q", m.executive.kernel_read(bc.params[2] + seh.CONTEXT_RIP, 8))[0] \
+        == bc.rip
