@@ -120,11 +120,12 @@ def capture_context(ex: Executive) -> dict[str, int]:
 def load_context(ex: Executive, context: dict[str, int]) -> None:
     """Make the CPU continue with ``context`` (RtlRestoreContext): from the clean ring-0
     state, so that no stale exception of the fault stays in the CPU (platform-facts.md),
-    in the address space that was current."""
+    in the address space and at the CR8 (IRQL) that were current."""
     cpu = ex.cpu
-    cr3 = cpu.cr3
+    cr3, cr8 = cpu.cr3, cpu.reg_named("cr8")      # the address space and the TPR stay
     cpu.restore_clean_context()
     cpu.set_control(cr3=cr3)
+    cpu.set_reg_named("cr8", cr8)
     for name in (*CONTEXT_GPRS, "rip", "rflags"):
         cpu.set_reg(name, context[name] & _MASK64)
     for name, value in context.items():
