@@ -60,7 +60,10 @@ EXCEPTION_MAXIMUM_PARAMETERS = 15
 EXCEPTION_RECORD_SIZE = 0x98
 CONTEXT_SIZE = 0x4D0
 CONTEXT_AMD64, CONTEXT_CONTROL, CONTEXT_INTEGER, CONTEXT_SEGMENTS = 0x100000, 1, 2, 4
-CONTEXT_FLAGS = CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS
+CONTEXT_FLOATING_POINT = 8
+CONTEXT_FLAGS = CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS | \
+    CONTEXT_FLOATING_POINT
+CONTEXT_FLTSAVE_MXCSR = 0x118              # FltSave (XMM_SAVE_AREA32 at 0x100) + 0x18
 CONTEXT_MXCSR, CONTEXT_SEG_CS, CONTEXT_EFLAGS, CONTEXT_RAX, CONTEXT_RIP = 0x34, 0x38, 0x44, \
     0x78, 0xF8
 CONTEXT_XMM0 = 0x1A0                       # FltSave (XMM_SAVE_AREA32 at 0x100) + 0xA0
@@ -161,9 +164,10 @@ def _write_records(ex: Executive, d: Dispatch, below: int | None = None) -> None
 
 def pack_context(context: dict[str, int]) -> bytes:
     """A CONTEXT (x64, winnt.h) holding ``context``: control, integer and segment parts,
-    MxCsr and the XMM registers."""
+    MxCsr (also in FltSave) and the XMM registers."""
     raw = bytearray(CONTEXT_SIZE)
     struct.pack_into("<II", raw, 0x30, CONTEXT_FLAGS, context.get("mxcsr", 0x1F80))
+    struct.pack_into("<I", raw, CONTEXT_FLTSAVE_MXCSR, context.get("mxcsr", 0x1F80))
     # SegCs, SegDs, SegEs, SegFs, SegGs, SegSs: the kernel's selectors (KGDT64_R0_CODE 0x10,
     # KGDT64_R3_DATA | RPL 3 = 0x2B for the data segments, KGDT64_R0_DATA 0x18 for SS).
     struct.pack_into("<6HI", raw, CONTEXT_SEG_CS, 0x10, 0x2B, 0x2B, 0x53, 0x2B, 0x18,

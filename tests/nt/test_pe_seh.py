@@ -228,8 +228,9 @@ LAYOUT = [("sizeof(EXCEPTION_RECORD)", seh.EXCEPTION_RECORD_SIZE),
           ("__builtin_offsetof(CONTEXT, R15)", seh.CONTEXT_RAX + 8 * 15),
           ("__builtin_offsetof(CONTEXT, Rip)", seh.CONTEXT_RIP),
           ("__builtin_offsetof(CONTEXT, Xmm0)", seh.CONTEXT_XMM0),
-          ("CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS",
-           seh.CONTEXT_FLAGS),
+          ("CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS"
+           " | CONTEXT_FLOATING_POINT", seh.CONTEXT_FLAGS),
+          ("__builtin_offsetof(CONTEXT, FltSave.MxCsr)", seh.CONTEXT_FLTSAVE_MXCSR),
           ("EXCEPTION_NONCONTINUABLE", seh.EXCEPTION_NONCONTINUABLE),
           ("(ULONG)STATUS_NONCONTINUABLE_EXCEPTION", seh.STATUS_NONCONTINUABLE_EXCEPTION),
           # (mingw's bugcodes.h has neither 0x3B nor 0x139)
