@@ -581,8 +581,9 @@ def probe_for_read_pe(ex: Executive, call: ExportCall) -> int:
         return 0
     if _misaligned(address, alignment):
         raise ExceptionRaised(NTSTATUS.STATUS_DATATYPE_MISALIGNMENT)
-    end = address + length
-    if end > layout.MM_USER_PROBE_ADDRESS or end > 1 << 64 or end < address:
+    # (Python integers do not wrap: a range that wraps past 2^64 on the CPU ends above
+    # MmUserProbeAddress here, as Windows' "Address + Length < Address" catches it.)
+    if address + length > layout.MM_USER_PROBE_ADDRESS:
         raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION, (1, layout.MM_USER_PROBE_ADDRESS))
     return 0
 
@@ -600,8 +601,8 @@ def probe_for_write_pe(ex: Executive, call: ExportCall) -> int:
         return 0
     if _misaligned(address, alignment):
         raise ExceptionRaised(NTSTATUS.STATUS_DATATYPE_MISALIGNMENT)
-    last = address + length - 1
-    if last < address or last >= layout.MM_USER_PROBE_ADDRESS:
+    last = address + length - 1                  # no wrap in Python: see ProbeForRead
+    if last >= layout.MM_USER_PROBE_ADDRESS:
         raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION)
     at = address
     while at <= last:

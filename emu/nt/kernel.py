@@ -100,7 +100,6 @@ INTERRUPTED = "interrupted"
 DEADLOCK = "deadlock"
 MAX_KERNEL_STACKS = 4096
 PASSIVE_LEVEL, DISPATCH_LEVEL, DEVICE_IRQL = 0, 2, 5      # IRQLs (DIRQL for the slow device)
-KTRAP_FRAME_SIZE, KTRAP_FRAME_RIP = 0x190, 0x168          # x64 KTRAP_FRAME: Rip .. SegSs last
 
 
 @dataclass(frozen=True)
@@ -720,8 +719,14 @@ class Executive:
         """Return addresses up the ring-0 stack: through PE drivers (and the kernel exports
         they call) by their .pdata/.xdata, as WinDbg unwinds (emu.nt.unwind); through ELF
         drivers by frame pointers (they keep them)."""
-        cpu_rip = self.cpu.reg("rip")
-        if seh.pe_image_at(self, cpu_rip) is not None or exports.name_at(cpu_rip):
+        cpu_rip, in_pe = self.cpu.reg("rip"), False
+        if exports.name_at(cpu_rip):                 # in a routine: who called it?
+            with contextlib.suppress(BugCheck):
+                in_pe = seh.pe_image_at(self, self.kernel_read_u64(self.cpu.reg("rsp"))) \
+                    is not None
+        else:
+            in_pe = seh.pe_image_at(self, cpu_rip) is not None
+        if in_pe:
             context = seh.capture_context(self)
             callers = unwind.walk(self.kernel_read, context, self._function_table,
                                   lambda a: exports.name_at(a) is not None, limit)
@@ -915,60 +920,23 @@ class Executive:
         raise bc
 
     def _dispatch_fault(self, exc: CpuException) -> bool:
-        """A ring-0 fault in a PE driver that Windows dispatches as an exception rather than
-        bug-checking at once (KiPageFault, KiDivideErrorFault, ...): #DE, #UD, #BP, #GP,
-        #AC, #XM, and a page fault on a USER address below DISPATCH_LEVEL that the memory
-        manager cannot resolve (MmAccessFault returns STATUS_ACCESS_VIOLATION). A page fault
-        on a kernel address (0x50), at DISPATCH_LEVEL or above (0xD1/0x0A) and the traps
-        Windows always stops on (#DF, #TS, #NP, #SS, #MC: 0x7F) stay bug checks; so does a
-        fault outside a PE driver (ELF drivers keep their lesson: no SEH there)."""
+        """A ring-0 fault that Windows dispatches as an exception (emu.nt.seh.fault_record
+        says which): to the PE driver's handlers; False when it stays a bug check."""
         if exc.cpl != 0 or seh.pe_image_at(self, exc.rip) is None:
             return False
-        if exc.vector == Vector.PF:
-            if exc.address is None or exc.address >= layout.KERNEL_SPACE_START or \
-                    self.irql >= DISPATCH_LEVEL or exc.reason.startswith("SMAP"):
-                return False
-        elif exc.vector not in (Vector.DE, Vector.UD, Vector.BP, Vector.GP, Vector.AC,
-                                Vector.XM, Vector.MF):
-            return False
         insn = self.describe_instruction(exc.rip)
-        info = trap.user_exception(exc, insn, stack_guard=None,
-                                   divisor_is_zero=self._divisor_is_zero(exc))
-        if info.code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION:
-            # Nothing is privileged at CPL 0: a #GP there (a bad MSR, a bad selector) is
-            # KiGeneralProtectionFault's STATUS_ACCESS_VIOLATION with no address (-1).
-            # (The ring-3 wording, "needs CPL 0", does not fit: the CPU's reason does.)
-            info = dataclasses.replace(info, code=NTSTATUS.STATUS_ACCESS_VIOLATION,
-                                       params=(0, 0xFFFF_FFFF_FFFF_FFFF),
-                                       detail=exc.reason or
-                                       f"#GP({exc.error_code or 0:#x}) at CPL 0")
+        record = seh.fault_record(exc, insn, self.irql, self._divisor_is_zero(exc))
+        if record is None:
+            return False
         context = seh.capture_context(self)
         context["rip"] = exc.rip               # KiBreakpointTrap backs RIP up to the int3 too
-        self._dispatch(seh.ExceptionRecord(info.code, exc.rip, info.params), context, exc.rip,
-                       f"{seh.status_name(info.code)} not handled: "
-                       f"{info.detail or info.name}", insn)
+        self._dispatch(record, context, exc.rip,
+                       f"{seh.status_name(record.code)} not handled: {record.detail}", insn)
         return True
 
     def _fast_fail(self, exc: CpuException) -> BugCheck:
-        """``int 0x29`` (__fastfail) at ring 0: KiRaiseSecurityCheckFailure stops the machine
-        at once, nothing is dispatched: bug check 0x139 KERNEL_SECURITY_CHECK_FAILURE (the
-        fast-fail code from RCX, the trap frame, the exception record, 0). The trap frame
-        holds the machine frame (RIP, CS, RFLAGS, RSP, SS at 0x168-0x188 of the x64
-        KTRAP_FRAME); the record is STATUS_STACK_BUFFER_OVERRUN at the `int 0x29` with the
-        code as its parameter."""
-        rsp = self.cpu.reg("rsp")
-        frame = ((rsp - seh.RECORDS_GAP) & ~0xF) - KTRAP_FRAME_SIZE
-        record = frame - 0xA0
-        self.kernel_write(frame + KTRAP_FRAME_RIP, struct.pack(
-            "<5Q", exc.next_rip, Selector.KERNEL_CODE, self.cpu.reg("rflags"), rsp,
-            Selector.KERNEL_DATA))
-        self.kernel_write(record, seh.ExceptionRecord(
-            NTSTATUS.STATUS_STACK_BUFFER_OVERRUN, exc.rip, (exc.argument,),
-            seh.EXCEPTION_NONCONTINUABLE).pack())
-        bc = BugCheck(BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE,
-                      (exc.argument, frame, record, 0), exc.rip,
-                      f"__fastfail({exc.argument:#x}) at ring 0 (KiRaiseSecurityCheckFailure)",
-                      instruction=self.describe_instruction(exc.rip))
+        """``int 0x29`` at ring 0: bug check 0x139 (emu.nt.seh.fast_fail)."""
+        bc = seh.fast_fail(self, exc, self.describe_instruction(exc.rip))
         self._fill_bugcheck(bc)
         return bc
 

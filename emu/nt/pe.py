@@ -396,31 +396,40 @@ class _Loader:
 
     def _pdb_symbols(self) -> None:
         """Function names from the PDB the linker wrote beside the image, as WinDbg finds
-        it with the image's folder on its symbol path: the path the RSDS record names, else
-        its file name (or NAME.pdb) in the image's folder, used only if its GUID and age
-        match the record's (a stale PDB names nothing). Each procedure (static ones too)
-        and public symbol is named; without a PDB the export names stay."""
+        it with the image's folder on its symbol path: the path the RSDS record names (if
+        absolute), then its file name, then NAME.pdb, in the image's folder; the first whose
+        GUID and age are the record's (a stale PDB names nothing). Each procedure (static
+        ones too) and public symbol is named; without a PDB the export names stay."""
         record = self._codeview()
         if record is None:
             return
         guid, age, name = record
         folder = Path(self.path).parent
-        candidates = [Path(name), folder / Path(name.replace("\\", "/")).name,
-                      Path(self.path).with_suffix(".pdb")]
+        recorded = Path(name.replace("\\", "/"))
+        candidates = [recorded] if recorded.is_absolute() else []
+        candidates += [folder / recorded.name, Path(self.path).with_suffix(".pdb")]
         for candidate in candidates:
-            if candidate.is_file():
+            functions = _pdb_functions(candidate, guid, age)
+            if functions is not None:
                 break
         else:
-            return
-        try:
-            with purepdb.PDB.open(str(candidate)) as pdb:
-                info = pdb.info()
-                if info.guid != guid or info.age != age:
-                    return
-                functions = [(f.name, f.rva) for f in pdb.functions() if f.rva is not None]
-        except Exception:  # noqa: BLE001 - a damaged PDB names nothing, as in WinDbg
             return
         for fn_name, rva in functions:
             if fn_name and 0 < rva < self.opt.SizeOfImage:
                 self.image.symbols.setdefault(fn_name, self.base + rva)
         self.image.pdb = str(candidate)
+
+
+def _pdb_functions(path: Path, guid: bytes, age: int) -> list[tuple[str, int]] | None:
+    """(name, RVA) of each function the PDB at ``path`` names, if it is a regular file whose
+    GUID and age are ``guid`` and ``age``; else None (missing, stale or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        with purepdb.PDB.open(str(path)) as pdb:
+            info = pdb.info()
+            if info.guid != guid or info.age != age:
+                return None
+            return [(f.name, f.rva) for f in pdb.functions() if f.rva is not None]
+    except Exception:  # noqa: BLE001 - a damaged PDB names nothing, as in WinDbg
+        return None

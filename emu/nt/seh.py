@@ -44,8 +44,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emu.nt import exports, status, unwind
+from emu.hw.cpu import CpuException, Vector
+from emu.nt import exports, layout, status, trap, unwind
 from emu.nt.bugcheck import BugCheck, BugCheckCode
+from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
     from emu.nt.drivers import DriverImage
@@ -58,7 +60,10 @@ EXCEPTION_MAXIMUM_PARAMETERS = 15
 EXCEPTION_RECORD_SIZE = 0x98
 CONTEXT_SIZE = 0x4D0
 CONTEXT_AMD64, CONTEXT_CONTROL, CONTEXT_INTEGER, CONTEXT_SEGMENTS = 0x100000, 1, 2, 4
-CONTEXT_FLAGS = CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS
+CONTEXT_FLOATING_POINT = 8
+CONTEXT_FLAGS = CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS | \
+    CONTEXT_FLOATING_POINT
+CONTEXT_FLTSAVE_MXCSR = 0x118              # FltSave (XMM_SAVE_AREA32 at 0x100) + 0x18
 CONTEXT_MXCSR, CONTEXT_SEG_CS, CONTEXT_EFLAGS, CONTEXT_RAX, CONTEXT_RIP = 0x34, 0x38, 0x44, \
     0x78, 0xF8
 CONTEXT_XMM0 = 0x1A0                       # FltSave (XMM_SAVE_AREA32 at 0x100) + 0xA0
@@ -82,6 +87,7 @@ class ExceptionRecord:
     information: tuple[int, ...] = ()
     flags: int = 0
     nested: int = 0                       # the ExceptionRecord field: a chained record's VA
+    detail: str = ""                      # what the hardware found (not in the record)
 
     def pack(self) -> bytes:
         info = (tuple(self.information) + (0,) * EXCEPTION_MAXIMUM_PARAMETERS)[
@@ -117,11 +123,12 @@ def capture_context(ex: Executive) -> dict[str, int]:
 def load_context(ex: Executive, context: dict[str, int]) -> None:
     """Make the CPU continue with ``context`` (RtlRestoreContext): from the clean ring-0
     state, so that no stale exception of the fault stays in the CPU (platform-facts.md),
-    in the address space that was current."""
+    in the address space and at the CR8 (IRQL) that were current."""
     cpu = ex.cpu
-    cr3 = cpu.cr3
+    cr3, cr8 = cpu.cr3, cpu.reg_named("cr8")      # the address space and the TPR stay
     cpu.restore_clean_context()
     cpu.set_control(cr3=cr3)
+    cpu.set_reg_named("cr8", cr8)
     for name in (*CONTEXT_GPRS, "rip", "rflags"):
         cpu.set_reg(name, context[name] & _MASK64)
     for name, value in context.items():
@@ -157,9 +164,10 @@ def _write_records(ex: Executive, d: Dispatch, below: int | None = None) -> None
 
 def pack_context(context: dict[str, int]) -> bytes:
     """A CONTEXT (x64, winnt.h) holding ``context``: control, integer and segment parts,
-    MxCsr and the XMM registers."""
+    MxCsr (also in FltSave) and the XMM registers."""
     raw = bytearray(CONTEXT_SIZE)
     struct.pack_into("<II", raw, 0x30, CONTEXT_FLAGS, context.get("mxcsr", 0x1F80))
+    struct.pack_into("<I", raw, CONTEXT_FLTSAVE_MXCSR, context.get("mxcsr", 0x1F80))
     # SegCs, SegDs, SegEs, SegFs, SegGs, SegSs: the kernel's selectors (KGDT64_R0_CODE 0x10,
     # KGDT64_R3_DATA | RPL 3 = 0x2B for the data segments, KGDT64_R0_DATA 0x18 for SS).
     struct.pack_into("<6HI", raw, CONTEXT_SEG_CS, 0x10, 0x2B, 0x2B, 0x53, 0x2B, 0x18,
@@ -344,3 +352,62 @@ def status_name(code: int) -> str:
     """``STATUS_X (0x...)`` for a code ntstatus.h names, or the bare hex."""
     name = status.status_name(code)
     return name if name.startswith("0x") else f"{name} (0x{code:08X})"
+
+
+# The faults Windows dispatches from kernel mode (KiDivideErrorFault, KiInvalidOpcodeFault,
+# KiBreakpointTrap, KiGeneralProtectionFault, KiAlignmentFault, KiXmmException,
+# KiFloatingErrorFault), besides a page fault on a user address (below).
+DISPATCHED_VECTORS = frozenset({Vector.DE, Vector.UD, Vector.BP, Vector.GP, Vector.AC,
+                                Vector.XM, Vector.MF})
+
+
+def fault_record(exc: CpuException, instruction: str, irql: int, divisor_is_zero: bool
+                 ) -> ExceptionRecord | None:
+    """The EXCEPTION_RECORD of a ring-0 fault Windows dispatches as an exception, or None for
+    one that stays a bug check: #DE, #UD, #BP, #GP, #AC, #MF/#XM, and a page fault on a USER
+    address below DISPATCH_LEVEL that the memory manager could not resolve (MmAccessFault
+    returns STATUS_ACCESS_VIOLATION for it). A page fault on a kernel address (0x50), at
+    DISPATCH_LEVEL or above (0xD1/0x0A), a SMAP violation and the traps Windows always stops
+    on (#DF, #TS, #NP, #SS, #MC: 0x7F) are not dispatched."""
+    if exc.vector == Vector.PF:
+        if exc.address is None or exc.address >= layout.KERNEL_SPACE_START or \
+                irql >= DISPATCH_LEVEL or exc.reason.startswith("SMAP"):
+            return None
+    elif exc.vector not in DISPATCHED_VECTORS:
+        return None
+    info = trap.user_exception(exc, instruction, stack_guard=None,
+                               divisor_is_zero=divisor_is_zero)
+    code, params, detail = info.code, info.params, info.detail or info.name
+    if code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION:
+        # Nothing is privileged at CPL 0: a #GP there (a bad MSR, a bad selector, a reserved
+        # CR8 bit) is KiGeneralProtectionFault's STATUS_ACCESS_VIOLATION with no address
+        # (-1). The ring-3 wording ("needs CPL 0") does not fit: the CPU's reason does.
+        code, params = NTSTATUS.STATUS_ACCESS_VIOLATION, (0, _MASK64)
+        detail = exc.reason or f"#GP({exc.error_code or 0:#x}) at CPL 0"
+    return ExceptionRecord(code, exc.rip, params, detail=detail)
+
+
+# x64 KTRAP_FRAME (0x190 bytes) ends with the machine frame the CPU pushes: ErrorCode, then
+# Rip at 0x168, SegCs, EFlags, Rsp, SegSs.
+KTRAP_FRAME_SIZE, KTRAP_FRAME_RIP = 0x190, 0x168
+KGDT64_R0_CODE, KGDT64_R0_DATA = 0x10, 0x18
+
+
+def fast_fail(ex: Executive, exc: CpuException, instruction: str) -> BugCheck:
+    """``int 0x29`` (__fastfail) at ring 0: KiRaiseSecurityCheckFailure stops the machine at
+    once, nothing is dispatched: bug check 0x139 KERNEL_SECURITY_CHECK_FAILURE (the
+    fast-fail code from RCX, the trap frame, the exception record, 0). Both are written on
+    the kernel stack: the trap frame holds only the machine frame (RIP after the int, CS,
+    RFLAGS, RSP, SS), the record is STATUS_STACK_BUFFER_OVERRUN at the `int 0x29`,
+    noncontinuable, with the code as its one parameter."""
+    rsp = ex.cpu.reg("rsp")
+    frame = ((rsp - RECORDS_GAP) & ~0xF) - KTRAP_FRAME_SIZE
+    record = frame - ((EXCEPTION_RECORD_SIZE + 0xF) & ~0xF)
+    ex.kernel_write(frame + KTRAP_FRAME_RIP, struct.pack(
+        "<5Q", exc.next_rip, KGDT64_R0_CODE, ex.cpu.reg("rflags"), rsp, KGDT64_R0_DATA))
+    ex.kernel_write(record, ExceptionRecord(NTSTATUS.STATUS_STACK_BUFFER_OVERRUN, exc.rip,
+                                            (exc.argument,), EXCEPTION_NONCONTINUABLE).pack())
+    return BugCheck(BugCheckCode.KERNEL_SECURITY_CHECK_FAILURE,
+                    (exc.argument, frame, record, 0), exc.rip,
+                    f"__fastfail({exc.argument:#x}) at ring 0 (KiRaiseSecurityCheckFailure)",
+                    instruction=instruction)

@@ -8,6 +8,8 @@
  *   peraise.sys: ProbeForWrite: caught 0xC0000005, info 0 0000000000010000
  *       an unmapped user page (the system context has none)
  *   ... then RtlAssert prints Windows' message and breaks: caught 0x80000003
+ *   peraise.sys: int3: caught 0x80000003       an int3 in the driver (no kernel debugger)
+ *   peraise.sys: ud2: caught 0xC000001D        #UD in the driver
  *   peraise.sys: KeBugCheck(0xE2)   and the machine stops: bug check 0xE2 (0, 0, 0, 0)
  */
 #include <ntddk.h>
@@ -62,6 +64,26 @@ __declspec(noinline) static NTSTATUS ProbeWrite(void)
     return STATUS_SUCCESS;
 }
 
+__declspec(noinline) static void Break(void)
+{
+    __debugbreak();                     /* int3: STATUS_BREAKPOINT with no kernel debugger */
+}
+
+__declspec(noinline) static void Undefined(void)
+{
+    __asm__ volatile("ud2");            /* #UD: STATUS_ILLEGAL_INSTRUCTION */
+}
+
+__declspec(noinline) static NTSTATUS Trap(void (*routine)(void))
+{
+    __try {
+        routine();
+    } __except (Remember(GetExceptionInformation(), EXCEPTION_EXECUTE_HANDLER)) {
+        return GetExceptionCode();
+    }
+    return STATUS_SUCCESS;
+}
+
 __declspec(noinline) static NTSTATUS Assert(void)
 {
     __try {
@@ -88,6 +110,8 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
     DbgPrint("peraise.sys: ProbeForWrite: caught 0x%08X, info %Iu %p\n", status, seen_info0,
              seen_info1);
     DbgPrint("peraise.sys: RtlAssert: caught 0x%08X\n", Assert());
+    DbgPrint("peraise.sys: int3: caught 0x%08X\n", Trap(Break));
+    DbgPrint("peraise.sys: ud2: caught 0x%08X\n", Trap(Undefined));
     DbgPrint("peraise.sys: KeBugCheck(0xE2)\n");
     KeBugCheck(0xE2);
 }

@@ -176,6 +176,8 @@ def test_the_raise_routines_and_rtl_assert_are_caught_and_ke_bug_check_stops(
         "***   Source File: peraise.c, line 42",
         "",
         "peraise.sys: RtlAssert: caught 0x80000003",
+        "peraise.sys: int3: caught 0x80000003",
+        "peraise.sys: ud2: caught 0xC000001D",
         "peraise.sys: KeBugCheck(0xE2)",
     ]
     bc = r.bugcheck
@@ -226,8 +228,9 @@ LAYOUT = [("sizeof(EXCEPTION_RECORD)", seh.EXCEPTION_RECORD_SIZE),
           ("__builtin_offsetof(CONTEXT, R15)", seh.CONTEXT_RAX + 8 * 15),
           ("__builtin_offsetof(CONTEXT, Rip)", seh.CONTEXT_RIP),
           ("__builtin_offsetof(CONTEXT, Xmm0)", seh.CONTEXT_XMM0),
-          ("CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS",
-           seh.CONTEXT_FLAGS),
+          ("CONTEXT_AMD64 | CONTEXT_CONTROL | CONTEXT_INTEGER | CONTEXT_SEGMENTS"
+           " | CONTEXT_FLOATING_POINT", seh.CONTEXT_FLAGS),
+          ("__builtin_offsetof(CONTEXT, FltSave.MxCsr)", seh.CONTEXT_FLTSAVE_MXCSR),
           ("EXCEPTION_NONCONTINUABLE", seh.EXCEPTION_NONCONTINUABLE),
           ("(ULONG)STATUS_NONCONTINUABLE_EXCEPTION", seh.STATUS_NONCONTINUABLE_EXCEPTION),
           # (mingw's bugcodes.h has neither 0x3B nor 0x139)
@@ -264,3 +267,52 @@ def test_the_records_are_laid_out_as_the_wdk_headers_say(tmp_path):
     (symbol,) = [s for s in pe.DIRECTORY_ENTRY_EXPORT.symbols if s.name == b"layout"]
     values = struct.unpack(f"<{len(LAYOUT)}Q", pe.get_data(symbol.address, 8 * len(LAYOUT)))
     assert dict(zip([e for e, _ in LAYOUT], values, strict=True)) == dict(LAYOUT)
+
+
+# -- symbols from the PDB --------------------------------------------------------------------
+
+def _load(path):
+    from emu.nt import pe
+
+    return pe.parse_pe_driver(path.read_bytes(), str(path), layout.KERNEL_DRIVERS)
+
+
+def test_static_functions_are_named_from_the_pdb_beside_the_image(tmp_path):
+    import shutil
+
+    shutil.copy(PESEH, tmp_path / "peseh.sys")
+    assert "Reverse" not in _load(tmp_path / "peseh.sys").symbols      # no PDB: exports
+    shutil.copy(DRIVERS / "peraise.pdb", tmp_path / "peseh.pdb")         # another build's
+    assert "Reverse" not in _load(tmp_path / "peseh.sys").symbols
+    (tmp_path / "peseh.pdb").write_bytes(b"not a PDB")
+    assert _load(tmp_path / "peseh.sys").symbols.keys() == {"DriverEntry"}
+    shutil.copy(DRIVERS / "peseh.pdb", tmp_path / "peseh.pdb")
+    image = _load(tmp_path / "peseh.sys")
+    assert image.pdb == str(tmp_path / "peseh.pdb")
+    code = next(s for s in image.sections if s.name == ".text")
+    for name in ("Reverse", "DeviceControl", "ProbeCase", "__filt_ProbeCase", "DriverEntry"):
+        assert code.va <= image.symbols[name] < code.va + code.size
+
+
+def test_a_user_buffer_that_passes_the_probe_but_is_not_there_is_caught(machine_factory,
+                                                                       apps):
+    # sioctl's lesson: ProbeForRead checks the range only; the driver's own read of an
+    # unmapped user page (in Reverse, called inside the __try) is a page fault on a user
+    # address at PASSIVE_LEVEL: STATUS_ACCESS_VIOLATION, dispatched to the __except.
+    m, (p,), r = request(machine_factory, apps, GUARDED, "0x10000")
+    assert p.output == b"status 0xc0000005\n" and r.bugcheck is None
+    assert lines(m)[-1] == "peseh.sys: exception 0xC0000005 in the guarded request"
+
+
+def test_the_same_read_with_no_handler_is_0x3b_at_the_faulting_read(machine_factory, apps):
+    m, _, r = request(machine_factory, apps, UNGUARDED, "0x10000")
+    bc = r.bugcheck
+    assert bc.code == BugCheckCode.SYSTEM_SERVICE_EXCEPTION
+    assert bc.params[:2] == (NTSTATUS.STATUS_ACCESS_VIOLATION, bc.rip)
+    assert bc.location.startswith("peseh.sys!Reverse+0x") and "byte ptr" in bc.instruction
+    # The stack, unwound: Reverse, called by DeviceControl.
+    assert bc.backtrace[0] == bc.location
+    assert bc.backtrace[1].startswith("peseh.sys!DeviceControl+0x") and len(bc.backtrace) == 2
+    # The CONTEXT (parameter 3) holds the faulting RIP.
+    assert struct.unpack("<Q", m.executive.kernel_read(bc.params[2] + seh.CONTEXT_RIP, 8))[0] \
+        == bc.rip
