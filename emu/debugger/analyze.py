@@ -98,9 +98,12 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     0xBE: ("a driver wrote to read-only memory (CR0.WP=1 holds ring 0 to R/W=0)",
            ("addr", "pte", "none", "none"),
            ("the address written", "the PTE", "reserved", "reserved")),
-    0xC2: ("a bad pool request (ExFreePoolWithTag)", ("value", "none", "addr", "none"),
-           ("the violation: 7 = freeing a block already freed, or not a block, or with the "
-            "wrong tag", "reserved", "the block's address", "reserved")),
+    0xC2: ("a bad pool request (an allocation or a free the pool refuses)",
+           ("value", "value", "value", "value"),
+           ("the violation (7: freed twice, 8/9: allocated/freed at a bad IRQL, 0xA: wrong "
+            "tag, 0x40/0x42/0x46/0x50: not a pool block, 0x9A: MustSucceed)",
+            "by parameter 1 (Bug Check 0xC2's table)", "by parameter 1",
+            "by parameter 1")),
     0xC4: ("a driver broke a rule the verifier checks", ("value", "addr", "none", "none"),
            ("the rule", "the object involved", "reserved", "reserved")),
     0xD1: ("a driver touched pageable memory at DISPATCH_LEVEL or above, where no page "

@@ -457,9 +457,9 @@ class IoManager:
         del self.irps[irp]
         if mdl:
             self._unlock_mdl(mdl)
-        for block, tag in ((irp, TAG_IRP), (system_buffer, TAG_BUFFER), (mdl, TAG_MDL)):
+        for block in (irp, system_buffer, mdl):
             if block:
-                ex.pools.free(block, tag)
+                ex.pools.release(block)
         return result
 
     def _probe_and_lock(self, buffer: int, length: int, access: str) -> int:

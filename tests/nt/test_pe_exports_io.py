@@ -1,0 +1,158 @@
+"""The Ex/Io/Mm/Ps exports a small real driver uses (issue 12, item 4), each called from a PE
+driver that includes only the WDK's <ntddk.h> (guest/drivers-pe/pepool*.c, pemdl*.c,
+peps*.c, pedbg*.c): what the driver prints, the bytes it leaves, and the bug checks
+Windows gives for each misuse, with Microsoft's parameters."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from driverboot import boot
+
+from emu.nt import exports, layout
+from emu.nt.bugcheck import BugCheckCode
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVERS = ROOT / "guest" / "build" / "drivers"
+STATUS_INSUFFICIENT_RESOURCES = 0xC000_009A
+
+
+def run_driver(machine_factory, apps, name: str, *commands, irql: int | None = None,
+               **options):
+    """Boot with guest/build/drivers/NAME.sys (DriverEntry at ``irql`` when given, as if the
+    caller had raised it) and one process per command: (machine, processes, result, the
+    DbgPrint output as text)."""
+    m = machine_factory(**options)
+    m.add_driver(DRIVERS / f"{name}.sys")
+    if irql is not None:
+        m.executive.irql = irql
+    procs = [m.spawn(apps / app, list(args)) for app, *args in commands]
+    r = m.run()
+    return m, procs, r, bytes(m.executive.debug_output).decode()
+
+
+def lines_of(out: str, driver: str) -> list[str]:
+    prefix = f"{driver}.sys: "
+    return [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def hexes(text: str) -> list[int]:
+    return [int(h, 16) for h in re.findall(r"\b[0-9A-F]{16}\b", text)]
+
+
+# -- 1. pool -------------------------------------------------------------------------------
+
+def test_each_pool_type_gives_a_block_in_its_own_pool(machine_factory, apps):
+    m, (p,), r, out = run_driver(machine_factory, apps, "pepool", ("hello",))
+    assert r.bugcheck is None and p.output == b"Hello, world!\n"
+    lines = lines_of(out, "pepool")
+    nx, np_ = hexes(lines[0])
+    (paged,) = hexes(lines[1])
+    assert layout.KERNEL_POOL_NX <= nx < layout.KERNEL_POOL_NX + layout.KERNEL_POOL_SIZE
+    assert layout.KERNEL_POOL <= np_ < layout.KERNEL_POOL_NX
+    assert layout.KERNEL_POOL_PAGED <= paged < layout.KERNEL_POOL_SIZE + layout.KERNEL_POOL_PAGED
+    assert nx % 16 == np_ % 16 == paged % 16 == 0
+    # The driver filled its NonPagedPoolNx block with 0xA5: the bytes are in guest memory.
+    assert m.executive.kernel_read(nx, 24) == b"\xa5" * 24
+    blocks = m.executive.pools.blocks
+    assert (blocks[nx].tag, blocks[nx].size) == (int.from_bytes(b"Pool", "little"), 24)
+    # "If NumberOfBytes is PAGE_SIZE or greater, a page-aligned buffer is allocated";
+    # smaller ones do not cross a page; every block starts zeroed.
+    assert lines[2] == "0x1800 bytes at page offset 0, zeroed 1; 0x100 bytes in one page 1"
+    # An unknown POOL_TYPE (3) and more than the pool gives: NULL.
+    assert lines[3] == "bad pool type 0000000000000000, too big 0000000000000000"
+    assert lines[4] == "ExAllocatePool ok"
+    assert lines[-1] == "freed"
+    # ExAllocatePool gives the tag 'None'; all freed with their tags (or 0, or ExFreePool).
+    assert any(b.tag == int.from_bytes(b"None", "little") for b in blocks.values())
+    assert all(b.freed for b in blocks.values() if b.tag in (0x6C6F6F50, 0x656E6F4E))
+
+
+def test_ex_allocate_pool2_found_by_mm_get_system_routine_address(machine_factory, apps):
+    _, _, r, out = run_driver(machine_factory, apps, "pepool", ("hello",))
+    lines = lines_of(out, "pepool")
+    assert r.bugcheck is None
+    nx, paged, executable = hexes(lines[5])[:3]
+    assert layout.KERNEL_POOL_NX <= nx < layout.KERNEL_POOL_PAGED         # POOL_FLAG_NON_PAGED
+    assert layout.KERNEL_POOL_PAGED <= paged < layout.KERNEL_SYSTEM_PTES  # POOL_FLAG_PAGED
+    assert layout.KERNEL_POOL <= executable < layout.KERNEL_POOL_NX       # NON_PAGED_EXECUTE
+    # Zeroed; POOL_FLAG_CACHE_ALIGNED on a 64-byte boundary; an optional flag (high 32 bits)
+    # it does not know does not fail the call.
+    assert lines[5].endswith("zeroed 1, cache-aligned 1, optional ok")
+    # NULL for a tag of 0, invalid flags (two pools, none, session pool), no memory.
+    assert lines[6] == ("ExAllocatePool2 tag 0 0000000000000000, two pools 0000000000000000, "
+                        "no pool 0000000000000000, session 0000000000000000, "
+                        "too big 0000000000000000")
+    assert lines[7] == "MmGetSystemRoutineAddress(NoSuchRoutine) 0000000000000000"
+    assert exports.pe_address_of("ntoskrnl.exe", "ExAllocatePool2") is not None
+
+
+def test_raise_on_failure_raises_insufficient_resources(machine_factory, apps):
+    # No __try/__except around it: KMODE_EXCEPTION_NOT_HANDLED (code, address, 0, 0).
+    _, _, r, out = run_driver(machine_factory, apps, "pepoolraise", ("hello",))
+    bc = r.bugcheck
+    assert lines_of(out, "pepoolraise") == ["1 GiB, raise on failure"]
+    assert bc.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
+    assert bc.params[0] == STATUS_INSUFFICIENT_RESOURCES and bc.params[2:] == (0, 0)
+    assert bc.location.startswith("pepoolraise.sys!DriverEntry+")
+
+
+def bad_pool(machine_factory, apps, name, **kw):
+    _, (p,), r, out = run_driver(machine_factory, apps, name, ("hello",), **kw)
+    assert r.bugcheck is not None and p.output == b""          # the app never ran
+    return r.bugcheck, lines_of(out, name)
+
+
+def test_a_double_free_is_bad_pool_caller_7(machine_factory, apps):
+    bc, lines = bad_pool(machine_factory, apps, "pepooltwice")
+    (block,) = hexes(lines[0])
+    # (7, reserved, pool header contents: no header in memory here, the block's address)
+    assert (bc.code, bc.params) == (0xC2, (7, 0, 0, block))
+    assert bc.location.startswith("pepooltwice.sys!DriverEntry+")
+    assert "freed already" in bc.detail
+
+
+def test_a_wrong_tag_is_bad_pool_caller_0xa(machine_factory, apps):
+    bc, lines = bad_pool(machine_factory, apps, "pepooltag")
+    (block,) = hexes(lines[0])
+    assert (bc.code, bc.params) == (0xC2, (0xA, block, int.from_bytes(b"Mine", "little"),
+                                           int.from_bytes(b"Your", "little")))
+
+
+def test_freeing_what_never_was_pool_is_bad_pool_caller_0x42(machine_factory, apps):
+    bc, lines = bad_pool(machine_factory, apps, "pepoolbad")
+    (address,) = hexes(lines[0])
+    assert address >= layout.KERNEL_DRIVERS                    # a variable in its image
+    assert (bc.code, bc.params) == (0xC2, (0x42, address, 0, 0))
+    assert bc.detail.startswith("ExFreePool:")
+
+
+def test_paged_pool_above_apc_level_is_bad_pool_caller_8(machine_factory, apps):
+    # At DISPATCH_LEVEL the nonpaged allocations succeed; PagedPool (1), 100 bytes: 0xC2,
+    # (8, current IRQL, pool type, size).
+    bc, lines = bad_pool(machine_factory, apps, "pepool", irql=2)
+    assert len(hexes(lines[0])) == 2 and len(lines) == 1
+    assert (bc.code, bc.params) == (0xC2, (8, 2, 1, 100))
+
+
+def test_nonpaged_pool_above_dispatch_level_is_bad_pool_caller_8(machine_factory, apps):
+    bc, lines = bad_pool(machine_factory, apps, "pepool", irql=3)
+    assert lines == []
+    assert (bc.code, bc.params) == (0xC2, (8, 3, 512, 24))
+
+
+@pytest.mark.parametrize("address, params", [
+    (0x1000, (0x40, 0x1000, layout.KERNEL_SPACE_START, 0)),        # a user-mode address
+    (layout.KERNEL_POOL + 8, (0x46, layout.KERNEL_POOL + 8, 0, 0)),  # inside nonpaged pool
+    (layout.KERNEL_POOL_PAGED + 0x2008,
+     (0x50, layout.KERNEL_POOL_PAGED + 0x2008, 2, layout.KERNEL_POOL_SIZE)),
+])
+def test_freeing_a_non_block_names_where_it_is(machine_factory, address, params):
+    from emu.nt.pool import BadPoolCall
+
+    pools = machine_factory().executive.pools
+    with pytest.raises(BadPoolCall) as err:
+        pools.free(address, 0)
+    assert err.value.params == params
