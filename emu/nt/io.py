@@ -116,6 +116,7 @@ class IrpRecord:
     done: Event | None = None          # what the requesting thread waits on, once pended
     on_complete: object = None         # asynchronous I/O: finish it when the IRP completes
     information: int = 0               # IoStatus.Information, once finished
+    thread: Thread | None = None       # the requesting thread (IoGetRequestorProcess)
 
 
 class IoManager:
@@ -264,6 +265,7 @@ class IoManager:
         if not dispatch:
             return NTSTATUS.STATUS_SUCCESS
         irp, record = self._new_irp(major, device, 0, 0, 0, 0)
+        record.thread = thread
         status = self._call(dispatch, thread, device, irp)
         return self._finish(record, major, 0, 0, 0, 0, 0, status)
 
@@ -350,6 +352,7 @@ class IoManager:
         except UserAccessViolation:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(major, device, length, mdl, system_buffer, buffer)
+        record.thread = thread
         status = self._call(dispatch, thread, device, irp)
         if async_done is not None:
             finish, box, record_box = async_done
@@ -394,6 +397,7 @@ class IoManager:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(IRP_MJ_DEVICE_CONTROL, device, 0, mdl, system_buffer,
                                     out_buffer)
+        record.thread = thread
         stack = irp + IRP_STACK
         for offset, fmt, value in (
                 (STACK_OUTPUT_LENGTH, "<I", out_length), (STACK_INPUT_LENGTH, "<I", in_length),

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from driverboot import boot
 
 from emu.nt import exports, layout
 from emu.nt.bugcheck import BugCheckCode
@@ -156,3 +155,55 @@ def test_freeing_a_non_block_names_where_it_is(machine_factory, address, params)
     with pytest.raises(BadPoolCall) as err:
         pools.free(address, 0)
     assert err.value.params == params
+
+
+# -- 4. Ps and Io: which process and thread ----------------------------------------------------
+
+SYSTEM_LINE = "{}: process 4 (PsGetProcessId 4, PsGetCurrentProcess same 1), thread 8, 32-bit 0"
+
+
+def test_driver_entry_and_unload_run_in_the_system_process(machine_factory, apps):
+    # Windows runs DriverEntry and DriverUnload in the System process (id 4).
+    _, _, r, out = run_driver(machine_factory, apps, "pedbg", ("hello",))
+    lines = lines_of(out, "pedbg")
+    assert r.bugcheck is None
+    assert SYSTEM_LINE.format("DriverEntry") in lines
+    assert lines[-1] == SYSTEM_LINE.format("DriverUnload")
+
+
+def test_a_dispatch_routine_runs_in_the_requestor_s_process(machine_factory, apps):
+    _, (hello, devread), r, out = run_driver(machine_factory, apps, "pedbg", ("hello",),
+                                             ("devread", "\\Device\\PeDbg", "0"))
+    lines = lines_of(out, "pedbg")
+    pid, tid = devread.pid, devread.threads[0].tid
+    assert pid != hello.pid
+    assert (f"IRP_MJ_CREATE: process {pid} (PsGetProcessId {pid}, PsGetCurrentProcess same 1), "
+            f"thread {tid}, 32-bit 0") in lines
+    assert f"requestor {pid}, 32-bit 0" in lines
+
+
+def test_the_elf_drivers_keep_process_id_0_in_driver_entry():
+    # The ELF dialect's PsGetCurrentProcessId says 0 in the system context; PE drivers bind
+    # to Windows' (4).
+    from emu.nt.ntos import ps
+
+    elf = exports.EXPORTS["PsGetCurrentProcessId"]
+    assert elf is not ps.ps_get_current_process_id
+    assert exports.pe_address_of("ntoskrnl.exe", "PsGetCurrentProcessId") != \
+        exports.address_of("PsGetCurrentProcessId")
+
+
+# -- 5. DbgPrintEx ---------------------------------------------------------------------------
+
+def test_dbg_print_ex_prints_what_the_default_filter_lets_through(machine_factory, apps):
+    # Windows' filter with no Debug Print Filter key: DPFLTR_ERROR_LEVEL only (a Level of 0,
+    # or a DPFLTR_MASK mask with bit 0). WARNING, TRACE, INFO and mask 0x8 are dropped.
+    _, _, _, out = run_driver(machine_factory, apps, "pedbg", ("hello",))
+    assert lines_of(out, "pedbg")[:4] == [
+        "error level 0 prints",
+        "mask 0x3 prints",
+        "vDbgPrintEx five 5 5 \\Registry\\Machine\\System\\CurrentControlSet\\Services\\pedbg",
+        "KdPrintEx 42",
+    ]
+    assert "level" not in out.replace("error level", "")
+    assert "info" not in out and "mask 0x8" not in out

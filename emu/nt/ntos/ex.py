@@ -1,4 +1,5 @@
-"""Ex: executive support routines (pool), as PE drivers import them.
+"""Ex: executive support routines (pool), and the debug print routines (DbgPrintEx), as PE
+drivers import them.
 
 ExAllocatePoolWithTag and ExFreePoolWithTag live in emu.nt.exports (the ELF drivers import
 them too); the pool itself, its placement rules and the bug check 0xC2 parameters of each
@@ -9,7 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.nt.exports import ExceptionRaised, ExportCall, allocate_pool, export, free_pool
+from emu.nt.exports import (
+    DBGPRINT_LIMIT,
+    ExceptionRaised,
+    ExportCall,
+    allocate_pool,
+    export,
+    format_message,
+    free_pool,
+)
 from emu.nt.pool import TAG_NONE, PoolType
 from emu.nt.status import NTSTATUS
 
@@ -73,3 +82,66 @@ def ex_allocate_pool(ex: Executive, call: ExportCall) -> int:
 def ex_free_pool(ex: Executive, call: ExportCall) -> int:
     """VOID ExFreePool(P): ExFreePoolWithTag(P, 0), which matches any tag."""
     return free_pool(ex, call, call.arg(0), 0)
+
+
+# -- debug output (DbgPrintEx: kernel-mode debug print, filtered) -----------------------------
+
+DPFLTR_ERROR_LEVEL, DPFLTR_WARNING_LEVEL, DPFLTR_TRACE_LEVEL, DPFLTR_INFO_LEVEL = 0, 1, 2, 3
+DPFLTR_MASK = 0x8000_0000
+# Windows' filter with no "Debug Print Filter" set (Microsoft's "Reading and Filtering
+# Debugging Messages"): Kd_WIN2000_Mask is 1 (DPFLTR_ERROR_LEVEL) and every component's
+# mask is 0, so only error-level messages reach the debugger. This machine has no way to
+# change the masks, so that is the filter.
+DEFAULT_FILTER_MASK = 1 << DPFLTR_ERROR_LEVEL
+
+
+def passes_filter(level: int) -> bool:
+    """Whether DbgPrintEx at ``level`` prints: a Level of 0-31 is the bit 1 << Level, a larger
+    one a mask itself (DPFLTR_MASK stripped); it prints if that meets the filter's mask."""
+    level &= 0xFFFF_FFFF
+    mask = 1 << level if level < 32 else level & ~DPFLTR_MASK
+    return bool(mask & DEFAULT_FILTER_MASK)
+
+
+class _VaList:
+    """A va_list as the Microsoft x64 ABI passes it: a pointer to 8-byte argument slots
+    (what format_message reads through ``arg``)."""
+
+    def __init__(self, ex: Executive, address: int) -> None:
+        self.ex, self.address = ex, address
+
+    def arg(self, i: int) -> int:
+        """The ``i``-th argument slot."""
+        return self.ex.kernel_read_u64(self.address + 8 * i)
+
+
+def _print_filtered(ex: Executive, level: int, prefix: bytes, fmt: int, args, first: int
+                    ) -> int:
+    if passes_filter(level):
+        text = format_message(ex, ex.kernel_read_string(fmt), args, first)
+        ex.debug_print((prefix + text)[:DBGPRINT_LIMIT])
+    return NTSTATUS.STATUS_SUCCESS
+
+
+@export("DbgPrintEx", dll="ntoskrnl.exe", elf=False)
+def dbg_print_ex(ex: Executive, call: ExportCall) -> int:
+    """ULONG DbgPrintEx(ComponentId, Level, Format, ...): as DbgPrint, if the filter lets
+    Level through (only DPFLTR_ERROR_LEVEL here, Windows' default); STATUS_SUCCESS either
+    way."""
+    return _print_filtered(ex, call.arg(1), b"", call.arg(2), call, 3)
+
+
+@export("vDbgPrintEx", dll="ntoskrnl.exe", elf=False)
+def v_dbg_print_ex(ex: Executive, call: ExportCall) -> int:
+    """ULONG vDbgPrintEx(ComponentId, Level, Format, va_list arglist): DbgPrintEx with its
+    arguments in a va_list."""
+    return _print_filtered(ex, call.arg(1), b"", call.arg(2), _VaList(ex, call.arg(3)), 0)
+
+
+@export("vDbgPrintExWithPrefix", dll="ntoskrnl.exe", elf=False)
+def v_dbg_print_ex_with_prefix(ex: Executive, call: ExportCall) -> int:
+    """ULONG vDbgPrintExWithPrefix(Prefix, ComponentId, Level, Format, va_list arglist):
+    vDbgPrintEx with the Prefix string printed before the message."""
+    prefix = ex.kernel_read_string(call.arg(0), DBGPRINT_LIMIT) if call.arg(0) else b""
+    return _print_filtered(ex, call.arg(2), prefix, call.arg(3),
+                           _VaList(ex, call.arg(4)), 0)
