@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from emu.hw import mmu
 from emu.nt import exports, layout
 from emu.nt.bugcheck import BugCheckCode
 
@@ -35,6 +36,16 @@ def run_driver(machine_factory, apps, name: str, *commands, irql: int | None = N
 def lines_of(out: str, driver: str) -> list[str]:
     prefix = f"{driver}.sys: "
     return [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def present(ex, va: int) -> bool:
+    """Whether ring 0 can read ``va`` in the system address space now."""
+    try:
+        mmu.walk(ex.mem, va, "read", cr3=ex.mm.system.cr3, cpl=0, cr0=ex.cpu.cr0,
+                 cr4=ex.cpu.cr4, efer=ex.cpu.efer)
+    except (mmu.PageFault, mmu.GeneralProtection):
+        return False
+    return True
 
 
 def hexes(text: str) -> list[int]:
@@ -207,3 +218,95 @@ def test_dbg_print_ex_prints_what_the_default_filter_lets_through(machine_factor
     ]
     assert "level" not in out.replace("error level", "")
     assert "info" not in out and "mask 0x8" not in out
+
+
+# -- 3. MDLs ---------------------------------------------------------------------------------
+
+def test_mdls_over_a_nonpaged_buffer(machine_factory, apps):
+    # A NonPagedPoolNx buffer at page offset 0x10, 0x2000 bytes: three pages.
+    _, _, r, out = run_driver(machine_factory, apps, "pemdl", ("hello",))
+    assert r.bugcheck is None
+    assert lines_of(out, "pemdl")[:5] == [
+        # MmInitializeMdl's fields as wdm.h's inlines read them; Size = sizeof(MDL) + 3 * 8.
+        "IoAllocateMdl: va ok 1, byte count 2000, byte offset 10, size 48, flags 0",
+        # MDL_SOURCE_IS_NONPAGED_POOL: the inline MmGetSystemAddressForMdlSafe returns
+        # MappedSystemVa, the buffer itself; the frame is MmGetPhysicalAddress's.
+        "MmBuildMdlForNonPagedPool: flags 4, frame ok 1, system address is the buffer 1",
+        # MDL_PAGES_LOCKED | MDL_WRITE_OPERATION | MDL_MAPPED_TO_SYSTEM_VA; one frame, two
+        # addresses: a byte written through the view reads back through the buffer.
+        "mapped: flags 83, a second address 1, same frame 1, shared byte V, valid 1",
+        "unmapped: flags 82, valid 0",
+        "unlocked: flags 0; NULL valid 0",
+    ]
+
+
+def test_the_sioctl_sequence_reaches_the_callers_buffers(machine_factory, apps):
+    # METHOD_NEITHER as sioctl.c does it: IoAllocateMdl, MmProbeAndLockPages(UserMode),
+    # MmGetSystemAddressForMdlSafe -> MmMapLockedPagesSpecifyCache, MmUnlockPages, IoFreeMdl.
+    m, (p,), r, out = run_driver(machine_factory, apps, "pemdl", ("ioctl", "stressed"))
+    assert r.bugcheck is None
+    assert p.output == (b"buffered: desserts (8 bytes)\ndirect: desserts (8 bytes)\n"
+                        b"neither: desserts (8 bytes)\nunknown: 0xc0000010\n")
+    (line,) = [x for x in lines_of(out, "pemdl") if x.startswith("neither")]
+    frame, physical = (int(h, 16) for h in re.findall(r"(?<=frame )[0-9a-f]+|[0-9a-f]+$", line))
+    assert frame == physical >> 12 and frame
+    # Every lock was released and every view of the caller's frames unmapped.
+    ex = m.executive
+    assert all(e.locks == 0 for e in ex.mm.pfn.entries)
+    assert not [va for va in range(layout.KERNEL_SYSTEM_PTES, ex.io._system_ptes, 0x1000)
+                if present(ex, va)]
+
+
+def test_locked_pages_stay_when_the_pager_trims(machine_factory, apps, monkeypatch):
+    # Between MmProbeAndLockPages and MmUnlockPages the caller's pages are trimmed from its
+    # working set (MemoryEmptyWorkingSets): the locked ones stay, with the frame the MDL
+    # names; the others go.
+    from emu.nt import io
+
+    seen = {}
+    map_mdl = io.IoManager.map_mdl
+
+    def trim_then_map(self, mdl, priority=io.MDL_MAPPING_NO_EXECUTE):
+        ex = self.ex
+        va, _, _ = self._mdl_span(mdl)
+        if va < layout.USER_SPACE_END and "before" not in seen:
+            seen["before"] = len(ex.current.working_set.pages)
+            seen["trimmed"] = ex.mm.pager.empty_working_sets()
+            seen["frame"] = ex.kernel_read_u64(mdl + io.MDL_PFN)
+            seen["pte"] = ex.cpu.walk(va, "read", cpl=3).pa >> 12
+            seen["after"] = set(ex.current.working_set.pages)
+        return map_mdl(self, mdl, priority)
+
+    monkeypatch.setattr(io.IoManager, "map_mdl", trim_then_map)
+    _, (p,), r, _ = run_driver(machine_factory, apps, "pemdl", ("ioctl", "stressed"))
+    assert p.output.endswith(b"neither: desserts (8 bytes)\nunknown: 0xc0000010\n")
+    assert seen["trimmed"] > 0 and len(seen["after"]) < seen["before"]
+    assert seen["frame"] == seen["pte"]              # still mapped, to the locked frame
+
+
+def test_io_is_32bit_process_tells_the_requestor(machine_factory, apps):
+    _, (p64, p32), r, out = run_driver(machine_factory, apps, "pemdl", ("ioctl", "ab"),
+                                       ("services32", "ioctl"))
+    assert r.bugcheck is None and p32.output.endswith(b"ioctl: desserts (8 bytes)\n")
+    lines = lines_of(out, "pemdl")
+    assert f"opened by process {p64.pid}, 32-bit 0" in lines
+    assert f"opened by process {p32.pid}, 32-bit 1" in lines
+
+
+def test_a_bad_user_buffer_raises_access_violation(machine_factory, apps):
+    # No __try/__except: KMODE_EXCEPTION_NOT_HANDLED (STATUS_ACCESS_VIOLATION, where, 0, 0).
+    bc, lines = bad_pool(machine_factory, apps, "pemdlbad")
+    assert lines == ["locking 16 bytes at 0x10000"]
+    assert bc.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
+    assert bc.params[0] == 0xC000_0005 and bc.params[2:] == (0, 0)
+    assert bc.location.startswith("pemdlbad.sys!DriverEntry+")
+
+
+def test_at_dispatch_level_a_page_not_present_is_irql_not_less_or_equal(machine_factory,
+                                                                        apps):
+    # Nothing may be paged in at DISPATCH_LEVEL: the fault inside MmProbeAndLockPages is
+    # bug check 0x0A (the address, the IRQL, 0 = read, the routine's address).
+    bc, _ = bad_pool(machine_factory, apps, "pemdlbad", irql=2)
+    assert bc.code == BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
+    assert bc.params == (0x10000, 2, 0,
+                         exports.pe_address_of("ntoskrnl.exe", "MmProbeAndLockPages"))

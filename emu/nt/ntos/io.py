@@ -1,11 +1,13 @@
-"""Io: the I/O manager's exports, as PE drivers import them."""
+"""Io: the I/O manager's exports (processes behind requests, MDLs), as PE drivers import
+them."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emu.nt.exports import ExportCall, export
+from emu.nt.exports import ExportCall, bad_pool_caller, export
 from emu.nt.ntos.ps import current_eprocess, eprocess, process_id
+from emu.nt.pool import BadPoolCall
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
@@ -53,3 +55,25 @@ def io_get_requestor_process(ex: Executive, call: ExportCall) -> int:
     """PEPROCESS IoGetRequestorProcess(PIRP Irp): that process's EPROCESS, or NULL."""
     known, proc = _requestor(ex, call.arg(0))
     return eprocess(ex, proc) if known else 0
+
+
+# -- MDLs ------------------------------------------------------------------------------------
+
+@export("IoAllocateMdl", dll="ntoskrnl.exe", elf=False)
+def io_allocate_mdl(ex: Executive, call: ExportCall) -> int:
+    """PMDL IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp): an MDL
+    for the buffer in NonPagedPoolNx, its frame numbers not yet filled in (emu.nt.io's
+    allocate_mdl); NULL if it cannot be had. ChargeQuota charges nothing here."""
+    return ex.io.allocate_mdl(call.arg(0), call.arg(1) & 0xFFFF_FFFF, call.arg(4),
+                              bool(call.arg(2) & 0xFF))
+
+
+@export("IoFreeMdl", dll="ntoskrnl.exe", elf=False)
+def io_free_mdl(ex: Executive, call: ExportCall) -> int:
+    """VOID IoFreeMdl(PMDL Mdl): the MDL's memory goes back (the driver has unlocked and
+    unmapped it first); an MDL freed twice is bug check 0xC2 (7, ...), as a pool block."""
+    try:
+        ex.io.free_mdl(call.arg(0), ex.irql)
+    except BadPoolCall as err:
+        raise bad_pool_caller(ex, call, err) from None
+    return 0
