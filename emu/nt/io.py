@@ -92,6 +92,7 @@ MDL_SOURCE_IS_NONPAGED_POOL, MDL_WRITE_OPERATION = 0x0004, 0x0080
 MDL_MAPPING_NO_WRITE, MDL_MAPPING_NO_EXECUTE = 0x8000_0000, 0x4000_0000
 MAX_MDL_LENGTH = (4 << 30) - layout.PAGE_SIZE
 DISPATCH_LEVEL = 2
+PROCESS_HAS_LOCKED_PAGES, SYSTEM_PTE_MISUSE = 0x76, 0xDA
 MAX_TRANSFER = 1 << 20
 TAG_IRP, TAG_BUFFER, TAG_MDL, TAG_DEVICE = 0x20707249, 0x66754249, 0x206C644D, 0x20766544
 
@@ -135,6 +136,7 @@ class IoManager:
         self.irps: dict[int, IrpRecord] = {}
         self.dpc_routines: dict[int, int] = {}      # DEVICE_OBJECT -> its DpcForIsr
         self._system_ptes = layout.KERNEL_SYSTEM_PTES
+        self._views: dict[int, tuple[int, int]] = {}  # system view -> (its MDL, its pages)
 
     # -- driver objects and devices -------------------------------------------------------
 
@@ -637,11 +639,19 @@ class IoManager:
     def unlock_pages(self, mdl: int) -> None:
         """MmUnlockPages: the system-space view goes first (a stale view would reach frames
         that belong to someone else once the pages are trimmed), then the locks; the MDL
-        loses MDL_PAGES_LOCKED and MDL_MAPPED_TO_SYSTEM_VA. A frame unlocked more often than
-        locked is bug check 0x4E PFN_LIST_CORRUPT (7, the frame, its lock count, 0)."""
+        loses MDL_PAGES_LOCKED, MDL_WRITE_OPERATION and MDL_MAPPED_TO_SYSTEM_VA. An MDL
+        whose pages are not locked is bug check 0x76 PROCESS_HAS_LOCKED_PAGES (1, the MDL,
+        the pages locked in the current process, 0); a frame unlocked more often than
+        locked (the MDL's frame numbers changed) 0x4E PFN_LIST_CORRUPT (7, the frame, 0,
+        0)."""
         ex = self.ex
         _, _, pages = self._mdl_span(mdl)
         flags = self._mdl_flags(mdl)
+        if not flags & MDL_PAGES_LOCKED:
+            owner = ex.current.pid if ex.current is not None else None
+            locked = sum(1 for _, e in ex.mm.pfn.entries.made() if e.locks and e.owner == owner)
+            raise BugCheck(PROCESS_HAS_LOCKED_PAGES, (1, mdl, locked, 0),
+                           detail="MmUnlockPages of an MDL whose pages are not locked")
         if flags & MDL_MAPPED_TO_SYSTEM_VA:
             self.unmap_locked_pages(ex.kernel_read_u64(mdl + MDL_MAPPED_VA), mdl)
         frames = struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN, 8 * pages))
@@ -721,17 +731,27 @@ class IoManager:
         flags = leaf_flags(protect, user=False, populated=True)
         for i, pfn in enumerate(frames):
             ex.mm.system.map_page(va + i * layout.PAGE_SIZE, pfn, flags)
+        self._views[va] = (mdl, pages)
         ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va + offset))
         self._set_mdl_flags(mdl, mdl_flags | MDL_MAPPED_TO_SYSTEM_VA)
         return va + offset
 
     def unmap_locked_pages(self, base: int, mdl: int) -> None:
         """MmUnmapLockedPages(BaseAddress, Mdl) of a system-space view: its pages unmapped
-        (their translations invalidated), MDL_MAPPED_TO_SYSTEM_VA cleared."""
+        (their translations invalidated), MDL_MAPPED_TO_SYSTEM_VA cleared. An address that
+        is no view this MDL has is bug check 0xDA SYSTEM_PTE_MISUSE (6, the MDL, the
+        address, the pages): "the MDL being freed was never (or is currently not) mapped"."""
         ex = self.ex
         _, _, pages = self._mdl_span(mdl)
+        view = base & ~0xFFF
+        if self._views.get(view) != (mdl, pages) or not self._mdl_flags(mdl) \
+                & MDL_MAPPED_TO_SYSTEM_VA:
+            raise BugCheck(SYSTEM_PTE_MISUSE, (6, mdl, base, pages),
+                           detail=f"MmUnmapLockedPages: {base:#x} is not a view of MDL "
+                           f"{mdl:#x}")
+        del self._views[view]
         for i in range(pages):
-            ex.mm.system.unmap_page((base & ~0xFFF) + i * layout.PAGE_SIZE)
+            ex.mm.system.unmap_page(view + i * layout.PAGE_SIZE)
         self._set_mdl_flags(mdl, self._mdl_flags(mdl) & ~MDL_MAPPED_TO_SYSTEM_VA)
 
 

@@ -310,3 +310,28 @@ def test_at_dispatch_level_a_page_not_present_is_irql_not_less_or_equal(machine_
     assert bc.code == BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
     assert bc.params == (0x10000, 2, 0,
                          exports.pe_address_of("ntoskrnl.exe", "MmProbeAndLockPages"))
+
+
+def test_unlocking_twice_is_process_has_locked_pages_1(machine_factory, apps):
+    bc, lines = bad_pool(machine_factory, apps, "pemdltwice")
+    (mdl,) = hexes(lines[0])
+    assert (bc.code, bc.params) == (0x76, (1, mdl, 0, 0))
+    assert bc.location.startswith("pemdltwice.sys!DriverEntry+")
+
+
+def test_unmapping_what_is_no_view_is_system_pte_misuse_6(machine_factory, apps):
+    # The I/O manager's own view of a direct-I/O MDL: unmapped at completion; unmapping it
+    # again (or any address that is no view of the MDL) is 0xDA (6, MDL, address, pages).
+    from emu.nt.bugcheck import BugCheck
+
+    m = machine_factory()
+    io_ = m.executive.io
+    buffer = m.executive.pools.allocate(512, 0x20, 0x74736554)
+    mdl = io_.allocate_mdl(buffer, 0x20)
+    io_.lock_pages(mdl, user_mode=False, write=False)
+    view = io_.map_mdl(mdl)
+    assert m.executive.kernel_read(view, 4) == b"\0\0\0\0"
+    io_.unmap_locked_pages(view, mdl)
+    with pytest.raises(BugCheck) as err:
+        io_.unmap_locked_pages(view, mdl)
+    assert (err.value.code, err.value.params) == (0xDA, (6, mdl, view, 1))
