@@ -335,3 +335,13 @@ def test_unmapping_what_is_no_view_is_system_pte_misuse_6(machine_factory, apps)
     with pytest.raises(BugCheck) as err:
         io_.unmap_locked_pages(view, mdl)
     assert (err.value.code, err.value.params) == (0xDA, (6, mdl, view, 1))
+
+
+# -- 6. the docs -----------------------------------------------------------------------------
+
+def test_the_docs_list_every_ntoskrnl_export_in_alphabetical_order():
+    text = (ROOT / "docs" / "drivers.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.strip().startswith("| ntoskrnl.exe |")]
+    listed = re.findall(r"`([^`]+)`", row)
+    assert listed == sorted(listed, key=str.lower)
+    assert sorted(listed) == exports.pe_names("ntoskrnl.exe")
