@@ -345,3 +345,43 @@ def test_the_docs_list_every_ntoskrnl_export_in_alphabetical_order():
     listed = re.findall(r"`([^`]+)`", row)
     assert listed == sorted(listed, key=str.lower)
     assert sorted(listed) == exports.pe_names("ntoskrnl.exe")
+
+
+# -- 7. whatever a driver passes ----------------------------------------------------------------
+
+# The routines only PE drivers bind (the ELF ones are fuzzed by test_kernel_fuzz).
+PE_ONLY = sorted(n for n in exports.pe_names("ntoskrnl.exe") if n not in exports.EXPORTS)
+
+
+def _fuzz_strategies():
+    from hypothesis import strategies as st
+    from test_kernel_fuzz import ARG
+
+    return st.lists(st.tuples(st.sampled_from(PE_ONLY), st.lists(ARG, min_size=4, max_size=4),
+                              st.lists(ARG, min_size=7, max_size=7)), min_size=1, max_size=4)
+
+
+@pytest.mark.fuzz
+def test_pe_exports_return_raise_or_bug_check_whatever_a_driver_passes(apps):
+    # Each call returns, raises a structured exception (0x1E here: no handler) or is a bug
+    # check with a stop code bugcodes.h names: never a Python exception.
+    from fuzzscale import examples
+    from hypothesis import HealthCheck, example, given, settings
+    from test_kernel_fuzz import NOTHING, call_exports, machines
+
+    @settings(max_examples=examples(150), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(calls=_fuzz_strategies())
+    # A huge MDL of garbage, a user range at the top, a view never mapped.
+    @example(calls=[("IoAllocateMdl", [layout.MM_USER_PROBE_ADDRESS - 1, 0xFFFF_F000, 0, 0],
+                     NOTHING)])
+    @example(calls=[("MmProbeAndLockPages", ["mdl", 1, 1, 0], NOTHING),
+                    ("MmUnlockPages", ["mdl", 0, 0, 0], NOTHING)])
+    @example(calls=[("MmUnmapLockedPages", [layout.KERNEL_TEXT, "mdl", 0, 0], NOTHING)])
+    @example(calls=[("ExAllocatePool2", [0x60, 16, 1, 0], NOTHING),
+                    ("ExFreePool", ["block+1", 0, 0, 0], NOTHING)])
+    def run(calls):
+        with machines() as make:
+            call_exports(make, apps, calls, b"%s %wZ %p", (0x2000, 0xFFF, 1 << 40))
+
+    run()

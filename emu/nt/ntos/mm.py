@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.hw import mmu
-from emu.nt.bugcheck import BugCheck
+from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import (
     PE_DLLS,
     ExceptionRaised,
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 KERNEL_MODE, USER_MODE = 0, 1                  # KPROCESSOR_MODE
 IO_READ_ACCESS, IO_WRITE_ACCESS, IO_MODIFY_ACCESS = 0, 1, 2      # LOCK_OPERATION
 HIGH_PAGE_PRIORITY = 32                        # MM_PAGE_PRIORITY
-NO_MORE_SYSTEM_PTES = 0x3F
 
 
 @export("MmGetSystemRoutineAddress", dll="ntoskrnl.exe", elf=False)
@@ -98,7 +97,7 @@ def _map(ex: Executive, call: ExportCall, mdl: int, mode: int, bugcheck_on_failu
         return ex.io.map_mdl(mdl, priority)
     except OutOfFrames:
         if bugcheck_on_failure:
-            raise BugCheck(NO_MORE_SYSTEM_PTES, (0, ex.io.mdl_pages(mdl), 0, 0),
+            raise BugCheck(BugCheckCode.NO_MORE_SYSTEM_PTES, (0, ex.io.mdl_pages(mdl), 0, 0),
                            call_site(ex, call.return_address),
                            "no memory for the page tables of an MDL's view") from None
         return 0
