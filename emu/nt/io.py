@@ -138,6 +138,8 @@ class IoManager:
         self.dpc_routines: dict[int, int] = {}      # DEVICE_OBJECT -> its DpcForIsr
         self._system_ptes = layout.KERNEL_SYSTEM_PTES
         self._views: dict[int, tuple[int, int]] = {}  # system view -> (its MDL, its pages)
+        self._own_mdls: set[int] = set()             # direct-I/O MDLs of requests in flight
+        ex.exit_observers.append(self._no_pages_locked)
 
     # -- driver objects and devices -------------------------------------------------------
 
@@ -490,6 +492,7 @@ class IoManager:
         except BaseException:
             self.ex.pools.release(mdl)
             raise
+        self._own_mdls.add(mdl)
         return mdl
 
     # -- MDLs (wdm.h's MDL: the header, then one frame number per page of the span) ----------
@@ -637,6 +640,24 @@ class IoManager:
         except (mmu.PageFault, mmu.GeneralProtection):
             raise UserAccessViolation(page) from None
 
+    def _no_pages_locked(self, proc) -> None:
+        """A process ends: if a driver left some of its pages locked (MmProbeAndLockPages
+        with no MmUnlockPages), Windows' MmDeleteProcessAddressSpace stops the machine with
+        bug check 0x76 PROCESS_HAS_LOCKED_PAGES (0, the process object, the locked pages, 0)."""
+        from emu.nt.ntos.ps import eprocess
+
+        ex = self.ex
+        own: dict[int, int] = {}         # the I/O manager's locks, for requests in flight
+        for mdl in self._own_mdls:
+            for pfn in self._mdl_frames(mdl):
+                own[pfn] = own.get(pfn, 0) + 1
+        locked = sum(1 for pfn, e in ex.mm.pfn.entries.made()
+                     if e.owner == proc.pid and e.locks > own.get(pfn, 0))
+        if locked:
+            raise BugCheck(PROCESS_HAS_LOCKED_PAGES, (0, eprocess(ex, proc), locked, 0),
+                           detail=f"process {proc.pid} ({proc.name}) ends with {locked} "
+                           "page(s) a driver locked and never unlocked")
+
     def unlock_pages(self, mdl: int) -> None:
         """MmUnlockPages: the system-space view goes first (a stale view would reach frames
         that belong to someone else once the pages are trimmed), then the locks; the MDL
@@ -683,8 +704,13 @@ class IoManager:
             entry = self.ex.mm.pfn.entries[pfn]
             entry.locks = max(0, entry.locks - 1)
 
+    def _mdl_frames(self, mdl: int) -> tuple[int, ...]:
+        pages = self.mdl_pages(mdl)
+        return struct.unpack(f"<{pages}Q", self.ex.kernel_read(mdl + MDL_PFN, 8 * pages))
+
     def _unlock_mdl(self, mdl: int) -> None:
         """MmUnmapLockedPages + MmUnlockPages of the I/O manager's own MDL, at completion."""
+        self._own_mdls.discard(mdl)
         if self._mdl_flags(mdl) & MDL_PAGES_LOCKED:
             self.unlock_pages(mdl)
 

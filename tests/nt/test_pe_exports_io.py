@@ -385,3 +385,17 @@ def test_pe_exports_return_raise_or_bug_check_whatever_a_driver_passes(apps):
             call_exports(make, apps, calls, b"%s %wZ %p", (0x2000, 0xFFF, 1 << 40))
 
     run()
+
+
+def test_a_process_ending_with_locked_pages_is_process_has_locked_pages_0(machine_factory,
+                                                                          apps):
+    # pemdlleak.sys locks devread's buffer and never unlocks it: when devread ends, 0x76
+    # (0, its EPROCESS, 1 page, 0).
+    from emu.nt.ntos import ps
+
+    m, (p,), r, _ = run_driver(machine_factory, apps, "pemdlleak",
+                               ("devread", "\\Device\\PeLeak"))
+    assert p.output.endswith(b"data: leak\n")
+    bc = r.bugcheck
+    assert (bc.code, bc.params[0], bc.params[2:]) == (0x76, 0, (1, 0))
+    assert m.executive.kernel_read_u64(bc.params[1] + ps.EPROCESS_UNIQUE_PROCESS_ID) == p.pid
