@@ -87,7 +87,11 @@ MDL_FLAGS, MDL_PFN = _MDL["MdlFlags"], _MDL.size
 # MdlFlags (wdm.h): the header's inline MmGetSystemAddressForMdlSafe returns MappedSystemVa
 # as it is when MDL_MAPPED_TO_SYSTEM_VA is set, and calls MmMapLockedPagesSpecifyCache if not.
 MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED = 0x0001, 0x0002
-MDL_SOURCE_IS_NONPAGED_POOL, MDL_WRITE_OPERATION = 0x0004, 0x0080
+MDL_SOURCE_IS_NONPAGED_POOL, MDL_ALLOCATED_FIXED_SIZE = 0x0004, 0x0008
+MDL_WRITE_OPERATION = 0x0080
+# IoAllocateMdl takes an MDL of up to 17 pages from the I/O manager's fixed-size MDLs
+# (IOP_FIXED_SIZE_MDL_PFNS) unless it charges quota, and marks it MDL_ALLOCATED_FIXED_SIZE.
+IOP_FIXED_SIZE_MDL_PFNS = 17
 # MM_PAGE_PRIORITY's flag bits (wdm.h, Windows 8): how MmMapLockedPagesSpecifyCache maps.
 MDL_MAPPING_NO_WRITE, MDL_MAPPING_NO_EXECUTE = 0x8000_0000, 0x4000_0000
 MAX_MDL_LENGTH = (4 << 30) - layout.PAGE_SIZE
@@ -482,7 +486,9 @@ class IoManager:
         (UserAccessViolation / UserStatus if they cannot be)."""
         from emu.nt.syscalls import UserAccessViolation
 
-        mdl = self.allocate_mdl(buffer, max(length, 1))
+        # As NtReadFile/NtDeviceIoControlFile do: IoAllocateMdl(Buffer, Length, FALSE,
+        # TRUE, Irp), quota charged.
+        mdl = self.allocate_mdl(buffer, max(length, 1), charge_quota=True)
         if not mdl:
             raise UserAccessViolation(buffer)
         if length == 0:          # the MDL describes what it locked: at least the first byte
@@ -509,12 +515,14 @@ class IoManager:
         va = (start + offset) & 0xFFFF_FFFF_FFFF_FFFF
         return va, count, span_pages(va, max(count, 1))
 
-    def allocate_mdl(self, va: int, length: int, irp: int = 0, secondary: bool = False
-                     ) -> int:
+    def allocate_mdl(self, va: int, length: int, irp: int = 0, secondary: bool = False,
+                     charge_quota: bool = False) -> int:
         """IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp): an MDL in
         NonPagedPoolNx, initialised as MmInitializeMdl does (StartVa the page of ``va``,
-        ByteOffset, ByteCount, Size with room for a frame number per page, MdlFlags 0); its
-        frame numbers are not filled in. With an Irp it becomes Irp->MdlAddress, or with
+        ByteOffset, ByteCount, Size with room for a frame number per page); MdlFlags is
+        MDL_ALLOCATED_FIXED_SIZE when the I/O manager's fixed-size MDLs hold it (at most
+        IOP_FIXED_SIZE_MDL_PFNS pages, no quota charged), else 0. Its frame numbers are not
+        filled in. With an Irp it becomes Irp->MdlAddress, or with
         SecondaryBuffer the last of that chain (through Next). 0 (NULL) for a Length above
         4 GiB - PAGE_SIZE (the IoAllocateMdl reference's limit since Windows 7) or no RAM."""
         if length > MAX_MDL_LENGTH:
@@ -529,7 +537,9 @@ class IoManager:
             return 0
         raw = bytearray(MDL_PFN)
         # MDL.Size is a CSHORT: an MDL over 8184 pages keeps the low 16 bits of its size.
-        struct.pack_into("<HH", raw, MDL_SIZE, size & 0xFFFF, 0)
+        fixed = MDL_ALLOCATED_FIXED_SIZE if pages <= IOP_FIXED_SIZE_MDL_PFNS and \
+            not charge_quota else 0
+        struct.pack_into("<HH", raw, MDL_SIZE, size & 0xFFFF, fixed)
         struct.pack_into("<Q", raw, MDL_START_VA, va & ~0xFFF)
         struct.pack_into("<II", raw, MDL_BYTE_COUNT, length & 0xFFFF_FFFF, va & 0xFFF)
         self.ex.kernel_write(mdl, bytes(raw))

@@ -227,16 +227,17 @@ def test_mdls_over_a_nonpaged_buffer(machine_factory, apps):
     _, _, r, out = run_driver(machine_factory, apps, "pemdl", ("hello",))
     assert r.bugcheck is None
     assert lines_of(out, "pemdl")[:5] == [
-        # MmInitializeMdl's fields as wdm.h's inlines read them; Size = sizeof(MDL) + 3 * 8.
-        "IoAllocateMdl: va ok 1, byte count 2000, byte offset 10, size 48, flags 0",
+        # MmInitializeMdl's fields as wdm.h's inlines read them; Size = sizeof(MDL) + 3 * 8;
+        # MDL_ALLOCATED_FIXED_SIZE (3 pages, no quota charged).
+        "IoAllocateMdl: va ok 1, byte count 2000, byte offset 10, size 48, flags 8",
         # MDL_SOURCE_IS_NONPAGED_POOL: the inline MmGetSystemAddressForMdlSafe returns
         # MappedSystemVa, the buffer itself; the frame is MmGetPhysicalAddress's.
-        "MmBuildMdlForNonPagedPool: flags 4, frame ok 1, system address is the buffer 1",
+        "MmBuildMdlForNonPagedPool: flags c, frame ok 1, system address is the buffer 1",
         # MDL_PAGES_LOCKED | MDL_WRITE_OPERATION | MDL_MAPPED_TO_SYSTEM_VA; one frame, two
         # addresses: a byte written through the view reads back through the buffer.
-        "mapped: flags 83, a second address 1, same frame 1, shared byte V, valid 1",
-        "unmapped: flags 82, valid 0",
-        "unlocked: flags 0; NULL valid 0",
+        "mapped: flags 8b, a second address 1, same frame 1, shared byte V, valid 1",
+        "unmapped: flags 8a, valid 0",
+        "unlocked: flags 8; NULL valid 0",
     ]
 
 

@@ -63,9 +63,10 @@ def io_get_requestor_process(ex: Executive, call: ExportCall) -> int:
 def io_allocate_mdl(ex: Executive, call: ExportCall) -> int:
     """PMDL IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp): an MDL
     for the buffer in NonPagedPoolNx, its frame numbers not yet filled in (emu.nt.io's
-    allocate_mdl); NULL if it cannot be had. ChargeQuota charges nothing here."""
+    allocate_mdl); NULL if it cannot be had. ChargeQuota charges nothing here (but, as on
+    Windows, such an MDL is not one of the I/O manager's fixed-size ones)."""
     return ex.io.allocate_mdl(call.arg(0), call.arg(1) & 0xFFFF_FFFF, call.arg(4),
-                              bool(call.arg(2) & 0xFF))
+                              bool(call.arg(2) & 0xFF), bool(call.arg(3) & 0xFF))
 
 
 @export("IoFreeMdl", dll="ntoskrnl.exe", elf=False)
