@@ -400,3 +400,51 @@ def test_a_process_ending_with_locked_pages_is_process_has_locked_pages_0(machin
     bc = r.bugcheck
     assert (bc.code, bc.params[0], bc.params[2:]) == (0x76, 0, (1, 0))
     assert m.executive.kernel_read_u64(bc.params[1] + ps.EPROCESS_UNIQUE_PROCESS_ID) == p.pid
+
+
+def test_an_import_of_ex_allocate_pool2_binds(machine_factory, apps, tmp_path):
+    # A driver linked against an import library that has ExAllocatePool2 (the current
+    # WDK's; here one llvm-dlltool makes from a .def) imports it by name: it binds.
+    import subprocess
+    import sys
+
+    import pefile
+    import ziglang
+
+    ddk = Path(ziglang.__file__).parent / "lib/libc/include/any-windows-any/ddk"
+    (tmp_path / "pool2.c").write_text(
+        "#include <ntddk.h>\n"
+        "NTKERNELAPI PVOID NTAPI ExAllocatePool2(ULONG64 Flags, SIZE_T NumberOfBytes,"
+        " ULONG Tag);\n"
+        "NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)\n"
+        "{\n"
+        "    UCHAR *p = ExAllocatePool2(0x40, 32, 'looP');\n"
+        "    UNREFERENCED_PARAMETER(DriverObject);\n"
+        "    UNREFERENCED_PARAMETER(RegistryPath);\n"
+        "    DbgPrint(\"pool2.sys: %d\\n\", p != NULL && p[31] == 0);\n"
+        "    ExFreePoolWithTag(p, 'looP');\n"
+        "    return STATUS_SUCCESS;\n"
+        "}\n")
+    (tmp_path / "pool2.def").write_text("LIBRARY ntoskrnl.exe\nEXPORTS\nExAllocatePool2\n")
+    zig = [sys.executable, "-m", "ziglang"]
+    cache = str(ROOT / "guest" / "build" / "zig-cache")
+    env = {"ZIG_GLOBAL_CACHE_DIR": cache, "ZIG_LOCAL_CACHE_DIR": cache,
+           "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> None:
+        subprocess.run([*zig, *args], cwd=tmp_path, env=env, check=True)
+
+    run("dlltool", "-m", "i386:x86-64", "-d", "pool2.def", "-l", "libpool2.a")
+    run("cc", "-target", "x86_64-windows-gnu", "-O2", "-fms-extensions", "-Wall", "-Werror",
+        f"-I{ddk}", "-c", "pool2.c", "-o", "pool2.o")
+    run("cc", "-target", "x86_64-windows-gnu", "-shared", "-nostdlib",
+        "-Wl,--subsystem,native", "-Wl,--entry,DriverEntry", "pool2.o", "-L.", "-lpool2",
+        "-lntoskrnl", "-o", "pool2.sys")
+    image = pefile.PE(str(tmp_path / "pool2.sys"))
+    imported = {i.name.decode() for d in image.DIRECTORY_ENTRY_IMPORT for i in d.imports}
+    assert "ExAllocatePool2" in imported
+    m = machine_factory()
+    m.add_driver(tmp_path / "pool2.sys")
+    m.spawn(apps / "hello", [])
+    r = m.run()
+    assert r.drivers[0].status == 0 and bytes(m.executive.debug_output) == b"pool2.sys: 1\n"
