@@ -311,6 +311,7 @@ def test_at_dispatch_level_a_page_not_present_is_irql_not_less_or_equal(machine_
     assert bc.code == BugCheckCode.IRQL_NOT_LESS_OR_EQUAL
     assert bc.params == (0x10000, 2, 0,
                          exports.pe_address_of("ntoskrnl.exe", "MmProbeAndLockPages"))
+    assert bc.location.startswith("pemdlbad.sys!DriverEntry+")       # the driver's call
 
 
 def test_unlocking_twice_is_process_has_locked_pages_1(machine_factory, apps):

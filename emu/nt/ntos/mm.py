@@ -6,6 +6,8 @@ The MDL work itself (locking, mapping, wdm.h's MDL in guest memory) is the I/O m
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from emu.hw import mmu
@@ -64,9 +66,10 @@ def mm_probe_and_lock_pages(ex: Executive, call: ExportCall) -> int:
 
     mode, operation = call.arg(1) & 0xFF, call.arg(2) & 0xFFFF_FFFF
     try:
-        ex.io.lock_pages(call.arg(0), user_mode=mode == USER_MODE,
-                         write=operation != IO_READ_ACCESS, irql=ex.irql,
-                         process=eprocess(ex, ex.current))
+        with _at_call_site(ex, call):
+            ex.io.lock_pages(call.arg(0), user_mode=mode == USER_MODE,
+                             write=operation != IO_READ_ACCESS, irql=ex.irql,
+                             process=eprocess(ex, ex.current))
     except UserAccessViolation:
         raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION) from None
     except UserStatus as err:
@@ -78,12 +81,20 @@ def mm_probe_and_lock_pages(ex: Executive, call: ExportCall) -> int:
 def mm_unlock_pages(ex: Executive, call: ExportCall) -> int:
     """VOID MmUnlockPages(PMDL MemoryDescriptorList): unmap its system view if it has one,
     then unlock its pages (a page not locked: bug check 0x4E, 7)."""
-    try:
+    with _at_call_site(ex, call):
         ex.io.unlock_pages(call.arg(0))
-    except BugCheck as bc:
-        bc.rip = call_site(ex, call.return_address)
-        raise
     return 0
+
+
+@contextlib.contextmanager
+def _at_call_site(ex: Executive, call: ExportCall) -> Iterator[None]:
+    """A bug check the I/O manager raises inside a routine names the driver's call."""
+    try:
+        yield
+    except BugCheck as bc:
+        if bc.rip is None:
+            bc.rip = call_site(ex, call.return_address)
+        raise
 
 
 def _map(ex: Executive, call: ExportCall, mdl: int, mode: int, bugcheck_on_failure: bool,
@@ -125,7 +136,8 @@ def mm_map_locked_pages(ex: Executive, call: ExportCall) -> int:
 @export("MmUnmapLockedPages", dll="ntoskrnl.exe", elf=False)
 def mm_unmap_locked_pages(ex: Executive, call: ExportCall) -> int:
     """VOID MmUnmapLockedPages(BaseAddress, Mdl): the system view at BaseAddress goes."""
-    ex.io.unmap_locked_pages(call.arg(0), call.arg(1))
+    with _at_call_site(ex, call):
+        ex.io.unmap_locked_pages(call.arg(0), call.arg(1))
     return 0
 
 
