@@ -15,8 +15,9 @@ IofCompleteRequest), MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm
 IoInitializeDpcRequest and IoRequestDpc (inlines over DEVICE_OBJECT.Dpc in wdm.h),
 KfRaiseIrql, KeLowerIrql and KeGetCurrentIrql (on x64 the headers inline IRQL as CR8),
 ProbeForRead/ProbeForWrite (Windows raises an exception; these return a status),
-PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System process, id 4), and
-MmCopyToUser/MmCopyFromUser (not Windows exports at all). The WDK's routines live in
+PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System process, id 4: PE
+drivers bind to emu.nt.ntos.ps's), and MmCopyToUser/MmCopyFromUser (not Windows exports
+at all). The WDK's routines live in
 emu.nt.ntos, one module per component (Ex, Io, Ke, Mm, Ps, Rtl, Hal).
 """
 
