@@ -6,6 +6,7 @@ Windows gives for each misuse, with Microsoft's parameters."""
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -449,3 +450,34 @@ def test_an_import_of_ex_allocate_pool2_binds(machine_factory, apps, tmp_path):
     m.spawn(apps / "hello", [])
     r = m.run()
     assert r.drivers[0].status == 0 and bytes(m.executive.debug_output) == b"pool2.sys: 1\n"
+
+
+@pytest.mark.parametrize("operation, mode, where, raised", [
+    (0, 1, "image", False),           # IoReadAccess of the app's code: fine
+    (1, 1, "image", True),            # IoWriteAccess of read-only code: access violation
+    (2, 0, "image", True),            # IoModifyAccess, KernelMode: still not writable
+    (1, 1, "stack", False),           # its stack is writable
+    (0, 1, "kstack", True),           # UserMode may not name a kernel address
+    (0, 0, "kstack", False),          # KernelMode may
+])
+def test_probe_and_lock_checks_the_access(apps, operation, mode, where, raised):
+    # Called from a driver running in a process's thread (as a dispatch routine is):
+    # the wrong access raises STATUS_ACCESS_VIOLATION, unhandled here (0x1E).
+    from test_kernel_fuzz import Scene, machines
+
+    from emu.nt.bugcheck import BugCheck
+
+    with machines() as make:
+        scene = Scene(make, apps, b"", (0, 0, 0))
+        ex = scene.ex
+        mdl = ex.io.allocate_mdl(scene.resolve(where), 16)
+        try:
+            scene.call("MmProbeAndLockPages", [mdl, mode, operation, 0], [0] * 7)
+        except BugCheck as bc:
+            assert raised and bc.code == 0x1E and bc.params[0] == 0xC000_0005
+            return
+        assert not raised
+        flags = int.from_bytes(ex.kernel_read(mdl + 0xA, 2), "little")
+        assert flags & 0x2 and bool(flags & 0x80) == (operation != 0)
+        (frame,) = struct.unpack("<Q", ex.kernel_read(mdl + 0x30, 8))
+        assert ex.mm.pfn.entries[frame].locks == 1
