@@ -68,7 +68,7 @@ class BadPoolCall(Exception):
 
     def __init__(self, params: tuple[int, int, int, int], message: str) -> None:
         super().__init__(message)
-        self.params = params
+        self.params = tuple(int(p) & 0xFFFF_FFFF_FFFF_FFFF for p in params)
 
 
 @dataclass

@@ -481,3 +481,27 @@ def test_probe_and_lock_checks_the_access(apps, operation, mode, where, raised):
         assert flags & 0x2 and bool(flags & 0x80) == (operation != 0)
         (frame,) = struct.unpack("<Q", ex.kernel_read(mdl + 0x30, 8))
         assert ex.mm.pfn.entries[frame].locks == 1
+
+
+@pytest.mark.parametrize("name, args, irql, params", [
+    # PagedPool freed at DISPATCH_LEVEL: (9, IRQL, pool type, address).
+    ("ExFreePoolWithTag", ["paged_block", 0x7A7A7546], 2, (9, 2, 1, "paged_block")),
+    ("ExFreePool", ["nx_block"], 3, (9, 3, 512, "nx_block")),   # nonpaged above DISPATCH
+    # MustSucceed pool types are no longer supported: (0x9A, type, size, tag).
+    ("ExAllocatePoolWithTag", [2, 0x20, 0x74736554], 0, (0x9A, 2, 0x20, 0x74736554)),
+    # ExAllocatePool2's POOL_FLAG_PAGED above APC_LEVEL: (8, IRQL, PagedPool, size).
+    ("ExAllocatePool2", [0x100, 0x20, 0x74736554], 2, (8, 2, 1, 0x20)),
+])
+def test_pool_misuse_at_any_irql_is_bad_pool_caller(apps, name, args, irql, params):
+    from test_kernel_fuzz import Scene, machines
+
+    from emu.nt.bugcheck import BugCheck
+
+    with machines() as make:
+        scene = Scene(make, apps, b"", (0, 0, 0))
+        scene.ex.irql = irql
+        with pytest.raises(BugCheck) as err:
+            scene.call(name, [scene.resolve(a) for a in args] + [0] * (4 - len(args)),
+                       [0] * 7)
+        assert err.value.code == 0xC2
+        assert err.value.params == tuple(scene.resolve(p) for p in params)
