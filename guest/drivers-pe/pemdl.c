@@ -13,7 +13,7 @@
  * (MmProbeAndLockPages, UserMode), mapped in system space (MmGetSystemAddressForMdlSafe),
  * then unlocked (MmUnlockPages) and freed (IoFreeMdl). Without __try/__except a bad
  * buffer is bug check 0x1E, as on Windows with no handler. IRP_MJ_CREATE prints who asked:
- * "pemdl.sys: opened by process N, 32-bit 0|1".
+ * "pemdl.sys: opened by process N, 32-bit 0|1 (current process: 0|1)".
  */
 #include <ntddk.h>
 
@@ -45,8 +45,8 @@ static NTSTATUS CreateClose(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
     UNREFERENCED_PARAMETER(DeviceObject);
     if (IoGetCurrentIrpStackLocation(Irp)->MajorFunction == IRP_MJ_CREATE)
-        DbgPrint("pemdl.sys: opened by process %u, 32-bit %d\n", IoGetRequestorProcessId(Irp),
-                 IoIs32bitProcess(Irp));
+        DbgPrint("pemdl.sys: opened by process %u, 32-bit %d (current process: %d)\n",
+                 IoGetRequestorProcessId(Irp), IoIs32bitProcess(Irp), IoIs32bitProcess(NULL));
     return Complete(Irp, STATUS_SUCCESS, 0);
 }
 

@@ -291,8 +291,10 @@ def test_io_is_32bit_process_tells_the_requestor(machine_factory, apps):
                                        ("services32", "ioctl"))
     assert r.bugcheck is None and p32.output.endswith(b"ioctl: desserts (8 bytes)\n")
     lines = lines_of(out, "pemdl")
-    assert f"opened by process {p64.pid}, 32-bit 0" in lines
-    assert f"opened by process {p32.pid}, 32-bit 1" in lines
+    # IoIs32bitProcess(Irp) asks about the requestor, IoIs32bitProcess(NULL) about the
+    # current process: the same one in a dispatch routine.
+    assert f"opened by process {p64.pid}, 32-bit 0 (current process: 0)" in lines
+    assert f"opened by process {p32.pid}, 32-bit 1 (current process: 1)" in lines
 
 
 def test_a_bad_user_buffer_raises_access_violation(machine_factory, apps):
@@ -505,3 +507,22 @@ def test_pool_misuse_at_any_irql_is_bad_pool_caller(apps, name, args, irql, para
                        [0] * 7)
         assert err.value.code == 0xC2
         assert err.value.params == tuple(scene.resolve(p) for p in params)
+
+
+def test_io_allocate_mdl_with_an_irp_chains_it(apps):
+    # SecondaryBuffer FALSE: the MDL becomes Irp->MdlAddress; TRUE: the last of the chain.
+    from test_kernel_fuzz import Scene, machines
+
+    from emu.nt import io
+
+    with machines() as make:
+        scene = Scene(make, apps, b"", (0, 0, 0))
+        ex = scene.ex
+        irp = ex.pools.allocate(512, io.IRP_SIZE, 0x20707249)
+        first = scene.call("IoAllocateMdl", [scene.image, 0x10, 0, 0], [irp] + [0] * 6).rax
+        second = scene.call("IoAllocateMdl", [scene.image, 0x20, 1, 1], [irp] + [0] * 6).rax
+        assert ex.kernel_read_u64(irp + io.IRP_MDL) == first
+        assert ex.kernel_read_u64(first) == second and ex.kernel_read_u64(second) == 0
+        # ChargeQuota: not one of the fixed-size MDLs.
+        assert ex.kernel_read(first + io.MDL_FLAGS, 2) == b"\x08\x00"
+        assert ex.kernel_read(second + io.MDL_FLAGS, 2) == b"\x00\x00"
