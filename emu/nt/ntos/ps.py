@@ -15,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from emu.nt.exports import ExportCall, export
+from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.pool import PoolType
 
 if TYPE_CHECKING:
@@ -48,7 +49,10 @@ def eprocess(ex: Executive, proc: Process | None) -> int:
     table = _table(ex)
     address = table.of.get(proc)
     if address is None:
-        address = ex.pools.carve(PoolType.NonPagedPoolNx, EPROCESS_SIZE, TAG_PROCESS)
+        try:
+            address = ex.pools.carve(PoolType.NonPagedPoolNx, EPROCESS_SIZE, TAG_PROCESS)
+        except OutOfFrames:         # no RAM left for the object (Windows made it with the
+            return 0                # process): NULL, and the next call tries again
         raw = bytearray(EPROCESS_SIZE)
         struct.pack_into("<BBBB", raw, 0, PROCESS_OBJECT, 0, EPROCESS_SIZE // 4, 0)
         struct.pack_into("<Q", raw, EPROCESS_UNIQUE_PROCESS_ID, process_id(proc))
