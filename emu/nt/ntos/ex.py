@@ -19,7 +19,7 @@ from emu.nt.exports import (
     format_message,
     free_pool,
 )
-from emu.nt.pool import TAG_NONE, PoolType
+from emu.nt.pool import POOL_RAISE_IF_ALLOCATION_FAILURE, TAG_NONE, PoolType
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
@@ -75,7 +75,10 @@ def ex_allocate_pool2(ex: Executive, call: ExportCall) -> int:
 def ex_allocate_pool(ex: Executive, call: ExportCall) -> int:
     """PVOID ExAllocatePool(PoolType, NumberOfBytes): ExAllocatePoolWithTag with the tag
     'None', as Windows gives it."""
-    return allocate_pool(ex, call, call.arg(0) & 0xFFFF_FFFF, call.arg(1), TAG_NONE)
+    pool_type = call.arg(0) & 0xFFFF_FFFF
+    return allocate_pool(ex, call, pool_type & ~POOL_RAISE_IF_ALLOCATION_FAILURE, call.arg(1),
+                         TAG_NONE,
+                         raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
 
 @export("ExFreePool", dll="ntoskrnl.exe", elf=False)
