@@ -70,6 +70,7 @@ IRP_STATUS, IRP_INFORMATION = _IRP["IoStatus.Status"], _IRP["IoStatus.Informatio
 IRP_REQUESTOR_MODE, IRP_USER_BUFFER = _IRP["RequestorMode"], _IRP["UserBuffer"]
 IRP_STACK_COUNT, IRP_CURRENT_LOCATION = _IRP["StackCount"], _IRP["CurrentLocation"]
 IRP_CURRENT_STACK = _IRP["Tail.Overlay.CurrentStackLocation"]
+IRP_THREAD = _IRP["Tail.Overlay.Thread"]
 IRP_STACK = _IRP.size
 STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = (_STK["MajorFunction"], _STK["Parameters.Read.Length"],
                                            _STK["DeviceObject"])
@@ -262,6 +263,15 @@ class IoManager:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def _requested_by(self, record: IrpRecord, thread: Thread) -> None:
+        """Irp->Tail.Overlay.Thread: the requesting thread's ETHREAD, as the I/O manager
+        sets it (IoGetRequestorProcess and IoIs32bitProcess go by it)."""
+        from emu.nt.ntos.ps import ethread
+
+        record.thread = thread
+        self.ex.kernel_write(record.address + IRP_THREAD,
+                             struct.pack("<Q", ethread(self.ex, thread)))
+
     def _dispatch_routine(self, device: Device, major: int) -> int:
         return self.ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
                                        + 8 * major)
@@ -279,7 +289,7 @@ class IoManager:
         if not dispatch:
             return NTSTATUS.STATUS_SUCCESS
         irp, record = self._new_irp(major, device, 0, 0, 0, 0)
-        record.thread = thread
+        self._requested_by(record, thread)
         status = self._call(dispatch, thread, device, irp)
         return self._finish(record, major, 0, 0, 0, 0, 0, status)
 
@@ -366,7 +376,7 @@ class IoManager:
         except UserAccessViolation:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(major, device, length, mdl, system_buffer, buffer)
-        record.thread = thread
+        self._requested_by(record, thread)
         status = self._call(dispatch, thread, device, irp)
         if async_done is not None:
             finish, box, record_box = async_done
@@ -411,7 +421,7 @@ class IoManager:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(IRP_MJ_DEVICE_CONTROL, device, 0, mdl, system_buffer,
                                     out_buffer)
-        record.thread = thread
+        self._requested_by(record, thread)
         stack = irp + IRP_STACK
         for offset, fmt, value in (
                 (STACK_OUTPUT_LENGTH, "<I", out_length), (STACK_INPUT_LENGTH, "<I", in_length),

@@ -11,6 +11,7 @@
 
 /* Declared in ntifs.h, not ntddk.h; exported by ntoskrnl.exe (and in its import library). */
 NTKERNELAPI ULONG NTAPI IoGetRequestorProcessId(PIRP Irp);
+NTKERNELAPI BOOLEAN NTAPI PsIsSystemThread(PETHREAD Thread);
 
 static void Say(ULONG Level, PCSTR Format, ...)
 {
@@ -37,6 +38,10 @@ static NTSTATUS Create(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     Where("IRP_MJ_CREATE");
     DbgPrint("pedbg.sys: requestor %u, 32-bit %d\n", IoGetRequestorProcessId(Irp),
              IoIs32bitProcess(Irp));
+    DbgPrint("pedbg.sys: Irp->Tail.Overlay.Thread: thread %u of process %u, system thread %d\n",
+             (ULONG)(ULONG_PTR)PsGetThreadId(Irp->Tail.Overlay.Thread),
+             (ULONG)(ULONG_PTR)PsGetThreadProcessId(Irp->Tail.Overlay.Thread),
+             PsIsSystemThread(Irp->Tail.Overlay.Thread));
     Irp->IoStatus.Status = STATUS_SUCCESS;
     Irp->IoStatus.Information = 0;
     IoCompleteRequest(Irp, IO_NO_INCREMENT);

@@ -192,6 +192,8 @@ def test_a_dispatch_routine_runs_in_the_requestor_s_process(machine_factory, app
     assert (f"IRP_MJ_CREATE: process {pid} (PsGetProcessId {pid}, PsGetCurrentProcess same 1), "
             f"thread {tid}, 32-bit 0") in lines
     assert f"requestor {pid}, 32-bit 0" in lines
+    # The IRP's Tail.Overlay.Thread is the requesting thread's ETHREAD.
+    assert f"Irp->Tail.Overlay.Thread: thread {tid} of process {pid}, system thread 0" in lines
 
 
 def test_the_elf_drivers_keep_process_id_0_in_driver_entry():

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.nt.exports import ExportCall, bad_pool_caller, export
-from emu.nt.ntos.ps import current_eprocess, eprocess, process_id
+from emu.nt.io import IRP_THREAD
+from emu.nt.ntos.ps import ETHREAD_PROCESS, current_eprocess, eprocess, process_at, process_id
 from emu.nt.pool import BadPoolCall
 
 if TYPE_CHECKING:
@@ -22,19 +23,22 @@ def io_get_current_process(ex: Executive, call: ExportCall) -> int:
 
 
 def _requestor(ex: Executive, irp: int) -> tuple[bool, Process | None]:
-    """(whether ``irp`` is a live IRP of the I/O manager, the process of the thread that
-    asked for it: Irp->Tail.Overlay.Thread's process on Windows)."""
-    record = ex.io.irps.get(irp)
-    if record is None or record.thread is None:
+    """(whether the IRP names a requesting thread the I/O manager knows, its process): read
+    from Irp->Tail.Overlay.Thread, as Windows' IoGetRequestorProcess does (so an unmapped
+    IRP pointer is bug check 0x50)."""
+    thread = ex.kernel_read_u64(irp + IRP_THREAD)
+    if not thread:
         return False, None
-    return True, record.thread.process
+    known, proc = process_at(ex, ex.kernel_read_u64(thread + ETHREAD_PROCESS))
+    return known, proc
 
 
 @export("IoIs32bitProcess", dll="ntoskrnl.exe", elf=False)
 def io_is_32bit_process(ex: Executive, call: ExportCall) -> int:
-    """BOOLEAN IoIs32bitProcess(PIRP Irp OPTIONAL): whether the IRP's requestor (the current
-    process when Irp is NULL) is a 32-bit process (a WOW64 one on Windows). FALSE for an IRP
-    the I/O manager did not make and for the System process."""
+    """BOOLEAN IoIs32bitProcess(PIRP Irp OPTIONAL): whether the IRP's requestor (the process
+    of Irp->Tail.Overlay.Thread; the current process when Irp is NULL) is a 32-bit process
+    (a WOW64 one on Windows). FALSE for an IRP with no requesting thread and for the System
+    process."""
     if call.arg(0):
         _, proc = _requestor(ex, call.arg(0))
     else:
@@ -44,8 +48,8 @@ def io_is_32bit_process(ex: Executive, call: ExportCall) -> int:
 
 @export("IoGetRequestorProcessId", dll="ntoskrnl.exe", elf=False)
 def io_get_requestor_process_id(ex: Executive, call: ExportCall) -> int:
-    """ULONG IoGetRequestorProcessId(PIRP Irp): the id of the process that sent the IRP, 0
-    if there is none (an IRP the I/O manager did not make)."""
+    """ULONG IoGetRequestorProcessId(PIRP Irp): the id of the process that sent the IRP
+    (Irp->Tail.Overlay.Thread's), 0 if it names no thread."""
     known, proc = _requestor(ex, call.arg(0))
     return process_id(proc) if known else 0
 

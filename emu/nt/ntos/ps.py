@@ -5,7 +5,9 @@ a small object in NonPagedPoolNx, made the first time a driver asks for a proces
 DISPATCHER_HEADER whose Type is ProcessObject (3) and the process id at
 EPROCESS_UNIQUE_PROCESS_ID (this machine's offset, not Windows'). The System process (id 4)
 has one too: it is the current process wherever no process's thread is on the CPU
-(DriverEntry and DriverUnload, which Windows runs in the System process).
+(DriverEntry and DriverUnload, which Windows runs in the System process). A PETHREAD (what
+an IRP's Tail.Overlay.Thread holds) is made the same way: Type ThreadObject (6), the thread
+id at ETHREAD_UNIQUE_THREAD_ID and its process's PEPROCESS at ETHREAD_PROCESS.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from emu.nt.pool import PoolType
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
-    from emu.nt.process import Process
+    from emu.nt.process import Process, Thread
 
 SYSTEM_PROCESS_ID = 4            # the System process, as on Windows
 SYSTEM_THREAD_ID = 8             # the System thread DriverEntry and DriverUnload run in
@@ -28,6 +30,11 @@ PROCESS_OBJECT = 3               # KOBJECTS' ProcessObject: DISPATCHER_HEADER.Ty
 EPROCESS_SIZE = 0x80
 EPROCESS_UNIQUE_PROCESS_ID = 0x40
 TAG_PROCESS = 0x636F7250         # 'Proc'
+THREAD_OBJECT = 6                # KOBJECTS' ThreadObject
+ETHREAD_SIZE = 0x80
+ETHREAD_UNIQUE_THREAD_ID = 0x40
+ETHREAD_PROCESS = 0x48
+TAG_THREAD = 0x65726854          # 'Thre'
 
 _objects: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -38,6 +45,7 @@ class _Objects:
     def __init__(self) -> None:
         self.of: dict[Process | None, int] = {}      # process (None: System) -> EPROCESS
         self.at: dict[int, Process | None] = {}      # EPROCESS -> process
+        self.threads: dict[Thread, int] = {}         # thread -> ETHREAD
 
 
 def _table(ex: Executive) -> _Objects:
@@ -58,6 +66,24 @@ def eprocess(ex: Executive, proc: Process | None) -> int:
         struct.pack_into("<Q", raw, EPROCESS_UNIQUE_PROCESS_ID, process_id(proc))
         ex.kernel_write(address, bytes(raw))
         table.of[proc], table.at[address] = address, proc
+    return address
+
+
+def ethread(ex: Executive, thread: Thread) -> int:
+    """The ETHREAD of ``thread``, made on first use (0 if there is no RAM for it)."""
+    table = _table(ex)
+    address = table.threads.get(thread)
+    if address is None:
+        process = eprocess(ex, thread.process)
+        try:
+            address = ex.pools.carve(PoolType.NonPagedPoolNx, ETHREAD_SIZE, TAG_THREAD)
+        except OutOfFrames:
+            return 0
+        raw = bytearray(ETHREAD_SIZE)
+        struct.pack_into("<BBBB", raw, 0, THREAD_OBJECT, 0, ETHREAD_SIZE // 4, 0)
+        struct.pack_into("<QQ", raw, ETHREAD_UNIQUE_THREAD_ID, thread.tid, process)
+        ex.kernel_write(address, bytes(raw))
+        table.threads[thread] = address
     return address
 
 
@@ -106,3 +132,31 @@ def ps_get_current_process(ex: Executive, call: ExportCall) -> int:
     """PEPROCESS PsGetCurrentProcess(void): ntoskrnl's export of what wdm.h defines as
     IoGetCurrentProcess."""
     return current_eprocess(ex)
+
+
+@export("PsGetThreadId", dll="ntoskrnl.exe", elf=False)
+def ps_get_thread_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetThreadId(PETHREAD Thread): the id stored in the object (read as Windows
+    reads its field)."""
+    return ex.kernel_read_u64(call.arg(0) + ETHREAD_UNIQUE_THREAD_ID)
+
+
+@export("PsGetThreadProcessId", dll="ntoskrnl.exe", elf=False)
+def ps_get_thread_process_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetThreadProcessId(PETHREAD Thread): the id of the thread's process."""
+    process = ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
+    return ex.kernel_read_u64(process + EPROCESS_UNIQUE_PROCESS_ID)
+
+
+@export("PsGetThreadProcess", dll="ntoskrnl.exe", elf=False)
+def ps_get_thread_process(ex: Executive, call: ExportCall) -> int:
+    """PEPROCESS PsGetThreadProcess(PETHREAD Thread) (ntifs.h): the thread's process."""
+    return ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
+
+
+@export("PsIsSystemThread", dll="ntoskrnl.exe", elf=False)
+def ps_is_system_thread(ex: Executive, call: ExportCall) -> int:
+    """BOOLEAN PsIsSystemThread(PETHREAD Thread) (ntifs.h): whether the thread belongs to the
+    System process (an app's thread, the requestor of an IRP, does not)."""
+    process = ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
+    return int(process != 0 and process == eprocess(ex, None))
