@@ -87,6 +87,10 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
            ("the exception code", "the instruction that raised it",
             "the context record (a PE driver's exception; 0 for an ELF driver's fault)",
             "reserved")),
+    0x3F: ("no system PTEs were left for a view of an MDL (MmMapLockedPages, or "
+           "MmMapLockedPagesSpecifyCache with BugCheckOnFailure)",
+           ("value", "value", "value", "value"),
+           ("the PTE type (0)", "the pages asked for", "reserved", "reserved")),
     0x44: ("a driver completed an IRP that was already completed",
            ("addr", "none", "none", "none"), ("the IRP", "reserved", "reserved", "reserved")),
     0x4E: ("the PFN database and the page tables disagree about a frame",
@@ -96,6 +100,11 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     0x50: ("kernel-mode code referenced memory that is not mapped (or not valid)",
            ("addr", "acc50", "rip", "none"),
            ("the memory referenced", "the access", "the instruction that referenced it",
+            "reserved")),
+    0x76: ("a driver left pages locked in a process that ended (parameter 1 = 0), or "
+           "unlocked pages that were not locked (1)", ("value", "addr", "value", "none"),
+           ("0: a process ended with locked pages, 1: MmUnlockPages of pages not locked",
+            "the process (0) or the MDL (1)", "the pages locked in that process",
             "reserved")),
     0x7A: ("a page of kernel data (PagedPool) could not be read back from the pagefile",
            ("value", "status", "pte", "addr"),
@@ -112,15 +121,21 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     0xBE: ("a driver wrote to read-only memory (CR0.WP=1 holds ring 0 to R/W=0)",
            ("addr", "pte", "none", "none"),
            ("the address written", "the PTE", "reserved", "reserved")),
-    0xC2: ("a bad pool request (ExFreePoolWithTag)", ("value", "none", "addr", "none"),
-           ("the violation: 7 = freeing a block already freed, or not a block, or with the "
-            "wrong tag", "reserved", "the block's address", "reserved")),
+    0xC2: ("a bad pool request (an allocation or a free the pool refuses)",
+           ("value", "value", "value", "value"),
+           ("the violation (7: freed twice, 8/9: allocated/freed at a bad IRQL, 0xA: wrong "
+            "tag, 0x40/0x42/0x46/0x50: not a pool block, 0x9A: MustSucceed)",
+            "by parameter 1 (Bug Check 0xC2's table)", "by parameter 1",
+            "by parameter 1")),
     0xC4: ("a driver broke a rule the verifier checks", ("value", "addr", "none", "none"),
            ("the rule", "the object involved", "reserved", "reserved")),
     0xD1: ("a driver touched pageable memory at DISPATCH_LEVEL or above, where no page "
            "fault may be taken", ("addr", "irql", "accd1", "rip"),
            ("the memory referenced", "the IRQL at the time", "the access",
             "the instruction that referenced it")),
+    0xDA: ("a driver misused system PTEs: MmUnmapLockedPages of an MDL view that is not "
+           "mapped (parameter 1 = 6)", ("value", "addr", "addr", "value"),
+           ("the violation", "the MDL", "the address given", "the pages")),
     0xE2: ("the machine was stopped on purpose (KeBugCheckEx called by a driver)",
            ("value",) * 4, ("chosen by the caller",) * 4),
     0xFC: ("an attempt to execute non-executable memory (NX=1, or a user page under SMEP)",

@@ -26,10 +26,12 @@ class BugCheckCode(enum.IntEnum):
     MEMORY_MANAGEMENT = 0x1A                 # emu.nt.mm.corruption: parameter 1 says what
     KMODE_EXCEPTION_NOT_HANDLED = 0x1E
     SYSTEM_SERVICE_EXCEPTION = 0x3B
+    NO_MORE_SYSTEM_PTES = 0x3F               # emu.nt.ntos.mm: an MDL view that cannot be made
     MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
     IRQL_GT_ZERO_AT_SYSTEM_SERVICE = 0x4A    # emu.nt.io: a dispatch routine left it raised
     PFN_LIST_CORRUPT = 0x4E                  # emu.nt.mm.pfn: parameter 1 says what
     PAGE_FAULT_IN_NONPAGED_AREA = 0x50
+    PROCESS_HAS_LOCKED_PAGES = 0x76          # emu.nt.io: MmUnlockPages of pages not locked
     KERNEL_DATA_INPAGE_ERROR = 0x7A          # emu.nt.mm.paging: PagedPool not read back
     SYSTEM_THREAD_EXCEPTION_NOT_HANDLED = 0x7E   # emu.nt.seh: DriverEntry/DriverUnload
     UNEXPECTED_KERNEL_MODE_TRAP = 0x7F
@@ -39,6 +41,7 @@ class BugCheckCode(enum.IntEnum):
     BAD_POOL_CALLER = 0xC2
     DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
     DRIVER_IRQL_NOT_LESS_OR_EQUAL = 0xD1
+    SYSTEM_PTE_MISUSE = 0xDA                 # emu.nt.io: MmUnmapLockedPages of no view
     MANUALLY_INITIATED_CRASH = 0xE2
     ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
     KERNEL_SECURITY_CHECK_FAILURE = 0x139    # __fastfail (int 0x29) at ring 0

@@ -15,8 +15,9 @@ IofCompleteRequest), MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm
 IoInitializeDpcRequest and IoRequestDpc (inlines over DEVICE_OBJECT.Dpc in wdm.h),
 KeLowerIrql (the dialect never raises; emu.nt.ntos.ke has the WDK's),
 ProbeForRead/ProbeForWrite (Windows raises an exception; these return a status),
-PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System process, id 4), and
-MmCopyToUser/MmCopyFromUser (not Windows exports at all). The WDK's routines live in
+PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System process, id 4: PE
+drivers bind to emu.nt.ntos.ps's), and MmCopyToUser/MmCopyFromUser (not Windows exports
+at all). The WDK's routines live in
 emu.nt.ntos, one module per component (Ex, Io, Ke, Mm, Ps, Rtl, Hal).
 """
 
@@ -32,6 +33,7 @@ from emu.hw.faultaddr import decode
 from emu.nt import kintr, layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.mm.pfn import OutOfFrames
+from emu.nt.pool import POOL_RAISE_IF_ALLOCATION_FAILURE, BadPoolCall
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
@@ -267,21 +269,49 @@ def ke_bug_check_ex(ex: Executive, call: ExportCall) -> int:
 
 @export("ExAllocatePoolWithTag", dll="ntoskrnl.exe")
 def ex_allocate_pool_with_tag(ex: Executive, call: ExportCall) -> int:
-    """PVOID ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag): NULL if it cannot."""
+    """PVOID ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag): NULL if it cannot (or, with
+    POOL_RAISE_IF_ALLOCATION_FAILURE in PoolType, STATUS_INSUFFICIENT_RESOURCES raised); a
+    bad IRQL or a MustSucceed type is bug check 0xC2 (emu.nt.pool)."""
+    pool_type = call.arg(0) & 0xFFFF_FFFF
+    return allocate_pool(ex, call, pool_type & ~POOL_RAISE_IF_ALLOCATION_FAILURE, call.arg(1),
+                         call.arg(2) & 0xFFFF_FFFF,
+                         raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
+
+
+def allocate_pool(ex: Executive, call: ExportCall, pool_type: int, size: int, tag: int, *,
+                  raise_on_failure: bool = False) -> int:
+    """The pool routines' allocation: the block, or NULL ("if there is insufficient memory in
+    the free pool"), or ExceptionRaised(STATUS_INSUFFICIENT_RESOURCES) if asked to raise."""
     try:
-        return ex.pools.allocate(call.arg(0) & 0xFFFF_FFFF, call.arg(1),
-                                 call.arg(2) & 0xFFFF_FFFF)
+        block = ex.pools.allocate(pool_type, size, tag, ex.irql)
+    except BadPoolCall as err:
+        raise bad_pool_caller(ex, call, err) from None
     except OutOfFrames:
-        return 0            # "NULL if there is insufficient memory in the free pool"
+        block = 0
+    if not block and raise_on_failure:
+        raise ExceptionRaised(NTSTATUS.STATUS_INSUFFICIENT_RESOURCES)
+    return block
+
+
+def bad_pool_caller(ex: Executive, call: ExportCall, err: BadPoolCall) -> BugCheck:
+    """Bug check 0xC2 BAD_POOL_CALLER with the parameters of the violation."""
+    name = name_at(ex.cpu.rip) or "the pool"
+    return BugCheck(BAD_POOL_CALLER, err.params, call_site(ex, call.return_address),
+                    f"{name}: {err}")
 
 
 @export("ExFreePoolWithTag", dll="ntoskrnl.exe")
 def ex_free_pool_with_tag(ex: Executive, call: ExportCall) -> int:
     """VOID ExFreePoolWithTag(P, Tag): a bad free is bug check 0xC2 BAD_POOL_CALLER."""
-    problem = ex.pools.free(call.arg(0), call.arg(1) & 0xFFFF_FFFF)
-    if problem is not None:
-        raise BugCheck(BAD_POOL_CALLER, (7, 0, call.arg(0), 0), call.return_address,
-                       f"ExFreePoolWithTag: {problem}")
+    return free_pool(ex, call, call.arg(0), call.arg(1) & 0xFFFF_FFFF)
+
+
+def free_pool(ex: Executive, call: ExportCall, address: int, tag: int) -> int:
+    """The pool routines' free (emu.nt.pool's checks; a Tag of 0 matches any block)."""
+    try:
+        ex.pools.free(address, tag, ex.irql)
+    except BadPoolCall as err:
+        raise bad_pool_caller(ex, call, err) from None
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from emu.nt import layout, wdm
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.mm.address_space import Protection, leaf_flags
-from emu.nt.mm.pfn import PfnListCorrupt
+from emu.nt.mm.pfn import OutOfFrames, PfnListCorrupt
 from emu.nt.ob import Event, ObjectType
 from emu.nt.pool import PoolType
 from emu.nt.status import NTSTATUS
@@ -71,6 +71,7 @@ IRP_STATUS, IRP_INFORMATION = _IRP["IoStatus.Status"], _IRP["IoStatus.Informatio
 IRP_REQUESTOR_MODE, IRP_USER_BUFFER = _IRP["RequestorMode"], _IRP["UserBuffer"]
 IRP_STACK_COUNT, IRP_CURRENT_LOCATION = _IRP["StackCount"], _IRP["CurrentLocation"]
 IRP_CURRENT_STACK = _IRP["Tail.Overlay.CurrentStackLocation"]
+IRP_THREAD = _IRP["Tail.Overlay.Thread"]
 IRP_STACK = _IRP.size
 STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = (_STK["MajorFunction"], _STK["Parameters.Read.Length"],
                                            _STK["DeviceObject"])
@@ -88,6 +89,17 @@ MDL_FLAGS, MDL_PFN = _MDL["MdlFlags"], _MDL.size
 # MdlFlags (wdm.h): the header's inline MmGetSystemAddressForMdlSafe returns MappedSystemVa
 # as it is when MDL_MAPPED_TO_SYSTEM_VA is set, and calls MmMapLockedPagesSpecifyCache if not.
 MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED = 0x0001, 0x0002
+MDL_SOURCE_IS_NONPAGED_POOL, MDL_ALLOCATED_FIXED_SIZE = 0x0004, 0x0008
+MDL_WRITE_OPERATION = 0x0080
+# IoAllocateMdl takes an MDL of up to 17 pages from the I/O manager's fixed-size MDLs
+# (IOP_FIXED_SIZE_MDL_PFNS) unless it charges quota, and marks it MDL_ALLOCATED_FIXED_SIZE.
+IOP_FIXED_SIZE_MDL_PFNS = 17
+# MM_PAGE_PRIORITY's flag bits (wdm.h, Windows 8): how MmMapLockedPagesSpecifyCache maps.
+MDL_MAPPING_NO_WRITE, MDL_MAPPING_NO_EXECUTE = 0x8000_0000, 0x4000_0000
+MAX_MDL_LENGTH = (4 << 30) - layout.PAGE_SIZE
+DISPATCH_LEVEL = 2
+PROCESS_HAS_LOCKED_PAGES = BugCheckCode.PROCESS_HAS_LOCKED_PAGES
+SYSTEM_PTE_MISUSE = BugCheckCode.SYSTEM_PTE_MISUSE
 MAX_TRANSFER = 1 << 20
 TAG_IRP, TAG_BUFFER, TAG_MDL, TAG_DEVICE = 0x20707249, 0x66754249, 0x206C644D, 0x20766544
 
@@ -117,6 +129,7 @@ class IrpRecord:
     done: Event | None = None          # what the requesting thread waits on, once pended
     on_complete: object = None         # asynchronous I/O: finish it when the IRP completes
     information: int = 0               # IoStatus.Information, once finished
+    thread: Thread | None = None       # the requesting thread (IoGetRequestorProcess)
 
 
 class IoManager:
@@ -130,6 +143,9 @@ class IoManager:
         self.irps: dict[int, IrpRecord] = {}
         self.dpc_routines: dict[int, int] = {}      # DEVICE_OBJECT -> its DpcForIsr
         self._system_ptes = layout.KERNEL_SYSTEM_PTES
+        self._views: dict[int, tuple[int, int]] = {}  # system view -> (its MDL, its pages)
+        self._own_mdls: set[int] = set()             # direct-I/O MDLs of requests in flight
+        ex.exit_observers.append(self._no_pages_locked)
 
     # -- driver objects and devices -------------------------------------------------------
 
@@ -243,6 +259,15 @@ class IoManager:
 
     # -- requests ---------------------------------------------------------------------------
 
+    def _requested_by(self, record: IrpRecord, thread: Thread) -> None:
+        """Irp->Tail.Overlay.Thread: the requesting thread's ETHREAD, as the I/O manager
+        sets it (IoGetRequestorProcess and IoIs32bitProcess go by it)."""
+        from emu.nt.ntos.ps import ethread
+
+        record.thread = thread
+        self.ex.kernel_write(record.address + IRP_THREAD,
+                             struct.pack("<Q", ethread(self.ex, thread)))
+
     def _dispatch_routine(self, device: Device, major: int) -> int:
         return self.ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
                                        + 8 * major)
@@ -260,6 +285,7 @@ class IoManager:
         if not dispatch:
             return NTSTATUS.STATUS_SUCCESS
         irp, record = self._new_irp(major, device, 0, 0, 0, 0)
+        self._requested_by(record, thread)
         status = self._call(dispatch, thread, device, irp)
         return self._finish(record, major, 0, 0, 0, 0, 0, status)
 
@@ -346,6 +372,7 @@ class IoManager:
         except UserAccessViolation:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(major, device, length, mdl, system_buffer, buffer)
+        self._requested_by(record, thread)
         status = self._call(dispatch, thread, device, irp)
         if async_done is not None:
             finish, box, record_box = async_done
@@ -390,6 +417,7 @@ class IoManager:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
         irp, record = self._new_irp(IRP_MJ_DEVICE_CONTROL, device, 0, mdl, system_buffer,
                                     out_buffer)
+        self._requested_by(record, thread)
         stack = irp + IRP_STACK
         for offset, fmt, value in (
                 (STACK_OUTPUT_LENGTH, "<I", out_length), (STACK_INPUT_LENGTH, "<I", in_length),
@@ -470,36 +498,226 @@ class IoManager:
         del self.irps[irp]
         if mdl:
             self._unlock_mdl(mdl)
-        for block, tag in ((irp, TAG_IRP), (system_buffer, TAG_BUFFER), (mdl, TAG_MDL)):
+        for block in (irp, system_buffer, mdl):
             if block:
-                ex.pools.free(block, tag)
+                ex.pools.release(block)
         return result
 
     def _probe_and_lock(self, buffer: int, length: int, access: str) -> int:
-        """MmProbeAndLockPages: an MDL listing the frames of the caller's buffer (each page
-        checked from user mode for ``access``, and made present)."""
-        from emu.nt.syscalls import UserAccessViolation, _user_pages
+        """The I/O manager's MmProbeAndLockPages for direct I/O: a new MDL for the caller's
+        buffer, its pages checked from user mode for ``access``, made present and locked
+        (UserAccessViolation / UserStatus if they cannot be)."""
+        from emu.nt.syscalls import UserAccessViolation
+
+        # As NtReadFile/NtDeviceIoControlFile do: IoAllocateMdl(Buffer, Length, FALSE,
+        # TRUE, Irp), quota charged.
+        mdl = self.allocate_mdl(buffer, max(length, 1), charge_quota=True)
+        if not mdl:
+            raise UserAccessViolation(buffer)
+        if length == 0:          # the MDL describes what it locked: at least the first byte
+            self.ex.kernel_write(mdl + MDL_BYTE_COUNT, struct.pack("<I", 0))
+        try:
+            self.lock_pages(mdl, user_mode=True, write=access == "write")
+        except BaseException:
+            self.ex.pools.release(mdl)
+            raise
+        self._own_mdls.add(mdl)
+        return mdl
+
+    # -- MDLs (wdm.h's MDL: the header, then one frame number per page of the span) ----------
+
+    def mdl_pages(self, mdl: int) -> int:
+        """The pages the MDL's buffer spans."""
+        return self._mdl_span(mdl)[2]
+
+    def _mdl_span(self, mdl: int) -> tuple[int, int, int]:
+        """(the buffer's address, its byte count, the pages it spans) of ``mdl``: StartVa +
+        ByteOffset, ByteCount, ADDRESS_AND_SIZE_TO_SPAN_PAGES (at least one page)."""
+        start = self.ex.kernel_read_u64(mdl + MDL_START_VA)
+        count, offset = struct.unpack("<II", self.ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
+        va = (start + offset) & 0xFFFF_FFFF_FFFF_FFFF
+        return va, count, span_pages(va, max(count, 1))
+
+    def allocate_mdl(self, va: int, length: int, irp: int = 0, secondary: bool = False,
+                     charge_quota: bool = False) -> int:
+        """IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp): an MDL in
+        NonPagedPoolNx, initialised as MmInitializeMdl does (StartVa the page of ``va``,
+        ByteOffset, ByteCount, Size with room for a frame number per page); MdlFlags is
+        MDL_ALLOCATED_FIXED_SIZE when the I/O manager's fixed-size MDLs hold it (at most
+        IOP_FIXED_SIZE_MDL_PFNS pages, no quota charged), else 0. Its frame numbers are not
+        filled in. With an Irp it becomes Irp->MdlAddress, or with
+        SecondaryBuffer the last of that chain (through Next). 0 (NULL) for a Length above
+        4 GiB - PAGE_SIZE (the IoAllocateMdl reference's limit since Windows 7) or no RAM."""
+        if length > MAX_MDL_LENGTH:
+            return 0
+        pages = span_pages(va, max(length, 1))
+        size = MDL_PFN + 8 * pages
+        try:
+            mdl = self.ex.pools.carve(PoolType.NonPagedPoolNx, size, TAG_MDL)
+        except OutOfFrames:
+            return 0
+        if not mdl:
+            return 0
+        raw = bytearray(MDL_PFN)
+        # MDL.Size is a CSHORT: an MDL over 8184 pages keeps the low 16 bits of its size.
+        fixed = MDL_ALLOCATED_FIXED_SIZE if pages <= IOP_FIXED_SIZE_MDL_PFNS and \
+            not charge_quota else 0
+        struct.pack_into("<HH", raw, MDL_SIZE, size & 0xFFFF, fixed)
+        struct.pack_into("<Q", raw, MDL_START_VA, va & ~0xFFF)
+        struct.pack_into("<II", raw, MDL_BYTE_COUNT, length & 0xFFFF_FFFF, va & 0xFFF)
+        self.ex.kernel_write(mdl, bytes(raw))
+        if irp:
+            link = irp + IRP_MDL
+            if secondary:
+                seen: set[int] = set()
+                while (current := self.ex.kernel_read_u64(link)) and current not in seen:
+                    seen.add(current)
+                    link = current + _MDL["Next"]
+            self.ex.kernel_write(link, struct.pack("<Q", mdl))
+        return mdl
+
+    def free_mdl(self, mdl: int, irql: int) -> None:
+        """IoFreeMdl: the MDL's memory goes back to the pool (a second free, or an address
+        that is no MDL block, raises BadPoolCall: bug check 0xC2, as Windows)."""
+        self.ex.pools.free(mdl, 0, irql)
+
+    def build_for_nonpaged_pool(self, mdl: int) -> None:
+        """MmBuildMdlForNonPagedPool: the frame of each page of the MDL's buffer, read from the
+        page tables now (no lock: nonpaged memory stays); MDL_SOURCE_IS_NONPAGED_POOL set and
+        MappedSystemVa the buffer's own address, so MmGetSystemAddressForMdlSafe's inline
+        returns it. A page not mapped is bug check 0x50, as a ring-0 read of it."""
+        ex = self.ex
+        va, _, pages = self._mdl_span(mdl)
+        frames = []
+        for i in range(pages):
+            page = (va & ~0xFFF) + i * layout.PAGE_SIZE
+            ex.kernel_read(page, 1)                    # present, or 0x50 as Windows
+            frames.append(ex.cpu.walk(page, "read", cpl=0).pa >> 12)
+        ex.kernel_write(mdl + MDL_PFN, struct.pack(f"<{pages}Q", *frames))
+        ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va))
+        ex.kernel_write(mdl + _MDL["Process"], struct.pack("<Q", 0))
+        self._set_mdl_flags(mdl, self._mdl_flags(mdl) | MDL_SOURCE_IS_NONPAGED_POOL)
+
+    def lock_pages(self, mdl: int, *, user_mode: bool, write: bool, irql: int = 0,
+                   process: int = 0) -> None:
+        """MmProbeAndLockPages(Mdl, AccessMode, Operation): each page of the MDL's buffer made
+        present and checked for the access (a user-mode caller's buffer must lie below
+        MmUserProbeAddress; user pages are checked as ring 3 would use them), then locked:
+        the pager leaves its frame where it is until MmUnlockPages. The frame numbers go
+        into the MDL, MDL_PAGES_LOCKED (and MDL_WRITE_OPERATION for a write) into MdlFlags,
+        ``process`` (the EPROCESS, for a user buffer) into Process. At DISPATCH_LEVEL or
+        above nothing may be paged in: a page not present is bug check 0x0A, as the page
+        fault inside MmProbeAndLockPages would be on Windows. UserAccessViolation or
+        UserStatus if a page cannot be had; nothing stays locked then."""
+        from emu.nt.syscalls import _user_pages, check_user_range
 
         ex = self.ex
+        va, count, pages = self._mdl_span(mdl)
+        access = "write" if write else "read"
+        length = max(count, 1)
+        user = va < layout.USER_SPACE_END
+        if user_mode:
+            check_user_range(va, length)
         frames: list[int] = []
         try:
-            for _, pa, _ in _user_pages(ex, buffer, max(length, 1), access):
-                if pa >> 12 not in frames:       # locked at once: the next page-in may trim
-                    self._lock_frame(pa >> 12, access)
-                    frames.append(pa >> 12)
+            for i in range(pages):
+                page = (va & ~0xFFF) + i * layout.PAGE_SIZE if i else va
+                if irql >= DISPATCH_LEVEL:
+                    pa = self._resident(page, access, user, irql)
+                elif user:
+                    (_, pa, _), = _user_pages(ex, page, 1, access)
+                else:
+                    pa = self._kernel_page(page, access)
+                self._lock_frame(pa >> 12, access)
+                frames.append(pa >> 12)
         except BaseException:
             self._unlock_frames(frames)
             raise
-        if not frames:
-            raise UserAccessViolation(buffer)
-        mdl = ex.pools.allocate(PoolType.NonPagedPoolNx, MDL_PFN + 8 * len(frames), TAG_MDL)
-        raw = bytearray(MDL_PFN)
-        struct.pack_into("<hh", raw, MDL_SIZE, MDL_PFN + 8 * len(frames), MDL_PAGES_LOCKED)
-        struct.pack_into("<Q", raw, MDL_START_VA, buffer & ~0xFFF)
-        struct.pack_into("<II", raw, MDL_BYTE_COUNT, length, buffer & 0xFFF)     # + ByteOffset
-        ex.kernel_write(mdl, bytes(raw))
-        ex.kernel_write(mdl + MDL_PFN, struct.pack(f"<{len(frames)}Q", *frames))
-        return mdl
+        ex.kernel_write(mdl + MDL_PFN, struct.pack(f"<{pages}Q", *frames))
+        ex.kernel_write(mdl + _MDL["Process"], struct.pack("<Q", process if user else 0))
+        flags = self._mdl_flags(mdl) | MDL_PAGES_LOCKED | (MDL_WRITE_OPERATION if write else 0)
+        self._set_mdl_flags(mdl, flags)
+
+    def _resident(self, page: int, access: str, user: bool, irql: int) -> int:
+        """The frame of a page that must be present already (at DISPATCH_LEVEL or above)."""
+        from emu.hw import mmu
+        from emu.nt.syscalls import UserAccessViolation
+
+        try:
+            return self.ex.cpu.walk(page, access, cpl=3 if user else 0,
+                                    set_accessed_dirty=True).pa
+        except (mmu.PageFault, mmu.GeneralProtection) as fault:
+            present = isinstance(fault, mmu.PageFault) and fault.error_code & 1
+            if present:                          # there, but not for this access
+                raise UserAccessViolation(page) from None
+            raise BugCheck(BugCheckCode.IRQL_NOT_LESS_OR_EQUAL,
+                           (page, irql, int(access == "write"),
+                            self._export("MmProbeAndLockPages")),
+                           detail=f"MmProbeAndLockPages at IRQL {irql}: {page:#x} is not "
+                           "present and nothing may be paged in at DISPATCH_LEVEL") from None
+
+    @staticmethod
+    def _export(name: str) -> int:
+        from emu.nt import exports
+        return exports.pe_address_of("ntoskrnl.exe", name) or 0
+
+    def _kernel_page(self, page: int, access: str) -> int:
+        """The frame of a kernel-space page a ring-0 ``access`` reaches (paged in first if it
+        may be), or UserAccessViolation: MmProbeAndLockPages raises for a bad kernel address
+        too."""
+        from emu.hw import mmu
+        from emu.nt.syscalls import UserAccessViolation
+
+        try:
+            return self.ex._kernel_walk(page, access)
+        except (mmu.PageFault, mmu.GeneralProtection):
+            raise UserAccessViolation(page) from None
+
+    def _no_pages_locked(self, proc) -> None:
+        """A process ends: if a driver left some of its pages locked (MmProbeAndLockPages
+        with no MmUnlockPages), Windows' MmDeleteProcessAddressSpace stops the machine with
+        bug check 0x76 PROCESS_HAS_LOCKED_PAGES (0, the process object, the locked pages, 0)."""
+        from emu.nt.ntos.ps import eprocess_of
+
+        ex = self.ex
+        own: dict[int, int] = {}         # the I/O manager's locks, for requests in flight
+        for mdl in self._own_mdls:
+            for pfn in self._mdl_frames(mdl):
+                own[pfn] = own.get(pfn, 0) + 1
+        locked = sum(1 for pfn, e in ex.mm.pfn.entries.made()
+                     if e.owner == proc.pid and e.locks > own.get(pfn, 0))
+        if locked:
+            raise BugCheck(PROCESS_HAS_LOCKED_PAGES, (0, eprocess_of(ex, proc), locked, 0),
+                           detail=f"process {proc.pid} ({proc.name}) ends with {locked} "
+                           "page(s) a driver locked and never unlocked")
+
+    def unlock_pages(self, mdl: int) -> None:
+        """MmUnlockPages: the system-space view goes first (a stale view would reach frames
+        that belong to someone else once the pages are trimmed), then the locks; the MDL
+        loses MDL_PAGES_LOCKED, MDL_WRITE_OPERATION and MDL_MAPPED_TO_SYSTEM_VA. An MDL
+        whose pages are not locked is bug check 0x76 PROCESS_HAS_LOCKED_PAGES (1, the MDL,
+        the pages locked in the current process, 0); a frame unlocked more often than
+        locked (the MDL's frame numbers changed) 0x4E PFN_LIST_CORRUPT (7, the frame, 0,
+        0)."""
+        ex = self.ex
+        _, _, pages = self._mdl_span(mdl)
+        flags = self._mdl_flags(mdl)
+        if not flags & MDL_PAGES_LOCKED:
+            owner = ex.current.pid if ex.current is not None else None
+            locked = sum(1 for _, e in ex.mm.pfn.entries.made() if e.locks and e.owner == owner)
+            raise BugCheck(PROCESS_HAS_LOCKED_PAGES, (1, mdl, locked, 0),
+                           detail="MmUnlockPages of an MDL whose pages are not locked")
+        if flags & MDL_MAPPED_TO_SYSTEM_VA:
+            self.unmap_locked_pages(ex.kernel_read_u64(mdl + MDL_MAPPED_VA), mdl)
+        frames = struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN, 8 * pages))
+        for pfn in frames:
+            if pfn >= len(ex.mm.pfn.entries) or not ex.mm.pfn.entries[pfn].locks:
+                raise BugCheck(BugCheckCode.PFN_LIST_CORRUPT, (7, pfn, 0, 0),
+                               detail=f"MmUnlockPages: frame {pfn:#x} is not locked (a page "
+                               "unlocked more times than it was locked)")
+        self._unlock_frames(frames)
+        self._set_mdl_flags(mdl, self._mdl_flags(mdl) & ~(MDL_PAGES_LOCKED
+                                                         | MDL_WRITE_OPERATION))
 
     def _lock_frame(self, pfn: int, access: str) -> None:
         """The page stays in RAM (its frame is the one the MDL names) until unlocked; a
@@ -514,24 +732,20 @@ class IoManager:
         entry.modified |= access == "write"
 
     def _unlock_frames(self, frames: list[int] | tuple[int, ...]) -> None:
-        """MmUnlockPages: the frames may be trimmed again."""
+        """The frames may be trimmed again."""
         for pfn in frames:
             entry = self.ex.mm.pfn.entries[pfn]
             entry.locks = max(0, entry.locks - 1)
 
+    def _mdl_frames(self, mdl: int) -> tuple[int, ...]:
+        pages = self.mdl_pages(mdl)
+        return struct.unpack(f"<{pages}Q", self.ex.kernel_read(mdl + MDL_PFN, 8 * pages))
+
     def _unlock_mdl(self, mdl: int) -> None:
-        """MmUnmapLockedPages + MmUnlockPages: the system-space view goes (a stale view
-        would reach frames that belong to someone else once the pages are trimmed), then
-        the locks."""
-        ex = self.ex
-        mapped = ex.kernel_read_u64(mdl + MDL_MAPPED_VA) & ~0xFFF
-        count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
-        pages = (offset + max(count, 1) + 0xFFF) >> 12
-        if self._mdl_flags(mdl) & MDL_MAPPED_TO_SYSTEM_VA:
-            for i in range(pages):
-                ex.mm.system.unmap_page(mapped + i * layout.PAGE_SIZE)
-        self._unlock_frames(struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN,
-                                                                     8 * pages)))
+        """MmUnmapLockedPages + MmUnlockPages of the I/O manager's own MDL, at completion."""
+        self._own_mdls.discard(mdl)
+        if self._mdl_flags(mdl) & MDL_PAGES_LOCKED:
+            self.unlock_pages(mdl)
 
     def complete(self, irp: int, caller: int) -> None:
         """IoCompleteRequest: the driver is done with the IRP; twice is bug check 0x44."""
@@ -549,23 +763,58 @@ class IoManager:
     def _mdl_flags(self, mdl: int) -> int:
         return struct.unpack("<H", self.ex.kernel_read(mdl + MDL_FLAGS, 2))[0]
 
-    def map_mdl(self, mdl: int) -> int:
-        """MmGetSystemAddressForMdlSafe: the MDL's frames mapped at a new kernel address; the
-        buffer's address there (its ByteOffset included) becomes MappedSystemVa, and
-        MDL_MAPPED_TO_SYSTEM_VA says so (what the header's inline of it reads)."""
+    def _set_mdl_flags(self, mdl: int, flags: int) -> None:
+        self.ex.kernel_write(mdl + MDL_FLAGS, struct.pack("<H", flags & 0xFFFF))
+
+    def map_mdl(self, mdl: int, priority: int = MDL_MAPPING_NO_EXECUTE) -> int:
+        """MmMapLockedPagesSpecifyCache(Mdl, KernelMode, ...): the MDL's frames mapped at a
+        new kernel address in system PTE space, a guard page after them; the buffer's
+        address there (its ByteOffset included) becomes MappedSystemVa, and
+        MDL_MAPPED_TO_SYSTEM_VA says so (what the header's inline MmGetSystemAddressForMdlSafe
+        reads). ``priority``'s MdlMappingNoExecute makes the view NX (else it is executable,
+        as on Windows), MdlMappingNoWrite read-only. An MDL mapped already gives its view.
+        OutOfFrames if no page table can be had."""
         ex = self.ex
         mdl_flags = self._mdl_flags(mdl)
         if mdl_flags & MDL_MAPPED_TO_SYSTEM_VA:
             return ex.kernel_read_u64(mdl + MDL_MAPPED_VA)
-        count, offset = struct.unpack("<II", ex.kernel_read(mdl + MDL_BYTE_COUNT, 8))
-        pages = (offset + max(count, 1) + 0xFFF) >> 12
+        va0, _, pages = self._mdl_span(mdl)
+        offset = va0 & 0xFFF
         frames = struct.unpack(f"<{pages}Q", ex.kernel_read(mdl + MDL_PFN, 8 * pages))
         va = self._system_ptes
         self._system_ptes += (pages + 1) * layout.PAGE_SIZE       # a guard page between
-        flags = leaf_flags(Protection.PAGE_READWRITE, user=False, populated=True)
+        no_write, no_execute = priority & MDL_MAPPING_NO_WRITE, priority & MDL_MAPPING_NO_EXECUTE
+        protect = {(False, False): Protection.PAGE_EXECUTE_READWRITE,
+                   (False, True): Protection.PAGE_READWRITE,
+                   (True, False): Protection.PAGE_EXECUTE_READ,
+                   (True, True): Protection.PAGE_READONLY}[bool(no_write), bool(no_execute)]
+        flags = leaf_flags(protect, user=False, populated=True)
         for i, pfn in enumerate(frames):
             ex.mm.system.map_page(va + i * layout.PAGE_SIZE, pfn, flags)
+        self._views[va] = (mdl, pages)
         ex.kernel_write(mdl + MDL_MAPPED_VA, struct.pack("<Q", va + offset))
-        ex.kernel_write(mdl + MDL_FLAGS, struct.pack("<H", mdl_flags | MDL_MAPPED_TO_SYSTEM_VA))
+        self._set_mdl_flags(mdl, mdl_flags | MDL_MAPPED_TO_SYSTEM_VA)
         return va + offset
 
+    def unmap_locked_pages(self, base: int, mdl: int) -> None:
+        """MmUnmapLockedPages(BaseAddress, Mdl) of a system-space view: its pages unmapped
+        (their translations invalidated), MDL_MAPPED_TO_SYSTEM_VA cleared. An address that
+        is no view this MDL has is bug check 0xDA SYSTEM_PTE_MISUSE (6, the MDL, the
+        address, the pages): "the MDL being freed was never (or is currently not) mapped"."""
+        ex = self.ex
+        _, _, pages = self._mdl_span(mdl)
+        view = base & ~0xFFF
+        if self._views.get(view) != (mdl, pages) or not self._mdl_flags(mdl) \
+                & MDL_MAPPED_TO_SYSTEM_VA:
+            raise BugCheck(SYSTEM_PTE_MISUSE, (6, mdl, base, pages),
+                           detail=f"MmUnmapLockedPages: {base:#x} is not a view of MDL "
+                           f"{mdl:#x}")
+        del self._views[view]
+        for i in range(pages):
+            ex.mm.system.unmap_page(view + i * layout.PAGE_SIZE)
+        self._set_mdl_flags(mdl, self._mdl_flags(mdl) & ~MDL_MAPPED_TO_SYSTEM_VA)
+
+
+def span_pages(va: int, length: int) -> int:
+    """ADDRESS_AND_SIZE_TO_SPAN_PAGES(Va, Size) (wdm.h): the pages [va, va + length) touches."""
+    return ((va & 0xFFF) + length + 0xFFF) >> 12

@@ -141,23 +141,31 @@ def test_the_io_manager_uses_the_wdk_offsets(wdk):
     assert io.IRP_SIZE == wdk[("IRP", None)] + wdk[("IO_STACK_LOCATION", None)]
 
 
-def test_a_mapped_mdl_reads_as_the_headers_inline_expects(machine_factory, apps):
+def test_a_mapped_mdl_reads_as_the_headers_inline_expects(machine_factory, apps, monkeypatch):
     """wdm.h's MmGetSystemAddressForMdlSafe is an inline: with MDL_MAPPED_TO_SYSTEM_VA set
     in MdlFlags it returns MappedSystemVa as it is, so that field holds the buffer's own
     address in system space (its ByteOffset included), and MmProbeAndLockPages leaves
-    MDL_PAGES_LOCKED. direct.sys maps the MDL of devread's buffer (not page-aligned)."""
+    MDL_PAGES_LOCKED (with MDL_WRITE_OPERATION: a read fills the caller's buffer). direct.sys
+    maps the MDL of devread's buffer (not page-aligned); the MDL is read as the request
+    completes, before MmUnlockPages clears those flags."""
+    seen = []
+    unlock = io.IoManager._unlock_mdl
+
+    def before_unlock(self, mdl):
+        seen.append(self.ex.kernel_read(mdl, wdm.MDL.size))
+        unlock(self, mdl)
+
+    monkeypatch.setattr(io.IoManager, "_unlock_mdl", before_unlock)
     m = machine_factory()
     m.add_driver(ROOT / "guest" / "build" / "drivers" / "direct.sys")
     p = m.spawn(apps / "devread", ["\\Device\\Direct"])
     m.run()
     assert p.output.endswith(b"data: data from direct.sys\n")
-    ex = m.executive
-    (mdl,) = [a for a, block in ex.pools.blocks.items() if block.tag == io.TAG_MDL]
-    raw = ex.kernel_read(mdl, wdm.MDL.size)        # the request's MDL, as it was at the end
+    (raw,) = seen                                  # the request's MDL, as it completed
     flags, = struct.unpack_from("<H", raw, wdm.MDL["MdlFlags"])
     mapped, start = struct.unpack_from("<QQ", raw, wdm.MDL["MappedSystemVa"])
     count, offset = struct.unpack_from("<II", raw, wdm.MDL["ByteCount"])
-    assert flags == io.MDL_MAPPED_TO_SYSTEM_VA | io.MDL_PAGES_LOCKED
+    assert flags == io.MDL_MAPPED_TO_SYSTEM_VA | io.MDL_PAGES_LOCKED | io.MDL_WRITE_OPERATION
     assert offset != 0 and count == 255 and start % 0x1000 == 0
     assert mapped % 0x1000 == offset and mapped >= 0xFFFF_8000_0000_0000
 

@@ -1,4 +1,6 @@
-"""Ps: the process manager's exports, as PE drivers import them."""
+"""Ps: the process manager's exports, as PE drivers import them. The PEPROCESS and PETHREAD
+they hand out are emu.nt.eprocess's objects (one per process and thread, the System
+process's too)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,13 @@ from typing import TYPE_CHECKING
 
 from emu.nt import eprocess
 from emu.nt.bugcheck import BugCheck, BugCheckCode
+from emu.nt.eprocess import (
+    EPROCESS_UNIQUE_PROCESS_ID,
+    ETHREAD_PROCESS,
+    ETHREAD_UNIQUE_THREAD_ID,
+    SYSTEM_THREAD_ID,
+    process_id,
+)
 from emu.nt.exports import ExportCall, call_site, export
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.ntos import rtl
@@ -15,6 +24,7 @@ from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
     from emu.nt.kernel import Executive
+    from emu.nt.process import Process, Thread
 
 NTOSKRNL = "ntoskrnl.exe"
 REFERENCE_BY_POINTER = BugCheckCode.REFERENCE_BY_POINTER
@@ -72,3 +82,91 @@ def obf_dereference_object(ex: Executive, call: ExportCall) -> int:
 def ob_dereference_object(ex: Executive, call: ExportCall) -> int:
     """LONG_PTR ObDereferenceObject(PVOID Object): the same routine, by its other name."""
     return _dereference(ex, call)
+
+
+# -- the objects, as the routines below and the Io/Mm routines hand them out ----------------
+
+def eprocess_of(ex: Executive, proc: Process | None) -> int:
+    """The EPROCESS of ``proc`` (None: the System process), or 0 (NULL) when there is no
+    RAM for it (Windows made it with the process): the next call tries again."""
+    try:
+        return eprocess.of(ex, proc)
+    except OutOfFrames:
+        return 0
+
+
+def ethread(ex: Executive, thread: Thread) -> int:
+    """The ETHREAD of ``thread``, or 0 (NULL) when there is no RAM for it."""
+    try:
+        return eprocess.thread_of(ex, thread)
+    except OutOfFrames:
+        return 0
+
+
+def process_at(ex: Executive, address: int) -> tuple[bool, Process | None]:
+    """(whether ``address`` is an EPROCESS made here, its process: None for System)."""
+    return eprocess.is_process_object(ex, address), eprocess.process_at(ex, address)
+
+
+def current_eprocess(ex: Executive) -> int:
+    """IoGetCurrentProcess: the EPROCESS whose address space is current (the interrupted
+    process's in a DPC; System's in DriverEntry)."""
+    return eprocess_of(ex, ex.current)
+
+
+@export("PsGetCurrentProcessId", dll="ntoskrnl.exe", elf=False)
+def ps_get_current_process_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetCurrentProcessId(void): the current process's id; 4 (System) where no
+    process's thread runs: DriverEntry, DriverUnload (the ELF drivers' variant says 0)."""
+    return process_id(ex.current)
+
+
+@export("PsGetCurrentThreadId", dll="ntoskrnl.exe", elf=False)
+def ps_get_current_thread_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetCurrentThreadId(void): the current thread's id (the interrupted thread's
+    in a DPC), or the System thread's (8) in DriverEntry and DriverUnload."""
+    thread = ex.current_thread
+    return SYSTEM_THREAD_ID if thread is None else thread.tid
+
+
+@export("PsGetProcessId", dll="ntoskrnl.exe", elf=False)
+def ps_get_process_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetProcessId(PEPROCESS Process): the id stored in the object, read as
+    Windows reads its field (so a pointer to no process reads whatever is there, and an
+    unmapped one is bug check 0x50)."""
+    return ex.kernel_read_u64(call.arg(0) + EPROCESS_UNIQUE_PROCESS_ID)
+
+
+@export("PsGetCurrentProcess", dll="ntoskrnl.exe", elf=False)
+def ps_get_current_process(ex: Executive, call: ExportCall) -> int:
+    """PEPROCESS PsGetCurrentProcess(void): ntoskrnl's export of what wdm.h defines as
+    IoGetCurrentProcess."""
+    return current_eprocess(ex)
+
+
+@export("PsGetThreadId", dll="ntoskrnl.exe", elf=False)
+def ps_get_thread_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetThreadId(PETHREAD Thread): the id stored in the object (read as Windows
+    reads its field)."""
+    return ex.kernel_read_u64(call.arg(0) + ETHREAD_UNIQUE_THREAD_ID)
+
+
+@export("PsGetThreadProcessId", dll="ntoskrnl.exe", elf=False)
+def ps_get_thread_process_id(ex: Executive, call: ExportCall) -> int:
+    """HANDLE PsGetThreadProcessId(PETHREAD Thread): the id of the thread's process."""
+    process = ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
+    return ex.kernel_read_u64(process + EPROCESS_UNIQUE_PROCESS_ID)
+
+
+@export("PsGetThreadProcess", dll="ntoskrnl.exe", elf=False)
+def ps_get_thread_process(ex: Executive, call: ExportCall) -> int:
+    """PEPROCESS PsGetThreadProcess(PETHREAD Thread) (ntifs.h): the thread's process."""
+    return ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
+
+
+@export("PsIsSystemThread", dll="ntoskrnl.exe", elf=False)
+def ps_is_system_thread(ex: Executive, call: ExportCall) -> int:
+    """BOOLEAN PsIsSystemThread(PETHREAD Thread) (ntifs.h): whether the thread belongs to the
+    System process (an app's thread, the requestor of an IRP, does not)."""
+    process = ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
+    return int(process != 0 and process == eprocess_of(ex, None))
