@@ -29,7 +29,7 @@ from emu.hw.mmu import PTE
 from emu.nt import exports, io, layout
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.drivers import Driver, DriverImage
-from emu.nt.kernel import KernelCallResult
+from emu.nt.kernel import DEADLOCK, KernelCallResult, MachineStop
 from emu.nt.loader import Segment
 from emu.nt.mm import softpte
 from emu.nt.mm.address_space import ADDRESS_MASK, index
@@ -226,6 +226,11 @@ def call_exports(machine_factory, apps, calls, fmt, mdl) -> None:
                 assert_defined_bugcheck(bc)
             assert scene.ex.bugcheck is bc                 # the record was filled in
             return                                         # the machine is stopped
+        except MachineStop as stop:
+            # A wait nothing can satisfy (KeWaitForSingleObject with no timeout): the
+            # machine stops as a deadlock, as it would with every thread waiting.
+            assert name.startswith("KeWaitFor") and stop.reason == DEADLOCK, stop.reason
+            return
         assert name != "KeBugCheckEx", "KeBugCheckEx returned"
         assert isinstance(result, KernelCallResult) and 0 <= result.rax <= U64
         # "Any single call to DbgPrint will only transmit 512 bytes of information."
