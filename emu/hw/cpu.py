@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import enum
 import struct
+
+import capstone
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -172,7 +174,7 @@ class Cpu:
         self.devices: list = []                  # on the I/O port bus (emu.hw.devices)
         self.clock: Callable[[], int] = lambda: 0   # the machine's time, for devices
         self.on_cr3_load: Callable[[int, int], None] | None = None   # (old, new), if changed
-        self.native = NativeHooks(uc, self._fill)
+        self.native = NativeHooks(uc, self._fill, self._block_offsets)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
@@ -214,6 +216,7 @@ class Cpu:
         if cr3 is not None:
             old, self.cr3 = self.cr3, cr3
             self.uc.reg_write(ux.UC_X86_REG_CR3, cr3)
+            self.native.set_space(cr3)        # the blocks counted next are this space's
             if old != cr3 and self.on_cr3_load is not None:
                 self.on_cr3_load(old, cr3)
         self.flush_tlb()
@@ -241,6 +244,12 @@ class Cpu:
         because Unicorn does not see stores made from the host (platform-facts.md)."""
         self.code_flushes += 1
         self.uc.ctl_flush_tb()
+        self.native.forget_blocks()          # their instruction counts go with them
+
+    def forget_code(self) -> None:
+        """New code is loaded (a process image): forget the instruction counts of the
+        blocks learnt so far, since its pages may sit at the addresses of older code."""
+        self.native.forget_blocks()
 
     # -- clean state after exceptions -----------------------------------------------------
 
@@ -323,6 +332,19 @@ class Cpu:
         except (mmu.PageFault, mmu.GeneralProtection) as fault:
             return self._complete_fault(self._exception_from_walk(fault, 0, "fetch"))
         raise RuntimeError("guest jumped to virtual address 0, which this machine cannot run")
+
+    def _block_offsets(self, pc: int, size: int) -> list[int]:
+        """The offsets of the instructions of the translated block of ``size`` bytes at
+        ``pc``, decoded as the CPU runs them (its CPL and mode). An undecodable instruction
+        ends a block (QEMU translates it as the #UD it raises), so the rest is one."""
+        code = self.read_code(pc, size, cpl=self.cpl)
+        offsets, end = [], 0
+        for offset, length, _mnemonic, _operands in _capstone(self.code_bits).disasm_lite(code, 0):
+            offsets.append(offset)
+            end = offset + length
+        if end < size:
+            offsets.append(end)
+        return offsets or [0]
 
     # -- faults raised from instruction hooks ---------------------------------------------
 
@@ -584,6 +606,13 @@ class Cpu:
     def close(self) -> None:
         """Release Unicorn's resources."""
         self.native.close()
+
+
+@cache
+def _capstone(bits: int) -> capstone.Cs:
+    """A Capstone decoder for ``bits``-bit code (no detail: lengths only)."""
+    return capstone.Cs(capstone.CS_ARCH_X86,
+                       capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32)
 
 
 # -- which interrupts are software interrupts ---------------------------------------------------

@@ -239,6 +239,7 @@ class Executive:
     def create_process(self, image: Image, args: list[str],
                        parent: Process | None = None) -> Process:
         """A new process with its first thread ready to run (see emu.nt.ps)."""
+        self.cpu.forget_code()          # its image may sit where older code was counted
         return ps.create_process(self, image, args, parent)
 
     def terminate(self, proc: Process, status: int,
