@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import enum
 import struct
-
-import capstone
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
+import capstone
 from unicorn import (
     UC_ARCH_X86,
     UC_CTL_IO_WRITE,
