@@ -332,10 +332,12 @@ class Cpu:
             return self._complete_fault(self._exception_from_walk(fault, 0, "fetch"))
         raise RuntimeError("guest jumped to virtual address 0, which this machine cannot run")
 
-    def _block_offsets(self, pc: int, size: int) -> list[int]:
+    def _block_offsets(self, pc: int, size: int) -> tuple[list[int], int | None]:
         """The offsets of the instructions of the translated block of ``size`` bytes at
-        ``pc``, decoded as the CPU runs them (its CPL and mode). An undecodable instruction
-        ends a block (QEMU translates it as the #UD it raises), so the rest is one."""
+        ``pc``, decoded as the CPU runs them (its CPL and mode), and where its bytes are in
+        host memory if guest code may write them (0 if the block spans two pages), else
+        None. An undecodable instruction ends a block (QEMU translates it as the #UD it
+        raises), so the rest is one."""
         code = self.read_code(pc, size, cpl=self.cpl)
         offsets, end = [], 0
         for offset, length, _mnemonic, _operands in _capstone(self.code_bits).disasm_lite(code, 0):
@@ -343,7 +345,21 @@ class Cpu:
             end = offset + length
         if end < size:
             offsets.append(end)
-        return offsets or [0]
+        host = None
+        pages = range(pc & ~0xFFF, pc + size, 0x1000)
+        if any(self._writable(page) for page in pages):
+            host = self.mem.address + self.walk(pc, "read", cpl=0).pa if len(pages) == 1 else 0
+        return offsets or [0], host
+
+    def _writable(self, va: int) -> bool:
+        """Whether code at any CPL could store to the page at ``va`` now."""
+        for cpl in (3, 0):
+            try:
+                self.walk(va, "write", cpl=cpl)
+            except (mmu.PageFault, mmu.GeneralProtection):
+                continue
+            return True
+        return False
 
     # -- faults raised from instruction hooks ---------------------------------------------
 

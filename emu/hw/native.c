@@ -99,7 +99,14 @@ struct block_entry {
     uint64_t space;
     uint32_t size;
     uint32_t count;             /* 0: empty slot */
+    const uint8_t *host;        /* the bytes in RAM, when the guest may rewrite them */
+    uint8_t *copy;              /* ... and what they were when learnt */
+    uint64_t always;            /* writable and hard to watch: learn at every entry */
 };
+
+/* What the learner returns: the count, and whether the guest may rewrite the block. */
+#define LEARN_COUNT    0xffffffffull
+#define LEARN_WRITABLE (1ull << 32)
 
 struct stlb_entry {
     uint64_t tag;
@@ -128,6 +135,7 @@ struct native_ctx {
     int32_t reg_rflags;         /* UC_X86_REG_RFLAGS */
     /* The block counter (native_block). */
     learn_fn learn;             /* counts a block's instructions (Python, on a miss) */
+    uint64_t learn_host;        /* set by it: where a writable block's bytes are (or 0) */
     uint64_t space;             /* the address space learnt blocks belong to (CR3) */
     uint64_t block_pc;          /* the block charged last ... */
     uint64_t block_size;        /* ... its size in bytes ... */
@@ -145,7 +153,10 @@ struct native_ctx {
     uint64_t generation;        /* entries of other generations are stale */
     struct block_entry *bcache; /* BCACHE_SIZE learnt blocks, open addressing */
     uint64_t bcache_used;
+    struct block_entry *last;   /* the entry found last (a loop's block) */
 };
+
+void native_forget_blocks(struct native_ctx *ctx);
 
 size_t native_ctx_size(void)
 {
@@ -173,6 +184,7 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
         free(ctx);
         return NULL;
     }
+    ctx->last = ctx->bcache;
     ctx->reg_read = reg_read;
     ctx->emu_stop = emu_stop;
     ctx->walker = walker;
@@ -186,6 +198,8 @@ void native_close(struct native_ctx *ctx)
 {
     if (ctx != NULL) {
         free(ctx->stlb);
+        if (ctx->bcache != NULL)
+            native_forget_blocks(ctx);
         free(ctx->bcache);
     }
     free(ctx);
@@ -390,8 +404,11 @@ void native_count(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 /* Forgets every learnt block (translated code was dropped, or new code loaded). */
 void native_forget_blocks(struct native_ctx *ctx)
 {
+    for (uint32_t i = 0; i < BCACHE_SIZE; i++)
+        free(ctx->bcache[i].copy);
     memset(ctx->bcache, 0, BCACHE_SIZE * sizeof(struct block_entry));
     ctx->bcache_used = 0;
+    ctx->last = ctx->bcache;
 }
 
 static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,
@@ -410,28 +427,59 @@ static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,
     }
 }
 
-/* The instruction count of the block at `pc`, learnt on its first entry. */
+/* Whether a learnt block must be learnt again: the guest rewrote its bytes. */
+static bool block_changed(const struct block_entry *e)
+{
+    return e->always || (e->host != NULL && memcmp(e->host, e->copy, e->size) != 0);
+}
+
+/*
+ * The instruction count of the block at `pc`, learnt on its first entry. A
+ * block the guest may write (a writable page: self-modifying code, a JIT)
+ * keeps a copy of its bytes, compared at every entry: QEMU translates the
+ * new bytes again, and the count is learnt again with them.
+ */
 static uint64_t block_count(struct native_ctx *ctx, uint64_t pc, uint32_t size)
 {
     struct block_entry *e = bcache_slot(ctx, pc, size);
-    int64_t n;
+    int64_t answer;
+    uint64_t n;
 
-    if (e->count != 0)
+    if (e->count != 0 && !block_changed(e)) {
+        ctx->last = e;
         return e->count;
-    ctx->learned++;
-    n = ctx->learn(pc, size);
-    if (n <= 0)
-        n = 1;                  /* the learner failed: it reports why */
-    if (ctx->bcache_used >= BCACHE_LIMIT) {
+    }
+    if (e->count == 0 && ctx->bcache_used >= BCACHE_LIMIT) {
         native_forget_blocks(ctx);
         e = bcache_slot(ctx, pc, size);
     }
-    ctx->bcache_used++;
+    if (e->count == 0)
+        ctx->bcache_used++;
+    free(e->copy);
+    e->copy = NULL;
+    e->host = NULL;
+    e->always = 0;
+    ctx->learned++;
+    ctx->learn_host = 0;
+    answer = ctx->learn(pc, size);
+    n = answer > 0 ? (uint64_t)answer & LEARN_COUNT : 0;
+    if (n == 0)
+        n = 1;                  /* the learner failed: it reports why */
+    if (answer > 0 && ((uint64_t)answer & LEARN_WRITABLE)) {
+        e->copy = ctx->learn_host ? malloc(size) : NULL;
+        if (e->copy != NULL) {
+            e->host = (const uint8_t *)(uintptr_t)ctx->learn_host;
+            memcpy(e->copy, e->host, size);
+        } else {
+            e->always = 1;
+        }
+    }
     e->pc = pc;
     e->space = ctx->space;
     e->size = size;
     e->count = (uint32_t)n;
-    return (uint64_t)n;
+    ctx->last = e;
+    return n;
 }
 
 /*
@@ -445,6 +493,7 @@ static uint64_t block_count(struct native_ctx *ctx, uint64_t pc, uint32_t size)
 void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 {
     struct native_ctx *ctx = user_data;
+    struct block_entry *e = ctx->last;
     uint64_t n;
 
     ctx->in_block = 0;
@@ -456,7 +505,12 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
         ctx->emu_stop(uc);
         return;
     }
-    n = block_count(ctx, pc, size);
+    /* The block of the last entry again (a loop) skips the table. */
+    if (e->pc == pc && e->size == size && e->space == ctx->space && e->count != 0
+        && e->host == NULL && !e->always)
+        n = e->count;
+    else
+        n = block_count(ctx, pc, size);
     if (n > ctx->remaining) {
         ctx->tail_pc = pc;
         ctx->tail_size = size;
@@ -465,11 +519,11 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
         return;
     }
     ctx->remaining -= n;
+    ctx->block_before = ctx->instructions;
     ctx->instructions += n;
     ctx->blocks++;
     ctx->block_pc = pc;
     ctx->block_size = size;
     ctx->block_count = n;
-    ctx->block_before = ctx->instructions - n;
     ctx->in_block = 1;
 }

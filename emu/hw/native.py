@@ -117,6 +117,7 @@ _WALKER = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64
 )
 _LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
+_LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
 
 # The per-instruction counter for every run (the reference the block counter is tested
 # against: tests set it to compare the two); new NativeHooks read it.
@@ -139,6 +140,7 @@ class _Ctx(ctypes.Structure):
         ("reg_cs", ctypes.c_int32),
         ("reg_rflags", ctypes.c_int32),
         ("learn", ctypes.c_void_p),
+        ("learn_host", ctypes.c_uint64),
         ("space", ctypes.c_uint64),
         ("block_pc", ctypes.c_uint64),
         ("block_size", ctypes.c_uint64),
@@ -225,10 +227,13 @@ class NativeHooks:
     instruction counter."""
 
     def __init__(self, uc: Uc, fill: Callable[[int, int, int, int], int],
-                 code: Callable[[int, int], list[int]] | None = None) -> None:
+                 code: Callable[[int, int], tuple[list[int], int | None]] | None = None
+                 ) -> None:
         """Register the TLB-fill hook on `uc` (already in UC_TLB_VIRTUAL mode). ``code(pc,
         size)`` gives the offsets of the instructions of the block of ``size`` bytes at
-        ``pc`` (decoded as the CPU runs it); without it every instruction is counted."""
+        ``pc`` (decoded as the CPU runs it), and, if the guest may write those bytes, the
+        host address where they are (0 when not in one piece), else None; without it every
+        instruction is counted."""
         lib = _library()
         self._uc = uc
         self._lib = lib
@@ -249,13 +254,17 @@ class NativeHooks:
 
         def learner(pc: int, size: int) -> int:
             try:
-                found = code(pc, size)
+                found, host = code(pc, size)
             except BaseException as exc:  # noqa: B036 - re-raised by start()
                 errors.append(exc)
                 stop(uch)
                 return 1
-            offsets[(pc, size, ctx_box[0].space)] = found
-            return len(found)
+            ctx = ctx_box[0]
+            offsets[(pc, size, ctx.space)] = found
+            if host is None:
+                return len(found)
+            ctx.learn_host = host
+            return len(found) | _LEARN_WRITABLE
 
         # The closures must not reference self, or the finalizer would keep self alive.
         self._errors = errors
@@ -366,7 +375,7 @@ class NativeHooks:
         key = (start, size, ctx.space)
         offsets = self._offsets.get(key)
         if offsets is None:
-            offsets = self._offsets[key] = self._code(start, size)
+            offsets = self._offsets[key] = self._code(start, size)[0]
         try:
             return offsets.index(pc - start)
         except ValueError:
