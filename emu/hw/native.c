@@ -494,29 +494,29 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 {
     struct native_ctx *ctx = user_data;
     struct block_entry *e = ctx->last;
-    uint64_t n;
+    uint64_t n = e->count;
 
-    ctx->in_block = 0;
-    if (ctx->tail_mode)
-        return;
-    if (ctx->stop_flag || ctx->remaining == 0) {
-        ctx->stop_flag = 0;
-        ctx->remaining = 0;
-        ctx->emu_stop(uc);
-        return;
-    }
-    /* The block of the last entry again (a loop) skips the table. */
-    if (e->pc == pc && e->size == size && e->space == ctx->space && e->count != 0
-        && e->host == NULL && !e->always)
-        n = e->count;
-    else
+    /* The fast path: the block of the last entry again (a loop), nothing to watch. */
+    if (!(e->pc == pc && e->size == size && e->space == ctx->space
+          && e->host == NULL && !e->always && !(ctx->stop_flag | ctx->tail_mode)
+          && n != 0 && n <= ctx->remaining)) {
+        ctx->in_block = 0;
+        if (ctx->tail_mode)
+            return;
+        if (ctx->stop_flag || ctx->remaining == 0) {
+            ctx->stop_flag = 0;
+            ctx->remaining = 0;
+            ctx->emu_stop(uc);
+            return;
+        }
         n = block_count(ctx, pc, size);
-    if (n > ctx->remaining) {
-        ctx->tail_pc = pc;
-        ctx->tail_size = size;
-        ctx->tail_pending = 1;
-        ctx->emu_stop(uc);
-        return;
+        if (n > ctx->remaining) {
+            ctx->tail_pc = pc;
+            ctx->tail_size = size;
+            ctx->tail_pending = 1;
+            ctx->emu_stop(uc);
+            return;
+        }
     }
     ctx->remaining -= n;
     ctx->block_before = ctx->instructions;
