@@ -338,7 +338,11 @@ class Cpu:
         host memory if guest code may write them (0 if the block spans two pages), else
         None. An undecodable instruction ends a block (QEMU translates it as the #UD it
         raises), so the rest is one."""
-        code = self.read_code(pc, size, cpl=self.cpl)
+        pages = [self._code_page(page) for page in range(pc & ~0xFFF, pc + size, 0x1000)]
+        if len(pages) == 1:
+            code = self.mem.read(pages[0].pa + (pc & 0xFFF), size)
+        else:
+            code = self.read_code(pc, size, cpl=self.cpl)
         offsets, end = [], 0
         for offset, length, _mnemonic, _operands in _capstone(self.code_bits).disasm_lite(code, 0):
             offsets.append(offset)
@@ -346,20 +350,18 @@ class Cpu:
         if end < size:
             offsets.append(end)
         host = None
-        pages = range(pc & ~0xFFF, pc + size, 0x1000)
-        if any(self._writable(page) for page in pages):
-            host = self.mem.address + self.walk(pc, "read", cpl=0).pa if len(pages) == 1 else 0
+        if any(page.writable for page in pages):
+            host = self.mem.address + pages[0].pa + (pc & 0xFFF) if len(pages) == 1 else 0
         return offsets or [0], host
 
-    def _writable(self, va: int) -> bool:
-        """Whether code at any CPL could store to the page at ``va`` now."""
-        for cpl in (3, 0):
-            try:
-                self.walk(va, "write", cpl=cpl)
-            except (mmu.PageFault, mmu.GeneralProtection):
-                continue
-            return True
-        return False
+    def _code_page(self, va: int) -> mmu.Translation:
+        """The page at ``va`` as ring 0 sees it (ring 3 if SMAP keeps ring 0 out): its
+        frame, and whether code may write it (with CR0.WP, ring 0 writes only what the
+        tables allow)."""
+        try:
+            return self.walk(va, "read", cpl=0)
+        except (mmu.PageFault, mmu.GeneralProtection):
+            return self.walk(va, "read", cpl=3)
 
     # -- faults raised from instruction hooks ---------------------------------------------
 

@@ -137,9 +137,7 @@ struct native_ctx {
     learn_fn learn;             /* counts a block's instructions (Python, on a miss) */
     uint64_t learn_host;        /* set by it: where a writable block's bytes are (or 0) */
     uint64_t space;             /* the address space learnt blocks belong to (CR3) */
-    uint64_t block_pc;          /* the block charged last ... */
-    uint64_t block_size;        /* ... its size in bytes ... */
-    uint64_t block_count;       /* ... its instructions ... */
+    struct block_entry *last;   /* the block charged last (a loop's block, again?) */
     uint64_t block_before;      /* ... the instructions completed before it ... */
     uint64_t in_block;          /* ... and whether the run may still be inside it */
     uint64_t stop_flag;         /* stop_soon(): stop at the next block */
@@ -153,7 +151,6 @@ struct native_ctx {
     uint64_t generation;        /* entries of other generations are stale */
     struct block_entry *bcache; /* BCACHE_SIZE learnt blocks, open addressing */
     uint64_t bcache_used;
-    struct block_entry *last;   /* the entry found last (a loop's block) */
 };
 
 void native_forget_blocks(struct native_ctx *ctx);
@@ -522,8 +519,5 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     ctx->block_before = ctx->instructions;
     ctx->instructions += n;
     ctx->blocks++;
-    ctx->block_pc = pc;
-    ctx->block_size = size;
-    ctx->block_count = n;
-    ctx->in_block = 1;
+    ctx->in_block = 1;          /* the block is *ctx->last */
 }

@@ -142,9 +142,7 @@ class _Ctx(ctypes.Structure):
         ("learn", ctypes.c_void_p),
         ("learn_host", ctypes.c_uint64),
         ("space", ctypes.c_uint64),
-        ("block_pc", ctypes.c_uint64),
-        ("block_size", ctypes.c_uint64),
-        ("block_count", ctypes.c_uint64),
+        ("last", ctypes.c_void_p),
         ("block_before", ctypes.c_uint64),
         ("in_block", ctypes.c_uint64),
         ("stop_flag", ctypes.c_uint64),
@@ -154,6 +152,20 @@ class _Ctx(ctypes.Structure):
         ("tail_mode", ctypes.c_uint64),
         ("blocks", ctypes.c_uint64),
         ("learned", ctypes.c_uint64),
+    ]
+
+
+class _BlockEntry(ctypes.Structure):
+    """native.c's struct block_entry: a learnt block."""
+
+    _fields_ = [
+        ("pc", ctypes.c_uint64),
+        ("space", ctypes.c_uint64),
+        ("size", ctypes.c_uint32),
+        ("count", ctypes.c_uint32),
+        ("host", ctypes.c_void_p),
+        ("copy", ctypes.c_void_p),
+        ("always", ctypes.c_uint64),
     ]
 
 
@@ -361,25 +373,29 @@ class NativeHooks:
         ctx.in_flight = 0
         if ctx.in_block:
             ctx.in_block = 0
-            undone = ctx.block_count - self._done_in_block(self._uc.reg_read(UC_X86_REG_RIP))
+            undone = self._block().count - self._done_in_block(self._uc.reg_read(UC_X86_REG_RIP))
             ctx.instructions -= undone
             ctx.remaining += undone
 
     def _done_in_block(self, pc: int) -> int:
         """Instructions of the block charged last that come before ``pc`` (all of them
         when ``pc`` is not one of its instructions: the run left the block at its end)."""
-        ctx = self._ctx
-        start, size = ctx.block_pc, ctx.block_size
+        block = self._block()
+        start, size = block.pc, block.size
         if not start <= pc < start + size:
-            return ctx.block_count
-        key = (start, size, ctx.space)
+            return block.count
+        key = (start, size, block.space)
         offsets = self._offsets.get(key)
         if offsets is None:
             offsets = self._offsets[key] = self._code(start, size)[0]
         try:
             return offsets.index(pc - start)
         except ValueError:
-            return ctx.block_count
+            return block.count
+
+    def _block(self) -> _BlockEntry:
+        """The block charged last (valid while ``in_block``)."""
+        return _BlockEntry.from_address(self._ctx.last)
 
     def flush(self) -> None:
         """Empty the STLB and QEMU's TLB, as MOV CR3 does (SDM Vol. 3A 4.10.4.1)."""

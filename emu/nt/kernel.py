@@ -415,7 +415,11 @@ class Executive:
             return self._enter_user(thread)
         cpu = self.cpu
         cpu.uc.context_restore(thread.context)
-        cpu.set_control(cr3=thread.process.space.cr3)
+        if cpu.cr3 != thread.process.space.cr3:
+            # Windows' SwapContext loads CR3 only when the new thread's process differs:
+            # a thread resumed in its own address space keeps its TLB entries (and the
+            # counted turns of one process pay no refills).
+            cpu.set_control(cr3=thread.process.space.cr3)
         if thread.resume_rax is not None:
             cpu.set_reg("rax", thread.resume_rax)
             thread.resume_rax = None
