@@ -144,7 +144,8 @@ struct native_ctx {
     uint64_t tail_pc;           /* a block bigger than the budget left stopped here */
     uint64_t tail_size;
     uint64_t tail_pending;      /* ... and the budget must end inside it */
-    uint64_t tail_mode;         /* the counting hook counts; the block hook does not */
+    uint64_t tail_mode;         /* the counting hook counts in [tail_pc, + tail_size) */
+    uint64_t tail_exit;         /* the tail's run stopped at a block outside that range */
     uint64_t blocks;            /* block entries charged */
     uint64_t learned;           /* blocks learnt (calls of `learn`) */
     struct stlb_entry *stlb;    /* STLB_SETS * STLB_WAYS entries */
@@ -498,8 +499,15 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
           && e->host == NULL && !e->always && !(ctx->stop_flag | ctx->tail_mode)
           && n != 0 && n <= ctx->remaining)) {
         ctx->in_block = 0;
-        if (ctx->tail_mode)
+        if (ctx->tail_mode) {
+            /* The tail: blocks in its range count per instruction; a block outside it
+             * is not entered, and native.py goes on counting per block from there. */
+            if (pc < ctx->tail_pc || pc + size > ctx->tail_pc + ctx->tail_size) {
+                ctx->tail_exit = 1;
+                ctx->emu_stop(uc);
+            }
             return;
+        }
         if (ctx->stop_flag || ctx->remaining == 0) {
             ctx->stop_flag = 0;
             ctx->remaining = 0;

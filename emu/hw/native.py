@@ -5,8 +5,13 @@ Two hooks on the Unicorn engine, both in C so that no Python runs in the common 
 * An STLB (second-level TLB) in front of the Python page walker. Unicorn calls the
   UC_HOOK_TLB_FILL hook on every miss of QEMU's own TLB; the STLB answers the pages it has
   seen, and only its misses cost a call into Python (about 1.2 us each).
-* An instruction counter with a budget (a UC_HOOK_CODE hook), installed only while a budget
-  is set, so that a run without one pays nothing per instruction.
+* An instruction counter with a budget, installed only while a budget is set, so that a run
+  without one pays nothing. It counts per translated block (a UC_HOOK_BLOCK hook charges a
+  block's instruction count at its entry, about 5-10 ns a block), and per instruction (a
+  UC_HOOK_CODE hook, 7-8 ns an instruction) only for the tail of a budget that ends inside
+  a block, while a debugger watchpoint is set (:attr:`NativeHooks.per_instruction`), or as
+  the reference the block counter is tested against (``PER_INSTRUCTION``, or
+  ``EMU_COUNT=instruction`` in the environment).
 
 The walker contract, ``fill(vpage, access, cpl, rflags) -> int``:
 
@@ -42,6 +47,29 @@ Instruction counting (measured on Unicorn 2.1.4; each case is a test in test_nat
   iteration with RCX still non-zero) when a ``timeout`` lands right after it: that case is
   counted one short. A fault whose interrupt hook resumes elsewhere instead of stopping the
   run stays counted. The budget's own stop is always exact.
+
+Block counting gives the same counts (a test runs every guest app both ways):
+
+* A block's instructions are learnt on its first entry, keyed by its address, its size in
+  bytes (what Unicorn reports: the bytes QEMU translated, which end at the block's last
+  instruction) and the address space (CR3): the caller's ``code(pc, size)`` decodes them.
+  :meth:`NativeHooks.forget_blocks` forgets them all when translated code is dropped or a
+  new image is loaded. A block on a page guest code may write keeps a copy of its bytes,
+  compared at every entry: rewritten, it is learnt again, as QEMU translates it again.
+* When a run leaves a block early (a fault, an exception, a stop from a hook), the
+  instructions from RIP to the block's end are taken back: RIP names the first one that
+  did not complete. A stop at a block boundary takes back nothing.
+* A ``rep`` string instruction is a block of its own for each iteration: c + 1 as before.
+* A budget smaller than the next block stops the run before that block (a stop asked for
+  by the block hook ends the run with none of the block executed, measured), and the rest
+  is run with the per-instruction hook on that block's bytes alone, so the stop is exact.
+* :meth:`NativeHooks.stop_soon` stops at the next block boundary (the next instruction
+  when counting per instruction).
+* Measured limit: a guest store into the bytes of the block being executed makes QEMU
+  leave the block at the store and run the store again as a one-instruction block. The
+  per-instruction counter then counts the store twice; the block counter also charges the
+  instructions after the store twice (their first charge came with the block's entry).
+  A store into any other block (the usual self-modifying code, a JIT) counts exactly.
 """
 
 from __future__ import annotations
@@ -118,6 +146,10 @@ _WALKER = ctypes.CFUNCTYPE(
 )
 _LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
 _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
+# A budget this small (a debugger's step) runs per instruction from its start, over the
+# next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
+_SMALL_BUDGET = 16
+_TAIL_SPAN = 0x2000
 
 # The per-instruction counter for every run (the reference the block counter is tested
 # against: tests set it to compare the two); new NativeHooks read it.
@@ -150,6 +182,7 @@ class _Ctx(ctypes.Structure):
         ("tail_size", ctypes.c_uint64),
         ("tail_pending", ctypes.c_uint64),
         ("tail_mode", ctypes.c_uint64),
+        ("tail_exit", ctypes.c_uint64),
         ("blocks", ctypes.c_uint64),
         ("learned", ctypes.c_uint64),
     ]
@@ -328,14 +361,27 @@ class NativeHooks:
         counter on that block alone (the tail), so the stop is exact."""
         self._check_open()
         ctx = self._ctx
-        self._run(begin, until, timeout)
-        if ctx.tail_pending and ctx.remaining and not self._errors:
-            self._run_tail(until, timeout)
-        ctx.tail_pending = 0
+        pc, tail = begin, None
+        if self._block_hook is not None and 0 < ctx.remaining <= _SMALL_BUDGET:
+            tail = (begin, _TAIL_SPAN)        # a step: per instruction from the start
+        while True:
+            if tail is None:
+                self._run(pc, until, timeout)
+            else:
+                self._run_tail(pc, tail, until, timeout)
+            if self._errors or not ctx.remaining:
+                break
+            if ctx.tail_pending:              # the budget ends inside the next block
+                pc, tail = ctx.tail_pc, (ctx.tail_pc, ctx.tail_size)
+            elif ctx.tail_exit:               # the tail ran out of its range first
+                pc, tail = self._uc.reg_read(UC_X86_REG_RIP), None
+            else:
+                break
+        ctx.tail_pending = ctx.tail_exit = 0
 
     def _run(self, begin: int, until: int, timeout: int) -> None:
         self._errors.clear()
-        self._ctx.tail_pending = 0
+        self._ctx.tail_pending = self._ctx.tail_exit = 0
         try:
             self._uc.emu_start(begin, until, timeout)
         except UcError as failure:
@@ -347,20 +393,21 @@ class NativeHooks:
         if self._errors:
             raise self._errors[0]
 
-    def _run_tail(self, until: int, timeout: int) -> None:
-        """The block the budget ends in, once more, its instructions counted one by one (a
-        code hook on its bytes alone; its translation is dropped before and after)."""
+    def _run_tail(self, begin: int, span: tuple[int, int], until: int, timeout: int) -> None:
+        """Run from ``begin`` with the instructions of ``span`` (start, size) counted one by
+        one (a code hook on those bytes alone; their translations are dropped before and
+        after); a block outside it stops the run before it is entered."""
         ctx = self._ctx
-        pc, size = ctx.tail_pc, ctx.tail_size
-        hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, pc, pc + size - 1)
-        self._uc.ctl_remove_cache(pc, pc + size)
-        ctx.tail_mode = 1
+        start, size = span
+        hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, start, start + size - 1)
+        self._uc.ctl_remove_cache(start, start + size)
+        ctx.tail_pc, ctx.tail_size, ctx.tail_mode = start, size, 1
         try:
-            self._run(pc, until, timeout)
+            self._run(begin, until, timeout)
         finally:
             ctx.tail_mode = 0
             self._hook_del(hook)
-            self._uc.ctl_remove_cache(pc, pc + size)
+            self._uc.ctl_remove_cache(start, start + size)
 
     def _settle(self) -> None:
         """Take back what the run did not complete: the last counted instruction if RIP
@@ -520,8 +567,9 @@ class NativeHooks:
         ctx.in_flight = ctx.in_block = 0
 
     def stop_soon(self) -> None:
-        """End the budget now: the run stops before the next instruction (after the one
-        running, if any). Safe from another thread or a hook; a no-op when not counting."""
+        """End the budget now: the run stops at the next block boundary (per instruction:
+        before the next instruction). Safe from another thread or a hook; a no-op when not
+        counting."""
         if self.counting:
             self._ctx.stop_flag = 1
 

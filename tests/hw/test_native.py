@@ -749,3 +749,25 @@ def test_budget_beyond_64_bits_is_refused() -> None:
     rig.hooks.set_budget((1 << 64) - 1)
     rig.run()
     assert rig.hooks.instructions == 2
+
+
+def far_jump_program() -> bytes:
+    """nop; jmp to CODE + 0x10000 (beyond the span a small budget counts one by one);
+    there: nop x 6; hlt."""
+    far = 0x10000
+    jump = b"\xe9" + (far - (1 + 5)).to_bytes(4, "little", signed=True)
+    return (NOP + jump).ljust(far, b"\xcc") + NOP * 6 + HLT
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9])
+def test_small_budget_leaving_its_span_still_stops_after_n(n: int) -> None:
+    """A step-sized budget counts per instruction near its start; a block elsewhere is
+    not entered that way, but counted per block (or per instruction again) from there."""
+    oracle = Rig(far_jump_program())
+    oracle.hooks.close()
+    oracle.uc.emu_start(CODE, 0, count=n)
+    rig = Rig(far_jump_program())
+    rig.hooks.set_budget(n)
+    rig.run()
+    assert (rig.hooks.instructions, rig.hooks.budget) == (n, 0)
+    assert rig.rip == oracle.rip
