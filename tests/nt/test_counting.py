@@ -64,7 +64,10 @@ def same_both_ways(app: str, args: list[str], **kwargs) -> tuple[dict, dict]:
     by_block = run(app, args, per_instruction=False, **kwargs)
     by_instruction = run(app, args, per_instruction=True, **kwargs)
     assert by_instruction.pop("blocks") == 0
-    assert by_block.pop("blocks") > 0           # the block counter did the counting
+    blocks = by_block.pop("blocks")
+    # The block counter did the counting (a budget of 16 or less is a step: counted one by
+    # one from its start, emu/hw/native.py).
+    assert blocks > 0 or by_block["instructions"] <= native._SMALL_BUDGET
     assert by_block == by_instruction
     return by_block, by_instruction
 
