@@ -168,6 +168,9 @@ def main() -> int:
     rows.append(("emu debug: continue to a breakpoint 100 M in (time vs emu run)",
                  cont / run_time, "<= 1.5x", cont / run_time <= 1.5,
                  f"continue {cont:.3f}s, emu run {run_time:.3f}s"))
+    bare = debugger.continue_time(max(1, n // 2), "--snapshots", "0")
+    rows.append(("  the same with --snapshots 0 (no fork every 5 M)", bare / run_time, "info",
+                 True, f"continue {bare:.3f}s, emu run {run_time:.3f}s"))
 
     yields = 2000
     switches, elapsed = context_switch_rate(yields)

@@ -78,11 +78,11 @@ def reverse_latency(repeat: int, *options: str) -> float:
 CONTINUE_ITERATIONS = "20000000"     # loop's 5-instruction body: printf 100 M in
 
 
-def continue_time(repeat: int) -> float:
+def continue_time(repeat: int, *options: str) -> float:
     """Seconds of ``continue`` from the entry point to ``break printf``, 100 M in."""
     times = []
     for _ in range(repeat):
-        d = Debugger(iterations=CONTINUE_ITERATIONS)
+        d = Debugger(*options, iterations=CONTINUE_ITERATIONS)
         try:
             d.timed("break printf\n")
             elapsed, out = d.timed("continue\n")

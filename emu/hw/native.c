@@ -502,7 +502,10 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
         if (ctx->tail_mode) {
             /* The tail: blocks in its range count per instruction; a block outside it
              * is not entered, and native.py goes on counting per block from there. */
-            if (pc < ctx->tail_pc || pc + size > ctx->tail_pc + ctx->tail_size) {
+            uint64_t into = pc - ctx->tail_pc;     /* no overflow at 2^64 */
+
+            if (pc < ctx->tail_pc || into >= ctx->tail_size
+                || size > ctx->tail_size - into) {
                 ctx->tail_exit = 1;
                 ctx->emu_stop(uc);
             }

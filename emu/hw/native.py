@@ -363,7 +363,8 @@ class NativeHooks:
         ctx = self._ctx
         pc, tail = begin, None
         if self._block_hook is not None and 0 < ctx.remaining <= _SMALL_BUDGET:
-            tail = (begin, _TAIL_SPAN)        # a step: per instruction from the start
+            # A step: per instruction from the start (the span ends at 2^64 at most).
+            tail = (begin, min(_TAIL_SPAN, (1 << 64) - begin))
         while True:
             if tail is None:
                 self._run(pc, until, timeout)
