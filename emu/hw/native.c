@@ -45,6 +45,8 @@ typedef int64_t (*walker_fn)(uint64_t vpage, int32_t access, int32_t cpl,
                              uint64_t rflags);
 /* The block learner: the number of instructions in the block of `size` bytes at `pc`. */
 typedef int64_t (*learn_fn)(uint64_t pc, uint64_t size);
+/* The instructions of the block charged last that come before `pc` (Python). */
+typedef int64_t (*done_fn)(uint64_t pc);
 
 #define FILL_PERMS     0x7              /* UC_PROT_READ | WRITE | EXEC */
 #define FILL_NO_CACHE  0x8              /* serve once, keep out of the STLB */
@@ -135,6 +137,7 @@ struct native_ctx {
     int32_t reg_rflags;         /* UC_X86_REG_RFLAGS */
     /* The block counter (native_block). */
     learn_fn learn;             /* counts a block's instructions (Python, on a miss) */
+    done_fn done_before;        /* where a block was left (Python, rare) */
     uint64_t learn_host;        /* set by it: where a writable block's bytes are (or 0) */
     uint64_t space;             /* the address space learnt blocks belong to (CR3) */
     struct block_entry *last;   /* the block charged last (a loop's block, again?) */
@@ -481,6 +484,33 @@ static uint64_t block_count(struct native_ctx *ctx, uint64_t pc, uint32_t size)
 }
 
 /*
+ * Whether entering the block [pc, pc + size) shows that the block charged last, `e`,
+ * was left at pc without a stop: QEMU leaves a block whose own bytes a store of it
+ * rewrote, at that store, and runs the store again as a block of one instruction
+ * (measured). Any other block that starts inside the last one runs to the same end
+ * (a jump back into a loop, a `rep` iteration), so a shorter one is this case.
+ */
+static bool left_early(const struct block_entry *e, uint64_t pc, uint32_t size)
+{
+    uint64_t into = pc - e->pc;
+
+    return pc >= e->pc && into < e->size && size < e->size - into;
+}
+
+/* The block charged last was left at pc: its instructions from pc on did not run. */
+static void take_back(struct native_ctx *ctx, uint64_t pc)
+{
+    int64_t done = ctx->done_before(pc);
+    uint64_t undone;
+
+    if (done < 0 || (uint64_t)done >= ctx->last->count)
+        return;
+    undone = ctx->last->count - (uint64_t)done;
+    ctx->instructions -= undone;
+    ctx->remaining += undone;
+}
+
+/*
  * UC_HOOK_BLOCK callback, called at the entry of each translated block, before
  * any of its instructions (measured: a stop requested here ends the run with
  * the block not executed, RIP at its first instruction). Charges the block's
@@ -498,6 +528,8 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     if (!(e->pc == pc && e->size == size && e->space == ctx->space
           && e->host == NULL && !e->always && !(ctx->stop_flag | ctx->tail_mode)
           && n != 0 && n <= ctx->remaining)) {
+        if (ctx->in_block && left_early(ctx->last, pc, size))
+            take_back(ctx, pc);
         ctx->in_block = 0;
         if (ctx->tail_mode) {
             /* The tail: blocks in its range count per instruction; a block outside it

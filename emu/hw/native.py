@@ -65,11 +65,12 @@ Block counting gives the same counts (a test runs every guest app both ways):
   is run with the per-instruction hook on that block's bytes alone, so the stop is exact.
 * :meth:`NativeHooks.stop_soon` stops at the next block boundary (the next instruction
   when counting per instruction).
-* Measured limit: a guest store into the bytes of the block being executed makes QEMU
-  leave the block at the store and run the store again as a one-instruction block. The
-  per-instruction counter then counts the store twice; the block counter also charges the
-  instructions after the store twice (their first charge came with the block's entry).
-  A store into any other block (the usual self-modifying code, a JIT) counts exactly.
+* A guest store into the bytes of the block being executed makes QEMU leave the block at
+  the store and run the store again as a block of one instruction (measured). The block
+  counter sees a block that starts inside the last one and ends before it (no other block
+  does: a jump back into a loop runs to the same end) and takes back the last block's
+  instructions from there, so the store counts once. The per-instruction counter counts
+  that store twice (a limit of the reference, not of the default counter).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ _WALKER = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64
 )
 _LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
+_DONE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64)
 _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
 # A budget this small (a debugger's step) runs per instruction from its start, over the
 # next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
@@ -172,6 +174,7 @@ class _Ctx(ctypes.Structure):
         ("reg_cs", ctypes.c_int32),
         ("reg_rflags", ctypes.c_int32),
         ("learn", ctypes.c_void_p),
+        ("done_before", ctypes.c_void_p),
         ("learn_host", ctypes.c_uint64),
         ("space", ctypes.c_uint64),
         ("last", ctypes.c_void_p),
@@ -329,6 +332,19 @@ class NativeHooks:
         self._ctx_ptr = ctx
         self._ctx = _Ctx.from_address(ctx)
         self._ctx.learn = _address(self._learner)
+        hooks_ref = weakref.ref(self)
+
+        def done_before(pc: int) -> int:
+            hooks = hooks_ref()
+            try:
+                return -1 if hooks is None else hooks._done_in_block(pc)
+            except BaseException as exc:  # noqa: B036 - re-raised by start()
+                errors.append(exc)
+                stop(uch)
+                return -1
+
+        self._done = _DONE(done_before)
+        self._ctx.done_before = _address(self._done)
         ctx_box.append(self._ctx)
         self._handles: list[int] = []
         self._finalizer = weakref.finalize(self, _release, lib, weakref.ref(uc), self._handles, ctx)

@@ -771,3 +771,17 @@ def test_small_budget_leaving_its_span_still_stops_after_n(n: int) -> None:
     rig.run()
     assert (rig.hooks.instructions, rig.hooks.budget) == (n, 0)
     assert rig.rip == oracle.rip
+
+
+def test_store_into_its_own_block_is_counted_once_by_the_block_counter(counter) -> None:
+    """mov word [target], 0x9090 rewrites `inc eax` later in its own block into two nops:
+    QEMU leaves the block at the store and runs the store again as a block of its own.
+    Executed: the store, nop, nop, hlt. The per-instruction counter counts the store twice
+    (the limit in emu/hw/native.py's docstring); the block counter takes back what the
+    block it left did not run."""
+    code = b"\x66\xc7\x05" + (0).to_bytes(4, "little") + b"\x90\x90" + b"\xff\xc0" + HLT
+    assert [i.mnemonic for i in DECODER.disasm(code, CODE)] == ["mov", "inc", "hlt"]
+    rig, _ = counted(code)
+    assert rig.ram[CODE + 9 : CODE + 11] == b"\x90\x90"
+    assert rig.uc.reg_read(UC_X86_REG_RAX) == 0            # inc eax never ran
+    assert rig.hooks.instructions == (4 if counter == "block" else 5)
