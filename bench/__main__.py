@@ -1,14 +1,14 @@
 """``make bench``: the machine's speed as ratios against plain Unicorn, measured in one run.
 
     compute   the `loop` guest, paging on (ours) vs the same image on plain Unicorn
-              with no paging at all                        target: speed >= 0.9x
+              with no paging at all                        target: speed >= 0.95x
     sweep     the `sweep` guest, 16,384 pages x 8 rounds, every access a QEMU TLB miss:
               ours vs QEMU's own C walker on the same page tables  target: time <= 3x
     startup   `emu run hello` vs `python -c "import unicorn, capstone"`  target: <= 2x
-    counting  the `loop` guest with instructions counted (--max-insns) vs full speed
-              (information: the cost of exact counting)
-    two processes preempted: two `loop`s sharing the CPU, as guest instructions per second
-              relative to one alone (full speed) and to plain Unicorn (information)
+    counting  the `loop` guest with instructions counted (--max-insns) vs full speed,
+              two `loop`s preempted vs twice one alone, and `emu debug` continuing to a
+              breakpoint 100 M instructions in vs `emu run`   targets: time <= 1.5x
+    two processes preempted: also as speed relative to plain Unicorn (information)
     traps     a system call round trip vs a Python syscall hook on flat Unicorn, demand-zero
               and hard faults per second, context switches per second (bench/traps.py)
     read round trips per second: devbench through buffered.sys (completed in the dispatch
@@ -115,8 +115,8 @@ def main() -> int:
     emu_run_time("loop", ["1000"])           # warm up: the first machine pays one-time costs
     ours = median_time(lambda: emu_run_time("loop", loop_args), n)
     plain = median_time(lambda: run_flat(APPS / "loop", loop_args), n)
-    rows.append(("compute (speed vs plain Unicorn, no paging)", plain / ours, ">= 0.9x",
-                 plain / ours >= 0.9, f"ours {ours:.3f}s, plain {plain:.3f}s"))
+    rows.append(("compute (speed vs plain Unicorn, no paging)", plain / ours, ">= 0.95x",
+                 plain / ours >= 0.95, f"ours {ours:.3f}s, plain {plain:.3f}s"))
 
     sweep_args = ["16384", "8"]
     ours = median_time(lambda: emu_run_time("sweep", sweep_args, "256M"), n)
@@ -130,20 +130,34 @@ def main() -> int:
     rows.append(("startup (emu run hello vs import)", start / base, "<= 2x", start / base <= 2,
                  f"emu run {start * 1000:.0f}ms, import {base * 1000:.0f}ms"))
 
+    # Counting (issue 13): every figure below counts instructions per translated block
+    # (emu/hw/native.c); docs/performance.md gives the cost model.
     short = [str(int(args.iterations) // 10)]
     fast = median_time(lambda: emu_run_time("loop", short), n)
     counted = median_time(lambda: emu_run_time("loop", short, max_insns=1 << 40), n)
-    rows.append(("counting (counted time vs full speed)", counted / fast, "info", True,
-                 f"counted {counted:.3f}s, full speed {fast:.3f}s"))
+    rows.append(("--max-insns counted run (time vs free run, loop)", counted / fast, "<= 1.5x",
+                 counted / fast <= 1.5, f"counted {counted:.3f}s, free {fast:.3f}s"))
 
-    # Two compute-bound processes sharing the CPU (preemption on, so every instruction is
-    # counted) against one alone at full speed and against plain Unicorn.
+    # Two compute-bound processes sharing the CPU (preemption on, so instructions are
+    # counted) against twice one alone at full speed, and against plain Unicorn.
     pair = median_time(lambda: machine_time([("loop", short), ("loop", short)]), n)
-    rows.append(("two processes preempted (speed vs one alone)", 2 * fast / pair, "info", True,
-                 f"two {pair:.3f}s, one {fast:.3f}s"))
+    rows.append(("two processes, default quantum (time vs 2 x one alone)", pair / (2 * fast),
+                 "<= 1.5x", pair / (2 * fast) <= 1.5, f"two {pair:.3f}s, one {fast:.3f}s"))
     plain_short = median_time(lambda: run_flat(APPS / "loop", short), n)
     rows.append(("two processes preempted (speed vs plain Unicorn)", 2 * plain_short / pair,
                  "info", True, f"two {pair:.3f}s, plain one {plain_short:.3f}s"))
+
+    # The debugger: continue to a breakpoint 100 M instructions in, against `emu run` of
+    # the same program to the same point (its end is 12 instructions of printf further).
+    until = [debugger.CONTINUE_ITERATIONS]
+    run_time = median_time(lambda: emu_run_time("loop", until), n)
+    cont = debugger.continue_time(max(1, n // 2))
+    rows.append(("emu debug: continue to a breakpoint 100 M in (time vs emu run)",
+                 cont / run_time, "<= 1.5x", cont / run_time <= 1.5,
+                 f"continue {cont:.3f}s, emu run {run_time:.3f}s"))
+    bare = debugger.continue_time(max(1, n // 2), "--snapshots", "0")
+    rows.append(("  the same with --snapshots 0 (no fork every 5 M)", bare / run_time, "info",
+                 True, f"continue {bare:.3f}s, emu run {run_time:.3f}s"))
 
     rows.extend(traps.rows(n))      # system calls, page faults, context switches (targets)
 

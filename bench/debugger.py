@@ -6,6 +6,8 @@ mode as a user would run it (a script on standard input):
                           through a snapshot (the default ring) and from boot (--snapshots 0)
     snapshot memory       the private memory of each snapshot kept (`info snapshots`, from
                           /proc/PID/smaps_rollup), one every 1,000,000 instructions
+    continue              `break printf` then `continue` on `loop 20000000`: the breakpoint is
+                          100,000,168 instructions in (seconds from `continue` to the stop)
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ class Debugger:
     """A running ``emu debug`` of the `loop` guest, fed commands on a pipe; ``timed`` says
     how long a command took, from sending it to the answer of the `position` after it."""
 
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, iterations: str = "100000000") -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emu", "debug", *options, LOOP, "100000000"],
+            [sys.executable, "-m", "emu", "debug", *options, LOOP, iterations],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
 
     def timed(self, commands: str) -> tuple[float, str]:
@@ -68,6 +70,25 @@ def reverse_latency(repeat: int, *options: str) -> float:
         try:
             d.timed("si 1000000\n")
             times.append(d.timed("rsi 1\n")[0])
+        finally:
+            d.close()
+    return statistics.median(times)
+
+
+CONTINUE_ITERATIONS = "20000000"     # loop's 5-instruction body: printf 100 M in
+
+
+def continue_time(repeat: int, *options: str) -> float:
+    """Seconds of ``continue`` from the entry point to ``break printf``, 100 M in."""
+    times = []
+    for _ in range(repeat):
+        d = Debugger(*options, iterations=CONTINUE_ITERATIONS)
+        try:
+            d.timed("break printf\n")
+            elapsed, out = d.timed("continue\n")
+            if "Breakpoint 1, loop!printf" not in out:
+                raise SystemExit("bench: continue did not stop at printf:\n" + out)
+            times.append(elapsed)
         finally:
             d.close()
     return statistics.median(times)

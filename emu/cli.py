@@ -70,6 +70,9 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
+    if value >= 1 << 64:
+        # Budgets are 64-bit counters (emu/hw/native.c), as QEMU's icount is.
+        raise argparse.ArgumentTypeError("must be below 2^64")
     return value
 
 

@@ -88,6 +88,8 @@ class Machine:
                              f"not {size}")
         if max_insns is not None and max_insns <= 0:
             raise ValueError("--max-insns must be positive")
+        if max_insns is not None and max_insns >= 1 << 64:
+            raise ValueError("--max-insns must be below 2^64")
         if quantum <= 0:
             raise ValueError("--quantum must be positive")
         if isinstance(pagefile_size, str):

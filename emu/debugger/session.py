@@ -8,16 +8,19 @@ one of the resume methods (``step``, ``next``, ``finish``, ``until``, ``cont``,
 detaches: the machine runs on to its end with no more stops.
 
 How the machine pauses (emu.nt.kernel.Executive._run_cpu):
-* Steps: every instruction is counted (the C counter, emu/hw/native.py); the CPU's budget
-  is clipped at the step's end, and the executive gives the rest of its budget back after
+* Steps: the C counter (emu/hw/native.py) charges each translated block at its entry and
+  finishes a budget inside a block instruction by instruction; the CPU's budget is
+  clipped at the step's end, and the executive gives the rest of its budget back after
   the pause, so the schedule (quanta, interrupts, preemption) is the same as without a
   debugger: a run is deterministic with or without stops.
 * Breakpoints: a Unicorn code hook on the one address (only that address pays); it stops
   the CPU before the instruction runs.
 * Watchpoints: Unicorn memory hooks on the range; the CPU stops after the accessing
   instruction, as hardware debug registers report a data breakpoint (SDM Vol. 3B 17.2.4).
+  While one is set, every instruction is counted (a stop inside a block needs it).
 * Catchpoints: the executive's events (emu.nt.events).
-* Ctrl-C: ``interrupt()`` from any thread stops the CPU at the next instruction.
+* Ctrl-C: ``interrupt()`` from any thread stops the CPU at the next block boundary (the
+  next instruction while every instruction is counted).
 The shell always runs outside Unicorn's emu_start, between two runs of the CPU.
 
 Positions: instructions completed since boot plus exceptions the CPU raised (a fault is a
@@ -465,6 +468,9 @@ class Session(ReverseExecution):
                 for lo, hi in self._physical_ranges(wp):
                     self._watched.append((lo, hi))
                     self._hooks.append(uc.hook_add(kinds, self._on_memory, wp, lo, hi - 1))
+        # A watchpoint stops right after the accessing instruction, inside its block: with
+        # one set, every instruction is counted (emu/hw/native.py); else whole blocks are.
+        self.executive.cpu.native.per_instruction = bool(self._watched)
         uc.ctl_flush_tb()
         uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)   # cached pages would skip memory hooks
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
+import capstone
 from unicorn import (
     UC_ARCH_X86,
     UC_CTL_IO_WRITE,
@@ -300,7 +301,7 @@ class Cpu:
         self.clock: Callable[[], int] = lambda: 0   # the machine's time, for devices
         self.on_cr3_load: Callable[[int, int], None] | None = None   # (old, new), if changed
         self.on_device_started: Callable[[], None] | None = None     # an OUT armed a device
-        self.native = NativeHooks(uc, self._fill)
+        self.native = NativeHooks(uc, self._fill, self._block_offsets)
         self.cr8 = Cr8(self)                     # the IRQL: guest CR8 moves made to work
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
@@ -371,6 +372,7 @@ class Cpu:
         if cr3 is not None:
             old, self.cr3 = self.cr3, cr3
             self.set_reg("cr3", cr3)         # a context switch: no binding call on that path
+            self.native.set_space(cr3)        # the blocks counted next are this space's
             if old != cr3 and self.on_cr3_load is not None:
                 self.on_cr3_load(old, cr3)
         self.flush_tlb()
@@ -403,6 +405,12 @@ class Cpu:
         because Unicorn does not see stores made from the host (platform-facts.md)."""
         self.code_flushes += 1
         self.uc.ctl_flush_tb()
+        self.native.forget_blocks()          # their instruction counts go with them
+
+    def forget_code(self) -> None:
+        """New code is loaded (a process image): forget the instruction counts of the
+        blocks learnt so far, since its pages may sit at the addresses of older code."""
+        self.native.forget_blocks()
 
     # -- clean state after exceptions -----------------------------------------------------
 
@@ -491,6 +499,37 @@ class Cpu:
         except (mmu.PageFault, mmu.GeneralProtection) as fault:
             return self._complete_fault(self._exception_from_walk(fault, 0, "fetch"))
         raise RuntimeError("guest jumped to virtual address 0, which this machine cannot run")
+
+    def _block_offsets(self, pc: int, size: int) -> tuple[list[int], int | None]:
+        """The offsets of the instructions of the translated block of ``size`` bytes at
+        ``pc``, decoded as the CPU runs them (its CPL and mode), and where its bytes are in
+        host memory if guest code may write them (0 if the block spans two pages), else
+        None. An undecodable instruction ends a block (QEMU translates it as the #UD it
+        raises), so the rest is one."""
+        pages = [self._code_page(page) for page in range(pc & ~0xFFF, pc + size, 0x1000)]
+        if len(pages) == 1:
+            code = self.mem.read(pages[0].pa + (pc & 0xFFF), size)
+        else:
+            code = self.read_code(pc, size, cpl=self.cpl)
+        offsets, end = [], 0
+        for offset, length, _mnemonic, _operands in _capstone(self.code_bits).disasm_lite(code, 0):
+            offsets.append(offset)
+            end = offset + length
+        if end < size:
+            offsets.append(end)
+        host = None
+        if any(page.writable for page in pages):
+            host = self.mem.address + pages[0].pa + (pc & 0xFFF) if len(pages) == 1 else 0
+        return offsets or [0], host
+
+    def _code_page(self, va: int) -> mmu.Translation:
+        """The page at ``va`` as ring 0 sees it (ring 3 if SMAP keeps ring 0 out): its
+        frame, and whether code may write it (with CR0.WP, ring 0 writes only what the
+        tables allow)."""
+        try:
+            return self.walk(va, "read", cpl=0)
+        except (mmu.PageFault, mmu.GeneralProtection):
+            return self.walk(va, "read", cpl=3)
 
     # -- faults raised from instruction hooks ---------------------------------------------
 
@@ -819,6 +858,13 @@ class Cpu:
         """Release Unicorn's resources."""
         self._pending_cr2 = None
         self.native.close()
+
+
+@cache
+def _capstone(bits: int) -> capstone.Cs:
+    """A Capstone decoder for ``bits``-bit code (no detail: lengths only)."""
+    return capstone.Cs(capstone.CS_ARCH_X86,
+                       capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32)
 
 
 # -- which interrupts are software interrupts ---------------------------------------------------

@@ -13,9 +13,12 @@
  *     the paging structures change: the executive must flush (MOV CR3, CR4)
  *     or invalidate the page (INVLPG) after changing them (SDM Vol. 3A 4.10.4).
  *
- *  2. An instruction counter with a budget: a UC_HOOK_CODE hook, called
- *     before every instruction, that counts it and stops the run when the
- *     budget is spent. native.py documents the exact semantics.
+ *  2. An instruction counter with a budget, in two forms: a UC_HOOK_BLOCK
+ *     hook that charges each translated block's instruction count at its
+ *     entry (learnt once per block), and a UC_HOOK_CODE hook, called before
+ *     every instruction, for the tail of a budget smaller than a block (and
+ *     as the reference the block counter is tested against). Both stop the
+ *     run when the budget is spent. native.py documents the exact semantics.
  *
  * Nothing here includes Unicorn's headers, so the Makefile's one-line cc
  * command builds it; the few Unicorn 2.1.4 definitions used are below.
@@ -40,6 +43,10 @@ typedef int (*emu_stop_fn)(uc_engine *uc);
 /* The walker: returns paddr | perms | FILL_NO_CACHE, or a negative number to deny. */
 typedef int64_t (*walker_fn)(uint64_t vpage, int32_t access, int32_t cpl,
                              uint64_t rflags);
+/* The block learner: the number of instructions in the block of `size` bytes at `pc`. */
+typedef int64_t (*learn_fn)(uint64_t pc, uint64_t size);
+/* The instructions of the block charged last that come before `pc` (Python). */
+typedef int64_t (*done_fn)(uint64_t pc);
 
 #define FILL_PERMS     0x7              /* UC_PROT_READ | WRITE | EXEC */
 #define FILL_NO_CACHE  0x8              /* serve once, keep out of the STLB */
@@ -79,6 +86,30 @@ enum mode { MODE_USER, MODE_KERNEL_AC0, MODE_KERNEL_AC1, MODE_COUNT };
 #define GENERATIONS 512u                /* tag bits 3-11 */
 #define STLB_BYTES (STLB_SETS * STLB_WAYS * sizeof(struct stlb_entry))
 
+/*
+ * Learnt blocks: (pc, size, space) -> instruction count. A translated block's
+ * count never changes while its bytes do not; the executive forgets them all
+ * (native_forget_blocks) whenever translated code is dropped or a new image
+ * is loaded, as QEMU drops its translations.
+ */
+#define BCACHE_BITS 16
+#define BCACHE_SIZE (1u << BCACHE_BITS)
+#define BCACHE_LIMIT (BCACHE_SIZE / 2)  /* forget all once half full */
+
+struct block_entry {
+    uint64_t pc;
+    uint64_t space;
+    uint32_t size;
+    uint32_t count;             /* 0: empty slot */
+    const uint8_t *host;        /* the bytes in RAM, when the guest may rewrite them */
+    uint8_t *copy;              /* ... and what they were when learnt */
+    uint64_t always;            /* writable and hard to watch: learn at every entry */
+};
+
+/* What the learner returns: the count, and whether the guest may rewrite the block. */
+#define LEARN_COUNT    0xffffffffull
+#define LEARN_WRITABLE (1ull << 32)
+
 struct stlb_entry {
     uint64_t tag;
     uint64_t value;
@@ -104,9 +135,29 @@ struct native_ctx {
     walker_fn walker;           /* the Python page walker */
     int32_t reg_cs;             /* UC_X86_REG_CS */
     int32_t reg_rflags;         /* UC_X86_REG_RFLAGS */
+    /* The block counter (native_block). */
+    learn_fn learn;             /* counts a block's instructions (Python, on a miss) */
+    done_fn done_before;        /* where a block was left (Python, rare) */
+    uint64_t learn_host;        /* set by it: where a writable block's bytes are (or 0) */
+    uint64_t space;             /* the address space learnt blocks belong to (CR3) */
+    struct block_entry *last;   /* the block charged last (a loop's block, again?) */
+    uint64_t block_before;      /* ... the instructions completed before it ... */
+    uint64_t in_block;          /* ... and whether the run may still be inside it */
+    uint64_t stop_flag;         /* stop_soon(): stop at the next block */
+    uint64_t tail_pc;           /* a block bigger than the budget left stopped here */
+    uint64_t tail_size;
+    uint64_t tail_pending;      /* ... and the budget must end inside it */
+    uint64_t tail_mode;         /* the counting hook counts in [tail_pc, + tail_size) */
+    uint64_t tail_exit;         /* the tail's run stopped at a block outside that range */
+    uint64_t blocks;            /* block entries charged */
+    uint64_t learned;           /* blocks learnt (calls of `learn`) */
     struct stlb_entry *stlb;    /* STLB_SETS * STLB_WAYS entries */
     uint64_t generation;        /* entries of other generations are stale */
+    struct block_entry *bcache; /* BCACHE_SIZE learnt blocks, open addressing */
+    uint64_t bcache_used;
 };
+
+void native_forget_blocks(struct native_ctx *ctx);
 
 size_t native_ctx_size(void)
 {
@@ -128,6 +179,13 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
         return NULL;
     }
     memset(ctx->stlb, 0, STLB_BYTES);
+    ctx->bcache = calloc(BCACHE_SIZE, sizeof(struct block_entry));
+    if (ctx->bcache == NULL) {
+        free(ctx->stlb);
+        free(ctx);
+        return NULL;
+    }
+    ctx->last = ctx->bcache;
     ctx->reg_read = reg_read;
     ctx->emu_stop = emu_stop;
     ctx->walker = walker;
@@ -139,8 +197,12 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
 /* Frees a context. Its hooks must already be removed. */
 void native_close(struct native_ctx *ctx)
 {
-    if (ctx != NULL)
+    if (ctx != NULL) {
         free(ctx->stlb);
+        if (ctx->bcache != NULL)
+            native_forget_blocks(ctx);
+        free(ctx->bcache);
+    }
     free(ctx);
 }
 
@@ -261,9 +323,10 @@ static void retract(struct native_ctx *ctx)
 
 static void note_fault(struct native_ctx *ctx, int type)
 {
-    if (type == UC_MEM_FETCH)
+    if (type == UC_MEM_FETCH) {         /* the block before completed */
         ctx->in_flight = 0;
-    else
+        ctx->in_block = 0;
+    } else
         retract(ctx);
 }
 
@@ -326,7 +389,9 @@ void native_count(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 {
     struct native_ctx *ctx = user_data;
 
-    if (ctx->remaining == 0) {
+    if (ctx->remaining == 0 || ctx->stop_flag) {
+        ctx->stop_flag = 0;
+        ctx->remaining = 0;
         ctx->in_flight = 0;
         ctx->emu_stop(uc);
         return;
@@ -335,4 +400,167 @@ void native_count(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     ctx->instructions++;
     ctx->last_pc = pc;
     ctx->in_flight = 1;
+}
+
+/* Forgets every learnt block (translated code was dropped, or new code loaded). */
+void native_forget_blocks(struct native_ctx *ctx)
+{
+    for (uint32_t i = 0; i < BCACHE_SIZE; i++)
+        free(ctx->bcache[i].copy);
+    memset(ctx->bcache, 0, BCACHE_SIZE * sizeof(struct block_entry));
+    ctx->bcache_used = 0;
+    ctx->last = ctx->bcache;
+}
+
+static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,
+                                       uint32_t size)
+{
+    uint64_t h = ((pc ^ ctx->space * 31 ^ (uint64_t)size << 48) * GOLDEN)
+                 >> (64 - BCACHE_BITS);
+    struct block_entry *e;
+
+    for (;;) {
+        e = &ctx->bcache[h];
+        if (e->count == 0 || (e->pc == pc && e->size == size
+                              && e->space == ctx->space))
+            return e;
+        h = (h + 1) & (BCACHE_SIZE - 1);
+    }
+}
+
+/* Whether a learnt block must be learnt again: the guest rewrote its bytes. */
+static bool block_changed(const struct block_entry *e)
+{
+    return e->always || (e->host != NULL && memcmp(e->host, e->copy, e->size) != 0);
+}
+
+/*
+ * The instruction count of the block at `pc`, learnt on its first entry. A
+ * block the guest may write (a writable page: self-modifying code, a JIT)
+ * keeps a copy of its bytes, compared at every entry: QEMU translates the
+ * new bytes again, and the count is learnt again with them.
+ */
+static uint64_t block_count(struct native_ctx *ctx, uint64_t pc, uint32_t size)
+{
+    struct block_entry *e = bcache_slot(ctx, pc, size);
+    int64_t answer;
+    uint64_t n;
+
+    if (e->count != 0 && !block_changed(e)) {
+        ctx->last = e;
+        return e->count;
+    }
+    if (e->count == 0 && ctx->bcache_used >= BCACHE_LIMIT) {
+        native_forget_blocks(ctx);
+        e = bcache_slot(ctx, pc, size);
+    }
+    if (e->count == 0)
+        ctx->bcache_used++;
+    free(e->copy);
+    e->copy = NULL;
+    e->host = NULL;
+    e->always = 0;
+    ctx->learned++;
+    ctx->learn_host = 0;
+    answer = ctx->learn(pc, size);
+    n = answer > 0 ? (uint64_t)answer & LEARN_COUNT : 0;
+    if (n == 0)
+        n = 1;                  /* the learner failed: it reports why */
+    if (answer > 0 && ((uint64_t)answer & LEARN_WRITABLE)) {
+        e->copy = ctx->learn_host ? malloc(size) : NULL;
+        if (e->copy != NULL) {
+            e->host = (const uint8_t *)(uintptr_t)ctx->learn_host;
+            memcpy(e->copy, e->host, size);
+        } else {
+            e->always = 1;
+        }
+    }
+    e->pc = pc;
+    e->space = ctx->space;
+    e->size = size;
+    e->count = (uint32_t)n;
+    ctx->last = e;
+    return n;
+}
+
+/*
+ * Whether entering the block [pc, pc + size) shows that the block charged last, `e`,
+ * was left at pc without a stop: QEMU leaves a block whose own bytes a store of it
+ * rewrote, at that store, and runs the store again as a block of one instruction
+ * (measured). Any other block that starts inside the last one runs to the same end
+ * (a jump back into a loop, a `rep` iteration), so a shorter one is this case.
+ */
+static bool left_early(const struct block_entry *e, uint64_t pc, uint32_t size)
+{
+    uint64_t into = pc - e->pc;
+
+    return pc >= e->pc && into < e->size && size < e->size - into;
+}
+
+/* The block charged last was left at pc: its instructions from pc on did not run. */
+static void take_back(struct native_ctx *ctx, uint64_t pc)
+{
+    int64_t done = ctx->done_before(pc);
+    uint64_t undone;
+
+    if (done < 0 || (uint64_t)done >= ctx->last->count)
+        return;
+    undone = ctx->last->count - (uint64_t)done;
+    ctx->instructions -= undone;
+    ctx->remaining += undone;
+}
+
+/*
+ * UC_HOOK_BLOCK callback, called at the entry of each translated block, before
+ * any of its instructions (measured: a stop requested here ends the run with
+ * the block not executed, RIP at its first instruction). Charges the block's
+ * instructions to the budget; a block bigger than the budget left is not
+ * entered: the run stops before it and native.py finishes the budget inside it
+ * with the per-instruction hook (the tail).
+ */
+void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
+{
+    struct native_ctx *ctx = user_data;
+    struct block_entry *e = ctx->last;
+    uint64_t n = e->count;
+
+    /* The fast path: the block of the last entry again (a loop), nothing to watch. */
+    if (!(e->pc == pc && e->size == size && e->space == ctx->space
+          && e->host == NULL && !e->always && !(ctx->stop_flag | ctx->tail_mode)
+          && n != 0 && n <= ctx->remaining)) {
+        if (ctx->in_block && left_early(ctx->last, pc, size))
+            take_back(ctx, pc);
+        ctx->in_block = 0;
+        if (ctx->tail_mode) {
+            /* The tail: blocks in its range count per instruction; a block outside it
+             * is not entered, and native.py goes on counting per block from there. */
+            uint64_t into = pc - ctx->tail_pc;     /* no overflow at 2^64 */
+
+            if (pc < ctx->tail_pc || into >= ctx->tail_size
+                || size > ctx->tail_size - into) {
+                ctx->tail_exit = 1;
+                ctx->emu_stop(uc);
+            }
+            return;
+        }
+        if (ctx->stop_flag || ctx->remaining == 0) {
+            ctx->stop_flag = 0;
+            ctx->remaining = 0;
+            ctx->emu_stop(uc);
+            return;
+        }
+        n = block_count(ctx, pc, size);
+        if (n > ctx->remaining) {
+            ctx->tail_pc = pc;
+            ctx->tail_size = size;
+            ctx->tail_pending = 1;
+            ctx->emu_stop(uc);
+            return;
+        }
+    }
+    ctx->remaining -= n;
+    ctx->block_before = ctx->instructions;
+    ctx->instructions += n;
+    ctx->blocks++;
+    ctx->in_block = 1;          /* the block is *ctx->last */
 }

@@ -5,8 +5,13 @@ Two hooks on the Unicorn engine, both in C so that no Python runs in the common 
 * An STLB (second-level TLB) in front of the Python page walker. Unicorn calls the
   UC_HOOK_TLB_FILL hook on every miss of QEMU's own TLB; the STLB answers the pages it has
   seen, and only its misses cost a call into Python (about 1.2 us each).
-* An instruction counter with a budget (a UC_HOOK_CODE hook), installed only while a budget
-  is set, so that a run without one pays nothing per instruction.
+* An instruction counter with a budget, installed only while a budget is set, so that a run
+  without one pays nothing. It counts per translated block (a UC_HOOK_BLOCK hook charges a
+  block's instruction count at its entry, about 5-10 ns a block), and per instruction (a
+  UC_HOOK_CODE hook, 7-8 ns an instruction) only for the tail of a budget that ends inside
+  a block, while a debugger watchpoint is set (:attr:`NativeHooks.per_instruction`), or as
+  the reference the block counter is tested against (``PER_INSTRUCTION``, or
+  ``EMU_COUNT=instruction`` in the environment).
 
 The walker contract, ``fill(vpage, access, cpl, rflags) -> int``:
 
@@ -42,6 +47,30 @@ Instruction counting (measured on Unicorn 2.1.4; each case is a test in test_nat
   iteration with RCX still non-zero) when a ``timeout`` lands right after it: that case is
   counted one short. A fault whose interrupt hook resumes elsewhere instead of stopping the
   run stays counted. The budget's own stop is always exact.
+
+Block counting gives the same counts (a test runs every guest app both ways):
+
+* A block's instructions are learnt on its first entry, keyed by its address, its size in
+  bytes (what Unicorn reports: the bytes QEMU translated, which end at the block's last
+  instruction) and the address space (CR3): the caller's ``code(pc, size)`` decodes them.
+  :meth:`NativeHooks.forget_blocks` forgets them all when translated code is dropped or a
+  new image is loaded. A block on a page guest code may write keeps a copy of its bytes,
+  compared at every entry: rewritten, it is learnt again, as QEMU translates it again.
+* When a run leaves a block early (a fault, an exception, a stop from a hook), the
+  instructions from RIP to the block's end are taken back: RIP names the first one that
+  did not complete. A stop at a block boundary takes back nothing.
+* A ``rep`` string instruction is a block of its own for each iteration: c + 1 as before.
+* A budget smaller than the next block stops the run before that block (a stop asked for
+  by the block hook ends the run with none of the block executed, measured), and the rest
+  is run with the per-instruction hook on that block's bytes alone, so the stop is exact.
+* :meth:`NativeHooks.stop_soon` stops at the next block boundary (the next instruction
+  when counting per instruction).
+* A guest store into the bytes of the block being executed makes QEMU leave the block at
+  the store and run the store again as a block of one instruction (measured). The block
+  counter sees a block that starts inside the last one and ends before it (no other block
+  does: a jump back into a loop runs to the same end) and takes back the last block's
+  instructions from there, so the store counts once. The per-instruction counter counts
+  that store twice (a limit of the reference, not of the default counter).
 """
 
 from __future__ import annotations
@@ -63,6 +92,7 @@ from unicorn import (
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_OK,
+    UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_TLB_FILL,
     Uc,
@@ -115,6 +145,17 @@ _TAG_VALID, _GENERATIONS = 1, 512  # native.c: TAG_VALID, GENERATIONS (tag bits 
 _WALKER = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64
 )
+_LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
+_DONE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64)
+_LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
+# A budget this small (a debugger's step) runs per instruction from its start, over the
+# next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
+_SMALL_BUDGET = 16
+_TAIL_SPAN = 0x2000
+
+# The per-instruction counter for every run (the reference the block counter is tested
+# against: tests set it to compare the two); new NativeHooks read it.
+PER_INSTRUCTION = os.environ.get("EMU_COUNT") == "instruction"
 
 
 class _Ctx(ctypes.Structure):
@@ -132,6 +173,35 @@ class _Ctx(ctypes.Structure):
         ("walker", ctypes.c_void_p),
         ("reg_cs", ctypes.c_int32),
         ("reg_rflags", ctypes.c_int32),
+        ("learn", ctypes.c_void_p),
+        ("done_before", ctypes.c_void_p),
+        ("learn_host", ctypes.c_uint64),
+        ("space", ctypes.c_uint64),
+        ("last", ctypes.c_void_p),
+        ("block_before", ctypes.c_uint64),
+        ("in_block", ctypes.c_uint64),
+        ("stop_flag", ctypes.c_uint64),
+        ("tail_pc", ctypes.c_uint64),
+        ("tail_size", ctypes.c_uint64),
+        ("tail_pending", ctypes.c_uint64),
+        ("tail_mode", ctypes.c_uint64),
+        ("tail_exit", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("learned", ctypes.c_uint64),
+    ]
+
+
+class _BlockEntry(ctypes.Structure):
+    """native.c's struct block_entry: a learnt block."""
+
+    _fields_ = [
+        ("pc", ctypes.c_uint64),
+        ("space", ctypes.c_uint64),
+        ("size", ctypes.c_uint32),
+        ("count", ctypes.c_uint32),
+        ("host", ctypes.c_void_p),
+        ("copy", ctypes.c_void_p),
+        ("always", ctypes.c_uint64),
     ]
 
 
@@ -178,6 +248,7 @@ def _library() -> ctypes.CDLL:
     lib.native_close.argtypes = [ctypes.c_void_p]
     lib.native_flush.argtypes = [ctypes.c_void_p]
     lib.native_invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.native_forget_blocks.argtypes = [ctypes.c_void_p]
     lib.native_insert.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t,
                                   ctypes.POINTER(ctypes.c_uint64)]
     if lib.native_ctx_size() != ctypes.sizeof(_Ctx):
@@ -203,8 +274,14 @@ class NativeHooks:
     """The machine's C fast paths: an STLB in front of the Python page walker, and an
     instruction counter."""
 
-    def __init__(self, uc: Uc, fill: Callable[[int, int, int, int], int]) -> None:
-        """Register the TLB-fill hook on `uc` (already in UC_TLB_VIRTUAL mode)."""
+    def __init__(self, uc: Uc, fill: Callable[[int, int, int, int], int],
+                 code: Callable[[int, int], tuple[list[int], int | None]] | None = None
+                 ) -> None:
+        """Register the TLB-fill hook on `uc` (already in UC_TLB_VIRTUAL mode). ``code(pc,
+        size)`` gives the offsets of the instructions of the block of ``size`` bytes at
+        ``pc`` (decoded as the CPU runs it), and, if the guest may write those bytes, the
+        host address where they are (0 when not in one piece), else None; without it every
+        instruction is counted."""
         lib = _library()
         self._uc = uc
         self._lib = lib
@@ -220,9 +297,29 @@ class NativeHooks:
                 stop(uch)
                 return DENY
 
-        # The closure must not reference self, or the finalizer would keep self alive.
+        offsets: dict[tuple[int, int, int], list[int]] = {}
+        ctx_box: list[_Ctx] = []
+
+        def learner(pc: int, size: int) -> int:
+            try:
+                found, host = code(pc, size)
+            except BaseException as exc:  # noqa: B036 - re-raised by start()
+                errors.append(exc)
+                stop(uch)
+                return 1
+            ctx = ctx_box[0]
+            offsets[(pc, size, ctx.space)] = found
+            if host is None:
+                return len(found)
+            ctx.learn_host = host
+            return len(found) | _LEARN_WRITABLE
+
+        # The closures must not reference self, or the finalizer would keep self alive.
         self._errors = errors
+        self._code = code
+        self._offsets = offsets
         self._walker = _WALKER(walker)
+        self._learner = _LEARNER(learner)
         ctx = lib.native_open(
             _address(_binding.uclib.uc_reg_read),
             _address(stop),
@@ -234,15 +331,34 @@ class NativeHooks:
             raise MemoryError("native_open: no memory for the STLB")
         self._ctx_ptr = ctx
         self._ctx = _Ctx.from_address(ctx)
+        self._ctx.learn = _address(self._learner)
+        hooks_ref = weakref.ref(self)
+
+        def done_before(pc: int) -> int:
+            hooks = hooks_ref()
+            try:
+                return -1 if hooks is None else hooks._done_in_block(pc)
+            except BaseException as exc:  # noqa: B036 - re-raised by start()
+                errors.append(exc)
+                stop(uch)
+                return -1
+
+        self._done = _DONE(done_before)
+        self._ctx.done_before = _address(self._done)
+        ctx_box.append(self._ctx)
         self._handles: list[int] = []
         self._finalizer = weakref.finalize(self, _release, lib, weakref.ref(uc), self._handles, ctx)
         self._tlb_hook = self._hook_add(UC_HOOK_TLB_FILL, lib.native_tlb_fill)
-        self._code_hook: int | None = None
+        self._code_hook: int | None = None     # the per-instruction counter, when on
+        self._block_hook: int | None = None    # the block counter, when on
+        self._per_instruction = PER_INSTRUCTION or code is None
 
-    def _hook_add(self, htype: int, callback: ctypes._CFuncPtr) -> int:
+    def _hook_add(self, htype: int, callback: ctypes._CFuncPtr, begin: int = 1,
+                  end: int = 0) -> int:
         handle = _binding.uc_hook_h()
         status = _binding.uclib.uc_hook_add(
-            self._uc._uch, ctypes.byref(handle), htype, _address(callback), self._ctx_ptr, 1, 0
+            self._uc._uch, ctypes.byref(handle), htype, _address(callback), self._ctx_ptr,
+            ctypes.c_uint64(begin), ctypes.c_uint64(end)
         )
         if status != UC_ERR_OK:
             raise UcError(status)
@@ -255,9 +371,34 @@ class NativeHooks:
 
     def start(self, begin: int, until: int = 0, timeout: int = 0) -> None:
         """Run the guest like ``uc.emu_start`` (never with its ``count``), then settle the
-        instruction count and re-raise an exception the walker raised during the run."""
+        instruction count and re-raise an exception the walker raised during the run.
+
+        A budget that ends inside a block is finished there with the per-instruction
+        counter on that block alone (the tail), so the stop is exact."""
         self._check_open()
+        ctx = self._ctx
+        pc, tail = begin, None
+        if self._block_hook is not None and 0 < ctx.remaining <= _SMALL_BUDGET:
+            # A step: per instruction from the start (the span ends at 2^64 at most).
+            tail = (begin, min(_TAIL_SPAN, (1 << 64) - begin))
+        while True:
+            if tail is None:
+                self._run(pc, until, timeout)
+            else:
+                self._run_tail(pc, tail, until, timeout)
+            if self._errors or not ctx.remaining:
+                break
+            if ctx.tail_pending:              # the budget ends inside the next block
+                pc, tail = ctx.tail_pc, (ctx.tail_pc, ctx.tail_size)
+            elif ctx.tail_exit:               # the tail ran out of its range first
+                pc, tail = self._uc.reg_read(UC_X86_REG_RIP), None
+            else:
+                break
+        ctx.tail_pending = ctx.tail_exit = 0
+
+    def _run(self, begin: int, until: int, timeout: int) -> None:
         self._errors.clear()
+        self._ctx.tail_pending = self._ctx.tail_exit = 0
         try:
             self._uc.emu_start(begin, until, timeout)
         except UcError as failure:
@@ -269,13 +410,56 @@ class NativeHooks:
         if self._errors:
             raise self._errors[0]
 
+    def _run_tail(self, begin: int, span: tuple[int, int], until: int, timeout: int) -> None:
+        """Run from ``begin`` with the instructions of ``span`` (start, size) counted one by
+        one (a code hook on those bytes alone; their translations are dropped before and
+        after); a block outside it stops the run before it is entered."""
+        ctx = self._ctx
+        start, size = span
+        hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, start, start + size - 1)
+        self._uc.ctl_remove_cache(start, start + size)
+        ctx.tail_pc, ctx.tail_size, ctx.tail_mode = start, size, 1
+        try:
+            self._run(begin, until, timeout)
+        finally:
+            ctx.tail_mode = 0
+            self._hook_del(hook)
+            self._uc.ctl_remove_cache(start, start + size)
+
     def _settle(self) -> None:
-        """Take back the last counted instruction if the run ended with RIP still at it."""
+        """Take back what the run did not complete: the last counted instruction if RIP
+        still points at it (per-instruction counting), or the instructions of the block
+        from RIP on if the run left the block there (block counting)."""
         ctx = self._ctx
         if ctx.in_flight and self._uc.reg_read(UC_X86_REG_RIP) == ctx.last_pc:
             ctx.instructions -= 1
             ctx.remaining += 1
         ctx.in_flight = 0
+        if ctx.in_block:
+            ctx.in_block = 0
+            undone = self._block().count - self._done_in_block(self._uc.reg_read(UC_X86_REG_RIP))
+            ctx.instructions -= undone
+            ctx.remaining += undone
+
+    def _done_in_block(self, pc: int) -> int:
+        """Instructions of the block charged last that come before ``pc`` (all of them
+        when ``pc`` is not one of its instructions: the run left the block at its end)."""
+        block = self._block()
+        start, size = block.pc, block.size
+        if not start <= pc < start + size:
+            return block.count
+        key = (start, size, block.space)
+        offsets = self._offsets.get(key)
+        if offsets is None:
+            offsets = self._offsets[key] = self._code(start, size)[0]
+        try:
+            return offsets.index(pc - start)
+        except ValueError:
+            return block.count
+
+    def _block(self) -> _BlockEntry:
+        """The block charged last (valid while ``in_block``)."""
+        return _BlockEntry.from_address(self._ctx.last)
 
     def flush(self) -> None:
         """Empty the STLB and QEMU's TLB, as MOV CR3 does (SDM Vol. 3A 4.10.4.1)."""
@@ -300,21 +484,70 @@ class NativeHooks:
     def set_budget(self, n: int | None) -> None:
         """Stop the next runs after n more completed instructions; None stops counting.
 
-        Call between runs: adding or removing the code hook flushes translated blocks,
+        Call between runs: adding or removing a counting hook flushes translated blocks,
         so that every block is translated with (or without) the counting call."""
         self._check_open()
         if n is None:
-            if self._code_hook is not None:
-                self._hook_del(self._code_hook)
-                self._code_hook = None
-                self._uc.ctl_flush_tb()
+            self._counting(None)
             return
         if n < 0:
             raise ValueError(f"set_budget: negative budget {n}")
+        if n >= 1 << 64:
+            raise ValueError(f"set_budget: budget {n} is beyond 2^64 - 1")
         self._ctx.remaining = n
-        if self._code_hook is None:
-            self._code_hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count)
+        self._ctx.stop_flag = 0
+        self._counting(UC_HOOK_CODE if self._per_instruction else UC_HOOK_BLOCK)
+
+    def _counting(self, kind: int | None) -> None:
+        """Install the counter of ``kind`` (UC_HOOK_BLOCK or UC_HOOK_CODE), or none."""
+        want_code, want_block = kind == UC_HOOK_CODE, kind == UC_HOOK_BLOCK
+        changed = False
+        if (self._code_hook is not None) != want_code:
+            if want_code:
+                self._code_hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count)
+            else:
+                self._hook_del(self._code_hook)
+                self._code_hook = None
+            changed = True
+        if (self._block_hook is not None) != want_block:
+            if want_block:
+                self._block_hook = self._hook_add(UC_HOOK_BLOCK, self._lib.native_block)
+            else:
+                self._hook_del(self._block_hook)
+                self._block_hook = None
+            changed = True
+        if changed:
             self._uc.ctl_flush_tb()
+
+    @property
+    def per_instruction(self) -> bool:
+        """Whether every instruction is counted by a code hook (the reference counter, and
+        what watchpoints need to stop right after an instruction) instead of per block."""
+        return self._per_instruction
+
+    @per_instruction.setter
+    def per_instruction(self, value: bool) -> None:
+        value = bool(value) or self._code is None
+        if value == self._per_instruction:
+            return
+        self._per_instruction = value
+        if self.counting:
+            self._counting(UC_HOOK_CODE if value else UC_HOOK_BLOCK)
+
+    @property
+    def counting(self) -> bool:
+        """Whether a budget is set (a counting hook is installed)."""
+        return self._code_hook is not None or self._block_hook is not None
+
+    def set_space(self, space: int) -> None:
+        """The address space (CR3) the blocks that run next belong to."""
+        self._ctx.space = space
+
+    def forget_blocks(self) -> None:
+        """Forget every learnt block: translated code was dropped, or new code loaded."""
+        self._check_open()
+        self._lib.native_forget_blocks(self._ctx_ptr)
+        self._offsets.clear()
 
     def entries(self) -> list[tuple[Mode, int, int]]:
         """The STLB's valid entries: (mode, virtual page, physical page | Fill bits). They
@@ -331,8 +564,11 @@ class NativeHooks:
 
     def completed_before(self, pc: int) -> int:
         """From inside a code hook of the instruction at ``pc``: the instructions completed
-        before it (the counting hook may or may not have counted it already)."""
+        before it (the counting hook may or may not have counted it already, and the block
+        counter charged its whole block at its entry)."""
         ctx = self._ctx
+        if ctx.in_block:
+            return ctx.block_before + self._done_in_block(pc)
         return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == pc else 0)
 
     def account(self, completed: int) -> None:
@@ -341,22 +577,23 @@ class NativeHooks:
         stopped before): ``completed`` instructions are done while counting, and the
         difference goes back to (or comes out of) the budget. A no-op when not counting."""
         ctx = self._ctx
-        if self._code_hook is None:
+        if not self.counting:
             return
         ctx.remaining = max(0, ctx.remaining + ctx.instructions - completed)
         ctx.instructions = completed
-        ctx.in_flight = 0
+        ctx.in_flight = ctx.in_block = 0
 
     def stop_soon(self) -> None:
-        """End the budget now: the run stops before the next instruction (after the one
-        running, if any). Safe from another thread or a hook; a no-op when not counting."""
-        if self._code_hook is not None:
-            self._ctx.remaining = 0
+        """End the budget now: the run stops at the next block boundary (per instruction:
+        before the next instruction). Safe from another thread or a hook; a no-op when not
+        counting."""
+        if self.counting:
+            self._ctx.stop_flag = 1
 
     @property
     def budget(self) -> int | None:
         """Instructions left before the budget stops a run, or None when not counting."""
-        return None if self._code_hook is None else self._ctx.remaining
+        return self._ctx.remaining if self.counting else None
 
     @property
     def instructions(self) -> int:
@@ -366,7 +603,17 @@ class NativeHooks:
     @instructions.setter
     def instructions(self, value: int) -> None:
         self._ctx.instructions = value
-        self._ctx.in_flight = 0
+        self._ctx.in_flight = self._ctx.in_block = 0
+
+    @property
+    def blocks(self) -> int:
+        """Blocks the block counter charged (entries of translated blocks)."""
+        return self._ctx.blocks
+
+    @property
+    def learned(self) -> int:
+        """Blocks whose instructions were counted by decoding them (first entries)."""
+        return self._ctx.learned
 
     @property
     def fills(self) -> int:
@@ -384,8 +631,8 @@ class NativeHooks:
             return
         self._ctx = _Ctx.from_buffer_copy(self._ctx)
         self._finalizer()
-        if self._code_hook is not None:
-            self._code_hook = None
+        if self.counting:
+            self._code_hook = self._block_hook = None
             self._uc.ctl_flush_tb()
 
     @property

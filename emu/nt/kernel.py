@@ -264,6 +264,7 @@ class Executive:
     def create_process(self, image: Image, args: list[str],
                        parent: Process | None = None) -> Process:
         """A new process with its first thread ready to run (see emu.nt.ps)."""
+        self.cpu.forget_code()          # its image may sit where older code was counted
         return ps.create_process(self, image, args, parent)
 
     def terminate(self, proc: Process, status: int,
@@ -442,7 +443,11 @@ class Executive:
             return self._enter_user(thread)
         cpu = self.cpu
         cpu.uc.context_restore(thread.context)
-        cpu.set_control(cr3=thread.process.space.cr3)
+        if cpu.cr3 != thread.process.space.cr3:
+            # Windows' SwapContext loads CR3 only when the new thread's process differs:
+            # a thread resumed in its own address space keeps its TLB entries (and the
+            # counted turns of one process pay no refills).
+            cpu.set_control(cr3=thread.process.space.cr3)
         if thread.resume_rax is not None:
             cpu.set_reg("rax", thread.resume_rax)
             thread.resume_rax = None

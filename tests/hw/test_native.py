@@ -144,6 +144,17 @@ def bare_machine(code: bytes) -> tuple[Uc, mmap.mmap]:
     return uc, ram
 
 
+DECODER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+
+@pytest.fixture(autouse=True, params=["block", "instruction"])
+def counter(request, monkeypatch) -> str:
+    """Every test runs with both counters: per translated block (the default) and per
+    instruction (the reference)."""
+    monkeypatch.setattr(native, "PER_INSTRUCTION", request.param == "instruction")
+    return request.param
+
+
 class Rig:
     """A bare machine with NativeHooks and a scripted, recording walker."""
 
@@ -151,7 +162,17 @@ class Rig:
         self.uc, self.ram = bare_machine(code)
         self.rules: dict[int, Rule] = {}
         self.calls: list[tuple[int, int, int, int]] = []
-        self.hooks = NativeHooks(self.uc, self.walk)
+        self.learnt: list[tuple[int, int]] = []
+        self.hooks = NativeHooks(self.uc, self.walk, self.block)
+
+    def block(self, pc: int, size: int) -> tuple[list[int], int]:
+        """The instruction offsets of a block (identity map: RAM holds it at pc), and where
+        its bytes are: every page is writable here."""
+        self.learnt.append((pc, size))
+        at = pc % RAM_SIZE
+        code = bytes(self.ram[at : at + size])
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        return [offset for offset, *_ in DECODER.disasm_lite(code, 0)], base + at
 
     def walk(self, vpage: int, access: int, cpl: int, rflags: int) -> int:
         self.calls.append((vpage, access, cpl, rflags))
@@ -642,3 +663,125 @@ def test_ensure_built_without_a_compiler_says_so(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CC", "no-such-cc")
     with pytest.raises(RuntimeError, match="no C compiler 'no-such-cc'"):
         native.ensure_built()
+
+
+# --- the block counter -------------------------------------------------------------------
+
+
+def test_block_counter_learns_each_block_once_and_charges_it_at_every_entry(counter) -> None:
+    rig, _ = counted(busy_program())
+    if counter == "block":
+        assert rig.hooks.learned == len(rig.learnt) == len(set(rig.learnt)) > 0
+        assert rig.hooks.blocks > rig.hooks.learned      # the loop's blocks, entered again
+    else:
+        assert (rig.hooks.blocks, rig.learnt) == (0, [])
+
+
+def test_budget_of_n_stops_after_n_at_every_point_of_the_program() -> None:
+    """A budget of every size from the start: the stop lands inside blocks (the tail is
+    counted instruction by instruction) and at their edges, always in the state Unicorn's
+    own count= reaches."""
+    oracle = Rig(busy_program())
+    oracle.hooks.close()
+    states = []
+    while oracle.rip != END_OF_BUSY:
+        oracle.uc.emu_start(oracle.rip, 0, count=1)
+        states.append(state(oracle))
+    for n, expected in enumerate(states, start=1):
+        rig = Rig(busy_program())
+        rig.hooks.set_budget(n)
+        rig.run()
+        assert (rig.hooks.instructions, rig.hooks.budget) == (n, 0), f"budget {n}"
+        assert state(rig) == expected, f"budget {n}"
+
+
+def smc_program() -> bytes:
+    """Calls `target` (at CODE + 0x40) twice, rewriting its first byte in between:
+    `nop; nop; ret` (3 instructions) becomes `xchg ax, ax; ret` (66 90 c3: 2), a block of
+    the same address and size."""
+
+    def body(pad: int) -> bytes:
+        return assemble(
+            mov_ecx(2),
+            Label("loop"),
+            b"\xe8",
+            Rel("target", 4),  # call target
+            b"\xb0\x66",  # mov al, 0x66
+            b"\xa2" + (CODE + 0x40).to_bytes(8, "little"),  # movabs [target], al
+            b"\xff\xc9",  # dec ecx
+            b"\x75",
+            Rel("loop", 1),  # jnz loop
+            HLT,
+            NOP * pad,
+            Label("target"),
+            NOP + NOP + b"\xc3",
+        )
+
+    return body(0x40 - body(0).index(NOP + NOP + b"\xc3"))
+
+
+def test_guest_rewriting_a_block_it_ran_is_counted_as_it_now_reads() -> None:
+    code = smc_program()
+    assert [i.mnemonic for i in DECODER.disasm(code[0x40:], CODE + 0x40)] == ["nop", "nop", "ret"]
+    rig, _ = counted(code)
+    # mov ecx; (call, 3 | 2, mov al, mov [target], dec, jnz) x 2; hlt
+    assert rig.hooks.instructions == 1 + (1 + 3 + 4) + (1 + 2 + 4) + 1
+    assert rig.ram[CODE + 0x40] == 0x66
+
+
+def test_forgotten_blocks_are_learnt_again() -> None:
+    """Code rewritten from the host (not seen by QEMU): its translation and its counts are
+    dropped together (Cpu.flush_translated_code), and the new bytes are counted."""
+    rig, _ = counted(NOP * 3 + HLT)
+    assert rig.hooks.instructions == 4
+    rig.ram[CODE : CODE + 4] = b"\x66\x90" + NOP + HLT   # xchg ax, ax; nop; hlt
+    rig.uc.ctl_flush_tb()
+    rig.hooks.forget_blocks()
+    rig.hooks.instructions = 0
+    rig.run()
+    assert rig.hooks.instructions == 3
+
+
+def test_budget_beyond_64_bits_is_refused() -> None:
+    rig = Rig(NOP + HLT)
+    with pytest.raises(ValueError, match="beyond 2\\^64"):
+        rig.hooks.set_budget(1 << 64)
+    rig.hooks.set_budget((1 << 64) - 1)
+    rig.run()
+    assert rig.hooks.instructions == 2
+
+
+def far_jump_program() -> bytes:
+    """nop; jmp to CODE + 0x10000 (beyond the span a small budget counts one by one);
+    there: nop x 6; hlt."""
+    far = 0x10000
+    jump = b"\xe9" + (far - (1 + 5)).to_bytes(4, "little", signed=True)
+    return (NOP + jump).ljust(far, b"\xcc") + NOP * 6 + HLT
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 9])
+def test_small_budget_leaving_its_span_still_stops_after_n(n: int) -> None:
+    """A step-sized budget counts per instruction near its start; a block elsewhere is
+    not entered that way, but counted per block (or per instruction again) from there."""
+    oracle = Rig(far_jump_program())
+    oracle.hooks.close()
+    oracle.uc.emu_start(CODE, 0, count=n)
+    rig = Rig(far_jump_program())
+    rig.hooks.set_budget(n)
+    rig.run()
+    assert (rig.hooks.instructions, rig.hooks.budget) == (n, 0)
+    assert rig.rip == oracle.rip
+
+
+def test_store_into_its_own_block_is_counted_once_by_the_block_counter(counter) -> None:
+    """mov word [target], 0x9090 rewrites `inc eax` later in its own block into two nops:
+    QEMU leaves the block at the store and runs the store again as a block of its own.
+    Executed: the store, nop, nop, hlt. The per-instruction counter counts the store twice
+    (the limit in emu/hw/native.py's docstring); the block counter takes back what the
+    block it left did not run."""
+    code = b"\x66\xc7\x05" + (0).to_bytes(4, "little") + b"\x90\x90" + b"\xff\xc0" + HLT
+    assert [i.mnemonic for i in DECODER.disasm(code, CODE)] == ["mov", "inc", "hlt"]
+    rig, _ = counted(code)
+    assert rig.ram[CODE + 9 : CODE + 11] == b"\x90\x90"
+    assert rig.uc.reg_read(UC_X86_REG_RAX) == 0            # inc eax never ran
+    assert rig.hooks.instructions == (4 if counter == "block" else 5)
