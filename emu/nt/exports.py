@@ -161,10 +161,17 @@ def handler_at(address: int) -> Handler | None:
 def call_site(ex: Executive, return_address: int) -> int:
     """The address of the `call` that returns to ``return_address`` (a noreturn call is the
     last instruction of its function: what follows it is padding, not the culprit)."""
-    for size in (6, 5, 2, 3, 7):                 # call [rip+d32], call rel32, call reg ...
+    # Decoding backwards is ambiguous: `41 ff d4` (call r12) ends with `ff d4` (call rsp).
+    # A REX prefix with its B bit set names r8-r15, which a compiler writes only when it
+    # needs it, so the 3-byte call with REX.B comes before the 2-byte call it ends with;
+    # any other 3-byte reading (`48 ff d0`: a byte of the previous instruction, then
+    # call rax) is the 2-byte call.
+    for size in (6, 5, 3, 2, 7):                 # call [rip+d32], call rel32, call reg ...
         try:
             code = ex.kernel_read(return_address - size, size)
         except BugCheck:
+            continue
+        if size == 3 and code[0] & 0xF1 != 0x41:
             continue
         insn = decode(code, return_address - size)
         if insn is not None and insn.mnemonic == "call" and insn.size == size:
@@ -192,19 +199,23 @@ def format_message(ex: Executive, fmt: bytes, call: ExportCall, first: int) -> b
             break
         out += fmt[pos:m.start()]
         pos = m.end()
-        flags, width, _, size, conv = m.groups()
+        flags, width, precision, size, conv = m.groups()
         if conv == b"%":
             out += b"%"
             continue
         value = call.arg(index)
         index += 1
-        out += _convert(ex, conv, size, value, flags, min(int(width or 0), DBGPRINT_LIMIT))
+        out += _convert(ex, conv, size, value, flags, min(int(width or 0), DBGPRINT_LIMIT),
+                        None if precision is None else min(int(precision), DBGPRINT_LIMIT))
     out += fmt[pos:]
     return bytes(out[:DBGPRINT_LIMIT])
 
 
 def _convert(ex: Executive, conv: bytes, size: bytes | None, value: int, flags: bytes,
-             width: int) -> bytes:
+             width: int, precision: int | None = None) -> bytes:
+    """One conversion, as the C run-time's printf does it: for a string the precision is
+    the most characters printed; for an integer the fewest digits (zero-padded, and the
+    0 flag then ignored)."""
     # MS x64: int and long are 32 bits; pointers, %ll, %I64 and %z are 64.
     bits = 64 if size in (b"ll", b"I64", b"z", b"I") or conv in (b"p", b"s", b"S", b"Z") \
         else 32
@@ -229,6 +240,13 @@ def _convert(ex: Executive, conv: bytes, size: bytes | None, value: int, flags: 
         text = f"{value:016X}".encode()
     else:
         text = (f"{value:x}" if conv == b"x" else f"{value:X}").encode()
+    if precision is not None and conv in (b"s", b"S", b"Z"):
+        text = text[:precision]
+    elif precision is not None and conv in (b"d", b"i", b"u", b"x", b"X"):
+        sign, digits = (text[:1], text[1:]) if text.startswith(b"-") else (b"", text)
+        text = sign + (b"" if precision == 0 and digits == b"0" else digits.rjust(precision,
+                                                                                  b"0"))
+        flags = flags.replace(b"0", b"")
     pad = b"0" if b"0" in flags and conv not in (b"s", b"c", b"S", b"Z") else b" "
     if b"-" in flags:
         return text.ljust(width, b" ")

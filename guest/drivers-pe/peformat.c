@@ -4,8 +4,12 @@
  * %S a NUL-terminated wide string. Wide text prints as ASCII, '?' for any
  * other character; a NULL pointer prints (null).
  *
+ * Then precisions, as the C run-time's printf has them: the most characters of a
+ * string, the fewest digits of an integer (the 0 flag then ignored).
+ *
  * The emulator should print
  *   peformat.sys: [wide] [ws] [S] [ansi] [pad   ] [caf?] [(null)]
+ *   peformat.sys: [ab] [wi] [007] [00ab] [ -005] [xy    ] [] [  042]
  */
 #include <ntddk.h>
 
@@ -23,5 +27,7 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
     ansi.MaximumLength = 5;
     DbgPrint("peformat.sys: [%wZ] [%ws] [%S] [%Z] [%-6ws] [%ws] [%wZ]\n", &wide, L"ws", L"S",
              &ansi, L"pad", L"caf\u00e9", (PUNICODE_STRING)NULL);
+    DbgPrint("peformat.sys: [%.2s] [%.2wZ] [%.3d] [%.4x] [%5.3d] [%-6.2s] [%.0d] [%05.3u]\n",
+             "abcdef", &wide, 7, 0xab, -5, "xyz", 0, 42u);
     return STATUS_SUCCESS;
 }

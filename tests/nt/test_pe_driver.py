@@ -137,8 +137,9 @@ def test_imports_are_bound_through_the_import_address_table(machine_factory, app
 def test_dbgprint_prints_the_kernel_string_types(machine_factory, apps, sys_files):
     m, _, r = boot(machine_factory, apps, [sys_files / "peformat.sys"])
     assert r.drivers[0].status == 0
-    assert bytes(m.executive.debug_output) == \
+    assert bytes(m.executive.debug_output) == (
         b"peformat.sys: [wide] [ws] [S] [ansi] [pad   ] [caf?] [(null)]\n"
+        b"peformat.sys: [ab] [wi] [007] [00ab] [ -005] [xy    ] [] [  042]\n")
 
 
 def test_a_write_to_an_unmapped_kernel_address_is_bug_check_0x50(machine_factory, apps,
@@ -418,3 +419,13 @@ def test_a_pe_file_goes_to_the_pe_loader_whatever_its_name(machine_factory, apps
     assert r.drivers[0].status == 0
     assert bytes(m.executive.debug_output) == (
         f"pehello.sys: DriverEntry, registry path {REGISTRY}hello\n".encode())
+
+
+def test_a_bug_check_through_call_r12_names_the_call_not_its_last_two_bytes(machine_factory,
+                                                                            apps, sys_files):
+    # `call r12` is 41 FF D4; FF D4 alone reads `call rsp`: the call site is 3 bytes back.
+    m, _, r = boot(machine_factory, apps, [sys_files / "pecallreg.sys"])
+    bc = r.bugcheck
+    assert (bc.code, bc.params) == (0xE2, (1, 2, 3, 4))
+    assert bc.instruction == "call r12"
+    assert m.executive.kernel_read(bc.rip, 3) == b"\x41\xff\xd4"
