@@ -293,10 +293,12 @@ def _registry_path(ex: Executive, name: str) -> int:
 
 def symbolize(ex: Executive, address: int) -> str:
     """``driver.sys!Function+0x1a`` (or ``driver.sys+0x1234``) for a code address in a loaded
-    driver, as WinDbg names it; the bare address elsewhere."""
+    driver, as WinDbg names it; ``nt!memcpy`` for a kernel export's address; the bare address
+    elsewhere."""
     driver = driver_at(ex, address)
     if driver is None:
-        return f"0x{address:x}"
+        name = exports.name_at(address)
+        return f"0x{address:x}" if name is None else f"nt!{name}"
     image = driver.image
     best = max(((value, name) for name, value in image.symbols.items() if value <= address),
                default=None)

@@ -212,6 +212,8 @@ def test_memcpy_to_an_unmapped_address_is_bug_check_0x50_in_nt_memcpy(machine_fa
     assert bc.params == (0xFFFF_9000_0000_0010, 2, memcpy, 0)
     assert bc.rip == memcpy and bc.registers["cr2"] == 0xFFFF_9000_0000_0010
     assert bc.driver == "pertlbad.sys" and bc.location.startswith("pertlbad.sys!")
+    # The stack names the export it faulted in, then the driver's call of it.
+    assert bc.backtrace[0] == "nt!memcpy" and bc.backtrace[1] == bc.location
     assert lines(m) == ["pertlbad.sys: memcpy to an unmapped kernel address"]
     assert p in r.unfinished
 
