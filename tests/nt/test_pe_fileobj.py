@@ -225,11 +225,17 @@ def test_an_open_without_a_create_routine_fails(built, apps):
     assert "open failed 0xc0000010" in done.stdout
 
 
-def test_the_debugger_names_the_default_dispatch_routine():
-    """nt!IopInvalidDeviceRequest is a trap address like an export's, named so."""
+def test_the_debugger_names_the_default_dispatch_routine(built, apps):
+    """nt!IopInvalidDeviceRequest is a trap address like an export's, named so in the
+    debugger; no driver can import it (ntoskrnl.exe does not export it)."""
     address = io.invalid_device_request_address()
     assert exports.name_at(address) == "IopInvalidDeviceRequest"
     assert exports.pe_address_of("ntoskrnl.exe", "IopInvalidDeviceRequest") is None
+    done = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver",
+                           str(built["penocreate"]), str(apps / "devread"),
+                           "\\Device\\PeNoCreate"], input="break nt!IopInvalidDeviceRequest\nq\n",
+                          capture_output=True, text=True, cwd=ROOT)
+    assert f"Breakpoint 1 at 0x{address:016x} <nt!IopInvalidDeviceRequest>" in done.stdout
 
 
 def test_the_file_object_table_is_the_one_the_io_manager_uses():
