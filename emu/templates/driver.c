@@ -7,9 +7,10 @@
  * with STATUS_INVALID_DEVICE_REQUEST: the I/O manager's default routine. One control code,
  * IOCTL_@NAME@_UPPER (METHOD_BUFFERED), returns its input with a-z made A-Z:
  *
- *     emu run --driver @NAME@.sys devioctl '\??\@NAME@' 0x222000 hello
+ *     emu run --driver @NAME@.sys EMU/guest/build/apps/devioctl '\??\@NAME@' 0x222000 hello
  *
- * prints `status 0x00000000`, `returned 6 bytes`, `output: HELLO\x00`.
+ * (EMU: the emu repository) prints `status 0x00000000`, `returned 6 bytes`,
+ * `output: HELLO\x00`.
  */
 #include <ntddk.h>
 
