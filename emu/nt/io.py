@@ -131,6 +131,7 @@ class DeviceFile:
     device: Device
     address: int = 0
     file_name: str = ""
+    name_buffer: int = 0                # FileName.Buffer as the I/O manager allocated it
     handle_count: int = 0
     object_type: ObjectType = ObjectType.DEVICE
 
@@ -323,7 +324,8 @@ class IoManager:
         (status, the open); a failed create frees the FILE_OBJECT (no IRP_MJ_CLOSE follows,
         as on Windows) and gives (status, None). An ELF driver with no CREATE routine accepts
         every open."""
-        file = DeviceFile(device, self._new_file_object(device, remainder), remainder)
+        file = DeviceFile(device, file_name=remainder)
+        file.address, file.name_buffer = self._new_file_object(device, remainder)
         if not file.address:
             return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, None
         status = self._simple_request(thread, file, IRP_MJ_CREATE)
@@ -355,19 +357,20 @@ class IoManager:
 
     # -- file objects (wdm.h's FILE_OBJECT: one per open of a device) -----------------------
 
-    def _new_file_object(self, device: Device, remainder: str) -> int:
+    def _new_file_object(self, device: Device, remainder: str) -> tuple[int, int]:
         """A FILE_OBJECT for one open of ``device``, as IopParseDevice initialises it: Type
         IO_TYPE_FILE, Size, DeviceObject, FileName (a copy of the remaining name in pool;
         Length 0 and Buffer NULL for the device itself), its Lock (a synchronization event)
         and Event (a notification event) not signalled, IrpList empty; FsContext and
         FsContext2 NULL for the driver to fill, Flags 0 (no FO_* flag: the caller's I/O is
-        synchronous by the system service it uses, not by the open). 0 if the pool is
-        exhausted."""
+        synchronous by the system service it uses, not by the open). (its address, its
+        name's buffer or 0); (0, 0) if the pool is exhausted."""
         ex = self.ex
         obj = ex.pools.allocate(PoolType.NonPagedPoolNx, FILE_OBJECT_SIZE, TAG_FILE)
         if not obj:
-            return 0
+            return 0, 0
         raw = bytearray(FILE_OBJECT_SIZE)
+        buffer = 0
         struct.pack_into("<hh", raw, 0, IO_TYPE_FILE, FILE_OBJECT_SIZE)
         struct.pack_into("<Q", raw, FILE_DEVICE_OBJECT, device.address)
         if remainder:
@@ -375,7 +378,7 @@ class IoManager:
             buffer = ex.pools.allocate(PoolType.NonPagedPoolNx, len(text), TAG_FILE_NAME)
             if not buffer:
                 ex.pools.release(obj)
-                return 0
+                return 0, 0
             ex.kernel_write(buffer, text)
             struct.pack_into("<HHIQ", raw, FILE_FILE_NAME, len(text), len(text), 0, buffer)
         # KeInitializeEvent: the DISPATCHER_HEADER's Type, Size in LONGs, the wait list
@@ -387,19 +390,19 @@ class IoManager:
             struct.pack_into("<QQ", raw, offset + wdm.KEVENT["Header.WaitListHead"], head, head)
         struct.pack_into("<QQ", raw, FILE_IRP_LIST, obj + FILE_IRP_LIST, obj + FILE_IRP_LIST)
         ex.kernel_write(obj, bytes(raw))
-        return obj
+        return obj, buffer
 
     def _free_file_object(self, file: DeviceFile) -> None:
         """The FILE_OBJECT's last reference is gone: it and its name's buffer go back to the
-        pool (whatever the driver left in FsContext is the driver's to free, at CLOSE)."""
+        pool: the name's buffer the I/O manager allocated, whatever FileName says now
+        (whatever the driver left in FsContext is the driver's to free, at CLOSE)."""
         ex = self.ex
         if not file.address:
             return
-        name = ex.kernel_read_u64(file.address + FILE_FILE_NAME + wdm.UNICODE_STRING["Buffer"])
-        if file.file_name and name:
-            ex.pools.release(name)
+        if file.name_buffer:
+            ex.pools.release(file.name_buffer)
         ex.pools.release(file.address)
-        file.address = 0
+        file.address = file.name_buffer = 0
 
     def transfer_async(self, thread: Thread, file: DeviceFile, buffer: int, length: int,
                        iosb: int, event) -> int:

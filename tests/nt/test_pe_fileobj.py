@@ -12,6 +12,7 @@ The drivers are C written against the WDK's <ntddk.h> only, built here with
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,30 @@ def test_the_file_object_table_is_the_one_the_io_manager_uses():
     assert (io.FILE_FS_CONTEXT, io.FILE_FILE_NAME) == (0x18, 0x58)
     assert io.STACK_FILE_OBJECT == wdm.IO_STACK_LOCATION["FileObject"]
     assert io.IRP_ORIGINAL_FILE_OBJECT == wdm.IRP["Tail.Overlay.OriginalFileObject"]
+
+
+def test_the_file_object_and_its_name_are_freed_after_close(built, machine_factory, apps,
+                                                            monkeypatch):
+    """After IRP_MJ_CLOSE the FILE_OBJECT (tag 'File') and its name's buffer (tag 'IoNm')
+    go back to the pool; while the open lives they are there, FileName pointing at it."""
+    seen = {}
+    close = io.IoManager.close
+
+    def before_close(self, thread, file):
+        seen["blocks"] = {a: b.tag for a, b in self.ex.pools.blocks.items() if not b.freed}
+        seen["raw"] = self.ex.kernel_read(file.address, wdm.FILE_OBJECT.size)
+        seen["address"] = file.address
+        return close(self, thread, file)
+
+    monkeypatch.setattr(io.IoManager, "close", before_close)
+    m = machine_factory()
+    m.add_driver(built["pefo"])
+    p = m.spawn(apps / "devread", ["\\??\\PeFo\\x"])
+    m.run()
+    assert b"status 0x00000000\n" in p.output
+    ex, fo = m.executive, seen["address"]
+    assert seen["blocks"][fo] == io.TAG_FILE
+    length, maximum, _, name = struct.unpack_from("<HHIQ", seen["raw"], wdm.FILE_OBJECT["FileName"])
+    assert (length, maximum, seen["blocks"][name]) == (4, 4, io.TAG_FILE_NAME)
+    assert ex.kernel_read(name, 4) == "\\x".encode("utf-16-le")
+    assert ex.pools.blocks[fo].freed and ex.pools.blocks[name].freed
