@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     debug_cli.add_parser(sub, UsageError, _size, _count)
     from emu.scenarios import cli as scenario_cli
     scenario_cli.add_parser(sub)
+    from emu.tools import build_driver
+    build_driver.add_parser(sub)
     return parser
 
 
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             from emu.debugger import cli as debug_cli
             apps = split_commands([args.app, *args.args]) if args.app else []
             return debug_cli.run(args, apps, UsageError)
+        if args.command == "build-driver":
+            from emu.tools import build_driver
+            return build_driver.run(args)
         if args.command == "scenario":
             from emu.scenarios import cli as scenario_cli
             return scenario_cli.run(args)

@@ -40,18 +40,19 @@ if TYPE_CHECKING:
     from emu.nt.process import Thread
 
 IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_READ, IRP_MJ_WRITE = 0x00, 0x02, 0x03, 0x04
-IRP_MJ_DEVICE_CONTROL = 0x0E
+IRP_MJ_DEVICE_CONTROL, IRP_MJ_CLEANUP = 0x0E, 0x12
 METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, METHOD_NEITHER = 0, 1, 2, 3
 IRP_MJ_MAXIMUM_FUNCTION = wdm.IRP_MJ_MAXIMUM_FUNCTION
 DO_BUFFERED_IO, DO_DIRECT_IO = 0x04, 0x10
 IO_TYPE_DRIVER, IO_TYPE_DEVICE, IO_TYPE_IRP = wdm.IO_TYPE_DRIVER, wdm.IO_TYPE_DEVICE, \
     wdm.IO_TYPE_IRP
+IO_TYPE_FILE = wdm.IO_TYPE_FILE
 USER_MODE = 1
 MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
 
 # The offsets below are wdm.h's x64 layout, from the one table in emu.nt.wdm.
-_DRV, _DEV, _IRP, _STK, _MDL = (wdm.DRIVER_OBJECT, wdm.DEVICE_OBJECT, wdm.IRP,
-                                wdm.IO_STACK_LOCATION, wdm.MDL)
+_DRV, _DEV, _IRP, _STK, _MDL, _FO = (wdm.DRIVER_OBJECT, wdm.DEVICE_OBJECT, wdm.IRP,
+                                     wdm.IO_STACK_LOCATION, wdm.MDL, wdm.FILE_OBJECT)
 # DRIVER_OBJECT
 DRIVER_DEVICE_OBJECT, DRIVER_START, DRIVER_SIZE = (_DRV["DeviceObject"], _DRV["DriverStart"],
                                                    _DRV["DriverSize"])
@@ -72,6 +73,7 @@ IRP_REQUESTOR_MODE, IRP_USER_BUFFER = _IRP["RequestorMode"], _IRP["UserBuffer"]
 IRP_STACK_COUNT, IRP_CURRENT_LOCATION = _IRP["StackCount"], _IRP["CurrentLocation"]
 IRP_CURRENT_STACK = _IRP["Tail.Overlay.CurrentStackLocation"]
 IRP_THREAD = _IRP["Tail.Overlay.Thread"]
+IRP_ORIGINAL_FILE_OBJECT = _IRP["Tail.Overlay.OriginalFileObject"]
 IRP_STACK = _IRP.size
 STACK_MAJOR, STACK_LENGTH, STACK_DEVICE = (_STK["MajorFunction"], _STK["Parameters.Read.Length"],
                                            _STK["DeviceObject"])
@@ -79,6 +81,12 @@ STACK_OUTPUT_LENGTH = _STK["Parameters.DeviceIoControl.OutputBufferLength"]
 STACK_INPUT_LENGTH = _STK["Parameters.DeviceIoControl.InputBufferLength"]
 STACK_IO_CONTROL_CODE = _STK["Parameters.DeviceIoControl.IoControlCode"]
 STACK_TYPE3_INPUT = _STK["Parameters.DeviceIoControl.Type3InputBuffer"]
+STACK_FILE_OBJECT = _STK["FileObject"]
+# FILE_OBJECT
+FILE_DEVICE_OBJECT, FILE_FS_CONTEXT, FILE_FLAGS = (_FO["DeviceObject"], _FO["FsContext"],
+                                                   _FO["Flags"])
+FILE_FILE_NAME, FILE_OBJECT_SIZE = _FO["FileName"], _FO.size
+FILE_LOCK, FILE_EVENT, FILE_IRP_LIST = _FO["Lock"], _FO["Event"], _FO["IrpList"]
 STACK_SIZE = _STK.size
 IRP_SIZE = IRP_STACK + STACK_SIZE
 # MDL, followed by its frame numbers
@@ -102,6 +110,8 @@ PROCESS_HAS_LOCKED_PAGES = BugCheckCode.PROCESS_HAS_LOCKED_PAGES
 SYSTEM_PTE_MISUSE = BugCheckCode.SYSTEM_PTE_MISUSE
 MAX_TRANSFER = 1 << 20
 TAG_IRP, TAG_BUFFER, TAG_MDL, TAG_DEVICE = 0x20707249, 0x66754249, 0x206C644D, 0x20766544
+TAG_FILE, TAG_FILE_NAME = 0x656C6946, 0x6D4E6F49     # 'File' (the object), 'IoNm' (its name)
+STATUS_INVALID_DEVICE_REQUEST = NTSTATUS.STATUS_INVALID_DEVICE_REQUEST
 
 
 @dataclass(eq=False)
@@ -115,9 +125,13 @@ class Device:
 
 @dataclass(eq=False)
 class DeviceFile:
-    """An open device (a FILE_OBJECT on it), reached through a handle."""
+    """An open device, reached through a handle: its FILE_OBJECT in kernel pool (``address``,
+    what every IRP of this open carries) and the rest of the name after the device's."""
 
     device: Device
+    address: int = 0
+    file_name: str = ""
+    name_buffer: int = 0                # FileName.Buffer as the I/O manager allocated it
     handle_count: int = 0
     object_type: ObjectType = ObjectType.DEVICE
 
@@ -149,14 +163,22 @@ class IoManager:
 
     # -- driver objects and devices -------------------------------------------------------
 
-    def new_driver_object(self, base: int, size: int) -> int:
-        """A DRIVER_OBJECT for an image mapped at ``base``."""
+    def new_driver_object(self, base: int, size: int, *, default_dispatch: bool = False) -> int:
+        """A DRIVER_OBJECT for an image mapped at ``base``. With ``default_dispatch`` (a PE
+        driver) every MajorFunction entry starts as nt!IopInvalidDeviceRequest, as
+        IopLoadDriver leaves them before it calls DriverEntry: a request the driver sets no
+        routine for fails with STATUS_INVALID_DEVICE_REQUEST. An ELF driver's start NULL
+        (the retiring ELF path's lenient rule: no CREATE/CLOSE routine, the open succeeds)."""
         ex = self.ex
         obj = ex.pools.allocate(PoolType.NonPagedPoolNx, DRIVER_OBJECT_SIZE, 0x76697244)
         raw = bytearray(DRIVER_OBJECT_SIZE)
         struct.pack_into("<hh", raw, 0, IO_TYPE_DRIVER, DRIVER_OBJECT_SIZE)
         struct.pack_into("<Q", raw, DRIVER_START, base)
         struct.pack_into("<I", raw, DRIVER_SIZE, size)
+        if default_dispatch:
+            routine = invalid_device_request_address()
+            struct.pack_into(f"<{IRP_MJ_MAXIMUM_FUNCTION + 1}Q", raw, DRIVER_MAJOR_FUNCTION,
+                             *[routine] * (IRP_MJ_MAXIMUM_FUNCTION + 1))
         ex.kernel_write(obj, bytes(raw))
         return obj
 
@@ -253,9 +275,26 @@ class IoManager:
 
     def resolve(self, path: str) -> str:
         """``path`` with a symbolic link in \\?? replaced by what it stands for (the object
-        manager's reparse, once); any other path as it is."""
+        manager's reparse, once; the rest of the path after the link's name is kept, as
+        ObpLookupObjectName reparses \\??\\NAME\\rest); any other path as it is."""
         name = self.link_name(path)
-        return self.links.get(name, path) if name is not None else path
+        if name is None:
+            return path
+        head, sep, rest = name[4:].partition("\\")
+        target = self.links.get("\\??\\" + head)
+        return path if target is None else target + sep + rest
+
+    def lookup(self, path: str) -> tuple[Device, str] | None:
+        """The device a (resolved) path opens and the rest of the path after the device's
+        name (``\\Device\\Foo\\a\\b`` opens Foo with ``\\a\\b``; empty for the device
+        itself: IopParseDevice hands the remaining name to the driver in
+        FileObject->FileName), or None if no device has that name."""
+        prefix = "\\Device\\"
+        if not path.startswith(prefix):
+            return None
+        name, sep, rest = path[len(prefix):].partition("\\")
+        device = self.devices.get(prefix + name)
+        return None if device is None else (device, sep + rest)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -269,25 +308,101 @@ class IoManager:
                              struct.pack("<Q", ethread(self.ex, thread)))
 
     def _dispatch_routine(self, device: Device, major: int) -> int:
-        return self.ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
-                                       + 8 * major)
+        """DriverObject->MajorFunction[major]. A PE driver's NULL entry (the driver cleared
+        it) counts as nt!IopInvalidDeviceRequest: IopLoadDriver fills every NULL entry with
+        it once DriverEntry returns, so Windows never calls NULL."""
+        routine = self.ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
+                                          + 8 * major)
+        if not routine and device.driver.image.is_pe:
+            return invalid_device_request_address()
+        return routine
 
-    def create(self, thread: Thread, device: Device) -> int:
-        """Opening a device: IRP_MJ_CREATE to its driver, if it handles it (synchronously)."""
-        return self._simple_request(thread, device, IRP_MJ_CREATE)
+    def open(self, thread: Thread, device: Device, remainder: str = "") -> tuple[int,
+                                                                               DeviceFile | None]:
+        """Opening a device (IopParseDevice): a new FILE_OBJECT for this open (FileName the
+        rest of the path after the device's name), then IRP_MJ_CREATE with it, synchronously.
+        (status, the open); a failed create frees the FILE_OBJECT (no IRP_MJ_CLOSE follows,
+        as on Windows) and gives (status, None). An ELF driver with no CREATE routine accepts
+        every open."""
+        file = DeviceFile(device, file_name=remainder)
+        file.address, file.name_buffer = self._new_file_object(device, remainder)
+        if not file.address:
+            return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, None
+        status = self._simple_request(thread, file, IRP_MJ_CREATE)
+        if status != NTSTATUS.STATUS_SUCCESS:
+            self._free_file_object(file)
+            return status, None
+        return status, file
 
-    def close(self, thread: Thread, device: Device) -> int:
-        """The last handle to an open device is closed: IRP_MJ_CLOSE, if the driver wants it."""
-        return self._simple_request(thread, device, IRP_MJ_CLOSE)
+    def close(self, thread: Thread, file: DeviceFile) -> int:
+        """The last handle to an open device is closed: IRP_MJ_CLEANUP, then IRP_MJ_CLOSE
+        (Windows sends CLEANUP when the handle count reaches zero, CLOSE when the last
+        reference goes: here both at once, in that order), both with the open's
+        FILE_OBJECT, which is then freed. What the driver returns is not the caller's
+        business (NtClose succeeds), as on Windows."""
+        self._simple_request(thread, file, IRP_MJ_CLEANUP)
+        self._simple_request(thread, file, IRP_MJ_CLOSE)
+        self._free_file_object(file)
+        return NTSTATUS.STATUS_SUCCESS
 
-    def _simple_request(self, thread: Thread, device: Device, major: int) -> int:
+    def _simple_request(self, thread: Thread, file: DeviceFile, major: int) -> int:
+        device = file.device
         dispatch = self._dispatch_routine(device, major)
         if not dispatch:
             return NTSTATUS.STATUS_SUCCESS
-        irp, record = self._new_irp(major, device, 0, 0, 0, 0)
+        irp, record = self._new_irp(major, file, 0, 0, 0, 0)
         self._requested_by(record, thread)
         status = self._call(dispatch, thread, device, irp)
         return self._finish(record, major, 0, 0, 0, 0, 0, status)
+
+    # -- file objects (wdm.h's FILE_OBJECT: one per open of a device) -----------------------
+
+    def _new_file_object(self, device: Device, remainder: str) -> tuple[int, int]:
+        """A FILE_OBJECT for one open of ``device``, as IopParseDevice initialises it: Type
+        IO_TYPE_FILE, Size, DeviceObject, FileName (a copy of the remaining name in pool;
+        Length 0 and Buffer NULL for the device itself), its Lock (a synchronization event)
+        and Event (a notification event) not signalled, IrpList empty; FsContext and
+        FsContext2 NULL for the driver to fill, Flags 0 (no FO_* flag: the caller's I/O is
+        synchronous by the system service it uses, not by the open). (its address, its
+        name's buffer or 0); (0, 0) if the pool is exhausted."""
+        ex = self.ex
+        obj = ex.pools.allocate(PoolType.NonPagedPoolNx, FILE_OBJECT_SIZE, TAG_FILE)
+        if not obj:
+            return 0, 0
+        raw = bytearray(FILE_OBJECT_SIZE)
+        buffer = 0
+        struct.pack_into("<hh", raw, 0, IO_TYPE_FILE, FILE_OBJECT_SIZE)
+        struct.pack_into("<Q", raw, FILE_DEVICE_OBJECT, device.address)
+        if remainder:
+            text = remainder.encode("utf-16-le")
+            buffer = ex.pools.allocate(PoolType.NonPagedPoolNx, len(text), TAG_FILE_NAME)
+            if not buffer:
+                ex.pools.release(obj)
+                return 0, 0
+            ex.kernel_write(buffer, text)
+            struct.pack_into("<HHIQ", raw, FILE_FILE_NAME, len(text), len(text), 0, buffer)
+        # KeInitializeEvent: the DISPATCHER_HEADER's Type, Size in LONGs, the wait list
+        # empty (pointing at itself); InitializeListHead(&IrpList) likewise.
+        for offset, kind in ((FILE_LOCK, wdm.SYNCHRONIZATION_EVENT),
+                             (FILE_EVENT, wdm.NOTIFICATION_EVENT)):
+            head = obj + offset + wdm.KEVENT["Header.WaitListHead"]
+            struct.pack_into("<BBBB", raw, offset, kind, 0, wdm.KEVENT.size // 4, 0)
+            struct.pack_into("<QQ", raw, offset + wdm.KEVENT["Header.WaitListHead"], head, head)
+        struct.pack_into("<QQ", raw, FILE_IRP_LIST, obj + FILE_IRP_LIST, obj + FILE_IRP_LIST)
+        ex.kernel_write(obj, bytes(raw))
+        return obj, buffer
+
+    def _free_file_object(self, file: DeviceFile) -> None:
+        """The FILE_OBJECT's last reference is gone: it and its name's buffer go back to the
+        pool: the name's buffer the I/O manager allocated, whatever FileName says now
+        (whatever the driver left in FsContext is the driver's to free, at CLOSE)."""
+        ex = self.ex
+        if not file.address:
+            return
+        if file.name_buffer:
+            ex.pools.release(file.name_buffer)
+        ex.pools.release(file.address)
+        file.address = file.name_buffer = 0
 
     def transfer_async(self, thread: Thread, file: DeviceFile, buffer: int, length: int,
                        iosb: int, event) -> int:
@@ -371,7 +486,7 @@ class IoManager:
                                            "write" if major == IRP_MJ_READ else "read")
         except UserAccessViolation:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
-        irp, record = self._new_irp(major, device, length, mdl, system_buffer, buffer)
+        irp, record = self._new_irp(major, file, length, mdl, system_buffer, buffer)
         self._requested_by(record, thread)
         status = self._call(dispatch, thread, device, irp)
         if async_done is not None:
@@ -415,7 +530,7 @@ class IoManager:
                                            "write" if method == METHOD_OUT_DIRECT else "read")
         except UserAccessViolation:
             return NTSTATUS.STATUS_ACCESS_VIOLATION
-        irp, record = self._new_irp(IRP_MJ_DEVICE_CONTROL, device, 0, mdl, system_buffer,
+        irp, record = self._new_irp(IRP_MJ_DEVICE_CONTROL, file, 0, mdl, system_buffer,
                                     out_buffer)
         self._requested_by(record, thread)
         stack = irp + IRP_STACK
@@ -430,9 +545,12 @@ class IoManager:
         return self._finish(record, major, system_buffer, mdl, out_buffer, out_length, out,
                             status)
 
-    def _new_irp(self, major: int, device: Device, length: int, mdl: int, system_buffer: int,
-                 user_buffer: int) -> tuple[int, IrpRecord]:
-        ex = self.ex
+    def _new_irp(self, major: int, file: DeviceFile, length: int, mdl: int,
+                 system_buffer: int, user_buffer: int) -> tuple[int, IrpRecord]:
+        """An IRP for a request on the open ``file``: its stack location's DeviceObject and
+        FileObject, and Tail.Overlay.OriginalFileObject, as IoCallDriver sees them from
+        NtReadFile & co. (the same FILE_OBJECT for every request of one open)."""
+        ex, device = self.ex, file.device
         irp = ex.pools.allocate(PoolType.NonPagedPoolNx, IRP_SIZE, TAG_IRP)
         # IoAllocateIrp(StackSize 1) + IoCallDriver: one stack location, right after the
         # IRP, current (CurrentLocation 1 of StackCount 1).
@@ -445,7 +563,9 @@ class IoManager:
                 (IRP_CURRENT_STACK, "<Q", irp + IRP_STACK),
                 (IRP_STACK + STACK_MAJOR, "<B", major),
                 (IRP_STACK + STACK_LENGTH, "<I", length),
-                (IRP_STACK + STACK_DEVICE, "<Q", device.address)):
+                (IRP_STACK + STACK_DEVICE, "<Q", device.address),
+                (IRP_STACK + STACK_FILE_OBJECT, "<Q", file.address),
+                (IRP_ORIGINAL_FILE_OBJECT, "<Q", file.address)):
             struct.pack_into(fmt, raw, offset, value)
         ex.kernel_write(irp, bytes(raw))
         record = self.irps[irp] = IrpRecord(irp)
@@ -813,6 +933,22 @@ class IoManager:
         for i in range(pages):
             ex.mm.system.unmap_page(view + i * layout.PAGE_SIZE)
         self._set_mdl_flags(mdl, self._mdl_flags(mdl) & ~MDL_MAPPED_TO_SYSTEM_VA)
+
+
+def invalid_device_request_address() -> int:
+    """The trap address of nt!IopInvalidDeviceRequest (emu.nt.ntos registers it)."""
+    from emu.nt import exports
+    return exports.address_of("IopInvalidDeviceRequest") or 0
+
+
+def invalid_device_request(ex: Executive, call) -> int:
+    """NTSTATUS IopInvalidDeviceRequest(DEVICE_OBJECT*, IRP*): the I/O manager's default
+    dispatch routine. It sets Irp->IoStatus.Status to STATUS_INVALID_DEVICE_REQUEST and
+    Information to 0, completes the IRP (IoCompleteRequest) and returns that status."""
+    irp = call.arg(1)
+    ex.kernel_write(irp + IRP_STATUS, struct.pack("<IIQ", STATUS_INVALID_DEVICE_REQUEST, 0, 0))
+    ex.io.complete(irp, call.return_address)
+    return STATUS_INVALID_DEVICE_REQUEST
 
 
 def span_pages(va: int, length: int) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from emu.nt import ps
 from emu.nt.fs import GuestFileNotFound
-from emu.nt.io import IRP_MJ_READ, IRP_MJ_WRITE, METHOD_IN_DIRECT, METHOD_NEITHER, DeviceFile
+from emu.nt.io import IRP_MJ_READ, IRP_MJ_WRITE, METHOD_IN_DIRECT, METHOD_NEITHER
 from emu.nt.loader import LoaderError, parse_image
 from emu.nt.mm import virtual
 from emu.nt.mm.pfn import OutOfFrames
@@ -156,13 +156,14 @@ def with_handles(fn):
 @service(Service.NtClose)
 @with_handles
 def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
-    """NtClose(Handle). Closing the last handle to an open device sends its driver an
-    IRP_MJ_CLOSE (at process exit the handles just go: no driver code runs then)."""
+    """NtClose(Handle). Closing the last handle to an open device sends its driver
+    IRP_MJ_CLEANUP then IRP_MJ_CLOSE with the open's FILE_OBJECT, which then goes (at
+    process exit the handles just go: no driver code runs then)."""
     obj = proc.handles.close(args[0])
     ex.object_closed(obj)
     if obj.object_type is ObjectType.DEVICE and obj.handle_count == 0:
         thread = ex.current_thread
-        thread.kernel_work = lambda: (ex.io.close(thread, obj.device), 0)[1]
+        thread.kernel_work = lambda: (ex.io.close(thread, obj), 0)[1]
         ex.cpu.stop()
         return None
     return NTSTATUS.STATUS_SUCCESS
@@ -303,18 +304,18 @@ def nt_open_file(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | N
         # with the handle's slot already reserved, so that the driver never sees an open
         # that then fails.
         probe_for_write(ex, out, pointer_size(ex))
-        device = ex.io.devices.get(path)
-        if device is None:
+        found = ex.io.lookup(path)
+        if found is None:
             return NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+        device, remainder = found            # \Device\NAME\rest: FileName is \rest
         value = proc.handles.reserve()
         thread = ex.current_thread
 
         def create() -> int:
-            status = ex.io.create(thread, device)
-            if status != NTSTATUS.STATUS_SUCCESS:
+            status, obj = ex.io.open(thread, device, remainder)
+            if obj is None:
                 proc.handles.unreserve(value)
                 return status
-            obj = DeviceFile(device)
             try:
                 proc.handles.fill(value, obj)
             except HandleError as err:        # the process ended meanwhile

@@ -105,9 +105,20 @@ KDPC = Struct("KDPC", 0x40, {
     "SystemArgument1": 0x28, "SystemArgument2": 0x30, "DpcData": 0x38,
 })
 
+# One per open of a device (IopParseDevice makes it); every IRP of that open carries it in
+# its stack location's FileObject. FsContext/FsContext2 are the driver's per-open state.
 FILE_OBJECT = Struct("FILE_OBJECT", 0xD8, {
-    "Type": 0x00, "Size": 0x02, "DeviceObject": 0x08, "FsContext": 0x18,
-    "FinalStatus": 0x38, "Flags": 0x50, "FileName": 0x58,
+    "Type": 0x00, "Size": 0x02, "DeviceObject": 0x08, "Vpb": 0x10,
+    "FsContext": 0x18, "FsContext2": 0x20,
+    "SectionObjectPointer": 0x28, "PrivateCacheMap": 0x30,
+    "FinalStatus": 0x38, "RelatedFileObject": 0x40,
+    "LockOperation": 0x48, "DeletePending": 0x49, "ReadAccess": 0x4A, "WriteAccess": 0x4B,
+    "DeleteAccess": 0x4C, "SharedRead": 0x4D, "SharedWrite": 0x4E, "SharedDelete": 0x4F,
+    "Flags": 0x50, "FileName": 0x58, "FileName.Length": 0x58,
+    "FileName.MaximumLength": 0x5A, "FileName.Buffer": 0x60,
+    "CurrentByteOffset": 0x68, "Waiters": 0x70, "Busy": 0x74, "LastLock": 0x78,
+    "Lock": 0x80, "Event": 0x98, "CompletionContext": 0xB0, "IrpListLock": 0xB8,
+    "IrpList": 0xC0, "FileObjectExtension": 0xD0,
 })
 
 STRUCTS: tuple[Struct, ...] = (DRIVER_OBJECT, DEVICE_OBJECT, IRP, IO_STACK_LOCATION,

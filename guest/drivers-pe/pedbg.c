@@ -48,6 +48,17 @@ static NTSTATUS Create(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     return STATUS_SUCCESS;
 }
 
+/* Every open gets an IRP_MJ_CLOSE when its last handle goes: without this routine it would
+ * reach IopInvalidDeviceRequest, the I/O manager's default. */
+static NTSTATUS Close(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+{
+    UNREFERENCED_PARAMETER(DeviceObject);
+    Irp->IoStatus.Status = STATUS_SUCCESS;
+    Irp->IoStatus.Information = 0;
+    IoCompleteRequest(Irp, IO_NO_INCREMENT);
+    return STATUS_SUCCESS;
+}
+
 static VOID Unload(PDRIVER_OBJECT DriverObject)
 {
     Where("DriverUnload");
@@ -79,6 +90,7 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
     if (!NT_SUCCESS(status))
         return status;
     DriverObject->MajorFunction[IRP_MJ_CREATE] = Create;
+    DriverObject->MajorFunction[IRP_MJ_CLOSE] = Close;
     DriverObject->DriverUnload = Unload;
     return STATUS_SUCCESS;
 }

@@ -6,4 +6,11 @@ declaration and Microsoft's reference page, and registers itself with
 the fixed order below (which fixes their trap addresses).
 """
 
+from emu.nt import exports as _exports
+from emu.nt import io as _io
 from emu.nt.ntos import ex, hal, io, ke, mm, ps, rtl  # noqa: F401 (registers the exports)
+
+# The I/O manager's default dispatch routine: not an export (no driver imports it), but a
+# trap address like theirs, registered after them all so their addresses stay where they
+# were. Every MajorFunction entry of a PE driver's DRIVER_OBJECT starts as it (emu.nt.io).
+_exports.export("IopInvalidDeviceRequest", elf=False)(_io.invalid_device_request)

@@ -253,7 +253,15 @@ typedef struct _FILE_OBJECT {
     ULONG Flags;                    /* 0x50 */
     ULONG Pad2;
     UNICODE_STRING FileName;        /* 0x58 */
-    UCHAR Reserved[0xd8 - 0x68];    /* CurrentByteOffset ... FileObjectExtension */
+    LONGLONG CurrentByteOffset;     /* 0x68: a LARGE_INTEGER in wdm.h */
+    ULONG Waiters, Busy;            /* 0x70 */
+    PVOID LastLock;                 /* 0x78 */
+    UCHAR Lock[0x18];               /* 0x80: a KEVENT */
+    UCHAR Event[0x18];              /* 0x98: a KEVENT */
+    PVOID CompletionContext;        /* 0xb0 */
+    ULONG_PTR IrpListLock;          /* 0xb8: a KSPIN_LOCK */
+    LIST_ENTRY IrpList;             /* 0xc0 */
+    PVOID FileObjectExtension;      /* 0xd0 */
 } FILE_OBJECT, *PFILE_OBJECT;
 
 typedef struct _IO_STACK_LOCATION {

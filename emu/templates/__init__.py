@@ -1,0 +1,1 @@
+"""Files emu writes out for a reader to start from (``emu build-driver --template``)."""

@@ -1,0 +1,1 @@
+"""Tools around the machine: building a reader's own driver (build_driver)."""
