@@ -458,7 +458,7 @@ def test_analyze_the_cpu_exception_of_a_stop():
         "the driver asked for this stop"]),
     ("twice.sys", [("devread", ["\\Device\\Twice"])], [
         "bug check 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS: a driver completed an IRP",
-        "in nt!IoCompleteRequest", "in twice.sys!Read+"]),
+        "in nt!IofCompleteRequest", "in twice.sys!Read+"]),
 ])
 def test_analyze_bug_checks(driver, apps, words):
     m = machine(*apps, drivers=(driver,))

@@ -7,10 +7,13 @@ Windows), built by zig cc into a PE32+ image of the native subsystem; here, on t
 - the source includes <ntddk.h> and nothing else;
 - PE32+ for AMD64, subsystem native, entry point DriverEntry in an executable section;
 - the imports are exactly the ntoskrnl.exe routines the driver uses (IoCompleteRequest is
-  the header's macro for IofCompleteRequest);
+  the header's macro for IofCompleteRequest, RtlCopyMemory and RtlFillMemory are memcpy and
+  memset, MmGetSystemAddressForMdlSafe an inline over MmMapLockedPagesSpecifyCache);
 - each lesson's data is where its bug needs it: rowrite's constant in a section without
   IMAGE_SCN_MEM_WRITE, crash's address in writable data, and bugcheck passes KeBugCheckEx's
-  fifth argument above the 32-byte shadow space (Microsoft x64 calling convention).
+  fifth argument above the 32-byte shadow space (Microsoft x64 calling convention);
+  hello's pointer to its own name has a DIR64 base relocation, and it passes DbgPrint's
+  format in RCX.
 """
 
 from __future__ import annotations
@@ -45,6 +48,21 @@ IMPORTS = {
     "smep": {"DbgPrint", "IoCreateDevice", "RtlInitUnicodeString"} | _IO,
     "bugcheck": {"DbgPrint", "KeBugCheckEx"} | _IO,
     "failing": {"DbgPrint"} | _IO,
+    # hello's fixed-size RtlFillMemory and RtlCopyMemory are compiled inline; KeGetCurrentIrql
+    # is the header's inline read of CR8.
+    "hello": {"DbgPrint", "ExAllocatePoolWithTag", "ExFreePoolWithTag",
+              "PsGetCurrentProcessId"} | _IO,
+    "echo": {"DbgPrint", "IoCreateDevice", "PsGetCurrentProcessId", "RtlInitUnicodeString",
+             "memcpy"} | _IO,
+    "buffered": {"DbgPrint", "IoCreateDevice", "PsGetCurrentProcessId", "RtlInitUnicodeString",
+                 "memcpy"} | _IO,
+    "direct": {"DbgPrint", "IoCreateDevice", "MmMapLockedPagesSpecifyCache",
+               "PsGetCurrentProcessId", "RtlInitUnicodeString", "memcpy"} | _IO,
+    "neither": {"DbgPrint", "IoCreateDevice", "PsGetCurrentProcessId", "RtlInitUnicodeString",
+                "memcpy"} | _IO,
+    "twice": {"IoCreateDevice", "RtlInitUnicodeString"} | _IO,
+    "ticket": {"IoCreateDevice", "RtlInitUnicodeString", "memcpy"} | _IO,
+    "scribble": {"DbgPrint"} | _IO,
 }
 DRIVERS = sorted(IMPORTS)
 
@@ -138,3 +156,34 @@ def test_bugcheck_fifth_argument_above_the_shadow_space(built: Path) -> None:
     for move in ("mov ecx, 0xe2", "mov edx, 1", "mov r8d, 2", "mov r9d, 3",
                  "mov qword ptr [rsp + 0x20], 4"):
         assert move in tail, (move, tail)
+
+
+def test_hello_relocation_points_at_its_name(built: Path) -> None:
+    """driver_name holds the address of "hello.sys": a DIR64 base relocation (PE Format,
+    "The .reloc Section": type 10) the loader must apply at the image's load address."""
+    pe = _pe(built, "hello")
+    rva = _symbol_rva(built, "hello", "driver_name")
+    relocated = {entry.rva: entry.type for block in pe.DIRECTORY_ENTRY_BASERELOC
+                 for entry in block.entries if entry.type}
+    assert relocated.get(rva) == pefile.RELOCATION_TYPE["IMAGE_REL_BASED_DIR64"]
+    target = int.from_bytes(pe.get_data(rva, 8), "little") - pe.OPTIONAL_HEADER.ImageBase
+    assert pe.get_data(target, 10) == b"hello.sys\0"
+
+
+def test_hello_passes_the_format_in_rcx(built: Path) -> None:
+    """DbgPrint's first argument, the format, in RCX (Microsoft x64 calling convention)."""
+    pe = _pe(built, "hello")
+    base = pe.OPTIONAL_HEADER.ImageBase
+    rdata = next(s for s in pe.sections if s.Name.rstrip(b"\0") == b".rdata")
+    greeting = rdata.VirtualAddress + rdata.get_data().index(
+        b"hello from ring 0: DriverEntry of %s\n") + base
+    entry = pe.OPTIONAL_HEADER.AddressOfEntryPoint
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    loads = set()
+    for insn in md.disasm(pe.get_data(entry, 0x200), base + entry):
+        if insn.mnemonic == "lea" and insn.operands[1].mem.base \
+                and insn.reg_name(insn.operands[1].mem.base) == "rip" \
+                and insn.address + insn.size + insn.operands[1].mem.disp == greeting:
+            loads.add(insn.reg_name(insn.operands[0].reg))
+    assert loads == {"rcx"}
