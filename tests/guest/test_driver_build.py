@@ -70,10 +70,6 @@ IMPORTS = {
 _SLOW = {"DbgPrint", "IoCompleteRequest", "IoConnectInterrupt", "IoCreateDevice",
          "IoInitializeDpcRequest", "IoRequestDpc", "KeGetCurrentIrql", "PsGetCurrentProcessId",
          "RtlInitUnicodeString"}
-IMPORTS["ioctl"] = {"IoCompleteRequest", "IoCreateDevice", "MmCopyFromUser", "MmCopyToUser",
-                    "MmGetSystemAddressForMdlSafe", "RtlInitUnicodeString"}
-IMPORTS["probe"] = {"DbgPrint", "IoCompleteRequest", "IoCreateDevice", "MmCopyToUser",
-                    "ProbeForWrite", "RtlInitUnicodeString"}
 IMPORTS["pagedpool"] = {"DbgPrint", "ExAllocatePoolWithTag", "ExFreePoolWithTag",
                         "IoCompleteRequest", "IoCreateDevice", "KeLowerIrql", "KfRaiseIrql",
                         "MmCopyToUser", "RtlInitUnicodeString"}

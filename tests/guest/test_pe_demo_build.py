@@ -63,6 +63,11 @@ IMPORTS = {
     "twice": {"IoCreateDevice", "RtlInitUnicodeString"} | _IO,
     "ticket": {"IoCreateDevice", "RtlInitUnicodeString", "memcpy"} | _IO,
     "scribble": {"DbgPrint"} | _IO,
+    # __try/__except: C SEH on x64 goes through __C_specific_handler.
+    "probe": {"DbgPrint", "IoCreateDevice", "ProbeForWrite", "RtlInitUnicodeString",
+              "__C_specific_handler", "memcpy"} | _IO,
+    "ioctl": {"IoCreateDevice", "MmMapLockedPagesSpecifyCache", "ProbeForRead", "ProbeForWrite",
+              "RtlInitUnicodeString", "__C_specific_handler", "memcpy"} | _IO,
 }
 DRIVERS = sorted(IMPORTS)
 

@@ -18,7 +18,7 @@ BUILT = ROOT / "guest" / "build" / "drivers"
 # Driver -> how its run ends (each lesson's own stop; the table is set before it).
 ENDS = {
     "hello": None, "echo": None, "buffered": None, "direct": None, "neither": None,
-    "twice": None, "ticket": None, "scribble": None,
+    "twice": None, "ticket": None, "scribble": None, "probe": None, "ioctl": None,
     "crash": "bug check",
     "rowrite": "bug check",
     "nxpool": "bug check",
