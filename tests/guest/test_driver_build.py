@@ -70,9 +70,6 @@ IMPORTS = {
 _SLOW = {"DbgPrint", "IoCompleteRequest", "IoConnectInterrupt", "IoCreateDevice",
          "IoInitializeDpcRequest", "IoRequestDpc", "KeGetCurrentIrql", "PsGetCurrentProcessId",
          "RtlInitUnicodeString"}
-IMPORTS["pagedpool"] = {"DbgPrint", "ExAllocatePoolWithTag", "ExFreePoolWithTag",
-                        "IoCompleteRequest", "IoCreateDevice", "KeLowerIrql", "KfRaiseIrql",
-                        "MmCopyToUser", "RtlInitUnicodeString"}
 IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,
                 "slowdirect": _SLOW | {"MmGetSystemAddressForMdlSafe"}})
 DRIVERS = sorted(IMPORTS)

@@ -68,6 +68,9 @@ IMPORTS = {
               "__C_specific_handler", "memcpy"} | _IO,
     "ioctl": {"IoCreateDevice", "MmMapLockedPagesSpecifyCache", "ProbeForRead", "ProbeForWrite",
               "RtlInitUnicodeString", "__C_specific_handler", "memcpy"} | _IO,
+    # KeRaiseIrql and KeLowerIrql: the header's inline CR8 writes.
+    "pagedpool": {"DbgPrint", "ExAllocatePoolWithTag", "ExFreePoolWithTag", "IoCreateDevice",
+                  "ProbeForWrite", "RtlInitUnicodeString", "__C_specific_handler"} | _IO,
 }
 DRIVERS = sorted(IMPORTS)
 
