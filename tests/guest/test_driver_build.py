@@ -67,11 +67,6 @@ IMPORTS = {
     "noentry": {"DbgPrint"},
     "badimport": {"DbgPrint", "IoDoesNotExist"},
 }
-_SLOW = {"DbgPrint", "IoCompleteRequest", "IoConnectInterrupt", "IoCreateDevice",
-         "IoInitializeDpcRequest", "IoRequestDpc", "KeGetCurrentIrql", "PsGetCurrentProcessId",
-         "RtlInitUnicodeString"}
-IMPORTS.update({"slowbuffered": _SLOW, "slowneither": _SLOW,
-                "slowdirect": _SLOW | {"MmGetSystemAddressForMdlSafe"}})
 DRIVERS = sorted(IMPORTS)
 WITH_ENTRY = [name for name in DRIVERS if name != "noentry"]
 

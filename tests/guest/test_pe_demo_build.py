@@ -41,6 +41,8 @@ IMAGE_SUBSYSTEM_NATIVE = 1
 # Each demo driver's imports, all from ntoskrnl.exe. Every one completes IRP_MJ_CREATE and
 # IRP_MJ_CLOSE, so every one imports IofCompleteRequest.
 _IO = {"IofCompleteRequest"}
+_SLOW = {"DbgPrint", "IoConnectInterrupt", "IoCreateDevice", "KeInitializeDpc", "KeInsertQueueDpc",
+         "PsGetCurrentProcessId", "RtlInitUnicodeString"} | _IO
 IMPORTS = {
     "crash": {"DbgPrint"} | _IO,
     "rowrite": {"DbgPrint"} | _IO,
@@ -71,6 +73,11 @@ IMPORTS = {
     # KeRaiseIrql and KeLowerIrql: the header's inline CR8 writes.
     "pagedpool": {"DbgPrint", "ExAllocatePoolWithTag", "ExFreePoolWithTag", "IoCreateDevice",
                   "ProbeForWrite", "RtlInitUnicodeString", "__C_specific_handler"} | _IO,
+    # IoInitializeDpcRequest and IoRequestDpc: wdm.h's inline and macro over the Ke routines;
+    # READ_PORT_ULONG and WRITE_PORT_ULONG: mingw's inline in and out instructions.
+    "slowbuffered": _SLOW,
+    "slowneither": _SLOW,
+    "slowdirect": _SLOW | {"MmMapLockedPagesSpecifyCache"},
 }
 DRIVERS = sorted(IMPORTS)
 

@@ -19,7 +19,7 @@ BUILT = ROOT / "guest" / "build" / "drivers"
 ENDS = {
     "hello": None, "echo": None, "buffered": None, "direct": None, "neither": None,
     "twice": None, "ticket": None, "scribble": None, "probe": None, "ioctl": None,
-    "pagedpool": None,
+    "pagedpool": None, "slowbuffered": None, "slowdirect": None, "slowneither": None,
     "crash": "bug check",
     "rowrite": "bug check",
     "nxpool": "bug check",
