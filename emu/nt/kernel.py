@@ -903,7 +903,8 @@ class Executive:
                            "handled")
             return
         except BugCheck as bc:
-            self._fill_bugcheck(bc)
+            if bc is not self.bugcheck:      # not filled (and announced) already, as by
+                self._fill_bugcheck(bc)      # a fault in an Rtl copy: ex._bugcheck
             raise
         if value is not None:
             self.cpu.set_reg("rax", value & 0xFFFF_FFFF_FFFF_FFFF)

@@ -146,7 +146,25 @@ def _first_line(err: Exception) -> str:
     return text[0] if text else type(err).__name__
 
 
+# PE Format (Microsoft docs): e_lfanew at 0x3C, then "PE\0\0", the 20-byte COFF header and
+# the optional header, whose Subsystem is at 68 in PE32 and PE32+ alike; 1 is native.
+IMAGE_SUBSYSTEM_NATIVE = 1
+
+
+def _pe_subsystem(data: bytes) -> int | None:
+    """The Subsystem of an MZ file's PE optional header, or None if it has none."""
+    if len(data) < 0x40:
+        return None
+    at = int.from_bytes(data[0x3C:0x40], "little")
+    if data[at:at + 4] != b"PE\0\0" or len(data) < at + 24 + 70:
+        return None
+    return int.from_bytes(data[at + 24 + 68:at + 24 + 70], "little")
+
+
 def _check_ident(data: bytes, path: str) -> None:
+    if data[:2] == b"MZ" and _pe_subsystem(data) == IMAGE_SUBSYSTEM_NATIVE:
+        raise LoaderError(f"{path}: this is a driver (a PE image of the native subsystem): "
+                          "use --driver")
     if len(data) < 4 or data[:4] != b"\x7fELF":
         raise LoaderError(f"{path}: not an ELF file")
     if len(data) < 64:

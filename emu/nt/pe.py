@@ -399,7 +399,8 @@ class _Loader:
         it with the image's folder on its symbol path: the path the RSDS record names (if
         absolute), then its file name, then NAME.pdb, in the image's folder; the first whose
         GUID and age are the record's (a stale PDB names nothing). Each procedure (static
-        ones too) and public symbol is named; without a PDB the export names stay."""
+        ones too), public symbol and global or static variable is named; without a PDB the
+        export names stay."""
         record = self._codeview()
         if record is None:
             return
@@ -421,8 +422,9 @@ class _Loader:
 
 
 def _pdb_functions(path: Path, guid: bytes, age: int) -> list[tuple[str, int]] | None:
-    """(name, RVA) of each function the PDB at ``path`` names, if it is a regular file whose
-    GUID and age are ``guid`` and ``age``; else None (missing, stale or unreadable)."""
+    """(name, RVA) of each function and data symbol the PDB at ``path`` names, if it is a
+    regular file whose GUID and age are ``guid`` and ``age``; else None (missing, stale or
+    unreadable)."""
     if not path.is_file():
         return None
     try:
@@ -430,6 +432,12 @@ def _pdb_functions(path: Path, guid: bytes, age: int) -> list[tuple[str, int]] |
             info = pdb.info()
             if info.guid != guid or info.age != age:
                 return None
-            return [(f.name, f.rva) for f in pdb.functions() if f.rva is not None]
+            named = [(f.name, f.rva) for f in pdb.functions() if f.rva is not None]
+            # Global and static data too, as WinDbg names them (`x ticket!next_ticket`).
+            for data in pdb.data_symbols():
+                rva = pdb.to_rva(data.segment, data.offset)
+                if rva is not None:
+                    named.append((data.name, rva))
+            return named
     except Exception:  # noqa: BLE001 - a damaged PDB names nothing, as in WinDbg
         return None

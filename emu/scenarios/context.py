@@ -43,8 +43,8 @@ STEPS = {
     "arbitrary thread, which belongs to an arbitrary process. At this point, the driver "
     "must not write the data to the starting address that the user-mode program provided "
     "in Step 1.",
-    ("guest/drivers/slow.h", "guest/drivers/slowneither.c", "guest/drivers/slowbuffered.c",
-     "guest/drivers/slowdirect.c", "guest/apps/slowread.c", "guest/apps/victim.c"))
+    ("guest/drivers-pe/slowneither.c", "guest/drivers-pe/slowbuffered.c",
+     "guest/drivers-pe/slowdirect.c", "guest/apps/slowread.c", "guest/apps/victim.c"))
 def arbitrary_thread_context(stage: Stage) -> None:
     """The same slow read three ways: neither, buffered and direct I/O."""
     neither = _slow_act(stage, "neither", "the seed's four steps, with neither I/O: the DPC "

@@ -29,7 +29,7 @@ ALL_LINES = {"a": "".join(f"a {i}\n" for i in range(1, 9)),
     "the same write to address 0: an app dies alone, a driver stops the machine",
     "If a kernel-mode driver crashes, it causes the entire operating system to crash.",
     ("guest/apps/nullwrite.c", "guest/apps/counter.c", "guest/apps/devread.c",
-     "guest/drivers/neither.c", "guest/drivers/sync.h"))
+     "guest/drivers-pe/neither.c"))
 def driver_crash_is_fatal(stage: Stage) -> None:
     """Act 1: nullwrite writes address 0 at ring 3. Act 2: neither.sys, asked to read into
     address 0, writes it at ring 0. Two counters run beside each."""
@@ -78,7 +78,7 @@ def driver_crash_is_fatal(stage: Stage) -> None:
     "a kernel-mode driver isn't isolated from other drivers or the operating system. If a "
     "kernel-mode driver mistakenly writes to the wrong virtual address, it could compromise "
     "data belonging to the operating system or another driver.",
-    ("guest/drivers/ticket.c", "guest/drivers/scribble.c", "guest/apps/devread.c"))
+    ("guest/drivers-pe/ticket.c", "guest/drivers-pe/scribble.c", "guest/apps/devread.c"))
 def shared_kernel_space(stage: Stage) -> None:
     """Act 1: ticket.sys alone. Act 2: ticket.sys, then scribble.sys."""
     apps = [("devread", "\\Device\\Ticket"), ("devread", "\\Device\\Ticket")]

@@ -164,7 +164,7 @@ def test_a_dump_answers_the_same_commands(dumped):
     sh = dumped
     assert sh.run("analyze").startswith("bug check 0xd1 DRIVER_IRQL_NOT_LESS_OR_EQUAL")
     assert sh.run("irql").startswith("IRQL 2 (DISPATCH_LEVEL) at the bug check")
-    assert sh.run("bt") == ("#0  0xfffff80001001075 in slowneither.sys!DpcForIsr+0x75\n"
+    assert sh.run("bt") == ("#0  0xfffff80001001145 in slowneither.sys!DpcForIsr+0x55\n"
                             "    (called by the executive: a driver routine (DriverEntry, "
                             "dispatch, ISR, DPC) starts the kernel stack)")
     assert "1 IRP(s) in flight" in sh.run("irp")

@@ -196,7 +196,7 @@ def test_a_dump_reads_as_the_live_machine_did(crashed):
         live.bugcheck().params
     driver = next(i for i in dumped.images() if i.kind == "driver")
     assert dumped.read_virtual(driver.base, 64) == live.read_virtual(driver.base, 64)
-    assert dumped.symbolize(live.register("rip")) == "crash.sys!DriverEntry+0x24"
+    assert dumped.symbolize(live.register("rip")) == "crash.sys!DriverEntry+0x30"
     assert dumped.descriptor_tables() == live.descriptor_tables()
     pid = m.processes[0].pid
     assert dumped.regions(pid) == live.regions(pid)

@@ -430,10 +430,10 @@ def test_analyze_the_cpu_exception_of_a_stop():
     ("crash.sys", ["hello"], [
         "bug check 0x50 PAGE_FAULT_IN_NONPAGED_AREA: kernel-mode code referenced memory",
         "parameter 1  0xffff900000000000", "parameter 2  0x2 (write)",
-        "parameter 3  0xfffff80001001024 (crash.sys!DriverEntry+0x24)",
-        "responsible driver: crash.sys (crash.sys!DriverEntry+0x24)",
+        "parameter 3  0xfffff80001001030 (crash.sys!DriverEntry+0x30)",
+        "responsible driver: crash.sys (crash.sys!DriverEntry+0x30)",
         "#PF: the PML4E (level 4) is not present (P=0)",
-        "#0  0xfffff80001001024 in crash.sys!DriverEntry+0x24"]),
+        "#0  0xfffff80001001030 in crash.sys!DriverEntry+0x30"]),
     ("rowrite.sys", ["hello"], [
         "bug check 0xbe ATTEMPTED_WRITE_TO_READONLY_MEMORY",
         "(rowrite.sys!read_only_value)", "the PTE",
@@ -445,7 +445,7 @@ def test_analyze_the_cpu_exception_of_a_stop():
     ("smep.sys", [("devread", ["\\Device\\Smep", "16", "0x401000"])], [
         "parameter 1  0x401000 (devread!main)",
         "#PF: CR4.SMEP = 1: ring 0 may not fetch instructions from a user page",
-        "#1  0xfffff80001001022 in smep.sys!Read+0x22"]),
+        "#1  0xfffff800010010e1 in smep.sys!Read+0x21"]),
     ("slowneither.sys", [("slowread", ["\\Device\\SlowNeither"]), ("counter", ["x", "3"])], [
         "bug check 0xd1 DRIVER_IRQL_NOT_LESS_OR_EQUAL",
         "parameter 2  2 (DISPATCH_LEVEL)", "parameter 3  0x1 (write)",
@@ -458,7 +458,7 @@ def test_analyze_the_cpu_exception_of_a_stop():
         "the driver asked for this stop"]),
     ("twice.sys", [("devread", ["\\Device\\Twice"])], [
         "bug check 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS: a driver completed an IRP",
-        "in nt!IoCompleteRequest", "in twice.sys!Read+"]),
+        "in nt!IofCompleteRequest", "in twice.sys!Read+"]),
 ])
 def test_analyze_bug_checks(driver, apps, words):
     m = machine(*apps, drivers=(driver,))

@@ -168,7 +168,7 @@ def test_a_driver_is_not_an_app(apps):
     with pytest.raises(LoaderError) as info:
         load_file(apps.parent / "drivers" / "hello.sys")
     assert str(info.value) == (f"{apps.parent / 'drivers' / 'hello.sys'}: this is a driver "
-                               "(it exports DriverEntry): use --driver")
+                               "(a PE image of the native subsystem): use --driver")
 
 
 def test_a_linux_osabi_is_refused_as_linux(apps):

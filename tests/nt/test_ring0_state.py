@@ -54,6 +54,7 @@ def test_every_ring_0_entry_shows_kernel_cs_ss_and_interrupts_enabled():
         f"break *{KERNEL_RETURN:#x}\n"
         "break slowneither.sys!Read\n"
         "continue\nregisters\n"                    # the return trap after DriverEntry
+        "continue\n"                                # the one after its IRP_MJ_CREATE routine
         "continue\nregisters\n"                    # the dispatch routine
         "catch interrupt\ncatch dpc\n"
         "continue\ncontinue\nregisters\n"          # the ISR, at DIRQL
@@ -61,12 +62,12 @@ def test_every_ring_0_entry_shows_kernel_cs_ss_and_interrupts_enabled():
         "continue\nregisters\n")                   # the DPC, at DISPATCH_LEVEL
     dumps = register_dumps(transcript)
     wheres = [d[0].split(">:")[0] for d in dumps]
-    assert wheres == ["=> 0xfffff800010011a0 <slowneither.sys!DriverEntry",
+    assert wheres == ["=> 0xfffff80001001000 <slowneither.sys!DriverEntry",
                       f"=> {KERNEL_RETURN:#x} <{KERNEL_RETURN:#x}",
-                      "=> 0xfffff800010010d0 <slowneither.sys!Read",
-                      "=> 0xfffff80001001160 <slowneither.sys!Isr",
+                      "=> 0xfffff80001001200 <slowneither.sys!Read",
+                      "=> 0xfffff80001001190 <slowneither.sys!Isr",
                       f"=> {KERNEL_RETURN:#x} <{KERNEL_RETURN:#x}",
-                      "=> 0xfffff80001001000 <slowneither.sys!DpcForIsr"], transcript
+                      "=> 0xfffff800010010f0 <slowneither.sys!DpcForIsr"], transcript
     for where, rflags, cs, ss in dumps:
         assert cs.startswith(KERNEL_CS) and cs.endswith("-> CPL 0 (kernel mode)"), where
         assert ss.startswith(KERNEL_SS), where

@@ -3,32 +3,41 @@
  * (buffered I/O both ways). Its IRP_MJ_CREATE and IRP_MJ_CLOSE routines say who opened
  * and closed it.
  */
-#include "device.h"
+#include <ntddk.h>
 
 static char stored[64];
 static ULONG stored_length;
 
-static NTSTATUS NTAPI Create(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+/* Irp->IoStatus = (Status, Information), then IoCompleteRequest; returns Status. */
+static NTSTATUS CompleteRequest(PIRP Irp, NTSTATUS Status, ULONG_PTR Information)
 {
-    (void)DeviceObject;
+    Irp->IoStatus.Status = Status;
+    Irp->IoStatus.Information = Information;
+    IoCompleteRequest(Irp, IO_NO_INCREMENT);
+    return Status;
+}
+
+static NTSTATUS Create(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+{
+    UNREFERENCED_PARAMETER(DeviceObject);
     DbgPrint("echo.sys: opened by process %llu\n",
              (unsigned long long)(ULONG_PTR)PsGetCurrentProcessId());
     return CompleteRequest(Irp, STATUS_SUCCESS, 0);
 }
 
-static NTSTATUS NTAPI Close(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+static NTSTATUS Close(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
-    (void)DeviceObject;
+    UNREFERENCED_PARAMETER(DeviceObject);
     DbgPrint("echo.sys: closed by process %llu\n",
              (unsigned long long)(ULONG_PTR)PsGetCurrentProcessId());
     return CompleteRequest(Irp, STATUS_SUCCESS, 0);
 }
 
-static NTSTATUS NTAPI Write(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+static NTSTATUS Write(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
     ULONG length = IoGetCurrentIrpStackLocation(Irp)->Parameters.Write.Length;
 
-    (void)DeviceObject;
+    UNREFERENCED_PARAMETER(DeviceObject);
     if (length > sizeof(stored))
         length = sizeof(stored);
     RtlCopyMemory(stored, Irp->AssociatedIrp.SystemBuffer, length);
@@ -36,24 +45,28 @@ static NTSTATUS NTAPI Write(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     return CompleteRequest(Irp, STATUS_SUCCESS, length);
 }
 
-static NTSTATUS NTAPI Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+static NTSTATUS Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
     ULONG length = IoGetCurrentIrpStackLocation(Irp)->Parameters.Read.Length;
     ULONG n = length < stored_length ? length : stored_length;
 
-    (void)DeviceObject;
+    UNREFERENCED_PARAMETER(DeviceObject);
     RtlCopyMemory(Irp->AssociatedIrp.SystemBuffer, stored, n);
     return CompleteRequest(Irp, STATUS_SUCCESS, n);
 }
 
-NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
+NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 {
+    UNICODE_STRING name;
     PDEVICE_OBJECT device;
-    NTSTATUS status = CreateNamedDevice(DriverObject, (PCWSTR)u"\\Device\\Echo", DO_BUFFERED_IO, &device);
+    NTSTATUS status;
 
-    (void)RegistryPath;
+    UNREFERENCED_PARAMETER(RegistryPath);
+    RtlInitUnicodeString(&name, L"\\Device\\Echo");
+    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, FALSE, &device);
     if (!NT_SUCCESS(status))
         return status;
+    device->Flags |= DO_BUFFERED_IO;
     DriverObject->MajorFunction[IRP_MJ_CREATE] = Create;
     DriverObject->MajorFunction[IRP_MJ_CLOSE] = Close;
     DriverObject->MajorFunction[IRP_MJ_WRITE] = Write;

@@ -5,8 +5,9 @@
  * (i * 7 + 3) & 0xFF (so the byte sum is 48 * 32640 = 1566720). \Device\PagedPool
  * then answers four I/O control requests, all METHOD_NEITHER; each returns an
  * 8-byte sum of bytes, copied to the caller's output buffer (Irp->UserBuffer,
- * at least 8 bytes, else STATUS_BUFFER_TOO_SMALL) with MmCopyToUser at
- * PASSIVE_LEVEL:
+ * at least 8 bytes, else STATUS_BUFFER_TOO_SMALL) at PASSIVE_LEVEL, probed and
+ * copied inside __try/__except (a bad buffer completes the request with the
+ * exception's code):
  *
  *   IOCTL_PAGED_SUM_PASSIVE  (0x800): sums the pool buffer at PASSIVE_LEVEL. If its
  *       pages were pushed out to the pagefile, touching them page-faults and the
@@ -27,20 +28,37 @@
  *
  * Also prints `pagedpool.sys: 12288 bytes of PagedPool at <address>` at load.
  */
-#include "device.h"
+#include <ntddk.h>
 
 #define PAGED_BYTES 12288
-#define PAGED_TAG   DDK_TAG('P', 'g', 'd', 'P')
+#define PAGED_TAG   0x50646750          /* 'PgdP', stored little-endian */
 
 #define IOCTL_PAGED_SUM_PASSIVE  CTL_CODE(FILE_DEVICE_UNKNOWN, 0x800, METHOD_NEITHER, 0)
 #define IOCTL_PAGED_SUM_DISPATCH CTL_CODE(FILE_DEVICE_UNKNOWN, 0x801, METHOD_NEITHER, 0)
 #define IOCTL_USER_SUM_DISPATCH  CTL_CODE(FILE_DEVICE_UNKNOWN, 0x802, METHOD_NEITHER, 0)
 #define IOCTL_USER_SUM_PASSIVE   CTL_CODE(FILE_DEVICE_UNKNOWN, 0x803, METHOD_NEITHER, 0)
 
-#define STATUS_INVALID_DEVICE_REQUEST ((NTSTATUS)0xC0000010L)
-#define STATUS_BUFFER_TOO_SMALL       ((NTSTATUS)0xC0000023L)
-
 static UCHAR *paged;                    /* PAGED_BYTES of PagedPool */
+
+/* IRP_MJ_CREATE and IRP_MJ_CLOSE: open and close succeed (a driver without these routines
+   cannot be opened: Windows' default MajorFunction entry, IopInvalidDeviceRequest, fails
+   the request with STATUS_INVALID_DEVICE_REQUEST). */
+static NTSTATUS CreateClose(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+{
+    UNREFERENCED_PARAMETER(DeviceObject);
+    Irp->IoStatus.Status = STATUS_SUCCESS;
+    Irp->IoStatus.Information = 0;
+    IoCompleteRequest(Irp, IO_NO_INCREMENT);
+    return STATUS_SUCCESS;
+}
+
+static NTSTATUS CompleteRequest(PIRP Irp, NTSTATUS Status, ULONG_PTR Information)
+{
+    Irp->IoStatus.Status = Status;
+    Irp->IoStatus.Information = Information;
+    IoCompleteRequest(Irp, IO_NO_INCREMENT);
+    return Status;
+}
 
 /* The sum of `length` bytes at `bytes`, each read from memory (volatile: no shortcuts). */
 static ULONG64 sum_bytes(const volatile UCHAR *bytes, ULONG64 length)
@@ -52,7 +70,8 @@ static ULONG64 sum_bytes(const volatile UCHAR *bytes, ULONG64 length)
     return sum;
 }
 
-/* The same sum at DISPATCH_LEVEL: no page fault can be serviced while it runs. */
+/* The same sum at DISPATCH_LEVEL (KeRaiseIrql and KeLowerIrql: the header's CR8 writes):
+   no page fault can be serviced while it runs. */
 static ULONG64 sum_bytes_at_dispatch(const volatile UCHAR *bytes, ULONG64 length)
 {
     KIRQL old;
@@ -64,15 +83,15 @@ static ULONG64 sum_bytes_at_dispatch(const volatile UCHAR *bytes, ULONG64 length
     return sum;
 }
 
-static NTSTATUS NTAPI DeviceControl(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+static NTSTATUS DeviceControl(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
     PIO_STACK_LOCATION stack = IoGetCurrentIrpStackLocation(Irp);
     const UCHAR *user = stack->Parameters.DeviceIoControl.Type3InputBuffer;
     ULONG user_length = stack->Parameters.DeviceIoControl.InputBufferLength;
     ULONG64 sum;
-    NTSTATUS status;
+    NTSTATUS status = STATUS_SUCCESS;
 
-    (void)DeviceObject;
+    UNREFERENCED_PARAMETER(DeviceObject);
     if (stack->Parameters.DeviceIoControl.OutputBufferLength < sizeof(sum))
         return CompleteRequest(Irp, STATUS_BUFFER_TOO_SMALL, 0);
     switch (stack->Parameters.DeviceIoControl.IoControlCode) {
@@ -91,27 +110,38 @@ static NTSTATUS NTAPI DeviceControl(PDEVICE_OBJECT DeviceObject, PIRP Irp)
     default:
         return CompleteRequest(Irp, STATUS_INVALID_DEVICE_REQUEST, 0);
     }
-    status = MmCopyToUser(Irp->UserBuffer, &sum, sizeof(sum));
+    /* The __try covers the calls made in it (clang's SEH here is synchronous): the probe
+       and the copy (RtlCopyMemory is memcpy, an import). */
+    __try {
+        ProbeForWrite(Irp->UserBuffer, sizeof(sum), 1);
+        RtlCopyMemory(Irp->UserBuffer, &sum, sizeof(sum));
+    } __except (EXCEPTION_EXECUTE_HANDLER) {
+        status = GetExceptionCode();
+    }
     return CompleteRequest(Irp, status, NT_SUCCESS(status) ? sizeof(sum) : 0);
 }
 
-NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
+NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 {
+    UNICODE_STRING name;
     PDEVICE_OBJECT device;
     NTSTATUS status;
 
-    (void)RegistryPath;
+    UNREFERENCED_PARAMETER(RegistryPath);
     paged = ExAllocatePoolWithTag(PagedPool, PAGED_BYTES, PAGED_TAG);
     if (paged == NULL)
         return STATUS_INSUFFICIENT_RESOURCES;
     for (ULONG i = 0; i < PAGED_BYTES; i++)
         paged[i] = (UCHAR)((i * 7 + 3) & 0xFF);
     DbgPrint("pagedpool.sys: %u bytes of PagedPool at %p\n", PAGED_BYTES, paged);
-    status = CreateNamedDevice(DriverObject, (PCWSTR)u"\\Device\\PagedPool", 0, &device);
+    RtlInitUnicodeString(&name, L"\\Device\\PagedPool");
+    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, FALSE, &device);
     if (!NT_SUCCESS(status)) {
         ExFreePoolWithTag(paged, PAGED_TAG);
         return status;
     }
+    DriverObject->MajorFunction[IRP_MJ_CREATE] = CreateClose;
+    DriverObject->MajorFunction[IRP_MJ_CLOSE] = CreateClose;
     DriverObject->MajorFunction[IRP_MJ_DEVICE_CONTROL] = DeviceControl;
     return STATUS_SUCCESS;
 }

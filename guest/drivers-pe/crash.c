@@ -11,22 +11,35 @@
  * (0xFFFF900000000000, 2 = write, the RIP of the store, 0); every process
  * stops, and "write succeeded?!" never appears.
  */
-#include <ddk/ntddk.h>
+#include <ntddk.h>
 
 /*
- * The address comes from a volatile variable (in .data): gcc cannot see the
- * constant, so it emits the plain store we want and nothing it might
+ * The address comes from a volatile variable (in .data): the compiler cannot
+ * see the constant, so it emits the plain store we want and nothing it might
  * "optimise" about a known-bad pointer.
  */
 static volatile ULONG_PTR unmapped_address = 0xFFFF900000000000ULL;
 
-NTSTATUS NTAPI DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
+/* IRP_MJ_CREATE and IRP_MJ_CLOSE: open and close succeed (a driver without these routines
+   cannot be opened: Windows' default MajorFunction entry, IopInvalidDeviceRequest, fails
+   the request with STATUS_INVALID_DEVICE_REQUEST). */
+static NTSTATUS CreateClose(PDEVICE_OBJECT DeviceObject, PIRP Irp)
 {
-    UNREFERENCED_PARAMETER(DriverObject);
+    UNREFERENCED_PARAMETER(DeviceObject);
+    Irp->IoStatus.Status = STATUS_SUCCESS;
+    Irp->IoStatus.Information = 0;
+    IoCompleteRequest(Irp, IO_NO_INCREMENT);
+    return STATUS_SUCCESS;
+}
+
+NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
+{
     UNREFERENCED_PARAMETER(RegistryPath);
 
     volatile ULONG *p = (volatile ULONG *)unmapped_address;
 
+    DriverObject->MajorFunction[IRP_MJ_CREATE] = CreateClose;
+    DriverObject->MajorFunction[IRP_MJ_CLOSE] = CreateClose;
     DbgPrint("crash.sys: writing to an unmapped kernel address\n");
     *p = 1;
     DbgPrint("write succeeded?!\n");
