@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from emu.hw import mmu
 from emu.hw.cpu import CpuException, Vector
 from emu.nt import layout, wdm
-from emu.nt.bugcheck import BugCheck
-from emu.nt.exports import BAD_POOL_CALLER, ExportCall, call_site, export, format_message, name_at
+from emu.nt.exports import ExportCall, export, format_message, free_pool, name_at
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.status import NTSTATUS
 
@@ -466,10 +465,6 @@ def rtl_free_unicode_string(ex: Executive, call: ExportCall) -> int:
 
     _, _, buffer = _counted(ex, call.arg(0))
     if buffer:
-        problem = ex.pools.free(buffer, 0)
-        if problem is not None:
-            raise BugCheck(BAD_POOL_CALLER, (7, 0, buffer, 0),
-                           call_site(ex, call.return_address),
-                           f"RtlFreeUnicodeString: {problem}")
+        free_pool(ex, call, buffer, 0)          # ExFreePool's checks and 0xC2 parameters
     _set_counted(ex, call.arg(0), 0, 0, 0)
     return 0
