@@ -19,6 +19,7 @@ from emu.nt.loader import PF_W, PF_X, Image, highest_user_address
 from emu.nt.mm import virtual
 from emu.nt.mm.address_space import AddressSpace, Protection
 from emu.nt.mm.pfn import OutOfFrames
+from emu.nt.ob import ObjectType
 from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState, initial_stack
 from emu.nt.status import NTSTATUS
 
@@ -145,29 +146,36 @@ def terminate_thread(ex: Executive, thread: Thread, status: int) -> None:
     """PspTerminateThread: the thread ends; the process ends with its last thread."""
     if thread.state is ThreadState.TERMINATED:
         return
-    _end_thread(ex, thread, status)
     proc = thread.process
-    if not proc.live_threads:
-        terminate_process(ex, proc, status)
+    last = len(proc.live_threads) == 1
+    # The last thread's kernel stack stays for the process's handle rundown to run on.
+    _end_thread(ex, thread, status, free_stack=not last)
+    if last:
+        terminate_process(ex, proc, status, last_thread=thread)
     elif thread.stack_high != proc.stack_high:
         top = thread.stack_high
         ex.defer(lambda: virtual.release_thread_stack(ex, proc, top))
 
 
-def _end_thread(ex: Executive, thread: Thread, status: int) -> None:
-    """The thread leaves every queue for good; its kernel stack goes, its waiters wake."""
+def _end_thread(ex: Executive, thread: Thread, status: int, *, free_stack: bool = True) -> None:
+    """The thread leaves every queue for good; its kernel stack goes (unless the caller
+    frees it later), its waiters wake."""
     ex.scheduler.remove(thread)
     thread.state = ThreadState.TERMINATED
     thread.exit_status = status
-    ex.free_kernel_stack(thread.kernel_stack_slot)
+    if free_stack:
+        ex.free_kernel_stack(thread.kernel_stack_slot)
     ex.scheduler.signal(thread)
     ex.object_closed(thread)
 
 
 def terminate_process(ex: Executive, proc: Process, status: int,
-                      exception: ExceptionInfo | None = None) -> None:
-    """PspTerminateProcess: every thread ends, the handle table is destroyed, the user half
-    is freed (once the CPU has left it), and waiters on the process wake."""
+                      exception: ExceptionInfo | None = None,
+                      last_thread: Thread | None = None) -> None:
+    """PspTerminateProcess: every thread ends, every handle closes (an open device's last
+    handle runs its driver's CLEANUP and CLOSE, in this process, on its exiting thread's
+    kernel stack), then the kernel stacks and the user half are freed (once the CPU has
+    left them), and waiters on the process wake."""
     if proc.state is ProcessState.TERMINATED:
         return
     proc.exit_status = status
@@ -176,10 +184,36 @@ def terminate_process(ex: Executive, proc: Process, status: int,
         observe(proc)
     ex.events.emit(Event.PROCESS_EXIT, process=proc)
     proc.state = ProcessState.TERMINATED
-    for thread in proc.live_threads:
-        _end_thread(ex, thread, status)
+    # The thread that runs the handle rundown (ObKillProcess runs in PspExitThread of the
+    # process's last thread, on that thread's kernel stack, in its process): the caller if
+    # it ends its own process, else the process's first thread (the one NtTerminateProcess
+    # from outside would have made exit last here: deterministic either way).
+    ending = list(proc.live_threads)
+    if last_thread is not None:                 # it ended just now (terminate_thread)
+        ending.append(last_thread)
+    current = ex.current_thread
+    runner = current if current in ending else (ending[0] if ending else None)
+    for thread in ending:
+        if thread is not last_thread:
+            _end_thread(ex, thread, status, free_stack=False)
+    # ObKillProcess: every handle closes, in handle order; the last handle to an open
+    # device sends its driver IRP_MJ_CLEANUP then IRP_MJ_CLOSE, and the FILE_OBJECT goes.
+    rundown = []
     for obj in proc.handles.close_all():
         ex.object_closed(obj)
+        if obj.object_type is ObjectType.DEVICE and obj.handle_count == 0:
+            rundown.append(obj)
+
+    def finish() -> None:
+        """Driver code runs (if any open's last handle went) before the stacks and the
+        user half go: the dying thread's kernel stack, the process's address space."""
+        if runner is not None:
+            for file in rundown:
+                with ex.io.attached(runner):
+                    ex.io.close(runner, file)
+        for thread in ending:
+            ex.free_kernel_stack(thread.kernel_stack_slot)
+        ex.release_address_space(proc)
     ex.scheduler.signal(proc)
     ex.object_closed(proc)
-    ex.release_address_space(proc)
+    ex.defer(finish)

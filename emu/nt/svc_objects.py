@@ -158,7 +158,7 @@ def with_handles(fn):
 def nt_close(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtClose(Handle). Closing the last handle to an open device sends its driver
     IRP_MJ_CLEANUP then IRP_MJ_CLOSE with the open's FILE_OBJECT, which then goes (at
-    process exit the handles just go: no driver code runs then)."""
+    process exit, emu.nt.ps.terminate_process does the same for every handle left)."""
     obj = proc.handles.close(args[0])
     ex.object_closed(obj)
     if obj.object_type is ObjectType.DEVICE and obj.handle_count == 0:
