@@ -539,6 +539,33 @@ class Session(ReverseExecution):
             self._breakpoint_hit(bp, address, position)
             return
 
+    def export_called(self, address: int) -> None:
+        """A driver's call reached a kernel export's trap address ``address`` (its fetch
+        faults and the executive runs the routine, emu.nt.kernel.call_kernel): a breakpoint
+        there stops now, before the routine runs, RIP the export's address, the arguments
+        in RCX/RDX/R8/R9 and the return address at [RSP], as on a routine's first
+        instruction (WinDbg's `bp nt!DbgPrint`). The stop is at the position the call
+        instruction left; the routine, like the fetch fault behind it, is one step of its
+        own (a fault is a step: the position moves on by one once it has run), so stepi
+        from here stops at the return address and going back finds this stop again."""
+        ex = self.executive
+        if self._detached:
+            return
+        ex.cpu.set_reg("rip", address)               # the export's address, not the caller's
+        completed = ex.cpu.instructions
+        if self._skip == (address, completed):
+            self._skip = None                        # the stop we just paused at
+        else:
+            self._skip = None
+            for bp in list(self._all_breakpoints()):
+                if not bp.physical and bp.address == address and self._breakpoint_applies(bp):
+                    self._breakpoint_hit(bp, address, self.position)
+                    break
+        stop = self._due_stop()
+        if stop is not None:
+            self._pause(stop)
+        self._exceptions += 1                        # the routine runs: one step
+
     def _breakpoint_applies(self, bp: Breakpoint) -> bool:
         proc = self.executive.current
         if bp.pid is not None and (proc is None or proc.pid != bp.pid):

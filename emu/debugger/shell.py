@@ -31,6 +31,7 @@ from emu.debugger.stops import (
 )
 from emu.debugger.target import Target, TargetError
 from emu.hw.cpu import Vector
+from emu.nt import exports
 from emu.nt.kernel import MachineStop
 from emu.nt.syscalls import Service
 
@@ -294,6 +295,8 @@ class Shell(StateCommands, cmd.Cmd):
             text = insns[0][2] if insns else f"(cannot read: {rip:#x} is cut short)"
         except TargetError as err:
             text = f"(cannot read: {_without_address(str(err), rip)})"
+            if exports.handler_at(rip) is not None:    # a breakpoint on nt!DbgPrint, say
+                text = "(a kernel export: the executive runs it)"
         return f"=> {rip:#x} <{t.symbolize(rip)}>: {text}   [{who}, ring {ring}]"
 
     # -- run control ----------------------------------------------------------------------

@@ -836,6 +836,8 @@ class Executive:
                 raise RuntimeError("kernel routine stopped without returning")
             if exc.vector == Vector.PF and exc.access == "fetch" and exc.cpl == 0 and \
                     exports.handler_at(exc.address) is not None:
+                if self.debugger is not None:        # a breakpoint on the export stops here
+                    self.debugger.export_called(exc.address)
                 self._call_export(exports.handler_at(exc.address))
                 result = self._run_cpu()
                 continue
