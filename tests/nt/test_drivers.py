@@ -107,7 +107,7 @@ def test_a_driver_without_an_entry_point_is_refused(machine_factory, sys_files):
 
 
 def test_an_elf_file_is_not_a_driver(machine_factory, apps):
-    # One driver format: an ELF file (here an app; the retired ELF drivers alike) is refused.
+    # One driver format: an ELF file (here an app; the retired ELF .sys files alike) is refused.
     m = machine_factory()
     path = apps / "hello"
     with pytest.raises(LoaderError) as err:
