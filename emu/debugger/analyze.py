@@ -85,7 +85,7 @@ BUGCHECKS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     0x3B: ("an exception in kernel mode while serving a system call",
            ("status", "rip", "addr", "none"),
            ("the exception code", "the instruction that raised it",
-            "the context record (a PE driver's exception; 0 for an ELF driver's fault)",
+            "the context record of the exception",
             "reserved")),
     0x3F: ("no system PTEs were left for a view of an MDL (MmMapLockedPages, or "
            "MmMapLockedPagesSpecifyCache with BugCheckOnFailure)",

@@ -122,7 +122,7 @@ def irps_text(target: Target) -> str:
 
 
 def irp_text(target: Target, address: int, pid: int | None = None) -> str:
-    """An IRP decoded from memory (the layout of guest/include/ddk/ntddk.h)."""
+    """An IRP decoded from memory (wdm.h's x64 layout, emu.nt.wdm)."""
     raw = target.read_virtual(address, io.IRP_SIZE, pid)
     kind, size = struct.unpack_from("<hH", raw)
     if kind != io.IO_TYPE_IRP:

@@ -8,17 +8,10 @@ Microsoft x64 calling convention (RCX, RDX, R8, R9, then the stack above the
 returns to the caller, as `ret` would. The table is explicit: an import
 with no entry refuses the driver's load, naming it.
 
-PE drivers bind by (DLL, name), and only to the exports registered with a ``dll``: those
-whose x64 signature AND behaviour are the WDK's declaration. The routines here that keep
-the ELF drivers' dialect are not (issue 12): IoCompleteRequest (wdm.h calls
-IofCompleteRequest), MmGetSystemAddressForMdlSafe (an inline over the MDL in wdm.h),
-IoInitializeDpcRequest and IoRequestDpc (inlines over DEVICE_OBJECT.Dpc in wdm.h),
-KeLowerIrql (the dialect never raises; emu.nt.ntos.ke has the WDK's),
-ProbeForRead/ProbeForWrite (Windows raises an exception; these return a status),
-PsGetCurrentProcessId (0 in DriverEntry, where Windows is in the System process, id 4: PE
-drivers bind to emu.nt.ntos.ps's), and MmCopyToUser/MmCopyFromUser (not Windows exports
-at all). The WDK's routines live in
-emu.nt.ntos, one module per component (Ex, Io, Ke, Mm, Ps, Rtl, Hal).
+Drivers are PE images: they bind by (DLL, name), and only to the exports registered here,
+each with the WDK's x64 signature AND behaviour. The WDK's routines live in emu.nt.ntos,
+one module per component (Ex, Io, Ke, Mm, Ps, Rtl, Hal); the first ones registered live
+here.
 """
 
 from __future__ import annotations
@@ -78,12 +71,11 @@ Handler = Callable[["Executive", ExportCall], "int | None"]
 
 @dataclass(frozen=True)
 class Export:
-    """One kernel export: its name, the DLL a PE driver imports it from (None: ELF drivers
-    only), whether ELF drivers may import it, its routine and its trap address."""
+    """One kernel export: its name, the DLL a driver imports it from, its routine and its
+    trap address."""
 
     name: str
-    dll: str | None
-    elf: bool
+    dll: str | None             # None: the executive's own routine (no driver imports it)
     handler: Handler
     address: int
 
@@ -91,28 +83,24 @@ class Export:
 # Registration order fixes each export's trap address: the modules that register exports
 # are imported in one fixed order (emu.nt.ntos), so the addresses are the same every run.
 _TABLE: list[Export] = []
-EXPORTS: dict[str, Handler] = {}            # what an ELF driver may import, by name
 PE_DLLS = ("ntoskrnl.exe", "hal.dll")
-_PE: dict[tuple[str, str], Export] = {}     # what a PE driver may import, by (DLL, name)
+_PE: dict[tuple[str, str], Export] = {}     # what a driver may import, by (DLL, name)
+EXPORTS: dict[str, Handler] = {}            # every export by name (the debugger's nt!Name)
 
 
-def export(name: str, *, dll: str | None = None, elf: bool = True
-           ) -> Callable[[Handler], Handler]:
-    """Register ``name`` as a kernel export. ``dll`` ("ntoskrnl.exe" or "hal.dll") lets PE
-    drivers bind to it: give it only when the routine's x64 signature AND behaviour are
-    the WDK's. ``elf=False`` keeps ELF drivers from importing it (a PE-only variant of a
-    routine whose ELF dialect differs, such as one that raises where the dialect returns
-    a status)."""
+def export(name: str, *, dll: str | None) -> Callable[[Handler], Handler]:
+    """Register ``name`` as an export of ``dll`` ("ntoskrnl.exe" or "hal.dll"): only a
+    routine whose x64 signature AND behaviour are the WDK's. ``dll=None``: a routine of the
+    executive's own with a trap address (IopInvalidDeviceRequest) that no driver imports."""
     if dll is not None and dll not in PE_DLLS:
         raise AssertionError(f"export {name}: unknown DLL {dll}")
 
     def register(fn: Handler) -> Handler:
-        if elf and name in EXPORTS or dll is not None and (dll, name) in _PE:
+        if name in EXPORTS:
             raise AssertionError(f"export {name} registered twice")
-        entry = Export(name, dll, elf, fn, layout.KERNEL_EXPORTS + len(_TABLE) * EXPORT_STRIDE)
+        entry = Export(name, dll, fn, layout.KERNEL_EXPORTS + len(_TABLE) * EXPORT_STRIDE)
         _TABLE.append(entry)
-        if elf:
-            EXPORTS[name] = fn
+        EXPORTS[name] = fn
         if dll is not None:
             _PE[(dll, name)] = entry
         return fn
@@ -120,11 +108,10 @@ def export(name: str, *, dll: str | None = None, elf: bool = True
 
 
 def address_of(name: str) -> int | None:
-    """The address an ELF driver's import of ``name`` is bound to (for the debugger's
-    ``nt!name``: a PE-only export's too), or None if not exported."""
-    entries = [e for e in _TABLE if e.name == name]
-    entries.sort(key=lambda e: not e.elf)
-    return entries[0].address if entries else None
+    """The trap address of the export ``name`` (the debugger's ``nt!name``; also the
+    executive's own routines registered as exports), or None if not exported."""
+    entry = next((e for e in _TABLE if e.name == name), None)
+    return None if entry is None else entry.address
 
 
 def pe_address_of(dll: str, name: str) -> int | None:
@@ -333,20 +320,10 @@ def free_pool(ex: Executive, call: ExportCall, address: int, tag: int) -> int:
     return 0
 
 
-@export("PsGetCurrentProcessId")
-def ps_get_current_process_id(ex: Executive, call: ExportCall) -> int:
-    """HANDLE PsGetCurrentProcessId(void): whoever's address space is current, or 0 in the
-    system context (DriverEntry at boot: no process yet)."""
-    return ex.current.pid if ex.current is not None else SYSTEM_CONTEXT_PID
-
-
 @export("KeGetCurrentIrql", dll="ntoskrnl.exe")
 def ke_get_current_irql(ex: Executive, call: ExportCall) -> int:
     """KIRQL KeGetCurrentIrql(VOID): CR8, what wdm.h's x64 inline of it reads."""
     return ex.irql
-
-
-SYSTEM_CONTEXT_PID = 0
 
 
 # -- the I/O manager -----------------------------------------------------------------------
@@ -384,22 +361,6 @@ def io_delete_device(ex: Executive, call: ExportCall) -> int:
     """VOID IoDeleteDevice(DeviceObject)."""
     ex.io.delete_device(call.arg(0))
     return 0
-
-
-@export("IoCompleteRequest")
-def io_complete_request(ex: Executive, call: ExportCall) -> int:
-    """VOID IoCompleteRequest(Irp, PriorityBoost)."""
-    ex.io.complete(call.arg(0), call_site(ex, call.return_address))
-    return 0
-
-
-@export("MmGetSystemAddressForMdlSafe")
-def mm_get_system_address_for_mdl_safe(ex: Executive, call: ExportCall) -> int:
-    """PVOID MmGetSystemAddressForMdlSafe(Mdl, Priority): NULL when it cannot map."""
-    try:
-        return ex.io.map_mdl(call.arg(0))
-    except OutOfFrames:     # no frame for a page table of the view: NULL, as documented
-        return 0
 
 
 @export("RtlInitUnicodeString", dll="ntoskrnl.exe")
@@ -440,33 +401,7 @@ def io_connect_interrupt(ex: Executive, call: ExportCall) -> int:
     return NTSTATUS.STATUS_SUCCESS
 
 
-@export("IoInitializeDpcRequest")
-def io_initialize_dpc_request(ex: Executive, call: ExportCall) -> int:
-    """VOID IoInitializeDpcRequest(DeviceObject, DpcRoutine): the device's DpcForIsr."""
-    ex.io.initialize_dpc(call.arg(0), call.arg(1))
-    return 0
-
-
-@export("IoRequestDpc")
-def io_request_dpc(ex: Executive, call: ExportCall) -> int:
-    """VOID IoRequestDpc(DeviceObject, Irp, Context): KeInsertQueueDpc(&DeviceObject->Dpc,
-    Irp, Context), as wdm.h's macro; it runs at DISPATCH_LEVEL once the IRQL is below it
-    (after the ISR returns)."""
-    routine = ex.io.dpc_routines.get(call.arg(0))
-    if routine is None:
-        raise BugCheck(0xC4, (0, call.arg(0), 0, 0), call_site(ex, call.return_address),
-                       "IoRequestDpc without IoInitializeDpcRequest")
-    dpc = ex.io.device_dpc(call.arg(0))
-    if dpc:
-        kintr.insert_queue_dpc(ex, dpc, call.arg(1), call.arg(2))
-    else:                    # a device the I/O manager did not make: no KDPC of ours
-        ex.dpc_queue.append((routine, (0, call.arg(0), call.arg(1), call.arg(2))))
-        if ex.irql < kintr.DISPATCH_LEVEL:
-            kintr.drain_dpcs(ex, ex.current_thread, here=True)
-    return 0
-
-
-# -- IRQL and user buffers -------------------------------------------------------------
+# -- IRQL ----------------------------------------------------------------------------------
 
 IRQL_NOT_GREATER_OR_EQUAL = 0x09
 
@@ -484,83 +419,15 @@ def kf_raise_irql(ex: Executive, call: ExportCall) -> int:
     return old
 
 
-@export("KeLowerIrql")
-def ke_lower_irql(ex: Executive, call: ExportCall) -> int:
-    """VOID KeLowerIrql(NewIrql), the ELF drivers' dialect: never raises; what the lower
-    IRQL unmasks runs then (emu.nt.ntos.ke has the WDK's)."""
-    from emu.nt.ntos.ke import set_irql
-
-    set_irql(ex, min(ex.irql, call.arg(0) & 0xFF))
-    return 0
-
-
-def _probe(ex: Executive, address: int, length: int, alignment: int, write: bool) -> int:
-    """ProbeForRead/ProbeForWrite: the range must lie in user space (below
-    MmUserProbeAddress), be aligned, and for a write be writable from user mode now."""
-    from emu.hw import mmu
-
-    if length == 0:
-        return NTSTATUS.STATUS_SUCCESS
-    if alignment and address % alignment:
-        return NTSTATUS.STATUS_DATATYPE_MISALIGNMENT
-    if address + length > layout.MM_USER_PROBE_ADDRESS or address + length < address:
-        return NTSTATUS.STATUS_ACCESS_VIOLATION
-    if write:
-        for page in range(address & ~0xFFF, address + length, layout.PAGE_SIZE):
-            try:
-                ex.cpu.walk(page, "write", cpl=3)
-            except (mmu.PageFault, mmu.GeneralProtection):
-                return NTSTATUS.STATUS_ACCESS_VIOLATION
-    return NTSTATUS.STATUS_SUCCESS
-
-
-@export("ProbeForRead")
-def probe_for_read(ex: Executive, call: ExportCall) -> int:
-    """NTSTATUS ProbeForRead(Address, Length, Alignment): Windows raises an exception for
-    __try/__except; C without SEH gets the status instead (STATUS_ACCESS_VIOLATION)."""
-    return _probe(ex, call.arg(0), call.arg(1), call.arg(2) & 0xFFFF_FFFF, write=False)
-
-
-@export("ProbeForWrite")
-def probe_for_write(ex: Executive, call: ExportCall) -> int:
-    """NTSTATUS ProbeForWrite(Address, Length, Alignment): as ProbeForRead, for writing."""
-    return _probe(ex, call.arg(0), call.arg(1), call.arg(2) & 0xFFFF_FFFF, write=True)
-
-
-@export("MmCopyToUser")
-def mm_copy_to_user(ex: Executive, call: ExportCall) -> int:
-    """NTSTATUS MmCopyToUser(UserDestination, Source, Length): a guarded copy into the
-    CURRENT process's memory (the job of __try { RtlCopyMemory } __except): a bad address
-    gives STATUS_ACCESS_VIOLATION instead of a bug check."""
-    from emu.nt.syscalls import UserAccessViolation, UserStatus, probe_and_write
-
-    try:
-        probe_and_write(ex, call.arg(0), ex.kernel_read(call.arg(1), call.arg(2)))
-    except (UserAccessViolation, UserStatus):
-        return NTSTATUS.STATUS_ACCESS_VIOLATION
-    return NTSTATUS.STATUS_SUCCESS
-
-
-@export("MmCopyFromUser")
-def mm_copy_from_user(ex: Executive, call: ExportCall) -> int:
-    """NTSTATUS MmCopyFromUser(Destination, UserSource, Length): the guarded read."""
-    from emu.nt.syscalls import UserAccessViolation, UserStatus, probe_and_read
-
-    try:
-        ex.kernel_write(call.arg(0), probe_and_read(ex, call.arg(1), call.arg(2)))
-    except (UserAccessViolation, UserStatus):
-        return NTSTATUS.STATUS_ACCESS_VIOLATION
-    return NTSTATUS.STATUS_SUCCESS
-
-
 # -- exported since the structures are wdm.h's (issue 12): registered last, so that the
 # trap addresses of the exports above stay where they were.
 
 @export("IofCompleteRequest", dll="ntoskrnl.exe")
 def iof_complete_request(ex: Executive, call: ExportCall) -> int:
     """VOID IofCompleteRequest(Irp, PriorityBoost): what wdm.h's IoCompleteRequest macro
-    calls (the same routine as IoCompleteRequest above)."""
-    return io_complete_request(ex, call)
+    calls."""
+    ex.io.complete(call.arg(0), call_site(ex, call.return_address))
+    return 0
 
 
 @export("IoCreateSymbolicLink", dll="ntoskrnl.exe")
@@ -583,7 +450,7 @@ def io_delete_symbolic_link(ex: Executive, call: ExportCall) -> int:
 # ExceptionAddress is the return address in the driver (the routine itself has no code
 # here). Registered last: the trap addresses above stay where they were.
 
-@export("__C_specific_handler", dll="ntoskrnl.exe", elf=False)
+@export("__C_specific_handler", dll="ntoskrnl.exe")
 def c_specific_handler(ex: Executive, call: ExportCall) -> int:
     """EXCEPTION_DISPOSITION __C_specific_handler(ExceptionRecord, EstablisherFrame,
     ContextRecord, DispatcherContext): the language handler clang names in a __try
@@ -593,20 +460,20 @@ def c_specific_handler(ex: Executive, call: ExportCall) -> int:
     return 1
 
 
-@export("ExRaiseStatus", dll="ntoskrnl.exe", elf=False)
+@export("ExRaiseStatus", dll="ntoskrnl.exe")
 def ex_raise_status(ex: Executive, call: ExportCall) -> int:
     """VOID ExRaiseStatus(NTSTATUS Status): raise a noncontinuable exception with that code
     and no parameters."""
     raise ExceptionRaised(call.arg(0) & 0xFFFF_FFFF)
 
 
-@export("ExRaiseAccessViolation", dll="ntoskrnl.exe", elf=False)
+@export("ExRaiseAccessViolation", dll="ntoskrnl.exe")
 def ex_raise_access_violation(ex: Executive, call: ExportCall) -> int:
     """VOID ExRaiseAccessViolation(void): ExRaiseStatus(STATUS_ACCESS_VIOLATION)."""
     raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION)
 
 
-@export("ExRaiseDatatypeMisalignment", dll="ntoskrnl.exe", elf=False)
+@export("ExRaiseDatatypeMisalignment", dll="ntoskrnl.exe")
 def ex_raise_datatype_misalignment(ex: Executive, call: ExportCall) -> int:
     """VOID ExRaiseDatatypeMisalignment(void): ExRaiseStatus(STATUS_DATATYPE_MISALIGNMENT)."""
     raise ExceptionRaised(NTSTATUS.STATUS_DATATYPE_MISALIGNMENT)
@@ -617,7 +484,7 @@ def _misaligned(address: int, alignment: int) -> bool:
     return bool(address & ((alignment - 1) & 0xFFFF_FFFF))
 
 
-@export("ProbeForRead", dll="ntoskrnl.exe", elf=False)
+@export("ProbeForRead", dll="ntoskrnl.exe")
 def probe_for_read_pe(ex: Executive, call: ExportCall) -> int:
     """VOID ProbeForRead(Address, Length, Alignment): nothing if Length is 0; else
     STATUS_DATATYPE_MISALIGNMENT if Address is not aligned, STATUS_ACCESS_VIOLATION if the
@@ -636,7 +503,7 @@ def probe_for_read_pe(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("ProbeForWrite", dll="ntoskrnl.exe", elf=False)
+@export("ProbeForWrite", dll="ntoskrnl.exe")
 def probe_for_write_pe(ex: Executive, call: ExportCall) -> int:
     """VOID ProbeForWrite(Address, Length, Alignment): as ProbeForRead (the range check
     raises STATUS_ACCESS_VIOLATION with no information: ExRaiseAccessViolation), then the
@@ -666,14 +533,14 @@ def probe_for_write_pe(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("KeBugCheck", dll="ntoskrnl.exe", elf=False)
+@export("KeBugCheck", dll="ntoskrnl.exe")
 def ke_bug_check(ex: Executive, call: ExportCall) -> int:
     """VOID KeBugCheck(BugCheckCode): KeBugCheckEx(BugCheckCode, 0, 0, 0, 0)."""
     raise BugCheck(call.arg(0) & 0xFFFF_FFFF, (0, 0, 0, 0), call_site(ex, call.return_address),
                    "KeBugCheck called by a driver")
 
 
-@export("RtlAssert", dll="ntoskrnl.exe", elf=False)
+@export("RtlAssert", dll="ntoskrnl.exe")
 def rtl_assert(ex: Executive, call: ExportCall) -> int:
     """VOID RtlAssert(FailedAssertion, FileName, LineNumber, Message): what the WDK's ASSERT
     calls when DBG is 1. Prints Windows' message, then breaks into the kernel debugger,

@@ -107,13 +107,10 @@ def drain_dpcs(ex: Executive, thread: Thread | None = None, *, here: bool = Fals
     current address space: on the thread's kernel stack, or ``here`` on the current one."""
     while ex.dpc_queue and ex.irql < DISPATCH_LEVEL:
         entry = ex.dpc_queue.pop(0)
-        if isinstance(entry, tuple):           # an ELF driver's DPC with no KDPC of ours
-            routine, args = entry
-        else:
-            ex.kernel_write(entry + wdm.KDPC["DpcData"], struct.pack("<Q", 0))
-            routine, context, arg1, arg2 = struct.unpack(
-                "<4Q", ex.kernel_read(entry + wdm.KDPC["DeferredRoutine"], 32))
-            args = (entry, context, arg1, arg2)
+        ex.kernel_write(entry + wdm.KDPC["DpcData"], struct.pack("<Q", 0))
+        routine, context, arg1, arg2 = struct.unpack(
+            "<4Q", ex.kernel_read(entry + wdm.KDPC["DeferredRoutine"], 32))
+        args = (entry, context, arg1, arg2)
         previous, ex.irql = ex.irql, DISPATCH_LEVEL      # observers see the DPC's IRQL
         ex.events.emit(Event.DPC, routine=routine, thread=thread)
         ex.run_at_irql(DISPATCH_LEVEL, routine, args, thread,

@@ -4,8 +4,8 @@ The loader (MmLoadSystemImage, reduced) takes what ``pefile`` parses and checks 
 way Windows' loader must before it trusts a byte: an AMD64 PE32+ image of the native
 subsystem, headers and sections inside the file and the image, sections in ascending
 order without overlap, relocations and imports that point into the image. Then it lays
-the image out for the kernel slot it was given, as emu.nt.drivers does for an ELF driver
-(the same DriverImage, mapped by drivers.start with the same page protections):
+the image out for the kernel slot emu.nt.drivers gave it (a DriverImage, mapped by
+drivers.start with these page protections):
 - the headers read-only, each section with the rights its characteristics give
   (IMAGE_SCN_MEM_EXECUTE -> executable, IMAGE_SCN_MEM_WRITE -> writable, else read-only;
   every page not executable is NX);
@@ -353,7 +353,12 @@ class _Loader:
     def _entry_and_symbols(self) -> None:
         entry = self.opt.AddressOfEntryPoint
         page = (self.base + entry) & ~0xFFF
-        if not entry or not self._inside(entry, 1) or not self.image.page_flags[page] & PF_X:
+        # AddressOfEntryPoint 0 means "no entry point" (PE Format, "Optional Header
+        # Standard Fields": optional for DLLs); a driver's entry point is its DriverEntry,
+        # so an image without one is refused before any of it runs.
+        if not entry:
+            raise self.refuse("no DriverEntry (AddressOfEntryPoint is 0)")
+        if not self._inside(entry, 1) or not self.image.page_flags[page] & PF_X:
             raise self.refuse(f"entry point RVA 0x{entry:x} is not in an executable section")
         self.image.entry = self.base + entry
         symbols = {}

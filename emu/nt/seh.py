@@ -31,7 +31,7 @@ reads are in guest memory, on the kernel stack below the faulting frame, laid ou
 winnt.h lays them out for x64 (KiExceptionDispatch puts them there too).
 
 The walk stops at the first frame outside a PE driver image (the executive's own
-return trap, or an ELF driver, which has no unwind data). An exception inside a filter
+return trap, or code with no unwind data). An exception inside a filter
 or a __finally is dispatched to that funclet's own frames only. A handler other than
 __C_specific_handler (a driver's own language handler) is not called: its frame is
 passed over, as if it returned ExceptionContinueSearch.

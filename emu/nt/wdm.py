@@ -2,8 +2,7 @@
 
 The executive reads and writes DRIVER_OBJECT, DEVICE_OBJECT, IRP and its
 IO_STACK_LOCATION, IO_STATUS_BLOCK, MDL, UNICODE_STRING, KDPC and FILE_OBJECT in
-guest memory, where a driver built from the WDK's headers (or from this machine's
-guest/include/ddk/ntddk.h, which copies the same layout) reads and writes them too.
+guest memory, where a driver built from the WDK's headers reads and writes them too.
 Each offset here is ``offsetof`` of the field in mingw-w64's ``ddk/wdm.h`` for
 x86_64 (LLP64: ULONG 4 bytes, pointers 8; POINTER_ALIGNMENT is 8-byte alignment on
 Win64), and ``sizeof`` is the structure's size; tests/nt/test_wdm_layout.py compiles

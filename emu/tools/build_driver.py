@@ -46,7 +46,8 @@ class BuildError(Exception):
 
 
 def ddk_include() -> Path:
-    """The WDK headers (mingw-w64's ddk/ntddk.h, ddk/wdm.h) inside the ziglang wheel."""
+    """The WDK headers (mingw-w64's <ntddk.h> and <wdm.h>: its ddk folder) in the ziglang
+    wheel."""
     try:
         import ziglang
     except ImportError:

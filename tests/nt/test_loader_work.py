@@ -1,5 +1,5 @@
-"""Loading is linear in the file: generated images with thousands of program headers, and a
-driver with many large segments, are loaded or refused with work proportional to their size.
+"""Loading is linear in the file: generated images with thousands of program headers are
+loaded or refused with work proportional to their size.
 
 Work is counted, not timed: the Python calls the loader makes (sys.setprofile) and the
 bytes it copies out of the file (slices of a bytes subclass that counts them).
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from emu.nt import drivers, layout
 from emu.nt.loader import LoaderError, parse_image
 
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")   # Elf64_Ehdr
@@ -99,38 +98,3 @@ def test_an_image_too_large_is_refused_after_linear_work(apps):
     calls_large, copied = work(parse_image, large)
     assert calls_large < 10 * calls_small, (calls_small, calls_large)
     assert copied < 4 * len(large), (copied, len(large))
-
-
-def test_a_driver_with_many_large_segments_is_copied_page_by_page_not_byte_by_byte():
-    sys_file = (ROOT / "drivers" / "badimport.sys").read_bytes()
-    # 4 MiB of file contents for the new segments to copy; they overlap one another.
-    body = len(sys_file) + (-len(sys_file) % 4096)
-    data = sys_file + bytes(body - len(sys_file)) + bytes(4 << 20)
-    data = with_extra_loads(data, 64, 0x80_0000, filesz=4 << 20, memsz=4 << 20, offset=body,
-                            step=0)
-    data = bytes(data)
-    # Overlapping segments are refused (as the app loader does): at most one slot is copied.
-    with pytest.raises(LoaderError, match="overlap"):
-        drivers.parse_driver(data, "big.sys", layout.KERNEL_DRIVERS)
-    CountingBytes.indexed = 0
-    calls, copied = work(lambda d: drivers.parse_driver(d, "big.sys", layout.KERNEL_DRIVERS),
-                         data)
-    assert CountingBytes.indexed < 10_000, CountingBytes.indexed
-    assert copied < 3 * len(data), (copied, len(data))
-
-
-def test_a_driver_with_a_large_segment_loads_with_page_copies():
-    # The ELF driver loader's work: the last ELF driver is badimport.sys (the demo drivers
-    # are PE images now); its unknown import renamed to one the kernel has.
-    sys_file = (ROOT / "drivers" / "badimport.sys").read_bytes().replace(
-        b"IoDoesNotExist\0", b"DbgPrint\0".ljust(15, b"\0"))
-    body = len(sys_file) + (-len(sys_file) % 4096)
-    data = sys_file + bytes(body - len(sys_file)) + bytes(range(256)) * (4 << 12)
-    data = with_extra_loads(data, 1, 0x80_0000, filesz=4 << 20, memsz=4 << 20, offset=body)
-    CountingBytes.indexed = 0
-    calls, copied = work(lambda d: drivers.parse_driver(d, "big.sys", layout.KERNEL_DRIVERS),
-                         data)
-    assert CountingBytes.indexed < 10_000, CountingBytes.indexed
-    image = drivers.parse_driver(data, "big.sys", layout.KERNEL_DRIVERS)
-    page = image.pages[layout.KERNEL_DRIVERS + 0x80_0000 + 0x1000]
-    assert bytes(page[:4]) == bytes([0, 1, 2, 3]) and bytes(page[-1:]) == b"\xff"

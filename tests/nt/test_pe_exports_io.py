@@ -197,14 +197,13 @@ def test_a_dispatch_routine_runs_in_the_requestor_s_process(machine_factory, app
     assert f"Irp->Tail.Overlay.Thread: thread {tid} of process {pid}, system thread 0" in lines
 
 
-def test_the_elf_drivers_keep_process_id_0_in_driver_entry():
-    # The ELF dialect's PsGetCurrentProcessId says 0 in the system context; PE drivers bind
-    # to Windows' (4).
+def test_ps_get_current_process_id_is_one_routine_for_nt_and_drivers():
+    # The ELF dialect's variant (0 in the system context) is gone: nt!PsGetCurrentProcessId
+    # is the address drivers bind to, Windows' routine (4 in the system context).
     from emu.nt.ntos import ps
 
-    elf = exports.EXPORTS["PsGetCurrentProcessId"]
-    assert elf is not ps.ps_get_current_process_id
-    assert exports.pe_address_of("ntoskrnl.exe", "PsGetCurrentProcessId") != \
+    assert exports.EXPORTS["PsGetCurrentProcessId"] is ps.ps_get_current_process_id
+    assert exports.pe_address_of("ntoskrnl.exe", "PsGetCurrentProcessId") == \
         exports.address_of("PsGetCurrentProcessId")
 
 
@@ -358,10 +357,11 @@ def test_the_docs_list_every_ntoskrnl_export_in_alphabetical_order():
 
 # -- 7. whatever a driver passes ----------------------------------------------------------------
 
-# The routines only PE drivers bind (the ELF ones are fuzzed by test_kernel_fuzz), but for
-# KeBugCheck: it stops the machine with whatever code it is given, by design.
+# The routines emu.nt.ntos registers (those of emu.nt.exports are fuzzed by
+# test_kernel_fuzz), but for KeBugCheck: it stops the machine with whatever code it is
+# given, by design.
 PE_ONLY = sorted(n for n in exports.pe_names("ntoskrnl.exe")
-                 if n not in exports.EXPORTS and n != "KeBugCheck")
+                 if exports.EXPORTS[n].__module__ != "emu.nt.exports" and n != "KeBugCheck")
 
 
 def _fuzz_strategies():

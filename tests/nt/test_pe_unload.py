@@ -219,11 +219,11 @@ def test_no_driver_unload_after_ctrl_c(machine_factory, apps):
     assert bytes(m.executive.debug_output) == b"peunload.sys: DriverEntry\n"
 
 
-def test_an_elf_driver_unload_routine_is_read_where_wdm_h_puts_it(machine_factory, apps,
-                                                                  monkeypatch):
-    # The ELF drivers' private header has wdm.h's layout (DriverUnload at 0x68): a routine
-    # stored there runs at shutdown through the same code as a PE driver's (here the
-    # driver's own DriverEntry, which prints again when called a second time).
+def test_a_driver_unload_routine_is_read_where_wdm_h_puts_it(machine_factory, apps,
+                                                             monkeypatch):
+    # wdm.h's layout (DriverUnload at 0x68): a routine stored there after DriverEntry runs
+    # at shutdown (here the driver's own DriverEntry, which prints again when called a
+    # second time).
     m = machine_factory()
     m.add_driver(ROOT / "guest" / "build" / "drivers" / "hello.sys")
     m.spawn(apps / "hello")

@@ -13,4 +13,4 @@ from emu.nt.ntos import ex, hal, io, ke, mm, ps, rtl  # noqa: F401 (registers th
 # The I/O manager's default dispatch routine: not an export (no driver imports it), but a
 # trap address like theirs, registered after them all so their addresses stay where they
 # were. Every MajorFunction entry of a PE driver's DRIVER_OBJECT starts as it (emu.nt.io).
-_exports.export("IopInvalidDeviceRequest", elf=False)(_io.invalid_device_request)
+_exports.export("IopInvalidDeviceRequest", dll=None)(_io.invalid_device_request)

@@ -1,8 +1,8 @@
 """Ex: executive support routines (pool), and the debug print routines (DbgPrintEx), as PE
 drivers import them.
 
-ExAllocatePoolWithTag and ExFreePoolWithTag live in emu.nt.exports (the ELF drivers import
-them too); the pool itself, its placement rules and the bug check 0xC2 parameters of each
+ExAllocatePoolWithTag and ExFreePoolWithTag live in emu.nt.exports (registered first);
+the pool itself, its placement rules and the bug check 0xC2 parameters of each
 misuse are emu.nt.pool's.
 """
 
@@ -48,7 +48,7 @@ _SUPPORTED = (POOL_FLAG_USE_QUOTA | POOL_FLAG_UNINITIALIZED | POOL_FLAG_CACHE_AL
               | POOL_FLAG_PAGED)
 
 
-@export("ExAllocatePool2", dll="ntoskrnl.exe", elf=False)
+@export("ExAllocatePool2", dll="ntoskrnl.exe")
 def ex_allocate_pool2(ex: Executive, call: ExportCall) -> int:
     """PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag): zeroed pool
     (also with POOL_FLAG_UNINITIALIZED here: pool is never reused). NULL for no memory, a
@@ -71,7 +71,7 @@ def ex_allocate_pool2(ex: Executive, call: ExportCall) -> int:
     return allocate_pool(ex, call, pool_type, size, tag, raise_on_failure=raise_on_failure)
 
 
-@export("ExAllocatePool", dll="ntoskrnl.exe", elf=False)
+@export("ExAllocatePool", dll="ntoskrnl.exe")
 def ex_allocate_pool(ex: Executive, call: ExportCall) -> int:
     """PVOID ExAllocatePool(PoolType, NumberOfBytes): ExAllocatePoolWithTag with the tag
     'None', as Windows gives it."""
@@ -81,7 +81,7 @@ def ex_allocate_pool(ex: Executive, call: ExportCall) -> int:
                          raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
 
-@export("ExFreePool", dll="ntoskrnl.exe", elf=False)
+@export("ExFreePool", dll="ntoskrnl.exe")
 def ex_free_pool(ex: Executive, call: ExportCall) -> int:
     """VOID ExFreePool(P): ExFreePoolWithTag(P, 0), which matches any tag."""
     return free_pool(ex, call, call.arg(0), 0)
@@ -126,7 +126,7 @@ def _print_filtered(ex: Executive, level: int, prefix: bytes, fmt: int, args, fi
     return NTSTATUS.STATUS_SUCCESS
 
 
-@export("DbgPrintEx", dll="ntoskrnl.exe", elf=False)
+@export("DbgPrintEx", dll="ntoskrnl.exe")
 def dbg_print_ex(ex: Executive, call: ExportCall) -> int:
     """ULONG DbgPrintEx(ComponentId, Level, Format, ...): as DbgPrint, if the filter lets
     Level through (only DPFLTR_ERROR_LEVEL here, Windows' default); STATUS_SUCCESS either
@@ -134,14 +134,14 @@ def dbg_print_ex(ex: Executive, call: ExportCall) -> int:
     return _print_filtered(ex, call.arg(1), b"", call.arg(2), call, 3)
 
 
-@export("vDbgPrintEx", dll="ntoskrnl.exe", elf=False)
+@export("vDbgPrintEx", dll="ntoskrnl.exe")
 def v_dbg_print_ex(ex: Executive, call: ExportCall) -> int:
     """ULONG vDbgPrintEx(ComponentId, Level, Format, va_list arglist): DbgPrintEx with its
     arguments in a va_list."""
     return _print_filtered(ex, call.arg(1), b"", call.arg(2), _VaList(ex, call.arg(3)), 0)
 
 
-@export("vDbgPrintExWithPrefix", dll="ntoskrnl.exe", elf=False)
+@export("vDbgPrintExWithPrefix", dll="ntoskrnl.exe")
 def v_dbg_print_ex_with_prefix(ex: Executive, call: ExportCall) -> int:
     """ULONG vDbgPrintExWithPrefix(Prefix, ComponentId, Level, Format, va_list arglist):
     vDbgPrintEx with the Prefix string printed before the message."""

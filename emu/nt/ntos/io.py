@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from emu.nt.process import Process
 
 
-@export("IoGetCurrentProcess", dll="ntoskrnl.exe", elf=False)
+@export("IoGetCurrentProcess", dll="ntoskrnl.exe")
 def io_get_current_process(ex: Executive, call: ExportCall) -> int:
     """PEPROCESS IoGetCurrentProcess(void) (wdm.h's PsGetCurrentProcess): the process whose
     address space is current, the System process in DriverEntry/DriverUnload."""
@@ -33,7 +33,7 @@ def _requestor(ex: Executive, irp: int) -> tuple[bool, Process | None]:
     return known, proc
 
 
-@export("IoIs32bitProcess", dll="ntoskrnl.exe", elf=False)
+@export("IoIs32bitProcess", dll="ntoskrnl.exe")
 def io_is_32bit_process(ex: Executive, call: ExportCall) -> int:
     """BOOLEAN IoIs32bitProcess(PIRP Irp OPTIONAL): whether the IRP's requestor (the process
     of Irp->Tail.Overlay.Thread; the current process when Irp is NULL) is a 32-bit process
@@ -46,7 +46,7 @@ def io_is_32bit_process(ex: Executive, call: ExportCall) -> int:
     return int(proc is not None and proc.bits == 32)
 
 
-@export("IoGetRequestorProcessId", dll="ntoskrnl.exe", elf=False)
+@export("IoGetRequestorProcessId", dll="ntoskrnl.exe")
 def io_get_requestor_process_id(ex: Executive, call: ExportCall) -> int:
     """ULONG IoGetRequestorProcessId(PIRP Irp): the id of the process that sent the IRP
     (Irp->Tail.Overlay.Thread's), 0 if it names no thread."""
@@ -54,7 +54,7 @@ def io_get_requestor_process_id(ex: Executive, call: ExportCall) -> int:
     return process_id(proc) if known else 0
 
 
-@export("IoGetRequestorProcess", dll="ntoskrnl.exe", elf=False)
+@export("IoGetRequestorProcess", dll="ntoskrnl.exe")
 def io_get_requestor_process(ex: Executive, call: ExportCall) -> int:
     """PEPROCESS IoGetRequestorProcess(PIRP Irp): that process's EPROCESS, or NULL."""
     known, proc = _requestor(ex, call.arg(0))
@@ -63,7 +63,7 @@ def io_get_requestor_process(ex: Executive, call: ExportCall) -> int:
 
 # -- MDLs ------------------------------------------------------------------------------------
 
-@export("IoAllocateMdl", dll="ntoskrnl.exe", elf=False)
+@export("IoAllocateMdl", dll="ntoskrnl.exe")
 def io_allocate_mdl(ex: Executive, call: ExportCall) -> int:
     """PMDL IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp): an MDL
     for the buffer in NonPagedPoolNx, its frame numbers not yet filled in (emu.nt.io's
@@ -73,7 +73,7 @@ def io_allocate_mdl(ex: Executive, call: ExportCall) -> int:
                               bool(call.arg(2) & 0xFF), bool(call.arg(3) & 0xFF))
 
 
-@export("IoFreeMdl", dll="ntoskrnl.exe", elf=False)
+@export("IoFreeMdl", dll="ntoskrnl.exe")
 def io_free_mdl(ex: Executive, call: ExportCall) -> int:
     """VOID IoFreeMdl(PMDL Mdl): the MDL's memory goes back (the driver has unlocked and
     unmapped it first); an MDL freed twice is bug check 0xC2 (7, ...), as a pool block."""

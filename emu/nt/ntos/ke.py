@@ -51,7 +51,7 @@ def _raise(ex: Executive, call: ExportCall, new: int, routine: str) -> int:
     return old
 
 
-@export("KeLowerIrql", dll="ntoskrnl.exe", elf=False)
+@export("KeLowerIrql", dll="ntoskrnl.exe")
 def ke_lower_irql(ex: Executive, call: ExportCall) -> int:
     """VOID KeLowerIrql(KIRQL NewIrql): CR8 = NewIrql, as wdm.h's x64 inline (__writecr8)
     does: no check (a NewIrql above the current IRQL raises it, as that inline would),
@@ -308,7 +308,7 @@ def _wait_for(ex: Executive, call: ExportCall, objects: list[int], wait_any: boo
     return status
 
 
-@export("KeInitializeEvent", dll=NTOSKRNL, elf=False)
+@export("KeInitializeEvent", dll=NTOSKRNL)
 def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
     """VOID KeInitializeEvent(PRKEVENT Event, EVENT_TYPE Type, BOOLEAN State): the header as
     Windows writes it: Type (NotificationEvent 0, SynchronizationEvent 1), Size in LONGs
@@ -324,7 +324,7 @@ def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("KeSetEvent", dll=NTOSKRNL, elf=False)
+@export("KeSetEvent", dll=NTOSKRNL)
 def ke_set_event(ex: Executive, call: ExportCall) -> int:
     """LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait): signal it; the
     previous SignalState is returned. A synchronization event that a driver is waiting on
@@ -341,7 +341,7 @@ def ke_set_event(ex: Executive, call: ExportCall) -> int:
     return previous & 0xFFFF_FFFF
 
 
-@export("KeResetEvent", dll=NTOSKRNL, elf=False)
+@export("KeResetEvent", dll=NTOSKRNL)
 def ke_reset_event(ex: Executive, call: ExportCall) -> int:
     """LONG KeResetEvent(PRKEVENT Event): not signalled; the previous SignalState is
     returned."""
@@ -350,20 +350,20 @@ def ke_reset_event(ex: Executive, call: ExportCall) -> int:
     return previous & 0xFFFF_FFFF
 
 
-@export("KeClearEvent", dll=NTOSKRNL, elf=False)
+@export("KeClearEvent", dll=NTOSKRNL)
 def ke_clear_event(ex: Executive, call: ExportCall) -> int:
     """VOID KeClearEvent(PRKEVENT Event): not signalled."""
     _set_signal_state(ex, call.arg(0), 0)
     return 0
 
 
-@export("KeReadStateEvent", dll=NTOSKRNL, elf=False)
+@export("KeReadStateEvent", dll=NTOSKRNL)
 def ke_read_state_event(ex: Executive, call: ExportCall) -> int:
     """LONG KeReadStateEvent(PRKEVENT Event): its SignalState."""
     return _signal_state(ex, call.arg(0)) & 0xFFFF_FFFF
 
 
-@export("KeWaitForSingleObject", dll=NTOSKRNL, elf=False)
+@export("KeWaitForSingleObject", dll=NTOSKRNL)
 def ke_wait_for_single_object(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS KeWaitForSingleObject(Object, WaitReason, WaitMode, Alertable, Timeout):
     STATUS_SUCCESS once the object is signalled (a synchronization event resets as it
@@ -373,7 +373,7 @@ def ke_wait_for_single_object(ex: Executive, call: ExportCall) -> int:
                      "KeWaitForSingleObject")
 
 
-@export("KeWaitForMultipleObjects", dll=NTOSKRNL, elf=False)
+@export("KeWaitForMultipleObjects", dll=NTOSKRNL)
 def ke_wait_for_multiple_objects(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS KeWaitForMultipleObjects(Count, Object[], WaitType, WaitReason, WaitMode,
     Alertable, Timeout, WaitBlockArray): WaitAny returns STATUS_WAIT_0 + the index of the
@@ -392,7 +392,7 @@ def ke_wait_for_multiple_objects(ex: Executive, call: ExportCall) -> int:
                      "KeWaitForMultipleObjects")
 
 
-@export("KeDelayExecutionThread", dll=NTOSKRNL, elf=False)
+@export("KeDelayExecutionThread", dll=NTOSKRNL)
 def ke_delay_execution_thread(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS KeDelayExecutionThread(WaitMode, Alertable, Interval): STATUS_SUCCESS once the
     interval (negative: relative, 100 ns units; positive: an absolute system time) has
@@ -437,7 +437,7 @@ def _home_space(ex: Executive):
     return ex.current_thread.process.space if ex.current_thread else ex.mm.system
 
 
-@export("KeStackAttachProcess", dll=NTOSKRNL, elf=False)
+@export("KeStackAttachProcess", dll=NTOSKRNL)
 def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
     """VOID KeStackAttachProcess(PRKPROCESS Process, PRKAPC_STATE ApcState): into Process's
     address space. ApcState gets what a detach restores: Process NULL (the thread was in
@@ -469,7 +469,7 @@ def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("KeUnstackDetachProcess", dll=NTOSKRNL, elf=False)
+@export("KeUnstackDetachProcess", dll=NTOSKRNL)
 def ke_unstack_detach_process(ex: Executive, call: ExportCall) -> int:
     """VOID KeUnstackDetachProcess(PRKAPC_STATE ApcState): back to what ApcState saved: the
     process attached to before, or the thread's own address space. Detaching a thread that
@@ -562,14 +562,14 @@ def update_shared_data(ex: Executive, frame: int) -> None:
     _write_times(ex, frame, ex.clock)
 
 
-@export("KeQueryTimeIncrement", dll=NTOSKRNL, elf=False)
+@export("KeQueryTimeIncrement", dll=NTOSKRNL)
 def ke_query_time_increment(ex: Executive, call: ExportCall) -> int:
     """ULONG KeQueryTimeIncrement(void): 100 ns units added to the interrupt time at each
     clock tick (156250: 15.625 ms, Windows' default)."""
     return TIME_INCREMENT
 
 
-@export("KeQueryPerformanceCounter", dll="hal.dll", elf=False)
+@export("KeQueryPerformanceCounter", dll="hal.dll")
 def ke_query_performance_counter(ex: Executive, call: ExportCall) -> int:
     """LARGE_INTEGER KeQueryPerformanceCounter(PLARGE_INTEGER PerformanceFrequency): the
     clock in counts of PERFORMANCE_FREQUENCY (10 MHz, Windows 10's usual: one count per

@@ -33,7 +33,7 @@ IO_READ_ACCESS, IO_WRITE_ACCESS, IO_MODIFY_ACCESS = 0, 1, 2      # LOCK_OPERATIO
 HIGH_PAGE_PRIORITY = 32                        # MM_PAGE_PRIORITY
 
 
-@export("MmGetSystemRoutineAddress", dll="ntoskrnl.exe", elf=False)
+@export("MmGetSystemRoutineAddress", dll="ntoskrnl.exe")
 def mm_get_system_routine_address(ex: Executive, call: ExportCall) -> int:
     """PVOID MmGetSystemRoutineAddress(PUNICODE_STRING SystemRoutineName): the address of the
     routine of that name that ntoskrnl.exe or hal.dll exports to PE drivers, or NULL (how a
@@ -47,7 +47,7 @@ def mm_get_system_routine_address(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("MmBuildMdlForNonPagedPool", dll="ntoskrnl.exe", elf=False)
+@export("MmBuildMdlForNonPagedPool", dll="ntoskrnl.exe")
 def mm_build_mdl_for_non_paged_pool(ex: Executive, call: ExportCall) -> int:
     """VOID MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList): the frame numbers of a
     nonpaged buffer, MDL_SOURCE_IS_NONPAGED_POOL, MappedSystemVa = the buffer."""
@@ -55,7 +55,7 @@ def mm_build_mdl_for_non_paged_pool(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("MmProbeAndLockPages", dll="ntoskrnl.exe", elf=False)
+@export("MmProbeAndLockPages", dll="ntoskrnl.exe")
 def mm_probe_and_lock_pages(ex: Executive, call: ExportCall) -> int:
     """VOID MmProbeAndLockPages(MemoryDescriptorList, AccessMode, Operation): the buffer's
     pages made resident, checked for the access and locked (emu.nt.io's lock_pages). A
@@ -77,7 +77,7 @@ def mm_probe_and_lock_pages(ex: Executive, call: ExportCall) -> int:
     return 0
 
 
-@export("MmUnlockPages", dll="ntoskrnl.exe", elf=False)
+@export("MmUnlockPages", dll="ntoskrnl.exe")
 def mm_unlock_pages(ex: Executive, call: ExportCall) -> int:
     """VOID MmUnlockPages(PMDL MemoryDescriptorList): unmap its system view if it has one,
     then unlock its pages (a page not locked: bug check 0x4E, 7)."""
@@ -114,7 +114,7 @@ def _map(ex: Executive, call: ExportCall, mdl: int, mode: int, bugcheck_on_failu
         return 0
 
 
-@export("MmMapLockedPagesSpecifyCache", dll="ntoskrnl.exe", elf=False)
+@export("MmMapLockedPagesSpecifyCache", dll="ntoskrnl.exe")
 def mm_map_locked_pages_specify_cache(ex: Executive, call: ExportCall) -> int:
     """PVOID MmMapLockedPagesSpecifyCache(Mdl, AccessMode, CacheType, RequestedAddress,
     BugCheckOnFailure, Priority): KernelMode maps the MDL's frames in system space (NX with
@@ -126,14 +126,14 @@ def mm_map_locked_pages_specify_cache(ex: Executive, call: ExportCall) -> int:
                 call.arg(5) & 0xFFFF_FFFF)
 
 
-@export("MmMapLockedPages", dll="ntoskrnl.exe", elf=False)
+@export("MmMapLockedPages", dll="ntoskrnl.exe")
 def mm_map_locked_pages(ex: Executive, call: ExportCall) -> int:
     """PVOID MmMapLockedPages(Mdl, AccessMode): MmMapLockedPagesSpecifyCache(Mdl, AccessMode,
     MmCached, NULL, TRUE, HighPagePriority): a failure is a bug check."""
     return _map(ex, call, call.arg(0), call.arg(1), True, HIGH_PAGE_PRIORITY)
 
 
-@export("MmUnmapLockedPages", dll="ntoskrnl.exe", elf=False)
+@export("MmUnmapLockedPages", dll="ntoskrnl.exe")
 def mm_unmap_locked_pages(ex: Executive, call: ExportCall) -> int:
     """VOID MmUnmapLockedPages(BaseAddress, Mdl): the system view at BaseAddress goes."""
     with _at_call_site(ex, call):
@@ -151,14 +151,14 @@ def _translate(ex: Executive, va: int) -> int | None:
         return None
 
 
-@export("MmIsAddressValid", dll="ntoskrnl.exe", elf=False)
+@export("MmIsAddressValid", dll="ntoskrnl.exe")
 def mm_is_address_valid(ex: Executive, call: ExportCall) -> int:
     """BOOLEAN MmIsAddressValid(VirtualAddress): TRUE if a read at it would not page-fault
     now (a page in the pagefile or on a transition list is not valid: it would fault)."""
     return int(_translate(ex, call.arg(0)) is not None)
 
 
-@export("MmGetPhysicalAddress", dll="ntoskrnl.exe", elf=False)
+@export("MmGetPhysicalAddress", dll="ntoskrnl.exe")
 def mm_get_physical_address(ex: Executive, call: ExportCall) -> int:
     """PHYSICAL_ADDRESS MmGetPhysicalAddress(BaseAddress): the physical address it maps to
     now (returned in RAX, a LARGE_INTEGER), 0 if it is not valid."""

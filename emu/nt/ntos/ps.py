@@ -32,7 +32,7 @@ REFERENCE_BY_POINTER = BugCheckCode.REFERENCE_BY_POINTER
 # -- looking a process up (PsLookupProcessByProcessId, ObDereferenceObject) ----------------
 
 
-@export("PsLookupProcessByProcessId", dll=NTOSKRNL, elf=False)
+@export("PsLookupProcessByProcessId", dll=NTOSKRNL)
 def ps_lookup_process_by_process_id(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS PsLookupProcessByProcessId(HANDLE ProcessId, PEPROCESS *Process): the
     process's object (emu.nt.eprocess), referenced: the caller releases it with
@@ -71,14 +71,14 @@ def _dereference(ex: Executive, call: ExportCall) -> int:
     return held - 1
 
 
-@export("ObfDereferenceObject", dll=NTOSKRNL, elf=False)
+@export("ObfDereferenceObject", dll=NTOSKRNL)
 def obf_dereference_object(ex: Executive, call: ExportCall) -> int:
     """LONG_PTR FASTCALL ObfDereferenceObject(PVOID Object): what wdm.h's
     ObDereferenceObject macro calls."""
     return _dereference(ex, call)
 
 
-@export("ObDereferenceObject", dll=NTOSKRNL, elf=False)
+@export("ObDereferenceObject", dll=NTOSKRNL)
 def ob_dereference_object(ex: Executive, call: ExportCall) -> int:
     """LONG_PTR ObDereferenceObject(PVOID Object): the same routine, by its other name."""
     return _dereference(ex, call)
@@ -114,14 +114,14 @@ def current_eprocess(ex: Executive) -> int:
     return eprocess_of(ex, ex.current)
 
 
-@export("PsGetCurrentProcessId", dll="ntoskrnl.exe", elf=False)
+@export("PsGetCurrentProcessId", dll="ntoskrnl.exe")
 def ps_get_current_process_id(ex: Executive, call: ExportCall) -> int:
     """HANDLE PsGetCurrentProcessId(void): the current process's id; 4 (System) where no
-    process's thread runs: DriverEntry, DriverUnload (the ELF drivers' variant says 0)."""
+    process's thread runs: DriverEntry, DriverUnload."""
     return process_id(ex.current)
 
 
-@export("PsGetCurrentThreadId", dll="ntoskrnl.exe", elf=False)
+@export("PsGetCurrentThreadId", dll="ntoskrnl.exe")
 def ps_get_current_thread_id(ex: Executive, call: ExportCall) -> int:
     """HANDLE PsGetCurrentThreadId(void): the current thread's id (the interrupted thread's
     in a DPC), or the System thread's (8) in DriverEntry and DriverUnload."""
@@ -129,7 +129,7 @@ def ps_get_current_thread_id(ex: Executive, call: ExportCall) -> int:
     return SYSTEM_THREAD_ID if thread is None else thread.tid
 
 
-@export("PsGetProcessId", dll="ntoskrnl.exe", elf=False)
+@export("PsGetProcessId", dll="ntoskrnl.exe")
 def ps_get_process_id(ex: Executive, call: ExportCall) -> int:
     """HANDLE PsGetProcessId(PEPROCESS Process): the id stored in the object, read as
     Windows reads its field (so a pointer to no process reads whatever is there, and an
@@ -137,34 +137,34 @@ def ps_get_process_id(ex: Executive, call: ExportCall) -> int:
     return ex.kernel_read_u64(call.arg(0) + EPROCESS_UNIQUE_PROCESS_ID)
 
 
-@export("PsGetCurrentProcess", dll="ntoskrnl.exe", elf=False)
+@export("PsGetCurrentProcess", dll="ntoskrnl.exe")
 def ps_get_current_process(ex: Executive, call: ExportCall) -> int:
     """PEPROCESS PsGetCurrentProcess(void): ntoskrnl's export of what wdm.h defines as
     IoGetCurrentProcess."""
     return current_eprocess(ex)
 
 
-@export("PsGetThreadId", dll="ntoskrnl.exe", elf=False)
+@export("PsGetThreadId", dll="ntoskrnl.exe")
 def ps_get_thread_id(ex: Executive, call: ExportCall) -> int:
     """HANDLE PsGetThreadId(PETHREAD Thread): the id stored in the object (read as Windows
     reads its field)."""
     return ex.kernel_read_u64(call.arg(0) + ETHREAD_UNIQUE_THREAD_ID)
 
 
-@export("PsGetThreadProcessId", dll="ntoskrnl.exe", elf=False)
+@export("PsGetThreadProcessId", dll="ntoskrnl.exe")
 def ps_get_thread_process_id(ex: Executive, call: ExportCall) -> int:
     """HANDLE PsGetThreadProcessId(PETHREAD Thread): the id of the thread's process."""
     process = ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
     return ex.kernel_read_u64(process + EPROCESS_UNIQUE_PROCESS_ID)
 
 
-@export("PsGetThreadProcess", dll="ntoskrnl.exe", elf=False)
+@export("PsGetThreadProcess", dll="ntoskrnl.exe")
 def ps_get_thread_process(ex: Executive, call: ExportCall) -> int:
     """PEPROCESS PsGetThreadProcess(PETHREAD Thread) (ntifs.h): the thread's process."""
     return ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
 
 
-@export("PsIsSystemThread", dll="ntoskrnl.exe", elf=False)
+@export("PsIsSystemThread", dll="ntoskrnl.exe")
 def ps_is_system_thread(ex: Executive, call: ExportCall) -> int:
     """BOOLEAN PsIsSystemThread(PETHREAD Thread) (ntifs.h): whether the thread belongs to the
     System process (an app's thread, the requestor of an IRP, does not)."""

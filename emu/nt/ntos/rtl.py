@@ -170,14 +170,14 @@ def _compare(a: bytes | list[int], b: bytes | list[int]) -> int:
 
 # -- the C run-time routines ---------------------------------------------------------------
 
-@export("memcpy", dll=NTOSKRNL, elf=False)
+@export("memcpy", dll=NTOSKRNL)
 def rtl_memcpy(ex: Executive, call: ExportCall) -> int:
     """void *memcpy(void *dest, const void *src, size_t count): dest."""
     copy(ex, call.arg(0), call.arg(1), call.arg(2))
     return call.arg(0)
 
 
-@export("memmove", dll=NTOSKRNL, elf=False)
+@export("memmove", dll=NTOSKRNL)
 def rtl_memmove(ex: Executive, call: ExportCall) -> int:
     """void *memmove(void *dest, const void *src, size_t count): dest; overlapping ranges
     copy as if through a temporary buffer."""
@@ -185,14 +185,14 @@ def rtl_memmove(ex: Executive, call: ExportCall) -> int:
     return call.arg(0)
 
 
-@export("memset", dll=NTOSKRNL, elf=False)
+@export("memset", dll=NTOSKRNL)
 def rtl_memset(ex: Executive, call: ExportCall) -> int:
     """void *memset(void *dest, int c, size_t count): dest."""
     fill(ex, call.arg(0), call.arg(1) & 0xFF, call.arg(2))
     return call.arg(0)
 
 
-@export("memcmp", dll=NTOSKRNL, elf=False)
+@export("memcmp", dll=NTOSKRNL)
 def rtl_memcmp(ex: Executive, call: ExportCall) -> int:
     """int memcmp(const void *buf1, const void *buf2, size_t count): -1, 0 or 1 by the
     first differing byte (unsigned)."""
@@ -203,25 +203,25 @@ def rtl_memcmp(ex: Executive, call: ExportCall) -> int:
     return _sign(read(ex, a + at, 1)[0] - read(ex, b + at, 1)[0])
 
 
-@export("strlen", dll=NTOSKRNL, elf=False)
+@export("strlen", dll=NTOSKRNL)
 def rtl_strlen(ex: Executive, call: ExportCall) -> int:
     """size_t strlen(const char *str)."""
     return len(read_string(ex, call.arg(0)))
 
 
-@export("wcslen", dll=NTOSKRNL, elf=False)
+@export("wcslen", dll=NTOSKRNL)
 def rtl_wcslen(ex: Executive, call: ExportCall) -> int:
     """size_t wcslen(const wchar_t *str): in characters."""
     return len(read_string(ex, call.arg(0), 2)) // 2
 
 
-@export("strcmp", dll=NTOSKRNL, elf=False)
+@export("strcmp", dll=NTOSKRNL)
 def rtl_strcmp(ex: Executive, call: ExportCall) -> int:
     """int strcmp(const char *string1, const char *string2): -1, 0 or 1."""
     return _compare(read_string(ex, call.arg(0)), read_string(ex, call.arg(1)))
 
 
-@export("strncmp", dll=NTOSKRNL, elf=False)
+@export("strncmp", dll=NTOSKRNL)
 def rtl_strncmp(ex: Executive, call: ExportCall) -> int:
     """int strncmp(const char *string1, const char *string2, size_t count): at most count
     characters compared."""
@@ -233,7 +233,7 @@ def _wide(data: bytes) -> list[int]:
     return list(struct.unpack(f"<{len(data) // 2}H", data))
 
 
-@export("wcscmp", dll=NTOSKRNL, elf=False)
+@export("wcscmp", dll=NTOSKRNL)
 def rtl_wcscmp(ex: Executive, call: ExportCall) -> int:
     """int wcscmp(const wchar_t *string1, const wchar_t *string2): -1, 0 or 1."""
     return _compare(_wide(read_string(ex, call.arg(0), 2)), _wide(read_string(ex, call.arg(1), 2)))
@@ -243,7 +243,7 @@ def _lower_ascii(data: bytes) -> bytes:
     return data.lower()         # bytes.lower: A-Z only, the "C" locale's tolower
 
 
-@export("_stricmp", dll=NTOSKRNL, elf=False)
+@export("_stricmp", dll=NTOSKRNL)
 def rtl_stricmp(ex: Executive, call: ExportCall) -> int:
     """int _stricmp(const char *string1, const char *string2): compared as lowercase (the C
     locale: only A-Z fold)."""
@@ -260,21 +260,21 @@ def _fold(units: list[int], fold) -> list[int]:
     return out
 
 
-@export("_wcsicmp", dll=NTOSKRNL, elf=False)
+@export("_wcsicmp", dll=NTOSKRNL)
 def rtl_wcsicmp(ex: Executive, call: ExportCall) -> int:
     """int _wcsicmp(const wchar_t *string1, const wchar_t *string2): compared as lowercase."""
     return _compare(_fold(_wide(read_string(ex, call.arg(0), 2)), str.lower),
                     _fold(_wide(read_string(ex, call.arg(1), 2)), str.lower))
 
 
-@export("strcpy", dll=NTOSKRNL, elf=False)
+@export("strcpy", dll=NTOSKRNL)
 def rtl_strcpy(ex: Executive, call: ExportCall) -> int:
     """char *strcpy(char *dest, const char *src): dest; the NUL copied too."""
     write(ex, call.arg(0), read_string(ex, call.arg(1)) + b"\0")
     return call.arg(0)
 
 
-@export("strncpy", dll=NTOSKRNL, elf=False)
+@export("strncpy", dll=NTOSKRNL)
 def rtl_strncpy(ex: Executive, call: ExportCall) -> int:
     """char *strncpy(char *dest, const char *src, size_t count): dest; exactly count bytes
     written, NUL padded (no NUL when src has count characters or more)."""
@@ -303,14 +303,14 @@ def _snprintf(ex: Executive, buffer: int, count: int, fmt: int, args, first: int
     return (len(text) if len(text) <= count else -1) & 0xFFFF_FFFF
 
 
-@export("_snprintf", dll=NTOSKRNL, elf=False)
+@export("_snprintf", dll=NTOSKRNL)
 def rtl_snprintf(ex: Executive, call: ExportCall) -> int:
     """int _snprintf(char *buffer, size_t count, const char *format, ...): the formats of
     DbgPrint (at most 512 characters of output)."""
     return _snprintf(ex, call.arg(0), call.arg(1), call.arg(2), call, 3)
 
 
-@export("_vsnprintf", dll=NTOSKRNL, elf=False)
+@export("_vsnprintf", dll=NTOSKRNL)
 def rtl_vsnprintf(ex: Executive, call: ExportCall) -> int:
     """int _vsnprintf(char *buffer, size_t count, const char *format, va_list argptr): as
     _snprintf, the arguments from the va_list."""
@@ -319,7 +319,7 @@ def rtl_vsnprintf(ex: Executive, call: ExportCall) -> int:
 
 # -- Rtl: memory and counted strings ---------------------------------------------------------
 
-@export("RtlCompareMemory", dll=NTOSKRNL, elf=False)
+@export("RtlCompareMemory", dll=NTOSKRNL)
 def rtl_compare_memory(ex: Executive, call: ExportCall) -> int:
     """SIZE_T RtlCompareMemory(Source1, Source2, Length): how many bytes match before the
     first difference (Length if all do)."""
@@ -336,13 +336,13 @@ def _init_counted(ex: Executive, call: ExportCall, unit: int, cap: int) -> int:
     return 0
 
 
-@export("RtlInitAnsiString", dll=NTOSKRNL, elf=False)
+@export("RtlInitAnsiString", dll=NTOSKRNL)
 def rtl_init_ansi_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlInitAnsiString(PANSI_STRING DestinationString, PCSZ SourceString)."""
     return _init_counted(ex, call, 1, MAX_USTRING)
 
 
-@export("RtlInitString", dll=NTOSKRNL, elf=False)
+@export("RtlInitString", dll=NTOSKRNL)
 def rtl_init_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlInitString(PSTRING DestinationString, PCSZ SourceString)."""
     return _init_counted(ex, call, 1, MAX_USTRING)
@@ -354,7 +354,7 @@ def _text(ex: Executive, address: int) -> list[int]:
     return _wide(read(ex, buffer, length & ~1))
 
 
-@export("RtlCopyUnicodeString", dll=NTOSKRNL, elf=False)
+@export("RtlCopyUnicodeString", dll=NTOSKRNL)
 def rtl_copy_unicode_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlCopyUnicodeString(Destination, Source): as much of Source as Destination's
     MaximumLength holds, NUL-terminated if there is room; a NULL Source makes Destination
@@ -383,7 +383,7 @@ def _append(ex: Executive, dest: int, data: bytes) -> int:
     return NTSTATUS.STATUS_SUCCESS
 
 
-@export("RtlAppendUnicodeToString", dll=NTOSKRNL, elf=False)
+@export("RtlAppendUnicodeToString", dll=NTOSKRNL)
 def rtl_append_unicode_to_string(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS RtlAppendUnicodeToString(Destination, PCWSTR Source): a NULL Source appends
     nothing."""
@@ -392,7 +392,7 @@ def rtl_append_unicode_to_string(ex: Executive, call: ExportCall) -> int:
     return _append(ex, call.arg(0), read_string(ex, call.arg(1), 2, limit=MAX_USTRING // 2))
 
 
-@export("RtlAppendUnicodeStringToString", dll=NTOSKRNL, elf=False)
+@export("RtlAppendUnicodeStringToString", dll=NTOSKRNL)
 def rtl_append_unicode_string_to_string(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS RtlAppendUnicodeStringToString(Destination, PCUNICODE_STRING Source)."""
     length, _, buffer = _counted(ex, call.arg(1))
@@ -404,7 +404,7 @@ def _case_fold(units: list[int], insensitive: bool) -> list[int]:
     return _fold(units, str.upper) if insensitive else units
 
 
-@export("RtlEqualUnicodeString", dll=NTOSKRNL, elf=False)
+@export("RtlEqualUnicodeString", dll=NTOSKRNL)
 def rtl_equal_unicode_string(ex: Executive, call: ExportCall) -> int:
     """BOOLEAN RtlEqualUnicodeString(String1, String2, CaseInSensitive): TRUE if equal."""
     insensitive = bool(call.arg(2) & 0xFF)
@@ -412,7 +412,7 @@ def rtl_equal_unicode_string(ex: Executive, call: ExportCall) -> int:
                _case_fold(_text(ex, call.arg(1)), insensitive))
 
 
-@export("RtlCompareUnicodeString", dll=NTOSKRNL, elf=False)
+@export("RtlCompareUnicodeString", dll=NTOSKRNL)
 def rtl_compare_unicode_string(ex: Executive, call: ExportCall) -> int:
     """LONG RtlCompareUnicodeString(String1, String2, CaseInSensitive): the difference of the
     first differing characters, else of the Lengths (< 0, 0, > 0 as the reference says)."""
@@ -429,7 +429,7 @@ def _ansi_decode(data: bytes) -> str:
     return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in data)
 
 
-@export("RtlAnsiStringToUnicodeString", dll=NTOSKRNL, elf=False)
+@export("RtlAnsiStringToUnicodeString", dll=NTOSKRNL)
 def rtl_ansi_string_to_unicode_string(ex: Executive, call: ExportCall) -> int:
     """NTSTATUS RtlAnsiStringToUnicodeString(Destination, PCANSI_STRING Source,
     AllocateDestinationString): code page 1252 to UTF-16, always NUL-terminated. A result
@@ -457,7 +457,7 @@ def rtl_ansi_string_to_unicode_string(ex: Executive, call: ExportCall) -> int:
     return NTSTATUS.STATUS_SUCCESS
 
 
-@export("RtlFreeUnicodeString", dll=NTOSKRNL, elf=False)
+@export("RtlFreeUnicodeString", dll=NTOSKRNL)
 def rtl_free_unicode_string(ex: Executive, call: ExportCall) -> int:
     """VOID RtlFreeUnicodeString(UnicodeString): frees the Buffer an Rtl routine allocated
     (as ExFreePool: a pointer that is no pool block is bug check 0xC2) and zeroes the
