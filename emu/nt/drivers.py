@@ -96,8 +96,7 @@ def start(ex: Executive, image: DriverImage) -> Driver:
         frames.append(ex.mm.map_new(ex.mm.system, va, protect, use=FrameUse.KERNEL,
                                     data=bytes(contents)))
     _watch_cr8_moves(ex, image)
-    driver_object = ex.io.new_driver_object(image.base, image.end - image.base,
-                                            default_dispatch=image.is_pe)
+    driver_object = ex.io.new_driver_object(image.base, image.end - image.base)
     registry = _registry_path(ex, image.name)
     driver = Driver(image, driver_object)
     ex.drivers.append(driver)

@@ -15,8 +15,8 @@ the IRP later from a DPC queued by its interrupt service routine: whatever threa
 the interrupt arrived in. The requester waits; its buffer is then filled in its own
 context (the completion's second half runs when it runs again).
 
-Structure layouts are wdm.h's for x64 (emu.nt.wdm, the one table; the private
-guest/include/ddk/ntddk.h copies them).
+Structure layouts are wdm.h's for x64 (emu.nt.wdm, the one table, checked against the
+WDK's headers by a compiled probe).
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ DEVICE_DRIVER, DEVICE_NEXT, DEVICE_FLAGS = (_DEV["DriverObject"], _DEV["NextDevi
 DEVICE_CHARACTERISTICS, DEVICE_TYPE, DEVICE_EXTENSION = (
     _DEV["Characteristics"], _DEV["DeviceType"], _DEV["DeviceExtension"])
 DEVICE_STACK_SIZE, DEVICE_DPC, DEVICE_OBJECT_SIZE = _DEV["StackSize"], _DEV["Dpc"], _DEV.size
-MEDIUM_IMPORTANCE = 1                   # KDPC_IMPORTANCE, what KeInitializeDpc sets
 PASSIVE_LEVEL = 0
 # IRP, followed by its one IO_STACK_LOCATION (StackCount 1)
 IRP_MDL, IRP_SYSTEM_BUFFER = _IRP["MdlAddress"], _IRP["AssociatedIrp.SystemBuffer"]
@@ -155,7 +154,6 @@ class IoManager:
         self.links: dict[str, str] = {}             # \??\NAME -> the name it stands for
         self.device_objects: dict[int, Driver] = {}  # every live DEVICE_OBJECT, named or not
         self.irps: dict[int, IrpRecord] = {}
-        self.dpc_routines: dict[int, int] = {}      # DEVICE_OBJECT -> its DpcForIsr
         self._system_ptes = layout.KERNEL_SYSTEM_PTES
         self._views: dict[int, tuple[int, int]] = {}  # system view -> (its MDL, its pages)
         self._own_mdls: set[int] = set()             # direct-I/O MDLs of requests in flight
@@ -163,22 +161,20 @@ class IoManager:
 
     # -- driver objects and devices -------------------------------------------------------
 
-    def new_driver_object(self, base: int, size: int, *, default_dispatch: bool = False) -> int:
-        """A DRIVER_OBJECT for an image mapped at ``base``. With ``default_dispatch`` (a PE
-        driver) every MajorFunction entry starts as nt!IopInvalidDeviceRequest, as
-        IopLoadDriver leaves them before it calls DriverEntry: a request the driver sets no
-        routine for fails with STATUS_INVALID_DEVICE_REQUEST. An ELF driver's start NULL
-        (the retiring ELF path's lenient rule: no CREATE/CLOSE routine, the open succeeds)."""
+    def new_driver_object(self, base: int, size: int) -> int:
+        """A DRIVER_OBJECT for an image mapped at ``base``: every MajorFunction entry starts
+        as nt!IopInvalidDeviceRequest, as IopLoadDriver leaves them before it calls
+        DriverEntry, so a request the driver sets no routine for fails with
+        STATUS_INVALID_DEVICE_REQUEST."""
         ex = self.ex
         obj = ex.pools.allocate(PoolType.NonPagedPoolNx, DRIVER_OBJECT_SIZE, 0x76697244)
         raw = bytearray(DRIVER_OBJECT_SIZE)
         struct.pack_into("<hh", raw, 0, IO_TYPE_DRIVER, DRIVER_OBJECT_SIZE)
         struct.pack_into("<Q", raw, DRIVER_START, base)
         struct.pack_into("<I", raw, DRIVER_SIZE, size)
-        if default_dispatch:
-            routine = invalid_device_request_address()
-            struct.pack_into(f"<{IRP_MJ_MAXIMUM_FUNCTION + 1}Q", raw, DRIVER_MAJOR_FUNCTION,
-                             *[routine] * (IRP_MJ_MAXIMUM_FUNCTION + 1))
+        routine = invalid_device_request_address()
+        struct.pack_into(f"<{IRP_MJ_MAXIMUM_FUNCTION + 1}Q", raw, DRIVER_MAJOR_FUNCTION,
+                         *[routine] * (IRP_MJ_MAXIMUM_FUNCTION + 1))
         ex.kernel_write(obj, bytes(raw))
         return obj
 
@@ -228,23 +224,6 @@ class IoManager:
                     address + DEVICE_NEXT)))
                 return
             link = current + DEVICE_NEXT
-
-    # -- the device's DPC (DEVICE_OBJECT.Dpc) ----------------------------------------------
-
-    def initialize_dpc(self, device: int, routine: int) -> None:
-        """IoInitializeDpcRequest: KeInitializeDpc(&DeviceObject->Dpc, DpcRoutine,
-        DeviceObject), as wdm.h's inline of it does."""
-        self.dpc_routines[device] = routine
-        if device in self.device_objects:        # a device object the I/O manager made
-            raw = bytearray(wdm.KDPC.size)
-            struct.pack_into("<BB", raw, 0, wdm.DPC_OBJECT, MEDIUM_IMPORTANCE)
-            struct.pack_into("<QQ", raw, wdm.KDPC["DeferredRoutine"], routine, device)
-            self.ex.kernel_write(device + DEVICE_DPC, bytes(raw))
-
-    def device_dpc(self, device: int) -> int:
-        """The address of DEVICE_OBJECT.Dpc (what IoRequestDpc queues), or 0 for a device
-        the I/O manager did not make."""
-        return device + DEVICE_DPC if device in self.device_objects else 0
 
     # -- symbolic links (\?? and its other name, \DosDevices) ---------------------------------
 
@@ -308,12 +287,12 @@ class IoManager:
                              struct.pack("<Q", ethread(self.ex, thread)))
 
     def _dispatch_routine(self, device: Device, major: int) -> int:
-        """DriverObject->MajorFunction[major]. A PE driver's NULL entry (the driver cleared
-        it) counts as nt!IopInvalidDeviceRequest: IopLoadDriver fills every NULL entry with
-        it once DriverEntry returns, so Windows never calls NULL."""
+        """DriverObject->MajorFunction[major]. A NULL entry (the driver cleared it) counts as
+        nt!IopInvalidDeviceRequest: IopLoadDriver fills every NULL entry with it once
+        DriverEntry returns, so Windows never calls NULL."""
         routine = self.ex.kernel_read_u64(device.driver.driver_object + DRIVER_MAJOR_FUNCTION
                                           + 8 * major)
-        if not routine and device.driver.image.is_pe:
+        if not routine:
             return invalid_device_request_address()
         return routine
 
@@ -322,8 +301,7 @@ class IoManager:
         """Opening a device (IopParseDevice): a new FILE_OBJECT for this open (FileName the
         rest of the path after the device's name), then IRP_MJ_CREATE with it, synchronously.
         (status, the open); a failed create frees the FILE_OBJECT (no IRP_MJ_CLOSE follows,
-        as on Windows) and gives (status, None). An ELF driver with no CREATE routine accepts
-        every open."""
+        as on Windows) and gives (status, None)."""
         file = DeviceFile(device, file_name=remainder)
         file.address, file.name_buffer = self._new_file_object(device, remainder)
         if not file.address:
