@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from capstone import x86_const as cx
 
@@ -40,12 +41,10 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     kintr,
     layout,
     ps,
-    seh,
     svc_memory,
     svc_objects,
     syscalls,
     trap,
-    unwind,
 )
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.events import Event, EventBus
@@ -63,6 +62,9 @@ from emu.nt.pool import Pools
 from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadState
 from emu.nt.scheduler import DEFAULT_QUANTUM, Scheduler
 from emu.nt.status import NTSTATUS
+
+if TYPE_CHECKING:
+    from emu.nt import seh
 
 IRETQ = b"\x48\xcf"
 INT3 = b"\xcc"
@@ -724,6 +726,8 @@ class Executive:
         """Return addresses up the ring-0 stack: through PE drivers (and the kernel exports
         they call) by their .pdata/.xdata, as WinDbg unwinds (emu.nt.unwind); through ELF
         drivers by frame pointers (they keep them)."""
+        from emu.nt import seh, unwind  # only when a PE driver's code runs (start-up)
+
         cpu_rip, in_pe = self.cpu.reg("rip"), False
         if exports.name_at(cpu_rip):                 # in a routine: who called it?
             with contextlib.suppress(BugCheck):
@@ -764,6 +768,8 @@ class Executive:
 
     def _function_table(self, address: int) -> tuple[int, list] | None:
         """(base, .pdata) of the PE driver image that holds ``address``, or None."""
+        from emu.nt import seh  # only when a PE driver's code runs (start-up)
+
         image = seh.pe_image_at(self, address)
         return None if image is None else (image.base, image.functions)
 
@@ -890,6 +896,8 @@ class Executive:
 
     def _call_export(self, handler: exports.Handler) -> None:
         """A driver called a kernel export: run its routine, then return to the caller."""
+        from emu.nt import seh  # only when a PE driver's code runs (start-up)
+
         call = exports.ExportCall(self)
         try:
             value = handler(self, call)
@@ -918,6 +926,8 @@ class Executive:
                   detail: str, instruction: str = "") -> None:
         """RtlDispatchException at ring 0: the CPU continues where a handler of the driver
         says, or the bug check for an exception nothing handled is raised."""
+        from emu.nt import seh  # only when a PE driver's code runs (start-up)
+
         outcome = seh.dispatch(self, record, context)
         if isinstance(outcome, dict):
             seh.load_context(self, outcome)
@@ -930,6 +940,8 @@ class Executive:
     def _dispatch_fault(self, exc: CpuException) -> bool:
         """A ring-0 fault that Windows dispatches as an exception (emu.nt.seh.fault_record
         says which): to the PE driver's handlers; False when it stays a bug check."""
+        from emu.nt import seh  # only when a PE driver's code runs (start-up)
+
         if exc.cpl != 0 or seh.pe_image_at(self, exc.rip) is None:
             return False
         insn = self.describe_instruction(exc.rip)
@@ -944,6 +956,8 @@ class Executive:
 
     def _fast_fail(self, exc: CpuException) -> BugCheck:
         """``int 0x29`` at ring 0: bug check 0x139 (emu.nt.seh.fast_fail)."""
+        from emu.nt import seh  # only when a PE driver's code runs (start-up)
+
         bc = seh.fast_fail(self, exc, self.describe_instruction(exc.rip))
         self._fill_bugcheck(bc)
         return bc
