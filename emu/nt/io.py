@@ -63,7 +63,7 @@ DEVICE_DRIVER, DEVICE_NEXT, DEVICE_FLAGS = (_DEV["DriverObject"], _DEV["NextDevi
                                             _DEV["Flags"])
 DEVICE_CHARACTERISTICS, DEVICE_TYPE, DEVICE_EXTENSION = (
     _DEV["Characteristics"], _DEV["DeviceType"], _DEV["DeviceExtension"])
-DEVICE_STACK_SIZE, DEVICE_DPC, DEVICE_OBJECT_SIZE = _DEV["StackSize"], _DEV["Dpc"], _DEV.size
+DEVICE_STACK_SIZE, DEVICE_OBJECT_SIZE = _DEV["StackSize"], _DEV.size
 PASSIVE_LEVEL = 0
 # IRP, followed by its one IO_STACK_LOCATION (StackCount 1)
 IRP_MDL, IRP_SYSTEM_BUFFER = _IRP["MdlAddress"], _IRP["AssociatedIrp.SystemBuffer"]
