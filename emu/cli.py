@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "to standard error")
     run.add_argument("--trace-file", metavar="FILE", help="write the trace to FILE instead")
     run.add_argument("--report", metavar="FILE", help="write a JSON report (docs/report.md)")
+    run.add_argument("--events", metavar="FILE", help="write the executive's events as JSON "
+                     "Lines, one a line with its position (docs/report.md, \"The event log\")")
     run.add_argument("--driver", action="append", default=[], metavar="PATH",
                      help="load a driver (a PE32+ .sys, or an ELF64 shared object) at boot; its "
                      "DriverEntry runs at ring 0 before the apps start (repeatable)")
@@ -184,7 +186,7 @@ def _raise_terminated(_signum, _frame) -> None:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every output file of ``emu run``, checked before the machine starts (UsageError)."""
     outputs = [("--trace-file", args.trace_file), ("--report", args.report),
-               ("--dump", args.dump), ("--map-svg", args.map_svg)]
+               ("--dump", args.dump), ("--map-svg", args.map_svg), ("--events", args.events)]
     for option, path in outputs:
         problem = path is not None and output_problem(option, path)
         if problem:
@@ -227,10 +229,39 @@ def _run(args: argparse.Namespace) -> int:
                           pagefile_size=0 if args.no_pagefile else args.pagefile_size)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    events = None
     try:
+        if args.events:
+            events = _open_event_log(args.events, machine)
         return _run_machine(args, machine, trace)
     finally:
         machine.close()
+        if events is not None:
+            _close_event_log(args.events, events)
+
+
+def _open_event_log(path: str, machine: Machine):
+    """``--events FILE``: the event log (emu.eventlog), attached before drivers and apps
+    are added so that their loads are logged."""
+    from emu.eventlog import EventLog, JsonLinesWriter
+
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
+    except OSError as err:
+        raise UsageError(f"--events {path}: cannot write there: {err.strerror}") from None
+    writer = JsonLinesWriter(stream)
+    EventLog.attach(machine, writer)
+    return writer
+
+
+def _close_event_log(path: str, writer) -> None:
+    try:
+        writer.stream.close()
+    except OSError as err:
+        writer.error = writer.error or err
+    if writer.error is not None:
+        _output_failed(f"cannot write event log {path}: {writer.error.strerror} "
+                       "(the log is incomplete)")
 
 
 def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | None) -> int:

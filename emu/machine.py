@@ -116,6 +116,9 @@ class Machine:
             raise
         self.max_insns = max_insns
         self._trace = trace
+        # Count every instruction though no budget or trace asks for it: an event log's
+        # positions (emu.eventlog) need the count; what the guest runs is the same.
+        self.count_instructions = False
         self.trace_error: OSError | None = None      # the trace stopped: writing it failed
         self.result: MachineResult | None = None
         if trace is not None:
@@ -123,8 +126,8 @@ class Machine:
 
     @property
     def counting(self) -> bool:
-        """Whether instructions are counted (a budget or a trace is on)."""
-        return self.max_insns is not None or self._trace is not None
+        """Whether instructions are counted (a budget, a trace or an event log is on)."""
+        return self.max_insns is not None or self._trace is not None or self.count_instructions
 
     @property
     def processes(self) -> list[Process]:

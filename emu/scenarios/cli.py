@@ -1,8 +1,8 @@
 """``emu scenario``: list the tour's scenarios, play one, several, or all of them.
 
     emu scenario list
-    emu scenario run NAME [NAME...] [--out DIR]
-    emu scenario run --all [--out DIR]
+    emu scenario run NAME [NAME...] [--out DIR] [--events FILE]
+    emu scenario run --all [--out DIR] [--events FILE]
 
 Exit status: 0 when every scenario played held its claim, 1 when one did not (which claim
 and what was observed instead is printed), 2 for a usage error (an unknown name prints the
@@ -34,6 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--all", action="store_true", help="play every scenario (the tour)")
     run.add_argument("--out", metavar="DIR", help="also write each scenario's picture page "
                      "(self-contained HTML with SVG) into DIR, and DIR/index.html")
+    run.add_argument("--events", metavar="FILE", help="write every act's machine events as "
+                     "JSON Lines (docs/report.md, \"The event log\")")
     return parser
 
 
@@ -68,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
         if problem:
             return _usage(problem)
         out = Path(args.out)
+    if args.events is not None:
+        from emu.outputs import output_problem
+        problem = output_problem("--events", args.events)
+        if problem:
+            return _usage(problem)
     try:
-        return _play(chosen, out)
+        return _play(chosen, out, args.events)
     except BrokenPipeError:                  # `emu scenario run --all | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -96,12 +103,29 @@ def _writable(folder: Path) -> str | None:
     return None
 
 
-def _play(chosen, out: Path | None) -> int:
+def _play(chosen, out: Path | None, events_path: str | None = None) -> int:
     from emu.scenarios.stage import GUEST_BUILD, failures, play
 
     if not (GUEST_BUILD / "apps").is_dir():
         return _usage(f"{GUEST_BUILD}: the guests are not built (run: make -C guest)")
-    results = [play(s, sys.stdout) for s in chosen]
+    writer = None
+    if events_path is not None:
+        from emu.eventlog import JsonLinesWriter
+        try:
+            writer = JsonLinesWriter(open(events_path, "w", encoding="utf-8"))  # noqa: SIM115
+        except OSError as err:
+            return _usage(f"--events {events_path}: cannot write there: {err.strerror}")
+    try:
+        results = [play(s, sys.stdout, events=writer) for s in chosen]
+    finally:
+        if writer is not None:
+            try:
+                writer.stream.close()
+            except OSError as err:
+                writer.error = writer.error or err
+    if writer is not None and writer.error is not None:
+        print(f"emu: error: cannot write event log {events_path}: {writer.error.strerror} "
+              "(the log is incomplete)", file=sys.stderr)
     sys.stdout.flush()
     if out is not None:
         problem = _write_pages(results, out)

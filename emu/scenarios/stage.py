@@ -88,11 +88,13 @@ class Stage:
     """Where one scenario plays: it prints narration and keeps the result."""
 
     def __init__(self, scenario: Scenario, out: TextIO | None = None,
-                 guest_build: Path = GUEST_BUILD) -> None:
+                 guest_build: Path = GUEST_BUILD,
+                 events: Callable[[dict], None] | None = None) -> None:
         self.result = ScenarioResult(scenario)
         self._out = out
         self.guest_build = guest_build
         self._acts = 0
+        self.events = events        # each act's event log records (emu.eventlog), or None
 
     @property
     def facts(self) -> dict[str, object]:
@@ -148,6 +150,10 @@ class Act:
         self.kernel_focus = kernel_focus
         kwargs = {"quantum": quantum} if quantum is not None else {}
         self.machine = Machine(mem, console=self._console, **kwargs)
+        if stage.events is not None:     # `emu scenario run --events FILE`
+            from emu.eventlog import EventLog
+            tag = {"scenario": stage.result.scenario.name, "act": number}
+            EventLog.attach(self.machine, lambda record: stage.events({**record, **tag}))
         self.witness = Witness(self, stage.say)
         self.halves: dict[int, KernelHalf] = {}
         self.result: MachineResult | None = None
@@ -263,10 +269,12 @@ def hexes(values: Sequence[int]) -> str:
 
 
 def play(scenario: Scenario, out: TextIO | None = None,
-         guest_build: Path = GUEST_BUILD) -> ScenarioResult:
-    """Play one scenario from start to verdict, narrating to ``out``; never raises for a
-    scenario that goes wrong: its result says so (``error``, or a check that failed)."""
-    stage = Stage(scenario, out, guest_build)
+         guest_build: Path = GUEST_BUILD,
+         events: Callable[[dict], None] | None = None) -> ScenarioResult:
+    """Play one scenario from start to verdict, narrating to ``out`` (and each machine's
+    event records to ``events``); never raises for a scenario that goes wrong: its result
+    says so (``error``, or a check that failed)."""
+    stage = Stage(scenario, out, guest_build, events)
     stage.say(f"== {scenario.name}: {scenario.title}")
     for line in textwrap.wrap(f'The seed: "{scenario.claim}"', 96):
         stage.say(line)

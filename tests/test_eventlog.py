@@ -1,0 +1,232 @@
+"""``emu run --events FILE``: the executive's events as JSON Lines (docs/report.md, "The
+event log"): the schema in the docs is the module's, every tour scenario's log fits it, the
+same command writes the same bytes, the guest does the same with and without the log, and
+the positions are the debugger's."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emu import eventlog
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVERS = ROOT / "guest" / "build" / "drivers"
+
+
+def emu(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, input=stdin, cwd=ROOT)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def slow_neither(apps) -> list:
+    """The seed's DPC: slowread's request is finished in victim's context."""
+    return ["--driver", DRIVERS / "slowneither.sys", apps / "slowread", r"\Device\SlowNeither",
+            "--", apps / "victim"]
+
+
+# -- the documented schema is the module's ---------------------------------------------------
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    """The rows of the first table under ``heading``, cells stripped of backquotes."""
+    section = text.split(heading, 1)[1]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|") and not line.startswith("| ---"):
+            rows.append([c.strip().strip("`") for c in line.strip("|").split("|")])
+    return rows[1:]                                  # without the header
+
+
+def test_the_docs_tables_are_the_schema():
+    text = (ROOT / "docs" / "report.md").read_text()
+    common = {r[0]: r[1] for r in _table(text, "### Fields of every event")}
+    assert common == eventlog.COMMON
+    assert list(common) == list(eventlog.COMMON)              # the order they are written
+    documented: dict[str, dict[str, str]] = {}
+    for event, field, kind, _ in _table(text, "### Each event's own fields"):
+        documented.setdefault(event, {})
+        if field != "(none)":
+            documented[event][field] = kind
+    assert documented == eventlog.SCHEMA
+    assert all(list(documented[e]) == list(eventlog.SCHEMA[e]) for e in documented)
+    objects: dict[str, dict[str, str]] = {}
+    for obj, field, kind, _ in _table(text, "### Objects"):
+        objects.setdefault(obj, {})[field] = kind
+    assert objects == eventlog.OBJECTS
+    # Every event the executive has is in the schema, and nothing else.
+    from emu.nt.events import Event
+    assert set(eventlog.SCHEMA) == {e.value for e in Event}
+
+
+def test_the_checker_refuses_what_the_schema_does_not_say():
+    good = {"position": 1, "clock": 1, "event": "cr3-load", "pid": None, "tid": None,
+            "ring": 0, "irql": 0, "rip": 0, "old": 4096, "new": 8192, "new_pid": None}
+    assert eventlog.problems(good) == []
+    assert eventlog.problems({**good, "new": "0x2000"})           # a string for an integer
+    assert eventlog.problems({**good, "ring": 2})                 # no such ring here
+    assert eventlog.problems({**good, "event": "nmi"})
+    assert eventlog.problems({k: v for k, v in good.items() if k != "old"})
+    assert eventlog.problems({**good, "extra": 1})
+
+
+# -- emu run --events ------------------------------------------------------------------------
+
+def test_the_log_of_the_seeds_dpc(apps, tmp_path):
+    log = tmp_path / "ev.jsonl"
+    r = emu("run", "--events", log, *slow_neither(apps))
+    assert r.returncode == 0, r.stderr
+    recs = records(log)
+    assert all(eventlog.problems(rec) == [] for rec in recs)
+    assert [rec["position"] for rec in recs] == sorted(rec["position"] for rec in recs)
+    created = [rec["process"] for rec in recs if rec["event"] == "process-create"]
+    assert [(p["pid"], p["name"], p["args"]) for p in created] == \
+        [(4, "slowread", [r"\Device\SlowNeither"]), (12, "victim", [])]
+    (load,) = [rec for rec in recs if rec["event"] == "driver-load"]
+    assert load["driver"] == "slowneither.sys" and load["pid"] is None and load["ring"] == 0
+    (read,) = [rec for rec in recs if rec["event"] == "syscall" and rec["number"] == 0x0F]
+    assert read["service"] == "NtReadFile" and read["pid"] == 4 and read["ring"] == 3
+    assert read["args"][2] == 64                         # slowread asks for 64 bytes
+    # The interrupt and its DPC run in whatever thread was on the CPU: victim's.
+    (isr,) = [rec for rec in recs if rec["event"] == "interrupt"]
+    assert (isr["pid"], isr["irql"], isr["isr_symbol"]) == (12, 5, "slowneither.sys!Isr+0x0")
+    (dpc,) = [rec for rec in recs if rec["event"] == "dpc"]
+    assert (dpc["pid"], dpc["irql"]) == (12, 2)
+    assert dpc["routine_symbol"] == "slowneither.sys!DpcForIsr+0x0"
+    assert isr["position"] < dpc["position"]
+    loads = [rec for rec in recs if rec["event"] == "cr3-load"]
+    assert {rec["new_pid"] for rec in loads} >= {4, 12}
+    exits = [rec for rec in recs if rec["event"] == "process-exit"]
+    assert [(e["process"]["pid"], e["exit_status"], e["exception"]) for e in exits] == \
+        [(4, 0, None), (12, 0, None)]
+
+
+def test_a_crash_and_a_bug_check_are_in_the_log(apps, tmp_path):
+    log, report = tmp_path / "ev.jsonl", tmp_path / "r.json"
+    r = emu("run", "--events", log, "--report", report, apps / "badread")
+    assert r.returncode == 125
+    recs = records(log)
+    (exc,) = [rec for rec in recs if rec["event"] == "exception"]
+    assert (exc["vector"], exc["name"], exc["access"], exc["address"]) == \
+        (14, "PF", "read", 0xFFFF800000001000)
+    assert exc["error_code"] == 0x5 and exc["ring"] == 3 and exc["pid"] == 4
+    (end,) = [rec for rec in recs if rec["event"] == "process-exit"]
+    assert end["exit_status"] == 0xC0000005
+    assert end["exception"] == {"code": 0xC0000005, "name": "STATUS_ACCESS_VIOLATION",
+                                "address": 0xFFFF800000001000, "access": "read",
+                                "rip": exc["rip"]}
+    r = emu("run", "--events", log, "--report", report, "--driver", DRIVERS / "crash.sys",
+            apps / "hello")
+    assert r.returncode == 126
+    (bc,) = [rec for rec in records(log) if rec["event"] == "bugcheck"]
+    stop = json.loads(report.read_text())["bugcheck"]
+    assert (bc["code"], bc["name"], bc["params"]) == (stop["code"], stop["name"], stop["params"])
+    assert bc["driver"] == "crash.sys" and bc["ring"] == 0
+
+
+def test_the_same_command_writes_the_same_bytes(apps, tmp_path):
+    one, two = tmp_path / "1.jsonl", tmp_path / "2.jsonl"
+    assert emu("run", "--events", one, *slow_neither(apps)).returncode == 0
+    assert emu("run", "--events", two, *slow_neither(apps)).returncode == 0
+    assert one.read_bytes() == two.read_bytes() and one.stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", [
+    ["hello", "a", "b"], ["badread"], ["counter", "a", "3", "--", "crasher", "div", "--",
+                                       "counter", "b", "3"],
+    ["threads"], ["sleeper"], ["slowneither"], ["crash.sys", "hello"],
+])
+def test_the_log_changes_nothing_the_guest_does(apps, tmp_path, command):
+    if command == ["slowneither"]:
+        argv = slow_neither(apps)
+    elif command[0].endswith(".sys"):
+        argv = ["--driver", DRIVERS / command[0], apps / command[1]]
+    else:
+        argv = [apps / w if w in ("counter", "crasher") or i == 0 else w
+                for i, w in enumerate(command)]
+    report_a, report_b = tmp_path / "a.json", tmp_path / "b.json"
+    plain = emu("run", "--report", report_a, *argv)
+    logged = emu("run", "--report", report_b, "--events", tmp_path / "ev.jsonl", *argv)
+    assert (logged.returncode, logged.stdout, logged.stderr) == \
+        (plain.returncode, plain.stdout, plain.stderr)
+    a, b = json.loads(report_a.read_text()), json.loads(report_b.read_text())
+    a["stats"], b["stats"] = {}, {}                 # counted now: instructions is a number
+    for p in a["processes"] + b["processes"]:
+        p["instructions"] = 0
+    assert a == b
+    assert records(tmp_path / "ev.jsonl")
+
+
+def test_the_positions_are_the_debuggers(apps, tmp_path):
+    log = tmp_path / "ev.jsonl"
+    assert emu("run", "--events", log, *slow_neither(apps)).returncode == 0
+    recs = records(log)
+    script = "catch interrupt\ncatch dpc\ncatch syscall NtClose\n" + \
+        "continue\nposition\n" * 4
+    r = emu("debug", *slow_neither(apps), stdin=script)
+    assert r.returncode == 0, r.stdout + r.stderr
+    stops = [int(m) for m in re.findall(r"^(\d+) instructions? and exceptions", r.stdout,
+                                        re.MULTILINE)]
+    wanted = [rec["position"] for rec in recs
+              if rec["event"] in ("interrupt", "dpc") or
+              (rec["event"] in ("syscall", "syscall-return") and rec["number"] == 3)]
+    assert stops == wanted and len(stops) == 4
+
+
+@pytest.mark.parametrize("where, why", [
+    ("missing/ev.jsonl", "no such directory"),
+    (".", "is a directory"),
+])
+def test_a_bad_path_is_one_line_before_the_run(apps, tmp_path, where, why):
+    r = emu("run", "--events", tmp_path / where, apps / "hello")
+    assert r.returncode == 2
+    assert r.stdout == ""                           # the machine never ran
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("emu: error: --events ")
+    assert why in r.stderr
+
+
+def test_the_log_and_another_output_cannot_be_one_file(apps, tmp_path):
+    r = emu("run", "--events", tmp_path / "x", "--report", tmp_path / "x", apps / "hello")
+    assert r.returncode == 2 and "the same file" in r.stderr
+
+
+def test_a_full_disk_is_one_line_after_the_run(apps):
+    r = emu("run", "--events", "/dev/full", apps / "hello")
+    assert r.returncode == 0 and r.stdout.startswith("Hello, world!")
+    assert r.stderr == "emu: error: cannot write event log /dev/full: No space left on " \
+        "device (the log is incomplete)\n"
+
+
+# -- the tour ----------------------------------------------------------------------------------
+
+def test_every_tour_scenario_logs_by_the_schema(apps, tmp_path):
+    plain = emu("scenario", "run", "--all")
+    log = tmp_path / "tour.jsonl"
+    logged = emu("scenario", "run", "--all", "--events", log)
+    assert logged.returncode == 0, logged.stderr
+    assert logged.stdout == plain.stdout            # the narration, checks included
+    recs = records(log)
+    bad = [(rec, p) for rec in recs if (p := eventlog.problems(rec, scenario=True))]
+    assert bad == []
+    from emu.scenarios.registry import ORDER
+    assert [s for s in ORDER if s not in {rec["scenario"] for rec in recs}] == []
+    assert {rec["event"] for rec in recs} == set(eventlog.SCHEMA)   # every kind, somewhere
+    for name in ORDER:                              # each act's positions from its boot
+        acts = [rec["act"] for rec in recs if rec["scenario"] == name]
+        assert acts == sorted(acts) and acts[0] == 1
+
+
+def test_a_bad_scenario_log_path_is_one_line(tmp_path):
+    r = emu("scenario", "run", "private-handles", "--events", tmp_path / "no" / "ev.jsonl")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("emu: error: --events ") and r.stderr.count("\n") == 1
