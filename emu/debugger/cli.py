@@ -68,6 +68,7 @@ def recipe(args: argparse.Namespace, commands: list[tuple[str, list[str]]],
            console) -> Callable[[], Machine]:
     """A function that builds the machine ``args`` describe, drivers loaded and apps spawned
     (the session calls it again to go back in time: the same recipe, the same machine)."""
+    from emu.debugger.history import record_events
     from emu.nt.scheduler import DEFAULT_QUANTUM
 
     def build() -> Machine:
@@ -75,6 +76,7 @@ def recipe(args: argparse.Namespace, commands: list[tuple[str, list[str]]],
                           fs_root=args.fs, smap=args.smap,
                           pagefile_size=0 if args.no_pagefile else args.pagefile_size)
         try:
+            record_events(machine)          # `history events`: from boot, drivers' loads too
             for path in args.driver:
                 machine.add_driver(path)
             for app, app_args in commands:

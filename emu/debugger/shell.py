@@ -20,6 +20,7 @@ from typing import TextIO
 from emu.debugger import catch
 from emu.debugger.cmd_state import StateCommands
 from emu.debugger.expr import ExprError, evaluate
+from emu.debugger.history import HistoryCommands
 from emu.debugger.session import Session
 from emu.debugger.stops import (
     Breakpoint,
@@ -46,7 +47,7 @@ class Quit(Exception):
     """The user ended the debugger (``quit``, or the end of a batch script)."""
 
 
-class Shell(StateCommands, cmd.Cmd):
+class Shell(HistoryCommands, StateCommands, cmd.Cmd):
     """The debugger's command interpreter (see the module docstring)."""
 
     intro = None

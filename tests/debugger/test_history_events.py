@@ -1,0 +1,107 @@
+"""``history events [KIND] [pid N] [--json]`` in ``emu debug``: the executive's events from
+boot to the current position (docs/debugger.md, "The past: history")."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emu.debugger.history import EventHistory
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVERS = ROOT / "guest" / "build" / "drivers"
+
+
+def emu(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, input=stdin, cwd=ROOT)
+
+
+def slow_neither(apps) -> list:
+    return ["--driver", DRIVERS / "slowneither.sys", apps / "slowread", r"\Device\SlowNeither",
+            "--", apps / "victim"]
+
+
+def debug(apps, script: str, *options) -> str:
+    r = emu("debug", *options, *slow_neither(apps), stdin=script)
+    assert r.returncode in (0, 1), r.stderr
+    return r.stdout
+
+
+def answer(out: str, command: str) -> list[str]:
+    """The lines printed by the first ``command`` of a batch transcript."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith(") " + command))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("(emu")),
+               len(lines))
+    return lines[start + 1:end]
+
+
+def test_at_the_end_the_json_is_emu_runs_event_log(apps, tmp_path):
+    log = tmp_path / "ev.jsonl"
+    assert emu("run", "--events", log, *slow_neither(apps)).returncode == 0
+    out = debug(apps, "continue\nhistory events --json\n")
+    assert "\n".join(answer(out, "history events --json")) + "\n" == log.read_text()
+
+
+def test_the_listing_of_a_dpc_in_another_process(apps):
+    out = debug(apps, "catch dpc\ncontinue\nhistory events dpc\nhistory events interrupt\n"
+                "history events syscall pid 4\nposition\n")
+    assert answer(out, "history events dpc") == [
+        "    200278  pid  12 tid  16  ring 3  IRQL 2  0x401067 <victim!main+0x67>  dpc: DPC "
+        "slowneither.sys!DpcForIsr+0x0",
+        "1 event of kind dpc from boot to position 200278"]
+    (isr, last) = answer(out, "history events interrupt")
+    assert "IRQL 5" in isr and "interrupt vector 0x31, ISR slowneither.sys!Isr+0x0" in isr
+    calls = answer(out, "history events syscall pid 4")
+    assert [re.search(r"system call (\w+)\(", line).group(1) for line in calls[:-1]] == \
+        ["NtAllocateVirtualMemory", "NtOpenFile", "NtReadFile"]
+    assert all(" pid   4 tid   8  ring 3  IRQL 0 " in line for line in calls[:-1])
+    assert calls[-1] == "3 events of kind syscall in pid 4 from boot to position 200278"
+
+
+@pytest.mark.parametrize("options", [["--snapshots", "0"],
+                                     ["--snapshot-interval", "50000"]])
+def test_going_back_shows_only_the_past(apps, options):
+    out = debug(apps, "catch dpc\ncontinue\nhistory events --json\nreverse-stepi 100000\n"
+                "position\nhistory events --json\nhistory events interrupt\n", *options)
+    now = [json.loads(line) for line in answer(out, "history events --json")]
+    assert now[-1]["event"] == "dpc"
+    later = out.split("reverse-stepi 100000", 1)[1]
+    back = [json.loads(line) for line in answer(later, "history events --json")]
+    assert "100278 instructions and exceptions since boot" in later
+    assert back == [r for r in now if r["position"] <= 100278] and back
+    assert answer(later, "history events interrupt") == \
+        ["0 events of kind interrupt from boot to position 100278"]
+
+
+@pytest.mark.parametrize("command, line", [
+    ("history events nmi", "error: no event kind 'nmi' (one of: driver-load, process-create, "
+     "process-exit, thread-dispatch, syscall, syscall-return, exception, page-fault, "
+     "interrupt, dpc, kernel-call-done, cr3-load, bugcheck)"),
+    ("history events pid 99", "error: pid 99: no such process in this machine's history "
+     "(processes: 4, 12)"),
+    ("history events pid x", "error: pid x: not a process id (a number; see ps)"),
+    ("history events pid", "error: pid needs a process id (see ps)"),
+    ("history", "error: history of what? (history events [KIND] [pid N] [--json])"),
+    ("history writes", "error: no history of 'writes' here (history events [KIND] [pid N] "
+     "[--json])"),
+    ("history events dpc syscall", "error: unexpected 'syscall' (history events [KIND] "
+     "[pid N] [--json])"),
+])
+def test_a_bad_command_is_one_line(apps, command, line):
+    out = debug(apps, command + "\n")
+    assert answer(out, command) == [line]
+
+
+def test_memory_is_bounded():
+    history = EventHistory(limit=3)
+    for i in range(5):
+        history.append({"position": i})
+    assert [json.loads(line)["position"] for line in history.lines] == [2, 3, 4]
+    assert history.dropped == 2
