@@ -230,3 +230,61 @@ def test_a_bad_scenario_log_path_is_one_line(tmp_path):
     r = emu("scenario", "run", "private-handles", "--events", tmp_path / "no" / "ev.jsonl")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("emu: error: --events ") and r.stderr.count("\n") == 1
+
+
+# -- positions, event by event, against a debugger session on the same machine ---------------
+
+APPS = ROOT / "guest" / "build" / "apps"
+
+
+@pytest.mark.parametrize("drivers, apps", [
+    (["slowneither.sys"], [("slowread", [r"\Device\SlowNeither"]), ("victim", [])]),
+    (["peevent.sys"], [("hello", [])]),                         # waits and delays in DriverEntry
+    (["ticket.sys", "scribble.sys"], [("devread", [r"\Device\Ticket"])]),
+    (["peseh.sys", "pemdl.sys", "pertl.sys"], [("hello", [])]),  # exceptions, MDLs, exports
+    (["direct.sys"], [("devread", [r"\Device\Direct"]), ("badread", []),
+                      ("counter", ["a", "3"])]),
+    (["crash.sys"], [("hello", [])]),                           # a bug check
+])
+def test_every_events_position_is_the_debuggers(drivers, apps):
+    """At each event, the log's position is the session's (emu.debugger.session), which
+    counts exceptions and export calls itself."""
+    from emu import Machine
+    from emu.debugger.session import Session
+
+    def build() -> Machine:
+        m = Machine("64M")
+        seen.clear()
+        m.log = eventlog.EventLog.attach(m, seen.append)
+        for d in drivers:
+            m.add_driver(DRIVERS / d)
+        for name, args in apps:
+            m.spawn(APPS / name, args)
+        return m
+
+    seen: list[dict] = []
+    session = None
+
+    def on_stop(stop) -> bool:
+        if stop.ended:
+            return False
+        session.cont()
+        return True
+
+    machine = build()
+    session = Session(machine, on_stop, factory=build)
+    compared = []
+
+    def check(event, _details) -> None:           # after the session's own observer
+        compared.append((event.value, machine.log.position(), session.position))
+    machine.executive.events.subscribe(check)
+    try:
+        session.run()
+    finally:
+        session.close()
+    assert compared and [(e, a) for e, a, _ in compared] == [(e, b) for e, _, b in compared]
+    # (the processes' creations came before the check was subscribed)
+    assert [r["position"] for r in seen[-len(compared):]] == [a for _, a, _ in compared]
+    kinds = {e for e, _, _ in compared}
+    assert {"bugcheck"} <= kinds if drivers == ["crash.sys"] else \
+        {"syscall", "cr3-load", "process-exit"} <= kinds
