@@ -95,6 +95,7 @@ class EventLog:
         self.sink = sink
         self._exceptions = 0      # EXCEPTION events seen: each is a step of the position
         self._pf_events = 0       # ... of which #PF: the CPU's other #PFs are export calls
+        self._gates: dict[int, int] = {}   # tid -> its system call instruction's address
 
     @classmethod
     def attach(cls, machine: Machine, sink: Callable[[dict[str, Any]], None]) -> EventLog:
@@ -140,6 +141,15 @@ class EventLog:
         }
         if event is Event.THREAD_DISPATCH:
             out["ring"], out["rip"] = _resumes_at(thread)
+        elif event is Event.SYSCALL:
+            # The `syscall` hook sees RIP on the instruction, the `int 0x2e` gate (a 32-bit
+            # process, docs/abi.md) past it: the record names the instruction either way.
+            gate = cpu.rip - (2 if thread.process.bits == 32 else 0)
+            self._gates[thread.tid] = out["rip"] = gate
+        elif event is Event.SYSCALL_RETURN and thread.tid in self._gates:
+            # Where the thread goes on: after the 2-byte `syscall` (0F 05) or `int 0x2e`
+            # (CD 2E), as the SYSRET or IRETQ back to ring 3 leaves it (SDM Vol. 2B).
+            out["rip"] = self._gates.pop(thread.tid) + 2
         out.update(_DETAILS[event](ex, d))
         return out
 

@@ -288,3 +288,42 @@ def test_every_events_position_is_the_debuggers(drivers, apps):
     kinds = {e for e, _, _ in compared}
     assert {"bugcheck"} <= kinds if drivers == ["crash.sys"] else \
         {"syscall", "cr3-load", "process-exit"} <= kinds
+
+
+@pytest.mark.parametrize("app, gate", [("hello", b"\x0f\x05"), ("services32", b"\xcd\x2e")])
+def test_a_system_call_names_its_instruction_and_returns_after_it(apps, tmp_path, app, gate):
+    from emu.nt import ps
+    from emu.nt.loader import load_file
+
+    log = tmp_path / "ev.jsonl"
+    assert emu("run", "--events", log, apps / app).returncode == 0
+    pages = dict(load_file(apps / app).pages)
+    # The system code page (a thread's return lands in RtlUserThreadExit's system call).
+    pages[ps.USER_STUB_PAGE] = ps.RTL_USER_THREAD_EXIT.ljust(ps.STUB_32_OFFSET, b"\xcc") + \
+        ps.RTL_USER_THREAD_EXIT_32
+
+    def code(va: int) -> bytes:
+        page = pages[va & ~0xFFF]
+        return bytes(page[va & 0xFFF:(va & 0xFFF) + 2])
+    recs = records(log)
+    calls = [r for r in recs if r["event"] == "syscall"]
+    returns = [r for r in recs if r["event"] == "syscall-return"]
+    assert calls and len(returns) == len(calls)
+    assert all(code(r["rip"]) == gate for r in calls)
+    assert [r["rip"] for r in returns] == [r["rip"] + 2 for r in calls]
+    assert returns[-1]["service"] == "NtTerminateProcess" and returns[-1]["result"] is None
+
+
+def test_a_guest_timing_a_full_speed_stretch_reads_what_it_reads_under_emu_debug(apps, tmp_path):
+    """docs/report.md: with the log every instruction is counted, as under emu debug, so
+    petime.sys's delay measured in DriverEntry includes the instructions run between its
+    two readings of the clock (uncounted, at full speed, under a plain emu run)."""
+    argv = ["--driver", DRIVERS / "petime.sys", apps / "hello"]
+    plain = emu("run", *argv).stdout
+    logged = emu("run", "--events", tmp_path / "ev.jsonl", *argv).stdout
+    debugged = emu("debug", *argv, stdin="continue\n").stdout
+
+    def delay(out: str) -> str:
+        return next(line for line in out.splitlines() if "after the delay" in line)
+    assert delay(plain).endswith("interrupt +312500 system +312500 ticks +2 counter +312500")
+    assert delay(logged) == delay(debugged) != delay(plain)
