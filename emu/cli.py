@@ -233,6 +233,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.events:
             events = _open_event_log(args.events, machine)
+        if args.gdb:                       # gdb's `monitor history events`
+            from emu.debugger.history import record_events
+            record_events(machine)
         return _run_machine(args, machine, trace)
     finally:
         machine.close()

@@ -8,7 +8,8 @@ one kind and one process if asked; ``--json`` prints the records as JSON Lines, 
 as ``emu run --events FILE`` writes them.
 
 The records are kept as the machine runs (``record_events``, called by the debugger's
-recipe when it builds a machine). Going back in time builds the machine again, or resumes
+recipe when it builds a machine, and by ``emu run --gdb`` for gdb's ``monitor history
+events``). Going back in time builds the machine again, or resumes
 a snapshot (a fork of this process, holding the records of its own past), and re-executes
 to the target: the records are always those of the history that led here. Memory is
 bounded: at most MAX_EVENTS records (each a compact JSON line, about 200 bytes), the oldest
@@ -196,7 +197,7 @@ class HistoryCommands:
         history = history_of(session.machine) if session is not None else None
         if history is None:
             self.error("no event history here: it is kept for a machine started by "
-                       "emu debug (a crash dump has none)")
+                       "emu debug or emu run --gdb (a crash dump has none)")
             return
         pids = {p.pid for p in session.machine.processes}
         try:
