@@ -237,9 +237,15 @@ def _run(args: argparse.Namespace) -> int:
             from emu.debugger.history import record_events
             record_events(machine)
         return _run_machine(args, machine, trace)
+    except UsageError:
+        if events is not None:      # refused before the run (an image the loader refuses):
+            events.stream.close()   # no log of a run that never was (a device stays)
+            if os.path.isfile(args.events):
+                os.unlink(args.events)
+        raise
     finally:
         machine.close()
-        if events is not None:
+        if events is not None and not events.stream.closed:
             _close_event_log(args.events, events)
 
 

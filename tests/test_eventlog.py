@@ -327,3 +327,10 @@ def test_a_guest_timing_a_full_speed_stretch_reads_what_it_reads_under_emu_debug
         return next(line for line in out.splitlines() if "after the delay" in line)
     assert delay(plain).endswith("interrupt +312500 system +312500 ticks +2 counter +312500")
     assert delay(logged) == delay(debugged) != delay(plain)
+
+
+def test_a_refused_image_leaves_no_log(apps, tmp_path):
+    log = tmp_path / "ev.jsonl"
+    r = emu("run", "--events", log, apps / "hello", "--", ROOT / "README.md")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == ""
+    assert not log.exists()
