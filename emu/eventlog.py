@@ -9,8 +9,10 @@ is this schema in words (a test checks that the two agree).
 Positions are the debugger's (emu.debugger.session): instructions completed since boot plus
 exceptions the CPU raised, a kernel export's call counting as one (its fetch fault is the
 step the executive runs the routine in). The log needs every instruction counted, so a
-machine with a log counts as under ``--max-insns`` (``EventLog.attach`` turns it on); the
-guest runs the same instructions either way.
+machine with a log counts from its first instruction, as under ``emu debug``
+(``EventLog.attach`` turns it on): the guest runs the same instructions in the same
+schedule; only the clock a guest may read moves where a plain run would not count (a stretch
+at full speed: docs/report.md, "The event log").
 
 The recorder only reads the machine: it is an observer of the executive's EventBus, as the
 debugger's catchpoints are.
