@@ -116,10 +116,18 @@ def select(history: EventHistory, position: int, kind: str | None,
             break                  # not yet: the machine is earlier in its history
         if kind is not None and record["event"] != kind:
             continue
-        if pid is not None and record["pid"] != pid:
+        if pid is not None and not concerns(record, pid):
             continue
         out.append((line, record))
     return out
+
+
+def concerns(record: dict[str, Any], pid: int) -> bool:
+    """Whether ``record`` is of process ``pid``: it happened in one of its threads, or it
+    is about it (its creation, its exit, a CR3 load of its address space)."""
+    about = record.get("process")
+    return record["pid"] == pid or (about is not None and about["pid"] == pid) or \
+        record.get("new_pid") == pid
 
 
 def _hex_list(values: list[int]) -> str:
@@ -191,8 +199,10 @@ class HistoryCommands:
         (position, pid, tid, ring, IRQL, RIP with symbol, what happened); KIND is one of
         driver-load, process-create, process-exit, thread-dispatch, syscall,
         syscall-return, exception, page-fault, interrupt, dpc, kernel-call-done, cr3-load,
-        bugcheck; --json prints emu run --events's records. Going back shows only the
-        events up to the position gone back to."""
+        bugcheck; pid N keeps the events of process N (in its threads, or about it: its
+        creation, its exit, a CR3 load of its address space); --json prints emu run
+        --events's records. Going back shows only the events up to the position gone
+        back to."""
         session = getattr(self, "session", None)
         history = history_of(session.machine) if session is not None else None
         if history is None:
@@ -224,3 +234,9 @@ class HistoryCommands:
             f"{MAX_EVENTS:,})" if history.dropped else ""
         self.message(f"{len(found)} event{'' if len(found) == 1 else 's'}{what} from boot "
                      f"to position {session.position}{dropped}")
+
+    def complete_history(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        """Tab: ``events``, then the event kinds, ``pid`` and ``--json``."""
+        words = line[:begidx].split()
+        choices = ["events"] if len(words) <= 1 else [*SCHEMA, "pid", "--json"]
+        return [c for c in choices if c.startswith(text)]

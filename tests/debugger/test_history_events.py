@@ -105,3 +105,24 @@ def test_memory_is_bounded():
         history.append({"position": i})
     assert [json.loads(line)["position"] for line in history.lines] == [2, 3, 4]
     assert history.dropped == 2
+
+
+def test_a_process_filter_keeps_its_creation_and_its_exit(apps):
+    out = debug(apps, "continue\nhistory events pid 12\n")
+    lines = answer(out, "history events pid 12")
+    assert lines[0].endswith('process-create: process 12 "victim" created')
+    assert " pid   - tid   - " in lines[0]            # created from the command line
+    assert any(line.endswith('process-exit: process 12 "victim" exits with status 0x0')
+               for line in lines)
+    assert all(" pid  12 " in line for line in lines[1:-1])
+    assert not any("slowread" in line for line in lines)
+    assert re.fullmatch(r"\d+ events in pid 12 from boot to position \d+", lines[-1])
+
+
+def test_tab_completes_the_kinds():
+    from emu.debugger.shell import Shell
+
+    shell = Shell(None)   # type: ignore[arg-type]
+    assert shell.complete_history("e", "history e", 8, 9) == ["events"]
+    assert shell.complete_history("p", "history events p", 15, 16) == \
+        ["process-create", "process-exit", "page-fault", "pid"]
