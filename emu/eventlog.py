@@ -135,18 +135,19 @@ class EventLog:
         ex = self.executive
         cpu = ex.cpu
         thread = d["thread"] if "thread" in d else ex.current_thread
+        cs, rip = cpu.regs(_CS_RIP)              # one call into Unicorn
         out: dict[str, Any] = {
             "position": self.position(), "clock": d["clock"], "event": event.value,
             "pid": thread.process.pid if thread is not None else None,
             "tid": thread.tid if thread is not None else None,
-            "ring": cpu.cpl, "irql": ex.irql, "rip": cpu.rip,
+            "ring": cs & 3, "irql": ex.irql, "rip": rip,     # CPL: CS's RPL (SDM 5.5)
         }
         if event is Event.THREAD_DISPATCH:
             out["ring"], out["rip"] = _resumes_at(thread)
         elif event is Event.SYSCALL:
             # The `syscall` hook sees RIP on the instruction, the `int 0x2e` gate (a 32-bit
             # process, docs/abi.md) past it: the record names the instruction either way.
-            gate = cpu.rip - (2 if thread.process.bits == 32 else 0)
+            gate = rip - (2 if thread.process.bits == 32 else 0)
             self._gates[thread.tid] = out["rip"] = gate
         elif event is Event.SYSCALL_RETURN and thread.tid in self._gates:
             # Where the thread goes on: after the 2-byte `syscall` (0F 05) or `int 0x2e`
@@ -165,8 +166,12 @@ def _resumes_at(thread) -> tuple[int, int]:
     return cs & 3, rip
 
 
+_CS_RIP = ("cs", "rip")
+_SERVICES = {int(s): s.name for s in Service}
+
+
 def _service(number: int) -> str | None:
-    return Service(number).name if number in Service._value2member_map_ else None
+    return _SERVICES.get(number)
 
 
 def _process(p) -> dict[str, Any]:
@@ -240,9 +245,12 @@ _DETAILS: dict[Event, Callable[[Executive, dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def dumps(record: dict[str, Any]) -> str:
     """One JSON Lines line (no newline): compact, keys in the schema's order."""
-    return json.dumps(record, separators=(",", ":"))
+    return _ENCODER.encode(record)
 
 
 class JsonLinesWriter:
