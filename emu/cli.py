@@ -1,7 +1,7 @@
 """The ``emu`` command line.
 
     emu run [--mem 64M] [--max-insns N] [--quantum N] [--trace] [--trace-file F]
-            [--report F] [--fs DIR] APP [ARGS...] [-- APP2 [ARGS...]]...
+            [--report F] [--events F] [--fs DIR] APP [ARGS...] [-- APP2 [ARGS...]]...
 
 Exit status of ``emu run``, decided by the FIRST app named: its exit code (0-255) when it
 exits normally;
