@@ -334,3 +334,22 @@ def test_a_refused_image_leaves_no_log(apps, tmp_path):
     r = emu("run", "--events", log, apps / "hello", "--", ROOT / "README.md")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == ""
     assert not log.exists()
+
+
+def test_sigterm_leaves_a_whole_log(apps, tmp_path):
+    import signal
+
+    log = tmp_path / "ev.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "run", "--events", str(log),
+                             str(apps / "hello"), "--", str(apps / "spin")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "Hello, world!\n"     # the machine is running
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.count("\n") == 1
+    text = log.read_text()
+    assert text.endswith("\n")                             # no record cut in the middle
+    recs = [json.loads(line) for line in text.splitlines()]
+    assert all(eventlog.problems(rec) == [] for rec in recs)
+    assert any(rec["event"] == "process-exit" and rec["process"]["name"] == "hello"
+               for rec in recs)
