@@ -118,16 +118,27 @@ struct stlb_entry {
 static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 };
 #define GOLDEN  0x9e3779b97f4a7c15ull   /* Fibonacci hashing: 2^64 / phi */
 
+/* memo_size when there is no memo: no block's size (Unicorn reports a uint32_t). */
+#define MEMO_NONE (1ull << 32)
+
 /*
  * One machine's state. native.py mirrors every field up to and including
- * reg_rflags with ctypes, in this order: keep the two in step
- * (native_ctx_size checks the size at load time).
+ * learned with ctypes, in this order: keep the two in step (native_ctx_size
+ * checks the size at load time). The first cache line holds what a block
+ * entry of the fast path touches (the context is 64-byte aligned).
  */
 struct native_ctx {
-    uint64_t fills;             /* TLB-fill hook calls */
-    uint64_t stlb_hits;         /* ... of which the STLB answered */
     uint64_t instructions;      /* instructions completed */
     uint64_t remaining;         /* budget: instructions left before the stop */
+    /* The memo: the block charged last, while the run may still be inside it and
+     * its next entry needs nothing but its count charged (native_block's fast path).
+     * memo_size is MEMO_NONE when there is none. */
+    uint64_t memo_pc;
+    uint64_t memo_size;
+    uint64_t memo_count;
+    uint64_t blocks;            /* block entries charged */
+    uint64_t fills;             /* TLB-fill hook calls */
+    uint64_t stlb_hits;         /* ... of which the STLB answered */
     uint64_t last_pc;           /* address of the last instruction counted */
     uint64_t in_flight;         /* it may not have completed yet */
     reg_read_fn reg_read;       /* Unicorn's uc_reg_read */
@@ -140,8 +151,7 @@ struct native_ctx {
     done_fn done_before;        /* where a block was left (Python, rare) */
     uint64_t learn_host;        /* set by it: where a writable block's bytes are (or 0) */
     uint64_t space;             /* the address space learnt blocks belong to (CR3) */
-    struct block_entry *last;   /* the block charged last (a loop's block, again?) */
-    uint64_t block_before;      /* ... the instructions completed before it ... */
+    struct block_entry *last;   /* the block charged last ... */
     uint64_t in_block;          /* ... and whether the run may still be inside it */
     uint64_t stop_flag;         /* stop_soon(): stop at the next block */
     uint64_t tail_pc;           /* a block bigger than the budget left stopped here */
@@ -149,7 +159,6 @@ struct native_ctx {
     uint64_t tail_pending;      /* ... and the budget must end inside it */
     uint64_t tail_mode;         /* the counting hook counts in [tail_pc, + tail_size) */
     uint64_t tail_exit;         /* the tail's run stopped at a block outside that range */
-    uint64_t blocks;            /* block entries charged */
     uint64_t learned;           /* blocks learnt (calls of `learn`) */
     struct stlb_entry *stlb;    /* STLB_SETS * STLB_WAYS entries */
     uint64_t generation;        /* entries of other generations are stale */
@@ -169,10 +178,14 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
                                walker_fn walker, int32_t reg_cs,
                                int32_t reg_rflags)
 {
-    struct native_ctx *ctx = calloc(1, sizeof(*ctx));
+    /* 64-byte aligned: the fast path's fields share one cache line. */
+    size_t bytes = (sizeof(struct native_ctx) + 63) & ~(size_t)63;
+    struct native_ctx *ctx = aligned_alloc(64, bytes);
 
     if (ctx == NULL)
         return NULL;
+    memset(ctx, 0, bytes);
+    ctx->memo_size = MEMO_NONE;
     ctx->stlb = aligned_alloc(64, STLB_BYTES);   /* a set per cache line */
     if (ctx->stlb == NULL) {
         free(ctx);
@@ -326,6 +339,7 @@ static void note_fault(struct native_ctx *ctx, int type)
     if (type == UC_MEM_FETCH) {         /* the block before completed */
         ctx->in_flight = 0;
         ctx->in_block = 0;
+        ctx->memo_size = MEMO_NONE;
     } else
         retract(ctx);
 }
@@ -402,6 +416,19 @@ void native_count(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     ctx->in_flight = 1;
 }
 
+/*
+ * UC_HOOK_BLOCK callback that only counts block entries in the uint64_t its
+ * user data points to: the floor any block counter pays, Unicorn's call of
+ * a C block hook (make bench measures it on plain Unicorn; nothing else uses it).
+ */
+void native_tally(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
+{
+    (void)uc;
+    (void)pc;
+    (void)size;
+    ++*(uint64_t *)user_data;
+}
+
 /* Forgets every learnt block (translated code was dropped, or new code loaded). */
 void native_forget_blocks(struct native_ctx *ctx)
 {
@@ -410,6 +437,8 @@ void native_forget_blocks(struct native_ctx *ctx)
     memset(ctx->bcache, 0, BCACHE_SIZE * sizeof(struct block_entry));
     ctx->bcache_used = 0;
     ctx->last = ctx->bcache;
+    ctx->in_block = 0;
+    ctx->memo_size = MEMO_NONE;
 }
 
 static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,
@@ -511,56 +540,86 @@ static void take_back(struct native_ctx *ctx, uint64_t pc)
 }
 
 /*
+ * The block entry native_block's fast path does not take: any block but the
+ * memo (a new block, one to check for rewritten bytes, a stop asked for, the
+ * tail). Charges it, or stops the run before it; sets the memo when its next
+ * entry can take the fast path.
+ */
+static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
+                                                  uint32_t size,
+                                                  struct native_ctx *ctx)
+{
+    struct block_entry *e;
+    uint64_t n;
+
+    ctx->memo_size = MEMO_NONE;
+    if (ctx->in_block && left_early(ctx->last, pc, size))
+        take_back(ctx, pc);
+    ctx->in_block = 0;
+    if (ctx->tail_mode) {
+        /* The tail: blocks in its range count per instruction; a block outside it
+         * is not entered, and native.py goes on counting per block from there. */
+        uint64_t into = pc - ctx->tail_pc;         /* no overflow at 2^64 */
+
+        if (pc < ctx->tail_pc || into >= ctx->tail_size
+            || size > ctx->tail_size - into) {
+            ctx->tail_exit = 1;
+            ctx->emu_stop(uc);
+        }
+        return;
+    }
+    if (ctx->stop_flag || ctx->remaining == 0) {
+        ctx->stop_flag = 0;
+        ctx->remaining = 0;
+        ctx->emu_stop(uc);
+        return;
+    }
+    n = block_count(ctx, pc, size);
+    if (n > ctx->remaining) {
+        ctx->tail_pc = pc;
+        ctx->tail_size = size;
+        ctx->tail_pending = 1;
+        ctx->emu_stop(uc);
+        return;
+    }
+    ctx->remaining -= n;
+    ctx->instructions += n;
+    ctx->blocks++;
+    ctx->in_block = 1;          /* the block is *ctx->last */
+    e = ctx->last;
+    if (e->host == NULL && !e->always && !ctx->stop_flag) {
+        /* Its bytes cannot change under it: the next entry needs only its count.
+         * (stop_soon() from another thread clears the memo after setting stop_flag;
+         * in the rare race with this store the stop comes at the budget's end.) */
+        ctx->memo_pc = pc;
+        ctx->memo_count = n;
+        ctx->memo_size = size;
+    }
+}
+
+/*
  * UC_HOOK_BLOCK callback, called at the entry of each translated block, before
  * any of its instructions (measured: a stop requested here ends the run with
  * the block not executed, RIP at its first instruction). Charges the block's
  * instructions to the budget; a block bigger than the budget left is not
  * entered: the run stops before it and native.py finishes the budget inside it
  * with the per-instruction hook (the tail).
+ *
+ * The fast path is a loop's block entered again: the memo, if the budget holds
+ * it. Its few loads and stores share one cache line, and it saves no register
+ * (the rest is block_enter's), since Unicorn calls it between every two blocks.
  */
 void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 {
     struct native_ctx *ctx = user_data;
-    struct block_entry *e = ctx->last;
-    uint64_t n = e->count;
+    uint64_t n = ctx->memo_count;
 
-    /* The fast path: the block of the last entry again (a loop), nothing to watch. */
-    if (!(e->pc == pc && e->size == size && e->space == ctx->space
-          && e->host == NULL && !e->always && !(ctx->stop_flag | ctx->tail_mode)
-          && n != 0 && n <= ctx->remaining)) {
-        if (ctx->in_block && left_early(ctx->last, pc, size))
-            take_back(ctx, pc);
-        ctx->in_block = 0;
-        if (ctx->tail_mode) {
-            /* The tail: blocks in its range count per instruction; a block outside it
-             * is not entered, and native.py goes on counting per block from there. */
-            uint64_t into = pc - ctx->tail_pc;     /* no overflow at 2^64 */
-
-            if (pc < ctx->tail_pc || into >= ctx->tail_size
-                || size > ctx->tail_size - into) {
-                ctx->tail_exit = 1;
-                ctx->emu_stop(uc);
-            }
-            return;
-        }
-        if (ctx->stop_flag || ctx->remaining == 0) {
-            ctx->stop_flag = 0;
-            ctx->remaining = 0;
-            ctx->emu_stop(uc);
-            return;
-        }
-        n = block_count(ctx, pc, size);
-        if (n > ctx->remaining) {
-            ctx->tail_pc = pc;
-            ctx->tail_size = size;
-            ctx->tail_pending = 1;
-            ctx->emu_stop(uc);
-            return;
-        }
+    if (__builtin_expect(pc == ctx->memo_pc && size == ctx->memo_size
+                         && n <= ctx->remaining, 1)) {
+        ctx->remaining -= n;
+        ctx->instructions += n;
+        ctx->blocks++;
+        return;
     }
-    ctx->remaining -= n;
-    ctx->block_before = ctx->instructions;
-    ctx->instructions += n;
-    ctx->blocks++;
-    ctx->in_block = 1;          /* the block is *ctx->last */
+    block_enter(uc, pc, size, ctx);
 }

@@ -148,6 +148,7 @@ _WALKER = ctypes.CFUNCTYPE(
 _LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
 _DONE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64)
 _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
+_MEMO_NONE = 1 << 32       # native.c MEMO_NONE: no memo (no block has this size)
 # A budget this small (a debugger's step) runs per instruction from its start, over the
 # next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
 _SMALL_BUDGET = 16
@@ -162,10 +163,14 @@ class _Ctx(ctypes.Structure):
     """The head of native.c's struct native_ctx, field for field."""
 
     _fields_ = [
-        ("fills", ctypes.c_uint64),
-        ("stlb_hits", ctypes.c_uint64),
         ("instructions", ctypes.c_uint64),
         ("remaining", ctypes.c_uint64),
+        ("memo_pc", ctypes.c_uint64),
+        ("memo_size", ctypes.c_uint64),
+        ("memo_count", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("fills", ctypes.c_uint64),
+        ("stlb_hits", ctypes.c_uint64),
         ("last_pc", ctypes.c_uint64),
         ("in_flight", ctypes.c_uint64),
         ("reg_read", ctypes.c_void_p),
@@ -178,7 +183,6 @@ class _Ctx(ctypes.Structure):
         ("learn_host", ctypes.c_uint64),
         ("space", ctypes.c_uint64),
         ("last", ctypes.c_void_p),
-        ("block_before", ctypes.c_uint64),
         ("in_block", ctypes.c_uint64),
         ("stop_flag", ctypes.c_uint64),
         ("tail_pc", ctypes.c_uint64),
@@ -186,9 +190,13 @@ class _Ctx(ctypes.Structure):
         ("tail_pending", ctypes.c_uint64),
         ("tail_mode", ctypes.c_uint64),
         ("tail_exit", ctypes.c_uint64),
-        ("blocks", ctypes.c_uint64),
         ("learned", ctypes.c_uint64),
     ]
+
+    def leave_block(self) -> None:
+        """The run is no longer inside the block charged last: forget it, and the memo."""
+        self.in_block = 0
+        self.memo_size = _MEMO_NONE
 
 
 class _BlockEntry(ctypes.Structure):
@@ -412,19 +420,20 @@ class NativeHooks:
 
     def _run_tail(self, begin: int, span: tuple[int, int], until: int, timeout: int) -> None:
         """Run from ``begin`` with the instructions of ``span`` (start, size) counted one by
-        one (a code hook on those bytes alone; their translations are dropped before and
-        after); a block outside it stops the run before it is entered."""
+        one (a code hook on those bytes alone; their translations are dropped before, and
+        after by Unicorn itself: deleting a hook invalidates every block translated with
+        it, uc.c uc_hook_del); a block outside it stops the run before it is entered."""
         ctx = self._ctx
         start, size = span
         hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, start, start + size - 1)
         self._uc.ctl_remove_cache(start, start + size)
         ctx.tail_pc, ctx.tail_size, ctx.tail_mode = start, size, 1
+        ctx.memo_size = _MEMO_NONE                 # the tail's blocks take the slow path
         try:
             self._run(begin, until, timeout)
         finally:
             ctx.tail_mode = 0
             self._hook_del(hook)
-            self._uc.ctl_remove_cache(start, start + size)
 
     def _settle(self) -> None:
         """Take back what the run did not complete: the last counted instruction if RIP
@@ -436,7 +445,7 @@ class NativeHooks:
             ctx.remaining += 1
         ctx.in_flight = 0
         if ctx.in_block:
-            ctx.in_block = 0
+            ctx.leave_block()
             undone = self._block().count - self._done_in_block(self._uc.reg_read(UC_X86_REG_RIP))
             ctx.instructions -= undone
             ctx.remaining += undone
@@ -542,6 +551,7 @@ class NativeHooks:
     def set_space(self, space: int) -> None:
         """The address space (CR3) the blocks that run next belong to."""
         self._ctx.space = space
+        self._ctx.memo_size = _MEMO_NONE   # the memo is the last space's
 
     def forget_blocks(self) -> None:
         """Forget every learnt block: translated code was dropped, or new code loaded."""
@@ -567,8 +577,8 @@ class NativeHooks:
         before it (the counting hook may or may not have counted it already, and the block
         counter charged its whole block at its entry)."""
         ctx = self._ctx
-        if ctx.in_block:
-            return ctx.block_before + self._done_in_block(pc)
+        if ctx.in_block:       # charged whole at its entry: what came before it, and in it
+            return ctx.instructions - self._block().count + self._done_in_block(pc)
         return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == pc else 0)
 
     def account(self, completed: int) -> None:
@@ -581,7 +591,8 @@ class NativeHooks:
             return
         ctx.remaining = max(0, ctx.remaining + ctx.instructions - completed)
         ctx.instructions = completed
-        ctx.in_flight = ctx.in_block = 0
+        ctx.in_flight = 0
+        ctx.leave_block()
 
     def stop_soon(self) -> None:
         """End the budget now: the run stops at the next block boundary (per instruction:
@@ -589,6 +600,7 @@ class NativeHooks:
         counting."""
         if self.counting:
             self._ctx.stop_flag = 1
+            self._ctx.memo_size = _MEMO_NONE    # after the flag: see native.c block_enter
 
     @property
     def budget(self) -> int | None:
@@ -603,7 +615,8 @@ class NativeHooks:
     @instructions.setter
     def instructions(self, value: int) -> None:
         self._ctx.instructions = value
-        self._ctx.in_flight = self._ctx.in_block = 0
+        self._ctx.in_flight = 0
+        self._ctx.leave_block()
 
     @property
     def blocks(self) -> int:
