@@ -500,6 +500,23 @@ def test_stop_from_a_memory_hook_leaves_the_store_to_run_again() -> None:
     assert (rig.hooks.instructions, stores) == (6, [CODE + 3, CODE + 3])
 
 
+def test_stop_from_a_write_hook_lets_the_store_land_first() -> None:
+    """The write hook runs before the store, and the run ends after it with RIP still at
+    the instruction: a read-modify-write run again would store twice unless the store is
+    undone (what the debugger's watchpoints do, emu/debugger/session.py)."""
+    seen: list[int] = []
+
+    def on_write(uc: Uc, _access: int, _address: int, _size: int, value: int, _data) -> None:
+        seen.append(value)
+        uc.emu_stop()
+
+    inc = b"\x48\xff\x04\x25" + imm32(PAGE_A)      # inc qword [PAGE_A]
+    rig, _ = counted(NOP * 3 + inc + NOP + HLT,
+                     lambda r: r.uc.hook_add(UC_HOOK_MEM_WRITE, on_write, None, PAGE_A, PAGE_A))
+    assert (rig.hooks.instructions, rig.rip, seen) == (3, CODE + 3, [1])
+    assert rig.ram[PAGE_A] == 1                        # landed, though RIP is still at inc
+
+
 DATA = 0x200FF8  # a qword that straddles PAGE_A and PAGE_B
 COPY_SRC, COPY_DST = 0x202000, 0x203800
 
