@@ -66,7 +66,11 @@ Block counting gives the same counts (a test runs every guest app both ways):
 * A ``rep`` string instruction is a block of its own for each iteration: c + 1 as before.
 * A budget smaller than the next block stops the run before that block (a stop asked for
   by the block hook ends the run with none of the block executed, measured), and the rest
-  is run with the per-instruction hook on that block's bytes alone, so the stop is exact.
+  is run to the instruction where the budget ends, given to Unicorn as the run's end
+  (``until``): QEMU translates the block cut there, the counter charges the cut block (its
+  count known from the whole block's, without decoding it again), and the stop is exact.
+  (When the caller passes an ``until`` of its own, or the block is not known, the rest is
+  run with the per-instruction hook on that block's bytes alone, as a step-sized budget is.)
 * :meth:`NativeHooks.stop_soon` stops at the next block boundary (the next instruction
   when counting per instruction).
 * A guest store into the bytes of the block being executed makes QEMU leave the block at
@@ -310,17 +314,25 @@ class NativeHooks:
                 return DENY
 
         offsets: dict[tuple[int, int, int], list[int]] = {}
+        hosts: dict[tuple[int, int, int], int | None] = {}
         ctx_box: list[_Ctx] = []
+        cut: list[tuple] = []    # (key, offsets, host) of a block cut by _cut, known ahead
 
         def learner(pc: int, size: int) -> int:
+            ctx = ctx_box[0]
+            key = (pc, size, ctx.space)
             try:
-                found, host = code(pc, size)
+                if cut and cut[0][0] == key:
+                    _, found, host = cut.pop()       # the first instructions of a block
+                else:                                # decoded a moment ago: no decoding
+                    cut.clear()
+                    found, host = code(pc, size)
             except BaseException as exc:  # noqa: B036 - re-raised by start()
                 errors.append(exc)
                 stop(uch)
                 return 1
-            ctx = ctx_box[0]
-            offsets[(pc, size, ctx.space)] = found
+            offsets[key] = found
+            hosts[key] = host
             if host is None:
                 return len(found)
             ctx.learn_host = host
@@ -330,6 +342,8 @@ class NativeHooks:
         self._errors = errors
         self._code = code
         self._offsets = offsets
+        self._hosts = hosts
+        self._cut_ahead = cut
         self._walker = _WALKER(walker)
         self._learner = _LEARNER(learner)
         ctx = lib.native_open(
@@ -385,28 +399,52 @@ class NativeHooks:
         """Run the guest like ``uc.emu_start`` (never with its ``count``), then settle the
         instruction count and re-raise an exception the walker raised during the run.
 
-        A budget that ends inside a block is finished there with the per-instruction
-        counter on that block alone (the tail), so the stop is exact."""
+        A budget that ends inside a block is finished there (the tail): the block is run
+        again to the instruction where the budget ends, given to Unicorn as the run's end
+        (``until``), or, when the caller gave one, with the per-instruction counter on that
+        block alone; either way the stop is exact."""
         self._check_open()
         ctx = self._ctx
-        pc, tail = begin, None
+        pc, tail, end = begin, None, until
         if self._block_hook is not None and 0 < ctx.remaining <= _SMALL_BUDGET:
             # A step: per instruction from the start (the span ends at 2^64 at most).
             tail = (begin, min(_TAIL_SPAN, (1 << 64) - begin))
         while True:
             if tail is None:
-                self._run(pc, until, timeout)
+                self._run(pc, end, timeout)
             else:
-                self._run_tail(pc, tail, until, timeout)
+                self._run_tail(pc, tail, end, timeout)
             if self._errors or not ctx.remaining:
                 break
             if ctx.tail_pending:              # the budget ends inside the next block
-                pc, tail = ctx.tail_pc, (ctx.tail_pc, ctx.tail_size)
+                pc, tail, end = ctx.tail_pc, None, self._cut(ctx.tail_pc, ctx.tail_size)
+                if until or end is None:
+                    tail, end = (ctx.tail_pc, ctx.tail_size), until
             elif ctx.tail_exit:               # the tail ran out of its range first
-                pc, tail = self._uc.reg_read(UC_X86_REG_RIP), None
+                pc, tail, end = self._uc.reg_read(UC_X86_REG_RIP), None, until
             else:
                 break
         ctx.tail_pending = ctx.tail_exit = 0
+
+    def _cut(self, pc: int, size: int) -> int | None:
+        """Where the budget left ends inside the block of ``size`` bytes at ``pc``: the
+        address of its first instruction not to run (None if the block is not known).
+
+        Run with that as ``until``, QEMU translates the block anew, cut there (its
+        translator ends a block at the run's end, and Unicorn drops that translation
+        after the run, cpus.c resume_all_vcpus): the block counter charges the cut block,
+        exactly the budget left, and the run stops at the cut with nothing more run."""
+        space = self._ctx.space
+        offsets = self._offsets.get((pc, size, space))
+        left = self._ctx.remaining
+        if offsets is None or not 0 < left < len(offsets) or (pc, size, space) not in self._hosts:
+            return None
+        end = pc + offsets[left]
+        # Its count is known: the learner takes it from here instead of decoding it again.
+        self._cut_ahead[:] = [((pc, end - pc, space), offsets[:left],
+                               self._hosts[(pc, size, space)])]
+        self._uc.ctl_remove_cache(pc, pc + size)     # the whole block's translation
+        return end
 
     def _run(self, begin: int, until: int, timeout: int) -> None:
         self._errors.clear()
@@ -562,6 +600,7 @@ class NativeHooks:
         self._check_open()
         self._lib.native_forget_blocks(self._ctx_ptr)
         self._offsets.clear()
+        self._hosts.clear()
 
     def entries(self) -> list[tuple[Mode, int, int]]:
         """The STLB's valid entries: (mode, virtual page, physical page | Fill bits). They

@@ -802,3 +802,21 @@ def test_store_into_its_own_block_is_counted_once_by_the_block_counter(counter) 
     assert rig.ram[CODE + 9 : CODE + 11] == b"\x90\x90"
     assert rig.uc.reg_read(UC_X86_REG_RAX) == 0            # inc eax never ran
     assert rig.hooks.instructions == (4 if counter == "block" else 5)
+
+
+def test_a_budget_ending_inside_a_block_runs_the_block_cut_there(counter) -> None:
+    """The block counter stops before a block bigger than the budget left, and runs it
+    again cut where the budget ends (Unicorn's `until`): the cut block's count comes from
+    the whole block's decoding, so nothing is decoded twice, and the stop is exact."""
+    rig = Rig(NOP * 40 + HLT)
+    rig.hooks.set_budget(30)          # beyond a step-sized budget (counted one by one)
+    rig.run()
+    assert (rig.hooks.instructions, rig.hooks.budget, rig.rip) == (30, 0, CODE + 30)
+    if counter == "block":
+        assert rig.learnt == [(CODE, 41)]              # decoded once, at its first entry
+        assert rig.hooks.learned == 2                  # and the cut block known from it
+    else:
+        assert rig.learnt == []
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run(rig.rip)                                   # the rest: nop x 10, hlt
+    assert (rig.hooks.instructions, rig.rip) == (41, CODE + 41)
