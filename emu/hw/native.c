@@ -118,8 +118,19 @@ struct stlb_entry {
 static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 };
 #define GOLDEN  0x9e3779b97f4a7c15ull   /* Fibonacci hashing: 2^64 / phi */
 
-/* memo_size when there is no memo: no block's size (Unicorn reports a uint32_t). */
-#define MEMO_NONE (1ull << 32)
+/*
+ * The fast table: learnt blocks whose next entry needs nothing but their count
+ * charged (their bytes cannot change under them), direct-mapped by address, so
+ * that native_block finds a block it has seen without the hash table's probe.
+ */
+#define FAST_BITS 10
+#define FAST_SIZE (1u << FAST_BITS)
+
+struct fast_slot {
+    uint64_t pc;
+    uint64_t size_count;        /* size | count << 32 (count 0: empty) */
+    struct block_entry *e;      /* its learnt block */
+};
 
 /*
  * One machine's state. native.py mirrors every field up to and including
@@ -130,13 +141,14 @@ static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 
 struct native_ctx {
     uint64_t instructions;      /* instructions completed */
     uint64_t remaining;         /* budget: instructions left before the stop */
-    /* The memo: the block charged last, while the run may still be inside it and
-     * its next entry needs nothing but its count charged (native_block's fast path).
-     * memo_size is MEMO_NONE when there is none. */
-    uint64_t memo_pc;
-    uint64_t memo_size;
-    uint64_t memo_count;
+    uint64_t space;             /* the address space learnt blocks belong to (CR3) */
+    uint64_t fast_off;          /* non-zero: every entry takes block_enter (a stop asked
+                                 * for, the tail, the last block may be rewritten, or the
+                                 * run is not inside a block: in_block is 0) */
+    struct block_entry *last;   /* the block charged last ... */
+    uint64_t in_block;          /* ... and whether the run may still be inside it */
     uint64_t blocks;            /* block entries charged */
+    struct fast_slot *fast;     /* FAST_SIZE slots */
     uint64_t fills;             /* TLB-fill hook calls */
     uint64_t stlb_hits;         /* ... of which the STLB answered */
     uint64_t last_pc;           /* address of the last instruction counted */
@@ -150,9 +162,6 @@ struct native_ctx {
     learn_fn learn;             /* counts a block's instructions (Python, on a miss) */
     done_fn done_before;        /* where a block was left (Python, rare) */
     uint64_t learn_host;        /* set by it: where a writable block's bytes are (or 0) */
-    uint64_t space;             /* the address space learnt blocks belong to (CR3) */
-    struct block_entry *last;   /* the block charged last ... */
-    uint64_t in_block;          /* ... and whether the run may still be inside it */
     uint64_t stop_flag;         /* stop_soon(): stop at the next block */
     uint64_t tail_pc;           /* a block bigger than the budget left stopped here */
     uint64_t tail_size;
@@ -185,9 +194,15 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
     if (ctx == NULL)
         return NULL;
     memset(ctx, 0, bytes);
-    ctx->memo_size = MEMO_NONE;
+    ctx->fast_off = 1;
+    ctx->fast = calloc(FAST_SIZE, sizeof(struct fast_slot));
+    if (ctx->fast == NULL) {
+        free(ctx);
+        return NULL;
+    }
     ctx->stlb = aligned_alloc(64, STLB_BYTES);   /* a set per cache line */
     if (ctx->stlb == NULL) {
+        free(ctx->fast);
         free(ctx);
         return NULL;
     }
@@ -195,6 +210,7 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
     ctx->bcache = calloc(BCACHE_SIZE, sizeof(struct block_entry));
     if (ctx->bcache == NULL) {
         free(ctx->stlb);
+        free(ctx->fast);
         free(ctx);
         return NULL;
     }
@@ -215,6 +231,7 @@ void native_close(struct native_ctx *ctx)
         if (ctx->bcache != NULL)
             native_forget_blocks(ctx);
         free(ctx->bcache);
+        free(ctx->fast);
     }
     free(ctx);
 }
@@ -339,7 +356,7 @@ static void note_fault(struct native_ctx *ctx, int type)
     if (type == UC_MEM_FETCH) {         /* the block before completed */
         ctx->in_flight = 0;
         ctx->in_block = 0;
-        ctx->memo_size = MEMO_NONE;
+        ctx->fast_off = 1;
     } else
         retract(ctx);
 }
@@ -438,7 +455,20 @@ void native_forget_blocks(struct native_ctx *ctx)
     ctx->bcache_used = 0;
     ctx->last = ctx->bcache;
     ctx->in_block = 0;
-    ctx->memo_size = MEMO_NONE;
+    ctx->fast_off = 1;
+    memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+}
+
+/*
+ * The address space (CR3) the blocks that run next belong to: the fast table
+ * holds one space's blocks (it is emptied when the space changes; the learnt
+ * blocks, keyed by space, stay).
+ */
+void native_set_space(struct native_ctx *ctx, uint64_t space)
+{
+    if (space != ctx->space)
+        memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    ctx->space = space;
 }
 
 static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,
@@ -539,11 +569,17 @@ static void take_back(struct native_ctx *ctx, uint64_t pc)
     ctx->remaining += undone;
 }
 
+static struct fast_slot *fast_slot(struct native_ctx *ctx, uint64_t pc)
+{
+    return &ctx->fast[pc & (FAST_SIZE - 1)];    /* the cheapest index: no hashing */
+}
+
 /*
- * The block entry native_block's fast path does not take: any block but the
- * memo (a new block, one to check for rewritten bytes, a stop asked for, the
- * tail). Charges it, or stops the run before it; sets the memo when its next
- * entry can take the fast path.
+ * The block entry native_block's fast path does not take: a block not in the
+ * fast table (new, or one to check for rewritten bytes), a stop asked for, the
+ * tail, an entry after a block the guest may rewrite. Charges it, or stops the
+ * run before it; puts it in the fast table when its next entry can take the
+ * fast path.
  */
 static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
                                                   uint32_t size,
@@ -552,7 +588,7 @@ static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
     struct block_entry *e;
     uint64_t n;
 
-    ctx->memo_size = MEMO_NONE;
+    ctx->fast_off = 1;
     if (ctx->in_block && left_early(ctx->last, pc, size))
         take_back(ctx, pc);
     ctx->in_block = 0;
@@ -587,13 +623,19 @@ static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
     ctx->blocks++;
     ctx->in_block = 1;          /* the block is *ctx->last */
     e = ctx->last;
-    if (e->host == NULL && !e->always && !ctx->stop_flag) {
-        /* Its bytes cannot change under it: the next entry needs only its count.
-         * (stop_soon() from another thread clears the memo after setting stop_flag;
-         * in the rare race with this store the stop comes at the budget's end.) */
-        ctx->memo_pc = pc;
-        ctx->memo_count = n;
-        ctx->memo_size = size;
+    if (e->host == NULL && !e->always) {
+        /* Its bytes cannot change under it: its next entry needs only its count. */
+        struct fast_slot *f = fast_slot(ctx, pc);
+
+        f->pc = pc;
+        f->size_count = size | n << 32;
+        f->e = e;
+        /* The next entry may take the fast path, unless a stop was asked for meanwhile.
+         * (stop_soon() from another thread sets fast_off after stop_flag; in the rare
+         * race with this store the stop comes at the budget's end.) A block the guest
+         * may rewrite keeps fast_off set: the next entry checks whether it was left
+         * early (left_early), which no block of the fast table can be. */
+        ctx->fast_off = ctx->stop_flag;
     }
 }
 
@@ -603,22 +645,25 @@ static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
  * the block not executed, RIP at its first instruction). Charges the block's
  * instructions to the budget; a block bigger than the budget left is not
  * entered: the run stops before it and native.py finishes the budget inside it
- * with the per-instruction hook (the tail).
+ * (the tail).
  *
- * The fast path is a loop's block entered again: the memo, if the budget holds
- * it. Its few loads and stores share one cache line, and it saves no register
- * (the rest is block_enter's), since Unicorn calls it between every two blocks.
+ * The fast path is a block of the fast table (seen before, bytes that cannot
+ * change), if the budget holds it: one slot and the context's first cache line,
+ * and no register saved (the rest is block_enter's), since Unicorn calls it
+ * between every two blocks.
  */
 void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 {
     struct native_ctx *ctx = user_data;
-    uint64_t n = ctx->memo_count;
+    const struct fast_slot *f = fast_slot(ctx, pc);
+    uint64_t n = f->size_count >> 32;
 
-    if (__builtin_expect(pc == ctx->memo_pc && size == ctx->memo_size
-                         && n <= ctx->remaining, 1)) {
+    if (__builtin_expect(f->pc == pc && (uint32_t)f->size_count == size && !ctx->fast_off
+                         && n <= ctx->remaining && n != 0, 1)) {
         ctx->remaining -= n;
         ctx->instructions += n;
         ctx->blocks++;
+        ctx->last = f->e;
         return;
     }
     block_enter(uc, pc, size, ctx);

@@ -156,7 +156,6 @@ _WALKER = ctypes.CFUNCTYPE(
 _LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
 _DONE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64)
 _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
-_MEMO_NONE = 1 << 32       # native.c MEMO_NONE: no memo (no block has this size)
 # A budget this small (a debugger's step) runs per instruction from its start, over the
 # next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
 _SMALL_BUDGET = 16
@@ -173,10 +172,12 @@ class _Ctx(ctypes.Structure):
     _fields_ = [
         ("instructions", ctypes.c_uint64),
         ("remaining", ctypes.c_uint64),
-        ("memo_pc", ctypes.c_uint64),
-        ("memo_size", ctypes.c_uint64),
-        ("memo_count", ctypes.c_uint64),
+        ("space", ctypes.c_uint64),
+        ("fast_off", ctypes.c_uint64),
+        ("last", ctypes.c_void_p),
+        ("in_block", ctypes.c_uint64),
         ("blocks", ctypes.c_uint64),
+        ("fast", ctypes.c_void_p),
         ("fills", ctypes.c_uint64),
         ("stlb_hits", ctypes.c_uint64),
         ("last_pc", ctypes.c_uint64),
@@ -189,9 +190,6 @@ class _Ctx(ctypes.Structure):
         ("learn", ctypes.c_void_p),
         ("done_before", ctypes.c_void_p),
         ("learn_host", ctypes.c_uint64),
-        ("space", ctypes.c_uint64),
-        ("last", ctypes.c_void_p),
-        ("in_block", ctypes.c_uint64),
         ("stop_flag", ctypes.c_uint64),
         ("tail_pc", ctypes.c_uint64),
         ("tail_size", ctypes.c_uint64),
@@ -202,9 +200,10 @@ class _Ctx(ctypes.Structure):
     ]
 
     def leave_block(self) -> None:
-        """The run is no longer inside the block charged last: forget it, and the memo."""
+        """The run is no longer inside the block charged last (native.c: the next entry
+        takes block_enter)."""
         self.in_block = 0
-        self.memo_size = _MEMO_NONE
+        self.fast_off = 1
 
 
 class _BlockEntry(ctypes.Structure):
@@ -265,6 +264,7 @@ def _library() -> ctypes.CDLL:
     lib.native_flush.argtypes = [ctypes.c_void_p]
     lib.native_invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.native_forget_blocks.argtypes = [ctypes.c_void_p]
+    lib.native_set_space.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.native_insert.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t,
                                   ctypes.POINTER(ctypes.c_uint64)]
     if lib.native_ctx_size() != ctypes.sizeof(_Ctx):
@@ -470,7 +470,7 @@ class NativeHooks:
         hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, start, start + size - 1)
         self._uc.ctl_remove_cache(start, start + size)
         ctx.tail_pc, ctx.tail_size, ctx.tail_mode = start, size, 1
-        ctx.memo_size = _MEMO_NONE                 # the tail's blocks take the slow path
+        ctx.fast_off = 1                           # the tail's blocks take block_enter
         try:
             self._run(begin, until, timeout)
         finally:
@@ -592,8 +592,7 @@ class NativeHooks:
 
     def set_space(self, space: int) -> None:
         """The address space (CR3) the blocks that run next belong to."""
-        self._ctx.space = space
-        self._ctx.memo_size = _MEMO_NONE   # the memo is the last space's
+        self._lib.native_set_space(self._ctx_ptr, space)   # empties the fast table
 
     def forget_blocks(self) -> None:
         """Forget every learnt block: translated code was dropped, or new code loaded."""
@@ -643,7 +642,7 @@ class NativeHooks:
         counting."""
         if self.counting:
             self._ctx.stop_flag = 1
-            self._ctx.memo_size = _MEMO_NONE    # after the flag: see native.c block_enter
+            self._ctx.fast_off = 1              # after the flag: see native.c block_enter
 
     @property
     def budget(self) -> int | None:
