@@ -16,9 +16,10 @@
  *  2. An instruction counter with a budget, in two forms: a UC_HOOK_BLOCK
  *     hook that charges each translated block's instruction count at its
  *     entry (learnt once per block), and a UC_HOOK_CODE hook, called before
- *     every instruction, for the tail of a budget smaller than a block (and
- *     as the reference the block counter is tested against). Both stop the
- *     run when the budget is spent. native.py documents the exact semantics.
+ *     every instruction, for a step-sized budget (and as the reference the
+ *     block counter is tested against). Both stop the run when the budget is
+ *     spent; a budget that ends inside a block is finished by native.py (the
+ *     block run again, cut there). native.py documents the exact semantics.
  *
  * Nothing here includes Unicorn's headers, so the Makefile's one-line cc
  * command builds it; the few Unicorn 2.1.4 definitions used are below.
