@@ -9,14 +9,26 @@ over the very page tables our executive built, entered at ring 3 by the same
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import time
 from pathlib import Path
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, UC_PROT_ALL, Uc
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_OK,
+    UC_HOOK_BLOCK,
+    UC_HOOK_INSN,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
 from unicorn import x86_const as ux
+from unicorn.unicorn_py3 import unicorn as _binding
 
 from emu import Machine
+from emu.hw import native
 from emu.hw.cpu import MSR_EFER
 from emu.hw.descriptors import GDT_LIMIT, Selector
 from emu.nt import layout
@@ -37,8 +49,10 @@ def _syscall_hook(uc: Uc, _data) -> None:
     uc.reg_write(ux.UC_X86_REG_RAX, 4 if number == Service.NtGetCurrentProcessId else 0)
 
 
-def run_flat(path: Path, args: list[str]) -> float:
-    """Seconds of ``emu_start`` for the image on plain Unicorn without paging."""
+def run_flat(path: Path, args: list[str], *, tally: bool = False) -> float:
+    """Seconds of ``emu_start`` for the image on plain Unicorn without paging; with
+    ``tally``, a C UC_HOOK_BLOCK hook that only counts block entries (native.c
+    ``native_tally``): the floor any block counter pays."""
     image = load_file(path)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.reg_write(ux.UC_X86_REG_CR4, uc.reg_read(ux.UC_X86_REG_CR4) | 0x600)   # SSE on
@@ -51,9 +65,27 @@ def run_flat(path: Path, args: list[str]) -> float:
     uc.mem_write(rsp, stack)
     uc.reg_write(ux.UC_X86_REG_RSP, rsp)
     uc.hook_add(UC_HOOK_INSN, _syscall_hook, None, 1, 0, ux.UC_X86_INS_SYSCALL)
+    entries = ctypes.c_uint64(0)
+    if tally:
+        _tally_hook(uc, entries)
     t = time.perf_counter()
     uc.emu_start(image.entry, 0)
-    return time.perf_counter() - t
+    elapsed = time.perf_counter() - t
+    if tally and entries.value == 0:
+        raise SystemExit("bench: the block-hook floor counted no block")
+    return elapsed
+
+
+def _tally_hook(uc: Uc, entries: ctypes.c_uint64) -> None:
+    """Add native.c's ``native_tally`` as ``uc``'s UC_HOOK_BLOCK hook, counting into
+    ``entries`` (raw ctypes: the binding's hook_add would put a Python callback there)."""
+    handle = _binding.uc_hook_h()
+    status = _binding.uclib.uc_hook_add(
+        uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
+        ctypes.cast(native._library().native_tally, ctypes.c_void_p),
+        ctypes.byref(entries), ctypes.c_uint64(1), ctypes.c_uint64(0))
+    if status != UC_ERR_OK:
+        raise SystemExit(f"bench: cannot add the block-hook floor: {UcError(status)}")
 
 
 def run_qemu_walker(path: Path, args: list[str], mem: str) -> float:

@@ -17,7 +17,10 @@ How the machine pauses (emu.nt.kernel.Executive._run_cpu):
   the CPU before the instruction runs.
 * Watchpoints: Unicorn memory hooks on the range; the CPU stops after the accessing
   instruction, as hardware debug registers report a data breakpoint (SDM Vol. 3B 17.2.4).
-  While one is set, every instruction is counted (a stop inside a block needs it).
+  Instructions are still counted per block: the hook stops the run right after the access,
+  with RIP still at the accessing instruction (Unicorn's behaviour), and its count taken
+  back like any early exit from a block; the store it made is undone, and the instruction
+  runs again as a step of one, which stops after it (see ``_on_memory``).
 * Catchpoints: the executive's events (emu.nt.events).
 * Ctrl-C: ``interrupt()`` from any thread stops the CPU at the next block boundary (the
   next instruction while every instruction is counted).
@@ -97,6 +100,7 @@ class Session(ReverseExecution):
         self._next_number = 1
         self._hooks: list[int] = []
         self._watched: list[tuple[int, int]] = []     # physical ranges hooked for watchpoints
+        self._watch: _WatchHit | None = None     # a watchpoint hit being made exact
         self._deadline: int | None = None        # pause once this many instructions are done
         self._pending: Stop | None = None
         self._interrupt = threading.Event()
@@ -206,6 +210,7 @@ class Session(ReverseExecution):
     def stop_pending(self) -> bool:
         """Whether a stop is waiting for the next instruction boundary."""
         return self._pending is not None or self._interrupt.is_set() or \
+            self._watch is not None or \
             (self._replay is not None and self._replay.pending_hit is not None)
 
     def clip_budget(self, n: int) -> int:
@@ -225,6 +230,8 @@ class Session(ReverseExecution):
             message = ring.take(self.position, self.machine.pagefile)
             if message is not None:
                 self._restore(message)       # this is a snapshot, resumed: carry on from here
+        if self._watch is not None and not self._watch.again:
+            self._run_watched_again()
         stop = self._due_stop()
         if stop is not None:
             self._pause(stop)
@@ -255,6 +262,9 @@ class Session(ReverseExecution):
             return Stop(StopReason.INTERRUPT, "interrupted (Ctrl-C)", position=self.position)
         if self._deadline is not None and self.position >= self._deadline:
             self._deadline = None
+            watch, self._watch = self._watch, None
+            if watch is not None:            # the watched instruction has run again
+                return watch.stop
             return Stop(StopReason.STEP, "", position=self.position)
         return None
 
@@ -468,9 +478,6 @@ class Session(ReverseExecution):
                 for lo, hi in self._physical_ranges(wp):
                     self._watched.append((lo, hi))
                     self._hooks.append(uc.hook_add(kinds, self._on_memory, wp, lo, hi - 1))
-        # A watchpoint stops right after the accessing instruction, inside its block: with
-        # one set, every instruction is counted (emu/hw/native.py); else whole blocks are.
-        self.executive.cpu.native.per_instruction = bool(self._watched)
         uc.ctl_flush_tb()
         uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)   # cached pages would skip memory hooks
 
@@ -617,9 +624,22 @@ class Session(ReverseExecution):
 
     def _on_memory(self, uc, access: int, address: int, size: int, value: int,
                    wp: Watchpoint) -> None:
-        """A watchpoint's memory hook: note the access; stop after this instruction."""
+        """A watchpoint's memory hook: note the access; stop after this instruction.
+
+        Counting per block, the run is stopped right here: Unicorn ends it after this
+        access with RIP still at the instruction, which has not completed (its count is
+        taken back, emu/hw/native.py), though a store has landed. ``before_run`` undoes
+        that store and the instruction runs again, alone (``_run_watched_again``); its
+        hooks then do what they do when every instruction is counted: each access counts
+        a hit, the last one is the stop, made once the instruction has completed."""
         if self._detached or not wp.enabled:
             return
+        native = self.executive.cpu.native
+        rip = self.executive.cpu.rip
+        watch = self._watch
+        if watch is not None and not watch.again:
+            return                   # stopped at an earlier access of this instruction
+        pa = address
         proc = self.executive.current
         if not wp.physical:
             if wp.pid is not None and (proc is None or proc.pid != wp.pid):
@@ -631,7 +651,6 @@ class Session(ReverseExecution):
         kind = "write" if write else "read"
         if wp.kind != "access" and wp.kind != kind:
             return
-        rip = self.executive.cpu.rip
         what = f"{size}-byte {kind} of {'physical ' if wp.physical else ''}{address:#x}"
         if write:
             what += f" (value {value & ((1 << (8 * size)) - 1):#x})"
@@ -640,12 +659,49 @@ class Session(ReverseExecution):
                     f"{self.target.symbolize(rip)}",
                     number=wp.number, watch_kind=wp.kind, address=address)
         if self._replay is not None:
-            if self._replay.record:
-                self._replay.hits.append(Hit(self.position, stop, self._events))   # counted
+            if self._replay.record:      # the position after the accessing instruction
+                after = native.completed_before(rip) + 1 + self._exceptions
+                self._replay.hits.append(Hit(after, stop, self._events))
             return
-        wp.hits += 1
-        self._pending = stop
-        self.executive.cpu.native.stop_soon()
+        if watch is not None:            # the instruction again, alone: as counted one by one
+            if rip == watch.rip:
+                wp.hits += 1
+                watch.stop = stop
+            return
+        if native.per_instruction:       # the next instruction's count stops the run
+            wp.hits += 1
+            self._pending = stop
+            native.stop_soon()
+            return
+        completed = native.completed_before(rip)
+        undo = None
+        if write:                        # the store lands after this hook (Unicorn's order)
+            n = min(size, 0x1000 - (pa & 0xFFF))   # a store across pages: its first page
+            undo = (pa, self.executive.mem.read(pa, n))
+        self._watch = _WatchHit(rip, completed, wp, stop, undo)
+        uc.emu_stop()
+
+    def _run_watched_again(self) -> None:
+        """Before the run after a watchpoint's stop: if it stopped at the accessing
+        instruction, undo the store that landed and run that instruction again as a step
+        of one (the position after it is the deadline; clip_budget makes it the budget).
+        An access QEMU makes inside a helper (cmpxchg16b, fxsave/xsave, far transfers,
+        iretq) does not stop the run at once: the run ends at the next block, and the
+        stop is made there."""
+        watch = self._watch
+        cpu = self.executive.cpu
+        after = watch.completed + 1 + self._exceptions
+        if cpu.rip == watch.rip and cpu.instructions == watch.completed:
+            if watch.undo is not None:
+                pa, old = watch.undo
+                self.executive.mem.write(pa, old)
+            watch.again = True
+            self._deadline = after if self._deadline is None else min(self._deadline, after)
+            self.executive.rearm_budget()          # clipped to the one instruction
+            return
+        self._watch = None                          # it ran past: stop where it is
+        watch.wp.hits += 1
+        self._pending = watch.stop
 
     def _virtual_hit(self, wp: Watchpoint, pa: int, size: int) -> int | None:
         """The watched virtual address that physical access [pa, pa + size) touched in the
@@ -722,6 +778,21 @@ class Session(ReverseExecution):
             if isinstance(wp, Watchpoint) and wp.enabled:
                 now += self._physical_ranges(wp)
         return now != self._watched
+
+
+class _WatchHit:
+    """A watchpoint's access that stopped the run at its instruction (block counting):
+    the instruction's address, the instructions completed before it, the first stop it
+    made, and the store to undo, (physical address, the bytes it overwrote), if any."""
+
+    def __init__(self, rip: int, completed: int, wp: Watchpoint, stop: Stop,
+                 undo: tuple[int, bytes] | None) -> None:
+        self.rip = rip
+        self.completed = completed
+        self.wp = wp
+        self.stop = stop
+        self.undo = undo
+        self.again = False           # the instruction is running again, alone
 
 
 class _SyntaxOnly:

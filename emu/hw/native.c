@@ -16,9 +16,10 @@
  *  2. An instruction counter with a budget, in two forms: a UC_HOOK_BLOCK
  *     hook that charges each translated block's instruction count at its
  *     entry (learnt once per block), and a UC_HOOK_CODE hook, called before
- *     every instruction, for the tail of a budget smaller than a block (and
- *     as the reference the block counter is tested against). Both stop the
- *     run when the budget is spent. native.py documents the exact semantics.
+ *     every instruction, for a step-sized budget (and as the reference the
+ *     block counter is tested against). Both stop the run when the budget is
+ *     spent; a budget that ends inside a block is finished by native.py (the
+ *     block run again, cut there). native.py documents the exact semantics.
  *
  * Nothing here includes Unicorn's headers, so the Makefile's one-line cc
  * command builds it; the few Unicorn 2.1.4 definitions used are below.
@@ -119,15 +120,38 @@ static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 
 #define GOLDEN  0x9e3779b97f4a7c15ull   /* Fibonacci hashing: 2^64 / phi */
 
 /*
+ * The fast table: learnt blocks whose next entry needs nothing but their count
+ * charged (their bytes cannot change under them), direct-mapped by address, so
+ * that native_block finds a block it has seen without the hash table's probe.
+ */
+#define FAST_BITS 10
+#define FAST_SIZE (1u << FAST_BITS)
+
+struct fast_slot {
+    uint64_t pc;
+    uint64_t size_count;        /* size | count << 32 (count 0: empty) */
+    struct block_entry *e;      /* its learnt block */
+};
+
+/*
  * One machine's state. native.py mirrors every field up to and including
- * reg_rflags with ctypes, in this order: keep the two in step
- * (native_ctx_size checks the size at load time).
+ * learned with ctypes, in this order: keep the two in step (native_ctx_size
+ * checks the size at load time). The first cache line holds what a block
+ * entry of the fast path touches (the context is 64-byte aligned).
  */
 struct native_ctx {
-    uint64_t fills;             /* TLB-fill hook calls */
-    uint64_t stlb_hits;         /* ... of which the STLB answered */
     uint64_t instructions;      /* instructions completed */
     uint64_t remaining;         /* budget: instructions left before the stop */
+    uint64_t space;             /* the address space learnt blocks belong to (CR3) */
+    uint64_t fast_off;          /* non-zero: every entry takes block_enter (a stop asked
+                                 * for, the tail, the last block may be rewritten, or the
+                                 * run is not inside a block: in_block is 0) */
+    struct block_entry *last;   /* the block charged last ... */
+    uint64_t in_block;          /* ... and whether the run may still be inside it */
+    uint64_t blocks;            /* block entries charged */
+    struct fast_slot *fast;     /* FAST_SIZE slots */
+    uint64_t fills;             /* TLB-fill hook calls */
+    uint64_t stlb_hits;         /* ... of which the STLB answered */
     uint64_t last_pc;           /* address of the last instruction counted */
     uint64_t in_flight;         /* it may not have completed yet */
     reg_read_fn reg_read;       /* Unicorn's uc_reg_read */
@@ -139,17 +163,12 @@ struct native_ctx {
     learn_fn learn;             /* counts a block's instructions (Python, on a miss) */
     done_fn done_before;        /* where a block was left (Python, rare) */
     uint64_t learn_host;        /* set by it: where a writable block's bytes are (or 0) */
-    uint64_t space;             /* the address space learnt blocks belong to (CR3) */
-    struct block_entry *last;   /* the block charged last (a loop's block, again?) */
-    uint64_t block_before;      /* ... the instructions completed before it ... */
-    uint64_t in_block;          /* ... and whether the run may still be inside it */
     uint64_t stop_flag;         /* stop_soon(): stop at the next block */
     uint64_t tail_pc;           /* a block bigger than the budget left stopped here */
     uint64_t tail_size;
     uint64_t tail_pending;      /* ... and the budget must end inside it */
     uint64_t tail_mode;         /* the counting hook counts in [tail_pc, + tail_size) */
     uint64_t tail_exit;         /* the tail's run stopped at a block outside that range */
-    uint64_t blocks;            /* block entries charged */
     uint64_t learned;           /* blocks learnt (calls of `learn`) */
     struct stlb_entry *stlb;    /* STLB_SETS * STLB_WAYS entries */
     uint64_t generation;        /* entries of other generations are stale */
@@ -169,12 +188,22 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
                                walker_fn walker, int32_t reg_cs,
                                int32_t reg_rflags)
 {
-    struct native_ctx *ctx = calloc(1, sizeof(*ctx));
+    /* 64-byte aligned: the fast path's fields share one cache line. */
+    size_t bytes = (sizeof(struct native_ctx) + 63) & ~(size_t)63;
+    struct native_ctx *ctx = aligned_alloc(64, bytes);
 
     if (ctx == NULL)
         return NULL;
+    memset(ctx, 0, bytes);
+    ctx->fast_off = 1;
+    ctx->fast = calloc(FAST_SIZE, sizeof(struct fast_slot));
+    if (ctx->fast == NULL) {
+        free(ctx);
+        return NULL;
+    }
     ctx->stlb = aligned_alloc(64, STLB_BYTES);   /* a set per cache line */
     if (ctx->stlb == NULL) {
+        free(ctx->fast);
         free(ctx);
         return NULL;
     }
@@ -182,6 +211,7 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
     ctx->bcache = calloc(BCACHE_SIZE, sizeof(struct block_entry));
     if (ctx->bcache == NULL) {
         free(ctx->stlb);
+        free(ctx->fast);
         free(ctx);
         return NULL;
     }
@@ -202,6 +232,7 @@ void native_close(struct native_ctx *ctx)
         if (ctx->bcache != NULL)
             native_forget_blocks(ctx);
         free(ctx->bcache);
+        free(ctx->fast);
     }
     free(ctx);
 }
@@ -326,6 +357,7 @@ static void note_fault(struct native_ctx *ctx, int type)
     if (type == UC_MEM_FETCH) {         /* the block before completed */
         ctx->in_flight = 0;
         ctx->in_block = 0;
+        ctx->fast_off = 1;
     } else
         retract(ctx);
 }
@@ -402,6 +434,19 @@ void native_count(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     ctx->in_flight = 1;
 }
 
+/*
+ * UC_HOOK_BLOCK callback that only counts block entries in the uint64_t its
+ * user data points to: the floor any block counter pays, Unicorn's call of
+ * a C block hook (make bench measures it on plain Unicorn; nothing else uses it).
+ */
+void native_tally(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
+{
+    (void)uc;
+    (void)pc;
+    (void)size;
+    ++*(uint64_t *)user_data;
+}
+
 /* Forgets every learnt block (translated code was dropped, or new code loaded). */
 void native_forget_blocks(struct native_ctx *ctx)
 {
@@ -410,6 +455,21 @@ void native_forget_blocks(struct native_ctx *ctx)
     memset(ctx->bcache, 0, BCACHE_SIZE * sizeof(struct block_entry));
     ctx->bcache_used = 0;
     ctx->last = ctx->bcache;
+    ctx->in_block = 0;
+    ctx->fast_off = 1;
+    memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+}
+
+/*
+ * The address space (CR3) the blocks that run next belong to: the fast table
+ * holds one space's blocks (it is emptied when the space changes; the learnt
+ * blocks, keyed by space, stay).
+ */
+void native_set_space(struct native_ctx *ctx, uint64_t space)
+{
+    if (space != ctx->space)
+        memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    ctx->space = space;
 }
 
 static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,
@@ -510,57 +570,102 @@ static void take_back(struct native_ctx *ctx, uint64_t pc)
     ctx->remaining += undone;
 }
 
+static struct fast_slot *fast_slot(struct native_ctx *ctx, uint64_t pc)
+{
+    return &ctx->fast[pc & (FAST_SIZE - 1)];    /* the cheapest index: no hashing */
+}
+
+/*
+ * The block entry native_block's fast path does not take: a block not in the
+ * fast table (new, or one to check for rewritten bytes), a stop asked for, the
+ * tail, an entry after a block the guest may rewrite. Charges it, or stops the
+ * run before it; puts it in the fast table when its next entry can take the
+ * fast path.
+ */
+static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
+                                                  uint32_t size,
+                                                  struct native_ctx *ctx)
+{
+    struct block_entry *e;
+    uint64_t n;
+
+    ctx->fast_off = 1;
+    if (ctx->in_block && left_early(ctx->last, pc, size))
+        take_back(ctx, pc);
+    ctx->in_block = 0;
+    if (ctx->tail_mode) {
+        /* The tail: blocks in its range count per instruction; a block outside it
+         * is not entered, and native.py goes on counting per block from there. */
+        uint64_t into = pc - ctx->tail_pc;         /* no overflow at 2^64 */
+
+        if (pc < ctx->tail_pc || into >= ctx->tail_size
+            || size > ctx->tail_size - into) {
+            ctx->tail_exit = 1;
+            ctx->emu_stop(uc);
+        }
+        return;
+    }
+    if (ctx->stop_flag || ctx->remaining == 0) {
+        ctx->stop_flag = 0;
+        ctx->remaining = 0;
+        ctx->emu_stop(uc);
+        return;
+    }
+    n = block_count(ctx, pc, size);
+    if (n > ctx->remaining) {
+        ctx->tail_pc = pc;
+        ctx->tail_size = size;
+        ctx->tail_pending = 1;
+        ctx->emu_stop(uc);
+        return;
+    }
+    ctx->remaining -= n;
+    ctx->instructions += n;
+    ctx->blocks++;
+    ctx->in_block = 1;          /* the block is *ctx->last */
+    e = ctx->last;
+    if (e->host == NULL && !e->always) {
+        /* Its bytes cannot change under it: its next entry needs only its count. */
+        struct fast_slot *f = fast_slot(ctx, pc);
+
+        f->pc = pc;
+        f->size_count = size | n << 32;
+        f->e = e;
+        /* The next entry may take the fast path, unless a stop was asked for meanwhile.
+         * (stop_soon() from another thread sets fast_off after stop_flag; in the rare
+         * race with this store the stop comes at the budget's end.) A block the guest
+         * may rewrite keeps fast_off set: the next entry checks whether it was left
+         * early (left_early), which no block of the fast table can be. */
+        ctx->fast_off = ctx->stop_flag;
+    }
+}
+
 /*
  * UC_HOOK_BLOCK callback, called at the entry of each translated block, before
  * any of its instructions (measured: a stop requested here ends the run with
  * the block not executed, RIP at its first instruction). Charges the block's
  * instructions to the budget; a block bigger than the budget left is not
  * entered: the run stops before it and native.py finishes the budget inside it
- * with the per-instruction hook (the tail).
+ * (the tail).
+ *
+ * The fast path is a block of the fast table (seen before, bytes that cannot
+ * change), if the budget holds it: one slot and the context's first cache line,
+ * and no register saved (the rest is block_enter's), since Unicorn calls it
+ * between every two blocks.
  */
 void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 {
     struct native_ctx *ctx = user_data;
-    struct block_entry *e = ctx->last;
-    uint64_t n = e->count;
+    const struct fast_slot *f = fast_slot(ctx, pc);
+    uint64_t n = f->size_count >> 32;
 
-    /* The fast path: the block of the last entry again (a loop), nothing to watch. */
-    if (!(e->pc == pc && e->size == size && e->space == ctx->space
-          && e->host == NULL && !e->always && !(ctx->stop_flag | ctx->tail_mode)
-          && n != 0 && n <= ctx->remaining)) {
-        if (ctx->in_block && left_early(ctx->last, pc, size))
-            take_back(ctx, pc);
-        ctx->in_block = 0;
-        if (ctx->tail_mode) {
-            /* The tail: blocks in its range count per instruction; a block outside it
-             * is not entered, and native.py goes on counting per block from there. */
-            uint64_t into = pc - ctx->tail_pc;     /* no overflow at 2^64 */
-
-            if (pc < ctx->tail_pc || into >= ctx->tail_size
-                || size > ctx->tail_size - into) {
-                ctx->tail_exit = 1;
-                ctx->emu_stop(uc);
-            }
-            return;
-        }
-        if (ctx->stop_flag || ctx->remaining == 0) {
-            ctx->stop_flag = 0;
-            ctx->remaining = 0;
-            ctx->emu_stop(uc);
-            return;
-        }
-        n = block_count(ctx, pc, size);
-        if (n > ctx->remaining) {
-            ctx->tail_pc = pc;
-            ctx->tail_size = size;
-            ctx->tail_pending = 1;
-            ctx->emu_stop(uc);
-            return;
-        }
+    if (__builtin_expect(f->pc == pc && (uint32_t)f->size_count == size && !ctx->fast_off
+                         && n <= ctx->remaining && n != 0, 1)) {
+        ctx->remaining -= n;
+        ctx->instructions += n;
+        ctx->blocks++;
+        ctx->last = f->e;
+        return;
     }
-    ctx->remaining -= n;
-    ctx->block_before = ctx->instructions;
-    ctx->instructions += n;
-    ctx->blocks++;
-    ctx->in_block = 1;          /* the block is *ctx->last */
+    block_enter(uc, pc, size, ctx);
 }

@@ -7,11 +7,11 @@ Two hooks on the Unicorn engine, both in C so that no Python runs in the common 
   seen, and only its misses cost a call into Python (about 1.2 us each).
 * An instruction counter with a budget, installed only while a budget is set, so that a run
   without one pays nothing. It counts per translated block (a UC_HOOK_BLOCK hook charges a
-  block's instruction count at its entry, about 5-10 ns a block), and per instruction (a
-  UC_HOOK_CODE hook, 7-8 ns an instruction) only for the tail of a budget that ends inside
-  a block, while a debugger watchpoint is set (:attr:`NativeHooks.per_instruction`), or as
-  the reference the block counter is tested against (``PER_INSTRUCTION``, or
-  ``EMU_COUNT=instruction`` in the environment).
+  block's instruction count at its entry: 0.2-0.4 ns a block over the 0.7-1.4 ns of a C
+  block hook that does nothing but count), and per instruction (a UC_HOOK_CODE hook, 7-8 ns
+  an instruction) only for a step-sized budget, or as the reference the block counter is
+  tested against (``PER_INSTRUCTION``, or ``EMU_COUNT=instruction`` in the environment:
+  :attr:`NativeHooks.per_instruction`).
 
 The walker contract, ``fill(vpage, access, cpl, rflags) -> int``:
 
@@ -41,6 +41,10 @@ Instruction counting (measured on Unicorn 2.1.4; each case is a test in test_nat
   of its own, and one more entry finds RCX = 0), exactly as Unicorn's ``count=`` does.
 * A stop from a memory hook ends the run right after the hooked access with RIP still at the
   accessing instruction (Unicorn's behaviour): it is not counted and runs again on resume.
+  A store has landed by then (the write hook runs before it, measured: `inc [m]` stopped
+  there leaves m + 1 and runs again), so whoever resumes must undo it first (the debugger's
+  watchpoints do). An access QEMU makes in a helper (`cmpxchg16b`, `fxsave`) does not stop
+  the run until the next block.
 * The count is exact only when the guest runs through :meth:`NativeHooks.start`: when a run
   ends, it takes back the last counted instruction if RIP still points at it. That cannot
   tell a fault from an instruction that completed with RIP at itself (``jmp $``, a ``rep``
@@ -62,7 +66,11 @@ Block counting gives the same counts (a test runs every guest app both ways):
 * A ``rep`` string instruction is a block of its own for each iteration: c + 1 as before.
 * A budget smaller than the next block stops the run before that block (a stop asked for
   by the block hook ends the run with none of the block executed, measured), and the rest
-  is run with the per-instruction hook on that block's bytes alone, so the stop is exact.
+  is run to the instruction where the budget ends, given to Unicorn as the run's end
+  (``until``): QEMU translates the block cut there, the counter charges the cut block (its
+  count known from the whole block's, without decoding it again), and the stop is exact.
+  (When the caller passes an ``until`` of its own, or the block is not known, the rest is
+  run with the per-instruction hook on that block's bytes alone, as a step-sized budget is.)
 * :meth:`NativeHooks.stop_soon` stops at the next block boundary (the next instruction
   when counting per instruction).
 * A guest store into the bytes of the block being executed makes QEMU leave the block at
@@ -162,10 +170,16 @@ class _Ctx(ctypes.Structure):
     """The head of native.c's struct native_ctx, field for field."""
 
     _fields_ = [
-        ("fills", ctypes.c_uint64),
-        ("stlb_hits", ctypes.c_uint64),
         ("instructions", ctypes.c_uint64),
         ("remaining", ctypes.c_uint64),
+        ("space", ctypes.c_uint64),
+        ("fast_off", ctypes.c_uint64),
+        ("last", ctypes.c_void_p),
+        ("in_block", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("fast", ctypes.c_void_p),
+        ("fills", ctypes.c_uint64),
+        ("stlb_hits", ctypes.c_uint64),
         ("last_pc", ctypes.c_uint64),
         ("in_flight", ctypes.c_uint64),
         ("reg_read", ctypes.c_void_p),
@@ -176,19 +190,20 @@ class _Ctx(ctypes.Structure):
         ("learn", ctypes.c_void_p),
         ("done_before", ctypes.c_void_p),
         ("learn_host", ctypes.c_uint64),
-        ("space", ctypes.c_uint64),
-        ("last", ctypes.c_void_p),
-        ("block_before", ctypes.c_uint64),
-        ("in_block", ctypes.c_uint64),
         ("stop_flag", ctypes.c_uint64),
         ("tail_pc", ctypes.c_uint64),
         ("tail_size", ctypes.c_uint64),
         ("tail_pending", ctypes.c_uint64),
         ("tail_mode", ctypes.c_uint64),
         ("tail_exit", ctypes.c_uint64),
-        ("blocks", ctypes.c_uint64),
         ("learned", ctypes.c_uint64),
     ]
+
+    def leave_block(self) -> None:
+        """The run is no longer inside the block charged last (native.c: the next entry
+        takes block_enter)."""
+        self.in_block = 0
+        self.fast_off = 1
 
 
 class _BlockEntry(ctypes.Structure):
@@ -249,6 +264,7 @@ def _library() -> ctypes.CDLL:
     lib.native_flush.argtypes = [ctypes.c_void_p]
     lib.native_invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.native_forget_blocks.argtypes = [ctypes.c_void_p]
+    lib.native_set_space.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.native_insert.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t,
                                   ctypes.POINTER(ctypes.c_uint64)]
     if lib.native_ctx_size() != ctypes.sizeof(_Ctx):
@@ -298,17 +314,25 @@ class NativeHooks:
                 return DENY
 
         offsets: dict[tuple[int, int, int], list[int]] = {}
+        hosts: dict[tuple[int, int, int], int | None] = {}
         ctx_box: list[_Ctx] = []
+        cut: list[tuple] = []    # (key, offsets, host) of a block cut by _cut, known ahead
 
         def learner(pc: int, size: int) -> int:
+            ctx = ctx_box[0]
+            key = (pc, size, ctx.space)
             try:
-                found, host = code(pc, size)
+                if cut and cut[0][0] == key:
+                    _, found, host = cut.pop()       # the first instructions of a block
+                else:                                # decoded a moment ago: no decoding
+                    cut.clear()
+                    found, host = code(pc, size)
             except BaseException as exc:  # noqa: B036 - re-raised by start()
                 errors.append(exc)
                 stop(uch)
                 return 1
-            ctx = ctx_box[0]
-            offsets[(pc, size, ctx.space)] = found
+            offsets[key] = found
+            hosts[key] = host
             if host is None:
                 return len(found)
             ctx.learn_host = host
@@ -318,6 +342,8 @@ class NativeHooks:
         self._errors = errors
         self._code = code
         self._offsets = offsets
+        self._hosts = hosts
+        self._cut_ahead = cut
         self._walker = _WALKER(walker)
         self._learner = _LEARNER(learner)
         ctx = lib.native_open(
@@ -373,28 +399,52 @@ class NativeHooks:
         """Run the guest like ``uc.emu_start`` (never with its ``count``), then settle the
         instruction count and re-raise an exception the walker raised during the run.
 
-        A budget that ends inside a block is finished there with the per-instruction
-        counter on that block alone (the tail), so the stop is exact."""
+        A budget that ends inside a block is finished there (the tail): the block is run
+        again to the instruction where the budget ends, given to Unicorn as the run's end
+        (``until``), or, when the caller gave one, with the per-instruction counter on that
+        block alone; either way the stop is exact."""
         self._check_open()
         ctx = self._ctx
-        pc, tail = begin, None
+        pc, tail, end = begin, None, until
         if self._block_hook is not None and 0 < ctx.remaining <= _SMALL_BUDGET:
             # A step: per instruction from the start (the span ends at 2^64 at most).
             tail = (begin, min(_TAIL_SPAN, (1 << 64) - begin))
         while True:
             if tail is None:
-                self._run(pc, until, timeout)
+                self._run(pc, end, timeout)
             else:
-                self._run_tail(pc, tail, until, timeout)
+                self._run_tail(pc, tail, end, timeout)
             if self._errors or not ctx.remaining:
                 break
             if ctx.tail_pending:              # the budget ends inside the next block
-                pc, tail = ctx.tail_pc, (ctx.tail_pc, ctx.tail_size)
+                pc, tail, end = ctx.tail_pc, None, self._cut(ctx.tail_pc, ctx.tail_size)
+                if until or end is None:
+                    tail, end = (ctx.tail_pc, ctx.tail_size), until
             elif ctx.tail_exit:               # the tail ran out of its range first
-                pc, tail = self._uc.reg_read(UC_X86_REG_RIP), None
+                pc, tail, end = self._uc.reg_read(UC_X86_REG_RIP), None, until
             else:
                 break
         ctx.tail_pending = ctx.tail_exit = 0
+
+    def _cut(self, pc: int, size: int) -> int | None:
+        """Where the budget left ends inside the block of ``size`` bytes at ``pc``: the
+        address of its first instruction not to run (None if the block is not known).
+
+        Run with that as ``until``, QEMU translates the block anew, cut there (its
+        translator ends a block at the run's end, and Unicorn drops that translation
+        after the run, cpus.c resume_all_vcpus): the block counter charges the cut block,
+        exactly the budget left, and the run stops at the cut with nothing more run."""
+        space = self._ctx.space
+        offsets = self._offsets.get((pc, size, space))
+        left = self._ctx.remaining
+        if offsets is None or not 0 < left < len(offsets) or (pc, size, space) not in self._hosts:
+            return None
+        end = pc + offsets[left]
+        # Its count is known: the learner takes it from here instead of decoding it again.
+        self._cut_ahead[:] = [((pc, end - pc, space), offsets[:left],
+                               self._hosts[(pc, size, space)])]
+        self._uc.ctl_remove_cache(pc, pc + size)     # the whole block's translation
+        return end
 
     def _run(self, begin: int, until: int, timeout: int) -> None:
         self._errors.clear()
@@ -412,19 +462,20 @@ class NativeHooks:
 
     def _run_tail(self, begin: int, span: tuple[int, int], until: int, timeout: int) -> None:
         """Run from ``begin`` with the instructions of ``span`` (start, size) counted one by
-        one (a code hook on those bytes alone; their translations are dropped before and
-        after); a block outside it stops the run before it is entered."""
+        one (a code hook on those bytes alone; their translations are dropped before, and
+        after by Unicorn itself: deleting a hook invalidates every block translated with
+        it, uc.c uc_hook_del); a block outside it stops the run before it is entered."""
         ctx = self._ctx
         start, size = span
         hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, start, start + size - 1)
         self._uc.ctl_remove_cache(start, start + size)
         ctx.tail_pc, ctx.tail_size, ctx.tail_mode = start, size, 1
+        ctx.fast_off = 1                           # the tail's blocks take block_enter
         try:
             self._run(begin, until, timeout)
         finally:
             ctx.tail_mode = 0
             self._hook_del(hook)
-            self._uc.ctl_remove_cache(start, start + size)
 
     def _settle(self) -> None:
         """Take back what the run did not complete: the last counted instruction if RIP
@@ -436,7 +487,7 @@ class NativeHooks:
             ctx.remaining += 1
         ctx.in_flight = 0
         if ctx.in_block:
-            ctx.in_block = 0
+            ctx.leave_block()
             undone = self._block().count - self._done_in_block(self._uc.reg_read(UC_X86_REG_RIP))
             ctx.instructions -= undone
             ctx.remaining += undone
@@ -521,8 +572,8 @@ class NativeHooks:
 
     @property
     def per_instruction(self) -> bool:
-        """Whether every instruction is counted by a code hook (the reference counter, and
-        what watchpoints need to stop right after an instruction) instead of per block."""
+        """Whether every instruction is counted by a code hook (the reference counter)
+        instead of per block."""
         return self._per_instruction
 
     @per_instruction.setter
@@ -541,13 +592,14 @@ class NativeHooks:
 
     def set_space(self, space: int) -> None:
         """The address space (CR3) the blocks that run next belong to."""
-        self._ctx.space = space
+        self._lib.native_set_space(self._ctx_ptr, space)   # empties the fast table
 
     def forget_blocks(self) -> None:
         """Forget every learnt block: translated code was dropped, or new code loaded."""
         self._check_open()
         self._lib.native_forget_blocks(self._ctx_ptr)
         self._offsets.clear()
+        self._hosts.clear()
 
     def entries(self) -> list[tuple[Mode, int, int]]:
         """The STLB's valid entries: (mode, virtual page, physical page | Fill bits). They
@@ -567,8 +619,8 @@ class NativeHooks:
         before it (the counting hook may or may not have counted it already, and the block
         counter charged its whole block at its entry)."""
         ctx = self._ctx
-        if ctx.in_block:
-            return ctx.block_before + self._done_in_block(pc)
+        if ctx.in_block:       # charged whole at its entry: what came before it, and in it
+            return ctx.instructions - self._block().count + self._done_in_block(pc)
         return ctx.instructions - (1 if ctx.in_flight and ctx.last_pc == pc else 0)
 
     def account(self, completed: int) -> None:
@@ -581,7 +633,8 @@ class NativeHooks:
             return
         ctx.remaining = max(0, ctx.remaining + ctx.instructions - completed)
         ctx.instructions = completed
-        ctx.in_flight = ctx.in_block = 0
+        ctx.in_flight = 0
+        ctx.leave_block()
 
     def stop_soon(self) -> None:
         """End the budget now: the run stops at the next block boundary (per instruction:
@@ -589,6 +642,7 @@ class NativeHooks:
         counting."""
         if self.counting:
             self._ctx.stop_flag = 1
+            self._ctx.fast_off = 1              # after the flag: see native.c block_enter
 
     @property
     def budget(self) -> int | None:
@@ -603,7 +657,8 @@ class NativeHooks:
     @instructions.setter
     def instructions(self, value: int) -> None:
         self._ctx.instructions = value
-        self._ctx.in_flight = self._ctx.in_block = 0
+        self._ctx.in_flight = 0
+        self._ctx.leave_block()
 
     @property
     def blocks(self) -> int:

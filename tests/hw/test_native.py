@@ -500,6 +500,23 @@ def test_stop_from_a_memory_hook_leaves_the_store_to_run_again() -> None:
     assert (rig.hooks.instructions, stores) == (6, [CODE + 3, CODE + 3])
 
 
+def test_stop_from_a_write_hook_lets_the_store_land_first() -> None:
+    """The write hook runs before the store, and the run ends after it with RIP still at
+    the instruction: a read-modify-write run again would store twice unless the store is
+    undone (what the debugger's watchpoints do, emu/debugger/session.py)."""
+    seen: list[int] = []
+
+    def on_write(uc: Uc, _access: int, _address: int, _size: int, value: int, _data) -> None:
+        seen.append(value)
+        uc.emu_stop()
+
+    inc = b"\x48\xff\x04\x25" + imm32(PAGE_A)      # inc qword [PAGE_A]
+    rig, _ = counted(NOP * 3 + inc + NOP + HLT,
+                     lambda r: r.uc.hook_add(UC_HOOK_MEM_WRITE, on_write, None, PAGE_A, PAGE_A))
+    assert (rig.hooks.instructions, rig.rip, seen) == (3, CODE + 3, [1])
+    assert rig.ram[PAGE_A] == 1                        # landed, though RIP is still at inc
+
+
 DATA = 0x200FF8  # a qword that straddles PAGE_A and PAGE_B
 COPY_SRC, COPY_DST = 0x202000, 0x203800
 
@@ -785,3 +802,21 @@ def test_store_into_its_own_block_is_counted_once_by_the_block_counter(counter) 
     assert rig.ram[CODE + 9 : CODE + 11] == b"\x90\x90"
     assert rig.uc.reg_read(UC_X86_REG_RAX) == 0            # inc eax never ran
     assert rig.hooks.instructions == (4 if counter == "block" else 5)
+
+
+def test_a_budget_ending_inside_a_block_runs_the_block_cut_there(counter) -> None:
+    """The block counter stops before a block bigger than the budget left, and runs it
+    again cut where the budget ends (Unicorn's `until`): the cut block's count comes from
+    the whole block's decoding, so nothing is decoded twice, and the stop is exact."""
+    rig = Rig(NOP * 40 + HLT)
+    rig.hooks.set_budget(30)          # beyond a step-sized budget (counted one by one)
+    rig.run()
+    assert (rig.hooks.instructions, rig.hooks.budget, rig.rip) == (30, 0, CODE + 30)
+    if counter == "block":
+        assert rig.learnt == [(CODE, 41)]              # decoded once, at its first entry
+        assert rig.hooks.learned == 2                  # and the cut block known from it
+    else:
+        assert rig.learnt == []
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run(rig.rip)                                   # the rest: nop x 10, hlt
+    assert (rig.hooks.instructions, rig.rip) == (41, CODE + 41)
