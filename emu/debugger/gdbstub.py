@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -105,6 +105,14 @@ class Resume(enum.Enum):
     REVERSE_CONTINUE = "reverse-continue"
 
 
+@dataclass
+class ReverseWatchStop(Stop):
+    """A watchpoint's stop reached going back: before the accessing instruction."""
+
+
+Plan = Generator["Resume", Stop, Stop]    # yields moves, is sent their stops, returns one
+
+
 @dataclass(frozen=True)
 class _Point:
     """A breakpoint or watchpoint gdb inserted: ``Z<type>,<addr>,<kind>``."""
@@ -130,6 +138,7 @@ class GdbStub(gdbregs.RegisterPackets):
         self._running = False
         self._lock = threading.Lock()           # orders Ctrl-C against resuming
         self._watching = None                   # the executive whose events we hear
+        self._plan: Plan | None = None          # a reverse-continue in several moves
         self.conn = rsp.Connection(sock, self._ctrl_c, trace)
         self.conn.start()
         self._watch_events()
@@ -163,6 +172,10 @@ class GdbStub(gdbregs.RegisterPackets):
         with self._lock:
             self._running = False
         self._watch_events()
+        if self._plan is not None:
+            stop = self._plan_next(stop)
+            if stop is None:
+                return True                     # the plan moved the machine on
         self.last_stop = stop
         if self._owed and self.connected:
             self._owed = False
@@ -264,6 +277,18 @@ class GdbStub(gdbregs.RegisterPackets):
         return True
 
     def _start(self, action: Resume) -> None:
+        if action is Resume.REVERSE_CONTINUE and self._watchpoints():
+            self._plan = self._reverse_continue()
+            try:
+                self._do(next(self._plan))
+            except SessionError:
+                self._plan = None
+                raise
+            return
+        self._do(action)
+
+    def _do(self, action: Resume) -> None:
+        """Ask the session for ``action``; it happens once the front end returns."""
         session = self.session
         if action is Resume.STEP:
             session.step(1)
@@ -277,6 +302,85 @@ class GdbStub(gdbregs.RegisterPackets):
             self._owed = False    # gdb waits for no reply, and hangs up
             self.detached = True
             session.kill()        # raises MachineStop out of the run: no more stops
+
+    # -- reverse-continue with watchpoints ---------------------------------------------------
+
+    def _watchpoints(self) -> bool:
+        return any(p.type >= 2 for p in self.points)
+
+    def _plan_next(self, stop: Stop) -> Stop | None:
+        """Feed a stop to the plan under way: None if it moved the machine on again, else
+        the stop to report (the plan's result, or whatever cut it short: Ctrl-C, an end)."""
+        plan = self._plan
+        if not self.connected or stop.reason in (StopReason.INTERRUPT, *NEWS):
+            self._plan = None
+            plan.close()
+            return stop
+        try:
+            action = plan.send(stop)
+        except StopIteration as done:
+            self._plan = None
+            return done.value
+        try:
+            self._do(action)
+        except SessionError:
+            self._plan = None
+            plan.close()
+            return stop
+        with self._lock:
+            self._running = True
+        return None
+
+    def _reverse_continue(self) -> Plan:
+        """gdb's ``bc`` with watchpoints set, as native gdb (and rr) stop going back: at the
+        last breakpoint before now, or BEFORE the last instruction that triggered a
+        watchpoint, so that the value gdb reads there is the one before that access ("Old
+        value" is the later one). The session's reverse-continue stops where the forward run
+        stopped for a watchpoint: after the instruction (SDM Vol. 3B 17.2.4: a data
+        breakpoint is a trap). So: go back one step, and if that instruction triggers a
+        watchpoint (a forward step tells), stop before it; else search with the session, and
+        from a watchpoint's stop go back over the instruction that made it."""
+        last, position = self.last_stop, self.session.position
+        if last is not None and last.reason is StopReason.WATCHPOINT and \
+                last.position == position and not isinstance(last, ReverseWatchStop):
+            stop = yield Resume.REVERSE_STEP
+            return self._as_reverse_watch(last, stop)
+        if position > 0:
+            stop = yield Resume.REVERSE_STEP
+            if stop.reason is StopReason.HISTORY_START:
+                return stop
+            hit = self._breakpoint_here()
+            if hit is not None:
+                return hit
+            ahead = yield Resume.STEP
+            if ahead.reason is StopReason.WATCHPOINT:
+                stop = yield Resume.REVERSE_STEP
+                return self._as_reverse_watch(ahead, stop)
+        stop = yield Resume.REVERSE_CONTINUE
+        if stop.reason is StopReason.WATCHPOINT:
+            before = yield Resume.REVERSE_STEP
+            return self._as_reverse_watch(stop, before)
+        return stop
+
+    @staticmethod
+    def _as_reverse_watch(watch: Stop, stop: Stop) -> Stop:
+        """The watchpoint's stop, told where the step back over its instruction ended."""
+        if stop.reason is not StopReason.STEP:
+            return stop
+        return ReverseWatchStop(StopReason.WATCHPOINT, watch.description + " (going back: "
+                                "stopped before that instruction)", number=watch.number,
+                                watch_kind=watch.watch_kind, address=watch.address,
+                                position=stop.position)
+
+    def _breakpoint_here(self) -> Stop | None:
+        """A breakpoint stop if gdb has one at RIP (Z0/Z1), else None."""
+        rip = self.session.target.register("rip")
+        for point, number in self.points.items():
+            if point.type <= 1 and point.address == rip:
+                return Stop(StopReason.BREAKPOINT, f"Breakpoint {number}, "
+                            f"{self.session.target.symbolize(rip)}", number=number,
+                            position=self.session.position)
+        return None
 
     def _ctrl_c(self) -> None:
         """The reader thread saw ^C: interrupt the running machine, or queue it behind the
