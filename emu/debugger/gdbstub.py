@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from emu import fmt
-from emu.debugger import gdbregs, rsp
+from emu.debugger import gdbregs, gdbthreads, rsp
+from emu.debugger.gdbthreads import KERNEL, ThreadId
 from emu.debugger.rsp import (  # noqa: F401 (GdbServerError, parse_address: for callers)
     PACKETS,
     QUERIES,
@@ -46,6 +47,7 @@ from emu.hw import mmu
 from emu.hw.cpu import Vector
 from emu.nt.events import Event
 from emu.nt.kernel import MachineStop
+from emu.nt.process import Thread
 
 if TYPE_CHECKING:
     from emu.machine import Machine, MachineResult
@@ -53,8 +55,7 @@ if TYPE_CHECKING:
 PACKET_SIZE = 0x4000                # what qSupported announces (PacketSize, hex there)
 MAX_READ = (PACKET_SIZE - 16) // 2  # bytes in one m reply (two hex digits each)
 RCMD_CHUNK = 1024                   # characters of monitor output per O packet
-KERNEL_THREAD = 1                   # the thread id of "no process" (pids are multiples of 4)
-ANY_THREAD, ALL_THREADS = 0, -1
+ANY_THREAD, ALL_THREADS = gdbthreads.ANY, gdbthreads.ALL
 Runner = Callable[[str], str]
 
 
@@ -88,6 +89,7 @@ VECTOR_SIGNAL = {Vector.DE: GdbSignal.SIGFPE, Vector.UD: GdbSignal.SIGILL,
                  Vector.GP: GdbSignal.SIGSEGV, Vector.PF: GdbSignal.SIGSEGV,
                  Vector.SS: GdbSignal.SIGSEGV, Vector.NP: GdbSignal.SIGSEGV,
                  Vector.MF: GdbSignal.SIGFPE, Vector.XM: GdbSignal.SIGFPE}
+XFER_OBJECTS = (b"features", b"threads", b"libraries")
 WATCH_FIELD = {"write": "watch", "read": "rwatch", "access": "awatch"}
 WATCH_KIND = {2: "write", 3: "read", 4: "access"}          # Z2, Z3, Z4
 NEWS = (StopReason.CATCH, StopReason.EXCEPTION, StopReason.BUGCHECK, StopReason.EXITED,
@@ -130,7 +132,7 @@ class GdbStub(gdbregs.RegisterPackets):
         self.session = session
         self.runner = runner or DefaultCommands(self).run
         self.last_stop: Stop | None = None
-        self.thread: int | None = None          # Hg: the pid g/m/... act on; None: the CPU's
+        self.thread: ThreadId | None = None     # Hg: the thread g/m/... act on; None: the CPU's
         self.points: dict[_Point, int] = {}     # what gdb inserted -> the session's number
         self.features: set[str] = set()         # what gdb's qSupported said it understands
         self.detached = False
@@ -139,6 +141,8 @@ class GdbStub(gdbregs.RegisterPackets):
         self._lock = threading.Lock()           # orders Ctrl-C against resuming
         self._watching = None                   # the executive whose events we hear
         self._plan: Plan | None = None          # a reverse-continue in several moves
+        self._xfer_threads: bytes | None = None     # the documents being read in chunks
+        self._xfer_libraries: bytes | None = None
         self.conn = rsp.Connection(sock, self._ctrl_c, trace)
         self.conn.start()
         self._watch_events()
@@ -414,7 +418,7 @@ class GdbStub(gdbregs.RegisterPackets):
             fields.append(f"{self._break_kind(stop)}:")
         elif stop.reason is StopReason.HISTORY_START:
             fields.append("replaylog:begin")
-        fields.append(f"thread:{self._current_thread():x}")
+        fields.append(f"thread:{self._wire(self._current_thread())}")
         return (f"T{int(self._signal(stop)):02x}" + "".join(f + ";" for f in fields)).encode()
 
     def _break_kind(self, stop: Stop) -> str:
@@ -440,30 +444,55 @@ class GdbStub(gdbregs.RegisterPackets):
 
     # -- threads ----------------------------------------------------------------------------
 
-    def _current_thread(self) -> int:
-        pid = self.session.target.current_pid()
-        return KERNEL_THREAD if pid is None else pid
+    @property
+    def multiprocess(self) -> bool:
+        """Whether thread ids travel as ``pPID.TID``: never. gdb offers multiprocess+, but
+        then makes each process an inferior of its own, and gdb 13 gives an inferior it
+        finds in the thread list the default x86-64 description instead of ours (its
+        ``g`` reply is then "too long" and gdb hangs up). Client ids name threads alone
+        (one table for processes and threads, as Windows), and ``info threads`` shows each
+        thread's process in its name and extra info; ``pPID.TID`` ids are still accepted."""
+        return False
 
-    def threads(self) -> list[int]:
-        """gdb's thread list: the live processes, after the kernel while it is on the CPU."""
-        target = self.session.target
-        live = [p.pid for p in target.processes() if p.state != "terminated"]
-        return live if target.current_pid() is not None else [KERNEL_THREAD, *live]
+    def _wire(self, tid: ThreadId) -> str:
+        return tid.wire(self.multiprocess)
+
+    def _current_thread(self) -> ThreadId:
+        return gdbthreads.current(self.session.executive, self.session.target.current_pid())
+
+    def threads(self) -> list[ThreadId]:
+        """gdb's thread list: the thread on the CPU (or the kernel), then every other thread
+        of every live process (emu.debugger.gdbthreads)."""
+        return gdbthreads.listed(self.session.executive, self._current_thread())
+
+    def _selected_thread(self) -> Thread | None:
+        """The thread whose registers g/p read (None: the CPU's own)."""
+        if self.thread is None or self.thread == self._current_thread():
+            return None
+        return gdbthreads.thread_object(self.session.executive, self.thread)
 
     def _selected(self) -> int | None:
-        """The pid register and memory packets act on (None: the CPU's own)."""
-        if self.thread in (None, KERNEL_THREAD, self.session.target.current_pid()):
+        """The pid whose address space memory packets act on (None: the CPU's own)."""
+        pid = None if self.thread is None else self.thread.pid
+        if pid in (None, KERNEL, self.session.target.current_pid()):
             return None
-        return self.thread
+        return pid
 
-    def _thread_id(self, text: bytes) -> int | None:
-        """A thread id of a packet: None for 0 or -1 (any, all), else a listed one."""
-        tid = parse_hex(text, "thread id")
+    def _thread_id(self, text: bytes) -> ThreadId | None:
+        """A thread id of a packet (``TID``, ``pPID.TID``, ``pPID``): None for any or all
+        threads, else a listed thread (the first of PID for ``pPID``); SessionError if
+        there is no such thread."""
+        pid, tid = gdbthreads.parse_thread_id(text)
+        listed = self.threads()
         if tid in (ANY_THREAD, ALL_THREADS):
-            return None
-        if tid not in self.threads():
-            raise SessionError(f"no thread {tid}")
-        return tid
+            if pid in (None, ANY_THREAD, ALL_THREADS):
+                return None
+            found = next((t for t in listed if t.pid == pid), None)
+        else:
+            found = next((t for t in listed if t.tid == tid and pid in (None, t.pid)), None)
+        if found is None:
+            raise SessionError(f"no thread {text.decode('latin-1')}")
+        return found
 
     @packet(PACKETS, "H")
     def _set_thread(self, args: bytes) -> bytes:
@@ -479,16 +508,19 @@ class GdbStub(gdbregs.RegisterPackets):
 
     @packet(PACKETS, "T")
     def _thread_alive(self, args: bytes) -> bytes:
-        return OK if parse_hex(args, "thread id") in self.threads() else error(Errno.NO_THREAD)
+        try:
+            found = self._thread_id(args)
+        except SessionError:
+            return error(Errno.NO_THREAD)
+        return OK if found is not None else error(Errno.NO_THREAD)
 
     @packet(QUERIES, "qC")
     def _current_thread_query(self, args: bytes) -> bytes:
-        return f"QC{self._current_thread():x}".encode()
+        return f"QC{self._wire(self._current_thread())}".encode()
 
     @packet(QUERIES, "qfThreadInfo")
     def _first_threads(self, args: bytes) -> bytes:
-        tids = self.threads()
-        return b"m" + ",".join(f"{tid:x}" for tid in tids).encode() if tids else b"l"
+        return b"m" + ",".join(self._wire(t) for t in self.threads()).encode()
 
     @packet(QUERIES, "qsThreadInfo")
     def _more_threads(self, args: bytes) -> bytes:
@@ -496,18 +528,27 @@ class GdbStub(gdbregs.RegisterPackets):
 
     @packet(QUERIES, "qThreadExtraInfo")
     def _thread_extra(self, args: bytes) -> bytes:
-        """``pid 4 notepad, ring 3``: what ``info threads`` shows beside the id."""
-        tid = parse_hex(args, "thread id")
-        if tid == KERNEL_THREAD:
-            return hex_text("kernel (no process on the CPU), ring 0")
-        proc = next((p for p in self.session.target.processes() if p.pid == tid), None)
-        if proc is None:
-            return error(Errno.NO_THREAD)
+        """``pid 4 threads, tid 8, running, ring 3``: what ``info threads`` shows beside the
+        id (process, thread, state, ring)."""
         try:
-            ring = f", ring {self.session.target.registers(tid)['cs'] & 3}"
-        except TargetError:
-            ring = ", not started"
-        return hex_text(f"pid {proc.pid} {proc.name}{ring}")
+            tid = self._thread_id(args)
+        except SessionError:
+            return error(Errno.NO_THREAD)
+        if tid is None:
+            raise ProtocolError("qThreadExtraInfo needs one thread")
+        return hex_text(self._describe(tid))
+
+    def _describe(self, tid: ThreadId) -> str:
+        return gdbthreads.describe(self.session.executive, tid, self._ring(tid))
+
+    def _ring(self, tid: ThreadId) -> int | None:
+        """The privilege level thread ``tid`` runs (or was stopped) at; None: never run."""
+        if tid == self._current_thread():
+            return self.session.executive.cpu.reg("cs") & 3
+        thread = gdbthreads.thread_object(self.session.executive, tid)
+        if thread is None or thread.context is None:
+            return None
+        return gdbthreads.saved_registers(thread, {})["cs"] & 3
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -592,7 +633,7 @@ class GdbStub(gdbregs.RegisterPackets):
             elif action not in (b"s", b"c"):
                 raise ProtocolError(f"vCont action {action!r} is not supported")
             if thread:
-                parse_hex(thread, "thread id")
+                gdbthreads.parse_thread_id(thread)
             steps |= action[:1] in (b"s", b"S")
         return Resume.STEP if steps else Resume.CONTINUE
 
@@ -649,7 +690,8 @@ class GdbStub(gdbregs.RegisterPackets):
     def _supported(self, args: bytes) -> bytes:
         self.features = {f[:-1].decode("latin-1") for f in args.split(b";") if f[-1:] == b"+"}
         ours = [f"PacketSize={PACKET_SIZE:x}", "QStartNoAckMode+", "qXfer:features:read+",
-                "swbreak+", "hwbreak+", "vContSupported+"]
+                "qXfer:threads:read+", "qXfer:libraries:read+", "swbreak+", "hwbreak+",
+                "vContSupported+"]
         if self.session.factory is not None:
             ours += ["ReverseStep+", "ReverseContinue+"]
         return ";".join(ours).encode()
@@ -668,16 +710,44 @@ class GdbStub(gdbregs.RegisterPackets):
 
     @packet(QUERIES, "qXfer")
     def _xfer(self, args: bytes) -> bytes:
-        """``qXfer:features:read:target.xml:OFFSET,LENGTH``: the target description."""
+        """``qXfer:OBJECT:read:ANNEX:OFFSET,LENGTH`` for the target description
+        (``features``, annex ``target.xml``), the thread list (``threads``) and the loaded
+        images (``libraries``): the document's bytes from OFFSET, ``m`` more to come or
+        ``l`` last. An unknown object: the empty reply; a bad annex or range: ``E01``."""
         parts = args.split(b":")
-        if len(parts) != 4 or parts[:2] != [b"features", b"read"]:
+        if len(parts) != 4 or parts[1] != b"read" or parts[0] not in XFER_OBJECTS:
             return UNSUPPORTED
-        if parts[2] != b"target.xml":
-            return error(Errno.BAD_PACKET)
         offset, length = _address_length(parts[3])
-        xml = gdbregs.TARGET_XML
-        chunk = xml[offset:offset + min(length, MAX_READ)]
-        return (b"l" if offset + len(chunk) >= len(xml) else b"m") + chunk
+        if parts[0] == b"features":
+            if parts[2] != b"target.xml":
+                return error(Errno.BAD_PACKET)
+            document = gdbregs.TARGET_XML
+        elif parts[2]:
+            return error(Errno.BAD_PACKET)          # threads and libraries have no annex
+        elif parts[0] == b"threads":
+            document = self._threads_document(offset)
+        else:
+            document = self._libraries_document(offset)
+        chunk = document[offset:offset + min(length, MAX_READ)]
+        return (b"l" if offset + len(chunk) >= len(document) else b"m") + chunk
+
+    def _threads_document(self, offset: int) -> bytes:
+        """qXfer:threads: made at offset 0, the same bytes for the reads that follow."""
+        if offset == 0 or self._xfer_threads is None:
+            ex = self.session.executive
+            entries = []
+            for tid in self.threads():
+                thread = gdbthreads.thread_object(ex, tid)
+                name = thread.process.name if thread is not None else "kernel"
+                entries.append((tid, name, self._describe(tid)))
+            self._xfer_threads = gdbthreads.threads_xml(entries, self.multiprocess)
+        return self._xfer_threads
+
+    def _libraries_document(self, offset: int) -> bytes:
+        """qXfer:libraries: the drivers loaded (emu.debugger.gdbthreads.libraries_xml)."""
+        if offset == 0 or self._xfer_libraries is None:
+            self._xfer_libraries = gdbthreads.libraries_xml(self.session.executive)
+        return self._xfer_libraries
 
     @packet(QUERIES, "qRcmd")
     def _monitor(self, args: bytes) -> bytes:

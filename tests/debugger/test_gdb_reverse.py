@@ -132,10 +132,10 @@ def test_reverse_watch_stop_reply_names_the_address() -> None:
         handshake(c)
         sink = s.machine.processes[0].image.symbols["work_sink"]
         assert c.cmd(f"Z2,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05watch:{sink:x};thread:4;".encode()
+        assert c.cmd("c") == f"T05watch:{sink:x};thread:8;".encode()
         after = c.register("rip")
-        assert c.cmd("bc") == f"T05watch:{sink:x};thread:4;".encode()
+        assert c.cmd("bc") == f"T05watch:{sink:x};thread:8;".encode()
         assert c.register("rip") == store_to(s, "work_sink") < after
-        assert c.cmd("bc") == b"T05replaylog:begin;thread:4;"
+        assert c.cmd("bc") == b"T05replaylog:begin;thread:8;"
         assert c.cmd(f"z2,{sink:x},8") == b"OK"
         assert c.cmd("c") == b"W00"
