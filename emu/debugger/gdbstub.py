@@ -6,9 +6,11 @@ until it detaches. At every stop the session calls ``GdbStub.on_stop``, which se
 stop reply owed to gdb's last ``s``/``c``/``vCont``, then answers packets until one of
 them resumes the machine (GDB manual, appendix E: "Packets", "Stop Reply Packets").
 
-What gdb sees: each live process is a thread whose id is its pid, and while no process is
-on the CPU (a DriverEntry at boot) the kernel is thread 1; ``g``/``p`` read the registers
-of the thread chosen with ``Hg`` (default: the CPU's) in the layout of
+What gdb sees: each thread of each live process is a gdb thread whose id is its tid, and
+while no process is on the CPU (a DriverEntry at boot) the kernel is thread 1
+(emu.debugger.gdbthreads, which also lists the drivers as gdb's shared libraries);
+``g``/``p`` read the registers of the thread chosen with ``Hg`` (default: the CPU's) in the
+layout of
 emu.debugger.gdbregs; ``m``/``M``/``X`` go through the page walker in that process's
 address space; ``Z0``/``Z1`` are the session's breakpoints, ``Z2``-``Z4`` its watchpoints;
 ``monitor CMD`` runs a debugger command. Only ``k`` and ``D`` end anything: a malformed
