@@ -885,11 +885,18 @@ def attach(session: Session, host: str = "127.0.0.1", port: int = 0, *,
     True if gdb resumed the machine: its stops go to gdb until it detaches, then back to the
     session's previous front end. False if gdb left before resuming."""
     sock = _wait_for_gdb(host, port, log, ready, allow_remote, accept_timeout)
+    # While gdb has the session, going back re-executes from boot in this process: a
+    # snapshot is a forked emulator, and its copy of the stub would have no thread reading
+    # gdb's socket (threads do not survive fork), while this one's would go on reading it.
+    ring, session.snapshots = session.snapshots, None
+    if ring is not None:
+        ring.forget_all()
     stub = GdbStub(session, sock, runner=runner, trace=trace)
     previous = session.on_stop
 
     def give_back() -> None:
         session.on_stop = previous
+        session.snapshots = ring           # snapshots again, from the next instruction on
         stub.close()
         _announce(log, "gdb stub: gdb has gone; the debugger has the machine again")
 

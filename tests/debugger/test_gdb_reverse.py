@@ -4,12 +4,16 @@ the forward run was, register for register, as native gdb's reverse execution do
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_OP_MEM, X86_REG_RIP
-from test_gdb_real import GDB, gdb, no_complaints
-from test_gdbstub import handshake, served
+from test_gdb_real import ENV, GDB, gdb, gdb_command, no_complaints
+from test_gdbstub import TIMEOUT, handshake, served
 
 from emu.debugger.target import LiveTarget
 
@@ -139,3 +143,38 @@ def test_reverse_watch_stop_reply_names_the_address() -> None:
         assert c.cmd("bc") == b"T05replaylog:begin;thread:8;"
         assert c.cmd(f"z2,{sink:x},8") == b"OK"
         assert c.cmd("c") == b"W00"
+
+
+def test_going_back_under_the_shell_s_gdbserver_with_snapshots_on() -> None:
+    """`emu debug` takes a snapshot (a forked emulator) every 2000 instructions here; gdb
+    attached through `gdbserver` still goes back and on, in the emulator it talks to."""
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "lend.gdb"
+        script.write_text("gdbserver 127.0.0.1:0\nposition\n")
+        emu = subprocess.Popen([sys.executable, "-m", "emu", "debug", "--snapshot-interval",
+                                "2000", "-x", str(script), "guest/build/apps/counter", "a",
+                                "3", "2000"], cwd=root, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        try:
+            port = None
+            while port is None:
+                line = emu.stdout.readline()
+                assert line, "the debugger never listened"
+                found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+                port = found and int(found.group(1))
+            args = gdb_command(port, ("break printf", "continue", *show(), "continue",
+                                      "reverse-continue", *show(), "reverse-stepi",
+                                      *show(), "detach"), "counter")
+            out = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT,
+                                 env=ENV)
+            shell = emu.communicate(timeout=TIMEOUT)[0]
+        finally:
+            emu.kill()
+    text = out.stdout + out.stderr
+    no_complaints(text)
+    first, back, before = register_dumps(text)
+    assert back == first                                   # the first call of printf again
+    assert int(before["rip"], 16) < int(first["rip"], 16)  # back in main, on its call
+    assert "[Inferior 1 (Remote target) detached]" in text
+    assert "gdb has gone; the debugger has the machine again" in shell
