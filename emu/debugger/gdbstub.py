@@ -283,8 +283,9 @@ class GdbStub(gdbregs.RegisterPackets):
         return True
 
     def _start(self, action: Resume) -> None:
-        if action is Resume.REVERSE_CONTINUE and self._watchpoints():
-            self._plan = self._reverse_continue()
+        if action in (Resume.REVERSE_CONTINUE, Resume.REVERSE_STEP) and self._watchpoints():
+            self._plan = self._reverse_continue() if action is Resume.REVERSE_CONTINUE \
+                else self._reverse_step()
             try:
                 self._do(next(self._plan))
             except SessionError:
@@ -367,6 +368,23 @@ class GdbStub(gdbregs.RegisterPackets):
             before = yield Resume.REVERSE_STEP
             return self._as_reverse_watch(stop, before)
         return stop
+
+    def _reverse_step(self) -> Plan:
+        """gdb's ``bs`` with watchpoints set: one step back, told as a watchpoint's stop when
+        the instruction stepped back over triggered one (as native gdb reports it, so that
+        gdb's copy of the watched value follows the machine's; else a later forward write
+        of the same value would look unchanged to gdb, and go unreported)."""
+        last, position = self.last_stop, self.session.position
+        stop = yield Resume.REVERSE_STEP
+        if last is not None and last.reason is StopReason.WATCHPOINT and \
+                last.position == position and not isinstance(last, ReverseWatchStop):
+            return self._as_reverse_watch(last, stop)
+        if stop.reason is not StopReason.STEP:
+            return stop
+        ahead = yield Resume.STEP                   # does that instruction trigger one?
+        back = yield Resume.REVERSE_STEP
+        return self._as_reverse_watch(ahead, back) \
+            if ahead.reason is StopReason.WATCHPOINT else back
 
     @staticmethod
     def _as_reverse_watch(watch: Stop, stop: Stop) -> Stop:

@@ -178,3 +178,31 @@ def test_going_back_under_the_shell_s_gdbserver_with_snapshots_on() -> None:
     assert int(before["rip"], 16) < int(first["rip"], 16)  # back in main, on its call
     assert "[Inferior 1 (Remote target) detached]" in text
     assert "gdb has gone; the debugger has the machine again" in shell
+
+
+def test_stepping_back_over_a_watched_write_is_a_watchpoint_stop() -> None:
+    """As native gdb: stepi over the store reports the watchpoint, and so does reverse-stepi
+    back over it (RIP on the store, the old value back); any other step back is a plain
+    step."""
+    with served(("counter", ["a", "2", "10"]), factory=True) as s:
+        c = s.client
+        handshake(c)
+        sink = s.machine.processes[0].image.symbols["work_sink"]
+        store = store_to(s, "work_sink")
+        assert c.cmd(f"Z0,{store:x},1") == b"OK"
+        assert c.cmd("c") == b"T05swbreak:;thread:8;"
+        assert c.cmd(f"z0,{store:x},1") == b"OK"
+        old = c.cmd(f"m{sink:x},8")
+        assert c.cmd(f"Z2,{sink:x},8") == b"OK"
+        assert c.cmd("s") == f"T05watch:{sink:x};thread:8;".encode()
+        new = c.cmd(f"m{sink:x},8")
+        assert new != old
+        assert c.cmd("bs") == f"T05watch:{sink:x};thread:8;".encode()
+        assert c.register("rip") == store and c.cmd(f"m{sink:x},8") == old
+        assert c.cmd("bs") == b"T05thread:8;"                  # the instruction before
+        assert c.register("rip") < store
+        assert c.cmd("s") == b"T05thread:8;"
+        assert c.cmd("s") == f"T05watch:{sink:x};thread:8;".encode()   # the store again
+        assert c.cmd(f"m{sink:x},8") == new
+        assert c.cmd(f"z2,{sink:x},8") == b"OK"
+        assert c.cmd("c") == b"W00"
