@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
 from emu.debugger.rsp import ProtocolError, parse_hex
+from emu.hw.descriptors import Selector
 from emu.nt import dump
+from emu.nt.kernel import USER_RFLAGS
 from emu.nt.process import ProcessState, Thread, ThreadState
 
 if TYPE_CHECKING:
@@ -102,10 +104,15 @@ def thread_object(ex: Executive, tid: ThreadId) -> Thread | None:
 def saved_registers(thread: Thread, cpu_registers: dict[str, int]) -> dict[str, int]:
     """A thread off the CPU: the CPU's shared registers, with its saved context over them
     (the context a context switch saved: emu.nt.dump.THREAD_REGISTERS) and its process's
-    CR3; one that has never run is at its start address and stack."""
+    CR3; one that has never run shows the state it will start in (KiStartUserThread,
+    emu.nt.kernel: its start routine, its stack, its argument in RDI, IF set, ring 3
+    selectors; every other general register 0)."""
     proc = thread.process
     if thread.context is None:
-        return {"rip": thread.start_rip, "rsp": thread.start_rsp, "cr3": proc.space.cr3}
+        code = Selector.USER_CODE if proc.bits == 64 else Selector.USER_CODE32
+        return {"rip": thread.start_rip, "rsp": thread.start_rsp, "rdi": thread.start_arg,
+                "rflags": USER_RFLAGS, "cs": code, "ss": Selector.USER_DATA,
+                "cr3": proc.space.cr3}
     regs = dict(cpu_registers)
     regs.update(dump.context_registers(thread.context))
     regs["cr3"] = proc.space.cr3

@@ -125,7 +125,7 @@ def test_the_threads_of_one_process_are_gdb_threads() -> None:
     with served(("threads", []), connect=False) as s:
         routine = s.machine.processes[0].image.symbols["add_atomically"]
         out = gdb(s, "break add_atomically", "continue", "info threads", "thread 1",
-                  "info registers rip", "thread 3", "info registers rip rsp", "thread 2",
+                  "info registers rip", "thread 3", "info registers rip rsp rdi", "thread 2",
                   "info registers rip", program="threads")
         no_complaints(out)
         main, first, second = (t.tid for t in s.machine.processes[0].threads)
@@ -140,8 +140,11 @@ def test_the_threads_of_one_process_are_gdb_threads() -> None:
         wait = s.machine.processes[0].image.symbols["NtWaitForSingleObject"]
         assert wait < rips[0] < wait + 16                       # main thread: in its wait
         assert rips[1:] == [routine, routine]                   # the others: their start
-        stacks = re.findall(r"^rsp\s+(0x[0-9a-f]+)", out, re.M)
-        assert int(stacks[0], 16) != 0
+        # the thread not started yet: its own stack, its argument (index 1) in RDI
+        third = s.machine.processes[0].threads[2]
+        assert re.search(rf"^rsp\s+{third.start_rsp:#x}\s", out, re.M)
+        assert re.search(r"^rdi\s+0x1\s", out, re.M)
+        assert re.search(rf"  3\s+Thread {second} .*add_atomically \(argument=0x1\)", out)
 
 
 def test_every_register_of_the_description() -> None:
