@@ -550,12 +550,12 @@ class GdbStub(gdbregs.RegisterPackets):
     def _thread_extra(self, args: bytes) -> bytes:
         """``pid 4 threads, tid 8, running, ring 3``: what ``info threads`` shows beside the
         id (process, thread, state, ring)."""
+        if gdbthreads.parse_thread_id(args)[1] in (ANY_THREAD, ALL_THREADS):
+            raise ProtocolError("qThreadExtraInfo needs one thread")
         try:
             tid = self._thread_id(args)
         except SessionError:
             return error(Errno.NO_THREAD)
-        if tid is None:
-            raise ProtocolError("qThreadExtraInfo needs one thread")
         return hex_text(self._describe(tid))
 
     def _describe(self, tid: ThreadId) -> str:

@@ -730,6 +730,15 @@ def test_ack_mode_resends_a_reply_on_nak() -> None:
     (f"qXfer:features:read:target.xml:{'f' * 16},{'f' * 32}", b"l"),
     ("vCont;s:zz", b"E01"), ("vCont;c;;", b"E01"), ("vCont;Czz", b"E01"),
     ("M0,1:" + "g" * 2, b"E01"),
+    # thread ids (pPID.TID too), the thread and library lists
+    ("Hgpzz", b"E01"), ("Hgp4.zz", b"E01"), ("Hgp", b"E01"), ("Hgp-2.1", b"E01"),
+    ("Hgp4.-2", b"E01"), ("Hg-2", b"E01"), ("Tp4.", b"E01"), ("Hgp4.c", b"E02"),
+    ("qThreadExtraInfo,-1", b"E01"), ("qThreadExtraInfo,p4.-1", b"E01"),
+    ("qThreadExtraInfo,p4.63", b"E02"), ("vCont;s:p4.zz", b"E01"),
+    ("qXfer:threads:read:x:0,10", b"E01"), ("qXfer:threads:read::zz", b"E01"),
+    ("qXfer:libraries:read:a.xml:0,10", b"E01"), ("qXfer:libraries:read::0", b"E01"),
+    ("qXfer:libraries:write::0,10", b""), ("qXfer:threads:read:", b""),
+    (f"qXfer:libraries:read::{'f' * 16},10", b"l"),
 ])
 def test_malformed_packets_get_error_replies(packet: str, reply: bytes) -> None:
     with hello() as s:
