@@ -204,7 +204,8 @@ class GdbStub(gdbregs.RegisterPackets):
     def _on_event(self, event: Event, details: dict[str, Any]) -> None:
         """While the machine runs for gdb, tell it of processes that end (gdb would not
         notice a thread going)."""
-        if event is not Event.PROCESS_EXIT or not self._owed or not self.connected:
+        if event is not Event.PROCESS_EXIT or not self._owed or not self.connected or \
+                self._plan is not None:       # a reverse plan's probe: told already
             return
         proc = details["process"]
         if proc.exception is not None:
@@ -317,9 +318,11 @@ class GdbStub(gdbregs.RegisterPackets):
 
     def _plan_next(self, stop: Stop) -> Stop | None:
         """Feed a stop to the plan under way: None if it moved the machine on again, else
-        the stop to report (the plan's result, or whatever cut it short: Ctrl-C, an end)."""
+        the stop to report (the plan's result, or Ctrl-C, which cuts it short). Other stops
+        are the plan's to judge: its probing step may meet again the fault or the end the
+        machine stopped at before."""
         plan = self._plan
-        if not self.connected or stop.reason in (StopReason.INTERRUPT, *NEWS):
+        if not self.connected or stop.reason is StopReason.INTERRUPT:
             self._plan = None
             plan.close()
             return stop

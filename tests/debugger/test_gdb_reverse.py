@@ -206,3 +206,23 @@ def test_stepping_back_over_a_watched_write_is_a_watchpoint_stop() -> None:
         assert c.cmd(f"m{sink:x},8") == new
         assert c.cmd(f"z2,{sink:x},8") == b"OK"
         assert c.cmd("c") == b"W00"
+
+
+def test_going_back_from_a_crash_with_a_watchpoint_set() -> None:
+    """From the SIGSEGV stop, going back finds the last write to the watched stack slot (the
+    push of `call main`, stopped before it), then boot; the crash is not told again."""
+    with served(("badread", []), factory=True) as s:
+        c = s.client
+        handshake(c)
+        rsp = c.register("rsp")
+        assert c.cmd(f"Z2,{rsp - 8:x},8") == b"OK"          # main's return address slot
+        assert c.cmd("c") == f"T05watch:{rsp - 8:x};thread:8;".encode()   # call main
+        ret = int.from_bytes(bytes.fromhex(c.cmd(f"m{rsp - 8:x},8").decode()), "little")
+        assert c.cmd("c") == b"T0bthread:8;"                  # the kernel read: SIGSEGV
+        assert 'process 4 "badread" terminated' in "".join(c.console)
+        c.console.clear()
+        assert c.cmd("bc") == f"T05watch:{rsp - 8:x};thread:8;".encode()
+        assert c.register("rip") + 5 == ret                   # on the call, before its push
+        assert c.console == []                                # the crash is not told again
+        assert c.cmd("bc") == b"T05replaylog:begin;thread:8;"
+        c.send(b"k")
