@@ -142,7 +142,7 @@ class GdbStub(gdbregs.RegisterPackets):
         self._running = False
         self._lock = threading.Lock()           # orders Ctrl-C against resuming
         self._watching = None                   # the executive whose events we hear
-        self._plan: Plan | None = None          # a reverse-continue in several moves
+        self._plan: Plan | None = None          # a reverse move made of several moves
         self._xfer_threads: bytes | None = None     # the documents being read in chunks
         self._xfer_libraries: bytes | None = None
         self.conn = rsp.Connection(sock, self._ctrl_c, trace)
@@ -311,7 +311,7 @@ class GdbStub(gdbregs.RegisterPackets):
             self.detached = True
             session.kill()        # raises MachineStop out of the run: no more stops
 
-    # -- reverse-continue with watchpoints ---------------------------------------------------
+    # -- going back with watchpoints set ----------------------------------------------------
 
     def _watchpoints(self) -> bool:
         return any(p.type >= 2 for p in self.points)
