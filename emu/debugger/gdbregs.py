@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from emu.debugger.records import TargetError
+from emu.debugger.gdbthreads import saved_registers
 from emu.debugger.rsp import PACKETS, ProtocolError, packet, parse_hex, parse_hex_bytes
 from emu.debugger.stops import SessionError
 from emu.hw.mmu import CR0, CR4, EFER
@@ -224,37 +224,27 @@ WRITABLE = frozenset({*GPR_NAMES, "rip", "eflags", *FPU_NAMES})   # what g/P may
 class RegisterPackets:
     """``g``, ``G``, ``p``, ``P``: the registers of the thread gdb selected with ``Hg``, the
     CPU's when it is the one running (a mixin of emu.debugger.gdbstub.GdbStub, which
-    provides ``session`` and ``_selected``)."""
+    provides ``session`` and ``_selected_thread``)."""
 
     session: Any
 
-    def _selected(self) -> int | None:
+    def _selected_thread(self) -> Any:
         raise NotImplementedError
 
     def register_values(self) -> dict[str, int]:
         """The selected thread's registers by gdb's names (absent ones read as 0)."""
-        target, pid = self.session.target, self._selected()
-        if pid is None:
-            regs = dict(target.registers())
+        thread = self._selected_thread()
+        regs = dict(self.session.target.registers())
+        if thread is None:
             regs.update(fpu_values(self.session.executive.cpu))
-        else:
-            regs = self._saved_registers(pid)
+        else:                   # off the CPU: its saved context (emu.debugger.gdbthreads)
+            regs = saved_registers(thread, regs)
         regs.setdefault("eflags", regs.get("rflags", 0))
         return regs
 
-    def _saved_registers(self, pid: int) -> dict[str, int]:
-        """A process off the CPU: its thread's saved context, or where it will start."""
-        target = self.session.target
-        try:
-            return dict(target.registers(pid))
-        except TargetError:
-            proc = target.process(pid)
-            rip = next((t.rip for t in proc.threads if t.rip is not None), 0)
-            return {"rip": rip, "cr3": proc.cr3}
-
     def _set_register(self, name: str, value: int) -> None:
-        if self._selected() is not None:
-            raise SessionError("only the registers of the process on the CPU can be changed")
+        if self._selected_thread() is not None:
+            raise SessionError("only the registers of the thread on the CPU can be changed")
         if name in FPU_NAMES:
             set_fpu_register(self.session.executive.cpu, name, value)
         else:

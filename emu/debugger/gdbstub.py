@@ -6,9 +6,11 @@ until it detaches. At every stop the session calls ``GdbStub.on_stop``, which se
 stop reply owed to gdb's last ``s``/``c``/``vCont``, then answers packets until one of
 them resumes the machine (GDB manual, appendix E: "Packets", "Stop Reply Packets").
 
-What gdb sees: each live process is a thread whose id is its pid, and while no process is
-on the CPU (a DriverEntry at boot) the kernel is thread 1; ``g``/``p`` read the registers
-of the thread chosen with ``Hg`` (default: the CPU's) in the layout of
+What gdb sees: each thread of each live process is a gdb thread whose id is its tid, and
+while no process is on the CPU (a DriverEntry at boot) the kernel is thread 1
+(emu.debugger.gdbthreads, which also lists the drivers as gdb's shared libraries);
+``g``/``p`` read the registers of the thread chosen with ``Hg`` (default: the CPU's) in the
+layout of
 emu.debugger.gdbregs; ``m``/``M``/``X`` go through the page walker in that process's
 address space; ``Z0``/``Z1`` are the session's breakpoints, ``Z2``-``Z4`` its watchpoints;
 ``monitor CMD`` runs a debugger command. Only ``k`` and ``D`` end anything: a malformed
@@ -20,12 +22,13 @@ from __future__ import annotations
 import enum
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from emu import fmt
-from emu.debugger import gdbregs, rsp
+from emu.debugger import gdbregs, gdbthreads, rsp
+from emu.debugger.gdbthreads import KERNEL, ThreadId
 from emu.debugger.rsp import (  # noqa: F401 (GdbServerError, parse_address: for callers)
     PACKETS,
     QUERIES,
@@ -46,6 +49,7 @@ from emu.hw import mmu
 from emu.hw.cpu import Vector
 from emu.nt.events import Event
 from emu.nt.kernel import MachineStop
+from emu.nt.process import Thread
 
 if TYPE_CHECKING:
     from emu.machine import Machine, MachineResult
@@ -53,8 +57,7 @@ if TYPE_CHECKING:
 PACKET_SIZE = 0x4000                # what qSupported announces (PacketSize, hex there)
 MAX_READ = (PACKET_SIZE - 16) // 2  # bytes in one m reply (two hex digits each)
 RCMD_CHUNK = 1024                   # characters of monitor output per O packet
-KERNEL_THREAD = 1                   # the thread id of "no process" (pids are multiples of 4)
-ANY_THREAD, ALL_THREADS = 0, -1
+ANY_THREAD, ALL_THREADS = gdbthreads.ANY, gdbthreads.ALL
 Runner = Callable[[str], str]
 
 
@@ -88,6 +91,7 @@ VECTOR_SIGNAL = {Vector.DE: GdbSignal.SIGFPE, Vector.UD: GdbSignal.SIGILL,
                  Vector.GP: GdbSignal.SIGSEGV, Vector.PF: GdbSignal.SIGSEGV,
                  Vector.SS: GdbSignal.SIGSEGV, Vector.NP: GdbSignal.SIGSEGV,
                  Vector.MF: GdbSignal.SIGFPE, Vector.XM: GdbSignal.SIGFPE}
+XFER_OBJECTS = (b"features", b"threads", b"libraries")
 WATCH_FIELD = {"write": "watch", "read": "rwatch", "access": "awatch"}
 WATCH_KIND = {2: "write", 3: "read", 4: "access"}          # Z2, Z3, Z4
 NEWS = (StopReason.CATCH, StopReason.EXCEPTION, StopReason.BUGCHECK, StopReason.EXITED,
@@ -103,6 +107,14 @@ class Resume(enum.Enum):
     DETACH = "detach"
     REVERSE_STEP = "reverse-step"
     REVERSE_CONTINUE = "reverse-continue"
+
+
+@dataclass
+class ReverseWatchStop(Stop):
+    """A watchpoint's stop reached going back: before the accessing instruction."""
+
+
+Plan = Generator["Resume", Stop, Stop]    # yields moves, is sent their stops, returns one
 
 
 @dataclass(frozen=True)
@@ -122,7 +134,7 @@ class GdbStub(gdbregs.RegisterPackets):
         self.session = session
         self.runner = runner or DefaultCommands(self).run
         self.last_stop: Stop | None = None
-        self.thread: int | None = None          # Hg: the pid g/m/... act on; None: the CPU's
+        self.thread: ThreadId | None = None     # Hg: the thread g/m/... act on; None: the CPU's
         self.points: dict[_Point, int] = {}     # what gdb inserted -> the session's number
         self.features: set[str] = set()         # what gdb's qSupported said it understands
         self.detached = False
@@ -130,6 +142,9 @@ class GdbStub(gdbregs.RegisterPackets):
         self._running = False
         self._lock = threading.Lock()           # orders Ctrl-C against resuming
         self._watching = None                   # the executive whose events we hear
+        self._plan: Plan | None = None          # a reverse move made of several moves
+        self._xfer_threads: bytes | None = None     # the documents being read in chunks
+        self._xfer_libraries: bytes | None = None
         self.conn = rsp.Connection(sock, self._ctrl_c, trace)
         self.conn.start()
         self._watch_events()
@@ -163,6 +178,10 @@ class GdbStub(gdbregs.RegisterPackets):
         with self._lock:
             self._running = False
         self._watch_events()
+        if self._plan is not None:
+            stop = self._plan_next(stop)
+            if stop is None:
+                return True                     # the plan moved the machine on
         self.last_stop = stop
         if self._owed and self.connected:
             self._owed = False
@@ -185,7 +204,8 @@ class GdbStub(gdbregs.RegisterPackets):
     def _on_event(self, event: Event, details: dict[str, Any]) -> None:
         """While the machine runs for gdb, tell it of processes that end (gdb would not
         notice a thread going)."""
-        if event is not Event.PROCESS_EXIT or not self._owed or not self.connected:
+        if event is not Event.PROCESS_EXIT or not self._owed or not self.connected or \
+                self._plan is not None:       # a reverse plan's probe: told already
             return
         proc = details["process"]
         if proc.exception is not None:
@@ -264,6 +284,19 @@ class GdbStub(gdbregs.RegisterPackets):
         return True
 
     def _start(self, action: Resume) -> None:
+        if action in (Resume.REVERSE_CONTINUE, Resume.REVERSE_STEP) and self._watchpoints():
+            self._plan = self._reverse_continue() if action is Resume.REVERSE_CONTINUE \
+                else self._reverse_step()
+            try:
+                self._do(next(self._plan))
+            except SessionError:
+                self._plan = None
+                raise
+            return
+        self._do(action)
+
+    def _do(self, action: Resume) -> None:
+        """Ask the session for ``action``; it happens once the front end returns."""
         session = self.session
         if action is Resume.STEP:
             session.step(1)
@@ -277,6 +310,104 @@ class GdbStub(gdbregs.RegisterPackets):
             self._owed = False    # gdb waits for no reply, and hangs up
             self.detached = True
             session.kill()        # raises MachineStop out of the run: no more stops
+
+    # -- going back with watchpoints set ----------------------------------------------------
+
+    def _watchpoints(self) -> bool:
+        return any(p.type >= 2 for p in self.points)
+
+    def _plan_next(self, stop: Stop) -> Stop | None:
+        """Feed a stop to the plan under way: None if it moved the machine on again, else
+        the stop to report (the plan's result, or Ctrl-C, which cuts it short). Other stops
+        are the plan's to judge: its probing step may meet again the fault or the end the
+        machine stopped at before."""
+        plan = self._plan
+        if not self.connected or stop.reason is StopReason.INTERRUPT:
+            self._plan = None
+            plan.close()
+            return stop
+        try:
+            action = plan.send(stop)
+        except StopIteration as done:
+            self._plan = None
+            return done.value
+        try:
+            self._do(action)
+        except SessionError:
+            self._plan = None
+            plan.close()
+            return stop
+        with self._lock:
+            self._running = True
+        return None
+
+    def _reverse_continue(self) -> Plan:
+        """gdb's ``bc`` with watchpoints set, as native gdb (and rr) stop going back: at the
+        last breakpoint before now, or BEFORE the last instruction that triggered a
+        watchpoint, so that the value gdb reads there is the one before that access ("Old
+        value" is the later one). The session's reverse-continue stops where the forward run
+        stopped for a watchpoint: after the instruction (SDM Vol. 3B 17.2.4: a data
+        breakpoint is a trap). So: go back one step, and if that instruction triggers a
+        watchpoint (a forward step tells), stop before it; else search with the session, and
+        from a watchpoint's stop go back over the instruction that made it."""
+        last, position = self.last_stop, self.session.position
+        if last is not None and last.reason is StopReason.WATCHPOINT and \
+                last.position == position and not isinstance(last, ReverseWatchStop):
+            stop = yield Resume.REVERSE_STEP
+            return self._as_reverse_watch(last, stop)
+        if position > 0:
+            stop = yield Resume.REVERSE_STEP
+            if stop.reason is StopReason.HISTORY_START:
+                return stop
+            hit = self._breakpoint_here()
+            if hit is not None:
+                return hit
+            ahead = yield Resume.STEP
+            if ahead.reason is StopReason.WATCHPOINT:
+                stop = yield Resume.REVERSE_STEP
+                return self._as_reverse_watch(ahead, stop)
+        stop = yield Resume.REVERSE_CONTINUE
+        if stop.reason is StopReason.WATCHPOINT:
+            before = yield Resume.REVERSE_STEP
+            return self._as_reverse_watch(stop, before)
+        return stop
+
+    def _reverse_step(self) -> Plan:
+        """gdb's ``bs`` with watchpoints set: one step back, told as a watchpoint's stop when
+        the instruction stepped back over triggered one (as native gdb reports it, so that
+        gdb's copy of the watched value follows the machine's; else a later forward write
+        of the same value would look unchanged to gdb, and go unreported)."""
+        last, position = self.last_stop, self.session.position
+        stop = yield Resume.REVERSE_STEP
+        if last is not None and last.reason is StopReason.WATCHPOINT and \
+                last.position == position and not isinstance(last, ReverseWatchStop):
+            return self._as_reverse_watch(last, stop)
+        if stop.reason is not StopReason.STEP:
+            return stop
+        ahead = yield Resume.STEP                   # does that instruction trigger one?
+        back = yield Resume.REVERSE_STEP
+        return self._as_reverse_watch(ahead, back) \
+            if ahead.reason is StopReason.WATCHPOINT else back
+
+    @staticmethod
+    def _as_reverse_watch(watch: Stop, stop: Stop) -> Stop:
+        """The watchpoint's stop, told where the step back over its instruction ended."""
+        if stop.reason is not StopReason.STEP:
+            return stop
+        return ReverseWatchStop(StopReason.WATCHPOINT, watch.description + " (going back: "
+                                "stopped before that instruction)", number=watch.number,
+                                watch_kind=watch.watch_kind, address=watch.address,
+                                position=stop.position)
+
+    def _breakpoint_here(self) -> Stop | None:
+        """A breakpoint stop if gdb has one at RIP (Z0/Z1), else None."""
+        rip = self.session.target.register("rip")
+        for point, number in self.points.items():
+            if point.type <= 1 and point.address == rip:
+                return Stop(StopReason.BREAKPOINT, f"Breakpoint {number}, "
+                            f"{self.session.target.symbolize(rip)}", number=number,
+                            position=self.session.position)
+        return None
 
     def _ctrl_c(self) -> None:
         """The reader thread saw ^C: interrupt the running machine, or queue it behind the
@@ -310,7 +441,7 @@ class GdbStub(gdbregs.RegisterPackets):
             fields.append(f"{self._break_kind(stop)}:")
         elif stop.reason is StopReason.HISTORY_START:
             fields.append("replaylog:begin")
-        fields.append(f"thread:{self._current_thread():x}")
+        fields.append(f"thread:{self._wire(self._current_thread())}")
         return (f"T{int(self._signal(stop)):02x}" + "".join(f + ";" for f in fields)).encode()
 
     def _break_kind(self, stop: Stop) -> str:
@@ -336,30 +467,55 @@ class GdbStub(gdbregs.RegisterPackets):
 
     # -- threads ----------------------------------------------------------------------------
 
-    def _current_thread(self) -> int:
-        pid = self.session.target.current_pid()
-        return KERNEL_THREAD if pid is None else pid
+    @property
+    def multiprocess(self) -> bool:
+        """Whether thread ids travel as ``pPID.TID``: never. gdb offers multiprocess+, but
+        then makes each process an inferior of its own, and gdb 13 gives an inferior it
+        finds in the thread list the default x86-64 description instead of ours (its
+        ``g`` reply is then "too long" and gdb hangs up). Client ids name threads alone
+        (one table for processes and threads, as Windows), and ``info threads`` shows each
+        thread's process in its name and extra info; ``pPID.TID`` ids are still accepted."""
+        return False
 
-    def threads(self) -> list[int]:
-        """gdb's thread list: the live processes, after the kernel while it is on the CPU."""
-        target = self.session.target
-        live = [p.pid for p in target.processes() if p.state != "terminated"]
-        return live if target.current_pid() is not None else [KERNEL_THREAD, *live]
+    def _wire(self, tid: ThreadId) -> str:
+        return tid.wire(self.multiprocess)
+
+    def _current_thread(self) -> ThreadId:
+        return gdbthreads.current(self.session.executive, self.session.target.current_pid())
+
+    def threads(self) -> list[ThreadId]:
+        """gdb's thread list: the thread on the CPU (or the kernel), then every other thread
+        of every live process (emu.debugger.gdbthreads)."""
+        return gdbthreads.listed(self.session.executive, self._current_thread())
+
+    def _selected_thread(self) -> Thread | None:
+        """The thread whose registers g/p read (None: the CPU's own)."""
+        if self.thread is None or self.thread == self._current_thread():
+            return None
+        return gdbthreads.thread_object(self.session.executive, self.thread)
 
     def _selected(self) -> int | None:
-        """The pid register and memory packets act on (None: the CPU's own)."""
-        if self.thread in (None, KERNEL_THREAD, self.session.target.current_pid()):
+        """The pid whose address space memory packets act on (None: the CPU's own)."""
+        pid = None if self.thread is None else self.thread.pid
+        if pid in (None, KERNEL, self.session.target.current_pid()):
             return None
-        return self.thread
+        return pid
 
-    def _thread_id(self, text: bytes) -> int | None:
-        """A thread id of a packet: None for 0 or -1 (any, all), else a listed one."""
-        tid = parse_hex(text, "thread id")
+    def _thread_id(self, text: bytes) -> ThreadId | None:
+        """A thread id of a packet (``TID``, ``pPID.TID``, ``pPID``): None for any or all
+        threads, else a listed thread (the first of PID for ``pPID``); SessionError if
+        there is no such thread."""
+        pid, tid = gdbthreads.parse_thread_id(text)
+        listed = self.threads()
         if tid in (ANY_THREAD, ALL_THREADS):
-            return None
-        if tid not in self.threads():
-            raise SessionError(f"no thread {tid}")
-        return tid
+            if pid in (None, ANY_THREAD, ALL_THREADS):
+                return None
+            found = next((t for t in listed if t.pid == pid), None)
+        else:
+            found = next((t for t in listed if t.tid == tid and pid in (None, t.pid)), None)
+        if found is None:
+            raise SessionError(f"no thread {text.decode('latin-1')}")
+        return found
 
     @packet(PACKETS, "H")
     def _set_thread(self, args: bytes) -> bytes:
@@ -375,16 +531,19 @@ class GdbStub(gdbregs.RegisterPackets):
 
     @packet(PACKETS, "T")
     def _thread_alive(self, args: bytes) -> bytes:
-        return OK if parse_hex(args, "thread id") in self.threads() else error(Errno.NO_THREAD)
+        try:
+            found = self._thread_id(args)
+        except SessionError:
+            return error(Errno.NO_THREAD)
+        return OK if found is not None else error(Errno.NO_THREAD)
 
     @packet(QUERIES, "qC")
     def _current_thread_query(self, args: bytes) -> bytes:
-        return f"QC{self._current_thread():x}".encode()
+        return f"QC{self._wire(self._current_thread())}".encode()
 
     @packet(QUERIES, "qfThreadInfo")
     def _first_threads(self, args: bytes) -> bytes:
-        tids = self.threads()
-        return b"m" + ",".join(f"{tid:x}" for tid in tids).encode() if tids else b"l"
+        return b"m" + ",".join(self._wire(t) for t in self.threads()).encode()
 
     @packet(QUERIES, "qsThreadInfo")
     def _more_threads(self, args: bytes) -> bytes:
@@ -392,18 +551,27 @@ class GdbStub(gdbregs.RegisterPackets):
 
     @packet(QUERIES, "qThreadExtraInfo")
     def _thread_extra(self, args: bytes) -> bytes:
-        """``pid 4 notepad, ring 3``: what ``info threads`` shows beside the id."""
-        tid = parse_hex(args, "thread id")
-        if tid == KERNEL_THREAD:
-            return hex_text("kernel (no process on the CPU), ring 0")
-        proc = next((p for p in self.session.target.processes() if p.pid == tid), None)
-        if proc is None:
-            return error(Errno.NO_THREAD)
+        """``pid 4 threads, tid 8, running, ring 3``: what ``info threads`` shows beside the
+        id (process, thread, state, ring)."""
+        if gdbthreads.parse_thread_id(args)[1] in (ANY_THREAD, ALL_THREADS):
+            raise ProtocolError("qThreadExtraInfo needs one thread")
         try:
-            ring = f", ring {self.session.target.registers(tid)['cs'] & 3}"
-        except TargetError:
-            ring = ", not started"
-        return hex_text(f"pid {proc.pid} {proc.name}{ring}")
+            tid = self._thread_id(args)
+        except SessionError:
+            return error(Errno.NO_THREAD)
+        return hex_text(self._describe(tid))
+
+    def _describe(self, tid: ThreadId) -> str:
+        return gdbthreads.describe(self.session.executive, tid, self._ring(tid))
+
+    def _ring(self, tid: ThreadId) -> int | None:
+        """The privilege level thread ``tid`` runs (or was stopped) at; None: never run."""
+        if tid == self._current_thread():
+            return self.session.executive.cpu.reg("cs") & 3
+        thread = gdbthreads.thread_object(self.session.executive, tid)
+        if thread is None or thread.context is None:
+            return None
+        return gdbthreads.saved_registers(thread, {})["cs"] & 3
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -488,7 +656,7 @@ class GdbStub(gdbregs.RegisterPackets):
             elif action not in (b"s", b"c"):
                 raise ProtocolError(f"vCont action {action!r} is not supported")
             if thread:
-                parse_hex(thread, "thread id")
+                gdbthreads.parse_thread_id(thread)
             steps |= action[:1] in (b"s", b"S")
         return Resume.STEP if steps else Resume.CONTINUE
 
@@ -545,7 +713,8 @@ class GdbStub(gdbregs.RegisterPackets):
     def _supported(self, args: bytes) -> bytes:
         self.features = {f[:-1].decode("latin-1") for f in args.split(b";") if f[-1:] == b"+"}
         ours = [f"PacketSize={PACKET_SIZE:x}", "QStartNoAckMode+", "qXfer:features:read+",
-                "swbreak+", "hwbreak+", "vContSupported+"]
+                "qXfer:threads:read+", "qXfer:libraries:read+", "swbreak+", "hwbreak+",
+                "vContSupported+"]
         if self.session.factory is not None:
             ours += ["ReverseStep+", "ReverseContinue+"]
         return ";".join(ours).encode()
@@ -564,16 +733,44 @@ class GdbStub(gdbregs.RegisterPackets):
 
     @packet(QUERIES, "qXfer")
     def _xfer(self, args: bytes) -> bytes:
-        """``qXfer:features:read:target.xml:OFFSET,LENGTH``: the target description."""
+        """``qXfer:OBJECT:read:ANNEX:OFFSET,LENGTH`` for the target description
+        (``features``, annex ``target.xml``), the thread list (``threads``) and the loaded
+        images (``libraries``): the document's bytes from OFFSET, ``m`` more to come or
+        ``l`` last. An unknown object: the empty reply; a bad annex or range: ``E01``."""
         parts = args.split(b":")
-        if len(parts) != 4 or parts[:2] != [b"features", b"read"]:
+        if len(parts) != 4 or parts[1] != b"read" or parts[0] not in XFER_OBJECTS:
             return UNSUPPORTED
-        if parts[2] != b"target.xml":
-            return error(Errno.BAD_PACKET)
         offset, length = _address_length(parts[3])
-        xml = gdbregs.TARGET_XML
-        chunk = xml[offset:offset + min(length, MAX_READ)]
-        return (b"l" if offset + len(chunk) >= len(xml) else b"m") + chunk
+        if parts[0] == b"features":
+            if parts[2] != b"target.xml":
+                return error(Errno.BAD_PACKET)
+            document = gdbregs.TARGET_XML
+        elif parts[2]:
+            return error(Errno.BAD_PACKET)          # threads and libraries have no annex
+        elif parts[0] == b"threads":
+            document = self._threads_document(offset)
+        else:
+            document = self._libraries_document(offset)
+        chunk = document[offset:offset + min(length, MAX_READ)]
+        return (b"l" if offset + len(chunk) >= len(document) else b"m") + chunk
+
+    def _threads_document(self, offset: int) -> bytes:
+        """qXfer:threads: made at offset 0, the same bytes for the reads that follow."""
+        if offset == 0 or self._xfer_threads is None:
+            ex = self.session.executive
+            entries = []
+            for tid in self.threads():
+                thread = gdbthreads.thread_object(ex, tid)
+                name = thread.process.name if thread is not None else "kernel"
+                entries.append((tid, name, self._describe(tid)))
+            self._xfer_threads = gdbthreads.threads_xml(entries, self.multiprocess)
+        return self._xfer_threads
+
+    def _libraries_document(self, offset: int) -> bytes:
+        """qXfer:libraries: the drivers loaded (emu.debugger.gdbthreads.libraries_xml)."""
+        if offset == 0 or self._xfer_libraries is None:
+            self._xfer_libraries = gdbthreads.libraries_xml(self.session.executive)
+        return self._xfer_libraries
 
     @packet(QUERIES, "qRcmd")
     def _monitor(self, args: bytes) -> bytes:
@@ -709,11 +906,18 @@ def attach(session: Session, host: str = "127.0.0.1", port: int = 0, *,
     True if gdb resumed the machine: its stops go to gdb until it detaches, then back to the
     session's previous front end. False if gdb left before resuming."""
     sock = _wait_for_gdb(host, port, log, ready, allow_remote, accept_timeout)
+    # While gdb has the session, going back re-executes from boot in this process: a
+    # snapshot is a forked emulator, and its copy of the stub would have no thread reading
+    # gdb's socket (threads do not survive fork), while this one's would go on reading it.
+    ring, session.snapshots = session.snapshots, None
+    if ring is not None:
+        ring.forget_all()
     stub = GdbStub(session, sock, runner=runner, trace=trace)
     previous = session.on_stop
 
     def give_back() -> None:
         session.on_stop = previous
+        session.snapshots = ring           # snapshots again, from the next instruction on
         stub.close()
         _announce(log, "gdb stub: gdb has gone; the debugger has the machine again")
 

@@ -20,7 +20,11 @@ NAMES = ["?", "g", "G", "p", "P", "m", "M", "X", "Z0,", "Z1,", "Z2,", "Z3,", "Z4
          "qsThreadInfo", "qThreadExtraInfo,", "qAttached", "qSymbol::", "qTStatus",
          "qXfer:features:read:target.xml:", "qXfer:features:read:", "qXfer:", "qRcmd,",
          "QStartNoAckMode", "vCont?", "vMustReplyEmpty", "vFile:open:", "qOffsets", "!",
-         "J", "qRcmd,77616c6b20", "m7ffffffdf000,", "M7ffffffdfff0,"]
+         "J", "qRcmd,77616c6b20", "m7ffffffdf000,", "M7ffffffdfff0,",
+         # multiprocess thread ids, the thread and library lists
+         "Hgp", "Hgp4.", "Hcp", "Tp", "Tp4.", "qThreadExtraInfo,p", "qThreadExtraInfo,p4.",
+         "qXfer:threads:read::", "qXfer:threads:read:", "qXfer:libraries:read::",
+         "qXfer:libraries:read:", "qXfer:libraries:write::", "qSupported:multiprocess+;"]
 RESUMING = (b"c", b"C", b"s", b"S", b"k", b"D", b"vCont;", b"vKill", b"bs", b"bc")
 HEXISH = st.text("0123456789abcdefABCDEF,:;=-xyz}#$*", max_size=40)
 ARGS = st.one_of(HEXISH, st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
@@ -28,6 +32,11 @@ ARGS = st.one_of(HEXISH, st.binary(max_size=40).map(lambda b: b.decode("latin-1"
                  st.integers(0, 2**64 - 1).map(lambda n: f"{n:x}={n:016x}"))
 PACKET = st.builds(lambda name, args: (name + args).encode("latin-1"),
                    st.sampled_from(NAMES), ARGS)
+
+
+def handshake_features(c: RawClient) -> None:
+    """gdb's own qSupported again, after fuzzed ones."""
+    c.cmd("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+")
 
 
 def resumes(payload: bytes) -> bool:
@@ -58,8 +67,9 @@ def test_random_packets_get_replies_and_break_nothing() -> None:
             for payload in packets:
                 c.send(payload)
                 well_formed_reply(c)
+            handshake_features(c)                              # in case one was fuzzed
             assert c.cmd("?") == entry_reply                   # still stopped, still there
-            assert c.cmd("qC") == b"QC4"
+            assert c.cmd("qC") == b"QC8"
 
         check()
         c.send(b"k")                                          # guest state may be garbled now
@@ -82,8 +92,8 @@ FRAGMENTS = st.one_of(
     st.binary(min_size=1, max_size=4).map(                    # a packet over PacketSize
         lambda b: b"$" + (b.translate(None, b"$#") or b"a") * (rsp.MAX_PACKET + 1) + b"#00"),
 )
-PROBE = b"qThreadExtraInfo,4"
-PROBE_REPLY = rsp.hex_text("pid 4 hello, ring 3")
+PROBE = b"qThreadExtraInfo,p4.8"
+PROBE_REPLY = rsp.hex_text("pid 4 hello, tid 8, running, ring 3")
 
 
 @pytest.mark.fuzz
@@ -105,7 +115,8 @@ def test_random_bytes_on_the_wire_leave_the_connection_working() -> None:
                     break
             else:
                 raise AssertionError("the probe was never answered")
-            assert c.cmd("?") == b"T05thread:4;"
+            handshake_features(c)
+            assert c.cmd("?") == b"T05thread:8;"
 
         check()
         assert c.cmd("c") == b"W00"                           # guest untouched: it just runs

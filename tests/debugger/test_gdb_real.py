@@ -105,16 +105,46 @@ def test_hardware_watchpoints() -> None:
         assert s.machine.processes[0].output == b"a 1\na 2\na 3\n"
 
 
-def test_processes_are_threads_in_gdb() -> None:
+def test_processes_and_their_threads_are_threads_in_gdb() -> None:
     with served(("counter", ["a", "2", "10"]), ("counter", ["b", "2", "10"]),
                 connect=False) as s:
-        second = s.machine.processes[1].pid
+        second = s.machine.processes[1]
+        tid = second.threads[0].tid
         out = gdb(s, "info threads", "thread 2", "info registers rip", program="counter")
-        assert re.search(r"\* 1\s+Thread 4 \(pid 4 counter, ring 3\)", out)
-        assert re.search(rf"  2\s+Thread {second} \(pid {second} counter, not started\)", out)
-        assert f"[Switching to thread 2 (Thread {second})]" in out
-        entry = s.machine.processes[1].image.entry
-        assert re.search(rf"^rip\s+{entry:#x}", out, re.M)
+        assert re.search(r'\* 1\s+Thread 8 "counter" \(pid 4 counter, tid 8, running, ring 3\)',
+                         out)
+        assert re.search(rf'  2\s+Thread {tid} "counter" \(pid {second.pid} counter, '
+                         rf"tid {tid}, ready, not started\)", out)
+        assert f"[Switching to thread 2 (Thread {tid})]" in out
+        assert re.search(rf"^rip\s+{second.image.entry:#x}", out, re.M)
+
+
+def test_the_threads_of_one_process_are_gdb_threads() -> None:
+    """`threads` starts two threads: at the first one's start routine, gdb lists three
+    threads of pid 4, each with its own registers."""
+    with served(("threads", []), connect=False) as s:
+        routine = s.machine.processes[0].image.symbols["add_atomically"]
+        out = gdb(s, "break add_atomically", "continue", "info threads", "thread 1",
+                  "info registers rip", "thread 3", "info registers rip rsp rdi", "thread 2",
+                  "info registers rip", program="threads")
+        no_complaints(out)
+        main, first, second = (t.tid for t in s.machine.processes[0].threads)
+        assert 'Thread 2 "threads" hit Breakpoint 1, add_atomically' in out
+        assert re.search(rf'  1\s+Thread {main} "threads" \(pid 4 threads, tid {main}, '
+                         r"waiting, ring 3\)\s+0x[0-9a-f]+ in NtWaitForSingleObject", out)
+        assert re.search(rf'\* 2\s+Thread {first} "threads" \(pid 4 threads, tid {first}, '
+                         r"running, ring 3\)\s+add_atomically", out)
+        assert re.search(rf'  3\s+Thread {second} "threads" \(pid 4 threads, tid {second}, '
+                         r"ready, not started\)", out)
+        rips = [int(r, 16) for r in re.findall(r"^rip\s+(0x[0-9a-f]+)", out, re.M)]
+        wait = s.machine.processes[0].image.symbols["NtWaitForSingleObject"]
+        assert wait < rips[0] < wait + 16                       # main thread: in its wait
+        assert rips[1:] == [routine, routine]                   # the others: their start
+        # the thread not started yet: its own stack, its argument (index 1) in RDI
+        third = s.machine.processes[0].threads[2]
+        assert re.search(rf"^rsp\s+{third.start_rsp:#x}\s", out, re.M)
+        assert re.search(r"^rdi\s+0x1\s", out, re.M)
+        assert re.search(rf"  3\s+Thread {second} .*add_atomically \(argument=0x1\)", out)
 
 
 def test_every_register_of_the_description() -> None:
@@ -203,9 +233,9 @@ def test_ctrl_c_in_gdb_interrupts_the_guest() -> None:
 def test_bug_check_is_a_fatal_signal() -> None:
     with served(("hello", []), drivers=("bugcheck.sys",), connect=False) as s:
         out = gdb(s, "info threads", "monitor why", "continue", "continue")
-        assert "Thread 1 (kernel (no process on the CPU), ring 0)" in out
+        assert 'Thread 1 "kernel" (kernel (no process on the CPU), ring 0)' in out
         assert "stopped before DriverEntry at bugcheck.sys!DriverEntry, ring 0" in out
-        assert "Thread 1 received signal SIGSEGV, Segmentation fault." in out
+        assert 'Thread 1 "kernel" received signal SIGSEGV, Segmentation fault.' in out
         assert "the system stopped: bug check 0xe2 MANUALLY_INITIATED_CRASH" in out
         assert "Program terminated with signal SIGSEGV, Segmentation fault." in out
         assert s.finish().bugcheck.code == 0xE2
@@ -219,3 +249,24 @@ def test_reverse_stepi() -> None:
         no_complaints(out)
         assert re.search(rf"^rip\s+{entry:#x}", out, re.M)
         assert "No more reverse-execution history." in out
+
+
+def test_drivers_are_gdb_shared_libraries() -> None:
+    """gdb reads the drivers from qXfer:libraries when it connects (and again at
+    `sharedlibrary`): each at its image base + .text's RVA, its exports as symbols."""
+    with served(("hello", []), drivers=("slowneither.sys", "pehello.sys"),
+                connect=False) as s:
+        out = gdb(s, "info sharedlibrary", "break main", "continue", "sharedlibrary",
+                  "info sharedlibrary", program="hello")
+        no_complaints(out)
+        drivers = {d.image.name: d.image for d in s.machine.executive.drivers}
+        first, second = out.split("Breakpoint 1, main")
+        assert re.search(r"in slowneither!DriverEntry \(\) from .*slowneither\.sys", first)
+        for name, text in (("slowneither.sys", first), ("slowneither.sys", second),
+                           ("pehello.sys", second)):
+            image = drivers[name]
+            text_va = min(sec.va for sec in image.sections)
+            assert text_va == image.base + 0x1000                  # .text at RVA 0x1000
+            assert re.search(rf"^{text_va:#x}\s+0x[0-9a-f]+\s+Yes \(\*\)\s+\S*/{name}$",
+                             text, re.M), name
+        assert "pehello.sys" not in first                       # loaded after the first stop

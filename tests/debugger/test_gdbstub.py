@@ -284,17 +284,17 @@ def test_handshake_and_target_description() -> None:
         g = c.cmd("g")
         assert len(g) == 2 * sum(int(r.get("bitsize")) // 8 for r in regs)
         assert c.cmd("qXfer:features:read:other.xml:0,10") == b"E01"
-        assert c.cmd("qXfer:libraries:read::0,10") == b""
+        assert c.cmd("qXfer:memory-map:read::0,10") == b""          # not served
 
 
 def test_first_stop_is_the_entry_point_of_process_4() -> None:
     with hello("a") as s:
         c = s.client
         handshake(c)
-        assert c.cmd("?") == b"T05thread:4;"
-        assert c.cmd("qfThreadInfo") == b"m4"
+        assert c.cmd("?") == b"T05thread:8;"
+        assert c.cmd("qfThreadInfo") == b"m8"                  # process 4, thread 8
         assert c.cmd("qsThreadInfo") == b"l"
-        assert c.cmd("qC") == b"QC4"
+        assert c.cmd("qC") == b"QC8"
         assert c.cmd("qAttached") == b"1"
         entry = s.machine.processes[0].image.entry
         assert c.register("rip") == entry
@@ -308,7 +308,8 @@ def test_first_stop_is_the_entry_point_of_process_4() -> None:
         assert bytes.fromhex(c.cmd(f"m{argv1:x},2").decode()) == b"a\0"
         path = str(APPS / "hello").encode() + b"\0"
         assert bytes.fromhex(c.cmd(f"m{argv0:x},{len(path):x}").decode()) == path
-        assert bytes.fromhex(c.cmd("qThreadExtraInfo,4").decode()) == b"pid 4 hello, ring 3"
+        assert bytes.fromhex(c.cmd("qThreadExtraInfo,p4.8").decode()) == \
+            b"pid 4 hello, tid 8, running, ring 3"
         s.client.cmd("c")
 
 
@@ -393,11 +394,11 @@ def test_step_runs_one_instruction() -> None:
         handshake(c)
         rip = c.register("rip")
         size = first_insn_size(bytes.fromhex(c.cmd(f"m{rip:x},10").decode()), rip)
-        assert c.cmd("s") == b"T05thread:4;"
+        assert c.cmd("s") == b"T05thread:8;"
         assert c.register("rip") == rip + size
         assert c.cmd("vCont?") == b"vCont;c;C;s;S"
         before = c.register("rip")
-        assert c.cmd("vCont;s:4;c") == b"T05thread:4;"
+        assert c.cmd("vCont;s:4;c") == b"T05thread:8;"
         assert c.register("rip") != before
         c.cmd("c")
 
@@ -409,12 +410,12 @@ def test_breakpoint_then_continue_to_the_end() -> None:
         main = s.machine.processes[0].image.symbols["main"]
         assert c.cmd(f"Z0,{main:x},1") == b"OK"
         assert c.cmd(f"Z0,{main:x},1") == b"OK"                 # again: still one
-        assert c.cmd("c") == b"T05swbreak:;thread:4;"
+        assert c.cmd("c") == b"T05swbreak:;thread:8;"
         assert c.register("rip") == main
         assert c.cmd(f"z0,{main:x},1") == b"OK"
         exit_ = s.machine.processes[0].image.symbols["exit"]
         assert c.cmd(f"Z1,{exit_:x},1") == b"OK"                 # a "hardware" one
-        assert c.cmd("c") == b"T05hwbreak:;thread:4;"
+        assert c.cmd("c") == b"T05hwbreak:;thread:8;"
         assert c.cmd(f"z1,{exit_:x},1") == b"OK"
         assert c.cmd("c") == b"W00"
         assert 'process 4 "hello" exited with status 0x0' in "".join(c.console)
@@ -442,15 +443,15 @@ def test_watchpoints_report_the_address_and_kind() -> None:
         handshake(c)
         sink = s.machine.processes[0].image.symbols["work_sink"]
         assert c.cmd(f"Z2,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05watch:{sink:x};thread:4;".encode()
+        assert c.cmd("c") == f"T05watch:{sink:x};thread:8;".encode()
         value = int.from_bytes(bytes.fromhex(c.cmd(f"m{sink:x},8").decode()), "little")
         assert value != 0                                         # written: the stop is after
         assert c.cmd(f"z2,{sink:x},8") == b"OK"
         assert c.cmd(f"Z3,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05rwatch:{sink:x};thread:4;".encode()
+        assert c.cmd("c") == f"T05rwatch:{sink:x};thread:8;".encode()
         assert c.cmd(f"z3,{sink:x},8") == b"OK"
         assert c.cmd(f"Z4,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05awatch:{sink:x};thread:4;".encode()
+        assert c.cmd("c") == f"T05awatch:{sink:x};thread:8;".encode()
         assert c.cmd(f"z4,{sink:x},8") == b"OK"
         assert c.cmd("Z2,1000,0") == b"E03"                      # zero length: refused
         assert c.cmd("Z5,1000,1") == b""                         # unknown type: unsupported
@@ -477,7 +478,7 @@ def test_ctrl_c_stops_a_running_guest() -> None:
         c.send(b"c")
         wait_until_running(s)
         c.send_raw(b"\x03")
-        assert c.reply() == b"T02thread:4;"
+        assert c.reply() == b"T02thread:8;"
         main = s.machine.processes[0].image.symbols["main"]
         assert main <= c.register("rip") < main + 16             # in spin's loop
         c.send(b"vKill;4")
@@ -491,8 +492,8 @@ def test_ctrl_c_right_behind_continue_is_not_lost() -> None:
         c = s.client
         handshake(c)
         c.send_raw(rsp.frame(b"c") + b"\x03")                    # one write: both at once
-        assert c.reply() == b"T02thread:4;"
-        assert c.cmd("?") == b"T02thread:4;"
+        assert c.reply() == b"T02thread:8;"
+        assert c.cmd("?") == b"T02thread:8;"
         c.send(b"k")
         assert s.finish().stopped == "killed"
 
@@ -502,24 +503,27 @@ def test_stray_ctrl_c_while_stopped_is_ignored() -> None:
         c = s.client
         handshake(c)
         c.send_raw(b"\x03")
-        assert c.cmd("qC") == b"QC4"
+        assert c.cmd("qC") == b"QC8"
         assert c.cmd("c") == b"W00"
 
 
 # -- threads ----------------------------------------------------------------------------------
 
-def test_processes_are_threads() -> None:
+def test_each_process_s_thread_is_a_thread_named_with_its_process() -> None:
     with served(("counter", ["a", "2", "10"]), ("counter", ["b", "2", "10"])) as s:
         c = s.client
         handshake(c)
         second = s.machine.processes[1].pid
-        assert c.cmd("qfThreadInfo") == f"m4,{second:x}".encode()
-        assert bytes.fromhex(c.cmd(f"qThreadExtraInfo,{second:x}").decode()) == \
-            f"pid {second} counter, not started".encode()
-        assert c.cmd(f"T{second:x}") == b"OK"
+        tid = s.machine.processes[1].threads[0].tid
+        assert c.cmd("qfThreadInfo") == f"m8,{tid:x}".encode()
+        assert bytes.fromhex(c.cmd(f"qThreadExtraInfo,p{second:x}.{tid:x}").decode()) == \
+            f"pid {second} counter, tid {tid}, ready, not started".encode()
+        assert c.cmd(f"Tp{second:x}.{tid:x}") == b"OK"
+        assert c.cmd(f"T{tid:x}") == b"OK"                      # a tid alone names it too
+        assert c.cmd(f"Tp4.{tid:x}") == b"E02"                  # not a thread of process 4
         assert c.cmd("T99") == b"E02"
         assert c.cmd("Hg99") == b"E02"
-        assert c.cmd(f"Hg{second:x}") == b"OK"
+        assert c.cmd(f"Hgp{second:x}.{tid:x}") == b"OK"
         assert c.register("rip") == s.machine.processes[1].image.entry
         assert c.register("cr3") == s.machine.processes[1].space.cr3
         assert c.cmd("P0=" + "00" * 8) == b"E03"                 # not on the CPU: read-only
@@ -538,7 +542,7 @@ def test_same_address_in_two_processes_reads_each_one_own() -> None:
         assert c.cmd("c")[:3] == b"T05"                        # one of them is done
         markers = {}
         for proc in (notepad, myapp):
-            assert c.cmd(f"Hg{proc.pid:x}") == b"OK"
+            assert c.cmd(f"Hgp{proc.pid:x}.-1") == b"OK"          # any thread of it
             markers[proc.name] = bytes.fromhex(c.cmd("m7f793950000,e").decode())
         assert markers == {"notepad": b"notepad page 0", "myapp": b"myapp page 0\0\0"}
         assert c.cmd(f"z0,{puts:x},1") == b"OK"
@@ -552,7 +556,7 @@ def test_exit_code_and_a_crash_on_the_console() -> None:
     with served(("badread", []), ("exitcode", ["7"])) as s:
         c = s.client
         handshake(c)
-        assert c.cmd("c") == b"T0bthread:4;"     # the unhandled exception: SIGSEGV
+        assert c.cmd("c") == b"T0bthread:8;"     # the unhandled exception: SIGSEGV
         assert 'process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
                "reading 0xffff800000001000" in "".join(c.console)
         c.console.clear()
@@ -573,13 +577,13 @@ def test_bug_check_is_a_sigsegv_stop_in_the_kernel_thread() -> None:
     with served(("hello", []), drivers=("bugcheck.sys",)) as s:
         c = s.client
         handshake(c)
-        assert c.cmd("?") == b"T05thread:1;"     # before DriverEntry's first instruction
-        assert c.cmd("qfThreadInfo") == b"m1,4"
+        assert c.cmd("?") == b"T05thread:1;"  # before DriverEntry's first instruction
+        assert c.cmd("qfThreadInfo") == b"m1,8"
         assert bytes.fromhex(c.cmd("qThreadExtraInfo,1").decode()) == \
             b"kernel (no process on the CPU), ring 0"
         assert c.cmd("qRcmd," + b"why".hex()) == b"OK"
         assert "stopped before DriverEntry at bugcheck.sys!DriverEntry" in "".join(c.console)
-        assert c.cmd("c") == b"T0bthread:1;"     # the bug check: a SIGSEGV stop, in ring 0
+        assert c.cmd("c") == b"T0bthread:1;"  # the bug check: a SIGSEGV stop, in ring 0
         assert "bug check 0xe2 MANUALLY_INITIATED_CRASH" in "".join(c.console)
         assert c.cmd("c") == b"X0b"              # nothing runs after it: killed by SIGSEGV
         assert s.finish().bugcheck.code == 0xE2
@@ -669,10 +673,10 @@ def test_reverse_step_when_the_machine_can_be_rebuilt() -> None:
         c.cmd("s")
         second = c.register("rip")
         c.cmd("s")
-        assert c.cmd("bs") == b"T05thread:4;"
+        assert c.cmd("bs") == b"T05thread:8;"
         assert c.register("rip") == second
         c.cmd("bs")
-        assert c.cmd("bs") == b"T05thread:4;" and c.register("rip") == entry
+        assert c.cmd("bs") == b"T05thread:8;" and c.register("rip") == entry
         assert c.cmd("c") == b"W00"
 
 
@@ -691,11 +695,11 @@ def test_corrupt_packet_is_nakked_then_resent() -> None:
         c = s.client
         c.send_raw(b"$qC#00")
         assert c._byte() == ord("-")
-        assert c.cmd("qC") == b"QC4"
+        assert c.cmd("qC") == b"QC8"
         handshake(c)
         c.send_raw(b"$qC#00")                               # no acks now: an error reply
         assert c.reply() == b"E01"
-        assert c.cmd("qC") == b"QC4"
+        assert c.cmd("qC") == b"QC8"
         c.cmd("c")
 
 
@@ -706,10 +710,10 @@ def test_ack_mode_resends_a_reply_on_nak() -> None:
         c.ack = False                                       # read it without acking...
         first = c.packet()
         c.send_raw(b"-")                                    # ...and ask for it again
-        assert c.packet() == first == b"QC4"
+        assert c.packet() == first == b"QC8"
         c.send_raw(b"+")
         c.ack = True
-        assert c.cmd("qfThreadInfo") == b"m4"
+        assert c.cmd("qfThreadInfo") == b"m8"
         assert c.cmd("c") == b"W00"
 
 
@@ -726,13 +730,22 @@ def test_ack_mode_resends_a_reply_on_nak() -> None:
     (f"qXfer:features:read:target.xml:{'f' * 16},{'f' * 32}", b"l"),
     ("vCont;s:zz", b"E01"), ("vCont;c;;", b"E01"), ("vCont;Czz", b"E01"),
     ("M0,1:" + "g" * 2, b"E01"),
+    # thread ids (pPID.TID too), the thread and library lists
+    ("Hgpzz", b"E01"), ("Hgp4.zz", b"E01"), ("Hgp", b"E01"), ("Hgp-2.1", b"E01"),
+    ("Hgp4.-2", b"E01"), ("Hg-2", b"E01"), ("Tp4.", b"E01"), ("Hgp4.c", b"E02"),
+    ("qThreadExtraInfo,-1", b"E01"), ("qThreadExtraInfo,p4.-1", b"E01"),
+    ("qThreadExtraInfo,p4.63", b"E02"), ("vCont;s:p4.zz", b"E01"),
+    ("qXfer:threads:read:x:0,10", b"E01"), ("qXfer:threads:read::zz", b"E01"),
+    ("qXfer:libraries:read:a.xml:0,10", b"E01"), ("qXfer:libraries:read::0", b"E01"),
+    ("qXfer:libraries:write::0,10", b""), ("qXfer:threads:read:", b""),
+    (f"qXfer:libraries:read::{'f' * 16},10", b"l"),
 ])
 def test_malformed_packets_get_error_replies(packet: str, reply: bytes) -> None:
     with hello() as s:
         c = s.client
         handshake(c)
         assert c.cmd(packet) == reply
-        assert c.cmd("?") == b"T05thread:4;"                # the connection goes on
+        assert c.cmd("?") == b"T05thread:8;"                # the connection goes on
         assert c.cmd("c") == b"W00"                         # and so does the machine
 
 
@@ -746,19 +759,32 @@ class _FakeTarget:
         return []
 
 
+class _FakeProcess:
+    pid = 4
+
+
+class _FakeThread:
+    process, tid = _FakeProcess(), 8
+
+
+class _FakeExecutive:
+    current_thread = _FakeThread()
+
+
 class _FakeSession:
     target = _FakeTarget()
+    executive = _FakeExecutive()
 
 
 @pytest.mark.parametrize("stop, reply", [
-    (Stop(StopReason.CATCH, "", exception=CpuException(Vector.PF, 0, 3)), b"T0bthread:4;"),
-    (Stop(StopReason.CATCH, "", exception=CpuException(Vector.DE, 0, 3)), b"T08thread:4;"),
-    (Stop(StopReason.CATCH, "", exception=CpuException(Vector.UD, 0, 3)), b"T04thread:4;"),
-    (Stop(StopReason.CATCH, ""), b"T05thread:4;"),
-    (Stop(StopReason.INTERRUPT, ""), b"T02thread:4;"),
+    (Stop(StopReason.CATCH, "", exception=CpuException(Vector.PF, 0, 3)), b"T0bthread:8;"),
+    (Stop(StopReason.CATCH, "", exception=CpuException(Vector.DE, 0, 3)), b"T08thread:8;"),
+    (Stop(StopReason.CATCH, "", exception=CpuException(Vector.UD, 0, 3)), b"T04thread:8;"),
+    (Stop(StopReason.CATCH, ""), b"T05thread:8;"),
+    (Stop(StopReason.INTERRUPT, ""), b"T02thread:8;"),
     (Stop(StopReason.EXITED, "", exit_code=3), b"W03"),
-    (Stop(StopReason.WATCHPOINT, "", watch_kind="read", address=0x10), b"T05rwatch:10;thread:4;"),
-    (Stop(StopReason.HISTORY_START, ""), b"T05replaylog:begin;thread:4;"),
+    (Stop(StopReason.WATCHPOINT, "", watch_kind="read", address=0x10), b"T05rwatch:10;thread:8;"),
+    (Stop(StopReason.HISTORY_START, ""), b"T05replaylog:begin;thread:8;"),
 ])
 def test_stop_replies(stop: Stop, reply: bytes) -> None:
     stub = gdbstub.GdbStub.__new__(gdbstub.GdbStub)
@@ -798,9 +824,9 @@ def test_attach_lends_the_session_and_gives_it_back() -> None:
         assert ready.wait(TIMEOUT)
         c = RawClient(port[0])
         handshake(c)
-        assert c.cmd("?") == b"T05thread:4;"
+        assert c.cmd("?") == b"T05thread:8;"
         assert c.cmd(f"Z0,{main:x},1") == b"OK"
-        assert c.cmd("c") == b"T05swbreak:;thread:4;"
+        assert c.cmd("c") == b"T05swbreak:;thread:8;"
         assert c.cmd("D") == b"OK"              # gdb leaves at main: the shell has it again
         c.close()
         worker.join(TIMEOUT)
@@ -840,10 +866,10 @@ def test_noise_and_oversized_packets_on_the_socket_leave_the_stub_working() -> N
         c = s.client
         handshake(c)
         c.send_raw(b"x" * 100_000)                           # 100 KB without a '$'
-        assert c.cmd("?") == b"T05thread:4;"
+        assert c.cmd("?") == b"T05thread:8;"
         c.send_raw(b"$" + b"\x03" * 100_000 + b"#00")         # far over PacketSize
         assert c.reply() == b"E01"
-        assert c.cmd("qC") == b"QC4"
+        assert c.cmd("qC") == b"QC8"
         c.send_raw(b"y" * 100_000)
         result = s.finish()                                   # hang up: the machine ends
         assert result.processes[0].exit_status == 0
