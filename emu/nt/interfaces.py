@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from emu.hw.cpu import Cpu
+    from emu.hw.cpu import Cpu, CpuException
     from emu.hw.memory import PhysicalMemory
     from emu.nt.bugcheck import BugCheck
     from emu.nt.events import EventBus
@@ -63,6 +63,7 @@ class KernelMemory(Protocol):
     cpu: Cpu
     mem: PhysicalMemory
 
+    def kernel_walk(self, va: int, access: str) -> int: ...
     def kernel_read(self, va: int, n: int) -> bytes: ...
     def kernel_write(self, va: int, data: bytes) -> None: ...
     def kernel_read_u64(self, va: int) -> int: ...
@@ -109,6 +110,7 @@ class TrapPath(Protocol):
     def run_at_irql(self, irql: int, routine: int, args: tuple[int, ...],
                     thread: Thread | None, stack_top: int | None = None) -> None: ...
     def describe_instruction(self, rip: int, cpl: int = 0) -> str: ...
+    def bugcheck_for(self, exc: CpuException, insn: str) -> BugCheck: ...
 
 
 class InterruptController(KernelMemory, EventSource, TrapPath, Protocol):
@@ -118,6 +120,9 @@ class InterruptController(KernelMemory, EventSource, TrapPath, Protocol):
     interrupts: dict[int, Any]        # vector -> emu.nt.kintr.Interrupt
     pending_interrupts: set[int]
     dpc_queue: list[int | tuple[int, tuple[int, ...]]]
+
+    def device_deadline(self) -> int | None: ...
+    def deliver_interrupts(self, thread: Thread | None, *, here: bool = False) -> None: ...
 
 
 class Kernel(InterruptController, Budget, Protocol):

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 from emu.hw.cpu import CpuException, StopReason, Vector
 from emu.hw.mmu import PFErr
-from emu.nt import drivers, exports, kintr, kuser, layout, trap
+from emu.nt import exports, kintr, kuser, layout, trap
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
 from emu.nt.interfaces import INSTRUCTION_LIMIT, INTERRUPTED, KernelCallResult, MachineStop
 from emu.nt.layout import KERNEL_RETURN, KERNEL_STACK_TOP
+from emu.nt.loaded_modules import driver_at, symbolize
 
 if TYPE_CHECKING:
     from emu.nt import seh
@@ -64,13 +65,13 @@ class KeKernelCalls:
             if not bc.instruction:
                 bc.instruction = self.describe_instruction(bc.rip)
             frames = self._frames(bc.rip)
-            bc.backtrace = [drivers.symbolize(self, a) for a in frames]
+            bc.backtrace = [symbolize(self, a) for a in frames]
             # The driver to blame: the one whose code faulted, or, when the fault is the
             # fetch of a bad call target, the caller.
-            culprit = next((a for a in frames if drivers.driver_at(self, a) is not None), None)
+            culprit = next((a for a in frames if driver_at(self, a) is not None), None)
             if culprit is not None:
-                bc.driver = drivers.driver_at(self, culprit).image.name
-                bc.location = drivers.symbolize(self, culprit)
+                bc.driver = driver_at(self, culprit).image.name
+                bc.location = symbolize(self, culprit)
         proc = self.current
         bc.process = f'{proc.pid} "{proc.name}"' if proc is not None else ""
         bc.irql = self.irql
@@ -101,12 +102,12 @@ class KeKernelCalls:
                 callers = []
             return [rip, *[a for a in callers if a != KERNEL_RETURN]][:limit]
         frames, rbp = [rip], self.cpu.reg("rbp")
-        if drivers.driver_at(self, rip) is None:      # a bad call target: [rsp] is the caller
+        if driver_at(self, rip) is None:      # a bad call target: [rsp] is the caller
             try:
                 caller = self.kernel_read_u64(self.cpu.reg("rsp"))
             except BugCheck:
                 caller = 0
-            if drivers.driver_at(self, caller) is not None:
+            if driver_at(self, caller) is not None:
                 frames.append(caller)
         while len(frames) < limit and rbp >= layout.KERNEL_SPACE_START and not rbp & 7:
             try:
@@ -165,7 +166,7 @@ class KeKernelCalls:
                     raise MachineStop(INSTRUCTION_LIMIT)
                 # Kernel code is not preempted here: the quantum ends when it returns. A
                 # device may interrupt it, if the IRQL lets it (emu.nt.kintr).
-                self._raise_interrupt_lines()
+                self.raise_interrupt_lines()
                 kintr.dispatch(self, self.current_thread, here=True)
                 self.set_budget(self._kernel_budget())
                 result = self._run_cpu()
@@ -177,7 +178,7 @@ class KeKernelCalls:
                 # here, between that instruction and the next, as the CPU would. Or an OUT
                 # started a device: its time is counted from now on, so that it interrupts
                 # this routine when its time comes (if the IRQL lets it).
-                if cpu.native.budget is None and self._device_deadline() is not None:
+                if cpu.native.budget is None and self.device_deadline() is not None:
                     self.set_budget(self._kernel_budget())
                 kintr.dispatch(self, self.current_thread, here=True)
                 result = self._run_cpu()
@@ -212,13 +213,13 @@ class KeKernelCalls:
             if self._dispatch_fault(exc):
                 result = self._run_cpu()               # a driver's __except took it
                 continue
-            raise self._bugcheck(exc, self.describe_instruction(exc.rip))
+            raise self.bugcheck_for(exc, self.describe_instruction(exc.rip))
 
     def _kernel_budget(self) -> int:
         """Instructions kernel code runs before the executive looks again: a quantum, or
         less if a device interrupts sooner or the --max-insns limit comes first."""
         budget = self.scheduler.quantum
-        device = self._device_deadline()
+        device = self.device_deadline()
         if device is not None:
             budget = min(budget, max(1, device - self.clock))
         if self.max_insns is not None:

@@ -71,7 +71,7 @@ class KeDispatcher:
 
     def _budget(self) -> int | None:
         """Instructions for the next turn, or None to run at full speed (nothing to count)."""
-        device = self._device_deadline()
+        device = self.device_deadline()
         counting = self.count_always or self.scheduler.needs_counting() or device is not None
         if not counting:
             return None
@@ -204,7 +204,7 @@ class KeDispatcher:
                 raise MachineStop(INSTRUCTION_LIMIT)
             # A device's interrupt line may be up: it interrupts THIS thread, whatever
             # process it belongs to (the seed's "arbitrary thread context").
-            self._deliver_interrupts(thread)
+            self.deliver_interrupts(thread)
             if thread.state is ThreadState.RUNNING:
                 self.scheduler.make_ready(thread)      # quantum over: to the back
             return True
@@ -237,32 +237,33 @@ class KeDispatcher:
 
     # -- interrupts and DPCs ----------------------------------------------------------------
 
-    def _device_deadline(self) -> int | None:
+    def device_deadline(self) -> int | None:
+        """The clock time at which the next device raises its line (None: no device busy)."""
         times = [d.fire_at for d in self.cpu.devices if d.fire_at is not None]
         return min(times) if times else None
 
     def _idle_until_interrupt(self) -> bool:
         """Nothing ready: if a device will interrupt before any timer, let the clock run to
         it (the idle loop) and take the interrupt in the system context."""
-        device = self._device_deadline()
+        device = self.device_deadline()
         timer = self.scheduler.next_deadline()
         if device is None or (timer is not None and timer < device):
             return False
         self.scheduler.idle_skipped += max(0, device - self.clock)
-        self._deliver_interrupts(None)
+        self.deliver_interrupts(None)
         return True
 
-    def _deliver_interrupts(self, thread: Thread | None, *, here: bool = False) -> None:
+    def deliver_interrupts(self, thread: Thread | None, *, here: bool = False) -> None:
         """Every device whose line is up interrupts ``thread`` (None: the idle system) if its
         DIRQL is above the IRQL: its ISR, then the DPCs queued, at DISPATCH_LEVEL, in that
         thread's address space and on its kernel stack (``here``: below the frames of the
         ring-0 code running now, such as a driver waiting in KeWaitForSingleObject), before
         the thread goes on. A masked interrupt stays pending until the IRQL drops below its
         DIRQL (emu.nt.kintr)."""
-        self._raise_interrupt_lines()
+        self.raise_interrupt_lines()
         kintr.dispatch(self, thread, here=here)
 
-    def _raise_interrupt_lines(self) -> None:
+    def raise_interrupt_lines(self) -> None:
         """Devices whose time has come raise their line (an unconnected one is lost)."""
         for device in self.cpu.devices:
             if device.due(self.clock) and device.vector in self.interrupts:

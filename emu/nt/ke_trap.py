@@ -21,10 +21,11 @@ from capstone import x86_const as cx
 from emu.hw import mmu
 from emu.hw.cpu import Cpu, CpuException, Vector
 from emu.hw.faultaddr import memory_accesses
-from emu.nt import dispatch, drivers, layout, syscalls, trap
+from emu.nt import dispatch, layout, syscalls, trap
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.events import Event
 from emu.nt.interfaces import DISPATCH_LEVEL
+from emu.nt.loaded_modules import driver_at
 from emu.nt.mm import softpte, virtual
 from emu.nt.mm.virtual import FaultResolution
 from emu.nt.process import ThreadState
@@ -50,7 +51,7 @@ class KeTrapEntry:
         insn = None if exc.vector == Vector.PF and exc.access != "fetch" and exc.cpl == 3 \
             else self.describe_instruction(exc.rip, exc.cpl)
         if exc.cpl != 3:
-            raise self._bugcheck(self.cpu.settle(exc), insn)
+            raise self.bugcheck_for(self.cpu.settle(exc), insn)
         resolution = virtual.access_fault(self, proc, exc) if exc.vector == Vector.PF else None
         if resolution is not None:
             self.events.emit(Event.PAGE_FAULT, exc=exc, thread=thread, resolution=resolution)
@@ -108,7 +109,8 @@ class KeTrapEntry:
             value = int.from_bytes(self.mem.read(pa, op.size), "little")
         return value & ((1 << (8 * op.size)) - 1) == 0
 
-    def _bugcheck(self, exc: CpuException, insn: str) -> BugCheck:
+    def bugcheck_for(self, exc: CpuException, insn: str) -> BugCheck:
+        """The bug check for a ring-0 exception nothing handles (KeBugCheckEx's record filled)."""
         leaf = 0
         if exc.walk:
             leaf = exc.walk[-1].value
@@ -117,7 +119,7 @@ class KeTrapEntry:
             # DRIVER_IRQL_NOT_LESS_OR_EQUAL (address, IRQL, 0 read / 1 write / 8 execute, RIP).
             kind = {"read": 0, "write": 1, "fetch": 8}[exc.access or "read"]
             code = BugCheckCode.DRIVER_IRQL_NOT_LESS_OR_EQUAL \
-                if drivers.driver_at(self, exc.rip) is not None \
+                if driver_at(self, exc.rip) is not None \
                 else BugCheckCode.IRQL_NOT_LESS_OR_EQUAL        # not a driver's code: 0x0A
             where = ""
             if exc.walk and exc.walk[-1].level == 1:      # what the not-present PTE records

@@ -66,7 +66,7 @@ class MmKernelAccess:
                 virtual.resolve_fault(self, proc, va, access) is FaultResolution.RESOLVED
         return virtual.page_in_system(self, va, access)
 
-    def _kernel_walk(self, va: int, access: str) -> int:
+    def kernel_walk(self, va: int, access: str) -> int:
         """The physical address ring-0 ``access`` to ``va`` reaches, paging it in first
         when that is allowed (see page_in_for_kernel)."""
         try:
@@ -83,7 +83,7 @@ class MmKernelAccess:
         while len(out) < n:
             at = (va + len(out)) & 0xFFFF_FFFF_FFFF_FFFF    # wraps at 2^64, as on the CPU
             try:
-                pa = self._kernel_walk(at, "read")
+                pa = self.kernel_walk(at, "read")
             except (mmu.PageFault, mmu.GeneralProtection):
                 raise BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA,
                                (at, 0, self.cpu.rip, 0), self.cpu.rip,
@@ -98,7 +98,7 @@ class MmKernelAccess:
         while done < len(data):
             at = (va + done) & 0xFFFF_FFFF_FFFF_FFFF
             try:
-                pa = self._kernel_walk(at, "write")
+                pa = self.kernel_walk(at, "write")
             except (mmu.PageFault, mmu.GeneralProtection):
                 raise BugCheck(BugCheckCode.PAGE_FAULT_IN_NONPAGED_AREA,
                                (at, 2, self.cpu.rip, 0), self.cpu.rip,
