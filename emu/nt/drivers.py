@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emu.nt import exports, layout, ntos, wdm  # noqa: F401 (ntos registers the exports)
+from emu.nt import layout, wdm
 from emu.nt.events import Event
 from emu.nt.loaded_modules import (  # noqa: F401 (the names callers import from here)
     Driver,
@@ -46,7 +46,9 @@ def load(ex: Kernel, path: str | Path) -> DriverImage:
         raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
     slot = len(ex.drivers) + len(ex.pending_drivers)
     base = layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT
-    from emu.nt import pe  # imports this module, so loaded here
+    # The PE parser, and with it every export a driver may bind to (emu.nt.ntos, in its
+    # fixed order): imported with the first driver, not at every start-up.
+    from emu.nt import pe
 
     # One driver format, as on Windows: a PE32+ image (an ELF file, an app, anything else
     # is refused before a byte of it is mapped).

@@ -9,12 +9,13 @@ has no circle through kernel.py (tests/nt/test_import_graph.py checks it).
 
 This module sits at the bottom: it imports nothing of emu/nt at run time, and for type
 annotations only the plain data modules (processes, address spaces, the event bus...),
-which never import it back.
+which never import it back. Its users import it only for type checking (``if
+TYPE_CHECKING:``), so it costs no start-up time; the values the parts share at run time
+(MachineStop, KernelCallResult, the IRQLs) are in emu.nt.kedefs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -25,37 +26,12 @@ if TYPE_CHECKING:
     from emu.nt.bugcheck import BugCheck
     from emu.nt.events import EventBus
     from emu.nt.fs import GuestFileSystem
+    from emu.nt.kedefs import KernelCallResult
     from emu.nt.mm.address_space import AddressSpace, MemoryManager
     from emu.nt.ob import ObjectDirectory
     from emu.nt.pool import Pools
     from emu.nt.process import ExceptionInfo, Process, Thread
     from emu.nt.scheduler import Scheduler
-
-# IRQLs (wdm.h): PASSIVE_LEVEL, DISPATCH_LEVEL, and the DIRQL of the slow device.
-PASSIVE_LEVEL, DISPATCH_LEVEL, DEVICE_IRQL = 0, 2, 5
-
-# Why the whole machine stops before its processes end (MachineStop.reason).
-INSTRUCTION_LIMIT = "instruction limit"
-INTERRUPTED = "interrupted"
-DEADLOCK = "deadlock"
-
-
-class MachineStop(Exception):
-    """The whole machine stops before its processes end: ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class KernelCallResult:
-    """What a kernel routine run by ``call_kernel`` returned, and the IRQL it returned at
-    (the caller's IRQL is back once it has returned)."""
-
-    rax: int
-    irql: int = PASSIVE_LEVEL
-
 
 class KernelMemory(Protocol):
     """Mm's kernel-mode access: memory as ring-0 code sees it (emu.nt.mm_kernel)."""

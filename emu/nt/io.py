@@ -774,8 +774,6 @@ class IoManager:
         """A process ends: if a driver left some of its pages locked (MmProbeAndLockPages
         with no MmUnlockPages), Windows' MmDeleteProcessAddressSpace stops the machine with
         bug check 0x76 PROCESS_HAS_LOCKED_PAGES (0, the process object, the locked pages, 0)."""
-        from emu.nt.ntos.ps import eprocess_of
-
         ex = self.ex
         own: dict[int, int] = {}         # the I/O manager's locks, for requests in flight
         for mdl in self._own_mdls:
@@ -784,6 +782,8 @@ class IoManager:
         locked = sum(1 for pfn, e in ex.mm.pfn.entries.made()
                      if e.owner == proc.pid and e.locks > own.get(pfn, 0))
         if locked:
+            from emu.nt.ntos.ps import eprocess_of  # only a driver locks pages (start-up)
+
             raise BugCheck(PROCESS_HAS_LOCKED_PAGES, (0, eprocess_of(ex, proc), locked, 0),
                            detail=f"process {proc.pid} ({proc.name}) ends with {locked} "
                            "page(s) a driver locked and never unlocked")

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING
 
 from emu.hw.cpu import CpuException, StopReason, Vector
 from emu.hw.mmu import PFErr
-from emu.nt import exports, kintr, kuser, layout, trap
+from emu.nt import kuser, layout, trap
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
-from emu.nt.interfaces import INSTRUCTION_LIMIT, INTERRUPTED, KernelCallResult, MachineStop
+from emu.nt.kedefs import INSTRUCTION_LIMIT, INTERRUPTED, KernelCallResult, MachineStop
 from emu.nt.layout import KERNEL_RETURN, KERNEL_STACK_TOP
 from emu.nt.loaded_modules import driver_at, symbolize
 
 if TYPE_CHECKING:
-    from emu.nt import seh
+    from emu.nt import exports, seh
     from emu.nt.mm.address_space import AddressSpace
     from emu.nt.process import Thread
 
@@ -82,7 +82,7 @@ class KeKernelCalls:
         """Return addresses up the ring-0 stack: through PE drivers (and the kernel exports
         they call) by their .pdata/.xdata, as WinDbg unwinds (emu.nt.unwind); through ELF
         drivers by frame pointers (they keep them)."""
-        from emu.nt import seh, unwind  # only when a PE driver's code runs (start-up)
+        from emu.nt import exports, seh, unwind  # only for ring-0 code (start-up)
 
         cpu_rip, in_pe = self.cpu.reg("rip"), False
         if exports.name_at(cpu_rip):                 # in a routine: who called it?
@@ -144,6 +144,10 @@ class KeKernelCalls:
         """Run a ring-0 routine (Microsoft x64 calling convention) in ``space`` on the kernel
         stack ending at ``stack_top``; it returns to an int3 trap in kernel text. Kernel
         exports it calls are served on the way; a fault inside it is a bug check."""
+        # Kernel code runs only once a driver is loaded: the export table and Ke's interrupt
+        # delivery are imported then, not at every start-up (docs/performance.md).
+        from emu.nt import exports, kintr
+
         cpu = self.cpu
         # What the routine returns to: the interrupted or calling thread's state (an ISR's
         # iretq, a dispatch routine's return into the I/O manager). After the return the CPU
@@ -236,7 +240,7 @@ class KeKernelCalls:
 
     def _call_export(self, handler: exports.Handler) -> None:
         """A driver called a kernel export: run its routine, then return to the caller."""
-        from emu.nt import seh  # only when a PE driver's code runs (start-up)
+        from emu.nt import exports, seh  # only when a PE driver's code runs (start-up)
 
         call = exports.ExportCall(self)
         try:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 from emu.hw.cpu import RunResult, StopReason
 from emu.hw.descriptors import Selector
-from emu.nt import drivers, kintr, kuser, layout
+from emu.nt import drivers, kuser, layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
-from emu.nt.interfaces import DEADLOCK, INSTRUCTION_LIMIT, INTERRUPTED, MachineStop
+from emu.nt.kedefs import DEADLOCK, INSTRUCTION_LIMIT, INTERRUPTED, MachineStop
 from emu.nt.layout import TRAMPOLINE
 from emu.nt.process import ProcessState, ThreadState
 
@@ -261,6 +261,10 @@ class KeDispatcher:
         the thread goes on. A masked interrupt stays pending until the IRQL drops below its
         DIRQL (emu.nt.kintr)."""
         self.raise_interrupt_lines()
+        if not self.pending_interrupts and not self.dpc_queue:
+            return          # nothing to deliver (always so with no driver: kintr not imported)
+        from emu.nt import kintr
+
         kintr.dispatch(self, thread, here=here)
 
     def raise_interrupt_lines(self) -> None:
@@ -278,6 +282,10 @@ class KeDispatcher:
     def _irql_written(self, old: int, new: int) -> bool:
         """A driver's ``mov cr8`` moved the IRQL: stop the CPU after it if that unmasked an
         interrupt or, below DISPATCH_LEVEL, the DPC queue (call_kernel delivers them)."""
+        if not self.pending_interrupts and not self.dpc_queue:
+            return False    # nothing a lower IRQL could unmask
+        from emu.nt import kintr
+
         return kintr.work_after_write(self, old, new)
 
     def _set_rsp0(self, top: int) -> None:

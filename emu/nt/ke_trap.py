@@ -24,7 +24,7 @@ from emu.hw.faultaddr import memory_accesses
 from emu.nt import dispatch, layout, syscalls, trap
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.events import Event
-from emu.nt.interfaces import DISPATCH_LEVEL
+from emu.nt.kedefs import DISPATCH_LEVEL
 from emu.nt.loaded_modules import driver_at
 from emu.nt.mm import softpte, virtual
 from emu.nt.mm.virtual import FaultResolution

@@ -48,7 +48,11 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event, EventBus
 from emu.nt.fs import GuestFileSystem
-from emu.nt.interfaces import (  # noqa: F401 (the names callers import from here)
+from emu.nt.io import IoManager
+from emu.nt.ke_call import KeKernelCalls
+from emu.nt.ke_dispatcher import USER_RFLAGS, KeDispatcher  # noqa: F401 (bench/plain.py)
+from emu.nt.ke_trap import KeTrapEntry
+from emu.nt.kedefs import (  # noqa: F401 (the names callers import from here)
     DEADLOCK,
     DEVICE_IRQL,
     DISPATCH_LEVEL,
@@ -58,10 +62,6 @@ from emu.nt.interfaces import (  # noqa: F401 (the names callers import from her
     KernelCallResult,
     MachineStop,
 )
-from emu.nt.io import IoManager
-from emu.nt.ke_call import KeKernelCalls
-from emu.nt.ke_dispatcher import USER_RFLAGS, KeDispatcher  # noqa: F401 (bench/plain.py)
-from emu.nt.ke_trap import KeTrapEntry
 from emu.nt.layout import KERNEL_RETURN, KERNEL_STACK_TOP, TRAMPOLINE  # noqa: F401
 from emu.nt.mm import virtual
 from emu.nt.mm.address_space import MemoryManager, Protection

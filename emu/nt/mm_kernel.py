@@ -18,7 +18,7 @@ from emu.hw import mmu
 from emu.hw.mmu import PFErr
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheck, BugCheckCode
-from emu.nt.interfaces import DISPATCH_LEVEL
+from emu.nt.kedefs import DISPATCH_LEVEL
 from emu.nt.mm import virtual
 from emu.nt.mm.virtual import FaultResolution
 from emu.nt.process import ProcessState

@@ -173,6 +173,15 @@ def test_the_interfaces_import_nothing_of_emu_nt_at_run_time():
             pytest.fail(f"interfaces.py imports {node.module} at run time")
 
 
+def test_the_interfaces_cost_no_start_up_time():
+    """Every module names emu.nt.interfaces' Protocols for type checking only: importing
+    the executive never builds them (docs/performance.md, start-up)."""
+    for module, path in modules().items():
+        for node in ast.parse(path.read_text()).body:   # run-time imports only
+            if isinstance(node, ast.ImportFrom) and node.module == "emu.nt.interfaces":
+                pytest.fail(f"{module} imports emu.nt.interfaces at run time")
+
+
 def test_no_import_circle_in_emu_nt_has_more_than_two_files():
     edges = graph()
     big = [c for c in circles(edges) if len(c) > LIMIT and c != MM_CIRCLE]

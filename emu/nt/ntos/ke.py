@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from emu.nt import eprocess, kintr, wdm
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import ExportCall, call_site, export
-from emu.nt.interfaces import DEADLOCK, MachineStop
+from emu.nt.kedefs import DEADLOCK, MachineStop
 from emu.nt.kuser import (  # noqa: F401 (SYSTEM_TIME_AT_BOOT: ke's constant as before)
     PERFORMANCE_FREQUENCY,
     SYSTEM_TIME_AT_BOOT,
