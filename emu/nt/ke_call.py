@@ -30,13 +30,17 @@ from emu.nt.loaded_modules import driver_at, symbolize
 
 if TYPE_CHECKING:
     from emu.nt import exports, seh
+    from emu.nt.interfaces import Kernel as _Executive  # the other parts, via self
     from emu.nt.mm.address_space import AddressSpace
     from emu.nt.process import Thread
+else:
+    _Executive = object
+
 
 HLT = b"\xf4"
 
 
-class KeKernelCalls:
+class KeKernelCalls(_Executive):
     """The kernel-call part of the executive: call_kernel and what happens inside it."""
 
     def run_at_irql(self, irql: int, routine: int, args: tuple[int, ...],

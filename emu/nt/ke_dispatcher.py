@@ -30,7 +30,11 @@ from emu.nt.layout import TRAMPOLINE
 from emu.nt.process import ProcessState, ThreadState
 
 if TYPE_CHECKING:
+    from emu.nt.interfaces import Kernel as _Executive  # the other parts, via self
     from emu.nt.process import Thread
+else:
+    _Executive = object
+
 
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
 USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
@@ -40,7 +44,7 @@ _USER_ENTRY_REGISTERS = (*USER_GPRS, "rsp", "rip")            # load_user_contex
 _USER_CONTEXT_REGISTERS = (*USER_GPRS, "rsp", "rip", "rflags")  # capture_user_context
 
 
-class KeDispatcher:
+class KeDispatcher(_Executive):
     """The dispatcher's part of the executive: turns, budgets, context switches, the idle
     loop and the delivery of device interrupts between turns."""
 

@@ -32,7 +32,11 @@ from emu.nt.process import ThreadState
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
+    from emu.nt.interfaces import Kernel as _Executive  # the other parts, via self
     from emu.nt.process import Thread
+else:
+    _Executive = object
+
 
 # What a system call reads, in one batch (docs/abi.md): CS for the caller's ring, the service
 # number, then the arguments, as KiSystemCall64 / KiSystemService take them.
@@ -40,7 +44,7 @@ _SYSCALL_REGISTERS = ("cs", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
 _INT2E_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
-class KeTrapEntry:
+class KeTrapEntry(_Executive):
     """The trap part of the executive: exceptions and system service entry."""
 
     def _handle_exception(self, thread: Thread, exc: CpuException) -> None:

@@ -24,10 +24,14 @@ from emu.nt.mm.virtual import FaultResolution
 from emu.nt.process import ProcessState
 
 if TYPE_CHECKING:
+    from emu.nt.interfaces import Kernel as _Executive  # the other parts, via self
     from emu.nt.mm.address_space import AddressSpace
+else:
+    _Executive = object
 
 
-class MmKernelAccess:
+
+class MmKernelAccess(_Executive):
     """Mm's kernel-mode access part of the executive."""
 
     def write_user(self, space: AddressSpace, va: int, data: bytes) -> None:
