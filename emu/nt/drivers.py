@@ -14,18 +14,23 @@ runs (``shutdown``).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emu.nt import exports, io, layout, ntos  # noqa: F401 (ntos registers the exports)
+from emu.nt import layout, wdm
 from emu.nt.events import Event
-from emu.nt.loader import PF_W, PF_X, LoaderError, Segment, read_image_file
+from emu.nt.loaded_modules import (  # noqa: F401 (the names callers import from here)
+    Driver,
+    DriverImage,
+    driver_at,
+    symbolize,
+)
+from emu.nt.loader import PF_W, PF_X, LoaderError, read_image_file
 from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
 if TYPE_CHECKING:
-    from emu.nt.kernel import Executive
+    from emu.nt.interfaces import Kernel
 
 MAX_DRIVERS = 64
 _PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.PAGE_READWRITE,
@@ -33,41 +38,7 @@ _PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.
             (True, True): Protection.PAGE_EXECUTE_READWRITE}
 
 
-@dataclass
-class DriverImage:
-    """A driver file, parsed and relocated for its kernel base."""
-
-    path: str
-    name: str
-    base: int
-    entry: int                              # DriverEntry
-    segments: list[Segment]
-    pages: dict[int, bytearray]
-    page_flags: dict[int, int]
-    imports: list[str]
-    symbols: dict[str, int] = field(default_factory=dict)
-    discardable: set[int] = field(default_factory=set)   # pages freed after DriverEntry
-    is_pe: bool = True                      # every driver is a PE .sys (emu.nt.pe)
-    functions: list = field(default_factory=list)   # .pdata: unwind.RuntimeFunction, sorted
-    sections: list = field(default_factory=list)    # PE sections: pe.Section
-    pdb: str = ""                           # the PDB its function names came from
-
-    @property
-    def end(self) -> int:
-        return max(s.end for s in self.segments)
-
-
-@dataclass
-class Driver:
-    """A loaded driver (the DRIVER_OBJECT it was given, and how DriverEntry ended)."""
-
-    image: DriverImage
-    driver_object: int
-    status: int | None = None
-    unloaded: bool = False
-
-
-def load(ex: Executive, path: str | Path) -> DriverImage:
+def load(ex: Kernel, path: str | Path) -> DriverImage:
     """Read and parse a driver for the next free kernel slot (nothing mapped yet)."""
     p = Path(path)
     data = read_image_file(p)
@@ -75,7 +46,9 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
         raise LoaderError(f"{p}: too many drivers (at most {MAX_DRIVERS})")
     slot = len(ex.drivers) + len(ex.pending_drivers)
     base = layout.KERNEL_DRIVERS + slot * layout.KERNEL_DRIVER_SLOT
-    from emu.nt import pe  # imports this module, so loaded here
+    # The PE parser, and with it every export a driver may bind to (emu.nt.ntos, in its
+    # fixed order): imported with the first driver, not at every start-up.
+    from emu.nt import pe
 
     # One driver format, as on Windows: a PE32+ image (an ELF file, an app, anything else
     # is refused before a byte of it is mapped).
@@ -85,7 +58,7 @@ def load(ex: Executive, path: str | Path) -> DriverImage:
     return pe.parse_pe_driver(data, str(p), base)
 
 
-def start(ex: Executive, image: DriverImage) -> Driver:
+def start(ex: Kernel, image: DriverImage) -> Driver:
     """Map the image into the shared kernel half and run DriverEntry at ring 0 (IopLoadDriver).
     A failing DriverEntry unloads the driver; a successful one has its discardable pages
     freed; a fault in it is a bug check (raised)."""
@@ -114,7 +87,7 @@ def start(ex: Executive, image: DriverImage) -> Driver:
     return driver
 
 
-def _watch_cr8_moves(ex: Executive, image: DriverImage) -> None:
+def _watch_cr8_moves(ex: Kernel, image: DriverImage) -> None:
     """Let the CPU find the CR8 moves (the IRQL, emu.hw.cr8) in each run of the image's
     executable pages, once, before any of its code runs."""
     runs: list[tuple[int, bytearray]] = []
@@ -129,7 +102,7 @@ def _watch_cr8_moves(ex: Executive, image: DriverImage) -> None:
         ex.cpu.cr8.watch(va, bytes(code))
 
 
-def _free_pages(ex: Executive, pages) -> None:
+def _free_pages(ex: Kernel, pages) -> None:
     """Unmap the driver pages ``pages`` from the shared kernel half (each PTE zeroed and its
     translation invalidated, as INVLPG does) and give their frames back to the free list;
     the CR8 moves of code there are hooked no more."""
@@ -140,13 +113,13 @@ def _free_pages(ex: Executive, pages) -> None:
             ex.mm.pfn.release(pfn)
 
 
-def unload_routine(ex: Executive, driver: Driver) -> int:
+def unload_routine(ex: Kernel, driver: Driver) -> int:
     """The DriverUnload routine the driver stored in its DRIVER_OBJECT (0: none); wdm.h's
     x64 layout (emu.nt.wdm)."""
-    return ex.kernel_read_u64(driver.driver_object + io.DRIVER_UNLOAD)
+    return ex.kernel_read_u64(driver.driver_object + wdm.DRIVER_OBJECT["DriverUnload"])
 
 
-def shutdown(ex: Executive) -> None:
+def shutdown(ex: Kernel) -> None:
     """A clean shutdown: the I/O manager calls DriverUnload(DriverObject) of each loaded
     driver that set one, in reverse load order, at PASSIVE_LEVEL in the system context; a
     fault there is a bug check (raised). A driver without DriverUnload is left as it is
@@ -159,7 +132,7 @@ def shutdown(ex: Executive) -> None:
             ex.call_kernel(routine, driver.driver_object)
 
 
-def _registry_path(ex: Executive, name: str) -> int:
+def _registry_path(ex: Kernel, name: str) -> int:
     """A UNICODE_STRING for \\Registry\\Machine\\System\\CurrentControlSet\\Services\\NAME."""
     text = ("\\Registry\\Machine\\System\\CurrentControlSet\\Services\\"
             + name.rsplit(".", 1)[0]).encode("utf-16-le")
@@ -169,27 +142,3 @@ def _registry_path(ex: Executive, name: str) -> int:
     ex.write_user(ex.mm.system, string, struct.pack("<HHIQ", len(text), len(text) + 2, 0,
                                                     buffer))
     return string
-
-
-def symbolize(ex: Executive, address: int) -> str:
-    """``driver.sys!Function+0x1a`` (or ``driver.sys+0x1234``) for a code address in a loaded
-    driver, as WinDbg names it; ``nt!memcpy`` for a kernel export's address; the bare address
-    elsewhere."""
-    driver = driver_at(ex, address)
-    if driver is None:
-        name = exports.name_at(address)
-        return f"0x{address:x}" if name is None else f"nt!{name}"
-    image = driver.image
-    best = max(((value, name) for name, value in image.symbols.items() if value <= address),
-               default=None)
-    if best is None:
-        return f"{image.name}+0x{address - image.base:x}"
-    return f"{image.name}!{best[1]}+0x{address - best[0]:x}"
-
-
-def driver_at(ex: Executive, address: int) -> Driver | None:
-    """The loaded driver whose image contains ``address``."""
-    for driver in ex.drivers:
-        if driver.image.base <= address < driver.image.end and not driver.unloaded:
-            return driver
-    return None

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from emu.nt import layout, wdm
 from emu.nt.bugcheck import BugCheck, BugCheckCode
+from emu.nt.loaded_modules import driver_at, symbolize
 from emu.nt.mm.address_space import Protection, leaf_flags
 from emu.nt.mm.pfn import OutOfFrames, PfnListCorrupt
 from emu.nt.ob import Event, ObjectType
@@ -35,8 +36,8 @@ from emu.nt.pool import PoolType
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.drivers import Driver
-    from emu.nt.kernel import Executive
+    from emu.nt.interfaces import Kernel
+    from emu.nt.loaded_modules import Driver
     from emu.nt.process import Thread
 
 IRP_MJ_CREATE, IRP_MJ_CLOSE, IRP_MJ_READ, IRP_MJ_WRITE = 0x00, 0x02, 0x03, 0x04
@@ -148,7 +149,7 @@ class IrpRecord:
 class IoManager:
     """Devices and IRPs of one machine."""
 
-    def __init__(self, ex: Executive) -> None:
+    def __init__(self, ex: Kernel) -> None:
         self.ex = ex
         self.devices: dict[str, Device] = {}
         self.links: dict[str, str] = {}             # \??\NAME -> the name it stands for
@@ -564,11 +565,9 @@ class IoManager:
                           (dispatch, result.irql, 0, 0), None,
                           f"the dispatch routine returned at IRQL {result.irql}: its system "
                           "call returns to user mode above PASSIVE_LEVEL")
-            from emu.nt import drivers
-            culprit = drivers.driver_at(self.ex, dispatch)
+            culprit = driver_at(self.ex, dispatch)
             if culprit is not None:
-                bc.driver, bc.location = culprit.image.name, drivers.symbolize(self.ex,
-                                                                               dispatch)
+                bc.driver, bc.location = culprit.image.name, symbolize(self.ex, dispatch)
             raise bc
         return result.rax & 0xFFFF_FFFF
 
@@ -767,7 +766,7 @@ class IoManager:
         from emu.nt.syscalls import UserAccessViolation
 
         try:
-            return self.ex._kernel_walk(page, access)
+            return self.ex.kernel_walk(page, access)
         except (mmu.PageFault, mmu.GeneralProtection):
             raise UserAccessViolation(page) from None
 
@@ -775,8 +774,6 @@ class IoManager:
         """A process ends: if a driver left some of its pages locked (MmProbeAndLockPages
         with no MmUnlockPages), Windows' MmDeleteProcessAddressSpace stops the machine with
         bug check 0x76 PROCESS_HAS_LOCKED_PAGES (0, the process object, the locked pages, 0)."""
-        from emu.nt.ntos.ps import eprocess_of
-
         ex = self.ex
         own: dict[int, int] = {}         # the I/O manager's locks, for requests in flight
         for mdl in self._own_mdls:
@@ -785,6 +782,8 @@ class IoManager:
         locked = sum(1 for pfn, e in ex.mm.pfn.entries.made()
                      if e.owner == proc.pid and e.locks > own.get(pfn, 0))
         if locked:
+            from emu.nt.ntos.ps import eprocess_of  # only a driver locks pages (start-up)
+
             raise BugCheck(PROCESS_HAS_LOCKED_PAGES, (0, eprocess_of(ex, proc), locked, 0),
                            detail=f"process {proc.pid} ({proc.name}) ends with {locked} "
                            "page(s) a driver locked and never unlocked")
@@ -919,7 +918,7 @@ def invalid_device_request_address() -> int:
     return exports.address_of("IopInvalidDeviceRequest") or 0
 
 
-def invalid_device_request(ex: Executive, call) -> int:
+def invalid_device_request(ex: Kernel, call) -> int:
     """NTSTATUS IopInvalidDeviceRequest(DEVICE_OBJECT*, IRP*): the I/O manager's default
     dispatch routine. It sets Irp->IoStatus.Status to STATUS_INVALID_DEVICE_REQUEST and
     Information to 0, completes the IRP (IoCompleteRequest) and returns that status."""

@@ -26,7 +26,7 @@ from emu.nt import layout, wdm
 from emu.nt.events import Event
 
 if TYPE_CHECKING:
-    from emu.nt.kernel import Executive
+    from emu.nt.interfaces import InterruptController
     from emu.nt.process import Thread
 
 PASSIVE_LEVEL, APC_LEVEL, DISPATCH_LEVEL = 0, 1, 2
@@ -54,7 +54,7 @@ class Interrupt:
     synchronize_irql: int
 
 
-def initialize_dpc(ex: Executive, dpc: int, routine: int, context: int) -> None:
+def initialize_dpc(ex: InterruptController, dpc: int, routine: int, context: int) -> None:
     """KeInitializeDpc: Type DpcObject, Importance medium, Number 0, the routine and its
     context, DpcData NULL (not queued)."""
     raw = bytearray(ex.kernel_read(dpc, wdm.KDPC.size))
@@ -64,12 +64,12 @@ def initialize_dpc(ex: Executive, dpc: int, routine: int, context: int) -> None:
     ex.kernel_write(dpc, bytes(raw))
 
 
-def is_queued(ex: Executive, dpc: int) -> bool:
+def is_queued(ex: InterruptController, dpc: int) -> bool:
     """Whether the KDPC is in the DPC queue (its DpcData is set)."""
     return ex.kernel_read_u64(dpc + wdm.KDPC["DpcData"]) != 0
 
 
-def insert_queue_dpc(ex: Executive, dpc: int, argument1: int, argument2: int) -> bool:
+def insert_queue_dpc(ex: InterruptController, dpc: int, argument1: int, argument2: int) -> bool:
     """KeInsertQueueDpc: FALSE if the KDPC is queued already; else SystemArgument1/2 are
     stored, it joins the queue (a high-importance one at the head) and TRUE. Below
     DISPATCH_LEVEL it runs at once (the DISPATCH_LEVEL software interrupt is not masked)."""
@@ -87,7 +87,7 @@ def insert_queue_dpc(ex: Executive, dpc: int, argument1: int, argument2: int) ->
     return True
 
 
-def remove_queue_dpc(ex: Executive, dpc: int) -> bool:
+def remove_queue_dpc(ex: InterruptController, dpc: int) -> bool:
     """KeRemoveQueueDpc: TRUE if the KDPC was queued (it is not any more), else FALSE."""
     if dpc not in ex.dpc_queue:
         return False
@@ -96,13 +96,14 @@ def remove_queue_dpc(ex: Executive, dpc: int) -> bool:
     return True
 
 
-def _current_stack(ex: Executive) -> int:
+def _current_stack(ex: InterruptController) -> int:
     """A stack top below the running routine's frames (for a routine run in the middle of
     it: an interrupt or a DPC taken while kernel code runs)."""
     return (ex.cpu.reg("rsp") - NESTED_FRAME) & ~0xF
 
 
-def drain_dpcs(ex: Executive, thread: Thread | None = None, *, here: bool = False) -> None:
+def drain_dpcs(ex: InterruptController, thread: Thread | None = None, *,
+               here: bool = False) -> None:
     """Run every queued DPC at DISPATCH_LEVEL (the IRQL is below it), oldest first, in the
     current address space: on the thread's kernel stack, or ``here`` on the current one."""
     while ex.dpc_queue and ex.irql < DISPATCH_LEVEL:
@@ -118,14 +119,14 @@ def drain_dpcs(ex: Executive, thread: Thread | None = None, *, here: bool = Fals
         ex.irql = previous
 
 
-def deliverable(ex: Executive) -> list[Interrupt]:
+def deliverable(ex: InterruptController) -> list[Interrupt]:
     """The pending interrupts the current IRQL lets through, highest DIRQL first."""
     ready = [ex.interrupts[v] for v in ex.pending_interrupts if v in ex.interrupts and
              ex.interrupts[v].irql > ex.irql]
     return sorted(ready, key=lambda i: -i.irql)
 
 
-def dispatch(ex: Executive, thread: Thread | None, *, here: bool = False) -> None:
+def dispatch(ex: InterruptController, thread: Thread | None, *, here: bool = False) -> None:
     """Deliver what the IRQL allows now: each pending interrupt above it (its ISR at its
     SynchronizeIrql), then, once below DISPATCH_LEVEL, the DPCs."""
     while True:
@@ -145,7 +146,7 @@ def dispatch(ex: Executive, thread: Thread | None, *, here: bool = False) -> Non
         drain_dpcs(ex, thread, here=here)
 
 
-def work_after_write(ex: Executive, old: int, new: int) -> bool:
+def work_after_write(ex: InterruptController, old: int, new: int) -> bool:
     """After the IRQL went from ``old`` to ``new``: whether something is deliverable now."""
     return new < old and (bool(deliverable(ex)) or
                           (new < DISPATCH_LEVEL and bool(ex.dpc_queue)))

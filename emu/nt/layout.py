@@ -48,6 +48,12 @@ KI_USER_SHARED_DATA = 0xFFFF_F780_0000_0000    # KUSER_SHARED_DATA (wdm.h's x64 
 KERNEL_DRIVERS = 0xFFFF_F800_0100_0000         # driver images, one 16 MiB slot each
 KERNEL_DRIVER_SLOT = 16 << 20
 
+# Kernel text: an iretq at its start (the way into ring 3), an int3 at +0x10 (where a kernel
+# routine run by the executive returns to). The boot stack is kernel stack slot 0.
+TRAMPOLINE = KERNEL_TEXT
+KERNEL_RETURN = KERNEL_TEXT + 0x10
+KERNEL_STACK_TOP = KERNEL_STACK_BASE + (KERNEL_STACK_PAGES + 1) * PAGE_SIZE
+
 
 def is_user_address(va: int) -> bool:
     """True for addresses in the user half (0 .. 0x00007FFF'FFFFFFFF)."""

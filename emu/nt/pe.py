@@ -29,7 +29,7 @@ import pefile
 import purepdb
 
 from emu.nt import exports, layout, ntos, unwind  # noqa: F401 (ntos registers the exports)
-from emu.nt.drivers import DriverImage
+from emu.nt.loaded_modules import DriverImage
 from emu.nt.loader import PF_R, PF_W, PF_X, LoaderError, Segment
 
 # PE format (Microsoft's "PE Format" specification).

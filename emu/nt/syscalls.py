@@ -21,7 +21,7 @@ from emu.nt.layout import MM_USER_PROBE_ADDRESS, PAGE_SIZE
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.kernel import Executive
+    from emu.nt.interfaces import Kernel
     from emu.nt.process import Process
 
 MAX_WRITE = 1 << 20
@@ -64,7 +64,7 @@ class UserAccessViolation(Exception):
     """A user pointer failed its probe or its copy (becomes STATUS_ACCESS_VIOLATION)."""
 
 
-Handler = Callable[["Executive", "Process", tuple[int, ...]], "int | None"]
+Handler = Callable[["Kernel", "Process", tuple[int, ...]], "int | None"]
 SERVICE_TABLE: dict[Service, Handler] = {}
 
 
@@ -78,7 +78,7 @@ def service(number: Service) -> Callable[[Handler], Handler]:
     return register
 
 
-def dispatch(ex: Executive, proc: Process, number: int, args: tuple[int, ...]) -> int | None:
+def dispatch(ex: Kernel, proc: Process, number: int, args: tuple[int, ...]) -> int | None:
     """KiSystemService: run the handler for ``number``; the result goes back in RAX (None:
     the calling thread gets no result now, because it blocked or ended)."""
     try:
@@ -101,7 +101,7 @@ class UserStatus(Exception):
         self.status = status
 
 
-def _fault_in(ex: Executive, address: int, length: int, access: str) -> None:
+def _fault_in(ex: Kernel, address: int, length: int, access: str) -> None:
     """Make committed-but-untouched pages valid before copying, as the page-fault handler
     would for an access from kernel mode (MmAccessFault with a user address)."""
     from emu.nt.mm import virtual
@@ -122,7 +122,7 @@ def check_user_range(address: int, length: int) -> None:
         raise UserAccessViolation(address)      # reaches into the kernel half, or wraps
 
 
-def _user_pages(ex: Executive, address: int, length: int, access: str, mark: bool = True):
+def _user_pages(ex: Kernel, address: int, length: int, access: str, mark: bool = True):
     """ProbeForRead/ProbeForWrite: check [address, address + length) lies below
     MmUserProbeAddress, then page by page make the page valid (demand zero, stack growth,
     paged back in) and yield (offset, physical address, byte count), each page checked as
@@ -143,7 +143,7 @@ def _user_pages(ex: Executive, address: int, length: int, access: str, mark: boo
         va += n
 
 
-def probe(ex: Executive, address: int, length: int, access: str) -> None:
+def probe(ex: Kernel, address: int, length: int, access: str) -> None:
     """ProbeForRead (``access`` "read") or ProbeForWrite ("write"): every page of the buffer
     accessible so from ring 3, or UserAccessViolation (UserStatus for a guard page); nothing
     is copied."""
@@ -151,28 +151,28 @@ def probe(ex: Executive, address: int, length: int, access: str) -> None:
         pass
 
 
-def probe_for_read(ex: Executive, address: int, length: int) -> None:
+def probe_for_read(ex: Kernel, address: int, length: int) -> None:
     """ProbeForRead: every byte of the buffer readable from ring 3, or UserAccessViolation
     (UserStatus for a guard page); nothing is copied. Services call it for every pointer
     before they act, so a bad pointer never leaves half a side effect."""
     probe(ex, address, length, "read")
 
 
-def probe_for_write(ex: Executive, address: int, length: int) -> None:
+def probe_for_write(ex: Kernel, address: int, length: int) -> None:
     """ProbeForWrite (Microsoft: "checks that a user-mode buffer actually resides in the
     user-mode portion of the address space, is writable"): every page writable from ring 3,
     or UserAccessViolation; nothing is written."""
     probe(ex, address, length, "write")
 
 
-def probe_and_read(ex: Executive, address: int, length: int) -> bytes:
+def probe_and_read(ex: Kernel, address: int, length: int) -> bytes:
     """ProbeForRead + copy: ``length`` bytes of the caller's memory, or UserAccessViolation."""
     if length == 0:
         return b""
     return b"".join(ex.mem.read(pa, n) for _, pa, n in _user_pages(ex, address, length, "read"))
 
 
-def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
+def probe_and_write(ex: Kernel, address: int, data: bytes) -> None:
     """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation."""
     if not data:
         return
@@ -183,7 +183,7 @@ def probe_and_write(ex: Executive, address: int, data: bytes) -> None:
         ex.cpu.invalidate_page(address + offset)   # the TLB may hold it without its new D bit
 
 
-def probe_limited(ex: Executive, address: int, length: int, limit: int, access: str) -> int:
+def probe_limited(ex: Kernel, address: int, length: int, limit: int, access: str) -> int:
     """A buffer argument with a service limit, in the order docs/abi.md gives: a range that
     wraps or reaches MmUserProbeAddress is STATUS_ACCESS_VIOLATION whatever its length; a
     valid range longer than ``limit`` is STATUS_INVALID_PARAMETER (no page is looked at);
@@ -195,23 +195,8 @@ def probe_limited(ex: Executive, address: int, length: int, limit: int, access: 
     return NTSTATUS.STATUS_SUCCESS
 
 
-@service(Service.NtTerminateProcess)
-def nt_terminate_process(ex: Executive, proc: Process, args: tuple[int, ...]) -> int | None:
-    """NtTerminateProcess(ProcessHandle, ExitStatus): -1 is the caller itself; 0 is no
-    handle (STATUS_INVALID_HANDLE), as every other value not open in the caller."""
-    from emu.nt.ob import HandleError, ObjectType
-    from emu.nt.svc_objects import reference
-
-    try:
-        target = reference(ex, proc, args[0], ObjectType.PROCESS)
-    except HandleError as err:
-        return err.status
-    ex.terminate(target, args[1] & 0xFFFF_FFFF)
-    return None if target is proc else NTSTATUS.STATUS_SUCCESS
-
-
 @service(Service.NtWriteConsole)
-def nt_write_console(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+def nt_write_console(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
     """NtWriteConsole(Buffer, Length): write bytes of the caller's memory to the console."""
     buffer, length = args[0], args[1]
     status = probe_limited(ex, buffer, length, MAX_WRITE, "read")
@@ -222,6 +207,6 @@ def nt_write_console(ex: Executive, proc: Process, args: tuple[int, ...]) -> int
 
 
 @service(Service.NtGetCurrentProcessId)
-def nt_get_current_process_id(ex: Executive, proc: Process, args: tuple[int, ...]) -> int:
+def nt_get_current_process_id(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
     """NtGetCurrentProcessId(): the caller's process id (returned as a value, not a status)."""
     return proc.pid

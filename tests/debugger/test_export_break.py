@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.nt import exports
+from emu.nt import exports, ntos  # noqa: F401 (ntos registers the exports)
 from emu.tools import build_driver
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from state_harness import MARKERS, machine, pid_of, two_processes
 
 from emu.debugger.target import DumpTarget, LiveTarget, TargetError, open_dump
 from emu.hw import mmu
-from emu.nt import dump, exports
+from emu.nt import dump, exports, ntos  # noqa: F401 (ntos registers the exports)
 
 
 @pytest.fixture(scope="module")

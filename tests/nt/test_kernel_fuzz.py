@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from emu import Machine
 from emu.hw.mmu import PTE
-from emu.nt import exports, io, layout
+from emu.nt import exports, io, layout, ntos  # noqa: F401 (ntos registers the exports)
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.drivers import Driver, DriverImage
 from emu.nt.kernel import DEADLOCK, KernelCallResult, MachineStop

@@ -235,7 +235,7 @@ def test_an_unknown_import_is_refused_at_load_by_dll_and_name(machine_factory, s
 def test_the_retired_elf_dialect_routines_are_not_exports(sys_files, name):
     # The retired ELF .sys files' dialect had these (not Windows exports, or wdm.h inlines or
     # macros); they went with it: a driver importing one is refused, nt!Name is unknown.
-    from emu.nt import exports
+    from emu.nt import exports, ntos  # noqa: F401 (ntos registers the exports)
 
     assert exports.address_of(name) is None and name not in exports.EXPORTS
     image = pefile.PE(str(sys_files / "pehello.sys"))

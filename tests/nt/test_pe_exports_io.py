@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from emu.hw import mmu
-from emu.nt import exports, layout
+from emu.nt import exports, layout, ntos  # noqa: F401 (ntos registers the exports)
 from emu.nt.bugcheck import BugCheckCode
 
 ROOT = Path(__file__).resolve().parents[2]

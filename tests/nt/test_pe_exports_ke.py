@@ -13,7 +13,7 @@ import pytest
 from driverboot import DRIVERS, boot
 
 from emu.hw.devices import SLOW_DEVICE_LATENCY, SLOW_DEVICE_VECTOR
-from emu.nt import eprocess, exports, layout, wdm
+from emu.nt import eprocess, exports, layout, ntos, wdm  # noqa: F401 (ntos: the exports)
 from emu.nt.ntos import ke, rtl
 
 ROOT = Path(__file__).resolve().parents[2]

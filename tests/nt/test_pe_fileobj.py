@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.nt import exports, io, wdm
+from emu.nt import exports, io, ntos, wdm  # noqa: F401 (ntos registers the exports)
 from emu.tools import build_driver
 
 # Per-open state in FsContext: CREATE allocates a counter, each READ counts in it, CLEANUP

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.nt import drivers, exports, io, wdm
+from emu.nt import drivers, exports, io, ntos, wdm  # noqa: F401 (ntos: the exports)
 from emu.nt.status import NTSTATUS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -58,7 +58,7 @@ _PROTECTION_FAULT = int(PFErr.P | PFErr.RSVD)   # error-code bits: the page was 
 
 if TYPE_CHECKING:
     from emu.hw.cpu import CpuException
-    from emu.nt.kernel import Executive
+    from emu.nt.interfaces import Kernel as Executive
     from emu.nt.mm.address_space import MemoryManager
     from emu.nt.process import Process
 

@@ -8,17 +8,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emu.nt import eprocess, kintr, layout, wdm
+from emu.nt import eprocess, kintr, wdm
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import ExportCall, call_site, export
-from emu.nt.mm.address_space import Protection
-from emu.nt.mm.pfn import FrameUse
+from emu.nt.kedefs import DEADLOCK, MachineStop
+from emu.nt.kuser import (  # noqa: F401 (SYSTEM_TIME_AT_BOOT: ke's constant as before)
+    PERFORMANCE_FREQUENCY,
+    SYSTEM_TIME_AT_BOOT,
+    TIME_INCREMENT,
+    interrupt_time,
+    system_time,
+)
 from emu.nt.ntos import rtl
 from emu.nt.process import ProcessState
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.kernel import Executive
+    from emu.nt.interfaces import Kernel
     from emu.nt.process import Process
 
 NTOSKRNL = "ntoskrnl.exe"
@@ -31,7 +37,7 @@ NTOSKRNL = "ntoskrnl.exe"
 SPIN_LOCK_HELD = 1               # bit 0 of the KSPIN_LOCK, as KxAcquireSpinLock sets it
 
 
-def set_irql(ex: Executive, new: int) -> None:
+def set_irql(ex: Kernel, new: int) -> None:
     """Write CR8, then deliver what a lower IRQL unmasks (interrupts above it; below
     DISPATCH_LEVEL, the DPC queue), as the software interrupts would on Windows."""
     old = ex.irql
@@ -40,7 +46,7 @@ def set_irql(ex: Executive, new: int) -> None:
         kintr.dispatch(ex, ex.current_thread, here=True)
 
 
-def _raise(ex: Executive, call: ExportCall, new: int, routine: str) -> int:
+def _raise(ex: Kernel, call: ExportCall, new: int, routine: str) -> int:
     """KfRaiseIrql's rule: the old IRQL; a new one below it is bug check 0x9
     IRQL_NOT_GREATER_OR_EQUAL (the IRQL asked for, the current one)."""
     old = ex.irql
@@ -52,7 +58,7 @@ def _raise(ex: Executive, call: ExportCall, new: int, routine: str) -> int:
 
 
 @export("KeLowerIrql", dll="ntoskrnl.exe")
-def ke_lower_irql(ex: Executive, call: ExportCall) -> int:
+def ke_lower_irql(ex: Kernel, call: ExportCall) -> int:
     """VOID KeLowerIrql(KIRQL NewIrql): CR8 = NewIrql, as wdm.h's x64 inline (__writecr8)
     does: no check (a NewIrql above the current IRQL raises it, as that inline would),
     then what the lower IRQL unmasks runs (a pending DPC below DISPATCH_LEVEL)."""
@@ -64,12 +70,12 @@ def ke_lower_irql(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeRaiseIrqlToDpcLevel", dll="ntoskrnl.exe")
-def ke_raise_irql_to_dpc_level(ex: Executive, call: ExportCall) -> int:
+def ke_raise_irql_to_dpc_level(ex: Kernel, call: ExportCall) -> int:
     """KIRQL KeRaiseIrqlToDpcLevel(VOID): KfRaiseIrql(DISPATCH_LEVEL)."""
     return _raise(ex, call, kintr.DISPATCH_LEVEL, "KeRaiseIrqlToDpcLevel")
 
 
-def _acquire(ex: Executive, call: ExportCall, lock: int) -> None:
+def _acquire(ex: Kernel, call: ExportCall, lock: int) -> None:
     """Take the KSPIN_LOCK: on this one processor a held lock would spin forever; Windows'
     checked kernel stops with SPIN_LOCK_ALREADY_OWNED (0xF), and so does this one."""
     if ex.kernel_read_u64(lock) & SPIN_LOCK_HELD:
@@ -79,7 +85,7 @@ def _acquire(ex: Executive, call: ExportCall, lock: int) -> None:
     ex.kernel_write(lock, SPIN_LOCK_HELD.to_bytes(8, "little"))
 
 
-def _release(ex: Executive, call: ExportCall, lock: int) -> None:
+def _release(ex: Kernel, call: ExportCall, lock: int) -> None:
     """Free the KSPIN_LOCK; one not held is SPIN_LOCK_NOT_OWNED (0x10)."""
     if not ex.kernel_read_u64(lock) & SPIN_LOCK_HELD:
         raise BugCheck(BugCheckCode.SPIN_LOCK_NOT_OWNED, (lock, 0, 0, 0),
@@ -88,7 +94,7 @@ def _release(ex: Executive, call: ExportCall, lock: int) -> None:
 
 
 @export("KeAcquireSpinLockRaiseToDpc", dll="ntoskrnl.exe")
-def ke_acquire_spin_lock_raise_to_dpc(ex: Executive, call: ExportCall) -> int:
+def ke_acquire_spin_lock_raise_to_dpc(ex: Kernel, call: ExportCall) -> int:
     """KIRQL KeAcquireSpinLockRaiseToDpc(PKSPIN_LOCK SpinLock) (wdm.h's KeAcquireSpinLock on
     x64): raise to DISPATCH_LEVEL, take the lock, return the old IRQL."""
     old = _raise(ex, call, kintr.DISPATCH_LEVEL, "KeAcquireSpinLock")
@@ -97,7 +103,7 @@ def ke_acquire_spin_lock_raise_to_dpc(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeReleaseSpinLock", dll="ntoskrnl.exe")
-def ke_release_spin_lock(ex: Executive, call: ExportCall) -> int:
+def ke_release_spin_lock(ex: Kernel, call: ExportCall) -> int:
     """VOID KeReleaseSpinLock(PKSPIN_LOCK SpinLock, KIRQL NewIrql): free the lock, lower the
     IRQL to NewIrql (what that unmasks runs then)."""
     _release(ex, call, call.arg(0))
@@ -106,7 +112,7 @@ def ke_release_spin_lock(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeAcquireSpinLockAtDpcLevel", dll="ntoskrnl.exe")
-def ke_acquire_spin_lock_at_dpc_level(ex: Executive, call: ExportCall) -> int:
+def ke_acquire_spin_lock_at_dpc_level(ex: Kernel, call: ExportCall) -> int:
     """VOID KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock): take the lock, IRQL as it is
     (the caller is at DISPATCH_LEVEL or above)."""
     _acquire(ex, call, call.arg(0))
@@ -114,14 +120,14 @@ def ke_acquire_spin_lock_at_dpc_level(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeReleaseSpinLockFromDpcLevel", dll="ntoskrnl.exe")
-def ke_release_spin_lock_from_dpc_level(ex: Executive, call: ExportCall) -> int:
+def ke_release_spin_lock_from_dpc_level(ex: Kernel, call: ExportCall) -> int:
     """VOID KeReleaseSpinLockFromDpcLevel(PKSPIN_LOCK SpinLock): free it, IRQL as it is."""
     _release(ex, call, call.arg(0))
     return 0
 
 
 @export("KeInitializeDpc", dll="ntoskrnl.exe")
-def ke_initialize_dpc(ex: Executive, call: ExportCall) -> int:
+def ke_initialize_dpc(ex: Kernel, call: ExportCall) -> int:
     """VOID KeInitializeDpc(PRKDPC Dpc, PKDEFERRED_ROUTINE DeferredRoutine, PVOID
     DeferredContext): the KDPC in the caller's memory (emu.nt.kintr.initialize_dpc)."""
     kintr.initialize_dpc(ex, call.arg(0), call.arg(1), call.arg(2))
@@ -129,20 +135,20 @@ def ke_initialize_dpc(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeInsertQueueDpc", dll="ntoskrnl.exe")
-def ke_insert_queue_dpc(ex: Executive, call: ExportCall) -> int:
+def ke_insert_queue_dpc(ex: Kernel, call: ExportCall) -> int:
     """BOOLEAN KeInsertQueueDpc(PRKDPC Dpc, PVOID SystemArgument1, PVOID SystemArgument2):
     FALSE if it is queued already (emu.nt.kintr.insert_queue_dpc)."""
     return int(kintr.insert_queue_dpc(ex, call.arg(0), call.arg(1), call.arg(2)))
 
 
 @export("KeRemoveQueueDpc", dll="ntoskrnl.exe")
-def ke_remove_queue_dpc(ex: Executive, call: ExportCall) -> int:
+def ke_remove_queue_dpc(ex: Kernel, call: ExportCall) -> int:
     """BOOLEAN KeRemoveQueueDpc(PRKDPC Dpc): TRUE if it was queued (and is no more)."""
     return int(kintr.remove_queue_dpc(ex, call.arg(0)))
 
 
 @export("IoDisconnectInterrupt", dll="ntoskrnl.exe")
-def io_disconnect_interrupt(ex: Executive, call: ExportCall) -> int:
+def io_disconnect_interrupt(ex: Kernel, call: ExportCall) -> int:
     """VOID IoDisconnectInterrupt(PKINTERRUPT InterruptObject): the ISR is called no more
     (a pending interrupt of its line is dropped) and the KINTERRUPT is freed; an object
     IoConnectInterrupt did not return is left alone."""
@@ -183,22 +189,22 @@ _TYPE, _SIZE, _SIGNAL_STATE = (wdm.DISPATCHER_HEADER[f] for f in ("Type", "Size"
 _WAIT_LIST = wdm.DISPATCHER_HEADER["WaitListHead"]
 
 
-def _signal_state(ex: Executive, obj: int) -> int:
+def _signal_state(ex: Kernel, obj: int) -> int:
     """Header.SignalState of a dispatcher object (a LONG)."""
     return struct.unpack("<i", rtl.read(ex, obj + _SIGNAL_STATE, 4))[0]
 
 
-def _set_signal_state(ex: Executive, obj: int, state: int) -> None:
+def _set_signal_state(ex: Kernel, obj: int, state: int) -> None:
     rtl.write(ex, obj + _SIGNAL_STATE, struct.pack("<i", state))
 
 
-def _signalled(ex: Executive, obj: int) -> bool:
+def _signalled(ex: Kernel, obj: int) -> bool:
     """Whether a wait on ``obj`` is satisfied now: SignalState > 0 (KiWaitSatisfy's rule for
     events and for any object whose header says it is signalled)."""
     return _signal_state(ex, obj) > 0
 
 
-def _satisfy(ex: Executive, obj: int) -> None:
+def _satisfy(ex: Kernel, obj: int) -> None:
     """Satisfying a wait has the object's side effect: a synchronization event resets
     ("an auto-reset event": KeInitializeEvent); a notification event stays signalled. Other
     dispatcher objects are only read (no mutex or semaphore is acquired here)."""
@@ -206,7 +212,7 @@ def _satisfy(ex: Executive, obj: int) -> None:
         _set_signal_state(ex, obj, 0)
 
 
-def _timeout(ex: Executive, pointer: int) -> int | None:
+def _timeout(ex: Kernel, pointer: int) -> int | None:
     """A PLARGE_INTEGER timeout as instructions of the clock from now: None for NULL
     (forever); a negative value is relative, in 100 ns units; a positive one an absolute
     system time (100 ns units since 1601, KeQuerySystemTime's), 0 if it has passed."""
@@ -218,7 +224,7 @@ def _timeout(ex: Executive, pointer: int) -> int | None:
     return max(0, value - system_time(ex))
 
 
-def _no_switch_at_dispatch(ex: Executive, call: ExportCall, what: str) -> None:
+def _no_switch_at_dispatch(ex: Kernel, call: ExportCall, what: str) -> None:
     """A wait that must block at DISPATCH_LEVEL or above: the dispatcher cannot switch threads
     there. Windows stops with ATTEMPTED_SWITCH_FROM_DPC (0xB8: original thread, new thread,
     the original thread's stack, 0); there is no thread object here (0), and the stack is
@@ -231,26 +237,24 @@ def _no_switch_at_dispatch(ex: Executive, call: ExportCall, what: str) -> None:
                        "DISPATCH_LEVEL or above")
 
 
-def _advance_clock(ex: Executive, to: int) -> None:
+def _advance_clock(ex: Kernel, to: int) -> None:
     """The machine idles until ``to``: its clock jumps there, as when every thread waits."""
     ex.scheduler.idle_skipped += max(0, to - ex.clock)
 
 
-def _wait(ex: Executive, call: ExportCall, done: Callable[[], bool],
+def _wait(ex: Kernel, call: ExportCall, done: Callable[[], bool],
           ticks: int | None) -> bool:
     """Wait until ``done()`` or ``ticks`` instructions of the clock have passed (None:
     forever), the hardware going on meanwhile (see the heading above). True when satisfied,
     False on the timeout; a wait nothing can satisfy stops the machine (deadlock)."""
-    from emu.nt.kernel import DEADLOCK, MachineStop  # kernel imports this module
-
     deadline = None if ticks is None else ex.clock + ticks
     while not done():
-        device = ex._device_deadline()
+        device = ex.device_deadline()
         if device is not None and (deadline is None or device <= deadline):
             _advance_clock(ex, device)
             irql = ex.irql
             # Taken on the waiter's kernel stack, below its frames (x64 has no red zone).
-            ex._deliver_interrupts(ex.current_thread, here=True)
+            ex.deliver_interrupts(ex.current_thread, here=True)
             ex.irql = irql
             continue
         if deadline is None:
@@ -270,11 +274,11 @@ class _Waiter:
     handed: int | None = None
 
 
-def _waiters(ex: Executive) -> list[_Waiter]:
+def _waiters(ex: Kernel) -> list[_Waiter]:
     return ex.__dict__.setdefault("waiters", [])
 
 
-def _ready(ex: Executive, waiter: _Waiter) -> int | None:
+def _ready(ex: Kernel, waiter: _Waiter) -> int | None:
     """The status the wait ends with if it can end now (WaitAny: the index of the first
     signalled object, STATUS_WAIT_0 + i; WaitAll: STATUS_SUCCESS), else None."""
     if waiter.handed is not None:
@@ -285,7 +289,7 @@ def _ready(ex: Executive, waiter: _Waiter) -> int | None:
     return NTSTATUS.STATUS_SUCCESS if all(states) else None
 
 
-def _wait_for(ex: Executive, call: ExportCall, objects: list[int], wait_any: bool,
+def _wait_for(ex: Kernel, call: ExportCall, objects: list[int], wait_any: bool,
               ticks: int | None, what: str) -> int:
     """KeWaitForSingleObject/KeWaitForMultipleObjects: the status; the objects that satisfy
     the wait acquired (WaitAny: the one; WaitAll: all, once all are signalled together)."""
@@ -309,7 +313,7 @@ def _wait_for(ex: Executive, call: ExportCall, objects: list[int], wait_any: boo
 
 
 @export("KeInitializeEvent", dll=NTOSKRNL)
-def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
+def ke_initialize_event(ex: Kernel, call: ExportCall) -> int:
     """VOID KeInitializeEvent(PRKEVENT Event, EVENT_TYPE Type, BOOLEAN State): the header as
     Windows writes it: Type (NotificationEvent 0, SynchronizationEvent 1), Size in LONGs
     (sizeof(KEVENT) / 4 = 6), SignalState = State, an empty WaitListHead (pointing at
@@ -325,7 +329,7 @@ def ke_initialize_event(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeSetEvent", dll=NTOSKRNL)
-def ke_set_event(ex: Executive, call: ExportCall) -> int:
+def ke_set_event(ex: Kernel, call: ExportCall) -> int:
     """LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait): signal it; the
     previous SignalState is returned. A synchronization event that a driver is waiting on
     goes to that waiter instead and stays not signalled (KiUnwaitThread: one waiter takes
@@ -342,7 +346,7 @@ def ke_set_event(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeResetEvent", dll=NTOSKRNL)
-def ke_reset_event(ex: Executive, call: ExportCall) -> int:
+def ke_reset_event(ex: Kernel, call: ExportCall) -> int:
     """LONG KeResetEvent(PRKEVENT Event): not signalled; the previous SignalState is
     returned."""
     previous = _signal_state(ex, call.arg(0))
@@ -351,20 +355,20 @@ def ke_reset_event(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeClearEvent", dll=NTOSKRNL)
-def ke_clear_event(ex: Executive, call: ExportCall) -> int:
+def ke_clear_event(ex: Kernel, call: ExportCall) -> int:
     """VOID KeClearEvent(PRKEVENT Event): not signalled."""
     _set_signal_state(ex, call.arg(0), 0)
     return 0
 
 
 @export("KeReadStateEvent", dll=NTOSKRNL)
-def ke_read_state_event(ex: Executive, call: ExportCall) -> int:
+def ke_read_state_event(ex: Kernel, call: ExportCall) -> int:
     """LONG KeReadStateEvent(PRKEVENT Event): its SignalState."""
     return _signal_state(ex, call.arg(0)) & 0xFFFF_FFFF
 
 
 @export("KeWaitForSingleObject", dll=NTOSKRNL)
-def ke_wait_for_single_object(ex: Executive, call: ExportCall) -> int:
+def ke_wait_for_single_object(ex: Kernel, call: ExportCall) -> int:
     """NTSTATUS KeWaitForSingleObject(Object, WaitReason, WaitMode, Alertable, Timeout):
     STATUS_SUCCESS once the object is signalled (a synchronization event resets as it
     satisfies the wait), STATUS_TIMEOUT when the timeout passes first (at once for a zero
@@ -374,7 +378,7 @@ def ke_wait_for_single_object(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeWaitForMultipleObjects", dll=NTOSKRNL)
-def ke_wait_for_multiple_objects(ex: Executive, call: ExportCall) -> int:
+def ke_wait_for_multiple_objects(ex: Kernel, call: ExportCall) -> int:
     """NTSTATUS KeWaitForMultipleObjects(Count, Object[], WaitType, WaitReason, WaitMode,
     Alertable, Timeout, WaitBlockArray): WaitAny returns STATUS_WAIT_0 + the index of the
     first signalled object (only it is acquired); WaitAll STATUS_SUCCESS once all are
@@ -393,7 +397,7 @@ def ke_wait_for_multiple_objects(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeDelayExecutionThread", dll=NTOSKRNL)
-def ke_delay_execution_thread(ex: Executive, call: ExportCall) -> int:
+def ke_delay_execution_thread(ex: Kernel, call: ExportCall) -> int:
     """NTSTATUS KeDelayExecutionThread(WaitMode, Alertable, Interval): STATUS_SUCCESS once the
     interval (negative: relative, 100 ns units; positive: an absolute system time) has
     passed on the machine's clock, device interrupts taken meanwhile."""
@@ -419,11 +423,11 @@ _APC_PROCESS = wdm.KAPC_STATE["Process"]
 ATTACHED_TO_ITSELF = 1          # ApcState->Process when the thread was in the process already
 
 
-def _attachments(ex: Executive) -> dict:
+def _attachments(ex: Kernel) -> dict:
     return ex.__dict__.setdefault("attachments", {})
 
 
-def _attached(ex: Executive) -> Process | None:
+def _attached(ex: Kernel) -> Process | None:
     """The process the current thread is attached to, or None."""
     table = _attachments(ex)
     proc = table.get(ex.current_thread)
@@ -433,12 +437,12 @@ def _attached(ex: Executive) -> Process | None:
     return proc
 
 
-def _home_space(ex: Executive):
+def _home_space(ex: Kernel):
     return ex.current_thread.process.space if ex.current_thread else ex.mm.system
 
 
 @export("KeStackAttachProcess", dll=NTOSKRNL)
-def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
+def ke_stack_attach_process(ex: Kernel, call: ExportCall) -> int:
     """VOID KeStackAttachProcess(PRKPROCESS Process, PRKAPC_STATE ApcState): into Process's
     address space. ApcState gets what a detach restores: Process NULL (the thread was in
     its own process), the process it was attached to (a nested attach), or 1 when it is in
@@ -470,7 +474,7 @@ def ke_stack_attach_process(ex: Executive, call: ExportCall) -> int:
 
 
 @export("KeUnstackDetachProcess", dll=NTOSKRNL)
-def ke_unstack_detach_process(ex: Executive, call: ExportCall) -> int:
+def ke_unstack_detach_process(ex: Kernel, call: ExportCall) -> int:
     """VOID KeUnstackDetachProcess(PRKAPC_STATE ApcState): back to what ApcState saved: the
     process attached to before, or the thread's own address space. Detaching a thread that
     is not attached (an ApcState used twice, or out of order) is bug check 0x6
@@ -493,84 +497,18 @@ def ke_unstack_detach_process(ex: Executive, call: ExportCall) -> int:
 
 
 # -- time --------------------------------------------------------------------------------
-
-# The system time at clock 0: 2026-01-01 00:00:00 UTC in 100 ns units since 1601-01-01
-# (FILETIME's epoch). Every run starts there, so the same run reads the same times.
-SYSTEM_TIME_AT_BOOT = 134_116_992_000_000_000
-# KeQueryTimeIncrement: 100 ns units per clock tick, Windows' default 15.625 ms.
-TIME_INCREMENT = 156_250
-PERFORMANCE_FREQUENCY = 10_000_000       # KeQueryPerformanceCounter: one count per instruction
-
-
-def interrupt_time(ex: Executive) -> int:
-    """KeQueryInterruptTime: 100 ns units since boot, the machine's clock itself."""
-    return ex.clock
-
-
-def system_time(ex: Executive) -> int:
-    """KeQuerySystemTime: 100 ns units since 1601 (UTC)."""
-    return SYSTEM_TIME_AT_BOOT + interrupt_time(ex)
-
-# KUSER_SHARED_DATA (ntddk.h): one frame the kernel writes and everyone reads, mapped
-# read-only and NX at KI_USER_SHARED_DATA. The executive writes its times from the clock
-# (update_shared_data) when it starts a driver routine, returns from an export and
-# dispatches a thread: points of the schedule, never of a debugger's stops, so a replay
-# to any position finds the same bytes there.
-IMAGE_FILE_MACHINE_AMD64 = 0x8664
-NT_PRODUCT_WIN_NT = 1
-NT_MAJOR_VERSION, NT_MINOR_VERSION = 10, 0
-SYSTEM_ROOT = "C:\\Windows"
-# GetTickCount's scale: (TickCount * TickCountMultiplier) >> 24 is milliseconds.
-TICK_COUNT_MULTIPLIER = (TIME_INCREMENT << 24) // 10_000
-
-
-def map_shared_data(ex: Executive) -> int:
-    """Map KUSER_SHARED_DATA at 0xFFFFF780'00000000 (read-only, NX, supervisor) with its
-    constant fields; returns its frame, which update_shared_data writes."""
-    page = bytearray(layout.PAGE_SIZE)
-    fields = wdm.KUSER_SHARED_DATA
-    struct.pack_into("<I", page, fields["TickCountMultiplier"], TICK_COUNT_MULTIPLIER)
-    struct.pack_into("<HH", page, fields["ImageNumberLow"], IMAGE_FILE_MACHINE_AMD64,
-                     IMAGE_FILE_MACHINE_AMD64)
-    root = SYSTEM_ROOT.encode("utf-16-le")
-    page[fields["NtSystemRoot"]:fields["NtSystemRoot"] + len(root)] = root
-    struct.pack_into("<IB", page, fields["NtProductType"], NT_PRODUCT_WIN_NT, 1)
-    struct.pack_into("<II", page, fields["NtMajorVersion"], NT_MAJOR_VERSION, NT_MINOR_VERSION)
-    frame = ex.mm.map_new(ex.mm.system, layout.KI_USER_SHARED_DATA, Protection.PAGE_READONLY,
-                          use=FrameUse.KERNEL, data=bytes(page))
-    _write_times(ex, frame, 0)
-    return frame
-
-
-def _ksystem_time(value: int) -> bytes:
-    """A KSYSTEM_TIME: LowPart, High1Time, High2Time (both highs equal: a settled value;
-    KeUpdateSystemTime stores High2Time, then LowPart, then High1Time)."""
-    high = (value >> 32) & 0xFFFF_FFFF
-    return struct.pack("<III", value & 0xFFFF_FFFF, high, high)
-
-
-def _write_times(ex: Executive, frame: int, now: int) -> None:
-    base = frame * layout.PAGE_SIZE
-    fields = wdm.KUSER_SHARED_DATA
-    ex.mem.write(base + fields["InterruptTime"], _ksystem_time(now))
-    ex.mem.write(base + fields["SystemTime"], _ksystem_time(SYSTEM_TIME_AT_BOOT + now))
-    ex.mem.write(base + fields["TickCount"], _ksystem_time(now // TIME_INCREMENT))
-
-
-def update_shared_data(ex: Executive, frame: int) -> None:
-    """Bring KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount up to the clock."""
-    _write_times(ex, frame, ex.clock)
+# The clock and KUSER_SHARED_DATA are Ke's own (emu.nt.kuser); these are its exports.
 
 
 @export("KeQueryTimeIncrement", dll=NTOSKRNL)
-def ke_query_time_increment(ex: Executive, call: ExportCall) -> int:
+def ke_query_time_increment(ex: Kernel, call: ExportCall) -> int:
     """ULONG KeQueryTimeIncrement(void): 100 ns units added to the interrupt time at each
     clock tick (156250: 15.625 ms, Windows' default)."""
     return TIME_INCREMENT
 
 
 @export("KeQueryPerformanceCounter", dll="hal.dll")
-def ke_query_performance_counter(ex: Executive, call: ExportCall) -> int:
+def ke_query_performance_counter(ex: Kernel, call: ExportCall) -> int:
     """LARGE_INTEGER KeQueryPerformanceCounter(PLARGE_INTEGER PerformanceFrequency): the
     clock in counts of PERFORMANCE_FREQUENCY (10 MHz, Windows 10's usual: one count per
     instruction, 100 ns), and the frequency stored at PerformanceFrequency unless NULL.

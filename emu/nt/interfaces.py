@@ -1,0 +1,143 @@
+"""What the executive's parts see of each other: narrow ``typing.Protocol`` views of the
+kernel, and the few values they share.
+
+The executive (emu.nt.kernel.Executive) is one object made of Windows' parts: the Ke
+dispatcher (emu.nt.ke_dispatcher), Ke's trap entry (emu.nt.ke_trap), kernel calls
+(emu.nt.ke_call) and Mm's kernel-mode access (emu.nt.mm_kernel). A module that works
+with it names the view it needs here, not the class: the import graph of emu/nt then
+has no circle through kernel.py (tests/nt/test_import_graph.py checks it).
+
+This module sits at the bottom: it imports nothing of emu/nt at run time, and for type
+annotations only the plain data modules (processes, address spaces, the event bus...),
+which never import it back. Its users import it only for type checking (``if
+TYPE_CHECKING:``), so it costs no start-up time; the values the parts share at run time
+(MachineStop, KernelCallResult, the IRQLs) are in emu.nt.kedefs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from emu.hw.cpu import Cpu, CpuException
+    from emu.hw.memory import PhysicalMemory
+    from emu.nt.bugcheck import BugCheck
+    from emu.nt.events import EventBus
+    from emu.nt.fs import GuestFileSystem
+    from emu.nt.kedefs import KernelCallResult
+    from emu.nt.mm.address_space import AddressSpace, MemoryManager
+    from emu.nt.ob import ObjectDirectory
+    from emu.nt.pool import Pools
+    from emu.nt.process import ExceptionInfo, Process, Thread
+    from emu.nt.scheduler import Scheduler
+
+class KernelMemory(Protocol):
+    """Mm's kernel-mode access: memory as ring-0 code sees it (emu.nt.mm_kernel)."""
+
+    cpu: Cpu
+    mem: PhysicalMemory
+
+    def kernel_walk(self, va: int, access: str) -> int: ...
+    def kernel_read(self, va: int, n: int) -> bytes: ...
+    def kernel_write(self, va: int, data: bytes) -> None: ...
+    def kernel_read_u64(self, va: int) -> int: ...
+    def kernel_read_string(self, va: int, limit: int = 4096) -> bytes: ...
+    def write_user(self, space: AddressSpace, va: int, data: bytes) -> None: ...
+    def page_in_for_kernel(self, va: int | None, access: str) -> bool: ...
+
+
+class EventSource(Protocol):
+    """The machine's event bus and the clock its events are stamped with."""
+
+    events: EventBus
+
+    @property
+    def clock(self) -> int: ...
+
+
+class Budget(Protocol):
+    """The Ke dispatcher's budget: how many instructions the CPU runs before the executive
+    looks again (emu.nt.ke_dispatcher)."""
+
+    count_always: bool
+    max_insns: int | None
+
+    @property
+    def clock(self) -> int: ...
+    def set_budget(self, n: int | None) -> None: ...
+    def rearm_budget(self) -> None: ...
+
+
+class TrapPath(Protocol):
+    """Ke's way into ring-0 code and out of it: the IRQL, the kernel routine runner, and
+    the bug check records (emu.nt.ke_call, emu.nt.ke_trap)."""
+
+    current_thread: Thread | None
+    bugcheck: BugCheck | None
+
+    @property
+    def irql(self) -> int: ...
+    @irql.setter
+    def irql(self, level: int) -> None: ...
+    def call_kernel(self, routine: int, *args: int, space: AddressSpace | None = None,
+                    stack_top: int = ...) -> KernelCallResult: ...
+    def run_at_irql(self, irql: int, routine: int, args: tuple[int, ...],
+                    thread: Thread | None, stack_top: int | None = None) -> None: ...
+    def describe_instruction(self, rip: int, cpl: int = 0) -> str: ...
+    def bugcheck_for(self, exc: CpuException, insn: str) -> BugCheck: ...
+
+
+class InterruptController(KernelMemory, EventSource, TrapPath, Protocol):
+    """What Ke's interrupt and DPC delivery uses (emu.nt.kintr): memory, the IRQL, the
+    connected interrupts, the lines up and the DPC queue."""
+
+    interrupts: dict[int, Any]        # vector -> emu.nt.kintr.Interrupt
+    pending_interrupts: set[int]
+    dpc_queue: list[int | tuple[int, tuple[int, ...]]]
+
+    def device_deadline(self) -> int | None: ...
+    def deliver_interrupts(self, thread: Thread | None, *, here: bool = False) -> None: ...
+
+
+class Kernel(InterruptController, Budget, Protocol):
+    """The whole executive as its parts see it: every service above, and what it holds
+    (the memory manager, processes, pools, objects, the I/O manager, drivers)."""
+
+    mm: MemoryManager
+    scheduler: Scheduler
+    processes: list[Process]
+    exit_observers: list[Callable[[Process], None]]
+    objects: ObjectDirectory
+    pools: Pools
+    fs: GuestFileSystem
+    io: Any                           # emu.nt.io.IoManager (io takes this view: no import)
+    drivers: list[Any]                # emu.nt.drivers.Driver, in load order
+    pending_drivers: list[Any]        # emu.nt.drivers.DriverImage: DriverEntry at boot
+    in_system_service: bool
+    console: Callable[[Process | None, bytes], None] | None
+    debugger: Any                     # emu.debugger.session.Session while one is attached
+    debug_output: bytearray
+    running: bool
+    interrupted: bool
+    counted_everything: bool
+    shared_data_frame: int
+
+    @property
+    def current(self) -> Process | None: ...
+    def new_client_id(self) -> int: ...
+    def allocate_kernel_stack(self) -> tuple[int, int]: ...
+    def free_kernel_stack(self, slot: int) -> None: ...
+    def create_process(self, image: Any, args: list[str],
+                       parent: Process | None = None) -> Process: ...
+    def terminate(self, proc: Process, status: int,
+                  exception: ExceptionInfo | None = None) -> None: ...
+    def release_address_space(self, proc: Process) -> None: ...
+    def defer(self, work: Callable[[], None]) -> None: ...
+    def object_closed(self, obj: object) -> None: ...
+    def load_user_context(self, thread: Thread, regs: dict[str, int]) -> None: ...
+    def capture_user_context(self) -> dict[str, int]: ...
+    def debug_print(self, data: bytes) -> None: ...
+    def console_write(self, proc: Process, data: bytes) -> None: ...
+    def interrupt(self) -> None: ...

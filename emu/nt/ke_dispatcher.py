@@ -1,0 +1,331 @@
+"""Ke's dispatcher: which thread runs, for how long, and how the CPU is handed to it.
+
+KiSwapThread / SwapContext, reduced: ``run`` starts the drivers, then gives the CPU to the
+scheduler's next thread for one turn (``_run_thread``) until every process has ended. A
+turn has a budget of instructions (the quantum, or less when a timer or a device comes
+sooner; None: full speed, nothing counted), loads the thread's context (or enters ring 3
+through KiStartUserThread's ``iretq``) and handles each reason the CPU stops: an exception
+(emu.nt.ke_trap), the budget's end (interrupts delivered, the thread preempted), a service
+that goes on in a driver, NtContinue. With nothing ready the idle loop lets the clock run
+to the next device interrupt. An attached debugger pauses inside ``_run_cpu``.
+
+A part of emu.nt.kernel.Executive (a mixin): it reaches the other parts through ``self``
+(emu.nt.interfaces.Kernel says what they offer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from emu.hw.cpu import RunResult, StopReason
+from emu.hw.descriptors import Selector
+from emu.nt import drivers, kuser, layout
+from emu.nt.bugcheck import BugCheck
+from emu.nt.events import Event
+from emu.nt.kedefs import DEADLOCK, INSTRUCTION_LIMIT, INTERRUPTED, MachineStop
+from emu.nt.layout import TRAMPOLINE
+from emu.nt.process import ProcessState, ThreadState
+
+if TYPE_CHECKING:
+    from emu.nt.interfaces import Kernel as _Executive  # the other parts, via self
+    from emu.nt.process import Thread
+else:
+    _Executive = object
+
+
+USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
+USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
+USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
+             "r13", "r14", "r15")
+_USER_ENTRY_REGISTERS = (*USER_GPRS, "rsp", "rip")            # load_user_context, one call
+_USER_CONTEXT_REGISTERS = (*USER_GPRS, "rsp", "rip", "rflags")  # capture_user_context
+
+
+class KeDispatcher(_Executive):
+    """The dispatcher's part of the executive: turns, budgets, context switches, the idle
+    loop and the delivery of device interrupts between turns."""
+
+    @property
+    def clock(self) -> int:
+        """The machine's time in instructions (see emu.nt.scheduler)."""
+        return self.scheduler.clock(self.cpu.instructions)
+
+    def run(self) -> None:
+        """Start the drivers, then run threads until every process has ended; raises
+        MachineStop or BugCheck."""
+        while self.pending_drivers:
+            with self._bug_checks_recorded():
+                drivers.start(self, self.pending_drivers.pop(0))
+        while True:
+            if self.interrupted:
+                raise MachineStop(INTERRUPTED)
+            if not self.scheduler.ready and self._idle_until_interrupt():
+                continue
+            thread = self.scheduler.next_thread(self.clock)
+            if thread is None:
+                if any(p.live_threads for p in self.processes):
+                    raise MachineStop(DEADLOCK)
+                with self._bug_checks_recorded():
+                    drivers.shutdown(self)      # every process ended: DriverUnload runs
+                return
+            self._run_thread(thread)
+
+    def _budget(self) -> int | None:
+        """Instructions for the next turn, or None to run at full speed (nothing to count)."""
+        device = self.device_deadline()
+        counting = self.count_always or self.scheduler.needs_counting() or device is not None
+        if not counting:
+            return None
+        budget = self.scheduler.quantum
+        for deadline in (self.scheduler.next_deadline(), device):
+            if deadline is not None:
+                budget = min(budget, max(1, deadline - self.clock))
+        if self.max_insns is not None:
+            budget = min(budget, self.max_insns - self.cpu.instructions)
+        return budget
+
+    def _run_thread(self, thread: Thread) -> None:
+        """One turn of ``thread`` on the CPU: until it blocks, yields, ends, or is preempted."""
+        proc = thread.process
+        proc.state = ProcessState.RUNNING
+        self.current_thread = thread
+        budget = self._budget()
+        if budget is not None and budget <= 0:
+            raise MachineStop(INSTRUCTION_LIMIT)
+        self.counted_everything &= budget is not None
+        self._full_speed = budget is None
+        self.set_budget(budget)
+        before = self.cpu.instructions
+        self._reschedule = False
+        try:
+            with self._bug_checks_recorded():
+                result = self._switch_to(thread)
+                while not self._turn_over(thread, result):
+                    result = self._run_cpu()
+        finally:
+            spent = self.cpu.instructions - before
+            thread.instructions += spent
+            proc.instructions += spent
+            self.current_thread = None
+
+    @contextlib.contextmanager
+    def _bug_checks_recorded(self) -> Iterator[None]:
+        """A BugCheck the executive raised itself (the memory manager finding its books
+        broken, emu.nt.mm.corruption) gets KeBugCheckEx's record too, while the thread that
+        ran into it is still current."""
+        try:
+            yield
+        except BugCheck as bc:
+            if bc is not self.bugcheck:
+                self._fill_bugcheck(bc)
+            raise
+
+    def set_budget(self, n: int | None) -> None:
+        """Give the CPU ``n`` more instructions (None: full speed, nothing counted). An
+        attached debugger may stop it sooner (a step); the rest is given back after its pause,
+        so the schedule is the same with or without the debugger."""
+        self._budget_end = None if n is None else self.cpu.instructions + n
+        if n is not None and self.debugger is not None:
+            n = self.debugger.clip_budget(n)
+        self.cpu.set_budget(n)
+
+    def rearm_budget(self) -> None:
+        """Give the CPU the rest of the budget it was given (a debugger clips it anew)."""
+        if self._budget_end is not None:
+            self.set_budget(max(0, self._budget_end - self.cpu.instructions))
+
+    def _run_cpu(self, begin: int | None = None) -> RunResult:
+        """Run the CPU from ``begin`` (default RIP) until it stops for the executive: an
+        exception, the budget's end, or a stop it asked for. Stops a debugger made (a step, a
+        breakpoint, Ctrl-C in ``emu debug``) pause here and the run goes on after them."""
+        while True:
+            if self.debugger is not None:
+                if begin is not None:                       # the pause shows where it starts
+                    self.cpu.set_reg("rip", begin)
+                    begin = None
+                self.debugger.before_run()                  # may pause: the shell runs here
+            self.running = True
+            try:
+                result = self.cpu.run(begin)
+            finally:
+                self.running = False
+                while self._deferred:
+                    self._deferred.pop(0)()
+            if result.exception is not None and (self.events.observers or self.debugger):
+                self.cpu.settle(result.exception)     # someone may keep it: exact CR2 now
+            if self.debugger is None or not self._stopped_for_debugger(result):
+                return result
+            begin = None
+            self.rearm_budget()
+
+    def _stopped_for_debugger(self, result: RunResult) -> bool:
+        """Whether the CPU stopped only because the debugger wanted it to."""
+        if result.reason is StopReason.BUDGET:
+            return self._budget_end is not None and self.cpu.instructions < self._budget_end
+        return result.reason is StopReason.REQUESTED and not self.cpu.stop_requested and \
+            not self.interrupted and self.debugger.stop_pending
+
+    def _switch_to(self, thread: Thread) -> RunResult:
+        """Load ``thread``'s context (or start it at ring 3) and run it."""
+        self._set_rsp0(thread.kernel_stack_top)
+        kuser.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
+        self.events.emit(Event.THREAD_DISPATCH, thread=thread)
+        if thread.context is None:
+            return self._enter_user(thread)
+        cpu = self.cpu
+        cpu.uc.context_restore(thread.context)
+        if cpu.cr3 != thread.process.space.cr3:
+            # Windows' SwapContext loads CR3 only when the new thread's process differs:
+            # a thread resumed in its own address space keeps its TLB entries (and the
+            # counted turns of one process pay no refills).
+            cpu.set_control(cr3=thread.process.space.cr3)
+        if thread.resume_rax is not None:
+            cpu.set_reg("rax", thread.resume_rax)
+            thread.resume_rax = None
+        if thread.apc is not None:
+            # The completion of its I/O, in its own context (Windows' special kernel APC):
+            # now the caller's buffer is the caller's buffer.
+            apc, thread.apc = thread.apc, None
+            cpu.set_reg("rax", apc() & 0xFFFF_FFFF)
+        return self._run_cpu()
+
+    def _turn_over(self, thread: Thread, result: RunResult) -> bool:
+        """Handle why the CPU stopped; True when this thread's turn is over."""
+        if result.reason is StopReason.EXCEPTION:
+            self._handle_exception(thread, result.exception)
+            return thread.state is not ThreadState.RUNNING
+        alive = thread.state is not ThreadState.TERMINATED
+        if alive:
+            if thread.context is None:
+                thread.context = self.cpu.uc.context_save()
+            else:                        # into the thread's own buffer: no allocation
+                self.cpu.uc.context_update(thread.context)
+        if result.reason is StopReason.BUDGET:
+            if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
+                raise MachineStop(INSTRUCTION_LIMIT)
+            # A device's interrupt line may be up: it interrupts THIS thread, whatever
+            # process it belongs to (the seed's "arbitrary thread context").
+            self.deliver_interrupts(thread)
+            if thread.state is ThreadState.RUNNING:
+                self.scheduler.make_ready(thread)      # quantum over: to the back
+            return True
+        if self.interrupted:
+            raise MachineStop(INTERRUPTED)
+        if thread.state is ThreadState.RUNNING and thread.kernel_work is not None:
+            # A service that must run driver code (an I/O request): in this thread's
+            # context, on its kernel stack, then back to user mode with the result.
+            work, thread.kernel_work = thread.kernel_work, None
+            self.in_system_service = True
+            try:
+                status = work()
+            finally:
+                self.in_system_service = False
+            if status is None:
+                return True                  # pended: the thread waits for the completion
+            self.cpu.uc.context_restore(thread.context)
+            self.cpu.set_control(cr3=thread.process.space.cr3)
+            self.cpu.set_reg("rax", status & 0xFFFF_FFFF_FFFF_FFFF)
+            return False
+        if thread.state is ThreadState.RUNNING and thread.continue_context is not None:
+            self.load_user_context(thread, thread.continue_context)   # NtContinue
+            thread.continue_context = None
+            return False
+        if thread.state is ThreadState.RUNNING:
+            if not self._reschedule:
+                return False                           # a stop nobody asked for: go on
+            self.scheduler.make_ready(thread)
+        return True
+
+    # -- interrupts and DPCs ----------------------------------------------------------------
+
+    def device_deadline(self) -> int | None:
+        """The clock time at which the next device raises its line (None: no device busy)."""
+        times = [d.fire_at for d in self.cpu.devices if d.fire_at is not None]
+        return min(times) if times else None
+
+    def _idle_until_interrupt(self) -> bool:
+        """Nothing ready: if a device will interrupt before any timer, let the clock run to
+        it (the idle loop) and take the interrupt in the system context."""
+        device = self.device_deadline()
+        timer = self.scheduler.next_deadline()
+        if device is None or (timer is not None and timer < device):
+            return False
+        self.scheduler.idle_skipped += max(0, device - self.clock)
+        self.deliver_interrupts(None)
+        return True
+
+    def deliver_interrupts(self, thread: Thread | None, *, here: bool = False) -> None:
+        """Every device whose line is up interrupts ``thread`` (None: the idle system) if its
+        DIRQL is above the IRQL: its ISR, then the DPCs queued, at DISPATCH_LEVEL, in that
+        thread's address space and on its kernel stack (``here``: below the frames of the
+        ring-0 code running now, such as a driver waiting in KeWaitForSingleObject), before
+        the thread goes on. A masked interrupt stays pending until the IRQL drops below its
+        DIRQL (emu.nt.kintr)."""
+        self.raise_interrupt_lines()
+        if not self.pending_interrupts and not self.dpc_queue:
+            return          # nothing to deliver (always so with no driver: kintr not imported)
+        from emu.nt import kintr
+
+        kintr.dispatch(self, thread, here=here)
+
+    def raise_interrupt_lines(self) -> None:
+        """Devices whose time has come raise their line (an unconnected one is lost)."""
+        for device in self.cpu.devices:
+            if device.due(self.clock) and device.vector in self.interrupts:
+                self.pending_interrupts.add(device.vector)
+
+    def _device_started(self) -> None:
+        """A driver's OUT started a device while nothing is counted: stop after it, so that
+        call_kernel counts the time it waits for (the clock runs on counted instructions)."""
+        if self.running and self.cpu.native.budget is None:
+            self.cpu.stop()
+
+    def _irql_written(self, old: int, new: int) -> bool:
+        """A driver's ``mov cr8`` moved the IRQL: stop the CPU after it if that unmasked an
+        interrupt or, below DISPATCH_LEVEL, the DPC queue (call_kernel delivers them)."""
+        if not self.pending_interrupts and not self.dpc_queue:
+            return False    # nothing a lower IRQL could unmask
+        from emu.nt import kintr
+
+        return kintr.work_after_write(self, old, new)
+
+    def _set_rsp0(self, top: int) -> None:
+        """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""
+        tss = self._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)
+        self.mem.write(tss + 4, struct.pack("<Q", top))
+
+    def _enter_user(self, thread: Thread) -> RunResult:
+        """KiStartUserThread: iretq from the clean ring-0 state to the thread's start, CPL 3."""
+        self.load_user_context(thread, {"rip": thread.start_rip, "rsp": thread.start_rsp,
+                                        "rdi": thread.start_arg, "rflags": USER_RFLAGS})
+        return self._run_cpu()
+
+    def load_user_context(self, thread: Thread, regs: dict[str, int]) -> None:
+        """Make the CPU ready to iretq into ring 3 with ``regs`` (registers not named are 0):
+        the clean ring-0 state (no stale exception), the thread's CR3, the interrupt frame
+        on its kernel stack, RIP at the trampoline. The next run starts there."""
+        cpu = self.cpu
+        cpu.restore_clean_context()
+        cpu.set_control(cr3=thread.process.space.cr3)
+        code = Selector.USER_CODE if thread.process.bits == 64 else Selector.USER_CODE32
+        rflags = (regs.get("rflags", USER_RFLAGS) & USER_RFLAGS_MASK) | USER_RFLAGS
+        frame = struct.pack("<5Q", regs["rip"], code, rflags, regs["rsp"], Selector.USER_DATA)
+        frame_va = thread.kernel_stack_top - len(frame)
+        self.write_user(self.mm.system, frame_va, frame)
+        for name, value in regs.items():
+            if name.startswith("xmm") or name == "mxcsr":
+                cpu.set_reg_named(name, value)
+        cpu.set_regs(_USER_ENTRY_REGISTERS,
+                     [*(regs.get(name, 0) for name in USER_GPRS), frame_va, TRAMPOLINE])
+
+    def capture_user_context(self) -> dict[str, int]:
+        """The registers of the thread on the CPU (GPRs, RIP, RFLAGS, SSE state)."""
+        cpu = self.cpu
+        regs = dict(zip(_USER_CONTEXT_REGISTERS, cpu.regs(_USER_CONTEXT_REGISTERS), strict=True))
+        for i in range(16):
+            regs[f"xmm{i}"] = cpu.reg_named(f"xmm{i}")
+        regs["mxcsr"] = cpu.reg_named("mxcsr")
+        return regs

@@ -1,0 +1,86 @@
+"""KUSER_SHARED_DATA and the system's time: Ke's clock as drivers and apps read it.
+
+The machine's clock counts instructions (emu.nt.scheduler); one instruction is 100 ns of
+interrupt time. KUSER_SHARED_DATA is the page at KI_USER_SHARED_DATA that holds the
+interrupt time, the system time and the tick count, which wdm.h's KeQueryInterruptTime,
+KeQuerySystemTime and KeQueryTickCount macros read without a call.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from emu.nt import layout, wdm
+from emu.nt.mm.address_space import Protection
+from emu.nt.mm.pfn import FrameUse
+
+if TYPE_CHECKING:
+    from emu.nt.interfaces import Kernel
+
+# The system time at clock 0: 2026-01-01 00:00:00 UTC in 100 ns units since 1601-01-01
+# (FILETIME's epoch). Every run starts there, so the same run reads the same times.
+SYSTEM_TIME_AT_BOOT = 134_116_992_000_000_000
+# KeQueryTimeIncrement: 100 ns units per clock tick, Windows' default 15.625 ms.
+TIME_INCREMENT = 156_250
+PERFORMANCE_FREQUENCY = 10_000_000       # KeQueryPerformanceCounter: one count per instruction
+
+
+def interrupt_time(ex: Kernel) -> int:
+    """KeQueryInterruptTime: 100 ns units since boot, the machine's clock itself."""
+    return ex.clock
+
+
+def system_time(ex: Kernel) -> int:
+    """KeQuerySystemTime: 100 ns units since 1601 (UTC)."""
+    return SYSTEM_TIME_AT_BOOT + interrupt_time(ex)
+
+# KUSER_SHARED_DATA (ntddk.h): one frame the kernel writes and everyone reads, mapped
+# read-only and NX at KI_USER_SHARED_DATA. The executive writes its times from the clock
+# (update_shared_data) when it starts a driver routine, returns from an export and
+# dispatches a thread: points of the schedule, never of a debugger's stops, so a replay
+# to any position finds the same bytes there.
+IMAGE_FILE_MACHINE_AMD64 = 0x8664
+NT_PRODUCT_WIN_NT = 1
+NT_MAJOR_VERSION, NT_MINOR_VERSION = 10, 0
+SYSTEM_ROOT = "C:\\Windows"
+# GetTickCount's scale: (TickCount * TickCountMultiplier) >> 24 is milliseconds.
+TICK_COUNT_MULTIPLIER = (TIME_INCREMENT << 24) // 10_000
+
+
+def map_shared_data(ex: Kernel) -> int:
+    """Map KUSER_SHARED_DATA at 0xFFFFF780'00000000 (read-only, NX, supervisor) with its
+    constant fields; returns its frame, which update_shared_data writes."""
+    page = bytearray(layout.PAGE_SIZE)
+    fields = wdm.KUSER_SHARED_DATA
+    struct.pack_into("<I", page, fields["TickCountMultiplier"], TICK_COUNT_MULTIPLIER)
+    struct.pack_into("<HH", page, fields["ImageNumberLow"], IMAGE_FILE_MACHINE_AMD64,
+                     IMAGE_FILE_MACHINE_AMD64)
+    root = SYSTEM_ROOT.encode("utf-16-le")
+    page[fields["NtSystemRoot"]:fields["NtSystemRoot"] + len(root)] = root
+    struct.pack_into("<IB", page, fields["NtProductType"], NT_PRODUCT_WIN_NT, 1)
+    struct.pack_into("<II", page, fields["NtMajorVersion"], NT_MAJOR_VERSION, NT_MINOR_VERSION)
+    frame = ex.mm.map_new(ex.mm.system, layout.KI_USER_SHARED_DATA, Protection.PAGE_READONLY,
+                          use=FrameUse.KERNEL, data=bytes(page))
+    _write_times(ex, frame, 0)
+    return frame
+
+
+def _ksystem_time(value: int) -> bytes:
+    """A KSYSTEM_TIME: LowPart, High1Time, High2Time (both highs equal: a settled value;
+    KeUpdateSystemTime stores High2Time, then LowPart, then High1Time)."""
+    high = (value >> 32) & 0xFFFF_FFFF
+    return struct.pack("<III", value & 0xFFFF_FFFF, high, high)
+
+
+def _write_times(ex: Kernel, frame: int, now: int) -> None:
+    base = frame * layout.PAGE_SIZE
+    fields = wdm.KUSER_SHARED_DATA
+    ex.mem.write(base + fields["InterruptTime"], _ksystem_time(now))
+    ex.mem.write(base + fields["SystemTime"], _ksystem_time(SYSTEM_TIME_AT_BOOT + now))
+    ex.mem.write(base + fields["TickCount"], _ksystem_time(now // TIME_INCREMENT))
+
+
+def update_shared_data(ex: Kernel, frame: int) -> None:
+    """Bring KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount up to the clock."""
+    _write_times(ex, frame, ex.clock)
