@@ -33,23 +33,47 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.mm import softpte
 from emu.nt.mm.corruption import check_page_frame, corrupt_pte, corrupt_working_set
 from emu.nt.mm.pagefile import Pagefile, PagefileWriteError
-from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError, corrupt_pfn
+from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError, PfnDatabase, corrupt_pfn
 from emu.nt.status import NTSTATUS
-
-if TYPE_CHECKING:
-    from emu.nt.mm.address_space import AddressSpace, MemoryManager
 
 _P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
 _PFN_MASK = 0x000F_FFFF_FFFF_F000
 TRIM_STEPS = 64          # pages one visit of the trimmer moves a working set's hand
+
+
+# What the pager uses of emu.nt.mm.address_space, as protocols: that module builds on this
+# one (its address spaces join working sets here), so this one never imports it back.
+
+class AddressSpace(Protocol):
+    """One process's page tables (emu.nt.mm.address_space.AddressSpace), as the pager sees
+    them: whose they are, their working set, where a page's PTE is."""
+
+    owner: int | None
+    working_set: WorkingSet | None
+
+    def pte_address(self, va: int, *, create: bool) -> int | None: ...
+
+
+class MemoryManager(Protocol):
+    """The memory manager (emu.nt.mm.address_space.MemoryManager), as the pager sees it."""
+
+    mem: PhysicalMemory
+    pfn: PfnDatabase
+    system: AddressSpace
+
+    def new_frame(self, use: FrameUse, owner: int | None = None, va: int | None = None) -> int:
+        ...
+
+    def flush_tlb(self) -> None: ...
 
 
 @dataclass
