@@ -134,6 +134,8 @@ _RSVD_HIGH = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51
 _RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)  # bits 13..29 of a 1 GiB leaf PDPTE
 _RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)  # bits 13..20 of a 2 MiB leaf PDE
 _CANONICAL_TOPS = (0, (1 << 17) - 1)  # va >> 47 of a canonical address
+_PF_P, _PF_W, _PF_U, _PF_RSVD, _PF_ID = map(int, (PFErr.P, PFErr.W, PFErr.U, PFErr.RSVD, PFErr.ID))
+_PFERR = tuple(PFErr(code) for code in range(32))  # every error code, made once
 
 # One row per level, top down: (level, index shift, bits reserved always, bits reserved
 # when PS=1, or 0 if PS does not end the walk here).
@@ -204,7 +206,11 @@ class Translation:
 
 
 class PageFault(Exception):
-    """#PF (vector 14): CR2 = address, error_code as pushed (SDM Vol. 3A §4.7)."""
+    """#PF (vector 14): CR2 = address, error_code as pushed (SDM Vol. 3A §4.7).
+
+    ``reason``, ``steps`` and ``level`` explain the fault; a fault the walker raises works
+    them out from what the walk read only when first asked (a fault the memory manager
+    resolves is never explained), so they are the same whenever they are read."""
 
     def __init__(
         self,
@@ -214,12 +220,47 @@ class PageFault(Exception):
         steps: tuple[WalkStep, ...] = (),
         level: int = 0,
     ) -> None:
+        super().__init__()
         self.address = address
         self.error_code = error_code
-        self.reason = reason
-        self.steps = steps  # the entries walked, up to and including level `level`
-        self.level = level  # the level the reason names (0: none)
-        super().__init__(f"#PF at {address:#x}: {reason} (error code {int(error_code):#x})")
+        # (reason, the entries walked up to and including level `level`, the level the
+        # reason names: 0 for none), or None until `_explain` has worked them out.
+        self._details: tuple[str, tuple[WalkStep, ...], int] | None = (reason, steps, level)
+        self._explain: tuple | None = None
+
+    @classmethod
+    def _explained_later(cls, address: int, error_code: PFErr, explain: tuple) -> PageFault:
+        """A fault whose details ``explain`` = (function, *arguments) gives when asked."""
+        fault = cls.__new__(cls)
+        fault.address, fault.error_code = address, error_code
+        fault._details, fault._explain = None, explain
+        return fault
+
+    def _detail(self) -> tuple[str, tuple[WalkStep, ...], int]:
+        details = self._details
+        if details is None:
+            function, *arguments = self._explain
+            details = self._details = function(*arguments)
+            self._explain = None
+        return details
+
+    @property
+    def reason(self) -> str:
+        """Why the access faults, in the SDM's words (which bit of which entry)."""
+        return self._detail()[0]
+
+    @property
+    def steps(self) -> tuple[WalkStep, ...]:
+        """The entries walked, as they were read, up to and including level ``level``."""
+        return self._detail()[1]
+
+    @property
+    def level(self) -> int:
+        """The level the reason names (0: none)."""
+        return self._detail()[2]
+
+    def __str__(self) -> str:
+        return f"#PF at {self.address:#x}: {self.reason} (error code {int(self.error_code):#x})"
 
 
 class GeneralProtection(Exception):
@@ -451,31 +492,32 @@ def _steps(va: int, seen: list) -> tuple[WalkStep, ...]:
 
 def _error_code(need: int, cpl: int, cr4: int, efer: int, present: bool, rsvd: bool) -> PFErr:
     """The #PF error code for an access needing Prot bit `need` (SDM Vol. 3A §4.7)."""
-    code = PFErr(0)
-    if present:
-        code |= PFErr.P
-    if rsvd:
-        code |= PFErr.RSVD
+    code = (_PF_P if present else 0) | (_PF_RSVD if rsvd else 0)
     if need == _WRITE:
-        code |= PFErr.W
+        code |= _PF_W
     if cpl == 3:
-        code |= PFErr.U
-    if need == _EXEC and (efer & EFER.NXE or cr4 & CR4.SMEP):
-        code |= PFErr.ID
-    return code
+        code |= _PF_U
+    if need == _EXEC and (efer & _NXE or cr4 & _SMEP):
+        code |= _PF_ID
+    return _PFERR[code]
 
 
 def _walk_fault(va, need, cpl, cr4, efer, seen, bad: int) -> PageFault:
-    """The #PF for a walk that stopped at a not-present entry (bad=0) or on reserved bits."""
+    """The #PF for a walk that stopped at a not-present entry (bad=0) or on reserved bits;
+    its reason and steps are worked out when first read."""
+    code = _error_code(need, cpl, cr4, efer, present=bool(bad), rsvd=bool(bad))
+    return PageFault._explained_later(va, code, (_walk_fault_details, va, tuple(seen), bad))
+
+
+def _walk_fault_details(va: int, seen: tuple, bad: int) -> tuple[str, tuple[WalkStep, ...], int]:
+    """(reason, steps, level) of `_walk_fault`'s fault."""
     steps = _steps(va, seen)
     last = steps[-1]
     if not bad:
         reason = f"not present: P=0 in {last.name}"
-        code = _error_code(need, cpl, cr4, efer, present=False, rsvd=False)
     else:
         reason = f"reserved bit {bad.bit_length() - 1} set in {last.name}"
-        code = _error_code(need, cpl, cr4, efer, present=True, rsvd=True)
-    return PageFault(va, code, reason, steps, last.level)
+    return reason, steps, last.level
 
 
 def _first(steps: tuple[WalkStep, ...], bit: int, value: int) -> WalkStep:
@@ -487,7 +529,15 @@ def _first(steps: tuple[WalkStep, ...], bit: int, value: int) -> WalkStep:
 
 
 def _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights) -> PageFault:
-    """The #PF for a present translation the mode may not use this way (SDM Vol. 3A §4.6)."""
+    """The #PF for a present translation the mode may not use this way (SDM Vol. 3A §4.6);
+    its reason and steps are worked out when first read."""
+    code = _error_code(need, cpl, cr4, efer, present=True, rsvd=False)
+    return PageFault._explained_later(
+        va, code, (_protection_details, va, need, cpl, cr4, rflags, tuple(seen), rights))
+
+
+def _protection_details(va, need, cpl, cr4, rflags, seen, rights):
+    """(reason, steps, level) of `_protection_fault`'s fault."""
     steps = _steps(va, seen)
     leaf = steps[-1]
     user_page = rights & _US
@@ -507,5 +557,4 @@ def _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights) -> PageFau
         step = _first(steps, _RW, 0)
         wp = ", CR0.WP=1" if cpl != 3 else ""
         reason = f"R/W=0 in {step.name}: read-only page{wp}"
-    code = _error_code(need, cpl, cr4, efer, present=True, rsvd=False)
-    return PageFault(va, code, reason, steps, step.level)
+    return reason, steps, step.level
