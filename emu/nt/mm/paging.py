@@ -406,6 +406,8 @@ class Pager:
         if pte_pa is None:
             return None
         pte = self.mm.mem.read_u64(pte_pa)
+        if not pte and va < layout.KERNEL_SPACE_START:
+            return None                  # no record: a demand-zero fault (the common case)
         d = softpte.decode(pte)
         counters = self._counters(space, va)
         if d.state is softpte.PteState.TRANSITION:

@@ -578,7 +578,13 @@ def _pte_flags(ex: Executive, protect: int, pfn: int) -> PTE:
         if entry.had_code:
             ex.cpu.flush_translated_code()
         entry.had_code = True
-    return leaf_flags(Protection(base), user=True)
+    flags = _USER_LEAF.get(base)
+    if flags is None:                   # once per protection: no enum work on every fault
+        flags = _USER_LEAF[base] = leaf_flags(Protection(base), user=True)
+    return flags
+
+
+_USER_LEAF: dict[int, PTE] = {}      # PAGE_* (low byte) -> the leaf bits of a user page
 
 
 # -- NtQueryVirtualMemory --------------------------------------------------------------------
