@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 USER_STACK_RESERVE = 1 << 20        # a thread stack's reservation (the PE default, 1 MiB)
 GUARD = PageProtect.PAGE_GUARD
+_GUARD = int(GUARD)
 _READABLE = frozenset({PageProtect.PAGE_READONLY, PageProtect.PAGE_READWRITE,
                        PageProtect.PAGE_EXECUTE, PageProtect.PAGE_EXECUTE_READ,
                        PageProtect.PAGE_EXECUTE_READWRITE})
@@ -620,11 +621,12 @@ def resolve_fault(ex: Executive, proc: Process, va: int, access: str) -> FaultRe
     run = vad.run_at(page)
     if run.state != MemState.MEM_COMMIT:
         return FaultResolution.NOT_HANDLED
-    if run.protect & GUARD:
+    protect = int(run.protect)             # a plain int: no IntFlag arithmetic per fault
+    if protect & _GUARD:
         return _guard_page_fault(ex, proc, vad, page, access)
-    if not _allows(run.protect, access):
+    if not _allows(protect, access):
         return FaultResolution.NOT_HANDLED
-    return _make_valid(ex, proc, page, run.protect, access)
+    return _make_valid(ex, proc, page, protect, access)
 
 
 def _allows(protect: int, access: str) -> bool:
