@@ -262,23 +262,30 @@ class AddressSpace:
         frames = []
         tracked = self.working_set is not None
         records, owner = self.mm.pfn.entries.existing(), self.owner
-        for i in slots:
-            entry, entry_pa = entries[i], table + 8 * i
-            if level == 1:
+        if level == 1:
+            # The common case checked inline (a process's exit frees thousands of pages);
+            # anything unusual gets check_page_frame's verdict.
+            private, keep = FrameUse.PRIVATE, frames.append
+            for i in slots:
+                entry = entries[i]
+                if not entry:
+                    continue
+                entry_pa = table + 8 * i
                 if entry & _P:
-                    # The common case checked inline (a process's exit frees thousands of
-                    # pages); anything unusual gets check_page_frame's verdict.
                     pfn = (entry & ADDRESS_MASK) >> 12
                     record = records.get(pfn)
                     if record is None or not pfn or record.owner != owner or \
-                            record.use is not FrameUse.PRIVATE or \
+                            record.use is not private or \
                             (record.pte_pa != entry_pa and (tracked or record.pte_pa)):
                         pfn = check_page_frame(self.mm, entry_pa, entry, owner,
                                                tracked=tracked)
-                    frames.append(pfn)
-                elif entry:
+                    keep(pfn)
+                else:
                     self.mm.pager.discard(entry, entry_pa, owner)
-                continue
+            self.mm.pfn.release_many(frames)
+            return
+        for i in slots:
+            entry, entry_pa = entries[i], table + 8 * i
             if not entry:
                 continue
             problem = table_problem(self.mm, entry, self.owner) if entry & _P else \
