@@ -134,6 +134,7 @@ _RSVD_HIGH = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51
 _RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)  # bits 13..29 of a 1 GiB leaf PDPTE
 _RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)  # bits 13..20 of a 2 MiB leaf PDE
 _CANONICAL_TOPS = (0, (1 << 17) - 1)  # va >> 47 of a canonical address
+_RIGHTS_BITS = _RW | _US | _D | _NX  # the bits of a leaf that decide what a fill grants
 _PF_P, _PF_W, _PF_U, _PF_RSVD, _PF_ID = map(int, (PFErr.P, PFErr.W, PFErr.U, PFErr.RSVD, PFErr.ID))
 _PFERR = tuple(PFErr(code) for code in range(32))  # every error code, made once
 
@@ -471,14 +472,21 @@ def speculative_fills(
     base = va & ~((1 << 21) - 1)
     entries = struct.unpack("<512Q", mem.read(pt, PAGE_SIZE))
     out = []
+    keep = out.append
+    ready = _P | _A
+    granted: dict[int, int] = {}         # the entry's rights bits -> Prot: a few per table
     for i, entry in enumerate(entries):
-        if entry & (_P | _A) != _P | _A or entry & rsvd:
+        if entry & ready != ready or entry & rsvd:
             continue
-        prot = _rights(upper_and & entry, upper_or | entry, cpl, cr0, cr4, rflags)
-        if not entry & _D:
-            prot &= ~_WRITE
+        bits = entry & _RIGHTS_BITS
+        prot = granted.get(bits)
+        if prot is None:
+            prot = _rights(upper_and & entry, upper_or | entry, cpl, cr0, cr4, rflags)
+            if not entry & _D:
+                prot &= ~_WRITE
+            granted[bits] = prot
         if prot:
-            out.append((base | i << 12, entry & _ADDR | prot))
+            keep((base | i << 12, entry & _ADDR | prot))
     return out
 
 

@@ -75,8 +75,10 @@ Block counting gives the same counts (a test runs every guest app both ways):
 
 from __future__ import annotations
 
+import array
 import ctypes
 import enum
+import itertools
 import os
 import pathlib
 import shlex
@@ -489,8 +491,9 @@ class NativeHooks:
         fills, SDM Vol. 3A 4.10.2.3); the walker decided them."""
         if not pairs:
             return
-        flat = (ctypes.c_uint64 * (2 * len(pairs)))(*(v for pair in pairs for v in pair))
-        self._lib.native_insert(self._ctx_ptr, int(mode), len(pairs), flat)
+        flat = array.array("Q", itertools.chain.from_iterable(pairs))   # no ctypes per int
+        values = (ctypes.c_uint64 * len(flat)).from_buffer(flat)
+        self._lib.native_insert(self._ctx_ptr, int(mode), len(pairs), values)
 
     def set_budget(self, n: int | None) -> None:
         """Stop the next runs after n more completed instructions; None stops counting.
