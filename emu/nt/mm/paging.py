@@ -46,6 +46,8 @@ from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError, PfnDatabase, cor
 from emu.nt.status import NTSTATUS
 
 _P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
+# A transition PTE: P = 0, Transition = 1, Prototype = 0 (emu.nt.mm.softpte.decode).
+_TRANSITION_TEST = _P | softpte.TRANSITION | softpte.PROTOTYPE
 _PFN_MASK = 0x000F_FFFF_FFFF_F000
 TRIM_STEPS = 64          # pages one visit of the trimmer moves a working set's hand
 
@@ -275,7 +277,7 @@ class Pager:
             if slot is None:
                 break
             try:
-                self.pagefile.write(slot, self.mm.mem.read(pfn * layout.PAGE_SIZE,
+                self.pagefile.write(slot, self.mm.mem.view(pfn * layout.PAGE_SIZE,
                                                            layout.PAGE_SIZE))
             except PagefileWriteError:
                 if entry.slot is None:
@@ -343,7 +345,14 @@ class Pager:
         (the PTE must still name the frame in transition, else bug check 0x4E/0x99)."""
         pfn = next(iter(self.mm.pfn.standby))
         entry = self.mm.pfn.entries[pfn]
-        d = softpte.decode(self.mm.mem.read_u64(entry.pte_pa)) if entry.pte_pa is not None \
+        pte = self.mm.mem.read_u64(entry.pte_pa) if entry.pte_pa is not None else 0
+        if pte & _TRANSITION_TEST == softpte.TRANSITION and (pte & _PFN_MASK) >> 12 == pfn:
+            # The common case, as softpte.decode would find it: in transition on this frame.
+            self.mm.mem.write_u64(entry.pte_pa, softpte.pagefile_pte(
+                entry.slot, pte >> softpte.PROTECTION_SHIFT & softpte.PROTECTION_MASK))
+            self.mm.pfn.take_standby()
+            return
+        d = softpte.decode(pte) if entry.pte_pa is not None \
             else softpte.Decoded(softpte.PteState.ZERO)
         if d.state is not softpte.PteState.TRANSITION or d.pfn != pfn:
             where = "no PTE" if entry.pte_pa is None else f"a PTE at {entry.pte_pa:#x} that " \
