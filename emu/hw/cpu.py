@@ -473,7 +473,9 @@ class Cpu:
     def stop(self) -> None:
         """Ask the running guest to stop after the current instruction (from a hook)."""
         self._stop_requested = True
-        self.uc.emu_stop()
+        status = _raw.uc_emu_stop(self.uc._uch)     # a yield or a wait: no binding call
+        if status:
+            raise UcError(status)
 
     @property
     def stop_requested(self) -> bool:
