@@ -620,18 +620,19 @@ class Cpu:
         access = _ACCESS.get(access_type, "read")
         seen: list = []
         try:
-            pa, perms = mmu.fill(self.mem, vpage, access, self.cr3, cpl, self.cr0, self.cr4,
-                                 self.efer, rflags, seen)
+            packed = mmu.fill_packed(self.mem, vpage, access, self.cr3, cpl, self.cr0,
+                                     self.cr4, self.efer, rflags, seen)
         except (mmu.PageFault, mmu.GeneralProtection) as fault:
             self._fault = (fault, vpage, access, cpl)     # made a CpuException at the stop
             return -1
-        if pa >= self.mem.size:
+        if packed >= self.mem.size:     # the frame (Prot bits are below 4 KiB) is not RAM
+            pa = packed & ~0xFFF
             self._fault = CpuException(Vector.MC, 0, cpl, address=vpage, access=access,
                                        reason=f"frame {pa:#x} is beyond the end of RAM")
             return -1
         if len(seen) == 4:
             self._maybe_prefetch(seen, vpage, cpl, rflags)
-        return pa | perms
+        return packed
 
     def _maybe_prefetch(self, seen: list, vpage: int, cpl: int, rflags: int) -> None:
         """Two walks in a row through one page table: cache its other ready entries too.

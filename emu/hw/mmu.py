@@ -434,14 +434,34 @@ def fill(
     is set, so the first write comes back here to set it (as QEMU's walker does).
     `seen`, if given, receives the (entry address, value) of each level walked.
     """
-    if seen is None:
-        seen = []
-    frame, size, prot, leaf, _ = _translate(
-        mem, va, access, cr3, cpl, cr0, cr4, efer, rflags, True, seen
-    )
-    if not leaf & _D:
+    packed = fill_packed(mem, va, access, cr3, cpl, cr0, cr4, efer, rflags,
+                         [] if seen is None else seen)
+    return packed & ~(PAGE_SIZE - 1), packed & (PAGE_SIZE - 1)
+
+
+def fill_packed(mem: Memory, va: int, access: Access | str, cr3: int, cpl: int, cr0: int,
+                cr4: int, efer: int, rflags: int, seen: list) -> int:
+    """`fill` as the TLB-fill hook wants it: physical page | Prot bits in one int (no tuple
+    per miss), `seen` receiving the entries walked. Raises PageFault/GeneralProtection."""
+    if va >> 47 not in _CANONICAL_TOPS:
+        raise GeneralProtection(va)
+    need = _NEEDS.get(access)
+    if need is None:
+        raise ValueError(f"access must be 'read', 'write' or 'fetch', not {access!r}")
+    found = _descend(mem, va, cr3, efer, True, seen)
+    if found.__class__ is int:
+        raise _walk_fault(va, need, cpl, cr4, efer, seen, found)
+    leaf, _, size, rights, nx = found
+    prot = _rights(rights, nx, cpl, cr0, cr4, rflags)
+    if not prot & need:
+        raise _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights)
+    # A, and D on a write, in the leaf (SDM Vol. 3A §4.8), as _translate sets them.
+    new = leaf | _A | (_D if need == _WRITE else 0)
+    if new != leaf:
+        mem.write(seen[-1][0], (new & 0xFF).to_bytes(1, "little"))
+    if not new & _D:
         prot &= ~_WRITE
-    return frame | (va & (size - 1) & ~(PAGE_SIZE - 1)), prot
+    return (new & _ADDR & ~(size - 1)) | (va & (size - 1) & ~(PAGE_SIZE - 1)) | prot
 
 
 def speculative_fills(

@@ -254,3 +254,24 @@ def test_a_resolved_fault_is_never_explained_and_a_reported_one_is(machine_facto
     assert exc.reason == walked.reason and exc.reason.startswith("not present: P=0 in ")
     assert exc.walk == walked.steps and exc.walk[-1].name in exc.reason
     assert explained[0] == 2           # this fault's, and the walk of the check just above
+
+
+def test_a_pte_naming_a_frame_beyond_ram_is_a_machine_check_at_the_access(machine_factory, apps):
+    """The TLB fill hands back the frame with the rights in one int: a frame past the end of
+    RAM is still refused (#MC, naming the frame), not mapped."""
+    from emu.hw.cpu import Vector
+
+    m = machine_factory(mem="16M")
+    seen = []
+    m.executive.events.subscribe(lambda event, d: seen.append(d["exc"])
+                                 if event is Event.EXCEPTION else None)
+    proc = m.spawn(apps / "hello")
+    entry = proc.image.entry
+    pte_pa = proc.space.pte_address(entry, create=False)
+    mem = m.executive.mem
+    beyond = mem.size + 5 * 4096
+    mem.write_u64(pte_pa, (mem.read_u64(pte_pa) & ~0x000F_FFFF_FFFF_F000) | beyond)
+    m.run()
+    exc = seen[0]
+    assert exc.vector == Vector.MC and exc.access == "fetch" and exc.address == entry
+    assert exc.reason == f"frame {beyond:#x} is beyond the end of RAM"
