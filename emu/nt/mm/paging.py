@@ -49,6 +49,7 @@ _P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
 # A transition PTE: P = 0, Transition = 1, Prototype = 0 (emu.nt.mm.softpte.decode).
 _TRANSITION_TEST = _P | softpte.TRANSITION | softpte.PROTOTYPE
 _PFN_MASK = 0x000F_FFFF_FFFF_F000
+_WALK = object()         # page_in: the PTE's address is not known yet
 TRIM_STEPS = 64          # pages one visit of the trimmer moves a working set's hand
 
 
@@ -400,12 +401,14 @@ class Pager:
 
     # -- page-ins -------------------------------------------------------------------------
 
-    def page_in(self, space: AddressSpace, va: int, use: FrameUse,
-                owner: int | None) -> int | None:
+    def page_in(self, space: AddressSpace, va: int, use: FrameUse, owner: int | None, *,
+                pte_pa: int | None | object = _WALK) -> int | None:
         """The frame holding not-valid page ``va`` again, if its PTE says where the page is
         (transition: a soft fault; pagefile: a hard fault); None when the page has no copy
-        (demand zero, or no record). The caller maps the frame."""
-        pte_pa = space.pte_address(va, create=False)
+        (demand zero, or no record). The caller maps the frame. ``pte_pa``: the caller has
+        just walked to ``va``'s PTE (``space.pte_address(va, create=False)``)."""
+        if pte_pa is _WALK:
+            pte_pa = space.pte_address(va, create=False)
         ws = space.working_set if va < layout.KERNEL_SPACE_START else \
             self.system_ws if is_paged_pool(va) else None
         if ws is not None and va in ws.pages:

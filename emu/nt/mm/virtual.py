@@ -53,7 +53,7 @@ from emu.nt.mm.vad import (
 )
 from emu.nt.status import NTSTATUS
 
-_A, _D = int(PTE.A), int(PTE.D)
+_P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
 _PROTECTION_FAULT = int(PFErr.P | PFErr.RSVD)   # error-code bits: the page was present
 
 if TYPE_CHECKING:
@@ -645,12 +645,13 @@ def _make_valid(ex: Executive, proc: Process, page: int, protect: int,
     """The demand-zero (or kept-aside) frame of a committed page, mapped with Accessed set
     and Dirty only for a write; NOT_HANDLED if RAM is gone after all."""
     space = proc.space
-    if space.lookup(page) is not None:
+    pte_pa = space.pte_address(page, create=False)     # walked once: page_in reads it too
+    if pte_pa is not None and ex.mm.mem.read_u64(pte_pa) & _P:
         return FaultResolution.NOT_HANDLED       # valid already: not a fault we explain
     pfn = proc.vads.parked.pop(page, None)
     try:
         if pfn is None:      # in transition (soft fault) or in the pagefile (hard fault)?
-            pfn = ex.mm.pager.page_in(space, page, FrameUse.PRIVATE, proc.pid)
+            pfn = ex.mm.pager.page_in(space, page, FrameUse.PRIVATE, proc.pid, pte_pa=pte_pa)
         if pfn is None:
             pfn = ex.mm.allocate_frame(FrameUse.PRIVATE, proc.pid, page)
             ex.mm.pager.demand_zero(space, page)
