@@ -733,10 +733,12 @@ class Cpu:
         return address
 
     def settle(self, exc: CpuException) -> CpuException:
-        """Work out ``exc``'s exact address now, while the CPU is still at the fault (before
-        handing it to someone who may keep it); returns ``exc``."""
+        """Work out ``exc``'s exact address (and the walker's explanation) now, while the CPU
+        is still at the fault (before handing it to someone who may keep it); returns
+        ``exc``."""
         if not exc.settled:
             exc.address      # noqa: B018 - reading it computes it
+        exc.reason, exc.walk     # noqa: B018 - the walker's explanation too, from the walk
         return exc
 
     def set_reg_named(self, name: str, value: int) -> None:

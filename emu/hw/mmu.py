@@ -263,6 +263,10 @@ class PageFault(Exception):
     def __str__(self) -> str:
         return f"#PF at {self.address:#x}: {self.reason} (error code {int(self.error_code):#x})"
 
+    def __reduce__(self) -> tuple:
+        """Pickled explained (a debugger's snapshot sends faults between processes)."""
+        return PageFault, (self.address, self.error_code, self.reason, self.steps, self.level)
+
 
 class GeneralProtection(Exception):
     """#GP(0) for a non-canonical linear address (SDM Vol. 3A §3.3.7.1); CR2 is untouched."""

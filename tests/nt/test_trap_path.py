@@ -275,3 +275,31 @@ def test_a_pte_naming_a_frame_beyond_ram_is_a_machine_check_at_the_access(machin
     exc = seen[0]
     assert exc.vector == Vector.MC and exc.access == "fetch" and exc.address == entry
     assert exc.reason == f"frame {beyond:#x} is beyond the end of RAM"
+
+
+def test_a_fault_explained_later_pickles_explained(machine_factory, apps):
+    """A debugger's snapshot pickles what it keeps: a fault whose walk was not explained
+    yet comes back whole (reason, entries walked, level), inside a CpuException too."""
+    import pickle
+
+    from emu.hw.cpu import CpuException, Vector
+
+    m = machine_factory(mem="16M")
+    proc = m.spawn(apps / "hello")
+    cpu = m.executive.cpu
+    try:
+        mmu.fill(cpu.mem, 0x7000_0000_0000, "write", proc.space.cr3, 3, cpu.cr0, cpu.cr4,
+                 cpu.efer)
+    except mmu.PageFault as lazy:
+        fault = lazy
+    exc = CpuException(Vector.PF, 0x401000, 3, int(fault.error_code), 0x7000_0000_0000,
+                       "write", fault.reason, fault.steps)
+    back = pickle.loads(pickle.dumps(fault))
+    assert (back.address, back.error_code, back.reason, back.steps, back.level) == \
+        (fault.address, fault.error_code, fault.reason, fault.steps, fault.level)
+    assert back.reason.startswith("not present: P=0 in ") and str(back) == str(fault)
+    from emu.hw.cpu import _fault_exception
+    kept = _fault_exception(Vector.PF, 0x401000, 3, int(fault.error_code), 0x7000_0000_0000,
+                            "write", fault, fault, 0x7000_0000_0000)
+    assert pickle.loads(pickle.dumps(kept)) == exc and \
+        pickle.loads(pickle.dumps(kept)).walk == fault.steps
