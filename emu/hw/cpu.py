@@ -133,6 +133,7 @@ _NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "e
                      "eip"})
 # What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
 _FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
+_FAULT_RIP = _FAULT_REGISTERS.index("rip")
 _LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
 _SUBREGISTERS: dict[str, tuple[str, int, int]] = {
     **{f"e{x}x": (r, 0, 32) for r, x in _LEGACY.items()},
@@ -211,17 +212,25 @@ class Deferred:
 
 
 class _LazyField:
-    """A dataclass field whose value may be a ``Deferred``: computed once, when first read."""
+    """A dataclass field whose value may be a ``Deferred``: computed once, when first read.
+    With ``explained``, it may also hold the walker's PageFault, read through that attribute
+    of it when first read (a #PF's reason and walk: explained only if someone looks)."""
+
+    def __init__(self, default: object = None, explained: str | None = None) -> None:
+        self.default = default
+        self.explained = explained
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = f"_{name}"
 
-    def __get__(self, obj: object, owner: type | None = None) -> int | None:
+    def __get__(self, obj: object, owner: type | None = None) -> object:
         if obj is None:
-            return None                  # the field's default, as the dataclass sees it
+            return self.default          # the field's default, as the dataclass sees it
         value = obj.__dict__[self.slot]
-        if isinstance(value, Deferred):
+        if value.__class__ is Deferred:
             value = obj.__dict__[self.slot] = value.value()
+        elif self.explained is not None and value.__class__ is mmu.PageFault:
+            value = obj.__dict__[self.slot] = getattr(value, self.explained)
         return value
 
     def __set__(self, obj: object, value: object) -> None:
@@ -229,7 +238,7 @@ class _LazyField:
 
     def pending(self, obj: object) -> bool:
         """Whether ``obj``'s value has not been computed yet."""
-        return isinstance(obj.__dict__[self.slot], Deferred)
+        return obj.__dict__[self.slot].__class__ is Deferred
 
 
 @dataclass(frozen=True)
@@ -246,8 +255,10 @@ class CpuException:
     # disassembly (``page`` is all the resolution needs).
     address: int | None = _LazyField()   # type: ignore[assignment]
     access: str | None = None     # "read", "write" or "fetch" for memory faults
-    reason: str = ""              # the walker's explanation of a #PF or #GP
-    walk: tuple = field(default=(), compare=False)
+    # The walker's explanation of a #PF or #GP, and the entries it walked: for a #PF they
+    # are worked out from what the walk read when first read (a resolved fault never is).
+    reason: str = _LazyField("", "reason")   # type: ignore[assignment]
+    walk: tuple = field(default=(), compare=False)     # lazy too: see below the class
     # A software interrupt through a DPL-3 gate other than #BP (a trap): ``rip`` is the
     # `int`/`into`, ``next_rip`` the instruction after it (the trap frame's RIP), and
     # ``argument`` what its Windows handler reads: RCX for int 0x29, RAX for int 0x2d.
@@ -259,6 +270,26 @@ class CpuException:
     def settled(self) -> bool:
         """Whether ``address`` is known (computed, or never deferred)."""
         return not CpuException.__dict__["address"].pending(self)
+
+
+# ``walk`` keeps compare=False, which a descriptor given as its default could not: the lazy
+# field is put on the class once the dataclass has made its methods.
+CpuException.walk = _LazyField((), "steps")    # type: ignore[assignment]
+CpuException.__dict__["walk"].__set_name__(CpuException, "walk")
+_new_object = object.__new__
+
+
+def _fault_exception(vector: Vector, rip: int, cpl: int, error_code: int, address: object,
+                     access: str | None, reason: object, walk: object,
+                     page: int | None) -> CpuException:
+    """``CpuException(vector, rip, cpl, error_code, address, access, reason, walk,
+    page=page)`` for the fault path: the same object, its fields stored at once (a frozen
+    dataclass's ``__init__`` sets them one by one through ``object.__setattr__``)."""
+    exc = _new_object(CpuException)
+    exc.__dict__.update(vector=vector, rip=rip, cpl=cpl, error_code=error_code,
+                        _address=address, access=access, _reason=reason, _walk=walk,
+                        next_rip=None, argument=0, page=page)
+    return exc
 
 
 class StopReason(enum.Enum):
@@ -286,7 +317,9 @@ class Cpu:
         uc.mem_map_ptr(0, mem.size, UC_PROT_ALL, mem.address)
         self.uc = uc
         self.cr0 = self.cr3 = self.cr4 = self.efer = 0
-        self._fault: CpuException | None = None
+        # What the TLB hook refused: a CpuException, or (the walker's fault, page, access,
+        # CPL) made into one when the run stops (_complete_fault).
+        self._fault: CpuException | tuple | None = None
         self._event: CpuException | None = None
         self._held: tuple | None = None          # a fault raised from a hook: see raise_fault
         self._stop_requested = False
@@ -440,7 +473,9 @@ class Cpu:
     def stop(self) -> None:
         """Ask the running guest to stop after the current instruction (from a hook)."""
         self._stop_requested = True
-        self.uc.emu_stop()
+        status = _raw.uc_emu_stop(self.uc._uch)     # a yield or a wait: no binding call
+        if status:
+            raise UcError(status)
 
     @property
     def stop_requested(self) -> bool:
@@ -477,8 +512,11 @@ class Cpu:
         return RunResult(StopReason.REQUESTED)
 
     def _exception_from_error(self, err: UcError) -> CpuException:
-        if err.errno == UC_ERR_EXCEPTION and self._fault is not None:
-            return self._complete_fault(self._fault)
+        fault = self._fault
+        if err.errno == UC_ERR_EXCEPTION and fault is not None:
+            if fault.__class__ is tuple:
+                return self._complete_fault(None, *fault)
+            return self._complete_fault(fault)
         if err.errno == UC_ERR_INSN_INVALID:
             insn = self.decode_at(self.rip, self.cpl)
             if insn is not None and insn.mnemonic == "int1":
@@ -497,7 +535,7 @@ class Cpu:
         try:
             self.walk(0, "fetch")
         except (mmu.PageFault, mmu.GeneralProtection) as fault:
-            return self._complete_fault(self._exception_from_walk(fault, 0, "fetch"))
+            return self._complete_fault(None, fault, 0, "fetch", self.cpl)
         raise RuntimeError("guest jumped to virtual address 0, which this machine cannot run")
 
     def _block_offsets(self, pc: int, size: int) -> tuple[list[int], int | None]:
@@ -582,18 +620,19 @@ class Cpu:
         access = _ACCESS.get(access_type, "read")
         seen: list = []
         try:
-            pa, perms = mmu.fill(self.mem, vpage, access, cr3=self.cr3, cpl=cpl, cr0=self.cr0,
-                                 cr4=self.cr4, efer=self.efer, rflags=rflags, seen=seen)
+            packed = mmu.fill_packed(self.mem, vpage, access, self.cr3, cpl, self.cr0,
+                                     self.cr4, self.efer, rflags, seen)
         except (mmu.PageFault, mmu.GeneralProtection) as fault:
-            self._fault = self._exception_from_walk(fault, vpage, access, cpl)
+            self._fault = (fault, vpage, access, cpl)     # made a CpuException at the stop
             return -1
-        if pa >= self.mem.size:
+        if packed >= self.mem.size:     # the frame (Prot bits are below 4 KiB) is not RAM
+            pa = packed & ~0xFFF
             self._fault = CpuException(Vector.MC, 0, cpl, address=vpage, access=access,
                                        reason=f"frame {pa:#x} is beyond the end of RAM")
             return -1
         if len(seen) == 4:
             self._maybe_prefetch(seen, vpage, cpl, rflags)
-        return pa | perms
+        return packed
 
     def _maybe_prefetch(self, seen: list, vpage: int, cpl: int, rflags: int) -> None:
         """Two walks in a row through one page table: cache its other ready entries too.
@@ -612,50 +651,60 @@ class Cpu:
                 self._prefetched = key
         self._last_table = table
 
-    def _exception_from_walk(self, fault: Exception, vpage: int, access: str,
-                             cpl: int | None = None) -> CpuException:
-        cpl = self.cpl if cpl is None else cpl
-        reason = getattr(fault, "reason", "")
-        steps = tuple(getattr(fault, "steps", ()))
-        if isinstance(fault, mmu.GeneralProtection):
-            return CpuException(Vector.GP, 0, cpl, 0, vpage, access,
-                                reason or "non-canonical address", steps)
-        return CpuException(Vector.PF, 0, cpl, int(fault.error_code), vpage, access, reason, steps)
-
-    def _complete_fault(self, fault: CpuException) -> CpuException:
-        """Fill in RIP and the exact address (CR2) of a fault the TLB hook saw at page level.
+    def _complete_fault(self, fault: CpuException | None, walked: Exception | None = None,
+                        vpage: int = 0, access: str | None = None,
+                        cpl: int = 0) -> CpuException:
+        """The CpuException of a fault the TLB hook saw at page level, with RIP and the exact
+        address (CR2): ``fault`` made there, or the walker's ``walked`` (a #PF or #GP) for
+        ``access`` to ``vpage`` at ``cpl``. A #PF's reason and walk are worked out from
+        the walk only when first read.
 
         The exact byte of a data access needs the instruction decoded (emu.hw.faultaddr):
         that is deferred until someone reads ``address`` or CR2 (the executive reports the
         fault, an observer sees it, a bug check records the registers). Until then Unicorn's
         CR2 holds the page; ``reg("cr2")`` works the byte out first. The registers the
-        address may depend on are kept (one batch read), so it is exact even if read after
-        the CPU has moved on."""
-        self.page_faults += fault.vector == Vector.PF
-        rip = self.rip
-        address: int | Deferred | None = fault.address
+        address may depend on are kept (one batch read, RIP among them), so it is exact even
+        if read after the CPU has moved on."""
+        if fault is not None:
+            details = fault.__dict__      # the fields as they are, deferred ones unread
+            vector, cpl, error_code, address, access = (fault.vector, fault.cpl,
+                                                        fault.error_code, fault.address,
+                                                        fault.access)
+            reason, walk = details["_reason"], details["_walk"]
+        elif walked.__class__ is mmu.PageFault:
+            vector, error_code, address = Vector.PF, int(walked.error_code), vpage
+            reason = walk = walked       # explained when read (_LazyField)
+        else:
+            vector, error_code, address = Vector.GP, 0, vpage
+            reason = getattr(walked, "reason", "") or "non-canonical address"
+            walk = tuple(getattr(walked, "steps", ()))
+        self.page_faults += vector == Vector.PF
         page = None
-        if fault.address is not None and fault.access is not None:
-            page = fault.address & ~0xFFF
-            if fault.access == "fetch":
+        if address is not None and access is not None:
+            page = address & ~0xFFF
+            if access == "fetch":
                 # A fetch faults at RIP itself, or at the first byte of the page it runs into.
+                rip = self.rip
                 address = rip if rip & ~0xFFF == page else page
             else:
                 run, cr3 = self.runs, self.cr3
-                registers = self.regs(_FAULT_REGISTERS)     # in _FAULT_REGISTERS' order
+                registers = self._batch(_FAULT_REGISTERS).read()   # in _FAULT_REGISTERS' order
+                rip = registers[_FAULT_RIP]
                 # Weakly: a fault kept somewhere (a record, an event) must not keep the CPU
                 # and its Unicorn engine alive, nor make a cycle through _pending_cr2.
                 cpu = weakref.ref(self)
                 address = Deferred(lambda: page if cpu() is None else cpu()._exact_address(
-                    fault, page, run, cr3, registers, address))
-        if fault.vector == Vector.PF:
-            deferred = isinstance(address, Deferred)
+                    access, page, run, cr3, registers, address))
+        else:
+            rip = self.rip
+        if vector == Vector.PF:
+            deferred = address.__class__ is Deferred
             self._pending_cr2 = (address, page) if deferred else None
-            self.set_reg("cr2", page if deferred else address)
-        return CpuException(fault.vector, rip, fault.cpl, fault.error_code, address,
-                            fault.access, fault.reason, fault.walk, page=page)
+            self._batch(("cr2",)).write((page if deferred else address,))
+        return _fault_exception(vector, rip, cpl, error_code, address, access, reason, walk,
+                                page)
 
-    def _exact_address(self, fault: CpuException, page: int, run: int, cr3: int,
+    def _exact_address(self, access: str, page: int, run: int, cr3: int,
                        values: tuple[int, ...], deferred: Deferred) -> int:
         """The deferred half of ``_complete_fault``: decode the instruction at the fault's
         RIP and form the address its access to ``page`` began at; CR2 gets it too if this is
@@ -666,14 +715,13 @@ class Cpu:
         rip = registers["rip"]
         bits = 32 if registers["cs"] in CODE32_SELECTORS else 64
         if run == self.runs and self.rip == rip and self.cr3 == cr3:
-            address = fault_address(self.decode_at(rip), self.reg_named, page, fault.access,
-                                    bits)
+            address = fault_address(self.decode_at(rip), self.reg_named, page, access, bits)
         else:
             code = self.read_code(rip, cr3=cr3)
             try:
                 address = fault_address(decode(code, rip, bits) if code else None,
                                         lambda name: _subregister(registers, name), page,
-                                        fault.access, bits)
+                                        access, bits)
             except KeyError:             # a register the snapshot does not hold
                 address = page
         if self._pending_cr2 is not None and self._pending_cr2[0] is deferred:
@@ -685,10 +733,12 @@ class Cpu:
         return address
 
     def settle(self, exc: CpuException) -> CpuException:
-        """Work out ``exc``'s exact address now, while the CPU is still at the fault (before
-        handing it to someone who may keep it); returns ``exc``."""
+        """Work out ``exc``'s exact address (and the walker's explanation) now, while the CPU
+        is still at the fault (before handing it to someone who may keep it); returns
+        ``exc``."""
         if not exc.settled:
             exc.address      # noqa: B018 - reading it computes it
+        exc.reason, exc.walk     # noqa: B018 - the walker's explanation too, from the walk
         return exc
 
     def set_reg_named(self, name: str, value: int) -> None:

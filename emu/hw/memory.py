@@ -69,6 +69,13 @@ class PhysicalMemory:
             return bytes(self._view[pa : pa + n])
         return bytes(self._byte(a) for a in range(pa, pa + n))
 
+    def view(self, pa: int, n: int) -> bytes | memoryview:
+        """The ``n`` bytes at physical ``pa`` without a copy (a memoryview of RAM, for one
+        write to a file at once); beyond RAM, a copy as ``read`` makes it."""
+        if 0 <= pa and pa + n <= self.size:
+            return self._view[pa : pa + n]
+        return self.read(pa, n)
+
     def _byte(self, pa: int) -> int:
         return self._view[pa] if 0 <= pa < self.size else 0xFF
 

@@ -134,6 +134,9 @@ _RSVD_HIGH = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51
 _RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)  # bits 13..29 of a 1 GiB leaf PDPTE
 _RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)  # bits 13..20 of a 2 MiB leaf PDE
 _CANONICAL_TOPS = (0, (1 << 17) - 1)  # va >> 47 of a canonical address
+_RIGHTS_BITS = _RW | _US | _D | _NX  # the bits of a leaf that decide what a fill grants
+_PF_P, _PF_W, _PF_U, _PF_RSVD, _PF_ID = map(int, (PFErr.P, PFErr.W, PFErr.U, PFErr.RSVD, PFErr.ID))
+_PFERR = tuple(PFErr(code) for code in range(32))  # every error code, made once
 
 # One row per level, top down: (level, index shift, bits reserved always, bits reserved
 # when PS=1, or 0 if PS does not end the walk here).
@@ -204,7 +207,11 @@ class Translation:
 
 
 class PageFault(Exception):
-    """#PF (vector 14): CR2 = address, error_code as pushed (SDM Vol. 3A §4.7)."""
+    """#PF (vector 14): CR2 = address, error_code as pushed (SDM Vol. 3A §4.7).
+
+    ``reason``, ``steps`` and ``level`` explain the fault; a fault the walker raises works
+    them out from what the walk read only when first asked (a fault the memory manager
+    resolves is never explained), so they are the same whenever they are read."""
 
     def __init__(
         self,
@@ -214,12 +221,51 @@ class PageFault(Exception):
         steps: tuple[WalkStep, ...] = (),
         level: int = 0,
     ) -> None:
+        super().__init__()
         self.address = address
         self.error_code = error_code
-        self.reason = reason
-        self.steps = steps  # the entries walked, up to and including level `level`
-        self.level = level  # the level the reason names (0: none)
-        super().__init__(f"#PF at {address:#x}: {reason} (error code {int(error_code):#x})")
+        # (reason, the entries walked up to and including level `level`, the level the
+        # reason names: 0 for none), or None until `_explain` has worked them out.
+        self._details: tuple[str, tuple[WalkStep, ...], int] | None = (reason, steps, level)
+        self._explain: tuple | None = None
+
+    @classmethod
+    def _explained_later(cls, address: int, error_code: PFErr, explain: tuple) -> PageFault:
+        """A fault whose details ``explain`` = (function, *arguments) gives when asked."""
+        fault = cls.__new__(cls)
+        fault.address, fault.error_code = address, error_code
+        fault._details, fault._explain = None, explain
+        return fault
+
+    def _detail(self) -> tuple[str, tuple[WalkStep, ...], int]:
+        details = self._details
+        if details is None:
+            function, *arguments = self._explain
+            details = self._details = function(*arguments)
+            self._explain = None
+        return details
+
+    @property
+    def reason(self) -> str:
+        """Why the access faults, in the SDM's words (which bit of which entry)."""
+        return self._detail()[0]
+
+    @property
+    def steps(self) -> tuple[WalkStep, ...]:
+        """The entries walked, as they were read, up to and including level ``level``."""
+        return self._detail()[1]
+
+    @property
+    def level(self) -> int:
+        """The level the reason names (0: none)."""
+        return self._detail()[2]
+
+    def __str__(self) -> str:
+        return f"#PF at {self.address:#x}: {self.reason} (error code {int(self.error_code):#x})"
+
+    def __reduce__(self) -> tuple:
+        """Pickled explained (a debugger's snapshot sends faults between processes)."""
+        return PageFault, (self.address, self.error_code, self.reason, self.steps, self.level)
 
 
 class GeneralProtection(Exception):
@@ -392,14 +438,34 @@ def fill(
     is set, so the first write comes back here to set it (as QEMU's walker does).
     `seen`, if given, receives the (entry address, value) of each level walked.
     """
-    if seen is None:
-        seen = []
-    frame, size, prot, leaf, _ = _translate(
-        mem, va, access, cr3, cpl, cr0, cr4, efer, rflags, True, seen
-    )
-    if not leaf & _D:
+    packed = fill_packed(mem, va, access, cr3, cpl, cr0, cr4, efer, rflags,
+                         [] if seen is None else seen)
+    return packed & ~(PAGE_SIZE - 1), packed & (PAGE_SIZE - 1)
+
+
+def fill_packed(mem: Memory, va: int, access: Access | str, cr3: int, cpl: int, cr0: int,
+                cr4: int, efer: int, rflags: int, seen: list) -> int:
+    """`fill` as the TLB-fill hook wants it: physical page | Prot bits in one int (no tuple
+    per miss), `seen` receiving the entries walked. Raises PageFault/GeneralProtection."""
+    if va >> 47 not in _CANONICAL_TOPS:
+        raise GeneralProtection(va)
+    need = _NEEDS.get(access)
+    if need is None:
+        raise ValueError(f"access must be 'read', 'write' or 'fetch', not {access!r}")
+    found = _descend(mem, va, cr3, efer, True, seen)
+    if found.__class__ is int:
+        raise _walk_fault(va, need, cpl, cr4, efer, seen, found)
+    leaf, _, size, rights, nx = found
+    prot = _rights(rights, nx, cpl, cr0, cr4, rflags)
+    if not prot & need:
+        raise _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights)
+    # A, and D on a write, in the leaf (SDM Vol. 3A §4.8), as _translate sets them.
+    new = leaf | _A | (_D if need == _WRITE else 0)
+    if new != leaf:
+        mem.write(seen[-1][0], (new & 0xFF).to_bytes(1, "little"))
+    if not new & _D:
         prot &= ~_WRITE
-    return frame | (va & (size - 1) & ~(PAGE_SIZE - 1)), prot
+    return (new & _ADDR & ~(size - 1)) | (va & (size - 1) & ~(PAGE_SIZE - 1)) | prot
 
 
 def speculative_fills(
@@ -430,14 +496,21 @@ def speculative_fills(
     base = va & ~((1 << 21) - 1)
     entries = struct.unpack("<512Q", mem.read(pt, PAGE_SIZE))
     out = []
+    keep = out.append
+    ready = _P | _A
+    granted: dict[int, int] = {}         # the entry's rights bits -> Prot: a few per table
     for i, entry in enumerate(entries):
-        if entry & (_P | _A) != _P | _A or entry & rsvd:
+        if entry & ready != ready or entry & rsvd:
             continue
-        prot = _rights(upper_and & entry, upper_or | entry, cpl, cr0, cr4, rflags)
-        if not entry & _D:
-            prot &= ~_WRITE
+        bits = entry & _RIGHTS_BITS
+        prot = granted.get(bits)
+        if prot is None:
+            prot = _rights(upper_and & entry, upper_or | entry, cpl, cr0, cr4, rflags)
+            if not entry & _D:
+                prot &= ~_WRITE
+            granted[bits] = prot
         if prot:
-            out.append((base | i << 12, entry & _ADDR | prot))
+            keep((base | i << 12, entry & _ADDR | prot))
     return out
 
 
@@ -451,31 +524,32 @@ def _steps(va: int, seen: list) -> tuple[WalkStep, ...]:
 
 def _error_code(need: int, cpl: int, cr4: int, efer: int, present: bool, rsvd: bool) -> PFErr:
     """The #PF error code for an access needing Prot bit `need` (SDM Vol. 3A §4.7)."""
-    code = PFErr(0)
-    if present:
-        code |= PFErr.P
-    if rsvd:
-        code |= PFErr.RSVD
+    code = (_PF_P if present else 0) | (_PF_RSVD if rsvd else 0)
     if need == _WRITE:
-        code |= PFErr.W
+        code |= _PF_W
     if cpl == 3:
-        code |= PFErr.U
-    if need == _EXEC and (efer & EFER.NXE or cr4 & CR4.SMEP):
-        code |= PFErr.ID
-    return code
+        code |= _PF_U
+    if need == _EXEC and (efer & _NXE or cr4 & _SMEP):
+        code |= _PF_ID
+    return _PFERR[code]
 
 
 def _walk_fault(va, need, cpl, cr4, efer, seen, bad: int) -> PageFault:
-    """The #PF for a walk that stopped at a not-present entry (bad=0) or on reserved bits."""
+    """The #PF for a walk that stopped at a not-present entry (bad=0) or on reserved bits;
+    its reason and steps are worked out when first read."""
+    code = _error_code(need, cpl, cr4, efer, present=bool(bad), rsvd=bool(bad))
+    return PageFault._explained_later(va, code, (_walk_fault_details, va, tuple(seen), bad))
+
+
+def _walk_fault_details(va: int, seen: tuple, bad: int) -> tuple[str, tuple[WalkStep, ...], int]:
+    """(reason, steps, level) of `_walk_fault`'s fault."""
     steps = _steps(va, seen)
     last = steps[-1]
     if not bad:
         reason = f"not present: P=0 in {last.name}"
-        code = _error_code(need, cpl, cr4, efer, present=False, rsvd=False)
     else:
         reason = f"reserved bit {bad.bit_length() - 1} set in {last.name}"
-        code = _error_code(need, cpl, cr4, efer, present=True, rsvd=True)
-    return PageFault(va, code, reason, steps, last.level)
+    return reason, steps, last.level
 
 
 def _first(steps: tuple[WalkStep, ...], bit: int, value: int) -> WalkStep:
@@ -487,7 +561,15 @@ def _first(steps: tuple[WalkStep, ...], bit: int, value: int) -> WalkStep:
 
 
 def _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights) -> PageFault:
-    """The #PF for a present translation the mode may not use this way (SDM Vol. 3A §4.6)."""
+    """The #PF for a present translation the mode may not use this way (SDM Vol. 3A §4.6);
+    its reason and steps are worked out when first read."""
+    code = _error_code(need, cpl, cr4, efer, present=True, rsvd=False)
+    return PageFault._explained_later(
+        va, code, (_protection_details, va, need, cpl, cr4, rflags, tuple(seen), rights))
+
+
+def _protection_details(va, need, cpl, cr4, rflags, seen, rights):
+    """(reason, steps, level) of `_protection_fault`'s fault."""
     steps = _steps(va, seen)
     leaf = steps[-1]
     user_page = rights & _US
@@ -507,5 +589,4 @@ def _protection_fault(va, need, cpl, cr4, efer, rflags, seen, rights) -> PageFau
         step = _first(steps, _RW, 0)
         wp = ", CR0.WP=1" if cpl != 3 else ""
         reason = f"R/W=0 in {step.name}: read-only page{wp}"
-    code = _error_code(need, cpl, cr4, efer, present=True, rsvd=False)
-    return PageFault(va, code, reason, steps, step.level)
+    return reason, steps, step.level

@@ -83,8 +83,10 @@ Block counting gives the same counts (a test runs every guest app both ways):
 
 from __future__ import annotations
 
+import array
 import ctypes
 import enum
+import itertools
 import os
 import pathlib
 import shlex
@@ -156,6 +158,11 @@ _WALKER = ctypes.CFUNCTYPE(
 _LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
 _DONE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64)
 _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
+# uc_ctl(UC_CTL_TLB_FLUSH) called straight, without the binding's argument encoding and
+# checks (every INVLPG and CR3 load flushes QEMU's TLB): libunicorn's own function, no
+# argtypes, and the request code as uc.h's UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) builds it.
+_uc_ctl = ctypes.CDLL(_binding.uclib._name).uc_ctl
+_TLB_FLUSH = UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH
 # A budget this small (a debugger's step) runs per instruction from its start, over the
 # next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
 _SMALL_BUDGET = 16
@@ -516,21 +523,28 @@ class NativeHooks:
         """Empty the STLB and QEMU's TLB, as MOV CR3 does (SDM Vol. 3A 4.10.4.1)."""
         self._check_open()
         self._lib.native_flush(self._ctx_ptr)
-        self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._flush_qemu_tlb()
 
     def invalidate(self, vpage: int) -> None:
         """Drop one page, in every mode, as INVLPG does; QEMU's TLB is flushed whole."""
         self._check_open()
         self._lib.native_invalidate(self._ctx_ptr, vpage)
-        self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._flush_qemu_tlb()
+
+    def _flush_qemu_tlb(self) -> None:
+        """uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE), in one raw call."""
+        status = _uc_ctl(self._uc._uch, _TLB_FLUSH)
+        if status != UC_ERR_OK:
+            raise UcError(status)
 
     def insert(self, mode: Mode, pairs: list[tuple[int, int]]) -> None:
         """Cache (vpage, paddr | perms) translations for `mode` ahead of use (speculative
         fills, SDM Vol. 3A 4.10.2.3); the walker decided them."""
         if not pairs:
             return
-        flat = (ctypes.c_uint64 * (2 * len(pairs)))(*(v for pair in pairs for v in pair))
-        self._lib.native_insert(self._ctx_ptr, int(mode), len(pairs), flat)
+        flat = array.array("Q", itertools.chain.from_iterable(pairs))   # no ctypes per int
+        values = (ctypes.c_uint64 * len(flat)).from_buffer(flat)
+        self._lib.native_insert(self._ctx_ptr, int(mode), len(pairs), values)
 
     def set_budget(self, n: int | None) -> None:
         """Stop the next runs after n more completed instructions; None stops counting.

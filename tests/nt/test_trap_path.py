@@ -201,3 +201,105 @@ def test_the_registers_kept_at_a_fault_give_every_capstone_subregister():
     assert [_subregister(regs, n) for n in ("esi", "si", "sil")] == [0x8000_1234, 0x1234, 0x34]
     assert [_subregister(regs, n) for n in ("r9d", "r9w", "r9b")] == [0xEEFF_0102, 0x0102, 0x02]
     assert (_subregister(regs, "eip"), _subregister(regs, "fs_base")) == (0x4000, 0x1000)
+
+
+def test_the_fault_paths_exception_is_the_one_the_dataclass_makes():
+    """_fault_exception fills the fields at once; the object is the dataclass's own, field
+    for field, so a field added to CpuException must be added there too."""
+    from dataclasses import fields
+
+    from emu.hw.cpu import CpuException, Vector, _fault_exception
+
+    args = (Vector.PF, 0x401000, 3, 6, 0x7000_0000_1234, "write", "not present: P=0 in PTE",
+            ("a step",))
+    fast = _fault_exception(*args, 0x7000_0000_1000)
+    slow = CpuException(*args, page=0x7000_0000_1000)
+    assert fast == slow and repr(fast) == repr(slow)
+    assert [getattr(fast, f.name) for f in fields(CpuException)] == \
+        [getattr(slow, f.name) for f in fields(CpuException)]
+
+
+def test_a_resolved_fault_is_never_explained_and_a_reported_one_is(machine_factory, apps,
+                                                                    monkeypatch):
+    """The walker's reason and the entries it walked are worked out only when read: the
+    4,096 faults of `pattern 16` MmAccessFault resolves never are; the access violation of
+    `vmtest noaccess` is reported with its walk and reason as before."""
+    explained = [0]
+    details = mmu._walk_fault_details
+
+    def counting(*args):
+        explained[0] += 1
+        return details(*args)
+
+    monkeypatch.setattr(mmu, "_walk_fault_details", counting)
+    m = machine_factory(mem="64M")
+    proc = m.spawn(apps / "pattern", ["16", "1"])
+    m.run()
+    assert proc.exit_status == 0 and proc.working_set.counters.demand_zero_faults == 4096
+    assert explained[0] == 0
+    seen = []
+    m = machine_factory(mem="16M")
+    m.executive.events.subscribe(lambda event, d: seen.append(d["exc"])
+                                 if event is Event.EXCEPTION else None)
+    proc = m.spawn(apps / "nullread")
+    m.run()
+    (exc,) = seen
+    cpu = m.executive.cpu
+    try:
+        mmu.walk(cpu.mem, 0, "read", cr3=proc.space.cr3, cpl=3, cr0=cpu.cr0, cr4=cpu.cr4,
+                 efer=cpu.efer)
+    except mmu.PageFault as fault:
+        walked = fault
+    assert proc.exit_status == 0xC0000005 and exc.address == 0
+    assert exc.reason == walked.reason and exc.reason.startswith("not present: P=0 in ")
+    assert exc.walk == walked.steps and exc.walk[-1].name in exc.reason
+    assert explained[0] == 2           # this fault's, and the walk of the check just above
+
+
+def test_a_pte_naming_a_frame_beyond_ram_is_a_machine_check_at_the_access(machine_factory, apps):
+    """The TLB fill hands back the frame with the rights in one int: a frame past the end of
+    RAM is still refused (#MC, naming the frame), not mapped."""
+    from emu.hw.cpu import Vector
+
+    m = machine_factory(mem="16M")
+    seen = []
+    m.executive.events.subscribe(lambda event, d: seen.append(d["exc"])
+                                 if event is Event.EXCEPTION else None)
+    proc = m.spawn(apps / "hello")
+    entry = proc.image.entry
+    pte_pa = proc.space.pte_address(entry, create=False)
+    mem = m.executive.mem
+    beyond = mem.size + 5 * 4096
+    mem.write_u64(pte_pa, (mem.read_u64(pte_pa) & ~0x000F_FFFF_FFFF_F000) | beyond)
+    m.run()
+    exc = seen[0]
+    assert exc.vector == Vector.MC and exc.access == "fetch" and exc.address == entry
+    assert exc.reason == f"frame {beyond:#x} is beyond the end of RAM"
+
+
+def test_a_fault_explained_later_pickles_explained(machine_factory, apps):
+    """A debugger's snapshot pickles what it keeps: a fault whose walk was not explained
+    yet comes back whole (reason, entries walked, level), inside a CpuException too."""
+    import pickle
+
+    from emu.hw.cpu import CpuException, Vector
+
+    m = machine_factory(mem="16M")
+    proc = m.spawn(apps / "hello")
+    cpu = m.executive.cpu
+    try:
+        mmu.fill(cpu.mem, 0x7000_0000_0000, "write", proc.space.cr3, 3, cpu.cr0, cpu.cr4,
+                 cpu.efer)
+    except mmu.PageFault as lazy:
+        fault = lazy
+    exc = CpuException(Vector.PF, 0x401000, 3, int(fault.error_code), 0x7000_0000_0000,
+                       "write", fault.reason, fault.steps)
+    back = pickle.loads(pickle.dumps(fault))
+    assert (back.address, back.error_code, back.reason, back.steps, back.level) == \
+        (fault.address, fault.error_code, fault.reason, fault.steps, fault.level)
+    assert back.reason.startswith("not present: P=0 in ") and str(back) == str(fault)
+    from emu.hw.cpu import _fault_exception
+    kept = _fault_exception(Vector.PF, 0x401000, 3, int(fault.error_code), 0x7000_0000_0000,
+                            "write", fault, fault, 0x7000_0000_0000)
+    assert pickle.loads(pickle.dumps(kept)) == exc and \
+        pickle.loads(pickle.dumps(kept)).walk == fault.steps

@@ -36,6 +36,8 @@ from emu.nt.mm.pfn import FrameUse, OutOfFrames, PfnDatabase
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000     # bits 12..51 of an entry: the next table or frame
 _P, _PS = int(PTE.P), int(PTE.PS)
+_UPPER_LEVELS = ((4, 39), (3, 30), (2, 21))      # (level, shift of its index) above the PT
+_ZERO_PAGE = bytes(PAGE_SIZE)
 LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 
 
@@ -115,10 +117,11 @@ class AddressSpace:
         """Physical address of the PTE for ``va`` (creating missing tables if asked), or None.
         ``create``: a PTE is about to be written there, so each entry on the way must lead to
         a page table of ours (else bug check 0x1A/0x61941, emu.nt.mm.corruption)."""
-        table = self.cr3
-        for level in (4, 3, 2):
-            entry_pa = table + index(va, level) * 8
-            entry = self.mm.mem.read_u64(entry_pa)
+        read_u64 = self.mm.mem.read_u64
+        table = self.pml4_pfn * PAGE_SIZE
+        for level, shift in _UPPER_LEVELS:             # every page fault comes here: lean
+            entry_pa = table + ((va >> shift) & 0x1FF) * 8
+            entry = read_u64(entry_pa)
             if not entry & _P:
                 if not create:
                     return None
@@ -133,7 +136,7 @@ class AddressSpace:
             elif entry & _PS:
                 return None                      # a large page: no PT below it
             table = entry & ADDRESS_MASK
-        return table + index(va, 1) * 8
+        return table + ((va >> 12) & 0x1FF) * 8
 
     def _table_owner(self, va: int) -> int | None:
         """Whose page tables map ``va``: the kernel's for the kernel half, else ours."""
@@ -172,7 +175,7 @@ class AddressSpace:
         if pte_pa is None:
             return None
         pte = self.mm.mem.read_u64(pte_pa)
-        if not pte & PTE.P:
+        if not pte & _P:
             return None
         self.mm.mem.write_u64(pte_pa, 0)
         self.mm.page_changed(self, va)
@@ -214,7 +217,7 @@ class AddressSpace:
         if pte_pa is None:
             return None
         pte = self.mm.mem.read_u64(pte_pa)
-        if not pte & PTE.P:
+        if not pte & _P:
             return None
         return Mapping(va & ~0xFFF, (pte & ADDRESS_MASK) // PAGE_SIZE, pte)
 
@@ -259,23 +262,30 @@ class AddressSpace:
         frames = []
         tracked = self.working_set is not None
         records, owner = self.mm.pfn.entries.existing(), self.owner
-        for i in slots:
-            entry, entry_pa = entries[i], table + 8 * i
-            if level == 1:
+        if level == 1:
+            # The common case checked inline (a process's exit frees thousands of pages);
+            # anything unusual gets check_page_frame's verdict.
+            private, keep = FrameUse.PRIVATE, frames.append
+            for i in slots:
+                entry = entries[i]
+                if not entry:
+                    continue
+                entry_pa = table + 8 * i
                 if entry & _P:
-                    # The common case checked inline (a process's exit frees thousands of
-                    # pages); anything unusual gets check_page_frame's verdict.
                     pfn = (entry & ADDRESS_MASK) >> 12
                     record = records.get(pfn)
                     if record is None or not pfn or record.owner != owner or \
-                            record.use is not FrameUse.PRIVATE or \
+                            record.use is not private or \
                             (record.pte_pa != entry_pa and (tracked or record.pte_pa)):
                         pfn = check_page_frame(self.mm, entry_pa, entry, owner,
                                                tracked=tracked)
-                    frames.append(pfn)
-                elif entry:
+                    keep(pfn)
+                else:
                     self.mm.pager.discard(entry, entry_pa, owner)
-                continue
+            self.mm.pfn.release_many(frames)
+            return
+        for i in slots:
+            entry, entry_pa = entries[i], table + 8 * i
             if not entry:
                 continue
             problem = table_problem(self.mm, entry, self.owner) if entry & _P else \
@@ -337,7 +347,7 @@ class MemoryManager:
     def allocate_frame(self, use: FrameUse, owner: int | None, va: int | None) -> int:
         """A zeroed frame (demand-zero semantics: a new page never leaks old contents)."""
         pfn = self.new_frame(use, owner, va)
-        self.mem.zero(pfn * PAGE_SIZE)
+        self.mem.write(pfn * PAGE_SIZE, _ZERO_PAGE)
         return pfn
 
     def map_new(self, space: AddressSpace, va: int, protect: Protection, *,

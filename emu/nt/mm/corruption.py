@@ -31,16 +31,20 @@ hardware would refuse; the checks sit where the memory manager acts on an entry.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from emu.nt.bugcheck import BugCheck, BugCheckCode
-from emu.nt.mm.pfn import FrameUse, corrupt_pfn
-
-if TYPE_CHECKING:
-    from emu.nt.mm.address_space import MemoryManager
+from emu.nt.mm.pfn import FrameUse, PfnDatabase, corrupt_pfn
 
 _P, _PS = 1, 0x80
 _ADDRESS = 0x000F_FFFF_FFFF_F000
+
+
+class FrameBooks(Protocol):
+    """What the checks read of the memory manager (emu.nt.mm.address_space.MemoryManager):
+    its PFN database. A protocol, so this module never imports the one that calls it."""
+
+    pfn: PfnDatabase
 
 
 class MemoryManagement(enum.IntEnum):
@@ -87,7 +91,7 @@ def corrupt_working_set(va: int, pte_pa: int, pte: int, why: str) -> BugCheck:
 
 # -- the checks ------------------------------------------------------------------------------
 
-def check_page_frame(mm: MemoryManager, pte_pa: int, pte: int, owner: int | None, *,
+def check_page_frame(mm: FrameBooks, pte_pa: int, pte: int, owner: int | None, *,
                      tracked: bool) -> int:
     """The frame of ``owner``'s valid or transition leaf PTE ``pte`` (at ``pte_pa``), once
     the PFN database agrees: a frame of RAM (else 0x1A/0x41792), holding a page of
@@ -117,7 +121,7 @@ def check_page_frame(mm: MemoryManager, pte_pa: int, pte: int, owner: int | None
     return pfn
 
 
-def table_problem(mm: MemoryManager, entry: int, owner: int | None) -> str | None:
+def table_problem(mm: FrameBooks, entry: int, owner: int | None) -> str | None:
     """What is wrong with present upper-level entry ``entry`` of ``owner``'s tables, in
     words, or None: it must name a page-table frame of ``owner`` in RAM. We never map large
     pages, so PS set is garbage too."""
@@ -133,7 +137,7 @@ def table_problem(mm: MemoryManager, entry: int, owner: int | None) -> str | Non
     return None
 
 
-def check_all_returned(mm: MemoryManager, owner: int) -> None:
+def check_all_returned(mm: FrameBooks, owner: int) -> None:
     """Once process ``owner``'s address space and everything it kept aside are freed, it
     holds no frame; one left means its tables lost track of it (an entry above it was
     zeroed, say), and the frame would never be free again: bug check 0x1A/0x41790, with the

@@ -33,23 +33,50 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.mm import softpte
 from emu.nt.mm.corruption import check_page_frame, corrupt_pte, corrupt_working_set
 from emu.nt.mm.pagefile import Pagefile, PagefileWriteError
-from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError, corrupt_pfn
+from emu.nt.mm.pfn import FrameUse, OutOfFrames, PagingIoError, PfnDatabase, corrupt_pfn
 from emu.nt.status import NTSTATUS
 
-if TYPE_CHECKING:
-    from emu.nt.mm.address_space import AddressSpace, MemoryManager
-
 _P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
+# A transition PTE: P = 0, Transition = 1, Prototype = 0 (emu.nt.mm.softpte.decode).
+_TRANSITION_TEST = _P | softpte.TRANSITION | softpte.PROTOTYPE
 _PFN_MASK = 0x000F_FFFF_FFFF_F000
+_WALK = object()         # page_in: the PTE's address is not known yet
 TRIM_STEPS = 64          # pages one visit of the trimmer moves a working set's hand
+
+
+# What the pager uses of emu.nt.mm.address_space, as protocols: that module builds on this
+# one (its address spaces join working sets here), so this one never imports it back.
+
+class AddressSpace(Protocol):
+    """One process's page tables (emu.nt.mm.address_space.AddressSpace), as the pager sees
+    them: whose they are, their working set, where a page's PTE is."""
+
+    owner: int | None
+    working_set: WorkingSet | None
+
+    def pte_address(self, va: int, *, create: bool) -> int | None: ...
+
+
+class MemoryManager(Protocol):
+    """The memory manager (emu.nt.mm.address_space.MemoryManager), as the pager sees it."""
+
+    mem: PhysicalMemory
+    pfn: PfnDatabase
+    system: AddressSpace
+
+    def new_frame(self, use: FrameUse, owner: int | None = None, va: int | None = None) -> int:
+        ...
+
+    def flush_tlb(self) -> None: ...
 
 
 @dataclass
@@ -251,7 +278,7 @@ class Pager:
             if slot is None:
                 break
             try:
-                self.pagefile.write(slot, self.mm.mem.read(pfn * layout.PAGE_SIZE,
+                self.pagefile.write(slot, self.mm.mem.view(pfn * layout.PAGE_SIZE,
                                                            layout.PAGE_SIZE))
             except PagefileWriteError:
                 if entry.slot is None:
@@ -319,7 +346,14 @@ class Pager:
         (the PTE must still name the frame in transition, else bug check 0x4E/0x99)."""
         pfn = next(iter(self.mm.pfn.standby))
         entry = self.mm.pfn.entries[pfn]
-        d = softpte.decode(self.mm.mem.read_u64(entry.pte_pa)) if entry.pte_pa is not None \
+        pte = self.mm.mem.read_u64(entry.pte_pa) if entry.pte_pa is not None else 0
+        if pte & _TRANSITION_TEST == softpte.TRANSITION and (pte & _PFN_MASK) >> 12 == pfn:
+            # The common case, as softpte.decode would find it: in transition on this frame.
+            self.mm.mem.write_u64(entry.pte_pa, softpte.pagefile_pte(
+                entry.slot, pte >> softpte.PROTECTION_SHIFT & softpte.PROTECTION_MASK))
+            self.mm.pfn.take_standby()
+            return
+        d = softpte.decode(pte) if entry.pte_pa is not None \
             else softpte.Decoded(softpte.PteState.ZERO)
         if d.state is not softpte.PteState.TRANSITION or d.pfn != pfn:
             where = "no PTE" if entry.pte_pa is None else f"a PTE at {entry.pte_pa:#x} that " \
@@ -367,12 +401,14 @@ class Pager:
 
     # -- page-ins -------------------------------------------------------------------------
 
-    def page_in(self, space: AddressSpace, va: int, use: FrameUse,
-                owner: int | None) -> int | None:
+    def page_in(self, space: AddressSpace, va: int, use: FrameUse, owner: int | None, *,
+                pte_pa: int | None | object = _WALK) -> int | None:
         """The frame holding not-valid page ``va`` again, if its PTE says where the page is
         (transition: a soft fault; pagefile: a hard fault); None when the page has no copy
-        (demand zero, or no record). The caller maps the frame."""
-        pte_pa = space.pte_address(va, create=False)
+        (demand zero, or no record). The caller maps the frame. ``pte_pa``: the caller has
+        just walked to ``va``'s PTE (``space.pte_address(va, create=False)``)."""
+        if pte_pa is _WALK:
+            pte_pa = space.pte_address(va, create=False)
         ws = space.working_set if va < layout.KERNEL_SPACE_START else \
             self.system_ws if is_paged_pool(va) else None
         if ws is not None and va in ws.pages:
@@ -382,6 +418,8 @@ class Pager:
         if pte_pa is None:
             return None
         pte = self.mm.mem.read_u64(pte_pa)
+        if not pte and va < layout.KERNEL_SPACE_START:
+            return None                  # no record: a demand-zero fault (the common case)
         d = softpte.decode(pte)
         counters = self._counters(space, va)
         if d.state is softpte.PteState.TRANSITION:

@@ -34,6 +34,7 @@ _P, _RW, _NX = int(PTE.P), int(PTE.RW), int(PTE.NX)
 TRANSITION = 1 << 11
 PROTOTYPE = 1 << 10
 _PROT_SHIFT, _PROT_MASK = 5, 0x1F
+PROTECTION_SHIFT, PROTECTION_MASK = _PROT_SHIFT, _PROT_MASK   # where a PTE keeps its MM_* code
 _SLOT_SHIFT = 32
 _PFN_MASK = 0x000F_FFFF_FFFF_F000
 
@@ -82,10 +83,12 @@ class Decoded:
 
 def protection_of(pte: int) -> int:
     """The MM_* protection a valid leaf PTE gives (from its RW and NX bits)."""
-    writable, executable = bool(pte & _RW), not pte & _NX
-    return {(False, False): MM_READONLY, (True, False): MM_READWRITE,
-            (False, True): MM_EXECUTE_READ, (True, True): MM_EXECUTE_READWRITE}[
-                (writable, executable)]
+    return _PROTECTION_OF[(pte & _RW) >> 1 | (0 if pte & _NX else 2)]
+
+
+# protection_of by (writable | executable << 1): read-only, read/write, execute/read,
+# execute/read/write (the clock asks it for every page it trims).
+_PROTECTION_OF = (MM_READONLY, MM_READWRITE, MM_EXECUTE_READ, MM_EXECUTE_READWRITE)
 
 
 def mm_protection(protect: int) -> int:

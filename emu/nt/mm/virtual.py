@@ -53,7 +53,7 @@ from emu.nt.mm.vad import (
 )
 from emu.nt.status import NTSTATUS
 
-_A, _D = int(PTE.A), int(PTE.D)
+_P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
 _PROTECTION_FAULT = int(PFErr.P | PFErr.RSVD)   # error-code bits: the page was present
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 USER_STACK_RESERVE = 1 << 20        # a thread stack's reservation (the PE default, 1 MiB)
 GUARD = PageProtect.PAGE_GUARD
+_GUARD = int(GUARD)
 _READABLE = frozenset({PageProtect.PAGE_READONLY, PageProtect.PAGE_READWRITE,
                        PageProtect.PAGE_EXECUTE, PageProtect.PAGE_EXECUTE_READ,
                        PageProtect.PAGE_EXECUTE_READWRITE})
@@ -578,7 +579,13 @@ def _pte_flags(ex: Executive, protect: int, pfn: int) -> PTE:
         if entry.had_code:
             ex.cpu.flush_translated_code()
         entry.had_code = True
-    return leaf_flags(Protection(base), user=True)
+    flags = _USER_LEAF.get(base)
+    if flags is None:                   # once per protection: no enum work on every fault
+        flags = _USER_LEAF[base] = leaf_flags(Protection(base), user=True)
+    return flags
+
+
+_USER_LEAF: dict[int, PTE] = {}      # PAGE_* (low byte) -> the leaf bits of a user page
 
 
 # -- NtQueryVirtualMemory --------------------------------------------------------------------
@@ -614,11 +621,12 @@ def resolve_fault(ex: Executive, proc: Process, va: int, access: str) -> FaultRe
     run = vad.run_at(page)
     if run.state != MemState.MEM_COMMIT:
         return FaultResolution.NOT_HANDLED
-    if run.protect & GUARD:
+    protect = int(run.protect)             # a plain int: no IntFlag arithmetic per fault
+    if protect & _GUARD:
         return _guard_page_fault(ex, proc, vad, page, access)
-    if not _allows(run.protect, access):
+    if not _allows(protect, access):
         return FaultResolution.NOT_HANDLED
-    return _make_valid(ex, proc, page, run.protect, access)
+    return _make_valid(ex, proc, page, protect, access)
 
 
 def _allows(protect: int, access: str) -> bool:
@@ -637,12 +645,13 @@ def _make_valid(ex: Executive, proc: Process, page: int, protect: int,
     """The demand-zero (or kept-aside) frame of a committed page, mapped with Accessed set
     and Dirty only for a write; NOT_HANDLED if RAM is gone after all."""
     space = proc.space
-    if space.lookup(page) is not None:
+    pte_pa = space.pte_address(page, create=False)     # walked once: page_in reads it too
+    if pte_pa is not None and ex.mm.mem.read_u64(pte_pa) & _P:
         return FaultResolution.NOT_HANDLED       # valid already: not a fault we explain
     pfn = proc.vads.parked.pop(page, None)
     try:
         if pfn is None:      # in transition (soft fault) or in the pagefile (hard fault)?
-            pfn = ex.mm.pager.page_in(space, page, FrameUse.PRIVATE, proc.pid)
+            pfn = ex.mm.pager.page_in(space, page, FrameUse.PRIVATE, proc.pid, pte_pa=pte_pa)
         if pfn is None:
             pfn = ex.mm.allocate_frame(FrameUse.PRIVATE, proc.pid, page)
             ex.mm.pager.demand_zero(space, page)
