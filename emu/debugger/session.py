@@ -7,7 +7,7 @@ one of the resume methods (``step``, ``next``, ``finish``, ``until``, ``cont``,
 ``reverse_step``, ``reverse_cont``) and returns True. Returning False without resuming
 detaches: the machine runs on to its end with no more stops.
 
-How the machine pauses (emu.nt.kernel.Executive._run_cpu):
+How the machine pauses (emu.nt.ke_dispatcher, Executive._run_cpu):
 * Steps: the C counter (emu/hw/native.py) charges each translated block at its entry and
   finishes a budget inside a block instruction by instruction; the CPU's budget is
   clipped at the step's end, and the executive gives the rest of its budget back after
@@ -548,7 +548,7 @@ class Session(ReverseExecution):
 
     def export_called(self, address: int) -> None:
         """A driver's call reached a kernel export's trap address ``address`` (its fetch
-        faults and the executive runs the routine, emu.nt.kernel.call_kernel): a breakpoint
+        faults and the executive runs the routine, emu.nt.ke_call: call_kernel): a breakpoint
         there stops now, before the routine runs, RIP the export's address, the arguments
         in RCX/RDX/R8/R9 and the return address at [RSP], as on a routine's first
         instruction (WinDbg's `bp nt!DbgPrint`). The stop is at the position the call

@@ -804,7 +804,7 @@ class Cpu:
         elif intno in USER_GATES and (cpl == 3 or intno == Vector.FAST_FAIL):
             # The other DPL-3 gates: the `int` (or `into`) completes, a trap with RIP past
             # it; the kernel's handler decides what it becomes (emu.nt.trap). At ring 0
-            # only int 0x29 (__fastfail) is reported so: a bug check 0x139 (emu.nt.kernel).
+            # only int 0x29 (__fastfail) is reported so: a bug check 0x139 (emu.nt.ke_call).
             argument = uc.reg_read(ux.UC_X86_REG_RCX if intno == Vector.FAST_FAIL
                                    else ux.UC_X86_REG_RAX)
             event = CpuException(Vector(intno), self._int_instruction(rip, intno), cpl,
