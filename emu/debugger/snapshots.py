@@ -34,7 +34,6 @@ from typing import Any, NoReturn
 PR_SET_PDEATHSIG = 1          # prctl(2): a signal for this process when its parent dies
 _LENGTH = struct.Struct("<I")
 _STATUS = struct.Struct("<i")
-QUIT = b""                    # the message that drops a snapshot
 
 
 @dataclass
@@ -43,8 +42,16 @@ class Snapshot:
 
     position: int
     pid: int
-    command: int              # pipe to it: a message resumes it, QUIT drops it
+    command: int              # pipe to it: a message resumes it (SIGKILL drops it)
     reply: int                # pipe from it: "ready", then its exit status
+    ready: bool = False       # its "ready" has been read
+
+    def wait_ready(self) -> None:
+        """Wait until the child has started (its pagefile copy made, its death signal set)."""
+        if not self.ready:
+            if os.read(self.reply, 1) != b"R":
+                raise RuntimeError("a debugger snapshot failed to start")
+            self.ready = True
 
     def private_kib(self) -> int | None:
         """Memory it holds alone (pages written since it was taken), from /proc."""
@@ -70,6 +77,8 @@ class SnapshotRing:
         self.next_at = interval
         self.waiter: int | None = None    # set when resumed: where our exit status goes
         self.taken = 0
+        self._dying: list[int] = []       # dropped snapshots not reaped yet
+        _bind_prctl()                     # in the emulator: a child finds it bound
 
     def due(self, position: int) -> bool:
         """Whether a snapshot should be taken at ``position``."""
@@ -79,38 +88,52 @@ class SnapshotRing:
         """Fork a snapshot. The running emulator gets None back at once; the snapshot, if it
         is ever resumed, gets the message it was resumed with (and never returns else)."""
         self.next_at = position + self.interval
+        self._reap()
         sys.stdout.flush()
         sys.stderr.flush()
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
+        parent = os.getpid()
+        copy_now = pagefile is not None and pagefile.used_slots > 0
         pid = os.fork()
         if pid == 0:
-            os.close(down_w)
-            os.close(up_r)
-            return self._sleep(down_r, up_w, pagefile)
+            # The child does as little as it can before it sleeps: every page it writes
+            # (Python's reference counts included) becomes a private copy it holds.
+            _set_death_signal()
+            if os.getppid() != parent:     # the emulator ended before prctl: nobody resumes
+                os._exit(0)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if copy_now:                   # its slots, before the emulator writes them again
+                pagefile.take_private_copy()
+            os.write(up_w, b"R")
+            return self._sleep(down_r, up_w, None if copy_now else pagefile,
+                               (down_w, up_r))
         os.close(down_r)
         os.close(up_w)
-        if os.read(up_r, 1) != b"R":
-            raise RuntimeError("a debugger snapshot failed to start")
-        self.snapshots.append(Snapshot(position, pid, down_w, up_r))
+        snapshot = Snapshot(position, pid, down_w, up_r)
+        # The emulator runs on at once: it waits for the child only when the child has
+        # pagefile slots to copy before this emulator may write them again.
+        if copy_now:
+            snapshot.wait_ready()
+        self.snapshots.append(snapshot)
         self.taken += 1
         while len(self.snapshots) > self.keep:
             self._drop(self.snapshots.pop(0))
         return None
 
-    def _sleep(self, command: int, reply: int, pagefile) -> Any:
-        """The child's life: wait to be resumed (return the message) or dropped (exit)."""
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if pagefile is not None:
-            pagefile.take_private_copy()
-        os.write(reply, b"R")
+    def _sleep(self, command: int, reply: int, pagefile, ends: tuple[int, int]) -> Any:
+        """The child's life: wait to be resumed (return the message) or dropped (killed).
+        ``pagefile``: still shared with the emulator (it had no slot in use at the fork),
+        made private once resumed; ``ends``: the emulator's ends of the two pipes."""
         message = _receive(command)
         if message is None:
             os._exit(0)
-        os.close(command)
+        for fd in (command, *ends):
+            os.close(fd)
+        if pagefile is not None:
+            pagefile.take_private_copy()   # nothing to copy: none of its slots was in use
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._dying = []               # the emulator's children, not this one's
         self.waiter = reply
         self.next_at = 0               # snapshot again from here on
         alive, message = message
@@ -131,10 +154,12 @@ class SnapshotRing:
         Later snapshots belong to a future that is being replaced: they are dropped."""
         for s in list(self.snapshots):
             if s is not snapshot and s.position > snapshot.position:
+                self.snapshots.remove(s)
                 self._drop(s)
         sys.stdout.flush()
         sys.stderr.flush()
         alive = [s.position for s in self.snapshots if s.position < snapshot.position]
+        snapshot.wait_ready()
         _send(snapshot.command, (alive, message))
         data = _read_exact(snapshot.reply, _STATUS.size)
         status = _STATUS.unpack(data)[0] if data else 1
@@ -146,6 +171,7 @@ class SnapshotRing:
         for s in self.snapshots:
             self._drop(s)
         self.snapshots = []
+        self._reap(block=True)
         if self.waiter is not None:
             with contextlib.suppress(OSError):
                 os.write(self.waiter, _STATUS.pack(status))
@@ -158,24 +184,56 @@ class SnapshotRing:
         self.snapshots = []
         self.next_at = 0
 
-    @staticmethod
-    def _drop(snapshot: Snapshot) -> None:
+    def _drop(self, snapshot: Snapshot) -> None:
+        """End a sleeping snapshot at once (SIGKILL: it needs no CPU time to go) and close
+        its pipes; it is reaped later (``_reap``), so the emulator never waits for it."""
         with contextlib.suppress(OSError):
-            _send(snapshot.command, QUIT)
+            os.kill(snapshot.pid, signal.SIGKILL)
         for fd in (snapshot.command, snapshot.reply):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(snapshot.pid, 0)
+        self._dying.append(snapshot.pid)
+
+    def _reap(self, block: bool = False) -> None:
+        """Collect the exit of dropped snapshots (all of them with ``block``)."""
+        for pid in list(self._dying):
+            try:
+                done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:      # not ours (a resumed snapshot's sibling)
+                done = pid
+            except OSError:
+                done = 0
+            if done:
+                self._dying.remove(pid)
+
+
+_prctl: Any = None
+
+
+def _bind_prctl() -> None:
+    """Find libc's prctl once, in the emulator (a child would dlopen it anew each time)."""
+    global _prctl
+    if _prctl is None:
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False
+
+
+def _set_death_signal() -> None:
+    """PR_SET_PDEATHSIG: SIGKILL this process when its parent dies (prctl(2))."""
+    _bind_prctl()
+    if _prctl:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _send(fd: int, message: Any) -> None:
-    data = message if message == QUIT else pickle.dumps(message)
+    data = pickle.dumps(message)
     os.write(fd, _LENGTH.pack(len(data)) + data)
 
 
 def _receive(fd: int) -> Any:
-    """The next message, or None for QUIT or a closed pipe."""
+    """The next message, or None for a closed pipe."""
     head = _read_exact(fd, _LENGTH.size)
     if len(head) < _LENGTH.size:
         return None
