@@ -5,7 +5,7 @@ mode as a user would run it (a script on standard input):
     reverse-stepi latency `rsi 1` after 1,000,000 instructions, less the run without it:
                           through a snapshot (the default ring) and from boot (--snapshots 0)
     snapshot memory       the private memory of each snapshot kept (`info snapshots`, from
-                          /proc/PID/smaps_rollup), one every 1,000,000 instructions
+                          /proc/PID/smaps_rollup), after eight `si 1000000` (one each)
     continue              `break printf` then `continue` on `loop 20000000`: the breakpoint is
                           100,000,168 instructions in (seconds from `continue` to the stop)
 """
@@ -95,10 +95,11 @@ def continue_time(repeat: int, *options: str) -> float:
 
 
 def snapshot_memory() -> list[int]:
-    """KiB of its own for each snapshot after 8,000,000 instructions, one per 1,000,000."""
+    """KiB of its own for each snapshot after eight steps of 1,000,000 instructions (a stop
+    each: one snapshot per 1,000,000)."""
     d = Debugger("--snapshot-interval", "1000000")
     try:
-        _, out = d.timed("si 8000000\ninfo snapshots\n")
+        _, out = d.timed("si 1000000\n" * 8 + "info snapshots\n")
     finally:
         d.close()
     return [int(k) for k in re.findall(r"(\d+) KiB of its own", out)]

@@ -220,6 +220,8 @@ class ReverseExecution:
         self._internal = []
         self._replay = replay
         self._deadline = replay.target
+        if self.snapshots is not None:
+            self.snapshots.going_to(replay.target)
 
     def _note_pending_hit(self, replay: Replay) -> None:
         if replay.pending_hit is not None:

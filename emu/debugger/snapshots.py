@@ -66,28 +66,76 @@ class Snapshot:
 
 
 class SnapshotRing:
-    """The sleeping snapshots of one debugging session (see the module docstring)."""
+    """The sleeping snapshots of one debugging session (see the module docstring).
 
-    def __init__(self, interval: int = 2_000_000, keep: int = 8) -> None:
+    When they are taken (positions only, never wall time, so the same commands give the same
+    snapshots): ``interval`` positions after the newest one, then at a spacing that doubles
+    with each snapshot while the machine runs on without a stop, up to ``GROWTH`` times
+    ``interval``; a stop brings the spacing back to ``interval`` (counted from the newest
+    snapshot, so the first run after a long one snapshots at once). A long ``continue``
+    forks a few times (9 on the way to 100 M with 1 M), and where the user works they are
+    dense. Going back to a target adds one more on the way, ``interval`` before it, so that
+    stepping back again from there re-executes little."""
+
+    GROWTH = 16               # the spacing grows to at most this many intervals
+
+    def __init__(self, interval: int = 1_000_000, keep: int = 8) -> None:
         if interval <= 0 or keep < 0:
             raise ValueError("snapshot interval must be positive and the count not negative")
         self.interval = interval
         self.keep = keep
         self.snapshots: list[Snapshot] = []
+        self.newest = 0                   # the newest snapshot's position (or where history
+        #                                   was picked up: boot, a resumed snapshot)
+        self.spacing = interval           # from the newest snapshot to the next
         self.next_at = interval
+        self.near: int | None = None      # one more, before a going-back's target
         self.waiter: int | None = None    # set when resumed: where our exit status goes
         self.taken = 0
         self._dying: list[int] = []       # dropped snapshots not reaped yet
         _bind_prctl()                     # in the emulator: a child finds it bound
 
+    @property
+    def cap(self) -> int:
+        """The largest spacing."""
+        return self.interval * self.GROWTH
+
+    def due_at(self) -> int:
+        """The position of the next snapshot (the CPU's budget is cut there)."""
+        return self.next_at if self.near is None else min(self.next_at, self.near)
+
     def due(self, position: int) -> bool:
         """Whether a snapshot should be taken at ``position``."""
-        return self.keep > 0 and position >= self.next_at
+        return self.keep > 0 and position >= self.due_at()
+
+    def stopped(self) -> None:
+        """The machine paused for the user: snapshots are dense again from the newest one."""
+        self.spacing = self.interval
+        self.next_at = min(self.next_at, self.newest + self.interval)
+
+    def going_to(self, target: int) -> None:
+        """A re-execution to ``target`` begins: one more snapshot ``interval`` before it,
+        if that is past the newest (stepping back again from the target is then short)."""
+        near = target - self.interval
+        self.near = near if near > self.newest else None
+
+    def describe(self) -> str:
+        """The policy, for ``info snapshots``."""
+        return (f"{len(self.snapshots)} of at most {self.keep} snapshots, one every "
+                f"{self.interval} instructions after a stop, the spacing doubling while the "
+                f"machine runs on, up to {self.cap} (older positions: re-executed from boot)")
 
     def take(self, position: int, pagefile) -> Any:
         """Fork a snapshot. The running emulator gets None back at once; the snapshot, if it
         is ever resumed, gets the message it was resumed with (and never returns else)."""
-        self.next_at = position + self.interval
+        self.newest = position
+        self.next_at = position + self.spacing
+        self.spacing = min(2 * self.spacing, self.cap)
+        if self.near is not None:
+            if position >= self.near:
+                self.near = None
+            elif self.next_at > self.near - self.interval:
+                self.next_at = self.near   # not two snapshots closer than interval
         self._reap()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -135,7 +183,7 @@ class SnapshotRing:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self._dying = []               # the emulator's children, not this one's
         self.waiter = reply
-        self.next_at = 0               # snapshot again from here on
+        self._pick_up(self.newest)     # snapshot again from here on (this one is used up)
         alive, message = message
         for s in [s for s in self.snapshots if s.position not in alive]:
             self.snapshots.remove(s)   # dropped by the emulator that ran on after this fork
@@ -182,7 +230,14 @@ class SnapshotRing:
         for s in self.snapshots:
             self._drop(s)
         self.snapshots = []
-        self.next_at = 0
+        self._pick_up(0)
+
+    def _pick_up(self, position: int) -> None:
+        """History goes on from ``position`` with no snapshot there: take one at once."""
+        self.newest = position
+        self.spacing = self.interval
+        self.next_at = position
+        self.near = None
 
     def _drop(self, snapshot: Snapshot) -> None:
         """End a sleeping snapshot at once (SIGKILL: it needs no CPU time to go) and close
