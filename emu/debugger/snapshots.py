@@ -2,18 +2,24 @@
 
 A machine paused between two instructions lives as much in Python frames (inside the
 dispatcher, a system service, a DPC) as in RAM and registers, so the one snapshot that keeps
-all of it is the emulator process itself. Every ``interval`` instructions the session forks
-(as gdb's ``checkpoint`` and rr do): the child sleeps, sharing its memory copy-on-write with
-the emulator that runs on, so a snapshot costs only the pages written after it was taken.
-RAM is a private mapping for this reason (emu.hw.memory), and each snapshot takes its own
-copy of the pagefile's used slots.
+all of it is the emulator process itself. Now and then (``SnapshotRing``: a spacing that
+starts at ``interval`` after a stop and doubles while the machine runs on, up to 16 times
+that) the session forks (as gdb's ``checkpoint`` and rr do): the child sleeps, sharing its
+memory copy-on-write with the emulator that runs on, so a snapshot costs only the pages
+written after it was taken. RAM is a private mapping for this reason (emu.hw.memory).
+
+The emulator never waits for a child: the fork returns and the guest runs on, while the
+child sets its death signal and goes to sleep on its pipe (a dropped one is SIGKILLed and
+reaped later). The one exception is a pagefile with slots in use: the child copies them to
+a file of its own before the emulator may write them again, and the emulator waits for that
+copy; with none in use the child makes its own empty file only when it is resumed.
 
 Going back to position P resumes the newest snapshot at or before P: the running emulator
 hands it the debugger's state (breakpoints, the stop to report) and waits; the snapshot
 re-executes from its position to P and carries on the session on the same terminal. When
 it ends, the exit status travels back to the waiting emulator, which exits with it. At most
 ``keep`` snapshots sleep at once (the oldest is dropped): the memory budget is ``keep``
-times the pages written per interval, at most ``keep`` times the emulator's size
+times the pages written between two snapshots, at most ``keep`` times the emulator's size
 (docs/debugger.md). A position older than every snapshot is re-executed from boot.
 
 Linux only (fork, pipes, PR_SET_PDEATHSIG so that no snapshot outlives its parent).
@@ -73,9 +79,10 @@ class SnapshotRing:
     with each snapshot while the machine runs on without a stop, up to ``GROWTH`` times
     ``interval``; a stop brings the spacing back to ``interval`` (counted from the newest
     snapshot, so the first run after a long one snapshots at once). A long ``continue``
-    forks a few times (9 on the way to 100 M with 1 M), and where the user works they are
-    dense. Going back to a target adds one more on the way, ``interval`` before it, so that
-    stepping back again from there re-executes little."""
+    forks a few times (10 on the way to 100 M from an interval of 1 M: at 1, 2, 4, 8, 16,
+    32, 48 ... 96 M), and where the user works they are dense. Going back to a target adds
+    one more on the way, ``interval`` before it, so that stepping back again from there
+    re-executes little."""
 
     GROWTH = 16               # the spacing grows to at most this many intervals
 
