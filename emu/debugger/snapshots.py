@@ -42,6 +42,11 @@ _LENGTH = struct.Struct("<I")
 _STATUS = struct.Struct("<i")
 
 
+class SnapshotLost(Exception):
+    """A snapshot's process died before it could be resumed (killed from outside, the
+    host's OOM killer): going back uses an older one, or boot."""
+
+
 @dataclass
 class Snapshot:
     """A sleeping copy of the emulator at ``position`` (instructions and exceptions since boot)."""
@@ -53,10 +58,15 @@ class Snapshot:
     ready: bool = False       # its "ready" has been read
 
     def wait_ready(self) -> None:
-        """Wait until the child has started (its pagefile copy made, its death signal set)."""
+        """Wait until the child has started (its pagefile copy made, its death signal set);
+        SnapshotLost if it died first."""
         if not self.ready:
-            if os.read(self.reply, 1) != b"R":
-                raise RuntimeError("a debugger snapshot failed to start")
+            try:
+                ready = os.read(self.reply, 1) == b"R"
+            except OSError:
+                ready = False
+            if not ready:
+                raise SnapshotLost(f"snapshot at position {self.position} is gone")
             self.ready = True
 
     def private_kib(self) -> int | None:
@@ -169,7 +179,11 @@ class SnapshotRing:
         # The emulator runs on at once: it waits for the child only when the child has
         # pagefile slots to copy before this emulator may write them again.
         if copy_now:
-            snapshot.wait_ready()
+            try:
+                snapshot.wait_ready()
+            except SnapshotLost:
+                self._drop(snapshot)
+                return None
         self.snapshots.append(snapshot)
         self.taken += 1
         while len(self.snapshots) > self.keep:
@@ -205,8 +219,9 @@ class SnapshotRing:
         return fit[-1] if fit else None
 
     def resume(self, snapshot: Snapshot, message: Any) -> NoReturn:
-        """Hand the session to ``snapshot`` and wait for it to end; exit with its status.
-        Later snapshots belong to a future that is being replaced: they are dropped."""
+        """Hand the session to ``snapshot`` and wait for it to end; exit with its status
+        (SnapshotLost, with nothing handed over, if it has died). Later snapshots belong to
+        a future that is being replaced: they are dropped."""
         for s in list(self.snapshots):
             if s is not snapshot and s.position > snapshot.position:
                 self.snapshots.remove(s)
@@ -214,8 +229,13 @@ class SnapshotRing:
         sys.stdout.flush()
         sys.stderr.flush()
         alive = [s.position for s in self.snapshots if s.position < snapshot.position]
-        snapshot.wait_ready()
-        _send(snapshot.command, (alive, message))
+        try:
+            snapshot.wait_ready()
+            _send(snapshot.command, (alive, message))
+        except (SnapshotLost, OSError):
+            self.snapshots.remove(snapshot)
+            self._drop(snapshot)
+            raise SnapshotLost(f"snapshot at position {snapshot.position} is gone") from None
         data = _read_exact(snapshot.reply, _STATUS.size)
         status = _STATUS.unpack(data)[0] if data else 1
         self.finish(status)

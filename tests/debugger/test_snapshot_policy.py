@@ -5,7 +5,9 @@ target. Positions only: the same script gives the same snapshots, as `info snaps
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +88,46 @@ def test_the_same_script_takes_the_same_snapshots_and_lands_in_the_same_state():
     # Going back through snapshots or from boot: the same transcript apart from the list.
     no_info = re.compile(r"\) info snapshots\n.*?(?=\(emu)", re.S)
     assert no_info.sub(") ", one.stdout) == no_info.sub(") ", plain.stdout)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_going_back_when_the_snapshots_were_killed_from_outside_re_executes_from_boot():
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", "--snapshot-interval",
+                             "1000", LOOP, "3000"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        proc.stdin.write("si 10000\nposition\n")
+        proc.stdin.flush()
+        while not proc.stdout.readline().endswith(" since boot\n"):
+            pass
+        snapshots = children(proc.pid)
+        assert len(snapshots) == 4                 # at 1,000, 2,000, 4,000 and 8,000
+        for pid in snapshots:                      # the host's OOM killer, say
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate("rsi 4000\nposition\nregisters rip rsp\n", timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    plain = debug("si 6000\nposition\nregisters rip rsp\n", "--snapshots", "0", LOOP, "3000")
+    assert "Traceback" not in out
+    assert out.split(") rsi 4000\n")[1].split("(emu", 1)[0] == \
+        plain.stdout.split(") si 6000\n")[1].split("(emu", 1)[0]
+    assert "6001 instructions and exceptions since boot" in out
+    assert after_position(out) == after_position(plain.stdout)
+
+
+def after_position(out: str) -> str:
+    return out.rsplit(") position\n", 1)[1]
