@@ -156,11 +156,19 @@ class SnapshotRing:
         self._reap()
         sys.stdout.flush()
         sys.stderr.flush()
-        down_r, down_w = os.pipe()
-        up_r, up_w = os.pipe()
         parent = os.getpid()
         copy_now = pagefile is not None and pagefile.used_slots > 0
-        pid = os.fork()
+        try:
+            down_r, down_w = os.pipe()
+            up_r, up_w = os.pipe()
+        except OSError:                    # out of file descriptors: no snapshot here
+            return None
+        try:
+            pid = os.fork()
+        except OSError:                    # EAGAIN, ENOMEM: the host refuses a process;
+            for fd in (down_r, down_w, up_r, up_w):   # going back uses an older snapshot
+                os.close(fd)
+            return None
         if pid == 0:
             # The child does as little as it can before it sleeps: every page it writes
             # (Python's reference counts included) becomes a private copy it holds.
