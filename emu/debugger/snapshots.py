@@ -39,6 +39,7 @@ from typing import Any, NoReturn
 
 PR_SET_PDEATHSIG = 1          # prctl(2): a signal for this process when its parent dies
 _LENGTH = struct.Struct("<I")
+TAKEN_OVER = b"T"             # a resumed snapshot's answer: the session is in its hands
 _STATUS = struct.Struct("<i")
 
 
@@ -205,6 +206,7 @@ class SnapshotRing:
         message = _receive(command)
         if message is None:
             os._exit(0)
+        os.write(reply, TAKEN_OVER)    # from here on the session is this process's
         for fd in (command, *ends):
             os.close(fd)
         if pagefile is not None:
@@ -240,12 +242,20 @@ class SnapshotRing:
         try:
             snapshot.wait_ready()
             _send(snapshot.command, (alive, message))
-        except (SnapshotLost, OSError):
+            if _read_exact(snapshot.reply, len(TAKEN_OVER)) != TAKEN_OVER:
+                raise SnapshotLost(f"snapshot at position {snapshot.position} is gone")
+        except (SnapshotLost, OSError):  # it died before it took the session: nothing lost
             self.snapshots.remove(snapshot)
             self._drop(snapshot)
             raise SnapshotLost(f"snapshot at position {snapshot.position} is gone") from None
         data = _read_exact(snapshot.reply, _STATUS.size)
-        status = _STATUS.unpack(data)[0] if data else 1
+        if len(data) == _STATUS.size:
+            status = _STATUS.unpack(data)[0]
+        else:                            # killed from outside while it ran the session
+            sys.stderr.write(f"emu: error: the debugger's snapshot at position "
+                             f"{snapshot.position}, which had taken over the session, was "
+                             "killed: the session ends\n")
+            status = 1
         self.finish(status)
         os._exit(status)
 
