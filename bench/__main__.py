@@ -18,7 +18,8 @@
     paging slowdown: pattern over 16 MiB in 2 MiB of RAM vs in 64 MiB (information)
     replacement policies: faults of the machine's clock, and of clock, FIFO and Belady's
               optimal replayed offline on the recorded reference string (bench/paging.py)
-    debugger  single steps per second, reverse-stepi latency, snapshot memory
+    debugger  single steps per second, reverse-stepi latency, snapshot memory, continue
+              against a counted run, rsi 1 after a long continue
               (bench/debugger.py)
 
 Each figure is the median of several runs. Exit status 0 even when a target is
@@ -167,7 +168,7 @@ def main() -> int:
                  cont / run_time, "<= 1.5x", cont / run_time <= 1.5,
                  f"continue {cont:.3f}s, emu run {run_time:.3f}s"))
     bare = debugger.continue_time(max(1, n // 2), "--snapshots", "0")
-    rows.append(("  the same with --snapshots 0 (no fork every 5 M)", bare / run_time, "info",
+    rows.append(("  the same with --snapshots 0 (no forks)", bare / run_time, "info",
                  True, f"continue {bare:.3f}s, emu run {run_time:.3f}s"))
 
     rows.extend(traps.rows(n))      # system calls, page faults, context switches (targets)

@@ -26,7 +26,7 @@ from emu.machine import Machine
 EXIT_COMMAND_FAILED = 1
 DEFAULT_MEM = 64 << 20
 DEFAULT_SNAPSHOTS = 8
-DEFAULT_SNAPSHOT_INTERVAL = 5_000_000
+DEFAULT_SNAPSHOT_INTERVAL = 1_000_000
 # Each snapshot is a sleeping forked copy of the emulator (emu.debugger.snapshots): a host
 # process that counts against RLIMIT_NPROC and holds the pages written after it was taken.
 MAX_SNAPSHOTS = 64
@@ -58,7 +58,8 @@ def add_parser(sub, usage_error: type[Exception], size_type, count_type) -> None
                    help="how many snapshots (forked copies of the emulator) to keep for "
                    "going back; 0: go back by re-executing from boot (default 8)")
     p.add_argument("--snapshot-interval", type=count_type, metavar="N",
-                   help="instructions between two snapshots (default 5000000)")
+                   help="instructions from a stop to the next snapshot; the spacing "
+                   "doubles while the machine runs on, up to 16 times this (default 1000000)")
     p.add_argument("app", metavar="APP", nargs="?", help="path of the guest executable")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="its arguments; `-- APP2 ARGS...` starts another process")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from emu.debugger.snapshots import SnapshotLost
 from emu.debugger.stops import Breakpoint, SessionError, Stop, StopReason
 from emu.debugger.target import LiveTarget
 from emu.nt.events import Event
@@ -157,11 +158,14 @@ class ReverseExecution:
         emulator then only waits), or rebuild the machine from boot."""
         replay = self._rewind_to
         ring = self.snapshots
-        snapshot = ring.best(replay.target) if ring is not None else None
-        if snapshot is not None:
+        while ring is not None and (snapshot := ring.best(replay.target)) is not None:
             replay.origin = snapshot.position
             self._rewind_to = None
-            ring.resume(snapshot, self._handover(replay))
+            try:
+                ring.resume(snapshot, self._handover(replay))
+            except SnapshotLost:         # killed from outside: an older one, or boot
+                self._rewind_to = replay
+                replay.origin = 0
         if ring is not None:
             ring.forget_all()
         raise Rewind()
@@ -220,6 +224,8 @@ class ReverseExecution:
         self._internal = []
         self._replay = replay
         self._deadline = replay.target
+        if self.snapshots is not None:
+            self.snapshots.going_to(replay.target)
 
     def _note_pending_hit(self, replay: Replay) -> None:
         if replay.pending_hit is not None:

@@ -219,7 +219,7 @@ class Session(ReverseExecution):
             n = min(n, max(0, self._deadline - self.position))
         ring = self.snapshots
         if ring is not None and ring.keep and not self._detached:
-            n = min(n, max(0, ring.next_at - self.position))
+            n = min(n, max(0, ring.due_at() - self.position))
         return n
 
     def before_run(self) -> None:
@@ -275,6 +275,8 @@ class Session(ReverseExecution):
         self._deadline = None
         if self._detached:
             return
+        if self.snapshots is not None:
+            self.snapshots.stopped()         # dense snapshots again where the user works
         resumed = self.on_stop(stop)
         if not resumed and not self._resumed:
             self._detached = True

@@ -572,12 +572,12 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
         if ring is None:
             self.message("No snapshots: going back re-executes from boot (--snapshots 0).")
             return
-        lines = [f"{len(ring.snapshots)} of at most {ring.keep} snapshots, one every "
-                 f"{ring.interval} instructions (older positions: re-executed from boot)"]
+        lines = [ring.describe()]
         for snap in ring.snapshots:
             kib = snap.private_kib()
             memory = f"{kib} KiB of its own" if kib is not None else "memory unknown"
             lines.append(f"  at position {snap.position:<12} {memory}")
+        lines.append(f"  the next at position {ring.due_at()}")
         self.message("\n".join(lines))
 
     def do_position(self, arg: str) -> None:
