@@ -454,7 +454,13 @@ def _run_under_gdb(address: str, machine: Machine, build: Callable[[], Machine],
             if once is not None:
                 once.watch(session)
 
-        return gdbstub.serve(machine, host, port, log=sys.stderr, runner=shell.run_command,
+        def monitor(line: str) -> str:
+            # The machine of the moment: going back made a new one (the shell's own
+            # on_stop, which follows the session, is not called while gdb has it).
+            shell.target = shell.session.target
+            return shell.run_command(line)
+
+        return gdbstub.serve(machine, host, port, log=sys.stderr, runner=monitor,
                              factory=build, on_session=on_session)
     except gdbstub.GdbServerError as err:
         raise UsageError(str(err)) from None

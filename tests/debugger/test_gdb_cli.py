@@ -106,7 +106,8 @@ def _emu_run_under_gdb(emu_args: list[str], commands: list[str]) -> tuple[str, s
 def _register_dumps(out: str) -> list[dict[str, str]]:
     dumps = []
     for block in out.split("==mark==")[1:]:
-        regs = dict(re.findall(r"^([a-z][a-z0-9_]*)\s+(0x[0-9a-f]+)\s", block, re.M))
+        # gdb's columns (the name padded to 15): not the shell's `monitor registers`
+        regs = dict(re.findall(r"^([a-z][a-z0-9_]*) {3,}(0x[0-9a-f]+)\s", block, re.M))
         if "rip" in regs:
             dumps.append(regs)
     return dumps
@@ -151,3 +152,39 @@ def test_emu_run_gdb_goes_back_and_writes_its_outputs_once(tmp_path):
     for report in reports:      # the host's software-TLB counters: stepping refills it
         del report["stats"]["tlb_fills"], report["stats"]["stlb_hits"]
     assert reports[0] == reports[1]          # the machine that ran last, at its end
+
+
+@pytest.mark.skipif(GDB is None, reason="gdb is not installed: this test drives stock gdb")
+def test_emu_run_gdb_at_a_bug_check_thread_1_is_the_cpu_and_goes_back():
+    """At KeBugCheckEx's stop the kernel (thread 1) shows what the CPU holds: RIP in
+    nt!KeBugCheckEx, its four arguments in RCX, RDX, R8, R9 (the x64 calling convention);
+    from there gdb goes back into the past (not "Program terminated"), and `monitor` reads
+    the machine going back made."""
+    bugcheck = str(Path("guest") / "build" / "drivers" / "bugcheck.sys")
+    show = ["echo ==mark==\\n", "info registers"]
+    out, _, stderr, status = _emu_run_under_gdb(
+        ["--driver", bugcheck, HELLO],
+        ["stepi", "stepi", "continue", "info threads", *show, "monitor registers",
+         "reverse-stepi", "monitor position",
+         "reverse-continue", *show, "monitor position", "continue", "continue"])
+    assert "Traceback" not in stderr and "Remote failure reply" not in out
+    assert 'Thread 1 "kernel" received signal SIGSEGV' in out
+    assert re.search(r'^\* 1 +Thread 1 "kernel" \(kernel \(no process on the CPU\), ring 0\)'
+                     r" 0xffff800000004010", out, re.M)
+    at_bugcheck, at_boot = _register_dumps(out)
+    # the shell's `registers` (gdb's console, an O packet): 16 hex digits each
+    monitor = dict(re.findall(r"\b(rip|rsp|rcx|rdx|r8|r9) {1,2}(0x[0-9a-f]{16})\b", out))
+    assert len(monitor) == 6
+    assert {k: int(at_bugcheck[k], 16) for k in monitor} == \
+        {k: int(v, 16) for k, v in monitor.items()}
+    assert int(at_bugcheck["rip"], 16) == 0xFFFF800000004010        # nt!KeBugCheckEx
+    assert [int(at_bugcheck[r], 16) for r in ("rcx", "rdx", "r8", "r9")] == [0xE2, 1, 2, 3]
+    assert at_bugcheck["cs"] == "0x10"
+    assert re.findall(r"(\d+) instructions? (?:and|or) exceptions? since boot", out) == \
+        ["17", "0"]                   # KeBugCheckEx's call (an export: a step of its own)
+    assert "No more reverse-execution history." in out
+    assert out.count("Program terminated") == 1                       # at the last continue
+    assert int(at_boot["rip"], 16) == 0xFFFFF80001001000              # DriverEntry
+    assert out.count("the system stopped: bug check 0xe2") >= 2       # forward again
+    assert "Program terminated with signal SIGSEGV" in out
+    assert status == 126
