@@ -460,8 +460,15 @@ def _run_under_gdb(address: str, machine: Machine, build: Callable[[], Machine],
             shell.target = shell.session.target
             return shell.run_command(line)
 
+        def again() -> Machine:
+            try:
+                return build()
+            except UsageError as err:   # a file changed under the run: the machine is gone
+                raise UsageError(f"cannot go back: the machine could not be made again: "
+                                 f"{err}") from None
+
         return gdbstub.serve(machine, host, port, log=sys.stderr, runner=monitor,
-                             factory=build, on_session=on_session)
+                             factory=again, on_session=on_session)
     except gdbstub.GdbServerError as err:
         raise UsageError(str(err)) from None
 

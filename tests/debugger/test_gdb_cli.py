@@ -188,3 +188,17 @@ def test_emu_run_gdb_at_a_bug_check_thread_1_is_the_cpu_and_goes_back():
     assert out.count("the system stopped: bug check 0xe2") >= 2       # forward again
     assert "Program terminated with signal SIGSEGV" in out
     assert status == 126
+
+
+@pytest.mark.skipif(GDB is None, reason="gdb is not installed: this test drives stock gdb")
+def test_emu_run_gdb_going_back_after_the_app_is_gone_is_one_line(tmp_path):
+    """Going back makes the machine again from its files: one removed under the run ends it
+    with one line and exit status 2, not a traceback."""
+    app = tmp_path / "hello"
+    shutil.copy(ROOT / HELLO, app)
+    _, _, stderr, status = _emu_run_under_gdb(
+        [str(app)], ["stepi", f"shell rm {app}", "reverse-stepi", "info registers rip"])
+    assert status == 2 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("emu:")]
+    assert errors == [f"emu: error: cannot go back: the machine could not be made again: "
+                      f"{app}: no such file"]
