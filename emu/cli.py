@@ -219,24 +219,23 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--pagefile-size {args.pagefile_size}: a pagefile must be at least "
                          f"{MIN_PAGEFILE_SIZE // 1024}K (its first page is reserved); "
                          "--no-pagefile runs without one")
-    try:
-        if args.pagefile:
+    if args.pagefile:
+        try:
             refuse_images(args.pagefile, [*args.driver, *(app for app, _ in
                                                          split_commands([args.app, *args.args]))])
-        machine = Machine(args.mem, max_insns=args.max_insns, trace=trace, console=_echo,
-                          quantum=args.quantum, fs_root=args.fs, smap=args.smap,
-                          pagefile=args.pagefile,
-                          pagefile_size=0 if args.no_pagefile else args.pagefile_size)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    # Under --gdb going back re-executes the machine from boot (gdbstub.serve's factory):
+    # each output the user sees is then passed on once, the first time its position is
+    # reached, so it is the output of one run from boot (_FirstTime).
+    once = _FirstTime() if args.gdb else None
     events = None
+    build = None
     try:
         if args.events:
-            events = _open_event_log(args.events, machine)
-        if args.gdb:                       # gdb's `monitor history events`
-            from emu.debugger.history import record_events
-            record_events(machine)
-        return _run_machine(args, machine, trace)
+            events = _open_event_log(args.events)
+        build = _recipe(args, trace, events, once)
+        return _run_machine(args, build, trace, once)
     except UsageError:
         if events is not None:      # refused before the run (an image the loader refuses):
             events.stream.close()   # no log of a run that never was (a device stays)
@@ -244,23 +243,126 @@ def _run(args: argparse.Namespace) -> int:
                 os.unlink(args.events)
         raise
     finally:
-        machine.close()
+        if build is not None and build.made is not None:
+            build.made.machine.close()
         if events is not None and not events.stream.closed:
             _close_event_log(args.events, events)
 
 
-def _open_event_log(path: str, machine: Machine):
-    """``--events FILE``: the event log (emu.eventlog), attached before drivers and apps
-    are added so that their loads are logged."""
-    from emu.eventlog import EventLog, JsonLinesWriter
+class _Made:
+    """One machine of an ``emu run``: its processes in command-line order, its map recorder."""
+
+    def __init__(self, machine: Machine, procs: list[Process], recorder) -> None:
+        self.machine, self.procs, self.recorder = machine, procs, recorder
+
+
+class _FirstTime:
+    """``emu run --gdb``'s outputs (console, --trace-file, --events), fed by every machine
+    the run makes: going back re-executes from boot, and what a re-execution repeats was
+    written already. Each output is keyed by (position, its rank at that position) and
+    passed on only past the furthest key passed so far; the result is what one run from
+    boot to the furthest point reached writes (the debugger's position is deterministic:
+    emu.debugger.session)."""
+
+    def __init__(self) -> None:
+        self.session = None                       # emu.debugger.session.Session, once made
+        self.stops = 0                            # the session's stops so far
+        self._marks: dict[str, tuple[int, int]] = {}
+
+    def watch(self, session) -> None:
+        """Follow ``session`` (its position, its stops)."""
+        self.session = session
+        on_stop = session.on_stop
+
+        def counted(stop):
+            self.stops += 1
+            return on_stop(stop)
+        session.on_stop = counted
+
+    def gate(self, output: str, made: list[Machine], sink: Callable) -> Callable:
+        """``sink``, passed on only the first time; ``made`` holds the machine it serves."""
+        last: list = [-1, 0, self.stops, None]      # position, rank, stops, what was written
+
+        def forward(*args):
+            session = self.session
+            # Before the session has the machine (loading drivers, apps): position 0.
+            at = session.position if session is not None and made and \
+                session.machine is made[0] else 0
+            if at == last[0] and self.stops != last[2] and args == last[3]:
+                # A stop came before the instruction last traced had run (a breakpoint):
+                # resumed, it is traced again. It runs once: write it once.
+                last[2] = self.stops
+                return None
+            last[:] = [at, last[1] + 1 if last[0] == at else 0, self.stops, args]
+            if (at, last[1]) <= self._marks.get(output, (-1, 0)):
+                return None
+            self._marks[output] = (at, last[1])
+            return sink(*args)
+        return forward
+
+
+class _TraceOnce:
+    """The --trace-file stream a machine writes to under --gdb (see _FirstTime)."""
+
+    def __init__(self, write: Callable[[str], object]) -> None:
+        self.write = write
+
+
+def _recipe(args: argparse.Namespace, trace: TextIO | None, events,
+            once: _FirstTime | None) -> Callable[[], Machine]:
+    """The function that makes the machine ``args`` describe, drivers loaded and apps
+    spawned; called again (``--gdb``) to go back, it makes the same machine. ``made`` is
+    the latest one."""
+    commands = split_commands([args.app, *args.args])
+
+    def build() -> Machine:
+        made: list[Machine] = []
+        console, out = _echo, trace
+        if once is not None:
+            console = once.gate("console", made, _echo)
+            if trace is not None:
+                out = _TraceOnce(once.gate("trace", made, trace.write))  # type: ignore[assignment]
+        try:
+            machine = Machine(args.mem, max_insns=args.max_insns, trace=out, console=console,
+                              quantum=args.quantum, fs_root=args.fs, smap=args.smap,
+                              pagefile=args.pagefile,
+                              pagefile_size=0 if args.no_pagefile else args.pagefile_size)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        made.append(machine)
+        build.made = _Made(machine, [], None)
+        if events is not None:
+            from emu.eventlog import EventLog
+            EventLog.attach(machine, once.gate("events", made, events) if once else events)
+        if args.gdb:                       # gdb's `monitor history events`
+            from emu.debugger.history import record_events
+            record_events(machine)
+        for path in args.driver:
+            try:
+                machine.add_driver(path)
+            except LoaderError as err:
+                raise UsageError(str(err)) from None
+        build.made.procs = [_spawn(machine, app, app_args, args.mem)
+                            for app, app_args in commands]
+        if args.map or args.map_svg:
+            from emu.viz.addrmap import MapRecorder  # only when asked: keeps start-up quick
+            build.made.recorder = MapRecorder(machine)
+        return machine
+
+    build.made = None               # type: ignore[attr-defined]
+    return build
+
+
+def _open_event_log(path: str):
+    """``--events FILE``: the event log's writer (emu.eventlog), attached by the recipe
+    before drivers and apps are added so that their loads are logged."""
+    from emu.eventlog import JsonLinesWriter
 
     try:
         stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
     except OSError as err:
         raise UsageError(f"--events {path}: cannot write there: {err.strerror}") from None
-    writer = JsonLinesWriter(stream)
-    EventLog.attach(machine, writer)
-    return writer
+    return JsonLinesWriter(stream)
 
 
 def _close_event_log(path: str, writer) -> None:
@@ -273,34 +375,32 @@ def _close_event_log(path: str, writer) -> None:
                        "(the log is incomplete)")
 
 
-def _run_machine(args: argparse.Namespace, machine: Machine, trace: TextIO | None) -> int:
+def _run_machine(args: argparse.Namespace, build, trace: TextIO | None,
+                 once: _FirstTime | None) -> int:
+    trace_error = None
     try:
-        for path in args.driver:
-            try:
-                machine.add_driver(path)
-            except LoaderError as err:
-                raise UsageError(str(err)) from None
-        procs = [_spawn(machine, app, app_args, args.mem)
-                 for app, app_args in split_commands([args.app, *args.args])]
-        proc = procs[0]
-        recorder = None
-        if args.map or args.map_svg:
-            from emu.viz.addrmap import MapRecorder  # only when asked: keeps start-up quick
-            recorder = MapRecorder(machine)
+        machine = build()
         # Under --gdb the main thread waits in Python (for gdb, for packets): SIGTERM's
         # handler runs there, so only SIGINT is left to the watcher.
         signals = {signal.SIGINT} if args.gdb else _STOP_SIGNALS
-        with StopOnSignals(signals, machine.interrupt, once=True) as watcher:
-            result = _run_under_gdb(args.gdb, machine) if args.gdb else machine.run()
+        # (the machine of the moment: going back makes another)
+        with StopOnSignals(signals, lambda: build.made.machine.interrupt(),
+                           once=True) as watcher:
+            result = _run_under_gdb(args.gdb, machine, build, once) if args.gdb \
+                else machine.run()
         caught = watcher.caught
     finally:
         sys.stdout.flush()
-        trace_error = machine.trace_error
+        if build.made is not None:
+            trace_error = build.made.machine.trace_error
         if trace is not None and trace is not sys.stderr:
             try:
                 trace.close()
             except OSError as err:      # the last buffered lines could not be written
                 trace_error = trace_error or err
+    # The machine that ran last: under --gdb, going back made it again (the same one).
+    made = build.made
+    machine, proc, recorder = made.machine, made.procs[0], made.recorder
     # Writing an output may still fail (a full disk): say so in one line, and keep the run's
     # own result (its blue screen, its exit status).
     if trace_error is not None and args.trace_file:
@@ -338,8 +438,10 @@ def _write_dump(path: str, machine: Machine) -> None:
     print(f"emu: crash dump written to {path}", file=sys.stderr)
 
 
-def _run_under_gdb(address: str, machine: Machine) -> MachineResult:
-    """``--gdb``: wait for stock gdb, then run the machine under it (emu.debugger.gdbstub)."""
+def _run_under_gdb(address: str, machine: Machine, build: Callable[[], Machine],
+                   once: _FirstTime | None) -> MachineResult:
+    """``--gdb``: wait for stock gdb, then run the machine under it (emu.debugger.gdbstub);
+    ``build`` makes the same machine again for gdb's reverse-stepi and reverse-continue."""
     from emu.debugger import gdbstub
     from emu.debugger.shell import Shell
     from emu.debugger.target import LiveTarget
@@ -347,8 +449,26 @@ def _run_under_gdb(address: str, machine: Machine) -> MachineResult:
     shell = Shell(LiveTarget(machine))          # gdb's `monitor CMD` runs its commands
     try:
         host, port = gdbstub.parse_address(address)
-        return gdbstub.serve(machine, host, port, log=sys.stderr, runner=shell.run_command,
-                             on_session=lambda session: setattr(shell, "session", session))
+        def on_session(session) -> None:
+            shell.session = session
+            if once is not None:
+                once.watch(session)
+
+        def monitor(line: str) -> str:
+            # The machine of the moment: going back made a new one (the shell's own
+            # on_stop, which follows the session, is not called while gdb has it).
+            shell.target = shell.session.target
+            return shell.run_command(line)
+
+        def again() -> Machine:
+            try:
+                return build()
+            except UsageError as err:   # a file changed under the run: the machine is gone
+                raise UsageError(f"cannot go back: the machine could not be made again: "
+                                 f"{err}") from None
+
+        return gdbstub.serve(machine, host, port, log=sys.stderr, runner=monitor,
+                             factory=again, on_session=on_session)
     except gdbstub.GdbServerError as err:
         raise UsageError(str(err)) from None
 

@@ -260,7 +260,11 @@ class GdbStub(gdbregs.RegisterPackets):
             self.conn.send(OK)
             self.detached = True
             return False
-        if self.session.ended:
+        # An ended machine (an exit, a bug check) still has its past: gdb's reverse-stepi
+        # and reverse-continue from there go back into it, as from any stop (the `b` packet
+        # is refused when the session has no recipe); anything else gets the end again.
+        if self.session.ended and action not in (Resume.REVERSE_STEP,
+                                                 Resume.REVERSE_CONTINUE):
             if action is not Resume.KILL:
                 self._send_exit_status(self.last_stop)
                 self.conn.send(self._end_reply())      # nothing runs: the end, again
