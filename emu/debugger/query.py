@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 PAGE = layout.PAGE_SIZE
 MAX_ACCESSES = 100_000        # accesses one query records (docs/limits.md)
-MAX_INDEX_ACCESSES = 400_000  # accesses the index keeps over all its pages (about 60 MiB)
+MAX_INDEX_ACCESSES = 200_000  # accesses the index keeps, all pages (about 350 B each: 70 MiB)
 MAX_LENGTH = 1 << 20          # a query covers 1 byte to 1 MiB, as a watchpoint
 KINDS = ("write", "read", "access")
 USAGE = "history write|read|access ADDR [LEN] [pid N | phys] [--json]"
@@ -63,7 +63,7 @@ class QueryError(ValueError):
     """A query that cannot be answered: one line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Access:
     """One memory access of the past (see the module docstring)."""
 
