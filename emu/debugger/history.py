@@ -273,7 +273,8 @@ class HistoryCommands:
             except ExprError as err:
                 raise ValueError(str(err)) from None
         try:
-            q, as_json = query.parse(words, pids, current.pid if current else None, number)
+            q, as_json = query.parse(words, pids, current.pid if current else None, number,
+                                      session.machine.mem.size)
         except query.QueryError as err:
             self.error(str(err))
             return

@@ -117,9 +117,10 @@ class Query:
 
 
 def parse(words: list[str], pids: set[int], current_pid: int | None,
-          evaluate: Callable[[str], int]) -> tuple[Query, bool]:
+          evaluate: Callable[[str], int], ram: int) -> tuple[Query, bool]:
     """``KIND ADDR [LEN] [pid N | phys] [--json]`` -> (query, json); QueryError otherwise.
-    ``evaluate`` reads an address expression (raises ValueError with one line)."""
+    ``evaluate`` reads an address expression (raises ValueError with one line); ``ram``:
+    the bytes of physical memory."""
     kind = words[0]
     rest = [w for w in words[1:] if w != "--json"]
     as_json = len(rest) != len(words) - 1
@@ -153,7 +154,9 @@ def parse(words: list[str], pids: set[int], current_pid: int | None,
     if address + length > 1 << 64:
         raise QueryError(f"{address:#x} + {length:#x} runs past the end of the address space")
     if physical:
-        pass
+        if address + length > ram:
+            raise QueryError(f"physical {address:#x}..{address + length - 1:#x} is beyond "
+                             f"RAM (0x0..{ram - 1:#x})")
     elif address >= layout.KERNEL_SPACE_START:
         pid = None                       # the kernel half is the same in every space
     elif address + length > layout.USER_SPACE_END:

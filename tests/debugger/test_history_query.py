@@ -265,3 +265,34 @@ def test_bad_input_is_one_line(apps, command, message):
 def test_goto_a_row_out_of_range(apps):
     out = debug(apps, "continue\nhistory write 0x7F793950000 1 pid 12\ngoto #5\n")
     assert answer(out, "goto #5") == ["error: goto #5: the last answer has rows 1 to 2"]
+
+
+def test_emu_query_answers_as_the_shell_at_the_end(apps):
+    drivers, commands = slow_neither(apps)
+    argv = ["--driver", drivers[0], commands[0][0], *commands[0][1], "--", commands[1][0]]
+    r = emu("query", "write", "0x7F793950000", "8", "--pid", "12", "--json", *argv)
+    assert r.returncode == 0 and r.stderr == ""
+    shell = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 12 --json\n")
+    assert r.stdout.splitlines() == answer(shell, "history write 0x7F793950000 8 pid 12 --json")
+    assert len(r.stdout.splitlines()) == 10
+    text = emu("query", "write", "0x7F793950000", "8", "--pid", "12", *argv)
+    assert text.stdout.splitlines()[-1] == "10 writes to 0x7f793950000..0x7f793950007 in " \
+        "pid 12 from boot to position 1204741 (re-executed from boot)"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["query"], "emu: error: emu query needs write, read or access, then ADDR"),
+    (["query", "write"], "emu: error: emu query write needs an address"),
+    (["query", "write", "0x1000", "--pid", "99", "APP"], "emu: error: pid 99: no such process"),
+    (["query", "write", "0x1000", "--bogus", "APP"], "emu: error: unknown option --bogus"),
+    (["query", "write", "0x1000", "--pid", "4", "--phys", "APP"],
+     "emu: error: --pid and --phys: one or the other"),
+    (["query", "write", "0x1000"], "emu: error: missing APP"),
+    (["query", "read", "0x4000000", "--phys", "APP"],
+     "emu: error: physical 0x4000000..0x4000000 is beyond RAM (0x0..0x3ffffff)"),
+])
+def test_emu_query_bad_input_is_one_line(apps, args, message):
+    args = [str(apps / "hello") if a == "APP" else a for a in args]
+    r = emu(*args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(message), r.stderr
