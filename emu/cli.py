@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "process in the same machine (as many as you like)")
     from emu.debugger import cli as debug_cli
     debug_cli.add_parser(sub, UsageError, _size, _count)
+    from emu.debugger import querycli
+    querycli.add_parser(sub)
     from emu.scenarios import cli as scenario_cli
     scenario_cli.add_parser(sub)
     from emu.tools import build_driver
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emu`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((w for w in argv if w in ("run", "debug")), None)
+    command = next((w for w in argv if w in ("run", "debug", "query")), None)
     if command is not None:
         # argparse would swallow a `--` right after APP; keep every one as a separator.
         at = argv.index(command)
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             from emu.debugger import cli as debug_cli
             apps = split_commands([args.app, *args.args]) if args.app else []
             return debug_cli.run(args, apps, UsageError)
+        if args.command == "query":
+            from emu.debugger import querycli
+            return querycli.run(args, UsageError, _size, _count, split_commands)
         if args.command == "build-driver":
             from emu.tools import build_driver
             return build_driver.run(args)

@@ -1,6 +1,8 @@
 """``history``: questions to the machine's past, in ``emu debug``.
 
     history events [KIND] [pid N] [--json]
+    history write|read|access ADDR [LEN] [pid N | phys] [--json]
+    goto POSITION | goto #ROW
 
 lists the executive's events from boot to the current position (emu.eventlog's records:
 position, pid, tid, ring, IRQL, RIP with its symbol, and a line saying what happened), of
@@ -23,13 +25,18 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from emu.debugger import query
+from emu.debugger.expr import ExprError, evaluate
+from emu.debugger.stops import SessionError, Stop, StopReason
 from emu.eventlog import SCHEMA, EventLog, dumps
 
 if TYPE_CHECKING:
     from emu.machine import Machine
 
+GOTO_SLACK = 16            # goto aims this many steps short, then single-steps (exact)
 MAX_EVENTS = 50_000        # records kept per machine (docs/limits.md): about 10 MiB
-USAGE = "history events [KIND] [pid N] [--json]"
+EVENTS_USAGE = "history events [KIND] [pid N] [--json]"
+USAGE = f"{EVENTS_USAGE} | history write|read|access ADDR [LEN] [pid N | phys] [--json]"
 
 
 class EventHistory:
@@ -76,7 +83,7 @@ def parse(arg: str, pids: set[int]) -> tuple[str | None, int | None, bool]:
     words = arg.split()
     if not words:
         raise HistoryError(f"history of what? ({USAGE})")
-    if words[0] != "events":
+    if words[0] != "events":  # (write, read and access: emu.debugger.query)
         raise HistoryError(f"no history of {words[0]!r} here ({USAGE})")
     kind, pid, as_json = None, None, False
     rest = words[1:]
@@ -102,7 +109,7 @@ def parse(arg: str, pids: set[int]) -> tuple[str | None, int | None, bool]:
                 raise HistoryError(f"no event kind {word!r} (one of: {', '.join(SCHEMA)})")
             kind = word
         else:
-            raise HistoryError(f"unexpected {word!r} ({USAGE})")
+            raise HistoryError(f"unexpected {word!r} ({EVENTS_USAGE})")
     return kind, pid, as_json
 
 
@@ -210,6 +217,10 @@ class HistoryCommands:
                        "emu debug or emu run --gdb (a crash dump has none)")
             return
         pids = {p.pid for p in session.machine.processes}
+        words = arg.split()
+        if words and words[0] in query.KINDS:
+            self._history_access(session, words, pids)
+            return
         try:
             kind, pid, as_json = parse(arg, pids)
         except HistoryError as err:
@@ -235,8 +246,185 @@ class HistoryCommands:
         self.message(f"{len(found)} event{'' if len(found) == 1 else 's'}{what} from boot "
                      f"to position {session.position}{dropped}")
 
+    def history_state(self) -> dict[str, Any]:
+        """What a resumed snapshot needs: the last answer's rows, and the index."""
+        return {"rows": getattr(self, "query_rows", None),
+                "index": self.__dict__.get("query_index"),
+                "goto": self.__dict__.get("goto_to")}
+
+    def load_history_state(self, state: dict[str, Any]) -> None:
+        """Take over the rows and the index of the shell that handed the session on."""
+        self.query_rows = state["rows"]
+        self.goto_to = state["goto"]
+        if state["index"] is not None:
+            self.query_index = state["index"]
+
+    def _history_access(self, session, words: list[str], pids: set[int]) -> None:
+        """``history write|read|access ...``: see emu.debugger.query."""
+        if session.factory is None:
+            self.error("history write/read/access re-executes the machine: it needs its "
+                       "recipe (use emu debug)")
+            return
+        current = session.executive.current
+
+        def number(text: str) -> int:
+            try:
+                return evaluate(text, session.target, getattr(self, "view_pid", None))
+            except ExprError as err:
+                raise ValueError(str(err)) from None
+        try:
+            q, as_json = query.parse(words, pids, current.pid if current else None, number,
+                                      session.machine.mem.size)
+        except query.QueryError as err:
+            self.error(str(err))
+            return
+        index = self.__dict__.setdefault("query_index", query.QueryIndex())
+        position = session.position
+        found, truncated, cached = index.answer(q, position, session.factory)
+        self.query_rows = [a.position for a in found]
+        symbolize = _symbolizer(session.target)
+        if as_json:
+            for a in found:
+                self.stdout.write(json.dumps(a.json(symbolize(a.rip, a.pid)),
+                                             separators=(",", ":")) + "\n")
+            return
+        for n, a in enumerate(found, 1):
+            self.message(access_row(n, a, symbolize))
+        self.message(access_summary(q, len(found), position, truncated, cached))
+
+    def do_goto(self, arg: str) -> bool | None:
+        """goto POSITION | goto #ROW: the machine at exactly that position (steps since
+        boot, as ``position`` counts them), or at row ROW of the last history write, read or
+        access answer (before the accessing instruction runs); going back re-executes."""
+        session = getattr(self, "session", None)
+        if session is None:
+            self.error("no machine is running (a crash dump cannot run)")
+            return None
+        try:
+            target = goto_target(arg, getattr(self, "query_rows", None),
+                                 lambda text: evaluate(text, session.target,
+                                                       getattr(self, "view_pid", None)))
+        except (SessionError, ExprError) as err:
+            self.error(str(err))
+            return None
+        now = session.position
+        if target == now:
+            self.message(f"already at position {now}")
+            return None
+        if target > now and session.ended:
+            self.error(f"position {target} is after the end of this machine's history "
+                       f"(it ended at {now})")
+            return None
+        self.goto_to, self.goto_margin = target, GOTO_SLACK
+        try:
+            self._goto_move(session, target)
+        except SessionError as err:
+            self.goto_to = None
+            self.error(str(err))
+            return None
+        self.resumed = True
+        self.view_pid = None
+        return True
+
+    def _goto_move(self, session, target: int) -> None:
+        """One move towards ``target``: a run of many steps stops up to a few steps late
+        (a fault inside it is a step the CPU's budget does not count), so a long move aims
+        GOTO_SLACK (or more, after a miss) short, and single steps, which are exact, end it."""
+        now = session.position
+        if now < target:
+            gap = target - now
+            session.step(1 if gap <= self.goto_margin else gap - self.goto_margin)
+        else:
+            session.reverse_step(min(now, now - target + self.goto_margin))
+            self.goto_margin *= 2
+
+    def goto_again(self, stop: Stop) -> bool:
+        """At a stop during ``goto``: True when goto moved on (nothing to show), False when
+        this stop is the one to show: the position asked for, a breakpoint, watchpoint or
+        catchpoint met going forward, or the end of the machine."""
+        target = self.__dict__.get("goto_to")
+        if target is None:
+            return False
+        session = self.session
+        if session.position == target or session.ended or \
+                stop.reason not in (StopReason.STEP, StopReason.HISTORY_START):
+            self.goto_to = None
+            return False
+        self._goto_move(session, target)
+        return True
+
     def complete_history(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
         """Tab: ``events``, then the event kinds, ``pid`` and ``--json``."""
         words = line[:begidx].split()
-        choices = ["events"] if len(words) <= 1 else [*SCHEMA, "pid", "--json"]
+        if len(words) <= 1:
+            choices = ["events", *query.KINDS]
+        elif words[1] in query.KINDS:
+            choices = ["pid", "phys", "--json"]
+        else:
+            choices = [*SCHEMA, "pid", "--json"]
         return [c for c in choices if c.startswith(text)]
+
+
+def goto_target(arg: str, rows: list[int] | None, evaluate_position) -> int:
+    """The position ``goto ARG`` names: ``#ROW`` (a row of the last query's answer, from
+    1) or an expression; SessionError otherwise."""
+    text = arg.strip()
+    if not text:
+        raise SessionError("goto where? (goto POSITION, or goto #ROW of the last history "
+                           "write/read/access answer)")
+    if text.startswith("#"):
+        if rows is None:
+            raise SessionError(f"goto {text}: no history write/read/access answer to take "
+                               "a row from yet")
+        try:
+            n = int(text[1:], 10)
+        except ValueError:
+            raise SessionError(f"goto {text}: a row is a number, e.g. goto #1") from None
+        if not 1 <= n <= len(rows):
+            raise SessionError(f"goto {text}: the last answer has rows 1 to {len(rows)}"
+                               if rows else f"goto {text}: the last answer had no rows")
+        return rows[n - 1]
+    value = evaluate_position(text)
+    if value >> 63:
+        raise SessionError(f"goto {text}: a position is not negative")
+    return value
+
+
+def _symbolizer(target):
+    def symbolize(address: int, in_pid: int | None = None) -> str:
+        try:
+            return target.symbolize(address, in_pid)
+        except Exception:    # noqa: BLE001 - a process gone, a TargetError: no name
+            return f"{address:#x}"
+    return symbolize
+
+
+def access_row(n: int, a: query.Access, symbolize) -> str:
+    """One row of a query's answer: #row, position, pid, tid, ring, IRQL, CR3, RIP
+    <symbol>, the instruction, and the access (a write's old and new value)."""
+    pid = "-" if a.pid is None else str(a.pid)
+    tid = "-" if a.tid is None else str(a.tid)
+    where = symbolize(a.rip, a.pid)
+    rip = f"{a.rip:#x}" + (f" <{where}>" if where != f"{a.rip:#x}" else "")
+    at = f"{a.va:#x} (pa {a.pa:#x})" if a.va is not None else f"pa {a.pa:#x}"
+    what = f"{a.kind} {a.size} at {at}"
+    if a.kind == "write":
+        what += f": {a.old:#x} -> {a.new:#x}"
+    return f"#{n:<4} {a.position:>10}  pid {pid:>3} tid {tid:>3}  ring {a.ring}  " \
+        f"IRQL {a.irql}  CR3 {a.cr3:#x}  {rip}  {a.instruction}  {what}"
+
+
+def access_summary(q: query.Query, count: int, position: int, truncated: bool,
+                   cached: bool) -> str:
+    """The answer's last line: how many, of what, where, up to when, and how it was found."""
+    noun = {"write": "write", "read": "read", "access": "access"}[q.kind]
+    plural = noun + ("es" if noun == "access" else "s")
+    where = f"{q.address:#x}" + (f"..{q.address + q.length - 1:#x}" if q.length > 1 else "")
+    space = "physical " if q.physical else ""
+    whose = "" if q.physical else (f" in pid {q.pid}" if q.pid is not None else
+                                   " (kernel space)")
+    how = "from the index" if cached else "re-executed from boot"
+    cut = f"; more than {query.MAX_ACCESSES:,} accesses to its pages: only the first " \
+        "are shown" if truncated else ""
+    return f"{count} {noun if count == 1 else plural} to {space}{where}{whose} from boot " \
+        f"to position {position} ({how}){cut}"

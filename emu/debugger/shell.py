@@ -83,7 +83,7 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
     RUN_COMMANDS = frozenset({"stepi", "si", "nexti", "ni", "finish", "continue", "c", "until",
                               "reverse-stepi", "rsi", "reverse-continue", "rc", "kill",
                               "reverse-nexti", "rni", "reverse-next", "reverse-finish",
-                              "quit", "q", "gdbserver"})
+                              "quit", "q", "gdbserver", "goto"})
 
     def run_command(self, line: str) -> str:
         """Run one state command and return what it printed (gdb's ``monitor``: gdb keeps
@@ -118,6 +118,8 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
     def on_stop(self, stop: Stop) -> bool:
         """The session paused: report it, then read commands until one resumes the machine.
         Returns True when resumed; raises Quit when the user ends the debugger."""
+        if self.goto_again(stop):          # goto, on its way (emu.debugger.history)
+            return True
         self.stop_info = stop
         self.target = self.session.target
         self.report_stop(stop)
@@ -200,12 +202,14 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
 
     def save_state(self) -> dict:
         """What a resumed snapshot needs of this shell (see emu.debugger.snapshots)."""
-        return {"failures": self.failures, "lastcmd": self.lastcmd}
+        return {"failures": self.failures, "lastcmd": self.lastcmd,
+                "history": self.history_state()}
 
     def load_state(self, state: dict) -> None:
         """Take over the state of the shell that handed the session on."""
         self.failures = state["failures"]
         self.lastcmd = state["lastcmd"]
+        self.load_history_state(state["history"])
 
     def emptyline(self) -> bool:
         """An empty line repeats the last command at a terminal, as in gdb."""

@@ -1,0 +1,137 @@
+"""``emu query``: ``history write|read|access`` on the command line, for scripts.
+
+    emu query write|read|access ADDR [LEN] [--pid N | --phys] [--json] [machine options]
+        APP ARGS... [-- APP2 ARGS2...]
+
+runs the machine to its end (or a bug check), then answers as ``emu debug``'s
+``history write|read|access`` does at the end (docs/debugger.md); the guests' console
+output is not shown. Bad input: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from emu.debugger import query
+
+_VALUED = {"--pid": "pid", "--mem": "mem", "--driver": "driver", "--quantum": "quantum",
+           "--fs": "fs", "--pagefile-size": "pagefile_size"}
+_FLAGS = {"--phys": "phys", "--json": "json", "--smap": "smap", "--no-pagefile": "no_pagefile"}
+
+
+def add_parser(sub) -> None:
+    """Add ``emu query`` to the ``emu`` command's subparsers."""
+    p = sub.add_parser("query", help="who read or wrote memory, over a whole run",
+                       description="Run a machine to its end, then list every access to a "
+                       "range, from boot: write, read or access ADDR [LEN] [--pid N | --phys] "
+                       "[--json] [--mem SIZE] [--driver PATH]... [--quantum N] [--fs DIR] "
+                       "[--smap] [--no-pagefile | --pagefile-size SIZE] APP ARGS...")
+    p.add_argument("words", nargs=argparse.REMAINDER, metavar="...")
+
+
+def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict, list[str]]:
+    """The options before APP, and APP with what follows it."""
+    opts: dict = {"driver": []}
+    while words and words[0].startswith("-"):
+        word = words.pop(0)
+        if word in _FLAGS:
+            opts[_FLAGS[word]] = True
+        elif word in _VALUED:
+            if not words:
+                raise usage_error(f"{word} needs a value")
+            value = words.pop(0)
+            name = _VALUED[word]
+            if name == "driver":
+                opts["driver"].append(value)
+            elif name in ("mem", "pagefile_size"):
+                opts[name] = size_type(value)
+            elif name == "pid":
+                try:
+                    opts["pid"] = int(value, 0)
+                except ValueError:
+                    raise usage_error(f"--pid {value}: not a process id (a number)") from None
+            else:
+                opts[name] = count_type(value) if name == "quantum" else value
+        else:
+            raise usage_error(f"unknown option {word} (emu query --help)")
+    return opts, words
+
+
+def run(args: argparse.Namespace, usage_error, size_type, count_type, split_commands) -> int:
+    """Run ``emu query``; returns the exit status."""
+    from emu.debugger.cli import DEFAULT_MEM, recipe
+    from emu.debugger.expr import ExprError, evaluate
+    from emu.debugger.history import _symbolizer, access_row, access_summary
+    from emu.debugger.session import Session
+    from emu.nt.loader import LoaderError
+    from emu.nt.ps import LimitError
+
+    words = list(args.words)
+    if not words or words[0] not in query.KINDS:
+        raise usage_error("emu query needs write, read or access, then ADDR (emu query "
+                          "write ADDR [LEN] [--pid N | --phys] [--json] APP ARGS...)")
+    kind = words.pop(0)
+    if not words or words[0].startswith("-"):
+        raise usage_error(f"emu query {kind} needs an address")
+    address = words.pop(0)
+    length = None
+    if words and not words[0].startswith("-"):
+        try:
+            length = int(words[0], 0)
+            words.pop(0)
+        except ValueError:
+            pass                             # APP
+    opts, rest = _options(words, usage_error, size_type, count_type)
+    if opts.get("pid") is not None and opts.get("phys"):
+        raise usage_error("--pid and --phys: one or the other (a physical address is "
+                          "everyone's)")
+    if opts.get("no_pagefile") and opts.get("pagefile_size") is not None:
+        raise usage_error("--no-pagefile cannot be combined with --pagefile-size")
+    if not rest:
+        raise usage_error("missing APP")
+    ns = argparse.Namespace(mem=opts.get("mem") or DEFAULT_MEM, quantum=opts.get("quantum"),
+                            fs=opts.get("fs"), smap=bool(opts.get("smap")),
+                            no_pagefile=bool(opts.get("no_pagefile")),
+                            pagefile_size=opts.get("pagefile_size"), driver=opts["driver"])
+    build = recipe(ns, split_commands(rest), lambda _proc, _data: None)
+    try:
+        machine = build()
+    except (LoaderError, ValueError, LimitError) as err:
+        raise usage_error(str(err)) from None
+    session = Session(machine, lambda _stop: session.ended is False and
+                      (session.cont() or True))
+    session.run()
+    end = session.position
+    pids = {p.pid for p in machine.processes}
+    target = session.target
+    try:
+        words = [kind, address] + ([str(length)] if length is not None else [])
+        if opts.get("phys"):
+            words.append("phys")
+        elif opts.get("pid") is not None:
+            words += ["pid", str(opts["pid"])]
+
+        def number(text: str) -> int:
+            try:
+                return evaluate(text, target)
+            except ExprError as err:
+                raise ValueError(str(err)) from None
+        q, _ = query.parse(words, pids, None, number, machine.mem.size)
+        found, truncated, _ = query.QueryIndex().answer(q, end, build)
+        symbolize = _symbolizer(target)
+        out = sys.stdout
+        if opts.get("json"):
+            for a in found:
+                out.write(json.dumps(a.json(symbolize(a.rip, a.pid)),
+                                     separators=(",", ":")) + "\n")
+        else:
+            for n, a in enumerate(found, 1):
+                out.write(access_row(n, a, symbolize) + "\n")
+            out.write(access_summary(q, len(found), end, truncated, False) + "\n")
+    except query.QueryError as err:
+        raise usage_error(str(err)) from None
+    finally:
+        session.close()
+    return 0
