@@ -143,12 +143,19 @@ class ExSupport(KernelMemory, TrapPath, Protocol):
     def debug_print(self, data: bytes) -> None: ...
 
 
-class PsObjects(ExSupport, Protocol):
-    """Ps's objects (emu.nt.eprocess, ntos.ps): EPROCESS/ETHREAD in pool, signalled as
-    processes exit, looked up by client id."""
+class PsObjects(KernelMemory, Protocol):
+    """Ps's objects (emu.nt.eprocess): EPROCESS/ETHREAD in pool, signalled as their
+    processes exit."""
+
+    pools: Pools
+    exit_observers: list[Callable[[Process], None]]
+
+
+class PsServices(PsObjects, ExSupport, Protocol):
+    """The Ps exports (emu.nt.ntos.ps: PsGetCurrentProcessId, PsLookupProcessByProcessId,
+    ObDereferenceObject...): Ps's objects, the processes, the current one."""
 
     processes: list[Process]
-    exit_observers: list[Callable[[Process], None]]
 
     @property
     def current(self) -> Process | None: ...
@@ -163,7 +170,7 @@ class ObjectManager(TrapPath, Protocol):
     in_system_service: bool
 
 
-class IoSystem(PsObjects, VirtualMemory, LoadedModules, Protocol):
+class IoSystem(PsServices, VirtualMemory, LoadedModules, Protocol):
     """The I/O manager and its exports (emu.nt.io, ntos.io, ntos.mm, the Io exports):
     Ps's objects for IRPs' threads, Mm for buffers and MDLs, the drivers, the I/O
     manager itself, the scheduler a synchronous request waits on, connected interrupts."""
@@ -200,7 +207,7 @@ class UserExceptionDispatch(SystemService, TrapPath, Protocol):
     def capture_user_context(self) -> dict[str, int]: ...
 
 
-class KeServices(InterruptController, PsObjects, SharedData, Protocol):
+class KeServices(InterruptController, PsServices, SharedData, Protocol):
     """The Ke exports (emu.nt.ntos.ke): IRQL, spin locks, DPCs and interrupts, dispatcher
     objects and waits, attaching to a process, time; the scheduler their waits use."""
 
@@ -239,7 +246,7 @@ class Kernel(KeServices, ObjectServices, DriverLoader, CrashDumpSource, Exceptio
     """The whole executive as its parts see it: every view above, and what only the
     executive's own parts (the Ke/Mm mixins of emu.nt.kernel) and its outside users (the
     debugger, the tour) touch. A module of emu/nt takes the narrowest view that covers
-    what it uses (tests/nt/test_views.py checks it), never this one unless it says why."""
+    what it uses (tests/nt/test_kernel_views.py checks it), never this one unless it says why."""
 
     console: Callable[[Process | None, bytes], None] | None
     debugger: Any                     # emu.debugger.session.Session while one is attached
