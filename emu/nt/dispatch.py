@@ -24,7 +24,7 @@ from emu.nt.status import NTSTATUS
 from emu.nt.syscalls import Service, UserAccessViolation, probe_and_read, probe_and_write, service
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import UserExceptionDispatch
     from emu.nt.process import Process
 
 CONTEXT_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
@@ -62,7 +62,7 @@ def pack_record(info: ExceptionInfo) -> bytes:
                        len(info.params), 0, *params)
 
 
-def deliver(ex: Kernel, thread: Thread, info: ExceptionInfo,
+def deliver(ex: UserExceptionDispatch, thread: Thread, info: ExceptionInfo,
             context_rip: int | None = None) -> bool:
     """KiDispatchException, user-mode half: if the process has a dispatcher, put the
     record and context on the thread's stack and resume it in the dispatcher with
@@ -91,7 +91,8 @@ def deliver(ex: Kernel, thread: Thread, info: ExceptionInfo,
 
 
 @service(Service.NtSetExceptionDispatcher)
-def nt_set_exception_dispatcher(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_set_exception_dispatcher(ex: UserExceptionDispatch, proc: Process,
+                                args: tuple[int, ...]) -> int:
     """NtSetExceptionDispatcher(Dispatcher): where user-mode exceptions are delivered
     (0: nowhere, the process ends on an exception)."""
     if args[0] and not 0x10000 <= args[0] <= proc.highest_address:
@@ -101,7 +102,7 @@ def nt_set_exception_dispatcher(ex: Kernel, proc: Process, args: tuple[int, ...]
 
 
 @service(Service.NtContinue)
-def nt_continue(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_continue(ex: UserExceptionDispatch, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtContinue(Context): resume the calling thread with the registers in Context."""
     regs = unpack_context(probe_and_read(ex, args[0], CONTEXT_SIZE))
     if not 0 < regs["rip"] <= proc.highest_address:

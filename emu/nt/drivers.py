@@ -30,7 +30,7 @@ from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import DriverLoader
 
 MAX_DRIVERS = 64
 _PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.PAGE_READWRITE,
@@ -38,7 +38,7 @@ _PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.
             (True, True): Protection.PAGE_EXECUTE_READWRITE}
 
 
-def load(ex: Kernel, path: str | Path) -> DriverImage:
+def load(ex: DriverLoader, path: str | Path) -> DriverImage:
     """Read and parse a driver for the next free kernel slot (nothing mapped yet)."""
     p = Path(path)
     data = read_image_file(p)
@@ -58,7 +58,7 @@ def load(ex: Kernel, path: str | Path) -> DriverImage:
     return pe.parse_pe_driver(data, str(p), base)
 
 
-def start(ex: Kernel, image: DriverImage) -> Driver:
+def start(ex: DriverLoader, image: DriverImage) -> Driver:
     """Map the image into the shared kernel half and run DriverEntry at ring 0 (IopLoadDriver).
     A failing DriverEntry unloads the driver; a successful one has its discardable pages
     freed; a fault in it is a bug check (raised)."""
@@ -87,7 +87,7 @@ def start(ex: Kernel, image: DriverImage) -> Driver:
     return driver
 
 
-def _watch_cr8_moves(ex: Kernel, image: DriverImage) -> None:
+def _watch_cr8_moves(ex: DriverLoader, image: DriverImage) -> None:
     """Let the CPU find the CR8 moves (the IRQL, emu.hw.cr8) in each run of the image's
     executable pages, once, before any of its code runs."""
     runs: list[tuple[int, bytearray]] = []
@@ -102,7 +102,7 @@ def _watch_cr8_moves(ex: Kernel, image: DriverImage) -> None:
         ex.cpu.cr8.watch(va, bytes(code))
 
 
-def _free_pages(ex: Kernel, pages) -> None:
+def _free_pages(ex: DriverLoader, pages) -> None:
     """Unmap the driver pages ``pages`` from the shared kernel half (each PTE zeroed and its
     translation invalidated, as INVLPG does) and give their frames back to the free list;
     the CR8 moves of code there are hooked no more."""
@@ -113,13 +113,13 @@ def _free_pages(ex: Kernel, pages) -> None:
             ex.mm.pfn.release(pfn)
 
 
-def unload_routine(ex: Kernel, driver: Driver) -> int:
+def unload_routine(ex: DriverLoader, driver: Driver) -> int:
     """The DriverUnload routine the driver stored in its DRIVER_OBJECT (0: none); wdm.h's
     x64 layout (emu.nt.wdm)."""
     return ex.kernel_read_u64(driver.driver_object + wdm.DRIVER_OBJECT["DriverUnload"])
 
 
-def shutdown(ex: Kernel) -> None:
+def shutdown(ex: DriverLoader) -> None:
     """A clean shutdown: the I/O manager calls DriverUnload(DriverObject) of each loaded
     driver that set one, in reverse load order, at PASSIVE_LEVEL in the system context; a
     fault there is a bug check (raised). A driver without DriverUnload is left as it is
@@ -132,7 +132,7 @@ def shutdown(ex: Kernel) -> None:
             ex.call_kernel(routine, driver.driver_object)
 
 
-def _registry_path(ex: Kernel, name: str) -> int:
+def _registry_path(ex: DriverLoader, name: str) -> int:
     """A UNICODE_STRING for \\Registry\\Machine\\System\\CurrentControlSet\\Services\\NAME."""
     text = ("\\Registry\\Machine\\System\\CurrentControlSet\\Services\\"
             + name.rsplit(".", 1)[0]).encode("utf-16-le")

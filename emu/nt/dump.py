@@ -42,7 +42,7 @@ from emu.nt.process import ProcessState, ThreadState
 
 if TYPE_CHECKING:
     from emu.hw.cpu import Cpu
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import CrashDumpSource
     from emu.nt.process import Process, Thread
 
 MAGIC = b"EMU-CRASH-DUMP 1\n"
@@ -76,7 +76,7 @@ class CrashDump:
         return self.ram[pa:pa + n].ljust(n, b"\xff")
 
 
-def header(ex: Kernel) -> dict[str, Any]:
+def header(ex: CrashDumpSource) -> dict[str, Any]:
     """Everything about the stopped machine except RAM, as JSON-ready data."""
     cpu, bc = ex.cpu, ex.bugcheck
     return {
@@ -137,7 +137,7 @@ def handle_detail(obj: Any) -> str:
     return str(getattr(obj, "path", kind))
 
 
-def _current_pid(ex: Kernel) -> int | None:
+def _current_pid(ex: CrashDumpSource) -> int | None:
     """The process whose address space CR3 holds (its thread faulted, or was interrupted)."""
     if ex.current is not None:
         return ex.current.pid
@@ -145,7 +145,7 @@ def _current_pid(ex: Kernel) -> int | None:
                  if p.space.cr3 == ex.cpu.cr3 and p.space in ex.mm.spaces), None)
 
 
-def _process(ex: Kernel, p: Process) -> dict[str, Any]:
+def _process(ex: CrashDumpSource, p: Process) -> dict[str, Any]:
     image = p.image
     return {
         "pid": p.pid, "name": p.name, "cr3": p.space.cr3, "bits": p.bits,
@@ -161,7 +161,7 @@ def _process(ex: Kernel, p: Process) -> dict[str, Any]:
     }
 
 
-def _thread(ex: Kernel, t: Thread) -> dict[str, Any]:
+def _thread(ex: CrashDumpSource, t: Thread) -> dict[str, Any]:
     registers = None
     if t is ex.current_thread:
         registers = {name: ex.cpu.reg(name) for name in THREAD_REGISTERS}
@@ -180,7 +180,7 @@ def _vad(vad: Vad) -> dict[str, Any]:
             "runs": [[r.start, r.end, r.state.name, int(r.protect)] for r in vad.runs]}
 
 
-def _pfn_records(ex: Kernel) -> list[list[Any]]:
+def _pfn_records(ex: CrashDumpSource) -> list[list[Any]]:
     """[pfn, use, owner, va, pte_pa, slot, modified, locks, had_code] of every frame not free."""
     out = []
     for number, e in enumerate(ex.mm.pfn.entries):
@@ -190,7 +190,7 @@ def _pfn_records(ex: Kernel) -> list[list[Any]]:
     return out
 
 
-def write(ex: Kernel, path: str | Path) -> None:
+def write(ex: CrashDumpSource, path: str | Path) -> None:
     """Write the crash dump of ``ex`` to ``path`` (OSError if it cannot be written)."""
     meta = json.dumps(header(ex), sort_keys=True).encode()
     with open(path, "wb") as f:

@@ -20,7 +20,7 @@ from emu.nt import wdm
 from emu.nt.pool import PoolType
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import PsObjects
     from emu.nt.process import Process, Thread
 
 SYSTEM_PROCESS_ID = 4            # the System process, as on Windows
@@ -47,7 +47,7 @@ class ProcessObjects:
     references: dict[int, int] = field(default_factory=dict)
 
 
-def objects(ex: Kernel) -> ProcessObjects:
+def objects(ex: PsObjects) -> ProcessObjects:
     """This machine's process objects (made with the first one)."""
     table = ex.__dict__.get("process_objects")
     if table is None:
@@ -72,7 +72,7 @@ def _header(kind: int, size: int, address: int) -> bytearray:
     return raw
 
 
-def of(ex: Kernel, proc: Process | None) -> int:
+def of(ex: PsObjects, proc: Process | None) -> int:
     """The address of ``proc``'s object (None: the System process's), made now if it has
     none (OutOfFrames if no pool page can be had)."""
     table = objects(ex)
@@ -87,7 +87,7 @@ def of(ex: Kernel, proc: Process | None) -> int:
     return address
 
 
-def thread_of(ex: Kernel, thread: Thread) -> int:
+def thread_of(ex: PsObjects, thread: Thread) -> int:
     """The address of ``thread``'s object, made now if it has none (OutOfFrames if no pool
     page can be had): its id and its process's object."""
     table = objects(ex)
@@ -102,18 +102,18 @@ def thread_of(ex: Kernel, thread: Thread) -> int:
     return address
 
 
-def is_process_object(ex: Kernel, address: int) -> bool:
+def is_process_object(ex: PsObjects, address: int) -> bool:
     """Whether ``address`` is a process object made here (the System process's too)."""
     return address in objects(ex).by_address
 
 
-def process_at(ex: Kernel, address: int) -> Process | None:
+def process_at(ex: PsObjects, address: int) -> Process | None:
     """The process whose object is at ``address``, or None (the System process's object,
     or no process object: ``is_process_object`` tells them apart)."""
     return objects(ex).by_address.get(address)
 
 
-def _signal(ex: Kernel, table: ProcessObjects, proc: Process) -> None:
+def _signal(ex: PsObjects, table: ProcessObjects, proc: Process) -> None:
     """A process that ends signals its object (a process is signalled once it has ended)."""
     address = table.by_process.get(proc)
     if address is not None:

@@ -30,7 +30,7 @@ from emu.nt.pool import POOL_RAISE_IF_ALLOCATION_FAILURE, BadPoolCall
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ExSupport, IoSystem, Kernel, KernelMemory
 
 EXPORT_STRIDE = 16
 BAD_POOL_CALLER = 0xC2
@@ -54,7 +54,7 @@ class ExceptionRaised(Exception):
 class ExportCall:
     """The arguments of one call to an export (Microsoft x64 calling convention)."""
 
-    def __init__(self, ex: Kernel) -> None:
+    def __init__(self, ex: KernelMemory) -> None:
         self.ex = ex
         self.rsp = ex.cpu.reg("rsp")
         self.return_address = ex.kernel_read_u64(self.rsp)
@@ -145,7 +145,7 @@ def handler_at(address: int) -> Handler | None:
     return None if entry is None else entry.handler
 
 
-def call_site(ex: Kernel, return_address: int) -> int:
+def call_site(ex: KernelMemory, return_address: int) -> int:
     """The address of the `call` that returns to ``return_address`` (a noreturn call is the
     last instruction of its function: what follows it is padding, not the culprit)."""
     # Decoding backwards is ambiguous: `41 ff d4` (call r12) ends with `ff d4` (call rsp).
@@ -176,7 +176,7 @@ _SPEC = re.compile(rb"%([-0 #+]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|I64|z|I|w)?([diuxXp
 DBGPRINT_LIMIT = 512
 
 
-def format_message(ex: Kernel, fmt: bytes, call: ExportCall, first: int) -> bytes:
+def format_message(ex: KernelMemory, fmt: bytes, call: ExportCall, first: int) -> bytes:
     """A printf-style format with the call's arguments from index ``first`` on (at most
     DBGPRINT_LIMIT bytes of it)."""
     out = bytearray()
@@ -198,7 +198,7 @@ def format_message(ex: Kernel, fmt: bytes, call: ExportCall, first: int) -> byte
     return bytes(out[:DBGPRINT_LIMIT])
 
 
-def _convert(ex: Kernel, conv: bytes, size: bytes | None, value: int, flags: bytes,
+def _convert(ex: KernelMemory, conv: bytes, size: bytes | None, value: int, flags: bytes,
              width: int, precision: int | None = None) -> bytes:
     """One conversion, as the C run-time's printf does it: for a string the precision is
     the most characters printed; for an integer the fewest digits (zero-padded, and the
@@ -240,7 +240,7 @@ def _convert(ex: Kernel, conv: bytes, size: bytes | None, value: int, flags: byt
     return text.rjust(width, pad)
 
 
-def _wide_string(ex: Kernel, address: int) -> bytes:
+def _wide_string(ex: KernelMemory, address: int) -> bytes:
     """A NUL-terminated UTF-16 string (at most DBGPRINT_LIMIT characters of it)."""
     raw = bytearray()
     while len(raw) < 2 * DBGPRINT_LIMIT:
@@ -258,14 +258,14 @@ def _ascii(text: str) -> bytes:
 # -- the exports ---------------------------------------------------------------------------
 
 @export("DbgPrint", dll="ntoskrnl.exe")
-def dbg_print(ex: Kernel, call: ExportCall) -> int:
+def dbg_print(ex: ExSupport, call: ExportCall) -> int:
     """ULONG DbgPrint(PCSTR Format, ...): to the console (the kernel debugger's output)."""
     ex.debug_print(format_message(ex, ex.kernel_read_string(call.arg(0)), call, 1))
     return 0
 
 
 @export("KeBugCheckEx", dll="ntoskrnl.exe")
-def ke_bug_check_ex(ex: Kernel, call: ExportCall) -> int:
+def ke_bug_check_ex(ex: KernelMemory, call: ExportCall) -> int:
     """VOID KeBugCheckEx(Code, P1, P2, P3, P4): stop the machine, on purpose."""
     code = call.arg(0) & 0xFFFF_FFFF
     raise BugCheck(code, (call.arg(1), call.arg(2), call.arg(3), call.arg(4)),
@@ -273,7 +273,7 @@ def ke_bug_check_ex(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("ExAllocatePoolWithTag", dll="ntoskrnl.exe")
-def ex_allocate_pool_with_tag(ex: Kernel, call: ExportCall) -> int:
+def ex_allocate_pool_with_tag(ex: ExSupport, call: ExportCall) -> int:
     """PVOID ExAllocatePoolWithTag(PoolType, NumberOfBytes, Tag): NULL if it cannot (or, with
     POOL_RAISE_IF_ALLOCATION_FAILURE in PoolType, STATUS_INSUFFICIENT_RESOURCES raised); a
     bad IRQL or a MustSucceed type is bug check 0xC2 (emu.nt.pool)."""
@@ -283,7 +283,7 @@ def ex_allocate_pool_with_tag(ex: Kernel, call: ExportCall) -> int:
                          raise_on_failure=bool(pool_type & POOL_RAISE_IF_ALLOCATION_FAILURE))
 
 
-def allocate_pool(ex: Kernel, call: ExportCall, pool_type: int, size: int, tag: int, *,
+def allocate_pool(ex: ExSupport, call: ExportCall, pool_type: int, size: int, tag: int, *,
                   raise_on_failure: bool = False) -> int:
     """The pool routines' allocation: the block, or NULL ("if there is insufficient memory in
     the free pool"), or ExceptionRaised(STATUS_INSUFFICIENT_RESOURCES) if asked to raise."""
@@ -298,7 +298,7 @@ def allocate_pool(ex: Kernel, call: ExportCall, pool_type: int, size: int, tag: 
     return block
 
 
-def bad_pool_caller(ex: Kernel, call: ExportCall, err: BadPoolCall) -> BugCheck:
+def bad_pool_caller(ex: KernelMemory, call: ExportCall, err: BadPoolCall) -> BugCheck:
     """Bug check 0xC2 BAD_POOL_CALLER with the parameters of the violation."""
     name = name_at(ex.cpu.rip) or "the pool"
     return BugCheck(BAD_POOL_CALLER, err.params, call_site(ex, call.return_address),
@@ -306,12 +306,12 @@ def bad_pool_caller(ex: Kernel, call: ExportCall, err: BadPoolCall) -> BugCheck:
 
 
 @export("ExFreePoolWithTag", dll="ntoskrnl.exe")
-def ex_free_pool_with_tag(ex: Kernel, call: ExportCall) -> int:
+def ex_free_pool_with_tag(ex: ExSupport, call: ExportCall) -> int:
     """VOID ExFreePoolWithTag(P, Tag): a bad free is bug check 0xC2 BAD_POOL_CALLER."""
     return free_pool(ex, call, call.arg(0), call.arg(1) & 0xFFFF_FFFF)
 
 
-def free_pool(ex: Kernel, call: ExportCall, address: int, tag: int) -> int:
+def free_pool(ex: ExSupport, call: ExportCall, address: int, tag: int) -> int:
     """The pool routines' free (emu.nt.pool's checks; a Tag of 0 matches any block)."""
     try:
         ex.pools.free(address, tag, ex.irql)
@@ -321,21 +321,21 @@ def free_pool(ex: Kernel, call: ExportCall, address: int, tag: int) -> int:
 
 
 @export("KeGetCurrentIrql", dll="ntoskrnl.exe")
-def ke_get_current_irql(ex: Kernel, call: ExportCall) -> int:
+def ke_get_current_irql(ex: ExSupport, call: ExportCall) -> int:
     """KIRQL KeGetCurrentIrql(VOID): CR8, what wdm.h's x64 inline of it reads."""
     return ex.irql
 
 
 # -- the I/O manager -----------------------------------------------------------------------
 
-def read_unicode_string(ex: Kernel, address: int) -> str:
+def read_unicode_string(ex: KernelMemory, address: int) -> str:
     """The text of a UNICODE_STRING (Length in bytes, Buffer of UTF-16)."""
     length, _, _, buffer = struct.unpack("<HHIQ", ex.kernel_read(address, 16))
     return ex.kernel_read(buffer, length).decode("utf-16-le", "replace") if length else ""
 
 
 @export("IoCreateDevice", dll="ntoskrnl.exe")
-def io_create_device(ex: Kernel, call: ExportCall) -> int:
+def io_create_device(ex: IoSystem, call: ExportCall) -> int:
     """NTSTATUS IoCreateDevice(DriverObject, ExtensionSize, DeviceName, DeviceType,
     Characteristics, Exclusive, *DeviceObject): a NULL DeviceName makes an unnamed device
     ("DeviceName: optional", the IoCreateDevice reference); a name must be in \\Device."""
@@ -357,14 +357,14 @@ def io_create_device(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("IoDeleteDevice", dll="ntoskrnl.exe")
-def io_delete_device(ex: Kernel, call: ExportCall) -> int:
+def io_delete_device(ex: IoSystem, call: ExportCall) -> int:
     """VOID IoDeleteDevice(DeviceObject)."""
     ex.io.delete_device(call.arg(0))
     return 0
 
 
 @export("RtlInitUnicodeString", dll="ntoskrnl.exe")
-def rtl_init_unicode_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_init_unicode_string(ex: KernelMemory, call: ExportCall) -> int:
     """VOID RtlInitUnicodeString(*Destination, Source): Length from the NUL-terminated text."""
     source, length = call.arg(1), 0
     if source:
@@ -376,7 +376,7 @@ def rtl_init_unicode_string(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("IoConnectInterrupt", dll="ntoskrnl.exe")
-def io_connect_interrupt(ex: Kernel, call: ExportCall) -> int:
+def io_connect_interrupt(ex: IoSystem, call: ExportCall) -> int:
     """NTSTATUS IoConnectInterrupt(PKINTERRUPT *InterruptObject, PKSERVICE_ROUTINE
     ServiceRoutine, PVOID ServiceContext, PKSPIN_LOCK SpinLock, ULONG Vector, KIRQL Irql,
     KIRQL SynchronizeIrql, KINTERRUPT_MODE InterruptMode, BOOLEAN ShareVector, KAFFINITY
@@ -407,7 +407,7 @@ IRQL_NOT_GREATER_OR_EQUAL = 0x09
 
 
 @export("KfRaiseIrql", dll="ntoskrnl.exe")
-def kf_raise_irql(ex: Kernel, call: ExportCall) -> int:
+def kf_raise_irql(ex: ExSupport, call: ExportCall) -> int:
     """KIRQL KfRaiseIrql(KIRQL NewIrql): CR8 = NewIrql, the old IRQL returned; raising to a
     lower one is bug check 0x9 IRQL_NOT_GREATER_OR_EQUAL (NewIrql, the IRQL it was, 0, 0),
     and one above HIGH_LEVEL (15, all CR8 holds) too."""
@@ -423,7 +423,7 @@ def kf_raise_irql(ex: Kernel, call: ExportCall) -> int:
 # trap addresses of the exports above stay where they were.
 
 @export("IofCompleteRequest", dll="ntoskrnl.exe")
-def iof_complete_request(ex: Kernel, call: ExportCall) -> int:
+def iof_complete_request(ex: IoSystem, call: ExportCall) -> int:
     """VOID IofCompleteRequest(Irp, PriorityBoost): what wdm.h's IoCompleteRequest macro
     calls."""
     ex.io.complete(call.arg(0), call_site(ex, call.return_address))
@@ -431,7 +431,7 @@ def iof_complete_request(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("IoCreateSymbolicLink", dll="ntoskrnl.exe")
-def io_create_symbolic_link(ex: Kernel, call: ExportCall) -> int:
+def io_create_symbolic_link(ex: IoSystem, call: ExportCall) -> int:
     """NTSTATUS IoCreateSymbolicLink(SymbolicLinkName, DeviceName): a name in \\DosDevices
     (\\??) that opens the device; STATUS_OBJECT_NAME_COLLISION if it exists."""
     return ex.io.create_link(read_unicode_string(ex, call.arg(0)),
@@ -439,7 +439,7 @@ def io_create_symbolic_link(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("IoDeleteSymbolicLink", dll="ntoskrnl.exe")
-def io_delete_symbolic_link(ex: Kernel, call: ExportCall) -> int:
+def io_delete_symbolic_link(ex: IoSystem, call: ExportCall) -> int:
     """NTSTATUS IoDeleteSymbolicLink(SymbolicLinkName): STATUS_OBJECT_NAME_NOT_FOUND if there
     is no such link."""
     return ex.io.delete_link(read_unicode_string(ex, call.arg(0)))
@@ -451,7 +451,7 @@ def io_delete_symbolic_link(ex: Kernel, call: ExportCall) -> int:
 # here). Registered last: the trap addresses above stay where they were.
 
 @export("__C_specific_handler", dll="ntoskrnl.exe")
-def c_specific_handler(ex: Kernel, call: ExportCall) -> int:
+def c_specific_handler(ex: KernelMemory, call: ExportCall) -> int:
     """EXCEPTION_DISPOSITION __C_specific_handler(ExceptionRecord, EstablisherFrame,
     ContextRecord, DispatcherContext): the language handler clang names in a __try
     function's UNWIND_INFO. The dispatcher (emu.nt.seh) plays it in Python when it meets a
@@ -461,20 +461,20 @@ def c_specific_handler(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("ExRaiseStatus", dll="ntoskrnl.exe")
-def ex_raise_status(ex: Kernel, call: ExportCall) -> int:
+def ex_raise_status(ex: KernelMemory, call: ExportCall) -> int:
     """VOID ExRaiseStatus(NTSTATUS Status): raise a noncontinuable exception with that code
     and no parameters."""
     raise ExceptionRaised(call.arg(0) & 0xFFFF_FFFF)
 
 
 @export("ExRaiseAccessViolation", dll="ntoskrnl.exe")
-def ex_raise_access_violation(ex: Kernel, call: ExportCall) -> int:
+def ex_raise_access_violation(ex: KernelMemory, call: ExportCall) -> int:
     """VOID ExRaiseAccessViolation(void): ExRaiseStatus(STATUS_ACCESS_VIOLATION)."""
     raise ExceptionRaised(NTSTATUS.STATUS_ACCESS_VIOLATION)
 
 
 @export("ExRaiseDatatypeMisalignment", dll="ntoskrnl.exe")
-def ex_raise_datatype_misalignment(ex: Kernel, call: ExportCall) -> int:
+def ex_raise_datatype_misalignment(ex: KernelMemory, call: ExportCall) -> int:
     """VOID ExRaiseDatatypeMisalignment(void): ExRaiseStatus(STATUS_DATATYPE_MISALIGNMENT)."""
     raise ExceptionRaised(NTSTATUS.STATUS_DATATYPE_MISALIGNMENT)
 
@@ -485,7 +485,7 @@ def _misaligned(address: int, alignment: int) -> bool:
 
 
 @export("ProbeForRead", dll="ntoskrnl.exe")
-def probe_for_read_pe(ex: Kernel, call: ExportCall) -> int:
+def probe_for_read_pe(ex: KernelMemory, call: ExportCall) -> int:
     """VOID ProbeForRead(Address, Length, Alignment): nothing if Length is 0; else
     STATUS_DATATYPE_MISALIGNMENT if Address is not aligned, STATUS_ACCESS_VIOLATION if the
     range wraps or ends above MmUserProbeAddress. Windows raises the latter by writing a byte
@@ -504,7 +504,7 @@ def probe_for_read_pe(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("ProbeForWrite", dll="ntoskrnl.exe")
-def probe_for_write_pe(ex: Kernel, call: ExportCall) -> int:
+def probe_for_write_pe(ex: KernelMemory, call: ExportCall) -> int:
     """VOID ProbeForWrite(Address, Length, Alignment): as ProbeForRead (the range check
     raises STATUS_ACCESS_VIOLATION with no information: ExRaiseAccessViolation), then the
     first byte of each page is read and written back, as Windows does: a page that cannot
@@ -534,14 +534,14 @@ def probe_for_write_pe(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeBugCheck", dll="ntoskrnl.exe")
-def ke_bug_check(ex: Kernel, call: ExportCall) -> int:
+def ke_bug_check(ex: KernelMemory, call: ExportCall) -> int:
     """VOID KeBugCheck(BugCheckCode): KeBugCheckEx(BugCheckCode, 0, 0, 0, 0)."""
     raise BugCheck(call.arg(0) & 0xFFFF_FFFF, (0, 0, 0, 0), call_site(ex, call.return_address),
                    "KeBugCheck called by a driver")
 
 
 @export("RtlAssert", dll="ntoskrnl.exe")
-def rtl_assert(ex: Kernel, call: ExportCall) -> int:
+def rtl_assert(ex: ExSupport, call: ExportCall) -> int:
     """VOID RtlAssert(FailedAssertion, FileName, LineNumber, Message): what the WDK's ASSERT
     calls when DBG is 1. Prints Windows' message, then breaks into the kernel debugger,
     as RtlAssert does with DbgBreakPoint; with no kernel debugger that breakpoint is a

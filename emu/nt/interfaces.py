@@ -89,7 +89,7 @@ class TrapPath(Protocol):
     def bugcheck_for(self, exc: CpuException, insn: str) -> BugCheck: ...
 
 
-class InterruptController(KernelMemory, EventSource, TrapPath, Protocol):
+class InterruptController(KernelMemory, TrapPath, EventSource, Protocol):
     """What Ke's interrupt and DPC delivery uses (emu.nt.kintr): memory, the IRQL, the
     connected interrupts, the lines up and the DPC queue."""
 
@@ -101,21 +101,153 @@ class InterruptController(KernelMemory, EventSource, TrapPath, Protocol):
     def deliver_interrupts(self, thread: Thread | None, *, here: bool = False) -> None: ...
 
 
-class Kernel(InterruptController, Budget, Protocol):
-    """The whole executive as its parts see it: every service above, and what it holds
-    (the memory manager, processes, pools, objects, the I/O manager, drivers)."""
+class LoadedModules(Protocol):
+    """The loaded-module list (Windows' PsLoadedModuleList): the drivers, in load order."""
+
+    drivers: list[Any]                # emu.nt.drivers.Driver
+
+
+class VirtualMemory(KernelMemory, Protocol):
+    """Mm as a whole: kernel-mode access and the memory manager's own state (VADs,
+    commit, the PFN database; emu.nt.mm.virtual)."""
 
     mm: MemoryManager
-    scheduler: Scheduler
-    processes: list[Process]
-    exit_observers: list[Callable[[Process], None]]
-    objects: ObjectDirectory
+
+
+class SystemService(VirtualMemory, Protocol):
+    """What a system service needs to reach its caller (emu.nt.syscalls' probes,
+    svc_memory): Mm and the calling process."""
+
+    @property
+    def current(self) -> Process | None: ...
+
+
+class ConsoleService(SystemService, Protocol):
+    """A service that writes to its caller's console (NtWriteConsole, NtWriteFile on the
+    console)."""
+
+    def console_write(self, proc: Process, data: bytes) -> None: ...
+
+
+class SharedData(VirtualMemory, EventSource, Protocol):
+    """KUSER_SHARED_DATA's writer (emu.nt.kuser): Mm for its frame, the clock for its
+    times."""
+
+
+class ExSupport(KernelMemory, TrapPath, Protocol):
+    """Ex and Rtl (emu.nt.ntos.ex, ntos.rtl, the pool and DbgPrint exports): kernel
+    memory, the IRQL and bug check that guard it, the pools, the debug output."""
+
     pools: Pools
-    fs: GuestFileSystem
-    io: Any                           # emu.nt.io.IoManager (io takes this view: no import)
-    drivers: list[Any]                # emu.nt.drivers.Driver, in load order
-    pending_drivers: list[Any]        # emu.nt.drivers.DriverImage: DriverEntry at boot
+
+    def debug_print(self, data: bytes) -> None: ...
+
+
+class PsObjects(KernelMemory, Protocol):
+    """Ps's objects (emu.nt.eprocess): EPROCESS/ETHREAD in pool, signalled as their
+    processes exit."""
+
+    pools: Pools
+    exit_observers: list[Callable[[Process], None]]
+
+
+class PsServices(PsObjects, ExSupport, Protocol):
+    """The Ps exports (emu.nt.ntos.ps: PsGetCurrentProcessId, PsLookupProcessByProcessId,
+    ObDereferenceObject...): Ps's objects, the processes, the current one."""
+
+    processes: list[Process]
+
+    @property
+    def current(self) -> Process | None: ...
+
+
+class ObjectManager(TrapPath, Protocol):
+    """Ob as its consistency check sees it (emu.nt.ob_check): the namespace, the
+    processes' handle tables, and whether a service is running."""
+
+    objects: ObjectDirectory
+    processes: list[Process]
     in_system_service: bool
+
+
+class IoSystem(PsServices, VirtualMemory, LoadedModules, Protocol):
+    """The I/O manager and its exports (emu.nt.io, ntos.io, ntos.mm, the Io exports):
+    Ps's objects for IRPs' threads, Mm for buffers and MDLs, the drivers, the I/O
+    manager itself, the scheduler a synchronous request waits on, connected interrupts."""
+
+    io: Any                           # emu.nt.io.IoManager (io takes this view: no import)
+    scheduler: Scheduler
+    interrupts: dict[int, Any]        # vector -> emu.nt.kintr.Interrupt
+
+
+class DriverLoader(IoSystem, EventSource, Protocol):
+    """Io's driver loader (emu.nt.drivers): the I/O manager, the images waiting for
+    DriverEntry at boot, and the event bus that announces each load."""
+
+    pending_drivers: list[Any]        # emu.nt.drivers.DriverImage
+
+
+class CrashDumpSource(IoSystem, EventSource, Protocol):
+    """What a crash dump records (emu.nt.dump): processes and threads, Mm's frames, the
+    drivers, the bug check, the clock."""
+
+
+class ExceptionDispatch(VirtualMemory, TrapPath, LoadedModules, Protocol):
+    """Kernel-mode SEH (emu.nt.seh, RtlDispatchException/RtlUnwindEx): memory, the
+    trap path, the drivers' unwind data, and whether a service is running."""
+
+    in_system_service: bool
+
+
+class UserExceptionDispatch(SystemService, TrapPath, Protocol):
+    """KiUserExceptionDispatcher's side in the kernel (emu.nt.dispatch): the user
+    context saved and restored across a ring-3 exception."""
+
+    def load_user_context(self, thread: Thread, regs: dict[str, int]) -> None: ...
+    def capture_user_context(self) -> dict[str, int]: ...
+
+
+class KeServices(InterruptController, PsServices, SharedData, Protocol):
+    """The Ke exports (emu.nt.ntos.ke): IRQL, spin locks, DPCs and interrupts, dispatcher
+    objects and waits, attaching to a process, time; the scheduler their waits use."""
+
+    scheduler: Scheduler
+
+
+class ProcessManager(IoSystem, EventSource, Protocol):
+    """Ps (emu.nt.ps): creating and ending processes and threads, their stacks, client
+    ids, handle tables, and teardown deferred while the CPU runs."""
+
+    objects: ObjectDirectory
+
+    def new_client_id(self) -> int: ...
+    def allocate_kernel_stack(self) -> tuple[int, int]: ...
+    def free_kernel_stack(self, slot: int) -> None: ...
+    def release_address_space(self, proc: Process) -> None: ...
+    def defer(self, work: Callable[[], None]) -> None: ...
+    def object_closed(self, obj: object) -> None: ...
+
+
+class ObjectServices(ProcessManager, ConsoleService, Protocol):
+    """The object system services (emu.nt.svc_objects: NtClose, NtCreateFile...,
+    NtCreateProcess, NtSetEvent...): Ps, Ob's handles, Io's files, the guest file
+    system."""
+
+    fs: GuestFileSystem
+
+    def create_process(self, image: Any, args: list[str],
+                       parent: Process | None = None) -> Process: ...
+    def terminate(self, proc: Process, status: int,
+                  exception: ExceptionInfo | None = None) -> None: ...
+
+
+class Kernel(KeServices, ObjectServices, DriverLoader, CrashDumpSource, ExceptionDispatch,
+             UserExceptionDispatch, ObjectManager, Budget, Protocol):
+    """The whole executive as its parts see it: every view above, and what only the
+    executive's own parts (the Ke/Mm mixins of emu.nt.kernel) and its outside users (the
+    debugger, the tour) touch. A module of emu/nt takes the narrowest view that covers
+    what it uses (tests/nt/test_kernel_views.py checks it), never this one unless it says why."""
+
     console: Callable[[Process | None, bytes], None] | None
     debugger: Any                     # emu.debugger.session.Session while one is attached
     debug_output: bytearray
@@ -124,20 +256,4 @@ class Kernel(InterruptController, Budget, Protocol):
     counted_everything: bool
     shared_data_frame: int
 
-    @property
-    def current(self) -> Process | None: ...
-    def new_client_id(self) -> int: ...
-    def allocate_kernel_stack(self) -> tuple[int, int]: ...
-    def free_kernel_stack(self, slot: int) -> None: ...
-    def create_process(self, image: Any, args: list[str],
-                       parent: Process | None = None) -> Process: ...
-    def terminate(self, proc: Process, status: int,
-                  exception: ExceptionInfo | None = None) -> None: ...
-    def release_address_space(self, proc: Process) -> None: ...
-    def defer(self, work: Callable[[], None]) -> None: ...
-    def object_closed(self, obj: object) -> None: ...
-    def load_user_context(self, thread: Thread, regs: dict[str, int]) -> None: ...
-    def capture_user_context(self) -> dict[str, int]: ...
-    def debug_print(self, data: bytes) -> None: ...
-    def console_write(self, proc: Process, data: bytes) -> None: ...
     def interrupt(self) -> None: ...

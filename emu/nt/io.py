@@ -36,7 +36,7 @@ from emu.nt.pool import PoolType
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import IoSystem
     from emu.nt.loaded_modules import Driver
     from emu.nt.process import Thread
 
@@ -149,7 +149,7 @@ class IrpRecord:
 class IoManager:
     """Devices and IRPs of one machine."""
 
-    def __init__(self, ex: Kernel) -> None:
+    def __init__(self, ex: IoSystem) -> None:
         self.ex = ex
         self.devices: dict[str, Device] = {}
         self.links: dict[str, str] = {}             # \??\NAME -> the name it stands for
@@ -918,7 +918,7 @@ def invalid_device_request_address() -> int:
     return exports.address_of("IopInvalidDeviceRequest") or 0
 
 
-def invalid_device_request(ex: Kernel, call) -> int:
+def invalid_device_request(ex: IoSystem, call) -> int:
     """NTSTATUS IopInvalidDeviceRequest(DEVICE_OBJECT*, IRP*): the I/O manager's default
     dispatch routine. It sets Irp->IoStatus.Status to STATUS_INVALID_DEVICE_REQUEST and
     Information to 0, completes the IRP (IoCompleteRequest) and returns that status."""

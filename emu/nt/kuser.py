@@ -16,7 +16,7 @@ from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import SharedData
 
 # The system time at clock 0: 2026-01-01 00:00:00 UTC in 100 ns units since 1601-01-01
 # (FILETIME's epoch). Every run starts there, so the same run reads the same times.
@@ -26,12 +26,12 @@ TIME_INCREMENT = 156_250
 PERFORMANCE_FREQUENCY = 10_000_000       # KeQueryPerformanceCounter: one count per instruction
 
 
-def interrupt_time(ex: Kernel) -> int:
+def interrupt_time(ex: SharedData) -> int:
     """KeQueryInterruptTime: 100 ns units since boot, the machine's clock itself."""
     return ex.clock
 
 
-def system_time(ex: Kernel) -> int:
+def system_time(ex: SharedData) -> int:
     """KeQuerySystemTime: 100 ns units since 1601 (UTC)."""
     return SYSTEM_TIME_AT_BOOT + interrupt_time(ex)
 
@@ -48,7 +48,7 @@ SYSTEM_ROOT = "C:\\Windows"
 TICK_COUNT_MULTIPLIER = (TIME_INCREMENT << 24) // 10_000
 
 
-def map_shared_data(ex: Kernel) -> int:
+def map_shared_data(ex: SharedData) -> int:
     """Map KUSER_SHARED_DATA at 0xFFFFF780'00000000 (read-only, NX, supervisor) with its
     constant fields; returns its frame, which update_shared_data writes."""
     page = bytearray(layout.PAGE_SIZE)
@@ -73,7 +73,7 @@ def _ksystem_time(value: int) -> bytes:
     return struct.pack("<III", value & 0xFFFF_FFFF, high, high)
 
 
-def _write_times(ex: Kernel, frame: int, now: int) -> None:
+def _write_times(ex: SharedData, frame: int, now: int) -> None:
     base = frame * layout.PAGE_SIZE
     fields = wdm.KUSER_SHARED_DATA
     ex.mem.write(base + fields["InterruptTime"], _ksystem_time(now))
@@ -81,6 +81,6 @@ def _write_times(ex: Kernel, frame: int, now: int) -> None:
     ex.mem.write(base + fields["TickCount"], _ksystem_time(now // TIME_INCREMENT))
 
 
-def update_shared_data(ex: Kernel, frame: int) -> None:
+def update_shared_data(ex: SharedData, frame: int) -> None:
     """Bring KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount up to the clock."""
     _write_times(ex, frame, ex.clock)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from emu.nt.loader import Segment
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import LoadedModules
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Driver:
     unloaded: bool = False
 
 
-def symbolize(ex: Kernel, address: int) -> str:
+def symbolize(ex: LoadedModules, address: int) -> str:
     """``driver.sys!Function+0x1a`` (or ``driver.sys+0x1234``) for a code address in a loaded
     driver, as WinDbg names it; ``nt!memcpy`` for a kernel export's address; the bare address
     elsewhere."""
@@ -71,7 +71,7 @@ def symbolize(ex: Kernel, address: int) -> str:
     return f"{image.name}!{best[1]}+0x{address - best[0]:x}"
 
 
-def driver_at(ex: Kernel, address: int) -> Driver | None:
+def driver_at(ex: LoadedModules, address: int) -> Driver | None:
     """The loaded driver whose image contains ``address``."""
     for driver in ex.drivers:
         if driver.image.base <= address < driver.image.end and not driver.unloaded:

@@ -26,7 +26,7 @@ from emu.nt.ob import HANDLE_INCREMENT, MAX_HANDLES, ObjectType, keeps_itself_al
 from emu.nt.process import ProcessState, ThreadState
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ObjectManager
 
 
 def _name(obj) -> str:
@@ -42,7 +42,7 @@ def _name(obj) -> str:
     return f"{kind} {path}" if path else f"{kind} object at {id(obj):#x}"
 
 
-def check_objects(ex: Kernel) -> list[str]:
+def check_objects(ex: ObjectManager) -> list[str]:
     """Every broken rule, in words; an empty list when handles and objects agree."""
     problems: list[str] = []
     live = {id(obj): obj for obj in ex.objects.live()}

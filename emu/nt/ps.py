@@ -24,7 +24,7 @@ from emu.nt.process import ExceptionInfo, Process, ProcessState, Thread, ThreadS
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ProcessManager
 
 # RtlUserThreadExit: mov rsi, rax; mov rdi, -2 (NtCurrentThread); mov eax, NtTerminateThread;
 # syscall; ud2 (never reached).
@@ -47,7 +47,7 @@ class LimitError(Exception):
     """A documented limit (processes, threads) was reached."""
 
 
-def create_process(ex: Kernel, image: Image, args: list[str],
+def create_process(ex: ProcessManager, image: Image, args: list[str],
                    parent: Process | None = None) -> Process:
     """PspCreateProcess: a new address space with the image, a stack and a first thread."""
     if sum(p.state is not ProcessState.TERMINATED for p in ex.processes) >= MAX_PROCESSES:
@@ -76,14 +76,14 @@ def create_process(ex: Kernel, image: Image, args: list[str],
     return proc
 
 
-def _map_image(ex: Kernel, space: AddressSpace, image: Image) -> None:
+def _map_image(ex: ProcessManager, space: AddressSpace, image: Image) -> None:
     for va, contents in sorted(image.pages.items()):
         flags = image.page_flags[va]
         protect = _PROTECT[(bool(flags & PF_W), bool(flags & PF_X))]
         ex.mm.map_new(space, va, protect, data=bytes(contents))
 
 
-def _map_main_stack(ex: Kernel, proc: Process) -> None:
+def _map_main_stack(ex: ProcessManager, proc: Process) -> None:
     """Commit the main thread's stack and write argc/argv/envp/auxv (x86-64 psABI §3.4.1)."""
     top = layout.USER_STACK_TOP if proc.bits == 64 else layout.USER_STACK_TOP_32
     size = layout.USER_STACK_SIZE
@@ -102,8 +102,8 @@ def _map_main_stack(ex: Kernel, proc: Process) -> None:
     proc.entry_rsp = rsp
 
 
-def create_thread(ex: Kernel, proc: Process, start: int, rsp: int | None = None, arg: int = 0,
-                  stack: tuple[int, int] | None = None) -> Thread:
+def create_thread(ex: ProcessManager, proc: Process, start: int, rsp: int | None = None,
+                  arg: int = 0, stack: tuple[int, int] | None = None) -> Thread:
     """PspCreateThread: a thread of ``proc`` that will enter ring 3 at ``start``.
 
     Without ``rsp``, a new user stack is committed and ``start(arg)`` is called as a
@@ -129,7 +129,7 @@ def create_thread(ex: Kernel, proc: Process, start: int, rsp: int | None = None,
     return thread
 
 
-def _new_thread_stack(ex: Kernel, proc: Process) -> tuple[int, int]:
+def _new_thread_stack(ex: ProcessManager, proc: Process) -> tuple[int, int]:
     """A thread's stack from the process's VADs (reserved top-down, committed demand-zero
     with a guard page, as RtlCreateUserStack does); its top page made valid for the start."""
     made = virtual.create_thread_stack(ex, proc, THREAD_STACK_COMMIT)
@@ -142,7 +142,7 @@ def _new_thread_stack(ex: Kernel, proc: Process) -> tuple[int, int]:
     return made.base, top
 
 
-def terminate_thread(ex: Kernel, thread: Thread, status: int) -> None:
+def terminate_thread(ex: ProcessManager, thread: Thread, status: int) -> None:
     """PspTerminateThread: the thread ends; the process ends with its last thread."""
     if thread.state is ThreadState.TERMINATED:
         return
@@ -157,7 +157,8 @@ def terminate_thread(ex: Kernel, thread: Thread, status: int) -> None:
         ex.defer(lambda: virtual.release_thread_stack(ex, proc, top))
 
 
-def _end_thread(ex: Kernel, thread: Thread, status: int, *, free_stack: bool = True) -> None:
+def _end_thread(ex: ProcessManager, thread: Thread, status: int, *,
+                free_stack: bool = True) -> None:
     """The thread leaves every queue for good; its kernel stack goes (unless the caller
     frees it later), its waiters wake."""
     ex.scheduler.remove(thread)
@@ -169,7 +170,7 @@ def _end_thread(ex: Kernel, thread: Thread, status: int, *, free_stack: bool = T
     ex.object_closed(thread)
 
 
-def terminate_process(ex: Kernel, proc: Process, status: int,
+def terminate_process(ex: ProcessManager, proc: Process, status: int,
                       exception: ExceptionInfo | None = None,
                       last_thread: Thread | None = None) -> None:
     """PspTerminateProcess: every thread ends, every handle closes (an open device's last

@@ -50,7 +50,7 @@ from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ExceptionDispatch
     from emu.nt.loaded_modules import DriverImage
 
 # winnt.h: ExceptionFlags, and the x64 layouts of EXCEPTION_RECORD and CONTEXT.
@@ -109,7 +109,7 @@ class Dispatch:
     stack_top: int = 0                     # the stack funclets run on (below the records)
 
 
-def capture_context(ex: Kernel) -> dict[str, int]:
+def capture_context(ex: ExceptionDispatch) -> dict[str, int]:
     """The CPU's registers as a CONTEXT has them (GPRs, RIP, RSP, RFLAGS, XMM0-15)."""
     cpu = ex.cpu
     context = {name: cpu.reg(name) for name in CONTEXT_GPRS}
@@ -120,7 +120,7 @@ def capture_context(ex: Kernel) -> dict[str, int]:
     return context
 
 
-def load_context(ex: Kernel, context: dict[str, int]) -> None:
+def load_context(ex: ExceptionDispatch, context: dict[str, int]) -> None:
     """Make the CPU continue with ``context`` (RtlRestoreContext): from the clean ring-0
     state, so that no stale exception of the fault stays in the CPU (platform-facts.md),
     in the address space and at the CR8 (IRQL) that were current."""
@@ -136,7 +136,7 @@ def load_context(ex: Kernel, context: dict[str, int]) -> None:
             cpu.set_reg_named(name, value)
 
 
-def pe_image_at(ex: Kernel, address: int) -> DriverImage | None:
+def pe_image_at(ex: ExceptionDispatch, address: int) -> DriverImage | None:
     """The loaded PE driver image (one with unwind data kept) that holds ``address``."""
     from emu.nt import loaded_modules
 
@@ -146,7 +146,7 @@ def pe_image_at(ex: Kernel, address: int) -> DriverImage | None:
     return driver.image
 
 
-def _write_records(ex: Kernel, d: Dispatch, below: int | None = None) -> None:
+def _write_records(ex: ExceptionDispatch, d: Dispatch, below: int | None = None) -> None:
     """EXCEPTION_RECORD, CONTEXT and EXCEPTION_POINTERS on the stack below the frame (and
     below ``below``: the records of the exception this one chains to stay intact)."""
     top = (d.context["rsp"] - RECORDS_GAP) & ~0xF
@@ -181,7 +181,7 @@ def pack_context(context: dict[str, int]) -> bytes:
     return bytes(raw)
 
 
-def _read_context(ex: Kernel, va: int, base: dict[str, int]) -> dict[str, int]:
+def _read_context(ex: ExceptionDispatch, va: int, base: dict[str, int]) -> dict[str, int]:
     """The registers of the CONTEXT at ``va`` (as a filter may have changed them)."""
     raw = ex.kernel_read(va, CONTEXT_SIZE)
     context = dict(base)
@@ -195,7 +195,7 @@ def _read_context(ex: Kernel, va: int, base: dict[str, int]) -> dict[str, int]:
     return context
 
 
-def _is_c_specific_handler(ex: Kernel, image: DriverImage, handler: int) -> bool:
+def _is_c_specific_handler(ex: ExceptionDispatch, image: DriverImage, handler: int) -> bool:
     """Whether ``handler`` (an address in the image) is its import of __C_specific_handler:
     the import thunk lld writes, `jmp qword ptr [rip + disp32]` through the import address
     table, or the IAT's value itself."""
@@ -227,7 +227,7 @@ class Scope:
     target: int
 
 
-def scope_table(ex: Kernel, image: DriverImage, data: int) -> list[Scope]:
+def scope_table(ex: ExceptionDispatch, image: DriverImage, data: int) -> list[Scope]:
     """The SCOPE_TABLE at ``data`` (__C_specific_handler's language-specific data): a
     ULONG Count, then Count records of four RVAs (HandlerAddress 1 stays 1)."""
     (count,) = struct.unpack("<I", ex.kernel_read(data, 4))
@@ -241,7 +241,7 @@ def scope_table(ex: Kernel, image: DriverImage, data: int) -> list[Scope]:
     return scopes
 
 
-def _frames(ex: Kernel, context: dict[str, int], flag: int
+def _frames(ex: ExceptionDispatch, context: dict[str, int], flag: int
             ) -> Iterator[tuple[DriverImage, int, int, dict[str, int],
                                 unwind.FrameHandler | None]]:
     """Undo the frames of ``context`` (a copy) one by one while RIP is in a PE driver:
@@ -261,7 +261,7 @@ def _frames(ex: Kernel, context: dict[str, int], flag: int
         yield image, control_pc, frame, before, handler
 
 
-def dispatch(ex: Kernel, record: ExceptionRecord, context: dict[str, int],
+def dispatch(ex: ExceptionDispatch, record: ExceptionRecord, context: dict[str, int],
              below: int | None = None) -> Dispatch | dict[str, int]:
     """RtlDispatchException for an exception at ring 0 in a PE driver: the context to
     continue with when a handler takes it, else the Dispatch (its records in memory) for
@@ -292,7 +292,8 @@ def dispatch(ex: Kernel, record: ExceptionRecord, context: dict[str, int],
     return d
 
 
-def _unwind(ex: Kernel, d: Dispatch, target_frame: int, target_ip: int) -> dict[str, int]:
+def _unwind(ex: ExceptionDispatch, d: Dispatch, target_frame: int,
+            target_ip: int) -> dict[str, int]:
     """RtlUnwindEx to ``target_frame``: the __finally blocks of the scopes left run, then
     the context of the target frame, at ``target_ip`` with RAX = the exception code."""
     for image, control_pc, frame, before, handler in _frames(ex, d.context,
@@ -321,12 +322,12 @@ def _signed32(value: int) -> int:
     return value - (1 << 32) if value & 0x8000_0000 else value
 
 
-def _space(ex: Kernel):
+def _space(ex: ExceptionDispatch):
     """The address space that is current (funclets run in it, as the driver did)."""
     return next((s for s in ex.mm.spaces if s.cr3 == ex.cpu.cr3), ex.mm.system)
 
 
-def unhandled(ex: Kernel, d: Dispatch, detail: str) -> BugCheck:
+def unhandled(ex: ExceptionDispatch, d: Dispatch, detail: str) -> BugCheck:
     """The bug check for an exception no frame handled, by where it happened:
     - in a system service (a dispatch routine serving an app's request): 0x3B
       SYSTEM_SERVICE_EXCEPTION (code, address, CONTEXT, 0): the system service
@@ -393,7 +394,7 @@ KTRAP_FRAME_SIZE, KTRAP_FRAME_RIP = 0x190, 0x168
 KGDT64_R0_CODE, KGDT64_R0_DATA = 0x10, 0x18
 
 
-def fast_fail(ex: Kernel, exc: CpuException, instruction: str) -> BugCheck:
+def fast_fail(ex: ExceptionDispatch, exc: CpuException, instruction: str) -> BugCheck:
     """``int 0x29`` (__fastfail) at ring 0: KiRaiseSecurityCheckFailure stops the machine at
     once, nothing is dispatched: bug check 0x139 KERNEL_SECURITY_CHECK_FAILURE (the
     fast-fail code from RCX, the trap frame, the exception record, 0). Both are written on

@@ -20,7 +20,7 @@ from emu.nt.status import NTSTATUS, nt_success
 from emu.nt.syscalls import Service, probe_and_read, probe_and_write, probe_for_write, service
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import SystemService
     from emu.nt.process import Process
 
 _U32 = 0xFFFF_FFFF
@@ -34,14 +34,14 @@ class _Refused(Exception):
         self.status = status
 
 
-def _valid_for(ex: Kernel, proc: Process, address: int, length: int, access: str) -> None:
+def _valid_for(ex: SystemService, proc: Process, address: int, length: int, access: str) -> None:
     """Fault in the buffer's pages as a copy would (demand-zero, stack growth)."""
     status = virtual.fault_in_user_range(ex, proc, address, length, access)
     if status != NTSTATUS.STATUS_SUCCESS:
         raise _Refused(status)
 
 
-def _capture(ex: Kernel, proc: Process, address: int, fmt: str) -> int:
+def _capture(ex: SystemService, proc: Process, address: int, fmt: str) -> int:
     """Read an in/out variable after checking that it can be written back."""
     size = struct.calcsize(fmt)
     _valid_for(ex, proc, address, size, "write")
@@ -49,18 +49,18 @@ def _capture(ex: Kernel, proc: Process, address: int, fmt: str) -> int:
     return struct.unpack(fmt, probe_and_read(ex, address, size))[0]
 
 
-def _store(ex: Kernel, proc: Process, address: int, fmt: str, value: int) -> None:
+def _store(ex: SystemService, proc: Process, address: int, fmt: str, value: int) -> None:
     """Write an out variable."""
     _store_bytes(ex, proc, address, struct.pack(fmt, value))
 
 
-def _store_bytes(ex: Kernel, proc: Process, address: int, data: bytes) -> None:
+def _store_bytes(ex: SystemService, proc: Process, address: int, data: bytes) -> None:
     """Write an out buffer (faulting its pages in first)."""
     _valid_for(ex, proc, address, len(data), "write")
     probe_and_write(ex, address, data)
 
 
-def _on_region(ex: Kernel, proc: Process, base_ptr: int, size_ptr: int, operation,
+def _on_region(ex: SystemService, proc: Process, base_ptr: int, size_ptr: int, operation,
                old_ptr: int | None = None) -> int:
     """The shape every region service shares: read *BaseAddress and *RegionSize (and check
     *OldProtect) in the caller's memory, run ``operation(base, size)``, and only on success
@@ -81,7 +81,7 @@ def _on_region(ex: Kernel, proc: Process, base_ptr: int, size_ptr: int, operatio
 def _refusals(handler):
     """Turn a _Refused buffer into the service's return value."""
     @functools.wraps(handler)
-    def run(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+    def run(ex: SystemService, proc: Process, args: tuple[int, ...]) -> int:
         try:
             return handler(ex, proc, args)
         except _Refused as refused:
@@ -91,7 +91,7 @@ def _refusals(handler):
 
 @service(Service.NtAllocateVirtualMemory)
 @_refusals
-def nt_allocate_virtual_memory(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_allocate_virtual_memory(ex: SystemService, proc: Process, args: tuple[int, ...]) -> int:
     """NtAllocateVirtualMemory(*BaseAddress, *RegionSize, AllocationType, Protect)."""
     base_ptr, size_ptr = args[0], args[1]
     allocation_type, protect = args[2] & _U32, args[3] & _U32
@@ -104,7 +104,7 @@ def nt_allocate_virtual_memory(ex: Kernel, proc: Process, args: tuple[int, ...])
 
 @service(Service.NtFreeVirtualMemory)
 @_refusals
-def nt_free_virtual_memory(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_free_virtual_memory(ex: SystemService, proc: Process, args: tuple[int, ...]) -> int:
     """NtFreeVirtualMemory(*BaseAddress, *RegionSize, FreeType)."""
     base_ptr, size_ptr, free_type = args[0], args[1], args[2] & _U32
     status = virtual.check_free_type(free_type)
@@ -116,7 +116,7 @@ def nt_free_virtual_memory(ex: Kernel, proc: Process, args: tuple[int, ...]) -> 
 
 @service(Service.NtProtectVirtualMemory)
 @_refusals
-def nt_protect_virtual_memory(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_protect_virtual_memory(ex: SystemService, proc: Process, args: tuple[int, ...]) -> int:
     """NtProtectVirtualMemory(*BaseAddress, *RegionSize, NewProtect, *OldProtect)."""
     base_ptr, size_ptr, new_protect, old_ptr = args[0], args[1], args[2] & _U32, args[3]
     status = virtual.check_protection(new_protect)
@@ -128,7 +128,7 @@ def nt_protect_virtual_memory(ex: Kernel, proc: Process, args: tuple[int, ...]) 
 
 @service(Service.NtQueryVirtualMemory)
 @_refusals
-def nt_query_virtual_memory(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_query_virtual_memory(ex: SystemService, proc: Process, args: tuple[int, ...]) -> int:
     """NtQueryVirtualMemory(BaseAddress, *MEMORY_BASIC_INFORMATION): the 48-byte x64 layout,
     or MEMORY_BASIC_INFORMATION32 (28 bytes) for a 32-bit process, as WOW64 returns it."""
     address, info_ptr = args[0], args[1]
@@ -144,7 +144,7 @@ MEMORY_EMPTY_WORKING_SETS, MEMORY_FLUSH_MODIFIED_LIST, MEMORY_PURGE_STANDBY_LIST
 
 
 @service(Service.NtSetSystemInformation)
-def nt_set_system_information(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_set_system_information(ex: SystemService, proc: Process, args: tuple[int, ...]) -> int:
     """NtSetSystemInformation(Class, Buffer, Length): only SystemMemoryListInformation, whose
     4-byte buffer is a SYSTEM_MEMORY_LIST_COMMAND (what RAMMap sends): empty every working
     set, write the modified list to the pagefile, or free the standby list's frames."""

@@ -44,7 +44,7 @@ from emu.nt.syscalls import (
 )
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ObjectServices
 
 MAX_PATH = 1024                  # a path or argument string: at most 1023 bytes, then NUL
 ARGUMENT_SEPARATORS = r"[ \t\n\v\f\r]+"   # NtCreateProcess splits its arguments at these
@@ -53,7 +53,7 @@ WAITABLE = (ObjectType.PROCESS, ObjectType.THREAD, ObjectType.EVENT)
 IO_COUNT_SIZE = 8                # the I/O manager stores a byte count as 8 bytes
 
 
-def read_string(ex: Kernel, address: int, too_long: int,
+def read_string(ex: ObjectServices, address: int, too_long: int,
                 limit: int = MAX_PATH) -> str:
     """A NUL-terminated UTF-8 string from user memory: at most ``limit`` - 1 bytes before its
     NUL, else the service returns ``too_long`` (raised as UserStatus)."""
@@ -69,20 +69,20 @@ def read_string(ex: Kernel, address: int, too_long: int,
     raise UserStatus(too_long)
 
 
-def pointer_size(ex: Kernel) -> int:
+def pointer_size(ex: ObjectServices) -> int:
     """The size of a HANDLE or pointer-sized count in the caller: 8, or 4 in a 32-bit
     process."""
     return 4 if ex.current_thread is not None and ex.current_thread.process.bits == 32 else 8
 
 
-def write_pointer(ex: Kernel, address: int, value: int) -> None:
+def write_pointer(ex: ObjectServices, address: int, value: int) -> None:
     """Store a pointer-sized value (a HANDLE, a count) in the caller's memory: 8 bytes, or 4
     in a 32-bit process."""
     size = pointer_size(ex)
     probe_and_write(ex, address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
 
-def reference(ex: Kernel, proc: Process, handle: int, *types: ObjectType):
+def reference(ex: ObjectServices, proc: Process, handle: int, *types: ObjectType):
     """ObReferenceObjectByHandle: a handle or pseudo-handle of the caller -> the object
     (HandleError if not valid). A pseudo-handle asked for another object type is
     STATUS_OBJECT_TYPE_MISMATCH, as Windows returns it; 0 is no handle."""
@@ -97,7 +97,7 @@ def reference(ex: Kernel, proc: Process, handle: int, *types: ObjectType):
 
 
 @service(Service.NtTerminateProcess)
-def nt_terminate_process(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_terminate_process(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtTerminateProcess(ProcessHandle, ExitStatus): -1 is the caller itself; 0 is no
     handle (STATUS_INVALID_HANDLE), as every other value not open in the caller."""
     try:
@@ -108,7 +108,7 @@ def nt_terminate_process(ex: Kernel, proc: Process, args: tuple[int, ...]) -> in
     return None if target is proc else NTSTATUS.STATUS_SUCCESS
 
 
-def create_handle(ex: Kernel, proc: Process, out: int, make: Callable[[], object]) -> int:
+def create_handle(ex: ObjectServices, proc: Process, out: int, make: Callable[[], object]) -> int:
     """ObInsertObject, in the order that leaves nothing behind on failure: probe ``out``
     (ProbeForWriteHandle), reserve a slot in the caller's handle table (a full table fails
     here, before any object exists), make the object (``make`` returns it, or a failure
@@ -129,7 +129,7 @@ def create_handle(ex: Kernel, proc: Process, out: int, make: Callable[[], object
     return NTSTATUS.STATUS_SUCCESS
 
 
-def _probe_buffer(ex: Kernel, obj, buffer: int, length: int, access: str,
+def _probe_buffer(ex: ObjectServices, obj, buffer: int, length: int, access: str,
                   limit: int | None = None) -> int:
     """ProbeForRead/ProbeForWrite of a read or write buffer, in the order docs/abi.md gives:
     its whole range against MmUserProbeAddress, then the service's ``limit``
@@ -146,7 +146,7 @@ def _probe_buffer(ex: Kernel, obj, buffer: int, length: int, access: str,
     return NTSTATUS.STATUS_SUCCESS
 
 
-def device_request(ex: Kernel, file, major: int, args: tuple[int, ...]) -> None:
+def device_request(ex: ObjectServices, file, major: int, args: tuple[int, ...]) -> None:
     """Hand a device request to the I/O manager once the CPU has stopped (the driver's code
     must run at ring 0): the caller's result comes back then."""
     thread = ex.current_thread
@@ -167,7 +167,7 @@ def with_handles(fn):
 
 @service(Service.NtClose)
 @with_handles
-def nt_close(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_close(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtClose(Handle). Closing the last handle to an open device sends its driver
     IRP_MJ_CLEANUP then IRP_MJ_CLOSE with the open's FILE_OBJECT, which then goes (at
     process exit, emu.nt.ps.terminate_process does the same for every handle left)."""
@@ -183,7 +183,7 @@ def nt_close(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
 
 @service(Service.NtDuplicateObject)
 @with_handles
-def nt_duplicate_object(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_duplicate_object(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtDuplicateObject(Handle, *NewHandle), within the calling process."""
     obj = reference(ex, proc, args[0])
     return create_handle(ex, proc, args[1], lambda: obj)
@@ -191,7 +191,8 @@ def nt_duplicate_object(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int
 
 @service(Service.NtWaitForSingleObject)
 @with_handles
-def nt_wait_for_single_object(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_wait_for_single_object(ex: ObjectServices, proc: Process,
+                              args: tuple[int, ...]) -> int | None:
     """NtWaitForSingleObject(Handle, TimeoutInstructions): -1 waits forever, 0 polls."""
     obj = reference(ex, proc, args[0], *WAITABLE)
     timeout = args[1] - (1 << 64) if args[1] >> 63 else args[1]
@@ -206,7 +207,7 @@ def nt_wait_for_single_object(ex: Kernel, proc: Process, args: tuple[int, ...]) 
 
 
 @service(Service.NtYieldExecution)
-def nt_yield_execution(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_yield_execution(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtYieldExecution(): to the back of the ready queue (STATUS_SUCCESS either way)."""
     if ex.scheduler.ready:
         ex.scheduler.make_ready(ex.current_thread)
@@ -214,7 +215,7 @@ def nt_yield_execution(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
 
 
 @service(Service.NtDelayExecution)
-def nt_delay_execution(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_delay_execution(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtDelayExecution(Instructions): sleep on the machine's instruction clock."""
     if args[0] == 0:
         return nt_yield_execution(ex, proc, args)
@@ -224,7 +225,7 @@ def nt_delay_execution(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int 
 
 @service(Service.NtCreateProcess)
 @with_handles
-def nt_create_process(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_create_process(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateProcess(Path, Arguments, *Handle): a child from the guest file system."""
     path = read_string(ex, args[0], NTSTATUS.STATUS_OBJECT_NAME_INVALID)
     text = read_string(ex, args[1], NTSTATUS.STATUS_INVALID_PARAMETER) if args[1] else ""
@@ -249,7 +250,7 @@ def nt_create_process(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
 
 @service(Service.NtCreateThread)
 @with_handles
-def nt_create_thread(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_create_thread(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateThread(StartRoutine, Argument, *Handle): a thread running start(arg)."""
     def make() -> object:
         try:
@@ -265,7 +266,7 @@ def nt_create_thread(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
 
 @service(Service.NtTerminateThread)
 @with_handles
-def nt_terminate_thread(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_terminate_thread(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtTerminateThread(Handle, ExitStatus): a thread of the caller's process."""
     thread = reference(ex, proc, args[0], ObjectType.THREAD)
     if thread.process is not proc:
@@ -276,7 +277,7 @@ def nt_terminate_thread(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int
 
 @service(Service.NtCreateEvent)
 @with_handles
-def nt_create_event(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_create_event(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateEvent(*Handle, ManualReset, InitialState): each flag 0 or 1, as Windows refuses
     an EventType other than NotificationEvent/SynchronizationEvent (STATUS_INVALID_PARAMETER)."""
     manual_reset, state = args[1] & 0xFFFF_FFFF, args[2] & 0xFFFF_FFFF
@@ -287,7 +288,7 @@ def nt_create_event(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
 
 @service(Service.NtSetEvent)
 @with_handles
-def nt_set_event(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_set_event(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtSetEvent(Handle): signal; waiters wake (one, for an auto-reset event)."""
     event = reference(ex, proc, args[0], ObjectType.EVENT)
     event.state = True
@@ -297,7 +298,7 @@ def nt_set_event(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
 
 @service(Service.NtResetEvent)
 @with_handles
-def nt_reset_event(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_reset_event(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtResetEvent(Handle)."""
     reference(ex, proc, args[0], ObjectType.EVENT).state = False
     return NTSTATUS.STATUS_SUCCESS
@@ -305,7 +306,7 @@ def nt_reset_event(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
 
 @service(Service.NtOpenFile)
 @with_handles
-def nt_open_file(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_open_file(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtOpenFile(Path, *Handle): a file of the guest file system (read-only), or the
     console device."""
     path = read_string(ex, args[0], NTSTATUS.STATUS_OBJECT_NAME_INVALID)
@@ -349,7 +350,7 @@ def nt_open_file(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None
     return create_handle(ex, proc, out, make)
 
 
-def _probe_count(ex: Kernel, obj, count: int) -> None:
+def _probe_count(ex: ObjectServices, obj, count: int) -> None:
     """ProbeForWrite of NtReadFile's/NtWriteFile's *BytesRead/*BytesWritten (0: none): 8
     bytes for a device (the I/O manager's count), else pointer-sized."""
     if count:
@@ -359,7 +360,7 @@ def _probe_count(ex: Kernel, obj, count: int) -> None:
 
 @service(Service.NtReadFile)
 @with_handles
-def nt_read_file(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_read_file(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtReadFile(Handle, Buffer, Length, *BytesRead): a guest file, or a device (an IRP
     to its driver, dispatched once the CPU has stopped: the result comes back then)."""
     f = reference(ex, proc, args[0], ObjectType.FILE, ObjectType.DEVICE)
@@ -383,7 +384,7 @@ def nt_read_file(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None
 
 @service(Service.NtQueryExitStatus)
 @with_handles
-def nt_query_exit_status(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_query_exit_status(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtQueryExitStatus(Handle, *Status): STATUS_PENDING while it runs."""
     obj = reference(ex, proc, args[0], ObjectType.PROCESS, ObjectType.THREAD)
     status = NTSTATUS.STATUS_PENDING if obj.exit_status is None else obj.exit_status
@@ -392,14 +393,14 @@ def nt_query_exit_status(ex: Kernel, proc: Process, args: tuple[int, ...]) -> in
 
 
 @service(Service.NtGetCurrentThreadId)
-def nt_get_current_thread_id(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_get_current_thread_id(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtGetCurrentThreadId(): the caller's thread id (a value, not a status)."""
     return ex.current_thread.tid
 
 
 @service(Service.NtWriteFile)
 @with_handles
-def nt_write_file(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | None:
+def nt_write_file(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int | None:
     """NtWriteFile(Handle, Buffer, Length, *BytesWritten): only the console is writable;
     the files of the guest file system are read-only (STATUS_ACCESS_DENIED)."""
     obj = reference(ex, proc, args[0], ObjectType.CONSOLE, ObjectType.FILE, ObjectType.DEVICE)
@@ -421,7 +422,7 @@ def nt_write_file(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int | Non
 
 @service(Service.NtDeviceIoControlFile)
 @with_handles
-def nt_device_io_control_file(ex: Kernel, proc: Process, args: tuple[int, ...]) -> None:
+def nt_device_io_control_file(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> None:
     """NtDeviceIoControlFile(Handle, IoControlCode, InputBuffer, InputBufferLength,
     OutputBuffer, OutputBufferLength, *BytesReturned): the 7th argument is on the user
     stack at [rsp + 8] (where the System V call left it; docs/abi.md)."""
@@ -450,7 +451,7 @@ def nt_device_io_control_file(ex: Kernel, proc: Process, args: tuple[int, ...]) 
 
 @service(Service.NtReadFileEx)
 @with_handles
-def nt_read_file_ex(ex: Kernel, proc: Process, args: tuple[int, ...]) -> None:
+def nt_read_file_ex(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> None:
     """NtReadFileEx(Handle, Event, Buffer, Length, *IoStatusBlock): an asynchronous read of
     a device: STATUS_PENDING if the driver pends it; at completion the IO_STATUS_BLOCK is
     filled in the caller's memory and the event (may be 0) is set."""

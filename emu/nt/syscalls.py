@@ -21,7 +21,7 @@ from emu.nt.layout import MM_USER_PROBE_ADDRESS, PAGE_SIZE
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ConsoleService, Kernel, SystemService
     from emu.nt.process import Process
 
 MAX_WRITE = 1 << 20
@@ -78,6 +78,8 @@ def service(number: Service) -> Callable[[Handler], Handler]:
     return register
 
 
+# The whole executive: the service table's handlers each take their own view of it, and
+# this passes them all the one it got (a Kernel covers every view).
 def dispatch(ex: Kernel, proc: Process, number: int, args: tuple[int, ...]) -> int | None:
     """KiSystemService: run the handler for ``number``; the result goes back in RAX (None:
     the calling thread gets no result now, because it blocked or ended)."""
@@ -101,7 +103,7 @@ class UserStatus(Exception):
         self.status = status
 
 
-def _fault_in(ex: Kernel, address: int, length: int, access: str) -> None:
+def _fault_in(ex: SystemService, address: int, length: int, access: str) -> None:
     """Make committed-but-untouched pages valid before copying, as the page-fault handler
     would for an access from kernel mode (MmAccessFault with a user address)."""
     from emu.nt.mm import virtual
@@ -122,7 +124,7 @@ def check_user_range(address: int, length: int) -> None:
         raise UserAccessViolation(address)      # reaches into the kernel half, or wraps
 
 
-def _user_pages(ex: Kernel, address: int, length: int, access: str, mark: bool = True):
+def _user_pages(ex: SystemService, address: int, length: int, access: str, mark: bool = True):
     """ProbeForRead/ProbeForWrite: check [address, address + length) lies below
     MmUserProbeAddress, then page by page make the page valid (demand zero, stack growth,
     paged back in) and yield (offset, physical address, byte count), each page checked as
@@ -143,7 +145,7 @@ def _user_pages(ex: Kernel, address: int, length: int, access: str, mark: bool =
         va += n
 
 
-def probe(ex: Kernel, address: int, length: int, access: str) -> None:
+def probe(ex: SystemService, address: int, length: int, access: str) -> None:
     """ProbeForRead (``access`` "read") or ProbeForWrite ("write"): every page of the buffer
     accessible so from ring 3, or UserAccessViolation (UserStatus for a guard page); nothing
     is copied."""
@@ -151,28 +153,28 @@ def probe(ex: Kernel, address: int, length: int, access: str) -> None:
         pass
 
 
-def probe_for_read(ex: Kernel, address: int, length: int) -> None:
+def probe_for_read(ex: SystemService, address: int, length: int) -> None:
     """ProbeForRead: every byte of the buffer readable from ring 3, or UserAccessViolation
     (UserStatus for a guard page); nothing is copied. Services call it for every pointer
     before they act, so a bad pointer never leaves half a side effect."""
     probe(ex, address, length, "read")
 
 
-def probe_for_write(ex: Kernel, address: int, length: int) -> None:
+def probe_for_write(ex: SystemService, address: int, length: int) -> None:
     """ProbeForWrite (Microsoft: "checks that a user-mode buffer actually resides in the
     user-mode portion of the address space, is writable"): every page writable from ring 3,
     or UserAccessViolation; nothing is written."""
     probe(ex, address, length, "write")
 
 
-def probe_and_read(ex: Kernel, address: int, length: int) -> bytes:
+def probe_and_read(ex: SystemService, address: int, length: int) -> bytes:
     """ProbeForRead + copy: ``length`` bytes of the caller's memory, or UserAccessViolation."""
     if length == 0:
         return b""
     return b"".join(ex.mem.read(pa, n) for _, pa, n in _user_pages(ex, address, length, "read"))
 
 
-def probe_and_write(ex: Kernel, address: int, data: bytes) -> None:
+def probe_and_write(ex: SystemService, address: int, data: bytes) -> None:
     """ProbeForWrite + copy: store ``data`` in the caller's memory, or UserAccessViolation."""
     if not data:
         return
@@ -183,7 +185,7 @@ def probe_and_write(ex: Kernel, address: int, data: bytes) -> None:
         ex.cpu.invalidate_page(address + offset)   # the TLB may hold it without its new D bit
 
 
-def probe_limited(ex: Kernel, address: int, length: int, limit: int, access: str) -> int:
+def probe_limited(ex: SystemService, address: int, length: int, limit: int, access: str) -> int:
     """A buffer argument with a service limit, in the order docs/abi.md gives: a range that
     wraps or reaches MmUserProbeAddress is STATUS_ACCESS_VIOLATION whatever its length; a
     valid range longer than ``limit`` is STATUS_INVALID_PARAMETER (no page is looked at);
@@ -196,7 +198,7 @@ def probe_limited(ex: Kernel, address: int, length: int, limit: int, access: str
 
 
 @service(Service.NtWriteConsole)
-def nt_write_console(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_write_console(ex: ConsoleService, proc: Process, args: tuple[int, ...]) -> int:
     """NtWriteConsole(Buffer, Length): write bytes of the caller's memory to the console."""
     buffer, length = args[0], args[1]
     status = probe_limited(ex, buffer, length, MAX_WRITE, "read")
@@ -207,6 +209,6 @@ def nt_write_console(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
 
 
 @service(Service.NtGetCurrentProcessId)
-def nt_get_current_process_id(ex: Kernel, proc: Process, args: tuple[int, ...]) -> int:
+def nt_get_current_process_id(ex: SystemService, proc: Process, args: tuple[int, ...]) -> int:
     """NtGetCurrentProcessId(): the caller's process id (returned as a value, not a status)."""
     return proc.pid

@@ -58,7 +58,7 @@ _PROTECTION_FAULT = int(PFErr.P | PFErr.RSVD)   # error-code bits: the page was 
 
 if TYPE_CHECKING:
     from emu.hw.cpu import CpuException
-    from emu.nt.interfaces import Kernel as Executive
+    from emu.nt.interfaces import VirtualMemory
     from emu.nt.mm.address_space import MemoryManager
     from emu.nt.process import Process
 
@@ -155,7 +155,7 @@ def kernel_headroom(frames: int) -> int:
     return max(16, frames // 64)
 
 
-def _system(ex: Executive, held: int = 0) -> SystemCommit:
+def _system(ex: VirtualMemory, held: int = 0) -> SystemCommit:
     """The machine's SystemCommit, made on first use: the limit is the frames still free
     plus ``held`` (frames already taken by the process being created), less the headroom,
     plus the pagefile's slots (MmTotalCommitLimit: RAM + pagefile)."""
@@ -172,14 +172,14 @@ def _system(ex: Executive, held: int = 0) -> SystemCommit:
     return system
 
 
-def commit_state(ex: Executive) -> SystemCommit:
+def commit_state(ex: VirtualMemory) -> SystemCommit:
     """The system commit charge and limit, after returning the charge of exited processes."""
     system = _system(ex)
     _reap(ex, system)
     return system
 
 
-def _reap(ex: Executive, system: SystemCommit) -> None:
+def _reap(ex: VirtualMemory, system: SystemCommit) -> None:
     """Return the charge of every process whose address space is gone (it exited, or its
     creation failed) without a call to release_process_memory."""
     for proc in list(system.processes.values()):
@@ -189,7 +189,7 @@ def _reap(ex: Executive, system: SystemCommit) -> None:
 
 # -- process creation and exit -------------------------------------------------------------
 
-def init_process_memory(ex: Executive, proc: Process) -> None:
+def init_process_memory(ex: VirtualMemory, proc: Process) -> None:
     """Record what the kernel mapped for a new process as its first VADs (the image, the
     main stack with its guard page and growth room, any other page such as the system
     stub) and charge their commit; raises CommitLimitExceeded if the charge does not fit
@@ -214,7 +214,7 @@ def init_process_memory(ex: Executive, proc: Process) -> None:
     proc.working_set = ex.mm.pager.start_working_set(proc.space, proc.name, list(mapped))
 
 
-def release_process_memory(ex: Executive, proc: Process) -> None:
+def release_process_memory(ex: VirtualMemory, proc: Process) -> None:
     """MmCleanProcessAddressSpace, our half: return the process's commit charge, free the
     frames it kept off its page tables, forget its VADs; then the process holds no frame
     (else bug check 0x1A, emu.nt.mm.corruption). Idempotent; the page tables and mapped
@@ -297,7 +297,7 @@ def _record_stack(vads: VadSet, low: int, high: int, mapped: dict[int, Mapping])
         vad.set_range(low - PAGE_SIZE, low, MemState.MEM_COMMIT, PageProtect.PAGE_READWRITE | GUARD)
 
 
-def create_thread_stack(ex: Executive, proc: Process, commit: int,
+def create_thread_stack(ex: VirtualMemory, proc: Process, commit: int,
                         reserve: int = USER_STACK_RESERVE) -> VmResult:
     """A new thread's stack (as RtlCreateUserStack does): ``reserve`` bytes reserved
     top-down, the top ``commit`` bytes committed demand-zero with a guard page below.
@@ -319,7 +319,7 @@ def create_thread_stack(ex: Executive, proc: Process, commit: int,
     return VmResult(NTSTATUS.STATUS_SUCCESS, low, commit)
 
 
-def release_thread_stack(ex: Executive, proc: Process, top: int) -> int:
+def release_thread_stack(ex: VirtualMemory, proc: Process, top: int) -> int:
     """Release the stack allocation that ends at ``top`` (a thread's exit); its frames and
     commit go back. Returns the status of the MEM_RELEASE."""
     vad = proc.vads.find(top - 1)
@@ -338,7 +338,7 @@ def _committed_runs(vads: VadSet):
 
 # -- commit charge ---------------------------------------------------------------------------
 
-def _charge(ex: Executive, proc: Process, pages: int, start: int, end: int) -> bool:
+def _charge(ex: VirtualMemory, proc: Process, pages: int, start: int, end: int) -> bool:
     """Charge ``pages`` newly committed pages in [start, end) and the page tables they may
     need that the process has not paid for yet; False if the limit does not allow it."""
     system = _system(ex)
@@ -354,7 +354,7 @@ def _charge(ex: Executive, proc: Process, pages: int, start: int, end: int) -> b
     return True
 
 
-def charge_system_commit(ex: Executive, pages: int) -> bool:
+def charge_system_commit(ex: VirtualMemory, pages: int) -> bool:
     """Charge ``pages`` the kernel takes for itself (a thread's kernel stack, say) against
     the system commit limit, as Windows charges kernel stacks; False if it does not fit."""
     system = _system(ex)
@@ -362,12 +362,12 @@ def charge_system_commit(ex: Executive, pages: int) -> bool:
     return system.try_charge(pages, pages)
 
 
-def return_system_commit(ex: Executive, pages: int) -> None:
+def return_system_commit(ex: VirtualMemory, pages: int) -> None:
     """Give back a charge made by charge_system_commit."""
     _system(ex).uncharge(pages, pages)
 
 
-def _uncharge(ex: Executive, proc: Process, pages: int) -> None:
+def _uncharge(ex: VirtualMemory, proc: Process, pages: int) -> None:
     """Return the charge of ``pages`` decommitted pages (their page tables stay charged:
     the tables themselves stay until the process exits)."""
     proc.vads.charge.pages -= pages
@@ -413,7 +413,7 @@ def _in_user_range(proc: Process, start: int, end: int) -> bool:
 
 # -- NtAllocateVirtualMemory -----------------------------------------------------------------
 
-def allocate(ex: Executive, proc: Process, base: int, size: int, allocation_type: int,
+def allocate(ex: VirtualMemory, proc: Process, base: int, size: int, allocation_type: int,
              protect: int) -> VmResult:
     """NtAllocateVirtualMemory: reserve and/or commit; returns the rounded base and size."""
     status = check_allocation(allocation_type, protect)
@@ -426,7 +426,7 @@ def allocate(ex: Executive, proc: Process, base: int, size: int, allocation_type
     return _reserve(ex, proc, base, size, allocation_type, protect)
 
 
-def _reserve(ex: Executive, proc: Process, base: int, size: int, allocation_type: int,
+def _reserve(ex: VirtualMemory, proc: Process, base: int, size: int, allocation_type: int,
              protect: int) -> VmResult:
     """MEM_RESERVE (perhaps with MEM_COMMIT), or MEM_COMMIT at NULL, which reserves too."""
     vads = proc.vads
@@ -451,7 +451,7 @@ def _reserve(ex: Executive, proc: Process, base: int, size: int, allocation_type
     return VmResult(NTSTATUS.STATUS_SUCCESS, start, end - start)
 
 
-def _commit_reserved(ex: Executive, proc: Process, start: int, end: int,
+def _commit_reserved(ex: VirtualMemory, proc: Process, start: int, end: int,
                      protect: int) -> VmResult:
     """MEM_COMMIT inside one existing private reservation; pages already committed keep
     their contents and take the new protection."""
@@ -470,7 +470,7 @@ def _commit_reserved(ex: Executive, proc: Process, start: int, end: int,
 
 # -- NtFreeVirtualMemory ---------------------------------------------------------------------
 
-def free(ex: Executive, proc: Process, base: int, size: int, free_type: int) -> VmResult:
+def free(ex: VirtualMemory, proc: Process, base: int, size: int, free_type: int) -> VmResult:
     """NtFreeVirtualMemory: MEM_DECOMMIT a range, or MEM_RELEASE a whole allocation."""
     status = check_free_type(free_type)
     if status != NTSTATUS.STATUS_SUCCESS:
@@ -498,7 +498,7 @@ def free(ex: Executive, proc: Process, base: int, size: int, free_type: int) -> 
     return VmResult(NTSTATUS.STATUS_SUCCESS, start, end - start)
 
 
-def _decommit(ex: Executive, proc: Process, vad: Vad, start: int, end: int) -> None:
+def _decommit(ex: VirtualMemory, proc: Process, vad: Vad, start: int, end: int) -> None:
     """Free the frames of the committed pages in [start, end), return their charge, and
     leave the range reserved."""
     pages = 0
@@ -512,7 +512,7 @@ def _decommit(ex: Executive, proc: Process, vad: Vad, start: int, end: int) -> N
     _uncharge(ex, proc, pages)
 
 
-def _discard_frame(ex: Executive, proc: Process, va: int) -> None:
+def _discard_frame(ex: VirtualMemory, proc: Process, va: int) -> None:
     """Clear the PTE of the page at ``va`` and free its frame or pagefile slot, wherever
     the page is kept."""
     pfn = proc.space.discard_page(va)
@@ -524,7 +524,7 @@ def _discard_frame(ex: Executive, proc: Process, va: int) -> None:
 
 # -- NtProtectVirtualMemory ------------------------------------------------------------------
 
-def protect(ex: Executive, proc: Process, base: int, size: int, new_protect: int) -> VmResult:
+def protect(ex: VirtualMemory, proc: Process, base: int, size: int, new_protect: int) -> VmResult:
     """NtProtectVirtualMemory: every page of the range must be committed, in one allocation;
     ``old_protect`` is the protection its first page had."""
     status = check_protection(new_protect)
@@ -546,7 +546,7 @@ def protect(ex: Executive, proc: Process, base: int, size: int, new_protect: int
     return VmResult(NTSTATUS.STATUS_SUCCESS, start, end - start, old)
 
 
-def _sync_ptes(ex: Executive, proc: Process, vad: Vad, start: int, end: int) -> None:
+def _sync_ptes(ex: VirtualMemory, proc: Process, vad: Vad, start: int, end: int) -> None:
     """Make the valid PTEs of [start, end) say what the VAD says: new rights, or no PTE at
     all for PAGE_NOACCESS and PAGE_GUARD (the frame is kept aside until the page is
     accessible and touched again)."""
@@ -570,7 +570,7 @@ def _accessible(protect: int) -> bool:
     return (protect & 0xFF) in _READABLE and not protect & GUARD
 
 
-def _pte_flags(ex: Executive, protect: int, pfn: int) -> PTE:
+def _pte_flags(ex: VirtualMemory, protect: int, pfn: int) -> PTE:
     """The leaf bits for ``protect``; a frame made executable again after it held code
     drops translated code first (Unicorn caches it by physical page)."""
     base = protect & 0xFF
@@ -590,7 +590,7 @@ _USER_LEAF: dict[int, PTE] = {}      # PAGE_* (low byte) -> the leaf bits of a u
 
 # -- NtQueryVirtualMemory --------------------------------------------------------------------
 
-def query(ex: Executive, proc: Process, address: int) -> tuple[int, RegionInfo | None]:
+def query(ex: VirtualMemory, proc: Process, address: int) -> tuple[int, RegionInfo | None]:
     """NtQueryVirtualMemory(MemoryBasicInformation): the region holding ``address``."""
     if address > proc.highest_address:
         return NTSTATUS.STATUS_INVALID_PARAMETER, None
@@ -599,7 +599,7 @@ def query(ex: Executive, proc: Process, address: int) -> tuple[int, RegionInfo |
 
 # -- MmAccessFault ---------------------------------------------------------------------------
 
-def access_fault(ex: Executive, proc: Process, exc: CpuException) -> FaultResolution:
+def access_fault(ex: VirtualMemory, proc: Process, exc: CpuException) -> FaultResolution:
     """MmAccessFault for a ring-3 #PF in ``proc``: only a not-present fault can be ours to
     resolve; a protection fault on a valid page is always an access violation."""
     # Only the page matters here: the exact byte (a disassembly) is not worked out for it.
@@ -609,7 +609,7 @@ def access_fault(ex: Executive, proc: Process, exc: CpuException) -> FaultResolu
     return resolve_fault(ex, proc, va, exc.access or "read")
 
 
-def resolve_fault(ex: Executive, proc: Process, va: int, access: str) -> FaultResolution:
+def resolve_fault(ex: VirtualMemory, proc: Process, va: int, access: str) -> FaultResolution:
     """Resolve a not-present ``access`` ("read", "write", "fetch") to ``va`` from the VADs."""
     vads = proc.vads
     if not isinstance(vads, VadSet) or not 0 <= va <= proc.highest_address:
@@ -640,7 +640,7 @@ def _allows(protect: int, access: str) -> bool:
     return base in _READABLE
 
 
-def _make_valid(ex: Executive, proc: Process, page: int, protect: int,
+def _make_valid(ex: VirtualMemory, proc: Process, page: int, protect: int,
                 access: str) -> FaultResolution:
     """The demand-zero (or kept-aside) frame of a committed page, mapped with Accessed set
     and Dirty only for a write; NOT_HANDLED if RAM is gone after all."""
@@ -669,7 +669,7 @@ def _make_valid(ex: Executive, proc: Process, page: int, protect: int,
     return FaultResolution.RESOLVED
 
 
-def page_in_system(ex: Executive, va: int, access: str) -> bool:
+def page_in_system(ex: VirtualMemory, va: int, access: str) -> bool:
     """A not-present fault at ring 0 on PagedPool: bring the page back (soft or hard fault)
     and make it valid; False if ``va`` is not a paged-out PagedPool page."""
     if not is_paged_pool(va):
@@ -686,7 +686,7 @@ def page_in_system(ex: Executive, va: int, access: str) -> bool:
     return True
 
 
-def _guard_page_fault(ex: Executive, proc: Process, vad: Vad, page: int,
+def _guard_page_fault(ex: VirtualMemory, proc: Process, vad: Vad, page: int,
                       access: str) -> FaultResolution:
     """The first touch of a guard page: a stack's guard moves down; any other guard page
     loses PAGE_GUARD and the toucher gets STATUS_GUARD_PAGE_VIOLATION."""
@@ -697,7 +697,7 @@ def _guard_page_fault(ex: Executive, proc: Process, vad: Vad, page: int,
     return FaultResolution.GUARD_PAGE
 
 
-def _grow_stack(ex: Executive, proc: Process, vad: Vad, page: int, protect: int,
+def _grow_stack(ex: VirtualMemory, proc: Process, vad: Vad, page: int, protect: int,
                 access: str) -> FaultResolution:
     """MiCheckForUserStackOverflow: commit a new guard page below ``page`` and let the touch
     go on. The reservation's lowest page is never committed: when the guard would have to
@@ -725,7 +725,7 @@ def _move_stack_limit(proc: Process, old: int, new: int) -> None:
 
 # -- user buffers the executive touches ------------------------------------------------------
 
-def fault_in_user_range(ex: Executive, proc: Process, address: int, length: int,
+def fault_in_user_range(ex: VirtualMemory, proc: Process, address: int, length: int,
                         access: str) -> int:
     """Before the executive copies to or from [address, address + length): do what
     MmAccessFault would for each page not valid yet (demand-zero, stack growth). Returns

@@ -23,7 +23,7 @@ from emu.nt.pool import POOL_RAISE_IF_ALLOCATION_FAILURE, TAG_NONE, PoolType
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ExSupport
 
 # POOL_FLAGS (wdm.h, Windows 10 2004; Microsoft's "POOL_FLAGS" page). The low 32 bits are
 # required: "allocation fails if they cannot be satisfied"; the high 32 bits optional:
@@ -49,7 +49,7 @@ _SUPPORTED = (POOL_FLAG_USE_QUOTA | POOL_FLAG_UNINITIALIZED | POOL_FLAG_CACHE_AL
 
 
 @export("ExAllocatePool2", dll="ntoskrnl.exe")
-def ex_allocate_pool2(ex: Kernel, call: ExportCall) -> int:
+def ex_allocate_pool2(ex: ExSupport, call: ExportCall) -> int:
     """PVOID ExAllocatePool2(POOL_FLAGS Flags, SIZE_T NumberOfBytes, ULONG Tag): zeroed pool
     (also with POOL_FLAG_UNINITIALIZED here: pool is never reused). NULL for no memory, a
     Tag of 0 or invalid flags; with POOL_FLAG_RAISE_ON_FAILURE those raise
@@ -72,7 +72,7 @@ def ex_allocate_pool2(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("ExAllocatePool", dll="ntoskrnl.exe")
-def ex_allocate_pool(ex: Kernel, call: ExportCall) -> int:
+def ex_allocate_pool(ex: ExSupport, call: ExportCall) -> int:
     """PVOID ExAllocatePool(PoolType, NumberOfBytes): ExAllocatePoolWithTag with the tag
     'None', as Windows gives it."""
     pool_type = call.arg(0) & 0xFFFF_FFFF
@@ -82,7 +82,7 @@ def ex_allocate_pool(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("ExFreePool", dll="ntoskrnl.exe")
-def ex_free_pool(ex: Kernel, call: ExportCall) -> int:
+def ex_free_pool(ex: ExSupport, call: ExportCall) -> int:
     """VOID ExFreePool(P): ExFreePoolWithTag(P, 0), which matches any tag."""
     return free_pool(ex, call, call.arg(0), 0)
 
@@ -110,7 +110,7 @@ class _VaList:
     """A va_list as the Microsoft x64 ABI passes it: a pointer to 8-byte argument slots
     (what format_message reads through ``arg``)."""
 
-    def __init__(self, ex: Kernel, address: int) -> None:
+    def __init__(self, ex: ExSupport, address: int) -> None:
         self.ex, self.address = ex, address
 
     def arg(self, i: int) -> int:
@@ -118,7 +118,7 @@ class _VaList:
         return self.ex.kernel_read_u64(self.address + 8 * i)
 
 
-def _print_filtered(ex: Kernel, level: int, prefix: bytes, fmt: int, args, first: int
+def _print_filtered(ex: ExSupport, level: int, prefix: bytes, fmt: int, args, first: int
                     ) -> int:
     if passes_filter(level):
         text = format_message(ex, ex.kernel_read_string(fmt), args, first)
@@ -127,7 +127,7 @@ def _print_filtered(ex: Kernel, level: int, prefix: bytes, fmt: int, args, first
 
 
 @export("DbgPrintEx", dll="ntoskrnl.exe")
-def dbg_print_ex(ex: Kernel, call: ExportCall) -> int:
+def dbg_print_ex(ex: ExSupport, call: ExportCall) -> int:
     """ULONG DbgPrintEx(ComponentId, Level, Format, ...): as DbgPrint, if the filter lets
     Level through (only DPFLTR_ERROR_LEVEL here, Windows' default); STATUS_SUCCESS either
     way."""
@@ -135,14 +135,14 @@ def dbg_print_ex(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("vDbgPrintEx", dll="ntoskrnl.exe")
-def v_dbg_print_ex(ex: Kernel, call: ExportCall) -> int:
+def v_dbg_print_ex(ex: ExSupport, call: ExportCall) -> int:
     """ULONG vDbgPrintEx(ComponentId, Level, Format, va_list arglist): DbgPrintEx with its
     arguments in a va_list."""
     return _print_filtered(ex, call.arg(1), b"", call.arg(2), _VaList(ex, call.arg(3)), 0)
 
 
 @export("vDbgPrintExWithPrefix", dll="ntoskrnl.exe")
-def v_dbg_print_ex_with_prefix(ex: Kernel, call: ExportCall) -> int:
+def v_dbg_print_ex_with_prefix(ex: ExSupport, call: ExportCall) -> int:
     """ULONG vDbgPrintExWithPrefix(Prefix, ComponentId, Level, Format, va_list arglist):
     vDbgPrintEx with the Prefix string printed before the message."""
     prefix = ex.kernel_read_string(call.arg(0), DBGPRINT_LIMIT) if call.arg(0) else b""

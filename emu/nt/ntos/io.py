@@ -11,18 +11,18 @@ from emu.nt.ntos.ps import ETHREAD_PROCESS, current_eprocess, eprocess_of, proce
 from emu.nt.pool import BadPoolCall
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import IoSystem
     from emu.nt.process import Process
 
 
 @export("IoGetCurrentProcess", dll="ntoskrnl.exe")
-def io_get_current_process(ex: Kernel, call: ExportCall) -> int:
+def io_get_current_process(ex: IoSystem, call: ExportCall) -> int:
     """PEPROCESS IoGetCurrentProcess(void) (wdm.h's PsGetCurrentProcess): the process whose
     address space is current, the System process in DriverEntry/DriverUnload."""
     return current_eprocess(ex)
 
 
-def _requestor(ex: Kernel, irp: int) -> tuple[bool, Process | None]:
+def _requestor(ex: IoSystem, irp: int) -> tuple[bool, Process | None]:
     """(whether the IRP names a requesting thread the I/O manager knows, its process): read
     from Irp->Tail.Overlay.Thread, as Windows' IoGetRequestorProcess does (so an unmapped
     IRP pointer is bug check 0x50)."""
@@ -34,7 +34,7 @@ def _requestor(ex: Kernel, irp: int) -> tuple[bool, Process | None]:
 
 
 @export("IoIs32bitProcess", dll="ntoskrnl.exe")
-def io_is_32bit_process(ex: Kernel, call: ExportCall) -> int:
+def io_is_32bit_process(ex: IoSystem, call: ExportCall) -> int:
     """BOOLEAN IoIs32bitProcess(PIRP Irp OPTIONAL): whether the IRP's requestor (the process
     of Irp->Tail.Overlay.Thread; the current process when Irp is NULL) is a 32-bit process
     (a WOW64 one on Windows). FALSE for an IRP with no requesting thread and for the System
@@ -47,7 +47,7 @@ def io_is_32bit_process(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("IoGetRequestorProcessId", dll="ntoskrnl.exe")
-def io_get_requestor_process_id(ex: Kernel, call: ExportCall) -> int:
+def io_get_requestor_process_id(ex: IoSystem, call: ExportCall) -> int:
     """ULONG IoGetRequestorProcessId(PIRP Irp): the id of the process that sent the IRP
     (Irp->Tail.Overlay.Thread's), 0 if it names no thread."""
     known, proc = _requestor(ex, call.arg(0))
@@ -55,7 +55,7 @@ def io_get_requestor_process_id(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("IoGetRequestorProcess", dll="ntoskrnl.exe")
-def io_get_requestor_process(ex: Kernel, call: ExportCall) -> int:
+def io_get_requestor_process(ex: IoSystem, call: ExportCall) -> int:
     """PEPROCESS IoGetRequestorProcess(PIRP Irp): that process's EPROCESS, or NULL."""
     known, proc = _requestor(ex, call.arg(0))
     return eprocess_of(ex, proc) if known else 0
@@ -64,7 +64,7 @@ def io_get_requestor_process(ex: Kernel, call: ExportCall) -> int:
 # -- MDLs ------------------------------------------------------------------------------------
 
 @export("IoAllocateMdl", dll="ntoskrnl.exe")
-def io_allocate_mdl(ex: Kernel, call: ExportCall) -> int:
+def io_allocate_mdl(ex: IoSystem, call: ExportCall) -> int:
     """PMDL IoAllocateMdl(VirtualAddress, Length, SecondaryBuffer, ChargeQuota, Irp): an MDL
     for the buffer in NonPagedPoolNx, its frame numbers not yet filled in (emu.nt.io's
     allocate_mdl); NULL if it cannot be had. ChargeQuota charges nothing here (but, as on
@@ -74,7 +74,7 @@ def io_allocate_mdl(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("IoFreeMdl", dll="ntoskrnl.exe")
-def io_free_mdl(ex: Kernel, call: ExportCall) -> int:
+def io_free_mdl(ex: IoSystem, call: ExportCall) -> int:
     """VOID IoFreeMdl(PMDL Mdl): the MDL's memory goes back (the driver has unlocked and
     unmapped it first); an MDL freed twice is bug check 0xC2 (7, ...), as a pool block."""
     try:

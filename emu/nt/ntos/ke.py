@@ -24,7 +24,7 @@ from emu.nt.process import ProcessState
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import KeServices
     from emu.nt.process import Process
 
 NTOSKRNL = "ntoskrnl.exe"
@@ -37,7 +37,7 @@ NTOSKRNL = "ntoskrnl.exe"
 SPIN_LOCK_HELD = 1               # bit 0 of the KSPIN_LOCK, as KxAcquireSpinLock sets it
 
 
-def set_irql(ex: Kernel, new: int) -> None:
+def set_irql(ex: KeServices, new: int) -> None:
     """Write CR8, then deliver what a lower IRQL unmasks (interrupts above it; below
     DISPATCH_LEVEL, the DPC queue), as the software interrupts would on Windows."""
     old = ex.irql
@@ -46,7 +46,7 @@ def set_irql(ex: Kernel, new: int) -> None:
         kintr.dispatch(ex, ex.current_thread, here=True)
 
 
-def _raise(ex: Kernel, call: ExportCall, new: int, routine: str) -> int:
+def _raise(ex: KeServices, call: ExportCall, new: int, routine: str) -> int:
     """KfRaiseIrql's rule: the old IRQL; a new one below it is bug check 0x9
     IRQL_NOT_GREATER_OR_EQUAL (the IRQL asked for, the current one)."""
     old = ex.irql
@@ -58,7 +58,7 @@ def _raise(ex: Kernel, call: ExportCall, new: int, routine: str) -> int:
 
 
 @export("KeLowerIrql", dll="ntoskrnl.exe")
-def ke_lower_irql(ex: Kernel, call: ExportCall) -> int:
+def ke_lower_irql(ex: KeServices, call: ExportCall) -> int:
     """VOID KeLowerIrql(KIRQL NewIrql): CR8 = NewIrql, as wdm.h's x64 inline (__writecr8)
     does: no check (a NewIrql above the current IRQL raises it, as that inline would),
     then what the lower IRQL unmasks runs (a pending DPC below DISPATCH_LEVEL)."""
@@ -70,12 +70,12 @@ def ke_lower_irql(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeRaiseIrqlToDpcLevel", dll="ntoskrnl.exe")
-def ke_raise_irql_to_dpc_level(ex: Kernel, call: ExportCall) -> int:
+def ke_raise_irql_to_dpc_level(ex: KeServices, call: ExportCall) -> int:
     """KIRQL KeRaiseIrqlToDpcLevel(VOID): KfRaiseIrql(DISPATCH_LEVEL)."""
     return _raise(ex, call, kintr.DISPATCH_LEVEL, "KeRaiseIrqlToDpcLevel")
 
 
-def _acquire(ex: Kernel, call: ExportCall, lock: int) -> None:
+def _acquire(ex: KeServices, call: ExportCall, lock: int) -> None:
     """Take the KSPIN_LOCK: on this one processor a held lock would spin forever; Windows'
     checked kernel stops with SPIN_LOCK_ALREADY_OWNED (0xF), and so does this one."""
     if ex.kernel_read_u64(lock) & SPIN_LOCK_HELD:
@@ -85,7 +85,7 @@ def _acquire(ex: Kernel, call: ExportCall, lock: int) -> None:
     ex.kernel_write(lock, SPIN_LOCK_HELD.to_bytes(8, "little"))
 
 
-def _release(ex: Kernel, call: ExportCall, lock: int) -> None:
+def _release(ex: KeServices, call: ExportCall, lock: int) -> None:
     """Free the KSPIN_LOCK; one not held is SPIN_LOCK_NOT_OWNED (0x10)."""
     if not ex.kernel_read_u64(lock) & SPIN_LOCK_HELD:
         raise BugCheck(BugCheckCode.SPIN_LOCK_NOT_OWNED, (lock, 0, 0, 0),
@@ -94,7 +94,7 @@ def _release(ex: Kernel, call: ExportCall, lock: int) -> None:
 
 
 @export("KeAcquireSpinLockRaiseToDpc", dll="ntoskrnl.exe")
-def ke_acquire_spin_lock_raise_to_dpc(ex: Kernel, call: ExportCall) -> int:
+def ke_acquire_spin_lock_raise_to_dpc(ex: KeServices, call: ExportCall) -> int:
     """KIRQL KeAcquireSpinLockRaiseToDpc(PKSPIN_LOCK SpinLock) (wdm.h's KeAcquireSpinLock on
     x64): raise to DISPATCH_LEVEL, take the lock, return the old IRQL."""
     old = _raise(ex, call, kintr.DISPATCH_LEVEL, "KeAcquireSpinLock")
@@ -103,7 +103,7 @@ def ke_acquire_spin_lock_raise_to_dpc(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeReleaseSpinLock", dll="ntoskrnl.exe")
-def ke_release_spin_lock(ex: Kernel, call: ExportCall) -> int:
+def ke_release_spin_lock(ex: KeServices, call: ExportCall) -> int:
     """VOID KeReleaseSpinLock(PKSPIN_LOCK SpinLock, KIRQL NewIrql): free the lock, lower the
     IRQL to NewIrql (what that unmasks runs then)."""
     _release(ex, call, call.arg(0))
@@ -112,7 +112,7 @@ def ke_release_spin_lock(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeAcquireSpinLockAtDpcLevel", dll="ntoskrnl.exe")
-def ke_acquire_spin_lock_at_dpc_level(ex: Kernel, call: ExportCall) -> int:
+def ke_acquire_spin_lock_at_dpc_level(ex: KeServices, call: ExportCall) -> int:
     """VOID KeAcquireSpinLockAtDpcLevel(PKSPIN_LOCK SpinLock): take the lock, IRQL as it is
     (the caller is at DISPATCH_LEVEL or above)."""
     _acquire(ex, call, call.arg(0))
@@ -120,14 +120,14 @@ def ke_acquire_spin_lock_at_dpc_level(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeReleaseSpinLockFromDpcLevel", dll="ntoskrnl.exe")
-def ke_release_spin_lock_from_dpc_level(ex: Kernel, call: ExportCall) -> int:
+def ke_release_spin_lock_from_dpc_level(ex: KeServices, call: ExportCall) -> int:
     """VOID KeReleaseSpinLockFromDpcLevel(PKSPIN_LOCK SpinLock): free it, IRQL as it is."""
     _release(ex, call, call.arg(0))
     return 0
 
 
 @export("KeInitializeDpc", dll="ntoskrnl.exe")
-def ke_initialize_dpc(ex: Kernel, call: ExportCall) -> int:
+def ke_initialize_dpc(ex: KeServices, call: ExportCall) -> int:
     """VOID KeInitializeDpc(PRKDPC Dpc, PKDEFERRED_ROUTINE DeferredRoutine, PVOID
     DeferredContext): the KDPC in the caller's memory (emu.nt.kintr.initialize_dpc)."""
     kintr.initialize_dpc(ex, call.arg(0), call.arg(1), call.arg(2))
@@ -135,20 +135,20 @@ def ke_initialize_dpc(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeInsertQueueDpc", dll="ntoskrnl.exe")
-def ke_insert_queue_dpc(ex: Kernel, call: ExportCall) -> int:
+def ke_insert_queue_dpc(ex: KeServices, call: ExportCall) -> int:
     """BOOLEAN KeInsertQueueDpc(PRKDPC Dpc, PVOID SystemArgument1, PVOID SystemArgument2):
     FALSE if it is queued already (emu.nt.kintr.insert_queue_dpc)."""
     return int(kintr.insert_queue_dpc(ex, call.arg(0), call.arg(1), call.arg(2)))
 
 
 @export("KeRemoveQueueDpc", dll="ntoskrnl.exe")
-def ke_remove_queue_dpc(ex: Kernel, call: ExportCall) -> int:
+def ke_remove_queue_dpc(ex: KeServices, call: ExportCall) -> int:
     """BOOLEAN KeRemoveQueueDpc(PRKDPC Dpc): TRUE if it was queued (and is no more)."""
     return int(kintr.remove_queue_dpc(ex, call.arg(0)))
 
 
 @export("IoDisconnectInterrupt", dll="ntoskrnl.exe")
-def io_disconnect_interrupt(ex: Kernel, call: ExportCall) -> int:
+def io_disconnect_interrupt(ex: KeServices, call: ExportCall) -> int:
     """VOID IoDisconnectInterrupt(PKINTERRUPT InterruptObject): the ISR is called no more
     (a pending interrupt of its line is dropped) and the KINTERRUPT is freed; an object
     IoConnectInterrupt did not return is left alone."""
@@ -189,22 +189,22 @@ _TYPE, _SIZE, _SIGNAL_STATE = (wdm.DISPATCHER_HEADER[f] for f in ("Type", "Size"
 _WAIT_LIST = wdm.DISPATCHER_HEADER["WaitListHead"]
 
 
-def _signal_state(ex: Kernel, obj: int) -> int:
+def _signal_state(ex: KeServices, obj: int) -> int:
     """Header.SignalState of a dispatcher object (a LONG)."""
     return struct.unpack("<i", rtl.read(ex, obj + _SIGNAL_STATE, 4))[0]
 
 
-def _set_signal_state(ex: Kernel, obj: int, state: int) -> None:
+def _set_signal_state(ex: KeServices, obj: int, state: int) -> None:
     rtl.write(ex, obj + _SIGNAL_STATE, struct.pack("<i", state))
 
 
-def _signalled(ex: Kernel, obj: int) -> bool:
+def _signalled(ex: KeServices, obj: int) -> bool:
     """Whether a wait on ``obj`` is satisfied now: SignalState > 0 (KiWaitSatisfy's rule for
     events and for any object whose header says it is signalled)."""
     return _signal_state(ex, obj) > 0
 
 
-def _satisfy(ex: Kernel, obj: int) -> None:
+def _satisfy(ex: KeServices, obj: int) -> None:
     """Satisfying a wait has the object's side effect: a synchronization event resets
     ("an auto-reset event": KeInitializeEvent); a notification event stays signalled. Other
     dispatcher objects are only read (no mutex or semaphore is acquired here)."""
@@ -212,7 +212,7 @@ def _satisfy(ex: Kernel, obj: int) -> None:
         _set_signal_state(ex, obj, 0)
 
 
-def _timeout(ex: Kernel, pointer: int) -> int | None:
+def _timeout(ex: KeServices, pointer: int) -> int | None:
     """A PLARGE_INTEGER timeout as instructions of the clock from now: None for NULL
     (forever); a negative value is relative, in 100 ns units; a positive one an absolute
     system time (100 ns units since 1601, KeQuerySystemTime's), 0 if it has passed."""
@@ -224,7 +224,7 @@ def _timeout(ex: Kernel, pointer: int) -> int | None:
     return max(0, value - system_time(ex))
 
 
-def _no_switch_at_dispatch(ex: Kernel, call: ExportCall, what: str) -> None:
+def _no_switch_at_dispatch(ex: KeServices, call: ExportCall, what: str) -> None:
     """A wait that must block at DISPATCH_LEVEL or above: the dispatcher cannot switch threads
     there. Windows stops with ATTEMPTED_SWITCH_FROM_DPC (0xB8: original thread, new thread,
     the original thread's stack, 0); there is no thread object here (0), and the stack is
@@ -237,12 +237,12 @@ def _no_switch_at_dispatch(ex: Kernel, call: ExportCall, what: str) -> None:
                        "DISPATCH_LEVEL or above")
 
 
-def _advance_clock(ex: Kernel, to: int) -> None:
+def _advance_clock(ex: KeServices, to: int) -> None:
     """The machine idles until ``to``: its clock jumps there, as when every thread waits."""
     ex.scheduler.idle_skipped += max(0, to - ex.clock)
 
 
-def _wait(ex: Kernel, call: ExportCall, done: Callable[[], bool],
+def _wait(ex: KeServices, call: ExportCall, done: Callable[[], bool],
           ticks: int | None) -> bool:
     """Wait until ``done()`` or ``ticks`` instructions of the clock have passed (None:
     forever), the hardware going on meanwhile (see the heading above). True when satisfied,
@@ -274,11 +274,11 @@ class _Waiter:
     handed: int | None = None
 
 
-def _waiters(ex: Kernel) -> list[_Waiter]:
+def _waiters(ex: KeServices) -> list[_Waiter]:
     return ex.__dict__.setdefault("waiters", [])
 
 
-def _ready(ex: Kernel, waiter: _Waiter) -> int | None:
+def _ready(ex: KeServices, waiter: _Waiter) -> int | None:
     """The status the wait ends with if it can end now (WaitAny: the index of the first
     signalled object, STATUS_WAIT_0 + i; WaitAll: STATUS_SUCCESS), else None."""
     if waiter.handed is not None:
@@ -289,7 +289,7 @@ def _ready(ex: Kernel, waiter: _Waiter) -> int | None:
     return NTSTATUS.STATUS_SUCCESS if all(states) else None
 
 
-def _wait_for(ex: Kernel, call: ExportCall, objects: list[int], wait_any: bool,
+def _wait_for(ex: KeServices, call: ExportCall, objects: list[int], wait_any: bool,
               ticks: int | None, what: str) -> int:
     """KeWaitForSingleObject/KeWaitForMultipleObjects: the status; the objects that satisfy
     the wait acquired (WaitAny: the one; WaitAll: all, once all are signalled together)."""
@@ -313,7 +313,7 @@ def _wait_for(ex: Kernel, call: ExportCall, objects: list[int], wait_any: bool,
 
 
 @export("KeInitializeEvent", dll=NTOSKRNL)
-def ke_initialize_event(ex: Kernel, call: ExportCall) -> int:
+def ke_initialize_event(ex: KeServices, call: ExportCall) -> int:
     """VOID KeInitializeEvent(PRKEVENT Event, EVENT_TYPE Type, BOOLEAN State): the header as
     Windows writes it: Type (NotificationEvent 0, SynchronizationEvent 1), Size in LONGs
     (sizeof(KEVENT) / 4 = 6), SignalState = State, an empty WaitListHead (pointing at
@@ -329,7 +329,7 @@ def ke_initialize_event(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeSetEvent", dll=NTOSKRNL)
-def ke_set_event(ex: Kernel, call: ExportCall) -> int:
+def ke_set_event(ex: KeServices, call: ExportCall) -> int:
     """LONG KeSetEvent(PRKEVENT Event, KPRIORITY Increment, BOOLEAN Wait): signal it; the
     previous SignalState is returned. A synchronization event that a driver is waiting on
     goes to that waiter instead and stays not signalled (KiUnwaitThread: one waiter takes
@@ -346,7 +346,7 @@ def ke_set_event(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeResetEvent", dll=NTOSKRNL)
-def ke_reset_event(ex: Kernel, call: ExportCall) -> int:
+def ke_reset_event(ex: KeServices, call: ExportCall) -> int:
     """LONG KeResetEvent(PRKEVENT Event): not signalled; the previous SignalState is
     returned."""
     previous = _signal_state(ex, call.arg(0))
@@ -355,20 +355,20 @@ def ke_reset_event(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeClearEvent", dll=NTOSKRNL)
-def ke_clear_event(ex: Kernel, call: ExportCall) -> int:
+def ke_clear_event(ex: KeServices, call: ExportCall) -> int:
     """VOID KeClearEvent(PRKEVENT Event): not signalled."""
     _set_signal_state(ex, call.arg(0), 0)
     return 0
 
 
 @export("KeReadStateEvent", dll=NTOSKRNL)
-def ke_read_state_event(ex: Kernel, call: ExportCall) -> int:
+def ke_read_state_event(ex: KeServices, call: ExportCall) -> int:
     """LONG KeReadStateEvent(PRKEVENT Event): its SignalState."""
     return _signal_state(ex, call.arg(0)) & 0xFFFF_FFFF
 
 
 @export("KeWaitForSingleObject", dll=NTOSKRNL)
-def ke_wait_for_single_object(ex: Kernel, call: ExportCall) -> int:
+def ke_wait_for_single_object(ex: KeServices, call: ExportCall) -> int:
     """NTSTATUS KeWaitForSingleObject(Object, WaitReason, WaitMode, Alertable, Timeout):
     STATUS_SUCCESS once the object is signalled (a synchronization event resets as it
     satisfies the wait), STATUS_TIMEOUT when the timeout passes first (at once for a zero
@@ -378,7 +378,7 @@ def ke_wait_for_single_object(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeWaitForMultipleObjects", dll=NTOSKRNL)
-def ke_wait_for_multiple_objects(ex: Kernel, call: ExportCall) -> int:
+def ke_wait_for_multiple_objects(ex: KeServices, call: ExportCall) -> int:
     """NTSTATUS KeWaitForMultipleObjects(Count, Object[], WaitType, WaitReason, WaitMode,
     Alertable, Timeout, WaitBlockArray): WaitAny returns STATUS_WAIT_0 + the index of the
     first signalled object (only it is acquired); WaitAll STATUS_SUCCESS once all are
@@ -397,7 +397,7 @@ def ke_wait_for_multiple_objects(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeDelayExecutionThread", dll=NTOSKRNL)
-def ke_delay_execution_thread(ex: Kernel, call: ExportCall) -> int:
+def ke_delay_execution_thread(ex: KeServices, call: ExportCall) -> int:
     """NTSTATUS KeDelayExecutionThread(WaitMode, Alertable, Interval): STATUS_SUCCESS once the
     interval (negative: relative, 100 ns units; positive: an absolute system time) has
     passed on the machine's clock, device interrupts taken meanwhile."""
@@ -423,11 +423,11 @@ _APC_PROCESS = wdm.KAPC_STATE["Process"]
 ATTACHED_TO_ITSELF = 1          # ApcState->Process when the thread was in the process already
 
 
-def _attachments(ex: Kernel) -> dict:
+def _attachments(ex: KeServices) -> dict:
     return ex.__dict__.setdefault("attachments", {})
 
 
-def _attached(ex: Kernel) -> Process | None:
+def _attached(ex: KeServices) -> Process | None:
     """The process the current thread is attached to, or None."""
     table = _attachments(ex)
     proc = table.get(ex.current_thread)
@@ -437,12 +437,12 @@ def _attached(ex: Kernel) -> Process | None:
     return proc
 
 
-def _home_space(ex: Kernel):
+def _home_space(ex: KeServices):
     return ex.current_thread.process.space if ex.current_thread else ex.mm.system
 
 
 @export("KeStackAttachProcess", dll=NTOSKRNL)
-def ke_stack_attach_process(ex: Kernel, call: ExportCall) -> int:
+def ke_stack_attach_process(ex: KeServices, call: ExportCall) -> int:
     """VOID KeStackAttachProcess(PRKPROCESS Process, PRKAPC_STATE ApcState): into Process's
     address space. ApcState gets what a detach restores: Process NULL (the thread was in
     its own process), the process it was attached to (a nested attach), or 1 when it is in
@@ -474,7 +474,7 @@ def ke_stack_attach_process(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeUnstackDetachProcess", dll=NTOSKRNL)
-def ke_unstack_detach_process(ex: Kernel, call: ExportCall) -> int:
+def ke_unstack_detach_process(ex: KeServices, call: ExportCall) -> int:
     """VOID KeUnstackDetachProcess(PRKAPC_STATE ApcState): back to what ApcState saved: the
     process attached to before, or the thread's own address space. Detaching a thread that
     is not attached (an ApcState used twice, or out of order) is bug check 0x6
@@ -501,14 +501,14 @@ def ke_unstack_detach_process(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeQueryTimeIncrement", dll=NTOSKRNL)
-def ke_query_time_increment(ex: Kernel, call: ExportCall) -> int:
+def ke_query_time_increment(ex: KeServices, call: ExportCall) -> int:
     """ULONG KeQueryTimeIncrement(void): 100 ns units added to the interrupt time at each
     clock tick (156250: 15.625 ms, Windows' default)."""
     return TIME_INCREMENT
 
 
 @export("KeQueryPerformanceCounter", dll="hal.dll")
-def ke_query_performance_counter(ex: Kernel, call: ExportCall) -> int:
+def ke_query_performance_counter(ex: KeServices, call: ExportCall) -> int:
     """LARGE_INTEGER KeQueryPerformanceCounter(PLARGE_INTEGER PerformanceFrequency): the
     clock in counts of PERFORMANCE_FREQUENCY (10 MHz, Windows 10's usual: one count per
     instruction, 100 ns), and the frequency stored at PerformanceFrequency unless NULL.

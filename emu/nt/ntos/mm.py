@@ -26,7 +26,7 @@ from emu.nt.ntos.ps import eprocess_of
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import IoSystem
 
 KERNEL_MODE, USER_MODE = 0, 1                  # KPROCESSOR_MODE
 IO_READ_ACCESS, IO_WRITE_ACCESS, IO_MODIFY_ACCESS = 0, 1, 2      # LOCK_OPERATION
@@ -34,7 +34,7 @@ HIGH_PAGE_PRIORITY = 32                        # MM_PAGE_PRIORITY
 
 
 @export("MmGetSystemRoutineAddress", dll="ntoskrnl.exe")
-def mm_get_system_routine_address(ex: Kernel, call: ExportCall) -> int:
+def mm_get_system_routine_address(ex: IoSystem, call: ExportCall) -> int:
     """PVOID MmGetSystemRoutineAddress(PUNICODE_STRING SystemRoutineName): the address of the
     routine of that name that ntoskrnl.exe or hal.dll exports to PE drivers, or NULL (how a
     driver finds a routine newer than the Windows it may run on, such as ExAllocatePool2).
@@ -48,7 +48,7 @@ def mm_get_system_routine_address(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("MmBuildMdlForNonPagedPool", dll="ntoskrnl.exe")
-def mm_build_mdl_for_non_paged_pool(ex: Kernel, call: ExportCall) -> int:
+def mm_build_mdl_for_non_paged_pool(ex: IoSystem, call: ExportCall) -> int:
     """VOID MmBuildMdlForNonPagedPool(PMDL MemoryDescriptorList): the frame numbers of a
     nonpaged buffer, MDL_SOURCE_IS_NONPAGED_POOL, MappedSystemVa = the buffer."""
     ex.io.build_for_nonpaged_pool(call.arg(0))
@@ -56,7 +56,7 @@ def mm_build_mdl_for_non_paged_pool(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("MmProbeAndLockPages", dll="ntoskrnl.exe")
-def mm_probe_and_lock_pages(ex: Kernel, call: ExportCall) -> int:
+def mm_probe_and_lock_pages(ex: IoSystem, call: ExportCall) -> int:
     """VOID MmProbeAndLockPages(MemoryDescriptorList, AccessMode, Operation): the buffer's
     pages made resident, checked for the access and locked (emu.nt.io's lock_pages). A
     range a UserMode caller may not reach, or a page it may not access so, raises
@@ -78,7 +78,7 @@ def mm_probe_and_lock_pages(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("MmUnlockPages", dll="ntoskrnl.exe")
-def mm_unlock_pages(ex: Kernel, call: ExportCall) -> int:
+def mm_unlock_pages(ex: IoSystem, call: ExportCall) -> int:
     """VOID MmUnlockPages(PMDL MemoryDescriptorList): unmap its system view if it has one,
     then unlock its pages (a page not locked: bug check 0x4E, 7)."""
     with _at_call_site(ex, call):
@@ -87,7 +87,7 @@ def mm_unlock_pages(ex: Kernel, call: ExportCall) -> int:
 
 
 @contextlib.contextmanager
-def _at_call_site(ex: Kernel, call: ExportCall) -> Iterator[None]:
+def _at_call_site(ex: IoSystem, call: ExportCall) -> Iterator[None]:
     """A bug check the I/O manager raises inside a routine names the driver's call."""
     try:
         yield
@@ -97,7 +97,7 @@ def _at_call_site(ex: Kernel, call: ExportCall) -> Iterator[None]:
         raise
 
 
-def _map(ex: Kernel, call: ExportCall, mdl: int, mode: int, bugcheck_on_failure: bool,
+def _map(ex: IoSystem, call: ExportCall, mdl: int, mode: int, bugcheck_on_failure: bool,
          priority: int) -> int:
     if mode & 0xFF == USER_MODE:
         # Not done here: a user view of the frames. Windows raises when it cannot map
@@ -115,7 +115,7 @@ def _map(ex: Kernel, call: ExportCall, mdl: int, mode: int, bugcheck_on_failure:
 
 
 @export("MmMapLockedPagesSpecifyCache", dll="ntoskrnl.exe")
-def mm_map_locked_pages_specify_cache(ex: Kernel, call: ExportCall) -> int:
+def mm_map_locked_pages_specify_cache(ex: IoSystem, call: ExportCall) -> int:
     """PVOID MmMapLockedPagesSpecifyCache(Mdl, AccessMode, CacheType, RequestedAddress,
     BugCheckOnFailure, Priority): KernelMode maps the MDL's frames in system space (NX with
     MdlMappingNoExecute in Priority, read-only with MdlMappingNoWrite; CacheType and
@@ -127,21 +127,21 @@ def mm_map_locked_pages_specify_cache(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("MmMapLockedPages", dll="ntoskrnl.exe")
-def mm_map_locked_pages(ex: Kernel, call: ExportCall) -> int:
+def mm_map_locked_pages(ex: IoSystem, call: ExportCall) -> int:
     """PVOID MmMapLockedPages(Mdl, AccessMode): MmMapLockedPagesSpecifyCache(Mdl, AccessMode,
     MmCached, NULL, TRUE, HighPagePriority): a failure is a bug check."""
     return _map(ex, call, call.arg(0), call.arg(1), True, HIGH_PAGE_PRIORITY)
 
 
 @export("MmUnmapLockedPages", dll="ntoskrnl.exe")
-def mm_unmap_locked_pages(ex: Kernel, call: ExportCall) -> int:
+def mm_unmap_locked_pages(ex: IoSystem, call: ExportCall) -> int:
     """VOID MmUnmapLockedPages(BaseAddress, Mdl): the system view at BaseAddress goes."""
     with _at_call_site(ex, call):
         ex.io.unmap_locked_pages(call.arg(0), call.arg(1))
     return 0
 
 
-def _translate(ex: Kernel, va: int) -> int | None:
+def _translate(ex: IoSystem, va: int) -> int | None:
     """The physical address ``va`` reaches now in the current address space (as ring 0
     reads it, no page brought in), or None if a read there would fault."""
     try:
@@ -152,14 +152,14 @@ def _translate(ex: Kernel, va: int) -> int | None:
 
 
 @export("MmIsAddressValid", dll="ntoskrnl.exe")
-def mm_is_address_valid(ex: Kernel, call: ExportCall) -> int:
+def mm_is_address_valid(ex: IoSystem, call: ExportCall) -> int:
     """BOOLEAN MmIsAddressValid(VirtualAddress): TRUE if a read at it would not page-fault
     now (a page in the pagefile or on a transition list is not valid: it would fault)."""
     return int(_translate(ex, call.arg(0)) is not None)
 
 
 @export("MmGetPhysicalAddress", dll="ntoskrnl.exe")
-def mm_get_physical_address(ex: Kernel, call: ExportCall) -> int:
+def mm_get_physical_address(ex: IoSystem, call: ExportCall) -> int:
     """PHYSICAL_ADDRESS MmGetPhysicalAddress(BaseAddress): the physical address it maps to
     now (returned in RAX, a LARGE_INTEGER), 0 if it is not valid."""
     pa = _translate(ex, call.arg(0))

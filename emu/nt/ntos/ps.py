@@ -23,7 +23,7 @@ from emu.nt.process import ProcessState
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import PsServices
     from emu.nt.process import Process, Thread
 
 NTOSKRNL = "ntoskrnl.exe"
@@ -33,7 +33,7 @@ REFERENCE_BY_POINTER = BugCheckCode.REFERENCE_BY_POINTER
 
 
 @export("PsLookupProcessByProcessId", dll=NTOSKRNL)
-def ps_lookup_process_by_process_id(ex: Kernel, call: ExportCall) -> int:
+def ps_lookup_process_by_process_id(ex: PsServices, call: ExportCall) -> int:
     """NTSTATUS PsLookupProcessByProcessId(HANDLE ProcessId, PEPROCESS *Process): the
     process's object (emu.nt.eprocess), referenced: the caller releases it with
     ObDereferenceObject. STATUS_INVALID_PARAMETER when no live process has that id (one
@@ -53,7 +53,7 @@ def ps_lookup_process_by_process_id(ex: Kernel, call: ExportCall) -> int:
     return NTSTATUS.STATUS_SUCCESS
 
 
-def _dereference(ex: Kernel, call: ExportCall) -> int:
+def _dereference(ex: PsServices, call: ExportCall) -> int:
     """Release one reference a lookup took; the references left (LONG_PTR). Releasing a
     process object the driver holds no reference to is bug check 0x18
     REFERENCE_BY_POINTER (object type, object, 0, 0; no OBJECT_TYPE here: 0): Windows stops
@@ -72,21 +72,21 @@ def _dereference(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("ObfDereferenceObject", dll=NTOSKRNL)
-def obf_dereference_object(ex: Kernel, call: ExportCall) -> int:
+def obf_dereference_object(ex: PsServices, call: ExportCall) -> int:
     """LONG_PTR FASTCALL ObfDereferenceObject(PVOID Object): what wdm.h's
     ObDereferenceObject macro calls."""
     return _dereference(ex, call)
 
 
 @export("ObDereferenceObject", dll=NTOSKRNL)
-def ob_dereference_object(ex: Kernel, call: ExportCall) -> int:
+def ob_dereference_object(ex: PsServices, call: ExportCall) -> int:
     """LONG_PTR ObDereferenceObject(PVOID Object): the same routine, by its other name."""
     return _dereference(ex, call)
 
 
 # -- the objects, as the routines below and the Io/Mm routines hand them out ----------------
 
-def eprocess_of(ex: Kernel, proc: Process | None) -> int:
+def eprocess_of(ex: PsServices, proc: Process | None) -> int:
     """The EPROCESS of ``proc`` (None: the System process), or 0 (NULL) when there is no
     RAM for it (Windows made it with the process): the next call tries again."""
     try:
@@ -95,7 +95,7 @@ def eprocess_of(ex: Kernel, proc: Process | None) -> int:
         return 0
 
 
-def ethread(ex: Kernel, thread: Thread) -> int:
+def ethread(ex: PsServices, thread: Thread) -> int:
     """The ETHREAD of ``thread``, or 0 (NULL) when there is no RAM for it."""
     try:
         return eprocess.thread_of(ex, thread)
@@ -103,26 +103,26 @@ def ethread(ex: Kernel, thread: Thread) -> int:
         return 0
 
 
-def process_at(ex: Kernel, address: int) -> tuple[bool, Process | None]:
+def process_at(ex: PsServices, address: int) -> tuple[bool, Process | None]:
     """(whether ``address`` is an EPROCESS made here, its process: None for System)."""
     return eprocess.is_process_object(ex, address), eprocess.process_at(ex, address)
 
 
-def current_eprocess(ex: Kernel) -> int:
+def current_eprocess(ex: PsServices) -> int:
     """IoGetCurrentProcess: the EPROCESS whose address space is current (the interrupted
     process's in a DPC; System's in DriverEntry)."""
     return eprocess_of(ex, ex.current)
 
 
 @export("PsGetCurrentProcessId", dll="ntoskrnl.exe")
-def ps_get_current_process_id(ex: Kernel, call: ExportCall) -> int:
+def ps_get_current_process_id(ex: PsServices, call: ExportCall) -> int:
     """HANDLE PsGetCurrentProcessId(void): the current process's id; 4 (System) where no
     process's thread runs: DriverEntry, DriverUnload."""
     return process_id(ex.current)
 
 
 @export("PsGetCurrentThreadId", dll="ntoskrnl.exe")
-def ps_get_current_thread_id(ex: Kernel, call: ExportCall) -> int:
+def ps_get_current_thread_id(ex: PsServices, call: ExportCall) -> int:
     """HANDLE PsGetCurrentThreadId(void): the current thread's id (the interrupted thread's
     in a DPC), or the System thread's (8) in DriverEntry and DriverUnload."""
     thread = ex.current_thread
@@ -130,7 +130,7 @@ def ps_get_current_thread_id(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("PsGetProcessId", dll="ntoskrnl.exe")
-def ps_get_process_id(ex: Kernel, call: ExportCall) -> int:
+def ps_get_process_id(ex: PsServices, call: ExportCall) -> int:
     """HANDLE PsGetProcessId(PEPROCESS Process): the id stored in the object, read as
     Windows reads its field (so a pointer to no process reads whatever is there, and an
     unmapped one is bug check 0x50)."""
@@ -138,34 +138,34 @@ def ps_get_process_id(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("PsGetCurrentProcess", dll="ntoskrnl.exe")
-def ps_get_current_process(ex: Kernel, call: ExportCall) -> int:
+def ps_get_current_process(ex: PsServices, call: ExportCall) -> int:
     """PEPROCESS PsGetCurrentProcess(void): ntoskrnl's export of what wdm.h defines as
     IoGetCurrentProcess."""
     return current_eprocess(ex)
 
 
 @export("PsGetThreadId", dll="ntoskrnl.exe")
-def ps_get_thread_id(ex: Kernel, call: ExportCall) -> int:
+def ps_get_thread_id(ex: PsServices, call: ExportCall) -> int:
     """HANDLE PsGetThreadId(PETHREAD Thread): the id stored in the object (read as Windows
     reads its field)."""
     return ex.kernel_read_u64(call.arg(0) + ETHREAD_UNIQUE_THREAD_ID)
 
 
 @export("PsGetThreadProcessId", dll="ntoskrnl.exe")
-def ps_get_thread_process_id(ex: Kernel, call: ExportCall) -> int:
+def ps_get_thread_process_id(ex: PsServices, call: ExportCall) -> int:
     """HANDLE PsGetThreadProcessId(PETHREAD Thread): the id of the thread's process."""
     process = ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
     return ex.kernel_read_u64(process + EPROCESS_UNIQUE_PROCESS_ID)
 
 
 @export("PsGetThreadProcess", dll="ntoskrnl.exe")
-def ps_get_thread_process(ex: Kernel, call: ExportCall) -> int:
+def ps_get_thread_process(ex: PsServices, call: ExportCall) -> int:
     """PEPROCESS PsGetThreadProcess(PETHREAD Thread) (ntifs.h): the thread's process."""
     return ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)
 
 
 @export("PsIsSystemThread", dll="ntoskrnl.exe")
-def ps_is_system_thread(ex: Kernel, call: ExportCall) -> int:
+def ps_is_system_thread(ex: PsServices, call: ExportCall) -> int:
     """BOOLEAN PsIsSystemThread(PETHREAD Thread) (ntifs.h): whether the thread belongs to the
     System process (an app's thread, the requestor of an IRP, does not)."""
     process = ex.kernel_read_u64(call.arg(0) + ETHREAD_PROCESS)

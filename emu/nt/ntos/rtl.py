@@ -24,7 +24,7 @@ from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.status import NTSTATUS
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ExSupport
 
 NTOSKRNL = "ntoskrnl.exe"
 MAX_USTRING = 0xFFFE            # a UNICODE_STRING's Length is a USHORT of bytes
@@ -37,7 +37,7 @@ STATUS_INVALID_PARAMETER_2 = 0xC000_00F0
 
 # -- the caller's memory, as ring-0 code in nt touches it ---------------------------------
 
-def _physical(ex: Kernel, va: int, access: str) -> int:
+def _physical(ex: ExSupport, va: int, access: str) -> int:
     """The physical address of ``va`` for a ring-0 ``access``; a fault is the bug check the
     CPU's page fault at this export's RIP would give (see the module docstring)."""
     va &= 0xFFFF_FFFF_FFFF_FFFF
@@ -54,7 +54,7 @@ def _physical(ex: Kernel, va: int, access: str) -> int:
     raise ex.bugcheck_for(exc, f"(in nt!{name_at(ex.cpu.rip) or 'Rtl'})")
 
 
-def read(ex: Kernel, va: int, n: int) -> bytes:
+def read(ex: ExSupport, va: int, n: int) -> bytes:
     """``n`` bytes at ``va``, read page by page in address order."""
     out = bytearray()
     while len(out) < n:
@@ -64,7 +64,7 @@ def read(ex: Kernel, va: int, n: int) -> bytes:
     return bytes(out)
 
 
-def write(ex: Kernel, va: int, data: bytes) -> None:
+def write(ex: ExSupport, va: int, data: bytes) -> None:
     """Store ``data`` at ``va``, page by page in address order."""
     done = 0
     while done < len(data):
@@ -97,7 +97,7 @@ def _chunks_back(va: int, n: int, *others: int):
         yield left, piece
 
 
-def copy(ex: Kernel, dest: int, source: int, n: int) -> None:
+def copy(ex: ExSupport, dest: int, source: int, n: int) -> None:
     """Copy ``n`` bytes as a forward loop does (memmove of overlapping ranges with dest above
     source goes backwards, as memmove must): a page is touched only when the copy reaches
     it, so the first bad page faults first, and no buffer of ``n`` bytes is ever held."""
@@ -107,13 +107,13 @@ def copy(ex: Kernel, dest: int, source: int, n: int) -> None:
         ex.mem.write(_physical(ex, dest + offset, "write"), data)
 
 
-def fill(ex: Kernel, dest: int, byte: int, n: int) -> None:
+def fill(ex: ExSupport, dest: int, byte: int, n: int) -> None:
     """Store ``n`` copies of ``byte`` from ``dest``, page by page."""
     for offset, piece in _chunks(dest, n):
         ex.mem.write(_physical(ex, dest + offset, "write"), bytes([byte]) * piece)
 
 
-def mismatch(ex: Kernel, a: int, b: int, n: int) -> int | None:
+def mismatch(ex: ExSupport, a: int, b: int, n: int) -> int | None:
     """The offset of the first byte that differs in two ranges of ``n`` bytes, or None:
     compared page by page, and nothing past the first difference is touched."""
     for offset, piece in _chunks(a, n, b):
@@ -124,7 +124,7 @@ def mismatch(ex: Kernel, a: int, b: int, n: int) -> int | None:
     return None
 
 
-def read_string(ex: Kernel, va: int, unit: int = 1, limit: int | None = None) -> bytes:
+def read_string(ex: ExSupport, va: int, unit: int = 1, limit: int | None = None) -> bytes:
     """A string of ``unit``-byte characters up to its NUL (excluded), or ``limit``
     characters: each page is touched only when the string reaches it."""
     out = bytearray()
@@ -141,17 +141,17 @@ def read_string(ex: Kernel, va: int, unit: int = 1, limit: int | None = None) ->
     return bytes(out)
 
 
-def _counted(ex: Kernel, address: int) -> tuple[int, int, int]:
+def _counted(ex: ExSupport, address: int) -> tuple[int, int, int]:
     """(Length, MaximumLength, Buffer) of a UNICODE_STRING or STRING."""
     length, maximum, _, buffer = struct.unpack("<HHIQ", read(ex, address, 16))
     return length, maximum, buffer
 
 
-def _set_counted(ex: Kernel, address: int, length: int, maximum: int, buffer: int) -> None:
+def _set_counted(ex: ExSupport, address: int, length: int, maximum: int, buffer: int) -> None:
     write(ex, address, struct.pack("<HH4xQ", length, maximum, buffer))
 
 
-def _set_length(ex: Kernel, address: int, length: int) -> None:
+def _set_length(ex: ExSupport, address: int, length: int) -> None:
     write(ex, address + wdm.UNICODE_STRING["Length"], struct.pack("<H", length))
 
 
@@ -171,14 +171,14 @@ def _compare(a: bytes | list[int], b: bytes | list[int]) -> int:
 # -- the C run-time routines ---------------------------------------------------------------
 
 @export("memcpy", dll=NTOSKRNL)
-def rtl_memcpy(ex: Kernel, call: ExportCall) -> int:
+def rtl_memcpy(ex: ExSupport, call: ExportCall) -> int:
     """void *memcpy(void *dest, const void *src, size_t count): dest."""
     copy(ex, call.arg(0), call.arg(1), call.arg(2))
     return call.arg(0)
 
 
 @export("memmove", dll=NTOSKRNL)
-def rtl_memmove(ex: Kernel, call: ExportCall) -> int:
+def rtl_memmove(ex: ExSupport, call: ExportCall) -> int:
     """void *memmove(void *dest, const void *src, size_t count): dest; overlapping ranges
     copy as if through a temporary buffer."""
     copy(ex, call.arg(0), call.arg(1), call.arg(2))
@@ -186,14 +186,14 @@ def rtl_memmove(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("memset", dll=NTOSKRNL)
-def rtl_memset(ex: Kernel, call: ExportCall) -> int:
+def rtl_memset(ex: ExSupport, call: ExportCall) -> int:
     """void *memset(void *dest, int c, size_t count): dest."""
     fill(ex, call.arg(0), call.arg(1) & 0xFF, call.arg(2))
     return call.arg(0)
 
 
 @export("memcmp", dll=NTOSKRNL)
-def rtl_memcmp(ex: Kernel, call: ExportCall) -> int:
+def rtl_memcmp(ex: ExSupport, call: ExportCall) -> int:
     """int memcmp(const void *buf1, const void *buf2, size_t count): -1, 0 or 1 by the
     first differing byte (unsigned)."""
     a, b = call.arg(0), call.arg(1)
@@ -204,25 +204,25 @@ def rtl_memcmp(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("strlen", dll=NTOSKRNL)
-def rtl_strlen(ex: Kernel, call: ExportCall) -> int:
+def rtl_strlen(ex: ExSupport, call: ExportCall) -> int:
     """size_t strlen(const char *str)."""
     return len(read_string(ex, call.arg(0)))
 
 
 @export("wcslen", dll=NTOSKRNL)
-def rtl_wcslen(ex: Kernel, call: ExportCall) -> int:
+def rtl_wcslen(ex: ExSupport, call: ExportCall) -> int:
     """size_t wcslen(const wchar_t *str): in characters."""
     return len(read_string(ex, call.arg(0), 2)) // 2
 
 
 @export("strcmp", dll=NTOSKRNL)
-def rtl_strcmp(ex: Kernel, call: ExportCall) -> int:
+def rtl_strcmp(ex: ExSupport, call: ExportCall) -> int:
     """int strcmp(const char *string1, const char *string2): -1, 0 or 1."""
     return _compare(read_string(ex, call.arg(0)), read_string(ex, call.arg(1)))
 
 
 @export("strncmp", dll=NTOSKRNL)
-def rtl_strncmp(ex: Kernel, call: ExportCall) -> int:
+def rtl_strncmp(ex: ExSupport, call: ExportCall) -> int:
     """int strncmp(const char *string1, const char *string2, size_t count): at most count
     characters compared."""
     n = call.arg(2)
@@ -234,7 +234,7 @@ def _wide(data: bytes) -> list[int]:
 
 
 @export("wcscmp", dll=NTOSKRNL)
-def rtl_wcscmp(ex: Kernel, call: ExportCall) -> int:
+def rtl_wcscmp(ex: ExSupport, call: ExportCall) -> int:
     """int wcscmp(const wchar_t *string1, const wchar_t *string2): -1, 0 or 1."""
     return _compare(_wide(read_string(ex, call.arg(0), 2)), _wide(read_string(ex, call.arg(1), 2)))
 
@@ -244,7 +244,7 @@ def _lower_ascii(data: bytes) -> bytes:
 
 
 @export("_stricmp", dll=NTOSKRNL)
-def rtl_stricmp(ex: Kernel, call: ExportCall) -> int:
+def rtl_stricmp(ex: ExSupport, call: ExportCall) -> int:
     """int _stricmp(const char *string1, const char *string2): compared as lowercase (the C
     locale: only A-Z fold)."""
     return _compare(_lower_ascii(read_string(ex, call.arg(0))),
@@ -261,21 +261,21 @@ def _fold(units: list[int], fold) -> list[int]:
 
 
 @export("_wcsicmp", dll=NTOSKRNL)
-def rtl_wcsicmp(ex: Kernel, call: ExportCall) -> int:
+def rtl_wcsicmp(ex: ExSupport, call: ExportCall) -> int:
     """int _wcsicmp(const wchar_t *string1, const wchar_t *string2): compared as lowercase."""
     return _compare(_fold(_wide(read_string(ex, call.arg(0), 2)), str.lower),
                     _fold(_wide(read_string(ex, call.arg(1), 2)), str.lower))
 
 
 @export("strcpy", dll=NTOSKRNL)
-def rtl_strcpy(ex: Kernel, call: ExportCall) -> int:
+def rtl_strcpy(ex: ExSupport, call: ExportCall) -> int:
     """char *strcpy(char *dest, const char *src): dest; the NUL copied too."""
     write(ex, call.arg(0), read_string(ex, call.arg(1)) + b"\0")
     return call.arg(0)
 
 
 @export("strncpy", dll=NTOSKRNL)
-def rtl_strncpy(ex: Kernel, call: ExportCall) -> int:
+def rtl_strncpy(ex: ExSupport, call: ExportCall) -> int:
     """char *strncpy(char *dest, const char *src, size_t count): dest; exactly count bytes
     written, NUL padded (no NUL when src has count characters or more)."""
     n = call.arg(2)
@@ -288,14 +288,14 @@ def rtl_strncpy(ex: Kernel, call: ExportCall) -> int:
 class _VaList:
     """The arguments a va_list points at: on x64 each one an 8-byte slot, in order."""
 
-    def __init__(self, ex: Kernel, pointer: int, first: int) -> None:
+    def __init__(self, ex: ExSupport, pointer: int, first: int) -> None:
         self.ex, self.pointer, self.first = ex, pointer, first
 
     def arg(self, i: int) -> int:
         return int.from_bytes(read(self.ex, self.pointer + 8 * (i - self.first), 8), "little")
 
 
-def _snprintf(ex: Kernel, buffer: int, count: int, fmt: int, args, first: int) -> int:
+def _snprintf(ex: ExSupport, buffer: int, count: int, fmt: int, args, first: int) -> int:
     """MSVC's _snprintf: at most ``count`` bytes stored; the length when it fits (a NUL
     added if there is room), -1 when the text is longer than ``count`` (no NUL)."""
     text = format_message(ex, read_string(ex, fmt), args, first)
@@ -304,14 +304,14 @@ def _snprintf(ex: Kernel, buffer: int, count: int, fmt: int, args, first: int) -
 
 
 @export("_snprintf", dll=NTOSKRNL)
-def rtl_snprintf(ex: Kernel, call: ExportCall) -> int:
+def rtl_snprintf(ex: ExSupport, call: ExportCall) -> int:
     """int _snprintf(char *buffer, size_t count, const char *format, ...): the formats of
     DbgPrint (at most 512 characters of output)."""
     return _snprintf(ex, call.arg(0), call.arg(1), call.arg(2), call, 3)
 
 
 @export("_vsnprintf", dll=NTOSKRNL)
-def rtl_vsnprintf(ex: Kernel, call: ExportCall) -> int:
+def rtl_vsnprintf(ex: ExSupport, call: ExportCall) -> int:
     """int _vsnprintf(char *buffer, size_t count, const char *format, va_list argptr): as
     _snprintf, the arguments from the va_list."""
     return _snprintf(ex, call.arg(0), call.arg(1), call.arg(2), _VaList(ex, call.arg(3), 0), 0)
@@ -320,14 +320,14 @@ def rtl_vsnprintf(ex: Kernel, call: ExportCall) -> int:
 # -- Rtl: memory and counted strings ---------------------------------------------------------
 
 @export("RtlCompareMemory", dll=NTOSKRNL)
-def rtl_compare_memory(ex: Kernel, call: ExportCall) -> int:
+def rtl_compare_memory(ex: ExSupport, call: ExportCall) -> int:
     """SIZE_T RtlCompareMemory(Source1, Source2, Length): how many bytes match before the
     first difference (Length if all do)."""
     at = mismatch(ex, call.arg(0), call.arg(1), call.arg(2))
     return call.arg(2) if at is None else at
 
 
-def _init_counted(ex: Kernel, call: ExportCall, unit: int, cap: int) -> int:
+def _init_counted(ex: ExSupport, call: ExportCall, unit: int, cap: int) -> int:
     """RtlInit*String: Length = the NUL-terminated text's bytes (at most ``cap``),
     MaximumLength = Length + the NUL, Buffer = Source; all 0 for a NULL Source."""
     source = call.arg(1)
@@ -337,25 +337,25 @@ def _init_counted(ex: Kernel, call: ExportCall, unit: int, cap: int) -> int:
 
 
 @export("RtlInitAnsiString", dll=NTOSKRNL)
-def rtl_init_ansi_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_init_ansi_string(ex: ExSupport, call: ExportCall) -> int:
     """VOID RtlInitAnsiString(PANSI_STRING DestinationString, PCSZ SourceString)."""
     return _init_counted(ex, call, 1, MAX_USTRING)
 
 
 @export("RtlInitString", dll=NTOSKRNL)
-def rtl_init_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_init_string(ex: ExSupport, call: ExportCall) -> int:
     """VOID RtlInitString(PSTRING DestinationString, PCSZ SourceString)."""
     return _init_counted(ex, call, 1, MAX_USTRING)
 
 
-def _text(ex: Kernel, address: int) -> list[int]:
+def _text(ex: ExSupport, address: int) -> list[int]:
     """A UNICODE_STRING's UTF-16 units."""
     length, _, buffer = _counted(ex, address)
     return _wide(read(ex, buffer, length & ~1))
 
 
 @export("RtlCopyUnicodeString", dll=NTOSKRNL)
-def rtl_copy_unicode_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_copy_unicode_string(ex: ExSupport, call: ExportCall) -> int:
     """VOID RtlCopyUnicodeString(Destination, Source): as much of Source as Destination's
     MaximumLength holds, NUL-terminated if there is room; a NULL Source makes Destination
     empty (Length 0)."""
@@ -371,7 +371,7 @@ def rtl_copy_unicode_string(ex: Kernel, call: ExportCall) -> int:
     return 0
 
 
-def _append(ex: Kernel, dest: int, data: bytes) -> int:
+def _append(ex: ExSupport, dest: int, data: bytes) -> int:
     """Append ``data`` (UTF-16) to Destination: STATUS_BUFFER_TOO_SMALL, Destination
     untouched, if it does not fit; NUL-terminated when there is room."""
     length, maximum, buffer = _counted(ex, dest)
@@ -384,7 +384,7 @@ def _append(ex: Kernel, dest: int, data: bytes) -> int:
 
 
 @export("RtlAppendUnicodeToString", dll=NTOSKRNL)
-def rtl_append_unicode_to_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_append_unicode_to_string(ex: ExSupport, call: ExportCall) -> int:
     """NTSTATUS RtlAppendUnicodeToString(Destination, PCWSTR Source): a NULL Source appends
     nothing."""
     if not call.arg(1):
@@ -393,7 +393,7 @@ def rtl_append_unicode_to_string(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("RtlAppendUnicodeStringToString", dll=NTOSKRNL)
-def rtl_append_unicode_string_to_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_append_unicode_string_to_string(ex: ExSupport, call: ExportCall) -> int:
     """NTSTATUS RtlAppendUnicodeStringToString(Destination, PCUNICODE_STRING Source)."""
     length, _, buffer = _counted(ex, call.arg(1))
     return _append(ex, call.arg(0), read(ex, buffer, length & ~1))
@@ -405,7 +405,7 @@ def _case_fold(units: list[int], insensitive: bool) -> list[int]:
 
 
 @export("RtlEqualUnicodeString", dll=NTOSKRNL)
-def rtl_equal_unicode_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_equal_unicode_string(ex: ExSupport, call: ExportCall) -> int:
     """BOOLEAN RtlEqualUnicodeString(String1, String2, CaseInSensitive): TRUE if equal."""
     insensitive = bool(call.arg(2) & 0xFF)
     return int(_case_fold(_text(ex, call.arg(0)), insensitive) ==
@@ -413,7 +413,7 @@ def rtl_equal_unicode_string(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("RtlCompareUnicodeString", dll=NTOSKRNL)
-def rtl_compare_unicode_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_compare_unicode_string(ex: ExSupport, call: ExportCall) -> int:
     """LONG RtlCompareUnicodeString(String1, String2, CaseInSensitive): the difference of the
     first differing characters, else of the Lengths (< 0, 0, > 0 as the reference says)."""
     insensitive = bool(call.arg(2) & 0xFF)
@@ -430,7 +430,7 @@ def _ansi_decode(data: bytes) -> str:
 
 
 @export("RtlAnsiStringToUnicodeString", dll=NTOSKRNL)
-def rtl_ansi_string_to_unicode_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_ansi_string_to_unicode_string(ex: ExSupport, call: ExportCall) -> int:
     """NTSTATUS RtlAnsiStringToUnicodeString(Destination, PCANSI_STRING Source,
     AllocateDestinationString): code page 1252 to UTF-16, always NUL-terminated. A result
     of more than 0xFFFE bytes with its NUL: STATUS_INVALID_PARAMETER_2. Allocating: a
@@ -458,7 +458,7 @@ def rtl_ansi_string_to_unicode_string(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("RtlFreeUnicodeString", dll=NTOSKRNL)
-def rtl_free_unicode_string(ex: Kernel, call: ExportCall) -> int:
+def rtl_free_unicode_string(ex: ExSupport, call: ExportCall) -> int:
     """VOID RtlFreeUnicodeString(UnicodeString): frees the Buffer an Rtl routine allocated
     (as ExFreePool: a pointer that is no pool block is bug check 0xC2) and zeroes the
     string."""
