@@ -101,10 +101,15 @@ class KeDispatcher(_Executive):
         before = self.cpu.instructions
         self._reschedule = False
         try:
-            with self._bug_checks_recorded():
-                result = self._switch_to(thread)
-                while not self._turn_over(thread, result):
-                    result = self._run_cpu()
+            # _bug_checks_recorded, inline: a context manager's generator costs a switch
+            # more than the rest of this frame.
+            result = self._switch_to(thread)
+            while not self._turn_over(thread, result):
+                result = self._run_cpu()
+        except BugCheck as bc:
+            if bc is not self.bugcheck:
+                self._fill_bugcheck(bc)
+            raise
         finally:
             spent = self.cpu.instructions - before
             thread.instructions += spent
@@ -172,7 +177,8 @@ class KeDispatcher(_Executive):
         """Load ``thread``'s context (or start it at ring 3) and run it."""
         self._set_rsp0(thread.kernel_stack_top)
         kuser.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
-        self.events.emit(Event.THREAD_DISPATCH, thread=thread)
+        if self.events.observers:
+            self.events.emit(Event.THREAD_DISPATCH, thread=thread)
         if thread.context is None:
             return self._enter_user(thread)
         cpu = self.cpu
@@ -243,6 +249,8 @@ class KeDispatcher(_Executive):
 
     def device_deadline(self) -> int | None:
         """The clock time at which the next device raises its line (None: no device busy)."""
+        if not self.cpu.devices:
+            return None
         times = [d.fire_at for d in self.cpu.devices if d.fire_at is not None]
         return min(times) if times else None
 
@@ -295,7 +303,7 @@ class KeDispatcher(_Executive):
     def _set_rsp0(self, top: int) -> None:
         """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""
         tss = self._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)
-        self.mem.write(tss + 4, struct.pack("<Q", top))
+        self.mem.write_u64(tss + 4, top)
 
     def _enter_user(self, thread: Thread) -> RunResult:
         """KiStartUserThread: iretq from the clean ring-0 state to the thread's start, CPL 3."""
