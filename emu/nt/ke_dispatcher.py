@@ -56,6 +56,12 @@ class KeDispatcher(_Executive):
     def run(self) -> None:
         """Start the drivers, then run threads until every process has ended; raises
         MachineStop or BugCheck."""
+        if self.count_always and self.pending_drivers:
+            # Whatever asks for counting (--max-insns, --trace, --events, the debugger)
+            # counts from the first instruction, DriverEntry's included, as the debugger
+            # always has: --max-insns N stops at the same instruction under `emu run` and
+            # `emu debug`, and the clock a driver reads moves the same way under both.
+            self.set_budget(self._kernel_budget())
         while self.pending_drivers:
             with self._bug_checks_recorded():
                 drivers.start(self, self.pending_drivers.pop(0))
