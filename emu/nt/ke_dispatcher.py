@@ -206,6 +206,8 @@ class KeDispatcher(_Executive):
 
     def _turn_over(self, thread: Thread, result: RunResult) -> bool:
         """Handle why the CPU stopped; True when this thread's turn is over."""
+        if result.reason is StopReason.BUDGET and self._quantum_renewed(thread):
+            return False
         if result.reason is StopReason.EXCEPTION:
             self._handle_exception(thread, result.exception)
             return thread.state is not ThreadState.RUNNING
@@ -249,6 +251,31 @@ class KeDispatcher(_Executive):
             if not self._reschedule:
                 return False                           # a stop nobody asked for: go on
             self.scheduler.make_ready(thread)
+        return True
+
+    def _quantum_renewed(self, thread: Thread) -> bool:
+        """KiQuantumEnd with no other thread ready: the thread keeps the CPU with a new
+        quantum, no dispatch (Windows Internals, 7th ed., ch. 4, "Quantum end"). True when
+        that is so here: nothing else ready, no timer or device due, no interrupt or DPC
+        pending, no stop asked for, and nobody watching each dispatch (an event log, the
+        debugger: for them every quantum is a turn of its own, as it always was). The
+        schedule is the one a full turn would give: the same thread, the same budgets."""
+        if (thread.state is not ThreadState.RUNNING or self.scheduler.ready
+                or thread.apc is not None or thread.resume_rax is not None
+                or self.debugger is not None or self.events.observers or self.interrupted
+                or self.pending_interrupts or self.dpc_queue
+                or self.device_deadline() is not None
+                or self.scheduler.next_deadline() is not None):
+            return False
+        if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
+            return False
+        budget = self._budget()
+        if budget is None or budget <= 0:
+            return False
+        # KUSER_SHARED_DATA's times move on as at a dispatch: in Windows the clock
+        # interrupt keeps them current whatever runs, and a guest can read them.
+        kuser.update_shared_data(self, self.shared_data_frame)
+        self.set_budget(budget)
         return True
 
     # -- interrupts and DPCs ----------------------------------------------------------------
