@@ -163,6 +163,9 @@ _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, 
 # argtypes, and the request code as uc.h's UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) builds it.
 _uc_ctl = ctypes.CDLL(_binding.uclib._name).uc_ctl
 _TLB_FLUSH = UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH
+# uc_reg_read(RIP) the same way, for the settling after every run (the binding's reg_read
+# picks a register class and builds a value: about 2 us against 0.4 us raw).
+_uc_reg_read = ctypes.CDLL(_binding.uclib._name).uc_reg_read
 # A budget this small (a debugger's step) runs per instruction from its start, over the
 # next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
 _SMALL_BUDGET = 16
@@ -307,6 +310,8 @@ class NativeHooks:
         instruction is counted."""
         lib = _library()
         self._uc = uc
+        self._rip_value = ctypes.c_uint64()
+        self._rip_ref = ctypes.byref(self._rip_value)
         self._lib = lib
         errors: list[BaseException] = []
         stop = _binding.uclib.uc_emu_stop
@@ -428,7 +433,7 @@ class NativeHooks:
                 if until or end is None:
                     tail, end = (ctx.tail_pc, ctx.tail_size), until
             elif ctx.tail_exit:               # the tail ran out of its range first
-                pc, tail, end = self._uc.reg_read(UC_X86_REG_RIP), None, until
+                pc, tail, end = self._rip(), None, until
             else:
                 break
         ctx.tail_pending = ctx.tail_exit = 0
@@ -489,15 +494,26 @@ class NativeHooks:
         still points at it (per-instruction counting), or the instructions of the block
         from RIP on if the run left the block there (block counting)."""
         ctx = self._ctx
-        if ctx.in_flight and self._uc.reg_read(UC_X86_REG_RIP) == ctx.last_pc:
+        in_flight, in_block = ctx.in_flight, ctx.in_block
+        if not in_flight and not in_block:
+            return
+        rip = self._rip()                    # one raw read serves both
+        if in_flight and rip == ctx.last_pc:
             ctx.instructions -= 1
             ctx.remaining += 1
         ctx.in_flight = 0
-        if ctx.in_block:
+        if in_block:
             ctx.leave_block()
-            undone = self._block().count - self._done_in_block(self._uc.reg_read(UC_X86_REG_RIP))
+            undone = self._block().count - self._done_in_block(rip)
             ctx.instructions -= undone
             ctx.remaining += undone
+
+    def _rip(self) -> int:
+        """RIP, in one raw uc_reg_read."""
+        status = _uc_reg_read(self._uc._uch, UC_X86_REG_RIP, self._rip_ref)
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        return self._rip_value.value
 
     def _done_in_block(self, pc: int) -> int:
         """Instructions of the block charged last that come before ``pc`` (all of them

@@ -779,8 +779,11 @@ class IoManager:
         for mdl in self._own_mdls:
             for pfn in self._mdl_frames(mdl):
                 own[pfn] = own.get(pfn, 0) + 1
-        locked = sum(1 for pfn, e in ex.mm.pfn.entries.made()
-                     if e.owner == proc.pid and e.locks > own.get(pfn, 0))
+        # Only the frames that hold a lock are looked at (the PFN database keeps their set):
+        # a process's end costs nothing here however much RAM it held.
+        entries = ex.mm.pfn.entries
+        locked = sum(1 for pfn in ex.mm.pfn.locked
+                     if entries[pfn].owner == proc.pid and entries[pfn].locks > own.get(pfn, 0))
         if locked:
             from emu.nt.ntos.ps import eprocess_of  # only a driver locks pages (start-up)
 
@@ -801,7 +804,8 @@ class IoManager:
         flags = self._mdl_flags(mdl)
         if not flags & MDL_PAGES_LOCKED:
             owner = ex.current.pid if ex.current is not None else None
-            locked = sum(1 for _, e in ex.mm.pfn.entries.made() if e.locks and e.owner == owner)
+            entries = ex.mm.pfn.entries
+            locked = sum(1 for pfn in ex.mm.pfn.locked if entries[pfn].owner == owner)
             raise BugCheck(PROCESS_HAS_LOCKED_PAGES, (1, mdl, locked, 0),
                            detail="MmUnlockPages of an MDL whose pages are not locked")
         if flags & MDL_MAPPED_TO_SYSTEM_VA:
@@ -824,15 +828,14 @@ class IoManager:
                            (int(PfnListCorrupt.PTE_OR_PFN_CORRUPT), pfn, 0, 0),
                            detail=f"MmProbeAndLockPages: a user PTE names frame {pfn:#x}, "
                            "beyond RAM (a corrupted page table)")
-        entry = self.ex.mm.pfn.entries[pfn]
-        entry.locks += 1
+        entry = self.ex.mm.pfn.lock(pfn)
         entry.modified |= access == "write"
 
     def _unlock_frames(self, frames: list[int] | tuple[int, ...]) -> None:
         """The frames may be trimmed again."""
+        pfn_db = self.ex.mm.pfn
         for pfn in frames:
-            entry = self.ex.mm.pfn.entries[pfn]
-            entry.locks = max(0, entry.locks - 1)
+            pfn_db.unlock(pfn)
 
     def _mdl_frames(self, mdl: int) -> tuple[int, ...]:
         pages = self.mdl_pages(mdl)

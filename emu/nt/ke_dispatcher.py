@@ -56,6 +56,12 @@ class KeDispatcher(_Executive):
     def run(self) -> None:
         """Start the drivers, then run threads until every process has ended; raises
         MachineStop or BugCheck."""
+        if self.count_always and self.pending_drivers:
+            # Whatever asks for counting (--max-insns, --trace, --events, the debugger)
+            # counts from the first instruction, DriverEntry's included, as the debugger
+            # always has: --max-insns N stops at the same instruction under `emu run` and
+            # `emu debug`, and the clock a driver reads moves the same way under both.
+            self.set_budget(self._kernel_budget())
         while self.pending_drivers:
             with self._bug_checks_recorded():
                 drivers.start(self, self.pending_drivers.pop(0))
@@ -101,10 +107,15 @@ class KeDispatcher(_Executive):
         before = self.cpu.instructions
         self._reschedule = False
         try:
-            with self._bug_checks_recorded():
-                result = self._switch_to(thread)
-                while not self._turn_over(thread, result):
-                    result = self._run_cpu()
+            # _bug_checks_recorded, inline: a context manager's generator costs a switch
+            # more than the rest of this frame.
+            result = self._switch_to(thread)
+            while not self._turn_over(thread, result):
+                result = self._run_cpu()
+        except BugCheck as bc:
+            if bc is not self.bugcheck:
+                self._fill_bugcheck(bc)
+            raise
         finally:
             spent = self.cpu.instructions - before
             thread.instructions += spent
@@ -172,7 +183,8 @@ class KeDispatcher(_Executive):
         """Load ``thread``'s context (or start it at ring 3) and run it."""
         self._set_rsp0(thread.kernel_stack_top)
         kuser.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
-        self.events.emit(Event.THREAD_DISPATCH, thread=thread)
+        if self.events.observers:
+            self.events.emit(Event.THREAD_DISPATCH, thread=thread)
         if thread.context is None:
             return self._enter_user(thread)
         cpu = self.cpu
@@ -194,6 +206,8 @@ class KeDispatcher(_Executive):
 
     def _turn_over(self, thread: Thread, result: RunResult) -> bool:
         """Handle why the CPU stopped; True when this thread's turn is over."""
+        if result.reason is StopReason.BUDGET and self._quantum_renewed(thread):
+            return False
         if result.reason is StopReason.EXCEPTION:
             self._handle_exception(thread, result.exception)
             return thread.state is not ThreadState.RUNNING
@@ -239,10 +253,37 @@ class KeDispatcher(_Executive):
             self.scheduler.make_ready(thread)
         return True
 
+    def _quantum_renewed(self, thread: Thread) -> bool:
+        """KiQuantumEnd with no other thread ready: the thread keeps the CPU with a new
+        quantum, no dispatch (Windows Internals, 7th ed., ch. 4, "Quantum end"). True when
+        that is so here: nothing else ready, no timer or device due, no interrupt or DPC
+        pending, no stop asked for, and nobody watching each dispatch (an event log, the
+        debugger: for them every quantum is a turn of its own, as it always was). The
+        schedule is the one a full turn would give: the same thread, the same budgets."""
+        if (thread.state is not ThreadState.RUNNING or self.scheduler.ready
+                or thread.apc is not None or thread.resume_rax is not None
+                or self.debugger is not None or self.events.observers or self.interrupted
+                or self.pending_interrupts or self.dpc_queue
+                or self.device_deadline() is not None
+                or self.scheduler.next_deadline() is not None):
+            return False
+        if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
+            return False
+        budget = self._budget()
+        if budget is None or budget <= 0:
+            return False
+        # KUSER_SHARED_DATA's times move on as at a dispatch: in Windows the clock
+        # interrupt keeps them current whatever runs, and a guest can read them.
+        kuser.update_shared_data(self, self.shared_data_frame)
+        self.set_budget(budget)
+        return True
+
     # -- interrupts and DPCs ----------------------------------------------------------------
 
     def device_deadline(self) -> int | None:
         """The clock time at which the next device raises its line (None: no device busy)."""
+        if not self.cpu.devices:
+            return None
         times = [d.fire_at for d in self.cpu.devices if d.fire_at is not None]
         return min(times) if times else None
 
@@ -295,7 +336,7 @@ class KeDispatcher(_Executive):
     def _set_rsp0(self, top: int) -> None:
         """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""
         tss = self._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)
-        self.mem.write(tss + 4, struct.pack("<Q", top))
+        self.mem.write_u64(tss + 4, top)
 
     def _enter_user(self, thread: Thread) -> RunResult:
         """KiStartUserThread: iretq from the clean ring-0 state to the thread's start, CPL 3."""

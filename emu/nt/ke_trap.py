@@ -162,7 +162,9 @@ class KeTrapEntry(_Executive):
 
     def _system_service(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         cpu = self.cpu
-        self.events.emit(Event.SYSCALL, thread=thread, number=number, args=args)
+        observed = bool(self.events.observers)      # no event built when nobody listens
+        if observed:
+            self.events.emit(Event.SYSCALL, thread=thread, number=number, args=args)
         result = syscalls.dispatch(self, thread.process, number, args)
         if thread.state in (ThreadState.RUNNING, ThreadState.READY) and result is not None:
             mask = 0xFFFF_FFFF if thread.process.bits == 32 else 0xFFFF_FFFF_FFFF_FFFF
@@ -171,7 +173,7 @@ class KeTrapEntry(_Executive):
             result = None
         if thread.kernel_work is not None:      # the service goes on in a driver: report its
             self._report_when_done(thread, number)     # status when that part returns
-        else:
+        elif observed or self.events.observers:
             self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=result)
         if thread.state is not ThreadState.RUNNING:
             cpu.stop()                   # blocked, yielded or ended: the dispatcher decides

@@ -125,3 +125,35 @@ def test_the_largest_budget_runs_to_the_end() -> None:
 def test_machine_refuses_a_budget_beyond_64_bits() -> None:
     with pytest.raises(ValueError, match="below 2\\^64"):
         Machine("16M", max_insns=1 << 64)
+
+
+@pytest.mark.parametrize("app, args", [("loop", ["200000"]), ("pattern", ["2", "1"])])
+def test_a_lone_thread_keeps_the_cpu_at_its_quantum_ends(app, args):
+    # KiQuantumEnd with no other thread ready: the thread goes on with a new quantum and no
+    # dispatch (one context switch in all). Everything else is what the full turn at every
+    # quantum end gives (taken when someone watches each dispatch, as the event log does):
+    # the same instructions, output, registers and KUSER_SHARED_DATA's times.
+    def seen(watched: bool) -> dict:
+        output = bytearray()
+        m = Machine("64M", max_insns=CAP, quantum=10_000,
+                    console=lambda _proc, data: output.extend(data))
+        ex = m.executive
+        dispatches = []
+        if watched:
+            ex.events.subscribe(lambda event, details: event is Event.THREAD_DISPATCH and
+                                dispatches.append(ex.clock))
+        try:
+            m.spawn(APPS / app, args)
+            result = m.run()
+            return {"instructions": result.stats.instructions, "output": bytes(output),
+                    "exits": [p.exit_status for p in result.processes],
+                    "registers": [ex.cpu.reg(r) for r in REGISTERS],
+                    "kuser": ex.mem.read(ex.shared_data_frame * 4096, 4096),
+                    "switches": result.stats.context_switches, "dispatches": dispatches}
+        finally:
+            m.close()
+
+    lone, watched = seen(False), seen(True)
+    assert lone.pop("switches") == 1 and lone.pop("dispatches") == []
+    assert watched.pop("switches") == len(watched.pop("dispatches")) > 10
+    assert lone == watched

@@ -278,6 +278,29 @@ def test_the_pfn_database_refuses_a_frame_freed_twice_never_used_or_beyond_ram()
         m.close()
 
 
+def test_the_pfn_database_keeps_the_set_of_locked_frames():
+    # A process's end looks only at the frames in this set (0x76 PROCESS_HAS_LOCKED_PAGES):
+    # every way a frame's last lock goes (unlock, free, free in bulk) must leave it.
+    from emu.nt.mm.pfn import PfnDatabase
+
+    pfn = PfnDatabase(16)
+    a, b, c = (pfn.allocate(FrameUse.PRIVATE, 9) for _ in range(3))
+    pfn.lock(a)
+    pfn.lock(a)
+    pfn.lock(b)
+    pfn.lock(c)
+    assert pfn.locked == {a, b, c} and pfn.entries[a].locks == 2
+    pfn.unlock(a)
+    assert pfn.locked == {a, b, c} and pfn.entries[a].locks == 1
+    pfn.unlock(a)
+    pfn.unlock(a)                                   # never below none
+    assert pfn.locked == {b, c} and pfn.entries[a].locks == 0
+    pfn.release_many([a, b])
+    assert pfn.locked == {c} and pfn.entries[b].locks == 0
+    pfn.release(c)
+    assert pfn.locked == set() and pfn.entries[c].locks == 0
+
+
 def test_the_pagefile_knows_which_slots_hold_a_page(tmp_path):
     pf = Pagefile(4 * 4096, tmp_path / "pf")
     try:

@@ -489,6 +489,7 @@ def test_probe_and_lock_checks_the_access(apps, operation, mode, where, raised):
         assert flags & 0x2 and bool(flags & 0x80) == (operation != 0)
         (frame,) = struct.unpack("<Q", ex.kernel_read(mdl + 0x30, 8))
         assert ex.mm.pfn.entries[frame].locks == 1
+        assert frame in ex.mm.pfn.locked
 
 
 @pytest.mark.parametrize("name, args, irql, params", [

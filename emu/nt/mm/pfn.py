@@ -168,6 +168,7 @@ class PfnDatabase:
         self.standby: dict[int, None] = {}      # insertion-ordered: oldest first
         self.modified: dict[int, None] = {}
         self.owned: dict[int, int] = {}         # process id -> frames it holds (any use)
+        self.locked: set[int] = set()           # frames with MmProbeAndLockPages locks on
         self.on_slot_released: Callable[[int, int], None] | None = None   # (slot, frame)
 
     @property
@@ -211,9 +212,28 @@ class PfnDatabase:
                 self.on_slot_released(entry.slot, pfn)
             entry.slot = None
         self._disown(entry.owner)
+        if entry.locks:
+            self.locked.discard(pfn)
         entry.use, entry.owner, entry.va = FrameUse.FREE, None, None   # had_code stays
         entry.pte_pa, entry.modified, entry.locks = None, False, 0
         self._free.append(pfn)
+
+    def lock(self, pfn: int) -> PfnEntry:
+        """One more MmProbeAndLockPages lock on frame ``pfn``: it is never trimmed while
+        locked. Returns its record."""
+        entry = self.entries[pfn]
+        entry.locks += 1
+        self.locked.add(pfn)
+        return entry
+
+    def unlock(self, pfn: int) -> None:
+        """One lock fewer on frame ``pfn`` (never below none)."""
+        entry = self.entries[pfn]
+        if entry.locks > 1:
+            entry.locks -= 1
+        else:
+            entry.locks = 0
+            self.locked.discard(pfn)
 
     def to_transition(self, pfn: int) -> None:
         """A page trimmed from its working set: its frame goes to the back of the modified
@@ -246,6 +266,8 @@ class PfnDatabase:
         del self.standby[pfn]
         entry = self.entries[pfn]
         self._disown(entry.owner)
+        if entry.locks:
+            self.locked.discard(pfn)
         entry.use, entry.owner, entry.va = FrameUse.FREE, None, None
         entry.pte_pa, entry.slot, entry.modified, entry.locks = None, None, False, 0
         self._free.appendleft(pfn)
@@ -288,6 +310,8 @@ class PfnDatabase:
                     owned[owner] = left
                 else:
                     del owned[owner]
+            if entry.locks:
+                self.locked.discard(pfn)
             entry.use, entry.owner, entry.va = unused, None, None   # had_code stays
             entry.pte_pa, entry.modified, entry.locks = None, False, 0
             free.append(pfn)
