@@ -375,6 +375,24 @@ def test_a_linux_program_given_as_a_driver_is_not_a_pe_image(apps, tmp_path):
                         ".sys files: docs/drivers.md)\n")
 
 
+def test_an_elf_driver_is_refused_as_unsupported_both_ways(apps, tmp_path):
+    # The retired driver form: an ELF shared object exporting DriverEntry. Given as an app it
+    # is told apart from an app and refused as unsupported (not sent to --driver, which
+    # takes PE images only); given to --driver it is not a PE image.
+    (tmp_path / "d.c").write_text("long DriverEntry(void *d, void *r) { return 0; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-nostdlib", "-o", tmp_path / "d.so",
+                    tmp_path / "d.c"], check=True)
+    r = emu("run", tmp_path / "d.so")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"emu: error: {tmp_path / 'd.so'}: an ELF shared object exporting "
+                        "DriverEntry: ELF drivers are not supported (drivers are PE32+ .sys "
+                        "files: docs/drivers.md)\n")
+    r = emu("run", "--driver", tmp_path / "d.so", apps / "hello")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"emu: error: {tmp_path / 'd.so'}: not a PE image (drivers are PE32+ "
+                        ".sys files: docs/drivers.md)\n")
+
+
 def test_sigterm_while_waiting_for_gdb_ends_with_one_line_and_143(apps):
     import signal
 
