@@ -31,7 +31,7 @@ def test_fault_is_one_line(apps):
     assert r.returncode == 125
     lines = r.stderr.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith('process 4 "badread" terminated: STATUS_ACCESS_VIOLATION '
+    assert lines[0].startswith('process 12 "badread" terminated: STATUS_ACCESS_VIOLATION '
                                "(0xC0000005) reading 0xffff800000001000 at rip 0x")
     assert lines[0].endswith(": mov rax, qword ptr [rax]") or "qword ptr" in lines[0]
 
@@ -63,7 +63,7 @@ def test_trace(apps, tmp_path):
     assert r.returncode == 7
     lines = trace.read_text().splitlines()
     assert lines[0].startswith("ring 0") and "iretq" in lines[0]
-    assert lines[1].startswith("ring 3") and "pid 4" in lines[1]
+    assert lines[1].startswith("ring 3") and "pid 12" in lines[1]
     assert any("syscall" in line for line in lines)
 
 
@@ -113,11 +113,11 @@ def test_each_fault_app_through_the_command_line(apps, app, args, status):
     r = emu("run", apps / app, *args)
     assert r.returncode == 125
     (line,) = r.stderr.splitlines()
-    assert line.startswith(f'process 4 "{app}" terminated: {status}'), line
+    assert line.startswith(f'process 12 "{app}" terminated: {status}'), line
     assert " at rip 0x" in line
 
 
-@pytest.mark.parametrize("app, out", [("badptr", "still alive\n"), ("getpid", "pid 4\n"),
+@pytest.mark.parametrize("app, out", [("badptr", "still alive\n"), ("getpid", "pid 12\n"),
                                       ("hello-pie", "Hello, world!\n")])
 def test_well_behaved_apps_through_the_command_line(apps, app, out):
     r = emu("run", apps / app)
@@ -173,7 +173,7 @@ def test_several_apps_in_one_machine(apps):
             apps / "counter", "b", "2")
     assert r.returncode == 0                      # the first app's exit status
     assert r.stdout.splitlines() == ["crasher div", "a 1", "b 1", "a 2", "b 2"]
-    assert 'process 12 "crasher" terminated: STATUS_INTEGER_DIVIDE_BY_ZERO' in r.stderr
+    assert 'process 20 "crasher" terminated: STATUS_INTEGER_DIVIDE_BY_ZERO' in r.stderr
 
 
 def test_same_command_same_output_and_report(apps, tmp_path):
@@ -220,7 +220,7 @@ def test_map_prints_regions_and_draws_the_svg(apps, tmp_path):
     svg = tmp_path / "m.svg"
     r = emu("run", "--map-svg", svg, apps / "counter", "a", "1", "--", apps / "counter", "b", "1")
     assert r.returncode == 0
-    assert 'process 4 "counter"' in r.stderr and 'process 12 "counter"' in r.stderr
+    assert 'process 12 "counter"' in r.stderr and 'process 20 "counter"' in r.stderr
     assert "PAGE_EXECUTE_READ" in r.stderr and "no physical frame is mapped by two" in r.stderr
     root = ET.fromstring(svg.read_text())
     arrows = [e for e in root.iter() if e.get("class") == "arrow"]
