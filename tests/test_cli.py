@@ -42,7 +42,7 @@ def test_report(apps, tmp_path):
     assert r.returncode == 125
     rep = json.loads(out.read_text())
     (p,) = rep["processes"]
-    assert p["pid"] == 4 and p["name"] == "nullwrite" and p["exit_status"] == 0xC0000005
+    assert p["pid"] == 12 and p["name"] == "nullwrite" and p["exit_status"] == 0xC0000005
     exc = p["exception"]
     assert exc["code"] == 0xC0000005 and exc["name"] == "STATUS_ACCESS_VIOLATION"
     assert exc["access"] == "write" and exc["address"] == 0 and exc["params"] == [1, 0]
