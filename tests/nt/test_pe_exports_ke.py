@@ -335,6 +335,7 @@ def test_a_dereference_too_many_is_bug_check_0x18(machine_factory, apps):
     assert r.bugcheck.code == 0x18 and r.bugcheck.params == (0, process, 0, 0)
     raw = m.executive.kernel_read(process, wdm.DISPATCHER_HEADER.size)
     assert raw[0] == eprocess.PROCESS_OBJECT and struct.unpack_from("<i", raw, 4)[0] == 0
+    assert raw[2] == 0x80 // 4                    # DISPATCHER_HEADER.Size: a 0x80-byte object
 
 
 def test_a_dispatch_routine_waits_for_its_device_in_the_requester_s_context(machine_factory,
