@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--events", metavar="FILE", help="write the executive's events as JSON "
                      "Lines, one a line with its position (docs/report.md, \"The event log\")")
     run.add_argument("--driver", action="append", default=[], metavar="PATH",
-                     help="load a driver (a PE32+ .sys, or an ELF64 shared object) at boot; its "
+                     help="load a driver (a PE32+ .sys: docs/drivers.md) at boot; its "
                      "DriverEntry runs at ring 0 before the apps start (repeatable)")
     run.add_argument("--dump", metavar="FILE", help="on a bug check, write a crash dump "
                      "(RAM, CPU and executive state) to FILE")

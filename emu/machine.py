@@ -140,7 +140,7 @@ class Machine:
         return self.executive.create_process(image, list(args))
 
     def add_driver(self, path: str | Path) -> DriverImage:
-        """Load a driver (a PE32+ native .sys, or an ELF64 shared object) to start at boot,
+        """Load a driver (a PE32+ .sys of the native subsystem) to start at boot,
         before any process runs: its DriverEntry runs at ring 0 when ``run()`` begins, its
         DriverUnload when every process has ended normally. LoaderError for a bad file."""
         image = drivers.load(self.executive, path)

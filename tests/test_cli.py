@@ -31,7 +31,7 @@ def test_fault_is_one_line(apps):
     assert r.returncode == 125
     lines = r.stderr.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith('process 4 "badread" terminated: STATUS_ACCESS_VIOLATION '
+    assert lines[0].startswith('process 12 "badread" terminated: STATUS_ACCESS_VIOLATION '
                                "(0xC0000005) reading 0xffff800000001000 at rip 0x")
     assert lines[0].endswith(": mov rax, qword ptr [rax]") or "qword ptr" in lines[0]
 
@@ -42,7 +42,7 @@ def test_report(apps, tmp_path):
     assert r.returncode == 125
     rep = json.loads(out.read_text())
     (p,) = rep["processes"]
-    assert p["pid"] == 4 and p["name"] == "nullwrite" and p["exit_status"] == 0xC0000005
+    assert p["pid"] == 12 and p["name"] == "nullwrite" and p["exit_status"] == 0xC0000005
     exc = p["exception"]
     assert exc["code"] == 0xC0000005 and exc["name"] == "STATUS_ACCESS_VIOLATION"
     assert exc["access"] == "write" and exc["address"] == 0 and exc["params"] == [1, 0]
@@ -63,7 +63,7 @@ def test_trace(apps, tmp_path):
     assert r.returncode == 7
     lines = trace.read_text().splitlines()
     assert lines[0].startswith("ring 0") and "iretq" in lines[0]
-    assert lines[1].startswith("ring 3") and "pid 4" in lines[1]
+    assert lines[1].startswith("ring 3") and "pid 12" in lines[1]
     assert any("syscall" in line for line in lines)
 
 
@@ -113,11 +113,11 @@ def test_each_fault_app_through_the_command_line(apps, app, args, status):
     r = emu("run", apps / app, *args)
     assert r.returncode == 125
     (line,) = r.stderr.splitlines()
-    assert line.startswith(f'process 4 "{app}" terminated: {status}'), line
+    assert line.startswith(f'process 12 "{app}" terminated: {status}'), line
     assert " at rip 0x" in line
 
 
-@pytest.mark.parametrize("app, out", [("badptr", "still alive\n"), ("getpid", "pid 4\n"),
+@pytest.mark.parametrize("app, out", [("badptr", "still alive\n"), ("getpid", "pid 12\n"),
                                       ("hello-pie", "Hello, world!\n")])
 def test_well_behaved_apps_through_the_command_line(apps, app, out):
     r = emu("run", apps / app)
@@ -173,7 +173,7 @@ def test_several_apps_in_one_machine(apps):
             apps / "counter", "b", "2")
     assert r.returncode == 0                      # the first app's exit status
     assert r.stdout.splitlines() == ["crasher div", "a 1", "b 1", "a 2", "b 2"]
-    assert 'process 12 "crasher" terminated: STATUS_INTEGER_DIVIDE_BY_ZERO' in r.stderr
+    assert 'process 20 "crasher" terminated: STATUS_INTEGER_DIVIDE_BY_ZERO' in r.stderr
 
 
 def test_same_command_same_output_and_report(apps, tmp_path):
@@ -220,7 +220,7 @@ def test_map_prints_regions_and_draws_the_svg(apps, tmp_path):
     svg = tmp_path / "m.svg"
     r = emu("run", "--map-svg", svg, apps / "counter", "a", "1", "--", apps / "counter", "b", "1")
     assert r.returncode == 0
-    assert 'process 4 "counter"' in r.stderr and 'process 12 "counter"' in r.stderr
+    assert 'process 12 "counter"' in r.stderr and 'process 20 "counter"' in r.stderr
     assert "PAGE_EXECUTE_READ" in r.stderr and "no physical frame is mapped by two" in r.stderr
     root = ET.fromstring(svg.read_text())
     arrows = [e for e in root.iter() if e.get("class") == "arrow"]
@@ -372,6 +372,24 @@ def test_a_linux_program_given_as_a_driver_is_not_a_pe_image(apps, tmp_path):
     r = emu("run", "--driver", tmp_path / "l", apps / "hello")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == (f"emu: error: {tmp_path / 'l'}: not a PE image (drivers are PE32+ "
+                        ".sys files: docs/drivers.md)\n")
+
+
+def test_an_elf_driver_is_refused_as_unsupported_both_ways(apps, tmp_path):
+    # The retired driver form: an ELF shared object exporting DriverEntry. Given as an app it
+    # is told apart from an app and refused as unsupported (not sent to --driver, which
+    # takes PE images only); given to --driver it is not a PE image.
+    (tmp_path / "d.c").write_text("long DriverEntry(void *d, void *r) { return 0; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-nostdlib", "-o", tmp_path / "d.so",
+                    tmp_path / "d.c"], check=True)
+    r = emu("run", tmp_path / "d.so")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"emu: error: {tmp_path / 'd.so'}: an ELF shared object exporting "
+                        "DriverEntry: ELF drivers are not supported (drivers are PE32+ .sys "
+                        "files: docs/drivers.md)\n")
+    r = emu("run", "--driver", tmp_path / "d.so", apps / "hello")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"emu: error: {tmp_path / 'd.so'}: not a PE image (drivers are PE32+ "
                         ".sys files: docs/drivers.md)\n")
 
 

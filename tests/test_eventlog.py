@@ -91,24 +91,24 @@ def test_the_log_of_the_seeds_dpc(apps, tmp_path):
     assert [rec["position"] for rec in recs] == sorted(rec["position"] for rec in recs)
     created = [rec["process"] for rec in recs if rec["event"] == "process-create"]
     assert [(p["pid"], p["name"], p["args"]) for p in created] == \
-        [(4, "slowread", [r"\Device\SlowNeither"]), (12, "victim", [])]
+        [(12, "slowread", [r"\Device\SlowNeither"]), (20, "victim", [])]
     (load,) = [rec for rec in recs if rec["event"] == "driver-load"]
     assert load["driver"] == "slowneither.sys" and load["pid"] is None and load["ring"] == 0
     (read,) = [rec for rec in recs if rec["event"] == "syscall" and rec["number"] == 0x0F]
-    assert read["service"] == "NtReadFile" and read["pid"] == 4 and read["ring"] == 3
+    assert read["service"] == "NtReadFile" and read["pid"] == 12 and read["ring"] == 3
     assert read["args"][2] == 64                         # slowread asks for 64 bytes
     # The interrupt and its DPC run in whatever thread was on the CPU: victim's.
     (isr,) = [rec for rec in recs if rec["event"] == "interrupt"]
-    assert (isr["pid"], isr["irql"], isr["isr_symbol"]) == (12, 5, "slowneither.sys!Isr+0x0")
+    assert (isr["pid"], isr["irql"], isr["isr_symbol"]) == (20, 5, "slowneither.sys!Isr+0x0")
     (dpc,) = [rec for rec in recs if rec["event"] == "dpc"]
-    assert (dpc["pid"], dpc["irql"]) == (12, 2)
+    assert (dpc["pid"], dpc["irql"]) == (20, 2)
     assert dpc["routine_symbol"] == "slowneither.sys!DpcForIsr+0x0"
     assert isr["position"] < dpc["position"]
     loads = [rec for rec in recs if rec["event"] == "cr3-load"]
-    assert {rec["new_pid"] for rec in loads} >= {4, 12}
+    assert {rec["new_pid"] for rec in loads} >= {12, 20}
     exits = [rec for rec in recs if rec["event"] == "process-exit"]
     assert [(e["process"]["pid"], e["exit_status"], e["exception"]) for e in exits] == \
-        [(4, 0, None), (12, 0, None)]
+        [(12, 0, None), (20, 0, None)]
 
 
 def test_a_crash_and_a_bug_check_are_in_the_log(apps, tmp_path):
@@ -119,7 +119,7 @@ def test_a_crash_and_a_bug_check_are_in_the_log(apps, tmp_path):
     (exc,) = [rec for rec in recs if rec["event"] == "exception"]
     assert (exc["vector"], exc["name"], exc["access"], exc["address"]) == \
         (14, "PF", "read", 0xFFFF800000001000)
-    assert exc["error_code"] == 0x5 and exc["ring"] == 3 and exc["pid"] == 4
+    assert exc["error_code"] == 0x5 and exc["ring"] == 3 and exc["pid"] == 12
     (end,) = [rec for rec in recs if rec["event"] == "process-exit"]
     assert end["exit_status"] == 0xC0000005
     assert end["exception"] == {"code": 0xC0000005, "name": "STATUS_ACCESS_VIOLATION",
@@ -352,4 +352,4 @@ def test_sigterm_leaves_a_whole_log(apps, tmp_path):
     recs = [json.loads(line) for line in text.splitlines()]
     assert all(eventlog.problems(rec) == [] for rec in recs)
     assert any(rec["event"] == "syscall" and rec["service"] == "NtWriteConsole" and
-               rec["pid"] == 4 for rec in recs)             # hello's line: logged before it
+               rec["pid"] == 12 for rec in recs)             # hello's line: logged before it

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from emu.nt.interfaces import PsObjects
     from emu.nt.process import Process, Thread
 
+# Windows' CID table hands out 4 to the System process and 8 to its first thread at boot;
+# the apps' ids come after them (Executive.new_client_id), so no id names two things.
 SYSTEM_PROCESS_ID = 4            # the System process, as on Windows
 SYSTEM_THREAD_ID = 8             # the System thread DriverEntry and DriverUnload run in
 PROCESS_OBJECT = 3               # KOBJECTS: ProcessObject, the Type of a KPROCESS's header

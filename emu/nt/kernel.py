@@ -46,6 +46,7 @@ from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     syscalls,
 )
 from emu.nt.bugcheck import BugCheck
+from emu.nt.eprocess import SYSTEM_THREAD_ID
 from emu.nt.events import Event, EventBus
 from emu.nt.fs import GuestFileSystem
 from emu.nt.io import IoManager
@@ -129,7 +130,7 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         self.max_insns: int | None = None
         self.counted_everything = True   # False once any turn ran at full speed
         self.console = console           # (process or None for DbgPrint, bytes) -> None
-        self._next_client_id = 4
+        self._next_client_id = SYSTEM_THREAD_ID + 4   # 4 and 8 are System's: new_client_id
         self._kernel_stack_slots: list[int] = []
         self._next_kernel_stack_slot = 1  # slot 0 is the boot stack
         self.running = False             # inside cpu.run(): defer page-table teardown
@@ -233,7 +234,14 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         return self.current_thread.process if self.current_thread else None
 
     def new_client_id(self) -> int:
-        """Process and thread ids share one space of multiples of 4 (CLIENT_ID on Windows)."""
+        """The next process or thread id: 12, 16, 20, ... in the order they are made.
+
+        Windows takes both kinds of id from one handle table (PspCidTable, the CLIENT_ID
+        space): multiples of 4, 0 never used, so no process id is also a thread id. The
+        System process holds 4 and its thread 8 (emu.nt.eprocess) from boot, so the first
+        app is process 12 and its first thread 16; no id ever names two things. (Windows
+        reuses a freed id; this machine does not, which it may: ids are only unique among
+        live objects there.)"""
         cid = self._next_client_id
         self._next_client_id += 4
         return cid

@@ -290,11 +290,13 @@ def refuse_linux(elf: ElfReader, headers: list, path: str) -> None:
 
 def _refuse_foreign(elf: ElfReader, headers: list, path: str) -> None:
     """LoaderError naming what a file is when it is not an app for this machine: a Linux
-    program or a driver."""
+    program, or an ELF driver of the retired kind (no door takes it: --driver loads PE
+    images only)."""
     refuse_linux(elf, headers, path)
     if elf.header["e_type"] == "ET_DYN" and any(
             name == "DriverEntry" and shndx for name, shndx, _ in dynamic_symbols(elf)):
-        raise LoaderError(f"{path}: this is a driver (it exports DriverEntry): use --driver")
+        raise LoaderError(f"{path}: an ELF shared object exporting DriverEntry: ELF drivers are "
+                          "not supported (drivers are PE32+ .sys files: docs/drivers.md)")
 
 
 def _has_gnu_abi_tag(data: bytes, h) -> bool:

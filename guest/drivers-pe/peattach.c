@@ -1,7 +1,8 @@
 /*
  * peattach.sys: reading another process's user memory. PsLookupProcessByProcessId
- * gives the PEPROCESS of two apps (ids TargetA and TargetB: 4 and 12, the first
- * two processes, created before DriverEntry runs); KeStackAttachProcess
+ * gives the PEPROCESS of two apps (ids TargetA and TargetB: 12 and 20, the first
+ * two processes, created before DriverEntry runs; 4 and 8 are the System process
+ * and its thread); KeStackAttachProcess
  * switches CR3 to each in turn, nested, and the same user address (Address: 16
  * bytes under the top of the main stack, where the last argument ends) reads
  * each one's own bytes; attaching to the process it is in already saves 1 and
@@ -26,7 +27,7 @@
  */
 #include <ntifs.h>
 
-ULONG_PTR TargetA = 4, TargetB = 12;      /* ids: process 4, its thread 8, process 12 */
+ULONG_PTR TargetA = 12, TargetB = 20;     /* ids: process 12, its thread 16, process 20 */
 ULONG_PTR Address = 0x7FFFFFFE0000ULL - 16;
 
 static void show(const char *what)

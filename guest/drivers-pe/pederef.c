@@ -1,5 +1,6 @@
 /*
- * pederef.sys: one PsLookupProcessByProcessId, two ObDereferenceObject: the
+ * pederef.sys: one PsLookupProcessByProcessId (of id 4, the System process, the
+ * one DriverEntry runs in), two ObDereferenceObject: the
  * second releases a reference the driver does not hold, bug check 0x18
  * REFERENCE_BY_POINTER (object type, the object, 0, 0).
  */

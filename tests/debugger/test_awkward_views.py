@@ -81,7 +81,7 @@ def test_a_stop_with_rip_on_a_page_in_transition():
         where = pause(m, rip_not_present, lambda _d: shell.where())
         assert where.startswith("=> 0x4010bc <pattern!main+0xbc>: (cannot read: not mapped: "
                                 "the PTE (level 1)"), where
-        assert "transition" in where and '[pid 4 "pattern", ring 3]' in where
+        assert "transition" in where and '[pid 12 "pattern", ring 3]' in where
         for view in VIEWS:
             shell.onecmd(view)
         assert_survives(out.getvalue())

@@ -69,7 +69,7 @@ def test_random_packets_get_replies_and_break_nothing() -> None:
                 well_formed_reply(c)
             handshake_features(c)                              # in case one was fuzzed
             assert c.cmd("?") == entry_reply                   # still stopped, still there
-            assert c.cmd("qC") == b"QC8"
+            assert c.cmd("qC") == b"QC10"
 
         check()
         c.send(b"k")                                          # guest state may be garbled now
@@ -92,8 +92,8 @@ FRAGMENTS = st.one_of(
     st.binary(min_size=1, max_size=4).map(                    # a packet over PacketSize
         lambda b: b"$" + (b.translate(None, b"$#") or b"a") * (rsp.MAX_PACKET + 1) + b"#00"),
 )
-PROBE = b"qThreadExtraInfo,p4.8"
-PROBE_REPLY = rsp.hex_text("pid 4 hello, tid 8, running, ring 3")
+PROBE = b"qThreadExtraInfo,pc.10"
+PROBE_REPLY = rsp.hex_text("pid 12 hello, tid 16, running, ring 3")
 
 
 @pytest.mark.fuzz
@@ -116,7 +116,7 @@ def test_random_bytes_on_the_wire_leave_the_connection_working() -> None:
             else:
                 raise AssertionError("the probe was never answered")
             handshake_features(c)
-            assert c.cmd("?") == b"T05thread:8;"
+            assert c.cmd("?") == b"T05thread:10;"
 
         check()
         assert c.cmd("c") == b"W00"                           # guest untouched: it just runs

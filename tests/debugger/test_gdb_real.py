@@ -73,18 +73,18 @@ def test_exit_code_reaches_gdb() -> None:
     with served(("exitcode", ["7"]), connect=False) as s:
         out = gdb(s, "continue")
         assert "[Inferior 1 (Remote target) exited with code 07]" in out
-        assert 'process 4 "exitcode" exited with status 0x7' in out
+        assert 'process 12 "exitcode" exited with status 0x7' in out
 
 
 def test_a_crashing_process_stops_at_sigsegv_then_its_whole_status_is_told() -> None:
     with served(("badread", []), connect=False) as s:
         out = gdb(s, "continue", "info registers rip", "continue")
-        line = ('process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) '
+        line = ('process 12 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) '
                 "reading 0xffff800000001000 at rip 0x401022: mov rax, qword ptr [rbx]")
         assert out.count(line) == 1
         assert "Program received signal SIGSEGV, Segmentation fault." in out
         assert re.search(r"^rip\s+0x401022\s", out, re.M)          # in the faulting process
-        assert 'process 4 "badread" exit status STATUS_ACCESS_VIOLATION (0xC0000005); ' \
+        assert 'process 12 "badread" exit status STATUS_ACCESS_VIOLATION (0xC0000005); ' \
                "gdb's exit code is its low byte" in out
         assert "exited with code 05" in out
 
@@ -111,7 +111,7 @@ def test_processes_and_their_threads_are_threads_in_gdb() -> None:
         second = s.machine.processes[1]
         tid = second.threads[0].tid
         out = gdb(s, "info threads", "thread 2", "info registers rip", program="counter")
-        assert re.search(r'\* 1\s+Thread 8 "counter" \(pid 4 counter, tid 8, running, ring 3\)',
+        assert re.search(r'\* 1\s+Thread 16 "counter" \(pid 12 counter, tid 16, running, ring 3\)',
                          out)
         assert re.search(rf'  2\s+Thread {tid} "counter" \(pid {second.pid} counter, '
                          rf"tid {tid}, ready, not started\)", out)
@@ -121,7 +121,7 @@ def test_processes_and_their_threads_are_threads_in_gdb() -> None:
 
 def test_the_threads_of_one_process_are_gdb_threads() -> None:
     """`threads` starts two threads: at the first one's start routine, gdb lists three
-    threads of pid 4, each with its own registers."""
+    threads of pid 12, each with its own registers."""
     with served(("threads", []), connect=False) as s:
         routine = s.machine.processes[0].image.symbols["add_atomically"]
         out = gdb(s, "break add_atomically", "continue", "info threads", "thread 1",
@@ -130,11 +130,11 @@ def test_the_threads_of_one_process_are_gdb_threads() -> None:
         no_complaints(out)
         main, first, second = (t.tid for t in s.machine.processes[0].threads)
         assert 'Thread 2 "threads" hit Breakpoint 1, add_atomically' in out
-        assert re.search(rf'  1\s+Thread {main} "threads" \(pid 4 threads, tid {main}, '
+        assert re.search(rf'  1\s+Thread {main} "threads" \(pid 12 threads, tid {main}, '
                          r"waiting, ring 3\)\s+0x[0-9a-f]+ in NtWaitForSingleObject", out)
-        assert re.search(rf'\* 2\s+Thread {first} "threads" \(pid 4 threads, tid {first}, '
+        assert re.search(rf'\* 2\s+Thread {first} "threads" \(pid 12 threads, tid {first}, '
                          r"running, ring 3\)\s+add_atomically", out)
-        assert re.search(rf'  3\s+Thread {second} "threads" \(pid 4 threads, tid {second}, '
+        assert re.search(rf'  3\s+Thread {second} "threads" \(pid 12 threads, tid {second}, '
                          r"ready, not started\)", out)
         rips = [int(r, 16) for r in re.findall(r"^rip\s+(0x[0-9a-f]+)", out, re.M)]
         wait = s.machine.processes[0].image.symbols["NtWaitForSingleObject"]
@@ -190,7 +190,7 @@ def test_monitor_walk() -> None:
         assert re.search(r"^PML4E\[0\] @ 0x[0-9a-f]+ = 0x[0-9a-f]{16} -> 0x[0-9a-f]+ P\|RW\|US",
                          out, re.M)
         assert f"0x401000 -> {pa:#x}" in out
-        assert 'process 4 "hello" stopped at its entry point' in out
+        assert 'process 12 "hello" stopped at its entry point' in out
         assert "monitor commands: walk VA" in out
 
 

@@ -136,11 +136,11 @@ def test_reverse_watch_stop_reply_names_the_address() -> None:
         handshake(c)
         sink = s.machine.processes[0].image.symbols["work_sink"]
         assert c.cmd(f"Z2,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05watch:{sink:x};thread:8;".encode()
+        assert c.cmd("c") == f"T05watch:{sink:x};thread:10;".encode()
         after = c.register("rip")
-        assert c.cmd("bc") == f"T05watch:{sink:x};thread:8;".encode()
+        assert c.cmd("bc") == f"T05watch:{sink:x};thread:10;".encode()
         assert c.register("rip") == store_to(s, "work_sink") < after
-        assert c.cmd("bc") == b"T05replaylog:begin;thread:8;"
+        assert c.cmd("bc") == b"T05replaylog:begin;thread:10;"
         assert c.cmd(f"z2,{sink:x},8") == b"OK"
         assert c.cmd("c") == b"W00"
 
@@ -190,19 +190,19 @@ def test_stepping_back_over_a_watched_write_is_a_watchpoint_stop() -> None:
         sink = s.machine.processes[0].image.symbols["work_sink"]
         store = store_to(s, "work_sink")
         assert c.cmd(f"Z0,{store:x},1") == b"OK"
-        assert c.cmd("c") == b"T05swbreak:;thread:8;"
+        assert c.cmd("c") == b"T05swbreak:;thread:10;"
         assert c.cmd(f"z0,{store:x},1") == b"OK"
         old = c.cmd(f"m{sink:x},8")
         assert c.cmd(f"Z2,{sink:x},8") == b"OK"
-        assert c.cmd("s") == f"T05watch:{sink:x};thread:8;".encode()
+        assert c.cmd("s") == f"T05watch:{sink:x};thread:10;".encode()
         new = c.cmd(f"m{sink:x},8")
         assert new != old
-        assert c.cmd("bs") == f"T05watch:{sink:x};thread:8;".encode()
+        assert c.cmd("bs") == f"T05watch:{sink:x};thread:10;".encode()
         assert c.register("rip") == store and c.cmd(f"m{sink:x},8") == old
-        assert c.cmd("bs") == b"T05thread:8;"                  # the instruction before
+        assert c.cmd("bs") == b"T05thread:10;"                  # the instruction before
         assert c.register("rip") < store
-        assert c.cmd("s") == b"T05thread:8;"
-        assert c.cmd("s") == f"T05watch:{sink:x};thread:8;".encode()   # the store again
+        assert c.cmd("s") == b"T05thread:10;"
+        assert c.cmd("s") == f"T05watch:{sink:x};thread:10;".encode()   # the store again
         assert c.cmd(f"m{sink:x},8") == new
         assert c.cmd(f"z2,{sink:x},8") == b"OK"
         assert c.cmd("c") == b"W00"
@@ -216,13 +216,13 @@ def test_going_back_from_a_crash_with_a_watchpoint_set() -> None:
         handshake(c)
         rsp = c.register("rsp")
         assert c.cmd(f"Z2,{rsp - 8:x},8") == b"OK"          # main's return address slot
-        assert c.cmd("c") == f"T05watch:{rsp - 8:x};thread:8;".encode()   # call main
+        assert c.cmd("c") == f"T05watch:{rsp - 8:x};thread:10;".encode()   # call main
         ret = int.from_bytes(bytes.fromhex(c.cmd(f"m{rsp - 8:x},8").decode()), "little")
-        assert c.cmd("c") == b"T0bthread:8;"                  # the kernel read: SIGSEGV
-        assert 'process 4 "badread" terminated' in "".join(c.console)
+        assert c.cmd("c") == b"T0bthread:10;"                  # the kernel read: SIGSEGV
+        assert 'process 12 "badread" terminated' in "".join(c.console)
         c.console.clear()
-        assert c.cmd("bc") == f"T05watch:{rsp - 8:x};thread:8;".encode()
+        assert c.cmd("bc") == f"T05watch:{rsp - 8:x};thread:10;".encode()
         assert c.register("rip") + 5 == ret                   # on the call, before its push
         assert c.console == []                                # the crash is not told again
-        assert c.cmd("bc") == b"T05replaylog:begin;thread:8;"
+        assert c.cmd("bc") == b"T05replaylog:begin;thread:10;"
         c.send(b"k")

@@ -287,14 +287,14 @@ def test_handshake_and_target_description() -> None:
         assert c.cmd("qXfer:memory-map:read::0,10") == b""          # not served
 
 
-def test_first_stop_is_the_entry_point_of_process_4() -> None:
+def test_first_stop_is_the_entry_point_of_process_12() -> None:
     with hello("a") as s:
         c = s.client
         handshake(c)
-        assert c.cmd("?") == b"T05thread:8;"
-        assert c.cmd("qfThreadInfo") == b"m8"                  # process 4, thread 8
+        assert c.cmd("?") == b"T05thread:10;"
+        assert c.cmd("qfThreadInfo") == b"m10"                 # process 12, thread 16
         assert c.cmd("qsThreadInfo") == b"l"
-        assert c.cmd("qC") == b"QC8"
+        assert c.cmd("qC") == b"QC10"
         assert c.cmd("qAttached") == b"1"
         entry = s.machine.processes[0].image.entry
         assert c.register("rip") == entry
@@ -308,8 +308,8 @@ def test_first_stop_is_the_entry_point_of_process_4() -> None:
         assert bytes.fromhex(c.cmd(f"m{argv1:x},2").decode()) == b"a\0"
         path = str(APPS / "hello").encode() + b"\0"
         assert bytes.fromhex(c.cmd(f"m{argv0:x},{len(path):x}").decode()) == path
-        assert bytes.fromhex(c.cmd("qThreadExtraInfo,p4.8").decode()) == \
-            b"pid 4 hello, tid 8, running, ring 3"
+        assert bytes.fromhex(c.cmd("qThreadExtraInfo,pc.10").decode()) == \
+            b"pid 12 hello, tid 16, running, ring 3"
         s.client.cmd("c")
 
 
@@ -394,11 +394,11 @@ def test_step_runs_one_instruction() -> None:
         handshake(c)
         rip = c.register("rip")
         size = first_insn_size(bytes.fromhex(c.cmd(f"m{rip:x},10").decode()), rip)
-        assert c.cmd("s") == b"T05thread:8;"
+        assert c.cmd("s") == b"T05thread:10;"
         assert c.register("rip") == rip + size
         assert c.cmd("vCont?") == b"vCont;c;C;s;S"
         before = c.register("rip")
-        assert c.cmd("vCont;s:4;c") == b"T05thread:8;"
+        assert c.cmd("vCont;s:4;c") == b"T05thread:10;"
         assert c.register("rip") != before
         c.cmd("c")
 
@@ -410,15 +410,15 @@ def test_breakpoint_then_continue_to_the_end() -> None:
         main = s.machine.processes[0].image.symbols["main"]
         assert c.cmd(f"Z0,{main:x},1") == b"OK"
         assert c.cmd(f"Z0,{main:x},1") == b"OK"                 # again: still one
-        assert c.cmd("c") == b"T05swbreak:;thread:8;"
+        assert c.cmd("c") == b"T05swbreak:;thread:10;"
         assert c.register("rip") == main
         assert c.cmd(f"z0,{main:x},1") == b"OK"
         exit_ = s.machine.processes[0].image.symbols["exit"]
         assert c.cmd(f"Z1,{exit_:x},1") == b"OK"                 # a "hardware" one
-        assert c.cmd("c") == b"T05hwbreak:;thread:8;"
+        assert c.cmd("c") == b"T05hwbreak:;thread:10;"
         assert c.cmd(f"z1,{exit_:x},1") == b"OK"
         assert c.cmd("c") == b"W00"
-        assert 'process 4 "hello" exited with status 0x0' in "".join(c.console)
+        assert 'process 12 "hello" exited with status 0x0' in "".join(c.console)
         assert c.cmd("c") == b"W00"                              # nothing left to run
         assert c.cmd("?") == b"W00"
         result = s.finish()
@@ -443,15 +443,15 @@ def test_watchpoints_report_the_address_and_kind() -> None:
         handshake(c)
         sink = s.machine.processes[0].image.symbols["work_sink"]
         assert c.cmd(f"Z2,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05watch:{sink:x};thread:8;".encode()
+        assert c.cmd("c") == f"T05watch:{sink:x};thread:10;".encode()
         value = int.from_bytes(bytes.fromhex(c.cmd(f"m{sink:x},8").decode()), "little")
         assert value != 0                                         # written: the stop is after
         assert c.cmd(f"z2,{sink:x},8") == b"OK"
         assert c.cmd(f"Z3,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05rwatch:{sink:x};thread:8;".encode()
+        assert c.cmd("c") == f"T05rwatch:{sink:x};thread:10;".encode()
         assert c.cmd(f"z3,{sink:x},8") == b"OK"
         assert c.cmd(f"Z4,{sink:x},8") == b"OK"
-        assert c.cmd("c") == f"T05awatch:{sink:x};thread:8;".encode()
+        assert c.cmd("c") == f"T05awatch:{sink:x};thread:10;".encode()
         assert c.cmd(f"z4,{sink:x},8") == b"OK"
         assert c.cmd("Z2,1000,0") == b"E03"                      # zero length: refused
         assert c.cmd("Z5,1000,1") == b""                         # unknown type: unsupported
@@ -478,7 +478,7 @@ def test_ctrl_c_stops_a_running_guest() -> None:
         c.send(b"c")
         wait_until_running(s)
         c.send_raw(b"\x03")
-        assert c.reply() == b"T02thread:8;"
+        assert c.reply() == b"T02thread:10;"
         main = s.machine.processes[0].image.symbols["main"]
         assert main <= c.register("rip") < main + 16             # in spin's loop
         c.send(b"vKill;4")
@@ -492,8 +492,8 @@ def test_ctrl_c_right_behind_continue_is_not_lost() -> None:
         c = s.client
         handshake(c)
         c.send_raw(rsp.frame(b"c") + b"\x03")                    # one write: both at once
-        assert c.reply() == b"T02thread:8;"
-        assert c.cmd("?") == b"T02thread:8;"
+        assert c.reply() == b"T02thread:10;"
+        assert c.cmd("?") == b"T02thread:10;"
         c.send(b"k")
         assert s.finish().stopped == "killed"
 
@@ -503,7 +503,7 @@ def test_stray_ctrl_c_while_stopped_is_ignored() -> None:
         c = s.client
         handshake(c)
         c.send_raw(b"\x03")
-        assert c.cmd("qC") == b"QC8"
+        assert c.cmd("qC") == b"QC10"
         assert c.cmd("c") == b"W00"
 
 
@@ -515,12 +515,12 @@ def test_each_process_s_thread_is_a_thread_named_with_its_process() -> None:
         handshake(c)
         second = s.machine.processes[1].pid
         tid = s.machine.processes[1].threads[0].tid
-        assert c.cmd("qfThreadInfo") == f"m8,{tid:x}".encode()
+        assert c.cmd("qfThreadInfo") == f"m10,{tid:x}".encode()
         assert bytes.fromhex(c.cmd(f"qThreadExtraInfo,p{second:x}.{tid:x}").decode()) == \
             f"pid {second} counter, tid {tid}, ready, not started".encode()
         assert c.cmd(f"Tp{second:x}.{tid:x}") == b"OK"
         assert c.cmd(f"T{tid:x}") == b"OK"                      # a tid alone names it too
-        assert c.cmd(f"Tp4.{tid:x}") == b"E02"                  # not a thread of process 4
+        assert c.cmd(f"Tpc.{tid:x}") == b"E02"                  # not a thread of process 12
         assert c.cmd("T99") == b"E02"
         assert c.cmd("Hg99") == b"E02"
         assert c.cmd(f"Hgp{second:x}.{tid:x}") == b"OK"
@@ -556,14 +556,14 @@ def test_exit_code_and_a_crash_on_the_console() -> None:
     with served(("badread", []), ("exitcode", ["7"])) as s:
         c = s.client
         handshake(c)
-        assert c.cmd("c") == b"T0bthread:8;"     # the unhandled exception: SIGSEGV
-        assert 'process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
+        assert c.cmd("c") == b"T0bthread:10;"     # the unhandled exception: SIGSEGV
+        assert 'process 12 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) ' \
                "reading 0xffff800000001000" in "".join(c.console)
         c.console.clear()
         assert c.cmd("c") == b"W05"              # 0xC0000005 & 0xff: the first process's
         text = "".join(c.console)
         assert "exited with status 0x7" in text
-        assert 'process 4 "badread" exit status STATUS_ACCESS_VIOLATION (0xC0000005)' in text
+        assert 'process 12 "badread" exit status STATUS_ACCESS_VIOLATION (0xC0000005)' in text
 
 
 def test_exit_status_is_the_first_process() -> None:
@@ -578,7 +578,7 @@ def test_bug_check_is_a_sigsegv_stop_in_the_kernel_thread() -> None:
         c = s.client
         handshake(c)
         assert c.cmd("?") == b"T05thread:1;"  # before DriverEntry's first instruction
-        assert c.cmd("qfThreadInfo") == b"m1,8"
+        assert c.cmd("qfThreadInfo") == b"m1,10"
         assert bytes.fromhex(c.cmd("qThreadExtraInfo,1").decode()) == \
             b"kernel (no process on the CPU), ring 0"
         assert c.cmd("qRcmd," + b"why".hex()) == b"OK"
@@ -673,10 +673,10 @@ def test_reverse_step_when_the_machine_can_be_rebuilt() -> None:
         c.cmd("s")
         second = c.register("rip")
         c.cmd("s")
-        assert c.cmd("bs") == b"T05thread:8;"
+        assert c.cmd("bs") == b"T05thread:10;"
         assert c.register("rip") == second
         c.cmd("bs")
-        assert c.cmd("bs") == b"T05thread:8;" and c.register("rip") == entry
+        assert c.cmd("bs") == b"T05thread:10;" and c.register("rip") == entry
         assert c.cmd("c") == b"W00"
 
 
@@ -695,11 +695,11 @@ def test_corrupt_packet_is_nakked_then_resent() -> None:
         c = s.client
         c.send_raw(b"$qC#00")
         assert c._byte() == ord("-")
-        assert c.cmd("qC") == b"QC8"
+        assert c.cmd("qC") == b"QC10"
         handshake(c)
         c.send_raw(b"$qC#00")                               # no acks now: an error reply
         assert c.reply() == b"E01"
-        assert c.cmd("qC") == b"QC8"
+        assert c.cmd("qC") == b"QC10"
         c.cmd("c")
 
 
@@ -710,10 +710,10 @@ def test_ack_mode_resends_a_reply_on_nak() -> None:
         c.ack = False                                       # read it without acking...
         first = c.packet()
         c.send_raw(b"-")                                    # ...and ask for it again
-        assert c.packet() == first == b"QC8"
+        assert c.packet() == first == b"QC10"
         c.send_raw(b"+")
         c.ack = True
-        assert c.cmd("qfThreadInfo") == b"m8"
+        assert c.cmd("qfThreadInfo") == b"m10"
         assert c.cmd("c") == b"W00"
 
 
@@ -745,7 +745,7 @@ def test_malformed_packets_get_error_replies(packet: str, reply: bytes) -> None:
         c = s.client
         handshake(c)
         assert c.cmd(packet) == reply
-        assert c.cmd("?") == b"T05thread:8;"                # the connection goes on
+        assert c.cmd("?") == b"T05thread:10;"                # the connection goes on
         assert c.cmd("c") == b"W00"                         # and so does the machine
 
 
@@ -824,9 +824,9 @@ def test_attach_lends_the_session_and_gives_it_back() -> None:
         assert ready.wait(TIMEOUT)
         c = RawClient(port[0])
         handshake(c)
-        assert c.cmd("?") == b"T05thread:8;"
+        assert c.cmd("?") == b"T05thread:10;"
         assert c.cmd(f"Z0,{main:x},1") == b"OK"
-        assert c.cmd("c") == b"T05swbreak:;thread:8;"
+        assert c.cmd("c") == b"T05swbreak:;thread:10;"
         assert c.cmd("D") == b"OK"              # gdb leaves at main: the shell has it again
         c.close()
         worker.join(TIMEOUT)
@@ -866,10 +866,10 @@ def test_noise_and_oversized_packets_on_the_socket_leave_the_stub_working() -> N
         c = s.client
         handshake(c)
         c.send_raw(b"x" * 100_000)                           # 100 KB without a '$'
-        assert c.cmd("?") == b"T05thread:8;"
+        assert c.cmd("?") == b"T05thread:10;"
         c.send_raw(b"$" + b"\x03" * 100_000 + b"#00")         # far over PacketSize
         assert c.reply() == b"E01"
-        assert c.cmd("qC") == b"QC8"
+        assert c.cmd("qC") == b"QC10"
         c.send_raw(b"y" * 100_000)
         result = s.finish()                                   # hang up: the machine ends
         assert result.processes[0].exit_status == 0

@@ -51,18 +51,18 @@ def test_at_the_end_the_json_is_emu_runs_event_log(apps, tmp_path):
 
 def test_the_listing_of_a_dpc_in_another_process(apps):
     out = debug(apps, "catch dpc\ncontinue\nhistory events dpc\nhistory events interrupt\n"
-                "history events syscall pid 4\nposition\n")
+                "history events syscall pid 12\nposition\n")
     assert answer(out, "history events dpc") == [
-        "    200278  pid  12 tid  16  ring 3  IRQL 2  0x401067 <victim!main+0x67>  dpc: DPC "
+        "    200278  pid  20 tid  24  ring 3  IRQL 2  0x401067 <victim!main+0x67>  dpc: DPC "
         "slowneither.sys!DpcForIsr+0x0",
         "1 event of kind dpc from boot to position 200278"]
     (isr, last) = answer(out, "history events interrupt")
     assert "IRQL 5" in isr and "interrupt vector 0x31, ISR slowneither.sys!Isr+0x0" in isr
-    calls = answer(out, "history events syscall pid 4")
+    calls = answer(out, "history events syscall pid 12")
     assert [re.search(r"system call (\w+)\(", line).group(1) for line in calls[:-1]] == \
         ["NtAllocateVirtualMemory", "NtOpenFile", "NtReadFile"]
-    assert all(" pid   4 tid   8  ring 3  IRQL 0 " in line for line in calls[:-1])
-    assert calls[-1] == "3 events of kind syscall in pid 4 from boot to position 200278"
+    assert all(" pid  12 tid  16  ring 3  IRQL 0 " in line for line in calls[:-1])
+    assert calls[-1] == "3 events of kind syscall in pid 12 from boot to position 200278"
 
 
 @pytest.mark.parametrize("options", [["--snapshots", "0"],
@@ -85,7 +85,7 @@ def test_going_back_shows_only_the_past(apps, options):
      "process-exit, thread-dispatch, syscall, syscall-return, exception, page-fault, "
      "interrupt, dpc, kernel-call-done, cr3-load, bugcheck)"),
     ("history events pid 99", "error: pid 99: no such process in this machine's history "
-     "(processes: 4, 12)"),
+     "(processes: 12, 20)"),
     ("history events pid x", "error: pid x: not a process id (a number; see ps)"),
     ("history events pid", "error: pid needs a process id (see ps)"),
     ("history", "error: history of what? (history events [KIND] [pid N] [--json] | "
@@ -109,15 +109,15 @@ def test_memory_is_bounded():
 
 
 def test_a_process_filter_keeps_its_creation_and_its_exit(apps):
-    out = debug(apps, "continue\nhistory events pid 12\n")
-    lines = answer(out, "history events pid 12")
-    assert lines[0].endswith('process-create: process 12 "victim" created')
+    out = debug(apps, "continue\nhistory events pid 20\n")
+    lines = answer(out, "history events pid 20")
+    assert lines[0].endswith('process-create: process 20 "victim" created')
     assert " pid   - tid   - " in lines[0]            # created from the command line
-    assert any(line.endswith('process-exit: process 12 "victim" exits with status 0x0')
+    assert any(line.endswith('process-exit: process 20 "victim" exits with status 0x0')
                for line in lines)
-    assert all(" pid  12 " in line for line in lines[1:-1])
+    assert all(" pid  20 " in line for line in lines[1:-1])
     assert not any("slowread" in line for line in lines)
-    assert re.fullmatch(r"\d+ events in pid 12 from boot to position \d+", lines[-1])
+    assert re.fullmatch(r"\d+ events in pid 20 from boot to position \d+", lines[-1])
 
 
 def test_tab_completes_the_kinds():

@@ -34,8 +34,8 @@ def test_monitor_history_events_under_emu_run_gdb():
         emu.communicate(timeout=120)
     finally:
         emu.kill()
-    assert 'process-create: process 4 "slowread" created (args: \\Device\\SlowNeither)' in out
-    assert 'process-create: process 12 "victim" created' in out
+    assert 'process-create: process 12 "slowread" created (args: \\Device\\SlowNeither)' in out
+    assert 'process-create: process 20 "victim" created' in out
     assert "2 events of kind process-create from boot to position 0" in out
     assert "error: no event kind 'nmi'" in out
     assert emu.returncode == 0

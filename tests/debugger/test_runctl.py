@@ -15,7 +15,7 @@ from emu.debugger.session import CatchKind, Session, StopReason
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "guest" / "build" / "apps"
 DRIVERS = APPS.parent / "drivers"
-BADREAD_LINE = ('process 4 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) '
+BADREAD_LINE = ('process 12 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) '
                 "reading 0xffff800000001000 at rip 0x401022: mov rax, qword ptr [rbx]")
 
 
@@ -38,7 +38,7 @@ def test_unhandled_exception_stops_in_the_process_with_emu_runs_line():
     stop = after(r.stdout, "continue")
     assert stop.splitlines()[-2:] == [
         BADREAD_LINE,
-        '=> 0x401022 <badread!main+0x22>: mov rax, qword ptr [rbx]   [pid 4 "badread", ring 3]']
+        '=> 0x401022 <badread!main+0x22>: mov rax, qword ptr [rbx]   [pid 12 "badread", ring 3]']
     assert after(r.stdout, "registers rip") == "rip = 0x401022 (4198434)"
     assert r.stdout.rstrip().endswith("the machine has stopped: every process has ended")
 
@@ -184,7 +184,7 @@ def _catch_then_back(build, kind, flt=None, **kwargs):
     ("badread", CatchKind.EXCEPTION, None, "exception #PF at badread!main"),
     ("hello", CatchKind.SYSCALL, None, "system call NtTerminateProcess("),
     ("hello", CatchKind.CR3, None, "CR3 "),
-    ("badread", CatchKind.PROCESS_EXIT, None, 'process 4 "badread" exits'),
+    ("badread", CatchKind.PROCESS_EXIT, None, 'process 12 "badread" exits'),
 ])
 def test_reverse_continue_stops_at_the_last_catchpoint_hit(app, kind, flt, expect):
     forward, back = _catch_then_back(recipe((app, [])), kind, flt)
@@ -206,7 +206,7 @@ TWO = (("hello", []), ("hello", []))
     (TWO, (), CatchKind.CR3, "CR3 "),
     (SLOW, ("slowbuffered.sys",), CatchKind.INTERRUPT, "interrupt vector 0x31"),
     (SLOW, ("slowbuffered.sys",), CatchKind.DPC, "DPC slowbuffered.sys!"),
-    (TWO, (), CatchKind.PROCESS_EXIT, 'process 4 "hello" exits'),
+    (TWO, (), CatchKind.PROCESS_EXIT, 'process 12 "hello" exits'),
 ])
 def test_stepi_then_reverse_stepi_returns_to_the_catchpoints_state(apps, drivers, kind, expect):
     seen: list[tuple] = []
@@ -239,7 +239,7 @@ def test_stepi_then_reverse_stepi_returns_to_the_catchpoints_state(apps, drivers
 
 # -- reverse-finish and reverse-nexti (item 9) ---------------------------------------------
 
-CALL = '=> 0x401167 <hello!put+0xc7>: call 0x40208d   [pid 4 "hello", ring 3]'
+CALL = '=> 0x401167 <hello!put+0xc7>: call 0x40208d   [pid 12 "hello", ring 3]'
 
 
 def test_reverse_finish_goes_back_to_before_the_call():

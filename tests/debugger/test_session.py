@@ -91,7 +91,7 @@ def test_first_stop_is_the_entry_point_at_ring_3():
     sc.run()
     stop, rip, cpl, pid = sc.stops[0]
     assert stop.reason is StopReason.START
-    assert rip == symbol("_start") and cpl == 3 and pid == 4
+    assert rip == symbol("_start") and cpl == 3 and pid == 12
     assert "entry point hello!_start" in stop.description
     assert sc.reasons[-1] is StopReason.EXITED and sc.stops[-1][0].exit_code == 0
 
@@ -213,7 +213,7 @@ def test_read_watchpoint_and_kind_filter():
 
 @pytest.mark.parametrize("kind, flt, expect", [
     (CatchKind.SYSCALL, None, "system call NtWriteConsole("),
-    (CatchKind.PROCESS_EXIT, None, 'process 4 "badread" exits with status 0xc0000005'),
+    (CatchKind.PROCESS_EXIT, None, 'process 12 "badread" exits with status 0xc0000005'),
     (CatchKind.EXCEPTION, "14", "exception #PF at badread!main"),
     (CatchKind.RING, "3->0", "ring 3->0: system call"),
     (CatchKind.CR3, None, "CR3 "),
@@ -357,7 +357,7 @@ def test_interrupt_and_dpc_catchpoints_stop_at_the_routine(kind, expect):
     sc = Script(build, [lambda s: s.add_catchpoint(kind) and False, lambda s: s.cont()])
     sc.run()
     stop, rip, cpl, pid = next(x for x in sc.stops if x[0].reason is StopReason.CATCH)
-    assert expect in stop.description and cpl == 0 and pid == 12     # victim (its thread: 16)
+    assert expect in stop.description and cpl == 0 and pid == 20     # victim (its thread: 24)
     routine = stop.description.split(" at " if kind is CatchKind.INTERRUPT else "DPC ")[-1]
     assert sc.session.target.symbolize(rip) == routine.split(" in ")[0].rstrip(")")
 
@@ -371,4 +371,4 @@ def test_catch_driver_load_and_process_create():
     (load, rip, cpl, _), (create, *_) = [x for x in sc.stops if x[0].reason is StopReason.CATCH]
     assert "driver echo.sys loaded at" in load.description and cpl == 0
     assert sc.session.target.symbolize(rip) == "echo.sys!DriverEntry"
-    assert 'process 12 "hello" created' in create.description   # (8: spawner's thread)
+    assert 'process 20 "hello" created' in create.description   # (16: spawner's thread)

@@ -34,18 +34,18 @@ def test_batch_transcript_of_steps_and_breakpoints():
               str(APPS / "hello"))
     assert r.returncode == 0, r.stderr
     assert lines(r.stdout)[:9] == [
-        'process 4 "hello" stopped at its entry point hello!_start, ring 3',
-        '=> 0x401059 <hello!_start>: xor ebp, ebp   [pid 4 "hello", ring 3]',
-        "(emu pid 4 ring 3 0x401059) stepi 3",
-        '=> 0x401064 <hello!_start+0xb>: lea rdx, [rsi + rdi*8 + 8]   [pid 4 "hello", ring 3]',
-        "(emu pid 4 ring 3 0x401064) break NtWriteConsole",
+        'process 12 "hello" stopped at its entry point hello!_start, ring 3',
+        '=> 0x401059 <hello!_start>: xor ebp, ebp   [pid 12 "hello", ring 3]',
+        "(emu pid 12 ring 3 0x401059) stepi 3",
+        '=> 0x401064 <hello!_start+0xb>: lea rdx, [rsi + rdi*8 + 8]   [pid 12 "hello", ring 3]',
+        "(emu pid 12 ring 3 0x401064) break NtWriteConsole",
         "Breakpoint 1 at 0x40208d <hello!NtWriteConsole>",
-        "(emu pid 4 ring 3 0x401064) info breakpoints",
+        "(emu pid 12 ring 3 0x401064) info breakpoints",
         "Num  Type        Enb Hits What",
         "1    breakpoint  y   0    0x40208d <hello!NtWriteConsole>",
     ]
     assert "Breakpoint 1, hello!NtWriteConsole" in r.stdout
-    assert "(emu pid 4 ring 3 0x40208d) position\n518 instructions and exceptions since " \
+    assert "(emu pid 12 ring 3 0x40208d) position\n518 instructions and exceptions since " \
            "boot" in r.stdout
 
 
@@ -83,7 +83,7 @@ def test_watch_and_catch_commands():
     r = debug("watch $rsp-8\ncatch syscall NtWriteConsole\nc\nc\ninfo breakpoints\n",
               str(APPS / "hello"))
     out = r.stdout
-    assert "Watchpoint 1: write of 0x7ffffffdff88..0x7ffffffdff8f in process 4" in out
+    assert "Watchpoint 1: write of 0x7ffffffdff88..0x7ffffffdff8f in process 12" in out
     assert "Catchpoint 2 (syscall NtWriteConsole, 0x1)" in out
     assert "Watchpoint 1: 8-byte write of 0x7ffffffdff88 (value 0x401072)" in out
     assert "Catchpoint 2 (system call NtWriteConsole(" in out
@@ -316,12 +316,12 @@ def test_catch_completes_its_kinds_and_filters():
 
 def test_break_options_are_checked():
     r = debug("break NtWriteConsole if\nbreak *0x401000 pid 9\nwatch $rsp pid 9\n"
-              "break main pid 4\ninfo breakpoints\n", str(APPS / "hello"))
+              "break main pid 12\ninfo breakpoints\n", str(APPS / "hello"))
     errors = [line for line in lines(r.stdout) if line.startswith("error:")]
     assert errors == ["error: 'if' needs a condition, e.g. break main if rdi == 2",
-                      "error: no process 9 (processes: 4)",
-                      "error: no process 9 (processes: 4)"]
-    assert "Breakpoint 1 at 0x401000 <hello!main> in process 4" in r.stdout
+                      "error: no process 9 (processes: 12)",
+                      "error: no process 9 (processes: 12)"]
+    assert "Breakpoint 1 at 0x401000 <hello!main> in process 12" in r.stdout
     assert "1    breakpoint" in r.stdout and "\n2    " not in r.stdout
 
 

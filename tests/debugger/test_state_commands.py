@@ -168,11 +168,11 @@ def test_a_dump_answers_the_same_commands(dumped):
                             "    (called by the executive: a driver routine (DriverEntry, "
                             "dispatch, ISR, DPC) starts the kernel stack)")
     assert "1 IRP(s) in flight" in sh.run("irp")
-    assert sh.run("handles 4").endswith("\\Device\\SlowNeither (slowneither.sys)")
-    assert sh.run("x/s -p 4 0x7f793950000") == '0x7f793950000:\t"requester\'s own page"'
+    assert sh.run("handles 12").endswith("\\Device\\SlowNeither (slowneither.sys)")
+    assert sh.run("x/s -p 12 0x7f793950000") == '0x7f793950000:\t"requester\'s own page"'
     assert "slowneither.sys" in sh.run("lm")
     assert "DPL 3" in sh.run("info gdt")
-    sh.run("process 4")
+    sh.run("process 12")
     assert "#1  " in sh.run("bt") and "slowread!" in sh.run("bt")
     sh.run("process")
 

@@ -354,9 +354,9 @@ def test_handles_view():
             count.append(1)
         return len(count) == 2
 
-    text = pause(m, second_print, lambda d: views.handles_text(LiveTarget(m), 4))
+    text = pause(m, second_print, lambda d: views.handles_text(LiveTarget(m), 12))
     lines = text.splitlines()
-    assert lines[0] == 'handle table of process 4 "handles": 2 handle(s)'
+    assert lines[0] == 'handle table of process 12 "handles": 2 handle(s)'
     assert lines[1].startswith("  0x0004  Event    ") and "event, " in lines[1]
     assert lines[2].startswith("  0x0008  Event    ")
     m.close()
@@ -399,7 +399,7 @@ def test_analyze_a_process_killed_by_an_access_violation():
     m.run()
     text = analyze.analyze_text(LiveTarget(m))
     lines = text.splitlines()
-    assert lines[0] == ('process 4 "badread" was ended by STATUS_ACCESS_VIOLATION '
+    assert lines[0] == ('process 12 "badread" was ended by STATUS_ACCESS_VIOLATION '
                         "(0xC0000005): the thread used an address its rights do not allow")
     assert "  at rip 0x401022 (badread!main+0x22), ring 3: mov rax, qword ptr [rbx]" in lines
     assert "  access: a read of 0xffff800000001000" in lines
@@ -418,7 +418,7 @@ def test_analyze_the_cpu_exception_of_a_stop():
 
     text = pause(m, lambda e, d: e is Event.EXCEPTION, look)
     assert text.startswith("the CPU raised #PF page fault (stopped: exception)")
-    assert "  at rip 0x401023 (nullwrite!main+0x23), ring 3, in process 4 \"nullwrite\"" in text
+    assert "  at rip 0x401023 (nullwrite!main+0x23), ring 3, in process 12 \"nullwrite\"" in text
     assert "  access: a write of 0x0" in text
     assert "    #PF: the PDE (level 2) is not present (P=0)" in text
     assert "    the VADs say: free (in no allocation): an access violation" in text
@@ -449,8 +449,8 @@ def test_analyze_the_cpu_exception_of_a_stop():
     ("slowneither.sys", [("slowread", ["\\Device\\SlowNeither"]), ("counter", ["x", "3"])], [
         "bug check 0xd1 DRIVER_IRQL_NOT_LESS_OR_EQUAL",
         "parameter 2  2 (DISPATCH_LEVEL)", "parameter 3  0x1 (write)",
-        "the address space loaded was that of process 12 \"counter\"",
-        "in process 4 \"slowread\" it maps physical", "in process 12 \"counter\" it is not "
+        "the address space loaded was that of process 20 \"counter\"",
+        "in process 12 \"slowread\" it maps physical", "in process 20 \"counter\" it is not "
         "mapped"]),
     ("bugcheck.sys", ["hello"], [
         "bug check 0xe2 MANUALLY_INITIATED_CRASH", "parameter 4  0x4",
@@ -487,13 +487,13 @@ def test_analyze_at_the_end_prefers_the_dead_process_and_survives_its_lost_memor
     ended = type("Stop", (), {"reason": type("R", (), {"value": "exited"})(),
                               "exception": seen[0]})()
     text = analyze.analyze_text(t, ended)
-    assert text.startswith('process 4 "badread" was ended by')
+    assert text.startswith('process 12 "badread" was ended by')
     # Its PML4 is gone: the kernel half is walked in the loaded tables, and that is said.
     assert ("  the page walk of 0xffff800000001000 (read at ring 3) in the system address "
             f"space (CR3 {m.executive.mm.system.cr3:#x}):\n"
-            '    (not process 4 "badread"\'s own tables: it has ended and its PML4 is gone; '
+            '    (not process 12 "badread"\'s own tables: it has ended and its PML4 is gone; '
             "the kernel half is the same in every address space)") in text
-    walk = walkview.walk_text(t, BADREAD_ADDRESS, 4, "read", 3)
+    walk = walkview.walk_text(t, BADREAD_ADDRESS, 12, "read", 3)
     assert walk.splitlines()[0] == (f"walk {BADREAD_ADDRESS:#x} in the system address space "
                                     f"(CR3 {m.executive.mm.system.cr3:#x}), read at ring 3")
     late = type("Stop", (), {"reason": "catch", "exception": seen[0]})()
@@ -515,13 +515,13 @@ def test_direct_io_one_frame_two_addresses():
     def look(details):
         t = LiveTarget(m)
         (irp,) = t.irps()
-        return t.translate(MARKERS, 4), mapview.ptov_text(t, t.translate(MARKERS, 4)), \
+        return t.translate(MARKERS, 12), mapview.ptov_text(t, t.translate(MARKERS, 12)), \
             views.irp_text(t, irp.address)
 
     pa, ptov, irp = pause(m, dpc_done, look)
     lines = ptov.splitlines()
     assert len(lines) == 3
-    assert lines[1].startswith('  process 4 "slowread"') and f"{MARKERS:#018x}" in lines[1]
+    assert lines[1].startswith('  process 12 "slowread"') and f"{MARKERS:#018x}" in lines[1]
     assert lines[2].startswith("  kernel (every process)       0xffffa18000000000")
     assert (f"StartVa {MARKERS:#x} + ByteOffset 0x0, ByteCount 64, frames {pa >> 12:#x}"
             in irp)

@@ -214,7 +214,7 @@ def test_vmmap_of_a_vad_spanning_the_user_half_counts_only_pages_present(real_du
     big = tmp_path / "big.dmp"
     rewrite(big, meta, ram)
     r = subprocess.run([sys.executable, "-m", "emu", "debug", "--dump", str(big)],
-                       input="vmmap 4\n", capture_output=True, text=True, timeout=120)
+                       input="vmmap 12\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     (line,) = [x for x in r.stdout.splitlines() if "0x0000100000000000" in x]
     assert line.split() == ["0x0000100000000000", "0x0000700000000000", "98304", "GiB", "reserve",

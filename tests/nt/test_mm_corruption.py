@@ -363,7 +363,7 @@ def test_emu_run_prints_the_blue_screen_and_exits_126(apps, monkeypatch, capsys)
     assert err[1] == "*** MEMORY_MANAGEMENT (0x0000001A)"
     assert err[2].startswith("*** Parameters: 0x0000000000041284, 0x0000000000400000, ")
     assert err[3].startswith("*** a PTE or the working set list is corrupted: 0x400000")
-    assert 'Process: 4 "hello"' in "\n".join(err)
+    assert 'Process: 12 "hello"' in "\n".join(err)
 
 
 # -- kernel paths outside the memory manager that read a garbled entry ---------------------

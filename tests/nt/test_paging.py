@@ -405,7 +405,7 @@ def test_a_full_disk_keeps_the_pages_in_ram_and_fails_the_access_that_needed_one
             "--", apps / "hello")
     assert r.returncode == 125
     assert "Hello, world!" in r.stdout
-    assert 'process 4 "pattern" terminated: STATUS_IN_PAGE_ERROR (0xC0000006)' in r.stderr
+    assert 'process 12 "pattern" terminated: STATUS_IN_PAGE_ERROR (0xC0000006)' in r.stderr
 
 
 def test_the_run_report_has_the_paging_counters(apps, tmp_path):
@@ -555,7 +555,7 @@ def test_a_short_read_from_the_pagefile_fails_the_access_not_zero_data(apps):
             "--", apps / "hello")
     assert "Hello, world!" in r.stdout
     assert "bad words" not in r.stdout
-    assert 'process 4 "pattern" terminated: STATUS_IN_PAGE_ERROR (0xC0000006)' in r.stderr
+    assert 'process 12 "pattern" terminated: STATUS_IN_PAGE_ERROR (0xC0000006)' in r.stderr
     assert r.returncode == 125
 
 

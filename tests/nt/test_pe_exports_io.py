@@ -197,6 +197,31 @@ def test_a_dispatch_routine_runs_in_the_requestor_s_process(machine_factory, app
     assert f"Irp->Tail.Overlay.Thread: thread {tid} of process {pid}, system thread 0" in lines
 
 
+def test_no_app_shares_an_id_with_the_system_process(tmp_path):
+    """Process and thread ids come from one table (Windows' CID table): 4 is the System
+    process DriverEntry runs in, 8 its thread, and no app's process or thread has either id;
+    the id a dispatch routine's PsGetCurrentProcessId gives is the pid `ps` shows."""
+    import subprocess
+    import sys
+
+    script = "continue\nps\n"
+    r = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver",
+                        str(DRIVERS / "pedbg.sys"), str(ROOT / "guest/build/apps/hello"), "--",
+                        str(ROOT / "guest/build/apps/devread"), "\\Device\\PeDbg", "0"],
+                       input=script, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert SYSTEM_LINE.format("pedbg.sys: DriverEntry") in out
+    table = out[out.index("(emu ended) ps") + 2:-1]
+    shown = {int(row.split()[0]): row.split()[1] for row in table}
+    assert shown == {12: "hello", 20: "devread"}
+    create = next(line for line in out if line.startswith("pedbg.sys: IRP_MJ_CREATE"))
+    assert create == ("pedbg.sys: IRP_MJ_CREATE: process 20 (PsGetProcessId 20, "
+                      "PsGetCurrentProcess same 1), thread 24, 32-bit 0")
+    ids = [int(n) for n in re.findall(r"(?:process|thread|requestor) (\d+)", create)]
+    assert 4 not in ids and 8 not in ids
+
+
 def test_ps_get_current_process_id_is_one_routine_for_nt_and_drivers():
     # The ELF dialect's variant (0 in the system context) is gone: nt!PsGetCurrentProcessId
     # is the address drivers bind to, Windows' routine (4 in the system context).

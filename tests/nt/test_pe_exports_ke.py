@@ -256,7 +256,7 @@ def test_attaching_reads_each_process_s_own_memory(machine_factory, apps):
     thread unattached, so the inner state's detach is bug check 0x6."""
     m, (a, b), r = boot(machine_factory, apps, [DRIVERS / "peattach.sys"],
                         ("hello", MARKERS[0]), ("hello", MARKERS[1]))
-    assert (a.pid, b.pid) == (4, 12)
+    assert (a.pid, b.pid) == (12, 20)            # 4 and 8: the System process and thread
     address = layout.USER_STACK_TOP - 16          # where the last argument ends
     text_a, text_b = user_text(m, a, address, 16), user_text(m, b, address, 16)
     assert text_a and set(text_a) == {"A"} and set(text_b) == {"B"}
@@ -329,11 +329,13 @@ def test_attaching_to_no_process_is_bug_check_0x5(machine_factory, apps):
 
 def test_a_dereference_too_many_is_bug_check_0x18(machine_factory, apps):
     m, (p,), r = boot(machine_factory, apps, [DRIVERS / "pederef.sys"], ("hello",))
-    process = eprocess.of(m.executive, p)
+    process = eprocess.of(m.executive, None)      # id 4: the System process, not the app
+    assert p.pid != 4 and process != eprocess.of(m.executive, p)
     assert lines(m) == ["pederef.sys: 0"]
     assert r.bugcheck.code == 0x18 and r.bugcheck.params == (0, process, 0, 0)
     raw = m.executive.kernel_read(process, wdm.DISPATCHER_HEADER.size)
     assert raw[0] == eprocess.PROCESS_OBJECT and struct.unpack_from("<i", raw, 4)[0] == 0
+    assert raw[2] == 0x80 // 4                    # DISPATCHER_HEADER.Size: a 0x80-byte object
 
 
 def test_a_dispatch_routine_waits_for_its_device_in_the_requester_s_context(machine_factory,

@@ -83,8 +83,8 @@ def test_a_thread_waiting_for_its_read_shows_where_it_resumes():
     after = transcript.split("(system call NtReadFile blocked/ended)", 1)[1].splitlines()
     # The thread waits inside NtReadFile: it resumes after its syscall, at ring 3.
     assert after[1].startswith("=> 0x4021d1 <slowread!NtReadFile+0xa>: ret   "
-                               '[pid 4 "slowread", ring 3]'), transcript
-    thread = next(x for x in after if x.strip().startswith("8 "))
+                               '[pid 12 "slowread", ring 3]'), transcript
+    thread = next(x for x in after if x.strip().startswith("16 "))
     assert thread.split()[3:5] == ["waiting", "0x4021d1"], thread
     assert f"{KERNEL_RETURN + 1:#x}" not in "\n".join(after)
     assert "cs 0x0033" in transcript.split("(system call NtReadFile blocked/ended)", 1)[1]

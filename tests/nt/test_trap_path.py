@@ -56,7 +56,7 @@ def test_a_system_call_round_trip_goes_around_the_bindings_register_calls(machin
     """Before: 13 binding calls per system call (10 reads, 3 writes, about 2 us each)."""
     few, out_few = _binding_register_calls(machine_factory, apps, monkeypatch, 10)
     many, out_many = _binding_register_calls(machine_factory, apps, monkeypatch, 1000)
-    assert out_few == b"sysloop 10 calls, pid 4\n" and out_many == b"sysloop 1000 calls, pid 4\n"
+    assert out_few == b"sysloop 10 calls, pid 12\n" and out_many == b"sysloop 1000 calls, pid 12\n"
     assert many == few            # 990 more system calls, not one more call through the binding
 
 

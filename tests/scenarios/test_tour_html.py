@@ -130,7 +130,7 @@ def test_the_kernel_half_is_one_set_of_frames(tour):
     result = tour["private-address-spaces"]
     (kernel,) = [r for r in svgs(html.page(result)) if r.get("class") == "kernel-half"]
     slots = by_class(kernel, "g", "kslot")
-    assert {g.get("data-pid") for g in slots} == {"4", "12"}
+    assert {g.get("data-pid") for g in slots} == {"12", "20"}
     assert len({g.get("data-frame") for g in slots}) == len(slots) // 2
 
 

@@ -13,6 +13,7 @@ from emu.nt.eprocess import (
     EPROCESS_UNIQUE_PROCESS_ID,
     ETHREAD_PROCESS,
     ETHREAD_UNIQUE_THREAD_ID,
+    SYSTEM_PROCESS_ID,
     SYSTEM_THREAD_ID,
     process_id,
 )
@@ -36,12 +37,13 @@ REFERENCE_BY_POINTER = BugCheckCode.REFERENCE_BY_POINTER
 def ps_lookup_process_by_process_id(ex: PsServices, call: ExportCall) -> int:
     """NTSTATUS PsLookupProcessByProcessId(HANDLE ProcessId, PEPROCESS *Process): the
     process's object (emu.nt.eprocess), referenced: the caller releases it with
-    ObDereferenceObject. STATUS_INVALID_PARAMETER when no live process has that id (one
-    that has ended is not found)."""
+    ObDereferenceObject. Id 4 is the System process (its object: the one IoGetCurrentProcess
+    gives in DriverEntry), as on Windows. STATUS_INVALID_PARAMETER when no live process has
+    that id (one that has ended is not found; a thread's id names no process)."""
     pid = call.arg(0)
     proc = next((p for p in ex.processes if p.pid == pid and
                  p.state is not ProcessState.TERMINATED), None)
-    if proc is None:
+    if proc is None and pid != SYSTEM_PROCESS_ID:
         return NTSTATUS.STATUS_INVALID_PARAMETER
     try:
         address = eprocess.of(ex, proc)
@@ -61,7 +63,7 @@ def _dereference(ex: PsServices, call: ExportCall) -> int:
     alone (the objects other routines hand out are not counted here)."""
     obj = call.arg(0)
     table = eprocess.objects(ex)
-    if eprocess.process_at(ex, obj) is None:
+    if not eprocess.is_process_object(ex, obj):
         return 0
     held = table.references.get(obj, 0)
     if held == 0:
