@@ -56,7 +56,7 @@ def test_max_insns_stops_inside_driver_entry_where_emu_debug_stops(apps, spin, n
     assert run.returncode == 124, run.stderr
     assert run.stdout == ""                        # DriverEntry never reached its DbgPrint
     stop = re.fullmatch(rf'emu: stopped after {n} instructions \(--max-insns\); still '
-                        r'running: process 4 "hello", at rip (0x[0-9a-f]+)\n', run.stderr)
+                        r'running: process 12 "hello", at rip (0x[0-9a-f]+)\n', run.stderr)
     assert stop is not None, run.stderr
     debug = emu("debug", "--stop-at-driver", "--driver", spin, apps / "hello",
                 stdin=f"stepi {n}\nposition\ninfo registers rip\n")

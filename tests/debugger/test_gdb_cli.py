@@ -170,7 +170,7 @@ def test_emu_run_gdb_at_a_bug_check_thread_1_is_the_cpu_and_goes_back():
     assert "Traceback" not in stderr and "Remote failure reply" not in out
     assert 'Thread 1 "kernel" received signal SIGSEGV' in out
     assert re.search(r'^\* 1 +Thread 1 "kernel" \(kernel \(no process on the CPU\), ring 0\)'
-                     r" 0xffff800000004010", out, re.M)
+                     r" +0xffff800000004010", out, re.M)
     at_bugcheck, at_boot = _register_dumps(out)
     # the shell's `registers` (gdb's console, an O packet): 16 hex digits each
     monitor = dict(re.findall(r"\b(rip|rsp|rcx|rdx|r8|r9) {1,2}(0x[0-9a-f]{16})\b", out))

@@ -109,13 +109,13 @@ def oracle_run(build, va: int | None = None, pid: int | None = None) -> Oracle:
 
 
 CASES = [
-    # the DPC's write into the process it interrupted (victim, pid 12), and the requester's
+    # the DPC's write into the process it interrupted (victim, pid 20), and the requester's
+    (slow_neither, PAGE_VA, 64, 20, False),
     (slow_neither, PAGE_VA, 64, 12, False),
-    (slow_neither, PAGE_VA, 64, 4, False),
     # scribble.sys's store on ticket.sys's counter (a kernel address: every space)
     (ticket_scribble, "next_ticket", 4, None, False),
     (ticket_scribble, "next_ticket", 4, None, True),
-    (slow_neither, PAGE_VA, 64, 12, True),
+    (slow_neither, PAGE_VA, 64, 20, True),
 ]
 
 
@@ -157,13 +157,13 @@ def test_the_answer_is_the_oracles(apps, scenario, address, length, pid, phys, k
 
 
 def test_the_dpc_write_into_the_interrupted_process(apps):
-    """pid 12 (victim) never asked for the read: slowneither.sys's DPC wrote its page."""
+    """pid 20 (victim) never asked for the read: slowneither.sys's DPC wrote its page."""
     build = factory(*slow_neither(apps))
     end = oracle_run(build).position
-    found, _, _ = QueryIndex().answer(Query("write", PAGE_VA, 8, 12, False), end, build)
+    found, _, _ = QueryIndex().answer(Query("write", PAGE_VA, 8, 20, False), end, build)
     dpc = [a for a in found if a.ring == 0]
     assert [(a.pid, a.irql, a.va, a.size) for a in dpc] == \
-        [(12, 2, PAGE_VA, 4), (12, 2, PAGE_VA + 4, 4)]
+        [(20, 2, PAGE_VA, 4), (20, 2, PAGE_VA + 4, 4)]
     assert dpc[0].old == int.from_bytes(b"vict", "little")
     assert dpc[0].instruction == "mov dword ptr [rdi + r8], eax"
 
@@ -188,25 +188,25 @@ def answer(out: str, command: str) -> list[str]:
 
 
 def test_the_shells_answer_then_the_index(apps):
-    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 12\n"
-                "history write 0x7F793950004 4 pid 12 --json\n")
-    rows = answer(out, "history write 0x7F793950000 8 pid 12")
-    assert rows[-1] == "10 writes to 0x7f793950000..0x7f793950007 in pid 12 from boot to " \
+    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"
+                "history write 0x7F793950004 4 pid 20 --json\n")
+    rows = answer(out, "history write 0x7F793950000 8 pid 20")
+    assert rows[-1] == "10 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
         "position 1204741 (re-executed from boot)"
     assert re.fullmatch(
-        r"#9 +200307  pid  12 tid  16  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
+        r"#9 +200307  pid  20 tid  24  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
         r"<slowneither.sys!DpcForIsr\+0x55>  mov dword ptr \[rdi \+ r8\], eax  write 4 at "
         r"0x7f793950000 \(pa 0x[0-9a-f]+\): 0x74636976 -> 0x61746164", rows[8])
     records = [json.loads(line) for line in
-               answer(out, "history write 0x7F793950004 4 pid 12 --json")]
+               answer(out, "history write 0x7F793950004 4 pid 20 --json")]
     assert [(r["position"], r["va"], r["new"], r["symbol"]) for r in records][-1] == \
         (200316, 0x7F793950004, 0x6F726620, "slowneither.sys!DpcForIsr+0x55")
 
 
 def test_a_repeated_query_comes_from_the_index(apps):
-    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 12\n"
-                "history read 0x7F793950010 8 pid 12\n")
-    assert answer(out, "history read 0x7F793950010 8 pid 12")[-1].endswith("(from the index)")
+    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"
+                "history read 0x7F793950010 8 pid 20\n")
+    assert answer(out, "history read 0x7F793950010 8 pid 20")[-1].endswith("(from the index)")
 
 
 @pytest.mark.parametrize(("row", "where", "byte_at"), [
@@ -220,9 +220,9 @@ def test_goto_a_row_is_the_forward_runs_state(apps, row, where, byte_at):
     instruction, before it runs, with the registers and memory a forward run from boot has
     there (goto POSITION from the first stop)."""
     show = "position\ninfo registers rip rax rcx rdi r8 rsp cr3\nx/2gx 0x7F793950000\n"
-    back = debug(apps, f"continue\nhistory write 0x7F793950000 8 pid 12\ngoto #{row}\n" +
+    back = debug(apps, f"continue\nhistory write 0x7F793950000 8 pid 20\ngoto #{row}\n" +
                  show)
-    line = answer(back, "history write 0x7F793950000 8 pid 12")[row - 1]
+    line = answer(back, "history write 0x7F793950000 8 pid 20")[row - 1]
     position = int(line.split()[1])
     assert where in line
     forward = debug(apps, f"goto {position}\n" + show)
@@ -246,9 +246,9 @@ def test_goto_a_position_forward_and_back(apps):
 
 @pytest.mark.parametrize(("command", "message"), [
     ("history write", "error: history write needs an address"),
-    ("history write 0x1000 0 pid 4", "error: length 0x0: a query covers 1 byte to 1 MiB"),
+    ("history write 0x1000 0 pid 12", "error: length 0x0: a query covers 1 byte to 1 MiB"),
     ("history read 0x1000 8 pid 99", "error: pid 99: no such process in this machine's "
-     "history (processes: 4, 12)"),
+     "history (processes: 12, 20)"),
     ("history access 0x1000 8 pid", "error: pid needs a process id (see ps)"),
     ("history write 0x1000 8 bogus", "error: unexpected 'bogus'"),
     ("history write 0x800000000000", "error: 0x800000000000: not a canonical address"),
@@ -263,21 +263,21 @@ def test_bad_input_is_one_line(apps, command, message):
 
 
 def test_goto_a_row_out_of_range(apps):
-    out = debug(apps, "continue\nhistory write 0x7F793950000 1 pid 12\ngoto #5\n")
+    out = debug(apps, "continue\nhistory write 0x7F793950000 1 pid 20\ngoto #5\n")
     assert answer(out, "goto #5") == ["error: goto #5: the last answer has rows 1 to 2"]
 
 
 def test_emu_query_answers_as_the_shell_at_the_end(apps):
     drivers, commands = slow_neither(apps)
     argv = ["--driver", drivers[0], commands[0][0], *commands[0][1], "--", commands[1][0]]
-    r = emu("query", "write", "0x7F793950000", "8", "--pid", "12", "--json", *argv)
+    r = emu("query", "write", "0x7F793950000", "8", "--pid", "20", "--json", *argv)
     assert r.returncode == 0 and r.stderr == ""
-    shell = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 12 --json\n")
-    assert r.stdout.splitlines() == answer(shell, "history write 0x7F793950000 8 pid 12 --json")
+    shell = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20 --json\n")
+    assert r.stdout.splitlines() == answer(shell, "history write 0x7F793950000 8 pid 20 --json")
     assert len(r.stdout.splitlines()) == 10
-    text = emu("query", "write", "0x7F793950000", "8", "--pid", "12", *argv)
+    text = emu("query", "write", "0x7F793950000", "8", "--pid", "20", *argv)
     assert text.stdout.splitlines()[-1] == "10 writes to 0x7f793950000..0x7f793950007 in " \
-        "pid 12 from boot to position 1204741 (re-executed from boot)"
+        "pid 20 from boot to position 1204741 (re-executed from boot)"
 
 
 @pytest.mark.parametrize(("args", "message"), [
