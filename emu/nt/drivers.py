@@ -147,12 +147,10 @@ def _check_return_irql(ex: Kernel, routine: int, called_at: int, irql: int,
     WORKER_THREAD_RETURNED_AT_BAD_IRQL (the worker routine, the IRQL, the work item's
     parameter, the work item). Here the I/O manager calls the driver's routine itself, so
     parameter 1 is that routine, and there is no work item: 0, 0."""
-    if irql == called_at:
-        return
-    from emu.nt import kintr
-
-    raise kintr.returned_at(ex, routine, irql, BugCheckCode.WORKER_THREAD_RETURNED_AT_BAD_IRQL,
-                            (routine, irql, 0, 0), what, called_at)
+    if irql != called_at:
+        raise ex.returned_at_bad_irql(routine, irql,
+                                      BugCheckCode.WORKER_THREAD_RETURNED_AT_BAD_IRQL,
+                                      (routine, irql, 0, 0), what, called_at)
 
 
 def _registry_path(ex: Kernel, name: str) -> int:

@@ -61,6 +61,20 @@ class KeKernelCalls(_Executive):
         self.events.emit(Event.KERNEL_CALL_DONE, routine=routine, thread=thread)
         return result
 
+    def returned_at_bad_irql(self, routine: int, irql: int, code: int,
+                             params: tuple[int, int, int, int], what: str,
+                             expected: int) -> BugCheck:
+        """The bug check for a driver's ``routine`` (DriverEntry, DriverUnload, an ISR, a DPC)
+        that returned at ``irql``, not the ``expected`` IRQL it was called at: the machine
+        stops at the IRQL the routine left, and the driver whose routine it is is blamed."""
+        self.irql = irql
+        bc = BugCheck(code, params, None, f"the {what} returned at IRQL {irql}, not at the "
+                      f"IRQL {expected} it was called at")
+        culprit = driver_at(self, routine)
+        if culprit is not None:
+            bc.driver, bc.location = culprit.image.name, symbolize(self, routine)
+        return bc
+
     def _fill_bugcheck(self, bc: BugCheck) -> None:
         """KeBugCheckEx's record: registers, the instruction, the driver it happened in."""
         bc.registers = {name: self.cpu.reg(name) for name in

@@ -16,8 +16,8 @@ queue while its DpcData is not NULL (Windows points it at the processor's KDPC_D
 cleared just before the routine runs, so the routine may queue it again.
 
 Each routine must return at the IRQL it was called at; the kernel checks it when the
-routine returns and stops otherwise (``returned_at``): an ISR with bug check 0xC8
-IRQL_UNEXPECTED_VALUE (Microsoft's "Bug Check 0xC8", UniqueValue 3: the interrupt's
+routine returns and stops otherwise (``returned_at_bad_irql``): an ISR with bug check
+0xC8 IRQL_UNEXPECTED_VALUE (Microsoft's "Bug Check 0xC8", UniqueValue 3: the interrupt's
 ServiceRoutine and KINTERRUPT), a DPC with 0x9 IRQL_NOT_GREATER_OR_EQUAL (the routine, the
 IRQL, DISPATCH_LEVEL, 0), as KiRetireDpcList checks it (0xC8's table has no DPC case).
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emu.nt import layout, wdm
-from emu.nt.bugcheck import BugCheck, BugCheckCode
+from emu.nt.bugcheck import BugCheckCode
 from emu.nt.events import Event
 
 if TYPE_CHECKING:
@@ -125,9 +125,9 @@ def drain_dpcs(ex: InterruptController, thread: Thread | None = None, *,
         result = ex.run_at_irql(DISPATCH_LEVEL, routine, args, thread,
                                 _current_stack(ex) if here else None)
         if result.irql != DISPATCH_LEVEL:
-            raise returned_at(ex, routine, result.irql, BugCheckCode.IRQL_NOT_GREATER_OR_EQUAL,
-                              (routine, result.irql, DISPATCH_LEVEL, 0), "DPC routine",
-                              DISPATCH_LEVEL)
+            raise ex.returned_at_bad_irql(
+                routine, result.irql, BugCheckCode.IRQL_NOT_GREATER_OR_EQUAL,
+                (routine, result.irql, DISPATCH_LEVEL, 0), "DPC routine", DISPATCH_LEVEL)
         ex.irql = previous
 
 
@@ -157,29 +157,13 @@ def dispatch(ex: InterruptController, thread: Thread | None, *, here: bool = Fal
         if result.irql != expected:
             # Bug check 0xC8, UniqueValue 3: (current << 16) | (expected << 8) | 3, the
             # interrupt's ServiceRoutine, its KINTERRUPT, 0.
-            raise returned_at(ex, interrupt.routine, result.irql,
-                              BugCheckCode.IRQL_UNEXPECTED_VALUE,
-                              (result.irql << 16 | expected << 8 | ISR_UNIQUE_VALUE,
-                               interrupt.routine, interrupt.address, 0), "ISR", expected)
+            raise ex.returned_at_bad_irql(
+                interrupt.routine, result.irql, BugCheckCode.IRQL_UNEXPECTED_VALUE,
+                (result.irql << 16 | expected << 8 | ISR_UNIQUE_VALUE, interrupt.routine,
+                 interrupt.address, 0), "ISR", expected)
         ex.irql = previous
     if ex.irql < DISPATCH_LEVEL:
         drain_dpcs(ex, thread, here=here)
-
-
-def returned_at(ex: InterruptController, routine: int, irql: int, code: int,
-                params: tuple[int, int, int, int], what: str, expected: int) -> BugCheck:
-    """The bug check for a driver's ``routine`` that returned at ``irql``, not ``expected``:
-    the machine stops at the IRQL the routine left (as it would on Windows), the driver
-    whose routine it is blamed."""
-    from emu.nt.loaded_modules import driver_at, symbolize
-
-    ex.irql = irql
-    bc = BugCheck(code, params, None, f"the {what} returned at IRQL {irql}, not at the IRQL "
-                  f"{expected} it was called at")
-    culprit = driver_at(ex, routine)
-    if culprit is not None:
-        bc.driver, bc.location = culprit.image.name, symbolize(ex, routine)
-    return bc
 
 
 def work_after_write(ex: InterruptController, old: int, new: int) -> bool:
