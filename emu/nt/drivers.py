@@ -104,6 +104,11 @@ def _watch_cr8_moves(ex: Kernel, image: DriverImage) -> None:
             runs.append((va, bytearray(image.pages[va])))
     for va, code in runs:
         ex.cpu.cr8.watch(va, bytes(code))
+    # Code a driver writes at run time: executable pool (NonPagedPool) and the executable
+    # MDL views (system PTEs) are looked at instruction by instruction as they run.
+    ex.cpu.cr8.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
+    ex.cpu.cr8.watch_range(layout.KERNEL_SYSTEM_PTES,
+                           layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
 
 
 def _free_pages(ex: Kernel, pages) -> None:
