@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emu.nt import eprocess, kintr, kpcr, wdm
+from emu.nt import eprocess, kintr, wdm
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.exports import ExportCall, call_site, export
 from emu.nt.kedefs import DEADLOCK, MachineStop
@@ -516,24 +516,3 @@ def ke_query_performance_counter(ex: Kernel, call: ExportCall) -> int:
     if call.arg(0):
         rtl.write(ex, call.arg(0), struct.pack("<q", PERFORMANCE_FREQUENCY))
     return interrupt_time(ex)
-
-
-# -- the current thread and processor, as the KPCR holds them (emu.nt.kpcr) ----------------
-
-@export("KeGetCurrentThread", dll=NTOSKRNL)
-def ke_get_current_thread(ex: Kernel, call: ExportCall) -> int:
-    """PKTHREAD KeGetCurrentThread(void): the KPRCB's CurrentThread, what wdm.h's x64 inline
-    of the same name reads at ``gs:[0x188]`` (the System thread's in DriverEntry and
-    DriverUnload; the interrupted thread's in an ISR or a DPC)."""
-    return kpcr.current_thread(ex)
-
-
-@export("KeGetCurrentProcessorNumberEx", dll=NTOSKRNL)
-def ke_get_current_processor_number_ex(ex: Kernel, call: ExportCall) -> int:
-    """ULONG KeGetCurrentProcessorNumberEx(PPROCESSOR_NUMBER ProcNumber): the KPRCB's Number,
-    0 on this one processor; a non-NULL ProcNumber gets PROCESSOR_NUMBER {Group 0, Number,
-    Reserved 0} (USHORT, UCHAR, UCHAR)."""
-    number = kpcr.processor_number(ex)
-    if call.arg(0):
-        rtl.write(ex, call.arg(0), struct.pack("<HBB", 0, number, 0))
-    return number

@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from emu.nt import eprocess, kpcr
+from emu.nt import eprocess
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.eprocess import (
     EPROCESS_UNIQUE_PROCESS_ID,
@@ -127,14 +127,6 @@ def ps_get_current_thread_id(ex: Kernel, call: ExportCall) -> int:
     in a DPC), or the System thread's (8) in DriverEntry and DriverUnload."""
     thread = ex.current_thread
     return SYSTEM_THREAD_ID if thread is None else thread.tid
-
-
-@export("PsGetCurrentThread", dll="ntoskrnl.exe")
-def ps_get_current_thread(ex: Kernel, call: ExportCall) -> int:
-    """PETHREAD PsGetCurrentThread(void): ntoskrnl's export of what wdm.h inlines as
-    KeGetCurrentThread, ``gs:[0x188]``: the KPRCB's CurrentThread (emu.nt.kpcr), the same
-    ETHREAD an IRP's Tail.Overlay.Thread holds in the dispatch routine of its request."""
-    return kpcr.current_thread(ex)
 
 
 @export("PsGetProcessId", dll="ntoskrnl.exe")
