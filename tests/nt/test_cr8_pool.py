@@ -52,3 +52,22 @@ def test_code_outside_the_watched_ranges_is_not_looked_at(machine_factory, apps)
     assert m.executive.cpu.cr8._ranges == {
         (layout.KERNEL_POOL, layout.KERNEL_POOL_NX),
         (layout.KERNEL_SYSTEM_PTES, layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)}
+
+
+def test_a_reserved_cr8_bit_from_pool_is_gp_and_0x1e(machine_factory, apps):
+    # #GP(0) at the pool's `mov cr8` (bits 63:4 reserved), CR8 unchanged. Code in pool is no
+    # PE image, so nothing dispatches it: KMODE_EXCEPTION_NOT_HANDLED with Windows' code for
+    # a #GP at CPL 0 (STATUS_ACCESS_VIOLATION, no address: -1), not ring 3's
+    # STATUS_PRIVILEGED_INSTRUCTION.
+    m = machine_factory()
+    m.add_driver(DRIVERS / "pecr8poolgp.sys")
+    m.spawn(apps / "hello", [])
+    r = m.run()
+    out = bytes(m.executive.debug_output).decode()
+    address = int(out.split(" at ")[1].split()[0], 16)
+    assert r.bugcheck.code == 0x1E
+    # mov rax, rcx (3 bytes), then the move.
+    assert r.bugcheck.params == (0xC0000005, address + 3, 0, 0xFFFF_FFFF_FFFF_FFFF)
+    assert r.bugcheck.instruction == "mov cr8, rax"
+    assert m.executive.irql == 0
+    assert "not reached" not in out
