@@ -38,7 +38,6 @@ from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
 from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     dispatch,
-    kpcr,
     kuser,
     layout,
     ps,
@@ -157,7 +156,7 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         self.mm.map_new(system, layout.KERNEL_TEXT, Protection.PAGE_EXECUTE_READ,
                         use=FrameUse.KERNEL, data=text)
         self._map_kernel_stack(0)
-        self.pcr_frame = kpcr.map_pcr(self)                      # the KPCR, GS's at ring 0
+        self.pcr_frame = 0               # the KPCR's: mapped with the first ring-0 routine
         self.shared_data_frame = kuser.map_shared_data(self)     # KUSER_SHARED_DATA
         cpu = self.cpu
         cpu.set_control(efer=int(EFER_BOOT), cr4=self._cr4, cr0=int(CR0_BOOT),

@@ -9,11 +9,13 @@ the KPRCB's CurrentThread, and ntddk.h's ``KeGetCurrentProcessorNumber`` as
 ``__readgsword(0x184)``, the KPRCB's (Legacy)Number; ``KeGetPcr`` reads the KPCR's Self.
 
 Here the KPCR is one page of the kernel's own data at KERNEL_PCR (read-write, NX,
-supervisor: never in pool), mapped at boot. The clean ring-0 state every entry starts from
-is the one just before the exit's ``iretq``, after its SWAPGS: GS base the user's (0: apps
-here never set one), IA32_KERNEL_GS_BASE the KPCR. ``enter`` plays the entry's SWAPGS for a
-kernel routine the executive runs (DriverEntry, a dispatch routine, an ISR, a DPC,
-DriverUnload) and makes the KPRCB's CurrentThread the thread it runs in.
+supervisor: never in pool), mapped when the executive first runs a ring-0 routine (a
+machine with no driver runs none, and its frames stay where they were). The clean ring-0
+state every entry starts from is the one just before the exit's ``iretq``, after its
+SWAPGS: GS base the user's (0: apps here never set one), IA32_KERNEL_GS_BASE the KPCR.
+``enter`` plays the entry's SWAPGS for a kernel routine the executive runs (DriverEntry, a
+dispatch routine, an ISR, a DPC, DriverUnload) and makes the KPRCB's CurrentThread the
+thread it runs in.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def ethread_of(ex: Kernel, thread: Thread | None) -> int:
 
 
 def current_thread(ex: Kernel) -> int:
-    """The KPRCB's CurrentThread now (what ``gs:[0x188]`` reads at ring 0)."""
+    """The KPRCB's CurrentThread now (what ``gs:[0x188]`` reads at ring 0); 0 before any
+    ring-0 routine has run (no KPCR yet)."""
+    if not ex.pcr_frame:
+        return 0
     address = ex.pcr_frame * layout.PAGE_SIZE + CURRENT_THREAD
     return struct.unpack("<Q", ex.mem.read(address, 8))[0]
 
@@ -92,5 +97,7 @@ def enter(ex: Kernel, user_gs_base: int) -> None:
     KPCR, IA32_KERNEL_GS_BASE the interrupted user mode's GS base; and the KPRCB's
     CurrentThread the thread the routine runs in (the System thread's where no process's
     thread is current: DriverEntry, DriverUnload, a DPC in the idle system)."""
+    if not ex.pcr_frame:
+        ex.pcr_frame = map_pcr(ex)
     ex.cpu.swap_gs_to(layout.KERNEL_PCR, user_gs_base)
     set_current_thread(ex, ethread_of(ex, ex.current_thread))

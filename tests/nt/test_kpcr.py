@@ -82,3 +82,12 @@ def test_the_kpcr_is_a_supervisor_nx_page_of_the_kernel_half(machine_factory, ap
 def test_the_exports_exist_where_the_import_library_has_them():
     for name in ("KeGetCurrentThread", "PsGetCurrentThread", "KeGetCurrentProcessorNumberEx"):
         assert exports.pe_address_of("ntoskrnl.exe", name) == exports.address_of(name)
+
+
+def test_a_machine_with_no_driver_maps_no_kpcr(machine_factory, apps):
+    # No ring-0 routine runs: the KPCR is never mapped, every frame stays where it was.
+    m = machine_factory()
+    m.spawn(apps / "hello", [])
+    m.run()
+    assert m.executive.pcr_frame == 0
+    assert m.executive.mm.system.lookup(layout.KERNEL_PCR) is None
