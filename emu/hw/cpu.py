@@ -410,6 +410,19 @@ class Cpu:
                 self.on_cr3_load(old, cr3)
         self.flush_tlb()
 
+    # -- GS: the KPCR at ring 0, the thread's own base at ring 3 ----------------------------
+
+    @property
+    def kernel_gs_base(self) -> int:
+        """IA32_KERNEL_GS_BASE (MSR 0xC0000102): the GS base SWAPGS exchanges with GS's."""
+        return self.uc.reg_read(ux.UC_X86_REG_MSR, MSR_KERNEL_GS_BASE)
+
+    def swap_gs_to(self, gs_base: int, kernel_gs_base: int) -> None:
+        """Load GS.base and IA32_KERNEL_GS_BASE together, as a SWAPGS leaves them (SDM Vol.
+        2B, SWAPGS: each takes the other's value; the caller says which is which)."""
+        self.set_reg("gs_base", gs_base)
+        self.uc.reg_write(ux.UC_X86_REG_MSR, (MSR_KERNEL_GS_BASE, kernel_gs_base))
+
     def load_gdt(self, base: int, limit: int) -> None:
         """LGDT: point GDTR at a table in guest (linear) memory."""
         self.uc.reg_write(ux.UC_X86_REG_GDTR, (0, base, limit, 0))

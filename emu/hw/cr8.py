@@ -16,6 +16,12 @@ them: the move's effect on the register Unicorn keeps is made at the boundary af
 (see ``Cr8``). Nothing else is hooked: user code runs as fast as before, and a ring-3
 ``mov cr8`` stays Unicorn's #GP(0).
 ``unwatch`` drops the hooks of pages whose code goes (a driver unloaded, INIT freed).
+
+Code written at run time (a driver's copy into executable pool) has no load-time scan:
+``watch_range`` puts one code hook on such a range, and each instruction run there is
+looked at as it runs (its bytes read through the page tables, a CR8 move confirmed by
+decoding) and made to work the same way. Unicorn emits a range hook's call only into the
+code it translates inside the range, so code that never runs there pays nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ MAX_INSTRUCTION = 15                           # bytes (SDM Vol. 2A 2.3.11)
 # mod field is ignored, SDM Vol. 2B). The scan looks for these bytes; capstone confirms.
 _CR8_MOVE = re.compile(rb"(?=[\x44-\x47\x4c-\x4f]\x0f[\x20\x22][\x00-\x07\x40-\x47\x80-\x87"
                        rb"\xc0-\xc7])")
+# The same, at the start of one instruction (after any legacy prefixes): the run-time check.
+_CR8_MOVE_AT_START = re.compile(rb"[\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3]*"
+                                rb"[\x44-\x47\x4c-\x4f]\x0f[\x20\x22]")
 # Legacy prefixes may come before the REX byte (SDM Vol. 2A 2.1.1): an instruction can start
 # at any of them.
 _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
@@ -107,6 +116,7 @@ class Cr8:
         self._moves: dict[int, Cr8Move] = {}
         self._hooks: dict[int, int] = {}           # hooked address -> Unicorn hook handle
         self._executing: Cr8Move | None = None     # the move between its two hooks
+        self._ranges: set[tuple[int, int]] = set()  # watched run-time code (watch_range)
         # Called after a guest write changed CR8, with (old, new): True asks the CPU to
         # stop at the boundary after the write (the executive has interrupts or DPCs to
         # deliver now).
@@ -138,6 +148,16 @@ class Cr8:
         if found:
             self._cpu.flush_translated_code()
         return found
+
+    def watch_range(self, start: int, end: int) -> None:
+        """Look at each instruction run in [start, end) as it runs (code written there at
+        run time, such as executable pool): a CR8 move there works as one found at load
+        time. Call it before any code runs there (Unicorn hooks only the code it translates
+        afterwards)."""
+        if (start, end) in self._ranges:
+            return
+        self._ranges.add((start, end))
+        self._uc.hook_add(UC_HOOK_CODE, self._on_runtime_code, None, start, end - 1)
 
     def unwatch(self, start: int, end: int) -> None:
         """Forget the CR8 moves that start in [start, end): that code is gone."""
@@ -176,6 +196,22 @@ class Cr8:
 
     def _on_boundary(self, uc: Uc, address: int, _size: int, _data) -> None:
         """UC_HOOK_CODE before a CR8 move, or before the instruction after one."""
+        self._boundary(uc, address, self._moves.get(address))
+
+    def _on_runtime_code(self, uc: Uc, address: int, size: int, _data) -> None:
+        """UC_HOOK_CODE before each instruction of a watched range: is it a CR8 move (its
+        bytes now, whatever was there before)?"""
+        if self._cpu.held_fault:
+            return
+        move = None
+        code = self._cpu.read_code(address, size)
+        if _CR8_MOVE_AT_START.match(code):
+            move = _decode_move(address, code)
+        self._boundary(uc, address, move)
+
+    def _boundary(self, uc: Uc, address: int, move: Cr8Move | None) -> None:
+        """At an instruction boundary: complete the move that just ran, then, if ``move``
+        (the instruction about to run) is one, note that it is executing."""
         cpu = self._cpu
         if cpu.held_fault:
             return
@@ -183,7 +219,6 @@ class Cr8:
         if done is not None and done.address + done.size == address and self._complete(done):
             cpu.stop()                   # the executive delivers what the write unmasked
             return
-        move = self._moves.get(address)
         if move is None or cpu.cpl != 0:
             return                       # a ring-3 `mov cr8` is Unicorn's own #GP(0)
         if move.write and uc.reg_read(move.register) & CR8_RESERVED:

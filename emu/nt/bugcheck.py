@@ -17,7 +17,7 @@ class BugCheckCode(enum.IntEnum):
 
     INVALID_PROCESS_ATTACH_ATTEMPT = 0x05    # KeStackAttachProcess misused
     INVALID_PROCESS_DETACH_ATTEMPT = 0x06    # KeUnstackDetachProcess of no attachment
-    IRQL_NOT_GREATER_OR_EQUAL = 0x09
+    IRQL_NOT_GREATER_OR_EQUAL = 0x09         # also a DPC that returns off DISPATCH_LEVEL
     IRQL_NOT_LESS_OR_EQUAL = 0x0A
     MAXIMUM_WAIT_OBJECTS_EXCEEDED = 0x0C
     SPIN_LOCK_ALREADY_OWNED = 0x0F           # emu.nt.ntos.ke: the one processor holds it
@@ -40,8 +40,10 @@ class BugCheckCode(enum.IntEnum):
     ATTEMPTED_WRITE_TO_READONLY_MEMORY = 0xBE
     BAD_POOL_CALLER = 0xC2
     DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
+    IRQL_UNEXPECTED_VALUE = 0xC8             # emu.nt.kintr: an ISR left the IRQL changed
     DRIVER_IRQL_NOT_LESS_OR_EQUAL = 0xD1
     SYSTEM_PTE_MISUSE = 0xDA                 # emu.nt.io: MmUnmapLockedPages of no view
+    WORKER_THREAD_RETURNED_AT_BAD_IRQL = 0xE1    # emu.nt.drivers: DriverEntry/Unload did
     MANUALLY_INITIATED_CRASH = 0xE2
     ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY = 0xFC
     KERNEL_SECURITY_CHECK_FAILURE = 0x139    # __fastfail (int 0x29) at ring 0

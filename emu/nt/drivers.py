@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emu.nt import layout, wdm
+from emu.nt.bugcheck import BugCheckCode
 from emu.nt.events import Event
 from emu.nt.loaded_modules import (  # noqa: F401 (the names callers import from here)
     Driver,
@@ -74,7 +75,10 @@ def start(ex: DriverLoader, image: DriverImage) -> Driver:
     driver = Driver(image, driver_object)
     ex.drivers.append(driver)
     ex.events.emit(Event.DRIVER_LOAD, driver=driver)
-    status = ex.call_kernel(image.entry, driver_object, registry).rax & 0xFFFF_FFFF
+    called_at = ex.irql
+    result = ex.call_kernel(image.entry, driver_object, registry)
+    _check_return_irql(ex, image.entry, called_at, result.irql, "DriverEntry")
+    status = result.rax & 0xFFFF_FFFF
     driver.status = status
     if status & 0x8000_0000:
         _free_pages(ex, image.pages)
@@ -100,6 +104,11 @@ def _watch_cr8_moves(ex: DriverLoader, image: DriverImage) -> None:
             runs.append((va, bytearray(image.pages[va])))
     for va, code in runs:
         ex.cpu.cr8.watch(va, bytes(code))
+    # Code a driver writes at run time: executable pool (NonPagedPool) and the executable
+    # MDL views (system PTEs) are looked at instruction by instruction as they run.
+    ex.cpu.cr8.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
+    ex.cpu.cr8.watch_range(layout.KERNEL_SYSTEM_PTES,
+                           layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
 
 
 def _free_pages(ex: DriverLoader, pages) -> None:
@@ -129,7 +138,24 @@ def shutdown(ex: DriverLoader) -> None:
             continue
         routine = unload_routine(ex, driver)
         if routine:
-            ex.call_kernel(routine, driver.driver_object)
+            called_at = ex.irql
+            result = ex.call_kernel(routine, driver.driver_object)
+            _check_return_irql(ex, routine, called_at, result.irql, "DriverUnload")
+
+
+def _check_return_irql(ex: Kernel, routine: int, called_at: int, irql: int,
+                       what: str) -> None:
+    """DriverEntry and DriverUnload are called at PASSIVE_LEVEL and must return at the IRQL
+    they were called at (a test may start one raised: the same rule holds).
+    Windows calls them from IopLoadUnloadDriver, a work item of a system worker thread, and
+    the worker checks the IRQL when its routine returns: bug check 0xE1
+    WORKER_THREAD_RETURNED_AT_BAD_IRQL (the worker routine, the IRQL, the work item's
+    parameter, the work item). Here the I/O manager calls the driver's routine itself, so
+    parameter 1 is that routine, and there is no work item: 0, 0."""
+    if irql != called_at:
+        raise ex.returned_at_bad_irql(routine, irql,
+                                      BugCheckCode.WORKER_THREAD_RETURNED_AT_BAD_IRQL,
+                                      (routine, irql, 0, 0), what, called_at)
 
 
 def _registry_path(ex: DriverLoader, name: str) -> int:

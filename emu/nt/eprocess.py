@@ -45,7 +45,7 @@ class ProcessObjects:
 
     by_process: dict[Process | None, int] = field(default_factory=dict)
     by_address: dict[int, Process | None] = field(default_factory=dict)
-    threads: dict[Thread, int] = field(default_factory=dict)
+    threads: dict[Thread | None, int] = field(default_factory=dict)   # None: the System thread
     references: dict[int, int] = field(default_factory=dict)
 
 
@@ -89,16 +89,18 @@ def of(ex: PsObjects, proc: Process | None) -> int:
     return address
 
 
-def thread_of(ex: PsObjects, thread: Thread) -> int:
-    """The address of ``thread``'s object, made now if it has none (OutOfFrames if no pool
-    page can be had): its id and its process's object."""
+def thread_of(ex: PsObjects, thread: Thread | None) -> int:
+    """The address of ``thread``'s object (None: the System thread's, id 8, which the KPCR
+    names while DriverEntry or DriverUnload runs), made now if it has none (OutOfFrames if
+    no pool page can be had): its id and its process's object."""
     table = objects(ex)
     address = table.threads.get(thread)
     if address is None:
-        process = of(ex, thread.process)
+        process = of(ex, None if thread is None else thread.process)
         address = ex.pools.carve(PoolType.NonPagedPoolNx, ETHREAD_SIZE, TAG_THREAD)
         raw = _header(THREAD_OBJECT, ETHREAD_SIZE, address)
-        struct.pack_into("<QQ", raw, ETHREAD_UNIQUE_THREAD_ID, thread.tid, process)
+        tid = SYSTEM_THREAD_ID if thread is None else thread.tid
+        struct.pack_into("<QQ", raw, ETHREAD_UNIQUE_THREAD_ID, tid, process)
         ex.kernel_write(address, bytes(raw))
         table.threads[thread] = address
     return address

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from emu.hw.cpu import CpuException, StopReason, Vector
 from emu.hw.mmu import PFErr
-from emu.nt import kuser, layout, trap
+from emu.nt import kpcr, kuser, layout, trap
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
 from emu.nt.kedefs import INSTRUCTION_LIMIT, INTERRUPTED, KernelCallResult, MachineStop
@@ -44,20 +44,36 @@ class KeKernelCalls(_Executive):
     """The kernel-call part of the executive: call_kernel and what happens inside it."""
 
     def run_at_irql(self, irql: int, routine: int, args: tuple[int, ...],
-                    thread: Thread | None, stack_top: int | None = None) -> None:
+                    thread: Thread | None, stack_top: int | None = None) -> KernelCallResult:
         """Run an ISR or a DPC at ``irql`` in ``thread``'s address space (None: the system's),
         on its kernel stack (or at ``stack_top``: below a routine it interrupts), then put
-        the IRQL back. A bug check raised inside leaves the IRQL as it was: the stopped
+        the IRQL back; returns what it returned and the IRQL it returned at (emu.nt.kintr
+        checks it). A bug check raised inside leaves the IRQL as it was: the stopped
         machine (its dump, the debugger) shows the level the fault happened at."""
         old = self.irql
         self.irql = irql
         if stack_top is None:
             stack_top = thread.kernel_stack_top if thread else KERNEL_STACK_TOP
-        self.call_kernel(routine, *args,
-                         space=thread.process.space if thread else self.mm.system,
-                         stack_top=stack_top)
+        result = self.call_kernel(routine, *args,
+                                  space=thread.process.space if thread else self.mm.system,
+                                  stack_top=stack_top)
         self.irql = old
         self.events.emit(Event.KERNEL_CALL_DONE, routine=routine, thread=thread)
+        return result
+
+    def returned_at_bad_irql(self, routine: int, irql: int, code: int,
+                             params: tuple[int, int, int, int], what: str,
+                             expected: int) -> BugCheck:
+        """The bug check for a driver's ``routine`` (DriverEntry, DriverUnload, an ISR, a DPC)
+        that returned at ``irql``, not the ``expected`` IRQL it was called at: the machine
+        stops at the IRQL the routine left, and the driver whose routine it is is blamed."""
+        self.irql = irql
+        bc = BugCheck(code, params, None, f"the {what} returned at IRQL {irql}, not at the "
+                      f"IRQL {expected} it was called at")
+        culprit = driver_at(self, routine)
+        if culprit is not None:
+            bc.driver, bc.location = culprit.image.name, symbolize(self, routine)
+        return bc
 
     def _fill_bugcheck(self, bc: BugCheck) -> None:
         """KeBugCheckEx's record: registers, the instruction, the driver it happened in."""
@@ -157,7 +173,11 @@ class KeKernelCalls(_Executive):
         # iretq, a dispatch routine's return into the I/O manager). After the return the CPU
         # shows that state again, never the int3 trap the routine returned through.
         caller, caller_cr3 = cpu.uc.context_save(), cpu.cr3
+        # The user mode's GS base: GS's own from ring 3, the one SWAPGS put aside at ring 0.
+        user_gs = cpu.reg("gs_base") if cpu.cpl == 3 else cpu.kernel_gs_base
+        caller_thread = kpcr.current_thread(self)
         cpu.restore_clean_context()
+        kpcr.enter(self, user_gs)              # GS: the KPCR, as after the entry's SWAPGS
         cpu.set_control(cr3=(space or self.mm.system).cr3)
         for name, value in zip(("rcx", "rdx", "r8", "r9"), args, strict=False):
             cpu.set_reg(name, value)
@@ -194,6 +214,7 @@ class KeKernelCalls(_Executive):
             if exc is not None and exc.vector == Vector.BP and exc.rip == KERNEL_RETURN:
                 rax, irql = cpu.reg("rax"), self.irql
                 self._return_to(caller, caller_cr3)
+                kpcr.set_current_thread(self, caller_thread)
                 if full_speed and cpu.native.budget is not None:
                     self.set_budget(None)       # counted for a device: back to full speed
                 return KernelCallResult(rax, irql)

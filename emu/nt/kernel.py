@@ -157,6 +157,7 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         self.mm.map_new(system, layout.KERNEL_TEXT, Protection.PAGE_EXECUTE_READ,
                         use=FrameUse.KERNEL, data=text)
         self._map_kernel_stack(0)
+        self.pcr_frame = 0               # the KPCR's: mapped with the first ring-0 routine
         self.shared_data_frame = kuser.map_shared_data(self)     # KUSER_SHARED_DATA
         cpu = self.cpu
         cpu.set_control(efer=int(EFER_BOOT), cr4=self._cr4, cr0=int(CR0_BOOT),
@@ -169,6 +170,9 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         cpu.set_reg("cs", Selector.KERNEL_CODE)
         cpu.set_reg("ss", Selector.KERNEL_DATA)
         cpu.set_reg("rflags", KERNEL_RFLAGS)
+        # The state before the exit's iretq, after its SWAPGS: GS base the user's (none),
+        # IA32_KERNEL_GS_BASE the KPCR (emu.nt.kpcr; call_kernel plays the entry's SWAPGS).
+        cpu.swap_gs_to(0, layout.KERNEL_PCR)
         cpu.save_clean_context()
 
     @property

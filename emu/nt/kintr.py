@@ -14,6 +14,12 @@ right away when queued below it, after the ISR that queued it, or when a driver 
 IRQL (``mov cr8``, KeLowerIrql, KeReleaseSpinLock) below DISPATCH_LEVEL. A KDPC is in the
 queue while its DpcData is not NULL (Windows points it at the processor's KDPC_DATA); it is
 cleared just before the routine runs, so the routine may queue it again.
+
+Each routine must return at the IRQL it was called at; the kernel checks it when the
+routine returns and stops otherwise (``returned_at_bad_irql``): an ISR with bug check
+0xC8 IRQL_UNEXPECTED_VALUE (Microsoft's "Bug Check 0xC8", UniqueValue 3: the interrupt's
+ServiceRoutine and KINTERRUPT), a DPC with 0x9 IRQL_NOT_GREATER_OR_EQUAL (the routine, the
+IRQL, DISPATCH_LEVEL, 0), as KiRetireDpcList checks it (0xC8's table has no DPC case).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emu.nt import layout, wdm
+from emu.nt.bugcheck import BugCheckCode
 from emu.nt.events import Event
 
 if TYPE_CHECKING:
@@ -35,6 +42,7 @@ LOW_IMPORTANCE, MEDIUM_IMPORTANCE, HIGH_IMPORTANCE = 0, 1, 2     # KDPC_IMPORTAN
 # Where a queued KDPC's DpcData points: the one processor's KDPC_DATA (a spare part of the
 # GDT page; nothing reads it but the "is it queued" test).
 KDPC_DATA = layout.KERNEL_GDT + 0xF00
+ISR_UNIQUE_VALUE = 3               # bug check 0xC8's UniqueValue for an ISR
 NESTED_FRAME = 0x100               # a routine run on the current stack starts this far below
 
 
@@ -114,8 +122,12 @@ def drain_dpcs(ex: InterruptController, thread: Thread | None = None, *,
         args = (entry, context, arg1, arg2)
         previous, ex.irql = ex.irql, DISPATCH_LEVEL      # observers see the DPC's IRQL
         ex.events.emit(Event.DPC, routine=routine, thread=thread)
-        ex.run_at_irql(DISPATCH_LEVEL, routine, args, thread,
-                       _current_stack(ex) if here else None)
+        result = ex.run_at_irql(DISPATCH_LEVEL, routine, args, thread,
+                                _current_stack(ex) if here else None)
+        if result.irql != DISPATCH_LEVEL:
+            raise ex.returned_at_bad_irql(
+                routine, result.irql, BugCheckCode.IRQL_NOT_GREATER_OR_EQUAL,
+                (routine, result.irql, DISPATCH_LEVEL, 0), "DPC routine", DISPATCH_LEVEL)
         ex.irql = previous
 
 
@@ -138,9 +150,17 @@ def dispatch(ex: InterruptController, thread: Thread | None, *, here: bool = Fal
         previous, ex.irql = ex.irql, interrupt.synchronize_irql
         ex.events.emit(Event.INTERRUPT, vector=interrupt.vector, isr=interrupt.routine,
                        thread=thread)
-        ex.run_at_irql(interrupt.synchronize_irql, interrupt.routine,
-                       (interrupt.address, interrupt.context), thread,
-                       _current_stack(ex) if here else None)
+        result = ex.run_at_irql(interrupt.synchronize_irql, interrupt.routine,
+                                (interrupt.address, interrupt.context), thread,
+                                _current_stack(ex) if here else None)
+        expected = interrupt.synchronize_irql
+        if result.irql != expected:
+            # Bug check 0xC8, UniqueValue 3: (current << 16) | (expected << 8) | 3, the
+            # interrupt's ServiceRoutine, its KINTERRUPT, 0.
+            raise ex.returned_at_bad_irql(
+                interrupt.routine, result.irql, BugCheckCode.IRQL_UNEXPECTED_VALUE,
+                (result.irql << 16 | expected << 8 | ISR_UNIQUE_VALUE, interrupt.routine,
+                 interrupt.address, 0), "ISR", expected)
         ex.irql = previous
     if ex.irql < DISPATCH_LEVEL:
         drain_dpcs(ex, thread, here=here)

@@ -8,7 +8,7 @@
     0x00007FFF'FFFF0000  MmUserProbeAddress: a 64 KiB no-access gap
     0x00008000'00000000  non-canonical hole: #GP, not #PF
     0xFFFF8000'00000000  the kernel half (PML4 slots 256-511, shared by every process):
-                         GDT/TSS, kernel text, kernel stacks, export traps
+                         GDT/TSS, kernel text, the KPCR, kernel stacks, export traps
     0xFFFFA000'00000000  kernel pools (NonPagedPool, NonPagedPoolNx, PagedPool)
     0xFFFFF780'00000000  KUSER_SHARED_DATA (read-only, NX: the times wdm.h's macros read)
     0xFFFFF800'01000000  driver images
@@ -35,6 +35,7 @@ USER_STACK_SIZE = 256 * 1024                   # committed; the page below is th
 KERNEL_GDT = 0xFFFF_8000_0000_0000             # GDT at +0, TSS at +0x800
 KERNEL_TSS = KERNEL_GDT + 0x800
 KERNEL_TEXT = 0xFFFF_8000_0000_1000            # kernel code: the return-to-user trampoline
+KERNEL_PCR = 0xFFFF_8000_0000_2000             # the KPCR (GS base at ring 0; KPRCB at +0x180)
 KERNEL_STACK_BASE = 0xFFFF_8000_0001_0000      # kernel stacks, each with a guard page below
 KERNEL_STACK_PAGES = 4
 KERNEL_EXPORTS = 0xFFFF_8000_0000_4000         # never mapped: each kernel export's address

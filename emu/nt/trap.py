@@ -193,14 +193,22 @@ def kernel_bugcheck(exc: CpuException, instruction: str, leaf_pte: int = 0, *,
                         exc.rip, exc.reason or f"#{exc.vector.name} in kernel mode",
                         instruction=instruction)
     info = user_exception(exc, instruction, stack_guard=None, divisor_is_zero=divisor_is_zero)
+    code = info.code
+    if code == NTSTATUS.STATUS_PRIVILEGED_INSTRUCTION:
+        # Nothing is privileged at CPL 0: a #GP there (a reserved CR8 bit, a bad MSR) is
+        # KiGeneralProtectionFault's STATUS_ACCESS_VIOLATION with no address (-1), as
+        # emu.nt.seh.fault_record gives a PE driver's own code.
+        code = NTSTATUS.STATUS_ACCESS_VIOLATION
+        info = ExceptionInfo(code, exc.rip, instruction, "read", _NO_ADDRESS,
+                             (0, _NO_ADDRESS), exc.reason or info.detail)
     if in_system_service:
         # Raised in kernel mode while serving a system call: (code, address, context, 0).
-        return BugCheck(BugCheckCode.SYSTEM_SERVICE_EXCEPTION, (info.code, exc.rip, 0, 0),
+        return BugCheck(BugCheckCode.SYSTEM_SERVICE_EXCEPTION, (code, exc.rip, 0, 0),
                         exc.rip, info.detail or info.name, instruction=instruction)
     p1, p2 = (info.params + (0, 0))[:2]
     # A #GP the CPU layer explained (a reserved CR8 bit, emu.hw.cr8) keeps its own reason:
     # the ring-3 wording ("needs CPL 0") does not fit a fault at CPL 0.
     detail = exc.reason if exc.vector == Vector.GP and exc.reason.startswith("#GP(0)") \
         else info.detail or info.name
-    return BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (info.code, exc.rip, p1, p2),
+    return BugCheck(BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (code, exc.rip, p1, p2),
                     exc.rip, detail, instruction=instruction)

@@ -165,11 +165,19 @@ KUSER_SHARED_DATA = Struct("KUSER_SHARED_DATA", 0x5F0, {
     "NtMajorVersion": 0x26C, "NtMinorVersion": 0x270, "TickCount": 0x320,
 })
 
+# The processor's control region (ntddk.h, x64), at GS's base while ring-0 code runs
+# (emu.nt.kpcr). NtTib's union: the x64 kernel's own names for its first words.
+KPCR = Struct("KPCR", 0x178, {
+    "GdtBase": 0x00, "TssBase": 0x08, "UserRsp": 0x10, "Self": 0x18, "CurrentPrcb": 0x20,
+    "LockArray": 0x28, "Used_Self": 0x30, "IdtBase": 0x38, "Irql": 0x50,
+    "MajorVersion": 0x60, "MinorVersion": 0x62,
+})
+
 # The counted 8-bit string (ANSI_STRING and STRING are one type in ntdef.h).
 STRING = Struct("STRING", 0x10, {"Length": 0x00, "MaximumLength": 0x02, "Buffer": 0x08})
 
 KE_STRUCTS: tuple[Struct, ...] = (DISPATCHER_HEADER, KEVENT, KAPC_STATE, LARGE_INTEGER,
-                                  KSYSTEM_TIME, KUSER_SHARED_DATA, STRING)
+                                  KSYSTEM_TIME, KUSER_SHARED_DATA, STRING, KPCR)
 
 # Dispatcher object types (KOBJECTS): the Type of an event's DISPATCHER_HEADER is its
 # EVENT_TYPE (NotificationEvent 0, SynchronizationEvent 1).

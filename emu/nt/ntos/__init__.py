@@ -14,3 +14,5 @@ from emu.nt.ntos import ex, hal, io, ke, mm, ps, rtl  # noqa: F401 (registers th
 # trap address like theirs, registered after them all so their addresses stay where they
 # were. Every MajorFunction entry of a PE driver's DRIVER_OBJECT starts as it (emu.nt.io).
 _exports.export("IopInvalidDeviceRequest", dll=None)(_io.invalid_device_request)
+# Registered after the table above, so that its trap addresses stay where they were.
+from emu.nt.ntos import current  # noqa: E402, F401 (KeGetCurrentThread, PsGetCurrentThread)
