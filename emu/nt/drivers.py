@@ -31,7 +31,7 @@ from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import DriverLoader
+    from emu.nt.interfaces import DriverLoader, TrapPath
 
 MAX_DRIVERS = 64
 _PROTECT = {(False, False): Protection.PAGE_READONLY, (True, False): Protection.PAGE_READWRITE,
@@ -143,7 +143,7 @@ def shutdown(ex: DriverLoader) -> None:
             _check_return_irql(ex, routine, called_at, result.irql, "DriverUnload")
 
 
-def _check_return_irql(ex: Kernel, routine: int, called_at: int, irql: int,
+def _check_return_irql(ex: TrapPath, routine: int, called_at: int, irql: int,
                        what: str) -> None:
     """DriverEntry and DriverUnload are called at PASSIVE_LEVEL and must return at the IRQL
     they were called at (a test may start one raised: the same rule holds).

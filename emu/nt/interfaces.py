@@ -154,6 +154,14 @@ class PsObjects(KernelMemory, Protocol):
     exit_observers: list[Callable[[Process], None]]
 
 
+class ProcessorControl(PsObjects, VirtualMemory, Protocol):
+    """The processor's control region (emu.nt.kpcr): the KPCR page, mapped with the first
+    ring-0 routine, and the thread its KPRCB names (an ETHREAD Ps makes)."""
+
+    pcr_frame: int
+    current_thread: Thread | None
+
+
 class PsServices(PsObjects, ExSupport, Protocol):
     """The Ps exports (emu.nt.ntos.ps: PsGetCurrentProcessId, PsLookupProcessByProcessId,
     ObDereferenceObject...): Ps's objects, the processes, the current one."""
@@ -162,6 +170,11 @@ class PsServices(PsObjects, ExSupport, Protocol):
 
     @property
     def current(self) -> Process | None: ...
+
+
+class CurrentProcessor(PsServices, ProcessorControl, Protocol):
+    """The exports that read the KPCR (emu.nt.ntos.current): the KPCR, and Rtl's checked
+    writes for what they return through a pointer (as the other Ps exports)."""
 
 
 class ObjectManager(TrapPath, Protocol):
@@ -245,7 +258,7 @@ class ObjectServices(ProcessManager, ConsoleService, Protocol):
 
 
 class Kernel(KeServices, ObjectServices, DriverLoader, CrashDumpSource, ExceptionDispatch,
-             UserExceptionDispatch, ObjectManager, Budget, Protocol):
+             UserExceptionDispatch, ObjectManager, CurrentProcessor, Budget, Protocol):
     """The whole executive as its parts see it: every view above, and what only the
     executive's own parts (the Ke/Mm mixins of emu.nt.kernel) and its outside users (the
     debugger, the tour) touch. A module of emu/nt takes the narrowest view that covers

@@ -28,7 +28,7 @@ from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse, OutOfFrames
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import ProcessorControl
     from emu.nt.process import Thread
 
 # ntddk.h's PCR_MAJOR_VERSION / PCR_MINOR_VERSION: the layout version the KPCR carries.
@@ -46,7 +46,7 @@ MXCSR_DEFAULT = 0x1F80              # all SSE exceptions masked (SDM Vol. 1 10.2
 CURRENT_THREAD = KPCR_PRCB + PRCB_CURRENT_THREAD
 
 
-def map_pcr(ex: Kernel) -> int:
+def map_pcr(ex: ProcessorControl) -> int:
     """Map the KPCR page at KERNEL_PCR with its constant fields (Self, CurrentPrcb, the GDT
     and TSS, the version); returns its frame."""
     page = bytearray(layout.PAGE_SIZE)
@@ -61,7 +61,7 @@ def map_pcr(ex: Kernel) -> int:
                          data=bytes(page))
 
 
-def ethread_of(ex: Kernel, thread: Thread | None) -> int:
+def ethread_of(ex: ProcessorControl, thread: Thread | None) -> int:
     """The ETHREAD ``thread`` runs as (None: the System thread), as emu.nt.eprocess makes
     it; 0 when there is no RAM for it."""
     from emu.nt import eprocess
@@ -72,7 +72,7 @@ def ethread_of(ex: Kernel, thread: Thread | None) -> int:
         return 0
 
 
-def current_thread(ex: Kernel) -> int:
+def current_thread(ex: ProcessorControl) -> int:
     """The KPRCB's CurrentThread now (what ``gs:[0x188]`` reads at ring 0); 0 before any
     ring-0 routine has run (no KPCR yet)."""
     if not ex.pcr_frame:
@@ -81,18 +81,18 @@ def current_thread(ex: Kernel) -> int:
     return struct.unpack("<Q", ex.mem.read(address, 8))[0]
 
 
-def processor_number(ex: Kernel) -> int:
+def processor_number(ex: ProcessorControl) -> int:
     """The KPRCB's Number (KeGetCurrentProcessorNumberEx's; 0: there is one processor)."""
     address = ex.pcr_frame * layout.PAGE_SIZE + KPCR_PRCB + PRCB_NUMBER
     return struct.unpack("<I", ex.mem.read(address, 4))[0]
 
 
-def set_current_thread(ex: Kernel, ethread: int) -> None:
+def set_current_thread(ex: ProcessorControl, ethread: int) -> None:
     """Store ``ethread`` as the KPRCB's CurrentThread (the dispatcher's SwapContext does)."""
     ex.mem.write(ex.pcr_frame * layout.PAGE_SIZE + CURRENT_THREAD, struct.pack("<Q", ethread))
 
 
-def enter(ex: Kernel, user_gs_base: int) -> None:
+def enter(ex: ProcessorControl, user_gs_base: int) -> None:
     """The kernel entry's SWAPGS for a routine the executive runs at ring 0: GS base the
     KPCR, IA32_KERNEL_GS_BASE the interrupted user mode's GS base; and the KPRCB's
     CurrentThread the thread the routine runs in (the System thread's where no process's

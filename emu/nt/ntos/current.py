@@ -15,13 +15,13 @@ from emu.nt.exports import ExportCall, export
 from emu.nt.ntos import rtl
 
 if TYPE_CHECKING:
-    from emu.nt.interfaces import Kernel
+    from emu.nt.interfaces import CurrentProcessor
 
 NTOSKRNL = "ntoskrnl.exe"
 
 
 @export("KeGetCurrentThread", dll=NTOSKRNL)
-def ke_get_current_thread(ex: Kernel, call: ExportCall) -> int:
+def ke_get_current_thread(ex: CurrentProcessor, call: ExportCall) -> int:
     """PKTHREAD KeGetCurrentThread(void): the KPRCB's CurrentThread, what wdm.h's x64 inline
     of the same name reads at ``gs:[0x188]`` (the System thread's in DriverEntry and
     DriverUnload; the interrupted thread's in an ISR or a DPC)."""
@@ -29,7 +29,7 @@ def ke_get_current_thread(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("KeGetCurrentProcessorNumberEx", dll=NTOSKRNL)
-def ke_get_current_processor_number_ex(ex: Kernel, call: ExportCall) -> int:
+def ke_get_current_processor_number_ex(ex: CurrentProcessor, call: ExportCall) -> int:
     """ULONG KeGetCurrentProcessorNumberEx(PPROCESSOR_NUMBER ProcNumber): the KPRCB's Number,
     0 on this one processor; a non-NULL ProcNumber gets PROCESSOR_NUMBER {Group 0, Number,
     Reserved 0} (USHORT, UCHAR, UCHAR)."""
@@ -40,7 +40,7 @@ def ke_get_current_processor_number_ex(ex: Kernel, call: ExportCall) -> int:
 
 
 @export("PsGetCurrentThread", dll=NTOSKRNL)
-def ps_get_current_thread(ex: Kernel, call: ExportCall) -> int:
+def ps_get_current_thread(ex: CurrentProcessor, call: ExportCall) -> int:
     """PETHREAD PsGetCurrentThread(void): ntoskrnl's export of what wdm.h inlines as
     KeGetCurrentThread, ``gs:[0x188]``: the KPRCB's CurrentThread (emu.nt.kpcr), the same
     ETHREAD an IRP's Tail.Overlay.Thread holds in the dispatch routine of its request."""
