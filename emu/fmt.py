@@ -20,7 +20,7 @@ def status(code: int) -> str:
 
 
 def exception_line(proc: Process, info: ExceptionInfo) -> str:
-    """One line saying how a process died, e.g. ``process 4 "badread" terminated: ...``."""
+    """One line saying how a process died, e.g. ``process 12 "badread" terminated: ...``."""
     what = status(info.code)
     if info.access is not None and info.address is not None:
         verb = {"read": "reading", "write": "writing", "execute": "executing"}[info.access]

@@ -555,7 +555,7 @@ class GdbStub(gdbregs.RegisterPackets):
 
     @packet(QUERIES, "qThreadExtraInfo")
     def _thread_extra(self, args: bytes) -> bytes:
-        """``pid 4 threads, tid 8, running, ring 3``: what ``info threads`` shows beside the
+        """``pid 12 threads, tid 16, running, ring 3``: what ``info threads`` shows beside the
         id (process, thread, state, ring)."""
         if gdbthreads.parse_thread_id(args)[1] in (ANY_THREAD, ALL_THREADS):
             raise ProtocolError("qThreadExtraInfo needs one thread")

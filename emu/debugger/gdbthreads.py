@@ -121,7 +121,7 @@ def saved_registers(thread: Thread, cpu_registers: dict[str, int]) -> dict[str, 
 
 def describe(ex: Executive, tid: ThreadId, ring: int | None) -> str:
     """What ``info threads`` shows beside a thread (qThreadExtraInfo, and the body of its
-    entry in qXfer:threads): ``pid 4 threads, tid 8, running, ring 3``."""
+    entry in qXfer:threads): ``pid 12 threads, tid 16, running, ring 3``."""
     if tid == KERNEL_THREAD:
         return "kernel (no process on the CPU), ring 0"
     thread = thread_object(ex, tid)

@@ -73,7 +73,7 @@ def _who(target: Target, pid: int | None) -> str:
 
 
 def vtop_text(target: Target, va: int, pid: int | None) -> str:
-    """``0x401000 -> physical 0x3e000 (frame 0x3e), in process 4 "hello"``."""
+    """``0x401000 -> physical 0x3e000 (frame 0x3e), in process 12 "hello"``."""
     pa = target.translate(va, pid)
     pid = target.owner_of(target.cr3_of(None)) if pid is None else pid
     return f"{va:#x} -> physical {pa:#x} (frame {pa >> 12:#x}), in {_who(target, pid)}"

@@ -287,7 +287,7 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
             self.error(f"where: internal error ({type(err).__name__}: {err}); please report it")
 
     def where(self) -> str:
-        """``0x401020 <hello!main+0x4>: mov eax, 1   [pid 4 "hello", ring 3]``; an instruction
+        """``0x401020 <hello!main+0x4>: mov eax, 1   [pid 12 "hello", ring 3]``; an instruction
         that cannot be read says why in its place: ``(cannot read: not mapped: ...)``."""
         t = self.target
         rip = t.register("rip")

@@ -140,7 +140,7 @@ def _where(target: Target, pid: int | None, cr3: int) -> tuple[str, int | None]:
 
 
 def address_space(target: Target, va: int, pid: int | None) -> tuple[str, str | None]:
-    """(``process 4 "hello" (CR3 0xb000)``, None): the tables a walk of ``va`` for ``pid``
+    """(``process 12 "hello" (CR3 0xb000)``, None): the tables a walk of ``va`` for ``pid``
     uses; for a kernel address of a process that has ended, the loaded tables and a note
     saying why they stand in for the process's own."""
     cr3 = target.cr3_for(va, pid)

@@ -116,7 +116,7 @@ class ProcessMap:
 
     @property
     def title(self) -> str:
-        """``process 4 "notepad"``, or the heading."""
+        """``process 12 "notepad"``, or the heading."""
         return self.heading or f'process {self.pid} "{self.name}"'
 
 
