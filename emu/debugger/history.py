@@ -33,7 +33,6 @@ from emu.eventlog import SCHEMA, EventLog, dumps
 if TYPE_CHECKING:
     from emu.machine import Machine
 
-GOTO_SLACK = 16            # goto aims this many steps short, then single-steps (exact)
 MAX_EVENTS = 50_000        # records kept per machine (docs/limits.md): about 10 MiB
 EVENTS_USAGE = "history events [KIND] [pid N] [--json]"
 USAGE = f"{EVENTS_USAGE} | history write|read|access ADDR [LEN] [pid N | phys] [--json]"
@@ -315,7 +314,7 @@ class HistoryCommands:
             self.error(f"position {target} is after the end of this machine's history "
                        f"(it ended at {now})")
             return None
-        self.goto_to, self.goto_margin = target, GOTO_SLACK
+        self.goto_to = target
         try:
             self._goto_move(session, target)
         except SessionError as err:
@@ -327,16 +326,13 @@ class HistoryCommands:
         return True
 
     def _goto_move(self, session, target: int) -> None:
-        """One move towards ``target``: a run of many steps stops up to a few steps late
-        (a fault inside it is a step the CPU's budget does not count), so a long move aims
-        GOTO_SLACK (or more, after a miss) short, and single steps, which are exact, end it."""
+        """One move to ``target``: ``stepi`` or ``reverse-stepi`` by the gap, which lands
+        exactly there (a step counts positions: instructions, exceptions, export calls)."""
         now = session.position
         if now < target:
-            gap = target - now
-            session.step(1 if gap <= self.goto_margin else gap - self.goto_margin)
+            session.step(target - now)
         else:
-            session.reverse_step(min(now, now - target + self.goto_margin))
-            self.goto_margin *= 2
+            session.reverse_step(now - target)
 
     def goto_again(self, stop: Stop) -> bool:
         """At a stop during ``goto``: True when goto moved on (nothing to show), False when

@@ -235,6 +235,18 @@ class Session(ReverseExecution):
         stop = self._due_stop()
         if stop is not None:
             self._pause(stop)
+        elif self._clipping():
+            # The CPU's budget counts instructions, a position counts exceptions and kernel
+            # export calls too: one raised since the budget was clipped (the run that ended
+            # at it) moved the position on without spending the budget, so clip it anew
+            # from the position now, or the step ends one instruction late per exception.
+            self.executive.rearm_budget()
+
+    def _clipping(self) -> bool:
+        """Whether clip_budget cuts the CPU's budget (a step, a replay, a snapshot due)."""
+        ring = self.snapshots
+        return self._deadline is not None or \
+            (ring is not None and ring.keep and not self._detached)
 
     def _due_stop(self) -> Stop | None:
         if self._detached:
