@@ -876,10 +876,20 @@ class Cpu:
         device = self._device_at(port)
         if device is not None:
             idle = getattr(device, "fire_at", None) is None
-            device.port_out(port - device.base, value, self.clock())
+            device.port_out(port - device.base, value, self._clock_at_instruction())
             if idle and getattr(device, "fire_at", None) is not None and \
                     self.on_device_started is not None:
                 self.on_device_started()
+
+    def _clock_at_instruction(self) -> int:
+        """From inside an instruction's hook: the machine's time with this instruction done
+        and none after it. The block counter charged the whole block at its entry, so the
+        raw count would be ahead by the rest of the block, and a device started here would
+        interrupt earlier than under per-instruction counting (a debugger's step): the time
+        must not depend on how instructions are counted."""
+        native = self.native
+        ahead = native.instructions - native.completed_before(self.rip) - 1
+        return self.clock() - max(ahead, 0)
 
     def _device_at(self, port: int):
         for device in self.devices:
