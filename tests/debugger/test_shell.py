@@ -151,7 +151,10 @@ def test_script_file_with_x(tmp_path):
 def test_ctrl_c_pauses_a_running_guest():
     """SIGINT while the guest runs: a stop at the next instruction boundary, then commands
     go on (the script waits on a pipe until the signal has been sent)."""
-    proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", str(APPS / "loop")],
+    # 10 G instructions: far longer than the wait, however fast counting gets (500 M, the
+    # default, ends within 1.5 s now).
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", str(APPS / "loop"),
+                             "2000000000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         proc.stdin.write("continue\n")
