@@ -194,13 +194,13 @@ def test_the_shells_answer_then_the_index(apps):
     assert rows[-1] == "10 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
         "position 1204741 (re-executed from boot)"
     assert re.fullmatch(
-        r"#9 +200307  pid  20 tid  24  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
+        r"#9 +200302  pid  20 tid  24  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
         r"<slowneither.sys!DpcForIsr\+0x55>  mov dword ptr \[rdi \+ r8\], eax  write 4 at "
         r"0x7f793950000 \(pa 0x[0-9a-f]+\): 0x74636976 -> 0x61746164", rows[8])
     records = [json.loads(line) for line in
                answer(out, "history write 0x7F793950004 4 pid 20 --json")]
     assert [(r["position"], r["va"], r["new"], r["symbol"]) for r in records][-1] == \
-        (200316, 0x7F793950004, 0x6F726620, "slowneither.sys!DpcForIsr+0x55")
+        (200311, 0x7F793950004, 0x6F726620, "slowneither.sys!DpcForIsr+0x55")
 
 
 def test_a_repeated_query_comes_from_the_index(apps):
