@@ -6,6 +6,7 @@ the positions are the debugger's."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -139,6 +140,22 @@ def test_the_same_command_writes_the_same_bytes(apps, tmp_path):
     assert emu("run", "--events", one, *slow_neither(apps)).returncode == 0
     assert emu("run", "--events", two, *slow_neither(apps)).returncode == 0
     assert one.read_bytes() == two.read_bytes() and one.stat().st_size > 0
+
+
+def test_a_device_interrupts_at_the_same_position_however_instructions_are_counted(
+        apps, tmp_path):
+    """The block counter charges a block at its entry; a device started by an OUT in the
+    middle of a block must still get the OUT's time, as the per-instruction counter (the
+    reference: EMU_COUNT=instruction) gives it, or its interrupt and the DPC move."""
+    block, one_by_one = tmp_path / "block.jsonl", tmp_path / "insn.jsonl"
+    argv = [sys.executable, "-m", "emu", "run", "--events"]
+    for log, env in ((block, {}), (one_by_one, {"EMU_COUNT": "instruction"})):
+        r = subprocess.run([*argv, str(log), *map(str, slow_neither(apps))], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+    assert block.read_bytes() == one_by_one.read_bytes()
+    assert [r["position"] for r in records(block) if r["event"] == "dpc"] == [200273]
 
 
 @pytest.mark.parametrize("command", [

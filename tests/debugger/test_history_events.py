@@ -53,16 +53,16 @@ def test_the_listing_of_a_dpc_in_another_process(apps):
     out = debug(apps, "catch dpc\ncontinue\nhistory events dpc\nhistory events interrupt\n"
                 "history events syscall pid 12\nposition\n")
     assert answer(out, "history events dpc") == [
-        "    200278  pid  20 tid  24  ring 3  IRQL 2  0x401067 <victim!main+0x67>  dpc: DPC "
+        "    200273  pid  20 tid  24  ring 3  IRQL 2  0x40106d <victim!main+0x6d>  dpc: DPC "
         "slowneither.sys!DpcForIsr+0x0",
-        "1 event of kind dpc from boot to position 200278"]
+        "1 event of kind dpc from boot to position 200273"]
     (isr, last) = answer(out, "history events interrupt")
     assert "IRQL 5" in isr and "interrupt vector 0x31, ISR slowneither.sys!Isr+0x0" in isr
     calls = answer(out, "history events syscall pid 12")
     assert [re.search(r"system call (\w+)\(", line).group(1) for line in calls[:-1]] == \
         ["NtAllocateVirtualMemory", "NtOpenFile", "NtReadFile"]
     assert all(" pid  12 tid  16  ring 3  IRQL 0 " in line for line in calls[:-1])
-    assert calls[-1] == "3 events of kind syscall in pid 12 from boot to position 200278"
+    assert calls[-1] == "3 events of kind syscall in pid 12 from boot to position 200273"
 
 
 @pytest.mark.parametrize("options", [["--snapshots", "0"],
@@ -74,10 +74,10 @@ def test_going_back_shows_only_the_past(apps, options):
     assert now[-1]["event"] == "dpc"
     later = out.split("reverse-stepi 100000", 1)[1]
     back = [json.loads(line) for line in answer(later, "history events --json")]
-    assert "100278 instructions and exceptions since boot" in later
-    assert back == [r for r in now if r["position"] <= 100278] and back
+    assert "100273 instructions and exceptions since boot" in later
+    assert back == [r for r in now if r["position"] <= 100273] and back
     assert answer(later, "history events interrupt") == \
-        ["0 events of kind interrupt from boot to position 100278"]
+        ["0 events of kind interrupt from boot to position 100273"]
 
 
 @pytest.mark.parametrize("command, line", [
