@@ -403,3 +403,22 @@ def test_sigterm_while_waiting_for_gdb_ends_with_one_line_and_143(apps):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out, err) == (143, "", "emu: terminated by SIGTERM\n")
+
+
+def test_emu_run_imports_none_of_the_debugger_s_machinery(apps):
+    """`emu run` starts quickly (make bench's start-up row): the parsers of `emu debug` and
+    `emu query` are built, but the session, reverse execution, queries, crash dumps and
+    PDB reading are imported only by the commands that use them."""
+    code = ("import runpy, sys\n"
+            "sys.argv = ['emu', 'run', sys.argv[1]]\n"
+            "try:\n"
+            "    runpy.run_module('emu', run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "heavy = ['emu.debugger.session', 'emu.debugger.reverse', 'emu.debugger.query',\n"
+            "         'emu.debugger.dumptarget', 'emu.nt.dump', 'emu.nt.pe', 'purepdb']\n"
+            "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(apps / "hello")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout == "Hello, world!\n"
+    assert r.stderr.strip().splitlines()[-1] == "[]"

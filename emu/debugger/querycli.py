@@ -14,8 +14,6 @@ import argparse
 import json
 import sys
 
-from emu.debugger import query
-
 _VALUED = {"--pid": "pid", "--mem": "mem", "--driver": "driver", "--quantum": "quantum",
            "--fs": "fs", "--pagefile-size": "pagefile_size"}
 _FLAGS = {"--phys": "phys", "--json": "json", "--smap": "smap", "--no-pagefile": "no_pagefile"}
@@ -61,6 +59,7 @@ def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict
 
 def run(args: argparse.Namespace, usage_error, size_type, count_type, split_commands) -> int:
     """Run ``emu query``; returns the exit status."""
+    from emu.debugger import query  # here: `emu run` must not pay for the debugger
     from emu.debugger.cli import DEFAULT_MEM, recipe
     from emu.debugger.expr import ExprError, evaluate
     from emu.debugger.history import _symbolizer, access_row, access_summary
