@@ -416,7 +416,8 @@ def test_emu_run_imports_none_of_the_debugger_s_machinery(apps):
             "except SystemExit:\n"
             "    pass\n"
             "heavy = ['emu.debugger.session', 'emu.debugger.reverse', 'emu.debugger.query',\n"
-            "         'emu.debugger.dumptarget', 'emu.nt.dump', 'emu.nt.pe', 'purepdb']\n"
+            "         'emu.debugger.dumptarget', 'emu.nt.dump', 'emu.nt.pe', 'purepdb',\n"
+            "         'emu.debugger.snapshots']\n"
             "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code, str(apps / "hello")], capture_output=True,
                        text=True, timeout=120)

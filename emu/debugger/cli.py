@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from emu.debugger.snapshots import SnapshotRing
 from emu.machine import Machine
 
 EXIT_COMMAND_FAILED = 1
@@ -161,6 +160,8 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
         machine = build()
     except (LoaderError, ValueError, LimitError) as err:
         raise usage_error(str(err)) from None
+    from emu.debugger.snapshots import SnapshotRing
+
     ring = SnapshotRing(args.snapshot_interval, args.snapshots) if args.snapshots else None
     shell = Shell(None, stdin=stdin, batch=batch,   # type: ignore[arg-type]
                   stop_on_error=batch and args.stop_on_error)
