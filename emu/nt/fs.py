@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from emu import guests
 from emu.nt.loader import LoaderError, read_image_file
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "guest" / "build" / "apps"
+# The built guest apps: a checkout's guest/build/apps, or a wheel's copy (emu.guests).
+DEFAULT_ROOT = guests.apps_dir()
 MAX_FILE = 64 << 20
 
 

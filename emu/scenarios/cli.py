@@ -104,10 +104,13 @@ def _writable(folder: Path) -> str | None:
 
 
 def _play(chosen, out: Path | None, events_path: str | None = None) -> int:
+    from emu import guests
     from emu.scenarios.stage import GUEST_BUILD, failures, play
 
     if not (GUEST_BUILD / "apps").is_dir():
-        return _usage(f"{GUEST_BUILD}: the guests are not built (run: make -C guest)")
+        return _usage(f"{GUEST_BUILD}: the guests are not built (run: make -C guest)"
+                      if not guests.packaged() else f"{GUEST_BUILD}: the guests are missing "
+                      "from this installation (reinstall the wheel)")
     writer = None
     if events_path is not None:
         from emu.eventlog import JsonLinesWriter

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from emu import guests
 from emu.fmt import addr
 from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
@@ -34,7 +35,8 @@ from emu.scenarios.timeline import Lane, Mark, MarkKind, lanes_for
 from emu.scenarios.witness import Witness
 from emu.viz.addrmap import MapRecorder, ProcessMap, capture
 
-GUEST_BUILD = Path(__file__).resolve().parents[2] / "guest" / "build"
+# The built guests: a checkout's guest/build, or a wheel's copy (emu.guests).
+GUEST_BUILD = guests.build_dir()
 AppSpec = tuple[str, ...] | Image       # ("counter", "a", "3"), or a ready image
 
 
@@ -173,7 +175,7 @@ class Act:
     def _guest(self, kind: str, name: str) -> Path:
         path = self.stage.guest_build / kind / name
         if not path.is_file():
-            raise ScenarioError(f"{path}: no such file (build the guests: make -C guest)")
+            raise ScenarioError(f"{path}: no such file ({guests.missing_hint()})")
         return path
 
     def _spawn(self, spec: AppSpec) -> Process:
