@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_cli.add_parser(sub)
     from emu.tools import build_driver
     build_driver.add_parser(sub)
+    from emu import build
+    build.add_parser(sub)
     return parser
 
 
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "query":
             from emu.debugger import querycli
             return querycli.run(args, UsageError, _size, _count, split_commands)
+        if args.command == "build":
+            from emu import build
+            return build.run(args)
         if args.command == "build-driver":
             from emu.tools import build_driver
             return build_driver.run(args)
