@@ -1,0 +1,241 @@
+"""An install without a compiler (issue 15, item 3): ``python -m build --wheel`` makes a wheel
+that carries the built guests and emu/hw/_native.so; installed by pip into a fresh virtual
+environment, with no C compiler on PATH and outside the checkout, it plays the whole tour,
+runs its guests, and ``emu build`` builds and runs a reader's own app and driver.
+
+The fresh environment gets emu from the wheel alone (pip installs it, ``--no-deps``); the
+third-party packages the wheel requires (its Requires-Dist with the ``guest`` extra, and
+theirs) are the project's own, linked into a folder its site-packages names in a .pth file,
+and ``pip check`` confirms they satisfy the wheel's requirements. That keeps the test offline
+and fast (ziglang alone is 400 MB installed) without letting the checkout's emu in: the
+project's editable install (its .pth and finder) is not in that folder.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+from emu import guests
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("private-address-spaces", "private-handles", "app-crash-is-contained",
+             "kernel-addresses-are-protected", "privileged-instructions",
+             "driver-crash-is-fatal", "shared-kernel-space", "arbitrary-thread-context",
+             "paging-to-disk", "address-limits")
+TAG = "py3-none-" + sysconfig.get_platform().replace("-", "_").replace(".", "_")
+
+
+def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel, built from the checkout (its guests built by make all) as the README says:
+    ``python -m build`` (the sdist, then the wheel from it)."""
+    out = tmp_path_factory.mktemp("dist")
+    done = run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out], cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [p.name for p in out.glob("*.tar.gz")] == ["emu-0.1.0.tar.gz"]
+    (built,) = out.glob("*.whl")
+    return built
+
+
+def requirements(metadata: str, extras: set[str]) -> list[Requirement]:
+    """The Requires-Dist of ``metadata`` that apply here with ``extras`` asked for."""
+    found = []
+    for line in email.parser.Parser().parsestr(metadata).get_all("Requires-Dist") or []:
+        req = Requirement(line)
+        if req.marker is None or any(req.marker.evaluate({**default_environment(),
+                                                          "extra": extra})
+                                     for extra in {"", *extras}):
+            found.append(req)
+    return found
+
+
+def link_dependencies(metadata: str, folder: Path) -> list[str]:
+    """Link into ``folder`` every installed distribution the wheel needs (with its ``guest``
+    extra), and theirs: their top-level modules and .dist-info. Their names."""
+    todo, done = requirements(metadata, {"guest"}), []
+    while todo:
+        req = todo.pop()
+        dist = importlib.metadata.distribution(req.name)
+        name = dist.metadata["Name"].lower()
+        if name in done or name == "emu":
+            continue
+        assert dist.version in req.specifier, (req, dist.version)
+        done.append(name)
+        site = Path(dist.locate_file(""))
+        for top in {Path(f).parts[0] for f in dist.files or () if not str(f).startswith("..")}:
+            if top != "__pycache__" and not (folder / top).exists():
+                (folder / top).symlink_to(site / top)
+        todo += requirements(dist.read_text("METADATA") or "", set(req.extras))
+    return done
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    """A fresh virtual environment with the wheel installed by pip."""
+    home = tmp_path_factory.mktemp("venv")
+    env = home / "env"
+    done = run([sys.executable, "-m", "venv", "--without-pip", env])
+    assert done.returncode == 0, done.stderr
+    python = env / "bin" / "python"
+    done = run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+                "--no-index", "--no-cache-dir", wheel])
+    assert done.returncode == 0, done.stdout + done.stderr
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read("emu-0.1.0.dist-info/METADATA").decode()
+    deps = home / "deps"
+    deps.mkdir()
+    assert {"unicorn", "capstone", "pyelftools", "pefile", "purepdb", "ziglang"} <= \
+        set(link_dependencies(metadata, deps))
+    site = run([python, "-c", "import sysconfig; print(sysconfig.get_path('platlib'))"])
+    (Path(site.stdout.strip()) / "emu-test-deps.pth").write_text(f"{deps}\n")
+    check = run([sys.executable, "-m", "pip", "--python", python, "check"])
+    assert (check.returncode, check.stdout) == (0, "No broken requirements found.\n"), \
+        check.stdout + check.stderr
+    return env
+
+
+@pytest.fixture
+def no_compiler(venv, tmp_path) -> dict:
+    """The environment of a machine without a C compiler: PATH is the venv's bin alone."""
+    environ = {"PATH": str(venv / "bin"), "HOME": os.path.expanduser("~"), "LANG": "C.UTF-8"}
+    for cc in ("gcc", "cc", "clang", "zig"):
+        assert shutil.which(cc, path=environ["PATH"]) is None, cc
+    return environ
+
+
+def test_the_wheel_carries_the_guests_and_the_native_library(wheel):
+    assert wheel.name == f"emu-0.1.0-{TAG}.whl"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert "Root-Is-Purelib: false\n" in z.read("emu-0.1.0.dist-info/WHEEL").decode()
+    built_apps = {p.name for p in (ROOT / "guest" / "build" / "apps").iterdir()}
+    assert {n.removeprefix("emu/_guest/build/apps/") for n in names
+            if n.startswith("emu/_guest/build/apps/")} == built_apps
+    assert {"hello", "hello-pie", "hello32", "badread"} <= built_apps
+    drivers = sorted(p.stem for p in (ROOT / "guest" / "drivers-pe").glob("*.c"))
+    for name in drivers:
+        assert f"emu/_guest/build/drivers/{name}.sys" in names
+        assert f"emu/_guest/build/drivers/{name}.pdb" in names
+    assert not any(n.endswith(".lib") or "/build/pe/" in n or "zig-cache" in n for n in names)
+    for path in ("include/emu/lib.h", "include/emu/syscall.h", "lib/crt0.S", "lib/printf.c",
+                 "lib/syscall.S", "link/app.ld", "apps/hello.c", "drivers-pe/pehello.c"):
+        assert f"emu/_guest/{path}" in names, path
+    assert "emu/hw/_native.so" in names and "emu/hw/native.c" not in names
+    assert "emu/templates/driver.c" in names
+    assert not any("__pycache__" in n for n in names)
+
+
+def test_the_wheel_is_not_built_without_the_guests(tmp_path):
+    # A copy of the checkout's tracked files: nothing built.
+    files = run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tmp_path / name)
+    for name in ("setup.py", "MANIFEST.in"):          # new files, maybe not committed yet
+        shutil.copy2(ROOT / name, tmp_path / name)
+    done = run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
+                tmp_path / "dist"], cwd=tmp_path)
+    assert done.returncode != 0 and not list((tmp_path / "dist").glob("*.whl"))
+    assert "error: guest/build/apps/asyncread is missing (and " in done.stdout + done.stderr
+    assert "more): the wheel carries the built guests and emu/hw/_native.so: run `make all` " \
+        "first" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_the_installed_emu_is_the_wheel_s(venv, no_compiler, tmp_path):
+    shown = run([venv / "bin" / "python", "-c", "import emu, emu.guests, emu.nt.fs; "
+                 "print(emu.__file__); print(emu.guests.root()); print(emu.nt.fs.DEFAULT_ROOT)"],
+                env=no_compiler, cwd=tmp_path)
+    package = Path(shown.stdout.split()[0]).parent
+    assert package.is_relative_to(venv) and ROOT not in package.parents
+    assert shown.stdout.split()[1:] == [str(package / "_guest"),
+                                        str(package / "_guest" / "build" / "apps")]
+    assert guests.root() == ROOT / "guest"          # while the checkout's own is the checkout's
+
+
+def test_the_tour_plays_from_the_wheel_without_a_compiler(venv, no_compiler, tmp_path):
+    done = run([venv / "bin" / "emu", "scenario", "run", "--all", "--out", "tour"],
+               env=no_compiler, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.endswith("Pictures: tour/index.html\n"
+                                "The tour: 10 scenarios, 10 held their claims.\n")
+    index = (tmp_path / "tour" / "index.html").read_text()
+    for name in SCENARIOS:
+        assert f'href="{name}.html"' in index
+        page = (tmp_path / "tour" / f"{name}.html").read_text()
+        assert "<svg" in page and '<p class="held">The claim holds.</p>' in page
+
+
+def test_the_wheel_s_guests_run_and_read_its_file_system(venv, no_compiler, tmp_path):
+    apps = Path(run([venv / "bin" / "python", "-c", "import emu.guests; "
+                     "print(emu.guests.apps_dir())"], env=no_compiler).stdout.strip())
+    hello = run([venv / "bin" / "emu", "run", apps / "hello", "a"], env=no_compiler,
+                cwd=tmp_path)
+    assert (hello.returncode, hello.stdout) == (0, "Hello, world!\nargv[1] = a\n")
+    # The default --fs is the wheel's apps folder: reader reads its hello.
+    data = (apps / "hello").read_bytes()
+    read = run([venv / "bin" / "emu", "run", apps / "reader", "hello"], env=no_compiler,
+               cwd=tmp_path)
+    assert read.stdout.splitlines()[:2] == [f"read {len(data)} bytes", f"sum {sum(data)}"]
+    driver = apps.parent / "drivers" / "pehello.sys"
+    loaded = run([venv / "bin" / "emu", "run", "--driver", driver, apps / "exitcode", "5"],
+                 env=no_compiler, cwd=tmp_path)
+    assert loaded.returncode == 5
+    assert loaded.stdout.startswith("pehello.sys: DriverEntry, registry path ")
+
+
+APP = r"""
+#include <emu/lib.h>
+
+int main(int argc, char **argv)
+{
+    printf("my own app: %s\n", argc > 1 ? argv[1] : "-");
+    return 7;
+}
+"""
+
+DRIVER = r"""
+#include <ntddk.h>
+
+NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
+{
+    UNREFERENCED_PARAMETER(DriverObject);
+    UNREFERENCED_PARAMETER(RegistryPath);
+    DbgPrint("mydrv.sys: my own driver\n");
+    return STATUS_SUCCESS;
+}
+"""
+
+
+def test_emu_build_from_the_wheel_builds_an_app_and_a_driver_that_run(venv, no_compiler,
+                                                                        tmp_path):
+    (tmp_path / "mine.c").write_text(APP)
+    (tmp_path / "mydrv.c").write_text(DRIVER)
+    emu = venv / "bin" / "emu"
+    app = run([emu, "build", "mine.c"], env=no_compiler, cwd=tmp_path)
+    assert (app.returncode, app.stdout) == (0, "built mine (app)\n"), app.stderr
+    driver = run([emu, "build", "mydrv.c"], env=no_compiler, cwd=tmp_path)
+    assert (driver.returncode, driver.stdout) == (0, "built mydrv.sys (driver)\n"), \
+        driver.stderr
+    ran = run([emu, "run", "--driver", "mydrv.sys", "mine", "hi"], env=no_compiler,
+              cwd=tmp_path)
+    assert (ran.returncode, ran.stdout) == (7, "mydrv.sys: my own driver\nmy own app: hi\n"), \
+        ran.stderr
