@@ -24,7 +24,7 @@ from typing import TextIO
 
 import unicorn
 
-from emu import __version__
+from emu import __version__, guests
 from emu.fmt import addr, exception_line, status
 from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("missing command (try: emu run APP, or emu --help)")
+        if args.command in ("run", "debug"):        # --driver NAME: a built driver
+            args.driver = [guests.driver_path(d) for d in args.driver]
         if args.command == "debug":
             from emu.debugger import cli as debug_cli
             apps = split_commands([args.app, *args.args]) if args.app else []
@@ -493,7 +495,8 @@ def split_commands(words: list[str]) -> list[tuple[str, list[str]]]:
             commands[-1].append(word)
     if any(not c for c in commands):
         raise UsageError("missing APP after `--`" if len(commands) > 1 else "missing APP")
-    return [(c[0], c[1:]) for c in commands]
+    # A bare name (no "/") that is no file here names a built guest app (emu.guests).
+    return [(guests.app_path(c[0]), c[1:]) for c in commands]
 
 
 def _spawn(machine: Machine, app: str, app_args: list[str], mem: int) -> Process:

@@ -13,6 +13,7 @@ Two places can hold them, and one function decides which for everything that nam
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[1] / "guest"
@@ -71,3 +72,24 @@ def find(kind: str, name: str) -> Path:
     if "/" in name or name in (".", "..") or not path.is_file():
         raise GuestNotFound(f"{path}: no such file ({missing_hint()})")
     return path
+
+
+def app_path(word: str) -> str:
+    """An APP of the command line: a path as given, unless it is a bare name (no "/") that
+    is no file here and names a built guest app: then that app's path."""
+    return _named("apps", word)
+
+
+def driver_path(word: str) -> str:
+    """A --driver of the command line: a path as given, unless it is a bare name (no "/")
+    that is no file here and names a built driver (NAME or NAME.sys): then its path."""
+    return _named("drivers", word)
+
+
+def _named(kind: str, word: str) -> str:
+    if not word or "/" in word or os.path.lexists(word):
+        return word
+    try:
+        return str(find(kind, word))
+    except GuestNotFound:
+        return word            # the loader says "no such file", as for any other path

@@ -195,11 +195,14 @@ def test_the_wheel_s_guests_run_and_read_its_file_system(venv, no_compiler, tmp_
     read = run([venv / "bin" / "emu", "run", apps / "reader", "hello"], env=no_compiler,
                cwd=tmp_path)
     assert read.stdout.splitlines()[:2] == [f"read {len(data)} bytes", f"sum {sum(data)}"]
-    driver = apps.parent / "drivers" / "pehello.sys"
-    loaded = run([venv / "bin" / "emu", "run", "--driver", driver, apps / "exitcode", "5"],
+    # Bare names: the wheel's own guests.
+    loaded = run([venv / "bin" / "emu", "run", "--driver", "pehello", "exitcode", "5"],
                  env=no_compiler, cwd=tmp_path)
-    assert loaded.returncode == 5
+    assert loaded.returncode == 5, loaded.stderr
     assert loaded.stdout.startswith("pehello.sys: DriverEntry, registry path ")
+    crash = run([venv / "bin" / "emu", "run", "badread"], env=no_compiler, cwd=tmp_path)
+    assert crash.returncode == 125
+    assert crash.stderr.startswith('process 12 "badread" terminated: STATUS_ACCESS_VIOLATION')
 
 
 APP = r"""
@@ -239,3 +242,26 @@ def test_emu_build_from_the_wheel_builds_an_app_and_a_driver_that_run(venv, no_c
               cwd=tmp_path)
     assert (ran.returncode, ran.stdout) == (7, "mydrv.sys: my own driver\nmy own app: hi\n"), \
         ran.stderr
+
+
+def emu_here(folder: Path, *argv) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "emu", *argv], cwd=folder)
+
+
+def test_a_bare_name_is_a_built_guest_unless_a_file_of_that_name_is_here(tmp_path):
+    assert guests.find("apps", "hello") == ROOT / "guest" / "build" / "apps" / "hello"
+    assert guests.find("drivers", "pehello") == guests.find("drivers", "pehello.sys") == \
+        ROOT / "guest" / "build" / "drivers" / "pehello.sys"
+    for kind, name in (("apps", "nosuch"), ("apps", "../apps/hello"), ("drivers", "..")):
+        with pytest.raises(guests.GuestNotFound, match="no such file"):
+            guests.find(kind, name)
+    ran = emu_here(tmp_path, "run", "--driver", "pehello.sys", "hello", "x", "--", "exitcode")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[1:] == ["Hello, world!", "argv[1] = x"]
+    # A file of that name in the current folder wins; a path with "/" is only a path.
+    shutil.copy(ROOT / "guest" / "build" / "apps" / "exitcode", tmp_path / "hello")
+    assert emu_here(tmp_path, "run", "hello", "9").returncode == 9
+    missing = emu_here(tmp_path, "run", "./badread")
+    assert (missing.returncode, missing.stderr) == (2, "emu: error: badread: no such file\n")
+    unknown = emu_here(tmp_path, "run", "--driver", "nosuch", "exitcode")
+    assert (unknown.returncode, unknown.stderr) == (2, "emu: error: nosuch: no such file\n")
