@@ -159,3 +159,13 @@ def test_an_output_the_system_refuses_is_one_line(tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith("emu: error: -o /proc/emu-build-out: cannot write ")
+
+
+def test_without_ziglang_the_build_is_one_line(tmp_path):
+    (tmp_path / "ok.c").write_text("int main(void) { return 0; }\n")
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ziglang'] = None; "
+                           "from emu.cli import main; sys.exit(main(['build', 'ok.c']))"],
+                          cwd=tmp_path, capture_output=True, text=True, env=NO_CC, timeout=300)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"emu: error: {sys.executable} has no ziglang: install it into this "
+                           "Python (pip install ziglang, or make setup in the repository)\n")

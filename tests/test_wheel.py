@@ -265,3 +265,30 @@ def test_a_bare_name_is_a_built_guest_unless_a_file_of_that_name_is_here(tmp_pat
     assert (missing.returncode, missing.stderr) == (2, "emu: error: badread: no such file\n")
     unknown = emu_here(tmp_path, "run", "--driver", "nosuch", "exitcode")
     assert (unknown.returncode, unknown.stderr) == (2, "emu: error: nosuch: no such file\n")
+
+
+def readme_install_block() -> list[str]:
+    """The commands of the README's "Without a compiler" block run on the compiler-less
+    machine."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Without a compiler"):readme.index("## The tour")]
+    blocks = section.split("```sh\n")[1:]
+    return [line for line in blocks[1].split("```")[0].splitlines() if line.strip()]
+
+
+def test_the_readme_s_commands_work_from_the_wheel(wheel, venv, no_compiler, tmp_path):
+    venv_line, pip_line, *rest = readme_install_block()
+    assert venv_line == "python3 -m venv emu-venv"
+    assert pip_line == f"emu-venv/bin/pip install 'dist/{wheel.name}[guest]'"
+    (tmp_path / "emu-venv").symlink_to(venv)        # the environment the wheel went into
+    outputs = []
+    for line in rest:
+        command = line.split("  #")[0].strip()
+        done = run(["/bin/sh", "-c", command], env=no_compiler, cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+        outputs.append(done.stdout)
+        comment = line.split("  # ")[1].strip() if "  # " in line else ""
+        if comment.startswith(("built ", "mine")):
+            assert done.stdout == comment + "\n", command
+    assert outputs[1] == "Hello, world!\nargv[1] = a\nargv[2] = b\n"
+    assert (tmp_path / "tour" / "index.html").is_file()
