@@ -263,6 +263,21 @@ def test_a_bare_name_is_a_built_guest_unless_a_file_of_that_name_is_here(tmp_pat
     assert emu_here(tmp_path, "run", "hello", "9").returncode == 9
     missing = emu_here(tmp_path, "run", "./badread")
     assert (missing.returncode, missing.stderr) == (2, "emu: error: badread: no such file\n")
+    # emu debug and emu query take the same names.
+    build = ROOT / "guest" / "build"
+    debug = run([sys.executable, "-m", "emu", "debug", "--driver", "pehello", "exitcode", "4"],
+                cwd=tmp_path, input="continue\n")
+    assert debug.stdout.splitlines()[:2] == [
+        "pehello.sys: DriverEntry, registry path \\Registry\\Machine\\System\\"
+        "CurrentControlSet\\Services\\pehello",
+        'process 12 "exitcode" stopped at its entry point exitcode!_start, ring 3'], \
+        debug.stdout + debug.stderr
+    query = ["query", "write", "0x403000", "8", "--pid", "12", "--driver"]
+    by_name = emu_here(tmp_path, *query, "pehello", "echo", "a")
+    by_path = emu_here(tmp_path, *query, build / "drivers" / "pehello.sys",
+                       build / "apps" / "echo", "a")
+    assert by_name.returncode == 0 and (by_name.stdout, by_name.stderr) == \
+        (by_path.stdout, by_path.stderr)
     unknown = emu_here(tmp_path, "run", "--driver", "nosuch", "exitcode")
     assert (unknown.returncode, unknown.stderr) == (2, "emu: error: nosuch: no such file\n")
 

@@ -41,8 +41,9 @@ def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict
                 raise usage_error(f"{word} needs a value")
             value = words.pop(0)
             name = _VALUED[word]
-            if name == "driver":
-                opts["driver"].append(value)
+            if name == "driver":                # a bare name: a built driver (emu.guests)
+                from emu.guests import driver_path
+                opts["driver"].append(driver_path(value))
             elif name in ("mem", "pagefile_size"):
                 opts[name] = size_type(value)
             elif name == "pid":
