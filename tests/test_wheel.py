@@ -142,22 +142,47 @@ def test_the_wheel_carries_the_guests_and_the_native_library(wheel):
     assert not any("__pycache__" in n for n in names)
 
 
-def test_the_wheel_is_not_built_without_the_guests(tmp_path):
-    # A copy of the checkout's tracked files: nothing built.
-    files = run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, tmp_path / name)
-    for name in ("setup.py", "MANIFEST.in"):          # new files, maybe not committed yet
-        shutil.copy2(ROOT / name, tmp_path / name)
+def source_copy(folder: Path, built: bool) -> Path:
+    """A copy of the checkout's sources in ``folder``: with its built guests and _native.so
+    when ``built``, else nothing built."""
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc", "_native*.so", "build")
+    for name in ("emu", "guest"):
+        shutil.copytree(ROOT / name, folder / name, ignore=junk)
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "Makefile"):
+        shutil.copy2(ROOT / name, folder / name)
+    if built:
+        shutil.copytree(ROOT / "guest" / "build" / "apps", folder / "guest" / "build" / "apps")
+        shutil.copytree(ROOT / "guest" / "build" / "drivers",
+                        folder / "guest" / "build" / "drivers",
+                        ignore=shutil.ignore_patterns("*.lib"))
+        shutil.copy2(ROOT / "emu" / "hw" / "_native.so", folder / "emu" / "hw" / "_native.so")
+    return folder
+
+
+def build_in(folder: Path) -> str:
+    """``python -m build --wheel`` in ``folder``, refused: what it printed."""
     done = run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
-                tmp_path / "dist"], cwd=tmp_path)
-    assert done.returncode != 0 and not list((tmp_path / "dist").glob("*.whl"))
-    assert "error: guest/build/apps/asyncread is missing (and " in done.stdout + done.stderr
-    assert "more): the wheel carries the built guests and emu/hw/_native.so: run `make all` " \
-        "first" in done.stdout + done.stderr
+                folder / "dist"], cwd=folder)
+    assert done.returncode != 0 and not list((folder / "dist").glob("*.whl"))
     assert "Traceback" not in done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_the_wheel_is_not_built_without_the_guests(tmp_path):
+    said = build_in(source_copy(tmp_path, built=False))
+    assert "error: guest/build/apps/asyncread is missing (and " in said
+    assert "more): the wheel carries the built guests and emu/hw/_native.so: run `make all` " \
+        "first" in said
+
+
+def test_the_wheel_is_not_built_from_stale_guests(tmp_path):
+    folder = source_copy(tmp_path, built=True)
+    later = (folder / "guest" / "build" / "apps" / "hello").stat().st_mtime + 10
+    os.utime(folder / "guest" / "apps" / "hello.c", (later, later))
+    said = build_in(folder)
+    # hello and hello-pie are both made from hello.c.
+    assert "error: guest/build/apps/hello is older than guest/apps/hello.c (and 1 more): " \
+        "the wheel carries the built guests and emu/hw/_native.so: run `make all` first" in said
 
 
 def test_the_installed_emu_is_the_wheel_s(venv, no_compiler, tmp_path):
