@@ -1,7 +1,9 @@
 """Where the guests are: the built apps and drivers, the headers and library to build more.
 
-Two places can hold them, and one function decides which for everything that names a guest
-(``emu run``'s default --fs folder, the scenarios, ``emu build``):
+Two places can hold them, and one function (``root``) decides which for everything that
+names a guest: ``emu run``'s default --fs folder, the scenarios, ``emu build``, and a bare
+APP or --driver name of ``emu run``, ``emu debug`` and ``emu query`` (``emu run hello``,
+``--driver pehello``: ``app_path``, ``driver_path``):
 
 - a checkout: the repository's ``guest/`` folder beside ``emu/``, built by ``make -C guest``
   into ``guest/build/``. When it has a ``build/`` it wins, so a rebuilt guest is seen at once.
