@@ -29,9 +29,10 @@ answered from the index without re-executing. Memory is bounded (docs/limits.md)
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -80,7 +81,9 @@ class Access:
     irql: int
     cr3: int
     rip: int
-    instruction: str       # "mov dword ptr [rax], ecx" (Capstone's syntax)
+    instruction: str       # "mov dword ptr [rax], ecx" (Capstone's syntax), or for the
+    #                        executive's own store "by the executive: <what>"
+    executive: bool = False  # a store of the executive's Python code, not an instruction
 
     def json(self, symbol: str) -> dict[str, Any]:
         """The JSON record of this access (docs/debugger.md, "history write")."""
@@ -88,7 +91,7 @@ class Access:
                 "va": self.va, "size": self.size, "old": self.old, "new": self.new,
                 "pid": self.pid, "tid": self.tid, "ring": self.ring, "irql": self.irql,
                 "cr3": self.cr3, "rip": self.rip, "symbol": symbol,
-                "instruction": self.instruction}
+                "instruction": self.instruction, "executive": self.executive}
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,86 @@ def _number(evaluate: Callable[[str], int], text: str, what: str) -> int:
         raise QueryError(f"{what} {text}: {err}") from None
 
 
+# The executive's own stores into guest RAM, named for the user: the nearest caller on the
+# Python stack that has a name here says what it was doing (its locals give the IRP, the
+# slot); else the innermost caller outside the store helpers, as "module.function".
+def _io_finish(here: dict[str, Any], inner: dict[str, dict[str, Any]]) -> str | None:
+    irp = here.get("irp")
+    at = inner.get("probe_and_write", {}).get("address")
+    if at is not None and at == here.get("out"):
+        return f"I/O manager: the read's byte count to the caller (IRP {irp:#x})"
+    return f"I/O manager: buffered read completion copy (IRP {irp:#x})"
+
+
+_WRITERS: dict[str, Callable[[dict[str, Any], dict[str, dict[str, Any]]], str | None]] = {
+    "emu.nt.io._finish": _io_finish,
+    "emu.nt.io._write_iosb": lambda _h, _i: "I/O manager: the I/O status block to the caller",
+    "emu.nt.mm.paging.page_in":
+        lambda h, _i: f"memory manager: page-in from pagefile slot {h.get('slot')}",
+    "emu.nt.mm.address_space.allocate_frame": lambda _h, _i: "memory manager: a new page zeroed",
+    "emu.nt.mm.address_space.map_new": lambda _h, _i: "memory manager: a new page's contents",
+    "emu.nt.kuser._write_times": lambda _h, _i: "KUSER_SHARED_DATA: the clock (InterruptTime, "
+                                   "SystemTime, TickCount)",
+    "emu.nt.ps._map_main_stack": lambda _h, _i: "process creation: the main thread's arguments on "
+                                      "its stack",
+    "emu.nt.io._new_irp": lambda _h, _i: "I/O manager: a new IRP (IoAllocateIrp)",
+    "emu.nt.io._requested_by": lambda h, _i: f"I/O manager: the IRP's thread "
+                                             f"(IRP {h['record'].address:#x})",
+    "emu.nt.io._new_file_object": lambda _h, _i: "I/O manager: a new FILE_OBJECT",
+    "emu.nt.io.create_device": lambda _h, _i: "I/O manager: a new DEVICE_OBJECT "
+                                              "(IoCreateDevice)",
+    "emu.nt.io.new_driver_object": lambda _h, _i: "I/O manager: the DRIVER_OBJECT",
+    "emu.nt.io.invalid_device_request":
+        lambda _h, _i: "I/O manager: IopInvalidDeviceRequest's status in the IRP",
+    "emu.nt.eprocess.of": lambda _h, _i: "object manager: the process's EPROCESS",
+    "emu.nt.eprocess.thread_of": lambda _h, _i: "object manager: the thread's ETHREAD",
+    "emu.nt.eprocess._signal": lambda _h, _i: "object manager: the process signalled "
+                                              "(its end)",
+    "emu.nt.kintr.insert_queue_dpc": lambda h, _i: f"KeInsertQueueDpc: the KDPC at "
+                                                   f"{h['dpc']:#x} queued",
+    "emu.nt.kintr.drain_dpcs": lambda _h, _i: "the DPC queue drained: a KDPC dequeued",
+    "emu.nt.dispatch.deliver": lambda _h, _i: "exception dispatch: the record and context on the "
+                                         "user stack",
+}
+_HELPERS = ("probe_and_write", "write_user", "kernel_write", "write", "write_u64", "zero",
+            "_store", "_write_u64")
+
+
+def executive_writer(frame: Any) -> str:
+    """What the executive was doing, from the Python stack at its store (see _WRITERS)."""
+    inner: dict[str, dict[str, Any]] = {}
+    fallback = None
+    f = frame
+    while f is not None:
+        name = f.f_code.co_name
+        module = f.f_globals.get("__name__", "")
+        if module.startswith("emu.") and module != __name__:
+            namer = _WRITERS.get(f"{module}.{name}")
+            if namer is not None:
+                text = namer(f.f_locals, inner)
+                if text is not None:
+                    return text
+            if fallback is None and name not in _HELPERS:
+                fallback = f"{module}.{name}"
+            inner.setdefault(name, f.f_locals)
+        f = f.f_back
+    return fallback or "?"
+
+
+def _clip(a: Access, query: Query) -> Access:
+    """An executive's store (up to a page: a copy, a page-in) cut to the query's range,
+    its old and new values with it."""
+    at = a.pa if query.physical else a.va
+    assert at is not None
+    lo, hi = max(at, query.address), min(at + a.size, query.address + query.length)
+    if (lo, hi) == (at, at + a.size):
+        return a
+    shift, mask = 8 * (lo - at), (1 << 8 * (hi - lo)) - 1
+    va = None if a.va is None else a.va + lo - at
+    return replace(a, pa=a.pa + lo - at, va=va, size=hi - lo,
+                   old=(a.old or 0) >> shift & mask, new=(a.new or 0) >> shift & mask)
+
+
 class _Done(Exception):
     """The query's machine reached the position asked for."""
 
@@ -201,6 +284,7 @@ class Recorder(Session):
         super().__init__(machine, self._on_stop)
         self.executive.events.subscribe(lambda _event, _details: self._refresh())
         self._refresh()
+        self._watch_executive()
 
     def record(self) -> list[Access]:
         """Run to the target; the accesses to the query's pages, in order."""
@@ -212,6 +296,8 @@ class Recorder(Session):
                 pass
             except _TooMany:
                 self.truncated = True
+        mem = self.executive.mem
+        del mem.write, mem.write_u64          # the class's own methods again
         self.close()
         return self.accesses
 
@@ -265,6 +351,57 @@ class Recorder(Session):
         self._frames = frames
         uc.ctl_flush_tb()
         uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)   # cached pages would skip memory hooks
+
+    def _watch_executive(self) -> None:
+        """Record the executive's own stores too. PhysicalMemory.write and write_u64 are
+        the one way its Python code stores into guest RAM (zero, write_user, kernel_write,
+        probe_and_write, the pager, the loader all end there): this query's machine gets
+        instance methods that note the store first (its old value) and then make it. Only
+        a query's machine has them: an ordinary run pays nothing."""
+        mem = self.executive.mem
+        cls = type(mem)
+
+        def write(pa: int, data: bytes) -> None:
+            if self._frames:
+                self._on_executive_store(pa, bytes(data))
+            cls.write(mem, pa, data)
+
+        def write_u64(pa: int, value: int) -> None:
+            if self._frames:
+                self._on_executive_store(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+            cls.write_u64(mem, pa, value)
+
+        mem.write, mem.write_u64 = write, write_u64
+
+    def _on_executive_store(self, pa: int, data: bytes) -> None:
+        """A store of the executive into a hooked frame: one access per frame it covers,
+        ring 0, at the position it happens (what ``goto`` shows it done), the instruction
+        being "by the executive: <what>"."""
+        end = pa + len(data)
+        hits = [f for f in self._frames if f < end and pa < f + PAGE]
+        if not hits:
+            return
+        ex = self.executive
+        cpu = ex.cpu
+        q = self.query
+        what = None
+        thread = ex.current_thread
+        for frame in sorted(hits):
+            lo, hi = max(pa, frame), min(end, frame + PAGE)
+            va = None if q.physical else self._frames[frame] + (lo & (PAGE - 1))
+            chunk = data[lo - pa:hi - pa]
+            if what is None:
+                what = "by the executive: " + executive_writer(sys._getframe(2))
+            self.accesses.append(Access(
+                self.position, "write", lo, va, hi - lo,
+                int.from_bytes(ex.mem.read(lo, hi - lo), "little"),
+                int.from_bytes(chunk, "little"),
+                thread.process.pid if thread is not None else None,
+                thread.tid if thread is not None else None, 0, ex.irql, cpu.cr3, cpu.rip,
+                what, True))
+        if len(self.accesses) >= MAX_ACCESSES:
+            cpu.native.stop_soon()
+            raise _TooMany()
 
     def _on_access(self, uc, access: int, address: int, size: int, value: int,
                    _data) -> None:
@@ -342,7 +479,8 @@ class QueryIndex:
             self._bound()
         self._learnt.move_to_end(key)
         end = min(position, learnt.upto)
-        out = [a for a in learnt.accesses if a.position < end and query.wants(a)]
+        out = [_clip(a, query) if a.executive else a
+               for a in learnt.accesses if a.position < end and query.wants(a)]
         return out, position > learnt.upto, cached
 
     def _bound(self) -> None:

@@ -55,8 +55,41 @@ class Oracle(Session):
 
     def __init__(self, machine: Machine) -> None:
         self.seen: list[tuple[int, str, int, int, int, int | None, int]] = []
+        self.va: int | None = None
+        self.at_va: list = []
         super().__init__(machine, self._stop)
         self.executive.cpu.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._every)
+        # The executive's own stores: every byte Python writes into RAM, whatever the
+        # frame, at the session's position then (RAM's class methods, wrapped for all).
+        mem = machine.mem
+        self.stores: list[tuple[int, int, bytes, int | None]] = []   # (position, pa, data, va)
+
+        ram = type(mem)
+
+        def write(pa, data):
+            self._store(pa, bytes(data))
+            ram.write(mem, pa, data)
+
+        def write_u64(pa, value):
+            self._store(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+            ram.write_u64(mem, pa, value)
+        mem.write, mem.write_u64 = write, write_u64
+
+    def _store(self, pa: int, data: bytes) -> None:
+        va = None
+        if self.va is not None:      # the page's frame in the pid's own tables now
+            ex = self.executive
+            cr3 = ex.cpu.cr3
+            if self.pid is not None:
+                cr3 = next(p for p in ex.processes if p.pid == self.pid).space.cr3
+            try:
+                frame = mmu.walk(ex.mem, self.va & ~0xFFF, "read", cr3=cr3, cpl=0,
+                                 cr0=ex.cpu.cr0, cr4=ex.cpu.cr4, efer=ex.cpu.efer).pa
+            except (mmu.PageFault, mmu.GeneralProtection):
+                frame = None
+            if frame is not None and frame <= pa + len(data) and pa < frame + 0x1000:
+                va = (self.va & ~0xFFF) + pa - frame
+        self.stores.append((self.position, pa, data, va))
 
     def _stop(self, _stop) -> bool:
         if not self.ended:
@@ -150,10 +183,69 @@ def test_the_answer_is_the_oracles(apps, scenario, address, length, pid, phys, k
         want = [(p, k, at_va[(p, r)], s, n, r) for p, k, _a, s, _c, n, r in oracle.seen
                 if (p, r) in at_va and va <= at_va[(p, r)] < va + length and
                 (kind == "access" or k == kind)]
+    want += executive_stores(oracle, lo if phys else va, length, phys)
     found, truncated, cached = QueryIndex().answer(q, end, build)
-    got = [(a.position, a.kind, a.pa if phys else a.va, a.size, a.new, a.rip) for a in found]
+    got = [(a.position, a.kind, a.pa if phys else a.va, a.size, a.new,
+            None if a.executive else a.rip) for a in found]
     assert not truncated and not cached
-    assert got == want and want
+    assert [g[0] for g in got] == sorted(g[0] for g in got)    # in order of position
+    assert sorted(got, key=repr) == sorted(want, key=repr) and want
+
+
+def executive_stores(oracle: Oracle, address: int, length: int, phys: bool) -> list:
+    """The oracle's executive stores into [address, address + length), cut to it:
+    (position, "write", address, size, new value, None)."""
+    out = []
+    for position, pa, data, va in oracle.stores:
+        at = pa if phys else va
+        if at is None:
+            continue
+        if not phys:                 # only the part of the store in the page's frame
+            lo_page = address & ~0xFFF
+            first = max(at, lo_page)
+            data = data[first - at:lo_page + 0x1000 - at]
+            at = first
+        lo, hi = max(at, address), min(at + len(data), address + length)
+        if lo < hi:
+            out.append((position, "write", lo, hi - lo,
+                        int.from_bytes(data[lo - at:hi - at], "little"), None))
+    return out
+
+
+def slow_buffered(apps) -> tuple[list, list]:
+    return [DRIVERS / "slowbuffered.sys"], [(apps / "slowread", [r"\Device\SlowBuffered"]),
+                                           (apps / "victim", [])]
+
+
+@pytest.mark.parametrize("phys", [False, True])
+def test_a_buffered_reads_copy_is_the_executives_write(apps, phys):
+    """slowbuffered.sys's DPC fills the IRP's system buffer; the I/O manager copies it into
+    slowread's page (pid 12) back in its context: a row of its own, ring 0, "by the
+    executive", at the position the oracle saw the store, with the bytes before and after."""
+    build = factory(*slow_buffered(apps))
+    oracle = oracle_run(build, PAGE_VA, 12)
+    stores = executive_stores(oracle, PAGE_VA, 28, False)
+    copy = [s for s in stores if s[3] == 28]
+    assert len(copy) == 1
+    position, _, _, _, new, _ = copy[0]
+    assert new.to_bytes(28, "little") == b"data from the slow device\0\0\0"
+    if phys:
+        pa = next(pa for p, pa, _d, va in oracle.stores if p == position and va == PAGE_VA)
+        q = Query("write", pa, 28, None, True)
+    else:
+        q = Query("write", PAGE_VA, 28, 12, False)
+    found, _, _ = QueryIndex().answer(q, oracle.position, build)
+    mine = [a for a in found if a.executive]
+    if phys:                 # the frame was zeroed for slowread's page first (demand zero)
+        zeroed = mine.pop(0)
+        assert zeroed.position < position and zeroed.new == 0 and \
+            zeroed.instruction == "by the executive: memory manager: a new page zeroed"
+    assert [(a.position, a.size, a.new, a.ring, a.pid) for a in mine] == \
+        [(position, 28, new, 0, 12)]
+    assert mine[0].instruction.startswith(
+        "by the executive: I/O manager: buffered read completion copy (IRP 0xffff")
+    assert mine[0].old.to_bytes(28, "little") == b"requester's own page\0" + bytes(7)
+    assert (mine[0].va, mine[0].json("")["executive"]) == (None if phys else PAGE_VA, True)
 
 
 def test_the_dpc_write_into_the_interrupted_process(apps):
