@@ -29,7 +29,9 @@ answered from the index without re-executing. Memory is bounded (docs/limits.md)
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 PAGE = layout.PAGE_SIZE
 MAX_ACCESSES = 100_000        # accesses one query records (docs/limits.md)
 MAX_INDEX_ACCESSES = 200_000  # accesses the index keeps, all pages (about 350 B each: 70 MiB)
+MAX_LIVE_RECORDERS = 2        # query machines kept paused to run on (docs/limits.md)
 MAX_LENGTH = 1 << 20          # a query covers 1 byte to 1 MiB, as a watchpoint
 KINDS = ("write", "read", "access")
 USAGE = "history write|read|access ADDR [LEN] [pid N | phys] [--json]"
@@ -260,8 +263,8 @@ def _clip(a: Access, query: Query) -> Access:
                    old=(a.old or 0) >> shift & mask, new=(a.new or 0) >> shift & mask)
 
 
-class _Done(Exception):
-    """The query's machine reached the position asked for."""
+class _Closed(Exception):
+    """The paused query's machine is being released."""
 
 
 class _TooMany(Exception):
@@ -281,31 +284,93 @@ class Recorder(Session):
         self._mem_hooks: list[int] = []
         self._frames: dict[int, int | None] = {}    # frame -> virtual page base (None: phys)
         self._decoded: dict[tuple[int, int], str] = {}
+        self._thread: threading.Thread | None = None
+        self._reached, self._go = threading.Event(), threading.Event()
+        self._paused = self._closing = False
+        self._error: BaseException | None = None
         super().__init__(machine, self._on_stop)
         self.executive.events.subscribe(lambda _event, _details: self._refresh())
         self._refresh()
         self._watch_executive()
 
     def record(self) -> list[Access]:
-        """Run to the target; the accesses to the query's pages, in order."""
+        """Run to the target; the accesses to the query's pages, in order. The machine then
+        stays paused there (``extend`` runs it on) until ``close``."""
         if self.goal > 0:
-            self.step(self.goal)
-            try:
-                self.run()
-            except _Done:
-                pass
-            except _TooMany:
-                self.truncated = True
-        mem = self.executive.mem
-        del mem.write, mem.write_u64          # the class's own methods again
-        self.close()
+            self._thread = threading.Thread(target=self._main, name="emu-query", daemon=True)
+            self._thread.start()
+            self._wait()
         return self.accesses
+
+    def extend(self, target: int) -> None:
+        """Run on from the position it is paused at to ``target`` (later): the accesses of
+        that span are added to ``accesses``. The same machine going on is the path a
+        re-execution from boot would take (the machine is deterministic)."""
+        if not self.paused or target <= self.position:
+            raise ValueError("the query's machine cannot run on to that position")
+        self.goal = target
+        self._reached.clear()
+        self._go.set()
+        self._wait()
+
+    @property
+    def paused(self) -> bool:
+        """Whether it is paused at its goal, able to run on (not ended, cut or closed)."""
+        return self._paused
+
+    def close(self) -> None:
+        """End the paused run (if any) and release the machine."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._closing = True
+            self._go.set()
+            thread.join()
+        mem = self.executive.mem
+        if "write" in vars(mem):
+            del mem.write, mem.write_u64          # the class's own methods again
+        super().close()
+
+    def _main(self) -> None:
+        """The run, in a thread of its own: it pauses at each goal inside the session's
+        stop (as the debugger's shell pauses a machine), so that it can go on later."""
+        try:
+            self.step(self.goal)
+            self.run()
+        except _Closed:
+            pass
+        except _TooMany:
+            self.truncated = True
+        except BaseException as err:        # handed to the caller (a bug of the engine)
+            self._error = err
+        finally:
+            self._paused = False
+            self._reached.set()
+
+    def _wait(self) -> None:
+        """Wait for the run to reach its goal (or end); Ctrl-C stops it."""
+        try:
+            self._reached.wait()
+        except BaseException:
+            self.machine.interrupt()
+            self._closing = True
+            self._go.set()
+            if self._thread is not None:
+                self._thread.join()
+            raise
+        if self._error is not None:
+            raise self._error
 
     def _on_stop(self, _stop: Stop) -> bool:
         if self.ended:
             return False
-        if self.position >= self.goal:
-            raise _Done()
+        while self.position >= self.goal:
+            self._paused = True
+            self._reached.set()
+            self._go.wait()
+            self._go.clear()
+            self._paused = False
+            if self._closing:
+                raise _Closed()
         self.step(self.goal - self.position)
         return True
 
@@ -455,27 +520,64 @@ class _Learnt:
 class QueryIndex:
     """What queries learnt: the accesses to each query's pages from boot to a position,
     kept for the next query over the same pages; at most MAX_INDEX_ACCESSES accesses, the
-    least recently used queries' dropped first."""
+    least recently used queries' dropped first. The machines of the last
+    MAX_LIVE_RECORDERS page sets stay paused where their answer ended: a query over the
+    same pages further on runs one on from there instead of re-executing from boot."""
 
     def __init__(self) -> None:
         self._learnt: OrderedDict[tuple, _Learnt] = OrderedDict()
+        self._live: OrderedDict[tuple, Recorder] = OrderedDict()
+        self._owner = os.getpid()
+        self.started_at = 0        # where the last answer's re-execution started (0: boot)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Handed to a resumed snapshot (emu.debugger.history): what was learnt travels, a
+        # paused machine does not (it lives in this process).
+        return {"_learnt": self._learnt}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+        self._learnt = state["_learnt"]
 
     def answer(self, query: Query, position: int,
                factory: Callable[[], Machine]) -> tuple[list[Access], bool, bool]:
         """(accesses that answer ``query`` from boot to ``position``, truncated, from the
-        index): re-executes only if the index has not seen that far."""
+        index): re-executes only what the index has not seen, from where it stopped when
+        its machine is still paused there, else from boot."""
+        if os.getpid() != self._owner:
+            # A forked copy of the debugger (a resumed snapshot): the paused machines'
+            # threads stayed in the process that started them.
+            self._live = OrderedDict()
+            self._owner = os.getpid()
         key = tuple(query.pages())
         learnt = self._learnt.get(key)
         cached = learnt is not None and (learnt.upto >= position or learnt.truncated)
         if not cached:
-            page_query = Query("access", query.pages()[0][1] * PAGE,
-                               len(query.pages()) * PAGE, query.pid, query.physical)
-            recorder = Recorder(factory(), page_query, position)
-            accesses = recorder.record()
+            live = self._live.get(key)
+            if learnt is not None and live is not None and live.paused and \
+                    live.position == learnt.upto:
+                self.started_at = learnt.upto
+                live.extend(position)
+            else:
+                self.started_at = 0
+                self._forget_live(key)
+                page_query = Query("access", query.pages()[0][1] * PAGE,
+                                   len(query.pages()) * PAGE, query.pid, query.physical)
+                live = Recorder(factory(), page_query, position)
+                live.record()
+            accesses = live.accesses
             # Truncated: complete only before the last access recorded.
-            upto = accesses[-1].position if recorder.truncated else position
-            learnt = _Learnt(upto, accesses, recorder.truncated)
+            upto = accesses[-1].position if live.truncated else position
+            learnt = _Learnt(upto, accesses, live.truncated)
             self._learnt[key] = learnt
+            if live.paused:
+                self._live[key] = live
+                self._live.move_to_end(key)
+                while len(self._live) > MAX_LIVE_RECORDERS:
+                    self._forget_live(next(iter(self._live)))
+            else:
+                self._forget_live(key)
+                live.close()
             self._bound()
         self._learnt.move_to_end(key)
         end = min(position, learnt.upto)
@@ -483,7 +585,18 @@ class QueryIndex:
                for a in learnt.accesses if a.position < end and query.wants(a)]
         return out, position > learnt.upto, cached
 
+    def close(self) -> None:
+        """Release the paused machines (the index's answers stay)."""
+        for key in list(self._live):
+            self._forget_live(key)
+
+    def _forget_live(self, key: tuple) -> None:
+        live = self._live.pop(key, None)
+        if live is not None:
+            live.close()
+
     def _bound(self) -> None:
         while len(self._learnt) > 1 and \
                 sum(len(v.accesses) for v in self._learnt.values()) > MAX_INDEX_ACCESSES:
-            self._learnt.popitem(last=False)
+            key, _ = self._learnt.popitem(last=False)
+            self._forget_live(key)

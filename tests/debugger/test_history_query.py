@@ -388,3 +388,62 @@ def test_emu_query_bad_input_is_one_line(apps, args, message):
     r = emu(*args)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(message), r.stderr
+
+
+@pytest.mark.parametrize(("scenario", "address", "pid", "phys"), [
+    (slow_buffered, PAGE_VA, 12, False),           # the I/O manager's copy among them
+    (ticket_scribble, "next_ticket", None, True),
+])
+def test_a_query_run_on_from_its_paused_machine_is_the_one_from_boot(apps, scenario, address,
+                                                                      pid, phys):
+    """The index keeps the query's machine paused where the answer ended: asked again
+    further on, it runs on from there, and every answer is the one re-executed from boot."""
+    build = factory(*scenario(apps))
+    va = _address(build, address)
+    end = oracle_run(build).position
+    if phys:
+        first = oracle_run(build, va, pid)
+        va = next(a for a in first.seen if a[0] == first.at_va[0][0])[2]
+    q = Query("write", va, 64 if pid else 4, pid, phys)
+    index = QueryIndex()
+    starts = []
+    for position in (end // 4, end // 2, end):
+        found, truncated, cached = index.answer(q, position, build)
+        starts.append(index.started_at)
+        fresh = QueryIndex()
+        assert (found, truncated, cached) == (fresh.answer(q, position, build)[0], False,
+                                              False)
+        fresh.close()
+    index.close()
+    assert starts == [0, end // 4, end // 2]
+    assert found
+
+
+def test_a_query_further_on_says_where_it_ran_on_from(apps):
+    out = debug(apps, "goto 150000\nhistory write 0x7F793950000 8 pid 20\ncontinue\n"
+                "history write 0x7F793950000 8 pid 20\n")
+    lines = out.splitlines()
+    at = [i for i, line in enumerate(lines) if line.endswith(") history write 0x7F793950000 "
+                                                             "8 pid 20")]
+    early = answer(out, "history write 0x7F793950000 8 pid 20")
+    assert early[-1] == "8 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+        "position 150000 (re-executed from boot)"
+    late = lines[at[1] + 1:at[1] + 12]
+    assert late[-1] == "10 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+        "position 1204741 (the index to position 150000, re-executed from there)"
+    boot = answer(debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"),
+                  "history write 0x7F793950000 8 pid 20")
+    assert late[:-1] == boot[:-1] and late[:8] == early[:8]
+
+
+def test_goto_a_row_of_an_answer_from_the_index(apps):
+    """An answer from the index has the positions of the run it was learnt in: goto #ROW of
+    it lands on the accessing instruction, as the forward run has it."""
+    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"
+                "history read 0x7F793950000 8 pid 20\ngoto #1\nposition\n")
+    rows = answer(out, "history read 0x7F793950000 8 pid 20")
+    assert rows[-1].endswith("(from the index)")
+    position = int(rows[0].split()[1])
+    assert answer(out, "position") == [f"{position} instructions and exceptions since boot"]
+    rip = rows[0].split("  ")[4].split()[0]          # "0x... <symbol>"
+    assert answer(out, "goto #1")[-1].startswith(f"=> {rip} ")
