@@ -22,9 +22,20 @@ Each answer is an ``Access``: its position (the instructions and exceptions comp
 before the accessing instruction: ``goto`` that position puts RIP on it, before it runs),
 pid, tid, ring, IRQL, CR3, RIP, the instruction, and for a write the old and new value.
 
+The executive's own stores are answers too (a write, ring 0, "by the executive: <what>"):
+Unicorn's hooks see only instructions, so the query's machine (and no other) gets its own
+PhysicalMemory.write and write_u64, the one way the executive's Python code stores into
+guest RAM; the Python stack at the store says what it was doing (``executive_writer``).
+
 What a query learnt is kept (``QueryIndex``): every access to the pages it hooked, up to
 the position it ran to; a later query over the same pages at or before that position is
-answered from the index without re-executing. Memory is bounded (docs/limits.md).
+answered from the index without re-executing. The query's machine stays paused there (it
+runs in a thread of its own and waits inside the session's stop, as the debugger's shell
+waits): a later query over the same pages further on runs it on from there, which is
+exact (the same machine, going on). Why not the debugger's snapshots: one holds the
+machine at its position, not the accesses before it, so it could only extend what the
+index knows, and the paused machine does that without a fork, a pipe and the user's
+session state. Memory is bounded (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ if TYPE_CHECKING:
 PAGE = layout.PAGE_SIZE
 MAX_ACCESSES = 100_000        # accesses one query records (docs/limits.md)
 MAX_INDEX_ACCESSES = 200_000  # accesses the index keeps, all pages (about 350 B each: 70 MiB)
+STORE_UNIT = 64               # an executive's store counts one access per 64 bytes it covers
 MAX_LIVE_RECORDERS = 2        # query machines kept paused to run on (docs/limits.md)
 MAX_LENGTH = 1 << 20          # a query covers 1 byte to 1 MiB, as a watchpoint
 KINDS = ("write", "read", "access")
@@ -263,6 +275,12 @@ def _clip(a: Access, query: Query) -> Access:
                    old=(a.old or 0) >> shift & mask, new=(a.new or 0) >> shift & mask)
 
 
+def weight(a: Access) -> int:
+    """What ``a`` counts against MAX_ACCESSES and MAX_INDEX_ACCESSES: 1, or for a store of
+    the executive (up to a page, its old and new values with it) one per STORE_UNIT bytes."""
+    return -(-a.size // STORE_UNIT) if a.executive else 1
+
+
 class _Closed(Exception):
     """The paused query's machine is being released."""
 
@@ -280,6 +298,7 @@ class Recorder(Session):
         self.query = query
         self.goal = target
         self.accesses: list[Access] = []
+        self.weight = 0                      # the accesses' count (see ``weight``)
         self.truncated = False
         self._mem_hooks: list[int] = []
         self._frames: dict[int, int | None] = {}    # frame -> virtual page base (None: phys)
@@ -464,7 +483,8 @@ class Recorder(Session):
                 thread.process.pid if thread is not None else None,
                 thread.tid if thread is not None else None, 0, ex.irql, cpu.cr3, cpu.rip,
                 what, True))
-        if len(self.accesses) >= MAX_ACCESSES:
+            self.weight += weight(self.accesses[-1])
+        if self.weight >= MAX_ACCESSES:
             cpu.native.stop_soon()
             raise _TooMany()
 
@@ -505,7 +525,8 @@ class Recorder(Session):
             position, "write" if write else "read", address, va, size, old, new,
             thread.process.pid if thread is not None else None,
             thread.tid if thread is not None else None, ring, ex.irql, cr3, rip, text))
-        if len(self.accesses) >= MAX_ACCESSES:
+        self.weight += 1
+        if self.weight >= MAX_ACCESSES:
             cpu.native.stop_soon()
             raise _TooMany()
 
@@ -515,6 +536,7 @@ class _Learnt:
     upto: int                      # accesses are known from boot to this position
     accesses: list[Access]
     truncated: bool
+    weight: int                    # what they count (see ``weight``)
 
 
 class QueryIndex:
@@ -568,7 +590,7 @@ class QueryIndex:
             accesses = live.accesses
             # Truncated: complete only before the last access recorded.
             upto = accesses[-1].position if live.truncated else position
-            learnt = _Learnt(upto, accesses, live.truncated)
+            learnt = _Learnt(upto, accesses, live.truncated, live.weight)
             self._learnt[key] = learnt
             if live.paused:
                 self._live[key] = live
@@ -597,6 +619,6 @@ class QueryIndex:
 
     def _bound(self) -> None:
         while len(self._learnt) > 1 and \
-                sum(len(v.accesses) for v in self._learnt.values()) > MAX_INDEX_ACCESSES:
+                sum(v.weight for v in self._learnt.values()) > MAX_INDEX_ACCESSES:
             key, _ = self._learnt.popitem(last=False)
             self._forget_live(key)

@@ -447,3 +447,48 @@ def test_goto_a_row_of_an_answer_from_the_index(apps):
     assert answer(out, "position") == [f"{position} instructions and exceptions since boot"]
     rip = rows[0].split("  ")[4].split()[0]          # "0x... <symbol>"
     assert answer(out, "goto #1")[-1].startswith(f"=> {rip} ")
+
+
+POOL_PAGE = 0xFFFF_A080_0000_0000    # NonPagedPoolNx's first page: IRPs, file objects
+
+
+def test_goto_a_row_of_the_executives_store_shows_it_done(apps):
+    out = debug(apps, "continue\nhistory write 0x7F793950000 28 pid 12\ngoto #22\nposition\n"
+                "x/s 0x7F793950000\n", scenario=slow_buffered)
+    row = answer(out, "history write 0x7F793950000 28 pid 12")[21]
+    assert "  by the executive: I/O manager: buffered read completion copy (IRP 0x" in row
+    position = int(row.split()[1])
+    assert answer(out, "position") == [f"{position} instructions and exceptions since boot"]
+    assert answer(out, "x/s 0x7F793950000") == ['0x7f793950000:\t"data from the slow device"']
+
+
+def test_the_executives_stores_count_one_per_64_bytes(apps, monkeypatch):
+    """A store of the executive (an IRP of 280 bytes) counts 5 against the query's bound."""
+    from emu.debugger import query
+
+    build = factory(*slow_buffered(apps))
+    q = Query("write", POOL_PAGE, 4096, None, False)
+    whole, truncated, _ = QueryIndex().answer(q, 200_000, build)
+    assert not truncated
+    assert any(a.executive and a.size == 280 and query.weight(a) == 5 for a in whole)
+    # A bound of one more than the rows: counted one a row it would hold them all.
+    monkeypatch.setattr(query, "MAX_ACCESSES", len(whole) + 1)
+    cut, truncated, _ = QueryIndex().answer(q, 200_000, build)
+    assert truncated and cut == whole[:len(cut)] and len(cut) < len(whole)
+    assert sum(query.weight(a) for a in cut) < len(whole) + 1
+
+
+def test_only_a_querys_machine_records_the_executives_stores(apps):
+    """The user's machine keeps RAM's own write methods; the query's has them back when
+    it is released."""
+    from emu.debugger.query import Recorder
+
+    build = factory(*slow_buffered(apps))
+    user = build()
+    recorder = Recorder(build(), Query("access", POOL_PAGE, 4096, None, False), 1000)
+    recorder.record()
+    assert "write" in vars(recorder.executive.mem) and "write" not in vars(user.mem)
+    mem = recorder.executive.mem
+    recorder.close()
+    assert "write" not in vars(mem) and "write_u64" not in vars(mem)
+    user.close()
