@@ -93,6 +93,7 @@ def query_rows(repeat: int) -> list[tuple[str, float, str, bool, str]]:
         t = time.perf_counter()
         again, _, cached_again = index.answer(q, end, query_machine)
         agains.append(time.perf_counter() - t)
+        index.close()                    # its paused machine
         if cached or not cached_again or again != found:
             raise SystemExit("bench: the repeated query was not answered from the index")
         rows_found = len(found)
