@@ -60,6 +60,7 @@ from emu.debugger.session import Session
 from emu.debugger.stops import Stop
 from emu.hw import mmu
 from emu.nt import layout
+from emu.nt.mm.pfn import FrameUse
 from emu.nt.process import ProcessState
 
 if TYPE_CHECKING:
@@ -215,8 +216,8 @@ _WRITERS: dict[str, Callable[[dict[str, Any], dict[str, dict[str, Any]]], str | 
     "emu.nt.mm.address_space.map_new": lambda _h, _i: "memory manager: a new page's contents",
     "emu.nt.kuser._write_times": lambda _h, _i: "KUSER_SHARED_DATA: the clock (InterruptTime, "
                                    "SystemTime, TickCount)",
-    "emu.nt.ps._map_main_stack": lambda _h, _i: "process creation: the main thread's arguments on "
-                                      "its stack",
+    "emu.nt.ps._map_main_stack": lambda _h, _i: "process creation: the main thread's "
+                                                "arguments on its stack",
     "emu.nt.io._new_irp": lambda _h, _i: "I/O manager: a new IRP (IoAllocateIrp)",
     "emu.nt.io._requested_by": lambda h, _i: f"I/O manager: the IRP's thread "
                                              f"(IRP {h['record'].address:#x})",
@@ -232,6 +233,8 @@ _WRITERS: dict[str, Callable[[dict[str, Any], dict[str, dict[str, Any]]], str | 
                                               "(its end)",
     "emu.nt.kintr.insert_queue_dpc": lambda h, _i: f"KeInsertQueueDpc: the KDPC at "
                                                    f"{h['dpc']:#x} queued",
+    "emu.nt.kintr.initialize_dpc": lambda h, _i: f"KeInitializeDpc: the KDPC at "
+                                                 f"{h['dpc']:#x}",
     "emu.nt.kintr.drain_dpcs": lambda _h, _i: "the DPC queue drained: a KDPC dequeued",
     "emu.nt.dispatch.deliver": lambda _h, _i: "exception dispatch: the record and context on the "
                                          "user stack",
@@ -240,25 +243,47 @@ _HELPERS = ("probe_and_write", "write_user", "kernel_write", "write", "write_u64
             "_store", "_write_u64")
 
 
+# Who made a new page: a name above is generic ("a new page zeroed"); one of these further
+# out on the stack says what the page is for (an image, a stack, KUSER_SHARED_DATA).
+_PAGE_MAKERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "emu.nt.ps._map_image": lambda h: f"loader: {h['image'].name}'s image, the page at "
+                                      f"{h['va']:#x}",
+    "emu.nt.drivers.start": lambda h: f"loader: {h['image'].name}'s image, the page at "
+                                      f"{h['va']:#x}",
+    "emu.nt.ps._map_main_stack": lambda _h: "process creation: the main thread's stack",
+    "emu.nt.kuser.map_shared_data": lambda _h: "KUSER_SHARED_DATA made",
+}
+_GENERIC = ("emu.nt.mm.address_space.allocate_frame", "emu.nt.mm.address_space.map_new")
+
+
 def executive_writer(frame: Any) -> str:
-    """What the executive was doing, from the Python stack at its store (see _WRITERS)."""
+    """What the executive was doing, from the Python stack at its store: the innermost
+    caller named in _WRITERS (a new page's maker further out, _PAGE_MAKERS, names it
+    better), else the innermost one outside the store helpers, as module.function."""
     inner: dict[str, dict[str, Any]] = {}
-    fallback = None
+    fallback = generic = None
     f = frame
     while f is not None:
         name = f.f_code.co_name
         module = f.f_globals.get("__name__", "")
         if module.startswith("emu.") and module != __name__:
-            namer = _WRITERS.get(f"{module}.{name}")
-            if namer is not None:
-                text = namer(f.f_locals, inner)
+            where = f"{module}.{name}"
+            if generic is not None:
+                maker = _PAGE_MAKERS.get(where)
+                if maker is not None:
+                    return maker(f.f_locals)
+            else:
+                namer = _WRITERS.get(where)
+                text = namer(f.f_locals, inner) if namer is not None else None
                 if text is not None:
-                    return text
+                    if where not in _GENERIC:
+                        return text
+                    generic = text
             if fallback is None and name not in _HELPERS:
-                fallback = f"{module}.{name}"
+                fallback = where
             inner.setdefault(name, f.f_locals)
         f = f.f_back
-    return fallback or "?"
+    return generic or fallback or "?"
 
 
 def _clip(a: Access, query: Query) -> Access:
@@ -445,24 +470,33 @@ class Recorder(Session):
         mem = self.executive.mem
         cls = type(mem)
 
+        watch_new = not self.query.physical      # pages being made for the range
+
         def write(pa: int, data: bytes) -> None:
-            if self._frames:
+            if self._frames or watch_new:
                 self._on_executive_store(pa, bytes(data))
             cls.write(mem, pa, data)
 
         def write_u64(pa: int, value: int) -> None:
-            if self._frames:
+            if self._frames or watch_new:
                 self._on_executive_store(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
             cls.write_u64(mem, pa, value)
 
         mem.write, mem.write_u64 = write, write_u64
 
     def _on_executive_store(self, pa: int, data: bytes) -> None:
-        """A store of the executive into a hooked frame: one access per frame it covers,
-        ring 0, at the position it happens (what ``goto`` shows it done), the instruction
-        being "by the executive: <what>"."""
+        """A store of the executive into a hooked frame, or (a virtual query) into a frame
+        being made for one of the range's pages: one access per frame it covers, ring 0,
+        at the position it happens (what ``goto`` shows it done), the instruction being
+        "by the executive: <what>"."""
         end = pa + len(data)
-        hits = [f for f in self._frames if f < end and pa < f + PAGE]
+        hits = {f: base for f, base in self._frames.items() if f < end and pa < f + PAGE}
+        if not self.query.physical:
+            for frame in range(pa & ~(PAGE - 1), end, PAGE):
+                if frame not in hits:
+                    base = self._made_for(frame)
+                    if base is not None:
+                        hits[frame] = base
         if not hits:
             return
         ex = self.executive
@@ -472,7 +506,8 @@ class Recorder(Session):
         thread = ex.current_thread
         for frame in sorted(hits):
             lo, hi = max(pa, frame), min(end, frame + PAGE)
-            va = None if q.physical else self._frames[frame] + (lo & (PAGE - 1))
+            base = hits[frame]
+            va = None if q.physical or base is None else base + (lo & (PAGE - 1))
             chunk = data[lo - pa:hi - pa]
             if what is None:
                 what = "by the executive: " + executive_writer(sys._getframe(2))
@@ -487,6 +522,23 @@ class Recorder(Session):
         if self.weight >= MAX_ACCESSES:
             cpu.native.stop_soon()
             raise _TooMany()
+
+    def _made_for(self, frame: int) -> int | None:
+        """The page of the query's range that ``frame``, not mapped there yet, is being made
+        for (zeroed, loaded from an image, paged in: the PFN database's record of the page
+        it backs, in the query's process or the kernel half), or None."""
+        ex = self.executive
+        q = self.query
+        pfn = frame // PAGE
+        if not 0 <= pfn < len(ex.mm.pfn.entries):
+            return None
+        entry = ex.mm.pfn.entries[pfn]
+        if entry.va is None or entry.use is FrameUse.FREE or \
+                (q.pid is not None and entry.owner != q.pid):
+            return None
+        page = entry.va & ~(PAGE - 1)
+        first, last = q.address & ~(PAGE - 1), (q.address + q.length - 1) & ~(PAGE - 1)
+        return page if first <= page <= last else None
 
     def _on_access(self, uc, access: int, address: int, size: int, value: int,
                    _data) -> None:

@@ -57,12 +57,13 @@ class Oracle(Session):
         self.seen: list[tuple[int, str, int, int, int, int | None, int]] = []
         self.va: int | None = None
         self.at_va: list = []
+        self.unplaced: list = []
         super().__init__(machine, self._stop)
         self.executive.cpu.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._every)
         # The executive's own stores: every byte Python writes into RAM, whatever the
         # frame, at the session's position then (RAM's class methods, wrapped for all).
         mem = machine.mem
-        self.stores: list[tuple[int, int, bytes, int | None]] = []   # (position, pa, data, va)
+        self.stores: list[list] = []      # [position, pa, data, va or None]
 
         ram = type(mem)
 
@@ -76,20 +77,36 @@ class Oracle(Session):
         mem.write, mem.write_u64 = write, write_u64
 
     def _store(self, pa: int, data: bytes) -> None:
-        va = None
-        if self.va is not None:      # the page's frame in the pid's own tables now
-            ex = self.executive
-            cr3 = ex.cpu.cr3
-            if self.pid is not None:
-                cr3 = next(p for p in ex.processes if p.pid == self.pid).space.cr3
-            try:
-                frame = mmu.walk(ex.mem, self.va & ~0xFFF, "read", cr3=cr3, cpl=0,
-                                 cr0=ex.cpu.cr0, cr4=ex.cpu.cr4, efer=ex.cpu.efer).pa
-            except (mmu.PageFault, mmu.GeneralProtection):
-                frame = None
-            if frame is not None and frame <= pa + len(data) and pa < frame + 0x1000:
-                va = (self.va & ~0xFFF) + pa - frame
-        self.stores.append((self.position, pa, data, va))
+        store = [self.position, pa, data, None]
+        self.stores.append(store)
+        if self.va is not None:
+            self._place(store)
+            if store[3] is None:     # a page being made: placed when the CPU runs again
+                self.unplaced.append(store)
+
+    def _frame_of_va(self) -> int | None:
+        """The page's frame in the pid's own tables now (a walk of them)."""
+        ex = self.executive
+        cr3 = ex.cpu.cr3
+        if self.pid is not None:
+            cr3 = next(p for p in ex.processes if p.pid == self.pid).space.cr3
+        try:
+            return mmu.walk(ex.mem, self.va & ~0xFFF, "read", cr3=cr3, cpl=0,
+                            cr0=ex.cpu.cr0, cr4=ex.cpu.cr4, efer=ex.cpu.efer).pa
+        except (mmu.PageFault, mmu.GeneralProtection):
+            return None
+
+    def _place(self, store: list) -> None:
+        frame = self._frame_of_va()
+        _, pa, data, _ = store
+        if frame is not None and frame < pa + len(data) and pa < frame + 0x1000:
+            store[3] = (self.va & ~0xFFF) + pa - frame
+
+    def before_run(self) -> None:
+        for store in self.unplaced:
+            self._place(store)
+        self.unplaced = []
+        super().before_run()
 
     def _stop(self, _stop) -> bool:
         if not self.ended:
@@ -225,7 +242,7 @@ def test_a_buffered_reads_copy_is_the_executives_write(apps, phys):
     build = factory(*slow_buffered(apps))
     oracle = oracle_run(build, PAGE_VA, 12)
     stores = executive_stores(oracle, PAGE_VA, 28, False)
-    copy = [s for s in stores if s[3] == 28]
+    copy = [s for s in stores if s[3] == 28 and s[4]]      # the page zeroed is the other
     assert len(copy) == 1
     position, _, _, _, new, _ = copy[0]
     assert new.to_bytes(28, "little") == b"data from the slow device\0\0\0"
@@ -236,10 +253,11 @@ def test_a_buffered_reads_copy_is_the_executives_write(apps, phys):
         q = Query("write", PAGE_VA, 28, 12, False)
     found, _, _ = QueryIndex().answer(q, oracle.position, build)
     mine = [a for a in found if a.executive]
-    if phys:                 # the frame was zeroed for slowread's page first (demand zero)
-        zeroed = mine.pop(0)
-        assert zeroed.position < position and zeroed.new == 0 and \
-            zeroed.instruction == "by the executive: memory manager: a new page zeroed"
+    # The frame was zeroed for slowread's page first (a demand-zero fault), before its PTE
+    # was made valid: a page being made for the range is the range's, virtual or physical.
+    zeroed = mine.pop(0)
+    assert zeroed.position < position and zeroed.new == 0 and \
+        zeroed.instruction == "by the executive: memory manager: a new page zeroed"
     assert [(a.position, a.size, a.new, a.ring, a.pid) for a in mine] == \
         [(position, 28, new, 0, 12)]
     assert mine[0].instruction.startswith(
@@ -253,7 +271,7 @@ def test_the_dpc_write_into_the_interrupted_process(apps):
     build = factory(*slow_neither(apps))
     end = oracle_run(build).position
     found, _, _ = QueryIndex().answer(Query("write", PAGE_VA, 8, 20, False), end, build)
-    dpc = [a for a in found if a.ring == 0]
+    dpc = [a for a in found if a.ring == 0 and not a.executive]
     assert [(a.pid, a.irql, a.va, a.size) for a in dpc] == \
         [(20, 2, PAGE_VA, 4), (20, 2, PAGE_VA + 4, 4)]
     assert dpc[0].old == int.from_bytes(b"vict", "little")
@@ -283,12 +301,17 @@ def test_the_shells_answer_then_the_index(apps):
     out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"
                 "history write 0x7F793950004 4 pid 20 --json\n")
     rows = answer(out, "history write 0x7F793950000 8 pid 20")
-    assert rows[-1] == "10 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+    assert rows[-1] == "11 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
         "position 1204741 (re-executed from boot)"
     assert re.fullmatch(
-        r"#9 +200302  pid  20 tid  24  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
+        r"#10 +200302  pid  20 tid  24  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
         r"<slowneither.sys!DpcForIsr\+0x55>  mov dword ptr \[rdi \+ r8\], eax  write 4 at "
-        r"0x7f793950000 \(pa 0x[0-9a-f]+\): 0x74636976 -> 0x61746164", rows[8])
+        r"0x7f793950000 \(pa 0x[0-9a-f]+\): 0x74636976 -> 0x61746164", rows[9])
+    # The first: the memory manager zeroed victim's new page (a demand-zero fault) for it.
+    assert re.fullmatch(r"#1 +293  pid  20 tid  24  ring 0  IRQL 0  CR3 0x61000  0x401e65 "
+                        r"<victim!memcpy\+0x15>  by the executive: memory manager: a new "
+                        r"page zeroed  write 8 at 0x7f793950000 \(pa 0x[0-9a-f]+\): 0x0 -> 0x0",
+                        rows[0]), rows[0]
     records = [json.loads(line) for line in
                answer(out, "history write 0x7F793950004 4 pid 20 --json")]
     assert [(r["position"], r["va"], r["new"], r["symbol"]) for r in records][-1] == \
@@ -302,9 +325,9 @@ def test_a_repeated_query_comes_from_the_index(apps):
 
 
 @pytest.mark.parametrize(("row", "where", "byte_at"), [
-    (8, "<victim!memcpy+0x15>",                     # "victim'" : the 8th byte not stored
+    (9, "<victim!memcpy+0x15>",                     # "victim'" : the 8th byte not stored
      "0x7f793950000:\t0x00276d6974636976\t0x0000000000000000"),
-    (9, "<slowneither.sys!DpcForIsr+0x55>",         # "victim's own dat": the DPC's not yet
+    (10, "<slowneither.sys!DpcForIsr+0x55>",        # "victim's own dat": the DPC's not yet
      "0x7f793950000:\t0x73276d6974636976\t0x746164206e776f20"),
 ])
 def test_goto_a_row_is_the_forward_runs_state(apps, row, where, byte_at):
@@ -356,7 +379,7 @@ def test_bad_input_is_one_line(apps, command, message):
 
 def test_goto_a_row_out_of_range(apps):
     out = debug(apps, "continue\nhistory write 0x7F793950000 1 pid 20\ngoto #5\n")
-    assert answer(out, "goto #5") == ["error: goto #5: the last answer has rows 1 to 2"]
+    assert answer(out, "goto #5") == ["error: goto #5: the last answer has rows 1 to 3"]
 
 
 def test_emu_query_answers_as_the_shell_at_the_end(apps):
@@ -366,9 +389,9 @@ def test_emu_query_answers_as_the_shell_at_the_end(apps):
     assert r.returncode == 0 and r.stderr == ""
     shell = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20 --json\n")
     assert r.stdout.splitlines() == answer(shell, "history write 0x7F793950000 8 pid 20 --json")
-    assert len(r.stdout.splitlines()) == 10
+    assert len(r.stdout.splitlines()) == 11
     text = emu("query", "write", "0x7F793950000", "8", "--pid", "20", *argv)
-    assert text.stdout.splitlines()[-1] == "10 writes to 0x7f793950000..0x7f793950007 in " \
+    assert text.stdout.splitlines()[-1] == "11 writes to 0x7f793950000..0x7f793950007 in " \
         "pid 20 from boot to position 1204741 (re-executed from boot)"
 
 
@@ -426,14 +449,14 @@ def test_a_query_further_on_says_where_it_ran_on_from(apps):
     at = [i for i, line in enumerate(lines) if line.endswith(") history write 0x7F793950000 "
                                                              "8 pid 20")]
     early = answer(out, "history write 0x7F793950000 8 pid 20")
-    assert early[-1] == "8 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+    assert early[-1] == "9 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
         "position 150000 (re-executed from boot)"
-    late = lines[at[1] + 1:at[1] + 12]
-    assert late[-1] == "10 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+    late = lines[at[1] + 1:at[1] + 13]
+    assert late[-1] == "11 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
         "position 1204741 (the index to position 150000, re-executed from there)"
     boot = answer(debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"),
                   "history write 0x7F793950000 8 pid 20")
-    assert late[:-1] == boot[:-1] and late[:8] == early[:8]
+    assert late[:-1] == boot[:-1] and late[:9] == early[:9]
 
 
 def test_goto_a_row_of_an_answer_from_the_index(apps):
@@ -453,9 +476,9 @@ POOL_PAGE = 0xFFFF_A080_0000_0000    # NonPagedPoolNx's first page: IRPs, file o
 
 
 def test_goto_a_row_of_the_executives_store_shows_it_done(apps):
-    out = debug(apps, "continue\nhistory write 0x7F793950000 28 pid 12\ngoto #22\nposition\n"
+    out = debug(apps, "continue\nhistory write 0x7F793950000 28 pid 12\ngoto #23\nposition\n"
                 "x/s 0x7F793950000\n", scenario=slow_buffered)
-    row = answer(out, "history write 0x7F793950000 28 pid 12")[21]
+    row = answer(out, "history write 0x7F793950000 28 pid 12")[22]
     assert "  by the executive: I/O manager: buffered read completion copy (IRP 0x" in row
     position = int(row.split()[1])
     assert answer(out, "position") == [f"{position} instructions and exceptions since boot"]
@@ -492,3 +515,17 @@ def test_only_a_querys_machine_records_the_executives_stores(apps):
     recorder.close()
     assert "write" not in vars(mem) and "write_u64" not in vars(mem)
     user.close()
+
+
+def test_a_store_made_in_a_step_is_done_one_step_later(apps):
+    """Row #1: the page zeroed while the CPU ran victim's first write (its page fault):
+    goto there is before that step (the page not there yet), one step on it is done."""
+    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\ngoto #1\n"
+                "x/gx 0x7F793950000\nstepi\nposition\nx/2bx 0x7F793950000\n")
+    row = answer(out, "history write 0x7F793950000 8 pid 20")[0]
+    assert "by the executive: memory manager: a new page zeroed" in row
+    position = int(row.split()[1])
+    assert answer(out, "x/gx 0x7F793950000")[0].startswith(
+        "error: cannot access 0x7f793950000: not mapped")
+    assert answer(out, "position") == [f"{position + 1} instructions and exceptions since boot"]
+    assert answer(out, "x/2bx 0x7F793950000") == ["0x7f793950000:\t0x76\t0x00"]
