@@ -487,8 +487,9 @@ class Recorder(Session):
     def _on_executive_store(self, pa: int, data: bytes) -> None:
         """A store of the executive into a hooked frame, or (a virtual query) into a frame
         being made for one of the range's pages: one access per frame it covers, ring 0,
-        at the position it happens (what ``goto`` shows it done), the instruction being
-        "by the executive: <what>"."""
+        at the position of the step it is made in (docs/debugger.md: done one step later
+        if made while the CPU ran that step, at once if made between two steps), the
+        instruction being "by the executive: <what>"."""
         end = pa + len(data)
         hits = {f: base for f, base in self._frames.items() if f < end and pa < f + PAGE}
         if not self.query.physical:
