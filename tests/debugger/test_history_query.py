@@ -529,3 +529,33 @@ def test_a_store_made_in_a_step_is_done_one_step_later(apps):
         "error: cannot access 0x7f793950000: not mapped")
     assert answer(out, "position") == [f"{position + 1} instructions and exceptions since boot"]
     assert answer(out, "x/2bx 0x7F793950000") == ["0x7f793950000:\t0x76\t0x00"]
+
+
+def test_going_back_hands_the_index_on_without_its_paused_machine(apps):
+    """Going back resumes a snapshot, another process: the index goes with it (the paused
+    machine stays behind), so an earlier query is answered from it, and one further on
+    re-executes from boot; in the process that made it, the paused machine runs on."""
+    drivers, commands = slow_neither(apps)
+    script = ("goto 150000\nhistory write 0x7F793950000 8 pid 20\n{back}"
+              "history write 0x7F793950000 8 pid 20\ngoto 200000\n"
+              "history write 0x7F793950000 8 pid 20\ninfo snapshots\n")
+    outs = {}
+    for back in ("goto 120000\n", "goto 100\n"):      # a snapshot at 100000; none before 100
+        r = emu("debug", "--snapshot-interval", "50000", "--driver", drivers[0],
+                commands[0][0], *commands[0][1], "--", commands[1][0],
+                stdin=script.format(back=back))
+        assert r.returncode in (0, 1), r.stderr
+        lines = r.stdout.splitlines()
+        at = [i for i, line in enumerate(lines)
+              if line.endswith(") history write 0x7F793950000 8 pid 20")]
+        assert len(at) == 3
+        outs[back] = tuple(next(line for line in lines[i + 1:]
+                                if re.match(r"\d+ writes? to ", line)) for i in at[1:])
+    early = "boot to position {} (from the index)"
+    late = "9 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to position 200000 ({})"
+    assert outs["goto 120000\n"] == (
+        "9 writes to 0x7f793950000..0x7f793950007 in pid 20 from " + early.format(120000),
+        late.format("re-executed from boot"))
+    assert outs["goto 100\n"] == (
+        "0 writes to 0x7f793950000..0x7f793950007 in pid 20 from " + early.format(100),
+        late.format("the index to position 150000, re-executed from there"))
