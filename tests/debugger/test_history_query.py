@@ -559,3 +559,27 @@ def test_going_back_hands_the_index_on_without_its_paused_machine(apps):
     assert outs["goto 100\n"] == (
         "0 writes to 0x7f793950000..0x7f793950007 in pid 20 from " + early.format(100),
         late.format("the index to position 150000, re-executed from there"))
+
+
+def test_the_pagers_page_ins_are_the_executives_writes(apps):
+    """reread 2 in 2 MiB of RAM: its page at 0x13000 is written, pushed out to the
+    pagefile and read back twice; each page-in is a row (the frame's old bytes -> the
+    page's), at the position the oracle saw the store."""
+    def build() -> Machine:
+        m = Machine(2 << 20)
+        m.spawn(apps / "reread", ["2"])
+        return m
+    va = 0x13000                      # reread's region starts at 0x10000 (its first VAD)
+    oracle = oracle_run(build, va, 12)
+    want = executive_stores(oracle, va, 16, False)
+    found, truncated, _ = QueryIndex().answer(Query("write", va, 16, 12, False),
+                                              oracle.position, build)
+    mine = [a for a in found if a.executive]
+    assert not truncated
+    assert [(a.position, a.kind, a.va, a.size, a.new, None) for a in mine] == want
+    page_ins = [a for a in mine if "page-in" in a.instruction]
+    assert len(page_ins) == 2 and all(re.fullmatch(
+        r"by the executive: memory manager: page-in from pagefile slot \d+", a.instruction)
+        for a in page_ins)
+    words = [a.new for a in found if not a.executive and a.kind == "write"]
+    assert page_ins[0].new == words[0] | words[1] << 64     # the words it wrote come back
