@@ -18,6 +18,9 @@
     paging slowdown: pattern over 16 MiB in 2 MiB of RAM vs in 64 MiB (information)
     replacement policies: faults of the machine's clock, and of clock, FIFO and Belady's
               optimal replayed offline on the recorded reference string (bench/paging.py)
+    history write  a query over a 10 M-instruction run (three processes and a DPC touch
+              the page), first and repeated, vs `emu run` of the same machine: targets
+              <= 3x and <= 0.1x; `goto` over that run: the worst < 0.5 s (bench/debugger.py)
     debugger  single steps per second, reverse-stepi latency, snapshot memory, continue
               against a counted run, rsi 1 after a long continue
               (bench/debugger.py)
@@ -186,6 +189,13 @@ def main() -> int:
     rows.append(("paging slowdown (16 MiB in 2 MiB vs 64 MiB)", small / large, "info", True,
                  f"2 MiB {small:.3f}s, 64 MiB {large:.3f}s"))
 
+    # Queries over the past (issue 14): a `history write` over a 10 M-instruction run,
+    # first and repeated, against `emu run` of the same machine; `goto` over that run.
+    rows.extend(debugger.query_rows(n))
+    worst, where = debugger.goto_worst(max(1, n // 2))
+    rows.append(("goto over a 10 M-instruction run (the worst of 10)", worst, "< 0.5s",
+                 worst < 0.5, f"goto {where}, from the end and back and forth", "s"))
+
     for name, figure, unit, detail in debugger.rows(max(1, n // 2)):
         rows.append((name, figure, "info", True, detail, unit))
 
@@ -193,7 +203,8 @@ def main() -> int:
     for name, ratio, target, ok, detail, *unit in rows:
         verdict = "ok" if ok else "MISSED"
         if unit:
-            figure = f"{ratio:9.0f}{unit[0]}" if unit[0] == "/s" else f"{ratio:9.1f}{unit[0]}"
+            figure = f"{ratio:9.0f}{unit[0]}" if unit[0] == "/s" else \
+                f"{ratio:9.3f}{unit[0]}" if unit[0] == "s" else f"{ratio:9.1f}{unit[0]}"
         else:
             figure = f"{ratio:9.2f}x" if target != "info" or ratio < 100 else f"{ratio:9.0f}/s"
         print(f"{name:<{width}}  {figure}  target {target:<8} {verdict:<6}  {detail}")

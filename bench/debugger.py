@@ -13,6 +13,19 @@ mode as a user would run it (a script on standard input):
                           debugger counts them): what the debugger adds to counting
     rsi after continue    `rsi 1` at that breakpoint: going back a little after a long run
                           (re-executed from the newest snapshot before it)
+    history write         the query scenario below (10 M instructions): the first
+                          `history write` of a pool page / `emu run` of the same machine, and
+                          the same query again (answered from the index) / `emu run`
+    goto                  `goto` to positions spread over that run, in a shuffled order
+                          (forward and back), from its end: the worst
+
+The query scenario (``QUERY_SCENARIO``): slowbuffered.sys and three `slowread
+\\Device\\SlowBuffered` with `loop 2000000` (10,010,953 instructions and exceptions in
+all). The watched page is the first page of NonPagedPoolNx (0xffffa08000000000), where the
+I/O manager puts the IRPs and the file objects: each slowread's dispatch routine writes its
+IRP there (pids 12 and 20 in ring 0, pid 28's file object), the executive builds them, and
+the device's DPC, interrupting `loop` (pid 36) at IRQL 2, fills and completes the pended
+IRP; `loop` then runs 10 M instructions that never touch it.
 """
 
 from __future__ import annotations
@@ -29,14 +42,98 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOP = str(ROOT / "guest" / "build" / "apps" / "loop")
 
 
+APPS = ROOT / "guest" / "build" / "apps"
+DRIVERS = ROOT / "guest" / "build" / "drivers"
+QUERY_PAGE = 0xFFFF_A080_0000_0000        # NonPagedPoolNx's first page: IRPs, file objects
+QUERY_ARGV = ["--driver", str(DRIVERS / "slowbuffered.sys"),
+              *[w for _ in range(3) for w in (str(APPS / "slowread"), r"\Device\SlowBuffered",
+                                               "--")],
+              str(APPS / "loop"), "2000000"]
+GOTO_POSITIONS = [9_000_000, 1_000_000, 5_000_000, 10_000_000, 2_500_000, 7_500_000,
+                  100_000, 6_000_000, 3_000_000, 8_200_000]
+
+
+def query_machine():
+    """The query scenario's machine, built as `emu debug` builds it (not yet run)."""
+    from emu.machine import Machine
+
+    m = Machine("64M")
+    m.add_driver(DRIVERS / "slowbuffered.sys")
+    for _ in range(3):
+        m.spawn(APPS / "slowread", [r"\Device\SlowBuffered"])
+    m.spawn(APPS / "loop", ["2000000"])
+    return m
+
+
+def query_rows(repeat: int) -> list[tuple[str, float, str, bool, str]]:
+    """The first `history write` over the query scenario and a repeated one, each against
+    `emu run` of the same machine (built and run: what a query's own machine does), taken
+    alternately; (name, ratio, target, met, detail)."""
+    from emu.debugger.query import Query, QueryIndex
+    from emu.debugger.session import Session
+
+    m = query_machine()                      # the end's position, as `emu query` finds it
+    session = Session(m, lambda _stop: session.ended is False and (session.cont() or True))
+    session.run()
+    end = session.position
+    session.close()
+    runs, firsts, agains = [], [], []
+    rows_found = 0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        m = query_machine()
+        m.run()
+        runs.append(time.perf_counter() - t)
+        m.close()
+        index = QueryIndex()
+        q = Query("write", QUERY_PAGE, 4096, None, False)
+        t = time.perf_counter()
+        found, _, cached = index.answer(q, end, query_machine)
+        firsts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        again, _, cached_again = index.answer(q, end, query_machine)
+        agains.append(time.perf_counter() - t)
+        index.close()                    # its paused machine
+        if cached or not cached_again or again != found:
+            raise SystemExit("bench: the repeated query was not answered from the index")
+        rows_found = len(found)
+    run, first, again_t = (statistics.median(x) for x in (runs, firsts, agains))
+    return [
+        ("history write, first query (time vs emu run, 10 M insns)", first / run, "<= 3x",
+         first / run <= 3, f"query {first:.3f}s ({rows_found} writes), emu run {run:.3f}s"),
+        ("history write, repeated query (time vs emu run)", again_t / run, "<= 0.1x",
+         again_t / run <= 0.1, f"query {again_t * 1000:.2f}ms, emu run {run:.3f}s"),
+    ]
+
+
+def goto_worst(repeat: int) -> tuple[float, int]:
+    """The slowest `goto` to GOTO_POSITIONS (from the scenario's end), and where."""
+    worst, where = 0.0, 0
+    for _ in range(repeat):
+        d = Debugger(argv=QUERY_ARGV)
+        try:
+            _, out = d.timed("continue\n")
+            for position in GOTO_POSITIONS:
+                elapsed, out = d.timed(f"goto {position}\n")
+                if f"{position} instructions and exceptions since boot" not in out:
+                    raise SystemExit(f"bench: goto {position} did not land there:\n{out}")
+                if elapsed > worst:
+                    worst, where = elapsed, position
+        finally:
+            d.close()
+    return worst, where
+
+
 class Debugger:
     """A running ``emu debug`` of the `loop` guest, fed commands on a pipe; ``timed`` says
     how long a command took, from sending it to the answer of the `position` after it."""
 
-    def __init__(self, *options: str, iterations: str = "100000000") -> None:
+    def __init__(self, *options: str, iterations: str = "100000000",
+                 argv: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emu", "debug", *options, LOOP, iterations],
+            [sys.executable, "-m", "emu", "debug", *options,
+             *(argv if argv is not None else [LOOP, iterations])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
 
     def timed(self, commands: str) -> tuple[float, str]:
@@ -48,7 +145,8 @@ class Debugger:
             if not line:
                 raise SystemExit("bench: emu debug ended early:\n" + "".join(out[-20:]))
             out.append(line)
-        return time.perf_counter() - t, "".join(out)
+        elapsed = time.perf_counter() - t
+        return elapsed, "".join(out) + line
 
     def close(self) -> None:
         self.proc.stdin.write("kill\n")

@@ -289,7 +289,8 @@ class HistoryCommands:
             return
         for n, a in enumerate(found, 1):
             self.message(access_row(n, a, symbolize))
-        self.message(access_summary(q, len(found), position, truncated, cached))
+        self.message(access_summary(q, len(found), position, truncated, cached,
+                                    index.started_at))
 
     def do_goto(self, arg: str) -> bool | None:
         """goto POSITION | goto #ROW: the machine at exactly that position (steps since
@@ -411,15 +412,17 @@ def access_row(n: int, a: query.Access, symbolize) -> str:
 
 
 def access_summary(q: query.Query, count: int, position: int, truncated: bool,
-                   cached: bool) -> str:
-    """The answer's last line: how many, of what, where, up to when, and how it was found."""
+                   cached: bool, started_at: int = 0) -> str:
+    """The answer's last line: how many, of what, where, up to when, and how it was found
+    (``started_at``: the position the index's paused machine ran on from; 0: boot)."""
     noun = {"write": "write", "read": "read", "access": "access"}[q.kind]
     plural = noun + ("es" if noun == "access" else "s")
     where = f"{q.address:#x}" + (f"..{q.address + q.length - 1:#x}" if q.length > 1 else "")
     space = "physical " if q.physical else ""
     whose = "" if q.physical else (f" in pid {q.pid}" if q.pid is not None else
                                    " (kernel space)")
-    how = "from the index" if cached else "re-executed from boot"
+    how = "from the index" if cached else "re-executed from boot" if not started_at else \
+        f"the index to position {started_at}, re-executed from there"
     cut = f"; more than {query.MAX_ACCESSES:,} accesses to its pages: only the first " \
         "are shown" if truncated else ""
     return f"{count} {noun if count == 1 else plural} to {space}{where}{whose} from boot " \

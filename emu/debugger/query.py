@@ -22,16 +22,30 @@ Each answer is an ``Access``: its position (the instructions and exceptions comp
 before the accessing instruction: ``goto`` that position puts RIP on it, before it runs),
 pid, tid, ring, IRQL, CR3, RIP, the instruction, and for a write the old and new value.
 
+The executive's own stores are answers too (a write, ring 0, "by the executive: <what>"):
+Unicorn's hooks see only instructions, so the query's machine (and no other) gets its own
+PhysicalMemory.write and write_u64, the one way the executive's Python code stores into
+guest RAM; the Python stack at the store says what it was doing (``executive_writer``).
+
 What a query learnt is kept (``QueryIndex``): every access to the pages it hooked, up to
 the position it ran to; a later query over the same pages at or before that position is
-answered from the index without re-executing. Memory is bounded (docs/limits.md).
+answered from the index without re-executing. The query's machine stays paused there (it
+runs in a thread of its own and waits inside the session's stop, as the debugger's shell
+waits): a later query over the same pages further on runs it on from there, which is
+exact (the same machine, going on). Why not the debugger's snapshots: one holds the
+machine at its position, not the accesses before it, so it could only extend what the
+index knows, and the paused machine does that without a fork, a pipe and the user's
+session state. Memory is bounded (docs/limits.md).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -46,6 +60,7 @@ from emu.debugger.session import Session
 from emu.debugger.stops import Stop
 from emu.hw import mmu
 from emu.nt import layout
+from emu.nt.mm.pfn import FrameUse
 from emu.nt.process import ProcessState
 
 if TYPE_CHECKING:
@@ -54,6 +69,8 @@ if TYPE_CHECKING:
 PAGE = layout.PAGE_SIZE
 MAX_ACCESSES = 100_000        # accesses one query records (docs/limits.md)
 MAX_INDEX_ACCESSES = 200_000  # accesses the index keeps, all pages (about 350 B each: 70 MiB)
+STORE_UNIT = 64               # an executive's store counts one access per 64 bytes it covers
+MAX_LIVE_RECORDERS = 2        # query machines kept paused to run on (docs/limits.md)
 MAX_LENGTH = 1 << 20          # a query covers 1 byte to 1 MiB, as a watchpoint
 KINDS = ("write", "read", "access")
 USAGE = "history write|read|access ADDR [LEN] [pid N | phys] [--json]"
@@ -80,7 +97,9 @@ class Access:
     irql: int
     cr3: int
     rip: int
-    instruction: str       # "mov dword ptr [rax], ecx" (Capstone's syntax)
+    instruction: str       # "mov dword ptr [rax], ecx" (Capstone's syntax), or for the
+    #                        executive's own store "by the executive: <what>"
+    executive: bool = False  # a store of the executive's Python code, not an instruction
 
     def json(self, symbol: str) -> dict[str, Any]:
         """The JSON record of this access (docs/debugger.md, "history write")."""
@@ -88,7 +107,7 @@ class Access:
                 "va": self.va, "size": self.size, "old": self.old, "new": self.new,
                 "pid": self.pid, "tid": self.tid, "ring": self.ring, "irql": self.irql,
                 "cr3": self.cr3, "rip": self.rip, "symbol": symbol,
-                "instruction": self.instruction}
+                "instruction": self.instruction, "executive": self.executive}
 
 
 @dataclass(frozen=True)
@@ -177,8 +196,118 @@ def _number(evaluate: Callable[[str], int], text: str, what: str) -> int:
         raise QueryError(f"{what} {text}: {err}") from None
 
 
-class _Done(Exception):
-    """The query's machine reached the position asked for."""
+# The executive's own stores into guest RAM, named for the user: the nearest caller on the
+# Python stack that has a name here says what it was doing (its locals give the IRP, the
+# slot); else the innermost caller outside the store helpers, as "module.function".
+def _io_finish(here: dict[str, Any], inner: dict[str, dict[str, Any]]) -> str | None:
+    irp = here.get("irp")
+    at = inner.get("probe_and_write", {}).get("address")
+    if at is not None and at == here.get("out"):
+        return f"I/O manager: the read's byte count to the caller (IRP {irp:#x})"
+    return f"I/O manager: buffered read completion copy (IRP {irp:#x})"
+
+
+_WRITERS: dict[str, Callable[[dict[str, Any], dict[str, dict[str, Any]]], str | None]] = {
+    "emu.nt.io._finish": _io_finish,
+    "emu.nt.io._write_iosb": lambda _h, _i: "I/O manager: the I/O status block to the caller",
+    "emu.nt.mm.paging.page_in":
+        lambda h, _i: f"memory manager: page-in from pagefile slot {h.get('slot')}",
+    "emu.nt.mm.address_space.allocate_frame": lambda _h, _i: "memory manager: a new page zeroed",
+    "emu.nt.mm.address_space.map_new": lambda _h, _i: "memory manager: a new page's contents",
+    "emu.nt.kuser._write_times": lambda _h, _i: "KUSER_SHARED_DATA: the clock (InterruptTime, "
+                                   "SystemTime, TickCount)",
+    "emu.nt.ps._map_main_stack": lambda _h, _i: "process creation: the main thread's "
+                                                "arguments on its stack",
+    "emu.nt.io._new_irp": lambda _h, _i: "I/O manager: a new IRP (IoAllocateIrp)",
+    "emu.nt.io._requested_by": lambda h, _i: f"I/O manager: the IRP's thread "
+                                             f"(IRP {h['record'].address:#x})",
+    "emu.nt.io._new_file_object": lambda _h, _i: "I/O manager: a new FILE_OBJECT",
+    "emu.nt.io.create_device": lambda _h, _i: "I/O manager: a new DEVICE_OBJECT "
+                                              "(IoCreateDevice)",
+    "emu.nt.io.new_driver_object": lambda _h, _i: "I/O manager: the DRIVER_OBJECT",
+    "emu.nt.io.invalid_device_request":
+        lambda _h, _i: "I/O manager: IopInvalidDeviceRequest's status in the IRP",
+    "emu.nt.eprocess.of": lambda _h, _i: "object manager: the process's EPROCESS",
+    "emu.nt.eprocess.thread_of": lambda _h, _i: "object manager: the thread's ETHREAD",
+    "emu.nt.eprocess._signal": lambda _h, _i: "object manager: the process signalled "
+                                              "(its end)",
+    "emu.nt.kintr.insert_queue_dpc": lambda h, _i: f"KeInsertQueueDpc: the KDPC at "
+                                                   f"{h['dpc']:#x} queued",
+    "emu.nt.kintr.initialize_dpc": lambda h, _i: f"KeInitializeDpc: the KDPC at "
+                                                 f"{h['dpc']:#x}",
+    "emu.nt.kintr.drain_dpcs": lambda _h, _i: "the DPC queue drained: a KDPC dequeued",
+    "emu.nt.dispatch.deliver": lambda _h, _i: "exception dispatch: the record and context on the "
+                                         "user stack",
+}
+_HELPERS = ("probe_and_write", "write_user", "kernel_write", "write", "write_u64", "zero",
+            "_store", "_write_u64")
+
+
+# Who made a new page: a name above is generic ("a new page zeroed"); one of these further
+# out on the stack says what the page is for (an image, a stack, KUSER_SHARED_DATA).
+_PAGE_MAKERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "emu.nt.ps._map_image": lambda h: f"loader: {h['image'].name}'s image, the page at "
+                                      f"{h['va']:#x}",
+    "emu.nt.drivers.start": lambda h: f"loader: {h['image'].name}'s image, the page at "
+                                      f"{h['va']:#x}",
+    "emu.nt.ps._map_main_stack": lambda _h: "process creation: the main thread's stack",
+    "emu.nt.kuser.map_shared_data": lambda _h: "KUSER_SHARED_DATA made",
+}
+_GENERIC = ("emu.nt.mm.address_space.allocate_frame", "emu.nt.mm.address_space.map_new")
+
+
+def executive_writer(frame: Any) -> str:
+    """What the executive was doing, from the Python stack at its store: the innermost
+    caller named in _WRITERS (a new page's maker further out, _PAGE_MAKERS, names it
+    better), else the innermost one outside the store helpers, as module.function."""
+    inner: dict[str, dict[str, Any]] = {}
+    fallback = generic = None
+    f = frame
+    while f is not None:
+        name = f.f_code.co_name
+        module = f.f_globals.get("__name__", "")
+        if module.startswith("emu.") and module != __name__:
+            where = f"{module}.{name}"
+            if generic is not None:
+                maker = _PAGE_MAKERS.get(where)
+                if maker is not None:
+                    return maker(f.f_locals)
+            else:
+                namer = _WRITERS.get(where)
+                text = namer(f.f_locals, inner) if namer is not None else None
+                if text is not None:
+                    if where not in _GENERIC:
+                        return text
+                    generic = text
+            if fallback is None and name not in _HELPERS:
+                fallback = where
+            inner.setdefault(name, f.f_locals)
+        f = f.f_back
+    return generic or fallback or "?"
+
+
+def _clip(a: Access, query: Query) -> Access:
+    """An executive's store (up to a page: a copy, a page-in) cut to the query's range,
+    its old and new values with it."""
+    at = a.pa if query.physical else a.va
+    assert at is not None
+    lo, hi = max(at, query.address), min(at + a.size, query.address + query.length)
+    if (lo, hi) == (at, at + a.size):
+        return a
+    shift, mask = 8 * (lo - at), (1 << 8 * (hi - lo)) - 1
+    va = None if a.va is None else a.va + lo - at
+    return replace(a, pa=a.pa + lo - at, va=va, size=hi - lo,
+                   old=(a.old or 0) >> shift & mask, new=(a.new or 0) >> shift & mask)
+
+
+def weight(a: Access) -> int:
+    """What ``a`` counts against MAX_ACCESSES and MAX_INDEX_ACCESSES: 1, or for a store of
+    the executive (up to a page, its old and new values with it) one per STORE_UNIT bytes."""
+    return -(-a.size // STORE_UNIT) if a.executive else 1
+
+
+class _Closed(Exception):
+    """The paused query's machine is being released."""
 
 
 class _TooMany(Exception):
@@ -194,32 +323,98 @@ class Recorder(Session):
         self.query = query
         self.goal = target
         self.accesses: list[Access] = []
+        self.weight = 0                      # the accesses' count (see ``weight``)
         self.truncated = False
         self._mem_hooks: list[int] = []
         self._frames: dict[int, int | None] = {}    # frame -> virtual page base (None: phys)
         self._decoded: dict[tuple[int, int], str] = {}
+        self._thread: threading.Thread | None = None
+        self._reached, self._go = threading.Event(), threading.Event()
+        self._paused = self._closing = False
+        self._error: BaseException | None = None
         super().__init__(machine, self._on_stop)
         self.executive.events.subscribe(lambda _event, _details: self._refresh())
         self._refresh()
+        self._watch_executive()
 
     def record(self) -> list[Access]:
-        """Run to the target; the accesses to the query's pages, in order."""
+        """Run to the target; the accesses to the query's pages, in order. The machine then
+        stays paused there (``extend`` runs it on) until ``close``."""
         if self.goal > 0:
-            self.step(self.goal)
-            try:
-                self.run()
-            except _Done:
-                pass
-            except _TooMany:
-                self.truncated = True
-        self.close()
+            self._thread = threading.Thread(target=self._main, name="emu-query", daemon=True)
+            self._thread.start()
+            self._wait()
         return self.accesses
+
+    def extend(self, target: int) -> None:
+        """Run on from the position it is paused at to ``target`` (later): the accesses of
+        that span are added to ``accesses``. The same machine going on is the path a
+        re-execution from boot would take (the machine is deterministic)."""
+        if not self.paused or target <= self.position:
+            raise ValueError("the query's machine cannot run on to that position")
+        self.goal = target
+        self._reached.clear()
+        self._go.set()
+        self._wait()
+
+    @property
+    def paused(self) -> bool:
+        """Whether it is paused at its goal, able to run on (not ended, cut or closed)."""
+        return self._paused
+
+    def close(self) -> None:
+        """End the paused run (if any) and release the machine."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._closing = True
+            self._go.set()
+            thread.join()
+        mem = self.executive.mem
+        if "write" in vars(mem):
+            del mem.write, mem.write_u64          # the class's own methods again
+        super().close()
+
+    def _main(self) -> None:
+        """The run, in a thread of its own: it pauses at each goal inside the session's
+        stop (as the debugger's shell pauses a machine), so that it can go on later."""
+        try:
+            self.step(self.goal)
+            self.run()
+        except _Closed:
+            pass
+        except _TooMany:
+            self.truncated = True
+        except BaseException as err:        # handed to the caller (a bug of the engine)
+            self._error = err
+        finally:
+            self._paused = False
+            self._reached.set()
+
+    def _wait(self) -> None:
+        """Wait for the run to reach its goal (or end); Ctrl-C stops it."""
+        try:
+            self._reached.wait()
+        except BaseException:
+            self.machine.interrupt()
+            self._closing = True
+            self._go.set()
+            if self._thread is not None:
+                self._thread.join()
+            raise
+        if self._error is not None:
+            raise self._error
 
     def _on_stop(self, _stop: Stop) -> bool:
         if self.ended:
             return False
-        if self.position >= self.goal:
-            raise _Done()
+        while self.position >= self.goal:
+            self._paused = True
+            self._reached.set()
+            self._go.wait()
+            self._go.clear()
+            self._paused = False
+            if self._closing:
+                raise _Closed()
         self.step(self.goal - self.position)
         return True
 
@@ -266,6 +461,86 @@ class Recorder(Session):
         uc.ctl_flush_tb()
         uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)   # cached pages would skip memory hooks
 
+    def _watch_executive(self) -> None:
+        """Record the executive's own stores too. PhysicalMemory.write and write_u64 are
+        the one way its Python code stores into guest RAM (zero, write_user, kernel_write,
+        probe_and_write, the pager, the loader all end there): this query's machine gets
+        instance methods that note the store first (its old value) and then make it. Only
+        a query's machine has them: an ordinary run pays nothing."""
+        mem = self.executive.mem
+        cls = type(mem)
+
+        watch_new = not self.query.physical      # pages being made for the range
+
+        def write(pa: int, data: bytes) -> None:
+            if self._frames or watch_new:
+                self._on_executive_store(pa, bytes(data))
+            cls.write(mem, pa, data)
+
+        def write_u64(pa: int, value: int) -> None:
+            if self._frames or watch_new:
+                self._on_executive_store(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+            cls.write_u64(mem, pa, value)
+
+        mem.write, mem.write_u64 = write, write_u64
+
+    def _on_executive_store(self, pa: int, data: bytes) -> None:
+        """A store of the executive into a hooked frame, or (a virtual query) into a frame
+        being made for one of the range's pages: one access per frame it covers, ring 0,
+        at the position of the step it is made in (docs/debugger.md: done one step later
+        if made while the CPU ran that step, at once if made between two steps), the
+        instruction being "by the executive: <what>"."""
+        end = pa + len(data)
+        hits = {f: base for f, base in self._frames.items() if f < end and pa < f + PAGE}
+        if not self.query.physical:
+            for frame in range(pa & ~(PAGE - 1), end, PAGE):
+                if frame not in hits:
+                    base = self._made_for(frame)
+                    if base is not None:
+                        hits[frame] = base
+        if not hits:
+            return
+        ex = self.executive
+        cpu = ex.cpu
+        q = self.query
+        what = None
+        thread = ex.current_thread
+        for frame in sorted(hits):
+            lo, hi = max(pa, frame), min(end, frame + PAGE)
+            base = hits[frame]
+            va = None if q.physical or base is None else base + (lo & (PAGE - 1))
+            chunk = data[lo - pa:hi - pa]
+            if what is None:
+                what = "by the executive: " + executive_writer(sys._getframe(2))
+            self.accesses.append(Access(
+                self.position, "write", lo, va, hi - lo,
+                int.from_bytes(ex.mem.read(lo, hi - lo), "little"),
+                int.from_bytes(chunk, "little"),
+                thread.process.pid if thread is not None else None,
+                thread.tid if thread is not None else None, 0, ex.irql, cpu.cr3, cpu.rip,
+                what, True))
+            self.weight += weight(self.accesses[-1])
+        if self.weight >= MAX_ACCESSES:
+            cpu.native.stop_soon()
+            raise _TooMany()
+
+    def _made_for(self, frame: int) -> int | None:
+        """The page of the query's range that ``frame``, not mapped there yet, is being made
+        for (zeroed, loaded from an image, paged in: the PFN database's record of the page
+        it backs, in the query's process or the kernel half), or None."""
+        ex = self.executive
+        q = self.query
+        pfn = frame // PAGE
+        if not 0 <= pfn < len(ex.mm.pfn.entries):
+            return None
+        entry = ex.mm.pfn.entries[pfn]
+        if entry.va is None or entry.use is FrameUse.FREE or \
+                (q.pid is not None and entry.owner != q.pid):
+            return None
+        page = entry.va & ~(PAGE - 1)
+        first, last = q.address & ~(PAGE - 1), (q.address + q.length - 1) & ~(PAGE - 1)
+        return page if first <= page <= last else None
+
     def _on_access(self, uc, access: int, address: int, size: int, value: int,
                    _data) -> None:
         frame = address & ~(PAGE - 1)
@@ -303,7 +578,8 @@ class Recorder(Session):
             position, "write" if write else "read", address, va, size, old, new,
             thread.process.pid if thread is not None else None,
             thread.tid if thread is not None else None, ring, ex.irql, cr3, rip, text))
-        if len(self.accesses) >= MAX_ACCESSES:
+        self.weight += 1
+        if self.weight >= MAX_ACCESSES:
             cpu.native.stop_soon()
             raise _TooMany()
 
@@ -313,39 +589,89 @@ class _Learnt:
     upto: int                      # accesses are known from boot to this position
     accesses: list[Access]
     truncated: bool
+    weight: int                    # what they count (see ``weight``)
 
 
 class QueryIndex:
     """What queries learnt: the accesses to each query's pages from boot to a position,
     kept for the next query over the same pages; at most MAX_INDEX_ACCESSES accesses, the
-    least recently used queries' dropped first."""
+    least recently used queries' dropped first. The machines of the last
+    MAX_LIVE_RECORDERS page sets stay paused where their answer ended: a query over the
+    same pages further on runs one on from there instead of re-executing from boot."""
 
     def __init__(self) -> None:
         self._learnt: OrderedDict[tuple, _Learnt] = OrderedDict()
+        self._live: OrderedDict[tuple, Recorder] = OrderedDict()
+        self._owner = os.getpid()
+        self.started_at = 0        # where the last answer's re-execution started (0: boot)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Handed to a resumed snapshot (emu.debugger.history): what was learnt travels, a
+        # paused machine does not (it lives in this process).
+        return {"_learnt": self._learnt}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+        self._learnt = state["_learnt"]
 
     def answer(self, query: Query, position: int,
                factory: Callable[[], Machine]) -> tuple[list[Access], bool, bool]:
         """(accesses that answer ``query`` from boot to ``position``, truncated, from the
-        index): re-executes only if the index has not seen that far."""
+        index): re-executes only what the index has not seen, from where it stopped when
+        its machine is still paused there, else from boot."""
+        if os.getpid() != self._owner:
+            # A forked copy of the debugger (a resumed snapshot): the paused machines'
+            # threads stayed in the process that started them.
+            self._live = OrderedDict()
+            self._owner = os.getpid()
         key = tuple(query.pages())
         learnt = self._learnt.get(key)
         cached = learnt is not None and (learnt.upto >= position or learnt.truncated)
         if not cached:
-            page_query = Query("access", query.pages()[0][1] * PAGE,
-                               len(query.pages()) * PAGE, query.pid, query.physical)
-            recorder = Recorder(factory(), page_query, position)
-            accesses = recorder.record()
+            live = self._live.get(key)
+            if learnt is not None and live is not None and live.paused and \
+                    live.position == learnt.upto:
+                self.started_at = learnt.upto
+                live.extend(position)
+            else:
+                self.started_at = 0
+                self._forget_live(key)
+                page_query = Query("access", query.pages()[0][1] * PAGE,
+                                   len(query.pages()) * PAGE, query.pid, query.physical)
+                live = Recorder(factory(), page_query, position)
+                live.record()
+            accesses = live.accesses
             # Truncated: complete only before the last access recorded.
-            upto = accesses[-1].position if recorder.truncated else position
-            learnt = _Learnt(upto, accesses, recorder.truncated)
+            upto = accesses[-1].position if live.truncated else position
+            learnt = _Learnt(upto, accesses, live.truncated, live.weight)
             self._learnt[key] = learnt
+            if live.paused:
+                self._live[key] = live
+                self._live.move_to_end(key)
+                while len(self._live) > MAX_LIVE_RECORDERS:
+                    self._forget_live(next(iter(self._live)))
+            else:
+                self._forget_live(key)
+                live.close()
             self._bound()
         self._learnt.move_to_end(key)
         end = min(position, learnt.upto)
-        out = [a for a in learnt.accesses if a.position < end and query.wants(a)]
+        out = [_clip(a, query) if a.executive else a
+               for a in learnt.accesses if a.position < end and query.wants(a)]
         return out, position > learnt.upto, cached
+
+    def close(self) -> None:
+        """Release the paused machines (the index's answers stay)."""
+        for key in list(self._live):
+            self._forget_live(key)
+
+    def _forget_live(self, key: tuple) -> None:
+        live = self._live.pop(key, None)
+        if live is not None:
+            live.close()
 
     def _bound(self) -> None:
         while len(self._learnt) > 1 and \
-                sum(len(v.accesses) for v in self._learnt.values()) > MAX_INDEX_ACCESSES:
-            self._learnt.popitem(last=False)
+                sum(v.weight for v in self._learnt.values()) > MAX_INDEX_ACCESSES:
+            key, _ = self._learnt.popitem(last=False)
+            self._forget_live(key)

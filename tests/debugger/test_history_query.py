@@ -55,8 +55,58 @@ class Oracle(Session):
 
     def __init__(self, machine: Machine) -> None:
         self.seen: list[tuple[int, str, int, int, int, int | None, int]] = []
+        self.va: int | None = None
+        self.at_va: list = []
+        self.unplaced: list = []
         super().__init__(machine, self._stop)
         self.executive.cpu.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._every)
+        # The executive's own stores: every byte Python writes into RAM, whatever the
+        # frame, at the session's position then (RAM's class methods, wrapped for all).
+        mem = machine.mem
+        self.stores: list[list] = []      # [position, pa, data, va or None]
+
+        ram = type(mem)
+
+        def write(pa, data):
+            self._store(pa, bytes(data))
+            ram.write(mem, pa, data)
+
+        def write_u64(pa, value):
+            self._store(pa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+            ram.write_u64(mem, pa, value)
+        mem.write, mem.write_u64 = write, write_u64
+
+    def _store(self, pa: int, data: bytes) -> None:
+        store = [self.position, pa, data, None]
+        self.stores.append(store)
+        if self.va is not None:
+            self._place(store)
+            if store[3] is None:     # a page being made: placed when the CPU runs again
+                self.unplaced.append(store)
+
+    def _frame_of_va(self) -> int | None:
+        """The page's frame in the pid's own tables now (a walk of them)."""
+        ex = self.executive
+        cr3 = ex.cpu.cr3
+        if self.pid is not None:
+            cr3 = next(p for p in ex.processes if p.pid == self.pid).space.cr3
+        try:
+            return mmu.walk(ex.mem, self.va & ~0xFFF, "read", cr3=cr3, cpl=0,
+                            cr0=ex.cpu.cr0, cr4=ex.cpu.cr4, efer=ex.cpu.efer).pa
+        except (mmu.PageFault, mmu.GeneralProtection):
+            return None
+
+    def _place(self, store: list) -> None:
+        frame = self._frame_of_va()
+        _, pa, data, _ = store
+        if frame is not None and frame < pa + len(data) and pa < frame + 0x1000:
+            store[3] = (self.va & ~0xFFF) + pa - frame
+
+    def before_run(self) -> None:
+        for store in self.unplaced:
+            self._place(store)
+        self.unplaced = []
+        super().before_run()
 
     def _stop(self, _stop) -> bool:
         if not self.ended:
@@ -150,10 +200,70 @@ def test_the_answer_is_the_oracles(apps, scenario, address, length, pid, phys, k
         want = [(p, k, at_va[(p, r)], s, n, r) for p, k, _a, s, _c, n, r in oracle.seen
                 if (p, r) in at_va and va <= at_va[(p, r)] < va + length and
                 (kind == "access" or k == kind)]
+    want += executive_stores(oracle, lo if phys else va, length, phys)
     found, truncated, cached = QueryIndex().answer(q, end, build)
-    got = [(a.position, a.kind, a.pa if phys else a.va, a.size, a.new, a.rip) for a in found]
+    got = [(a.position, a.kind, a.pa if phys else a.va, a.size, a.new,
+            None if a.executive else a.rip) for a in found]
     assert not truncated and not cached
-    assert got == want and want
+    assert [g[0] for g in got] == sorted(g[0] for g in got)    # in order of position
+    assert sorted(got, key=repr) == sorted(want, key=repr) and want
+
+
+def executive_stores(oracle: Oracle, address: int, length: int, phys: bool) -> list:
+    """The oracle's executive stores into [address, address + length), cut to it:
+    (position, "write", address, size, new value, None)."""
+    out = []
+    for position, pa, data, va in oracle.stores:
+        at = pa if phys else va
+        if at is None:
+            continue
+        if not phys:                 # only the part of the store in the page's frame
+            lo_page = address & ~0xFFF
+            first = max(at, lo_page)
+            data = data[first - at:lo_page + 0x1000 - at]
+            at = first
+        lo, hi = max(at, address), min(at + len(data), address + length)
+        if lo < hi:
+            out.append((position, "write", lo, hi - lo,
+                        int.from_bytes(data[lo - at:hi - at], "little"), None))
+    return out
+
+
+def slow_buffered(apps) -> tuple[list, list]:
+    return [DRIVERS / "slowbuffered.sys"], [(apps / "slowread", [r"\Device\SlowBuffered"]),
+                                           (apps / "victim", [])]
+
+
+@pytest.mark.parametrize("phys", [False, True])
+def test_a_buffered_reads_copy_is_the_executives_write(apps, phys):
+    """slowbuffered.sys's DPC fills the IRP's system buffer; the I/O manager copies it into
+    slowread's page (pid 12) back in its context: a row of its own, ring 0, "by the
+    executive", at the position the oracle saw the store, with the bytes before and after."""
+    build = factory(*slow_buffered(apps))
+    oracle = oracle_run(build, PAGE_VA, 12)
+    stores = executive_stores(oracle, PAGE_VA, 28, False)
+    copy = [s for s in stores if s[3] == 28 and s[4]]      # the page zeroed is the other
+    assert len(copy) == 1
+    position, _, _, _, new, _ = copy[0]
+    assert new.to_bytes(28, "little") == b"data from the slow device\0\0\0"
+    if phys:
+        pa = next(pa for p, pa, _d, va in oracle.stores if p == position and va == PAGE_VA)
+        q = Query("write", pa, 28, None, True)
+    else:
+        q = Query("write", PAGE_VA, 28, 12, False)
+    found, _, _ = QueryIndex().answer(q, oracle.position, build)
+    mine = [a for a in found if a.executive]
+    # The frame was zeroed for slowread's page first (a demand-zero fault), before its PTE
+    # was made valid: a page being made for the range is the range's, virtual or physical.
+    zeroed = mine.pop(0)
+    assert zeroed.position < position and zeroed.new == 0 and \
+        zeroed.instruction == "by the executive: memory manager: a new page zeroed"
+    assert [(a.position, a.size, a.new, a.ring, a.pid) for a in mine] == \
+        [(position, 28, new, 0, 12)]
+    assert mine[0].instruction.startswith(
+        "by the executive: I/O manager: buffered read completion copy (IRP 0xffff")
+    assert mine[0].old.to_bytes(28, "little") == b"requester's own page\0" + bytes(7)
+    assert (mine[0].va, mine[0].json("")["executive"]) == (None if phys else PAGE_VA, True)
 
 
 def test_the_dpc_write_into_the_interrupted_process(apps):
@@ -161,7 +271,7 @@ def test_the_dpc_write_into_the_interrupted_process(apps):
     build = factory(*slow_neither(apps))
     end = oracle_run(build).position
     found, _, _ = QueryIndex().answer(Query("write", PAGE_VA, 8, 20, False), end, build)
-    dpc = [a for a in found if a.ring == 0]
+    dpc = [a for a in found if a.ring == 0 and not a.executive]
     assert [(a.pid, a.irql, a.va, a.size) for a in dpc] == \
         [(20, 2, PAGE_VA, 4), (20, 2, PAGE_VA + 4, 4)]
     assert dpc[0].old == int.from_bytes(b"vict", "little")
@@ -191,12 +301,17 @@ def test_the_shells_answer_then_the_index(apps):
     out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"
                 "history write 0x7F793950004 4 pid 20 --json\n")
     rows = answer(out, "history write 0x7F793950000 8 pid 20")
-    assert rows[-1] == "10 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+    assert rows[-1] == "11 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
         "position 1204741 (re-executed from boot)"
     assert re.fullmatch(
-        r"#9 +200302  pid  20 tid  24  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
+        r"#10 +200302  pid  20 tid  24  ring 0  IRQL 2  CR3 0x61000  0xfffff80001001145 "
         r"<slowneither.sys!DpcForIsr\+0x55>  mov dword ptr \[rdi \+ r8\], eax  write 4 at "
-        r"0x7f793950000 \(pa 0x[0-9a-f]+\): 0x74636976 -> 0x61746164", rows[8])
+        r"0x7f793950000 \(pa 0x[0-9a-f]+\): 0x74636976 -> 0x61746164", rows[9])
+    # The first: the memory manager zeroed victim's new page (a demand-zero fault) for it.
+    assert re.fullmatch(r"#1 +293  pid  20 tid  24  ring 0  IRQL 0  CR3 0x61000  0x401e65 "
+                        r"<victim!memcpy\+0x15>  by the executive: memory manager: a new "
+                        r"page zeroed  write 8 at 0x7f793950000 \(pa 0x[0-9a-f]+\): 0x0 -> 0x0",
+                        rows[0]), rows[0]
     records = [json.loads(line) for line in
                answer(out, "history write 0x7F793950004 4 pid 20 --json")]
     assert [(r["position"], r["va"], r["new"], r["symbol"]) for r in records][-1] == \
@@ -210,9 +325,9 @@ def test_a_repeated_query_comes_from_the_index(apps):
 
 
 @pytest.mark.parametrize(("row", "where", "byte_at"), [
-    (8, "<victim!memcpy+0x15>",                     # "victim'" : the 8th byte not stored
+    (9, "<victim!memcpy+0x15>",                     # "victim'" : the 8th byte not stored
      "0x7f793950000:\t0x00276d6974636976\t0x0000000000000000"),
-    (9, "<slowneither.sys!DpcForIsr+0x55>",         # "victim's own dat": the DPC's not yet
+    (10, "<slowneither.sys!DpcForIsr+0x55>",        # "victim's own dat": the DPC's not yet
      "0x7f793950000:\t0x73276d6974636976\t0x746164206e776f20"),
 ])
 def test_goto_a_row_is_the_forward_runs_state(apps, row, where, byte_at):
@@ -264,7 +379,7 @@ def test_bad_input_is_one_line(apps, command, message):
 
 def test_goto_a_row_out_of_range(apps):
     out = debug(apps, "continue\nhistory write 0x7F793950000 1 pid 20\ngoto #5\n")
-    assert answer(out, "goto #5") == ["error: goto #5: the last answer has rows 1 to 2"]
+    assert answer(out, "goto #5") == ["error: goto #5: the last answer has rows 1 to 3"]
 
 
 def test_emu_query_answers_as_the_shell_at_the_end(apps):
@@ -274,9 +389,9 @@ def test_emu_query_answers_as_the_shell_at_the_end(apps):
     assert r.returncode == 0 and r.stderr == ""
     shell = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20 --json\n")
     assert r.stdout.splitlines() == answer(shell, "history write 0x7F793950000 8 pid 20 --json")
-    assert len(r.stdout.splitlines()) == 10
+    assert len(r.stdout.splitlines()) == 11
     text = emu("query", "write", "0x7F793950000", "8", "--pid", "20", *argv)
-    assert text.stdout.splitlines()[-1] == "10 writes to 0x7f793950000..0x7f793950007 in " \
+    assert text.stdout.splitlines()[-1] == "11 writes to 0x7f793950000..0x7f793950007 in " \
         "pid 20 from boot to position 1204741 (re-executed from boot)"
 
 
@@ -296,3 +411,175 @@ def test_emu_query_bad_input_is_one_line(apps, args, message):
     r = emu(*args)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(message), r.stderr
+
+
+@pytest.mark.parametrize(("scenario", "address", "pid", "phys"), [
+    (slow_buffered, PAGE_VA, 12, False),           # the I/O manager's copy among them
+    (ticket_scribble, "next_ticket", None, True),
+])
+def test_a_query_run_on_from_its_paused_machine_is_the_one_from_boot(apps, scenario, address,
+                                                                      pid, phys):
+    """The index keeps the query's machine paused where the answer ended: asked again
+    further on, it runs on from there, and every answer is the one re-executed from boot."""
+    build = factory(*scenario(apps))
+    va = _address(build, address)
+    end = oracle_run(build).position
+    if phys:
+        first = oracle_run(build, va, pid)
+        va = next(a for a in first.seen if a[0] == first.at_va[0][0])[2]
+    q = Query("write", va, 64 if pid else 4, pid, phys)
+    index = QueryIndex()
+    starts = []
+    for position in (end // 4, end // 2, end):
+        found, truncated, cached = index.answer(q, position, build)
+        starts.append(index.started_at)
+        fresh = QueryIndex()
+        assert (found, truncated, cached) == (fresh.answer(q, position, build)[0], False,
+                                              False)
+        fresh.close()
+    index.close()
+    assert starts == [0, end // 4, end // 2]
+    assert found
+
+
+def test_a_query_further_on_says_where_it_ran_on_from(apps):
+    out = debug(apps, "goto 150000\nhistory write 0x7F793950000 8 pid 20\ncontinue\n"
+                "history write 0x7F793950000 8 pid 20\n")
+    lines = out.splitlines()
+    at = [i for i, line in enumerate(lines) if line.endswith(") history write 0x7F793950000 "
+                                                             "8 pid 20")]
+    early = answer(out, "history write 0x7F793950000 8 pid 20")
+    assert early[-1] == "9 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+        "position 150000 (re-executed from boot)"
+    late = lines[at[1] + 1:at[1] + 13]
+    assert late[-1] == "11 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to " \
+        "position 1204741 (the index to position 150000, re-executed from there)"
+    boot = answer(debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"),
+                  "history write 0x7F793950000 8 pid 20")
+    assert late[:-1] == boot[:-1] and late[:9] == early[:9]
+
+
+def test_goto_a_row_of_an_answer_from_the_index(apps):
+    """An answer from the index has the positions of the run it was learnt in: goto #ROW of
+    it lands on the accessing instruction, as the forward run has it."""
+    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\n"
+                "history read 0x7F793950000 8 pid 20\ngoto #1\nposition\n")
+    rows = answer(out, "history read 0x7F793950000 8 pid 20")
+    assert rows[-1].endswith("(from the index)")
+    position = int(rows[0].split()[1])
+    assert answer(out, "position") == [f"{position} instructions and exceptions since boot"]
+    rip = re.search(r"  CR3 0x[0-9a-f]+  (0x[0-9a-f]+) <", rows[0]).group(1)
+    assert answer(out, "goto #1")[-1].startswith(f"=> {rip} ")
+
+
+POOL_PAGE = 0xFFFF_A080_0000_0000    # NonPagedPoolNx's first page: IRPs, file objects
+
+
+def test_goto_a_row_of_the_executives_store_shows_it_done(apps):
+    out = debug(apps, "continue\nhistory write 0x7F793950000 28 pid 12\ngoto #23\nposition\n"
+                "x/s 0x7F793950000\n", scenario=slow_buffered)
+    row = answer(out, "history write 0x7F793950000 28 pid 12")[22]
+    assert "  by the executive: I/O manager: buffered read completion copy (IRP 0x" in row
+    position = int(row.split()[1])
+    assert answer(out, "position") == [f"{position} instructions and exceptions since boot"]
+    assert answer(out, "x/s 0x7F793950000") == ['0x7f793950000:\t"data from the slow device"']
+
+
+def test_the_executives_stores_count_one_per_64_bytes(apps, monkeypatch):
+    """A store of the executive (an IRP of 280 bytes) counts 5 against the query's bound."""
+    from emu.debugger import query
+
+    build = factory(*slow_buffered(apps))
+    q = Query("write", POOL_PAGE, 4096, None, False)
+    whole, truncated, _ = QueryIndex().answer(q, 200_000, build)
+    assert not truncated
+    assert any(a.executive and a.size == 280 and query.weight(a) == 5 for a in whole)
+    # A bound of one more than the rows: counted one a row it would hold them all.
+    monkeypatch.setattr(query, "MAX_ACCESSES", len(whole) + 1)
+    cut, truncated, _ = QueryIndex().answer(q, 200_000, build)
+    assert truncated and cut == whole[:len(cut)] and len(cut) < len(whole)
+    assert sum(query.weight(a) for a in cut) < len(whole) + 1
+
+
+def test_only_a_querys_machine_records_the_executives_stores(apps):
+    """The user's machine keeps RAM's own write methods; the query's has them back when
+    it is released."""
+    from emu.debugger.query import Recorder
+
+    build = factory(*slow_buffered(apps))
+    user = build()
+    recorder = Recorder(build(), Query("access", POOL_PAGE, 4096, None, False), 1000)
+    recorder.record()
+    assert "write" in vars(recorder.executive.mem) and "write" not in vars(user.mem)
+    mem = recorder.executive.mem
+    recorder.close()
+    assert "write" not in vars(mem) and "write_u64" not in vars(mem)
+    user.close()
+
+
+def test_a_store_made_in_a_step_is_done_one_step_later(apps):
+    """Row #1: the page zeroed while the CPU ran victim's first write (its page fault):
+    goto there is before that step (the page not there yet), one step on it is done."""
+    out = debug(apps, "continue\nhistory write 0x7F793950000 8 pid 20\ngoto #1\n"
+                "x/gx 0x7F793950000\nstepi\nposition\nx/2bx 0x7F793950000\n")
+    row = answer(out, "history write 0x7F793950000 8 pid 20")[0]
+    assert "by the executive: memory manager: a new page zeroed" in row
+    position = int(row.split()[1])
+    assert answer(out, "x/gx 0x7F793950000")[0].startswith(
+        "error: cannot access 0x7f793950000: not mapped")
+    assert answer(out, "position") == [f"{position + 1} instructions and exceptions since boot"]
+    assert answer(out, "x/2bx 0x7F793950000") == ["0x7f793950000:\t0x76\t0x00"]
+
+
+def test_going_back_hands_the_index_on_without_its_paused_machine(apps):
+    """Going back resumes a snapshot, another process: the index goes with it (the paused
+    machine stays behind), so an earlier query is answered from it, and one further on
+    re-executes from boot; in the process that made it, the paused machine runs on."""
+    drivers, commands = slow_neither(apps)
+    script = ("goto 150000\nhistory write 0x7F793950000 8 pid 20\n{back}"
+              "history write 0x7F793950000 8 pid 20\ngoto 200000\n"
+              "history write 0x7F793950000 8 pid 20\ninfo snapshots\n")
+    outs = {}
+    for back in ("goto 120000\n", "goto 100\n"):      # a snapshot at 100000; none before 100
+        r = emu("debug", "--snapshot-interval", "50000", "--driver", drivers[0],
+                commands[0][0], *commands[0][1], "--", commands[1][0],
+                stdin=script.format(back=back))
+        assert r.returncode in (0, 1), r.stderr
+        lines = r.stdout.splitlines()
+        at = [i for i, line in enumerate(lines)
+              if line.endswith(") history write 0x7F793950000 8 pid 20")]
+        assert len(at) == 3
+        outs[back] = tuple(next(line for line in lines[i + 1:]
+                                if re.match(r"\d+ writes? to ", line)) for i in at[1:])
+    early = "boot to position {} (from the index)"
+    late = "9 writes to 0x7f793950000..0x7f793950007 in pid 20 from boot to position 200000 ({})"
+    assert outs["goto 120000\n"] == (
+        "9 writes to 0x7f793950000..0x7f793950007 in pid 20 from " + early.format(120000),
+        late.format("re-executed from boot"))
+    assert outs["goto 100\n"] == (
+        "0 writes to 0x7f793950000..0x7f793950007 in pid 20 from " + early.format(100),
+        late.format("the index to position 150000, re-executed from there"))
+
+
+def test_the_pagers_page_ins_are_the_executives_writes(apps):
+    """reread 2 in 2 MiB of RAM: its page at 0x13000 is written, pushed out to the
+    pagefile and read back twice; each page-in is a row (the frame's old bytes -> the
+    page's), at the position the oracle saw the store."""
+    def build() -> Machine:
+        m = Machine(2 << 20)
+        m.spawn(apps / "reread", ["2"])
+        return m
+    va = 0x13000                      # reread's region starts at 0x10000 (its first VAD)
+    oracle = oracle_run(build, va, 12)
+    want = executive_stores(oracle, va, 16, False)
+    found, truncated, _ = QueryIndex().answer(Query("write", va, 16, 12, False),
+                                              oracle.position, build)
+    mine = [a for a in found if a.executive]
+    assert not truncated
+    assert [(a.position, a.kind, a.va, a.size, a.new, None) for a in mine] == want
+    page_ins = [a for a in mine if "page-in" in a.instruction]
+    assert len(page_ins) == 2 and all(re.fullmatch(
+        r"by the executive: memory manager: page-in from pagefile slot \d+", a.instruction)
+        for a in page_ins)
+    words = [a.new for a in found if not a.executive and a.kind == "write"]
+    assert page_ins[0].new == words[0] | words[1] << 64     # the words it wrote come back
