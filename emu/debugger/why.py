@@ -568,6 +568,27 @@ def annotate_dpc(tracer: Tracer, result: dict[str, Any],
     result["pointer"] = pointer
 
 
+_FREES = ("NtFreeVirtualMemory", "NtUnmapViewOfSection")
+
+
+def annotate_free(result: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    """A fault through a user pointer: the frees of that process's memory (system calls
+    NtFreeVirtualMemory, NtUnmapViewOfSection) between the store that kept the pointer and
+    the fault, when there are any: a use after free."""
+    start, b = result["start"], result.get("blame")
+    value = start.get("value")
+    if "register" not in start or value is None or value >= layout.USER_SPACE_END or \
+            b is None:
+        return
+    whose = next((link["requester"] for link in result["chain"]
+                  if link.get("kind") == "irp-field"), start["pid"])
+    frees = [{"position": e["position"], "pid": e["pid"], "service": e["service"]}
+             for e in events if e["event"] == "syscall" and e["service"] in _FREES and
+             e["pid"] == whose and b["position"] < e["position"] < start["position"]]
+    if frees:
+        result["freed"] = frees
+
+
 def blame(result: dict[str, Any]) -> dict[str, Any] | None:
     """The oldest store the walk found (the instruction that put the value in memory), or
     the faulting instruction itself when no store was found."""
@@ -662,6 +683,10 @@ def text(result: dict[str, Any]) -> str:
             first, *rest = _link_lines(link, names)
             lines.append(f"  pointer {n}. {first}")
             lines += [f"     {line}" for line in rest]
+    for f in result.get("freed", []):
+        lines.append(f"  {_who(names, f['pid'])} called {f['service']} at position "
+                     f"{f['position']}, after the pointer was stored and before it was used: "
+                     "a use after free")
     b = result.get("blame")
     if b is not None:
         lines.append(f"  responsible: {b['symbol']} ({b['module'] or 'no module'}) at position "
@@ -750,6 +775,7 @@ def answer(target: Any, factory: Callable[[], Machine], position: int,
     result["chain"] = tracer.chain
     annotate_dpc(tracer, result, events)
     result["blame"] = blame(result)
+    annotate_free(result, events)
     result["names"] = names
     return result
 
