@@ -1,0 +1,205 @@
+"""``analyze --why`` and ``emu query why`` (docs/debugger.md, "Who put this value here:
+analyze --why"): for each seeded bug of issue 14, the walk back through the data names the
+module, function and instruction responsible, not the one that tripped over the damage."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emu.debugger import why
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVERS = ROOT / "guest" / "build" / "drivers"
+PAGE_VA = 0x7F793950000          # slowread's and victim's page (guest/apps/slowread.c)
+
+
+def emu(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, input=stdin, cwd=ROOT)
+
+
+def machine_args(apps, drivers: list[str], commands: list[tuple[str, list[str]]]) -> list:
+    argv: list = [a for d in drivers for a in ("--driver", DRIVERS / d)]
+    for n, (app, args) in enumerate(commands):
+        argv += (["--"] if n else []) + [apps / app, *args]
+    return argv
+
+
+TICKET = (["ticket.sys", "scribble.sys"],
+          [("devread", [r"\Device\Ticket"]), ("devread", [r"\Device\Ticket"])])
+SLOW = (["slowneither.sys"], [("slowread", [r"\Device\SlowNeither"]), ("victim", [])])
+TWICE = (["twice.sys"], [("devread", [r"\Device\Twice"])])
+STALE = (["stale.sys"], [("staleuse", [])])
+
+
+def debug(apps, scenario, script: str) -> str:
+    r = emu("debug", *machine_args(apps, *scenario), stdin=script)
+    assert r.returncode in (0, 1), r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    return r.stdout
+
+
+def answer(out: str, command: str) -> list[str]:
+    """The lines printed by the first ``command`` of a batch transcript."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith(") " + command))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("(emu")),
+               len(lines))
+    return lines[start + 1:end]
+
+
+def test_scribble_is_blamed_for_tickets_counter_not_ticket_sys(apps):
+    """ticket.sys's counter reads 2 at the end: its own increments (read-modify-write, each
+    from the value before) lead back to scribble.sys's store of the constant 0."""
+    out = debug(apps, TICKET, "continue\nanalyze --why next_ticket 4\n"
+                "analyze --why next_ticket 4 --json\n")
+    lines = answer(out, "analyze --why next_ticket 4")
+    assert lines[0] == "why: the value at 0xfffff80001004000, 4 bytes (kernel space)"
+    assert lines[1] == "  0xfffff80001004000 <ticket.sys!next_ticket> holds 0x2 (4 bytes) " \
+        "at position 4708"
+    assert re.fullmatch(r"  1\. write at position \d+: 0x[0-9a-f]+ <ticket\.sys!Read\+0x3e>  "
+                        r"mov dword ptr \[rip \+ 0x2efc\], edx", lines[2])
+    assert lines[3].startswith("       wrote 0x2 (was 0x1) at 0xfffff80001004000, 4 bytes, "
+                               'in process 20 "devread"')
+    assert "  5. write at position 58: 0xfffff80002001044 <scribble.sys!DriverEntry+0x44>  " \
+        "mov dword ptr [rdi + rsi*4], 0" in lines
+    assert "       wrote 0x0 (was 0x3e8) at 0xfffff80001004000, 4 bytes, in the system (no " \
+        "process) at ring 0, IRQL 0" in lines
+    assert lines[-1] == "  responsible: scribble.sys!DriverEntry+0x44 (scribble.sys) at " \
+        "position 58: mov dword ptr [rdi + rsi*4], 0"
+    record = json.loads(answer(out, "analyze --why next_ticket 4 --json")[0])
+    assert record["blame"]["module"] == "scribble.sys"
+    assert [(c["step"], c.get("symbol"), c.get("new")) for c in record["chain"]
+            if c["step"] == "write"] == [("write", "ticket.sys!Read+0x3e", 2),
+                                         ("write", "ticket.sys!Read+0x3e", 1),
+                                         ("write", "scribble.sys!DriverEntry+0x44", 0)]
+    assert record["chain"][-1]["kind"] == "constant"
+
+
+def test_the_neither_dpc_wrote_the_victims_page_for_slowread(apps):
+    """The victim's page: slowneither.sys's DPC wrote it in process 20 (the one it
+    interrupted), serving the IRP of process 12 (slowread), whose UserBuffer it used."""
+    command = f"analyze --why {PAGE_VA:#x} 4 pid 20"
+    out = debug(apps, SLOW, f"continue\n{command}\n{command} --json\n")
+    lines = answer(out, command)
+    assert lines[2] == "  1. write at position 200302: 0xfffff80001001145 " \
+        "<slowneither.sys!DpcForIsr+0x55>  mov dword ptr [rdi + r8], eax"
+    assert lines[3] == "       wrote 0x61746164 (was 0x74636976) at 0x7f793950000, 4 bytes, " \
+        'in process 20 "victim" tid 24 at ring 0, IRQL 2'
+    assert "  2. origin: a device's data: in eax, dx read I/O port 0x304 at " \
+        "slowneither.sys!DpcForIsr+0x54 (position 200301)" in lines
+    assert "  the write ran in the DPC slowneither.sys!DpcForIsr (it started at position " \
+        '200273), in process 20 "victim": the process it interrupted' in lines
+    assert any(line.startswith('  the request it served was process 12 "slowread"\'s (IRP ')
+               and line.endswith("another process, whose address is meaningless here")
+               for line in lines)
+    record = json.loads(answer(out, command + " --json")[0])
+    assert {k: record["dpc"][k] for k in ("routine", "wrote_into", "requester",
+                                          "requester_name")} == \
+        {"routine": "slowneither.sys!DpcForIsr", "wrote_into": 20, "requester": 12,
+         "requester_name": "slowread"}
+    assert record["pointer"][-1]["field"] == "UserBuffer"
+    assert record["blame"]["symbol"] == "slowneither.sys!DpcForIsr+0x55"
+
+
+def test_an_irp_completed_twice_names_both_completions(apps):
+    out = debug(apps, TWICE, "continue\nanalyze --why\n")
+    assert answer(out, "analyze --why") == [
+        "why: bug check 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS: the IRP 0xffffa080000007a0 was "
+        "completed twice",
+        "  first IoCompleteRequest at position 105: called from 0xfffff800010010ea "
+        '<twice.sys!Read+0x2a> in process 12 "devread" at IRQL 0',
+        "  second IoCompleteRequest at position 109: called from 0xfffff800010010f1 "
+        '<twice.sys!Read+0x31> in process 12 "devread" at IRQL 0',
+        "  responsible: twice.sys!Read+0x31 (twice.sys) at position 109: call "
+        "IofCompleteRequest"]
+
+
+def test_a_user_buffer_used_after_free_through_method_neither(apps):
+    """staleuse frees the page whose address stale.sys kept: the fault's pointer comes from
+    the driver's global, stored by its KEEP request from the IRP's Type3InputBuffer."""
+    out = debug(apps, STALE, "continue\nanalyze --why\n")
+    lines = answer(out, "analyze --why")
+    assert lines[:3] == [
+        "why: bug check 0x3b SYSTEM_SERVICE_EXCEPTION at stale.sys!DeviceControl+0x61",
+        "  at position 2218: 0xfffff80001001121 <stale.sys!DeviceControl+0x61>  mov dword "
+        'ptr [rax], 0x57a1e, in process 12 "staleuse" at ring 0, IRQL 0',
+        "  the pointer: rax = 0x7f7a0000000"]
+    assert lines[3].startswith("  1. load at position 2216: 0xfffff8000100111a "
+                               "<stale.sys!DeviceControl+0x5a>  mov rax, qword ptr [rip + ")
+    assert lines[4] == "  2. write at position 125: 0xfffff800010010f2 " \
+        "<stale.sys!DeviceControl+0x32>  mov qword ptr [rip + 0x2f07], rdx"
+    assert lines[5] == "       wrote 0x7f7a0000000 (was 0x0) at 0xfffff80001004000, 8 bytes, " \
+        'in process 12 "staleuse" tid 16 at ring 0, IRQL 0'
+    assert re.fullmatch(r"  4\. origin: the IRP 0x[0-9a-f]+'s stack location's Parameters\."
+                        r"DeviceIoControl\.Type3InputBuffer: the I/O manager filled it from "
+                        r'the system call of process 12 "staleuse" \(the request\'s '
+                        r"originator\)", lines[7])
+    assert lines[8] == '  process 12 "staleuse" called NtFreeVirtualMemory at position 1156, ' \
+        "after the pointer was stored and before it was used: a use after free"
+    assert lines[9] == "  responsible: stale.sys!DeviceControl+0x32 (stale.sys) at position " \
+        "125: mov qword ptr [rip + 0x2f07], rdx"
+
+
+def test_analyze_v_is_analyze_then_why(apps):
+    out = debug(apps, TWICE, "continue\nanalyze\nanalyze --why\nanalyze -v\n")
+    assert answer(out, "analyze -v") == answer(out, "analyze") + answer(out, "analyze --why")
+
+
+def test_emu_query_why_prints_what_the_shell_prints(apps):
+    shell = debug(apps, STALE, "continue\nanalyze --why --json\n")
+    r = emu("query", "why", "--json", *machine_args(apps, *STALE))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == answer(shell, "analyze --why --json")
+    r = emu("query", "why", "--address", "next_ticket", "--length", "4",
+            *machine_args(apps, *TICKET))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "  responsible: scribble.sys!DriverEntry+0x44 " \
+        "(scribble.sys) at position 58: mov dword ptr [rdi + rsi*4], 0"
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    ("analyze --why", "error: nothing to explain: no CPU exception at this stop, no bug "
+     "check, no process ended by an exception (analyze --why ADDR [LEN] [pid N] explains a "
+     "value)"),
+    ("analyze --why next_ticket 9", "error: length 0x9: --why follows one value, 1 to 8 bytes"),
+    ("analyze --why next_ticket 4 pid 99", "error: pid 99: no such process in this machine's "
+     "history (processes: 12, 20)"),
+    ("analyze --why nosuchsymbol", "error: address nosuchsymbol: "),
+    ("analyze --why 0x1000 4 pid", "error: pid needs a process id (see ps)"),
+    ("analyze --why 0x1000 bogus", "error: length bogus: "),
+    ("analyze --why 0x1000 4 bogus", "error: unexpected 'bogus'"),
+    ("analyze --why 0x1000 4 pid 12 extra", "error: unexpected 'extra'"),
+    ("analyze -v --why", "error: analyze -v --why: not understood"),
+    ("analyze --json", "error: analyze --json: not understood"),
+])
+def test_bad_input_is_one_line(apps, command, message):
+    out = debug(apps, TICKET, "continue\n" + command + "\n")
+    lines = answer(out, command)
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+@pytest.mark.parametrize(("argv", "status", "message"), [
+    (["hello"], 1, "emu: nothing to explain: no CPU exception at this stop"),
+    (["--length", "4", "hello"], 2, "emu: error: --length and --pid go with --address ADDR"),
+    (["--phys", "hello"], 2, "emu: error: emu query why: --phys is not an option here"),
+    (["--address", "0x1000", "--pid", "77", "hello"], 2, "emu: error: pid 77: no such "
+     "process"),
+    ([], 2, "emu: error: missing APP"),
+])
+def test_emu_query_why_bad_input(apps, argv, status, message):
+    r = emu("query", "why", *[apps / a if a == "hello" else a for a in argv])
+    assert r.returncode == status
+    assert r.stderr.splitlines()[-1].startswith(message), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_register_families():
+    assert [why.family(n) for n in ("eax", "al", "ah", "r8d", "r15b", "sil", "rsp", "bp")] == \
+        ["rax", "rax", "rax", "r8", "r15", "rsi", "rsp", "rbp"]
