@@ -46,7 +46,8 @@ from emu.nt import exports, io, layout, wdm
 if TYPE_CHECKING:
     from emu.machine import Machine
 
-WINDOW = 64          # steps re-executed one at a time before each use
+WINDOW = 256         # steps re-executed one at a time before each use ...
+MAX_WINDOW = 8192    # ... and, when a register's source is not among them, this many
 MAX_WRITES = 4       # writes walked back through, at most
 _GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -232,9 +233,9 @@ class Tracer:
 
     # -- re-execution ----------------------------------------------------------------------
 
-    def window(self, end: int) -> list[StepState]:
-        """The states before each step of the WINDOW steps up to ``end`` (inclusive)."""
-        return _Window(self.factory(), end - WINDOW, end).collect()
+    def window(self, end: int, n: int = WINDOW) -> list[StepState]:
+        """The states before each step of the ``n`` steps up to ``end`` (inclusive)."""
+        return _Window(self.factory(), end - n, end).collect()
 
     def last_write(self, address: int, size: int, pid: int | None,
                    before: int) -> query.Access | None:
@@ -271,7 +272,25 @@ class Tracer:
         return link
 
     def trace_register(self, steps: list[StepState], k: int, reg: str) -> None:
-        """Where ``reg`` (a 64-bit name) held before step ``k`` came from."""
+        """Where ``reg`` (a 64-bit name) held before step ``k`` came from (in WINDOW steps
+        before it, else in MAX_WINDOW)."""
+        use = steps[k]
+        if self._trace_in(steps, k, reg) or steps[0].position == 0 or \
+                len(steps) > MAX_WINDOW // 2:
+            return
+        wider = self.window(use.position, MAX_WINDOW)
+        k = next(n for n, s in enumerate(wider) if s.position == use.position)
+        if not self._trace_in(wider, k, reg):
+            self.origin("not-followed", f"{reg} was set before the {len(wider) - 1} steps "
+                        f"re-executed before position {use.position}, or before "
+                        f"{self.function(use.rip, use.pid) or 'the function'} was entered "
+                        "(an argument from its caller): not followed", register=reg,
+                        through=[])
+
+    def _trace_in(self, steps: list[StepState], k: int, reg: str) -> bool:
+        """trace_register in ``steps``: False (nothing recorded) when no step of the same
+        function wrote ``reg``, with no register followed on the way, and the window does
+        not start at boot."""
         use = steps[k]
         home = self.function(use.rip, use.pid)
         through: list[str] = []
@@ -286,12 +305,12 @@ class Tracer:
                                 f"export, called at position {s.position}): not followed "
                                 "into the executive", export=s.export, position=s.position,
                                 through=through)
-                    return
+                    return True
                 if reg in _VOLATILE:
                     self.origin("not-followed", f"{reg} was changed by the call of "
                                 f"{s.export} at position {s.position} (a volatile register)",
                                 position=s.position, through=through)
-                    return
+                    return True
                 continue
             if s.insn is None or (home and self.function(s.rip, s.pid) != home) or \
                     (not home and (s.ring, s.cr3) != (use.ring, use.cr3)):
@@ -303,12 +322,15 @@ class Tracer:
                 continue
             step = self._register_source(steps, i, reg, through)
             if step is None:
-                return
+                return True
             reg = step[1]
-        self.origin("not-followed", f"{reg} was set before the {WINDOW} steps re-executed "
-                    f"before position {use.position}, or before {home or 'the function'} "
-                    "was entered (an argument from its caller): not followed",
-                    register=reg, through=through)
+        if not through and steps[0].position > 0 and len(steps) <= MAX_WINDOW // 2:
+            return False                 # a wider window may find it
+        self.origin("not-followed", f"{reg} was set before the {len(steps) - 1} steps "
+                    f"re-executed before position {use.position}, or before "
+                    f"{home or 'the function'} was entered (an argument from its caller): "
+                    "not followed", register=reg, through=through)
+        return True
 
     def _register_source(self, steps: list[StepState], i: int, reg: str,
                          through: list[str]) -> tuple[int, str] | None:

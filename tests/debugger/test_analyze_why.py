@@ -203,3 +203,27 @@ def test_emu_query_why_bad_input(apps, argv, status, message):
 def test_register_families():
     assert [why.family(n) for n in ("eax", "al", "ah", "r8d", "r15b", "sil", "rsp", "bp")] == \
         ["rax", "rax", "rax", "r8", "r15", "rsi", "rsp", "rbp"]
+
+
+def test_a_user_fault_at_the_stop_and_after_the_process_ended(apps):
+    """nullwrite's NULL pointer: loaded more than WINDOW steps before the fault (a printf
+    between), from a global no instruction wrote: the image's initial data."""
+    r = emu("debug", apps / "nullwrite", stdin="continue\nanalyze --why\ncontinue\n"
+            "analyze --why\n")
+    assert r.returncode in (0, 1) and "Traceback" not in r.stdout + r.stderr
+    at_stop, at_end = r.stdout.split("(emu pid 12 ring 3 0x401023) analyze --why\n")[1] \
+        .split("(emu ended) analyze --why\n")
+    walk = [
+        "  at position 675: 0x401023 <nullwrite!main+0x23>  mov qword ptr [rbx], 1, in "
+        'process 12 "nullwrite" at ring 3, IRQL 0',
+        "  the pointer: rbx = 0x0",
+        "  1. load at position 13: 0x401010 <nullwrite!main+0x10>  mov rbx, qword ptr "
+        "[rip + 0x2009]: rbx = 0x0 from 0x403020",
+        "  2. origin: no instruction wrote 0x403020 since boot: its value is nullwrite's "
+        "initial data, as the loader put it there",
+        "  responsible: nullwrite!main+0x23 (nullwrite) at position 675: mov qword ptr "
+        "[rbx], 1"]
+    assert at_stop.splitlines()[:6] == ["why: the CPU exception #PF at nullwrite!main+0x23",
+                                        *walk]
+    assert at_end.splitlines()[:6] == [
+        'why: the exception that ended process 12 "nullwrite" at nullwrite!main+0x23', *walk]
