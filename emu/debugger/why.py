@@ -221,12 +221,12 @@ class Tracer:
     """Walks back through the data of one machine's past (see the module docstring)."""
 
     def __init__(self, factory: Callable[[], Machine], symbolize: Callable[..., str],
-                 names: dict[int, str], images: Callable[[int], str | None],
+                 names: dict[int, str], images: Callable[[int, int | None], str | None],
                  index: query.QueryIndex | None = None) -> None:
         self.factory = factory
         self.symbolize = symbolize
         self.names = names               # pid -> process name
-        self.images = images             # address -> the driver image holding it, or None
+        self.images = images             # (address, pid) -> the image holding it, or None
         self.index = index or query.QueryIndex()
         self.chain: list[dict[str, Any]] = []
         self.writes = 0
@@ -424,7 +424,7 @@ class Tracer:
             return
         a = self.last_write(address, size, space_pid, position)
         if a is None:
-            image = self.images(address)
+            image = self.images(address, space_pid)
             text = f"no instruction wrote {address:#x} since boot: " + (
                 f"its value is {image}'s initial data, as the loader put it there"
                 if image else "the executive (or the loader) put it there")
@@ -732,9 +732,9 @@ def answer(target: Any, factory: Callable[[], Machine], position: int,
         except Exception:    # noqa: BLE001 - a process gone, a TargetError: no name
             return f"{rip:#x}"
 
-    def image(addr: int) -> str | None:
+    def image(addr: int, pid: int | None) -> str | None:
         try:
-            found = target.image_at(addr, None)
+            found = target.image_at(addr, pid)
         except Exception:    # noqa: BLE001 - no image there
             return None
         return found.name if found is not None else None
