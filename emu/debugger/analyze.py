@@ -431,8 +431,12 @@ def analyze_command(shell: Any, arg: str) -> None:
             return
     session = getattr(shell, "session", None)
     if session is None or session.factory is None:
-        shell.error("analyze --why re-executes the machine from boot: it needs its recipe "
-                    "(use emu debug; a crash dump has no past)")
+        problem = "analyze --why re-executes the machine from boot: it needs its recipe " \
+            "(use emu debug; a crash dump has no past)"
+        if verbose:
+            shell.message(f"why: {problem}")
+        else:
+            shell.error(problem)
         return
     try:
         address = _why_address(shell, session, rest)

@@ -227,3 +227,17 @@ def test_a_user_fault_at_the_stop_and_after_the_process_ended(apps):
                                         *walk]
     assert at_end.splitlines()[:6] == [
         'why: the exception that ended process 12 "nullwrite" at nullwrite!main+0x23', *walk]
+
+
+def test_a_crash_dump_has_no_past(apps, tmp_path):
+    dump = tmp_path / "twice.dmp"
+    r = emu("run", "--dump", dump, *machine_args(apps, *TWICE))
+    assert dump.exists(), r.stderr
+    r = emu("debug", "--dump", dump, stdin="analyze --why\nanalyze -v\n")
+    assert "Traceback" not in r.stdout + r.stderr
+    message = "analyze --why re-executes the machine from boot: it needs its recipe (use " \
+        "emu debug; a crash dump has no past)"
+    assert answer(r.stdout, "analyze --why") == [f"error: {message}"]
+    verbose = answer(r.stdout, "analyze -v")
+    assert verbose[0].startswith("bug check 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS")
+    assert verbose[-1] == f"why: {message}"
