@@ -287,15 +287,31 @@ class Tracer:
                         "(an argument from its caller): not followed", register=reg,
                         through=[])
 
-    def _trace_in(self, steps: list[StepState], k: int, reg: str) -> bool:
-        """trace_register in ``steps``: False (nothing recorded) when no step of the same
-        function wrote ``reg``, with no register followed on the way, and the window does
-        not start at boot."""
+    def _trace_in(self, steps: list[StepState], k: int, reg: str, home: str | None = None,
+                  through: list[str] | None = None) -> bool:
+        """trace_register in ``steps``, among the steps of function ``home`` (default: step
+        ``k``'s): False (nothing recorded) when no step of it wrote ``reg``, with no
+        register followed on the way, and the window does not start at boot."""
         use = steps[k]
-        home = self.function(use.rip, use.pid)
-        through: list[str] = []
+        if home is None:
+            home = self.function(use.rip, use.pid)
+        through = [] if through is None else through
         for i in range(k - 1, -1, -1):
             s = steps[i]
+            if reg == "rax" and home and s.insn is not None and s.insn.mnemonic == "call" \
+                    and self.function(s.rip, s.pid) == home:
+                # RAX after a call is the callee's return value (Microsoft x64 ABI): follow
+                # it into the callee, from its `ret`.
+                callee = self.function(steps[i + 1].rip, steps[i + 1].pid)
+                ret = next((j for j in range(k - 1, i, -1)
+                            if steps[j].insn is not None and steps[j].insn.mnemonic == "ret"
+                            and self.function(steps[j].rip, steps[j].pid) == callee), None)
+                if callee and ret is not None:
+                    s_ret = steps[ret]
+                    through.append(f"{self.where(s_ret.rip, s_ret.pid)} ({s_ret.position}): "
+                                   f"ret (rax: {callee}'s return value)")
+                    return self._trace_in(steps, ret, reg, callee, through) or \
+                        self._window_end(steps, ret, reg, callee, through)
             if s.export is not None:
                 after = steps[i + 1]
                 if home and self.function(after.rip, after.pid) != home:
@@ -326,8 +342,13 @@ class Tracer:
             reg = step[1]
         if not through and steps[0].position > 0 and len(steps) <= MAX_WINDOW // 2:
             return False                 # a wider window may find it
+        return self._window_end(steps, k, reg, home, through)
+
+    def _window_end(self, steps: list[StepState], k: int, reg: str, home: str,
+                    through: list[str]) -> bool:
+        """No step of ``home`` before step ``k`` wrote ``reg``: say so (True)."""
         self.origin("not-followed", f"{reg} was set before the {len(steps) - 1} steps "
-                    f"re-executed before position {use.position}, or before "
+                    f"re-executed before position {steps[k].position}, or before "
                     f"{home or 'the function'} was entered (an argument from its caller): "
                     "not followed", register=reg, through=through)
         return True

@@ -241,3 +241,49 @@ def test_a_crash_dump_has_no_past(apps, tmp_path):
     verbose = answer(r.stdout, "analyze -v")
     assert verbose[0].startswith("bug check 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS")
     assert verbose[-1] == f"why: {message}"
+
+
+def _steps(program: list[tuple[int, bytes]], first: int = 1000) -> list[why.StepState]:
+    """Steps at (rip, code), one per instruction, in order; positions from ``first``."""
+    from emu.hw import faultaddr
+    return [why.StepState(first + n, rip, 0x1000, 0, 0, 12, 16, 12,
+                          {r: 0 for r in why._GPRS} | {"rip": rip},
+                          faultaddr.decode(code, rip), None)
+            for n, (rip, code) in enumerate(program)]
+
+
+def _tracer() -> why.Tracer:
+    def symbolize(rip: int, _pid=None) -> str:
+        name = "app!main" if rip < 0x2000 else "app!helper"
+        return f"{name}+{rip & 0xFFF:#x}"
+    return why.Tracer(lambda: None, symbolize, {12: "app"}, lambda _a, _p: None)
+
+
+def test_rax_after_a_call_is_followed_into_the_callee():
+    """The register slice: RAX used after `call helper` is helper's return value; its
+    `mov eax, 5` is the origin, not an older write of RAX in main."""
+    steps = _steps([(0x1000, b"\xb8\x07\x00\x00\x00"),      # mov eax, 7 (overwritten)
+                    (0x1005, b"\xe8\xf6\x0f\x00\x00"),      # call 0x2000
+                    (0x2000, b"\xb8\x05\x00\x00\x00"),      # helper: mov eax, 5
+                    (0x2005, b"\x89\xc1"),                  # helper: mov ecx, eax
+                    (0x2007, b"\xc3"),                      # helper: ret
+                    (0x100A, b"\x8d\x50\x01"),              # lea edx, [rax + 1]
+                    (0x100D, b"\x89\x13")])                 # mov dword ptr [rbx], edx
+    tracer = _tracer()
+    tracer.trace_register(steps, 6, "rdx")
+    (origin,) = tracer.chain
+    assert (origin["kind"], origin["value"], origin["symbol"]) == ("constant", 5,
+                                                                   "app!helper+0x0")
+    assert origin["through"] == ["app!main+0xa (1005): lea edx, [rax + 1]",
+                                 "app!helper+0x7 (1004): ret (rax: app!helper's return value)"]
+
+
+def test_a_register_set_before_the_function_is_not_followed():
+    """From boot (nothing before the window) to a use of RAX no step of main set."""
+    steps = _steps([(0x1000, b"\x90"), (0x1001, b"\x89\x03")], 0)  # nop; mov [rbx], eax
+    tracer = _tracer()
+    tracer.trace_register(steps, 1, "rax")
+    assert tracer.chain[0]["kind"] == "not-followed"
+    assert tracer.chain[0]["text"] == "rax was set before the 1 steps re-executed before " \
+        "position 1, or before app!main was entered (an argument from its caller): not " \
+        "followed"
