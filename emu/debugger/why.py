@@ -542,7 +542,8 @@ def _irp_field(offset: int) -> str:
 
 # Stop codes whose RIP is a faulting data access (Microsoft's bug check reference): the
 # pointer its memory operand used is walked back.
-_FAULT_CODES = {0x0A, 0x1E, 0x3B, 0x50, 0x7E, 0xBE, 0xD1}
+_FAULT_CODES = {0x0A, 0x1E, 0x3B, 0x50, 0x7E, 0xBE, 0xD1, 0xFC}
+_FETCH_CODES = {0xFC}       # ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY: RIP is the target
 
 
 def _last_step_at(steps: list[StepState], rip: int) -> int | None:
@@ -551,9 +552,11 @@ def _last_step_at(steps: list[StepState], rip: int) -> int | None:
 
 
 def explain_fault(tracer: Tracer, end: int, rip: int, what: str,
-                  registers: dict[str, int] | None = None) -> dict[str, Any]:
+                  registers: dict[str, int] | None = None,
+                  fetch: bool = False) -> dict[str, Any]:
     """The faulting instruction at ``rip`` (the last step at it before ``end``): its
-    pointer register, and where that came from."""
+    pointer register, and where that came from; for an instruction fetch (``fetch``), the
+    branch that went there and where its target came from."""
     steps = tracer.window(end)
     k = _last_step_at(steps, rip)
     if k is None:
@@ -564,6 +567,9 @@ def explain_fault(tracer: Tracer, end: int, rip: int, what: str,
     start = {"what": what, "position": s.position, "pid": s.pid, "tid": s.tid,
              "ring": s.ring, "irql": s.irql, "rip": s.rip,
              "symbol": tracer.where(s.rip, s.pid), "instruction": text}
+    if fetch:
+        _explain_branch(tracer, steps, k, start)
+        return start
     reg = tracer.pointer(steps, k)
     if reg is None:
         tracer.origin("not-followed", f"{text} uses no pointer register (a constant or "
@@ -572,6 +578,33 @@ def explain_fault(tracer: Tracer, end: int, rip: int, what: str,
         start["register"] = reg
         start["value"] = (registers or {}).get(reg, s.regs.get(reg))
     return start
+
+
+def _explain_branch(tracer: Tracer, steps: list[StepState], k: int,
+                    start: dict[str, Any]) -> None:
+    """A fetch fault at step ``k``: the pointer is RIP itself, set by the step before (a
+    call, jmp or ret); walk back its target: a register, a load (``ret``'s from the stack,
+    ``call qword ptr [...]``'s), or a constant."""
+    start["register"], start["value"] = "rip", steps[k].rip
+    while k > 0 and steps[k - 1].rip == steps[k].rip:
+        k -= 1                           # an earlier attempt at the same fetch (a page-in)
+    b = steps[k - 1] if k > 0 else None
+    if b is None or b.insn is None:
+        tracer.origin("not-followed", "the step before the fetch is not in the window: "
+                      "not followed")
+        return
+    text = f"{b.insn.mnemonic} {b.insn.op_str}".strip()
+    start["branch"] = {"position": b.position, "rip": b.rip,
+                       "symbol": tracer.where(b.rip, b.pid), "instruction": text}
+    ops = list(b.insn.operands)
+    if b.insn.mnemonic == "ret" or (ops and ops[0].type == cx.X86_OP_MEM):
+        tracer.load(steps, k - 1, "rip", [])
+    elif ops and ops[0].type == cx.X86_OP_REG:
+        tracer.trace_register(steps, k - 1, family(b.insn.reg_name(ops[0].reg)))
+    elif ops and ops[0].type == cx.X86_OP_IMM:
+        tracer._constant(b, ops[0].imm & 0xFFFF_FFFF_FFFF_FFFF, text, [])
+    else:
+        tracer.origin("not-followed", f"the target of {text}: not followed")
 
 
 def explain_address(tracer: Tracer, address: int, size: int, pid: int | None,
@@ -642,6 +675,11 @@ def blame(result: dict[str, Any]) -> dict[str, Any] | None:
                 "module": w["symbol"].split("!")[0] if "!" in w["symbol"] else None,
                 "instruction": w["instruction"], "pid": w["pid"]}
     start = result["start"]
+    if "branch" in start:                # a fetch fault: the branch that went there
+        br = start["branch"]
+        return {"position": br["position"], "rip": br["rip"], "symbol": br["symbol"],
+                "module": br["symbol"].split("!")[0] if "!" in br["symbol"] else None,
+                "instruction": br["instruction"], "pid": start["pid"]}
     if "rip" in start:
         return {"position": start["position"], "rip": start["rip"],
                 "symbol": start["symbol"],
@@ -657,11 +695,16 @@ def _who(tracer_names: dict[int, str], pid: int | None) -> str:
         f'process {pid} "{tracer_names.get(pid, "?")}"'
 
 
+def _at(address: int, symbol: str) -> str:
+    """``0x... <module!function+0xN>``, or the address alone when it has no symbol."""
+    return f"{address:#x}" + (f" <{symbol}>" if symbol != f"{address:#x}" else "")
+
+
 def _link_lines(link: dict[str, Any], names: dict[int, str]) -> list[str]:
     kind = link["step"]
     if kind == "write":
         at = link["va"] if link["va"] is not None else link["pa"]
-        return [f"write at position {link['position']}: {link['rip']:#x} <{link['symbol']}>  "
+        return [f"write at position {link['position']}: {_at(link['rip'], link['symbol'])}  "
                 f"{link['instruction']}",
                 f"  wrote {link['new']:#x} (was {link['old']:#x}) at {at:#x}, "
                 f"{link['size']} bytes, in {_who(names, link['pid'])}"
@@ -670,7 +713,7 @@ def _link_lines(link: dict[str, Any], names: dict[int, str]) -> list[str]:
     if kind == "load":
         value = "" if link["value"] is None else f" = {link['value']:#x}"
         reg = link["register"] or "the data"
-        lines = [f"load at position {link['position']}: {link['rip']:#x} <{link['symbol']}>  "
+        lines = [f"load at position {link['position']}: {_at(link['rip'], link['symbol'])}  "
                  f"{link['instruction']}: {reg}{value} from {link['address']:#x}"]
         lines += [f"  then {t}" for t in reversed(link["through"])]
         return lines
@@ -687,10 +730,14 @@ def text(result: dict[str, Any]) -> str:
     start = result["start"]
     lines = [f"why: {result['subject']}"]
     if "rip" in start:
-        lines.append(f"  at position {start['position']}: {start['rip']:#x} "
-                     f"<{start['symbol']}>  {start['instruction']}, in "
+        lines.append(f"  at position {start['position']}: "
+                     f"{_at(start['rip'], start['symbol'])}  {start['instruction']}, in "
                      f"{_who(names, start['pid'])} at ring {start['ring']}, IRQL "
                      f"{start['irql']}")
+        branch = start.get("branch")
+        if branch is not None:
+            lines.append(f"  reached by: {_at(branch['rip'], branch['symbol'])}  "
+                         f"{branch['instruction']} at position {branch['position']}")
         if start.get("register"):
             value = start.get("value")
             lines.append(f"  the pointer: {start['register']}"
@@ -708,7 +755,7 @@ def text(result: dict[str, Any]) -> str:
         lines += [f"     {line}" for line in rest]
     for c in result.get("completions", []):
         lines.append(f"  {c['ordinal']} IoCompleteRequest at position {c['position']}: "
-                     f"called from {c['caller']:#x} <{c['symbol']}> in "
+                     f"called from {_at(c['caller'], c['symbol'])} in "
                      f"{_who(names, c['pid'])} at IRQL {c['irql']}")
     dpc = result.get("dpc")
     if dpc is not None:
@@ -775,7 +822,8 @@ def answer(target: Any, factory: Callable[[], Machine], position: int,
     elif exception is not None:
         result["subject"] = f"the CPU exception #{exception.vector.name} at " \
             f"{symbolize(exception.rip)}"
-        result["start"] = explain_fault(tracer, position, exception.rip, "exception")
+        result["start"] = explain_fault(tracer, position, exception.rip, "exception",
+                                        fetch=exception.access == "fetch")
     elif bc is not None and bc.code == 0x44:
         irp = bc.params[0]
         result["subject"] = f"bug check 0x44 MULTIPLE_IRP_COMPLETE_REQUESTS: the IRP " \
@@ -800,7 +848,8 @@ def answer(target: Any, factory: Callable[[], Machine], position: int,
                            "back from (analyze --why follows a fault's pointer, bug check "
                            "0x44's completions, or ADDR)")
         result["subject"] = f"bug check {bc.code:#x} {bc.name} at {symbolize(bc.rip)}"
-        result["start"] = explain_fault(tracer, position, bc.rip, "bugcheck", bc.registers)
+        result["start"] = explain_fault(tracer, position, bc.rip, "bugcheck", bc.registers,
+                                        bc.code in _FETCH_CODES)
     else:
         dead = next(((p.pid, target.exception_of(p.pid)) for p in reversed(target.processes())
                      if target.exception_of(p.pid) is not None), None)
@@ -814,7 +863,8 @@ def answer(target: Any, factory: Callable[[], Machine], position: int,
         end = exits[-1]["position"] if exits else position
         result["subject"] = f'the exception that ended process {pid} "{names.get(pid, "?")}" ' \
             f"at {symbolize(info.rip, pid)}"
-        result["start"] = explain_fault(tracer, end, info.rip, "exception")
+        result["start"] = explain_fault(tracer, end, info.rip, "exception",
+                                        fetch=info.access == "execute")
     result["chain"] = tracer.chain
     annotate_dpc(tracer, result, events)
     result["blame"] = blame(result)

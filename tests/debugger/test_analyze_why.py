@@ -287,3 +287,39 @@ def test_a_register_set_before_the_function_is_not_followed():
     assert tracer.chain[0]["text"] == "rax was set before the 1 steps re-executed before " \
         "position 1, or before app!main was entered (an argument from its caller): not " \
         "followed"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    # bug check 0xFC: the pointer is RIP; the call that went there, and its target's source
+    (["--driver", "nxpool.sys", "hello"], [
+        "  reached by: 0xfffff8000100108f <nxpool.sys!DriverEntry+0x8f>  call rbx at "
+        "position 44",
+        "  the pointer: rip = 0xffffa08000000250",
+        "  1. origin: ExAllocatePoolWithTag's return value (a kernel export, called at "
+        "position 35): not followed into the executive",
+        "       then nxpool.sys!DriverEntry+0x77 (36): mov rbx, rax",
+        "  responsible: nxpool.sys!DriverEntry+0x8f (nxpool.sys) at position 44: call rbx"]),
+    # SMEP: the call through the IRP's UserBuffer, a user address from devread's request
+    (["--driver", "smep.sys", "devread", r"\Device\Smep", "16", "0x401000"], [
+        "  reached by: 0xfffff800010010de <smep.sys!Read+0x1e>  call qword ptr [rsi + 0x70] "
+        "at position 321",
+        "  the pointer: rip = 0x401000",
+        "  1. load at position 321: 0xfffff800010010de <smep.sys!Read+0x1e>  call qword ptr "
+        "[rsi + 0x70]: rip = 0x401000 from 0xffffa08000000710"]),
+    # bug check 0xD1: the pool block DriverEntry kept (PagedPool) read at DISPATCH_LEVEL
+    (["--driver", "pagedpool.sys", "pagedrv", "dispatch"], [
+        "  2. write at position 13: 0xfffff8000100102b <pagedpool.sys!DriverEntry+0x2b>  mov "
+        "qword ptr [rip + 0x2fce], rax",
+        "  3. origin: ExAllocatePoolWithTag's return value (a kernel export, called at "
+        "position 12): not followed into the executive",
+        "  responsible: pagedpool.sys!DriverEntry+0x2b (pagedpool.sys) at position 13: mov "
+        "qword ptr [rip + 0x2fce], rax"]),
+])
+def test_other_bug_checks(apps, argv, expected):
+    args = [DRIVERS / a if a.endswith(".sys") else apps / a if a in
+            ("hello", "devread", "pagedrv") else a for a in argv]
+    r = emu("query", "why", *args)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for line in expected:
+        assert line in lines, (line, lines)
