@@ -23,6 +23,10 @@ so: a register set before the window or before the function was entered (an argu
 the caller), the second source of a two-register operation, values that pass through the
 executive's Python code (a system call's copy, an export's work on memory).
 
+RAX after a ``call`` is followed into the callee from its ``ret`` (the return value, by the
+Microsoft x64 calling convention). An instruction fetch fault (bug check 0xFC, an execute
+access violation) has RIP as its pointer: the branch before it is walked back instead.
+
 For a write made in ring 0 to a user address (a DPC or ISR writing into whichever process
 it interrupted), the write's pointer is traced too, and the DPC that ran is named (the
 event history's last ``dpc`` before it). Bug check 0x44 lists each IoCompleteRequest of the
