@@ -27,9 +27,9 @@ RAX after a ``call`` is followed into the callee from its ``ret`` (the return va
 Microsoft x64 calling convention). An instruction fetch fault (bug check 0xFC, an execute
 access violation) has RIP as its pointer: the branch before it is walked back instead.
 
-For a write made in ring 0 to a user address (a DPC or ISR writing into whichever process
-it interrupted), the write's pointer is traced too, and the DPC that ran is named (the
-event history's last ``dpc`` before it). Bug check 0x44 lists each IoCompleteRequest of the
+For a write made in ring 0 at DISPATCH_LEVEL or above (a DPC or ISR writing into whichever
+process it interrupted), the write's pointer is traced too, and the DPC that ran is named
+(the event history's last ``dpc`` before it). Bug check 0x44 lists each IoCompleteRequest of the
 IRP (``completions``: the first and the second, with their callers and positions).
 """
 
