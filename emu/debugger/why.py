@@ -283,8 +283,8 @@ class Tracer:
                 len(steps) > MAX_WINDOW // 2:
             return
         wider = self.window(use.position, MAX_WINDOW)
-        k = next(n for n, s in enumerate(wider) if s.position == use.position)
-        if not self._trace_in(wider, k, reg):
+        k = next((n for n, s in enumerate(wider) if s.position == use.position), None)
+        if k is None or not self._trace_in(wider, k, reg):
             self.origin("not-followed", f"{reg} was set before the {len(wider) - 1} steps "
                         f"re-executed before position {use.position}, or before "
                         f"{self.function(use.rip, use.pid) or 'the function'} was entered "
