@@ -620,53 +620,77 @@ def explain_address(tracer: Tracer, address: int, size: int, pid: int | None,
     return start
 
 
-def annotate_dpc(tracer: Tracer, result: dict[str, Any],
-                 events: list[dict[str, Any]]) -> None:
-    """The first write of the chain, made in ring 0 at IRQL DISPATCH_LEVEL or above: name
-    the DPC that ran (the last ``dpc`` event before it) and walk back its pointer (whose
-    request it served: the IRP's requester vs the process it wrote into)."""
+def annotate_pointer(tracer: Tracer, result: dict[str, Any],
+                     events: list[dict[str, Any]]) -> None:
+    """The first write of the chain, made in ring 0 to a user address or at DISPATCH_LEVEL
+    or above: walk back its pointer too (``pointer``: whose request it came from); at
+    DISPATCH_LEVEL or above, name the DPC that ran (the last ``dpc`` event before it) and
+    the process it wrote into vs the IRP's requester (``dpc``)."""
     first = next((link for link in result["chain"] if link["step"] == "write"), None)
-    if first is None or first["ring"] != 0 or first["irql"] < 2:
+    if first is None or first["ring"] != 0:
+        return
+    user = first["va"] is not None and first["va"] < layout.USER_SPACE_END
+    if not user and first["irql"] < 2:
+        return
+    chain, writes, tracer.chain, tracer.writes = tracer.chain, tracer.writes, [], 0
+    steps = tracer.window(first["position"])
+    k = next((n for n, s in enumerate(steps) if s.position == first["position"]), None)
+    if k is not None:
+        tracer.pointer(steps, k)
+    pointer, tracer.chain, tracer.writes = tracer.chain, chain, writes
+    result["pointer"] = pointer
+    if first["irql"] < 2:
         return
     dpcs = [e for e in events if e["event"] == "dpc" and e["position"] <= first["position"]]
     dpc = {"routine": None, "position": None}
     if dpcs:
         dpc = {"routine": dpcs[-1]["routine_symbol"].split("+")[0],
                "position": dpcs[-1]["position"]}
-    chain, tracer.chain = tracer.chain, []
-    steps = tracer.window(first["position"])
-    k = next((n for n, s in enumerate(steps) if s.position == first["position"]), None)
-    if k is not None:
-        tracer.pointer(steps, k)
-    pointer, tracer.chain = tracer.chain, chain
     requester = next((link for link in pointer if link.get("kind") == "irp-field"), None)
     dpc.update(wrote_into=first["pid"], wrote_into_name=first["process"],
                irp=requester["irp"] if requester else None,
                requester=requester["requester"] if requester else None,
                requester_name=requester["requester_name"] if requester else None)
     result["dpc"] = dpc
-    result["pointer"] = pointer
 
 
 _FREES = ("NtFreeVirtualMemory", "NtUnmapViewOfSection")
+_ALLOCS = ("NtAllocateVirtualMemory", "NtMapViewOfSection")
 
 
 def annotate_free(result: dict[str, Any], events: list[dict[str, Any]]) -> None:
-    """A fault through a user pointer: the frees of that process's memory (system calls
-    NtFreeVirtualMemory, NtUnmapViewOfSection) between the store that kept the pointer and
-    the fault, when there are any: a use after free."""
-    start, b = result["start"], result.get("blame")
-    value = start.get("value")
-    if "register" not in start or value is None or value >= layout.USER_SPACE_END or \
-            b is None:
+    """A use of a user pointer (a fault through it, or the first write's pointer): the
+    frees of that process's memory (system calls NtFreeVirtualMemory, NtUnmapViewOfSection)
+    between the store that kept the pointer and its use, when there are any: a use after
+    free; for a write that did not fault (the first write's pointer), the allocations
+    (NtAllocateVirtualMemory, NtMapViewOfSection) after the first free too: it landed in
+    memory allocated again (``reallocated``)."""
+    start = result["start"]
+    if "pointer" in result:                      # the first write's pointer
+        use = next(link for link in result["chain"] if link["step"] == "write")
+        chain, user_pid, at = result["pointer"], use["pid"], use["position"]
+    elif "register" in start and start.get("value") is not None and \
+            start["value"] < layout.USER_SPACE_END and start["register"] != "rip":
+        chain, user_pid, at = result["chain"], start["pid"], start["position"]
+    else:
         return
-    whose = next((link["requester"] for link in result["chain"]
-                  if link.get("kind") == "irp-field"), start["pid"])
+    stores = [link for link in chain if link["step"] == "write"]
+    if not stores:
+        return
+    kept = stores[-1]["position"]
+    whose = next((link["requester"] for link in chain if link.get("kind") == "irp-field"),
+                 user_pid)
     frees = [{"position": e["position"], "pid": e["pid"], "service": e["service"]}
              for e in events if e["event"] == "syscall" and e["service"] in _FREES and
-             e["pid"] == whose and b["position"] < e["position"] < start["position"]]
+             e["pid"] == whose and kept < e["position"] < at]
     if frees:
         result["freed"] = frees
+    if frees and "pointer" in result:
+        again = [{"position": e["position"], "pid": e["pid"], "service": e["service"]}
+                 for e in events if e["event"] == "syscall" and e["service"] in _ALLOCS and
+                 e["pid"] == whose and frees[0]["position"] < e["position"] < at]
+        if again:
+            result["reallocated"] = again
 
 
 def blame(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -773,14 +797,18 @@ def text(result: dict[str, Any]) -> str:
                          f"(IRP {dpc['irp']:#x}): "
                          + ("the same process" if dpc["requester"] == dpc["wrote_into"]
                             else "another process, whose address is meaningless here"))
-        for n, link in enumerate(result.get("pointer", []), 1):
-            first, *rest = _link_lines(link, names)
-            lines.append(f"  pointer {n}. {first}")
-            lines += [f"     {line}" for line in rest]
+    for n, link in enumerate(result.get("pointer", []), 1):
+        first, *rest = _link_lines(link, names)
+        lines.append(f"  pointer {n}. {first}")
+        lines += [f"     {line}" for line in rest]
     for f in result.get("freed", []):
         lines.append(f"  {_who(names, f['pid'])} called {f['service']} at position "
                      f"{f['position']}, after the pointer was stored and before it was used: "
                      "a use after free")
+    for f in result.get("reallocated", []):
+        lines.append(f"  {_who(names, f['pid'])} called {f['service']} at position "
+                     f"{f['position']}, after the free: the write landed in memory allocated "
+                     "again")
     b = result.get("blame")
     if b is not None:
         lines.append(f"  responsible: {b['symbol']} ({b['module'] or 'no module'}) at position "
@@ -870,7 +898,7 @@ def answer(target: Any, factory: Callable[[], Machine], position: int,
         result["start"] = explain_fault(tracer, end, info.rip, "exception",
                                         fetch=info.access == "execute")
     result["chain"] = tracer.chain
-    annotate_dpc(tracer, result, events)
+    annotate_pointer(tracer, result, events)
     result["blame"] = blame(result)
     annotate_free(result, events)
     result["names"] = names

@@ -128,12 +128,12 @@ def test_a_user_buffer_used_after_free_through_method_neither(apps):
     lines = answer(out, "analyze --why")
     assert lines[:3] == [
         "why: bug check 0x3b SYSTEM_SERVICE_EXCEPTION at stale.sys!DeviceControl+0x61",
-        "  at position 2218: 0xfffff80001001121 <stale.sys!DeviceControl+0x61>  mov dword "
+        "  at position 2215: 0xfffff80001001121 <stale.sys!DeviceControl+0x61>  mov dword "
         'ptr [rax], 0x57a1e, in process 12 "staleuse" at ring 0, IRQL 0',
         "  the pointer: rax = 0x7f7a0000000"]
-    assert lines[3].startswith("  1. load at position 2216: 0xfffff8000100111a "
+    assert lines[3].startswith("  1. load at position 2213: 0xfffff8000100111a "
                                "<stale.sys!DeviceControl+0x5a>  mov rax, qword ptr [rip + ")
-    assert lines[4] == "  2. write at position 125: 0xfffff800010010f2 " \
+    assert lines[4] == "  2. write at position 122: 0xfffff800010010f2 " \
         "<stale.sys!DeviceControl+0x32>  mov qword ptr [rip + 0x2f07], rdx"
     assert lines[5] == "       wrote 0x7f7a0000000 (was 0x0) at 0xfffff80001004000, 8 bytes, " \
         'in process 12 "staleuse" tid 16 at ring 0, IRQL 0'
@@ -141,10 +141,10 @@ def test_a_user_buffer_used_after_free_through_method_neither(apps):
                         r"DeviceIoControl\.Type3InputBuffer: the I/O manager filled it from "
                         r'the system call of process 12 "staleuse" \(the request\'s '
                         r"originator\)", lines[7])
-    assert lines[8] == '  process 12 "staleuse" called NtFreeVirtualMemory at position 1156, ' \
+    assert lines[8] == '  process 12 "staleuse" called NtFreeVirtualMemory at position 1151, ' \
         "after the pointer was stored and before it was used: a use after free"
     assert lines[9] == "  responsible: stale.sys!DeviceControl+0x32 (stale.sys) at position " \
-        "125: mov qword ptr [rip + 0x2f07], rdx"
+        "122: mov qword ptr [rip + 0x2f07], rdx"
 
 
 def test_analyze_v_is_analyze_then_why(apps):
@@ -323,3 +323,26 @@ def test_other_bug_checks(apps, argv, expected):
     lines = r.stdout.splitlines()
     for line in expected:
         assert line in lines, (line, lines)
+
+
+def test_a_stale_write_into_a_page_allocated_again(apps):
+    """staleuse reuse: the freed address is committed again; stale.sys's stamp lands in the
+    new allocation (no fault). The value's walk names the stamp; its pointer's walk names
+    the KEEP request's Type3InputBuffer, the free, and the new allocation."""
+    command = "analyze --why 0x7F7A0000000 4 pid 12"
+    out = debug(apps, (["stale.sys"], [("staleuse", ["reuse"])]), f"continue\n{command}\n")
+    lines = answer(out, command)
+    assert lines[2].startswith("  1. write at position ") and lines[2].endswith(
+        " <stale.sys!DeviceControl+0x61>  mov dword ptr [rax], 0x57a1e")
+    assert lines[3].startswith("       wrote 0x57a1e (was 0xb0b) at 0x7f7a0000000, 4 bytes, "
+                               'in process 12 "staleuse"')
+    assert any(re.fullmatch(r"  pointer 4\. origin: the IRP 0x[0-9a-f]+'s stack location's "
+                            r"Parameters\.DeviceIoControl\.Type3InputBuffer: .*", line)
+               for line in lines)
+    assert any(re.fullmatch(r'  process 12 "staleuse" called NtFreeVirtualMemory at position '
+                            r"\d+, after the pointer was stored and before it was used: a use "
+                            r"after free", line) for line in lines)
+    assert any(re.fullmatch(r'  process 12 "staleuse" called NtAllocateVirtualMemory at '
+                            r"position \d+, after the free: the write landed in memory "
+                            r"allocated again", line) for line in lines)
+    assert lines[-1].startswith("  responsible: stale.sys!DeviceControl+0x61 (stale.sys)")
