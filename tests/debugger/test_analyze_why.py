@@ -346,3 +346,13 @@ def test_a_stale_write_into_a_page_allocated_again(apps):
                             r"position \d+, after the free: the write landed in memory "
                             r"allocated again", line) for line in lines)
     assert lines[-1].startswith("  responsible: stale.sys!DeviceControl+0x61 (stale.sys)")
+
+
+def test_the_docs_example_is_what_emu_query_why_prints(apps):
+    doc = (ROOT / "docs" / "debugger.md").read_text()
+    example = doc.split("(emu ended) analyze --why 0x7f793950000 4 pid 20\n")[1] \
+        .split("```")[0]
+    r = emu("query", "why", "--address", "0x7f793950000", "--length", "4", "--pid", "20",
+            *machine_args(apps, *SLOW))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == example
