@@ -404,3 +404,113 @@ def process_exception_text(target: Target, pid: int, info: ExceptionInfo) -> str
     lines.append("  no handler in the process took it, so the process ended; the others "
                  "went on (a ring-3 fault stops only its own process)")
     return "\n".join(lines)
+
+
+WHY_USAGE = "analyze [-v] | analyze --why [ADDR [LEN] [pid N]] [--json]"
+
+
+def analyze_command(shell: Any, arg: str) -> None:
+    """``analyze -v`` (analyze, then --why) and ``analyze --why [ADDR [LEN] [pid N]]
+    [--json]`` in ``emu debug``'s shell (emu.debugger.why)."""
+    import json
+
+    from emu.debugger import why
+    from emu.debugger.history import history_of
+
+    words = arg.split()
+    verbose, want_why, as_json = "-v" in words, "--why" in words, "--json" in words
+    rest = [w for w in words if w not in ("-v", "--why", "--json")]
+    if verbose == want_why or (as_json or rest) and not want_why:
+        shell.error(f"analyze {arg.strip()}: not understood ({WHY_USAGE})")
+        return
+    stop_info = getattr(shell, "stop_info", None)
+    if verbose:
+        first = analyze_text(shell.target, stop_info, shell.view_pid)
+        shell.message(first)
+        if first.startswith("nothing to analyze"):
+            return
+    session = getattr(shell, "session", None)
+    if session is None or session.factory is None:
+        problem = "analyze --why re-executes the machine from boot: it needs its recipe " \
+            "(use emu debug; a crash dump has no past)"
+        if verbose:
+            shell.message(f"why: {problem}")
+        else:
+            shell.error(problem)
+        return
+    try:
+        address = _why_address(shell, session, rest)
+    except why.WhyError as err:
+        shell.error(str(err))
+        return
+    exc = getattr(stop_info, "exception", None)
+    reason = getattr(stop_info, "reason", "")
+    reason = str(getattr(reason, "value", reason) or "")
+    exception = exc if isinstance(exc, CpuException) and reason not in _ENDS else None
+    history = history_of(session.machine)
+    events = [json.loads(line) for line in history.lines] if history is not None else []
+    index = shell.__dict__.get("query_index")
+    if index is None:
+        from emu.debugger.query import QueryIndex
+        index = shell.query_index = QueryIndex()
+    try:
+        result = why.answer(session.target, session.factory, session.position, events,
+                            exception=exception, address=address, index=index)
+    except why.WhyError as err:
+        if verbose:
+            shell.message(f"why: {err}")
+        else:
+            shell.error(str(err))
+        return
+    if as_json:
+        shell.stdout.write(json.dumps(why.json_record(result), separators=(",", ":")) + "\n")
+        return
+    shell.message(why.text(result))
+
+
+def _why_address(shell: Any, session: Any, words: list[str]) -> tuple[int, int, int | None] | None:
+    """``ADDR [LEN] [pid N]`` -> (address, length, pid), None for no ADDR; WhyError."""
+    from emu.debugger.expr import ExprError, evaluate
+    from emu.debugger.why import WhyError
+
+    if not words:
+        return None
+
+    def number(text: str, what: str) -> int:
+        try:
+            return evaluate(text, session.target, shell.view_pid)
+        except ExprError as err:
+            raise WhyError(f"{what} {text}: {err}") from None
+    address = number(words.pop(0), "address")
+    length = 8
+    if words and words[0] != "pid":
+        length = number(words.pop(0), "length")
+        if not 1 <= length <= 8:
+            raise WhyError(f"length {length:#x}: --why follows one value, 1 to 8 bytes")
+    pid = None
+    if words and words[0] == "pid":
+        words.pop(0)
+        if not words:
+            raise WhyError("pid needs a process id (see ps)")
+        text = words.pop(0)
+        try:
+            pid = int(text, 0)
+        except ValueError:
+            raise WhyError(f"pid {text}: not a process id (a number; see ps)") from None
+        pids = sorted(p.pid for p in session.machine.processes)
+        if pid not in pids:
+            raise WhyError(f"pid {pid}: no such process in this machine's history "
+                           f"(processes: {', '.join(map(str, pids)) or 'none'})")
+    if words:
+        raise WhyError(f"unexpected {words[0]!r} ({WHY_USAGE})")
+    if address >= layout.KERNEL_SPACE_START:
+        return address, length, None
+    if address + length > layout.USER_SPACE_END:
+        raise WhyError(f"{address:#x}: not a canonical address (user space ends at "
+                       "0x7fffffffffff)")
+    if pid is None:
+        pid = shell.view_pid if shell.view_pid is not None else session.target.current_pid()
+    if pid is None:
+        raise WhyError(f"{address:#x} is a user address, and no process is current: say "
+                       "whose (pid N)")
+    return address, length, pid

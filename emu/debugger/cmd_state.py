@@ -430,11 +430,15 @@ class StateCommands:
 
     @_guarded
     def do_analyze(self, arg: str) -> None:
-        """analyze
+        """analyze [-v | --why [ADDR [LEN] [pid N]] [--json]]
         What happened, in words: the CPU exception of this stop, else the bug check (the
         stop code with each parameter explained), else the exception that ended the view's
         process: the instruction, ring, access, the failing page walk, the responsible
-        image and the stack."""
+        image and the stack. --why walks back through the data (who wrote the faulting
+        pointer or the value at ADDR, and when); -v is analyze, then --why."""
+        if arg.split():
+            analyze.analyze_command(self, arg)
+            return
         self.message(analyze.analyze_text(self.target, getattr(self, "stop_info", None),
                                           self.view_pid))
 

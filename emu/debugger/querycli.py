@@ -2,10 +2,12 @@
 
     emu query write|read|access ADDR [LEN] [--pid N | --phys] [--json] [machine options]
         APP ARGS... [-- APP2 ARGS2...]
+    emu query why [--address ADDR [--length N] [--pid N]] [--json] [machine options]
+        APP ARGS... [-- APP2 ARGS2...]
 
 runs the machine to its end (or a bug check), then answers as ``emu debug``'s
-``history write|read|access`` does at the end (docs/debugger.md); the guests' console
-output is not shown. Bad input: one line, exit 2.
+``history write|read|access`` (or ``analyze --why``) does at the end (docs/debugger.md);
+the guests' console output is not shown. Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import argparse
 import json
 import sys
 
-_VALUED = {"--pid": "pid", "--mem": "mem", "--driver": "driver", "--quantum": "quantum",
-           "--fs": "fs", "--pagefile-size": "pagefile_size"}
+_VALUED = {"--address": "address", "--length": "length", "--pid": "pid", "--mem": "mem",
+           "--driver": "driver", "--quantum": "quantum", "--fs": "fs",
+           "--pagefile-size": "pagefile_size"}
 _FLAGS = {"--phys": "phys", "--json": "json", "--smap": "smap", "--no-pagefile": "no_pagefile"}
 
 
@@ -25,7 +28,9 @@ def add_parser(sub) -> None:
                        description="Run a machine to its end, then list every access to a "
                        "range, from boot: write, read or access ADDR [LEN] [--pid N | --phys] "
                        "[--json] [--mem SIZE] [--driver PATH]... [--quantum N] [--fs DIR] "
-                       "[--smap] [--no-pagefile | --pagefile-size SIZE] APP ARGS...")
+                       "[--smap] [--no-pagefile | --pagefile-size SIZE] APP ARGS...; or why "
+                       "[--address ADDR [--length N] [--pid N]] [--json] [machine options] "
+                       "APP ARGS...: analyze --why at the end")
     p.add_argument("words", nargs=argparse.REMAINDER, metavar="...")
 
 
@@ -46,6 +51,8 @@ def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict
                 opts["driver"].append(driver_path(value))
             elif name in ("mem", "pagefile_size"):
                 opts[name] = size_type(value)
+            elif name in ("address", "length"):
+                opts[name] = value
             elif name == "pid":
                 try:
                     opts["pid"] = int(value, 0)
@@ -69,6 +76,8 @@ def run(args: argparse.Namespace, usage_error, size_type, count_type, split_comm
     from emu.nt.ps import LimitError
 
     words = list(args.words)
+    if words and words[0] == "why":
+        return run_why(words[1:], usage_error, size_type, count_type, split_commands)
     if not words or words[0] not in query.KINDS:
         raise usage_error("emu query needs write, read or access, then ADDR (emu query "
                           "write ADDR [LEN] [--pid N | --phys] [--json] APP ARGS...)")
@@ -135,3 +144,81 @@ def run(args: argparse.Namespace, usage_error, size_type, count_type, split_comm
     finally:
         session.close()
     return 0
+
+
+def run_why(words: list[str], usage_error, size_type, count_type, split_commands) -> int:
+    """``emu query why [--address ADDR [--length N] [--pid N]] [--json] [machine options]
+    APP ARGS...``: run the machine to its end, then print what ``analyze --why`` prints
+    there (docs/debugger.md); exit status 0, or 1 when there is nothing to explain."""
+    from emu.debugger import why
+    from emu.debugger.cli import DEFAULT_MEM, recipe
+    from emu.debugger.history import history_of
+    from emu.debugger.session import Session
+    from emu.nt.loader import LoaderError
+    from emu.nt.ps import LimitError
+
+    opts, rest = _options(list(words), usage_error, size_type, count_type)
+    if opts.get("phys"):
+        raise usage_error("emu query why: --phys is not an option here (a value is virtual: "
+                          "--address ADDR [--pid N])")
+    if opts.get("address") is None and (opts.get("length") is not None or
+                                        opts.get("pid") is not None):
+        raise usage_error("--length and --pid go with --address ADDR")
+    if opts.get("no_pagefile") and opts.get("pagefile_size") is not None:
+        raise usage_error("--no-pagefile cannot be combined with --pagefile-size")
+    if not rest:
+        raise usage_error("missing APP")
+    ns = argparse.Namespace(mem=opts.get("mem") or DEFAULT_MEM, quantum=opts.get("quantum"),
+                            fs=opts.get("fs"), smap=bool(opts.get("smap")),
+                            no_pagefile=bool(opts.get("no_pagefile")),
+                            pagefile_size=opts.get("pagefile_size"), driver=opts["driver"])
+    build = recipe(ns, split_commands(rest), lambda _proc, _data: None)
+    try:
+        machine = build()
+    except (LoaderError, ValueError, LimitError) as err:
+        raise usage_error(str(err)) from None
+    session = Session(machine, lambda _stop: session.ended is False and
+                      (session.cont() or True), factory=build)
+    try:
+        session.run()
+        address = None
+        if opts.get("address") is not None:
+            address = _why_address(session, opts, usage_error)
+        history = history_of(machine)
+        events = [json.loads(line) for line in history.lines] if history is not None else []
+        try:
+            result = why.answer(session.target, build, session.position, events,
+                                address=address)
+        except why.WhyError as err:
+            sys.stderr.write(f"emu: {err}\n")
+            return 1
+        if opts.get("json"):
+            sys.stdout.write(json.dumps(why.json_record(result), separators=(",", ":")) + "\n")
+        else:
+            sys.stdout.write(why.text(result) + "\n")
+    finally:
+        session.close()
+    return 0
+
+
+def _why_address(session, opts: dict, usage_error) -> tuple[int, int, int | None]:
+    """(address, length, pid) of ``--address``/``--length``/``--pid``, as ``analyze --why
+    ADDR [LEN] [pid N]`` takes them at the end of the run."""
+    from emu.debugger.analyze import _why_address as parse_words
+    from emu.debugger.why import WhyError
+
+    words = [opts["address"]]
+    if opts.get("length") is not None:
+        words.append(opts["length"])
+    if opts.get("pid") is not None:
+        words += ["pid", str(opts["pid"])]
+
+    class _Shell:
+        view_pid = None
+    try:
+        found = parse_words(_Shell(), session, words)
+    except WhyError as err:
+        raise usage_error(str(err)) from None
+    if found is None:                       # (not reached: an address was given)
+        raise usage_error("--address needs an address")
+    return found

@@ -81,6 +81,7 @@ EXEC_APPS = [
     "spawner",
     "spin",
     "stackoverflow",
+    "staleuse",
     "sweep",
     "sysloop",
     "threadcrash",
