@@ -520,9 +520,11 @@ class NativeHooks:
         ctx.in_flight = 0
         if in_block:
             ctx.leave_block()
-            undone = self._block().count - self._done_in_block(rip)
-            ctx.instructions -= undone
-            ctx.remaining += undone
+            block = self._block()
+            undone = block.count - self._done_in_block(rip, block)
+            if undone:
+                ctx.instructions -= undone
+                ctx.remaining += undone
 
     def _rip(self) -> int:
         """RIP, in one raw uc_reg_read."""
@@ -531,10 +533,12 @@ class NativeHooks:
             raise UcError(status)
         return self._rip_value.value
 
-    def _done_in_block(self, pc: int) -> int:
-        """Instructions of the block charged last that come before ``pc`` (all of them
-        when ``pc`` is not one of its instructions: the run left the block at its end)."""
-        block = self._block()
+    def _done_in_block(self, pc: int, block: _BlockEntry | None = None) -> int:
+        """Instructions of the block charged last (``block``, if already at hand) that
+        come before ``pc`` (all of them when ``pc`` is not one of its instructions: the run
+        left the block at its end)."""
+        if block is None:
+            block = self._block()
         start, size = block.pc, block.size
         if not start <= pc < start + size:
             return block.count
@@ -632,12 +636,14 @@ class NativeHooks:
         if n is None:
             self._counting(None)
             return
-        if n < 0:
-            raise ValueError(f"set_budget: negative budget {n}")
-        if n >= 1 << 64:
-            raise ValueError(f"set_budget: budget {n} is beyond 2^64 - 1")
-        self._ctx.remaining = n
-        self._ctx.stop_flag = 0
+        if not 0 <= n < 1 << 64:
+            raise ValueError(f"set_budget: negative budget {n}" if n < 0 else
+                             f"set_budget: budget {n} is beyond 2^64 - 1")
+        ctx = self._ctx
+        ctx.remaining = n
+        ctx.stop_flag = 0
+        if self._block_hook is not None and not self._per_instruction:
+            return                        # the block counter is on already (every turn)
         self._counting(UC_HOOK_CODE if self._per_instruction else UC_HOOK_BLOCK)
 
     def _counting(self, kind: int | None) -> None:
