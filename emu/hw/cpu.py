@@ -417,7 +417,8 @@ class Cpu:
 
     @property
     def rip(self) -> int:
-        return self._batch(("rip",)).read()[0]
+        """RIP, in one raw ``uc_reg_read`` (every run starts by reading it)."""
+        return self.native.rip()
 
     def set_control(self, *, cr0: int | None = None, cr3: int | None = None,
                     cr4: int | None = None, efer: int | None = None) -> None:

@@ -144,6 +144,7 @@ static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 
  */
 #define FAST_BITS 10
 #define FAST_SIZE (1u << FAST_BITS)
+#define FAST_TABLES 4                   /* one per recent address space, LRU */
 
 struct fast_slot {
     uint64_t pc;
@@ -197,6 +198,12 @@ struct native_ctx {
     reg_write_fn reg_write;     /* Unicorn's uc_reg_write, for native_load_cr3 ... */
     uc_engine *uc;              /* ... on this engine ... */
     int32_t reg_cr3;            /* ... to UC_X86_REG_CR3 */
+    /* The fast tables of the last FAST_TABLES address spaces (`fast` is the current
+     * space's), so that switching between a few processes empties none of them. */
+    struct fast_slot *fast_all; /* FAST_TABLES * FAST_SIZE slots */
+    uint64_t fast_space[FAST_TABLES];
+    uint64_t fast_used[FAST_TABLES];    /* when each was last current (LRU) */
+    uint64_t fast_clock;
 };
 
 void native_forget_blocks(struct native_ctx *ctx);
@@ -219,7 +226,8 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
         return NULL;
     memset(ctx, 0, bytes);
     ctx->fast_off = 1;
-    ctx->fast = calloc(FAST_SIZE, sizeof(struct fast_slot));
+    ctx->fast = ctx->fast_all = calloc((size_t)FAST_TABLES * FAST_SIZE,
+                                       sizeof(struct fast_slot));
     if (ctx->fast == NULL) {
         free(ctx);
         return NULL;
@@ -255,7 +263,7 @@ void native_close(struct native_ctx *ctx)
         if (ctx->bcache != NULL)
             native_forget_blocks(ctx);
         free(ctx->bcache);
-        free(ctx->fast);
+        free(ctx->fast_all);
     }
     free(ctx);
 }
@@ -620,19 +628,36 @@ void native_forget_blocks(struct native_ctx *ctx)
     ctx->last = ctx->bcache;
     ctx->in_block = 0;
     ctx->fast_off = 1;
-    memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    memset(ctx->fast_all, 0, (size_t)FAST_TABLES * FAST_SIZE * sizeof(struct fast_slot));
 }
 
 /*
- * The address space (CR3) the blocks that run next belong to: the fast table
- * holds one space's blocks (it is emptied when the space changes; the learnt
- * blocks, keyed by space, stay).
+ * The address space (CR3) the blocks that run next belong to. A fast table
+ * holds one space's blocks: each of the last FAST_TABLES spaces keeps its own,
+ * so a switch between a few processes empties none; a space beyond them takes
+ * the least recently used table, emptied (the learnt blocks, keyed by space,
+ * stay either way).
  */
 void native_set_space(struct native_ctx *ctx, uint64_t space)
 {
-    if (space != ctx->space)
-        memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    uint32_t victim = 0;
+
+    if (space == ctx->space)
+        return;
     ctx->space = space;
+    ctx->fast_used[(size_t)(ctx->fast - ctx->fast_all) / FAST_SIZE] = ++ctx->fast_clock;
+    for (uint32_t i = 0; i < FAST_TABLES; i++) {
+        if (ctx->fast_space[i] == space && ctx->fast_used[i] != 0) {
+            ctx->fast = ctx->fast_all + (size_t)i * FAST_SIZE;
+            return;
+        }
+        if (ctx->fast_used[i] < ctx->fast_used[victim])
+            victim = i;
+    }
+    ctx->fast = ctx->fast_all + (size_t)victim * FAST_SIZE;
+    memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    ctx->fast_space[victim] = space;
+    ctx->fast_used[victim] = ++ctx->fast_clock;
 }
 
 static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,

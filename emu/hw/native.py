@@ -526,6 +526,10 @@ class NativeHooks:
                 ctx.instructions -= undone
                 ctx.remaining += undone
 
+    def rip(self) -> int:
+        """RIP, in one raw uc_reg_read."""
+        return self._rip()
+
     def _rip(self) -> int:
         """RIP, in one raw uc_reg_read."""
         status = _uc_reg_read(self._uc._uch, UC_X86_REG_RIP, self._rip_ref)

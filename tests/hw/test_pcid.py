@@ -12,12 +12,23 @@ the machine's CPU.
 from __future__ import annotations
 
 import pytest
-from test_native import CODE, HLT, PAGE_A, PAGE_B, RWX, Rig, load_al
+from test_native import (
+    BIG_BUDGET,
+    CODE,
+    DECODER,
+    HLT,
+    PAGE_A,
+    PAGE_B,
+    RWX,
+    Rig,
+    bare_machine,
+    load_al,
+)
 from unicorn.x86_const import UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4
 
 from emu.hw.cpu import CR3_NOFLUSH, ControlRegisterFault, Vector
 from emu.hw.mmu import CR0, CR4, EFER
-from emu.hw.native import Fill, Mode
+from emu.hw.native import Fill, Mode, NativeHooks
 
 OTHER_FRAME = 0x300000
 
@@ -142,6 +153,39 @@ def test_qemu_flushes_its_own_tlb_when_cr3_is_written_with_paging_on() -> None:
     rig.uc.reg_write(UC_X86_REG_CR3, 0x6000)
     rig.run()
     assert (rig.hooks.fills - fills, len(rig.walks_of(PAGE_A))) == (2, 1)   # STLB hits
+
+
+@pytest.mark.parametrize("spaces", [2, 4, 6])
+def test_blocks_at_one_address_in_many_spaces_count_each_their_own(spaces: int) -> None:
+    """Each address space keeps its own table of blocks seen (the last four: a switch
+    between a few processes empties none, a fifth takes the least recently used one):
+    a loop at the same address, of the same size, counts its own instructions in each."""
+    uc, ram = bare_machine(b"")
+    # mov ecx, 5; L: <3 bytes>; dec ecx; jnz L; hlt -- the body 3 nops, or mov al + nop.
+    loop = [b"\xb9\x05\x00\x00\x00" + body + b"\xff\xc9\x75\xf9" + HLT
+            for body in (b"\x90\x90\x90", b"\xb0\x90\x90")]
+    counts = [1 + 5 * 5 + 1, 1 + 5 * 4 + 1]
+    frames = [0x600000 + 0x1000 * i for i in range(spaces)]
+    for i, frame in enumerate(frames):
+        ram[frame:frame + len(loop[0])] = loop[i % 2]
+    current = [0]
+
+    def walk(vpage: int, *_: int) -> int:
+        return (frames[current[0]] if vpage == CODE else vpage) | RWX
+
+    def code(pc: int, size: int) -> tuple[list[int], None]:
+        at = frames[current[0]] + pc - CODE        # read-only code: the fast tables hold it
+        return [off for off, *_ in DECODER.disasm_lite(bytes(ram[at:at + size]), 0)], None
+    hooks = NativeHooks(uc, walk, code)
+    hooks.set_budget(BIG_BUDGET)
+    for _ in range(3):
+        for space in range(spaces):
+            current[0] = space
+            hooks.load_cr3(0x100000 * (space + 1), space + 1, False)
+            hooks.flush_qemu_tlb()
+            before = hooks.instructions
+            hooks.start(CODE)
+            assert hooks.instructions - before == counts[space % 2]
 
 
 # -- the CPU's control registers ---------------------------------------------------------
