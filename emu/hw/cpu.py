@@ -52,7 +52,7 @@ from unicorn.unicorn_py3 import unicorn as _binding
 
 from emu.hw import mmu
 from emu.hw.cr8 import Cr8
-from emu.hw.faultaddr import decode, fault_address
+from emu.hw.faultaddr import decode, fault_address, memory_accesses
 from emu.hw.memory import PhysicalMemory
 from emu.hw.native import NativeHooks, mode_of
 
@@ -618,15 +618,27 @@ class Cpu:
         self._stop_requested = False
         self.runs += 1
         start = self.rip if begin is None else begin
-        try:
-            # until=0: Unicorn re-translates `until - 1` after a run unless until is 0
-            # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
-            self.native.start(start, 0)
-        except UcError as err:
-            self._stop_requested |= self.cr8.settle()
-            if self._held is not None:
-                return RunResult(StopReason.EXCEPTION, self._take_held_fault())
-            return RunResult(StopReason.EXCEPTION, self._exception_from_error(err))
+        while True:
+            try:
+                # until=0: Unicorn re-translates `until - 1` after a run unless until is 0
+                # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
+                self.native.start(start, 0)
+            except UcError as err:
+                self._stop_requested |= self.cr8.settle()
+                if self._held is not None:
+                    return RunResult(StopReason.EXCEPTION, self._take_held_fault())
+                exc = self._exception_from_error(err)
+                if exc is not None:
+                    return RunResult(StopReason.EXCEPTION, exc)
+                # An instruction played here completed (INVPCID): on after it, unless the
+                # budget or a stop ends the run there.
+                if self._stop_requested:
+                    return RunResult(StopReason.REQUESTED)
+                if self.native.budget == 0:
+                    return RunResult(StopReason.BUDGET)
+                start = self.rip
+                continue
+            break
         self._stop_requested |= self.cr8.settle()
         if self._held is not None:
             return RunResult(StopReason.EXCEPTION, self._take_held_fault())
@@ -641,7 +653,9 @@ class Cpu:
             return RunResult(StopReason.EXCEPTION, self._fetch_fault_at_zero())
         return RunResult(StopReason.REQUESTED)
 
-    def _exception_from_error(self, err: UcError) -> CpuException:
+    def _exception_from_error(self, err: UcError) -> CpuException | None:
+        """The exception a run ended with, or None when the instruction it stopped at was
+        played here and completed (INVPCID)."""
         fault = self._fault
         if err.errno == UC_ERR_EXCEPTION and fault is not None:
             if fault.__class__ is tuple:
@@ -649,6 +663,8 @@ class Cpu:
             return self._complete_fault(fault)
         if err.errno == UC_ERR_INSN_INVALID:
             insn = self.decode_at(self.rip, self.cpl)
+            if insn is not None and insn.mnemonic == "invpcid":
+                return self._invpcid_instruction()
             if insn is not None and insn.mnemonic == "int1":
                 # INT1 (ICEBP, F1) is a #DB trap: it completes, RIP past it, and no gate DPL
                 # is checked (SDM Vol. 3A, "Protection of Exception- and Interrupt-Handler
@@ -660,6 +676,48 @@ class Cpu:
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
             return CpuException(Vector.MC, self.rip, self.cpl, reason="physical address beyond RAM")
         raise RuntimeError(f"Unicorn stopped unexpectedly: {err} at rip {self.rip:#x}") from err
+
+    def _invpcid_instruction(self) -> CpuException | None:
+        """INVPCID at RIP, which Unicorn 2.1.4 does not execute (it stops as at an invalid
+        opcode): played here after SDM Vol. 2A INVPCID. #GP(0) at CPL > 0, for a type
+        beyond 3, reserved bits 63:12 in the descriptor's first quadword, a non-canonical
+        address to invalidate (type 0), a PCID other than 0 with CR4.PCIDE = 0 (types 0
+        and 1); a #PF if the 16-byte descriptor cannot be read. Otherwise the invalidation
+        is made (``invpcid``), the instruction completes (counted) and None is returned."""
+        rip, cpl = self.rip, self.cpl
+        insn = decode(self.read_code(rip, cpl=cpl), rip, self.code_bits)
+        if cpl != 0:
+            return CpuException(Vector.GP, rip, cpl,
+                                reason="#GP(0): INVPCID at CPL 3 (it needs CPL 0)")
+        register = self.reg_named(insn.reg_name(insn.operands[0].reg))
+        (descriptor,) = memory_accesses(insn, self.reg_named)
+        values = []
+        for part in (descriptor.address, descriptor.address + 8):
+            try:
+                pa = self.walk(part & _MASK64, "read", cpl=0, set_accessed_dirty=True).pa
+            except (mmu.PageFault, mmu.GeneralProtection) as fault:
+                return self._complete_fault(None, fault, part & _MASK64 & ~0xFFF, "read", 0)
+            # A quadword that crosses a page: its bytes from each page's frame.
+            first = min(8, 0x1000 - (pa & 0xFFF))
+            raw = self.mem.read(pa, first)
+            if first < 8:
+                raw += self.mem.read(self.walk((part + first) & _MASK64, "read", cpl=0).pa,
+                                     8 - first)
+            values.append(int.from_bytes(raw, "little"))
+        low, address = values
+        try:
+            if low >> 12:
+                raise ControlRegisterFault(f"INVPCID descriptor bits 63:12 = {low >> 12:#x} "
+                                           "(reserved: must be 0)")
+            if register in (0, 1) and low & CR3_PCID and not self.cr4 & _PCIDE:
+                raise ControlRegisterFault(f"INVPCID type {register} of PCID "
+                                           f"{low & CR3_PCID:#x} with CR4.PCIDE = 0")
+            self.invpcid(register, low & CR3_PCID, address)
+        except ControlRegisterFault as refused:
+            return CpuException(Vector.GP, rip, 0, reason=str(refused))
+        self.native.account(self.native.instructions + 1)      # it completed
+        self.set_reg("rip", rip + insn.size)
+        return None
 
     def _fetch_fault_at_zero(self) -> CpuException:
         try:

@@ -230,3 +230,93 @@ def test_a_switch_loads_cr3_with_bit_63_set(machine_factory):
     for proc in (a, b):
         assert proc.space.cr3 | proc.space.pcid | CR3_NOFLUSH in loads
     assert all(value & CR3_NOFLUSH for value in loads)
+
+
+# -- INVPCID from guest code (Unicorn 2.1.4 stops at it as at an invalid opcode) --------------
+
+ROUTINE = 0xFFFF_8000_0020_0000
+DESCRIPTOR = ROUTINE + 0x40
+
+
+def invpcid_routine(kind: int) -> bytes:
+    """mov eax, kind; lea rbx, [rip + DESCRIPTOR]; invpcid rax, [rbx]; invpcid rax, [rbx];
+    mov eax, 7; ret -- twice in a row: each completes and the next runs."""
+    code = b"\xb8" + struct.pack("<I", kind) + b"\x48\x8d\x1d" + struct.pack("<i", 0x40 - 12)
+    return code + b"\x66\x0f\x38\x82\x03" * 2 + b"\xb8\x07\x00\x00\x00\xc3"
+
+
+def ring0(machine_factory, kind: int, pcid: int, va: int = 0):
+    from emu.nt.mm.address_space import Protection
+    from emu.nt.mm.pfn import FrameUse
+
+    m = machine_factory(mem="16M")
+    ex = m.executive
+    page = invpcid_routine(kind).ljust(0x40, b"\xcc") + struct.pack("<QQ", pcid, va)
+    ex.mm.map_new(ex.mm.system, ROUTINE, Protection.PAGE_EXECUTE_READ, use=FrameUse.KERNEL,
+                  data=page)
+    native = ex.cpu.native
+    for owner in (5, 6):
+        native.set_pcid(owner)
+        native.insert(Mode.USER, [(REGION, 0x123000 | 7), (REGION + 0x1000, 0x124000 | 7)])
+    native.set_pcid(ex.cpu.pcid)
+    return m, ex
+
+
+def user_entries(ex) -> list[tuple[int, int]]:
+    return sorted((vpage, pcid) for mode, vpage, _, pcid in ex.cpu.native.entries()
+                  if mode is Mode.USER and vpage in (REGION, REGION + 0x1000))
+
+
+def test_invpcid_at_ring_0_is_played_and_completes(machine_factory):
+    m, ex = ring0(machine_factory, 0, 5, REGION)            # type 0: one page of PCID 5
+    assert ex.call_kernel(ROUTINE).rax == 7
+    assert user_entries(ex) == [(REGION, 6), (REGION + 0x1000, 5), (REGION + 0x1000, 6)]
+    m2, ex2 = ring0(machine_factory, 1, 6)                  # type 1: all of PCID 6
+    assert ex2.call_kernel(ROUTINE).rax == 7
+    assert user_entries(ex2) == [(REGION, 5), (REGION + 0x1000, 5)]
+    m3, ex3 = ring0(machine_factory, 3, 0)                  # type 3: every PCID
+    assert ex3.call_kernel(ROUTINE).rax == 7 and user_entries(ex3) == []
+
+
+def test_invpcid_counts_as_one_instruction(machine_factory):
+    """The routine counts as many instructions as the same one with each INVPCID made a
+    5-byte NOP (0F 1F 44 00 00), under a budget, as a debugger's run counts them."""
+    def counted(patch: bool) -> int:
+        m, ex = ring0(machine_factory, 1, 6)
+        if patch:
+            pa = ex.mm.system.lookup(ROUTINE).pfn * 4096
+            ex.mem.write(pa + 12, b"\x0f\x1f\x44\x00\x00" * 2)
+        ex.set_budget(1000)
+        start = ex.cpu.instructions
+        assert ex.call_kernel(ROUTINE).rax == 7
+        return ex.cpu.instructions - start
+    assert counted(False) == counted(True) >= 6
+
+
+@pytest.mark.parametrize(("kind", "pcid", "va", "why"), [
+    (4, 0, 0, "INVPCID type 4"),
+    (1, 0x1005, 0, "bits 63:12"),
+    (0, 5, 0x0000_8000_0000_0000, "non-canonical"),
+])
+def test_invpcid_refused_at_ring_0_is_gp_kmode_exception(machine_factory, kind, pcid, va, why):
+    from emu.nt.bugcheck import BugCheck
+
+    m, ex = ring0(machine_factory, kind, pcid, va)
+    with pytest.raises(BugCheck) as crash:
+        ex.call_kernel(ROUTINE)
+    assert crash.value.code == 0x1E
+    assert crash.value.params[:2] == (0xC000_0005, ROUTINE + 12)
+    assert why in crash.value.detail
+    assert len(user_entries(ex)) == 4                      # nothing invalidated
+
+
+def test_invpcid_at_ring_3_is_a_privileged_instruction(machine_factory):
+    """SDM: #GP(0) at CPL > 0 (Unicorn alone would make it #UD, an illegal instruction)."""
+    m = machine_factory(mem="16M", max_insns=100_000)
+    ex = m.executive
+    code = b"\x31\xc0\x48\xbb" + struct.pack("<Q", DATA) + b"\x66\x0f\x38\x82\x03"
+    a = ex.create_process(_image("a", code + b"\xeb\xfe"), [])
+    m.run()
+    assert a.exception is not None
+    assert a.exception.code == 0xC000_0096                 # STATUS_PRIVILEGED_INSTRUCTION
+    assert a.exception.rip == CODE + 12
