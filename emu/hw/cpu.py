@@ -466,6 +466,13 @@ class Cpu:
         if cr3 is not None:
             self._load_cr3(cr3)
 
+    def load_cr3(self, value: int) -> None:
+        """MOV to CR3 alone: ``set_control(cr3=value)`` without the other registers' checks
+        (the context switch's path)."""
+        if value & _CR3_RESERVED or (value & CR3_NOFLUSH and not self.cr4 & _PCIDE):
+            raise ControlRegisterFault(f"reserved bit set in CR3 value {value:#x}")
+        self._load_cr3(value)
+
     def _load_cr3(self, value: int) -> None:
         """MOV to CR3 of ``value`` (checked): the base, the PCID, and what is invalidated."""
         old, base = self.cr3, value & CR3_BASE

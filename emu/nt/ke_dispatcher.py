@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from emu.hw.cpu import CR3_NOFLUSH, RunResult, StopReason
 from emu.hw.descriptors import Selector
+from emu.hw.mmu import CR4
 from emu.nt import drivers, kuser, layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
@@ -36,6 +37,7 @@ else:
     _Executive = object
 
 
+_PCIDE = int(CR4.PCIDE)
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
 USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
 USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
@@ -339,8 +341,9 @@ class KeDispatcher(_Executive):
         under its PCID survive the switch (SDM Vol. 3A 4.10.4.1; the memory manager drops a
         page from every PCID whenever a PTE changes, and flushes a PCID before handing it
         out again). A space without a PCID of its own is loaded as PCID 0, flushed."""
-        pcid = self.mm.pcid_of(cr3) if self.cpu.pcid_enabled else 0
-        self.cpu.set_control(cr3=cr3 | pcid | CR3_NOFLUSH if pcid else cr3)
+        cpu = self.cpu
+        pcid = self.mm.pcid_of(cr3) if cpu.cr4 & _PCIDE else 0
+        cpu.load_cr3(cr3 | pcid | CR3_NOFLUSH if pcid else cr3)
 
     def _set_rsp0(self, top: int) -> None:
         """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""

@@ -225,6 +225,10 @@ def test_without_pcide_a_cr3_load_flushes_pcid_0_and_bit_63_is_a_reserved_bit(cp
     with pytest.raises(ControlRegisterFault) as fault:
         cpu.set_control(cr3=base | CR3_NOFLUSH)
     assert fault.value.vector == Vector.GP and cpu.cr3_value == base | 0x18
+    for bad in (base | CR3_NOFLUSH, base | 1 << 40, base | 1 << 62):   # bits 40-62: reserved
+        with pytest.raises(ControlRegisterFault, match="reserved bit"):
+            cpu.load_cr3(bad)
+    assert cpu.cr3_value == base | 0x18
 
 
 def test_clearing_pcide_flushes_every_pcid(cpu) -> None:

@@ -217,13 +217,12 @@ def test_a_switch_loads_cr3_with_bit_63_set(machine_factory):
     m = machine_factory(mem="16M")
     ex = m.executive
     loads = []
-    real = ex.cpu.set_control
+    real = ex.cpu.load_cr3
 
-    def spy(**kwargs):
-        if "cr3" in kwargs:
-            loads.append(kwargs["cr3"])
-        return real(**kwargs)
-    ex.cpu.set_control = spy
+    def spy(value: int) -> None:
+        loads.append(value)
+        return real(value)
+    ex.cpu.load_cr3 = spy
     a = m.spawn(APPS / "yielder", ["3"])
     b = m.spawn(APPS / "yielder", ["3"])
     m.run()
