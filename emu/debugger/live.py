@@ -199,6 +199,17 @@ class LiveTarget(Target):
         native = self.cpu.native
         if native.closed:
             raise TargetError("the machine is closed: its TLB is gone")
-        out = [TlbEntry(MODE_NAMES[mode], vpage, value & ~0xFFF, value & 7)
-               for mode, vpage, value in native.entries()]
-        return sorted(out, key=lambda e: (e.mode, e.vpage))
+        spaces = {space.pcid: space.cr3 for space in self.ex.mm.spaces if space.pcid}
+        spaces[self.cpu.pcid] = self.cpu.cr3     # PCID 0 names whatever is loaded as 0
+        out = [TlbEntry(MODE_NAMES[mode], vpage, value & ~0xFFF, value & 7, pcid,
+                        spaces.get(pcid) if pcid is not None else None,
+                        pcid is None or pcid in spaces)
+               for mode, vpage, value, pcid in native.entries()]
+        return sorted(out, key=lambda e: (e.mode, -1 if e.pcid is None else e.pcid, e.vpage))
+
+    def pcid(self, pid: int | None = None) -> int | None:
+        """The PCID the CPU caches translations for now (CR3[11:0] with CR4.PCIDE), or the
+        one ``pid``'s threads load."""
+        if pid is None or pid == self.current_pid():
+            return self.cpu.pcid
+        return self._proc(pid).space.pcid

@@ -326,14 +326,18 @@ def tlb_text(target: Target, va: int | None = None, show_all: bool = False) -> s
     entries = target.tlb()
     if va is not None:
         entries = [e for e in entries if e.vpage == va & ~0xFFF]
+    current = target.pcid()
     lines = [f"second-level TLB (emu/hw/native.c, in front of the page walker): "
              f"{len(entries)} translation(s)" + (f" of page {va & ~0xFFF:#x}" if va else ""),
              "  (QEMU's own TLB is not readable through Unicorn; each of its misses asks "
              "this one first)",
-             f"  {'mode':<12} {'virtual page':<18} {'physical page':<14} rights"]
+             f"  tagged by PCID (CR3[11:0] when cached; the current PCID is {current}); "
+             "\"global\" serves every PCID",
+             f"  {'mode':<12} {'pcid':<14} {'virtual page':<18} {'physical page':<14} rights"]
     shown = entries if show_all or va is not None else entries[:MAX_TLB_LINES]
     for e in shown:
-        line = f"  {e.mode:<12} {e.vpage:#018x} {e.ppage:<#14x} {_prot_text(e.rights)}"
+        line = (f"  {e.mode:<12} {_pcid_text(target, e):<14} {e.vpage:#018x} "
+                f"{e.ppage:<#14x} {_prot_text(e.rights)}")
         if va is not None:
             line += "  " + _tlb_check(target, e)
         lines.append(line)
@@ -342,11 +346,25 @@ def tlb_text(target: Target, va: int | None = None, show_all: bool = False) -> s
     return "\n".join(lines)
 
 
+def _pcid_text(target: Target, e) -> str:
+    """``global``, or the PCID with the process whose space holds it now."""
+    if e.pcid is None:
+        return "global"
+    if not e.owned:
+        return f"{e.pcid} (free)"
+    pid = target.owner_of(target.cr3_of(None) if e.space is None else e.space)
+    return f"{e.pcid} ({'system' if pid is None else f'pid {pid}'})"
+
+
 def _tlb_check(target: Target, e) -> str:
     cpl = 3 if e.mode == "user" else 0
     rflags = mmu.RFLAGS_AC if e.mode == "kernel AC=1" else 0
+    if not e.owned:
+        return "STALE: no address space holds its PCID (flushed before it is handed out)"
     try:
-        tr = target.walk(e.vpage, None, "read", cpl, rflags=rflags)
+        # Checked against the tables of the space its PCID names (a global translation:
+        # the loaded ones).
+        tr = target.walk(e.vpage, None, "read", cpl, rflags=rflags, cr3=e.space)
     except (mmu.PageFault, mmu.GeneralProtection):
         return "STALE: the page tables no longer map it"
     if tr.pa & ~0xFFF != e.ppage:

@@ -94,12 +94,16 @@ class HandleRecord:
 
 @dataclass(frozen=True)
 class TlbEntry:
-    """One cached translation: a virtual page, its frame and the rights it was filled with."""
+    """One cached translation: a virtual page, its frame and the rights it was filled with,
+    and the PCID it was cached for (SDM Vol. 3A 4.10.1)."""
 
     mode: str                        # "user", "kernel", "kernel AC=1"
     vpage: int
     ppage: int
     rights: int                      # emu.hw.mmu.Prot bits
+    pcid: int | None = 0             # CR3[11:0] when it was cached; None: global (every PCID)
+    space: int | None = None         # the page tables that PCID names now (None: the loaded)
+    owned: bool = True               # False: no live address space holds that PCID now
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ MEANINGS: dict[str, dict[str, str]] = {
             "PAE": "physical address extension: needed for 4-level paging",
             "PGE": "global pages survive a CR3 load", "OSFXSR": "OS saves SSE state (FXSAVE)",
             "OSXMMEXCPT": "OS handles SIMD exceptions (#XM)",
+            "PCIDE": "PCIDs: CR3[11:0] tags what the TLB caches; a switch keeps it",
             "SMEP": "SMEP: ring 0 may not execute user pages",
             "SMAP": "SMAP: ring 0 may not touch user pages unless RFLAGS.AC=1"},
     "efer": {"SCE": "syscall/sysret enabled", "LME": "long mode enable",
@@ -161,10 +162,20 @@ def registers_text(target: Target, pid: int | None = None) -> str:
     for name, flags in _CONTROL:
         lines.append(f"{name:<4} {regs[name]:#018x}  {bits_text(regs[name], flags)}")
     lines.append(f"cr2  {regs['cr2']:#018x}  the last page-fault address")
-    lines.append(f"cr3  {regs['cr3']:#018x}  PML4 at physical {regs['cr3'] & ~0xFFF:#x}")
+    lines.append(_cr3_text(regs, target.pcid(pid), "cr3  ",
+                           f"PML4 at physical {regs['cr3'] & ~0xFFF:#x}"))
     if "cr8" in regs:
         lines.append(f"cr8  {regs['cr8']:#018x}  the IRQL")
     return "\n".join(lines)
+
+
+def _cr3_text(regs: dict[str, int], pcid: int | None, head: str, base: str) -> str:
+    """CR3's line: its value with the PCID in bits 11:0 when CR4.PCIDE (SDM Vol. 3A 4.10.1)."""
+    if not regs["cr4"] & CR4.PCIDE:
+        return f"{head}{regs['cr3']:#018x}  {base}; PCID not used (CR4.PCIDE = 0)"
+    if pcid is None:
+        return f"{head}{regs['cr3']:#018x}  {base}; PCID not recorded"
+    return f"{head}{regs['cr3'] | pcid:#018x}  {base}, PCID {pcid} (bits 11:0)"
 
 
 def control_text(target: Target) -> str:
@@ -178,8 +189,8 @@ def control_text(target: Target) -> str:
             lines.append(f"  bit {bit:>2}  {f.name:<10} {int(bool(regs[name] & f))}  "
                          f"{MEANINGS[name].get(f.name, '')}")
     lines.append(f"cr2 = {regs['cr2']:#018x}  the linear address of the last #PF")
-    lines.append(f"cr3 = {regs['cr3']:#018x}  the PML4's physical address "
-                 f"(bits 12-51: {regs['cr3'] & ~0xFFF:#x}); PCID not used")
+    lines.append(_cr3_text(regs, target.pcid(), "cr3 = ", "the PML4's physical address "
+                           f"(bits 12-51: {regs['cr3'] & ~0xFFF:#x})"))
     if "cr8" in regs:
         lines.append(f"cr8 = {regs['cr8']:#018x}  the task priority (TPR bits 7:4): "
                      "the IRQL on x64 Windows")

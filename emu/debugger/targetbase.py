@@ -154,6 +154,11 @@ class Target:
         """(name, DEVICE_OBJECT address, driver) of every device."""
         raise NotImplementedError
 
+    def pcid(self, pid: int | None = None) -> int | None:
+        """The PCID in CR3[11:0] now (or in ``pid``'s CR3 when its threads run); None where
+        it is not known (a dump)."""
+        return None
+
     def tlb(self) -> list[TlbEntry]:
         """The translations cached now (TargetError where there is no TLB to read)."""
         raise TargetError("a crash dump holds no TLB: the cache is not part of the saved state")
@@ -205,12 +210,13 @@ class Target:
         return self.cr3_of(pid)
 
     def walk(self, va: int, pid: int | None = None, access: str = "read", cpl: int = 0, *,
-             rflags: int | None = None) -> mmu.Translation:
-        """emu.hw.mmu.walk of ``va`` in ``pid``'s tables for this access and ring, never setting
-        A/D; raises mmu.PageFault or mmu.GeneralProtection. ``rflags`` None: AC set (SMAP
-        off), as a debugger reads."""
+             rflags: int | None = None, cr3: int | None = None) -> mmu.Translation:
+        """emu.hw.mmu.walk of ``va`` in ``pid``'s tables (or those at ``cr3``) for this access
+        and ring, never setting A/D; raises mmu.PageFault or mmu.GeneralProtection.
+        ``rflags`` None: AC set (SMAP off), as a debugger reads."""
         regs = self.registers()
-        return mmu.walk(self.memory(), va & MASK64, access, cr3=self.cr3_for(va, pid),
+        return mmu.walk(self.memory(), va & MASK64, access,
+                        cr3=self.cr3_for(va, pid) if cr3 is None else cr3,
                         cpl=cpl, cr0=regs["cr0"], cr4=regs["cr4"], efer=regs["efer"],
                         rflags=mmu.RFLAGS_AC if rflags is None else rflags)
 

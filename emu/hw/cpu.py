@@ -52,7 +52,7 @@ from unicorn.unicorn_py3 import unicorn as _binding
 
 from emu.hw import mmu
 from emu.hw.cr8 import Cr8
-from emu.hw.faultaddr import decode, fault_address
+from emu.hw.faultaddr import decode, fault_address, memory_accesses
 from emu.hw.memory import PhysicalMemory
 from emu.hw.native import NativeHooks, mode_of
 
@@ -292,6 +292,30 @@ def _fault_exception(vector: Vector, rip: int, cpl: int, error_code: int, addres
     return exc
 
 
+class ControlRegisterFault(Exception):
+    """A MOV to a control register the CPU refuses: #GP(0), nothing loaded (SDM Vol. 2B,
+    MOV--Move to/from Control Registers, "Protected Mode Exceptions")."""
+
+    vector = Vector.GP
+    error_code = 0
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"#GP(0): {reason}")
+        self.reason = reason
+
+
+# CR3 (SDM Vol. 3A 4.5, Table 4-12; 4.10.1): bits 12..MAXPHYADDR-1 the PML4's frame; with
+# CR4.PCIDE=1 bits 11:0 are the PCID, else bits 3 and 4 are PWT/PCD and the rest ignored;
+# bit 63 of a MOV's source (PCIDE=1) asks that nothing be invalidated and is not stored.
+CR3_NOFLUSH = 1 << 63
+CR3_PCID = 0xFFF
+CR3_BASE = ((1 << mmu.MAXPHYADDR) - 1) & ~0xFFF
+CR3_PWT_PCD = 0x18
+_CR3_RESERVED = ((1 << 63) - 1) & ~((1 << mmu.MAXPHYADDR) - 1)   # bits MAXPHYADDR..62
+_PCIDE, _PGE, _LMA, _PG = (int(mmu.CR4.PCIDE), int(mmu.CR4.PGE), int(mmu.EFER.LMA),
+                           int(mmu.CR0.PG))
+
+
 class StopReason(enum.Enum):
     """Why ``Cpu.run`` returned."""
 
@@ -316,7 +340,12 @@ class Cpu:
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(0, mem.size, UC_PROT_ALL, mem.address)
         self.uc = uc
+        # CR3 is kept as its page-table base (``cr3``, what the executive compares with an
+        # address space's) and its PCID (``pcid``: CR3[11:0] with CR4.PCIDE, else 0);
+        # ``cr3_value`` is the register as a MOV from CR3 reads it.
         self.cr0 = self.cr3 = self.cr4 = self.efer = 0
+        self.pcid = 0
+        self._cr3_low = 0                        # CR3[11:0] as loaded (PWT/PCD or the PCID)
         # What the TLB hook refused: a CpuException, or (the walker's fault, page, access,
         # CPL) made into one when the run stops (_complete_fault).
         self._fault: CpuException | tuple | None = None
@@ -388,27 +417,91 @@ class Cpu:
 
     @property
     def rip(self) -> int:
-        return self._batch(("rip",)).read()[0]
+        """RIP, in one raw ``uc_reg_read`` (every run starts by reading it)."""
+        return self.native.rip()
 
     def set_control(self, *, cr0: int | None = None, cr3: int | None = None,
                     cr4: int | None = None, efer: int | None = None) -> None:
-        """Load control registers; TLBs are flushed as a MOV to CR0/CR3/CR4 would (SDM §4.10.4)."""
+        """Load control registers (in the order EFER, CR4, CR0, CR3), with the TLB
+        invalidations the MOVs make (SDM Vol. 3A 4.10.4.1); ControlRegisterFault (#GP(0))
+        and nothing loaded if a value is refused. A CR3 load keeps the cached translations
+        of other PCIDs: without CR4.PCIDE it drops PCID 0's, with it the new PCID's, and
+        with bit 63 set (PCIDE only) none. QEMU's own TLB is not tagged by PCID: it is
+        flushed on every load, and refills from the STLB without a walk."""
+        new_efer = self.efer if efer is None else efer
+        new_cr4 = self.cr4 if cr4 is None else cr4
+        new_cr0 = self.cr0 if cr0 is None else cr0
+        if cr4 is not None and new_cr4 & _PCIDE and not self.cr4 & _PCIDE:
+            # SDM Vol. 2B MOV CR4: #GP(0) setting PCIDE outside IA-32e mode, or while
+            # CR3[11:0] != 0 (the CR3 loaded so far: PCID 0 is the one CR3 then names).
+            if not new_efer & _LMA:
+                raise ControlRegisterFault("CR4.PCIDE set with IA32_EFER.LMA = 0")
+            if self._cr3_low:
+                raise ControlRegisterFault(f"CR4.PCIDE set with CR3[11:0] = "
+                                           f"{self._cr3_low:#x} (must be 0)")
+        if cr0 is not None and not new_cr0 & _PG and new_cr4 & _PCIDE:
+            raise ControlRegisterFault("CR0.PG cleared with CR4.PCIDE = 1")   # SDM MOV CR0
+        if cr3 is not None:
+            if cr3 & _CR3_RESERVED or (cr3 & CR3_NOFLUSH and not new_cr4 & _PCIDE):
+                raise ControlRegisterFault(f"reserved bit set in CR3 value {cr3:#x}")
         if efer is not None:
             self.efer = efer
             self.uc.reg_write(ux.UC_X86_REG_MSR, (MSR_EFER, efer))
+        flush_all = efer is not None or cr0 is not None
         if cr4 is not None:
-            self.cr4 = cr4
+            old4, self.cr4 = self.cr4, cr4
             self.set_reg("cr4", cr4)
+            # A change of PGE, or PCIDE 1 -> 0, drops every translation (4.10.4.1); so does
+            # any other change here (SMEP, SMAP, ... decide the rights the STLB keeps).
+            # Setting PCIDE alone keeps them: they were PCID 0's, and CR3 names PCID 0.
+            flush_all |= (old4 ^ cr4) & ~_PCIDE != 0 or (old4 & _PCIDE and not cr4 & _PCIDE)
+            if not cr4 & _PCIDE and self.pcid:
+                self.pcid = 0
+                self.native.set_pcid(0)
         if cr0 is not None:
             self.cr0 = cr0
             self.set_reg("cr0", cr0)
+        if flush_all:
+            self.flush_tlb()
         if cr3 is not None:
-            old, self.cr3 = self.cr3, cr3
-            self.set_reg("cr3", cr3)         # a context switch: no binding call on that path
-            self.native.set_space(cr3)        # the blocks counted next are this space's
-            if old != cr3 and self.on_cr3_load is not None:
-                self.on_cr3_load(old, cr3)
-        self.flush_tlb()
+            self._load_cr3(cr3)
+
+    def load_cr3(self, value: int) -> None:
+        """MOV to CR3 alone: ``set_control(cr3=value)`` without the other registers' checks
+        (the context switch's path)."""
+        if value & _CR3_RESERVED or (value & CR3_NOFLUSH and not self.cr4 & _PCIDE):
+            raise ControlRegisterFault(f"reserved bit set in CR3 value {value:#x}")
+        self._load_cr3(value)
+
+    def _load_cr3(self, value: int) -> None:
+        """MOV to CR3 of ``value`` (checked): the base, the PCID, and what is invalidated."""
+        old, base = self.cr3, value & CR3_BASE
+        pcids = self.cr4 & _PCIDE
+        pcid = value & CR3_PCID if pcids else 0
+        self.cr3, self.pcid = base, pcid
+        self._cr3_low = low = value & (CR3_PCID if pcids else CR3_PWT_PCD)
+        # The blocks counted next are this space's; fills are cached for this PCID; without
+        # bit 63 its non-global entries go (without PCIDs: PCID 0's).
+        # Bit 63 is never stored (it reads 0). QEMU flushes its own TLB when CR3 is
+        # written with CR0.PG set (measured: tests/hw/test_pcid.py): its misses then
+        # refill from the STLB, without a walk.
+        self.native.load_cr3(base | low, pcid, not value & CR3_NOFLUSH)
+        if not self.cr0 & _PG:
+            self.native.flush_qemu_tlb()
+        self._last_table = self._prefetched = None
+        if old != base and self.on_cr3_load is not None:
+            self.on_cr3_load(old, base)
+
+    @property
+    def cr3_value(self) -> int:
+        """CR3 as a MOV from CR3 reads it: the base and CR3[11:0] (the PCID with
+        CR4.PCIDE), never bit 63."""
+        return self.cr3 | self._cr3_low
+
+    @property
+    def pcid_enabled(self) -> bool:
+        """CR4.PCIDE: cached translations are tagged with CR3[11:0]."""
+        return bool(self.cr4 & _PCIDE)
 
     # -- GS: the KPCR at ring 0, the thread's own base at ring 3 ----------------------------
 
@@ -432,19 +525,50 @@ class Cpu:
         self.uc.reg_write(ux.UC_X86_REG_TR, (selector, base, limit, 0x8B))
 
     def flush_tlb(self) -> None:
-        """Invalidate every cached translation (QEMU's TLB and our STLB)."""
+        """Invalidate every cached translation, global ones and every PCID's (QEMU's TLB and
+        our STLB): what the executive does after changing many PTEs at once."""
         self.native.flush()
         self._last_table = self._prefetched = None
 
-    def invalidate_page(self, va: int) -> None:
-        """INVLPG: drop the translations of one page.
+    def invalidate_page(self, va: int, *, every_pcid: bool = False) -> None:
+        """INVLPG: drop the translations of one page for the current PCID, and the global
+        ones (SDM Vol. 2A INVLPG); with ``every_pcid``, every PCID's too (the executive's
+        path when a PTE of an address space changed, current or not: each process keeps its
+        translations under its own PCID across switches).
 
         The speculative-fill state stays current: the page table prefetched last still has
         its other entries cached (the STLB dropped only this page, which the next access
         walks again), so it is not rescanned after every fault it serves. Only the "two
         walks in a row" streak starts over."""
-        self.native.invalidate(va & ~0xFFF)
+        self.native.invalidate(va & ~0xFFF, every_pcid=every_pcid)
         self._last_table = None
+
+    def invpcid(self, kind: int, pcid: int = 0, va: int = 0) -> None:
+        """INVPCID (SDM Vol. 2A): type 0 drops ``va``'s translations of ``pcid`` (not the
+        global ones), type 1 every translation of ``pcid`` but the global ones, type 2
+        everything, global ones included, type 3 everything but the global ones.
+        ControlRegisterFault (#GP(0)) for another type, a PCID beyond 4095, or a
+        non-canonical ``va`` (type 0); what it does not need to, it does not flush."""
+        if kind not in (0, 1, 2, 3):
+            raise ControlRegisterFault(f"INVPCID type {kind} (0-3 only)")
+        if kind in (0, 1) and not 0 <= pcid <= CR3_PCID:
+            raise ControlRegisterFault(f"INVPCID descriptor PCID {pcid:#x} beyond 0xfff")
+        if kind == 0:
+            if not mmu.is_canonical(va):
+                raise ControlRegisterFault(f"INVPCID type 0: non-canonical address {va:#x}")
+            self.native.invalidate(va & ~0xFFF, pcid, global_too=False)
+            self._last_table = None
+        elif kind == 1:
+            self.native.flush_pcid(pcid)
+            if pcid == self.pcid:            # QEMU's TLB holds the current PCID's alone
+                self.native.flush_qemu_tlb()
+            self._last_table = self._prefetched = None
+        elif kind == 2:
+            self.flush_tlb()
+        else:
+            self.native.flush_nonglobal()
+            self.native.flush_qemu_tlb()
+            self._last_table = self._prefetched = None
 
     def flush_translated_code(self) -> None:
         """Forget all translated code: needed when Python rewrote a frame that held code,
@@ -501,15 +625,27 @@ class Cpu:
         self._stop_requested = False
         self.runs += 1
         start = self.rip if begin is None else begin
-        try:
-            # until=0: Unicorn re-translates `until - 1` after a run unless until is 0
-            # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
-            self.native.start(start, 0)
-        except UcError as err:
-            self._stop_requested |= self.cr8.settle()
-            if self._held is not None:
-                return RunResult(StopReason.EXCEPTION, self._take_held_fault())
-            return RunResult(StopReason.EXCEPTION, self._exception_from_error(err))
+        while True:
+            try:
+                # until=0: Unicorn re-translates `until - 1` after a run unless until is 0
+                # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
+                self.native.start(start, 0)
+            except UcError as err:
+                self._stop_requested |= self.cr8.settle()
+                if self._held is not None:
+                    return RunResult(StopReason.EXCEPTION, self._take_held_fault())
+                exc = self._exception_from_error(err)
+                if exc is not None:
+                    return RunResult(StopReason.EXCEPTION, exc)
+                # An instruction played here completed (INVPCID): on after it, unless the
+                # budget or a stop ends the run there.
+                if self._stop_requested:
+                    return RunResult(StopReason.REQUESTED)
+                if self.native.budget == 0:
+                    return RunResult(StopReason.BUDGET)
+                start = self.rip
+                continue
+            break
         self._stop_requested |= self.cr8.settle()
         if self._held is not None:
             return RunResult(StopReason.EXCEPTION, self._take_held_fault())
@@ -524,7 +660,9 @@ class Cpu:
             return RunResult(StopReason.EXCEPTION, self._fetch_fault_at_zero())
         return RunResult(StopReason.REQUESTED)
 
-    def _exception_from_error(self, err: UcError) -> CpuException:
+    def _exception_from_error(self, err: UcError) -> CpuException | None:
+        """The exception a run ended with, or None when the instruction it stopped at was
+        played here and completed (INVPCID)."""
         fault = self._fault
         if err.errno == UC_ERR_EXCEPTION and fault is not None:
             if fault.__class__ is tuple:
@@ -532,6 +670,8 @@ class Cpu:
             return self._complete_fault(fault)
         if err.errno == UC_ERR_INSN_INVALID:
             insn = self.decode_at(self.rip, self.cpl)
+            if insn is not None and insn.mnemonic == "invpcid":
+                return self._invpcid_instruction()
             if insn is not None and insn.mnemonic == "int1":
                 # INT1 (ICEBP, F1) is a #DB trap: it completes, RIP past it, and no gate DPL
                 # is checked (SDM Vol. 3A, "Protection of Exception- and Interrupt-Handler
@@ -543,6 +683,48 @@ class Cpu:
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED):
             return CpuException(Vector.MC, self.rip, self.cpl, reason="physical address beyond RAM")
         raise RuntimeError(f"Unicorn stopped unexpectedly: {err} at rip {self.rip:#x}") from err
+
+    def _invpcid_instruction(self) -> CpuException | None:
+        """INVPCID at RIP, which Unicorn 2.1.4 does not execute (it stops as at an invalid
+        opcode): played here after SDM Vol. 2A INVPCID. #GP(0) at CPL > 0, for a type
+        beyond 3, reserved bits 63:12 in the descriptor's first quadword, a non-canonical
+        address to invalidate (type 0), a PCID other than 0 with CR4.PCIDE = 0 (types 0
+        and 1); a #PF if the 16-byte descriptor cannot be read. Otherwise the invalidation
+        is made (``invpcid``), the instruction completes (counted) and None is returned."""
+        rip, cpl = self.rip, self.cpl
+        insn = decode(self.read_code(rip, cpl=cpl), rip, self.code_bits)
+        if cpl != 0:
+            return CpuException(Vector.GP, rip, cpl,
+                                reason="#GP(0): INVPCID at CPL 3 (it needs CPL 0)")
+        register = self.reg_named(insn.reg_name(insn.operands[0].reg))
+        (descriptor,) = memory_accesses(insn, self.reg_named)
+        values = []
+        for part in (descriptor.address, descriptor.address + 8):
+            try:
+                pa = self.walk(part & _MASK64, "read", cpl=0, set_accessed_dirty=True).pa
+            except (mmu.PageFault, mmu.GeneralProtection) as fault:
+                return self._complete_fault(None, fault, part & _MASK64 & ~0xFFF, "read", 0)
+            # A quadword that crosses a page: its bytes from each page's frame.
+            first = min(8, 0x1000 - (pa & 0xFFF))
+            raw = self.mem.read(pa, first)
+            if first < 8:
+                raw += self.mem.read(self.walk((part + first) & _MASK64, "read", cpl=0).pa,
+                                     8 - first)
+            values.append(int.from_bytes(raw, "little"))
+        low, address = values
+        try:
+            if low >> 12:
+                raise ControlRegisterFault(f"INVPCID descriptor bits 63:12 = {low >> 12:#x} "
+                                           "(reserved: must be 0)")
+            if register in (0, 1) and low & CR3_PCID and not self.cr4 & _PCIDE:
+                raise ControlRegisterFault(f"INVPCID type {register} of PCID "
+                                           f"{low & CR3_PCID:#x} with CR4.PCIDE = 0")
+            self.invpcid(register, low & CR3_PCID, address)
+        except ControlRegisterFault as refused:
+            return CpuException(Vector.GP, rip, 0, reason=str(refused))
+        self.native.account(self.native.instructions + 1)      # it completed
+        self.set_reg("rip", rip + insn.size)
+        return None
 
     def _fetch_fault_at_zero(self) -> CpuException:
         try:

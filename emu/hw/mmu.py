@@ -2,8 +2,9 @@
 
 Intel SDM Vol. 3A §4.5 (4-level paging), §4.6 (access rights), §4.7 (#PF error
 code), §4.8 (accessed and dirty flags).  The caller guarantees IA-32e mode
-(CR0.PG=1, CR4.PAE=1, EFER.LMA=1); CR4.LA57, PCIDs and protection keys are not
-modelled.
+(CR0.PG=1, CR4.PAE=1, EFER.LMA=1); CR4.LA57 and protection keys are not modelled.
+PCIDs tag what the TLB caches, not the walk (emu.hw.cpu, emu.hw.native): the walker
+reads CR3's page-table base and ignores CR3[11:0].
 
 A 48-bit linear address is four 9-bit table indices and a 12-bit page offset:
 
@@ -87,6 +88,7 @@ class CR4(enum.IntFlag):
     PSE = 1 << 4  # Page size extensions (32-bit paging only; 4-level paging always has PS)
     PAE = 1 << 5  # Physical address extension: required for 4-level paging
     PGE = 1 << 7  # Page global enable
+    PCIDE = 1 << 17  # Process-context identifiers: CR3[11:0] tags cached translations
     OSFXSR = 1 << 9  # OS supports FXSAVE/FXRSTOR (enables SSE)
     OSXMMEXCPT = 1 << 10  # OS handles SIMD floating-point exceptions
     SMEP = 1 << 20  # Supervisor-mode execution prevention: ring 0 may not fetch from user pages
@@ -129,12 +131,16 @@ LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 _P, _RW, _US, _A, _D, _PS, _NX = map(int, (PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.NX))
 _READ, _WRITE, _EXEC = map(int, (Prot.READ, Prot.WRITE, Prot.EXEC))
 _WP, _SMEP, _SMAP, _NXE = map(int, (CR0.WP, CR4.SMEP, CR4.SMAP, EFER.NXE))
+_G, _PGE = int(PTE.G), int(CR4.PGE)
+# In fill_packed's answer: the translation is global (the leaf's G with CR4.PGE), so a TLB
+# keeps it for every PCID (SDM Vol. 3A 4.10.2.4); native.Fill.GLOBAL, the same bit.
+FILL_GLOBAL = 0x10
 _ADDR = ((1 << MAXPHYADDR) - 1) & ~(PAGE_SIZE - 1)  # bits 12..MAXPHYADDR-1: a frame address
 _RSVD_HIGH = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51
 _RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)  # bits 13..29 of a 1 GiB leaf PDPTE
 _RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)  # bits 13..20 of a 2 MiB leaf PDE
 _CANONICAL_TOPS = (0, (1 << 17) - 1)  # va >> 47 of a canonical address
-_RIGHTS_BITS = _RW | _US | _D | _NX  # the bits of a leaf that decide what a fill grants
+_RIGHTS_BITS = _RW | _US | _D | _NX | int(PTE.G)  # the bits of a leaf that decide a fill
 _PF_P, _PF_W, _PF_U, _PF_RSVD, _PF_ID = map(int, (PFErr.P, PFErr.W, PFErr.U, PFErr.RSVD, PFErr.ID))
 _PFERR = tuple(PFErr(code) for code in range(32))  # every error code, made once
 
@@ -435,7 +441,8 @@ def fill(
     """TLB fill: (physical 4 KiB page of `va`, Prot bits), setting A/D (SDM Vol. 3A §4.8).
 
     Prot grants what this mode may do on the page now; WRITE only once the leaf's D bit
-    is set, so the first write comes back here to set it (as QEMU's walker does).
+    is set, so the first write comes back here to set it (as QEMU's walker does); with
+    FILL_GLOBAL too if the translation is global (G in the leaf, CR4.PGE).
     `seen`, if given, receives the (entry address, value) of each level walked.
     """
     packed = fill_packed(mem, va, access, cr3, cpl, cr0, cr4, efer, rflags,
@@ -465,6 +472,8 @@ def fill_packed(mem: Memory, va: int, access: Access | str, cr3: int, cpl: int, 
         mem.write(seen[-1][0], (new & 0xFF).to_bytes(1, "little"))
     if not new & _D:
         prot &= ~_WRITE
+    if new & _G and cr4 & _PGE:
+        prot |= FILL_GLOBAL              # G is the leaf's alone (SDM Vol. 3A 4.10.2.4)
     return (new & _ADDR & ~(size - 1)) | (va & (size - 1) & ~(PAGE_SIZE - 1)) | prot
 
 
@@ -485,7 +494,8 @@ def speculative_fills(
     happen (prefetches, speculation), but never one whose entries have A = 0 unless it sets
     A. These are the other present 4 KiB PTEs of the page table of the 4-level walk `seen`
     (as `fill` records it) whose A is already 1, with the rights of this mode; WRITE only
-    where D is already 1. Nothing is written, so the Accessed bits stay exact.
+    where D is already 1; FILL_GLOBAL where G is set and CR4.PGE. Nothing is written, so
+    the Accessed bits stay exact.
     """
     if len(seen) != 4:
         return []                          # a large page: no page table below
@@ -508,6 +518,8 @@ def speculative_fills(
             prot = _rights(upper_and & entry, upper_or | entry, cpl, cr0, cr4, rflags)
             if not entry & _D:
                 prot &= ~_WRITE
+            if prot and entry & _G and cr4 & _PGE:
+                prot |= FILL_GLOBAL
             granted[bits] = prot
         if prot:
             keep((base | i << 12, entry & _ADDR | prot))

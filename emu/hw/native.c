@@ -40,6 +40,7 @@ enum { UC_MEM_READ = 16, UC_MEM_WRITE = 17, UC_MEM_FETCH = 18 };
 enum { UC_PROT_READ = 1, UC_PROT_WRITE = 2, UC_PROT_EXEC = 4 };
 
 typedef int (*reg_read_fn)(uc_engine *uc, int regid, void *value);
+typedef int (*reg_write_fn)(uc_engine *uc, int regid, const void *value);
 typedef int (*emu_stop_fn)(uc_engine *uc);
 /* The walker: returns paddr | perms | FILL_NO_CACHE, or a negative number to deny. */
 typedef int64_t (*walker_fn)(uint64_t vpage, int32_t access, int32_t cpl,
@@ -51,7 +52,9 @@ typedef int64_t (*done_fn)(uint64_t pc);
 
 #define FILL_PERMS     0x7              /* UC_PROT_READ | WRITE | EXEC */
 #define FILL_NO_CACHE  0x8              /* serve once, keep out of the STLB */
+#define FILL_GLOBAL    0x10             /* a global translation: shared by every PCID */
 #define PAGE_MASK      (~(uint64_t)0xfff)
+#define VA48_MASK      0x0000fffffffff000ull    /* a canonical vpage's bits 12-47 */
 #define RFLAGS_AC      (1ull << 18)     /* Alignment Check: SMAP override at CPL < 3 */
 
 /*
@@ -65,26 +68,41 @@ enum mode { MODE_USER, MODE_KERNEL_AC0, MODE_KERNEL_AC1, MODE_COUNT };
  * The STLB: 16K sets x 4 ways = 64K entries (1 MiB); a set is one 64-byte
  * cache line.
  *
- *   tag   = vpage | generation << 3 | mode << 1 | TAG_VALID
+ *   tag   = vpage[47:12] | owner << 48 | generation << 3 | mode << 1 | TAG_VALID
  *   value = paddr | perms                     (UC_PROT_* in bits 0-2)
  *
- * A vpage's bits 0-11 are zero, so the tag packs the rest in there. A flush
- * bumps the generation, which makes every entry miss without touching the
- * megabyte; only when the 9-bit generation wraps is the table cleared.
+ * The owner is the PCID the translation was cached for (CR3[11:0] when
+ * CR4.PCIDE = 1, else 0: SDM Vol. 3A 4.10.1), or OWNER_GLOBAL for a global
+ * translation (PTE.G with CR4.PGE), which serves every PCID (4.10.2.4). A
+ * canonical vpage is its bits 12-47 (bits 48-63 repeat bit 47), so the owner
+ * takes bits 48-60; a non-canonical vpage is never looked up (the walker
+ * answers it: #GP).
+ *
+ * Each owner has its own generation: flushing a PCID (a CR3 load without bit
+ * 63, INVPCID single-context) gives it a fresh one, which makes its entries
+ * miss without touching the megabyte. Generations come from one 9-bit clock,
+ * so no owner ever gets back a value it held since the table was last
+ * cleared; when the clock wraps, the table is cleared.
  *
  *   set   = (vpn + hash(vpn >> 14) + salt[mode]) mod 16K     vpn = vpage >> 12
  *
- * Within an aligned 64 MiB region (16K pages) consecutive pages take
- * consecutive sets, so a sweep of 16,384 pages puts one entry in every set:
- * three modes use three ways and leave the fourth for other pages (code,
- * stack, tables). The hash of the region number scatters regions, and the
- * salt places a small working set apart in each mode. Way 0 holds the most
- * recently used entry of a set, the last way the least.
+ * The set does not depend on the PCID, so every PCID's entries for a page
+ * sit in one set per mode: dropping a page from every PCID costs what
+ * dropping it from one does. Within an aligned 64 MiB region (16K pages)
+ * consecutive pages take consecutive sets, so a sweep of 16,384 pages puts
+ * one entry in every set: three modes use three ways and leave the fourth
+ * for other pages (code, stack, tables). The hash of the region number
+ * scatters regions, and the salt places a small working set apart in each
+ * mode. Way 0 holds the most recently used entry of a set, the last way the
+ * least.
  */
 #define STLB_SETS  (1u << 14)
 #define STLB_WAYS  4
 #define TAG_VALID  1u
 #define GENERATIONS 512u                /* tag bits 3-11 */
+#define PCIDS      4096u                /* CR3[11:0] */
+#define OWNER_GLOBAL PCIDS              /* the owner of global translations */
+#define OWNER_SHIFT 48
 #define STLB_BYTES (STLB_SETS * STLB_WAYS * sizeof(struct stlb_entry))
 
 /*
@@ -126,6 +144,7 @@ static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 
  */
 #define FAST_BITS 10
 #define FAST_SIZE (1u << FAST_BITS)
+#define FAST_TABLES 4                   /* one per recent address space, LRU */
 
 struct fast_slot {
     uint64_t pc;
@@ -171,9 +190,20 @@ struct native_ctx {
     uint64_t tail_exit;         /* the tail's run stopped at a block outside that range */
     uint64_t learned;           /* blocks learnt (calls of `learn`) */
     struct stlb_entry *stlb;    /* STLB_SETS * STLB_WAYS entries */
-    uint64_t generation;        /* entries of other generations are stale */
+    uint64_t generation;        /* the clock the owners' generations are taken from */
     struct block_entry *bcache; /* BCACHE_SIZE learnt blocks, open addressing */
     uint64_t bcache_used;
+    uint64_t pcid;              /* the current PCID: what fills are cached for */
+    uint16_t owner_generation[PCIDS + 1];  /* each PCID's, then the global entries' */
+    reg_write_fn reg_write;     /* Unicorn's uc_reg_write, for native_load_cr3 ... */
+    uc_engine *uc;              /* ... on this engine ... */
+    int32_t reg_cr3;            /* ... to UC_X86_REG_CR3 */
+    /* The fast tables of the last FAST_TABLES address spaces (`fast` is the current
+     * space's), so that switching between a few processes empties none of them. */
+    struct fast_slot *fast_all; /* FAST_TABLES * FAST_SIZE slots */
+    uint64_t fast_space[FAST_TABLES];
+    uint64_t fast_used[FAST_TABLES];    /* when each was last current (LRU) */
+    uint64_t fast_clock;
 };
 
 void native_forget_blocks(struct native_ctx *ctx);
@@ -196,7 +226,8 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
         return NULL;
     memset(ctx, 0, bytes);
     ctx->fast_off = 1;
-    ctx->fast = calloc(FAST_SIZE, sizeof(struct fast_slot));
+    ctx->fast = ctx->fast_all = calloc((size_t)FAST_TABLES * FAST_SIZE,
+                                       sizeof(struct fast_slot));
     if (ctx->fast == NULL) {
         free(ctx);
         return NULL;
@@ -232,7 +263,7 @@ void native_close(struct native_ctx *ctx)
         if (ctx->bcache != NULL)
             native_forget_blocks(ctx);
         free(ctx->bcache);
-        free(ctx->fast);
+        free(ctx->fast_all);
     }
     free(ctx);
 }
@@ -247,20 +278,34 @@ static struct stlb_entry *stlb_set(struct native_ctx *ctx, uint64_t vpage,
                       * STLB_WAYS];
 }
 
-static uint64_t stlb_tag(struct native_ctx *ctx, uint64_t vpage, enum mode mode)
+/* The tag of (vpage, mode) cached for `owner` (a PCID, or OWNER_GLOBAL). */
+static uint64_t stlb_tag(struct native_ctx *ctx, uint64_t vpage, enum mode mode,
+                         uint32_t owner)
 {
-    return vpage | ctx->generation << 3 | (uint64_t)mode << 1 | TAG_VALID;
+    return (vpage & VA48_MASK) | (uint64_t)owner << OWNER_SHIFT
+           | (uint64_t)ctx->owner_generation[owner] << 3 | (uint64_t)mode << 1
+           | TAG_VALID;
 }
 
-/* Returns the way holding (vpage, mode), or NULL. */
+/* Whether bits 63-47 of `vpage` are all equal (SDM Vol. 1 3.3.7.1). */
+static bool canonical(uint64_t vpage)
+{
+    uint64_t top = vpage >> 47;
+
+    return top == 0 || top == 0x1ffff;
+}
+
+/* Returns the way holding (vpage, mode) for the current PCID, or a global
+ * translation of it, or NULL. */
 static struct stlb_entry *stlb_find(struct native_ctx *ctx, uint64_t vpage,
                                     enum mode mode)
 {
     struct stlb_entry *set = stlb_set(ctx, vpage, mode);
-    uint64_t tag = stlb_tag(ctx, vpage, mode);
+    uint64_t tag = stlb_tag(ctx, vpage, mode, (uint32_t)ctx->pcid);
+    uint64_t global = stlb_tag(ctx, vpage, mode, OWNER_GLOBAL);
 
     for (int way = 0; way < STLB_WAYS; way++) {
-        if (set[way].tag == tag)
+        if (set[way].tag == tag || set[way].tag == global)
             return &set[way];
     }
     return NULL;
@@ -274,18 +319,22 @@ static void stlb_touch(struct stlb_entry *set, struct stlb_entry *e,
     set[0] = value;
 }
 
-/* Keeps the walker's answer for (vpage, mode), evicting the set's LRU way. */
+/* Keeps the walker's answer for (vpage, mode), for the current PCID or, with
+ * FILL_GLOBAL, for all of them, evicting the set's LRU way. */
 static void stlb_insert(struct native_ctx *ctx, uint64_t vpage, enum mode mode,
                         uint64_t value)
 {
     struct stlb_entry *set = stlb_set(ctx, vpage, mode);
     struct stlb_entry *e = stlb_find(ctx, vpage, mode);
-    struct stlb_entry fresh = { stlb_tag(ctx, vpage, mode), value };
+    uint32_t owner = (value & FILL_GLOBAL) ? OWNER_GLOBAL : (uint32_t)ctx->pcid;
+    struct stlb_entry fresh = {
+        stlb_tag(ctx, vpage, mode, owner), value & (PAGE_MASK | FILL_PERMS)
+    };
 
     stlb_touch(set, e != NULL ? e : &set[STLB_WAYS - 1], fresh);
 }
 
-/* Drops (vpage, mode) if present. */
+/* Drops (vpage, mode) if present for the current PCID (or global). */
 static void stlb_drop(struct native_ctx *ctx, uint64_t vpage, enum mode mode)
 {
     struct stlb_entry *e = stlb_find(ctx, vpage, mode);
@@ -294,12 +343,80 @@ static void stlb_drop(struct native_ctx *ctx, uint64_t vpage, enum mode mode)
         e->tag = 0;
 }
 
-/* Empties the STLB (the executive changed the paging structures). */
-void native_flush(struct native_ctx *ctx)
+/* A generation no owner has held since the table was last cleared. */
+static uint16_t fresh_generation(struct native_ctx *ctx)
 {
     ctx->generation = (ctx->generation + 1) % GENERATIONS;
-    if (ctx->generation == 0)
+    if (ctx->generation == 0) {
+        /* The clock wrapped: old tags could match again. Clear the table; every
+         * owner's generation is then 0, which no entry holds. */
         memset(ctx->stlb, 0, STLB_BYTES);
+        memset(ctx->owner_generation, 0, sizeof(ctx->owner_generation));
+    }
+    return (uint16_t)ctx->generation;
+}
+
+/* Empties the STLB: every PCID's entries and the global ones (a MOV to CR4
+ * that changes PGE or clears PCIDE, INVPCID all-context: SDM Vol. 3A 4.10.4.1). */
+void native_flush(struct native_ctx *ctx)
+{
+    uint16_t g = fresh_generation(ctx);
+
+    for (uint32_t i = 0; i <= PCIDS; i++)
+        ctx->owner_generation[i] = g;
+}
+
+/* Drops every entry of `pcid` but the global ones (a MOV to CR3 without bit
+ * 63, INVPCID single-context). */
+void native_flush_pcid(struct native_ctx *ctx, uint32_t pcid)
+{
+    uint16_t g = fresh_generation(ctx);
+
+    ctx->owner_generation[pcid & (PCIDS - 1)] = g;
+}
+
+/* Drops every PCID's entries but the global ones (INVPCID type 3). */
+void native_flush_nonglobal(struct native_ctx *ctx)
+{
+    uint16_t g = fresh_generation(ctx);
+
+    for (uint32_t i = 0; i < PCIDS; i++)
+        ctx->owner_generation[i] = g;
+}
+
+/*
+ * A MOV to CR3 of `value` (checked, bit 63 clear): the blocks counted next
+ * are its page tables' (bits 12 and up), fills are cached for `pcid`, with
+ * `flush` that PCID's non-global entries go (SDM Vol. 3A 4.10.4.1), and
+ * Unicorn's CR3 becomes `value`. One call for the context switch.
+ */
+void native_set_space(struct native_ctx *ctx, uint64_t space);
+
+int native_load_cr3(struct native_ctx *ctx, uint64_t value, uint32_t pcid,
+                    uint32_t flush)
+{
+    native_set_space(ctx, value & PAGE_MASK);
+    ctx->pcid = pcid & (PCIDS - 1);
+    if (flush)
+        ctx->owner_generation[ctx->pcid] = fresh_generation(ctx);
+    /* CR3 in Unicorn: what a MOV from CR3 reads; with CR0.PG QEMU flushes its own
+     * TLB on this write (measured), so its misses refill from the STLB. */
+    return ctx->reg_write != NULL ? ctx->reg_write(ctx->uc, ctx->reg_cr3, &value) : 0;
+}
+
+/* Where native_load_cr3 writes CR3: Unicorn's uc_reg_write, the engine, the register. */
+void native_set_cr3_writer(struct native_ctx *ctx, reg_write_fn reg_write,
+                           uc_engine *uc, int32_t reg_cr3)
+{
+    ctx->reg_write = reg_write;
+    ctx->uc = uc;
+    ctx->reg_cr3 = reg_cr3;
+}
+
+/* The PCID fills are cached for from now on (CR3[11:0]). */
+void native_set_pcid(struct native_ctx *ctx, uint32_t pcid)
+{
+    ctx->pcid = pcid & (PCIDS - 1);
 }
 
 /*
@@ -313,16 +430,68 @@ void native_insert(struct native_ctx *ctx, int32_t mode, size_t n,
 {
     if (mode < 0 || mode >= MODE_COUNT)
         return;
-    for (size_t i = 0; i < n; i++)
-        stlb_insert(ctx, pairs[2 * i] & PAGE_MASK, (enum mode)mode,
-                    pairs[2 * i + 1] & (PAGE_MASK | FILL_PERMS));
+    for (size_t i = 0; i < n; i++) {
+        if (canonical(pairs[2 * i]))
+            stlb_insert(ctx, pairs[2 * i] & PAGE_MASK, (enum mode)mode,
+                        pairs[2 * i + 1] & (PAGE_MASK | FILL_PERMS | FILL_GLOBAL));
+    }
 }
 
-/* Drops one page from the STLB in every mode, like INVLPG. */
-void native_invalidate(struct native_ctx *ctx, uint64_t vpage)
+/* Which entries of a page native_invalidate drops. */
+#define DROP_GLOBAL  0x1                /* the global ones */
+#define DROP_PCID    0x2                /* those of `pcid` */
+#define DROP_EVERY   0x4                /* those of every PCID */
+
+/*
+ * Drops one page from the STLB in every mode: with DROP_PCID the entries
+ * of `pcid`, with DROP_EVERY those of every PCID, with DROP_GLOBAL the
+ * global ones. INVLPG is DROP_PCID (the current PCID) | DROP_GLOBAL; INVPCID
+ * individual-address is DROP_PCID alone (SDM Vol. 2, INVLPG and INVPCID).
+ * Every PCID's entries for a page share a set, so no drop scans more.
+ */
+void native_invalidate(struct native_ctx *ctx, uint64_t vpage, uint32_t pcid,
+                       uint32_t how)
 {
-    for (int mode = 0; mode < MODE_COUNT; mode++)
-        stlb_drop(ctx, vpage & PAGE_MASK, (enum mode)mode);
+    if (!canonical(vpage))
+        return;                         /* never cached */
+    for (int mode = 0; mode < MODE_COUNT; mode++) {
+        struct stlb_entry *set = stlb_set(ctx, vpage, (enum mode)mode);
+
+        for (int way = 0; way < STLB_WAYS; way++) {
+            uint64_t tag = set[way].tag;
+            uint32_t owner = (uint32_t)(tag >> OWNER_SHIFT) & 0x1fff;
+
+            if (!(tag & TAG_VALID) || (tag & VA48_MASK) != (vpage & VA48_MASK)
+                || (uint32_t)(tag >> 1 & 3) != (uint32_t)mode)
+                continue;
+            if (owner == OWNER_GLOBAL ? (how & DROP_GLOBAL) != 0
+                : (how & DROP_EVERY) || ((how & DROP_PCID) && owner == (pcid & (PCIDS - 1))))
+                set[way].tag = 0;
+        }
+    }
+}
+
+/*
+ * Copies the STLB's live entries (those of their owner's generation) as
+ * (tag, value) pairs into `out` (room for STLB_SETS * STLB_WAYS pairs);
+ * returns how many. The tag's owner field names the PCID (or OWNER_GLOBAL).
+ */
+size_t native_stlb_entries(struct native_ctx *ctx, uint64_t *out)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < (size_t)STLB_SETS * STLB_WAYS; i++) {
+        uint64_t tag = ctx->stlb[i].tag;
+        uint32_t owner = (uint32_t)(tag >> OWNER_SHIFT) & 0x1fff;
+
+        if (!(tag & TAG_VALID) || owner > OWNER_GLOBAL
+            || (tag >> 3 & (GENERATIONS - 1)) != ctx->owner_generation[owner])
+            continue;
+        out[2 * n] = tag;
+        out[2 * n + 1] = ctx->stlb[i].value;
+        n++;
+    }
+    return n;
 }
 
 /* The UC_PROT_* bit an access of Unicorn type `type` needs. */
@@ -386,7 +555,7 @@ bool native_tlb_fill(uc_engine *uc, uint64_t vpage, int type,
         mode = (rflags & RFLAGS_AC) ? MODE_KERNEL_AC1 : MODE_KERNEL_AC0;
     }
 
-    e = stlb_find(ctx, vpage, mode);
+    e = canonical(vpage) ? stlb_find(ctx, vpage, mode) : NULL;
     if (e != NULL && (e->value & need)) {
         ctx->stlb_hits++;
         entry->paddr = e->value & PAGE_MASK;
@@ -401,10 +570,12 @@ bool native_tlb_fill(uc_engine *uc, uint64_t vpage, int type,
         note_fault(ctx, type);
         return false;
     }
-    if (answer & FILL_NO_CACHE)
+    if (!canonical(vpage))
+        ;                               /* never cached (the walker answers #GP) */
+    else if (answer & FILL_NO_CACHE)
         stlb_drop(ctx, vpage, mode);
     else
-        stlb_insert(ctx, vpage, mode, (uint64_t)answer & ~(uint64_t)FILL_NO_CACHE);
+        stlb_insert(ctx, vpage, mode, (uint64_t)answer);
     if (!(answer & need))
         note_fault(ctx, type);  /* Unicorn faults on perms without the access */
     entry->paddr = (uint64_t)answer & PAGE_MASK;
@@ -457,19 +628,36 @@ void native_forget_blocks(struct native_ctx *ctx)
     ctx->last = ctx->bcache;
     ctx->in_block = 0;
     ctx->fast_off = 1;
-    memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    memset(ctx->fast_all, 0, (size_t)FAST_TABLES * FAST_SIZE * sizeof(struct fast_slot));
 }
 
 /*
- * The address space (CR3) the blocks that run next belong to: the fast table
- * holds one space's blocks (it is emptied when the space changes; the learnt
- * blocks, keyed by space, stay).
+ * The address space (CR3) the blocks that run next belong to. A fast table
+ * holds one space's blocks: each of the last FAST_TABLES spaces keeps its own,
+ * so a switch between a few processes empties none; a space beyond them takes
+ * the least recently used table, emptied (the learnt blocks, keyed by space,
+ * stay either way).
  */
 void native_set_space(struct native_ctx *ctx, uint64_t space)
 {
-    if (space != ctx->space)
-        memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    uint32_t victim = 0;
+
+    if (space == ctx->space)
+        return;
     ctx->space = space;
+    ctx->fast_used[(size_t)(ctx->fast - ctx->fast_all) / FAST_SIZE] = ++ctx->fast_clock;
+    for (uint32_t i = 0; i < FAST_TABLES; i++) {
+        if (ctx->fast_space[i] == space && ctx->fast_used[i] != 0) {
+            ctx->fast = ctx->fast_all + (size_t)i * FAST_SIZE;
+            return;
+        }
+        if (ctx->fast_used[i] < ctx->fast_used[victim])
+            victim = i;
+    }
+    ctx->fast = ctx->fast_all + (size_t)victim * FAST_SIZE;
+    memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    ctx->fast_space[victim] = space;
+    ctx->fast_used[victim] = ++ctx->fast_clock;
 }
 
 static struct block_entry *bcache_slot(struct native_ctx *ctx, uint64_t pc,

@@ -91,7 +91,6 @@ import os
 import pathlib
 import shlex
 import shutil
-import struct
 import subprocess
 import tempfile
 import weakref
@@ -109,7 +108,7 @@ from unicorn import (
     UcError,
 )
 from unicorn.unicorn_py3 import unicorn as _binding
-from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_RFLAGS, UC_X86_REG_RIP
+from unicorn.x86_const import UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 _SOURCE = pathlib.Path(__file__).with_name("native.c")
 _CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"]  # as the Makefile's rule
@@ -145,12 +144,16 @@ class Fill(enum.IntFlag):
     WRITE = 2  # UC_PROT_WRITE: grant only once the PTE's D bit is set
     EXEC = 4  # UC_PROT_EXEC
     NO_CACHE = 8  # serve this answer once; keep it out of the STLB
+    GLOBAL = 16  # a global translation (PTE.G with CR4.PGE): cached for every PCID
 
 
 DENY = -1  # the walker's answer when the access must fault (any negative number does)
 
 STLB_ENTRIES = (1 << 14) * 4     # native.c: STLB_SETS * STLB_WAYS
-_TAG_VALID, _GENERATIONS = 1, 512  # native.c: TAG_VALID, GENERATIONS (tag bits 3-11)
+PCIDS = 4096                     # native.c: PCIDS (CR3[11:0] names one)
+_OWNER_SHIFT, _OWNER_GLOBAL = 48, PCIDS   # native.c: a tag's owner field, and global's
+# native.c native_invalidate: which of a page's entries go.
+_DROP_GLOBAL, _DROP_PCID, _DROP_EVERY = 1, 2, 4
 
 _WALKER = ctypes.CFUNCTYPE(
     ctypes.c_int64, ctypes.c_uint64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64
@@ -162,6 +165,7 @@ _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, 
 # checks (every INVLPG and CR3 load flushes QEMU's TLB): libunicorn's own function, no
 # argtypes, and the request code as uc.h's UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) builds it.
 _uc_ctl = ctypes.CDLL(_binding.uclib._name).uc_ctl
+_MASK64 = (1 << 64) - 1
 _TLB_FLUSH = UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH
 # uc_reg_read(RIP) the same way, for the settling after every run (the binding's reg_read
 # picks a register class and builds a value: about 2 us against 0.4 us raw).
@@ -272,7 +276,14 @@ def _library() -> ctypes.CDLL:
     lib.native_open.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int32] * 2
     lib.native_close.argtypes = [ctypes.c_void_p]
     lib.native_flush.argtypes = [ctypes.c_void_p]
-    lib.native_invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    lib.native_invalidate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                                      ctypes.c_uint32]
+    lib.native_flush_pcid.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.native_flush_nonglobal.argtypes = [ctypes.c_void_p]
+    lib.native_set_pcid.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.native_set_cr3_writer.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int32]
+    lib.native_stlb_entries.restype = ctypes.c_size_t
+    lib.native_stlb_entries.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.native_forget_blocks.argtypes = [ctypes.c_void_p]
     lib.native_set_space.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.native_insert.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t,
@@ -390,6 +401,11 @@ class NativeHooks:
         self._code_hook: int | None = None     # the per-instruction counter, when on
         self._block_hook: int | None = None    # the block counter, when on
         self._per_instruction = PER_INSTRUCTION or code is None
+        self._pcid = 0                         # native_ctx.pcid, as set_pcid left it
+        self._ctx_arg = ctypes.c_void_p(ctx)
+        self._load_cr3 = ctypes.CDLL(lib._name).native_load_cr3   # without argtypes
+        lib.native_set_cr3_writer(ctx, _address(_binding.uclib.uc_reg_write), uc._uch,
+                                  UC_X86_REG_CR3)
 
     def _hook_add(self, htype: int, callback: ctypes._CFuncPtr, begin: int = 1,
                   end: int = 0) -> int:
@@ -504,9 +520,15 @@ class NativeHooks:
         ctx.in_flight = 0
         if in_block:
             ctx.leave_block()
-            undone = self._block().count - self._done_in_block(rip)
-            ctx.instructions -= undone
-            ctx.remaining += undone
+            block = self._block()
+            undone = block.count - self._done_in_block(rip, block)
+            if undone:
+                ctx.instructions -= undone
+                ctx.remaining += undone
+
+    def rip(self) -> int:
+        """RIP, in one raw uc_reg_read."""
+        return self._rip()
 
     def _rip(self) -> int:
         """RIP, in one raw uc_reg_read."""
@@ -515,10 +537,12 @@ class NativeHooks:
             raise UcError(status)
         return self._rip_value.value
 
-    def _done_in_block(self, pc: int) -> int:
-        """Instructions of the block charged last that come before ``pc`` (all of them
-        when ``pc`` is not one of its instructions: the run left the block at its end)."""
-        block = self._block()
+    def _done_in_block(self, pc: int, block: _BlockEntry | None = None) -> int:
+        """Instructions of the block charged last (``block``, if already at hand) that
+        come before ``pc`` (all of them when ``pc`` is not one of its instructions: the run
+        left the block at its end)."""
+        if block is None:
+            block = self._block()
         start, size = block.pc, block.size
         if not start <= pc < start + size:
             return block.count
@@ -536,15 +560,60 @@ class NativeHooks:
         return _BlockEntry.from_address(self._ctx.last)
 
     def flush(self) -> None:
-        """Empty the STLB and QEMU's TLB, as MOV CR3 does (SDM Vol. 3A 4.10.4.1)."""
+        """Empty the STLB (every PCID's entries and the global ones) and QEMU's TLB, as a
+        MOV to CR4 that changes PGE or clears PCIDE does (SDM Vol. 3A 4.10.4.1)."""
         self._check_open()
         self._lib.native_flush(self._ctx_ptr)
         self._flush_qemu_tlb()
 
-    def invalidate(self, vpage: int) -> None:
-        """Drop one page, in every mode, as INVLPG does; QEMU's TLB is flushed whole."""
+    def flush_pcid(self, pcid: int) -> None:
+        """Drop the STLB's entries of ``pcid`` but the global ones (a MOV to CR3 without
+        bit 63, INVPCID single-context). QEMU's TLB is left to the caller."""
         self._check_open()
-        self._lib.native_invalidate(self._ctx_ptr, vpage)
+        self._lib.native_flush_pcid(self._ctx_ptr, pcid & (PCIDS - 1))
+
+    def flush_nonglobal(self) -> None:
+        """Drop every PCID's entries but the global ones (INVPCID type 3). QEMU's TLB is
+        left to the caller."""
+        self._check_open()
+        self._lib.native_flush_nonglobal(self._ctx_ptr)
+
+    def set_pcid(self, pcid: int) -> None:
+        """The PCID the walker's answers are cached for from now on (CR3[11:0])."""
+        self._pcid = pcid & (PCIDS - 1)
+        self._lib.native_set_pcid(self._ctx_ptr, self._pcid)
+
+    def load_cr3(self, value: int, pcid: int, flush: bool) -> None:
+        """A MOV to CR3 of ``value`` (bit 63 clear), in one call: ``set_space`` of its page
+        tables (bits 12 and up), ``set_pcid(pcid)``, with ``flush`` ``flush_pcid(pcid)``,
+        and Unicorn's CR3 register set to ``value`` (with CR0.PG set, QEMU flushes its own
+        TLB on that write: measured, Unicorn 2.1.4)."""
+        self._pcid = pcid = pcid & (PCIDS - 1)
+        # No argtypes: the context and the value go as ready ctypes objects, the PCID and
+        # the flag as small ints (a switch's call: argument conversion is most of its cost).
+        status = self._load_cr3(self._ctx_arg, ctypes.c_uint64(value), pcid, 1 if flush else 0)
+        if status != UC_ERR_OK:
+            raise UcError(status)
+
+    @property
+    def pcid(self) -> int:
+        """The PCID the walker's answers are cached for now."""
+        return self._pcid
+
+    def invalidate(self, vpage: int, pcid: int | None = None, *, global_too: bool = True,
+                   every_pcid: bool = False) -> None:
+        """Drop one page in every mode, and flush QEMU's TLB whole. The entries dropped:
+        those of ``pcid`` (default: the current one), the global ones if ``global_too``
+        (INVLPG drops both; INVPCID individual-address only the PCID's: SDM Vol. 2), or
+        with ``every_pcid`` those of every PCID."""
+        self._check_open()
+        how = (_DROP_GLOBAL if global_too else 0) | (_DROP_EVERY if every_pcid else _DROP_PCID)
+        self._lib.native_invalidate(self._ctx_ptr, vpage & _MASK64,
+                                    (self.pcid if pcid is None else pcid) & (PCIDS - 1), how)
+        self._flush_qemu_tlb()
+
+    def flush_qemu_tlb(self) -> None:
+        """Flush QEMU's own TLB (it is not tagged by PCID: its misses then ask the STLB)."""
         self._flush_qemu_tlb()
 
     def _flush_qemu_tlb(self) -> None:
@@ -571,12 +640,14 @@ class NativeHooks:
         if n is None:
             self._counting(None)
             return
-        if n < 0:
-            raise ValueError(f"set_budget: negative budget {n}")
-        if n >= 1 << 64:
-            raise ValueError(f"set_budget: budget {n} is beyond 2^64 - 1")
-        self._ctx.remaining = n
-        self._ctx.stop_flag = 0
+        if not 0 <= n < 1 << 64:
+            raise ValueError(f"set_budget: negative budget {n}" if n < 0 else
+                             f"set_budget: budget {n} is beyond 2^64 - 1")
+        ctx = self._ctx
+        ctx.remaining = n
+        ctx.stop_flag = 0
+        if self._block_hook is not None and not self._per_instruction:
+            return                        # the block counter is on already (every turn)
         self._counting(UC_HOOK_CODE if self._per_instruction else UC_HOOK_BLOCK)
 
     def _counting(self, kind: int | None) -> None:
@@ -631,18 +702,22 @@ class NativeHooks:
         self._offsets.clear()
         self._hosts.clear()
 
-    def entries(self) -> list[tuple[Mode, int, int]]:
-        """The STLB's valid entries: (mode, virtual page, physical page | Fill bits). They
-        follow the fields _Ctx mirrors in struct native_ctx: the table pointer, then the
-        generation (an entry of another generation is stale)."""
+    def entries(self) -> list[tuple[Mode, int, int, int | None]]:
+        """The STLB's live entries: (mode, virtual page, physical page | Fill bits, PCID),
+        the PCID None for a global translation (it serves every PCID)."""
         self._check_open()
-        at = self._ctx_ptr + ((ctypes.sizeof(_Ctx) + 7) & ~7)
-        table = ctypes.c_void_p.from_address(at).value
-        generation = ctypes.c_uint64.from_address(at + 8).value
-        raw = struct.unpack(f"<{2 * STLB_ENTRIES}Q", ctypes.string_at(table, 16 * STLB_ENTRIES))
-        return [(Mode((tag >> 1) & 3), tag & ~0xFFF, value)
-                for tag, value in zip(raw[::2], raw[1::2], strict=True)
-                if tag & _TAG_VALID and (tag >> 3) % _GENERATIONS == generation]
+        out = (ctypes.c_uint64 * (2 * STLB_ENTRIES))()
+        n = self._lib.native_stlb_entries(self._ctx_ptr, out)
+        raw = out[:2 * n]
+        entries = []
+        for tag, value in zip(raw[::2], raw[1::2], strict=True):
+            owner = (tag >> _OWNER_SHIFT) & 0x1FFF
+            vpage = tag & 0x0000_FFFF_FFFF_F000
+            if vpage & (1 << 47):                 # canonical: bits 63-48 repeat bit 47
+                vpage |= 0xFFFF_0000_0000_0000
+            entries.append((Mode((tag >> 1) & 3), vpage, value,
+                            None if owner == _OWNER_GLOBAL else owner))
+        return entries
 
     def completed_before(self, pc: int) -> int:
         """From inside a code hook of the instruction at ``pc``: the instructions completed

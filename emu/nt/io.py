@@ -411,12 +411,12 @@ class IoManager:
         while, wherever the CPU was."""
         ex = self.ex
         saved_cr3, saved_thread = ex.cpu.cr3, ex.current_thread
-        ex.cpu.set_control(cr3=thread.process.space.cr3)
+        ex.load_cr3(thread.process.space.cr3)
         ex.current_thread = thread
         try:
             yield
         finally:
-            ex.cpu.set_control(cr3=saved_cr3)
+            ex.load_cr3(saved_cr3)
             ex.current_thread = saved_thread
 
     def _write_iosb(self, iosb: int, final: int, information: int) -> None:

@@ -178,7 +178,7 @@ class KeKernelCalls(_Executive):
         caller_thread = kpcr.current_thread(self)
         cpu.restore_clean_context()
         kpcr.enter(self, user_gs)              # GS: the KPCR, as after the entry's SWAPGS
-        cpu.set_control(cr3=(space or self.mm.system).cr3)
+        self.load_cr3((space or self.mm.system).cr3)
         for name, value in zip(("rcx", "rdx", "r8", "r9"), args, strict=False):
             cpu.set_reg(name, value)
         rsp = stack_top - 0x100
@@ -261,7 +261,7 @@ class KeKernelCalls(_Executive):
         self.cpu.uc.context_restore(context)
         if not any(space.cr3 == cr3 for space in self.mm.spaces):
             cr3 = self.mm.system.cr3
-        self.cpu.set_control(cr3=cr3)
+        self.load_cr3(cr3)
 
     def _call_export(self, handler: exports.Handler) -> None:
         """A driver called a kernel export: run its routine, then return to the caller."""

@@ -20,8 +20,9 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from emu.hw.cpu import RunResult, StopReason
+from emu.hw.cpu import CR3_NOFLUSH, RunResult, StopReason
 from emu.hw.descriptors import Selector
+from emu.hw.mmu import CR4
 from emu.nt import drivers, kuser, layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
@@ -36,6 +37,7 @@ else:
     _Executive = object
 
 
+_PCIDE = int(CR4.PCIDE)
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
 USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
 USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
@@ -193,7 +195,7 @@ class KeDispatcher(_Executive):
             # Windows' SwapContext loads CR3 only when the new thread's process differs:
             # a thread resumed in its own address space keeps its TLB entries (and the
             # counted turns of one process pay no refills).
-            cpu.set_control(cr3=thread.process.space.cr3)
+            self.load_cr3(thread.process.space.cr3)
         if thread.resume_rax is not None:
             cpu.set_reg("rax", thread.resume_rax)
             thread.resume_rax = None
@@ -240,7 +242,7 @@ class KeDispatcher(_Executive):
             if status is None:
                 return True                  # pended: the thread waits for the completion
             self.cpu.uc.context_restore(thread.context)
-            self.cpu.set_control(cr3=thread.process.space.cr3)
+            self.load_cr3(thread.process.space.cr3)
             self.cpu.set_reg("rax", status & 0xFFFF_FFFF_FFFF_FFFF)
             return False
         if thread.state is ThreadState.RUNNING and thread.continue_context is not None:
@@ -333,6 +335,16 @@ class KeDispatcher(_Executive):
 
         return kintr.work_after_write(self, old, new)
 
+    def load_cr3(self, cr3: int) -> None:
+        """KiSwapProcess's MOV to CR3 for the address space whose PML4 is at ``cr3``: with
+        CR4.PCIDE, its PCID in CR3[11:0] and bit 63 set, so that the translations it cached
+        under its PCID survive the switch (SDM Vol. 3A 4.10.4.1; the memory manager drops a
+        page from every PCID whenever a PTE changes, and flushes a PCID before handing it
+        out again). A space without a PCID of its own is loaded as PCID 0, flushed."""
+        cpu = self.cpu
+        pcid = self.mm.pcid_of(cr3) if cpu.cr4 & _PCIDE else 0
+        cpu.load_cr3(cr3 | pcid | CR3_NOFLUSH if pcid else cr3)
+
     def _set_rsp0(self, top: int) -> None:
         """TSS.RSP0: the stack the CPU would switch to on entering ring 0 (SDM §7.7)."""
         tss = self._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)
@@ -350,7 +362,7 @@ class KeDispatcher(_Executive):
         on its kernel stack, RIP at the trampoline. The next run starts there."""
         cpu = self.cpu
         cpu.restore_clean_context()
-        cpu.set_control(cr3=thread.process.space.cr3)
+        self.load_cr3(thread.process.space.cr3)
         code = Selector.USER_CODE if thread.process.bits == 64 else Selector.USER_CODE32
         rflags = (regs.get("rflags", USER_RFLAGS) & USER_RFLAGS_MASK) | USER_RFLAGS
         frame = struct.pack("<5Q", regs["rip"], code, rflags, regs["rsp"], Selector.USER_DATA)

@@ -83,7 +83,10 @@ INT3 = b"\xcc"
 KERNEL_RFLAGS = 0x202                            # IF set at every IRQL (masking is by IRQL)
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
-CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP
+# PCIDE: each address space's translations are cached under its own PCID (ke_dispatcher's
+# load_cr3), so a switch keeps them (SDM Vol. 3A 4.10.1); Windows x64 runs with it set on
+# every CPU that has PCIDs.
+CR4_BOOT = CR4.PAE | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.SMEP | CR4.PCIDE
 EFER_BOOT = EFER.SCE | EFER.LME | EFER.LMA | EFER.NXE
 
 MAX_KERNEL_STACKS = 4096
@@ -102,7 +105,9 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         self.cpu.syscall_handler = self._on_syscall
         self.cpu.int2e_handler = self._on_int2e
         self.mm = MemoryManager(mem, self._page_changed, self.cpu.flush_translated_code,
-                                on_tlb_flush=self.cpu.flush_tlb, pagefile=pagefile)
+                                on_tlb_flush=self.cpu.flush_tlb,
+                                on_pcid_reuse=lambda pcid: self.cpu.invpcid(1, pcid),
+                                pagefile=pagefile)
         self.scheduler = Scheduler(quantum)
         self.events = EventBus(lambda: self.clock)
         self.cpu.on_cr3_load = self._cr3_loaded
@@ -186,11 +191,19 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         self.cpu.cr8.value = level
 
     def _cr3_loaded(self, old: int, new: int) -> None:
-        self.events.emit(Event.CR3_LOAD, old=old, new=new)
+        if self.events.observers:                     # nothing built for nobody
+            self.events.emit(Event.CR3_LOAD, old=old, new=new)
 
     def _page_changed(self, cr3: int, va: int) -> None:
-        if cr3 == self.cpu.cr3 or va >= layout.KERNEL_SPACE_START:
-            self.cpu.invalidate_page(va)
+        if self.cpu.pcid_enabled:
+            # Each address space keeps its translations under its own PCID across
+            # switches, so a PTE of a space that is not current may be cached too: the
+            # page goes from every PCID (the kernel half's pages are not global here, so
+            # each PCID may hold them). A stale translation of another PCID would let a
+            # process reach a frame it no longer owns.
+            self.cpu.invalidate_page(va, every_pcid=True)
+        elif cr3 == self.cpu.cr3 or va >= layout.KERNEL_SPACE_START:
+            self.cpu.invalidate_page(va)   # without PCIDs a CR3 load dropped the others'
 
     # -- kernel stacks ---------------------------------------------------------------------
 
@@ -265,7 +278,7 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         """Free a dead process's user half, after the CPU has left its tables."""
         def release() -> None:
             if self.cpu.cr3 == proc.space.cr3:
-                self.cpu.set_control(cr3=self.mm.system.cr3)
+                self.load_cr3(self.mm.system.cr3)
             proc.space.release_user_half()
             virtual.release_process_memory(self, proc)
         self.defer(release)

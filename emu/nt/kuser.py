@@ -73,12 +73,24 @@ def _ksystem_time(value: int) -> bytes:
     return struct.pack("<III", value & 0xFFFF_FFFF, high, high)
 
 
+_INTERRUPT_TIME = wdm.KUSER_SHARED_DATA["InterruptTime"]
+_TICK_COUNT = wdm.KUSER_SHARED_DATA["TickCount"]
+# InterruptTime and SystemTime sit side by side (0x08, 0x14): one write of both.
+assert wdm.KUSER_SHARED_DATA["SystemTime"] == _INTERRUPT_TIME + 12
+_TWO_TIMES = struct.Struct("<6I")
+_ONE_TIME = struct.Struct("<3I")
+
+
 def _write_times(ex: SharedData, frame: int, now: int) -> None:
-    base = frame * layout.PAGE_SIZE
-    fields = wdm.KUSER_SHARED_DATA
-    ex.mem.write(base + fields["InterruptTime"], _ksystem_time(now))
-    ex.mem.write(base + fields["SystemTime"], _ksystem_time(SYSTEM_TIME_AT_BOOT + now))
-    ex.mem.write(base + fields["TickCount"], _ksystem_time(now // TIME_INCREMENT))
+    """The three KSYSTEM_TIMEs at ``now`` (each dispatch: two writes, not three)."""
+    base = frame * layout.PAGE_SIZE      # a frame of RAM: packed into it in place
+    system = SYSTEM_TIME_AT_BOOT + now
+    high, system_high = now >> 32 & 0xFFFF_FFFF, system >> 32 & 0xFFFF_FFFF
+    _TWO_TIMES.pack_into(ex.mem.buffer, base + _INTERRUPT_TIME, now & 0xFFFF_FFFF, high,
+                         high, system & 0xFFFF_FFFF, system_high, system_high)
+    tick = now // TIME_INCREMENT
+    _ONE_TIME.pack_into(ex.mem.buffer, base + _TICK_COUNT, tick & 0xFFFF_FFFF,
+                        tick >> 32 & 0xFFFF_FFFF, tick >> 32 & 0xFFFF_FFFF)
 
 
 def update_shared_data(ex: SharedData, frame: int) -> None:

@@ -127,7 +127,7 @@ def load_context(ex: ExceptionDispatch, context: dict[str, int]) -> None:
     cpu = ex.cpu
     cr3, cr8 = cpu.cr3, cpu.reg_named("cr8")      # the address space and the TPR stay
     cpu.restore_clean_context()
-    cpu.set_control(cr3=cr3)
+    ex.load_cr3(cr3)
     cpu.set_reg_named("cr8", cr8)
     for name in (*CONTEXT_GPRS, "rip", "rflags"):
         cpu.set_reg(name, context[name] & _MASK64)

@@ -15,6 +15,7 @@ space"). A new kernel PML4 entry is copied into every PML4 at once.
 from __future__ import annotations
 
 import enum
+import heapq
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ class AddressSpace:
     def __init__(self, mm: MemoryManager, owner: int | None) -> None:
         self.mm = mm
         self.owner = owner
+        self.pcid = 0             # the PCID its translations are cached under (MemoryManager)
         self.working_set: WorkingSet | None = None    # set once the process is complete
         # Upper-level entries found to name a page table of ours, as they were then: a
         # table is freed only with the whole space, so while an entry keeps its value it
@@ -298,14 +300,52 @@ class AddressSpace:
         self.mm.pfn.release_many(frames)
 
 
+class PcidPool:
+    """Process-context identifiers for address spaces: 1-4095, the lowest free first (so
+    the same runs give the same PCIDs). PCID 0 is never handed out: it is what a CR3 load
+    naming no PCID uses, flushed at every such load, so no space's translations stay
+    there. With all 4,095 taken, a new space gets 0 (its loads flush). A PCID handed out
+    again is flushed first (``on_reuse``): the space that had it may have left
+    translations under it (SDM Vol. 3A 4.10.1: software must invalidate a PCID before it
+    uses it for other page tables)."""
+
+    LIMIT = 4096                  # CR3[11:0]
+
+    def __init__(self, on_reuse: Callable[[int], None] | None = None) -> None:
+        self._free = list(range(1, self.LIMIT))      # a heap: already in order
+        self._on_reuse = on_reuse
+
+    def allocate(self) -> int:
+        """A PCID no live space has, flushed; 0 when every one is taken."""
+        if not self._free:
+            return 0
+        pcid = heapq.heappop(self._free)
+        if self._on_reuse is not None:
+            self._on_reuse(pcid)
+        return pcid
+
+    def release(self, pcid: int) -> None:
+        """``pcid``'s space is gone: it may be handed out again (0: nothing to do)."""
+        if pcid:
+            heapq.heappush(self._free, pcid)
+
+    @property
+    def in_use(self) -> int:
+        """How many PCIDs live spaces hold."""
+        return self.LIMIT - 1 - len(self._free)
+
+
 class MemoryManager:
     """Owns RAM, the PFN database, the shared kernel half and every address space."""
 
     def __init__(self, mem: PhysicalMemory, on_page_changed: Callable[[int, int], None],
                  on_code_frame_reused: Callable[[], None], *,
                  on_tlb_flush: Callable[[], None] | None = None,
+                 on_pcid_reuse: Callable[[int], None] | None = None,
                  pagefile: Pagefile | None = None) -> None:
         self.mem = mem
+        self.pcids = PcidPool(on_pcid_reuse)
+        self._pcid_of: dict[int, int] = {}        # a live space's CR3 -> its PCID
         self._on_code_frame_reused = on_code_frame_reused   # translated code may be stale
         self.pfn = PfnDatabase(mem.frames)
         self.pager = Pager(self, pagefile)
@@ -318,11 +358,20 @@ class MemoryManager:
     def create_address_space(self, owner: int | None) -> AddressSpace:
         """A new PML4 with the kernel half already shared."""
         space = AddressSpace(self, owner)
+        space.pcid = self.pcids.allocate()
+        self._pcid_of[space.cr3] = space.pcid
         self.spaces.append(space)
         return space
 
     def forget(self, space: AddressSpace) -> None:
+        """``space`` is gone (its tables freed): its PCID may be handed out again."""
         self.spaces.remove(space)
+        self._pcid_of.pop(space.cr3, None)
+        self.pcids.release(space.pcid)
+
+    def pcid_of(self, cr3: int) -> int:
+        """The PCID of the live address space whose PML4 is at ``cr3`` (0: none)."""
+        return self._pcid_of.get(cr3, 0)
 
     def share_kernel_pml4e(self, slot: int, entry: int) -> None:
         """A new kernel PML4 entry: copy it into every PML4 so the kernel half stays one space."""

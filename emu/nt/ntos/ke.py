@@ -469,7 +469,7 @@ def ke_stack_attach_process(ex: KeServices, call: ExportCall) -> int:
     struct.pack_into("<Q", saved, _APC_PROCESS, eprocess.of(ex, attached) if attached else 0)
     rtl.write(ex, state, bytes(saved))
     _attachments(ex)[ex.current_thread] = target
-    ex.cpu.set_control(cr3=target.space.cr3)
+    ex.load_cr3(target.space.cr3)
     return 0
 
 
@@ -489,10 +489,10 @@ def ke_unstack_detach_process(ex: KeServices, call: ExportCall) -> int:
                        "KeUnstackDetachProcess of a thread that is not attached")
     if previous is not None:
         _attachments(ex)[ex.current_thread] = previous
-        ex.cpu.set_control(cr3=previous.space.cr3)
+        ex.load_cr3(previous.space.cr3)
     else:
         del _attachments(ex)[ex.current_thread]
-        ex.cpu.set_control(cr3=_home_space(ex).cr3)
+        ex.load_cr3(_home_space(ex).cr3)
     return 0
 
 
