@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_cli.add_parser(sub)
     from emu.tools import build_driver
     build_driver.add_parser(sub)
+    from emu.exercise import cli as exercise_cli
+    exercise_cli.add_parser(sub)
     return parser
 
 
@@ -149,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
+        if argv[:1] == ["exercise"]:         # its own grammar: options among the answer's words
+            from emu.exercise import cli as exercise_cli
+            return exercise_cli.run(argv[1:])
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("missing command (try: emu run APP, or emu --help)")
