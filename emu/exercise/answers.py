@@ -41,10 +41,17 @@ def parse_number(text: str, what: str = "number") -> int:
 
 def parse_error_code(text: str) -> int:
     """A #PF error code: a number, or bit names joined by ``|``, ``+``, ``,`` or spaces
-    (``P|W|U``); only bits 0..4 (P, W/R, U/S, RSVD, I/D) are defined here."""
+    (``P|W|U``), or both (``0x7 (P|W|U)``, which must agree); only bits 0..4 (P, W/R, U/S,
+    RSVD, I/D) are defined here."""
     raw = text.strip()
     if not raw:
         raise AnswerError("missing the error code after #PF")
+    both = re.fullmatch(r"(\d\w*)\s*\((.*)\)", raw)
+    if both:                      # `0x7 (P|W|U)`, as the answers are printed: both must agree
+        code, named = parse_error_code(both.group(1)), parse_error_code(both.group(2))
+        if code != named:
+            raise AnswerError(f"error code {raw!r}: {code:#x} is not {both.group(2).strip()}")
+        return code
     if raw[0].isdigit():
         code = parse_number(raw, "error code")
         if code & ~0x1F:

@@ -1,0 +1,125 @@
+"""emu exercise's command line: output, --json, --html, --count, check's exit status, and one
+line with exit status 2 for every bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from html import escape
+
+import pytest
+
+from emu.cli import main
+from emu.exercise import SEED_MAX, cli
+
+
+@pytest.fixture(autouse=True)
+def _built(apps):
+    return apps
+
+
+def test_one_exercise_printed(capsys):
+    assert main(["exercise", "translate", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    e = cli.make("translate", 3)
+    assert out == (f"== exercise translate, seed 3 ==\n{e.question}\n"
+                   "(check: emu exercise check translate --seed 3 ANSWER)\n")
+    assert e.answer not in out.split("Page-table entries")[0]
+
+
+def test_same_seed_same_text_in_two_processes():
+    run = [sys.executable, "-m", "emu", "exercise", "--seed", "0x10", "--count", "2", "--json"]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True)
+    second = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True)
+    assert first.stdout == second.stdout and first.stderr == second.stderr == ""
+    got = json.loads(first.stdout)
+    assert [(e["kind"], e["seed"]) for e in got] == [("translate", 16), ("refuse", 17)]
+
+
+def test_json_schema(capsys):
+    assert main(["exercise", "refuse", "--seed", "5", "--count", "3", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [e["seed"] for e in got] == [5, 6, 7]
+    for e in got:
+        assert set(e) == {"kind", "seed", "question", "answer", "explanation", "facts"}
+        assert e == cli.make("refuse", e["seed"]).as_json()
+
+
+def test_no_kind_takes_the_kinds_in_turn(capsys):
+    assert main(["exercise", "--seed", "4", "--count", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "== exercise translate, seed 4 ==" in out and "== exercise refuse, seed 5 ==" in out
+
+
+def test_list(capsys):
+    assert main(["exercise", "list"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == ["translate", "refuse"]
+
+
+@pytest.mark.parametrize("kind", ["translate", "refuse"])
+def test_check_exit_status(kind, capsys):
+    e = cli.make(kind, 11)
+    assert main(["exercise", "check", kind, "--seed", "11", *e.answer.split()]) == 0
+    out = capsys.readouterr().out
+    assert out == f"right: {e.answer}\n{e.explanation}\n"
+    wrong = "#GP" if kind == "translate" and e.answer != "#GP" else "PTE.RW=1 PTE.NX=0"
+    assert main(["exercise", "check", kind, wrong, "--seed", "11"]) == 1
+    out = capsys.readouterr().out
+    assert out == f"wrong: you answered {wrong}; the machine says {e.answer}\n{e.explanation}\n"
+
+
+def test_check_json(capsys):
+    e = cli.make("translate", 2)
+    assert main(["exercise", "check", "translate", "--seed", "2", "--json", e.answer]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == {**e.as_json(), "given": e.answer, "right": True}
+
+
+def test_html_sheet(tmp_path, capsys):
+    sheet = tmp_path / "sheet.html"
+    assert main(["exercise", "--seed", "20", "--count", "6", "--html", str(sheet)]) == 0
+    assert capsys.readouterr().out == f"emu exercise: 6 exercises written to {sheet}\n"
+    page = sheet.read_text(encoding="utf-8")
+    answers_at = page.index("<h1>Answers</h1>")
+    for seed in range(20, 26):
+        e = cli.make(("translate", "refuse")[seed % 2], seed)
+        assert page.index(escape(e.question)) < answers_at
+        assert page.index(escape(e.answer)) > answers_at
+        assert escape(e.explanation) in page[answers_at:]
+    assert not re.search(r"https?:|//[a-z]|<script|<link|<img|@import|url\(", page, re.I)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["nosuch"], "unknown exercise kind 'nosuch' (the kinds: translate, refuse)"),
+    (["check", "nosuch", "--seed", "1", "0x1"], "unknown exercise kind 'nosuch'"),
+    (["translate", "--seed", str(SEED_MAX + 1)], "out of range (a seed is 0 to 4294967295)"),
+    (["translate", "--seed", "-1"], "--seed -1: out of range"),
+    (["translate", "--seed", "0x"], "--seed '0x': 0x with no hex digits after it"),
+    (["translate", "--seed", "0x1ffffffffffffffff"], "wider than 64 bits"),
+    (["translate", "--seed", "ten"], "--seed 'ten': not a number"),
+    (["translate", "--seed", str(SEED_MAX), "--count", "2"], "the last seed, 4294967296"),
+    (["translate", "--count", "0"], "--count 0: must be 1 to 1000"),
+    (["translate", "--count", "1001"], "--count 1001: must be 1 to 1000"),
+    (["translate", "refuse"], "one kind at a time"),
+    (["check"], "check needs a kind and an answer"),
+    (["check", "translate", "--seed", "1"], "check needs an answer after the kind"),
+    (["check", "translate", "0x1000"], "check needs the exercise's seed: --seed S"),
+    (["check", "translate", "--seed", "1", "--count", "2", "0x1"], "check takes one exercise"),
+    (["list", "translate"], "`emu exercise list` takes nothing else"),
+    (["translate", "--bogus"], "unrecognized arguments: --bogus"),
+    (["translate", "--html", "/nonexistent-folder/x.html"], "--html"),
+])
+def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
+    assert main(["exercise", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("emu: error: ") and captured.err.count("\n") == 1
+    assert message in captured.err
+
+
+def test_help_names_the_seed_range(capsys):
+    assert main(["exercise", "--help"]) == 0
+    assert "2**32-1 = 4294967295" in capsys.readouterr().out
