@@ -34,16 +34,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _kinds() -> dict[str, tuple[Callable, Callable, Callable, str]]:
     """kind -> (scene, generate, check, one-line summary), in the order of docs/exercises.md."""
-    from emu.exercise import refuse, scenes, translate
+    from emu.exercise import dpc, refuse, scenes, translate
     return {
         "translate": (scenes.spaces, translate.generate, translate.check,
                       "translate a VA in a process: physical address, #PF error code or #GP"),
         "refuse": (scenes.spaces, refuse.generate, refuse.check,
                    "which entries and bit refuse a ring-3 access, and what change allows it"),
+        "dpc": (lambda: None, dpc.generate, dpc.check,
+                "which process's frame a DPC's store lands in (neither, direct, buffered I/O)"),
     }
 
 
-KIND_NAMES = ("translate", "refuse")
+KIND_NAMES = ("translate", "refuse", "dpc")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -210,8 +212,8 @@ def _check(args: argparse.Namespace, words: list[str]) -> int:
 
 def _parse_only(kind: str, answer: str) -> None:
     """AnswerError if ``answer`` is not in ``kind``'s grammar."""
-    from emu.exercise import refuse, translate
-    {"translate": translate.parse, "refuse": refuse.parse}[kind](answer)
+    from emu.exercise import dpc, refuse, translate
+    {"translate": translate.parse, "refuse": refuse.parse, "dpc": dpc.parse}[kind](answer)
 
 
 def _prompt(exercise: Exercise) -> int:
