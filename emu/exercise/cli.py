@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _kinds() -> dict[str, tuple[Callable, Callable, Callable, str]]:
     """kind -> (scene, generate, check, one-line summary), in the order of docs/exercises.md."""
-    from emu.exercise import dpc, refuse, scenes, translate
+    from emu.exercise import bugcheck, dpc, refuse, scenes, translate
     return {
         "translate": (scenes.spaces, translate.generate, translate.check,
                       "translate a VA in a process: physical address, #PF error code or #GP"),
@@ -42,10 +42,12 @@ def _kinds() -> dict[str, tuple[Callable, Callable, Callable, str]]:
                    "which entries and bit refuse a ring-3 access, and what change allows it"),
         "dpc": (lambda: None, dpc.generate, dpc.check,
                 "which process's frame a DPC's store lands in (neither, direct, buffered I/O)"),
+        "bugcheck": (lambda: None, bugcheck.generate, bugcheck.check,
+                     "predict a buggy driver's bug check code and first parameter"),
     }
 
 
-KIND_NAMES = ("translate", "refuse", "dpc")
+KIND_NAMES = ("translate", "refuse", "dpc", "bugcheck")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -212,8 +214,9 @@ def _check(args: argparse.Namespace, words: list[str]) -> int:
 
 def _parse_only(kind: str, answer: str) -> None:
     """AnswerError if ``answer`` is not in ``kind``'s grammar."""
-    from emu.exercise import dpc, refuse, translate
-    {"translate": translate.parse, "refuse": refuse.parse, "dpc": dpc.parse}[kind](answer)
+    from emu.exercise import bugcheck, dpc, refuse, translate
+    {"translate": translate.parse, "refuse": refuse.parse, "dpc": dpc.parse,
+     "bugcheck": bugcheck.parse}[kind](answer)
 
 
 def _prompt(exercise: Exercise) -> int:
