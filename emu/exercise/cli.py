@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _kinds() -> dict[str, tuple[Callable, Callable, Callable, str]]:
     """kind -> (scene, generate, check, one-line summary), in the order of docs/exercises.md."""
-    from emu.exercise import bugcheck, dpc, refuse, scenes, translate
+    from emu.exercise import bugcheck, dpc, evict, refuse, scenes, translate
     return {
         "translate": (scenes.spaces, translate.generate, translate.check,
                       "translate a VA in a process: physical address, #PF error code or #GP"),
@@ -44,10 +44,12 @@ def _kinds() -> dict[str, tuple[Callable, Callable, Callable, str]]:
                 "which process's frame a DPC's store lands in (neither, direct, buffered I/O)"),
         "bugcheck": (lambda: None, bugcheck.generate, bugcheck.check,
                      "predict a buggy driver's bug check code and first parameter"),
+        "evict": (lambda: None, evict.generate, evict.check,
+                  "which page the working-set clock evicts next under memory pressure"),
     }
 
 
-KIND_NAMES = ("translate", "refuse", "dpc", "bugcheck")
+KIND_NAMES = ("translate", "refuse", "dpc", "bugcheck", "evict")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -214,9 +216,9 @@ def _check(args: argparse.Namespace, words: list[str]) -> int:
 
 def _parse_only(kind: str, answer: str) -> None:
     """AnswerError if ``answer`` is not in ``kind``'s grammar."""
-    from emu.exercise import bugcheck, dpc, refuse, translate
+    from emu.exercise import bugcheck, dpc, evict, refuse, translate
     {"translate": translate.parse, "refuse": refuse.parse, "dpc": dpc.parse,
-     "bugcheck": bugcheck.parse}[kind](answer)
+     "bugcheck": bugcheck.parse, "evict": evict.parse}[kind](answer)
 
 
 def _prompt(exercise: Exercise) -> int:

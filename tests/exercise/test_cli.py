@@ -35,7 +35,9 @@ def test_same_seed_same_text_in_two_processes():
     second = subprocess.run(run, capture_output=True, text=True, timeout=120, check=True)
     assert first.stdout == second.stdout and first.stderr == second.stderr == ""
     got = json.loads(first.stdout)
-    assert [(e["kind"], e["seed"]) for e in got] == [("translate", 16), ("refuse", 17)]
+    kinds = cli.KIND_NAMES
+    assert [(e["kind"], e["seed"]) for e in got] == [(kinds[16 % 5], 16), (kinds[17 % 5], 17)]
+    assert len(kinds) == 5
 
 
 def test_json_schema(capsys):
@@ -50,14 +52,14 @@ def test_json_schema(capsys):
 def test_no_kind_takes_the_kinds_in_turn(capsys):
     assert main(["exercise", "--seed", "4", "--count", "2"]) == 0
     out = capsys.readouterr().out
-    assert "== exercise translate, seed 4 ==" in out and "== exercise refuse, seed 5 ==" in out
+    assert "== exercise evict, seed 4 ==" in out and "== exercise translate, seed 5 ==" in out
 
 
 def test_list(capsys):
     assert main(["exercise", "list"]) == 0
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines()] == ["translate", "refuse", "dpc",
-                                                                 "bugcheck"]
+                                                                 "bugcheck", "evict"]
 
 
 @pytest.mark.parametrize("kind", ["translate", "refuse"])
@@ -94,7 +96,8 @@ def test_html_sheet(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["nosuch"], "unknown exercise kind 'nosuch' (the kinds: translate, refuse, dpc, bugcheck)"),
+    (["nosuch"], "unknown exercise kind 'nosuch' (the kinds: translate, refuse, dpc, bugcheck, "
+                 "evict)"),
     (["check", "nosuch", "--seed", "1", "0x1"], "unknown exercise kind 'nosuch'"),
     (["translate", "--seed", str(SEED_MAX + 1)], "out of range (a seed is 0 to 4294967295)"),
     (["translate", "--seed", "-1"], "--seed -1: out of range"),
