@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emu`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["exercise"]:        # its own grammar: options among an answer's words
+        from emu.exercise import cli as exercise_cli
+        return exercise_cli.run(argv[1:])
     command = next((w for w in argv if w in ("run", "debug", "query")), None)
     if command is not None:
         # argparse would swallow a `--` right after APP; keep every one as a separator.
@@ -151,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
-        if argv[:1] == ["exercise"]:         # its own grammar: options among the answer's words
-            from emu.exercise import cli as exercise_cli
-            return exercise_cli.run(argv[1:])
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("missing command (try: emu run APP, or emu --help)")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from emu.exercise import SEED_MAX, AnswerError, Exercise
 from emu.exercise.scenes import SceneError
 
-EXIT_OK, EXIT_WRONG, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_COUNT = 1000
 
 
@@ -88,6 +88,9 @@ def run(argv: Sequence[str]) -> int:
     except (_Usage, AnswerError, SceneError) as err:
         print(f"emu: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("emu: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:                 # `emu exercise ... | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
