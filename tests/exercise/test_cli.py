@@ -127,3 +127,20 @@ def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
 def test_help_names_the_seed_range(capsys):
     assert main(["exercise", "--help"]) == 0
     assert "2**32-1 = 4294967295" in capsys.readouterr().out
+
+
+def test_one_exercise_sheet_says_so(tmp_path, capsys):
+    sheet = tmp_path / "one.html"
+    assert main(["exercise", "evict", "--html", str(sheet)]) == 0
+    assert capsys.readouterr().out == f"emu exercise: 1 exercise written to {sheet}\n"
+    assert escape(cli.make("evict", 0).question) in sheet.read_text(encoding="utf-8")
+
+
+def test_answer_at_the_prompt(monkeypatch, capsys):
+    e = cli.make("bugcheck", 9)
+    typed = iter(["0x50 0x", e.answer])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(typed))
+    assert cli._prompt(e) == 0
+    out = capsys.readouterr().out
+    assert out == ("not an answer: parameter 1 '0x': 0x with no hex digits after it\n"
+                   f"right: {e.answer}\n{e.explanation}\n")

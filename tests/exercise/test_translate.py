@@ -121,3 +121,14 @@ def test_malformed_answers(answer, message, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and err.startswith("emu: error: ")
     assert message in err
+
+
+@pytest.mark.parametrize("seed", range(0, 200, 9))
+def test_explanation_is_the_debuggers_walk(scene, seed):
+    from emu.debugger.shell import Shell
+
+    e = translate.generate(scene, seed)
+    f = e.facts
+    ring = "user" if f["ring"] == 3 else "kernel"
+    out = Shell(scene.target).run_command(f"walk {f['va']:#x} {f['pid']} {f['access']} {ring}")
+    assert out.rstrip("\n") == e.explanation
