@@ -144,3 +144,11 @@ def test_answer_at_the_prompt(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out == ("not an answer: parameter 1 '0x': 0x with no hex digits after it\n"
                    f"right: {e.answer}\n{e.explanation}\n")
+
+
+def test_html_with_json_prints_the_json(tmp_path, capsys):
+    sheet = tmp_path / "both.html"
+    assert main(["exercise", "dpc", "--seed", "3", "--html", str(sheet), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == [cli.make("dpc", 3).as_json()]
+    assert escape(got[0]["question"]) in sheet.read_text(encoding="utf-8")
