@@ -14,6 +14,10 @@ from typing import Any
 SEED_MAX = (1 << 32) - 1        # seeds are 0 .. 2**32 - 1
 
 
+class SceneError(Exception):
+    """The guests are not built, or a scene did not reach its point (one line)."""
+
+
 class AnswerError(ValueError):
     """An answer that does not follow the grammar of docs/exercises.md (one line)."""
 

@@ -16,8 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from emu.exercise import SEED_MAX, AnswerError, Exercise
-from emu.exercise.scenes import SceneError
+from emu.exercise import SEED_MAX, AnswerError, Exercise, SceneError
 
 EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_COUNT = 1000

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emu.debugger.live import LiveTarget
+from emu.exercise import SceneError
 from emu.machine import Machine, MachineResult
 
 GUEST_BUILD = Path(__file__).resolve().parents[2] / "guest" / "build"
@@ -21,10 +22,6 @@ GUEST_BUILD = Path(__file__).resolve().parents[2] / "guest" / "build"
 # this many instructions, when all three are alive.
 SPACES_APPS = (("victim", ()), ("counter", ("a", "1000")), ("threads", ()))
 SPACES_STOP = 400_000
-
-
-class SceneError(Exception):
-    """The guests are not built, or the scene did not reach its point (one line)."""
 
 
 @dataclass
