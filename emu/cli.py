@@ -137,12 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     build_driver.add_parser(sub)
     from emu import build
     build.add_parser(sub)
+    from emu.exercise import cli as exercise_cli
+    exercise_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emu`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["exercise"]:        # its own grammar: options among an answer's words
+        from emu.exercise import cli as exercise_cli
+        return exercise_cli.run(argv[1:])
     command = next((w for w in argv if w in ("run", "debug", "query")), None)
     if command is not None:
         # argparse would swallow a `--` right after APP; keep every one as a separator.
