@@ -235,6 +235,17 @@ def test_memcpy_at_device_irql_is_bug_check_0xa(machine_factory, apps):
 MARKERS = ("marker-AAAAAAAAAAAAAAAA", "marker-BBBBBBBBBBBBBBBB")
 
 
+def markers(apps) -> tuple[str, str]:
+    """MARKERS lengthened so the argument strings (the app's host path, then the marker)
+    end right at USER_STACK_TOP: initial_stack rounds their start down to 16 bytes, so with
+    any other length the 16 bytes peattach.sys reads below the top would hold the padding
+    (and, one path length in 16, no marker at all): the test must not depend on where the
+    checkout is."""
+    used = len(str(apps / "hello")) + 1 + len(MARKERS[0]) + 1
+    extra = -used % 16
+    return tuple(m + m[-1] * extra for m in MARKERS)
+
+
 def user_text(m, proc, va: int, n: int) -> str:
     """The text of ``n`` bytes at ``va`` in ``proc``'s own memory (up to a NUL), read from
     the frame its page table maps there."""
@@ -255,7 +266,7 @@ def test_attaching_reads_each_process_s_own_memory(machine_factory, apps):
     the dereferences release the lookups; detaching with the outer state first leaves the
     thread unattached, so the inner state's detach is bug check 0x6."""
     m, (a, b), r = boot(machine_factory, apps, [DRIVERS / "peattach.sys"],
-                        ("hello", MARKERS[0]), ("hello", MARKERS[1]))
+                        *(("hello", marker) for marker in markers(apps)))
     assert (a.pid, b.pid) == (12, 20)            # 4 and 8: the System process and thread
     address = layout.USER_STACK_TOP - 16          # where the last argument ends
     text_a, text_b = user_text(m, a, address, 16), user_text(m, b, address, 16)
@@ -280,8 +291,8 @@ def test_an_attached_driver_pages_the_target_s_memory_back_in(machine_factory, a
     DriverEntry runs in): the same bytes, and the processes then run as usual."""
     m = machine_factory()
     m.add_driver(DRIVERS / "peattach.sys")
-    a = m.spawn(apps / "hello", [MARKERS[0]])
-    b = m.spawn(apps / "hello", [MARKERS[1]])
+    a = m.spawn(apps / "hello", [markers(apps)[0]])
+    b = m.spawn(apps / "hello", [markers(apps)[1]])
     address = layout.USER_STACK_TOP - 16
     text_a, text_b = user_text(m, a, address, 16), user_text(m, b, address, 16)
     assert m.executive.mm.pager.empty_working_sets() > 0
@@ -299,8 +310,8 @@ def test_an_attach_switches_cr3_and_a_detach_switches_back(machine_factory, apps
 
     m = machine_factory()
     m.add_driver(DRIVERS / "peattach.sys")
-    a = m.spawn(apps / "hello", [MARKERS[0]])
-    b = m.spawn(apps / "hello", [MARKERS[1]])
+    a = m.spawn(apps / "hello", [markers(apps)[0]])
+    b = m.spawn(apps / "hello", [markers(apps)[1]])
     loads = []
     m.executive.events.subscribe(
         lambda event, details: loads.append(details["new"]) if event is Event.CR3_LOAD
