@@ -239,6 +239,11 @@ class RegisterPackets:
             regs.update(fpu_values(self.session.executive.cpu))
         else:                   # off the CPU: its saved context (emu.debugger.gdbthreads)
             regs = saved_registers(thread, regs)
+        # CR3 as the hardware holds it: with CR4.PCIDE, bits 11:0 are the PCID (SDM Vol. 3A
+        # 4.10.1); the target's "cr3" is the PML4's address alone.
+        if regs.get("cr4", 0) & CR4.PCIDE:
+            pid = None if thread is None else thread.process.pid
+            regs["cr3"] |= self.session.target.pcid(pid) or 0
         regs.setdefault("eflags", regs.get("rflags", 0))
         return regs
 

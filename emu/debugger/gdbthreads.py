@@ -110,9 +110,12 @@ def saved_registers(thread: Thread, cpu_registers: dict[str, int]) -> dict[str, 
     proc = thread.process
     if thread.context is None:
         code = Selector.USER_CODE if proc.bits == 64 else Selector.USER_CODE32
-        return {"rip": thread.start_rip, "rsp": thread.start_rsp, "rdi": thread.start_arg,
-                "rflags": USER_RFLAGS, "cs": code, "ss": Selector.USER_DATA,
-                "cr3": proc.space.cr3}
+        # The control registers other than CR3 are the processor's, whichever thread runs.
+        shared = {name: cpu_registers[name] for name in ("cr0", "cr4", "efer")
+                  if name in cpu_registers}
+        return {**shared, "rip": thread.start_rip, "rsp": thread.start_rsp,
+                "rdi": thread.start_arg, "rflags": USER_RFLAGS, "cs": code,
+                "ss": Selector.USER_DATA, "cr3": proc.space.cr3}
     regs = dict(cpu_registers)
     regs.update(dump.context_registers(thread.context))
     regs["cr3"] = proc.space.cr3

@@ -326,7 +326,9 @@ def test_g_layout_matches_p_for_every_register() -> None:
         assert c.cmd(f"p{len(gdbregs.REGISTERS):x}") == b"E01"
         assert c.register("cr0") & 0x8000_0001 == 0x8000_0001        # PG and PE
         assert c.register("efer") & (1 << 10)                          # LMA
-        assert c.register("cr3") == s.machine.processes[0].space.cr3
+        space = s.machine.processes[0].space       # CR4.PCIDE: CR3[11:0] is the PCID
+        assert c.register("cr4") & (1 << 17) and space.pcid
+        assert c.register("cr3") == space.cr3 | space.pcid
         c.cmd("c")
 
 
@@ -525,7 +527,11 @@ def test_each_process_s_thread_is_a_thread_named_with_its_process() -> None:
         assert c.cmd("Hg99") == b"E02"
         assert c.cmd(f"Hgp{second:x}.{tid:x}") == b"OK"
         assert c.register("rip") == s.machine.processes[1].image.entry
-        assert c.register("cr3") == s.machine.processes[1].space.cr3
+        space = s.machine.processes[1].space
+        assert c.register("cr3") == space.cr3 | space.pcid
+        cpu = s.machine.executive.cpu          # not started: the processor's CR0, CR4, EFER
+        assert (c.register("cr0"), c.register("cr4"), c.register("efer")) == \
+            (cpu.cr0, cpu.cr4, cpu.efer)
         assert c.cmd("P0=" + "00" * 8) == b"E03"                 # not on the CPU: read-only
         assert c.cmd("Hg0") == b"OK"
         assert c.cmd("c") == b"W00"
