@@ -70,9 +70,9 @@ USAGE = "history calls SYMBOL [pid N] [args N] [--json]"
 
 # wdm.h's macros over exported routines: IoCompleteRequest(a, b) is IofCompleteRequest(a, b),
 # and so on; a call through the macro is a call of the routine it names.
+# (x64: KeAcquireSpinLock(L, O) is *O = KeAcquireSpinLockRaiseToDpc(L).)
 WDM_MACROS = {"IoCompleteRequest": "IofCompleteRequest", "KeRaiseIrql": "KfRaiseIrql",
-              "IoCallDriver": "IofCallDriver", "ObDereferenceObject": "ObfDereferenceObject",
-              "ExFreePool": "ExFreePool", "KeAcquireSpinLock": "KeAcquireSpinLockRaiseToDpc"}
+              "KeAcquireSpinLock": "KeAcquireSpinLockRaiseToDpc"}
 
 # The WDK's DRIVER_INITIALIZE: what the executive calls DriverEntry with.
 DRIVER_ENTRY_PARAMS = ("DriverObject", "RegistryPath")
