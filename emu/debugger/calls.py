@@ -337,7 +337,7 @@ def _why(call: Call) -> str:
     if call.end == PROCESS_EXIT:
         return f"its process ended at {call.end_position} ({call.end_detail})"
     if call.end == UNWOUND:
-        return f"its frame was unwound by {call.end_position}"
+        return f"unwound by an exception (its frame was gone at {call.end_position})"
     return f"still running at {call.end_position}"
 
 
@@ -468,8 +468,12 @@ class CallRecorder(Session):
         return bool(self._wanted) or super().stop_pending
 
     def before_run(self) -> None:
-        """Hook the return addresses met since the last run, then the session's own work."""
+        """Hook the return addresses met since the last run, note the calls whose frame is
+        gone, then the session's own work."""
         self._hook_returns()
+        if self._open:
+            cpu = self.executive.cpu
+            self._abandon(cpu.reg("rsp"), self.position, cpu.rip)
         super().before_run()
 
     def _hook_returns(self) -> None:
@@ -565,13 +569,16 @@ class CallRecorder(Session):
             call.return_position, call.value = position, value
         self._abandon(rsp, position)
 
-    def _abandon(self, rsp: int, position: int) -> None:
-        """Calls of this thread and stack whose frame lies below ``rsp`` (RSP once their
-        return address is popped) can no longer return: an exception unwound them."""
+    def _abandon(self, rsp: int, position: int, rip: int | None = None) -> None:
+        """Calls of this thread and stack whose frame lies below ``rsp`` can no longer
+        return: an exception unwound them (while a call runs, RSP stays at or below its
+        return address's slot; once it returns, RSP is one slot above and RIP at the return
+        address, which ``rip``, if given, is checked against)."""
         thread = self.executive.current_thread
         tid = thread.tid if thread is not None else None
         space = self._space(rsp)
-        for key in [k for k in self._open if k[2] == space and k[1] < rsp]:
+        for key in [k for k in self._open if k[2] == space and
+                    (k[1] < rsp or (k[1] == rsp and rip is not None and rip != k[0]))]:
             left = []
             for call in self._open[key]:
                 if call.tid == tid:

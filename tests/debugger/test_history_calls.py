@@ -318,6 +318,24 @@ def test_the_process_ended_under_a_recursion(apps):
         "(exit status STATUS_STACK_OVERFLOW (0xC00000FD))")
 
 
+def test_a_call_unwound_by_an_exception(apps):
+    """probe.sys's ProbeForWrite raises STATUS_ACCESS_VIOLATION into its __except: the call
+    never returns, its frame unwound; probe.sys!Read itself returns the exception's code."""
+    argv = ["--driver", DRIVERS / "probe.sys", apps / "devread", r"\Device\Probe", "16",
+            "0xffff800000000000"]
+    r = emu("query", "calls", "ProbeForWrite", "--json", *argv)
+    (probe,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert probe["args"] == [0xFFFF800000000000, 16, 1]
+    assert (probe["return"], probe["no_return"]) == (None, "unwound")
+    assert probe["no_return_position"] == probe["position"] + 1
+    text = emu("query", "calls", "probe!Read", *argv).stdout.splitlines()
+    assert text[0].endswith(" returned 0xc0000005 at 485") and "(called by the executive)" \
+        in text[0]
+    row = emu("query", "calls", "ProbeForWrite", *argv).stdout.splitlines()[0]
+    assert row.endswith("never returned: unwound by an exception (its frame was gone at "
+                        f"{probe['position'] + 1})")
+
+
 def test_a_repeated_query_comes_from_the_index(apps):
     out = debug(apps, "continue\nhistory calls fib\nhistory calls fib pid 12\n"
                 "history calls fib args 2\n", fib)
