@@ -39,6 +39,7 @@ Memory is bounded (docs/limits.md).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 PAGE = layout.PAGE_SIZE
 MAX_CALLS = 100_000          # calls one query records (docs/limits.md)
-MAX_INDEX_CALLS = 200_000    # calls the index keeps, all functions (about 500 B each)
+MAX_INDEX_CALLS = 100_000    # calls the index keeps, all functions (about 700 B each: 70 MiB)
 MAX_ARGS = 16                # ``args N``: 0 to 16
 DEFAULT_ARGS = 4
 USAGE = "history calls SYMBOL [pid N] [args N] [--json]"
@@ -261,7 +262,7 @@ def parse_args(text: str) -> int:
 
 # -- one call ---------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One call of the past (see the module docstring): where and by whom it was made, its
     arguments (None: not readable), and its return or why there is none."""
@@ -289,9 +290,9 @@ class Call:
             return self
         if self.end is not None and self.end_position is not None and \
                 self.end_position <= now:
-            return Call(**{**self.__dict__, "return_position": None, "value": None})
-        return Call(**{**self.__dict__, "return_position": None, "value": None,
-                       "end": RUNNING, "end_position": now, "end_detail": ""})
+            return dataclasses.replace(self, return_position=None, value=None)
+        return dataclasses.replace(self, return_position=None, value=None, end=RUNNING,
+                                   end_position=now, end_detail="")
 
     def json(self, fn: Function, nargs: int, symbolize) -> dict[str, Any]:
         """The JSON record of this call (docs/debugger.md, "history calls")."""
@@ -355,10 +356,6 @@ def summary(fn: Function, count: int, pid: int | None, position: int, truncated:
 
 class _Done(Exception):
     """The query's machine reached the position asked for."""
-
-
-class _TooMany(Exception):
-    """The query's machine recorded MAX_CALLS calls."""
 
 
 def peek(ex, va: int, n: int) -> bytes | None:
@@ -433,8 +430,6 @@ class CallRecorder(Session):
                 self.run()
             except _Done:
                 pass
-            except _TooMany:
-                self.truncated = True
         ex = self.executive
         for call in self.calls:
             if call.return_position is None and call.end is None:
@@ -519,6 +514,9 @@ class CallRecorder(Session):
         super().export_called(address)
 
     def _enter(self, position: int, address: int, rsp: int) -> None:
+        if len(self.calls) >= MAX_CALLS:
+            self.truncated = True            # no more rows; the returns of these still come
+            return
         ex = self.executive
         cpu = ex.cpu
         width = 4 if self.fn.bits == 32 else 8
@@ -546,9 +544,6 @@ class CallRecorder(Session):
             self._open.setdefault((ret, rsp + width, self._space(rsp)), []).append(call)
             if ret not in self._ret_hooks:
                 self._wanted.add(ret)
-        if len(self.calls) >= MAX_CALLS:
-            cpu.native.stop_soon()
-            raise _TooMany()
 
     def _space(self, rsp: int) -> int | None:
         """Whose stack: None for a kernel stack (the same in every space), else CR3."""
@@ -625,18 +620,16 @@ class CallIndex:
         ``position`` is the end of the machine (re-executed to its end, last events too)."""
         key = (fn.name, nargs)
         learnt = self.learnt.get(key)
-        cached = learnt is not None and (learnt.upto >= position or learnt.truncated)
+        cached = learnt is not None and learnt.upto >= position
         if not cached:
             recorder = CallRecorder(factory(), fn, nargs, None if ended else position)
-            found = recorder.record()
-            upto = found[-1].position if recorder.truncated else position
-            learnt = _Learnt(upto, found, recorder.truncated)
+            # Truncated: the first MAX_CALLS calls, with their returns up to ``position``.
+            learnt = _Learnt(position, recorder.record(), recorder.truncated)
             self.learnt[key] = learnt
             self._bound()
         self.learnt.move_to_end(key)
-        end = min(position, learnt.upto)
-        out = [c.at(position) for c in learnt.calls if c.position < end]
-        return out, position > learnt.upto, cached
+        out = [c.at(position) for c in learnt.calls if c.position < position]
+        return out, learnt.truncated and len(out) == len(learnt.calls), cached
 
     def _bound(self) -> None:
         while len(self.learnt) > 1 and \

@@ -439,3 +439,33 @@ def test_the_python_api_for_other_tools(apps):
     assert calls.row(3, found[2], fn, 2, lambda a, _pid: f"{a:#x}").startswith(
         "#3           109  pid  12 tid  16  ring 0  IRQL 0  0xfffff800010010f1  "
         "nt!IofCompleteRequest(Irp=0x")
+
+
+def test_a_32_bit_app_by_cdecl(apps):
+    """A 32-bit app's function: its arguments on the stack ([ESP+4], [ESP+8], ...), its
+    return address 4 bytes, its value in EAX."""
+    r = emu("query", "calls", "hello32!main", "--json", "--args", "2", apps / "hello32", "a")
+    (main,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (main["convention"], main["args"][0], main["return"]) == ("cdecl", 2, 0)
+    assert main["caller_symbol"].startswith("hello32!_start+")
+    assert main["return_address"] == main["caller"] + 5             # call rel32
+    out = emu("debug", apps / "hello32", "a",
+              stdin=f"goto {main['position']}\nx/3wx $esp\n").stdout
+    words = answer(out, "x/3wx $esp")[0].split()
+    assert [int(w, 16) for w in words[1:]] == [main["return_address"], *main["args"]]
+
+
+def test_too_many_calls_are_cut(apps, monkeypatch):
+    """At most MAX_CALLS calls a query: the first ones, and the last line says so."""
+    monkeypatch.setattr(calls, "MAX_CALLS", 5)
+    end, images = _run_to_end("fib", apps)
+    fn = calls.resolve("fib!fib", images)
+    index = calls.CallIndex()
+    found, truncated, cached = index.answer(fn, 1, end, factory(*fib(apps)), ended=True)
+    assert truncated and not cached and len(found) == 5
+    assert [(c.args[0], c.value) for c in found] == [(5, 5), (4, 3), (3, 2), (2, 1), (1, 1)]
+    assert calls.summary(fn, len(found), None, end, truncated, cached).endswith(
+        "(re-executed from boot); more than 5 calls: only the first are shown")
+    again, truncated, cached = index.answer(fn, 1, end, factory(*fib(apps)), ended=True)
+    assert truncated and cached and [c.position for c in again] == \
+        [c.position for c in found]
