@@ -357,6 +357,23 @@ def test_going_back_answers_for_that_past(apps):
     assert later[0].split("  fib!fib(")[0] == first[0].split("  fib!fib(")[0]
 
 
+def test_the_index_goes_back_with_the_machine(apps):
+    """goto #1.ret resumes a snapshot (another process): the index comes along; at the
+    DPC's own position its call is not yet made (the answer is the calls before it)."""
+    out = debug(apps, "continue\nhistory calls DpcForIsr\ngoto #1.ret\n"
+                "history calls DpcForIsr\ngoto 200273\nhistory calls DpcForIsr\n", slow_neither)
+    rows = [line for line in out.splitlines() if line.startswith(("#", "0 calls", "1 call"))]
+    assert rows[0].startswith("#1        200273  pid  20 tid  24  ring 0  IRQL 2  (called by "
+                              "the executive)  slowneither.sys!DpcForIsr(")
+    assert rows[0].endswith("  returned 0x0 at 200372")
+    assert rows[1:] == [
+        "1 call of slowneither.sys!DpcForIsr from boot to position 1204741 (re-executed from "
+        "boot)",
+        rows[0],
+        "1 call of slowneither.sys!DpcForIsr from boot to position 200372 (from the index)",
+        "0 calls of slowneither.sys!DpcForIsr from boot to position 200273 (from the index)"]
+
+
 def test_emu_query_answers_as_the_shell_at_the_end(apps):
     drivers, commands = ticket_scribble(apps)
     argv = [a for d in drivers for a in ("--driver", d)] + \
