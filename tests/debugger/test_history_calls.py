@@ -236,7 +236,8 @@ def debug(apps, script: str, scenario) -> str:
 def test_an_irp_completed_twice(apps):
     """twice.sys completes one IRP twice: two calls of IofCompleteRequest from twice.sys!Read
     with the same IRP; the second is the bug check, and never returns."""
-    out = debug(apps, "continue\nhistory calls IoCompleteRequest\n", twice)
+    out = debug(apps, "continue\nhistory calls IoCompleteRequest\ngoto #2\n"
+                "info registers rip rcx\ngoto #2.ret\ninfo registers rip\n", twice)
     rows = answer(out, "history calls IoCompleteRequest")
     assert rows[-1] == "3 calls of nt!IofCompleteRequest from boot to position 110 " \
         "(re-executed from boot)"
@@ -249,7 +250,14 @@ def test_an_irp_completed_twice(apps):
                         r"PriorityBoost=0x0\)  returned 0x0 at 106", read[0])
     assert read[1].endswith("never returned: the system stopped at 110 (bug check 0x44 "
                             "MULTIPLE_IRP_COMPLETE_REQUESTS)")
-    assert f"Irp={irps.pop()}" in read[1]
+    irp = irps.pop()
+    assert f"Irp={irp}" in read[1]
+    # at the call: RIP the export's address, the IRP in RCX; at its return: after the call
+    assert answer(out, "goto #2")[0].startswith(
+        f"=> {exports.address_of('IofCompleteRequest'):#x} <nt!IofCompleteRequest>: ")
+    regs = answer(out, "info registers rip rcx")
+    assert regs[1].startswith(f"rcx = {irp} ")
+    assert answer(out, "info registers rip")[0].startswith(f"rip = {0xfffff800010010ea + 2:#x} ")
 
 
 JSON_KEYS = {"position": int, "function": str, "address": int, "pid": (int, type(None)),
