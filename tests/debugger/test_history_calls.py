@@ -494,3 +494,12 @@ def test_too_many_calls_are_cut(apps, monkeypatch):
     again, truncated, cached = index.answer(fn, 1, end, factory(*fib(apps)), ended=True)
     assert truncated and cached and [c.position for c in again] == \
         [c.position for c in found]
+
+
+@pytest.mark.parametrize(("args", "stdout", "status"), [
+    ([], "fib(6) = 8\n", 0), (["10"], "fib(10) = 55\n", 0), (["20"], "fib(20) = 6765\n", 0),
+    (["21"], "usage: fib [N] (N at most 20)\n", 2)])
+def test_the_fib_app(apps, args, stdout, status):
+    """guest/README.md's row for fib."""
+    r = emu("run", apps / "fib", *args)
+    assert (r.stdout, r.returncode) == (stdout, status)
