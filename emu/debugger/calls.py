@@ -68,6 +68,7 @@ MAX_INDEX_CALLS = 100_000    # calls the index keeps, all functions (about 700 B
 MAX_ARGS = 16                # ``args N``: 0 to 16
 DEFAULT_ARGS = 4
 USAGE = "history calls SYMBOL [pid N] [args N] [--json]"
+RFLAGS_AC = 1 << 18
 
 # wdm.h's macros over exported routines: IoCompleteRequest(a, b) is IofCompleteRequest(a, b),
 # and so on; a call through the macro is a call of the routine it names.
@@ -314,7 +315,9 @@ def row(n: int, call: Call, fn: Function, nargs: int, symbolize) -> str:
     pid = "-" if call.pid is None else str(call.pid)
     tid = "-" if call.tid is None else str(call.tid)
     if call.caller is None:
-        caller = "(called by the executive)"
+        caller = "(called by the executive)" if call.return_address == layout.KERNEL_RETURN \
+            else "(return address not readable)" if call.return_address is None \
+            else f"(no call instruction ends at the return address {call.return_address:#x})"
     else:
         where = symbolize(call.caller, call.pid)
         caller = f"{call.caller:#x}" + (f" <{where}>" if where != f"{call.caller:#x}" else "")
@@ -366,8 +369,9 @@ def peek(ex, va: int, n: int) -> bytes | None:
     while len(out) < n:
         at = (va + len(out)) & 0xFFFF_FFFF_FFFF_FFFF
         try:
+            # RFLAGS.AC: a supervisor read of a user page passes SMAP (SDM Vol. 3A 4.6.1)
             pa = mmu.walk(ex.mem, at, "read", cr3=cpu.cr3, cpl=0, cr0=cpu.cr0, cr4=cpu.cr4,
-                          efer=cpu.efer).pa
+                          efer=cpu.efer, rflags=RFLAGS_AC).pa
         except (mmu.PageFault, mmu.GeneralProtection):
             return None
         k = min(n - len(out), PAGE - (at & (PAGE - 1)))

@@ -503,3 +503,11 @@ def test_the_fib_app(apps, args, stdout, status):
     """guest/README.md's row for fib."""
     r = emu("run", apps / "fib", *args)
     assert (r.stdout, r.returncode) == (stdout, status)
+
+
+def test_the_stack_is_read_under_smap(apps):
+    """With --smap the return address and stack arguments of a ring-3 call are still read
+    (the query's reads are not the guest's: SMAP does not apply to them)."""
+    r = emu("query", "calls", "fib", "--smap", "--args", "1", apps / "fib", "2")
+    assert r.stdout.splitlines()[0].endswith(
+        "0x401022 <fib!main+0x22>  fib!fib(0x2)  returned 0x1 at 128"), r.stdout
