@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -345,6 +346,11 @@ def _why(call: Call) -> str:
     return f"still running at {call.end_position}"
 
 
+def memo(symbolize: Callable[[int, int | None], str]) -> Callable[[int, int | None], str]:
+    """``symbolize`` remembered: an answer's rows name the same call sites again and again."""
+    return functools.lru_cache(maxsize=4096)(symbolize)
+
+
 def summary(fn: Function, count: int, pid: int | None, position: int, truncated: bool,
             cached: bool) -> str:
     """The answer's last line: how many calls of what, whose, up to when, and how found."""
@@ -415,6 +421,7 @@ class CallRecorder(Session):
         self._wanted: set[int] = set()           # return addresses to hook before the next run
         self._last_entry: tuple[int, int, int] | None = None
         self._exits: dict[int, tuple[int, str]] = {}
+        self._sites: dict[tuple[int | None, int], int | None] = {}   # (pid, ret) -> call
         super().__init__(machine, self._on_stop)
         uc = self.executive.cpu.uc
         if fn.kind != "export":
@@ -539,7 +546,12 @@ class CallRecorder(Session):
             args = [_word(ex, rsp + 4 + 4 * i, 4) for i in range(self.nargs)]
         caller = None
         if ret is not None and ret != layout.KERNEL_RETURN:
-            caller = call_site(ex, ret, self.fn.bits)
+            thread = ex.current_thread      # the same code at a return address of a process
+            site = (thread.process.pid if thread is not None and ret < layout.KERNEL_SPACE_START
+                    else None, ret)
+            if site not in self._sites:
+                self._sites[site] = call_site(ex, ret, self.fn.bits)
+            caller = self._sites[site]
         call = Call(position, thread.process.pid if thread is not None else None,
                     thread.tid if thread is not None else None, cpu.reg("cs") & 3, ex.irql,
                     address, rsp, ret, caller, tuple(args), cpu.cr3)

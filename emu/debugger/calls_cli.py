@@ -80,7 +80,7 @@ def run(words: list[str], usage_error, size_type, count_type, split_commands) ->
         n = fn.default_args() if nargs is None else nargs
         found, truncated, _ = calls.CallIndex().answer(fn, n, end, build, ended=True)
         found = [c for c in found if pid is None or c.pid == pid]
-        symbolize = _symbolizer(target)
+        symbolize = calls.memo(_symbolizer(target))
         out = sys.stdout
         if opts.get("json"):
             for c in found:

@@ -321,7 +321,7 @@ class HistoryCommands:
                                                 ended=session.ended)
         found = [c for c in found if pid is None or c.pid == pid]
         self.query_rows = [(c.position, c.return_position) for c in found]
-        symbolize = _symbolizer(session.target)
+        symbolize = calls.memo(_symbolizer(session.target))
         if as_json:
             for c in found:
                 self.stdout.write(json.dumps(c.json(fn, n, symbolize),
