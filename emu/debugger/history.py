@@ -393,7 +393,8 @@ class HistoryCommands:
         return True
 
     def complete_history(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        """Tab: ``events``, then the event kinds, ``pid`` and ``--json``."""
+        """Tab: ``events``, then the event kinds, ``pid`` and ``--json``; for ``calls``, a
+        function (a symbol, or ``nt!`` and an export), then ``pid``, ``args``, ``--json``."""
         words = line[:begidx].split()
         if len(words) <= 1:
             choices = ["events", *query.KINDS, "calls"]
@@ -401,9 +402,10 @@ class HistoryCommands:
             choices = ["pid", "phys", "--json"]
         elif words[1] == "calls":
             choices = ["pid", "args", "--json"]
-            session = getattr(self, "session", None)
-            if len(words) == 2 and session is not None:
-                choices = session.target.symbol_names()
+            target = getattr(self, "target", None)
+            if len(words) == 2 and target is not None:     # the function: a symbol
+                choices = [*target.symbol_names(), *(f"nt!{n}" for n in sorted(
+                    calls.exports.EXPORTS))]
         else:
             choices = [*SCHEMA, "pid", "--json"]
         return [c for c in choices if c.startswith(text)]

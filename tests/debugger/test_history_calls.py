@@ -511,3 +511,20 @@ def test_the_stack_is_read_under_smap(apps):
     r = emu("query", "calls", "fib", "--smap", "--args", "1", apps / "fib", "2")
     assert r.stdout.splitlines()[0].endswith(
         "0x401022 <fib!main+0x22>  fib!fib(0x2)  returned 0x1 at 128"), r.stdout
+
+
+def test_tab_completes_functions(apps):
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+
+    m = Machine("64M")
+    try:
+        m.spawn(apps / "fib", [])
+        shell = Shell(LiveTarget(m))
+        assert shell.complete_history("c", "history c", 8, 9) == ["calls"]
+        assert shell.complete_history("fib!fi", "history calls fib!fi", 14, 20) == ["fib!fib"]
+        assert shell.complete_history("nt!IofC", "history calls nt!IofC", 14, 21) == \
+            ["nt!IofCompleteRequest"]
+        assert shell.complete_history("a", "history calls fib a", 18, 19) == ["args"]
+    finally:
+        m.close()
