@@ -528,3 +528,23 @@ def test_tab_completes_functions(apps):
         assert shell.complete_history("a", "history calls fib a", 18, 19) == ["args"]
     finally:
         m.close()
+
+
+# The same class elsewhere: the debugger's own walks of a user page under --smap (a read by
+# the debugger, not by ring-0 code: RFLAGS.AC, as targetbase's walk does).
+
+def test_history_write_under_smap_finds_the_user_pages_writes(apps):
+    drivers, commands = slow_neither(apps)
+    argv = ["--driver", drivers[0], commands[0][0], *commands[0][1], "--", commands[1][0]]
+    r = emu("query", "write", "0x7F793950000", "8", "--pid", "20", "--smap", *argv)
+    lines = r.stdout.splitlines()
+    assert lines[-1].startswith("8 writes to 0x7f793950000..0x7f793950007 in pid 20")
+    assert all("<victim!memcpy+0x15>" in line for line in lines[:-1])
+
+
+def test_a_watchpoint_on_a_user_address_under_smap_stops(apps):
+    # (the path as given is on the stack: the relative one puts main's return address here)
+    out = emu("debug", "--smap", "guest/build/apps/fib",
+              stdin="watch -l 8 0x7ffffffdff88\ncontinue\n").stdout
+    assert "Watchpoint 1: 8-byte write of 0x7ffffffdff88 (value 0x401072) by the " \
+        "instruction at fib!_start+0x14" in answer(out, "continue")
