@@ -2,7 +2,8 @@
 
     history events [KIND] [pid N] [--json]
     history write|read|access ADDR [LEN] [pid N | phys] [--json]
-    goto POSITION | goto #ROW
+    history calls SYMBOL [pid N] [args N] [--json]
+    goto POSITION | goto #ROW | goto #ROW.ret
 
 lists the executive's events from boot to the current position (emu.eventlog's records:
 position, pid, tid, ring, IRQL, RIP with its symbol, and a line saying what happened), of
@@ -25,7 +26,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from emu.debugger import query
+from emu.debugger import calls, query
 from emu.debugger.expr import ExprError, evaluate
 from emu.debugger.stops import SessionError, Stop, StopReason
 from emu.eventlog import SCHEMA, EventLog, dumps
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 MAX_EVENTS = 50_000        # records kept per machine (docs/limits.md): about 10 MiB
 EVENTS_USAGE = "history events [KIND] [pid N] [--json]"
-USAGE = f"{EVENTS_USAGE} | history write|read|access ADDR [LEN] [pid N | phys] [--json]"
+USAGE = f"{EVENTS_USAGE} | history write|read|access ADDR [LEN] [pid N | phys] [--json] | " \
+    f"{calls.USAGE}"
 
 
 class EventHistory:
@@ -208,7 +210,11 @@ class HistoryCommands:
         bugcheck; pid N keeps the events of process N (in its threads, or about it: its
         creation, its exit, a CR3 load of its address space); --json prints emu run
         --events's records. Going back shows only the events up to the position gone
-        back to."""
+        back to. history write|read|access ADDR [LEN] [pid N | phys] [--json]: every access
+        to a range from boot to now. history calls SYMBOL [pid N] [args N] [--json]: every
+        call of a function (a driver's, an app's, or a kernel export such as
+        IofCompleteRequest) from boot to now, with its caller, arguments and return
+        (goto #ROW goes to the call, goto #ROW.ret to its return)."""
         session = getattr(self, "session", None)
         history = history_of(session.machine) if session is not None else None
         if history is None:
@@ -219,6 +225,9 @@ class HistoryCommands:
         words = arg.split()
         if words and words[0] in query.KINDS:
             self._history_access(session, words, pids)
+            return
+        if words and words[0] == "calls":
+            self._history_calls(session, words, pids)
             return
         try:
             kind, pid, as_json = parse(arg, pids)
@@ -249,6 +258,7 @@ class HistoryCommands:
         """What a resumed snapshot needs: the last answer's rows, and the index."""
         return {"rows": getattr(self, "query_rows", None),
                 "index": self.__dict__.get("query_index"),
+                "calls_index": self.__dict__.get("calls_index"),
                 "goto": self.__dict__.get("goto_to")}
 
     def load_history_state(self, state: dict[str, Any]) -> None:
@@ -257,6 +267,8 @@ class HistoryCommands:
         self.goto_to = state["goto"]
         if state["index"] is not None:
             self.query_index = state["index"]
+        if state.get("calls_index") is not None:
+            self.calls_index = state["calls_index"]
 
     def _history_access(self, session, words: list[str], pids: set[int]) -> None:
         """``history write|read|access ...``: see emu.debugger.query."""
@@ -292,10 +304,41 @@ class HistoryCommands:
         self.message(access_summary(q, len(found), position, truncated, cached,
                                     index.started_at))
 
+    def _history_calls(self, session, words: list[str], pids: set[int]) -> None:
+        """``history calls SYMBOL ...``: see emu.debugger.calls."""
+        if session.factory is None:
+            self.error("history calls re-executes the machine: it needs its recipe (use "
+                       "emu debug)")
+            return
+        try:
+            fn, pid, nargs, as_json = calls.parse(words, pids, session.target.images())
+        except calls.CallsError as err:
+            self.error(str(err))
+            return
+        index = self.__dict__.setdefault("calls_index", calls.CallIndex())
+        n = fn.default_args() if nargs is None else nargs
+        position = session.position
+        found, truncated, cached = index.answer(fn, n, position, session.factory,
+                                                ended=session.ended)
+        found = [c for c in found if pid is None or c.pid == pid]
+        self.query_rows = [(c.position, c.return_position) for c in found]
+        symbolize = calls.memo(_symbolizer(session.target))
+        if as_json:
+            for c in found:
+                self.stdout.write(json.dumps(c.json(fn, n, symbolize),
+                                             separators=(",", ":")) + "\n")
+            return
+        for row_number, c in enumerate(found, 1):
+            self.message(calls.row(row_number, c, fn, n, symbolize))
+        self.message(calls.summary(fn, len(found), pid, position, truncated, cached))
+
     def do_goto(self, arg: str) -> bool | None:
-        """goto POSITION | goto #ROW: the machine at exactly that position (steps since
-        boot, as ``position`` counts them), or at row ROW of the last history write, read or
-        access answer (before the accessing instruction runs); going back re-executes."""
+        """goto POSITION | goto #ROW | goto #ROW.ret: the machine at exactly that position
+        (steps since boot, as ``position`` counts them), or at row ROW of the last history
+        write, read or access answer (before the accessing instruction runs), or of the last
+        history calls answer (the call: the function's first instruction about to run;
+        #ROW.ret: its return, RIP at the return address, RAX the value); going back
+        re-executes."""
         session = getattr(self, "session", None)
         if session is None:
             self.error("no machine is running (a crash dump cannot run)")
@@ -351,36 +394,61 @@ class HistoryCommands:
         return True
 
     def complete_history(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        """Tab: ``events``, then the event kinds, ``pid`` and ``--json``."""
+        """Tab: ``events``, then the event kinds, ``pid`` and ``--json``; for ``calls``, a
+        function (a symbol, or ``nt!`` and an export), then ``pid``, ``args``, ``--json``."""
         words = line[:begidx].split()
         if len(words) <= 1:
-            choices = ["events", *query.KINDS]
+            choices = ["events", *query.KINDS, "calls"]
         elif words[1] in query.KINDS:
             choices = ["pid", "phys", "--json"]
+        elif words[1] == "calls":
+            choices = ["pid", "args", "--json"]
+            target = getattr(self, "target", None)
+            if len(words) == 2 and target is not None:     # the function: a symbol
+                choices = [*target.symbol_names(), *(f"nt!{n}" for n in sorted(
+                    calls.exports.EXPORTS))]
         else:
             choices = [*SCHEMA, "pid", "--json"]
         return [c for c in choices if c.startswith(text)]
 
 
-def goto_target(arg: str, rows: list[int] | None, evaluate_position) -> int:
+def goto_target(arg: str, rows: list[int] | list[tuple[int, int | None]] | None,
+                evaluate_position) -> int:
     """The position ``goto ARG`` names: ``#ROW`` (a row of the last query's answer, from
-    1) or an expression; SessionError otherwise."""
+    1), ``#ROW.ret`` (the return of a history calls row) or an expression; SessionError
+    otherwise. A calls answer's rows are (call, return or None) pairs."""
     text = arg.strip()
     if not text:
         raise SessionError("goto where? (goto POSITION, or goto #ROW of the last history "
-                           "write/read/access answer)")
+                           "write/read/access or calls answer, #ROW.ret for a call's return)")
     if text.startswith("#"):
         if rows is None:
             raise SessionError(f"goto {text}: no history write/read/access answer to take "
-                               "a row from yet")
+                               "a row from yet, nor a history calls one")
+        body, ret = text[1:], False
+        if body.endswith(".ret"):
+            body, ret = body[:-4], True
         try:
-            n = int(text[1:], 10)
+            n = int(body, 10)
         except ValueError:
-            raise SessionError(f"goto {text}: a row is a number, e.g. goto #1") from None
+            raise SessionError(f"goto {text}: a row is a number, e.g. goto #1 (or goto "
+                               "#1.ret for the return of a history calls row)") from None
         if not 1 <= n <= len(rows):
             raise SessionError(f"goto {text}: the last answer has rows 1 to {len(rows)}"
                                if rows else f"goto {text}: the last answer had no rows")
-        return rows[n - 1]
+        entry = rows[n - 1]
+        if not isinstance(entry, tuple):
+            if ret:
+                raise SessionError(f"goto {text}: row {n} is an access, not a call (.ret "
+                                   "is the return of a history calls row)")
+            return entry
+        call, back = entry
+        if not ret:
+            return call
+        if back is None:
+            raise SessionError(f"goto {text}: the call of row {n} never returned (goto "
+                               f"#{n} goes to the call)")
+        return back
     value = evaluate_position(text)
     if value >> 63:
         raise SessionError(f"goto {text}: a position is not negative")

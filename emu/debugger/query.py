@@ -442,7 +442,7 @@ class Recorder(Session):
         for p in range(first, last + 1):
             try:
                 pa = mmu.walk(ex.mem, p * PAGE, "read", cr3=cr3, cpl=0, cr0=cpu.cr0,
-                              cr4=cpu.cr4, efer=cpu.efer).pa
+                              cr4=cpu.cr4, efer=cpu.efer, rflags=mmu.RFLAGS_AC).pa   # past SMAP
             except (mmu.PageFault, mmu.GeneralProtection):
                 continue
             out[pa & ~(PAGE - 1)] = p * PAGE

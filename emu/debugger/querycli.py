@@ -4,6 +4,8 @@
         APP ARGS... [-- APP2 ARGS2...]
     emu query why [--address ADDR [--length N] [--pid N]] [--json] [machine options]
         APP ARGS... [-- APP2 ARGS2...]
+    emu query calls SYMBOL [--pid N] [--args N] [--json] [machine options] APP ARGS...
+        (emu.debugger.calls_cli)
 
 runs the machine to its end (or a bug check), then answers as ``emu debug``'s
 ``history write|read|access`` (or ``analyze --why``) does at the end (docs/debugger.md);
@@ -24,13 +26,16 @@ _FLAGS = {"--phys": "phys", "--json": "json", "--smap": "smap", "--no-pagefile":
 
 def add_parser(sub) -> None:
     """Add ``emu query`` to the ``emu`` command's subparsers."""
-    p = sub.add_parser("query", help="who read or wrote memory, over a whole run",
+    p = sub.add_parser("query", help="who read or wrote memory, or called a function, over "
+                       "a whole run",
                        description="Run a machine to its end, then list every access to a "
                        "range, from boot: write, read or access ADDR [LEN] [--pid N | --phys] "
                        "[--json] [--mem SIZE] [--driver PATH]... [--quantum N] [--fs DIR] "
-                       "[--smap] [--no-pagefile | --pagefile-size SIZE] APP ARGS...; or why "
-                       "[--address ADDR [--length N] [--pid N]] [--json] [machine options] "
-                       "APP ARGS...: analyze --why at the end")
+                       "[--smap] [--no-pagefile | --pagefile-size SIZE] APP ARGS...; or every "
+                       "call of a function: calls SYMBOL [--pid N] [--args N] [--json] "
+                       "[machine options] APP ARGS...; or why [--address ADDR [--length N] "
+                       "[--pid N]] [--json] [machine options] APP ARGS...: analyze --why at "
+                       "the end")
     p.add_argument("words", nargs=argparse.REMAINDER, metavar="...")
 
 
@@ -78,9 +83,15 @@ def run(args: argparse.Namespace, usage_error, size_type, count_type, split_comm
     words = list(args.words)
     if words and words[0] == "why":
         return run_why(words[1:], usage_error, size_type, count_type, split_commands)
+    if words and words[0] == "calls":
+        from emu.debugger import calls_cli
+        return calls_cli.run(words[1:], usage_error, size_type, count_type, split_commands)
     if not words or words[0] not in query.KINDS:
         raise usage_error("emu query needs write, read or access, then ADDR (emu query "
-                          "write ADDR [LEN] [--pid N | --phys] [--json] APP ARGS...)")
+                          "write ADDR [LEN] [--pid N | --phys] [--json] APP ARGS...), or "
+                          "calls, then SYMBOL (emu query calls SYMBOL [--pid N] [--args N] "
+                          "[--json] APP ARGS...), or why (emu query why [--address ADDR] "
+                          "[--json] APP ARGS...)")
     kind = words.pop(0)
     if not words or words[0].startswith("-"):
         raise usage_error(f"emu query {kind} needs an address")

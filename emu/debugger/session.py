@@ -523,7 +523,7 @@ class Session(ReverseExecution):
         cpu = ex.cpu
         try:
             return mmu.walk(ex.mem, va, "read", cr3=cr3, cpl=0, cr0=cpu.cr0, cr4=cpu.cr4,
-                            efer=cpu.efer).pa
+                            efer=cpu.efer, rflags=mmu.RFLAGS_AC).pa     # a debugger's: past SMAP
         except (mmu.PageFault, mmu.GeneralProtection):
             return None
 

@@ -89,9 +89,11 @@ def test_going_back_shows_only_the_past(apps, options):
     ("history events pid x", "error: pid x: not a process id (a number; see ps)"),
     ("history events pid", "error: pid needs a process id (see ps)"),
     ("history", "error: history of what? (history events [KIND] [pid N] [--json] | "
-     "history write|read|access ADDR [LEN] [pid N | phys] [--json])"),
+     "history write|read|access ADDR [LEN] [pid N | phys] [--json] | "
+     "history calls SYMBOL [pid N] [args N] [--json])"),
     ("history writes", "error: no history of 'writes' here (history events [KIND] [pid N] "
-     "[--json] | history write|read|access ADDR [LEN] [pid N | phys] [--json])"),
+     "[--json] | history write|read|access ADDR [LEN] [pid N | phys] [--json] | "
+     "history calls SYMBOL [pid N] [args N] [--json])"),
     ("history events dpc syscall", "error: unexpected 'syscall' (history events [KIND] "
      "[pid N] [--json])"),
 ])

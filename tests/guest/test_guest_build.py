@@ -52,6 +52,7 @@ EXEC_APPS = [
     "echo",
     "execdata",
     "exitcode",
+    "fib",
     "getpid",
     "handles",
     "hello",
