@@ -538,8 +538,10 @@ def test_history_write_under_smap_finds_the_user_pages_writes(apps):
     argv = ["--driver", drivers[0], commands[0][0], *commands[0][1], "--", commands[1][0]]
     r = emu("query", "write", "0x7F793950000", "8", "--pid", "20", "--smap", *argv)
     lines = r.stdout.splitlines()
-    assert lines[-1].startswith("8 writes to 0x7f793950000..0x7f793950007 in pid 20")
+    assert lines[-1].startswith("9 writes to 0x7f793950000..0x7f793950007 in pid 20")
     assert all("<victim!memcpy+0x15>" in line for line in lines[:-1])
+    # the first: the executive's, the demand-zero fault of victim's first store
+    assert "by the executive: memory manager: a new page zeroed" in lines[0]
 
 
 def test_a_watchpoint_on_a_user_address_under_smap_stops(apps):
