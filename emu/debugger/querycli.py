@@ -11,7 +11,6 @@ output is not shown. Bad input: one line, exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 _VALUED = {"--pid": "pid", "--mem": "mem", "--driver": "driver", "--quantum": "quantum",
@@ -122,6 +121,7 @@ def run(args: argparse.Namespace, usage_error, size_type, count_type, split_comm
         symbolize = _symbolizer(target)
         out = sys.stdout
         if opts.get("json"):
+            import json  # here, not at the top: every `emu run` builds this parser
             for a in found:
                 out.write(json.dumps(a.json(symbolize(a.rip, a.pid)),
                                      separators=(",", ":")) + "\n")
