@@ -15,6 +15,7 @@ import weakref
 import pytest
 
 from emu import Machine
+from emu.debugger.session import Session
 from emu.nt import exports, ntos  # noqa: F401 (ntos registers the exports)
 from emu.nt.bugcheck import BugCheck
 
@@ -80,9 +81,41 @@ def _bug_check(apps, close: bool) -> dict[str, weakref.ref]:
     return refs
 
 
+def _debugged(apps, close: bool) -> dict[str, weakref.ref]:
+    # emu debug's session: steps, goes back (a machine re-made from boot by the factory and
+    # run forward again), steps on, then runs to the end. Every machine it made must go
+    # with it.
+    built: list[dict[str, weakref.ref]] = []
+
+    def build() -> Machine:
+        m = Machine(mem="8M")
+        m.spawn(apps / "hello")
+        built.append(_refs(m))
+        return m
+
+    plan = [lambda s: s.step(200), lambda s: s.reverse_step(50), lambda s: s.step(10)]
+    stops = []
+
+    def on_stop(stop) -> bool:
+        stops.append(stop.position)
+        if plan and not stop.ended:
+            plan.pop(0)(session)
+            return True
+        return False
+
+    session = Session(build(), on_stop, factory=build)
+    session.run()
+    assert stops == [1, 201, 151, 161] and len(built) >= 2
+    if close:
+        session.close()
+    refs = {f"{name} #{n}": ref for n, r in enumerate(built) for name, ref in r.items()}
+    return refs | {"Session": weakref.ref(session)}
+
+
 @pytest.mark.parametrize("close", [True, False], ids=["closed", "not-closed"])
-@pytest.mark.parametrize("make", [_spawned, _limit, _exited, _bug_check],
-                         ids=["spawned", "instruction-limit", "exited", "bug-check"])
+@pytest.mark.parametrize("make", [_spawned, _limit, _exited, _bug_check, _debugged],
+                         ids=["spawned", "instruction-limit", "exited", "bug-check",
+                              "debugger"])
 def test_a_machine_let_go_is_freed(apps, make, close):
     refs = [make(apps, close) for _ in range(3)]
     gc.collect()
