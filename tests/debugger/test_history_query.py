@@ -151,6 +151,9 @@ def _address(build, address) -> int:
         m.close()
 
 
+# The first case of each scenario takes over 5 s on this 2-core machine (about 6 s of CPU):
+# the oracle walks the page tables in Python at every memory access of the whole run, which
+# is what makes it an oracle. The other cases share its run (recorded()).
 @pytest.mark.parametrize("kind", ["write", "access"])
 @pytest.mark.parametrize(("scenario", "address", "length", "pid", "phys"), CASES)
 def test_the_answer_is_the_oracles(apps, scenario, address, length, pid, phys, kind):
