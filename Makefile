@@ -50,10 +50,14 @@ demo: all
 # The property tests run with a fixed seed here (the same command gives the same run);
 # make fuzz explores other seeds, longer.
 TEST_SEED ?= 0
+# The suite runs on every core (pytest-xdist): one worker process per core, each test file
+# kept whole on one worker (--dist loadscope: a module's shared machines and fixtures are
+# made once). TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= auto
 
 test: all
 	$(VENV)/bin/ruff check emu tests bench fuzz
-	$(PY) -m pytest -q --hypothesis-seed=$(TEST_SEED)
+	$(PY) -m pytest -q --hypothesis-seed=$(TEST_SEED) -n $(TEST_WORKERS) --dist loadscope
 
 conformance: all
 	$(PY) -m pytest -q -m conformance tests/hw

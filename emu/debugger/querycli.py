@@ -15,7 +15,6 @@ the guests' console output is not shown. Bad input: one line, exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 _VALUED = {"--address": "address", "--length": "length", "--pid": "pid", "--mem": "mem",
@@ -143,6 +142,7 @@ def run(args: argparse.Namespace, usage_error, size_type, count_type, split_comm
         symbolize = _symbolizer(target)
         out = sys.stdout
         if opts.get("json"):
+            import json  # here, not at the top: every `emu run` builds this parser
             for a in found:
                 out.write(json.dumps(a.json(symbolize(a.rip, a.pid)),
                                      separators=(",", ":")) + "\n")

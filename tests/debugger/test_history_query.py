@@ -4,10 +4,12 @@ of memory that records every access, filtered by its own page walk at each acces
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -158,6 +160,25 @@ def oracle_run(build, va: int | None = None, pid: int | None = None) -> Oracle:
     return o
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What an oracle run saw: its end position, every access, and the VAs in ``va``'s page."""
+
+    position: int
+    seen: list
+    at_va: list
+
+
+@functools.cache
+def recorded(scenario, apps: Path, va: int, pid: int | None) -> Recorded:
+    """The oracle run of ``scenario`` watching ``va``'s page in ``pid``'s space, made once per
+    test process: it costs seconds (a Python page walk at every access of the whole run) and
+    is the same every time (the machine is deterministic; its ``seen`` does not depend on the
+    page watched), so the cases of one scenario share it."""
+    o = oracle_run(factory(*scenario(apps)), va, pid)
+    return Recorded(o.position, o.seen, o.at_va)
+
+
 CASES = [
     # the DPC's write into the process it interrupted (victim, pid 20), and the requester's
     (slow_neither, PAGE_VA, 64, 20, False),
@@ -180,15 +201,18 @@ def _address(build, address) -> int:
         m.close()
 
 
+# The first case of each scenario takes over 5 s on this 2-core machine (about 6 s of CPU):
+# the oracle walks the page tables in Python at every memory access of the whole run, which
+# is what makes it an oracle. The other cases share its run (recorded()).
 @pytest.mark.parametrize("kind", ["write", "access"])
 @pytest.mark.parametrize(("scenario", "address", "length", "pid", "phys"), CASES)
 def test_the_answer_is_the_oracles(apps, scenario, address, length, pid, phys, kind):
     build = factory(*scenario(apps))
     va = _address(build, address)
-    oracle = oracle_run(build, None if phys else va, pid)
+    oracle = recorded(scenario, apps, va, pid)
     end = oracle.position
     if phys:                          # the frame the page maps to at the end, any space
-        first = oracle_run(build, va, pid)
+        first = oracle
         pa = next(a for a in first.seen if a[0] == first.at_va[0][0])[2]
         lo = pa
         q = Query(kind, lo, length, None, True)
@@ -269,7 +293,7 @@ def test_a_buffered_reads_copy_is_the_executives_write(apps, phys):
 def test_the_dpc_write_into_the_interrupted_process(apps):
     """pid 20 (victim) never asked for the read: slowneither.sys's DPC wrote its page."""
     build = factory(*slow_neither(apps))
-    end = oracle_run(build).position
+    end = recorded(slow_neither, apps, PAGE_VA, 20).position
     found, _, _ = QueryIndex().answer(Query("write", PAGE_VA, 8, 20, False), end, build)
     dpc = [a for a in found if a.ring == 0 and not a.executive]
     assert [(a.pid, a.irql, a.va, a.size) for a in dpc] == \

@@ -156,14 +156,27 @@ def test_ctrl_c_pauses_a_running_guest():
     proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", str(APPS / "loop"),
                              "2000000000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    seen: list[str] = []
+
+    def read_until(text: str) -> None:
+        """Read the transcript up to the first line holding ``text`` (the signal must not
+        arrive while emu is still starting: that ends it with "emu: interrupted")."""
+        for line in proc.stdout:
+            seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"no {text!r} in {seen}")
+
     try:
+        read_until("loop!_start")                 # the machine is made, stopped at its start
         proc.stdin.write("continue\n")
         proc.stdin.flush()
-        time.sleep(1.5)
+        read_until(") continue")                  # the shell has read it (batch mode echoes)
+        time.sleep(0.2)                           # the guest runs; not a timed assertion
         os.kill(proc.pid, signal.SIGINT)
         proc.stdin.write("position\nkill\n")
         proc.stdin.close()
-        out = proc.stdout.read()
+        out = "".join(seen) + proc.stdout.read()
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()

@@ -35,6 +35,8 @@ EDITS = st.lists(st.tuples(st.one_of(st.integers(0, 255), st.integers(0, 8191)),
 CUT = st.one_of(st.none(), st.integers(0, 8192))
 
 
+# A PE sample can take over 5 s on this 2-core machine: pefile parses the directories the
+# loader reads in each of the 150 mutated images, a garbled import table to pefile's limits.
 @pytest.mark.parametrize("sample", SAMPLES)
 @pytest.mark.fuzz
 @settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import PTE
@@ -353,6 +354,11 @@ class MemoryManager:
         self.spaces: list[AddressSpace] = []
         self._on_page_changed = on_page_changed   # (cr3, va): the TLB must forget va
         self._on_tlb_flush = on_tlb_flush         # many PTEs changed: forget everything
+        # The commit charge and limit: emu.nt.mm.virtual's SystemCommit, made on first use
+        # (not imported here: virtual imports this module). Held here, not in a module-level
+        # table keyed by the manager: its processes refer back to the manager, which would
+        # keep every machine alive for the life of the interpreter.
+        self.commit: Any = None
         self.system = self.create_address_space(owner=None)
 
     def create_address_space(self, owner: int | None) -> AddressSpace:

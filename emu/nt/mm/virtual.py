@@ -25,7 +25,6 @@ STATUS_INVALID_PARAMETER_2 / _4 name argument positions our ABI does not share).
 from __future__ import annotations
 
 import enum
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -59,7 +58,6 @@ _PROTECTION_FAULT = int(PFErr.P | PFErr.RSVD)   # error-code bits: the page was 
 if TYPE_CHECKING:
     from emu.hw.cpu import CpuException
     from emu.nt.interfaces import VirtualMemory
-    from emu.nt.mm.address_space import MemoryManager
     from emu.nt.process import Process
 
 USER_STACK_RESERVE = 1 << 20        # a thread stack's reservation (the PE default, 1 MiB)
@@ -147,9 +145,6 @@ class SystemCommit:
         self.resident -= resident
 
 
-_SYSTEMS: weakref.WeakKeyDictionary[MemoryManager, SystemCommit] = weakref.WeakKeyDictionary()
-
-
 def kernel_headroom(frames: int) -> int:
     """Frames kept out of the commit limit for the kernel (stacks, its page tables)."""
     return max(16, frames // 64)
@@ -159,7 +154,7 @@ def _system(ex: VirtualMemory, held: int = 0) -> SystemCommit:
     """The machine's SystemCommit, made on first use: the limit is the frames still free
     plus ``held`` (frames already taken by the process being created), less the headroom,
     plus the pagefile's slots (MmTotalCommitLimit: RAM + pagefile)."""
-    system = _SYSTEMS.get(ex.mm)
+    system = ex.mm.commit
     if system is None:
         frames = len(ex.mm.pfn.entries)
         pagefile = ex.mm.pager.pagefile
@@ -168,7 +163,7 @@ def _system(ex: VirtualMemory, held: int = 0) -> SystemCommit:
             system = SystemCommit(ram, ram)
         else:       # leave room for the pages being paged to run in
             system = SystemCommit(ram + pagefile.slots - 1, max(0, ram - 2 * ex.mm.pager.high))
-        _SYSTEMS[ex.mm] = system
+        ex.mm.commit = system
     return system
 
 
@@ -223,7 +218,7 @@ def release_process_memory(ex: VirtualMemory, proc: Process) -> None:
     if isinstance(vads, VadSet):
         ex.mm.pfn.release_many(list(vads.parked.values()))
         vads.parked.clear()
-        system = _SYSTEMS.get(ex.mm)
+        system = ex.mm.commit
         if system is not None and system.processes.pop(proc.pid, None) is not None:
             system.uncharge(vads.charge.total, vads.charge.tables)
         vads.charge.pages, vads.charge.root = 0, 0
