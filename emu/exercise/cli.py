@@ -11,7 +11,6 @@ one line ``emu: error: ...``; an unknown kind names the kinds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -122,6 +121,8 @@ def _kind(name: str) -> str:
 
 
 def _run(argv: list[str]) -> int:
+    import json  # here: emu run builds this parser and imports no json (start-up)
+
     if argv[:1] in (["-h"], ["--help"]):
         _parser().print_help()
         return EXIT_OK
@@ -193,6 +194,8 @@ def verdict(exercise: Exercise, answer: str) -> tuple[bool, str]:
 
 
 def _check(args: argparse.Namespace, words: list[str]) -> int:
+    import json  # here: emu run builds this parser and imports no json (start-up)
+
     if not words:
         raise _Usage("check needs a kind and an answer: emu exercise check KIND --seed S "
                      "ANSWER")

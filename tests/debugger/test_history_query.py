@@ -162,11 +162,13 @@ def oracle_run(build, va: int | None = None, pid: int | None = None) -> Oracle:
 
 @dataclass(frozen=True)
 class Recorded:
-    """What an oracle run saw: its end position, every access, and the VAs in ``va``'s page."""
+    """What an oracle run saw: its end position, every access, the VAs in ``va``'s page, and
+    the executive's own stores."""
 
     position: int
     seen: list
     at_va: list
+    stores: list
 
 
 @functools.cache
@@ -176,7 +178,7 @@ def recorded(scenario, apps: Path, va: int, pid: int | None) -> Recorded:
     is the same every time (the machine is deterministic; its ``seen`` does not depend on the
     page watched), so the cases of one scenario share it."""
     o = oracle_run(factory(*scenario(apps)), va, pid)
-    return Recorded(o.position, o.seen, o.at_va)
+    return Recorded(o.position, o.seen, o.at_va, o.stores)
 
 
 CASES = [
