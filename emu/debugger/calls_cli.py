@@ -10,7 +10,6 @@ guests' console output is not shown. Bad input: one line, exit 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -39,12 +38,8 @@ def _take_args(words: list[str], usage_error, valued: dict[str, str]) -> int | N
 def run(words: list[str], usage_error, size_type, count_type, split_commands) -> int:
     """Run ``emu query calls`` (``words``: what follows ``calls``); the exit status."""
     from emu.debugger import calls
-    from emu.debugger.cli import DEFAULT_MEM, recipe
     from emu.debugger.history import _symbolizer
-    from emu.debugger.querycli import _VALUED, _options
-    from emu.debugger.session import Session
-    from emu.nt.loader import LoaderError
-    from emu.nt.ps import LimitError
+    from emu.debugger.querycli import _VALUED, _options, run_to_end
 
     if not words or words[0].startswith("-"):
         raise usage_error(f"emu query calls needs a function ({CLI_USAGE})")
@@ -54,21 +49,7 @@ def run(words: list[str], usage_error, size_type, count_type, split_commands) ->
     if opts.get("phys"):
         raise usage_error("--phys: a call is not at a physical address (--pid N keeps one "
                           "process's calls)")
-    if opts.get("no_pagefile") and opts.get("pagefile_size") is not None:
-        raise usage_error("--no-pagefile cannot be combined with --pagefile-size")
-    if not rest:
-        raise usage_error("missing APP")
-    ns = argparse.Namespace(mem=opts.get("mem") or DEFAULT_MEM, quantum=opts.get("quantum"),
-                            fs=opts.get("fs"), smap=bool(opts.get("smap")),
-                            no_pagefile=bool(opts.get("no_pagefile")),
-                            pagefile_size=opts.get("pagefile_size"), driver=opts["driver"])
-    build = recipe(ns, split_commands(rest), lambda _proc, _data: None)
-    try:
-        machine = build()
-    except (LoaderError, ValueError, LimitError) as err:
-        raise usage_error(str(err)) from None
-    session = Session(machine, lambda _stop: session.ended is False and
-                      (session.cont() or True))
+    build, machine, session = run_to_end(opts, rest, usage_error, split_commands)
     session.run()
     end = session.position
     target = session.target

@@ -69,15 +69,40 @@ def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict
     return opts, words
 
 
-def run(args: argparse.Namespace, usage_error, size_type, count_type, split_commands) -> int:
-    """Run ``emu query``; returns the exit status."""
-    from emu.debugger import query  # here: `emu run` must not pay for the debugger
+
+def run_to_end(opts: dict, rest: list[str], usage_error, split_commands,
+               going_back: bool = False) -> tuple:
+    """The machine ``emu query``'s machine options and commands describe: (its recipe, the
+    machine, a Session on it that runs to the end, not yet run; with ``going_back``, the
+    session can go back, remaking the machine from the recipe). Bad options or an app that
+    does not load: a usage error."""
     from emu.debugger.cli import DEFAULT_MEM, recipe
-    from emu.debugger.expr import ExprError, evaluate
-    from emu.debugger.history import _symbolizer, access_row, access_summary
     from emu.debugger.session import Session
     from emu.nt.loader import LoaderError
     from emu.nt.ps import LimitError
+
+    if opts.get("no_pagefile") and opts.get("pagefile_size") is not None:
+        raise usage_error("--no-pagefile cannot be combined with --pagefile-size")
+    if not rest:
+        raise usage_error("missing APP")
+    ns = argparse.Namespace(mem=opts.get("mem") or DEFAULT_MEM, quantum=opts.get("quantum"),
+                            fs=opts.get("fs"), smap=bool(opts.get("smap")),
+                            no_pagefile=bool(opts.get("no_pagefile")),
+                            pagefile_size=opts.get("pagefile_size"), driver=opts["driver"])
+    build = recipe(ns, split_commands(rest), lambda _proc, _data: None)
+    try:
+        machine = build()
+    except (LoaderError, ValueError, LimitError) as err:
+        raise usage_error(str(err)) from None
+    session = Session(machine, lambda _stop: session.ended is False and
+                      (session.cont() or True), factory=build if going_back else None)
+    return build, machine, session
+
+def run(args: argparse.Namespace, usage_error, size_type, count_type, split_commands) -> int:
+    """Run ``emu query``; returns the exit status."""
+    from emu.debugger import query  # here: `emu run` must not pay for the debugger
+    from emu.debugger.expr import ExprError, evaluate
+    from emu.debugger.history import _symbolizer, access_row, access_summary
 
     words = list(args.words)
     if words and words[0] == "why":
@@ -106,21 +131,7 @@ def run(args: argparse.Namespace, usage_error, size_type, count_type, split_comm
     if opts.get("pid") is not None and opts.get("phys"):
         raise usage_error("--pid and --phys: one or the other (a physical address is "
                           "everyone's)")
-    if opts.get("no_pagefile") and opts.get("pagefile_size") is not None:
-        raise usage_error("--no-pagefile cannot be combined with --pagefile-size")
-    if not rest:
-        raise usage_error("missing APP")
-    ns = argparse.Namespace(mem=opts.get("mem") or DEFAULT_MEM, quantum=opts.get("quantum"),
-                            fs=opts.get("fs"), smap=bool(opts.get("smap")),
-                            no_pagefile=bool(opts.get("no_pagefile")),
-                            pagefile_size=opts.get("pagefile_size"), driver=opts["driver"])
-    build = recipe(ns, split_commands(rest), lambda _proc, _data: None)
-    try:
-        machine = build()
-    except (LoaderError, ValueError, LimitError) as err:
-        raise usage_error(str(err)) from None
-    session = Session(machine, lambda _stop: session.ended is False and
-                      (session.cont() or True))
+    build, machine, session = run_to_end(opts, rest, usage_error, split_commands)
     session.run()
     end = session.position
     pids = {p.pid for p in machine.processes}
@@ -164,11 +175,7 @@ def run_why(words: list[str], usage_error, size_type, count_type, split_commands
     import json  # here, not at the top: every `emu run` builds this parser
 
     from emu.debugger import why
-    from emu.debugger.cli import DEFAULT_MEM, recipe
     from emu.debugger.history import history_of
-    from emu.debugger.session import Session
-    from emu.nt.loader import LoaderError
-    from emu.nt.ps import LimitError
 
     opts, rest = _options(list(words), usage_error, size_type, count_type)
     if opts.get("phys"):
@@ -177,21 +184,8 @@ def run_why(words: list[str], usage_error, size_type, count_type, split_commands
     if opts.get("address") is None and (opts.get("length") is not None or
                                         opts.get("pid") is not None):
         raise usage_error("--length and --pid go with --address ADDR")
-    if opts.get("no_pagefile") and opts.get("pagefile_size") is not None:
-        raise usage_error("--no-pagefile cannot be combined with --pagefile-size")
-    if not rest:
-        raise usage_error("missing APP")
-    ns = argparse.Namespace(mem=opts.get("mem") or DEFAULT_MEM, quantum=opts.get("quantum"),
-                            fs=opts.get("fs"), smap=bool(opts.get("smap")),
-                            no_pagefile=bool(opts.get("no_pagefile")),
-                            pagefile_size=opts.get("pagefile_size"), driver=opts["driver"])
-    build = recipe(ns, split_commands(rest), lambda _proc, _data: None)
-    try:
-        machine = build()
-    except (LoaderError, ValueError, LimitError) as err:
-        raise usage_error(str(err)) from None
-    session = Session(machine, lambda _stop: session.ended is False and
-                      (session.cont() or True), factory=build)
+    build, machine, session = run_to_end(opts, rest, usage_error, split_commands,
+                                         going_back=True)
     try:
         session.run()
         address = None
