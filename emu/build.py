@@ -28,7 +28,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -93,31 +92,13 @@ def build_app(source: Path, output: Path) -> Path:
                          "headers and library to build with)")
     with tempfile.TemporaryDirectory(prefix="emu-build-") as scratch:
         obj, image = Path(scratch) / (source.stem + ".o"), Path(scratch) / source.stem
-        env = _zig_env(scratch)
-        for step, command in zip(("compile", "link"), app_commands(source, obj, image),
-                                 strict=True):
-            try:
-                done = subprocess.run(command, env=env, stdout=sys.stderr)
-            except OSError as err:
-                raise BuildError(f"cannot run the compiler: {err.strerror}") from None
-            if done.returncode != 0:
-                raise BuildError(f"{source}: {step} failed (zig cc exit status "
-                                 f"{done.returncode})", EXIT_FAILED)
+        build_driver.compile_and_link(source, app_commands(source, obj, image), scratch)
         try:
             shutil.copyfile(image, output)
             os.chmod(output, 0o755)
         except OSError as err:
             raise BuildError(f"-o {output}: cannot write it: {err.strerror}") from None
     return output
-
-
-def _zig_env(scratch: str) -> dict[str, str]:
-    env = dict(os.environ)
-    # zig keeps its caches in the user's cache folder; a scratch one if there is none.
-    if "ZIG_GLOBAL_CACHE_DIR" not in env and not build_driver._writable_cache():
-        env["ZIG_GLOBAL_CACHE_DIR"] = env["ZIG_LOCAL_CACHE_DIR"] = str(
-            Path(scratch) / "zig-cache")
-    return env
 
 
 def build(source: Path, output: Path | None = None, kind: str | None = None) -> tuple[str, Path]:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from unicorn import UC_HOOK_CODE
 
 from emu import fmt
-from emu.debugger import symbols
+from emu.debugger import query, symbols
 from emu.debugger.records import ImageInfo
 from emu.debugger.session import Session
 from emu.debugger.stops import Stop
@@ -240,15 +240,7 @@ def parse(words: list[str], pids: set[int], images: list[ImageInfo]) \
 
 def parse_pid(text: str, pids: set[int]) -> int:
     """A process id the machine has created by now; CallsError otherwise."""
-    try:
-        pid = int(text, 0)
-    except ValueError:
-        raise CallsError(f"pid {text}: not a process id (a number; see ps)") from None
-    if pid not in pids:
-        known = ", ".join(str(p) for p in sorted(pids)) or "none"
-        raise CallsError(f"pid {pid}: no such process in this machine's history "
-                         f"(processes: {known})")
-    return pid
+    return query.parse_pid(text, pids, CallsError)
 
 
 def parse_args(text: str) -> int:

@@ -80,6 +80,19 @@ class QueryError(ValueError):
     """A query that cannot be answered: one line."""
 
 
+def parse_pid(text: str, pids: set[int], error: type[ValueError] = QueryError) -> int:
+    """A process id the machine has created by now (``pids``); ``error`` otherwise."""
+    try:
+        pid = int(text, 0)
+    except ValueError:
+        raise error(f"pid {text}: not a process id (a number; see ps)") from None
+    if pid not in pids:
+        known = ", ".join(str(p) for p in sorted(pids)) or "none"
+        raise error(f"pid {pid}: no such process in this machine's history "
+                    f"(processes: {known})")
+    return pid
+
+
 @dataclass(frozen=True, slots=True)
 class Access:
     """One memory access of the past (see the module docstring)."""
@@ -159,15 +172,7 @@ def parse(words: list[str], pids: set[int], current_pid: int | None,
         rest.pop(0)
         if not rest:
             raise QueryError("pid needs a process id (see ps)")
-        text = rest.pop(0)
-        try:
-            pid = int(text, 0)
-        except ValueError:
-            raise QueryError(f"pid {text}: not a process id (a number; see ps)") from None
-        if pid not in pids:
-            known = ", ".join(str(p) for p in sorted(pids)) or "none"
-            raise QueryError(f"pid {pid}: no such process in this machine's history "
-                             f"(processes: {known})")
+        pid = parse_pid(rest.pop(0), pids)
     if rest:
         raise QueryError(f"unexpected {rest[0]!r} ({USAGE})")
     if address + length > 1 << 64:

@@ -79,21 +79,32 @@ def build(source: Path, output: Path | None = None) -> Path:
         raise BuildError(f"{output}: a driver's name ends in .sys")
     with tempfile.TemporaryDirectory(prefix="emu-build-driver-") as scratch:
         obj = Path(scratch) / (source.stem + ".o")
-        env = dict(os.environ)
-        # zig keeps its caches in the user's cache folder; a scratch one if there is none.
-        if "ZIG_GLOBAL_CACHE_DIR" not in env and not _writable_cache():
-            env["ZIG_GLOBAL_CACHE_DIR"] = env["ZIG_LOCAL_CACHE_DIR"] = str(
-                Path(scratch) / "zig-cache")
-        for step, command in zip(("compile", "link"), commands(source, obj, output),
-                                 strict=True):
-            try:
-                done = subprocess.run(command, env=env, stdout=sys.stderr)
-            except OSError as err:
-                raise BuildError(f"cannot run the compiler: {err.strerror}") from None
-            if done.returncode != 0:
-                raise BuildError(f"{source}: {step} failed (zig cc exit status "
-                                 f"{done.returncode})", EXIT_FAILED)
+        compile_and_link(source, commands(source, obj, output), scratch)
     return output
+
+
+def zig_env(scratch: str) -> dict[str, str]:
+    """The environment zig runs in: this one, with its caches in ``scratch`` when the
+    user's cache folder cannot be written (zig keeps them there)."""
+    env = dict(os.environ)
+    if "ZIG_GLOBAL_CACHE_DIR" not in env and not _writable_cache():
+        env["ZIG_GLOBAL_CACHE_DIR"] = env["ZIG_LOCAL_CACHE_DIR"] = str(
+            Path(scratch) / "zig-cache")
+    return env
+
+
+def compile_and_link(source: Path, steps: list[list[str]], scratch: str) -> None:
+    """Run the compile and the link command of ``steps`` (the compiler's messages on
+    stderr); BuildError naming the step that failed."""
+    env = zig_env(scratch)
+    for step, command in zip(("compile", "link"), steps, strict=True):
+        try:
+            done = subprocess.run(command, env=env, stdout=sys.stderr)
+        except OSError as err:
+            raise BuildError(f"cannot run the compiler: {err.strerror}") from None
+        if done.returncode != 0:
+            raise BuildError(f"{source}: {step} failed (zig cc exit status "
+                             f"{done.returncode})", EXIT_FAILED)
 
 
 def _writable_cache() -> bool:
