@@ -480,9 +480,11 @@ def _write_steps(path: str, steps, words: list[str]) -> None:
     except OSError as err:
         raise OutputError(f"cannot write steppable page {path}: {err.strerror}") from None
     size = len(text.encode("utf-8"))
-    left = f", {steps.left_out:,} events left out" if steps.left_out else ""
-    print(f"emu: steppable page written to {path}: {len(steps.steps):,} steps{left}, "
-          f"{size:,} bytes", file=sys.stderr)
+    kept = steps_page.fitting(steps.steps)          # the steps the page holds
+    left_out = steps.left_out + len(steps.steps) - kept
+    left = f", {left_out:,} events left out" if left_out else ""
+    print(f"emu: steppable page written to {path}: {kept:,} steps{left}, {size:,} bytes",
+          file=sys.stderr)
 
 
 def _run_under_gdb(address: str, machine: Machine, build: Callable[[], Machine],
