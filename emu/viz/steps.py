@@ -152,22 +152,33 @@ def table(steps: list[dict[str, Any]]) -> str:
             f'<tbody>{rows}</tbody></table>')
 
 
-def view(step: dict[str, Any], index: int, count: int) -> list[Any]:
+def view(step: dict[str, Any], index: int, count: int, same_as: int | None = None) -> list[Any]:
     """One step as the page's JSON holds it: the panel's texts in ``FIELD_IDS`` order (the
-    step's number the script writes itself), then
-    its walk (null, or [head, rows of cells, the refusing row's number, text lines]).
+    step's number the script writes itself), then its walk: null, the number of an earlier
+    step with the same walk (``same_as``: a #PF's ``page-fault`` step repeats its
+    ``exception`` step's), or [head, rows of cells, the refusing row's number, text].
     Texts, not numbers: a 64-bit value (a PTE with NX, a kernel address) does not fit a
     JavaScript number."""
     cells = fields(step, index, count)
     walk = step["walk"]
-    shown: list[Any] | None = None
-    if walk is not None:
+    shown: list[Any] | int | None = same_as
+    if walk is not None and same_as is None:
         rows = [[lv["name"], str(lv["index"]), f'{lv["entry_address"]:#x}',
                  f'{lv["value"]:#018x}', lv["flags"] or "-"] for lv in walk["levels"]]
         refused = next((i for i, lv in enumerate(walk["levels"])
                         if lv["name"] == walk["refused"]), -1)
         shown = [walk_head(walk), rows, refused, "\n".join(walk["text"])]
     return [*(cells[key] for key in FIELD_IDS), shown]
+
+
+def views(steps: list[dict[str, Any]]):
+    """``view`` of each step in turn, a walk the step before showed given by its number."""
+    origin = None
+    for i, step in enumerate(steps):
+        walk = step["walk"]
+        same = walk is not None and i > 0 and walk == steps[i - 1]["walk"]
+        origin = origin if same else (i if walk is not None else None)
+        yield view(step, i, len(steps), origin if same else None)
 
 
 FIELD_IDS = ("step-position", "step-event", "step-pid", "step-tid", "step-name",
@@ -182,9 +193,9 @@ def _safe(text: str) -> str:
 def fitting(steps: list[dict[str, Any]], budget: int = MAX_BYTES) -> int:
     """How many of the first ``steps`` fit ``budget`` bytes (their JSON and table rows)."""
     used = 0
-    for i, step in enumerate(steps):
-        used += len(_safe(json.dumps(view(step, i, len(steps)), separators=(",", ":")))
-                    .encode()) + len(_row(i, step).encode()) + 1
+    for i, (step, shown) in enumerate(zip(steps, views(steps), strict=True)):
+        used += len(_safe(json.dumps(shown, separators=(",", ":"))).encode()) + \
+            len(_row(i, step).encode()) + 1
         if used > budget:
             return i
     return len(steps)
@@ -199,8 +210,7 @@ def _row(i: int, s: dict[str, Any]) -> str:
 
 def blob(steps: list[dict[str, Any]]) -> str:
     """The steps as the page's JSON (``view`` of each), safe inside a <script>."""
-    return _safe(json.dumps([view(s, i, len(steps)) for i, s in enumerate(steps)],
-                            separators=(",", ":")))
+    return _safe(json.dumps(list(views(steps)), separators=(",", ":")))
 
 
 def page(steps: list[dict[str, Any]], left_out: int, title: str) -> str:
@@ -259,6 +269,7 @@ function show(i){
  i=Math.max(0,Math.min(n-1,i));at=i;var s=steps[i];
  set("step-index",i+" of "+(n-1));IDS.forEach(function(id,k){set(id,s[k]);});
  var w=s[IDS.length],body=document.getElementById("walk-rows");
+ if(typeof w==="number"){w=steps[w][IDS.length];}
  while(body.firstChild){body.removeChild(body.firstChild);}
  if(w){
   set("walk-head",w[0]);

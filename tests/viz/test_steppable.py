@@ -149,6 +149,9 @@ def test_a_deep_link_opens_at_its_step_with_the_fault_walk(run):
     assert start["walk_text"].startswith(f"walk {r['address']:#x} in process {r['pid']}")
     after = report["after"][0]                        # the next step: the page-fault event
     assert after["step-event"] == "page-fault" and after["hash"] == f"#step={fault + 1}"
+    # The same fault's walk (the page-fault step's JSON names the exception step's).
+    assert (after["walk_text"], after["rows"], after["refused"]) == \
+        (start["walk_text"], start["rows"], start["refused"])
 
 
 def test_the_walk_names_the_pte_that_refuses_a_write(apps, tmp_path):
