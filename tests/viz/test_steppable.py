@@ -202,9 +202,11 @@ def test_without_javascript_the_first_step_and_the_table_show(run):
         [(i, r["position"], r["event"]) for i, r in enumerate(records)]
 
 
-def test_the_page_is_self_contained(run):
-    page, records, _, _ = run
+def test_the_page_is_self_contained_and_the_same_every_run(run, apps):
+    page, records, _, folder = run
     text = page.read_text()
+    again = emu("run", "--html", folder / "run.html", *slow_neither(apps))
+    assert again.returncode == 0 and page.read_text() == text
     assert "https://" not in text and "http://" not in text.replace(
         "http://www.w3.org/2000/svg", "")
     assert not re.search(r"<(link|img|iframe)\b|\bsrc=", text)
