@@ -15,6 +15,7 @@ the guests' console output is not shown. Bad input: one line, exit 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 _VALUED = {"--address": "address", "--length": "length", "--pid": "pid", "--mem": "mem",
