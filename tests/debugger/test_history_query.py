@@ -167,6 +167,7 @@ class Recorded:
     position: int
     seen: list
     at_va: list
+    stores: list
 
 
 @functools.cache
@@ -176,7 +177,7 @@ def recorded(scenario, apps: Path, va: int, pid: int | None) -> Recorded:
     is the same every time (the machine is deterministic; its ``seen`` does not depend on the
     page watched), so the cases of one scenario share it."""
     o = oracle_run(factory(*scenario(apps)), va, pid)
-    return Recorded(o.position, o.seen, o.at_va)
+    return Recorded(o.position, o.seen, o.at_va, o.stores)
 
 
 CASES = [
