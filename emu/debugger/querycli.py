@@ -15,7 +15,6 @@ the guests' console output is not shown. Bad input: one line, exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 _VALUED = {"--address": "address", "--length": "length", "--pid": "pid", "--mem": "mem",
@@ -162,6 +161,8 @@ def run_why(words: list[str], usage_error, size_type, count_type, split_commands
     """``emu query why [--address ADDR [--length N] [--pid N]] [--json] [machine options]
     APP ARGS...``: run the machine to its end, then print what ``analyze --why`` prints
     there (docs/debugger.md); exit status 0, or 1 when there is nothing to explain."""
+    import json  # here, not at the top: every `emu run` builds this parser
+
     from emu.debugger import why
     from emu.debugger.cli import DEFAULT_MEM, recipe
     from emu.debugger.history import history_of
