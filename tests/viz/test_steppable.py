@@ -154,6 +154,15 @@ def test_a_deep_link_opens_at_its_step_with_the_fault_walk(run):
         (start["walk_text"], start["rows"], start["refused"])
 
 
+def test_a_deep_link_past_the_end_opens_the_last_step_and_a_bad_one_the_first(run):
+    page, records, _, folder = run
+    n = len(records)
+    past = browse(page, folder, [], "#step=99999", "past")["start"]
+    shows(records[n - 1], n - 1, n, past)                # and the address says #step=LAST
+    bad = browse(page, folder, [], "#step=x1", "bad")["start"]
+    shows(records[0], 0, n, bad)
+
+
 def test_the_walk_names_the_pte_that_refuses_a_write(apps, tmp_path):
     page, log = tmp_path / "ro.html", tmp_path / "ro.jsonl"
     done = emu("run", "--html", page, "--events", log, apps / "rowrite")
