@@ -1,7 +1,7 @@
 """The ``emu`` command line.
 
     emu run [--mem 64M] [--max-insns N] [--quantum N] [--trace] [--trace-file F]
-            [--report F] [--events F] [--fs DIR] APP [ARGS...] [-- APP2 [ARGS...]]...
+            [--report F] [--events F] [--html F] [--fs DIR] APP [ARGS...] [-- APP2 [ARGS...]]...
 
 Exit status of ``emu run``, decided by the FIRST app named: its exit code (0-255) when it
 exits normally;
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", metavar="FILE", help="write a JSON report (docs/report.md)")
     run.add_argument("--events", metavar="FILE", help="write the executive's events as JSON "
                      "Lines, one a line with its position (docs/report.md, \"The event log\")")
+    run.add_argument("--html", metavar="FILE", help="write a steppable page of the run's "
+                     "events into FILE (docs/report.md, \"Steppable pages\")")
     run.add_argument("--driver", action="append", default=[], metavar="PATH",
                      help="load a driver (a PE32+ .sys: docs/drivers.md) at boot; its "
                      "DriverEntry runs at ring 0 before the apps start (repeatable)")
@@ -203,7 +205,8 @@ def _raise_terminated(_signum, _frame) -> None:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Every output file of ``emu run``, checked before the machine starts (UsageError)."""
     outputs = [("--trace-file", args.trace_file), ("--report", args.report),
-               ("--dump", args.dump), ("--map-svg", args.map_svg), ("--events", args.events)]
+               ("--dump", args.dump), ("--map-svg", args.map_svg), ("--events", args.events),
+               ("--html", args.html)]
     for option, path in outputs:
         problem = path is not None and output_problem(option, path)
         if problem:
@@ -228,6 +231,9 @@ def _run(args: argparse.Namespace) -> int:
             trace = sys.stderr
     except OSError as err:
         raise UsageError(f"cannot write trace file {args.trace_file}: {err.strerror}") from None
+    if args.html and args.gdb:
+        # Going back under gdb re-executes from boot: one page of one run is not defined.
+        raise UsageError("--html cannot be combined with --gdb")
     if args.fs is not None and not os.path.isdir(args.fs):
         raise UsageError(f"--fs {args.fs}: not a directory")
     if args.no_pagefile and (args.pagefile or args.pagefile_size is not None):
@@ -271,6 +277,7 @@ class _Made:
 
     def __init__(self, machine: Machine, procs: list[Process], recorder) -> None:
         self.machine, self.procs, self.recorder = machine, procs, recorder
+        self.steps = None        # --html: its emu.stepsrecord.StepRecorder
 
 
 class _FirstTime:
@@ -351,6 +358,9 @@ def _recipe(args: argparse.Namespace, trace: TextIO | None, events,
         if events is not None:
             from emu.eventlog import EventLog
             EventLog.attach(machine, once.gate("events", made, events) if once else events)
+        if args.html:
+            from emu.stepsrecord import StepRecorder
+            build.made.steps = StepRecorder.attach(machine)
         if args.gdb:                       # gdb's `monitor history events`
             from emu.debugger.history import record_events
             record_events(machine)
@@ -431,6 +441,8 @@ def _run_machine(args: argparse.Namespace, build, trace: TextIO | None,
         print(f"emu: no bug check: no crash dump written to {args.dump}", file=sys.stderr)
     if recorder is not None:
         _write_output(_write_map, args.map_svg, recorder)
+    if made.steps is not None:
+        _write_output(_write_steps, args.html, made.steps, [args.app, *args.args])
     return _summarize(proc, result, caught[0] if caught else signal.SIGINT)
 
 
@@ -453,6 +465,26 @@ def _write_dump(path: str, machine: Machine) -> None:
     except OSError as err:
         raise OutputError(f"cannot write crash dump {path}: {err.strerror}") from None
     print(f"emu: crash dump written to {path}", file=sys.stderr)
+
+
+def _write_steps(path: str, steps, words: list[str]) -> None:
+    """``--html FILE``: the steppable page of the run (emu.viz.steps), and what it weighs."""
+    from emu.viz import steps as steps_page
+
+    title = "emu run " + " ".join(os.path.basename(w) if i == 0 else w
+                                  for i, w in enumerate(words))
+    text = steps_page.page(steps.steps, steps.left_out, title)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as err:
+        raise OutputError(f"cannot write steppable page {path}: {err.strerror}") from None
+    size = len(text.encode("utf-8"))
+    kept = steps_page.fitting(steps.steps)          # the steps the page holds
+    left_out = steps.left_out + len(steps.steps) - kept
+    left = f", {left_out:,} events left out" if left_out else ""
+    print(f"emu: steppable page written to {path}: {kept:,} steps{left}, {size:,} bytes",
+          file=sys.stderr)
 
 
 def _run_under_gdb(address: str, machine: Machine, build: Callable[[], Machine],

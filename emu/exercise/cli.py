@@ -159,6 +159,8 @@ def _run(argv: list[str]) -> int:
         except OSError as err:
             raise _Usage(f"--html {args.html}: cannot write it: {err.strerror}") from None
     if args.json:
+        import json  # here, not at the top: every `emu run` registers this command
+
         print(json.dumps([e.as_json() for e in exercises], indent=2))
     elif args.html is None:
         for i, e in enumerate(exercises):
@@ -213,6 +215,8 @@ def _check(args: argparse.Namespace, words: list[str]) -> int:
     exercise = make(kind, seed)
     right, text = verdict(exercise, answer)
     if args.json:
+        import json  # here, not at the top: every `emu run` registers this command
+
         print(json.dumps({**exercise.as_json(), "given": answer, "right": right}, indent=2))
     else:
         print(text)

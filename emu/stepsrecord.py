@@ -1,0 +1,173 @@
+"""What a steppable page (``emu run --html FILE``, emu.viz.steps) shows at each step, recorded
+while the machine runs.
+
+Each step is one record of the event log (emu.eventlog: the same position, pid, ring, IRQL,
+RIP and the event's own fields) with what the page adds, read from the machine at the moment
+of the event, never worked out again afterwards:
+
+- ``name``: the name of the process ``pid`` names (null: no thread);
+- ``symbol`` and ``insn``: RIP as the debugger names it (``slowread!main+0x1a``,
+  ``slowneither.sys!DpcForIsr+0x0``) and the instruction there, disassembled from the
+  thread's own address space as code at the record's ring may read it;
+- ``walk`` (a #PF's ``exception`` and ``page-fault`` steps only): the walk the MMU did for
+  the faulting access (emu.hw.mmu: the entries as they were read when the CPU faulted), in
+  the debugger's words (emu.debugger.walkview, as ``walk`` prints it).
+
+Only the first ``MAX_STEPS`` events are kept; later ones are counted (``left_out``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from emu.debugger import walkview
+from emu.eventlog import COMMON, EventLog
+from emu.hw import mmu
+from emu.hw.cpu import Vector
+from emu.hw.faultaddr import decode
+from emu.nt.events import Event
+
+if TYPE_CHECKING:
+    from emu.machine import Machine
+    from emu.nt.kernel import Executive
+
+# The events a recorder keeps at most (docs/report.md, "Steppable pages"); the page then
+# embeds as many of them as fit its budget (emu.viz.steps.MAX_BYTES) and says how many
+# events were left out.
+MAX_STEPS = 20_000
+
+
+class StepRecorder(EventLog):
+    """An event log whose records carry what a page shows at each step (module docstring);
+    ``steps`` holds them, ``left_out`` counts the events past ``MAX_STEPS``."""
+
+    def __init__(self, executive: Executive, sink: Callable[[dict[str, Any]], None] | None = None,
+                 max_steps: int = MAX_STEPS) -> None:
+        self.steps: list[dict[str, Any]] = []
+        self.left_out = 0
+        self.max_steps = max_steps
+        self.target = None     # the debugger's view of the machine, for symbols (attach)
+        super().__init__(executive, sink if sink is not None else self.keep)
+
+    @classmethod
+    def attach(cls, machine: Machine, sink: Callable[[dict[str, Any]], None] | None = None,
+               max_steps: int = MAX_STEPS) -> StepRecorder:
+        """Record ``machine``'s steps from now on (before drivers and apps are added);
+        every instruction is counted, as for the event log (EventLog.attach)."""
+        from emu.debugger.live import LiveTarget
+
+        recorder = cls(machine.executive, sink, max_steps)
+        recorder.target = LiveTarget(machine)
+        machine.count_instructions = True
+        ex = machine.executive
+        if ex.debugger is None:
+            ex.set_budget(ex.scheduler.quantum)
+        ex.events.subscribe(recorder)
+        return recorder
+
+    def keep(self, step: dict[str, Any] | None) -> None:
+        """The default sink: keep ``step`` (None: an event past the cap, counted)."""
+        if step is None:
+            self.left_out += 1
+        else:
+            self.steps.append(step)
+
+    def __call__(self, event: Event, details: dict[str, Any]) -> None:
+        if len(self.steps) + self.left_out >= self.max_steps:
+            # Past the cap: counted (the position still needs its exceptions), not described.
+            if event is Event.EXCEPTION:
+                self._exceptions += 1
+                self._pf_events += details["exc"].vector == Vector.PF
+            self.sink(None)       # type: ignore[arg-type]
+            return
+        super().__call__(event, details)
+
+    def record(self, event: Event, d: dict[str, Any]) -> dict[str, Any]:
+        """The event log's record of ``event`` plus ``name``, ``symbol``, ``insn`` and, for
+        a #PF, ``walk`` (module docstring)."""
+        out = super().record(event, d)
+        ex = self.executive
+        proc = _process(ex, out["pid"])
+        out["name"] = proc.name if proc is not None else None
+        out["symbol"] = self._symbol(out["rip"], out["pid"])
+        out["insn"] = _instruction(ex, proc, out["ring"], out["rip"])
+        exc = d.get("exc")
+        out["walk"] = _walk(ex, exc, out["pid"], self.target) if exc is not None and \
+            exc.vector == Vector.PF else None
+        return out
+
+    def _symbol(self, rip: int, pid: int | None) -> str:
+        """RIP as the debugger names it (emu.debugger.targetbase.Target.symbolize)."""
+        if self.target is None:
+            return f"{rip:#x}"
+        try:
+            return self.target.symbolize(rip, pid)
+        except Exception:    # noqa: BLE001 - a process gone, a TargetError: no name
+            return f"{rip:#x}"
+
+
+def own_fields(step: dict[str, Any]) -> dict[str, Any]:
+    """The event's own fields of ``step`` (the event log's SCHEMA part)."""
+    return {k: v for k, v in step.items() if k not in COMMON and k not in _ADDED}
+
+
+_ADDED = ("name", "symbol", "insn", "walk")
+
+
+def _process(ex: Executive, pid: int | None):
+    return next((p for p in ex.processes if p.pid == pid), None) if pid is not None else None
+
+
+def _instruction(ex: Executive, proc, ring: int, rip: int) -> str:
+    """The instruction at ``rip`` in ``proc``'s address space (the current one without a
+    process) as code at ``ring`` may read it; ``(not readable)`` when no byte is."""
+    cpu = ex.cpu
+    space = proc.space if proc is not None and proc.space in ex.mm.spaces else None
+    code = cpu.read_code(rip, cpl=ring, cr3=space.cr3 if space is not None else None)
+    if not code:
+        return "(not readable)"
+    # A 32-bit process's ring-3 code is compatibility mode (docs/abi.md); ring 0 is 64-bit.
+    bits = 32 if ring == 3 and proc is not None and proc.bits == 32 else 64
+    insn = decode(code, rip, bits)
+    return f"{insn.mnemonic} {insn.op_str}".strip() if insn is not None else "(bad)"
+
+
+def _walk(ex: Executive, exc, pid: int | None, target) -> dict[str, Any]:
+    """The walk of a #PF as the MMU did it (``exc.walk``: the entries as read at the fault,
+    SDM Vol. 3A §4.7) and as the debugger's ``walk`` explains it."""
+    steps = tuple(exc.walk)
+    reason = exc.reason
+    # The entry the reason names refused (SMEP/SMAP name none: the leaf decides).
+    refused = _named(steps, reason) or (steps[-1] if steps else None)
+    cr3, efer = ex.cpu.cr3, ex.cpu.efer
+    nxe = bool(efer & mmu.EFER.NXE)
+    fault = mmu.PageFault(exc.address, mmu.PFErr(exc.error_code), reason, steps,
+                          refused.level if refused is not None else 0)
+    proc = _process(ex, pid)
+    space = f'process {pid} "{proc.name}"' if proc is not None and proc.space.cr3 == cr3 \
+        else "the system address space"
+    # The debugger's `walk VA ACCESS` at this moment, line for line (emu.debugger.walkview).
+    lines = [f"walk {exc.address:#x} in {space} (CR3 {cr3:#x}), {exc.access} at ring {exc.cpl}",
+             walkview.index_line(exc.address), *walkview.step_lines(steps, nxe, cr3),
+             *walkview.fault_lines(target, fault, exc.access, exc.cpl, pid),
+             f"  A/D: the access faults: no A or D bit is set in the "
+             f"{steps[-1].name if steps else 'entry'}"]
+    return {
+        "address": exc.address, "access": exc.access, "ring": exc.cpl,
+        "error_code": exc.error_code, "reason": reason,
+        "refused": refused.name if refused is not None else None,
+        "levels": [{"name": s.name, "index": s.index, "entry_address": s.entry_address,
+                    "value": s.value, "flags": walkview.flag_names(s.value, s.level)}
+                   for s in steps],
+        "text": lines,
+    }
+
+
+def _named(steps: tuple[mmu.WalkStep, ...], reason: str) -> mmu.WalkStep | None:
+    """The entry ``reason`` names (``... in PTE``, ``U/S=0 in PDE: ...``), or None."""
+    for s in steps:
+        if f"in {s.name}:" in reason or reason.endswith(f"in {s.name}") or \
+                f"in {s.name} " in reason:
+            return s
+    return None
