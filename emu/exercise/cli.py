@@ -121,8 +121,6 @@ def _kind(name: str) -> str:
 
 
 def _run(argv: list[str]) -> int:
-    import json  # here: emu run builds this parser and imports no json (start-up)
-
     if argv[:1] in (["-h"], ["--help"]):
         _parser().print_help()
         return EXIT_OK
@@ -196,8 +194,6 @@ def verdict(exercise: Exercise, answer: str) -> tuple[bool, str]:
 
 
 def _check(args: argparse.Namespace, words: list[str]) -> int:
-    import json  # here: emu run builds this parser and imports no json (start-up)
-
     if not words:
         raise _Usage("check needs a kind and an answer: emu exercise check KIND --seed S "
                      "ANSWER")
