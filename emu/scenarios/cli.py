@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run.add_argument("names", nargs="*", metavar="NAME", help="scenarios to play, in order")
     run.add_argument("--all", action="store_true", help="play every scenario (the tour)")
     run.add_argument("--out", metavar="DIR", help="also write each scenario's picture page "
-                     "(self-contained HTML with SVG) into DIR, and DIR/index.html")
+                     "(self-contained HTML with SVG) and its acts' steppable pages into DIR, "
+                     "and DIR/index.html")
     run.add_argument("--events", metavar="FILE", help="write every act's machine events as "
                      "JSON Lines (docs/report.md, \"The event log\")")
     return parser
@@ -131,6 +132,8 @@ def _play(chosen, out: Path | None, events_path: str | None = None) -> int:
               "(the log is incomplete)", file=sys.stderr)
     sys.stdout.flush()
     if out is not None:
+        for r in results:
+            _record_steps(r)
         problem = _write_pages(results, out)
         if problem:      # one line; the scenarios' own verdicts and exit status still stand
             print(f"emu: error: {problem}", file=sys.stderr)
@@ -144,14 +147,35 @@ def _play(chosen, out: Path | None, events_path: str | None = None) -> int:
     return EXIT_FAILED if failed else EXIT_HELD
 
 
+def _record_steps(result) -> None:
+    """Give each act of ``result`` its steppable page (emu.viz.steps), recorded by playing
+    the scenario once more, silently, with a StepRecorder on each act's machine.
+
+    A second play, not the first: recording counts every instruction, which moves the
+    machine's clock where an uncounted run stands still (docs/report.md, "The event log"),
+    so the narration and NAME.html stay exactly what they are without --out's pages. The
+    machine is deterministic: the second play runs the same instructions in the same
+    schedule, its positions those of ``--events``."""
+    from emu.scenarios.stage import play
+
+    again = play(result.scenario, None, steps=True)
+    for act, recorded in zip(result.acts, again.acts, strict=False):
+        act.steps = recorded.steps
+
+
 def _write_pages(results, out: Path) -> str | None:
-    """Write NAME.html per scenario and index.html; None, or a one-line problem."""
+    """Write NAME.html per scenario, its acts' steppable pages (NAME-steps.html, then
+    NAME-steps-2.html... for a second act on) and index.html; None, or a one-line problem."""
     from emu.scenarios import html
 
     files = [f"{r.scenario.name}.html" for r in results]
     try:
         for r, name in zip(results, files, strict=True):
             (out / name).write_text(html.page(r), encoding="utf-8")
+            for number, act in enumerate(r.acts, 1):
+                if act.steps is not None:
+                    (out / html.steps_file(r.scenario.name, number)).write_text(
+                        act.steps, encoding="utf-8")
         (out / "index.html").write_text(html.index(results, files), encoding="utf-8")
     except OSError as err:
         return f"cannot write the pages into {out}: {err.strerror}"

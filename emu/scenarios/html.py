@@ -6,7 +6,7 @@ kernel half every PML4 shares (emu.scenarios.pictures), and the timeline
 (emu.scenarios.timeline). Then the checks and the narration. Nothing is fetched from the
 network; a browser opened on the file from disk shows everything.
 
-    page(result)          -> the HTML of one scenario
+    page(result)          -> the HTML of one scenario (linking its acts' steppable pages)
     index(results, names) -> a page linking the scenarios' pages, with their verdicts
 """
 
@@ -41,10 +41,20 @@ def _figure(heading: str, svg: str) -> list[str]:
     return [f"<h3>{escape(heading)}</h3>", f'<div class="figure">{svg}</div>'] if svg else []
 
 
-def act_html(act: ActRecord, number: int) -> list[str]:
-    """The pictures of one act."""
+def steps_file(name: str, number: int) -> str:
+    """The file of scenario ``name``'s act ``number``'s steppable page (docs/tour.md):
+    NAME-steps.html for the first act, NAME-steps-N.html for act N from the second on."""
+    return f"{name}-steps.html" if number == 1 else f"{name}-steps-{number}.html"
+
+
+def act_html(act: ActRecord, number: int, name: str = "") -> list[str]:
+    """The pictures of one act (of scenario ``name``: the link to its steppable page)."""
     colour_of = {lane.ident: lane.colour for lane in act.lanes}
     parts = [f'<section class="act"><h2>Act {number}: {escape(act.title)}</h2>']
+    if act.steps is not None:
+        parts.append(f'<p class="steps"><a href="{escape(steps_file(name, number))}">'
+                     "Step through this run</a> (every event of this act's machine, one "
+                     "step at a time)</p>")
     drawn = [pm for pm in act.maps if pm.pages or pm.regions]
     if act.focus and drawn:
         parts += _figure("Address spaces: virtual pages -> physical frames",
@@ -76,7 +86,7 @@ def page(result: ScenarioResult) -> str:
             f"<p>Guest sources: {escape(', '.join(sc.sources))}</p>", verdict,
             f"<h2>Checks, from the machine's state</h2><ul>{checks}</ul>"]
     for i, act in enumerate(result.acts, 1):
-        body += act_html(act, i)
+        body += act_html(act, i, sc.name)
     body.append("<h2>Narration</h2><pre>" + escape("\n".join(result.lines)) + "</pre>")
     return _document(f"emu tour: {sc.name}", body)
 
@@ -103,12 +113,20 @@ def index(results: Sequence[ScenarioResult], files: Sequence[str]) -> str:
         f'<li><a href="{escape(f)}">{escape(r.scenario.name)}</a>: '
         f"{escape(r.scenario.title)} "
         f'<span class="{"held" if r.ok else "failed"}">({"holds" if r.ok else "FAILED"})'
-        f"</span></li>" for r, f in zip(results, files, strict=True))
+        f"</span>{_steps_link(r)}</li>" for r, f in zip(results, files, strict=True))
     intro = [f'<p class="intro">{escape(text)}</p>' for text in INTRODUCTION]
     held = sum(r.ok for r in results)
     return _document("emu tour", ["<h1>The tour: the seed's claims on a live machine</h1>",
                                   *intro, f"<h2>The scenarios: {held} of {len(results)} "
                                   "claims hold</h2>", f"<ul>{rows}</ul>"])
+
+
+def _steps_link(result: ScenarioResult) -> str:
+    """The index's link to a scenario's first steppable page, when its acts were recorded."""
+    if not result.acts or result.acts[0].steps is None:
+        return ""
+    return f' <a class="steps" href="{escape(steps_file(result.scenario.name, 1))}">' \
+        "(step through)</a>"
 
 
 def _document(title: str, body: list[str]) -> str:

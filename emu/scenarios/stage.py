@@ -67,6 +67,7 @@ class ActRecord:
     kernel_map: ProcessMap | None = None     # the driver images, when the act shows them
     boundaries: list[tuple[int, str]] = field(default_factory=list)  # lines in the maps
     hits: dict[int, str] = field(default_factory=dict)   # frame -> who wrote it (a DPC)
+    steps: str | None = None     # the act's steppable page (emu.viz.steps), when recorded
 
 
 @dataclass
@@ -91,12 +92,13 @@ class Stage:
 
     def __init__(self, scenario: Scenario, out: TextIO | None = None,
                  guest_build: Path = GUEST_BUILD,
-                 events: Callable[[dict], None] | None = None) -> None:
+                 events: Callable[[dict], None] | None = None, steps: bool = False) -> None:
         self.result = ScenarioResult(scenario)
         self._out = out
         self.guest_build = guest_build
         self._acts = 0
         self.events = events        # each act's event log records (emu.eventlog), or None
+        self.steps = steps          # record each act's steppable page (docs/tour.md)
 
     @property
     def facts(self) -> dict[str, object]:
@@ -156,6 +158,10 @@ class Act:
             from emu.eventlog import EventLog
             tag = {"scenario": stage.result.scenario.name, "act": number}
             EventLog.attach(self.machine, lambda record: stage.events({**record, **tag}))
+        self.steps = None           # `emu scenario run --out DIR`: the act's StepRecorder
+        if stage.steps:
+            from emu.stepsrecord import StepRecorder
+            self.steps = StepRecorder.attach(self.machine)
         self.witness = Witness(self, stage.say)
         self.halves: dict[int, KernelHalf] = {}
         self.result: MachineResult | None = None
@@ -251,8 +257,19 @@ class Act:
         lanes = lanes_for([(p.pid, p.name) for p in self.machine.processes], disk=disk)
         self.stage.result.acts.append(ActRecord(self.title, list(self.witness.marks), lanes,
                                                 maps, self.focus, halves, text, kmap,
-                                                self.boundaries, self._hits()))
+                                                self.boundaries, self._hits(),
+                                                self._steps_page()))
         return self.result
+
+    def _steps_page(self) -> str | None:
+        """The act's steppable page (emu.viz.steps), made now so that only its text is kept."""
+        if self.steps is None:
+            return None
+        from emu.viz import steps as steps_page
+
+        title = f"emu scenario run {self.stage.result.scenario.name}: act {self.number}, " \
+            f"{self.title}"
+        return steps_page.page(self.steps.steps, self.steps.left_out, title)
 
     def _hits(self) -> dict[int, str]:
         """The process frames the act's DPCs stored into: the maps outline them."""
@@ -272,11 +289,12 @@ def hexes(values: Sequence[int]) -> str:
 
 def play(scenario: Scenario, out: TextIO | None = None,
          guest_build: Path = GUEST_BUILD,
-         events: Callable[[dict], None] | None = None) -> ScenarioResult:
+         events: Callable[[dict], None] | None = None, steps: bool = False) -> ScenarioResult:
     """Play one scenario from start to verdict, narrating to ``out`` (and each machine's
-    event records to ``events``); never raises for a scenario that goes wrong: its result
-    says so (``error``, or a check that failed)."""
-    stage = Stage(scenario, out, guest_build, events)
+    event records to ``events``; with ``steps``, each act keeps its steppable page); never
+    raises for a scenario that goes wrong: its result says so (``error``, or a check that
+    failed)."""
+    stage = Stage(scenario, out, guest_build, events, steps)
     stage.say(f"== {scenario.name}: {scenario.title}")
     for line in textwrap.wrap(f'The seed: "{scenario.claim}"', 96):
         stage.say(line)

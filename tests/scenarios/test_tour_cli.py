@@ -60,7 +60,8 @@ def test_pages_are_written_with_an_index(tmp_path, capsys):
                  "--out", str(tmp_path / "pages")]) == 0
     out = capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == [
-        "app-crash-is-contained.html", "index.html", "private-handles.html"]
+        "app-crash-is-contained-steps.html", "app-crash-is-contained.html", "index.html",
+        "private-handles-steps.html", "private-handles.html"]
     assert out.splitlines()[-2:] == [f"Pictures: {tmp_path / 'pages' / 'index.html'}",
                                      "The tour: 2 scenarios, 2 held their claims."]
 
@@ -82,8 +83,11 @@ def test_a_claim_that_fails_exits_1_and_says_which(monkeypatch, capsys):
                             "b'Hello, world!\\n'\n")
 
 
-def test_the_whole_tour_holds(capsys):
-    assert main(["scenario", "run", "--all"]) == 0
+def test_the_whole_tour_holds(capsys, tmp_path: Path):
+    assert main(["scenario", "run", "--all", "--out", str(tmp_path)]) == 0
+    for name in ORDER:        # every scenario's steppable page (docs/tour.md), under 2 MB
+        page = tmp_path / f"{name}-steps.html"
+        assert page.is_file() and 0 < page.stat().st_size < 2_000_000, name
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == f"The tour: {len(ORDER)} scenarios, {len(ORDER)} held " \
         "their claims."

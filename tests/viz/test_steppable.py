@@ -290,3 +290,29 @@ def test_the_recorder_keeps_the_first_events_and_counts_the_rest(apps, tmp_path)
     assert len(recorder.steps) == 5 and recorder.left_out == len(records) - 5
     for step, record in zip(recorder.steps, records, strict=False):
         assert {k: step[k] for k in record} == record     # the log's fields, the same values
+
+
+def test_the_tour_writes_a_steppable_page_per_act_linked_from_its_page(apps, tmp_path):
+    # `emu scenario run --out DIR` (docs/tour.md, "The pictures"): the DPC scenario's first
+    # act's page, its link, and its steps: the same as that act's own event records.
+    name = "arbitrary-thread-context"
+    log = tmp_path / "tour.jsonl"
+    done = emu("scenario", "run", name, "--out", tmp_path, "--events", log)
+    assert done.returncode == 0, done.stderr
+    page = tmp_path / f"{name}-steps.html"
+    acts = re.findall(r'<section class="act">', (tmp_path / f"{name}.html").read_text())
+    links = re.findall(r'<a href="([^"]+)">Step through this run</a>',
+                       (tmp_path / f"{name}.html").read_text())
+    assert links == [f"{name}-steps.html"] + [f"{name}-steps-{n}.html"
+                                              for n in range(2, len(acts) + 1)]
+    assert all((tmp_path / link).is_file() for link in links) and len(acts) == 3
+    assert f'href="{name}-steps.html">(step through)</a>' in (tmp_path / "index.html").read_text()
+    records = [r for r in map(json.loads, log.read_text().splitlines()) if r["act"] == 1]
+    report = browse(page, tmp_path, [["click", "next"]], name="tour")
+    assert report["resources"] == []                  # nothing fetched
+    shows(records[0], 0, len(records), {**report["start"], "hash": "#step=0"})
+    shows(records[1], 1, len(records), report["after"][0])
+    # The pictures and the narration are those of a run without the pages (the steps are
+    # recorded by a second, silent play): the timeline's clocks stay uncounted.
+    plain = emu("scenario", "run", name)
+    assert done.stdout.replace(f"Pictures: {tmp_path / 'index.html'}\n", "") == plain.stdout
