@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from batch import DRIVERS, ROOT, answer, emu, machine_argv
 
 from emu.debugger import why
 
-ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = ROOT / "guest" / "build" / "drivers"
 PAGE_VA = 0x7F793950000          # slowread's and victim's page (guest/apps/slowread.c)
 
 
-def emu(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, input=stdin, cwd=ROOT)
-
-
 def machine_args(apps, drivers: list[str], commands: list[tuple[str, list[str]]]) -> list:
-    argv: list = [a for d in drivers for a in ("--driver", DRIVERS / d)]
-    for n, (app, args) in enumerate(commands):
-        argv += (["--"] if n else []) + [apps / app, *args]
-    return argv
+    return machine_argv([DRIVERS / d for d in drivers],
+                        [(apps / app, args) for app, args in commands])
 
 
 TICKET = (["ticket.sys", "scribble.sys"],
@@ -43,15 +32,6 @@ def debug(apps, scenario, script: str) -> str:
     assert r.returncode in (0, 1), r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     return r.stdout
-
-
-def answer(out: str, command: str) -> list[str]:
-    """The lines printed by the first ``command`` of a batch transcript."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.endswith(") " + command))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("(emu")),
-               len(lines))
-    return lines[start + 1:end]
 
 
 def test_scribble_is_blamed_for_tickets_counter_not_ticket_sys(apps):

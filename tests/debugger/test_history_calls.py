@@ -12,6 +12,7 @@ import json
 import re
 
 import pytest
+from batch import DRIVERS, answer, emu, machine_argv
 from unicorn import UC_HOOK_CODE
 
 from emu.debugger import calls
@@ -19,7 +20,7 @@ from emu.debugger.session import Session
 from emu.hw.faultaddr import decode
 from emu.machine import Machine
 from emu.nt import exports, layout
-from tests.debugger.test_history_query import DRIVERS, answer, emu, factory
+from tests.debugger.test_history_query import factory
 
 FIB_N = 5
 
@@ -224,11 +225,7 @@ def test_the_prototypes_of_the_exports():
 
 
 def debug(apps, script: str, scenario) -> str:
-    drivers, commands = scenario(apps)
-    argv = [a for d in drivers for a in ("--driver", d)]
-    for n, (app, args) in enumerate(commands):
-        argv += (["--"] if n else []) + [app, *args]
-    r = emu("debug", *argv, stdin=script)
+    r = emu("debug", *machine_argv(*scenario(apps)), stdin=script)
     assert r.returncode in (0, 1), r.stderr
     return r.stdout
 

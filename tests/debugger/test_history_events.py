@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from batch import DRIVERS, answer, emu
 
 from emu.debugger.history import EventHistory
-
-ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = ROOT / "guest" / "build" / "drivers"
-
-
-def emu(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, input=stdin, cwd=ROOT)
 
 
 def slow_neither(apps) -> list:
@@ -31,15 +21,6 @@ def debug(apps, script: str, *options) -> str:
     r = emu("debug", *options, *slow_neither(apps), stdin=script)
     assert r.returncode in (0, 1), r.stderr
     return r.stdout
-
-
-def answer(out: str, command: str) -> list[str]:
-    """The lines printed by the first ``command`` of a batch transcript."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.endswith(") " + command))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("(emu")),
-               len(lines))
-    return lines[start + 1:end]
 
 
 def test_at_the_end_the_json_is_emu_runs_event_log(apps, tmp_path):

@@ -7,12 +7,11 @@ from __future__ import annotations
 import functools
 import json
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from batch import DRIVERS, answer, emu, machine_argv
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 
 from emu.debugger.query import Query, QueryIndex
@@ -20,14 +19,7 @@ from emu.debugger.session import Session
 from emu.hw import mmu
 from emu.machine import Machine
 
-ROOT = Path(__file__).resolve().parents[2]
-DRIVERS = ROOT / "guest" / "build" / "drivers"
 PAGE_VA = 0x7F793950000          # slowread's and victim's page (guest/apps/slowread.c)
-
-
-def emu(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, input=stdin, cwd=ROOT)
 
 
 def slow_neither(apps) -> tuple[list, list]:
@@ -305,22 +297,9 @@ def test_the_dpc_write_into_the_interrupted_process(apps):
 
 
 def debug(apps, script: str, scenario=slow_neither) -> str:
-    drivers, commands = scenario(apps)
-    argv = [a for d in drivers for a in ("--driver", d)]
-    for n, (app, args) in enumerate(commands):
-        argv += (["--"] if n else []) + [app, *args]
-    r = emu("debug", *argv, stdin=script)
+    r = emu("debug", *machine_argv(*scenario(apps)), stdin=script)
     assert r.returncode in (0, 1), r.stderr
     return r.stdout
-
-
-def answer(out: str, command: str) -> list[str]:
-    """The lines printed by the first ``command`` of a batch transcript."""
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.endswith(") " + command))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("(emu")),
-               len(lines))
-    return lines[start + 1:end]
 
 
 def test_the_shells_answer_then_the_index(apps):
