@@ -104,14 +104,18 @@ class EventLog:
         """Record ``machine``'s events from now on (attach before drivers and apps are
         added, so that their loads are in the log); every instruction is counted."""
         log = cls(machine.executive, sink)
+        log.subscribe_to(machine)
+        return log
+
+    def subscribe_to(self, machine: Machine) -> None:
+        """Count ``machine``'s every instruction from now on and take its events."""
         machine.count_instructions = True
         ex = machine.executive
         if ex.debugger is None:
             # Counted from the first instruction (a DriverEntry's too), as the debugger
             # counts (emu.debugger.session): the same positions, the same clock.
             ex.set_budget(ex.scheduler.quantum)
-        ex.events.subscribe(log)
-        return log
+        ex.events.subscribe(self)
 
     def detach(self) -> None:
         """Stop recording."""

@@ -59,11 +59,7 @@ class StepRecorder(EventLog):
 
         recorder = cls(machine.executive, sink, max_steps)
         recorder.target = LiveTarget(machine)
-        machine.count_instructions = True
-        ex = machine.executive
-        if ex.debugger is None:
-            ex.set_budget(ex.scheduler.quantum)
-        ex.events.subscribe(recorder)
+        recorder.subscribe_to(machine)
         return recorder
 
     def keep(self, step: dict[str, Any] | None) -> None:
