@@ -78,6 +78,60 @@ def test_an_app_is_built_as_the_guest_apps_are_and_runs(tmp_path):
     assert (ran.returncode, ran.stdout) == (42, "mine: 2 args, first first, DriverEntry(\n")
 
 
+APP32 = r"""
+#include <emu/lib.h>
+#include <emu/syscall.h>
+
+int main(int argc, char **argv)
+{
+    unsigned long long big = 3000000000000ULL;   /* __udivdi3: lib32/divdi3.c */
+    printf("mine32: %d args, %d-byte pointers, stack %s 2 GB, %llu, pid %u\n", argc,
+           (int)sizeof(void *), (unsigned long)&argc < 0x80000000UL ? "below" : "above",
+           big / (unsigned)argc, (unsigned)NtGetCurrentProcessId());
+    return argc + 30;
+}
+"""
+
+
+def test_a_32_bit_app_is_built_as_apps32_are_and_runs_in_compatibility_mode(tmp_path):
+    (tmp_path / "mine32.c").write_text(APP32)
+    built = emu(tmp_path, "build", "--app32", "mine32.c")
+    assert (built.returncode, built.stdout) == (0, "built mine32 (32-bit app)\n"), built.stderr
+    with open(tmp_path / "mine32", "rb") as f:
+        elf = ELFFile(f)
+        assert (elf.elfclass, elf["e_type"], elf["e_machine"], elf["e_ident"]["EI_OSABI"]) == \
+            (32, "ET_EXEC", "EM_386", "ELFOSABI_SYSV")
+        assert not any(s["p_type"] in ("PT_INTERP", "PT_DYNAMIC") for s in elf.iter_segments())
+        loads = [(s["p_vaddr"], s["p_flags"]) for s in elf.iter_segments()
+                 if s["p_type"] == "PT_LOAD"]
+        # link/app32.ld: R at 0x400000, then R X, then R W, each on its own page.
+        assert loads[0] == (0x400000, 4) and [flags for _, flags in loads] == [4, 5, 6]
+        assert all(vaddr % 0x1000 == 0 for vaddr, _ in loads)
+        symbols = elf.get_section_by_name(".symtab")
+        assert symbols.get_symbol_by_name("main") and symbols.get_symbol_by_name("__udivdi3")
+    assert os.access(tmp_path / "mine32", os.X_OK)
+    ran = emu(tmp_path, "run", "mine32", "a", "b")
+    assert (ran.returncode, ran.stdout) == (
+        33, "mine32: 3 args, 4-byte pointers, stack below 2 GB, 1000000000000, pid 12\n"), \
+        ran.stderr
+    # -o names it; the same source built as a 64-bit app prints 8-byte pointers.
+    (tmp_path / "bin").mkdir()
+    assert emu(tmp_path, "build", "--app32", "mine32.c", "-o", "bin/m").stdout == \
+        "built bin/m (32-bit app)\n"
+    assert emu(tmp_path, "run", "bin/m").stdout.startswith("mine32: 1 args, 4-byte pointers")
+    assert emu(tmp_path, "build", "mine32.c", "-o", "m64").returncode == 0
+    assert emu(tmp_path, "run", "m64").stdout.startswith("mine32: 1 args, 8-byte pointers")
+
+
+def test_a_32_bit_build_error_is_one_summary_line(tmp_path):
+    (tmp_path / "bad32.c").write_text("int main(void)\n{\n    return missing;\n}\n")
+    done = emu(tmp_path, "build", "--app32", "bad32.c")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines()[-1] == \
+        "emu: error: bad32.c: compile failed (zig cc exit status 1)"
+    assert "Traceback" not in done.stderr and not (tmp_path / "bad32").exists()
+
+
 def test_a_driver_is_detected_by_its_driver_entry_and_loads(tmp_path, apps):
     (tmp_path / "mydrv.c").write_text(DRIVER)
     built = emu(tmp_path, "build", "mydrv.c")
@@ -143,6 +197,12 @@ def test_a_link_error_names_the_link(tmp_path):
      "emu: error: ok.bin: a driver's name ends in .sys"),
     (["build", "--app", "--driver", "ok.c"],
      "emu: error: argument --driver: not allowed with argument --app"),
+    (["build", "--app32", "--driver", "ok.c"],
+     "emu: error: argument --driver: not allowed with argument --app32"),
+    (["build", "--driver", "--app32", "ok.c"],
+     "emu: error: argument --app32: not allowed with argument --driver"),
+    (["build", "--app", "--app32", "ok.c"],
+     "emu: error: argument --app32: not allowed with argument --app"),
     (["build"], "emu: error: the following arguments are required: FILE.c"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, argv, line):

@@ -135,7 +135,8 @@ def test_the_wheel_carries_the_guests_and_the_native_library(wheel):
         assert f"emu/_guest/build/drivers/{name}.pdb" in names
     assert not any(n.endswith(".lib") or "/build/pe/" in n or "zig-cache" in n for n in names)
     for path in ("include/emu/lib.h", "include/emu/syscall.h", "lib/crt0.S", "lib/printf.c",
-                 "lib/syscall.S", "link/app.ld", "apps/hello.c", "drivers-pe/pehello.c"):
+                 "lib/syscall.S", "link/app.ld", "apps/hello.c", "drivers-pe/pehello.c",
+                 "lib32/crt0.S", "lib32/syscall.S", "lib32/divdi3.c", "link/app32.ld"):
         assert f"emu/_guest/{path}" in names, path
     assert "emu/hw/_native.so" in names and "emu/hw/native.c" not in names
     assert "emu/templates/driver.c" in names
@@ -267,6 +268,13 @@ def test_emu_build_from_the_wheel_builds_an_app_and_a_driver_that_run(venv, no_c
               cwd=tmp_path)
     assert (ran.returncode, ran.stdout) == (7, "mydrv.sys: my own driver\nmy own app: hi\n"), \
         ran.stderr
+    # The same app as a 32-bit one (emu build --app32): the wheel's lib32 and link/app32.ld.
+    app32 = run([emu, "build", "--app32", "mine.c", "-o", "mine32"], env=no_compiler,
+                cwd=tmp_path)
+    assert (app32.returncode, app32.stdout) == (0, "built mine32 (32-bit app)\n"), app32.stderr
+    assert (tmp_path / "mine32").read_bytes()[:5] == b"\x7fELF\x01"      # ELFCLASS32
+    ran32 = run([emu, "run", "mine32", "hi32"], env=no_compiler, cwd=tmp_path)
+    assert (ran32.returncode, ran32.stdout) == (7, "my own app: hi32\n"), ran32.stderr
 
 
 def emu_here(folder: Path, *argv) -> subprocess.CompletedProcess:
