@@ -53,6 +53,7 @@ from unicorn.unicorn_py3 import unicorn as _binding
 from emu.hw import mmu
 from emu.hw.cr8 import Cr8
 from emu.hw.faultaddr import decode, fault_address, memory_accesses
+from emu.hw.invlpg import Invlpg
 from emu.hw.memory import PhysicalMemory
 from emu.hw.native import NativeHooks, mode_of
 
@@ -365,6 +366,7 @@ class Cpu:
         self.on_device_started: Callable[[], None] | None = None     # an OUT armed a device
         self.native = NativeHooks(uc, self._fill, self._block_offsets)
         self.cr8 = Cr8(self)                     # the IRQL: guest CR8 moves made to work
+        self.invlpg = Invlpg(self)               # guest INVLPGs made to reach the STLB
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
@@ -543,6 +545,16 @@ class Cpu:
         self.native.invalidate(va & ~0xFFF, every_pcid=every_pcid)
         self._last_table = None
 
+    def guest_invlpg(self, va: int) -> None:
+        """An INVLPG of ``va`` executed by guest code completed (emu.hw.invlpg found it):
+        Unicorn dropped the page from QEMU's own TLB; the STLB drops it too, the current
+        PCID's translation and a global one, other PCIDs' staying (SDM Vol. 2A INVLPG, Vol.
+        3A 4.10.4.1). A non-canonical ``va`` invalidates nothing (INVLPG is a NOP then)."""
+        if not mmu.is_canonical(va):
+            return
+        self.native.drop_page(va & ~0xFFF)
+        self._last_table = None
+
     def invpcid(self, kind: int, pcid: int = 0, va: int = 0) -> None:
         """INVPCID (SDM Vol. 2A): type 0 drops ``va``'s translations of ``pcid`` (not the
         global ones), type 1 every translation of ``pcid`` but the global ones, type 2
@@ -632,6 +644,7 @@ class Cpu:
                 self.native.start(start, 0)
             except UcError as err:
                 self._stop_requested |= self.cr8.settle()
+                self.invlpg.settle()
                 if self._held is not None:
                     return RunResult(StopReason.EXCEPTION, self._take_held_fault())
                 exc = self._exception_from_error(err)
@@ -647,6 +660,7 @@ class Cpu:
                 continue
             break
         self._stop_requested |= self.cr8.settle()
+        self.invlpg.settle()
         if self._held is not None:
             return RunResult(StopReason.EXCEPTION, self._take_held_fault())
         if self._event is not None:

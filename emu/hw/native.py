@@ -612,6 +612,14 @@ class NativeHooks:
                                     (self.pcid if pcid is None else pcid) & (PCIDS - 1), how)
         self._flush_qemu_tlb()
 
+    def drop_page(self, vpage: int) -> None:
+        """Drop one page's entries of the current PCID and its global ones from the STLB,
+        in every mode, and leave QEMU's TLB as it is: a guest INVLPG, which Unicorn has
+        already made in QEMU's TLB (SDM Vol. 2A INVLPG)."""
+        self._check_open()
+        self._lib.native_invalidate(self._ctx_ptr, vpage & _MASK64, self._pcid,
+                                    _DROP_GLOBAL | _DROP_PCID)
+
     def flush_qemu_tlb(self) -> None:
         """Flush QEMU's own TLB (it is not tagged by PCID: its misses then ask the STLB)."""
         self._flush_qemu_tlb()

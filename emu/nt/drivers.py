@@ -70,6 +70,7 @@ def start(ex: DriverLoader, image: DriverImage) -> Driver:
         frames.append(ex.mm.map_new(ex.mm.system, va, protect, use=FrameUse.KERNEL,
                                     data=bytes(contents)))
     _watch_cr8_moves(ex, image)
+    _watch_invlpgs(ex, image)
     driver_object = ex.io.new_driver_object(image.base, image.end - image.base)
     registry = _registry_path(ex, image.name)
     driver = Driver(image, driver_object)
@@ -91,9 +92,8 @@ def start(ex: DriverLoader, image: DriverImage) -> Driver:
     return driver
 
 
-def _watch_cr8_moves(ex: DriverLoader, image: DriverImage) -> None:
-    """Let the CPU find the CR8 moves (the IRQL, emu.hw.cr8) in each run of the image's
-    executable pages, once, before any of its code runs."""
+def _executable_runs(image: DriverImage) -> list[tuple[int, bytes]]:
+    """The image's executable pages, as runs of contiguous pages: (address, bytes)."""
     runs: list[tuple[int, bytearray]] = []
     for va in sorted(image.pages):
         if not image.page_flags[va] & PF_X:
@@ -102,8 +102,14 @@ def _watch_cr8_moves(ex: DriverLoader, image: DriverImage) -> None:
             runs[-1][1].extend(image.pages[va])
         else:
             runs.append((va, bytearray(image.pages[va])))
-    for va, code in runs:
-        ex.cpu.cr8.watch(va, bytes(code))
+    return [(va, bytes(code)) for va, code in runs]
+
+
+def _watch_cr8_moves(ex: DriverLoader, image: DriverImage) -> None:
+    """Let the CPU find the CR8 moves (the IRQL, emu.hw.cr8) in each run of the image's
+    executable pages, once, before any of its code runs."""
+    for va, code in _executable_runs(image):
+        ex.cpu.cr8.watch(va, code)
     # Code a driver writes at run time: executable pool (NonPagedPool) and the executable
     # MDL views (system PTEs) are looked at instruction by instruction as they run.
     ex.cpu.cr8.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
@@ -111,12 +117,25 @@ def _watch_cr8_moves(ex: DriverLoader, image: DriverImage) -> None:
                            layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
 
 
+def _watch_invlpgs(ex: DriverLoader, image: DriverImage) -> None:
+    """Let the CPU find the INVLPGs (emu.hw.invlpg) in the image's executable pages, once,
+    before any of its code runs, so that each reaches the STLB; code a driver writes at run
+    time into executable pool or an executable MDL view is decoded block by block as it
+    runs (SDM Vol. 2A INVLPG: the current PCID's translation and a global one go)."""
+    for va, code in _executable_runs(image):
+        ex.cpu.invlpg.watch(va, code)
+    ex.cpu.invlpg.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
+    ex.cpu.invlpg.watch_range(layout.KERNEL_SYSTEM_PTES,
+                              layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
+
+
 def _free_pages(ex: DriverLoader, pages) -> None:
     """Unmap the driver pages ``pages`` from the shared kernel half (each PTE zeroed and its
     translation invalidated, as INVLPG does) and give their frames back to the free list;
-    the CR8 moves of code there are hooked no more."""
+    the CR8 moves and INVLPGs of code there are hooked no more."""
     for va in sorted(pages):
         ex.cpu.cr8.unwatch(va, va + layout.PAGE_SIZE)
+        ex.cpu.invlpg.unwatch(va, va + layout.PAGE_SIZE)
         pfn = ex.mm.system.unmap_page(va)
         if pfn is not None:
             ex.mm.pfn.release(pfn)
