@@ -76,6 +76,29 @@ def test_a_block_is_decoded_for_the_invlpg_that_ends_it() -> None:
     assert block_invlpg(0x5000, b"\xb8\x0f\x01\x39\x00") is None   # its bytes in an immediate
 
 
+def test_unicorn_ends_a_block_after_invlpg_and_calls_bounded_hooks_only_inside_their_range():
+    """The platform facts the design rests on (Unicorn 2.1.4): QEMU ends a translated block
+    after an INVLPG (so in run-time code it is a block's last instruction), a code hook
+    bounded to one address is called for that instruction alone, and a block hook bounded
+    to a range only for the blocks that start there."""
+    from unicorn import UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_MODE_64, Uc
+    from unicorn.x86_const import UC_X86_REG_RAX
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    code = b"\x90\x90" + b"\x0f\x01\x38" + b"\x90\x90\xf4"     # nop; nop; invlpg [rax]; ...
+    uc.mem_write(0x1000, code)
+    uc.reg_write(UC_X86_REG_RAX, 0x3000)
+    blocks, bounded_blocks, codes = [], [], []
+    uc.hook_add(UC_HOOK_BLOCK, lambda u, a, size, d: blocks.append((a, size)))
+    uc.hook_add(UC_HOOK_BLOCK, lambda u, a, size, d: bounded_blocks.append(a), None,
+                0x1005, 0x1005)
+    uc.hook_add(UC_HOOK_CODE, lambda u, a, size, d: codes.append(a), None, 0x1002, 0x1002)
+    uc.emu_start(0x1000, 0x1000 + len(code) - 1)
+    assert blocks[0] == (0x1000, 5) and blocks[1][0] == 0x1005
+    assert bounded_blocks == [0x1005] and codes == [0x1002]
+
+
 # -- a routine at ring 0 ------------------------------------------------------------------
 
 def routine(invalidate: bytes) -> bytes:
