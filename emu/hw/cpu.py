@@ -49,6 +49,7 @@ from unicorn import (
 )
 from unicorn import x86_const as ux
 from unicorn.unicorn_py3 import unicorn as _binding
+from unicorn.unicorn_py3.unicorn import UcContext
 
 from emu.hw import mmu
 from emu.hw.cr8 import Cr8
@@ -340,6 +341,7 @@ class Cpu:
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(0, mem.size, UC_PROT_ALL, mem.address)
         self.uc = uc
+        self._uch = uc._uch
         # CR3 is kept as its page-table base (``cr3``, what the executive compares with an
         # address space's) and its PCID (``pcid``: CR3[11:0] with CR4.PCIDE, else 0);
         # ``cr3_value`` is the register as a MOV from CR3 reads it.
@@ -581,6 +583,21 @@ class Cpu:
         """New code is loaded (a process image): forget the instruction counts of the
         blocks learnt so far, since its pages may sit at the addresses of older code."""
         self.native.forget_blocks()
+
+    # -- a thread's context ----------------------------------------------------------------
+
+    def save_context(self, context: UcContext) -> None:
+        """Copy the CPU's state into ``context`` (``uc.context_update``, one raw call into
+        libunicorn: the switch's save, into the thread's own buffer)."""
+        status = _raw.uc_context_save(self._uch, context._context)
+        if status:
+            raise UcError(status)
+
+    def restore_context(self, context: UcContext) -> None:
+        """Load the CPU's state from ``context`` (``uc.context_restore``, one raw call)."""
+        status = _raw.uc_context_restore(self._uch, context._context)
+        if status:
+            raise UcError(status)
 
     # -- clean state after exceptions -----------------------------------------------------
 

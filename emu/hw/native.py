@@ -170,6 +170,11 @@ _TLB_FLUSH = UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH
 # uc_reg_read(RIP) the same way, for the settling after every run (the binding's reg_read
 # picks a register class and builds a value: about 2 us against 0.4 us raw).
 _uc_reg_read = ctypes.CDLL(_binding.uclib._name).uc_reg_read
+# uc_emu_start the same way, for every run (a context switch starts one): the binding's
+# emu_start converts its four integers through argtypes each call; here they go as
+# c_uint64 objects kept by the engine's NativeHooks, their values set in place.
+_uc_emu_start = ctypes.CDLL(_binding.uclib._name).uc_emu_start
+_NO_COUNT = ctypes.c_size_t(0)
 # A budget this small (a debugger's step) runs per instruction from its start, over the
 # next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
 _SMALL_BUDGET = 16
@@ -323,6 +328,8 @@ class NativeHooks:
         self._uc = uc
         self._rip_value = ctypes.c_uint64()
         self._rip_ref = ctypes.byref(self._rip_value)
+        # uc_emu_start's arguments (begin, until, timeout; count is always 0), reused.
+        self._start_args = (ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64())
         self._lib = lib
         errors: list[BaseException] = []
         stop = _binding.uclib.uc_emu_stop
@@ -475,16 +482,24 @@ class NativeHooks:
         return end
 
     def _run(self, begin: int, until: int, timeout: int) -> None:
+        """``uc.emu_start(begin, until, timeout)`` in one raw call (what the binding's does:
+        an exception a Python hook raised is re-raised after it), then the settling."""
         self._errors.clear()
-        self._ctx.tail_pending = self._ctx.tail_exit = 0
-        try:
-            self._uc.emu_start(begin, until, timeout)
-        except UcError as failure:
-            self._settle()
+        ctx = self._ctx
+        ctx.tail_pending = ctx.tail_exit = 0
+        uc = self._uc
+        uc._hook_exception = None
+        start_begin, start_until, start_timeout = self._start_args
+        start_begin.value, start_until.value, start_timeout.value = begin, until, timeout
+        status = _uc_emu_start(uc._uch, start_begin, start_until, start_timeout, _NO_COUNT)
+        if status == UC_ERR_OK and uc._hook_exception is not None:
+            raise uc._hook_exception         # as the binding raises it: nothing settled
+        self._settle()
+        if status != UC_ERR_OK:
+            failure = UcError(status)
             if self._errors:
                 raise self._errors[0] from failure
-            raise
-        self._settle()
+            raise failure
         if self._errors:
             raise self._errors[0]
 

@@ -190,7 +190,7 @@ class KeDispatcher(_Executive):
         if thread.context is None:
             return self._enter_user(thread)
         cpu = self.cpu
-        cpu.uc.context_restore(thread.context)
+        cpu.restore_context(thread.context)
         if cpu.cr3 != thread.process.space.cr3:
             # Windows' SwapContext loads CR3 only when the new thread's process differs:
             # a thread resumed in its own address space keeps its TLB entries (and the
@@ -218,7 +218,7 @@ class KeDispatcher(_Executive):
             if thread.context is None:
                 thread.context = self.cpu.uc.context_save()
             else:                        # into the thread's own buffer: no allocation
-                self.cpu.uc.context_update(thread.context)
+                self.cpu.save_context(thread.context)
         if result.reason is StopReason.BUDGET:
             if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
                 raise MachineStop(INSTRUCTION_LIMIT)
