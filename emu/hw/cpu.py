@@ -135,6 +135,10 @@ _NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "e
 # What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
 _FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
 _FAULT_RIP = _FAULT_REGISTERS.index("rip")
+# SYSCALL (SDM Vol. 2B): CS (64-bit mode or not), RIP and RFLAGS, which RCX and R11 take;
+# then the service number and its six arguments (docs/abi.md), read in the same call.
+_SYSCALL_ENTRY = ("cs", "rip", "rflags", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+_SYSCALL_LINK = ("rcx", "r11")
 _LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
 _SUBREGISTERS: dict[str, tuple[str, int, int]] = {
     **{f"e{x}x": (r, 0, 32) for r, x in _LEGACY.items()},
@@ -359,7 +363,9 @@ class Cpu:
         self.code_flushes = 0
         self._last_table: int | None = None      # page table of the last walk (prefetch)
         self._prefetched: tuple | None = None    # page table already prefetched since a flush
-        self.syscall_handler: Callable[[Cpu], None] | None = None
+        # The service a SYSCALL asks for: (cpu, CS, RAX, (RDI, RSI, RDX, R10, R8, R9)),
+        # called with RCX and R11 already loaded and RIP at the SYSCALL.
+        self.syscall_handler: Callable[[Cpu, int, int, tuple[int, ...]], None] | None = None
         self.int2e_handler: Callable[[Cpu], bool] | None = None   # True: handled
         self.devices: list = []                  # on the I/O port bus (emu.hw.devices)
         self.clock: Callable[[], int] = lambda: 0   # the machine's time, for devices
@@ -1050,16 +1056,18 @@ class Cpu:
         """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
         if self._held is not None:
             return                       # after a fault from a hook: it never executes
-        cs, rip, rflags = self.regs(("cs", "rip", "rflags"))     # one call: the trap path
+        # One call into Unicorn for the trap path: what SYSCALL itself reads and what the
+        # executive's service needs (its number and six arguments, docs/abi.md).
+        cs, rip, rflags, number, *args = self._batch(_SYSCALL_ENTRY).read()
         if cs in CODE32_SELECTORS:
             # SYSCALL outside 64-bit mode is #UD on an Intel CPU (SDM Vol. 2B, SYSCALL);
             # Unicorn would run it.
             self.raise_fault(CpuException(Vector.UD, rip, cs & 3,
                                           reason="syscall in compatibility mode"))
             return
-        self.set_regs(("rcx", "r11"), (rip + 2, rflags))
+        self._batch(_SYSCALL_LINK).write((rip + 2, rflags))
         if self.syscall_handler is not None:
-            self.syscall_handler(self)
+            self.syscall_handler(self, cs, number, tuple(args))
 
     def _on_in(self, uc: Uc, port: int, size: int, _data) -> int:
         if not self._check_io_privilege(port):

@@ -38,9 +38,8 @@ else:
     _Executive = object
 
 
-# What a system call reads, in one batch (docs/abi.md): CS for the caller's ring, the service
-# number, then the arguments, as KiSystemCall64 / KiSystemService take them.
-_SYSCALL_REGISTERS = ("cs", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+# What a 32-bit system call reads, in one batch (docs/abi.md), as KiSystemService takes them
+# (a 64-bit one's come with the SYSCALL: emu.hw.cpu reads them with RIP and RFLAGS).
 _INT2E_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
@@ -140,15 +139,13 @@ class KeTrapEntry(_Executive):
         self._fill_bugcheck(bc)
         return bc
 
-    def _on_syscall(self, cpu: Cpu) -> None:
-        """The syscall hook: KiSystemCall64 with the guest parked at the next instruction."""
+    def _on_syscall(self, cpu: Cpu, cs: int, number: int, args: tuple[int, ...]) -> None:
+        """The syscall hook: KiSystemCall64 with the guest parked at the next instruction
+        (``cs``, the service ``number`` and its ``args`` read by the CPU in one call)."""
         thread = self.current_thread
-        if thread is None:
+        if thread is None or cs & 3 != 3:
             return
-        cs, number, *args = cpu.regs(_SYSCALL_REGISTERS)   # one call into Unicorn, not eight
-        if cs & 3 != 3:
-            return
-        self._system_service(thread, number, tuple(args))
+        self._system_service(thread, number, args)
 
     def _on_int2e(self, cpu: Cpu) -> bool:
         """``int 0x2e`` from a 32-bit process: KiSystemService, arguments in ebx, ecx, edx,
