@@ -857,3 +857,37 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     }
     block_enter(uc, pc, size, ctx);
 }
+
+/*
+ * After a run (native.py _settle), the common cases without Python: RIP read
+ * once (into *rip) if anything may need taking back; the last instruction
+ * counted one by one taken back if RIP is still at it; the block charged last
+ * left behind when RIP is outside it or at its end (a stop at a block
+ * boundary, a SYSCALL that ended its block: all of it completed). in_block
+ * stays set only when the run left that block at one of its own instructions
+ * (a fault, a stop from a hook): native.py takes back the rest from its
+ * instruction offsets. Returns 0 with *rip unread if there was nothing to
+ * settle, 1 with *rip read, or Unicorn's error (negated) if RIP could not be read.
+ */
+int native_settle(struct native_ctx *ctx, int32_t reg_rip, uint64_t *rip)
+{
+    const struct block_entry *e;
+    int err;
+
+    if (!ctx->in_flight && !ctx->in_block)
+        return 0;
+    err = ctx->reg_read(ctx->uc, reg_rip, rip);
+    if (err)
+        return -err;
+    if (ctx->in_flight && *rip == ctx->last_pc) {
+        ctx->instructions--;
+        ctx->remaining++;
+    }
+    ctx->in_flight = 0;
+    e = ctx->last;
+    if (ctx->in_block && *rip - e->pc >= e->size) {   /* no overflow at 2^64 */
+        ctx->in_block = 0;
+        ctx->fast_off = 1;
+    }
+    return 1;
+}

@@ -411,6 +411,7 @@ class NativeHooks:
         self._pcid = 0                         # native_ctx.pcid, as set_pcid left it
         self._ctx_arg = ctypes.c_void_p(ctx)
         self._load_cr3 = ctypes.CDLL(lib._name).native_load_cr3   # without argtypes
+        self._native_settle = ctypes.CDLL(lib._name).native_settle   # the same
         lib.native_set_cr3_writer(ctx, _address(_binding.uclib.uc_reg_write), uc._uch,
                                   UC_X86_REG_CR3)
 
@@ -523,17 +524,17 @@ class NativeHooks:
     def _settle(self) -> None:
         """Take back what the run did not complete: the last counted instruction if RIP
         still points at it (per-instruction counting), or the instructions of the block
-        from RIP on if the run left the block there (block counting)."""
+        from RIP on if the run left the block there (block counting). One C call
+        (native.c ``native_settle``) reads RIP and settles every case but a block left at
+        one of its own instructions, which needs the block's instruction offsets."""
+        status = self._native_settle(self._ctx_arg, UC_X86_REG_RIP, self._rip_ref)
+        if status <= 0:
+            if status:
+                raise UcError(-status)
+            return                           # nothing to settle: RIP not even read
         ctx = self._ctx
-        in_flight, in_block = ctx.in_flight, ctx.in_block
-        if not in_flight and not in_block:
-            return
-        rip = self._rip()                    # one raw read serves both
-        if in_flight and rip == ctx.last_pc:
-            ctx.instructions -= 1
-            ctx.remaining += 1
-        ctx.in_flight = 0
-        if in_block:
+        if ctx.in_block:
+            rip = self._rip_value.value
             ctx.leave_block()
             block = self._block()
             undone = block.count - self._done_in_block(rip, block)
