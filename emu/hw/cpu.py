@@ -605,6 +605,21 @@ class Cpu:
         if status:
             raise UcError(status)
 
+    @property
+    def can_switch_at_syscall(self) -> bool:
+        """Whether, inside the SYSCALL hook, ``switch_at_syscall`` may hand the CPU to
+        another context (see NativeHooks.can_switch_at_syscall; no trace hook, no
+        exception or stop recorded in this run)."""
+        return self.native.can_switch_at_syscall and self._trace_hook is None and \
+            self._event is None and self._fault is None and not self._stop_requested
+
+    def switch_at_syscall(self, save: UcContext, load: UcContext) -> None:
+        """From inside the SYSCALL hook: the state after the SYSCALL saved into ``save``
+        and ``load``'s made the CPU's, the run going on there (NativeHooks
+        .switch_at_syscall); for the rest a new run, as ``run`` would start it."""
+        self.native.switch_at_syscall(save, load)
+        self.runs += 1                   # a fault kept from before is not "at the CPU"
+
     # -- clean state after exceptions -----------------------------------------------------
 
     def save_clean_context(self) -> None:

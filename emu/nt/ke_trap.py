@@ -145,7 +145,7 @@ class KeTrapEntry(_Executive):
         thread = self.current_thread
         if thread is None or cs & 3 != 3:
             return
-        self._system_service(thread, number, args)
+        self._system_service(thread, number, args, at_syscall=True)
 
     def _on_int2e(self, cpu: Cpu) -> bool:
         """``int 0x2e`` from a 32-bit process: KiSystemService, arguments in ebx, ecx, edx,
@@ -154,10 +154,15 @@ class KeTrapEntry(_Executive):
         if thread is None or cpu.cpl != 3 or thread.process.bits != 32:
             return False
         number, *args = cpu.regs(_INT2E_REGISTERS)
-        self._system_service(thread, number, tuple(args))
+        self._system_service(thread, number, tuple(args), at_syscall=False)
         return True
 
-    def _system_service(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
+    def _system_service(self, thread: Thread, number: int, args: tuple[int, ...], *,
+                        at_syscall: bool) -> None:
+        """KiSystemService: the service ``number`` for ``thread``; its result in RAX, the
+        run stopped if the thread no longer runs (``at_syscall``: entered by SYSCALL, whose
+        hook may hand the CPU to the next thread without the stop; an ``int 0x2e``'s
+        interrupt hook never does)."""
         cpu = self.cpu
         observed = bool(self.events.observers)      # no event built when nobody listens
         if observed:
@@ -173,7 +178,10 @@ class KeTrapEntry(_Executive):
         elif observed or self.events.observers:
             self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=result)
         if thread.state is not ThreadState.RUNNING:
-            cpu.stop()                   # blocked, yielded or ended: the dispatcher decides
+            # Blocked, yielded or ended: the next thread gets the CPU here and now if it
+            # can, else the run stops and the dispatcher decides.
+            if not (at_syscall and self._switch_at_syscall(thread)):
+                cpu.stop()
         elif self._full_speed and self.scheduler.ready:
             # Someone became ready (a new thread, a set event) while this thread runs with
             # nothing counting: stop so that preemption starts.
