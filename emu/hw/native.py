@@ -440,6 +440,7 @@ class NativeHooks:
         self._per_instruction = PER_INSTRUCTION or code is None
         self._pcid = 0                         # native_ctx.pcid, as set_pcid left it
         self._ctx_arg = ctypes.c_void_p(ctx)
+        self._cr3_arg = ctypes.c_uint64()      # native_load_cr3's value, set in place
         self._switch_ready = _context_eflags_offset() != 0
         self._load_cr3 = ctypes.CDLL(lib._name).native_load_cr3   # without argtypes
         self._native_settle = ctypes.CDLL(lib._name).native_settle   # the same
@@ -642,7 +643,8 @@ class NativeHooks:
         self._pcid = pcid = pcid & (PCIDS - 1)
         # No argtypes: the context and the value go as ready ctypes objects, the PCID and
         # the flag as small ints (a switch's call: argument conversion is most of its cost).
-        status = self._load_cr3(self._ctx_arg, ctypes.c_uint64(value), pcid, 1 if flush else 0)
+        self._cr3_arg.value = value
+        status = self._load_cr3(self._ctx_arg, self._cr3_arg, pcid, 1 if flush else 0)
         if status != UC_ERR_OK:
             raise UcError(status)
 
