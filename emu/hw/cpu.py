@@ -49,6 +49,7 @@ from unicorn import (
 )
 from unicorn import x86_const as ux
 from unicorn.unicorn_py3 import unicorn as _binding
+from unicorn.unicorn_py3.unicorn import UcContext
 
 from emu.hw import mmu
 from emu.hw.cr8 import Cr8
@@ -135,6 +136,10 @@ _NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "e
 # What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
 _FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
 _FAULT_RIP = _FAULT_REGISTERS.index("rip")
+# SYSCALL (SDM Vol. 2B): CS (64-bit mode or not), RIP and RFLAGS, which RCX and R11 take;
+# then the service number and its six arguments (docs/abi.md), read in the same call.
+_SYSCALL_ENTRY = ("cs", "rip", "rflags", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+_SYSCALL_LINK = ("rcx", "r11")
 _LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
 _SUBREGISTERS: dict[str, tuple[str, int, int]] = {
     **{f"e{x}x": (r, 0, 32) for r, x in _LEGACY.items()},
@@ -341,6 +346,7 @@ class Cpu:
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(0, mem.size, UC_PROT_ALL, mem.address)
         self.uc = uc
+        self._uch = uc._uch
         # CR3 is kept as its page-table base (``cr3``, what the executive compares with an
         # address space's) and its PCID (``pcid``: CR3[11:0] with CR4.PCIDE, else 0);
         # ``cr3_value`` is the register as a MOV from CR3 reads it.
@@ -358,7 +364,9 @@ class Cpu:
         self.code_flushes = 0
         self._last_table: int | None = None      # page table of the last walk (prefetch)
         self._prefetched: tuple | None = None    # page table already prefetched since a flush
-        self.syscall_handler: Callable[[Cpu], None] | None = None
+        # The service a SYSCALL asks for: (cpu, CS, RAX, (RDI, RSI, RDX, R10, R8, R9)),
+        # called with RCX and R11 already loaded and RIP at the SYSCALL.
+        self.syscall_handler: Callable[[Cpu, int, int, tuple[int, ...]], None] | None = None
         self.int2e_handler: Callable[[Cpu], bool] | None = None   # True: handled
         self.devices: list = []                  # on the I/O port bus (emu.hw.devices)
         self.clock: Callable[[], int] = lambda: 0   # the machine's time, for devices
@@ -593,6 +601,36 @@ class Cpu:
         """New code is loaded (a process image): forget the instruction counts of the
         blocks learnt so far, since its pages may sit at the addresses of older code."""
         self.native.forget_blocks()
+
+    # -- a thread's context ----------------------------------------------------------------
+
+    def save_context(self, context: UcContext) -> None:
+        """Copy the CPU's state into ``context`` (``uc.context_update``, one raw call into
+        libunicorn: the switch's save, into the thread's own buffer)."""
+        status = _raw.uc_context_save(self._uch, context._context)
+        if status:
+            raise UcError(status)
+
+    def restore_context(self, context: UcContext) -> None:
+        """Load the CPU's state from ``context`` (``uc.context_restore``, one raw call)."""
+        status = _raw.uc_context_restore(self._uch, context._context)
+        if status:
+            raise UcError(status)
+
+    @property
+    def can_switch_at_syscall(self) -> bool:
+        """Whether, inside the SYSCALL hook, ``switch_at_syscall`` may hand the CPU to
+        another context (see NativeHooks.can_switch_at_syscall; no trace hook, no
+        exception or stop recorded in this run)."""
+        return self.native.can_switch_at_syscall and self._trace_hook is None and \
+            self._event is None and self._fault is None and not self._stop_requested
+
+    def switch_at_syscall(self, save: UcContext, load: UcContext) -> None:
+        """From inside the SYSCALL hook: the state after the SYSCALL saved into ``save``
+        and ``load``'s made the CPU's, the run going on there (NativeHooks
+        .switch_at_syscall); for the rest a new run, as ``run`` would start it."""
+        self.native.switch_at_syscall(save, load)
+        self.runs += 1                   # a fault kept from before is not "at the CPU"
 
     # -- clean state after exceptions -----------------------------------------------------
 
@@ -1047,16 +1085,18 @@ class Cpu:
         """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
         if self._held is not None:
             return                       # after a fault from a hook: it never executes
-        cs, rip, rflags = self.regs(("cs", "rip", "rflags"))     # one call: the trap path
+        # One call into Unicorn for the trap path: what SYSCALL itself reads and what the
+        # executive's service needs (its number and six arguments, docs/abi.md).
+        cs, rip, rflags, number, *args = self._batch(_SYSCALL_ENTRY).read()
         if cs in CODE32_SELECTORS:
             # SYSCALL outside 64-bit mode is #UD on an Intel CPU (SDM Vol. 2B, SYSCALL);
             # Unicorn would run it.
             self.raise_fault(CpuException(Vector.UD, rip, cs & 3,
                                           reason="syscall in compatibility mode"))
             return
-        self.set_regs(("rcx", "r11"), (rip + 2, rflags))
+        self._batch(_SYSCALL_LINK).write((rip + 2, rflags))
         if self.syscall_handler is not None:
-            self.syscall_handler(self)
+            self.syscall_handler(self, cs, number, tuple(args))
 
     def _on_in(self, uc: Uc, port: int, size: int, _data) -> int:
         if not self._check_io_privilege(port):

@@ -42,6 +42,9 @@ enum { UC_PROT_READ = 1, UC_PROT_WRITE = 2, UC_PROT_EXEC = 4 };
 typedef int (*reg_read_fn)(uc_engine *uc, int regid, void *value);
 typedef int (*reg_write_fn)(uc_engine *uc, int regid, const void *value);
 typedef int (*emu_stop_fn)(uc_engine *uc);
+/* uc_context_save / uc_context_restore, and uc_context_reg_read / _write. */
+typedef int (*context_move_fn)(uc_engine *uc, void *context);
+typedef int (*context_reg_fn)(void *context, int regid, void *value);
 /* The walker: returns paddr | perms | FILL_NO_CACHE, or a negative number to deny. */
 typedef int64_t (*walker_fn)(uint64_t vpage, int32_t access, int32_t cpl,
                              uint64_t rflags);
@@ -204,6 +207,14 @@ struct native_ctx {
     uint64_t fast_space[FAST_TABLES];
     uint64_t fast_used[FAST_TABLES];    /* when each was last current (LRU) */
     uint64_t fast_clock;
+    /* native_switch_at_syscall's calls into Unicorn, and where a saved context
+     * keeps QEMU's EFLAGS (native_set_switch_calls). */
+    context_move_fn context_save;
+    context_move_fn context_restore;
+    context_reg_fn context_reg_read;
+    context_reg_fn context_reg_write;
+    int32_t reg_rip;
+    uint64_t eflags_at;         /* 0: unknown, no switch at a SYSCALL */
 };
 
 void native_forget_blocks(struct native_ctx *ctx);
@@ -856,4 +867,103 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
         return;
     }
     block_enter(uc, pc, size, ctx);
+}
+
+/*
+ * After a run (native.py _settle), the common cases without Python: RIP read
+ * once (into *rip) if anything may need taking back; the last instruction
+ * counted one by one taken back if RIP is still at it; the block charged last
+ * left behind when RIP is outside it or at its end (a stop at a block
+ * boundary, a SYSCALL that ended its block: all of it completed). in_block
+ * stays set only when the run left that block at one of its own instructions
+ * (a fault, a stop from a hook): native.py takes back the rest from its
+ * instruction offsets. Returns 0 with *rip unread if there was nothing to
+ * settle, 1 with *rip read, or Unicorn's error (negated) if RIP could not be read.
+ */
+int native_settle(struct native_ctx *ctx, int32_t reg_rip, uint64_t *rip)
+{
+    const struct block_entry *e;
+    int err;
+
+    if (!ctx->in_flight && !ctx->in_block)
+        return 0;
+    err = ctx->reg_read(ctx->uc, reg_rip, rip);
+    if (err)
+        return -err;
+    if (ctx->in_flight && *rip == ctx->last_pc) {
+        ctx->instructions--;
+        ctx->remaining++;
+    }
+    ctx->in_flight = 0;
+    e = ctx->last;
+    if (ctx->in_block && *rip - e->pc >= e->size) {   /* no overflow at 2^64 */
+        ctx->in_block = 0;
+        ctx->fast_off = 1;
+    }
+    return 1;
+}
+
+/* What native_switch_at_syscall calls, and the offset of QEMU's env->eflags in a
+ * uc_context (found by native.py on a scratch engine; 0 disables the switch). */
+void native_set_switch_calls(struct native_ctx *ctx, context_move_fn save,
+                             context_move_fn restore, context_reg_fn reg_read,
+                             context_reg_fn reg_write, int32_t reg_rip,
+                             uint64_t eflags_at)
+{
+    ctx->context_save = save;
+    ctx->context_restore = restore;
+    ctx->context_reg_read = reg_read;
+    ctx->context_reg_write = reg_write;
+    ctx->reg_rip = reg_rip;
+    ctx->eflags_at = eflags_at;
+}
+
+/* EFLAGS' arithmetic flags and DF: while QEMU runs guest code it keeps them out
+ * of env->eflags (in CC_SRC with CC_OP_EFLAGS, and env->df), x86_cpu_exec_enter. */
+#define EFLAGS_LAZY 0xcd5ull            /* CF PF AF ZF SF OF */
+#define EFLAGS_DF   0x400ull
+
+/*
+ * A context switch from inside the SYSCALL hook (Unicorn's helper_syscall,
+ * which adds the instruction's length, `len`, to RIP after the hook), without
+ * ending the run: the CPU's state saved into `save` (NULL: not kept) as a run's
+ * end would leave it, RIP past the SYSCALL; the state in `load` made the CPU's,
+ * RIP at its own (minus `len`, which the helper adds back). A context keeps
+ * EFLAGS whole (as after a run); inside a run QEMU keeps the lazy flags apart:
+ * `load` is put in that form for the copy and given back as it was. Returns 0,
+ * or Unicorn's error.
+ */
+int native_switch_at_syscall(struct native_ctx *ctx, void *save, void *load,
+                             uint64_t len)
+{
+    uint64_t rip, rflags, load_rip, load_rflags, value;
+    uint64_t *eflags = (uint64_t *)((char *)load + ctx->eflags_at);
+    int err;
+
+    if (ctx->eflags_at == 0)
+        return -1;
+    if (save != NULL) {
+        if ((err = ctx->reg_read(ctx->uc, ctx->reg_rip, &rip)) != 0
+            || (err = ctx->reg_read(ctx->uc, ctx->reg_rflags, &rflags)) != 0
+            || (err = ctx->context_save(ctx->uc, save)) != 0)
+            return err;
+        value = rip + len;
+        if ((err = ctx->context_reg_write(save, ctx->reg_rip, &value)) != 0
+            || (err = ctx->context_reg_write(save, ctx->reg_rflags, &rflags)) != 0)
+            return err;
+    }
+    if ((err = ctx->context_reg_read(load, ctx->reg_rip, &load_rip)) != 0
+        || (err = ctx->context_reg_read(load, ctx->reg_rflags, &load_rflags)) != 0)
+        return err;
+    /* CC_SRC, CC_OP and DF from the flags (cpu_load_eflags), then EFLAGS as a run
+     * keeps it, and RIP less what the helper adds. */
+    value = load_rip - len;
+    if ((err = ctx->context_reg_write(load, ctx->reg_rflags, &load_rflags)) != 0
+        || (err = ctx->context_reg_write(load, ctx->reg_rip, &value)) != 0)
+        return err;
+    *eflags &= ~(EFLAGS_LAZY | EFLAGS_DF);
+    err = ctx->context_restore(ctx->uc, load);
+    ctx->context_reg_write(load, ctx->reg_rip, &load_rip);
+    ctx->context_reg_write(load, ctx->reg_rflags, &load_rflags);
+    return err;
 }

@@ -98,16 +98,19 @@ from collections.abc import Callable
 from functools import cache
 
 from unicorn import (
+    UC_ARCH_X86,
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_OK,
     UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_TLB_FILL,
+    UC_MODE_64,
     Uc,
     UcError,
 )
 from unicorn.unicorn_py3 import unicorn as _binding
+from unicorn.unicorn_py3.unicorn import UcContext
 from unicorn.x86_const import UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_RFLAGS, UC_X86_REG_RIP
 
 _SOURCE = pathlib.Path(__file__).with_name("native.c")
@@ -170,10 +173,21 @@ _TLB_FLUSH = UC_CTL_IO_WRITE << 30 | UC_CTL_TLB_FLUSH
 # uc_reg_read(RIP) the same way, for the settling after every run (the binding's reg_read
 # picks a register class and builds a value: about 2 us against 0.4 us raw).
 _uc_reg_read = ctypes.CDLL(_binding.uclib._name).uc_reg_read
+# uc_emu_start the same way, for every run (a context switch starts one): the binding's
+# emu_start converts its four integers through argtypes each call; here they go as
+# c_uint64 objects kept by the engine's NativeHooks, their values set in place.
+_uc_emu_start = ctypes.CDLL(_binding.uclib._name).uc_emu_start
+_NO_COUNT = ctypes.c_size_t(0)
 # A budget this small (a debugger's step) runs per instruction from its start, over the
 # next _TAIL_SPAN bytes (more than any block: QEMU ends one within a page of its start).
 _SMALL_BUDGET = 16
 _TAIL_SPAN = 0x2000
+
+# SYSCALL's length (0F 05), which Unicorn adds to RIP after the hook.
+_SYSCALL_LENGTH = 2
+# Two RFLAGS values (IF alone; IF with every arithmetic flag, DF, AC and TF) that tell
+# env->eflags apart from every other slot of a saved context.
+_PROBE_RFLAGS = (0x202, 0x4_4fd7)
 
 # The per-instruction counter for every run (the reference the block counter is tested
 # against: tests set it to compare the two); new NativeHooks read it.
@@ -218,6 +232,25 @@ class _Ctx(ctypes.Structure):
         takes block_enter)."""
         self.in_block = 0
         self.fast_off = 1
+
+
+@cache
+def _context_eflags_offset() -> int:
+    """Where a uc_context keeps QEMU's env->eflags (from the context's start), found on a
+    scratch engine: the one 8-byte slot that holds RFLAGS | 2 for two different RFLAGS
+    written before a save (cpu_load_eflags). 0 if this Unicorn keeps it elsewhere or
+    twice: then no switch is made inside the SYSCALL hook."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    size = _binding.uclib.uc_context_size(uc._uch)
+    images = []
+    for rflags in _PROBE_RFLAGS:
+        uc.reg_write(UC_X86_REG_RFLAGS, rflags)
+        context = uc.context_save()
+        images.append((rflags | 2, ctypes.string_at(context._context.value, size)))
+    found = [offset for offset in range(0, size - 7, 8)
+             if all(int.from_bytes(image[offset:offset + 8], "little") == value
+                    for value, image in images)]
+    return found[0] if len(found) == 1 else 0
 
 
 class _BlockEntry(ctypes.Structure):
@@ -282,6 +315,8 @@ def _library() -> ctypes.CDLL:
     lib.native_flush_nonglobal.argtypes = [ctypes.c_void_p]
     lib.native_set_pcid.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
     lib.native_set_cr3_writer.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int32]
+    lib.native_set_switch_calls.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32,
+                                                                    ctypes.c_uint64]
     lib.native_stlb_entries.restype = ctypes.c_size_t
     lib.native_stlb_entries.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.native_forget_blocks.argtypes = [ctypes.c_void_p]
@@ -323,6 +358,8 @@ class NativeHooks:
         self._uc = uc
         self._rip_value = ctypes.c_uint64()
         self._rip_ref = ctypes.byref(self._rip_value)
+        # uc_emu_start's arguments (begin, until, timeout; count is always 0), reused.
+        self._start_args = (ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64())
         self._lib = lib
         errors: list[BaseException] = []
         stop = _binding.uclib.uc_emu_stop
@@ -403,9 +440,16 @@ class NativeHooks:
         self._per_instruction = PER_INSTRUCTION or code is None
         self._pcid = 0                         # native_ctx.pcid, as set_pcid left it
         self._ctx_arg = ctypes.c_void_p(ctx)
+        self._cr3_arg = ctypes.c_uint64()      # native_load_cr3's value, set in place
+        self._switch_ready = _context_eflags_offset() != 0
         self._load_cr3 = ctypes.CDLL(lib._name).native_load_cr3   # without argtypes
+        self._native_settle = ctypes.CDLL(lib._name).native_settle   # the same
         lib.native_set_cr3_writer(ctx, _address(_binding.uclib.uc_reg_write), uc._uch,
                                   UC_X86_REG_CR3)
+        self._switch = ctypes.CDLL(lib._name).native_switch_at_syscall   # without argtypes
+        lib.native_set_switch_calls(ctx, *(_address(getattr(_binding.uclib, name)) for name in (
+            "uc_context_save", "uc_context_restore", "uc_context_reg_read",
+            "uc_context_reg_write")), UC_X86_REG_RIP, _context_eflags_offset())
 
     def _hook_add(self, htype: int, callback: ctypes._CFuncPtr, begin: int = 1,
                   end: int = 0) -> int:
@@ -475,16 +519,24 @@ class NativeHooks:
         return end
 
     def _run(self, begin: int, until: int, timeout: int) -> None:
+        """``uc.emu_start(begin, until, timeout)`` in one raw call (what the binding's does:
+        an exception a Python hook raised is re-raised after it), then the settling."""
         self._errors.clear()
-        self._ctx.tail_pending = self._ctx.tail_exit = 0
-        try:
-            self._uc.emu_start(begin, until, timeout)
-        except UcError as failure:
-            self._settle()
+        ctx = self._ctx
+        ctx.tail_pending = ctx.tail_exit = 0
+        uc = self._uc
+        uc._hook_exception = None
+        start_begin, start_until, start_timeout = self._start_args
+        start_begin.value, start_until.value, start_timeout.value = begin, until, timeout
+        status = _uc_emu_start(uc._uch, start_begin, start_until, start_timeout, _NO_COUNT)
+        if status == UC_ERR_OK and uc._hook_exception is not None:
+            raise uc._hook_exception         # as the binding raises it: nothing settled
+        self._settle()
+        if status != UC_ERR_OK:
+            failure = UcError(status)
             if self._errors:
                 raise self._errors[0] from failure
-            raise
-        self._settle()
+            raise failure
         if self._errors:
             raise self._errors[0]
 
@@ -508,17 +560,17 @@ class NativeHooks:
     def _settle(self) -> None:
         """Take back what the run did not complete: the last counted instruction if RIP
         still points at it (per-instruction counting), or the instructions of the block
-        from RIP on if the run left the block there (block counting)."""
+        from RIP on if the run left the block there (block counting). One C call
+        (native.c ``native_settle``) reads RIP and settles every case but a block left at
+        one of its own instructions, which needs the block's instruction offsets."""
+        status = self._native_settle(self._ctx_arg, UC_X86_REG_RIP, self._rip_ref)
+        if status <= 0:
+            if status:
+                raise UcError(-status)
+            return                           # nothing to settle: RIP not even read
         ctx = self._ctx
-        in_flight, in_block = ctx.in_flight, ctx.in_block
-        if not in_flight and not in_block:
-            return
-        rip = self._rip()                    # one raw read serves both
-        if in_flight and rip == ctx.last_pc:
-            ctx.instructions -= 1
-            ctx.remaining += 1
-        ctx.in_flight = 0
-        if in_block:
+        if ctx.in_block:
+            rip = self._rip_value.value
             ctx.leave_block()
             block = self._block()
             undone = block.count - self._done_in_block(rip, block)
@@ -591,9 +643,39 @@ class NativeHooks:
         self._pcid = pcid = pcid & (PCIDS - 1)
         # No argtypes: the context and the value go as ready ctypes objects, the PCID and
         # the flag as small ints (a switch's call: argument conversion is most of its cost).
-        status = self._load_cr3(self._ctx_arg, ctypes.c_uint64(value), pcid, 1 if flush else 0)
+        self._cr3_arg.value = value
+        status = self._load_cr3(self._ctx_arg, self._cr3_arg, pcid, 1 if flush else 0)
         if status != UC_ERR_OK:
             raise UcError(status)
+
+    @property
+    def can_switch_at_syscall(self) -> bool:
+        """Whether ``switch_at_syscall`` works with this Unicorn (the layout of its saved
+        contexts was found) and the run is one it can go on with: counted per block, no
+        tail and no step under way, no stop asked for."""
+        ctx = self._ctx
+        return self._switch_ready and self._block_hook is not None and \
+            not self._per_instruction and not ctx.tail_mode and not ctx.stop_flag
+
+    @staticmethod
+    def runs_budget(n: int) -> bool:
+        """Whether a budget of ``n`` is counted per block from a run's start, as a run
+        goes on (not a step's: ``start`` counts a budget of 16 or less per instruction)."""
+        return n > _SMALL_BUDGET
+
+    def switch_at_syscall(self, save: UcContext | None, load: UcContext) -> None:
+        """From inside the SYSCALL hook: save the CPU's state into ``save`` (None: not kept)
+        as the end of a run would leave it, RIP past the SYSCALL, and load ``load``, whose
+        RIP the run goes on at, without ending the run (native.c
+        ``native_switch_at_syscall``). The SYSCALL completed its block: nothing of it is
+        taken back."""
+        status = self._switch(self._ctx_arg, None if save is None else save._context,
+                              load._context, _SYSCALL_LENGTH)
+        if status:
+            raise UcError(status)
+        ctx = self._ctx
+        ctx.in_flight = 0
+        ctx.leave_block()
 
     @property
     def pcid(self) -> int:

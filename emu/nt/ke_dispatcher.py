@@ -81,10 +81,14 @@ class KeDispatcher(_Executive):
                 return
             self._run_thread(thread)
 
-    def _budget(self) -> int | None:
-        """Instructions for the next turn, or None to run at full speed (nothing to count)."""
+    def _budget(self, queued: int | None = None) -> int | None:
+        """Instructions for the next turn, or None to run at full speed (nothing to count);
+        ``queued``: as if the ready queue held that many threads (default: as it is)."""
         device = self.device_deadline()
-        counting = self.count_always or self.scheduler.needs_counting() or device is not None
+        scheduler = self.scheduler
+        needed = scheduler.needs_counting() if queued is None else \
+            queued > 0 or scheduler.next_deadline() is not None
+        counting = self.count_always or needed or device is not None
         if not counting:
             return None
         budget = self.scheduler.quantum
@@ -96,33 +100,43 @@ class KeDispatcher(_Executive):
         return budget
 
     def _run_thread(self, thread: Thread) -> None:
-        """One turn of ``thread`` on the CPU: until it blocks, yields, ends, or is preempted."""
-        proc = thread.process
-        proc.state = ProcessState.RUNNING
-        self.current_thread = thread
-        budget = self._budget()
-        if budget is not None and budget <= 0:
-            raise MachineStop(INSTRUCTION_LIMIT)
-        self.counted_everything &= budget is not None
-        self._full_speed = budget is None
-        self.set_budget(budget)
-        before = self.cpu.instructions
-        self._reschedule = False
+        """One turn of ``thread`` on the CPU: until it blocks, yields, ends, or is preempted.
+        (A turn that ends in a system call may hand the CPU to the next thread without
+        stopping it, ``_switch_at_syscall``: the turns after it end here too.)"""
+        self._begin_turn(thread, self._budget())
         try:
             # _bug_checks_recorded, inline: a context manager's generator costs a switch
             # more than the rest of this frame.
             result = self._switch_to(thread)
-            while not self._turn_over(thread, result):
+            while not self._turn_over(self.current_thread, result):
                 result = self._run_cpu()
         except BugCheck as bc:
             if bc is not self.bugcheck:
                 self._fill_bugcheck(bc)
             raise
         finally:
-            spent = self.cpu.instructions - before
-            thread.instructions += spent
-            proc.instructions += spent
-            self.current_thread = None
+            self._end_turn()
+
+    def _begin_turn(self, thread: Thread, budget: int | None) -> None:
+        """``thread`` is the current thread, with ``budget`` instructions (None: full speed);
+        MachineStop(INSTRUCTION_LIMIT) when --max-insns leaves it none."""
+        thread.process.state = ProcessState.RUNNING
+        self.current_thread = thread
+        if budget is not None and budget <= 0:
+            raise MachineStop(INSTRUCTION_LIMIT)
+        self.counted_everything &= budget is not None
+        self._full_speed = budget is None
+        self.set_budget(budget)
+        self._turn_start = self.cpu.instructions
+        self._reschedule = False
+
+    def _end_turn(self) -> None:
+        """The current thread's turn is over: its instructions go to it and its process."""
+        thread = self.current_thread
+        spent = self.cpu.instructions - self._turn_start
+        thread.instructions += spent
+        thread.process.instructions += spent
+        self.current_thread = None
 
     @contextlib.contextmanager
     def _bug_checks_recorded(self) -> Iterator[None]:
@@ -190,7 +204,7 @@ class KeDispatcher(_Executive):
         if thread.context is None:
             return self._enter_user(thread)
         cpu = self.cpu
-        cpu.uc.context_restore(thread.context)
+        cpu.restore_context(thread.context)
         if cpu.cr3 != thread.process.space.cr3:
             # Windows' SwapContext loads CR3 only when the new thread's process differs:
             # a thread resumed in its own address space keeps its TLB entries (and the
@@ -206,6 +220,48 @@ class KeDispatcher(_Executive):
             cpu.set_reg("rax", apc() & 0xFFFF_FFFF)
         return self._run_cpu()
 
+    def _switch_at_syscall(self, thread: Thread) -> bool:
+        """SwapContext from inside the SYSCALL hook: ``thread`` yielded or blocked in a
+        system service and the next ready thread gets the CPU without the run stopping
+        (Unicorn's stop and restart are most of what a stop costs). Everything else is
+        what the turn's end and the next turn give (``_turn_over``, ``run``,
+        ``_run_thread``, ``_switch_to``): the same thread next, the same budget, the same
+        counts, KUSER_SHARED_DATA, TSS.RSP0, the context saved as the stop leaves it, the
+        CR3 load. True when done; False when the run must stop and the dispatcher take
+        over as ever: a thread never switched out before (no context yet), a pending I/O
+        completion, a timer due now, a budget too small for a run (a step), someone
+        watching each dispatch (an event log, the debugger), work deferred to the stop."""
+        cpu, scheduler = self.cpu, self.scheduler
+        if (not self.switch_at_syscall or thread.state is ThreadState.TERMINATED
+                or thread.context is None
+                or not scheduler.ready or self.debugger is not None or self.events.observers
+                or self.interrupted or self._deferred or not cpu.can_switch_at_syscall):
+            return False
+        now = self.clock
+        deadline = scheduler.next_deadline()
+        following = scheduler.ready[0]
+        if (deadline is not None and deadline <= now) or following.context is None \
+                or following.apc is not None:
+            return False
+        # The budget the next turn gets once the run loop has taken the head of the queue
+        # (no timer expires now: that is all it does).
+        budget = self._budget(len(scheduler.ready) - 1)
+        if budget is None or not cpu.native.runs_budget(budget):
+            return False
+        following = scheduler.next_thread(now)
+        self._end_turn()
+        self._begin_turn(following, budget)
+        self._set_rsp0(following.kernel_stack_top)
+        kuser.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
+        cpu.switch_at_syscall(thread.context, following.context)
+        self.switches_at_syscall += 1
+        if cpu.cr3 != following.process.space.cr3:
+            self.load_cr3(following.process.space.cr3)
+        if following.resume_rax is not None:
+            cpu.set_reg("rax", following.resume_rax)
+            following.resume_rax = None
+        return True
+
     def _turn_over(self, thread: Thread, result: RunResult) -> bool:
         """Handle why the CPU stopped; True when this thread's turn is over."""
         if result.reason is StopReason.BUDGET and self._quantum_renewed(thread):
@@ -218,7 +274,7 @@ class KeDispatcher(_Executive):
             if thread.context is None:
                 thread.context = self.cpu.uc.context_save()
             else:                        # into the thread's own buffer: no allocation
-                self.cpu.uc.context_update(thread.context)
+                self.cpu.save_context(thread.context)
         if result.reason is StopReason.BUDGET:
             if self.max_insns is not None and self.cpu.instructions >= self.max_insns:
                 raise MachineStop(INSTRUCTION_LIMIT)

@@ -38,9 +38,8 @@ else:
     _Executive = object
 
 
-# What a system call reads, in one batch (docs/abi.md): CS for the caller's ring, the service
-# number, then the arguments, as KiSystemCall64 / KiSystemService take them.
-_SYSCALL_REGISTERS = ("cs", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+# What a 32-bit system call reads, in one batch (docs/abi.md), as KiSystemService takes them
+# (a 64-bit one's come with the SYSCALL: emu.hw.cpu reads them with RIP and RFLAGS).
 _INT2E_REGISTERS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
@@ -140,15 +139,13 @@ class KeTrapEntry(_Executive):
         self._fill_bugcheck(bc)
         return bc
 
-    def _on_syscall(self, cpu: Cpu) -> None:
-        """The syscall hook: KiSystemCall64 with the guest parked at the next instruction."""
+    def _on_syscall(self, cpu: Cpu, cs: int, number: int, args: tuple[int, ...]) -> None:
+        """The syscall hook: KiSystemCall64 with the guest parked at the next instruction
+        (``cs``, the service ``number`` and its ``args`` read by the CPU in one call)."""
         thread = self.current_thread
-        if thread is None:
+        if thread is None or cs & 3 != 3:
             return
-        cs, number, *args = cpu.regs(_SYSCALL_REGISTERS)   # one call into Unicorn, not eight
-        if cs & 3 != 3:
-            return
-        self._system_service(thread, number, tuple(args))
+        self._system_service(thread, number, args, at_syscall=True)
 
     def _on_int2e(self, cpu: Cpu) -> bool:
         """``int 0x2e`` from a 32-bit process: KiSystemService, arguments in ebx, ecx, edx,
@@ -157,10 +154,15 @@ class KeTrapEntry(_Executive):
         if thread is None or cpu.cpl != 3 or thread.process.bits != 32:
             return False
         number, *args = cpu.regs(_INT2E_REGISTERS)
-        self._system_service(thread, number, tuple(args))
+        self._system_service(thread, number, tuple(args), at_syscall=False)
         return True
 
-    def _system_service(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
+    def _system_service(self, thread: Thread, number: int, args: tuple[int, ...], *,
+                        at_syscall: bool) -> None:
+        """KiSystemService: the service ``number`` for ``thread``; its result in RAX, the
+        run stopped if the thread no longer runs (``at_syscall``: entered by SYSCALL, whose
+        hook may hand the CPU to the next thread without the stop; an ``int 0x2e``'s
+        interrupt hook never does)."""
         cpu = self.cpu
         observed = bool(self.events.observers)      # no event built when nobody listens
         if observed:
@@ -176,7 +178,10 @@ class KeTrapEntry(_Executive):
         elif observed or self.events.observers:
             self.events.emit(Event.SYSCALL_RETURN, thread=thread, number=number, result=result)
         if thread.state is not ThreadState.RUNNING:
-            cpu.stop()                   # blocked, yielded or ended: the dispatcher decides
+            # Blocked, yielded or ended: the next thread gets the CPU here and now if it
+            # can, else the run stops and the dispatcher decides.
+            if not (at_syscall and self._switch_at_syscall(thread)):
+                cpu.stop()
         elif self._full_speed and self.scheduler.ready:
             # Someone became ready (a new thread, a set event) while this thread runs with
             # nothing counting: stop so that preemption starts.

@@ -144,6 +144,12 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         self._deferred: list[Callable[[], None]] = []
         self._reschedule = False
         self._full_speed = False
+        self._turn_start = 0             # the instruction count the current turn began at
+        # A yield or a wait hands the CPU to the next thread inside the SYSCALL hook when
+        # nothing else must happen between the turns (ke_dispatcher._switch_at_syscall);
+        # False: every switch stops the run (the reference tests compare with).
+        self.switch_at_syscall = True
+        self.switches_at_syscall = 0     # the switches made so
         # SMAP: ring 0 may not touch user pages except through the probe/copy routines
         # (which play STAC/CLAC). Windows leaves it off; --smap turns it on.
         self._cr4 = int(CR4_BOOT | CR4.SMAP) if smap else int(CR4_BOOT)

@@ -83,9 +83,9 @@ def service(number: Service) -> Callable[[Handler], Handler]:
 def dispatch(ex: Kernel, proc: Process, number: int, args: tuple[int, ...]) -> int | None:
     """KiSystemService: run the handler for ``number``; the result goes back in RAX (None:
     the calling thread gets no result now, because it blocked or ended)."""
-    try:
-        handler = SERVICE_TABLE[Service(number)]
-    except (ValueError, KeyError):
+    # Keyed by Service, an IntEnum: the number finds its entry as it is (no enum made).
+    handler = SERVICE_TABLE.get(number)
+    if handler is None:
         return NTSTATUS.STATUS_INVALID_SYSTEM_SERVICE
     try:
         return handler(ex, proc, args)

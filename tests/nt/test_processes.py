@@ -164,6 +164,8 @@ def test_no_address_in_one_process_reaches_anothers_frames(machine_factory, apps
     """At every switch, walk every user page of every live process: each frame belongs to
     that process, and no frame is mapped by two processes."""
     m = machine_factory(quantum=5_000)
+    # Every switch through _run_thread: none handed over inside the SYSCALL hook.
+    m.executive.switch_at_syscall = False
     for name, args in [("counter", ["a", "3"]), ("counter", ["b", "3"]), ("threads", [])]:
         m.spawn(apps / name, args)
     pfn = m.executive.mm.pfn
