@@ -9,7 +9,9 @@
               two `loop`s preempted vs twice one alone, and `emu debug` continuing to a
               breakpoint 100 M instructions in vs `emu run`   targets: time <= 1.5x
               and the floor (information): the loop on plain Unicorn with a C block hook
-              that only counts, vs plain Unicorn free; the counted run vs that floor
+              that only counts, vs plain Unicorn free; the counted run vs that floor; a
+              counted run whose every quantum ends inside a block (the tail) vs free.
+              These five sides run interleaved, one of each per round (--only counting)
     two processes preempted: also as speed relative to plain Unicorn (information)
     traps     a system call round trip vs a Python syscall hook on flat Unicorn, demand-zero
               and hard faults per second, context switches per second (bench/traps.py)
@@ -121,8 +123,8 @@ def interleaved_medians(fns: list[Callable[[], float]], repeat: int) -> list[flo
     return [statistics.median(side) for side in samples]
 
 
-# `loop +N` runs the same N iterations as `loop N`, but its start-up (the `+` parsed) is one
-# instruction longer, so that no quantum end of its loop falls on the 5-instruction block's
+# `loop +N` runs the same N iterations as `loop N`, but its start-up (the `+` parsed) is 4
+# instructions longer, so that no quantum end of its loop falls on the 5-instruction block's
 # boundary: every quantum ends inside the block (the tail, docs/performance.md).
 def _tail_args(iterations: list[str]) -> list[str]:
     return ["+" + iterations[0]]
