@@ -312,6 +312,7 @@ CR3_PCID = 0xFFF
 CR3_BASE = ((1 << mmu.MAXPHYADDR) - 1) & ~0xFFF
 CR3_PWT_PCD = 0x18
 _CR3_RESERVED = ((1 << 63) - 1) & ~((1 << mmu.MAXPHYADDR) - 1)   # bits MAXPHYADDR..62
+_CODE_PAGES = 1024     # walks _code_page keeps (then it starts again)
 _PCIDE, _PGE, _LMA, _PG = (int(mmu.CR4.PCIDE), int(mmu.CR4.PGE), int(mmu.EFER.LMA),
                            int(mmu.CR0.PG))
 
@@ -357,6 +358,7 @@ class Cpu:
         self.code_flushes = 0
         self._last_table: int | None = None      # page table of the last walk (prefetch)
         self._prefetched: tuple | None = None    # page table already prefetched since a flush
+        self._code_pages: dict[tuple, mmu.Translation] = {}   # learning's walks (_code_page)
         self.syscall_handler: Callable[[Cpu], None] | None = None
         self.int2e_handler: Callable[[Cpu], bool] | None = None   # True: handled
         self.devices: list = []                  # on the I/O port bus (emu.hw.devices)
@@ -758,11 +760,28 @@ class Cpu:
     def _code_page(self, va: int) -> mmu.Translation:
         """The page at ``va`` as ring 0 sees it (ring 3 if SMAP keeps ring 0 out): its
         frame, and whether code may write it (with CR0.WP, ring 0 writes only what the
-        tables allow)."""
+        tables allow).
+
+        Learning walks the page of every new block, mostly the same few pages: the last
+        walks are kept with the entries they read, and one is answered again when the mode
+        is the same and every one of those entries still holds what the walk read (a walk
+        is a function of them, CR3, CR0, CR4, EFER and RFLAGS.AC, SDM Vol. 3A 4.5-4.6), so
+        a changed entry is always seen, invalidated or not."""
+        rflags = self.reg("rflags")
+        key = (va & ~0xFFF, self.cr3, self.cr0, self.cr4, self.efer, rflags & mmu.RFLAGS_AC)
+        known = self._code_pages.get(key)
+        if known is not None:
+            read_u64 = self.mem.read_u64
+            if all(read_u64(step.entry_address) == step.value for step in known.steps):
+                return known
         try:
-            return self.walk(va, "read", cpl=0)
+            found = self.walk(va & ~0xFFF, "read", cpl=0)
         except (mmu.PageFault, mmu.GeneralProtection):
-            return self.walk(va, "read", cpl=3)
+            found = self.walk(va & ~0xFFF, "read", cpl=3)
+        if len(self._code_pages) >= _CODE_PAGES:
+            self._code_pages.clear()
+        self._code_pages[key] = found
+        return found
 
     # -- faults raised from instruction hooks ---------------------------------------------
 
