@@ -26,7 +26,7 @@ import struct
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 import capstone
 from unicorn import (
@@ -746,16 +746,10 @@ class Cpu:
             code = self.mem.read(pages[0].pa + (pc & 0xFFF), size)
         else:
             code = self.read_code(pc, size, cpl=self.cpl)
-        offsets, end = [], 0
-        for offset, length, _mnemonic, _operands in _capstone(self.code_bits).disasm_lite(code, 0):
-            offsets.append(offset)
-            end = offset + length
-        if end < size:
-            offsets.append(end)
         host = None
         if any(page.writable for page in pages):
             host = self.mem.address + pages[0].pa + (pc & 0xFFF) if len(pages) == 1 else 0
-        return offsets or [0], host
+        return list(_instruction_offsets(self.code_bits, code)), host
 
     def _code_page(self, va: int) -> mmu.Translation:
         """The page at ``va`` as ring 0 sees it (ring 3 if SMAP keeps ring 0 out): its
@@ -1132,6 +1126,22 @@ class Cpu:
         """Release Unicorn's resources."""
         self._pending_cr2 = None
         self.native.close()
+
+
+@lru_cache(maxsize=1 << 14)
+def _instruction_offsets(bits: int, code: bytes) -> tuple[int, ...]:
+    """The offsets of the instructions of the block ``code`` (``bits``-bit code): what
+    Capstone decodes, then the rest as one (an undecodable instruction, which QEMU
+    translates as the #UD it raises, ends a block). A function of the bytes alone, so a
+    process's later machines (the debugger's re-executions, a query's machine, a bench's
+    next run) learn blocks they share without decoding them again (about 13 us a block)."""
+    offsets, end = [], 0
+    for offset, length, _mnemonic, _operands in _capstone(bits).disasm_lite(code, 0):
+        offsets.append(offset)
+        end = offset + length
+    if end < len(code):
+        offsets.append(end)
+    return tuple(offsets) or (0,)
 
 
 @cache

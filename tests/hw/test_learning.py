@@ -61,3 +61,23 @@ def test_a_paging_entry_changed_without_invalidation_is_seen_by_the_next_learn(
     assert len(walks) == walked + 1
     m.mem.write(pte.entry_address, pte.value.to_bytes(8, "little"))
     assert not cpu._code_page(MAIN).writable
+
+
+def test_a_later_machine_learns_the_blocks_it_shares_without_decoding_them(
+        machine_factory, apps, monkeypatch) -> None:
+    """The instruction offsets are a function of a block's bytes: a second machine of the
+    process (a debugger's re-execution, a query's machine) takes them from the first's."""
+    monkeypatch.setattr(native, "PER_INSTRUCTION", False)
+    decoded = cpu_module._instruction_offsets
+
+    def counted_run() -> tuple[int, int, int]:
+        m = machine_factory(max_insns=1 << 40)
+        proc = m.spawn(apps / "loop", ["1000"])
+        misses = decoded.cache_info().misses
+        m.run()
+        return proc.exit_status, m.executive.cpu.native.learned, \
+            decoded.cache_info().misses - misses
+
+    first, second = counted_run(), counted_run()
+    assert first[:2] == second[:2] == (0, first[1]) and first[1] > 40
+    assert second[2] == 0                    # every block of the second run: no decoding
