@@ -9,7 +9,9 @@
               two `loop`s preempted vs twice one alone, and `emu debug` continuing to a
               breakpoint 100 M instructions in vs `emu run`   targets: time <= 1.5x
               and the floor (information): the loop on plain Unicorn with a C block hook
-              that only counts, vs plain Unicorn free; the counted run vs that floor
+              that only counts, vs plain Unicorn free; the counted run vs that floor; a
+              counted run whose every quantum ends inside a block (the tail) vs free.
+              These five sides run interleaved, one of each per round (--only counting)
     two processes preempted: also as speed relative to plain Unicorn (information)
     traps     a system call round trip vs a Python syscall hook on flat Unicorn, demand-zero
               and hard faults per second, context switches per second (bench/traps.py)
@@ -36,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import debugger, paging, traps
@@ -109,13 +112,58 @@ def interleaved_times(a: list[str], b: list[str], repeat: int) -> tuple[float, f
     return statistics.median(samples[0]), statistics.median(samples[1])
 
 
+def interleaved_medians(fns: list[Callable[[], float]], repeat: int) -> list[float]:
+    """The median of each of ``fns`` (each returns its own timed span) over ``repeat``
+    rounds, every round calling each once in turn, so that a burst of load on the machine
+    falls on every side alike."""
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, samples, strict=True):
+            out.append(fn())
+    return [statistics.median(side) for side in samples]
+
+
+# `loop +N` runs the same N iterations as `loop N`, but its start-up (the `+` parsed) is 4
+# instructions longer, so that no quantum end of its loop falls on the 5-instruction block's
+# boundary: every quantum ends inside the block (the tail, docs/performance.md).
+def _tail_args(iterations: list[str]) -> list[str]:
+    return ["+" + iterations[0]]
+
+
+def counting_rows(short: list[str], n: int) -> tuple[list[tuple], float, float]:
+    """The counting rows (``--only counting``): the counted run against the free run and
+    against the floor, all four sides interleaved run by run; with the free run's and plain
+    Unicorn's medians, which later rows compare against."""
+    rounds = max(3 * n, 15)
+    emu_run_time("loop", ["1000"])           # warm up: the first machine pays one-time costs
+    fast, counted, tailed, plain_short, floor = interleaved_medians([
+        lambda: emu_run_time("loop", short),
+        lambda: emu_run_time("loop", short, max_insns=1 << 40),
+        lambda: emu_run_time("loop", _tail_args(short), max_insns=1 << 40),
+        lambda: run_flat(APPS / "loop", short),
+        lambda: run_flat(APPS / "loop", short, tally=True),
+    ], rounds)
+    rows = [("--max-insns counted run (time vs free run, loop)", counted / fast, "<= 1.5x",
+             counted / fast <= 1.5, f"counted {counted:.3f}s, free {fast:.3f}s"),
+            # The floor no block counter can beat: the same loop on plain Unicorn with a C
+            # UC_HOOK_BLOCK hook that only counts entries (native.c native_tally), against
+            # plain Unicorn free; and the counted run against that floor.
+            ("  floor: plain Unicorn + counting C block hook (time vs plain)",
+             floor / plain_short, "info", True, f"hooked {floor:.3f}s, plain {plain_short:.3f}s"),
+            ("  --max-insns counted run (time vs the floor)", counted / floor, "info", True,
+             f"counted {counted:.3f}s, floor {floor:.3f}s"),
+            ("  the same, every quantum ending inside a block (time vs free run)",
+             tailed / fast, "info", True, f"counted {tailed:.3f}s, free {fast:.3f}s")]
+    return rows, fast, plain_short
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (default 5)")
     parser.add_argument("--iterations", default="100000000", help="loop iterations")
-    parser.add_argument("--only", choices=("switch",),
+    parser.add_argument("--only", choices=("switch", "counting"),
                         help="only these rows: switch = context switches per second and "
-                             "two processes preempted")
+                             "two processes preempted; counting = the --max-insns rows")
     args = parser.parse_args()
     n = args.repeat
     if args.repeat < 1:
@@ -123,6 +171,9 @@ def main() -> int:
     rows = []
     if args.only == "switch":
         _print_rows(switch_rows(args.iterations, n))
+        return 0
+    if args.only == "counting":
+        _print_rows(counting_rows([str(int(args.iterations) // 10)], n)[0])
         return 0
 
     loop_args = [args.iterations]
@@ -147,20 +198,8 @@ def main() -> int:
     # Counting (issue 13): every figure below counts instructions per translated block
     # (emu/hw/native.c); docs/performance.md gives the cost model.
     short = [str(int(args.iterations) // 10)]
-    fast = median_time(lambda: emu_run_time("loop", short), n)
-    counted = median_time(lambda: emu_run_time("loop", short, max_insns=1 << 40), n)
-    rows.append(("--max-insns counted run (time vs free run, loop)", counted / fast, "<= 1.5x",
-                 counted / fast <= 1.5, f"counted {counted:.3f}s, free {fast:.3f}s"))
-    # The floor no block counter can beat: the same loop on plain Unicorn with a C
-    # UC_HOOK_BLOCK hook that only counts entries (native.c native_tally), against plain
-    # Unicorn free; and the counted run against that floor.
-    plain_short = median_time(lambda: run_flat(APPS / "loop", short), n)
-    floor = median_time(lambda: run_flat(APPS / "loop", short, tally=True), n)
-    rows.append(("  floor: plain Unicorn + counting C block hook (time vs plain)",
-                 floor / plain_short, "info", True,
-                 f"hooked {floor:.3f}s, plain {plain_short:.3f}s"))
-    rows.append(("  --max-insns counted run (time vs the floor)", counted / floor, "info", True,
-                 f"counted {counted:.3f}s, floor {floor:.3f}s"))
+    counting, fast, plain_short = counting_rows(short, n)
+    rows.extend(counting)
 
     # Two compute-bound processes sharing the CPU (preemption on, so instructions are
     # counted) against twice one alone at full speed, and against plain Unicorn.
