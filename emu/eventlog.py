@@ -24,8 +24,6 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_RIP
-
 from emu.hw.cpu import Vector
 from emu.nt import drivers
 from emu.nt.events import Event
@@ -147,7 +145,7 @@ class EventLog:
             "ring": cs & 3, "irql": ex.irql, "rip": rip,     # CPL: CS's RPL (SDM 5.5)
         }
         if event is Event.THREAD_DISPATCH:
-            out["ring"], out["rip"] = _resumes_at(thread)
+            out["ring"], out["rip"] = _resumes_at(cpu, thread)
         elif event is Event.SYSCALL:
             # The `syscall` hook sees RIP on the instruction, the `int 0x2e` gate (a 32-bit
             # process, docs/abi.md) past it: the record names the instruction either way.
@@ -161,12 +159,13 @@ class EventLog:
         return out
 
 
-def _resumes_at(thread) -> tuple[int, int]:
+def _resumes_at(cpu, thread) -> tuple[int, int]:
     """(ring, RIP) a dispatched thread resumes at: its saved context (KiSwapContext loads
     it next), or for a new thread its start address at ring 3 (KiStartUserThread)."""
     if thread.context is None:
         return 3, thread.start_rip
-    cs, rip = thread.context.reg_read_batch((UC_X86_REG_CS, UC_X86_REG_RIP))
+    cs, rip = cpu.context_regs(thread.context, _CS_RIP)     # one raw call: a record per
+    #                                                         quantum end under emu debug
     return cs & 3, rip
 
 

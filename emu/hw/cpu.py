@@ -113,6 +113,18 @@ class RegisterBatch:
             raise UcError(status)
         return self._layout.unpack_from(self._buffer)
 
+    def read_context(self, context: _binding.UcContext) -> tuple[int, ...]:
+        """The registers' values in a saved context (a UcContext from ``context_save``), in
+        the order of ``names``: one ``uc_context_reg_read_batch`` call, where the binding's
+        own context read costs about 2 us a register, as its ``reg_read`` does."""
+        if self._zeros is not None:
+            self._buffer[:] = self._zeros
+        status = _raw.uc_context_reg_read_batch(context.context, self._ids, self._pointers,
+                                                self._count)
+        if status:
+            raise UcError(status)
+        return self._layout.unpack_from(self._buffer)
+
     def write(self, values: tuple[int, ...] | list[int]) -> None:
         """Load the registers with ``values`` (each modulo 2^64), in the order of ``names``."""
         try:
@@ -393,6 +405,11 @@ class Cpu:
         if self._pending_cr2 is not None and "cr2" in names:
             self._settle_cr2()
         return self._batch(names).read()
+
+    def context_regs(self, context: _binding.UcContext,
+                     names: tuple[str, ...]) -> tuple[int, ...]:
+        """Read several registers (names as for ``reg``) of a saved context in one call."""
+        return self._batch(names).read_context(context)
 
     def _settle_cr2(self) -> None:
         """CR2 is about to be read and holds the page of the last #PF, whose exact byte was
