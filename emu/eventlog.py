@@ -137,12 +137,13 @@ class EventLog:
         ex = self.executive
         cpu = ex.cpu
         thread = d["thread"] if "thread" in d else ex.current_thread
-        cs, rip = cpu.regs(_CS_RIP)              # one call into Unicorn
+        # One call into Unicorn; CR8 is the IRQL (Executive.irql: x64 Windows' TPR).
+        cs, rip, irql = cpu.regs(_CS_RIP_CR8)
         out: dict[str, Any] = {
             "position": self.position(), "clock": d["clock"], "event": event.value,
             "pid": thread.process.pid if thread is not None else None,
             "tid": thread.tid if thread is not None else None,
-            "ring": cs & 3, "irql": ex.irql, "rip": rip,     # CPL: CS's RPL (SDM 5.5)
+            "ring": cs & 3, "irql": irql, "rip": rip,     # CPL: CS's RPL (SDM 5.5)
         }
         if event is Event.THREAD_DISPATCH:
             out["ring"], out["rip"] = _resumes_at(cpu, thread)
@@ -170,6 +171,7 @@ def _resumes_at(cpu, thread) -> tuple[int, int]:
 
 
 _CS_RIP = ("cs", "rip")
+_CS_RIP_CR8 = ("cs", "rip", "cr8")
 _SERVICES = {int(s): s.name for s in Service}
 
 

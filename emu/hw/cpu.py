@@ -74,7 +74,7 @@ GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 _REG = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in
         (*GPRS, "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
-         "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4",
+         "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4", "cr8",
          "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp",
          "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d", "eip")}
 
