@@ -114,6 +114,7 @@ class Session(ReverseExecution):
         self._last_exception: Any = None  # the CPU's last exception (emu.hw.cpu.CpuException)
         self._exceptions = 0             # exceptions raised since boot: part of the position
         self._events = 0                 # executive events seen since boot (see Hit)
+        self._clipped: tuple[int, int | None, int | None] | None = None   # _clip_key, cut
         self._attach()
 
     # -- the machine ----------------------------------------------------------------------
@@ -215,12 +216,23 @@ class Session(ReverseExecution):
 
     def clip_budget(self, n: int) -> int:
         """The executive's budget ``n``, cut at the end of a step or replay."""
+        self._clipped = self._clip_key()
         if self._deadline is not None:
             n = min(n, max(0, self._deadline - self.position))
         ring = self.snapshots
         if ring is not None and ring.keep and not self._detached:
             n = min(n, max(0, ring.due_at() - self.position))
         return n
+
+    def _clip_key(self) -> tuple[int, int | None, int | None]:
+        """What clip_budget's cut depends on besides the instructions run: the exceptions
+        (a position's other part), the step's end and the next snapshot's position. While
+        it stays the same, the CPU's budget left is already the cut's (an instruction
+        spends a step of the position, of the deadline and of the budget alike)."""
+        ring = self.snapshots
+        due = ring.due_at() if ring is not None and ring.keep and not self._detached \
+            else None
+        return self._exceptions, self._deadline, due
 
     def before_run(self) -> None:
         """Called by the executive before each run of the CPU (from RIP): take a snapshot if
@@ -235,7 +247,7 @@ class Session(ReverseExecution):
         stop = self._due_stop()
         if stop is not None:
             self._pause(stop)
-        elif self._clipping():
+        elif self._clipping() and self._clip_key() != self._clipped:
             # The CPU's budget counts instructions, a position counts exceptions and kernel
             # export calls too: one raised since the budget was clipped (the run that ended
             # at it) moved the position on without spending the budget, so clip it anew
