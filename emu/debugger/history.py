@@ -15,7 +15,7 @@ recipe when it builds a machine, and by ``emu run --gdb`` for gdb's ``monitor hi
 events``). Going back in time builds the machine again, or resumes
 a snapshot (a fork of this process, holding the records of its own past), and re-executes
 to the target: the records are always those of the history that led here. Memory is
-bounded: at most MAX_EVENTS records (each a tuple of its values, about 250 bytes), the oldest
+bounded: at most MAX_EVENTS records (each a tuple of its values, about 230 bytes), the oldest
 dropped first, and the listing says how many were dropped. A record is kept as its values
 and made JSON only when listed (EventHistory).
 """
@@ -36,7 +36,7 @@ from emu.eventlog import SCHEMA, EventLog, dumps
 if TYPE_CHECKING:
     from emu.machine import Machine
 
-MAX_EVENTS = 50_000        # records kept per machine (docs/limits.md): about 10 MiB
+MAX_EVENTS = 50_000        # records kept per machine (docs/limits.md): about 11 MiB
 EVENTS_USAGE = "history events [KIND] [pid N] [--json]"
 USAGE = f"{EVENTS_USAGE} | history write|read|access ADDR [LEN] [pid N | phys] [--json] | " \
     f"{calls.USAGE}"
