@@ -11,6 +11,10 @@ mode as a user would run it (a script on standard input):
     continue / counted    the same continue against a counted run of the same program in
                           `Machine.run()` (`max_insns`, every instruction counted as the
                           debugger counts them): what the debugger adds to counting
+    uncounted bound       the same program at full speed (nothing counted) with a code hook on
+                          printf, to its first arrival, against the same run with no hook:
+                          what a continue that counted nothing could cost (it would not be
+                          exact: docs/performance.md)
     rsi after continue    `rsi 1` at that breakpoint: going back a little after a long run
                           (re-executed from the newest snapshot before it)
     history write         the query scenario below (10 M instructions): the first
@@ -220,20 +224,59 @@ def counted_run_time() -> float:
         m.close()
 
 
+def uncounted_breakpoint_time() -> tuple[float, float]:
+    """(seconds to the first arrival at printf, 100 M in, with nothing counted and a Unicorn
+    code hook on printf's first instruction: what a `continue` that counted nothing would
+    cost at least; seconds of the same run to its end without the hook: `emu run`), in
+    Machine.run() of ``loop 20000000``. The hook only notes the time: the run goes on."""
+    from unicorn import UC_HOOK_CODE
+
+    from emu import Machine
+    from emu.debugger.live import LiveTarget
+
+    times = []
+    for hooked in (True, False):
+        m = Machine("64M")
+        try:
+            m.spawn(LOOP, [CONTINUE_ITERATIONS])
+            hit: list[float] = []
+            if hooked:
+                printf = LiveTarget(m).resolve_symbol("printf")
+                m.executive.cpu.uc.hook_add(
+                    UC_HOOK_CODE, lambda *_, hit=hit: hit or hit.append(time.perf_counter()),
+                    None, printf, printf)
+            t = time.perf_counter()
+            m.run()
+            end = time.perf_counter()
+            if hooked and not hit:
+                raise SystemExit("bench: the hook on printf never ran")
+            times.append((hit[0] if hooked else end) - t)
+        finally:
+            m.close()
+    return times[0], times[1]
+
+
 def continue_rows(repeat: int) -> list[tuple[str, float, str, str]]:
     """The debugger's continue against a counted run (side by side, alternately), and the
     step back after it."""
-    conts, backs, counted = [], [], []
+    conts, backs, counted, bounds, frees = [], [], [], [], []
     for _ in range(repeat):
         cont, back = continue_and_back()
         conts.append(cont)
         backs.append(back)
         counted.append(counted_run_time())
-    cont, back, count = (statistics.median(x) for x in (conts, backs, counted))
+        bound, free = uncounted_breakpoint_time()
+        bounds.append(bound)
+        frees.append(free)
+    cont, back, count, bound, free = (statistics.median(x) for x in
+                                      (conts, backs, counted, bounds, frees))
     return [
         ("debugger: continue 100 M in (time vs counted run)", cont / count, "x",
          f"continue {cont:.3f}s, Machine.run() with max_insns {count:.3f}s "
          f"({cont / count:.2f}x)"),
+        ("debugger: a continue counting nothing, its bound (time vs emu run)", bound / free,
+         "x", f"to printf at full speed with its code hook {bound:.3f}s, the run without "
+         f"{free:.3f}s: not exact (docs/performance.md)"),
         ("debugger: rsi 1 after that continue", back * 1000, "ms",
          "re-executes from the newest snapshot before the breakpoint (at 96 M)"),
     ]

@@ -24,8 +24,6 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_RIP
-
 from emu.hw.cpu import Vector
 from emu.nt import drivers
 from emu.nt.events import Event
@@ -139,15 +137,16 @@ class EventLog:
         ex = self.executive
         cpu = ex.cpu
         thread = d["thread"] if "thread" in d else ex.current_thread
-        cs, rip = cpu.regs(_CS_RIP)              # one call into Unicorn
+        # One call into Unicorn; CR8 is the IRQL (Executive.irql: x64 Windows' TPR).
+        cs, rip, irql = cpu.regs(_CS_RIP_CR8)
         out: dict[str, Any] = {
             "position": self.position(), "clock": d["clock"], "event": event.value,
             "pid": thread.process.pid if thread is not None else None,
             "tid": thread.tid if thread is not None else None,
-            "ring": cs & 3, "irql": ex.irql, "rip": rip,     # CPL: CS's RPL (SDM 5.5)
+            "ring": cs & 3, "irql": irql, "rip": rip,     # CPL: CS's RPL (SDM 5.5)
         }
         if event is Event.THREAD_DISPATCH:
-            out["ring"], out["rip"] = _resumes_at(thread)
+            out["ring"], out["rip"] = _resumes_at(cpu, thread)
         elif event is Event.SYSCALL:
             # The `syscall` hook sees RIP on the instruction, the `int 0x2e` gate (a 32-bit
             # process, docs/abi.md) past it: the record names the instruction either way.
@@ -161,16 +160,18 @@ class EventLog:
         return out
 
 
-def _resumes_at(thread) -> tuple[int, int]:
+def _resumes_at(cpu, thread) -> tuple[int, int]:
     """(ring, RIP) a dispatched thread resumes at: its saved context (KiSwapContext loads
     it next), or for a new thread its start address at ring 3 (KiStartUserThread)."""
     if thread.context is None:
         return 3, thread.start_rip
-    cs, rip = thread.context.reg_read_batch((UC_X86_REG_CS, UC_X86_REG_RIP))
+    cs, rip = cpu.context_regs(thread.context, _CS_RIP)     # one raw call: a record per
+    #                                                         quantum end under emu debug
     return cs & 3, rip
 
 
 _CS_RIP = ("cs", "rip")
+_CS_RIP_CR8 = ("cs", "rip", "cr8")
 _SERVICES = {int(s): s.name for s in Service}
 
 

@@ -448,7 +448,7 @@ def analyze_command(shell: Any, arg: str) -> None:
     reason = str(getattr(reason, "value", reason) or "")
     exception = exc if isinstance(exc, CpuException) and reason not in _ENDS else None
     history = history_of(session.machine)
-    events = [json.loads(line) for line in history.lines] if history is not None else []
+    events = [record for _, record in history.records()] if history is not None else []
     index = shell.__dict__.get("query_index")
     if index is None:
         from emu.debugger.query import QueryIndex

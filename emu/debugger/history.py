@@ -15,8 +15,9 @@ recipe when it builds a machine, and by ``emu run --gdb`` for gdb's ``monitor hi
 events``). Going back in time builds the machine again, or resumes
 a snapshot (a fork of this process, holding the records of its own past), and re-executes
 to the target: the records are always those of the history that led here. Memory is
-bounded: at most MAX_EVENTS records (each a compact JSON line, about 200 bytes), the oldest
-dropped first, and the listing says how many were dropped.
+bounded: at most MAX_EVENTS records (each a tuple of its values, about 230 bytes), the oldest
+dropped first, and the listing says how many were dropped. A record is kept as its values
+and made JSON only when listed (EventHistory).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from emu.debugger import calls, query
@@ -34,28 +36,50 @@ from emu.eventlog import SCHEMA, EventLog, dumps
 if TYPE_CHECKING:
     from emu.machine import Machine
 
-MAX_EVENTS = 50_000        # records kept per machine (docs/limits.md): about 10 MiB
+MAX_EVENTS = 50_000        # records kept per machine (docs/limits.md): about 11 MiB
 EVENTS_USAGE = "history events [KIND] [pid N] [--json]"
 USAGE = f"{EVENTS_USAGE} | history write|read|access ADDR [LEN] [pid N | phys] [--json] | " \
     f"{calls.USAGE}"
 
 
 class EventHistory:
-    """The event records of one machine, oldest first, at most ``limit`` of them."""
+    """The event records of one machine, oldest first, at most ``limit`` of them.
+
+    A record is kept as its values (a tuple, its keys shared by every record of the same
+    fields) and made JSON only when someone lists it: a `continue` that crosses 1,000
+    quantum ends makes 1,000 `thread-dispatch` records, and encoding each as it is made
+    cost the run more than keeping it. The objects a record holds are its own (the event
+    log builds each record afresh), so what is listed is what the event made."""
 
     def __init__(self, limit: int = MAX_EVENTS) -> None:
-        self.lines: deque[str] = deque(maxlen=limit)
+        self._kept: deque[tuple[tuple[str, ...], tuple[Any, ...]]] = deque(maxlen=limit)
+        self._keys: dict[tuple[str, ...], tuple[str, ...]] = {}   # one key tuple per shape
         self.seen = 0              # records made since boot (kept or dropped)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Keep one record (as its JSON line: a third of a dict's memory)."""
-        self.lines.append(dumps(record))
+        """Keep one record (its values; JSON only when listed)."""
+        keys = tuple(record)
+        self._kept.append((self._keys.setdefault(keys, keys), tuple(record.values())))
         self.seen += 1
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @property
+    def lines(self) -> list[str]:
+        """Each kept record as its JSON line (``emu run --events``'s), oldest first."""
+        return [dumps(dict(zip(keys, values, strict=True))) for keys, values in self._kept]
+
+    def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(line, record) of each kept record, oldest first: the record read back from its
+        JSON line, as a reader of ``emu run --events`` gets it."""
+        for line in self.lines:
+            yield line, json.loads(line)
 
     @property
     def dropped(self) -> int:
         """Records made since boot that are no longer kept."""
-        return self.seen - len(self.lines)
+        return self.seen - len(self._kept)
 
 
 _HISTORIES: weakref.WeakKeyDictionary[Machine, EventHistory] = weakref.WeakKeyDictionary()
@@ -118,8 +142,7 @@ def select(history: EventHistory, position: int, kind: str | None,
            pid: int | None) -> list[tuple[str, dict[str, Any]]]:
     """(line, record) of each kept event up to ``position`` of ``kind`` and ``pid``."""
     out = []
-    for line in history.lines:
-        record = json.loads(line)
+    for line, record in history.records():
         if record["position"] > position:
             break                  # not yet: the machine is earlier in its history
         if kind is not None and record["event"] != kind:

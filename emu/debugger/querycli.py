@@ -192,7 +192,7 @@ def run_why(words: list[str], usage_error, size_type, count_type, split_commands
         if opts.get("address") is not None:
             address = _why_address(session, opts, usage_error)
         history = history_of(machine)
-        events = [json.loads(line) for line in history.lines] if history is not None else []
+        events = [record for _, record in history.records()] if history is not None else []
         try:
             result = why.answer(session.target, build, session.position, events,
                                 address=address)

@@ -76,7 +76,7 @@ GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 _REG = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in
         (*GPRS, "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
-         "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4",
+         "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4", "cr8",
          "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp",
          "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d", "eip")}
 
@@ -111,6 +111,18 @@ class RegisterBatch:
         if self._zeros is not None:
             self._buffer[:] = self._zeros
         status = _raw.uc_reg_read_batch(self._uch, self._ids, self._pointers, self._count)
+        if status:
+            raise UcError(status)
+        return self._layout.unpack_from(self._buffer)
+
+    def read_context(self, context: _binding.UcContext) -> tuple[int, ...]:
+        """The registers' values in a saved context (a UcContext from ``context_save``), in
+        the order of ``names``: one ``uc_context_reg_read_batch`` call, where the binding's
+        own context read costs about 2 us a register, as its ``reg_read`` does."""
+        if self._zeros is not None:
+            self._buffer[:] = self._zeros
+        status = _raw.uc_context_reg_read_batch(context.context, self._ids, self._pointers,
+                                                self._count)
         if status:
             raise UcError(status)
         return self._layout.unpack_from(self._buffer)
@@ -405,6 +417,11 @@ class Cpu:
         if self._pending_cr2 is not None and "cr2" in names:
             self._settle_cr2()
         return self._batch(names).read()
+
+    def context_regs(self, context: _binding.UcContext,
+                     names: tuple[str, ...]) -> tuple[int, ...]:
+        """Read several registers (names as for ``reg``) of a saved context in one call."""
+        return self._batch(names).read_context(context)
 
     def _settle_cr2(self) -> None:
         """CR2 is about to be read and holds the page of the last #PF, whose exact byte was

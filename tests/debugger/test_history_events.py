@@ -110,3 +110,38 @@ def test_tab_completes_the_kinds():
     assert shell.complete_history("e", "history e", 8, 9) == ["events"]
     assert shell.complete_history("p", "history events p", 15, 16) == \
         ["process-create", "process-exit", "page-fault", "pid"]
+
+
+def test_a_dispatch_record_names_the_saved_context_it_resumes(apps):
+    """Each thread-dispatch record's ring and RIP are the dispatched thread's saved context
+    (read in one raw call, emu.hw.cpu RegisterBatch.read_context), as Unicorn's binding
+    reads that context; a thread that never ran resumes at its start address, ring 3."""
+    from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_RIP
+
+    from emu.eventlog import EventLog
+    from emu.machine import Machine
+    from emu.nt.events import Event
+
+    m = Machine("64M", quantum=5_000)
+    expected: list[tuple[int, int]] = []
+
+    def before_the_log(event, details) -> None:
+        if event is Event.THREAD_DISPATCH:
+            t = details["thread"]
+            if t.context is None:
+                expected.append((3, t.start_rip))
+            else:
+                cs, rip = t.context.reg_read_batch((UC_X86_REG_CS, UC_X86_REG_RIP))
+                expected.append((cs & 3, rip))
+
+    m.executive.events.subscribe(before_the_log)
+    records: list[dict] = []
+    EventLog.attach(m, records.append)
+    try:
+        m.spawn(apps / "threads", [])
+        m.run()
+    finally:
+        m.close()
+    got = [(r["ring"], r["rip"]) for r in records if r["event"] == "thread-dispatch"]
+    assert len(got) > 10 and got == expected
+    assert len({rip for _, rip in got}) > 3          # resumed at many places, not one
