@@ -20,13 +20,32 @@ def python(code: str, *args: str) -> subprocess.CompletedProcess:
 def test_importing_emu_collects_nothing_and_leaves_the_collector_as_it_was(enabled):
     """About 30,000 objects made at import live as long as the process: no collection walks
     them while they are made, and the collector is left on (or off) as it was."""
-    code = ("import gc\n"
+    # Counted: the collections while emu's own code runs (emu/__init__.py on the stack),
+    # not one that compiling a stale emu/__init__.py may cause before it starts.
+    code = ("import gc, os, sys\n"
             f"{'' if enabled else 'gc.disable()'}\n"
             "runs = []\n"
-            "gc.callbacks.append(lambda phase, info: runs.append(phase))\n"
+            "def seen(phase, info):\n"
+            "    frame = sys._getframe(0)\n"
+            "    while frame is not None:\n"
+            "        if frame.f_code.co_filename.endswith(os.path.join('emu', '__init__.py')):\n"
+            "            runs.append(phase)\n"
+            "            break\n"
+            "        frame = frame.f_back\n"
+            "gc.callbacks.append(seen)\n"
             "import emu\n"
             "print(len(runs), gc.isenabled(), emu.Machine.__name__)\n")
     assert python(code).stdout == f"0 {enabled} Machine\n"
+
+
+def test_importing_emu_keeps_what_the_program_froze_frozen():
+    """(A frozen object freed meanwhile leaves the count: a few may go.)"""
+    code = ("import gc\n"
+            "gc.freeze()\n"
+            "frozen = gc.get_freeze_count()\n"
+            "import emu\n"
+            "print(frozen > 1000, frozen - 100 < gc.get_freeze_count() <= frozen)\n")
+    assert python(code).stdout == "True True\n"
 
 
 def test_emu_freezes_what_start_up_made(apps):
