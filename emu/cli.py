@@ -15,6 +15,7 @@ missing file or an image the loader refuses. Every process's fate is printed on 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -76,12 +77,23 @@ def _count(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``emu`` parser, every command in it; with ``command`` (a name of _COMMANDS), that
+    command alone: a command line that starts with its name is parsed by its subparser only,
+    so the other commands' modules are neither imported nor their parsers built (start-up,
+    docs/performance.md)."""
     parser = _Parser(prog="emu", description="A teaching-grade x86-64 machine: guest code on "
                      "Unicorn, paging and rings in Python, an NT-like executive.")
     parser.add_argument("--version", action="version",
                         version=f"emu {__version__} (unicorn {unicorn.__version__})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, add in _COMMANDS.items():
+        if command is None or name == command:
+            add(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run a guest app at ring 3",
                          description="Run a static ELF64 guest app in its own address space.")
     run.add_argument("--mem", type=_size, default=parse_size("64M"), metavar="SIZE",
@@ -129,23 +141,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="arguments passed to the app; `-- APP2 ARGS...` starts another "
                      "process in the same machine (as many as you like)")
+
+
+def _add_debug(sub) -> None:
     from emu.debugger import cli as debug_cli
     debug_cli.add_parser(sub, UsageError, _size, _count)
+
+
+def _add_query(sub) -> None:
     from emu.debugger import querycli
     querycli.add_parser(sub)
+
+
+def _add_scenario(sub) -> None:
     from emu.scenarios import cli as scenario_cli
     scenario_cli.add_parser(sub)
+
+
+def _add_build_driver(sub) -> None:
     from emu.tools import build_driver
     build_driver.add_parser(sub)
+
+
+def _add_build(sub) -> None:
     from emu import build
     build.add_parser(sub)
+
+
+def _add_exercise(sub) -> None:
     from emu.exercise import cli as exercise_cli
     exercise_cli.add_parser(sub)
-    return parser
+
+
+# Every command, in the order `emu --help` lists them, and what adds its subparser.
+_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "run": _add_run, "debug": _add_debug, "query": _add_query, "scenario": _add_scenario,
+    "build-driver": _add_build_driver, "build": _add_build, "exercise": _add_exercise}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emu`` console script."""
+    if argv is None:
+        # The process's own command line: what importing made (modules, classes, tables)
+        # lives until the process ends, so no collection need walk it again, not even the
+        # ones at exit (gc.freeze; start-up, docs/performance.md).
+        gc.freeze()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["exercise"]:        # its own grammar: options among an answer's words
         from emu.exercise import cli as exercise_cli
@@ -158,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
-        args = build_parser().parse_args(argv)
+        # `emu run APP`: only `run`'s parser (any other first word: every command's, so
+        # that --help, --version and a mistyped command read as before).
+        args = build_parser(argv[0] if argv[:1] and argv[0] in _COMMANDS else None) \
+            .parse_args(argv)
         if args.command is None:
             raise UsageError("missing command (try: emu run APP, or emu --help)")
         if args.command in ("run", "debug"):        # --driver NAME: a built driver

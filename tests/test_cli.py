@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -406,10 +407,11 @@ def test_sigterm_while_waiting_for_gdb_ends_with_one_line_and_143(apps):
 
 
 def test_emu_run_imports_none_of_the_debugger_s_machinery(apps):
-    """`emu run` starts quickly (make bench's start-up row): the parsers of `emu debug` and
-    `emu query` are built, but the session, reverse execution, queries, crash dumps,
-    PDB reading and JSON (`emu query --json`, the report, the event log) are imported only
-    by the commands that use them."""
+    """`emu run` starts quickly (make bench's start-up row): only `run`'s parser is built
+    (the other commands' modules stay out); the session, reverse execution, queries, crash
+    dumps, PDB reading and JSON (`emu query --json`, the report, the event log) are imported only
+    by the commands that use them; Capstone only by the first instruction decoded (a
+    fault reported, a block counted), which `hello` never needs."""
     code = ("import runpy, sys\n"
             "sys.argv = ['emu', 'run', sys.argv[1]]\n"
             "try:\n"
@@ -418,9 +420,42 @@ def test_emu_run_imports_none_of_the_debugger_s_machinery(apps):
             "    pass\n"
             "heavy = ['emu.debugger.session', 'emu.debugger.reverse', 'emu.debugger.query',\n"
             "         'emu.debugger.dumptarget', 'emu.nt.dump', 'emu.nt.pe', 'purepdb',\n"
-            "         'emu.debugger.snapshots', 'json']\n"
+            "         'emu.debugger.snapshots', 'json', 'capstone', 'emu.debugger.cli',\n"
+            "         'emu.debugger.querycli', 'emu.scenarios.cli', 'emu.tools.build_driver',\n"
+            "         'emu.build', 'emu.exercise.cli']\n"
             "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code, str(apps / "hello")], capture_output=True,
                        text=True, timeout=120)
     assert r.stdout == "Hello, world!\n"
     assert r.stderr.strip().splitlines()[-1] == "[]"
+
+
+COMMANDS = ["run", "debug", "query", "scenario", "build-driver", "build", "exercise"]
+
+
+@pytest.mark.parametrize("command", COMMANDS[:-1])    # (exercise parses its own words)
+def test_a_command_s_own_parser_reads_as_the_whole_one(command, capsys):
+    """`emu COMMAND ...` is parsed by COMMAND's parser alone (start-up): its --help and its
+    errors are those of the parser that holds every command."""
+    from emu.cli import UsageError, build_parser
+
+    seen = []
+    for parser in (build_parser(), build_parser(command)):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([command, "--help"])
+        with pytest.raises(UsageError) as error:
+            parser.parse_args([command, "--no-such-option"])
+        seen.append((stop.value.code, capsys.readouterr().out, str(error.value)))
+    assert seen[0] == seen[1]
+    assert seen[1][1].startswith(f"usage: emu {command} ")
+
+
+def test_emu_help_lists_every_command():
+    r = emu("--help")
+    assert r.returncode == 0 and r.stderr == ""
+    listed = r.stdout.split("COMMAND ...", 1)[1]
+    assert re.findall(r"^    (\S+)", listed, re.MULTILINE) == COMMANDS
+    r = emu("bogus")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("emu: error: argument COMMAND: invalid choice: 'bogus' (choose from "
+                        + ", ".join(f"'{c}'" for c in COMMANDS) + ")\n")

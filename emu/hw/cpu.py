@@ -27,8 +27,8 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
-import capstone
 from unicorn import (
     UC_ARCH_X86,
     UC_CTL_IO_WRITE,
@@ -57,6 +57,9 @@ from emu.hw.faultaddr import decode, fault_address, memory_accesses
 from emu.hw.invlpg import Invlpg
 from emu.hw.memory import PhysicalMemory
 from emu.hw.native import NativeHooks, mode_of
+
+if TYPE_CHECKING:
+    import capstone
 
 MSR_EFER = 0xC000_0080
 MSR_FS_BASE = 0xC000_0100
@@ -1218,6 +1221,8 @@ def _instruction_offsets(bits: int, code: bytes) -> tuple[int, ...]:
 @cache
 def _capstone(bits: int) -> capstone.Cs:
     """A Capstone decoder for ``bits``-bit code (no detail: lengths only)."""
+    import capstone  # imported by the first block learnt, not at start-up
+
     return capstone.Cs(capstone.CS_ARCH_X86,
                        capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32)
 

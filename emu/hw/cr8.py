@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from capstone import x86_const as cx
 from unicorn import UC_HOOK_CODE, Uc
 from unicorn import x86_const as ux
 
@@ -82,6 +81,8 @@ def find_moves(va: int, code: bytes) -> list[Cr8Move]:
 
 
 def _decode_move(va: int, code: bytes) -> Cr8Move | None:
+    from capstone import x86_const as cx  # loaded by decode: imported late for start-up
+
     insn = decode(code, va)
     if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2:
         return None

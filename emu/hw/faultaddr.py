@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import capstone
-from capstone import x86_const as cx
+if TYPE_CHECKING:
+    import capstone
+
+# Capstone is imported by the first decode, not by this module: a run that never reports a
+# fault never pays for it (docs/performance.md, start-up).
 
 PAGE_MASK = ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF
 _MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -42,6 +46,8 @@ _DISASM: dict[int, capstone.Cs] = {}
 def disassembler(bits: int = 64) -> capstone.Cs:
     """A shared Capstone decoder with operand details for 64- or 32-bit code."""
     if bits not in _DISASM:
+        import capstone
+
         md = capstone.Cs(capstone.CS_ARCH_X86,
                          capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32)
         md.detail = True
@@ -59,6 +65,9 @@ def decode(code: bytes, rip: int, bits: int = 64) -> capstone.CsInsn | None:
 def memory_accesses(insn: capstone.CsInsn, reg: Callable[[str], int],
                     bits: int = 64) -> list[MemoryAccess]:
     """Every data access ``insn`` makes, given ``reg(name)`` -> value (fs_base/gs_base too)."""
+    import capstone  # loaded already: ``insn`` came from it
+    from capstone import x86_const as cx
+
     accesses: list[MemoryAccess] = []
     for op in insn.operands:
         if op.type != cx.X86_OP_MEM:

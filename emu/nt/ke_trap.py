@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from capstone import x86_const as cx
-
 from emu.hw import mmu
 from emu.hw.cpu import Cpu, CpuException, Vector
 from emu.hw.faultaddr import memory_accesses
@@ -98,6 +96,8 @@ class KeTrapEntry(_Executive):
         insn = self.cpu.decode_at(exc.rip)
         if exc.vector != Vector.DE or insn is None or not insn.operands:
             return True
+        from capstone import x86_const as cx  # loaded by decode_at: imported late for start-up
+
         op = insn.operands[0]
         if op.type == cx.X86_OP_REG:
             value = self.cpu.reg_named(insn.reg_name(op.reg))
