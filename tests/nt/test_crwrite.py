@@ -125,9 +125,10 @@ def test_a_value_the_sdm_refuses_is_gp_and_changes_nothing(machine_factory, valu
 
 # -- a routine at ring 0 ------------------------------------------------------------------
 
-def ring0(machine_factory, code: bytes, *, user_code: bytes | None = None):
+def ring0(machine_factory, code: bytes, *, run_time: bool = False):
     """A machine with ``code`` mapped at ROUTINE (its MOVs watched, as a driver image's
-    are) and DATA mapped; with ``user_code``, a process whose space holds it at USER_CODE."""
+    are; with ``run_time``, its page decoded block by block as executable pool is) and DATA
+    mapped."""
     from emu.nt.mm.address_space import Protection
     from emu.nt.mm.pfn import FrameUse
 
@@ -137,7 +138,10 @@ def ring0(machine_factory, code: bytes, *, user_code: bytes | None = None):
                   data=code.ljust(0x1000, b"\xcc"))
     ex.mm.map_new(ex.mm.system, DATA, Protection.PAGE_READONLY, use=FrameUse.KERNEL,
                   data=bytes(0x1000))
-    ex.cpu.crwrite.watch(ROUTINE, code)
+    if run_time:
+        ex.cpu.crwrite.watch_range(ROUTINE, ROUTINE + 0x1000)
+    else:
+        ex.cpu.crwrite.watch(ROUTINE, code)
     return m, ex
 
 
@@ -158,10 +162,13 @@ def cr3_routine(reload: bytes, *, noflush: bool = False) -> bytes:
             + (b"\x48\x0f\xba\xe8\x3f" if noflush else b"") + reload + MOV_RAX_CR3 + b"\xc3")
 
 
-def test_a_cr3_reload_drops_the_current_pcid_s_entries_and_keeps_the_others(machine_factory):
+@pytest.mark.parametrize("run_time", [False, True])
+def test_a_cr3_reload_drops_the_current_pcid_s_entries_and_keeps_the_others(machine_factory,
+                                                                            run_time):
     """SDM Vol. 3A 4.10.4.1: MOV to CR3 (bit 63 clear, PCIDE = 1) drops the non-global
-    translations of the PCID it loads; other PCIDs' and global ones stay."""
-    m, ex = ring0(machine_factory, cr3_routine(MOV_CR3_RAX))
+    translations of the PCID it loads; other PCIDs' and global ones stay. From code found
+    at load time and from code decoded as it runs alike."""
+    m, ex = ring0(machine_factory, cr3_routine(MOV_CR3_RAX), run_time=run_time)
     native = ex.cpu.native
     native.set_pcid(5)
     native.insert(Mode.KERNEL_AC0, [(DATA, 0x123000 | Fill.READ)])
@@ -191,12 +198,13 @@ def test_bit_63_keeps_the_translations_and_is_not_stored(machine_factory):
     assert ex.cpu.crwrite.completed == 1
 
 
+@pytest.mark.parametrize("run_time", [False, True])
 @pytest.mark.parametrize("per_instruction", [False, True])
-def test_a_mov_to_cr3_counts_as_one_instruction(machine_factory, per_instruction):
+def test_a_mov_to_cr3_counts_as_one_instruction(machine_factory, per_instruction, run_time):
     """Under a budget (as a debugger's run counts), the routine counts as many instructions
     as the same one with a NOP of the same length in the MOV's place."""
     def counted(code: bytes) -> int:
-        m, ex = ring0(machine_factory, code)
+        m, ex = ring0(machine_factory, code, run_time=run_time)
         ex.cpu.native.per_instruction = per_instruction
         ex.set_budget(1000)
         start = ex.cpu.instructions
@@ -205,15 +213,19 @@ def test_a_mov_to_cr3_counts_as_one_instruction(machine_factory, per_instruction
     assert counted(cr3_routine(MOV_CR3_RAX)) == counted(cr3_routine(NOP3)) >= 5
 
 
+@pytest.mark.parametrize("run_time", [False, True])
+@pytest.mark.parametrize("per_instruction", [False, True])
 def test_a_refused_mov_faults_at_itself_with_the_instructions_before_it_counted(
-        machine_factory):
+        machine_factory, per_instruction, run_time):
     """mov rcx, cr4; bts rcx, 15; nop; mov cr4, rcx: #GP(0) at the MOV (a kernel #GP: the
-    bug check the machine gives for one), three instructions completed, CR4 unchanged."""
+    bug check the machine gives for one), three instructions completed, CR4 unchanged (in
+    run-time code Unicorn made the MOV before it is decoded: it is undone)."""
     from emu.hw.cpu import StopReason, Vector
 
     code = b"\x0f\x20\xe1" + b"\x48\x0f\xba\xe9\x0f" + b"\x90" + b"\x0f\x22\xe1" + b"\xc3"
-    m, ex = ring0(machine_factory, code)
+    m, ex = ring0(machine_factory, code, run_time=run_time)
     cpu = ex.cpu
+    cpu.native.per_instruction = per_instruction
     cr4 = cpu.cr4
     cpu.set_budget(100)
     result = cpu.run(ROUTINE)
@@ -224,8 +236,10 @@ def test_a_refused_mov_faults_at_itself_with_the_instructions_before_it_counted(
     assert cpu.cr4 == cr4 == cpu.reg("cr4")
     with pytest.raises(BugCheck) as info:
         ex.call_kernel(ROUTINE)
-    assert info.value.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED or \
-        info.value.rip == ROUTINE + 9
+    bc = info.value
+    assert bc.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED == 0x1E
+    assert bc.params == (0xC000_0005, ROUTINE + 9, 0, 0xFFFF_FFFF_FFFF_FFFF)
+    assert bc.instruction == "mov cr4, rcx"
 
 
 # CR4.SMEP (SDM Vol. 3A 4.6.1): with it set, ring 0 may not fetch from a user page.
