@@ -444,7 +444,9 @@ class Cpu:
         if efer is not None:
             self.efer = efer
             self.uc.reg_write(ux.UC_X86_REG_MSR, (MSR_EFER, efer))
-        flush_all = efer is not None or cr0 is not None
+        # A change of CR0 (PG, WP: the rights the STLB keeps were decided with them) drops
+        # every translation; a MOV that writes the value CR0 holds changes nothing.
+        flush_all = efer is not None or (cr0 is not None and cr0 != self.cr0)
         if cr4 is not None:
             old4, self.cr4 = self.cr4, cr4
             self.set_reg("cr4", cr4)
