@@ -420,3 +420,38 @@ def test_the_tlb_view_under_emu_debug_loses_the_page_at_the_cr3_reload():
     assert system in before and requester in before
     assert system in after and requester not in after
     assert system in back and requester in back
+
+
+# -- CR0 and CR4 are the processor's: they stay as a driver left them ---------------------
+
+CLEAR_WP = (b"\x0f\x20\xc0"                             # mov rax, cr0
+            + b"\x48\x0f\xba\xf0\x10"                   # btr rax, 16 (WP)
+            + b"\x0f\x22\xc0"                           # mov cr0, rax
+            + b"\xc3")
+READ_CR0 = b"\x0f\x20\xc0\xc3"                          # mov rax, cr0; ret
+
+
+def test_cr0_wp_cleared_by_one_routine_stays_clear_for_the_next(machine_factory):
+    """CR0 is not part of a thread's or a call's state: after a routine cleared WP, the next
+    kernel call (which starts from the executive's clean ring-0 state) reads it clear, and
+    the walker lets ring 0 write a read-only page."""
+    m, ex = ring0(machine_factory, CLEAR_WP.ljust(0x80, b"\xcc") + READ_CR0)
+    ex.cpu.crwrite.watch(ROUTINE + 0x80, READ_CR0)
+    wp_set = ex.cpu.cr0
+    assert ex.call_kernel(ROUTINE).rax == wp_set & ~CR0_WP
+    assert ex.call_kernel(ROUTINE + 0x80).rax == wp_set & ~CR0_WP == ex.cpu.cr0
+    assert ex.cpu.walk(DATA, "write", cpl=0).pa           # DATA is PAGE_READONLY
+
+
+def test_a_mov_of_the_value_cr0_holds_drops_nothing_and_a_change_drops_everything(
+        machine_factory):
+    """SDM Vol. 3A 4.10.4.1: MOV to CR0 invalidates when it changes PG; here any change
+    does (the STLB's rights were decided with the old WP), the same value nothing."""
+    same = b"\x48\xbb" + struct.pack("<Q", DATA) + b"\x48\x8b\x13" + b"\x0f\x20\xc0\x0f\x22\xc0\xc3"
+    m, ex = ring0(machine_factory, same)
+    ex.call_kernel(ROUTINE)
+    assert cached(ex, DATA) == [ex.mm.system.pcid]
+    m, ex = ring0(machine_factory, b"\x48\xbb" + struct.pack("<Q", DATA) + b"\x48\x8b\x13"
+                  + CLEAR_WP)
+    ex.call_kernel(ROUTINE)
+    assert cached(ex, DATA) == []
