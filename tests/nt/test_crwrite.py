@@ -455,3 +455,22 @@ def test_a_mov_of_the_value_cr0_holds_drops_nothing_and_a_change_drops_everythin
                   + CLEAR_WP)
     ex.call_kernel(ROUTINE)
     assert cached(ex, DATA) == []
+
+
+def test_registers_under_emu_debug_show_cr0_wp_clear_after_the_mov_and_set_before_it():
+    """Break in WriteCr0, step onto its MOV, `registers cr0` (WP set), step over it (WP
+    clear), step back (set), step again (clear): the driver's write then lands."""
+    commands = ["break pecrwrite.sys!WriteCr0", "continue", "stepi 2", "registers cr0",
+                "stepi", "registers cr0", "reverse-stepi", "registers cr0", "stepi",
+                "registers cr0", "delete 1", "continue"]
+    done = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver", "pecrwrite",
+                           "devioctl", DEVICE, hex(WP)], input="\n".join(commands) + "\n",
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    wp_set = "cr0 = 0x80010033 (2147549235)  PG WP NE ET MP PE\n"
+    wp_clear = "cr0 = 0x80000033 (2147483699)  PG NE ET MP PE\n"
+    shown = [line + "\n" for line in out.splitlines() if line.startswith("cr0 = ")]
+    assert shown == [wp_set, wp_clear, wp_set, wp_clear]
+    assert "<pecrwrite.sys!WriteCr0+0x4>: mov cr0, rcx" in out
+    assert "WP clear 80000033: wrote 5ec0de to the read-only page at FFFFF80001003000" in out
