@@ -53,6 +53,7 @@ from unicorn.unicorn_py3.unicorn import UcContext
 
 from emu.hw import mmu
 from emu.hw.cr8 import Cr8
+from emu.hw.crwrite import CrWrite
 from emu.hw.faultaddr import decode, fault_address, memory_accesses
 from emu.hw.invlpg import Invlpg
 from emu.hw.memory import PhysicalMemory
@@ -336,6 +337,13 @@ _CR3_RESERVED = ((1 << 63) - 1) & ~((1 << mmu.MAXPHYADDR) - 1)   # bits MAXPHYAD
 _CODE_PAGES = 1024     # walks _code_page keeps (then it starts again)
 _PCIDE, _PGE, _LMA, _PG = (int(mmu.CR4.PCIDE), int(mmu.CR4.PGE), int(mmu.EFER.LMA),
                            int(mmu.CR0.PG))
+_PAE, _PE = int(mmu.CR4.PAE), int(mmu.CR0.PE)
+_NW, _CD = 1 << 29, 1 << 30                   # CR0.NW, CR0.CD (SDM Vol. 3A 2.5)
+# CR4 bits of features this CPU has (SDM Vol. 3A 2.5; Unicorn's Broadwell model): VME, PVI,
+# TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT (0-10), FSGSBASE (16), PCIDE (17),
+# OSXSAVE (18), SMEP (20), SMAP (21). Every other bit is reserved: UMIP, LA57, VMXE, SMXE,
+# bit 15, KL, PKE, CET, PKS and bits 25-63; setting one is #GP(0).
+CR4_RESERVED = ((1 << 64) - 1) & ~(0x7FF | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 20 | 1 << 21)
 
 
 class StopReason(enum.Enum):
@@ -392,6 +400,8 @@ class Cpu:
         self.native = NativeHooks(uc, self._fill, self._block_offsets)
         self.cr8 = Cr8(self)                     # the IRQL: guest CR8 moves made to work
         self.invlpg = Invlpg(self)               # guest INVLPGs made to reach the STLB
+        self.crwrite = CrWrite(self)             # guest MOVs to CR0/CR3/CR4 made to reach it
+        self._guest_controls = False             # one of those completed (see run)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
@@ -460,26 +470,13 @@ class Cpu:
         of other PCIDs: without CR4.PCIDE it drops PCID 0's, with it the new PCID's, and
         with bit 63 set (PCIDE only) none. QEMU's own TLB is not tagged by PCID: it is
         flushed on every load, and refills from the STLB without a walk."""
-        new_efer = self.efer if efer is None else efer
-        new_cr4 = self.cr4 if cr4 is None else cr4
-        new_cr0 = self.cr0 if cr0 is None else cr0
-        if cr4 is not None and new_cr4 & _PCIDE and not self.cr4 & _PCIDE:
-            # SDM Vol. 2B MOV CR4: #GP(0) setting PCIDE outside IA-32e mode, or while
-            # CR3[11:0] != 0 (the CR3 loaded so far: PCID 0 is the one CR3 then names).
-            if not new_efer & _LMA:
-                raise ControlRegisterFault("CR4.PCIDE set with IA32_EFER.LMA = 0")
-            if self._cr3_low:
-                raise ControlRegisterFault(f"CR4.PCIDE set with CR3[11:0] = "
-                                           f"{self._cr3_low:#x} (must be 0)")
-        if cr0 is not None and not new_cr0 & _PG and new_cr4 & _PCIDE:
-            raise ControlRegisterFault("CR0.PG cleared with CR4.PCIDE = 1")   # SDM MOV CR0
-        if cr3 is not None:
-            if cr3 & _CR3_RESERVED or (cr3 & CR3_NOFLUSH and not new_cr4 & _PCIDE):
-                raise ControlRegisterFault(f"reserved bit set in CR3 value {cr3:#x}")
+        self.check_control(cr0=cr0, cr3=cr3, cr4=cr4, efer=efer)
         if efer is not None:
             self.efer = efer
             self.uc.reg_write(ux.UC_X86_REG_MSR, (MSR_EFER, efer))
-        flush_all = efer is not None or cr0 is not None
+        # A change of CR0 (PG, WP: the rights the STLB keeps were decided with them) drops
+        # every translation; a MOV that writes the value CR0 holds changes nothing.
+        flush_all = efer is not None or (cr0 is not None and cr0 != self.cr0)
         if cr4 is not None:
             old4, self.cr4 = self.cr4, cr4
             self.set_reg("cr4", cr4)
@@ -497,6 +494,68 @@ class Cpu:
             self.flush_tlb()
         if cr3 is not None:
             self._load_cr3(cr3)
+
+    def check_control(self, *, cr0: int | None = None, cr3: int | None = None,
+                      cr4: int | None = None, efer: int | None = None) -> None:
+        """ControlRegisterFault (#GP(0)) if loading these values (EFER, CR4, CR0, CR3, the
+        others as they are) is one the SDM refuses (Vol. 2B, MOV - Move to/from Control
+        Registers, 64-bit mode exceptions); nothing is loaded either way."""
+        new_efer = self.efer if efer is None else efer
+        new_cr4 = self.cr4 if cr4 is None else cr4
+        new_cr0 = self.cr0 if cr0 is None else cr0
+        long_mode = new_efer & _LMA
+        if cr4 is not None:
+            # Reserved bits: those of no feature this CPU (a Broadwell) has (SDM Vol. 3A
+            # 2.5: setting one is #GP(0)); in IA-32e mode PAE may not be cleared.
+            if cr4 & CR4_RESERVED:
+                raise ControlRegisterFault(f"reserved bit set in CR4 value {cr4:#x} "
+                                           f"(bits {cr4 & CR4_RESERVED:#x})")
+            if long_mode and self.efer & _LMA and not cr4 & _PAE:
+                raise ControlRegisterFault("CR4.PAE cleared in IA-32e mode")
+        if cr4 is not None and new_cr4 & _PCIDE and not self.cr4 & _PCIDE:
+            # SDM Vol. 2B MOV CR4: #GP(0) setting PCIDE outside IA-32e mode, or while
+            # CR3[11:0] != 0 (the CR3 loaded so far: PCID 0 is the one CR3 then names).
+            if not long_mode:
+                raise ControlRegisterFault("CR4.PCIDE set with IA32_EFER.LMA = 0")
+            if self._cr3_low:
+                raise ControlRegisterFault(f"CR4.PCIDE set with CR3[11:0] = "
+                                           f"{self._cr3_low:#x} (must be 0)")
+        if cr0 is not None:
+            # SDM Vol. 2B MOV CR0: bits 63:32 are reserved; PG without PE and NW without CD
+            # are invalid combinations; PG may not be cleared with PCIDE set, nor (SDM Vol.
+            # 3A 9.8.5.4) while in IA-32e mode, which only compatibility mode may leave.
+            if cr0 >> 32:
+                raise ControlRegisterFault(f"reserved bit set in CR0 value {cr0:#x} "
+                                           "(bits 63:32)")
+            if cr0 & _PG and not cr0 & _PE:
+                raise ControlRegisterFault("CR0.PG set with CR0.PE = 0")
+            if cr0 & _NW and not cr0 & _CD:
+                raise ControlRegisterFault("CR0.NW set with CR0.CD = 0")
+            if not new_cr0 & _PG and new_cr4 & _PCIDE:
+                raise ControlRegisterFault("CR0.PG cleared with CR4.PCIDE = 1")
+            if not new_cr0 & _PG and self.cr0 & _PG and self.efer & _LMA and efer is None:
+                raise ControlRegisterFault("CR0.PG cleared in IA-32e mode")
+        if cr3 is not None:
+            if cr3 & _CR3_RESERVED or (cr3 & CR3_NOFLUSH and not new_cr4 & _PCIDE):
+                raise ControlRegisterFault(f"reserved bit set in CR3 value {cr3:#x}")
+
+    def guest_control(self, control: str, value: int) -> None:
+        """A MOV to ``control`` ("cr0", "cr3" or "cr4") of ``value``, executed by guest code,
+        completed (emu.hw.crwrite found it and ``check_control`` accepted it): Unicorn set
+        its own register; the CPU's copy takes it with the invalidations the executive's
+        own load makes (``set_control``), and Unicorn's register reads as the SDM says (CR3
+        without bit 63)."""
+        self._guest_controls = True
+        self.set_control(**{control: value})
+
+    def resync_control(self) -> None:
+        """Put Unicorn's CR0, CR3 and CR4 back to the CPU's own (a saved context restored
+        holds the values of its moment; a refused guest MOV that Unicorn made anyway)."""
+        names = ("cr0", "cr3", "cr4")
+        wanted = (self.cr0, self.cr3_value, self.cr4)
+        if self.regs(names) != wanted:
+            self.set_regs(names, wanted)
+            self.native.flush_qemu_tlb()
 
     def load_cr3(self, value: int) -> None:
         """MOV to CR3 alone: ``set_control(cr3=value)`` without the other registers' checks
@@ -666,6 +725,8 @@ class Cpu:
         cr8 = self.cr8.value
         self.uc.context_restore(self._clean_context)
         self.cr8.value = cr8
+        if self._guest_controls:
+            self.resync_control()
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     # -- running ---------------------------------------------------------------------------
@@ -696,6 +757,10 @@ class Cpu:
         self._fault = self._event = None
         self._stop_requested = False
         self.runs += 1
+        if self._guest_controls:
+            # A guest MOV changed CR0/CR3/CR4: a context the executive restored since (a
+            # thread's, the clean one) holds the registers of its moment in Unicorn.
+            self.resync_control()
         start = self.rip if begin is None else begin
         while True:
             try:
@@ -705,6 +770,7 @@ class Cpu:
             except UcError as err:
                 self._stop_requested |= self.cr8.settle()
                 self.invlpg.settle()
+                self.crwrite.settle()
                 if self._held is not None:
                     return RunResult(StopReason.EXCEPTION, self._take_held_fault())
                 exc = self._exception_from_error(err)
@@ -721,6 +787,7 @@ class Cpu:
             break
         self._stop_requested |= self.cr8.settle()
         self.invlpg.settle()
+        self.crwrite.settle()
         if self._held is not None:
             return RunResult(StopReason.EXCEPTION, self._take_held_fault())
         if self._event is not None:

@@ -71,6 +71,7 @@ def start(ex: DriverLoader, image: DriverImage) -> Driver:
                                     data=bytes(contents)))
     _watch_cr8_moves(ex, image)
     _watch_invlpgs(ex, image)
+    _watch_control_moves(ex, image)
     driver_object = ex.io.new_driver_object(image.base, image.end - image.base)
     registry = _registry_path(ex, image.name)
     driver = Driver(image, driver_object)
@@ -129,13 +130,27 @@ def _watch_invlpgs(ex: DriverLoader, image: DriverImage) -> None:
                               layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
 
 
+def _watch_control_moves(ex: DriverLoader, image: DriverImage) -> None:
+    """Let the CPU find the MOVs to CR0, CR3 and CR4 (emu.hw.crwrite) in the image's
+    executable pages, once, before any of its code runs, so that each reaches the CPU's own
+    registers (the walker's WP, SMEP and SMAP, the STLB's PCID) as the SDM says (Vol. 2B MOV
+    CR, Vol. 3A 4.10.4.1); code written at run time into executable pool or an executable
+    MDL view is decoded block by block as it runs."""
+    for va, code in _executable_runs(image):
+        ex.cpu.crwrite.watch(va, code)
+    ex.cpu.crwrite.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
+    ex.cpu.crwrite.watch_range(layout.KERNEL_SYSTEM_PTES,
+                               layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
+
+
 def _free_pages(ex: DriverLoader, pages) -> None:
     """Unmap the driver pages ``pages`` from the shared kernel half (each PTE zeroed and its
     translation invalidated, as INVLPG does) and give their frames back to the free list;
-    the CR8 moves and INVLPGs of code there are hooked no more."""
+    the CR8 moves, INVLPGs and control-register MOVs of code there are hooked no more."""
     for va in sorted(pages):
         ex.cpu.cr8.unwatch(va, va + layout.PAGE_SIZE)
         ex.cpu.invlpg.unwatch(va, va + layout.PAGE_SIZE)
+        ex.cpu.crwrite.unwatch(va, va + layout.PAGE_SIZE)
         pfn = ex.mm.system.unmap_page(va)
         if pfn is not None:
             ex.mm.pfn.release(pfn)
