@@ -39,7 +39,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from capstone import x86_const as cx
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, Uc
 from unicorn import x86_const as ux
 
@@ -76,6 +75,8 @@ class CrMove:
 
 def decode_move(va: int, code: bytes) -> CrMove | None:
     """The MOV to CR0/CR3/CR4 that starts ``code`` (at ``va``, 64-bit code), or None."""
+    from capstone import x86_const as cx  # imported by the first decode, not at start-up
+
     insn = decode(code, va)
     if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2:
         return None

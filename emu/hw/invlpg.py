@@ -43,7 +43,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from capstone import x86_const as cx
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, Uc
 
 from emu.hw.faultaddr import decode, disassembler
@@ -59,7 +58,6 @@ _MASK64 = (1 << 64) - 1
 _INVLPG = re.compile(rb"(?=[\x40-\x4f]?\x0f\x01[\x38-\x3f\x78-\x7f\xb8-\xbf])")
 # Legacy prefixes may come before it (SDM Vol. 2A 2.1.1): an instruction can start at any.
 _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
-_SEGMENTS = {cx.X86_REG_FS: "fs_base", cx.X86_REG_GS: "gs_base"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,8 @@ class InvlpgSite:
 
 def decode_invlpg(va: int, code: bytes) -> InvlpgSite | None:
     """The INVLPG that starts ``code`` (at ``va``, 64-bit code), or None if it is not one."""
+    from capstone import x86_const as cx  # imported by the first decode, not at start-up
+
     insn = decode(code, va)
     if insn is None or insn.mnemonic != "invlpg" or len(insn.operands) != 1:
         return None
@@ -111,7 +111,7 @@ def decode_invlpg(va: int, code: bytes) -> InvlpgSite | None:
     if index in ("riz", "eiz"):       # Capstone's name for a SIB byte without an index
         index = None
     return InvlpgSite(va, insn.size, base, index, mem.scale, mem.disp & _MASK64,
-                      _SEGMENTS.get(mem.segment),
+                      {cx.X86_REG_FS: "fs_base", cx.X86_REG_GS: "gs_base"}.get(mem.segment),
                       32 if 0x67 in insn.prefix else 64)
 
 
