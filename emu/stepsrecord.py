@@ -13,9 +13,10 @@ of the event, never worked out again afterwards:
   the faulting access (emu.hw.mmu: the entries as they were read when the CPU faulted), in
   the debugger's words (emu.debugger.walkview, as ``walk`` prints it).
 
-- ``space``: the address space of the step's process (null: no thread, or its page tables
+- ``space``: the address space of the step's process (the thread's; with no thread, the
+  process a ``process-create`` or ``process-exit`` names; null: none, or its page tables
   are gone) as the machine holds it at the event, read from its page tables in guest RAM
-  and its VAD tree, as a change since the previous step of the same process: ``pid``,
+  and its VAD tree, as a change since the previous step of the same process: ``pid``, ``name``,
   ``first`` (the first step of this process: ``ptes`` and ``runs`` are whole), ``ptes``
   (virtual page -> its leaf PTE's value now, valid or a software PTE, 0: none any more; only
   those that changed: a page mapped, unmapped, paged out, its frame, flags or A/D bits) and
@@ -104,6 +105,8 @@ class StepRecorder(EventLog):
         exc = d.get("exc")
         out["walk"] = _walk(ex, exc, out["pid"], self.target) if exc is not None and \
             exc.vector == Vector.PF else None
+        if proc is None and event in (Event.PROCESS_CREATE, Event.PROCESS_EXIT):
+            proc = d["process"]      # no thread: the space is the one of the process it names
         out["space"] = self._space(proc)
         return out
 
@@ -121,7 +124,7 @@ class StepRecorder(EventLog):
         runs = vad_runs(proc)
         changed_runs = first or runs != shadow.runs
         shadow.runs = runs
-        return {"pid": proc.pid, "first": first, "ptes": ptes,
+        return {"pid": proc.pid, "name": proc.name, "first": first, "ptes": ptes,
                 "runs": runs if changed_runs else None}
 
     def _symbol(self, rip: int, pid: int | None) -> str:

@@ -127,7 +127,7 @@ def render_step(step: dict[str, Any], index: int, count: int,
 <th>flags</th></tr></thead><tbody id="walk-rows">{walk_rows(walk)}</tbody></table>
 <pre id="walk-text">{html.escape(chr(10).join(walk["text"]) if walk else "")}</pre>
 <h3>The address space</h3>
-{space_html(space, step)}
+{space_html(space)}
 <p class="legend">Rows by address: a region (grey; as the address-space map names it), then
 its valid pages, each with its leaf PTE. Marked, against the process's previous step:
 <span class="added">mapped</span>, <span class="changed">changed</span> (the changed values in
@@ -236,6 +236,7 @@ class _Space:
         self.pages: dict[int, list[str]] = {}       # va -> page_cells
         self.regions: dict[int, list[str]] = {}     # start -> region_cells
         self.last = -1                              # its previous step's number
+        self.name = ""
 
 
 class SpaceTrack:
@@ -248,7 +249,8 @@ class SpaceTrack:
     def step(self, index: int, step: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         """Step ``index``'s JSON element (null: no address space; the pid alone: nothing
         changed since its previous step; else [pid, 1 on a first step else 0, pages that
-        changed as [va, cells or 0: gone], regions likewise as [start, cells or 0]]) and
+        changed as [va, cells or 0: gone], regions likewise as [start, cells or 0], and on
+        a first step the process's name]) and
         what ``space_rows`` needs to show it."""
         s = step.get("space")
         if s is None:
@@ -257,6 +259,7 @@ class SpaceTrack:
         if s["first"] or pid not in self.spaces:
             self.spaces[pid] = _Space()
         space = self.spaces[pid]
+        space.name = s["name"]
         first, previous = s["first"], space.last
         space.last = index
         pages: dict[int, list[str] | None] = {}
@@ -296,8 +299,9 @@ class SpaceTrack:
                 space.regions[start] = cells
         if not first and not pages and not regions:
             return pid, info
-        return [pid, int(first), [[va, c or 0] for va, c in sorted(pages.items())],
-                [[a, c or 0] for a, c in sorted(regions.items())]], info
+        shown = [pid, int(first), [[va, c or 0] for va, c in sorted(pages.items())],
+                 [[a, c or 0] for a, c in sorted(regions.items())]]
+        return (shown + [space.name] if first else shown), info
 
 
 def space_rows(info: dict[str, Any]) -> list[tuple[str, list[str], list[bool]]]:
@@ -327,13 +331,13 @@ def space_rows(info: dict[str, Any]) -> list[tuple[str, list[str], list[bool]]]:
     return [(cls, cells, diff) for _, _, cls, cells, diff in rows]
 
 
-def space_head(info: dict[str, Any] | None, step: dict[str, Any]) -> str:
+def space_head(info: dict[str, Any] | None) -> str:
     """One line over the diagram: whose space, its size, what changed since when."""
     if info is None:
         return "no address space at this step (no thread, or its page tables are freed)"
     space = info["space"]
     n, r = len(space.pages), len(space.regions)
-    who = (f'process {info["pid"]} "{step["name"]}": {n} valid page{"s" * (n != 1)} in '
+    who = (f'process {info["pid"]} "{space.name}": {n} valid page{"s" * (n != 1)} in '
            f'{r} region{"s" * (r != 1)}')
     if info["first"]:
         return f"{who}; its first step here: nothing to compare with"
@@ -348,7 +352,7 @@ def space_head(info: dict[str, Any] | None, step: dict[str, Any]) -> str:
             f"region{'s' * (len(regions) != 1)} changed")
 
 
-def space_html(info: dict[str, Any] | None, step: dict[str, Any]) -> str:
+def space_html(info: dict[str, Any] | None) -> str:
     """The diagram's head line and table body as HTML (the script writes the same)."""
     rows = []
     for cls, cells, diff in (space_rows(info) if info is not None else ()):
@@ -360,7 +364,7 @@ def space_html(info: dict[str, Any] | None, step: dict[str, Any]) -> str:
             tds = "".join(f"<td{_diff(d)}>{html.escape(c)}</td>"
                           for c, d in zip(cells, diff, strict=True))
         rows.append(f'<tr class="{cls}">{tds}</tr>')
-    return (f'<p id="space-head">{html.escape(space_head(info, step))}</p>\n'
+    return (f'<p id="space-head">{html.escape(space_head(info))}</p>\n'
             '<div class="space"><table id="space"><thead><tr>'
             + "".join(f"<th>{c}</th>" for c in SPACE_COLUMNS)
             + f'</tr></thead><tbody id="space-rows">{"".join(rows)}</tbody></table></div>')
@@ -376,7 +380,7 @@ def space_view(steps: list[dict[str, Any]], index: int) -> tuple[str, list]:
     info = None
     for i, step in enumerate(steps[:index + 1]):
         info = track.step(i, step)[1]
-    return space_head(info, steps[index]), space_rows(info) if info is not None else []
+    return space_head(info), space_rows(info) if info is not None else []
 
 
 def _safe(text: str) -> str:
@@ -484,7 +488,7 @@ function set(id,t){document.getElementById(id).textContent=t;}
 var SP=IDS.length+1,NCOL=""" + str(len(SPACE_COLUMNS)) + r""",cache={};
 function pidOf(x){return typeof x==="number"?x:x[0];}
 function apply(c,d,olds){
- if(d[1]){c.pages=new Map();c.regions=new Map();}
+ if(d[1]){c.pages=new Map();c.regions=new Map();c.name=d[4];}
  [["pages",2],["regions",3]].forEach(function(kv){var m=c[kv[0]];
   d[kv[1]].forEach(function(e){
    if(olds&&!olds[kv[0]].has(e[0])){olds[kv[0]].set(e[0],m.has(e[0])?m.get(e[0]):null);}
@@ -516,10 +520,10 @@ function spaceRows(c){
    rows.push([key,k[1],cls,cells,diff]);});});
  rows.sort(function(a,b){return a[0]-b[0]||a[1]-b[1];});
  return rows;}
-function spaceHead(c,s){
+function spaceHead(c,p){
  if(c===null){return "no address space at this step (no thread, or its page tables are freed)";}
  var n=c.pages.size,r=c.regions.size;
- var who="process "+s[2]+" \""+s[4]+"\": "+n+" valid page"+(n!==1?"s":"")+" in "+r+
+ var who="process "+p+" \""+c.name+"\": "+n+" valid page"+(n!==1?"s":"")+" in "+r+
   " region"+(r!==1?"s":"");
  if(c.first){return who+"; its first step here: nothing to compare with";}
  var added=0,removed=0,changed=0;
@@ -531,7 +535,7 @@ function spaceHead(c,s){
   " changed, "+removed+" unmapped; "+rc+" region"+(rc!==1?"s":"")+" changed";}
 function showSpace(i){
  var c=spaceAt(i),body=document.getElementById("space-rows");
- set("space-head",spaceHead(c,steps[i]));
+ set("space-head",spaceHead(c,c===null?null:pidOf(steps[i][SP])));
  while(body.firstChild){body.removeChild(body.firstChild);}
  if(c===null){return;}
  spaceRows(c).forEach(function(row){var tr=document.createElement("tr");tr.className=row[2];
