@@ -5,8 +5,11 @@ The page carries its steps as one JSON blob (``<script type="application/json"
 id="steps-data">``) and a small inline script that shows one step at a time; nothing is
 fetched (no external script, font or image: CSS, SVG and JS are inline). Without JavaScript
 the first step is shown as the page was written (``render_step``: the script fills in the
-same fields the same way) and the table of every step below it. docs/report.md,
-"Steppable pages", is this module in words.
+same fields the same way) and the table of every step below it. Each step's address
+space (SpaceTrack) is stored as what changed since its process's previous step; the script
+rebuilds the maps from those changes in order and marks what a step changed (space_rows
+is the same rule in Python, for the first step). docs/report.md, "Steppable pages", is
+this module in words.
 """
 
 from __future__ import annotations
