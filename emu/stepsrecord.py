@@ -39,7 +39,7 @@ from emu.hw.cpu import Vector
 from emu.hw.faultaddr import decode
 from emu.nt.events import Event
 from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE
-from emu.viz.addrmap import VadRun, vad_runs
+from emu.viz.addrmap import vad_runs
 
 if TYPE_CHECKING:
     from emu.machine import Machine
@@ -121,11 +121,13 @@ class StepRecorder(EventLog):
         if first:
             shadow = self._shadows[id(proc)] = SpaceShadow(proc.space)
         ptes = shadow.update(ex.mm.mem)
-        runs = vad_runs(proc)
-        changed_runs = first or runs != shadow.runs
-        shadow.runs = runs
+        # The VAD tree's runs as plain values (cheap to compare); named only when they change.
+        vads = [(r.start, r.end, r.state, r.protect) for v in getattr(proc, "vads", None) or ()
+                for r in getattr(v, "runs", ())]
+        changed_runs = first or vads != shadow.vads
+        shadow.vads = vads
         return {"pid": proc.pid, "name": proc.name, "first": first, "ptes": ptes,
-                "runs": runs if changed_runs else None}
+                "runs": vad_runs(proc) if changed_runs else None}
 
     def _symbol(self, rip: int, pid: int | None) -> str:
         """RIP as the debugger names it (emu.debugger.targetbase.Target.symbolize)."""
@@ -219,7 +221,7 @@ class SpaceShadow:
     def __init__(self, space) -> None:
         self.space = space
         self.ptes: dict[int, int] = {}
-        self.runs: list[VadRun] = []
+        self.vads: list[tuple[int, int, int, int]] = []     # the VAD runs last read
         self._leaves: dict[tuple[int, int], bytes] = {}     # (PT address, first VA) -> bytes
         self._uppers: dict[tuple[int, int, int], tuple[bytes, list[tuple[int, int]]]] = {}
 
@@ -275,7 +277,6 @@ class SpaceShadow:
     @staticmethod
     def _diff(base: int, old: bytes, new: bytes, changes: dict[int, int]) -> None:
         """The entries of one page table that differ between ``old`` and ``new``."""
-        before, after = _TABLE.unpack(old), _TABLE.unpack(new)
-        for i in range(512):
-            if before[i] != after[i]:
-                changes[base | i << 12] = after[i]
+        for i, (a, b) in enumerate(zip(_TABLE.unpack(old), _TABLE.unpack(new))):  # noqa: B905
+            if a != b:
+                changes[base | i << 12] = b
