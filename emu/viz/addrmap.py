@@ -74,7 +74,7 @@ class Page:
     accessed: bool        # PTE.A: the walker used this entry for a translation
     dirty: bool           # PTE.D: the page has been written
 
-    @property
+    @functools.cached_property    # a recorder's maps ask the same pages again (from_ptes)
     def protection(self) -> str:
         """The winnt.h name of this page's protection."""
         return _PROTECTION[(self.writable, self.executable)].name
