@@ -13,11 +13,22 @@ of the event, never worked out again afterwards:
   the faulting access (emu.hw.mmu: the entries as they were read when the CPU faulted), in
   the debugger's words (emu.debugger.walkview, as ``walk`` prints it).
 
+- ``space``: the address space of the step's process (the thread's; with no thread, the
+  process a ``process-create`` or ``process-exit`` names; null: none, or its page tables
+  are gone) as the machine holds it at the event, read from its page tables in guest RAM
+  and its VAD tree, as a change since the previous step of the same process: ``pid``, ``name``,
+  ``first`` (the first step of this process: ``ptes`` and ``runs`` are whole), ``ptes``
+  (virtual page -> its leaf PTE's value now, valid or a software PTE, 0: none any more; only
+  those that changed: a page mapped, unmapped, paged out, its frame, flags or A/D bits) and
+  ``runs`` (the VAD runs, emu.viz.addrmap.vad_runs, when they changed; else None).
+  emu.viz.addrmap.from_ptes makes the map (regions, pages) of them.
+
 Only the first ``MAX_STEPS`` events are kept; later ones are counted (``left_out``).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +38,8 @@ from emu.hw import mmu
 from emu.hw.cpu import Vector
 from emu.hw.faultaddr import decode
 from emu.nt.events import Event
+from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE
+from emu.viz.addrmap import vad_runs
 
 if TYPE_CHECKING:
     from emu.machine import Machine
@@ -48,6 +61,7 @@ class StepRecorder(EventLog):
         self.left_out = 0
         self.max_steps = max_steps
         self.target = None     # the debugger's view of the machine, for symbols (attach)
+        self._shadows: dict[int, SpaceShadow] = {}    # id(process) -> what was last read
         super().__init__(executive, sink if sink is not None else self.keep)
 
     @classmethod
@@ -91,7 +105,29 @@ class StepRecorder(EventLog):
         exc = d.get("exc")
         out["walk"] = _walk(ex, exc, out["pid"], self.target) if exc is not None and \
             exc.vector == Vector.PF else None
+        if proc is None and event in (Event.PROCESS_CREATE, Event.PROCESS_EXIT):
+            proc = d["process"]      # no thread: the space is the one of the process it names
+        out["space"] = self._space(proc)
         return out
+
+    def _space(self, proc) -> dict[str, Any] | None:
+        """``space`` of a step of ``proc`` (module docstring): what changed in its address
+        space since the recorder last read it, read now from guest RAM."""
+        ex = self.executive
+        if proc is None or proc.space not in ex.mm.spaces:
+            return None                  # no thread, or its page tables are freed
+        shadow = self._shadows.get(id(proc))
+        first = shadow is None or shadow.space is not proc.space
+        if first:
+            shadow = self._shadows[id(proc)] = SpaceShadow(proc.space)
+        ptes = shadow.update(ex.mm.mem)
+        # The VAD tree's runs as plain values (cheap to compare); named only when they change.
+        vads = [(r.start, r.end, r.state, r.protect) for v in getattr(proc, "vads", None) or ()
+                for r in getattr(v, "runs", ())]
+        changed_runs = first or vads != shadow.vads
+        shadow.vads = vads
+        return {"pid": proc.pid, "name": proc.name, "first": first, "ptes": ptes,
+                "runs": vad_runs(proc) if changed_runs else None}
 
     def _symbol(self, rip: int, pid: int | None) -> str:
         """RIP as the debugger names it (emu.debugger.targetbase.Target.symbolize)."""
@@ -108,7 +144,7 @@ def own_fields(step: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in step.items() if k not in COMMON and k not in _ADDED}
 
 
-_ADDED = ("name", "symbol", "insn", "walk")
+_ADDED = ("name", "symbol", "insn", "walk", "space")
 
 
 def _process(ex: Executive, pid: int | None):
@@ -167,3 +203,80 @@ def _named(steps: tuple[mmu.WalkStep, ...], reason: str) -> mmu.WalkStep | None:
                 f"in {s.name} " in reason:
             return s
     return None
+
+
+_TABLE = struct.Struct("<512Q")
+_EMPTY = bytes(PAGE_SIZE)
+_FRAME = 0x000F_FFFF_FFFF_F000     # an entry's bits 12..51: the next table or the frame
+_P, _PS = int(mmu.PTE.P), int(mmu.PTE.PS)
+
+
+class SpaceShadow:
+    """What the recorder last read of one address space's user half: the bytes of each of
+    its page tables and every nonzero leaf PTE by virtual page. Each update reads every
+    table again (4 KiB each, no copy of what did not change is parsed): the processor sets
+    A and D bits between any two events (SDM Vol. 3A §4.8), so no event is trusted to say
+    what changed."""
+
+    def __init__(self, space) -> None:
+        self.space = space
+        self.ptes: dict[int, int] = {}
+        self.vads: list[tuple[int, int, int, int]] = []     # the VAD runs last read
+        self._leaves: dict[tuple[int, int], bytes] = {}     # (PT address, first VA) -> bytes
+        self._uppers: dict[tuple[int, int, int], tuple[bytes, list[tuple[int, int]]]] = {}
+
+    def update(self, mem) -> dict[int, int]:
+        """Read the tables now: each virtual page whose leaf PTE changed -> its value now
+        (0: none). The first update returns every nonzero one."""
+        leaves: dict[tuple[int, int], bytes] = {}
+        uppers: dict[tuple[int, int, int], tuple[bytes, list[tuple[int, int]]]] = {}
+        self._upper(mem, self.space.cr3, 4, 0, range(KERNEL_PML4_FIRST), leaves, uppers)
+        self._uppers = uppers
+        changes: dict[int, int] = {}
+        # A table no longer in the tree first (its pages are gone), then each table read.
+        for key, old in self._leaves.items():
+            if key not in leaves:
+                self._diff(key[1], old, _EMPTY, changes)
+        for key, data in leaves.items():
+            old = self._leaves.get(key, _EMPTY)
+            if old != data:
+                self._diff(key[1], old, data, changes)
+        self._leaves = leaves
+        ptes = self.ptes
+        out = {}
+        for va, pte in changes.items():
+            if ptes.get(va, 0) != pte:
+                out[va] = pte
+                if pte:
+                    ptes[va] = pte
+                else:
+                    del ptes[va]
+        return out
+
+    def _upper(self, mem, table: int, level: int, base: int, slots: range,
+               leaves: dict, uppers: dict) -> None:
+        """Read the table at ``table`` (``level`` 4: PML4 ... 2: PD) and those below it."""
+        data = mem.read(table, PAGE_SIZE)
+        key = (table, level, base)
+        known = self._uppers.get(key)
+        if known is not None and known[0] == data:
+            children = known[1]
+        else:
+            entries = _TABLE.unpack(data)
+            shift = 12 + 9 * (level - 1)
+            # A present entry names the next table; a large page (PS) has none below it.
+            children = [(entries[i] & _FRAME, base | i << shift) for i in slots
+                        if entries[i] & _P and not entries[i] & _PS]
+        uppers[key] = (data, children)
+        for child, child_base in children:
+            if level == 2:
+                leaves[(child, child_base)] = mem.read(child, PAGE_SIZE)
+            else:
+                self._upper(mem, child, level - 1, child_base, range(512), leaves, uppers)
+
+    @staticmethod
+    def _diff(base: int, old: bytes, new: bytes, changes: dict[int, int]) -> None:
+        """The entries of one page table that differ between ``old`` and ``new``."""
+        for i, (a, b) in enumerate(zip(_TABLE.unpack(old), _TABLE.unpack(new))):  # noqa: B905
+            if a != b:
+                changes[base | i << 12] = b

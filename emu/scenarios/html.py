@@ -106,6 +106,23 @@ INTRODUCTION = (
 )
 
 
+# The index's word on the steppable pages (docs/report.md, "Steppable pages"), when the
+# acts have them (`emu scenario run --out DIR` records them).
+STEPPING = (
+    "Every act also has a steppable page (\"(step through)\" below, \"Step through this "
+    "run\" on a scenario's page): the act's run one event at a time, the same events "
+    "`emu scenario run --events` logs. At each step: the process, ring, IRQL and "
+    "instruction; the event's fields; a page fault's walk, level by level; the process's "
+    "address space as its page tables and VADs held it then (regions, valid pages and "
+    "their PTEs: frame, R/W, U/S, NX, A, D), with what changed since that process's "
+    "previous step marked (a page mapped, a PTE changed, a page gone); the cursor on the "
+    "act's timeline. Step with the Previous and Next buttons, the Left and Right arrow "
+    "keys (Home: the first step, End: the last) or the slider; add #step=N to a page's "
+    "address to open it at step N (steps count from 0). Without JavaScript a page shows "
+    "its first step and a table of every step."
+)
+
+
 def index(results: Sequence[ScenarioResult], files: Sequence[str]) -> str:
     """A page introducing the tour, then listing the scenarios played, their verdicts, and
     links to their pages."""
@@ -114,7 +131,9 @@ def index(results: Sequence[ScenarioResult], files: Sequence[str]) -> str:
         f"{escape(r.scenario.title)} "
         f'<span class="{"held" if r.ok else "failed"}">({"holds" if r.ok else "FAILED"})'
         f"</span>{_steps_link(r)}</li>" for r, f in zip(results, files, strict=True))
-    intro = [f'<p class="intro">{escape(text)}</p>' for text in INTRODUCTION]
+    stepped = any(r.acts and r.acts[0].steps is not None for r in results)
+    intro = [f'<p class="intro">{escape(text)}</p>'
+             for text in (*INTRODUCTION, *((STEPPING,) if stepped else ()))]
     held = sum(r.ok for r in results)
     return _document("emu tour", ["<h1>The tour: the seed's claims on a live machine</h1>",
                                   *intro, f"<h2>The scenarios: {held} of {len(results)} "

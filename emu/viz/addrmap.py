@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape  # xml.sax.saxutils would import urllib.request (and ssl)
 from itertools import pairwise
@@ -73,7 +74,7 @@ class Page:
     accessed: bool        # PTE.A: the walker used this entry for a translation
     dirty: bool           # PTE.D: the page has been written
 
-    @property
+    @functools.cached_property    # a recorder's maps ask the same pages again (from_ptes)
     def protection(self) -> str:
         """The winnt.h name of this page's protection."""
         return _PROTECTION[(self.writable, self.executable)].name
@@ -141,6 +142,26 @@ def capture(proc: Process, *, at_exit: bool = False, moment: int = 0) -> Process
     return ProcessMap(proc.pid, proc.name, pages, tuple(regions), at_exit, moment)
 
 
+def from_ptes(pid: int, name: str, ptes: dict[int, int], runs: Sequence[VadRun]) -> ProcessMap:
+    """The map ``capture`` takes, of a process whose user half's nonzero leaf PTEs (valid or
+    not, by virtual page) and VAD runs were read as ``ptes`` and ``runs`` (a recorder that
+    read them at an event: emu.stepsrecord): the same pages, regions and states."""
+    pages = tuple(_page_of(va, pte) for va, pte in sorted(ptes.items()) if pte & 1)  # P
+    regions = _committed_regions(pages) + _split_by_values(
+        _vad_only_regions(pages, list(runs)), ptes.get)
+    regions.sort(key=lambda r: r.start)
+    return ProcessMap(pid, name, pages, tuple(regions))
+
+
+_FRAME = 0x000F_FFFF_FFFF_F000     # a PTE's bits 12..51: its frame (SDM Vol. 3A Table 4-20)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _page_of(va: int, pte: int) -> Page:
+    """_page of a valid PTE's value (a recorder's maps repeat the same pages step after step)."""
+    return _page(Mapping(va, (pte & _FRAME) >> 12, pte))
+
+
 def _page(m: Mapping) -> Page:
     pte = m.pte
     return Page(m.va, m.pfn, bool(pte & PTE.RW), not pte & PTE.NX, bool(pte & PTE.US),
@@ -186,6 +207,11 @@ def _vad_only_regions(pages: Sequence[Page], runs: list[VadRun]) -> list[Region]
 def _split_by_pte(proc: Process, regions: list[Region]) -> list[Region]:
     """Committed pages without a valid PTE are demand zero, in transition or in the
     pagefile: their software PTEs (emu.nt.mm.softpte) say which."""
+    return _split_by_values(regions, proc.space.pte)
+
+
+def _split_by_values(regions: list[Region], pte_of: Callable[[int], int | None]) -> list[Region]:
+    """_split_by_pte with each page's PTE value given by ``pte_of`` (None: no page table)."""
     from emu.nt.mm.softpte import PteState, decode
 
     states = {PteState.TRANSITION: RegionState.TRANSITION,
@@ -197,7 +223,7 @@ def _split_by_pte(proc: Process, regions: list[Region]) -> list[Region]:
             continue
         start, state = region.start, None
         for va in range(region.start, region.end, PAGE_SIZE):
-            pte = proc.space.pte(va)
+            pte = pte_of(va)
             here = states.get(decode(pte).state, RegionState.DEMAND_ZERO) if pte else \
                 RegionState.DEMAND_ZERO
             if state is not None and here is not state:

@@ -306,7 +306,14 @@ def test_the_tour_writes_a_steppable_page_per_act_linked_from_its_page(apps, tmp
     assert links == [f"{name}-steps.html"] + [f"{name}-steps-{n}.html"
                                               for n in range(2, len(acts) + 1)]
     assert all((tmp_path / link).is_file() for link in links) and len(acts) == 3
-    assert f'href="{name}-steps.html">(step through)</a>' in (tmp_path / "index.html").read_text()
+    index = (tmp_path / "index.html").read_text()
+    assert f'href="{name}-steps.html">(step through)</a>' in index
+    # The index's introduction says what the steppable pages are and how to step them.
+    intro = html.unescape(" ".join(re.findall(r'<p class="intro">(.*?)</p>', index, re.S)))
+    assert "steppable page" in intro and index.rindex("class=\"intro\"") < index.index("<ul>")
+    for words in ("Previous and Next buttons", "Left and Right arrow keys", "Home", "End",
+                  "the slider", "#step=N", "address space", "marked", "Without JavaScript"):
+        assert words in intro, words
     records = [r for r in map(json.loads, log.read_text().splitlines()) if r["act"] == 1]
     report = browse(page, tmp_path, [["click", "next"]], name="tour")
     assert report["resources"] == []                  # nothing fetched
