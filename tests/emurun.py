@@ -1,7 +1,7 @@
 """``python -m emu ARGS`` as a command, run in a fork of the test process.
 
 A subprocess starts Python and imports emu, Unicorn and Capstone again for every run: about
-0.2 s of CPU, most of a short run's cost, paid some 200 times by the suite. A fork of the
+0.2 s of CPU, most of a short run's cost, paid by every command-line test. A fork of the
 test process has them imported already (about 0.03 s of CPU a run) and is still a process
 of its own: its own file descriptors 0-2 (stdin from ``input``, stdout and stderr captured),
 working folder, ``sys.argv``, exit status, signals and memory, so nothing it does reaches
