@@ -52,12 +52,15 @@ demo: all
 TEST_SEED ?= 0
 # The suite runs on every core (pytest-xdist): one worker process per core, each test file
 # kept whole on one worker (--dist loadscope: a module's shared machines and fixtures are
-# made once). TEST_WORKERS=0 runs it in this one process.
+# made once). The longest modules go first (tests/conftest.py, LONGEST_FIRST; xdist's own
+# order, by number of tests, is turned off) so both workers end together. TEST_WORKERS=0 runs
+# it in this one process.
 TEST_WORKERS ?= auto
 
 test: all
 	$(VENV)/bin/ruff check emu tests bench fuzz
-	$(PY) -m pytest -q --hypothesis-seed=$(TEST_SEED) -n $(TEST_WORKERS) --dist loadscope
+	$(PY) -m pytest -q --hypothesis-seed=$(TEST_SEED) -n $(TEST_WORKERS) --dist loadscope \
+		--no-loadscope-reorder
 
 conformance: all
 	$(PY) -m pytest -q -m conformance tests/hw

@@ -8,12 +8,19 @@ import re
 import subprocess
 import sys
 
+import emurun
 import pytest
 
 
 def emu(*args, cwd=None):
+    """``python -m emu ARGS``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu(*args, cwd=cwd, timeout=120)
+
+
+def emu_process(*args):
+    """``python -m emu ARGS`` in a subprocess: a fresh interpreter (its own hash seed)."""
     return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+                          text=True, timeout=120)
 
 
 def test_hello(apps):
@@ -129,7 +136,8 @@ def test_report_of_a_clean_run_is_deterministic(apps, tmp_path):
     reports = []
     for i in range(2):
         out = tmp_path / f"r{i}.json"
-        assert emu("run", "--max-insns", "1000000", "--report", out, apps / "hello").returncode == 0
+        assert emu_process("run", "--max-insns", "1000000", "--report", out,
+                           apps / "hello").returncode == 0
         reports.append(out.read_text())
     assert reports[0] == reports[1]
     assert json.loads(reports[0])["stats"]["instructions"] > 0
@@ -181,8 +189,8 @@ def test_same_command_same_output_and_report(apps, tmp_path):
     runs = []
     for i in range(2):
         out = tmp_path / f"r{i}.json"
-        r = emu("run", "--quantum", "5000", "--report", out, apps / "race", "--",
-                apps / "counter", "c", "3", "1000")
+        r = emu_process("run", "--quantum", "5000", "--report", out, apps / "race", "--",
+                        apps / "counter", "c", "3", "1000")
         runs.append((r.returncode, r.stdout, r.stderr, out.read_text()))
     assert runs[0] == runs[1]
 

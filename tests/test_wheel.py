@@ -42,6 +42,8 @@ def run(argv: list, **kwargs) -> subprocess.CompletedProcess:
                           timeout=600, **kwargs)
 
 
+# Over 5 s on this 2-core machine, once for the module: `python -m build` makes the sdist and
+# the wheel from it, then pip installs the wheel into a fresh virtual environment (venv).
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel, built from the checkout (its guests built by make all) as the README says:
@@ -197,6 +199,8 @@ def test_the_installed_emu_is_the_wheel_s(venv, no_compiler, tmp_path):
     assert guests.root() == ROOT / "guest"          # while the checkout's own is the checkout's
 
 
+# Over 5 s on this 2-core machine: the whole tour with its pages, from the installed wheel
+# in a fresh interpreter (nothing of the checkout's emu imported): that is the check.
 def test_the_tour_plays_from_the_wheel_without_a_compiler(venv, no_compiler, tmp_path):
     done = run([venv / "bin" / "emu", "scenario", "run", "--all", "--out", "tour"],
                env=no_compiler, cwd=tmp_path)

@@ -4,17 +4,18 @@ and analyze tests of tests/debugger."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+import emurun
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = ROOT / "guest" / "build" / "drivers"
 
 
 def emu(*args, stdin=None) -> subprocess.CompletedProcess:
-    """``python -m emu ARGS`` from the checkout, output captured."""
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, input=stdin, cwd=ROOT)
+    """``python -m emu ARGS`` from the checkout, output captured (in a fork of this process:
+    tests/emurun.py)."""
+    return emurun.emu(*args, input=stdin, cwd=ROOT, timeout=300)
 
 
 def machine_argv(drivers, commands) -> list:

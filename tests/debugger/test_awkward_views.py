@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 
+import emurun
 import pytest
 from state_harness import ROOT, machine, pause
 
@@ -27,8 +27,8 @@ VIEWS = ["x/4i $rip", "x/4gx $rsp", "x/s $rsp", "disas", "disas $rip 3", "bt", "
 
 
 def debug(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    """``emu debug ARGS`` with ``script`` on standard input, in a fork (tests/emurun.py)."""
+    return emurun.emu("debug", *args, input=script, cwd=ROOT, timeout=300)
 
 
 def assert_survives(out: str, err: str = "") -> None:

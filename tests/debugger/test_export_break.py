@@ -6,9 +6,9 @@ runs the export. Going back finds the stop again (the routine is one step of its
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 from emu.nt import exports, ntos  # noqa: F401 (ntos registers the exports)
@@ -79,9 +79,10 @@ def driver(tmp_path_factory, apps) -> Path:
 
 
 def debug(driver: Path, script: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emu", "debug", "--driver", str(driver),
-                           str(APPS / "devread"), "\\Device\\PeBp"], input=script,
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    """``emu debug`` of devread with ``driver``, ``script`` on standard input, in a fork
+    (tests/emurun.py)."""
+    return emurun.emu("debug", "--driver", driver, APPS / "devread", "\\Device\\PeBp",
+                      input=script, cwd=ROOT, timeout=120)
 
 
 def after(out: str, command: str) -> list[str]:

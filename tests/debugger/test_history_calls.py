@@ -169,6 +169,9 @@ ORACLE_CASES = {
 }
 
 
+# The first case of a scenario can take over 5 s on this 2-core machine (slow_neither's
+# DPC): the oracle runs the scenario with a hook on every instruction; the other cases of
+# the scenario share its run (_oracle is cached).
 @pytest.mark.parametrize(("scenario", "name"),
                          [(s, n) for s, names in ORACLE_CASES.items() for n in names])
 def test_the_answer_is_the_oracles(apps, scenario, name):

@@ -566,6 +566,8 @@ def test_going_back_hands_the_index_on_without_its_paused_machine(apps):
         late.format("the index to position 150000, re-executed from there"))
 
 
+# Over 5 s on this 2-core machine: its own oracle run (a Python page walk at every memory
+# access) over a run that pages in 2 MiB of RAM, then the query's run of the same.
 def test_the_pagers_page_ins_are_the_executives_writes(apps):
     """reread 2 in 2 MiB of RAM: its page at 0x13000 is written, pushed out to the
     pagefile and read back twice; each page-in is a row (the frame's old bytes -> the

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,9 +19,9 @@ CALLED = ("    (called by the executive: a driver routine (DriverEntry, dispatch
           "starts the kernel stack)")
 
 
-def debug(script: str, *args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, **kw)
+def debug(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``emu debug ARGS`` with ``script`` on standard input, in a fork (tests/emurun.py)."""
+    return emurun.emu("debug", *args, input=script, cwd=ROOT, timeout=120)
 
 
 def peseh(*args: str) -> tuple[str, ...]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 from test_session import recipe
 
 from emu.debugger.session import CatchKind, Session, StopReason
@@ -154,8 +153,7 @@ def test_random_stepi_and_reverse_stepi_land_exactly_with_the_one_by_one_state()
 
 
 def debug(script: str, *argv: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", *argv], input=script,
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = emurun.emu("debug", *argv, input=script, cwd=ROOT, timeout=300)     # in a fork
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 

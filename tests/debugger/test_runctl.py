@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
 import pytest
 from test_session import recipe, state
 
@@ -20,8 +21,8 @@ BADREAD_LINE = ('process 12 "badread" terminated: STATUS_ACCESS_VIOLATION (0xC00
 
 
 def debug(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
-                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    """``emu debug ARGS`` with ``script`` on standard input, in a fork (tests/emurun.py)."""
+    return emurun.emu("debug", *args, input=script, cwd=ROOT, timeout=180)
 
 
 def after(out: str, command: str) -> str:

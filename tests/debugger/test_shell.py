@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import emurun
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,9 +21,9 @@ DRIVERS = Path("guest") / "build" / "drivers"
 
 
 def debug(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    """``emu debug ARGS`` with ``script`` on standard input (batch mode)."""
-    return subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """``emu debug ARGS`` with ``script`` on standard input (batch mode), in a fork of this
+    process (tests/emurun.py)."""
+    return emurun.emu("debug", *args, input=script, cwd=ROOT, timeout=timeout)
 
 
 def lines(out: str) -> list[str]:
@@ -52,7 +53,8 @@ def test_batch_transcript_of_steps_and_breakpoints():
 def test_the_same_script_gives_the_same_output():
     script = "break main\nc\nni\nni\nsi 40\nrsi 20\nregs\nc\n"
     first = debug(script, str(APPS / "hello"), "x")
-    second = debug(script, str(APPS / "hello"), "x")
+    second = subprocess.run([sys.executable, "-m", "emu", "debug", str(APPS / "hello"), "x"],
+                            input=script, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert first.returncode == 0 and first.stdout == second.stdout
 
 

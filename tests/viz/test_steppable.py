@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scenarios"))
@@ -58,8 +59,14 @@ pre.textContent=JSON.stringify(out);document.body.appendChild(pre);})();</script
 
 
 def emu(*args, stdin=None):
+    """``python -m emu ARGS``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu(*args, input=stdin, cwd=ROOT, timeout=300)
+
+
+def emu_process(*args):
+    """``python -m emu ARGS`` in a subprocess: a fresh interpreter (its own hash seed)."""
     return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, input=stdin, cwd=ROOT)
+                          text=True, timeout=300, cwd=ROOT)
 
 
 def slow_neither(apps) -> list:
@@ -214,7 +221,7 @@ def test_without_javascript_the_first_step_and_the_table_show(run):
 def test_the_page_is_self_contained_and_the_same_every_run(run, apps):
     page, records, _, folder = run
     text = page.read_text()
-    again = emu("run", "--html", folder / "run.html", *slow_neither(apps))
+    again = emu_process("run", "--html", folder / "run.html", *slow_neither(apps))
     assert again.returncode == 0 and page.read_text() == text
     assert "https://" not in text and "http://" not in text.replace(
         "http://www.w3.org/2000/svg", "")
