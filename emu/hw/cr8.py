@@ -106,7 +106,9 @@ class Cr8(Sites[Cr8Move]):
     breakpoint there then stops after the move instead of before it.) Code written at run
     time is looked at instruction by instruction (a code hook over each watched range)."""
 
-    RUNTIME_HOOK = UC_HOOK_CODE
+    RUNTIME_HOOK = UC_HOOK_CODE                # run-time code: each instruction looked at
+    moves = Sites.sites                        # the CR8 moves hooked now, by address
+    find = staticmethod(find_moves)
 
     def __init__(self, cpu: Cpu) -> None:
         super().__init__(cpu)
@@ -125,15 +127,6 @@ class Cr8(Sites[Cr8Move]):
         if level & CR8_RESERVED:
             raise ValueError(f"CR8 is 4 bits wide (SDM Vol. 3A 10.8.6): {level:#x}")
         self._uc.reg_write(ux.UC_X86_REG_CR8, level)
-
-    @property
-    def moves(self) -> list[Cr8Move]:
-        """The CR8 moves hooked now, by address."""
-        return self.sites
-
-    def find(self, va: int, code: bytes) -> list[Cr8Move]:
-        """The CR8 moves of ``code`` at ``va``."""
-        return find_moves(va, code)
 
     def runtime_site(self, address: int, code: bytes) -> Cr8Move | None:
         """The CR8 move that is the instruction ``code`` at ``address``, or None."""

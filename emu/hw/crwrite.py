@@ -103,22 +103,13 @@ class CrWrite(Sites[CrMove]):
     """The guest MOVs to CR0/CR3/CR4 of one CPU: the hooks (emu.hw.sites) that make each
     one reach the CPU's own control registers (``Cpu.guest_control``) when it completes."""
 
+    moves = Sites.sites                        # the MOVs hooked now (loaded images), by address
+    find = staticmethod(find_moves)
+    block = staticmethod(block_move)
+
     def __init__(self, cpu: Cpu) -> None:
         super().__init__(cpu)
         self.completed = 0                         # guest MOVs made to reach the CPU
-
-    @property
-    def moves(self) -> list[CrMove]:
-        """The MOVs hooked now (found in loaded images), by address."""
-        return self.sites
-
-    def find(self, va: int, code: bytes) -> list[CrMove]:
-        """The MOVs to CR0/CR3/CR4 of ``code`` at ``va``."""
-        return find_moves(va, code)
-
-    def block(self, va: int, code: bytes) -> CrMove | None:
-        """The MOV to CR0/CR3/CR4 that ends the block ``code`` at ``va``, or None."""
-        return block_move(va, code)
 
     def begin(self, site: CrMove, exact: bool) -> tuple[CrMove, int | None] | None:
         """``exact``: the hook is on the MOV itself, so its value (the source register, as

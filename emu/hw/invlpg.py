@@ -132,17 +132,12 @@ class Invlpg(sites.Sites[InvlpgSite]):
     """The guest INVLPGs of one CPU: the hooks (emu.hw.sites) that make each one drop its
     page from the STLB when it completes (``Cpu.guest_invlpg``)."""
 
+    find = staticmethod(find_sites)
+    block = staticmethod(block_invlpg)
+
     def __init__(self, cpu: Cpu) -> None:
         super().__init__(cpu)
         self.completed = 0                         # guest INVLPGs made to reach the STLB
-
-    def find(self, va: int, code: bytes) -> list[InvlpgSite]:
-        """The INVLPGs of ``code`` at ``va``."""
-        return find_sites(va, code)
-
-    def block(self, va: int, code: bytes) -> InvlpgSite | None:
-        """The INVLPG that ends the block ``code`` at ``va``, or None."""
-        return block_invlpg(va, code)
 
     def complete(self, site: InvlpgSite, _state: None) -> bool:
         """The INVLPG completed: the STLB drops its page (registers are as the INVLPG saw
