@@ -22,6 +22,8 @@ Code written at run time (a driver's copy into executable pool) has no load-time
 looked at as it runs (its bytes read through the page tables, a CR8 move confirmed by
 decoding) and made to work the same way. Unicorn emits a range hook's call only into the
 code it translates inside the range, so code that never runs there pays nothing.
+The table of moves, their hooks, the ranges and ``settle`` are emu.hw.sites' (shared with
+emu.hw.invlpg and emu.hw.crwrite); this module says what a CR8 move is and does.
 """
 
 from __future__ import annotations
@@ -31,16 +33,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_CODE, Uc
+from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as ux
 
 from emu.hw.faultaddr import decode
+from emu.hw.sites import Sites, find_sites
 
 if TYPE_CHECKING:
     from emu.hw.cpu import Cpu
 
 CR8_RESERVED = ~0xF & 0xFFFF_FFFF_FFFF_FFFF    # bits 63:4 (SDM Vol. 3A 10.8.6)
-MAX_INSTRUCTION = 15                           # bytes (SDM Vol. 2A 2.3.11)
 # REX with REX.R (0x44-0x47, 0x4C-0x4F: it selects CR8 rather than CR0), 0F 20 (MOV r64,
 # CRn) or 0F 22 (MOV CRn, r64), then a ModRM whose reg field is 0 (CR0 + REX.R = CR8; the
 # mod field is ignored, SDM Vol. 2B). The scan looks for these bytes; capstone confirms.
@@ -49,9 +51,6 @@ _CR8_MOVE = re.compile(rb"(?=[\x44-\x47\x4c-\x4f]\x0f[\x20\x22][\x00-\x07\x40-\x
 # The same, at the start of one instruction (after any legacy prefixes): the run-time check.
 _CR8_MOVE_AT_START = re.compile(rb"[\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3]*"
                                 rb"[\x44-\x47\x4c-\x4f]\x0f[\x20\x22]")
-# Legacy prefixes may come before the REX byte (SDM Vol. 2A 2.1.1): an instruction can start
-# at any of them.
-_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
 
 
 @dataclass(frozen=True)
@@ -63,21 +62,16 @@ class Cr8Move:
     write: bool                 # True: mov cr8, reg; False: mov reg, cr8
     register: int               # the UC_X86_REG_* of the general-purpose register
 
+    @property
+    def end(self) -> int:
+        """The address of the instruction after it."""
+        return self.address + self.size
+
 
 def find_moves(va: int, code: bytes) -> list[Cr8Move]:
     """Every instruction start in ``code`` (loaded at ``va``) that is a MOV to or from CR8,
     found by its bytes and confirmed by decoding it (any start, prefixes included)."""
-    moves: dict[int, Cr8Move] = {}
-    for match in _CR8_MOVE.finditer(code):
-        start = match.start()
-        first = start
-        while first > 0 and start - first < MAX_INSTRUCTION - 4 and code[first - 1] in _PREFIXES:
-            first -= 1
-        for at in range(first, start + 1):
-            move = _decode_move(va + at, code[at:at + MAX_INSTRUCTION])
-            if move is not None:
-                moves[move.address] = move
-    return sorted(moves.values(), key=lambda m: m.address)
+    return find_sites(va, code, _CR8_MOVE, _decode_move, 4)
 
 
 def _decode_move(va: int, code: bytes) -> Cr8Move | None:
@@ -97,27 +91,27 @@ def _decode_move(va: int, code: bytes) -> Cr8Move | None:
     return Cr8Move(va, insn.size, write, getattr(ux, f"UC_X86_REG_{gpr.upper()}"))
 
 
-class Cr8:
+class Cr8(Sites[Cr8Move]):
     """CR8 of one CPU: its value (the register Unicorn keeps) and the hooks that make guest
     ``mov`` to and from it work.
 
-    Each CR8 move is hooked at its own address and at the instruction boundary after it.
-    The first hook notes that the move is executing (Unicorn then runs it: a dropped write,
-    or a read that loads 0); the second, before the next instruction, completes it: the
-    write reaches CR8, or the read's register gets CR8. So a stop before the move (a
-    breakpoint, the budget's end) leaves everything as it was, and one after it sees it
-    done. A run that ends at that boundary completes it in ``settle``. (Stepping over the
-    move by writing RIP from its hook would not do: measured on Unicorn 2.1.4, the hooks
-    registered after it for the same instruction still run, and a debugger's breakpoint
-    there then stops after the move instead of before it.)"""
+    Each CR8 move is hooked at its own address and at the instruction boundary after it
+    (emu.hw.sites). The first hook notes that the move is executing (Unicorn then runs it:
+    a dropped write, or a read that loads 0); the second, before the next instruction,
+    completes it: the write reaches CR8, or the read's register gets CR8. So a stop before
+    the move (a breakpoint, the budget's end) leaves everything as it was, and one after it
+    sees it done. A run that ends at that boundary completes it in ``settle``. (Stepping
+    over the move by writing RIP from its hook would not do: measured on Unicorn 2.1.4, the
+    hooks registered after it for the same instruction still run, and a debugger's
+    breakpoint there then stops after the move instead of before it.) Code written at run
+    time is looked at instruction by instruction (a code hook over each watched range)."""
+
+    RUNTIME_HOOK = UC_HOOK_CODE                # run-time code: each instruction looked at
+    moves = Sites.sites                        # the CR8 moves hooked now, by address
+    find = staticmethod(find_moves)
 
     def __init__(self, cpu: Cpu) -> None:
-        self._cpu = cpu
-        self._uc: Uc = cpu.uc
-        self._moves: dict[int, Cr8Move] = {}
-        self._hooks: dict[int, int] = {}           # hooked address -> Unicorn hook handle
-        self._executing: Cr8Move | None = None     # the move between its two hooks
-        self._ranges: set[tuple[int, int]] = set()  # watched run-time code (watch_range)
+        super().__init__(cpu)
         # Called after a guest write changed CR8, with (old, new): True asks the CPU to
         # stop at the boundary after the write (the executive has interrupts or DPCs to
         # deliver now).
@@ -134,98 +128,27 @@ class Cr8:
             raise ValueError(f"CR8 is 4 bits wide (SDM Vol. 3A 10.8.6): {level:#x}")
         self._uc.reg_write(ux.UC_X86_REG_CR8, level)
 
-    @property
-    def moves(self) -> list[Cr8Move]:
-        """The CR8 moves hooked now, by address."""
-        return [self._moves[a] for a in sorted(self._moves)]
+    def runtime_site(self, address: int, code: bytes) -> Cr8Move | None:
+        """The CR8 move that is the instruction ``code`` at ``address``, or None."""
+        return _decode_move(address, code) if _CR8_MOVE_AT_START.match(code) else None
 
-    def watch(self, va: int, code: bytes) -> list[Cr8Move]:
-        """Hook the CR8 moves of ``code``, executable and loaded at ``va``; translated code
-        is flushed so that no block translated before runs without its hooks."""
-        found = [m for m in find_moves(va, code) if m.address not in self._moves]
-        for move in found:
-            self._moves[move.address] = move
-        self._rehook()
-        if found:
-            self._cpu.flush_translated_code()
-        return found
+    def begin(self, site: Cr8Move, exact: bool) -> tuple[Cr8Move, None] | None:
+        """A MOV to CR8 that sets a bit of 63:4 is #GP(0) at it, CR8 unchanged (SDM Vol. 2B,
+        MOV CR); any other move is noted as executing."""
+        value = self._uc.reg_read(site.register)
+        if site.write and value & CR8_RESERVED:
+            from emu.hw.cpu import CpuException, Vector
+            self._cpu.raise_fault(CpuException(Vector.GP, site.address, 0, reason=(
+                f"#GP(0): mov cr8 with {value:#x}, and CR8 bits 63:4 are reserved")))
+            return None
+        return (site, None)
 
-    def watch_range(self, start: int, end: int) -> None:
-        """Look at each instruction run in [start, end) as it runs (code written there at
-        run time, such as executable pool): a CR8 move there works as one found at load
-        time. Call it before any code runs there (Unicorn hooks only the code it translates
-        afterwards)."""
-        if (start, end) in self._ranges:
-            return
-        self._ranges.add((start, end))
-        self._uc.hook_add(UC_HOOK_CODE, self._on_runtime_code, None, start, end - 1)
-
-    def unwatch(self, start: int, end: int) -> None:
-        """Forget the CR8 moves that start in [start, end): that code is gone."""
-        gone = [a for a in self._moves if start <= a < end]
-        for address in gone:
-            del self._moves[address]
-        if gone:
-            self._rehook()
-
-    def _rehook(self) -> None:
-        """One code hook on each move and on each boundary after one, and on nothing else."""
-        wanted = set(self._moves) | {m.address + m.size for m in self._moves.values()}
-        for address in set(self._hooks) - wanted:
-            self._uc.hook_del(self._hooks.pop(address))
-        for address in sorted(wanted - set(self._hooks)):
-            self._hooks[address] = self._uc.hook_add(UC_HOOK_CODE, self._on_boundary, None,
-                                                     address, address)
-
-    def settle(self) -> bool:
-        """After a run: complete a move the run ended right after; True when that write
-        asks for the executive (see ``on_write``)."""
-        move, self._executing = self._executing, None
-        if move is None or self._cpu.rip != move.address + move.size:
-            return False                 # the run ended before the move ran: it runs again
-        return self._complete(move)
-
-    def _complete(self, move: Cr8Move) -> bool:
+    def complete(self, site: Cr8Move, _state: None) -> bool:
         """The move's effect (SDM Vol. 2B, MOV): CR8 written, or the register loaded with
         CR8 zero-extended; True when a write asks for the executive."""
-        if not move.write:
-            self._uc.reg_write(move.register, self.value)
+        if not site.write:
+            self._uc.reg_write(site.register, self.value)
             return False
-        old, new = self.value, self._uc.reg_read(move.register)
+        old, new = self.value, self._uc.reg_read(site.register)
         self.value = new
         return self.on_write is not None and self.on_write(old, new)
-
-    def _on_boundary(self, uc: Uc, address: int, _size: int, _data) -> None:
-        """UC_HOOK_CODE before a CR8 move, or before the instruction after one."""
-        self._boundary(uc, address, self._moves.get(address))
-
-    def _on_runtime_code(self, uc: Uc, address: int, size: int, _data) -> None:
-        """UC_HOOK_CODE before each instruction of a watched range: is it a CR8 move (its
-        bytes now, whatever was there before)?"""
-        if self._cpu.held_fault:
-            return
-        move = None
-        code = self._cpu.read_code(address, size)
-        if _CR8_MOVE_AT_START.match(code):
-            move = _decode_move(address, code)
-        self._boundary(uc, address, move)
-
-    def _boundary(self, uc: Uc, address: int, move: Cr8Move | None) -> None:
-        """At an instruction boundary: complete the move that just ran, then, if ``move``
-        (the instruction about to run) is one, note that it is executing."""
-        cpu = self._cpu
-        if cpu.held_fault:
-            return
-        done, self._executing = self._executing, None
-        if done is not None and done.address + done.size == address and self._complete(done):
-            cpu.stop()                   # the executive delivers what the write unmasked
-            return
-        if move is None or cpu.cpl != 0:
-            return                       # a ring-3 `mov cr8` is Unicorn's own #GP(0)
-        if move.write and uc.reg_read(move.register) & CR8_RESERVED:
-            from emu.hw.cpu import CpuException, Vector
-            cpu.raise_fault(CpuException(Vector.GP, address, 0, reason=(
-                f"#GP(0): mov cr8 with {uc.reg_read(move.register):#x}, and CR8 bits 63:4 "
-                "are reserved")))
-            return
-        self._executing = move

@@ -9,8 +9,8 @@ QEMU's register only: the machine's copies (``Cpu.cr0``/``cr3``/``cr4``, which t
 walker, the STLB's PCID tags and its cached rights use) would never see it, and QEMU keeps
 bit 63 in CR3 and sets reserved CR4 bits without a fault (measured, Unicorn 2.1.4). So the
 machine finds guest MOVs to CR0/CR3/CR4 and makes them with ``Cpu.check_control`` and
-``Cpu.guest_control`` (the executive's own ``set_control`` rules), exactly as emu.hw.invlpg
-finds INVLPGs:
+``Cpu.guest_control`` (the executive's own ``set_control`` rules), with the mechanism
+emu.hw.invlpg uses for INVLPGs (emu.hw.sites: this module says what such a MOV is and does):
 
 * **Code in driver images** (``watch``, at load time): the executable pages of each image
   are scanned once for the bytes of MOV CRn, r64 (0F 22 /r, n = 0, 3 or 4, no REX.R), each
@@ -39,22 +39,20 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, Uc
 from unicorn import x86_const as ux
 
-from emu.hw.faultaddr import decode, disassembler
+from emu.hw.faultaddr import decode
+from emu.hw.sites import Sites, block_site, find_sites
 
 if TYPE_CHECKING:
     from emu.hw.cpu import Cpu
 
-MAX_INSTRUCTION = 15                           # bytes (SDM Vol. 2A 2.3.11)
 CONTROL_REGISTERS = ("cr0", "cr3", "cr4")
 # An optional REX byte without REX.R (0x40-0x43, 0x48-0x4B: REX.R would name CR8-CR15),
 # 0F 22 (MOV CRn, r64), then a ModRM whose reg field is 0, 3 or 4 (the mod field is
 # ignored: SDM Vol. 2B, MOV CR). The scan looks for these bytes; capstone confirms.
 _MODRM = bytes(m for m in range(256) if (m >> 3) & 7 in (0, 3, 4))
 _MOV_CR = re.compile(rb"(?=[\x40-\x43\x48-\x4b]?\x0f\x22[" + re.escape(_MODRM) + rb"])")
-_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
 
 
 @dataclass(frozen=True)
@@ -92,158 +90,63 @@ def decode_move(va: int, code: bytes) -> CrMove | None:
 def find_moves(va: int, code: bytes) -> list[CrMove]:
     """Every instruction start in ``code`` (loaded at ``va``) that is a MOV to CR0, CR3 or
     CR4, found by its bytes and confirmed by decoding it (any start, prefixes included)."""
-    moves: dict[int, CrMove] = {}
-    for match in _MOV_CR.finditer(code):
-        start = match.start()
-        first = start
-        while first > 0 and start - first < MAX_INSTRUCTION - 4 and code[first - 1] in _PREFIXES:
-            first -= 1
-        for at in range(first, start + 1):
-            move = decode_move(va + at, code[at:at + MAX_INSTRUCTION])
-            if move is not None:
-                moves[move.address] = move
-    return sorted(moves.values(), key=lambda m: m.address)
+    return find_sites(va, code, _MOV_CR, decode_move, 4)
 
 
 def block_move(va: int, code: bytes) -> CrMove | None:
     """The MOV to CR0/CR3/CR4 that ends the translated block ``code`` at ``va``, or None
     (QEMU ends a block after each such MOV, so it can only be the last instruction)."""
-    last = None
-    for offset, _size, mnemonic, _ops in disassembler(64).disasm_lite(code, 0):
-        last = (offset, mnemonic)
-    if last is None or last[1] != "mov":
-        return None
-    move = decode_move(va + last[0], code[last[0]:])
-    return move if move is not None and move.end == va + len(code) else None
+    return block_site(va, code, "mov", decode_move)
 
 
-class CrWrite:
-    """The guest MOVs to CR0/CR3/CR4 of one CPU: the hooks that make each one reach the
-    CPU's own control registers (``Cpu.guest_control``) when it completes."""
+class CrWrite(Sites[CrMove]):
+    """The guest MOVs to CR0/CR3/CR4 of one CPU: the hooks (emu.hw.sites) that make each
+    one reach the CPU's own control registers (``Cpu.guest_control``) when it completes."""
+
+    moves = Sites.sites                        # the MOVs hooked now (loaded images), by address
+    find = staticmethod(find_moves)
+    block = staticmethod(block_move)
 
     def __init__(self, cpu: Cpu) -> None:
-        self._cpu = cpu
-        self._uc: Uc = cpu.uc
-        self._moves: dict[int, CrMove] = {}
-        self._hooks: dict[int, int] = {}          # hooked address -> Unicorn hook handle
-        self._executing: tuple[CrMove, int] | None = None   # the MOV and its value
-        self._ranges: dict[tuple[int, int], int] = {}   # watched run-time code -> its hook
-        self._blocks: dict[tuple[int, bytes], CrMove | None] = {}   # decoded blocks
+        super().__init__(cpu)
         self.completed = 0                         # guest MOVs made to reach the CPU
 
-    @property
-    def moves(self) -> list[CrMove]:
-        """The MOVs hooked now (found in loaded images), by address."""
-        return [self._moves[a] for a in sorted(self._moves)]
+    def begin(self, site: CrMove, exact: bool) -> tuple[CrMove, int | None] | None:
+        """``exact``: the hook is on the MOV itself, so its value (the source register, as
+        the MOV will see it) is known and checked now (SDM Vol. 2B MOV CR: #GP(0), nothing
+        changed, for a value refused); at a block's entry it is read and checked when the
+        MOV completes."""
+        from emu.hw.cpu import ControlRegisterFault, CpuException, Vector
 
-    def watch(self, va: int, code: bytes) -> list[CrMove]:
-        """Hook the MOVs to CR0/CR3/CR4 of ``code``, executable and loaded at ``va``;
-        translated code is flushed so that no block translated before runs without them."""
-        found = [m for m in find_moves(va, code) if m.address not in self._moves]
-        for move in found:
-            self._moves[move.address] = move
-        self._rehook()
-        if found:
-            self._cpu.flush_translated_code()
-        return found
+        if not exact:
+            return (site, None)
+        value = self._uc.reg_read(site.source)
+        try:
+            self._cpu.check_control(**{site.control: value})
+        except ControlRegisterFault as fault:
+            self._cpu.raise_fault(CpuException(Vector.GP, site.address, 0,
+                                               reason=f"{fault} (mov {site.control})"))
+            return None
+        return (site, value)
 
-    def unwatch(self, start: int, end: int) -> None:
-        """Forget the MOVs that start in [start, end): that code is gone."""
-        gone = [a for a in self._moves if start <= a < end]
-        for address in gone:
-            del self._moves[address]
-        if gone:
-            self._rehook()
-
-    def watch_range(self, start: int, end: int) -> None:
-        """Decode each block run in [start, end) (code written there at run time): a MOV
-        to CR0/CR3/CR4 there reaches the CPU as one found at load time does. Call it before
-        any code runs there (Unicorn hooks only the code it translates afterwards)."""
-        if (start, end) in self._ranges:
-            return
-        self._ranges[(start, end)] = self._uc.hook_add(UC_HOOK_BLOCK, self._on_block, None,
-                                                       start, end - 1)
-
-    def _rehook(self) -> None:
-        """One code hook on each MOV and on each boundary after one, and on nothing else."""
-        wanted = set(self._moves) | {m.end for m in self._moves.values()}
-        for address in set(self._hooks) - wanted:
-            self._uc.hook_del(self._hooks.pop(address))
-        for address in sorted(wanted - set(self._hooks)):
-            self._hooks[address] = self._uc.hook_add(UC_HOOK_CODE, self._on_boundary, None,
-                                                     address, address)
-
-    def settle(self) -> None:
-        """After a run: complete a MOV the run ended right after (RIP at its end); one the
-        run stopped before is forgotten (it runs again)."""
-        executing, self._executing = self._executing, None
-        if executing is not None and self._cpu.rip == executing[0].end:
-            self._complete(*executing)
-
-    def _complete(self, move: CrMove, value: int | None) -> None:
+    def complete(self, site: CrMove, value: int | None) -> bool:
         """The MOV completed: the CPU's register takes the value. ``value`` None: a MOV in
         run-time code, whose value is read now (a MOV to a control register writes no
         general-purpose register) and checked now; refused, it is #GP(0) at the MOV with
-        QEMU's registers put back as they were."""
+        QEMU's registers put back as they were. Never a stop."""
         from emu.hw.cpu import ControlRegisterFault, CpuException, Vector
 
         cpu = self._cpu
         if value is None:
-            value = self._uc.reg_read(move.source)
+            value = self._uc.reg_read(site.source)
             try:
-                cpu.check_control(**{move.control: value})
+                cpu.check_control(**{site.control: value})
             except ControlRegisterFault as fault:
                 cpu.resync_control()
-                cpu.set_reg("rip", move.address)
-                cpu.raise_fault(CpuException(Vector.GP, move.address, 0,
-                                             reason=f"{fault} (mov {move.control})"))
-                return
+                cpu.set_reg("rip", site.address)
+                cpu.raise_fault(CpuException(Vector.GP, site.address, 0,
+                                             reason=f"{fault} (mov {site.control})"))
+                return False
         self.completed += 1
-        cpu.guest_control(move.control, value)
-
-    def _on_boundary(self, uc: Uc, address: int, _size: int, _data) -> None:
-        """UC_HOOK_CODE before a MOV, or before the instruction after one."""
-        self._boundary(address, self._moves.get(address), True)
-
-    def _on_block(self, uc: Uc, address: int, size: int, _data) -> None:
-        """UC_HOOK_BLOCK at the entry of a block of a watched range: does it end in a MOV
-        to CR0/CR3/CR4 (its bytes now, whatever was there before)?"""
-        cpu = self._cpu
-        if cpu.held_fault:
-            return
-        code = cpu.read_code(address, size)
-        key = (address, code)
-        if key not in self._blocks:
-            if len(self._blocks) >= 4096:
-                self._blocks.clear()
-            self._blocks[key] = block_move(address, code) if len(code) == size else None
-        self._boundary(address, self._blocks[key], False)
-
-    def _boundary(self, address: int, move: CrMove | None, exact: bool) -> None:
-        """At an instruction (or block) boundary: complete the MOV that just ran, then, if
-        ``move`` is one about to run at ring 0, note that it is executing; ``exact``: the
-        hook is on the MOV itself, so its value is known and checked now (SDM Vol. 2B MOV
-        CR: #GP(0), nothing changed, for a value refused)."""
-        from emu.hw.cpu import ControlRegisterFault, CpuException, Vector
-
-        cpu = self._cpu
-        if cpu.held_fault:
-            return
-        done, self._executing = self._executing, None
-        if done is not None and done[0].end == address:
-            self._complete(*done)
-            if cpu.held_fault:
-                return
-        if move is None or cpu.cpl != 0:
-            return                          # at CPL 3 it is Unicorn's own #GP(0)
-        if not exact:
-            self._executing = (move, None)
-            return
-        value = self._uc.reg_read(move.source)
-        try:
-            cpu.check_control(**{move.control: value})
-        except ControlRegisterFault as fault:
-            cpu.raise_fault(CpuException(Vector.GP, address, 0,
-                                         reason=f"{fault} (mov {move.control})"))
-            return
-        self._executing = (move, value)
+        cpu.guest_control(site.control, value)
+        return False

@@ -35,6 +35,9 @@ itself (STATUS_PRIVILEGED_INSTRUCTION for the process): nothing is hooked at rin
 Not covered: ring-0 code that is neither in a driver image nor in those ranges (the
 executive maps none that runs INVLPG), and an INVLPG written over code after its image was
 scanned (a driver patching its own image: the rewritten bytes are not scanned again).
+
+The table of sites, their hooks, the ranges and ``settle`` are emu.hw.sites' (shared with
+emu.hw.cr8 and emu.hw.crwrite); this module says what an INVLPG is and does.
 """
 
 from __future__ import annotations
@@ -43,21 +46,19 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, Uc
-
-from emu.hw.faultaddr import decode, disassembler
+from emu.hw import sites
+from emu.hw.faultaddr import decode
 
 if TYPE_CHECKING:
     from emu.hw.cpu import Cpu
 
-MAX_INSTRUCTION = 15                           # bytes (SDM Vol. 2A 2.3.11)
 _MASK64 = (1 << 64) - 1
 # An optional REX byte, then 0F 01 and a ModRM whose reg field is 7 and whose mod field is
 # not 11 (mod 11 with reg 7 is SWAPGS or RDTSCP: SDM Vol. 2A, Table A-6, group 7). The scan
 # looks for these bytes; capstone confirms.
 _INVLPG = re.compile(rb"(?=[\x40-\x4f]?\x0f\x01[\x38-\x3f\x78-\x7f\xb8-\xbf])")
-# Legacy prefixes may come before it (SDM Vol. 2A 2.1.1): an instruction can start at any.
-_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+# Legacy prefixes may come before it (SDM Vol. 2A 2.1.1): an instruction can start at any
+# of them (emu.hw.sites.PREFIXES).
 
 
 @dataclass(frozen=True)
@@ -118,126 +119,29 @@ def decode_invlpg(va: int, code: bytes) -> InvlpgSite | None:
 def find_sites(va: int, code: bytes) -> list[InvlpgSite]:
     """Every instruction start in ``code`` (loaded at ``va``) that is an INVLPG, found by
     its bytes and confirmed by decoding it (any start, prefixes included)."""
-    sites: dict[int, InvlpgSite] = {}
-    for match in _INVLPG.finditer(code):
-        start = match.start()
-        first = start
-        while first > 0 and start - first < MAX_INSTRUCTION - 3 and code[first - 1] in _PREFIXES:
-            first -= 1
-        for at in range(first, start + 1):
-            site = decode_invlpg(va + at, code[at:at + MAX_INSTRUCTION])
-            if site is not None:
-                sites[site.address] = site
-    return sorted(sites.values(), key=lambda s: s.address)
+    return sites.find_sites(va, code, _INVLPG, decode_invlpg, 3)
 
 
 def block_invlpg(va: int, code: bytes) -> InvlpgSite | None:
     """The INVLPG that ends the translated block ``code`` at ``va``, or None (QEMU ends a
     block after each INVLPG, so it can only be the last instruction)."""
-    last = None
-    for offset, _size, mnemonic, _ops in disassembler(64).disasm_lite(code, 0):
-        last = (offset, mnemonic)
-    if last is None or last[1] != "invlpg":
-        return None
-    site = decode_invlpg(va + last[0], code[last[0]:])
-    return site if site is not None and site.end == va + len(code) else None
+    return sites.block_site(va, code, "invlpg", decode_invlpg)
 
 
-class Invlpg:
-    """The guest INVLPGs of one CPU: the hooks that make each one drop its page from the
-    STLB when it completes (``Cpu.guest_invlpg``)."""
+class Invlpg(sites.Sites[InvlpgSite]):
+    """The guest INVLPGs of one CPU: the hooks (emu.hw.sites) that make each one drop its
+    page from the STLB when it completes (``Cpu.guest_invlpg``)."""
+
+    find = staticmethod(find_sites)
+    block = staticmethod(block_invlpg)
 
     def __init__(self, cpu: Cpu) -> None:
-        self._cpu = cpu
-        self._uc: Uc = cpu.uc
-        self._sites: dict[int, InvlpgSite] = {}
-        self._hooks: dict[int, int] = {}          # hooked address -> Unicorn hook handle
-        self._executing: InvlpgSite | None = None  # the INVLPG between its two hooks
-        self._ranges: dict[tuple[int, int], int] = {}   # watched run-time code -> its hook
-        self._blocks: dict[tuple[int, bytes], InvlpgSite | None] = {}   # decoded blocks
+        super().__init__(cpu)
         self.completed = 0                         # guest INVLPGs made to reach the STLB
 
-    @property
-    def sites(self) -> list[InvlpgSite]:
-        """The INVLPGs hooked now (found in loaded images), by address."""
-        return [self._sites[a] for a in sorted(self._sites)]
-
-    def watch(self, va: int, code: bytes) -> list[InvlpgSite]:
-        """Hook the INVLPGs of ``code``, executable and loaded at ``va``; translated code
-        is flushed so that no block translated before runs without its hooks."""
-        found = [s for s in find_sites(va, code) if s.address not in self._sites]
-        for site in found:
-            self._sites[site.address] = site
-        self._rehook()
-        if found:
-            self._cpu.flush_translated_code()
-        return found
-
-    def unwatch(self, start: int, end: int) -> None:
-        """Forget the INVLPGs that start in [start, end): that code is gone."""
-        gone = [a for a in self._sites if start <= a < end]
-        for address in gone:
-            del self._sites[address]
-        if gone:
-            self._rehook()
-
-    def watch_range(self, start: int, end: int) -> None:
-        """Decode each block run in [start, end) (code written there at run time): an
-        INVLPG there reaches the STLB as one found at load time does. Call it before any
-        code runs there (Unicorn hooks only the code it translates afterwards)."""
-        if (start, end) in self._ranges:
-            return
-        self._ranges[(start, end)] = self._uc.hook_add(UC_HOOK_BLOCK, self._on_block, None,
-                                                       start, end - 1)
-
-    def _rehook(self) -> None:
-        """One code hook on each INVLPG and on each boundary after one, and on nothing else."""
-        wanted = set(self._sites) | {s.end for s in self._sites.values()}
-        for address in set(self._hooks) - wanted:
-            self._uc.hook_del(self._hooks.pop(address))
-        for address in sorted(wanted - set(self._hooks)):
-            self._hooks[address] = self._uc.hook_add(UC_HOOK_CODE, self._on_boundary, None,
-                                                     address, address)
-
-    def settle(self) -> None:
-        """After a run: complete an INVLPG the run ended right after (RIP at its end);
-        one the run stopped before is forgotten (it runs again)."""
-        site, self._executing = self._executing, None
-        if site is not None and self._cpu.rip == site.end:
-            self._complete(site)
-
-    def _complete(self, site: InvlpgSite) -> None:
+    def complete(self, site: InvlpgSite, _state: None) -> bool:
         """The INVLPG completed: the STLB drops its page (registers are as the INVLPG saw
-        them: it writes none)."""
+        them: it writes none); never a stop."""
         self.completed += 1
         self._cpu.guest_invlpg(site.linear_address(self._cpu.reg_named))
-
-    def _on_boundary(self, uc: Uc, address: int, _size: int, _data) -> None:
-        """UC_HOOK_CODE before an INVLPG, or before the instruction after one."""
-        self._boundary(address, self._sites.get(address))
-
-    def _on_block(self, uc: Uc, address: int, size: int, _data) -> None:
-        """UC_HOOK_BLOCK at the entry of a block of a watched range: does it end in an
-        INVLPG (its bytes now, whatever was there before)?"""
-        cpu = self._cpu
-        if cpu.held_fault:
-            return
-        code = cpu.read_code(address, size)
-        key = (address, code)
-        if key not in self._blocks:
-            if len(self._blocks) >= 4096:
-                self._blocks.clear()
-            self._blocks[key] = block_invlpg(address, code) if len(code) == size else None
-        self._boundary(address, self._blocks[key])
-
-    def _boundary(self, address: int, site: InvlpgSite | None) -> None:
-        """At an instruction (or block) boundary: complete the INVLPG that just ran, then,
-        if ``site`` is one about to run (at ring 0), note that it is executing."""
-        cpu = self._cpu
-        if cpu.held_fault:
-            return
-        done, self._executing = self._executing, None
-        if done is not None and done.end == address:
-            self._complete(done)
-        if site is not None and cpu.cpl == 0:
-            self._executing = site     # at CPL 3 it is Unicorn's own #GP(0)
+        return False

@@ -31,6 +31,7 @@ from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
 if TYPE_CHECKING:
+    from emu.hw.sites import Sites
     from emu.nt.interfaces import DriverLoader, TrapPath
 
 MAX_DRIVERS = 64
@@ -69,9 +70,7 @@ def start(ex: DriverLoader, image: DriverImage) -> Driver:
         protect = _PROTECT[(bool(flags & PF_W), bool(flags & PF_X))]
         frames.append(ex.mm.map_new(ex.mm.system, va, protect, use=FrameUse.KERNEL,
                                     data=bytes(contents)))
-    _watch_cr8_moves(ex, image)
-    _watch_invlpgs(ex, image)
-    _watch_control_moves(ex, image)
+    _watch_sites(ex, image)
     driver_object = ex.io.new_driver_object(image.base, image.end - image.base)
     registry = _registry_path(ex, image.name)
     driver = Driver(image, driver_object)
@@ -106,41 +105,27 @@ def _executable_runs(image: DriverImage) -> list[tuple[int, bytes]]:
     return [(va, bytes(code)) for va, code in runs]
 
 
-def _watch_cr8_moves(ex: DriverLoader, image: DriverImage) -> None:
-    """Let the CPU find the CR8 moves (the IRQL, emu.hw.cr8) in each run of the image's
-    executable pages, once, before any of its code runs."""
-    for va, code in _executable_runs(image):
-        ex.cpu.cr8.watch(va, code)
-    # Code a driver writes at run time: executable pool (NonPagedPool) and the executable
-    # MDL views (system PTEs) are looked at instruction by instruction as they run.
-    ex.cpu.cr8.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
-    ex.cpu.cr8.watch_range(layout.KERNEL_SYSTEM_PTES,
-                           layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
+def _site_kinds(ex: DriverLoader) -> tuple[Sites, ...]:
+    """The instructions the machine must see Unicorn run (emu.hw.sites), in hook order: the
+    CR8 moves (the IRQL, emu.hw.cr8), the INVLPGs (emu.hw.invlpg: SDM Vol. 2A INVLPG, the
+    current PCID's translation and a global one go) and the MOVs to CR0, CR3 and CR4
+    (emu.hw.crwrite: the walker's WP, SMEP and SMAP, the STLB's PCID, SDM Vol. 2B MOV CR,
+    Vol. 3A 4.10.4.1)."""
+    return (ex.cpu.cr8, ex.cpu.invlpg, ex.cpu.crwrite)
 
 
-def _watch_invlpgs(ex: DriverLoader, image: DriverImage) -> None:
-    """Let the CPU find the INVLPGs (emu.hw.invlpg) in the image's executable pages, once,
-    before any of its code runs, so that each reaches the STLB; code a driver writes at run
-    time into executable pool or an executable MDL view is decoded block by block as it
-    runs (SDM Vol. 2A INVLPG: the current PCID's translation and a global one go)."""
-    for va, code in _executable_runs(image):
-        ex.cpu.invlpg.watch(va, code)
-    ex.cpu.invlpg.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
-    ex.cpu.invlpg.watch_range(layout.KERNEL_SYSTEM_PTES,
-                              layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
-
-
-def _watch_control_moves(ex: DriverLoader, image: DriverImage) -> None:
-    """Let the CPU find the MOVs to CR0, CR3 and CR4 (emu.hw.crwrite) in the image's
-    executable pages, once, before any of its code runs, so that each reaches the CPU's own
-    registers (the walker's WP, SMEP and SMAP, the STLB's PCID) as the SDM says (Vol. 2B MOV
-    CR, Vol. 3A 4.10.4.1); code written at run time into executable pool or an executable
-    MDL view is decoded block by block as it runs."""
-    for va, code in _executable_runs(image):
-        ex.cpu.crwrite.watch(va, code)
-    ex.cpu.crwrite.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
-    ex.cpu.crwrite.watch_range(layout.KERNEL_SYSTEM_PTES,
-                               layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
+def _watch_sites(ex: DriverLoader, image: DriverImage) -> None:
+    """Let the CPU find every kind of site in each run of the image's executable pages,
+    once, before any of its code runs, so that each does what the SDM says; code a driver
+    writes at run time into executable pool (NonPagedPool) or an executable MDL view
+    (system PTEs) is looked at as it runs."""
+    runs = _executable_runs(image)
+    for kind in _site_kinds(ex):
+        for va, code in runs:
+            kind.watch(va, code)
+        kind.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
+        kind.watch_range(layout.KERNEL_SYSTEM_PTES,
+                         layout.KERNEL_SYSTEM_PTES + layout.KERNEL_POOL_SIZE)
 
 
 def _free_pages(ex: DriverLoader, pages) -> None:
@@ -148,9 +133,8 @@ def _free_pages(ex: DriverLoader, pages) -> None:
     translation invalidated, as INVLPG does) and give their frames back to the free list;
     the CR8 moves, INVLPGs and control-register MOVs of code there are hooked no more."""
     for va in sorted(pages):
-        ex.cpu.cr8.unwatch(va, va + layout.PAGE_SIZE)
-        ex.cpu.invlpg.unwatch(va, va + layout.PAGE_SIZE)
-        ex.cpu.crwrite.unwatch(va, va + layout.PAGE_SIZE)
+        for kind in _site_kinds(ex):
+            kind.unwatch(va, va + layout.PAGE_SIZE)
         pfn = ex.mm.system.unmap_page(va)
         if pfn is not None:
             ex.mm.pfn.release(pfn)
