@@ -629,9 +629,18 @@ void native_tally(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     ++*(uint64_t *)user_data;
 }
 
-/* Forgets every learnt block (translated code was dropped, or new code loaded). */
+/* Forgets every learnt block (translated code was dropped, or new code loaded). With
+ * none learnt since the last time (a machine's first image), the cache and the fast
+ * tables are still all zero (block_count fills a fast slot only for a block it counted
+ * in bcache_used): touching them again would only fault in its 3 MB of fresh pages. */
 void native_forget_blocks(struct native_ctx *ctx)
 {
+    if (ctx->bcache_used == 0) {
+        ctx->last = ctx->bcache;
+        ctx->in_block = 0;
+        ctx->fast_off = 1;
+        return;
+    }
     for (uint32_t i = 0; i < BCACHE_SIZE; i++)
         free(ctx->bcache[i].copy);
     memset(ctx->bcache, 0, BCACHE_SIZE * sizeof(struct block_entry));
