@@ -66,9 +66,9 @@ class Browser:
     it reads JSON commands, each ended by a NUL, from fd 3 and answers on fd 4), that lays
     out page after page, each in a tab of its own: one start of Chromium (about 0.5 s of
     CPU and 1.3 s of wall time) for all the pages of a module instead of one per page.
-    ``layout`` reports as the module function does."""
+    ``layout`` reports as the module function does; ``flags`` are more of Chromium's."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, flags: tuple[str, ...] = ()) -> None:
         low_commands, self._to = os.pipe()
         self._from, low_answers = os.pipe()
         # Above any descriptor the child gets, so that moving them to 3 and 4 clobbers none.
@@ -82,7 +82,7 @@ class Browser:
             os.dup2(answers, 4)
 
         self._proc = subprocess.Popen(
-            [chromium(), *FLAGS, f"--user-data-dir={folder / 'chromium-profile'}",
+            [chromium(), *FLAGS, *flags, f"--user-data-dir={folder / 'chromium-profile'}",
              "--remote-debugging-pipe", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(3, 4), preexec_fn=as_fds_3_and_4)
@@ -119,15 +119,17 @@ class Browser:
                 assert "error" not in message, (method, message["error"])
                 return message["result"]
 
-    def dom(self, url: str) -> str:
-        """The page at ``url`` laid out in a 1400 x 1000 tab: its DOM once it has loaded."""
+    def dom(self, url: str, size: tuple[int, int] | None = None) -> str:
+        """The page at ``url`` in a new tab (``size`` wide and high, or the window's, as
+        ``--window-size`` would make it): its DOM once it has loaded, as ``--dump-dom``."""
         target = self._call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self._call("Target.attachToTarget",
                              {"targetId": target, "flatten": True})["sessionId"]
         try:
-            self._call("Emulation.setDeviceMetricsOverride",
-                       {"width": 1400, "height": 1000, "deviceScaleFactor": 1,
-                        "mobile": False}, session)
+            if size is not None:
+                self._call("Emulation.setDeviceMetricsOverride",
+                           {"width": size[0], "height": size[1], "deviceScaleFactor": 1,
+                            "mobile": False}, session)
             self._call("Page.enable", {}, session)
             self._call("Page.navigate", {"url": url}, session)
             while not (message := self._receive()).get("method") == "Page.loadEventFired" \
@@ -145,7 +147,7 @@ class Browser:
         probed = page.replace("</body>", f"<script>{PROBE.read_text()}</script></body>", 1)
         path = folder / f"{name}.html"
         path.write_text(probed, encoding="utf-8")
-        found = _REPORT.search(self.dom(path.as_uri()))
+        found = _REPORT.search(self.dom(path.as_uri(), (1400, 1000)))
         assert found is not None, f"{name}: the layout probe did not report"
         return json.loads(html.unescape(found.group(1)))
 
