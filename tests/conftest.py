@@ -44,14 +44,12 @@ def machine_factory():
 # Starting the long ones first (longest processing time first) ends both workers close
 # together. A module not named here keeps its place, after these.
 LONGEST_FIRST = (
-    "tests/debugger/test_history_query.py",     # 35: the oracle runs (a hook on every access)
-    "tests/test_wheel.py",                      # 35: a wheel built, installed, the tour played
-    "tests/scenarios/test_tour_html.py",        # 25: Chromium lays out every page
-    "tests/debugger/test_history_calls.py",     # 20
     "tests/test_eventlog.py",                   # 20: the tour twice
+    "tests/test_wheel.py",                      # 17: a wheel built, installed, the tour played
     "tests/nt/test_paging.py",                  # 15
     "tests/scenarios/test_tour_cli.py",         # 15: the tour with its pages
     "tests/debugger/test_gdbstub.py",           # 15
+    "tests/debugger/test_history_query.py",     # 14: the oracle runs (a hook on every access)
     "tests/test_cli.py",                        # 14
     "tests/nt/test_loader_fuzz.py",             # 14
     "tests/debugger/test_analyze_why.py",       # 12
@@ -59,6 +57,8 @@ LONGEST_FIRST = (
     "tests/nt/test_kernel_fuzz.py",             # 12
     "tests/nt/test_counting.py",                # 12
     "tests/debugger/test_shell.py",             # 11
+    "tests/debugger/test_history_calls.py",     # 8
+    "tests/scenarios/test_tour_html.py",        # 6: one Chromium lays out every page
 )
 
 

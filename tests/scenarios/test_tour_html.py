@@ -17,6 +17,14 @@ from emu.viz import addrmap
 SVG = "{http://www.w3.org/2000/svg}"
 
 
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module's layouts, a tab per page (tour_browser.Browser)."""
+    b = tour_browser.Browser(tmp_path_factory.mktemp("browser"))
+    yield b
+    b.close()
+
+
 def svgs(page: str) -> list[ET.Element]:
     """Every inline <svg> of a page, parsed (ParseError if one is not well-formed)."""
     return [ET.fromstring(block) for block in re.findall(r"<svg.*?</svg>", page, re.S)]
@@ -173,12 +181,11 @@ def every_page(tour) -> dict[str, str]:
     return pages
 
 
-# Over 5 s on this 2-core machine (about 13 s while it is shared): headless Chromium is
-# started once per page of the tour to lay it out, and laying out every page is the check.
-def test_no_text_overlaps_or_is_cut_and_every_arrow_ends_inside(tour, tmp_path: Path):
+def test_no_text_overlaps_or_is_cut_and_every_arrow_ends_inside(tour, browser,
+                                                                tmp_path: Path):
     problems = {}
     for name, page in every_page(tour).items():
-        report = tour_browser.layout(page, tmp_path, name)
+        report = browser.layout(page, tmp_path, name)
         assert report["svgs"] == page.count("<svg "), name
         assert report["texts"] > 0 or report["svgs"] == 0, name
         if report["problems"]:
@@ -198,8 +205,8 @@ PROBED = """<!DOCTYPE html><html><body>
 </svg></body></html>"""
 
 
-def test_the_layout_probe_reports_what_it_should(tmp_path: Path):
-    report = tour_browser.layout(PROBED, tmp_path, "probe")
+def test_the_layout_probe_reports_what_it_should(browser, tmp_path: Path):
+    report = browser.layout(PROBED, tmp_path, "probe")
     kinds = sorted((p["kind"], p["text"]) for p in report["problems"])
     assert kinds == [("arrow", ""), ("crossed", "crossed"), ("cut", "cut at the edge"),
                      ("overlap", "first label")]
@@ -292,7 +299,7 @@ def crowded_timeline(n: int) -> str:
 
 
 @pytest.mark.parametrize("n", [3, 12, 40, 400])
-def test_a_crowded_timeline_keeps_its_labels_apart_and_inside(tmp_path: Path, n: int):
+def test_a_crowded_timeline_keeps_its_labels_apart_and_inside(browser, tmp_path: Path, n: int):
     page = html._document("crowded", [crowded_timeline(n)])
-    report = tour_browser.layout(page, tmp_path, f"crowded-{n}")
+    report = browser.layout(page, tmp_path, f"crowded-{n}")
     assert report["svgs"] == 1 and report["texts"] > 10 and report["problems"] == []

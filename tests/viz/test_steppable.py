@@ -86,13 +86,21 @@ def run(apps, tmp_path_factory):
     return page, records, done.stderr, folder
 
 
-def browse(page: Path, folder: Path, actions: list, fragment: str = "",
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium, offline, for the module's pages (tour_browser.Browser)."""
+    b = tour_browser.Browser(tmp_path_factory.mktemp("browser"), OFFLINE)
+    yield b
+    b.close()
+
+
+def browse(browser, page: Path, folder: Path, actions: list, fragment: str = "",
            name: str = "probed") -> dict:
     """What the page shows at load and after each action, in headless Chromium, offline."""
     probed = folder / f"{name}.html"
     probe = PROBE % (json.dumps(list(IDS)), json.dumps(actions))
     probed.write_text(page.read_text().replace("</body>", probe + "</body>", 1))
-    dom = tour_browser.run([*OFFLINE, "--dump-dom", probed.as_uri() + fragment], folder)
+    dom = browser.dom(probed.as_uri() + fragment)
     found = _REPORT.search(dom)
     assert found is not None, "the probe did not report"
     return json.loads(html.unescape(found.group(1)))
@@ -110,14 +118,14 @@ def shows(record: dict, index: int, count: int, seen: dict) -> None:
     assert seen["hash"] == f"#step={index}" and seen["slider"] == str(index)
 
 
-def test_stepping_shows_each_event_as_the_log_records_it(run):
+def test_stepping_shows_each_event_as_the_log_records_it(run, browser):
     page, records, stderr, folder = run
     n = len(records)
     dpc = next(i for i, r in enumerate(records) if r["event"] == "dpc")
     actions = [["click", "next"], ["click", "next"], ["click", "prev"], ["key", "ArrowRight"],
                ["key", "ArrowRight"], ["key", "ArrowLeft"], ["key", "End"], ["key", "Home"],
                ["key", "ArrowLeft"], ["slide", dpc]]
-    report = browse(page, folder, actions)
+    report = browse(browser, page, folder, actions)
     expected = [1, 2, 1, 2, 3, 2, n - 1, 0, 0, dpc]
     assert report["resources"] == []                  # nothing fetched
     shows(records[0], 0, n, {**report["start"], "hash": "#step=0"})
@@ -133,10 +141,10 @@ def test_stepping_shows_each_event_as_the_log_records_it(run):
     assert f"{n:,} steps" in stderr and f"written to {page}" in stderr
 
 
-def test_a_deep_link_opens_at_its_step_with_the_fault_walk(run):
+def test_a_deep_link_opens_at_its_step_with_the_fault_walk(run, browser):
     page, records, _, folder = run
     fault = next(i for i, r in enumerate(records) if r["event"] == "exception")
-    report = browse(page, folder, [["click", "next"]], f"#step={fault}", "deep")
+    report = browse(browser, page, folder, [["click", "next"]], f"#step={fault}", "deep")
     start = report["start"]
     shows(records[fault], fault, len(records), start)
     r = records[fault]
@@ -161,22 +169,22 @@ def test_a_deep_link_opens_at_its_step_with_the_fault_walk(run):
         (start["walk_text"], start["rows"], start["refused"])
 
 
-def test_a_deep_link_past_the_end_opens_the_last_step_and_a_bad_one_the_first(run):
+def test_a_deep_link_past_the_end_opens_the_last_step_and_a_bad_one_the_first(run, browser):
     page, records, _, folder = run
     n = len(records)
-    past = browse(page, folder, [], "#step=99999", "past")["start"]
+    past = browse(browser, page, folder, [], "#step=99999", "past")["start"]
     shows(records[n - 1], n - 1, n, past)                # and the address says #step=LAST
-    bad = browse(page, folder, [], "#step=x1", "bad")["start"]
+    bad = browse(browser, page, folder, [], "#step=x1", "bad")["start"]
     shows(records[0], 0, n, bad)
 
 
-def test_the_walk_names_the_pte_that_refuses_a_write(apps, tmp_path):
+def test_the_walk_names_the_pte_that_refuses_a_write(apps, browser, tmp_path):
     page, log = tmp_path / "ro.html", tmp_path / "ro.jsonl"
     done = emu("run", "--html", page, "--events", log, apps / "rowrite")
     assert done.returncode == 125, done.stderr
     records = [json.loads(line) for line in log.read_text().splitlines()]
     fault = next(i for i, r in enumerate(records) if r["event"] == "exception")
-    report = browse(page, tmp_path, [], f"#step={fault}")
+    report = browse(browser, page, tmp_path, [], f"#step={fault}")
     start = report["start"]
     assert start["refused"] == ["PTE"]
     assert [row[0] for row in start["rows"]] == ["PML4E", "PDPTE", "PDE", "PTE"]
@@ -299,7 +307,7 @@ def test_the_recorder_keeps_the_first_events_and_counts_the_rest(apps, tmp_path)
         assert {k: step[k] for k in record} == record     # the log's fields, the same values
 
 
-def test_the_tour_writes_a_steppable_page_per_act_linked_from_its_page(apps, tmp_path):
+def test_the_tour_writes_a_steppable_page_per_act_linked_from_its_page(apps, browser, tmp_path):
     # `emu scenario run --out DIR` (docs/tour.md, "The pictures"): the DPC scenario's first
     # act's page, its link, and its steps: the same as that act's own event records.
     name = "arbitrary-thread-context"
@@ -322,7 +330,7 @@ def test_the_tour_writes_a_steppable_page_per_act_linked_from_its_page(apps, tmp
                   "the slider", "#step=N", "address space", "marked", "Without JavaScript"):
         assert words in intro, words
     records = [r for r in map(json.loads, log.read_text().splitlines()) if r["act"] == 1]
-    report = browse(page, tmp_path, [["click", "next"]], name="tour")
+    report = browse(browser, page, tmp_path, [["click", "next"]], name="tour")
     assert report["resources"] == []                  # nothing fetched
     shows(records[0], 0, len(records), {**report["start"], "hash": "#step=0"})
     shows(records[1], 1, len(records), report["after"][0])

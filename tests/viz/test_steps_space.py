@@ -43,12 +43,20 @@ var pre=document.createElement("pre");pre.id="steps-report";
 pre.textContent=JSON.stringify(out);document.body.appendChild(pre);})();</script>"""
 
 
-def browse(text: str, folder: Path, step: int, clicks: list[str], name: str) -> dict:
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium, offline, for the module's pages (tour_browser.Browser)."""
+    b = tour_browser.Browser(tmp_path_factory.mktemp("browser"), OFFLINE)
+    yield b
+    b.close()
+
+
+def browse(browser, text: str, folder: Path, step: int, clicks: list[str],
+           name: str) -> dict:
     """What the page ``text`` shows at ``#step=step`` and after each click, offline."""
     probed = folder / f"{name}.html"
     probed.write_text(text.replace("</body>", PROBE % json.dumps(clicks) + "</body>", 1))
-    dom = tour_browser.run([*OFFLINE, "--dump-dom", probed.as_uri() + f"#step={step}"],
-                           folder)
+    dom = browser.dom(probed.as_uri() + f"#step={step}")
     found = _REPORT.search(dom)
     assert found is not None, "the probe did not report"
     return json.loads(html.unescape(found.group(1)))
@@ -163,12 +171,13 @@ def _highlighted(rows: list) -> set[str]:
     return {cells[0] for cls, cells, _ in rows if cls.startswith("page ")}
 
 
-def test_a_demand_zero_fault_marks_the_page_it_mapped_and_stepping_back_moves_it(paging):
+def test_a_demand_zero_fault_marks_the_page_it_mapped_and_stepping_back_moves_it(paging,
+                                                                                 browser):
     text, steps, folder = paging
     # The first page mapped where nothing was: a demand-zero fault's page-fault step.
     i, va, old, pte = next(c for c in _changes(steps) if c[2] == 0 and c[3] & 1)
     assert steps[i]["event"] == "page-fault" and steps[i]["resolution"] == "resolved"
-    report = browse(text, folder, i, ["prev", "next"], "mapped")
+    report = browse(browser, text, folder, i, ["prev", "next"], "mapped")
     assert report["resources"] == []
     at, back, again = report["start"], report["after"][0], report["after"][1]
     row = next(r for r in at["rows"] if r[1][0] == addr(va, ticks=True))
@@ -186,11 +195,11 @@ def test_a_demand_zero_fault_marks_the_page_it_mapped_and_stepping_back_moves_it
     assert again == at
 
 
-def test_a_page_out_marks_the_page_gone_and_its_region_in_transition(paging):
+def test_a_page_out_marks_the_page_gone_and_its_region_in_transition(paging, browser):
     text, steps, folder = paging
     # A valid page whose PTE became a software PTE: trimmed from its working set.
     i, va, old, pte = next(c for c in _changes(steps) if c[2] & 1 and c[3] and not c[3] & 1)
-    at = browse(text, folder, i, [], "out")["start"]
+    at = browse(browser, text, folder, i, [], "out")["start"]
     assert at == {"index": f"{i} of {len(steps) - 1}", **python_view(steps, i)}
     row = next(r for r in at["rows"] if r[1][0] == addr(va, ticks=True))
     assert row[0] == "page removed" and row[1][2] == f"{old:#018x}"
