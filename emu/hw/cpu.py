@@ -401,6 +401,9 @@ class Cpu:
         self.cr8 = Cr8(self)                     # the IRQL: guest CR8 moves made to work
         self.invlpg = Invlpg(self)               # guest INVLPGs made to reach the STLB
         self.crwrite = CrWrite(self)             # guest MOVs to CR0/CR3/CR4 made to reach it
+        # The instructions the machine must see Unicorn run (emu.hw.sites), in hook order:
+        # the loader watches each kind in driver code, and every run settles them.
+        self.sites = (self.cr8, self.invlpg, self.crwrite)
         self._guest_controls = False             # one of those completed (see run)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, ux.UC_X86_INS_SYSCALL)
@@ -752,6 +755,12 @@ class Cpu:
         """Whether the last run ended because ``stop()`` was called."""
         return self._stop_requested
 
+    def _settle_sites(self) -> None:
+        """After a run: each kind completes a site the run ended right after (Sites.settle);
+        one whose completion asks for the executive (a CR8 write lowering the IRQL) stops."""
+        for kind in self.sites:
+            self._stop_requested |= kind.settle()
+
     def run(self, begin: int | None = None) -> RunResult:
         """Run from ``begin`` (default RIP) until an exception, the budget, or ``stop()``."""
         self._fault = self._event = None
@@ -768,9 +777,7 @@ class Cpu:
                 # (platform-facts.md); nothing is ever mapped at 0, so it is never reached.
                 self.native.start(start, 0)
             except UcError as err:
-                self._stop_requested |= self.cr8.settle()
-                self.invlpg.settle()
-                self.crwrite.settle()
+                self._settle_sites()
                 if self._held is not None:
                     return RunResult(StopReason.EXCEPTION, self._take_held_fault())
                 exc = self._exception_from_error(err)
@@ -785,9 +792,7 @@ class Cpu:
                 start = self.rip
                 continue
             break
-        self._stop_requested |= self.cr8.settle()
-        self.invlpg.settle()
-        self.crwrite.settle()
+        self._settle_sites()
         if self._held is not None:
             return RunResult(StopReason.EXCEPTION, self._take_held_fault())
         if self._event is not None:

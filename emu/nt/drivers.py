@@ -31,7 +31,6 @@ from emu.nt.mm.address_space import Protection
 from emu.nt.mm.pfn import FrameUse
 
 if TYPE_CHECKING:
-    from emu.hw.sites import Sites
     from emu.nt.interfaces import DriverLoader, TrapPath
 
 MAX_DRIVERS = 64
@@ -105,22 +104,13 @@ def _executable_runs(image: DriverImage) -> list[tuple[int, bytes]]:
     return [(va, bytes(code)) for va, code in runs]
 
 
-def _site_kinds(ex: DriverLoader) -> tuple[Sites, ...]:
-    """The instructions the machine must see Unicorn run (emu.hw.sites), in hook order: the
-    CR8 moves (the IRQL, emu.hw.cr8), the INVLPGs (emu.hw.invlpg: SDM Vol. 2A INVLPG, the
-    current PCID's translation and a global one go) and the MOVs to CR0, CR3 and CR4
-    (emu.hw.crwrite: the walker's WP, SMEP and SMAP, the STLB's PCID, SDM Vol. 2B MOV CR,
-    Vol. 3A 4.10.4.1)."""
-    return (ex.cpu.cr8, ex.cpu.invlpg, ex.cpu.crwrite)
-
-
 def _watch_sites(ex: DriverLoader, image: DriverImage) -> None:
     """Let the CPU find every kind of site in each run of the image's executable pages,
     once, before any of its code runs, so that each does what the SDM says; code a driver
     writes at run time into executable pool (NonPagedPool) or an executable MDL view
     (system PTEs) is looked at as it runs."""
     runs = _executable_runs(image)
-    for kind in _site_kinds(ex):
+    for kind in ex.cpu.sites:
         for va, code in runs:
             kind.watch(va, code)
         kind.watch_range(layout.KERNEL_POOL, layout.KERNEL_POOL_NX)
@@ -133,7 +123,7 @@ def _free_pages(ex: DriverLoader, pages) -> None:
     translation invalidated, as INVLPG does) and give their frames back to the free list;
     the CR8 moves, INVLPGs and control-register MOVs of code there are hooked no more."""
     for va in sorted(pages):
-        for kind in _site_kinds(ex):
+        for kind in ex.cpu.sites:
             kind.unwatch(va, va + layout.PAGE_SIZE)
         pfn = ex.mm.system.unmap_page(va)
         if pfn is not None:
