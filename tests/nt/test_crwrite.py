@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from driverboot import tlb_around
 
 from emu.hw.cpu import ControlRegisterFault
 from emu.hw.crwrite import block_move, find_moves
@@ -401,17 +402,8 @@ def test_the_tlb_view_under_emu_debug_loses_the_page_at_the_cr3_reload():
     """What a user tries: break in WriteCr3, step to its MOV, `tlb` of the Probe page (the
     System's and the requester's translations), step over the MOV, `tlb` again: the
     requester's (current) PCID's is gone, the System's stays; stepping back shows both."""
-    tlb = "tlb pecrwrite.sys!Probe"
-    commands = ["break pecrwrite.sys!WriteCr3", "continue", "stepi 2", tlb, "stepi", tlb,
-                "reverse-stepi", tlb, "continue"]
-    done = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver", "pecrwrite",
-                           "devioctl", DEVICE, hex(CR3)], input="\n".join(commands) + "\n",
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
-    views = out.split("tlb pecrwrite.sys!Probe\n")[1:]
-    assert len(views) == 3, out
-    before, after, back = (v.split("\n(emu ")[0] for v in views)
+    out, (before, after, back) = tlb_around("pecrwrite", ["devioctl", DEVICE, hex(CR3)],
+                                            "pecrwrite.sys!WriteCr3", "tlb pecrwrite.sys!Probe")
     system = "  kernel       1 (system)     0xfffff80001006000 0x"
     requester = "  kernel       2 (pid 12)     0xfffff80001006000 0x"
     assert "<pecrwrite.sys!WriteCr3+0x4>: mov cr3, rcx" in out

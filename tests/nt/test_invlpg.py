@@ -15,11 +15,10 @@ kernel address, their INVLPGs watched as the loader watches a driver's.
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from driverboot import tlb_around
 
 from emu.hw.invlpg import block_invlpg, find_sites
 from emu.hw.native import Fill, Mode
@@ -290,18 +289,10 @@ def test_the_tlb_view_under_emu_debug_loses_the_page_at_the_invlpg():
     """What a user tries: break in the routine that runs INVLPG, `tlb` of the page (the
     System's and the requester's translations), step over the INVLPG, `tlb` again: the
     requester's (current) PCID's is gone, the System's stays; stepping back shows both."""
-    commands = ["break peinvlpg.sys!Invalidate", "continue", "stepi 2", "tlb $rcx", "stepi",
-                "tlb $rcx", "reverse-stepi", "tlb $rcx", "continue"]
-    done = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver", "peinvlpg",
-                           "devioctl", DEVICE, hex(PROBE)], input="\n".join(commands) + "\n",
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    out, (before, after, back) = tlb_around("peinvlpg", ["devioctl", DEVICE, hex(PROBE)],
+                                            "peinvlpg.sys!Invalidate", "tlb $rcx")
     system = "  kernel       1 (system)     0xfffff80001004000 0x"
     requester = "  kernel       2 (pid 12)     0xfffff80001004000 0x"
-    views = out.split("tlb $rcx\n")[1:]
-    assert len(views) == 3
-    before, after, back = (v.split("\n(emu ")[0] for v in views)
     assert "<peinvlpg.sys!Invalidate+0x4>: invlpg byte ptr [rcx]" in out
     assert "2 translation(s) of page 0xfffff80001004000" in before
     assert system in before and requester in before
