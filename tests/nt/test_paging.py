@@ -593,3 +593,17 @@ def test_paged_pool_that_cannot_be_read_back_is_kernel_data_inpage_error(machine
     text = out.getvalue()
     assert text.startswith("bug check 0x7a KERNEL_DATA_INPAGE_ERROR: a page of kernel data")
     assert f"(not valid: in the pagefile, slot {softpte.decode(pte).slot} (read/write))" in text
+
+
+def test_building_page_tables_leaves_no_pte_enum_value_with_frame_bits(machine_factory, apps):
+    """Every paging-structure entry the executive builds is an int: none becomes a PTE enum
+    pseudo-member (an int with frame bits or'ed into a flag makes one, kept by the enum for
+    the life of the process, about 12 us the first time): a run that builds page tables and
+    pages through a 2 MiB machine adds only combinations of the named bits."""
+    before = set(PTE._value2member_map_)
+    m = machine_factory(mem="2M")
+    proc = m.spawn(apps / "pattern", ["16", "1"])
+    m.run()
+    assert proc.exit_status == 0
+    added = set(PTE._value2member_map_) - before
+    assert [hex(v) for v in added if v & ~mmu._FLAG_MASK] == []

@@ -54,6 +54,10 @@ class Protection(enum.IntFlag):
     PAGE_EXECUTE_READWRITE = 0x40
 
 
+# A paging-structure entry above the leaf: present and writable, US for a user table.
+_TABLE_KERNEL = int(PTE.P | PTE.RW)
+_TABLE_USER = int(PTE.P | PTE.RW | PTE.US)
+
 _WRITABLE = Protection.PAGE_READWRITE | Protection.PAGE_EXECUTE_READWRITE
 _EXECUTABLE = (Protection.PAGE_EXECUTE | Protection.PAGE_EXECUTE_READ
                | Protection.PAGE_EXECUTE_READWRITE)
@@ -157,7 +161,9 @@ class AddressSpace:
         pfn = self.mm.new_frame(FrameUse.PAGE_TABLE, None if kernel else self.owner)
         self.mm.mem.zero(pfn * PAGE_SIZE)
         # Upper levels grant everything; the leaf PTE decides (SDM §4.6: rights combine).
-        entry = pfn * PAGE_SIZE | PTE.P | PTE.RW | (0 if kernel else PTE.US)
+        # The flags made an int first: an int with frame bits or'ed into a PTE member would
+        # make an enum pseudo-member of that value, kept by the enum for ever.
+        entry = pfn * PAGE_SIZE | (_TABLE_KERNEL if kernel else _TABLE_USER)
         self.mm.mem.write_u64(entry_pa, entry)
         if level == 4 and kernel:
             self.mm.share_kernel_pml4e(index(va, 4), entry)
