@@ -32,6 +32,22 @@ from emu.nt import exports, layout, ntos, unwind  # noqa: F401 (ntos registers t
 from emu.nt.loaded_modules import DriverImage
 from emu.nt.loader import PF_R, PF_W, PF_X, LoaderError, Segment
 
+
+class _NoFullCollection:
+    """What pefile sees as its ``gc`` module. ``pefile.PE.close`` (run on every image it
+    refuses) ends with a full ``gc.collect()`` to free the file it mapped; the loader hands
+    it bytes, never a file, so that collection frees nothing of its own, and in a long
+    session (the debugger, a fuzz run) it walks every object the process holds. Python's
+    own collector runs as ever."""
+
+    @staticmethod
+    def collect(generation: int = 2) -> int:
+        """Collect nothing; report nothing collected."""
+        return 0
+
+
+pefile.gc = _NoFullCollection
+
 # PE format (Microsoft's "PE Format" specification).
 IMAGE_FILE_MACHINE_I386, IMAGE_FILE_MACHINE_AMD64 = 0x014C, 0x8664
 IMAGE_FILE_MACHINE_ARM64, IMAGE_FILE_MACHINE_ARMNT = 0xAA64, 0x01C4

@@ -6,7 +6,6 @@ here; longer campaigns can raise max_examples.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
 import pytest
@@ -34,18 +33,6 @@ def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
 EDITS = st.lists(st.tuples(st.one_of(st.integers(0, 255), st.integers(0, 8191)),
                            st.integers(0, 255)), min_size=1, max_size=8)
 CUT = st.one_of(st.none(), st.integers(0, 8192))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def young_heap():
-    """The heap as it stands frozen for this module: pefile runs a full gc.collect() on
-    every image it refuses (pefile.PE.close), which otherwise walks every object the test
-    process holds, most of the module's time; each collection now walks only what the
-    module made (the images, pefile's structures), and frees its cycles just the same."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 # A PE sample can take over 5 s on this 2-core machine: pefile parses the directories the

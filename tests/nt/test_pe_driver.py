@@ -434,3 +434,29 @@ def test_a_bug_check_through_call_r12_names_the_call_not_its_last_two_bytes(mach
     assert (bc.code, bc.params) == (0xE2, (1, 2, 3, 4))
     assert bc.instruction == "call r12"
     assert m.executive.kernel_read(bc.rip, 3) == b"\x41\xff\xd4"
+
+
+def test_refusing_a_bad_image_runs_no_full_collection_of_the_heap(sys_files):
+    """pefile closes every image it refuses with a full ``gc.collect()``, which walks every
+    object of a long session (the debugger's, a fuzz run's); the loader gives it bytes, not
+    a file, and that collection is not run: refusing each bad image starts none."""
+    import gc
+
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    was_enabled = gc.isenabled()
+    gc.disable()                 # only explicit collections remain to be seen
+    gc.callbacks.append(seen)
+    try:
+        for make, _message in BAD.values():
+            with pytest.raises(LoaderError):
+                pe_loader.parse_pe_driver(make(), "bad.sys", layout.KERNEL_DRIVERS)
+    finally:
+        gc.callbacks.remove(seen)
+        if was_enabled:
+            gc.enable()
+    assert collections == []
