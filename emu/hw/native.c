@@ -894,18 +894,23 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
  * change), if the budget holds it: one slot and the context's first cache line,
  * and no register saved (the rest is block_enter's), since Unicorn calls it
  * between every two blocks. What it does, each for one reason:
- *   - the slot `ctx->fast` holds for pc: the current space's table, or, while
- *     the fast path is off, no_fast (all empty), so no flag is read;
+ *   - the slot of pc in ctx->fast: the current space's table, or, while the
+ *     fast path is off, no_fast, all empty: so no flag of its own is read;
  *   - pc and size compared with the slot's: the block seen before (the size
- *     too: a block cut by the tail starts at the same pc);
- *   - its count against the budget, in one compare (count - 1 < remaining:
- *     an empty slot's count 0 never passes, nor a block bigger than the budget);
- *   - remaining -= count: the budget, and the count (end - remaining) with it;
+ *     too: a block cut by the tail starts at the same pc); an empty slot's pc,
+ *     FAST_EMPTY, is no block's;
+ *   - count <= remaining: the budget holds the whole block (else block_enter
+ *     stops before it: the tail);
+ *   - remaining -= count: the budget, and the count (end - remaining) with it:
+ *     no counter of instructions of its own;
  *   - blocks++: the statistic (NativeHooks.blocks);
- *   - last = its learnt block: what a run that leaves it early takes back from
- *     (native_settle, take_back, native.py _settle and completed_before).
- * Measured on `loop` (docs/performance.md, "the cost model of counting"): a
- * separate instruction counter and a flag of its own cost more than the rest.
+ *   - last = its learnt block: what native_settle and native.py (_settle,
+ *     completed_before) take back from when the run leaves it early.
+ * Measured on `loop`, 10 M entries (docs/performance.md, "The cost model of
+ * counting"): a counter of instructions beside the budget, a flag checked, and
+ * code that spans two 64-byte lines each cost 2-3 ms more; as it is (61 bytes
+ * from cc -O2 here, in one line: hence the alignment) it is within about 1 ms
+ * of a hook that only counts (native_tally).
  */
 __attribute__((aligned(64)))
 void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
@@ -914,7 +919,7 @@ void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
     const struct fast_slot *f = fast_slot(ctx->fast, pc);
     uint64_t n = f->count;
 
-    (void)uc;                   /* block_enter takes it from ctx: one register less */
+    (void)uc;                   /* block_enter takes it from ctx: no register kept for it */
     if (__builtin_expect(f->pc == pc && f->size == size && n <= ctx->remaining, 1)) {
         ctx->remaining -= n;
         ctx->blocks++;

@@ -7,11 +7,11 @@ Two hooks on the Unicorn engine, both in C so that no Python runs in the common 
   seen, and only its misses cost a call into Python (about 1.2 us each).
 * An instruction counter with a budget, installed only while a budget is set, so that a run
   without one pays nothing. It counts per translated block (a UC_HOOK_BLOCK hook charges a
-  block's instruction count at its entry: 0.2-0.4 ns a block over the 0.7-1.4 ns of a C
-  block hook that does nothing but count), and per instruction (a UC_HOOK_CODE hook, 7-8 ns
-  an instruction) only for a step-sized budget, or as the reference the block counter is
-  tested against (``PER_INSTRUCTION``, or ``EMU_COUNT=instruction`` in the environment:
-  :attr:`NativeHooks.per_instruction`).
+  block's instruction count at its entry: about 0.1 ns a block over the 0.7-1.4 ns of a C
+  block hook that does nothing but count, docs/performance.md), and per instruction (a
+  UC_HOOK_CODE hook, 7-8 ns an instruction) only for a step-sized budget, or as the
+  reference the block counter is tested against (``PER_INSTRUCTION``, or
+  ``EMU_COUNT=instruction`` in the environment: :attr:`NativeHooks.per_instruction`).
 
 The walker contract, ``fill(vpage, access, cpl, rflags) -> int``:
 
@@ -199,8 +199,8 @@ class _Ctx(ctypes.Structure):
 
     The instructions completed are ``end - remaining`` (mod 2^64): the block counter's fast
     path moves ``remaining`` alone. Taking instructions back gives them back to the budget
-    (``remaining += n``); setting the budget or the count goes through :meth:`set_budget`
-    and :attr:`instructions`, which move ``end`` with it."""
+    (``remaining += n``); setting the budget (NativeHooks.set_budget, account) or the count
+    (:attr:`instructions`) moves ``end`` with it."""
 
     _fields_ = [
         ("remaining", ctypes.c_uint64),
@@ -241,11 +241,6 @@ class _Ctx(ctypes.Structure):
     @instructions.setter
     def instructions(self, value: int) -> None:
         self.end = (value + self.remaining) & _MASK64
-
-    def set_budget(self, n: int) -> None:
-        """``remaining = n``, the instructions completed unchanged."""
-        self.end = (self.end - self.remaining + n) & _MASK64
-        self.remaining = n
 
     def leave_block(self) -> None:
         """The run is no longer inside the block charged last (native.c: the next entry
@@ -752,7 +747,8 @@ class NativeHooks:
             raise ValueError(f"set_budget: negative budget {n}" if n < 0 else
                              f"set_budget: budget {n} is beyond 2^64 - 1")
         ctx = self._ctx
-        ctx.set_budget(n)
+        ctx.end = (ctx.end - ctx.remaining + n) & _MASK64    # the count stays end - remaining
+        ctx.remaining = n
         ctx.stop_flag = 0
         if self._block_hook is not None and not self._per_instruction:
             return                        # the block counter is on already (every turn)
@@ -801,7 +797,7 @@ class NativeHooks:
 
     def set_space(self, space: int) -> None:
         """The address space (CR3) the blocks that run next belong to."""
-        self._lib.native_set_space(self._ctx_ptr, space)   # empties the fast table
+        self._lib.native_set_space(self._ctx_ptr, space)   # its own fast table made current
 
     def forget_blocks(self) -> None:
         """Forget every learnt block: translated code was dropped, or new code loaded."""
@@ -844,8 +840,10 @@ class NativeHooks:
         ctx = self._ctx
         if not self.counting:
             return
-        ctx.remaining = max(0, ctx.remaining + ctx.instructions - completed)
-        ctx.end = (completed + ctx.remaining) & _MASK64
+        remaining = ctx.remaining
+        remaining = max(0, remaining + ((ctx.end - remaining) & _MASK64) - completed)
+        ctx.remaining = remaining
+        ctx.end = (completed + remaining) & _MASK64
         ctx.in_flight = 0
         ctx.leave_block()
 
