@@ -148,30 +148,54 @@ static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 
 #define FAST_BITS 10
 #define FAST_SIZE (1u << FAST_BITS)
 #define FAST_TABLES 4                   /* one per recent address space, LRU */
+#define NO_FAST     FAST_TABLES         /* then one more, never written: all empty */
 
 struct fast_slot {
-    uint64_t pc;
-    uint64_t size_count;        /* size | count << 32 (count 0: empty) */
+    uint32_t size;
+    uint32_t count;
+    uint64_t pc;                /* FAST_EMPTY: an empty slot */
     struct block_entry *e;      /* its learnt block */
+    uint64_t unused;            /* 32 bytes: a slot's address is one shift */
 };
+
+/* An empty slot's pc: not canonical, so no block starts there (a fetch from a
+ * non-canonical address is a #GP, SDM Vol. 1 3.3.7.1, and the walker denies it),
+ * and its size, 0, is no block's either. */
+#define FAST_EMPTY (1ull << 63)
+
+/* Empties `n` slots from `table`. */
+static void fast_clear(struct fast_slot *table, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        table[i] = (struct fast_slot){ .pc = FAST_EMPTY };
+}
 
 /*
  * One machine's state. native.py mirrors every field up to and including
  * learned with ctypes, in this order: keep the two in step (native_ctx_size
  * checks the size at load time). The first cache line holds what a block
  * entry of the fast path touches (the context is 64-byte aligned).
+ *
+ * The instructions completed are not a field: they are end - remaining (mod
+ * 2^64). A block charged moves only `remaining` (the fast path's one store of
+ * the count); whatever takes instructions back gives them back to the budget
+ * (remaining += n: end unchanged); whatever ends or sets the budget, or sets
+ * the count, moves `end` with it (budget_spent, native.py _Ctx).
  */
 struct native_ctx {
-    uint64_t instructions;      /* instructions completed */
     uint64_t remaining;         /* budget: instructions left before the stop */
-    uint64_t space;             /* the address space learnt blocks belong to (CR3) */
-    uint64_t fast_off;          /* non-zero: every entry takes block_enter (a stop asked
+    struct fast_slot *fast;     /* what native_block looks blocks up in: `table`, or,
+                                 * while every entry must take block_enter (a stop asked
                                  * for, the tail, the last block may be rewritten, or the
-                                 * run is not inside a block: in_block is 0) */
+                                 * run is not inside a block: in_block is 0), `no_fast`,
+                                 * whose slots are all empty (none matches) */
     struct block_entry *last;   /* the block charged last ... */
-    uint64_t in_block;          /* ... and whether the run may still be inside it */
     uint64_t blocks;            /* block entries charged */
-    struct fast_slot *fast;     /* FAST_SIZE slots */
+    uint64_t end;               /* instructions completed + remaining (mod 2^64) */
+    uint64_t in_block;          /* the run may still be inside *last */
+    uint64_t space;             /* the address space learnt blocks belong to (CR3) */
+    struct fast_slot *table;    /* the current space's fast table (FAST_SIZE slots) */
+    struct fast_slot *no_fast;  /* FAST_SIZE empty slots */
     uint64_t fills;             /* TLB-fill hook calls */
     uint64_t stlb_hits;         /* ... of which the STLB answered */
     uint64_t last_pc;           /* address of the last instruction counted */
@@ -236,16 +260,17 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
     if (ctx == NULL)
         return NULL;
     memset(ctx, 0, bytes);
-    ctx->fast_off = 1;
-    ctx->fast = ctx->fast_all = calloc((size_t)FAST_TABLES * FAST_SIZE,
-                                       sizeof(struct fast_slot));
-    if (ctx->fast == NULL) {
+    ctx->fast_all = malloc((size_t)(FAST_TABLES + 1) * FAST_SIZE * sizeof(struct fast_slot));
+    if (ctx->fast_all == NULL) {
         free(ctx);
         return NULL;
     }
+    fast_clear(ctx->fast_all, (size_t)(FAST_TABLES + 1) * FAST_SIZE);
+    ctx->table = ctx->fast_all;
+    ctx->fast = ctx->no_fast = ctx->fast_all + (size_t)NO_FAST * FAST_SIZE;
     ctx->stlb = aligned_alloc(64, STLB_BYTES);   /* a set per cache line */
     if (ctx->stlb == NULL) {
-        free(ctx->fast);
+        free(ctx->fast_all);
         free(ctx);
         return NULL;
     }
@@ -253,7 +278,7 @@ struct native_ctx *native_open(reg_read_fn reg_read, emu_stop_fn emu_stop,
     ctx->bcache = calloc(BCACHE_SIZE, sizeof(struct block_entry));
     if (ctx->bcache == NULL) {
         free(ctx->stlb);
-        free(ctx->fast);
+        free(ctx->fast_all);
         free(ctx);
         return NULL;
     }
@@ -518,6 +543,13 @@ static uint32_t needed_perm(int type)
     }
 }
 
+/* Ends the budget now: nothing left, the instructions completed unchanged. */
+static void budget_spent(struct native_ctx *ctx)
+{
+    ctx->end -= ctx->remaining;
+    ctx->remaining = 0;
+}
+
 /*
  * The instruction the counter last counted will not complete: take it back.
  * Called when a data access of it faults (a fetch fault happens while
@@ -526,8 +558,7 @@ static uint32_t needed_perm(int type)
 static void retract(struct native_ctx *ctx)
 {
     if (ctx->in_flight) {
-        ctx->instructions--;
-        ctx->remaining++;
+        ctx->remaining++;               /* one instruction less: end - remaining */
         ctx->in_flight = 0;
     }
 }
@@ -537,7 +568,7 @@ static void note_fault(struct native_ctx *ctx, int type)
     if (type == UC_MEM_FETCH) {         /* the block before completed */
         ctx->in_flight = 0;
         ctx->in_block = 0;
-        ctx->fast_off = 1;
+        ctx->fast = ctx->no_fast;
     } else
         retract(ctx);
 }
@@ -605,13 +636,12 @@ void native_count(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 
     if (ctx->remaining == 0 || ctx->stop_flag) {
         ctx->stop_flag = 0;
-        ctx->remaining = 0;
+        budget_spent(ctx);
         ctx->in_flight = 0;
         ctx->emu_stop(uc);
         return;
     }
-    ctx->remaining--;
-    ctx->instructions++;
+    ctx->remaining--;                   /* one instruction more: end - remaining */
     ctx->last_pc = pc;
     ctx->in_flight = 1;
 }
@@ -630,15 +660,16 @@ void native_tally(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 }
 
 /* Forgets every learnt block (translated code was dropped, or new code loaded). With
- * none learnt since the last time (a machine's first image), the cache and the fast
- * tables are still all zero (block_count fills a fast slot only for a block it counted
- * in bcache_used): touching them again would only fault in its 3 MB of fresh pages. */
+ * none learnt since the last time (a machine's first image), the cache is still all
+ * zero and the fast tables empty (block_count fills a fast slot only for a block it
+ * counted in bcache_used): touching the cache again would only fault in its 3 MB of
+ * fresh pages. */
 void native_forget_blocks(struct native_ctx *ctx)
 {
     if (ctx->bcache_used == 0) {
         ctx->last = ctx->bcache;
         ctx->in_block = 0;
-        ctx->fast_off = 1;
+        ctx->fast = ctx->no_fast;
         return;
     }
     for (uint32_t i = 0; i < BCACHE_SIZE; i++)
@@ -647,8 +678,8 @@ void native_forget_blocks(struct native_ctx *ctx)
     ctx->bcache_used = 0;
     ctx->last = ctx->bcache;
     ctx->in_block = 0;
-    ctx->fast_off = 1;
-    memset(ctx->fast_all, 0, (size_t)FAST_TABLES * FAST_SIZE * sizeof(struct fast_slot));
+    ctx->fast = ctx->no_fast;
+    fast_clear(ctx->fast_all, (size_t)FAST_TABLES * FAST_SIZE);    /* no_fast stays empty */
 }
 
 /*
@@ -665,17 +696,18 @@ void native_set_space(struct native_ctx *ctx, uint64_t space)
     if (space == ctx->space)
         return;
     ctx->space = space;
-    ctx->fast_used[(size_t)(ctx->fast - ctx->fast_all) / FAST_SIZE] = ++ctx->fast_clock;
+    ctx->fast = ctx->no_fast;           /* the next entry takes block_enter */
+    ctx->fast_used[(size_t)(ctx->table - ctx->fast_all) / FAST_SIZE] = ++ctx->fast_clock;
     for (uint32_t i = 0; i < FAST_TABLES; i++) {
         if (ctx->fast_space[i] == space && ctx->fast_used[i] != 0) {
-            ctx->fast = ctx->fast_all + (size_t)i * FAST_SIZE;
+            ctx->table = ctx->fast_all + (size_t)i * FAST_SIZE;
             return;
         }
         if (ctx->fast_used[i] < ctx->fast_used[victim])
             victim = i;
     }
-    ctx->fast = ctx->fast_all + (size_t)victim * FAST_SIZE;
-    memset(ctx->fast, 0, FAST_SIZE * sizeof(struct fast_slot));
+    ctx->table = ctx->fast_all + (size_t)victim * FAST_SIZE;
+    fast_clear(ctx->table, FAST_SIZE);
     ctx->fast_space[victim] = space;
     ctx->fast_used[victim] = ++ctx->fast_clock;
 }
@@ -774,13 +806,13 @@ static void take_back(struct native_ctx *ctx, uint64_t pc)
     if (done < 0 || (uint64_t)done >= ctx->last->count)
         return;
     undone = ctx->last->count - (uint64_t)done;
-    ctx->instructions -= undone;
-    ctx->remaining += undone;
+    ctx->remaining += undone;           /* end - remaining: `undone` fewer completed */
 }
 
-static struct fast_slot *fast_slot(struct native_ctx *ctx, uint64_t pc)
+/* The slot of the block at `pc` in `table`: the cheapest index, no hashing. */
+static struct fast_slot *fast_slot(struct fast_slot *table, uint64_t pc)
 {
-    return &ctx->fast[pc & (FAST_SIZE - 1)];    /* the cheapest index: no hashing */
+    return &table[pc & (FAST_SIZE - 1)];
 }
 
 /*
@@ -790,14 +822,15 @@ static struct fast_slot *fast_slot(struct native_ctx *ctx, uint64_t pc)
  * run before it; puts it in the fast table when its next entry can take the
  * fast path.
  */
-static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
-                                                  uint32_t size,
-                                                  struct native_ctx *ctx)
+static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64_t pc,
+                                                  uint32_t size)
 {
+    uc_engine *uc = ctx->uc;    /* the engine the hooks are on (native_set_cr3_writer) */
+
     struct block_entry *e;
     uint64_t n;
 
-    ctx->fast_off = 1;
+    ctx->fast = ctx->no_fast;
     if (ctx->in_block && left_early(ctx->last, pc, size))
         take_back(ctx, pc);
     ctx->in_block = 0;
@@ -815,7 +848,7 @@ static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
     }
     if (ctx->stop_flag || ctx->remaining == 0) {
         ctx->stop_flag = 0;
-        ctx->remaining = 0;
+        budget_spent(ctx);
         ctx->emu_stop(uc);
         return;
     }
@@ -827,24 +860,25 @@ static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
         ctx->emu_stop(uc);
         return;
     }
-    ctx->remaining -= n;
-    ctx->instructions += n;
+    ctx->remaining -= n;        /* n more completed: end - remaining */
     ctx->blocks++;
     ctx->in_block = 1;          /* the block is *ctx->last */
     e = ctx->last;
     if (e->host == NULL && !e->always) {
         /* Its bytes cannot change under it: its next entry needs only its count. */
-        struct fast_slot *f = fast_slot(ctx, pc);
+        struct fast_slot *f = fast_slot(ctx->table, pc);
 
         f->pc = pc;
-        f->size_count = size | n << 32;
+        f->size = size;
+        f->count = (uint32_t)n;
         f->e = e;
         /* The next entry may take the fast path, unless a stop was asked for meanwhile.
-         * (stop_soon() from another thread sets fast_off after stop_flag; in the rare
-         * race with this store the stop comes at the budget's end.) A block the guest
-         * may rewrite keeps fast_off set: the next entry checks whether it was left
-         * early (left_early), which no block of the fast table can be. */
-        ctx->fast_off = ctx->stop_flag;
+         * (stop_soon() from another thread sets `fast` to no_fast after stop_flag; in
+         * the rare race with this store the stop comes at the next entry that takes
+         * block_enter, at the latest the budget's end.) A block the guest may rewrite
+         * leaves the fast path off: the next entry checks whether it was left early
+         * (left_early), which no block of the fast table can be. */
+        ctx->fast = ctx->stop_flag ? ctx->no_fast : ctx->table;
     }
 }
 
@@ -859,23 +893,40 @@ static __attribute__((noinline)) void block_enter(uc_engine *uc, uint64_t pc,
  * The fast path is a block of the fast table (seen before, bytes that cannot
  * change), if the budget holds it: one slot and the context's first cache line,
  * and no register saved (the rest is block_enter's), since Unicorn calls it
- * between every two blocks.
+ * between every two blocks. What it does, each for one reason:
+ *   - the slot of pc in ctx->fast: the current space's table, or, while the
+ *     fast path is off, no_fast, all empty: so no flag of its own is read;
+ *   - pc and size compared with the slot's: the block seen before (the size
+ *     too: a block cut by the tail starts at the same pc); an empty slot's pc,
+ *     FAST_EMPTY, is no block's;
+ *   - count <= remaining: the budget holds the whole block (else block_enter
+ *     stops before it: the tail);
+ *   - remaining -= count: the budget, and the count (end - remaining) with it:
+ *     no counter of instructions of its own;
+ *   - blocks++: the statistic (NativeHooks.blocks);
+ *   - last = its learnt block: what native_settle and native.py (_settle,
+ *     completed_before) take back from when the run leaves it early.
+ * Measured on `loop`, 10 M entries (docs/performance.md, "The cost model of
+ * counting"): a counter of instructions beside the budget, a flag checked, and
+ * code that spans two 64-byte lines each cost 2-3 ms more; as it is (61 bytes
+ * from cc -O2 here, in one line: hence the alignment) it is within about 1 ms
+ * of a hook that only counts (native_tally).
  */
+__attribute__((aligned(64)))
 void native_block(uc_engine *uc, uint64_t pc, uint32_t size, void *user_data)
 {
     struct native_ctx *ctx = user_data;
-    const struct fast_slot *f = fast_slot(ctx, pc);
-    uint64_t n = f->size_count >> 32;
+    const struct fast_slot *f = fast_slot(ctx->fast, pc);
+    uint64_t n = f->count;
 
-    if (__builtin_expect(f->pc == pc && (uint32_t)f->size_count == size && !ctx->fast_off
-                         && n <= ctx->remaining && n != 0, 1)) {
+    (void)uc;                   /* block_enter takes it from ctx: no register kept for it */
+    if (__builtin_expect(f->pc == pc && f->size == size && n <= ctx->remaining, 1)) {
         ctx->remaining -= n;
-        ctx->instructions += n;
         ctx->blocks++;
         ctx->last = f->e;
         return;
     }
-    block_enter(uc, pc, size, ctx);
+    block_enter(ctx, pc, size);
 }
 
 /*
@@ -899,15 +950,13 @@ int native_settle(struct native_ctx *ctx, int32_t reg_rip, uint64_t *rip)
     err = ctx->reg_read(ctx->uc, reg_rip, rip);
     if (err)
         return -err;
-    if (ctx->in_flight && *rip == ctx->last_pc) {
-        ctx->instructions--;
-        ctx->remaining++;
-    }
+    if (ctx->in_flight && *rip == ctx->last_pc)
+        ctx->remaining++;               /* one fewer completed: end - remaining */
     ctx->in_flight = 0;
     e = ctx->last;
     if (ctx->in_block && *rip - e->pc >= e->size) {   /* no overflow at 2^64 */
         ctx->in_block = 0;
-        ctx->fast_off = 1;
+        ctx->fast = ctx->no_fast;
     }
     return 1;
 }

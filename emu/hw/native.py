@@ -7,11 +7,11 @@ Two hooks on the Unicorn engine, both in C so that no Python runs in the common 
   seen, and only its misses cost a call into Python (about 1.2 us each).
 * An instruction counter with a budget, installed only while a budget is set, so that a run
   without one pays nothing. It counts per translated block (a UC_HOOK_BLOCK hook charges a
-  block's instruction count at its entry: 0.2-0.4 ns a block over the 0.7-1.4 ns of a C
-  block hook that does nothing but count), and per instruction (a UC_HOOK_CODE hook, 7-8 ns
-  an instruction) only for a step-sized budget, or as the reference the block counter is
-  tested against (``PER_INSTRUCTION``, or ``EMU_COUNT=instruction`` in the environment:
-  :attr:`NativeHooks.per_instruction`).
+  block's instruction count at its entry: about 0.1 ns a block over the 0.7-1.4 ns of a C
+  block hook that does nothing but count, docs/performance.md), and per instruction (a
+  UC_HOOK_CODE hook, 7-8 ns an instruction) only for a step-sized budget, or as the
+  reference the block counter is tested against (``PER_INSTRUCTION``, or
+  ``EMU_COUNT=instruction`` in the environment: :attr:`NativeHooks.per_instruction`).
 
 The walker contract, ``fill(vpage, access, cpl, rflags) -> int``:
 
@@ -195,17 +195,23 @@ PER_INSTRUCTION = os.environ.get("EMU_COUNT") == "instruction"
 
 
 class _Ctx(ctypes.Structure):
-    """The head of native.c's struct native_ctx, field for field."""
+    """The head of native.c's struct native_ctx, field for field.
+
+    The instructions completed are ``end - remaining`` (mod 2^64): the block counter's fast
+    path moves ``remaining`` alone. Taking instructions back gives them back to the budget
+    (``remaining += n``); setting the budget (NativeHooks.set_budget, account) or the count
+    (:attr:`instructions`) moves ``end`` with it."""
 
     _fields_ = [
-        ("instructions", ctypes.c_uint64),
         ("remaining", ctypes.c_uint64),
-        ("space", ctypes.c_uint64),
-        ("fast_off", ctypes.c_uint64),
-        ("last", ctypes.c_void_p),
-        ("in_block", ctypes.c_uint64),
-        ("blocks", ctypes.c_uint64),
         ("fast", ctypes.c_void_p),
+        ("last", ctypes.c_void_p),
+        ("blocks", ctypes.c_uint64),
+        ("end", ctypes.c_uint64),
+        ("in_block", ctypes.c_uint64),
+        ("space", ctypes.c_uint64),
+        ("table", ctypes.c_void_p),
+        ("no_fast", ctypes.c_void_p),
         ("fills", ctypes.c_uint64),
         ("stlb_hits", ctypes.c_uint64),
         ("last_pc", ctypes.c_uint64),
@@ -227,11 +233,20 @@ class _Ctx(ctypes.Structure):
         ("learned", ctypes.c_uint64),
     ]
 
+    @property
+    def instructions(self) -> int:
+        """Instructions completed: ``end - remaining`` (mod 2^64)."""
+        return (self.end - self.remaining) & _MASK64
+
+    @instructions.setter
+    def instructions(self, value: int) -> None:
+        self.end = (value + self.remaining) & _MASK64
+
     def leave_block(self) -> None:
         """The run is no longer inside the block charged last (native.c: the next entry
-        takes block_enter)."""
+        takes block_enter, its fast table switched off)."""
         self.in_block = 0
-        self.fast_off = 1
+        self.fast = self.no_fast
 
 
 @cache
@@ -550,7 +565,7 @@ class NativeHooks:
         hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, start, start + size - 1)
         self._uc.ctl_remove_cache(start, start + size)
         ctx.tail_pc, ctx.tail_size, ctx.tail_mode = start, size, 1
-        ctx.fast_off = 1                           # the tail's blocks take block_enter
+        ctx.fast = ctx.no_fast                     # the tail's blocks take block_enter
         try:
             self._run(begin, until, timeout)
         finally:
@@ -573,10 +588,8 @@ class NativeHooks:
             rip = self._rip_value.value
             ctx.leave_block()
             block = self._block()
-            undone = block.count - self._done_in_block(rip, block)
-            if undone:
-                ctx.instructions -= undone
-                ctx.remaining += undone
+            # Taken back, to the budget: the count (end - remaining) goes down with it.
+            ctx.remaining += block.count - self._done_in_block(rip, block)
 
     def rip(self) -> int:
         """RIP, in one raw uc_reg_read."""
@@ -734,6 +747,7 @@ class NativeHooks:
             raise ValueError(f"set_budget: negative budget {n}" if n < 0 else
                              f"set_budget: budget {n} is beyond 2^64 - 1")
         ctx = self._ctx
+        ctx.end = (ctx.end - ctx.remaining + n) & _MASK64    # the count stays end - remaining
         ctx.remaining = n
         ctx.stop_flag = 0
         if self._block_hook is not None and not self._per_instruction:
@@ -783,7 +797,7 @@ class NativeHooks:
 
     def set_space(self, space: int) -> None:
         """The address space (CR3) the blocks that run next belong to."""
-        self._lib.native_set_space(self._ctx_ptr, space)   # empties the fast table
+        self._lib.native_set_space(self._ctx_ptr, space)   # its own fast table made current
 
     def forget_blocks(self) -> None:
         """Forget every learnt block: translated code was dropped, or new code loaded."""
@@ -826,8 +840,10 @@ class NativeHooks:
         ctx = self._ctx
         if not self.counting:
             return
-        ctx.remaining = max(0, ctx.remaining + ctx.instructions - completed)
-        ctx.instructions = completed
+        remaining = ctx.remaining
+        remaining = max(0, remaining + ((ctx.end - remaining) & _MASK64) - completed)
+        ctx.remaining = remaining
+        ctx.end = (completed + remaining) & _MASK64
         ctx.in_flight = 0
         ctx.leave_block()
 
@@ -836,8 +852,9 @@ class NativeHooks:
         before the next instruction). Safe from another thread or a hook; a no-op when not
         counting."""
         if self.counting:
-            self._ctx.stop_flag = 1
-            self._ctx.fast_off = 1              # after the flag: see native.c block_enter
+            ctx = self._ctx
+            ctx.stop_flag = 1
+            ctx.fast = ctx.no_fast              # after the flag: see native.c block_enter
 
     @property
     def budget(self) -> int | None:
@@ -851,7 +868,7 @@ class NativeHooks:
 
     @instructions.setter
     def instructions(self, value: int) -> None:
-        self._ctx.instructions = value
+        self._ctx.instructions = value           # the budget left unchanged
         self._ctx.in_flight = 0
         self._ctx.leave_block()
 

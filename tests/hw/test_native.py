@@ -25,8 +25,10 @@ from unicorn import (
     UC_CTL_TLB_FLUSH,
     UC_ERR_EXCEPTION,
     UC_ERR_INSN_INVALID,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_READ,
     UC_HOOK_MEM_WRITE,
     UC_MODE_64,
     UC_PROT_ALL,
@@ -820,3 +822,158 @@ def test_a_budget_ending_inside_a_block_runs_the_block_cut_there(counter) -> Non
     rig.hooks.set_budget(BIG_BUDGET)
     rig.run(rig.rip)                                   # the rest: nop x 10, hlt
     assert (rig.hooks.instructions, rig.rip) == (41, CODE + 41)
+
+
+# --- the block counter's fast table ------------------------------------------------------
+
+
+class ReadOnlyRig(Rig):
+    """A rig whose code the guest cannot write (as the machine's code pages): a block's
+    next entry is charged from native.c's fast table (native_block's fast path), not
+    checked for rewritten bytes."""
+
+    def block(self, pc: int, size: int) -> tuple[list[int], None]:
+        return super().block(pc, size)[0], None
+
+
+ITERATIONS = 1000
+
+
+def loop_program(iterations: int = ITERATIONS) -> bytes:
+    """mov ecx, n; loop: add rax, 3; dec ecx; jnz loop; hlt: 3n + 2 instructions, in the
+    blocks [mov .. jnz] (entered once), [add .. jnz] (n - 1 times) and [hlt]."""
+    return assemble(
+        mov_ecx(iterations),
+        Label("loop"),
+        b"\x48\x83\xc0\x03",  # add rax, 3
+        b"\xff\xc9",  # dec ecx
+        b"\x75",
+        Rel("loop", 1),  # jnz loop
+        HLT,
+    )
+
+
+LOOP = CODE + 5                      # the loop's first instruction (add)
+LOOP_DEC = LOOP + 4                  # its dec
+LOOP_TOTAL = 3 * ITERATIONS + 2
+
+
+def unicorns_own(code: bytes, n: int) -> int:
+    """RIP after Unicorn's own ``count=n`` from CODE (no hooks): the oracle."""
+    oracle = Rig(code)
+    oracle.hooks.close()
+    oracle.uc.emu_start(CODE, 0, count=n)
+    return oracle.rip
+
+
+def test_blocks_that_cannot_be_rewritten_are_charged_from_the_fast_table(counter) -> None:
+    """Every instruction counts once and every block entry is a block charged (the
+    statistic NativeHooks.blocks), though only the first entry of each block is learnt."""
+    rig = ReadOnlyRig(loop_program())
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run()
+    assert (rig.hooks.instructions, rig.rip) == (LOOP_TOTAL, CODE + len(loop_program()))
+    assert rig.uc.reg_read(UC_X86_REG_RAX) == 3 * ITERATIONS
+    if counter == "block":
+        assert (rig.hooks.blocks, rig.hooks.learned) == (1 + (ITERATIONS - 1) + 1, 3)
+    else:
+        assert rig.hooks.blocks == 0
+
+
+@pytest.mark.parametrize("n", [17, 18, 19, 20, 1000, 1501, LOOP_TOTAL - 2, LOOP_TOTAL - 1])
+def test_budget_ending_among_fast_table_blocks_stops_after_n(n: int) -> None:
+    """The fast path charges a block only if the budget holds it whole: the stop is exact,
+    at a block boundary or inside one, as Unicorn's own count= stops; the rest runs on."""
+    rig = ReadOnlyRig(loop_program())
+    rig.hooks.set_budget(n)
+    rig.run()
+    assert (rig.hooks.instructions, rig.hooks.budget) == (n, 0)
+    assert rig.rip == unicorns_own(loop_program(), n)
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run(rig.rip)
+    assert (rig.hooks.instructions, rig.uc.reg_read(UC_X86_REG_RAX)) == (LOOP_TOTAL,
+                                                                        3 * ITERATIONS)
+
+
+def test_stop_from_a_hook_inside_a_fast_table_block_takes_back_the_rest() -> None:
+    """A run left inside a block charged whole by the fast path (a stop from a read hook,
+    RIP at the load) counts only what came before the load, and the load runs again."""
+    reads: list[int] = []
+
+    def on_read(uc: Uc, *_: object) -> None:
+        reads.append(uc.reg_read(UC_X86_REG_RIP))
+        if len(reads) == 50:
+            uc.emu_stop()
+
+    code = assemble(
+        mov_ecx(100),
+        Label("loop"),
+        b"\x48\x83\xc0\x03",  # add rax, 3
+        load_al(PAGE_A),
+        b"\xff\xc9",  # dec ecx
+        b"\x75",
+        Rel("loop", 1),  # jnz loop
+        HLT,
+    )
+    rig = ReadOnlyRig(code)
+    rig.uc.hook_add(UC_HOOK_MEM_READ, on_read, None, PAGE_A, PAGE_A)
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run()
+    assert (rig.hooks.instructions, rig.rip) == (1 + 49 * 4 + 1, LOOP + 4)
+    assert rig.hooks.budget == BIG_BUDGET - rig.hooks.instructions
+    rig.run(rig.rip)
+    assert (rig.hooks.instructions, len(reads)) == (1 + 100 * 4 + 1, 101)
+
+
+def test_stop_soon_from_a_hook_on_the_fast_path_stops_at_the_next_boundary(counter) -> None:
+    """stop_soon() ends the budget: the block counter stops before the next block (the
+    fast path switched off), the per-instruction counter before the next instruction it
+    counts; either way nothing is lost, and a new budget runs on to the end."""
+    decs: list[int] = []
+
+    def on_dec(_uc: Uc, *_: object) -> None:
+        decs.append(1)
+        if len(decs) == 10:
+            rig.hooks.stop_soon()
+
+    rig = ReadOnlyRig(loop_program())
+    rig.uc.hook_add(UC_HOOK_CODE, on_dec, None, LOOP_DEC, LOOP_DEC)
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run()
+    if counter == "block":         # ten iterations whole: at the loop's next entry
+        assert (rig.hooks.instructions, rig.rip) == (1 + 10 * 3, LOOP)
+    else:                          # before the tenth dec (its hook ran before the count's)
+        assert (rig.hooks.instructions, rig.rip) == (1 + 9 * 3 + 1, LOOP_DEC)
+    assert rig.hooks.budget == 0
+    rig.hooks.set_budget(BIG_BUDGET)
+    rig.run(rig.rip)
+    again = 1 if counter == "instruction" else 0       # the dec stopped before, hooked again
+    assert (rig.hooks.instructions, len(decs)) == (LOOP_TOTAL, ITERATIONS + again)
+
+
+def test_the_count_and_the_budget_are_set_apart() -> None:
+    """Setting the count leaves the budget left as it was, and a new budget leaves the
+    count: the two are kept as end - remaining and remaining (native.c), and each setter
+    moves the end with it."""
+    rig = ReadOnlyRig(loop_program())
+    rig.hooks.set_budget(1000)
+    rig.run()
+    assert (rig.hooks.instructions, rig.hooks.budget) == (1000, 0)
+    rig.hooks.instructions = 7
+    assert (rig.hooks.instructions, rig.hooks.budget) == (7, 0)
+    rig.hooks.set_budget(500)
+    assert (rig.hooks.instructions, rig.hooks.budget) == (7, 500)
+    rig.run(rig.rip)
+    assert (rig.hooks.instructions, rig.hooks.budget) == (507, 0)
+    assert rig.rip == unicorns_own(loop_program(), 1500)
+
+
+def test_counts_and_budgets_near_2_to_the_64_add_up() -> None:
+    """A count of 2^63 and more with the largest budget (their sum is beyond 64 bits): the
+    count still reads exactly, and so does the budget left."""
+    rig = ReadOnlyRig(loop_program())
+    rig.hooks.instructions = (1 << 63) + 5
+    rig.hooks.set_budget((1 << 64) - 1)
+    rig.run()
+    assert rig.hooks.instructions == (1 << 63) + 5 + LOOP_TOTAL
+    assert rig.hooks.budget == (1 << 64) - 1 - LOOP_TOTAL
