@@ -702,6 +702,13 @@ class Cpu:
             raise UcError(status)
 
     @property
+    def can_renew_quantum(self) -> bool:
+        """Whether the next run may renew a quantum at a block entry (NativeHooks
+        .arm_renewal): NativeHooks.can_renew, and no trace hook (which runs Python at every
+        instruction)."""
+        return self.native.can_renew and self._trace_hook is None
+
+    @property
     def can_switch_at_syscall(self) -> bool:
         """Whether, inside the SYSCALL hook, ``switch_at_syscall`` may hand the CPU to
         another context (see NativeHooks.can_switch_at_syscall; no trace hook, no
@@ -1132,6 +1139,7 @@ class Cpu:
 
     def _on_interrupt(self, uc: Uc, intno: int, _data) -> None:
         """UC_HOOK_INTR: an exception or `int n` happened; stop and report it."""
+        self.native.disarm()             # every Python hook: no quantum renewed in C after it
         if self._held is not None:
             uc.emu_stop()                # after a fault from a hook: that fault is reported
             return
@@ -1188,6 +1196,7 @@ class Cpu:
 
     def _on_syscall(self, uc: Uc, _data) -> None:
         """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
+        self.native.disarm()
         if self._held is not None:
             return                       # after a fault from a hook: it never executes
         # One call into Unicorn for the trap path: what SYSCALL itself reads and what the
@@ -1204,6 +1213,8 @@ class Cpu:
             self.syscall_handler(self, cs, number, tuple(args))
 
     def _on_in(self, uc: Uc, port: int, size: int, _data) -> int:
+        """IN: the device at ``port`` answers (all ones when none does)."""
+        self.native.disarm()
         if not self._check_io_privilege(port):
             return 0
         device = self._device_at(port)
@@ -1212,6 +1223,8 @@ class Cpu:
         return device.port_in(port - device.base) & ((1 << (8 * size)) - 1)
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data) -> None:
+        """OUT: the device at ``port`` takes ``value`` (it may start: a deadline)."""
+        self.native.disarm()
         if not self._check_io_privilege(port):
             return
         device = self._device_at(port)
@@ -1254,6 +1267,7 @@ class Cpu:
         """SYSENTER: this CPU is an Intel model (Broadwell), on which SYSENTER is valid in
         64-bit mode; the executive never programs IA32_SYSENTER_CS, so it is 0 and SYSENTER
         raises #GP(0) at any CPL (SDM Vol. 2B, SYSENTER). Unicorn would skip it instead."""
+        self.native.disarm()
         self.raise_fault(CpuException(Vector.GP, self.rip, self.cpl,
                                       reason="sysenter with IA32_SYSENTER_CS = 0"))
 
@@ -1264,6 +1278,7 @@ class Cpu:
             self._trace_hook = None
         if callback is not None:
             def trace(_uc: Uc, addr: int, size: int, _data) -> None:
+                self.native.disarm()
                 if self._held is None:   # instructions a pending fault undoes are not shown
                     callback(self, addr, size)
             self._trace_hook = self.uc.hook_add(UC_HOOK_CODE, trace)

@@ -139,6 +139,7 @@ struct stlb_entry {
 
 static const uint64_t mode_salt[MODE_COUNT] = { STLB_SETS / 2, 0, STLB_SETS / 4 };
 #define GOLDEN  0x9e3779b97f4a7c15ull   /* Fibonacci hashing: 2^64 / phi */
+#define SMALL_BUDGET 16                 /* native.py _SMALL_BUDGET: a step's budget */
 
 /*
  * The fast table: learnt blocks whose next entry needs nothing but their count
@@ -169,6 +170,28 @@ static void fast_clear(struct fast_slot *table, size_t n)
     for (size_t i = 0; i < n; i++)
         table[i] = (struct fast_slot){ .pc = FAST_EMPTY };
 }
+
+/*
+ * KiQuantumEnd with nothing else to run, made at a block entry without stopping the run:
+ * the budget ends there (remaining 0, no stop asked for) and the dispatcher has armed it
+ * (native.py NativeHooks.arm_renewal: every condition of ke_dispatcher._quantum_renewed
+ * held when the run began, and every Python hook disarms it at its entry, since Python is
+ * what can change them). The new budget is the one the dispatcher would give: the quantum,
+ * or less when `limit` (--max-insns) comes first; KUSER_SHARED_DATA's three times are
+ * written as kuser._write_times writes them at a dispatch.
+ */
+struct renewal {
+    uint64_t armed;             /* non-zero: renew at the budget's end (Python sets 0: off) */
+    uint64_t quantum;           /* the budget a renewal gives ... */
+    uint64_t limit;             /* ... unless the instruction count reaches this first */
+    uint64_t clock_offset;      /* the machine's clock = instructions + this (idle time) */
+    uint64_t renewals;          /* renewals made (native.py reads it after a run) */
+    uint8_t *kuser;             /* KUSER_SHARED_DATA's frame in host memory (NULL: none) */
+    uint64_t interrupt_time_at; /* InterruptTime's offset (SystemTime follows at + 12) */
+    uint64_t tick_count_at;     /* TickCount's offset */
+    uint64_t system_time_at_boot;   /* SystemTime at clock 0 (100 ns units since 1601) */
+    uint64_t time_increment;    /* 100 ns units per clock tick (KeQueryTimeIncrement) */
+};
 
 /*
  * One machine's state. native.py mirrors every field up to and including
@@ -239,6 +262,9 @@ struct native_ctx {
     context_reg_fn context_reg_write;
     int32_t reg_rip;
     uint64_t eflags_at;         /* 0: unknown, no switch at a SYSCALL */
+    /* A lone thread's quantum renewed at a block entry (block_enter, renew_quantum):
+     * native.py mirrors this part alone (its _Renewal), at native_renewal_at(). */
+    struct renewal renewal;
 };
 
 void native_forget_blocks(struct native_ctx *ctx);
@@ -246,6 +272,17 @@ void native_forget_blocks(struct native_ctx *ctx);
 size_t native_ctx_size(void)
 {
     return offsetof(struct native_ctx, stlb);
+}
+
+/* Where the context keeps its struct renewal (native.py's _Renewal maps it there). */
+size_t native_renewal_at(void)
+{
+    return offsetof(struct native_ctx, renewal);
+}
+
+size_t native_renewal_size(void)
+{
+    return sizeof(struct renewal);
 }
 
 /* Allocates a context with an empty STLB; NULL if out of memory. */
@@ -607,6 +644,8 @@ bool native_tlb_fill(uc_engine *uc, uint64_t vpage, int type,
         return true;
     }
 
+    /* The walker is Python: what it runs may change what armed the renewal. */
+    ctx->renewal.armed = 0;
     answer = ctx->walker(vpage, type, (int32_t)(cs & 3), rflags);
     if (answer < 0) {                   /* denied: the run loop raises #PF */
         note_fault(ctx, type);
@@ -815,6 +854,55 @@ static struct fast_slot *fast_slot(struct fast_slot *table, uint64_t pc)
     return &table[pc & (FAST_SIZE - 1)];
 }
 
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "KUSER_SHARED_DATA's times are stored as the guest's little-endian words"
+#endif
+
+/*
+ * KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount at clock `now`, byte for
+ * byte and in the order kuser._write_times stores them: the two KSYSTEM_TIMEs side by
+ * side (LowPart, High1Time, High2Time each: both highs equal, a settled value), then
+ * TickCount (ntddk.h KUSER_SHARED_DATA; one clock unit is 100 ns of interrupt time).
+ */
+static void write_times(const struct renewal *r, uint64_t now)
+{
+    uint64_t system = r->system_time_at_boot + now;
+    uint64_t tick = now / r->time_increment;
+    uint32_t two[6] = {
+        (uint32_t)now, (uint32_t)(now >> 32), (uint32_t)(now >> 32),
+        (uint32_t)system, (uint32_t)(system >> 32), (uint32_t)(system >> 32),
+    };
+    uint32_t one[3] = {(uint32_t)tick, (uint32_t)(tick >> 32), (uint32_t)(tick >> 32)};
+
+    memcpy(r->kuser + r->interrupt_time_at, two, sizeof(two));
+    memcpy(r->kuser + r->tick_count_at, one, sizeof(one));
+}
+
+/*
+ * The budget ended at this block entry and a renewal is armed: give the thread a new
+ * quantum in place (ke_dispatcher._quantum_renewed, KiQuantumEnd with nothing else
+ * ready: Windows Internals, 7th ed., ch. 4). False, with nothing changed, when the run
+ * must stop as it would have: --max-insns reached, or a budget left so small that
+ * native.py runs it as a step (counted per instruction from the run's start).
+ */
+static bool renew_quantum(struct native_ctx *ctx)
+{
+    struct renewal *r = &ctx->renewal;
+    uint64_t left, budget;
+
+    if (r->limit <= ctx->instructions)
+        return false;
+    left = r->limit - ctx->instructions;
+    budget = r->quantum < left ? r->quantum : left;
+    if (budget <= SMALL_BUDGET)
+        return false;
+    if (r->kuser != NULL)
+        write_times(r, ctx->instructions + r->clock_offset);
+    ctx->remaining = budget;
+    r->renewals++;
+    return true;
+}
+
 /*
  * The block entry native_block's fast path does not take: a block not in the
  * fast table (new, or one to check for rewritten bytes), a stop asked for, the
@@ -846,7 +934,8 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
         }
         return;
     }
-    if (ctx->stop_flag || ctx->remaining == 0) {
+    if (ctx->stop_flag || (ctx->remaining == 0
+                           && !(ctx->renewal.armed && renew_quantum(ctx)))) {
         ctx->stop_flag = 0;
         budget_spent(ctx);
         ctx->emu_stop(uc);

@@ -73,6 +73,13 @@ Block counting gives the same counts (a test runs every guest app both ways):
   run with the per-instruction hook on that block's bytes alone, as a step-sized budget is.)
 * :meth:`NativeHooks.stop_soon` stops at the next block boundary (the next instruction
   when counting per instruction).
+* :meth:`NativeHooks.arm_renewal` lets the next run go on where its budget ends at a block
+  boundary (a lone thread's quantum end): the budget is renewed there in C, KUSER_SHARED_DATA's
+  times are written, and :attr:`NativeHooks.renewals` counts it; nothing else differs from a
+  stop followed by ``set_budget`` of the same budget and a new run. A budget that ends inside
+  a block, a stop asked for, a limit reached, or a budget left of a step's size stops as
+  ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry, and so does the
+  TLB fill before it calls the walker.
 * A guest store into the bytes of the block being executed makes QEMU leave the block at
   the store and run the store again as a block of one instruction (measured). The block
   counter sees a block that starts inside the last one and ends before it (no other block
@@ -249,6 +256,24 @@ class _Ctx(ctypes.Structure):
         self.fast = self.no_fast
 
 
+class _Renewal(ctypes.Structure):
+    """native.c's struct renewal (a lone thread's quantum renewed at a block entry), at
+    native_renewal_at() in the context."""
+
+    _fields_ = [
+        ("armed", ctypes.c_uint64),
+        ("quantum", ctypes.c_uint64),
+        ("limit", ctypes.c_uint64),
+        ("clock_offset", ctypes.c_uint64),
+        ("renewals", ctypes.c_uint64),
+        ("kuser", ctypes.c_void_p),
+        ("interrupt_time_at", ctypes.c_uint64),
+        ("tick_count_at", ctypes.c_uint64),
+        ("system_time_at_boot", ctypes.c_uint64),
+        ("time_increment", ctypes.c_uint64),
+    ]
+
+
 @cache
 def _context_eflags_offset() -> int:
     """Where a uc_context keeps QEMU's env->eflags (from the context's start), found on a
@@ -338,8 +363,12 @@ def _library() -> ctypes.CDLL:
     lib.native_set_space.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.native_insert.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_size_t,
                                   ctypes.POINTER(ctypes.c_uint64)]
+    lib.native_renewal_at.restype = lib.native_renewal_size.restype = ctypes.c_size_t
+    lib.native_renewal_at.argtypes = lib.native_renewal_size.argtypes = []
     if lib.native_ctx_size() != ctypes.sizeof(_Ctx):
         raise RuntimeError(f"{library_path().name}: struct native_ctx differs from _Ctx")
+    if lib.native_renewal_size() != ctypes.sizeof(_Renewal):
+        raise RuntimeError(f"{library_path().name}: struct renewal differs from _Renewal")
     return lib
 
 
@@ -433,6 +462,7 @@ class NativeHooks:
         self._ctx_ptr = ctx
         self._ctx = _Ctx.from_address(ctx)
         self._ctx.learn = _address(self._learner)
+        self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
         hooks_ref = weakref.ref(self)
 
         def done_before(pc: int) -> int:
@@ -503,6 +533,7 @@ class NativeHooks:
                 self._run_tail(pc, tail, end, timeout)
             if self._errors or not ctx.remaining:
                 break
+            self._renewal.armed = 0           # the tail and what follows: stop as ever
             if ctx.tail_pending:              # the budget ends inside the next block
                 pc, tail, end = ctx.tail_pc, None, self._cut(ctx.tail_pc, ctx.tail_size)
                 if until or end is None:
@@ -689,6 +720,48 @@ class NativeHooks:
         ctx = self._ctx
         ctx.in_flight = 0
         ctx.leave_block()
+
+    def set_shared_times(self, host: int, interrupt_time_at: int, tick_count_at: int,
+                         system_time_at_boot: int, time_increment: int) -> None:
+        """Where a quantum renewed in C writes KUSER_SHARED_DATA's times (emu.nt.kuser
+        ``renewal_layout``): the frame's host address, InterruptTime's offset (SystemTime
+        follows it), TickCount's, SystemTime at clock 0 and the clock tick."""
+        r = self._renewal
+        r.kuser = host
+        r.interrupt_time_at, r.tick_count_at = interrupt_time_at, tick_count_at
+        r.system_time_at_boot, r.time_increment = system_time_at_boot, time_increment
+
+    @property
+    def can_renew(self) -> bool:
+        """Whether a quantum can be renewed at a block entry (``arm_renewal``): counted per
+        block, no tail and no step under way, no stop asked for, and KUSER_SHARED_DATA's
+        place given (``set_shared_times``)."""
+        ctx = self._ctx
+        return self._block_hook is not None and not self._per_instruction and \
+            not ctx.tail_mode and not ctx.stop_flag and bool(self._renewal.kuser)
+
+    def arm_renewal(self, quantum: int, limit: int | None, clock_offset: int) -> None:
+        """For the next run: when the budget ends at a block entry with no stop asked for,
+        give a new budget of ``quantum`` (less if the count would pass ``limit``: None is no
+        limit) and write KUSER_SHARED_DATA's times at clock ``instructions +
+        clock_offset``, without ending the run (native.c ``renew_quantum``). A budget of
+        ``limit`` reached, or one left as small as a step's, stops the run as ever. Every
+        Python hook calls ``disarm`` at its entry."""
+        r = self._renewal
+        r.quantum = quantum
+        r.limit = _MASK64 if limit is None else limit
+        r.clock_offset = clock_offset
+        r.armed = 1
+
+    def disarm(self) -> None:
+        """No renewal in C from now on: Python code is running inside the run (a hook), and
+        may change what armed it; the budget's end stops the run."""
+        self._renewal.armed = 0
+
+    @property
+    def renewals(self) -> int:
+        """Quanta renewed at a block entry (``arm_renewal``) so far."""
+        return self._renewal.renewals
 
     @property
     def pcid(self) -> int:
@@ -897,6 +970,7 @@ class NativeHooks:
         if not self._finalizer.alive:
             return
         self._ctx = _Ctx.from_buffer_copy(self._ctx)
+        self._renewal = _Renewal.from_buffer_copy(self._renewal)
         self._finalizer()
         if self.counting:
             self._code_hook = self._block_hook = None

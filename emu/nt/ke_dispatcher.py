@@ -50,6 +50,13 @@ class KeDispatcher(_Executive):
     """The dispatcher's part of the executive: turns, budgets, context switches, the idle
     loop and the delivery of device interrupts between turns."""
 
+    # A lone thread's quantum end renewed inside the run, at the block entry where its
+    # budget ends (``_arm_renewal``: native.c ``renew_quantum``), instead of through a
+    # stopped run and ``_quantum_renewed``; False: always through the stop (the reference
+    # tests compare with). What either way gives is the same.
+    quantum_end_in_c = True
+    _renewals_seen = 0                   # NativeHooks.renewals when last taken into account
+
     @property
     def clock(self) -> int:
         """The machine's time in instructions (see emu.nt.scheduler)."""
@@ -64,6 +71,8 @@ class KeDispatcher(_Executive):
             # always has: --max-insns N stops at the same instruction under `emu run` and
             # `emu debug`, and the clock a driver reads moves the same way under both.
             self.set_budget(self._kernel_budget())
+        # Where a quantum renewed in C writes the times (the frame never moves).
+        self.cpu.native.set_shared_times(*kuser.renewal_layout(self, self.shared_data_frame))
         while self.pending_drivers:
             with self._bug_checks_recorded():
                 drivers.start(self, self.pending_drivers.pop(0))
@@ -109,7 +118,7 @@ class KeDispatcher(_Executive):
             # more than the rest of this frame.
             result = self._switch_to(thread)
             while not self._turn_over(self.current_thread, result):
-                result = self._run_cpu()
+                result = self._run_cpu(turn=True)
         except BugCheck as bc:
             if bc is not self.bugcheck:
                 self._fill_bugcheck(bc)
@@ -164,10 +173,12 @@ class KeDispatcher(_Executive):
         if self._budget_end is not None:
             self.set_budget(max(0, self._budget_end - self.cpu.instructions))
 
-    def _run_cpu(self, begin: int | None = None) -> RunResult:
+    def _run_cpu(self, begin: int | None = None, *, turn: bool = False) -> RunResult:
         """Run the CPU from ``begin`` (default RIP) until it stops for the executive: an
         exception, the budget's end, or a stop it asked for. Stops a debugger made (a step, a
-        breakpoint, Ctrl-C in ``emu debug``) pause here and the run goes on after them."""
+        breakpoint, Ctrl-C in ``emu debug``) pause here and the run goes on after them.
+        ``turn``: a thread's turn (not a kernel call's routine), whose quantum ends may be
+        renewed inside the run (``_arm_renewal``)."""
         while True:
             if self.debugger is not None:
                 if begin is not None:                       # the pause shows where it starts
@@ -175,10 +186,13 @@ class KeDispatcher(_Executive):
                     begin = None
                 self.debugger.before_run()                  # may pause: the shell runs here
             self.running = True
+            armed = turn and self._arm_renewal()
             try:
                 result = self.cpu.run(begin)
             finally:
                 self.running = False
+                if armed:
+                    self._take_renewals()
                 while self._deferred:
                     self._deferred.pop(0)()
             if result.exception is not None and (self.events.observers or self.debugger):
@@ -187,6 +201,43 @@ class KeDispatcher(_Executive):
                 return result
             begin = None
             self.rearm_budget()
+
+    def _arm_renewal(self) -> bool:
+        """Before a run of the current thread's turn: when every condition of
+        ``_quantum_renewed`` holds now, let the run renew the quantum itself at the block
+        entry where the budget ends (NativeHooks.arm_renewal), with the budget that
+        ``_budget`` would give then (the quantum, or what --max-insns leaves) and
+        KUSER_SHARED_DATA's times written as ``kuser.update_shared_data`` writes them. Only
+        Python changes what those conditions read (the ready queue, timers, devices,
+        interrupts, a stop), and only from a hook inside a run, which disarms it at its
+        entry (emu.hw.cpu, emu.hw.sites, the TLB fill's walker). True when armed."""
+        thread = self.current_thread
+        scheduler = self.scheduler
+        if (not self.quantum_end_in_c or not self.count_always or thread is None
+                or scheduler.ready or thread.state is not ThreadState.RUNNING
+                or thread.apc is not None or thread.resume_rax is not None
+                or self.debugger is not None or self.events.observers or self.interrupted
+                or self.pending_interrupts or self.dpc_queue or self._deferred
+                or self.device_deadline() is not None
+                or scheduler.next_deadline() is not None
+                or not self.cpu.can_renew_quantum):
+            return False
+        # _budget() then: counting because count_always (nothing else is ready or due),
+        # the quantum, cut by --max-insns.
+        self.cpu.native.arm_renewal(scheduler.quantum, self.max_insns, scheduler.idle_skipped)
+        return True
+
+    def _take_renewals(self) -> None:
+        """After an armed run: no renewal outside it, and what ``_quantum_renewed`` does
+        besides the budget and the times made true for those the run made: the budget's
+        end (``set_budget``) is the count plus the budget left."""
+        native = self.cpu.native
+        native.disarm()
+        made = native.renewals
+        if made != self._renewals_seen:
+            self._renewals_seen = made
+            if native.budget is not None:
+                self._budget_end = self.cpu.instructions + native.budget
 
     def _stopped_for_debugger(self, result: RunResult) -> bool:
         """Whether the CPU stopped only because the debugger wanted it to."""
@@ -218,7 +269,7 @@ class KeDispatcher(_Executive):
             # now the caller's buffer is the caller's buffer.
             apc, thread.apc = thread.apc, None
             cpu.set_reg("rax", apc() & 0xFFFF_FFFF)
-        return self._run_cpu()
+        return self._run_cpu(turn=True)
 
     def _switch_at_syscall(self, thread: Thread) -> bool:
         """SwapContext from inside the SYSCALL hook: ``thread`` yielded or blocked in a
@@ -410,7 +461,7 @@ class KeDispatcher(_Executive):
         """KiStartUserThread: iretq from the clean ring-0 state to the thread's start, CPL 3."""
         self.load_user_context(thread, {"rip": thread.start_rip, "rsp": thread.start_rsp,
                                         "rdi": thread.start_arg, "rflags": USER_RFLAGS})
-        return self._run_cpu()
+        return self._run_cpu(turn=True)
 
     def load_user_context(self, thread: Thread, regs: dict[str, int]) -> None:
         """Make the CPU ready to iretq into ring 3 with ``regs`` (registers not named are 0):

@@ -93,6 +93,15 @@ def _write_times(ex: SharedData, frame: int, now: int) -> None:
                         tick >> 32 & 0xFFFF_FFFF, tick >> 32 & 0xFFFF_FFFF)
 
 
+def renewal_layout(ex: SharedData, frame: int) -> tuple[int, int, int, int, int]:
+    """What a quantum renewed in C needs to write the times exactly as ``_write_times``
+    does (emu/hw/native.c ``write_times``): the frame's host address (guest RAM is host
+    memory: the same bytes), InterruptTime's and TickCount's offsets in it, the system
+    time at clock 0 and the clock tick (NativeHooks.set_shared_times' arguments)."""
+    return (ex.mem.address + frame * layout.PAGE_SIZE, _INTERRUPT_TIME, _TICK_COUNT,
+            SYSTEM_TIME_AT_BOOT, TIME_INCREMENT)
+
+
 def update_shared_data(ex: SharedData, frame: int) -> None:
     """Bring KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount up to the clock."""
     _write_times(ex, frame, ex.clock)

@@ -1,0 +1,275 @@
+"""A lone thread's quantum end renewed inside the run, at the block entry where its budget
+ends (emu/nt/ke_dispatcher.py ``_arm_renewal``, emu/hw/native.c ``renew_quantum``): what a
+user of the machine sees is what the renewal through a stopped run gives
+(``Executive.quantum_end_in_c = False``, the reference, ``_quantum_renewed``): the
+instructions, the ``--max-insns`` stops, the schedule, each thread's and process's
+instructions, the output, the registers, and KUSER_SHARED_DATA's times, in memory and as a
+guest reads them at every renewal.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from emu.hw.mmu import PTE
+from emu.machine import Machine
+from emu.nt import layout, wdm
+from emu.nt.loader import Image, Segment
+from emu.scenarios.watch import read_user
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = ROOT / "guest" / "build" / "apps"
+REGISTERS = ("rip", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9",
+             "r10", "r11", "r12", "r13", "r14", "r15", "rflags", "cs", "cr3")
+CODE_VA, DATA_VA = 0x0040_0000, 0x0060_0000
+# Where a test maps KUSER_SHARED_DATA's frame for ring 3, read-only, as Windows does
+# (MM_SHARED_USER_DATA_VA): this machine maps it only at KI_USER_SHARED_DATA, ring 0.
+USER_SHARED_DATA = 0x7FFE_0000
+INTERRUPT_TIME = wdm.KUSER_SHARED_DATA["InterruptTime"]
+TICK_COUNT = wdm.KUSER_SHARED_DATA["TickCount"]
+
+
+def time_reader(iterations: int) -> bytes:
+    """Ring-3 code that reads KUSER_SHARED_DATA's InterruptTime.LowPart ``iterations``
+    times and keeps each new value it sees at DATA_VA (4 bytes each), then exits with the
+    number of values kept."""
+    return (b"\x49\xb8" + (USER_SHARED_DATA + INTERRUPT_TIME).to_bytes(8, "little")
+            + b"\x48\xbf" + DATA_VA.to_bytes(8, "little")     # mov rdi, DATA_VA
+            + b"\x31\xc9"                                      # xor ecx, ecx
+            + b"\x41\x8b\x10"                                  # mov edx, [r8]
+            + b"\x41\xb9" + iterations.to_bytes(4, "little")   # mov r9d, iterations
+            + b"\x41\x8b\x00"                                  # loop: mov eax, [r8]
+            + b"\x39\xd0"                                      # cmp eax, edx
+            + b"\x74\x07"                                      # je same
+            + b"\x89\x04\x8f"                                  # mov [rdi+rcx*4], eax
+            + b"\xff\xc1"                                      # inc ecx
+            + b"\x89\xc2"                                      # mov edx, eax
+            + b"\x41\xff\xc9"                                  # same: dec r9d
+            + b"\x75\xed"                                      # jnz loop
+            + b"\x48\xc7\xc7\xff\xff\xff\xff"                  # mov rdi, -1
+            + b"\x89\xce\x31\xc0\x0f\x05")                     # mov esi, ecx; NtTerminateProcess
+
+
+def raw_image(name: str, code: bytes) -> Image:
+    """``code`` at CODE_VA (read, execute) and 64 KiB of data at DATA_VA (read, write)."""
+    page = bytearray(4096)
+    page[:len(code)] = code
+    data = {DATA_VA + i * 4096: bytearray(4096) for i in range(16)}
+    return Image(name, name, 0, CODE_VA, [Segment(CODE_VA, 4096, 5), Segment(DATA_VA, 0x10000, 6)],
+                 {CODE_VA: page, **data}, {CODE_VA: 5, **dict.fromkeys(data, 6)})
+
+
+def map_shared_data_for_ring3(m: Machine, space) -> None:
+    """KUSER_SHARED_DATA's frame at USER_SHARED_DATA in ``space``, read-only, user, NX."""
+    ex = m.executive
+    pte = space.pte_address(USER_SHARED_DATA, create=True)
+    ex.mem.write_u64(pte, ex.shared_data_frame * layout.PAGE_SIZE | PTE.P | PTE.US | PTE.NX)
+    ex.mm.page_changed(space, USER_SHARED_DATA)
+
+
+def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 1 << 40,
+        watch_times: bool = False) -> dict:
+    """Run the processes of ``workload`` ((app, args) or a raw Image) counted, their quantum
+    ends renewed in C or not; what a user sees, and how many renewals C made."""
+    output: list[tuple[int | None, bytes]] = []
+    m = Machine("256M", max_insns=max_insns, quantum=quantum,
+                console=lambda proc, data: output.append((proc and proc.pid, bytes(data))))
+    ex = m.executive
+    ex.quantum_end_in_c = in_c
+    schedule: list[tuple[int, int]] = []
+    next_thread = ex.scheduler.next_thread
+
+    def recorded(now: int):
+        # The schedule without an event observer (one would turn the renewal in C off).
+        thread = next_thread(now)
+        if thread is not None:
+            schedule.append((thread.tid, ex.clock))
+        return thread
+
+    ex.scheduler.next_thread = recorded
+    seen: dict[int, list[int]] = {}
+    terminate = ex.terminate
+
+    def terminated(proc, status, exception=None):
+        # The times the program kept, read before its address space goes.
+        if watch_times and proc.pid not in seen:
+            raw = read_user(proc, DATA_VA, 4 * status)
+            seen[proc.pid] = list(struct.unpack(f"<{status}I", raw))
+            # The frame is the kernel's: out of the process before its teardown.
+            ex.mem.write_u64(proc.space.pte_address(USER_SHARED_DATA, create=False), 0)
+            ex.mm.page_changed(proc.space, USER_SHARED_DATA)
+        return terminate(proc, status, exception)
+
+    ex.terminate = terminated
+    try:
+        procs = []
+        for item in workload:
+            if isinstance(item, Image):
+                procs.append(ex.create_process(item, []))
+                if watch_times:
+                    map_shared_data_for_ring3(m, procs[-1].space)
+            else:
+                procs.append(m.spawn(APPS / item[0], item[1]))
+        result = m.run()
+        shared = m.mem.read(ex.shared_data_frame * layout.PAGE_SIZE, layout.PAGE_SIZE)
+        return {
+            "stopped": result.stopped,
+            "exits": [p.exit_status for p in procs],
+            "instructions": result.stats.instructions,
+            "switches": result.stats.context_switches,
+            "page_faults": result.stats.page_faults,
+            "output": output,
+            "schedule": schedule,
+            "threads": [(t.tid, t.instructions) for p in ex.processes for t in p.threads],
+            "processes": [(p.pid, p.instructions) for p in ex.processes],
+            "registers": [ex.cpu.reg(r) for r in REGISTERS],
+            "kuser_shared_data": shared,
+            "times_seen": seen,
+            "renewals": ex.cpu.native.renewals,
+        }
+    finally:
+        m.close()
+
+
+def same_both_ways(workload: list, **kwargs) -> dict:
+    got = run(workload, in_c=True, **kwargs)
+    reference = run(workload, in_c=False, **kwargs)
+    assert reference.pop("renewals") == 0
+    renewed = got.pop("renewals")
+    assert got == reference
+    got["renewals"] = renewed
+    return got
+
+
+# `loop`'s quantum ends fall on its 5-instruction block's boundaries (where C renews them)
+# only for some lengths of its start-up: with " 300000" (the leading space costs one more
+# step of strtoul) and "10000000" they do; with "300000" they fall inside the block, where
+# the run stops and Python finishes the budget as ever (the tail).
+ALIGNED = " 300000"
+
+WORKLOADS = {
+    "a compute-bound loop": ([("loop", [ALIGNED])], 100_000),
+    "a loop whose quantum ends fall inside its block": ([("loop", ["300000"])], 10_000),
+    "a loop, quantum 997 (ends inside blocks and on their boundaries)":
+        ([("loop", ["300000"])], 997),
+    "fib": ([("fib", [])], 10_000),
+    "counter": ([("counter", [])], 10_000),
+    "a sweep over memory (page faults, the walker)": ([("sweep", ["2048", "2"])], 10_000),
+    "hotcold": ([("hotcold", [])], 10_000),
+    "a spawner and its child loop (a process made ready mid-quantum)":
+        ([("spawner", ["loop", "300000"])], 10_000),
+    "two loops": ([("loop", [ALIGNED]), ("loop", [ALIGNED])], 10_000),
+    "threads (threads made ready mid-quantum)": ([("threads", [])], 10_000),
+    "race": ([("race", [])], 10_000),
+    "waiter (an event set by another thread)": ([("waiter", [])], 10_000),
+    "sleeper (timers)": ([("sleeper", [])], 10_000),
+    "a yielder and a loop": ([("yielder", ["300"]), ("loop", [ALIGNED])], 10_000),
+    "a system-call loop": ([("sysloop", [])], 10_000),
+}
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_a_quantum_renewed_in_c_is_the_renewal_through_a_stop(name: str) -> None:
+    workload, quantum = WORKLOADS[name]
+    got = same_both_ways(workload, quantum=quantum)
+    assert got["stopped"] is None
+    if name == "a compute-bound loop":
+        assert got["renewals"] > 0                      # the C path was taken
+
+
+def test_a_loop_renews_nearly_every_quantum_in_c() -> None:
+    got = same_both_ways([("loop", [ALIGNED])], quantum=10_000)
+    # 1.5 M instructions: about 150 quantum ends, every one on the loop's block boundary
+    # but those of the start-up and the end.
+    assert got["instructions"] // 10_000 - 3 <= got["renewals"] <= got["instructions"] // 10_000
+    assert got["switches"] == 1 and len(got["schedule"]) == 1
+
+
+@pytest.mark.parametrize("limit", [
+    1_000_000,               # inside a quantum
+    1_000_003,               # not on a block boundary
+    1_000_016,               # the last budget left as small as a step's
+    1_100_000,
+])
+def test_max_insns_stops_exactly_across_renewals(limit: int) -> None:
+    got = same_both_ways([("loop", ["10000000"])], quantum=10_000, max_insns=limit)
+    assert got["stopped"] == "instruction limit" and got["instructions"] == limit
+    assert got["renewals"] > 50
+
+
+def test_max_insns_exactly_at_a_quantum_end() -> None:
+    # The quantum ends of `loop` under quantum 10,000 fall on its block boundaries: a limit
+    # at one of them is reached with a renewal due there (none is made: the run stops).
+    first = run([("loop", ["10000000"])], in_c=True, quantum=10_000, max_insns=2_000_000)
+    limit = first["schedule"][0][1] + 150 * 10_000       # the 150th quantum end
+    got = same_both_ways([("loop", ["10000000"])], quantum=10_000, max_insns=limit)
+    assert got["stopped"] == "instruction limit" and got["instructions"] == limit
+    assert got["renewals"] >= 140
+
+
+def test_a_guest_reads_the_same_times_at_every_renewal() -> None:
+    # A ring-3 program that keeps every new InterruptTime it reads: it sees the time move on
+    # at each quantum end, by exactly the quantum, the same values either way.
+    image = raw_image("timereader", time_reader(1_000_000))
+    got = same_both_ways([image], quantum=10_000, watch_times=True)
+    (seen,) = got["times_seen"].values()
+    # Every quantum end is seen, C's renewals (at its loop's block boundaries) among them:
+    # the clock starts at 0 with the program, so each is the next multiple of the quantum.
+    assert got["renewals"] > 100 and len(seen) == got["exits"][0] > got["renewals"]
+    assert seen == [10_000 * k for k in range(1, len(seen) + 1)]
+    shared = got["kuser_shared_data"]
+    tick = struct.unpack_from("<3I", shared, TICK_COUNT)
+    now = struct.unpack_from("<3I", shared, INTERRUPT_TIME)
+    assert now[1] == now[2] and tick[1] == tick[2]
+
+
+def test_no_renewal_in_c_while_someone_watches_each_dispatch() -> None:
+    from emu.nt.events import Event
+
+    m = Machine("64M", max_insns=1 << 40, quantum=10_000, console=lambda *_: None)
+    ex = m.executive
+    dispatches = []
+    ex.events.subscribe(lambda event, details: event is Event.THREAD_DISPATCH and
+                        dispatches.append(ex.clock))
+    try:
+        m.spawn(APPS / "loop", ["300000"])
+        m.run()
+        assert ex.cpu.native.renewals == 0 and len(dispatches) > 100
+    finally:
+        m.close()
+
+
+def thread_maker(before: int, after: int) -> bytes:
+    """Ring-3 code that counts ``before`` down with a one-instruction loop (`loop $`: every
+    iteration a block, so every quantum end is on a block boundary), creates a thread that
+    spins (`jmp $`: NtCreateThread makes it ready mid-quantum), counts ``after`` down the
+    same way and ends the process with status 0."""
+    return (b"\xb9" + before.to_bytes(4, "little")         # mov ecx, before
+            + b"\xe2\xfe"                                  # loop $
+            + b"\x48\x8d\x3d\x27\x00\x00\x00"              # lea rdi, [rip + child]
+            + b"\x31\xf6"                                  # xor esi, esi
+            + b"\x48\xba" + DATA_VA.to_bytes(8, "little")  # mov rdx, DATA_VA (the handle)
+            + b"\xb8\x09\x00\x00\x00\x0f\x05"              # NtCreateThread
+            + b"\xb9" + after.to_bytes(4, "little")        # mov ecx, after
+            + b"\xe2\xfe"                                  # loop $
+            + b"\x48\xc7\xc7\xff\xff\xff\xff"              # mov rdi, -1
+            + b"\x31\xf6\x31\xc0\x0f\x05"                  # NtTerminateProcess(-1, 0)
+            + b"\xeb\xfe")                                 # child: jmp $
+
+
+def test_a_thread_made_ready_mid_quantum_is_dispatched_at_that_quantum_end() -> None:
+    # The lone thread's quanta are renewed in C until its system call makes another thread
+    # ready: the SYSCALL hook disarms the renewal, so the next quantum end preempts it
+    # exactly where the renewal through a stop does.
+    got = same_both_ways([raw_image("threadmaker", thread_maker(55_555, 100_000))],
+                         quantum=10_000)
+    assert got["renewals"] >= 4 and got["exits"] == [0]
+    main, child = got["threads"][0][0], got["threads"][1][0]
+    turns = [(tid, clock) for tid, clock in got["schedule"]]
+    first_child = next(clock for tid, clock in turns if tid == child)
+    # The thread is created after about 55,560 instructions: it gets the CPU at the next
+    # quantum end, 60,000, and the two take turns from there.
+    assert first_child == 60_000 and turns[0][0] == main and len(turns) > 10
