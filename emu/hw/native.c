@@ -888,16 +888,18 @@ static void write_times(const struct renewal *r, uint64_t now)
 static bool renew_quantum(struct native_ctx *ctx)
 {
     struct renewal *r = &ctx->renewal;
+    uint64_t done = ctx->end - ctx->remaining;  /* instructions completed (mod 2^64) */
     uint64_t left, budget;
 
-    if (r->limit <= ctx->instructions)
+    if (r->limit <= done)
         return false;
-    left = r->limit - ctx->instructions;
+    left = r->limit - done;
     budget = r->quantum < left ? r->quantum : left;
     if (budget <= SMALL_BUDGET)
         return false;
     if (r->kuser != NULL)
-        write_times(r, ctx->instructions + r->clock_offset);
+        write_times(r, done + r->clock_offset);
+    ctx->end += budget - ctx->remaining;        /* the count stays: end - remaining */
     ctx->remaining = budget;
     r->renewals++;
     return true;
