@@ -709,6 +709,25 @@ class Cpu:
         return self.native.can_renew and self._trace_hook is None
 
     @property
+    def can_switch_in_c(self) -> bool:
+        """Whether the next run may also switch threads at a block entry (NativeHooks
+        .arm_ring): ``can_renew_quantum``, contexts that can be switched inside a hook,
+        paging on, and no guest MOV to a control register ever (``run`` resyncs those)."""
+        return self.can_renew_quantum and self.native.can_switch_in_hook and \
+            bool(self.cr0 & _PG) and not self._guest_controls
+
+    def cr3_loaded_in_c(self, base: int, pcid: int) -> None:
+        """A switch made in C (NativeHooks.arm_ring) loaded the address space ``base`` with
+        ``pcid`` as ``load_cr3(base | pcid | CR3_NOFLUSH)`` (or ``load_cr3(base)`` with no
+        PCID) would: the CPU's books of CR3 follow."""
+        old = self.cr3
+        self.cr3, self.pcid = base, pcid
+        self._cr3_low = pcid
+        self._last_table = self._prefetched = None
+        if old != base and self.on_cr3_load is not None:
+            self.on_cr3_load(old, base)
+
+    @property
     def can_switch_at_syscall(self) -> bool:
         """Whether, inside the SYSCALL hook, ``switch_at_syscall`` may hand the CPU to
         another context (see NativeHooks.can_switch_at_syscall; no trace hook, no

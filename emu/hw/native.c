@@ -194,6 +194,41 @@ struct renewal {
 };
 
 /*
+ * The preempted switch made at a block entry without stopping the run: the threads that
+ * take turns at quantum ends (the one on the CPU, then the ready queue in its order), all
+ * with saved contexts and nothing to do between their turns (ke_dispatcher._arm_ring).
+ * At a budget's end the thread on the CPU goes to the back and the next one runs, as
+ * ke_dispatcher._turn_over, run and _switch_to make it: its context saved, the next one
+ * loaded, CR3 loaded if the process differs, TSS.RSP0, KUSER_SHARED_DATA's times, a new
+ * quantum. Each switch is logged (the instruction count it was made at) and native.py
+ * gives the log to Python, which brings its books up to it before any Python code reads
+ * them (NativeHooks.disarm and every Python callback).
+ */
+#define RING_THREADS 64
+#define RING_LOG     1024               /* switches logged before Python takes them */
+
+struct ring_thread {
+    void *context;              /* its saved context (a uc_context, the thread's own) */
+    uint64_t cr3;               /* its address space (CR3 bits 12 and up) */
+    uint64_t cr3_value;         /* the MOV to CR3 that loads it: base | PCID (no bit 63) */
+    uint32_t pcid;              /* ... its PCID ... */
+    uint32_t flush;             /* ... and whether that load flushes it (no PCID of its own) */
+    uint64_t rsp0;              /* its kernel stack's top: TSS.RSP0 while it runs */
+};
+
+struct ring {
+    uint64_t count;             /* threads in the ring: 0 (or 1): no switch, renewals only */
+    uint64_t current;           /* the index of the thread on the CPU */
+    uint64_t cr3;               /* the address space loaded now */
+    uint8_t *tss_rsp0;          /* TSS.RSP0 in host memory */
+    uint64_t logged;            /* switches in `log` Python has not taken yet */
+    uint64_t switches;          /* switches made so (native.py reads it) */
+    int64_t error;              /* Unicorn's error if a switch failed (the run stopped) */
+    struct ring_thread threads[RING_THREADS];
+    uint64_t log[RING_LOG];     /* the instruction count at each switch */
+};
+
+/*
  * One machine's state. native.py mirrors every field up to and including
  * learned with ctypes, in this order: keep the two in step (native_ctx_size
  * checks the size at load time). The first cache line holds what a block
@@ -265,6 +300,7 @@ struct native_ctx {
     /* A lone thread's quantum renewed at a block entry (block_enter, renew_quantum):
      * native.py mirrors this part alone (its _Renewal), at native_renewal_at(). */
     struct renewal renewal;
+    struct ring ring;           /* native.py's _Ring, at native_ring_at() */
 };
 
 void native_forget_blocks(struct native_ctx *ctx);
@@ -283,6 +319,16 @@ size_t native_renewal_at(void)
 size_t native_renewal_size(void)
 {
     return sizeof(struct renewal);
+}
+
+size_t native_ring_at(void)
+{
+    return offsetof(struct native_ctx, ring);
+}
+
+size_t native_ring_size(void)
+{
+    return sizeof(struct ring);
 }
 
 /* Allocates a context with an empty STLB; NULL if out of memory. */
@@ -905,6 +951,65 @@ static bool renew_quantum(struct native_ctx *ctx)
     return true;
 }
 
+int native_switch_at_syscall(struct native_ctx *ctx, void *save, void *load, uint64_t len);
+int native_load_cr3(struct native_ctx *ctx, uint64_t value, uint32_t pcid, uint32_t flush);
+
+/*
+ * The budget of the thread on the CPU ended at this block entry (`pc`, the block not run)
+ * and a ring is armed: the preempted switch (KiQuantumEnd with another thread ready: the
+ * thread goes to the back of the queue, Windows Internals, 7th ed., ch. 4; SwapContext).
+ * False, with nothing changed, when the run must stop as it would have (the same limits as
+ * renew_quantum, or a full log); otherwise true, the run going on in the next thread.
+ *
+ * The context is saved as the end of a run at `pc` would leave it (native_switch_at_syscall
+ * with no instruction to step over: RIP is the block's, which Unicorn stored before calling
+ * the hook, RFLAGS computed from QEMU's lazy flags), the next loaded; then RIP is written
+ * through uc_reg_write, which makes Unicorn leave the translated block it was about to run
+ * (the old thread's) and go on at the new RIP without ending the run (uc.c: quit_request
+ * and break_translation_loop; tests/hw/test_rip_write_in_hook.py measures it).
+ */
+static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
+{
+    struct renewal *r = &ctx->renewal;
+    struct ring *g = &ctx->ring;
+    struct ring_thread *leaving, *next;
+    uint64_t left, budget, rip;
+    int err;
+
+    if (g->logged >= RING_LOG || r->limit <= ctx->instructions)
+        return false;
+    left = r->limit - ctx->instructions;
+    budget = r->quantum < left ? r->quantum : left;
+    if (budget <= SMALL_BUDGET)
+        return false;
+    leaving = &g->threads[g->current];
+    next = &g->threads[(g->current + 1) % g->count];
+    err = native_switch_at_syscall(ctx, leaving->context, next->context, 0);
+    if (!err)                           /* the block's first instruction, not run */
+        err = ctx->context_reg_write(leaving->context, ctx->reg_rip, &pc);
+    if (!err)
+        err = ctx->reg_read(ctx->uc, ctx->reg_rip, &rip);
+    if (!err)
+        err = ctx->reg_write(ctx->uc, ctx->reg_rip, &rip);
+    if (!err && next->cr3 != g->cr3)    /* SwapContext: CR3 only when the process differs */
+        err = native_load_cr3(ctx, next->cr3_value, next->pcid, next->flush);
+    if (err) {
+        g->error = err;
+        r->armed = 0;
+        return false;
+    }
+    g->cr3 = next->cr3;
+    g->current = (g->current + 1) % g->count;
+    memcpy(g->tss_rsp0, &next->rsp0, sizeof(next->rsp0));  /* SDM Vol. 3A 8.7: RSP0 */
+    if (r->kuser != NULL)
+        write_times(r, ctx->instructions + r->clock_offset);
+    ctx->remaining = budget;
+    ctx->in_flight = 0;
+    g->log[g->logged++] = ctx->instructions;
+    g->switches++;
+    return true;
+}
+
 /*
  * The block entry native_block's fast path does not take: a block not in the
  * fast table (new, or one to check for rewritten bytes), a stop asked for, the
@@ -936,8 +1041,12 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
         }
         return;
     }
-    if (ctx->stop_flag || (ctx->remaining == 0
-                           && !(ctx->renewal.armed && renew_quantum(ctx)))) {
+    if (ctx->stop_flag || (ctx->remaining == 0 && !(ctx->renewal.armed
+                                                    && ctx->ring.count < 2
+                                                    && renew_quantum(ctx)))) {
+        if (!ctx->stop_flag && ctx->renewal.armed && ctx->ring.count >= 2
+            && ring_switch(ctx, pc))
+            return;             /* this block is not run: the next thread's is entered */
         ctx->stop_flag = 0;
         budget_spent(ctx);
         ctx->emu_stop(uc);

@@ -274,6 +274,40 @@ class _Renewal(ctypes.Structure):
     ]
 
 
+RING_THREADS = 64      # native.c: the threads a ring of preempted switches may hold
+_RING_LOG = 1024       # native.c RING_LOG
+
+
+class _RingThread(ctypes.Structure):
+    """native.c's struct ring_thread: one thread of a ring."""
+
+    _fields_ = [
+        ("context", ctypes.c_void_p),
+        ("cr3", ctypes.c_uint64),
+        ("cr3_value", ctypes.c_uint64),
+        ("pcid", ctypes.c_uint32),
+        ("flush", ctypes.c_uint32),
+        ("rsp0", ctypes.c_uint64),
+    ]
+
+
+class _Ring(ctypes.Structure):
+    """native.c's struct ring (the preempted switches made at a block entry), at
+    native_ring_at() in the context."""
+
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("current", ctypes.c_uint64),
+        ("cr3", ctypes.c_uint64),
+        ("tss_rsp0", ctypes.c_void_p),
+        ("logged", ctypes.c_uint64),
+        ("switches", ctypes.c_uint64),
+        ("error", ctypes.c_int64),
+        ("threads", _RingThread * RING_THREADS),
+        ("log", ctypes.c_uint64 * _RING_LOG),
+    ]
+
+
 @cache
 def _context_eflags_offset() -> int:
     """Where a uc_context keeps QEMU's env->eflags (from the context's start), found on a
@@ -369,6 +403,10 @@ def _library() -> ctypes.CDLL:
         raise RuntimeError(f"{library_path().name}: struct native_ctx differs from _Ctx")
     if lib.native_renewal_size() != ctypes.sizeof(_Renewal):
         raise RuntimeError(f"{library_path().name}: struct renewal differs from _Renewal")
+    lib.native_ring_at.restype = lib.native_ring_size.restype = ctypes.c_size_t
+    lib.native_ring_at.argtypes = lib.native_ring_size.argtypes = []
+    if lib.native_ring_size() != ctypes.sizeof(_Ring):
+        raise RuntimeError(f"{library_path().name}: struct ring differs from _Ring")
     return lib
 
 
@@ -409,8 +447,19 @@ class NativeHooks:
         stop = _binding.uclib.uc_emu_stop
         uch = uc._uch
 
+        ring_box: list[_Ring] = []
+
+        def catch_up() -> None:
+            """Python's books brought up to the switches C made (before any Python reads
+            them: the walker reads CR3, the learner the address space)."""
+            hooks = hooks_ref()
+            if hooks is not None:
+                hooks._take_switches()
+
         def walker(vpage: int, access: int, cpl: int, rflags: int) -> int:
             try:
+                if ring_box[0].logged:
+                    catch_up()
                 return fill(vpage, access, cpl, rflags)
             except BaseException as exc:  # noqa: B036 - re-raised by start()
                 errors.append(exc)
@@ -426,6 +475,8 @@ class NativeHooks:
             ctx = ctx_box[0]
             key = (pc, size, ctx.space)
             try:
+                if ring_box[0].logged:
+                    catch_up()
                 if cut and cut[0][0] == key:
                     _, found, host = cut.pop()       # the first instructions of a block
                 else:                                # decoded a moment ago: no decoding
@@ -463,11 +514,18 @@ class NativeHooks:
         self._ctx = _Ctx.from_address(ctx)
         self._ctx.learn = _address(self._learner)
         self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
+        self._ring = _Ring.from_address(ctx + lib.native_ring_at())
+        ring_box.append(self._ring)
+        # Called with the instruction count of each switch C made, in order, before any
+        # Python code reads what they changed (the dispatcher's books: arm_ring).
+        self.on_switches: Callable[[list[int]], None] | None = None
         hooks_ref = weakref.ref(self)
 
         def done_before(pc: int) -> int:
             hooks = hooks_ref()
             try:
+                if hooks is not None and ring_box[0].logged:
+                    hooks._take_switches()
                 return -1 if hooks is None else hooks._done_in_block(pc)
             except BaseException as exc:  # noqa: B036 - re-raised by start()
                 errors.append(exc)
@@ -740,7 +798,8 @@ class NativeHooks:
         return self._block_hook is not None and not self._per_instruction and \
             not ctx.tail_mode and not ctx.stop_flag and bool(self._renewal.kuser)
 
-    def arm_renewal(self, quantum: int, limit: int | None, clock_offset: int) -> None:
+    def arm_renewal(self, quantum: int, limit: int | None, clock_offset: int, *,
+                    ring: bool = False) -> None:
         """For the next run: when the budget ends at a block entry with no stop asked for,
         give a new budget of ``quantum`` (less if the count would pass ``limit``: None is no
         limit) and write KUSER_SHARED_DATA's times at clock ``instructions +
@@ -751,12 +810,61 @@ class NativeHooks:
         r.quantum = quantum
         r.limit = _MASK64 if limit is None else limit
         r.clock_offset = clock_offset
+        if not ring:
+            self._ring.count = 0
         r.armed = 1
 
     def disarm(self) -> None:
-        """No renewal in C from now on: Python code is running inside the run (a hook), and
-        may change what armed it; the budget's end stops the run."""
+        """No renewal or switch in C from now on: Python code is running inside the run (a
+        hook), and may change what armed it; the budget's end stops the run. The switches
+        C made go to ``on_switches`` first."""
         self._renewal.armed = 0
+        if self._ring.logged:
+            self._take_switches()
+
+    def _take_switches(self) -> None:
+        """Give the switches C logged to ``on_switches`` (each the instruction count it was
+        made at); UcError if one failed."""
+        ring = self._ring
+        n = ring.logged
+        counts = ring.log[:n]
+        ring.logged = 0
+        if counts and self.on_switches is not None:
+            self.on_switches(counts)
+        if ring.error:
+            error, ring.error = ring.error, 0
+            raise UcError(error)
+
+    def arm_ring(self, threads: list[tuple[UcContext, int, int, int, int]], cr3: int,
+                 tss_rsp0: int, quantum: int, limit: int | None, clock_offset: int) -> None:
+        """For the next run: where the budget ends at a block entry with no stop asked for,
+        the thread on the CPU (``threads[0]``) goes to the back and the next one runs, round
+        and round, without ending the run (native.c ``ring_switch``): each thread's context
+        is saved and the next one's loaded, its address space (CR3 base, PCID, whether the
+        load flushes that PCID) loaded when it differs from the one loaded (``cr3``: the
+        current one at first), its kernel stack's top written to TSS.RSP0 (host address
+        ``tss_rsp0``), KUSER_SHARED_DATA's times written and ``quantum`` instructions given
+        (less if the count would pass ``limit``), as ``arm_renewal`` does. Each switch goes
+        to ``on_switches``."""
+        ring = self._ring
+        for slot, (context, base, pcid, flush, rsp0) in zip(ring.threads, threads,
+                                                              strict=False):
+            slot.context = context._context.value
+            slot.cr3, slot.cr3_value, slot.pcid = base, base | pcid, pcid
+            slot.flush, slot.rsp0 = 1 if flush else 0, rsp0
+        ring.count, ring.current, ring.cr3, ring.tss_rsp0 = len(threads), 0, cr3, tss_rsp0
+        self.arm_renewal(quantum, limit, clock_offset, ring=True)
+
+    @property
+    def can_switch_in_hook(self) -> bool:
+        """Whether this Unicorn's saved contexts can be switched inside a hook (the layout of
+        their EFLAGS was found: ``_context_eflags_offset``)."""
+        return self._switch_ready
+
+    @property
+    def ring_switches(self) -> int:
+        """Preempted switches made at a block entry (``arm_ring``) so far."""
+        return self._ring.switches
 
     @property
     def renewals(self) -> int:
@@ -971,6 +1079,7 @@ class NativeHooks:
             return
         self._ctx = _Ctx.from_buffer_copy(self._ctx)
         self._renewal = _Renewal.from_buffer_copy(self._renewal)
+        self._ring = _Ring.from_buffer_copy(self._ring)
         self._finalizer()
         if self.counting:
             self._code_hook = self._block_hook = None

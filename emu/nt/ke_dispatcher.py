@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from emu.hw.cpu import CR3_NOFLUSH, RunResult, StopReason
 from emu.hw.descriptors import Selector
 from emu.hw.mmu import CR4
+from emu.hw.native import RING_THREADS
 from emu.nt import drivers, kuser, layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
@@ -56,11 +57,15 @@ class KeDispatcher(_Executive):
     # tests compare with). What either way gives is the same.
     quantum_end_in_c = True
     _renewals_seen = 0                   # NativeHooks.renewals when last taken into account
+    _switched_at: int | None = None      # the count of a switch C made, while taken in
+    _ring: tuple = ()                    # the threads of the switches armed (_arm_ring)
+    _ring_next = 0                       # ... and the index of the next one to run
 
     @property
     def clock(self) -> int:
         """The machine's time in instructions (see emu.nt.scheduler)."""
-        return self.scheduler.clock(self.cpu.instructions)
+        at = self._switched_at            # a switch C made, being taken in: its moment
+        return self.scheduler.clock(self.cpu.instructions if at is None else at)
 
     def run(self) -> None:
         """Start the drivers, then run threads until every process has ended; raises
@@ -71,8 +76,10 @@ class KeDispatcher(_Executive):
             # always has: --max-insns N stops at the same instruction under `emu run` and
             # `emu debug`, and the clock a driver reads moves the same way under both.
             self.set_budget(self._kernel_budget())
-        # Where a quantum renewed in C writes the times (the frame never moves).
+        # Where a quantum renewed in C writes the times (the frame never moves), and who
+        # takes in the switches made in C.
         self.cpu.native.set_shared_times(*kuser.renewal_layout(self, self.shared_data_frame))
+        self.cpu.native.on_switches = self._switches_made
         while self.pending_drivers:
             with self._bug_checks_recorded():
                 drivers.start(self, self.pending_drivers.pop(0))
@@ -207,14 +214,15 @@ class KeDispatcher(_Executive):
         ``_quantum_renewed`` holds now, let the run renew the quantum itself at the block
         entry where the budget ends (NativeHooks.arm_renewal), with the budget that
         ``_budget`` would give then (the quantum, or what --max-insns leaves) and
-        KUSER_SHARED_DATA's times written as ``kuser.update_shared_data`` writes them. Only
-        Python changes what those conditions read (the ready queue, timers, devices,
-        interrupts, a stop), and only from a hook inside a run, which disarms it at its
-        entry (emu.hw.cpu, emu.hw.sites, the TLB fill's walker). True when armed."""
+        KUSER_SHARED_DATA's times written as ``kuser.update_shared_data`` writes them; with
+        other threads ready, the preempted switch instead (``_arm_ring``). Only Python
+        changes what those conditions read (the ready queue, timers, devices, interrupts,
+        a stop), and only from a hook inside a run, which disarms it at its entry
+        (emu.hw.cpu, emu.hw.sites, the TLB fill's walker). True when armed."""
         thread = self.current_thread
         scheduler = self.scheduler
-        if (not self.quantum_end_in_c or not self.count_always or thread is None
-                or scheduler.ready or thread.state is not ThreadState.RUNNING
+        if (not self.quantum_end_in_c or thread is None
+                or thread.state is not ThreadState.RUNNING
                 or thread.apc is not None or thread.resume_rax is not None
                 or self.debugger is not None or self.events.observers or self.interrupted
                 or self.pending_interrupts or self.dpc_queue or self._deferred
@@ -222,15 +230,91 @@ class KeDispatcher(_Executive):
                 or scheduler.next_deadline() is not None
                 or not self.cpu.can_renew_quantum):
             return False
+        if scheduler.ready:
+            return self._arm_ring(thread)
+        if not self.count_always:
+            return False
         # _budget() then: counting because count_always (nothing else is ready or due),
         # the quantum, cut by --max-insns.
         self.cpu.native.arm_renewal(scheduler.quantum, self.max_insns, scheduler.idle_skipped)
         return True
 
+    def _arm_ring(self, thread: Thread) -> bool:
+        """The preempted switch made in C (NativeHooks.arm_ring): at each quantum end on a
+        block boundary the thread on the CPU goes to the back of the ready queue and the
+        head runs, as ``_turn_over``'s budget end, ``run``, ``_run_thread`` and
+        ``_switch_to`` make it, when nothing else would happen between the turns (checked
+        by ``_arm_renewal``, and here: every thread of the ring has a saved context and
+        nothing to take first, an I/O completion or a status to resume with, as for
+        ``_switch_at_syscall``). The budget of each turn is the quantum (cut by
+        --max-insns: a ready queue is never empty while they take turns). C logs each
+        switch; ``_switches_made`` takes them into the books. True when armed."""
+        cpu = self.cpu
+        ring = (thread, *self.scheduler.ready)
+        if len(ring) > RING_THREADS or not cpu.can_switch_in_c:
+            return False
+        for t in ring:
+            if t.context is None or t.apc is not None or t.resume_rax is not None \
+                    or t.kernel_work is not None or t.continue_context is not None:
+                return False
+        pcids = cpu.cr4 & _PCIDE
+        threads = []
+        for t in ring:
+            base = t.process.space.cr3
+            # load_cr3's MOV: with a PCID of its own, bit 63 set (nothing flushed), else
+            # PCID 0, flushed.
+            pcid = self.mm.pcid_of(base) if pcids else 0
+            threads.append((t.context, base, pcid, pcid == 0, t.kernel_stack_top))
+        tss = self.mem.address + self._gdt_frame * layout.PAGE_SIZE + \
+            (layout.KERNEL_TSS & 0xFFF) + 4
+        self._ring, self._ring_next = ring, 1
+        cpu.native.arm_ring(threads, cpu.cr3, tss, self.scheduler.quantum, self.max_insns,
+                            self.scheduler.idle_skipped)
+        return True
+
+    def _switches_made(self, counts: list[int]) -> None:
+        """The preempted switches C made (``_arm_ring``), each at the instruction count in
+        ``counts``, taken into the books exactly as the turns' ends and beginnings through
+        a stop keep them: the leaving thread's instructions and its place at the back of
+        the queue, the next one taken from its head (``Scheduler.next_thread``: the
+        switch counted), its turn's start and budget, the process running, the CPU's CR3.
+        The clock reads each switch's moment meanwhile."""
+        scheduler, cpu, ring = self.scheduler, self.cpu, self._ring
+        quantum, limit = scheduler.quantum, self.max_insns
+        for at in counts:
+            self._switched_at = at
+            try:
+                leaving = self.current_thread
+                scheduler.make_ready(leaving)                 # _turn_over: to the back
+                spent = at - self._turn_start                 # _end_turn
+                leaving.instructions += spent
+                leaving.process.instructions += spent
+                self.current_thread = None
+                following = scheduler.next_thread(self.clock)     # run()
+                if following is not ring[self._ring_next]:
+                    raise RuntimeError("a switch made in C is out of step with the ready "
+                                       f"queue: thread {following and following.tid}, not "
+                                       f"{ring[self._ring_next].tid}")
+                self._ring_next = (self._ring_next + 1) % len(ring)
+                following.process.state = ProcessState.RUNNING      # _begin_turn
+                self.current_thread = following
+                self._full_speed = False
+                self._budget_end = at + (quantum if limit is None else min(quantum, limit - at))
+                self._turn_start = at
+                self._reschedule = False
+                base = following.process.space.cr3                  # _switch_to
+                if cpu.cr3 != base:
+                    pcid = self.mm.pcid_of(base) if cpu.cr4 & _PCIDE else 0
+                    cpu.cr3_loaded_in_c(base, pcid)
+                cpu.runs += 1
+            finally:
+                self._switched_at = None
+
     def _take_renewals(self) -> None:
-        """After an armed run: no renewal outside it, and what ``_quantum_renewed`` does
-        besides the budget and the times made true for those the run made: the budget's
-        end (``set_budget``) is the count plus the budget left."""
+        """After an armed run: no renewal or switch outside it, the switches taken in
+        (``_switches_made``), and what ``_quantum_renewed`` does besides the budget and the
+        times made true for the renewals the run made: the budget's end (``set_budget``)
+        is the count plus the budget left."""
         native = self.cpu.native
         native.disarm()
         made = native.renewals

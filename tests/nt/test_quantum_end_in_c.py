@@ -1,14 +1,17 @@
-"""A lone thread's quantum end renewed inside the run, at the block entry where its budget
-ends (emu/nt/ke_dispatcher.py ``_arm_renewal``, emu/hw/native.c ``renew_quantum``): what a
-user of the machine sees is what the renewal through a stopped run gives
-(``Executive.quantum_end_in_c = False``, the reference, ``_quantum_renewed``): the
-instructions, the ``--max-insns`` stops, the schedule, each thread's and process's
+"""Quantum ends made inside the run, at the block entry where the budget ends: a lone
+thread's renewed (emu/nt/ke_dispatcher.py ``_arm_renewal``, emu/hw/native.c
+``renew_quantum``), and the preempted switch between threads that take turns
+(``_arm_ring``, ``ring_switch``, taken into the books by ``_switches_made``). What a user of
+the machine sees is what the quantum end through a stopped run gives
+(``Executive.quantum_end_in_c = False``, the reference: ``_quantum_renewed``, ``_turn_over``):
+the instructions, the ``--max-insns`` stops, the schedule, each thread's and process's
 instructions, the output, the registers, and KUSER_SHARED_DATA's times, in memory and as a
-guest reads them at every renewal.
+guest reads them at every quantum end.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from pathlib import Path
 
@@ -83,7 +86,8 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
     next_thread = ex.scheduler.next_thread
 
     def recorded(now: int):
-        # The schedule without an event observer (one would turn the renewal in C off).
+        # The schedule without an event observer (one would turn the renewal in C off);
+        # the clock read at a switch made in C is that switch's.
         thread = next_thread(now)
         if thread is not None:
             schedule.append((thread.tid, ex.clock))
@@ -92,6 +96,16 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
     ex.scheduler.next_thread = recorded
     seen: dict[int, list[int]] = {}
     terminate = ex.terminate
+    tss = ex._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)
+    stacks: list[tuple[int, int]] = []
+    service = ex.cpu.syscall_handler
+
+    def checked(cpu, cs, number, args):
+        # At every system call, TSS.RSP0 is the kernel stack of the thread making it.
+        stacks.append((ex.mem.read_u64(tss + 4), ex.current_thread.kernel_stack_top))
+        return service(cpu, cs, number, args)
+
+    ex.cpu.syscall_handler = checked
 
     def terminated(proc, status, exception=None):
         # The times the program kept, read before its address space goes.
@@ -127,8 +141,10 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
             "processes": [(p.pid, p.instructions) for p in ex.processes],
             "registers": [ex.cpu.reg(r) for r in REGISTERS],
             "kuser_shared_data": shared,
+            "tss_rsp0_wrong": [pair for pair in stacks if pair[0] != pair[1]],
             "times_seen": seen,
             "renewals": ex.cpu.native.renewals,
+            "ring_switches": ex.cpu.native.ring_switches,
         }
     finally:
         m.close()
@@ -137,10 +153,10 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
 def same_both_ways(workload: list, **kwargs) -> dict:
     got = run(workload, in_c=True, **kwargs)
     reference = run(workload, in_c=False, **kwargs)
-    assert reference.pop("renewals") == 0
-    renewed = got.pop("renewals")
-    assert got == reference
-    got["renewals"] = renewed
+    assert reference.pop("renewals") == reference.pop("ring_switches") == 0
+    made = got.pop("renewals"), got.pop("ring_switches")
+    assert got == reference and got["tss_rsp0_wrong"] == []
+    got["renewals"], got["ring_switches"] = made
     return got
 
 
@@ -273,3 +289,149 @@ def test_a_thread_made_ready_mid_quantum_is_dispatched_at_that_quantum_end() -> 
     # The thread is created after about 55,560 instructions: it gets the CPU at the next
     # quantum end, 60,000, and the two take turns from there.
     assert first_child == 60_000 and turns[0][0] == main and len(turns) > 10
+
+
+def carrier(count: int) -> bytes:
+    """Ring-3 code whose flags live across a block boundary: ``count`` times, `add rax, r8`
+    (its carry) in one block and `adc rbx, 0` in the next; it ends with the carries
+    counted (RBX) as its exit status. A quantum end between the two saves and loads CF."""
+    return (b"\x49\xb8" + 0x9E37_79B9_7F4A_7C15.to_bytes(8, "little")   # mov r8, phi
+            + b"\x31\xc0\x31\xdb"                                     # xor eax, eax; ebx
+            + b"\xb9" + count.to_bytes(4, "little")                     # mov ecx, count
+            + b"\x4c\x01\xc0"                                          # loop: add rax, r8
+            + b"\xeb\x00"                                               # jmp next
+            + b"\x48\x83\xd3\x00"                                      # next: adc rbx, 0
+            + b"\xff\xc9"                                               # dec ecx (CF kept)
+            + b"\x75\xf3"                                               # jnz loop
+            + b"\x48\xc7\xc7\xff\xff\xff\xff"                          # mov rdi, -1
+            + b"\x89\xde\x31\xc0\x0f\x05")                             # NtTerminateProcess
+
+
+def carries(count: int) -> int:
+    rax = carried = 0
+    for _ in range(count):
+        rax += 0x9E37_79B9_7F4A_7C15
+        carried += rax >> 64
+        rax &= (1 << 64) - 1
+    return carried
+
+
+SWITCH_WORKLOADS = {
+    "two compute-bound processes": ([("loop", [ALIGNED])] * 2, 10_000),
+    "three compute-bound processes": ([("loop", [ALIGNED])] * 3, 10_000),
+    "two loops, quantum 997 (ends inside blocks and on their boundaries)":
+        ([("loop", [ALIGNED]), ("loop", ["300000"])], 997),
+    "two loops and a yielder": ([("loop", [ALIGNED]), ("yielder", ["200"]),
+                                 ("loop", [ALIGNED])], 10_000),
+    "two loops and a sleeper": ([("loop", [ALIGNED]), ("sleeper", []), ("loop", [ALIGNED])],
+                                10_000),
+    "threads of one process": ([("threads", [])], 1_000),
+    "race": ([("race", [])], 997),
+    "two spawners": ([("spawner", ["loop", ALIGNED])] * 2, 10_000),
+}
+
+
+@pytest.mark.parametrize("name", SWITCH_WORKLOADS)
+def test_a_preempted_switch_in_c_is_the_switch_through_a_stop(name: str) -> None:
+    workload, quantum = SWITCH_WORKLOADS[name]
+    got = same_both_ways(workload, quantum=quantum, max_insns=None)
+    assert got["stopped"] is None
+    if "compute-bound" in name or "yielder" in name:
+        assert got["ring_switches"] > 0                 # the C path was taken
+
+
+def test_two_loops_take_turns_at_every_quantum_end_in_c() -> None:
+    got = same_both_ways([("loop", [ALIGNED])] * 2, quantum=10_000, max_insns=None)
+    # About 300 quantum ends; each thread's first turn ends through a stop (no saved
+    # context yet), and so do the last ones (the process exit in the way): the rest in C.
+    assert got["ring_switches"] >= got["switches"] - 10 > 250
+    tids = [tid for tid, _ in got["schedule"]]
+    assert tids[2:12] == tids[:2] * 5                  # round robin
+    clocks = [clock for _, clock in got["schedule"]]
+    assert all(b - a == 10_000 for a, b in itertools.pairwise(clocks[2:100]))
+
+
+def test_flags_live_across_a_preempted_switch_in_c() -> None:
+    counts = (30_001, 45_017)
+    got = same_both_ways([raw_image("carrierA", carrier(counts[0])),
+                          raw_image("carrierB", carrier(counts[1]))], quantum=997,
+                         max_insns=None)
+    assert got["exits"] == [carries(n) for n in counts] and got["ring_switches"] > 50
+
+
+@pytest.mark.parametrize("limit", [2_000_000, 2_000_001, 2_000_016, 2_010_000])
+def test_max_insns_stops_exactly_across_preempted_switches(limit: int) -> None:
+    got = same_both_ways([("loop", ["10000000"])] * 2, quantum=10_000, max_insns=limit)
+    assert got["stopped"] == "instruction limit" and got["instructions"] == limit
+    assert got["ring_switches"] > 50
+
+
+def test_max_insns_exactly_at_a_preempted_switch() -> None:
+    first = run([("loop", ["10000000"])] * 2, in_c=True, quantum=10_000, max_insns=3_000_000)
+    limit = first["schedule"][150][1]                    # the 150th switch's moment
+    got = same_both_ways([("loop", ["10000000"])] * 2, quantum=10_000, max_insns=limit)
+    assert got["stopped"] == "instruction limit" and got["instructions"] == limit
+    assert got["ring_switches"] > 100
+
+
+def test_a_guest_reads_the_times_of_each_switch() -> None:
+    images = [raw_image("timereaderA", time_reader(300_000)),
+              raw_image("timereaderB", time_reader(300_000))]
+    got = same_both_ways(images, quantum=10_000, watch_times=True, max_insns=None)
+    assert got["ring_switches"] > 50
+    for seen in got["times_seen"].values():
+        # Each sees the time of every quantum end while it ran (its own turns' ends and,
+        # across the other's turn, the switch back to it): all multiples of the quantum.
+        assert seen and all(t % 10_000 == 0 for t in seen) and seen == sorted(seen)
+
+
+STRIDE = 0x20_0000          # a page every 2 MiB: each in a page table of its own
+
+
+def toucher(spin: int, pages: int = 16) -> bytes:
+    """Ring-3 code that, for each of ``pages`` pages at DATA_VA + k * STRIDE (each in its
+    own page table, so that no walk fills the next one ahead), spins ``spin`` iterations
+    (`loop $`) and then adds k + 1 to the page's first word (its first touch: a TLB miss,
+    the walker), then sums those words and ends with the sum as its exit status."""
+    step = STRIDE.to_bytes(4, "little")
+    return (b"\x48\xbf" + DATA_VA.to_bytes(8, "little")    # mov rdi, DATA_VA
+            + b"\x31\xd2"                                   # xor edx, edx
+            + b"\xb9" + spin.to_bytes(4, "little")          # top: mov ecx, spin
+            + b"\xe2\xfe"                                   # loop $
+            + b"\x8d\x42\x01"                               # lea eax, [rdx + 1]
+            + b"\x01\x07"                                   # add [rdi], eax
+            + b"\x48\x81\xc7" + step                        # add rdi, STRIDE
+            + b"\xff\xc2"                                   # inc edx
+            + b"\x81\xfa" + pages.to_bytes(4, "little")      # cmp edx, pages
+            + b"\x75\xe3"                                   # jne top
+            + b"\x48\xbf" + DATA_VA.to_bytes(8, "little")    # mov rdi, DATA_VA
+            + b"\x31\xf6\x31\xd2"                           # xor esi, esi; xor edx, edx
+            + b"\x03\x37"                                   # sum: add esi, [rdi]
+            + b"\x48\x81\xc7" + step                        # add rdi, STRIDE
+            + b"\xff\xc2"                                   # inc edx
+            + b"\x81\xfa" + pages.to_bytes(4, "little")      # cmp edx, pages
+            + b"\x75\xed"                                   # jne sum
+            + b"\x48\xc7\xc7\xff\xff\xff\xff"               # mov rdi, -1
+            + b"\x31\xc0\x0f\x05")                          # NtTerminateProcess(-1, sum)
+
+
+def strided_image(name: str, code: bytes, pages: int = 16) -> Image:
+    """``code`` at CODE_VA and ``pages`` data pages at DATA_VA + k * STRIDE."""
+    page = bytearray(4096)
+    page[:len(code)] = code
+    data = {DATA_VA + k * STRIDE: bytearray(4096) for k in range(pages)}
+    return Image(name, name, 0, CODE_VA,
+                 [Segment(CODE_VA, 4096, 5), *(Segment(va, 4096, 6) for va in data)],
+                 {CODE_VA: page, **data}, {CODE_VA: 5, **dict.fromkeys(data, 6)})
+
+
+def test_each_process_touches_its_own_pages_after_a_switch_in_c() -> None:
+    # After a switch made in C the next thread's first touches of new pages reach the
+    # Python walker, which must walk that thread's page tables (the switches are taken
+    # in before it runs), or one process would be handed the other's frames.
+    # Spins of 2.5 and 3.5 quanta: a thread's turn after a switch made in C often ends
+    # its spin and touches a page it never touched.
+    got = same_both_ways([strided_image("toucherA", toucher(25_000)),
+                          strided_image("toucherB", toucher(35_000))], quantum=10_000,
+                         max_insns=None)
+    assert got["exits"] == [sum(range(1, 17))] * 2 and got["ring_switches"] > 20
