@@ -973,12 +973,13 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
     struct renewal *r = &ctx->renewal;
     struct ring *g = &ctx->ring;
     struct ring_thread *leaving, *next;
+    uint64_t done = ctx->end - ctx->remaining;  /* instructions completed (mod 2^64) */
     uint64_t left, budget, rip;
     int err;
 
-    if (g->logged >= RING_LOG || r->limit <= ctx->instructions)
+    if (g->logged >= RING_LOG || r->limit <= done)
         return false;
-    left = r->limit - ctx->instructions;
+    left = r->limit - done;
     budget = r->quantum < left ? r->quantum : left;
     if (budget <= SMALL_BUDGET)
         return false;
@@ -1002,10 +1003,11 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
     g->current = (g->current + 1) % g->count;
     memcpy(g->tss_rsp0, &next->rsp0, sizeof(next->rsp0));  /* SDM Vol. 3A 8.7: RSP0 */
     if (r->kuser != NULL)
-        write_times(r, ctx->instructions + r->clock_offset);
+        write_times(r, done + r->clock_offset);
+    ctx->end += budget - ctx->remaining;        /* the count stays: end - remaining */
     ctx->remaining = budget;
     ctx->in_flight = 0;
-    g->log[g->logged++] = ctx->instructions;
+    g->log[g->logged++] = done;
     g->switches++;
     return true;
 }
