@@ -79,7 +79,11 @@ Block counting gives the same counts (a test runs every guest app both ways):
   stop followed by ``set_budget`` of the same budget and a new run. A budget that ends inside
   a block, a stop asked for, a limit reached, or a budget left of a step's size stops as
   ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry, and so does the
-  TLB fill before it calls the walker.
+  TLB fill before it calls the walker. :meth:`NativeHooks.arm_ring` makes the preempted
+  switch between threads there instead (their contexts swapped, RIP written so that Unicorn
+  leaves the block it was about to run, CR3, TSS.RSP0, the times), each switch logged and
+  given to ``on_switches`` before any Python code runs (``disarm``, the walker, the
+  learner).
 * A guest store into the bytes of the block being executed makes QEMU leave the block at
   the store and run the store again as a block of one instruction (measured). The block
   counter sees a block that starts inside the last one and ends before it (no other block
@@ -792,7 +796,8 @@ class NativeHooks:
         limit) and write KUSER_SHARED_DATA's times at clock ``instructions +
         clock_offset``, without ending the run (native.c ``renew_quantum``). A budget of
         ``limit`` reached, or one left as small as a step's, stops the run as ever. Every
-        Python hook calls ``disarm`` at its entry."""
+        Python hook calls ``disarm`` at its entry. ``ring``: switch between the threads
+        ``arm_ring`` set instead of renewing (its own call)."""
         r = self._renewal
         r.quantum = quantum
         r.limit = _MASK64 if limit is None else limit
