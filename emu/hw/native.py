@@ -505,6 +505,9 @@ class NativeHooks:
         self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
         self._ring = _Ring.from_address(ctx + lib.native_ring_at())
         ring_box.append(self._ring)
+        # Whether arm_renewal armed the run since the last disarm (C may have disarmed it
+        # already, in the TLB fill): a hook's disarm reads only this when not.
+        self._armed = False
         # Called with the instruction count of each switch C made, in order, before any
         # Python code reads what they changed (the dispatcher's books: arm_ring).
         self.on_switches: Callable[[list[int]], None] | None = None
@@ -805,11 +808,15 @@ class NativeHooks:
         if not ring:
             self._ring.count = 0
         r.armed = 1
+        self._armed = True
 
     def disarm(self) -> None:
         """No renewal or switch in C from now on: Python code is running inside the run (a
         hook), and may change what armed it; the budget's end stops the run. The switches
         C made go to ``on_switches`` first."""
+        if not self._armed:
+            return                  # the trap path's common case: one attribute read
+        self._armed = False
         self._renewal.armed = 0
         if self._ring.logged:
             self._take_switches()
