@@ -328,6 +328,8 @@ SWITCH_WORKLOADS = {
     "threads of one process": ([("threads", [])], 1_000),
     "race": ([("race", [])], 997),
     "two spawners": ([("spawner", ["loop", ALIGNED])] * 2, 10_000),
+    "a 32-bit process and two loops": ([("loop", [ALIGNED]), ("services32", []),
+                                        ("loop", [ALIGNED])], 997),
 }
 
 
@@ -435,3 +437,10 @@ def test_each_process_touches_its_own_pages_after_a_switch_in_c() -> None:
                           strided_image("toucherB", toucher(35_000))], quantum=10_000,
                          max_insns=None)
     assert got["exits"] == [sum(range(1, 17))] * 2 and got["ring_switches"] > 20
+
+
+def test_more_switches_than_the_log_holds_go_on_through_a_stop() -> None:
+    # native.c keeps 1,024 switches before Python takes them: a run that would make more
+    # stops at the next quantum end, switches there as ever, and the next run goes on in C.
+    got = same_both_ways([("loop", ["10000000"])] * 2, quantum=1_000, max_insns=3_000_000)
+    assert got["stopped"] == "instruction limit" and got["ring_switches"] > 2_000
