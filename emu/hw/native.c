@@ -1043,12 +1043,14 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
         }
         return;
     }
-    if (ctx->stop_flag || (ctx->remaining == 0 && !(ctx->renewal.armed
-                                                    && ctx->ring.count < 2
-                                                    && renew_quantum(ctx)))) {
-        if (!ctx->stop_flag && ctx->renewal.armed && ctx->ring.count >= 2
-            && ring_switch(ctx, pc))
+    if (ctx->remaining == 0 && ctx->renewal.armed && !ctx->stop_flag) {
+        /* The quantum ends here: made in C when it can be (else the run stops below). */
+        if (ctx->ring.count < 2)
+            renew_quantum(ctx);
+        else if (ring_switch(ctx, pc))
             return;             /* this block is not run: the next thread's is entered */
+    }
+    if (ctx->stop_flag || ctx->remaining == 0) {
         ctx->stop_flag = 0;
         budget_spent(ctx);
         ctx->emu_stop(uc);

@@ -79,7 +79,11 @@ Block counting gives the same counts (a test runs every guest app both ways):
   stop followed by ``set_budget`` of the same budget and a new run. A budget that ends inside
   a block, a stop asked for, a limit reached, or a budget left of a step's size stops as
   ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry, and so does the
-  TLB fill before it calls the walker.
+  TLB fill before it calls the walker. :meth:`NativeHooks.arm_ring` makes the preempted
+  switch between threads there instead (their contexts swapped, RIP written so that Unicorn
+  leaves the block it was about to run, CR3, TSS.RSP0, the times), each switch logged and
+  given to ``on_switches`` before any Python code runs (``disarm``, the walker, the
+  learner).
 * A guest store into the bytes of the block being executed makes QEMU leave the block at
   the store and run the store again as a block of one instruction (measured). The block
   counter sees a block that starts inside the last one and ends before it (no other block
@@ -516,6 +520,9 @@ class NativeHooks:
         self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
         self._ring = _Ring.from_address(ctx + lib.native_ring_at())
         ring_box.append(self._ring)
+        # Whether arm_renewal armed the run since the last disarm (C may have disarmed it
+        # already, in the TLB fill): a hook's disarm reads only this when not.
+        self._armed = False
         # Called with the instruction count of each switch C made, in order, before any
         # Python code reads what they changed (the dispatcher's books: arm_ring).
         self.on_switches: Callable[[list[int]], None] | None = None
@@ -805,7 +812,8 @@ class NativeHooks:
         limit) and write KUSER_SHARED_DATA's times at clock ``instructions +
         clock_offset``, without ending the run (native.c ``renew_quantum``). A budget of
         ``limit`` reached, or one left as small as a step's, stops the run as ever. Every
-        Python hook calls ``disarm`` at its entry."""
+        Python hook calls ``disarm`` at its entry. ``ring``: switch between the threads
+        ``arm_ring`` set instead of renewing (its own call)."""
         r = self._renewal
         r.quantum = quantum
         r.limit = _MASK64 if limit is None else limit
@@ -813,11 +821,15 @@ class NativeHooks:
         if not ring:
             self._ring.count = 0
         r.armed = 1
+        self._armed = True
 
     def disarm(self) -> None:
         """No renewal or switch in C from now on: Python code is running inside the run (a
         hook), and may change what armed it; the budget's end stops the run. The switches
         C made go to ``on_switches`` first."""
+        if not self._armed:
+            return                  # the trap path's common case: one attribute read
+        self._armed = False
         self._renewal.armed = 0
         if self._ring.logged:
             self._take_switches()

@@ -242,7 +242,10 @@ def test_a_guest_reads_the_same_times_at_every_renewal() -> None:
     assert now[1] == now[2] and tick[1] == tick[2]
 
 
-def test_no_renewal_in_c_while_someone_watches_each_dispatch() -> None:
+@pytest.mark.parametrize("loops", [1, 2])
+def test_no_quantum_end_in_c_while_someone_watches_each_dispatch(loops: int) -> None:
+    # An event observer sees a thread-dispatch at every quantum end (a lone thread's too):
+    # every one goes through a stop, as before.
     from emu.nt.events import Event
 
     m = Machine("64M", max_insns=1 << 40, quantum=10_000, console=lambda *_: None)
@@ -251,9 +254,11 @@ def test_no_renewal_in_c_while_someone_watches_each_dispatch() -> None:
     ex.events.subscribe(lambda event, details: event is Event.THREAD_DISPATCH and
                         dispatches.append(ex.clock))
     try:
-        m.spawn(APPS / "loop", ["300000"])
+        for _ in range(loops):
+            m.spawn(APPS / "loop", [ALIGNED])
         m.run()
-        assert ex.cpu.native.renewals == 0 and len(dispatches) > 100
+        assert ex.cpu.native.renewals == ex.cpu.native.ring_switches == 0
+        assert len(dispatches) > 140 * loops
     finally:
         m.close()
 
@@ -328,6 +333,8 @@ SWITCH_WORKLOADS = {
     "threads of one process": ([("threads", [])], 1_000),
     "race": ([("race", [])], 997),
     "two spawners": ([("spawner", ["loop", ALIGNED])] * 2, 10_000),
+    "a 32-bit process and two loops": ([("loop", [ALIGNED]), ("services32", []),
+                                        ("loop", [ALIGNED])], 997),
 }
 
 
@@ -435,3 +442,10 @@ def test_each_process_touches_its_own_pages_after_a_switch_in_c() -> None:
                           strided_image("toucherB", toucher(35_000))], quantum=10_000,
                          max_insns=None)
     assert got["exits"] == [sum(range(1, 17))] * 2 and got["ring_switches"] > 20
+
+
+def test_more_switches_than_the_log_holds_go_on_through_a_stop() -> None:
+    # native.c keeps 1,024 switches before Python takes them: a run that would make more
+    # stops at the next quantum end, switches there as ever, and the next run goes on in C.
+    got = same_both_ways([("loop", ["10000000"])] * 2, quantum=1_000, max_insns=3_000_000)
+    assert got["stopped"] == "instruction limit" and got["ring_switches"] > 2_000
