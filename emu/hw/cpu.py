@@ -360,6 +360,28 @@ class RunResult:
     exception: CpuException | None = None
 
 
+
+def _disarm_in_every_python_hook(uc: Uc, cpu: Cpu) -> None:
+    """Make every Python hook added to ``uc`` from now on (the CPU's own, the sites', the
+    debugger's, a scenario's) call ``cpu.native.disarm()`` before its callback: Python code
+    running inside a run may change what armed a quantum end made in C (a thread made
+    ready, a timer, a device, a stop: NativeHooks.arm_renewal), so none is made after it,
+    and the switches C made are taken into the books before that code reads them. One
+    place for the rule, so that no hook can forget it. (The C hooks, the TLB fill's and the
+    counter's, are added by NativeHooks through uc_hook_add directly: the TLB fill disarms
+    in C before it calls the Python walker.)"""
+    add = uc.hook_add
+
+    def hook_add(htype: int, callback: Callable, user_data: object = None, begin: int = 1,
+                 end: int = 0, *args: int) -> int:
+        def disarmed(*hook_args: object) -> object:
+            cpu.native.disarm()
+            return callback(*hook_args)
+
+        return add(htype, disarmed, user_data, begin, end, *args)
+
+    uc.hook_add = hook_add
+
 class Cpu:
     """One x86-64 processor in long mode over ``mem``, paging done by ``emu.hw.mmu``."""
 
@@ -398,6 +420,7 @@ class Cpu:
         self.on_cr3_load: Callable[[int, int], None] | None = None   # (old, new), if changed
         self.on_device_started: Callable[[], None] | None = None     # an OUT armed a device
         self.native = NativeHooks(uc, self._fill, self._block_offsets)
+        _disarm_in_every_python_hook(uc, self)
         self.cr8 = Cr8(self)                     # the IRQL: guest CR8 moves made to work
         self.invlpg = Invlpg(self)               # guest INVLPGs made to reach the STLB
         self.crwrite = CrWrite(self)             # guest MOVs to CR0/CR3/CR4 made to reach it
@@ -1158,7 +1181,6 @@ class Cpu:
 
     def _on_interrupt(self, uc: Uc, intno: int, _data) -> None:
         """UC_HOOK_INTR: an exception or `int n` happened; stop and report it."""
-        self.native.disarm()             # every Python hook: no quantum renewed in C after it
         if self._held is not None:
             uc.emu_stop()                # after a fault from a hook: that fault is reported
             return
@@ -1215,7 +1237,6 @@ class Cpu:
 
     def _on_syscall(self, uc: Uc, _data) -> None:
         """SYSCALL: RCX <- return RIP, R11 <- RFLAGS (SDM Vol. 2B), then the executive's service."""
-        self.native.disarm()
         if self._held is not None:
             return                       # after a fault from a hook: it never executes
         # One call into Unicorn for the trap path: what SYSCALL itself reads and what the
@@ -1233,7 +1254,6 @@ class Cpu:
 
     def _on_in(self, uc: Uc, port: int, size: int, _data) -> int:
         """IN: the device at ``port`` answers (all ones when none does)."""
-        self.native.disarm()
         if not self._check_io_privilege(port):
             return 0
         device = self._device_at(port)
@@ -1243,7 +1263,6 @@ class Cpu:
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _data) -> None:
         """OUT: the device at ``port`` takes ``value`` (it may start: a deadline)."""
-        self.native.disarm()
         if not self._check_io_privilege(port):
             return
         device = self._device_at(port)
@@ -1286,7 +1305,6 @@ class Cpu:
         """SYSENTER: this CPU is an Intel model (Broadwell), on which SYSENTER is valid in
         64-bit mode; the executive never programs IA32_SYSENTER_CS, so it is 0 and SYSENTER
         raises #GP(0) at any CPL (SDM Vol. 2B, SYSENTER). Unicorn would skip it instead."""
-        self.native.disarm()
         self.raise_fault(CpuException(Vector.GP, self.rip, self.cpl,
                                       reason="sysenter with IA32_SYSENTER_CS = 0"))
 
@@ -1297,7 +1315,6 @@ class Cpu:
             self._trace_hook = None
         if callback is not None:
             def trace(_uc: Uc, addr: int, size: int, _data) -> None:
-                self.native.disarm()
                 if self._held is None:   # instructions a pending fault undoes are not shown
                     callback(self, addr, size)
             self._trace_hook = self.uc.hook_add(UC_HOOK_CODE, trace)

@@ -193,13 +193,11 @@ class Sites(Generic[S]):
 
     def _on_boundary(self, _uc: Uc, address: int, _size: int, _data) -> None:
         """UC_HOOK_CODE before a site, or before the instruction after one."""
-        self._cpu.native.disarm()        # every Python hook: no quantum renewed in C after it
         self._boundary(address, self._sites.get(address), True)
 
     def _on_runtime_code(self, _uc: Uc, address: int, size: int, _data) -> None:
         """UC_HOOK_CODE before each instruction of a watched range: is it a site (its bytes
         now, whatever was there before)?"""
-        self._cpu.native.disarm()
         if self._cpu.held_fault:
             return
         self._boundary(address, self.runtime_site(address, self._cpu.read_code(address, size)),
@@ -209,7 +207,6 @@ class Sites(Generic[S]):
         """UC_HOOK_BLOCK at the entry of a block of a watched range: does it end in a site
         (its bytes now, whatever was there before)?"""
         cpu = self._cpu
-        cpu.native.disarm()
         if cpu.held_fault:
             return
         code = cpu.read_code(address, size)

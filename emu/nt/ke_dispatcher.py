@@ -218,7 +218,8 @@ class KeDispatcher(_Executive):
         other threads ready, the preempted switch instead (``_arm_ring``). Only Python
         changes what those conditions read (the ready queue, timers, devices, interrupts,
         a stop), and only from a hook inside a run, which disarms it at its entry
-        (emu.hw.cpu, emu.hw.sites, the TLB fill's walker). True when armed."""
+        (every Python hook on the engine: emu.hw.cpu ``_disarm_in_every_python_hook``; the
+        TLB fill before the walker). True when armed."""
         thread = self.current_thread
         scheduler = self.scheduler
         if (not self.quantum_end_in_c or thread is None

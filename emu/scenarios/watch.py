@@ -78,7 +78,6 @@ class WriteWatch:
 
     def _on_write(self, _uc, _access, address: int, size: int, value: int, _user) -> None:
         cpu = self._ex.cpu
-        cpu.native.disarm()              # a Python hook: no quantum renewed in C after it
         rip = cpu.rip
         if rip != self._last_rip:         # decode each storing instruction once per run
             self._last_rip = rip

@@ -449,3 +449,23 @@ def test_more_switches_than_the_log_holds_go_on_through_a_stop() -> None:
     # stops at the next quantum end, switches there as ever, and the next run goes on in C.
     got = same_both_ways([("loop", ["10000000"])] * 2, quantum=1_000, max_insns=3_000_000)
     assert got["stopped"] == "instruction limit" and got["ring_switches"] > 2_000
+
+
+def test_a_python_hook_added_by_anyone_ends_the_quantum_ends_in_c() -> None:
+    """Python code inside a run may change what armed a quantum end made in C (a thread made
+    ready, a timer): so every Python hook on the engine disarms it first, whoever added it
+    (here a block hook a debugger or a script could add, which does nothing else). Every
+    quantum end then goes through a stop: none in C."""
+    from unicorn import UC_HOOK_BLOCK
+
+    m = Machine("64M", max_insns=1 << 40, quantum=10_000)
+    try:
+        proc = m.spawn(APPS / "loop", [ALIGNED])
+        calls = []
+        m.executive.cpu.uc.hook_add(UC_HOOK_BLOCK, lambda *_: calls.append(1))
+        m.run()
+        native = m.executive.cpu.native
+        assert proc.exit_status == 0 and calls
+        assert native.renewals == 0
+    finally:
+        m.close()
