@@ -368,8 +368,8 @@ def _disarm_in_every_python_hook(uc: Uc, cpu: Cpu) -> None:
     ready, a timer, a device, a stop: NativeHooks.arm_renewal), so none is made after it,
     and the switches C made are taken into the books before that code reads them. One
     place for the rule, so that no hook can forget it. (The C hooks, the TLB fill's and the
-    counter's, are added by NativeHooks through uc_hook_add directly: the TLB fill disarms
-    in C before it calls the Python walker.)"""
+    counter's, are added by NativeHooks through uc_hook_add directly; the TLB fill's Python
+    walker, ``_fill``, is the page walk alone and changes nothing the arming rests on.)"""
     add = uc.hook_add
 
     def hook_add(htype: int, callback: Callable, user_data: object = None, begin: int = 1,

@@ -690,8 +690,10 @@ bool native_tlb_fill(uc_engine *uc, uint64_t vpage, int type,
         return true;
     }
 
-    /* The walker is Python: what it runs may change what armed the renewal. */
-    ctx->renewal.armed = 0;
+    /* The walker is Python, but it is the page walk alone (the A and D bits it sets, the
+     * STLB's fills, a fault kept for the stop: emu/hw/cpu.py Cpu._fill): nothing a
+     * renewal or a switch armed on changes, so it leaves them armed. (A switch C made is
+     * taken into the books first: native.py's walker callback.) */
     answer = ctx->walker(vpage, type, (int32_t)(cs & 3), rflags);
     if (answer < 0) {                   /* denied: the run loop raises #PF */
         note_fault(ctx, type);

@@ -78,8 +78,8 @@ Block counting gives the same counts (a test runs every guest app both ways):
   times are written, and :attr:`NativeHooks.renewals` counts it; nothing else differs from a
   stop followed by ``set_budget`` of the same budget and a new run. A budget that ends inside
   a block, a stop asked for, a limit reached, or a budget left of a step's size stops as
-  ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry, and so does the
-  TLB fill before it calls the walker. :meth:`NativeHooks.arm_ring` makes the preempted
+  ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry (the walker, the
+  page walk alone, leaves it armed). :meth:`NativeHooks.arm_ring` makes the preempted
   switch between threads there instead (their contexts swapped, RIP written so that Unicorn
   leaves the block it was about to run, CR3, TSS.RSP0, the times), each switch logged and
   given to ``on_switches`` before any Python code runs (``disarm``, the walker, the
@@ -520,8 +520,8 @@ class NativeHooks:
         self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
         self._ring = _Ring.from_address(ctx + lib.native_ring_at())
         ring_box.append(self._ring)
-        # Whether arm_renewal armed the run since the last disarm (C may have disarmed it
-        # already, in the TLB fill): a hook's disarm reads only this when not.
+        # Whether arm_renewal armed the run since the last disarm: a hook's disarm reads
+        # only this when not.
         self._armed = False
         # Called with the instruction count of each switch C made, in order, before any
         # Python code reads what they changed (the dispatcher's books: arm_ring).

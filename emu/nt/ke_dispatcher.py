@@ -219,7 +219,7 @@ class KeDispatcher(_Executive):
         changes what those conditions read (the ready queue, timers, devices, interrupts,
         a stop), and only from a hook inside a run, which disarms it at its entry
         (every Python hook on the engine: emu.hw.cpu ``_disarm_in_every_python_hook``; the
-        TLB fill before the walker). True when armed."""
+        walker, the page walk alone, changes none of them). True when armed."""
         thread = self.current_thread
         scheduler = self.scheduler
         if (not self.quantum_end_in_c or thread is None
