@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from schedrun import outcome, record_schedule
 
 from emu.hw.mmu import PTE
 from emu.machine import Machine
@@ -25,8 +26,6 @@ from emu.scenarios.watch import read_user
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "guest" / "build" / "apps"
-REGISTERS = ("rip", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9",
-             "r10", "r11", "r12", "r13", "r14", "r15", "rflags", "cs", "cr3")
 CODE_VA, DATA_VA = 0x0040_0000, 0x0060_0000
 # Where a test maps KUSER_SHARED_DATA's frame for ring 3, read-only, as Windows does
 # (MM_SHARED_USER_DATA_VA): this machine maps it only at KI_USER_SHARED_DATA, ring 0.
@@ -82,18 +81,7 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
                 console=lambda proc, data: output.append((proc and proc.pid, bytes(data))))
     ex = m.executive
     ex.quantum_end_in_c = in_c
-    schedule: list[tuple[int, int]] = []
-    next_thread = ex.scheduler.next_thread
-
-    def recorded(now: int):
-        # The schedule without an event observer (one would turn the renewal in C off);
-        # the clock read at a switch made in C is that switch's.
-        thread = next_thread(now)
-        if thread is not None:
-            schedule.append((thread.tid, ex.clock))
-        return thread
-
-    ex.scheduler.next_thread = recorded
+    schedule = record_schedule(m)
     seen: dict[int, list[int]] = {}
     terminate = ex.terminate
     tss = ex._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)
@@ -128,19 +116,8 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
             else:
                 procs.append(m.spawn(APPS / item[0], item[1]))
         result = m.run()
-        shared = m.mem.read(ex.shared_data_frame * layout.PAGE_SIZE, layout.PAGE_SIZE)
         return {
-            "stopped": result.stopped,
-            "exits": [p.exit_status for p in procs],
-            "instructions": result.stats.instructions,
-            "switches": result.stats.context_switches,
-            "page_faults": result.stats.page_faults,
-            "output": output,
-            "schedule": schedule,
-            "threads": [(t.tid, t.instructions) for p in ex.processes for t in p.threads],
-            "processes": [(p.pid, p.instructions) for p in ex.processes],
-            "registers": [ex.cpu.reg(r) for r in REGISTERS],
-            "kuser_shared_data": shared,
+            **outcome(m, result, procs, output, schedule),
             "tss_rsp0_wrong": [pair for pair in stacks if pair[0] != pair[1]],
             "times_seen": seen,
             "renewals": ex.cpu.native.renewals,

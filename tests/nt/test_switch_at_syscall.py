@@ -11,15 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from schedrun import outcome, record_schedule
 
 from emu.machine import Machine
-from emu.nt import layout
 from emu.nt.loader import Image, Segment
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "guest" / "build" / "apps"
-REGISTERS = ("rip", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9",
-             "r10", "r11", "r12", "r13", "r14", "r15", "rflags", "cs", "cr3")
 CODE_VA = 0x0040_0000
 
 
@@ -65,34 +63,13 @@ def run(workload: list, *, at_syscall: bool, quantum: int = 100_000,
                 console=lambda proc, data: output.append((proc and proc.pid, bytes(data))))
     ex = m.executive
     ex.switch_at_syscall = at_syscall
-    schedule: list[tuple[int, int]] = []
-    next_thread = ex.scheduler.next_thread
-
-    def recorded(now: int):
-        # The schedule without an event observer (one would turn the switch off).
-        thread = next_thread(now)
-        if thread is not None:
-            schedule.append((thread.tid, ex.clock))
-        return thread
-
-    ex.scheduler.next_thread = recorded
+    schedule = record_schedule(m)
     try:
         procs = [ex.create_process(item, []) if isinstance(item, Image)
                  else m.spawn(APPS / item[0], item[1]) for item in workload]
         result = m.run()
-        shared = m.mem.read(ex.shared_data_frame * layout.PAGE_SIZE, layout.PAGE_SIZE)
         return {
-            "stopped": result.stopped,
-            "exits": [p.exit_status for p in procs],
-            "instructions": result.stats.instructions,
-            "switches": result.stats.context_switches,
-            "page_faults": result.stats.page_faults,
-            "output": output,
-            "schedule": schedule,
-            "threads": [(t.tid, t.instructions) for p in ex.processes for t in p.threads],
-            "processes": [(p.pid, p.instructions) for p in ex.processes],
-            "registers": [ex.cpu.reg(r) for r in REGISTERS],
-            "kuser_shared_data": shared,
+            **outcome(m, result, procs, output, schedule),
             "at_syscall": ex.switches_at_syscall,
         }
     finally:
