@@ -19,6 +19,7 @@ from emu.debugger.session import Session
 from emu.hw import mmu
 from emu.machine import Machine
 
+_TABLE = 0x000F_FFFF_FFFF_F000   # bits 51:12 of CR3 or an entry: the next table (SDM 4.5)
 PAGE_VA = 0x7F793950000          # slowread's and victim's page (guest/apps/slowread.c)
 
 
@@ -56,6 +57,7 @@ class Oracle(Session):
         self.at_va: list = []
         self.unplaced: list = []
         self.accesses = accesses
+        self._walks: dict[tuple, tuple[int | None]] = {}
         super().__init__(machine, self._stop)
         if accesses:
             self.executive.cpu.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._every)
@@ -89,11 +91,35 @@ class Oracle(Session):
         cr3 = ex.cpu.cr3
         if self.pid is not None:
             cr3 = next(p for p in ex.processes if p.pid == self.pid).space.cr3
+        return self._walk(self.va & ~0xFFF, cr3)
+
+    def _walk(self, page: int, cr3: int) -> int | None:
+        """mmu.walk's physical address of ``page`` under ``cr3`` (a read at ring 0), or None
+        where it faults. The walk depends on nothing but the entries on its way and CR0, CR4
+        and EFER (SDM Vol. 3A 4.5): its answer is kept by their values, read here at each
+        call (a run has about 400,000 accesses, through a few hundred different tables)."""
+        cpu, read = self.executive.cpu, self.executive.mem.read_u64
+        key, table = [cr3, cpu.cr0, cpu.cr4, cpu.efer], cr3 & _TABLE
         try:
-            return mmu.walk(ex.mem, self.va & ~0xFFF, "read", cr3=cr3, cpl=0,
-                            cr0=ex.cpu.cr0, cr4=ex.cpu.cr4, efer=ex.cpu.efer).pa
+            for shift in (39, 30, 21, 12):
+                entry = read(table + (page >> shift & 0x1FF) * 8)
+                key.append(entry)
+                if not entry & 1 or (shift in (30, 21) and entry & 0x80):    # P=0, or PS=1
+                    break
+                table = entry & _TABLE
+        except Exception:                 # noqa: BLE001 - a table outside RAM: walk it all
+            key = None
+        done = self._walks.get(tuple(key)) if key is not None else None
+        if done is not None:
+            return done[0]
+        try:
+            pa = mmu.walk(self.executive.mem, page, "read", cr3=cr3, cpl=0, cr0=cpu.cr0,
+                          cr4=cpu.cr4, efer=cpu.efer).pa
         except (mmu.PageFault, mmu.GeneralProtection):
-            return None
+            pa = None
+        if key is not None:
+            self._walks[tuple(key)] = (pa,)
+        return pa
 
     def _place(self, store: list) -> None:
         frame = self._frame_of_va()
@@ -121,17 +147,16 @@ class Oracle(Session):
         new = value & ((1 << (8 * size)) - 1) if write else None
         self.seen.append((position, "write" if write else "read", address, size, cpu.cr3,
                           new, rip))
+        if self.va is not None:           # one hook for both: the same access, once
+            self._virtual(address, size, position, rip)
 
     def virtual(self, va: int, pid: int | None) -> None:
         """From now on, note the VA each access of ``va``'s page made in ``pid``'s space
         (its own walk of the page tables at each access), and place the executive's stores
         in that page (a walk at each store); without ``accesses``, only the stores."""
         self.va, self.pid, self.at_va = va, pid, []
-        if self.accesses:
-            uc = self.executive.cpu.uc
-            uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._virtual)
 
-    def _virtual(self, uc, access, address, size, value, _data) -> None:
+    def _virtual(self, address: int, size: int, position: int, rip: int) -> None:
         ex = self.executive
         cpu = ex.cpu
         if self.pid is not None:
@@ -139,14 +164,8 @@ class Oracle(Session):
             if proc.space.cr3 != cpu.cr3:
                 return
         page = self.va & ~0xFFF
-        try:
-            pa = mmu.walk(ex.mem, page, "read", cr3=cpu.cr3, cpl=0, cr0=cpu.cr0, cr4=cpu.cr4,
-                          efer=cpu.efer).pa
-        except (mmu.PageFault, mmu.GeneralProtection):
-            return
-        if pa <= address < pa + 0x1000:
-            rip = cpu.rip
-            position = cpu.native.completed_before(rip) + self.position - cpu.instructions
+        pa = self._walk(page, cpu.cr3)
+        if pa is not None and pa <= address < pa + 0x1000:
             self.at_va.append((position, page + (address - pa), size, rip))
 
 
