@@ -47,29 +47,40 @@ def machine_factory():
         m.close()
 
 
-# The longest test modules, longest first (about that many seconds each in a serial run on
-# this 2-core machine, stop 16). `make test` hands whole modules to its workers (xdist --dist
-# loadscope), the next one to whichever worker is done first, in collection order
-# (--no-loadscope-reorder: xdist would otherwise order them by their number of tests, and the
-# long modules with few tests would start last, one core idle while the other finishes one).
-# Starting the long ones first (longest processing time first) ends both workers close
-# together. A module not named here keeps its place, after these.
+# The longest test modules, longest first (about that many seconds each on one worker of
+# `make test` on this 2-core machine, stop 17). `make test` hands whole modules to its workers
+# (xdist --dist loadscope), the next one to whichever worker is nearly done, in collection
+# order (--no-loadscope-reorder: xdist would otherwise order them by their number of tests,
+# and the long modules with few tests would start last, one core idle while the other
+# finishes one). Starting the long ones first (longest processing time first) ends both
+# workers close together: what is left at the end are modules of a second or less. A module
+# not named here keeps its place, after these.
 LONGEST_FIRST = (
-    "tests/test_eventlog.py",                   # 20: the tour twice
-    "tests/test_wheel.py",                      # 17: a wheel built, installed, the tour played
-    "tests/nt/test_paging.py",                  # 15
-    "tests/scenarios/test_tour_cli.py",         # 15: the tour with its pages
-    "tests/debugger/test_gdbstub.py",           # 15
-    "tests/debugger/test_history_query.py",     # 14: the oracle runs (a hook on every access)
-    "tests/test_cli.py",                        # 14
-    "tests/nt/test_loader_fuzz.py",             # 14
-    "tests/debugger/test_analyze_why.py",       # 12
-    "tests/viz/test_steppable.py",              # 12
-    "tests/nt/test_kernel_fuzz.py",             # 12
-    "tests/nt/test_counting.py",                # 12
-    "tests/debugger/test_shell.py",             # 11
-    "tests/debugger/test_history_calls.py",     # 8
-    "tests/scenarios/test_tour_html.py",        # 6: one Chromium lays out every page
+    "tests/test_wheel.py",                      # 16: a wheel built, installed, the tour played
+    "tests/debugger/test_history_query.py",     # 10: the oracle runs (a hook on every access)
+    "tests/debugger/test_history_calls.py",     # 9: the oracle runs (a hook on every insn)
+    "tests/nt/test_counting.py",                # 7
+    "tests/viz/test_steps_space.py",            # 7: the live map at every step; Chromium
+    "tests/debugger/test_runctl.py",            # 6
+    "tests/nt/test_service_args.py",            # 6: 241 cases
+    "tests/test_cli.py",                        # 6
+    "tests/nt/test_paging.py",                  # 6
+    "tests/test_eventlog.py",                   # 5: the tour with its log
+    "tests/scenarios/test_tour_cli.py",         # 5: the tour with its pages
+    "tests/nt/test_kernel_fuzz.py",             # 5
+    "tests/debugger/test_analyze_why.py",       # 5
+    "tests/test_build.py",                      # 5
+    "tests/scenarios/test_tour_html.py",        # 5: one Chromium lays out every page
+    "tests/debugger/test_positions.py",         # 4
+    "tests/debugger/test_shell.py",             # 4
+    "tests/nt/test_pe_exports_io.py",           # 4
+    "tests/hw/test_mmu.py",                     # 4
+    "tests/viz/test_steppable.py",              # 4
+    "tests/hw/test_mmu_qemu.py",                # 3
+    "tests/debugger/test_ctrl_c.py",            # 3
+    "tests/nt/test_random_code.py",             # 3
+    "tests/debugger/test_gdbstub.py",           # 3
+    "tests/nt/test_own_driver.py",              # 3
 )
 
 
