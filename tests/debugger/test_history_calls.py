@@ -183,7 +183,7 @@ ORACLE_CASES = {
 }
 
 
-# The first case of a scenario can take over 5 s on this 2-core machine (slow_neither's
+# The first case of a scenario takes up to about 2 s on this 2-core machine (slow_neither's
 # DPC): the oracle runs the scenario with a hook on every instruction; the other cases of
 # the scenario share its run (_oracle is cached).
 @pytest.mark.parametrize(("scenario", "name"),

@@ -223,9 +223,10 @@ def _address(build, address) -> int:
         m.close()
 
 
-# The first case of each scenario takes over 5 s on this 2-core machine (about 6 s of CPU):
-# the oracle walks the page tables in Python at every memory access of the whole run, which
-# is what makes it an oracle. The other cases share its run (recorded()).
+# The first case of each scenario takes about 3 s on this 2-core machine (6 s before its
+# walks were kept by their entries, Oracle._walk): the oracle hooks every memory access of
+# the whole run and reads the page tables in Python at each, which is what makes it an
+# oracle. The other cases share its run (recorded()).
 @pytest.mark.parametrize("kind", ["write", "access"])
 @pytest.mark.parametrize(("scenario", "address", "length", "pid", "phys"), CASES)
 def test_the_answer_is_the_oracles(apps, scenario, address, length, pid, phys, kind):
