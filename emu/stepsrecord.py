@@ -277,6 +277,14 @@ class SpaceShadow:
     @staticmethod
     def _diff(base: int, old: bytes, new: bytes, changes: dict[int, int]) -> None:
         """The entries of one page table that differ between ``old`` and ``new``."""
-        for i, (a, b) in enumerate(zip(_TABLE.unpack(old), _TABLE.unpack(new))):  # noqa: B905
-            if a != b:
-                changes[base | i << 12] = b
+        # The two tables as one 32768-bit number each: the 64-bit lanes of their XOR that
+        # are not zero are the entries that changed (a fault changes one or two of 512, and
+        # a loop over all 512 cost a tour 0.5 s).
+        diff = int.from_bytes(old, "little") ^ int.from_bytes(new, "little")
+        changed = []
+        while diff:
+            i = (diff.bit_length() - 1) >> 6
+            changed.append(i)
+            diff &= (1 << (i << 6)) - 1
+        for i in reversed(changed):                 # in address order
+            changes[base | i << 12] = int.from_bytes(new[i * 8:i * 8 + 8], "little")

@@ -3,10 +3,9 @@ machine starts, never silently ignored (``emu run`` and ``emu debug``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,8 +13,8 @@ DRIVERS = ROOT / "guest" / "build" / "drivers"
 
 
 def emu(*args, stdin: str = ""):
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    """``python -m emu ARGS``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu(*args, input=stdin, cwd=ROOT, timeout=120)
 
 
 def test_stop_at_driver_without_a_driver_is_refused(apps):

@@ -233,7 +233,7 @@ def test_a_full_disk_is_one_line_after_the_run(apps):
 
 # -- the tour ----------------------------------------------------------------------------------
 
-# Over 5 s on this 2-core machine: the whole tour runs twice (with and without the log),
+# About 3 s on this 2-core machine: the whole tour runs twice (with and without the log),
 # since the check is that logging changes nothing of its narration.
 def test_every_tour_scenario_logs_by_the_schema(apps, tmp_path):
     plain = emu("scenario", "run", "--all")

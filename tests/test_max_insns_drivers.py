@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 from emu.tools import build_driver
@@ -38,8 +37,8 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 
 
 def emu(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, input=stdin, cwd=ROOT)
+    """``python -m emu ARGS``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu(*args, input=stdin, cwd=ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+import emurun
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -26,8 +26,7 @@ def test_the_debugging_block_shows_the_prompts_the_machine_prints():
     assert command == ".venv/bin/emu debug guest/build/apps/badread" and len(lines) == 7
     script = "".join(PROMPT.match(line).group(1) + "\n" for line in lines)
     app = command.split()[-1]
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", app], input=script,
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = emurun.emu("debug", app, input=script, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     shown = [line for line in r.stdout.splitlines() if PROMPT.match(line)]
     assert shown == lines
@@ -39,7 +38,6 @@ def test_the_badread_example_prints_what_the_readme_shows():
     lines = block.splitlines()
     start = lines.index(".venv/bin/emu run guest/build/apps/badread")
     expected = [line.removeprefix("# ") for line in lines[start + 1:start + 4]]
-    r = subprocess.run([sys.executable, "-m", "emu", "run", "guest/build/apps/badread"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = emurun.emu("run", "guest/build/apps/badread", cwd=ROOT, timeout=120)
     assert r.stdout == expected[0] + "\n"
     assert r.stderr == expected[1] + " " + expected[2].strip() + "\n"

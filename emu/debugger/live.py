@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from unicorn.x86_const import UC_X86_REG_RIP
+
 from emu.debugger.records import (
     HandleRecord,
     ImageInfo,
@@ -104,7 +106,9 @@ class LiveTarget(Target):
             return ThreadInfo(t.tid, t.state.value)
         if t.context is None:
             return ThreadInfo(t.tid, t.state.value, t.start_rip, started=False)
-        return ThreadInfo(t.tid, t.state.value, dump.context_registers(t.context)["rip"])
+        # Its RIP alone: naming a frame's owner (pfn) lists the processes, for thousands of
+        # frames in a session, and all 26 registers of each context were read each time.
+        return ThreadInfo(t.tid, t.state.value, t.context.reg_read(UC_X86_REG_RIP))
 
     def processes(self) -> list[ProcessInfo]:
         """Every process, with its threads."""

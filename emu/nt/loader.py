@@ -14,6 +14,7 @@ user who hands the machine a bad file made a mistake, not the emulator.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -175,6 +176,18 @@ def _check_ident(data: bytes, path: str) -> None:
         raise LoaderError(f"{path}: big-endian ELF file: not an x86-64 executable")
 
 
+@functools.cache
+def _structs(bits: int, *kind) -> ELFStructs:
+    """pyelftools' structure definitions for ELF``bits``, the advanced ones for ``kind``
+    (e_type, e_machine, EI_OSABI) if given. Made once each: they only describe (parsing
+    keeps no state in them), and making them was most of a small app's load."""
+    structs = ELFStructs(little_endian=True, elfclass=bits)
+    structs.create_basic_structs()
+    if kind:
+        structs.create_advanced_structs(*kind)
+    return structs
+
+
 class ElfReader:
     """The parts of an ELF64 file the loader reads, through pyelftools' structure
     definitions (ELFStructs: its ELFFile would also import the DWARF readers, a third of
@@ -183,12 +196,10 @@ class ElfReader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.bits = 32 if data[4] == 1 else 64
-        self.structs = ELFStructs(little_endian=True, elfclass=self.bits)
-        self.structs.create_basic_structs()
-        self.header = self.structs.Elf_Ehdr.parse(data[:64])
+        self.header = _structs(self.bits).Elf_Ehdr.parse(data[:64])
         h = self.header
-        self.structs.create_advanced_structs(h["e_type"], h["e_machine"],
-                                             h["e_ident"]["EI_OSABI"])
+        self.structs = _structs(self.bits, h["e_type"], h["e_machine"],
+                                h["e_ident"]["EI_OSABI"])
         self._phdrs: list | None = None
         self._shdrs: list | None = None
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +53,7 @@ def test_emu_run_gdb_with_monitor_commands():
 @pytest.mark.parametrize("address, expect", [("notaport", "notaport"),
                                              ("10.1.2.3:1234", "10.1.2.3")])
 def test_bad_gdb_addresses_are_one_line(address, expect):
-    r = subprocess.run([sys.executable, "-m", "emu", "run", "--gdb", address, HELLO],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    r = emurun.emu("run", "--gdb", address, HELLO, cwd=ROOT, timeout=60)
     assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -132,11 +132,9 @@ def test_emu_run_gdb_goes_back_and_writes_its_outputs_once(tmp_path):
          *[c for _ in range(steps) for c in ("reverse-stepi", *show)],
          *[c for _ in range(steps) for c in ("stepi",)], *show,
          "reverse-continue", *show, "delete", "continue"])
-    plain = subprocess.run([sys.executable, "-m", "emu", "run", "--trace-file",
-                            str(tmp_path / "run.trace"), "--events",
-                            str(tmp_path / "run.jsonl"), "--report",
-                            str(tmp_path / "run.json"), HELLO, "x"],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    plain = emurun.emu("run", "--trace-file", str(tmp_path / "run.trace"), "--events",
+                       str(tmp_path / "run.jsonl"), "--report", str(tmp_path / "run.json"), HELLO,
+                       "x", cwd=ROOT, timeout=120)
     assert "Traceback" not in stderr and "Remote failure reply" not in out
     dumps = _register_dumps(out)
     assert len(dumps) == 2 * steps + 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
@@ -30,6 +31,10 @@ class RawClient:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        # As gdb does (ser-tcp.c): without TCP_NODELAY, Nagle's algorithm holds each small
+        # write (an ack, then the next packet) until the last one is acknowledged, and the
+        # stub's side delays that acknowledgement by up to 40 ms: 0.1 s a test, for nothing.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.ack = True
         self.console: list[str] = []        # the text of O packets received
@@ -882,6 +887,16 @@ def test_noise_and_oversized_packets_on_the_socket_leave_the_stub_working() -> N
         assert s.machine.processes[0].output == b"Hello, world!\n"
 
 
+def _waiting_for_room(conn: rsp.Connection) -> bool:
+    """Whether the reader thread of ``conn`` is parked in ``_room_for_more``'s wait."""
+    frame = sys._current_frames().get(conn._thread.ident)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return "_room_for_more" in names and "wait" in names
+
+
 def test_a_flood_of_packets_nobody_takes_stops_the_reading_not_the_memory() -> None:
     """While the machine runs nobody takes packets: after MAX_QUEUED the stub stops reading
     (the client's sends block), and once they are taken every one is there, in order."""
@@ -892,8 +907,13 @@ def test_a_flood_of_packets_nobody_takes_stops_the_reading_not_the_memory() -> N
     packets = [rsp.frame(b"q%d," % i + b"x" * 8000) for i in range(2000)]    # 16 MB
     sender = threading.Thread(target=lambda: peer.sendall(b"".join(packets)), daemon=True)
     sender.start()
-    sender.join(3.0)
+    # Not a timed wait: either the reader parks, waiting for room (then it never reads
+    # again until a packet is taken, and the sender, 16 MB in, can never finish), or it
+    # reads on and the sender finishes.
+    while sender.is_alive() and not _waiting_for_room(conn):
+        sender.join(0.01)
     assert sender.is_alive(), "the stub read 16 MB that nobody took"
+    assert len(conn._events) == rsp.MAX_QUEUED
     taken = [conn.next_event().payload.split(b",")[0] for _ in packets]
     assert taken == [b"q%d" % i for i in range(2000)]
     sender.join(TIMEOUT)

@@ -74,6 +74,7 @@ class Oracle(Session):
                 for pid, address in fn.addresses.items():
                     self.starts.setdefault(address, []).append((fn, pid))
         super().__init__(machine, self._stop)
+        self.completed_before = self.executive.cpu.native.completed_before   # one run: one
         self.executive.cpu.uc.hook_add(UC_HOOK_CODE, self._every)
 
     def _stop(self, _stop) -> bool:
@@ -83,15 +84,16 @@ class Oracle(Session):
         return False
 
     def _every(self, uc, rip, size, _data) -> None:
-        ex = self.executive
-        cpu = ex.cpu
-        completed = cpu.native.completed_before(rip)
-        position = completed + self.position - cpu.instructions
+        # The position before this instruction: the instructions completed before it and
+        # the exceptions so far (Session.position's sum, with this instruction's count).
+        position = self.completed_before(rip) + self._exceptions
         recent = self.recent
         if recent and recent[-1] == (position, rip):
             return                                  # the same instruction again (a fault)
         waiting, starts = self.open.pop(rip, None), self.starts.get(rip)
         if waiting is not None or starts is not None:
+            ex = self.executive
+            cpu = ex.cpu
             rsp = cpu.reg("rsp")
             for call in waiting or ():
                 same = rsp >= layout.KERNEL_SPACE_START or call["cr3"] == cpu.cr3
@@ -181,7 +183,7 @@ ORACLE_CASES = {
 }
 
 
-# The first case of a scenario can take over 5 s on this 2-core machine (slow_neither's
+# The first case of a scenario takes up to about 2 s on this 2-core machine (slow_neither's
 # DPC): the oracle runs the scenario with a hook on every instruction; the other cases of
 # the scenario share its run (_oracle is cached).
 @pytest.mark.parametrize(("scenario", "name"),

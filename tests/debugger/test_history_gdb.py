@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
+
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path("guest") / "build" / "apps"
 SLOW = ["--driver", str(Path("guest") / "build" / "drivers" / "slowneither.sys"),
@@ -43,13 +45,11 @@ def test_monitor_history_events_under_emu_run_gdb():
 
 def test_a_crash_dump_has_no_history(apps, tmp_path):
     dump = tmp_path / "crash.dmp"
-    r = subprocess.run([sys.executable, "-m", "emu", "run", "--dump", dump, "--driver",
-                        ROOT / "guest" / "build" / "drivers" / "crash.sys", apps / "hello"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = emurun.emu("run", "--dump", dump, "--driver",
+                   ROOT / "guest" / "build" / "drivers" / "crash.sys", apps / "hello", cwd=ROOT,
+                   timeout=120)
     assert r.returncode == 126
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", "--dump", dump],
-                       input="history events\n", capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
+    r = emurun.emu("debug", "--dump", dump, input="history events\n", cwd=ROOT, timeout=120)
     assert "error: no event history here: it is kept for a machine started by emu debug " \
         "or emu run --gdb (a crash dump has none)" in r.stdout
     assert r.returncode == 1

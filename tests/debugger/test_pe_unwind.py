@@ -5,7 +5,6 @@ through the image's .pdata/.xdata (emu.nt.unwind), names from the PDB the linker
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import emurun
@@ -59,9 +58,8 @@ def test_bt_inside_the_prolog_unwinds_only_what_it_pushed(steps):
 
 
 def test_the_blue_screen_unwinds_through_the_export_that_raised():
-    r = subprocess.run([sys.executable, "-m", "emu", "run", *peseh(UNGUARDED,
-                        "0xffff900000000000")], capture_output=True, text=True, timeout=120,
-                       cwd=ROOT)
+    r = emurun.emu("run", *peseh(UNGUARDED,
+                        "0xffff900000000000"), cwd=ROOT, timeout=120)
     assert r.returncode == 126
     stack = next(line for line in r.stderr.splitlines() if line.startswith("*** Stack: "))
     # RIP is ProbeForRead's trap address; the frame below it is DeviceControl's call.
@@ -84,9 +82,8 @@ def test_lm_shows_a_pe_driver_s_sections_with_their_rights():
 
 def test_a_crash_dump_keeps_the_unwind_data_for_bt(tmp_path):
     dump = tmp_path / "seh.dmp"
-    run = subprocess.run([sys.executable, "-m", "emu", "run", "--dump", str(dump),
-                          *peseh(UNGUARDED, "0xffff900000000000")], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
+    run = emurun.emu("run", "--dump", str(dump), *peseh(UNGUARDED, "0xffff900000000000"), cwd=ROOT,
+                     timeout=120)
     assert run.returncode == 126, run.stderr
     r = debug("bt\nlm\n", "--dump", str(dump))
     assert r.returncode == 0, r.stderr
@@ -98,9 +95,8 @@ def test_a_crash_dump_keeps_the_unwind_data_for_bt(tmp_path):
 
 def test_analyze_explains_0x7e_with_the_records_and_the_stack(tmp_path):
     dump = tmp_path / "entry.dmp"
-    subprocess.run([sys.executable, "-m", "emu", "run", "--dump", str(dump), "--driver",
-                    str(DRIVERS / "pesehentry.sys"), str(APPS / "hello")], capture_output=True,
-                   timeout=120, cwd=ROOT)
+    emurun.emu("run", "--dump", str(dump), "--driver", str(DRIVERS / "pesehentry.sys"),
+               str(APPS / "hello"), cwd=ROOT, timeout=120)
     r = debug("analyze\n", "--dump", str(dump))
     out = r.stdout.splitlines()
     assert any(line.endswith("bug check 0x7e SYSTEM_THREAD_EXCEPTION_NOT_HANDLED: a system "

@@ -4,7 +4,6 @@ one position names one machine state however it is reached (issue 16)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import emurun
@@ -45,8 +44,7 @@ def test_unhandled_exception_stops_in_the_process_with_emu_runs_line():
 
 
 def test_emu_run_prints_the_same_line():
-    r = subprocess.run([sys.executable, "-m", "emu", "run", str(APPS / "badread")],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = emurun.emu("run", str(APPS / "badread"), cwd=ROOT, timeout=120)
     assert r.returncode == 125 and BADREAD_LINE in r.stderr
 
 

@@ -121,9 +121,8 @@ def test_bugcheck_stop_then_analyze_and_dump_round_trip(tmp_path):
     r = debug("c\nanalyze\n", "--driver", str(DRIVERS / "crash.sys"), str(APPS / "hello"))
     assert "the system stopped: bug check 0x50 PAGE_FAULT_IN_NONPAGED_AREA" in r.stdout
     out = tmp_path / "crash.dmp"
-    run = subprocess.run([sys.executable, "-m", "emu", "run", "--dump", str(out), "--driver",
-                          str(DRIVERS / "crash.sys"), str(APPS / "hello")],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    run = emurun.emu("run", "--dump", str(out), "--driver", str(DRIVERS / "crash.sys"),
+                     str(APPS / "hello"), cwd=ROOT, timeout=120)
     assert run.returncode == 126
     post = debug("regs\nlm\nanalyze\n", "--dump", str(out))
     assert post.returncode == 0, post.stdout
@@ -143,9 +142,7 @@ def test_bad_command_lines():
 def test_script_file_with_x(tmp_path):
     script = tmp_path / "s.gdb"
     script.write_text("# comments are skipped\nsi 2\nposition\n")
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", "-x", str(script),
-                        str(APPS / "hello")], capture_output=True, text=True, timeout=120,
-                       cwd=ROOT, stdin=subprocess.DEVNULL)
+    r = emurun.emu("debug", "-x", str(script), str(APPS / "hello"), cwd=ROOT, timeout=120)
     assert r.returncode == 0 and "3 instructions and exceptions since boot" in r.stdout
     assert "comments" not in r.stdout
 

@@ -12,12 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
+
 ROOT = Path(__file__).resolve().parents[2]
 LOOP = str(Path("guest") / "build" / "apps" / "loop")
 
 
 def debug(script: str, *args: str) -> subprocess.CompletedProcess:
-    """``emu debug ARGS`` with ``script`` on standard input (batch mode)."""
+    """``emu debug ARGS`` with ``script`` on standard input (batch mode), in a fork of this
+    process (tests/emurun.py)."""
+    return emurun.emu("debug", *args, input=script, cwd=ROOT, timeout=120)
+
+
+def debug_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``debug`` in a subprocess: a fresh interpreter (its own hash seed)."""
     return subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
@@ -78,7 +86,7 @@ def test_the_same_script_takes_the_same_snapshots_and_lands_in_the_same_state():
     script = ("break printf\ncontinue\nrsi 3\ninfo snapshots\nregisters\nsi 2\nrsi 1\n"
               "info snapshots\nposition\n")
     args = ("--snapshot-interval", "2000", LOOP, "30000")
-    one, two = debug(script, *args), debug(script, *args)
+    one, two = debug(script, *args), debug_process(script, *args)
     plain = debug(script, "--snapshots", "0", LOOP, "30000")
     assert one.returncode == two.returncode == plain.returncode == 0, one.stdout
     assert snapshot_lists(one.stdout) == snapshot_lists(two.stdout)

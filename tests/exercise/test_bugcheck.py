@@ -4,9 +4,7 @@ prints before the stop), and the explanation is the blue screen `emu run` shows.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
+import emurun
 import pytest
 
 from emu.exercise import bugcheck, cli
@@ -66,9 +64,8 @@ def test_check_accepts_the_answer_and_refuses_another(apps, seed):
 def test_explanation_is_the_blue_screen_of_emu_run(apps):
     seed = next(s for s in SEEDS if bugcheck.generate(None, s).facts["driver"] == "crash.sys")
     e = bugcheck.generate(None, seed)
-    run = subprocess.run([sys.executable, "-m", "emu", "run", "--driver",
-                          str(apps.parent / "drivers" / "crash.sys"), str(apps / "hello")],
-                         capture_output=True, text=True, timeout=120)
+    run = emurun.emu("run", "--driver", str(apps.parent / "drivers" / "crash.sys"),
+                     str(apps / "hello"), timeout=120)
     assert run.returncode == 126
     assert e.explanation in run.stderr
 

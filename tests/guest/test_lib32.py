@@ -4,9 +4,9 @@ a 32-bit app gets the same results from them through int 0x2e."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+import emurun
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST = ROOT / "guest"
@@ -28,8 +28,8 @@ def test_every_service_in_the_header_has_a_stub():
 
 
 def emu(*args):
-    return subprocess.run([sys.executable, "-m", "emu", "run", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    """``python -m emu run ARGS``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu("run", *args, cwd=ROOT, timeout=120)
 
 
 def test_a_32_bit_app_uses_the_services(apps):

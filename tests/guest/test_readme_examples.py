@@ -4,10 +4,9 @@ each command prints the documented line."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "guest" / "README.md"
@@ -30,6 +29,5 @@ def test_the_table_is_read():
 @pytest.mark.parametrize("cmd, opts, out", reference_rows())
 def test_reference_result(apps, cmd, opts, out):
     name, *args = cmd.split()
-    r = subprocess.run([sys.executable, "-m", "emu", "run", *opts.split(), str(apps / name),
-                        *args], capture_output=True, text=True, timeout=300)
+    r = emurun.emu("run", *opts.split(), str(apps / name), *args, timeout=300)
     assert (r.returncode, r.stdout, r.stderr) == (0, out + "\n", "")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 from emu.hw import native
@@ -100,8 +100,8 @@ def test_max_insns_stops_at_exactly_n(n: int) -> None:
 # -- bad input ----------------------------------------------------------------------------
 
 def emu(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=120)
+    """``python -m emu ARGS``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu(*args, cwd=ROOT, timeout=120)
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

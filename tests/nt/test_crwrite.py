@@ -17,10 +17,9 @@ driver's.
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 from driverboot import tlb_around
 
@@ -455,9 +454,8 @@ def test_registers_under_emu_debug_show_cr0_wp_clear_after_the_mov_and_set_befor
     commands = ["break pecrwrite.sys!WriteCr0", "continue", "stepi 2", "registers cr0",
                 "stepi", "registers cr0", "reverse-stepi", "registers cr0", "stepi",
                 "registers cr0", "delete 1", "continue"]
-    done = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver", "pecrwrite",
-                           "devioctl", DEVICE, hex(WP)], input="\n".join(commands) + "\n",
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = emurun.emu("debug", "--driver", "pecrwrite", "devioctl", DEVICE, hex(WP),
+                      input="\n".join(commands) + "\n", cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     wp_set = "cr0 = 0x80010033 (2147549235)  PG WP NE ET MP PE\n"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 from driverboot import boot
 
@@ -117,8 +116,7 @@ def test_an_elf_file_is_not_a_driver(machine_factory, apps):
 
 
 def test_emu_run_refuses_an_elf_driver_in_one_line(apps):
-    done = subprocess.run([sys.executable, "-m", "emu", "run", "--driver", str(apps / "hello"),
-                           str(apps / "hello")], capture_output=True, text=True)
+    done = emurun.emu("run", "--driver", str(apps / "hello"), str(apps / "hello"))
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == (f"emu: error: {apps / 'hello'}: not a PE image (drivers are PE32+ "
                            ".sys files: docs/drivers.md)\n")

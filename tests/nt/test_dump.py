@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
+import emurun
 import pytest
 from dumpcase import crash_dump, parts
 
@@ -22,10 +21,9 @@ def test_a_bug_check_writes_a_dump_that_reads_back(apps, tmp_path):
     if not (DRIVERS / "slowneither.sys").exists():
         pytest.skip("drivers not built")
     out = tmp_path / "crash.dmp"
-    r = subprocess.run([sys.executable, "-m", "emu", "run", "--dump", str(out), "--driver",
-                        str(DRIVERS / "slowneither.sys"), str(apps / "slowread"),
-                        "\\Device\\SlowNeither", "--", str(apps / "counter"), "x", "3"],
-                       capture_output=True, text=True, timeout=120)
+    r = emurun.emu("run", "--dump", str(out), "--driver", str(DRIVERS / "slowneither.sys"),
+                   str(apps / "slowread"), "\\Device\\SlowNeither", "--", str(apps / "counter"),
+                   "x", "3", timeout=120)
     assert r.returncode == 126 and f"crash dump written to {out}" in r.stderr
     d = dump.read(out)
     bc = d.header["bugcheck"]
@@ -42,8 +40,7 @@ def test_a_bug_check_writes_a_dump_that_reads_back(apps, tmp_path):
 
 def test_no_bug_check_no_dump(apps, tmp_path):
     out = tmp_path / "none.dmp"
-    r = subprocess.run([sys.executable, "-m", "emu", "run", "--dump", str(out),
-                        str(apps / "hello")], capture_output=True, text=True, timeout=60)
+    r = emurun.emu("run", "--dump", str(out), str(apps / "hello"), timeout=60)
     assert r.returncode == 0 and not out.exists()
 
 
@@ -198,8 +195,7 @@ def test_emu_debug_refuses_a_damaged_dump_in_one_line(real_dump, tmp_path):
     meta, ram = parts(real_dump)
     bad = tmp_path / "bad.dmp"
     rewrite(bad, [meta], ram)
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", "--dump", str(bad)],
-                       input="", capture_output=True, text=True, timeout=120)
+    r = emurun.emu("debug", "--dump", str(bad), input="", timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == f"emu: error: {bad}: not a crash dump: header is not an object\n"
 
@@ -213,8 +209,7 @@ def test_vmmap_of_a_vad_spanning_the_user_half_counts_only_pages_present(real_du
                  "runs": [[0x1000_0000_0000, 0x7000_0000_0000, "MEM_RESERVE", 0]]})
     big = tmp_path / "big.dmp"
     rewrite(big, meta, ram)
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", "--dump", str(big)],
-                       input="vmmap 12\n", capture_output=True, text=True, timeout=120)
+    r = emurun.emu("debug", "--dump", str(big), input="vmmap 12\n", timeout=120)
     assert r.returncode == 0, r.stderr
     (line,) = [x for x in r.stdout.splitlines() if "0x0000100000000000" in x]
     assert line.split() == ["0x0000100000000000", "0x0000700000000000", "98304", "GiB", "reserve",

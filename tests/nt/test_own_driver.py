@@ -9,17 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
 import pefile
 import pytest
 
 from emu.tools import build_driver
 
 ROOT = Path(__file__).resolve().parents[2]
-EMU = [sys.executable, "-m", "emu"]
 
 
 def emu(folder: Path, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*EMU, *argv], cwd=folder, capture_output=True, text=True)
+    """``python -m emu ARGV`` in ``folder``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu(*argv, cwd=folder)
 
 
 def test_template_build_and_run_from_any_folder(tmp_path, apps):

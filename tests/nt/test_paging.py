@@ -9,10 +9,9 @@ the counters, the bug check a driver gets.
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 from emu.hw import mmu
@@ -62,8 +61,8 @@ def region_of(proc, size: int) -> int:
 
 
 def emu(*args):
-    return subprocess.run([sys.executable, "-m", "emu", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    """``python -m emu ARGS``, in a fork of this process (tests/emurun.py)."""
+    return emurun.emu(*args, timeout=300)
 
 
 # -- software PTEs ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emurun
 import pefile
 import pytest
 from driverboot import boot
@@ -252,9 +253,8 @@ def test_the_retired_elf_dialect_routines_are_not_exports(sys_files, name):
 
 
 def test_emu_run_refuses_it_in_one_line_with_exit_status_2(apps, sys_files):
-    run = subprocess.run([sys.executable, "-m", "emu", "run", "--driver",
-                          str(sys_files / "peunknown.sys"), str(apps / "hello")],
-                         capture_output=True, text=True, cwd=ROOT)
+    run = emurun.emu("run", "--driver", str(sys_files / "peunknown.sys"), str(apps / "hello"),
+                     cwd=ROOT)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr == (f"emu: error: {sys_files / 'peunknown.sys'}: unknown import "
                           "ntoskrnl.exe!ZwCreateKey (the kernel does not export it to PE "

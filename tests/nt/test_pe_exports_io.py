@@ -9,6 +9,7 @@ import re
 import struct
 from pathlib import Path
 
+import emurun
 import pytest
 
 from emu.hw import mmu
@@ -201,14 +202,12 @@ def test_no_app_shares_an_id_with_the_system_process(tmp_path):
     """Process and thread ids come from one table (Windows' CID table): 4 is the System
     process DriverEntry runs in, 8 its thread, and no app's process or thread has either id;
     the id a dispatch routine's PsGetCurrentProcessId gives is the pid `ps` shows."""
-    import subprocess
-    import sys
 
     script = "continue\nps\n"
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver",
-                        str(DRIVERS / "pedbg.sys"), str(ROOT / "guest/build/apps/hello"), "--",
-                        str(ROOT / "guest/build/apps/devread"), "\\Device\\PeDbg", "0"],
-                       input=script, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = emurun.emu("debug", "--driver", str(DRIVERS / "pedbg.sys"),
+                   str(ROOT / "guest/build/apps/hello"), "--",
+                   str(ROOT / "guest/build/apps/devread"), "\\Device\\PeDbg", "0", input=script,
+                   cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     assert SYSTEM_LINE.format("pedbg.sys: DriverEntry") in out

@@ -5,10 +5,9 @@ WDK's headers; the tests check what the driver printed, guest memory, and bug ch
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 from driverboot import DRIVERS, boot
 
@@ -100,9 +99,8 @@ def test_a_wait_at_device_irql_is_bug_check_0xb8(machine_factory, apps):
 
 
 def test_a_wait_nothing_can_satisfy_is_a_deadlock(apps):
-    done = subprocess.run([sys.executable, "-m", "emu", "run", "--driver",
-                           str(DRIVERS / "pedeadlock.sys"), str(apps / "hello")],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = emurun.emu("run", "--driver", str(DRIVERS / "pedeadlock.sys"), str(apps / "hello"),
+                      cwd=ROOT)
     assert done.returncode == 123
     assert done.stdout == "pedeadlock.sys: waiting forever\n"
     assert done.stderr.startswith("emu: every thread is waiting and nothing can wake one "

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 from emu.nt import exports, io, ntos, wdm  # noqa: F401 (ntos registers the exports)
@@ -144,8 +144,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
 
 
 def emu_run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emu", "run", *argv], capture_output=True,
-                          text=True, cwd=ROOT)
+    return emurun.emu("run", *argv, cwd=ROOT)
 
 
 def _pefo_lines(stdout: str) -> list[str]:
@@ -232,10 +231,9 @@ def test_the_debugger_names_the_default_dispatch_routine(built, apps):
     address = io.invalid_device_request_address()
     assert exports.name_at(address) == "IopInvalidDeviceRequest"
     assert exports.pe_address_of("ntoskrnl.exe", "IopInvalidDeviceRequest") is None
-    done = subprocess.run([sys.executable, "-m", "emu", "debug", "--driver",
-                           str(built["penocreate"]), str(apps / "devread"),
-                           "\\Device\\PeNoCreate"], input="break nt!IopInvalidDeviceRequest\nq\n",
-                          capture_output=True, text=True, cwd=ROOT)
+    done = emurun.emu("debug", "--driver", str(built["penocreate"]), str(apps / "devread"),
+                      "\\Device\\PeNoCreate", input="break nt!IopInvalidDeviceRequest\nq\n",
+                      cwd=ROOT)
     assert f"Breakpoint 1 at 0x{address:016x} <nt!IopInvalidDeviceRequest>" in done.stdout
 
 

@@ -4,6 +4,7 @@ executive's IRQL; DPCs, spin locks and interrupts follow it (guest/drivers-pe/pe
 
 from __future__ import annotations
 
+import emurun
 import pytest
 
 from emu.hw.cr8 import find_moves
@@ -130,8 +131,6 @@ def test_a_cr8_move_at_ring_3_is_a_privileged_instruction(machine_factory, apps,
 def test_the_debugger_s_irql_reads_cr8_at_a_breakpoint_after_a_mov_cr8():
     # Break right after DriverEntry's KeRaiseIrql(DISPATCH_LEVEL): its `mov cr8, reg`, the
     # first CR8 write in the image (found the way the machine finds it).
-    import subprocess
-    import sys
 
     import pefile
 
@@ -142,10 +141,9 @@ def test_the_debugger_s_irql_reads_cr8_at_a_breakpoint_after_a_mov_cr8():
     base = layout.KERNEL_DRIVERS + text.VirtualAddress
     first = next(mv for mv in find_moves(base, text.get_data()) if mv.write)
     after = first.address + first.size
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", "--stop-at-driver", "--driver",
-                        str(PEIRQL), str(DRIVERS.parent / "apps" / "hello")],
-                       input=f"irql\nbreak *{after:#x}\nc\nirql\ninfo cr\nregisters\nc\n",
-                       capture_output=True, text=True, timeout=120)
+    r = emurun.emu("debug", "--stop-at-driver", "--driver", str(PEIRQL),
+                   str(DRIVERS.parent / "apps" / "hello"),
+                   input=f"irql\nbreak *{after:#x}\nc\nirql\ninfo cr\nregisters\nc\n", timeout=120)
     assert r.returncode == 0, r.stderr
     before, at_break = r.stdout.split("Breakpoint 1", 1)
     assert "IRQL 0 (PASSIVE_LEVEL) now" in before
@@ -239,13 +237,10 @@ def test_stepping_over_each_cr8_move_is_the_same_run():
     # One instruction at a time, every run ends at the boundary after a CR8 move at some
     # point (the move completes there, emu.hw.cr8): the same output and the same count of
     # instructions as one run without stops.
-    import subprocess
-    import sys
 
     def debug(script: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "emu", "debug", "--stop-at-driver",
-                            "--driver", str(PEIRQL), str(DRIVERS.parent / "apps" / "hello")],
-                           input=script, capture_output=True, text=True, timeout=300)
+        r = emurun.emu("debug", "--stop-at-driver", "--driver", str(PEIRQL),
+                       str(DRIVERS.parent / "apps" / "hello"), input=script, timeout=300)
         assert r.returncode == 0, r.stderr
         return r.stdout
 

@@ -7,10 +7,9 @@ routine during that teardown is a bug check like any other."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import emurun
 import pytest
 
 from emu.nt import io
@@ -102,9 +101,8 @@ def test_a_process_that_exits_without_closing_gets_cleanup_then_close(built, mac
 def test_a_fault_in_close_during_rundown_is_a_bug_check(built, apps):
     """peexitbad.sys writes to address 0x10 in its CLOSE routine: at devbench's exit that is
     bug check 0x1E KMODE_EXCEPTION_NOT_HANDLED (CR2 0x10), after CLEANUP ran."""
-    done = subprocess.run([sys.executable, "-m", "emu", "run", "--driver",
-                           str(built["peexitbad"]), str(apps / "devbench"), "\\Device\\PeExit",
-                           "1"], capture_output=True, text=True, cwd=ROOT)
+    done = emurun.emu("run", "--driver", str(built["peexitbad"]), str(apps / "devbench"),
+                      "\\Device\\PeExit", "1", cwd=ROOT)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert [line.split(" fo ")[0] for line in _lines(done.stdout)] == ["CREATE", "READ",
@@ -116,9 +114,8 @@ def test_a_fault_in_close_during_rundown_is_a_bug_check(built, apps):
 def test_rundown_is_in_the_exiting_process_and_frees_the_file_object(built, apps):
     """Through `emu run`: CREATE, READ, READ, CLEANUP, CLOSE, one FILE_OBJECT, every line in
     the app's process (its pid), and the machine ends normally."""
-    done = subprocess.run([sys.executable, "-m", "emu", "run", "--driver",
-                           str(built["peexit"]), str(apps / "devbench"), "\\Device\\PeExit",
-                           "2"], capture_output=True, text=True, cwd=ROOT)
+    done = emurun.emu("run", "--driver", str(built["peexit"]), str(apps / "devbench"),
+                      "\\Device\\PeExit", "2", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     lines = _lines(done.stdout)
     m = re.match(r"CREATE fo (\w+) pid (\d+)$", lines[0])

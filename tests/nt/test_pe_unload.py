@@ -4,12 +4,11 @@ peunload.c, pegoodbye.c)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import driverboot
+import emurun
 import pefile
 
 from emu.hw import mmu
@@ -128,11 +127,9 @@ def test_a_failing_driver_entry_keeps_nothing_mapped(machine_factory, apps):
 
 
 def test_driver_unload_runs_in_reverse_load_order_after_the_apps(apps):
-    run = subprocess.run([sys.executable, "-m", "emu", "run",
-                          "--driver", str(DRIVERS / "peunload.sys"),
-                          "--driver", str(DRIVERS / "pehello.sys"),
-                          "--driver", str(DRIVERS / "pegoodbye.sys"), str(apps / "hello")],
-                         capture_output=True, text=True, cwd=ROOT)
+    run = emurun.emu("run", "--driver", str(DRIVERS / "peunload.sys"), "--driver",
+                     str(DRIVERS / "pehello.sys"), "--driver", str(DRIVERS / "pegoodbye.sys"),
+                     str(apps / "hello"), cwd=ROOT)
     assert run.returncode == 0 and run.stderr == ""
     lines = run.stdout.splitlines()
     assert lines[0:2] == ["peunload.sys: DriverEntry", lines[1]]
@@ -160,9 +157,7 @@ def test_driver_unload_gets_its_driver_object_at_passive_level(machine_factory, 
 
 
 def test_a_fault_in_driver_unload_is_a_bug_check_exit_126(apps):
-    run = subprocess.run([sys.executable, "-m", "emu", "run",
-                          "--driver", str(DRIVERS / "peinit.sys"), str(apps / "hello")],
-                         capture_output=True, text=True, cwd=ROOT)
+    run = emurun.emu("run", "--driver", str(DRIVERS / "peinit.sys"), str(apps / "hello"), cwd=ROOT)
     assert run.returncode == 126
     assert run.stdout.splitlines() == ["peinit.sys: InitOnly runs in INIT", "Hello, world!",
                                        "peinit.sys: DriverUnload calls InitOnly, in freed INIT"]

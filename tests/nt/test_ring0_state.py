@@ -8,9 +8,9 @@ state it will resume from, not the trap its kernel work returned through.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+import emurun
 
 from emu.nt import layout
 
@@ -24,8 +24,7 @@ KERNEL_SS = "ss 0x0018  GDT[3] RPL 0: data (read/write), DPL 0"
 
 def debug(script: str, *args: str) -> str:
     """``emu debug ARGS`` with ``script`` on standard input; its transcript."""
-    r = subprocess.run([sys.executable, "-m", "emu", "debug", *args], input=script,
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = emurun.emu("debug", *args, input=script, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 

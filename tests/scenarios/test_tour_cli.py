@@ -83,7 +83,7 @@ def test_a_claim_that_fails_exits_1_and_says_which(monkeypatch, capsys):
                             "b'Hello, world!\\n'\n")
 
 
-# Over 5 s on this 2-core machine: the whole tour, each act played a second time, silently,
+# About 4 s on this 2-core machine: the whole tour, each act played a second time, silently,
 # to record its steppable page; that every scenario holds and writes its pages is the check.
 def test_the_whole_tour_holds(capsys, tmp_path: Path):
     assert main(["scenario", "run", "--all", "--out", str(tmp_path)]) == 0

@@ -147,7 +147,11 @@ class Pagefile:
             self._file = _open_ours(self.path)
         try:
             if self.temporary or _is_regular(self._file):
-                self._file.truncate(0)                       # nothing of a past run is kept
+                # Nothing of a past run is kept. A temporary file is new (O_EXCL): already
+                # empty, and not truncated to 0, which costs its close about 3 ms on ext4
+                # (auto_da_alloc flushes a file truncated to 0 when it is closed).
+                if not self.temporary:
+                    self._file.truncate(0)
                 self._file.truncate(size)
                 os.pwrite(self._file.fileno(), HEADER, 0)
         except OSError as err:
