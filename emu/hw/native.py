@@ -452,6 +452,10 @@ class NativeHooks:
         uch = uc._uch
 
         ring_box: list[_Ring] = []
+        # [armed]: arm_renewal armed the run since the last disarm. Only then can C have
+        # logged switches (disarm takes them all), so the callbacks below read the log (a
+        # ctypes field) only then: a plain list read on every walk otherwise.
+        armed: list[bool] = [False]
 
         def catch_up() -> None:
             """Python's books brought up to the switches C made (before any Python reads
@@ -462,7 +466,7 @@ class NativeHooks:
 
         def walker(vpage: int, access: int, cpl: int, rflags: int) -> int:
             try:
-                if ring_box[0].logged:
+                if armed[0] and ring_box[0].logged:
                     catch_up()
                 return fill(vpage, access, cpl, rflags)
             except BaseException as exc:  # noqa: B036 - re-raised by start()
@@ -479,7 +483,7 @@ class NativeHooks:
             ctx = ctx_box[0]
             key = (pc, size, ctx.space)
             try:
-                if ring_box[0].logged:
+                if armed[0] and ring_box[0].logged:
                     catch_up()
                 if cut and cut[0][0] == key:
                     _, found, host = cut.pop()       # the first instructions of a block
@@ -520,9 +524,9 @@ class NativeHooks:
         self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
         self._ring = _Ring.from_address(ctx + lib.native_ring_at())
         ring_box.append(self._ring)
-        # Whether arm_renewal armed the run since the last disarm: a hook's disarm reads
-        # only this when not.
-        self._armed = False
+        # [whether arm_renewal armed the run since the last disarm]: a hook's disarm reads
+        # only this when not (shared with the callbacks above).
+        self._armed = armed
         # Called with the instruction count of each switch C made, in order, before any
         # Python code reads what they changed (the dispatcher's books: arm_ring).
         self.on_switches: Callable[[list[int]], None] | None = None
@@ -531,7 +535,7 @@ class NativeHooks:
         def done_before(pc: int) -> int:
             hooks = hooks_ref()
             try:
-                if hooks is not None and ring_box[0].logged:
+                if armed[0] and hooks is not None and ring_box[0].logged:
                     hooks._take_switches()
                 return -1 if hooks is None else hooks._done_in_block(pc)
             except BaseException as exc:  # noqa: B036 - re-raised by start()
@@ -821,15 +825,15 @@ class NativeHooks:
         if not ring:
             self._ring.count = 0
         r.armed = 1
-        self._armed = True
+        self._armed[0] = True
 
     def disarm(self) -> None:
         """No renewal or switch in C from now on: Python code is running inside the run (a
         hook), and may change what armed it; the budget's end stops the run. The switches
         C made go to ``on_switches`` first."""
-        if not self._armed:
+        if not self._armed[0]:
             return                  # the trap path's common case: one attribute read
-        self._armed = False
+        self._armed[0] = False
         self._renewal.armed = 0
         if self._ring.logged:
             self._take_switches()

@@ -220,9 +220,11 @@ class KeDispatcher(_Executive):
         a stop), and only from a hook inside a run, which disarms it at its entry
         (every Python hook on the engine: emu.hw.cpu ``_disarm_in_every_python_hook``; the
         walker, the page walk alone, changes none of them). True when armed."""
+        if not self.quantum_end_in_c or not self.cpu.native.counting:
+            return False        # a run at full speed (a page fault's resume...): no quantum
         thread = self.current_thread
         scheduler = self.scheduler
-        if (not self.quantum_end_in_c or thread is None
+        if (thread is None
                 or thread.state is not ThreadState.RUNNING
                 or thread.apc is not None or thread.resume_rax is not None
                 or self.debugger is not None or self.events.observers or self.interrupted
