@@ -13,6 +13,15 @@ REGISTERS = ("rip", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8"
              "r10", "r11", "r12", "r13", "r14", "r15", "rflags", "cs", "cr3")
 
 
+def watched_machine(mem: str, **options: Any) -> tuple[Machine, list, list]:
+    """A machine made with ``options``, its console output (pid, bytes) and its schedule
+    (``record_schedule``) recorded from the start."""
+    output: list[tuple[int | None, bytes]] = []
+    m = Machine(mem, console=lambda proc, data: output.append((proc and proc.pid, bytes(data))),
+                **options)
+    return m, output, record_schedule(m)
+
+
 def record_schedule(m: Machine) -> list[tuple[int, int]]:
     """The (thread id, clock) of every dispatch from now on, recorded at the scheduler
     rather than by an event observer (one would turn the switches and renewals made inside

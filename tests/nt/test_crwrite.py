@@ -21,7 +21,7 @@ from pathlib import Path
 
 import emurun
 import pytest
-from driverboot import tlb_around
+from driverboot import boot, tlb_around
 
 from emu.hw.cpu import ControlRegisterFault
 from emu.hw.crwrite import block_move, find_moves
@@ -389,10 +389,8 @@ def test_a_driver_setting_a_reserved_cr4_bit_is_the_kernel_gp_bug_check(machine_
 
 def test_mov_cr3_at_ring_3_stays_a_privileged_instruction_with_the_driver_loaded(
         machine_factory, apps):
-    m = machine_factory(mem="64M")
-    m.add_driver(DRIVERS / "pecrwrite.sys")
-    process = m.spawn(apps / "privileged", ["mov-cr3"])
-    m.run()
+    _, (process,), _ = boot(machine_factory, apps, [DRIVERS / "pecrwrite.sys"],
+                            ("privileged", "mov-cr3"), mem="64M")
     assert process.exception is not None
     assert process.exception.code == 0xC000_0096          # STATUS_PRIVILEGED_INSTRUCTION
 

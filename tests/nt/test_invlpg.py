@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from driverboot import tlb_around
+from driverboot import boot, tlb_around
 
 from emu.hw.invlpg import block_invlpg, find_sites
 from emu.hw.native import Fill, Mode
@@ -277,10 +277,8 @@ def test_an_invlpg_in_code_a_driver_wrote_into_pool_drops_it_too(machine_factory
 
 def test_invlpg_at_ring_3_stays_a_privileged_instruction_with_a_driver_loaded(
         machine_factory, apps):
-    m = machine_factory(mem="64M")
-    m.add_driver(DRIVERS / "peinvlpg.sys")
-    process = m.spawn(apps / "privileged", ["invlpg"])
-    m.run()
+    _, (process,), _ = boot(machine_factory, apps, [DRIVERS / "peinvlpg.sys"],
+                            ("privileged", "invlpg"), mem="64M")
     assert process.exception is not None
     assert process.exception.code == 0xC000_0096          # STATUS_PRIVILEGED_INSTRUCTION
 

@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from schedrun import outcome, record_schedule
+from schedrun import outcome, watched_machine
 
 from emu.hw.mmu import PTE
 from emu.machine import Machine
@@ -76,12 +76,9 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
         watch_times: bool = False) -> dict:
     """Run the processes of ``workload`` ((app, args) or a raw Image) counted, their quantum
     ends renewed in C or not; what a user sees, and how many renewals C made."""
-    output: list[tuple[int | None, bytes]] = []
-    m = Machine("256M", max_insns=max_insns, quantum=quantum,
-                console=lambda proc, data: output.append((proc and proc.pid, bytes(data))))
+    m, output, schedule = watched_machine("256M", max_insns=max_insns, quantum=quantum)
     ex = m.executive
     ex.quantum_end_in_c = in_c
-    schedule = record_schedule(m)
     seen: dict[int, list[int]] = {}
     terminate = ex.terminate
     tss = ex._gdt_frame * layout.PAGE_SIZE + (layout.KERNEL_TSS & 0xFFF)

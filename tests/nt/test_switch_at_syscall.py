@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from schedrun import outcome, record_schedule
+from schedrun import outcome, watched_machine
 
-from emu.machine import Machine
 from emu.nt.loader import Image, Segment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,12 +57,9 @@ def run(workload: list, *, at_syscall: bool, quantum: int = 100_000,
         max_insns: int = 20_000_000) -> dict:
     """Run the processes of ``workload`` ((app, args) or a raw Image) with or without the
     switch inside the SYSCALL hook; what a user sees, and how many switches were made so."""
-    output: list[tuple[int | None, bytes]] = []
-    m = Machine("64M", max_insns=max_insns, quantum=quantum,
-                console=lambda proc, data: output.append((proc and proc.pid, bytes(data))))
+    m, output, schedule = watched_machine("64M", max_insns=max_insns, quantum=quantum)
     ex = m.executive
     ex.switch_at_syscall = at_syscall
-    schedule = record_schedule(m)
     try:
         procs = [ex.create_process(item, []) if isinstance(item, Image)
                  else m.spawn(APPS / item[0], item[1]) for item in workload]

@@ -29,6 +29,12 @@ PROBE = Path(__file__).with_name("layout_probe.js")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync")
 _REPORT = re.compile(r'<pre id="layout-report">(.*?)</pre>', re.S)
+# No name resolves and every connection is refused: a page that fetched anything would
+# have a resource entry (a probe lists them) and nothing to show.
+OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
+           "--proxy-bypass-list=<-loopback>")
+# What a steppable page's probe reports (tests/viz): JSON in <pre id="steps-report">.
+_STEPS_REPORT = re.compile(r'<pre id="steps-report">(.*?)</pre>', re.S)
 
 
 def chromium() -> str:
@@ -161,3 +167,35 @@ class Browser:
             self._proc.wait()
         os.close(self._to)
         os.close(self._from)
+
+
+def steps_report(dom: str) -> dict:
+    """The JSON a probe left in ``<pre id="steps-report">`` of the laid-out ``dom``."""
+    found = _STEPS_REPORT.search(dom)
+    assert found is not None, "the probe did not report"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def probed(browser: Browser, text: str, folder: Path, name: str, probe: str,
+           fragment: str = "") -> dict:
+    """The report of ``probe`` (a script ending in a ``steps-report`` pre) run after the
+    page ``text``'s own script, in ``browser``, the page opened at ``fragment``."""
+    page = folder / f"{name}.html"
+    page.write_text(text.replace("</body>", probe + "</body>", 1))
+    return steps_report(browser.dom(page.as_uri() + fragment))
+
+
+def without_script(folder: Path, src: str, report: str) -> dict:
+    """What the page at ``src`` shows with JavaScript off: it is loaded into a frame
+    sandboxed without allow-scripts (no script of its own runs), and the wrapper's script
+    reports ``report``, a JavaScript expression of the frame's document ``d``, offline."""
+    wrapper = folder / "nojs.html"
+    wrapper.write_text(
+        f'<!DOCTYPE html><html><body><iframe id="f" sandbox="allow-same-origin" '
+        f'src="{src}"></iframe><script>window.addEventListener("load",'
+        'function(){var d=document.getElementById("f").contentDocument;'
+        'var pre=document.createElement("pre");pre.id="steps-report";'
+        f'pre.textContent=JSON.stringify({report});'
+        'document.body.appendChild(pre);});</script></body></html>')
+    return steps_report(run([*OFFLINE, "--allow-file-access-from-files", "--dump-dom",
+                             wrapper.as_uri()], folder))

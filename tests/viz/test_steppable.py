@@ -25,11 +25,6 @@ from emu.viz import steps as steps_page  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent.parent
 DRIVERS = ROOT / "guest" / "build" / "drivers"
 IDS = ("step-index", *steps_page.FIELD_IDS)
-# No name resolves and every connection is refused: a page that fetched anything would
-# have a resource entry (the probe lists them) and nothing to show.
-OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
-           "--proxy-bypass-list=<-loopback>")
-_REPORT = re.compile(r'<pre id="steps-report">(.*?)</pre>', re.S)
 
 # The test's probe, appended to a copy of the page after its own script: does each action,
 # then reports what the page shows after each one.
@@ -89,7 +84,7 @@ def run(apps, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """One headless Chromium, offline, for the module's pages (tour_browser.Browser)."""
-    b = tour_browser.Browser(tmp_path_factory.mktemp("browser"), OFFLINE)
+    b = tour_browser.Browser(tmp_path_factory.mktemp("browser"), tour_browser.OFFLINE)
     yield b
     b.close()
 
@@ -97,13 +92,8 @@ def browser(tmp_path_factory):
 def browse(browser, page: Path, folder: Path, actions: list, fragment: str = "",
            name: str = "probed") -> dict:
     """What the page shows at load and after each action, in headless Chromium, offline."""
-    probed = folder / f"{name}.html"
     probe = PROBE % (json.dumps(list(IDS)), json.dumps(actions))
-    probed.write_text(page.read_text().replace("</body>", probe + "</body>", 1))
-    dom = browser.dom(probed.as_uri() + fragment)
-    found = _REPORT.search(dom)
-    assert found is not None, "the probe did not report"
-    return json.loads(html.unescape(found.group(1)))
+    return tour_browser.probed(browser, page.read_text(), folder, name, probe, fragment)
 
 
 def shows(record: dict, index: int, count: int, seen: dict) -> None:
@@ -201,21 +191,10 @@ def test_without_javascript_the_first_step_and_the_table_show(run):
     page, records, _, folder = run
     # A sandboxed frame without allow-scripts runs no script (as a browser with JavaScript
     # off); the test's own page reads what the frame shows.
-    wrapper = folder / "nojs.html"
-    wrapper.write_text(
-        f'<!DOCTYPE html><html><body><iframe id="f" sandbox="allow-same-origin" '
-        f'src="{page.as_uri()}#step=5"></iframe><script>window.addEventListener("load",'
-        'function(){var d=document.getElementById("f").contentDocument;'
-        'var pre=document.createElement("pre");pre.id="steps-report";'
-        'pre.textContent=JSON.stringify({html:d.documentElement.outerHTML,'
-        'noscript:d.querySelector("noscript .noscript")!==null&&'
-        'd.querySelector("noscript .noscript").getBoundingClientRect().height>0});'
-        'document.body.appendChild(pre);});</script></body></html>')
-    dom = tour_browser.run([*OFFLINE, "--allow-file-access-from-files", "--dump-dom",
-                            wrapper.as_uri()], folder)
-    found = _REPORT.search(dom)
-    assert found is not None, "the frame was not read"
-    report = json.loads(html.unescape(found.group(1)))
+    report = tour_browser.without_script(
+        folder, f"{page.as_uri()}#step=5",
+        '{html:d.documentElement.outerHTML,noscript:d.querySelector("noscript .noscript")'
+        '!==null&&d.querySelector("noscript .noscript").getBoundingClientRect().height>0}')
     shown, first = report["html"], records[0]
     assert f'<span id="step-index">0 of {len(records) - 1}</span>' in shown
     assert f'<span id="step-event">{first["event"]}</span>' in shown

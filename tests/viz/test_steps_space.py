@@ -5,7 +5,6 @@ against the recorder's own record of the same run."""
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import sys
@@ -25,10 +24,6 @@ from emu.stepsrecord import StepRecorder, _process  # noqa: E402
 from emu.viz import addrmap  # noqa: E402
 from emu.viz import steps as steps_page  # noqa: E402
 
-OFFLINE = ("--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
-           "--proxy-bypass-list=<-loopback>")
-_REPORT = re.compile(r'<pre id="steps-report">(.*?)</pre>', re.S)
-
 # After each action: the diagram's head line and its rows (class, cells, which are bold).
 PROBE = r"""<script>(function(){
 function snap(){return {index:document.getElementById("step-index").textContent,
@@ -46,7 +41,7 @@ pre.textContent=JSON.stringify(out);document.body.appendChild(pre);})();</script
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """One headless Chromium, offline, for the module's pages (tour_browser.Browser)."""
-    b = tour_browser.Browser(tmp_path_factory.mktemp("browser"), OFFLINE)
+    b = tour_browser.Browser(tmp_path_factory.mktemp("browser"), tour_browser.OFFLINE)
     yield b
     b.close()
 
@@ -54,12 +49,8 @@ def browser(tmp_path_factory):
 def browse(browser, text: str, folder: Path, step: int, clicks: list[str],
            name: str) -> dict:
     """What the page ``text`` shows at ``#step=step`` and after each click, offline."""
-    probed = folder / f"{name}.html"
-    probed.write_text(text.replace("</body>", PROBE % json.dumps(clicks) + "</body>", 1))
-    dom = browser.dom(probed.as_uri() + f"#step={step}")
-    found = _REPORT.search(dom)
-    assert found is not None, "the probe did not report"
-    return json.loads(html.unescape(found.group(1)))
+    return tour_browser.probed(browser, text, folder, name, PROBE % json.dumps(clicks),
+                               f"#step={step}")
 
 
 def python_view(steps: list, index: int) -> dict:
@@ -215,22 +206,12 @@ def test_without_javascript_the_first_step_shows_its_diagram(paging):
     text, steps, folder = paging
     page = folder / "plain.html"
     page.write_text(text)
-    wrapper = folder / "nojs.html"
-    wrapper.write_text(
-        f'<!DOCTYPE html><html><body><iframe id="f" sandbox="allow-same-origin" '
-        f'src="{page.as_uri()}"></iframe><script>window.addEventListener("load",'
-        'function(){var d=document.getElementById("f").contentDocument;'
-        'var pre=document.createElement("pre");pre.id="steps-report";'
-        'pre.textContent=JSON.stringify({head:d.getElementById("space-head").textContent,'
+    shown = tour_browser.without_script(
+        folder, page.as_uri(),
+        '{head:d.getElementById("space-head").textContent,'
         'rows:[].map.call(d.querySelectorAll("#space-rows tr"),function(tr){'
         'return [tr.className,[].map.call(tr.cells,function(td){return td.textContent;}),'
-        '[].map.call(tr.cells,function(td){return td.className==="diff";})];})});'
-        'document.body.appendChild(pre);});</script></body></html>')
-    dom = tour_browser.run([*OFFLINE, "--allow-file-access-from-files", "--dump-dom",
-                            wrapper.as_uri()], folder)
-    found = _REPORT.search(dom)
-    assert found is not None, "the frame was not read"
-    shown = json.loads(html.unescape(found.group(1)))
+        '[].map.call(tr.cells,function(td){return td.className==="diff";})];})}')
     first = python_view(steps, 0)
     assert shown == first and len(first["rows"]) > 5
     assert first["head"].endswith("its first step here: nothing to compare with")
