@@ -113,18 +113,20 @@ class EventLog:
             # Counted from the first instruction (a DriverEntry's too), as the debugger
             # counts (emu.debugger.session): the same positions, the same clock.
             ex.set_budget(ex.scheduler.quantum)
-        ex.events.subscribe(self)
+        ex.events.subscribe(self, logged=True)   # a logged dispatch says what record reads
 
     def detach(self) -> None:
         """Stop recording."""
         self.executive.events.unsubscribe(self)
 
-    def position(self) -> int:
-        """The debugger's position now: instructions completed plus exceptions raised, a
-        kernel export's call being one (its #PF on the fetch of the trap address is the
-        only #PF the executive does not report as an EXCEPTION event)."""
+    def position(self, instructions: int | None = None) -> int:
+        """The debugger's position now (or when ``instructions`` were completed, with no
+        exception since): instructions completed plus exceptions raised, a kernel export's
+        call being one (its #PF on the fetch of the trap address is the only #PF the
+        executive does not report as an EXCEPTION event)."""
         cpu = self.executive.cpu
-        return cpu.instructions + self._exceptions + cpu.page_faults - self._pf_events
+        done = cpu.instructions if instructions is None else instructions
+        return done + self._exceptions + cpu.page_faults - self._pf_events
 
     def __call__(self, event: Event, details: dict[str, Any]) -> None:
         if event is Event.EXCEPTION:
@@ -137,16 +139,27 @@ class EventLog:
         ex = self.executive
         cpu = ex.cpu
         thread = d["thread"] if "thread" in d else ex.current_thread
-        # One call into Unicorn; CR8 is the IRQL (Executive.irql: x64 Windows' TPR).
-        cs, rip, irql = cpu.regs(_CS_RIP_CR8)
+        logged = d.get("logged")
+        if logged is None:
+            # One call into Unicorn; CR8 is the IRQL (Executive.irql: x64 Windows' TPR).
+            cs, rip, irql = cpu.regs(_CS_RIP_CR8)
+            position = self.position()
+        else:
+            # A dispatch made in C, told after it (emu.nt.events): what the CPU held then.
+            # The dispatch is told before the next thread's context is loaded (its CR8
+            # still the leaving thread's), its CR3 load after (ke_dispatcher._switch_to).
+            cs, rip = logged.cs, logged.rip
+            irql = logged.cr8_leaving if event is Event.THREAD_DISPATCH else logged.cr8
+            position = self.position(logged.count)
         out: dict[str, Any] = {
-            "position": self.position(), "clock": d["clock"], "event": event.value,
+            "position": position, "clock": d["clock"], "event": event.value,
             "pid": thread.process.pid if thread is not None else None,
             "tid": thread.tid if thread is not None else None,
             "ring": cs & 3, "irql": irql, "rip": rip,     # CPL: CS's RPL (SDM 5.5)
         }
         if event is Event.THREAD_DISPATCH:
-            out["ring"], out["rip"] = _resumes_at(cpu, thread)
+            out["ring"], out["rip"] = _resumes_at(cpu, thread) if logged is None else \
+                (cs & 3, rip)
         elif event is Event.SYSCALL:
             # The `syscall` hook sees RIP on the instruction, the `int 0x2e` gate (a 32-bit
             # process, docs/abi.md) past it: the record names the instruction either way.

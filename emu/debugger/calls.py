@@ -420,7 +420,7 @@ class CallRecorder(Session):
             for address in sorted(set(fn.addresses.values())):
                 uc.hook_add(UC_HOOK_CODE, self._on_entry, None, address, address)
             uc.ctl_flush_tb()
-        self.executive.events.subscribe(self._on_machine_event)
+        self.executive.events.subscribe(self._on_machine_event, logged=True)  # no dispatch
 
     def record(self) -> list[Call]:
         """Run to the target; the calls, in order, each with its return or why none."""

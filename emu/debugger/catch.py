@@ -36,6 +36,11 @@ _KIND_EVENTS = {
 }
 
 
+def stops_at_dispatch(cp: Catchpoint) -> bool:
+    """Whether ``cp`` catches a THREAD_DISPATCH or a CR3_LOAD (a quantum end's)."""
+    return bool({Event.THREAD_DISPATCH, Event.CR3_LOAD} & set(_KIND_EVENTS[cp.kind.value]))
+
+
 def check_filter(kind: str, text: str | None) -> str | None:
     """Normalise a catchpoint's filter, or raise ValueError with a one-line reason."""
     if text is None:

@@ -167,7 +167,7 @@ class GdbStub(gdbregs.RegisterPackets):
         if executive is not self._watching:
             if self._watching is not None:
                 self._watching.events.unsubscribe(self._on_event)
-            executive.events.subscribe(self._on_event)
+            executive.events.subscribe(self._on_event, logged=True)   # process exits only
             self._watching = executive
 
     # -- the session's front end ------------------------------------------------------------

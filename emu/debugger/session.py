@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from emu import fmt
+from emu.debugger import catch
 from emu.debugger.expr import ExprError, evaluate
 from emu.debugger.reverse import Replay, ReverseExecution, Rewind
 from emu.debugger.stops import (
@@ -127,7 +128,7 @@ class Session(ReverseExecution, Triggers):
         console = ex.console
         if console is not None:   # going back re-executes: its output was shown already
             ex.console = lambda proc, data: self._replay is None and console(proc, data)
-        ex.events.subscribe(self._on_event)
+        ex.events.subscribe(self._on_event, logged=True)     # see takes_logged_dispatches
         ex.set_budget(ex.scheduler.quantum)      # count from the first instruction (drivers)
         self._install_hooks()
         if self._replay is None:
@@ -213,6 +214,28 @@ class Session(ReverseExecution, Triggers):
         if ring is not None and ring.keep and not self._detached:
             n = min(n, max(0, ring.due_at() - self.position))
         return n
+
+    def stop_count(self) -> int | None:
+        """The instruction count at which a run must stop for this session (what
+        ``clip_budget`` cuts at: a step's end, the next snapshot), or None."""
+        cuts = []
+        if self._deadline is not None:
+            cuts.append(self._deadline)
+        ring = self.snapshots
+        if ring is not None and ring.keep and not self._detached:
+            cuts.append(ring.due_at())
+        # A position counts the exceptions raised too; none is raised without a stop.
+        return max(0, min(cuts) - self._exceptions) if cuts else None
+
+    def takes_logged_dispatches(self) -> bool:
+        """Whether the next run's dispatches may be made inside it and told to this session
+        after it (emu.nt.events): its own books then only count them. Not while it
+        re-executes to an event's index (a replay), makes a watchpoint's hit exact, or has
+        a catchpoint that stops at a dispatch or a CR3 load."""
+        if self._replay is not None or self._watch is not None:
+            return False
+        return not any(isinstance(cp, Catchpoint) and cp.enabled and catch.stops_at_dispatch(cp)
+                       for cp in self.breakpoints.values())
 
     def _clip_key(self) -> tuple[int, int | None, int | None]:
         """What clip_budget's cut depends on besides the instructions run: the exceptions

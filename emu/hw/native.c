@@ -191,6 +191,10 @@ struct renewal {
     uint64_t tick_count_at;     /* TickCount's offset */
     uint64_t system_time_at_boot;   /* SystemTime at clock 0 (100 ns units since 1601) */
     uint64_t time_increment;    /* 100 ns units per clock tick (KeQueryTimeIncrement) */
+    uint64_t budget_end;        /* the count at which the current quantum truly ends ... */
+    uint64_t stop_at;           /* ... and where a run must stop before that (a debugger's
+                                 * step or snapshot: its cut; ~0: none). The budget spent
+                                 * at a cut is no quantum's end: the run stops there. */
 };
 
 /*
@@ -200,7 +204,7 @@ struct renewal {
  * At a budget's end the thread on the CPU goes to the back and the next one runs, as
  * ke_dispatcher._turn_over, run and _switch_to make it: its context saved, the next one
  * loaded, CR3 loaded if the process differs, TSS.RSP0, KUSER_SHARED_DATA's times, a new
- * quantum. Each switch is logged (the instruction count it was made at) and native.py
+ * quantum. Each switch is logged (struct ring_log) and native.py
  * gives the log to Python, which brings its books up to it before any Python code reads
  * them (NativeHooks.disarm and every Python callback).
  */
@@ -216,16 +220,28 @@ struct ring_thread {
     uint64_t rsp0;              /* its kernel stack's top: TSS.RSP0 while it runs */
 };
 
+/* A switch logged: when, and what the observers of a dispatch read then (the events of a
+ * switch are told after the run: ke_dispatcher._switches_made, eventlog). */
+struct ring_log {
+    uint64_t count;             /* the instructions completed at the switch */
+    uint64_t rip;               /* where the next thread resumes ... */
+    uint64_t cs;                /* ... at this CS ... */
+    uint64_t cr8_leaving;       /* CR8 as the leaving thread left it */
+    uint64_t cr8;               /* CR8 of the next thread */
+};
+
 struct ring {
-    uint64_t count;             /* threads in the ring: 0 (or 1): no switch, renewals only */
+    uint64_t count;             /* threads in the ring: 0: renewals only; 1: renewals
+                                 * logged as switches (renew_quantum); 2 or more: switches */
     uint64_t current;           /* the index of the thread on the CPU */
     uint64_t cr3;               /* the address space loaded now */
     uint8_t *tss_rsp0;          /* TSS.RSP0 in host memory */
     uint64_t logged;            /* switches in `log` Python has not taken yet */
     uint64_t switches;          /* switches made so (native.py reads it) */
     int64_t error;              /* Unicorn's error if a switch failed (the run stopped) */
+    int32_t reg_cr8;            /* UC_X86_REG_CR8 */
     struct ring_thread threads[RING_THREADS];
-    uint64_t log[RING_LOG];     /* the instruction count at each switch */
+    struct ring_log log[RING_LOG];
 };
 
 /*
@@ -927,29 +943,68 @@ static void write_times(const struct renewal *r, uint64_t now)
 }
 
 /*
+ * A quantum ended at a block entry, `done` instructions completed: the budget the next
+ * quantum gets (the quantum, or less when --max-insns comes first: `limit`) and what of it
+ * this run may spend (up to a debugger's cut, `stop_at`). False when the run must stop
+ * as it would have: the budget spent was a cut, not the quantum's end; --max-insns
+ * reached; a cut reached; or what is left to run so small that native.py runs it as a
+ * step (counted per instruction from the run's start).
+ */
+static bool next_quantum(const struct renewal *r, uint64_t done, uint64_t *budget,
+                         uint64_t *run)
+{
+    uint64_t left, to_cut;
+
+    if (done != r->budget_end || r->limit <= done || r->stop_at <= done)
+        return false;
+    left = r->limit - done;
+    *budget = r->quantum < left ? r->quantum : left;
+    to_cut = r->stop_at - done;
+    *run = *budget < to_cut ? *budget : to_cut;
+    return *run > SMALL_BUDGET;
+}
+
+/*
  * The budget ended at this block entry and a renewal is armed: give the thread a new
  * quantum in place (ke_dispatcher._quantum_renewed, KiQuantumEnd with nothing else
  * ready: Windows Internals, 7th ed., ch. 4). False, with nothing changed, when the run
- * must stop as it would have: --max-insns reached, or a budget left so small that
- * native.py runs it as a step (counted per instruction from the run's start).
+ * must stop as it would have (next_quantum).
+ *
+ * A ring of one thread (a debugger watches each dispatch: ke_dispatcher._arm_ring) is
+ * the same renewal, logged as a switch of the thread to itself, so that Python books the
+ * turn and tells its dispatch to the debugger after the run (_switches_made).
  */
-static bool renew_quantum(struct native_ctx *ctx)
+static bool renew_quantum(struct native_ctx *ctx, uint64_t pc)
 {
     struct renewal *r = &ctx->renewal;
+    struct ring *g = &ctx->ring;
     uint64_t done = ctx->end - ctx->remaining;  /* instructions completed (mod 2^64) */
-    uint64_t left, budget;
+    uint64_t budget, run, cs = 0, cr8 = 0;
+    int err = 0;
 
-    if (r->limit <= done)
+    if (!next_quantum(r, done, &budget, &run) || (g->count == 1 && g->logged >= RING_LOG))
         return false;
-    left = r->limit - done;
-    budget = r->quantum < left ? r->quantum : left;
-    if (budget <= SMALL_BUDGET)
-        return false;
+    if (g->count == 1) {
+        err = ctx->reg_read(ctx->uc, ctx->reg_cs, &cs);
+        if (!err)
+            err = ctx->reg_read(ctx->uc, g->reg_cr8, &cr8);
+        if (err) {
+            g->error = err;
+            r->armed = 0;
+            return false;
+        }
+    }
     if (r->kuser != NULL)
         write_times(r, done + r->clock_offset);
-    ctx->end += budget - ctx->remaining;        /* the count stays: end - remaining */
-    ctx->remaining = budget;
-    r->renewals++;
+    ctx->end += run - ctx->remaining;           /* the count stays: end - remaining */
+    ctx->remaining = run;
+    r->budget_end = done + budget;
+    if (g->count == 1) {
+        g->log[g->logged++] = (struct ring_log){ done, pc, cs, cr8, cr8 };
+        g->switches++;
+    } else {
+        r->renewals++;
+    }
     return true;
 }
 
@@ -976,24 +1031,26 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
     struct ring *g = &ctx->ring;
     struct ring_thread *leaving, *next;
     uint64_t done = ctx->end - ctx->remaining;  /* instructions completed (mod 2^64) */
-    uint64_t left, budget, rip;
+    uint64_t budget, run, rip, cs = 0, cr8_leaving = 0, cr8 = 0;
     int err;
 
-    if (g->logged >= RING_LOG || r->limit <= done)
-        return false;
-    left = r->limit - done;
-    budget = r->quantum < left ? r->quantum : left;
-    if (budget <= SMALL_BUDGET)
+    if (g->logged >= RING_LOG || !next_quantum(r, done, &budget, &run))
         return false;
     leaving = &g->threads[g->current];
     next = &g->threads[(g->current + 1) % g->count];
-    err = native_switch_at_syscall(ctx, leaving->context, next->context, 0);
+    err = ctx->reg_read(ctx->uc, g->reg_cr8, &cr8_leaving);
+    if (!err)
+        err = native_switch_at_syscall(ctx, leaving->context, next->context, 0);
     if (!err)                           /* the block's first instruction, not run */
         err = ctx->context_reg_write(leaving->context, ctx->reg_rip, &pc);
     if (!err)
         err = ctx->reg_read(ctx->uc, ctx->reg_rip, &rip);
     if (!err)
         err = ctx->reg_write(ctx->uc, ctx->reg_rip, &rip);
+    if (!err)
+        err = ctx->reg_read(ctx->uc, ctx->reg_cs, &cs);
+    if (!err)
+        err = ctx->reg_read(ctx->uc, g->reg_cr8, &cr8);
     if (!err && next->cr3 != g->cr3)    /* SwapContext: CR3 only when the process differs */
         err = native_load_cr3(ctx, next->cr3_value, next->pcid, next->flush);
     if (err) {
@@ -1006,10 +1063,11 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
     memcpy(g->tss_rsp0, &next->rsp0, sizeof(next->rsp0));  /* SDM Vol. 3A 8.7: RSP0 */
     if (r->kuser != NULL)
         write_times(r, done + r->clock_offset);
-    ctx->end += budget - ctx->remaining;        /* the count stays: end - remaining */
-    ctx->remaining = budget;
+    ctx->end += run - ctx->remaining;           /* the count stays: end - remaining */
+    ctx->remaining = run;
+    r->budget_end = done + budget;
     ctx->in_flight = 0;
-    g->log[g->logged++] = done;
+    g->log[g->logged++] = (struct ring_log){ done, rip, cs, cr8_leaving, cr8 };
     g->switches++;
     return true;
 }
@@ -1048,7 +1106,7 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
     if (ctx->remaining == 0 && ctx->renewal.armed && !ctx->stop_flag) {
         /* The quantum ends here: made in C when it can be (else the run stops below). */
         if (ctx->ring.count < 2)
-            renew_quantum(ctx);
+            renew_quantum(ctx, pc);     /* a lone thread (logged for a debugger: count 1) */
         else if (ring_switch(ctx, pc))
             return;             /* this block is not run: the next thread's is entered */
     }

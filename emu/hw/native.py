@@ -77,13 +77,15 @@ Block counting gives the same counts (a test runs every guest app both ways):
   boundary (a lone thread's quantum end): the budget is renewed there in C, KUSER_SHARED_DATA's
   times are written, and :attr:`NativeHooks.renewals` counts it; nothing else differs from a
   stop followed by ``set_budget`` of the same budget and a new run. A budget that ends inside
-  a block, a stop asked for, a limit reached, or a budget left of a step's size stops as
-  ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry (the walker, the
-  page walk alone, leaves it armed). :meth:`NativeHooks.arm_ring` makes the preempted
-  switch between threads there instead (their contexts swapped, RIP written so that Unicorn
-  leaves the block it was about to run, CR3, TSS.RSP0, the times), each switch logged and
-  given to ``on_switches`` before any Python code runs (``disarm``, the walker, the
-  learner).
+  a block, a stop asked for, a limit reached, a budget left of a step's size, or the count
+  where the caller cut the budget short (``stop_at``: a debugger's step or snapshot; the
+  quantum ends at ``budget_end``) stops as ever; every Python hook calls
+  :meth:`NativeHooks.disarm` at its entry (the walker, the page walk alone, leaves it
+  armed). :meth:`NativeHooks.arm_ring` makes the preempted switch between threads there
+  instead (their contexts swapped, RIP written so that Unicorn leaves the block it was
+  about to run, CR3, TSS.RSP0, the times), each switch logged (``SwitchLogged``) and given
+  to ``on_switches`` before any Python code runs (``disarm``, the walker, the learner); a
+  ring of one thread is the renewal, logged as its switch to itself.
 * A guest store into the bytes of the block being executed makes QEMU leave the block at
   the store and run the store again as a block of one instruction (measured). The block
   counter sees a block that starts inside the last one and ends before it (no other block
@@ -107,6 +109,7 @@ import tempfile
 import weakref
 from collections.abc import Callable
 from functools import cache
+from typing import NamedTuple
 
 from unicorn import (
     UC_ARCH_X86,
@@ -122,7 +125,13 @@ from unicorn import (
 )
 from unicorn.unicorn_py3 import unicorn as _binding
 from unicorn.unicorn_py3.unicorn import UcContext
-from unicorn.x86_const import UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_RFLAGS, UC_X86_REG_RIP
+from unicorn.x86_const import (
+    UC_X86_REG_CR3,
+    UC_X86_REG_CR8,
+    UC_X86_REG_CS,
+    UC_X86_REG_RFLAGS,
+    UC_X86_REG_RIP,
+)
 
 _SOURCE = pathlib.Path(__file__).with_name("native.c")
 _CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"]  # as the Makefile's rule
@@ -275,6 +284,8 @@ class _Renewal(ctypes.Structure):
         ("tick_count_at", ctypes.c_uint64),
         ("system_time_at_boot", ctypes.c_uint64),
         ("time_increment", ctypes.c_uint64),
+        ("budget_end", ctypes.c_uint64),
+        ("stop_at", ctypes.c_uint64),
     ]
 
 
@@ -295,6 +306,30 @@ class _RingThread(ctypes.Structure):
     ]
 
 
+class _RingLog(ctypes.Structure):
+    """native.c's struct ring_log: a switch logged (see SwitchLogged)."""
+
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("rip", ctypes.c_uint64),
+        ("cs", ctypes.c_uint64),
+        ("cr8_leaving", ctypes.c_uint64),
+        ("cr8", ctypes.c_uint64),
+    ]
+
+
+class SwitchLogged(NamedTuple):
+    """A switch made in C (NativeHooks.arm_ring), as given to ``on_switches``: the
+    instructions completed then, where the next thread resumes (RIP, CS), and CR8 as the
+    leaving thread left it and as the next one has it."""
+
+    count: int
+    rip: int
+    cs: int
+    cr8_leaving: int
+    cr8: int
+
+
 class _Ring(ctypes.Structure):
     """native.c's struct ring (the preempted switches made at a block entry), at
     native_ring_at() in the context."""
@@ -307,8 +342,9 @@ class _Ring(ctypes.Structure):
         ("logged", ctypes.c_uint64),
         ("switches", ctypes.c_uint64),
         ("error", ctypes.c_int64),
+        ("reg_cr8", ctypes.c_int32),
         ("threads", _RingThread * RING_THREADS),
-        ("log", ctypes.c_uint64 * _RING_LOG),
+        ("log", _RingLog * _RING_LOG),
     ]
 
 
@@ -523,13 +559,14 @@ class NativeHooks:
         self._ctx.learn = _address(self._learner)
         self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
         self._ring = _Ring.from_address(ctx + lib.native_ring_at())
+        self._ring.reg_cr8 = UC_X86_REG_CR8
         ring_box.append(self._ring)
         # [whether arm_renewal armed the run since the last disarm]: a hook's disarm reads
         # only this when not (shared with the callbacks above).
         self._armed = armed
-        # Called with the instruction count of each switch C made, in order, before any
-        # Python code reads what they changed (the dispatcher's books: arm_ring).
-        self.on_switches: Callable[[list[int]], None] | None = None
+        # Called with each switch C made (SwitchLogged), in order, before any Python code
+        # reads what they changed (the dispatcher's books: arm_ring).
+        self.on_switches: Callable[[list[SwitchLogged]], None] | None = None
         hooks_ref = weakref.ref(self)
 
         def done_before(pc: int) -> int:
@@ -810,18 +847,22 @@ class NativeHooks:
             not ctx.tail_mode and not ctx.stop_flag and bool(self._renewal.kuser)
 
     def arm_renewal(self, quantum: int, limit: int | None, clock_offset: int, *,
-                    ring: bool = False) -> None:
-        """For the next run: when the budget ends at a block entry with no stop asked for,
-        give a new budget of ``quantum`` (less if the count would pass ``limit``: None is no
-        limit) and write KUSER_SHARED_DATA's times at clock ``instructions +
-        clock_offset``, without ending the run (native.c ``renew_quantum``). A budget of
-        ``limit`` reached, or one left as small as a step's, stops the run as ever. Every
+                    budget_end: int, stop_at: int | None = None, ring: bool = False) -> None:
+        """For the next run: when the quantum ends at a block entry (the count reaches
+        ``budget_end``) with no stop asked for, give a new budget of ``quantum`` (less if
+        the count would pass ``limit``: None is no limit) and write KUSER_SHARED_DATA's
+        times at clock ``instructions + clock_offset``, without ending the run (native.c
+        ``renew_quantum``). A budget of ``limit`` reached, one left as small as a step's,
+        or the count ``stop_at`` reached (a debugger's cut: a step's end, a snapshot; the
+        budget may be spent there before the quantum's end) stops the run as ever. Every
         Python hook calls ``disarm`` at its entry. ``ring``: switch between the threads
         ``arm_ring`` set instead of renewing (its own call)."""
         r = self._renewal
         r.quantum = quantum
         r.limit = _MASK64 if limit is None else limit
         r.clock_offset = clock_offset
+        r.budget_end = budget_end & _MASK64
+        r.stop_at = _MASK64 if stop_at is None else stop_at & _MASK64
         if not ring:
             self._ring.count = 0
         r.armed = 1
@@ -839,20 +880,22 @@ class NativeHooks:
             self._take_switches()
 
     def _take_switches(self) -> None:
-        """Give the switches C logged to ``on_switches`` (each the instruction count it was
-        made at); UcError if one failed."""
+        """Give the switches C logged to ``on_switches`` (SwitchLogged, in order); UcError
+        if one failed."""
         ring = self._ring
         n = ring.logged
-        counts = ring.log[:n]
+        switches = [SwitchLogged(e.count, e.rip, e.cs, e.cr8_leaving, e.cr8)
+                    for e in ring.log[:n]]
         ring.logged = 0
-        if counts and self.on_switches is not None:
-            self.on_switches(counts)
+        if switches and self.on_switches is not None:
+            self.on_switches(switches)
         if ring.error:
             error, ring.error = ring.error, 0
             raise UcError(error)
 
-    def arm_ring(self, threads: list[tuple[UcContext, int, int, int, int]], cr3: int,
-                 tss_rsp0: int, quantum: int, limit: int | None, clock_offset: int) -> None:
+    def arm_ring(self, threads: list[tuple[UcContext | None, int, int, int, int]], cr3: int,
+                 tss_rsp0: int, quantum: int, limit: int | None, clock_offset: int, *,
+                 budget_end: int, stop_at: int | None = None) -> None:
         """For the next run: where the budget ends at a block entry with no stop asked for,
         the thread on the CPU (``threads[0]``) goes to the back and the next one runs, round
         and round, without ending the run (native.c ``ring_switch``): each thread's context
@@ -861,15 +904,18 @@ class NativeHooks:
         current one at first), its kernel stack's top written to TSS.RSP0 (host address
         ``tss_rsp0``), KUSER_SHARED_DATA's times written and ``quantum`` instructions given
         (less if the count would pass ``limit``), as ``arm_renewal`` does. Each switch goes
-        to ``on_switches``."""
+        to ``on_switches``. A ring of one thread is a lone thread's renewal logged as its
+        switch to itself (nothing saved or loaded: its context may be None), for whoever
+        books each dispatch."""
         ring = self._ring
         for slot, (context, base, pcid, flush, rsp0) in zip(ring.threads, threads,
                                                               strict=False):
-            slot.context = context._context.value
+            slot.context = None if context is None else context._context.value
             slot.cr3, slot.cr3_value, slot.pcid = base, base | pcid, pcid
             slot.flush, slot.rsp0 = 1 if flush else 0, rsp0
         ring.count, ring.current, ring.cr3, ring.tss_rsp0 = len(threads), 0, cr3, tss_rsp0
-        self.arm_renewal(quantum, limit, clock_offset, ring=True)
+        self.arm_renewal(quantum, limit, clock_offset, budget_end=budget_end,
+                         stop_at=stop_at, ring=True)
 
     @property
     def can_switch_in_hook(self) -> bool:
@@ -884,8 +930,15 @@ class NativeHooks:
 
     @property
     def renewals(self) -> int:
-        """Quanta renewed at a block entry (``arm_renewal``) so far."""
+        """Quanta renewed at a block entry (``arm_renewal``) so far (a ring of one's are
+        counted as its switches)."""
         return self._renewal.renewals
+
+    @property
+    def budget_end(self) -> int:
+        """The count at which the quantum armed last ends (moved on by each renewal or
+        switch made in C)."""
+        return self._renewal.budget_end
 
     @property
     def pcid(self) -> int:

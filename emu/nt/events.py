@@ -29,6 +29,15 @@ Each event, and the details it carries:
 * ``KERNEL_CALL_DONE``: an ISR or DPC returned (``routine``, ``thread``).
 * ``CR3_LOAD``: CR3 changed: another address space is current (``old``, ``new``).
 * ``BUGCHECK``: the system stops (``bugcheck``: emu.nt.bugcheck.BugCheck).
+
+Quantum ends made inside a run (emu.nt.ke_dispatcher ``_arm_ring``: a thread's turn ending
+and the next one, or the same one, dispatched without the CPU stopping) are told after that
+run, or before any hook of it runs Python code: their ``THREAD_DISPATCH`` and ``CR3_LOAD``,
+in order, with the clock of the moment each was made, while the machine is already further
+on; their ``details["logged"]`` (emu.hw.native.SwitchLogged) says what the CPU held then:
+the instructions completed, where the thread resumes (RIP, CS), and CR8 before and after.
+An observer that reads the machine at those two events otherwise subscribes without
+``logged`` (the default); while one does, every dispatch is made with the CPU stopped at it.
 """
 
 from __future__ import annotations
@@ -64,6 +73,9 @@ class EventBus:
 
     def __init__(self, clock: Callable[[], int]) -> None:
         self.observers: list[Observer] = []
+        self._live: list[Observer] = []     # those that read the machine at a dispatch
+        # The switch made in C being told (emu.hw.native.SwitchLogged), while it is.
+        self.logged: Any = None
         self._clock = clock
 
     def emit(self, event: Event, **details: Any) -> None:
@@ -71,14 +83,26 @@ class EventBus:
         if not self.observers:
             return
         details["clock"] = self._clock()
+        if self.logged is not None:
+            details["logged"] = self.logged
         for observer in list(self.observers):
             observer(event, details)
 
-    def subscribe(self, observer: Observer) -> None:
-        """Start telling ``observer``."""
+    def subscribe(self, observer: Observer, *, logged: bool = False) -> None:
+        """Start telling ``observer``; ``logged``: it may hear of a THREAD_DISPATCH or a
+        CR3_LOAD after the moment it names (see the module docstring)."""
         self.observers.append(observer)
+        if not logged:
+            self._live.append(observer)
 
     def unsubscribe(self, observer: Observer) -> None:
         """Stop telling ``observer`` (no error if it was not listening)."""
         if observer in self.observers:
             self.observers.remove(observer)
+        if observer in self._live:
+            self._live.remove(observer)
+
+    @property
+    def takes_logged_dispatches(self) -> bool:
+        """Whether every observer may hear of dispatches after the fact."""
+        return not self._live

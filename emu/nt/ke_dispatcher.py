@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from emu.hw.cpu import CR3_NOFLUSH, RunResult, StopReason
 from emu.hw.descriptors import Selector
 from emu.hw.mmu import CR4
-from emu.hw.native import RING_THREADS
+from emu.hw.native import RING_THREADS, SwitchLogged
 from emu.nt import drivers, kuser, layout
 from emu.nt.bugcheck import BugCheck
 from emu.nt.events import Event
@@ -220,29 +220,40 @@ class KeDispatcher(_Executive):
         a stop), and only from a hook inside a run, which disarms it at its entry
         (every Python hook on the engine: emu.hw.cpu ``_disarm_in_every_python_hook``; the
         walker, the page walk alone, changes none of them). True when armed."""
-        if not self.quantum_end_in_c or not self.cpu.native.counting:
+        if not self.quantum_end_in_c or not self.cpu.native.counting or \
+                self._budget_end is None:
             return False        # a run at full speed (a page fault's resume...): no quantum
         thread = self.current_thread
         scheduler = self.scheduler
+        debugger = self.debugger
         if (thread is None
                 or thread.state is not ThreadState.RUNNING
                 or thread.apc is not None or thread.resume_rax is not None
-                or self.debugger is not None or self.events.observers or self.interrupted
+                or self.interrupted
                 or self.pending_interrupts or self.dpc_queue or self._deferred
                 or self.device_deadline() is not None
                 or scheduler.next_deadline() is not None
                 or not self.cpu.can_renew_quantum):
             return False
-        if scheduler.ready:
-            return self._arm_ring(thread)
-        if not self.count_always:
+        # Someone who sees each dispatch (a debugger, an event log: for them each quantum
+        # end is a turn of its own) is told of those made in C after the run, when each
+        # of them takes that (``_switches_made``); a debugger's step or snapshot cuts the run.
+        watched = debugger is not None or bool(self.events.observers)
+        if watched and not (self.events.takes_logged_dispatches and
+                            (debugger is None or debugger.takes_logged_dispatches())):
             return False
+        stop_at = None if debugger is None else debugger.stop_count()
+        if not scheduler.ready and not self.count_always:
+            return False
+        if scheduler.ready or watched:
+            return self._arm_ring(thread, stop_at)
         # _budget() then: counting because count_always (nothing else is ready or due),
         # the quantum, cut by --max-insns.
-        self.cpu.native.arm_renewal(scheduler.quantum, self.max_insns, scheduler.idle_skipped)
+        self.cpu.native.arm_renewal(scheduler.quantum, self.max_insns, scheduler.idle_skipped,
+                                    budget_end=self._budget_end)
         return True
 
-    def _arm_ring(self, thread: Thread) -> bool:
+    def _arm_ring(self, thread: Thread, stop_at: int | None) -> bool:
         """The preempted switch made in C (NativeHooks.arm_ring): at each quantum end on a
         block boundary the thread on the CPU goes to the back of the ready queue and the
         head runs, as ``_turn_over``'s budget end, ``run``, ``_run_thread`` and
@@ -250,15 +261,20 @@ class KeDispatcher(_Executive):
         by ``_arm_renewal``, and here: every thread of the ring has a saved context and
         nothing to take first, an I/O completion or a status to resume with, as for
         ``_switch_at_syscall``). The budget of each turn is the quantum (cut by
-        --max-insns: a ready queue is never empty while they take turns). C logs each
-        switch; ``_switches_made`` takes them into the books. True when armed."""
+        --max-insns: a ready queue is never empty while they take turns), the run cut at
+        the count ``stop_at`` (a debugger's). C logs each switch; ``_switches_made`` takes
+        them into the books. With nothing else ready, a ring of the one thread: its quantum
+        ends are renewals in C, each booked as the turn of its own that someone watching
+        each dispatch sees (its context is neither saved nor loaded: it may have none yet).
+        True when armed."""
         cpu = self.cpu
         ring = (thread, *self.scheduler.ready)
         if len(ring) > RING_THREADS or not cpu.can_switch_in_c:
             return False
         for t in ring:
-            if t.context is None or t.apc is not None or t.resume_rax is not None \
-                    or t.kernel_work is not None or t.continue_context is not None:
+            if (t.context is None and len(ring) > 1) or t.apc is not None \
+                    or t.resume_rax is not None or t.kernel_work is not None \
+                    or t.continue_context is not None:
                 return False
         pcids = cpu.cr4 & _PCIDE
         threads = []
@@ -270,22 +286,27 @@ class KeDispatcher(_Executive):
             threads.append((t.context, base, pcid, pcid == 0, t.kernel_stack_top))
         tss = self.mem.address + self._gdt_frame * layout.PAGE_SIZE + \
             (layout.KERNEL_TSS & 0xFFF) + 4
-        self._ring, self._ring_next = ring, 1
+        self._ring, self._ring_next = ring, 1 % len(ring)
         cpu.native.arm_ring(threads, cpu.cr3, tss, self.scheduler.quantum, self.max_insns,
-                            self.scheduler.idle_skipped)
+                            self.scheduler.idle_skipped, budget_end=self._budget_end,
+                            stop_at=stop_at)
         return True
 
-    def _switches_made(self, counts: list[int]) -> None:
+    def _switches_made(self, switches: list[SwitchLogged]) -> None:
         """The preempted switches C made (``_arm_ring``), each at the instruction count in
-        ``counts``, taken into the books exactly as the turns' ends and beginnings through
+        ``switches``, taken into the books exactly as the turns' ends and beginnings through
         a stop keep them: the leaving thread's instructions and its place at the back of
         the queue, the next one taken from its head (``Scheduler.next_thread``: the
-        switch counted), its turn's start and budget, the process running, the CPU's CR3.
-        The clock reads each switch's moment meanwhile."""
+        switch counted), its turn's start and budget, the process running, the dispatch
+        told to the observers (THREAD_DISPATCH, then CR3_LOAD if the space differs, as
+        ``_switch_to`` tells them), the CPU's CR3. The clock reads each switch's moment
+        meanwhile."""
         scheduler, cpu, ring = self.scheduler, self.cpu, self._ring
         quantum, limit = scheduler.quantum, self.max_insns
-        for at in counts:
-            self._switched_at = at
+        events = self.events
+        for logged in switches:
+            at = self._switched_at = logged.count
+            events.logged = logged
             try:
                 leaving = self.current_thread
                 scheduler.make_ready(leaving)                 # _turn_over: to the back
@@ -305,6 +326,8 @@ class KeDispatcher(_Executive):
                 self._budget_end = at + (quantum if limit is None else min(quantum, limit - at))
                 self._turn_start = at
                 self._reschedule = False
+                if events.observers:                                # _switch_to: told,
+                    events.emit(Event.THREAD_DISPATCH, thread=following)   # then CR3
                 base = following.process.space.cr3                  # _switch_to
                 if cpu.cr3 != base:
                     pcid = self.mm.pcid_of(base) if cpu.cr4 & _PCIDE else 0
@@ -312,6 +335,7 @@ class KeDispatcher(_Executive):
                 cpu.runs += 1
             finally:
                 self._switched_at = None
+                events.logged = None
 
     def _take_renewals(self) -> None:
         """After an armed run: no renewal or switch outside it, the switches taken in
@@ -323,8 +347,7 @@ class KeDispatcher(_Executive):
         made = native.renewals
         if made != self._renewals_seen:
             self._renewals_seen = made
-            if native.budget is not None:
-                self._budget_end = self.cpu.instructions + native.budget
+            self._budget_end = native.budget_end
 
     def _stopped_for_debugger(self, result: RunResult) -> bool:
         """Whether the CPU stopped only because the debugger wanted it to."""

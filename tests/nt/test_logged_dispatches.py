@@ -1,0 +1,186 @@
+"""Dispatches made inside the run while someone watches each one (emu/nt/ke_dispatcher.py
+``_arm_ring``: a lone thread's quantum end as a ring of one thread, the preempted switch
+between several) and told after that run (emu/nt/events.py, ``logged``): an event log and
+a debugger see exactly what they see when every dispatch stops the CPU
+(``Executive.quantum_end_in_c = False``, the reference): the same records (positions,
+clocks, RIP, ring, IRQL), the same stops, positions, registers and KUSER_SHARED_DATA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from schedrun import REGISTERS, outcome, watched_machine
+
+from emu import eventlog
+from emu.debugger.session import Session
+from emu.debugger.stops import CatchKind
+from emu.machine import Machine
+from emu.nt import layout
+
+ROOT = Path(__file__).resolve().parents[2]
+APPS = ROOT / "guest" / "build" / "apps"
+# `loop`'s quantum ends fall on its block boundaries with this start-up (see
+# test_quantum_end_in_c.py): there the dispatches can be made inside the run.
+ALIGNED = " 300000"
+
+
+def logged_run(workload: list[tuple[str, list[str]]], *, in_c: bool, quantum: int) -> dict:
+    """``workload`` run with an event log attached (as ``emu run --events`` attaches it),
+    its dispatches made in C or not: the records, what a user sees, the switches C made."""
+    m, output, schedule = watched_machine("64M", quantum=quantum)
+    ex = m.executive
+    ex.quantum_end_in_c = in_c
+    records: list[dict] = []
+    eventlog.EventLog.attach(m, records.append)
+    try:
+        procs = [m.spawn(APPS / app, args) for app, args in workload]
+        result = m.run()
+        return {**outcome(m, result, procs, output, schedule), "records": records,
+                "ring_switches": ex.cpu.native.ring_switches}
+    finally:
+        m.close()
+
+
+LOGGED = {
+    "a compute-bound loop (a ring of one)": [("loop", [ALIGNED])],
+    "two loops (two address spaces: CR3 loads)": [("loop", [ALIGNED]), ("loop", [ALIGNED])],
+    "a yielder and a loop": [("yielder", ["300"]), ("loop", [ALIGNED])],
+    "threads": [("threads", [])],
+    "sleeper (timers: every dispatch through a stop)": [("sleeper", [])],
+}
+
+
+@pytest.mark.parametrize("name", LOGGED)
+def test_an_event_log_reads_the_same_of_dispatches_made_in_c(name: str) -> None:
+    got = logged_run(LOGGED[name], in_c=True, quantum=10_000)
+    reference = logged_run(LOGGED[name], in_c=False, quantum=10_000)
+    assert reference.pop("ring_switches") == 0
+    made = got.pop("ring_switches")
+    assert got == reference
+    dispatches = [r for r in got["records"] if r["event"] == "thread-dispatch"]
+    if "loop" in name:
+        assert made > 100 and len(dispatches) > made     # most of them made in C
+        assert all(r["ring"] == 3 and r["irql"] == 0 for r in dispatches)
+    if name.startswith("two loops"):
+        loads = [r for r in got["records"] if r["event"] == "cr3-load"]
+        assert len(loads) > 100
+
+
+Command = Callable[[Session], None]
+
+
+def debugged(commands: list[Command], *, in_c: bool, apps: list[tuple[str, list[str]]],
+             quantum: int = 10_000) -> dict:
+    """A debugger session over ``apps``: at each stop what the user sees (the reason, the
+    position, the registers, KUSER_SHARED_DATA's times), then the next command; the
+    machine's end, and the most switches C made in one of its machines."""
+    def build() -> Machine:          # going back re-executes the same machine from boot
+        m = Machine("64M", quantum=quantum, console=lambda *_: None)
+        m.executive.quantum_end_in_c = in_c
+        for app, args in apps:
+            m.spawn(APPS / app, args)
+        return m
+
+    stops: list[tuple] = []
+    made: list[int] = []             # the switches C made so far (in this machine)
+    script = iter(commands)
+
+    def on_stop(stop) -> bool:
+        ex = session.executive
+        shared = ex.shared_data_frame * layout.PAGE_SIZE
+        # The events seen since boot are part of a position in the history (what going
+        # back counts to): a dispatch told after the run is counted all the same.
+        stops.append((stop.reason.value, stop.description, session.position,
+                      session._events, [ex.cpu.reg(r) for r in REGISTERS],
+                      ex.mem.read(shared, 0x330)))
+        made.append(ex.cpu.native.ring_switches)
+        command = next(script, None)
+        if command is None or stop.ended:
+            return False
+        command(session)
+        return True
+
+    session = Session(build(), on_stop, factory=build)
+    try:
+        result = session.run()
+        ex = session.executive
+        return {"stops": stops, "end": (result.stopped, result.stats.instructions),
+                "ring_switches": max([ex.cpu.native.ring_switches, *made]),
+                "scheduler_switches": ex.scheduler.switches}
+    finally:
+        session.close()
+
+
+def same_in_the_debugger(commands: list[Command], **kwargs) -> dict:
+    got = debugged(commands, in_c=True, **kwargs)
+    reference = debugged(commands, in_c=False, **kwargs)
+    assert reference.pop("ring_switches") == 0
+    made = got.pop("ring_switches")
+    assert got == reference
+    got["ring_switches"] = made
+    return got
+
+
+def steps(*counts: int) -> list[Command]:
+    return [lambda s, n=n: s.step(n) for n in counts]
+
+
+def test_steps_across_quantum_ends_made_in_c_stop_where_they_stopped() -> None:
+    # Steps that end inside a quantum, one before its end, at it, one after it, and long
+    # ones across many: the debugger's cut (Session.stop_count) stops the run exactly.
+    first = debugged([], in_c=False, apps=[("loop", [ALIGNED])])
+    start = first["stops"][0][2]
+    to_end = 10_000 - start % 10_000
+    got = same_in_the_debugger(
+        steps(25_000, to_end - 1, 1, 1, 9_998, 1, 123_457, 3, 250_000) +
+        [lambda s: s.cont()], apps=[("loop", [ALIGNED])])
+    assert got["ring_switches"] > 30
+    assert [stop[0] for stop in got["stops"][1:-1]] == ["step"] * 9
+
+
+def test_a_continue_to_a_breakpoint_through_dispatches_made_in_c() -> None:
+    # `break printf`, `continue` over two loops sharing the CPU: the preempted switches and
+    # their CR3 loads are made in C, and the breakpoint stops at the same position.
+    def to_printf(s: Session) -> None:
+        s.add_breakpoint(s.target.resolve_symbol("printf"))
+        s.cont()
+
+    got = same_in_the_debugger([to_printf, lambda s: s.cont(), lambda s: s.cont()],
+                               apps=[("loop", [ALIGNED]), ("loop", [ALIGNED])])
+    assert got["ring_switches"] > 100
+    assert [stop[0] for stop in got["stops"]] == ["start", "breakpoint", "breakpoint",
+                                                  "exited"]
+
+
+def test_going_back_over_dispatches_made_in_c() -> None:
+    # Back from the breakpoint re-executes from boot (every dispatch through a stop, as a
+    # replay makes them) to positions reached with dispatches made in C: the same state.
+    def to_printf(s: Session) -> None:
+        s.add_breakpoint(s.target.resolve_symbol("printf"))
+        s.cont()
+
+    got = same_in_the_debugger([to_printf, lambda s: s.reverse_step(1),
+                                lambda s: s.reverse_step(123_456), lambda s: s.step(200_000)],
+                               apps=[("loop", [ALIGNED]), ("loop", [ALIGNED])])
+    assert got["ring_switches"] > 100
+    back, further = got["stops"][2:4]
+    assert back[2] == got["stops"][1][2] - 1 and further[2] == back[2] - 123_456
+
+
+@pytest.mark.parametrize("kind", [CatchKind.CR3, CatchKind.RING])
+def test_a_catchpoint_on_dispatches_makes_each_one_a_stop(kind: CatchKind) -> None:
+    # A catchpoint that stops at a dispatch (a CR3 load; a return to ring 3) needs the CPU
+    # stopped at each: none is made in C while it is set, and its stops are the reference's.
+    def catch(s: Session) -> None:
+        s.add_catchpoint(kind, "0->3" if kind is CatchKind.RING else None)
+        s.step(50_000)
+
+    got = same_in_the_debugger([lambda s: s.step(300_000), catch,
+                                *[lambda s: s.cont()] * 6],
+                               apps=[("loop", [ALIGNED]), ("loop", [ALIGNED])])
+    # C made switches in the first 300,000 instructions, none after the catchpoint.
+    assert 0 < got["ring_switches"] <= 300_000 // 10_000
+    assert [stop[0] for stop in got["stops"][3:8]] == ["catch"] * 5
