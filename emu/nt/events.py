@@ -36,8 +36,10 @@ run, or before any hook of it runs Python code: their ``THREAD_DISPATCH`` and ``
 in order, with the clock of the moment each was made, while the machine is already further
 on; their ``details["logged"]`` (emu.hw.native.SwitchLogged) says what the CPU held then:
 the instructions completed, where the thread resumes (RIP, CS), and CR8 before and after.
-An observer that reads the machine at those two events otherwise subscribes without
-``logged`` (the default); while one does, every dispatch is made with the CPU stopped at it.
+A switch inside the SYSCALL hook (``_switch_at_syscall``) is told at once, from the hook
+(its ``CR3_LOAD`` with ``logged`` too: RIP reads the SYSCALL's there). An observer that
+reads the machine at those two events otherwise subscribes without ``logged`` (the
+default); while one does, every dispatch is made with the CPU stopped at it.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10",
              "r13", "r14", "r15")
 _USER_ENTRY_REGISTERS = (*USER_GPRS, "rsp", "rip")            # load_user_context, one call
 _USER_CONTEXT_REGISTERS = (*USER_GPRS, "rsp", "rip", "rflags")  # capture_user_context
+_CS_RIP_CR8 = ("cs", "rip", "cr8")
 
 
 class KeDispatcher(_Executive):
@@ -239,8 +240,7 @@ class KeDispatcher(_Executive):
         # end is a turn of its own) is told of those made in C after the run, when each
         # of them takes that (``_switches_made``); a debugger's step or snapshot cuts the run.
         watched = debugger is not None or bool(self.events.observers)
-        if watched and not (self.events.takes_logged_dispatches and
-                            (debugger is None or debugger.takes_logged_dispatches())):
+        if watched and not self._watchers_take_dispatches_in_the_run():
             return False
         stop_at = None if debugger is None else debugger.stop_count()
         if not scheduler.ready and not self.count_always:
@@ -252,6 +252,16 @@ class KeDispatcher(_Executive):
         self.cpu.native.arm_renewal(scheduler.quantum, self.max_insns, scheduler.idle_skipped,
                                     budget_end=self._budget_end)
         return True
+
+    def _watchers_take_dispatches_in_the_run(self) -> bool:
+        """Whether every observer of the executive's events and the debugger take a
+        dispatch made inside a run (the switches and renewals made in C, told after the
+        run; a switch inside the SYSCALL hook): emu.nt.events ``logged``, the debugger's
+        ``takes_logged_dispatches``. The debugger's steps and snapshots cut the run's
+        budget as ever."""
+        debugger = self.debugger
+        return self.events.takes_logged_dispatches and \
+            (debugger is None or debugger.takes_logged_dispatches())
 
     def _arm_ring(self, thread: Thread, stop_at: int | None) -> bool:
         """The preempted switch made in C (NativeHooks.arm_ring): at each quantum end on a
@@ -388,15 +398,23 @@ class KeDispatcher(_Executive):
         what the turn's end and the next turn give (``_turn_over``, ``run``,
         ``_run_thread``, ``_switch_to``): the same thread next, the same budget, the same
         counts, KUSER_SHARED_DATA, TSS.RSP0, the context saved as the stop leaves it, the
-        CR3 load. True when done; False when the run must stop and the dispatcher take
+        CR3 load, and the dispatch told to whoever watches each (THREAD_DISPATCH, then
+        CR3_LOAD, as ``_switch_to`` tells them: the CPU still the leaving thread's, then the
+        next one's). True when done; False when the run must stop and the dispatcher take
         over as ever: a thread never switched out before (no context yet), a pending I/O
-        completion, a timer due now, a budget too small for a run (a step), someone
-        watching each dispatch (an event log, the debugger), work deferred to the stop."""
+        completion, a timer due now, a budget too small for a run (a step), an observer
+        that must see each dispatch with the CPU stopped at it (``_watchers_take_
+        dispatches_in_the_run``), work deferred to the stop. A debugger's step or snapshot
+        due here cuts the next turn's budget to nothing: the run stops before its first
+        instruction, where the stop would have paused."""
         cpu, scheduler = self.cpu, self.scheduler
         if (not self.switch_at_syscall or thread.state is ThreadState.TERMINATED
-                or thread.context is None
-                or not scheduler.ready or self.debugger is not None or self.events.observers
+                or thread.context is None or not scheduler.ready
                 or self.interrupted or self._deferred or not cpu.can_switch_at_syscall):
+            return False
+        watched = bool(self.events.observers)
+        if (watched or self.debugger is not None) and \
+                not self._watchers_take_dispatches_in_the_run():
             return False
         now = self.clock
         deadline = scheduler.next_deadline()
@@ -414,10 +432,20 @@ class KeDispatcher(_Executive):
         self._begin_turn(following, budget)
         self._set_rsp0(following.kernel_stack_top)
         kuser.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
+        if watched:
+            self.events.emit(Event.THREAD_DISPATCH, thread=following)
+            cs, rip, cr8 = cpu.context_regs(following.context, _CS_RIP_CR8)
         cpu.switch_at_syscall(thread.context, following.context)
         self.switches_at_syscall += 1
         if cpu.cr3 != following.process.space.cr3:
-            self.load_cr3(following.process.space.cr3)
+            if watched:
+                # Inside the hook RIP reads the SYSCALL's (the run completes it): its CR3
+                # load is told with the CPU as the next thread resumes, as after a stop.
+                self.events.logged = SwitchLogged(cpu.instructions, rip, cs, cr8, cr8)
+            try:
+                self.load_cr3(following.process.space.cr3)
+            finally:
+                self.events.logged = None
         if following.resume_rax is not None:
             cpu.set_reg("rax", following.resume_rax)
             following.resume_rax = None

@@ -1,9 +1,11 @@
-"""Dispatches made inside the run while someone watches each one (emu/nt/ke_dispatcher.py
-``_arm_ring``: a lone thread's quantum end as a ring of one thread, the preempted switch
-between several) and told after that run (emu/nt/events.py, ``logged``): an event log and
-a debugger see exactly what they see when every dispatch stops the CPU
-(``Executive.quantum_end_in_c = False``, the reference): the same records (positions,
-clocks, RIP, ring, IRQL), the same stops, positions, registers and KUSER_SHARED_DATA.
+"""Dispatches made inside the run while someone watches each one and told to them
+(emu/nt/events.py, ``logged``): at quantum ends (emu/nt/ke_dispatcher.py ``_arm_ring``: a
+lone thread's as a ring of one thread, the preempted switch between several), told after
+that run, and at a yield or a wait (``_switch_at_syscall``), told in the SYSCALL hook. An
+event log and a debugger see exactly what they see when every dispatch stops the CPU
+(``Executive.quantum_end_in_c = False`` and ``switch_at_syscall = False``, the reference):
+the same records (positions, clocks, RIP, ring, IRQL), the same stops, positions,
+registers and KUSER_SHARED_DATA.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ def logged_run(workload: list[tuple[str, list[str]]], *, in_c: bool, quantum: in
     its dispatches made in C or not: the records, what a user sees, the switches C made."""
     m, output, schedule = watched_machine("64M", quantum=quantum)
     ex = m.executive
-    ex.quantum_end_in_c = in_c
+    ex.quantum_end_in_c = ex.switch_at_syscall = in_c
     records: list[dict] = []
     eventlog.EventLog.attach(m, records.append)
     try:
         procs = [m.spawn(APPS / app, args) for app, args in workload]
         result = m.run()
         return {**outcome(m, result, procs, output, schedule), "records": records,
-                "ring_switches": ex.cpu.native.ring_switches}
+                "ring_switches": ex.cpu.native.ring_switches,
+                "switches_at_syscall": ex.switches_at_syscall}
     finally:
         m.close()
 
@@ -50,6 +53,9 @@ LOGGED = {
     "a yielder and a loop": [("yielder", ["300"]), ("loop", [ALIGNED])],
     "threads": [("threads", [])],
     "sleeper (timers: every dispatch through a stop)": [("sleeper", [])],
+    "two yielders (switches in the SYSCALL hook)": [("yielder", ["300"]), ("yielder", ["300"])],
+    "waiter (a wait, an event set)": [("waiter", [])],
+    "race": [("race", [])],
 }
 
 
@@ -57,11 +63,14 @@ LOGGED = {
 def test_an_event_log_reads_the_same_of_dispatches_made_in_c(name: str) -> None:
     got = logged_run(LOGGED[name], in_c=True, quantum=10_000)
     reference = logged_run(LOGGED[name], in_c=False, quantum=10_000)
-    assert reference.pop("ring_switches") == 0
+    assert reference.pop("ring_switches") == reference.pop("switches_at_syscall") == 0
     made = got.pop("ring_switches")
+    at_syscall = got.pop("switches_at_syscall")
     assert got == reference
+    if "yielder" in name:
+        assert at_syscall > 100
     dispatches = [r for r in got["records"] if r["event"] == "thread-dispatch"]
-    if "loop" in name:
+    if name.startswith(("a compute-bound loop", "two loops")):
         assert made > 100 and len(dispatches) > made     # most of them made in C
         assert all(r["ring"] == 3 and r["irql"] == 0 for r in dispatches)
     if name.startswith("two loops"):
@@ -79,13 +88,14 @@ def debugged(commands: list[Command], *, in_c: bool, apps: list[tuple[str, list[
     machine's end, and the most switches C made in one of its machines."""
     def build() -> Machine:          # going back re-executes the same machine from boot
         m = Machine("64M", quantum=quantum, console=lambda *_: None)
-        m.executive.quantum_end_in_c = in_c
+        m.executive.quantum_end_in_c = m.executive.switch_at_syscall = in_c
         for app, args in apps:
             m.spawn(APPS / app, args)
         return m
 
     stops: list[tuple] = []
     made: list[int] = []             # the switches C made so far (in this machine)
+    at_syscall: list[int] = []       # ... and the SYSCALL hook
     script = iter(commands)
 
     def on_stop(stop) -> bool:
@@ -97,6 +107,7 @@ def debugged(commands: list[Command], *, in_c: bool, apps: list[tuple[str, list[
                       session._events, [ex.cpu.reg(r) for r in REGISTERS],
                       ex.mem.read(shared, 0x330)))
         made.append(ex.cpu.native.ring_switches)
+        at_syscall.append(ex.switches_at_syscall)
         command = next(script, None)
         if command is None or stop.ended:
             return False
@@ -109,6 +120,7 @@ def debugged(commands: list[Command], *, in_c: bool, apps: list[tuple[str, list[
         ex = session.executive
         return {"stops": stops, "end": (result.stopped, result.stats.instructions),
                 "ring_switches": max([ex.cpu.native.ring_switches, *made]),
+                "switches_at_syscall": max([ex.switches_at_syscall, *at_syscall]),
                 "scheduler_switches": ex.scheduler.switches}
     finally:
         session.close()
@@ -117,10 +129,10 @@ def debugged(commands: list[Command], *, in_c: bool, apps: list[tuple[str, list[
 def same_in_the_debugger(commands: list[Command], **kwargs) -> dict:
     got = debugged(commands, in_c=True, **kwargs)
     reference = debugged(commands, in_c=False, **kwargs)
-    assert reference.pop("ring_switches") == 0
-    made = got.pop("ring_switches")
+    assert reference.pop("ring_switches") == reference.pop("switches_at_syscall") == 0
+    made = got.pop("ring_switches"), got.pop("switches_at_syscall")
     assert got == reference
-    got["ring_switches"] = made
+    got["ring_switches"], got["switches_at_syscall"] = made
     return got
 
 
@@ -184,3 +196,20 @@ def test_a_catchpoint_on_dispatches_makes_each_one_a_stop(kind: CatchKind) -> No
     # C made switches in the first 300,000 instructions, none after the catchpoint.
     assert 0 < got["ring_switches"] <= 300_000 // 10_000
     assert [stop[0] for stop in got["stops"][3:8]] == ["catch"] * 5
+
+
+def test_steps_across_switches_in_the_syscall_hook_stop_where_they_stopped() -> None:
+    # Two yielders under the debugger: every yield hands the CPU over inside the SYSCALL
+    # hook. A step ending right at a yield's completion (the next thread's turn cut to
+    # nothing: the pause is before its first instruction, as through a stop), steps of a
+    # few instructions from there, and steps across many yields.
+    yielders = [("yielder", ["200"]), ("yielder", ["200"])]
+    log = logged_run(yielders, in_c=False, quantum=10_000)["records"]
+    yields = [r["position"] for r in log
+              if r["event"] == "syscall" and r["service"] == "NtYieldExecution"]
+    start = debugged([], in_c=False, apps=yielders)["stops"][0][2]
+    got = same_in_the_debugger(
+        steps(yields[3] - start, 1, 7, 1_000, 333, 5_000) + [lambda s: s.cont()],
+        apps=yielders)
+    assert got["switches_at_syscall"] > 100
+    assert got["stops"][1][2] == yields[3]
