@@ -19,7 +19,9 @@
  *     every instruction, for a step-sized budget (and as the reference the
  *     block counter is tested against). Both stop the run when the budget is
  *     spent; a budget that ends inside a block is finished by native.py (the
- *     block run again, cut there). native.py documents the exact semantics.
+ *     block run again, cut there), unless a lone thread's quantum is renewed
+ *     at that block's entry (renew_early). native.py documents the exact
+ *     semantics.
  *
  * Nothing here includes Unicorn's headers, so the Makefile's one-line cc
  * command builds it; the few Unicorn 2.1.4 definitions used are below.
@@ -238,7 +240,8 @@ struct ring {
 /*
  * One machine's state. native.py mirrors every field up to and including
  * learned with ctypes, in this order: keep the two in step (native_ctx_size
- * checks the size at load time). The first cache line holds what a block
+ * checks the size at load time); renewal, ring and the fields after them each
+ * have a mirror of their own (_Renewal, _Ring, _Early: sizes checked too). The first cache line holds what a block
  * entry of the fast path touches (the context is 64-byte aligned).
  *
  * The instructions completed are not a field: they are end - remaining (mod

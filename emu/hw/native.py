@@ -76,10 +76,18 @@ Block counting gives the same counts (a test runs every guest app both ways):
 * :meth:`NativeHooks.arm_renewal` lets the next run go on where its budget ends at a block
   boundary (a lone thread's quantum end): the budget is renewed there in C, KUSER_SHARED_DATA's
   times are written, and :attr:`NativeHooks.renewals` counts it; nothing else differs from a
-  stop followed by ``set_budget`` of the same budget and a new run. A budget that ends inside
-  a block, a stop asked for, a limit reached, or a budget left of a step's size stops as
-  ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry (the walker, the
-  page walk alone, leaves it armed). :meth:`NativeHooks.arm_ring` makes the preempted
+  stop followed by ``set_budget`` of the same budget and a new run. A stop asked for, a limit
+  reached, or a budget left of a step's size stops as ever; every Python hook calls
+  :meth:`NativeHooks.disarm` at its entry (the walker, the page walk alone, leaves it armed).
+* A budget that ends inside a block, after its first k instructions (0 < k < its count),
+  is renewed the same way at that block's entry (native.c ``renew_early``,
+  :attr:`NativeHooks.early_renewals`) when those k are inert (the third value ``code``
+  gives: no memory access, no fault or trap, emu/hw/cpu.py ``_inert``) and no range
+  :meth:`NativeHooks.watch_code` keeps (a Python code or block hook's) meets them: the
+  times are those of the count after the k-th, the next budget counts from there, and the
+  block is charged as ever, so nothing differs from the renewal after the k-th. Never for a
+  ring's switch. Otherwise the run stops before the block and the tail (above) finishes
+  the budget, as ever. :meth:`NativeHooks.arm_ring` makes the preempted
   switch between threads there instead (their contexts swapped, RIP written so that Unicorn
   leaves the block it was about to run, CR3, TSS.RSP0, the times), each switch logged and
   given to ``on_switches`` before any Python code runs (``disarm``, the walker, the
@@ -564,9 +572,11 @@ class NativeHooks:
         self._early = _Early.from_address(ctx + lib.native_early_at())
         self._early.learn_ends = ctypes.addressof(ends)
         # The Python hooks that see instructions (watch_code): handle -> (begin, end), and
-        # the array C reads them from (kept alive here).
+        # the array C reads them from (kept alive here), made anew by the next arm_renewal
+        # after a change (only an armed run renews early).
         self._watched: dict[int, tuple[int, int]] = {}
         self._watched_array = (ctypes.c_uint64 * 0)()
+        self._watched_changed = False
         ring_box.append(self._ring)
         # [whether arm_renewal armed the run since the last disarm]: a hook's disarm reads
         # only this when not (shared with the callbacks above).
@@ -867,6 +877,8 @@ class NativeHooks:
         r.quantum = quantum
         r.limit = _MASK64 if limit is None else limit
         r.clock_offset = clock_offset
+        if self._watched_changed:
+            self._publish_watched()
         if not ring:
             self._ring.count = 0
         r.armed = 1
@@ -944,15 +956,19 @@ class NativeHooks:
         check) was added as ``handle``: no quantum is renewed early ahead of an instruction
         in its range (native.c ``renew_early``)."""
         self._watched[handle] = (begin & _MASK64, end & _MASK64)
-        self._publish_watched()
+        self._watched_changed = True
+        if self._armed[0]:
+            self._publish_watched()
 
     def unwatch_code(self, handle: int) -> None:
         """The hook ``handle`` was deleted (nothing if it was not watched)."""
         if self._watched.pop(handle, None) is not None:
-            self._publish_watched()
+            self._watched_changed = True
 
     def _publish_watched(self) -> None:
-        """Give C the watched ranges: the count set to 0 while the array changes."""
+        """Give C the watched ranges (before an armed run: a range added meanwhile is in
+        force at once, one deleted until then). The count is 0 while the array changes."""
+        self._watched_changed = False
         early = self._early
         early.code_hooks = 0
         ranges = list(itertools.chain.from_iterable(self._watched.values()))
