@@ -1165,3 +1165,32 @@ def test_a_watched_range_keeps_the_renewal_at_the_budgets_end(counter) -> None:
     assert early([(1, 0)]) == 0                    # every address
     assert early([(LOOP + 10, LOOP + 10)]) >= 49   # on the jnz: after the budget's end
     assert early([(LOOP + 2, LOOP + 2)], unwatched=True) >= 49
+
+
+class WritableInertRig(Rig):
+    """An InertRig whose code the guest may write (Rig's learner gives its host address):
+    a block is compared with its bytes at every entry and learnt again when they changed."""
+
+    def block(self, pc: int, size: int) -> tuple[list[int], int, int]:
+        offsets, host = super().block(pc, size)
+        at = pc % RAM_SIZE
+        return offsets, host, inert_count(bytes(self.ram[at : at + size]))
+
+
+def test_a_rewritten_blocks_inert_count_is_learnt_again(counter) -> None:
+    """The loop's `inc eax` rewritten as `push rax; pop rax` (as many bytes): the block is
+    learnt again, with no inert instruction, and its quantum ends are no longer renewed
+    early; the counts and times are the renewals' through stops either way."""
+    def rewritten(rig: Rig) -> None:
+        rig.uc.mem_write(LOOP, b"\x50\x58")            # push rax; pop rax
+        rig.uc.ctl_remove_cache(CODE, CODE + 0x1000)
+
+    got, reference = WritableInertRig(inert_loop()), WritableInertRig(inert_loop())
+    assert renewing(got, 100, None, in_c=True) == renewing(reference, 100, None, in_c=False)
+    early = got.hooks.early_renewals
+    assert early >= (49 if counter == "block" else 0)
+    rewritten(got)
+    rewritten(reference)
+    assert renewing(got, 100, None, in_c=True) == renewing(reference, 100, None, in_c=False)
+    assert got.hooks.instructions == 2 * INERT_TOTAL + ITERATIONS
+    assert got.hooks.early_renewals == early
