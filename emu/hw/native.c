@@ -1090,8 +1090,9 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
  * unchanged), and the block is then charged as ever: every later budget end falls on the
  * same instruction as with the renewal made after the k-th. Refused, with nothing changed,
  * where renew_quantum refuses (--max-insns reached at the true end, a budget left of a
- * step's size), for the preempted switch (ring: a switch saves the leaving thread's
- * registers, so it is made at the exact instruction), and when a stop was asked for.
+ * step's size), for any ring (ring.count != 0: a switch saves the leaving thread's
+ * registers and is logged, so it is made at the exact instruction), and when a stop was
+ * asked for.
  */
 static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_entry *e)
 {
@@ -1100,7 +1101,7 @@ static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_
     uint64_t ended = ctx->end;          /* the count after the k-th: end - 0 (mod 2^64) */
     uint64_t left, budget, last;
 
-    if (!r->armed || ctx->stop_flag || ctx->ring.count >= 2 || k == 0 || k > e->inert)
+    if (!r->armed || ctx->stop_flag || ctx->ring.count != 0 || k == 0 || k > e->inert)
         return false;
     last = pc + e->inert_ends[k - 1] - 1;       /* the k-th instruction's last byte */
     for (uint64_t i = 0; i < ctx->code_hooks; i++) {
