@@ -427,6 +427,7 @@ def _disarm_in_every_python_hook(uc: Uc, cpu: Cpu) -> None:
 # instruction hook can name (SYSCALL, SYSENTER, IN, OUT, CPUID, RDTSC, RDTSCP).
 _SEES_INSTRUCTIONS = UC_HOOK_CODE | UC_HOOK_BLOCK | UC_HOOK_TCG_OPCODE
 
+
 class Cpu:
     """One x86-64 processor in long mode over ``mem``, paging done by ``emu.hw.mmu``."""
 

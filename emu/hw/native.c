@@ -241,8 +241,9 @@ struct ring {
  * One machine's state. native.py mirrors every field up to and including
  * learned with ctypes, in this order: keep the two in step (native_ctx_size
  * checks the size at load time); renewal, ring and the fields after them each
- * have a mirror of their own (_Renewal, _Ring, _Early: sizes checked too). The first cache line holds what a block
- * entry of the fast path touches (the context is 64-byte aligned).
+ * have a mirror of their own (_Renewal, _Ring, _Early: sizes checked too). The
+ * first cache line holds what a block entry of the fast path touches (the
+ * context is 64-byte aligned).
  *
  * The instructions completed are not a field: they are end - remaining (mod
  * 2^64). A block charged moves only `remaining` (the fast path's one store of
