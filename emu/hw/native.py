@@ -85,9 +85,10 @@ Block counting gives the same counts (a test runs every guest app both ways):
   gives: no memory access, no fault or trap, emu/hw/cpu.py ``_inert``) and no range
   :meth:`NativeHooks.watch_code` keeps (a Python code or block hook's) meets them: the
   times are those of the count after the k-th, the next budget counts from there, and the
-  block is charged as ever, so nothing differs from the renewal after the k-th. Never for a
-  ring's switch. Otherwise the run stops before the block and the tail (above) finishes
-  the budget, as ever. :meth:`NativeHooks.arm_ring` makes the preempted
+  block is charged as ever, so nothing differs from the renewal after the k-th. Never
+  while a ring is armed (``arm_ring``: each switch is made at its exact instruction).
+  Otherwise the run stops before the block and the tail (above) finishes the budget, as
+  ever. :meth:`NativeHooks.arm_ring` makes the preempted
   switch between threads there instead (their contexts swapped, RIP written so that Unicorn
   leaves the block it was about to run, CR3, TSS.RSP0, the times), each switch logged and
   given to ``on_switches`` before any Python code runs (``disarm``, the walker, the
