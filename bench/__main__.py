@@ -10,7 +10,7 @@
               breakpoint 100 M instructions in vs `emu run`   targets: time <= 1.5x
               and the floor (information): the loop on plain Unicorn with a C block hook
               that only counts, vs plain Unicorn free; the counted run vs that floor; a
-              counted run whose every quantum ends inside a block (the tail) vs free.
+              counted run whose every quantum ends inside a block vs free.
               These five sides run interleaved, one of each per round (--only counting)
     two processes preempted: also as speed relative to plain Unicorn (information)
     traps     a system call round trip vs a Python syscall hook on flat Unicorn, demand-zero
@@ -125,7 +125,8 @@ def interleaved_medians(fns: list[Callable[[], float]], repeat: int) -> list[flo
 
 # `loop +N` runs the same N iterations as `loop N`, but its start-up (the `+` parsed) is 4
 # instructions longer, so that no quantum end of its loop falls on the 5-instruction block's
-# boundary: every quantum ends inside the block (the tail, docs/performance.md).
+# boundary: every quantum ends inside the block, among its four inert first instructions
+# (renewed in C at the block's entry: docs/performance.md, "Quantum ends inside a block").
 def _tail_args(iterations: list[str]) -> list[str]:
     return ["+" + iterations[0]]
 

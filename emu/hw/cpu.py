@@ -40,9 +40,11 @@ from unicorn import (
     UC_ERR_INSN_INVALID,
     UC_ERR_READ_UNMAPPED,
     UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
+    UC_HOOK_TCG_OPCODE,
     UC_MODE_64,
     UC_PROT_ALL,
     UC_TLB_VIRTUAL,
@@ -397,7 +399,7 @@ def _disarm_in_every_python_hook(uc: Uc, cpu: Cpu) -> None:
     place for the rule, so that no hook can forget it. (The C hooks, the TLB fill's and the
     counter's, are added by NativeHooks through uc_hook_add directly; the TLB fill's Python
     walker, ``_fill``, is the page walk alone and changes nothing the arming rests on.)"""
-    add = uc.hook_add
+    add, delete = uc.hook_add, uc.hook_del
 
     def hook_add(htype: int, callback: Callable, user_data: object = None, begin: int = 1,
                  end: int = 0, *args: int) -> int:
@@ -405,9 +407,26 @@ def _disarm_in_every_python_hook(uc: Uc, cpu: Cpu) -> None:
             cpu.native.disarm()
             return callback(*hook_args)
 
-        return add(htype, disarmed, user_data, begin, end, *args)
+        handle = add(htype, disarmed, user_data, begin, end, *args)
+        if htype & _SEES_INSTRUCTIONS:
+            cpu.native.watch_code(handle, begin, end)
+        return handle
 
-    uc.hook_add = hook_add
+    def hook_del(handle: int) -> None:
+        delete(handle)
+        cpu.native.unwatch_code(handle)
+
+    uc.hook_add, uc.hook_del = hook_add, hook_del
+
+
+# The Python hooks that could run amid inert instructions (native.c renew_early: none may
+# see a quantum renewed early), kept as ranges by NativeHooks.watch_code: code hooks, block
+# hooks (one on the block runs at its entry) and TCG opcode hooks (on `sub` and `cmp`). No
+# other kind can run there: an inert instruction accesses no memory (memory hooks), raises
+# nothing (interrupt and invalid-instruction hooks) and is none of the instructions an
+# instruction hook can name (SYSCALL, SYSENTER, IN, OUT, CPUID, RDTSC, RDTSCP).
+_SEES_INSTRUCTIONS = UC_HOOK_CODE | UC_HOOK_BLOCK | UC_HOOK_TCG_OPCODE
+
 
 class Cpu:
     """One x86-64 processor in long mode over ``mem``, paging done by ``emu.hw.mmu``."""
@@ -956,12 +975,13 @@ class Cpu:
             return self._complete_fault(None, fault, 0, "fetch", self.cpl)
         raise RuntimeError("guest jumped to virtual address 0, which this machine cannot run")
 
-    def _block_offsets(self, pc: int, size: int) -> tuple[list[int], int | None]:
+    def _block_offsets(self, pc: int, size: int) -> tuple[list[int], int | None, int]:
         """The offsets of the instructions of the translated block of ``size`` bytes at
-        ``pc``, decoded as the CPU runs them (its CPL and mode), and where its bytes are in
+        ``pc``, decoded as the CPU runs them (its CPL and mode), where its bytes are in
         host memory if guest code may write them (0 if the block spans two pages), else
-        None. An undecodable instruction ends a block (QEMU translates it as the #UD it
-        raises), so the rest is one."""
+        None, and how many of its first instructions are inert (no memory access, no fault
+        or trap: ``_inert``). An undecodable instruction ends a block (QEMU translates it
+        as the #UD it raises), so the rest is one."""
         pages = [self._code_page(page) for page in range(pc & ~0xFFF, pc + size, 0x1000)]
         if len(pages) == 1:
             code = self.mem.read(pages[0].pa + (pc & 0xFFF), size)
@@ -970,7 +990,8 @@ class Cpu:
         host = None
         if any(page.writable for page in pages):
             host = self.mem.address + pages[0].pa + (pc & 0xFFF) if len(pages) == 1 else 0
-        return list(_instruction_offsets(self.code_bits, code)), host
+        offsets, inert = _instruction_offsets(self.code_bits, code)
+        return list(offsets), host, inert
 
     def _code_page(self, va: int) -> mmu.Translation:
         """The page at ``va`` as ring 0 sees it (ring 3 if SMAP keeps ring 0 out): its
@@ -1354,19 +1375,89 @@ class Cpu:
 
 
 @lru_cache(maxsize=1 << 14)
-def _instruction_offsets(bits: int, code: bytes) -> tuple[int, ...]:
+def _instruction_offsets(bits: int, code: bytes) -> tuple[tuple[int, ...], int]:
     """The offsets of the instructions of the block ``code`` (``bits``-bit code): what
     Capstone decodes, then the rest as one (an undecodable instruction, which QEMU
-    translates as the #UD it raises, ends a block). A function of the bytes alone, so a
-    process's later machines (the debugger's re-executions, a query's machine, a bench's
-    next run) learn blocks they share without decoding them again (about 13 us a block)."""
-    offsets, end = [], 0
-    for offset, length, _mnemonic, _operands in _capstone(bits).disasm_lite(code, 0):
+    translates as the #UD it raises, ends a block); and how many of its first instructions
+    are inert (``_inert``). A function of the bytes alone, so a process's later machines
+    (the debugger's re-executions, a query's machine, a bench's next run) learn blocks they
+    share without decoding them again (about 13 us a block)."""
+    offsets, end, inert, leading = [], 0, 0, True
+    for offset, length, mnemonic, operands in _capstone(bits).disasm_lite(code, 0):
         offsets.append(offset)
         end = offset + length
+        if leading and _inert(mnemonic, operands):
+            inert += 1
+        else:
+            leading = False
     if end < len(code):
         offsets.append(end)
-    return tuple(offsets) or (0,)
+    return tuple(offsets) or (0,), inert
+
+
+# -- inert instructions: a quantum renewed before them cannot be told apart -----------------
+#
+# An instruction is inert when it accesses no memory (explicitly or implicitly: no stack,
+# string, descriptor-table or I/O access) and can raise no exception and no trap, whatever
+# the CPU's state; a quantum's renewal (KUSER_SHARED_DATA's times, the next budget) made
+# before a run of them is then invisible (emu/hw/native.c renew_early). An allow-list, from
+# the "Exceptions" sections of the SDM Vol. 2 entries, of integer instructions on general-
+# purpose registers and immediates whose only exceptions there are #UD for a LOCK prefix
+# (refused: Capstone names it in the mnemonic, "lock add", or does not decode the register
+# form, and either way it is not listed) and the memory-operand faults (#GP, #SS, #PF, #AC:
+# no operand here may be memory, below). Left out on purpose: DIV and IDIV (#DE), BOUND,
+# INTO, INT/INT3/UD2, anything privileged, I/O, system, x87/MMX/SSE/AVX (#UD or #NM by
+# CR0/CR4), CPUID/RDTSC/RDPID (exits, hooks, CR4.TSD), POPCNT/LZCNT/TZCNT/BMI (#UD by
+# CPUID), LAHF/SAHF (#UD by CPUID in 64-bit mode), PUSH/POP/CALL/RET/ENTER/LEAVE/PUSHF/POPF
+# /IRET, string instructions, XLAT, CMPXCHG/XADD (both rare in compute loops), and every
+# control transfer (a translated block's last instruction, never before the budget's end).
+_INERT_MNEMONICS = frozenset({
+    "mov", "movabs", "movzx", "movsx", "movsxd",
+    "add", "adc", "sub", "sbb", "and", "or", "xor", "cmp", "test",
+    "inc", "dec", "neg", "not", "imul", "mul",
+    "shl", "sal", "shr", "sar", "rol", "ror", "rcl", "rcr", "shld", "shrd",
+    "bt", "bts", "btr", "btc", "bswap", "xchg",
+    "cbw", "cwde", "cdqe", "cwd", "cdq", "cqo", "clc", "stc", "cmc",
+    *(f"cmov{cc}" for cc in ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p",
+                             "np", "l", "ge", "le", "g")),
+    *(f"set{cc}" for cc in ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p",
+                            "np", "l", "ge", "le", "g")),
+})
+# LEA computes an address and accesses no memory (SDM Vol. 2A LEA: its only exception is
+# #UD for a register source); the multi-byte NOP's memory operand is never accessed (SDM
+# Vol. 2B NOP: an operation that does nothing; QEMU decodes its ModRM and emits no load);
+# and ENDBR32/ENDBR64 are NOPs while CET is off (SDM Vol. 2A ENDBR64), which it always is
+# here (setting CR4.CET is #GP(0): CR4_RESERVED above).
+_INERT_ANY_OPERANDS = frozenset({"lea", "nop", "endbr64", "endbr32"})
+# The general-purpose registers by Capstone's names: any other register operand (a segment,
+# control, debug, x87 or vector register) makes the instruction not inert (MOV to a
+# segment register faults, MOV to or from CRn/DRn is privileged).
+_GPRS = frozenset(
+    [f"{p}{r}" for p in ("r", "e") for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")]
+    + ["ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "al", "bl", "cl", "dl", "ah", "bh",
+       "ch", "dh", "spl", "bpl", "sil", "dil"]
+    + [f"r{n}{s}" for n in range(8, 16) for s in ("", "d", "w", "b")])
+
+
+def _inert(mnemonic: str, operands: str) -> bool:
+    """Whether the instruction Capstone decoded as ``mnemonic operands`` is inert: on the
+    allow-list, with only general-purpose register and immediate operands (LEA and NOP:
+    any). A memory operand is written ``[...]`` by Capstone, so none passes."""
+    if mnemonic in _INERT_ANY_OPERANDS:
+        return True
+    if mnemonic not in _INERT_MNEMONICS:
+        return False
+    return all(operand in _GPRS or _immediate(operand)
+               for operand in operands.split(", ") if operand)
+
+
+def _immediate(operand: str) -> bool:
+    """Whether a Capstone operand is an immediate (``5``, ``0x10``, ``-0x10``)."""
+    digits = operand.removeprefix("-")
+    if digits.startswith("0x"):
+        digits = digits[2:]
+        return bool(digits) and all(c in "0123456789abcdef" for c in digits)
+    return digits.isdigit()
 
 
 @cache

@@ -19,7 +19,9 @@
  *     every instruction, for a step-sized budget (and as the reference the
  *     block counter is tested against). Both stop the run when the budget is
  *     spent; a budget that ends inside a block is finished by native.py (the
- *     block run again, cut there). native.py documents the exact semantics.
+ *     block run again, cut there), unless a lone thread's quantum is renewed
+ *     at that block's entry (renew_early). native.py documents the exact
+ *     semantics.
  *
  * Nothing here includes Unicorn's headers, so the Makefile's one-line cc
  * command builds it; the few Unicorn 2.1.4 definitions used are below.
@@ -125,12 +127,19 @@ struct block_entry {
     uint32_t count;             /* 0: empty slot */
     const uint8_t *host;        /* the bytes in RAM, when the guest may rewrite them */
     uint8_t *copy;              /* ... and what they were when learnt */
-    uint64_t always;            /* writable and hard to watch: learn at every entry */
+    uint32_t always;            /* writable and hard to watch: learn at every entry */
+    uint32_t inert;             /* its first instructions that no one can tell apart from
+                                 * before or after a quantum end (renew_early) ... */
+    uint16_t *inert_ends;       /* ... and where each ends: [i] is the offset of
+                                 * instruction i + 2 (NULL when inert is 0) */
 };
 
-/* What the learner returns: the count, and whether the guest may rewrite the block. */
+/* What the learner returns: the count, whether the guest may rewrite the block, and the
+ * number of its inert first instructions (their ends in learn_ends: renew_early). */
 #define LEARN_COUNT    0xffffffffull
 #define LEARN_WRITABLE (1ull << 32)
+#define LEARN_INERT_SHIFT 40
+#define LEARN_INERT_MAX 1024            /* native.py _INERT_MAX: learn_ends' room */
 
 struct stlb_entry {
     uint64_t tag;
@@ -247,8 +256,10 @@ struct ring {
 /*
  * One machine's state. native.py mirrors every field up to and including
  * learned with ctypes, in this order: keep the two in step (native_ctx_size
- * checks the size at load time). The first cache line holds what a block
- * entry of the fast path touches (the context is 64-byte aligned).
+ * checks the size at load time); renewal, ring and the fields after them each
+ * have a mirror of their own (_Renewal, _Ring, _Early: sizes checked too). The
+ * first cache line holds what a block entry of the fast path touches (the
+ * context is 64-byte aligned).
  *
  * The instructions completed are not a field: they are end - remaining (mod
  * 2^64). A block charged moves only `remaining` (the fast path's one store of
@@ -317,6 +328,13 @@ struct native_ctx {
      * native.py mirrors this part alone (its _Renewal), at native_renewal_at(). */
     struct renewal renewal;
     struct ring ring;           /* native.py's _Ring, at native_ring_at() */
+    /* A lone thread's quantum renewed early, at the entry of the block its budget ends in
+     * (renew_early): native.py's _Early mirrors these, at native_early_at(). */
+    uint64_t early_renewals;    /* renewals made so (of renewal.renewals) */
+    uint64_t code_hooks;        /* Python code and block hooks on the engine ... */
+    const uint64_t *code_hook_ranges;   /* ... each [begin, end], inclusive (begin > end:
+                                 * every address, as Unicorn's HOOK_BOUND_CHECK) */
+    uint16_t *learn_ends;       /* set by the learner: the ends of a block's inert ones */
 };
 
 void native_forget_blocks(struct native_ctx *ctx);
@@ -345,6 +363,16 @@ size_t native_ring_at(void)
 size_t native_ring_size(void)
 {
     return sizeof(struct ring);
+}
+
+size_t native_early_at(void)
+{
+    return offsetof(struct native_ctx, early_renewals);
+}
+
+size_t native_early_size(void)
+{
+    return sizeof(struct native_ctx) - offsetof(struct native_ctx, early_renewals);
 }
 
 /* Allocates a context with an empty STLB; NULL if out of memory. */
@@ -775,8 +803,10 @@ void native_forget_blocks(struct native_ctx *ctx)
         ctx->fast = ctx->no_fast;
         return;
     }
-    for (uint32_t i = 0; i < BCACHE_SIZE; i++)
+    for (uint32_t i = 0; i < BCACHE_SIZE; i++) {
         free(ctx->bcache[i].copy);
+        free(ctx->bcache[i].inert_ends);
+    }
     memset(ctx->bcache, 0, BCACHE_SIZE * sizeof(struct block_entry));
     ctx->bcache_used = 0;
     ctx->last = ctx->bcache;
@@ -838,6 +868,28 @@ static bool block_changed(const struct block_entry *e)
 }
 
 /*
+ * Keeps the learner's inert count of a block of `n` instructions, and where each of those
+ * instructions ends (from learn_ends). None when they cannot be kept: early renewals are
+ * an optimisation, and a block without them stops at its budget's end as ever.
+ */
+static void learn_inert(struct native_ctx *ctx, struct block_entry *e, uint64_t inert,
+                        uint64_t n)
+{
+    inert &= 0xffff;
+    if (inert > n)
+        inert = n;
+    if (inert > LEARN_INERT_MAX)
+        inert = LEARN_INERT_MAX;
+    if (inert == 0 || ctx->learn_ends == NULL)
+        return;
+    e->inert_ends = malloc(inert * sizeof(uint16_t));
+    if (e->inert_ends == NULL)
+        return;
+    memcpy(e->inert_ends, ctx->learn_ends, inert * sizeof(uint16_t));
+    e->inert = (uint32_t)inert;
+}
+
+/*
  * The instruction count of the block at `pc`, learnt on its first entry. A
  * block the guest may write (a writable page: self-modifying code, a JIT)
  * keeps a copy of its bytes, compared at every entry: QEMU translates the
@@ -860,9 +912,12 @@ static uint64_t block_count(struct native_ctx *ctx, uint64_t pc, uint32_t size)
     if (e->count == 0)
         ctx->bcache_used++;
     free(e->copy);
+    free(e->inert_ends);
     e->copy = NULL;
     e->host = NULL;
     e->always = 0;
+    e->inert = 0;
+    e->inert_ends = NULL;
     ctx->learned++;
     ctx->learn_host = 0;
     answer = ctx->learn(pc, size);
@@ -878,6 +933,8 @@ static uint64_t block_count(struct native_ctx *ctx, uint64_t pc, uint32_t size)
             e->always = 1;
         }
     }
+    if (answer > 0)
+        learn_inert(ctx, e, (uint64_t)answer >> LEARN_INERT_SHIFT, n);
     e->pc = pc;
     e->space = ctx->space;
     e->size = size;
@@ -1073,6 +1130,59 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
 }
 
 /*
+ * The budget ends inside the block at `pc` (`e`, learnt), after its first k = remaining
+ * instructions, and a lone thread's renewal is armed: renew the quantum at the block's
+ * entry instead of after its k-th instruction (where a stop, then
+ * ke_dispatcher._quantum_renewed, makes it otherwise), when no one can tell the two apart.
+ * A renewal's only effects on a lone thread are KUSER_SHARED_DATA's three times and the
+ * next budget (_arm_renewal checked everything else before the run), so it is made early
+ * only when those k instructions
+ *   - are inert (the learner's allow-list, emu/hw/cpu.py `_inert`): no memory access,
+ *     explicit or implicit, so none of them reads the times; no fault or trap, so no
+ *     Python runs in their midst and the run cannot end before the k-th completes; and no
+ *     control transfer (a block's last instruction, never among the k);
+ *   - are seen by no Python hook: no code hook's range (nor a block hook's, which would run
+ *     at this entry after this hook) meets [pc, the k-th's end), native.py keeping those
+ *     ranges here.
+ * The times written are the quantum's true end's (the count after the k-th, plus
+ * clock_offset), the new budget counts from there (remaining = k + budget, the count
+ * unchanged), and the block is then charged as ever: every later budget end falls on the
+ * same instruction as with the renewal made after the k-th. Refused, with nothing changed,
+ * where renew_quantum refuses (next_quantum: the budget's end no quantum's, --max-insns
+ * reached at the true end, a budget left of a step's size), for any ring (ring.count != 0:
+ * a switch saves the leaving thread's registers and is logged, so it is made at the exact
+ * instruction), and when a stop was asked for.
+ */
+static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_entry *e)
+{
+    struct renewal *r = &ctx->renewal;
+    uint64_t k = ctx->remaining;
+    uint64_t ended = ctx->end;          /* the count after the k-th: end - 0 (mod 2^64) */
+    uint64_t budget, run, last;
+
+    if (!r->armed || ctx->stop_flag || ctx->ring.count != 0 || k == 0 || k > e->inert)
+        return false;
+    last = pc + e->inert_ends[k - 1] - 1;       /* the k-th instruction's last byte */
+    for (uint64_t i = 0; i < ctx->code_hooks; i++) {
+        uint64_t begin = ctx->code_hook_ranges[2 * i];
+        uint64_t end = ctx->code_hook_ranges[2 * i + 1];
+
+        if (begin > end || (begin <= last && end >= pc))
+            return false;
+    }
+    if (!next_quantum(r, ended, &budget, &run))
+        return false;
+    if (r->kuser != NULL)
+        write_times(r, ended + r->clock_offset);
+    ctx->end += run;                    /* the count stays: end - remaining */
+    ctx->remaining += run;
+    r->budget_end = ended + budget;
+    r->renewals++;
+    ctx->early_renewals++;
+    return true;
+}
+
+/*
  * The block entry native_block's fast path does not take: a block not in the
  * fast table (new, or one to check for rewritten bytes), a stop asked for, the
  * tail, an entry after a block the guest may rewrite. Charges it, or stops the
@@ -1117,7 +1227,7 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
         return;
     }
     n = block_count(ctx, pc, size);
-    if (n > ctx->remaining) {
+    if (n > ctx->remaining && !(renew_early(ctx, pc, ctx->last) && n <= ctx->remaining)) {
         ctx->tail_pc = pc;
         ctx->tail_size = size;
         ctx->tail_pending = 1;

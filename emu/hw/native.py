@@ -76,12 +76,21 @@ Block counting gives the same counts (a test runs every guest app both ways):
 * :meth:`NativeHooks.arm_renewal` lets the next run go on where its budget ends at a block
   boundary (a lone thread's quantum end): the budget is renewed there in C, KUSER_SHARED_DATA's
   times are written, and :attr:`NativeHooks.renewals` counts it; nothing else differs from a
-  stop followed by ``set_budget`` of the same budget and a new run. A budget that ends inside
-  a block, a stop asked for, a limit reached, a budget left of a step's size, or the count
-  where the caller cut the budget short (``stop_at``: a debugger's step or snapshot; the
-  quantum ends at ``budget_end``) stops as ever; every Python hook calls
-  :meth:`NativeHooks.disarm` at its entry (the walker, the page walk alone, leaves it
-  armed). :meth:`NativeHooks.arm_ring` makes the preempted switch between threads there
+  stop followed by ``set_budget`` of the same budget and a new run. A stop asked for, a limit
+  reached, a budget left of a step's size, or the count where the caller cut the budget
+  short (``stop_at``: a debugger's step or snapshot; the quantum ends at ``budget_end``)
+  stops as ever; every Python hook calls :meth:`NativeHooks.disarm` at its entry (the
+  walker, the page walk alone, leaves it armed).
+* A budget that ends inside a block, after its first k instructions (0 < k < its count),
+  is renewed the same way at that block's entry (native.c ``renew_early``,
+  :attr:`NativeHooks.early_renewals`) when those k are inert (the third value ``code``
+  gives: no memory access, no fault or trap, emu/hw/cpu.py ``_inert``) and no range
+  :meth:`NativeHooks.watch_code` keeps (a Python code or block hook's) meets them: the
+  times are those of the count after the k-th, the next budget counts from there, and the
+  block is charged as ever, so nothing differs from the renewal after the k-th. Never
+  while a ring is armed (``arm_ring``: each switch is made at its exact instruction).
+  Otherwise the run stops before the block and the tail (above) finishes the budget, as
+  ever. :meth:`NativeHooks.arm_ring` makes the preempted switch between threads there
   instead (their contexts swapped, RIP written so that Unicorn leaves the block it was
   about to run, CR3, TSS.RSP0, the times), each switch logged (``SwitchLogged``) and given
   to ``on_switches`` before any Python code runs (``disarm``, the walker, the learner); a
@@ -184,6 +193,9 @@ _WALKER = ctypes.CFUNCTYPE(
 _LEARNER = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64)
 _DONE = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64)
 _LEARN_WRITABLE = 1 << 32  # native.c LEARN_WRITABLE: keep a copy of the bytes, compare it
+# native.c LEARN_INERT_SHIFT: the block's inert first instructions (renew_early), their
+# ends in learn_ends (room for LEARN_INERT_MAX).
+_LEARN_INERT_SHIFT, _INERT_MAX = 40, 1024
 # uc_ctl(UC_CTL_TLB_FLUSH) called straight, without the binding's argument encoding and
 # checks (every INVLPG and CR3 load flushes QEMU's TLB): libunicorn's own function, no
 # argtypes, and the request code as uc.h's UC_CTL_WRITE(UC_CTL_TLB_FLUSH, 0) builds it.
@@ -289,6 +301,19 @@ class _Renewal(ctypes.Structure):
     ]
 
 
+class _Early(ctypes.Structure):
+    """The last fields of native.c's struct native_ctx (a lone thread's quantum renewed at
+    the entry of the block its budget ends in: native.c ``renew_early``), at
+    native_early_at() in the context."""
+
+    _fields_ = [
+        ("early_renewals", ctypes.c_uint64),
+        ("code_hooks", ctypes.c_uint64),
+        ("code_hook_ranges", ctypes.c_void_p),
+        ("learn_ends", ctypes.c_void_p),
+    ]
+
+
 RING_THREADS = 64      # native.c: the threads a ring of preempted switches may hold
 _RING_LOG = 1024       # native.c RING_LOG
 
@@ -377,7 +402,9 @@ class _BlockEntry(ctypes.Structure):
         ("count", ctypes.c_uint32),
         ("host", ctypes.c_void_p),
         ("copy", ctypes.c_void_p),
-        ("always", ctypes.c_uint64),
+        ("always", ctypes.c_uint32),
+        ("inert", ctypes.c_uint32),
+        ("inert_ends", ctypes.c_void_p),
     ]
 
 
@@ -443,6 +470,10 @@ def _library() -> ctypes.CDLL:
         raise RuntimeError(f"{library_path().name}: struct native_ctx differs from _Ctx")
     if lib.native_renewal_size() != ctypes.sizeof(_Renewal):
         raise RuntimeError(f"{library_path().name}: struct renewal differs from _Renewal")
+    lib.native_early_at.restype = lib.native_early_size.restype = ctypes.c_size_t
+    lib.native_early_at.argtypes = lib.native_early_size.argtypes = []
+    if lib.native_early_size() != ctypes.sizeof(_Early):
+        raise RuntimeError(f"{library_path().name}: struct native_ctx's end differs from _Early")
     lib.native_ring_at.restype = lib.native_ring_size.restype = ctypes.c_size_t
     lib.native_ring_at.argtypes = lib.native_ring_size.argtypes = []
     if lib.native_ring_size() != ctypes.sizeof(_Ring):
@@ -469,13 +500,15 @@ class NativeHooks:
     instruction counter."""
 
     def __init__(self, uc: Uc, fill: Callable[[int, int, int, int], int],
-                 code: Callable[[int, int], tuple[list[int], int | None]] | None = None
-                 ) -> None:
+                 code: Callable[[int, int], tuple] | None = None) -> None:
         """Register the TLB-fill hook on `uc` (already in UC_TLB_VIRTUAL mode). ``code(pc,
         size)`` gives the offsets of the instructions of the block of ``size`` bytes at
         ``pc`` (decoded as the CPU runs it), and, if the guest may write those bytes, the
-        host address where they are (0 when not in one piece), else None; without it every
-        instruction is counted."""
+        host address where they are (0 when not in one piece), else None; and, optionally
+        third, how many of its first instructions are inert (no memory access, no fault or
+        trap: a quantum may be renewed at the block's entry when its budget ends among
+        them, native.c ``renew_early``; 0 when not given). Without it every instruction is
+        counted."""
         lib = _library()
         self._uc = uc
         self._rip_value = ctypes.c_uint64()
@@ -512,8 +545,12 @@ class NativeHooks:
 
         offsets: dict[tuple[int, int, int], list[int]] = {}
         hosts: dict[tuple[int, int, int], int | None] = {}
+        inerts: dict[tuple[int, int, int], int] = {}
         ctx_box: list[_Ctx] = []
-        cut: list[tuple] = []    # (key, offsets, host) of a block cut by _cut, known ahead
+        # (key, offsets, host, inert) of a block cut by _cut, known ahead
+        cut: list[tuple] = []
+        # Where the learner gives C the ends of a block's inert first instructions.
+        ends = (ctypes.c_uint16 * _INERT_MAX)()
 
         def learner(pc: int, size: int) -> int:
             ctx = ctx_box[0]
@@ -522,20 +559,28 @@ class NativeHooks:
                 if armed[0] and ring_box[0].logged:
                     catch_up()
                 if cut and cut[0][0] == key:
-                    _, found, host = cut.pop()       # the first instructions of a block
-                else:                                # decoded a moment ago: no decoding
+                    _, found, host, inert = cut.pop()    # the first instructions of a block
+                else:                                    # decoded a moment ago: no decoding
                     cut.clear()
-                    found, host = code(pc, size)
+                    found, host, *more = code(pc, size)
+                    inert = min(more[0], len(found), _INERT_MAX) if more else 0
             except BaseException as exc:  # noqa: B036 - re-raised by start()
                 errors.append(exc)
                 stop(uch)
                 return 1
             offsets[key] = found
             hosts[key] = host
+            inerts[key] = inert
+            answer = len(found)
+            if inert:
+                # The end of instruction i + 1 is where instruction i + 2 begins (the
+                # block's end after its last).
+                ends[:inert] = [*found[1:inert + 1], size][:inert]
+                answer |= inert << _LEARN_INERT_SHIFT
             if host is None:
-                return len(found)
+                return answer
             ctx.learn_host = host
-            return len(found) | _LEARN_WRITABLE
+            return answer | _LEARN_WRITABLE
 
         # The closures must not reference self, or the finalizer would keep self alive.
         self._errors = errors
@@ -543,6 +588,8 @@ class NativeHooks:
         self._offsets = offsets
         self._hosts = hosts
         self._cut_ahead = cut
+        self._inerts = inerts
+        self._ends = ends
         self._walker = _WALKER(walker)
         self._learner = _LEARNER(learner)
         ctx = lib.native_open(
@@ -560,6 +607,14 @@ class NativeHooks:
         self._renewal = _Renewal.from_address(ctx + lib.native_renewal_at())
         self._ring = _Ring.from_address(ctx + lib.native_ring_at())
         self._ring.reg_cr8 = UC_X86_REG_CR8
+        self._early = _Early.from_address(ctx + lib.native_early_at())
+        self._early.learn_ends = ctypes.addressof(ends)
+        # The Python hooks that see instructions (watch_code): handle -> (begin, end), and
+        # the array C reads them from (kept alive here), made anew by the next arm_renewal
+        # after a change (only an armed run renews early).
+        self._watched: dict[int, tuple[int, int]] = {}
+        self._watched_array = (ctypes.c_uint64 * 0)()
+        self._watched_changed = False
         ring_box.append(self._ring)
         # [whether arm_renewal armed the run since the last disarm]: a hook's disarm reads
         # only this when not (shared with the callbacks above).
@@ -659,14 +714,15 @@ class NativeHooks:
         after the run, cpus.c resume_all_vcpus): the block counter charges the cut block,
         exactly the budget left, and the run stops at the cut with nothing more run."""
         space = self._ctx.space
-        offsets = self._offsets.get((pc, size, space))
+        key = (pc, size, space)
+        offsets = self._offsets.get(key)
         left = self._ctx.remaining
-        if offsets is None or not 0 < left < len(offsets) or (pc, size, space) not in self._hosts:
+        if offsets is None or not 0 < left < len(offsets) or key not in self._hosts:
             return None
         end = pc + offsets[left]
         # Its count is known: the learner takes it from here instead of decoding it again.
-        self._cut_ahead[:] = [((pc, end - pc, space), offsets[:left],
-                               self._hosts[(pc, size, space)])]
+        self._cut_ahead[:] = [((pc, end - pc, space), offsets[:left], self._hosts[key],
+                               min(self._inerts.get(key, 0), left))]
         self._uc.ctl_remove_cache(pc, pc + size)     # the whole block's translation
         return end
 
@@ -863,6 +919,8 @@ class NativeHooks:
         r.clock_offset = clock_offset
         r.budget_end = budget_end & _MASK64
         r.stop_at = _MASK64 if stop_at is None else stop_at & _MASK64
+        if self._watched_changed:
+            self._publish_watched()
         if not ring:
             self._ring.count = 0
         r.armed = 1
@@ -939,6 +997,38 @@ class NativeHooks:
         """The count at which the quantum armed last ends (moved on by each renewal or
         switch made in C)."""
         return self._renewal.budget_end
+
+    @property
+    def early_renewals(self) -> int:
+        """Of ``renewals``, those made at the entry of the block the budget ended inside
+        (native.c ``renew_early``)."""
+        return self._early.early_renewals
+
+    def watch_code(self, handle: int, begin: int, end: int) -> None:
+        """A Python hook that sees instructions (a code hook on [begin, end], or a block
+        hook on blocks starting there; ``begin > end``: every address, as Unicorn's bound
+        check) was added as ``handle``: no quantum is renewed early ahead of an instruction
+        in its range (native.c ``renew_early``)."""
+        self._watched[handle] = (begin & _MASK64, end & _MASK64)
+        self._watched_changed = True
+        if self._armed[0]:
+            self._publish_watched()
+
+    def unwatch_code(self, handle: int) -> None:
+        """The hook ``handle`` was deleted (nothing if it was not watched)."""
+        if self._watched.pop(handle, None) is not None:
+            self._watched_changed = True
+
+    def _publish_watched(self) -> None:
+        """Give C the watched ranges (before an armed run: a range added meanwhile is in
+        force at once, one deleted until then). The count is 0 while the array changes."""
+        self._watched_changed = False
+        early = self._early
+        early.code_hooks = 0
+        ranges = list(itertools.chain.from_iterable(self._watched.values()))
+        self._watched_array = (ctypes.c_uint64 * len(ranges))(*ranges)
+        early.code_hook_ranges = ctypes.addressof(self._watched_array)
+        early.code_hooks = len(self._watched)
 
     @property
     def pcid(self) -> int:
@@ -1055,6 +1145,7 @@ class NativeHooks:
         self._lib.native_forget_blocks(self._ctx_ptr)
         self._offsets.clear()
         self._hosts.clear()
+        self._inerts.clear()
 
     def entries(self) -> list[tuple[Mode, int, int, int | None]]:
         """The STLB's live entries: (mode, virtual page, physical page | Fill bits, PCID),
@@ -1149,6 +1240,7 @@ class NativeHooks:
         self._ctx = _Ctx.from_buffer_copy(self._ctx)
         self._renewal = _Renewal.from_buffer_copy(self._renewal)
         self._ring = _Ring.from_buffer_copy(self._ring)
+        self._early = _Early.from_buffer_copy(self._early)
         self._finalizer()
         if self.counting:
             self._code_hook = self._block_hook = None

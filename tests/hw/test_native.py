@@ -41,6 +41,7 @@ from unicorn.x86_const import (
     UC_X86_REG_CS,
     UC_X86_REG_GDTR,
     UC_X86_REG_RAX,
+    UC_X86_REG_RBX,
     UC_X86_REG_RCX,
     UC_X86_REG_RDX,
     UC_X86_REG_RFLAGS,
@@ -977,3 +978,220 @@ def test_counts_and_budgets_near_2_to_the_64_add_up() -> None:
     rig.run()
     assert rig.hooks.instructions == (1 << 63) + 5 + LOOP_TOTAL
     assert rig.hooks.budget == (1 << 64) - 1 - LOOP_TOTAL
+
+
+# --- a quantum renewed early, at the entry of the block its budget ends in ----------------
+
+
+def inert_count(code: bytes, bits: int = 64) -> int:
+    """The learner's inert count of a block of ``code`` (emu/hw/cpu.py)."""
+    from emu.hw.cpu import _instruction_offsets
+
+    return _instruction_offsets(bits, code)[1]
+
+
+INERT_BLOCKS = [
+    # (name, code, bits, inert first instructions): each from the SDM's encodings.
+    ("loop's block: imul, add, add, cmp, jb",
+     b"\x48\x0f\xaf\xf1\x48\x01\xd6\x48\x83\xc2\x01\x48\x39\xc2\x72\xf0", 64, 4),
+    ("push first", b"\x50\xff\xc3", 64, 0),
+    ("pop, call, ret, leave, enter", b"\x58\xe8\x00\x00\x00\x00", 64, 0),
+    ("an inc, then a load", b"\xff\xc3\x41\x8b\x00\xff\xc3", 64, 1),
+    ("an inc, then a store", b"\xff\xc3\x89\x03\xff\xc3", 64, 1),
+    ("lea, a NOP with a memory operand, endbr64, then div",
+     b"\x48\x8d\x04\x40\x0f\x1f\x44\x00\x00\xf3\x0f\x1e\xfa\xf7\xf1", 64, 3),
+    ("idiv", b"\xf7\xf9", 64, 0),
+    ("shifts, double shifts, bit tests, bswap, conversions, carry flag, then rdtsc",
+     b"\xd3\xe0\x48\x0f\xa4\xc3\x05\x0f\xa3\xc3\x49\x0f\xc8\x48\x98\x48\x99\xf8\xf9\xf5"
+     b"\x0f\x31", 64, 9),
+    ("cmove, sete, then a cmovne from memory", b"\x0f\x44\xc3\x0f\x94\xc0\x0f\x45\x03",
+     64, 2),
+    ("xchg of registers, then xchg with memory", b"\x87\xd8\x87\x18", 64, 1),
+    ("mul and imul of registers, then mul of memory",
+     b"\x41\xf7\xe0\x6b\xc0\x10\xf7\x23", 64, 2),
+    ("movabs, movzx, movsx, movsxd", b"\x48\xb8" + bytes(8) + b"\x0f\xb6\xc3\x0f\xbe\xc3"
+     b"\x48\x63\xc3", 64, 4),
+    ("mov from a moffs", b"\xa1" + bytes(8), 64, 0),
+    ("mov to a segment register", b"\x8e\xd8", 64, 0),
+    ("mov from CR0", b"\x0f\x20\xc0", 64, 0),
+    ("cpuid", b"\x0f\xa2", 64, 0),
+    ("in", b"\xec", 64, 0),
+    ("out", b"\xee", 64, 0),
+    ("cli", b"\xfa", 64, 0),
+    ("hlt", b"\xf4", 64, 0),
+    ("int3", b"\xcc", 64, 0),
+    ("ud2", b"\x0f\x0b", 64, 0),
+    ("syscall", b"\x0f\x05", 64, 0),
+    ("rep stosb", b"\xf3\xaa", 64, 0),
+    ("xlat", b"\xd7", 64, 0),
+    ("pushfq", b"\x9c", 64, 0),
+    ("a LOCK prefix on a register form (#UD)", b"\xf0\x01\xd8", 64, 0),
+    ("lock add to memory", b"\xf0\x01\x18", 64, 0),
+    ("an SSE add", b"\x0f\x58\xc1", 64, 0),
+    ("an x87 load", b"\xd9\xe8", 64, 0),
+    ("popcnt (#UD by CPUID)", b"\xf3\x0f\xb8\xc3", 64, 0),
+    ("pause", b"\xf3\x90", 64, 0),
+    ("32-bit: inc eax, add, then push", b"\x40\x01\xd8\x50", 32, 2),
+    ("32-bit: bound (a memory operand, #BR)", b"\x62\x03", 32, 0),
+    ("32-bit: into (#OF)", b"\xce", 32, 0),
+]
+
+
+@pytest.mark.parametrize(("name", "code", "bits", "inert"), INERT_BLOCKS,
+                         ids=[case[0] for case in INERT_BLOCKS])
+def test_the_learner_counts_a_blocks_inert_first_instructions(name: str, code: bytes,
+                                                               bits: int, inert: int) -> None:
+    assert inert_count(code, bits) == inert
+
+
+class InertRig(ReadOnlyRig):
+    """A rig whose learner gives each block's inert count, as the machine's CPU does."""
+
+    def block(self, pc: int, size: int) -> tuple[list[int], None, int]:
+        offsets, host = super().block(pc, size)
+        at = pc % RAM_SIZE
+        return offsets, host, inert_count(bytes(self.ram[at : at + size]))
+
+
+# KUSER_SHARED_DATA's times, as the renewal writes them (emu.nt.kuser renewal_layout).
+INTERRUPT_TIME_AT, TICK_COUNT_AT, BOOT, INCREMENT = 0x8, 0x320, 1 << 56, 7
+
+
+def inert_loop() -> bytes:
+    """mov ecx, n; loop: inc eax; add rbx, 3; xor edx, ecx; dec ecx; jnz loop; hlt: 5n + 2
+    instructions, the loop's block of five, four of them inert."""
+    return assemble(mov_ecx(ITERATIONS), Label("loop"), b"\xff\xc0", b"\x48\x83\xc3\x03",
+                    b"\x31\xca", b"\xff\xc9", b"\x75", Rel("loop", 1), HLT)
+
+
+INERT_TOTAL = 5 * ITERATIONS + 2
+
+
+def write_times(times: ctypes.Array, now: int) -> None:
+    """KUSER_SHARED_DATA's InterruptTime, SystemTime and TickCount at clock ``now``, as a
+    renewal through a stop writes them (emu.nt.kuser: each KSYSTEM_TIME's two highs equal)."""
+    def ksystem_time(value: int) -> bytes:
+        return struct.pack("<3I", value & 0xFFFF_FFFF, value >> 32, value >> 32)
+
+    base = ctypes.addressof(times)
+    ctypes.memmove(base + INTERRUPT_TIME_AT, ksystem_time(now) + ksystem_time(BOOT + now), 24)
+    ctypes.memmove(base + TICK_COUNT_AT, ksystem_time(now // INCREMENT), 12)
+
+
+def renewing(rig: Rig, quantum: int, limit: int | None, *, in_c: bool) -> tuple:
+    """Run ``rig`` from CODE with a quantum end every ``quantum`` instructions, up to
+    ``limit`` (--max-insns): renewed in C where it can be (``in_c``: NativeHooks
+    .arm_renewal), else, the reference, through a stop (the times written, the next budget
+    given, the run resumed). The final count, RIP, RAX, RBX, RCX, RDX and the times."""
+    times = (ctypes.c_char * 4096)()
+    hooks = rig.hooks
+    hooks.set_shared_times(ctypes.addressof(times), INTERRUPT_TIME_AT, TICK_COUNT_AT, BOOT,
+                           INCREMENT)
+    hooks.set_budget(quantum if limit is None else min(quantum, limit))
+    pc = CODE
+    while True:
+        if in_c:
+            hooks.arm_renewal(quantum, limit, 0,
+                              budget_end=hooks.instructions + hooks.budget)
+        hooks.start(pc)
+        hooks.disarm()
+        pc, done = rig.rip, hooks.instructions
+        if hooks.budget or done == limit:
+            break                              # the program's hlt, or the limit
+        write_times(times, done)
+        hooks.set_budget(quantum if limit is None else min(quantum, limit - done))
+    regs = [rig.uc.reg_read(r) for r in (UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RCX,
+                                         UC_X86_REG_RDX)]
+    return hooks.instructions, rig.rip, regs, bytes(times)
+
+
+@pytest.mark.parametrize("quantum", [100, 101, 102, 103, 104, 997])
+def test_a_quantum_ending_among_inert_instructions_is_renewed_at_the_blocks_entry(
+        counter, quantum: int) -> None:
+    """The loop's quantum ends fall inside its block (after 1 to 4 of its instructions) or
+    on its boundary: renewed in C at the entry of the block, or at the boundary, the count,
+    the registers and the times are those of the renewals made through stops."""
+    got = InertRig(inert_loop())
+    reference = InertRig(inert_loop())
+    assert renewing(got, quantum, None, in_c=True) == \
+        renewing(reference, quantum, None, in_c=False)
+    assert got.hooks.instructions == INERT_TOTAL
+    if counter == "block":
+        assert got.hooks.early_renewals > INERT_TOTAL // quantum // 2
+    else:
+        assert got.hooks.renewals == 0           # counted per instruction: stops as ever
+
+
+@pytest.mark.parametrize("limit", [2_000, 2_001, 2_002, 2_003, 2_016, 2_017, 2_018])
+def test_an_early_renewal_keeps_the_limit(limit: int) -> None:
+    """--max-insns cuts the budget an early renewal gives, and a budget left of a step's
+    size (16 or less) is not given in C: the stop is at the limit exactly."""
+    got = InertRig(inert_loop())
+    reference = InertRig(inert_loop())
+    assert renewing(got, 103, limit, in_c=True) == renewing(reference, 103, limit, in_c=False)
+    assert got.hooks.instructions == limit
+
+
+def test_no_early_renewal_among_instructions_that_are_not_inert(counter) -> None:
+    """The same loop learnt with no inert instruction (ReadOnlyRig's learner gives no inert
+    count): every quantum end inside its block stops, as ever."""
+    got = ReadOnlyRig(inert_loop())
+    reference = ReadOnlyRig(inert_loop())
+    assert renewing(got, 101, None, in_c=True) == renewing(reference, 101, None, in_c=False)
+    assert got.hooks.early_renewals == 0
+
+
+def test_a_watched_range_keeps_the_renewal_at_the_budgets_end(counter) -> None:
+    """A Python hook's range (NativeHooks.watch_code) that meets the instructions before the
+    budget's end stops the early renewal; one beyond them, or deleted, does not."""
+    def early(ranges: list[tuple[int, int]], unwatched: bool = False) -> int:
+        rig = InertRig(inert_loop())
+        for handle, (begin, end) in enumerate(ranges):
+            rig.hooks.watch_code(handle, begin, end)
+            if unwatched:
+                rig.hooks.unwatch_code(handle)
+        # Every quantum end after the 4th instruction of the loop's block (6 + 5n + 4).
+        renewing(rig, 100, None, in_c=True)
+        return rig.hooks.early_renewals
+
+    # The block at LOOP: inc eax (2 bytes), add rbx, 3 (4), xor edx, ecx (2), dec ecx (2),
+    # jnz (2).
+    if counter == "instruction":
+        assert early([]) == 0
+        return
+    assert early([]) >= 49
+    assert early([(LOOP + 2, LOOP + 2)]) == 0      # on the 2nd
+    assert early([(LOOP + 9, LOOP + 9)]) == 0      # on the 4th's last byte
+    assert early([(LOOP - 10, LOOP)]) == 0         # ending on the 1st
+    assert early([(1, 0)]) == 0                    # every address
+    assert early([(LOOP + 10, LOOP + 10)]) >= 49   # on the jnz: after the budget's end
+    assert early([(LOOP + 2, LOOP + 2)], unwatched=True) >= 49
+
+
+class WritableInertRig(Rig):
+    """An InertRig whose code the guest may write (Rig's learner gives its host address):
+    a block is compared with its bytes at every entry and learnt again when they changed."""
+
+    def block(self, pc: int, size: int) -> tuple[list[int], int, int]:
+        offsets, host = super().block(pc, size)
+        at = pc % RAM_SIZE
+        return offsets, host, inert_count(bytes(self.ram[at : at + size]))
+
+
+def test_a_rewritten_blocks_inert_count_is_learnt_again(counter) -> None:
+    """The loop's `inc eax` rewritten as `push rax; pop rax` (as many bytes): the block is
+    learnt again, with no inert instruction, and its quantum ends are no longer renewed
+    early; the counts and times are the renewals' through stops either way."""
+    def rewritten(rig: Rig) -> None:
+        rig.uc.mem_write(LOOP, b"\x50\x58")            # push rax; pop rax
+        rig.uc.ctl_remove_cache(CODE, CODE + 0x1000)
+
+    got, reference = WritableInertRig(inert_loop()), WritableInertRig(inert_loop())
+    assert renewing(got, 100, None, in_c=True) == renewing(reference, 100, None, in_c=False)
+    early = got.hooks.early_renewals
+    assert early >= (49 if counter == "block" else 0)
+    rewritten(got)
+    rewritten(reference)
+    assert renewing(got, 100, None, in_c=True) == renewing(reference, 100, None, in_c=False)
+    assert got.hooks.instructions == 2 * INERT_TOTAL + ITERATIONS
+    assert got.hooks.early_renewals == early
