@@ -1149,9 +1149,11 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
  * unchanged), and the block is then charged as ever: every later budget end falls on the
  * same instruction as with the renewal made after the k-th. Refused, with nothing changed,
  * where renew_quantum refuses (next_quantum: the budget's end no quantum's, --max-insns
- * reached at the true end, a budget left of a step's size), for any ring (ring.count != 0:
- * a switch saves the leaving thread's registers and is logged, so it is made at the exact
- * instruction), and when a stop was asked for.
+ * reached at the true end, a budget left of a step's size), for a ring of two threads or
+ * more (a switch saves the leaving thread's registers, so it is made at the exact
+ * instruction), and when a stop was asked for. A ring of one (a lone thread a debugger or
+ * an event log watches: renew_quantum) is logged at the true end: the count after the
+ * k-th, RIP after it, CS and CR8 (which inert instructions leave as they are).
  */
 static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_entry *e)
 {
@@ -1160,7 +1162,11 @@ static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_
     uint64_t ended = ctx->end;          /* the count after the k-th: end - 0 (mod 2^64) */
     uint64_t budget, run, last;
 
-    if (!r->armed || ctx->stop_flag || ctx->ring.count != 0 || k == 0 || k > e->inert)
+    struct ring *g = &ctx->ring;
+    uint64_t cs = 0, cr8 = 0;
+    int err = 0;
+
+    if (!r->armed || ctx->stop_flag || g->count > 1 || k == 0 || k > e->inert)
         return false;
     last = pc + e->inert_ends[k - 1] - 1;       /* the k-th instruction's last byte */
     for (uint64_t i = 0; i < ctx->code_hooks; i++) {
@@ -1170,14 +1176,29 @@ static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_
         if (begin > end || (begin <= last && end >= pc))
             return false;
     }
-    if (!next_quantum(r, ended, &budget, &run))
+    if (!next_quantum(r, ended, &budget, &run) || (g->count == 1 && g->logged >= RING_LOG))
         return false;
+    if (g->count == 1) {                /* CS and CR8 as the k-th leaves them: inert */
+        err = ctx->reg_read(ctx->uc, ctx->reg_cs, &cs);
+        if (!err)
+            err = ctx->reg_read(ctx->uc, g->reg_cr8, &cr8);
+        if (err) {
+            g->error = err;
+            r->armed = 0;
+            return false;
+        }
+    }
     if (r->kuser != NULL)
         write_times(r, ended + r->clock_offset);
     ctx->end += run;                    /* the count stays: end - remaining */
     ctx->remaining += run;
     r->budget_end = ended + budget;
-    r->renewals++;
+    if (g->count == 1) {                /* logged at the true end: after the k-th */
+        g->log[g->logged++] = (struct ring_log){ ended, last + 1, cs, cr8, cr8 };
+        g->switches++;
+    } else {
+        r->renewals++;
+    }
     ctx->early_renewals++;
     return true;
 }

@@ -88,7 +88,9 @@ Block counting gives the same counts (a test runs every guest app both ways):
   :meth:`NativeHooks.watch_code` keeps (a Python code or block hook's) meets them: the
   times are those of the count after the k-th, the next budget counts from there, and the
   block is charged as ever, so nothing differs from the renewal after the k-th. Never
-  while a ring is armed (``arm_ring``: each switch is made at its exact instruction).
+  while a ring of two threads or more is armed (``arm_ring``: each switch is made at its
+  exact instruction); a ring of one's is logged at the true end (the count and RIP after
+  the k-th).
   Otherwise the run stops before the block and the tail (above) finishes the budget, as
   ever. :meth:`NativeHooks.arm_ring` makes the preempted switch between threads there
   instead (their contexts swapped, RIP written so that Unicorn leaves the block it was
@@ -1000,8 +1002,8 @@ class NativeHooks:
 
     @property
     def early_renewals(self) -> int:
-        """Of ``renewals``, those made at the entry of the block the budget ended inside
-        (native.c ``renew_early``)."""
+        """Quantum ends made at the entry of the block the budget ended inside (native.c
+        ``renew_early``): of ``renewals``, and of a ring of one's switches."""
         return self._early.early_renewals
 
     def watch_code(self, handle: int, begin: int, end: int) -> None:

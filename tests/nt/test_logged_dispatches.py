@@ -42,6 +42,7 @@ def logged_run(workload: list[tuple[str, list[str]]], *, in_c: bool, quantum: in
         result = m.run()
         return {**outcome(m, result, procs, output, schedule), "records": records,
                 "ring_switches": ex.cpu.native.ring_switches,
+                "early": ex.cpu.native.early_renewals,
                 "switches_at_syscall": ex.switches_at_syscall}
     finally:
         m.close()
@@ -49,6 +50,8 @@ def logged_run(workload: list[tuple[str, list[str]]], *, in_c: bool, quantum: in
 
 LOGGED = {
     "a compute-bound loop (a ring of one)": [("loop", [ALIGNED])],
+    "a loop whose quantum ends fall inside its block (renewed early, logged at the end)":
+        [("loop", ["300000"])],
     "two loops (two address spaces: CR3 loads)": [("loop", [ALIGNED]), ("loop", [ALIGNED])],
     "a yielder and a loop": [("yielder", ["300"]), ("loop", [ALIGNED])],
     "threads": [("threads", [])],
@@ -64,13 +67,17 @@ def test_an_event_log_reads_the_same_of_dispatches_made_in_c(name: str) -> None:
     got = logged_run(LOGGED[name], in_c=True, quantum=10_000)
     reference = logged_run(LOGGED[name], in_c=False, quantum=10_000)
     assert reference.pop("ring_switches") == reference.pop("switches_at_syscall") == 0
+    assert reference.pop("early") == 0
     made = got.pop("ring_switches")
     at_syscall = got.pop("switches_at_syscall")
+    early = got.pop("early")
     assert got == reference
+    if "renewed early" in name:
+        assert made > 100 and early == made
     if "yielder" in name:
         assert at_syscall > 100
     dispatches = [r for r in got["records"] if r["event"] == "thread-dispatch"]
-    if name.startswith(("a compute-bound loop", "two loops")):
+    if name.startswith(("a compute-bound loop", "two loops", "a loop whose")):
         assert made > 100 and len(dispatches) > made     # most of them made in C
         assert all(r["ring"] == 3 and r["irql"] == 0 for r in dispatches)
     if name.startswith("two loops"):
@@ -151,6 +158,19 @@ def test_steps_across_quantum_ends_made_in_c_stop_where_they_stopped() -> None:
         [lambda s: s.cont()], apps=[("loop", [ALIGNED])])
     assert got["ring_switches"] > 30
     assert [stop[0] for stop in got["stops"][1:-1]] == ["step"] * 9
+
+
+def test_steps_across_quantum_ends_inside_blocks_stop_where_they_stopped() -> None:
+    # `loop 300000`: every quantum end falls inside its block, after an inert prefix, so
+    # each is made at the block's entry and logged at its true end. Steps that end inside
+    # such a prefix (the debugger's cut there stops the run exactly) and across many.
+    apps = [("loop", ["300000"])]
+    start = debugged([], in_c=False, apps=apps)["stops"][0][2]
+    to_end = 10_000 - start % 10_000
+    got = same_in_the_debugger(
+        steps(25_000, to_end - 1, 1, 1, 9_998, 1, 2, 123_457, 3, 250_000) +
+        [lambda s: s.cont()], apps=apps)
+    assert got["ring_switches"] > 30
 
 
 def test_a_continue_to_a_breakpoint_through_dispatches_made_in_c() -> None:
