@@ -1158,13 +1158,11 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
 static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_entry *e)
 {
     struct renewal *r = &ctx->renewal;
+    struct ring *g = &ctx->ring;
     uint64_t k = ctx->remaining;
     uint64_t ended = ctx->end;          /* the count after the k-th: end - 0 (mod 2^64) */
-    uint64_t budget, run, last;
-
-    struct ring *g = &ctx->ring;
-    uint64_t cs = 0, cr8 = 0;
-    int err = 0;
+    uint64_t budget, run, last, cs = 0, cr8 = 0;
+    int err;
 
     if (!r->armed || ctx->stop_flag || g->count > 1 || k == 0 || k > e->inert)
         return false;
