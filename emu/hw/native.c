@@ -1022,24 +1022,28 @@ static bool next_quantum(const struct renewal *r, uint64_t done, uint64_t *budge
 }
 
 /*
- * The budget ended at this block entry and a renewal is armed: give the thread a new
- * quantum in place (ke_dispatcher._quantum_renewed, KiQuantumEnd with nothing else
- * ready: Windows Internals, 7th ed., ch. 4). False, with nothing changed, when the run
- * must stop as it would have (next_quantum).
- *
- * A ring of one thread (a debugger watches each dispatch: ke_dispatcher._arm_ring) is
- * the same renewal, logged as a switch of the thread to itself, so that Python books the
- * turn and tells its dispatch to the debugger after the run (_switches_made).
+ * A lone thread's quantum end, with a renewal armed: the thread keeps the CPU with a new
+ * quantum in place (ke_dispatcher._quantum_renewed, KiQuantumEnd with nothing else ready:
+ * Windows Internals, 7th ed., ch. 4). The quantum ends at the count `end`, once the
+ * instructions still in `remaining` have run: none when the budget ended at this block
+ * entry (block_enter), the block's first inert ones when it ends inside it (renew_early).
+ * KUSER_SHARED_DATA's times of that end are written, the next budget counts from it (end
+ * and remaining move together: the count unchanged), and for a ring of one thread (a
+ * debugger or an event log watches each dispatch: ke_dispatcher._arm_ring) the turn is
+ * logged there as a switch of the thread to itself, resuming at `rip`, with CS and CR8
+ * as they are (nothing until that end changes them), so that Python books it and tells
+ * its dispatch after the run (_switches_made). False, with nothing changed, when the run
+ * must stop as it would have (next_quantum, a full log).
  */
-static bool renew_quantum(struct native_ctx *ctx, uint64_t pc)
+static bool renew_quantum(struct native_ctx *ctx, uint64_t rip)
 {
     struct renewal *r = &ctx->renewal;
     struct ring *g = &ctx->ring;
-    uint64_t done = ctx->end - ctx->remaining;  /* instructions completed (mod 2^64) */
+    uint64_t ended = ctx->end;
     uint64_t budget, run, cs = 0, cr8 = 0;
-    int err = 0;
+    int err;
 
-    if (!next_quantum(r, done, &budget, &run) || (g->count == 1 && g->logged >= RING_LOG))
+    if (!next_quantum(r, ended, &budget, &run) || (g->count == 1 && g->logged >= RING_LOG))
         return false;
     if (g->count == 1) {
         err = ctx->reg_read(ctx->uc, ctx->reg_cs, &cs);
@@ -1052,12 +1056,12 @@ static bool renew_quantum(struct native_ctx *ctx, uint64_t pc)
         }
     }
     if (r->kuser != NULL)
-        write_times(r, done + r->clock_offset);
-    ctx->end += run - ctx->remaining;           /* the count stays: end - remaining */
-    ctx->remaining = run;
-    r->budget_end = done + budget;
+        write_times(r, ended + r->clock_offset);
+    ctx->end += run;                    /* the count stays: end - remaining */
+    ctx->remaining += run;
+    r->budget_end = ended + budget;
     if (g->count == 1) {
-        g->log[g->logged++] = (struct ring_log){ done, pc, cs, cr8, cr8 };
+        g->log[g->logged++] = (struct ring_log){ ended, rip, cs, cr8, cr8 };
         g->switches++;
     } else {
         r->renewals++;
@@ -1157,14 +1161,10 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
  */
 static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_entry *e)
 {
-    struct renewal *r = &ctx->renewal;
-    struct ring *g = &ctx->ring;
     uint64_t k = ctx->remaining;
-    uint64_t ended = ctx->end;          /* the count after the k-th: end - 0 (mod 2^64) */
-    uint64_t budget, run, last, cs = 0, cr8 = 0;
-    int err;
+    uint64_t last;
 
-    if (!r->armed || ctx->stop_flag || g->count > 1 || k == 0 || k > e->inert)
+    if (!ctx->renewal.armed || ctx->stop_flag || ctx->ring.count > 1 || k == 0 || k > e->inert)
         return false;
     last = pc + e->inert_ends[k - 1] - 1;       /* the k-th instruction's last byte */
     for (uint64_t i = 0; i < ctx->code_hooks; i++) {
@@ -1174,29 +1174,8 @@ static bool renew_early(struct native_ctx *ctx, uint64_t pc, const struct block_
         if (begin > end || (begin <= last && end >= pc))
             return false;
     }
-    if (!next_quantum(r, ended, &budget, &run) || (g->count == 1 && g->logged >= RING_LOG))
+    if (!renew_quantum(ctx, last + 1))  /* the quantum ends after the k-th: end (mod 2^64) */
         return false;
-    if (g->count == 1) {                /* CS and CR8 as the k-th leaves them: inert */
-        err = ctx->reg_read(ctx->uc, ctx->reg_cs, &cs);
-        if (!err)
-            err = ctx->reg_read(ctx->uc, g->reg_cr8, &cr8);
-        if (err) {
-            g->error = err;
-            r->armed = 0;
-            return false;
-        }
-    }
-    if (r->kuser != NULL)
-        write_times(r, ended + r->clock_offset);
-    ctx->end += run;                    /* the count stays: end - remaining */
-    ctx->remaining += run;
-    r->budget_end = ended + budget;
-    if (g->count == 1) {                /* logged at the true end: after the k-th */
-        g->log[g->logged++] = (struct ring_log){ ended, last + 1, cs, cr8, cr8 };
-        g->switches++;
-    } else {
-        r->renewals++;
-    }
     ctx->early_renewals++;
     return true;
 }
