@@ -434,13 +434,14 @@ class KeDispatcher(_Executive):
         kuser.update_shared_data(self, self.shared_data_frame)   # each dispatch: a new quantum
         if watched:
             self.events.emit(Event.THREAD_DISPATCH, thread=following)
-            cs, rip, cr8 = cpu.context_regs(following.context, _CS_RIP_CR8)
         cpu.switch_at_syscall(thread.context, following.context)
         self.switches_at_syscall += 1
         if cpu.cr3 != following.process.space.cr3:
             if watched:
                 # Inside the hook RIP reads the SYSCALL's (the run completes it): its CR3
-                # load is told with the CPU as the next thread resumes, as after a stop.
+                # load is told with the CPU as the next thread resumes (its saved context,
+                # just loaded), as after a stop.
+                cs, rip, cr8 = cpu.context_regs(following.context, _CS_RIP_CR8)
                 self.events.logged = SwitchLogged(cpu.instructions, rip, cs, cr8, cr8)
             try:
                 self.load_cr3(following.process.space.cr3)
