@@ -204,6 +204,7 @@ struct renewal {
     uint64_t stop_at;           /* ... and where a run must stop before that (a debugger's
                                  * step or snapshot: its cut; ~0: none). The budget spent
                                  * at a cut is no quantum's end: the run stops there. */
+    uint64_t between_runs;      /* quantum ends made between two runs (native_quantum_end) */
 };
 
 /*
@@ -1079,14 +1080,16 @@ int native_load_cr3(struct native_ctx *ctx, uint64_t value, uint32_t pcid, uint3
  * False, with nothing changed, when the run must stop as it would have (the same limits as
  * renew_quantum, or a full log); otherwise true, the run going on in the next thread.
  *
- * The context is saved as the end of a run at `pc` would leave it (native_switch_at_syscall
- * with no instruction to step over: RIP is the block's, which Unicorn stored before calling
- * the hook, RFLAGS computed from QEMU's lazy flags), the next loaded; then RIP is written
- * through uc_reg_write, which makes Unicorn leave the translated block it was about to run
- * (the old thread's) and go on at the new RIP without ending the run (uc.c: quit_request
- * and break_translation_loop; tests/hw/test_rip_write_in_hook.py measures it).
+ * Inside a run (`in_run`, from block_enter) the context is saved as the end of a run at
+ * `pc` would leave it (native_switch_at_syscall with no instruction to step over: RIP is
+ * the block's, which Unicorn stored before calling the hook, RFLAGS computed from QEMU's
+ * lazy flags), the next loaded; then RIP is written through uc_reg_write, which makes
+ * Unicorn leave the translated block it was about to run (the old thread's) and go on at
+ * the new RIP without ending the run (uc.c: quit_request and break_translation_loop;
+ * tests/hw/test_rip_write_in_hook.py measures it). Between two runs
+ * (native_quantum_end), the two contexts are plainly saved and loaded.
  */
-static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
+static bool ring_switch(struct native_ctx *ctx, uint64_t pc, bool in_run)
 {
     struct renewal *r = &ctx->renewal;
     struct ring *g = &ctx->ring;
@@ -1100,8 +1103,15 @@ static bool ring_switch(struct native_ctx *ctx, uint64_t pc)
     leaving = &g->threads[g->current];
     next = &g->threads[(g->current + 1) % g->count];
     err = ctx->reg_read(ctx->uc, g->reg_cr8, &cr8_leaving);
-    if (!err)
+    if (!err && in_run)
         err = native_switch_at_syscall(ctx, leaving->context, next->context, 0);
+    else if (!err) {
+        /* Between two runs EFLAGS is whole in the CPU as in a context (QEMU folds the
+         * lazy flags back when a run ends, x86_cpu_exec_exit): a plain save and load. */
+        err = ctx->context_save(ctx->uc, leaving->context);
+        if (!err)
+            err = ctx->context_restore(ctx->uc, next->context);
+    }
     if (!err)                           /* the block's first instruction, not run */
         err = ctx->context_reg_write(leaving->context, ctx->reg_rip, &pc);
     if (!err)
@@ -1215,7 +1225,7 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
         /* The quantum ends here: made in C when it can be (else the run stops below). */
         if (ctx->ring.count < 2)
             renew_quantum(ctx, pc);     /* a lone thread (logged for a debugger: count 1) */
-        else if (ring_switch(ctx, pc))
+        else if (ring_switch(ctx, pc, true))
             return;             /* this block is not run: the next thread's is entered */
     }
     if (ctx->stop_flag || ctx->remaining == 0) {
@@ -1252,6 +1262,26 @@ static __attribute__((noinline)) void block_enter(struct native_ctx *ctx, uint64
          * (left_early), which no block of the fast table can be. */
         ctx->fast = ctx->stop_flag ? ctx->no_fast : ctx->table;
     }
+}
+
+/*
+ * The budget ended exactly between two runs: the tail's run stopped at its cut, the
+ * instruction where the quantum ends (native.py NativeHooks.start), `pc` the next one.
+ * The quantum end armed before the run is made here, outside any hook, as block_enter
+ * makes it at a block entry (renew_quantum; ring_switch, whose context switch and RIP
+ * write need no run), so that start() goes on with a new run instead of stopping. 1 when
+ * made (the next run begins at RIP: the next thread's after a switch), 0 when the run must
+ * stop as ever (nothing armed, a stop asked for, no quantum's end: renew_quantum and
+ * ring_switch refuse); a failed switch is left in ring.error.
+ */
+int native_quantum_end(struct native_ctx *ctx, uint64_t pc)
+{
+    if (!ctx->renewal.armed || ctx->stop_flag || ctx->remaining != 0 || ctx->tail_mode)
+        return 0;
+    if (ctx->ring.count < 2 ? !renew_quantum(ctx, pc) : !ring_switch(ctx, pc, false))
+        return 0;
+    ctx->renewal.between_runs++;
+    return 1;
 }
 
 /*

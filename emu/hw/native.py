@@ -301,6 +301,7 @@ class _Renewal(ctypes.Structure):
         ("time_increment", ctypes.c_uint64),
         ("budget_end", ctypes.c_uint64),
         ("stop_at", ctypes.c_uint64),
+        ("between_runs", ctypes.c_uint64),
     ]
 
 
@@ -659,6 +660,7 @@ class NativeHooks:
         lib.native_set_cr3_writer(ctx, _address(_binding.uclib.uc_reg_write), uc._uch,
                                   UC_X86_REG_CR3)
         self._switch = ctypes.CDLL(lib._name).native_switch_at_syscall   # without argtypes
+        self._quantum_end = ctypes.CDLL(lib._name).native_quantum_end     # the same
         lib.native_set_switch_calls(ctx, *(_address(getattr(_binding.uclib, name)) for name in (
             "uc_context_save", "uc_context_restore", "uc_context_reg_read",
             "uc_context_reg_write")), UC_X86_REG_RIP, _context_eflags_offset())
@@ -686,9 +688,13 @@ class NativeHooks:
         A budget that ends inside a block is finished there (the tail): the block is run
         again to the instruction where the budget ends, given to Unicorn as the run's end
         (``until``), or, when the caller gave one, with the per-instruction counter on that
-        block alone; either way the stop is exact."""
+        block alone; either way the stop is exact. A quantum end armed for the run
+        (``arm_renewal``, ``arm_ring``) that falls there is made between the two runs, when
+        no Python hook ran since the arming (native.c ``native_quantum_end``), and the run
+        goes on."""
         self._check_open()
         ctx = self._ctx
+        renewal = self._renewal
         pc, tail, end = begin, None, until
         if self._block_hook is not None and 0 < ctx.remaining <= _SMALL_BUDGET:
             # A step: per instruction from the start (the span ends at 2^64 at most).
@@ -698,9 +704,20 @@ class NativeHooks:
                 self._run(pc, end, timeout)
             else:
                 self._run_tail(pc, tail, end, timeout)
-            if self._errors or not ctx.remaining:
+            if self._errors:
                 break
-            self._renewal.armed = 0           # the tail and what follows: stop as ever
+            if not ctx.remaining:
+                # The tail's run ended at its cut: the quantum's end, if one is armed and
+                # no Python code ran since (it may have changed what armed it).
+                if not (end and not until and self._armed[0]):
+                    break
+                renewal.armed = 1
+                if self._quantum_end(self._ctx_arg, ctypes.c_uint64(end)) != 1:
+                    renewal.armed = 0
+                    break
+                pc, tail, end = self._rip(), None, until
+                continue
+            renewal.armed = 0                 # the tail and what follows: stop as ever
             if ctx.tail_pending:              # the budget ends inside the next block
                 pc, tail, end = ctx.tail_pc, None, self._cut(ctx.tail_pc, ctx.tail_size)
                 if until or end is None:
@@ -999,6 +1016,12 @@ class NativeHooks:
         """Quanta renewed at a block entry (``arm_renewal``) so far (a ring of one's are
         counted as its switches)."""
         return self._renewal.renewals
+
+    @property
+    def between_runs(self) -> int:
+        """Of the quantum ends made in C (``renewals``, ``ring_switches``), those made
+        between the tail's run and the next (native.c ``native_quantum_end``)."""
+        return self._renewal.between_runs
 
     @property
     def budget_end(self) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from schedrun import REGISTERS, outcome, watched_machine
+from test_quantum_end_in_c import raw_image
 
 from emu import eventlog
 from emu.debugger.session import Session
@@ -29,6 +30,27 @@ APPS = ROOT / "guest" / "build" / "apps"
 ALIGNED = " 300000"
 
 
+def stack_counter(iterations: int) -> bytes:
+    """Ring-3 code whose loop begins with a load (no quantum end inside its block is made
+    early): ``iterations`` times `[rsp] += 1` through RAX; it exits with status 0."""
+    return (b"\xb9" + iterations.to_bytes(4, "little")   # mov ecx, iterations
+            + b"\x48\x8b\x04\x24"                         # loop: mov rax, [rsp]
+            + b"\x48\x83\xc0\x01"                         # add rax, 1
+            + b"\x48\x89\x04\x24"                         # mov [rsp], rax
+            + b"\xff\xc9"                                 # dec ecx
+            + b"\x75\xf0"                                 # jnz loop
+            + b"\x48\xc7\xc7\xff\xff\xff\xff"             # mov rdi, -1
+            + b"\x89\xce\x31\xc0\x0f\x05")                 # NtTerminateProcess(-1, 0)
+
+
+def spawned(m: Machine, app: str, args: list[str]):
+    """``app`` from the guest build, or ``stack_counter`` (its iterations in ``args``)."""
+    if app == "stack_counter":
+        return m.executive.create_process(
+            raw_image("stackcounter", stack_counter(int(args[0]))), [])
+    return m.spawn(APPS / app, args)
+
+
 def logged_run(workload: list[tuple[str, list[str]]], *, in_c: bool, quantum: int) -> dict:
     """``workload`` run with an event log attached (as ``emu run --events`` attaches it),
     its dispatches made in C or not: the records, what a user sees, the switches C made."""
@@ -38,11 +60,12 @@ def logged_run(workload: list[tuple[str, list[str]]], *, in_c: bool, quantum: in
     records: list[dict] = []
     eventlog.EventLog.attach(m, records.append)
     try:
-        procs = [m.spawn(APPS / app, args) for app, args in workload]
+        procs = [spawned(m, app, args) for app, args in workload]
         result = m.run()
         return {**outcome(m, result, procs, output, schedule), "records": records,
                 "ring_switches": ex.cpu.native.ring_switches,
                 "early": ex.cpu.native.early_renewals,
+                "between_runs": ex.cpu.native.between_runs,
                 "switches_at_syscall": ex.switches_at_syscall}
     finally:
         m.close()
@@ -52,6 +75,10 @@ LOGGED = {
     "a compute-bound loop (a ring of one)": [("loop", [ALIGNED])],
     "a loop whose quantum ends fall inside its block (renewed early, logged at the end)":
         [("loop", ["300000"])],
+    "a loop whose block begins with a load (ends inside it made between two runs)":
+        [("stack_counter", ["400000"])],
+    "two loops, one's ends inside its block (switches between two runs)":
+        [("loop", [ALIGNED]), ("loop", ["300000"])],
     "two loops (two address spaces: CR3 loads)": [("loop", [ALIGNED]), ("loop", [ALIGNED])],
     "a yielder and a loop": [("yielder", ["300"]), ("loop", [ALIGNED])],
     "threads": [("threads", [])],
@@ -67,17 +94,19 @@ def test_an_event_log_reads_the_same_of_dispatches_made_in_c(name: str) -> None:
     got = logged_run(LOGGED[name], in_c=True, quantum=10_000)
     reference = logged_run(LOGGED[name], in_c=False, quantum=10_000)
     assert reference.pop("ring_switches") == reference.pop("switches_at_syscall") == 0
-    assert reference.pop("early") == 0
+    assert reference.pop("early") == reference.pop("between_runs") == 0
     made = got.pop("ring_switches")
     at_syscall = got.pop("switches_at_syscall")
-    early = got.pop("early")
+    early, between = got.pop("early"), got.pop("between_runs")
     assert got == reference
     if "renewed early" in name:
         assert made > 100 and early == made
+    if "between two runs" in name:
+        assert made > 100 and between > 100
     if "yielder" in name:
         assert at_syscall > 100
     dispatches = [r for r in got["records"] if r["event"] == "thread-dispatch"]
-    if name.startswith(("a compute-bound loop", "two loops", "a loop whose")):
+    if name.startswith(("a compute-bound loop", "two loops (two", "a loop whose")):
         assert made > 100 and len(dispatches) > made     # most of them made in C
         assert all(r["ring"] == 3 and r["irql"] == 0 for r in dispatches)
     if name.startswith("two loops"):
@@ -97,7 +126,7 @@ def debugged(commands: list[Command], *, in_c: bool, apps: list[tuple[str, list[
         m = Machine("64M", quantum=quantum, console=lambda *_: None)
         m.executive.quantum_end_in_c = m.executive.switch_at_syscall = in_c
         for app, args in apps:
-            m.spawn(APPS / app, args)
+            spawned(m, app, args)
         return m
 
     stops: list[tuple] = []
@@ -165,6 +194,19 @@ def test_steps_across_quantum_ends_inside_blocks_stop_where_they_stopped() -> No
     # each is made at the block's entry and logged at its true end. Steps that end inside
     # such a prefix (the debugger's cut there stops the run exactly) and across many.
     apps = [("loop", ["300000"])]
+    start = debugged([], in_c=False, apps=apps)["stops"][0][2]
+    to_end = 10_000 - start % 10_000
+    got = same_in_the_debugger(
+        steps(25_000, to_end - 1, 1, 1, 9_998, 1, 2, 123_457, 3, 250_000) +
+        [lambda s: s.cont()], apps=apps)
+    assert got["ring_switches"] > 30
+
+
+def test_steps_across_quantum_ends_made_between_two_runs_stop_where_they_stopped() -> None:
+    # A loop whose block begins with a load: each quantum end inside it is finished by the
+    # tail's run, then made before the next run and logged there; steps ending just
+    # before, at and after such ends, and across many.
+    apps = [("stack_counter", ["400000"])]
     start = debugged([], in_c=False, apps=apps)["stops"][0][2]
     to_end = 10_000 - start % 10_000
     got = same_in_the_debugger(

@@ -119,6 +119,7 @@ def run(workload: list, *, in_c: bool, quantum: int = 100_000, max_insns: int = 
             "times_seen": seen,
             "renewals": ex.cpu.native.renewals,
             "ring_switches": ex.cpu.native.ring_switches,
+            "between_runs": ex.cpu.native.between_runs,
         }
     finally:
         m.close()
@@ -128,9 +129,10 @@ def same_both_ways(workload: list, **kwargs) -> dict:
     got = run(workload, in_c=True, **kwargs)
     reference = run(workload, in_c=False, **kwargs)
     assert reference.pop("renewals") == reference.pop("ring_switches") == 0
-    made = got.pop("renewals"), got.pop("ring_switches")
+    assert reference.pop("between_runs") == 0
+    made = got.pop("renewals"), got.pop("ring_switches"), got.pop("between_runs")
     assert got == reference and got["tss_rsp0_wrong"] == []
-    got["renewals"], got["ring_switches"] = made
+    got["renewals"], got["ring_switches"], got["between_runs"] = made
     return got
 
 
@@ -206,9 +208,11 @@ def test_a_guest_reads_the_same_times_at_every_renewal() -> None:
     image = raw_image("timereader", time_reader(1_000_000))
     got = same_both_ways([image], quantum=10_000, watch_times=True)
     (seen,) = got["times_seen"].values()
-    # Every quantum end is seen, C's renewals (at its loop's block boundaries) among them:
-    # the clock starts at 0 with the program, so each is the next multiple of the quantum.
-    assert got["renewals"] > 100 and len(seen) == got["exits"][0] > got["renewals"]
+    # Every quantum end is seen, and every one is renewed in C: at its loop's block
+    # boundaries inside the run, inside its block (after the load of the time: not inert)
+    # between the tail's run and the next (native_quantum_end). The clock starts at 0 with
+    # the program, so each is the next multiple of the quantum.
+    assert len(seen) == got["exits"][0] == got["renewals"] > 100
     assert seen == [10_000 * k for k in range(1, len(seen) + 1)]
     shared = got["kuser_shared_data"]
     tick = struct.unpack_from("<3I", shared, TICK_COUNT)
@@ -333,11 +337,24 @@ def test_two_loops_take_turns_at_every_quantum_end_in_c() -> None:
 
 
 def test_flags_live_across_a_preempted_switch_in_c() -> None:
+    # Quantum 997 ends both on block boundaries (switched inside the run) and between
+    # `add` and the `jmp` after it (switched between the tail's run and the next, the
+    # CPU's flags whole there): CF is kept either way.
     counts = (30_001, 45_017)
     got = same_both_ways([raw_image("carrierA", carrier(counts[0])),
                           raw_image("carrierB", carrier(counts[1]))], quantum=997,
                          max_insns=None)
     assert got["exits"] == [carries(n) for n in counts] and got["ring_switches"] > 50
+    assert got["between_runs"] > 50
+
+
+def test_a_switch_inside_a_block_is_made_between_the_tails_run_and_the_next() -> None:
+    # One loop's quantum ends fall on its block boundaries, the other's inside its block:
+    # each of those is finished by the tail's run, cut where the quantum ends, and the
+    # switch made before the next run instead of through the dispatcher.
+    got = same_both_ways([("loop", [ALIGNED]), ("loop", ["300000"])], quantum=10_000,
+                         max_insns=None)
+    assert got["between_runs"] > 100 and got["ring_switches"] >= got["switches"] - 10
 
 
 @pytest.mark.parametrize("limit", [2_000_000, 2_000_001, 2_000_016, 2_010_000])
