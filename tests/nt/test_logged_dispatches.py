@@ -189,24 +189,21 @@ def test_steps_across_quantum_ends_made_in_c_stop_where_they_stopped() -> None:
     assert [stop[0] for stop in got["stops"][1:-1]] == ["step"] * 9
 
 
-def test_steps_across_quantum_ends_inside_blocks_stop_where_they_stopped() -> None:
-    # `loop 300000`: every quantum end falls inside its block, after an inert prefix, so
-    # each is made at the block's entry and logged at its true end. Steps that end inside
-    # such a prefix (the debugger's cut there stops the run exactly) and across many.
-    apps = [("loop", ["300000"])]
-    start = debugged([], in_c=False, apps=apps)["stops"][0][2]
-    to_end = 10_000 - start % 10_000
-    got = same_in_the_debugger(
-        steps(25_000, to_end - 1, 1, 1, 9_998, 1, 2, 123_457, 3, 250_000) +
-        [lambda s: s.cont()], apps=apps)
-    assert got["ring_switches"] > 30
+INSIDE_BLOCKS = {
+    # Every quantum end falls inside the loop's block, after an inert prefix: each is made
+    # at the block's entry and logged at its true end.
+    "made early": [("loop", ["300000"])],
+    # The block begins with a load: each end inside it is finished by the tail's run, then
+    # made before the next run and logged there.
+    "made between two runs": [("stack_counter", ["400000"])],
+}
 
 
-def test_steps_across_quantum_ends_made_between_two_runs_stop_where_they_stopped() -> None:
-    # A loop whose block begins with a load: each quantum end inside it is finished by the
-    # tail's run, then made before the next run and logged there; steps ending just
-    # before, at and after such ends, and across many.
-    apps = [("stack_counter", ["400000"])]
+@pytest.mark.parametrize("name", INSIDE_BLOCKS)
+def test_steps_across_quantum_ends_inside_blocks_stop_where_they_stopped(name: str) -> None:
+    # Steps ending just before, at and after such ends (the debugger's cut stops the run
+    # exactly, inside the block), and across many.
+    apps = INSIDE_BLOCKS[name]
     start = debugged([], in_c=False, apps=apps)["stops"][0][2]
     to_end = 10_000 - start % 10_000
     got = same_in_the_debugger(
