@@ -19,7 +19,7 @@ import pytest
 from fuzzscale import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schedrun import outcome, watched_machine
+from schedrun import REGISTERS, outcome, watched_machine
 from test_quantum_end_in_c import (
     INTERRUPT_TIME,
     USER_SHARED_DATA,
@@ -28,6 +28,8 @@ from test_quantum_end_in_c import (
 )
 
 from emu import eventlog
+from emu.debugger.session import Session
+from emu.machine import Machine
 
 # Inert, register-only instructions (none touches RCX, the loop's count, R8, the time's
 # address, or R11, the sum), and the load of the time added to the sum.
@@ -96,3 +98,51 @@ def test_random_loops_see_the_same_quantum_ends_either_way(
     assert reference.pop("made in C") == 0
     got.pop("made in C")
     assert got == reference
+
+
+def stepped(bodies: list[list[bytes]], iterations: int, quantum: int, counts: list[int], *,
+            in_c: bool) -> list[tuple]:
+    """A debugger session over the loops: ``stepi`` each of ``counts`` from the first stop,
+    then ``continue``; at each stop the reason, the position, the events seen since boot,
+    the registers and KUSER_SHARED_DATA's times."""
+    m = Machine("64M", quantum=quantum, console=lambda *_: None)
+    ex = m.executive
+    ex.quantum_end_in_c = in_c
+    for n, body in enumerate(bodies):
+        proc = ex.create_process(raw_image(f"looper{n}", looper(body, iterations)), [])
+        map_shared_data_for_ring3(m, proc.space)
+    script = iter([*counts, None])
+    stops: list[tuple] = []
+    shared = ex.shared_data_frame * 4096
+
+    def on_stop(stop) -> bool:
+        stops.append((stop.reason.value, session.position, session._events,
+                      [ex.cpu.reg(r) for r in REGISTERS], m.mem.read(shared, 0x330)))
+        count = next(script, None)
+        if stop.ended:
+            return False
+        if count is None:
+            session.cont()
+        else:
+            session.step(count)
+        return True
+
+    session = Session(m, on_stop)
+    try:
+        session.run()
+    finally:
+        session.close()
+    return stops
+
+
+@pytest.mark.fuzz
+@settings(max_examples=examples(8), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(body, min_size=1, max_size=2), iterations=st.integers(2_000, 6_000),
+       quantum=st.integers(997, 12_000),
+       counts=st.lists(st.integers(1, 30_000), min_size=1, max_size=8))
+def test_random_steps_over_random_loops_stop_where_they_stopped(
+        bodies: list[list[bytes]], iterations: int, quantum: int, counts: list[int]) -> None:
+    # Under a debugger each quantum end is a dispatch it books; its steps cut the runs.
+    assert stepped(bodies, iterations, quantum, counts, in_c=True) == \
+        stepped(bodies, iterations, quantum, counts, in_c=False)
