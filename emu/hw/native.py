@@ -90,13 +90,16 @@ Block counting gives the same counts (a test runs every guest app both ways):
   block is charged as ever, so nothing differs from the renewal after the k-th. Never
   while a ring of two threads or more is armed (``arm_ring``: each switch is made at its
   exact instruction); a ring of one's is logged at the true end (the count and RIP after
-  the k-th).
-  Otherwise the run stops before the block and the tail (above) finishes the budget, as
-  ever. :meth:`NativeHooks.arm_ring` makes the preempted switch between threads there
-  instead (their contexts swapped, RIP written so that Unicorn leaves the block it was
-  about to run, CR3, TSS.RSP0, the times), each switch logged (``SwitchLogged``) and given
-  to ``on_switches`` before any Python code runs (``disarm``, the walker, the learner); a
-  ring of one thread is the renewal, logged as its switch to itself.
+  the k-th). Otherwise the run stops before the block and the tail (above) finishes the
+  budget; the quantum end armed is then made right after the tail's run, before the next
+  (native.c ``native_quantum_end``, :attr:`NativeHooks.between_runs`), when no Python hook
+  ran since the arming, and :meth:`NativeHooks.start` goes on.
+  :meth:`NativeHooks.arm_ring` makes the preempted switch between threads there instead
+  (their contexts swapped, RIP written so that Unicorn leaves the block it was about to
+  run, CR3, TSS.RSP0, the times; between two runs the contexts plainly saved and loaded),
+  each switch logged (``SwitchLogged``) and given to ``on_switches`` before any Python code
+  runs (``disarm``, the walker, the learner); a ring of one thread is the renewal, logged
+  as its switch to itself.
 * A guest store into the bytes of the block being executed makes QEMU leave the block at
   the store and run the store again as a block of one instruction (measured). The block
   counter sees a block that starts inside the last one and ends before it (no other block
