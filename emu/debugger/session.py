@@ -206,26 +206,26 @@ class Session(ReverseExecution, Triggers):
             (self._replay is not None and self._replay.pending_hit is not None)
 
     def clip_budget(self, n: int) -> int:
-        """The executive's budget ``n``, cut at the end of a step or replay."""
+        """The executive's budget ``n``, cut at the end of a step or replay, or at the next
+        snapshot (``stop_count``)."""
         self._clipped = self._clip_key()
-        if self._deadline is not None:
-            n = min(n, max(0, self._deadline - self.position))
-        ring = self.snapshots
-        if ring is not None and ring.keep and not self._detached:
-            n = min(n, max(0, ring.due_at() - self.position))
+        stop = self.stop_count()
+        if stop is not None:
+            n = min(n, max(0, stop - self.executive.cpu.instructions))
         return n
 
     def stop_count(self) -> int | None:
-        """The instruction count at which a run must stop for this session (what
-        ``clip_budget`` cuts at: a step's end, the next snapshot), or None."""
-        cuts = []
-        if self._deadline is not None:
-            cuts.append(self._deadline)
-        ring = self.snapshots
-        if ring is not None and ring.keep and not self._detached:
-            cuts.append(ring.due_at())
+        """The instruction count at which a run must stop for this session (a step's or a
+        replay's end, the next snapshot), or None."""
+        cuts = [at for at in (self._deadline, self._snapshot_due()) if at is not None]
         # A position counts the exceptions raised too; none is raised without a stop.
         return max(0, min(cuts) - self._exceptions) if cuts else None
+
+    def _snapshot_due(self) -> int | None:
+        """The position of the next snapshot, if snapshots are taken now."""
+        ring = self.snapshots
+        return ring.due_at() if ring is not None and ring.keep and not self._detached \
+            else None
 
     def takes_logged_dispatches(self) -> bool:
         """Whether the next run's dispatches may be made inside it and told to this session
@@ -242,10 +242,7 @@ class Session(ReverseExecution, Triggers):
         (a position's other part), the step's end and the next snapshot's position. While
         it stays the same, the CPU's budget left is already the cut's (an instruction
         spends a step of the position, of the deadline and of the budget alike)."""
-        ring = self.snapshots
-        due = ring.due_at() if ring is not None and ring.keep and not self._detached \
-            else None
-        return self._exceptions, self._deadline, due
+        return self._exceptions, self._deadline, self._snapshot_due()
 
     def before_run(self) -> None:
         """Called by the executive before each run of the CPU (from RIP): take a snapshot if
@@ -269,9 +266,7 @@ class Session(ReverseExecution, Triggers):
 
     def _clipping(self) -> bool:
         """Whether clip_budget cuts the CPU's budget (a step, a replay, a snapshot due)."""
-        ring = self.snapshots
-        return self._deadline is not None or \
-            (ring is not None and ring.keep and not self._detached)
+        return self._deadline is not None or self._snapshot_due() is not None
 
     def _due_stop(self) -> Stop | None:
         if self._detached:

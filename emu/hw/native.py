@@ -338,31 +338,20 @@ class _RingThread(ctypes.Structure):
     ]
 
 
-class _RingLog(ctypes.Structure):
-    """native.c's struct ring_log: a switch logged (see SwitchLogged)."""
-
-    _fields_ = [
-        ("count", ctypes.c_uint64),
-        ("rip", ctypes.c_uint64),
-        ("cs", ctypes.c_uint64),
-        ("cr8_leaving", ctypes.c_uint64),
-        ("cr8", ctypes.c_uint64),
-    ]
-
-
-_RING_LOG_ENTRY = struct.Struct("=5Q")     # a _RingLog's bytes
-
-
 class SwitchLogged(NamedTuple):
     """A switch made in C (NativeHooks.arm_ring), as given to ``on_switches``: the
     instructions completed then, where the next thread resumes (RIP, CS), and CR8 as the
-    leaving thread left it and as the next one has it."""
+    leaving thread left it and as the next one has it (native.c struct ring_log, field for
+    field: one uint64 each)."""
 
     count: int
     rip: int
     cs: int
     cr8_leaving: int
     cr8: int
+
+
+_RING_LOG_ENTRY = struct.Struct(f"={len(SwitchLogged._fields)}Q")   # a ring_log's bytes
 
 
 class _Ring(ctypes.Structure):
@@ -379,7 +368,7 @@ class _Ring(ctypes.Structure):
         ("error", ctypes.c_int64),
         ("reg_cr8", ctypes.c_int32),
         ("threads", _RingThread * RING_THREADS),
-        ("log", _RingLog * _RING_LOG),
+        ("log", ctypes.c_uint8 * (_RING_LOG_ENTRY.size * _RING_LOG)),   # struct ring_log
     ]
 
 
@@ -971,7 +960,7 @@ class NativeHooks:
         # The entries in one unpacking of their bytes (a ctypes structure per entry costs
         # a few microseconds a switch).
         switches = list(map(SwitchLogged._make, _RING_LOG_ENTRY.iter_unpack(
-            memoryview(ring.log).cast("B")[:n * _RING_LOG_ENTRY.size])))
+            memoryview(ring.log)[:n * _RING_LOG_ENTRY.size])))
         ring.logged = 0
         if switches and self.on_switches is not None:
             self.on_switches(switches)
@@ -1011,7 +1000,8 @@ class NativeHooks:
 
     @property
     def ring_switches(self) -> int:
-        """Preempted switches made at a block entry (``arm_ring``) so far."""
+        """Switches made in C (``arm_ring``) so far, at a block entry or between two runs
+        (a ring of one's renewals among them)."""
         return self._ring.switches
 
     @property

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 from schedrun import REGISTERS, outcome, watched_machine
-from test_quantum_end_in_c import raw_image
+from test_quantum_end_in_c import map_shared_data_for_ring3, raw_image
 
 from emu import eventlog
 from emu.debugger.session import Session
 from emu.debugger.stops import CatchKind
 from emu.machine import Machine
 from emu.nt import layout
+from emu.nt.loader import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "guest" / "build" / "apps"
@@ -43,27 +44,39 @@ def stack_counter(iterations: int) -> bytes:
             + b"\x89\xce\x31\xc0\x0f\x05")                 # NtTerminateProcess(-1, 0)
 
 
-def spawned(m: Machine, app: str, args: list[str]):
-    """``app`` from the guest build, or ``stack_counter`` (its iterations in ``args``)."""
+App = tuple[str | Image, list[str]]
+
+
+def spawned(m: Machine, app: str | Image, args: list[str]):
+    """``app`` from the guest build by name, ``stack_counter`` (its iterations in
+    ``args``), or a raw ring-3 image (test_quantum_end_in_c ``raw_image``), which may read
+    the time: KUSER_SHARED_DATA is mapped for it."""
     if app == "stack_counter":
-        return m.executive.create_process(
-            raw_image("stackcounter", stack_counter(int(args[0]))), [])
+        app, args = raw_image("stackcounter", stack_counter(int(args[0]))), []
+    if isinstance(app, Image):
+        proc = m.executive.create_process(app, args)
+        map_shared_data_for_ring3(m, proc.space)
+        return proc
     return m.spawn(APPS / app, args)
 
 
-def logged_run(workload: list[tuple[str, list[str]]], *, in_c: bool, quantum: int) -> dict:
-    """``workload`` run with an event log attached (as ``emu run --events`` attaches it),
-    its dispatches made in C or not: the records, what a user sees, the switches C made."""
-    m, output, schedule = watched_machine("64M", quantum=quantum)
+def logged_run(workload: list[App], *, in_c: bool, quantum: int, logged: bool = True,
+               max_insns: int | None = None) -> dict:
+    """``workload`` run with an event log attached (as ``emu run --events`` attaches it;
+    ``logged``: not without), its dispatches made in C or not: the records, what a user
+    sees, the switches and renewals C made."""
+    m, output, schedule = watched_machine("64M", quantum=quantum, max_insns=max_insns)
     ex = m.executive
     ex.quantum_end_in_c = ex.switch_at_syscall = in_c
     records: list[dict] = []
-    eventlog.EventLog.attach(m, records.append)
+    if logged:
+        eventlog.EventLog.attach(m, records.append)
     try:
         procs = [spawned(m, app, args) for app, args in workload]
         result = m.run()
         return {**outcome(m, result, procs, output, schedule), "records": records,
                 "ring_switches": ex.cpu.native.ring_switches,
+                "renewals": ex.cpu.native.renewals,
                 "early": ex.cpu.native.early_renewals,
                 "between_runs": ex.cpu.native.between_runs,
                 "switches_at_syscall": ex.switches_at_syscall}
@@ -95,6 +108,7 @@ def test_an_event_log_reads_the_same_of_dispatches_made_in_c(name: str) -> None:
     reference = logged_run(LOGGED[name], in_c=False, quantum=10_000)
     assert reference.pop("ring_switches") == reference.pop("switches_at_syscall") == 0
     assert reference.pop("early") == reference.pop("between_runs") == 0
+    assert reference.pop("renewals") == got.pop("renewals") == 0    # a ring of one's
     made = got.pop("ring_switches")
     at_syscall = got.pop("switches_at_syscall")
     early, between = got.pop("early"), got.pop("between_runs")
@@ -117,7 +131,7 @@ def test_an_event_log_reads_the_same_of_dispatches_made_in_c(name: str) -> None:
 Command = Callable[[Session], None]
 
 
-def debugged(commands: list[Command], *, in_c: bool, apps: list[tuple[str, list[str]]],
+def debugged(commands: list[Command], *, in_c: bool, apps: list[App],
              quantum: int = 10_000) -> dict:
     """A debugger session over ``apps``: at each stop what the user sees (the reason, the
     position, the registers, KUSER_SHARED_DATA's times), then the next command; the

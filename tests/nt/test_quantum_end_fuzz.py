@@ -19,17 +19,8 @@ import pytest
 from fuzzscale import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schedrun import REGISTERS, outcome, watched_machine
-from test_quantum_end_in_c import (
-    INTERRUPT_TIME,
-    USER_SHARED_DATA,
-    map_shared_data_for_ring3,
-    raw_image,
-)
-
-from emu import eventlog
-from emu.debugger.session import Session
-from emu.machine import Machine
+from test_logged_dispatches import logged_run, same_in_the_debugger, steps
+from test_quantum_end_in_c import INTERRUPT_TIME, USER_SHARED_DATA, raw_image
 
 # Inert, register-only instructions (none touches RCX, the loop's count, R8, the time's
 # address, or R11, the sum), and the load of the time added to the sum.
@@ -60,27 +51,10 @@ def looper(body: list[bytes], iterations: int) -> bytes:
             + b"\x44\x89\xde\x31\xc0\x0f\x05")                    # mov esi, r11d; NtTerminate
 
 
-def run(bodies: list[list[bytes]], iterations: int, quantum: int, *, in_c: bool,
-        logged: bool) -> dict:
-    """The loops run in one machine, their quantum ends made in C or not, with an event log
-    attached or not: what a user sees (and the log's records)."""
-    m, output, schedule = watched_machine("64M", quantum=quantum, max_insns=1 << 40)
-    ex = m.executive
-    ex.quantum_end_in_c = in_c
-    records: list[dict] = []
-    if logged:          # every quantum end a dispatch, told after the run when made in C
-        eventlog.EventLog.attach(m, records.append)
-    try:
-        procs = []
-        for n, body in enumerate(bodies):
-            procs.append(ex.create_process(raw_image(f"looper{n}", looper(body, iterations)),
-                                           []))
-            map_shared_data_for_ring3(m, procs[-1].space)
-        result = m.run()
-        return {**outcome(m, result, procs, output, schedule), "records": records,
-                "made in C": ex.cpu.native.renewals + ex.cpu.native.ring_switches}
-    finally:
-        m.close()
+def loopers(bodies: list[list[bytes]], iterations: int) -> list:
+    """The loops as the apps of tests/nt/test_logged_dispatches.py's runs."""
+    return [(raw_image(f"looper{n}", looper(body, iterations)), [])
+            for n, body in enumerate(bodies)]
 
 
 body = st.lists(st.sampled_from([*INERT, LOAD_TIME]), min_size=1, max_size=9)
@@ -93,46 +67,14 @@ body = st.lists(st.sampled_from([*INERT, LOAD_TIME]), min_size=1, max_size=9)
        quantum=st.integers(997, 12_000), logged=st.booleans())
 def test_random_loops_see_the_same_quantum_ends_either_way(
         bodies: list[list[bytes]], iterations: int, quantum: int, logged: bool) -> None:
-    got = run(bodies, iterations, quantum, in_c=True, logged=logged)
-    reference = run(bodies, iterations, quantum, in_c=False, logged=logged)
-    assert reference.pop("made in C") == 0
-    got.pop("made in C")
+    apps = loopers(bodies, iterations)
+    got, reference = (logged_run(apps, in_c=in_c, quantum=quantum, logged=logged,
+                                 max_insns=1 << 40) for in_c in (True, False))
+    for counter in ("ring_switches", "renewals", "early", "between_runs",
+                    "switches_at_syscall"):
+        got.pop(counter)
+        assert reference.pop(counter) == 0
     assert got == reference
-
-
-def stepped(bodies: list[list[bytes]], iterations: int, quantum: int, counts: list[int], *,
-            in_c: bool) -> list[tuple]:
-    """A debugger session over the loops: ``stepi`` each of ``counts`` from the first stop,
-    then ``continue``; at each stop the reason, the position, the events seen since boot,
-    the registers and KUSER_SHARED_DATA's times."""
-    m = Machine("64M", quantum=quantum, console=lambda *_: None)
-    ex = m.executive
-    ex.quantum_end_in_c = in_c
-    for n, body in enumerate(bodies):
-        proc = ex.create_process(raw_image(f"looper{n}", looper(body, iterations)), [])
-        map_shared_data_for_ring3(m, proc.space)
-    script = iter([*counts, None])
-    stops: list[tuple] = []
-    shared = ex.shared_data_frame * 4096
-
-    def on_stop(stop) -> bool:
-        stops.append((stop.reason.value, session.position, session._events,
-                      [ex.cpu.reg(r) for r in REGISTERS], m.mem.read(shared, 0x330)))
-        count = next(script, None)
-        if stop.ended:
-            return False
-        if count is None:
-            session.cont()
-        else:
-            session.step(count)
-        return True
-
-    session = Session(m, on_stop)
-    try:
-        session.run()
-    finally:
-        session.close()
-    return stops
 
 
 @pytest.mark.fuzz
@@ -144,5 +86,5 @@ def stepped(bodies: list[list[bytes]], iterations: int, quantum: int, counts: li
 def test_random_steps_over_random_loops_stop_where_they_stopped(
         bodies: list[list[bytes]], iterations: int, quantum: int, counts: list[int]) -> None:
     # Under a debugger each quantum end is a dispatch it books; its steps cut the runs.
-    assert stepped(bodies, iterations, quantum, counts, in_c=True) == \
-        stepped(bodies, iterations, quantum, counts, in_c=False)
+    same_in_the_debugger([*steps(*counts), lambda s: s.cont()],
+                         apps=loopers(bodies, iterations), quantum=quantum)
