@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from emu.hw.cpu import Vector
+from emu.hw.exceptions import Vector
 from emu.nt import drivers
 from emu.nt.events import Event
 from emu.nt.syscalls import Service

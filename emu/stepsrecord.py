@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from emu.debugger import walkview
 from emu.eventlog import COMMON, EventLog
 from emu.hw import mmu
-from emu.hw.cpu import Vector
+from emu.hw.exceptions import Vector
 from emu.hw.faultaddr import decode
 from emu.nt.events import Event
 from emu.nt.layout import KERNEL_PML4_FIRST, PAGE_SIZE

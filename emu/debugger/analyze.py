@@ -19,7 +19,7 @@ from emu.debugger.records import TargetError
 from emu.debugger.targetbase import Target
 from emu.debugger.views import IRQL_NAMES
 from emu.hw import mmu
-from emu.hw.cpu import CpuException, Vector
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.mmu import PFErr
 from emu.nt import layout
 from emu.nt.bugcheck import BugCheckCode

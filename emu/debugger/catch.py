@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from emu.debugger.walkview import error_code_text
-from emu.hw.cpu import Vector
+from emu.hw.exceptions import Vector
 from emu.nt.events import Event
 from emu.nt.syscalls import Service
 

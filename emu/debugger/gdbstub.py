@@ -46,7 +46,7 @@ from emu.debugger.session import Session
 from emu.debugger.stops import SessionError, Stop, StopReason
 from emu.debugger.target import TargetError
 from emu.hw import mmu
-from emu.hw.cpu import Vector
+from emu.hw.exceptions import Vector
 from emu.nt.events import Event
 from emu.nt.kernel import MachineStop
 from emu.nt.process import Thread

@@ -19,8 +19,8 @@ from emu.debugger.records import (
 )
 from emu.debugger.targetbase import FULL_REGISTERS, SUBREGISTERS, Target
 from emu.hw import mmu
-from emu.hw.cpu import GPRS
 from emu.hw.native import Mode
+from emu.hw.registers import GPRS
 from emu.nt import dump
 from emu.nt.layout import PAGE_SIZE
 from emu.nt.mm.check import check_memory

@@ -8,9 +8,10 @@ import struct
 
 from emu.debugger.records import TargetError
 from emu.debugger.targetbase import Target
-from emu.hw.cpu import GPRS, CpuException, Vector
 from emu.hw.descriptors import Selector
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.mmu import CR0, CR4, EFER
+from emu.hw.registers import GPRS
 from emu.nt import trap
 
 

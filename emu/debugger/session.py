@@ -102,7 +102,7 @@ class Session(ReverseExecution, Triggers):
         self._rewind_to: Replay | None = None       # going back, once the front end returns
         self._last_words = False         # a stop after the end, before the final one
         self._killed = False             # ``kill`` ended the machine: no history to go to
-        self._last_exception: Any = None  # the CPU's last exception (emu.hw.cpu.CpuException)
+        self._last_exception: Any = None  # the last CpuException (emu.hw.exceptions)
         self._exceptions = 0             # exceptions raised since boot: part of the position
         self._events = 0                 # executive events seen since boot (see Hit)
         self._clipped: tuple[int, int | None, int | None] | None = None   # _clip_key, cut

@@ -31,7 +31,7 @@ from emu.debugger.stops import (
     Watchpoint,
 )
 from emu.debugger.target import Target, TargetError
-from emu.hw.cpu import Vector
+from emu.hw.exceptions import Vector
 from emu.nt import exports
 from emu.nt.kernel import MachineStop
 from emu.nt.syscalls import Service

@@ -26,7 +26,7 @@ from emu.debugger.records import (
     TlbEntry,
 )
 from emu.hw import mmu
-from emu.hw.cpu import GPRS
+from emu.hw.registers import GPRS
 from emu.nt import layout
 from emu.nt.mm import softpte
 from emu.nt.process import ExceptionInfo

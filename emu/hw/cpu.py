@@ -20,16 +20,14 @@ The CPL is always read from the CPU (``cs & 3``), never kept in Python.
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import mmap
 import resource
 import struct
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cache, lru_cache
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from functools import cache
 
 from unicorn import (
     UC_ARCH_X86,
@@ -56,15 +54,23 @@ from unicorn.unicorn_py3 import unicorn as _binding
 from unicorn.unicorn_py3.unicorn import UcContext
 
 from emu.hw import mmu
+from emu.hw.blocks import instruction_offsets
 from emu.hw.cr8 import Cr8
 from emu.hw.crwrite import CrWrite
+from emu.hw.exceptions import (
+    FAULT_VECTORS,
+    USER_GATES,
+    ControlRegisterFault,
+    CpuException,
+    Deferred,
+    Vector,
+    fault_exception,
+)
 from emu.hw.faultaddr import decode, fault_address, memory_accesses
 from emu.hw.invlpg import Invlpg
 from emu.hw.memory import PhysicalMemory
 from emu.hw.native import NativeHooks, mode_of
-
-if TYPE_CHECKING:
-    import capstone
+from emu.hw.registers import GPRS, MASK64, REGISTER_IDS, UNICORN, RegisterBatch, subregister
 
 MSR_EFER = 0xC000_0080
 MSR_FS_BASE = 0xC000_0100
@@ -80,79 +86,6 @@ CODE32_SELECTORS = {0x23}     # user CS values that name a 32-bit code segment i
 
 _ACCESS = {16: "read", 17: "write", 18: "fetch"}   # UC_MEM_READ / WRITE / FETCH in the TLB hook
 
-GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-_REG = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in
-        (*GPRS, "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
-         "fs_base", "gs_base", "cr0", "cr2", "cr3", "cr4", "cr8",
-         "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp",
-         "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d", "eip")}
-
-
-class RegisterBatch:
-    """A fixed list of registers (names in ``_REG``: 64 bits wide or less) read or written in
-    one call into libunicorn (``uc_reg_read_batch`` / ``uc_reg_write_batch`` through ctypes).
-
-    The binding's ``reg_read`` costs about 2 us per register (it picks a ctypes class by
-    register range, builds a fresh value, checks argument types); one raw batch call costs
-    about 0.3 us, whatever the number of registers. Values are unsigned 64-bit,
-    zero-extended: a narrower register (a selector, ``eax``) is read into a zeroed slot, as
-    the binding does.
-    """
-
-    def __init__(self, uc: Uc, names: tuple[str, ...]) -> None:
-        """Prepare the call for ``names`` on the engine ``uc``."""
-        count = len(names)
-        self.names = names
-        self._uch = uc._uch
-        self._count = count
-        self._ids = (ctypes.c_int * count)(*(_REG[name] for name in names))
-        self._buffer = bytearray(8 * count)
-        self._layout = struct.Struct(f"<{count}Q")
-        base = ctypes.addressof((ctypes.c_uint64 * count).from_buffer(self._buffer))
-        self._pointers = (ctypes.c_void_p * count)(*(base + 8 * i for i in range(count)))
-        # Unicorn stores only a narrow register's own bytes: its slot is zeroed before a read.
-        self._zeros = bytes(8 * count) if any(name in _NARROW for name in names) else None
-
-    def read(self) -> tuple[int, ...]:
-        """The registers' values, in the order of ``names``."""
-        if self._zeros is not None:
-            self._buffer[:] = self._zeros
-        status = _raw.uc_reg_read_batch(self._uch, self._ids, self._pointers, self._count)
-        if status:
-            raise UcError(status)
-        return self._layout.unpack_from(self._buffer)
-
-    def read_context(self, context: _binding.UcContext) -> tuple[int, ...]:
-        """The registers' values in a saved context (a UcContext from ``context_save``), in
-        the order of ``names``: one ``uc_context_reg_read_batch`` call, where the binding's
-        own context read costs about 2 us a register, as its ``reg_read`` does."""
-        if self._zeros is not None:
-            self._buffer[:] = self._zeros
-        status = _raw.uc_context_reg_read_batch(context.context, self._ids, self._pointers,
-                                                self._count)
-        if status:
-            raise UcError(status)
-        return self._layout.unpack_from(self._buffer)
-
-    def write(self, values: tuple[int, ...] | list[int]) -> None:
-        """Load the registers with ``values`` (each modulo 2^64), in the order of ``names``."""
-        try:
-            self._layout.pack_into(self._buffer, 0, *values)
-        except struct.error:             # a negative value, or one of 2^64 and beyond
-            self._layout.pack_into(self._buffer, 0, *[value & _MASK64 for value in values])
-        status = _raw.uc_reg_write_batch(self._uch, self._ids, self._pointers, self._count)
-        if status:
-            raise UcError(status)
-
-
-# libunicorn's own functions without the binding's argtypes: ctypes then converts nothing
-# (every argument is already a ctypes object or a small int), half the cost of a call.
-_raw = ctypes.CDLL(_binding.uclib._name)
-_MASK64 = (1 << 64) - 1
-_NARROW = frozenset({"cs", "ss", "ds", "es", "fs", "gs", "eax", "ebx", "ecx", "edx", "esi", "edi",
-                     "ebp", "esp", "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d",
-                     "eip"})
 # What the exact address of a data access may depend on (emu.hw.faultaddr): kept at the fault.
 _FAULT_REGISTERS = (*GPRS, "rip", "fs_base", "gs_base", "cs")
 _FAULT_RIP = _FAULT_REGISTERS.index("rip")
@@ -160,174 +93,6 @@ _FAULT_RIP = _FAULT_REGISTERS.index("rip")
 # then the service number and its six arguments (docs/abi.md), read in the same call.
 _SYSCALL_ENTRY = ("cs", "rip", "rflags", "rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
 _SYSCALL_LINK = ("rcx", "r11")
-_LEGACY = {"rax": "a", "rbx": "b", "rcx": "c", "rdx": "d"}
-_SUBREGISTERS: dict[str, tuple[str, int, int]] = {
-    **{f"e{x}x": (r, 0, 32) for r, x in _LEGACY.items()},
-    **{f"{x}x": (r, 0, 16) for r, x in _LEGACY.items()},
-    **{f"{x}l": (r, 0, 8) for r, x in _LEGACY.items()},
-    **{f"{x}h": (r, 8, 8) for r, x in _LEGACY.items()},
-    **{f"e{r[1:]}": (r, 0, 32) for r in ("rsi", "rdi", "rbp", "rsp", "rip")},
-    **{r[1:]: (r, 0, 16) for r in ("rsi", "rdi", "rbp", "rsp", "rip")},
-    **{f"{r[1:]}l": (r, 0, 8) for r in ("rsi", "rdi", "rbp", "rsp")},
-    **{f"r{i}{s}": (f"r{i}", 0, w) for i in range(8, 16) for s, w in (("d", 32), ("w", 16),
-                                                                       ("b", 8))},
-}
-
-
-def _subregister(registers: dict[str, int], name: str) -> int:
-    """Register ``name`` (a Capstone name: ``ecx``, ``r9d``, ``si``...) from the full
-    registers in ``registers``; KeyError for one they do not hold."""
-    if name in registers:
-        return registers[name]
-    full, shift, width = _SUBREGISTERS[name]
-    return (registers[full] >> shift) & ((1 << width) - 1)
-
-
-class Vector(enum.IntEnum):
-    """Exception vectors (SDM Vol. 3A Table 6-1)."""
-
-    DE = 0    # divide error
-    DB = 1    # debug
-    NMI = 2
-    BP = 3    # breakpoint (int3)
-    OF = 4    # overflow
-    BR = 5    # BOUND range exceeded
-    UD = 6    # invalid opcode
-    NM = 7    # device not available
-    DF = 8    # double fault
-    TS = 10   # invalid TSS
-    NP = 11   # segment not present
-    SS = 12   # stack-segment fault
-    GP = 13   # general protection
-    PF = 14   # page fault
-    MF = 16   # x87 floating-point error
-    AC = 17   # alignment check
-    MC = 18   # machine check
-    XM = 19   # SIMD floating-point
-    # Software-interrupt vectors whose gates Windows x64 opens to user mode (DPL 3) besides
-    # BP and OF (KiInitializeIdt's table: KiRaiseSecurityCheckFailure, KiRaiseAssertion,
-    # KiDebugServiceTrap); no hardware event uses them.
-    FAST_FAIL = 0x29      # __fastfail (int 29h)
-    ASSERTION = 0x2C      # __int2c
-    DEBUG_SERVICE = 0x2D  # debug services (DbgPrint's int 2dh)
-
-
-# Vectors whose IDT gate has DPL 3: `int n` to them from ring 3 is delivered, not #GP
-# (0x2e, in a 32-bit process, is taken by ``int2e_handler`` first).
-USER_GATES = frozenset({Vector.BP, Vector.OF, Vector.FAST_FAIL, Vector.ASSERTION,
-                        Vector.DEBUG_SERVICE})
-
-
-# Vectors an instruction raises itself, RIP at the instruction (SDM Vol. 3A Table 6-1).
-_FAULTS = frozenset({Vector.DE, Vector.DB, Vector.UD, Vector.NM, Vector.DF, Vector.TS, Vector.NP,
-                     Vector.SS, Vector.GP, Vector.AC, Vector.MF, Vector.XM})
-
-
-class Deferred:
-    """A value worked out on first read: the exact CR2 of a fault that may never be reported."""
-
-    def __init__(self, compute: Callable[[], int | None]) -> None:
-        self._compute: Callable[[], int | None] | None = compute
-        self._value: int | None = None
-
-    def value(self) -> int | None:
-        """The value, computed on the first call only."""
-        if self._compute is not None:
-            self._value, self._compute = self._compute(), None
-        return self._value
-
-
-class _LazyField:
-    """A dataclass field whose value may be a ``Deferred``: computed once, when first read.
-    With ``explained``, it may also hold the walker's PageFault, read through that attribute
-    of it when first read (a #PF's reason and walk: explained only if someone looks)."""
-
-    def __init__(self, default: object = None, explained: str | None = None) -> None:
-        self.default = default
-        self.explained = explained
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = f"_{name}"
-
-    def __get__(self, obj: object, owner: type | None = None) -> object:
-        if obj is None:
-            return self.default          # the field's default, as the dataclass sees it
-        value = obj.__dict__[self.slot]
-        if value.__class__ is Deferred:
-            value = obj.__dict__[self.slot] = value.value()
-        elif self.explained is not None and value.__class__ is mmu.PageFault:
-            value = obj.__dict__[self.slot] = getattr(value, self.explained)
-        return value
-
-    def __set__(self, obj: object, value: object) -> None:
-        obj.__dict__[self.slot] = value
-
-    def pending(self, obj: object) -> bool:
-        """Whether ``obj``'s value has not been computed yet."""
-        return obj.__dict__[self.slot].__class__ is Deferred
-
-
-@dataclass(frozen=True)
-class CpuException:
-    """An exception the CPU raised: the facts a trap frame and CR2 would give the kernel."""
-
-    vector: Vector
-    rip: int                      # the faulting instruction (for #BP: the int3 itself)
-    cpl: int
-    error_code: int = 0
-    # CR2 for #PF; the non-canonical address for a #GP. For a data access the exact byte
-    # needs the instruction decoded: that is done when the address is first read (see
-    # ``Cpu.settle``), so a fault MmAccessFault resolves with nobody looking costs no
-    # disassembly (``page`` is all the resolution needs).
-    address: int | None = _LazyField()   # type: ignore[assignment]
-    access: str | None = None     # "read", "write" or "fetch" for memory faults
-    # The walker's explanation of a #PF or #GP, and the entries it walked: for a #PF they
-    # are worked out from what the walk read when first read (a resolved fault never is).
-    reason: str = _LazyField("", "reason")   # type: ignore[assignment]
-    walk: tuple = field(default=(), compare=False)     # lazy too: see below the class
-    # A software interrupt through a DPL-3 gate other than #BP (a trap): ``rip`` is the
-    # `int`/`into`, ``next_rip`` the instruction after it (the trap frame's RIP), and
-    # ``argument`` what its Windows handler reads: RCX for int 0x29, RAX for int 0x2d.
-    next_rip: int | None = None
-    argument: int = 0
-    page: int | None = field(default=None, compare=False)   # the page of ``address``
-
-    @property
-    def settled(self) -> bool:
-        """Whether ``address`` is known (computed, or never deferred)."""
-        return not CpuException.__dict__["address"].pending(self)
-
-
-# ``walk`` keeps compare=False, which a descriptor given as its default could not: the lazy
-# field is put on the class once the dataclass has made its methods.
-CpuException.walk = _LazyField((), "steps")    # type: ignore[assignment]
-CpuException.__dict__["walk"].__set_name__(CpuException, "walk")
-_new_object = object.__new__
-
-
-def _fault_exception(vector: Vector, rip: int, cpl: int, error_code: int, address: object,
-                     access: str | None, reason: object, walk: object,
-                     page: int | None) -> CpuException:
-    """``CpuException(vector, rip, cpl, error_code, address, access, reason, walk,
-    page=page)`` for the fault path: the same object, its fields stored at once (a frozen
-    dataclass's ``__init__`` sets them one by one through ``object.__setattr__``)."""
-    exc = _new_object(CpuException)
-    exc.__dict__.update(vector=vector, rip=rip, cpl=cpl, error_code=error_code,
-                        _address=address, access=access, _reason=reason, _walk=walk,
-                        next_rip=None, argument=0, page=page)
-    return exc
-
-
-class ControlRegisterFault(Exception):
-    """A MOV to a control register the CPU refuses: #GP(0), nothing loaded (SDM Vol. 2B,
-    MOV--Move to/from Control Registers, "Protected Mode Exceptions")."""
-
-    vector = Vector.GP
-    error_code = 0
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"#GP(0): {reason}")
-        self.reason = reason
 
 
 # CR3 (SDM Vol. 3A 4.5, Table 4-12; 4.10.1): bits 12..MAXPHYADDR-1 the PML4's frame; with
@@ -761,13 +526,13 @@ class Cpu:
     def save_context(self, context: UcContext) -> None:
         """Copy the CPU's state into ``context`` (``uc.context_update``, one raw call into
         libunicorn: the switch's save, into the thread's own buffer)."""
-        status = _raw.uc_context_save(self._uch, context._context)
+        status = UNICORN.uc_context_save(self._uch, context._context)
         if status:
             raise UcError(status)
 
     def restore_context(self, context: UcContext) -> None:
         """Load the CPU's state from ``context`` (``uc.context_restore``, one raw call)."""
-        status = _raw.uc_context_restore(self._uch, context._context)
+        status = UNICORN.uc_context_restore(self._uch, context._context)
         if status:
             raise UcError(status)
 
@@ -842,7 +607,7 @@ class Cpu:
     def stop(self) -> None:
         """Ask the running guest to stop after the current instruction (from a hook)."""
         self._stop_requested = True
-        status = _raw.uc_emu_stop(self.uc._uch)     # a yield or a wait: no binding call
+        status = UNICORN.uc_emu_stop(self.uc._uch)     # a yield or a wait: no binding call
         if status:
             raise UcError(status)
 
@@ -943,14 +708,14 @@ class Cpu:
         values = []
         for part in (descriptor.address, descriptor.address + 8):
             try:
-                pa = self.walk(part & _MASK64, "read", cpl=0, set_accessed_dirty=True).pa
+                pa = self.walk(part & MASK64, "read", cpl=0, set_accessed_dirty=True).pa
             except (mmu.PageFault, mmu.GeneralProtection) as fault:
-                return self._complete_fault(None, fault, part & _MASK64 & ~0xFFF, "read", 0)
+                return self._complete_fault(None, fault, part & MASK64 & ~0xFFF, "read", 0)
             # A quadword that crosses a page: its bytes from each page's frame.
             first = min(8, 0x1000 - (pa & 0xFFF))
             raw = self.mem.read(pa, first)
             if first < 8:
-                raw += self.mem.read(self.walk((part + first) & _MASK64, "read", cpl=0).pa,
+                raw += self.mem.read(self.walk((part + first) & MASK64, "read", cpl=0).pa,
                                      8 - first)
             values.append(int.from_bytes(raw, "little"))
         low, address = values
@@ -980,8 +745,8 @@ class Cpu:
         ``pc``, decoded as the CPU runs them (its CPL and mode), where its bytes are in
         host memory if guest code may write them (0 if the block spans two pages), else
         None, and how many of its first instructions are inert (no memory access, no fault
-        or trap: ``_inert``). An undecodable instruction ends a block (QEMU translates it
-        as the #UD it raises), so the rest is one."""
+        or trap: emu.hw.blocks ``inert``). An undecodable instruction ends a block (QEMU
+        translates it as the #UD it raises), so the rest is one."""
         pages = [self._code_page(page) for page in range(pc & ~0xFFF, pc + size, 0x1000)]
         if len(pages) == 1:
             code = self.mem.read(pages[0].pa + (pc & 0xFFF), size)
@@ -990,7 +755,7 @@ class Cpu:
         host = None
         if any(page.writable for page in pages):
             host = self.mem.address + pages[0].pa + (pc & 0xFFF) if len(pages) == 1 else 0
-        offsets, inert = _instruction_offsets(self.code_bits, code)
+        offsets, inert = instruction_offsets(self.code_bits, code)
         return list(offsets), host, inert
 
     def _code_page(self, va: int) -> mmu.Translation:
@@ -1151,7 +916,7 @@ class Cpu:
             deferred = address.__class__ is Deferred
             self._pending_cr2 = (address, page) if deferred else None
             self._batch(("cr2",)).write((page if deferred else address,))
-        return _fault_exception(vector, rip, cpl, error_code, address, access, reason, walk,
+        return fault_exception(vector, rip, cpl, error_code, address, access, reason, walk,
                                 page)
 
     def _exact_address(self, access: str, page: int, run: int, cr3: int,
@@ -1170,7 +935,7 @@ class Cpu:
             code = self.read_code(rip, cr3=cr3)
             try:
                 address = fault_address(decode(code, rip, bits) if code else None,
-                                        lambda name: _subregister(registers, name), page,
+                                        lambda name: subregister(registers, name), page,
                                         access, bits)
             except KeyError:             # a register the snapshot does not hold
                 address = page
@@ -1193,11 +958,12 @@ class Cpu:
 
     def set_reg_named(self, name: str, value: int) -> None:
         """Write any register by its Capstone/Intel name (``xmm3``, ``mxcsr``...)."""
-        self.uc.reg_write(_REG.get(name) or getattr(ux, f"UC_X86_REG_{name.upper()}"), value)
+        register = REGISTER_IDS.get(name) or getattr(ux, f"UC_X86_REG_{name.upper()}")
+        self.uc.reg_write(register, value)
 
     def reg_named(self, name: str) -> int:
         """Any register by its Capstone/Intel name (``ecx``, ``r9b``, ``fs_base``...)."""
-        if name in _REG:
+        if name in REGISTER_IDS:
             return self.reg(name)
         return self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}"))
 
@@ -1239,7 +1005,7 @@ class Cpu:
             # An exception the instruction at RIP raised (RIP still at it). Vectors from 32
             # up are never an exception (only `int n` raises them, int 0x2e among them):
             # no saved context is read for those.
-            vector = Vector(intno) if intno in _FAULTS else Vector.GP
+            vector = Vector(intno) if intno in FAULT_VECTORS else Vector.GP
             self._event = CpuException(vector, rip, cpl)
             uc.emu_stop()
             return
@@ -1372,101 +1138,6 @@ class Cpu:
         """Release Unicorn's resources."""
         self._pending_cr2 = None
         self.native.close()
-
-
-@lru_cache(maxsize=1 << 14)
-def _instruction_offsets(bits: int, code: bytes) -> tuple[tuple[int, ...], int]:
-    """The offsets of the instructions of the block ``code`` (``bits``-bit code): what
-    Capstone decodes, then the rest as one (an undecodable instruction, which QEMU
-    translates as the #UD it raises, ends a block); and how many of its first instructions
-    are inert (``_inert``). A function of the bytes alone, so a process's later machines
-    (the debugger's re-executions, a query's machine, a bench's next run) learn blocks they
-    share without decoding them again (about 13 us a block)."""
-    offsets, end, inert, leading = [], 0, 0, True
-    for offset, length, mnemonic, operands in _capstone(bits).disasm_lite(code, 0):
-        offsets.append(offset)
-        end = offset + length
-        if leading and _inert(mnemonic, operands):
-            inert += 1
-        else:
-            leading = False
-    if end < len(code):
-        offsets.append(end)
-    return tuple(offsets) or (0,), inert
-
-
-# -- inert instructions: a quantum renewed before them cannot be told apart -----------------
-#
-# An instruction is inert when it accesses no memory (explicitly or implicitly: no stack,
-# string, descriptor-table or I/O access) and can raise no exception and no trap, whatever
-# the CPU's state; a quantum's renewal (KUSER_SHARED_DATA's times, the next budget) made
-# before a run of them is then invisible (emu/hw/native.c renew_early). An allow-list, from
-# the "Exceptions" sections of the SDM Vol. 2 entries, of integer instructions on general-
-# purpose registers and immediates whose only exceptions there are #UD for a LOCK prefix
-# (refused: Capstone names it in the mnemonic, "lock add", or does not decode the register
-# form, and either way it is not listed) and the memory-operand faults (#GP, #SS, #PF, #AC:
-# no operand here may be memory, below). Left out on purpose: DIV and IDIV (#DE), BOUND,
-# INTO, INT/INT3/UD2, anything privileged, I/O, system, x87/MMX/SSE/AVX (#UD or #NM by
-# CR0/CR4), CPUID/RDTSC/RDPID (exits, hooks, CR4.TSD), POPCNT/LZCNT/TZCNT/BMI (#UD by
-# CPUID), LAHF/SAHF (#UD by CPUID in 64-bit mode), PUSH/POP/CALL/RET/ENTER/LEAVE/PUSHF/POPF
-# /IRET, string instructions, XLAT, CMPXCHG/XADD (both rare in compute loops), and every
-# control transfer (a translated block's last instruction, never before the budget's end).
-_INERT_MNEMONICS = frozenset({
-    "mov", "movabs", "movzx", "movsx", "movsxd",
-    "add", "adc", "sub", "sbb", "and", "or", "xor", "cmp", "test",
-    "inc", "dec", "neg", "not", "imul", "mul",
-    "shl", "sal", "shr", "sar", "rol", "ror", "rcl", "rcr", "shld", "shrd",
-    "bt", "bts", "btr", "btc", "bswap", "xchg",
-    "cbw", "cwde", "cdqe", "cwd", "cdq", "cqo", "clc", "stc", "cmc",
-    *(f"cmov{cc}" for cc in ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p",
-                             "np", "l", "ge", "le", "g")),
-    *(f"set{cc}" for cc in ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p",
-                            "np", "l", "ge", "le", "g")),
-})
-# LEA computes an address and accesses no memory (SDM Vol. 2A LEA: its only exception is
-# #UD for a register source); the multi-byte NOP's memory operand is never accessed (SDM
-# Vol. 2B NOP: an operation that does nothing; QEMU decodes its ModRM and emits no load);
-# and ENDBR32/ENDBR64 are NOPs while CET is off (SDM Vol. 2A ENDBR64), which it always is
-# here (setting CR4.CET is #GP(0): CR4_RESERVED above).
-_INERT_ANY_OPERANDS = frozenset({"lea", "nop", "endbr64", "endbr32"})
-# The general-purpose registers by Capstone's names: any other register operand (a segment,
-# control, debug, x87 or vector register) makes the instruction not inert (MOV to a
-# segment register faults, MOV to or from CRn/DRn is privileged).
-_GPRS = frozenset(
-    [f"{p}{r}" for p in ("r", "e") for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp")]
-    + ["ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "al", "bl", "cl", "dl", "ah", "bh",
-       "ch", "dh", "spl", "bpl", "sil", "dil"]
-    + [f"r{n}{s}" for n in range(8, 16) for s in ("", "d", "w", "b")])
-
-
-def _inert(mnemonic: str, operands: str) -> bool:
-    """Whether the instruction Capstone decoded as ``mnemonic operands`` is inert: on the
-    allow-list, with only general-purpose register and immediate operands (LEA and NOP:
-    any). A memory operand is written ``[...]`` by Capstone, so none passes."""
-    if mnemonic in _INERT_ANY_OPERANDS:
-        return True
-    if mnemonic not in _INERT_MNEMONICS:
-        return False
-    return all(operand in _GPRS or _immediate(operand)
-               for operand in operands.split(", ") if operand)
-
-
-def _immediate(operand: str) -> bool:
-    """Whether a Capstone operand is an immediate (``5``, ``0x10``, ``-0x10``)."""
-    digits = operand.removeprefix("-")
-    if digits.startswith("0x"):
-        digits = digits[2:]
-        return bool(digits) and all(c in "0123456789abcdef" for c in digits)
-    return digits.isdigit()
-
-
-@cache
-def _capstone(bits: int) -> capstone.Cs:
-    """A Capstone decoder for ``bits``-bit code (no detail: lengths only)."""
-    import capstone  # imported by the first block learnt, not at start-up
-
-    return capstone.Cs(capstone.CS_ARCH_X86,
-                       capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32)
 
 
 # -- which interrupts are software interrupts ---------------------------------------------------

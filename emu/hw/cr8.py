@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from unicorn import UC_HOOK_CODE
 from unicorn import x86_const as ux
 
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.faultaddr import decode
 from emu.hw.sites import Sites, find_sites
 
@@ -137,7 +138,6 @@ class Cr8(Sites[Cr8Move]):
         MOV CR); any other move is noted as executing."""
         value = self._uc.reg_read(site.register)
         if site.write and value & CR8_RESERVED:
-            from emu.hw.cpu import CpuException, Vector
             self._cpu.raise_fault(CpuException(Vector.GP, site.address, 0, reason=(
                 f"#GP(0): mov cr8 with {value:#x}, and CR8 bits 63:4 are reserved")))
             return None

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from unicorn import x86_const as ux
 
+from emu.hw.exceptions import ControlRegisterFault, CpuException, Vector
 from emu.hw.faultaddr import decode
 from emu.hw.sites import Sites, block_site, find_sites
 
@@ -116,8 +117,6 @@ class CrWrite(Sites[CrMove]):
         the MOV will see it) is known and checked now (SDM Vol. 2B MOV CR: #GP(0), nothing
         changed, for a value refused); at a block's entry it is read and checked when the
         MOV completes."""
-        from emu.hw.cpu import ControlRegisterFault, CpuException, Vector
-
         if not exact:
             return (site, None)
         value = self._uc.reg_read(site.source)
@@ -134,8 +133,6 @@ class CrWrite(Sites[CrMove]):
         run-time code, whose value is read now (a MOV to a control register writes no
         general-purpose register) and checked now; refused, it is #GP(0) at the MOV with
         QEMU's registers put back as they were. Never a stop."""
-        from emu.hw.cpu import ControlRegisterFault, CpuException, Vector
-
         cpu = self._cpu
         if value is None:
             value = self._uc.reg_read(site.source)

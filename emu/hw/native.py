@@ -84,7 +84,7 @@ Block counting gives the same counts (a test runs every guest app both ways):
 * A budget that ends inside a block, after its first k instructions (0 < k < its count),
   is renewed the same way at that block's entry (native.c ``renew_early``,
   :attr:`NativeHooks.early_renewals`) when those k are inert (the third value ``code``
-  gives: no memory access, no fault or trap, emu/hw/cpu.py ``_inert``) and no range
+  gives: no memory access, no fault or trap, emu/hw/blocks.py ``inert``) and no range
   :meth:`NativeHooks.watch_code` keeps (a Python code or block hook's) meets them: the
   times are those of the count after the k-th, the next budget counts from there, and the
   block is charged as ever, so nothing differs from the renewal after the k-th. Never

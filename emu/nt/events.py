@@ -18,7 +18,7 @@ Each event, and the details it carries:
   the CPU is on the ``syscall`` (or ``int 0x2e``) instruction.
 * ``SYSCALL_RETURN``: the service is done (``thread``, ``number``, ``result``: the value
   for RAX, or None when the thread blocked, yielded or ended).
-* ``EXCEPTION``: the CPU raised an exception (``exc``: emu.hw.cpu.CpuException,
+* ``EXCEPTION``: the CPU raised an exception (``exc``: emu.hw.exceptions.CpuException,
   ``thread``: the thread on the CPU or None in a kernel routine run outside any thread);
   emitted before the executive handles it (a page fault may then be resolved).
 * ``PAGE_FAULT``: a ring-3 page fault was handled by MmAccessFault (``exc``, ``thread``,

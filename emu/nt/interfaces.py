@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from emu.hw.cpu import Cpu, CpuException
+    from emu.hw.cpu import Cpu
+    from emu.hw.exceptions import CpuException
     from emu.hw.memory import PhysicalMemory
     from emu.nt.bugcheck import BugCheck
     from emu.nt.events import EventBus

@@ -19,7 +19,8 @@ import contextlib
 import struct
 from typing import TYPE_CHECKING
 
-from emu.hw.cpu import CpuException, StopReason, Vector
+from emu.hw.cpu import StopReason
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.mmu import PFErr
 from emu.nt import kpcr, kuser, layout, trap
 from emu.nt.bugcheck import BugCheck

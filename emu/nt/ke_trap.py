@@ -17,7 +17,8 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from emu.hw import mmu
-from emu.hw.cpu import Cpu, CpuException, Vector
+from emu.hw.cpu import Cpu
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.faultaddr import memory_accesses
 from emu.nt import dispatch, layout, syscalls, trap
 from emu.nt.bugcheck import BugCheck, BugCheckCode

@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emu.hw.cpu import CpuException, Vector
+from emu.hw.exceptions import CpuException, Vector
 from emu.nt import exports, layout, status, trap, unwind
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 from emu.nt.status import NTSTATUS

@@ -12,7 +12,7 @@ there is nothing smaller than the whole system to stop.
 
 from __future__ import annotations
 
-from emu.hw.cpu import CpuException, Vector
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.mmu import PTE, PFErr
 from emu.nt.bugcheck import PF_EXECUTE, PF_READ, PF_WRITE, BugCheck, BugCheckCode
 from emu.nt.process import ExceptionInfo

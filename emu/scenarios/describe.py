@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.fmt import addr
-from emu.hw.cpu import CpuException, Vector
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.mmu import PTE, PFErr, WalkStep
 from emu.nt.status import status_name
 from emu.nt.syscalls import Service

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from emu.fmt import addr
-from emu.hw.cpu import RFLAGS_IF, Vector
+from emu.hw.cpu import RFLAGS_IF
+from emu.hw.exceptions import Vector
 from emu.hw.mmu import PTE, PFErr
 from emu.nt.events import Event
 from emu.nt.layout import KERNEL_GDT, KERNEL_SPACE_START

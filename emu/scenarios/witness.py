@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emu.fmt import addr
-from emu.hw.cpu import Vector
+from emu.hw.exceptions import Vector
 from emu.nt.drivers import driver_at
 from emu.nt.events import Event
 from emu.nt.kernel import DEVICE_IRQL, DISPATCH_LEVEL

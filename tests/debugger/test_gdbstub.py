@@ -18,7 +18,7 @@ from emu import Machine
 from emu.debugger import gdbregs, gdbstub, rsp
 from emu.debugger.rsp import Kind, PacketReader, ProtocolError
 from emu.debugger.session import Session, Stop, StopReason
-from emu.hw.cpu import CpuException, Vector
+from emu.hw.exceptions import CpuException, Vector
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "guest" / "build" / "apps"

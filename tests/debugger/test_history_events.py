@@ -114,7 +114,7 @@ def test_tab_completes_the_kinds():
 
 def test_a_dispatch_record_names_the_saved_context_it_resumes(apps):
     """Each thread-dispatch record's ring and RIP are the dispatched thread's saved context
-    (read in one raw call, emu.hw.cpu RegisterBatch.read_context), as Unicorn's binding
+    (read in one raw call, emu.hw.registers RegisterBatch.read_context), as Unicorn's binding
     reads that context; a thread that never ran resumes at its start address, ring 3."""
     from unicorn.x86_const import UC_X86_REG_CS, UC_X86_REG_RIP
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from emu.hw import blocks as blocks_module
 from emu.hw import cpu as cpu_module
 from emu.hw import native
 
@@ -68,7 +69,7 @@ def test_a_later_machine_learns_the_blocks_it_shares_without_decoding_them(
     """The instruction offsets are a function of a block's bytes: a second machine of the
     process (a debugger's re-execution, a query's machine) takes them from the first's."""
     monkeypatch.setattr(native, "PER_INSTRUCTION", False)
-    decoded = cpu_module._instruction_offsets
+    decoded = blocks_module.instruction_offsets
 
     def counted_run() -> tuple[int, int, int]:
         m = machine_factory(max_insns=1 << 40)

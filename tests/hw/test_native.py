@@ -984,10 +984,10 @@ def test_counts_and_budgets_near_2_to_the_64_add_up() -> None:
 
 
 def inert_count(code: bytes, bits: int = 64) -> int:
-    """The learner's inert count of a block of ``code`` (emu/hw/cpu.py)."""
-    from emu.hw.cpu import _instruction_offsets
+    """The learner's inert count of a block of ``code`` (emu/hw/blocks.py)."""
+    from emu.hw.blocks import instruction_offsets
 
-    return _instruction_offsets(bits, code)[1]
+    return instruction_offsets(bits, code)[1]
 
 
 INERT_BLOCKS = [

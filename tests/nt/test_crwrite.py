@@ -23,8 +23,8 @@ import emurun
 import pytest
 from driverboot import boot, tlb_around
 
-from emu.hw.cpu import ControlRegisterFault
 from emu.hw.crwrite import block_move, find_moves
+from emu.hw.exceptions import ControlRegisterFault
 from emu.hw.native import Fill, Mode
 from emu.nt.bugcheck import BugCheck, BugCheckCode
 
@@ -220,7 +220,8 @@ def test_a_refused_mov_faults_at_itself_with_the_instructions_before_it_counted(
     """mov rcx, cr4; bts rcx, 15; nop; mov cr4, rcx: #GP(0) at the MOV (a kernel #GP: the
     bug check the machine gives for one), three instructions completed, CR4 unchanged (in
     run-time code Unicorn made the MOV before it is decoded: it is undone)."""
-    from emu.hw.cpu import StopReason, Vector
+    from emu.hw.cpu import StopReason
+    from emu.hw.exceptions import Vector
 
     code = b"\x0f\x20\xe1" + b"\x48\x0f\xba\xe9\x0f" + b"\x90" + b"\x0f\x22\xe1" + b"\xc3"
     m, ex = ring0(machine_factory, code, run_time=run_time)

@@ -150,7 +150,7 @@ def test_a_careless_driver_writes_kernel_memory_for_the_app(machine_factory, app
 
 
 def test_an_exception_in_a_system_service_is_bug_check_0x3b():
-    from emu.hw.cpu import CpuException, Vector
+    from emu.hw.exceptions import CpuException, Vector
     from emu.nt.bugcheck import BugCheckCode
     from emu.nt.trap import kernel_bugcheck
 

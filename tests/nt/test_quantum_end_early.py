@@ -1,6 +1,6 @@
 """A lone thread's quantum whose budget ends inside a block, renewed in C at that block's
 entry (emu/hw/native.c ``renew_early``) when the block's instructions before the budget's
-end are inert (no memory access, no fault or trap: emu/hw/cpu.py ``_inert``) and no Python
+end are inert (no memory access, no fault or trap: emu/hw/blocks.py ``inert``) and no Python
 hook sees them. What a user sees is what the renewal through a stop after the budget's last
 instruction gives (``Executive.quantum_end_in_c = False``, the reference): the
 instructions, the ``--max-insns`` stops, the output, the registers, KUSER_SHARED_DATA's

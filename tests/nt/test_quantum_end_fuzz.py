@@ -1,7 +1,7 @@
 """Random loops, their quantum ends made inside the run or through a stop: the same.
 
 A ring-3 loop whose body is a random sequence of register-only instructions (inert:
-emu/hw/cpu.py ``_inert``) and of loads of KUSER_SHARED_DATA's InterruptTime that it adds
+emu/hw/blocks.py ``inert``) and of loads of KUSER_SHARED_DATA's InterruptTime that it adds
 up, under a random quantum: its quantum ends fall on block boundaries (renewed in the run),
 after inert instructions inside a block (renewed at the block's entry: native.c
 ``renew_early``) and after a load (made between the tail's run and the next:

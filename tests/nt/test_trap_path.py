@@ -192,15 +192,15 @@ def test_cr2_is_the_exact_byte_even_when_read_long_after_an_unwatched_fault(mach
 
 def test_the_registers_kept_at_a_fault_give_every_capstone_subregister():
     """The snapshot's full registers answer what a decoded 32-bit or 64-bit operand names."""
-    from emu.hw.cpu import _subregister
+    from emu.hw.registers import subregister
 
     regs = {"rax": 0x1122_3344_5566_7788, "rsi": 0xFFFF_0000_8000_1234, "r9": 0xAABB_CCDD_EEFF_0102,
             "rip": 0x0000_7FF0_0000_4000, "fs_base": 0x1000}
-    assert [_subregister(regs, n) for n in ("eax", "ax", "al", "ah")] == \
+    assert [subregister(regs, n) for n in ("eax", "ax", "al", "ah")] == \
         [0x5566_7788, 0x7788, 0x88, 0x77]
-    assert [_subregister(regs, n) for n in ("esi", "si", "sil")] == [0x8000_1234, 0x1234, 0x34]
-    assert [_subregister(regs, n) for n in ("r9d", "r9w", "r9b")] == [0xEEFF_0102, 0x0102, 0x02]
-    assert (_subregister(regs, "eip"), _subregister(regs, "fs_base")) == (0x4000, 0x1000)
+    assert [subregister(regs, n) for n in ("esi", "si", "sil")] == [0x8000_1234, 0x1234, 0x34]
+    assert [subregister(regs, n) for n in ("r9d", "r9w", "r9b")] == [0xEEFF_0102, 0x0102, 0x02]
+    assert (subregister(regs, "eip"), subregister(regs, "fs_base")) == (0x4000, 0x1000)
 
 
 def test_the_fault_paths_exception_is_the_one_the_dataclass_makes():
@@ -208,11 +208,11 @@ def test_the_fault_paths_exception_is_the_one_the_dataclass_makes():
     for field, so a field added to CpuException must be added there too."""
     from dataclasses import fields
 
-    from emu.hw.cpu import CpuException, Vector, _fault_exception
+    from emu.hw.exceptions import CpuException, Vector, fault_exception
 
     args = (Vector.PF, 0x401000, 3, 6, 0x7000_0000_1234, "write", "not present: P=0 in PTE",
             ("a step",))
-    fast = _fault_exception(*args, 0x7000_0000_1000)
+    fast = fault_exception(*args, 0x7000_0000_1000)
     slow = CpuException(*args, page=0x7000_0000_1000)
     assert fast == slow and repr(fast) == repr(slow)
     assert [getattr(fast, f.name) for f in fields(CpuException)] == \
@@ -259,7 +259,7 @@ def test_a_resolved_fault_is_never_explained_and_a_reported_one_is(machine_facto
 def test_a_pte_naming_a_frame_beyond_ram_is_a_machine_check_at_the_access(machine_factory, apps):
     """The TLB fill hands back the frame with the rights in one int: a frame past the end of
     RAM is still refused (#MC, naming the frame), not mapped."""
-    from emu.hw.cpu import Vector
+    from emu.hw.exceptions import Vector
 
     m = machine_factory(mem="16M")
     seen = []
@@ -282,7 +282,7 @@ def test_a_fault_explained_later_pickles_explained(machine_factory, apps):
     yet comes back whole (reason, entries walked, level), inside a CpuException too."""
     import pickle
 
-    from emu.hw.cpu import CpuException, Vector
+    from emu.hw.exceptions import CpuException, Vector
 
     m = machine_factory(mem="16M")
     proc = m.spawn(apps / "hello")
@@ -298,8 +298,8 @@ def test_a_fault_explained_later_pickles_explained(machine_factory, apps):
     assert (back.address, back.error_code, back.reason, back.steps, back.level) == \
         (fault.address, fault.error_code, fault.reason, fault.steps, fault.level)
     assert back.reason.startswith("not present: P=0 in ") and str(back) == str(fault)
-    from emu.hw.cpu import _fault_exception
-    kept = _fault_exception(Vector.PF, 0x401000, 3, int(fault.error_code), 0x7000_0000_0000,
+    from emu.hw.exceptions import fault_exception
+    kept = fault_exception(Vector.PF, 0x401000, 3, int(fault.error_code), 0x7000_0000_0000,
                             "write", fault, fault, 0x7000_0000_0000)
     assert pickle.loads(pickle.dumps(kept)) == exc and \
         pickle.loads(pickle.dumps(kept)).walk == fault.steps

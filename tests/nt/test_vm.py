@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from emu.hw.cpu import CpuException, Vector
+from emu.hw.exceptions import CpuException, Vector
 from emu.hw.mmu import PTE, PFErr
 from emu.nt.mm import softpte, virtual
 from emu.nt.mm.pfn import FrameUse, OutOfFrames

@@ -9,7 +9,7 @@ from itertools import pairwise
 
 import pytest
 
-from emu.hw.cpu import Vector
+from emu.hw.exceptions import Vector
 from emu.hw.mmu import PTE, PFErr
 from emu.nt.bugcheck import BugCheckCode
 from emu.nt.layout import KERNEL_SPACE_START

@@ -56,7 +56,7 @@ _P, _A, _D = int(PTE.P), int(PTE.A), int(PTE.D)
 _PROTECTION_FAULT = int(PFErr.P | PFErr.RSVD)   # error-code bits: the page was present
 
 if TYPE_CHECKING:
-    from emu.hw.cpu import CpuException
+    from emu.hw.exceptions import CpuException
     from emu.nt.interfaces import VirtualMemory
     from emu.nt.process import Process
 

@@ -17,7 +17,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from emu.hw import mmu
-from emu.hw.cpu import CpuException, Vector
+from emu.hw.exceptions import CpuException, Vector
 from emu.nt import layout, wdm
 from emu.nt.exports import ExportCall, export, format_message, free_pool, name_at
 from emu.nt.mm.pfn import OutOfFrames
