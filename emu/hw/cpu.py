@@ -839,6 +839,7 @@ class Cpu:
                                      self.cr4, self.efer, rflags, seen)
         except (mmu.PageFault, mmu.GeneralProtection) as fault:
             self._fault = (fault, vpage, access, cpl)     # made a CpuException at the stop
+            self._last_table = None       # a fault between two walks: not "in a row"
             return -1
         if packed >= self.mem.size:     # the frame (Prot bits are below 4 KiB) is not RAM
             pa = packed & ~0xFFF
@@ -853,7 +854,9 @@ class Cpu:
         """Two walks in a row through one page table: cache its other ready entries too.
 
         A sweep over memory then costs one Python walk per page table instead of one per
-        page; scattered accesses never trigger it, so they pay nothing extra.
+        page; scattered accesses never trigger it, so they pay nothing extra, and neither do
+        faults: a walk that faults ends the streak (``_fill``), so pages made valid one
+        fault at a time (demand-zero, hard faults) never rescan their table.
         """
         table = seen[3][0] & ~0xFFF
         if table == self._last_table:

@@ -171,10 +171,16 @@ class AddressSpace:
 
     def map_page(self, va: int, pfn: int, flags: PTE | int) -> None:
         """Map the 4 KiB page at ``va`` to frame ``pfn`` with leaf ``flags`` (a pageable
-        page joins its working set)."""
+        page joins its working set). The TLB forgets ``va`` only if the PTE was valid: a
+        change of P from 0 to 1 needs no invalidation, since no TLB entry or paging-structure
+        cache entry is made from an entry whose P is 0 (SDM Vol. 3A 4.10.4.3), and every
+        change from 1 to 0 here invalidates (``unmap_page``, the pager's trims)."""
         pte_pa = self.pte_address(va, create=True)
-        self.mm.mem.write_u64(pte_pa, pfn * PAGE_SIZE | int(flags))
-        self.mm.page_changed(self, va)
+        mem = self.mm.mem
+        was_valid = mem.read_u64(pte_pa) & _P
+        mem.write_u64(pte_pa, pfn * PAGE_SIZE | int(flags))
+        if was_valid:
+            self.mm.page_changed(self, va)
         self.mm.pager.track(self, va, pte_pa, pfn)
 
     def unmap_page(self, va: int) -> int | None:
