@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import emurun
 import pytest
@@ -57,6 +58,19 @@ def test_report(apps, tmp_path):
     assert rep["bugcheck"] is None
     assert set(rep["stats"]) >= {"instructions", "tlb_fills", "page_faults"}
     assert rep["stats"]["page_faults"] == 1
+
+
+def test_the_report_docs_show_is_the_one_emu_run_writes(tmp_path):
+    """docs/report.md's example is what `emu run --report FILE guest/build/apps/badread`
+    writes, run from the repository's root: every field and every value."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "report.md").read_text()
+    example = text[text.index("```json\n") + len("```json\n"):]
+    example = json.loads(example[:example.index("```")])
+    out = tmp_path / "r.json"
+    r = emu("run", "--report", out, "guest/build/apps/badread", cwd=root)
+    assert r.returncode == 125, r.stderr
+    assert json.loads(out.read_text()) == example
 
 
 def test_max_insns(apps):
