@@ -94,3 +94,16 @@ def test_the_whole_tour_holds(capsys, tmp_path: Path):
     assert out.splitlines()[-1] == f"The tour: {len(ORDER)} scenarios, {len(ORDER)} held " \
         "their claims."
     assert out.count("the claim holds") == len(ORDER)
+
+
+def test_the_narration_docs_show_is_the_one_the_tour_prints(capsys):
+    """docs/tour.md's "Reading the narration" lines are arbitrary-thread-context's: each
+    line the doc shows, up to its "...", begins a line of the narration."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "tour.md").read_text()
+    block = doc.split("## Reading the narration", 1)[1].split("```\n", 2)[1]
+    shown = [line.rsplit("...", 1)[0] for line in block.splitlines()]
+    assert len(shown) == 3
+    assert main(["scenario", "run", "arbitrary-thread-context"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for line in shown:
+        assert any(said.startswith(line) for said in out), line
