@@ -36,7 +36,7 @@ from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
 from emu.nt.scheduler import DEFAULT_QUANTUM
-from emu.outputs import output_problem, same_file_problem
+from emu.outputs import discard_stdout, output_problem, reader_safe_stdout, same_file_problem
 
 EXIT_USAGE = 2
 APP_SEPARATOR = "\0--"      # what `--` becomes on an `emu run` command line
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             return debug_cli.run(args, apps, UsageError)
         if args.command == "query":
             from emu.debugger import querycli
-            return querycli.run(args, UsageError, _size, _count, split_commands)
+            with reader_safe_stdout():          # `emu query ... | head`: no traceback
+                return querycli.run(args, UsageError, _size, _count, split_commands)
         if args.command == "build":
             from emu import build
             return build.run(args)
@@ -670,9 +671,7 @@ def _echo(_proc: Process, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     except BrokenPipeError:             # `emu run APP | head`: the reader is gone; the run
-        devnull = os.open(os.devnull, os.O_WRONLY)     # goes on, its output discarded
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        discard_stdout()                # goes on, its output discarded
 
 
 def _write_report(path: str, result: MachineResult, machine: Machine) -> None:

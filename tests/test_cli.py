@@ -380,6 +380,35 @@ def test_a_closed_pipe_on_stdout_is_not_a_traceback(apps):
     assert proc.wait(timeout=60) == 3 and err == ""
 
 
+@pytest.mark.parametrize("ends", ["help", "no-such-command"])
+def test_emu_debug_with_a_closed_pipe_on_stdout_goes_on_unheard(apps, tmp_path, ends):
+    """`emu debug ... | head`: once the reader has gone the session goes on with its output
+    discarded, as `emu run`'s does: no traceback, no "internal error", every command of the
+    script runs (the last one decides the exit status: 1 when it fails)."""
+    script = tmp_path / "s.gdb"
+    script.write_text("help\n" * 50 + "break printf\ncontinue\ninfo registers\n"
+                      "continue\n" + ends + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", "-x", str(script),
+                             str(apps / "hello")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                      # no reader at all
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == (0 if ends == "help" else 1) and err == ""
+
+
+@pytest.mark.parametrize("words", [["calls", "IoCompleteRequest"],
+                                   ["write", "0x401000", "--pid", "12"]])
+def test_emu_query_with_a_closed_pipe_on_stdout_is_not_a_traceback(apps, words):
+    drivers = Path(__file__).resolve().parents[1] / "guest" / "build" / "drivers"
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "query", *words, "--driver",
+                             str(drivers / "twice.sys"), str(apps / "devread"),
+                             r"\Device\Twice"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                      # `emu query ... | head -0`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == ""
+
+
 @pytest.mark.parametrize("name", ["hello", "hello-pie"])
 def test_an_app_given_as_a_driver_is_not_a_pe_image(apps, name):
     # One driver format (PE32+): an app, static or PIE, is refused as any non-PE file.

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from emu.machine import Machine
+from emu.outputs import discard_stdout, reader_safe_stdout
 
 EXIT_COMMAND_FAILED = 1
 DEFAULT_MEM = 64 << 20
@@ -89,7 +90,15 @@ def recipe(args: argparse.Namespace, commands: list[tuple[str, list[str]]],
 
 
 def run(args: argparse.Namespace, commands: list[tuple[str, list[str]]], usage_error) -> int:
-    """Run ``emu debug``; returns the exit status."""
+    """Run ``emu debug``; returns the exit status. Once the reader of standard output has
+    gone (`emu debug ... | head`), the session goes on with its output discarded, as `emu
+    run`'s guest output is: a script's later commands still run, and the exit status is
+    the session's own."""
+    with reader_safe_stdout():
+        return _run(args, commands, usage_error)
+
+
+def _run(args: argparse.Namespace, commands: list[tuple[str, list[str]]], usage_error) -> int:
     from emu.debugger.shell import Shell
 
     problem = _option_problem(args)
@@ -202,6 +211,9 @@ def _command_source(args, usage_error) -> tuple[TextIO | None, bool]:
 
 
 def _echo(_proc, data: bytes) -> None:
-    sys.stdout.flush()
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:        # `emu debug ... | head`: the session goes on, unheard
+        discard_stdout()

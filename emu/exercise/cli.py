@@ -11,11 +11,11 @@ one line ``emu: error: ...``; an unknown kind names the kinds).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 
 from emu.exercise import SEED_MAX, AnswerError, Exercise, SceneError
+from emu.outputs import discard_stdout
 
 EXIT_OK, EXIT_WRONG, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_COUNT = 1000
@@ -90,8 +90,7 @@ def run(argv: Sequence[str]) -> int:
         print("emu: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:                 # `emu exercise ... | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        discard_stdout()
         return EXIT_OK
 
 

@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from emu.outputs import discard_stdout
+
 EXIT_HELD, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -79,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _play(chosen, out, args.events)
     except BrokenPipeError:                  # `emu scenario run --all | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        discard_stdout()
         return EXIT_FAILED
 
 
