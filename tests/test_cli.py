@@ -73,6 +73,64 @@ def test_the_report_docs_show_is_the_one_emu_run_writes(tmp_path):
     assert json.loads(out.read_text()) == example
 
 
+def report_docs() -> tuple[Path, str]:
+    root = Path(__file__).resolve().parents[1]
+    return root, (root / "docs" / "report.md").read_text()
+
+
+def test_the_event_log_line_the_docs_show_is_one_emu_run_writes(tmp_path):
+    """docs/report.md's event log line is a line of the log its command writes."""
+    root, text = report_docs()
+    intro = "A line, for example (`emu run --events ev.jsonl guest/build/apps/hello`):"
+    block = text[text.index(intro):]
+    block = block[block.index("```json\n") + len("```json\n"):]
+    line = block[:block.index("\n```")]
+    out = tmp_path / "ev.jsonl"
+    r = emu("run", "--events", out, "guest/build/apps/hello", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert line in out.read_text().splitlines()
+
+
+def test_the_steppable_page_of_the_docs_dpc_run_has_the_steps_they_say(tmp_path):
+    """docs/report.md's `--html` example run: the stderr line in the form the docs give, with
+    the number of steps they give."""
+    root, text = report_docs()
+    steps = re.search(r"The seed's DPC run above: (\d+) steps", text).group(1)
+    out = tmp_path / "dpc.html"
+    r = emu("run", "--html", out, "--driver", "guest/build/drivers/slowneither.sys",
+            "guest/build/apps/slowread", "\\Device\\SlowNeither", "--",
+            "guest/build/apps/victim", cwd=root)
+    assert r.returncode == 0, r.stderr
+    size = f"{out.stat().st_size:,}"
+    assert r.stderr == f"emu: steppable page written to {out}: {steps} steps, {size} bytes\n"
+    # The command line is the page's title, `--` as typed (no NUL byte in the page).
+    page = out.read_text()
+    assert "\0" not in page
+    assert "<title>emu run slowread \\Device\\SlowNeither -- guest/build/apps/victim</title>" \
+        in page
+
+
+def test_the_report_docs_name_every_field_of_a_bug_check_and_a_driver(tmp_path):
+    """Each key of the report's `bugcheck` and `drivers[]` objects is named in its row of
+    docs/report.md's table."""
+    root, text = report_docs()
+    rows: dict[str, str] = {}
+    for row in text.splitlines():        # the report's table first: the event log's after
+        if row.startswith("| `"):
+            rows.setdefault(row.split(" | ")[0].strip("| `"), row)
+    out = tmp_path / "r.json"
+    r = emu("run", "--report", out, "--driver", "guest/build/drivers/crash.sys",
+            "guest/build/apps/hello", cwd=root)
+    assert r.returncode == 126
+    rep = json.loads(out.read_text())
+    for key in rep["bugcheck"]:
+        assert f"`{key}`" in rows["bugcheck"], key
+    for key in rep["drivers"][0]:
+        assert f"`{key}`" in rows["drivers[]"], key
+    assert rep["drivers"][0]["status"] is None and rep["processes"][0]["state"] == "ready"
+    assert rep["processes"][0]["paging"]["working_set"] > 0   # never ran: not null
+
+
 def test_max_insns(apps):
     r = emu("run", "--max-insns", "50000", apps / "spin")
     assert r.returncode == 124

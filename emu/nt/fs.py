@@ -31,9 +31,12 @@ class GuestFileSystem:
         relative = path.lstrip("/")
         if not relative or "\0" in relative:
             raise GuestFileNotFound(path)
-        host = (self.root / relative).resolve()
-        if self.root not in host.parents or not host.is_file():
-            raise GuestFileNotFound(path)
+        try:                 # a name the host refuses (ENAMETOOLONG, EACCES) is no file
+            host = (self.root / relative).resolve()
+            if self.root not in host.parents or not host.is_file():
+                raise GuestFileNotFound(path)
+        except OSError:
+            raise GuestFileNotFound(path) from None
         return host
 
     def read(self, path: str) -> bytes:

@@ -25,6 +25,7 @@ INVALID = NTSTATUS.STATUS_OBJECT_NAME_INVALID
     (b"\\Device\\Console", OK), (b"\\Device\\console", NOT_FOUND),
     (b"\\Device\\Ticket", OK), (b"\\Device\\Nothing", NOT_FOUND),
     (b"\\Device\\hello", NOT_FOUND),                      # a device name, never a file
+    (b"a" * 1023, NOT_FOUND),               # a name longer than the host allows (NAME_MAX)
 ], ids=lambda v: v.decode()[:24] if isinstance(v, bytes) else hex(v))
 def test_nt_open_file_paths(machine_factory, path, status):
     _, proc, results, _ = run(machine_factory, [Call(S.NtOpenFile, (PATH, OUTV))],
@@ -35,7 +36,7 @@ def test_nt_open_file_paths(machine_factory, path, status):
 
 @pytest.mark.parametrize("path, status", [
     (b"/hello", OK), (b"/" * 1019 + b"hello", INVALID), (b"HELLO", NOT_FOUND),
-    (b"\\Device\\Console", NOT_FOUND)])
+    (b"\\Device\\Console", NOT_FOUND), (b"a" * 1023, NOT_FOUND)])
 def test_nt_create_process_paths(machine_factory, path, status):
     m, _, results, _ = run(machine_factory, [Call(S.NtCreateProcess, (PATH, 0, OUTV))],
                            plant={PATH: path + b"\0"})
