@@ -515,9 +515,11 @@ def _write_steps(path: str, steps, words: list[str]) -> None:
     """``--html FILE``: the steppable page of the run (emu.viz.steps), and what it weighs."""
     from emu.viz import steps as steps_page
 
-    title = "emu run " + " ".join(os.path.basename(w) if i == 0 else
-                                  "--" if w == APP_SEPARATOR else w
-                                  for i, w in enumerate(words))
+    # The command line as typed, each app by its file's name (`--` between apps as typed).
+    title = "emu run " + " ".join(
+        "--" if w == APP_SEPARATOR else
+        os.path.basename(w) if i == 0 or words[i - 1] == APP_SEPARATOR else w
+        for i, w in enumerate(words))
     text = steps_page.page(steps.steps, steps.left_out, title)
     try:
         with open(path, "w", encoding="utf-8") as f:

@@ -103,11 +103,11 @@ def test_the_steppable_page_of_the_docs_dpc_run_has_the_steps_they_say(tmp_path)
     assert r.returncode == 0, r.stderr
     size = f"{out.stat().st_size:,}"
     assert r.stderr == f"emu: steppable page written to {out}: {steps} steps, {size} bytes\n"
-    # The command line is the page's title, `--` as typed (no NUL byte in the page).
+    # The command line is the page's title, each app by its file's name, `--` as typed (no
+    # NUL byte in the page).
     page = out.read_text()
     assert "\0" not in page
-    assert "<title>emu run slowread \\Device\\SlowNeither -- guest/build/apps/victim</title>" \
-        in page
+    assert "<title>emu run slowread \\Device\\SlowNeither -- victim</title>" in page
 
 
 def test_the_report_docs_name_every_field_of_a_bug_check_and_a_driver(tmp_path):
