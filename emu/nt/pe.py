@@ -210,7 +210,9 @@ class _Loader:
 
     def _map_sections(self) -> None:
         opt, previous_end = self.opt, _align(self.opt.SizeOfHeaders, self.opt.SectionAlignment)
-        for section in self.pe.sections:
+        # In the section table's order: pefile sorts its list by address, which would let a
+        # table out of ascending order through.
+        for section in sorted(self.pe.sections, key=lambda s: s.get_file_offset()):
             name = section.Name.rstrip(b"\0").decode("ascii", "replace") or "(unnamed)"
             rva, raw = section.VirtualAddress, section.SizeOfRawData
             size = section.Misc_VirtualSize or raw

@@ -336,6 +336,13 @@ def _overlap(image):
     image.sections[1].VirtualAddress = image.sections[0].VirtualAddress
 
 
+def _out_of_order(image):
+    # The section table lists .rdata (now at 0x3000) before .buildid (now at 0x2000); pefile
+    # sorts its list by address, the table stays as the file has it.
+    first, second = image.sections[1], image.sections[2]
+    first.VirtualAddress, second.VirtualAddress = second.VirtualAddress, first.VirtualAddress
+
+
 BAD = {
     "not PE": (lambda: b"MZ" + bytes(200), "not a PE image (Invalid NT Headers signature)"),
     "i386": (lambda: _edit(_hello(), _set("FILE_HEADER.Machine", 0x14C)),
@@ -363,6 +370,9 @@ BAD = {
     "overlapping sections": (lambda: _edit(_hello(), _overlap),
                              "section .rdata at RVA 0x1000 overlaps the headers or the "
                              "section before it"),
+    "sections out of order": (lambda: _edit(_reloc(), _out_of_order),
+                              "section .buildid at RVA 0x2000 overlaps the headers or the "
+                              "section before it"),
     "unaligned section": (lambda: _edit(_hello(), _set("sections.1.VirtualAddress", 0x2100)),
                           "section .rdata at RVA 0x2100 is not aligned"),
     "absurd image size": (lambda: _edit(_hello(), _set("OPTIONAL_HEADER.SizeOfImage",
