@@ -212,9 +212,11 @@ class CrashDumpSource(IoSystem, EventSource, Protocol):
 
 class ExceptionDispatch(VirtualMemory, TrapPath, LoadedModules, Protocol):
     """Kernel-mode SEH (emu.nt.seh, RtlDispatchException/RtlUnwindEx): memory, the
-    trap path, the drivers' unwind data, and whether a service is running."""
+    trap path, the drivers' unwind data, whether a service is running, and how many ISRs
+    and DPCs are."""
 
     in_system_service: bool
+    interrupt_routines: int
 
 
 class UserExceptionDispatch(SystemService, TrapPath, Protocol):

@@ -55,9 +55,13 @@ class KeKernelCalls(_Executive):
         self.irql = irql
         if stack_top is None:
             stack_top = thread.kernel_stack_top if thread else KERNEL_STACK_TOP
-        result = self.call_kernel(routine, *args,
-                                  space=thread.process.space if thread else self.mm.system,
-                                  stack_top=stack_top)
+        self.interrupt_routines += 1
+        try:
+            result = self.call_kernel(routine, *args,
+                                      space=thread.process.space if thread else self.mm.system,
+                                      stack_top=stack_top)
+        finally:
+            self.interrupt_routines -= 1
         self.irql = old
         self.events.emit(Event.KERNEL_CALL_DONE, routine=routine, thread=thread)
         return result

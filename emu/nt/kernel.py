@@ -121,6 +121,7 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         self.cpu.cr8.on_write = self._irql_written
         self.cpu.on_device_started = self._device_started
         self.in_system_service = False   # ring-0 work done for a system call right now
+        self.interrupt_routines = 0      # ISRs and DPCs running now (nested), emu.nt.kintr
         self.io = IoManager(self)
         self.interrupts: dict[int, kintr.Interrupt] = {}  # vector -> its connected ISR
         self.pending_interrupts: set[int] = set()       # vectors whose line is up, not served

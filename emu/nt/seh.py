@@ -336,10 +336,14 @@ def unhandled(ex: ExceptionDispatch, d: Dispatch, detail: str) -> BugCheck:
       SYSTEM_THREAD_EXCEPTION_NOT_HANDLED (code, address, EXCEPTION_RECORD, CONTEXT), from
       the system thread's filter (PspUnhandledExceptionInSystemThread);
     - elsewhere (an ISR, a DPC): KiDispatchException's own 0x1E KMODE_EXCEPTION_NOT_HANDLED
-      (code, address, ExceptionInformation[0], ExceptionInformation[1])."""
+      (code, address, ExceptionInformation[0], ExceptionInformation[1]). An ISR or DPC that
+      runs during a system service (an interrupt taken while a dispatch routine waits) is
+      one of these: its walk ended at its own return trap, short of the service's frames."""
     r = d.record
     info = (tuple(r.information) + (0, 0))[:2]
-    if ex.in_system_service:
+    if ex.interrupt_routines:
+        code, params = BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (r.code, r.address, *info)
+    elif ex.in_system_service:
         code, params = BugCheckCode.SYSTEM_SERVICE_EXCEPTION, (r.code, r.address, d.context_va, 0)
     elif ex.current_thread is None and ex.irql < DISPATCH_LEVEL:
         code, params = BugCheckCode.SYSTEM_THREAD_EXCEPTION_NOT_HANDLED, \

@@ -316,3 +316,75 @@ def test_the_same_read_with_no_handler_is_0x3b_at_the_faulting_read(machine_fact
     # The CONTEXT (parameter 3) holds the faulting RIP.
     assert struct.unpack("<Q", m.executive.kernel_read(bc.params[2] + seh.CONTEXT_RIP, 8))[0] \
         == bc.rip
+
+
+ISR_RAISES = r"""
+#include <ntddk.h>
+static PKINTERRUPT interrupt;
+static KEVENT never;
+
+BOOLEAN Isr(PKINTERRUPT Interrupt, PVOID Context)
+{
+    UNREFERENCED_PARAMETER(Interrupt);
+    UNREFERENCED_PARAMETER(Context);
+    ExRaiseStatus(0xE0000001);
+    return TRUE;
+}
+
+static NTSTATUS Complete(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+{
+    UNREFERENCED_PARAMETER(DeviceObject);
+    Irp->IoStatus.Status = STATUS_SUCCESS;
+    Irp->IoStatus.Information = 0;
+    IoCompleteRequest(Irp, IO_NO_INCREMENT);
+    return STATUS_SUCCESS;
+}
+
+static NTSTATUS Read(PDEVICE_OBJECT DeviceObject, PIRP Irp)
+{
+    __outdword(0x300, 1);                       /* the slow device: START */
+    KeWaitForSingleObject(&never, Executive, KernelMode, FALSE, NULL);
+    return Complete(DeviceObject, Irp);
+}
+
+NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
+{
+    UNICODE_STRING name;
+    PDEVICE_OBJECT device;
+    NTSTATUS status;
+
+    UNREFERENCED_PARAMETER(RegistryPath);
+    KeInitializeEvent(&never, SynchronizationEvent, FALSE);
+    RtlInitUnicodeString(&name, L"\\Device\\IsrRaises");
+    status = IoCreateDevice(DriverObject, 0, &name, FILE_DEVICE_UNKNOWN, 0, FALSE, &device);
+    if (!NT_SUCCESS(status))
+        return status;
+    device->Flags |= DO_BUFFERED_IO;
+    status = IoConnectInterrupt(&interrupt, Isr, NULL, NULL, 0x31, 5, 5, Latched, FALSE, 1,
+                                FALSE);
+    if (!NT_SUCCESS(status))
+        return status;
+    DriverObject->MajorFunction[IRP_MJ_CREATE] = Complete;
+    DriverObject->MajorFunction[IRP_MJ_CLOSE] = Complete;
+    DriverObject->MajorFunction[IRP_MJ_READ] = Read;
+    return STATUS_SUCCESS;
+}
+"""
+
+
+def test_an_unhandled_exception_in_an_isr_taken_during_a_dispatch_routine_is_0x1e(
+        machine_factory, apps, tmp_path):
+    # The ISR interrupts a dispatch routine that waits for its device, in a system service;
+    # the walk stops at the ISR's own return trap, and it is an ISR that did not handle its
+    # exception: 0x1E (code, address, information[0], information[1]), not the system
+    # service's 0x3B.
+    from emu.tools import build_driver
+
+    source = tmp_path / "isrraises.c"
+    source.write_text(ISR_RAISES)
+    image = build_driver.build(source)
+    m, (p,), r = boot(machine_factory, apps, [image], ("devread", "\\Device\\IsrRaises"))
+    bc = r.bugcheck
+    assert bc.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
+    assert bc.params[0] == 0xE000_0001 and bc.params[2:] == (0, 0)
+    assert bc.location.startswith("isrraises.sys!Isr+")
