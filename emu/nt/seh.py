@@ -345,7 +345,9 @@ def unhandled(ex: ExceptionDispatch, d: Dispatch, detail: str) -> BugCheck:
         code, params = BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED, (r.code, r.address, *info)
     elif ex.in_system_service:
         code, params = BugCheckCode.SYSTEM_SERVICE_EXCEPTION, (r.code, r.address, d.context_va, 0)
-    elif ex.current_thread is None and ex.irql < DISPATCH_LEVEL:
+    elif ex.current_thread is None:
+        # DriverEntry or DriverUnload, at whatever IRQL it raised itself to: the system
+        # thread's filter is on the walk's way as ever.
         code, params = BugCheckCode.SYSTEM_THREAD_EXCEPTION_NOT_HANDLED, \
             (r.code, r.address, d.record_va, d.context_va)
     else:

@@ -1,8 +1,8 @@
 /*
  * pepoolraise.sys: asks ExAllocatePool2 for 1 GiB with POOL_FLAG_RAISE_ON_FAILURE and no
  * __try/__except. The allocation fails, so the routine raises STATUS_INSUFFICIENT_RESOURCES
- * (0xC000009A); with no handler for it, Windows stops with bug check 0x1E
- * KMODE_EXCEPTION_NOT_HANDLED (0xC000009A, the address it was raised at, 0, 0).
+ * (0xC000009A); with no handler in DriverEntry (a system thread's), Windows stops with bug
+ * check 0x7E (0xC000009A, the address it was raised at, the EXCEPTION_RECORD, the CONTEXT).
  * It prints "pepoolraise.sys: 1 GiB, raise on failure" first.
  */
 #include <ntddk.h>

@@ -3,7 +3,7 @@
  * requesting thread's context. IRP_MJ_READ on \Device\PeWait (buffered I/O;
  * the link \DosDevices\PeWait) starts the slow device and waits, with no
  * timeout, on a synchronization event that the device's ISR, SlowIsr, sets
- * (a test connects it: IoConnectInterrupt is not bound to PE drivers yet).
+ * (the driver does not call IoConnectInterrupt itself: a test connects SlowIsr).
  * The interrupt is taken while the driver waits, in the requester's address
  * space, on its kernel stack below the waiting routine's frames; then the read
  * returns "woken by the device" (memcpy) and the I/O manager copies it to the

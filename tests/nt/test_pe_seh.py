@@ -185,25 +185,28 @@ def test_the_raise_routines_and_rtl_assert_are_caught_and_ke_bug_check_stops(
     assert bc.location.startswith("peraise.sys!DriverEntry+0x")
 
 
-def test_an_unhandled_fault_at_dispatch_level_outside_a_thread_is_0x1e(machine_factory, apps):
-    # As in a DPC: PE code (peseh.sys's Divide, named by its PDB) divides by zero at
-    # DISPATCH_LEVEL with nothing to catch it: KiDispatchException's own 0x1E (code,
-    # address, information[0], information[1]).
+def test_an_unhandled_fault_in_a_dpc_is_0x1e(machine_factory, apps):
+    # PE code (peseh.sys's Divide, named by its PDB) run as a DPC divides by zero with
+    # nothing to catch it: KiDispatchException's own 0x1E (code, address, information[0],
+    # information[1]).
     m, _, r = request(machine_factory, apps, GUARDED)
-    ex = m.executive
     divide = r.drivers[0].image.symbols["Divide"]
-    ex.irql = 2
     with pytest.raises(BugCheck) as info:
-        ex.call_kernel(divide, 100, 0)
+        m.executive.run_at_irql(2, divide, (100, 0), None)
     bc = info.value
     assert bc.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
     assert bc.params == (NTSTATUS.STATUS_INTEGER_DIVIDE_BY_ZERO, bc.rip, 0, 0)
     assert bc.instruction == "idiv ecx" and bc.location.startswith("peseh.sys!Divide+0x")
 
 
-def test_the_same_fault_at_passive_level_outside_a_thread_is_0x7e(machine_factory, apps):
+@pytest.mark.parametrize("irql", [0, 1, 2])
+def test_the_same_fault_outside_a_thread_is_0x7e_at_any_irql(machine_factory, apps, irql):
+    # Outside a thread, an ISR, a DPC and a service is where DriverEntry and DriverUnload
+    # run (Windows: in a system thread), whatever IRQL the driver raised itself to: the
+    # system thread's filter is on the walk's way, 0x7E (code, address, record, context).
     m, _, r = request(machine_factory, apps, GUARDED)
     divide = r.drivers[0].image.symbols["Divide"]
+    m.executive.irql = irql
     with pytest.raises(BugCheck) as info:
         m.executive.call_kernel(divide, 100, 0)
     assert info.value.code == BugCheckCode.SYSTEM_THREAD_EXCEPTION_NOT_HANDLED
