@@ -46,6 +46,7 @@ EXIT_EXCEPTION = 125
 EXIT_BUGCHECK = 126
 EXIT_INTERRUPTED = 130    # as a shell reports a command ended by SIGINT
 EXIT_TERMINATED = 143     # ... and by SIGTERM (128 + 15)
+TERMINATED = "emu: terminated by SIGTERM"   # what emu says then, when no guest ran
 
 
 class UsageError(Exception):
@@ -231,18 +232,21 @@ def main(argv: list[str] | None = None) -> int:
         print("emu: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print("emu: terminated by SIGTERM", file=sys.stderr)
+        print(TERMINATED, file=sys.stderr)
         return EXIT_TERMINATED
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, old_term)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived while no guest was running (loading, writing the outputs)."""
+class Terminated(BaseException):
+    """SIGTERM arrived while no guest was running (loading, writing the outputs, waiting
+    for gdb). Not an Exception, as KeyboardInterrupt is not: a handler of errors (the
+    debugger's, for a command that fails) must not take it for one and go on."""
 
 
 def _raise_terminated(_signum, _frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # once: emu is on its way out
     raise Terminated
 
 

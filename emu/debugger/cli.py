@@ -155,7 +155,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
 
 
 def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_error) -> int:
-    from emu.cli import StopOnSignals
+    from emu.cli import EXIT_TERMINATED, TERMINATED, StopOnSignals, Terminated
     from emu.debugger.session import Session
     from emu.debugger.shell import Quit, Shell
     from emu.nt.loader import LoaderError
@@ -185,15 +185,23 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
                       on_resume=watcher.start)
     shell.session = session
     shell.target = session.target
+    terminated = False
     try:
         with watcher:
             session.run()
     except Quit:
         pass
+    except Terminated:
+        terminated = True
     finally:
         sys.stdout.flush()
         session.close()
     status = EXIT_COMMAND_FAILED if batch and shell.failures else 0
+    if terminated:
+        # Said here, before a resumed snapshot hands its status to the emulator that
+        # waits (and exits with it): one line, from the process that ran the session.
+        print(TERMINATED, file=sys.stderr)
+        status = EXIT_TERMINATED
     if ring is not None:
         ring.finish(status)      # a resumed snapshot: the emulator that waits exits with this
     return status
