@@ -136,8 +136,8 @@ def _add_run(sub) -> None:
     run.add_argument("--fs", metavar="DIR", help="folder the guests see as their read-only "
                      "file system (default: the built guest apps)")
     run.add_argument("--gdb", metavar="[HOST:]PORT", help="wait for stock gdb to attach "
-                     "(target remote HOST:PORT) before the first instruction; loopback by "
-                     "default")
+                     "(target remote HOST:PORT) before the first instruction; HOST: a "
+                     "loopback address, 127.0.0.1 unless given")
     run.add_argument("app", metavar="APP", help="path of the guest executable")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="arguments passed to the app; `-- APP2 ARGS...` starts another "

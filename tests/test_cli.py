@@ -515,6 +515,14 @@ def test_sigterm_while_waiting_for_gdb_ends_with_one_line_and_143(apps):
     assert (proc.returncode, out, err) == (143, "", "emu: terminated by SIGTERM\n")
 
 
+def test_gdb_listens_on_loopback_addresses_only(apps):
+    """docs/debugger.md "gdb": another HOST is refused in one line, before the run."""
+    r = emu("run", "--gdb", "0.0.0.0:1234", apps / "hello")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("emu: error: gdb stub: refusing to listen on 0.0.0.0, which is not a "
+                        "loopback address (whoever reaches it controls the machine)\n")
+
+
 def test_emu_run_imports_none_of_the_debugger_s_machinery(apps):
     """`emu run` starts quickly (make bench's start-up row): only `run`'s parser is built
     (the other commands' modules stay out); the session, reverse execution, queries, crash
