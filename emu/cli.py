@@ -31,7 +31,7 @@ from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
 from emu.nt.bugcheck import blue_screen
 from emu.nt.loader import LoaderError
-from emu.nt.mm.pagefile import MIN_PAGEFILE_SIZE, refuse_images
+from emu.nt.mm.pagefile import MAX_PAGEFILE_SIZE, MIN_PAGEFILE_SIZE, TOO_LARGE, refuse_images
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
@@ -290,6 +290,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--pagefile-size {args.pagefile_size}: a pagefile must be at least "
                          f"{MIN_PAGEFILE_SIZE // 1024}K (its first page is reserved); "
                          "--no-pagefile runs without one")
+    if args.pagefile_size is not None and args.pagefile_size > MAX_PAGEFILE_SIZE:
+        raise UsageError(f"--pagefile-size {args.pagefile_size}: {TOO_LARGE}")
     if args.pagefile:
         try:
             refuse_images(args.pagefile, [*args.driver, *(app for app, _ in
