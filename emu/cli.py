@@ -271,6 +271,12 @@ class OutputError(Exception):
 
 def _run(args: argparse.Namespace) -> int:
     _check_outputs(args)
+    if args.gdb is not None:            # before the machine is made (--gdb '' included)
+        from emu.debugger import rsp
+        try:
+            rsp.check_host(rsp.parse_address(args.gdb)[0])
+        except rsp.GdbServerError as err:
+            raise UsageError(str(err)) from None
     trace: TextIO | None = None
     try:
         if args.trace_file:
