@@ -15,6 +15,7 @@ file.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -143,6 +144,8 @@ def _option_problem(args: argparse.Namespace) -> str | None:
                 return (f"--dump {args.dump} opens a crash dump and starts no machine: "
                         f"{option} does not apply")
         return None
+    if args.fs is not None and not os.path.isdir(args.fs):
+        return f"--fs {args.fs}: not a directory"
     if args.stop_at_driver and not args.driver:
         return "--stop-at-driver needs --driver (there is no driver to stop at)"
     if args.snapshots == 0 and args.snapshot_interval is not None:
