@@ -31,7 +31,7 @@ from emu.hw.memory import parse_size
 from emu.machine import Machine, MachineResult
 from emu.nt.bugcheck import blue_screen
 from emu.nt.loader import LoaderError
-from emu.nt.mm.pagefile import MIN_PAGEFILE_SIZE, refuse_images
+from emu.nt.mm.pagefile import MAX_PAGEFILE_SIZE, MIN_PAGEFILE_SIZE, TOO_LARGE, refuse_images
 from emu.nt.mm.pfn import OutOfFrames
 from emu.nt.process import Process
 from emu.nt.ps import LimitError
@@ -46,6 +46,7 @@ EXIT_EXCEPTION = 125
 EXIT_BUGCHECK = 126
 EXIT_INTERRUPTED = 130    # as a shell reports a command ended by SIGINT
 EXIT_TERMINATED = 143     # ... and by SIGTERM (128 + 15)
+TERMINATED = "emu: terminated by SIGTERM"   # what emu says then, when no guest ran
 
 
 class UsageError(Exception):
@@ -135,8 +136,8 @@ def _add_run(sub) -> None:
     run.add_argument("--fs", metavar="DIR", help="folder the guests see as their read-only "
                      "file system (default: the built guest apps)")
     run.add_argument("--gdb", metavar="[HOST:]PORT", help="wait for stock gdb to attach "
-                     "(target remote HOST:PORT) before the first instruction; loopback by "
-                     "default")
+                     "(target remote HOST:PORT) before the first instruction; HOST: a "
+                     "loopback address, 127.0.0.1 unless given")
     run.add_argument("app", metavar="APP", help="path of the guest executable")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                      help="arguments passed to the app; `-- APP2 ARGS...` starts another "
@@ -231,18 +232,21 @@ def main(argv: list[str] | None = None) -> int:
         print("emu: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
-        print("emu: terminated by SIGTERM", file=sys.stderr)
+        print(TERMINATED, file=sys.stderr)
         return EXIT_TERMINATED
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, old_term)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived while no guest was running (loading, writing the outputs)."""
+class Terminated(BaseException):
+    """SIGTERM arrived while no guest was running (loading, writing the outputs, waiting
+    for gdb). Not an Exception, as KeyboardInterrupt is not: a handler of errors (the
+    debugger's, for a command that fails) must not take it for one and go on."""
 
 
 def _raise_terminated(_signum, _frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # once: emu is on its way out
     raise Terminated
 
 
@@ -267,6 +271,12 @@ class OutputError(Exception):
 
 def _run(args: argparse.Namespace) -> int:
     _check_outputs(args)
+    if args.gdb is not None:            # before the machine is made (--gdb '' included)
+        from emu.debugger import rsp
+        try:
+            rsp.check_host(rsp.parse_address(args.gdb)[0])
+        except rsp.GdbServerError as err:
+            raise UsageError(str(err)) from None
     trace: TextIO | None = None
     try:
         if args.trace_file:
@@ -286,6 +296,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--pagefile-size {args.pagefile_size}: a pagefile must be at least "
                          f"{MIN_PAGEFILE_SIZE // 1024}K (its first page is reserved); "
                          "--no-pagefile runs without one")
+    if args.pagefile_size is not None and args.pagefile_size > MAX_PAGEFILE_SIZE:
+        raise UsageError(f"--pagefile-size {args.pagefile_size}: {TOO_LARGE}")
     if args.pagefile:
         try:
             refuse_images(args.pagefile, [*args.driver, *(app for app, _ in

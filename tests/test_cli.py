@@ -515,6 +515,27 @@ def test_sigterm_while_waiting_for_gdb_ends_with_one_line_and_143(apps):
     assert (proc.returncode, out, err) == (143, "", "emu: terminated by SIGTERM\n")
 
 
+def test_gdb_listens_on_loopback_addresses_only(apps):
+    """docs/debugger.md "gdb": another HOST is refused in one line, before the run."""
+    r = emu("run", "--gdb", "0.0.0.0:1234", apps / "hello")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == ("emu: error: gdb stub: refusing to listen on 0.0.0.0, which is not a "
+                        "loopback address (whoever reaches it controls the machine)\n")
+
+
+def test_a_bad_gdb_address_is_refused_before_the_machine_is_made(apps, tmp_path):
+    """--gdb '' ran the app without gdb, exit 0; a bad address is refused up front, before
+    an output file is made."""
+    trace = tmp_path / "t.txt"
+    for address in ("", "0.0.0.0:1234"):
+        r = emu("run", "--gdb", address, "--trace-file", trace, apps / "hello")
+        assert (r.returncode, r.stdout) == (2, "")
+        assert r.stderr.startswith("emu: error: gdb stub: ") and r.stderr.count("\n") == 1
+        assert not trace.exists()
+    r = emu("run", "--gdb", "", apps / "hello")
+    assert r.stderr == "emu: error: gdb stub: bad address '' (expected HOST:PORT or PORT)\n"
+
+
 def test_emu_run_imports_none_of_the_debugger_s_machinery(apps):
     """`emu run` starts quickly (make bench's start-up row): only `run`'s parser is built
     (the other commands' modules stay out); the session, reverse execution, queries, crash

@@ -65,3 +65,12 @@ def test_run_dump_without_a_bug_check_says_no_dump_was_written(apps, tmp_path):
     r = emu("run", "--dump", out, apps / "exitcode", "7")
     assert r.returncode == 7 and not out.exists()
     assert r.stderr == f"emu: no bug check: no crash dump written to {out}\n"
+
+
+@pytest.mark.parametrize("command", ["run", "debug"])
+def test_fs_that_is_not_a_folder_is_refused(apps, tmp_path, command):
+    """emu debug started the machine with it (the guests then found no file at all)."""
+    missing = tmp_path / "nothing"
+    r = emu(command, "--fs", missing, apps / "hello", stdin="continue\n")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"emu: error: --fs {missing}: not a directory\n"

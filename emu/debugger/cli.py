@@ -15,6 +15,7 @@ file.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -143,6 +144,8 @@ def _option_problem(args: argparse.Namespace) -> str | None:
                 return (f"--dump {args.dump} opens a crash dump and starts no machine: "
                         f"{option} does not apply")
         return None
+    if args.fs is not None and not os.path.isdir(args.fs):
+        return f"--fs {args.fs}: not a directory"
     if args.stop_at_driver and not args.driver:
         return "--stop-at-driver needs --driver (there is no driver to stop at)"
     if args.snapshots == 0 and args.snapshot_interval is not None:
@@ -155,7 +158,7 @@ def _option_problem(args: argparse.Namespace) -> str | None:
 
 
 def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_error) -> int:
-    from emu.cli import StopOnSignals
+    from emu.cli import EXIT_TERMINATED, TERMINATED, StopOnSignals, Terminated
     from emu.debugger.session import Session
     from emu.debugger.shell import Quit, Shell
     from emu.nt.loader import LoaderError
@@ -185,15 +188,23 @@ def _debug_machine(args, commands, stdin: TextIO | None, batch: bool, usage_erro
                       on_resume=watcher.start)
     shell.session = session
     shell.target = session.target
+    terminated = False
     try:
         with watcher:
             session.run()
     except Quit:
         pass
+    except Terminated:
+        terminated = True
     finally:
         sys.stdout.flush()
         session.close()
     status = EXIT_COMMAND_FAILED if batch and shell.failures else 0
+    if terminated:
+        # Said here, before a resumed snapshot hands its status to the emulator that
+        # waits (and exits with it): one line, from the process that ran the session.
+        print(TERMINATED, file=sys.stderr)
+        status = EXIT_TERMINATED
     if ring is not None:
         ring.finish(status)      # a resumed snapshot: the emulator that waits exits with this
     return status

@@ -149,7 +149,10 @@ class _Parser:
         if token.kind == "number":
             self.take()
             digits = token.text.replace("`", "").replace("'", "")
-            return int(digits, 16 if digits[:2].lower() == "0x" else 10) & MASK
+            value = int(digits, 16 if digits[:2].lower() == "0x" else 10)
+            if value > MASK:           # as gdb: no silent wrap of what was typed
+                raise ExprError(f"numeric constant too large: {token.text} (more than 64 bits)")
+            return value
         if token.text == "(":
             self.take()
             value = self.binary(0)

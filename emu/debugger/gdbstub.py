@@ -432,7 +432,10 @@ class GdbStub(gdbregs.RegisterPackets):
     # -- stop replies ---------------------------------------------------------------------
 
     def stop_reply(self, stop: Stop | None) -> bytes:
-        """``T05thread:4;`` and the like for ``stop`` (``W`` once the machine has ended)."""
+        """``T05thread:4;`` and the like for ``stop`` (``W`` once the machine has ended).
+        The thread that stopped becomes the one g/m/... act on, as gdb then assumes (it
+        sends no ``Hg`` before reading the stopped thread's registers, as gdbserver does)."""
+        self.thread = None
         if stop is None:
             return b"S05"
         if stop.reason is StopReason.EXITED:

@@ -15,6 +15,7 @@ the guests' console output is not shown. Bad input: one line, exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 _VALUED = {"--address": "address", "--length": "length", "--pid": "pid", "--mem": "mem",
@@ -54,7 +55,7 @@ def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict
                 from emu.guests import driver_path
                 opts["driver"].append(driver_path(value))
             elif name in ("mem", "pagefile_size"):
-                opts[name] = size_type(value)
+                opts[name] = _typed(size_type, word, value, usage_error)
             elif name in ("address", "length"):
                 opts[name] = value
             elif name == "pid":
@@ -63,11 +64,21 @@ def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict
                 except ValueError:
                     raise usage_error(f"--pid {value}: not a process id (a number)") from None
             else:
-                opts[name] = count_type(value) if name == "quantum" else value
+                opts[name] = _typed(count_type, word, value, usage_error) \
+                    if name == "quantum" else value
         else:
             raise usage_error(f"unknown option {word} (emu query --help)")
     return opts, words
 
+
+
+def _typed(convert, option: str, value: str, usage_error):
+    """``convert(value)`` (emu run's checks of a size or a count); its refusal worded as
+    argparse words it for emu run and emu debug."""
+    try:
+        return convert(value)
+    except argparse.ArgumentTypeError as err:
+        raise usage_error(f"argument {option}: {err}") from None
 
 
 def run_to_end(opts: dict, rest: list[str], usage_error, split_commands,
@@ -83,9 +94,12 @@ def run_to_end(opts: dict, rest: list[str], usage_error, split_commands,
 
     if opts.get("no_pagefile") and opts.get("pagefile_size") is not None:
         raise usage_error("--no-pagefile cannot be combined with --pagefile-size")
+    if opts.get("fs") is not None and not os.path.isdir(opts["fs"]):
+        raise usage_error(f"--fs {opts['fs']}: not a directory")
     if not rest:
         raise usage_error("missing APP")
-    ns = argparse.Namespace(mem=opts.get("mem") or DEFAULT_MEM, quantum=opts.get("quantum"),
+    mem = opts.get("mem")
+    ns = argparse.Namespace(mem=DEFAULT_MEM if mem is None else mem, quantum=opts.get("quantum"),
                             fs=opts.get("fs"), smap=bool(opts.get("smap")),
                             no_pagefile=bool(opts.get("no_pagefile")),
                             pagefile_size=opts.get("pagefile_size"), driver=opts["driver"])

@@ -527,18 +527,18 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
     def do_delete(self, arg: str) -> None:
         """delete [N...]: delete breakpoints (all of them without a number)."""
         s = self._live()
-        for n in [int(w, 0) for w in arg.split()] or list(s.breakpoints):
+        for n in _point_numbers(arg) or list(s.breakpoints):
             s.delete(n)
 
     def do_enable(self, arg: str) -> None:
         """enable N...: enable breakpoints."""
-        for n in arg.split():
-            self._live().set_enabled(int(n, 0), True)
+        for n in _point_numbers(arg):
+            self._live().set_enabled(n, True)
 
     def do_disable(self, arg: str) -> None:
         """disable N...: disable breakpoints."""
-        for n in arg.split():
-            self._live().set_enabled(int(n, 0), False)
+        for n in _point_numbers(arg):
+            self._live().set_enabled(n, False)
 
     info_subcommands = {**StateCommands.info_subcommands,
                         "breakpoints": lambda self, _arg: self._info_breakpoints(),
@@ -595,17 +595,30 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
         """gdbserver [HOST:]PORT: let stock gdb attach (target remote HOST:PORT); when it
         detaches, this shell takes over again."""
         from emu.debugger import gdbstub
-        host, _, port = arg.strip().rpartition(":")
-        if not port.isdigit():
+        if not arg.strip().rpartition(":")[2].strip().isdigit():
             raise SessionError("gdbserver needs a port, e.g. gdbserver 1234")
         try:
-            resumed = gdbstub.attach(self._live(), host or "127.0.0.1", int(port),
+            host, port = gdbstub.parse_address(arg)    # a port beyond 65535: one line
+            resumed = gdbstub.attach(self._live(), host, port,
                                      runner=self.run_command, log=self.stdout,
                                      stop=self.stop_info)
         except gdbstub.GdbServerError as err:
             raise SessionError(str(err)) from None
         if resumed:
             self.resumed = True
+
+
+def _point_numbers(arg: str) -> list[int]:
+    """The breakpoint numbers of ``delete``/``enable``/``disable`` (all checked before any
+    is acted on): SessionError naming the first that is no number."""
+    numbers = []
+    for word in arg.split():
+        try:
+            numbers.append(int(word, 0))
+        except ValueError:
+            raise SessionError(f"bad breakpoint number '{word}' (see info breakpoints)") \
+                from None
+    return numbers
 
 
 def _no_process(ring: int) -> str:

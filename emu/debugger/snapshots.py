@@ -111,6 +111,7 @@ class SnapshotRing:
         self.waiter: int | None = None    # set when resumed: where our exit status goes
         self.taken = 0
         self._dying: list[int] = []       # dropped snapshots not reaped yet
+        self._term_handler: Any = None    # a sleeping snapshot's: SIGTERM's, to put back
         _bind_prctl()                     # in the emulator: a child finds it bound
 
     @property
@@ -177,6 +178,9 @@ class SnapshotRing:
             if os.getppid() != parent:     # the emulator ended before prctl: nobody resumes
                 os._exit(0)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # SIGTERM to the process group (`timeout emu debug ...`) ends a sleeping
+            # snapshot silently: only the emulator says "terminated by SIGTERM".
+            self._term_handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if copy_now:                   # its slots, before the emulator writes them again
                 pagefile.take_private_copy()
             os.write(up_w, b"R")
@@ -212,6 +216,7 @@ class SnapshotRing:
         if pagefile is not None:
             pagefile.take_private_copy()   # nothing to copy: none of its slots was in use
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, self._term_handler or signal.SIG_DFL)
         self._dying = []               # the emulator's children, not this one's
         self.waiter = reply
         self._pick_up(self.newest)     # snapshot again from here on (this one is used up)
@@ -248,6 +253,10 @@ class SnapshotRing:
             self.snapshots.remove(snapshot)
             self._drop(snapshot)
             raise SnapshotLost(f"snapshot at position {snapshot.position} is gone") from None
+        # SIGTERM to this emulator (or to the process group) ends the session where it
+        # runs now: the snapshot says "terminated by SIGTERM", and its status comes back.
+        with contextlib.suppress(ValueError):          # not the main thread: no handler
+            signal.signal(signal.SIGTERM, lambda *_: _forward(snapshot.pid, signal.SIGTERM))
         data = _read_exact(snapshot.reply, _STATUS.size)
         if len(data) == _STATUS.size:
             status = _STATUS.unpack(data)[0]
@@ -318,6 +327,12 @@ def _bind_prctl() -> None:
             _prctl = ctypes.CDLL(None, use_errno=True).prctl
         except (OSError, AttributeError):
             _prctl = False
+
+
+def _forward(pid: int, signum: int) -> None:
+    """Send ``signum`` on to ``pid`` (gone already: nothing to do)."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signum)
 
 
 def _set_death_signal() -> None:

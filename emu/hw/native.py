@@ -152,6 +152,15 @@ _SOURCE = pathlib.Path(__file__).with_name("native.c")
 _CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"]  # as the Makefile's rule
 
 
+
+def _remove_cache(uc: Uc, start: int, end: int) -> None:
+    """Drop the translations of [start, end): Unicorn takes the end as a uint64 and
+    refuses an empty range (a step's span ends at 2^64 at most: RIP set near the top of
+    the address space), so the range is cut at 2^64 - 1."""
+    end = min(end, (1 << 64) - 1)
+    if start < end:
+        uc.ctl_remove_cache(start, end)
+
 class Mode(enum.IntEnum):
     """The STLB's privilege modes (native.c `enum mode`)."""
 
@@ -738,7 +747,7 @@ class NativeHooks:
         # Its count is known: the learner takes it from here instead of decoding it again.
         self._cut_ahead[:] = [((pc, end - pc, space), offsets[:left], self._hosts[key],
                                min(self._inerts.get(key, 0), left))]
-        self._uc.ctl_remove_cache(pc, pc + size)     # the whole block's translation
+        _remove_cache(self._uc, pc, pc + size)       # the whole block's translation
         return end
 
     def _run(self, begin: int, until: int, timeout: int) -> None:
@@ -771,7 +780,7 @@ class NativeHooks:
         ctx = self._ctx
         start, size = span
         hook = self._hook_add(UC_HOOK_CODE, self._lib.native_count, start, start + size - 1)
-        self._uc.ctl_remove_cache(start, start + size)
+        _remove_cache(self._uc, start, start + size)
         ctx.tail_pc, ctx.tail_size, ctx.tail_mode = start, size, 1
         ctx.fast = ctx.no_fast                     # the tail's blocks take block_enter
         try:

@@ -88,3 +88,14 @@ def test_a_stop_with_rip_on_a_page_in_transition():
         assert "error: cannot access 0x4010bc: not mapped" in out.getvalue()
     finally:
         m.close()
+
+
+@pytest.mark.parametrize("rip", ["0xfffffffffffffff0", "0xffffffffffffffff"])
+def test_stepi_with_rip_set_at_the_top_of_the_address_space(rip):
+    """A step whose span would end at 2^64 (RIP set near the top): the fetch faults and the
+    process dies of it, as at any unmapped RIP; the emulator does not."""
+    r = debug(f"set $rip = {rip}\nstepi\ncontinue\nps\n", HELLO)
+    assert_survives(r.stdout, r.stderr)
+    assert r.returncode == 0
+    assert f'process 12 "hello" terminated: STATUS_ACCESS_VIOLATION (0xC0000005) executing ' \
+           f"{rip} at rip {rip}" in r.stdout

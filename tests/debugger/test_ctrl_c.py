@@ -58,3 +58,48 @@ def test_ctrl_c_stops_two_spinning_processes_every_time():
         proc.kill()
         reader.join(timeout=10)
     assert sum("interrupted (Ctrl-C)" in x for x in lines) == ROUNDS
+
+
+def _sigterm_debug(script: str, *args: str, to_group: bool) -> tuple[int, str]:
+    """``emu debug ARGS`` reading ``script``, then (once its last line is echoed and the
+    machine runs on) SIGTERM to emu alone or to its process group, as ``timeout`` sends it:
+    the exit status and stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "emu", "debug", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        last = script.splitlines()[-1]
+        proc.stdin.write(script)
+        proc.stdin.flush()                  # stdin stays open: the shell waits for more
+        for line in proc.stdout:
+            if line.rstrip().endswith(f") {last}"):
+                break
+        time.sleep(0.5)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigterm_ends_emu_debug_with_one_line_whatever_snapshot_runs_the_session():
+    """Sleeping snapshots die silently, and one that took the session over (after ``rsi``)
+    says it for the emulator that waits for it, which exits with its status: one line,
+    143, whether the signal reaches the whole process group or the emulator alone."""
+    script = "si 3000000\nrsi 10\ncontinue\n"
+    for to_group in (True, False):
+        status, err = _sigterm_debug(script, "--snapshot-interval", "100000", SPIN,
+                                     to_group=to_group)
+        assert (status, err) == (143, "emu: terminated by SIGTERM\n"), to_group
+    status, err = _sigterm_debug("continue\n", SPIN, to_group=True)   # none resumed
+    assert (status, err) == (143, "emu: terminated by SIGTERM\n")
+
+
+def test_sigterm_while_gdbserver_waits_for_gdb_ends_emu_debug():
+    """Not a failing command ("internal error") after which the script goes on."""
+    status, err = _sigterm_debug("gdbserver 127.0.0.1:0\n", SPIN, to_group=False)
+    assert (status, err) == (143, "emu: terminated by SIGTERM\n")

@@ -36,6 +36,9 @@ def test_numbers_and_operators_as_in_c_on_64_bits(text, value):
     ("1 2", "expected an operator at '2' \\(column 3\\)"),
     ("1 @ 2", "unexpected character '@' at column 3"),
     ("1 / 0", "division by zero"),
+    ("18446744073709551616", "numeric constant too large: 18446744073709551616 \\(more than "
+     "64 bits\\)"),                               # was 0: a length or count silently wrapped
+    ("0x1`00000000`00000001 + 1", "numeric constant too large"),
     ("5 % (2 - 2)", "division by zero"),
     ("rax", "'rax' needs a machine"),
 ])

@@ -152,6 +152,22 @@ def test_the_threads_of_one_process_are_gdb_threads() -> None:
         assert re.search(rf"  3\s+Thread {second} .*add_atomically \(argument=0x1\)", out)
 
 
+def test_a_stop_selects_the_thread_that_stopped_whichever_gdb_looked_at_before() -> None:
+    """After ``thread 1`` at a stop, ``continue`` stops in another thread: gdb sends no
+    ``Hg`` before reading that thread's registers, so the stub must give them, not those of
+    the thread gdb had selected (gdb would see RIP in NtWaitForSingleObject and run on)."""
+    with served(("threads", []), connect=False) as s:
+        out = gdb(s, "break add_atomically", "continue", "thread 1", "info registers rip",
+                  "continue", "info registers rdi", program="threads")
+        _, _, second = (t.tid for t in s.machine.processes[0].threads)
+        no_complaints(out)
+        assert f"[Switching to Thread {second}]" in out
+        assert re.search(r'Thread 3 "threads" hit Breakpoint 1, add_atomically '
+                         r"\(argument=0x1\)", out)
+        assert re.search(r"^rdi\s+0x1\s", out, re.M)
+        assert "exited normally" not in out
+
+
 def test_every_register_of_the_description() -> None:
     with served(("hello", []), connect=False) as s:
         out = gdb(s, "info all-registers", "p $eflags", "p $xmm0", "p $st0")

@@ -476,6 +476,18 @@ def test_emu_query_answers_as_the_shell_at_the_end(apps):
     (["query", "write", "0x1000"], "emu: error: missing APP"),
     (["query", "read", "0x4000000", "--phys", "APP"],
      "emu: error: physical 0x4000000..0x4000000 is beyond RAM (0x0..0x3ffffff)"),
+    # the machine options as emu run checks them (were: tracebacks, or taken as the default)
+    (["query", "write", "0x1000", "--phys", "--mem", "zz", "APP"],
+     "emu: error: argument --mem: bad size 'zz': expected a number with an optional K, M or "
+     "G suffix"),
+    (["query", "write", "0x1000", "--phys", "--mem", "0", "APP"],
+     "emu: error: memory size must be a multiple of 4K between 1M and 64G, not 0"),
+    (["query", "calls", "main", "--quantum", "0", "APP"],
+     "emu: error: argument --quantum: must be positive"),
+    (["query", "why", "--pagefile-size", "1X", "APP"],
+     "emu: error: argument --pagefile-size: bad size '1X'"),
+    (["query", "write", "0x1000", "--phys", "--fs", "/nonexistent", "APP"],
+     "emu: error: --fs /nonexistent: not a directory"),
 ])
 def test_emu_query_bad_input_is_one_line(apps, args, message):
     args = [str(apps / "hello") if a == "APP" else a for a in args]

@@ -4,6 +4,7 @@ transcripts, the run-control and breakpoint commands, bad input, post mortem."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -338,6 +339,19 @@ def test_break_options_are_checked():
                       "error: no process 9 (processes: 12)"]
     assert "Breakpoint 1 at 0x401000 <hello!main> in process 12" in r.stdout
     assert "1    breakpoint" in r.stdout and "\n2    " not in r.stdout
+
+
+def test_breakpoint_numbers_and_gdbserver_ports_are_checked_in_one_line():
+    """Were Python's own words (invalid literal for int() with base 0: 'zz') and an
+    "internal error" (bind(): port must be 0-65535); a bad number deletes nothing."""
+    r = debug("break main\ndelete 1 zz\nenable x\ndisable 1\ninfo breakpoints\n"
+              "gdbserver 99999999\n", str(APPS / "hello"))
+    errors = [line for line in lines(r.stdout) if line.startswith("error:")]
+    assert errors == ["error: bad breakpoint number 'zz' (see info breakpoints)",
+                      "error: bad breakpoint number 'x' (see info breakpoints)",
+                      "error: gdb stub: bad address '99999999' (expected HOST:PORT or PORT)"]
+    assert re.search(r"^1\s+breakpoint\s+n ", r.stdout, re.M), r.stdout
+    assert r.returncode == 1 and "internal error" not in r.stdout
 
 
 def test_batch_goes_on_after_an_error_unless_asked_to_stop():

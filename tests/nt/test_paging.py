@@ -507,6 +507,50 @@ def test_the_cli_refuses_a_pagefile_in_use_in_one_line(apps, tmp_path):
     assert r.stderr == f"emu: error: --pagefile {path}: in use by another machine\n"
 
 
+@pytest.mark.parametrize("command", ["run", "debug", "query"])
+def test_a_pagefile_larger_than_a_pte_can_name_is_refused_in_one_line(apps, command):
+    """2^32 slots at most (a software PTE's slot field, bits 63:32); 2^64 bytes was a
+    traceback (OverflowError from the file's truncate)."""
+    where = ["write", "0x403000"] if command == "query" else []
+    r = emu(command, *where, "--pagefile-size", str(1 << 64), apps / "hello")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "a pagefile holds at most 2^32 pages (16384G: a software PTE names its slot " \
+           "in 32 bits)" in r.stderr
+    if command == "run":
+        assert r.stderr.startswith(f"emu: error: --pagefile-size {1 << 64}: ")
+
+
+def test_a_large_pagefile_costs_host_memory_by_the_slots_used_not_its_size(tmp_path):
+    """A 1000G pagefile cost 64 s and 10 GB of host memory before the machine started (a
+    list of every free slot); now a slot costs only once it is used, lowest first."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        pf = Pagefile(16 << 30, tmp_path / "pf")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    try:
+        assert peak < 1 << 20
+        assert (pf.slots, pf.free_slots, pf.used_slots) == (1 << 22, (1 << 22) - 1, 0)
+        assert [pf.allocate() for _ in range(4)] == [1, 2, 3, 4]
+        pf.release(3)
+        pf.release(2)
+        assert [pf.allocate() for _ in range(3)] == [2, 3, 5]
+        assert (pf.free_slots, pf.used_slots) == ((1 << 22) - 6, 5)
+        assert not pf.holds_page(6) and pf.holds_page(5) and not pf.holds_page(0)
+    finally:
+        pf.close()
+    small = Pagefile(3 * P)
+    try:
+        assert [small.allocate(), small.allocate(), small.allocate()] == [1, 2, None]
+        assert small.free_slots == 0
+    finally:
+        small.close()
+
+
 def test_an_existing_file_that_is_not_a_pagefile_is_never_overwritten(apps, tmp_path):
     app = tmp_path / "hello"
     app.write_bytes((apps / "hello").read_bytes())

@@ -38,6 +38,8 @@ from emu.nt.status import NTSTATUS
 
 PAGE_SIZE = 4096
 MIN_PAGEFILE_SIZE = 2 * PAGE_SIZE       # slot 0 is reserved: two pages hold one page of data
+# A software PTE names its slot in bits 63:32 (PageFileHigh): 2^32 slots, 16 TiB, as Windows.
+MAX_PAGEFILE_SIZE = (1 << 32) * PAGE_SIZE
 HEADER = b"EMU PAGEFILE 1\n\0"          # the start of slot 0: "this file is a pagefile"
 
 
@@ -124,6 +126,10 @@ def _temporary_file() -> tuple[Path, object]:
     return path, os.fdopen(fd, "r+b", buffering=0)
 
 
+TOO_LARGE = ("a pagefile holds at most 2^32 pages (16384G: a software PTE names its slot in "
+             "32 bits)")
+
+
 class Pagefile:
     """``size`` bytes of slots in a host file at ``path`` (None: a temporary file, gone
     from the file system as soon as it is made and deleted when closed)."""
@@ -133,6 +139,8 @@ class Pagefile:
             raise PagefileError(f"a pagefile must be a multiple of 4K and at least "
                                 f"{MIN_PAGEFILE_SIZE // 1024}K (its first page is reserved), "
                                 f"not {size}")
+        if size > MAX_PAGEFILE_SIZE:
+            raise PagefileError(f"{TOO_LARGE}, not {size} bytes")
         self.size = size
         self.slots = size // PAGE_SIZE
         self.temporary = path is None
@@ -158,38 +166,44 @@ class Pagefile:
             self.close()
             raise PagefileError(f"cannot size the pagefile {self.path} to {size} bytes: "
                                 f"{err.strerror or err}") from None
-        self._free = list(range(1, self.slots))          # a heap: lowest slot first
-        self._in_use = bytearray(self.slots)             # the allocation bitmap: 1 = a page
+        # Lowest slot first, at a cost that grows with the slots used, not the size: every
+        # slot from _next on is free, and _free is a heap of the slots below it given back.
+        self._next = 1
+        self._free: list[int] = []
+        self._in_use: set[int] = set()
         self.writes = self.reads = self.write_failures = 0
         self._lost: set[int] = set()                      # slots a private copy could not read
 
     @property
     def free_slots(self) -> int:
-        return len(self._free)
+        return len(self._free) + self.slots - self._next
 
     @property
     def used_slots(self) -> int:
-        return self.slots - 1 - len(self._free)
+        return len(self._in_use)
 
     def allocate(self) -> int | None:
         """The lowest free slot, or None when the pagefile is full."""
-        if not self._free:
+        if self._free:
+            slot = heapq.heappop(self._free)
+        elif self._next < self.slots:
+            slot, self._next = self._next, self._next + 1
+        else:
             return None
-        slot = heapq.heappop(self._free)
-        self._in_use[slot] = 1
+        self._in_use.add(slot)
         return slot
 
     def holds_page(self, slot: int) -> bool:
         """Is ``slot`` a slot of this pagefile, allocated to a page? (The memory manager
         checks a slot a PTE names before it reads or frees it: emu.nt.mm.corruption.)"""
-        return 0 < slot < self.slots and self._in_use[slot] == 1
+        return slot in self._in_use
 
     def release(self, slot: int) -> None:
         """Give ``slot`` back (its page was freed, or now lives in RAM only); the caller
         has made sure it holds a page (holds_page)."""
         if not self.holds_page(slot):
             raise AssertionError(f"Pagefile.release: slot {slot} is not allocated")
-        self._in_use[slot] = 0
+        self._in_use.discard(slot)
         heapq.heappush(self._free, slot)
 
     def write(self, slot: int, data: bytes) -> None:
@@ -223,7 +237,7 @@ class Pagefile:
     def take_private_copy(self) -> None:
         """Go on in a new temporary file holding the same slots (a forked snapshot of the
         machine must not share its pagefile with the machine that runs on)."""
-        used = [slot for slot in range(1, self.slots) if self._in_use[slot]]
+        used = sorted(self._in_use)
         old = self._file
         self.path, self._file = _temporary_file()
         self.temporary = True
