@@ -152,7 +152,6 @@ _SOURCE = pathlib.Path(__file__).with_name("native.c")
 _CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Werror"]  # as the Makefile's rule
 
 
-
 def _remove_cache(uc: Uc, start: int, end: int) -> None:
     """Drop the translations of [start, end): Unicorn takes the end as a uint64 and
     refuses an empty range (a step's span ends at 2^64 at most: RIP set near the top of
@@ -160,6 +159,7 @@ def _remove_cache(uc: Uc, start: int, end: int) -> None:
     end = min(end, (1 << 64) - 1)
     if start < end:
         uc.ctl_remove_cache(start, end)
+
 
 class Mode(enum.IntEnum):
     """The STLB's privilege modes (native.c `enum mode`)."""
