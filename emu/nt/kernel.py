@@ -38,6 +38,7 @@ from emu.hw.memory import PhysicalMemory
 from emu.hw.mmu import CR0, CR4, EFER
 from emu.nt import (  # noqa: F401 (svc_* and dispatch register their services)
     dispatch,
+    kpcr,
     kuser,
     layout,
     ps,
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
 IRETQ = b"\x48\xcf"
 INT3 = b"\xcc"
 KERNEL_RFLAGS = 0x202                            # IF set at every IRQL (masking is by IRQL)
+INITIAL_FPCSR = 0x27F                            # x87 control word at a program's start (x64 ABI)
 
 CR0_BOOT = CR0.PE | CR0.MP | CR0.ET | CR0.NE | CR0.WP | CR0.PG
 # PCIDE: each address space's translations are cached under its own PCID (ke_dispatcher's
@@ -185,6 +187,12 @@ class Executive(KeDispatcher, KeTrapEntry, KeKernelCalls, MmKernelAccess):
         # The state before the exit's iretq, after its SWAPGS: GS base the user's (none),
         # IA32_KERNEL_GS_BASE the KPCR (emu.nt.kpcr; call_kernel plays the entry's SWAPGS).
         cpu.swap_gs_to(0, layout.KERNEL_PCR)
+        # Every thread and every kernel routine starts from this state, with the x87 control
+        # word and MXCSR that Microsoft's x64 calling convention gives a program at its start
+        # (FpCsr 0x27F: exceptions masked, double precision, round to nearest; MxCsr
+        # 0x1F80: exceptions masked, round to nearest). Unicorn starts with both 0.
+        cpu.set_reg_named("fpcw", INITIAL_FPCSR)
+        cpu.set_reg_named("mxcsr", kpcr.MXCSR_DEFAULT)
         cpu.save_clean_context()
 
     @property
