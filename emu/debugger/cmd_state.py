@@ -31,6 +31,14 @@ DEFAULT_DISAS = 10
 MAX_DISAS = 1000
 
 
+def no_argument(command: str, arg: str) -> None:
+    """A command that takes none was given one: one error line (SessionError), not the
+    command run as if it had not been there (``nexti 5`` is not five steps)."""
+    if arg.strip():
+        raise SessionError(f"{command} takes no argument, not {arg.strip()!r} "
+                           f"(see help {command})")
+
+
 def _guarded(method: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
     """Turn a user's mistake (TargetError, ExprError, or SessionError: a command that needs
     a running machine where there is none) into one error line; anything else is a bug of
@@ -277,6 +285,7 @@ class StateCommands:
         The call stack of the view's process, each return address with its symbol: through
         PE drivers (and the kernel exports they call) by their .pdata/.xdata unwind data,
         elsewhere by frame pointers. Alias: backtrace."""
+        no_argument("bt", arg)
         self.message("\n".join(memview.backtrace_lines(self.target, self.view_pid)))
 
     do_backtrace = do_bt
@@ -364,6 +373,7 @@ class StateCommands:
     def do_ps(self, arg: str) -> None:
         """ps
         Every process: pid, name, state, bits, CR3, live threads, how it ended."""
+        no_argument("ps", arg)
         self.message(views.ps_text(self.target, self.view_pid))
 
     @_guarded
@@ -409,6 +419,7 @@ class StateCommands:
         """lm
         Loaded images: each process's app and the drivers, with their address ranges; under
         a PE driver its sections (name, address, size, rights, discardable)."""
+        no_argument("lm", arg)
         self.message(views.lm_text(self.target))
 
     @_guarded
@@ -426,6 +437,7 @@ class StateCommands:
     def do_irql(self, arg: str) -> None:
         """irql
         The processor's IRQL and what it allows."""
+        no_argument("irql", arg)
         self.message(views.irql_text(self.target))
 
     @_guarded
@@ -449,6 +461,7 @@ class StateCommands:
         half must agree, and so must the handle tables and the objects (every handle
         names a live object, handle counts match, no object alive that nothing keeps;
         live machines only)."""
+        no_argument("check", arg)
         self.message(views.check_text(self.target))
 
     # -- completion --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import sys
 from typing import TextIO
 
 from emu.debugger import catch
-from emu.debugger.cmd_state import StateCommands
+from emu.debugger.cmd_state import StateCommands, no_argument
 from emu.debugger.expr import ExprError, evaluate
 from emu.debugger.history import HistoryCommands
 from emu.debugger.session import Session
@@ -336,16 +336,19 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
 
     def do_nexti(self, arg: str) -> bool:
         """nexti: run one instruction; a call runs until it returns."""
+        no_argument("nexti", arg)
         return self._resume(self._live().next)
 
     do_ni = do_nexti
 
     def do_finish(self, arg: str) -> bool:
         """finish: run until the current function returns."""
+        no_argument("finish", arg)
         return self._resume(self._live().finish)
 
     def do_continue(self, arg: str) -> bool:
         """continue: run until a breakpoint, watchpoint, catchpoint, Ctrl-C or the end."""
+        no_argument("continue", arg)
         return self._resume(self._live().cont)
 
     do_c = do_continue
@@ -367,23 +370,27 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
 
     def do_reverse_continue(self, arg: str) -> bool:
         """reverse-continue: go back to the last breakpoint, watchpoint or catchpoint hit."""
+        no_argument("reverse-continue", arg)
         return self._resume(self._live().reverse_cont)
 
     do_rc = do_reverse_continue
 
     def do_reverse_nexti(self, arg: str) -> bool:
         """reverse-nexti: go back one step; a call is gone back over, to before it."""
+        no_argument("reverse-nexti", arg)
         return self._resume(self._live().reverse_next)
 
     do_rni = do_reverse_next = do_reverse_nexti
 
     def do_reverse_finish(self, arg: str) -> bool:
         """reverse-finish: go back to before the call of the current function."""
+        no_argument("reverse-finish", arg)
         return self._resume(self._live().reverse_finish)
 
     def do_kill(self, arg: str) -> bool:
         """kill: end the machine now (its last state stays readable; nothing runs it
         again, forward or back)."""
+        no_argument("kill", arg)
         return self._resume(self._live().kill)
 
     def do_quit(self, arg: str) -> bool:
@@ -587,6 +594,7 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
     def do_position(self, arg: str) -> None:
         """position: steps since boot, each an instruction completed or an exception raised
         (where reverse execution counts from; a fault is a step of its own)."""
+        no_argument("position", arg)
         n = self._live().position
         what = "instruction or exception" if n == 1 else "instructions and exceptions"
         self.message(f"{n} {what} since boot")

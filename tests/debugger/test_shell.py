@@ -354,6 +354,25 @@ def test_breakpoint_numbers_and_gdbserver_ports_are_checked_in_one_line():
     assert r.returncode == 1 and "internal error" not in r.stdout
 
 
+def test_a_command_that_takes_no_argument_refuses_one_and_does_nothing():
+    """`nexti 5` is not five steps and `continue 2` no ignore count (gdb's meanings): one
+    error line each, and nothing runs: `position` after them is still the entry's."""
+    words = ["nexti 5", "ni 5", "finish x", "continue 2", "c 2", "reverse-continue 1",
+             "reverse-nexti 3", "reverse-finish x", "kill now", "position x", "bt 5",
+             "ps zz", "lm x", "irql x", "check bogus"]
+    r = debug("".join(w + "\n" for w in words) + "position\n", str(APPS / "hello"))
+    errors = [line for line in lines(r.stdout) if line.startswith("error:")]
+    assert len(errors) == len(words), r.stdout
+    named = {"ni": "nexti", "c": "continue"}
+    for word, error in zip(words, errors, strict=True):
+        command, given = word.split()
+        command = named.get(command, command)
+        assert error == f"error: {command} takes no argument, not {given!r} " \
+            f"(see help {command})"
+    assert lines(r.stdout)[-1] == "1 instruction or exception since boot"
+    assert r.returncode == 1
+
+
 def test_batch_goes_on_after_an_error_unless_asked_to_stop():
     script = "position\nnosuch\nsi\nposition\n"
     on = debug(script, str(APPS / "hello"))
