@@ -89,7 +89,9 @@ class Shell(HistoryCommands, StateCommands, cmd.Cmd):
         """Run one state command and return what it printed (gdb's ``monitor``: gdb keeps
         control of running, so run-control commands are refused)."""
         import io
-        word = line.split()[0] if line.split() else ""
+        if not line.strip():
+            line = "help"      # an empty `monitor` lists them (cmd's empty line repeats one)
+        word = line.split()[0]
         if word in self.RUN_COMMANDS:
             return f"error: '{word}' runs the machine: use gdb's own command for that\n"
         saved, self.stdout = self.stdout, io.StringIO()

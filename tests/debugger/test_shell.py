@@ -197,6 +197,23 @@ def test_monitor_refuses_run_control(command):
     assert out.startswith(f"error: '{command}' runs the machine")
 
 
+def test_an_empty_monitor_lists_the_commands_and_repeats_none():
+    """gdb's bare `monitor` after `monitor ps`: the command list, not `ps` again (the
+    shell's own empty line repeats the last command, as gdb's does at its prompt)."""
+    from emu.debugger.shell import Shell
+    from emu.debugger.target import LiveTarget
+    from emu.machine import Machine
+    m = Machine("64M")
+    try:
+        shell = Shell(LiveTarget(m))
+        assert "pid  name" in shell.run_command("ps")
+        out = [shell.run_command(line) for line in ("", "   ")]
+        listing = shell.run_command("help")
+    finally:
+        m.close()
+    assert out == [listing, listing] and "pid  name" not in listing
+
+
 STATE = "regs\nx/8gx $rsp\nx/64gx 0x403000\nxp/512gx 0x55000\n"
 
 
