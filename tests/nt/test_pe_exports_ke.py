@@ -323,7 +323,8 @@ def test_an_attach_switches_cr3_and_a_detach_switches_back(machine_factory, apps
 
 def test_attaching_to_no_process_is_bug_check_0x5(machine_factory, apps):
     """A lookup of an id no process has fails (STATUS_INVALID_PARAMETER, PEPROCESS NULL), and
-    KeStackAttachProcess(NULL): INVALID_PROCESS_ATTACH_ATTEMPT (target, attached-to, 0, 0)."""
+    KeStackAttachProcess(NULL): INVALID_PROCESS_ATTACH_ATTEMPT (the target; the process
+    DriverEntry's thread is in, the System process; 0; 0)."""
     m = machine_factory()
     driver = m.add_driver(DRIVERS / "peattach.sys")
     poke(driver, "TargetA", 0x1234)
@@ -332,7 +333,7 @@ def test_attaching_to_no_process_is_bug_check_0x5(machine_factory, apps):
     r = m.run()
     assert lines(m) == ["peattach.sys: lookup 0xc000000d 0xc000000d 0x0 distinct 0 type -1"]
     assert r.bugcheck.code == ke.INVALID_PROCESS_ATTACH_ATTEMPT == 0x5
-    assert r.bugcheck.params == (0, 0, 0, 0)
+    assert r.bugcheck.params == (0, eprocess.of(m.executive, None), 0, 0)
     assert r.bugcheck.driver == "peattach.sys"
 
 

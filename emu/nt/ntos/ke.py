@@ -448,14 +448,15 @@ def ke_stack_attach_process(ex: KeServices, call: ExportCall) -> int:
     its own process), the process it was attached to (a nested attach), or 1 when it is in
     Process already (nothing switches; the detach does nothing). Not a process object, a
     process that has ended, or IRQL DISPATCH_LEVEL or above: bug check 0x5
-    INVALID_PROCESS_ATTACH_ATTEMPT (the target, the process attached to or 0, the APC state
-    index, nonzero at DISPATCH_LEVEL: a DPC may be running)."""
+    INVALID_PROCESS_ATTACH_ATTEMPT (the target; the process whose address space the thread
+    is in, ApcState.Process: the one it is attached to, else its own, the System process's
+    for DriverEntry; the APC state index; nonzero at DISPATCH_LEVEL: a DPC may be running)."""
     obj, state = call.arg(0), call.arg(1)
     target, attached = eprocess.process_at(ex, obj), _attached(ex)
     current = attached or (ex.current_thread.process if ex.current_thread else None)
     if target is None or target.state is ProcessState.TERMINATED or ex.irql >= DISPATCH_LEVEL:
         raise BugCheck(INVALID_PROCESS_ATTACH_ATTEMPT,
-                       (obj, eprocess.of(ex, attached) if attached else 0, int(bool(attached)),
+                       (obj, eprocess.of(ex, current), int(bool(attached)),
                         int(ex.irql >= DISPATCH_LEVEL)),
                        call_site(ex, call.return_address),
                        "KeStackAttachProcess to no live process" if ex.irql < DISPATCH_LEVEL
