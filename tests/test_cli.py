@@ -467,6 +467,18 @@ def test_emu_query_with_a_closed_pipe_on_stdout_is_not_a_traceback(apps, words):
     assert proc.wait(timeout=120) == 0 and err == ""
 
 
+def test_a_driver_image_loads_once(apps, tmp_path):
+    """The same image name twice (another path, another case): refused before the machine
+    runs, as MmLoadSystemImage refuses it (STATUS_IMAGE_ALREADY_LOADED)."""
+    drivers = Path(__file__).resolve().parents[1] / "guest" / "build" / "drivers"
+    again = tmp_path / "TWICE.SYS"
+    again.write_bytes((drivers / "twice.sys").read_bytes())
+    r = emu("run", "--driver", drivers / "twice.sys", "--driver", again, apps / "hello")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"emu: error: {again}: a driver named TWICE.SYS is loaded already "
+                        "(an image loads once: STATUS_IMAGE_ALREADY_LOADED)\n")
+
+
 @pytest.mark.parametrize("name", ["hello", "hello-pie"])
 def test_an_app_given_as_a_driver_is_not_a_pe_image(apps, name):
     # One driver format (PE32+): an app, static or PIE, is refused as any non-PE file.

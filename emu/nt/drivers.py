@@ -56,7 +56,14 @@ def load(ex: DriverLoader, path: str | Path) -> DriverImage:
     if not pe.is_pe(data):
         raise LoaderError(f"{p}: not a PE image (drivers are PE32+ .sys files: "
                           "docs/drivers.md)")
-    return pe.parse_pe_driver(data, str(p), base)
+    image = pe.parse_pe_driver(data, str(p), base)
+    # An image name loads once (MmLoadSystemImage: STATUS_IMAGE_ALREADY_LOADED); its
+    # service's registry key and its devices would be the first one's.
+    loaded = [d.image.name for d in ex.drivers] + [d.name for d in ex.pending_drivers]
+    if image.name.lower() in (name.lower() for name in loaded):
+        raise LoaderError(f"{p}: a driver named {image.name} is loaded already (an image "
+                          "loads once: STATUS_IMAGE_ALREADY_LOADED)")
+    return image
 
 
 def start(ex: DriverLoader, image: DriverImage) -> Driver:
