@@ -71,7 +71,6 @@ def _options(words: list[str], usage_error, size_type, count_type) -> tuple[dict
     return opts, words
 
 
-
 def _typed(convert, option: str, value: str, usage_error):
     """``convert(value)`` (emu run's checks of a size or a count); its refusal worded as
     argparse words it for emu run and emu debug."""
