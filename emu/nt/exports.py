@@ -176,13 +176,14 @@ _SPEC = re.compile(rb"%([-0 #+]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|I64|z|I|w)?([diuxXp
 DBGPRINT_LIMIT = 512
 
 
-def format_message(ex: KernelMemory, fmt: bytes, call: ExportCall, first: int) -> bytes:
+def format_message(ex: KernelMemory, fmt: bytes, call: ExportCall, first: int,
+                   limit: int = DBGPRINT_LIMIT) -> bytes:
     """A printf-style format with the call's arguments from index ``first`` on (at most
-    DBGPRINT_LIMIT bytes of it)."""
+    ``limit`` bytes of it: DbgPrint's 512 unless the caller, _snprintf, says)."""
     out = bytearray()
     pos, index = 0, first
     for m in _SPEC.finditer(fmt):
-        if len(out) >= DBGPRINT_LIMIT:
+        if len(out) >= limit:
             break
         out += fmt[pos:m.start()]
         pos = m.end()
@@ -192,14 +193,14 @@ def format_message(ex: KernelMemory, fmt: bytes, call: ExportCall, first: int) -
             continue
         value = call.arg(index)
         index += 1
-        out += _convert(ex, conv, size, value, flags, min(int(width or 0), DBGPRINT_LIMIT),
-                        None if precision is None else min(int(precision), DBGPRINT_LIMIT))
+        out += _convert(ex, conv, size, value, flags, min(int(width or 0), limit),
+                        None if precision is None else min(int(precision), limit), limit)
     out += fmt[pos:]
-    return bytes(out[:DBGPRINT_LIMIT])
+    return bytes(out[:limit])
 
 
 def _convert(ex: KernelMemory, conv: bytes, size: bytes | None, value: int, flags: bytes,
-             width: int, precision: int | None = None) -> bytes:
+             width: int, precision: int | None = None, limit: int = DBGPRINT_LIMIT) -> bytes:
     """One conversion, as the C run-time's printf does it: for a string the precision is
     the most characters printed; for an integer the fewest digits (zero-padded, and the
     0 flag then ignored)."""
@@ -210,10 +211,10 @@ def _convert(ex: KernelMemory, conv: bytes, size: bytes | None, value: int, flag
     if conv in (b"s", b"S", b"Z") and not value:
         text = b"(null)"
     elif conv == b"S" or (conv == b"s" and size == b"w"):
-        text = _wide_string(ex, value)
+        text = _wide_string(ex, value, limit)
     elif conv == b"Z":
         length, _, _, buffer = struct.unpack("<HHIQ", ex.kernel_read(value, 16))
-        raw = ex.kernel_read(buffer, min(length, 2 * DBGPRINT_LIMIT)) if length else b""
+        raw = ex.kernel_read(buffer, min(length, 2 * limit)) if length else b""
         text = _ascii(raw.decode("utf-16-le", "replace")) if size == b"w" else raw
     elif conv == b"s":
         text = ex.kernel_read_string(value) if value else b"(null)"
@@ -240,10 +241,10 @@ def _convert(ex: KernelMemory, conv: bytes, size: bytes | None, value: int, flag
     return text.rjust(width, pad)
 
 
-def _wide_string(ex: KernelMemory, address: int) -> bytes:
-    """A NUL-terminated UTF-16 string (at most DBGPRINT_LIMIT characters of it)."""
+def _wide_string(ex: KernelMemory, address: int, limit: int = DBGPRINT_LIMIT) -> bytes:
+    """A NUL-terminated UTF-16 string (at most ``limit`` characters of it)."""
     raw = bytearray()
-    while len(raw) < 2 * DBGPRINT_LIMIT:
+    while len(raw) < 2 * limit:
         unit = ex.kernel_read(address + len(raw), 2)
         if unit == b"\0\0":
             break

@@ -647,10 +647,13 @@ class IoManager:
         4 GiB - PAGE_SIZE (the IoAllocateMdl reference's limit since Windows 7) or no RAM."""
         if length > MAX_MDL_LENGTH:
             return 0
-        pages = span_pages(va, max(length, 1))
+        # Size is MmInitializeMdl's: a zero-length buffer at a page boundary spans no page
+        # (0x30); the block keeps room for the one frame _mdl_span gives such an MDL.
+        pages = span_pages(va, length)
         size = MDL_PFN + 8 * pages
         try:
-            mdl = self.ex.pools.carve(PoolType.NonPagedPoolNx, size, TAG_MDL)
+            mdl = self.ex.pools.carve(PoolType.NonPagedPoolNx, MDL_PFN + 8 * max(pages, 1),
+                                      TAG_MDL)
         except OutOfFrames:
             return 0
         if not mdl:

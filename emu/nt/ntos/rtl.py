@@ -295,10 +295,17 @@ class _VaList:
         return int.from_bytes(read(self.ex, self.pointer + 8 * (i - self.first), 8), "little")
 
 
+# _snprintf formats no more than one byte past ``count`` (enough to tell that the text is
+# longer), and never more than the largest pool block: a %999999999d costs nothing.
+SNPRINTF_LIMIT = 16 << 20
+
+
 def _snprintf(ex: ExSupport, buffer: int, count: int, fmt: int, args, first: int) -> int:
     """MSVC's _snprintf: at most ``count`` bytes stored; the length when it fits (a NUL
-    added if there is room), -1 when the text is longer than ``count`` (no NUL)."""
-    text = format_message(ex, read_string(ex, fmt), args, first)
+    added if there is room), -1 when the text is longer than ``count`` (no NUL). Unlike
+    DbgPrint, no 512-byte limit: the _snprintf reference has none."""
+    text = format_message(ex, read_string(ex, fmt), args, first,
+                          min(count, SNPRINTF_LIMIT) + 1)
     write(ex, buffer, text[:count] + (b"\0" if len(text) < count else b""))
     return (len(text) if len(text) <= count else -1) & 0xFFFF_FFFF
 
@@ -306,7 +313,7 @@ def _snprintf(ex: ExSupport, buffer: int, count: int, fmt: int, args, first: int
 @export("_snprintf", dll=NTOSKRNL)
 def rtl_snprintf(ex: ExSupport, call: ExportCall) -> int:
     """int _snprintf(char *buffer, size_t count, const char *format, ...): the formats of
-    DbgPrint (at most 512 characters of output)."""
+    DbgPrint."""
     return _snprintf(ex, call.arg(0), call.arg(1), call.arg(2), call, 3)
 
 
