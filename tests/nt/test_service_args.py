@@ -300,3 +300,18 @@ def test_a_32_bit_process_gets_the_same_checks(machine_factory):
     assert results == (0, AV, AV, INVALID, AV, 0)
     assert proc.output == b"hello" and proc.exit_status is None
     assert [v for v, _ in proc.handles.items()] == [4]
+
+
+def test_nt_continue_takes_the_trap_flag(machine_factory):
+    """NtContinue takes TF from the CONTEXT's rflags (docs/abi.md): the thread resumes
+    single-stepping, so the first instruction it runs raises STATUS_SINGLE_STEP after it."""
+    from guestcalls import CODE, SETUP, assemble
+
+    target = CODE + len(assemble(SETUP + [Call(S.NtContinue, (CTX,))])) - 2   # the next call
+    context = bytearray(_context(target))
+    context[17 * 8:18 * 8] = struct.pack("<Q", 0x302)                       # IF, TF
+    m, proc, _, _ = run(machine_factory, [Call(S.NtContinue, (CTX,)),
+                                          Call(S.NtWriteConsole, (BUF, 5))],
+                        plant={CTX: bytes(context)})
+    assert proc.exit_status == NTSTATUS.STATUS_SINGLE_STEP and proc.output == b""
+    assert proc.exception.rip == target + 10                 # after its first movabs
