@@ -315,3 +315,24 @@ def test_nt_continue_takes_the_trap_flag(machine_factory):
                         plant={CTX: bytes(context)})
     assert proc.exit_status == NTSTATUS.STATUS_SINGLE_STEP and proc.output == b""
     assert proc.exception.rip == target + 10                 # after its first movabs
+
+
+@pytest.mark.parametrize("call, status", [
+    (Call(S.NtCreateEvent, (RDONLY, 2, 0)), AV),
+    (Call(S.NtCreateEvent, (0xFFFF_8000_0000_0000, 0, 7)), AV),
+    (Call(S.NtQueryVirtualMemory, (0xFFFF_8000_0000_0000, RDONLY)), AV),
+    (Call(S.NtQueryVirtualMemory, (0x7FFF_FFFF_0000, 0)), AV),
+    (Call(S.NtAllocateVirtualMemory, (0, SIZEV, 0, 4)), NTSTATUS.STATUS_INVALID_PARAMETER),
+    (Call(S.NtFreeVirtualMemory, (0, SIZEV2, 0)), NTSTATUS.STATUS_INVALID_PARAMETER),
+    (Call(S.NtProtectVirtualMemory, (BASEV2, SIZEV3, 0, 0)),
+     NTSTATUS.STATUS_INVALID_PAGE_PROTECTION)],
+    ids=["event-type", "event-state", "query-kernel", "query-above", "allocate", "free",
+         "protect"])
+def test_a_bad_pointer_and_a_bad_value_in_windows_order(machine_factory, baseline, call, status):
+    """With a bad pointer and a bad value in one call, the status is the first check's in
+    Windows' order (docs/abi.md): NtCreateEvent probes its handle pointer before the event
+    type, NtQueryVirtualMemory its buffer before the address; the virtual-memory services
+    that take flags check them before their pointers."""
+    m, proc, results, dispatches = run(machine_factory, [call])
+    assert results[7] == status
+    assert snapshot(m, proc, dispatches) == baseline
