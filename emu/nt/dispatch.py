@@ -34,6 +34,7 @@ RECORD_SIZE = 152                                           # EXCEPTION_RECORD64
 EXCEPTION_MAXIMUM_PARAMETERS = 15
 MAX_NESTED = 4                 # exceptions raised while dispatching, before the process dies
 RED_ZONE = 128                 # the System V red zone below RSP is left alone
+RFLAGS_TF = 0x100              # the trap flag: single-step
 
 
 def pack_context(regs: dict[str, int]) -> bytes:
@@ -84,9 +85,11 @@ def deliver(ex: UserExceptionDispatch, thread: Thread, info: ExceptionInfo,
     except UserAccessViolation:
         return False                         # the stack itself is bad: the process dies
     thread.dispatching += 1
+    # The dispatcher itself runs without TF (else it would single-step); the CONTEXT keeps
+    # the thread's TF, for NtContinue to resume with.
     ex.load_user_context(thread, {"rip": proc.exception_dispatcher, "rsp": rsp,
                                   "rdi": record_va, "rsi": context_va,
-                                  "rflags": regs["rflags"]})
+                                  "rflags": regs["rflags"] & ~RFLAGS_TF})
     return True
 
 

@@ -40,7 +40,7 @@ else:
 
 _PCIDE = int(CR4.PCIDE)
 USER_RFLAGS = 0x202                              # IF set, reserved bit 1 set
-USER_RFLAGS_MASK = 0xCD5                         # CF PF AF ZF SF TF DF OF: what user code may set
+USER_RFLAGS_MASK = 0xDD5                         # CF PF AF ZF SF TF DF OF: what user code may set
 USER_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
              "r13", "r14", "r15")
 _USER_ENTRY_REGISTERS = (*USER_GPRS, "rsp", "rip")            # load_user_context, one call

@@ -16,6 +16,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from emu.nt.mm import virtual
+from emu.nt.mm.vad import RegionInfo
 from emu.nt.status import NTSTATUS, nt_success
 from emu.nt.syscalls import Service, probe_and_read, probe_and_write, probe_for_write, service
 
@@ -132,6 +133,11 @@ def nt_query_virtual_memory(ex: SystemService, proc: Process, args: tuple[int, .
     """NtQueryVirtualMemory(BaseAddress, *MEMORY_BASIC_INFORMATION): the 48-byte x64 layout,
     or MEMORY_BASIC_INFORMATION32 (28 bytes) for a 32-bit process, as WOW64 returns it."""
     address, info_ptr = args[0], args[1]
+    # The buffer is probed before the address is looked at, as Windows' NtQueryVirtualMemory
+    # does (ProbeForWrite, then BaseAddress > MM_HIGHEST_USER_ADDRESS).
+    size = (RegionInfo.LAYOUT32 if proc.bits == 32 else RegionInfo.LAYOUT).size
+    _valid_for(ex, proc, info_ptr, size, "write")
+    probe_for_write(ex, info_ptr, size)
     status, info = virtual.query(ex, proc, address)
     if info is None:
         return status

@@ -279,7 +279,10 @@ def nt_terminate_thread(ex: ObjectServices, proc: Process, args: tuple[int, ...]
 @with_handles
 def nt_create_event(ex: ObjectServices, proc: Process, args: tuple[int, ...]) -> int:
     """NtCreateEvent(*Handle, ManualReset, InitialState): each flag 0 or 1, as Windows refuses
-    an EventType other than NotificationEvent/SynchronizationEvent (STATUS_INVALID_PARAMETER)."""
+    an EventType other than NotificationEvent/SynchronizationEvent (STATUS_INVALID_PARAMETER).
+    The handle pointer is probed first, as Windows' NtCreateEvent does (ProbeForWriteHandle
+    before the type check)."""
+    probe_for_write(ex, args[0], pointer_size(ex))
     manual_reset, state = args[1] & 0xFFFF_FFFF, args[2] & 0xFFFF_FFFF
     if manual_reset not in (0, 1) or state not in (0, 1):
         return NTSTATUS.STATUS_INVALID_PARAMETER

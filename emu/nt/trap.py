@@ -49,7 +49,7 @@ _VECTOR_STATUS = {
 # kernel debugger routine of a machine without a kernel debugger, completes by itself: the
 # thread goes on past the int3 byte that follows the int 2dh. Any other service
 # (BREAKPOINT_BREAK 0, BREAKPOINT_PROMPT 2, ...) is a STATUS_BREAKPOINT for the process.
-BREAKPOINT_PRINT, BREAKPOINT_LOAD_SYMBOLS, BREAKPOINT_UNLOAD_SYMBOLS = 1, 3, 4
+BREAKPOINT_BREAK, BREAKPOINT_PRINT, BREAKPOINT_LOAD_SYMBOLS, BREAKPOINT_UNLOAD_SYMBOLS = 0, 1, 3, 4
 BREAKPOINT_COMMAND_STRING = 5
 _KDPSTUB_SERVICES = frozenset({BREAKPOINT_PRINT, BREAKPOINT_LOAD_SYMBOLS,
                                BREAKPOINT_UNLOAD_SYMBOLS, BREAKPOINT_COMMAND_STRING})
@@ -133,6 +133,10 @@ def user_exception(exc: CpuException, instruction: str, *, stack_guard: range | 
         code = NTSTATUS.STATUS_INTEGER_DIVIDE_BY_ZERO if divisor_is_zero \
             else NTSTATUS.STATUS_INTEGER_OVERFLOW
         return ExceptionInfo(code, exc.rip, instruction, detail="#DE divide error")
+    if exc.vector == Vector.BP:
+        # KiBreakpointTrap: one parameter, BREAKPOINT_BREAK (0), as every int3 reports it.
+        return ExceptionInfo(NTSTATUS.STATUS_BREAKPOINT, exc.rip, instruction,
+                             params=(BREAKPOINT_BREAK,), detail="#BP")
     code = _VECTOR_STATUS.get(exc.vector, NTSTATUS.STATUS_ILLEGAL_INSTRUCTION)
     return ExceptionInfo(code, exc.rip, instruction, detail=f"#{exc.vector.name}")
 

@@ -207,7 +207,8 @@ static int query_mode(void)
                                              PAGE_READWRITE));
     region("top-down", top);
     region("highest", (const void *)HIGHEST_USER_ADDRESS);
-    show("kernel", NtQueryVirtualMemory((const void *)KERNEL_HALF, NULL));
+    MEMORY_BASIC_INFORMATION mbi;          /* a good buffer: the address is what is refused */
+    show("kernel", NtQueryVirtualMemory((const void *)KERNEL_HALF, &mbi));
     return 0;
 }
 
@@ -272,8 +273,9 @@ static int limits(void)
     show("decommit reserved", try_free(r, PAGE, MEM_DECOMMIT));
     show("release", try_free(r, 0, MEM_RELEASE));
     show("release again", try_free(r, 0, MEM_RELEASE));
-    show("query kernel half", NtQueryVirtualMemory((const void *)KERNEL_HALF, NULL));
-    show("query above highest", NtQueryVirtualMemory((const void *)0x7FFFFFFF0000ULL, NULL));
+    MEMORY_BASIC_INFORMATION mbi;          /* a good buffer: the address is what is refused */
+    show("query kernel half", NtQueryVirtualMemory((const void *)KERNEL_HALF, &mbi));
+    show("query above highest", NtQueryVirtualMemory((const void *)0x7FFFFFFF0000ULL, &mbi));
     show("base pointer NULL", NtAllocateVirtualMemory(NULL, &size, MEM_RESERVE, PAGE_READWRITE));
     show("size pointer in the kernel",
          NtAllocateVirtualMemory(&base, (size_t *)KERNEL_HALF, MEM_RESERVE, PAGE_READWRITE));

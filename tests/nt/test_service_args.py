@@ -300,3 +300,39 @@ def test_a_32_bit_process_gets_the_same_checks(machine_factory):
     assert results == (0, AV, AV, INVALID, AV, 0)
     assert proc.output == b"hello" and proc.exit_status is None
     assert [v for v, _ in proc.handles.items()] == [4]
+
+
+def test_nt_continue_takes_the_trap_flag(machine_factory):
+    """NtContinue takes TF from the CONTEXT's rflags (docs/abi.md): the thread resumes
+    single-stepping, so the first instruction it runs raises STATUS_SINGLE_STEP after it."""
+    from guestcalls import CODE, SETUP, assemble
+
+    target = CODE + len(assemble(SETUP + [Call(S.NtContinue, (CTX,))])) - 2   # the next call
+    context = bytearray(_context(target))
+    context[17 * 8:18 * 8] = struct.pack("<Q", 0x302)                       # IF, TF
+    m, proc, _, _ = run(machine_factory, [Call(S.NtContinue, (CTX,)),
+                                          Call(S.NtWriteConsole, (BUF, 5))],
+                        plant={CTX: bytes(context)})
+    assert proc.exit_status == NTSTATUS.STATUS_SINGLE_STEP and proc.output == b""
+    assert proc.exception.rip == target + 10                 # after its first movabs
+
+
+@pytest.mark.parametrize("call, status", [
+    (Call(S.NtCreateEvent, (RDONLY, 2, 0)), AV),
+    (Call(S.NtCreateEvent, (0xFFFF_8000_0000_0000, 0, 7)), AV),
+    (Call(S.NtQueryVirtualMemory, (0xFFFF_8000_0000_0000, RDONLY)), AV),
+    (Call(S.NtQueryVirtualMemory, (0x7FFF_FFFF_0000, 0)), AV),
+    (Call(S.NtAllocateVirtualMemory, (0, SIZEV, 0, 4)), NTSTATUS.STATUS_INVALID_PARAMETER),
+    (Call(S.NtFreeVirtualMemory, (0, SIZEV2, 0)), NTSTATUS.STATUS_INVALID_PARAMETER),
+    (Call(S.NtProtectVirtualMemory, (BASEV2, SIZEV3, 0, 0)),
+     NTSTATUS.STATUS_INVALID_PAGE_PROTECTION)],
+    ids=["event-type", "event-state", "query-kernel", "query-above", "allocate", "free",
+         "protect"])
+def test_a_bad_pointer_and_a_bad_value_in_windows_order(machine_factory, baseline, call, status):
+    """With a bad pointer and a bad value in one call, the status is the first check's in
+    Windows' order (docs/abi.md): NtCreateEvent probes its handle pointer before the event
+    type, NtQueryVirtualMemory its buffer before the address; the virtual-memory services
+    that take flags check them before their pointers."""
+    m, proc, results, dispatches = run(machine_factory, [call])
+    assert results[7] == status
+    assert snapshot(m, proc, dispatches) == baseline

@@ -194,3 +194,18 @@ def test_into_in_a_64_bit_process_is_an_invalid_opcode(machine_factory, counted)
     p = run(machine_factory, code, counted=counted)
     assert p.exit_status == NTSTATUS.STATUS_ILLEGAL_INSTRUCTION
     assert p.exception.rip == CODE + 4
+
+
+# -- vector 3: KiBreakpointTrap -------------------------------------------------------------
+
+@SPEEDS
+@pytest.mark.parametrize("int3", [b"\xcc", b"\xcd\x03"], ids=["cc", "cd03"])
+def test_int3_has_one_parameter_breakpoint_break(machine_factory, counted, int3):
+    """KiBreakpointTrap raises STATUS_BREAKPOINT with one parameter, BREAKPOINT_BREAK (0), at
+    the last byte of the instruction; CONTEXT.rip is that byte too."""
+    p = run(machine_factory, NOP + int3 + EXIT_0, counted=counted)
+    exc = p.exception
+    assert p.exit_status == NTSTATUS.STATUS_BREAKPOINT and exc.params == (0,)
+    last = 12 + len(int3)                     # SET_HANDLER, the nop, then the int3's last byte
+    p = run(machine_factory, SET_HANDLER + NOP + int3 + EXIT_0, counted=counted)
+    assert p.exit_status == handled(ctx=last, address=last, params=(0,))
