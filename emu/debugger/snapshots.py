@@ -165,9 +165,14 @@ class SnapshotRing:
             up_r, up_w = os.pipe()
         except OSError:                    # out of file descriptors: no snapshot here
             return None
+        # Ctrl-C and SIGTERM to the process group stay blocked across the fork until the
+        # child has its own handlers: one arriving while Python's after-fork work runs in
+        # the child would print that child's traceback ("Exception ignored in _after_fork").
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
         try:
             pid = os.fork()
         except OSError:                    # EAGAIN, ENOMEM: the host refuses a process;
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in (down_r, down_w, up_r, up_w):   # going back uses an older snapshot
                 os.close(fd)
             return None
@@ -181,11 +186,13 @@ class SnapshotRing:
             # SIGTERM to the process group (`timeout emu debug ...`) ends a sleeping
             # snapshot silently: only the emulator says "terminated by SIGTERM".
             self._term_handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)    # one that came: ends it now
             if copy_now:                   # its slots, before the emulator writes them again
                 pagefile.take_private_copy()
             os.write(up_w, b"R")
             return self._sleep(down_r, up_w, None if copy_now else pagefile,
                                (down_w, up_r))
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(down_r)
         os.close(up_w)
         snapshot = Snapshot(position, pid, down_w, up_r)
@@ -327,6 +334,9 @@ def _bind_prctl() -> None:
             _prctl = ctypes.CDLL(None, use_errno=True).prctl
         except (OSError, AttributeError):
             _prctl = False
+
+
+_FORK_BLOCKED = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 def _forward(pid: int, signum: int) -> None:
