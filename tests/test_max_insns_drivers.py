@@ -10,9 +10,8 @@ import re
 from pathlib import Path
 
 import emurun
+import pesource
 import pytest
-
-from emu.tools import build_driver
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = ROOT / "guest" / "build" / "drivers"
@@ -43,9 +42,7 @@ def emu(*args, stdin=None):
 
 @pytest.fixture(scope="module")
 def spin(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("spin")
-    (folder / "spin.c").write_text(SPIN)
-    return build_driver.build(folder / "spin.c")
+    return pesource.build_sources(tmp_path_factory.mktemp("spin"), {"spin": SPIN})["spin"]
 
 
 # Across the quantum (100,000): the budget is renewed inside DriverEntry.

@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import emurun
+import pesource
 import pytest
 
 from emu.nt import exports, ntos  # noqa: F401 (ntos registers the exports)
-from emu.tools import build_driver
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = Path("guest") / "build" / "apps"
@@ -73,9 +73,7 @@ NTSTATUS DriverEntry(PDRIVER_OBJECT DriverObject, PUNICODE_STRING RegistryPath)
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory, apps) -> Path:
-    folder = tmp_path_factory.mktemp("drivers")
-    (folder / "pebp.c").write_text(PEBP)
-    return build_driver.build(folder / "pebp.c")
+    return pesource.build_sources(tmp_path_factory.mktemp("drivers"), {"pebp": PEBP})["pebp"]
 
 
 def debug(driver: Path, script: str) -> subprocess.CompletedProcess:

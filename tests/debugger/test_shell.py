@@ -184,34 +184,32 @@ def test_ctrl_c_pauses_a_running_guest():
     assert "loop!main" in out.split("interrupted (Ctrl-C)")[1]
 
 
-@pytest.mark.parametrize("command", ["stepi", "continue", "quit"])
-def test_monitor_refuses_run_control(command):
-    from emu.debugger.shell import Shell
-    from emu.debugger.target import LiveTarget
-    from emu.machine import Machine
-    m = Machine("64M")
-    try:
-        out = Shell(LiveTarget(m)).run_command(command)
-    finally:
-        m.close()
-    assert out.startswith(f"error: '{command}' runs the machine")
-
-
-def test_an_empty_monitor_lists_the_commands_and_repeats_none():
-    """gdb's bare `monitor` after `monitor ps`: the command list, not `ps` again (the
-    shell's own empty line repeats the last command, as gdb's does at its prompt)."""
+def monitor(*lines: str) -> list[str]:
+    """What gdb's ``monitor LINE`` gets back for each of ``lines``, in turn, from one shell
+    on a new machine (Shell.run_command)."""
     from emu.debugger.shell import Shell
     from emu.debugger.target import LiveTarget
     from emu.machine import Machine
     m = Machine("64M")
     try:
         shell = Shell(LiveTarget(m))
-        assert "pid  name" in shell.run_command("ps")
-        out = [shell.run_command(line) for line in ("", "   ")]
-        listing = shell.run_command("help")
+        return [shell.run_command(line) for line in lines]
     finally:
         m.close()
-    assert out == [listing, listing] and "pid  name" not in listing
+
+
+@pytest.mark.parametrize("command", ["stepi", "continue", "quit"])
+def test_monitor_refuses_run_control(command):
+    (out,) = monitor(command)
+    assert out.startswith(f"error: '{command}' runs the machine")
+
+
+def test_an_empty_monitor_lists_the_commands_and_repeats_none():
+    """gdb's bare `monitor` after `monitor ps`: the command list, not `ps` again (the
+    shell's own empty line repeats the last command, as gdb's does at its prompt)."""
+    ps, *empty, listing = monitor("ps", "", "   ", "help")
+    assert "pid  name" in ps and "pid  name" not in listing
+    assert empty == [listing, listing]
 
 
 STATE = "regs\nx/8gx $rsp\nx/64gx 0x403000\nxp/512gx 0x55000\n"

@@ -17,10 +17,10 @@ import subprocess
 from pathlib import Path
 
 import emurun
+import pesource
 import pytest
 
 from emu.nt import exports, io, ntos, wdm  # noqa: F401 (ntos registers the exports)
-from emu.tools import build_driver
 
 # Per-open state in FsContext: CREATE allocates a counter, each READ counts in it, CLEANUP
 # and CLOSE say what they see; every routine prints the FILE_OBJECT it gets.
@@ -135,12 +135,8 @@ APPS = ROOT / "guest" / "build" / "apps"
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
     """pefo.sys and penocreate.sys, built by emu build-driver in a temporary folder."""
-    folder = tmp_path_factory.mktemp("drivers")
-    out = {}
-    for name, text in (("pefo", PEFO), ("penocreate", PENOCREATE)):
-        (folder / f"{name}.c").write_text(text)
-        out[name] = build_driver.build(folder / f"{name}.c")
-    return out
+    return pesource.build_sources(tmp_path_factory.mktemp("drivers"),
+                                  {"pefo": PEFO, "penocreate": PENOCREATE})
 
 
 def emu_run(*argv: str) -> subprocess.CompletedProcess:

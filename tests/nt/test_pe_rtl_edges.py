@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 import emurun
+import pesource
 import pytest
-
-from emu.tools import build_driver
 
 # _snprintf/_vsnprintf at, under and over count; RtlInit*String's limits;
 # RtlAnsiStringToUnicodeString's overflow rules; RtlAppendUnicode*'s.
@@ -149,12 +148,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("drivers")
-    out = {}
-    for name, text in (("pestr", PESTR), ("pemdlsize", PEMDLSIZE)):
-        (folder / f"{name}.c").write_text(text)
-        out[name] = build_driver.build(folder / f"{name}.c")
-    return out
+    return pesource.build_sources(tmp_path_factory.mktemp("drivers"),
+                                  {"pestr": PESTR, "pemdlsize": PEMDLSIZE})
 
 
 def run(driver: Path, apps: Path, prefix: str) -> list[str]:

@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 
 import emurun
+import pesource
 import pytest
 
 from emu.nt import io
-from emu.tools import build_driver
 
 # Every routine prints the FILE_OBJECT and the process it runs in (PsGetCurrentProcessId).
 PEEXIT = r"""
@@ -73,10 +73,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
     """peexit.sys, and peexitbad.sys whose CLOSE routine writes to address 0x10."""
-    folder = tmp_path_factory.mktemp("drivers")
-    (folder / "peexit.c").write_text(PEEXIT)
-    (folder / "peexitbad.c").write_text("#define FAULT_IN_CLOSE 1\n" + PEEXIT)
-    return {name: build_driver.build(folder / f"{name}.c") for name in ("peexit", "peexitbad")}
+    return pesource.build_sources(tmp_path_factory.mktemp("drivers"), {
+        "peexit": PEEXIT, "peexitbad": "#define FAULT_IN_CLOSE 1\n" + PEEXIT})
 
 
 def _lines(output: bytes | str) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 
+import pesource
 import pytest
 
 from emu.nt import layout, seh, unwind
@@ -381,11 +382,7 @@ def test_an_unhandled_exception_in_an_isr_taken_during_a_dispatch_routine_is_0x1
     # the walk stops at the ISR's own return trap, and it is an ISR that did not handle its
     # exception: 0x1E (code, address, information[0], information[1]), not the system
     # service's 0x3B.
-    from emu.tools import build_driver
-
-    source = tmp_path / "isrraises.c"
-    source.write_text(ISR_RAISES)
-    image = build_driver.build(source)
+    image = pesource.build_sources(tmp_path, {"isrraises": ISR_RAISES})["isrraises"]
     m, (p,), r = boot(machine_factory, apps, [image], ("devread", "\\Device\\IsrRaises"))
     bc = r.bugcheck
     assert bc.code == BugCheckCode.KMODE_EXCEPTION_NOT_HANDLED
